@@ -1,0 +1,3 @@
+from gaffer.cli import main
+
+raise SystemExit(main())

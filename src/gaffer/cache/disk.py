@@ -1,0 +1,382 @@
+"""The local disk tier: CAS blobs and action-cache entries as plain files under one directory.
+
+Layout (one concept per directory, safe for several processes at once):
+    cas/<2 hex>/<sha256>   blob content, exactly the bytes (so a GOCACHEPROG DiskPath can point at it)
+    ac/<2 hex>/<sha256>    serialized REAPI ActionResult, keyed by action digest
+    tmp/                   files being written; renamed into place atomically
+    size                   running estimate of the bytes stored (updated under `lock`)
+    builds.log             one JSON line per build (hits, misses), for `gaffer cache status`
+
+Every read is verified against the digest: a corrupt or truncated blob is evicted, reported and treated as a
+miss. A file's mtime is its "last used" time for LRU eviction; reads refresh it at most once an hour so hits
+stay cheap.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gaffer.cache.base import CacheTier, TierError
+from gaffer.digest import Digest, digest_file
+
+DEFAULT_MAX_SIZE = 10 * 1024**3
+GC_LOW_WATER = 0.9  # gc evicts down to this fraction of max_size so it does not run again at once
+_TOUCH_AFTER_S = 3600
+
+
+def _warn(message: str) -> None:
+    print(f"gaffer: warning: {message}", file=sys.stderr)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gaffer"
+
+
+@dataclass
+class StoreStatus:
+    actions: int
+    blobs: int
+    bytes: int
+    max_size: int
+
+
+@dataclass
+class VerifyReport:
+    checked: int
+    corrupt: list[str]
+
+
+class DiskStore(CacheTier):
+    """CAS + AC on a local directory. Thread- and process-safe; all writes are temp file + rename."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        max_size: int = DEFAULT_MAX_SIZE,
+        report: Callable[[str], None] = _warn,
+    ) -> None:
+        self.root = Path(root)
+        self.name = f"disk://{self.root}"
+        self.max_size = max_size
+        self.report = report
+        self.corrupt_evicted = 0
+        self._written = 0
+        self._tmp = self.root / "tmp"
+        try:
+            self._tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TierError(self.name, f"cannot create cache directory: {e.strerror}", transient=False) from e
+
+    # -- paths -------------------------------------------------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.root / "cas" / digest.hash[:2] / digest.hash
+
+    def _action_path(self, key: Digest) -> Path:
+        return self.root / "ac" / key.hash[:2] / key.hash
+
+    def temp_path(self) -> Path:
+        """A fresh path in the store's temp directory (same filesystem, so `adopt` is an atomic rename)."""
+        return self._tmp / f"{os.getpid()}-{time.monotonic_ns()}-{os.urandom(4).hex()}"
+
+    # -- CAS ---------------------------------------------------------------------------------------------------
+
+    def has_blob(self, digest: Digest) -> bool:
+        try:
+            st = os.stat(self.blob_path(digest))
+        except OSError:
+            return False
+        return st.st_size == digest.size_bytes
+
+    def find_missing(self, digests: Sequence[Digest]) -> list[Digest]:
+        return [d for d in digests if not self.has_blob(d)]
+
+    def read_blob(self, digest: Digest) -> bytes | None:
+        path = self.blob_path(digest)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+                mtime = os.fstat(f.fileno()).st_mtime
+        except OSError:
+            return None
+        if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
+            self._evict_corrupt(path, digest)
+            return None
+        self._touch(path, mtime)
+        return data
+
+    def verified_blob_path(self, digest: Digest) -> Path | None:
+        """The blob's path after checking its content, or None (a corrupt blob is evicted and reported)."""
+        path = self.blob_path(digest)
+        try:
+            st = os.stat(path)
+            ok = st.st_size == digest.size_bytes and digest_file(path) == digest
+        except OSError:
+            return None
+        if not ok:
+            self._evict_corrupt(path, digest)
+            return None
+        self._touch(path, st.st_mtime)
+        return path
+
+    def fetch_blob(self, digest: Digest, dest: Path) -> bool:
+        source = self.verified_blob_path(digest)
+        if source is None:
+            return False
+        try:
+            copy_file(source, dest)
+        except FileNotFoundError:  # evicted by another process between verify and copy
+            return False
+        return True
+
+    def write_blob(self, digest: Digest, data: bytes) -> None:
+        if self.has_blob(digest):
+            return
+        tmp = self.temp_path()
+        with open(tmp, "wb") as f:
+            f.write(data)
+        self._install(tmp, self.blob_path(digest), len(data))
+
+    def upload_blob(self, digest: Digest, path: Path) -> None:
+        if self.has_blob(digest):
+            return
+        tmp = self.temp_path()
+        copy_file(path, tmp)
+        self._install(tmp, self.blob_path(digest), digest.size_bytes)
+
+    def adopt(self, digest: Digest, tmp: Path) -> None:
+        """Move a verified file (made with `temp_path()`) into the CAS."""
+        if self.has_blob(digest):
+            tmp.unlink(missing_ok=True)
+            return
+        self._install(tmp, self.blob_path(digest), digest.size_bytes)
+
+    def put_file(self, path: Path) -> Digest:
+        """Store a file's content; return its digest. The copy is hashed, so a concurrent edit cannot poison it."""
+        tmp = self.temp_path()
+        copy_file(path, tmp)
+        digest = digest_file(tmp)
+        if self.has_blob(digest):
+            tmp.unlink()
+        else:
+            self._install(tmp, self.blob_path(digest), digest.size_bytes)
+        return digest
+
+    # -- action cache ------------------------------------------------------------------------------------------
+
+    def read_action(self, key: Digest) -> bytes | None:
+        path = self._action_path(key)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+                mtime = os.fstat(f.fileno()).st_mtime
+        except OSError:
+            return None
+        self._touch(path, mtime)
+        return data
+
+    def write_action(self, key: Digest, result: bytes) -> None:
+        tmp = self.temp_path()
+        with open(tmp, "wb") as f:
+            f.write(result)
+        self._install(tmp, self._action_path(key), len(result))
+
+    def evict_action(self, key: Digest) -> None:
+        self._action_path(key).unlink(missing_ok=True)
+
+    # -- housekeeping ------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Account this process's writes and garbage-collect if the store went over its bound."""
+        if not self._written:
+            return
+        with self._locked():
+            size = self._read_size() + self._written
+            self._written = 0
+            self._write_size(size)
+        if size > self.max_size:
+            self.gc()
+
+    def gc(self, max_size: int | None = None) -> tuple[int, int]:
+        """Evict least-recently-used files until the store is under GC_LOW_WATER of its bound.
+
+        Returns (files removed, bytes removed). Also removes temp files left by killed processes.
+        """
+        limit = self.max_size if max_size is None else max_size
+        with self._locked():
+            entries = []
+            total = 0
+            for path, st in self._walk():
+                entries.append((st.st_mtime, st.st_size, path))
+                total += st.st_size
+            removed = removed_bytes = 0
+            if total > limit:
+                target = int(limit * GC_LOW_WATER)
+                entries.sort()
+                for _mtime, size, path in entries:
+                    if total <= target:
+                        break
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                    total -= size
+                    removed += 1
+                    removed_bytes += size
+            stale = time.time() - 24 * 3600
+            for tmp in self._tmp.iterdir():
+                try:
+                    if tmp.stat().st_mtime < stale:
+                        tmp.unlink()
+                except OSError:
+                    pass
+            self._write_size(total)
+        return removed, removed_bytes
+
+    def status(self) -> StoreStatus:
+        actions = blobs = size = 0
+        for path, st in self._walk():
+            size += st.st_size
+            if path.parent.parent.name == "ac":
+                actions += 1
+            else:
+                blobs += 1
+        return StoreStatus(actions=actions, blobs=blobs, bytes=size, max_size=self.max_size)
+
+    def verify(self) -> VerifyReport:
+        """Hash every blob; evict (and list) the corrupt ones."""
+        checked = 0
+        corrupt = []
+        for path, st in self._walk("cas"):
+            checked += 1
+            digest = Digest(path.name, st.st_size)
+            try:
+                ok = digest_file(path) == digest
+            except OSError:
+                continue
+            if not ok:
+                corrupt.append(path.name)
+                self._evict_corrupt(path, digest)
+        return VerifyReport(checked=checked, corrupt=corrupt)
+
+    def clean(self) -> None:
+        """Remove every entry (the directory itself stays)."""
+        with self._locked():
+            for sub in ("cas", "ac", "tmp"):
+                shutil.rmtree(self.root / sub, ignore_errors=True)
+            self._tmp.mkdir(exist_ok=True)
+            self._write_size(0)
+            (self.root / "builds.log").unlink(missing_ok=True)
+
+    def record_build(self, hits: int, misses: int) -> None:
+        """Append one build's hit/miss counts (read back by `recent_hit_rate`)."""
+        line = json.dumps({"t": int(time.time()), "hits": hits, "misses": misses}) + "\n"
+        with open(self.root / "builds.log", "a", encoding="utf-8") as f:
+            f.write(line)
+
+    def recent_builds(self, last: int = 20) -> list[dict[str, int]]:
+        try:
+            lines = (self.root / "builds.log").read_text(encoding="utf-8").splitlines()[-last:]
+        except OSError:
+            return []
+        builds = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                builds.append({"hits": int(entry["hits"]), "misses": int(entry["misses"])})
+            except (ValueError, KeyError, TypeError):
+                continue
+        return builds
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _install(self, tmp: Path, dest: Path, size: int) -> None:
+        try:
+            os.replace(tmp, dest)
+        except FileNotFoundError:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+        self._written += size
+
+    def _touch(self, path: Path, mtime: float) -> None:
+        now = time.time()
+        if now - mtime > _TOUCH_AFTER_S:
+            try:
+                os.utime(path, (now, now))
+            except OSError:
+                pass
+
+    def _evict_corrupt(self, path: Path, digest: Digest) -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        self.corrupt_evicted += 1
+        self.report(f"corrupt cache blob {digest.hash[:12]} in {self.root} evicted; it will be rebuilt or refetched")
+
+    def _walk(self, *kinds: str) -> Iterator[tuple[Path, os.stat_result]]:
+        for kind in kinds or ("cas", "ac"):
+            top = self.root / kind
+            try:
+                shards = list(os.scandir(top))
+            except FileNotFoundError:
+                continue
+            for shard in shards:
+                if not shard.is_dir():
+                    continue
+                for entry in os.scandir(shard.path):
+                    try:
+                        yield Path(entry.path), entry.stat()
+                    except FileNotFoundError:
+                        continue
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read_size(self) -> int:
+        try:
+            return int((self.root / "size").read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def _write_size(self, size: int) -> None:
+        tmp = self.temp_path()
+        tmp.write_text(str(size))
+        os.replace(tmp, self.root / "size")
+
+
+def copy_file(source: Path, dest: Path) -> None:
+    """Copy with the kernel (`copy_file_range`: a reflink where the filesystem has one), else a plain copy."""
+    with open(source, "rb") as src, open(dest, "wb") as dst:
+        remaining = os.fstat(src.fileno()).st_size
+        try:
+            while remaining > 0:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), remaining)
+                if n == 0:
+                    break
+                remaining -= n
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            src.seek(0)
+            dst.seek(0)
+            dst.truncate()
+            shutil.copyfileobj(src, dst, 1 << 20)

@@ -1,0 +1,48 @@
+"""Parse sizes (`10GiB`, `500M`) and durations (`500ms`, `2h`) given on the command line or in config."""
+
+from __future__ import annotations
+
+import re
+
+from gaffer.errors import UserError
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
+    "ti": 1024**4, "tib": 1024**4,
+}
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_NUMBER_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(text: str | int, what: str = "size") -> int:
+    """Return a byte count; `what` names the flag or setting for the error message."""
+    if isinstance(text, int):
+        return text
+    match = _NUMBER_UNIT.fullmatch(str(text))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _SIZE_UNITS:
+        raise UserError(f"{what}: {text!r} is not a size (examples: 500MB, 10GiB, 1048576)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(text: str | float | int, what: str = "duration") -> float:
+    """Return seconds; `what` names the flag or setting for the error message."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = _NUMBER_UNIT.fullmatch(str(text))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _DURATION_UNITS:
+        raise UserError(f"{what}: {text!r} is not a duration (examples: 500ms, 30s, 2h)")
+    return float(match.group(1)) * _DURATION_UNITS[unit]
+
+
+def format_size(n: int) -> str:
+    """Human-readable byte count: `45.0 MiB`."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
