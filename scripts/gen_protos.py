@@ -25,6 +25,7 @@ SOURCES = PROTOS / "proto"
 FILES = {
     "build/bazel/semver/semver.proto": ("semver", False),
     "build/bazel/remote/execution/v2/remote_execution.proto": ("remote_execution", True),
+    "build/bazel/remote/execution/v2/execution_service.proto": ("execution_service", True),
     "google/bytestream/bytestream.proto": ("bytestream", True),
 }
 

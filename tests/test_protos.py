@@ -10,7 +10,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor
 
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc, remote_execution_pb2 as re_pb2
-from gaffer.protos import remote_execution_pb2_grpc, semver_pb2
+from gaffer.protos import execution_service_pb2, remote_execution_pb2_grpc, semver_pb2
 from tests.support import REPO
 
 # (message full name, field name, field number) as published in bazelbuild/remote-apis and googleapis.
@@ -72,7 +72,8 @@ def test_field_numbers_match_published_api(message: str, field: str, number: int
 def test_services_have_published_full_names_and_methods() -> None:
     services = {
         s.full_name: sorted(m.name for m in s.methods)
-        for s in (*re_pb2.DESCRIPTOR.services_by_name.values(), *bytestream_pb2.DESCRIPTOR.services_by_name.values())
+        for module in (re_pb2, execution_service_pb2, bytestream_pb2)
+        for s in module.DESCRIPTOR.services_by_name.values()
     }
     assert services == {
         "build.bazel.remote.execution.v2.Execution": ["Execute", "WaitExecution"],
@@ -83,10 +84,17 @@ def test_services_have_published_full_names_and_methods() -> None:
         "build.bazel.remote.execution.v2.Capabilities": ["GetCapabilities"],
         "google.bytestream.ByteStream": ["QueryWriteStatus", "Read", "Write"],
     }
-    execute = re_pb2.DESCRIPTOR.services_by_name["Execution"].methods_by_name["Execute"]
+    execute = execution_service_pb2.DESCRIPTOR.services_by_name["Execution"].methods_by_name["Execute"]
     assert execute.output_type.full_name == "google.longrunning.Operation"
     assert hasattr(remote_execution_pb2_grpc, "ContentAddressableStorageStub")
     assert hasattr(bytestream_pb2_grpc, "ByteStreamServicer")
+
+
+def test_cache_messages_load_without_grpc() -> None:
+    """remote_execution_pb2 sits on the CLI path: google.longrunning (which imports grpc) must stay out of it."""
+    code = "import sys, gaffer.protos.remote_execution_pb2; print('grpc' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_descriptor_file_names_stay_canonical() -> None:

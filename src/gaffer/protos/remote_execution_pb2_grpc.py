@@ -4,7 +4,6 @@ import grpc
 import warnings
 
 from gaffer.protos import remote_execution_pb2 as build_dot_bazel_dot_remote_dot_execution_dot_v2_dot_remote__execution__pb2
-from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -26,126 +25,11 @@ if _version_not_supported:
     )
 
 
-class ExecutionStub:
-    """Run an Action (whose Command and input tree are already in the CAS) and stream its progress.
-    """
-
-    def __init__(self, channel):
-        """Constructor.
-
-        Args:
-            channel: A grpc.Channel.
-        """
-        self.Execute = channel.unary_stream(
-                '/build.bazel.remote.execution.v2.Execution/Execute',
-                request_serializer=build_dot_bazel_dot_remote_dot_execution_dot_v2_dot_remote__execution__pb2.ExecuteRequest.SerializeToString,
-                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
-                _registered_method=True)
-        self.WaitExecution = channel.unary_stream(
-                '/build.bazel.remote.execution.v2.Execution/WaitExecution',
-                request_serializer=build_dot_bazel_dot_remote_dot_execution_dot_v2_dot_remote__execution__pb2.WaitExecutionRequest.SerializeToString,
-                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
-                _registered_method=True)
-
-
-class ExecutionServicer:
-    """Run an Action (whose Command and input tree are already in the CAS) and stream its progress.
-    """
-
-    def Execute(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def WaitExecution(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-
-def add_ExecutionServicer_to_server(servicer, server):
-    rpc_method_handlers = {
-            'Execute': grpc.unary_stream_rpc_method_handler(
-                    servicer.Execute,
-                    request_deserializer=build_dot_bazel_dot_remote_dot_execution_dot_v2_dot_remote__execution__pb2.ExecuteRequest.FromString,
-                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
-            ),
-            'WaitExecution': grpc.unary_stream_rpc_method_handler(
-                    servicer.WaitExecution,
-                    request_deserializer=build_dot_bazel_dot_remote_dot_execution_dot_v2_dot_remote__execution__pb2.WaitExecutionRequest.FromString,
-                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
-            ),
-    }
-    generic_handler = grpc.method_handlers_generic_handler(
-            'build.bazel.remote.execution.v2.Execution', rpc_method_handlers)
-    server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('build.bazel.remote.execution.v2.Execution', rpc_method_handlers)
-
-
- # This class is part of an EXPERIMENTAL API.
-class Execution:
-    """Run an Action (whose Command and input tree are already in the CAS) and stream its progress.
-    """
-
-    @staticmethod
-    def Execute(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/build.bazel.remote.execution.v2.Execution/Execute',
-            build_dot_bazel_dot_remote_dot_execution_dot_v2_dot_remote__execution__pb2.ExecuteRequest.SerializeToString,
-            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def WaitExecution(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/build.bazel.remote.execution.v2.Execution/WaitExecution',
-            build_dot_bazel_dot_remote_dot_execution_dot_v2_dot_remote__execution__pb2.WaitExecutionRequest.SerializeToString,
-            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-
 class ActionCacheStub:
-    """ActionResults by the digest of the Action that produced them.
+    """The Execution service lives in execution_service.proto: it needs google.longrunning, whose Python module
+    imports all of grpc, and the cache messages here must load fast on gaffer's command-line path.
+
+    ActionResults by the digest of the Action that produced them.
     """
 
     def __init__(self, channel):
@@ -167,7 +51,10 @@ class ActionCacheStub:
 
 
 class ActionCacheServicer:
-    """ActionResults by the digest of the Action that produced them.
+    """The Execution service lives in execution_service.proto: it needs google.longrunning, whose Python module
+    imports all of grpc, and the cache messages here must load fast on gaffer's command-line path.
+
+    ActionResults by the digest of the Action that produced them.
     """
 
     def GetActionResult(self, request, context):
@@ -205,7 +92,10 @@ def add_ActionCacheServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ActionCache:
-    """ActionResults by the digest of the Action that produced them.
+    """The Execution service lives in execution_service.proto: it needs google.longrunning, whose Python module
+    imports all of grpc, and the cache messages here must load fast on gaffer's command-line path.
+
+    ActionResults by the digest of the Action that produced them.
     """
 
     @staticmethod
