@@ -101,6 +101,14 @@ class Remote:
             delay *= 2
         return default
 
+    def connect(self) -> None:
+        """Open the tier now (`gaffer run` does, so wrong credentials are one line at start, not mid-build)."""
+        try:
+            self.tier()
+        except TierError as e:
+            self.stats.errors += 1
+            self.disable(str(e))
+
     def disable(self, why: str) -> None:
         with self._lock:
             if self.stats.disabled:
@@ -140,6 +148,14 @@ class TieredCache:
         self._uploads: list[Future[None]] = []
         self._upload_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+
+    def connect(self) -> None:
+        """Open every remote tier at once, in parallel; one that fails its check is disabled with a warning."""
+        if len(self.remotes) == 1:
+            self.remotes[0].connect()
+        elif self.remotes:
+            with ThreadPoolExecutor(len(self.remotes)) as pool:
+                list(pool.map(Remote.connect, self.remotes))
 
     # -- reads -------------------------------------------------------------------------------------------------
 

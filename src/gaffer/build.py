@@ -1,0 +1,421 @@
+"""One `gaffer run`: plan the targets' closure, then for each task decide up to date / restore / execute.
+
+The decision for a task, cheapest first:
+1. **Up to date** — its fingerprint (task definition, declared env values, the stat signatures of its inputs,
+   its deps' output digests) and its outputs' stat signatures equal those recorded in the workspace state:
+   nothing is hashed, no key is computed, the cache is not asked. This is the whole of a no-op build.
+2. **Same key** — something was touched but every content digest is unchanged (an mtime-only change): the key
+   is the recorded one and the outputs on disk are those it made: up to date again, nothing re-runs.
+3. **Cache hit** — the action key is in the cache (any tier) and every blob it names verifies: the outputs are
+   restored and the task's stdout/stderr replayed.
+4. **Execute** — run the commands, store the declared outputs and logs under the key (unless `cache: false`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gaffer.digest import Digest, StatCache, stat_signature
+from gaffer.graph import Graph, Task
+from gaffer.graph.inputs import resolve_inputs
+from gaffer.scheduler import CACHED, EXECUTED, FAILED, SKIPPED, Outcome, Scheduler
+from gaffer.state import TaskState, WorkspaceState
+
+if TYPE_CHECKING:
+    from gaffer.cache.tiered import TieredCache
+    from gaffer.execute.local import ProcessRunner
+    from gaffer.ui.progress import Progress
+
+GROUP = "group"
+STATE_DIR = ".gaffer"
+
+
+@dataclass
+class BuildOptions:
+    targets: Sequence[str] = ()
+    jobs: int = os.cpu_count() or 1
+    keep_going: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class BuildReport:
+    outcomes: dict[str, Outcome]
+    wall_s: float
+    interrupted: str = ""  # the signal's name when Ctrl-C / SIGTERM stopped the build
+    tiers: list[dict[str, object]] = field(default_factory=list)
+
+    def tasks(self) -> dict[str, Outcome]:
+        """Outcomes of real tasks (groups left out: they are not work)."""
+        return {n: o for n, o in self.outcomes.items() if o.status != GROUP}
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(o.status in (EXECUTED, CACHED, GROUP) for o in self.outcomes.values())
+
+
+def _env_values(task: Task) -> tuple[tuple[str, str], ...]:
+    """Declared env vars with their values; an unset variable is left out, so unset and empty differ."""
+    return tuple((name, os.environ[name]) for name in task.env if name in os.environ)
+
+
+class Build:
+    def __init__(self, graph: Graph, cache: TieredCache, options: BuildOptions, progress: Progress) -> None:
+        self.graph = graph
+        self.root = graph.root
+        self.cache = cache
+        self.options = options
+        self.progress = progress
+        self.state = WorkspaceState.load(self.root / STATE_DIR)
+        self.stat_cache = StatCache.load(self.state.stat_cache_path)
+        self.order = graph.closure(options.targets)
+        self.inputs: dict[str, list[str]] = {}
+        self.real_deps: dict[str, tuple[str, ...]] = {}
+        self.outputs: dict[str, tuple] = {}  # task -> output records made or confirmed this build
+        self.fingerprints: dict[str, tuple] = {}
+        self.t0 = 0.0
+        self._runner: ProcessRunner | None = None
+        self._interrupted = ""
+        self._lanes: dict[int, int] = {}
+        self._lanes_lock = threading.Lock()
+
+    # -- planning ----------------------------------------------------------------------------------------------
+
+    def plan(self) -> None:
+        """Resolve every task's inputs before anything runs, so a bad glob stops the build at once (exit 2).
+        Files under any declared output are never inputs: a glob like `**/*.go` must not pick up build results."""
+        produced = tuple(sorted({out for t in self.graph.tasks.values() for out in t.outputs}))
+        for name in self.order:
+            task = self.graph.tasks[name]
+            if task.is_group:
+                continue
+            paths = resolve_inputs(self.root, task, self.graph.path)
+            if produced:
+                paths = [p for p in paths if not _under_any(p, produced)]
+            self.inputs[name] = paths
+            self.real_deps[name] = self._flatten_deps(task)
+
+    # -- the scheduler's callbacks -----------------------------------------------------------------------------
+
+    def quick(self, name: str) -> Outcome | None:
+        """Decide on the main thread whether the task is a group or up to date (no hashing, no threads)."""
+        task = self.graph.tasks[name]
+        if task.is_group:
+            return Outcome(GROUP)
+        fingerprint = self._fingerprint(name, task)
+        self.fingerprints[name] = fingerprint
+        prev = self.state.tasks.get(name)
+        if task.cache and prev is not None and prev.fingerprint == fingerprint and self._outputs_intact(prev):
+            self.outputs[name] = prev.outputs
+            return Outcome(CACHED, start_s=self._now(), saved_s=prev.duration_s, reason="up to date",
+                           extra={"up_to_date": True})
+        return None
+
+    def work(self, name: str) -> Outcome:
+        """Key the task, then restore it from the cache or execute it (on a pool thread)."""
+        from gaffer import actions
+
+        task = self.graph.tasks[name]
+        start = self._now()
+        lane = self._lane()
+        prev = self.state.tasks.get(name)
+        try:
+            key, manifest = self.key(name)
+        except OSError as e:
+            return Outcome(FAILED, start_s=start, reason=f"cannot read an input: {e}")
+        reason = explain(prev.manifest if prev else None, manifest)
+
+        if task.cache and prev is not None and prev.key == key.hash and self._outputs_intact(prev):
+            self._record(name, task, key, manifest, prev.outputs, prev.symlinks, prev.duration_s)
+            return Outcome(CACHED, start_s=start, duration_s=self._now() - start, saved_s=prev.duration_s,
+                           reason="up to date (only file times changed)", extra={"up_to_date": True, "lane": lane})
+
+        if self.options.dry_run:
+            hit = task.cache and self.cache.get_action(key) is not None
+            return Outcome(CACHED if hit else EXECUTED, start_s=start,
+                           reason=("would restore from the cache" if hit else f"would run: {reason}"))
+
+        if task.cache:
+            restored = self._restore(name, task, key, manifest)
+            if restored is not None:
+                restored.start_s = start
+                restored.duration_s = self._now() - start
+                restored.extra["lane"] = lane
+                return restored
+        outcome = self._execute(name, task, key, manifest, actions.command_argv(task.commands), reason)
+        outcome.start_s = start
+        outcome.extra["lane"] = lane
+        return outcome
+
+    # -- keys --------------------------------------------------------------------------------------------------
+
+    def _fingerprint(self, name: str, task: Task) -> tuple:
+        root = str(self.root)
+        sigs = []
+        for rel in self.inputs[name]:
+            try:
+                sigs.append((rel, stat_signature(os.stat(f"{root}/{rel}"))))
+            except OSError:
+                sigs.append((rel, None))
+        deps = tuple((dep, tuple((r[0], r[1]) for r in self.outputs.get(dep, ()))) for dep in self.real_deps[name])
+        return (task.commands, task.outputs, task.timeout, _env_values(task),
+                tuple(sorted(self.graph.platform.items())), tuple(sigs), deps)
+
+    def _flatten_deps(self, task: Task) -> tuple[str, ...]:
+        """A dep on a group is a dep on everything it groups: their outputs are this task's inputs."""
+        real: set[str] = set()
+        stack = list(task.deps)
+        visited: set[str] = set()
+        while stack:
+            dep = stack.pop()
+            if dep in visited:
+                continue
+            visited.add(dep)
+            if self.graph.tasks[dep].is_group:
+                stack.extend(self.graph.tasks[dep].deps)
+            else:
+                real.add(dep)
+        return tuple(sorted(real))
+
+    def key(self, name: str) -> tuple[Digest, tuple]:
+        """The task's action key and its manifest (what went into the key), hashing inputs via the stat cache."""
+        from gaffer import actions
+
+        task = self.graph.tasks[name]
+        root = str(self.root)
+        entries = []
+        input_hashes = []
+        for rel in self.inputs[name]:
+            path = f"{root}/{rel}"
+            st = os.stat(path)
+            d = self.stat_cache.digest(path, st)
+            entries.append(actions.FileEntry(rel, d, bool(st.st_mode & 0o100)))
+            input_hashes.append((rel, d.hash))
+        dep_hashes = []
+        for dep in self.real_deps[name]:
+            records = self.outputs.get(dep, ())
+            for path, h, size, executable, _sig in records:
+                entries.append(actions.FileEntry(path, Digest(h, size), executable))
+            dep_hashes.append((dep, tuple((r[0], r[1]) for r in records)))
+        argv = actions.command_argv(task.commands)
+        env = dict(_env_values(task))
+        platform = {**actions.host_properties(), **self.graph.platform}
+        key = actions.action_key(argv, env, task.outputs, entries, platform, task.timeout)
+        manifest = (tuple(argv), tuple(sorted(env.items())), tuple(sorted(platform.items())), tuple(input_hashes),
+                    tuple(dep_hashes), task.outputs, task.timeout)
+        return key, manifest
+
+    # -- restore and execute -----------------------------------------------------------------------------------
+
+    def _restore(self, name: str, task: Task, key: Digest, manifest: tuple) -> Outcome | None:
+        from gaffer import actions
+
+        data = self.cache.get_action(key)
+        if data is None:
+            return None
+        try:
+            cached = actions.parse_result(data, task.outputs)
+            if not self.cache.ensure_local([*cached.outputs.blobs(), cached.stdout, cached.stderr]):
+                return None
+            actions.restore_outputs(self.root, cached, self.cache.local)
+        except actions.BadCacheEntry as e:
+            self.progress.warn(f"cache entry for task {name} ignored: {e}")
+            return None
+        except OSError as e:
+            self.progress.warn(f"cannot restore the outputs of {name}: {e}; running it instead")
+            return None
+        records = self._output_records(cached.outputs.files)
+        symlinks = tuple((s.path, s.target) for s in cached.outputs.symlinks)
+        self._record(name, task, key, manifest, records, symlinks, cached.duration_s)
+        self.progress.task_output(name, self.cache.local.read_blob(cached.stdout) or b"",
+                                  self.cache.local.read_blob(cached.stderr) or b"")
+        return Outcome(CACHED, saved_s=cached.duration_s, reason="restored from the cache")
+
+    def _execute(self, name: str, task: Task, key: Digest, manifest: tuple, argv: list[str], reason: str) -> Outcome:
+        from gaffer import actions
+
+        store = self.cache.local
+        actions.remove_outputs(self.root, task.outputs)
+        stdout_path, stderr_path = store.temp_path(), store.temp_path()
+        try:
+            started_at = time.time()
+            result = self.runner.run(argv, self.root, os.environ, stdout_path, stderr_path, task.timeout)
+            finished_at = time.time()
+            out, err = stdout_path.read_bytes(), stderr_path.read_bytes()
+            self.progress.task_output(name, out, err)
+            if result.error:
+                return Outcome(FAILED, duration_s=result.duration_s, reason=result.error)
+            if result.cancelled:
+                return Outcome(FAILED, duration_s=result.duration_s, reason="interrupted")
+            if result.timed_out:
+                return Outcome(FAILED, duration_s=result.duration_s, reason=f"timed out after {task.timeout:g}s")
+            if result.exit_code != 0:
+                return Outcome(FAILED, duration_s=result.duration_s, reason=f"exited with status {result.exit_code}")
+            try:
+                outputs = actions.collect_outputs(self.root, task.outputs, store)
+            except actions.MissingOutput as e:
+                return Outcome(FAILED, duration_s=result.duration_s,
+                               reason=f"declared output '{e}' was not created by the task")
+            except actions.BadCacheEntry as e:
+                return Outcome(FAILED, duration_s=result.duration_s, reason=str(e))
+            records = self._output_records(outputs.files)
+            symlinks = tuple((s.path, s.target) for s in outputs.symlinks)
+            if task.cache:
+                stdout_digest, stderr_digest = store.put_file(stdout_path), store.put_file(stderr_path)
+                data = actions.make_result(outputs, 0, stdout_digest, stderr_digest, started_at, finished_at)
+                self.cache.put_action(key, data, [*outputs.blobs(), stdout_digest, stderr_digest])
+            self._record(name, task, key, manifest, records, symlinks, result.duration_s)
+            return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason)
+        finally:
+            stdout_path.unlink(missing_ok=True)
+            stderr_path.unlink(missing_ok=True)
+
+    def _output_records(self, files: Sequence) -> tuple:
+        records = []
+        for f in files:
+            path = str(self.root / f.path)
+            st = os.lstat(path)
+            self.stat_cache.remember(path, st, f.digest)
+            records.append((f.path, f.digest.hash, f.digest.size_bytes, f.executable, stat_signature(st)))
+        return tuple(records)
+
+    def _record(self, name: str, task: Task, key: Digest, manifest: tuple, records: tuple, symlinks: tuple,
+                duration_s: float) -> None:
+        self.outputs[name] = records
+        if not task.cache:
+            self.state.forget(name)
+            return
+        # The fingerprint taken before the task ran: if an input changed while it ran, the next build re-checks.
+        self.state.update(name, TaskState(self.fingerprints[name], key.hash, records, symlinks, manifest, duration_s))
+
+    def _outputs_intact(self, prev: TaskState) -> bool:
+        root = str(self.root)
+        for path, _h, _size, _x, sig in prev.outputs:
+            try:
+                if stat_signature(os.lstat(f"{root}/{path}")) != sig:
+                    return False
+            except OSError:
+                return False
+        for path, target in prev.symlinks:
+            try:
+                if os.readlink(f"{root}/{path}") != target:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    # -- running -----------------------------------------------------------------------------------------------
+
+    @property
+    def runner(self) -> ProcessRunner:
+        if self._runner is None:
+            from gaffer.execute.local import ProcessRunner
+
+            self._runner = ProcessRunner()
+        return self._runner
+
+    def _now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def _lane(self) -> int:
+        """A small stable number per pool thread: the trace file's track."""
+        ident = threading.get_ident()
+        with self._lanes_lock:
+            return self._lanes.setdefault(ident, len(self._lanes) + 1)
+
+    def run(self) -> BuildReport:
+        self.t0 = time.perf_counter()
+        self.plan()
+        scheduler = Scheduler(self.order, {n: self.graph.tasks[n].deps for n in self.order},
+                              jobs=1 if self.options.dry_run else self.options.jobs,
+                              keep_going=self.options.keep_going)
+        real = [n for n in self.order if not self.graph.tasks[n].is_group]
+        self.progress.start(len(real), scheduler.jobs)
+        restore = self._install_signal_handlers(scheduler)
+        try:
+            outcomes = scheduler.run(self.work, self.quick, on_start=self.progress.task_started,
+                                     on_done=self.progress.task_finished)
+        finally:
+            restore()
+            if not self.options.dry_run:
+                self.state.save()
+                self.stat_cache.save(self.state.stat_cache_path)
+        return BuildReport(outcomes=outcomes, wall_s=self._now(), interrupted=self._interrupted)
+
+    def _install_signal_handlers(self, scheduler: Scheduler) -> Callable[[], None]:
+        """Ctrl-C / SIGTERM: start nothing new, kill running process groups, keep the cache consistent."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, _frame: object) -> None:
+            self._interrupted = signal.Signals(signum).name
+            scheduler.stop()
+            if self._runner is not None:
+                threading.Thread(target=self._runner.cancel_all, daemon=True).start()
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
+
+
+def _under_any(path: str, outputs: tuple[str, ...]) -> bool:
+    for out in outputs:
+        if path == out or path.startswith(out + "/"):
+            return True
+    return False
+
+
+def explain(before: tuple | None, after: tuple, limit: int = 3) -> str:
+    """Why a task must run: the first few differences between the manifest it last ran with and now."""
+    changes = explain_all(before, after)
+    if len(changes) > limit:
+        return "; ".join(changes[:limit]) + f"; and {len(changes) - limit} more"
+    return "; ".join(changes) if changes else "not in the cache"
+
+
+def explain_all(before: tuple | None, after: tuple) -> list[str]:
+    if before is None:
+        return ["no previous run recorded in this workspace"]
+    b_argv, b_env, b_platform, b_inputs, b_deps, b_outputs, b_timeout = before
+    a_argv, a_env, a_platform, a_inputs, a_deps, a_outputs, a_timeout = after
+    changes: list[str] = []
+    if b_argv != a_argv:
+        changes.append("the command changed")
+    changes += _diff_pairs(dict(b_env), dict(a_env), "env")
+    if b_platform != a_platform:
+        changes.append("the platform changed")
+    b_in, a_in = dict(b_inputs), dict(a_inputs)
+    for path in sorted(a_in.keys() - b_in.keys()):
+        changes.append(f"input {path} was added")
+    for path in sorted(b_in.keys() - a_in.keys()):
+        changes.append(f"input {path} was removed")
+    for path in sorted(a_in.keys() & b_in.keys()):
+        if a_in[path] != b_in[path]:
+            changes.append(f"input {path} changed")
+    b_dep, a_dep = dict(b_deps), dict(a_deps)
+    for dep in sorted(a_dep.keys() | b_dep.keys()):
+        if a_dep.get(dep) != b_dep.get(dep):
+            changes.append(f"the outputs of dependency {dep} changed" if dep in b_dep and dep in a_dep
+                           else f"dependency {dep} was {'added' if dep in a_dep else 'removed'}")
+    if b_outputs != a_outputs:
+        changes.append("the declared outputs changed")
+    if b_timeout != a_timeout:
+        changes.append("the timeout changed")
+    return changes
+
+
+def _diff_pairs(before: dict[str, str], after: dict[str, str], what: str) -> list[str]:
+    changes = []
+    for name in sorted(before.keys() | after.keys()):
+        old, new = before.get(name), after.get(name)
+        if old != new:
+            show = lambda v: "unset" if v is None else repr(v)  # noqa: E731
+            changes.append(f"{what} {name} changed ({show(old)} -> {show(new)})")
+    return changes
+

@@ -1,0 +1,263 @@
+"""The `gaffer` (and `gaffer-exec`) command line.
+
+Each subcommand imports what it needs when it runs, so `gaffer run` on an up-to-date workspace never loads
+protobuf, grpc or any remote-cache client. Exit status: 0 success, 1 the build failed, 2 the user's input was
+wrong, 3 an environment or internal error; 130/143 when interrupted by SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from gaffer import __version__
+from gaffer.errors import GafferError, UserError
+
+CACHE_URL_HELP = (
+    "a remote cache tier behind the local disk (repeatable, nearest first): "
+    "s3://bucket/prefix?endpoint=http://127.0.0.1:7480&region=us-east-1, redis://127.0.0.1:6379/0, "
+    "http://host:8080/prefix (Bazel HTTP cache), grpc://host:9092/instance (REAPI)"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _add_cache_flags(p: argparse.ArgumentParser, remote: bool = True) -> None:
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="local cache directory (default: $XDG_CACHE_HOME/gaffer or ~/.cache/gaffer; env GAFFER_CACHE_DIR)")
+    p.add_argument("--cache-max-size", metavar="SIZE", help="bound of the local cache, e.g. 10GiB (LRU eviction)")
+    if remote:
+        p.add_argument("--cache", action="append", metavar="URL", help=CACHE_URL_HELP)
+        p.add_argument("--cache-read-only", action="store_true",
+                       help="pull from remote tiers but never push to them (untrusted CI)")
+        p.add_argument("--cache-timeout", metavar="DURATION", help="per-request timeout of remote tiers, e.g. 10s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "gaffer"
+    if prog not in ("gaffer", "gaffer-exec"):
+        prog = "gaffer"
+    parser = _Parser(prog=prog, description="Parallel, incremental, cached builds of a task graph.")
+    parser.add_argument("--version", action="version", version=f"gaffer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="build targets (every task when none is named)",
+                         description="Build TARGETs and their dependencies, e.g. "
+                                     "'gaffer run distributed-build --graph graph.json -j 4'.")
+    run.add_argument("targets", nargs="*", metavar="TARGET", help="task names (default: every task)")
+    run.add_argument("--graph", default="graph.json", metavar="FILE", help="the task graph (default: graph.json)")
+    run.add_argument("-j", "--jobs", type=str, default=None, metavar="N",
+                     help="tasks run at once (default: the CPU count; env GAFFER_JOBS)")
+    run.add_argument("-k", "--keep-going", action="store_true", help="keep building what does not depend on a failure")
+    run.add_argument("-n", "--dry-run", action="store_true", help="list what would run and why; change nothing")
+    run.add_argument("-v", "--verbose", action="store_true", help="say why each task ran and which were up to date")
+    run.add_argument("--summary-json", metavar="FILE", help="write the build summary as JSON to FILE")
+    run.add_argument("--trace", metavar="FILE", help="write a Chrome trace-event file (open it in Perfetto)")
+    _add_cache_flags(run)
+
+    explain = sub.add_parser("explain", help="say what changed since a task last ran",
+                             description="Compare TASK's inputs, env values, command and deps with its last run.")
+    explain.add_argument("task", metavar="TASK")
+    explain.add_argument("--graph", default="graph.json", metavar="FILE")
+
+    clean = sub.add_parser("clean", help="remove the declared outputs of targets (default: all tasks)")
+    clean.add_argument("targets", nargs="*", metavar="TARGET")
+    clean.add_argument("--graph", default="graph.json", metavar="FILE")
+    clean.add_argument("--all", action="store_true", help="also empty the local cache (seed 003's cleanAll)")
+    _add_cache_flags(clean, remote=False)
+
+    cache = sub.add_parser("cache", help="inspect and maintain the local cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser, required=True)
+    for name, text in (
+        ("status", "entries, size and the hit rate of recent builds"),
+        ("gc", "evict least-recently-used entries down to the size bound"),
+        ("verify", "re-hash every blob; evict corrupt ones"),
+        ("clean", "remove every entry"),
+    ):
+        action = cache_sub.add_parser(name, help=text, description=text)
+        _add_cache_flags(action, remote=False)
+        if name == "status":
+            action.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    sub.add_parser("serve", help="run a cache server (REAPI gRPC + Bazel HTTP): 'gaffer serve --help'", add_help=False)
+    sub.add_parser("gocache", help="a GOCACHEPROG program on gaffer's cache: 'gaffer gocache --help'", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    try:
+        if args_list and args_list[0] == "serve":
+            from gaffer.server.main import serve_main
+
+            return serve_main(args_list[1:])
+        if args_list and args_list[0] == "gocache":
+            from gaffer.gocache.main import gocache_main
+
+            return gocache_main(args_list[1:])
+        args = build_parser().parse_args(args_list)
+        if args.command is None:
+            build_parser().print_help(sys.stderr)
+            return 2
+        handler = {"run": cmd_run, "explain": cmd_explain, "clean": cmd_clean, "cache": cmd_cache}[args.command]
+        return handler(args)
+    except GafferError as e:
+        print(f"gaffer: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("gaffer: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return vars(args)
+
+
+def _load_graph(path: str):  # type: ignore[no-untyped-def]
+    from gaffer.graph import load_graph
+
+    return load_graph(path)
+
+
+def open_cache(settings: Any, warn: Any) -> Any:
+    """The tiered cache from settings: local disk first, remote tiers (opened lazily) behind it."""
+    from gaffer.cache.disk import DiskStore
+    from gaffer.cache.tiered import TieredCache
+
+    local = DiskStore(settings.cache_dir, settings.max_size, report=warn)
+    remotes = []
+    if settings.remotes:
+        from gaffer.cache.urls import open_tier, redact
+
+        for url in settings.remotes:
+            remotes.append((redact(url), lambda url=url: open_tier(url, timeout=settings.timeout)))
+    return TieredCache(local, remotes, read_only=settings.read_only, report=warn)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gaffer.build import Build, BuildOptions
+    from gaffer.config import load_settings
+    from gaffer.ui.progress import Progress
+
+    graph = _load_graph(args.graph)
+    settings = load_settings(graph.root, _flags(args))
+    progress = Progress(verbose=args.verbose or args.dry_run)
+    cache = open_cache(settings, progress.warn)
+    cache.connect()
+    build = Build(graph, cache, BuildOptions(targets=args.targets, jobs=settings.jobs, keep_going=args.keep_going,
+                                             dry_run=args.dry_run), progress)
+    try:
+        report = build.run()
+    finally:
+        progress.finish()
+        cache.close()
+    report.tiers = [t.as_dict() for t in cache.tier_stats()]
+    from gaffer.ui import report as reporting
+
+    if args.dry_run:
+        return _print_dry_run(report)
+    tasks = report.tasks()
+    cache.local.record_build(hits=sum(1 for o in tasks.values() if o.status == "cached"),
+                             misses=sum(1 for o in tasks.values() if o.status == "executed"))
+    reporting.print_summary(report, sys.stderr)
+    if args.summary_json:
+        reporting.write_summary_json(report, Path(args.summary_json))
+    if args.trace:
+        reporting.write_trace(report, Path(args.trace))
+    if report.interrupted:
+        return 130 if report.interrupted == "SIGINT" else 143
+    return 0 if report.ok else 1
+
+
+def _print_dry_run(report: Any) -> int:
+    for name, o in report.tasks().items():
+        print(f"{name}: {o.reason or o.status}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from gaffer.explain import explain_task
+
+    graph = _load_graph(args.graph)
+    for line in explain_task(graph, args.task):
+        print(line)
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from gaffer.actions import remove_outputs
+    from gaffer.build import STATE_DIR
+    from gaffer.state import WorkspaceState
+
+    graph = _load_graph(args.graph)
+    state = WorkspaceState.load(graph.root / STATE_DIR)
+    removed = 0
+    for name in graph.closure(args.targets):
+        task = graph.tasks[name]
+        removed += sum(1 for out in task.outputs if os.path.lexists(graph.root / out))
+        remove_outputs(graph.root, task.outputs)
+        state.forget(name)
+    state.save()
+    print(f"removed {removed} declared outputs", file=sys.stderr)
+    if args.all:
+        _local_store(args).clean()
+        print("emptied the local cache", file=sys.stderr)
+    return 0
+
+
+def _local_store(args: argparse.Namespace) -> Any:
+    from gaffer.cache.disk import DiskStore
+    from gaffer.config import load_settings
+
+    settings = load_settings(Path.cwd(), _flags(args))
+    return DiskStore(settings.cache_dir, settings.max_size)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from gaffer.units import format_size
+
+    store = _local_store(args)
+    if args.cache_command == "status":
+        status = store.status()
+        builds = store.recent_builds()
+        hits = sum(b["hits"] for b in builds)
+        misses = sum(b["misses"] for b in builds)
+        rate = hits / (hits + misses) if hits + misses else 0.0
+        if args.json:
+            import json
+
+            print(json.dumps({"dir": str(store.root), "targets_cached": status.actions, "blobs": status.blobs,
+                              "bytes": status.bytes, "max_size": status.max_size, "recent_builds": len(builds),
+                              "hits": hits, "misses": misses, "hit_rate": round(rate, 4)}))
+            return 0
+        print(f"Build Cache Status: {store.root}")
+        print(f"  Targets cached: {status.actions}")
+        print(f"  Blobs: {status.blobs}")
+        print(f"  Cache size: {format_size(status.bytes)} ({status.bytes:,} bytes) of {format_size(status.max_size)}")
+        print(f"  Hit rate (last {len(builds)} builds): {100 * rate:.1f}% ({hits} hits, {misses} misses)")
+    elif args.cache_command == "gc":
+        removed, freed = store.gc()
+        print(f"removed {removed} entries ({format_size(freed)})")
+    elif args.cache_command == "verify":
+        verify = store.verify()
+        print(f"checked {verify.checked} blobs: {len(verify.corrupt)} corrupt" +
+              (" (evicted: " + ", ".join(h[:12] for h in verify.corrupt) + ")" if verify.corrupt else ""))
+        return 1 if verify.corrupt else 0
+    elif args.cache_command == "clean":
+        store.clean()
+        print(f"emptied {store.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

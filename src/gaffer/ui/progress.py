@@ -1,0 +1,143 @@
+"""What a build shows while it runs, on stderr.
+
+Plain mode (not a TTY, or CI / NO_COLOR / TERM=dumb): one line per task start and finish, as seed 003 shows:
+    [1/6] Starting build-common
+    [1/6] Completed build-common (2.1s)
+    [2/6] Completed build-models (cached, 0.1s)
+Live mode (a TTY): finished tasks scroll by as lines and one status line at the bottom is redrawn with the
+running tasks and the count.
+Up-to-date tasks print nothing (a no-op build of 10,000 tasks must not print 10,000 lines); they are counted.
+A task's stdout goes to stdout and its stderr to stderr, after its line, whole (never interleaved).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import TextIO
+
+from gaffer.scheduler import CACHED, EXECUTED, FAILED, SKIPPED, Outcome
+
+
+def use_live_display(stream: TextIO) -> bool:
+    if os.environ.get("CI") or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return stream.isatty()
+
+
+class Progress:
+    def __init__(self, stream: TextIO = sys.stderr, live: bool | None = None, verbose: bool = False) -> None:
+        self.stream = stream
+        self.live = use_live_display(stream) if live is None else live
+        self.verbose = verbose
+        self.total = 0
+        self.done = 0
+        self.started = 0
+        self.running: dict[str, float] = {}
+        self._lock = threading.RLock()
+        self._status_shown = False
+        self._numbers: dict[str, int] = {}
+
+    def start(self, total: int, jobs: int) -> None:
+        self.total = total
+        if self.verbose:
+            self._line(f"Starting build with {total} tasks (max concurrency: {jobs})")
+
+    def task_started(self, name: str) -> None:
+        with self._lock:
+            self.started += 1
+            self._numbers[name] = self.started
+            self.running[name] = time.monotonic()
+            if not self.live:
+                self._line(f"[{self.started}/{self.total}] Starting {name}")
+            else:
+                self._redraw()
+
+    def task_finished(self, name: str, outcome: Outcome) -> None:
+        if outcome.status == "group":
+            return
+        with self._lock:
+            self.done += 1
+            self.running.pop(name, None)
+            announced = name in self._numbers
+            number = self._numbers.pop(name, self.done)
+            if outcome.extra.get("up_to_date"):
+                if announced:
+                    self._line(f"[{number}/{self.total}] Completed {name} (up to date, {outcome.duration_s:.1f}s)")
+                elif self.verbose:
+                    self._line(f"[{self.done}/{self.total}] {name}: up to date")
+                elif self.live:
+                    self._redraw()
+                return
+            if outcome.status == CACHED:
+                text = f"Completed {name} (cached, {outcome.duration_s:.1f}s)"
+            elif outcome.status == EXECUTED:
+                text = f"Completed {name} ({outcome.duration_s:.1f}s)"
+                if self.verbose and outcome.reason:
+                    text += f": {outcome.reason}"
+            elif outcome.status == FAILED:
+                text = f"FAILED {name} ({outcome.duration_s:.1f}s): {outcome.reason}"
+            elif outcome.status == SKIPPED:
+                text = f"Skipped {name}: {outcome.reason}"
+            else:
+                text = f"{name}: {outcome.reason}"
+            self._line(f"[{number}/{self.total}] {text}")
+
+    def task_output(self, name: str, stdout: bytes, stderr: bytes) -> None:
+        """Print a task's captured output whole, under the lock so outputs of parallel tasks never mix."""
+        if not stdout and not stderr:
+            return
+        with self._lock:
+            self._clear_status()
+            if stdout:
+                self.stream.flush()
+                sys.stdout.buffer.write(stdout if stdout.endswith(b"\n") else stdout + b"\n")
+                sys.stdout.flush()
+            if stderr:
+                self.stream.flush()
+                sys.stderr.buffer.write(stderr if stderr.endswith(b"\n") else stderr + b"\n")
+                sys.stderr.flush()
+            self._redraw()
+
+    def warn(self, message: str) -> None:
+        self._line(f"gaffer: warning: {message}")
+
+    def finish(self) -> None:
+        with self._lock:
+            self._clear_status()
+
+    # -- drawing -----------------------------------------------------------------------------------------------
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            self._clear_status()
+            self.stream.write(text + "\n")
+            self._redraw()
+            self.stream.flush()
+
+    def _clear_status(self) -> None:
+        if self._status_shown:
+            self.stream.write("\r\x1b[K")
+            self._status_shown = False
+
+    def _redraw(self) -> None:
+        if not self.live or not self.running:
+            return
+        now = time.monotonic()
+        names = sorted(self.running, key=self.running.__getitem__)
+        shown = ", ".join(f"{n} {now - self.running[n]:.0f}s" for n in names[:3])
+        more = f" +{len(names) - 3}" if len(names) > 3 else ""
+        width = _terminal_width(self.stream)
+        text = f"[{self.done}/{self.total}] running: {shown}{more}"[: width - 1]
+        self.stream.write("\r\x1b[K" + text)
+        self.stream.flush()
+        self._status_shown = True
+
+
+def _terminal_width(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 100

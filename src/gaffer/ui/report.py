@@ -1,0 +1,90 @@
+"""After a build: the closing summary, `--summary-json`, and the Chrome trace-event file (`--trace`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TextIO
+
+from gaffer.build import BuildReport
+from gaffer.scheduler import CACHED, EXECUTED, FAILED, SKIPPED
+
+
+def summary_dict(report: BuildReport) -> dict[str, object]:
+    tasks = report.tasks()
+    counts = {s: sum(1 for o in tasks.values() if o.status == s) for s in (EXECUTED, CACHED, FAILED, SKIPPED)}
+    task_s = sum(o.duration_s for o in tasks.values())
+    ran = counts[EXECUTED] + counts[CACHED]
+    saved = sum(max(0.0, o.saved_s - o.duration_s) for o in tasks.values() if o.status == CACHED)
+    return {
+        "executed": counts[EXECUTED],
+        "cached": counts[CACHED],
+        "failed": counts[FAILED],
+        "skipped": counts[SKIPPED],
+        "wall_s": round(report.wall_s, 3),
+        "task_s": round(task_s, 3),
+        "hit_rate": round(counts[CACHED] / ran, 4) if ran else 0.0,
+        "time_saved_s": round(saved, 3),
+        "parallel_efficiency": round(task_s / report.wall_s, 3) if report.wall_s > 0 else 0.0,
+        "interrupted": report.interrupted or None,
+        "tasks": [
+            {"name": name, "status": o.status, "duration_s": round(o.duration_s, 3), "reason": o.reason}
+            for name, o in tasks.items()
+        ],
+        "tiers": report.tiers,
+    }
+
+
+def print_summary(report: BuildReport, stream: TextIO) -> None:
+    s = summary_dict(report)
+    if report.interrupted:
+        verdict = f"Build interrupted ({report.interrupted})"
+    elif s["failed"]:
+        verdict = "Build FAILED"
+    else:
+        verdict = "Build completed"
+    stream.write(
+        f"{verdict} in {s['wall_s']:.1f}s: {s['executed']} executed, {s['cached']} cached, "
+        f"{s['failed']} failed, {s['skipped']} skipped\n"
+        f"  hit rate {100 * s['hit_rate']:.1f}% | total task time {s['task_s']:.1f}s | "
+        f"parallel efficiency {100 * s['parallel_efficiency']:.1f}% | time saved by the cache {s['time_saved_s']:.1f}s\n"
+    )
+    for tier in report.tiers:
+        if tier["hits"] or tier["misses"] or tier["errors"] or tier["bytes_up"]:
+            stream.write(
+                f"  cache {tier['name']}: {tier['hits']} hits, {tier['misses']} misses, "
+                f"{_mib(tier['bytes_down'])} down, {_mib(tier['bytes_up'])} up, {tier['seconds']:.2f}s, "
+                f"{tier['errors']} errors{' (disabled)' if tier['disabled'] else ''}\n"
+            )
+    for name, o in report.tasks().items():
+        if o.status == FAILED:
+            stream.write(f"  failed: {name}: {o.reason}\n")
+    stream.flush()
+
+
+def _mib(n: object) -> str:
+    return f"{int(n) / 1048576:.1f} MiB"  # type: ignore[call-overload]
+
+
+def write_summary_json(report: BuildReport, path: Path) -> None:
+    path.write_text(json.dumps(summary_dict(report), indent=2) + "\n", encoding="utf-8")
+
+
+def write_trace(report: BuildReport, path: Path) -> None:
+    """Chrome trace-event JSON (opens in Perfetto / chrome://tracing): one complete ("X") slice per task, one
+    track per worker thread; up-to-date tasks are instant events on track 0."""
+    events: list[dict[str, object]] = [
+        {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "gaffer run"}},
+    ]
+    for name, o in report.tasks().items():
+        lane = int(o.extra.get("lane", 0))  # type: ignore[call-overload]
+        event: dict[str, object] = {
+            "name": name, "cat": o.status, "pid": 1, "tid": lane, "ts": round(o.start_s * 1e6),
+            "args": {"status": o.status, "reason": o.reason},
+        }
+        if o.duration_s > 0:
+            event.update(ph="X", dur=max(1, round(o.duration_s * 1e6)))
+        else:
+            event.update(ph="i", s="t")
+        events.append(event)
+    path.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}) + "\n", encoding="utf-8")
