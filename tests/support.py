@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,3 +30,28 @@ def require_tool(name: str) -> str:
     require(found is not None, f"{name} is not installed (scripts/test.sh installs it)")
     assert found is not None
     return found
+
+
+def gaffer_env(cache_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment for a gaffer subprocess: a private cache, no user config, plain (non-TTY) output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    env.update(GAFFER_CACHE_DIR=str(cache_dir), XDG_CONFIG_HOME=str(cache_dir.parent / "xdg-config"))
+    env.update(extra)
+    return env
+
+
+def run_gaffer(args: list[str], cwd: Path, env: dict[str, str], check: bool = False,
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI (`python -m gaffer`) in a subprocess, capturing its output."""
+    proc = subprocess.run([sys.executable, "-m", "gaffer", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gaffer {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def summary(path: Path) -> dict:
+    """A --summary-json file, with a {name: status} map added for short assertions."""
+    data = json.loads(path.read_text())
+    data["status"] = {t["name"]: t["status"] for t in data["tasks"]}
+    return data

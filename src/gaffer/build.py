@@ -84,7 +84,7 @@ class Build:
         self._runner: ProcessRunner | None = None
         self._interrupted = ""
         self._lanes: dict[int, int] = {}
-        self._lanes_lock = threading.Lock()
+        self._lanes_lock = threading.Lock()  # guards _lanes and the lazy _runner
 
     # -- planning ----------------------------------------------------------------------------------------------
 
@@ -315,11 +315,12 @@ class Build:
 
     @property
     def runner(self) -> ProcessRunner:
-        if self._runner is None:
-            from gaffer.execute.local import ProcessRunner
+        with self._lanes_lock:  # two pool threads may get here at once: exactly one runner, or cancel misses one
+            if self._runner is None:
+                from gaffer.execute.local import ProcessRunner
 
-            self._runner = ProcessRunner()
-        return self._runner
+                self._runner = ProcessRunner()
+            return self._runner
 
     def _now(self) -> float:
         return time.perf_counter() - self.t0
@@ -357,8 +358,7 @@ class Build:
         def handler(signum: int, _frame: object) -> None:
             self._interrupted = signal.Signals(signum).name
             scheduler.stop()
-            if self._runner is not None:
-                threading.Thread(target=self._runner.cancel_all, daemon=True).start()
+            threading.Thread(target=self.runner.cancel_all, daemon=True).start()
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None

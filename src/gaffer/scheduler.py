@@ -89,7 +89,8 @@ class Scheduler:
                     running[pool.submit(work, name)] = name
                 if not running:
                     continue
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                # A timeout, so the main thread wakes up to run signal handlers (Ctrl-C may land on a pool thread).
+                done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
                 for future in done:
                     name = running.pop(future)
                     try:

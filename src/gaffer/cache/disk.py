@@ -94,11 +94,16 @@ class DiskStore(CacheTier):
     # -- CAS ---------------------------------------------------------------------------------------------------
 
     def has_blob(self, digest: Digest) -> bool:
+        """Present with the right size (content is checked on read). A wrong size is corruption: evicted."""
+        path = self.blob_path(digest)
         try:
-            st = os.stat(self.blob_path(digest))
+            st = os.stat(path)
         except OSError:
             return False
-        return st.st_size == digest.size_bytes
+        if st.st_size != digest.size_bytes:
+            self._evict_corrupt(path, digest)
+            return False
+        return True
 
     def find_missing(self, digests: Sequence[Digest]) -> list[Digest]:
         return [d for d in digests if not self.has_blob(d)]

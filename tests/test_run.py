@@ -1,0 +1,346 @@
+"""`gaffer run` end to end on small real graphs: real processes, a real on-disk cache, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import gaffer_env, run_gaffer, summary
+
+CHAIN = {
+    "tasks": {
+        "gen": {"command": "mkdir -p out && cat src/a.txt > out/a.txt && echo gen-stdout && echo gen-stderr >&2",
+                "inputs": ["src/a.txt"], "outputs": ["out/a.txt"]},
+        "mid": {"command": ["sh", "-c", "cat out/a.txt src/b.txt > out/b.txt"], "deps": ["gen"],
+                "inputs": ["src/b.txt"], "outputs": ["out/b.txt"], "env": ["FLAVOUR"]},
+        "top": {"command": ["cat out/b.txt > out/c.txt", ["chmod", "+x", "out/c.txt"]], "deps": ["mid"],
+                "inputs": ["src/c/**/*.txt"], "outputs": ["out/c.txt"]},
+        "side": {"command": "mkdir -p out/dir/sub && echo x > out/dir/sub/x && ln -sf sub/x out/dir/link",
+                 "inputs": ["src/a.txt"], "outputs": ["out/dir"]},
+        "all": {"deps": ["top", "side"]},
+    }
+}
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    root = tmp_path / "ws"
+    (root / "src" / "c" / "deep").mkdir(parents=True)
+    (root / "src" / "a.txt").write_text("alpha\n")
+    (root / "src" / "b.txt").write_text("beta\n")
+    (root / "src" / "c" / "deep" / "c.txt").write_text("gamma\n")
+    (root / "graph.json").write_text(json.dumps(CHAIN))
+    return root
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return gaffer_env(tmp_path / "cache")
+
+
+def build(ws: Path, env: dict[str, str], *args: str, expect: int = 0) -> dict:
+    out = ws / "summary.json"
+    proc = run_gaffer(["run", *args, "--summary-json", str(out), "-j", "2"], cwd=ws, env=env)
+    assert proc.returncode == expect, proc.stderr
+    result = summary(out)
+    result["stderr"] = proc.stderr
+    result["stdout"] = proc.stdout
+    return result
+
+
+def reasons(result: dict) -> dict[str, str]:
+    return {t["name"]: t["reason"] for t in result["tasks"]}
+
+
+def outputs(ws: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(ws)): p.read_bytes() for p in sorted((ws / "out").rglob("*")) if p.is_file()}
+
+
+def test_cold_then_warm_then_restore_byte_identical(ws: Path, env: dict[str, str]) -> None:
+    cold = build(ws, env, "all")
+    assert cold["executed"] == 4 and cold["cached"] == 0
+    assert set(cold["status"].values()) == {"executed"} and "all" not in cold["status"]
+    assert "gen-stdout" in cold["stdout"] and "gen-stderr" in cold["stderr"]
+    made = outputs(ws)
+
+    warm = build(ws, env, "all")
+    assert warm["cached"] == 4 and warm["executed"] == 0 and warm["hit_rate"] == 1.0
+
+    for p in sorted((ws / "out").rglob("*"), reverse=True):
+        p.unlink() if not p.is_dir() or p.is_symlink() else p.rmdir()
+    restored = build(ws, env, "all")
+    assert restored["cached"] == 4 and restored["executed"] == 0
+    assert outputs(ws) == made
+    assert os.access(ws / "out" / "c.txt", os.X_OK)
+    assert os.readlink(ws / "out" / "dir" / "link") == "sub/x"
+    assert "gen-stdout" in restored["stdout"] and "gen-stderr" in restored["stderr"], "a hit replays the logs"
+
+
+def test_edit_reruns_only_dependents_and_explains(ws: Path, env: dict[str, str]) -> None:
+    build(ws, env, "all")
+    (ws / "src" / "b.txt").write_text("beta 2\n")
+    result = build(ws, env, "all")
+    assert result["status"] == {"gen": "cached", "mid": "executed", "top": "executed", "side": "cached"}
+    assert "input src/b.txt changed" in reasons(result)["mid"]
+    assert "dependency mid" in reasons(result)["top"]
+    assert (ws / "out" / "c.txt").read_text() == "alpha\nbeta 2\n"
+
+
+def test_new_file_matching_a_glob_reruns(ws: Path, env: dict[str, str]) -> None:
+    build(ws, env, "all")
+    (ws / "src" / "c" / "new.txt").write_text("new\n")
+    result = build(ws, env, "top")
+    assert result["status"]["top"] == "executed"
+    assert "input src/c/new.txt was added" in reasons(result)["top"]
+
+
+def test_mtime_only_change_never_reruns(ws: Path, env: dict[str, str]) -> None:
+    build(ws, env, "all")
+    later = time.time() + 10
+    os.utime(ws / "src" / "a.txt", (later, later))
+    result = build(ws, env, "all")
+    assert result["executed"] == 0 and result["cached"] == 4
+
+
+def test_declared_env_value_changes_the_key(ws: Path, env: dict[str, str]) -> None:
+    build(ws, env, "all")
+    result = build(ws, {**env, "FLAVOUR": "spicy"}, "all")
+    assert result["status"] == {"gen": "cached", "mid": "executed", "top": "cached", "side": "cached"}
+    assert "env FLAVOUR changed (unset -> 'spicy')" in reasons(result)["mid"]
+    undeclared = build(ws, {**env, "FLAVOUR": "spicy", "UNDECLARED": "x"}, "all")
+    assert undeclared["executed"] == 0
+    back = build(ws, env, "all")  # back to unset: the first key again, restored from the cache
+    assert back["status"]["mid"] == "cached"
+
+
+def test_corrupt_blob_is_detected_reported_and_rebuilt(ws: Path, env: dict[str, str], tmp_path: Path) -> None:
+    build(ws, env, "gen")
+    made = (ws / "out" / "a.txt").read_bytes()
+    blobs = [p for p in (tmp_path / "cache" / "cas").rglob("*") if p.is_file() and p.read_bytes() == made]
+    assert blobs, "the output is stored as a plain blob file"
+    blobs[0].write_bytes(b"corrupted!")
+    (ws / "out" / "a.txt").unlink()
+    result = build(ws, env, "gen")
+    assert "corrupt cache blob" in result["stderr"]
+    assert result["status"]["gen"] == "executed"
+    assert (ws / "out" / "a.txt").read_bytes() == made
+    verify = run_gaffer(["cache", "verify"], cwd=ws, env=env)
+    assert verify.returncode == 0 and "0 corrupt" in verify.stdout
+
+
+def test_failure_stops_build_skips_dependents_and_is_not_cached(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = tmp_path / "fail"
+    ws.mkdir()
+    graph = {"tasks": {
+        "bad": {"command": "echo broken >&2; exit 3", "outputs": []},
+        "after": {"command": "touch after", "deps": ["bad"], "outputs": ["after"]},
+        "other": {"command": "touch other", "outputs": ["other"]},
+    }}
+    (ws / "graph.json").write_text(json.dumps(graph))
+    result = build(ws, env, "-k", expect=1)
+    assert result["status"] == {"bad": "failed", "after": "skipped", "other": "executed"}
+    assert "exited with status 3" in result["stderr"] and "broken" in result["stderr"]
+    again = build(ws, env, "bad", expect=1)
+    assert again["status"]["bad"] == "failed", "a failure is never cached"
+
+
+def test_missing_declared_output_fails_clearly(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = tmp_path / "missing"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"t": {"command": "true", "outputs": ["never/made.txt"]}}))
+    result = build(ws, env, expect=1)
+    assert result["status"] == {"t": "failed"}
+    assert "declared output 'never/made.txt' was not created by the task" in result["stderr"]
+
+
+def test_timeout_kills_the_process_group(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = tmp_path / "slow"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"slow": {
+        "command": "sleep 30 & echo $! > child.pid; wait", "timeout": "1s", "outputs": []}}))
+    started = time.monotonic()
+    result = build(ws, env, expect=1)
+    assert time.monotonic() - started < 20
+    assert "timed out after 1s" in result["stderr"]
+    child = int((ws / "child.pid").read_text())
+    assert not _alive(child), "the task's children are killed with it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return state not in ("Z", "X")
+
+
+def test_sigterm_kills_running_tasks_and_leaves_cache_consistent(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = tmp_path / "term"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({
+        "quick": {"command": "echo ok > quick.txt", "outputs": ["quick.txt"]},
+        "long": {"command": "echo started > started; sleep 60 & echo $! > child.pid; wait", "outputs": []},
+    }))
+    proc = subprocess.Popen([sys.executable, "-m", "gaffer", "run", "-j", "2"], cwd=ws, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (ws / "child.pid").exists() or not (ws / "child.pid").read_text().strip():
+        assert time.monotonic() < deadline and proc.poll() is None, "the long task never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert not _alive(int((ws / "child.pid").read_text()))
+    verify = run_gaffer(["cache", "verify"], cwd=ws, env=env)
+    assert verify.returncode == 0, verify.stdout
+
+
+def test_two_processes_share_one_cache(tmp_path: Path, env: dict[str, str]) -> None:
+    workspaces = []
+    for i in range(2):
+        ws = tmp_path / f"w{i}"
+        (ws / "src" / "c").mkdir(parents=True)
+        for name in ("a", "b"):
+            (ws / "src" / f"{name}.txt").write_text(f"{name}\n")
+        (ws / "src" / "c" / "c.txt").write_text("c\n")
+        (ws / "graph.json").write_text(json.dumps(CHAIN))
+        workspaces.append(ws)
+    procs = [subprocess.Popen([sys.executable, "-m", "gaffer", "run", "-j", "2"], cwd=ws, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for ws in workspaces]
+    for p in procs:
+        _out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    assert outputs(workspaces[0]) == outputs(workspaces[1])
+    verify = run_gaffer(["cache", "verify"], cwd=tmp_path, env=env)
+    assert verify.returncode == 0 and " 0 corrupt" in verify.stdout
+
+
+def test_dry_run_changes_nothing(ws: Path, env: dict[str, str]) -> None:
+    proc = run_gaffer(["run", "all", "--dry-run"], cwd=ws, env=env)
+    assert proc.returncode == 0
+    assert "gen: would run: no previous run recorded" in proc.stdout
+    assert not (ws / "out").exists()
+    build(ws, env, "all")
+    (ws / "src" / "a.txt").write_text("alpha 2\n")
+    proc = run_gaffer(["run", "all", "--dry-run"], cwd=ws, env=env)
+    assert "gen: would run: input src/a.txt changed" in proc.stdout
+    assert (ws / "out" / "a.txt").read_text() == "alpha\n"
+
+
+def test_explain_names_the_change(ws: Path, env: dict[str, str]) -> None:
+    first = run_gaffer(["explain", "mid"], cwd=ws, env=env)
+    assert first.returncode == 0 and "no recorded run" in first.stdout
+    build(ws, env, "all")
+    same = run_gaffer(["explain", "mid"], cwd=ws, env=env)
+    assert "nothing changed" in same.stdout
+    (ws / "src" / "b.txt").write_text("beta 2\n")
+    changed = run_gaffer(["explain", "mid"], cwd=ws, env={**env, "FLAVOUR": "x"})
+    assert "input src/b.txt changed" in changed.stdout
+    assert "env FLAVOUR changed (unset -> 'x')" in changed.stdout
+
+
+def test_trace_and_summary_files(ws: Path, env: dict[str, str]) -> None:
+    trace = ws / "trace.json"
+    proc = run_gaffer(["run", "all", "--trace", str(trace)], cwd=ws, env=env)
+    assert proc.returncode == 0
+    events = json.loads(trace.read_text())["traceEvents"]
+    slices = {e["name"]: e for e in events if e.get("ph") == "X"}
+    assert set(slices) == {"gen", "mid", "top", "side"}
+    assert slices["mid"]["ts"] >= slices["gen"]["ts"] + slices["gen"]["dur"] - 1000, "deps finish first"
+    assert "Build completed" in proc.stderr and "parallel efficiency" in proc.stderr
+    assert "[4/4] Completed" in proc.stderr or "Completed" in proc.stderr
+
+
+def test_clean_removes_declared_outputs(ws: Path, env: dict[str, str]) -> None:
+    build(ws, env, "all")
+    proc = run_gaffer(["clean"], cwd=ws, env=env)
+    assert proc.returncode == 0
+    assert not (ws / "out" / "a.txt").exists() and not (ws / "out" / "dir").exists()
+    assert (ws / "src" / "a.txt").exists()
+    result = build(ws, env, "all")
+    assert result["cached"] == 4, "clean keeps the cache: everything is restored"
+
+
+def test_cache_status_gc_and_clean(ws: Path, env: dict[str, str]) -> None:
+    build(ws, env, "all")
+    build(ws, env, "all")
+    status = json.loads(run_gaffer(["cache", "status", "--json"], cwd=ws, env=env).stdout)
+    assert status["targets_cached"] == 4 and status["bytes"] > 0
+    assert status["hits"] == 4 and status["misses"] == 4 and status["hit_rate"] == 0.5
+    text = run_gaffer(["cache", "status"], cwd=ws, env=env).stdout
+    assert "Targets cached: 4" in text and "Cache size:" in text
+    gc = run_gaffer(["cache", "gc", "--cache-max-size", "1"], cwd=ws, env=env)
+    assert gc.returncode == 0 and "removed" in gc.stdout
+    assert json.loads(run_gaffer(["cache", "status", "--json"], cwd=ws, env=env).stdout)["bytes"] == 0
+    run_gaffer(["cache", "clean"], cwd=ws, env=env, check=True)
+
+
+def test_local_cache_is_bounded(ws: Path, env: dict[str, str], tmp_path: Path) -> None:
+    (ws / "graph.json").write_text(json.dumps({f"t{i}": {
+        "command": f"head -c 20000 /dev/urandom > big{i}", "outputs": [f"big{i}"]} for i in range(6)}))
+    build(ws, {**env, "GAFFER_CACHE_MAX_SIZE": "60KB"})
+    status = json.loads(run_gaffer(["cache", "status", "--json"], cwd=ws, env=env).stdout)
+    assert status["bytes"] <= 60_000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "-j", "0"], "-j/--jobs: '0' is not a positive number of jobs"),
+        (["run", "nosuch"], "unknown target 'nosuch'"),
+        (["run", "--graph", "missing.json"], "missing.json: cannot read"),
+        (["run", "--bogus"], "unrecognized arguments: --bogus"),
+        (["run", "--cache-max-size", "lots"], "--cache-max-size: 'lots' is not a size"),
+        (["explain", "nosuch"], "unknown target 'nosuch'"),
+    ],
+)
+def test_bad_command_line_is_one_line_and_exit_2(ws: Path, env: dict[str, str], args: list[str], message: str) -> None:
+    proc = run_gaffer(args, cwd=ws, env=env)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[cache]\nmax_size = 'huge'\n", "[cache] max_size: 'huge' is not a size"),
+        ("[cache]\nbogus = 1\n", "[cache] unknown setting 'bogus'"),
+        ("[nope]\n", "unknown section [nope]"),
+        ("[cache\n", "not valid TOML"),
+        ("[run]\njobs = -1\n", "[run] jobs: -1 is not a positive number of jobs"),
+    ],
+)
+def test_bad_gaffer_toml(ws: Path, env: dict[str, str], toml: str, message: str) -> None:
+    (ws / "gaffer.toml").write_text(toml)
+    proc = run_gaffer(["run"], cwd=ws, env=env)
+    assert proc.returncode == 2 and message in proc.stderr and "gaffer.toml" in proc.stderr
+
+
+def test_settings_precedence_flag_over_env_over_toml(ws: Path, tmp_path: Path) -> None:
+    from gaffer.config import load_settings
+
+    (ws / "gaffer.toml").write_text(f"[cache]\ndir = '{tmp_path / 'from-toml'}'\n[run]\njobs = 3\n")
+    assert load_settings(ws, {}, env={}).cache_dir == tmp_path / "from-toml"
+    assert load_settings(ws, {}, env={}).jobs == 3
+    from_env = load_settings(ws, {}, env={"GAFFER_CACHE_DIR": str(tmp_path / "from-env"), "GAFFER_JOBS": "5"})
+    assert from_env.cache_dir == tmp_path / "from-env" and from_env.jobs == 5
+    from_flag = load_settings(ws, {"cache_dir": str(tmp_path / "flag"), "jobs": "7"},
+                              env={"GAFFER_CACHE_DIR": str(tmp_path / "from-env")})
+    assert from_flag.cache_dir == tmp_path / "flag" and from_flag.jobs == 7
+
+
+def test_symlink_output_escaping_the_workspace_fails(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = tmp_path / "esc"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"t": {"command": "ln -sf ../../etc/passwd link", "outputs": ["link"]}}))
+    result = build(ws, env, expect=1)
+    assert "points outside the workspace" in result["stderr"]
