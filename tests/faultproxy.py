@@ -19,6 +19,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+from typing import Self
 
 _CHUNK = 1 << 16
 _RESPONSE_503 = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -109,7 +110,7 @@ class FaultProxy:
         self._wake_r.close()
         self._wake_w.close()
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

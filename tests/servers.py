@@ -2,17 +2,15 @@
 
 Every `start_*` function returns a `Server` handle (url, port, env for clients, `stop()`); the session-scoped
 fixtures in conftest.py start them lazily. State (config, data, logs) lives in a fresh temp directory that
-`stop()` removes. Directly spawned servers get SIGTERM if the test process dies (PR_SET_PDEATHSIG), so a killed
-pytest run does not leave them behind.
+`stop()` removes. Directly spawned servers get SIGTERM if the test process dies (PR_SET_PDEATHSIG, through util-linux
+`setpriv`), so a killed pytest run does not leave them behind; Ceph's daemons are stopped by PID only.
 """
 
 from __future__ import annotations
 
 import base64
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -70,18 +68,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask the kernel for SIGTERM when the parent (this test process) dies."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    # setpriv (util-linux) asks the kernel for SIGTERM when this process dies, then execs the server; a
+    # preexec_fn could do the same but is unsafe in a process that has threads.
+    setpriv = shutil.which("setpriv")
+    prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
     with open(log, "ab") as out:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
+        return subprocess.Popen(prefix + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
@@ -249,21 +243,22 @@ def start_ceph_rgw() -> Server:
     mon_port = free_port()
     while mon_port == port:
         mon_port = free_port()
-    stop_script = HERE / "ceph" / "stop_ceph_rgw.sh"
+
+    def stop() -> None:
+        subprocess.run([str(HERE / "ceph" / "stop_ceph_rgw.sh"), str(workdir)], check=False)
+
     t0 = time.perf_counter()
     try:
         started = subprocess.run(
             [str(HERE / "ceph" / "start_ceph_rgw.sh"), str(workdir), str(port), str(mon_port), "memstore"],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=CEPH_START_TIMEOUT_S,
+            check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=CEPH_START_TIMEOUT_S,
         )
         if started.returncode != 0:
             raise RuntimeError(f"ceph did not start (status {started.returncode}):\n{started.stderr[-2000:]}")
         wait_until(http_answers(f"http://127.0.0.1:{port}/"), "radosgw", START_TIMEOUT_S)
     except BaseException:
-        subprocess.run([str(stop_script), str(workdir)], check=False)
+        stop()
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     env = {**_ISOLATED_AWS_ENV, "AWS_ACCESS_KEY_ID": CEPH_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": CEPH_SECRET_KEY}
-    return Server("ceph", port, f"http://127.0.0.1:{port}", workdir,
-                  lambda: subprocess.run([str(stop_script), str(workdir)], check=False),
-                  time.perf_counter() - t0, env)
+    return Server("ceph", port, f"http://127.0.0.1:{port}", workdir, stop, time.perf_counter() - t0, env)

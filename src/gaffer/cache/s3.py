@@ -1,0 +1,280 @@
+"""The S3 tier: `s3://bucket/prefix?endpoint=URL&region=R` (AWS, Ceph radosgw, MinIO, moto...).
+
+Objects are `<prefix>/cas/<sha256>` and `<prefix>/ac/<sha256>`, so several caches can share a bucket without
+seeing each other's entries. Credentials come from the standard AWS chain (environment, profile, instance role);
+`AWS_ENDPOINT_URL` works as with any AWS SDK. CAS objects are written once (`If-None-Match: *`): a blob that is
+already there is a success and costs no overwrite. Action-cache entries are overwritten, as REAPI's
+UpdateActionResult does, so a stale entry can be replaced by a fresh result.
+
+Only `cache/urls.py` imports this module, and only for an s3:// URL, so boto3 never loads on the CLI hot path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import boto3
+import boto3.s3.transfer
+import botocore.exceptions
+import botocore.session
+from botocore.config import Config
+
+from gaffer.cache.base import CacheTier, TierError
+from gaffer.cache.urls import bad_url, query_params, redact, split_url
+from gaffer.digest import Digest
+
+MULTIPART_THRESHOLD = 64 * 1024 * 1024  # bigger uploads go in parts, several at once
+MULTIPART_CHUNK = 16 * 1024 * 1024
+HEAD_WORKERS = 16  # parallel HEADs in find_missing (and the HTTP connection pool size)
+_CHUNK = 1024 * 1024
+_DENIED = frozenset({
+    "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+    "ExpiredToken", "TokenRefreshRequired",
+})
+_TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "InternalError"})
+# Answers of a store that does not implement conditional PUT: retry plainly and stop sending the header.
+_NO_CONDITIONAL_PUT = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest"})
+_TRANSIENT_ERRORS = (
+    botocore.exceptions.HTTPClientError,  # read timeouts, connections closed mid-response
+    botocore.exceptions.ConnectionError,  # refused, connect timeouts, DNS
+    botocore.exceptions.IncompleteReadError,
+)
+
+
+_loader_lock = threading.Lock()
+_loader: Any = None
+
+
+def _new_session() -> boto3.session.Session:
+    """A fresh session (boto3's default one is not thread-safe, and each reads the credential chain anew) that
+    shares the service-model loader: parsing botocore's JSON models is most of a client's creation time."""
+    global _loader
+    core = botocore.session.get_session()
+    with _loader_lock:
+        if _loader is None:
+            _loader = core.get_component("data_loader")
+        else:
+            core.register_component("data_loader", _loader)
+    return boto3.session.Session(botocore_session=core)
+
+
+class S3Tier(CacheTier):
+    """CAS + AC in one bucket under one key prefix. Thread-safe: boto3 clients are."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        timeout: float = 30.0,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        name: str | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.name = name or f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.multipart_threshold = multipart_threshold
+        self._conditional_put = True
+        custom_endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        config = Config(
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"max_attempts": 2, "mode": "standard"},  # the tiered cache retries too
+            max_pool_connections=HEAD_WORKERS,
+            # path-style for self-hosted stores: their DNS rarely resolves bucket.host names
+            s3={"addressing_style": "path" if custom_endpoint else "auto"},
+            # flexible checksums (CRC32 headers) are not understood by Ceph or older MinIO; digests verify blobs
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self._s3 = _new_session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+        self._pool = ThreadPoolExecutor(HEAD_WORKERS, thread_name_prefix="gaffer-s3")
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 30.0, **options: Any) -> S3Tier:
+        """Open `s3://bucket[/prefix][?endpoint=URL][&region=R]`; `options` go to the constructor."""
+        parts = split_url(url)
+        params = query_params(url, parts, ("endpoint", "region"))
+        if not parts.netloc or "@" in parts.netloc or ":" in parts.netloc:
+            raise bad_url(url, "expected s3://BUCKET/PREFIX (example: s3://my-cache/ci?region=eu-west-1)")
+        endpoint = params.get("endpoint")
+        if endpoint and split_url(endpoint).scheme not in ("http", "https"):
+            raise bad_url(url, f"endpoint {endpoint!r} is not an http:// or https:// URL")
+        try:
+            return cls(parts.netloc, parts.path, endpoint=endpoint, region=params.get("region"), timeout=timeout,
+                       name=redact(url), **options)
+        except ValueError as e:  # botocore: invalid endpoint or region
+            raise bad_url(url, str(e)) from None
+
+    # -- keys and errors ---------------------------------------------------------------------------------------
+
+    def _key(self, kind: str, digest: Digest) -> str:
+        return f"{self.prefix}/{kind}/{digest.hash}" if self.prefix else f"{kind}/{digest.hash}"
+
+    def _error(self, e: Exception, what: str) -> TierError:
+        """One TierError for any boto3 failure: store-side 5xx and network trouble are transient."""
+        if isinstance(e, botocore.exceptions.ClientError):
+            code, status = self._code(e)
+            if code == "NoSuchBucket":
+                return TierError(self.name, f"bucket {self.bucket!r} does not exist", transient=False)
+            if status == 403 or code in _DENIED:
+                return TierError(self.name, f"access to bucket {self.bucket!r} denied ({code or status}): check the "
+                                 "AWS credentials and the bucket policy", transient=False)
+            transient = status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES
+            answer = f"HTTP {status}" if code in ("", str(status)) else f"{code} (HTTP {status})"
+            return TierError(self.name, f"{what}: {answer}", transient=transient)
+        if isinstance(e, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+            return TierError(self.name, "no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                             "AWS_PROFILE)", transient=False)
+        if isinstance(e, _TRANSIENT_ERRORS):  # their text repeats the whole endpoint URL: the type says enough
+            return TierError(self.name, f"{what}: {type(e).__name__}", transient=True)
+        return TierError(self.name, f"{what}: {e}", transient=False)
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            raise self._error(e, what) from e
+
+    @staticmethod
+    def _code(e: botocore.exceptions.ClientError) -> tuple[str, int]:
+        return (str(e.response.get("Error", {}).get("Code", "")),
+                int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)))
+
+    def _get(self, key: str) -> Any:
+        """The GetObject response (body not read yet), or None if there is no such key."""
+        try:
+            return self._s3.get_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as e:
+            code, status = self._code(e)
+            if status == 404 and code != "NoSuchBucket":
+                return None
+            raise
+
+    def _exists(self, key: str, size: int) -> bool:
+        try:
+            head = self._s3.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as e:
+            if self._code(e)[1] == 404:
+                return False
+            raise
+        return int(head.get("ContentLength", -1)) == size
+
+    # -- CAS ---------------------------------------------------------------------------------------------------
+
+    def _has_blob(self, digest: Digest) -> bool:
+        key = self._key("cas", digest)
+        with self._guard(f"HEAD {key}"):
+            return self._exists(key, digest.size_bytes)
+
+    def find_missing(self, digests: Sequence[Digest]) -> list[Digest]:
+        # Executor.map cancels the HEADs not yet started when one fails, so a dead store fails fast.
+        present = list(self._pool.map(self._has_blob, digests))
+        return [d for d, here in zip(digests, present) if not here]
+
+    def read_blob(self, digest: Digest) -> bytes | None:
+        return self._read(self._key("cas", digest))
+
+    def fetch_blob(self, digest: Digest, dest: Path) -> bool:
+        # One streamed GET rather than download_fileobj: its ranged parts send If-Match with the ETag, which
+        # Ceph rejects, and a content-addressed object cannot change under us anyway.
+        key = self._key("cas", digest)
+        with self._guard(f"GET {key}"):
+            response = self._get(key)
+            if response is None:
+                return False
+            body = response["Body"]
+            try:
+                with open(dest, "wb") as f:
+                    f.writelines(body.iter_chunks(_CHUNK))
+            finally:
+                body.close()
+        return True
+
+    def write_blob(self, digest: Digest, data: bytes) -> None:
+        self._put_once(self._key("cas", digest), data)
+
+    def upload_blob(self, digest: Digest, path: Path) -> None:
+        key = self._key("cas", digest)
+        if os.path.getsize(path) < self.multipart_threshold:
+            with open(path, "rb") as f:
+                self._put_once(key, f)
+            return
+        transfer = boto3.s3.transfer.TransferConfig(
+            multipart_threshold=self.multipart_threshold, multipart_chunksize=MULTIPART_CHUNK, max_concurrency=4)
+        with self._guard(f"upload {key}"):
+            # Multipart uploads cannot be conditional everywhere: ask first, so a big blob is sent only once.
+            if self._exists(key, digest.size_bytes):
+                return
+            with boto3.s3.transfer.create_transfer_manager(self._s3, transfer) as manager:
+                manager.upload(str(path), self.bucket, key).result()
+
+    def _put_once(self, key: str, body: bytes | IO[bytes]) -> None:
+        """PUT unless the object exists; a store without conditional PUT just gets a plain (idempotent) PUT."""
+        with self._guard(f"PUT {key}"):
+            while True:
+                conditional = {"IfNoneMatch": "*"} if self._conditional_put else {}
+                try:
+                    self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, **conditional)
+                    return
+                except botocore.exceptions.ClientError as e:
+                    code, status = self._code(e)
+                    # 412: already there; 409 ConditionalRequestConflict: a concurrent PUT of the same content
+                    if conditional and (status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict")):
+                        return
+                    if not conditional or not (status == 501 or code in _NO_CONDITIONAL_PUT):
+                        raise
+                    self._conditional_put = False
+                    if not isinstance(body, bytes):
+                        body.seek(0)
+
+    # -- action cache ------------------------------------------------------------------------------------------
+
+    def read_action(self, key: Digest) -> bytes | None:
+        return self._read(self._key("ac", key))
+
+    def write_action(self, key: Digest, result: bytes) -> None:
+        object_key = self._key("ac", key)
+        with self._guard(f"PUT {object_key}"):
+            self._s3.put_object(Bucket=self.bucket, Key=object_key, Body=result)
+
+    def _read(self, key: str) -> bytes | None:
+        with self._guard(f"GET {key}"):
+            response = self._get(key)
+            return None if response is None else bytes(response["Body"].read())
+
+    # -- management --------------------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as e:
+            if self._code(e)[1] == 404:
+                raise TierError(self.name, f"bucket {self.bucket!r} does not exist", transient=False) from e
+            raise self._error(e, f"HEAD bucket {self.bucket!r}") from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._error(e, f"HEAD bucket {self.bucket!r}") from e
+
+    def clear(self) -> None:
+        """Delete every CAS and AC object under this tier's prefix (gobuildcache `clear-remote`)."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        paginator = self._s3.get_paginator("list_objects_v2")
+        with self._guard(f"clear {self.name}"):
+            for kind in ("cas/", "ac/"):
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=base + kind):
+                    keys = [obj["Key"] for obj in page.get("Contents", [])]
+                    # one DELETE per key: DeleteObjects needs a checksum header that not every store accepts
+                    list(self._pool.map(lambda k: self._s3.delete_object(Bucket=self.bucket, Key=k), keys))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._s3.close()

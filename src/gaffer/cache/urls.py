@@ -1,0 +1,137 @@
+"""Open a cache tier from the URL a user wrote, and show URLs without their secrets.
+
+    disk:///var/cache/gaffer
+    s3://bucket/prefix?endpoint=http://127.0.0.1:7480&region=us-east-1
+    redis://[:password@]host:6379/0?prefix=gaffer&max_blob=64MiB     (rediss:// for TLS)
+    http(s)://[user:password@]host[:port]/prefix?token_file=PATH     (the Bazel HTTP cache protocol)
+    grpc(s)://host:port/instance                                     (REAPI: gaffer serve, bazel-remote, ...)
+
+Light on purpose (standard library only): each tier's module, and the client library it needs (boto3, redis,
+httpx, grpc), is imported only when a URL of its scheme is opened.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection
+from urllib.parse import SplitResult, parse_qsl, urlsplit
+
+from gaffer.cache.base import CacheTier
+from gaffer.errors import UserError
+
+_SECRET_PARAM = re.compile(r"token|secret|passw|key|sig|credential|auth", re.IGNORECASE)
+
+
+def redact(url: str) -> str:
+    """`url` fit for logs and stats: the userinfo password and secret-looking query values become `***`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    path, qmark, query = tail.partition("?")
+    if qmark:
+        query, hash_sign, fragment = query.partition("#")
+        fields = []
+        for field in query.split("&"):
+            key, eq, _ = field.partition("=")
+            secret = eq and _SECRET_PARAM.search(key) and not key.lower().endswith("file")
+            fields.append(f"{key}=***" if secret else field)
+        tail = f"{path}?{'&'.join(fields)}{hash_sign}{fragment}"
+    return f"{scheme}://{netloc}{tail}"
+
+
+def bad_url(url: str, what: str) -> UserError:
+    """The one-line error for a cache URL the user got wrong."""
+    return UserError(f"cache URL {redact(url)}: {what}")
+
+
+def split_url(url: str) -> SplitResult:
+    """`urlsplit`, with its ValueError (bad port, unbalanced IPv6 brackets) turned into a UserError."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is what validates it
+    except ValueError as e:
+        raise bad_url(url, str(e)) from None
+    return parts
+
+
+def query_params(url: str, parts: SplitResult, allowed: Collection[str]) -> dict[str, str]:
+    """The URL's query as a dict; an unknown, repeated or empty parameter is a UserError listing `allowed`."""
+    known = ", ".join(sorted(allowed)) or "none"
+    params: dict[str, str] = {}
+    try:
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise bad_url(url, f"malformed query string (parameters: {known})") from None
+    for key, value in pairs:
+        if key not in allowed:
+            raise bad_url(url, f"unknown parameter {key!r} (parameters: {known})")
+        if key in params:
+            raise bad_url(url, f"parameter {key!r} given twice")
+        if not value:
+            raise bad_url(url, f"parameter {key!r} has no value")
+        params[key] = value
+    return params
+
+
+def _open_disk(url: str, timeout: float) -> CacheTier:
+    from gaffer.cache.disk import DiskStore
+
+    parts = split_url(url)
+    query_params(url, parts, ())
+    path = parts.netloc + parts.path
+    if not path:
+        raise bad_url(url, "no directory (example: disk:///var/cache/gaffer)")
+    return DiskStore(path)
+
+
+def _open_s3(url: str, timeout: float) -> CacheTier:
+    from gaffer.cache.s3 import S3Tier
+
+    return S3Tier.from_url(url, timeout=timeout)
+
+
+def _open_redis(url: str, timeout: float) -> CacheTier:
+    from gaffer.cache.redis import RedisTier
+
+    return RedisTier.from_url(url, timeout=timeout)
+
+
+def _open_http(url: str, timeout: float) -> CacheTier:
+    from gaffer.cache.http import HttpTier
+
+    return HttpTier.from_url(url, timeout=timeout)
+
+
+def _open_grpc(url: str, timeout: float) -> CacheTier:
+    from gaffer.cache.grpc import GrpcTier
+
+    return GrpcTier.from_url(url, timeout=timeout)
+
+
+_OPENERS: dict[str, Callable[[str, float], CacheTier]] = {
+    "disk": _open_disk,
+    "s3": _open_s3,
+    "redis": _open_redis,
+    "rediss": _open_redis,
+    "http": _open_http,
+    "https": _open_http,
+    "grpc": _open_grpc,
+    "grpcs": _open_grpc,
+}
+
+
+def open_tier(url: str, *, timeout: float = 30.0) -> CacheTier:
+    """The tier `url` names; `timeout` (seconds) bounds each request. Bad URLs raise a one-line UserError."""
+    scheme, sep, _ = url.partition("://")
+    opener = _OPENERS.get(scheme.lower()) if sep else None
+    if opener is None:
+        what = f"unknown scheme {scheme!r}" if sep else "not a URL"
+        raise bad_url(url, f"{what} (supported: {', '.join(s + '://' for s in _OPENERS)})")
+    if not timeout > 0:
+        raise UserError(f"cache timeout must be positive, not {timeout}")
+    return opener(url, timeout)

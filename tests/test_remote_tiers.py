@@ -1,0 +1,436 @@
+"""One conformance suite for the remote tiers, run against real servers: moto S3, Ceph radosgw (a real S3),
+redis-server and nginx as a Bazel HTTP cache; faults come from a TCP proxy between the tier and the server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gaffer.cache.base import CacheTier, TierError
+from gaffer.cache.urls import open_tier, redact
+from gaffer.digest import Digest, digest_bytes, digest_file
+from gaffer.errors import UserError
+from tests import servers
+from tests.faultproxy import Fault, FaultProxy
+from tests.support import require_tool
+
+BUCKET = "gaffer-tests"
+LARGE = 20 * 1024 * 1024
+SMALL_THRESHOLD = 8 * 1024 * 1024  # S3 tiers under test upload LARGE in parts
+TIMEOUT = 10.0
+
+
+@dataclass
+class Backend:
+    """A running server and how to name a tier on it: `url(address, namespace)`."""
+
+    kind: str
+    server: servers.Server
+    url: Callable[[str, str], str]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def open(self, namespace: str, address: str | None = None, timeout: float = TIMEOUT) -> CacheTier:
+        url = self.url(address or self.address, namespace)
+        if self.kind in ("moto", "ceph"):
+            from gaffer.cache.s3 import S3Tier
+
+            return S3Tier.from_url(url, timeout=timeout, multipart_threshold=SMALL_THRESHOLD)
+        return open_tier(url, timeout=timeout)
+
+
+def _s3_url(address: str, namespace: str, bucket: str = BUCKET) -> str:
+    return f"s3://{bucket}/{namespace}?endpoint=http://{address}&region=us-east-1"
+
+
+def _create_bucket(server: servers.Server) -> None:
+    import boto3
+
+    env = server.env
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=server.url, region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    client.create_bucket(Bucket=BUCKET)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def moto_bucket(moto_s3: servers.Server) -> servers.Server:
+    _create_bucket(moto_s3)
+    return moto_s3
+
+
+@pytest.fixture(scope="session")
+def ceph_bucket(ceph_s3: servers.Server) -> servers.Server:
+    _create_bucket(ceph_s3)
+    return ceph_s3
+
+
+def _aws_env(monkeypatch: pytest.MonkeyPatch, server: servers.Server) -> None:
+    """The server's credentials, and nothing of the machine's own AWS configuration."""
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in server.env.items():
+        monkeypatch.setenv(var, value)
+
+
+def _backend(kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    if kind in ("moto", "ceph"):
+        server = request.getfixturevalue(f"{kind}_bucket")
+        _aws_env(monkeypatch, server)
+        return Backend(kind, server, _s3_url)
+    if kind == "redis":
+        return Backend(kind, request.getfixturevalue("redis_server"),
+                       lambda address, ns: f"redis://{address}/0?prefix={ns}")
+    return Backend(kind, request.getfixturevalue("nginx_cache"), lambda address, ns: f"http://{address}/{ns}")
+
+
+@pytest.fixture(params=["moto", "ceph", "redis", "nginx"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    return _backend(request.param, request, monkeypatch)
+
+
+@pytest.fixture
+def tier(backend: Backend) -> Iterator[CacheTier]:
+    """A tier in a fresh namespace, so tests sharing a server never see each other's entries."""
+    t = backend.open(uuid.uuid4().hex[:12])
+    yield t
+    t.close()
+
+
+def _blob(text: str) -> tuple[Digest, bytes]:
+    data = text.encode()
+    return digest_bytes(data), data
+
+
+# -- conformance -------------------------------------------------------------------------------------------------
+
+
+def test_small_blob_round_trip(tier: CacheTier, tmp_path: Path) -> None:
+    tier.check()
+    digest, data = _blob("hello, cache")
+    tier.write_blob(digest, data)
+    assert tier.read_blob(digest) == data
+    dest = tmp_path / "fetched"
+    assert tier.fetch_blob(digest, dest)
+    assert dest.read_bytes() == data
+
+    src = tmp_path / "src"
+    src.write_bytes(b"uploaded from a file")
+    uploaded = digest_file(src)
+    tier.upload_blob(uploaded, src)
+    assert tier.read_blob(uploaded) == b"uploaded from a file"
+
+
+def test_large_blob_streams_both_ways(backend: Backend, tier: CacheTier, tmp_path: Path) -> None:
+    src = tmp_path / "large"
+    with open(src, "wb") as f:
+        f.writelines(os.urandom(1 << 20) for _ in range(LARGE // (1 << 20)))
+    digest = digest_file(src)
+    dest = tmp_path / "fetched"
+    tracemalloc.start()
+    try:
+        tier.upload_blob(digest, src)
+        _, upload_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        assert tier.fetch_blob(digest, dest)
+        _, fetch_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert digest_file(dest) == digest
+    assert tier.find_missing([digest]) == []
+    if backend.kind != "redis":  # redis holds values whole, by design
+        assert upload_peak < LARGE / 2 and fetch_peak < LARGE / 2, (upload_peak, fetch_peak)
+
+
+def test_find_missing_keeps_order(tier: CacheTier) -> None:
+    blobs = [_blob(f"blob {i}") for i in range(5)]
+    for digest, data in blobs[::2]:
+        tier.write_blob(digest, data)
+    asked = [d for d, _ in blobs]
+    assert tier.find_missing(asked) == [asked[1], asked[3]]
+    assert tier.find_missing([]) == []
+
+
+def test_action_round_trip_and_overwrite(tier: CacheTier) -> None:
+    key, _ = _blob("action key")
+    assert tier.read_action(key) is None
+    tier.write_action(key, b"result one")
+    assert tier.read_action(key) == b"result one"
+    tier.write_action(key, b"result two")  # a fresh result replaces a stale one
+    assert tier.read_action(key) == b"result two"
+
+
+def test_misses_are_none_not_errors(tier: CacheTier, tmp_path: Path) -> None:
+    digest, _ = _blob("never stored")
+    assert tier.read_blob(digest) is None
+    assert tier.fetch_blob(digest, tmp_path / "x") is False
+    assert tier.read_action(digest) is None
+    assert tier.find_missing([digest]) == [digest]
+
+
+def test_namespaces_are_isolated(backend: Backend) -> None:
+    one, two = backend.open("ns-one-" + uuid.uuid4().hex[:6]), backend.open("ns-two-" + uuid.uuid4().hex[:6])
+    try:
+        digest, data = _blob("only in namespace one")
+        one.write_blob(digest, data)
+        one.write_action(digest, b"result")
+        assert two.read_blob(digest) is None
+        assert two.read_action(digest) is None
+        assert two.find_missing([digest]) == [digest]
+        assert one.find_missing([digest]) == []
+    finally:
+        one.close()
+        two.close()
+
+
+def test_rewriting_an_existing_blob_succeeds(backend: Backend, tier: CacheTier, tmp_path: Path) -> None:
+    digest, data = _blob("written twice")
+    tier.write_blob(digest, data)
+    tier.write_blob(digest, data)
+    src = tmp_path / "again"
+    src.write_bytes(data)
+    tier.upload_blob(digest, src)
+    # S3 and redis write CAS objects once: a second PUT under the same key does not replace the first.
+    tier.write_blob(digest, b"not the content of this digest")
+    expected = b"not the content of this digest" if backend.kind == "nginx" else data
+    assert tier.read_blob(digest) == expected
+
+
+@pytest.mark.parametrize("kind", ["moto", "ceph", "redis"])
+def test_clear_empties_only_its_namespace(kind: str, request: pytest.FixtureRequest,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    b = _backend(kind, request, monkeypatch)
+    cleared, kept = b.open("clear-" + uuid.uuid4().hex[:6]), b.open("keep-" + uuid.uuid4().hex[:6])
+    try:
+        digest, data = _blob("to be cleared")
+        for t in (cleared, kept):
+            t.write_blob(digest, data)
+            t.write_action(digest, b"result")
+        cleared.clear()  # type: ignore[attr-defined]
+        assert cleared.read_blob(digest) is None and cleared.read_action(digest) is None
+        assert kept.read_blob(digest) == data and kept.read_action(digest) == b"result"
+    finally:
+        cleared.close()
+        kept.close()
+
+
+# -- configuration and credential errors: one non-transient TierError naming the tier ----------------------------
+
+
+def _assert_lasting(error: pytest.ExceptionInfo[TierError], tier: CacheTier, *words: str) -> None:
+    assert error.value.transient is False
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(tier.name + ": ")
+    for word in words:
+        assert word in message, message
+
+
+@pytest.mark.parametrize("kind", ["moto", "ceph"])
+def test_s3_missing_bucket(kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = _backend(kind, request, monkeypatch)
+    from gaffer.cache.s3 import S3Tier
+
+    tier = S3Tier.from_url(_s3_url(b.address, "x", bucket="no-such-bucket"), timeout=TIMEOUT)
+    with pytest.raises(TierError) as e:
+        tier.check()
+    _assert_lasting(e, tier, "'no-such-bucket'", "does not exist")
+    digest, data = _blob("x")
+    with pytest.raises(TierError) as e:
+        tier.write_blob(digest, data)
+    _assert_lasting(e, tier, "'no-such-bucket'")
+    tier.close()
+
+
+def test_s3_wrong_secret_on_ceph(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = _backend("ceph", request, monkeypatch)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    tier = b.open("x")
+    with pytest.raises(TierError) as e:
+        tier.check()
+    _assert_lasting(e, tier, f"'{BUCKET}'", "denied")
+    with pytest.raises(TierError) as e:
+        tier.read_blob(_blob("x")[0])
+    _assert_lasting(e, tier, "SignatureDoesNotMatch")
+    tier.close()
+
+
+def test_s3_without_credentials(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = _backend("moto", request, monkeypatch)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    tier = b.open("x")
+    with pytest.raises(TierError) as e:
+        tier.check()
+    _assert_lasting(e, tier, "no AWS credentials")
+    tier.close()
+
+
+@pytest.fixture(scope="module")
+def redis_with_password() -> Iterator[servers.Server]:
+    server = servers.start_redis(require_tool("redis-server"), password="s3cret")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("userinfo", [":wrong@", ""])
+def test_redis_wrong_or_no_password(redis_with_password: servers.Server, userinfo: str) -> None:
+    tier = open_tier(f"redis://{userinfo}127.0.0.1:{redis_with_password.port}/0", timeout=TIMEOUT)
+    with pytest.raises(TierError) as e:
+        tier.check()
+    _assert_lasting(e, tier, "authentication failed")
+    assert "wrong" not in str(e.value)
+    tier.close()
+    good = open_tier(f"redis://:s3cret@127.0.0.1:{redis_with_password.port}/0", timeout=TIMEOUT)
+    good.check()
+    assert good.name == f"redis://:***@127.0.0.1:{redis_with_password.port}/0"
+    good.close()
+
+
+def test_redis_skips_blobs_over_max_blob(redis_server: servers.Server, tmp_path: Path) -> None:
+    tier = open_tier(f"redis://127.0.0.1:{redis_server.port}/0?prefix={uuid.uuid4().hex}&max_blob=1KiB")
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 2048)
+    big_digest = digest_file(big)
+    tier.upload_blob(big_digest, big)
+    small, data = _blob("fits")
+    tier.write_blob(small, data)
+    assert tier.read_blob(big_digest) is None
+    assert tier.find_missing([big_digest, small]) == [big_digest]
+    tier.close()
+
+
+@pytest.fixture(scope="module")
+def nginx_with_auth() -> Iterator[servers.Server]:
+    server = servers.start_nginx_cache(require_tool("nginx"), credentials=("ci", "pa:ss"), token="tok-123")
+    yield server
+    server.stop()
+
+
+def test_http_authentication(nginx_with_auth: servers.Server, tmp_path: Path) -> None:
+    port = nginx_with_auth.port
+    digest, data = _blob("behind auth")
+    for url in (f"http://127.0.0.1:{port}/p", f"http://ci:wrong@127.0.0.1:{port}/p"):
+        tier = open_tier(url, timeout=TIMEOUT)
+        with pytest.raises(TierError) as e:
+            tier.check()
+        _assert_lasting(e, tier, "401")
+        tier.close()
+    basic = open_tier(f"http://ci:pa%3Ass@127.0.0.1:{port}/p", timeout=TIMEOUT)
+    assert basic.name == f"http://ci:***@127.0.0.1:{port}/p"
+    basic.check()
+    basic.write_blob(digest, data)
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-123\n")
+    bearer = open_tier(f"http://127.0.0.1:{port}/p?token_file={token_file}", timeout=TIMEOUT)
+    assert bearer.read_blob(digest) == data
+    basic.close()
+    bearer.close()
+
+
+# -- a server that is down or broken: a transient TierError, quickly ---------------------------------------------
+
+FAULTS = [Fault.REFUSE, Fault.RESET, Fault.HANG, Fault.HTTP_503]
+FAULT_TIMEOUT = 0.5
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.value for f in FAULTS])
+def test_faults_are_transient_and_quick(backend: Backend, fault: Fault) -> None:
+    if fault is Fault.HTTP_503 and backend.kind == "redis":
+        pytest.skip("redis does not speak HTTP")
+    with FaultProxy(("127.0.0.1", backend.server.port)) as proxy:
+        tier = backend.open(uuid.uuid4().hex[:12], address=proxy.address, timeout=FAULT_TIMEOUT)
+        digest, data = _blob("through the proxy")
+        tier.write_blob(digest, data)  # pooled connections exist when the fault starts
+        proxy.set_mode(fault)
+        ops = [tier.check, lambda: tier.read_blob(digest), lambda: tier.find_missing([digest])]
+        for op in ops[:1] if fault is Fault.HANG else ops:  # each hanging call costs its whole timeout
+            start = time.monotonic()
+            with pytest.raises(TierError) as e:
+                op()
+            elapsed = time.monotonic() - start
+            assert e.value.transient, str(e.value)
+            assert str(e.value).startswith(tier.name + ": ")
+            # at most two attempts, each bounded by the timeout, plus botocore's short backoff
+            assert elapsed < 4 * FAULT_TIMEOUT + 1, (op, elapsed)
+        proxy.set_mode(Fault.PASS)
+        assert tier.read_blob(digest) == data  # and it recovers
+        tier.close()
+
+
+# -- URLs ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("ftp://host/x", "unknown scheme 'ftp' (supported: disk://, s3://, redis://"),
+    ("/var/cache", "not a URL"),
+    ("s3://", "expected s3://BUCKET/PREFIX"),
+    ("s3://bucket/p?regoin=eu", "unknown parameter 'regoin' (parameters: endpoint, region)"),
+    ("s3://bucket/p?region=a&region=b", "parameter 'region' given twice"),
+    ("s3://bucket/p?endpoint=localhost:9000", "is not an http:// or https:// URL"),
+    ("redis://:hunter2@host:99999/0", "Port out of range"),
+    ("redis://host/zero", "the database 'zero' is not a number"),
+    ("redis://host/0?max_blob=lots", "max_blob: 'lots' is not a size"),
+    ("redis:///0", "expected redis://"),
+    ("https:///prefix", "expected http(s)://HOST"),
+    ("https://host/p?token_file=/nonexistent/token", "cannot read token_file /nonexistent/token"),
+    ("http://host/p?token=abc", "unknown parameter 'token'"),
+    ("disk://", "no directory"),
+    ("grpc://host", "expected grpc://HOST:PORT"),
+])
+def test_bad_urls_are_one_line_user_errors(url: str, problem: str) -> None:
+    with pytest.raises(UserError) as e:
+        open_tier(url)
+    message = str(e.value)
+    assert problem in message and "\n" not in message
+    assert "hunter2" not in message
+
+
+def test_redact() -> None:
+    assert redact("redis://:hunter2@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact("https://me:p%40ss@host/c?token=abc&token_file=/run/tok&x=1") == \
+        "https://me:***@host/c?token=***&token_file=/run/tok&x=1"
+    assert redact("s3://bucket/prefix?endpoint=http://h:7480") == "s3://bucket/prefix?endpoint=http://h:7480"
+    assert redact("http://user@host/p") == "http://user@host/p"
+    assert redact("not a url") == "not a url"
+
+
+def test_open_tier_dispatches_on_scheme(tmp_path: Path) -> None:
+    from gaffer.cache.disk import DiskStore
+    from gaffer.cache.grpc import GrpcTier
+    from gaffer.cache.http import HttpTier
+    from gaffer.cache.redis import RedisTier
+    from gaffer.cache.s3 import S3Tier
+
+    cases = {
+        f"disk://{tmp_path}/d": DiskStore,
+        "s3://bucket/p?endpoint=http://127.0.0.1:1&region=us-east-1": S3Tier,
+        "redis://127.0.0.1:1/0": RedisTier,
+        "rediss://:pw@127.0.0.1:1/0": RedisTier,
+        "http://127.0.0.1:1/p": HttpTier,
+        "https://127.0.0.1:1/p": HttpTier,
+        "grpc://127.0.0.1:1/main": GrpcTier,
+    }
+    for url, cls in cases.items():
+        tier = open_tier(url, timeout=1)  # nothing connects until a request
+        assert isinstance(tier, cls)
+        assert tier.name == redact(url) or isinstance(tier, (DiskStore, GrpcTier))
+        tier.close()
+
+
+def test_urls_module_loads_no_client_library() -> None:
+    code = ("import sys, gaffer.cache.urls; "
+            "print(sorted(m for m in ('boto3', 'botocore', 'redis', 'httpx', 'grpc') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
