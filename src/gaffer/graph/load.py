@@ -1,0 +1,357 @@
+"""Read `graph.json`, check every field by hand and build the frozen `Graph` the runner uses.
+
+Validation is hand-written rather than done with jsonschema: a 10,000-task graph must load in a few tens of
+milliseconds on every (even no-op) build. schema.json describes the same format for editors and docs, and a test
+keeps the two in agreement. Every problem is one `UserError` line: `<graph file>: <where>: <what>`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from gaffer.errors import UserError
+from gaffer.graph.model import Graph, Task, did_you_mean, topological_order
+from gaffer.units import parse_duration
+
+TOP_FIELDS = ("tasks", "version", "env", "platform", "$schema")
+TASK_FIELDS = ("command", "deps", "inputs", "outputs", "env", "timeout", "cache", "description")
+FORMAT_VERSION = 1
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SPACE = re.compile(r"\s")
+_RESERVED_DIRS = (".git", ".gaffer")  # gaffer's own state and git's: a task must not write there
+_TASK_FIELD_SET = frozenset(TASK_FIELDS)
+
+
+class _Bad(Exception):
+    """A problem in one value; the caller, which knows where the value was, turns it into a UserError."""
+
+
+def load_graph(path: str | os.PathLike[str]) -> Graph:
+    """Load and validate a graph file; raises UserError (exit status 2) for every problem in it."""
+    # Loading allocates a few hundred thousand objects and no reference cycles: the cyclic collector would
+    # only walk them again and again (a fifth of the load time for 10,000 tasks), so it is off meanwhile.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(path)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load(path: str | os.PathLike[str]) -> Graph:
+    shown = os.fspath(path)  # messages name the file as the user typed it
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"{shown}: cannot read: {e.strerror or e}") from None
+    doc = _parse_json(data, shown)
+    if type(doc) is not dict:
+        raise UserError(f"{shown}: must be a JSON object (task name -> task, or {{\"tasks\": ...}}), got {_kind(doc)}")
+
+    structured = "tasks" in doc
+    try:
+        if structured:
+            raw_tasks, graph_env, platform = _settings(doc)
+        else:
+            raw_tasks, graph_env, platform = dict(doc), (), {}
+            if type(raw_tasks.get("$schema")) is str:  # editors' convention; harmless in the bare form too
+                del raw_tasks["$schema"]
+    except _Bad as e:
+        raise UserError(f"{shown}: {e}") from None
+
+    tasks: dict[str, Task] = {}
+    for name, raw in raw_tasks.items():
+        try:
+            tasks[name] = _task(name, raw, graph_env, raw_tasks)
+        except _Bad as e:
+            hint = ""
+            if not structured and name in TOP_FIELDS:
+                hint = f" ({name!r} is a top-level setting only beside a \"tasks\" object)"
+            raise UserError(f"{shown}: task {name!r}: {e}{hint}") from None
+
+    _check_outputs(tasks, shown)
+    topological_order(tasks, tasks, shown)  # raises on a cycle
+    absolute = Path(os.path.abspath(path))
+    return Graph(path=absolute, root=absolute.parent.resolve(), tasks=tasks, platform=platform)
+
+
+def _parse_json(data: bytes, shown: str) -> Any:
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{shown}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)  # in bytes
+        raise UserError(f"{shown}:{line}:{column}: not valid JSON: not UTF-8 text") from None
+    except RecursionError:
+        raise UserError(f"{shown}: not valid JSON: nested too deeply") from None
+
+
+def _settings(doc: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...], dict[str, str]]:
+    """The structured form's top-level settings: (raw tasks, graph-level env names, platform)."""
+    for key in doc:
+        if key not in TOP_FIELDS:
+            raise _Bad(f"unknown top-level field {key!r}{did_you_mean(key, TOP_FIELDS)}")
+    raw_tasks = doc["tasks"]
+    if type(raw_tasks) is not dict:
+        raise _Bad(f"field 'tasks' must be an object (task name -> task), got {_kind(raw_tasks)}")
+    version = doc.get("version", FORMAT_VERSION)
+    if type(version) is not int:
+        raise _Bad(f"field 'version' must be an integer, got {_kind(version)}")
+    if version != FORMAT_VERSION:
+        raise _Bad(f"unsupported version {version} (this gaffer reads version {FORMAT_VERSION})")
+    if "$schema" in doc and type(doc["$schema"]) is not str:
+        raise _Bad(f"field '$schema' must be a string, got {_kind(doc['$schema'])}")
+    graph_env = _env_names(doc.get("env"))
+    platform = doc.get("platform")
+    if platform is None:
+        platform = {}
+    elif type(platform) is not dict:
+        raise _Bad(f"field 'platform' must be an object of strings, got {_kind(platform)}")
+    for key, value in platform.items():
+        if not key:
+            raise _Bad("field 'platform' has an empty property name")
+        if type(value) is not str:
+            raise _Bad(f"field 'platform': property {key!r} must be a string, got {_kind(value)}")
+    return raw_tasks, graph_env, dict(sorted(platform.items()))
+
+
+def _task(name: str, raw: Any, graph_env: tuple[str, ...], known: dict[str, Any]) -> Task:
+    if not name or not name.isprintable():
+        raise _Bad("a task name must be non-empty and printable")
+    if type(raw) is not dict:
+        raise _Bad(f"must be an object, got {_kind(raw)}")
+    if not _TASK_FIELD_SET.issuperset(raw):
+        key = next(k for k in raw if k not in _TASK_FIELD_SET)
+        raise _Bad(f"unknown field {key!r}{did_you_mean(key, TASK_FIELDS)}")
+    get = raw.get
+
+    # The fields' common shapes are accepted inline or by a quick loop (this runs 10,000 times on every build,
+    # a no-op one included); anything else goes to a helper that normalizes it or says what is wrong.
+    deps = get("deps")
+    if deps is None:
+        deps = ()
+    else:
+        for dep in _strings(deps, "deps"):
+            if dep not in known:
+                raise _Bad(f"unknown dependency {dep!r}{did_you_mean(dep, known)}")
+        deps = tuple(dict.fromkeys(deps)) if len(deps) > 1 else tuple(deps)
+
+    env = get("env")
+    if env is None:
+        env = graph_env
+    else:
+        env = _env_names(env)
+        if graph_env:
+            env = tuple(sorted(set(env).union(graph_env)))
+
+    cache = get("cache")
+    if cache is None:
+        cache = True
+    elif type(cache) is not bool:
+        raise _Bad(f"field 'cache' must be true or false, got {_kind(cache)}")
+    description = get("description")
+    if description is None:
+        description = ""
+    elif type(description) is not str:
+        raise _Bad(f"field 'description' must be a string, got {_kind(description)}")
+
+    command = get("command")
+    if type(command) is str and command and not command.isspace() and "\0" not in command:
+        commands: tuple[tuple[str, ...], ...] = (("sh", "-c", command),)
+    else:
+        commands = _commands(command)
+    timeout = get("timeout")
+    if timeout is not None:
+        timeout = _timeout(timeout)
+
+    inputs, outputs = _inputs(get("inputs")), _outputs(get("outputs"))
+    # Positional: measurably cheaper than keywords at 10,000 tasks. The order is Task's field order.
+    return Task(name, commands, deps, inputs, outputs, env, timeout, cache, description)
+
+
+def _strings(value: Any, field: str) -> list[str]:
+    """A list of strings (null = absent = empty)."""
+    if type(value) is list:
+        for item in value:
+            if type(item) is not str:
+                break
+        else:
+            return value
+    if value is None:
+        return []
+    if type(value) is not list:
+        raise _Bad(f"field {field!r} must be a list of strings, got {_kind(value)}")
+    i, item = next((i, item) for i, item in enumerate(value) if type(item) is not str)
+    raise _Bad(f"field {field!r} must be a list of strings, but item {i} is {_kind(item)}")
+
+
+def _env_names(value: Any) -> tuple[str, ...]:
+    names = _strings(value, "env")
+    for n in names:
+        if not _ENV_NAME.fullmatch(n):
+            raise _Bad(f"env name {n!r} is not a variable name (letters, digits and _, not starting with a digit)")
+    return tuple(sorted(set(names)))
+
+
+def _commands(value: Any) -> tuple[tuple[str, ...], ...]:
+    """A string, an argv list, or a list of those; a list is a list of commands only if it holds a list."""
+    if value is None:
+        return ()
+    if type(value) is str:
+        return (_shell(value, ""),)
+    if type(value) is not list:
+        raise _Bad(f"field 'command' must be a string, an argv list or a list of commands, got {_kind(value)}")
+    if not any(type(item) is list for item in value):
+        return (_argv(value, ""),) if value else ()
+    commands = []
+    for i, item in enumerate(value):
+        where = f": command {i}"
+        if type(item) is str:
+            commands.append(_shell(item, where))
+        elif type(item) is list:
+            commands.append(_argv(item, where))
+        else:
+            raise _Bad(f"field 'command'{where} must be a string or an argv list, got {_kind(item)}")
+    return tuple(commands)
+
+
+def _shell(text: str, where: str) -> tuple[str, ...]:
+    if not text.strip():
+        raise _Bad(f"field 'command'{where} is an empty string (leave 'command' out for a group task)")
+    if "\0" in text:
+        raise _Bad(f"field 'command'{where} contains a NUL character")
+    return ("sh", "-c", text)
+
+
+def _argv(items: list[Any], where: str) -> tuple[str, ...]:
+    if not items:
+        raise _Bad(f"field 'command'{where} is an empty argv list")
+    for i, arg in enumerate(items):
+        if type(arg) is not str:
+            raise _Bad(f"field 'command'{where}: argument {i} must be a string, got {_kind(arg)}")
+        if "\0" in arg:
+            raise _Bad(f"field 'command'{where}: argument {i} contains a NUL character")
+    if not items[0]:
+        raise _Bad(f"field 'command'{where}: the program name (argument 0) is empty")
+    if _SPACE.search(items[0]):  # ["mkdir -p out", "make"] reads like two shell commands but is one argv
+        raise _Bad(
+            f"field 'command'{where}: program name {items[0]!r} contains whitespace; a list of strings is one"
+            " argv (for several shell commands write one string with &&, or make one of them an argv list)"
+        )
+    return tuple(items)
+
+
+def _inputs(value: Any) -> tuple[str, ...]:
+    if type(value) is list:
+        for p in value:  # already normal: no rewriting needed (the common case)
+            if type(p) is not str or not p or p[0] in "/." or p[-1] == "/" or "//" in p or "/." in p or "\0" in p:
+                break
+        else:
+            return tuple(dict.fromkeys(value)) if len(value) > 1 else tuple(value)
+    paths = [_path(p, "input") for p in _strings(value, "inputs")]
+    return tuple(dict.fromkeys(paths))
+
+
+def _outputs(value: Any) -> tuple[str, ...]:
+    if type(value) is list:
+        for p in value:  # already normal and plainly literal (the common case)
+            if (
+                type(p) is not str or not p or p[0] in "/." or p[-1] == "/" or "//" in p or "/." in p or "\0" in p
+                or "*" in p or "?" in p or "[" in p
+            ):
+                break
+        else:
+            return tuple(dict.fromkeys(value)) if len(value) > 1 else tuple(value)
+    normal = []
+    for path in _strings(value, "outputs"):
+        norm = _path(path, "output")
+        if "*" in norm or "?" in norm or "[" in norm:
+            raise _Bad(f"output {path!r} is a pattern; outputs are literal paths")
+        top = norm.split("/", 1)[0]
+        if top == ".":
+            raise _Bad(f"output {path!r} is the whole workspace")
+        if top in _RESERVED_DIRS:
+            raise _Bad(f"output {path!r} is inside {top!r}, which a task must not write to")
+        normal.append(norm)
+    return tuple(dict.fromkeys(normal))
+
+
+def _path(path: str, what: str) -> str:
+    """A workspace path as a normalized posix relative path ("." for the root); `..` may not leave the root."""
+    if not path:
+        raise _Bad(f"{what} '' is empty")
+    if path[0] == "/":
+        raise _Bad(f"{what} {path!r} is outside the workspace (an absolute path)")
+    if "\0" in path:
+        raise _Bad(f"{what} {path!r} contains a NUL character")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            if not parts:
+                raise _Bad(f"{what} {path!r} is outside the workspace")
+            parts.pop()
+        elif part and part != ".":
+            parts.append(part)
+    return "/".join(parts) or "."
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if type(value) is str:
+        try:
+            seconds = parse_duration(value, "field 'timeout'")
+        except UserError as e:
+            raise _Bad(str(e)) from None
+    elif type(value) is int or type(value) is float:
+        seconds = float(value)
+    else:
+        raise _Bad(f"field 'timeout' must be a number of seconds or a duration like \"90s\", got {_kind(value)}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise _Bad(f"field 'timeout' must be a positive duration, got {value!r}")
+    return seconds
+
+
+def _check_outputs(tasks: dict[str, Task], shown: str) -> None:
+    """No path is written by two tasks: no shared output, and no output inside another output directory."""
+    owner: dict[str, str] = {}
+    for name, task in tasks.items():
+        for out in task.outputs:
+            other = owner.setdefault(out, name)
+            if other != name:
+                raise UserError(f"{shown}: output {out!r} is declared by both {other!r} and {name!r}")
+    for out, name in owner.items():
+        cut = out.rfind("/")
+        while cut > 0:
+            parent = out[:cut]
+            holder = owner.get(parent)
+            if holder == name:
+                raise UserError(f"{shown}: task {name!r}: output {out!r} is inside its other output {parent!r}")
+            if holder is not None:
+                raise UserError(f"{shown}: output {out!r} of {name!r} is inside output {parent!r} of {holder!r}")
+            cut = out.rfind("/", 0, cut)
+
+
+def _kind(value: Any) -> str:
+    """How JSON calls a value's type, for messages ("got a number")."""
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return "a boolean"
+    if type(value) is int or type(value) is float:
+        return "a number"
+    if type(value) is str:
+        return "a string"
+    if type(value) is list:
+        return "a list"
+    return "an object"

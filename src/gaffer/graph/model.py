@@ -1,0 +1,105 @@
+"""The in-memory build graph: what `load_graph` produces and the runner consumes.
+
+Both classes are frozen: a loaded graph is validated once and then shared (by the scheduler, the key builder,
+the UI) without anyone being able to change it behind the validation's back.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gaffer.errors import UserError
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One node of the graph, normalized so that two spellings of the same task compare (and key) equal."""
+
+    name: str
+    commands: tuple[tuple[str, ...], ...]  # each an argv; a string command becomes ("sh", "-c", s)
+    deps: tuple[str, ...]  # as written, order kept, duplicates removed
+    inputs: tuple[str, ...]  # patterns, posix relative form (no "./"); "." is the whole workspace
+    outputs: tuple[str, ...]  # posix relative paths, no trailing "/"
+    env: tuple[str, ...]  # graph-level env names + task env names, sorted, unique
+    timeout: float | None
+    cache: bool
+    description: str
+
+    @property
+    def is_group(self) -> bool:
+        """A task without commands only groups its deps: nothing to run, nothing to cache."""
+        return not self.commands
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    path: Path  # the graph file (absolute)
+    root: Path  # the workspace root: the graph file's directory (absolute, resolved)
+    tasks: dict[str, Task]  # in file order
+    platform: dict[str, str]
+
+    def closure(self, targets: Sequence[str]) -> list[str]:
+        """Targets and all their deps, in a topological order (deps first); all tasks when targets is empty.
+
+        Unknown target -> UserError (with did-you-mean).
+        """
+        for target in targets:
+            if target not in self.tasks:
+                raise UserError(
+                    f"{shown_path(self.path)}: unknown target {target!r}{did_you_mean(target, self.tasks)}"
+                )
+        return topological_order(self.tasks, targets or self.tasks, shown_path(self.path))
+
+
+def topological_order(tasks: Mapping[str, Task], roots: Iterable[str], shown: str) -> list[str]:
+    """`roots` and everything they depend on, deps first; a cycle -> UserError naming it.
+
+    Depth-first post-order, roots and deps taken in the order written, so the order is the same on every run.
+    Iterative, because a 10,000-task chain must not hit Python's recursion limit.
+    """
+    order: list[str] = []
+    done: set[str] = set()
+    on_path: set[str] = set()
+    for root in roots:
+        if root in done:
+            continue
+        on_path.add(root)
+        stack = [(root, iter(tasks[root].deps))]
+        while stack:
+            name, deps = stack[-1]
+            for dep in deps:
+                if dep in done:
+                    continue
+                if dep in on_path:
+                    path = [n for n, _ in stack]
+                    cycle = " -> ".join(path[path.index(dep) :] + [dep])
+                    raise UserError(f"{shown}: dependency cycle: {cycle}")
+                on_path.add(dep)
+                stack.append((dep, iter(tasks[dep].deps)))
+                break
+            else:
+                stack.pop()
+                on_path.discard(name)
+                done.add(name)
+                order.append(name)
+    return order
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest of `choices`, or "" when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def shown_path(path: Path) -> str:
+    """A path as the user most likely typed it: relative when it is below the current directory."""
+    text = os.fspath(path)
+    try:
+        rel = os.path.relpath(text)
+    except (ValueError, OSError):  # another drive, or the current directory is gone
+        return text
+    return text if rel == ".." or rel.startswith("../") else rel
