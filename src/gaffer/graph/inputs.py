@@ -7,11 +7,11 @@ not enter dot-directories unless the pattern names them (`.git` and `.gaffer` on
 Directories are never inputs themselves: a pattern matching one adds nothing, a literal path naming one adds
 every file below it (like `dir/**`).
 
-Symlinks: a matched symlink is an input when it points to a regular file inside the workspace (it is listed
-under its own path); one pointing outside is an error, one pointing to a directory or nowhere is skipped.
-Globs do not descend through symlinked directories. The literal prefix of a glob or a literal directory is
-checked once (realpath) to stay inside the workspace; for a literal file only the last component is checked,
-which keeps that case at one system call.
+Symlinks: a symlink to a regular file inside the workspace is an input, listed under its own path; one leading
+outside the workspace is an error. A glob skips symlinks to directories (it does not descend through them) and
+broken ones; a literal path naming one is walked or refused. The literal prefix of a glob and a literal
+directory are resolved once (realpath) to check they stay inside; for a literal file only the last component
+is checked, which keeps that case at one system call.
 """
 
 from __future__ import annotations
