@@ -71,13 +71,13 @@ def generate() -> dict[str, str]:
         out = scratch / "out"
         out.mkdir()
         args = ["grpc_tools.protoc", *(f"-I{d}" for d in include_dirs(scratch))]
-        args += [f"--python_out={out}", f"--grpc_python_out={out}", *FILES]
+        args += [f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *FILES]
         if protoc.main(args) != 0:
             raise SystemExit("gen_protos: protoc failed")
         modules = {}
         for proto, (module, services) in FILES.items():
             generated = out / Path(proto).parent
-            for suffix in ("_pb2.py", "_pb2_grpc.py") if services else ("_pb2.py",):
+            for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py") if services else ("_pb2.py", "_pb2.pyi"):
                 source = generated / f"{module}{suffix}"
                 modules[source.name] = rewrite_imports(source.read_text(encoding="utf-8"))
         return modules
