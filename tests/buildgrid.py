@@ -1,0 +1,177 @@
+"""REAPI servers for the tests and benchmarks/bench_server.py: `gaffer serve` and BuildGrid.
+
+BuildGrid (the reference REAPI server) lives in its own venv, .venv-buildgrid (scripts/install-buildgrid.sh),
+because it pins its own grpcio/protobuf. It takes 2-8 s to start, so tests share one session-scoped server.
+`gaffer serve` starts on port 0 and says which ports it got on stderr; both are polled until they answer.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import servers
+from tests.support import REPO, require
+
+BGD = REPO / ".venv-buildgrid" / "bin" / "bgd"
+_LISTENING = re.compile(r"gaffer serve: grpc on [^:]+:(\d+)(?:, http on [^:]+:(\d+))?")
+
+
+@dataclass
+class ReapiServer:
+    """A running REAPI server process: its gRPC address (and HTTP URL for gaffer serve), state dir and log."""
+
+    name: str
+    grpc_address: str
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    http_url: str = ""
+    started_in_s: float = 0.0
+
+    @property
+    def url(self) -> str:
+        """The cache URL of the default ("") instance."""
+        return f"grpc://{self.grpc_address}"
+
+    def stop(self) -> None:
+        servers._terminate(self.proc)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def grpc_answers(address: str) -> Callable[[], bool]:
+    """Readiness probe: GetCapabilities on the default instance succeeds."""
+
+    def probe() -> bool:
+        import grpc
+
+        from gaffer.protos import remote_execution_pb2 as re_pb2
+        from gaffer.protos import remote_execution_pb2_grpc as re_grpc
+
+        with grpc.insecure_channel(address) as channel:
+            try:
+                re_grpc.CapabilitiesStub(channel).GetCapabilities(re_pb2.GetCapabilitiesRequest(), timeout=0.5)
+            except grpc.RpcError:
+                return False
+        return True
+
+    return probe
+
+
+def start_gaffer_serve(*args: str, workdir: Path | None = None) -> ReapiServer:
+    """`python -m gaffer.server.main --grpc 127.0.0.1:0 --http 127.0.0.1:0 --dir <workdir>/store *args`."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="gaffer-serve-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "serve.log"
+    start = log.stat().st_size if log.exists() else 0  # a restart on the same workdir appends to the log
+    argv = [sys.executable, "-m", "gaffer.server.main", "--dir", str(workdir / "store"),
+            "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", *args]
+    t0 = time.perf_counter()
+    proc = servers._spawn(argv, log)
+    found: list[re.Match[str]] = []
+
+    def listening() -> bool:
+        match = _LISTENING.search(log.read_bytes()[start:].decode(errors="replace")) if log.exists() else None
+        if match:
+            found.append(match)
+        return match is not None
+
+    try:
+        servers.wait_until(listening, "gaffer serve", servers.START_TIMEOUT_S, proc, log)
+    except BaseException:
+        servers._terminate(proc)
+        raise
+    grpc_port, http_port = found[0].group(1), found[0].group(2)
+    return ReapiServer("gaffer", f"127.0.0.1:{grpc_port}", workdir, proc, log, f"http://127.0.0.1:{http_port}",
+                       time.perf_counter() - t0)
+
+
+def buildgrid_config(port: int, workdir: Path, storage: str) -> str:
+    """A cache-only BuildGrid: CAS, ByteStream, ActionCache (and the Capabilities it always adds), instance "".
+
+    storage "memory": an LRU in memory (tests); "disk": blobs as files under workdir/cas (benchmarks), the
+    action cache an in-memory LRU over that storage either way."""
+    store = (f"  - !disk-storage &store\n    path: {workdir / 'cas'}\n" if storage == "disk"
+             else "  - !lru-storage &store\n    size: 2048M\n")
+    return f"""server:
+  - !channel
+    address: "127.0.0.1:{port}"
+    insecure-mode: true
+grpc-server-options:
+  grpc.so_reuseport: 0
+authorization:
+  method: none
+thread-pool-size: 32
+storages:
+{store}caches:
+  - !lru-action-cache &ac
+    storage: *store
+    max-cached-refs: 1000000
+    allow-updates: true
+    cache-failed-actions: true
+instances:
+  - name: ""
+    services:
+      - !action-cache
+        cache: *ac
+      - !cas
+        storage: *store
+      - !bytestream
+        storage: *store
+"""
+
+
+def buildgrid_installed() -> bool:
+    return BGD.exists()
+
+
+def start_buildgrid(storage: str = "memory") -> ReapiServer:
+    """`bgd server start` with `buildgrid_config(storage)` on a free loopback port, polled until it answers."""
+    workdir = Path(tempfile.mkdtemp(prefix="gaffer-buildgrid-"))
+    port = servers.free_port()
+    config = workdir / "buildgrid.yml"
+    config.write_text(buildgrid_config(port, workdir, storage))
+    log = workdir / "bgd.log"
+    address = f"127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    proc = servers._spawn([str(BGD), "server", "start", str(config)], log)
+    try:
+        servers.wait_until(grpc_answers(address), "BuildGrid", servers.START_TIMEOUT_S, proc, log)
+    except BaseException:
+        servers._terminate(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return ReapiServer("buildgrid", address, workdir, proc, log, started_in_s=time.perf_counter() - t0)
+
+
+@pytest.fixture(scope="session")
+def buildgrid() -> Iterator[ReapiServer]:
+    """BuildGrid 0.4.4 with an in-memory cache, instance "" (started once: it takes seconds)."""
+    require(buildgrid_installed(), "BuildGrid is not installed (scripts/install-buildgrid.sh)")
+    server = start_buildgrid("memory")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gaffer_serve() -> Iterator[ReapiServer]:
+    """`gaffer serve` on a fresh store, open (no token), gRPC and HTTP on free ports."""
+    server = start_gaffer_serve()
+    yield server
+    server.stop()
+
+
+def stop_signal(server: ReapiServer, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    """Send `sig` and return the exit status."""
+    server.proc.send_signal(sig)
+    return server.proc.wait(timeout)

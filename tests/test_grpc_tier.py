@@ -1,0 +1,161 @@
+"""GrpcTier conformance: the same checks against `gaffer serve` and against BuildGrid (the reference server)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gaffer.cache.base import TierError
+from gaffer.cache.grpc import GrpcTier
+from gaffer.digest import Digest, digest_bytes, digest_file
+from gaffer.errors import UserError
+from gaffer.protos import remote_execution_pb2 as re_pb2
+from tests.buildgrid import ReapiServer, buildgrid, gaffer_serve  # noqa: F401 - fixtures
+from tests.faultproxy import Fault, FaultProxy
+from tests.servers import free_port
+
+LARGE = 4 * 1024 * 1024 + 12345  # over the 4 MiB batch limit: must go through ByteStream
+
+
+@pytest.fixture(params=["gaffer_serve", pytest.param("buildgrid", marks=pytest.mark.slow)])
+def server(request: pytest.FixtureRequest) -> ReapiServer:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def tier(server: ReapiServer) -> Iterator[GrpcTier]:
+    t = GrpcTier.from_url(server.url, timeout=10)
+    t.check()
+    yield t
+    t.close()
+
+
+def _blob(size: int) -> tuple[Digest, bytes]:
+    data = os.urandom(size)
+    return digest_bytes(data), data
+
+
+def _action_result(*outputs: Digest) -> bytes:
+    files = [re_pb2.OutputFile(path=f"out/{i}", digest=re_pb2.Digest(hash=d.hash, size_bytes=d.size_bytes))
+             for i, d in enumerate(outputs)]
+    result = re_pb2.ActionResult(output_files=files, execution_metadata=re_pb2.ExecutedActionMetadata(worker="t"))
+    return result.SerializeToString(deterministic=True)
+
+
+def test_check_reads_the_batch_limit(tier: GrpcTier) -> None:
+    assert 1024 * 1024 <= tier._limit() <= 64 * 1024 * 1024
+
+
+def test_small_blob_round_trip(tier: GrpcTier, tmp_path: Path) -> None:
+    digest, data = _blob(1000)
+    assert tier.find_missing([digest]) == [digest]
+    assert tier.read_blob(digest) is None
+    assert tier.fetch_blob(digest, tmp_path / "absent") is False
+    tier.write_blob(digest, data)
+    assert tier.find_missing([digest]) == []
+    assert tier.read_blob(digest) == data
+    assert tier.fetch_blob(digest, tmp_path / "f") and (tmp_path / "f").read_bytes() == data
+
+
+def test_large_blob_streams_through_bytestream(tier: GrpcTier, tmp_path: Path) -> None:
+    digest, data = _blob(LARGE)
+    source = tmp_path / "source"
+    source.write_bytes(data)
+    assert not tier._batchable(digest.size_bytes)
+    assert tier.read_blob(digest) is None and tier.fetch_blob(digest, tmp_path / "absent") is False
+    tier.upload_blob(digest, source)
+    assert tier.find_missing([digest]) == []
+    assert tier.fetch_blob(digest, tmp_path / "copy")
+    assert digest_file(tmp_path / "copy") == digest
+    assert tier.read_blob(digest) == data
+
+
+def test_many_small_blobs_span_several_batches(tier: GrpcTier) -> None:
+    blobs = [_blob(40 * 1024) for _ in range(150)]  # 6 MiB in all: more than one batch either way
+    batches = list(tier._batches([d for d, _ in blobs]))
+    assert len(batches) >= 2
+    tier.write_blobs(blobs)
+    digests = [d for d, _ in blobs]
+    assert tier.find_missing(digests) == []
+    assert tier.read_blobs(digests + [_blob(10)[0]]) == dict(blobs)
+
+
+def test_empty_blob_is_always_present(tier: GrpcTier) -> None:
+    empty = digest_bytes(b"")
+    assert tier.read_blobs([empty]) == {empty: b""}
+
+
+def test_action_cache_round_trip(tier: GrpcTier) -> None:
+    digest, data = _blob(100)
+    tier.write_blob(digest, data)
+    key = _blob(50)[0]
+    assert tier.read_action(key) is None
+    result = _action_result(digest)
+    tier.write_action(key, result)
+    assert re_pb2.ActionResult.FromString(tier.read_action(key) or b"") == re_pb2.ActionResult.FromString(result)
+
+
+def test_corrupt_upload_is_rejected_and_not_stored(tier: GrpcTier, tmp_path: Path) -> None:
+    digest, data = _blob(2000)
+    with pytest.raises(TierError) as small:
+        tier.write_blob(digest, data[:-1] + bytes([data[-1] ^ 1]))
+    assert not small.value.transient and "INVALID_ARGUMENT" in str(small.value)
+    big_digest, big = _blob(LARGE)
+    (tmp_path / "bad").write_bytes(big[1:] + b"x")
+    with pytest.raises(TierError) as large:
+        tier.upload_blob(big_digest, tmp_path / "bad")
+    assert not large.value.transient
+    assert tier.find_missing([digest, big_digest]) == [digest, big_digest]
+
+
+def test_unknown_or_invalid_instance_is_not_transient(server: ReapiServer) -> None:
+    name = "../escape" if server.name == "gaffer" else "no-such-instance"
+    tier = GrpcTier.from_url(f"{server.url}/{name}")
+    with pytest.raises(TierError) as e:
+        tier.check()
+    assert not e.value.transient
+
+
+def test_instances_never_see_each_other(gaffer_serve: ReapiServer) -> None:  # noqa: F811
+    a, b = GrpcTier.from_url(f"{gaffer_serve.url}/team-a"), GrpcTier.from_url(f"{gaffer_serve.url}/team/b")
+    digest, data = _blob(300)
+    key = _blob(20)[0]
+    a.write_blob(digest, data)
+    a.write_action(key, _action_result(digest))
+    assert a.read_action(key) is not None
+    assert b.find_missing([digest]) == [digest]
+    assert b.read_blob(digest) is None
+    assert b.read_action(key) is None
+    root = GrpcTier.from_url(gaffer_serve.url)
+    assert root.find_missing([digest]) == [digest]
+
+
+def test_unreachable_server_is_transient() -> None:
+    tier = GrpcTier.from_url(f"grpc://127.0.0.1:{free_port()}", timeout=2)
+    with pytest.raises(TierError) as e:
+        tier.check()
+    assert e.value.transient and "UNAVAILABLE" in str(e.value)
+
+
+def test_hanging_server_times_out_as_transient(gaffer_serve: ReapiServer) -> None:  # noqa: F811
+    host, port = gaffer_serve.grpc_address.split(":")
+    with FaultProxy((host, int(port)), Fault.HANG) as proxy:
+        tier = GrpcTier.from_url(f"grpc://{proxy.address}", timeout=0.5)
+        with pytest.raises(TierError) as e:
+            tier.find_missing([_blob(1)[0]])
+        tier.close()
+    assert e.value.transient and ("DEADLINE_EXCEEDED" in str(e.value) or "UNAVAILABLE" in str(e.value))
+
+
+def test_token_file_and_ca_are_read_from_the_url(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    tier = GrpcTier.from_url(f"grpc://127.0.0.1:1/x?token_file={tmp_path / 'token'}")
+    assert tier._metadata == (("authorization", "Bearer s3cret"),)
+    assert tier.name == "grpc://127.0.0.1:1/x" and tier.instance == "x"
+    for bad in ("grpc://127.0.0.1/x", f"grpc://h:1?token_file={tmp_path / 'nope'}", "grpc://h:1?ca=/etc/hosts",
+                "grpcs://h:1?ca=/no/such/ca.pem", "grpc://h:1?colour=red"):
+        with pytest.raises(UserError):
+            GrpcTier.from_url(bad)
