@@ -1,0 +1,84 @@
+"""`gobuildcache` (and `gaffer gocache`): a GOCACHEPROG program over gaffer's cache.
+
+`go` starts this program once per command and blocks until the capabilities line arrives, so this module imports
+nothing heavy at top level: the environment is checked, the capabilities line goes out, and only then is the cache
+opened (see protocol.serve).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+USAGE = """\
+usage: gobuildcache [clear | clear-local | clear-remote]
+
+A GOCACHEPROG program: `go` runs it and talks to it on stdin/stdout.
+    GOCACHEPROG=gobuildcache go build ./...
+
+With no argument it serves one `go` command. `clear` empties the local tier and the remote tiers,
+`clear-local` and `clear-remote` one side only.
+
+Environment (seed 001):
+    BACKEND_TYPE=disk|s3          disk is the default
+    CACHE_DIR=/path               local tier for disk (default /tmp/gobuildcache)
+    S3_BUCKET, S3_PREFIX          the bucket (required for s3) and key prefix
+    S3_TMP_DIR=/path              local tier for s3 (default /tmp/gobuildcache-s3)
+    AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE, AWS_ACCESS_KEY_ID, ...   the standard AWS chain
+    DEBUG=true                    log every request on stderr
+Environment (gaffer):
+    GOBUILDCACHE_CACHE=url[,url]  more tiers behind the local one (else GAFFER_CACHE), e.g.
+                                  redis://127.0.0.1:6379/0, http://cache:8080/go, grpc://cache:8980
+    GOBUILDCACHE_READ_ONLY=1      read remote tiers, never write them (untrusted CI)
+    GOBUILDCACHE_STATS=1          one stats line on stderr at close
+"""
+
+CLEAR_COMMANDS = ("clear", "clear-local", "clear-remote")
+
+
+def main() -> None:
+    """Console entry point `gobuildcache`."""
+    sys.exit(gocache_main(sys.argv[1:]))
+
+
+def gocache_main(argv: Sequence[str]) -> int:
+    """Run `gobuildcache argv...`; the exit status (0 ok, 2 bad input or environment value, 3 environment)."""
+    from gaffer.errors import GafferError
+
+    try:
+        return _run(list(argv))
+    except GafferError as e:
+        print(f"gobuildcache: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(argv: list[str]) -> int:
+    from gaffer.errors import UserError
+    from gaffer.gocache.config import load_config
+
+    if argv and argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0
+    if len(argv) > 1 or (argv and argv[0] not in CLEAR_COMMANDS):
+        raise UserError(f"unexpected arguments {' '.join(argv)!r} (expected nothing, or one of: "
+                        f"{', '.join(CLEAR_COMMANDS)}; see gobuildcache --help)")
+    config = load_config()
+    if argv:
+        from gaffer.gocache.store import clear
+
+        clear(config, local=argv[0] != "clear-remote", remote=argv[0] != "clear-local")
+        return 0
+
+    from gaffer.gocache.protocol import Handler, serve
+
+    def open_store() -> Handler:
+        from gaffer.gocache.store import GoStore
+
+        return GoStore.open(config)
+
+    # our own buffered streams: sys.stdout may be unbuffered (PYTHONUNBUFFERED) and a raw write can be partial
+    with open(sys.stdin.fileno(), "rb", closefd=False) as stdin, open(sys.stdout.fileno(), "wb", closefd=False) as out:
+        serve(stdin, out, open_store, debug=config.debug)
+    return 0

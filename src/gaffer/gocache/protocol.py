@@ -1,0 +1,292 @@
+"""The GOCACHEPROG wire protocol as Go 1.24+ speaks it (cmd/go/internal/cacheprog), over stdin/stdout.
+
+- We write the capabilities response (ID 0, KnownCommands) at once, before reading anything: `go` blocks on it.
+- `go` then writes one JSON request per line: {"ID", "Command", "ActionID", "OutputID", "BodySize"}; IDs are
+  base64 ([]byte in Go's JSON). A put with BodySize > 0 is followed by its body as the next JSON value, a base64
+  JSON string (Go puts it on its own line, after a blank one). Go 1.23 named OutputID "ObjectID"; both are read.
+- Replies carry the request's ID and may go out in any order: requests run on a small thread pool and each reply
+  is one whole line written and flushed under a lock. `close` is answered after every other reply and after the
+  write-behind uploads are flushed; EOF without `close` flushes too and exits 0.
+- Anything that is not a well-formed request is one line on stderr and a non-zero exit, never a hang or a guess.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import BinaryIO, NamedTuple, Protocol
+
+from gaffer.errors import UserError
+
+KNOWN_COMMANDS = ("get", "put", "close")
+WORKERS = 8
+MAX_REQUEST_LINE = 1 << 20  # a request line is ~200 bytes; a longer one is garbage, not a reason to eat memory
+
+
+class MalformedRequest(UserError):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"malformed request on stdin: {what}")
+
+
+class Request(NamedTuple):
+    id: int
+    command: str
+    action_id: bytes
+    output_id: bytes
+    body: bytes
+
+
+class Hit(NamedTuple):
+    """A get's answer: `disk_path` holds exactly the body that was put and stays there until close."""
+
+    output_id: bytes
+    size: int
+    put_time_ns: int
+    disk_path: str
+
+
+class Handler(Protocol):
+    def get(self, action_id: bytes) -> Hit | None: ...
+
+    def put(self, action_id: bytes, output_id: bytes, body: bytes) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def _excerpt(data: bytes) -> str:
+    text = data.strip().decode("utf-8", "replace")
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _b64_field(request: dict[str, object], name: str, where: str) -> bytes:
+    value = request.get(name)
+    if not isinstance(value, str):
+        raise MalformedRequest(f"{where}: {name} must be a base64 string, got {json.dumps(value)[:40]}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise MalformedRequest(f"{where}: {name} is not base64: {e}") from None
+
+
+def rfc3339(time_ns: int) -> str:
+    """Go's time.Time JSON form (RFC 3339 with nanoseconds, UTC)."""
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+class RequestReader:
+    """Parses requests (and put bodies) from `go`'s side of the pipe, strictly."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._line_no = 0
+
+    def _next_line(self, limit: int) -> bytes:
+        """The next non-blank line (b"" at EOF)."""
+        while True:
+            line = self._stream.readline(limit)
+            if not line:
+                return b""
+            self._line_no += 1
+            if len(line) >= limit and not line.endswith(b"\n"):
+                raise MalformedRequest(f"line {self._line_no} is longer than {limit} bytes")
+            if line.strip():
+                return line
+
+    def read(self) -> Request | None:
+        """The next request, or None at EOF."""
+        line = self._next_line(MAX_REQUEST_LINE)
+        if not line:
+            return None
+        where = f"line {self._line_no}"
+        try:
+            request = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            raise MalformedRequest(f"{where} is not JSON: {_excerpt(line)}") from None
+        if not isinstance(request, dict):
+            raise MalformedRequest(f"{where}: expected a JSON object, got {_excerpt(line)}")
+        request_id, command = request.get("ID"), request.get("Command")
+        if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 0:
+            raise MalformedRequest(f"{where}: ID must be a non-negative integer, got {json.dumps(request_id)[:40]}")
+        if not isinstance(command, str):
+            raise MalformedRequest(f"{where}: Command must be a string, got {json.dumps(command)[:40]}")
+        where = f"{where} (request {request_id}, {command})"
+        action_id = output_id = body = b""
+        if command in ("get", "put"):
+            action_id = _b64_field(request, "ActionID", where)
+        if command == "put":
+            alias = "ObjectID" in request and "OutputID" not in request
+            output_id = _b64_field(request, "ObjectID" if alias else "OutputID", where)
+            size = request.get("BodySize", 0)
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise MalformedRequest(f"{where}: BodySize must be a non-negative integer, got {json.dumps(size)[:40]}")
+            if size:
+                body = self._read_body(size, where)
+        return Request(request_id, command, action_id, output_id, body)
+
+    def _read_body(self, size: int, where: str) -> bytes:
+        encoded_len = 4 * ((size + 2) // 3)
+        line = self._next_line(2 * encoded_len + 16).strip()  # room for JSON escapes Go never writes
+        if not line:
+            raise MalformedRequest(f"{where}: end of input before the {size}-byte body")
+        if len(line) < 2 or line[:1] != b'"' or line[-1:] != b'"':
+            raise MalformedRequest(f"{where}: the body must be a base64 JSON string, got {_excerpt(line)}")
+        encoded = line[1:-1]
+        if b"\\" in encoded:
+            try:
+                encoded = json.loads(line).encode()
+            except (ValueError, UnicodeError):
+                raise MalformedRequest(f"{where}: the body is not a JSON string") from None
+        try:
+            body = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise MalformedRequest(f"{where}: the body is not base64: {e}") from None
+        if len(body) != size:
+            raise MalformedRequest(f"{where}: BodySize is {size} but the body has {len(body)} bytes")
+        return body
+
+
+class ReplyWriter:
+    """Writes whole reply lines under a lock. If `go` went away, replies are dropped (it cannot read them)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.broken = False
+
+    def send(self, reply: dict[str, object]) -> None:
+        line = json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                self._stream.write(line)
+                self._stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self.broken = True
+
+
+class _Pool:
+    """A few worker threads; `join` waits until every submitted job has finished (and so has replied)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._threads = 0
+        self._idle = 0
+        self._pending = 0
+        self._cond = threading.Condition()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            self._pending += 1
+            if len(self._jobs) > self._idle and self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._work, name=f"gocache-{self._threads}", daemon=True).start()
+            self._cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._idle += 1
+                while not self._jobs:
+                    self._cond.wait()
+                self._idle -= 1
+                job = self._jobs.popleft()
+            try:
+                job()
+            finally:
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+    def join(self) -> None:
+        with self._cond:
+            while self._pending:
+                self._cond.wait()
+
+
+def log_line(message: str) -> None:
+    """One stderr line in one write, so lines from several threads never interleave."""
+    os.write(2, f"gobuildcache: {message}\n".encode())
+
+
+def _answer(handler: Handler, request: Request, debug: bool) -> dict[str, object]:
+    """The reply to one get or put. A get that fails is a miss; a put fails only when the local tier does."""
+    start = time.perf_counter()
+    reply: dict[str, object] = {"ID": request.id}
+    outcome = ""
+    if request.command == "get":
+        try:
+            hit = handler.get(request.action_id)
+        except Exception as e:  # noqa: BLE001 - a bug or an unexpected fault below costs a rebuild, not the build
+            log_line(f"get {request.action_id.hex()[:16]}: {type(e).__name__}: {e}; treated as a miss")
+            hit = None
+        if hit is None:
+            reply["Miss"] = True
+            outcome = "miss"
+        else:
+            reply.update(
+                OutputID=base64.b64encode(hit.output_id).decode(),
+                Size=hit.size,
+                Time=rfc3339(hit.put_time_ns),
+                DiskPath=hit.disk_path,
+            )
+            outcome = f"hit {hit.size} B"
+    elif request.command == "put":
+        try:
+            reply["DiskPath"] = handler.put(request.action_id, request.output_id, request.body)
+            outcome = f"stored {len(request.body)} B"
+        except Exception as e:  # noqa: BLE001 - go reports Err and carries on; a crash would kill the build
+            reply["Err"] = f"gobuildcache: cannot store the entry locally: {e}"
+            outcome = str(reply["Err"])
+    else:
+        reply["Err"] = f"gobuildcache: unknown command {request.command!r} (known: {', '.join(KNOWN_COMMANDS)})"
+        outcome = str(reply["Err"])
+    if debug:
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        log_line(f"#{request.id} {request.command} {request.action_id.hex()[:16]}: {outcome} ({elapsed_ms:.1f} ms)")
+    return reply
+
+
+def serve(
+    stdin: BinaryIO,
+    stdout: BinaryIO,
+    open_handler: Callable[[], Handler],
+    *,
+    debug: bool = False,
+    workers: int = WORKERS,
+) -> None:
+    """Run one `go` command's session. Returns after `close` or EOF; raises MalformedRequest on garbage
+    (after finishing the requests already accepted and flushing the cache)."""
+    writer = ReplyWriter(stdout)
+    writer.send({"ID": 0, "KnownCommands": list(KNOWN_COMMANDS)})
+    handler = open_handler()  # the heavy imports happen here, after `go` has its capabilities
+    reader = RequestReader(stdin)
+    pool = _Pool(workers)
+    close_id: int | None = None
+    try:
+        while True:
+            request = reader.read()
+            if request is None:
+                if debug:
+                    log_line("end of input without close")
+                break
+            if request.command == "close":
+                close_id = request.id
+                break
+            pool.submit(lambda r=request: writer.send(_answer(handler, r, debug)))  # type: ignore[misc]
+    finally:
+        pool.join()
+        handler.close()
+    if close_id is not None:
+        if debug:
+            log_line(f"#{close_id} close")
+        writer.send({"ID": close_id})

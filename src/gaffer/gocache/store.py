@@ -1,0 +1,182 @@
+"""Go's build cache on gaffer's cache: ActionID -> ActionResult in the action cache, the body in the CAS.
+
+The local tier is a `DiskStore`; a hit's `DiskPath` is the CAS blob file itself (plain bytes, no extension),
+checked against its digest first, so nothing is copied on a hit and a corrupt blob is a miss. Remote tiers, when
+configured, sit behind it in a `TieredCache`: a local miss reads through them (filling the local tier), and puts
+are uploaded behind the build and flushed at close. Every fault on the way to a hit is a miss; a put fails only
+when the local disk does, because `go` needs a DiskPath.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from gaffer.cache.base import CacheTier, TierError
+from gaffer.cache.disk import DiskStore
+from gaffer.digest import digest_bytes
+from gaffer.errors import EnvironmentProblem, UserError
+from gaffer.gocache.config import Config
+from gaffer.gocache.entry import (
+    CorruptEntry,
+    GoEntry,
+    action_key,
+    decode_entry,
+    encode_entry,
+)
+from gaffer.gocache.protocol import Hit, log_line
+from gaffer.units import format_size
+
+if TYPE_CHECKING:
+    from gaffer.cache.tiered import TieredCache
+
+
+class GoStats:
+    """Counters for the one stats line at close."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.gets = self.hits = self.puts = self.bytes_read = self.bytes_written = self.errors = 0
+
+    def count(self, **deltas: int) -> None:
+        with self.lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+
+def open_local(path: str) -> DiskStore:
+    try:
+        return DiskStore(path, report=log_line)
+    except TierError as e:
+        raise EnvironmentProblem(f"local cache directory: {e}") from None
+
+
+def open_tiered(local: DiskStore, urls: Sequence[str], *, read_only: bool, timeout: float) -> TieredCache:
+    """A TieredCache whose remote tiers are opened on first use (a local-only build never imports boto3)."""
+    from gaffer.cache.tiered import TieredCache
+    from gaffer.cache.urls import open_tier, redact
+
+    def opener(url: str) -> Callable[[], CacheTier]:
+        return lambda: open_tier(url, timeout=timeout)
+
+    return TieredCache(
+        local,
+        [(redact(url), opener(url)) for url in urls],
+        read_only=read_only,
+        report=log_line,
+    )
+
+
+class GoStore:
+    """The `Handler` the protocol server calls, from several threads at once."""
+
+    def __init__(self, local: DiskStore, tiered: TieredCache | None, *, show_stats: bool) -> None:
+        self.local = local
+        self.tiered = tiered
+        self.show_stats = show_stats
+        self.stats = GoStats()
+
+    @classmethod
+    def open(cls, config: Config) -> GoStore:
+        local = open_local(config.local_dir)
+        tiered = None
+        if config.remotes:
+            tiered = open_tiered(local, config.remotes, read_only=config.read_only, timeout=config.timeout)
+        return cls(local, tiered, show_stats=config.debug or config.stats)
+
+    def get(self, action_id: bytes) -> Hit | None:
+        self.stats.count(gets=1)
+        key = action_key(action_id)
+        data = self.tiered.get_action(key) if self.tiered else self.local.read_action(key)
+        if data is None:
+            return None
+        try:
+            entry = decode_entry(data)
+        except CorruptEntry as e:
+            self.stats.count(errors=1)
+            log_line(f"cache entry {key.hash[:12]} in {self.local.root} is damaged ({e}); evicted, rebuilding")
+            self.local.evict_action(key)
+            return None
+        path = self.local.verified_blob_path(entry.body)
+        if path is None and self.tiered is not None and self.tiered.ensure_local([entry.body]):
+            path = self.local.verified_blob_path(entry.body)
+        if path is None:
+            return None
+        self.stats.count(hits=1, bytes_read=entry.body.size_bytes)
+        return Hit(entry.output_id, entry.body.size_bytes, entry.put_time_ns, str(path))
+
+    def put(self, action_id: bytes, output_id: bytes, body: bytes) -> str:
+        digest = digest_bytes(body)
+        try:
+            # an existing blob is checked too: `go` will read the file we name
+            path = self.local.verified_blob_path(digest)
+            if path is None:
+                self.local.write_blob(digest, body)
+                path = self.local.blob_path(digest)
+            result = encode_entry(GoEntry(output_id, digest, time.time_ns()))
+            if self.tiered is not None:
+                self.tiered.put_action(action_key(action_id), result, [digest])
+            else:
+                self.local.write_action(action_key(action_id), result)
+        except OSError as e:
+            self.stats.count(errors=1)
+            raise EnvironmentProblem(f"{self.local.root}: {e.strerror or e}") from None
+        self.stats.count(puts=1, bytes_written=len(body))
+        return str(path)
+
+    def close(self) -> None:
+        """Flush uploads, account the local tier (and GC it if over its bound), print the stats line."""
+        if self.tiered is not None:
+            self.tiered.close()
+        else:
+            self.local.close()
+        s = self.stats
+        if s.gets or s.puts:
+            self.local.record_build(hits=s.hits, misses=s.gets - s.hits)
+        if self.show_stats:
+            log_line(self.stats_line())
+
+    def stats_line(self) -> str:
+        s = self.stats
+        remotes = self.tiered.tier_stats()[1:] if self.tiered is not None else []
+        line = (
+            f"stats: {s.gets} gets, {s.hits} hits, {s.gets - s.hits} misses, {s.puts} puts, "
+            f"{format_size(s.bytes_read)} read, {format_size(s.bytes_written)} written, "
+            f"{sum(r.seconds for r in remotes):.2f}s on remote tiers, "
+            f"{s.errors + self.local.corrupt_evicted + sum(r.errors for r in remotes)} errors"
+        )
+        for r in remotes:
+            line += (
+                f"; {r.name}: {r.hits} hits, {r.misses} misses, {format_size(r.bytes_down)} down, "
+                f"{format_size(r.bytes_up)} up, {r.errors} errors" + (" (disabled)" if r.disabled else "")
+            )
+        return line
+
+
+def clear(config: Config, *, local: bool, remote: bool) -> None:
+    """`gobuildcache clear` / `clear-local` / `clear-remote`: empty the tiers; prints one line per tier."""
+    if remote and config.read_only:
+        raise UserError("clear-remote: GOBUILDCACHE_READ_ONLY is set, so the remote tiers are never written")
+    if remote and not local and not config.remotes:
+        raise UserError("clear-remote: no remote tier is configured (BACKEND_TYPE=s3 or GOBUILDCACHE_CACHE=url)")
+    if local:
+        open_local(config.local_dir).clean()
+        print(f"cleared disk://{config.local_dir}")
+    if not remote:
+        return
+    from gaffer.cache.urls import open_tier, redact
+
+    for url in config.remotes:
+        tier = open_tier(url, timeout=config.timeout)
+        try:
+            clear_tier = getattr(tier, "clear", None)
+            if clear_tier is None:
+                raise UserError(f"clear-remote: {redact(url)} does not support clearing; empty it with its own tools")
+            clear_tier()
+        except TierError as e:
+            raise EnvironmentProblem(f"clear-remote: {e}") from None
+        finally:
+            tier.close()
+        print(f"cleared {redact(url)}")

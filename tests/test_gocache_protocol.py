@@ -1,0 +1,453 @@
+"""gobuildcache's GOCACHEPROG protocol, driven over pipes by a Python client playing `go`'s part.
+
+Each test starts the real `gobuildcache` program on a fresh CACHE_DIR. The go-driven tests are in test_gocache_go.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gaffer.digest import EMPTY_DIGEST, digest_bytes
+from gaffer.errors import UserError
+from gaffer.gocache.config import load_config
+from gaffer.gocache.entry import (
+    CorruptEntry,
+    GoEntry,
+    action_key,
+    decode_entry,
+    encode_entry,
+)
+from tests.support import require_tool
+
+REPLY_TIMEOUT_S = 20.0
+CAPABILITIES = {"ID": 0, "KnownCommands": ["get", "put", "close"]}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def gobuildcache_env(cache_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a test's gobuildcache: only what the test sets, none of the machine's cache settings."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("BACKEND_TYPE", "CACHE_DIR", "S3_BUCKET", "S3_TMP_DIR", "DEBUG", "GAFFER_CACHE")
+           and not k.startswith("GOBUILDCACHE_")}
+    env["CACHE_DIR"] = str(cache_dir)
+    env.update(extra)
+    return env
+
+
+class Client:
+    """`go`'s side of the pipes: send requests (and bodies), read replies with a deadline."""
+
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        self.proc = subprocess.Popen([require_tool("gobuildcache"), *args], env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._replies: queue.Queue[dict[str, object] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.stderr = ""
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._replies.put(json.loads(line))
+        self._replies.put(None)
+
+    def send_raw(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def send(self, request: dict[str, object], body: bytes | None = None) -> None:
+        """One request as Go writes it: the JSON line, a blank line, then the body string if there is one."""
+        data = json.dumps(request).encode() + b"\n\n"
+        if body:
+            data += b'"' + base64.b64encode(body) + b'"\n'
+        self.send_raw(data)
+
+    def reply(self) -> dict[str, object]:
+        reply = self._replies.get(timeout=REPLY_TIMEOUT_S)
+        assert reply is not None, f"gobuildcache closed stdout early; stderr: {self.finish()[1]}"
+        return reply
+
+    def replies(self, n: int) -> dict[int, dict[str, object]]:
+        out = {}
+        for _ in range(n):
+            r = self.reply()
+            out[int(r["ID"])] = r  # type: ignore[call-overload]
+        return out
+
+    def get(self, request_id: int, action_id: bytes) -> dict[str, object]:
+        self.send({"ID": request_id, "Command": "get", "ActionID": b64(action_id)})
+        return self.reply()
+
+    def put(self, request_id: int, action_id: bytes, body: bytes, output_field: str = "OutputID") -> dict[str, object]:
+        request: dict[str, object] = {"ID": request_id, "Command": "put", "ActionID": b64(action_id),
+                                      output_field: b64(hashlib.sha256(body).digest())}
+        if body:
+            request["BodySize"] = len(body)
+        self.send(request, body)
+        return self.reply()
+
+    def close(self, request_id: int = 999) -> dict[str, object]:
+        self.send({"ID": request_id, "Command": "close"})
+        return self.reply()
+
+    def finish(self) -> tuple[int, str]:
+        """Close stdin, wait for the exit; (status, stderr)."""
+        assert self.proc.stdin is not None and self.proc.stderr is not None
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        status = self.proc.wait(timeout=REPLY_TIMEOUT_S)
+        self.stderr = self.proc.stderr.read().decode()
+        self._reader.join(timeout=REPLY_TIMEOUT_S)
+        return status, self.stderr
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def client(cache_dir: Path) -> Iterator[Client]:
+    c = Client(gobuildcache_env(cache_dir))
+    assert c.reply() == CAPABILITIES
+    yield c
+    if c.proc.poll() is None:
+        c.proc.kill()
+        c.proc.wait()
+
+
+def test_capabilities_come_first_before_any_input(cache_dir: Path) -> None:
+    c = Client(gobuildcache_env(cache_dir))
+    assert c.reply() == CAPABILITIES  # nothing was written to its stdin yet
+    assert c.close(7) == {"ID": 7}
+    assert c.finish()[0] == 0
+
+
+def test_put_then_get_returns_outputid_size_time_and_a_stable_diskpath(client: Client, cache_dir: Path) -> None:
+    body = os.urandom(100_000)
+    action = b"a" * 32
+    assert client.get(1, action) == {"ID": 1, "Miss": True}
+    before = datetime.now(UTC)
+    put = client.put(2, action, body)
+    put_path = Path(str(put["DiskPath"]))
+    assert put_path.is_absolute() and put_path.suffix == "" and put_path.read_bytes() == body
+    got = client.get(3, action)
+    assert got["OutputID"] == b64(hashlib.sha256(body).digest())
+    assert got["Size"] == len(body)
+    assert got["DiskPath"] == str(put_path)
+    put_time = datetime.fromisoformat(str(got["Time"]))
+    assert before.timestamp() - 1 <= put_time.timestamp() <= time.time() + 1
+    assert str(got["Time"]).endswith("Z") and len(str(got["Time"])) == len("2006-01-02T15:04:05.000000000Z")
+    assert put_path.is_relative_to(cache_dir)
+    assert client.close() == {"ID": 999}
+    assert client.finish()[0] == 0
+    assert put_path.read_bytes() == body  # and it is still there after close: it is the cache itself
+
+
+def test_zero_size_put_has_no_body_line(client: Client) -> None:
+    put = client.put(1, b"empty", b"")
+    assert Path(str(put["DiskPath"])).read_bytes() == b""
+    got = client.get(2, b"empty")
+    assert not got.get("Miss") and got.get("Size", 0) == 0
+    assert Path(str(got["DiskPath"])).stat().st_size == 0
+    assert got["OutputID"] == b64(hashlib.sha256(b"").digest())
+
+
+def test_go_1_23_objectid_field_name_is_accepted(client: Client) -> None:
+    client.put(1, b"old-go", b"body", output_field="ObjectID")
+    assert client.get(2, b"old-go")["OutputID"] == b64(hashlib.sha256(b"body").digest())
+
+
+def test_entries_survive_the_process_and_are_shared(cache_dir: Path) -> None:
+    first = Client(gobuildcache_env(cache_dir))
+    first.reply()
+    first.put(1, b"k", b"shared body")
+    first.close()
+    assert first.finish()[0] == 0
+    second = Client(gobuildcache_env(cache_dir))
+    second.reply()
+    assert Path(str(second.get(1, b"k")["DiskPath"])).read_bytes() == b"shared body"
+    second.close()
+    second.finish()
+
+
+def test_replies_go_out_of_order_when_a_request_stalls(client: Client, cache_dir: Path) -> None:
+    """A get whose blob read blocks (the CAS file is a FIFO nobody writes yet) must not hold up the requests
+    behind it: their replies come first, and the stalled one follows when its read completes."""
+    stalled_action = b"stalled"
+    (cache_dir / "ac" / action_key(stalled_action).hash[:2]).mkdir(parents=True)
+    (cache_dir / "ac" / action_key(stalled_action).hash[:2] / action_key(stalled_action).hash).write_bytes(
+        encode_entry(GoEntry(b"\x01" * 32, EMPTY_DIGEST, time.time_ns())))
+    fifo = cache_dir / "cas" / EMPTY_DIGEST.hash[:2] / EMPTY_DIGEST.hash
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    client.send({"ID": 1, "Command": "get", "ActionID": b64(stalled_action)})
+    client.send({"ID": 2, "Command": "put", "ActionID": b64(b"other"), "OutputID": b64(b"o"), "BodySize": 3}, b"abc")
+    client.send({"ID": 3, "Command": "get", "ActionID": b64(b"other")})
+    first_two = client.replies(2)
+    assert set(first_two) == {2, 3}
+    with open(fifo, "wb"):  # let the stalled read see EOF: the empty body, which verifies
+        pass
+    assert client.reply()["ID"] == 1
+
+
+def test_many_concurrent_requests_each_get_their_own_reply(client: Client) -> None:
+    bodies = {i: os.urandom(i * 997) for i in range(1, 60)}
+    for i, body in bodies.items():
+        request: dict[str, object] = {"ID": i, "Command": "put", "ActionID": b64(b"%d" % i),
+                                      "OutputID": b64(hashlib.sha256(body).digest()), "BodySize": len(body)}
+        client.send(request, body)
+    puts = client.replies(len(bodies))
+    assert sorted(puts) == sorted(bodies)
+    for i in bodies:
+        client.send({"ID": 1000 + i, "Command": "get", "ActionID": b64(b"%d" % i)})
+    gets = client.replies(len(bodies))
+    for i, body in bodies.items():
+        assert Path(str(gets[1000 + i]["DiskPath"])).read_bytes() == body
+        assert gets[1000 + i]["Size"] == len(body)
+
+
+def test_eof_without_close_keeps_the_puts_and_exits_cleanly(cache_dir: Path) -> None:
+    c = Client(gobuildcache_env(cache_dir))
+    c.reply()
+    c.send({"ID": 1, "Command": "put", "ActionID": b64(b"x"), "OutputID": b64(b"y"), "BodySize": 5}, b"hello")
+    status, stderr = c.finish()
+    assert status == 0, stderr
+    assert c.reply()["ID"] == 1  # the reply was written before exit
+    again = Client(gobuildcache_env(cache_dir))
+    again.reply()
+    assert again.get(1, b"x")["Size"] == 5
+    again.close()
+    again.finish()
+
+
+@pytest.mark.parametrize(
+    ("stdin", "complaint"),
+    [
+        (b"this is not json\n", "line 1 is not JSON: 'this is not json'"),
+        (b"\x00\xff\xfe garbage\n", "line 1 is not JSON"),
+        (b'["get"]\n', "expected a JSON object"),
+        (b'{"Command":"get","ActionID":"YQ=="}\n', "ID must be a non-negative integer"),
+        (b'{"ID":"1","Command":"get","ActionID":"YQ=="}\n', "ID must be a non-negative integer"),
+        (b'{"ID":1,"ActionID":"YQ=="}\n', "Command must be a string"),
+        (b'{"ID":1,"Command":"get","ActionID":"not base64!"}\n', "ActionID is not base64"),
+        (b'{"ID":1,"Command":"get"}\n', "ActionID must be a base64 string"),
+        (b'{"ID":1,"Command":"put","ActionID":"YQ==","OutputID":"YQ==","BodySize":-1}\n', "BodySize must be"),
+        (b'{"ID":1,"Command":"put","ActionID":"YQ==","BodySize":3}\n"YWJj"\n', "OutputID must be"),
+        (b'{"ID":1,"Command":"put","ActionID":"YQ==","OutputID":"YQ==","BodySize":3}\n\n', "end of input before"),
+        (b'{"ID":1,"Command":"put","ActionID":"YQ==","OutputID":"YQ==","BodySize":3}\n{"ID":2}\n', "base64 JSON str"),
+        (b'{"ID":1,"Command":"put","ActionID":"YQ==","OutputID":"YQ==","BodySize":9}\n"YWJj"\n', "has 3 bytes"),
+        (b'{"ID":1,"Command":"put","ActionID":"YQ==","OutputID":"YQ==","BodySize":3}\n"Y*Jj"\n', "not base64"),
+    ],
+)
+def test_malformed_input_is_one_clear_line_and_a_nonzero_exit(cache_dir: Path, stdin: bytes, complaint: str) -> None:
+    c = Client(gobuildcache_env(cache_dir))
+    assert c.reply() == CAPABILITIES
+    c.send_raw(stdin)
+    status, stderr = c.finish()  # does not hang: the process exits on its own, stdin still open until here
+    assert status == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("gobuildcache: malformed request on stdin: ") and complaint in lines[0], lines[0]
+
+
+def test_malformed_input_exits_without_waiting_for_eof(cache_dir: Path) -> None:
+    c = Client(gobuildcache_env(cache_dir))
+    c.reply()
+    c.send_raw(b"garbage\n")  # stdin stays open: go would still be there
+    assert c.proc.wait(timeout=REPLY_TIMEOUT_S) == 2
+
+
+def test_requests_already_accepted_are_answered_before_a_malformed_line(cache_dir: Path) -> None:
+    c = Client(gobuildcache_env(cache_dir))
+    c.reply()
+    c.send({"ID": 1, "Command": "put", "ActionID": b64(b"ok"), "OutputID": b64(b"o"), "BodySize": 2}, b"ok")
+    c.send_raw(b"}{\n")
+    assert c.reply()["ID"] == 1
+    assert c.finish()[0] == 2
+
+
+def test_an_unknown_command_is_an_error_reply_not_a_crash(client: Client) -> None:
+    client.send({"ID": 5, "Command": "get2", "ActionID": b64(b"a")})
+    reply = client.reply()
+    assert reply["ID"] == 5 and "unknown command 'get2'" in str(reply["Err"])
+    assert client.get(6, b"a") == {"ID": 6, "Miss": True}
+
+
+def test_a_corrupt_local_blob_is_a_miss(client: Client) -> None:
+    path = Path(str(client.put(1, b"victim", b"original content")["DiskPath"]))
+    path.write_bytes(b"tampered content")  # same size, other bytes
+    assert client.get(2, b"victim") == {"ID": 2, "Miss": True}
+    assert not path.exists()  # evicted, so the rebuild's put stores it again
+    assert Path(str(client.put(3, b"victim", b"original content")["DiskPath"])).read_bytes() == b"original content"
+    client.close()
+    assert "corrupt cache blob" in client.finish()[1]
+
+
+def test_a_damaged_action_entry_is_a_miss(client: Client, cache_dir: Path) -> None:
+    client.put(1, b"damaged", b"body")
+    key = action_key(b"damaged")
+    (cache_dir / "ac" / key.hash[:2] / key.hash).write_bytes(b"\x12\xff\xff")
+    assert client.get(2, b"damaged") == {"ID": 2, "Miss": True}
+    client.close()
+    assert "is damaged" in client.finish()[1]
+
+
+def test_a_local_disk_fault_on_put_is_an_err_reply(cache_dir: Path) -> None:
+    cache_dir.mkdir()
+    (cache_dir / "cas").write_text("a file where the CAS directory should be")
+    c = Client(gobuildcache_env(cache_dir))
+    c.reply()
+    reply = c.put(1, b"a", b"body")
+    assert "DiskPath" not in reply and "cannot store the entry locally" in str(reply["Err"])
+    assert c.get(2, b"a") == {"ID": 2, "Miss": True}
+    c.close()
+    assert c.finish()[0] == 0
+
+
+def test_debug_logs_each_request_and_the_stats_line(cache_dir: Path) -> None:
+    c = Client(gobuildcache_env(cache_dir, DEBUG="true"))
+    c.reply()
+    c.put(1, b"a", b"12345")
+    c.get(2, b"a")
+    c.get(3, b"b")
+    c.close(4)
+    status, stderr = c.finish()
+    assert status == 0
+    assert "#1 put" in stderr and "#2 get" in stderr and "hit 5 B" in stderr and "#3 get" in stderr
+    assert "stats: 2 gets, 1 hits, 1 misses, 1 puts, 5 B read, 5 B written, 0.00s on remote tiers, 0 errors" in stderr
+
+
+def test_stats_alone_is_one_line(cache_dir: Path) -> None:
+    c = Client(gobuildcache_env(cache_dir, GOBUILDCACHE_STATS="1"))
+    c.reply()
+    c.get(1, b"a")
+    c.close()
+    assert c.finish()[1].strip().splitlines() == [
+        "gobuildcache: stats: 1 gets, 0 hits, 1 misses, 0 puts, 0 B read, 0 B written, 0.00s on remote tiers, 0 errors"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"BACKEND_TYPE": "ftp"}, "BACKEND_TYPE: 'ftp' is not a backend"),
+        ({"BACKEND_TYPE": "s3"}, "S3_BUCKET: required when BACKEND_TYPE=s3"),
+        ({"DEBUG": "maybe"}, "DEBUG: 'maybe' is not a boolean"),
+        ({"GOBUILDCACHE_READ_ONLY": "2"}, "GOBUILDCACHE_READ_ONLY: '2' is not a boolean"),
+        ({"GOBUILDCACHE_CACHE": "ftp://host/x"}, "GOBUILDCACHE_CACHE: 'ftp://host/x' is not a cache URL"),
+        ({"GOBUILDCACHE_TIMEOUT": "soon"}, "GOBUILDCACHE_TIMEOUT: 'soon' is not a duration"),
+    ],
+)
+def test_bad_environment_is_one_line_and_exit_2_before_the_capabilities(
+    cache_dir: Path, env: dict[str, str], complaint: str
+) -> None:
+    result = subprocess.run([require_tool("gobuildcache")], check=False, env=gobuildcache_env(cache_dir, **env),
+                            input=b"", capture_output=True, timeout=REPLY_TIMEOUT_S)
+    assert result.returncode == 2
+    assert result.stdout == b""
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gobuildcache: {complaint}"), lines
+
+
+def test_bad_arguments_and_help(cache_dir: Path) -> None:
+    tool = require_tool("gobuildcache")
+    bad = subprocess.run([tool, "purge"], check=False, env=gobuildcache_env(cache_dir), capture_output=True, timeout=30)
+    assert bad.returncode == 2 and bad.stderr.decode().count("\n") == 1 and "'purge'" in bad.stderr.decode()
+    usage = subprocess.run([tool, "--help"], check=False, env=gobuildcache_env(cache_dir), capture_output=True, timeout=30)
+    assert usage.returncode == 0 and b"CACHE_DIR" in usage.stdout and b"clear-remote" in usage.stdout
+
+
+def test_clear_local_empties_the_local_tier(client: Client, cache_dir: Path) -> None:
+    client.put(1, b"a", b"body")
+    client.close()
+    client.finish()
+    tool = require_tool("gobuildcache")
+    for command in ("clear-local", "clear"):
+        result = subprocess.run([tool, command], check=False, env=gobuildcache_env(cache_dir), capture_output=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.decode() == f"cleared disk://{cache_dir}\n"
+    assert not any((cache_dir / "cas").rglob("*")) and not any((cache_dir / "ac").rglob("*"))
+    remote = subprocess.run([tool, "clear-remote"], check=False, env=gobuildcache_env(cache_dir), capture_output=True, timeout=30)
+    assert remote.returncode == 2 and b"no remote tier is configured" in remote.stderr
+
+
+def test_gocache_main_is_the_same_program(cache_dir: Path) -> None:
+    """`gaffer gocache` calls gocache_main(argv): the same session as the console script."""
+    code = "import sys; from gaffer.gocache.main import gocache_main; sys.exit(gocache_main(sys.argv[1:]))"
+    request = b'{"ID":1,"Command":"get","ActionID":"YQ=="}\n{"ID":2,"Command":"close"}\n'
+    result = subprocess.run([sys.executable, "-c", code], check=False, env=gobuildcache_env(cache_dir), input=request,
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        CAPABILITIES, {"ID": 1, "Miss": True}, {"ID": 2}]
+
+
+# -- the stored entry is a REAPI ActionResult ---------------------------------------------------------------------
+
+
+def test_entries_are_byte_identical_to_protobufs_actionresult() -> None:
+    from gaffer.protos import remote_execution_pb2 as re_pb2
+
+    for body, put_time_ns in ((b"", 1_700_000_000_000_000_000), (b"x" * 300, 1_700_000_000_123_456_789)):
+        entry = GoEntry(hashlib.sha256(body).digest(), digest_bytes(body), put_time_ns)
+        message = re_pb2.ActionResult()
+        message.output_files.add(path=f"go-output/{entry.output_id.hex()}",
+                                 digest=re_pb2.Digest(hash=entry.body.hash, size_bytes=entry.body.size_bytes))
+        message.execution_metadata.worker = "gobuildcache"
+        message.execution_metadata.worker_completed_timestamp.FromNanoseconds(put_time_ns)
+        assert encode_entry(entry) == message.SerializeToString(deterministic=True)
+        # and protobuf's own bytes, with fields this program never writes, still decode
+        message.stdout_raw = b"ignored"
+        message.execution_metadata.queued_timestamp.FromNanoseconds(1)
+        assert decode_entry(message.SerializeToString()) == entry
+
+
+@pytest.mark.parametrize("data", [b"\xff", b"\x12\x05abc", b"", b"\x20\x01", b"\x12\x03\x0a\x01z"])
+def test_anything_else_is_a_corrupt_entry(data: bytes) -> None:
+    with pytest.raises(CorruptEntry):
+        decode_entry(data)
+
+
+# -- configuration ------------------------------------------------------------------------------------------------
+
+
+def test_seed_s3_variables_become_an_s3_tier_behind_s3_tmp_dir() -> None:
+    config = load_config({"BACKEND_TYPE": "S3", "S3_BUCKET": "team-cache", "S3_PREFIX": "go builds/",
+                          "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_REGION": "eu-west-1"})
+    assert config.local_dir == "/tmp/gobuildcache-s3"
+    assert config.remotes == (
+        "s3://team-cache/go%20builds/?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=eu-west-1",)
+    assert load_config({"BACKEND_TYPE": "s3", "S3_BUCKET": "b", "S3_TMP_DIR": "rel"}).local_dir == os.path.abspath("rel")
+
+
+def test_cache_urls_add_tiers_and_a_leading_disk_url_is_the_local_tier() -> None:
+    default = load_config({})
+    assert (default.local_dir, default.remotes, default.read_only, default.timeout) == (
+        "/tmp/gobuildcache", (), False, 10.0)
+    gaffer = load_config({"GAFFER_CACHE": "disk:///var/cache/gaffer, redis://127.0.0.1:6379/0"})
+    assert (gaffer.local_dir, gaffer.remotes) == ("/var/cache/gaffer", ("redis://127.0.0.1:6379/0",))
+    own = load_config({"CACHE_DIR": "/c", "GOBUILDCACHE_CACHE": "disk:///shared,http://h/go",
+                       "GAFFER_CACHE": "redis://ignored", "GOBUILDCACHE_READ_ONLY": "yes"})
+    assert (own.local_dir, own.remotes, own.read_only) == ("/c", ("disk:///shared", "http://h/go"), True)
+    with pytest.raises(UserError, match="absolute path"):
+        load_config({"GOBUILDCACHE_CACHE": "disk://relative"})
