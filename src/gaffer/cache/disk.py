@@ -260,6 +260,11 @@ class DiskStore(CacheTier):
                 blobs += 1
         return StoreStatus(actions=actions, blobs=blobs, bytes=size, max_size=self.max_size)
 
+    def blobs(self) -> Iterator[Digest]:
+        """The digest (name and size on disk) of every blob: what `gaffer serve` indexes in memory at start."""
+        for path, st in self._walk("cas"):
+            yield Digest(path.name, st.st_size)
+
     def verify(self) -> VerifyReport:
         """Hash every blob; evict (and list) the corrupt ones."""
         checked = 0
