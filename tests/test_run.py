@@ -344,3 +344,22 @@ def test_symlink_output_escaping_the_workspace_fails(tmp_path: Path, env: dict[s
     (ws / "graph.json").write_text(json.dumps({"t": {"command": "ln -sf ../../etc/passwd link", "outputs": ["link"]}}))
     result = build(ws, env, expect=1)
     assert "points outside the workspace" in result["stderr"]
+
+
+def test_noop_fast_path_notices_every_change(ws: Path, env: dict[str, str]) -> None:
+    """After a successful build the next one may be decided from stat calls alone (.gaffer/noop); each kind of
+    change must still be seen: a new file under a glob, a deleted output, an env value, the graph file."""
+    build(ws, env, "all")
+    assert build(ws, env, "all")["cached"] == 4
+    assert (ws / ".gaffer" / "noop").exists()
+    (ws / "src" / "c" / "deep" / "more.txt").write_text("more\n")
+    assert build(ws, env, "all")["status"]["top"] == "executed"
+    build(ws, env, "all")
+    (ws / "out" / "dir" / "sub" / "x").unlink()
+    assert build(ws, env, "all")["status"]["side"] == "cached", "restored from the cache"
+    assert (ws / "out" / "dir" / "sub" / "x").exists()
+    assert build(ws, {**env, "FLAVOUR": "new"}, "all")["status"]["mid"] == "executed"
+    graph = json.loads((ws / "graph.json").read_text())
+    graph["tasks"]["gen"]["command"] += " && true"
+    (ws / "graph.json").write_text(json.dumps(graph))
+    assert build(ws, env, "all")["status"]["gen"] == "executed"

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gaffer.digest import Digest, StatCache, stat_signature
+from gaffer import noop
+from gaffer.digest import RACY_WINDOW_NS, Digest, StatCache, stat_signature
 from gaffer.graph import Graph, Task
 from gaffer.graph.inputs import resolve_inputs
-from gaffer.scheduler import CACHED, EXECUTED, FAILED, SKIPPED, Outcome, Scheduler
+from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
+from gaffer.scheduler import Scheduler
 from gaffer.state import TaskState, WorkspaceState
 
 if TYPE_CHECKING:
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
     from gaffer.execute.local import ProcessRunner
     from gaffer.ui.progress import Progress
 
-GROUP = "group"
 STATE_DIR = ".gaffer"
 
 
@@ -43,22 +44,6 @@ class BuildOptions:
     jobs: int = os.cpu_count() or 1
     keep_going: bool = False
     dry_run: bool = False
-
-
-@dataclass
-class BuildReport:
-    outcomes: dict[str, Outcome]
-    wall_s: float
-    interrupted: str = ""  # the signal's name when Ctrl-C / SIGTERM stopped the build
-    tiers: list[dict[str, object]] = field(default_factory=list)
-
-    def tasks(self) -> dict[str, Outcome]:
-        """Outcomes of real tasks (groups left out: they are not work)."""
-        return {n: o for n, o in self.outcomes.items() if o.status != GROUP}
-
-    @property
-    def ok(self) -> bool:
-        return not self.interrupted and all(o.status in (EXECUTED, CACHED, GROUP) for o in self.outcomes.values())
 
 
 def _env_values(task: Task) -> tuple[tuple[str, str], ...]:
@@ -77,6 +62,7 @@ class Build:
         self.stat_cache = StatCache.load(self.state.stat_cache_path)
         self.order = graph.closure(options.targets)
         self.inputs: dict[str, list[str]] = {}
+        self.input_dirs: list[tuple[str, tuple[int, int]]] = []  # directories globs searched, at plan time
         self.real_deps: dict[str, tuple[str, ...]] = {}
         self.outputs: dict[str, tuple] = {}  # task -> output records made or confirmed this build
         self.fingerprints: dict[str, tuple] = {}
@@ -91,7 +77,8 @@ class Build:
     def plan(self) -> None:
         """Resolve every task's inputs before anything runs, so a bad glob stops the build at once (exit 2).
         Files under any declared output are never inputs: a glob like `**/*.go` must not pick up build results."""
-        produced = tuple(sorted({out for t in self.graph.tasks.values() for out in t.outputs}))
+        produced = {out for t in self.graph.tasks.values() for out in t.outputs}
+        bases: set[str] = set()
         for name in self.order:
             task = self.graph.tasks[name]
             if task.is_group:
@@ -101,6 +88,8 @@ class Build:
                 paths = [p for p in paths if not _under_any(p, produced)]
             self.inputs[name] = paths
             self.real_deps[name] = self._flatten_deps(task)
+            bases.update(noop.directory_bases(task.inputs, set(paths)))
+        self.input_dirs = noop.directory_signatures(str(self.root), bases)
 
     # -- the scheduler's callbacks -----------------------------------------------------------------------------
 
@@ -157,16 +146,23 @@ class Build:
     # -- keys --------------------------------------------------------------------------------------------------
 
     def _fingerprint(self, name: str, task: Task) -> tuple:
+        """Cheap identity of the task's inputs. An input modified within RACY_WINDOW_NS could still change
+        without its signature changing, so such a fingerprint gets a marker that never compares equal."""
         root = str(self.root)
         sigs = []
+        racy_after = time.time_ns() - RACY_WINDOW_NS
+        racy = False
         for rel in self.inputs[name]:
             try:
-                sigs.append((rel, stat_signature(os.stat(f"{root}/{rel}"))))
+                sig = stat_signature(os.stat(f"{root}/{rel}"))
+                racy = racy or sig[1] > racy_after
+                sigs.append((rel, sig))
             except OSError:
                 sigs.append((rel, None))
+                racy = True
         deps = tuple((dep, tuple((r[0], r[1]) for r in self.outputs.get(dep, ()))) for dep in self.real_deps[name])
         return (task.commands, task.outputs, task.timeout, _env_values(task),
-                tuple(sorted(self.graph.platform.items())), tuple(sigs), deps)
+                tuple(sorted(self.graph.platform.items())), tuple(sigs), deps, time.time_ns() if racy else 0)
 
     def _flatten_deps(self, task: Task) -> tuple[str, ...]:
         """A dep on a group is a dep on everything it groups: their outputs are this task's inputs."""
@@ -333,6 +329,8 @@ class Build:
 
     def run(self) -> BuildReport:
         self.t0 = time.perf_counter()
+        if not self.options.dry_run:
+            noop.discard(self.root)
         self.plan()
         scheduler = Scheduler(self.order, {n: self.graph.tasks[n].deps for n in self.order},
                               jobs=1 if self.options.dry_run else self.options.jobs,
@@ -348,7 +346,10 @@ class Build:
             if not self.options.dry_run:
                 self.state.save()
                 self.stat_cache.save(self.state.stat_cache_path)
-        return BuildReport(outcomes=outcomes, wall_s=self._now(), interrupted=self._interrupted)
+        report = BuildReport(outcomes=outcomes, wall_s=self._now(), interrupted=self._interrupted)
+        if report.ok and not self.options.dry_run:
+            noop.write_record(self, self.options.targets)
+        return report
 
     def _install_signal_handlers(self, scheduler: Scheduler) -> Callable[[], None]:
         """Ctrl-C / SIGTERM: start nothing new, kill running process groups, keep the cache consistent."""
@@ -364,10 +365,12 @@ class Build:
         return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
 
 
-def _under_any(path: str, outputs: tuple[str, ...]) -> bool:
-    for out in outputs:
-        if path == out or path.startswith(out + "/"):
+def _under_any(path: str, outputs: set[str]) -> bool:
+    """Is `path` a declared output or inside one? (A set lookup per ancestor: graphs have 10,000s of outputs.)"""
+    while path:
+        if path in outputs:
             return True
+        path = path.rpartition("/")[0]
     return False
 
 

@@ -72,7 +72,7 @@ class StatCache:
         cache = cls()
         try:
             with open(path, "rb") as f:
-                version, entries = marshal.load(f)
+                version, entries = marshal.loads(f.read())
             if version == cls._FORMAT and isinstance(entries, dict):
                 cache._entries = entries
         except (OSError, EOFError, ValueError, TypeError):

@@ -13,20 +13,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 
-EXECUTED, CACHED, FAILED, SKIPPED = "executed", "cached", "failed", "skipped"
-
-
-@dataclass
-class Outcome:
-    status: str  # executed | cached | failed | skipped
-    duration_s: float = 0.0
-    start_s: float = 0.0  # seconds since the build started
-    saved_s: float = 0.0  # for cached: how long executing it took when it was made
-    reason: str = ""  # why it executed / failed / was skipped
-    extra: dict[str, object] = field(default_factory=dict)
-
+from gaffer.outcome import FAILED, SKIPPED, Outcome
 
 class Scheduler:
     def __init__(

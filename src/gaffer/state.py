@@ -57,7 +57,7 @@ class WorkspaceState:
         state = cls(directory)
         try:
             with open(state._path, "rb") as f:
-                version, tasks = marshal.load(f)
+                version, tasks = marshal.loads(f.read())
             if version == _FORMAT:
                 state.tasks = {name: TaskState(*entry) for name, entry in tasks.items()}
         except (OSError, EOFError, ValueError, TypeError):

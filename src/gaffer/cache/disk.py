@@ -17,15 +17,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.digest import Digest, digest_file
@@ -44,16 +43,14 @@ def default_cache_dir() -> Path:
     return Path(base) / "gaffer"
 
 
-@dataclass
-class StoreStatus:
+class StoreStatus(NamedTuple):
     actions: int
     blobs: int
     bytes: int
     max_size: int
 
 
-@dataclass
-class VerifyReport:
+class VerifyReport(NamedTuple):
     checked: int
     corrupt: list[str]
 
@@ -292,7 +289,7 @@ class DiskStore(CacheTier):
 
     def record_build(self, hits: int, misses: int) -> None:
         """Append one build's hit/miss counts (read back by `recent_hit_rate`)."""
-        line = json.dumps({"t": int(time.time()), "hits": hits, "misses": misses}) + "\n"
+        line = f'{{"t": {int(time.time())}, "hits": {int(hits)}, "misses": {int(misses)}}}\n'
         with open(self.root / "builds.log", "a", encoding="utf-8") as f:
             f.write(line)
 
@@ -301,6 +298,8 @@ class DiskStore(CacheTier):
             lines = (self.root / "builds.log").read_text(encoding="utf-8").splitlines()[-last:]
         except OSError:
             return []
+        import json
+
         builds = []
         for line in lines:
             try:

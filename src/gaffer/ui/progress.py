@@ -18,7 +18,7 @@ import threading
 import time
 from typing import TextIO
 
-from gaffer.scheduler import CACHED, EXECUTED, FAILED, SKIPPED, Outcome
+from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, SKIPPED, Outcome
 
 
 def use_live_display(stream: TextIO) -> bool:
@@ -56,7 +56,7 @@ class Progress:
                 self._redraw()
 
     def task_finished(self, name: str, outcome: Outcome) -> None:
-        if outcome.status == "group":
+        if outcome.status == GROUP:
             return
         with self._lock:
             self.done += 1

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 from typing import TextIO
 
-from gaffer.build import BuildReport
-from gaffer.scheduler import CACHED, EXECUTED, FAILED, SKIPPED
+from gaffer.outcome import CACHED, EXECUTED, FAILED, SKIPPED, BuildReport
 
 
 def summary_dict(report: BuildReport) -> dict[str, object]:

@@ -1,0 +1,158 @@
+"""The whole-build fast path: decide "nothing to do" from `stat` calls alone, as ninja does.
+
+After a successful build, `write_record` stores what that build saw: the graph file's stat signature, the
+targets, the values of every declared env var, the stat signature of every input (taken *before* the tasks
+used them) and every output (taken right after they were made), and the signatures of the directories that
+glob and directory inputs were found in (a file added or removed there changes its directory's mtime).
+
+`check` compares all of that with the file system now. If nothing differs, every task would be "up to date"
+in the per-task check too, so the build is a no-op without even loading the graph file. Anything that differs,
+or a record that cannot be read, falls back to the full build, which is always correct.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gaffer import __version__
+
+if TYPE_CHECKING:
+    from gaffer.build import Build
+
+_FORMAT = 1
+_GLOB_CHARS = frozenset("*?[")
+
+
+def record_path(root: Path) -> Path:
+    return root / ".gaffer" / "noop"
+
+
+def check(graph_path: str, targets: Sequence[str]) -> list[tuple[str, float]] | None:
+    """[(task, its last execution time)] if nothing changed since the last successful build of `targets`."""
+    try:
+        real = os.path.realpath(graph_path)
+        st = os.stat(real)
+        graph_sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        with open(record_path(Path(os.path.dirname(real))), "rb") as f:
+            record = marshal.loads(f.read())
+        (fmt, version, recorded_graph, recorded_sig, recorded_targets, env, inputs, outputs, symlinks, dirs,
+         tasks) = record
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if (fmt, version, recorded_graph, recorded_sig, recorded_targets) != (
+        _FORMAT, __version__, real, graph_sig, tuple(targets)
+    ):
+        return None
+    environ = os.environ
+    for name, value in env:
+        if environ.get(name) != value:
+            return None
+    stat, lstat = os.stat, os.lstat
+    try:
+        for path, sig in inputs:
+            st = stat(path)
+            if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != sig:
+                return None
+        for path, sig in outputs:
+            st = lstat(path)
+            if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != sig:
+                return None
+        for path, target in symlinks:
+            if os.readlink(path) != target:
+                return None
+        for path, sig in dirs:
+            st = stat(path)
+            if (st.st_mtime_ns, st.st_ino) != sig:
+                return None
+    except OSError:
+        return None
+    return tasks
+
+
+def discard(root: Path) -> None:
+    """Forget the record (a full build is starting: until it succeeds, nothing is known to be up to date)."""
+    try:
+        os.unlink(record_path(root))
+    except FileNotFoundError:
+        pass
+
+
+def write_record(build: Build, targets: Sequence[str]) -> None:
+    """Record a successful build. Skipped when a file changed too recently to trust its signature."""
+    from gaffer.digest import RACY_WINDOW_NS, stat_signature
+
+    graph = build.graph
+    root = str(graph.root)
+    racy_after = time.time_ns() - RACY_WINDOW_NS
+    env_names: set[str] = set()
+    inputs: dict[str, tuple] = {}
+    outputs: list[tuple[str, tuple]] = []
+    symlinks: list[tuple[str, str]] = []
+    tasks: list[tuple[str, float]] = []
+    for name in build.order:
+        task = graph.tasks[name]
+        if task.is_group:
+            continue
+        if not task.cache:
+            return  # a `cache: false` task always runs: never a whole-build no-op
+        env_names.update(task.env)
+        fingerprint = build.fingerprints[name]
+        if fingerprint[7]:
+            return  # an input was too fresh to trust its signature
+        for rel, sig in fingerprint[5]:
+            if sig is None or sig[1] > racy_after:
+                return
+            inputs[f"{root}/{rel}"] = sig
+        for path, _h, _size, _x, sig in build.outputs[name]:
+            outputs.append((f"{root}/{path}", sig))
+        state = build.state.tasks.get(name)
+        if state is None:
+            return
+        symlinks.extend((f"{root}/{p}", target) for p, target in state.symlinks)
+        tasks.append((name, state.duration_s))
+    dirs = build.input_dirs
+    if any(sig[0] > racy_after for _p, sig in dirs):
+        return
+    record = (_FORMAT, __version__, os.path.realpath(graph.path), stat_signature(os.stat(graph.path)),
+              tuple(targets), tuple((n, os.environ.get(n)) for n in sorted(env_names)), tuple(inputs.items()),
+              tuple(outputs), tuple(symlinks), tuple(dirs), tuple(tasks))
+    path = record_path(graph.root)
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(f"noop.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        marshal.dump(record, f)
+    os.replace(tmp, path)
+
+
+def directory_bases(patterns: Iterable[str], resolved: set[str]) -> Iterable[str]:
+    """The directories inputs were searched in: each glob's literal prefix, and literal paths that named a
+    directory (a literal that resolved to itself is a plain file: its own signature covers it)."""
+    for pattern in patterns:
+        parts = pattern.split("/")
+        literal = []
+        for part in parts:
+            if _GLOB_CHARS.intersection(part):
+                break
+            literal.append(part)
+        if len(literal) < len(parts):
+            yield "/".join(literal)
+        elif pattern not in resolved:
+            yield pattern
+
+
+def directory_signatures(root: str, bases: set[str]) -> list[tuple[str, tuple[int, int]]]:
+    """(path, (mtime_ns, inode)) of every directory below the bases: adding or removing a file changes one."""
+    seen: dict[str, tuple[int, int]] = {}
+    for base in sorted(bases):
+        top = f"{root}/{base}" if base else root
+        for dirpath, dirnames, _files in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            if dirpath not in seen:
+                st = os.stat(dirpath)
+                seen[dirpath] = (st.st_mtime_ns, st.st_ino)
+    return list(seen.items())
