@@ -43,3 +43,31 @@ def nginx_cache() -> Iterator[servers.Server]:
     server = servers.start_nginx_cache(require_tool("nginx"))
     yield server
     server.stop()
+
+
+BUCKET = "gaffer-tests"
+
+
+def _create_bucket(server: servers.Server) -> None:
+    import boto3
+
+    env = server.env
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=server.url, region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    client.create_bucket(Bucket=BUCKET)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def moto_bucket(moto_s3: servers.Server) -> servers.Server:
+    """moto's S3 with the bucket BUCKET created (credentials in `server.env`)."""
+    _create_bucket(moto_s3)
+    return moto_s3
+
+
+@pytest.fixture(scope="session")
+def ceph_bucket(ceph_s3: servers.Server) -> servers.Server:
+    """Ceph radosgw with the bucket BUCKET created (credentials in `server.env`)."""
+    _create_bucket(ceph_s3)
+    return ceph_s3

@@ -55,3 +55,26 @@ def summary(path: Path) -> dict:
     data = json.loads(path.read_text())
     data["status"] = {t["name"]: t["status"] for t in data["tasks"]}
     return data
+
+
+EXAMPLE = REPO / "examples" / "go-microservices"
+
+
+def require_example() -> Path:
+    """The example Go module (examples/go-microservices) and a `go` to build it with."""
+    require((EXAMPLE / "graph.json").is_file(), f"{EXAMPLE} is missing")
+    require_tool("go")
+    return EXAMPLE
+
+
+def go_env(shared: Path) -> dict[str, str]:
+    """An environment for building Go offline and reproducibly: `go` from this venv on PATH, no network, no
+    toolchain downloads, and Go's own build cache shared across the session (`shared`) so that only gaffer's
+    cache differs between "machines" and cold builds stay fast."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAFFER_", "GO"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        GOCACHE=str(shared / "gocache"), GOPATH=str(shared / "gopath"), GOPROXY="off", GOTOOLCHAIN="local",
+        GOTELEMETRY="off",
+    )
+    return env

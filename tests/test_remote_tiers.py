@@ -20,10 +20,10 @@ from gaffer.cache.urls import open_tier, redact
 from gaffer.digest import Digest, digest_bytes, digest_file
 from gaffer.errors import UserError
 from tests import servers
+from tests.conftest import BUCKET
 from tests.faultproxy import Fault, FaultProxy
 from tests.support import require_tool
 
-BUCKET = "gaffer-tests"
 LARGE = 20 * 1024 * 1024
 SMALL_THRESHOLD = 8 * 1024 * 1024  # S3 tiers under test upload LARGE in parts
 TIMEOUT = 10.0
@@ -52,29 +52,6 @@ class Backend:
 
 def _s3_url(address: str, namespace: str, bucket: str = BUCKET) -> str:
     return f"s3://{bucket}/{namespace}?endpoint=http://{address}&region=us-east-1"
-
-
-def _create_bucket(server: servers.Server) -> None:
-    import boto3
-
-    env = server.env
-    client = boto3.session.Session().client(
-        "s3", endpoint_url=server.url, region_name="us-east-1",
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-    client.create_bucket(Bucket=BUCKET)
-    client.close()
-
-
-@pytest.fixture(scope="session")
-def moto_bucket(moto_s3: servers.Server) -> servers.Server:
-    _create_bucket(moto_s3)
-    return moto_s3
-
-
-@pytest.fixture(scope="session")
-def ceph_bucket(ceph_s3: servers.Server) -> servers.Server:
-    _create_bucket(ceph_s3)
-    return ceph_s3
 
 
 def _aws_env(monkeypatch: pytest.MonkeyPatch, server: servers.Server) -> None:

@@ -1,0 +1,180 @@
+"""A team shares one cache: the example built on "machine A" is 100% hits on "machine B", through every tier.
+
+Machine A and machine B are two copies of the example in different directories, each with its own empty
+local cache; only the remote tier connects them. Real servers on loopback, real Go.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests import servers
+from tests.conftest import BUCKET
+from tests.faultproxy import Fault, FaultProxy
+from tests.support import go_env, require_example, run_gaffer, summary
+
+TARGET = "distributed-build"
+
+
+def _s3(server: servers.Server, namespace: str) -> str:
+    return f"s3://{BUCKET}/{namespace}?endpoint={server.url}&region=us-east-1"
+
+
+TIER_URLS: dict[str, tuple[str, Callable[[servers.Server, str], str]]] = {
+    "moto-s3": ("moto_bucket", _s3),
+    "ceph-s3": ("ceph_bucket", _s3),
+    "redis": ("redis_server", lambda s, ns: f"redis://127.0.0.1:{s.port}/0?prefix={ns}"),
+    "nginx-http": ("nginx_cache", lambda s, ns: f"http://127.0.0.1:{s.port}/{ns}"),
+}
+
+
+class Machine:
+    """One workspace (a fresh copy of the example) with its own local cache."""
+
+    def __init__(self, base: Path, name: str, example: Path, go: dict[str, str]) -> None:
+        self.root = base / name / "go-microservices"
+        shutil.copytree(example, self.root, ignore=shutil.ignore_patterns("bin", "out", ".gaffer"))
+        self.cache = base / name / "cache"
+        self.env = {**go, "GAFFER_CACHE_DIR": str(self.cache), "XDG_CONFIG_HOME": str(base / name / "xdg")}
+
+    def build(self, *args: str, extra_env: dict[str, str] | None = None, expect: int = 0) -> dict:
+        out = self.root / "summary.json"
+        proc = run_gaffer(["run", TARGET, "--summary-json", str(out), *args], cwd=self.root,
+                          env={**self.env, **(extra_env or {})})
+        assert proc.returncode == expect, proc.stderr
+        result = summary(out)
+        result["stderr"] = proc.stderr
+        return result
+
+    def outputs(self) -> dict[str, bytes]:
+        return {str(p.relative_to(self.root)): p.read_bytes()
+                for d in ("bin", "out") for p in sorted((self.root / d).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def machines(tmp_path: Path) -> Callable[[str], Machine]:
+    example = require_example()
+    go = go_env(tmp_path.parent / "go-shared")
+    return lambda name: Machine(tmp_path, name, example, go)
+
+
+@pytest.mark.parametrize("tier", sorted(TIER_URLS))
+def test_machine_b_is_all_hits_through_each_tier(tier: str, machines: Callable[[str], Machine],
+                                                  request: pytest.FixtureRequest) -> None:
+    fixture, make_url = TIER_URLS[tier]
+    server: servers.Server = request.getfixturevalue(fixture)
+    url = make_url(server, f"team-{uuid.uuid4().hex[:8]}")
+    a, b = machines("a"), machines("b")
+    a.env.update(server.env)
+    b.env.update(server.env)
+
+    cold = a.build("--cache", url)
+    assert cold["executed"] == len(cold["tasks"]) > 0
+    tiers = {t["name"]: t for t in cold["tiers"]}
+    assert any(t["bytes_up"] > 0 for t in tiers.values()), cold["tiers"]
+
+    warm = b.build("--cache", url)
+    assert warm["executed"] == 0 and warm["hit_rate"] == 1.0, warm["stderr"]
+    assert b.outputs() == a.outputs(), "byte-identical outputs on machine B"
+    remote = [t for t in warm["tiers"] if not t["name"].startswith("disk://")][0]
+    assert remote["hits"] == len(warm["tasks"]) and remote["errors"] == 0
+
+
+def test_read_only_pulls_but_never_pushes(machines: Callable[[str], Machine], redis_server: servers.Server) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/0?prefix=ro-{uuid.uuid4().hex[:8]}"
+    a = machines("a")
+    a.build("--cache", url, "--cache-read-only")
+    b = machines("b")
+    result = b.build("--cache", url)
+    assert result["cached"] == 0, "nothing was pushed by the read-only build"
+    c = machines("c")
+    pulled = c.build("--cache", url, "--cache-read-only")
+    assert pulled["hit_rate"] == 1.0, "a read-only build still pulls"
+
+
+def test_two_namespaces_never_see_each_other(machines: Callable[[str], Machine], redis_server: servers.Server) -> None:
+    base = f"redis://127.0.0.1:{redis_server.port}/0?prefix="
+    a = machines("a")
+    a.build("--cache", base + "project-one")
+    b = machines("b")
+    assert b.build("--cache", base + "project-two")["cached"] == 0
+
+
+def test_dead_remote_never_fails_the_build(machines: Callable[[str], Machine]) -> None:
+    port = servers.free_port()
+    a = machines("a")
+    result = a.build("--cache", f"redis://127.0.0.1:{port}/0", "--cache-timeout", "1s")
+    assert result["failed"] == 0 and result["executed"] == len(result["tasks"])
+    warnings = [line for line in result["stderr"].splitlines() if "warning" in line and "redis://" in line]
+    assert len(warnings) == 1, result["stderr"]
+
+
+@pytest.mark.parametrize("fault", [Fault.HANG, Fault.RESET, Fault.HTTP_503])
+def test_failing_http_remote_degrades_to_local(fault: Fault, machines: Callable[[str], Machine],
+                                               nginx_cache: servers.Server) -> None:
+    with FaultProxy(("127.0.0.1", nginx_cache.port), Fault.PASS) as proxy:
+        a = machines("a")
+        proxy.set_mode(fault)
+        result = a.build("--cache", f"http://127.0.0.1:{proxy.port}/faults", "--cache-timeout", "1s")
+    assert result["failed"] == 0 and result["executed"] == len(result["tasks"])
+    assert sum("warning: cache tier" in line for line in result["stderr"].splitlines()) == 1, result["stderr"]
+    remote = [t for t in result["tiers"] if t["name"].startswith("http://")][0]
+    assert remote["disabled"] and remote["errors"] >= 1
+
+
+def test_server_killed_mid_build(machines: Callable[[str], Machine], tmp_path: Path) -> None:
+    """The remote dies between machine A's upload and machine B's build: B builds everything locally."""
+    server = servers.start_redis()
+    try:
+        url = f"redis://127.0.0.1:{server.port}/0?prefix=killed"
+        machines("a").build("--cache", url)
+    finally:
+        server.stop()
+    b = machines("b")
+    result = b.build("--cache", url, "--cache-timeout", "1s")
+    assert result["failed"] == 0 and result["executed"] == len(result["tasks"])
+
+
+def test_corrupt_remote_blob_is_a_miss_not_a_wrong_output(machines: Callable[[str], Machine],
+                                                          nginx_cache: servers.Server) -> None:
+    namespace = f"corrupt-{uuid.uuid4().hex[:8]}"
+    url = f"http://127.0.0.1:{nginx_cache.port}/{namespace}"
+    a = machines("a")
+    a.build("--cache", url)
+    gateway = (a.root / "bin" / "gateway").read_bytes()
+    import hashlib
+
+    blob = nginx_cache.workdir / "data" / namespace / "cas" / hashlib.sha256(gateway).hexdigest()
+    assert blob.exists(), sorted(p.name for p in (nginx_cache.workdir / "data").rglob("*"))[:5]
+    blob.write_bytes(b"X" * len(gateway))
+    b = machines("b")
+    result = b.build("--cache", url)
+    assert result["status"]["build-gateway"] == "executed"
+    assert "failed verification" in result["stderr"]
+    assert (b.root / "bin" / "gateway").read_bytes() == gateway
+
+
+def test_wrong_credentials_one_line_at_start(machines: Callable[[str], Machine], ceph_bucket: servers.Server) -> None:
+    a = machines("a")
+    a.env.update(ceph_bucket.env)
+    a.env["AWS_SECRET_ACCESS_KEY"] = "wrong"
+    result = a.build("--cache", _s3(ceph_bucket, "creds"))
+    assert result["failed"] == 0
+    lines = [line for line in result["stderr"].splitlines() if "warning: cache tier" in line]
+    assert len(lines) == 1 and "s3://" in lines[0], result["stderr"]
+
+
+def test_summary_json_has_per_tier_stats(machines: Callable[[str], Machine], redis_server: servers.Server) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/0?prefix=stats-{uuid.uuid4().hex[:8]}"
+    result = machines("a").build("--cache", url)
+    names = [t["name"] for t in result["tiers"]]
+    assert names[0].startswith("disk://") and names[1].startswith("redis://")
+    for tier in result["tiers"]:
+        assert set(tier) >= {"name", "hits", "misses", "bytes_down", "bytes_up", "seconds", "errors"}
+    json.dumps(result["tiers"])
