@@ -317,7 +317,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000], help="task counts (default 1000 10000)")
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS), help="tools to run (default all)")
-    parser.add_argument("--repeat", type=int, default=3, help="no-op builds per tool, min and median reported (default 3)")
+    parser.add_argument("--repeat", type=int, default=5, help="no-op builds per tool, min and median reported (default 5)")
     parser.add_argument("--layers", type=int, default=10, help="layers per graph (default 10)")
     parser.add_argument("--seed", type=int, default=1, help="graph seed (default 1)")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="parallel jobs given to every tool (default 2)")
