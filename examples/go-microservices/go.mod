@@ -1,0 +1,3 @@
+module example.com/microservices
+
+go 1.22
