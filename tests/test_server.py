@@ -144,6 +144,31 @@ def test_action_result_with_a_missing_blob_is_a_miss(tier: GrpcTier) -> None:
     assert tier.read_action(complete) is not None
 
 
+def test_a_wrong_size_from_a_peer_never_evicts_a_good_blob(tier: GrpcTier) -> None:
+    digest, data = _blob(700)
+    tier.write_blob(digest, data)
+    lying = Digest(digest.hash, digest.size_bytes + 1)
+    assert tier.find_missing([lying]) == [lying]
+    assert tier.read_blobs([lying]) == {}
+    assert tier.find_missing([digest]) == []
+    assert tier.read_blob(digest) == data
+
+
+def test_a_blob_removed_behind_the_servers_back_heals_the_index(
+    gaffer_serve: ReapiServer, tier: GrpcTier  # noqa: F811
+) -> None:
+    digest, data = _blob(900)
+    tier.write_blob(digest, data)
+    key = _blob(10)[0]
+    tier.write_action(key, re_pb2.ActionResult(stdout_digest=_pb(digest)).SerializeToString())
+    assert tier.read_action(key) is not None
+    (gaffer_serve.workdir / "store" / "cas" / digest.hash[:2] / digest.hash).unlink()
+    assert tier.read_action(key) is None  # checked against the disk, not the index
+    assert tier.find_missing([digest]) == [digest]  # so the client uploads it again
+    tier.write_blob(digest, data)
+    assert tier.read_action(key) is not None
+
+
 def test_get_tree(tier: GrpcTier, channel: grpc.Channel) -> None:
     leaf = re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=_pb(_blob(1)[0]))])
     leaf_bytes = leaf.SerializeToString(deterministic=True)
@@ -158,19 +183,28 @@ def test_get_tree(tier: GrpcTier, channel: grpc.Channel) -> None:
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_corrupt_blob_on_disk_is_evicted_not_served(gaffer_serve: ReapiServer, tier: GrpcTier) -> None:  # noqa: F811
+def test_corrupt_blob_on_disk_is_evicted_not_served(tmp_path: Path) -> None:
+    """Blobs damaged on disk while the server was down: each is checked when first read, and evicted."""
     small, small_data = _blob(500)
     large, large_data = _blob(5 * 1024 * 1024)
-    tier.write_blobs([(small, small_data), (large, large_data)])
+    server = start_gaffer_serve(workdir=tmp_path)
+    GrpcTier.from_url(server.url).write_blobs([(small, small_data), (large, large_data)])
+    assert stop_signal(server) == 0
     for digest in (small, large):
-        path = gaffer_serve.workdir / "store" / "cas" / digest.hash[:2] / digest.hash
-        with open(path, "r+b") as f:
+        with open(tmp_path / "store" / "cas" / digest.hash[:2] / digest.hash, "r+b") as f:
             f.write(b"X")
-    assert tier.read_blob(small) is None
-    with pytest.raises(TierError) as e:
-        tier.read_blob(large)
-    assert e.value.transient and "DATA_LOSS" in str(e.value)
-    assert tier.find_missing([small, large]) == [small, large]
+    server = start_gaffer_serve(workdir=tmp_path)
+    try:
+        tier = GrpcTier.from_url(server.url)
+        assert tier.find_missing([small, large]) == []  # the index knows them; reading finds them corrupt
+        assert tier.read_blob(small) is None
+        with pytest.raises(TierError) as e:
+            tier.read_blob(large)
+        assert e.value.transient and "DATA_LOSS" in str(e.value)
+        assert tier.find_missing([small, large]) == [small, large]
+        assert "corrupt cache blob" in server.log.read_text()
+    finally:
+        server.stop()
 
 
 # -- HTTP -----------------------------------------------------------------------------------------------------------

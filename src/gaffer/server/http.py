@@ -9,13 +9,11 @@ Bodies stream in fixed-size chunks both ways (a large GET goes out with sendfile
 
 from __future__ import annotations
 
-import os
+import hashlib
 import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from google.protobuf.message import DecodeError
@@ -26,6 +24,7 @@ from gaffer.server.auth import BearerToken
 from gaffer.server.metrics import Metrics
 from gaffer.server.store import (
     MAX_ACTION_RESULT,
+    SMALL_BLOB,
     BadRequest,
     ServerStore,
     check_hash,
@@ -33,14 +32,6 @@ from gaffer.server.store import (
 )
 
 CHUNK = 1024 * 1024
-VERIFY_IN_MEMORY = 4 * 1024 * 1024  # blobs up to this size are read, checked and sent from memory
-
-
-def _open_verified(path: Path | None) -> BinaryIO | None:
-    try:
-        return open(path, "rb") if path is not None else None
-    except FileNotFoundError:  # evicted by gc between the check and the open
-        return None
 
 
 class CacheHTTPServer(ThreadingHTTPServer):
@@ -126,7 +117,7 @@ class CacheHandler(BaseHTTPRequestHandler):
         size = int(length)
         try:
             if kind == "cas":
-                self.server.store.receive_blob(instance, Digest(key, size), self._body(size))
+                self.server.store.namespace(instance).receive(Digest(key, size), self._body(size))
             else:
                 if size > MAX_ACTION_RESULT:
                     self._reply(413, kind, b"action result too large\n", close=True)
@@ -136,7 +127,7 @@ class CacheHandler(BaseHTTPRequestHandler):
                     result = re_pb2.ActionResult.FromString(body)
                 except DecodeError:
                     raise BadRequest("the body is not a serialized ActionResult") from None
-                self.server.store.put_action(instance, Digest(key, 0), result)
+                self.server.store.namespace(instance).put_action(Digest(key, 0), result)
         except BadRequest as e:
             self._reply(400, kind, f"{e}\n".encode(), close=True)
             return
@@ -177,7 +168,7 @@ class CacheHandler(BaseHTTPRequestHandler):
             return
         instance, kind, key = route
         if kind == "ac":
-            found = self.server.store.action_result(instance, Digest(key, 0))
+            found = self.server.store.namespace(instance).action_result(Digest(key, 0))
             self.server.metrics.lookups("ac", int(found is not None), int(found is None))
             if found is None:
                 self._reply(404, kind, b"", head=head)
@@ -187,34 +178,33 @@ class CacheHandler(BaseHTTPRequestHandler):
         self._serve_blob(instance, key, head)
 
     def _serve_blob(self, instance: str, key: str, head: bool) -> None:
-        """HEAD answers from the file's size; GET checks the content first (a corrupt blob is evicted: 404)."""
-        store = self.server.store.open(instance)
-        try:
-            size = os.stat(store.blob_path(Digest(key, 0))).st_size
-        except FileNotFoundError:
-            size = None
-        if size is None:
-            self.server.metrics.lookups("cas", 0, 1)
-            self._reply(404, "cas", b"", head=head)
-            return
-        data = f = None
-        if not head:
-            digest = Digest(key, size)
-            if size <= VERIFY_IN_MEMORY:
-                data = store.read_blob(digest)
+        """HEAD answers from the index; GET checks the content first (a corrupt blob is evicted: 404)."""
+        namespace = self.server.store.namespace(instance)
+        size = namespace.size_of(key)
+        digest = Digest(key, size or 0)
+        data = opened = None
+        if size is not None and not head:
+            if size <= SMALL_BLOB:
+                data = namespace.read(digest)
             else:
-                f = _open_verified(store.verified_blob_path(digest))
-        found = head or data is not None or f is not None
+                opened = namespace.open(digest)
+                if opened is not None and opened[1]:  # not checked yet by this process: hash it before sending
+                    ok = hashlib.file_digest(opened[0], "sha256").hexdigest() == key
+                    namespace.streamed(digest, ok)
+                    if not ok:
+                        opened[0].close()
+                        opened = None
+        found = size is not None and (head or data is not None or opened is not None)
         self.server.metrics.lookups("cas", int(found), int(not found))
         if not found:
             self._reply(404, "cas", b"", head=head)
-        elif f is None:
+        elif opened is None:
             self._reply(200, "cas", data or b"", head=head, length=size)
         else:
-            with f:
+            with opened[0] as f:
                 self._reply(200, "cas", b"", head=True, length=size)
                 self.connection.sendfile(f, 0, size)
-                self.server.metrics.transferred(sent=size)
+                self.server.metrics.transferred(sent=digest.size_bytes)
 
     def _body(self, size: int) -> Iterator[bytes]:
         remaining = size

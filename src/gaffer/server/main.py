@@ -19,7 +19,8 @@ from gaffer.cache.disk import DEFAULT_MAX_SIZE, default_cache_dir
 from gaffer.errors import EnvironmentProblem, GafferError, UserError
 from gaffer.units import format_size, parse_size
 
-GRACE_S = 30.0  # how long in-flight gRPC calls may take to finish after a stop signal
+GRACE_S = 30.0
+DEFAULT_MEMORY = "256MiB"  # how long in-flight gRPC calls may take to finish after a stop signal
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="store directory (default: %(default)s)")
     p.add_argument("--max-size", default=str(DEFAULT_MAX_SIZE),
                    help="size bound; least recently used entries are evicted beyond it (e.g. 50GiB)")
+    p.add_argument("--memory", default=DEFAULT_MEMORY,
+                   help="memory cache for small blobs (default: %(default)s; 0 turns it off)")
     p.add_argument("--grpc", metavar="HOST:PORT", help="serve REAPI gRPC here (e.g. 127.0.0.1:9092; port 0: any)")
     p.add_argument("--http", metavar="HOST:PORT", help="serve the Bazel HTTP cache and /metrics here")
     p.add_argument("--token-file", type=Path,
@@ -81,6 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.grpc and not args.http:
         raise UserError("nothing to serve: give --grpc HOST:PORT and/or --http HOST:PORT")
     max_size = parse_size(args.max_size, "--max-size")
+    memory = parse_size(args.memory, "--memory")
     if args.threads < 1:
         raise UserError(f"--threads {args.threads}: must be at least 1")
     grpc_address = _address("--grpc", args.grpc) if args.grpc else None
@@ -99,7 +103,8 @@ def _serve(args: argparse.Namespace) -> int:
     from gaffer.server.store import ServerStore
 
     try:
-        store = ServerStore(args.dir, max_size, report=lambda m: print(f"gaffer serve: warning: {m}", file=sys.stderr))
+        store = ServerStore(args.dir, max_size, report=lambda m: print(f"gaffer serve: warning: {m}", file=sys.stderr),
+                            memory=memory)
     except TierError as e:
         raise EnvironmentProblem(f"--dir {args.dir}: {e}") from None
     metrics = Metrics()

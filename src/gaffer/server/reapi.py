@@ -9,12 +9,10 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
-import os
 import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import BinaryIO, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -28,6 +26,7 @@ from gaffer.server.auth import BearerToken
 from gaffer.server.metrics import Metrics
 from gaffer.server.store import (
     BadRequest,
+    Namespace,
     ServerStore,
     check_digest,
     check_hash,
@@ -144,17 +143,12 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
 
     @counted
     def FindMissingBlobs(self, request: re_pb2.FindMissingBlobsRequest) -> re_pb2.FindMissingBlobsResponse:
-        has_blob = self.store.open(request.instance_name).has_blob
-        missing = []
-        for d in request.blob_digests:
-            digest = check_digest(d)
-            if digest.size_bytes and not has_blob(digest):
-                missing.append(d)
+        missing = self.store.namespace(request.instance_name).missing(request.blob_digests)
         return re_pb2.FindMissingBlobsResponse(missing_blob_digests=missing)
 
     @counted
     def BatchUpdateBlobs(self, request: re_pb2.BatchUpdateBlobsRequest) -> re_pb2.BatchUpdateBlobsResponse:
-        check_instance(request.instance_name)
+        namespace = self.store.namespace(request.instance_name)
         if sum(len(r.data) for r in request.requests) > MAX_BATCH_BYTES:
             raise BadRequest(f"batch larger than max_batch_total_size_bytes ({MAX_BATCH_BYTES}); use ByteStream")
         responses = []
@@ -162,31 +156,31 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
             try:
                 if r.compressor != re_pb2.Compressor.IDENTITY:
                     raise BadRequest("compressed blobs are not supported (Capabilities lists no compressor)")
-                self.store.put_blob(request.instance_name, check_digest(r.digest), r.data)
-                status = _status(code_pb2.OK)
+                namespace.put(check_digest(r.digest), r.data)
                 self.metrics.transferred(received=len(r.data))
+                responses.append(re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest))  # status unset: OK
             except BadRequest as e:
                 status = _status(code_pb2.INVALID_ARGUMENT, str(e))
-            responses.append(re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest, status=status))
+                responses.append(re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest, status=status))
         return re_pb2.BatchUpdateBlobsResponse(responses=responses)
 
     @counted
     def BatchReadBlobs(self, request: re_pb2.BatchReadBlobsRequest) -> re_pb2.BatchReadBlobsResponse:
-        store = self.store.open(request.instance_name)
+        namespace = self.store.namespace(request.instance_name)
         digests = [check_digest(d) for d in request.digests]
         if sum(d.size_bytes for d in digests) > MAX_BATCH_BYTES:
             raise BadRequest(f"batch larger than max_batch_total_size_bytes ({MAX_BATCH_BYTES}); use ByteStream")
         responses = []
         sent = hits = 0
         for d, digest in zip(request.digests, digests):
-            data = store.read_blob(digest) if digest.size_bytes else b""
+            data = namespace.read(digest)
             if data is None:
                 status = _status(code_pb2.NOT_FOUND, f"blob {digest} not found")
                 responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=d, status=status))
-                continue
-            hits += 1
-            sent += len(data)
-            responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=d, data=data, status=_status(code_pb2.OK)))
+            else:  # an unset status is OK (code 0)
+                responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=d, data=data))
+                hits += 1
+                sent += len(data)
         self.metrics.lookups("cas", hits, len(digests) - hits)
         self.metrics.transferred(sent=sent)
         return re_pb2.BatchReadBlobsResponse(responses=responses)
@@ -196,14 +190,14 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
         """Every Directory below the root, breadth first, in pages; missing subtrees are left out (REAPI)."""
         if request.page_token:
             raise BadRequest("GetTree page tokens are not supported; read the whole stream")
-        store = self.store.open(request.instance_name)
+        namespace = self.store.namespace(request.instance_name)
         root = check_digest(request.root_digest)
         page_size = min(request.page_size, TREE_PAGE) if request.page_size > 0 else TREE_PAGE
         queue, seen, page = [root], {root}, []
         first = True
         while queue:
             digest = queue.pop(0)
-            data = store.read_blob(digest) if digest.size_bytes else b""
+            data = namespace.read(digest)
             try:
                 directory = None if data is None else re_pb2.Directory.FromString(data)
             except DecodeError:
@@ -243,20 +237,6 @@ def _parse_resource(name: str, upload: bool) -> tuple[str, Digest]:
     return check_instance("/".join(parts[:at])), digest
 
 
-def _open_blob(path: Path | None, digest: Digest) -> BinaryIO | None:
-    """The blob's file opened for reading, or None if it is absent or has the wrong size."""
-    if path is None:
-        return None
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - the caller closes it
-    except FileNotFoundError:
-        return None
-    if os.fstat(f.fileno()).st_size != digest.size_bytes:
-        f.close()
-        return None
-    return f
-
-
 class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
     kind = "bytestream"
 
@@ -271,18 +251,22 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
         if digest.size_bytes == 0:
             self.metrics.lookups("cas", 1, 0)
             return
-        store = self.store.open(instance)
-        whole = offset == 0 and (limit == 0 or limit >= digest.size_bytes)
-        # A whole read is verified as it streams (one pass over the file); a partial one cannot be, so it is
-        # verified first. A corrupt blob is evicted by the store and the stream ends with DATA_LOSS.
-        f = _open_blob(store.blob_path(digest) if whole else store.verified_blob_path(digest), digest)
-        self.metrics.lookups("cas", int(f is not None), int(f is None))
-        if f is None:
+        namespace = self.store.namespace(instance)
+        opened = namespace.open(digest)
+        self.metrics.lookups("cas", int(opened is not None), int(opened is None))
+        if opened is None:
             raise Failure(grpc.StatusCode.NOT_FOUND, f"blob {digest} not found")
+        f, check = opened
+        whole = offset == 0 and (limit == 0 or limit >= digest.size_bytes)
         remaining = digest.size_bytes - offset if limit == 0 else min(limit, digest.size_bytes - offset)
-        sha = hashlib.sha256() if whole else None
+        # A blob this process has not checked yet is hashed as it streams (one pass over the file); a partial read
+        # cannot be checked that way, so it is checked first. A corrupt blob is evicted: DATA_LOSS.
         with f:
+            if check and not whole:
+                self._checked(namespace, digest, hashlib.file_digest(f, "sha256").hexdigest())
+                check = False
             f.seek(offset)
+            sha = hashlib.sha256() if check else None
             while remaining > 0:
                 chunk = f.read(min(READ_CHUNK, remaining))
                 if not chunk:
@@ -292,8 +276,13 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                     sha.update(chunk)
                 self.metrics.transferred(sent=len(chunk))
                 yield bytestream_pb2.ReadResponse(data=chunk)
-        if sha is not None and sha.hexdigest() != digest.hash:
-            store.verified_blob_path(digest)  # evicts and reports it
+        if sha is not None:
+            self._checked(namespace, digest, sha.hexdigest())
+
+    @staticmethod
+    def _checked(namespace: Namespace, digest: Digest, actual: str) -> None:
+        namespace.streamed(digest, actual == digest.hash)
+        if actual != digest.hash:
             raise Failure(grpc.StatusCode.DATA_LOSS, f"blob {digest} was corrupt in the cache and is evicted")
 
     @counted
@@ -306,7 +295,8 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
         instance, digest = _parse_resource(resource, upload=True)
         if first.write_offset != 0:
             raise BadRequest("this server does not resume uploads: write_offset must start at 0")
-        if self.store.open(instance).has_blob(digest):
+        namespace = self.store.namespace(instance)
+        if namespace.has(digest):
             return bytestream_pb2.WriteResponse(committed_size=digest.size_bytes)  # REAPI: finish early
 
         def chunks() -> Iterator[bytes]:
@@ -326,7 +316,7 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                     raise BadRequest("the Write stream ended without finish_write")
                 request = following
 
-        self.store.receive_blob(instance, digest, chunks())
+        namespace.receive(digest, chunks())
         return bytestream_pb2.WriteResponse(committed_size=digest.size_bytes)
 
     @counted
@@ -335,7 +325,7 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
     ) -> bytestream_pb2.QueryWriteStatusResponse:
         """Complete if the blob is stored; otherwise 0, since partial uploads are not kept (restart at 0)."""
         instance, digest = _parse_resource(request.resource_name, upload=True)
-        if self.store.open(instance).has_blob(digest):
+        if self.store.namespace(instance).has(digest):
             return bytestream_pb2.QueryWriteStatusResponse(committed_size=digest.size_bytes, complete=True)
         return bytestream_pb2.QueryWriteStatusResponse(committed_size=0, complete=False)
 
@@ -346,7 +336,7 @@ class ActionCache(_Service, re_grpc.ActionCacheServicer):
     @counted
     def GetActionResult(self, request: re_pb2.GetActionResultRequest) -> re_pb2.ActionResult:
         key = check_digest(request.action_digest)
-        found = self.store.action_result(check_instance(request.instance_name), key)
+        found = self.store.namespace(request.instance_name).action_result(key)
         self.metrics.lookups("ac", int(found is not None), int(found is None))
         if found is None:
             raise Failure(grpc.StatusCode.NOT_FOUND, f"no complete action result for {key}")
@@ -356,7 +346,7 @@ class ActionCache(_Service, re_grpc.ActionCacheServicer):
     @counted
     def UpdateActionResult(self, request: re_pb2.UpdateActionResultRequest) -> re_pb2.ActionResult:
         key = check_digest(request.action_digest)
-        self.store.put_action(check_instance(request.instance_name), key, request.action_result)
+        self.store.namespace(request.instance_name).put_action(key, request.action_result)
         self.metrics.transferred(received=request.action_result.ByteSize())
         return request.action_result
 

@@ -1,17 +1,27 @@
-"""What both protocols of `gaffer serve` share: instance namespaces over DiskStores, verified writes, checked
-action results and the size bound.
+"""What both protocols of `gaffer serve` share: instance namespaces over DiskStores, an in-memory index of the
+blobs each holds, a memory cache of small blobs, verified writes, checked action results and the size bound.
 
 Layout under `--dir`: the instance "" is a plain DiskStore at the root (so `gaffer cache status --dir` works on
 it); a named instance lives in `instances/<name, percent-encoded>/`, one DiskStore each, so two instances never
 see each other's entries and an instance name can never reach outside `instances/`.
+
+The server owns its directory. The index (built from the store at start and after each gc) answers
+FindMissingBlobs without a system call per digest; it heals itself when a read finds a blob gone. Action results
+are checked against the disk itself, never the index, so an entry whose blobs are gone is a miss, not a broken hit.
+Peers choose digests, so nothing a peer sends reaches DiskStore calls that evict on a size mismatch unless the
+size already matched the file on disk: a peer cannot make the server evict a good blob.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from io import BufferedReader
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -28,6 +38,8 @@ _RESERVED = frozenset({"blobs", "uploads", "actions", "actionResults", "operatio
                        "compressed-blobs"})
 MAX_INSTANCE_NAME = 200
 MAX_ACTION_RESULT = 16 * 1024 * 1024
+SMALL_BLOB = 1024 * 1024  # blobs up to this size are read whole (and checked) and may sit in the memory cache
+TOUCH_AFTER_S = 3600  # as DiskStore: refresh a blob's mtime (its LRU age) at most hourly when it is read
 
 
 class BadRequest(Exception):
@@ -57,60 +69,152 @@ def check_instance(name: str) -> str:
     return name
 
 
-class ServerStore:
-    """Instance name -> DiskStore, with the server-wide size bound enforced by a background LRU gc."""
+class MemoryCache:
+    """Small blobs by (instance, hash), least recently used first out, bounded in bytes.
 
-    def __init__(self, root: Path, max_size: int, report: Callable[[str], None]) -> None:
-        self.root = root
-        self.max_size = max_size
-        self._report = report
-        self._stores: dict[str, DiskStore] = {}
-        self._sizes: dict[str, int] = {}
+    Blobs are immutable and checked before they go in, so a cached copy is always right. Each entry remembers when
+    it last refreshed its file's mtime, so blobs hot in memory do not look cold to the disk's LRU gc."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
-        self._gc: threading.Thread | None = None
-        self.open("")
-        instances = root / "instances"
-        if instances.is_dir():
-            for path in sorted(instances.iterdir()):
-                try:
-                    self.open(check_instance(unquote(path.name)))
-                except BadRequest:
-                    report(f"ignoring {path}: not a gaffer serve instance directory")
 
-    def open(self, instance: str) -> DiskStore:
-        """The store of `instance` (validated), created on first use."""
-        store = self._stores.get(instance)
-        if store is not None:
-            return store
-        check_instance(instance)
-        path = self.root / "instances" / quote(instance, safe="") if instance else self.root
+    def get(self, key: tuple[str, str], path: Callable[[], Path]) -> bytes | None:
+        now = time.time()
         with self._lock:
-            store = self._stores.get(instance)
-            if store is None:
-                store = DiskStore(path, self.max_size, report=self._report)
-                self._sizes[instance] = store.status().bytes
-                self._stores[instance] = store
-        return store
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            data, touched = entry
+            if now - touched > TOUCH_AFTER_S:
+                self._entries[key] = (data, now)
+        if now - touched > TOUCH_AFTER_S:
+            try:
+                os.utime(path(), (now, now))
+            except OSError:
+                pass
+        return data
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(self._sizes.values())
+    def put(self, key: tuple[str, str], data: bytes) -> None:
+        if len(data) > SMALL_BLOB or len(data) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old[0])
+            self._entries[key] = (data, time.time())
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                _, (evicted, _) = self._entries.popitem(last=False)
+                self._bytes -= len(evicted)
 
-    # -- writes ------------------------------------------------------------------------------------------------
+    def drop(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old[0])
 
-    def put_blob(self, instance: str, digest: Digest, data: bytes) -> None:
+
+class Namespace:
+    """One instance: its DiskStore and the index of the blobs in it (hash -> size)."""
+
+    def __init__(self, name: str, store: DiskStore, memory: MemoryCache, added: Callable[[str, int], None]) -> None:
+        self.name = name
+        self.store = store
+        self._memory = memory
+        self._added = added
+        self._present: dict[str, int] = {}
+        # large blobs whose content this process has checked (uploaded or read in full): streamed without hashing
+        self._verified: set[str] = set()
+
+    def reindex(self) -> int:
+        """Rebuild the index from the disk; the bytes of blobs found."""
+        present = {d.hash: d.size_bytes for d in self.store.blobs()}
+        self._present = present
+        return sum(present.values())
+
+    # -- CAS ---------------------------------------------------------------------------------------------------
+
+    def has(self, digest: Digest) -> bool:
+        return digest.size_bytes == 0 or self._present.get(digest.hash) == digest.size_bytes
+
+    def size_of(self, hash_: str) -> int | None:
+        """The size of the blob with this hash, if the index has it."""
+        return self._present.get(hash_)
+
+    def missing(self, digests: Iterable[re_pb2.Digest]) -> list[re_pb2.Digest]:
+        """FindMissingBlobs: index lookups; only digests not found are validated (indexed ones are valid)."""
+        present = self._present
+        missing = []
+        for d in digests:
+            if d.size_bytes and present.get(d.hash) != d.size_bytes:
+                check_digest(d)
+                missing.append(d)
+        return missing
+
+    def read(self, digest: Digest) -> bytes | None:
+        """A small blob's bytes (memory, else disk, checked against the digest), or None."""
+        if digest.size_bytes == 0:
+            return b""
+        if not self.has(digest):
+            return None
+        key = (self.name, digest.hash)
+        data = self._memory.get(key, lambda: self.store.blob_path(digest))
+        if data is not None:
+            return data
+        data = self.store.read_blob(digest)  # the size matched the disk: a mismatch now is corruption (evicted)
+        if data is None:
+            self.forget(digest)
+            return None
+        self._memory.put(key, data)
+        return data
+
+    def open(self, digest: Digest) -> tuple[BufferedReader, bool] | None:
+        """The blob's file for streaming, and whether its content must be checked as it streams; None if absent."""
+        if not self.has(digest):
+            return None
+        try:
+            f = open(self.store.blob_path(digest), "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            self.forget(digest)
+            return None
+        if os.fstat(f.fileno()).st_size != digest.size_bytes:
+            f.close()
+            self.forget(digest)
+            return None
+        return f, digest.hash not in self._verified
+
+    def streamed(self, digest: Digest, ok: bool) -> None:
+        """Record the outcome of checking a blob as it streamed; a corrupt one is evicted and reported."""
+        if ok:
+            self._verified.add(digest.hash)
+        else:
+            self.store.verified_blob_path(digest)  # hashes it again, evicts and reports it
+            self.forget(digest)
+
+    def forget(self, digest: Digest) -> None:
+        """The blob is not (or no longer) on disk as indexed."""
+        if self._present.get(digest.hash) == digest.size_bytes:
+            self._present.pop(digest.hash, None)
+        self._verified.discard(digest.hash)
+        self._memory.drop((self.name, digest.hash))
+
+    def put(self, digest: Digest, data: bytes) -> None:
         """Store a blob after checking it against its digest (BadRequest if it does not match)."""
         if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
             raise BadRequest(f"the data does not match digest {digest}")
-        store = self.open(instance)
-        if not store.has_blob(digest):
-            store.write_blob(digest, data)
-            self._added(instance, digest.size_bytes)
+        if self.has(digest):
+            return
+        self.store.write_blob(digest, data)
+        self._installed(digest)
+        self._memory.put((self.name, digest.hash), data)
 
-    def receive_blob(self, instance: str, digest: Digest, chunks: Iterable[bytes]) -> None:
+    def receive(self, digest: Digest, chunks: Iterable[bytes]) -> None:
         """Stream a blob into a temp file in the store, hashing as it comes; install it only if it matches."""
-        store = self.open(instance)
-        tmp = store.temp_path()
+        tmp = self.store.temp_path()
         sha = hashlib.sha256()
         received = 0
         try:
@@ -123,37 +227,44 @@ class ServerStore:
                     f.write(chunk)
             if received != digest.size_bytes or sha.hexdigest() != digest.hash:
                 raise BadRequest(f"the data ({received} bytes) does not match digest {digest}")
-            new = not store.has_blob(digest)
-            store.adopt(digest, tmp)
-            if new:
-                self._added(instance, digest.size_bytes)
+            if not self.has(digest):
+                self.store.adopt(digest, tmp)
+                self._installed(digest)
         finally:
             tmp.unlink(missing_ok=True)
 
-    def put_action(self, instance: str, key: Digest, result: re_pb2.ActionResult) -> None:
-        data = result.SerializeToString(deterministic=True)
-        self.open(instance).write_action(key, data)
-        self._added(instance, len(data))
+    def _installed(self, digest: Digest) -> None:
+        self._present[digest.hash] = digest.size_bytes
+        if digest.size_bytes > SMALL_BLOB:
+            self._verified.add(digest.hash)
+        self._added(self.name, digest.size_bytes)
 
-    # -- reads -------------------------------------------------------------------------------------------------
+    # -- action cache ------------------------------------------------------------------------------------------
 
-    def action_result(self, instance: str, key: Digest) -> tuple[bytes, re_pb2.ActionResult] | None:
-        """The stored ActionResult, only if every blob it names is present (else it would be a broken hit)."""
-        store = self.open(instance)
-        data = store.read_action(key)
+    def action_result(self, key: Digest) -> tuple[bytes, re_pb2.ActionResult] | None:
+        """The stored ActionResult, only if every blob it names is on disk (else it would be a broken hit)."""
+        data = self.store.read_action(key)
         if data is None:
             return None
         try:
             result = re_pb2.ActionResult.FromString(data)
         except DecodeError:
-            store.evict_action(key)
+            self.store.evict_action(key)
             return None
-        needed = self._referenced_blobs(store, result)
-        if needed is None or store.find_missing(needed):
+        needed = self._referenced_blobs(result)
+        if needed is None:
             return None
+        for digest in needed:
+            try:
+                on_disk = os.stat(self.store.blob_path(digest)).st_size == digest.size_bytes
+            except OSError:
+                on_disk = False
+            if not on_disk:
+                self.forget(digest)
+                return None
         return data, result
 
-    def _referenced_blobs(self, store: DiskStore, result: re_pb2.ActionResult) -> list[Digest] | None:
+    def _referenced_blobs(self, result: re_pb2.ActionResult) -> list[Digest] | None:
         """Every non-empty blob `result` names, including the files inside its output directory trees.
 
         None when an output tree is missing or unreadable."""
@@ -163,8 +274,8 @@ class ServerStore:
                 digests.append(directory.root_directory_digest)
             if not directory.HasField("tree_digest"):
                 continue
-            tree_digest = Digest(directory.tree_digest.hash, directory.tree_digest.size_bytes)
-            data = store.read_blob(tree_digest) if tree_digest.size_bytes else b""
+            digests.append(directory.tree_digest)
+            data = self.read(Digest(directory.tree_digest.hash, directory.tree_digest.size_bytes))
             if data is None:
                 return None
             try:
@@ -174,6 +285,53 @@ class ServerStore:
             for d in (tree.root, *tree.children):
                 digests.extend(f.digest for f in d.files)
         return [Digest(d.hash, d.size_bytes) for d in digests if d.size_bytes > 0]
+
+    def put_action(self, key: Digest, result: re_pb2.ActionResult) -> None:
+        data = result.SerializeToString(deterministic=True)
+        self.store.write_action(key, data)
+        self._added(self.name, len(data))
+
+
+class ServerStore:
+    """Instance name -> Namespace, with the server-wide size bound enforced by a background LRU gc."""
+
+    def __init__(self, root: Path, max_size: int, report: Callable[[str], None], memory: int) -> None:
+        self.root = root
+        self.max_size = max_size
+        self._report = report
+        self._memory = MemoryCache(memory)
+        self._namespaces: dict[str, Namespace] = {}
+        self._sizes: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._gc: threading.Thread | None = None
+        self.namespace("")
+        instances = root / "instances"
+        if instances.is_dir():
+            for path in sorted(instances.iterdir()):
+                try:
+                    self.namespace(check_instance(unquote(path.name)))
+                except BadRequest:
+                    report(f"ignoring {path}: not a gaffer serve instance directory")
+
+    def namespace(self, instance: str) -> Namespace:
+        """The namespace of `instance` (validated), created on first use."""
+        found = self._namespaces.get(instance)
+        if found is not None:
+            return found
+        check_instance(instance)
+        path = self.root / "instances" / quote(instance, safe="") if instance else self.root
+        with self._lock:
+            found = self._namespaces.get(instance)
+            if found is None:
+                found = Namespace(instance, DiskStore(path, self.max_size, report=self._report), self._memory,
+                                  self._added)
+                self._sizes[instance] = found.reindex()
+                self._namespaces[instance] = found
+        return found
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self._sizes.values())
 
     # -- size bound --------------------------------------------------------------------------------------------
 
@@ -196,9 +354,10 @@ class ServerStore:
                 if total <= self.max_size:
                     return
                 for instance, size in sizes.items():
-                    store = self._stores[instance]
-                    store.gc(int(self.max_size * size / total))
-                    recount = store.status().bytes
+                    namespace = self._namespaces[instance]
+                    namespace.store.gc(int(self.max_size * size / total))
+                    namespace.reindex()
+                    recount = namespace.store.status().bytes
                     with self._lock:
                         self._sizes[instance] = recount
         finally:
@@ -210,5 +369,5 @@ class ServerStore:
         gc = self._gc
         if gc is not None:
             gc.join()
-        for store in self._stores.values():
-            store.close()
+        for namespace in self._namespaces.values():
+            namespace.store.close()
