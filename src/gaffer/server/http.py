@@ -9,6 +9,7 @@ Bodies stream in fixed-size chunks both ways (a large GET goes out with sendfile
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import socket
 import threading
@@ -133,6 +134,10 @@ class CacheHandler(BaseHTTPRequestHandler):
             return
         except ConnectionError:
             self.close_connection = True
+            return
+        except OSError as e:  # the store's disk: full, or failing
+            status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500
+            self._reply(status, kind, f"cache storage error: {e.strerror}\n".encode(), close=True)
             return
         self.server.metrics.transferred(received=size)
         self._reply(200, kind, b"")
