@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Time `gaffer serve` against BuildGrid 0.4.4 (blobs on disk) under the same client load.
+
+The client is gaffer's own GrpcTier, one process, one channel per server, on loopback. The operations:
+  find-missing    FindMissingBlobs of 10,000 digests (half of them present)
+  batch-update    BatchUpdateBlobs of 1,000 fresh 1 KiB blobs
+  batch-read      BatchReadBlobs of those 1,000 blobs
+  bytestream-write / bytestream-read   one fresh 64 MiB blob through ByteStream
+  ac-update / ac-get                   1,000 UpdateActionResult / GetActionResult calls, one at a time
+Each is repeated (fresh data each time), the servers taking turns, and the median kept; AC ops report the
+mean latency per call. gaffer serve runs with its defaults (so small blobs also sit in its memory cache);
+`--gaffer-args='--memory 0'` measures it without.
+
+    .venv/bin/python benchmarks/bench_server.py --json /tmp/bench_server.json
+
+Needs BuildGrid in .venv-buildgrid (scripts/install-buildgrid.sh). The target: gaffer >= 3x BuildGrid on each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gaffer.cache.grpc import GrpcTier
+from gaffer.digest import Digest, digest_bytes, digest_file
+from gaffer.protos import remote_execution_pb2 as re_pb2
+from tests.buildgrid import (
+    ReapiServer,
+    buildgrid_installed,
+    start_buildgrid,
+    start_gaffer_serve,
+)
+
+TARGET = 3.0
+FIND_MISSING_DIGESTS = 10_000
+BATCH_BLOBS = 1_000
+BATCH_BLOB_SIZE = 1024
+STREAM_SIZE = 64 * 1024 * 1024
+AC_OPS = 1_000
+# (name, unit, what it measures); lower is better for every one
+METRICS = [
+    ("find-missing", "ms", "FindMissingBlobs, 10,000 digests"),
+    ("batch-update", "ms", "BatchUpdateBlobs, 1,000 x 1 KiB"),
+    ("batch-read", "ms", "BatchReadBlobs, 1,000 x 1 KiB"),
+    ("bytestream-write", "ms", "ByteStream Write, 64 MiB"),
+    ("bytestream-read", "ms", "ByteStream Read, 64 MiB"),
+    ("ac-update", "ms/op", "UpdateActionResult, mean of 1,000"),
+    ("ac-get", "ms/op", "GetActionResult, mean of 1,000"),
+]
+
+
+def _blobs(n: int, size: int) -> list[tuple[Digest, bytes]]:
+    out = []
+    for _ in range(n):
+        data = os.urandom(size)
+        out.append((digest_bytes(data), data))
+    return out
+
+
+class Client:
+    """The client load against one server; every `op_*` method runs one timed operation and returns seconds."""
+
+    def __init__(self, server: ReapiServer, scratch: Path) -> None:
+        self.server = server
+        self.scratch = scratch
+        self.tier = GrpcTier.from_url(server.url, timeout=120)
+        self.tier.check()
+        present = _blobs(FIND_MISSING_DIGESTS // 2, 100)
+        self.tier.write_blobs(present)
+        self.probe = [d for d, _ in present] + [d for d, _ in _blobs(FIND_MISSING_DIGESTS // 2, 100)]
+        self.batch: list[Digest] = []
+        self.big: Digest | None = None
+        self.keys: list[Digest] = []
+
+    def op_find_missing(self) -> float:
+        t0 = time.perf_counter()
+        missing = self.tier.find_missing(self.probe)
+        elapsed = time.perf_counter() - t0
+        assert len(missing) == FIND_MISSING_DIGESTS // 2, f"{self.server.name}: {len(missing)} missing"
+        return elapsed
+
+    def op_batch_update(self) -> float:
+        blobs = _blobs(BATCH_BLOBS, BATCH_BLOB_SIZE)
+        t0 = time.perf_counter()
+        self.tier.write_blobs(blobs)
+        elapsed = time.perf_counter() - t0
+        self.batch = [d for d, _ in blobs]
+        return elapsed
+
+    def op_batch_read(self) -> float:
+        t0 = time.perf_counter()
+        found = self.tier.read_blobs(self.batch)
+        elapsed = time.perf_counter() - t0
+        assert len(found) == BATCH_BLOBS
+        return elapsed
+
+    def op_bytestream_write(self) -> float:
+        path = self.scratch / "upload"
+        with open(path, "wb") as f:
+            f.writelines(os.urandom(1 << 20) for _ in range(STREAM_SIZE // (1 << 20)))
+        digest = digest_file(path)
+        t0 = time.perf_counter()
+        self.tier.upload_blob(digest, path)
+        elapsed = time.perf_counter() - t0
+        path.unlink()
+        self.big = digest
+        return elapsed
+
+    def op_bytestream_read(self) -> float:
+        assert self.big is not None
+        dest = self.scratch / "download"
+        t0 = time.perf_counter()
+        assert self.tier.fetch_blob(self.big, dest)
+        elapsed = time.perf_counter() - t0
+        assert digest_file(dest) == self.big
+        dest.unlink()
+        return elapsed
+
+    def op_ac_update(self) -> float:
+        """AC_OPS updates of fresh keys, each result naming two present blobs; the mean seconds per call."""
+        self.keys = [d for d, _ in _blobs(AC_OPS, 16)]
+        results = [re_pb2.ActionResult(
+            stdout_digest=_pb(self.batch[0]), output_files=[re_pb2.OutputFile(path="out.o", digest=_pb(d))],
+            execution_metadata=re_pb2.ExecutedActionMetadata(worker="bench"),
+        ).SerializeToString(deterministic=True) for d in self.batch[:AC_OPS]]
+        t0 = time.perf_counter()
+        for key, result in zip(self.keys, results):
+            self.tier.write_action(key, result)
+        return (time.perf_counter() - t0) / AC_OPS
+
+    def op_ac_get(self) -> float:
+        t0 = time.perf_counter()
+        hits = sum(self.tier.read_action(key) is not None for key in self.keys)
+        elapsed = time.perf_counter() - t0
+        assert hits == AC_OPS, f"{self.server.name}: {hits} of {AC_OPS} action results found"
+        return elapsed / AC_OPS
+
+
+def _pb(d: Digest) -> re_pb2.Digest:
+    return re_pb2.Digest(hash=d.hash, size_bytes=d.size_bytes)
+
+
+def measure(clients: list[Client], repeats: int) -> dict[str, dict[str, float]]:
+    """Median milliseconds of each operation per server. The servers take turns on every repeat, so a change
+    in the machine's load during the run hits both alike."""
+    samples: dict[str, dict[str, list[float]]] = {c.server.name: {m: [] for m, _, _ in METRICS} for c in clients}
+    for metric, _, _ in METRICS:
+        op = "op_" + metric.replace("-", "_")
+        runs = repeats if not metric.startswith("bytestream") else max(2, repeats // 2)
+        for _ in range(runs):
+            for client in clients:
+                samples[client.server.name][metric].append(getattr(client, op)() * 1000)
+    return {name: {m: statistics.median(v) for m, v in by_metric.items()} for name, by_metric in samples.items()}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each operation (median kept)")
+    parser.add_argument("--gaffer-args", default="", help="extra flags for gaffer serve, e.g. '--memory 0'")
+    args = parser.parse_args(argv)
+    if not buildgrid_installed():
+        print("bench_server: BuildGrid is not installed: run scripts/install-buildgrid.sh", file=sys.stderr)
+        return 2
+    servers: list[ReapiServer] = []
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
+        try:
+            servers.append(start_gaffer_serve(*args.gaffer_args.split()))
+            servers.append(start_buildgrid("disk"))
+            clients = []
+            for server in servers:
+                scratch = Path(tmp) / server.name
+                scratch.mkdir()
+                clients.append(Client(server, scratch))
+            results = measure(clients, args.repeats)
+            for client in clients:
+                client.tier.close()
+        finally:
+            for server in servers:
+                server.stop()
+    started = {server.name: server.started_in_s for server in servers}
+    ratios = {m: results["buildgrid"][m] / results["gaffer"][m] for m, _, _ in METRICS}
+    print(f"{'operation':<44} {'gaffer':>10} {'BuildGrid':>10} {'ratio':>7}")
+    for metric, unit, what in METRICS:
+        mark = "" if ratios[metric] >= TARGET else "  < 3x"
+        print(f"{what + ' (' + unit + ')':<44} {results['gaffer'][metric]:>10.2f} "
+              f"{results['buildgrid'][metric]:>10.2f} {ratios[metric]:>6.1f}x{mark}")
+    print(f"start-up (s): gaffer {started['gaffer']:.2f}, BuildGrid {started['buildgrid']:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "system": platform.platform(),
+                        "load_average": os.getloadavg()},
+            "units": {m: u for m, u, _ in METRICS},
+            "gaffer": results["gaffer"], "buildgrid": results["buildgrid"], "ratio_buildgrid_over_gaffer": ratios,
+            "startup_s": started, "target_ratio": TARGET, "gaffer_args": args.gaffer_args,
+        }, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
