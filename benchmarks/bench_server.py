@@ -13,6 +13,9 @@ mean latency per call. gaffer serve runs with its defaults (so small blobs also 
 
     .venv/bin/python benchmarks/bench_server.py --json /tmp/bench_server.json
 
+A third server, the "floor" (dicts in memory, no checks, same Python), shows how much of each time is the client
+and the transport: no server can beat it, so BuildGrid / floor is the best ratio any server could show here.
+
 Needs BuildGrid in .venv-buildgrid (scripts/install-buildgrid.sh). The target: gaffer >= 3x BuildGrid on each.
 """
 
@@ -26,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,9 +41,11 @@ from gaffer.protos import remote_execution_pb2 as re_pb2
 from tests.buildgrid import (
     ReapiServer,
     buildgrid_installed,
+    grpc_answers,
     start_buildgrid,
     start_gaffer_serve,
 )
+from tests.servers import _spawn, free_port, wait_until
 
 TARGET = 3.0
 FIND_MISSING_DIGESTS = 10_000
@@ -163,12 +169,96 @@ def measure(clients: list[Client], repeats: int) -> dict[str, dict[str, float]]:
     return {name: {m: statistics.median(v) for m, v in by_metric.items()} for name, by_metric in samples.items()}
 
 
+def serve_floor(port: int) -> None:
+    """The floor: a gRPC server in this same Python that keeps blobs and results in dicts and checks nothing.
+
+    No real cache is faster per call with this client, so its times show how much of each operation is client and
+    transport rather than server; an operation whose floor is above BuildGrid's time / 3 cannot reach the target."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from google.rpc import code_pb2, status_pb2
+
+    from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc
+    from gaffer.protos import remote_execution_pb2_grpc as re_grpc
+
+    blobs: dict[str, bytes] = {}
+    actions: dict[str, bytes] = {}
+    batch = re_pb2.BatchReadBlobsResponse.Response
+
+    class Floor(re_grpc.CapabilitiesServicer, re_grpc.ContentAddressableStorageServicer, re_grpc.ActionCacheServicer,
+                bytestream_pb2_grpc.ByteStreamServicer):
+        def GetCapabilities(self, request: re_pb2.GetCapabilitiesRequest, context: grpc.ServicerContext) -> re_pb2.ServerCapabilities:
+            return re_pb2.ServerCapabilities(cache_capabilities=re_pb2.CacheCapabilities(
+                digest_functions=[re_pb2.DigestFunction.SHA256], max_batch_total_size_bytes=4 * 1024 * 1024))
+
+        def FindMissingBlobs(self, request: re_pb2.FindMissingBlobsRequest, context: grpc.ServicerContext) -> re_pb2.FindMissingBlobsResponse:
+            missing = [d for d in request.blob_digests if d.hash not in blobs]
+            return re_pb2.FindMissingBlobsResponse(missing_blob_digests=missing)
+
+        def BatchUpdateBlobs(self, request: re_pb2.BatchUpdateBlobsRequest, context: grpc.ServicerContext) -> re_pb2.BatchUpdateBlobsResponse:
+            blobs.update((r.digest.hash, r.data) for r in request.requests)
+            return re_pb2.BatchUpdateBlobsResponse(
+                responses=[re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest) for r in request.requests])
+
+        def BatchReadBlobs(self, request: re_pb2.BatchReadBlobsRequest, context: grpc.ServicerContext) -> re_pb2.BatchReadBlobsResponse:
+            return re_pb2.BatchReadBlobsResponse(responses=[
+                batch(digest=d, data=blobs[d.hash]) if d.hash in blobs
+                else batch(digest=d, status=status_pb2.Status(code=code_pb2.NOT_FOUND)) for d in request.digests])
+
+        def Read(self, request: bytestream_pb2.ReadRequest, context: grpc.ServicerContext) -> Iterator[bytestream_pb2.ReadResponse]:
+            data = blobs[request.resource_name.split("/")[-2]]
+            for i in range(0, len(data), 1024 * 1024):
+                yield bytestream_pb2.ReadResponse(data=data[i:i + 1024 * 1024])
+
+        def Write(
+            self, requests: Iterator[bytestream_pb2.WriteRequest], context: grpc.ServicerContext
+        ) -> bytestream_pb2.WriteResponse:
+            first = next(requests)
+            data = b"".join([first.data, *(r.data for r in requests)])
+            blobs[first.resource_name.split("/")[-2]] = data
+            return bytestream_pb2.WriteResponse(committed_size=len(data))
+
+        def GetActionResult(self, request: re_pb2.GetActionResultRequest, context: grpc.ServicerContext) -> re_pb2.ActionResult:
+            if request.action_digest.hash not in actions:
+                context.abort(grpc.StatusCode.NOT_FOUND, "no")
+            return re_pb2.ActionResult.FromString(actions[request.action_digest.hash])
+
+        def UpdateActionResult(self, request: re_pb2.UpdateActionResultRequest, context: grpc.ServicerContext) -> re_pb2.ActionResult:
+            actions[request.action_digest.hash] = request.action_result.SerializeToString()
+            return request.action_result
+
+    server = grpc.server(ThreadPoolExecutor(32), options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
+    floor = Floor()
+    re_grpc.add_CapabilitiesServicer_to_server(floor, server)
+    re_grpc.add_ContentAddressableStorageServicer_to_server(floor, server)
+    re_grpc.add_ActionCacheServicer_to_server(floor, server)
+    bytestream_pb2_grpc.add_ByteStreamServicer_to_server(floor, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+def start_floor(workdir: Path) -> ReapiServer:
+    port = free_port()
+    log = workdir / "floor.log"
+    t0 = time.perf_counter()
+    proc = _spawn([sys.executable, __file__, "--serve-floor", str(port)], log)
+    address = f"127.0.0.1:{port}"
+    wait_until(grpc_answers(address), "the floor server", 30, proc, log)
+    return ReapiServer("floor", address, workdir, proc, log, started_in_s=time.perf_counter() - t0)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each operation (median kept)")
     parser.add_argument("--gaffer-args", default="", help="extra flags for gaffer serve, e.g. '--memory 0'")
+    parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_floor:
+        serve_floor(args.serve_floor)
+        return 0
     if not buildgrid_installed():
         print("bench_server: BuildGrid is not installed: run scripts/install-buildgrid.sh", file=sys.stderr)
         return 2
@@ -177,6 +267,9 @@ def main(argv: list[str]) -> int:
         try:
             servers.append(start_gaffer_serve(*args.gaffer_args.split()))
             servers.append(start_buildgrid("disk"))
+            floor_dir = Path(tmp) / "floor-server"
+            floor_dir.mkdir()
+            servers.append(start_floor(floor_dir))
             clients = []
             for server in servers:
                 scratch = Path(tmp) / server.name
@@ -190,18 +283,22 @@ def main(argv: list[str]) -> int:
                 server.stop()
     started = {server.name: server.started_in_s for server in servers}
     ratios = {m: results["buildgrid"][m] / results["gaffer"][m] for m, _, _ in METRICS}
-    print(f"{'operation':<44} {'gaffer':>10} {'BuildGrid':>10} {'ratio':>7}")
+    best = {m: results["buildgrid"][m] / results["floor"][m] for m, _, _ in METRICS}
+    print(f"{'operation':<40} {'gaffer':>9} {'BuildGrid':>9} {'ratio':>6}   {'floor':>9} {'best ratio':>10}")
     for metric, unit, what in METRICS:
         mark = "" if ratios[metric] >= TARGET else "  < 3x"
-        print(f"{what + ' (' + unit + ')':<44} {results['gaffer'][metric]:>10.2f} "
-              f"{results['buildgrid'][metric]:>10.2f} {ratios[metric]:>6.1f}x{mark}")
+        print(f"{what + ' (' + unit + ')':<40} {results['gaffer'][metric]:>9.2f} {results['buildgrid'][metric]:>9.2f} "
+              f"{ratios[metric]:>5.1f}x   {results['floor'][metric]:>9.2f} {best[metric]:>9.1f}x{mark}")
+    print("ratio: BuildGrid time / gaffer time. floor: the same client against a do-nothing in-memory server; "
+          "best ratio: BuildGrid / floor, the most any server could reach with this client.")
     print(f"start-up (s): gaffer {started['gaffer']:.2f}, BuildGrid {started['buildgrid']:.2f}")
     if args.json:
         args.json.write_text(json.dumps({
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "system": platform.platform(),
                         "load_average": os.getloadavg()},
             "units": {m: u for m, u, _ in METRICS},
-            "gaffer": results["gaffer"], "buildgrid": results["buildgrid"], "ratio_buildgrid_over_gaffer": ratios,
+            "gaffer": results["gaffer"], "buildgrid": results["buildgrid"], "floor": results["floor"],
+            "ratio_buildgrid_over_gaffer": ratios, "ratio_buildgrid_over_floor": best,
             "startup_s": started, "target_ratio": TARGET, "gaffer_args": args.gaffer_args,
         }, indent=2) + "\n")
     return 0
