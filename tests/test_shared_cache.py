@@ -6,8 +6,12 @@ local cache; only the remote tier connects them. Real servers on loopback, real 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +21,7 @@ import pytest
 from tests import servers
 from tests.conftest import BUCKET
 from tests.faultproxy import Fault, FaultProxy
+from tests.servers import wait_until
 from tests.support import go_env, require_example, run_gaffer, summary
 
 TARGET = "distributed-build"
@@ -59,9 +64,30 @@ class Machine:
 
 @pytest.fixture
 def machines(tmp_path: Path) -> Callable[[str], Machine]:
+    """Machines building the real Go example (for the tier-by-tier A -> B checks)."""
     example = require_example()
     go = go_env(tmp_path.parent / "go-shared")
     return lambda name: Machine(tmp_path, name, example, go)
+
+
+SMALL_GRAPH = {"tasks": {
+    "build-lib": {"command": "mkdir -p out && head -c 300000 src/seed.bin > out/lib.bin", "inputs": ["src/seed.bin"],
+                  "outputs": ["out/lib.bin"]},
+    "build-app": {"command": "mkdir -p bin && cat out/lib.bin src/seed.bin > bin/app", "deps": ["build-lib"],
+                  "inputs": ["src/seed.bin"], "outputs": ["bin/app"]},
+    TARGET: {"deps": ["build-app"]},
+}}
+
+
+@pytest.fixture
+def small_machines(tmp_path: Path) -> Callable[[str], Machine]:
+    """Machines building a three-task graph of plain files: for behaviour that is about the cache, not Go."""
+    source = tmp_path / "small-source"
+    (source / "src").mkdir(parents=True)
+    (source / "src" / "seed.bin").write_bytes(bytes(range(256)) * 2000)
+    (source / "graph.json").write_text(json.dumps(SMALL_GRAPH))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    return lambda name: Machine(tmp_path, name, source, env)
 
 
 @pytest.mark.parametrize("tier", sorted(TIER_URLS))
@@ -86,29 +112,29 @@ def test_machine_b_is_all_hits_through_each_tier(tier: str, machines: Callable[[
     assert remote["hits"] == len(warm["tasks"]) and remote["errors"] == 0
 
 
-def test_read_only_pulls_but_never_pushes(machines: Callable[[str], Machine], redis_server: servers.Server) -> None:
+def test_read_only_pulls_but_never_pushes(small_machines: Callable[[str], Machine], redis_server: servers.Server) -> None:
     url = f"redis://127.0.0.1:{redis_server.port}/0?prefix=ro-{uuid.uuid4().hex[:8]}"
-    a = machines("a")
+    a = small_machines("a")
     a.build("--cache", url, "--cache-read-only")
-    b = machines("b")
+    b = small_machines("b")
     result = b.build("--cache", url)
     assert result["cached"] == 0, "nothing was pushed by the read-only build"
-    c = machines("c")
+    c = small_machines("c")
     pulled = c.build("--cache", url, "--cache-read-only")
     assert pulled["hit_rate"] == 1.0, "a read-only build still pulls"
 
 
-def test_two_namespaces_never_see_each_other(machines: Callable[[str], Machine], redis_server: servers.Server) -> None:
+def test_two_namespaces_never_see_each_other(small_machines: Callable[[str], Machine], redis_server: servers.Server) -> None:
     base = f"redis://127.0.0.1:{redis_server.port}/0?prefix="
-    a = machines("a")
+    a = small_machines("a")
     a.build("--cache", base + "project-one")
-    b = machines("b")
+    b = small_machines("b")
     assert b.build("--cache", base + "project-two")["cached"] == 0
 
 
-def test_dead_remote_never_fails_the_build(machines: Callable[[str], Machine]) -> None:
+def test_dead_remote_never_fails_the_build(small_machines: Callable[[str], Machine]) -> None:
     port = servers.free_port()
-    a = machines("a")
+    a = small_machines("a")
     result = a.build("--cache", f"redis://127.0.0.1:{port}/0", "--cache-timeout", "1s")
     assert result["failed"] == 0 and result["executed"] == len(result["tasks"])
     warnings = [line for line in result["stderr"].splitlines() if "warning" in line and "redis://" in line]
@@ -116,10 +142,10 @@ def test_dead_remote_never_fails_the_build(machines: Callable[[str], Machine]) -
 
 
 @pytest.mark.parametrize("fault", [Fault.HANG, Fault.RESET, Fault.HTTP_503])
-def test_failing_http_remote_degrades_to_local(fault: Fault, machines: Callable[[str], Machine],
+def test_failing_http_remote_degrades_to_local(fault: Fault, small_machines: Callable[[str], Machine],
                                                nginx_cache: servers.Server) -> None:
     with FaultProxy(("127.0.0.1", nginx_cache.port), Fault.PASS) as proxy:
-        a = machines("a")
+        a = small_machines("a")
         proxy.set_mode(fault)
         result = a.build("--cache", f"http://127.0.0.1:{proxy.port}/faults", "--cache-timeout", "1s")
     assert result["failed"] == 0 and result["executed"] == len(result["tasks"])
@@ -128,40 +154,56 @@ def test_failing_http_remote_degrades_to_local(fault: Fault, machines: Callable[
     assert remote["disabled"] and remote["errors"] >= 1
 
 
-def test_server_killed_mid_build(machines: Callable[[str], Machine], tmp_path: Path) -> None:
-    """The remote dies between machine A's upload and machine B's build: B builds everything locally."""
+def test_server_killed_mid_build(tmp_path: Path) -> None:
+    """The remote dies while a build runs (after the first task finished, before the next): the build succeeds,
+    with one warning, and a later build on another machine with the dead remote builds locally."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    graph = {"tasks": {
+        "first": {"command": "echo one > first.txt", "outputs": ["first.txt"]},
+        "second": {"command": "i=0; while [ ! -e release ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; "
+                              "echo two > second.txt", "deps": ["first"], "outputs": ["second.txt"]},
+    }}
+    (ws / "graph.json").write_text(json.dumps(graph))
     server = servers.start_redis()
+    url = f"redis://127.0.0.1:{server.port}/0?prefix=killed"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    env.update(GAFFER_CACHE_DIR=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    proc = subprocess.Popen([sys.executable, "-m", "gaffer", "run", "--cache", url, "--cache-timeout", "1s"],
+                            cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        url = f"redis://127.0.0.1:{server.port}/0?prefix=killed"
-        machines("a").build("--cache", url)
+        wait_until(lambda: (ws / "first.txt").exists() or proc.poll() is not None, "the first task", timeout=60)
+        server.stop()
+        (ws / "release").touch()
+        _out, err = proc.communicate(timeout=120)
     finally:
         server.stop()
-    b = machines("b")
-    result = b.build("--cache", url, "--cache-timeout", "1s")
-    assert result["failed"] == 0 and result["executed"] == len(result["tasks"])
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert (ws / "second.txt").read_text() == "two\n"
+    assert sum("warning: cache tier redis://" in line for line in err.splitlines()) == 1, err
 
 
-def test_corrupt_remote_blob_is_a_miss_not_a_wrong_output(machines: Callable[[str], Machine],
+def test_corrupt_remote_blob_is_a_miss_not_a_wrong_output(small_machines: Callable[[str], Machine],
                                                           nginx_cache: servers.Server) -> None:
     namespace = f"corrupt-{uuid.uuid4().hex[:8]}"
     url = f"http://127.0.0.1:{nginx_cache.port}/{namespace}"
-    a = machines("a")
+    a = small_machines("a")
     a.build("--cache", url)
-    gateway = (a.root / "bin" / "gateway").read_bytes()
-    import hashlib
-
-    blob = nginx_cache.workdir / "data" / namespace / "cas" / hashlib.sha256(gateway).hexdigest()
+    made = (a.root / "bin" / "app").read_bytes()
+    blob = nginx_cache.workdir / "data" / namespace / "cas" / hashlib.sha256(made).hexdigest()
     assert blob.exists(), sorted(p.name for p in (nginx_cache.workdir / "data").rglob("*"))[:5]
-    blob.write_bytes(b"X" * len(gateway))
-    b = machines("b")
+    blob.write_bytes(b"X" * len(made))
+    b = small_machines("b")
     result = b.build("--cache", url)
-    assert result["status"]["build-gateway"] == "executed"
+    assert result["status"]["build-app"] == "executed"
     assert "failed verification" in result["stderr"]
-    assert (b.root / "bin" / "gateway").read_bytes() == gateway
+    assert (b.root / "bin" / "app").read_bytes() == made
 
 
-def test_wrong_credentials_one_line_at_start(machines: Callable[[str], Machine], ceph_bucket: servers.Server) -> None:
-    a = machines("a")
+def test_wrong_credentials_one_line_at_start(small_machines: Callable[[str], Machine], ceph_bucket: servers.Server) -> None:
+    a = small_machines("a")
     a.env.update(ceph_bucket.env)
     a.env["AWS_SECRET_ACCESS_KEY"] = "wrong"
     result = a.build("--cache", _s3(ceph_bucket, "creds"))
@@ -170,9 +212,9 @@ def test_wrong_credentials_one_line_at_start(machines: Callable[[str], Machine],
     assert len(lines) == 1 and "s3://" in lines[0], result["stderr"]
 
 
-def test_summary_json_has_per_tier_stats(machines: Callable[[str], Machine], redis_server: servers.Server) -> None:
+def test_summary_json_has_per_tier_stats(small_machines: Callable[[str], Machine], redis_server: servers.Server) -> None:
     url = f"redis://127.0.0.1:{redis_server.port}/0?prefix=stats-{uuid.uuid4().hex[:8]}"
-    result = machines("a").build("--cache", url)
+    result = small_machines("a").build("--cache", url)
     names = [t["name"] for t in result["tiers"]]
     assert names[0].startswith("disk://") and names[1].startswith("redis://")
     for tier in result["tiers"]:
