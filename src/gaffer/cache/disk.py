@@ -107,16 +107,10 @@ class DiskStore(CacheTier):
 
     def read_blob(self, digest: Digest) -> bytes | None:
         path = self.blob_path(digest)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-                mtime = os.fstat(f.fileno()).st_mtime
-        except OSError:
-            return None
-        if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
+        data = self._read_and_touch(path)
+        if data is not None and (len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash):
             self._evict_corrupt(path, digest)
             return None
-        self._touch(path, mtime)
         return data
 
     def verified_blob_path(self, digest: Digest) -> Path | None:
@@ -179,15 +173,7 @@ class DiskStore(CacheTier):
     # -- action cache ------------------------------------------------------------------------------------------
 
     def read_action(self, key: Digest) -> bytes | None:
-        path = self._action_path(key)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-                mtime = os.fstat(f.fileno()).st_mtime
-        except OSError:
-            return None
-        self._touch(path, mtime)
-        return data
+        return self._read_and_touch(self._action_path(key))
 
     def write_action(self, key: Digest, result: bytes) -> None:
         tmp = self.temp_path()
@@ -318,6 +304,17 @@ class DiskStore(CacheTier):
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, dest)
         self._written += size
+
+    def _read_and_touch(self, path: Path) -> bytes | None:
+        """A whole entry, refreshing its LRU time; None if absent."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+                mtime = os.fstat(f.fileno()).st_mtime
+        except OSError:
+            return None
+        self._touch(path, mtime)
+        return data
 
     def _touch(self, path: Path, mtime: float) -> None:
         now = time.time()
