@@ -37,7 +37,7 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # announced in Capabilities: the total blob b
 MAX_MESSAGE_BYTES = MAX_BATCH_BYTES + 1024 * 1024  # what the server accepts: a full batch plus its framing
 READ_CHUNK = 1024 * 1024
 TREE_PAGE = 1000
-WRITERS = 8  # threads writing the blobs of a BatchUpdateBlobs call
+WRITERS = 4  # threads writing the blobs of a BatchUpdateBlobs call (more only fight over the GIL)
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
