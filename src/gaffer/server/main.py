@@ -37,15 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dir", type=Path, default=default_cache_dir() / "serve",
                    help="store directory (default: %(default)s)")
-    p.add_argument("--max-size", default=str(DEFAULT_MAX_SIZE),
-                   help="size bound; least recently used entries are evicted beyond it (e.g. 50GiB)")
-    p.add_argument("--memory", default=DEFAULT_MEMORY,
+    p.add_argument("--max-size", metavar="SIZE", default=format_size(DEFAULT_MAX_SIZE).replace(" ", ""),
+                   help="size bound; least recently used entries are evicted beyond it (default: %(default)s)")
+    p.add_argument("--memory", metavar="SIZE", default=DEFAULT_MEMORY,
                    help="memory cache for small blobs (default: %(default)s; 0 turns it off)")
     p.add_argument("--grpc", metavar="HOST:PORT", help="serve REAPI gRPC here (e.g. 127.0.0.1:9092; port 0: any)")
     p.add_argument("--http", metavar="HOST:PORT", help="serve the Bazel HTTP cache and /metrics here")
-    p.add_argument("--token-file", type=Path,
+    p.add_argument("--token-file", metavar="FILE", type=Path,
                    help="require 'authorization: Bearer <the file's content>' on every request")
-    p.add_argument("--threads", type=int, default=32, help="gRPC worker threads (default: %(default)s)")
+    p.add_argument("--threads", metavar="N", type=int, default=32, help="gRPC worker threads (default: %(default)s)")
     return p
 
 
