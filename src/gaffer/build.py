@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gaffer import noop
-from gaffer.digest import RACY_WINDOW_NS, Digest, StatCache, stat_signature
+from gaffer.digest import RACY_WINDOW_NS, Digest, StatCache, digest_bytes, stat_signature
 from gaffer.graph import Graph, Task
 from gaffer.graph.inputs import resolve_inputs
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
@@ -264,7 +264,9 @@ class Build:
             records = self._output_records(outputs.files)
             symlinks = tuple((s.path, s.target) for s in outputs.symlinks)
             if task.cache:
-                stdout_digest, stderr_digest = store.put_file(stdout_path), store.put_file(stderr_path)
+                stdout_digest, stderr_digest = digest_bytes(out), digest_bytes(err)  # already in memory
+                store.write_blob(stdout_digest, out)
+                store.write_blob(stderr_digest, err)
                 data = actions.make_result(outputs, 0, stdout_digest, stderr_digest, started_at, finished_at)
                 self.cache.put_action(key, data, [*outputs.blobs(), stdout_digest, stderr_digest])
             self._record(name, task, key, manifest, records, symlinks, result.duration_s)
