@@ -142,14 +142,14 @@ class Capabilities(_Service, re_grpc.CapabilitiesServicer):
 class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServicer):
     kind = "cas"
 
+    def __init__(self, store: ServerStore, metrics: Metrics, writers: ThreadPoolExecutor) -> None:
+        super().__init__(store, metrics)
+        self._writers = writers
+
     @counted
     def FindMissingBlobs(self, request: re_pb2.FindMissingBlobsRequest) -> re_pb2.FindMissingBlobsResponse:
         missing = self.store.namespace(request.instance_name).missing(request.blob_digests)
         return re_pb2.FindMissingBlobsResponse(missing_blob_digests=missing)
-
-    def __init__(self, store: ServerStore, metrics: Metrics, writers: ThreadPoolExecutor) -> None:
-        super().__init__(store, metrics)
-        self._writers = writers
 
     @counted
     def BatchUpdateBlobs(self, request: re_pb2.BatchUpdateBlobsRequest) -> re_pb2.BatchUpdateBlobsResponse:
