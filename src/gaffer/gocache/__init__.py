@@ -1,4 +1,8 @@
 """`gobuildcache` / `gaffer gocache`: the GOCACHEPROG protocol over gaffer's cache (seed 001, docs/gocache.md).
 
-Kept empty: `go` starts the program for every build, so nothing may be imported here.
+Nothing is imported here: `go` starts the program for every command and waits for CAPABILITIES, which main.py
+writes before it imports the protocol or the cache.
 """
+
+KNOWN_COMMANDS = ("get", "put", "close")
+CAPABILITIES = b'{"ID":0,"KnownCommands":["get","put","close"]}\n'

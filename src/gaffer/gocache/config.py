@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import NamedTuple
 
 from gaffer.errors import UserError
 from gaffer.units import parse_duration
@@ -33,13 +32,20 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
 
-class Config(NamedTuple):
-    local_dir: str  # absolute: every DiskPath handed to go lies below it
-    remotes: tuple[str, ...]  # tier URLs behind the local tier, nearest first
-    read_only: bool
-    debug: bool
-    stats: bool
-    timeout: float  # seconds, per remote request
+class Config:
+    """The checked settings. A plain class: `typing` (for NamedTuple) would cost start-up time before the
+    capabilities line."""
+
+    __slots__ = ("debug", "local_dir", "read_only", "remotes", "stats", "timeout")
+
+    def __init__(self, local_dir: str, remotes: tuple[str, ...], *, read_only: bool, debug: bool, stats: bool,
+                 timeout: float) -> None:
+        self.local_dir = local_dir  # absolute: every DiskPath handed to go lies below it
+        self.remotes = remotes  # tier URLs behind the local tier, nearest first
+        self.read_only = read_only
+        self.debug = debug
+        self.stats = stats
+        self.timeout = timeout  # seconds, per remote request
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -114,8 +120,8 @@ def load_config(env: Mapping[str, str] = os.environ) -> Config:
             raise UserError(f"{urls_var}: a disk:// URL needs an absolute path (example: disk:///var/cache/gaffer)")
     remotes += urls
     return Config(
-        local_dir=os.path.abspath(os.path.expanduser(local_dir or default_dir)),
-        remotes=tuple(remotes),
+        os.path.abspath(os.path.expanduser(local_dir or default_dir)),
+        tuple(remotes),
         read_only=_flag(env, "GOBUILDCACHE_READ_ONLY"),
         debug=_flag(env, "DEBUG"),
         stats=_flag(env, "GOBUILDCACHE_STATS"),

@@ -1,12 +1,13 @@
 """`gobuildcache` (and `gaffer gocache`): a GOCACHEPROG program over gaffer's cache.
 
 `go` starts this program once per command and blocks until the capabilities line arrives, so this module imports
-nothing heavy at top level: the environment is checked, the capabilities line goes out, and only then is the cache
-opened (see protocol.serve).
+nothing heavy at top level: the environment is checked, the capabilities line goes out, and only then are the
+protocol and the cache imported and opened.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,10 +53,12 @@ def gocache_main(argv: Sequence[str]) -> int:
         return e.exit_status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `gobuildcache --help | head`, or go went away: nobody is left to answer
+        return 1
 
 
 def _run(argv: list[str]) -> int:
-    from gaffer.errors import UserError
+    from gaffer.errors import EnvironmentProblem, UserError
     from gaffer.gocache.config import load_config
 
     if argv and argv[0] in ("-h", "--help", "help"):
@@ -71,6 +74,12 @@ def _run(argv: list[str]) -> int:
         clear(config, local=argv[0] != "clear-remote", remote=argv[0] != "clear-local")
         return 0
 
+    from gaffer.gocache import CAPABILITIES
+
+    try:
+        os.write(sys.stdout.fileno(), CAPABILITIES)  # go waits for this line: before any other import
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot write to stdout (is this run by go, as GOCACHEPROG?): {e.strerror}") from None
     from gaffer.gocache.protocol import Handler, serve
 
     def open_store() -> Handler:

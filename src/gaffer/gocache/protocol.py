@@ -1,6 +1,7 @@
 """The GOCACHEPROG wire protocol as Go 1.24+ speaks it (cmd/go/internal/cacheprog), over stdin/stdout.
 
-- We write the capabilities response (ID 0, KnownCommands) at once, before reading anything: `go` blocks on it.
+- The capabilities response (ID 0, KnownCommands) goes out at once, before anything is read: `go` blocks on it,
+  so main.py writes it before importing this module or the cache.
 - `go` then writes one JSON request per line: {"ID", "Command", "ActionID", "OutputID", "BodySize"}; IDs are
   base64 ([]byte in Go's JSON). A put with BodySize > 0 is followed by its body as the next JSON value, a base64
   JSON string (Go puts it on its own line, after a blank one). Go 1.23 named OutputID "ObjectID"; both are read.
@@ -23,8 +24,8 @@ from collections.abc import Callable
 from typing import BinaryIO, NamedTuple, Protocol
 
 from gaffer.errors import UserError
+from gaffer.gocache import KNOWN_COMMANDS
 
-KNOWN_COMMANDS = ("get", "put", "close")
 WORKERS = 8
 MAX_REQUEST_LINE = 1 << 20  # a request line is ~200 bytes; a longer one is garbage, not a reason to eat memory
 
@@ -264,11 +265,10 @@ def serve(
     debug: bool = False,
     workers: int = WORKERS,
 ) -> None:
-    """Run one `go` command's session. Returns after `close` or EOF; raises MalformedRequest on garbage
-    (after finishing the requests already accepted and flushing the cache)."""
+    """Run one `go` command's session, after the capabilities line. Returns after `close` or EOF; raises
+    MalformedRequest on garbage (after finishing the requests already accepted and flushing the cache)."""
     writer = ReplyWriter(stdout)
-    writer.send({"ID": 0, "KnownCommands": list(KNOWN_COMMANDS)})
-    handler = open_handler()  # the heavy imports happen here, after `go` has its capabilities
+    handler = open_handler()
     reader = RequestReader(stdin)
     pool = _Pool(workers)
     close_id: int | None = None
