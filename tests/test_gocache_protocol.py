@@ -30,6 +30,7 @@ from gaffer.gocache.entry import (
     decode_entry,
     encode_entry,
 )
+from tests.servers import free_port
 from tests.support import require_tool
 
 REPLY_TIMEOUT_S = 20.0
@@ -322,6 +323,24 @@ def test_a_local_disk_fault_on_put_is_an_err_reply(cache_dir: Path) -> None:
     assert c.get(2, b"a") == {"ID": 2, "Miss": True}
     c.close()
     assert c.finish()[0] == 0
+
+
+def test_an_unreachable_remote_costs_one_warning_and_never_an_err(cache_dir: Path) -> None:
+    """Nothing listens at the remote tier's port: puts still answer with a DiskPath, gets of unknown keys miss,
+    and the session ends normally with one warning naming the tier. (S3 killed under a real go build is in
+    test_gocache_go.py; an HTTP tier keeps this one fast.)"""
+    remote = f"http://127.0.0.1:{free_port()}/go"
+    c = Client(gobuildcache_env(cache_dir, GOBUILDCACHE_CACHE=remote, GOBUILDCACHE_STATS="1"))
+    c.reply()
+    assert c.get(1, b"unknown") == {"ID": 1, "Miss": True}
+    put = c.put(2, b"a", b"body")
+    assert "Err" not in put and Path(str(put["DiskPath"])).read_bytes() == b"body"
+    assert c.get(3, b"a")["Size"] == 4
+    assert c.close() == {"ID": 999}
+    status, stderr = c.finish()
+    assert status == 0
+    assert stderr.count("continuing without it") == 1 and remote in stderr
+    assert stderr.splitlines()[-1].endswith("(disabled)")
 
 
 def test_debug_logs_each_request_and_the_stats_line(cache_dir: Path) -> None:

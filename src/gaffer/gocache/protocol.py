@@ -31,6 +31,8 @@ MAX_REQUEST_LINE = 1 << 20  # a request line is ~200 bytes; a longer one is garb
 
 
 class MalformedRequest(UserError):
+    """Input that is not the protocol: exit status 2 with this one line, since guessing could corrupt a build."""
+
     def __init__(self, what: str) -> None:
         super().__init__(f"malformed request on stdin: {what}")
 
@@ -53,6 +55,8 @@ class Hit(NamedTuple):
 
 
 class Handler(Protocol):
+    """The cache behind the protocol (store.GoStore), called from several threads at once."""
+
     def get(self, action_id: bytes) -> Hit | None: ...
 
     def put(self, action_id: bytes, output_id: bytes, body: bytes) -> str: ...
