@@ -67,10 +67,13 @@ def require_example() -> Path:
     return EXAMPLE
 
 
-def go_env(shared: Path) -> dict[str, str]:
+GO_SHARED = REPO / ".cache" / "tests-go"
+
+
+def go_env(shared: Path = GO_SHARED) -> dict[str, str]:
     """An environment for building Go offline and reproducibly: `go` from this venv on PATH, no network, no
-    toolchain downloads, and Go's own build cache shared across the session (`shared`) so that only gaffer's
-    cache differs between "machines" and cold builds stay fast."""
+    toolchain downloads, and Go's own build cache shared by every test (and kept between runs, in the git-ignored
+    .cache/) so that only gaffer's cache differs between "machines" and the standard library compiles once."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GAFFER_", "GO"))}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",

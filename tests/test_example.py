@@ -24,7 +24,7 @@ class Example:
         self.root = base / "go-microservices"
         shutil.copytree(require_example(), self.root, ignore=shutil.ignore_patterns("bin", "out", ".gaffer"))
         self.cache = base / "cache"
-        self.env = {**go_env(base.parent / "go-shared"), "GAFFER_CACHE_DIR": str(self.cache),
+        self.env = {**go_env(), "GAFFER_CACHE_DIR": str(self.cache),
                     "XDG_CONFIG_HOME": str(base / "xdg")}
 
     def run(self, *args: str, env: dict[str, str] | None = None) -> dict:

@@ -13,7 +13,7 @@ from gaffer.cache.grpc import GrpcTier
 from gaffer.digest import Digest, digest_bytes, digest_file
 from gaffer.errors import UserError
 from gaffer.protos import remote_execution_pb2 as re_pb2
-from tests.buildgrid import ReapiServer, buildgrid, gaffer_serve  # noqa: F401 - fixtures
+from tests.buildgrid import ReapiServer
 from tests.faultproxy import Fault, FaultProxy
 from tests.servers import free_port
 
@@ -119,7 +119,7 @@ def test_unknown_or_invalid_instance_is_not_transient(server: ReapiServer) -> No
     assert not e.value.transient
 
 
-def test_instances_never_see_each_other(gaffer_serve: ReapiServer) -> None:  # noqa: F811
+def test_instances_never_see_each_other(gaffer_serve: ReapiServer) -> None:
     a, b = GrpcTier.from_url(f"{gaffer_serve.url}/team-a"), GrpcTier.from_url(f"{gaffer_serve.url}/team/b")
     digest, data = _blob(300)
     key = _blob(20)[0]
@@ -140,7 +140,7 @@ def test_unreachable_server_is_transient() -> None:
     assert e.value.transient and "UNAVAILABLE" in str(e.value)
 
 
-def test_hanging_server_times_out_as_transient(gaffer_serve: ReapiServer) -> None:  # noqa: F811
+def test_hanging_server_times_out_as_transient(gaffer_serve: ReapiServer) -> None:
     host, port = gaffer_serve.grpc_address.split(":")
     with FaultProxy((host, int(port)), Fault.HANG) as proxy:
         tier = GrpcTier.from_url(f"grpc://{proxy.address}", timeout=0.5)

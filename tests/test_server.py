@@ -20,7 +20,7 @@ from gaffer.digest import Digest, digest_bytes
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
-from tests.buildgrid import ReapiServer, gaffer_serve, start_gaffer_serve, stop_signal  # noqa: F401 - fixture
+from tests.buildgrid import ReapiServer, start_gaffer_serve, stop_signal
 from tests.servers import wait_until
 
 
@@ -34,19 +34,19 @@ def _pb(d: Digest) -> re_pb2.Digest:
 
 
 @pytest.fixture
-def channel(gaffer_serve: ReapiServer) -> Iterator[grpc.Channel]:  # noqa: F811
+def channel(gaffer_serve: ReapiServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(gaffer_serve.grpc_address) as ch:
         yield ch
 
 
 @pytest.fixture
-def http(gaffer_serve: ReapiServer) -> Iterator[httpx.Client]:  # noqa: F811
+def http(gaffer_serve: ReapiServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gaffer_serve.http_url, timeout=10) as client:
         yield client
 
 
 @pytest.fixture
-def tier(gaffer_serve: ReapiServer) -> Iterator[GrpcTier]:  # noqa: F811
+def tier(gaffer_serve: ReapiServer) -> Iterator[GrpcTier]:
     t = GrpcTier.from_url(gaffer_serve.url)
     yield t
     t.close()
@@ -155,7 +155,7 @@ def test_a_wrong_size_from_a_peer_never_evicts_a_good_blob(tier: GrpcTier) -> No
 
 
 def test_a_blob_removed_behind_the_servers_back_heals_the_index(
-    gaffer_serve: ReapiServer, tier: GrpcTier  # noqa: F811
+    gaffer_serve: ReapiServer, tier: GrpcTier
 ) -> None:
     digest, data = _blob(900)
     tier.write_blob(digest, data)
@@ -254,7 +254,7 @@ def test_http_action_result_with_a_missing_blob_is_a_miss(http: httpx.Client) ->
     assert http.get(f"/ac/{key.hash}").status_code == 404
 
 
-def test_http_instance_prefix_is_the_grpc_instance(http: httpx.Client, gaffer_serve: ReapiServer) -> None:  # noqa: F811
+def test_http_instance_prefix_is_the_grpc_instance(http: httpx.Client, gaffer_serve: ReapiServer) -> None:
     digest, data = _blob(64)
     assert http.put(f"/proj/x/cas/{digest.hash}", content=data).status_code == 200
     assert http.get(f"/cas/{digest.hash}").status_code == 404
@@ -357,7 +357,7 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path, args: list[str], status: 
     assert run.stderr.count("\n") == 1 and message in run.stderr and run.stderr.startswith("gaffer serve: ")
 
 
-def test_port_in_use_is_an_environment_error(gaffer_serve: ReapiServer, tmp_path: Path) -> None:  # noqa: F811
+def test_port_in_use_is_an_environment_error(gaffer_serve: ReapiServer, tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "gaffer.server.main", "--dir", str(tmp_path),
                           "--grpc", gaffer_serve.grpc_address], check=False, capture_output=True, text=True, timeout=30)
     assert run.returncode == 3 and run.stderr.count("\n") == 1 and "cannot listen" in run.stderr
@@ -380,3 +380,11 @@ def test_stop_signal_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
         assert (tmp_path / "store" / "cas" / digest.hash[:2] / digest.hash).read_bytes() == data
     finally:
         server.stop()
+
+
+def test_the_empty_blob_is_always_present(http: httpx.Client, tier: GrpcTier) -> None:
+    """REAPI: the empty blob exists on every server, whether or not anyone uploaded it."""
+    empty = digest_bytes(b"")
+    assert http.get(f"/cas/{empty.hash}").status_code == 200
+    assert http.head(f"/never-used-instance/cas/{empty.hash}").status_code == 200
+    assert tier.find_missing([empty]) == [] and tier.read_blob(empty) == b""

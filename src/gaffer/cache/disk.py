@@ -91,14 +91,14 @@ class DiskStore(CacheTier):
     # -- CAS ---------------------------------------------------------------------------------------------------
 
     def has_blob(self, digest: Digest) -> bool:
-        """Present with the right size (content is checked on read). A wrong size is corruption: evicted."""
+        """Present with the right size (content is checked on read)."""
         path = self.blob_path(digest)
         try:
             st = os.stat(path)
         except OSError:
             return False
         if st.st_size != digest.size_bytes:
-            self._evict_corrupt(path, digest)
+            self._mismatch(path, digest)
             return False
         return True
 
@@ -108,8 +108,11 @@ class DiskStore(CacheTier):
     def read_blob(self, digest: Digest) -> bytes | None:
         path = self.blob_path(digest)
         data = self._read_and_touch(path)
-        if data is not None and (len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash):
-            self._evict_corrupt(path, digest)
+        if data is None:
+            return None
+        actual = hashlib.sha256(data).hexdigest()
+        if len(data) != digest.size_bytes or actual != digest.hash:
+            self._mismatch(path, digest, actual)
             return None
         return data
 
@@ -118,11 +121,11 @@ class DiskStore(CacheTier):
         path = self.blob_path(digest)
         try:
             st = os.stat(path)
-            ok = st.st_size == digest.size_bytes and digest_file(path) == digest
+            actual = digest_file(path)
         except OSError:
             return None
-        if not ok:
-            self._evict_corrupt(path, digest)
+        if actual != digest:
+            self._mismatch(path, digest, actual.hash)
             return None
         self._touch(path, st.st_mtime)
         return path
@@ -323,6 +326,18 @@ class DiskStore(CacheTier):
                 os.utime(path, (now, now))
             except OSError:
                 pass
+
+    def _mismatch(self, path: Path, digest: Digest, actual_hash: str | None = None) -> None:
+        """The file under `digest.hash` does not match `digest`. If its content still hashes to its name, the file
+        is fine and the digest's size is wrong (a peer's mistake, or a lie): keep the file, it is just not this
+        blob. Otherwise the file is corrupt: evict and report it."""
+        if actual_hash is None:
+            try:
+                actual_hash = digest_file(path).hash
+            except OSError:
+                return
+        if actual_hash != digest.hash:
+            self._evict_corrupt(path, digest)
 
     def _evict_corrupt(self, path: Path, digest: Digest) -> None:
         try:

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.disk import DiskStore
-from gaffer.digest import Digest, digest_file
+from gaffer.digest import EMPTY_DIGEST, Digest, digest_file
 
 T = TypeVar("T")
 RETRIES = 3
@@ -185,6 +185,9 @@ class TieredCache:
         """Make every blob present (and verified) in the local tier, fetching from remotes. False if any is
         missing everywhere."""
         missing = self.local.find_missing(list(dict.fromkeys(digests)))
+        if EMPTY_DIGEST in missing:  # the empty blob is always available (REAPI): no server has to hold it
+            self.local.write_blob(EMPTY_DIGEST, b"")
+            missing.remove(EMPTY_DIGEST)
         if not missing:
             return True
         for remote in self.remotes:

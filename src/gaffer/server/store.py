@@ -28,7 +28,7 @@ from urllib.parse import quote, unquote
 from google.protobuf.message import DecodeError
 
 from gaffer.cache.disk import DiskStore
-from gaffer.digest import Digest
+from gaffer.digest import EMPTY_DIGEST, Digest
 from gaffer.protos import remote_execution_pb2 as re_pb2
 
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -142,7 +142,9 @@ class Namespace:
         return digest.size_bytes == 0 or self._present.get(digest.hash) == digest.size_bytes
 
     def size_of(self, hash_: str) -> int | None:
-        """The size of the blob with this hash, if the index has it."""
+        """The size of the blob with this hash, if the index has it. The empty blob is always present (REAPI)."""
+        if hash_ == EMPTY_DIGEST.hash:
+            return 0
         return self._present.get(hash_)
 
     def missing(self, digests: Iterable[re_pb2.Digest]) -> list[re_pb2.Digest]:
