@@ -224,3 +224,17 @@ def test_summary_json_has_per_tier_stats(small_machines: Callable[[str], Machine
     for tier in result["tiers"]:
         assert set(tier) >= {"name", "hits", "misses", "bytes_down", "bytes_up", "seconds", "errors"}
     json.dumps(result["tiers"])
+
+
+def test_local_tier_at_its_size_limit(small_machines: Callable[[str], Machine], redis_server: servers.Server) -> None:
+    """A local cache bounded below the size of the artifacts: builds still succeed and restore from the remote,
+    and the local tier is brought back under its bound when the build ends."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0?prefix=bounded-{uuid.uuid4().hex[:8]}"
+    bound = {"GAFFER_CACHE_MAX_SIZE": "200KB"}  # the two outputs are 300 KB and 812 KB
+    a = small_machines("a")
+    assert a.build("--cache", url, extra_env=bound)["executed"] == 2
+    b = small_machines("b")
+    warm = b.build("--cache", url, extra_env=bound)
+    assert warm["hit_rate"] == 1.0 and b.outputs() == a.outputs()
+    status = run_gaffer(["cache", "status", "--json"], cwd=b.root, env=b.env)
+    assert json.loads(status.stdout)["bytes"] <= 200_000
