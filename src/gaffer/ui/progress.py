@@ -39,11 +39,20 @@ class Progress:
         self._lock = threading.RLock()
         self._status_shown = False
         self._numbers: dict[str, int] = {}
+        self._stopped = threading.Event()
 
     def start(self, total: int, jobs: int) -> None:
         self.total = total
         if self.verbose:
             self._line(f"Starting build with {total} tasks (max concurrency: {jobs})")
+        if self.live:
+            threading.Thread(target=self._tick, name="gaffer-progress", daemon=True).start()
+
+    def _tick(self) -> None:
+        """Redraw the status line twice a second so running tasks' times move between events."""
+        while not self._stopped.wait(0.5):
+            with self._lock:
+                self._redraw()
 
     def task_started(self, name: str) -> None:
         with self._lock:
@@ -105,6 +114,7 @@ class Progress:
         self._line(f"gaffer: warning: {message}")
 
     def finish(self) -> None:
+        self._stopped.set()
         with self._lock:
             self._clear_status()
 

@@ -1,0 +1,62 @@
+"""What a build prints: seed 003's plain lines off a TTY, a redrawn status line on one."""
+
+from __future__ import annotations
+
+import io
+
+from gaffer.outcome import CACHED, EXECUTED, FAILED, Outcome
+from gaffer.ui.progress import Progress, use_live_display
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_plain_lines_as_seed_003_shows_them() -> None:
+    out = io.StringIO()
+    p = Progress(stream=out, live=False)
+    p.start(total=3, jobs=2)
+    p.task_started("build-common")
+    p.task_started("build-models")
+    p.task_finished("build-common", Outcome(EXECUTED, duration_s=2.1))
+    p.task_finished("build-models", Outcome(CACHED, duration_s=0.05))
+    p.task_started("build-gateway")
+    p.task_finished("build-gateway", Outcome(FAILED, duration_s=1.0, reason="exited with status 2"))
+    p.finish()
+    assert out.getvalue().splitlines() == [
+        "[1/3] Starting build-common",
+        "[2/3] Starting build-models",
+        "[1/3] Completed build-common (2.1s)",
+        "[2/3] Completed build-models (cached, 0.1s)",
+        "[3/3] Starting build-gateway",
+        "[3/3] FAILED build-gateway (1.0s): exited with status 2",
+    ]
+    assert "\x1b" not in out.getvalue()
+
+
+def test_live_mode_redraws_one_status_line() -> None:
+    out = FakeTTY()
+    p = Progress(stream=out, live=True)
+    p.start(total=2, jobs=2)
+    p.task_started("a")
+    p.task_started("b")
+    assert out.getvalue().endswith("\r\x1b[K[0/2] running: a 0s, b 0s")
+    p.task_finished("a", Outcome(EXECUTED, duration_s=1.0))
+    text = out.getvalue()
+    assert "[1/2] Completed a (1.0s)\n" in text and text.endswith("[1/2] running: b 0s")
+    p.finish()
+    assert out.getvalue().endswith("\r\x1b[K")
+
+
+def test_no_live_display_in_ci_or_without_colour(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert use_live_display(FakeTTY())
+    assert not use_live_display(io.StringIO())
+    monkeypatch.setenv("CI", "true")
+    assert not use_live_display(FakeTTY())
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not use_live_display(FakeTTY())
