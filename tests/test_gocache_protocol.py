@@ -70,8 +70,11 @@ class Client:
 
     def send_raw(self, data: bytes) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # it stopped reading: right, when the input is garbage
+            pass
 
     def send(self, request: dict[str, object], body: bytes | None = None) -> None:
         """One request as Go writes it: the JSON line, a blank line, then the body string if there is one."""
@@ -246,6 +249,8 @@ def test_eof_without_close_keeps_the_puts_and_exits_cleanly(cache_dir: Path) -> 
     [
         (b"this is not json\n", "line 1 is not JSON: 'this is not json'"),
         (b"\x00\xff\xfe garbage\n", "line 1 is not JSON"),
+        (b"[" * 100_000 + b"\n", "line 1 is not JSON"),
+        (b"x" * (2 << 20), "line 1 is longer than 1048576 bytes"),
         (b'["get"]\n', "expected a JSON object"),
         (b'{"Command":"get","ActionID":"YQ=="}\n', "ID must be a non-negative integer"),
         (b'{"ID":"1","Command":"get","ActionID":"YQ=="}\n', "ID must be a non-negative integer"),

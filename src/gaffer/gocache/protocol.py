@@ -112,7 +112,7 @@ class RequestReader:
         where = f"line {self._line_no}"
         try:
             request = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested garbage
             raise MalformedRequest(f"{where} is not JSON: {_excerpt(line)}") from None
         if not isinstance(request, dict):
             raise MalformedRequest(f"{where}: expected a JSON object, got {_excerpt(line)}")
