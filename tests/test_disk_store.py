@@ -69,3 +69,18 @@ def test_gc_evicts_least_recently_used_down_to_the_bound(tmp_path: Path) -> None
     removed, freed = s.gc(max_size=5000)
     assert removed == 6 and freed == 6000  # down to 90% of 5000
     assert s.find_missing(digests) == digests[:6], "the oldest go first"
+
+
+def test_an_existing_corrupt_blob_is_not_trusted_after_a_redundant_write(tmp_path: Path) -> None:
+    """Adopting or storing content whose blob already exists keeps the existing file: it must still be checked."""
+    s, reports = store(tmp_path)
+    d = digest_bytes(b"content")
+    s.write_blob(d, b"content")
+    s.blob_path(d).write_bytes(b"CONTENT")  # corrupted behind the store's back
+    source = tmp_path / "source"
+    source.write_bytes(b"content")
+    assert s.put_file(source) == d
+    tmp = s.temp_path()
+    tmp.write_bytes(b"content")
+    s.adopt(d, tmp)
+    assert s.verified_blob_path(d) is None and len(reports) == 1

@@ -1,3 +1,3 @@
-from gaffer.cli import main
+from gaffer.cli import entry
 
-raise SystemExit(main())
+entry()

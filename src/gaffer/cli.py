@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        raise UserError(f"{self.prog}: {message} (see '{self.prog} --help')")
+        raise UserError(f"{message} (see '{self.prog} --help')")
 
 
 def _add_cache_flags(p: argparse.ArgumentParser, remote: bool = True) -> None:
@@ -291,5 +291,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def entry() -> None:
+    """The console scripts' entry point. Everything is written and closed by the time `main` returns, so exit
+    without the interpreter's teardown: with grpc, boto3 or redis loaded that alone costs 40-80 ms."""
+    status = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(status)

@@ -70,6 +70,7 @@ class DiskStore(CacheTier):
         self.report = report
         self.corrupt_evicted = 0
         self._written = 0
+        self._verified: set[Digest] = set()  # blobs this process hashed itself (put_file, adopt after a check)
         self._tmp = self.root / "tmp"
         try:
             self._tmp.mkdir(parents=True, exist_ok=True)
@@ -121,6 +122,9 @@ class DiskStore(CacheTier):
         path = self.blob_path(digest)
         try:
             st = os.stat(path)
+            if digest in self._verified and st.st_size == digest.size_bytes:
+                self._touch(path, st.st_mtime)
+                return path
             actual = digest_file(path)
         except OSError:
             return None
@@ -161,6 +165,7 @@ class DiskStore(CacheTier):
             tmp.unlink(missing_ok=True)
             return
         self._install(tmp, self.blob_path(digest), digest.size_bytes)
+        self._verified.add(digest)
 
     def put_file(self, path: Path) -> Digest:
         """Store a file's content; return its digest. The copy is hashed, so a concurrent edit cannot poison it."""
@@ -171,6 +176,7 @@ class DiskStore(CacheTier):
             tmp.unlink()
         else:
             self._install(tmp, self.blob_path(digest), digest.size_bytes)
+            self._verified.add(digest)  # only a file we installed: an existing one is checked when read
         return digest
 
     # -- action cache ------------------------------------------------------------------------------------------

@@ -72,6 +72,9 @@ class CacheHTTPServer(ThreadingHTTPServer):
 
 class CacheHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: Bazel sends many small requests on few connections
+    # Headers and body go out as separate writes: without TCP_NODELAY the body of a small reply waits ~40 ms
+    # for the client's delayed ACK (measured: a 1 KiB GET took 44 ms instead of 1 ms).
+    disable_nagle_algorithm = True
     server: CacheHTTPServer
 
     def log_message(self, format: str, *args: object) -> None:
