@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.server
 import json
 import os
 import queue
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from gaffer.digest import EMPTY_DIGEST, digest_bytes
+from gaffer.digest import digest_bytes
 from gaffer.errors import UserError
 from gaffer.gocache.config import load_config
 from gaffer.gocache.entry import (
@@ -194,24 +195,72 @@ def test_entries_survive_the_process_and_are_shared(cache_dir: Path) -> None:
     second.finish()
 
 
-def test_replies_go_out_of_order_when_a_request_stalls(client: Client, cache_dir: Path) -> None:
-    """A get whose blob read blocks (the CAS file is a FIFO nobody writes yet) must not hold up the requests
-    behind it: their replies come first, and the stalled one follows when its read completes."""
-    stalled_action = b"stalled"
-    (cache_dir / "ac" / action_key(stalled_action).hash[:2]).mkdir(parents=True)
-    (cache_dir / "ac" / action_key(stalled_action).hash[:2] / action_key(stalled_action).hash).write_bytes(
-        encode_entry(GoEntry(b"\x01" * 32, EMPTY_DIGEST, time.time_ns())))
-    fifo = cache_dir / "cas" / EMPTY_DIGEST.hash[:2] / EMPTY_DIGEST.hash
-    fifo.parent.mkdir(parents=True)
-    os.mkfifo(fifo)
-    client.send({"ID": 1, "Command": "get", "ActionID": b64(stalled_action)})
-    client.send({"ID": 2, "Command": "put", "ActionID": b64(b"other"), "OutputID": b64(b"o"), "BodySize": 3}, b"abc")
-    client.send({"ID": 3, "Command": "get", "ActionID": b64(b"other")})
-    first_two = client.replies(2)
-    assert set(first_two) == {2, 3}
-    with open(fifo, "wb"):  # let the stalled read see EOF: the empty body, which verifies
+class _StallingHttpCache(http.server.BaseHTTPRequestHandler):
+    """A Bazel HTTP cache that holds nothing and answers a GET of an action only once the test says so."""
+
+    server: _StallingServer
+
+    def do_HEAD(self) -> None:
+        self._reply(404)
+
+    def do_GET(self) -> None:
+        if "/ac/" in self.path:
+            self.server.release.wait(REPLY_TIMEOUT_S)
+        self._reply(404)
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._reply(200)
+
+    def _reply(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
         pass
-    assert client.reply()["ID"] == 1
+
+
+class _StallingServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _StallingHttpCache)
+        self.release = threading.Event()
+
+
+@pytest.fixture
+def stalling_remote() -> Iterator[_StallingServer]:
+    server = _StallingServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=REPLY_TIMEOUT_S)
+
+
+def test_replies_go_out_of_order_when_a_request_stalls(cache_dir: Path, stalling_remote: _StallingServer) -> None:
+    """A get that waits on a slow remote tier must not hold up the requests behind it: a put and a local hit are
+    answered first, and the stalled get follows when the remote answers."""
+    port = stalling_remote.server_address[1]
+    c = Client(gobuildcache_env(cache_dir, GOBUILDCACHE_CACHE=f"http://127.0.0.1:{port}/go",
+                                GOBUILDCACHE_TIMEOUT="60s"))
+    try:
+        c.reply()
+        c.send({"ID": 1, "Command": "get", "ActionID": b64(b"on the remote, slowly")})
+        c.send({"ID": 2, "Command": "put", "ActionID": b64(b"local"), "OutputID": b64(b"o"), "BodySize": 3}, b"abc")
+        assert c.reply()["ID"] == 2
+        c.send({"ID": 3, "Command": "get", "ActionID": b64(b"local")})
+        assert c.reply()["ID"] == 3
+        stalling_remote.release.set()
+        assert c.reply() == {"ID": 1, "Miss": True}
+        assert c.close() == {"ID": 999}
+        assert c.finish()[0] == 0
+    finally:
+        if c.proc.poll() is None:
+            c.proc.kill()
 
 
 def test_many_concurrent_requests_each_get_their_own_reply(client: Client) -> None:
@@ -299,12 +348,16 @@ def test_an_unknown_command_is_an_error_reply_not_a_crash(client: Client) -> Non
     assert client.get(6, b"a") == {"ID": 6, "Miss": True}
 
 
-def test_a_corrupt_local_blob_is_a_miss(client: Client) -> None:
-    path = Path(str(client.put(1, b"victim", b"original content")["DiskPath"]))
-    path.write_bytes(b"tampered content")  # same size, other bytes
-    assert client.get(2, b"victim") == {"ID": 2, "Miss": True}
+@pytest.mark.parametrize("size", [16, 3 << 20], ids=["small, checked on the reader thread", "big, on the pool"])
+def test_a_corrupt_local_blob_is_a_miss(client: Client, size: int) -> None:
+    original = os.urandom(size)
+    path = Path(str(client.put(1, b"victim", original)["DiskPath"]))
+    assert client.get(2, b"victim")["Size"] == size
+    path.write_bytes(bytes([original[0] ^ 1]) + original[1:])  # same size, one bit flipped
+    assert client.get(3, b"victim") == {"ID": 3, "Miss": True}
     assert not path.exists()  # evicted, so the rebuild's put stores it again
-    assert Path(str(client.put(3, b"victim", b"original content")["DiskPath"])).read_bytes() == b"original content"
+    assert Path(str(client.put(4, b"victim", original)["DiskPath"])).read_bytes() == original
+    assert client.get(5, b"victim")["DiskPath"] == str(path)
     client.close()
     assert "corrupt cache blob" in client.finish()[1]
 

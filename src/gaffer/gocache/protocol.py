@@ -5,8 +5,10 @@
 - `go` then writes one JSON request per line: {"ID", "Command", "ActionID", "OutputID", "BodySize"}; IDs are
   base64 ([]byte in Go's JSON). A put with BodySize > 0 is followed by its body as the next JSON value, a base64
   JSON string (Go puts it on its own line, after a blank one). Go 1.23 named OutputID "ObjectID"; both are read.
-- Replies carry the request's ID and may go out in any order: requests run on a small thread pool and each reply
-  is one whole line written and flushed under a lock. `close` is answered after every other reply and after the
+- Replies carry the request's ID and may go out in any order: each reply is one whole line written and flushed
+  under a lock. A get the local tier answers cheaply is answered on the reader thread (handing it to a worker
+  would cost more than the lookup); remote lookups, big blobs to verify and puts run on a small thread pool, so a
+  slow one never holds up the others. `close` is answered after every other reply and after the
   write-behind uploads are flushed; EOF without `close` flushes too and exits 0.
 - Anything that is not a well-formed request is one line on stderr and a non-zero exit, never a hang or a guess.
 """
@@ -21,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import BinaryIO, NamedTuple, Protocol
+from typing import BinaryIO, Literal, NamedTuple, Protocol
 
 from gaffer.errors import UserError
 from gaffer.gocache import KNOWN_COMMANDS
@@ -45,6 +47,10 @@ class Request(NamedTuple):
     body: bytes
 
 
+Deferred = Literal["defer"]
+DEFER: Deferred = "defer"
+
+
 class Hit(NamedTuple):
     """A get's answer: `disk_path` holds exactly the body that was put and stays there until close."""
 
@@ -57,7 +63,11 @@ class Hit(NamedTuple):
 class Handler(Protocol):
     """The cache behind the protocol (store.GoStore), called from several threads at once."""
 
-    def get(self, action_id: bytes) -> Hit | None: ...
+    def get_local(self, action_id: bytes) -> Hit | None | Deferred:
+        """Answer from the local tier alone if that is cheap (no remote, no big blob to verify), else DEFER."""
+
+    def get(self, action_id: bytes) -> Hit | None:
+        """The full lookup, through the remote tiers if need be."""
 
     def put(self, action_id: bytes, output_id: bytes, body: bytes) -> str: ...
 
@@ -223,41 +233,65 @@ def log_line(message: str) -> None:
     os.write(2, f"gobuildcache: {message}\n".encode())
 
 
+def _hit_reply(request: Request, hit: Hit | None) -> tuple[dict[str, object], str]:
+    """A get's reply and, for the debug log, what it was."""
+    if hit is None:
+        return {"ID": request.id, "Miss": True}, "miss"
+    reply: dict[str, object] = {
+        "ID": request.id,
+        "OutputID": base64.b64encode(hit.output_id).decode(),
+        "Size": hit.size,
+        "Time": rfc3339(hit.put_time_ns),
+        "DiskPath": hit.disk_path,
+    }
+    return reply, f"hit {hit.size} B"
+
+
+def _log(request: Request, outcome: str, start: float) -> None:
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    log_line(f"#{request.id} {request.command} {request.action_id.hex()[:16]}: {outcome} ({elapsed_ms:.1f} ms)")
+
+
+def _answer_at_once(handler: Handler, request: Request, debug: bool) -> dict[str, object] | None:
+    """The reply to a get that the local tier answers cheaply, made on the reader thread (a hand-off to a worker
+    costs more than the lookup itself); None sends the request to the pool."""
+    start = time.perf_counter()
+    try:
+        hit = handler.get_local(request.action_id)
+    except Exception:  # noqa: BLE001 - the pool's full get tries again and owns the error
+        return None
+    if hit == DEFER:
+        return None
+    reply, outcome = _hit_reply(request, hit)
+    if debug:
+        _log(request, f"{outcome}, local", start)
+    return reply
+
+
 def _answer(handler: Handler, request: Request, debug: bool) -> dict[str, object]:
-    """The reply to one get or put. A get that fails is a miss; a put fails only when the local tier does."""
+    """The reply to one request on the pool. A get that fails is a miss; a put fails only when the local tier
+    does."""
     start = time.perf_counter()
     reply: dict[str, object] = {"ID": request.id}
-    outcome = ""
     if request.command == "get":
         try:
             hit = handler.get(request.action_id)
         except Exception as e:  # noqa: BLE001 - a bug or an unexpected fault below costs a rebuild, not the build
             log_line(f"get {request.action_id.hex()[:16]}: {type(e).__name__}: {e}; treated as a miss")
             hit = None
-        if hit is None:
-            reply["Miss"] = True
-            outcome = "miss"
-        else:
-            reply.update(
-                OutputID=base64.b64encode(hit.output_id).decode(),
-                Size=hit.size,
-                Time=rfc3339(hit.put_time_ns),
-                DiskPath=hit.disk_path,
-            )
-            outcome = f"hit {hit.size} B"
+        reply, outcome = _hit_reply(request, hit)
     elif request.command == "put":
         try:
             reply["DiskPath"] = handler.put(request.action_id, request.output_id, request.body)
             outcome = f"stored {len(request.body)} B"
         except Exception as e:  # noqa: BLE001 - go reports Err and carries on; a crash would kill the build
-            reply["Err"] = f"gobuildcache: cannot store the entry locally: {e}"
-            outcome = str(reply["Err"])
+            reply["Err"] = outcome = f"gobuildcache: cannot store the entry locally: {e}"
     else:
-        reply["Err"] = f"gobuildcache: unknown command {request.command!r} (known: {', '.join(KNOWN_COMMANDS)})"
-        outcome = str(reply["Err"])
+        reply["Err"] = outcome = (
+            f"gobuildcache: unknown command {request.command!r} (known: {', '.join(KNOWN_COMMANDS)})"
+        )
     if debug:
-        elapsed_ms = (time.perf_counter() - start) * 1000
-        log_line(f"#{request.id} {request.command} {request.action_id.hex()[:16]}: {outcome} ({elapsed_ms:.1f} ms)")
+        _log(request, outcome, start)
     return reply
 
 
@@ -286,6 +320,11 @@ def serve(
             if request.command == "close":
                 close_id = request.id
                 break
+            if request.command == "get":
+                reply = _answer_at_once(handler, request, debug)
+                if reply is not None:
+                    writer.send(reply)
+                    continue
             pool.submit(lambda r=request: writer.send(_answer(handler, r, debug)))  # type: ignore[misc]
     finally:
         pool.join()

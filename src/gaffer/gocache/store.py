@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.disk import DiskStore
-from gaffer.digest import digest_bytes
+from gaffer.digest import Digest, digest_bytes
 from gaffer.errors import EnvironmentProblem, UserError
 from gaffer.gocache.config import Config
 from gaffer.gocache.entry import (
@@ -26,11 +26,13 @@ from gaffer.gocache.entry import (
     decode_entry,
     encode_entry,
 )
-from gaffer.gocache.protocol import Hit, log_line
+from gaffer.gocache.protocol import DEFER, Deferred, Hit, log_line
 from gaffer.units import format_size
 
 if TYPE_CHECKING:
     from gaffer.cache.tiered import TieredCache
+
+AT_ONCE_MAX_BYTES = 1 << 20  # hashing 1 MiB takes about a millisecond: bigger blobs are verified on the pool
 
 
 class GoStats:
@@ -86,26 +88,54 @@ class GoStore:
             tiered = open_tiered(local, config.remotes, read_only=config.read_only, timeout=config.timeout)
         return cls(local, tiered, show_stats=config.debug or config.stats)
 
+    def get_local(self, action_id: bytes) -> Hit | None | Deferred:
+        """The answer when the local tier alone gives it and checking the blob is cheap; else DEFER, and the pool
+        runs `get` (through the remote tiers, or verifying a big blob off the reader thread)."""
+        key = action_key(action_id)
+        entry = self._entry(key, self.local.read_action(key))
+        if entry is not None and entry.body.size_bytes > AT_ONCE_MAX_BYTES:
+            return DEFER
+        hit = self._hit(entry, fetch=False)
+        if hit is None and self.tiered is not None:
+            return DEFER
+        self._count(hit)
+        return hit
+
     def get(self, action_id: bytes) -> Hit | None:
-        self.stats.count(gets=1)
         key = action_key(action_id)
         data = self.tiered.get_action(key) if self.tiered else self.local.read_action(key)
+        hit = self._hit(self._entry(key, data), fetch=True)
+        self._count(hit)
+        return hit
+
+    def _entry(self, key: Digest, data: bytes | None) -> GoEntry | None:
+        """The decoded entry; a damaged one is evicted and reported, and is a miss."""
         if data is None:
             return None
         try:
-            entry = decode_entry(data)
+            return decode_entry(data)
         except CorruptEntry as e:
             self.stats.count(errors=1)
             log_line(f"cache entry {key.hash[:12]} in {self.local.root} is damaged ({e}); evicted, rebuilding")
             self.local.evict_action(key)
             return None
+
+    def _hit(self, entry: GoEntry | None, *, fetch: bool) -> Hit | None:
+        """The entry's body checked in the local tier (`fetch`: brought from the remote tiers if it is not)."""
+        if entry is None:
+            return None
         path = self.local.verified_blob_path(entry.body)
-        if path is None and self.tiered is not None and self.tiered.ensure_local([entry.body]):
+        if path is None and fetch and self.tiered is not None and self.tiered.ensure_local([entry.body]):
             path = self.local.verified_blob_path(entry.body)
         if path is None:
             return None
-        self.stats.count(hits=1, bytes_read=entry.body.size_bytes)
         return Hit(entry.output_id, entry.body.size_bytes, entry.put_time_ns, str(path))
+
+    def _count(self, hit: Hit | None) -> None:
+        if hit is None:
+            self.stats.count(gets=1)
+        else:
+            self.stats.count(gets=1, hits=1, bytes_read=hit.size)
 
     def put(self, action_id: bytes, output_id: bytes, body: bytes) -> str:
         digest = digest_bytes(body)
