@@ -90,4 +90,6 @@ def _run(argv: list[str]) -> int:
     # our own buffered streams: sys.stdout may be unbuffered (PYTHONUNBUFFERED) and a raw write can be partial
     with open(sys.stdin.fileno(), "rb", closefd=False) as stdin, open(sys.stdout.fileno(), "wb", closefd=False) as out:
         serve(stdin, out, open_store, debug=config.debug)
+    # go waits for our stdout to close, not for the process: release it now rather than after Python's shutdown
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
