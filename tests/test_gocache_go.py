@@ -310,9 +310,8 @@ def test_s3_shares_a_build_between_machines(s3_cold: S3Cold, tmp_path: Path) -> 
     assert binaries(out) == binaries(s3_cold.build.out)
 
 
+@pytest.mark.parametrize("s3_cold", ["moto"], indirect=True)  # one S3 server is enough here
 def test_read_only_mode_reads_the_bucket_but_never_writes_it(s3_cold: S3Cold, tmp_path: Path) -> None:
-    if s3_cold.server.name != "moto":
-        pytest.skip("one S3 server is enough for read-only mode")
     before = _object_count(s3_cold.server, s3_cold.prefix)
     machine = s3_cold.backend(tmp_path / "untrusted", GOBUILDCACHE_READ_ONLY="1")
     module = write_tiny_module(tmp_path / "variant", variant=1)
@@ -326,10 +325,9 @@ def test_read_only_mode_reads_the_bucket_but_never_writes_it(s3_cold: S3Cold, tm
     assert clear.returncode == 2 and "GOBUILDCACHE_READ_ONLY" in clear.stderr
 
 
+@pytest.mark.parametrize("s3_cold", ["moto"], indirect=True)  # one S3 server is enough here
 def test_a_remote_killed_mid_build_still_gives_a_successful_build(s3_cold: S3Cold, tmp_path: Path) -> None:
     """The S3 server 'dies' (connections refused) right after the first entry comes down from it."""
-    if s3_cold.server.name != "moto":
-        pytest.skip("one S3 server is enough for the fault test")
     with FaultProxy(("127.0.0.1", s3_cold.server.port)) as proxy:
         machine = s3_cold.backend(tmp_path / "machine", endpoint=f"http://{proxy.address}")
         proc = subprocess.Popen([s3_cold.go, "build", "-o", f"{tmp_path}/out/", "."], cwd=s3_cold.module,
@@ -345,9 +343,8 @@ def test_a_remote_killed_mid_build_still_gives_a_successful_build(s3_cold: S3Col
     assert binaries(tmp_path / "out") == binaries(s3_cold.build.out)
 
 
+@pytest.mark.parametrize("s3_cold", ["moto"], indirect=True)  # one S3 server is enough here
 def test_clear_remote_empties_the_prefix(s3_cold: S3Cold, tmp_path: Path) -> None:
-    if s3_cold.server.name != "moto":
-        pytest.skip("one S3 server is enough for clear")
     cold = S3Cold(s3_cold.server, s3_cold.go, s3_cold.module, s3_cold.build, "to-clear/", tmp_path)
     env = gobuildcache_env(tmp_path / "unused", **cold.backend(tmp_path).extra)
     client = Client(env)
