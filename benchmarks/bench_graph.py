@@ -339,6 +339,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.workdir and args.workdir.exists() and any(args.workdir.iterdir()):
         parser.error(f"--workdir {args.workdir}: exists and is not empty")
     args.tools = [t for t in TOOLS if t in args.tools]
+    # An installed gaffer has its bytecode compiled; an editable one under PYTHONDONTWRITEBYTECODE (set on the
+    # project's machines) would recompile every module at every start and time the compiler, not gaffer.
+    subprocess.run([str(args.venv / "bin" / "python"), "-m", "compileall", "-q", str(REPO / "src" / "gaffer")],
+                   check=True, stdout=subprocess.DEVNULL)
     venv_ninja = args.venv / "bin" / "ninja"
     args.ninja = args.ninja or (str(venv_ninja) if venv_ninja.exists() else shutil.which("ninja") or "ninja")
     tools = Toolset(args.venv, args.ninja, args.jobs)
