@@ -35,15 +35,22 @@ def digest_bytes(data: bytes) -> Digest:
 
 
 def digest_file(path: str | os.PathLike[str]) -> Digest:
-    """Hash a file's content (streamed, so memory stays flat whatever the size)."""
+    """Hash a file's content: small files in one read (most build outputs and Go cache entries), big ones
+    streamed so memory stays flat whatever the size."""
     with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size <= _CHUNK:
+            data = f.read()
+            return Digest(hashlib.sha256(data).hexdigest(), len(data))
         h = hashlib.file_digest(f, "sha256")
         return Digest(h.hexdigest(), f.tell())
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def is_valid_hash(text: str) -> bool:
     """True for a 64-character lowercase hex SHA-256, the only form accepted from peers and cache entries."""
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+    return len(text) == 64 and _HEX.issuperset(text)
 
 
 StatSignature = tuple[int, int, int, int]  # size, mtime_ns, inode, ctime_ns
