@@ -204,8 +204,8 @@ def check_symlink(rel: str, target: str) -> None:
 
 
 def make_result(outputs: Outputs, exit_code: int, stdout: Digest, stderr: Digest, start: float, end: float) -> bytes:
-    """Serialize an ActionResult. Output directories are recorded by their declared path with an empty tree
-    digest when empty; their files are listed as output files (simpler to verify than Tree blobs)."""
+    """Serialize an ActionResult. A declared output directory is recorded by its path alone (no Tree blob) and
+    the files inside it are listed as output files: simpler to verify, and an empty directory still restores."""
     result = re_pb2.ActionResult(exit_code=exit_code, stdout_digest=_pb_digest(stdout), stderr_digest=_pb_digest(stderr))
     for f in outputs.files:
         result.output_files.add(path=f.path, digest=_pb_digest(f.digest), is_executable=f.executable)
