@@ -528,3 +528,11 @@ def test_cache_urls_add_tiers_and_a_leading_disk_url_is_the_local_tier() -> None
     assert (own.local_dir, own.remotes, own.read_only) == ("/c", ("disk:///shared", "http://h/go"), True)
     with pytest.raises(UserError, match="absolute path"):
         load_config({"GOBUILDCACHE_CACHE": "disk://relative"})
+
+
+def test_gocache_accepts_exactly_the_cache_schemes_gaffer_opens() -> None:
+    """gobuildcache keeps its own list of schemes (importing cache.urls would slow its start-up): keep them equal."""
+    from gaffer.cache import urls
+    from gaffer.gocache.config import TIER_SCHEMES
+
+    assert set(TIER_SCHEMES) == set(urls._OPENERS)

@@ -363,3 +363,25 @@ def test_noop_fast_path_notices_every_change(ws: Path, env: dict[str, str]) -> N
     graph["tasks"]["gen"]["command"] += " && true"
     (ws / "graph.json").write_text(json.dumps(graph))
     assert build(ws, env, "all")["status"]["gen"] == "executed"
+
+
+@pytest.mark.parametrize(
+    ("variables", "args", "message"),
+    [
+        ({"GAFFER_JOBS": "many"}, [], "GAFFER_JOBS: 'many' is not a positive number of jobs"),
+        ({"GAFFER_CACHE_MAX_SIZE": "big"}, [], "GAFFER_CACHE_MAX_SIZE: 'big' is not a size"),
+        ({"GAFFER_CACHE_READ_ONLY": "maybe"}, [], "GAFFER_CACHE_READ_ONLY: 'maybe' is not a boolean"),
+        ({"GAFFER_CACHE_TIMEOUT": "soon"}, [], "GAFFER_CACHE_TIMEOUT: 'soon' is not a duration"),
+        ({"GAFFER_CACHE": "ftp://nope"}, [], "cache URL ftp://nope: unknown scheme 'ftp'"),
+        ({}, ["--cache", "cache.internal:9092"], "cache URL cache.internal:9092: not a URL"),
+    ],
+)
+def test_bad_settings_are_one_line_even_when_nothing_needs_building(
+    ws: Path, env: dict[str, str], variables: dict[str, str], args: list[str], message: str
+) -> None:
+    """Checked on a cold build and on a no-op alike (the no-op fast path opens no tier, but still checks URLs)."""
+    for _ in ("cold", "no-op"):
+        proc = run_gaffer(["run", *args], cwd=ws, env={**env, **variables})
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        run_gaffer(["run"], cwd=ws, env=env, check=True)  # then build, so the second round is a no-op

@@ -53,6 +53,11 @@ def load_settings(workspace: Path | None, flags: Mapping[str, Any], env: Mapping
             _apply_toml(s, path)
     _apply_env(s, env)
     _apply_flags(s, flags)
+    if s.remotes:
+        from gaffer.cache.urls import check_scheme
+
+        for url in s.remotes:
+            check_scheme(url)
     return s
 
 

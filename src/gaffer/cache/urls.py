@@ -125,13 +125,20 @@ _OPENERS: dict[str, Callable[[str, float], CacheTier]] = {
 }
 
 
-def open_tier(url: str, *, timeout: float = 30.0) -> CacheTier:
-    """The tier `url` names; `timeout` (seconds) bounds each request. Bad URLs raise a one-line UserError."""
+def check_scheme(url: str) -> Callable[[str, float], CacheTier]:
+    """The opener for `url`'s scheme; an unknown scheme is a one-line UserError. Cheap (no client library), so
+    settings can check every URL at start, even when the build turns out to need no remote at all."""
     scheme, sep, _ = url.partition("://")
     opener = _OPENERS.get(scheme.lower()) if sep else None
     if opener is None:
         what = f"unknown scheme {scheme!r}" if sep else "not a URL"
         raise bad_url(url, f"{what} (supported: {', '.join(s + '://' for s in _OPENERS)})")
+    return opener
+
+
+def open_tier(url: str, *, timeout: float = 30.0) -> CacheTier:
+    """The tier `url` names; `timeout` (seconds) bounds each request. Bad URLs raise a one-line UserError."""
+    opener = check_scheme(url)
     if not timeout > 0:
         raise UserError(f"cache timeout must be positive, not {timeout}")
     return opener(url, timeout)
