@@ -69,7 +69,7 @@ class Build:
         self._runner: ProcessRunner | None = None
         self._interrupted = ""
         self._lanes: dict[int, int] = {}
-        self._lanes_lock = threading.Lock()  # guards _lanes and the lazy _runner
+        self._lock = threading.Lock()  # guards _lanes and the lazy _runner
 
     # -- planning ----------------------------------------------------------------------------------------------
 
@@ -312,7 +312,7 @@ class Build:
 
     @property
     def runner(self) -> ProcessRunner:
-        with self._lanes_lock:  # two pool threads may get here at once: exactly one runner, or cancel misses one
+        with self._lock:  # two pool threads may get here at once: exactly one runner, or cancel misses one
             if self._runner is None:
                 from gaffer.execute.local import ProcessRunner
 
@@ -325,7 +325,7 @@ class Build:
     def _lane(self) -> int:
         """A small stable number per pool thread: the trace file's track."""
         ident = threading.get_ident()
-        with self._lanes_lock:
+        with self._lock:
             return self._lanes.setdefault(ident, len(self._lanes) + 1)
 
     def run(self) -> BuildReport:

@@ -237,11 +237,12 @@ class TieredCache:
             missing = remote.call(lambda t: t.find_missing(blobs), None)
             if missing is None:
                 continue
+            # `call` returns its default (False) when the tier failed; the writes themselves return None.
             for digest in missing:
                 path = self.local.blob_path(digest)
-                if remote.call(lambda t: t.upload_blob(digest, path), False) is None:
+                if remote.call(lambda t: t.upload_blob(digest, path) or True, False):
                     remote.stats.bytes_up += digest.size_bytes
-            if remote.call(lambda t: t.write_action(key, result), False) is None:
+            if remote.call(lambda t: t.write_action(key, result) or True, False):
                 remote.stats.bytes_up += len(result)
 
     def flush(self) -> None:
