@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gaffer import noop
-from gaffer.digest import RACY_WINDOW_NS, Digest, StatCache, digest_bytes, stat_signature
+from gaffer.digest import RACY_WINDOW_NS, Digest, StatCache, digest_bytes, digest_file, stat_signature
 from gaffer.graph import Graph, Task
 from gaffer.graph.inputs import resolve_inputs
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
@@ -262,6 +262,12 @@ class Build:
                 return Outcome(FAILED, duration_s=result.duration_s, reason=str(e))
             records = self._output_records(outputs.files)
             symlinks = tuple((s.path, s.target) for s in outputs.symlinks)
+            changed = self._input_changed(name, manifest) if task.cache else None
+            if changed:  # built from other inputs than its key says: neither cached nor up to date next time
+                self.progress.warn(f"input {changed} changed while {name} ran: result not cached")
+                self.outputs[name] = records
+                self.state.forget(name)
+                return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason)
             if task.cache:
                 stdout_digest, stderr_digest = digest_bytes(out), digest_bytes(err)  # already in memory
                 store.write_blob(stdout_digest, out)
@@ -273,6 +279,23 @@ class Build:
         finally:
             stdout_path.unlink(missing_ok=True)
             stderr_path.unlink(missing_ok=True)
+
+    def _input_changed(self, name: str, manifest: tuple) -> str | None:
+        """An input (or dep output) that is not what the key was computed from, now that the task has run:
+        edited meanwhile, or rewritten by the task itself (a formatter). A stat each; a file is hashed again only
+        if its signature moved since before the run, or if it was too fresh then to trust its signature."""
+        root = str(self.root)
+        fingerprint = self.fingerprints[name]
+        racy_after = fingerprint[7] - RACY_WINDOW_NS if fingerprint[7] else None
+        hashes = dict(manifest[3])
+        for rel, sig in fingerprint[5]:
+            if _moved(f"{root}/{rel}", os.stat, sig, hashes.get(rel), racy_after):
+                return rel
+        for dep in self.real_deps[name]:
+            for path, h, _size, _x, sig in self.outputs.get(dep, ()):
+                if _moved(f"{root}/{path}", os.lstat, sig, h, None):
+                    return path
+        return None
 
     def _output_records(self, files: Sequence) -> tuple:
         records = []
@@ -364,6 +387,18 @@ class Build:
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
+
+
+def _moved(path: str, stat: Callable[[str], os.stat_result], sig: tuple | None, hash_: str | None,
+           racy_after: int | None) -> bool:
+    """Does the file at `path` differ from content `hash_`, whose stat signature was `sig`?"""
+    try:
+        now = stat_signature(stat(path))
+        if now == sig and (racy_after is None or now[1] <= racy_after):
+            return False
+        return digest_file(path).hash != hash_
+    except OSError:
+        return True
 
 
 def _under_any(path: str, outputs: set[str]) -> bool:

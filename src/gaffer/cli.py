@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from gaffer import __version__
 from gaffer.errors import GafferError, UserError
+from gaffer.lock import lock_workspace, workspace_of
 
 CACHE_URL_HELP = (
     "a remote cache tier behind the local disk (repeatable, nearest first): "
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="say why each task ran and which were up to date")
     run.add_argument("--summary-json", metavar="FILE", help="write the build summary as JSON to FILE")
     run.add_argument("--trace", metavar="FILE", help="write a Chrome trace-event file (open it in Perfetto)")
+    run.add_argument("--no-wait", action="store_true",
+                     help="if another gaffer run or clean holds this workspace, exit 3 at once instead of waiting")
     _add_cache_flags(run)
 
     explain = sub.add_parser("explain", help="say what changed since a task last ran",
@@ -73,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("targets", nargs="*", metavar="TARGET")
     clean.add_argument("--graph", default="graph.json", metavar="FILE")
     clean.add_argument("--all", action="store_true", help="also empty the local cache (seed 003's cleanAll)")
+    clean.add_argument("--no-wait", action="store_true",
+                       help="if a gaffer run holds this workspace, exit 3 at once instead of waiting")
     _add_cache_flags(clean, remote=False)
 
     cache = sub.add_parser("cache", help="inspect and maintain the local cache")
@@ -151,6 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A build allocates hundreds of thousands of small tuples (graph, state, stat cache) and makes almost no
     # reference cycles: the cyclic collector would rescan them again and again (seconds on 10,000 tasks).
     gc.disable()
+    if not args.dry_run:  # a dry run changes nothing: it neither waits nor blocks anyone
+        _lock_workspace(workspace_of(args.graph), "run", args)
     if not (args.dry_run or args.verbose or args.trace):
         from gaffer import noop
 
@@ -190,6 +197,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report.interrupted:
         return 130 if report.interrupted == "SIGINT" else 143
     return 0 if report.ok else 1
+
+
+def _lock_workspace(root: Path, command: str, args: argparse.Namespace) -> None:
+    """One build at a time per workspace (see gaffer.lock); say once on stderr for whom we wait."""
+    lock_workspace(root, command, wait=not args.no_wait,
+                   say=lambda message: print(f"gaffer: {message}", file=sys.stderr, flush=True))
 
 
 def _report_noop(args: argparse.Namespace, tasks: list[tuple[str, float]], wall_s: float) -> int:
@@ -232,6 +245,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     from gaffer.state import WorkspaceState
 
     graph = _load_graph(args.graph)
+    _lock_workspace(graph.root, "clean", args)
     state = WorkspaceState.load(graph.root / STATE_DIR)
     removed = 0
     for name in graph.closure(args.targets):

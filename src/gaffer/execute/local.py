@@ -1,12 +1,15 @@
 """Run one action's command on this machine: its own process group, logs to files, a timeout, cancellation.
 
 Each command runs in a new session so that a timeout, Ctrl-C or SIGTERM can kill the whole process tree
-(`sh -c` and everything it started), not just the shell.
+(`sh -c` and everything it started), not just the shell. When the command's main process exits, whatever it
+left running in its group (`cmd &`) is killed before its outputs are collected, as Bazel does: nothing outside
+the task's run may change what gets recorded. A process that calls `setsid` leaves the group and escapes this.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -58,13 +61,13 @@ class ProcessRunner:
             with self._lock:
                 self._running.add(proc)
             try:
-                try:
-                    code = proc.wait(timeout=timeout)
-                    timed_out = False
-                except subprocess.TimeoutExpired:
+                timed_out = not _wait_exited(proc, timeout)
+                if timed_out:
                     _kill_group(proc)
-                    code = proc.wait()
-                    timed_out = True
+                    _wait_exited(proc, None)
+                _signal_group(proc, signal.SIGKILL)  # what it left behind; its pid is not reusable until reaped
+                code = proc.wait()
+                _wait_group_dead(proc.pid)
             finally:
                 with self._lock:
                     self._running.discard(proc)
@@ -82,9 +85,7 @@ class ProcessRunner:
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + KILL_GRACE_S
         for proc in running:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if not _wait_exited(proc, max(0.0, deadline - time.monotonic())):
                 _signal_group(proc, signal.SIGKILL)
 
 
@@ -97,8 +98,81 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     _signal_group(proc, signal.SIGTERM)
+    if not _wait_exited(proc, KILL_GRACE_S):
+        _signal_group(proc, signal.SIGKILL)
+
+
+def _wait_exited(proc: subprocess.Popen[bytes], timeout: float | None) -> bool:
+    """Wait until the process has exited, without reaping it: until `run` reaps it, its pid (its process
+    group's id) cannot be reused, so signalling the group can never hit an unrelated process. False on timeout.
+    (Only `run` reaps, through `proc.wait`; where `os.waitid` is missing, as on macOS, this reaps early.)"""
+    if not hasattr(os, "waitid"):
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    if proc.returncode is not None:
+        return True
     try:
-        proc.wait(timeout=KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
+        if timeout is not None and not _exits_within(proc.pid, timeout):
+            return False
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:  # already reaped
         pass
-    _signal_group(proc, signal.SIGKILL)
+    return True
+
+
+def _exits_within(pid: int, timeout: float) -> bool:
+    """Whether the child exits within `timeout` seconds: a pidfd where the kernel has them, else polling."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.05)
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def _wait_group_dead(pgid: int) -> None:
+    """SIGKILL takes effect asynchronously: wait, briefly, until no process of the group can still run, so
+    that nothing writes to the task's outputs after they are collected. Almost always the group is already
+    empty and this is one system call."""
+    deadline = time.monotonic() + KILL_GRACE_S
+    delay = 0.0005
+    while _group_has_live_member(pgid) and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    """Is a process of the group still running? A zombie is dead even if nothing reaps it (an init that
+    never reaps orphans must not stall the build): on Linux, /proc tells them apart."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False

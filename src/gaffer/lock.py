@@ -1,0 +1,78 @@
+"""One build at a time per workspace: an exclusive `flock` on `.gaffer/lock` held by `gaffer run` and `gaffer clean`.
+
+Two builds in one workspace would each record, and cache, outputs the other changed under it. The lock file
+holds the holder's pid and command, so the one that waits can say for whom. The kernel drops the lock when
+the holder exits, however it exits: a crashed build never leaves a stale lock. So the lock is simply held for
+the rest of the process (a gaffer command is one process), and taking it again in the same process is free.
+
+gaffer puts `GAFFER_WORKSPACE_LOCK=<workspace>` into the environment of the tasks it runs: a task that runs
+gaffer on its own workspace is refused (exit 2) instead of waiting forever for the build that runs it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from gaffer.errors import EnvironmentProblem, UserError
+
+LOCK_ENV = "GAFFER_WORKSPACE_LOCK"
+_held: dict[str, int] = {}  # workspace -> the open lock file (closing it would release the lock)
+
+
+def workspace_of(graph_path: str) -> Path:
+    """The workspace a graph file belongs to, as `load_graph` makes it, without reading the graph."""
+    return Path(os.path.abspath(graph_path)).parent.resolve()
+
+
+def lock_workspace(root: Path, command: str, wait: bool, say: Callable[[str], None]) -> None:
+    """Hold the workspace's lock until this process exits. Busy: say once for whom we wait, then wait; with
+    `wait=False`, exit status 3 at once. A task of the holder asking for it: exit status 2."""
+    key = str(root)
+    if key in _held:
+        return
+    fd = _open(root / ".gaffer" / "lock")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        if os.environ.get(LOCK_ENV) == key:
+            os.close(fd)
+            raise UserError(f"{root}: gaffer {command} from a task of {holder} on the same workspace: a task "
+                            "cannot build its own workspace (it would wait for itself)") from None
+        if not wait:
+            os.close(fd)
+            raise EnvironmentProblem(f"{root}: {holder} is using this workspace (not waiting: --no-wait)") from None
+        say(f"waiting for {holder} in this workspace")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:  # fixed width, written in place: a waiting reader never sees it half-written or empty
+        os.pwrite(fd, f"{os.getpid()} {command}".ljust(31).encode() + b"\n", 0)
+    except OSError:
+        pass  # a read-only lock file still locks; the waiting side then just cannot name us
+    _held[key] = fd
+    os.environ[LOCK_ENV] = key  # inherited by every task this process starts
+
+
+def _open(path: Path) -> int:
+    """The lock file's descriptor (not inherited by tasks: a task left running must not hold the lock)."""
+    try:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot lock the workspace: {path}: {e.strerror}") from None
+
+
+def _holder(fd: int) -> str:
+    """'gaffer run (pid 123)' from the lock file, or a vaguer name if it cannot be read."""
+    try:
+        pid, command = os.pread(fd, 64, 0).decode().split()[:2]
+        return f"gaffer {command} (pid {int(pid)})"
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "another gaffer"

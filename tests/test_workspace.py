@@ -1,0 +1,219 @@
+"""What a build owns while it runs: the workspace (one build at a time), its tasks' processes (nothing left
+running), and its inputs (a result built from inputs that changed under it is not cached).
+
+Tasks that must be caught mid-run wait at a `Gate`: two fifos the test controls, so no sleeps stand in for
+synchronisation."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import gaffer_env, require, run_gaffer, summary
+from tests.test_run import _alive
+
+WAIT_S = 60
+
+
+class Gate:
+    """A task runs `gate.shell`: it says "ready" through one fifo, then waits for the test's "go" on another."""
+
+    def __init__(self, directory: Path) -> None:
+        self.ready, self.go = directory / "ready.fifo", directory / "go.fifo"
+        os.mkfifo(self.ready)
+        os.mkfifo(self.go)
+        self._ready = os.open(self.ready, os.O_RDONLY | os.O_NONBLOCK)
+        self._go = os.open(self.go, os.O_RDWR)  # holds the fifo open: a "go" written now is read whenever asked
+        self.shell = f"echo ready > {self.ready}; read line < {self.go}"
+
+    def wait_ready(self) -> None:
+        assert read_line(self._ready) == b"ready\n"
+
+    def open(self) -> None:
+        os.write(self._go, b"go\n")
+
+    def close(self) -> None:
+        os.close(self._ready)
+        os.close(self._go)
+
+
+def read_line(fd: int, timeout: float = WAIT_S) -> bytes:
+    """One line from a pipe or fifo, failing (not hanging) if none comes within `timeout` seconds."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0 and select.select([fd], [], [], remaining)[0], f"no line within {timeout}s: {data!r}"
+        data += os.read(fd, 1)
+    return data
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return gaffer_env(tmp_path / "cache")
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[Gate]:
+    g = Gate(tmp_path)
+    yield g
+    g.close()
+
+
+def workspace(tmp_path: Path, tasks: dict) -> Path:
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "graph.json").write_text(json.dumps({"tasks": tasks}))
+    return ws
+
+
+def start(ws: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "gaffer", *args], cwd=ws, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    """SIGTERM what is still running (gaffer then kills its tasks), so a failed test leaves nothing behind."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=WAIT_S)
+
+
+# -- one build at a time ---------------------------------------------------------------------------------------
+
+
+def test_second_run_waits_for_the_first_and_no_wait_exits_3(tmp_path: Path, env: dict[str, str],
+                                                             gate: Gate) -> None:
+    ws = workspace(tmp_path, {"hold": {"command": f"{gate.shell}; mkdir -p out; echo done > out/x",
+                                       "outputs": ["out/x"]}})
+    first = start(ws, env, "run")
+    second = None
+    try:
+        gate.wait_ready()  # the first run is inside its task: it holds the workspace
+        second = start(ws, env, "run")
+        assert second.stderr is not None
+        waiting = read_line(second.stderr.fileno()).decode()
+        assert waiting == f"gaffer: waiting for gaffer run (pid {first.pid}) in this workspace\n"
+
+        for command in (["run", "--no-wait"], ["clean", "--no-wait"]):
+            refused = run_gaffer(command, cwd=ws, env=env, timeout=WAIT_S)
+            assert refused.returncode == 3, refused.stderr
+            assert refused.stderr == (f"gaffer: {ws}: gaffer run (pid {first.pid}) is using this workspace "
+                                      "(not waiting: --no-wait)\n")
+        assert (ws / "out").exists() is False, "clean --no-wait removed nothing"
+        assert second.poll() is None, "the second run is still waiting"
+
+        gate.open()
+        _out, err = first.communicate(timeout=WAIT_S)
+        assert first.returncode == 0, err
+        _out, err = second.communicate(timeout=WAIT_S)
+        assert second.returncode == 0, err
+        assert "waiting" not in err.decode(), "said once"
+        assert "1 cached" in err.decode(), "it ran after the first: the task was up to date"
+    finally:
+        stop(first, *([second] if second else []))
+
+
+def test_a_task_running_gaffer_on_its_own_workspace_fails_instead_of_deadlocking(tmp_path: Path,
+                                                                                  env: dict[str, str]) -> None:
+    ws = workspace(tmp_path, {
+        "inner": {"command": "mkdir -p out && echo inner > out/inner", "outputs": ["out/inner"]},
+        "outer": {"command": [sys.executable, "-m", "gaffer", "run", "inner"], "outputs": []},
+    })
+    proc = run_gaffer(["run", "outer", "--summary-json", str(tmp_path / "s.json")], cwd=ws, env=env,
+                      timeout=WAIT_S)
+    assert proc.returncode == 1, proc.stderr
+    assert (f"gaffer: {ws}: gaffer run from a task of gaffer run (pid " in proc.stderr
+            and ") on the same workspace: a task cannot build its own workspace (it would wait for itself)\n"
+            in proc.stderr), proc.stderr
+    assert summary(tmp_path / "s.json")["tasks"][0]["reason"] == "exited with status 2"
+    assert run_gaffer(["run", "inner"], cwd=ws, env=env, timeout=WAIT_S).returncode == 0, "the lock was released"
+
+
+# -- nothing left running --------------------------------------------------------------------------------------
+
+
+def test_a_background_process_is_killed_before_outputs_are_recorded(tmp_path: Path, env: dict[str, str],
+                                                                    gate: Gate) -> None:
+    require(Path("/proc/self/stat").exists(), "needs /proc to tell a dead process from a live one")
+    pid_file = tmp_path / "writer.pid"
+    ws = workspace(tmp_path, {"bg": {
+        "command": f"mkdir -p out; echo early > out/x; (read line < {gate.go}; echo late > out/x) & "
+                   f"echo $! > {pid_file}",
+        "outputs": ["out/x"]}})
+    try:
+        proc = run_gaffer(["run"], cwd=ws, env=env, timeout=WAIT_S)
+        assert proc.returncode == 0, proc.stderr
+        writer = int(pid_file.read_text())
+        assert not _alive(writer), "the task's background writer outlived it"
+    finally:
+        if pid_file.exists() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    gate.open()  # had the writer survived, this would let it overwrite the recorded output
+    assert (ws / "out" / "x").read_text() == "early\n"
+    again = run_gaffer(["run"], cwd=ws, env=env, timeout=WAIT_S)
+    assert again.returncode == 0 and "1 cached" in again.stderr, again.stderr
+
+
+# -- inputs that change while their task runs ------------------------------------------------------------------
+
+
+def test_an_input_edited_while_its_task_runs_is_not_cached_under_the_old_content(tmp_path: Path,
+                                                                                   env: dict[str, str],
+                                                                                   gate: Gate) -> None:
+    ws = workspace(tmp_path, {"t": {"command": f"{gate.shell}; mkdir -p out; cat src/a.txt > out/x",
+                                    "inputs": ["src/a.txt"], "outputs": ["out/x"]}})
+    (ws / "src" / "a.txt").write_text("old\n")
+    run = start(ws, env, "run")
+    try:
+        gate.wait_ready()  # the key is taken (from "old"); the task has not read its input yet
+        (ws / "src" / "a.txt").write_text("new\n")
+        gate.open()
+        _out, err = run.communicate(timeout=WAIT_S)
+    finally:
+        stop(run)
+    assert run.returncode == 0, err
+    assert "gaffer: warning: input src/a.txt changed while t ran: result not cached\n" in err.decode()
+    assert (ws / "out" / "x").read_text() == "new\n"
+
+    (ws / "src" / "a.txt").write_text("old\n")  # back to the content the first key was taken from
+    gate.open()
+    proc = run_gaffer(["run", "--summary-json", str(tmp_path / "s.json")], cwd=ws, env=env, timeout=WAIT_S)
+    assert proc.returncode == 0, proc.stderr
+    assert summary(tmp_path / "s.json")["status"] == {"t": "executed"}
+    assert (ws / "out" / "x").read_text() == "old\n", "no result built from 'new' under the key of 'old'"
+
+
+def test_a_task_that_rewrites_its_own_input_is_not_a_hit_on_the_old_content(tmp_path: Path,
+                                                                            env: dict[str, str]) -> None:
+    ws = workspace(tmp_path, {"format": {"command": "tr a-z A-Z < src/a.txt > src/a.tmp && mv src/a.tmp src/a.txt",
+                                         "inputs": ["src/a.txt"]}})
+    source = ws / "src" / "a.txt"
+
+    def build() -> tuple[str, str]:
+        proc = run_gaffer(["run", "--summary-json", str(tmp_path / "s.json")], cwd=ws, env=env, timeout=WAIT_S)
+        assert proc.returncode == 0, proc.stderr
+        return summary(tmp_path / "s.json")["status"]["format"], proc.stderr
+
+    source.write_text("hello\n")
+    status, err = build()
+    assert status == "executed" and source.read_text() == "HELLO\n"
+    assert "gaffer: warning: input src/a.txt changed while format ran: result not cached\n" in err
+
+    source.write_text("hello\n")  # unformatted again (a revert, a checkout): the formatter must run again
+    status, _err = build()
+    assert status == "executed" and source.read_text() == "HELLO\n"
+
+    status, err = build()  # formatted already: rewriting the same content is no change; cached this time
+    assert status == "executed" and "warning" not in err
+    assert build()[0] == "cached"
