@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A build allocates hundreds of thousands of small tuples (graph, state, stat cache) and makes almost no
     # reference cycles: the cyclic collector would rescan them again and again (seconds on 10,000 tasks).
     gc.disable()
-    if not args.dry_run:  # a dry run changes nothing: it neither waits nor blocks anyone
+    if not args.dry_run and os.path.exists(args.graph):  # a dry run changes nothing; no graph, nothing to guard
         _lock_workspace(workspace_of(args.graph), "run", args)
     if not (args.dry_run or args.verbose or args.trace):
         from gaffer import noop

@@ -11,6 +11,7 @@ gaffer on its own workspace is refused (exit 2) instead of waiting forever for t
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Callable
@@ -33,7 +34,10 @@ def lock_workspace(root: Path, command: str, wait: bool, say: Callable[[str], No
     key = str(root)
     if key in _held:
         return
-    fd = _open(root / ".gaffer" / "lock")
+    path = root / ".gaffer" / "lock"
+    fd = _open(path)
+    if fd is None:
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -47,6 +51,9 @@ def lock_workspace(root: Path, command: str, wait: bool, say: Callable[[str], No
             raise EnvironmentProblem(f"{root}: {holder} is using this workspace (not waiting: --no-wait)") from None
         say(f"waiting for {holder} in this workspace")
         fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as e:  # a file system without locks (some NFS mounts): refuse rather than build unguarded
+        os.close(fd)
+        raise EnvironmentProblem(f"cannot lock the workspace: {path}: {e.strerror}") from None
     try:  # fixed width, written in place: a waiting reader never sees it half-written or empty
         os.pwrite(fd, f"{os.getpid()} {command}".ljust(31).encode() + b"\n", 0)
     except OSError:
@@ -55,18 +62,23 @@ def lock_workspace(root: Path, command: str, wait: bool, say: Callable[[str], No
     os.environ[LOCK_ENV] = key  # inherited by every task this process starts
 
 
-def _open(path: Path) -> int:
-    """The lock file's descriptor (not inherited by tasks: a task left running must not hold the lock)."""
+def _open(path: Path) -> int | None:
+    """The lock file's descriptor (not inherited by tasks: a task left running must not hold the lock), or
+    None in a read-only workspace, where nothing can build and there is nothing to guard."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
     try:
         try:
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            return os.open(path, flags, 0o644)
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except PermissionError:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            path.parent.mkdir(exist_ok=True)
+            return os.open(path, flags, 0o644)
     except OSError as e:
-        raise EnvironmentProblem(f"cannot lock the workspace: {path}: {e.strerror}") from None
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # not ours to write: it locks all the same
+        except OSError:
+            if e.errno == errno.EROFS:
+                return None
+            raise EnvironmentProblem(f"cannot lock the workspace: {path}: {e.strerror}") from None
 
 
 def _holder(fd: int) -> str:
