@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import gaffer_env, require, run_gaffer, summary
+from tests.support import gaffer_env, require, require_tool, run_gaffer, summary
 from tests.test_run import _alive
 
 WAIT_S = 60
@@ -27,8 +27,8 @@ WAIT_S = 60
 class Gate:
     """A task runs `gate.shell`: it says "ready" through one fifo, then waits for the test's "go" on another."""
 
-    def __init__(self, directory: Path) -> None:
-        self.ready, self.go = directory / "ready.fifo", directory / "go.fifo"
+    def __init__(self, directory: Path, name: str = "gate") -> None:
+        self.ready, self.go = directory / f"{name}.ready", directory / f"{name}.go"
         os.mkfifo(self.ready)
         os.mkfifo(self.go)
         self._ready = os.open(self.ready, os.O_RDONLY | os.O_NONBLOCK)
@@ -163,6 +163,60 @@ def test_a_background_process_is_killed_before_outputs_are_recorded(tmp_path: Pa
     assert (ws / "out" / "x").read_text() == "early\n"
     again = run_gaffer(["run"], cwd=ws, env=env, timeout=WAIT_S)
     assert again.returncode == 0 and "1 cached" in again.stderr, again.stderr
+
+
+def test_a_process_that_escaped_with_setsid_is_killed_when_its_task_ends(tmp_path: Path, env: dict[str, str],
+                                                                         gate: Gate) -> None:
+    require(sys.platform.startswith("linux"), "gaffer adopts escaped processes as a child subreaper on Linux")
+    require_tool("setsid")
+    pid_file, up = tmp_path / "escaped.pid", tmp_path / "up.fifo"
+    os.mkfifo(up)
+    escape = f"setsid sh -c 'echo $$ > {pid_file}; echo up > {up}; read line < {gate.go}; echo late > out/x' &"
+    ws = workspace(tmp_path, {"bg": {"command": f"mkdir -p out; echo early > out/x; {escape} read line < {up}",
+                                     "outputs": ["out/x"]}})
+    try:
+        proc = run_gaffer(["run"], cwd=ws, env=env, timeout=WAIT_S)
+        assert proc.returncode == 0, proc.stderr
+        assert not _alive(int(pid_file.read_text())), "the task's escaped writer outlived it"
+    finally:
+        if pid_file.exists() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    gate.open()
+    assert (ws / "out" / "x").read_text() == "early\n"
+
+
+def test_an_escaped_process_of_a_running_task_survives_another_task_ending(tmp_path: Path, env: dict[str, str],
+                                                                          gate: Gate) -> None:
+    require(sys.platform.startswith("linux"), "gaffer adopts escaped processes as a child subreaper on Linux")
+    require_tool("setsid")
+    pid_file, up = tmp_path / "daemon.pid", tmp_path / "up.fifo"
+    os.mkfifo(up)
+    other = Gate(tmp_path, "other")
+    # (...&) exits at once: the daemon is orphaned, and adopted by gaffer, while its task still runs
+    daemon = f"(setsid sh -c 'echo $$ > {pid_file}; echo up > {up}; exec sleep 600' &); read line < {up}"
+    ws = workspace(tmp_path, {
+        "long": {"command": f"{daemon}; {gate.shell}", "outputs": []},
+        "short": {"command": other.shell, "outputs": []},
+    })
+    run = start(ws, env, "run", "-j", "2")
+    try:
+        gate.wait_ready()
+        other.wait_ready()
+        other.open()
+        assert run.stderr is not None
+        while b"Completed short" not in (line := read_line(run.stderr.fileno())):
+            assert b"Completed long" not in line
+        daemon_pid = int(pid_file.read_text())
+        assert _alive(daemon_pid), "killed while its own task still ran"
+        gate.open()
+        _out, err = run.communicate(timeout=WAIT_S)
+        assert run.returncode == 0, err
+        assert not _alive(daemon_pid), "its task ended: it is killed"
+    finally:
+        stop(run)
+        other.close()
+        if pid_file.exists() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 # -- inputs that change while their task runs ------------------------------------------------------------------

@@ -3,11 +3,13 @@
 Each command runs in a new session so that a timeout, Ctrl-C or SIGTERM can kill the whole process tree
 (`sh -c` and everything it started), not just the shell. When the command's main process exits, whatever it
 left running in its group (`cmd &`) is killed before its outputs are collected, as Bazel does: nothing outside
-the task's run may change what gets recorded. A process that calls `setsid` leaves the group and escapes this.
+the task's run may change what gets recorded. A process that calls `setsid` leaves the group: where the kernel
+allows, gaffer adopts such processes as a child subreaper and kills them too (see orphans.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import signal
@@ -17,6 +19,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from gaffer.execute.orphans import RUN_ENV, Adopter
 
 KILL_GRACE_S = 2.0
 
@@ -35,7 +39,10 @@ class ProcessRunner:
 
     def __init__(self) -> None:
         self._running: set[subprocess.Popen[bytes]] = set()
+        self._active: set[str] = set()  # the markers of runs from before their start to after their cleanup
         self._lock = threading.Lock()
+        self._serial = itertools.count(1)
+        self._adopter = Adopter.start()
         self.cancelled = threading.Event()
 
     def run(
@@ -50,13 +57,20 @@ class ProcessRunner:
         start = time.perf_counter()
         if self.cancelled.is_set():
             return ProcessResult(exit_code=-1, duration_s=0.0, cancelled=True)
+        env = dict(env)
+        marker = None
+        if self._adopter is not None:
+            env[RUN_ENV] = marker = self._adopter.marker(env.get(RUN_ENV), next(self._serial))
+            with self._lock:
+                self._active.add(marker)
         with open(stdout, "wb") as out, open(stderr, "wb") as err:
             try:
                 proc = subprocess.Popen(
-                    list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                     start_new_session=True,
                 )
             except OSError as e:
+                self._finished(marker)
                 return ProcessResult(exit_code=127, duration_s=0.0, error=f"cannot run {argv[0]!r}: {e.strerror}")
             with self._lock:
                 self._running.add(proc)
@@ -67,14 +81,24 @@ class ProcessRunner:
                     _wait_exited(proc, None)
                 _signal_group(proc, signal.SIGKILL)  # what it left behind; its pid is not reusable until reaped
                 code = proc.wait()
-                _wait_group_dead(proc.pid)
             finally:
                 with self._lock:
                     self._running.discard(proc)
+                self._finished(marker)
+                _wait_group_dead(proc.pid)
         return ProcessResult(
             exit_code=code, duration_s=time.perf_counter() - start, timed_out=timed_out,
             cancelled=self.cancelled.is_set(),
         )
+
+    def _finished(self, marker: str | None) -> None:
+        """The run is over: kill what it left outside its process group (and what earlier runs left)."""
+        if self._adopter is None or marker is None:
+            return
+        with self._lock:
+            self._active.discard(marker)
+            active = set(self._active)
+        self._adopter.kill_finished(active)
 
     def cancel_all(self) -> None:
         """Kill every running process group (Ctrl-C / SIGTERM): TERM first, KILL after a grace period."""
