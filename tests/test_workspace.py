@@ -156,6 +156,8 @@ def test_a_background_process_is_killed_before_outputs_are_recorded(tmp_path: Pa
         assert proc.returncode == 0, proc.stderr
         writer = int(pid_file.read_text())
         assert not _alive(writer), "the task's background writer outlived it"
+        if sys.platform.startswith("linux"):  # adopted by gaffer as a child subreaper: reaped, not left a zombie
+            assert not Path(f"/proc/{writer}").exists()
     finally:
         if pid_file.exists() and _alive(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -70,7 +70,7 @@ class ProcessRunner:
                     start_new_session=True,
                 )
             except OSError as e:
-                self._finished(marker)
+                self._finished(marker, 0)
                 return ProcessResult(exit_code=127, duration_s=0.0, error=f"cannot run {argv[0]!r}: {e.strerror}")
             with self._lock:
                 self._running.add(proc)
@@ -84,21 +84,21 @@ class ProcessRunner:
             finally:
                 with self._lock:
                     self._running.discard(proc)
-                self._finished(marker)
+                self._finished(marker, proc.pid)
                 _wait_group_dead(proc.pid)
         return ProcessResult(
             exit_code=code, duration_s=time.perf_counter() - start, timed_out=timed_out,
             cancelled=self.cancelled.is_set(),
         )
 
-    def _finished(self, marker: str | None) -> None:
-        """The run is over: kill what it left outside its process group (and what earlier runs left)."""
+    def _finished(self, marker: str | None, group: int) -> None:
+        """The run is over: kill what it left outside its process `group` (and what earlier runs left)."""
         if self._adopter is None or marker is None:
             return
         with self._lock:
             self._active.discard(marker)
             active = set(self._active)
-        self._adopter.kill_finished(active)
+        self._adopter.kill_finished(active, group)
 
     def cancel_all(self) -> None:
         """Kill every running process group (Ctrl-C / SIGTERM): TERM first, KILL after a grace period."""

@@ -48,14 +48,15 @@ class Adopter:
         """The `GAFFER_TASK_RUN` value for a run: the runs of enclosing gaffers, then this one."""
         return f"{inherited} {self._prefix}{run}" if inherited else f"{self._prefix}{run}"
 
-    def kill_finished(self, active: set[str]) -> None:
-        """Kill and reap every adopted process that names runs of ours, none of them in `active`."""
+    def kill_finished(self, active: set[str], group: int) -> None:
+        """Kill and reap every adopted process that names runs of ours, none of them in `active`; reap the
+        adopted zombies of the process `group` of the run that just ended (its `cmd &`, killed with it)."""
         with self._lock:
             for _ in range(_MAX_ROUNDS):
-                if not self._round(active):
+                if not self._round(active, group):
                     return
 
-    def _round(self, active: set[str]) -> bool:
+    def _round(self, active: set[str], group: int) -> bool:
         try:
             with open(self._children, "rb") as f:
                 pids = [int(p) for p in f.read().split()]
@@ -63,14 +64,17 @@ class Adopter:
             return False
         killed = False
         for pid in pids:
-            ours = [run for run in _runs(pid) if run.startswith(self._prefix)]
-            if ours and not active.intersection(ours):
-                try:
+            runs = _runs(pid)
+            ours = [run for run in runs if run.startswith(self._prefix)]
+            try:
+                if ours and not active.intersection(ours):
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
-                killed = True
+                    killed = True
+                elif not runs and _zombie_of(pid, group):
+                    os.waitpid(pid, os.WNOHANG)
+            except (ProcessLookupError, ChildProcessError):
+                pass
         return killed
 
 
@@ -86,3 +90,13 @@ def _runs(pid: int) -> list[str]:
         if entry.startswith(prefix):
             return entry[len(prefix):].decode(errors="replace").split()
     return []
+
+
+def _zombie_of(pid: int, group: int) -> bool:
+    """Is the process a zombie of process group `group`? (A zombie's environment can no longer be read.)"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return False
+    return fields[0] == b"Z" and int(fields[2]) == group
