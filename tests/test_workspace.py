@@ -108,7 +108,7 @@ def test_second_run_waits_for_the_first_and_no_wait_exits_3(tmp_path: Path, env:
         for command in (["run", "--no-wait"], ["clean", "--no-wait"]):
             refused = run_gaffer(command, cwd=ws, env=env, timeout=WAIT_S)
             assert refused.returncode == 3, refused.stderr
-            assert refused.stderr == (f"gaffer: {ws}: gaffer run (pid {first.pid}) is using this workspace "
+            assert refused.stderr == (f"gaffer: {ws.resolve()}: gaffer run (pid {first.pid}) is using this workspace "
                                       "(not waiting: --no-wait)\n")
         assert (ws / "out").exists() is False, "clean --no-wait removed nothing"
         assert second.poll() is None, "the second run is still waiting"
@@ -133,7 +133,7 @@ def test_a_task_running_gaffer_on_its_own_workspace_fails_instead_of_deadlocking
     proc = run_gaffer(["run", "outer", "--summary-json", str(tmp_path / "s.json")], cwd=ws, env=env,
                       timeout=WAIT_S)
     assert proc.returncode == 1, proc.stderr
-    assert (f"gaffer: {ws}: gaffer run from a task of gaffer run (pid " in proc.stderr
+    assert (f"gaffer: {ws.resolve()}: gaffer run from a task of gaffer run (pid " in proc.stderr
             and ") on the same workspace: a task cannot build its own workspace (it would wait for itself)\n"
             in proc.stderr), proc.stderr
     assert summary(tmp_path / "s.json")["tasks"][0]["reason"] == "exited with status 2"
@@ -273,3 +273,16 @@ def test_a_task_that_rewrites_its_own_input_is_not_a_hit_on_the_old_content(tmp_
     status, err = build()  # formatted already: rewriting the same content is no change; cached this time
     assert status == "executed" and "warning" not in err
     assert build()[0] == "cached"
+
+
+def test_a_task_that_changes_its_dependency_s_output_is_not_cached(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = workspace(tmp_path, {
+        "gen": {"command": "mkdir -p out && echo one > out/a", "outputs": ["out/a"]},
+        "use": {"command": "cat out/a > out/b && echo two >> out/a", "deps": ["gen"], "outputs": ["out/b"]},
+    })
+    proc = run_gaffer(["run"], cwd=ws, env=env, timeout=WAIT_S)
+    assert proc.returncode == 0, proc.stderr
+    assert "gaffer: warning: input out/a changed while use ran: result not cached\n" in proc.stderr
+    again = run_gaffer(["run", "--summary-json", str(tmp_path / "s.json")], cwd=ws, env=env, timeout=WAIT_S)
+    assert again.returncode == 0, again.stderr
+    assert summary(tmp_path / "s.json")["status"]["use"] == "executed", "not up to date, not a hit"
