@@ -2,7 +2,7 @@
 
 The decision for a task, cheapest first:
 1. **Up to date** — its fingerprint (task definition, declared env values, the stat signatures of its inputs,
-   its deps' output digests) and its outputs' stat signatures equal those recorded in the workspace state:
+   everything its deps output) and its outputs' stat signatures equal those recorded in the workspace state:
    nothing is hashed, no key is computed, the cache is not asked. This is the whole of a no-op build.
 2. **Same key** — something was touched but every content digest is unchanged (an mtime-only change): the key
    is the recorded one and the outputs on disk are those it made: up to date again, nothing re-runs.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +28,10 @@ from gaffer.graph import Graph, Task
 from gaffer.graph.inputs import resolve_inputs
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
 from gaffer.scheduler import Scheduler
-from gaffer.state import TaskState, WorkspaceState
+from gaffer.state import DirectoryRecord, FileRecord, Manifest, OutputRecords, SymlinkRecord, TaskState, WorkspaceState
 
 if TYPE_CHECKING:
+    from gaffer.actions import Outputs
     from gaffer.cache.tiered import TieredCache
     from gaffer.execute.local import ProcessRunner
     from gaffer.ui.progress import Progress
@@ -63,7 +65,7 @@ class Build:
         self.inputs: dict[str, list[str]] = {}
         self.input_dirs: list[tuple[str, tuple[int, int]]] = []  # directories globs searched, at plan time
         self.real_deps: dict[str, tuple[str, ...]] = {}
-        self.outputs: dict[str, tuple] = {}  # task -> output records made or confirmed this build
+        self.outputs: dict[str, OutputRecords] = {}  # task -> its outputs as made or confirmed this build
         self.fingerprints: dict[str, tuple] = {}
         self.t0 = 0.0
         self._runner: ProcessRunner | None = None
@@ -100,8 +102,11 @@ class Build:
         fingerprint = self._fingerprint(name, task)
         self.fingerprints[name] = fingerprint
         prev = self.state.tasks.get(name)
-        if task.cache and prev is not None and prev.fingerprint == fingerprint and self._outputs_intact(prev):
-            self.outputs[name] = prev.outputs
+        records = self._outputs_intact(name, prev) if task.cache and prev and prev.fingerprint == fingerprint else None
+        if prev is not None and records is not None:
+            self.outputs[name] = records
+            if records != prev.outputs:
+                self.state.update(name, TaskState(prev.fingerprint, prev.key, records, prev.manifest, prev.duration_s))
             return Outcome(CACHED, start_s=self._now(), saved_s=prev.duration_s, reason="up to date",
                            extra={"up_to_date": True})
         return None
@@ -120,8 +125,9 @@ class Build:
             return Outcome(FAILED, start_s=start, reason=f"cannot read an input: {e}")
         reason = explain(prev.manifest if prev else None, manifest)
 
-        if task.cache and prev is not None and prev.key == key.hash and self._outputs_intact(prev):
-            self._record(name, task, key, manifest, prev.outputs, prev.symlinks, prev.duration_s)
+        records = self._outputs_intact(name, prev) if task.cache and prev and prev.key == key.hash else None
+        if prev is not None and records is not None:
+            self._record(name, task, key, manifest, records, prev.duration_s)
             return Outcome(CACHED, start_s=start, duration_s=self._now() - start, saved_s=prev.duration_s,
                            reason="up to date (only file times changed)", extra={"up_to_date": True, "lane": lane})
 
@@ -159,7 +165,7 @@ class Build:
             except OSError:
                 sigs.append((rel, None))
                 racy = True
-        deps = tuple((dep, tuple((r[0], r[1]) for r in self.outputs.get(dep, ()))) for dep in self.real_deps[name])
+        deps = tuple((dep, self.outputs.get(dep, OutputRecords()).content()) for dep in self.real_deps[name])
         return (task.commands, task.outputs, task.timeout, _env_values(task),
                 tuple(sorted(self.graph.platform.items())), tuple(sigs), deps, time.time_ns() if racy else 0)
 
@@ -179,7 +185,7 @@ class Build:
                 real.add(dep)
         return tuple(sorted(real))
 
-    def key(self, name: str) -> tuple[Digest, tuple]:
+    def key(self, name: str) -> tuple[Digest, Manifest]:
         """The task's action key and its manifest (what went into the key), hashing inputs via the stat cache."""
         from gaffer import actions
 
@@ -194,22 +200,26 @@ class Build:
             entries.append(actions.FileEntry(rel, d, bool(st.st_mode & 0o100)))
             input_hashes.append((rel, d.hash))
         dep_hashes = []
+        symlinks: list[actions.SymlinkEntry] = []
+        directories: list[actions.DirectoryEntry] = []
         for dep in self.real_deps[name]:
-            records = self.outputs.get(dep, ())
-            for path, h, size, executable, _sig in records:
-                entries.append(actions.FileEntry(path, Digest(h, size), executable))
-            dep_hashes.append((dep, tuple((r[0], r[1]) for r in records)))
+            records = self.outputs.get(dep, OutputRecords())
+            entries += (actions.FileEntry(f.path, Digest(f.hash, f.size), bool(f.mode & 0o100), f.mode)
+                        for f in records.files)
+            symlinks += (actions.SymlinkEntry(s.path, s.target) for s in records.symlinks)
+            directories += (actions.DirectoryEntry(d.path, d.mode) for d in records.directories)
+            dep_hashes.append((dep, records.content()))
         argv = actions.command_argv(task.commands)
         env = dict(_env_values(task))
         platform = {**actions.host_properties(), **self.graph.platform}
-        key = actions.action_key(argv, env, task.outputs, entries, platform, task.timeout)
-        manifest = (tuple(argv), tuple(sorted(env.items())), tuple(sorted(platform.items())), tuple(input_hashes),
-                    tuple(dep_hashes), task.outputs, task.timeout)
+        key = actions.action_key(argv, env, task.outputs, entries, platform, task.timeout, symlinks, directories)
+        manifest = Manifest(tuple(argv), tuple(sorted(env.items())), tuple(sorted(platform.items())),
+                            tuple(input_hashes), tuple(dep_hashes), task.outputs, task.timeout)
         return key, manifest
 
     # -- restore and execute -----------------------------------------------------------------------------------
 
-    def _restore(self, name: str, task: Task, key: Digest, manifest: tuple) -> Outcome | None:
+    def _restore(self, name: str, task: Task, key: Digest, manifest: Manifest) -> Outcome | None:
         from gaffer import actions
 
         data = self.cache.get_action(key)
@@ -217,6 +227,9 @@ class Build:
             return None
         try:
             cached = actions.parse_result(data, task.outputs)
+            if not self.cache.ensure_local(list(cached.outputs.trees.values())):
+                return None
+            actions.read_trees(cached.outputs, self.cache.local)
             if not self.cache.ensure_local([*cached.outputs.blobs(), cached.stdout, cached.stderr]):
                 return None
             actions.restore_outputs(self.root, cached, self.cache.local)
@@ -226,14 +239,13 @@ class Build:
         except OSError as e:
             self.progress.warn(f"cannot restore the outputs of {name}: {e}; running it instead")
             return None
-        records = self._output_records(cached.outputs.files)
-        symlinks = tuple((s.path, s.target) for s in cached.outputs.symlinks)
-        self._record(name, task, key, manifest, records, symlinks, cached.duration_s)
+        self._record(name, task, key, manifest, self._output_records(cached.outputs), cached.duration_s)
         self.progress.task_output(name, self.cache.local.read_blob(cached.stdout) or b"",
                                   self.cache.local.read_blob(cached.stderr) or b"")
         return Outcome(CACHED, saved_s=cached.duration_s, reason="restored from the cache")
 
-    def _execute(self, name: str, task: Task, key: Digest, manifest: tuple, argv: list[str], reason: str) -> Outcome:
+    def _execute(self, name: str, task: Task, key: Digest, manifest: Manifest, argv: list[str], reason: str
+                 ) -> Outcome:
         from gaffer import actions
 
         store = self.cache.local
@@ -260,53 +272,88 @@ class Build:
                                reason=f"declared output '{e}' was not created by the task")
             except actions.BadCacheEntry as e:
                 return Outcome(FAILED, duration_s=result.duration_s, reason=str(e))
-            records = self._output_records(outputs.files)
-            symlinks = tuple((s.path, s.target) for s in outputs.symlinks)
+            records = self._output_records(outputs)
             if task.cache:
                 stdout_digest, stderr_digest = digest_bytes(out), digest_bytes(err)  # already in memory
                 store.write_blob(stdout_digest, out)
                 store.write_blob(stderr_digest, err)
                 data = actions.make_result(outputs, 0, stdout_digest, stderr_digest, started_at, finished_at)
                 self.cache.put_action(key, data, [*outputs.blobs(), stdout_digest, stderr_digest])
-            self._record(name, task, key, manifest, records, symlinks, result.duration_s)
+            self._record(name, task, key, manifest, records, result.duration_s)
             return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason)
         finally:
             stdout_path.unlink(missing_ok=True)
             stderr_path.unlink(missing_ok=True)
 
-    def _output_records(self, files: Sequence) -> tuple:
-        records = []
-        for f in files:
-            path = str(self.root / f.path)
+    def _output_records(self, outputs: Outputs) -> OutputRecords:
+        """The outputs as they now are on disk (called once all are written: a directory's signature is final)."""
+        from gaffer.actions import PERMISSION_BITS
+
+        root = str(self.root)
+        files = []
+        for f in outputs.files:
+            path = f"{root}/{f.path}"
             st = os.lstat(path)
             self.stat_cache.remember(path, st, f.digest)
-            records.append((f.path, f.digest.hash, f.digest.size_bytes, f.executable, stat_signature(st)))
-        return tuple(records)
+            files.append(FileRecord(f.path, f.digest.hash, f.digest.size_bytes, stat.S_IMODE(st.st_mode) & PERMISSION_BITS,
+                                    stat_signature(st)))
+        directories = tuple(DirectoryRecord(d.path, d.mode, stat_signature(os.lstat(f"{root}/{d.path}")))
+                            for d in outputs.directories)
+        symlinks = tuple(SymlinkRecord(s.path, s.target) for s in outputs.symlinks)
+        return OutputRecords(tuple(files), symlinks, directories)
 
-    def _record(self, name: str, task: Task, key: Digest, manifest: tuple, records: tuple, symlinks: tuple,
+    def _record(self, name: str, task: Task, key: Digest, manifest: Manifest, records: OutputRecords,
                 duration_s: float) -> None:
         self.outputs[name] = records
         if not task.cache:
             self.state.forget(name)
             return
         # The fingerprint taken before the task ran: if an input changed while it ran, the next build re-checks.
-        self.state.update(name, TaskState(self.fingerprints[name], key.hash, records, symlinks, manifest, duration_s))
+        self.state.update(name, TaskState(self.fingerprints[name], key.hash, records, manifest, duration_s))
 
-    def _outputs_intact(self, prev: TaskState) -> bool:
+    def _outputs_intact(self, name: str, prev: TaskState) -> OutputRecords | None:
+        """The task's recorded outputs if the workspace still holds exactly them (their signatures refreshed),
+        else None. A declared output directory is gaffer's: an entry in it the task did not make (an editor's
+        `a.txt~`) is removed, one warning each, so a dependent sees exactly what was recorded and keyed."""
+        recorded = prev.outputs
         root = str(self.root)
-        for path, _h, _size, _x, sig in prev.outputs:
+        try:
+            for f in recorded.files:
+                if stat_signature(os.lstat(f"{root}/{f.path}")) != f.sig:
+                    return None
+            for s in recorded.symlinks:
+                if os.readlink(f"{root}/{s.path}") != s.target:
+                    return None
+            changed = [d for d in recorded.directories if stat_signature(os.lstat(f"{root}/{d.path}")) != d.sig]
+        except OSError:
+            return None
+        if not changed:
+            return recorded
+        if self.options.dry_run:
+            return None  # a dry run changes nothing: the real build removes the strays
+        expected: dict[str, set[str]] = {}
+        for path in [*(f.path for f in recorded.files), *(s.path for s in recorded.symlinks),
+                     *(d.path for d in recorded.directories)]:
+            parent, _, base = path.rpartition("/")
+            expected.setdefault(parent, set()).add(base)
+        from gaffer import actions
+
+        refreshed = {}
+        for d in changed:
+            full = f"{root}/{d.path}"
             try:
-                if stat_signature(os.lstat(f"{root}/{path}")) != sig:
-                    return False
+                names = set(os.listdir(full))
+                for stray in sorted(names - expected.get(d.path, set())):
+                    actions.remove_outputs(self.root, [f"{d.path}/{stray}"])
+                    self.progress.warn(f"removed {d.path}/{stray}: task {name} did not make it, and its declared "
+                                       f"output {d.path} holds only what the task made")
+                st = os.lstat(full)
             except OSError:
-                return False
-        for path, target in prev.symlinks:
-            try:
-                if os.readlink(f"{root}/{path}") != target:
-                    return False
-            except OSError:
-                return False
-        return True
+                return None
+            if expected.get(d.path, set()) - names or stat.S_IMODE(st.st_mode) & actions.PERMISSION_BITS != d.mode:
+                return None
+            refreshed[d.path] = d._replace(sig=stat_signature(st))
+        return recorded._replace(directories=tuple(refreshed.get(d.path, d) for d in recorded.directories))
 
     # -- running -----------------------------------------------------------------------------------------------
 
@@ -375,7 +422,7 @@ def _under_any(path: str, outputs: set[str]) -> bool:
     return False
 
 
-def explain(before: tuple | None, after: tuple, limit: int = 3) -> str:
+def explain(before: Manifest | None, after: Manifest, limit: int = 3) -> str:
     """Why a task must run: the first few differences between the manifest it last ran with and now."""
     changes = explain_all(before, after)
     if len(changes) > limit:
@@ -383,7 +430,7 @@ def explain(before: tuple | None, after: tuple, limit: int = 3) -> str:
     return "; ".join(changes) if changes else "not in the cache"
 
 
-def explain_all(before: tuple | None, after: tuple) -> list[str]:
+def explain_all(before: Manifest | None, after: Manifest) -> list[str]:
     if before is None:
         return ["no previous run recorded in this workspace"]
     b_argv, b_env, b_platform, b_inputs, b_deps, b_outputs, b_timeout = before

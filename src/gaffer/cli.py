@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("status", "entries, size and the hit rate of recent builds"),
         ("gc", "evict least-recently-used entries down to the size bound"),
-        ("verify", "re-hash every blob; evict corrupt ones"),
+        ("verify", "re-hash every blob and action result; evict corrupt ones"),
         ("clean", "remove every entry"),
     ):
         action = cache_sub.add_parser(name, help=text, description=text)
@@ -282,7 +282,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"removed {removed} entries ({format_size(freed)})")
     elif args.cache_command == "verify":
         verify = store.verify()
-        print(f"checked {verify.checked} blobs: {len(verify.corrupt)} corrupt" +
+        print(f"checked {verify.checked} blobs and {verify.checked_actions} action results: "
+              f"{len(verify.corrupt)} corrupt" +
               (" (evicted: " + ", ".join(h[:12] for h in verify.corrupt) + ")" if verify.corrupt else ""))
         return 1 if verify.corrupt else 0
     elif args.cache_command == "clean":

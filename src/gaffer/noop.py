@@ -2,7 +2,7 @@
 
 After a successful build, `write_record` stores what that build saw: the graph file's stat signature, the
 targets, the values of every declared env var, the stat signature of every input (taken *before* the tasks
-used them) and every output (taken right after they were made), and the signatures of the directories that
+used them) and every output file and directory (taken right after they were made), and the signatures of the directories that
 glob and directory inputs were found in (a file added or removed there changes its directory's mtime).
 
 `check` compares all of that with the file system now. If nothing differs, every task would be "up to date"
@@ -24,7 +24,7 @@ from gaffer import __version__
 if TYPE_CHECKING:
     from gaffer.build import Build
 
-_FORMAT = 1
+_FORMAT = 2
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -108,12 +108,13 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
             if sig is None or sig[1] > racy_after:
                 return
             inputs[f"{root}/{rel}"] = sig
-        for path, _h, _size, _x, sig in build.outputs[name]:
-            outputs.append((f"{root}/{path}", sig))
+        records = build.outputs[name]
+        # An output directory's signature changes when a stray file lands in it: the full build removes it.
+        outputs.extend((f"{root}/{r.path}", r.sig) for r in (*records.files, *records.directories))
+        symlinks.extend((f"{root}/{s.path}", s.target) for s in records.symlinks)
         state = build.state.tasks.get(name)
         if state is None:
             return
-        symlinks.extend((f"{root}/{p}", target) for p, target in state.symlinks)
         tasks.append((name, state.duration_s))
     dirs = build.input_dirs
     if any(sig[0] > racy_after for _p, sig in dirs):
