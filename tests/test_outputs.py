@@ -185,7 +185,7 @@ def test_a_damaged_action_entry_is_a_miss_and_cache_verify_evicts_it(tmp_path: P
     (ws / "link").unlink()
     result = build(ws, env, "link")
     assert result["status"] == {"link": "executed"}
-    assert "corrupt cache action-cache entry" in result["stderr"]
+    assert "corrupt cache action result" in result["stderr"]
     assert (ws / "data.txt").read_text() == "data\n" and os.readlink(ws / "link") == "data.txt"
     assert run_gaffer(["cache", "verify"], cwd=ws, env=env).returncode == 0
 

@@ -193,7 +193,7 @@ class DiskStore(CacheTier):
             return None
         result = _checked_action(data)
         if result is None:
-            self._evict_corrupt(path, "action-cache entry", key)
+            self._evict_corrupt(path, "action result", key)
         return result
 
     def write_action(self, key: Digest, result: bytes) -> None:
@@ -291,7 +291,7 @@ class DiskStore(CacheTier):
                 continue
             if not ok:
                 corrupt.append(path.name)
-                self._evict_corrupt(path, "action-cache entry", Digest(path.name, st.st_size))
+                self._evict_corrupt(path, "action result", Digest(path.name, st.st_size))
         return VerifyReport(checked=checked, corrupt=corrupt, checked_actions=checked_actions)
 
     def clean(self) -> None:
