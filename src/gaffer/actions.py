@@ -263,7 +263,8 @@ def check_symlink(rel: str, target: str) -> None:
 def make_result(outputs: Outputs, exit_code: int, stdout: Digest, stderr: Digest, start: float, end: float) -> bytes:
     """Serialize an ActionResult: each declared output exactly once, as an output file (with its permission bits
     in `node_properties.unix_mode`), symlink, or directory (by its `Tree` blob, which `collect_outputs` stored)."""
-    result = re_pb2.ActionResult(exit_code=exit_code, stdout_digest=_pb_digest(stdout), stderr_digest=_pb_digest(stderr))
+    result = re_pb2.ActionResult(exit_code=exit_code, stdout_digest=_pb_digest(stdout),
+                                 stderr_digest=_pb_digest(stderr))
     inside = tuple(f"{d}/" for d in outputs.trees)
     for f in outputs.files:
         if not f.path.startswith(inside):

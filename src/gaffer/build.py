@@ -295,8 +295,8 @@ class Build:
             path = f"{root}/{f.path}"
             st = os.lstat(path)
             self.stat_cache.remember(path, st, f.digest)
-            files.append(FileRecord(f.path, f.digest.hash, f.digest.size_bytes, stat.S_IMODE(st.st_mode) & PERMISSION_BITS,
-                                    stat_signature(st)))
+            mode = stat.S_IMODE(st.st_mode) & PERMISSION_BITS
+            files.append(FileRecord(f.path, f.digest.hash, f.digest.size_bytes, mode, stat_signature(st)))
         directories = tuple(DirectoryRecord(d.path, d.mode, stat_signature(os.lstat(f"{root}/{d.path}")))
                             for d in outputs.directories)
         symlinks = tuple(SymlinkRecord(s.path, s.target) for s in outputs.symlinks)
@@ -339,8 +339,11 @@ class Build:
         from gaffer import actions
 
         refreshed = {}
+        real_root = os.path.realpath(root)
         for d in changed:
             full = f"{root}/{d.path}"
+            if os.path.realpath(full) != f"{real_root}/{d.path}" or not os.path.isdir(full):
+                return None  # replaced by a symlink (or through one): never remove anything outside the outputs
             try:
                 names = set(os.listdir(full))
                 for stray in sorted(names - expected.get(d.path, set())):

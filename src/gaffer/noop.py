@@ -2,7 +2,7 @@
 
 After a successful build, `write_record` stores what that build saw: the graph file's stat signature, the
 targets, the values of every declared env var, the stat signature of every input (taken *before* the tasks
-used them) and every output file and directory (taken right after they were made), and the signatures of the directories that
+used them) and every output (taken right after they were made), and the signatures of the directories that
 glob and directory inputs were found in (a file added or removed there changes its directory's mtime).
 
 `check` compares all of that with the file system now. If nothing differs, every task would be "up to date"

@@ -9,8 +9,8 @@ Layout (one concept per directory, safe for several processes at once):
 
 Every read is verified: a blob against its digest, an action-cache entry against the SHA-256 in its header (the
 header is this tier's own: every caller reads and writes the plain ActionResult). A corrupt or truncated entry
-is evicted, reported and treated as a miss. A file's mtime is its "last used" time for LRU eviction; reads refresh it at most once an hour so hits
-stay cheap.
+is evicted, reported and treated as a miss. A file's mtime is its "last used" time for LRU eviction; reads
+refresh it at most once an hour so hits stay cheap.
 """
 
 from __future__ import annotations
