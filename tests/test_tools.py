@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -152,31 +151,50 @@ def test_checkouts_at_different_paths_share_hits(tmp_path: Path) -> None:
 
 
 def test_an_argv_program_and_its_interpreter_are_tools(tmp_path: Path) -> None:
-    """`["mytool"]` names no tools, yet a new mytool, or a new interpreter behind its `#!`, re-runs the task,
-    through the whole-build no-op path too."""
-    bin_dir = tmp_path / "bin"
+    """`["mytool"]` names no tools, yet a new mytool, a new interpreter behind its `#!`, or another mytool put
+    earlier on PATH re-runs the task, through the whole-build no-op path too; the same content elsewhere hits."""
+    first, bin_dir = tmp_path / "first", tmp_path / "bin"
+    first.mkdir()
     bin_dir.mkdir()
     tool, interpreter = bin_dir / "mytool", bin_dir / "myinterp"
-    tool.write_text("#!/usr/bin/env myinterp\n")
-    interpreter.write_text("#!/bin/sh\necho v1 > out.txt\n")
-    for path in (tool, interpreter):
+
+    def write(path: Path, text: str) -> None:
+        path.write_text(text)
         path.chmod(0o755)
-        os.utime(path, (OLD, OLD))
-    env = with_path(gaffer_env(tmp_path / "cache"), bin_dir)
+        os.utime(path, (OLD, OLD))  # not racy: the no-op record may be written
+
+    write(tool, "#!/usr/bin/env myinterp\n")
+    write(interpreter, "#!/bin/sh\necho v1 > out.txt\n")
+    env = with_path(gaffer_env(tmp_path / "cache"), first, bin_dir)
     ws = workspace(tmp_path / "ws", {"tasks": {"t": {"command": ["mytool"], "outputs": ["out.txt"]}}})
     assert build(ws, env)["status"] == {"t": "executed"}
     build(ws, env)
-    assert (ws / ".gaffer" / "noop").exists(), "the no-op record must be written for this test to test it"
+    noop_record = ws / ".gaffer" / "noop"
+    assert noop_record.exists(), "the no-op record must be written for this test to test it"
 
-    interpreter.write_text("#!/bin/sh\necho v2 > out.txt\n")
+    write(interpreter, "#!/bin/sh\necho v2 > out.txt\n")
     assert build(ws, env)["reasons"] == {"t": "tool mytool changed"}
     assert (ws / "out.txt").read_text() == "v2\n"
-    with tool.open("a") as f:
-        f.write("# a comment\n")
-    assert build(ws, env)["reasons"] == {"t": "tool mytool changed"}
+    assert noop_record.exists()
 
-    shutil.copy(tool, tmp_path / "mytool")  # the same content at another path, first on PATH: still a hit
-    assert build(ws, with_path(env, tmp_path))["status"] == {"t": "cached"}
+    write(first / "mytool", "#!/bin/sh\necho v3 > out.txt\n")  # found before bin/mytool from now on
+    assert build(ws, env)["reasons"] == {"t": "tool mytool changed"}
+    assert (ws / "out.txt").read_text() == "v3\n"
+
+    write(first / "mytool", tool.read_text())  # the same tool as before, at another path: a hit
+    assert build(ws, env)["reasons"] == {"t": "restored from the cache"}
+    assert (ws / "out.txt").read_text() == "v2\n"
+
+
+def test_a_go_that_cannot_say_its_version_is_exit_3(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "go").write_text("#!/bin/sh\necho 'go: cannot find GOROOT directory' >&2\nexit 2\n")
+    (bin_dir / "go").chmod(0o755)
+    ws = workspace(tmp_path / "ws", GO_VERSION)
+    proc = run_gaffer(["run"], cwd=ws, env=with_path(gaffer_env(tmp_path / "cache"), bin_dir))
+    assert (proc.returncode, proc.stderr) == (
+        3, f"gaffer: tool go ({bin_dir / 'go'}): `go env GOROOT GOVERSION` failed: go: cannot find GOROOT directory\n")
 
 
 @pytest.mark.parametrize(

@@ -78,8 +78,9 @@ class Toolchain:
         """The tool `spec` as it is now; raises ToolNotFound."""
         tool = self._found.get(spec)
         if tool is None:
-            signatures, keyed, version = self._follow(spec, self._locate(spec), 0)
-            tool = self._found[spec] = Tool(spec, tuple(signatures), tuple(keyed), version)
+            searched: list[tuple[str, StatSignature]] = []
+            signatures, keyed, version = self._follow(spec, self._locate(spec, searched), 0)
+            tool = self._found[spec] = Tool(spec, tuple(searched + signatures), tuple(keyed), version)
         return tool
 
     def identity(self, tool: Tool, stat_cache: StatCache) -> tuple[str, str, str]:
@@ -112,17 +113,25 @@ class Toolchain:
 
     # -- finding -----------------------------------------------------------------------------------------------
 
-    def _locate(self, spec: str) -> str:
-        """The file `spec` names: a path (relative to the workspace) or a name searched on PATH, as exec would."""
+    def _locate(self, spec: str, searched: list[tuple[str, StatSignature]] | None = None) -> str:
+        """The file `spec` names: a path (relative to the workspace) or a name searched on PATH, as exec would.
+        The signatures of the PATH directories searched go to `searched`: a `go` installed into one of them
+        changes its signature, so the whole-build no-op path sees that the lookup could now find another file."""
         if "/" in spec:
             path = os.path.join(self.root, spec)
             if not _is_program(path):
                 raise ToolNotFound(f"tool {spec!r} is not an executable file")
             return os.path.normpath(path)
-        for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-            path = os.path.join(self.root, directory or ".", spec)
+        for entry in os.environ.get("PATH", os.defpath).split(os.pathsep):
+            directory = os.path.normpath(os.path.join(self.root, entry or "."))
+            if searched is not None:
+                try:
+                    searched.append((directory, stat_signature(os.stat(directory))))
+                except OSError:
+                    continue
+            path = os.path.join(directory, spec)
             if _is_program(path):
-                return os.path.normpath(path)
+                return path
         raise ToolNotFound(f"tool {spec!r} not found on PATH")
 
     def _follow(self, spec: str, found: str, depth: int) -> tuple[list, list[str], str]:
@@ -160,11 +169,11 @@ class Toolchain:
                 proc = subprocess.run([found, "env", "GOROOT", "GOVERSION"], cwd=self.root, capture_output=True,
                                       text=True, timeout=_PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
             except (OSError, subprocess.TimeoutExpired) as e:
-                raise EnvironmentProblem(f"cannot run {found} env GOROOT GOVERSION: {e}") from None
+                raise EnvironmentProblem(f"tool go ({found}): cannot run `go env GOROOT GOVERSION`: {e}") from None
             lines = proc.stdout.splitlines()
             if proc.returncode != 0 or len(lines) != 2 or not os.path.isabs(lines[0]):
                 detail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-                raise EnvironmentProblem(f"{found} env GOROOT GOVERSION failed: {detail}")
+                raise EnvironmentProblem(f"tool go ({found}): `go env GOROOT GOVERSION` failed: {detail}")
             answer = (lines[0], lines[1])
             self._probes[key] = answer
             self._probes_dirty = True
