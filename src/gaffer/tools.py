@@ -59,6 +59,8 @@ def task_tools(task: Task, is_output: Callable[[str], bool]) -> tuple[str, ...]:
     for argv in task.commands:
         if not (len(argv) == 3 and argv[:2] == ("sh", "-c")):
             tools.add(tool_path(argv[0]) if "/" in argv[0] else argv[0])
+    if not tools:
+        return ()
     return tuple(sorted(t for t in tools if not (t.startswith("./") and is_output(t[2:]))))
 
 
