@@ -95,7 +95,8 @@ class Build:
             self.tools[name] = self._find_tools(name, task, produced)
             bases.update(noop.directory_bases(task.inputs, set(paths)))
         self.input_dirs = noop.directory_signatures(str(self.root), bases)
-        self.toolchain.save()
+        if not self.options.dry_run:
+            self.toolchain.save()
 
     def _find_tools(self, name: str, task: Task, produced: set[str]) -> tuple[Tool, ...]:
         try:
