@@ -5,8 +5,12 @@ The action key is the digest of the deterministic serialization of an `Action` w
   - `input_root_digest` names a Merkle tree of `Directory` messages holding every input file (by content digest
     and executable bit) and everything the task's deps output: files (with their permission bits), symlinks
     (with their targets) and directories (empty ones too, with their permission bits),
-  - `platform` holds the graph's platform properties plus this machine's OS and CPU architecture,
-  - `salt` holds the key-format version, so a change in how gaffer builds keys never reuses old entries.
+  - `platform` holds the graph's platform properties plus this machine's OS and CPU architecture (the graph
+    cannot name those two: the executing machine is always in the key),
+  - `salt` holds the key-format version, so a change in how gaffer builds keys never reuses old entries, then
+    the identity of each tool the task runs (gaffer.tools). The salt is key-only by REAPI's definition: a worker
+    executes the Action the same without it, needs no tool blobs in the CAS and matches no extra platform
+    property.
 docs/caching.md is the user-facing contract for what is (and is not) in a key.
 
 Everything in an ActionResult may come from a remote peer: paths are checked to be relative, normalized, inside
@@ -157,8 +161,9 @@ def action_key(
     timeout: float | None,
     symlinks: Iterable[SymlinkEntry] = (),
     directories: Iterable[DirectoryEntry] = (),
+    tools: Sequence[tuple[str, str, str]] = (),
 ) -> Digest:
-    """The digest of the task's Action: its cache key."""
+    """The digest of the task's Action: its cache key. `tools` holds (name, version, content hash) triples."""
     command = re_pb2.Command(arguments=list(argv), output_paths=sorted(outputs))
     for name in sorted(env):
         command.environment_variables.add(name=name, value=env[name])
@@ -166,7 +171,7 @@ def action_key(
     action = re_pb2.Action(
         command_digest=_pb_digest(digest_bytes(_serialize(command))),
         input_root_digest=_pb_digest(root),
-        salt=KEY_FORMAT,
+        salt=KEY_FORMAT + "".join(f"\ntool {spec} {version} {h}" for spec, version, h in tools).encode(),
     )
     if timeout:
         action.timeout.FromNanoseconds(int(timeout * 1e9))

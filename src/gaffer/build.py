@@ -24,11 +24,14 @@ from typing import TYPE_CHECKING
 
 from gaffer import noop
 from gaffer.digest import RACY_WINDOW_NS, Digest, StatCache, digest_bytes, stat_signature
+from gaffer.errors import UserError
 from gaffer.graph import Graph, Task
 from gaffer.graph.inputs import resolve_inputs
+from gaffer.graph.model import shown_path
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
 from gaffer.scheduler import Scheduler
 from gaffer.state import DirectoryRecord, FileRecord, Manifest, OutputRecords, SymlinkRecord, TaskState, WorkspaceState
+from gaffer.tools import Tool, Toolchain, ToolNotFound, task_tools
 
 if TYPE_CHECKING:
     from gaffer.actions import Outputs
@@ -65,6 +68,8 @@ class Build:
         self.inputs: dict[str, list[str]] = {}
         self.input_dirs: list[tuple[str, tuple[int, int]]] = []  # directories globs searched, at plan time
         self.real_deps: dict[str, tuple[str, ...]] = {}
+        self.toolchain = Toolchain(self.root, self.root / STATE_DIR)
+        self.tools: dict[str, tuple[Tool, ...]] = {}
         self.outputs: dict[str, OutputRecords] = {}  # task -> its outputs as made or confirmed this build
         self.fingerprints: dict[str, tuple] = {}
         self.t0 = 0.0
@@ -89,8 +94,17 @@ class Build:
                 paths = [p for p in paths if not _under_any(p, produced)]
             self.inputs[name] = paths
             self.real_deps[name] = self._flatten_deps(task)
+            self.tools[name] = self._find_tools(name, task, produced)
             bases.update(noop.directory_bases(task.inputs, set(paths)))
         self.input_dirs = noop.directory_signatures(str(self.root), bases)
+        if not self.options.dry_run:
+            self.toolchain.save()
+
+    def _find_tools(self, name: str, task: Task, produced: set[str]) -> tuple[Tool, ...]:
+        try:
+            return tuple(self.toolchain.find(spec) for spec in task_tools(task, lambda p: _under_any(p, produced)))
+        except ToolNotFound as e:
+            raise UserError(f"{shown_path(self.graph.path)}: task {name!r}: {e}") from None
 
     # -- the scheduler's callbacks -----------------------------------------------------------------------------
 
@@ -166,8 +180,10 @@ class Build:
                 sigs.append((rel, None))
                 racy = True
         deps = tuple((dep, self.outputs.get(dep, OutputRecords()).content()) for dep in self.real_deps[name])
+        tools = tuple(tool.signatures for tool in self.tools[name])
+        racy = racy or any(sig[1] > racy_after for signatures in tools for _path, sig in signatures)
         return (task.commands, task.outputs, task.timeout, _env_values(task),
-                tuple(sorted(self.graph.platform.items())), tuple(sigs), deps, time.time_ns() if racy else 0)
+                tuple(sorted(self.graph.platform.items())), tuple(sigs), deps, time.time_ns() if racy else 0, tools)
 
     def _flatten_deps(self, task: Task) -> tuple[str, ...]:
         """A dep on a group is a dep on everything it groups: their outputs are this task's inputs."""
@@ -211,10 +227,12 @@ class Build:
             dep_hashes.append((dep, records.content()))
         argv = actions.command_argv(task.commands)
         env = dict(_env_values(task))
-        platform = {**actions.host_properties(), **self.graph.platform}
-        key = actions.action_key(argv, env, task.outputs, entries, platform, task.timeout, symlinks, directories)
+        platform = {**self.graph.platform, **actions.host_properties()}  # the executing machine always wins
+        tools = tuple(self.toolchain.identity(tool, self.stat_cache) for tool in self.tools[name])
+        key = actions.action_key(argv, env, task.outputs, entries, platform, task.timeout, symlinks, directories,
+                                 tools)
         manifest = Manifest(tuple(argv), tuple(sorted(env.items())), tuple(sorted(platform.items())),
-                            tuple(input_hashes), tuple(dep_hashes), task.outputs, task.timeout)
+                            tuple(input_hashes), tuple(dep_hashes), task.outputs, task.timeout, tools)
         return key, manifest
 
     # -- restore and execute -----------------------------------------------------------------------------------
@@ -436,14 +454,17 @@ def explain(before: Manifest | None, after: Manifest, limit: int = 3) -> str:
 def explain_all(before: Manifest | None, after: Manifest) -> list[str]:
     if before is None:
         return ["no previous run recorded in this workspace"]
-    b_argv, b_env, b_platform, b_inputs, b_deps, b_outputs, b_timeout = before
-    a_argv, a_env, a_platform, a_inputs, a_deps, a_outputs, a_timeout = after
+    if len(before) != len(after):
+        return ["the previous run was recorded by another version of gaffer"]
+    b_argv, b_env, b_platform, b_inputs, b_deps, b_outputs, b_timeout, b_tools = before
+    a_argv, a_env, a_platform, a_inputs, a_deps, a_outputs, a_timeout, a_tools = after
     changes: list[str] = []
     if b_argv != a_argv:
         changes.append("the command changed")
     changes += _diff_pairs(dict(b_env), dict(a_env), "env")
     if b_platform != a_platform:
         changes.append("the platform changed")
+    changes += _tool_changes(b_tools, a_tools)
     b_in, a_in = dict(b_inputs), dict(a_inputs)
     for path in sorted(a_in.keys() - b_in.keys()):
         changes.append(f"input {path} was added")
@@ -461,6 +482,20 @@ def explain_all(before: Manifest | None, after: Manifest) -> list[str]:
         changes.append("the declared outputs changed")
     if b_timeout != a_timeout:
         changes.append("the timeout changed")
+    return changes
+
+
+def _tool_changes(before: tuple, after: tuple) -> list[str]:
+    """"tool go changed (go1.26.6 -> go1.24.11)" for each tool whose identity differs."""
+    old = {spec: (version, h) for spec, version, h in before}
+    new = {spec: (version, h) for spec, version, h in after}
+    changes = []
+    for spec in sorted(old.keys() | new.keys()):
+        if spec not in old or spec not in new:
+            changes.append(f"tool {spec} was {'added' if spec in new else 'removed'}")
+        elif old[spec] != new[spec]:
+            versions = f" ({old[spec][0]} -> {new[spec][0]})" if old[spec][0] != new[spec][0] else ""
+            changes.append(f"tool {spec} changed{versions}")
     return changes
 
 

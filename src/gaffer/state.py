@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-_FORMAT = 2
+_FORMAT = 3
 
 StatSignature = tuple  # digest.stat_signature: (size, mtime_ns, inode, ctime_ns)
 
@@ -79,6 +79,7 @@ class Manifest(NamedTuple):
     deps: tuple[tuple[str, tuple], ...]  # (dep, OutputRecords.content())
     outputs: tuple[str, ...]
     timeout: float | None
+    tools: tuple[tuple[str, str, str], ...] = ()  # (name, version, content hash) of each tool
 
 
 @dataclass
