@@ -164,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     graph = _load_graph(args.graph)
     settings = load_settings(graph.root, _flags(args))
-    progress = Progress(verbose=args.verbose or args.dry_run)
+    progress = Progress(verbose=args.verbose, quiet=args.dry_run)  # a dry run's result is the plan on stdout
     cache = open_cache(settings, progress.warn)
     cache.connect()
     build = Build(graph, cache, BuildOptions(targets=args.targets, jobs=settings.jobs, keep_going=args.keep_going,

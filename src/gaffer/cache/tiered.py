@@ -147,7 +147,8 @@ class TieredCache:
                 self.remotes.append(Remote(r[1], r[0], report))
         self._uploads: list[Future[None]] = []
         self._upload_pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._pool_lock = threading.Lock()  # also guards _served
+        self._served: dict[Digest, TierStats] = {}  # key -> the tier whose entry awaits settle()
 
     def connect(self) -> None:
         """Open every remote tier at once, in parallel; one that fails its check is disabled with a warning."""
@@ -163,7 +164,7 @@ class TieredCache:
         """The serialized ActionResult for `key`, from the nearest tier that has it (filling nearer ones)."""
         data = self.local.read_action(key)
         if data is not None:
-            self.local_stats.hits += 1
+            self._unsettled(key, self.local_stats)
             return data
         self.local_stats.misses += 1
         for i, remote in enumerate(self.remotes):
@@ -172,7 +173,7 @@ class TieredCache:
                 if remote.healthy:
                     remote.stats.misses += 1
                 continue
-            remote.stats.hits += 1
+            self._unsettled(key, remote.stats)
             remote.stats.bytes_down += len(data)
             self.local.write_action(key, data)
             if not self.read_only:
@@ -180,6 +181,41 @@ class TieredCache:
                     nearer.call(lambda t: t.write_action(key, data), None)
             return data
         return None
+
+    def _unsettled(self, key: Digest, tier: TierStats) -> None:
+        with self._pool_lock:
+            self._served[key] = tier
+
+    def settle(self, key: Digest, usable: bool) -> None:
+        """Count the entry `get_action(key)` returned as its tier's hit only if it was usable (parsed, every blob
+        present and verified), else as a miss: a hit that then fails verification is no hit. Callers settle every
+        entry they got."""
+        with self._pool_lock:
+            tier = self._served.pop(key, None)
+        if tier is not None:
+            if usable:
+                tier.hits += 1
+            else:
+                tier.misses += 1
+
+    def peek_action(self, key: Digest) -> bytes | None:
+        """The ActionResult for `key` from the nearest tier that has it, filling no tier and counting nothing:
+        what `--dry-run` asks so that predicting a build changes no cache."""
+        data = self.local.read_action(key)
+        for remote in self.remotes:
+            if data is not None:
+                break
+            data = remote.call(lambda t: t.read_action(key), None)
+        return data
+
+    def contains(self, digests: Sequence[Digest]) -> bool:
+        """Does some tier hold each blob? (Presence only: nothing is fetched or verified, nothing filled.)"""
+        missing = [d for d in self.local.find_missing(list(dict.fromkeys(digests))) if d != EMPTY_DIGEST]
+        for remote in self.remotes:
+            if not missing:
+                break
+            missing = remote.call(lambda t: t.find_missing(missing), missing)
+        return not missing
 
     def ensure_local(self, digests: Sequence[Digest]) -> bool:
         """Make every blob present (and verified) in the local tier, fetching from remotes. False if any is
@@ -268,6 +304,8 @@ class TieredCache:
     # -- reporting ---------------------------------------------------------------------------------------------
 
     def tier_stats(self) -> list[TierStats]:
+        self.local_stats.bytes_down = self.local.bytes_served
+        self.local_stats.bytes_up = self.local.bytes_stored
         return [self.local_stats] + [r.stats for r in self.remotes]
 
     def stats_line(self) -> str:
