@@ -1,4 +1,4 @@
-"""The tiered cache: the local disk tier first, remote tiers behind it (DESIGN.md, "Tiering").
+"""The tiered cache: the local disk tier first, remote tiers behind it.
 
 - Reads go near to far; a remote hit fills the local tier (and nearer remotes unless read-only).
 - Every downloaded blob is verified against its digest before it is stored or used; a bad one is a miss for that
@@ -23,6 +23,7 @@ from typing import TypeVar
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_file
+from gaffer.units import format_count
 
 T = TypeVar("T")
 RETRIES = 3
@@ -290,7 +291,8 @@ class TieredCache:
             return
         done, not_done = wait(pending, timeout=1.0)
         if not_done:
-            print(f"gaffer: uploading {len(not_done)} results to the remote cache...", file=sys.stderr, flush=True)
+            print(f"gaffer: uploading {format_count(len(not_done), 'result')} to the remote cache...", file=sys.stderr,
+                  flush=True)
             wait(not_done)
 
     def close(self) -> None:
@@ -307,12 +309,3 @@ class TieredCache:
         self.local_stats.bytes_down = self.local.bytes_served
         self.local_stats.bytes_up = self.local.bytes_stored
         return [self.local_stats] + [r.stats for r in self.remotes]
-
-    def stats_line(self) -> str:
-        parts = []
-        for s in self.tier_stats():
-            parts.append(
-                f"{s.name}: {s.hits} hits, {s.misses} misses, {s.bytes_down} B down, {s.bytes_up} B up, "
-                f"{s.seconds:.2f}s, {s.errors} errors" + (" (disabled)" if s.disabled else "")
-            )
-        return "; ".join(parts)

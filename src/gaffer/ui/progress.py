@@ -23,6 +23,7 @@ from collections.abc import Collection
 from typing import TextIO
 
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, SKIPPED, Outcome
+from gaffer.units import format_count
 
 
 def use_live_display(stream: TextIO) -> bool:
@@ -53,7 +54,7 @@ class Progress:
         self.total = total
         self._groups = frozenset(groups)
         if self.verbose:
-            self._line(f"Starting build with {total} tasks (max concurrency: {jobs})")
+            self._line(f"Starting build with {format_count(total, 'task')} (max concurrency: {jobs})")
         if self.live:
             threading.Thread(target=self._tick, name="gaffer-progress", daemon=True).start()
 

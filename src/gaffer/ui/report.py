@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TextIO
 
 from gaffer.outcome import CACHED, EXECUTED, FAILED, SKIPPED, BuildReport
-from gaffer.units import format_size
+from gaffer.units import format_count, format_size
 
 
 def summary_dict(report: BuildReport) -> dict[str, object]:
@@ -55,10 +55,11 @@ def print_summary(report: BuildReport, stream: TextIO) -> None:
     for tier in report.tiers:
         if tier["hits"] or tier["misses"] or tier["errors"] or tier["bytes_up"]:
             stream.write(
-                f"  cache {tier['name']}: {tier['hits']} hits, {tier['misses']} misses, "
+                f"  cache {tier['name']}: {format_count(int(tier['hits']), 'hit')}, "
+                f"{format_count(int(tier['misses']), 'miss', 'misses')}, "
                 f"{format_size(int(tier['bytes_down']))} down, {format_size(int(tier['bytes_up']))} up, "
                 f"{tier['seconds']:.2f}s, "
-                f"{tier['errors']} errors{' (disabled)' if tier['disabled'] else ''}\n"
+                f"{format_count(int(tier['errors']), 'error')}{' (disabled)' if tier['disabled'] else ''}\n"
             )
     for name, o in report.tasks().items():
         if o.status == FAILED:
