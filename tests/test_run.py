@@ -324,6 +324,7 @@ def test_progress_numbers_run_from_1_to_the_total_once_each(tmp_path: Path, env:
     failed = build(ws, env, "-k", "-j", "1", expect=1)
     assert numbers(failed) == [1, 2, 3, 4], failed["stderr"]
     assert "Skipped all" not in failed["stderr"] and "Skipped group" not in failed["stderr"]
+    assert (failed["executed"], failed["failed"], failed["skipped"]) == (2, 1, 1), "groups are counted nowhere"
     (ws / "go-ahead").touch()
     verbose = build(ws, env, "-v", "-j", "1")
     assert numbers(verbose) == [1, 2, 3, 4], verbose["stderr"]

@@ -372,6 +372,9 @@ class Build:
             if not self.options.dry_run:
                 self.state.save()
                 self.stat_cache.save(self.state.stat_cache_path)
+        for name in groups:  # a group is no work, skipped or not: counted in no total
+            if name in outcomes:
+                outcomes[name] = Outcome(GROUP, reason=outcomes[name].reason)
         report = BuildReport(outcomes=outcomes, wall_s=self._now(), interrupted=self._interrupted)
         if report.ok and not self.options.dry_run:
             noop.write_record(self, self.options.targets)
