@@ -20,7 +20,7 @@ A GOCACHEPROG program: `go` runs it and talks to it on stdin/stdout.
 With no argument it serves one `go` command. `clear` empties the local tier and the remote tiers,
 `clear-local` and `clear-remote` one side only.
 
-Environment (those of the Go gobuildcache program, unchanged):
+Environment (the same as the Go gobuildcache program's):
     BACKEND_TYPE=disk|s3          disk is the default
     CACHE_DIR=/path               local tier for disk (default /tmp/gobuildcache)
     S3_BUCKET, S3_PREFIX          the bucket (required for s3) and key prefix
