@@ -149,7 +149,7 @@ class TieredCache:
         self._uploads: list[Future[None]] = []
         self._upload_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()  # also guards _served
-        self._served: dict[Digest, TierStats] = {}  # key -> the tier whose entry awaits settle()
+        self._served: dict[Digest, list[TierStats]] = {}  # key -> the tiers whose entries await settle()
 
     def connect(self) -> None:
         """Open every remote tier at once, in parallel; one that fails its check is disabled with a warning."""
@@ -184,15 +184,18 @@ class TieredCache:
         return None
 
     def _unsettled(self, key: Digest, tier: TierStats) -> None:
-        with self._pool_lock:
-            self._served[key] = tier
+        with self._pool_lock:  # two tasks with one key may look it up at once: one entry each
+            self._served.setdefault(key, []).append(tier)
 
     def settle(self, key: Digest, usable: bool) -> None:
         """Count the entry `get_action(key)` returned as its tier's hit only if it was usable (parsed, every blob
         present and verified), else as a miss: a hit that then fails verification is no hit. Callers settle every
         entry they got."""
         with self._pool_lock:
-            tier = self._served.pop(key, None)
+            waiting = self._served.get(key, [])
+            tier = waiting.pop() if waiting else None
+            if not waiting:
+                self._served.pop(key, None)
         if tier is not None:
             if usable:
                 tier.hits += 1
