@@ -35,6 +35,7 @@ from gaffer.tools import Tool, Toolchain, ToolNotFound, task_tools
 
 if TYPE_CHECKING:
     from gaffer.actions import Outputs
+    from gaffer.actions import CachedResult
     from gaffer.cache.tiered import TieredCache
     from gaffer.execute.local import ProcessRunner
     from gaffer.ui.progress import Progress
@@ -76,6 +77,7 @@ class Build:
         self._runner: ProcessRunner | None = None
         self._interrupted = ""
         self._lanes: dict[int, int] = {}
+        self._would_run: set[str] = set()  # --dry-run: tasks predicted to execute
         self._lock = threading.Lock()  # guards _lanes and the lazy _runner
 
     # -- planning ----------------------------------------------------------------------------------------------
@@ -133,6 +135,11 @@ class Build:
         start = self._now()
         lane = self._lane()
         prev = self.state.tasks.get(name)
+        if self.options.dry_run:
+            running_dep = next((d for d in self.real_deps[name] if d in self._would_run), None)
+            if running_dep is not None:  # its outputs, hence this task's key, are known only once it has run
+                self._would_run.add(name)
+                return Outcome(EXECUTED, start_s=start, reason=f"would run: dependency {running_dep} would run")
         try:
             key, manifest = self.key(name)
         except OSError as e:
@@ -146,12 +153,17 @@ class Build:
                            reason="up to date (only file times changed)", extra={"up_to_date": True, "lane": lane})
 
         if self.options.dry_run:
-            hit = task.cache and self.cache.get_action(key) is not None
-            return Outcome(CACHED if hit else EXECUTED, start_s=start,
-                           reason=("would restore from the cache" if hit else f"would run: {reason}"))
+            cached = self._peek(task, key) if task.cache else None
+            if cached is not None:
+                if not self._predict_outputs(name, cached):
+                    self._would_run.add(name)  # dependents' keys are known only once its trees are fetched
+                return Outcome(CACHED, start_s=start, reason="would restore from the cache")
+            self._would_run.add(name)
+            return Outcome(EXECUTED, start_s=start, reason=f"would run: {reason}")
 
         if task.cache:
             restored = self._restore(name, task, key, manifest)
+            self.cache.settle(key, restored is not None)
             if restored is not None:
                 restored.start_s = start
                 restored.duration_s = self._now() - start
@@ -236,6 +248,36 @@ class Build:
         return key, manifest
 
     # -- restore and execute -----------------------------------------------------------------------------------
+
+    def _peek(self, task: Task, key: Digest) -> CachedResult | None:
+        """`--dry-run`'s restore: the entry a build would restore, found without filling or changing any tier."""
+        from gaffer import actions
+
+        data = self.cache.peek_action(key)
+        if data is None:
+            return None
+        try:
+            cached = actions.parse_result(data, task.outputs)
+        except actions.BadCacheEntry:
+            return None
+        return cached if self.cache.contains([*cached.outputs.blobs(), cached.stdout, cached.stderr]) else None
+
+    def _predict_outputs(self, name: str, cached: CachedResult) -> bool:
+        """`--dry-run`: record the outputs a restore would make, so dependents are keyed on them. False when an
+        output directory's tree is not in the local tier (reading it would fill the cache): unknown until then."""
+        from gaffer import actions
+
+        try:
+            actions.read_trees(cached.outputs, self.cache.local)
+        except actions.BadCacheEntry:
+            return False
+        self.outputs[name] = OutputRecords(
+            tuple(FileRecord(f.path, f.digest.hash, f.digest.size_bytes,
+                             f.mode if f.mode is not None else (0o755 if f.executable else 0o644), None)
+                  for f in cached.outputs.files),
+            tuple(SymlinkRecord(s.path, s.target) for s in cached.outputs.symlinks),
+            tuple(DirectoryRecord(d.path, d.mode, None) for d in cached.outputs.directories))
+        return True
 
     def _restore(self, name: str, task: Task, key: Digest, manifest: Manifest) -> Outcome | None:
         from gaffer import actions
@@ -404,8 +446,8 @@ class Build:
         scheduler = Scheduler(self.order, {n: self.graph.tasks[n].deps for n in self.order},
                               jobs=1 if self.options.dry_run else self.options.jobs,
                               keep_going=self.options.keep_going)
-        real = [n for n in self.order if not self.graph.tasks[n].is_group]
-        self.progress.start(len(real), scheduler.jobs)
+        groups = [n for n in self.order if self.graph.tasks[n].is_group]
+        self.progress.start(len(self.order) - len(groups), scheduler.jobs, groups)
         restore = self._install_signal_handlers(scheduler)
         try:
             outcomes = scheduler.run(self.work, self.quick, on_start=self.progress.task_started,
@@ -415,6 +457,9 @@ class Build:
             if not self.options.dry_run:
                 self.state.save()
                 self.stat_cache.save(self.state.stat_cache_path)
+        for name in groups:  # a group is no work, skipped or not: counted in no total
+            if name in outcomes:
+                outcomes[name] = Outcome(GROUP, reason=outcomes[name].reason)
         report = BuildReport(outcomes=outcomes, wall_s=self._now(), interrupted=self._interrupted)
         if report.ok and not self.options.dry_run:
             noop.write_record(self, self.options.targets)

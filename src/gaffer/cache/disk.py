@@ -74,6 +74,8 @@ class DiskStore(CacheTier):
         self.report = report
         self.corrupt_evicted = 0
         self._written = 0
+        self.bytes_stored = 0  # by this process, for the tier's stats (_written is reset when accounted)
+        self.bytes_served = 0
         self._verified: set[Digest] = set()  # blobs this process hashed itself (put_file, adopt after a check)
         self._tmp = self.root / "tmp"
         try:
@@ -146,6 +148,7 @@ class DiskStore(CacheTier):
             copy_file(source, dest)
         except FileNotFoundError:  # evicted by another process between verify and copy
             return False
+        self.bytes_served += digest.size_bytes
         return True
 
     def write_blob(self, digest: Digest, data: bytes) -> None:
@@ -334,6 +337,7 @@ class DiskStore(CacheTier):
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, dest)
         self._written += size
+        self.bytes_stored += size
 
     def _read_and_touch(self, path: Path) -> bytes | None:
         """A whole entry, refreshing its LRU time; None if absent."""
@@ -344,6 +348,7 @@ class DiskStore(CacheTier):
         except OSError:
             return None
         self._touch(path, mtime)
+        self.bytes_served += len(data)
         return data
 
     def _touch(self, path: Path, mtime: float) -> None:
