@@ -250,6 +250,23 @@ def test_an_input_edited_while_its_task_runs_is_not_cached_under_the_old_content
     assert (ws / "out" / "x").read_text() == "old\n", "no result built from 'new' under the key of 'old'"
 
 
+def test_an_input_made_executable_while_its_task_runs_is_not_cached(tmp_path: Path, env: dict[str, str],
+                                                                    gate: Gate) -> None:
+    ws = workspace(tmp_path, {"t": {"command": f"{gate.shell}; mkdir -p out; ls -l src/a.txt | cut -c1-10 > out/x",
+                                    "inputs": ["src/a.txt"], "outputs": ["out/x"]}})
+    (ws / "src" / "a.txt").write_text("same content\n")
+    run = start(ws, env, "run")
+    try:
+        gate.wait_ready()
+        (ws / "src" / "a.txt").chmod(0o755)  # the executable bit is in the key; the content is unchanged
+        gate.open()
+        _out, err = run.communicate(timeout=WAIT_S)
+    finally:
+        stop(run)
+    assert run.returncode == 0, err
+    assert "gaffer: warning: input src/a.txt changed while t ran: result not cached\n" in err.decode()
+
+
 def test_a_task_that_rewrites_its_own_input_is_not_a_hit_on_the_old_content(tmp_path: Path,
                                                                             env: dict[str, str]) -> None:
     ws = workspace(tmp_path, {"format": {"command": "tr a-z A-Z < src/a.txt > src/a.tmp && mv src/a.tmp src/a.txt",
