@@ -535,4 +535,4 @@ def test_gocache_accepts_exactly_the_cache_schemes_gaffer_opens() -> None:
     from gaffer.cache import urls
     from gaffer.gocache.config import TIER_SCHEMES
 
-    assert set(TIER_SCHEMES) == set(urls._OPENERS)
+    assert set(TIER_SCHEMES) == set(urls._SCHEMES)

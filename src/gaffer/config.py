@@ -54,10 +54,10 @@ def load_settings(workspace: Path | None, flags: Mapping[str, Any], env: Mapping
     _apply_env(s, env)
     _apply_flags(s, flags)
     if s.remotes:
-        from gaffer.cache.urls import check_scheme
+        from gaffer.cache.urls import checked_url
 
         for url in s.remotes:
-            check_scheme(url)
+            checked_url(url)
     return s
 
 
