@@ -25,6 +25,7 @@ from pathlib import Path
 
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
+from gaffer.errors import not_utf8
 from gaffer.protos import remote_execution_pb2 as re_pb2
 
 KEY_FORMAT = b"gaffer-graph-key-v1"
@@ -162,7 +163,7 @@ def collect_outputs(root: Path, declared: Sequence[str], store: DiskStore) -> Ou
         path = root / out
         try:
             st = os.lstat(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
             raise MissingOutput(out) from None
         if stat.S_ISLNK(st.st_mode):
             symlinks.append(_symlink_entry(root, out))
@@ -173,6 +174,10 @@ def collect_outputs(root: Path, declared: Sequence[str], store: DiskStore) -> Ou
                 rel_dir = Path(dirpath).relative_to(root).as_posix()
                 for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
                     rel = f"{rel_dir}/{name}"
+                    shown = not_utf8(rel)
+                    if shown is not None:
+                        raise BadCacheEntry(f"output file '{shown}' has a name that is not UTF-8, which a cache "
+                                            "entry cannot hold: rename it")
                     full = root / rel
                     if full.is_symlink():
                         symlinks.append(_symlink_entry(root, rel))
@@ -190,6 +195,10 @@ def _store_file(store: DiskStore, path: Path, rel: str) -> FileEntry:
 
 def _symlink_entry(root: Path, rel: str) -> SymlinkEntry:
     target = os.readlink(root / rel)
+    shown = not_utf8(target)
+    if shown is not None:
+        raise BadCacheEntry(f"symlink {rel} points to '{shown}', a name that is not UTF-8, which a cache entry "
+                            "cannot hold")
     check_symlink(rel, target)
     return SymlinkEntry(rel, target)
 
@@ -317,7 +326,7 @@ def _reset_dir(path: Path) -> None:
 def _remove(path: Path) -> None:
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
         return
     if stat.S_ISDIR(st.st_mode):
         shutil.rmtree(path)

@@ -24,6 +24,7 @@ TASK_FIELDS = ("command", "deps", "inputs", "outputs", "env", "timeout", "cache"
 FORMAT_VERSION = 1
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"\s")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _RESERVED_DIRS = (".git", ".gaffer")  # gaffer's own state and git's: a task must not write there
 _TASK_FIELD_SET = frozenset(TASK_FIELDS)
 MAX_TIMEOUT_S = 365 * 24 * 3600  # a year: far beyond any build, well inside what clocks and REAPI's Duration hold
@@ -88,7 +89,12 @@ def _load(path: str | os.PathLike[str]) -> Graph:
 
 def _parse_json(data: bytes, shown: str) -> Any:
     try:
-        return json.loads(data)
+        doc = json.loads(data)
+        if _SURROGATE_ESCAPE.search(data):  # rare: only then look for a lone one, which is no character at all
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        return doc
+    except UnicodeEncodeError:
+        raise UserError(f"{shown}: not valid JSON: a \\u escape names half of a surrogate pair, not a character") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{shown}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
     except UnicodeDecodeError as e:
