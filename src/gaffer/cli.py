@@ -11,7 +11,8 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -255,6 +256,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
     from gaffer.state import WorkspaceState
 
     graph = _load_graph(args.graph)
+    store = _local_store(args) if args.all else None
+    if store is not None and not store.writable:  # stop before anything changes
+        raise EnvironmentProblem(f"local cache {store.root}: read-only, so it cannot be emptied")
     state = WorkspaceState.load(graph.root / STATE_DIR)
     removed = 0
     for name in graph.closure(args.targets):
@@ -264,8 +268,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
         state.forget(name)
     state.save()
     print(f"removed {removed} declared outputs", file=sys.stderr)
-    if args.all:
-        _local_store(args).clean()
+    if store is not None:
+        with _maintaining(store):
+            store.clean()
         print("emptied the local cache", file=sys.stderr)
     return 0
 
@@ -289,9 +294,16 @@ def _local_store(args: argparse.Namespace) -> Any:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     store = _local_store(args)
-    try:
+    with _maintaining(store):
         return _cache_action(args, store)
-    except OSError as e:  # maintenance writes: a read-only or vanished cache directory
+
+
+@contextmanager
+def _maintaining(store: Any) -> Iterator[None]:
+    """Maintenance writes to the local cache: a read-only directory is one line, exit status 3."""
+    try:
+        yield
+    except OSError as e:
         raise EnvironmentProblem(f"local cache {store.root}: {e.strerror or e}") from None
 
 
