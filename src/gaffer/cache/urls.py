@@ -112,6 +112,8 @@ def _open_grpc(url: str, timeout: float) -> CacheTier:
 
 
 def _disk_shape(parts: SplitResult, params: dict[str, str]) -> str | None:
+    if not parts.netloc + parts.path:
+        return "no directory (example: disk:///var/cache/gaffer)"
     if parts.netloc or not parts.path.startswith("/"):
         return "expected disk:///ABSOLUTE/PATH (three slashes: a directory is never relative to the workspace)"
     return None
