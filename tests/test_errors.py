@@ -275,3 +275,22 @@ def test_bad_cache_url_on_a_no_op_build(tmp_path: Path, env: dict[str, str], url
         line = one_line(run_gaffer(["run", *args], cwd=ws, env={**env, **variables}), 2)
         assert line.startswith(f"gaffer: cache URL {url}: ") and complaint in line, line
     assert not (ws / "relative").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "variables", "line"),
+    [
+        (["--cache-timeout", "100000000d"], {},
+         "gaffer: --cache-timeout: the timeout must be more than 0 and at most a day, not 8.64e+12s"),
+        ([], {"GAFFER_CACHE_TIMEOUT": "0s"},
+         "gaffer: GAFFER_CACHE_TIMEOUT: the timeout must be more than 0 and at most a day, not 0s"),
+    ],
+)
+def test_bad_cache_timeout_on_a_cold_and_a_no_op_build(
+    tmp_path: Path, env: dict[str, str], args: list[str], variables: dict[str, str], line: str
+) -> None:
+    ws = workspace(tmp_path / "ws", {"t": {"command": "touch out", "outputs": ["out"]}})
+    for _ in ("cold", "no-op"):
+        assert one_line(run_gaffer(["run", "--cache", "http://127.0.0.1:1/x", *args], cwd=ws,
+                                   env={**env, **variables}), 2) == line
+        run_gaffer(["run"], cwd=ws, env=env, check=True)
