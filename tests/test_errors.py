@@ -131,13 +131,23 @@ def test_read_only_cache_directory_serves_hits_and_runs_misses(shared: Path) -> 
     assert (ws / "a.txt").exists()
 
 
+def test_serve_refuses_a_read_only_directory(shared: Path) -> None:
+    """A server cannot fall back to running anything: dropping every upload would only look like a cache."""
+    (shared / "store" / "tmp").mkdir(parents=True)
+    proc = as_nobody(["serve", "--dir", str(shared / "store"), "--grpc", "127.0.0.1:0"], cwd=shared,
+                     env=os.environ.copy())
+    assert proc.returncode == 3 and proc.stderr.strip() == (
+        f"gaffer serve: --dir {shared}/store: disk://{shared}/store: cannot write to the cache directory (read-only)")
+
+
 @pytest.mark.parametrize("command", [["run"], ["cache", "status"], ["clean", "--all"]])
 def test_uncreatable_cache_directory_is_exit_3(shared: Path, command: list[str]) -> None:
     (shared / "root-only").mkdir(mode=0o755)
     ws = nobodys_workspace(shared)
     env = gaffer_env(shared / "root-only" / "cache", XDG_CONFIG_HOME=str(shared / "xdg"))
     line = one_line(as_nobody(command, cwd=ws, env=env), 3)
-    assert line == f"gaffer: local cache disk://{shared}/root-only/cache: cannot create cache directory: Permission denied"
+    assert line == (f"gaffer: local cache disk://{shared}/root-only/cache: cannot create cache directory:"
+                    " Permission denied")
 
 
 # --- the cache emptied under a running build ------------------------------------------------------------------

@@ -152,6 +152,11 @@ def test_timeouts(tmp_path: Path, timeout: Any, seconds: float) -> None:
     assert load(tmp_path, {"t": {"timeout": timeout}}).tasks["t"].timeout == seconds
 
 
+def test_a_surrogate_pair_escape_is_a_character(tmp_path: Path) -> None:
+    graph = load(tmp_path, '{"a": {"command": "echo \\ud83d\\ude00"}}')
+    assert graph.tasks["a"].commands == (("sh", "-c", "echo \U0001f600"),)
+
+
 def test_a_literal_input_may_name_an_output_of_a_task_it_depends_on(tmp_path: Path) -> None:
     """Directly or through other tasks; globs and directories above an output are not checked (globs skip
     outputs, and a directory input holds the files beside the output)."""
@@ -248,6 +253,11 @@ def test_ten_thousand_tasks_load_quickly(tmp_path: Path) -> None:
 ERRORS: list[tuple[Any, str, bool]] = [
     ('{\n  "a": {}\n  "b": {}\n}', "graph.json:3:3: not valid JSON: Expecting ',' delimiter", False),
     ("", "graph.json:1:1: not valid JSON: Expecting value", False),
+    (
+        '{"a": {"command": "echo \\ud83d\\ude00 \\ud800"}}',
+        "graph.json: not valid JSON: a \\u escape names half of a surrogate pair, not a character",
+        False,
+    ),
     ([], 'graph.json: must be a JSON object (task name -> task, or {"tasks": ...}), got a list', True),
     ({"tasks": []}, "graph.json: field 'tasks' must be an object (task name -> task), got a list", True),
     ({"tasks": None}, "graph.json: field 'tasks' must be an object (task name -> task), got null", True),

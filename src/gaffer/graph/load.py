@@ -94,7 +94,8 @@ def _parse_json(data: bytes, shown: str) -> Any:
             json.dumps(doc, ensure_ascii=False).encode("utf-8")
         return doc
     except UnicodeEncodeError:
-        raise UserError(f"{shown}: not valid JSON: a \\u escape names half of a surrogate pair, not a character") from None
+        message = "a \\u escape names half of a surrogate pair, not a character"
+        raise UserError(f"{shown}: not valid JSON: {message}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{shown}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
     except UnicodeDecodeError as e:
