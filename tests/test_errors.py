@@ -304,3 +304,23 @@ def test_bad_cache_timeout_on_a_cold_and_a_no_op_build(
         assert one_line(run_gaffer(["run", "--cache", "http://127.0.0.1:1/x", *args], cwd=ws,
                                    env={**env, **variables}), 2) == line
         run_gaffer(["run"], cwd=ws, env=env, check=True)
+
+
+def test_disk_store_survives_its_directory_being_removed(tmp_path: Path) -> None:
+    """`rm -rf` of the cache between two writes of one process: the store makes its directories again."""
+    from gaffer.cache.disk import DiskStore
+    from gaffer.digest import digest_bytes
+
+    store = DiskStore(tmp_path / "cache")
+    store.write_blob(digest_bytes(b"one"), b"one")
+    shutil.rmtree(tmp_path / "cache")
+    (tmp_path / "file").write_text("two")
+    digest = store.put_file(tmp_path / "file")
+    store.write_action(digest_bytes(b"key"), b"result")
+    shutil.rmtree(tmp_path / "cache")
+    store.write_blob(digest_bytes(b"three"), b"three")
+    shutil.rmtree(tmp_path / "cache")
+    store.close()  # accounts the size under the lock file, which is gone too
+    store.gc()
+    store.clean()
+    assert DiskStore(tmp_path / "cache").status().blobs == 0

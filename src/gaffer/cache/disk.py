@@ -253,7 +253,7 @@ class DiskStore(CacheTier):
                     removed += 1
                     removed_bytes += size
             stale = time.time() - 24 * 3600
-            for tmp in self._tmp.iterdir():
+            for tmp in self._temp_files():
                 try:
                     if tmp.stat().st_mtime < stale:
                         tmp.unlink()
@@ -299,7 +299,7 @@ class DiskStore(CacheTier):
         with self._locked():
             for sub in ("cas", "ac"):
                 shutil.rmtree(self.root / sub, ignore_errors=True)
-            for tmp in self._tmp.iterdir():
+            for tmp in self._temp_files():
                 pid = tmp.name.partition("-")[0]
                 if not (pid.isdigit() and _alive(int(pid))):
                     _remove(tmp)
@@ -409,9 +409,20 @@ class DiskStore(CacheTier):
                     except FileNotFoundError:
                         continue
 
+    def _temp_files(self) -> list[Path]:
+        try:
+            return list(self._tmp.iterdir())
+        except FileNotFoundError:
+            return []
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.root / "lock", "a") as lock:
+        try:
+            lock = open(self.root / "lock", "a")
+        except FileNotFoundError:  # the whole directory was removed while this process used it
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = open(self.root / "lock", "a")
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
