@@ -20,7 +20,6 @@ import hashlib
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -85,6 +84,8 @@ class DiskStore(CacheTier):
             self.writable = False
         if not self.writable:
             # A read-only cache (a shared, pre-filled one) still serves hits; temp files go to a private directory.
+            import tempfile
+
             self._tmp = Path(tempfile.gettempdir()) / f"gaffer-{os.getuid()}-{os.getpid()}-{os.urandom(4).hex()}"
 
     # -- paths -------------------------------------------------------------------------------------------------
