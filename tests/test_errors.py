@@ -161,8 +161,12 @@ def test_cache_clean_while_a_build_runs(tmp_path: Path, env: dict[str, str]) -> 
         "clean": {"command": f"{gaffer} cache clean && echo c > c.txt", "deps": ["first"], "outputs": ["c.txt"]},
         "last": {"command": "cat d/a c.txt > last.txt", "deps": ["clean"], "outputs": ["last.txt"]},
     }, {"in.txt": "x\n"})
+    orphan = tmp_path / "cache" / "tmp" / "4194305-1-dead"  # above any pid_max: left by a process long gone
+    orphan.parent.mkdir(parents=True)
+    orphan.write_text("partial")
     no_traceback(run_gaffer(["run", "-j", "1"], cwd=ws, env=env), 0)
     assert (ws / "last.txt").read_text() == "x\nc\n"
+    assert not orphan.exists()
     shutil.rmtree(ws / ".gaffer")
     proc = run_gaffer(["run", "-j", "1", "--summary-json", "s.json"], cwd=ws, env=env, check=True)
     status = {t["name"]: t["status"] for t in json.loads((ws / "s.json").read_text())["tasks"]}

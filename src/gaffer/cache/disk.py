@@ -303,7 +303,7 @@ class DiskStore(CacheTier):
             for tmp in self._temp_files():
                 pid = tmp.name.partition("-")[0]
                 if not (pid.isdigit() and _alive(int(pid))):
-                    _remove(tmp)
+                    tmp.unlink(missing_ok=True)
             self._write_size(0)
             (self.root / "builds.log").unlink(missing_ok=True)
 
@@ -443,6 +443,7 @@ class DiskStore(CacheTier):
 
 
 def _alive(pid: int) -> bool:
+    """Is process `pid` running? (A temp file's name starts with the pid of the process writing it.)"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -450,16 +451,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
-
-
-def _remove(path: Path) -> None:
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def copy_file(source: Path, dest: Path) -> None:
