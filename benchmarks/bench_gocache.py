@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from tests import servers
 
 EXAMPLE = REPO / "examples" / "go-microservices"
-TARGETS = {"example": 1.2, "cmd-go": 1.5}  # the bounds on gbc-disk / go-own; many-packages has none
+TARGETS = {"example": 1.2, "cmd-go": 1.5}  # the targeted bounds on gbc-disk / go-own; many-packages has none
 BUILD_TARGET = {"example": "./...", "cmd-go": "cmd/go", "many-packages": "./..."}
 BUCKET = "bench-gocache"
 

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 TOOLS = ("gaffer", "ninja", "make", "doit")
 SCENARIOS = ("cold", "noop", "edit-top", "edit-first")
 EDIT_LINE = b"edited by bench_graph\n"
-# The issue's targets: gaffer's no-op within 2x of ninja's, every scenario 3x faster than doit.
+# The targets: gaffer's no-op within 2x of ninja's, every scenario 3x faster than doit.
 NOOP_TARGET = 2.0
 DOIT_TARGET = 3.0
 
@@ -258,7 +258,7 @@ def size_ratios(results: dict[str, dict[str, Measurement]]) -> dict[str, dict[st
 
 
 def targets(size: int, ratios: dict[str, dict[str, float | None]]) -> list[str]:
-    """The issue's targets as met/missed/unknown lines (the no-op target is stated for 10,000 tasks)."""
+    """The targets as met/missed/unknown lines (the no-op target is stated for 10,000 tasks)."""
     def verdict(value: float | None, ok: Callable[[float], bool]) -> str:
         return "unknown" if value is None else f"{value:.2f} {'met' if ok(value) else 'MISSED'}"
 

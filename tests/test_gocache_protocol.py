@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from gaffer.cache.disk import DiskStore
 from gaffer.digest import digest_bytes
 from gaffer.errors import UserError
 from gaffer.gocache.config import load_config
@@ -367,7 +368,7 @@ def test_a_corrupt_local_blob_is_a_miss(client: Client, size: int) -> None:
 def test_a_damaged_action_entry_is_a_miss(client: Client, cache_dir: Path) -> None:
     client.put(1, b"damaged", b"body")
     key = action_key(b"damaged")
-    (cache_dir / "ac" / key.hash[:2] / key.hash).write_bytes(b"\x12\xff\xff")
+    DiskStore(cache_dir).write_action(key, b"\x12\xff\xff")  # intact on disk, but not a Go entry
     assert client.get(2, b"damaged") == {"ID": 2, "Miss": True}
     client.close()
     assert "is damaged" in client.finish()[1]

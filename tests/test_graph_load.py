@@ -68,7 +68,7 @@ STRUCTURED = {
     "$schema": "../src/gaffer/graph/schema.json",
     "version": 1,
     "env": ["GOOS", "GOARCH"],
-    "platform": {"OSFamily": "linux", "ISA": "x86-64"},
+    "platform": {"pool": "large", "container-image": "docker://build:1"},
     "tasks": {
         "gen": {"command": [["mkdir", "-p", "gen"], "echo hi > gen/hi.txt"], "outputs": ["gen/"], "timeout": "90s"},
         "build": {
@@ -115,7 +115,7 @@ def test_bare_map_keeps_file_order_and_defaults(tmp_path: Path) -> None:
 def test_structured_form_settings_and_normalization(tmp_path: Path) -> None:
     graph = load(tmp_path, STRUCTURED)
     assert list(graph.tasks) == ["gen", "build", "all", "empty-list"]
-    assert graph.platform == {"ISA": "x86-64", "OSFamily": "linux"}
+    assert graph.platform == {"container-image": "docker://build:1", "pool": "large"}
     gen, build, group = graph.tasks["gen"], graph.tasks["build"], graph.tasks["all"]
     assert gen.commands == (("mkdir", "-p", "gen"), ("sh", "-c", "echo hi > gen/hi.txt"))
     assert gen.outputs == ("gen",) and gen.timeout == 90.0

@@ -1,10 +1,10 @@
-"""What a build prints: seed 003's plain lines off a TTY, a redrawn status line on one."""
+"""What a build prints: plain numbered lines off a TTY, a redrawn status line on one."""
 
 from __future__ import annotations
 
 import io
 
-from gaffer.outcome import CACHED, EXECUTED, FAILED, Outcome
+from gaffer.outcome import CACHED, EXECUTED, FAILED, SKIPPED, Outcome
 from gaffer.ui.progress import Progress, use_live_display
 
 
@@ -13,7 +13,7 @@ class FakeTTY(io.StringIO):
         return True
 
 
-def test_plain_lines_as_seed_003_shows_them() -> None:
+def test_plain_lines_one_per_start_and_finish() -> None:
     out = io.StringIO()
     p = Progress(stream=out, live=False)
     p.start(total=3, jobs=2)
@@ -60,3 +60,33 @@ def test_no_live_display_in_ci_or_without_colour(monkeypatch) -> None:  # type: 
     monkeypatch.delenv("CI")
     monkeypatch.setenv("NO_COLOR", "1")
     assert not use_live_display(FakeTTY())
+
+
+def test_skipped_groups_take_no_number_and_unstarted_tasks_take_the_next_one() -> None:
+    out = io.StringIO()
+    p = Progress(stream=out, live=False, verbose=True)
+    p.start(total=3, jobs=1, groups=["all"])
+    p.task_finished("lib", Outcome(CACHED, reason="up to date", extra={"up_to_date": True}))
+    p.task_started("app")
+    p.task_finished("app", Outcome(FAILED, duration_s=1.0, reason="exited with status 1"))
+    p.task_finished("test", Outcome(SKIPPED, reason="dependency app did not succeed"))
+    p.task_finished("all", Outcome(SKIPPED, reason="dependency test did not succeed"))
+    p.finish()
+    assert out.getvalue().splitlines() == [
+        "Starting build with 3 tasks (max concurrency: 1)",
+        "[1/3] lib: up to date",
+        "[2/3] Starting app",
+        "[2/3] FAILED app (1.0s): exited with status 1",
+        "[3/3] Skipped test: dependency app did not succeed",
+    ]
+
+
+def test_quiet_shows_warnings_only() -> None:
+    out = io.StringIO()
+    p = Progress(stream=out, live=False, verbose=True, quiet=True)
+    p.start(total=1, jobs=1)
+    p.task_started("a")
+    p.task_finished("a", Outcome(EXECUTED, duration_s=1.0))
+    p.warn("cache tier x: down")
+    p.finish()
+    assert out.getvalue() == "gaffer: warning: cache tier x: down\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -233,6 +234,101 @@ def test_dry_run_changes_nothing(ws: Path, env: dict[str, str]) -> None:
     proc = run_gaffer(["run", "all", "--dry-run"], cwd=ws, env=env)
     assert "gen: would run: input src/a.txt changed" in proc.stdout
     assert (ws / "out" / "a.txt").read_text() == "alpha\n"
+
+
+def dry_run(ws: Path, env: dict[str, str], *args: str) -> dict[str, str]:
+    """`gaffer run --dry-run`'s plan, {task: prediction}; it prints nothing else, on either stream."""
+    proc = run_gaffer(["run", "all", "--dry-run", *args], cwd=ws, env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    plan = dict(line.split(": ", 1) for line in proc.stdout.splitlines())
+    assert set(plan) == {"gen", "mid", "top", "side"}, proc.stdout
+    return plan
+
+
+def test_dry_run_after_clean_predicts_restores_that_the_build_then_does(ws: Path, env: dict[str, str]) -> None:
+    build(ws, env, "all")
+    run_gaffer(["clean"], cwd=ws, env=env, check=True)
+    assert set(dry_run(ws, env).values()) == {"would restore from the cache"}, "dependents are keyed on restored outputs"
+    assert build(ws, env, "all")["cached"] == 4
+
+
+def test_dry_run_says_a_dependent_waits_on_a_dependency_that_would_run(ws: Path, env: dict[str, str]) -> None:
+    build(ws, env, "all")
+    (ws / "src" / "b.txt").write_text("beta 2\n")
+    plan = dry_run(ws, env)
+    assert plan == {"gen": "up to date", "side": "up to date", "mid": "would run: input src/b.txt changed",
+                    "top": "would run: dependency mid would run"}
+    result = build(ws, env, "all")
+    assert {n for n, s in result["status"].items() if s == "executed"} == {"mid", "top"}
+
+
+def test_dry_run_asks_remote_tiers_without_filling_the_local_one(ws: Path, tmp_path: Path) -> None:
+    """A `disk://` remote tier stands in for a team cache: the plan sees its entries, the local cache stays empty."""
+    team = tmp_path / "team-cache"
+    build(ws, gaffer_env(team), "all")
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for rel in ("graph.json", "src"):
+        subprocess.run(["cp", "-a", str(ws / rel), str(checkout / rel)], check=True)
+    env = gaffer_env(tmp_path / "local", GAFFER_CACHE=f"disk://{team}")
+    assert set(dry_run(checkout, env).values()) == {"would restore from the cache"}
+    local = tmp_path / "local"
+    assert not [p for p in local.rglob("*") if p.is_file() and p.parent.name != "tmp"], "dry run filled the cache"
+    assert build(checkout, env, "all")["cached"] == 4
+
+
+def test_tier_hits_count_only_usable_entries_and_the_disk_tier_counts_bytes(
+        ws: Path, env: dict[str, str], tmp_path: Path) -> None:
+    cold = build(ws, env, "all")
+    local_tier = cold["tiers"][0]
+    assert local_tier["bytes_up"] > 0 and "0.0 MiB" not in cold["stderr"]
+    assert re.search(r"[0-9.]+ (B|KiB) up", cold["stderr"]), "about a KiB prints as such, not as 0.0 MiB"
+    made = (ws / "out" / "a.txt").read_bytes()
+    blob = next(p for p in (tmp_path / "cache" / "cas").rglob("*") if p.is_file() and p.read_bytes() == made)
+    blob.write_bytes(b"corrupted!")
+    run_gaffer(["clean"], cwd=ws, env=env, check=True)
+    warm = build(ws, env, "all")
+    assert warm["status"]["gen"] == "executed" and warm["cached"] == 3
+    local_tier = warm["tiers"][0]
+    assert (local_tier["hits"], local_tier["misses"]) == (3, 1), "gen's entry named a corrupt blob: no hit"
+    assert local_tier["bytes_down"] > 0
+    assert "cache disk://" in warm["stderr"] and ": 3 hits, 1 miss," in warm["stderr"]
+
+
+def test_noop_reports_no_parallel_efficiency(ws: Path, env: dict[str, str]) -> None:
+    assert "parallel efficiency" in build(ws, env, "all")["stderr"]
+    noop = build(ws, env, "all")
+    assert noop["executed"] == 0 and noop["parallel_efficiency"] is None
+    assert "parallel efficiency" not in noop["stderr"]
+
+
+def test_progress_numbers_run_from_1_to_the_total_once_each(tmp_path: Path, env: dict[str, str]) -> None:
+    """Skipped groups take no number; `-v`'s up-to-date lines continue the numbering instead of restarting it."""
+    ws = tmp_path / "numbers"
+    ws.mkdir()
+    graph = {"tasks": {
+        "one": {"command": "echo 1 > one", "outputs": ["one"]},
+        "two": {"command": "echo 2 > two", "outputs": ["two"]},
+        "bad": {"command": "test -e go-ahead", "deps": ["one"], "outputs": []},
+        "after": {"command": "touch after", "deps": ["bad"], "outputs": ["after"]},
+        "group": {"deps": ["after", "two"]},
+        "all": {"deps": ["group"]},
+    }}
+    (ws / "graph.json").write_text(json.dumps(graph))
+
+    def numbers(result: dict) -> list[int]:
+        found = [tuple(map(int, m)) for m in re.findall(r"^\[(\d+)/(\d+)\]", result["stderr"], re.MULTILINE)]
+        assert found and all(total == 4 for _n, total in found), result["stderr"]
+        return sorted({n for n, _total in found})
+
+    failed = build(ws, env, "-k", "-j", "1", expect=1)
+    assert numbers(failed) == [1, 2, 3, 4], failed["stderr"]
+    assert "Skipped all" not in failed["stderr"] and "Skipped group" not in failed["stderr"]
+    assert (failed["executed"], failed["failed"], failed["skipped"]) == (2, 1, 1), "groups are counted nowhere"
+    (ws / "go-ahead").touch()
+    verbose = build(ws, env, "-v", "-j", "1")
+    assert numbers(verbose) == [1, 2, 3, 4], verbose["stderr"]
+    assert re.search(r"^\[[12]/4\] (one|two): up to date$", verbose["stderr"], re.MULTILINE), verbose["stderr"]
 
 
 def test_explain_names_the_change(ws: Path, env: dict[str, str]) -> None:

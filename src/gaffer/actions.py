@@ -2,10 +2,15 @@
 
 The action key is the digest of the deterministic serialization of an `Action` whose
   - `command_digest` names a `Command` (argv, declared env values, declared output paths),
-  - `input_root_digest` names a Merkle tree of `Directory` messages holding every input file and every output
-    file of the task's deps (by content digest and executable bit),
-  - `platform` holds the graph's platform properties plus this machine's OS and CPU architecture,
-  - `salt` holds the key-format version, so a change in how gaffer builds keys never reuses old entries.
+  - `input_root_digest` names a Merkle tree of `Directory` messages holding every input file (by content digest
+    and executable bit) and everything the task's deps output: files (with their permission bits), symlinks
+    (with their targets) and directories (empty ones too, with their permission bits),
+  - `platform` holds the graph's platform properties plus this machine's OS and CPU architecture (the graph
+    cannot name those two: the executing machine is always in the key),
+  - `salt` holds the key-format version, so a change in how gaffer builds keys never reuses old entries, then
+    the identity of each tool the task runs (gaffer.tools). The salt is key-only by REAPI's definition: a worker
+    executes the Action the same without it, needs no tool blobs in the CAS and matches no extra platform
+    property.
 docs/caching.md is the user-facing contract for what is (and is not) in a key.
 
 Everything in an ActionResult may come from a remote peer: paths are checked to be relative, normalized, inside
@@ -19,8 +24,8 @@ import platform as host_platform
 import shlex
 import shutil
 import stat
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gaffer.cache.disk import DiskStore
@@ -28,7 +33,8 @@ from gaffer.digest import Digest, digest_bytes, is_valid_hash
 from gaffer.errors import not_utf8
 from gaffer.protos import remote_execution_pb2 as re_pb2
 
-KEY_FORMAT = b"gaffer-graph-key-v1"
+KEY_FORMAT = b"gaffer-graph-key-v2"
+PERMISSION_BITS = 0o777  # what a result records of a mode: never setuid/setgid/sticky from a cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +44,21 @@ class FileEntry:
     path: str  # workspace-relative, posix
     digest: Digest
     executable: bool
+    mode: int | None = None  # permission bits, recorded for outputs (a source input keys its executable bit only)
 
 
 @dataclass(frozen=True, slots=True)
 class SymlinkEntry:
     path: str
     target: str
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryEntry:
+    """A directory among a task's outputs: a declared output directory or one below it (possibly empty)."""
+
+    path: str
+    mode: int
 
 
 class BadCacheEntry(Exception):
@@ -67,38 +82,75 @@ def _serialize(message: object) -> bytes:
     return message.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
 
 
-def input_root(files: Iterable[FileEntry]) -> tuple[Digest, dict[Digest, bytes]]:
-    """The Merkle tree of `Directory` messages for `files`: (root digest, every Directory blob by digest)."""
-    tree: dict[str, dict[str, object]] = {"": {}}
-    for entry in files:
-        parts = entry.path.split("/")
-        node = tree[""]
-        prefix = ""
-        for part in parts[:-1]:
-            prefix = f"{prefix}/{part}" if prefix else part
-            node = node.setdefault(part, {})  # type: ignore[assignment]
-        node[parts[-1]] = entry
-    blobs: dict[Digest, bytes] = {}
+class _Node:
+    """A directory being assembled into a `Directory` message."""
 
-    def build(node: Mapping[str, object]) -> Digest:
+    def __init__(self) -> None:
+        self.mode: int | None = None
+        self.files: dict[str, FileEntry] = {}
+        self.symlinks: dict[str, str] = {}
+        self.dirs: dict[str, _Node] = {}
+
+    def child(self, name: str) -> _Node:
+        return self.dirs.setdefault(name, _Node())
+
+
+def _merkle(
+    files: Iterable[FileEntry], symlinks: Iterable[SymlinkEntry] = (), directories: Iterable[DirectoryEntry] = (),
+    prefix: str = "",
+) -> tuple[re_pb2.Directory, dict[Digest, re_pb2.Directory]]:
+    """The root `Directory` of the entries (paths relative to `prefix`) and every Directory below it by digest."""
+    root = _Node()
+
+    def node_at(parts: Sequence[str]) -> _Node:
+        node = root
+        for part in parts:
+            node = node.child(part)
+        return node
+
+    def split(path: str) -> list[str]:
+        return (path[len(prefix) + 1:] if prefix else path).split("/")
+
+    for d in directories:
+        node_at([] if d.path == prefix else split(d.path)).mode = d.mode
+    for f in files:
+        parts = split(f.path)
+        node_at(parts[:-1]).files[parts[-1]] = f
+    for s in symlinks:
+        parts = split(s.path)
+        node_at(parts[:-1]).symlinks[parts[-1]] = s.target
+    below: dict[Digest, re_pb2.Directory] = {}
+
+    def build(node: _Node) -> re_pb2.Directory:
         directory = re_pb2.Directory()
-        for name in sorted(node):
-            child = node[name]
-            if isinstance(child, FileEntry):
-                directory.files.add(
-                    name=name,
-                    digest=re_pb2.Digest(hash=child.digest.hash, size_bytes=child.digest.size_bytes),
-                    is_executable=child.executable,
-                )
-            else:
-                d = build(child)  # type: ignore[arg-type]
-                directory.directories.add(name=name, digest=re_pb2.Digest(hash=d.hash, size_bytes=d.size_bytes))
-        data = _serialize(directory)
-        digest = digest_bytes(data)
-        blobs[digest] = data
-        return digest
+        for name in sorted(node.files):
+            f = node.files[name]
+            added = directory.files.add(name=name, digest=_pb_digest(f.digest), is_executable=f.executable)
+            if f.mode is not None:
+                added.node_properties.unix_mode.value = f.mode
+        for name in sorted(node.dirs):
+            child = build(node.dirs[name])
+            digest = digest_bytes(_serialize(child))
+            below[digest] = child
+            directory.directories.add(name=name, digest=_pb_digest(digest))
+        for name in sorted(node.symlinks):
+            directory.symlinks.add(name=name, target=node.symlinks[name])
+        if node.mode is not None:
+            directory.node_properties.unix_mode.value = node.mode
+        return directory
 
-    return build(tree[""]), blobs
+    return build(root), below
+
+
+def input_root(
+    files: Iterable[FileEntry], symlinks: Iterable[SymlinkEntry] = (), directories: Iterable[DirectoryEntry] = ()
+) -> tuple[Digest, dict[Digest, bytes]]:
+    """The Merkle tree of `Directory` messages for the entries: (root digest, every Directory blob by digest)."""
+    root, below = _merkle(files, symlinks, directories)
+    blobs = {digest: _serialize(directory) for digest, directory in below.items()}
+    data = _serialize(root)
+    blobs[digest_bytes(data)] = data
+    return digest_bytes(data), blobs
 
 
 def action_key(
@@ -108,16 +160,19 @@ def action_key(
     inputs: Iterable[FileEntry],
     platform: Mapping[str, str],
     timeout: float | None,
+    symlinks: Iterable[SymlinkEntry] = (),
+    directories: Iterable[DirectoryEntry] = (),
+    tools: Sequence[tuple[str, str, str]] = (),
 ) -> Digest:
-    """The digest of the task's Action: its cache key."""
+    """The digest of the task's Action: its cache key. `tools` holds (name, version, content hash) triples."""
     command = re_pb2.Command(arguments=list(argv), output_paths=sorted(outputs))
     for name in sorted(env):
         command.environment_variables.add(name=name, value=env[name])
-    root, _ = input_root(inputs)
+    root, _ = input_root(inputs, symlinks, directories)
     action = re_pb2.Action(
         command_digest=_pb_digest(digest_bytes(_serialize(command))),
         input_root_digest=_pb_digest(root),
-        salt=KEY_FORMAT,
+        salt=KEY_FORMAT + "".join(f"\ntool {spec} {version} {h}" for spec, version, h in tools).encode(),
     )
     if timeout:
         action.timeout.FromNanoseconds(int(timeout * 1e9))
@@ -139,14 +194,16 @@ def _digest(d: re_pb2.Digest) -> Digest:
 
 @dataclass
 class Outputs:
-    """A task's outputs as found in the workspace after it ran (or as named by a cache entry)."""
+    """A task's outputs as found in the workspace after it ran (or as named by a cache entry): every file,
+    symlink and directory, at workspace paths, and the `Tree` blob recording each declared output directory."""
 
     files: list[FileEntry]
     symlinks: list[SymlinkEntry]
-    directories: list[str]  # declared output directories (possibly empty)
+    directories: list[DirectoryEntry]  # declared output directories and every directory below them
+    trees: dict[str, Digest] = field(default_factory=dict)  # declared output directory -> its Tree blob
 
     def blobs(self) -> list[Digest]:
-        return [f.digest for f in self.files]
+        return [*(f.digest for f in self.files), *self.trees.values()]
 
 
 class MissingOutput(Exception):
@@ -154,53 +211,58 @@ class MissingOutput(Exception):
 
 
 def collect_outputs(root: Path, declared: Sequence[str], store: DiskStore) -> Outputs:
-    """Store every declared output in the local CAS. A declared output that does not exist raises MissingOutput;
-    a symlink pointing outside the workspace raises BadCacheEntry (it could not be restored safely)."""
-    files: list[FileEntry] = []
-    symlinks: list[SymlinkEntry] = []
-    directories: list[str] = []
+    """Store every declared output in the local CAS, each declared directory also as a REAPI `Tree`. A declared
+    output that does not exist raises MissingOutput; a symlink pointing outside the workspace, or anything but a
+    file, directory or symlink, raises BadCacheEntry (it could not be restored safely)."""
+    outputs = Outputs(files=[], symlinks=[], directories=[])
     for out in declared:
-        path = root / out
         try:
-            st = os.lstat(path)
+            st = os.lstat(root / out)
         except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
             raise MissingOutput(out) from None
-        if stat.S_ISLNK(st.st_mode):
-            symlinks.append(_symlink_entry(root, out))
-        elif stat.S_ISDIR(st.st_mode):
-            directories.append(out)
-            for dirpath, dirnames, filenames in os.walk(path):
-                dirnames.sort()
-                rel_dir = Path(dirpath).relative_to(root).as_posix()
-                for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
-                    rel = f"{rel_dir}/{name}"
-                    shown = not_utf8(rel)
-                    if shown is not None:
-                        raise BadCacheEntry(f"output file '{shown}' has a name that is not UTF-8, which a cache "
-                                            "entry cannot hold: rename it")
-                    full = root / rel
-                    if full.is_symlink():
-                        symlinks.append(_symlink_entry(root, rel))
-                    else:
-                        files.append(_store_file(store, full, rel))
-        else:
-            files.append(_store_file(store, path, out))
-    return Outputs(files=files, symlinks=symlinks, directories=directories)
+        if not stat.S_ISDIR(st.st_mode):
+            _collect_entry(root, out, st, store, outputs)
+            continue
+        start = (len(outputs.files), len(outputs.symlinks), len(outputs.directories))
+        outputs.directories.append(DirectoryEntry(out, stat.S_IMODE(st.st_mode) & PERMISSION_BITS))
+        for dirpath, dirnames, filenames in os.walk(root / out):
+            rel_dir = Path(dirpath).relative_to(root).as_posix()
+            for name in sorted(dirnames + filenames):
+                rel = f"{rel_dir}/{name}"
+                _collect_entry(root, rel, os.lstat(root / rel), store, outputs)
+        tree = _tree(out, outputs.files[start[0]:], outputs.symlinks[start[1]:], outputs.directories[start[2]:])
+        outputs.trees[out] = digest_bytes(tree)
+        store.write_blob(outputs.trees[out], tree)
+    return outputs
 
 
-def _store_file(store: DiskStore, path: Path, rel: str) -> FileEntry:
-    digest = store.put_file(path)
-    return FileEntry(rel, digest, os.access(path, os.X_OK))
-
-
-def _symlink_entry(root: Path, rel: str) -> SymlinkEntry:
-    target = os.readlink(root / rel)
-    shown = not_utf8(target)
+def _collect_entry(root: Path, rel: str, st: os.stat_result, store: DiskStore, outputs: Outputs) -> None:
+    shown = not_utf8(rel)
     if shown is not None:
-        raise BadCacheEntry(f"symlink {rel} points to '{shown}', a name that is not UTF-8, which a cache entry "
-                            "cannot hold")
-    check_symlink(rel, target)
-    return SymlinkEntry(rel, target)
+        raise BadCacheEntry(f"output file '{shown}' has a name that is not UTF-8, which a cache entry cannot hold:"
+                            " rename it")
+    mode = stat.S_IMODE(st.st_mode) & PERMISSION_BITS
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(root / rel)
+        shown = not_utf8(target)
+        if shown is not None:
+            raise BadCacheEntry(f"symlink {rel} points to '{shown}', a name that is not UTF-8, which a cache entry "
+                                "cannot hold")
+        check_symlink(rel, target)
+        outputs.symlinks.append(SymlinkEntry(rel, target))
+    elif stat.S_ISDIR(st.st_mode):
+        outputs.directories.append(DirectoryEntry(rel, mode))
+    elif stat.S_ISREG(st.st_mode):
+        outputs.files.append(FileEntry(rel, store.put_file(root / rel), bool(mode & 0o100), mode))
+    else:
+        raise BadCacheEntry(f"output {rel} is not a file, directory or symlink")
+
+
+def _tree(path: str, files: Sequence[FileEntry], symlinks: Sequence[SymlinkEntry],
+          directories: Sequence[DirectoryEntry]) -> bytes:
+    """The serialized REAPI `Tree` of the output directory `path`: what any REAPI client reads back."""
+    root, below = _merkle(files, symlinks, directories, prefix=path)
+    return _serialize(re_pb2.Tree(root=root, children=[below[d] for d in sorted(below, key=lambda d: d.hash)]))
 
 
 def check_symlink(rel: str, target: str) -> None:
@@ -213,15 +275,21 @@ def check_symlink(rel: str, target: str) -> None:
 
 
 def make_result(outputs: Outputs, exit_code: int, stdout: Digest, stderr: Digest, start: float, end: float) -> bytes:
-    """Serialize an ActionResult. A declared output directory is recorded by its path alone (no Tree blob) and
-    the files inside it are listed as output files: simpler to verify, and an empty directory still restores."""
-    result = re_pb2.ActionResult(exit_code=exit_code, stdout_digest=_pb_digest(stdout), stderr_digest=_pb_digest(stderr))
+    """Serialize an ActionResult: each declared output exactly once, as an output file (with its permission bits
+    in `node_properties.unix_mode`), symlink, or directory (by its `Tree` blob, which `collect_outputs` stored)."""
+    result = re_pb2.ActionResult(exit_code=exit_code, stdout_digest=_pb_digest(stdout),
+                                 stderr_digest=_pb_digest(stderr))
+    inside = tuple(f"{d}/" for d in outputs.trees)
     for f in outputs.files:
-        result.output_files.add(path=f.path, digest=_pb_digest(f.digest), is_executable=f.executable)
+        if not f.path.startswith(inside):
+            added = result.output_files.add(path=f.path, digest=_pb_digest(f.digest), is_executable=f.executable)
+            if f.mode is not None:
+                added.node_properties.unix_mode.value = f.mode
     for s in outputs.symlinks:
-        result.output_symlinks.add(path=s.path, target=s.target)
-    for d in outputs.directories:
-        result.output_directories.add(path=d)
+        if not s.path.startswith(inside):
+            result.output_symlinks.add(path=s.path, target=s.target)
+    for path, tree in outputs.trees.items():
+        result.output_directories.add(path=path, tree_digest=_pb_digest(tree))
     meta = result.execution_metadata
     meta.worker = host_platform.node()
     meta.worker_start_timestamp.FromNanoseconds(int(start * 1e9))
@@ -231,14 +299,16 @@ def make_result(outputs: Outputs, exit_code: int, stdout: Digest, stderr: Digest
 
 @dataclass
 class CachedResult:
-    outputs: Outputs
+    outputs: Outputs  # directories' contents are filled in by `read_trees`
     stdout: Digest
     stderr: Digest
     duration_s: float  # how long the action took when it was executed
 
 
 def parse_result(data: bytes, declared: Sequence[str]) -> CachedResult:
-    """Parse and validate an ActionResult from any tier. Raises BadCacheEntry if it must not be restored."""
+    """Parse and validate an ActionResult from any tier. Raises BadCacheEntry if it must not be restored: every
+    declared output must be exactly one output file, symlink or directory with that path, and nothing else may
+    be named (a damaged or foreign entry is a miss, never a partial restore)."""
     result = re_pb2.ActionResult()
     try:
         result.ParseFromString(data)
@@ -246,30 +316,86 @@ def parse_result(data: bytes, declared: Sequence[str]) -> CachedResult:
         raise BadCacheEntry(f"unreadable action result ({e})") from None
     if result.exit_code != 0:
         raise BadCacheEntry("the cached action failed")
-    files = []
+    outputs = Outputs(files=[], symlinks=[], directories=[])
+    named = [*(f.path for f in result.output_files), *(s.path for s in result.output_symlinks),
+             *(d.path for d in result.output_directories)]
+    for path in named:
+        _check_output_path(path, declared)
+    if sorted(named) != sorted(declared):
+        missing = sorted(set(declared) - set(named))
+        raise BadCacheEntry(f"does not account for the declared output {missing[0]!r}" if missing
+                            else "names an output more than once")
     for f in result.output_files:
-        _check_output_path(f.path, declared)
-        files.append(FileEntry(f.path, _checked_digest(f.digest), f.is_executable))
-    symlinks = []
+        mode = f.node_properties.unix_mode.value if f.node_properties.HasField("unix_mode") else None
+        outputs.files.append(_file_entry(f.path, f.digest, f.is_executable, mode))
     for s in result.output_symlinks:
-        _check_output_path(s.path, declared)
         check_symlink(s.path, s.target)
-        symlinks.append(SymlinkEntry(s.path, s.target))
-    directories = []
+        outputs.symlinks.append(SymlinkEntry(s.path, s.target))
     for d in result.output_directories:
-        if d.path not in declared:
-            raise BadCacheEntry(f"names an undeclared output directory {d.path!r}")
-        directories.append(d.path)
+        if not d.HasField("tree_digest"):
+            raise BadCacheEntry(f"output directory {d.path!r} has no tree")
+        outputs.trees[d.path] = _checked_digest(d.tree_digest)
     meta = result.execution_metadata
     duration = max(
         0.0, (meta.worker_completed_timestamp.ToNanoseconds() - meta.worker_start_timestamp.ToNanoseconds()) / 1e9
     )
     return CachedResult(
-        outputs=Outputs(files=files, symlinks=symlinks, directories=directories),
+        outputs=outputs,
         stdout=_checked_digest(result.stdout_digest),
         stderr=_checked_digest(result.stderr_digest),
         duration_s=duration,
     )
+
+
+def _file_entry(path: str, digest: re_pb2.Digest, executable: bool, mode: int | None) -> FileEntry:
+    """A file as an entry names it; without a recorded mode, what a REAPI client would make of the executable bit."""
+    if mode is None:
+        mode = 0o755 if executable else 0o644
+    return FileEntry(path, _checked_digest(digest), bool(mode & 0o100), mode & PERMISSION_BITS)
+
+
+def _dir_mode(directory: re_pb2.Directory) -> int:
+    if directory.node_properties.HasField("unix_mode"):
+        return directory.node_properties.unix_mode.value & PERMISSION_BITS
+    return 0o755
+
+
+def read_trees(outputs: Outputs, store: DiskStore) -> None:
+    """Expand each output directory's `Tree` (read from the local CAS, verified) into files, symlinks and
+    directories at workspace paths. Raises BadCacheEntry for a missing or malformed tree or an unsafe name."""
+    for path, digest in outputs.trees.items():
+        data = store.read_blob(digest)
+        if data is None:
+            raise BadCacheEntry(f"the tree of {path} is missing or corrupt")
+        try:
+            tree = re_pb2.Tree.FromString(data)
+        except Exception as e:  # as for the ActionResult: any failure is a bad entry
+            raise BadCacheEntry(f"unreadable tree for {path} ({e})") from None
+        children = {digest_bytes(_serialize(child)): child for child in tree.children}
+        pending = [(path, tree.root)]
+        while pending:
+            where, directory = pending.pop()
+            outputs.directories.append(DirectoryEntry(where, _dir_mode(directory)))
+            names = [*(f.name for f in directory.files), *(d.name for d in directory.directories),
+                     *(s.name for s in directory.symlinks)]
+            if len(set(names)) != len(names) or any(not n or "/" in n or n in (".", "..") or "\0" in n for n in names):
+                raise BadCacheEntry(f"the tree of {path} has an unsafe or repeated name in {where}")
+            if len(outputs.directories) + len(outputs.files) > _MAX_TREE_ENTRIES:
+                raise BadCacheEntry(f"the tree of {path} is too large")
+            for f in directory.files:
+                mode = f.node_properties.unix_mode.value if f.node_properties.HasField("unix_mode") else None
+                outputs.files.append(_file_entry(f"{where}/{f.name}", f.digest, f.is_executable, mode))
+            for s in directory.symlinks:
+                check_symlink(f"{where}/{s.name}", s.target)
+                outputs.symlinks.append(SymlinkEntry(f"{where}/{s.name}", s.target))
+            for d in directory.directories:
+                child = children.get(_checked_digest(d.digest))
+                if child is None:
+                    raise BadCacheEntry(f"the tree of {path} lacks directory {where}/{d.name}")
+                pending.append((f"{where}/{d.name}", child))
+
+
+_MAX_TREE_ENTRIES = 10_000_000  # a Tree may share children: bound what a hostile one can expand to
 
 
 def _checked_digest(d: re_pb2.Digest) -> Digest:
@@ -282,24 +408,28 @@ def _check_output_path(path: str, declared: Sequence[str]) -> None:
     norm = os.path.normpath(path) if path else ""
     if not path or os.path.isabs(path) or norm != path or path == ".." or path.startswith("../") or "\0" in path:
         raise BadCacheEntry(f"unsafe output path {path[:200]!r}")
-    if not any(path == out or path.startswith(out + "/") for out in declared):
+    if path not in declared:
         raise BadCacheEntry(f"names an undeclared output {path!r}")
 
 
 def restore_outputs(root: Path, cached: CachedResult, store: DiskStore) -> None:
-    """Write a cached result's outputs into the workspace. Each file is copied from the verified local blob to
-    a temp file beside its destination and renamed into place, so a reader never sees half a file.
+    """Write a cached result's outputs into the workspace, modes and empty directories as made. Each file is
+    copied from the verified local blob to a temp file beside its destination and renamed into place, so a
+    reader never sees half a file; directories get their modes last (a 0500 directory is filled first).
     Raises BadCacheEntry if a blob is missing or corrupt (the caller then executes the task)."""
+    for path in cached.outputs.trees:
+        _ensure_parent(root, root / path)
+        _reset_dir(root / path)
     for d in cached.outputs.directories:
-        _reset_dir(root / d)
+        (root / d.path).mkdir(parents=True, exist_ok=True)
     for f in cached.outputs.files:
         dest = root / f.path
         _ensure_parent(root, dest)
-        tmp = dest.parent / f".{dest.name}.gaffer-{os.getpid()}.tmp"
+        tmp = dest.parent / f".gaffer-{os.getpid()}-{os.urandom(4).hex()}.tmp"  # short: any legal name fits
         if not store.fetch_blob(f.digest, tmp):
             tmp.unlink(missing_ok=True)
             raise BadCacheEntry(f"blob for {f.path} is missing or corrupt")
-        os.chmod(tmp, 0o755 if f.executable else 0o644)
+        os.chmod(tmp, f.mode if f.mode is not None else 0o755 if f.executable else 0o644)
         _remove(dest)
         os.replace(tmp, dest)
     for s in cached.outputs.symlinks:
@@ -307,6 +437,8 @@ def restore_outputs(root: Path, cached: CachedResult, store: DiskStore) -> None:
         _ensure_parent(root, dest)
         _remove(dest)
         os.symlink(s.target, dest)
+    for d in sorted(cached.outputs.directories, key=lambda d: d.path.count("/"), reverse=True):
+        os.chmod(root / d.path, d.mode)
 
 
 def _ensure_parent(root: Path, dest: Path) -> None:
@@ -329,9 +461,15 @@ def _remove(path: Path) -> None:
     except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
+        shutil.rmtree(path, onerror=_make_writable_and_retry)
     else:
         os.unlink(path)
+
+
+def _make_writable_and_retry(func: Callable[..., object], path: str, _exc: object) -> None:
+    """An output directory made without write permission (0500) can still be removed: its outputs are gaffer's."""
+    os.chmod(os.path.dirname(path), 0o700)
+    func(path)
 
 
 def remove_outputs(root: Path, declared: Sequence[str]) -> None:

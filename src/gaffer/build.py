@@ -2,7 +2,7 @@
 
 The decision for a task, cheapest first:
 1. **Up to date** — its fingerprint (task definition, declared env values, the stat signatures of its inputs,
-   its deps' output digests) and its outputs' stat signatures equal those recorded in the workspace state:
+   everything its deps output) and its outputs' stat signatures equal those recorded in the workspace state:
    nothing is hashed, no key is computed, the cache is not asked. This is the whole of a no-op build.
 2. **Same key** — something was touched but every content digest is unchanged (an mtime-only change): the key
    is the recorded one and the outputs on disk are those it made: up to date again, nothing re-runs.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,13 +24,18 @@ from typing import TYPE_CHECKING
 
 from gaffer import noop
 from gaffer.digest import RACY_WINDOW_NS, Digest, StatCache, digest_bytes, stat_signature
+from gaffer.errors import UserError
 from gaffer.graph import Graph, Task
 from gaffer.graph.inputs import resolve_inputs
+from gaffer.graph.model import shown_path
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
 from gaffer.scheduler import Scheduler
-from gaffer.state import TaskState, WorkspaceState
+from gaffer.state import DirectoryRecord, FileRecord, Manifest, OutputRecords, SymlinkRecord, TaskState, WorkspaceState
+from gaffer.tools import Tool, Toolchain, ToolNotFound, task_tools
 
 if TYPE_CHECKING:
+    from gaffer.actions import Outputs
+    from gaffer.actions import CachedResult
     from gaffer.cache.tiered import TieredCache
     from gaffer.execute.local import ProcessRunner
     from gaffer.ui.progress import Progress
@@ -63,12 +69,15 @@ class Build:
         self.inputs: dict[str, list[str]] = {}
         self.input_dirs: list[tuple[str, tuple[int, int]]] = []  # directories globs searched, at plan time
         self.real_deps: dict[str, tuple[str, ...]] = {}
-        self.outputs: dict[str, tuple] = {}  # task -> output records made or confirmed this build
+        self.toolchain = Toolchain(self.root, self.root / STATE_DIR)
+        self.tools: dict[str, tuple[Tool, ...]] = {}
+        self.outputs: dict[str, OutputRecords] = {}  # task -> its outputs as made or confirmed this build
         self.fingerprints: dict[str, tuple] = {}
         self.t0 = 0.0
         self._runner: ProcessRunner | None = None
         self._interrupted = ""
         self._lanes: dict[int, int] = {}
+        self._would_run: set[str] = set()  # --dry-run: tasks predicted to execute
         self._lock = threading.Lock()  # guards _lanes and the lazy _runner
 
     # -- planning ----------------------------------------------------------------------------------------------
@@ -87,8 +96,17 @@ class Build:
                 paths = [p for p in paths if not _under_any(p, produced)]
             self.inputs[name] = paths
             self.real_deps[name] = self._flatten_deps(task)
+            self.tools[name] = self._find_tools(name, task, produced)
             bases.update(noop.directory_bases(task.inputs, set(paths)))
         self.input_dirs = noop.directory_signatures(str(self.root), bases)
+        if not self.options.dry_run:
+            self.toolchain.save()
+
+    def _find_tools(self, name: str, task: Task, produced: set[str]) -> tuple[Tool, ...]:
+        try:
+            return tuple(self.toolchain.find(spec) for spec in task_tools(task, lambda p: _under_any(p, produced)))
+        except ToolNotFound as e:
+            raise UserError(f"{shown_path(self.graph.path)}: task {name!r}: {e}") from None
 
     # -- the scheduler's callbacks -----------------------------------------------------------------------------
 
@@ -100,8 +118,11 @@ class Build:
         fingerprint = self._fingerprint(name, task)
         self.fingerprints[name] = fingerprint
         prev = self.state.tasks.get(name)
-        if task.cache and prev is not None and prev.fingerprint == fingerprint and self._outputs_intact(prev):
-            self.outputs[name] = prev.outputs
+        records = self._outputs_intact(name, prev) if task.cache and prev and prev.fingerprint == fingerprint else None
+        if prev is not None and records is not None:
+            self.outputs[name] = records
+            if records != prev.outputs:
+                self.state.update(name, TaskState(prev.fingerprint, prev.key, records, prev.manifest, prev.duration_s))
             return Outcome(CACHED, start_s=self._now(), saved_s=prev.duration_s, reason="up to date",
                            extra={"up_to_date": True})
         return None
@@ -114,24 +135,35 @@ class Build:
         start = self._now()
         lane = self._lane()
         prev = self.state.tasks.get(name)
+        if self.options.dry_run:
+            running_dep = next((d for d in self.real_deps[name] if d in self._would_run), None)
+            if running_dep is not None:  # its outputs, hence this task's key, are known only once it has run
+                self._would_run.add(name)
+                return Outcome(EXECUTED, start_s=start, reason=f"would run: dependency {running_dep} would run")
         try:
             key, manifest = self.key(name)
         except OSError as e:
             return Outcome(FAILED, start_s=start, reason=f"cannot read an input: {e}")
         reason = explain(prev.manifest if prev else None, manifest)
 
-        if task.cache and prev is not None and prev.key == key.hash and self._outputs_intact(prev):
-            self._record(name, task, key, manifest, prev.outputs, prev.symlinks, prev.duration_s)
+        records = self._outputs_intact(name, prev) if task.cache and prev and prev.key == key.hash else None
+        if prev is not None and records is not None:
+            self._record(name, task, key, manifest, records, prev.duration_s)
             return Outcome(CACHED, start_s=start, duration_s=self._now() - start, saved_s=prev.duration_s,
                            reason="up to date (only file times changed)", extra={"up_to_date": True, "lane": lane})
 
         if self.options.dry_run:
-            hit = task.cache and self.cache.get_action(key) is not None
-            return Outcome(CACHED if hit else EXECUTED, start_s=start,
-                           reason=("would restore from the cache" if hit else f"would run: {reason}"))
+            cached = self._peek(task, key) if task.cache else None
+            if cached is not None:
+                if not self._predict_outputs(name, cached):
+                    self._would_run.add(name)  # dependents' keys are known only once its trees are fetched
+                return Outcome(CACHED, start_s=start, reason="would restore from the cache")
+            self._would_run.add(name)
+            return Outcome(EXECUTED, start_s=start, reason=f"would run: {reason}")
 
         if task.cache:
             restored = self._restore(name, task, key, manifest)
+            self.cache.settle(key, restored is not None)
             if restored is not None:
                 restored.start_s = start
                 restored.duration_s = self._now() - start
@@ -159,9 +191,11 @@ class Build:
             except OSError:
                 sigs.append((rel, None))
                 racy = True
-        deps = tuple((dep, tuple((r[0], r[1]) for r in self.outputs.get(dep, ()))) for dep in self.real_deps[name])
+        deps = tuple((dep, self.outputs.get(dep, OutputRecords()).content()) for dep in self.real_deps[name])
+        tools = tuple(tool.signatures for tool in self.tools[name])
+        racy = racy or any(sig[1] > racy_after for signatures in tools for _path, sig in signatures)
         return (task.commands, task.outputs, task.timeout, _env_values(task),
-                tuple(sorted(self.graph.platform.items())), tuple(sigs), deps, time.time_ns() if racy else 0)
+                tuple(sorted(self.graph.platform.items())), tuple(sigs), deps, time.time_ns() if racy else 0, tools)
 
     def _flatten_deps(self, task: Task) -> tuple[str, ...]:
         """A dep on a group is a dep on everything it groups: their outputs are this task's inputs."""
@@ -179,7 +213,7 @@ class Build:
                 real.add(dep)
         return tuple(sorted(real))
 
-    def key(self, name: str) -> tuple[Digest, tuple]:
+    def key(self, name: str) -> tuple[Digest, Manifest]:
         """The task's action key and its manifest (what went into the key), hashing inputs via the stat cache."""
         from gaffer import actions
 
@@ -194,22 +228,58 @@ class Build:
             entries.append(actions.FileEntry(rel, d, bool(st.st_mode & 0o100)))
             input_hashes.append((rel, d.hash))
         dep_hashes = []
+        symlinks: list[actions.SymlinkEntry] = []
+        directories: list[actions.DirectoryEntry] = []
         for dep in self.real_deps[name]:
-            records = self.outputs.get(dep, ())
-            for path, h, size, executable, _sig in records:
-                entries.append(actions.FileEntry(path, Digest(h, size), executable))
-            dep_hashes.append((dep, tuple((r[0], r[1]) for r in records)))
+            records = self.outputs.get(dep, OutputRecords())
+            entries += (actions.FileEntry(f.path, Digest(f.hash, f.size), bool(f.mode & 0o100), f.mode)
+                        for f in records.files)
+            symlinks += (actions.SymlinkEntry(s.path, s.target) for s in records.symlinks)
+            directories += (actions.DirectoryEntry(d.path, d.mode) for d in records.directories)
+            dep_hashes.append((dep, records.content()))
         argv = actions.command_argv(task.commands)
         env = dict(_env_values(task))
-        platform = {**actions.host_properties(), **self.graph.platform}
-        key = actions.action_key(argv, env, task.outputs, entries, platform, task.timeout)
-        manifest = (tuple(argv), tuple(sorted(env.items())), tuple(sorted(platform.items())), tuple(input_hashes),
-                    tuple(dep_hashes), task.outputs, task.timeout)
+        platform = {**self.graph.platform, **actions.host_properties()}  # the executing machine always wins
+        tools = tuple(self.toolchain.identity(tool, self.stat_cache) for tool in self.tools[name])
+        key = actions.action_key(argv, env, task.outputs, entries, platform, task.timeout, symlinks, directories,
+                                 tools)
+        manifest = Manifest(tuple(argv), tuple(sorted(env.items())), tuple(sorted(platform.items())),
+                            tuple(input_hashes), tuple(dep_hashes), task.outputs, task.timeout, tools)
         return key, manifest
 
     # -- restore and execute -----------------------------------------------------------------------------------
 
-    def _restore(self, name: str, task: Task, key: Digest, manifest: tuple) -> Outcome | None:
+    def _peek(self, task: Task, key: Digest) -> CachedResult | None:
+        """`--dry-run`'s restore: the entry a build would restore, found without filling or changing any tier."""
+        from gaffer import actions
+
+        data = self.cache.peek_action(key)
+        if data is None:
+            return None
+        try:
+            cached = actions.parse_result(data, task.outputs)
+        except actions.BadCacheEntry:
+            return None
+        return cached if self.cache.contains([*cached.outputs.blobs(), cached.stdout, cached.stderr]) else None
+
+    def _predict_outputs(self, name: str, cached: CachedResult) -> bool:
+        """`--dry-run`: record the outputs a restore would make, so dependents are keyed on them. False when an
+        output directory's tree is not in the local tier (reading it would fill the cache): unknown until then."""
+        from gaffer import actions
+
+        try:
+            actions.read_trees(cached.outputs, self.cache.local)
+        except actions.BadCacheEntry:
+            return False
+        self.outputs[name] = OutputRecords(
+            tuple(FileRecord(f.path, f.digest.hash, f.digest.size_bytes,
+                             f.mode if f.mode is not None else (0o755 if f.executable else 0o644), None)
+                  for f in cached.outputs.files),
+            tuple(SymlinkRecord(s.path, s.target) for s in cached.outputs.symlinks),
+            tuple(DirectoryRecord(d.path, d.mode, None) for d in cached.outputs.directories))
+        return True
+
+    def _restore(self, name: str, task: Task, key: Digest, manifest: Manifest) -> Outcome | None:
         from gaffer import actions
 
         data = self.cache.get_action(key)
@@ -217,6 +287,9 @@ class Build:
             return None
         try:
             cached = actions.parse_result(data, task.outputs)
+            if not self.cache.ensure_local(list(cached.outputs.trees.values())):
+                return None
+            actions.read_trees(cached.outputs, self.cache.local)
             if not self.cache.ensure_local([*cached.outputs.blobs(), cached.stdout, cached.stderr]):
                 return None
             actions.restore_outputs(self.root, cached, self.cache.local)
@@ -226,14 +299,13 @@ class Build:
         except OSError as e:
             self.progress.warn(f"cannot restore the outputs of {name}: {e}; running it instead")
             return None
-        records = self._output_records(cached.outputs.files)
-        symlinks = tuple((s.path, s.target) for s in cached.outputs.symlinks)
-        self._record(name, task, key, manifest, records, symlinks, cached.duration_s)
+        self._record(name, task, key, manifest, self._output_records(cached.outputs), cached.duration_s)
         self.progress.task_output(name, self.cache.local.read_blob(cached.stdout) or b"",
                                   self.cache.local.read_blob(cached.stderr) or b"")
         return Outcome(CACHED, saved_s=cached.duration_s, reason="restored from the cache")
 
-    def _execute(self, name: str, task: Task, key: Digest, manifest: tuple, argv: list[str], reason: str) -> Outcome:
+    def _execute(self, name: str, task: Task, key: Digest, manifest: Manifest, argv: list[str], reason: str
+                 ) -> Outcome:
         from gaffer import actions
 
         store = self.cache.local
@@ -260,53 +332,91 @@ class Build:
                                reason=f"declared output '{e}' was not created by the task")
             except actions.BadCacheEntry as e:
                 return Outcome(FAILED, duration_s=result.duration_s, reason=str(e))
-            records = self._output_records(outputs.files)
-            symlinks = tuple((s.path, s.target) for s in outputs.symlinks)
+            records = self._output_records(outputs)
             if task.cache:
                 stdout_digest, stderr_digest = digest_bytes(out), digest_bytes(err)  # already in memory
                 store.write_blob(stdout_digest, out)
                 store.write_blob(stderr_digest, err)
                 data = actions.make_result(outputs, 0, stdout_digest, stderr_digest, started_at, finished_at)
                 self.cache.put_action(key, data, [*outputs.blobs(), stdout_digest, stderr_digest])
-            self._record(name, task, key, manifest, records, symlinks, result.duration_s)
+            self._record(name, task, key, manifest, records, result.duration_s)
             return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason)
         finally:
             stdout_path.unlink(missing_ok=True)
             stderr_path.unlink(missing_ok=True)
 
-    def _output_records(self, files: Sequence) -> tuple:
-        records = []
-        for f in files:
-            path = str(self.root / f.path)
+    def _output_records(self, outputs: Outputs) -> OutputRecords:
+        """The outputs as they now are on disk (called once all are written: a directory's signature is final)."""
+        from gaffer.actions import PERMISSION_BITS
+
+        root = str(self.root)
+        files = []
+        for f in outputs.files:
+            path = f"{root}/{f.path}"
             st = os.lstat(path)
             self.stat_cache.remember(path, st, f.digest)
-            records.append((f.path, f.digest.hash, f.digest.size_bytes, f.executable, stat_signature(st)))
-        return tuple(records)
+            mode = stat.S_IMODE(st.st_mode) & PERMISSION_BITS
+            files.append(FileRecord(f.path, f.digest.hash, f.digest.size_bytes, mode, stat_signature(st)))
+        directories = tuple(DirectoryRecord(d.path, d.mode, stat_signature(os.lstat(f"{root}/{d.path}")))
+                            for d in outputs.directories)
+        symlinks = tuple(SymlinkRecord(s.path, s.target) for s in outputs.symlinks)
+        return OutputRecords(tuple(files), symlinks, directories)
 
-    def _record(self, name: str, task: Task, key: Digest, manifest: tuple, records: tuple, symlinks: tuple,
+    def _record(self, name: str, task: Task, key: Digest, manifest: Manifest, records: OutputRecords,
                 duration_s: float) -> None:
         self.outputs[name] = records
         if not task.cache:
             self.state.forget(name)
             return
         # The fingerprint taken before the task ran: if an input changed while it ran, the next build re-checks.
-        self.state.update(name, TaskState(self.fingerprints[name], key.hash, records, symlinks, manifest, duration_s))
+        self.state.update(name, TaskState(self.fingerprints[name], key.hash, records, manifest, duration_s))
 
-    def _outputs_intact(self, prev: TaskState) -> bool:
+    def _outputs_intact(self, name: str, prev: TaskState) -> OutputRecords | None:
+        """The task's recorded outputs if the workspace still holds exactly them (their signatures refreshed),
+        else None. A declared output directory is gaffer's: an entry in it the task did not make (an editor's
+        `a.txt~`) is removed, one warning each, so a dependent sees exactly what was recorded and keyed."""
+        recorded = prev.outputs
         root = str(self.root)
-        for path, _h, _size, _x, sig in prev.outputs:
+        try:
+            for f in recorded.files:
+                if stat_signature(os.lstat(f"{root}/{f.path}")) != f.sig:
+                    return None
+            for s in recorded.symlinks:
+                if os.readlink(f"{root}/{s.path}") != s.target:
+                    return None
+            changed = [d for d in recorded.directories if stat_signature(os.lstat(f"{root}/{d.path}")) != d.sig]
+        except OSError:
+            return None
+        if not changed:
+            return recorded
+        if self.options.dry_run:
+            return None  # a dry run changes nothing: the real build removes the strays
+        expected: dict[str, set[str]] = {}
+        for path in [*(f.path for f in recorded.files), *(s.path for s in recorded.symlinks),
+                     *(d.path for d in recorded.directories)]:
+            parent, _, base = path.rpartition("/")
+            expected.setdefault(parent, set()).add(base)
+        from gaffer import actions
+
+        refreshed = {}
+        real_root = os.path.realpath(root)
+        for d in changed:
+            full = f"{root}/{d.path}"
+            if os.path.realpath(full) != f"{real_root}/{d.path}" or not os.path.isdir(full):
+                return None  # replaced by a symlink (or through one): never remove anything outside the outputs
             try:
-                if stat_signature(os.lstat(f"{root}/{path}")) != sig:
-                    return False
+                names = set(os.listdir(full))
+                for stray in sorted(names - expected.get(d.path, set())):
+                    actions.remove_outputs(self.root, [f"{d.path}/{stray}"])
+                    self.progress.warn(f"removed {d.path}/{stray}: task {name} did not make it, and its declared "
+                                       f"output {d.path} holds only what the task made")
+                st = os.lstat(full)
             except OSError:
-                return False
-        for path, target in prev.symlinks:
-            try:
-                if os.readlink(f"{root}/{path}") != target:
-                    return False
-            except OSError:
-                return False
-        return True
+                return None
+            if expected.get(d.path, set()) - names or stat.S_IMODE(st.st_mode) & actions.PERMISSION_BITS != d.mode:
+                return None
+            refreshed[d.path] = d._replace(sig=stat_signature(st))
+        return recorded._replace(directories=tuple(refreshed.get(d.path, d) for d in recorded.directories))
 
     # -- running -----------------------------------------------------------------------------------------------
 
@@ -336,8 +446,8 @@ class Build:
         scheduler = Scheduler(self.order, {n: self.graph.tasks[n].deps for n in self.order},
                               jobs=1 if self.options.dry_run else self.options.jobs,
                               keep_going=self.options.keep_going)
-        real = [n for n in self.order if not self.graph.tasks[n].is_group]
-        self.progress.start(len(real), scheduler.jobs)
+        groups = [n for n in self.order if self.graph.tasks[n].is_group]
+        self.progress.start(len(self.order) - len(groups), scheduler.jobs, groups)
         restore = self._install_signal_handlers(scheduler)
         try:
             outcomes = scheduler.run(self.work, self.quick, on_start=self.progress.task_started,
@@ -347,6 +457,9 @@ class Build:
             if not self.options.dry_run:
                 self.state.save()
                 self.stat_cache.save(self.state.stat_cache_path)
+        for name in groups:  # a group is no work, skipped or not: counted in no total
+            if name in outcomes:
+                outcomes[name] = Outcome(GROUP, reason=outcomes[name].reason)
         report = BuildReport(outcomes=outcomes, wall_s=self._now(), interrupted=self._interrupted)
         if report.ok and not self.options.dry_run:
             noop.write_record(self, self.options.targets)
@@ -375,7 +488,7 @@ def _under_any(path: str, outputs: set[str]) -> bool:
     return False
 
 
-def explain(before: tuple | None, after: tuple, limit: int = 3) -> str:
+def explain(before: Manifest | None, after: Manifest, limit: int = 3) -> str:
     """Why a task must run: the first few differences between the manifest it last ran with and now."""
     changes = explain_all(before, after)
     if len(changes) > limit:
@@ -383,17 +496,20 @@ def explain(before: tuple | None, after: tuple, limit: int = 3) -> str:
     return "; ".join(changes) if changes else "not in the cache"
 
 
-def explain_all(before: tuple | None, after: tuple) -> list[str]:
+def explain_all(before: Manifest | None, after: Manifest) -> list[str]:
     if before is None:
         return ["no previous run recorded in this workspace"]
-    b_argv, b_env, b_platform, b_inputs, b_deps, b_outputs, b_timeout = before
-    a_argv, a_env, a_platform, a_inputs, a_deps, a_outputs, a_timeout = after
+    if len(before) != len(after):
+        return ["the previous run was recorded by another version of gaffer"]
+    b_argv, b_env, b_platform, b_inputs, b_deps, b_outputs, b_timeout, b_tools = before
+    a_argv, a_env, a_platform, a_inputs, a_deps, a_outputs, a_timeout, a_tools = after
     changes: list[str] = []
     if b_argv != a_argv:
         changes.append("the command changed")
     changes += _diff_pairs(dict(b_env), dict(a_env), "env")
     if b_platform != a_platform:
         changes.append("the platform changed")
+    changes += _tool_changes(b_tools, a_tools)
     b_in, a_in = dict(b_inputs), dict(a_inputs)
     for path in sorted(a_in.keys() - b_in.keys()):
         changes.append(f"input {path} was added")
@@ -411,6 +527,20 @@ def explain_all(before: tuple | None, after: tuple) -> list[str]:
         changes.append("the declared outputs changed")
     if b_timeout != a_timeout:
         changes.append("the timeout changed")
+    return changes
+
+
+def _tool_changes(before: tuple, after: tuple) -> list[str]:
+    """"tool go changed (go1.26.6 -> go1.24.11)" for each tool whose identity differs."""
+    old = {spec: (version, h) for spec, version, h in before}
+    new = {spec: (version, h) for spec, version, h in after}
+    changes = []
+    for spec in sorted(old.keys() | new.keys()):
+        if spec not in old or spec not in new:
+            changes.append(f"tool {spec} was {'added' if spec in new else 'removed'}")
+        elif old[spec] != new[spec]:
+            versions = f" ({old[spec][0]} -> {new[spec][0]})" if old[spec][0] != new[spec][0] else ""
+            changes.append(f"tool {spec} changed{versions}")
     return changes
 
 

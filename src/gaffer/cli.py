@@ -19,6 +19,23 @@ from typing import Any, NoReturn
 from gaffer import __version__
 from gaffer.errors import EnvironmentProblem, GafferError, UserError
 
+RUN_EPILOG = """\
+environment (a flag wins over its variable, which wins over gaffer.toml):
+  GAFFER_CACHE            remote cache URLs, comma-separated, nearest first (as --cache)
+  GAFFER_CACHE_DIR        the local cache directory (as --cache-dir)
+  GAFFER_CACHE_MAX_SIZE   its size bound (as --cache-max-size)
+  GAFFER_CACHE_READ_ONLY  1: pull from remote tiers, never push (as --cache-read-only)
+  GAFFER_CACHE_TIMEOUT    per-request timeout of remote tiers (as --cache-timeout)
+  GAFFER_JOBS             tasks run at once (as -j)
+
+exit status:
+  0  every task succeeded (ran, restored from the cache, or up to date)
+  1  a task failed
+  2  bad input: a flag, the graph or a setting (one line says what and where)
+  3  an environment problem (the cache directory is unusable, ...)
+  130, 143  interrupted by Ctrl-C (SIGINT) or SIGTERM
+"""
+
 CACHE_URL_HELP = (
     "a remote cache tier behind the local disk (repeatable, nearest first): "
     "s3://bucket/prefix?endpoint=http://127.0.0.1:7480&region=us-east-1, redis://127.0.0.1:6379/0, "
@@ -54,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="build targets (every task when none is named)",
                          description="Build TARGETs and their dependencies, e.g. "
-                                     "'gaffer run distributed-build --graph graph.json -j 4'.")
+                                     "'gaffer run distributed-build --graph graph.json -j 4'.",
+                         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("targets", nargs="*", metavar="TARGET", help="task names (default: every task)")
     run.add_argument("--graph", default="graph.json", metavar="FILE", help="the task graph (default: graph.json)")
     run.add_argument("-j", "--jobs", type=str, default=None, metavar="N",
@@ -68,13 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="say what changed since a task last ran",
                              description="Compare TASK's inputs, env values, command and deps with its last run.")
-    explain.add_argument("task", metavar="TASK")
-    explain.add_argument("--graph", default="graph.json", metavar="FILE")
+    explain.add_argument("task", metavar="TASK", help="the name of a task in the graph")
+    explain.add_argument("--graph", default="graph.json", metavar="FILE", help="the task graph (default: graph.json)")
 
-    clean = sub.add_parser("clean", help="remove the declared outputs of targets (default: all tasks)")
-    clean.add_argument("targets", nargs="*", metavar="TARGET")
-    clean.add_argument("--graph", default="graph.json", metavar="FILE")
-    clean.add_argument("--all", action="store_true", help="also empty the local cache (seed 003's cleanAll)")
+    clean = sub.add_parser("clean", help="remove the declared outputs of targets (default: all tasks)",
+                           description="Remove the declared outputs of TARGETs and their dependencies and forget "
+                                       "their last runs; the cache keeps its entries, so the next build restores "
+                                       "them.")
+    clean.add_argument("targets", nargs="*", metavar="TARGET", help="task names (default: every task)")
+    clean.add_argument("--graph", default="graph.json", metavar="FILE", help="the task graph (default: graph.json)")
+    clean.add_argument("--all", action="store_true", help="also empty the local cache")
     _add_cache_flags(clean, remote=False)
 
     cache = sub.add_parser("cache", help="inspect and maintain the local cache")
@@ -82,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("status", "entries, size and the hit rate of recent builds"),
         ("gc", "evict least-recently-used entries down to the size bound"),
-        ("verify", "re-hash every blob; evict corrupt ones"),
+        ("verify", "re-hash every blob and action result; evict corrupt ones"),
         ("clean", "remove every entry"),
     ):
         action = cache_sub.add_parser(name, help=text, description=text)
@@ -168,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     graph = _load_graph(args.graph)
     _check_env_values(graph)
     settings = load_settings(graph.root, _flags(args))
-    progress = Progress(verbose=args.verbose or args.dry_run)
+    progress = Progress(verbose=args.verbose, quiet=args.dry_run)  # a dry run's result is the plan on stdout
     cache = open_cache(settings, progress.warn)
     cache.connect()
     build = Build(graph, cache, BuildOptions(targets=args.targets, jobs=settings.jobs, keep_going=args.keep_going,
@@ -267,11 +288,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
         remove_outputs(graph.root, task.outputs)
         state.forget(name)
     state.save()
-    print(f"removed {removed} declared outputs", file=sys.stderr)
+    from gaffer.units import format_count
+
+    # What the command did is its result: stdout, like `gaffer cache clean` (HACKING.md, "Output").
+    print(f"removed {format_count(removed, 'declared output')}")
     if store is not None:
         with _maintaining(store):
             store.clean()
-        print("emptied the local cache", file=sys.stderr)
+        print(f"emptied {store.root}")
     return 0
 
 
@@ -308,7 +332,7 @@ def _maintaining(store: Any) -> Iterator[None]:
 
 
 def _cache_action(args: argparse.Namespace, store: Any) -> int:
-    from gaffer.units import format_size
+    from gaffer.units import format_count, format_size
 
     if args.cache_command == "status":
         status = store.status()
@@ -327,13 +351,15 @@ def _cache_action(args: argparse.Namespace, store: Any) -> int:
         print(f"  Targets cached: {status.actions}")
         print(f"  Blobs: {status.blobs}")
         print(f"  Cache size: {format_size(status.bytes)} ({status.bytes:,} bytes) of {format_size(status.max_size)}")
-        print(f"  Hit rate (last {len(builds)} builds): {100 * rate:.1f}% ({hits} hits, {misses} misses)")
+        print(f"  Hit rate (last {format_count(len(builds), 'build')}): {100 * rate:.1f}% "
+              f"({format_count(hits, 'hit')}, {format_count(misses, 'miss', 'misses')})")
     elif args.cache_command == "gc":
         removed, freed = store.gc()
-        print(f"removed {removed} entries ({format_size(freed)})")
+        print(f"removed {format_count(removed, 'entry', 'entries')} ({format_size(freed)})")
     elif args.cache_command == "verify":
         verify = store.verify()
-        print(f"checked {verify.checked} blobs: {len(verify.corrupt)} corrupt" +
+        print(f"checked {format_count(verify.checked, 'blob')} and {format_count(verify.checked_actions, 'action result')}: "
+              f"{len(verify.corrupt)} corrupt" +
               (" (evicted: " + ", ".join(h[:12] for h in verify.corrupt) + ")" if verify.corrupt else ""))
         return 1 if verify.corrupt else 0
     elif args.cache_command == "clean":

@@ -1,4 +1,4 @@
-"""Settings shared by the front ends, with one precedence everywhere (DESIGN.md):
+"""Settings shared by the front ends, with one precedence everywhere:
 command-line flag > `GAFFER_*` environment variable > `gaffer.toml` (workspace root, then the user config
 dir) > default.
 

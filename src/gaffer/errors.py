@@ -1,4 +1,4 @@
-"""Errors that map to gaffer's exit statuses (DESIGN.md: 1 build failed, 2 bad input, 3 environment)."""
+"""Errors that map to gaffer's exit statuses (1 build failed, 2 bad input, 3 environment)."""
 
 from __future__ import annotations
 

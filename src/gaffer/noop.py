@@ -1,9 +1,10 @@
 """The whole-build fast path: decide "nothing to do" from `stat` calls alone, as ninja does.
 
 After a successful build, `write_record` stores what that build saw: the graph file's stat signature, the
-targets, the values of every declared env var, the stat signature of every input (taken *before* the tasks
-used them) and every output (taken right after they were made), and the signatures of the directories that
-glob and directory inputs were found in (a file added or removed there changes its directory's mtime).
+targets, the values of every declared env var (and of PATH when a task runs tools), the stat signature of
+every input and tool file (taken *before* the tasks used them) and every output (taken right after they were
+made), and the signatures of the directories that glob and directory inputs were found in (a file added or
+removed there changes its directory's mtime).
 
 `check` compares all of that with the file system now. If nothing differs, every task would be "up to date"
 in the per-task check too, so the build is a no-op without even loading the graph file. Anything that differs,
@@ -24,7 +25,7 @@ from gaffer import __version__
 if TYPE_CHECKING:
     from gaffer.build import Build
 
-_FORMAT = 1
+_FORMAT = 2
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -85,6 +86,7 @@ def discard(root: Path) -> None:
 def write_record(build: Build, targets: Sequence[str]) -> None:
     """Record a successful build. Skipped when a file changed too recently to trust its signature."""
     from gaffer.digest import RACY_WINDOW_NS, stat_signature
+    from gaffer.tools import ENVIRONMENT as TOOL_ENVIRONMENT
 
     graph = build.graph
     root = str(graph.root)
@@ -108,12 +110,16 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
             if sig is None or sig[1] > racy_after:
                 return
             inputs[f"{root}/{rel}"] = sig
-        for path, _h, _size, _x, sig in build.outputs[name]:
-            outputs.append((f"{root}/{path}", sig))
+        if fingerprint[8]:  # the task's tools: the files found (racy ones made fingerprint[7] set) and PATH
+            inputs.update(signature for signatures in fingerprint[8] for signature in signatures)
+            env_names.update(TOOL_ENVIRONMENT)
+        records = build.outputs[name]
+        # An output directory's signature changes when a stray file lands in it: the full build removes it.
+        outputs.extend((f"{root}/{r.path}", r.sig) for r in (*records.files, *records.directories))
+        symlinks.extend((f"{root}/{s.path}", s.target) for s in records.symlinks)
         state = build.state.tasks.get(name)
         if state is None:
             return
-        symlinks.extend((f"{root}/{p}", target) for p, target in state.symlinks)
         tasks.append((name, state.duration_s))
     dirs = build.input_dirs
     if any(sig[0] > racy_after for _p, sig in dirs):

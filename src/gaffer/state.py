@@ -1,12 +1,13 @@
 """The workspace's build state (`.gaffer/` beside graph.json): what each task looked like when it last ran.
 
 This is gaffer's ninja-style build log. It lets a no-op build decide "up to date" from `stat` calls alone: a
-task whose fingerprint (command, env values, input stat signatures, deps' output digests) and whose outputs'
-stat signatures are unchanged needs no hashing, no key and no cache lookup. It also keeps each task's last
+task whose fingerprint (command, env values, input stat signatures, deps' outputs) and whose outputs' stat
+signatures are unchanged needs no hashing, no key and no cache lookup. It also keeps each task's last
 manifest so `gaffer explain` and `--dry-run` can say what changed.
 
 Losing this file is harmless: the next build re-hashes and finds everything in the cache. It is stored with
-`marshal` (fast, cannot run code); a damaged file is ignored.
+`marshal` (fast, cannot run code); a damaged file is ignored. marshal stores plain tuples only, so the named
+records below become tuples on `save` and are rebuilt on `load`.
 """
 
 from __future__ import annotations
@@ -15,27 +16,87 @@ import marshal
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-_FORMAT = 1
+_FORMAT = 3
 
-# A manifest: what went into the task's key, comparable between runs.
-#   (argv, env items, platform items, ((input path, hash), ...), ((dep, outputs hash), ...), outputs, timeout)
-Manifest = tuple
-# An output file as recorded: (path, hash, size, executable, stat signature)
-OutputRecord = tuple
+StatSignature = tuple  # digest.stat_signature: (size, mtime_ns, inode, ctime_ns)
+
+
+class FileRecord(NamedTuple):
+    """An output file as recorded: its content, permission bits and the stat signature it had."""
+
+    path: str
+    hash: str
+    size: int
+    mode: int
+    sig: StatSignature
+
+
+class SymlinkRecord(NamedTuple):
+    path: str
+    target: str
+
+
+class DirectoryRecord(NamedTuple):
+    """An output directory (declared, or below a declared one): a file added to it changes its signature."""
+
+    path: str
+    mode: int
+    sig: StatSignature
+
+
+class OutputRecords(NamedTuple):
+    """Everything a task's outputs hold: what its dependents see, and so what their keys cover."""
+
+    files: tuple[FileRecord, ...] = ()
+    symlinks: tuple[SymlinkRecord, ...] = ()
+    directories: tuple[DirectoryRecord, ...] = ()
+
+    def content(self) -> tuple:
+        """The outputs without their stat signatures, as plain tuples: equal exactly when a dependent would see
+        the same thing (the part of a dependent's fingerprint and manifest that comes from this task)."""
+        return (tuple((f.path, f.hash, f.mode) for f in self.files), tuple(map(tuple, self.symlinks)),
+                tuple((d.path, d.mode) for d in self.directories))
+
+    def to_tuple(self) -> tuple:
+        return (tuple(map(tuple, self.files)), tuple(map(tuple, self.symlinks)), tuple(map(tuple, self.directories)))
+
+    @classmethod
+    def from_tuple(cls, data: tuple) -> OutputRecords:
+        files, symlinks, directories = data
+        return cls(tuple(FileRecord(*f) for f in files), tuple(SymlinkRecord(*s) for s in symlinks),
+                   tuple(DirectoryRecord(*d) for d in directories))
+
+
+class Manifest(NamedTuple):
+    """What went into the task's key, comparable between runs (`gaffer explain` diffs two of them)."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    platform: tuple[tuple[str, str], ...]
+    inputs: tuple[tuple[str, str], ...]  # (input path, hash)
+    deps: tuple[tuple[str, tuple], ...]  # (dep, OutputRecords.content())
+    outputs: tuple[str, ...]
+    timeout: float | None
+    tools: tuple[tuple[str, str, str], ...] = ()  # (name, version, content hash) of each tool
 
 
 @dataclass
 class TaskState:
     fingerprint: tuple
     key: str  # action digest hash
-    outputs: tuple[OutputRecord, ...]
-    symlinks: tuple[tuple[str, str], ...]
+    outputs: OutputRecords
     manifest: Manifest
     duration_s: float
 
     def to_tuple(self) -> tuple:
-        return (self.fingerprint, self.key, self.outputs, self.symlinks, self.manifest, self.duration_s)
+        return (self.fingerprint, self.key, self.outputs.to_tuple(), tuple(self.manifest), self.duration_s)
+
+    @classmethod
+    def from_tuple(cls, data: tuple) -> TaskState:
+        fingerprint, key, outputs, manifest, duration_s = data
+        return cls(fingerprint, key, OutputRecords.from_tuple(outputs), Manifest(*manifest), duration_s)
 
 
 class WorkspaceState:
@@ -59,7 +120,7 @@ class WorkspaceState:
             with open(state._path, "rb") as f:
                 version, tasks = marshal.loads(f.read())
             if version == _FORMAT:
-                state.tasks = {name: TaskState(*entry) for name, entry in tasks.items()}
+                state.tasks = {name: TaskState.from_tuple(entry) for name, entry in tasks.items()}
         except (OSError, EOFError, ValueError, TypeError):
             state.tasks = {}
         return state

@@ -39,10 +39,17 @@ def parse_duration(text: str | float | int, what: str = "duration") -> float:
 
 
 def format_size(n: int) -> str:
-    """Human-readable byte count: `45.0 MiB`."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    """Human-readable byte count in the largest unit it fills: `512 B`, `3.5 KiB`, `45.0 MiB`."""
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if round(value, 1) < 1024:  # 1048575 B is `1.0 MiB`, not `1024.0 KiB`
+            return f"{value:.1f} {unit}"
         value /= 1024
-    raise AssertionError("unreachable")
+    return f"{value:.1f} TiB"
+
+
+def format_count(n: int, noun: str, plural: str = "") -> str:
+    """`1 task`, `2 tasks`: a count with its noun in the right number (`plural` for irregular nouns)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -1,1 +1,1 @@
-"""The content-addressed cache: a CAS + action cache, local disk first, remote tiers behind (DESIGN.md)."""
+"""The content-addressed cache: a CAS + action cache, local disk first, remote tiers behind."""

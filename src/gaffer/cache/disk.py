@@ -2,14 +2,15 @@
 
 Layout (one concept per directory, safe for several processes at once):
     cas/<2 hex>/<sha256>   blob content, exactly the bytes (so a GOCACHEPROG DiskPath can point at it)
-    ac/<2 hex>/<sha256>    serialized REAPI ActionResult, keyed by action digest
+    ac/<2 hex>/<sha256>    serialized REAPI ActionResult, keyed by action digest, after a checksum header
     tmp/                   files being written; renamed into place atomically
     size                   running estimate of the bytes stored (updated under `lock`)
     builds.log             one JSON line per build (hits, misses), for `gaffer cache status`
 
-Every read is verified against the digest: a corrupt or truncated blob is evicted, reported and treated as a
-miss. A file's mtime is its "last used" time for LRU eviction; reads refresh it at most once an hour so hits
-stay cheap.
+Every read is verified: a blob against its digest, an action-cache entry against the SHA-256 in its header (the
+header is this tier's own: every caller reads and writes the plain ActionResult). A corrupt or truncated entry
+is evicted, reported and treated as a miss. A file's mtime is its "last used" time for LRU eviction; reads
+refresh it at most once an hour so hits stay cheap.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from gaffer.digest import Digest, digest_file
 DEFAULT_MAX_SIZE = 10 * 1024**3
 GC_LOW_WATER = 0.9  # gc evicts down to this fraction of max_size so it does not run again at once
 _TOUCH_AFTER_S = 3600
+_AC_MAGIC = b"gAC1"  # an action-cache file: magic, SHA-256 of the rest, then the serialized ActionResult
+_AC_HEADER = len(_AC_MAGIC) + hashlib.sha256().digest_size
 
 
 def _warn(message: str) -> None:
@@ -52,8 +55,9 @@ class StoreStatus(NamedTuple):
 
 
 class VerifyReport(NamedTuple):
-    checked: int
-    corrupt: list[str]
+    checked: int  # blobs
+    corrupt: list[str]  # hashes of the evicted blobs and action-cache entries
+    checked_actions: int = 0
 
 
 class DiskStore(CacheTier):
@@ -71,6 +75,8 @@ class DiskStore(CacheTier):
         self.report = report or _warn
         self.corrupt_evicted = 0
         self._written = 0
+        self.bytes_stored = 0  # by this process, for the tier's stats (_written is reset when accounted)
+        self.bytes_served = 0
         self._verified: set[Digest] = set()  # blobs this process hashed itself (put_file, adopt after a check)
         self._tmp = self.root / "tmp"
         self._warn_lock = threading.Lock()
@@ -160,6 +166,7 @@ class DiskStore(CacheTier):
             copy_file(source, dest)
         except FileNotFoundError:  # evicted by another process between verify and copy
             return False
+        self.bytes_served += digest.size_bytes
         return True
 
     def write_blob(self, digest: Digest, data: bytes) -> None:
@@ -200,13 +207,21 @@ class DiskStore(CacheTier):
     # -- action cache ------------------------------------------------------------------------------------------
 
     def read_action(self, key: Digest) -> bytes | None:
-        return self._read_and_touch(self._action_path(key))
+        """The entry's ActionResult bytes; None if absent or damaged (a damaged one is evicted and reported)."""
+        path = self._action_path(key)
+        data = self._read_and_touch(path)
+        if data is None:
+            return None
+        result = _checked_action(data)
+        if result is None:
+            self._evict_corrupt(path, "action result", key)
+        return result
 
     def write_action(self, key: Digest, result: bytes) -> None:
         tmp = self.temp_path()
         with open(tmp, "wb") as f:
-            f.write(result)
-        self._install(tmp, self._action_path(key), len(result))
+            f.write(_AC_MAGIC + hashlib.sha256(result).digest() + result)
+        self._install(tmp, self._action_path(key), _AC_HEADER + len(result))
 
     def evict_action(self, key: Digest) -> None:
         self._action_path(key).unlink(missing_ok=True)
@@ -279,8 +294,8 @@ class DiskStore(CacheTier):
             yield Digest(path.name, st.st_size)
 
     def verify(self) -> VerifyReport:
-        """Hash every blob; evict (and list) the corrupt ones."""
-        checked = 0
+        """Hash every blob and check every action-cache entry's checksum; evict (and list) the corrupt ones."""
+        checked = checked_actions = 0
         corrupt = []
         for path, st in self._walk("cas"):
             checked += 1
@@ -291,8 +306,17 @@ class DiskStore(CacheTier):
                 continue
             if not ok:
                 corrupt.append(path.name)
-                self._evict_corrupt(path, digest)
-        return VerifyReport(checked=checked, corrupt=corrupt)
+                self._evict_corrupt(path, "blob", digest)
+        for path, st in self._walk("ac"):
+            checked_actions += 1
+            try:
+                ok = _checked_action(path.read_bytes()) is not None
+            except OSError:
+                continue
+            if not ok:
+                corrupt.append(path.name)
+                self._evict_corrupt(path, "action result", Digest(path.name, st.st_size))
+        return VerifyReport(checked=checked, corrupt=corrupt, checked_actions=checked_actions)
 
     def clean(self) -> None:
         """Remove every entry (the directory itself stays). Temp files of running processes stay too: a build
@@ -354,6 +378,7 @@ class DiskStore(CacheTier):
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, dest)
         self._written += size
+        self.bytes_stored += size
 
     def _read_and_touch(self, path: Path) -> bytes | None:
         """A whole entry, refreshing its LRU time; None if absent."""
@@ -364,6 +389,7 @@ class DiskStore(CacheTier):
         except OSError:
             return None
         self._touch(path, mtime)
+        self.bytes_served += len(data)
         return data
 
     def _touch(self, path: Path, mtime: float) -> None:
@@ -384,15 +410,15 @@ class DiskStore(CacheTier):
             except OSError:
                 return
         if actual_hash != digest.hash:
-            self._evict_corrupt(path, digest)
+            self._evict_corrupt(path, "blob", digest)
 
-    def _evict_corrupt(self, path: Path, digest: Digest) -> None:
+    def _evict_corrupt(self, path: Path, what: str, digest: Digest) -> None:
         try:
             os.unlink(path)
         except OSError:
             pass
         self.corrupt_evicted += 1
-        self.report(f"corrupt cache blob {digest.hash[:12]} in {self.root} evicted; it will be rebuilt or refetched")
+        self.report(f"corrupt cache {what} {digest.hash[:12]} in {self.root} evicted; it will be rebuilt or refetched")
 
     def _walk(self, *kinds: str) -> Iterator[tuple[Path, os.stat_result]]:
         for kind in kinds or ("cas", "ac"):
@@ -451,6 +477,14 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def _checked_action(data: bytes) -> bytes | None:
+    """The ActionResult inside an action-cache file, or None if the file is damaged (or not in this format)."""
+    if not data.startswith(_AC_MAGIC) or len(data) < _AC_HEADER:
+        return None
+    result = data[_AC_HEADER:]
+    return result if hashlib.sha256(result).digest() == data[len(_AC_MAGIC):_AC_HEADER] else None
 
 
 def copy_file(source: Path, dest: Path) -> None:

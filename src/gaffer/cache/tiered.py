@@ -1,4 +1,4 @@
-"""The tiered cache: the local disk tier first, remote tiers behind it (DESIGN.md, "Tiering").
+"""The tiered cache: the local disk tier first, remote tiers behind it.
 
 - Reads go near to far; a remote hit fills the local tier (and nearer remotes unless read-only).
 - Every downloaded blob is verified against its digest before it is stored or used; a bad one is a miss for that
@@ -23,6 +23,7 @@ from typing import TypeVar
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_file
+from gaffer.units import format_count
 
 T = TypeVar("T")
 RETRIES = 3
@@ -147,7 +148,8 @@ class TieredCache:
                 self.remotes.append(Remote(r[1], r[0], report))
         self._uploads: list[Future[None]] = []
         self._upload_pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._pool_lock = threading.Lock()  # also guards _served
+        self._served: dict[Digest, list[TierStats]] = {}  # key -> the tiers whose entries await settle()
 
     def connect(self) -> None:
         """Open every remote tier at once, in parallel; one that fails its check is disabled with a warning."""
@@ -163,7 +165,7 @@ class TieredCache:
         """The serialized ActionResult for `key`, from the nearest tier that has it (filling nearer ones)."""
         data = self.local.read_action(key)
         if data is not None:
-            self.local_stats.hits += 1
+            self._unsettled(key, self.local_stats)
             return data
         self.local_stats.misses += 1
         for i, remote in enumerate(self.remotes):
@@ -172,7 +174,7 @@ class TieredCache:
                 if remote.healthy:
                     remote.stats.misses += 1
                 continue
-            remote.stats.hits += 1
+            self._unsettled(key, remote.stats)
             remote.stats.bytes_down += len(data)
             self.local.write_action(key, data)
             if not self.read_only:
@@ -180,6 +182,44 @@ class TieredCache:
                     nearer.call(lambda t: t.write_action(key, data), None)
             return data
         return None
+
+    def _unsettled(self, key: Digest, tier: TierStats) -> None:
+        with self._pool_lock:  # two tasks with one key may look it up at once: one entry each
+            self._served.setdefault(key, []).append(tier)
+
+    def settle(self, key: Digest, usable: bool) -> None:
+        """Count the entry `get_action(key)` returned as its tier's hit only if it was usable (parsed, every blob
+        present and verified), else as a miss: a hit that then fails verification is no hit. Callers settle every
+        entry they got."""
+        with self._pool_lock:
+            waiting = self._served.get(key, [])
+            tier = waiting.pop() if waiting else None
+            if not waiting:
+                self._served.pop(key, None)
+        if tier is not None:
+            if usable:
+                tier.hits += 1
+            else:
+                tier.misses += 1
+
+    def peek_action(self, key: Digest) -> bytes | None:
+        """The ActionResult for `key` from the nearest tier that has it, filling no tier and counting nothing:
+        what `--dry-run` asks so that predicting a build changes no cache."""
+        data = self.local.read_action(key)
+        for remote in self.remotes:
+            if data is not None:
+                break
+            data = remote.call(lambda t: t.read_action(key), None)
+        return data
+
+    def contains(self, digests: Sequence[Digest]) -> bool:
+        """Does some tier hold each blob? (Presence only: nothing is fetched or verified, nothing filled.)"""
+        missing = [d for d in self.local.find_missing(list(dict.fromkeys(digests))) if d != EMPTY_DIGEST]
+        for remote in self.remotes:
+            if not missing:
+                break
+            missing = remote.call(lambda t: t.find_missing(missing), missing)
+        return not missing
 
     def ensure_local(self, digests: Sequence[Digest]) -> bool:
         """Make every blob present (and verified) in the local tier, fetching from remotes. False if any is
@@ -254,7 +294,8 @@ class TieredCache:
             return
         done, not_done = wait(pending, timeout=1.0)
         if not_done:
-            print(f"gaffer: uploading {len(not_done)} results to the remote cache...", file=sys.stderr, flush=True)
+            print(f"gaffer: uploading {format_count(len(not_done), 'result')} to the remote cache...", file=sys.stderr,
+                  flush=True)
             wait(not_done)
 
     def close(self) -> None:
@@ -268,13 +309,6 @@ class TieredCache:
     # -- reporting ---------------------------------------------------------------------------------------------
 
     def tier_stats(self) -> list[TierStats]:
+        self.local_stats.bytes_down = self.local.bytes_served
+        self.local_stats.bytes_up = self.local.bytes_stored
         return [self.local_stats] + [r.stats for r in self.remotes]
-
-    def stats_line(self) -> str:
-        parts = []
-        for s in self.tier_stats():
-            parts.append(
-                f"{s.name}: {s.hits} hits, {s.misses} misses, {s.bytes_down} B down, {s.bytes_up} B up, "
-                f"{s.seconds:.2f}s, {s.errors} errors" + (" (disabled)" if s.disabled else "")
-            )
-        return "; ".join(parts)

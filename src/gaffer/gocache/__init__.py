@@ -1,4 +1,4 @@
-"""`gobuildcache` / `gaffer gocache`: the GOCACHEPROG protocol over gaffer's cache (seed 001, docs/gocache.md).
+"""`gobuildcache` / `gaffer gocache`: the GOCACHEPROG protocol over gaffer's cache (docs/gocache.md).
 
 Nothing is imported here: `go` starts the program for every command and waits for CAPABILITIES, which main.py
 writes before it imports the protocol or the cache.

@@ -1,4 +1,4 @@
-"""gobuildcache's configuration: seed 001's environment variables, plus gaffer's cache URLs and read-only mode.
+"""gobuildcache's configuration: the Go gobuildcache program's environment variables, plus gaffer's cache URLs and read-only mode.
 
     BACKEND_TYPE      disk (default) or s3
     CACHE_DIR         the local tier for BACKEND_TYPE=disk (default /tmp/gobuildcache)
@@ -83,7 +83,7 @@ def _cache_urls(env: Mapping[str, str]) -> tuple[str, list[str]]:
 
 
 def _s3_url(env: Mapping[str, str]) -> str:
-    """The s3:// tier URL for seed 001's BACKEND_TYPE=s3 variables."""
+    """The s3:// tier URL for the BACKEND_TYPE=s3 variables."""
     from urllib.parse import quote, urlencode
 
     bucket = env.get("S3_BUCKET", "").strip()

@@ -20,7 +20,7 @@ A GOCACHEPROG program: `go` runs it and talks to it on stdin/stdout.
 With no argument it serves one `go` command. `clear` empties the local tier and the remote tiers,
 `clear-local` and `clear-remote` one side only.
 
-Environment (seed 001):
+Environment (the same as the Go gobuildcache program's):
     BACKEND_TYPE=disk|s3          disk is the default
     CACHE_DIR=/path               local tier for disk (default /tmp/gobuildcache)
     S3_BUCKET, S3_PREFIX          the bucket (required for s3) and key prefix
@@ -32,6 +32,7 @@ Environment (gaffer):
                                   redis://127.0.0.1:6379/0, http://cache:8080/go, grpc://cache:8980
     GOBUILDCACHE_READ_ONLY=1      read remote tiers, never write them (untrusted CI)
     GOBUILDCACHE_STATS=1          one stats line on stderr at close
+    GOBUILDCACHE_TIMEOUT=10s      bound on each remote request (a stuck remote is dropped for the command)
 """
 
 CLEAR_COMMANDS = ("clear", "clear-local", "clear-remote")

@@ -131,6 +131,8 @@ class GoStore:
         key = action_key(action_id)
         data = self.tiered.get_action(key) if self.tiered else self.local.read_action(key)
         hit = self._hit(self._entry(key, data), fetch=True)
+        if self.tiered:
+            self.tiered.settle(key, hit is not None)
         self._count(hit)
         return hit
 

@@ -11,6 +11,7 @@ import gc
 import json
 import math
 import os
+import posixpath
 import re
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,14 @@ from gaffer.errors import UserError
 from gaffer.graph.model import Graph, Task, did_you_mean, topological_order
 from gaffer.units import parse_duration
 
-TOP_FIELDS = ("tasks", "version", "env", "platform", "$schema")
-TASK_FIELDS = ("command", "deps", "inputs", "outputs", "env", "timeout", "cache", "description")
+TOP_FIELDS = ("tasks", "version", "env", "tools", "platform", "$schema")
+TASK_FIELDS = ("command", "deps", "inputs", "outputs", "env", "tools", "timeout", "cache", "description")
 FORMAT_VERSION = 1
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"\s")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _RESERVED_DIRS = (".git", ".gaffer")  # gaffer's own state and git's: a task must not write there
+_HOST_PROPERTIES = ("OSFamily", "ISA")  # always the executing machine's own (actions.host_properties)
 _TASK_FIELD_SET = frozenset(TASK_FIELDS)
 MAX_TIMEOUT_S = 365 * 24 * 3600  # a year: far beyond any build, well inside what clocks and REAPI's Duration hold
 
@@ -61,9 +63,9 @@ def _load(path: str | os.PathLike[str]) -> Graph:
     structured = "tasks" in doc
     try:
         if structured:
-            raw_tasks, graph_env, platform = _settings(doc)
+            raw_tasks, graph_env, graph_tools, platform = _settings(doc)
         else:
-            raw_tasks, graph_env, platform = dict(doc), (), {}
+            raw_tasks, graph_env, graph_tools, platform = dict(doc), (), (), {}
             if type(raw_tasks.get("$schema")) is str:  # editors' convention; harmless in the bare form too
                 del raw_tasks["$schema"]
     except _Bad as e:
@@ -72,7 +74,7 @@ def _load(path: str | os.PathLike[str]) -> Graph:
     tasks: dict[str, Task] = {}
     for name, raw in raw_tasks.items():
         try:
-            tasks[name] = _task(name, raw, graph_env, raw_tasks)
+            tasks[name] = _task(name, raw, graph_env, graph_tools, raw_tasks)
         except _Bad as e:
             hint = ""
             if not structured and name in TOP_FIELDS:
@@ -106,8 +108,8 @@ def _parse_json(data: bytes, shown: str) -> Any:
         raise UserError(f"{shown}: not valid JSON: nested too deeply") from None
 
 
-def _settings(doc: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...], dict[str, str]]:
-    """The structured form's top-level settings: (raw tasks, graph-level env names, platform)."""
+def _settings(doc: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...], tuple[str, ...], dict[str, str]]:
+    """The structured form's top-level settings: (raw tasks, graph-level env names, graph-level tools, platform)."""
     for key in doc:
         if key not in TOP_FIELDS:
             raise _Bad(f"unknown top-level field {key!r}{did_you_mean(key, TOP_FIELDS)}")
@@ -122,6 +124,7 @@ def _settings(doc: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...], dic
     if "$schema" in doc and type(doc["$schema"]) is not str:
         raise _Bad(f"field '$schema' must be a string, got {_kind(doc['$schema'])}")
     graph_env = _env_names(doc.get("env"))
+    graph_tools = _tools(doc.get("tools"))
     platform = doc.get("platform")
     if platform is None:
         platform = {}
@@ -132,10 +135,13 @@ def _settings(doc: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...], dic
             raise _Bad("field 'platform' has an empty property name")
         if type(value) is not str:
             raise _Bad(f"field 'platform': property {key!r} must be a string, got {_kind(value)}")
-    return raw_tasks, graph_env, dict(sorted(platform.items()))
+        if key in _HOST_PROPERTIES:
+            raise _Bad(f"field 'platform': property {key!r} is always the machine that runs the task, which gaffer"
+                       " adds itself; remove it")
+    return raw_tasks, graph_env, graph_tools, dict(sorted(platform.items()))
 
 
-def _task(name: str, raw: Any, graph_env: tuple[str, ...], known: dict[str, Any]) -> Task:
+def _task(name: str, raw: Any, graph_env: tuple[str, ...], graph_tools: tuple[str, ...], known: dict[str, Any]) -> Task:
     if not name or not name.isprintable():
         raise _Bad("a task name must be non-empty and printable")
     if type(raw) is not dict:
@@ -164,6 +170,14 @@ def _task(name: str, raw: Any, graph_env: tuple[str, ...], known: dict[str, Any]
         if graph_env:
             env = tuple(sorted(set(env).union(graph_env)))
 
+    tools = get("tools")
+    if tools is None:
+        tools = graph_tools
+    else:
+        tools = _tools(tools)
+        if graph_tools:
+            tools = tuple(sorted(set(tools).union(graph_tools)))
+
     cache = get("cache")
     if cache is None:
         cache = True
@@ -186,7 +200,7 @@ def _task(name: str, raw: Any, graph_env: tuple[str, ...], known: dict[str, Any]
 
     inputs, outputs = _inputs(get("inputs")), _outputs(get("outputs"))
     # Positional: measurably cheaper than keywords at 10,000 tasks. The order is Task's field order.
-    return Task(name, commands, deps, inputs, outputs, env, timeout, cache, description)
+    return Task(name, commands, deps, inputs, outputs, env, timeout, cache, description, tools)
 
 
 def _strings(value: Any, field: str) -> list[str]:
@@ -211,6 +225,28 @@ def _env_names(value: Any) -> tuple[str, ...]:
         if not _ENV_NAME.fullmatch(n):
             raise _Bad(f"env name {n!r} is not a variable name (letters, digits and _, not starting with a digit)")
     return tuple(sorted(set(names)))
+
+
+def _tools(value: Any) -> tuple[str, ...]:
+    """Tool names (looked up on PATH) or paths, normalized: a relative path keeps a leading "./" so that it
+    stays a path ("./gen" is the workspace's gen, "gen" a program on PATH)."""
+    tools = set()
+    for tool in _strings(value, "tools"):
+        if not tool or "\0" in tool:
+            raise _Bad(f"tool {tool!r} must be a non-empty name or path without NUL characters")
+        if "/" not in tool:
+            if _SPACE.search(tool):
+                raise _Bad(f"tool {tool!r} contains whitespace (a tool is a program name or a path, not a command)")
+            tools.add(tool)
+        else:
+            tools.add(tool_path(tool))
+    return tuple(sorted(tools))
+
+
+def tool_path(path: str) -> str:
+    """A tool given by path, normalized: absolute as is, relative (to the workspace) with a leading "./"."""
+    norm = posixpath.normpath(path)
+    return norm if norm.startswith(("/", "../")) else f"./{norm}"
 
 
 def _commands(value: Any) -> tuple[tuple[str, ...], ...]:

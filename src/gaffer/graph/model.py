@@ -28,6 +28,7 @@ class Task:
     timeout: float | None
     cache: bool
     description: str
+    tools: tuple[str, ...] = ()  # graph-level + task tools, sorted, unique: names on PATH, "./rel" or "/abs" paths
 
     @property
     def is_group(self) -> bool:

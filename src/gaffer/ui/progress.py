@@ -1,12 +1,15 @@
 """What a build shows while it runs, on stderr.
 
-Plain mode (not a TTY, or CI / NO_COLOR / TERM=dumb): one line per task start and finish, as seed 003 shows:
+Plain mode (not a TTY, or CI / NO_COLOR / TERM=dumb): one line per task start and finish:
     [1/6] Starting build-common
     [1/6] Completed build-common (2.1s)
     [2/6] Completed build-models (cached, 0.1s)
 Live mode (a TTY): finished tasks scroll by as lines and one status line at the bottom is redrawn with the
 running tasks and the count.
 Up-to-date tasks print nothing (a no-op build of 10,000 tasks must not print 10,000 lines); they are counted.
+Every real task takes the next number once, when it starts or (if it never starts: up to date, skipped) when it
+finishes, so the numbers run 1..total whatever mix of lines is shown; groups take none.
+Quiet mode (`--dry-run`, whose result is the plan on stdout) shows only warnings.
 A task's stdout goes to stdout and its stderr to stderr, after its line, whole (never interleaved).
 """
 
@@ -16,9 +19,11 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Collection
 from typing import TextIO
 
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, SKIPPED, Outcome
+from gaffer.units import format_count
 
 
 def use_live_display(stream: TextIO) -> bool:
@@ -28,10 +33,12 @@ def use_live_display(stream: TextIO) -> bool:
 
 
 class Progress:
-    def __init__(self, stream: TextIO = sys.stderr, live: bool | None = None, verbose: bool = False) -> None:
+    def __init__(self, stream: TextIO = sys.stderr, live: bool | None = None, verbose: bool = False,
+                 quiet: bool = False) -> None:
         self.stream = stream
-        self.live = use_live_display(stream) if live is None else live
-        self.verbose = verbose
+        self.quiet = quiet
+        self.live = not quiet and (use_live_display(stream) if live is None else live)
+        self.verbose = verbose and not quiet
         self.total = 0
         self.done = 0
         self.started = 0
@@ -39,12 +46,15 @@ class Progress:
         self._lock = threading.RLock()
         self._status_shown = False
         self._numbers: dict[str, int] = {}
+        self._groups: frozenset[str] = frozenset()
         self._stopped = threading.Event()
 
-    def start(self, total: int, jobs: int) -> None:
+    def start(self, total: int, jobs: int, groups: Collection[str] = ()) -> None:
+        """`total` real tasks; `groups` names tasks without a command, which are never counted (even skipped)."""
         self.total = total
+        self._groups = frozenset(groups)
         if self.verbose:
-            self._line(f"Starting build with {total} tasks (max concurrency: {jobs})")
+            self._line(f"Starting build with {format_count(total, 'task')} (max concurrency: {jobs})")
         if self.live:
             threading.Thread(target=self._tick, name="gaffer-progress", daemon=True).start()
 
@@ -59,24 +69,30 @@ class Progress:
             self.started += 1
             self._numbers[name] = self.started
             self.running[name] = time.monotonic()
+            if self.quiet:
+                return
             if not self.live:
                 self._line(f"[{self.started}/{self.total}] Starting {name}")
             else:
                 self._redraw()
 
     def task_finished(self, name: str, outcome: Outcome) -> None:
-        if outcome.status == GROUP:
+        if outcome.status == GROUP or name in self._groups:
             return
         with self._lock:
             self.done += 1
             self.running.pop(name, None)
             announced = name in self._numbers
-            number = self._numbers.pop(name, self.done)
+            if not announced:
+                self.started += 1
+            number = self._numbers.pop(name, self.started)
+            if self.quiet:
+                return
             if outcome.extra.get("up_to_date"):
                 if announced:
                     self._line(f"[{number}/{self.total}] Completed {name} (up to date, {outcome.duration_s:.1f}s)")
                 elif self.verbose:
-                    self._line(f"[{self.done}/{self.total}] {name}: up to date")
+                    self._line(f"[{number}/{self.total}] {name}: up to date")
                 elif self.live:
                     self._redraw()
                 return

@@ -8,6 +8,7 @@ from typing import TextIO
 
 from gaffer.errors import UserError
 from gaffer.outcome import CACHED, EXECUTED, FAILED, SKIPPED, BuildReport
+from gaffer.units import format_count, format_size
 
 
 def summary_dict(report: BuildReport) -> dict[str, object]:
@@ -25,7 +26,8 @@ def summary_dict(report: BuildReport) -> dict[str, object]:
         "task_s": round(task_s, 3),
         "hit_rate": round(counts[CACHED] / ran, 4) if ran else 0.0,
         "time_saved_s": round(saved, 3),
-        "parallel_efficiency": round(task_s / report.wall_s, 3) if report.wall_s > 0 else 0.0,
+        # task time over wall time; None when nothing ran (a no-op): there was no parallelism to measure
+        "parallel_efficiency": round(task_s / report.wall_s, 3) if task_s > 0 and report.wall_s > 0 else None,
         "interrupted": report.interrupted or None,
         "tasks": [
             {"name": name, "status": o.status, "duration_s": round(o.duration_s, 3), "reason": o.reason}
@@ -43,27 +45,27 @@ def print_summary(report: BuildReport, stream: TextIO) -> None:
         verdict = "Build FAILED"
     else:
         verdict = "Build completed"
+    efficiency = s["parallel_efficiency"]
     stream.write(
         f"{verdict} in {s['wall_s']:.1f}s: {s['executed']} executed, {s['cached']} cached, "
         f"{s['failed']} failed, {s['skipped']} skipped\n"
         f"  hit rate {100 * s['hit_rate']:.1f}% | total task time {s['task_s']:.1f}s | "
-        f"parallel efficiency {100 * s['parallel_efficiency']:.1f}% | time saved by the cache {s['time_saved_s']:.1f}s\n"
+        + (f"parallel efficiency {100 * efficiency:.1f}% | " if efficiency is not None else "")  # type: ignore[operator]
+        + f"time saved by the cache {s['time_saved_s']:.1f}s\n"
     )
     for tier in report.tiers:
         if tier["hits"] or tier["misses"] or tier["errors"] or tier["bytes_up"]:
             stream.write(
-                f"  cache {tier['name']}: {tier['hits']} hits, {tier['misses']} misses, "
-                f"{_mib(tier['bytes_down'])} down, {_mib(tier['bytes_up'])} up, {tier['seconds']:.2f}s, "
-                f"{tier['errors']} errors{' (disabled)' if tier['disabled'] else ''}\n"
+                f"  cache {tier['name']}: {format_count(int(tier['hits']), 'hit')}, "
+                f"{format_count(int(tier['misses']), 'miss', 'misses')}, "
+                f"{format_size(int(tier['bytes_down']))} down, {format_size(int(tier['bytes_up']))} up, "
+                f"{tier['seconds']:.2f}s, "
+                f"{format_count(int(tier['errors']), 'error')}{' (disabled)' if tier['disabled'] else ''}\n"
             )
     for name, o in report.tasks().items():
         if o.status == FAILED:
             stream.write(f"  failed: {name}: {o.reason}\n")
     stream.flush()
-
-
-def _mib(n: object) -> str:
-    return f"{int(n) / 1048576:.1f} MiB"  # type: ignore[call-overload]
 
 
 def write_summary_json(report: BuildReport, path: Path) -> None:

@@ -1,0 +1,208 @@
+"""What a task's outputs are to gaffer: everything a dependent sees is keyed, a restore is exactly what the task
+made (modes, empty directories, long names, directories as REAPI Trees), and a damaged entry is a miss."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from gaffer.cache.disk import DiskStore
+from gaffer.digest import Digest, digest_bytes
+from gaffer.protos import remote_execution_pb2 as re_pb2
+from tests.support import gaffer_env, run_gaffer, summary
+
+
+def workspace(root: Path, tasks: dict) -> Path:
+    root.mkdir(parents=True)
+    (root / "graph.json").write_text(json.dumps({"tasks": tasks}))
+    return root
+
+
+def build(ws: Path, env: dict[str, str], *targets: str) -> dict:
+    out = ws.parent / f"{ws.name}-summary.json"
+    proc = run_gaffer(["run", *targets, "--summary-json", str(out)], cwd=ws, env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = summary(out)
+    result["stderr"] = proc.stderr
+    return result
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def action_entries(cache: Path) -> list[Path]:
+    return sorted(p for p in (cache / "ac").rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return gaffer_env(tmp_path / "cache")
+
+
+# -- rule: a dependent's key covers everything it sees of its deps' outputs ---------------------------------------
+
+LIBS = {
+    "lib": {"command": "mkdir -p lib && echo one > lib/libfoo.so.1 && echo two > lib/libfoo.so.2 && "
+                       "ln -sfn $TARGET lib/libfoo.so",
+            "env": ["TARGET"], "outputs": ["lib/libfoo.so.1", "lib/libfoo.so.2", "lib/libfoo.so"]},
+    "app": {"command": "cat lib/libfoo.so > app.txt", "deps": ["lib"], "outputs": ["app.txt"]},
+}
+
+
+def test_retargeting_a_dep_output_symlink_reruns_the_dependent(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", LIBS)
+    build(ws, {**env, "TARGET": "libfoo.so.1"}, "app")
+    assert (ws / "app.txt").read_text() == "one\n"
+    result = build(ws, {**env, "TARGET": "libfoo.so.2"}, "app")
+    assert result["status"] == {"lib": "executed", "app": "executed"}
+    assert (ws / "app.txt").read_text() == "two\n"
+
+    fresh = workspace(tmp_path / "fresh", LIBS)  # another checkout sharing the cache: its key must differ too
+    build(fresh, {**env, "TARGET": "libfoo.so.1"}, "app")
+    assert (fresh / "app.txt").read_text() == "one\n"
+
+
+def test_a_dep_output_losing_its_executable_bit_reruns_the_dependent(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {
+        "tool": {"command": "echo 'echo hi' > tool.sh && chmod $MODE tool.sh", "env": ["MODE"], "outputs": ["tool.sh"]},
+        "use": {"command": "if test -x tool.sh; then echo runnable; else echo plain; fi > use.txt",
+                "deps": ["tool"], "outputs": ["use.txt"]},
+    })
+    build(ws, {**env, "MODE": "755"}, "use")
+    assert (ws / "use.txt").read_text() == "runnable\n"
+    result = build(ws, {**env, "MODE": "644"}, "use")
+    assert result["status"] == {"tool": "executed", "use": "executed"}
+    assert (ws / "use.txt").read_text() == "plain\n"
+
+
+def test_a_stray_file_in_a_dep_output_directory_is_removed_and_never_read(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {
+        "gen": {"command": "mkdir -p out/dir && echo a > out/dir/a.txt", "outputs": ["out/dir"]},
+        "cat": {"command": "cat out/dir/* > all.txt", "deps": ["gen"], "outputs": ["all.txt"]},
+    })
+    build(ws, env, "cat")
+    build(ws, env, "cat")  # a recorded no-op, so the next build would take the fast path if it could
+    (ws / "out" / "dir" / "a.txt~").write_text("editor backup\n")
+    (ws / "out" / "dir" / "junk").mkdir()
+    result = build(ws, env, "cat")
+    assert not (ws / "out" / "dir" / "a.txt~").exists() and not (ws / "out" / "dir" / "junk").exists()
+    assert "removed out/dir/a.txt~" in result["stderr"] and "removed out/dir/junk" in result["stderr"]
+    assert result["status"] == {"gen": "cached", "cat": "cached"}, "what the dependent sees is unchanged"
+    assert (ws / "all.txt").read_text() == "a\n"
+    again = build(ws, env, "cat")
+    assert "removed" not in again["stderr"]
+
+
+# -- rule: a restore is exactly what the task produced ------------------------------------------------------------
+
+MODES = {
+    "make": {"command": "mkdir -p out/private/empty out/empty && echo s > out/secret && chmod 600 out/secret && "
+                        "echo p > out/private/p && chmod 640 out/private/p && chmod 700 out/private && "
+                        "chmod 750 out/private/empty",
+             "outputs": ["out/secret", "out/private", "out/empty"]},
+}
+
+
+def test_restore_keeps_modes_and_empty_directories(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", MODES)
+    build(ws, env, "make")
+    shutil.rmtree(ws / "out")
+    shutil.rmtree(ws / ".gaffer")
+    result = build(ws, env, "make")
+    assert result["status"] == {"make": "cached"}
+    assert mode(ws / "out" / "secret") == 0o600
+    assert mode(ws / "out" / "private") == 0o700
+    assert mode(ws / "out" / "private" / "p") == 0o640
+    assert mode(ws / "out" / "private" / "empty") == 0o750 and not list((ws / "out" / "private" / "empty").iterdir())
+    assert (ws / "out" / "empty").is_dir() and not list((ws / "out" / "empty").iterdir())
+
+
+def test_an_output_name_of_240_bytes_builds_and_restores(tmp_path: Path, env: dict[str, str]) -> None:
+    name = "n" * 240
+    ws = workspace(tmp_path / "ws", {"long": {"command": f"echo long > {name}", "outputs": [name]}})
+    build(ws, env, "long")
+    (ws / name).unlink()
+    result = build(ws, env, "long")
+    assert result["status"] == {"long": "cached"}, result["stderr"]
+    assert (ws / name).read_text() == "long\n"
+    assert [p.name for p in ws.iterdir() if p.name.startswith(".gaffer-")] == [], "no temp file left behind"
+
+
+def test_an_output_directory_is_stored_as_a_reapi_tree(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {
+        "dir": {"command": "mkdir -p out/sub/empty && echo x > out/sub/x && chmod 700 out/sub && ln -s sub/x out/l",
+                "outputs": ["out"]},
+    })
+    build(ws, env, "dir")
+    store = DiskStore(tmp_path / "cache")
+    [entry] = action_entries(tmp_path / "cache")
+    result = re_pb2.ActionResult.FromString(store.read_action(Digest(entry.name, 0)) or b"")
+    [directory] = result.output_directories
+    assert directory.path == "out" and directory.HasField("tree_digest")
+    tree = re_pb2.Tree.FromString(store.read_blob(Digest(directory.tree_digest.hash,
+                                                         directory.tree_digest.size_bytes)) or b"")
+    assert [s.name for s in tree.root.symlinks] == ["l"] and tree.root.symlinks[0].target == "sub/x"
+    [sub_node] = tree.root.directories
+    children = {digest_bytes(c.SerializeToString(deterministic=True)).hash: c for c in tree.children}
+    sub = children[sub_node.digest.hash]
+    assert sub.node_properties.unix_mode.value == 0o700
+    assert [f.name for f in sub.files] == ["x"] and [d.name for d in sub.directories] == ["empty"]
+
+
+# -- rule: a damaged action-cache entry is a miss -----------------------------------------------------------------
+
+DAMAGE = {
+    "truncated": lambda data: data[:-9],
+    "bit-flipped": lambda data: data[:-20] + bytes([data[-20] ^ 0x04]) + data[-19:],
+}
+LINKED = {
+    "link": {"command": "echo data > data.txt && ln -sfn data.txt link", "outputs": ["data.txt", "link"]},
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_action_entry_is_a_miss_and_cache_verify_evicts_it(tmp_path: Path, env: dict[str, str],
+                                                                      damage: str) -> None:
+    ws = workspace(tmp_path / "ws", LINKED)
+    build(ws, env, "link")
+    [entry] = action_entries(tmp_path / "cache")
+    good = entry.read_bytes()
+
+    entry.write_bytes(DAMAGE[damage](good))
+    verify = run_gaffer(["cache", "verify"], cwd=ws, env=env)
+    assert verify.returncode == 1 and f"evicted: {entry.name[:12]}" in verify.stdout, verify.stdout
+    assert not entry.exists()
+
+    entry.write_bytes(DAMAGE[damage](good))
+    shutil.rmtree(ws / ".gaffer")
+    (ws / "data.txt").unlink()
+    (ws / "link").unlink()
+    result = build(ws, env, "link")
+    assert result["status"] == {"link": "executed"}
+    assert "corrupt cache action result" in result["stderr"]
+    assert (ws / "data.txt").read_text() == "data\n" and os.readlink(ws / "link") == "data.txt"
+    assert run_gaffer(["cache", "verify"], cwd=ws, env=env).returncode == 0
+
+
+def test_an_entry_not_accounting_for_a_declared_output_is_a_miss(tmp_path: Path, env: dict[str, str]) -> None:
+    """An entry from any tier (here written through the store, so its checksum is fine) must name every output."""
+    ws = workspace(tmp_path / "ws", LINKED)
+    build(ws, env, "link")
+    store = DiskStore(tmp_path / "cache")
+    [entry] = action_entries(tmp_path / "cache")
+    key = Digest(entry.name, 0)
+    result = re_pb2.ActionResult.FromString(store.read_action(key) or b"")
+    del result.output_symlinks[:]
+    store.write_action(key, result.SerializeToString())
+    shutil.rmtree(ws / ".gaffer")
+    (ws / "link").unlink()
+    rerun = build(ws, env, "link")
+    assert rerun["status"] == {"link": "executed"}
+    assert "does not account for the declared output 'link'" in rerun["stderr"]
+    assert os.readlink(ws / "link") == "data.txt"
