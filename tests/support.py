@@ -32,6 +32,9 @@ def require_tool(name: str) -> str:
     return found
 
 
+NOBODY = 65534  # the unprivileged user tests run the CLI as (setpriv) or give files to (chown)
+
+
 def gaffer_env(cache_dir: Path, **extra: str) -> dict[str, str]:
     """The environment for a gaffer subprocess: a private cache, no user config, plain (non-TTY) output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}

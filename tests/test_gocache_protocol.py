@@ -33,7 +33,7 @@ from gaffer.gocache.entry import (
     encode_entry,
 )
 from tests.servers import free_port
-from tests.support import require_tool
+from tests.support import NOBODY, require, require_tool
 
 REPLY_TIMEOUT_S = 20.0
 CAPABILITIES = {"ID": 0, "KnownCommands": ["get", "put", "close"]}
@@ -313,6 +313,8 @@ def test_eof_without_close_keeps_the_puts_and_exits_cleanly(cache_dir: Path) -> 
         (b'{"ID":1,"Command":"put","ActionID":"YQ==","OutputID":"YQ==","BodySize":3}\n{"ID":2}\n', "base64 JSON str"),
         (b'{"ID":1,"Command":"put","ActionID":"YQ==","OutputID":"YQ==","BodySize":9}\n"YWJj"\n', "has 3 bytes"),
         (b'{"ID":1,"Command":"put","ActionID":"YQ==","OutputID":"YQ==","BodySize":3}\n"Y*Jj"\n', "not base64"),
+        (b'{"ID":1,"Command":"put","ActionID":"YQ==","OutputID":"YQ==","BodySize":4611686018427387904}\n"YWJj"\n',
+         "BodySize 4611686018427387904 is more than gobuildcache accepts (4 GiB)"),
     ],
 )
 def test_malformed_input_is_one_clear_line_and_a_nonzero_exit(cache_dir: Path, stdin: bytes, complaint: str) -> None:
@@ -536,4 +538,50 @@ def test_gocache_accepts_exactly_the_cache_schemes_gaffer_opens() -> None:
     from gaffer.cache import urls
     from gaffer.gocache.config import TIER_SCHEMES
 
-    assert set(TIER_SCHEMES) == set(urls._OPENERS)
+    assert set(TIER_SCHEMES) == set(urls._SCHEMES)
+
+
+# --- the local directory must be this user's: the defaults sit in /tmp, where anyone can create them first ------
+
+
+@pytest.fixture
+def sticky_tmp(tmp_path: Path) -> Path:
+    """A world-writable sticky directory like /tmp (the real /tmp/gobuildcache is not for tests to touch)."""
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    return shared
+
+
+def test_a_new_local_directory_is_private(sticky_tmp: Path) -> None:
+    c = Client(gobuildcache_env(sticky_tmp / "gobuildcache"))
+    assert c.reply() == CAPABILITIES
+    assert c.put(1, b"a", b"body")["DiskPath"]
+    c.close()
+    assert c.finish()[0] == 0
+    assert (sticky_tmp / "gobuildcache").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("planted", ["directory", "symlink"])
+@pytest.mark.parametrize("args", [(), ("clear-local",)])
+def test_a_local_directory_of_another_user_is_refused(sticky_tmp: Path, planted: str, args: tuple[str, ...]) -> None:
+    """Another user made the directory (or a symlink to theirs) first: they could plant entries, so refuse."""
+    require(os.geteuid() == 0, "chown to another user needs root")
+    theirs = sticky_tmp / "theirs"
+    theirs.mkdir(mode=0o777)
+    os.chown(theirs, NOBODY, NOBODY)
+    path = sticky_tmp / "gobuildcache"
+    if planted == "symlink":
+        path.symlink_to(theirs)
+        os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+    else:
+        path = theirs
+    c = Client(gobuildcache_env(path), args)
+    if not args:
+        assert c.reply() == CAPABILITIES
+    status, stderr = c.finish()
+    assert status == 3, stderr
+    assert stderr.strip() == (f"gobuildcache: local cache directory {path} belongs to another user (uid {NOBODY}),"
+                              " who could plant cache entries in it: remove it, or set CACHE_DIR (S3_TMP_DIR for"
+                              " s3) to a directory of your own")
+    assert not any(theirs.iterdir())

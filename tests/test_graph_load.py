@@ -152,6 +152,23 @@ def test_timeouts(tmp_path: Path, timeout: Any, seconds: float) -> None:
     assert load(tmp_path, {"t": {"timeout": timeout}}).tasks["t"].timeout == seconds
 
 
+def test_a_surrogate_pair_escape_is_a_character(tmp_path: Path) -> None:
+    graph = load(tmp_path, '{"a": {"command": "echo \\ud83d\\ude00"}}')
+    assert graph.tasks["a"].commands == (("sh", "-c", "echo \U0001f600"),)
+
+
+def test_a_literal_input_may_name_an_output_of_a_task_it_depends_on(tmp_path: Path) -> None:
+    """Directly or through other tasks; globs and directories above an output are not checked (globs skip
+    outputs, and a directory input holds the files beside the output)."""
+    graph = load(tmp_path, {
+        "gen": {"outputs": ["out/gen"]},
+        "mid": {"deps": ["gen"]},
+        "use": {"deps": ["mid"], "inputs": ["out/gen/a.h", "out", "out/gen/*.h"]},
+        "other": {"inputs": ["out", "out/*/*.h", "outside/x"]},
+    })
+    assert graph.tasks["use"].inputs == ("out/gen/a.h", "out", "out/gen/*.h")
+
+
 def test_a_duplicate_input_or_output_spelling_is_dropped(tmp_path: Path) -> None:
     task = load(tmp_path, {"t": {"inputs": ["a", "./a", "b"], "outputs": ["o/", "o"]}}).tasks["t"]
     assert task.inputs == ("a", "b") and task.outputs == ("o",)
@@ -236,6 +253,11 @@ def test_ten_thousand_tasks_load_quickly(tmp_path: Path) -> None:
 ERRORS: list[tuple[Any, str, bool]] = [
     ('{\n  "a": {}\n  "b": {}\n}', "graph.json:3:3: not valid JSON: Expecting ',' delimiter", False),
     ("", "graph.json:1:1: not valid JSON: Expecting value", False),
+    (
+        '{"a": {"command": "echo \\ud83d\\ude00 \\ud800"}}',
+        "graph.json: not valid JSON: a \\u escape names half of a surrogate pair, not a character",
+        False,
+    ),
     ([], 'graph.json: must be a JSON object (task name -> task, or {"tasks": ...}), got a list', True),
     ({"tasks": []}, "graph.json: field 'tasks' must be an object (task name -> task), got a list", True),
     ({"tasks": None}, "graph.json: field 'tasks' must be an object (task name -> task), got null", True),
@@ -340,6 +362,31 @@ ERRORS: list[tuple[Any, str, bool]] = [
         "graph.json: task 'a': output 'out/x' is inside its other output 'out'",
         False,
     ),
+    # a literal input under an output: the task's own (it would be deleted) or another's without a dep on it
+    (
+        {"a": {"command": "sort -o data.txt data.txt", "inputs": ["data.txt"], "outputs": ["data.txt"]}},
+        "graph.json: task 'a': input 'data.txt' is output 'data.txt' of the same task, which gaffer removes before"
+        " the task runs (a task must not write over its own inputs)",
+        False,
+    ),
+    (
+        {"a": {"inputs": ["docs/intro.md"], "outputs": ["docs"]}},
+        "graph.json: task 'a': input 'docs/intro.md' is inside output 'docs' of the same task, which gaffer removes"
+        " before the task runs (a task must not write over its own inputs)",
+        False,
+    ),
+    (
+        {"a": {"outputs": ["out/a"]}, "b": {"deps": ["c"]}, "c": {"inputs": ["./out/a/lib.so"]}},
+        "graph.json: task 'c': input 'out/a/lib.so' is inside output 'out/a' of task 'a', but 'c' does not depend on"
+        " 'a' (add it to 'deps')",
+        False,
+    ),
+    (
+        {"a": {"outputs": ["gen.h"]}, "b": {"inputs": ["gen.h"], "deps": []}},
+        "graph.json: task 'b': input 'gen.h' is output 'gen.h' of task 'a', but 'b' does not depend on 'a' (add it"
+        " to 'deps')",
+        False,
+    ),
     (
         {"a": {"outputs": ["bin/*"]}},
         "graph.json: task 'a': output 'bin/*' is a pattern; outputs are literal paths",
@@ -377,6 +424,17 @@ ERRORS: list[tuple[Any, str, bool]] = [
     ),
     ({"a": {"timeout": -1}}, "graph.json: task 'a': field 'timeout' must be a positive duration, got -1", True),
     ({"a": {"timeout": 0}}, "graph.json: task 'a': field 'timeout' must be a positive duration, got 0", True),
+    (
+        {"a": {"timeout": 1e300}},
+        "graph.json: task 'a': field 'timeout' must be at most a year (31536000s, or leave it out), got 1e+300",
+        True,
+    ),
+    (
+        {"a": {"timeout": "9999999999999d"}},
+        "graph.json: task 'a': field 'timeout' must be at most a year (31536000s, or leave it out), got"
+        " '9999999999999d'",
+        False,
+    ),
     ({"a": {"timeout": "0s"}}, "graph.json: task 'a': field 'timeout' must be a positive duration, got '0s'", True),
     (
         {"a": {"timeout": "10x"}},

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
+from gaffer.errors import not_utf8
 from gaffer.protos import remote_execution_pb2 as re_pb2
 
 KEY_FORMAT = b"gaffer-graph-key-v2"
@@ -217,7 +218,7 @@ def collect_outputs(root: Path, declared: Sequence[str], store: DiskStore) -> Ou
     for out in declared:
         try:
             st = os.lstat(root / out)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
             raise MissingOutput(out) from None
         if not stat.S_ISDIR(st.st_mode):
             _collect_entry(root, out, st, store, outputs)
@@ -236,9 +237,17 @@ def collect_outputs(root: Path, declared: Sequence[str], store: DiskStore) -> Ou
 
 
 def _collect_entry(root: Path, rel: str, st: os.stat_result, store: DiskStore, outputs: Outputs) -> None:
+    shown = not_utf8(rel)
+    if shown is not None:
+        raise BadCacheEntry(f"output file '{shown}' has a name that is not UTF-8, which a cache entry cannot hold:"
+                            " rename it")
     mode = stat.S_IMODE(st.st_mode) & PERMISSION_BITS
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(root / rel)
+        shown = not_utf8(target)
+        if shown is not None:
+            raise BadCacheEntry(f"symlink {rel} points to '{shown}', a name that is not UTF-8, which a cache entry "
+                                "cannot hold")
         check_symlink(rel, target)
         outputs.symlinks.append(SymlinkEntry(rel, target))
     elif stat.S_ISDIR(st.st_mode):
@@ -449,7 +458,7 @@ def _reset_dir(path: Path) -> None:
 def _remove(path: Path) -> None:
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
         return
     if stat.S_ISDIR(st.st_mode):
         shutil.rmtree(path, onerror=_make_writable_and_retry)

@@ -11,11 +11,13 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 from gaffer import __version__
-from gaffer.errors import GafferError, UserError
+from gaffer.errors import EnvironmentProblem, GafferError, UserError
 from gaffer.lock import lock_workspace, workspace_of
 
 RUN_EPILOG = """\
@@ -159,10 +161,9 @@ def _load_graph(path: str):  # type: ignore[no-untyped-def]
 
 def open_cache(settings: Any, warn: Any) -> Any:
     """The tiered cache from settings: local disk first, remote tiers (opened lazily) behind it."""
-    from gaffer.cache.disk import DiskStore
     from gaffer.cache.tiered import TieredCache
 
-    local = DiskStore(settings.cache_dir, settings.max_size, report=warn)
+    local = local_store(settings, warn)
     remotes = []
     if settings.remotes:
         from gaffer.cache.urls import open_tier, redact
@@ -178,6 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A build allocates hundreds of thousands of small tuples (graph, state, stat cache) and makes almost no
     # reference cycles: the cyclic collector would rescan them again and again (seconds on 10,000 tasks).
     gc.disable()
+    for flag, path in (("--summary-json", args.summary_json), ("--trace", args.trace)):
+        _check_report_path(flag, path)
     if not args.dry_run and os.path.exists(args.graph):  # a dry run changes nothing; no graph, nothing to guard
         _lock_workspace(workspace_of(args.graph), "run", args)
     if not (args.dry_run or args.verbose or args.trace):
@@ -192,6 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gaffer.ui.progress import Progress
 
     graph = _load_graph(args.graph)
+    _check_env_values(graph)
     settings = load_settings(graph.root, _flags(args))
     progress = Progress(verbose=args.verbose, quiet=args.dry_run)  # a dry run's result is the plan on stdout
     cache = open_cache(settings, progress.warn)
@@ -227,6 +231,27 @@ def _lock_workspace(root: Path, command: str, args: argparse.Namespace) -> None:
                    say=lambda message: print(f"gaffer: {message}", file=sys.stderr, flush=True))
 
 
+def _check_report_path(flag: str, path: str | None) -> None:
+    """A report file must be writable where it is asked for: say so before building, not after."""
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UserError(f"{flag} {path}: directory {parent} does not exist")
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path}: is a directory")
+
+
+def _check_env_values(graph: Any) -> None:
+    """A declared variable's value goes into the key as a REAPI string, which is UTF-8: refuse one that is not."""
+    from gaffer.errors import not_utf8
+
+    for name in sorted({name for task in graph.tasks.values() for name in task.env}):
+        shown = not_utf8(os.environ.get(name, ""))
+        if shown is not None:
+            raise UserError(f"environment variable {name} is not UTF-8 text ('{shown}'), which cache keys cannot hold")
+
+
 def _report_noop(args: argparse.Namespace, tasks: list[tuple[str, float]], wall_s: float) -> int:
     """The whole-build fast path found nothing to do: the same summary as a build whose tasks are up to date."""
     from gaffer.outcome import CACHED, BuildReport, Outcome
@@ -235,11 +260,10 @@ def _report_noop(args: argparse.Namespace, tasks: list[tuple[str, float]], wall_
     outcomes = {name: Outcome(CACHED, saved_s=saved, reason="up to date", extra={"up_to_date": True})
                 for name, saved in tasks}
     report = BuildReport(outcomes=outcomes, wall_s=wall_s)
-    from gaffer.cache.disk import DiskStore
     from gaffer.config import load_settings
 
     settings = load_settings(Path(os.path.realpath(args.graph)).parent, _flags(args))
-    DiskStore(settings.cache_dir, settings.max_size).record_build(hits=len(tasks), misses=0)
+    local_store(settings).record_build(hits=len(tasks), misses=0)
     reporting.print_summary(report, sys.stderr)
     if args.summary_json:
         reporting.write_summary_json(report, Path(args.summary_json))
@@ -268,6 +292,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
     graph = _load_graph(args.graph)
     _lock_workspace(graph.root, "clean", args)
+    store = _local_store(args) if args.all else None
+    if store is not None and not store.writable:  # stop before anything changes
+        raise EnvironmentProblem(f"local cache {store.root}: read-only, so it cannot be emptied")
     state = WorkspaceState.load(graph.root / STATE_DIR)
     removed = 0
     for name in graph.closure(args.targets):
@@ -280,25 +307,48 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
     # What the command did is its result: stdout, like `gaffer cache clean` (HACKING.md, "Output").
     print(f"removed {format_count(removed, 'declared output')}")
-    if args.all:
-        store = _local_store(args)
-        store.clean()
+    if store is not None:
+        with _maintaining(store):
+            store.clean()
         print(f"emptied {store.root}")
     return 0
 
 
-def _local_store(args: argparse.Namespace) -> Any:
+def local_store(settings: Any, warn: Callable[[str], None] | None = None) -> Any:
+    """The local disk tier; a directory that cannot be created is an environment problem (exit 3)."""
+    from gaffer.cache.base import TierError
     from gaffer.cache.disk import DiskStore
+
+    try:
+        return DiskStore(settings.cache_dir, settings.max_size, report=warn)
+    except TierError as e:
+        raise EnvironmentProblem(f"local cache {e}") from None
+
+
+def _local_store(args: argparse.Namespace) -> Any:
     from gaffer.config import load_settings
 
-    settings = load_settings(Path.cwd(), _flags(args))
-    return DiskStore(settings.cache_dir, settings.max_size)
+    return local_store(load_settings(Path.cwd(), _flags(args)))
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    store = _local_store(args)
+    with _maintaining(store):
+        return _cache_action(args, store)
+
+
+@contextmanager
+def _maintaining(store: Any) -> Iterator[None]:
+    """Maintenance writes to the local cache: a read-only directory is one line, exit status 3."""
+    try:
+        yield
+    except OSError as e:
+        raise EnvironmentProblem(f"local cache {store.root}: {e.strerror or e}") from None
+
+
+def _cache_action(args: argparse.Namespace, store: Any) -> int:
     from gaffer.units import format_count, format_size
 
-    store = _local_store(args)
     if args.cache_command == "status":
         status = store.status()
         builds = store.recent_builds()

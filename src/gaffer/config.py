@@ -26,6 +26,7 @@ from gaffer.errors import UserError
 from gaffer.units import parse_duration, parse_size
 
 DEFAULT_REMOTE_TIMEOUT_S = 10.0
+MAX_REMOTE_TIMEOUT_S = 24 * 3600.0
 _KNOWN = {"cache": {"dir", "max_size", "remote", "read_only", "timeout"}, "run": {"jobs"}}
 
 
@@ -54,10 +55,10 @@ def load_settings(workspace: Path | None, flags: Mapping[str, Any], env: Mapping
     _apply_env(s, env)
     _apply_flags(s, flags)
     if s.remotes:
-        from gaffer.cache.urls import check_scheme
+        from gaffer.cache.urls import checked_url
 
         for url in s.remotes:
-            check_scheme(url)
+            checked_url(url)
     return s
 
 
@@ -90,7 +91,7 @@ def _apply_toml(s: Settings, path: Path) -> None:
                     raise UserError(f"{where}: must be true or false")
                 s.read_only = value
             elif key == "timeout":
-                s.timeout = parse_duration(_scalar(value, where), where)
+                s.timeout = _timeout(parse_duration(_scalar(value, where), where), where)
 
 
 def _apply_env(s: Settings, env: Mapping[str, str]) -> None:
@@ -103,7 +104,8 @@ def _apply_env(s: Settings, env: Mapping[str, str]) -> None:
     if env.get("GAFFER_CACHE_READ_ONLY"):
         s.read_only = parse_bool(env["GAFFER_CACHE_READ_ONLY"], "GAFFER_CACHE_READ_ONLY")
     if env.get("GAFFER_CACHE_TIMEOUT"):
-        s.timeout = parse_duration(env["GAFFER_CACHE_TIMEOUT"], "GAFFER_CACHE_TIMEOUT")
+        what = "GAFFER_CACHE_TIMEOUT"
+        s.timeout = _timeout(parse_duration(env[what], what), what)
     if env.get("GAFFER_JOBS"):
         s.jobs = _jobs(env["GAFFER_JOBS"], "GAFFER_JOBS")
 
@@ -118,7 +120,7 @@ def _apply_flags(s: Settings, flags: Mapping[str, Any]) -> None:
     if flags.get("cache_read_only"):
         s.read_only = True
     if flags.get("cache_timeout"):
-        s.timeout = parse_duration(flags["cache_timeout"], "--cache-timeout")
+        s.timeout = _timeout(parse_duration(flags["cache_timeout"], "--cache-timeout"), "--cache-timeout")
     if flags.get("jobs") is not None:
         s.jobs = _jobs(flags["jobs"], "-j/--jobs")
 
@@ -140,6 +142,13 @@ def _jobs(value: Any, where: str) -> int:
     if isinstance(value, bool) or jobs < 1:
         raise UserError(f"{where}: {value!r} is not a positive number of jobs")
     return jobs
+
+
+def _timeout(seconds: float, where: str) -> float:
+    """A remote request's bound: positive, and small enough for every client's socket and deadline arithmetic."""
+    if not 0 < seconds <= MAX_REMOTE_TIMEOUT_S:
+        raise UserError(f"{where}: the timeout must be more than 0 and at most a day, not {seconds:g}s")
+    return seconds
 
 
 def _scalar(value: Any, where: str) -> str | int:

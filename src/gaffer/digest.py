@@ -89,6 +89,7 @@ class StatCache:
     def save(self, path: str | os.PathLike[str]) -> None:
         if not self.dirty:
             return
+        os.makedirs(os.path.dirname(path), exist_ok=True)  # a first build that records nothing else makes it here
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
             marshal.dump((self._FORMAT, self._entries), f)

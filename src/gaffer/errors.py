@@ -25,3 +25,21 @@ class EnvironmentProblem(GafferError):
     """Something outside the user's input is broken (disk full, server refused): exit status 3."""
 
     exit_status = 3
+
+
+def not_utf8(text: str) -> str | None:
+    """`text` as a user can read it (bad bytes as `\\xNN`) when it is not valid UTF-8, else None. A file name or
+    environment value the OS gave as arbitrary bytes comes to Python with lone surrogates; REAPI's strings (file
+    names, environment values) are UTF-8, so gaffer refuses such a name instead of keying it some other way."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no bytes decode to (a JSON \ud800 escape)
+        return text.encode("utf-8", "backslashreplace").decode("ascii")
+    return raw.decode("utf-8", "backslashreplace")

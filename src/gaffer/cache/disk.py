@@ -21,6 +21,7 @@ import hashlib
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -66,22 +67,32 @@ class DiskStore(CacheTier):
         self,
         root: str | os.PathLike[str],
         max_size: int = DEFAULT_MAX_SIZE,
-        report: Callable[[str], None] = _warn,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.name = f"disk://{self.root}"
         self.max_size = max_size
-        self.report = report
+        self.report = report or _warn
         self.corrupt_evicted = 0
         self._written = 0
         self.bytes_stored = 0  # by this process, for the tier's stats (_written is reset when accounted)
         self.bytes_served = 0
         self._verified: set[Digest] = set()  # blobs this process hashed itself (put_file, adopt after a check)
         self._tmp = self.root / "tmp"
+        self._warn_lock = threading.Lock()
+        self._read_only_warned = False
         try:
             self._tmp.mkdir(parents=True, exist_ok=True)
+            self.writable = os.access(self._tmp, os.W_OK)  # root too is refused on a read-only mount
         except OSError as e:
-            raise TierError(self.name, f"cannot create cache directory: {e.strerror}", transient=False) from e
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.access(self.root, os.R_OK | os.X_OK):
+                raise TierError(self.name, f"cannot create cache directory: {e.strerror}", transient=False) from e
+            self.writable = False
+        if not self.writable:
+            # A read-only cache (a shared, pre-filled one) still serves hits; temp files go to a private directory.
+            import tempfile
+
+            self._tmp = Path(tempfile.gettempdir()) / f"gaffer-{os.getuid()}-{os.getpid()}-{os.urandom(4).hex()}"
 
     # -- paths -------------------------------------------------------------------------------------------------
 
@@ -92,7 +103,14 @@ class DiskStore(CacheTier):
         return self.root / "ac" / key.hash[:2] / key.hash
 
     def temp_path(self) -> Path:
-        """A fresh path in the store's temp directory (same filesystem, so `adopt` is an atomic rename)."""
+        """A fresh path in the store's temp directory (same filesystem, so `adopt` is an atomic rename). The
+        directory is made again if it vanished (`rm -rf` of the cache while a build runs)."""
+        try:
+            os.mkdir(self._tmp, 0o777 if self.writable else 0o700)  # the private one: this user's alone
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            self._tmp.mkdir(parents=True, exist_ok=True)
         return self._tmp / f"{os.getpid()}-{time.monotonic_ns()}-{os.urandom(4).hex()}"
 
     # -- CAS ---------------------------------------------------------------------------------------------------
@@ -212,6 +230,9 @@ class DiskStore(CacheTier):
 
     def close(self) -> None:
         """Account this process's writes and garbage-collect if the store went over its bound."""
+        if not self.writable:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return
         if not self._written:
             return
         with self._locked():
@@ -248,7 +269,7 @@ class DiskStore(CacheTier):
                     removed += 1
                     removed_bytes += size
             stale = time.time() - 24 * 3600
-            for tmp in self._tmp.iterdir():
+            for tmp in self._temp_files():
                 try:
                     if tmp.stat().st_mtime < stale:
                         tmp.unlink()
@@ -298,23 +319,33 @@ class DiskStore(CacheTier):
         return VerifyReport(checked=checked, corrupt=corrupt, checked_actions=checked_actions)
 
     def clean(self) -> None:
-        """Remove every entry (the directory itself stays)."""
+        """Remove every entry (the directory itself stays). Temp files of running processes stay too: a build
+        using the cache meanwhile must still finish, its results stored into a store emptied under it."""
         with self._locked():
-            for sub in ("cas", "ac", "tmp"):
+            for sub in ("cas", "ac"):
                 shutil.rmtree(self.root / sub, ignore_errors=True)
-            self._tmp.mkdir(exist_ok=True)
+            for tmp in self._temp_files():
+                pid = tmp.name.partition("-")[0]
+                if not (pid.isdigit() and _alive(int(pid))):
+                    tmp.unlink(missing_ok=True)
             self._write_size(0)
             (self.root / "builds.log").unlink(missing_ok=True)
 
     def record_build(self, hits: int, misses: int) -> None:
         """Append one build's hit/miss counts (read back by `recent_hit_rate`)."""
+        if not self.writable:
+            return
         line = f'{{"t": {int(time.time())}, "hits": {int(hits)}, "misses": {int(misses)}}}\n'
-        with open(self.root / "builds.log", "a", encoding="utf-8") as f:
-            f.write(line)
+        try:
+            with open(self.root / "builds.log", "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as e:  # the statistics are not worth failing a build over
+            self.report(f"cannot record the build in {self.root / 'builds.log'}: {e.strerror or e}")
 
     def recent_builds(self, last: int = 20) -> list[dict[str, int]]:
+        """The last builds' counts; a damaged line (a torn write, a disk error, an edit) is skipped, not fatal."""
         try:
-            lines = (self.root / "builds.log").read_text(encoding="utf-8").splitlines()[-last:]
+            lines = (self.root / "builds.log").read_bytes().splitlines()[-last:]
         except OSError:
             return []
         import json
@@ -323,14 +354,24 @@ class DiskStore(CacheTier):
         for line in lines:
             try:
                 entry = json.loads(line)
-                builds.append({"hits": int(entry["hits"]), "misses": int(entry["misses"])})
-            except (ValueError, KeyError, TypeError):
+                hits, misses = int(entry["hits"]), int(entry["misses"])
+            except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
                 continue
+            if hits >= 0 and misses >= 0:
+                builds.append({"hits": hits, "misses": misses})
         return builds
 
     # -- internals ---------------------------------------------------------------------------------------------
 
     def _install(self, tmp: Path, dest: Path, size: int) -> None:
+        if not self.writable:
+            tmp.unlink(missing_ok=True)
+            with self._warn_lock:
+                if self._read_only_warned:
+                    return
+                self._read_only_warned = True
+            self.report(f"cache directory {self.root} is read-only: its entries are used, nothing new is stored")
+            return
         try:
             os.replace(tmp, dest)
         except FileNotFoundError:
@@ -395,9 +436,20 @@ class DiskStore(CacheTier):
                     except FileNotFoundError:
                         continue
 
+    def _temp_files(self) -> list[Path]:
+        try:
+            return list(self._tmp.iterdir())
+        except FileNotFoundError:
+            return []
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.root / "lock", "a") as lock:
+        try:
+            lock = open(self.root / "lock", "a")
+        except FileNotFoundError:  # the whole directory was removed while this process used it
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = open(self.root / "lock", "a")
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -414,6 +466,17 @@ class DiskStore(CacheTier):
         tmp = self.temp_path()
         tmp.write_text(str(size))
         os.replace(tmp, self.root / "size")
+
+
+def _alive(pid: int) -> bool:
+    """Is process `pid` running? (A temp file's name starts with the pid of the process writing it.)"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _checked_action(data: bytes) -> bytes | None:

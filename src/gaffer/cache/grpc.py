@@ -19,7 +19,7 @@ import grpc
 from google.rpc import status_pb2
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.urls import bad_url, query_params, split_url
+from gaffer.cache.urls import bad_url, checked_url
 from gaffer.digest import Digest
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
@@ -78,14 +78,9 @@ class GrpcTier(CacheTier):
     @classmethod
     def from_url(cls, url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> GrpcTier:
         """Open `grpc[s]://host:port[/instance][?token_file=PATH][&ca=PATH]`; `token` overrides token_file."""
-        parts = split_url(url)
+        parts, params = checked_url(url)
         tls = parts.scheme == "grpcs"
-        host, port = parts.hostname, parts.port or (443 if tls else None)
-        if parts.scheme not in ("grpc", "grpcs") or not host or not port:
-            raise bad_url(url, "expected grpc://HOST:PORT[/INSTANCE] or grpcs://HOST[:PORT][/INSTANCE]")
-        params = query_params(url, parts, ("token_file", "ca"))
-        if "ca" in params and not tls:
-            raise bad_url(url, "ca= needs a grpcs:// URL")
+        host, port = parts.hostname or "", parts.port or 443
         if token is None and "token_file" in params:
             token = _read_token(url, Path(params["token_file"]))
         ca_file = Path(params["ca"]) if "ca" in params else None

@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import httpx
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.urls import bad_url, query_params, redact, split_url
+from gaffer.cache.urls import bad_url, checked_url, redact
 from gaffer.digest import EMPTY_DIGEST, Digest
 
 HEAD_WORKERS = 16  # parallel HEADs in find_missing, and the connection pool size
@@ -55,10 +55,7 @@ class HttpTier(CacheTier):
     @classmethod
     def from_url(cls, url: str, *, token: str | None = None, timeout: float = 30.0) -> HttpTier:
         """Open an http(s):// cache URL; `token` overrides `?token_file=`."""
-        parts = split_url(url)
-        params = query_params(url, parts, ("token_file",))
-        if not parts.hostname:
-            raise bad_url(url, "expected http(s)://HOST[:PORT]/PREFIX (example: https://cache.example.com/ci)")
+        parts, params = checked_url(url)
         if token is None and "token_file" in params:
             token = _read_token(url, Path(params["token_file"]))
         auth = None

@@ -23,7 +23,7 @@ import redis.exceptions
 import redis.retry
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.urls import bad_url, query_params, redact, split_url
+from gaffer.cache.urls import checked_url, redact
 from gaffer.digest import Digest
 from gaffer.units import parse_size
 
@@ -45,12 +45,7 @@ class RedisTier(CacheTier):
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 30.0) -> RedisTier:
         """Open a redis:// or rediss:// URL; `timeout` bounds connecting and each reply."""
-        parts = split_url(url)
-        params = query_params(url, parts, ("prefix", "max_blob"))
-        if not parts.hostname:
-            raise bad_url(url, "expected redis://[:PASSWORD@]HOST[:PORT][/DB] (example: redis://127.0.0.1:6379/0)")
-        if parts.path.strip("/") and not parts.path.strip("/").isdigit():
-            raise bad_url(url, f"the database {parts.path.strip('/')!r} is not a number")
+        parts, params = checked_url(url)
         max_blob = parse_size(params.get("max_blob", DEFAULT_MAX_BLOB), f"{redact(url)}: max_blob")
         client = redis.Redis.from_url(
             parts._replace(query="").geturl(),

@@ -26,7 +26,7 @@ import botocore.session
 from botocore.config import Config
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.urls import bad_url, query_params, redact, split_url
+from gaffer.cache.urls import bad_url, checked_url, redact
 from gaffer.digest import Digest
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024  # bigger uploads go in parts, several at once
@@ -101,13 +101,8 @@ class S3Tier(CacheTier):
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 30.0, **options: Any) -> S3Tier:
         """Open `s3://bucket[/prefix][?endpoint=URL][&region=R]`; `options` go to the constructor."""
-        parts = split_url(url)
-        params = query_params(url, parts, ("endpoint", "region"))
-        if not parts.netloc or "@" in parts.netloc or ":" in parts.netloc:
-            raise bad_url(url, "expected s3://BUCKET/PREFIX (example: s3://my-cache/ci?region=eu-west-1)")
+        parts, params = checked_url(url)
         endpoint = params.get("endpoint")
-        if endpoint and split_url(endpoint).scheme not in ("http", "https"):
-            raise bad_url(url, f"endpoint {endpoint!r} is not an http:// or https:// URL")
         try:
             return cls(parts.netloc, parts.path, endpoint=endpoint, region=params.get("region"), timeout=timeout,
                        name=redact(url), **options)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection
+from typing import NamedTuple
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from gaffer.cache.base import CacheTier
 from gaffer.errors import UserError
+from gaffer.units import parse_size
 
 _SECRET_PARAM = re.compile(r"token|secret|passw|key|sig|credential|auth", re.IGNORECASE)
 
@@ -81,12 +83,8 @@ def query_params(url: str, parts: SplitResult, allowed: Collection[str]) -> dict
 def _open_disk(url: str, timeout: float) -> CacheTier:
     from gaffer.cache.disk import DiskStore
 
-    parts = split_url(url)
-    query_params(url, parts, ())
-    path = parts.netloc + parts.path
-    if not path:
-        raise bad_url(url, "no directory (example: disk:///var/cache/gaffer)")
-    return DiskStore(path)
+    parts, _ = checked_url(url)
+    return DiskStore(parts.path)
 
 
 def _open_s3(url: str, timeout: float) -> CacheTier:
@@ -113,32 +111,93 @@ def _open_grpc(url: str, timeout: float) -> CacheTier:
     return GrpcTier.from_url(url, timeout=timeout)
 
 
-_OPENERS: dict[str, Callable[[str, float], CacheTier]] = {
-    "disk": _open_disk,
-    "s3": _open_s3,
-    "redis": _open_redis,
-    "rediss": _open_redis,
-    "http": _open_http,
-    "https": _open_http,
-    "grpc": _open_grpc,
-    "grpcs": _open_grpc,
+def _disk_shape(parts: SplitResult, params: dict[str, str]) -> str | None:
+    if not parts.netloc + parts.path:
+        return "no directory (example: disk:///var/cache/gaffer)"
+    if parts.netloc or not parts.path.startswith("/"):
+        return "expected disk:///ABSOLUTE/PATH (three slashes: a directory is never relative to the workspace)"
+    return None
+
+
+def _s3_shape(parts: SplitResult, params: dict[str, str]) -> str | None:
+    if not parts.netloc or "@" in parts.netloc or ":" in parts.netloc:
+        return "expected s3://BUCKET/PREFIX (example: s3://my-cache/ci?region=eu-west-1)"
+    endpoint = params.get("endpoint")
+    if endpoint and urlsplit(endpoint).scheme not in ("http", "https"):
+        return f"endpoint {endpoint!r} is not an http:// or https:// URL"
+    return None
+
+
+def _redis_shape(parts: SplitResult, params: dict[str, str]) -> str | None:
+    if not parts.hostname:
+        return "expected redis://[:PASSWORD@]HOST[:PORT][/DB] (example: redis://127.0.0.1:6379/0)"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return f"the database {db!r} is not a number"
+    if "max_blob" in params:
+        parse_size(params["max_blob"], f"{redact(parts.geturl())}: max_blob")
+    return None
+
+
+def _http_shape(parts: SplitResult, params: dict[str, str]) -> str | None:
+    if not parts.hostname:
+        return "expected http(s)://HOST[:PORT]/PREFIX (example: https://cache.example.com/ci)"
+    return None
+
+
+def _grpc_shape(parts: SplitResult, params: dict[str, str]) -> str | None:
+    if not parts.hostname or not (parts.port or parts.scheme == "grpcs"):
+        return "expected grpc://HOST:PORT[/INSTANCE] or grpcs://HOST[:PORT][/INSTANCE]"
+    if "ca" in params and parts.scheme != "grpcs":
+        return "ca= needs a grpcs:// URL"
+    return None
+
+
+class _Scheme(NamedTuple):
+    """What a scheme's URL may hold, checked with the standard library alone, and how to open its tier."""
+
+    params: tuple[str, ...]
+    shape: Callable[[SplitResult, dict[str, str]], str | None]  # what is wrong with the URL, or None
+    opener: Callable[[str, float], CacheTier]
+
+
+_SCHEMES: dict[str, _Scheme] = {
+    "disk": _Scheme((), _disk_shape, _open_disk),
+    "s3": _Scheme(("endpoint", "region"), _s3_shape, _open_s3),
+    "redis": _Scheme(("prefix", "max_blob"), _redis_shape, _open_redis),
+    "rediss": _Scheme(("prefix", "max_blob"), _redis_shape, _open_redis),
+    "http": _Scheme(("token_file",), _http_shape, _open_http),
+    "https": _Scheme(("token_file",), _http_shape, _open_http),
+    "grpc": _Scheme(("token_file", "ca"), _grpc_shape, _open_grpc),
+    "grpcs": _Scheme(("token_file", "ca"), _grpc_shape, _open_grpc),
 }
 
 
-def check_scheme(url: str) -> Callable[[str, float], CacheTier]:
-    """The opener for `url`'s scheme; an unknown scheme is a one-line UserError. Cheap (no client library), so
-    settings can check every URL at start, even when the build turns out to need no remote at all."""
-    scheme, sep, _ = url.partition("://")
-    opener = _OPENERS.get(scheme.lower()) if sep else None
-    if opener is None:
-        what = f"unknown scheme {scheme!r}" if sep else "not a URL"
-        raise bad_url(url, f"{what} (supported: {', '.join(s + '://' for s in _OPENERS)})")
-    return opener
+def _scheme(url: str) -> _Scheme:
+    name, sep, _ = url.partition("://")
+    scheme = _SCHEMES.get(name.lower()) if sep else None
+    if scheme is None:
+        what = f"unknown scheme {name!r}" if sep else "not a URL"
+        raise bad_url(url, f"{what} (supported: {', '.join(s + '://' for s in _SCHEMES)})")
+    return scheme
+
+
+def checked_url(url: str) -> tuple[SplitResult, dict[str, str]]:
+    """`url` split, with its query parameters, after checking its shape for its scheme; anything wrong is a
+    one-line UserError. Cheap (no client library), so settings check every URL at start, even when the build
+    turns out to need no remote at all; each tier's `from_url` starts from it."""
+    scheme = _scheme(url)
+    parts = split_url(url)
+    params = query_params(url, parts, scheme.params)
+    problem = scheme.shape(parts, params)
+    if problem:
+        raise bad_url(url, problem)
+    return parts, params
 
 
 def open_tier(url: str, *, timeout: float = 30.0) -> CacheTier:
     """The tier `url` names; `timeout` (seconds) bounds each request. Bad URLs raise a one-line UserError."""
-    opener = check_scheme(url)
+    opener = _scheme(url).opener
     if not timeout > 0:
         raise UserError(f"cache timeout must be positive, not {timeout}")
     return opener(url, timeout)

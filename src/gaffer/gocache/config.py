@@ -27,7 +27,7 @@ DEFAULT_CACHE_DIR = "/tmp/gobuildcache"
 DEFAULT_S3_TMP_DIR = "/tmp/gobuildcache-s3"
 DEFAULT_TIMEOUT_S = 10.0
 BACKENDS = ("disk", "s3")
-# Kept equal to gaffer.cache.urls._OPENERS (a test checks): not imported, to keep start-up light.
+# Kept equal to gaffer.cache.urls._SCHEMES (a test checks): not imported, to keep start-up light.
 TIER_SCHEMES = ("disk", "s3", "redis", "rediss", "http", "https", "grpc", "grpcs")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")

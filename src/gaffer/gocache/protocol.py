@@ -30,6 +30,7 @@ from gaffer.gocache import KNOWN_COMMANDS
 
 WORKERS = 8
 MAX_REQUEST_LINE = 1 << 20  # a request line is ~200 bytes; a longer one is garbage, not a reason to eat memory
+MAX_BODY_SIZE = 4 << 30  # far above any object go caches; past it the body would not fit in memory anyway
 
 
 class MalformedRequest(UserError):
@@ -141,6 +142,9 @@ class RequestReader:
             size = request.get("BodySize", 0)
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise MalformedRequest(f"{where}: BodySize must be a non-negative integer, got {json.dumps(size)[:40]}")
+            if size > MAX_BODY_SIZE:
+                raise MalformedRequest(f"{where}: BodySize {size} is more than gobuildcache accepts "
+                                       f"({MAX_BODY_SIZE >> 30} GiB)")
             if size:
                 body = self._read_body(size, where)
         return Request(request_id, command, action_id, output_id, body)

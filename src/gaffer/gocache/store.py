@@ -9,6 +9,7 @@ when the local disk does, because `go` needs a DiskPath.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,10 +50,35 @@ class GoStats:
 
 
 def open_local(path: str) -> DiskStore:
+    """The local tier, in a directory of this user's own (see `own_directory`), writable: go needs a DiskPath
+    for every put."""
+    own_directory(path)
     try:
-        return DiskStore(path, report=log_line)
+        local = DiskStore(path, report=log_line)
     except TierError as e:
         raise EnvironmentProblem(f"local cache directory: {e}") from None
+    if not local.writable:
+        raise EnvironmentProblem(f"local cache directory {path} is read-only: go needs to write its entries there")
+    return local
+
+
+def own_directory(path: str) -> None:
+    """Create `path` private (0700), or check that it belongs to this user. The default directories sit in
+    /tmp, where anyone can create them first: one made by another user would let that user plant the build
+    outputs go links into this user's programs."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # DiskStore says why it cannot be made
+    for st in (os.lstat(path), os.stat(path)):  # a symlink, and what it points to, must be this user's too
+        if st.st_uid != os.geteuid():
+            raise EnvironmentProblem(
+                f"local cache directory {path} belongs to another user (uid {st.st_uid}), who could plant cache"
+                " entries in it: remove it, or set CACHE_DIR (S3_TMP_DIR for s3) to a directory of your own"
+            )
 
 
 def open_tiered(local: DiskStore, urls: Sequence[str], *, read_only: bool, timeout: float) -> TieredCache:

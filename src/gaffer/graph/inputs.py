@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from gaffer.errors import UserError
+from gaffer.errors import UserError, not_utf8
 from gaffer.graph.model import Task, shown_path
 
 _ANY_DEPTH = "**"
@@ -63,6 +63,11 @@ def resolve_inputs(root: Path, task: Task, graph_path: Path) -> list[str]:
                 _literal(base, pattern, found)
         except _NoInput as e:
             raise UserError(f"{shown_path(graph_path)}: task {task.name!r}: input {pattern!r} {e}") from None
+    for path in found:
+        shown = None if path.isascii() else not_utf8(path)  # the common case inline: this runs per input file
+        if shown is not None:
+            raise UserError(f"{shown_path(graph_path)}: task {task.name!r}: input file '{shown}' has a name that is not"
+                            " UTF-8, which cache keys cannot hold: rename it")
     return sorted(found)
 
 

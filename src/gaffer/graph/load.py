@@ -25,9 +25,11 @@ TASK_FIELDS = ("command", "deps", "inputs", "outputs", "env", "tools", "timeout"
 FORMAT_VERSION = 1
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"\s")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _RESERVED_DIRS = (".git", ".gaffer")  # gaffer's own state and git's: a task must not write there
 _HOST_PROPERTIES = ("OSFamily", "ISA")  # always the executing machine's own (actions.host_properties)
 _TASK_FIELD_SET = frozenset(TASK_FIELDS)
+MAX_TIMEOUT_S = 365 * 24 * 3600  # a year: far beyond any build, well inside what clocks and REAPI's Duration hold
 
 
 class _Bad(Exception):
@@ -79,15 +81,23 @@ def _load(path: str | os.PathLike[str]) -> Graph:
                 hint = f" ({name!r} is a top-level setting only beside a \"tasks\" object)"
             raise UserError(f"{shown}: task {name!r}: {e}{hint}") from None
 
-    _check_outputs(tasks, shown)
+    owner = _check_outputs(tasks, shown)
     topological_order(tasks, tasks, shown)  # raises on a cycle
+    if owner:
+        _check_inputs_against_outputs(tasks, owner, shown)
     absolute = Path(os.path.abspath(path))
     return Graph(path=absolute, root=absolute.parent.resolve(), tasks=tasks, platform=platform)
 
 
 def _parse_json(data: bytes, shown: str) -> Any:
     try:
-        return json.loads(data)
+        doc = json.loads(data)
+        if _SURROGATE_ESCAPE.search(data):  # rare: only then look for a lone one, which is no character at all
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        return doc
+    except UnicodeEncodeError:
+        message = "a \\u escape names half of a surrogate pair, not a character"
+        raise UserError(f"{shown}: not valid JSON: {message}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{shown}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
     except UnicodeDecodeError as e:
@@ -355,11 +365,14 @@ def _timeout(value: Any) -> float | None:
         raise _Bad(f"field 'timeout' must be a number of seconds or a duration like \"90s\", got {_kind(value)}")
     if not (seconds > 0 and math.isfinite(seconds)):
         raise _Bad(f"field 'timeout' must be a positive duration, got {value!r}")
+    if seconds > MAX_TIMEOUT_S:
+        raise _Bad(f"field 'timeout' must be at most a year ({MAX_TIMEOUT_S}s, or leave it out), got {value!r}")
     return seconds
 
 
-def _check_outputs(tasks: dict[str, Task], shown: str) -> None:
-    """No path is written by two tasks: no shared output, and no output inside another output directory."""
+def _check_outputs(tasks: dict[str, Task], shown: str) -> dict[str, str]:
+    """No path is written by two tasks: no shared output, and no output inside another output directory.
+    Returns each output's task."""
     owner: dict[str, str] = {}
     for name, task in tasks.items():
         for out in task.outputs:
@@ -376,6 +389,49 @@ def _check_outputs(tasks: dict[str, Task], shown: str) -> None:
             if holder is not None:
                 raise UserError(f"{shown}: output {out!r} of {name!r} is inside output {parent!r} of {holder!r}")
             cut = out.rfind("/", 0, cut)
+    return owner
+
+
+def _check_inputs_against_outputs(tasks: dict[str, Task], owner: dict[str, str], shown: str) -> None:
+    """A literal input at or under a declared output is one of two mistakes, both refused: the task's own output
+    (gaffer removes outputs before a task runs, so the input would be deleted), or another task's output read
+    without depending on that task (the file is not there yet, or is stale, when this task runs). Globs are not
+    checked: they skip every declared output, as documented."""
+    tops = {out.partition("/")[0] for out in owner}  # one set lookup clears most inputs (10,000s of them)
+    for name, task in tasks.items():
+        for path in task.inputs:
+            if path.partition("/")[0] not in tops or "*" in path or "?" in path or "[" in path:
+                continue
+            out, cut = path, len(path)
+            while cut > 0:
+                out = path[:cut]
+                holder = owner.get(out)
+                if holder is not None:
+                    break
+                cut = path.rfind("/", 0, cut)
+            else:
+                continue
+            where = f"input {path!r} is output {out!r}" if out == path else f"input {path!r} is inside output {out!r}"
+            if holder == name:
+                raise UserError(f"{shown}: task {name!r}: {where} of the same task, which gaffer removes before the "
+                                "task runs (a task must not write over its own inputs)")
+            if not _depends_on(name, holder, tasks):
+                raise UserError(f"{shown}: task {name!r}: {where} of task {holder!r}, but {name!r} does not depend "
+                                f"on {holder!r} (add it to 'deps')")
+
+
+def _depends_on(name: str, target: str, tasks: dict[str, Task]) -> bool:
+    """Does `name` depend on `target`, directly or not? (Iterative: a chain may be 10,000 tasks long.)"""
+    seen: set[str] = set()
+    stack = [name]
+    while stack:
+        for dep in tasks[stack.pop()].deps:
+            if dep == target:
+                return True
+            if dep not in seen:
+                seen.add(dep)
+                stack.append(dep)
+    return False
 
 
 def _kind(value: Any) -> str:

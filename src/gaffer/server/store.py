@@ -27,6 +27,7 @@ from urllib.parse import quote, unquote
 
 from google.protobuf.message import DecodeError
 
+from gaffer.cache.base import TierError
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import EMPTY_DIGEST, Digest
 from gaffer.protos import remote_execution_pb2 as re_pb2
@@ -325,8 +326,10 @@ class ServerStore:
         with self._lock:
             found = self._namespaces.get(instance)
             if found is None:
-                found = Namespace(instance, DiskStore(path, self.max_size, report=self._report), self._memory,
-                                  self._added)
+                disk = DiskStore(path, self.max_size, report=self._report)
+                if not disk.writable:  # a server that drops every upload would only look like a cache
+                    raise TierError(disk.name, "cannot write to the cache directory (read-only)", transient=False)
+                found = Namespace(instance, disk, self._memory, self._added)
                 self._sizes[instance] = found.reindex()
                 self._namespaces[instance] = found
         return found

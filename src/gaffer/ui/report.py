@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import TextIO
 
+from gaffer.errors import UserError
 from gaffer.outcome import CACHED, EXECUTED, FAILED, SKIPPED, BuildReport
 from gaffer.units import format_count, format_size
 
@@ -68,7 +69,15 @@ def print_summary(report: BuildReport, stream: TextIO) -> None:
 
 
 def write_summary_json(report: BuildReport, path: Path) -> None:
-    path.write_text(json.dumps(summary_dict(report), indent=2) + "\n", encoding="utf-8")
+    _write(path, json.dumps(summary_dict(report), indent=2) + "\n")
+
+
+def _write(path: Path, text: str) -> None:
+    """Write a report file; failing to is one line (the build itself is done and cached by now)."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 def write_trace(report: BuildReport, path: Path) -> None:
@@ -88,4 +97,4 @@ def write_trace(report: BuildReport, path: Path) -> None:
         else:
             event.update(ph="i", s="t")
         events.append(event)
-    path.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}) + "\n", encoding="utf-8")
+    _write(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}) + "\n")
