@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gaffer import noop
-from gaffer.digest import RACY_WINDOW_NS, Digest, StatCache, digest_bytes, stat_signature
+from gaffer.digest import Digest, StatCache, digest_bytes, file_system_now, is_racy, stat_signature
 from gaffer.graph import Graph, Task
 from gaffer.graph.inputs import resolve_inputs
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
@@ -77,7 +77,7 @@ class Build:
         """Resolve every task's inputs before anything runs, so a bad glob stops the build at once (exit 2).
         Files under any declared output are never inputs: a glob like `**/*.go` must not pick up build results."""
         produced = {out for t in self.graph.tasks.values() for out in t.outputs}
-        bases: set[str] = set()
+        bases: set[tuple[str, int]] = set()
         for name in self.order:
             task = self.graph.tasks[name]
             if task.is_group:
@@ -145,16 +145,17 @@ class Build:
     # -- keys --------------------------------------------------------------------------------------------------
 
     def _fingerprint(self, name: str, task: Task) -> tuple:
-        """Cheap identity of the task's inputs. An input modified within RACY_WINDOW_NS could still change
-        without its signature changing, so such a fingerprint gets a marker that never compares equal."""
+        """Cheap identity of the task's inputs. An input modified since this build began (by the file system's
+        clock) could still change without its signature changing, so such a fingerprint gets a marker that never
+        compares equal."""
         root = str(self.root)
         sigs = []
-        racy_after = time.time_ns() - RACY_WINDOW_NS
+        moment = self.stat_cache.moment
         racy = False
         for rel in self.inputs[name]:
             try:
                 sig = stat_signature(os.stat(f"{root}/{rel}"))
-                racy = racy or sig[1] > racy_after
+                racy = racy or is_racy(sig, moment)
                 sigs.append((rel, sig))
             except OSError:
                 sigs.append((rel, None))
@@ -332,6 +333,8 @@ class Build:
         self.t0 = time.perf_counter()
         if not self.options.dry_run:
             noop.discard(self.root)
+        # Before any input is looked at; a dry run creates nothing (without .gaffer/ every file is racy).
+        self.stat_cache.moment = file_system_now(self.root / STATE_DIR, create=not self.options.dry_run)
         self.plan()
         scheduler = Scheduler(self.order, {n: self.graph.tasks[n].deps for n in self.order},
                               jobs=1 if self.options.dry_run else self.options.jobs,

@@ -203,7 +203,9 @@ def _report_noop(args: argparse.Namespace, tasks: list[tuple[str, float]], wall_
     from gaffer.cache.disk import DiskStore
     from gaffer.config import load_settings
 
-    settings = load_settings(Path(os.path.realpath(args.graph)).parent, _flags(args))
+    from gaffer.workspace import workspace_root
+
+    settings = load_settings(Path(workspace_root(args.graph)), _flags(args))
     DiskStore(settings.cache_dir, settings.max_size).record_build(hits=len(tasks), misses=0)
     reporting.print_summary(report, sys.stderr)
     if args.summary_json:

@@ -18,6 +18,7 @@ from typing import Any
 from gaffer.errors import UserError
 from gaffer.graph.model import Graph, Task, did_you_mean, topological_order
 from gaffer.units import parse_duration
+from gaffer.workspace import workspace_root
 
 TOP_FIELDS = ("tasks", "version", "env", "platform", "$schema")
 TASK_FIELDS = ("command", "deps", "inputs", "outputs", "env", "timeout", "cache", "description")
@@ -79,8 +80,7 @@ def _load(path: str | os.PathLike[str]) -> Graph:
 
     _check_outputs(tasks, shown)
     topological_order(tasks, tasks, shown)  # raises on a cycle
-    absolute = Path(os.path.abspath(path))
-    return Graph(path=absolute, root=absolute.parent.resolve(), tasks=tasks, platform=platform)
+    return Graph(path=Path(os.path.abspath(path)), root=Path(workspace_root(path)), tasks=tasks, platform=platform)
 
 
 def _parse_json(data: bytes, shown: str) -> Any:
