@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gaffer import noop
-from tests.support import gaffer_env, run_gaffer, summary
+from tests.support import gaffer_env, run_ok as build
 
 # Examples of the differential test: a few in every run, many more with GAFFER_TEST_EXAMPLES=500.
 EXAMPLES = int(os.environ.get("GAFFER_TEST_EXAMPLES", "25"))
@@ -21,12 +21,6 @@ EDITS = 4  # random edits per example, each followed by the two verdicts
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return gaffer_env(tmp_path / "cache")
-
-
-def build(ws: Path, env: dict[str, str], *args: str) -> dict:
-    out = ws.parent / "summary.json"
-    run_gaffer(["run", *args, "--summary-json", str(out)], cwd=ws, env=env, check=True)
-    return summary(out)
 
 
 def fast_verdict(ws: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> bool:

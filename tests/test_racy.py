@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import gaffer_env, require, require_tool, run_gaffer, summary
+from tests.support import gaffer_env, require, require_tool, run_gaffer, run_ok
 
 GRAPH = {"copy": {"command": "cp src.txt out.txt", "inputs": ["src.txt"], "outputs": ["out.txt"]}}
 
@@ -55,9 +55,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def build(ws: Path, env: dict[str, str], *args: str) -> str:
     """Run `gaffer run` and return the task's status."""
-    out = ws.parent / "summary.json"
-    run_gaffer(["run", *args, "--summary-json", str(out)], cwd=ws, env=env, check=True)
-    return summary(out)["status"]["copy"]
+    return run_ok(ws, env, *args)["status"]["copy"]
 
 
 def signature(path: Path) -> tuple[int, int, int, int]:
