@@ -81,6 +81,16 @@ def test_a_symlinked_graph_file_belongs_to_the_directory_of_the_link(tmp_path: P
     assert (first / "out.txt").read_text() == "first\n"
 
 
+def test_a_graph_file_edited_during_the_build(tmp_path: Path, env: dict[str, str]) -> None:
+    """The build used the graph as it was read: the record must not vouch for the edited one."""
+    ws = tmp_path / "ws"
+    write(ws / "graph.json", json.dumps({"t": {"command": "echo old > out.txt && sed -i s/old/new/ graph.json",
+                                                "outputs": ["out.txt"]}}))
+    build(ws, env)
+    assert build(ws, env)["status"]["t"] == "executed", "its command changed"
+    assert (ws / "out.txt").read_text() == "new\n"
+
+
 # -- the differential test -------------------------------------------------------------------------------------
 
 PATTERNS = ["src/*.c", "src/**/*.c", "src/.*/*.c", ".*/*.yml", "docs", "lib/*.txt", "lib/a.txt", "**/*.md"]

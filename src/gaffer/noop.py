@@ -87,7 +87,7 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     """Record a successful build. Skipped when a signature is racy: the file (or directory, or the graph file)
     was modified in or after the file-system timestamp tick the build began in, so it could still change
     without its signature changing."""
-    from gaffer.digest import is_racy, stat_signature
+    from gaffer.digest import is_racy
 
     graph = build.graph
     root = str(graph.root)
@@ -121,10 +121,9 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     dirs = build.input_dirs
     if any(sig[0] >= moment for _p, sig in dirs):
         return
-    graph_sig = stat_signature(os.stat(graph.path))
-    if is_racy(graph_sig, moment):
+    if is_racy(graph.signature, moment):
         return
-    record = (_FORMAT, __version__, os.path.realpath(graph.path), graph_sig, tuple(targets),
+    record = (_FORMAT, __version__, os.path.realpath(graph.path), graph.signature, tuple(targets),
               tuple((n, os.environ.get(n)) for n in sorted(env_names)), tuple(inputs.items()),
               tuple(outputs), tuple(symlinks), tuple(dirs), tuple(tasks))
     path = record_path(graph.root)

@@ -50,6 +50,7 @@ def _load(path: str | os.PathLike[str]) -> Graph:
     shown = os.fspath(path)  # messages name the file as the user typed it
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())  # before reading: an edit made after it changes what the no-op record saw
             data = f.read()
     except OSError as e:
         raise UserError(f"{shown}: cannot read: {e.strerror or e}") from None
@@ -80,7 +81,8 @@ def _load(path: str | os.PathLike[str]) -> Graph:
 
     _check_outputs(tasks, shown)
     topological_order(tasks, tasks, shown)  # raises on a cycle
-    return Graph(path=Path(os.path.abspath(path)), root=Path(workspace_root(path)), tasks=tasks, platform=platform)
+    return Graph(path=Path(os.path.abspath(path)), root=Path(workspace_root(path)), tasks=tasks, platform=platform,
+                 signature=(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
 
 
 def _parse_json(data: bytes, shown: str) -> Any:
