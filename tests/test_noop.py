@@ -110,12 +110,11 @@ class Workspace:
         self.env = {"V0": "zero"}
         self.graph: dict[str, dict] = {}
         for i in range(rng.randint(1, 5)):
-            task: dict = {"command": f"mkdir -p out && (echo t{i} \"$V{i % 2}\"; cat /dev/null", "outputs": [f"out/t{i}"],
-                          "inputs": rng.sample(PATTERNS, rng.randint(1, 3)), "env": [f"V{i % 2}"]}
             deps = [f"t{j}" for j in range(i) if rng.random() < 0.4]
-            for dep in deps:
-                task["command"] += f" out/t{dep[1:]}"
-            task["command"] += f") > out/t{i}"
+            reads = " ".join(f"out/{dep}" for dep in deps)
+            task: dict = {"command": f"mkdir -p out && (echo t{i} \"$V{i % 2}\"; cat /dev/null {reads}) > out/t{i}",
+                          "outputs": [f"out/t{i}"], "inputs": rng.sample(PATTERNS, rng.randint(1, 3)),
+                          "env": [f"V{i % 2}"]}
             if rng.random() < 0.3:
                 task["command"] += f" && ln -sfn t{i} out/l{i}"
                 task["outputs"].append(f"out/l{i}")

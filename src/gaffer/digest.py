@@ -5,7 +5,7 @@ A signature is only as fine as the file system's timestamps (1 s on ext4 with 12
 many NFS mounts; a scheduler tick elsewhere): a file written again in the tick it was hashed in keeps its
 signature. So, as git does with its index, an entry is trusted only if the file's mtime and ctime are older
 than the moment the entry was recorded, that moment read from the file system itself (`file_system_now`: the
-mtime of a stamp file gaffer writes there), so it has the file system's real granularity and clock (an NFS
+mtime of a file gaffer creates there), so it has the file system's real granularity and clock (an NFS
 server's, whatever this machine's says). A signature no older than that moment is "racy": re-hashed.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -64,16 +65,17 @@ def stat_signature(st: os.stat_result) -> StatSignature:
 
 
 def file_system_now(directory: Path, create: bool = True) -> int:
-    """The current time as the file system holding `directory` records it: the mtime of a stamp file touched
-    there. 0 (every signature racy: nothing is trusted) if the directory cannot be had or written."""
+    """The current time as the file system holding `directory` records it: the mtime of a file created there
+    (by the file system's clock, NFS: the server's, and at its granularity). The file is this process's own, so
+    a concurrent build cannot move the time. 0 (every signature racy) if the directory cannot be written."""
     try:
         if create:
             directory.mkdir(exist_ok=True)
-        fd = os.open(directory / "stamp", os.O_WRONLY | os.O_CREAT, 0o644)
+        fd, name = tempfile.mkstemp(prefix="stamp.", dir=directory)
     except OSError:
         return 0
     try:
-        os.utime(fd)  # now, by the file system's clock (NFS: the server's) and at its granularity
+        os.unlink(name)  # nothing is left behind; the open descriptor still has the file's times
         return os.fstat(fd).st_mtime_ns
     except OSError:
         return 0
