@@ -202,7 +202,6 @@ def _report_noop(args: argparse.Namespace, tasks: list[tuple[str, float]], wall_
     report = BuildReport(outcomes=outcomes, wall_s=wall_s)
     from gaffer.cache.disk import DiskStore
     from gaffer.config import load_settings
-
     from gaffer.workspace import workspace_root
 
     settings = load_settings(Path(workspace_root(args.graph)), _flags(args))
