@@ -60,6 +60,13 @@ def summary(path: Path) -> dict:
     return data
 
 
+def run_ok(ws: Path, env: dict[str, str], *args: str) -> dict:
+    """`gaffer run ARGS` in workspace `ws`, which must succeed; its --summary-json, written beside `ws`."""
+    out = ws.parent / "summary.json"
+    run_gaffer(["run", *args, "--summary-json", str(out)], cwd=ws, env=env, check=True)
+    return summary(out)
+
+
 EXAMPLE = REPO / "examples" / "go-microservices"
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gaffer import noop
-from gaffer.digest import RACY_WINDOW_NS, Digest, StatCache, digest_bytes, digest_file, stat_signature
+from gaffer.digest import Digest, StatCache, digest_bytes, digest_file, file_system_now, is_racy, stat_signature
 from gaffer.errors import UserError
 from gaffer.graph import Graph, Task
 from gaffer.graph.inputs import resolve_inputs
@@ -86,7 +86,7 @@ class Build:
         """Resolve every task's inputs before anything runs, so a bad glob stops the build at once (exit 2).
         Files under any declared output are never inputs: a glob like `**/*.go` must not pick up build results."""
         produced = {out for t in self.graph.tasks.values() for out in t.outputs}
-        bases: set[str] = set()
+        bases: set[tuple[str, int]] = set()
         for name in self.order:
             task = self.graph.tasks[name]
             if task.is_group:
@@ -177,23 +177,24 @@ class Build:
     # -- keys --------------------------------------------------------------------------------------------------
 
     def _fingerprint(self, name: str, task: Task) -> tuple:
-        """Cheap identity of the task's inputs. An input modified within RACY_WINDOW_NS could still change
-        without its signature changing, so such a fingerprint gets a marker that never compares equal."""
+        """Cheap identity of the task's inputs. An input modified since this build began (by the file system's
+        clock) could still change without its signature changing, so such a fingerprint gets a marker that never
+        compares equal."""
         root = str(self.root)
         sigs = []
-        racy_after = time.time_ns() - RACY_WINDOW_NS
+        moment = self.stat_cache.moment
         racy = False
         for rel in self.inputs[name]:
             try:
                 sig = stat_signature(os.stat(f"{root}/{rel}"))
-                racy = racy or sig[1] > racy_after
+                racy = racy or is_racy(sig, moment)
                 sigs.append((rel, sig))
             except OSError:
                 sigs.append((rel, None))
                 racy = True
         deps = tuple((dep, self.outputs.get(dep, OutputRecords()).content()) for dep in self.real_deps[name])
         tools = tuple(tool.signatures for tool in self.tools[name])
-        racy = racy or any(sig[1] > racy_after for signatures in tools for _path, sig in signatures)
+        racy = racy or any(is_racy(sig, moment) for signatures in tools for _path, sig in signatures)
         return (task.commands, task.outputs, task.timeout, _env_values(task),
                 tuple(sorted(self.graph.platform.items())), tuple(sigs), deps, time.time_ns() if racy else 0, tools)
 
@@ -357,8 +358,8 @@ class Build:
         signature moved (or was too fresh before the run to trust) is the key computed again, hashing what moved."""
         root = str(self.root)
         fingerprint = self.fingerprints[name]
-        racy_after = fingerprint[7] - RACY_WINDOW_NS if fingerprint[7] else None
-        moved = [rel for rel, sig in fingerprint[5] if _moved(f"{root}/{rel}", os.stat, sig, racy_after)]
+        racy_since = self.stat_cache.moment if fingerprint[7] else None
+        moved = [rel for rel, sig in fingerprint[5] if _moved(f"{root}/{rel}", os.stat, sig, racy_since)]
         if moved:
             try:
                 now, now_manifest = self.key(name)
@@ -478,6 +479,8 @@ class Build:
         self.t0 = time.perf_counter()
         if not self.options.dry_run:
             noop.discard(self.root)
+        # Before any input is looked at; a dry run creates nothing (without .gaffer/ every file is racy).
+        self.stat_cache.moment = file_system_now(self.root / STATE_DIR, create=not self.options.dry_run)
         self.plan()
         scheduler = Scheduler(self.order, {n: self.graph.tasks[n].deps for n in self.order},
                               jobs=1 if self.options.dry_run else self.options.jobs,
@@ -515,14 +518,15 @@ class Build:
         return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
 
 
-def _moved(path: str, stat_call: Callable[[str], os.stat_result], sig: tuple | None, racy_after: int | None
+def _moved(path: str, stat_call: Callable[[str], os.stat_result], sig: tuple | None, racy_since: int | None
            ) -> bool:
-    """Has the file's stat signature moved from `sig` (or was `sig` taken too soon after a change to trust)?"""
+    """Has the file's stat signature moved from `sig` (or is it racy since the build's moment, so that it could
+    have changed without moving)?"""
     try:
         now = stat_signature(stat_call(path))
     except OSError:
         return True
-    return now != sig or (racy_after is not None and now[1] > racy_after)
+    return now != sig or (racy_since is not None and is_racy(now, racy_since))
 
 
 def _content_and_mode(path: str) -> tuple[str, int] | None:

@@ -261,8 +261,9 @@ def _report_noop(args: argparse.Namespace, tasks: list[tuple[str, float]], wall_
                 for name, saved in tasks}
     report = BuildReport(outcomes=outcomes, wall_s=wall_s)
     from gaffer.config import load_settings
+    from gaffer.workspace import workspace_root
 
-    settings = load_settings(Path(os.path.realpath(args.graph)).parent, _flags(args))
+    settings = load_settings(Path(workspace_root(args.graph)), _flags(args))
     local_store(settings).record_build(hits=len(tasks), misses=0)
     reporting.print_summary(report, sys.stderr)
     if args.summary_json:

@@ -1,8 +1,12 @@
 """Content digests (REAPI `Digest`: lowercase hex SHA-256 + size) and the stat cache that avoids rehashing.
 
 A file is re-hashed only when its (size, mtime_ns, inode, ctime_ns) signature changed since it was last hashed.
-An entry recorded less than `RACY_WINDOW_NS` after the file's mtime is not trusted ("racily clean", as git
-calls it): the file could still change within the same timestamp tick without its signature changing.
+A signature is only as fine as the file system's timestamps (1 s on ext4 with 128-byte inodes, FAT, HFS+ and
+many NFS mounts; a scheduler tick elsewhere): a file written again in the tick it was hashed in keeps its
+signature. So, as git does with its index, an entry is trusted only if the file's mtime and ctime are older
+than the moment the entry was recorded, that moment read from the file system itself (`file_system_now`: the
+mtime of a file gaffer creates there), so it has the file system's real granularity and clock (an NFS
+server's, whatever this machine's says). A signature no older than that moment is "racy": re-hashed.
 """
 
 from __future__ import annotations
@@ -10,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
-import time
+import tempfile
+from pathlib import Path
 from typing import NamedTuple
 
-RACY_WINDOW_NS = 50_000_000  # wider than any kernel timestamp granularity we know of (jiffies: 1-10 ms)
 _CHUNK = 1 << 20
 
 
@@ -60,17 +64,44 @@ def stat_signature(st: os.stat_result) -> StatSignature:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
+def file_system_now(directory: Path, create: bool = True) -> int:
+    """The current time as the file system holding `directory` records it: the mtime of a file created there
+    (by the file system's clock, NFS: the server's, and at its granularity). The file is this process's own, so
+    a concurrent build cannot move the time. 0 (every signature racy) if the directory cannot be written."""
+    try:
+        if create:
+            directory.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="stamp.", dir=directory)
+    except OSError:
+        return 0
+    try:
+        os.unlink(name)  # nothing is left behind; the open descriptor still has the file's times
+        return os.fstat(fd).st_mtime_ns
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def is_racy(sig: StatSignature, moment: int) -> bool:
+    """Could the file change without its signature changing, after a `moment` from `file_system_now`? Yes if
+    it was modified (mtime, or ctime, which no one can set back) in that moment's timestamp tick or later: a
+    file dated in the future stays racy until the clock passes it."""
+    return sig[1] >= moment or sig[3] >= moment
+
+
 class StatCache:
     """Maps a path to the digest of its content, trusted while its stat signature is unchanged.
 
     Persisted with `marshal` (fast to load, cannot execute code). A damaged or foreign file is ignored.
     """
 
-    _FORMAT = 1
+    _FORMAT = 2  # 1 recorded wall-clock times
 
     def __init__(self) -> None:
-        # path -> (signature, recorded_at_ns, hash)
+        # path -> (signature, moment recorded (file-system time), hash)
         self._entries: dict[str, tuple[StatSignature, int, str]] = {}
+        self.moment = 0  # file_system_now() taken before this process read any file; 0: record nothing trusted
         self.dirty = False
         self.hashed = 0  # files actually read this run, for tests and profiles
 
@@ -102,18 +133,18 @@ class StatCache:
             st = os.stat(path)
         sig = stat_signature(st)
         entry = self._entries.get(path)
-        if entry is not None and entry[0] == sig and entry[1] - st.st_mtime_ns > RACY_WINDOW_NS:
+        if entry is not None and entry[0] == sig and not is_racy(sig, entry[1]):
             return Digest(entry[2], sig[0])
         d = digest_file(path)
         self.hashed += 1
         if d.size_bytes == sig[0]:
-            self._entries[path] = (sig, time.time_ns(), d.hash)
+            self._entries[path] = (sig, self.moment, d.hash)
             self.dirty = True
         return d
 
     def remember(self, path: str, st: os.stat_result, digest: Digest) -> None:
         """Record a digest known by other means (a file we just restored from the cache)."""
-        self._entries[path] = (stat_signature(st), time.time_ns(), digest.hash)
+        self._entries[path] = (stat_signature(st), self.moment, digest.hash)
         self.dirty = True
 
     def forget(self, path: str) -> None:

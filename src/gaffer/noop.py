@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import marshal
 import os
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gaffer import __version__
+from gaffer.workspace import workspace_root
 
 if TYPE_CHECKING:
     from gaffer.build import Build
 
 _FORMAT = 2
 _GLOB_CHARS = frozenset("*?[")
+_NO_DOTS, _DOTS, _ALL_DOTS = 0, 1, 2  # how far a glob below a directory may enter dot-directories
 
 
 def record_path(root: Path) -> Path:
@@ -39,7 +40,7 @@ def check(graph_path: str, targets: Sequence[str]) -> list[tuple[str, float]] | 
         real = os.path.realpath(graph_path)
         st = os.stat(real)
         graph_sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-        with open(record_path(Path(os.path.dirname(real))), "rb") as f:
+        with open(record_path(Path(workspace_root(graph_path))), "rb") as f:
             record = marshal.loads(f.read())
         (fmt, version, recorded_graph, recorded_sig, recorded_targets, env, inputs, outputs, symlinks, dirs,
          tasks) = record
@@ -84,13 +85,15 @@ def discard(root: Path) -> None:
 
 
 def write_record(build: Build, targets: Sequence[str]) -> None:
-    """Record a successful build. Skipped when a file changed too recently to trust its signature."""
-    from gaffer.digest import RACY_WINDOW_NS, stat_signature
+    """Record a successful build. Skipped when a signature is racy: the file (or directory, or the graph file)
+    was modified in or after the file-system timestamp tick the build began in, so it could still change
+    without its signature changing."""
+    from gaffer.digest import is_racy
     from gaffer.tools import ENVIRONMENT as TOOL_ENVIRONMENT
 
     graph = build.graph
     root = str(graph.root)
-    racy_after = time.time_ns() - RACY_WINDOW_NS
+    moment = build.stat_cache.moment
     env_names: set[str] = set()
     inputs: dict[str, tuple] = {}
     outputs: list[tuple[str, tuple]] = []
@@ -107,7 +110,7 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
         if fingerprint[7]:
             return  # an input was too fresh to trust its signature
         for rel, sig in fingerprint[5]:
-            if sig is None or sig[1] > racy_after:
+            if sig is None:
                 return
             inputs[f"{root}/{rel}"] = sig
         if fingerprint[8]:  # the task's tools: the files found (racy ones made fingerprint[7] set) and PATH
@@ -122,10 +125,12 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
             return
         tasks.append((name, state.duration_s))
     dirs = build.input_dirs
-    if any(sig[0] > racy_after for _p, sig in dirs):
+    if any(sig[0] >= moment for _p, sig in dirs):
         return
-    record = (_FORMAT, __version__, os.path.realpath(graph.path), stat_signature(os.stat(graph.path)),
-              tuple(targets), tuple((n, os.environ.get(n)) for n in sorted(env_names)), tuple(inputs.items()),
+    if is_racy(graph.signature, moment):
+        return
+    record = (_FORMAT, __version__, os.path.realpath(graph.path), graph.signature, tuple(targets),
+              tuple((n, os.environ.get(n)) for n in sorted(env_names)), tuple(inputs.items()),
               tuple(outputs), tuple(symlinks), tuple(dirs), tuple(tasks))
     path = record_path(graph.root)
     path.parent.mkdir(exist_ok=True)
@@ -135,9 +140,13 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     os.replace(tmp, path)
 
 
-def directory_bases(patterns: Iterable[str], resolved: set[str]) -> Iterable[str]:
-    """The directories inputs were searched in: each glob's literal prefix, and literal paths that named a
-    directory (a literal that resolved to itself is a plain file: its own signature covers it)."""
+def directory_bases(patterns: Iterable[str], resolved: set[str]) -> Iterable[tuple[str, int]]:
+    """The directories inputs were searched in, each with how far a walk below it enters dot-directories
+    (`_NO_DOTS`, `_DOTS`, `_ALL_DOTS`, as the glob walker in graph/inputs.py does): each glob's literal prefix,
+    and literal paths that named a directory (a literal that resolved to itself is a plain file: its own
+    signature covers it; a directory is walked like `dir/**`, which enters no dot-directory)."""
+    from gaffer.graph.inputs import _LITERAL_ONLY  # the walker's own rule (loaded already: only plans call this)
+
     for pattern in patterns:
         parts = pattern.split("/")
         literal = []
@@ -146,18 +155,26 @@ def directory_bases(patterns: Iterable[str], resolved: set[str]) -> Iterable[str
                 break
             literal.append(part)
         if len(literal) < len(parts):
-            yield "/".join(literal)
+            rest = parts[len(literal):]
+            dots = (_ALL_DOTS if _LITERAL_ONLY.intersection(rest)
+                    else _DOTS if any(part[0] == "." for part in rest) else _NO_DOTS)
+            yield "/".join(literal), dots
         elif pattern not in resolved:
-            yield pattern
+            yield pattern, _NO_DOTS
 
 
-def directory_signatures(root: str, bases: set[str]) -> list[tuple[str, tuple[int, int]]]:
-    """(path, (mtime_ns, inode)) of every directory below the bases: adding or removing a file changes one."""
+def directory_signatures(root: str, bases: set[tuple[str, int]]) -> list[tuple[str, tuple[int, int]]]:
+    """(path, (mtime_ns, inode)) of every directory below the bases that a glob could enter: adding or removing
+    a file changes one. Dot-directories only where a pattern names them, so `.git`'s churn is no change."""
+    from gaffer.graph.inputs import _LITERAL_ONLY
+
     seen: dict[str, tuple[int, int]] = {}
-    for base in sorted(bases):
+    for base, dots in sorted(bases):
         top = f"{root}/{base}" if base else root
         for dirpath, dirnames, _files in os.walk(top):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            if dots != _ALL_DOTS:
+                dirnames[:] = [d for d in dirnames
+                               if d[0] != "." or (dots == _DOTS and d not in _LITERAL_ONLY)]
             if dirpath not in seen:
                 st = os.stat(dirpath)
                 seen[dirpath] = (st.st_mtime_ns, st.st_ino)

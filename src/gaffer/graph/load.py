@@ -19,6 +19,7 @@ from typing import Any
 from gaffer.errors import UserError
 from gaffer.graph.model import Graph, Task, did_you_mean, topological_order
 from gaffer.units import parse_duration
+from gaffer.workspace import workspace_root
 
 TOP_FIELDS = ("tasks", "version", "env", "tools", "platform", "$schema")
 TASK_FIELDS = ("command", "deps", "inputs", "outputs", "env", "tools", "timeout", "cache", "description")
@@ -53,6 +54,7 @@ def _load(path: str | os.PathLike[str]) -> Graph:
     shown = os.fspath(path)  # messages name the file as the user typed it
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())  # before reading: an edit made after it changes what the no-op record saw
             data = f.read()
     except OSError as e:
         raise UserError(f"{shown}: cannot read: {e.strerror or e}") from None
@@ -85,8 +87,8 @@ def _load(path: str | os.PathLike[str]) -> Graph:
     topological_order(tasks, tasks, shown)  # raises on a cycle
     if owner:
         _check_inputs_against_outputs(tasks, owner, shown)
-    absolute = Path(os.path.abspath(path))
-    return Graph(path=absolute, root=absolute.parent.resolve(), tasks=tasks, platform=platform)
+    return Graph(path=Path(os.path.abspath(path)), root=Path(workspace_root(path)), tasks=tasks, platform=platform,
+                 signature=(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
 
 
 def _parse_json(data: bytes, shown: str) -> Any:

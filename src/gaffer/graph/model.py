@@ -42,6 +42,7 @@ class Graph:
     root: Path  # the workspace root: the graph file's directory (absolute, resolved)
     tasks: dict[str, Task]  # in file order
     platform: dict[str, str]
+    signature: tuple[int, int, int, int]  # the graph file's stat signature as it was read
 
     def closure(self, targets: Sequence[str]) -> list[str]:
         """Targets and all their deps, in a topological order (deps first); all tasks when targets is empty.

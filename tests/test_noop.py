@@ -1,0 +1,212 @@
+"""The whole-build no-op fast path (.gaffer/noop) against the full per-task check: whenever the fast path says
+"nothing to do", a full build (`-v` never takes the fast path) must find every task up to date."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from gaffer import noop
+from tests.support import gaffer_env, run_ok as build
+
+# Examples of the differential test: a few in every run, many more with GAFFER_TEST_EXAMPLES=500.
+EXAMPLES = int(os.environ.get("GAFFER_TEST_EXAMPLES", "25"))
+EDITS = 4  # random edits per example, each followed by the two verdicts
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return gaffer_env(tmp_path / "cache")
+
+
+def fast_verdict(ws: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Does the fast path, run as `gaffer run` would in `ws` with `env`, find nothing to do?"""
+    with monkeypatch.context() as m:
+        m.chdir(ws)
+        for name in [n for n in os.environ if n not in env]:
+            m.delenv(name)
+        for name, value in env.items():
+            m.setenv(name, value)
+        return noop.check("graph.json", []) is not None
+
+
+def full_verdict(ws: Path, env: dict[str, str]) -> tuple[bool, dict[str, str]]:
+    """Does a full build find every task up to date? (It then builds what is not, for the next edit.)"""
+    reasons = {t["name"]: t["reason"] for t in build(ws, env, "-v")["tasks"]}
+    return all(r.startswith("up to date") for r in reasons.values()), reasons
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize(("pattern", "new_file"), [(".*/*.yml", ".ci/new.yml"), ("src/.*/*.c", "src/.gen/new.c")])
+def test_a_new_file_in_a_dot_directory_a_glob_enters(tmp_path: Path, env: dict[str, str], pattern: str,
+                                                     new_file: str) -> None:
+    ws = tmp_path / "ws"
+    write(ws / ".ci" / "lint.yml", "lint\n")
+    write(ws / "src" / ".gen" / "a.c", "int a;\n")
+    write(ws / "graph.json", json.dumps({"t": {"command": "echo > out.txt", "inputs": [pattern],
+                                                "outputs": ["out.txt"]}}))
+    build(ws, env)
+    assert build(ws, env)["status"]["t"] == "cached" and (ws / ".gaffer" / "noop").exists()
+    write(ws / new_file, "new\n")
+    result = build(ws, env)
+    assert result["status"]["t"] == "executed", result["tasks"]
+
+
+def test_a_symlinked_graph_file_belongs_to_the_directory_of_the_link(tmp_path: Path, env: dict[str, str]) -> None:
+    """Two checkouts sharing one graph file: each builds its own inputs into its own outputs, and the fast path
+    of one never reads the other's record."""
+    graph = {"t": {"command": "cp in.txt out.txt", "inputs": ["in.txt"], "outputs": ["out.txt"]}}
+    first, second = tmp_path / "first", tmp_path / "second"
+    write(first / "graph.json", json.dumps(graph))
+    write(first / "in.txt", "first\n")
+    write(second / "in.txt", "second\n")
+    (second / "graph.json").symlink_to(first / "graph.json")
+    build(first, env)
+    build(first, env)
+    assert (first / ".gaffer" / "noop").exists()
+    assert build(second, env)["status"]["t"] == "executed"
+    assert (second / "out.txt").read_text() == "second\n"
+    assert build(second, env)["status"]["t"] == "cached" and (second / ".gaffer" / "noop").exists()
+    (second / "in.txt").write_text("second, edited\n")
+    assert build(second, env)["status"]["t"] == "executed"
+    assert (second / "out.txt").read_text() == "second, edited\n"
+    assert (first / "out.txt").read_text() == "first\n"
+
+
+def test_a_graph_file_edited_during_the_build(tmp_path: Path, env: dict[str, str]) -> None:
+    """The build used the graph as it was read: the record must not vouch for the edited one."""
+    ws = tmp_path / "ws"
+    write(ws / "graph.json", json.dumps({"t": {"command": "echo old > out.txt && sed -i s/old/new/ graph.json",
+                                                "outputs": ["out.txt"]}}))
+    build(ws, env)
+    assert build(ws, env)["status"]["t"] == "executed", "its command changed"
+    assert (ws / "out.txt").read_text() == "new\n"
+
+
+# -- the differential test -------------------------------------------------------------------------------------
+
+PATTERNS = ["src/*.c", "src/**/*.c", "src/.*/*.c", ".*/*.yml", "docs", "lib/*.txt", "lib/a.txt", "**/*.md"]
+KEEPERS = ["src/a.c", "src/sub/b.c", "src/.gen/g.c", ".ci/lint.yml", "docs/intro.md", "lib/a.txt", "lib/b.txt"]
+NEW_FILES = ["src/n.c", "src/sub/deep/n.c", "src/.gen/n.c", "src/.new/n.c", ".ci/n.yml", ".new/n.yml", "docs/n.md",
+             "docs/.hidden/n.md", "lib/n.txt", "n.md", ".git/n.c", "src/n.h"]
+
+
+class Workspace:
+    """A random graph over a small tree, and the random edits a user could make to either."""
+
+    def __init__(self, root: Path, rng: random.Random) -> None:
+        self.root, self.rng = root, rng
+        for rel in KEEPERS:
+            write(root / rel, f"{rel}\n")
+        (root / "lib" / "link.txt").symlink_to("a.txt")
+        self.env = {"V0": "zero"}
+        self.graph: dict[str, dict] = {}
+        for i in range(rng.randint(1, 5)):
+            deps = [f"t{j}" for j in range(i) if rng.random() < 0.4]
+            reads = " ".join(f"out/{dep}" for dep in deps)
+            task: dict = {"command": f"mkdir -p out && (echo t{i} \"$V{i % 2}\"; cat /dev/null {reads}) > out/t{i}",
+                          "outputs": [f"out/t{i}"], "inputs": rng.sample(PATTERNS, rng.randint(1, 3)),
+                          "env": [f"V{i % 2}"]}
+            if rng.random() < 0.3:
+                task["command"] += f" && ln -sfn t{i} out/l{i}"
+                task["outputs"].append(f"out/l{i}")
+            if deps:
+                task["deps"] = deps
+            self.graph[f"t{i}"] = task
+        self.write_graph()
+
+    def write_graph(self) -> None:
+        (self.root / "graph.json").write_text(json.dumps(self.graph))
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.root.rglob("*") if p.is_file() and not p.is_symlink()
+                      and ".gaffer" not in p.parts and p.name != "graph.json")
+
+    def edit(self) -> str:
+        """Make one random edit; returns what it was, for the failure message."""
+        rng, root = self.rng, self.root
+        kind = rng.choice(["append", "same size", "same size and mtime", "touch", "chmod", "add", "remove", "env",
+                           "graph", "symlink", "output", "nothing"])
+        path = rng.choice(self.files())
+        rel = path.relative_to(root)
+        if kind == "append":
+            with open(path, "a") as f:
+                f.write("more\n")
+        elif kind in ("same size", "same size and mtime"):
+            st = path.stat()
+            data = path.read_bytes()
+            path.write_bytes(data[:-1] + (b"!" if data[-1:] != b"!" else b"?"))
+            if kind == "same size and mtime":
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        elif kind == "touch":
+            os.utime(path)
+        elif kind == "chmod":
+            path.chmod(path.stat().st_mode ^ 0o111)
+        elif kind == "add":
+            rel = Path(rng.choice(NEW_FILES))
+            write(root / rel, "new\n")
+        elif kind == "remove":
+            removable = [p for p in self.files() if str(p.relative_to(root)) not in KEEPERS]
+            if not removable:
+                return "remove: nothing to remove"
+            path = rng.choice(removable)
+            rel = path.relative_to(root)
+            path.unlink()
+        elif kind == "env":
+            name = rng.choice(["V0", "V1"])
+            value = rng.choice([None, "", "zero", "one"])
+            self.env.pop(name, None)
+            if value is not None:
+                self.env[name] = value
+            return f"env {name}={value!r}"
+        elif kind == "graph":
+            task = self.graph[rng.choice(sorted(self.graph))]
+            if rng.random() < 0.5:
+                task["command"] += " && true"
+            else:
+                task["inputs"] = sorted(set(task["inputs"]) | {rng.choice(PATTERNS)})
+            self.write_graph()
+            return f"graph: {task}"
+        elif kind == "symlink":
+            link = root / "lib" / "link.txt"
+            target = "b.txt" if os.readlink(link) == "a.txt" else "a.txt"
+            link.unlink()
+            link.symlink_to(target)
+            return f"symlink lib/link.txt -> {target}"
+        elif kind == "output":
+            outputs = sorted(p for p in (root / "out").iterdir())
+            path = rng.choice(outputs)
+            rel = path.relative_to(root)
+            if path.is_symlink():
+                path.unlink()
+                path.symlink_to("elsewhere")
+            elif rng.random() < 0.5:
+                path.unlink()
+            else:
+                path.write_text(path.read_text()[::-1])
+        return f"{kind} {rel}" if kind != "nothing" else kind
+
+
+@pytest.mark.parametrize("seed", range(EXAMPLES))
+def test_the_fast_path_never_says_nothing_to_do_when_the_full_check_disagrees(
+    tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    ws = Workspace(tmp_path / "ws", random.Random(seed))
+    history = [f"seed {seed}, graph {json.dumps(ws.graph)}"]
+    build(ws.root, {**env, **ws.env})
+    assert full_verdict(ws.root, {**env, **ws.env})[0]
+    assert fast_verdict(ws.root, {**env, **ws.env}, monkeypatch), "the fast path is used when nothing changed"
+    for _ in range(EDITS):
+        history.append(ws.edit())
+        environment = {**env, **ws.env}
+        fast = fast_verdict(ws.root, environment, monkeypatch)
+        full, reasons = full_verdict(ws.root, environment)
+        assert full or not fast, "\n".join([*history, f"full check: {reasons}"])

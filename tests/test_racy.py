@@ -1,0 +1,98 @@
+"""Racy timestamps on a real file system that keeps whole seconds (ext4 made with 128-byte inodes, loop-mounted):
+an input rewritten with the same size in the second it was built in keeps its stat signature, and gaffer must
+still see the edit — in the per-task check, the whole-build no-op record and the stat cache (which outlives
+`gaffer clean`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import gaffer_env, require, require_tool, run_gaffer, run_ok
+
+GRAPH = {"copy": {"command": "cp src.txt out.txt", "inputs": ["src.txt"], "outputs": ["out.txt"]}}
+
+
+@pytest.fixture
+def coarse_fs(tmp_path: Path) -> Iterator[Path]:
+    """A fresh ext4 with 1-second timestamps, loop-mounted for this test and unmounted after it."""
+    require(os.geteuid() == 0, "loop-mounting a file system needs root")
+    mkfs, mount, umount = require_tool("mkfs.ext4"), require_tool("mount"), require_tool("umount")
+    image, mountpoint = tmp_path / "ext4.img", tmp_path / "mnt"
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run([mkfs, "-q", "-F", "-I", "128", str(image)], check=True, capture_output=True)
+    mountpoint.mkdir()
+    mounted = subprocess.run([mount, "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True)
+    require(mounted.returncode == 0, f"cannot loop-mount an ext4 image: {mounted.stderr.strip()}")
+    try:
+        probe = mountpoint / "probe"
+        probe.write_text("x")
+        assert probe.stat().st_mtime_ns % 10**9 == 0, "ext4 with 128-byte inodes should keep whole seconds"
+        probe.unlink()
+        yield mountpoint
+    finally:
+        subprocess.run([umount, str(mountpoint)], check=True)
+
+
+@pytest.fixture
+def ws(coarse_fs: Path) -> Path:
+    root = coarse_fs / "ws"
+    root.mkdir()
+    (root / "graph.json").write_text(json.dumps(GRAPH))
+    return root
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return gaffer_env(tmp_path / "cache")
+
+
+def build(ws: Path, env: dict[str, str], *args: str) -> str:
+    """Run `gaffer run` and return the task's status."""
+    return run_ok(ws, env, *args)["status"]["copy"]
+
+
+def signature(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def build_then_edit_within_one_second(ws: Path, env: dict[str, str]) -> bytes:
+    """Write the input, build, and rewrite it in place with other bytes of the same size, until that all fell
+    within one second, so the edit left size, mtime, ctime and inode as the build saw them. Returns the edited
+    content. (A build takes a fraction of a second: the second turns over during some attempts, not all.)"""
+    src = ws / "src.txt"
+    for attempt in range(20):
+        before, after = f"before {attempt:02d}\n".encode(), f"edited {attempt:02d}\n".encode()
+        src.write_bytes(before)
+        assert build(ws, env) == "executed"
+        assert (ws / "out.txt").read_bytes() == before
+        seen = signature(src)
+        src.write_bytes(after)
+        if signature(src) == seen:
+            assert seen[1] % 10**9 == 0
+            return after
+    pytest.fail("20 times a build and an edit did not fit in one second")
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["no-op record", "per-task check"])
+def test_an_edit_in_the_second_of_the_build_reruns(ws: Path, env: dict[str, str], verbose: bool) -> None:
+    """-v skips the whole-build no-op record, so the per-task fingerprint is what decides."""
+    edited = build_then_edit_within_one_second(ws, env)
+    assert build(ws, env, *(["-v"] if verbose else [])) == "executed"
+    assert (ws / "out.txt").read_bytes() == edited
+
+
+def test_the_stat_cache_does_not_trust_a_racy_entry_after_clean(ws: Path, env: dict[str, str]) -> None:
+    """`gaffer clean` forgets the tasks, not the stat cache: a digest recorded in the second of the edit must be
+    re-hashed, or the old key gives a false cache hit restoring the old output."""
+    edited = build_then_edit_within_one_second(ws, env)
+    run_gaffer(["clean"], cwd=ws, env=env, check=True)
+    assert build(ws, env) == "executed"
+    assert (ws / "out.txt").read_bytes() == edited
