@@ -33,6 +33,16 @@ class ProcessResult:
     cancelled: bool = False
     error: str = ""  # the command could not be started at all
 
+    def failure(self, timeout: float | None) -> str:
+        """Why the run failed, as a task's reason says it; "" if the command exited 0."""
+        if self.error:
+            return self.error
+        if self.cancelled:
+            return "interrupted"
+        if self.timed_out:
+            return f"timed out after {timeout:g}s"
+        return f"exited with status {self.exit_code}" if self.exit_code != 0 else ""
+
 
 class ProcessRunner:
     """Starts commands and remembers the running ones so `cancel_all` can kill them from a signal handler."""

@@ -1,0 +1,296 @@
+"""The sandboxed executor: an Action run from the CAS alone in a fresh exec root gives the ActionResult a local
+run gives, sees nothing it did not declare, cannot change a cached blob, and refuses an unsafe or incomplete
+Action before running anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from gaffer import actions
+from gaffer.cache.disk import DiskStore
+from gaffer.digest import Digest, digest_bytes
+from gaffer.execute.local import ProcessRunner
+from gaffer.execute.sandbox import BadAction, MissingBlobs, SandboxResult, run_action
+from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.state import WorkspaceState
+from tests.support import gaffer_env, run_gaffer
+
+PASS = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
+
+
+@pytest.fixture(scope="module")
+def runner() -> ProcessRunner:
+    return ProcessRunner()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DiskStore:
+    return DiskStore(tmp_path / "cache")
+
+
+def put(store: DiskStore, data: bytes) -> Digest:
+    digest = digest_bytes(data)
+    store.write_blob(digest, data)
+    return digest
+
+
+def input_files(store: DiskStore, files: Mapping[str, tuple[bytes, int | None]]) -> list[actions.FileEntry]:
+    """Store each file's content; its entry keeps a mode only where one is given (a dep's output records it)."""
+    return [actions.FileEntry(path, put(store, data), bool((mode or 0) & 0o100), mode)
+            for path, (data, mode) in files.items()]
+
+
+def store_action(store: DiskStore, argv: Sequence[str], files: Iterable[actions.FileEntry] = (),
+                 symlinks: Iterable[actions.SymlinkEntry] = (), directories: Iterable[actions.DirectoryEntry] = (),
+                 outputs: Sequence[str] = (), env: Mapping[str, str] | None = None, timeout: float | None = None,
+                 platform: Mapping[str, str] | None = None, salt: bytes = b"") -> Digest:
+    """Store an Action, its Command and its input root's Directory blobs, built as gaffer builds a task's key."""
+    root, blobs = actions.input_root(files, symlinks, directories)
+    for digest, data in blobs.items():
+        store.write_blob(digest, data)
+    command = re_pb2.Command(arguments=list(argv), output_paths=sorted(outputs))
+    for name, value in sorted((env or {}).items()):
+        command.environment_variables.add(name=name, value=value)
+    command_digest = put(store, command.SerializeToString(deterministic=True))
+    action = re_pb2.Action(command_digest=re_pb2.Digest(hash=command_digest.hash, size_bytes=command_digest.size_bytes),
+                           input_root_digest=re_pb2.Digest(hash=root.hash, size_bytes=root.size_bytes), salt=salt)
+    if timeout:
+        action.timeout.FromNanoseconds(int(timeout * 1e9))
+    for name, value in sorted((platform or {}).items()):
+        action.platform.properties.add(name=name, value=value)
+    return put(store, action.SerializeToString(deterministic=True))
+
+
+def run(store: DiskStore, action: Digest, work: Path, runner: ProcessRunner, **kwargs: bool) -> SandboxResult:
+    return run_action(action, store, work, PASS, runner, **kwargs)
+
+
+def stdout(store: DiskStore, done: SandboxResult) -> str:
+    data = store.read_blob(Digest(done.result.stdout_digest.hash, done.result.stdout_digest.size_bytes))
+    assert data is not None
+    return data.decode()
+
+
+def restored(store: DiskStore, done: SandboxResult, declared: Sequence[str]) -> dict[str, tuple]:
+    """What gaffer would restore from the result: every path with its kind, content digest or target, and mode."""
+    cached = actions.parse_result(done.result.SerializeToString(), declared)
+    actions.read_trees(cached.outputs, store)
+    return {**{f.path: ("file", f.digest.hash, f.mode) for f in cached.outputs.files},
+            **{s.path: ("symlink", s.target) for s in cached.outputs.symlinks},
+            **{d.path: ("dir", d.mode) for d in cached.outputs.directories}}
+
+
+# -- rule: outputs come back by content and mode, as the ActionResult of a local run names them ------------------
+
+def test_outputs_come_back_with_modes_empty_dirs_and_symlinks(tmp_path: Path, store: DiskStore,
+                                                              runner: ProcessRunner) -> None:
+    script = ("umask 022; cp in.txt secret.txt && chmod 600 secret.txt && printf '#!/bin/sh\\necho hi\\n' > tool"
+              " && chmod 755 tool && mkdir -p d/empty && printf x > d/f && ln -s d/f link && echo done")
+    outputs = ["d", "link", "secret.txt", "tool"]
+    action = store_action(store, ["sh", "-c", script], input_files(store, {"in.txt": (b"secret", None)}),
+                          outputs=outputs)
+    done = run(store, action, tmp_path / "work", runner)
+    assert done.failure == "" and done.result.exit_code == 0
+    assert stdout(store, done) == "done\n"
+    assert restored(store, done, outputs) == {
+        "secret.txt": ("file", digest_bytes(b"secret").hash, 0o600),
+        "tool": ("file", digest_bytes(b"#!/bin/sh\necho hi\n").hash, 0o755),
+        "d": ("dir", 0o755), "d/empty": ("dir", 0o755), "d/f": ("file", digest_bytes(b"x").hash, 0o644),
+        "link": ("symlink", "d/f"),
+    }
+    assert [f.is_executable for f in done.result.output_files] == [False, True]
+    assert store.find_missing(done.blobs) == []
+    assert list((tmp_path / "work").iterdir()) == [], "the exec root is removed"
+
+
+def test_a_symlink_output_that_escapes_fails_the_action(tmp_path: Path, store: DiskStore,
+                                                        runner: ProcessRunner) -> None:
+    action = store_action(store, ["sh", "-c", "ln -s ../../etc/passwd out"], outputs=["out"])
+    done = run(store, action, tmp_path / "work", runner)
+    assert "symlink out points outside the workspace" in done.failure
+    assert not done.result.output_symlinks
+
+
+def test_a_missing_declared_output_fails_the_action(tmp_path: Path, store: DiskStore, runner: ProcessRunner) -> None:
+    action = store_action(store, ["sh", "-c", "echo made > made.txt"], outputs=["made.txt", "sub/never.txt"])
+    done = run(store, action, tmp_path / "work", runner)
+    assert done.failure == "declared output 'sub/never.txt' was not created by the task"
+    assert [f.path for f in done.result.output_files] == ["made.txt"], "what was made is reported, as REAPI does"
+
+
+# -- rule: the exec root holds the declared inputs and nothing else ----------------------------------------------
+
+def test_the_exec_root_holds_exactly_the_declared_inputs(tmp_path: Path, store: DiskStore,
+                                                         runner: ProcessRunner) -> None:
+    files = input_files(store, {"a.txt": (b"a", None), "bin/tool": (b"#!/bin/sh\n", 0o755),
+                                "lib/ro.txt": (b"ro", 0o444)})
+    links = [actions.SymlinkEntry("lib/link", "../a.txt")]
+    dirs = [actions.DirectoryEntry("lib", 0o750), actions.DirectoryEntry("lib/empty", 0o700)]
+    action = store_action(store, ["sh", "-c", "find . -mindepth 1 -printf '%p %y %m\\n' | LC_ALL=C sort"],
+                          files, links, dirs)
+    done = run(store, action, tmp_path / "work", runner)
+    assert done.failure == ""
+    assert stdout(store, done).splitlines() == [
+        "./a.txt f 644", "./bin d 755", "./bin/tool f 755", "./lib d 750", "./lib/empty d 700",
+        "./lib/link l 777", "./lib/ro.txt f 444",
+    ]
+
+
+def test_an_undeclared_input_is_not_there(tmp_path: Path, store: DiskStore, runner: ProcessRunner) -> None:
+    ws = tmp_path / "ws"
+    (ws / ".gaffer").mkdir(parents=True)
+    (ws / "undeclared.txt").write_text("here in the workspace\n")
+    action = store_action(store, ["sh", "-c", "cat declared.txt undeclared.txt > out.txt"],
+                          input_files(store, {"declared.txt": (b"declared\n", None)}), outputs=["out.txt"])
+    done = run(store, action, ws / ".gaffer" / "sandbox", runner)
+    assert done.failure == "exited with status 1"
+    assert "undeclared.txt: No such file or directory" in store.read_blob(  # type: ignore[operator]
+        Digest(done.result.stderr_digest.hash, done.result.stderr_digest.size_bytes)).decode()
+
+
+def test_the_command_sees_its_own_environment_and_the_pass_through_variables(
+        tmp_path: Path, store: DiskStore, runner: ProcessRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GAFFER_TEST_LEAK", "from the parent")
+    action = store_action(store, ["sh", "-c", "echo \"$DECLARED|${GAFFER_TEST_LEAK-unset}|$HOME\""],
+                          env={"DECLARED": "yes", "HOME": "/declared/home"})
+    done = run_action(action, store, tmp_path / "work", {"PATH": os.environ["PATH"], "HOME": "/pass"}, runner)
+    assert stdout(store, done) == "yes|unset|/declared/home\n", "the Command's own value wins over a pass-through"
+
+
+# -- rule: materialised by copy: a task's in-place write never reaches the CAS -----------------------------------
+
+def test_an_in_place_write_to_an_input_leaves_the_cas_blob_alone(tmp_path: Path, store: DiskStore,
+                                                                 runner: ProcessRunner) -> None:
+    files = input_files(store, {"data.txt": (b"original\n", None), "ro.txt": (b"read-only\n", 0o444)})
+    script = "stat -c %h data.txt ro.txt; echo changed >> data.txt; chmod 600 ro.txt; echo changed >> ro.txt"
+    action = store_action(store, ["sh", "-c", script], files)
+    done = run(store, action, tmp_path / "work", runner)
+    assert done.failure == ""
+    assert stdout(store, done) == "1\n1\n", "never a hardlink into the CAS"
+    for entry, data in zip(files, (b"original\n", b"read-only\n")):
+        assert store.read_blob(entry.digest) == data
+        assert stat.S_IMODE(os.stat(store.blob_path(entry.digest)).st_mode) & 0o222, "the blob's mode is untouched"
+
+
+# -- rule: an Action that cannot be materialised as stored is refused before anything runs ------------------------
+
+def test_a_missing_blob_is_a_clear_error(tmp_path: Path, store: DiskStore, runner: ProcessRunner) -> None:
+    absent = actions.FileEntry("src/a.txt", digest_bytes(b"never stored"), False)
+    marker = tmp_path / "ran"
+    action = store_action(store, ["touch", str(marker)], [absent])
+    with pytest.raises(MissingBlobs, match=f"not in the cache: file src/a.txt {digest_bytes(b'never stored')}"):
+        run(store, action, tmp_path / "work", runner)
+    assert not marker.exists()
+    with pytest.raises(MissingBlobs, match="not in the cache: Action"):
+        run(store, digest_bytes(b"no such action"), tmp_path / "work", runner)
+    assert not (tmp_path / "work").exists(), "refused before an exec root is made"
+
+
+@pytest.mark.parametrize("names", [["../x"], ["a/b"], [".."], [""], ["same", "same"]])
+def test_an_unsafe_or_repeated_name_in_a_directory_is_refused(tmp_path: Path, store: DiskStore,
+                                                               runner: ProcessRunner, names: list[str]) -> None:
+    blob = put(store, b"payload")
+    root = re_pb2.Directory()
+    for name in names:
+        root.files.add(name=name, digest=re_pb2.Digest(hash=blob.hash, size_bytes=blob.size_bytes))
+    sub = put(store, root.SerializeToString(deterministic=True))
+    top = re_pb2.Directory()
+    top.directories.add(name="sub", digest=re_pb2.Digest(hash=sub.hash, size_bytes=sub.size_bytes))
+    top_digest = put(store, top.SerializeToString(deterministic=True))
+    command = put(store, re_pb2.Command(arguments=["true"]).SerializeToString())
+    action = put(store, re_pb2.Action(
+        command_digest=re_pb2.Digest(hash=command.hash, size_bytes=command.size_bytes),
+        input_root_digest=re_pb2.Digest(hash=top_digest.hash, size_bytes=top_digest.size_bytes)).SerializeToString())
+    with pytest.raises(BadAction, match=f"input root: unsafe or repeated name {names[-1]!r} in sub"):
+        run(store, action, tmp_path / "work", runner)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "x").exists()
+
+
+def test_an_output_path_that_climbs_out_is_refused(tmp_path: Path, store: DiskStore, runner: ProcessRunner) -> None:
+    action = store_action(store, ["true"], outputs=["../x"])
+    with pytest.raises(BadAction, match="unsafe output path '../x'"):
+        run(store, action, tmp_path / "work", runner)
+
+
+# -- rule: the local runner's process handling: timeout, leftovers killed ----------------------------------------
+
+def test_a_timeout_kills_the_process_group(tmp_path: Path, store: DiskStore, runner: ProcessRunner) -> None:
+    pid_file = tmp_path / "child.pid"
+    action = store_action(store, ["sh", "-c", "sleep 30 & echo $! > \"$PID_FILE\"; wait"],
+                          env={"PID_FILE": str(pid_file)}, timeout=0.5)
+    started = time.monotonic()
+    done = run(store, action, tmp_path / "work", runner, keep_failed=True)
+    assert time.monotonic() - started < 20
+    assert done.process.timed_out and done.failure == "timed out after 0.5s"
+    assert done.kept is not None and done.kept.is_dir(), "kept for debugging, as asked"
+    assert not _alive(int(pid_file.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat_file = Path(f"/proc/{pid}/stat")
+    return (stat_file.read_text().split()[2] if stat_file.exists() else "X") not in ("Z", "X")
+
+
+# -- rule: the same task gives the same outputs run by `gaffer run` and by the sandbox ----------------------------
+
+GRAPH = {
+    "gen": {"command": "mkdir -p out/empty && cp src/a.txt out/a.txt && chmod 600 out/a.txt && "
+                       "ln -s a.txt out/link && ./tool.sh > tool.out && chmod 750 out",
+            "inputs": ["src/a.txt", "tool.sh"], "outputs": ["out", "tool.out"]},
+    "use": {"command": "cat out/link tool.out > use.txt && ls -A out > listing.txt && cp tool.sh run.sh",
+            "inputs": ["tool.sh"], "deps": ["gen"], "outputs": ["listing.txt", "run.sh", "use.txt"]},
+}
+
+
+def test_gaffer_run_and_the_sandbox_give_the_same_outputs(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "graph.json").write_text(json.dumps({"tasks": GRAPH}))
+    (ws / "src" / "a.txt").write_text("a\n")
+    (ws / "tool.sh").write_text("#!/bin/sh\necho tool ran\n")
+    os.chmod(ws / "tool.sh", 0o755)
+    run_gaffer(["run", "use"], cwd=ws, env=gaffer_env(tmp_path / "cache"), check=True)
+    store = DiskStore(tmp_path / "cache")
+    state = WorkspaceState.load(ws / ".gaffer")
+    keyed = {}
+    for name in ("gen", "use"):
+        task = state.tasks[name]
+        m = task.manifest
+        files = [actions.FileEntry(path, store.put_file(ws / path), os.access(ws / path, os.X_OK))
+                 for path, _hash in m.inputs]
+        symlinks, directories = [], []
+        for dep in GRAPH[name].get("deps", ()):
+            records = state.tasks[dep].outputs
+            files += [actions.FileEntry(f.path, Digest(f.hash, f.size), bool(f.mode & 0o100), f.mode)
+                      for f in records.files]
+            symlinks += [actions.SymlinkEntry(s.path, s.target) for s in records.symlinks]
+            directories += [actions.DirectoryEntry(d.path, d.mode) for d in records.directories]
+        salt = actions.KEY_FORMAT + "".join(f"\ntool {spec} {v} {h}" for spec, v, h in m.tools).encode()
+        keyed[name] = store_action(store, m.argv, files, symlinks, directories, m.outputs, dict(m.env), m.timeout,
+                                   dict(m.platform), salt)
+        assert keyed[name].hash == task.key, "the Action built here is the one gaffer run keyed"
+    ws.rename(tmp_path / "elsewhere")  # the sandbox reads the CAS only
+
+    runner = ProcessRunner()
+    for name, action in keyed.items():
+        stored = store.read_action(action)
+        assert stored is not None
+        local = re_pb2.ActionResult.FromString(stored)
+        done = run_action(action, store, tmp_path / "sandbox", PASS, runner)
+        assert done.failure == ""
+        assert list(done.result.output_files) == list(local.output_files)  # path, digest, executable bit, mode
+        assert list(done.result.output_symlinks) == list(local.output_symlinks)
+        assert list(done.result.output_directories) == list(local.output_directories)  # Trees: content and modes
+        assert done.result.stdout_digest == local.stdout_digest
+        assert len(local.output_files) + len(local.output_directories) > 0
