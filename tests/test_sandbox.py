@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,7 @@ from gaffer.execute.local import ProcessRunner
 from gaffer.execute.sandbox import BadAction, MissingBlobs, SandboxResult, run_action
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.state import WorkspaceState
-from tests.support import gaffer_env, run_gaffer
+from tests.support import NOBODY, REPO, gaffer_env, require, run_gaffer
 
 PASS = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
 
@@ -50,12 +54,12 @@ def input_files(store: DiskStore, files: Mapping[str, tuple[bytes, int | None]])
 def store_action(store: DiskStore, argv: Sequence[str], files: Iterable[actions.FileEntry] = (),
                  symlinks: Iterable[actions.SymlinkEntry] = (), directories: Iterable[actions.DirectoryEntry] = (),
                  outputs: Sequence[str] = (), env: Mapping[str, str] | None = None, timeout: float | None = None,
-                 platform: Mapping[str, str] | None = None, salt: bytes = b"") -> Digest:
+                 platform: Mapping[str, str] | None = None, salt: bytes = b"", working_directory: str = "") -> Digest:
     """Store an Action, its Command and its input root's Directory blobs, built as gaffer builds a task's key."""
     root, blobs = actions.input_root(files, symlinks, directories)
     for digest, data in blobs.items():
         store.write_blob(digest, data)
-    command = re_pb2.Command(arguments=list(argv), output_paths=sorted(outputs))
+    command = re_pb2.Command(arguments=list(argv), output_paths=sorted(outputs), working_directory=working_directory)
     for name, value in sorted((env or {}).items()):
         command.environment_variables.add(name=name, value=value)
     command_digest = put(store, command.SerializeToString(deterministic=True))
@@ -123,6 +127,66 @@ def test_a_missing_declared_output_fails_the_action(tmp_path: Path, store: DiskS
     done = run(store, action, tmp_path / "work", runner)
     assert done.failure == "declared output 'sub/never.txt' was not created by the task"
     assert [f.path for f in done.result.output_files] == ["made.txt"], "what was made is reported, as REAPI does"
+
+
+def test_a_working_directory_runs_the_command_there_with_outputs_relative_to_it(
+        tmp_path: Path, store: DiskStore, runner: ProcessRunner) -> None:
+    files = input_files(store, {"pkg/in.txt": (b"in\n", None)})
+    action = store_action(store, ["sh", "-c", "cat in.txt > gen/out.txt"], files, outputs=["gen/out.txt"],
+                          working_directory="pkg")
+    done = run(store, action, tmp_path / "work", runner)
+    assert done.failure == ""
+    assert [(f.path, f.digest.hash) for f in done.result.output_files] == [("gen/out.txt", digest_bytes(b"in\n").hash)]
+    with pytest.raises(BadAction, match="working directory 'nowhere' is not a directory of the input root"):
+        run(store, store_action(store, ["true"], files, working_directory="nowhere"), tmp_path / "work", runner)
+
+
+def test_a_command_that_cannot_start_fails_clearly(tmp_path: Path, store: DiskStore, runner: ProcessRunner) -> None:
+    done = run(store, store_action(store, ["no-such-program-gaffer"]), tmp_path / "work", runner)
+    assert done.failure.startswith("cannot run 'no-such-program-gaffer'")
+    assert not (tmp_path / "work").exists() or list((tmp_path / "work").iterdir()) == []
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A directory user nobody can reach: root ignores permission bits (and CI runs as root)."""
+    require(os.geteuid() == 0 and shutil.which("setpriv") is not None, "running as nobody needs root and setpriv")
+    path = Path(tempfile.mkdtemp(prefix="gaffer-test-"))
+    path.chmod(0o755)
+    yield path
+    subprocess.run(["chmod", "-R", "u+rwx", str(path)], check=False)  # whatever a failed run left locked
+    shutil.rmtree(path)
+
+
+RUN_AS_NOBODY = """
+import os, sys
+from pathlib import Path
+from gaffer.cache.disk import DiskStore
+from gaffer.digest import Digest
+from gaffer.execute.local import ProcessRunner
+from gaffer.execute.sandbox import run_action
+done = run_action(Digest(sys.argv[2], int(sys.argv[3])), DiskStore(sys.argv[1]), Path(sys.argv[4]),
+                  {"PATH": os.environ["PATH"]}, ProcessRunner())
+print(done.failure or "ok")
+"""
+
+
+def test_the_exec_root_is_removed_whatever_modes_the_task_left(shared: Path) -> None:
+    store = DiskStore(shared / "cache")
+    outside, work = shared / "outside", shared / "work"
+    outside.mkdir(mode=0o500)
+    work.mkdir()
+    script = f"mkdir -p locked/inner && touch locked/inner/f && chmod 000 locked/inner && chmod 500 locked && " \
+             f"ln -s {outside} out-link"
+    action = store_action(store, ["sh", "-c", script])
+    for path in (outside, work, shared / "cache", *(shared / "cache").rglob("*")):
+        os.chown(path, NOBODY, NOBODY)
+    proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c",
+                           RUN_AS_NOBODY, str(shared / "cache"), action.hash, str(action.size_bytes), str(work)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (0, "ok\n"), proc.stderr
+    assert list(work.iterdir()) == []
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o500, "a symlink out of the exec root is not followed"
 
 
 # -- rule: the exec root holds the declared inputs and nothing else ----------------------------------------------
