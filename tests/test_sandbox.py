@@ -257,6 +257,26 @@ def test_a_missing_blob_is_a_clear_error(tmp_path: Path, store: DiskStore, runne
     assert not (tmp_path / "work").exists(), "refused before an exec root is made"
 
 
+def test_a_missing_directory_blob_is_named(tmp_path: Path, store: DiskStore, runner: ProcessRunner) -> None:
+    files = input_files(store, {"sub/a.txt": (b"a", None), "top.txt": (b"t", None)})
+    action = store_action(store, ["true"], files)
+    root, blobs = actions.input_root(files)
+    (sub,) = set(blobs) - {root}
+    store.blob_path(sub).write_bytes(b"damaged")  # a corrupt blob is as good as missing
+    with pytest.raises(MissingBlobs, match=f"not in the cache: Directory {sub}$") as caught:
+        run(store, action, tmp_path / "work", runner)
+    assert caught.value.digests == [sub]
+
+
+def test_an_output_below_an_input_symlink_is_refused(tmp_path: Path, store: DiskStore,
+                                                     runner: ProcessRunner) -> None:
+    action = store_action(store, ["true"], input_files(store, {"real/a.txt": (b"a", None)}),
+                          [actions.SymlinkEntry("link", "real")], outputs=["link/out.txt"])
+    with pytest.raises(BadAction, match="output path 'link/out.txt' lies below link, which the input root holds as "
+                                        "a file or symlink"):
+        run(store, action, tmp_path / "work", runner)
+
+
 @pytest.mark.parametrize("names", [["../x"], ["a/b"], [".."], [""], ["same", "same"]])
 def test_an_unsafe_or_repeated_name_in_a_directory_is_refused(tmp_path: Path, store: DiskStore,
                                                                runner: ProcessRunner, names: list[str]) -> None:

@@ -99,7 +99,6 @@ def run_action(
 
     work_parent.mkdir(parents=True, exist_ok=True)
     exec_root = Path(tempfile.mkdtemp(prefix="exec-", dir=work_parent))
-    done = None
     try:
         cwd = exec_root / working
         _materialise(exec_root, inputs, cas, action_digest)
@@ -109,14 +108,16 @@ def run_action(
             os.chmod(exec_root / d.path, d.mode)  # last: a read-only directory is filled first
         fetched = time.time()
         done = _execute(argv, cwd, env, timeout or None, declared, cas, runner)
-        done.result.execution_metadata.input_fetch_start_timestamp.FromNanoseconds(int(fetch_start * 1e9))
-        done.result.execution_metadata.input_fetch_completed_timestamp.FromNanoseconds(int(fetched * 1e9))
-        return done
-    finally:
-        if done is not None and done.failure and keep_failed:
-            done.kept = exec_root
-        else:
-            _remove_tree(exec_root)
+    except BaseException:
+        _remove_tree(exec_root)
+        raise
+    done.result.execution_metadata.input_fetch_start_timestamp.FromNanoseconds(int(fetch_start * 1e9))
+    done.result.execution_metadata.input_fetch_completed_timestamp.FromNanoseconds(int(fetched * 1e9))
+    if done.failure and keep_failed:
+        done.kept = exec_root
+    else:
+        _remove_tree(exec_root)
+    return done
 
 
 def _execute(argv: list[str], cwd: Path, env: Mapping[str, str], timeout: float | None, declared: Sequence[str],
