@@ -351,7 +351,7 @@ def test_gaffer_run_and_the_sandbox_give_the_same_outputs(tmp_path: Path) -> Non
     for name in ("gen", "use"):
         task = state.tasks[name]
         m = task.manifest
-        files = [actions.FileEntry(path, store.put_file(ws / path), os.access(ws / path, os.X_OK))
+        files = [actions.FileEntry(path, store.put_file(ws / path), bool(os.stat(ws / path).st_mode & 0o100))
                  for path, _hash in m.inputs]
         symlinks, directories = [], []
         for dep in GRAPH[name].get("deps", ()):
