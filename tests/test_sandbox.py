@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -315,6 +316,24 @@ def test_a_timeout_kills_the_process_group(tmp_path: Path, store: DiskStore, run
     assert done.process.timed_out and done.failure == "timed out after 0.5s"
     assert done.kept is not None and done.kept.is_dir(), "kept for debugging, as asked"
     assert not _alive(int(pid_file.read_text()))
+
+
+def test_cancel_kills_the_running_action_and_removes_its_exec_root(tmp_path: Path, store: DiskStore) -> None:
+    runner = ProcessRunner()  # its own: a cancelled runner starts nothing more
+    started = tmp_path / "started"
+    action = store_action(store, ["sh", "-c", "sleep 30 & echo $! > \"$STARTED\"; wait"], env={"STARTED": str(started)})
+    outcome: list[SandboxResult] = []
+    thread = threading.Thread(target=lambda: outcome.append(run(store, action, tmp_path / "work", runner)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (started.exists() and started.read_text().strip()):
+        assert time.monotonic() < deadline and thread.is_alive(), "the action never started"
+        time.sleep(0.02)
+    runner.cancel_all()
+    thread.join(30)
+    assert outcome and outcome[0].failure == "interrupted"
+    assert not _alive(int(started.read_text()))
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 def _alive(pid: int) -> bool:
