@@ -133,14 +133,14 @@ def _execute(argv: list[str], cwd: Path, env: Mapping[str, str], timeout: float 
     if not process.error and not process.cancelled:  # a failed command's outputs too, as REAPI reports them
         present = [out for out in declared if os.path.lexists(cwd / out)]
         absent = [out for out in declared if out not in present]
-        if absent and not failure:
-            failure = f"declared output '{absent[0]}' was not created by the task"
         try:
             outputs = actions.collect_outputs(cwd, present, cas)
-        except (actions.BadCacheEntry, actions.MissingOutput) as e:
-            failure = failure or (str(e) if isinstance(e, actions.BadCacheEntry)
-                                  else f"declared output '{e}' was not created by the task")
-            outputs = actions.Outputs(files=[], symlinks=[], directories=[])
+        except actions.MissingOutput as e:  # gone since: removed by a process that escaped the task's group
+            absent.insert(0, str(e))
+        except actions.BadCacheEntry as e:
+            failure = failure or str(e)
+        if absent and not failure:
+            failure = f"declared output '{absent[0]}' was not created by the task"
     collected = time.time()
     result = re_pb2.ActionResult.FromString(
         actions.make_result(outputs, process.exit_code, stdout, stderr, started, finished))
