@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 RUN, SERVE, GOCACHE = "run", "serve", "gocache"
 MAX_REMOTE_TIMEOUT_S = 24 * 3600.0
+DEFAULT_MAX_SIZE = 10 * 1024**3
 # The cache URL schemes gaffer opens; kept equal to gaffer.cache.urls._SCHEMES (a test checks), not imported
 # from there, to keep gobuildcache's start-up light.
 TIER_SCHEMES = ("disk", "s3", "redis", "rediss", "http", "https", "grpc", "grpcs")
@@ -147,6 +148,7 @@ def _urls(value: object, where: str, base: str | None = None) -> list[str]:
 
 
 def _default_cache_dir() -> str:
+    """gaffer's local cache: $XDG_CACHE_HOME/gaffer, else ~/.cache/gaffer."""
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "gaffer")
 
 
@@ -200,7 +202,7 @@ SETTINGS: tuple[Setting, ...] = (
             default_text={RUN: _CACHE_DIR_DEFAULT, GOCACHE: "/tmp/gobuildcache"},
             help="the local cache directory"),
     Setting("max_size", (RUN,), toml="cache.max_size", env="GAFFER_CACHE_MAX_SIZE", flags=("--cache-max-size",),
-            metavar="SIZE", parse=_size, default={RUN: 10 * 1024**3}, default_text={"*": "10GiB"},
+            metavar="SIZE", parse=_size, default={RUN: DEFAULT_MAX_SIZE}, default_text={"*": "10GiB"},
             help="size bound of the local cache; least recently used entries are evicted beyond it"),
     Setting("remotes", (RUN, GOCACHE), toml="cache.remote", env="GAFFER_CACHE", flags=("--cache",), metavar="URL",
             kind="list", parse=_urls, aliases={GOCACHE: ("GOBUILDCACHE_CACHE",)}, default={"*": list},
@@ -228,7 +230,7 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="URL", parse=_url, default={SERVE: None}, default_text={"*": "none: the local store in --dir"},
             help="serve from this cache instead of the local store, e.g. s3://bucket/prefix"),
     Setting("serve_max_size", (SERVE,), toml="serve.max_size", env="GAFFER_SERVE_MAX_SIZE", flags=("--max-size",),
-            metavar="SIZE", parse=_size, default={SERVE: 10 * 1024**3}, default_text={"*": "10GiB"},
+            metavar="SIZE", parse=_size, default={SERVE: DEFAULT_MAX_SIZE}, default_text={"*": "10GiB"},
             help="size bound of the store, all instances together; least recently used entries are evicted "
                  "beyond it"),
     Setting("memory", (SERVE,), toml="serve.memory", env="GAFFER_SERVE_MEMORY", flags=("--memory",),
