@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Build TARGETs and their dependencies, e.g. "
                                      "'gaffer run distributed-build --graph graph.json -j 4'.",
                          epilog="settings: a flag wins over its variable, which wins over gaffer.toml (beside the "
-                                "graph, then\n$XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml)\n"
+                                "graph, then\n"
+                                "$XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml)\n"
                                 + environment_help(RUN, RUN_SETTINGS) + "\n" + RUN_EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("targets", nargs="*", metavar="TARGET", help="task names (default: every task)")

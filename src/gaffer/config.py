@@ -217,7 +217,8 @@ SETTINGS: tuple[Setting, ...] = (
             help="pull from remote tiers but never push to them (untrusted CI)"),
     Setting("timeout", (RUN, GOCACHE), toml="cache.timeout", env="GAFFER_CACHE_TIMEOUT", flags=("--cache-timeout",),
             metavar="DURATION", parse=_timeout, aliases={GOCACHE: ("GOBUILDCACHE_TIMEOUT",)}, default={"*": 10.0},
-            default_text={"*": "10s"}, help="per-request timeout of remote tiers (a stuck one is dropped for the build)"),
+            default_text={"*": "10s"},
+            help="per-request timeout of remote tiers (a stuck one is dropped for the build)"),
     Setting("jobs", (RUN,), toml="run.jobs", env="GAFFER_JOBS", flags=("-j", "--jobs"), metavar="N",
             parse=_count("jobs"), default={RUN: lambda: os.cpu_count() or 1}, default_text={"*": "the CPU count"},
             help="tasks run at once"),
@@ -246,10 +247,12 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="FILE", parse=_path, default={SERVE: None}, default_text={"*": "none"},
             help="require 'authorization: Bearer <the file's content>' on every request"),
     Setting("threads", (SERVE,), toml="serve.threads", env="GAFFER_SERVE_THREADS", flags=("--threads",),
-            metavar="N", parse=_count("threads"), default={SERVE: 32}, default_text={"*": "32"}, help="gRPC worker threads"),
+            metavar="N", parse=_count("threads"), default={SERVE: 32}, default_text={"*": "32"},
+            help="gRPC worker threads"),
     # gobuildcache (the Go program's variables are its aliases)
-    Setting("backend_type", (GOCACHE,), toml="gocache.backend", env="GAFFER_GOCACHE_BACKEND", parse=_choice("disk", "s3"),
-            aliases={GOCACHE: ("BACKEND_TYPE",)}, default={GOCACHE: "disk"}, default_text={"*": "disk"},
+    Setting("backend_type", (GOCACHE,), toml="gocache.backend", env="GAFFER_GOCACHE_BACKEND",
+            parse=_choice("disk", "s3"), aliases={GOCACHE: ("BACKEND_TYPE",)}, default={GOCACHE: "disk"},
+            default_text={"*": "disk"},
             help="disk, or s3 (an S3 tier behind the local one; other tiers are named by URL in the cache setting)"),
     Setting("s3_bucket", (GOCACHE,), toml="gocache.s3_bucket", env="GAFFER_GOCACHE_S3_BUCKET", parse=_text,
             aliases={GOCACHE: ("S3_BUCKET",)}, default={GOCACHE: ""}, default_text={"*": "none (required for s3)"},
@@ -353,6 +356,13 @@ def load_settings(workspace: str | os.PathLike[str] | None, flags: Mapping[str, 
     return s
 
 
+def load_nearest(front: str, flags: Mapping[str, object], env: Mapping[str, str] = os.environ,
+                 cwd: str = ".") -> Settings:
+    """The settings of a front end without a graph (`serve`, `gobuildcache`): the project's gaffer.toml is the
+    nearest one from `cwd` upward."""
+    return resolve(front, flags, env, config_files(nearest_toml(cwd), env))
+
+
 def check_urls(urls: Iterable[str], where: str | None) -> None:
     """Check each URL in full (its scheme's parameters and shape) at start, even if no tier is ever opened."""
     from gaffer.cache.urls import checked_url
@@ -399,10 +409,10 @@ def _read_toml(path: str) -> dict[str, tuple[object, str]]:
 # -- what front ends and docs show ------------------------------------------------------------------------------
 
 
-def add_flags(parser: argparse.ArgumentParser, front: str, names: Iterable[str]) -> None:
-    """The flags of the named settings, their help from the table. Defaults are None: `resolve` fills them in."""
-    for name in names:
-        s = setting(name)
+def add_flags(parser: argparse.ArgumentParser, front: str, names: Iterable[str] | None = None) -> None:
+    """The flags of the named settings (default: all of `front`'s), their help from the table. Their argparse
+    defaults are None: `resolve` fills them in."""
+    for s in settings_of(front) if names is None else (setting(n) for n in names):
         repeat = "; repeatable" if s.kind == "list" else ""
         text = f"{s.help} (default: {s.shown_default(front)}{repeat}; env {s.env})".replace("%", "%%")
         if s.kind == "switch":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from gaffer.config import GOCACHE, Settings, config_files, nearest_toml, resolve
+from gaffer.config import GOCACHE, Settings, load_nearest
 from gaffer.errors import UserError
 
 
@@ -56,7 +56,7 @@ def _s3_url(s: Settings, env: Mapping[str, str]) -> str:
 def load_config(env: Mapping[str, str] = os.environ, cwd: str = ".") -> Config:
     """Read and check every setting (gaffer.toml: the nearest from `cwd` upward, then the user's); raise
     UserError naming the first wrong one."""
-    s = resolve(GOCACHE, {}, env, config_files(nearest_toml(cwd), env))
+    s = load_nearest(GOCACHE, {}, env, cwd)
     s3 = s.backend_type == "s3"
     dir_setting = "s3_tmp_dir" if s3 else "cache_dir"
     local_dir = s.s3_tmp_dir if s3 else s.cache_dir

@@ -9,14 +9,13 @@ Committed entries survive even kill -9: every write is a temp file renamed into 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import NoReturn
 
-from gaffer.config import SERVE, Settings, add_flags, config_files, environment_help, nearest_toml, resolve, settings_of
+from gaffer.config import SERVE, Settings, add_flags, environment_help, load_nearest
 from gaffer.errors import EnvironmentProblem, GafferError, UserError
 from gaffer.units import format_size
 
@@ -39,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                + environment_help(SERVE),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_flags(p, SERVE, (s.name for s in settings_of(SERVE)))
+    add_flags(p, SERVE)
     return p
 
 
@@ -60,7 +59,7 @@ def serve_main(argv: list[str]) -> int:
             args = _parser().parse_args(argv)
         except SystemExit as e:  # --help
             return int(e.code or 0)
-        return _serve(resolve(SERVE, vars(args), os.environ, config_files(nearest_toml("."))))
+        return _serve(load_nearest(SERVE, vars(args)))
     except GafferError as e:
         print(f"gaffer serve: {e}", file=sys.stderr)
         return e.exit_status
