@@ -58,6 +58,8 @@ def test_run_precedence_flag_env_toml_default(tmp_path: Path) -> None:
     assert cache_status(ws, env) == (str(tmp_path / "xdg" / "gaffer" / "user-cache"), 1024**2)
     write(ws / "gaffer.toml", "[cache]\ndir = 'project-cache'\n")  # the project's wins key by key
     assert cache_status(ws, env) == (str(ws / "project-cache"), 1024**2)
+    (ws / "sub").mkdir()  # no graph to stand beside: `gaffer cache` finds the nearest one upward
+    assert cache_status(ws / "sub", env) == (str(ws / "project-cache"), 1024**2)
     env.update(GAFFER_CACHE_DIR=str(tmp_path / "env-cache"), GAFFER_CACHE_MAX_SIZE="2MiB")
     assert cache_status(ws, env) == (str(tmp_path / "env-cache"), 2 * 1024**2)
     flags = ("--cache-dir", str(tmp_path / "flag-cache"), "--cache-max-size", "3MiB")

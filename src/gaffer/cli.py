@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gaffer import __version__
-from gaffer.config import RUN, add_flags, environment_help
+from gaffer.config import RUN, add_flags, environment_help, load_settings, nearest_toml
 from gaffer.errors import EnvironmentProblem, GafferError, UserError
 from gaffer.lock import lock_workspace, workspace_of
 
@@ -171,7 +171,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if unchanged is not None:
             return _report_noop(args, unchanged, time.perf_counter() - started)
     from gaffer.build import Build, BuildOptions
-    from gaffer.config import load_settings
     from gaffer.ui.progress import Progress
 
     graph = _load_graph(args.graph)
@@ -240,9 +239,7 @@ def _report_noop(args: argparse.Namespace, tasks: list[tuple[str, float]], wall_
     outcomes = {name: Outcome(CACHED, saved_s=saved, reason="up to date", extra={"up_to_date": True})
                 for name, saved in tasks}
     report = BuildReport(outcomes=outcomes, wall_s=wall_s)
-    from gaffer.config import load_settings
-
-    settings = load_settings(os.path.dirname(os.path.realpath(args.graph)), _flags(args))
+    settings = load_settings(Path(os.path.realpath(args.graph)).parent, _flags(args))
     local_store(settings).record_build(hits=len(tasks), misses=0)
     reporting.print_summary(report, sys.stderr)
     if args.summary_json:
@@ -272,7 +269,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
     graph = _load_graph(args.graph)
     _lock_workspace(graph.root, "clean", args)
-    store = _local_store(args) if args.all else None
+    store = _local_store(args, graph.root) if args.all else None
     if store is not None and not store.writable:  # stop before anything changes
         raise EnvironmentProblem(f"local cache {store.root}: read-only, so it cannot be emptied")
     state = WorkspaceState.load(graph.root / STATE_DIR)
@@ -305,14 +302,14 @@ def local_store(settings: Any, warn: Callable[[str], None] | None = None) -> Any
         raise EnvironmentProblem(f"local cache {e}") from None
 
 
-def _local_store(args: argparse.Namespace) -> Any:
-    from gaffer.config import load_settings
-
-    return local_store(load_settings(Path.cwd(), _flags(args)))
+def _local_store(args: argparse.Namespace, workspace: str | os.PathLike[str] | None) -> Any:
+    """The local tier as `workspace`'s settings name it (None: no project gaffer.toml, only the user's)."""
+    return local_store(load_settings(workspace, _flags(args)))
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    store = _local_store(args)
+    project = nearest_toml(".")  # no graph to stand beside: the nearest gaffer.toml, as for `gaffer serve`
+    store = _local_store(args, os.path.dirname(project) if project else None)
     with _maintaining(store):
         return _cache_action(args, store)
 

@@ -9,8 +9,8 @@ and `resolve` applies one precedence everywhere:
 A front end may also read variables of its own (gobuildcache reads the Go program's `CACHE_DIR`, `BACKEND_TYPE`,
 `GOBUILDCACHE_*`, ...): they are aliases of the setting, read before its `GAFFER_*` variable. gaffer.toml comes
 from two places, the nearer one winning key by key: the user's config dir ($XDG_CONFIG_HOME/gaffer/gaffer.toml,
-else ~/.config/gaffer/gaffer.toml), then the project's (beside the graph for `run`; the nearest one from the
-working directory upward for `serve` and `gobuildcache`). A bad value from any source is a one-line UserError
+else ~/.config/gaffer/gaffer.toml), then the project's (beside the graph for `run` and `clean`; the nearest one
+from the working directory upward for `cache`, `serve` and `gobuildcache`). A bad value from any source is a one-line UserError
 naming that source: the flag, the variable, or `file: [section] key`.
 
 Imported by gobuildcache before its capabilities line: standard library only at the top, and no `typing`,
