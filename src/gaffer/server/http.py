@@ -28,6 +28,7 @@ from gaffer.server.store import (
     SMALL_BLOB,
     BadRequest,
     ServerStore,
+    TooLarge,
     check_hash,
     check_instance,
 )
@@ -139,7 +140,7 @@ class CacheHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         except OSError as e:  # the store's disk: full, or failing
-            status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500
+            status = 413 if isinstance(e, TooLarge) else 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500
             self._reply(status, kind, f"cache storage error: {e.strerror}\n".encode(), close=True)
             return
         self.server.metrics.transferred(received=size)
