@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
@@ -49,6 +50,20 @@ def redact(url: str) -> str:
 def bad_url(url: str, what: str) -> UserError:
     """The one-line error for a cache URL the user got wrong."""
     return UserError(f"cache URL {redact(url)}: {what}")
+
+
+def read_token(path: Path, where: str) -> str:
+    """The bearer token in the file at `path` (one token, no spaces); `where` names the setting that gave the path
+    in the one-line UserError for a file that cannot be read or holds no usable token."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise UserError(f"{where}: cannot read token_file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: token_file {path} is not text") from None
+    if not token or any(c.isspace() for c in token):
+        raise UserError(f"{where}: token_file {path} must hold one token without spaces")
+    return token
 
 
 def split_url(url: str) -> SplitResult:

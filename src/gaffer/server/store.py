@@ -29,10 +29,10 @@ from google.protobuf.message import DecodeError
 
 from gaffer.cache.base import TierError
 from gaffer.cache.disk import DiskStore
-from gaffer.digest import EMPTY_DIGEST, Digest
+from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.protos.digests import from_proto
 
-_HASH = re.compile(r"[0-9a-f]{64}")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # REAPI forbids these as instance name segments: they would make resource names ambiguous.
 _RESERVED = frozenset({"blobs", "uploads", "actions", "actionResults", "operations", "capabilities",
@@ -48,7 +48,7 @@ class BadRequest(Exception):
 
 
 def check_hash(text: str) -> str:
-    if not _HASH.fullmatch(text):
+    if not is_valid_hash(text):
         raise BadRequest(f"{text[:80]!r} is not a lowercase hex SHA-256")
     return text
 
@@ -57,7 +57,7 @@ def check_digest(digest: re_pb2.Digest) -> Digest:
     check_hash(digest.hash)
     if digest.size_bytes < 0:
         raise BadRequest(f"negative size in digest {digest.hash}/{digest.size_bytes}")
-    return Digest(digest.hash, digest.size_bytes)
+    return from_proto(digest)
 
 
 def check_instance(name: str) -> str:
@@ -207,7 +207,7 @@ class Namespace:
 
     def put(self, digest: Digest, data: bytes) -> None:
         """Store a blob after checking it against its digest (BadRequest if it does not match)."""
-        if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
+        if digest_bytes(data) != digest:
             raise BadRequest(f"the data does not match digest {digest}")
         if self.has(digest):
             return
@@ -278,7 +278,7 @@ class Namespace:
             if not directory.HasField("tree_digest"):
                 continue
             digests.append(directory.tree_digest)
-            data = self.read(Digest(directory.tree_digest.hash, directory.tree_digest.size_bytes))
+            data = self.read(from_proto(directory.tree_digest))
             if data is None:
                 return None
             try:
@@ -287,7 +287,7 @@ class Namespace:
                 return None
             for d in (tree.root, *tree.children):
                 digests.extend(f.digest for f in d.files)
-        return [Digest(d.hash, d.size_bytes) for d in digests if d.size_bytes > 0]
+        return [from_proto(d) for d in digests if d.size_bytes > 0]
 
     def put_action(self, key: Digest, result: re_pb2.ActionResult) -> None:
         data = result.SerializeToString(deterministic=True)
