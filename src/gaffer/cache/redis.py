@@ -23,11 +23,11 @@ import redis.exceptions
 import redis.retry
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.urls import checked_url, redact
+from gaffer.cache.urls import DEFAULT_REDIS_PREFIX, checked_url, redact
 from gaffer.digest import Digest
 from gaffer.units import parse_size
 
-DEFAULT_PREFIX = "gaffer"
+DEFAULT_PREFIX = DEFAULT_REDIS_PREFIX
 DEFAULT_MAX_BLOB = 64 * 1024 * 1024
 _UNLINK_BATCH = 1000
 

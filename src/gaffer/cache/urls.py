@@ -22,6 +22,7 @@ from gaffer.cache.base import CacheTier
 from gaffer.errors import UserError
 from gaffer.units import parse_size
 
+DEFAULT_REDIS_PREFIX = "gaffer"  # redis:// keys are `<prefix>:cas:<sha256>` without ?prefix=
 _SECRET_PARAM = re.compile(r"token|secret|passw|key|sig|credential|auth", re.IGNORECASE)
 
 
