@@ -34,20 +34,31 @@ def _pb(d: Digest) -> re_pb2.Digest:
 
 
 @pytest.fixture
-def channel(gaffer_serve: ReapiServer) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(gaffer_serve.grpc_address) as ch:
+def served(request: pytest.FixtureRequest) -> ReapiServer:
+    """The server under test: `gaffer serve` on its own disk, or (`BACKENDS`) on an S3 backend with the disk as a
+    read-through cache only. The same protocol tests must pass on both."""
+    backend = getattr(request, "param", "disk")
+    return request.getfixturevalue({"disk": "gaffer_serve", "s3": "gaffer_serve_s3"}[backend])  # type: ignore[no-any-return]
+
+
+BACKENDS = pytest.mark.parametrize("served", ["disk", "s3"], indirect=True)
+
+
+@pytest.fixture
+def channel(served: ReapiServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(served.grpc_address) as ch:
         yield ch
 
 
 @pytest.fixture
-def http(gaffer_serve: ReapiServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gaffer_serve.http_url, timeout=10) as client:
+def http(served: ReapiServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served.http_url, timeout=10) as client:
         yield client
 
 
 @pytest.fixture
-def tier(gaffer_serve: ReapiServer) -> Iterator[GrpcTier]:
-    t = GrpcTier.from_url(gaffer_serve.url)
+def tier(served: ReapiServer) -> Iterator[GrpcTier]:
+    t = GrpcTier.from_url(served.url)
     yield t
     t.close()
 
@@ -65,6 +76,7 @@ def test_capabilities(channel: grpc.Channel) -> None:
     assert (caps.high_api_version.major, caps.high_api_version.minor) == (2, 3)
 
 
+@BACKENDS
 def test_bytestream_read_with_offset_and_limit(tier: GrpcTier, channel: grpc.Channel) -> None:
     digest, data = _blob(3 * 1024 * 1024 + 5)
     tier.write_blobs([(digest, data)])
@@ -117,6 +129,7 @@ def test_bad_resource_names_are_invalid_arguments(channel: grpc.Channel, name: s
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@BACKENDS
 def test_action_result_with_a_missing_blob_is_a_miss(tier: GrpcTier) -> None:
     present, data = _blob(100)
     tier.write_blob(present, data)
@@ -144,6 +157,7 @@ def test_action_result_with_a_missing_blob_is_a_miss(tier: GrpcTier) -> None:
     assert tier.read_action(complete) is not None
 
 
+@BACKENDS
 def test_a_wrong_size_from_a_peer_never_evicts_a_good_blob(tier: GrpcTier) -> None:
     digest, data = _blob(700)
     tier.write_blob(digest, data)
@@ -169,6 +183,7 @@ def test_a_blob_removed_behind_the_servers_back_heals_the_index(
     assert tier.read_action(key) is not None
 
 
+@BACKENDS
 def test_get_tree(tier: GrpcTier, channel: grpc.Channel) -> None:
     leaf = re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=_pb(_blob(1)[0]))])
     leaf_bytes = leaf.SerializeToString(deterministic=True)
@@ -210,6 +225,7 @@ def test_corrupt_blob_on_disk_is_evicted_not_served(tmp_path: Path) -> None:
 # -- HTTP -----------------------------------------------------------------------------------------------------------
 
 
+@BACKENDS
 def test_http_cas_and_ac(http: httpx.Client, tier: GrpcTier) -> None:
     digest, data = _blob(3000)
     assert http.get(f"/cas/{digest.hash}").status_code == 404
@@ -227,6 +243,7 @@ def test_http_cas_and_ac(http: httpx.Client, tier: GrpcTier) -> None:
     assert tier.read_action(key) == result
 
 
+@BACKENDS
 def test_http_large_blob_streams(http: httpx.Client) -> None:
     digest, data = _blob(6 * 1024 * 1024 + 3)
     assert http.put(f"/cas/{digest.hash}", content=iter([data[:1000], data[1000:]]),
@@ -236,6 +253,7 @@ def test_http_large_blob_streams(http: httpx.Client) -> None:
         assert digest_bytes(b"".join(r.iter_bytes())) == digest
 
 
+@BACKENDS
 def test_http_rejects_bad_uploads_and_paths(http: httpx.Client) -> None:
     digest, data = _blob(100)
     assert http.put(f"/cas/{digest.hash}", content=data + b"!").status_code == 400
@@ -247,6 +265,7 @@ def test_http_rejects_bad_uploads_and_paths(http: httpx.Client) -> None:
     assert http.get("/elsewhere").status_code == 404
 
 
+@BACKENDS
 def test_http_action_result_with_a_missing_blob_is_a_miss(http: httpx.Client) -> None:
     key = _blob(8)[0]
     result = re_pb2.ActionResult(stdout_digest=_pb(_blob(9)[0])).SerializeToString()
@@ -254,12 +273,13 @@ def test_http_action_result_with_a_missing_blob_is_a_miss(http: httpx.Client) ->
     assert http.get(f"/ac/{key.hash}").status_code == 404
 
 
-def test_http_instance_prefix_is_the_grpc_instance(http: httpx.Client, gaffer_serve: ReapiServer) -> None:
+@BACKENDS
+def test_http_instance_prefix_is_the_grpc_instance(http: httpx.Client, served: ReapiServer) -> None:
     digest, data = _blob(64)
     assert http.put(f"/proj/x/cas/{digest.hash}", content=data).status_code == 200
     assert http.get(f"/cas/{digest.hash}").status_code == 404
     assert http.get(f"/proj/cas/{digest.hash}").status_code == 404
-    assert GrpcTier.from_url(f"{gaffer_serve.url}/proj/x").read_blob(digest) == data
+    assert GrpcTier.from_url(f"{served.url}/proj/x").read_blob(digest) == data
 
 
 def test_metrics(http: httpx.Client) -> None:
@@ -382,6 +402,7 @@ def test_stop_signal_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
         server.stop()
 
 
+@BACKENDS
 def test_the_empty_blob_is_always_present(http: httpx.Client, tier: GrpcTier) -> None:
     """REAPI: the empty blob exists on every server, whether or not anyone uploaded it."""
     empty = digest_bytes(b"")

@@ -9,6 +9,7 @@ Committed entries survive even kill -9: every write is a temp file renamed into 
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 import threading
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import NoReturn
 
 from gaffer.cache.disk import DEFAULT_MAX_SIZE, default_cache_dir
+from gaffer.cache.urls import checked_url, read_token, redact
 from gaffer.errors import EnvironmentProblem, GafferError, UserError
 from gaffer.units import format_size, parse_size
 
 GRACE_S = 30.0
+BACKEND_TIMEOUT_S = 30.0  # per request to the --backend
 DEFAULT_MEMORY = "256MiB"  # how long in-flight gRPC calls may take to finish after a stop signal
 
 
@@ -36,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example: gaffer serve --dir /srv/gaffer --max-size 200GiB --grpc 0.0.0.0:9092 --http 0.0.0.0:8080",
     )
     p.add_argument("--dir", type=Path, default=default_cache_dir() / "serve",
-                   help="store directory (default: %(default)s)")
+                   help="store directory; with --backend, a read-through cache of its blobs (default: %(default)s)")
+    p.add_argument("--backend", metavar="URL",
+                   help="keep blobs and action results in this cache instead (s3://, redis://, http(s)://, grpc(s)://,"
+                        " disk://): several servers may share one")
     p.add_argument("--max-size", metavar="SIZE", default=format_size(DEFAULT_MAX_SIZE).replace(" ", ""),
                    help="size bound; least recently used entries are evicted beyond it (default: %(default)s)")
     p.add_argument("--memory", metavar="SIZE", default=DEFAULT_MEMORY,
@@ -55,16 +61,6 @@ def _address(flag: str, text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise UserError(f"{flag} {text!r}: expected HOST:PORT (example: 127.0.0.1:9092, port 0 for any)")
     return host, int(port)
-
-
-def _read_token(path: Path) -> str:
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise UserError(f"--token-file {path}: {e.strerror}") from None
-    if not token or any(c.isspace() for c in token):
-        raise UserError(f"--token-file {path}: must hold one token without spaces")
-    return token
 
 
 def serve_main(argv: list[str]) -> int:
@@ -89,7 +85,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError(f"--threads {args.threads}: must be at least 1")
     grpc_address = _address("--grpc", args.grpc) if args.grpc else None
     http_address = _address("--http", args.http) if args.http else None
-    token_text = _read_token(args.token_file) if args.token_file else None
+    token_text = read_token(args.token_file, "--token-file") if args.token_file else None
+    if args.backend:
+        checked_url(args.backend)
 
     # Block the stop signals before any thread starts (importing grpc starts some), so every thread inherits
     # the mask and the main thread alone receives them, in sigwait below. Heavy imports only now the flags are good.
@@ -100,13 +98,20 @@ def _serve(args: argparse.Namespace) -> int:
     from gaffer.server.http import CacheHTTPServer
     from gaffer.server.metrics import Metrics
     from gaffer.server.reapi import start_grpc
-    from gaffer.server.store import ServerStore
+    from gaffer.server.store import BackendUnavailable, ServerStore
 
+    backend = None
+    if args.backend:
+        from gaffer.cache.factory import open_backend
+
+        backend = functools.partial(open_backend, args.backend, timeout=BACKEND_TIMEOUT_S)
     try:
         store = ServerStore(args.dir, max_size, report=lambda m: print(f"gaffer serve: warning: {m}", file=sys.stderr),
-                            memory=memory)
+                            memory=memory, backend=backend)
     except TierError as e:
         raise EnvironmentProblem(f"--dir {args.dir}: {e}") from None
+    except BackendUnavailable as e:
+        raise EnvironmentProblem(f"--backend {redact(args.backend)}: {e}") from None
     metrics = Metrics()
     token = BearerToken(token_text)
     grpc_server = http_server = None
@@ -129,7 +134,8 @@ def _serve(args: argparse.Namespace) -> int:
             http_thread = threading.Thread(target=http_server.serve_forever, name="gaffer-http")
             http_thread.start()
             listening.append(f"http on {_host(http_address[0])}:{http_server.server_address[1]}")
-        print(f"gaffer serve: {', '.join(listening)}; store {args.dir} "
+        where = f"backend {redact(args.backend)}, read-through cache {args.dir}" if args.backend else f"store {args.dir}"
+        print(f"gaffer serve: {', '.join(listening)}; {where} "
               f"({format_size(store.total_bytes)} of {format_size(max_size)})", file=sys.stderr, flush=True)
         received = signal.sigwait(stop_signals)
         print(f"gaffer serve: {signal.Signals(received).name}: stopping", file=sys.stderr, flush=True)
