@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from gaffer.digest import Digest, digest_bytes
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
-from tests.buildgrid import ReapiServer, start_gaffer_serve, stop_signal
+from tests import servers
+from tests.buildgrid import ReapiServer, serve_s3_backend, start_gaffer_serve, stop_signal
 from tests.servers import wait_until
 
 
@@ -368,6 +370,7 @@ def test_sigterm_exits_0_and_kill_9_keeps_committed_entries(tmp_path: Path) -> N
     (["--http", "127.0.0.1:99999"], 2, "expected HOST:PORT"),
     (["--grpc", "127.0.0.1:0", "--max-size", "lots"], 2, "is not a size"),
     (["--grpc", "127.0.0.1:0", "--token-file", "/no/such/token"], 2, "--token-file"),
+    (["--grpc", "127.0.0.1:0", "--backend", "ftp://host/x"], 2, "unknown scheme 'ftp'"),
     ([], 2, "nothing to serve"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path: Path, args: list[str], status: int, message: str) -> None:
@@ -409,3 +412,42 @@ def test_the_empty_blob_is_always_present(http: httpx.Client, tier: GrpcTier) ->
     assert http.get(f"/cas/{empty.hash}").status_code == 200
     assert http.head(f"/never-used-instance/cas/{empty.hash}").status_code == 200
     assert tier.find_missing([empty]) == [] and tier.read_blob(empty) == b""
+
+
+# -- replicas on one backend ----------------------------------------------------------------------------------------
+
+
+def test_two_replicas_share_one_bucket(moto_bucket: servers.Server, tmp_path: Path) -> None:
+    """What is written through one replica is read through the other: nothing is authoritative locally."""
+    url, env = serve_s3_backend(moto_bucket, f"replicas-{uuid.uuid4().hex[:8]}")
+    a = start_gaffer_serve("--backend", url, workdir=tmp_path / "a", env=env)
+    b = start_gaffer_serve("--backend", url, workdir=tmp_path / "b", env=env)
+    try:
+        via_a, via_b = GrpcTier.from_url(a.url), GrpcTier.from_url(b.url)
+        (small, small_data), (large, large_data) = _blob(2000), _blob(5 * 1024 * 1024 + 1)
+        via_a.write_blobs([(small, small_data), (large, large_data)])
+        key = _blob(10)[0]
+        result = re_pb2.ActionResult(stdout_digest=_pb(small), output_files=[
+            re_pb2.OutputFile(path="big", digest=_pb(large))]).SerializeToString(deterministic=True)
+        via_a.write_action(key, result)
+        assert via_b.find_missing([small, large]) == []
+        assert via_b.read_action(key) == result
+        assert via_b.read_blob(small) == small_data and via_b.read_blob(large) == large_data
+        with httpx.Client(base_url=b.http_url) as client:  # the Bazel protocol names blobs by hash alone
+            assert client.get(f"/cas/{small.hash}").content == small_data
+            assert client.get(f"/ac/{key.hash}").content == result
+        instance = _blob(300)
+        GrpcTier.from_url(f"{a.url}/team/x").write_blob(*instance)
+        assert GrpcTier.from_url(f"{b.url}/team/x").read_blob(instance[0]) == instance[1]
+        assert via_b.find_missing([instance[0]]) == [instance[0]], "instances stay apart in the backend"
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_backend_without_its_bucket_is_an_environment_error(moto_s3: servers.Server, tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "gaffer.server.main", "--dir", str(tmp_path), "--grpc", "127.0.0.1:0",
+                          "--backend", f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}?endpoint={moto_s3.url}"],
+                         check=False, capture_output=True, text=True, timeout=60, env={**os.environ, **moto_s3.env})
+    assert run.returncode == 3, run.stderr
+    assert run.stderr.count("\n") == 1 and "does not exist" in run.stderr and run.stderr.startswith("gaffer serve: ")

@@ -31,7 +31,7 @@ class BackendNamespace(Namespace):
                  backend: CacheTier) -> None:
         super().__init__(name, store, memory, added)
         self.backend = backend
-        self._ask(CacheTier.check)
+        self._ask(lambda b: b.check())
 
     def _ask(self, op: Callable[[CacheTier], T]) -> T:
         """`op` on the backend; its failure is the peer's UNAVAILABLE (no retry here: the peer retries or misses)."""
