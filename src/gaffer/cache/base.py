@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -103,11 +103,7 @@ class CacheTier(ABC):
         """Stream a blob of any size into the file `dest` (created or truncated). False if absent.
         By default through memory: backends whose protocol streams override it."""
         data = self.read_blob(digest)
-        if data is None:
-            return False
-        with open(dest, "wb") as f:
-            f.write(data)
-        return True
+        return write_chunks(dest, None if data is None else [data])
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         """Store a blob of any size, streamed from the file at `path`. By default through memory."""
@@ -122,3 +118,12 @@ class CacheTier(ABC):
         """Release connections."""
         if self._lookups is not None:
             self._lookups.shutdown(wait=True, cancel_futures=True)
+
+
+def write_chunks(dest: Path, chunks: Iterable[bytes] | None) -> bool:
+    """Write a blob's `chunks` into the file `dest`; False, writing nothing, when there are none (it was absent)."""
+    if chunks is None:
+        return False
+    with open(dest, "wb") as f:
+        f.writelines(chunks)
+    return True

@@ -18,7 +18,7 @@ from typing import TypeVar
 import grpc
 from google.rpc import status_pb2
 
-from gaffer.cache.base import CacheTier, TierError
+from gaffer.cache.base import CacheTier, TierError, write_chunks
 from gaffer.cache.urls import bad_url, checked_url, read_token, redact
 from gaffer.digest import Digest
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc
@@ -123,12 +123,7 @@ class GrpcTier(CacheTier):
     def fetch_blob(self, digest: Digest, dest: Path) -> bool:
         if self._batchable(digest.size_bytes):
             return super().fetch_blob(digest, dest)
-        chunks = self._read_stream(digest)
-        if chunks is None:
-            return False
-        with open(dest, "wb") as f:
-            f.writelines(chunks)
-        return True
+        return write_chunks(dest, self._read_stream(digest))
 
     def write_blob(self, digest: Digest, data: bytes) -> None:
         self.write_blobs([(digest, data)])
