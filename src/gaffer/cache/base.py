@@ -38,6 +38,11 @@ class TierError(Exception):
         self.transient = transient
 
 
+def transient_status(status: int) -> bool:
+    """Is an HTTP status (S3's or a Bazel HTTP cache's) worth a retry? Server errors, timeouts, throttling."""
+    return status >= 500 or status in (408, 429)
+
+
 class CacheTier(ABC):
     """A CAS + AC store. Implementations must be safe to call from several threads at once."""
 

@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 import httpx
 
-from gaffer.cache.base import LOOKUP_WORKERS, CacheTier, TierError
+from gaffer.cache.base import LOOKUP_WORKERS, CacheTier, TierError, transient_status
 from gaffer.cache.urls import checked_url, read_token, redact
 from gaffer.digest import EMPTY_DIGEST, Digest
 
@@ -82,7 +82,7 @@ class HttpTier(CacheTier):
         if status in (401, 403):
             raise TierError(self.name, f"{what}: HTTP {status} {response.reason_phrase}: check the user and "
                             "password in the URL or the token", transient=False)
-        transient = status >= 500 or status in (408, 429)
+        transient = transient_status(status)
         raise TierError(self.name, f"{what}: HTTP {status} {response.reason_phrase}", transient=transient)
 
     # -- CAS ---------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import botocore.exceptions
 import botocore.session
 from botocore.config import Config
 
-from gaffer.cache.base import LOOKUP_WORKERS, CacheTier, TierError
+from gaffer.cache.base import LOOKUP_WORKERS, CacheTier, TierError, transient_status
 from gaffer.cache.urls import bad_url, checked_url, redact
 from gaffer.digest import Digest
 
@@ -121,7 +121,7 @@ class S3Tier(CacheTier):
             if status == 403 or code in _DENIED:
                 return TierError(self.name, f"access to bucket {self.bucket!r} denied ({code or status}): check the "
                                  "AWS credentials and the bucket policy", transient=False)
-            transient = status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES
+            transient = transient_status(status) or code in _TRANSIENT_CODES
             answer = f"HTTP {status}" if code in ("", str(status)) else f"{code} (HTTP {status})"
             return TierError(self.name, f"{what}: {answer}", transient=transient)
         if isinstance(e, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):

@@ -127,12 +127,7 @@ class TieredCache(CacheTier):
 
     def contains(self, digests: Sequence[Digest]) -> bool:
         """Does some tier hold each blob? (Presence only: nothing is fetched or verified, nothing filled.)"""
-        missing = [d for d in self.local.find_missing(list(dict.fromkeys(digests))) if d != EMPTY_DIGEST]
-        for remote in self.remotes:
-            if not missing:
-                break
-            missing = remote.find_missing(missing)
-        return not missing
+        return not self.find_missing(digests)
 
     def ensure_local(self, digests: Sequence[Digest]) -> bool:
         """Make every blob present (and verified) in the local tier, fetching from remotes. False if any is
@@ -215,7 +210,7 @@ class TieredCache(CacheTier):
         self._behind(None, b"", [digest])
 
     def find_missing(self, digests: Sequence[Digest]) -> list[Digest]:
-        """The blobs no tier holds (presence only, as `contains`)."""
+        """The blobs no tier holds (presence only: nothing is fetched or verified, nothing filled)."""
         missing = [d for d in self.local.find_missing(list(dict.fromkeys(digests))) if d != EMPTY_DIGEST]
         for remote in self.remotes:
             if not missing:
@@ -231,7 +226,8 @@ class TieredCache(CacheTier):
         return data
 
     def write_action(self, key: Digest, result: bytes) -> None:
-        """An action result whose blobs were stored through this cache: uploaded behind, after them."""
+        """An action result whose blobs were stored through this cache, uploaded behind the build like them (a
+        server that checks completeness, as `gaffer serve` does, answers a miss until they have all arrived)."""
         self.put_action(key, result, [])
 
     def flush(self) -> None:
