@@ -451,3 +451,29 @@ def test_a_backend_without_its_bucket_is_an_environment_error(moto_s3: servers.S
                          check=False, capture_output=True, text=True, timeout=60, env={**os.environ, **moto_s3.env})
     assert run.returncode == 3, run.stderr
     assert run.stderr.count("\n") == 1 and "does not exist" in run.stderr and run.stderr.startswith("gaffer serve: ")
+
+
+def test_on_another_reapi_server_and_when_that_backend_goes_away(tmp_path: Path) -> None:
+    """`--backend grpc://...`: instances nest in the backend's; a backend that stops answering is UNAVAILABLE (gRPC)
+    and 503 (HTTP) for each request, and the server itself stays up."""
+    backend = start_gaffer_serve(workdir=tmp_path / "backend")
+    front = start_gaffer_serve("--backend", f"{backend.url}/base", workdir=tmp_path / "front")
+    try:
+        digest, data = _blob(3 * 1024 * 1024)  # over the batch limit: streamed both ways
+        GrpcTier.from_url(f"{front.url}/team").write_blob(digest, data)
+        assert GrpcTier.from_url(f"{backend.url}/base/team").read_blob(digest) == data
+        key = _blob(10)[0]
+        GrpcTier.from_url(f"{front.url}/team").write_action(key, re_pb2.ActionResult(
+            stdout_digest=_pb(digest)).SerializeToString(deterministic=True))
+        assert GrpcTier.from_url(f"{backend.url}/base/team").read_action(key) is not None
+        backend.proc.terminate()
+        backend.proc.wait(30)
+        with pytest.raises(TierError) as e:
+            GrpcTier.from_url(f"{front.url}/team").find_missing([digest])
+        assert e.value.transient and "UNAVAILABLE" in str(e.value)
+        with httpx.Client(base_url=front.http_url, timeout=60) as client:
+            assert client.get(f"/team/ac/{key.hash}").status_code == 503
+        assert front.proc.poll() is None
+    finally:
+        front.stop()
+        backend.stop()

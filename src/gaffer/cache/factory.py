@@ -33,13 +33,15 @@ def open_cache(local: DiskStore, remotes: Sequence[str], *, read_only: bool, tim
 
 def open_backend(url: str, instance: str, *, timeout: float) -> CacheTier:
     """The tier `gaffer serve --backend URL` stores the REAPI instance `instance` in (already validated): the
-    instance "" at the URL itself, a named one beside it where the scheme has room (a key prefix, a REAPI
+    instance "" at the URL itself, a named one in its own namespace below it (a path, a key prefix, a REAPI
     instance name), so two instances never see each other's entries."""
     if instance:
         parts, params = checked_url(url)
         if parts.scheme in ("redis", "rediss"):  # the path is the database number: the key prefix takes it
             params["prefix"] = f"{params.get('prefix', DEFAULT_REDIS_PREFIX)}:{instance}"
             url = parts._replace(query=urlencode(params)).geturl()
-        else:
+        elif parts.scheme in ("grpc", "grpcs"):  # REAPI instance names nest: `base/instance`
+            url = parts._replace(path=f"{parts.path.rstrip('/')}/{instance}").geturl()
+        else:  # one path segment, as `gaffer serve` lays out its own directory: no instance inside another's
             url = parts._replace(path=f"{parts.path.rstrip('/')}/instances/{quote(instance, safe='')}").geturl()
     return open_tier(url, timeout=timeout)
