@@ -40,7 +40,8 @@ def served(request: pytest.FixtureRequest) -> ReapiServer:
     """The server under test: `gaffer serve` on its own disk, or (`BACKENDS`) on an S3 backend with the disk as a
     read-through cache only. The same protocol tests must pass on both."""
     backend = getattr(request, "param", "disk")
-    return request.getfixturevalue({"disk": "gaffer_serve", "s3": "gaffer_serve_s3"}[backend])  # type: ignore[no-any-return]
+    server: ReapiServer = request.getfixturevalue({"disk": "gaffer_serve", "s3": "gaffer_serve_s3"}[backend])
+    return server
 
 
 BACKENDS = pytest.mark.parametrize("served", ["disk", "s3"], indirect=True)

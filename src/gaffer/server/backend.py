@@ -94,7 +94,7 @@ class BackendNamespace(Namespace):
         if digest_bytes(data) != digest:
             raise BadRequest(f"the data does not match digest {digest}")
         self._ask(lambda b: b.write_blob(digest, data))
-        super().put(digest, data)
+        self._keep(digest, data)
 
     def receive(self, digest: Digest, chunks: Iterable[bytes]) -> None:
         super().receive(digest, chunks)

@@ -5,6 +5,9 @@ Layout under `--dir`: the instance "" is a plain DiskStore at the root (so `gaff
 it); a named instance lives in `instances/<name, percent-encoded>/`, one DiskStore each, so two instances never
 see each other's entries and an instance name can never reach outside `instances/`.
 
+With `--backend`, each instance is a `BackendNamespace` (server/backend.py): the backend is the store of record
+and the directory only a read-through cache of its blobs.
+
 The server owns its directory. The index (built from the store at start and after each gc) answers
 FindMissingBlobs without a system call per digest; it heals itself when a read finds a blob gone. Action results
 are checked against the disk itself, never the index, so an entry whose blobs are gone is a miss, not a broken hit.
@@ -229,6 +232,10 @@ class Namespace:
         """Store a blob after checking it against its digest (BadRequest if it does not match)."""
         if digest_bytes(data) != digest:
             raise BadRequest(f"the data does not match digest {digest}")
+        self._keep(digest, data)
+
+    def _keep(self, digest: Digest, data: bytes) -> None:
+        """Put a checked blob on this server's disk (and in the memory cache)."""
         if self._here(digest):
             return
         self.store.write_blob(digest, data)
