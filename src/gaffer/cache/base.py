@@ -9,7 +9,7 @@ A tier moves bytes; it does not parse ActionResults and does not have to verify 
 A backend implements a few primitives — `read_blob`/`write_blob` (small blobs, bytes), `read_action`/
 `write_action`, and `has_blob` or `find_missing` — and overrides the streaming forms (`fetch_blob`/`upload_blob`,
 files of any size) and the batch forms (`find_missing`, `read_blobs`, `write_blobs`) where its protocol does
-better than the defaults here. The wrappers (the retrying `ResilientTier`, the `TieredCache`) implement the same
+better than the defaults here; `contains` is derived for every tier. The wrappers (the retrying `ResilientTier`, the `TieredCache`) implement the same
 interface, so tiers nest.
 
 Errors: a tier raises `TierError` for anything that went wrong talking to its store. `transient=True` means
@@ -87,6 +87,10 @@ class CacheTier(ABC):
             pool = self._lookups
         present = list(pool.map(self.has_blob, digests))
         return [d for d, here in zip(digests, present) if not here]
+
+    def contains(self, digests: Sequence[Digest]) -> bool:
+        """Does this tier hold every one of `digests`? (Presence only: nothing is read or verified.)"""
+        return not self.find_missing(digests)
 
     def read_blobs(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
         """The small blobs this tier holds among `digests` (absent ones are left out)."""

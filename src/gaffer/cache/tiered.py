@@ -125,10 +125,6 @@ class TieredCache(CacheTier):
             data = remote.read_action(key)
         return data
 
-    def contains(self, digests: Sequence[Digest]) -> bool:
-        """Does some tier hold each blob? (Presence only: nothing is fetched or verified, nothing filled.)"""
-        return not self.find_missing(digests)
-
     def ensure_local(self, digests: Sequence[Digest]) -> bool:
         """Make every blob present (and verified) in the local tier, fetching from remotes. False if any is
         missing everywhere."""
@@ -210,7 +206,8 @@ class TieredCache(CacheTier):
         self._behind(None, b"", [digest])
 
     def find_missing(self, digests: Sequence[Digest]) -> list[Digest]:
-        """The blobs no tier holds (presence only: nothing is fetched or verified, nothing filled)."""
+        """The blobs no tier holds (presence only: nothing is fetched or verified, nothing filled): `contains`
+        asks this for `--dry-run`."""
         missing = [d for d in self.local.find_missing(list(dict.fromkeys(digests))) if d != EMPTY_DIGEST]
         for remote in self.remotes:
             if not missing:
