@@ -133,7 +133,7 @@ def test_eviction_during_concurrent_uploads_loses_nothing_acknowledged(tmp_path:
                 blobs = [_blob(1024) for _ in range(per_batch)]
                 codes = client.update(blobs)
                 with lock:
-                    acknowledged.extend(b for b, code in zip(blobs, codes) if code == 0)
+                    acknowledged.extend(b for b, code in zip(blobs, codes, strict=True) if code == 0)
         finally:
             client.close()
 
@@ -345,7 +345,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mountpoint = tmp_path / "disk"
     mountpoint.mkdir()
     mounted = subprocess.run([mount, "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
     require(mounted.returncode == 0, f"cannot mount a tmpfs: {mounted.stderr.strip()}")
     try:
         yield mountpoint

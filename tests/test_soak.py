@@ -18,7 +18,7 @@ from tests.support import REPO
 def test_soak_keeps_every_promise(tmp_path: Path) -> None:
     report = tmp_path / "soak.json"
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_soak.py"), "--seconds", "40",
-                          "--json", str(report)], capture_output=True, text=True, timeout=600)
+                          "--json", str(report)], capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
     result = json.loads(report.read_text())
     assert result["builds"]["warm"] > 0 and not result["failures"]

@@ -18,6 +18,9 @@ upload installs its file and indexes it under the same lock, so nothing acknowle
 Using an action result (a hit, or storing it) moves it, then every blob it names, to the recent end of the LRU
 order, so an action result is always evicted before (or with) its blobs. A lookup still checks the index and
 stats the blobs on disk (a file removed behind the server's back makes a miss, not a broken hit).
+With `--backend`, each instance is a `BackendNamespace` (server/backend.py): the backend is the store of record
+and the directory only a read-through cache of its blobs, indexed, bounded and evicted as above.
+
 Peers choose digests, so nothing a peer sends reaches DiskStore calls that evict on a size mismatch unless the
 size already matched the file on disk: a peer cannot make the server evict a good blob.
 """
@@ -35,16 +38,17 @@ from collections.abc import Callable, Iterable, Iterator
 from io import BufferedReader
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 from urllib.parse import quote, unquote
 
 from google.protobuf.message import DecodeError
 
-from gaffer.cache.base import TierError
+from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.disk import GC_LOW_WATER, DiskStore, action_entry, install
-from gaffer.digest import EMPTY_DIGEST, Digest
+from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.protos.digests import from_proto
 
-_HASH = re.compile(r"[0-9a-f]{64}")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # REAPI forbids these as instance name segments: they would make resource names ambiguous.
 _RESERVED = frozenset({"blobs", "uploads", "actions", "actionResults", "operations", "capabilities",
@@ -64,6 +68,10 @@ class BadRequest(Exception):
     """The peer sent something invalid (INVALID_ARGUMENT / HTTP 400); the message says what."""
 
 
+class BackendUnavailable(Exception):
+    """The backend behind `--backend` failed (UNAVAILABLE / HTTP 503): the peer may retry, or miss."""
+
+
 class NoSpace(OSError):
     """The store cannot take this upload now (RESOURCE_EXHAUSTED / HTTP 507): the uploads in flight already hold
     its whole bound. An OSError with ENOSPC, so a front end treats it as it treats a full disk."""
@@ -77,8 +85,23 @@ class TooLarge(NoSpace):
     read, rather than acknowledged and then evicted with everything else."""
 
 
+def storage_failure(error: OSError | BackendUnavailable) -> tuple[str, str]:
+    """What a failure of the server's storage means to a peer: ("too large" | "full" | "unavailable" | "broken",
+    message), for both protocols to turn into their status (RESOURCE_EXHAUSTED/413, RESOURCE_EXHAUSTED/507,
+    UNAVAILABLE/503, INTERNAL/500)."""
+    if isinstance(error, BackendUnavailable):
+        return "unavailable", f"cache backend: {error}"
+    if isinstance(error, TooLarge):
+        return "too large", str(error.strerror)
+    if isinstance(error, NoSpace):
+        return "full", f"cache full: {error.strerror}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "full", f"cache disk full: {error.strerror}"
+    return "broken", f"cache storage error: {error.strerror}"
+
+
 def check_hash(text: str) -> str:
-    if not _HASH.fullmatch(text):
+    if not is_valid_hash(text):
         raise BadRequest(f"{text[:80]!r} is not a lowercase hex SHA-256")
     return text
 
@@ -87,7 +110,7 @@ def check_digest(digest: re_pb2.Digest) -> Digest:
     check_hash(digest.hash)
     if digest.size_bytes < 0:
         raise BadRequest(f"negative size in digest {digest.hash}/{digest.size_bytes}")
-    return Digest(digest.hash, digest.size_bytes)
+    return from_proto(digest)
 
 
 def check_instance(name: str) -> str:
@@ -155,6 +178,14 @@ class MemoryCache:
                 self._bytes -= len(old[0])
 
 
+def decode_action(data: bytes) -> re_pb2.ActionResult | None:
+    """A stored ActionResult, or None if the bytes are not one."""
+    try:
+        return re_pb2.ActionResult.FromString(data)
+    except DecodeError:
+        return None
+
+
 class Reservation:
     """Space held in the store's bound for one upload in flight; released when the upload ends either way."""
 
@@ -170,7 +201,7 @@ class Reservation:
         self._store._reserved -= self.cost
         self.cost = 0
 
-    def __enter__(self) -> Reservation:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -195,7 +226,7 @@ class Upload:
         self._received = 0
         self._reservation = namespace.server.reserve(digest.size_bytes)
         try:
-            self._tmp = namespace.server.writable_disk(namespace.name).temp_path()
+            self._tmp = namespace.temp_path()
             self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed by close()
         except BaseException:
             self._reservation.release()
@@ -226,7 +257,7 @@ class Upload:
             self._tmp.unlink(missing_ok=True)
             self._reservation.release()
 
-    def __enter__(self) -> Upload:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
@@ -247,7 +278,12 @@ class Namespace:
     # -- CAS ---------------------------------------------------------------------------------------------------
 
     def has(self, digest: Digest) -> bool:
-        """Present with this size; a size-0 digest is present only as the empty blob's (always there, REAPI)."""
+        """Does the instance hold the blob? (FindMissing, and an upload that may finish early.)"""
+        return self._here(digest)
+
+    def _here(self, digest: Digest) -> bool:
+        """On this server's disk, as indexed, with this size (then it becomes the most recently used); a size-0
+        digest is present only as the empty blob's (always there, REAPI)."""
         return digest == EMPTY_DIGEST or self.server.use(self.key(digest), digest.size_bytes)
 
     def size_of(self, hash_: str) -> int | None:
@@ -268,7 +304,7 @@ class Namespace:
         """A small blob's bytes (memory, else disk, checked against the digest), or None."""
         if digest == EMPTY_DIGEST:
             return b""
-        if not self.has(digest):
+        if not self._here(digest):
             return None
         memory = self.server.memory
         key = (self.name, digest.hash)
@@ -284,7 +320,7 @@ class Namespace:
 
     def open(self, digest: Digest) -> tuple[BufferedReader, bool] | None:
         """The blob's file for streaming, and whether its content must be checked as it streams; None if absent."""
-        if not self.has(digest):
+        if not self._here(digest):
             return None
         try:
             f = open(self.server.path(self.key(digest)), "rb")  # noqa: SIM115 - the caller closes it
@@ -320,12 +356,26 @@ class Namespace:
 
     def put(self, digest: Digest, data: bytes) -> None:
         """Store a blob after checking it against its digest (BadRequest if it does not match)."""
-        if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
+        if digest_bytes(data) != digest:
             raise BadRequest(f"the data does not match digest {digest}")
-        if self.has(digest):
+        self._keep(digest, data)
+
+    def _keep(self, digest: Digest, data: bytes) -> None:
+        """Put a checked blob on this server's disk (and in the memory cache)."""
+        if self._here(digest):
             return
         self.server.store(self.key(digest), data)
         self.server.memory.put((self.name, digest.hash), data)
+
+    def _adopt(self, digest: Digest, tmp: Path) -> None:
+        """Install a checked temp file (made in `temp_path()`) as the blob, counted against the bound."""
+        with self.server.reserve(digest.size_bytes) as reservation:
+            self.server.install(self.key(digest), tmp, digest.size_bytes, reservation)
+        self.checked(digest)
+
+    def temp_path(self) -> Path:
+        """A fresh temp file path in the instance's directory (created if need be: a write is coming)."""
+        return self.server.writable_disk(self.name).temp_path()
 
     def receive(self, digest: Digest, chunks: Iterable[bytes]) -> None:
         """Stream a blob into a temp file in the store, hashing as it comes; install it only if it matches. Space
@@ -339,6 +389,15 @@ class Namespace:
 
     def action_result(self, key: Digest) -> tuple[bytes, re_pb2.ActionResult] | None:
         """The stored ActionResult, only if every blob it names is present (else it would be a broken hit)."""
+        found = self._stored_action(key)
+        if found is None:
+            return None
+        needed = self._referenced_blobs(found[1])
+        if needed is None or not self._complete(key, needed):
+            return None
+        return found
+
+    def _stored_action(self, key: Digest) -> tuple[bytes, re_pb2.ActionResult] | None:
         entry = self.key(key, "ac")
         if self.server.size_of(entry) is None:
             return None
@@ -346,23 +405,26 @@ class Namespace:
         if data is None:
             self.server.drop(entry)
             return None
-        try:
-            result = re_pb2.ActionResult.FromString(data)
-        except DecodeError:
+        result = decode_action(data)
+        if result is None:
             self.server.evict(entry)
             return None
-        needed = self._referenced_blobs(result)
-        if needed is None or not self.server.use_together(entry, [(self.key(d), d.size_bytes) for d in needed]):
-            return None
-        for digest in needed:  # the disk itself: a blob removed behind the server's back makes a miss
+        return data, result
+
+    def _complete(self, key: Digest, needed: list[Digest]) -> bool:
+        """Is every blob indexed (then the result, and after it each blob, become the most recently used) and on
+        the disk itself (a blob removed behind the server's back makes a miss)?"""
+        if not self.server.use_together(self.key(key, "ac"), [(self.key(d), d.size_bytes) for d in needed]):
+            return False
+        for digest in needed:
             try:
                 on_disk = os.stat(self.server.path(self.key(digest))).st_size == digest.size_bytes
             except OSError:
                 on_disk = False
             if not on_disk:
                 self.forget(digest)
-                return None
-        return data, result
+                return False
+        return True
 
     def _referenced_blobs(self, result: re_pb2.ActionResult) -> list[Digest] | None:
         """Every blob `result` names other than the empty one, including the files inside its output directory
@@ -373,7 +435,7 @@ class Namespace:
             if directory.HasField("root_directory_digest"):
                 digests.append(directory.root_directory_digest)
             if directory.HasField("tree_digest"):
-                trees.add(Digest(directory.tree_digest.hash, directory.tree_digest.size_bytes))
+                trees.add(from_proto(directory.tree_digest))
         for tree_digest in trees:
             data = self.read(tree_digest)
             if data is None:
@@ -385,7 +447,7 @@ class Namespace:
             digests.append(re_pb2.Digest(hash=tree_digest.hash, size_bytes=tree_digest.size_bytes))
             for d in (tree.root, *tree.children):
                 digests.extend(f.digest for f in d.files)
-        named = {Digest(d.hash, d.size_bytes) for d in digests if d.hash or d.size_bytes}  # unset: not named
+        named = {from_proto(d) for d in digests if d.hash or d.size_bytes}  # an unset digest names nothing
         named.discard(EMPTY_DIGEST)
         return list(named)
 
@@ -397,13 +459,19 @@ class Namespace:
         if needed:
             self.server.use_together(entry, [(self.key(d), d.size_bytes) for d in needed], partial=True)
 
+    def close(self) -> None:
+        """Nothing to release for a local instance (a backend one closes its tier)."""
+
 
 class ServerStore:
     """Instance name -> Namespace over one index: every entry of every instance, least recently used first, with
     its size and its cost on disk; the server-wide bound is enforced on it by a background eviction pass."""
 
-    def __init__(self, root: Path, max_size: int, report: Callable[[str], None], memory: int) -> None:
+    def __init__(self, root: Path, max_size: int, report: Callable[[str], None], memory: int,
+                 backend: Callable[[str], CacheTier] | None = None) -> None:
         self.root = root
+        self._backend = backend  # instance -> its tier in the backend, with `--backend`
+        self._backends: dict[str, Namespace] = {}
         self.max_size = max_size
         self._report = report
         self.memory = MemoryCache(memory)
@@ -421,10 +489,25 @@ class ServerStore:
         self._disks[""] = root_disk
         self._block = os.statvfs(root).f_frsize or 4096
         self._load()
+        if backend is not None:
+            self.namespace("")  # a backend that cannot be reached is an error at start (BackendUnavailable)
 
     def namespace(self, instance: str) -> Namespace:
-        """The namespace of `instance` (validated). Nothing is created on disk until it is written to."""
-        return Namespace(self, check_instance(instance))
+        """The namespace of `instance` (validated). Nothing is created on disk until it is written to. With a
+        backend, one per instance, opened (and checked) on first use."""
+        check_instance(instance)
+        if self._backend is None:
+            return Namespace(self, instance)
+        found = self._backends.get(instance)
+        if found is None:
+            from gaffer.server.backend import BackendNamespace
+
+            opened = BackendNamespace(self, instance, self._backend(instance))
+            with self._lock:
+                found = self._backends.setdefault(instance, opened)
+            if found is not opened:
+                opened.close()
+        return found
 
     @property
     def total_bytes(self) -> int:
@@ -474,7 +557,7 @@ class ServerStore:
             disk.remove_stale_temp_files()
             for order, kind in enumerate(("ac", "cas")):
                 for path, st in disk.files(kind):
-                    if _HASH.fullmatch(path.name):
+                    if is_valid_hash(path.name):
                         found.append((st.st_mtime, order, (instance, kind, path.name), st.st_size))
         found.sort()
         for _mtime, _order, key, size in found:
@@ -633,10 +716,13 @@ class ServerStore:
             self._report(f"cannot evict {self.path(key)}: {error.strerror}")
 
     def close(self) -> None:
-        """Wait for a running eviction pass; record each instance's size for `gaffer cache status`."""
+        """Wait for a running eviction pass; close the backend's tiers; record each instance's size for
+        `gaffer cache status`."""
         gc = self._gc
         if gc is not None:
             gc.join()
+        for namespace in self._backends.values():
+            namespace.close()
         sizes = dict.fromkeys(self._disks, 0)
         for (instance, _kind, _hash), (_size, cost) in self._index.items():
             if instance in sizes:
