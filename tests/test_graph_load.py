@@ -105,6 +105,7 @@ def test_bare_map_keeps_file_order_and_defaults(tmp_path: Path) -> None:
         timeout=None,
         cache=True,
         description="",
+        pass_env=("GOROOT", "GOTOOLCHAIN", "HOME", "PATH"),
     )
     assert graph.tasks["build-gateway"].commands == (("go", "build", "-o", "bin/gateway", "./cmd/gateway"),)
     assert graph.tasks["distributed-build"].is_group and not fetch.is_group

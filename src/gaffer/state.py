@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 _FORMAT = 3
+STATE_DIR = ".gaffer"  # beside the graph file
 
 StatSignature = tuple  # digest.stat_signature: (size, mtime_ns, inode, ctime_ns)
 
@@ -69,6 +70,21 @@ class OutputRecords(NamedTuple):
                    tuple(DirectoryRecord(*d) for d in directories))
 
 
+class Fingerprint(NamedTuple):
+    """The cheap identity of a task's inputs (gaffer.keys builds it): if it and the outputs' signatures are
+    unchanged, the task is up to date without hashing anything."""
+
+    commands: tuple[tuple[str, ...], ...]
+    outputs: tuple[str, ...]
+    timeout: float | None
+    env: tuple[tuple[str, str], ...]  # declared variables with their values (unset ones left out)
+    platform: tuple[tuple[str, str], ...]
+    inputs: tuple[tuple[str, StatSignature | None], ...]  # (input path, its stat signature; None if unreadable)
+    deps: tuple[tuple[str, tuple], ...]  # (dep, OutputRecords.content())
+    racy: int  # 0, or a time that never compares equal: an input could still change without its signature moving
+    tools: tuple[tuple[tuple[str, StatSignature], ...], ...]  # each tool's Tool.signatures
+
+
 class Manifest(NamedTuple):
     """What went into the task's key, comparable between runs (`gaffer explain` diffs two of them)."""
 
@@ -84,19 +100,19 @@ class Manifest(NamedTuple):
 
 @dataclass
 class TaskState:
-    fingerprint: tuple
+    fingerprint: Fingerprint
     key: str  # action digest hash
     outputs: OutputRecords
     manifest: Manifest
     duration_s: float
 
     def to_tuple(self) -> tuple:
-        return (self.fingerprint, self.key, self.outputs.to_tuple(), tuple(self.manifest), self.duration_s)
+        return (tuple(self.fingerprint), self.key, self.outputs.to_tuple(), tuple(self.manifest), self.duration_s)
 
     @classmethod
     def from_tuple(cls, data: tuple) -> TaskState:
         fingerprint, key, outputs, manifest, duration_s = data
-        return cls(fingerprint, key, OutputRecords.from_tuple(outputs), Manifest(*manifest), duration_s)
+        return cls(Fingerprint(*fingerprint), key, OutputRecords.from_tuple(outputs), Manifest(*manifest), duration_s)
 
 
 class WorkspaceState:
