@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from gaffer import __version__
 from gaffer.errors import EnvironmentProblem, GafferError, UserError
-from gaffer.lock import lock_workspace, workspace_of
+from gaffer.lock import lock_workspace
 
 RUN_EPILOG = """\
 environment (a flag wins over its variable, which wins over gaffer.toml):
