@@ -286,9 +286,9 @@ def test_a_literal_input_under_an_output_is_a_graph_error_and_is_kept(
 def test_bad_cache_url_on_a_no_op_build(tmp_path: Path, env: dict[str, str], url: str, complaint: str) -> None:
     ws = workspace(tmp_path / "ws", {"t": {"command": "touch out", "outputs": ["out"]}})
     run_gaffer(["run"], cwd=ws, env=env, check=True)
-    for args, variables in ((["--cache", url], {}), ([], {"GAFFER_CACHE": url})):
+    for source, args, variables in (("--cache", ["--cache", url], {}), ("GAFFER_CACHE", [], {"GAFFER_CACHE": url})):
         line = one_line(run_gaffer(["run", *args], cwd=ws, env={**env, **variables}), 2)
-        assert line.startswith(f"gaffer: cache URL {url}: ") and complaint in line, line
+        assert line.startswith(f"gaffer: {source}: cache URL {url}: ") and complaint in line, line
     assert not (ws / "relative").exists()
 
 

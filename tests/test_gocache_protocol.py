@@ -430,11 +430,11 @@ def test_stats_alone_is_one_line(cache_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "complaint"),
     [
-        ({"BACKEND_TYPE": "ftp"}, "BACKEND_TYPE: 'ftp' is not a backend"),
+        ({"BACKEND_TYPE": "ftp"}, "BACKEND_TYPE: 'ftp' is not one of disk, s3"),
         ({"BACKEND_TYPE": "s3"}, "S3_BUCKET: required when BACKEND_TYPE=s3"),
         ({"DEBUG": "maybe"}, "DEBUG: 'maybe' is not a boolean"),
         ({"GOBUILDCACHE_READ_ONLY": "2"}, "GOBUILDCACHE_READ_ONLY: '2' is not a boolean"),
-        ({"GOBUILDCACHE_CACHE": "ftp://host/x"}, "GOBUILDCACHE_CACHE: 'ftp://host/x' is not a cache URL"),
+        ({"GOBUILDCACHE_CACHE": "ftp://host/x"}, "GOBUILDCACHE_CACHE: cache URL ftp://host/x: unknown scheme 'ftp'"),
         ({"GOBUILDCACHE_TIMEOUT": "soon"}, "GOBUILDCACHE_TIMEOUT: 'soon' is not a duration"),
     ],
 )
@@ -536,7 +536,7 @@ def test_cache_urls_add_tiers_and_a_leading_disk_url_is_the_local_tier() -> None
 def test_gocache_accepts_exactly_the_cache_schemes_gaffer_opens() -> None:
     """gobuildcache keeps its own list of schemes (importing cache.urls would slow its start-up): keep them equal."""
     from gaffer.cache import urls
-    from gaffer.gocache.config import TIER_SCHEMES
+    from gaffer.config import TIER_SCHEMES
 
     assert set(TIER_SCHEMES) == set(urls._SCHEMES)
 

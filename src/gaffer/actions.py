@@ -410,27 +410,50 @@ def read_trees(outputs: Outputs, store: DiskStore) -> None:
         except Exception as e:  # as for the ActionResult: any failure is a bad entry
             raise BadCacheEntry(f"unreadable tree for {path} ({e})") from None
         children = {digest_bytes(_serialize(child)): child for child in tree.children}
-        pending = [(path, tree.root)]
-        while pending:
-            where, directory = pending.pop()
-            outputs.directories.append(DirectoryEntry(where, _dir_mode(directory)))
-            names = [*(f.name for f in directory.files), *(d.name for d in directory.directories),
-                     *(s.name for s in directory.symlinks)]
-            if len(set(names)) != len(names) or any(not n or "/" in n or n in (".", "..") or "\0" in n for n in names):
-                raise BadCacheEntry(f"the tree of {path} has an unsafe or repeated name in {where}")
-            if len(outputs.directories) + len(outputs.files) > _MAX_TREE_ENTRIES:
-                raise BadCacheEntry(f"the tree of {path} is too large")
-            for f in directory.files:
-                mode = f.node_properties.unix_mode.value if f.node_properties.HasField("unix_mode") else None
-                outputs.files.append(_file_entry(f"{where}/{f.name}", f.digest, f.is_executable, mode))
-            for s in directory.symlinks:
-                check_symlink(f"{where}/{s.name}", s.target)
-                outputs.symlinks.append(SymlinkEntry(f"{where}/{s.name}", s.target))
-            for d in directory.directories:
-                child = children.get(_checked_digest(d.digest))
-                if child is None:
-                    raise BadCacheEntry(f"the tree of {path} lacks directory {where}/{d.name}")
-                pending.append((f"{where}/{d.name}", child))
+        try:
+            expand_directory(path, tree.root, children.get, outputs)
+        except BadCacheEntry as e:
+            raise BadCacheEntry(f"the tree of {path}: {e}") from None
+
+
+def expand_directory(path: str, root: re_pb2.Directory, child: Callable[[Digest], re_pb2.Directory | None],
+                     outputs: Outputs) -> None:
+    """Add the directory `root` at `path` ("" for an input root) and everything below it to `outputs`, each
+    subdirectory's message found by `child`. Raises BadCacheEntry for an unsafe or repeated name, an unsafe
+    symlink, a missing subdirectory or too many entries: nothing here may be written before it is checked."""
+    pending = [(path, root)]
+    while pending:
+        where, directory = pending.pop()
+        outputs.directories.append(DirectoryEntry(where, _dir_mode(directory)))
+        name = unsafe_name(directory)
+        if name is not None:
+            raise BadCacheEntry(f"unsafe or repeated name {name[:200]!r} in {where or '.'}")
+        if len(outputs.directories) + len(outputs.files) > _MAX_TREE_ENTRIES:
+            raise BadCacheEntry("too many entries")
+        prefix = f"{where}/" if where else ""
+        for f in directory.files:
+            mode = f.node_properties.unix_mode.value if f.node_properties.HasField("unix_mode") else None
+            outputs.files.append(_file_entry(prefix + f.name, f.digest, f.is_executable, mode))
+        for s in directory.symlinks:
+            check_symlink(prefix + s.name, s.target)
+            outputs.symlinks.append(SymlinkEntry(prefix + s.name, s.target))
+        for d in directory.directories:
+            found = child(_checked_digest(d.digest))
+            if found is None:
+                raise BadCacheEntry(f"lacks directory {prefix}{d.name}")
+            pending.append((prefix + d.name, found))
+
+
+def unsafe_name(directory: re_pb2.Directory) -> str | None:
+    """The first name in a `Directory` message that must not be written: one that could climb out or into
+    another directory ("", ".", "..", a "/", a NUL) or that names two entries. None if all are safe."""
+    seen: set[str] = set()
+    for name in [*(f.name for f in directory.files), *(d.name for d in directory.directories),
+                 *(s.name for s in directory.symlinks)]:
+        if not name or "/" in name or name in (".", "..") or "\0" in name or name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 _MAX_TREE_ENTRIES = 10_000_000  # a Tree may share children: bound what a hostile one can expand to

@@ -16,18 +16,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gaffer import __version__
+from gaffer.config import RUN, add_flags, environment_help, load_settings, nearest_toml
 from gaffer.errors import EnvironmentProblem, GafferError, UserError
 from gaffer.lock import lock_workspace
 
-RUN_EPILOG = """\
-environment (a flag wins over its variable, which wins over gaffer.toml):
-  GAFFER_CACHE            remote cache URLs, comma-separated, nearest first (as --cache)
-  GAFFER_CACHE_DIR        the local cache directory (as --cache-dir)
-  GAFFER_CACHE_MAX_SIZE   its size bound (as --cache-max-size)
-  GAFFER_CACHE_READ_ONLY  1: pull from remote tiers, never push (as --cache-read-only)
-  GAFFER_CACHE_TIMEOUT    per-request timeout of remote tiers (as --cache-timeout)
-  GAFFER_JOBS             tasks run at once (as -j)
+RUN_SETTINGS = ("cache_dir", "max_size", "remotes", "read_only", "timeout", "jobs")
+LOCAL_CACHE_SETTINGS = ("cache_dir", "max_size")
 
+RUN_EPILOG = """\
 exit status:
   0  every task succeeded (ran, restored from the cache, or up to date)
   1  a task failed
@@ -37,29 +33,11 @@ exit status:
   130, 143  interrupted by Ctrl-C (SIGINT) or SIGTERM
 """
 
-CACHE_URL_HELP = (
-    "a remote cache tier behind the local disk (repeatable, nearest first): "
-    "s3://bucket/prefix?endpoint=http://127.0.0.1:7480&region=us-east-1, redis://127.0.0.1:6379/0, "
-    "http://host:8080/prefix (Bazel HTTP cache), grpc://host:9092/instance (REAPI)"
-)
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{message} (see '{self.prog} --help')")
-
-
-def _add_cache_flags(p: argparse.ArgumentParser, remote: bool = True) -> None:
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="local cache directory (default: $XDG_CACHE_HOME/gaffer or ~/.cache/gaffer; env GAFFER_CACHE_DIR)")
-    p.add_argument("--cache-max-size", metavar="SIZE", help="bound of the local cache, e.g. 10GiB (LRU eviction)")
-    if remote:
-        p.add_argument("--cache", action="append", metavar="URL", help=CACHE_URL_HELP)
-        p.add_argument("--cache-read-only", action="store_true",
-                       help="pull from remote tiers but never push to them (untrusted CI)")
-        p.add_argument("--cache-timeout", metavar="DURATION", help="per-request timeout of remote tiers, e.g. 10s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,11 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="build targets (every task when none is named)",
                          description="Build TARGETs and their dependencies, e.g. "
                                      "'gaffer run distributed-build --graph graph.json -j 4'.",
-                         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         epilog="settings: a flag wins over its variable, which wins over gaffer.toml (beside the "
+                                "graph, then\n"
+                                "$XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml)\n"
+                                + environment_help(RUN, RUN_SETTINGS) + "\n" + RUN_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("targets", nargs="*", metavar="TARGET", help="task names (default: every task)")
     run.add_argument("--graph", default="graph.json", metavar="FILE", help="the task graph (default: graph.json)")
-    run.add_argument("-j", "--jobs", type=str, default=None, metavar="N",
-                     help="tasks run at once (default: the CPU count; env GAFFER_JOBS)")
     run.add_argument("-k", "--keep-going", action="store_true", help="keep building what does not depend on a failure")
     run.add_argument("-n", "--dry-run", action="store_true", help="list what would run and why; change nothing")
     run.add_argument("-v", "--verbose", action="store_true", help="say why each task ran and which were up to date")
@@ -85,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace", metavar="FILE", help="write a Chrome trace-event file (open it in Perfetto)")
     run.add_argument("--no-wait", action="store_true",
                      help="if another gaffer run or clean holds this workspace, exit 3 at once instead of waiting")
-    _add_cache_flags(run)
+    add_flags(run, RUN, RUN_SETTINGS)
 
     explain = sub.add_parser("explain", help="say what changed since a task last ran",
                              description="Compare TASK's inputs, env values, command and deps with its last run.")
@@ -101,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--all", action="store_true", help="also empty the local cache")
     clean.add_argument("--no-wait", action="store_true",
                        help="if a gaffer run holds this workspace, exit 3 at once instead of waiting")
-    _add_cache_flags(clean, remote=False)
+    add_flags(clean, RUN, LOCAL_CACHE_SETTINGS)
 
     cache = sub.add_parser("cache", help="inspect and maintain the local cache")
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser, required=True)
@@ -112,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("clean", "remove every entry"),
     ):
         action = cache_sub.add_parser(name, help=text, description=text)
-        _add_cache_flags(action, remote=False)
+        add_flags(action, RUN, LOCAL_CACHE_SETTINGS)
         if name == "status":
             action.add_argument("--json", action="store_true", help="print the status as JSON")
 
@@ -199,7 +179,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
     graph = _load_graph(args.graph)
     _lock_workspace(graph.root, "clean", args)
-    store = _local_store(args) if args.all else None
+    store = _local_store(args, graph.root) if args.all else None
     if store is not None and not store.writable:  # stop before anything changes
         raise EnvironmentProblem(f"local cache {store.root}: read-only, so it cannot be emptied")
     state = WorkspaceState.load(graph.root / STATE_DIR)
@@ -232,14 +212,14 @@ def local_store(settings: Any, warn: Callable[[str], None] | None = None) -> Any
         raise EnvironmentProblem(f"local cache {e}") from None
 
 
-def _local_store(args: argparse.Namespace) -> Any:
-    from gaffer.config import load_settings
-
-    return local_store(load_settings(Path.cwd(), _flags(args)))
+def _local_store(args: argparse.Namespace, workspace: str | os.PathLike[str] | None) -> Any:
+    """The local tier as `workspace`'s settings name it (None: no project gaffer.toml, only the user's)."""
+    return local_store(load_settings(workspace, _flags(args)))
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    store = _local_store(args)
+    project = nearest_toml(".")  # no graph to stand beside: the nearest gaffer.toml, as for `gaffer serve`
+    store = _local_store(args, os.path.dirname(project) if project else None)
     with _maintaining(store):
         return _cache_action(args, store)
 

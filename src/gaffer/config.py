@@ -1,172 +1,440 @@
-"""Settings shared by the front ends, with one precedence everywhere:
-command-line flag > `GAFFER_*` environment variable > `gaffer.toml` (workspace root, then the user config
-dir) > default.
+"""One configuration system for every front end (`gaffer run`, `gaffer serve`, `gobuildcache`, and what comes next).
 
-gaffer.toml:
-    [cache]
-    dir = "/var/cache/gaffer"          # GAFFER_CACHE_DIR, --cache-dir
-    max_size = "10GiB"                 # GAFFER_CACHE_MAX_SIZE, --cache-max-size
-    remote = ["s3://bucket/prefix"]    # GAFFER_CACHE (comma-separated), --cache (repeatable)
-    read_only = false                  # GAFFER_CACHE_READ_ONLY, --cache-read-only
-    timeout = "10s"                    # GAFFER_CACHE_TIMEOUT, --cache-timeout (per remote request)
-    [run]
-    jobs = 8                           # GAFFER_JOBS, -j
+Each setting is declared once, in SETTINGS: its name, parser (units from gaffer.units), default, flag, `GAFFER_*`
+variable, `gaffer.toml` key and help text. Flags, `--help` texts and the documentation tables are read from it,
+and `resolve` applies one precedence everywhere:
+
+    command-line flag > environment variable > gaffer.toml > default
+
+A front end may also read variables of its own (gobuildcache reads the Go program's `CACHE_DIR`, `BACKEND_TYPE`,
+`GOBUILDCACHE_*`, ...): they are aliases of the setting, read before its `GAFFER_*` variable. gaffer.toml comes
+from two places, the nearer one winning key by key: the user's config dir ($XDG_CONFIG_HOME/gaffer/gaffer.toml,
+else ~/.config/gaffer/gaffer.toml), then the project's (beside the graph for `run` and `clean`; the nearest one
+from the working directory upward for `cache`, `serve` and `gobuildcache`). A bad value from any source is a one-line UserError
+naming that source: the flag, the variable, or `file: [section] key`.
+
+Imported by gobuildcache before its capabilities line: standard library only at the top, and no `typing`,
+`dataclasses` or `tomllib` unless a gaffer.toml exists.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from gaffer.cache.disk import DEFAULT_MAX_SIZE, default_cache_dir
 from gaffer.errors import UserError
 from gaffer.units import parse_duration, parse_size
 
-DEFAULT_REMOTE_TIMEOUT_S = 10.0
+TYPE_CHECKING = False  # not `typing`'s: importing typing (or pathlib) costs gobuildcache start-up time
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+RUN, SERVE, GOCACHE = "run", "serve", "gocache"
 MAX_REMOTE_TIMEOUT_S = 24 * 3600.0
-_KNOWN = {"cache": {"dir", "max_size", "remote", "read_only", "timeout"}, "run": {"jobs"}}
+DEFAULT_MAX_SIZE = 10 * 1024**3
+# The cache URL schemes gaffer opens; kept equal to gaffer.cache.urls._SCHEMES (a test checks), not imported
+# from there, to keep gobuildcache's start-up light.
+TIER_SCHEMES = ("disk", "s3", "redis", "rediss", "http", "https", "grpc", "grpcs")
+TOML_NAME = "gaffer.toml"
+
+Parser = Callable[[object, str, "str | None"], object]  # (value, where it came from, base dir for paths) -> value
 
 
-@dataclass
-class Settings:
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    max_size: int = DEFAULT_MAX_SIZE
-    remotes: list[str] = field(default_factory=list)
-    read_only: bool = False
-    timeout: float = DEFAULT_REMOTE_TIMEOUT_S
-    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+# -- parsers: each takes a flag's or variable's text or a TOML value, and names `where` in its error ---------------
 
 
-def user_config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "gaffer" / "gaffer.toml"
-
-
-def load_settings(workspace: Path | None, flags: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> Settings:
-    """Merge the layers. `flags` holds only the flags the user gave (None for the others)."""
-    s = Settings()
-    files = [user_config_path()] + ([workspace / "gaffer.toml"] if workspace else [])
-    for path in files:  # later files (the workspace's) override earlier ones (the user's)
-        if path.is_file():
-            _apply_toml(s, path)
-    _apply_env(s, env)
-    _apply_flags(s, flags)
-    if s.remotes:
-        from gaffer.cache.urls import checked_url
-
-        for url in s.remotes:
-            checked_url(url)
-    return s
-
-
-def _apply_toml(s: Settings, path: Path) -> None:
-    import tomllib
-
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML: {e}") from None
-    for section, values in doc.items():
-        if section not in _KNOWN or not isinstance(values, dict):
-            raise UserError(f"{path}: unknown section [{section}] (known: {', '.join(sorted(_KNOWN))})")
-        for key, value in values.items():
-            if key not in _KNOWN[section]:
-                raise UserError(f"{path}: [{section}] unknown setting {key!r} (known: {', '.join(sorted(_KNOWN[section]))})")
-            where = f"{path}: [{section}] {key}"
-            if section == "run":
-                s.jobs = _jobs(value, where)
-            elif key == "dir":
-                s.cache_dir = _path(value, where, path.parent)
-            elif key == "max_size":
-                s.max_size = parse_size(_scalar(value, where), where)
-            elif key == "remote":
-                s.remotes = _remotes(value, where)
-            elif key == "read_only":
-                if not isinstance(value, bool):
-                    raise UserError(f"{where}: must be true or false")
-                s.read_only = value
-            elif key == "timeout":
-                s.timeout = _timeout(parse_duration(_scalar(value, where), where), where)
-
-
-def _apply_env(s: Settings, env: Mapping[str, str]) -> None:
-    if env.get("GAFFER_CACHE_DIR"):
-        s.cache_dir = Path(env["GAFFER_CACHE_DIR"]).expanduser()
-    if env.get("GAFFER_CACHE_MAX_SIZE"):
-        s.max_size = parse_size(env["GAFFER_CACHE_MAX_SIZE"], "GAFFER_CACHE_MAX_SIZE")
-    if "GAFFER_CACHE" in env:
-        s.remotes = [u.strip() for u in env["GAFFER_CACHE"].split(",") if u.strip()]
-    if env.get("GAFFER_CACHE_READ_ONLY"):
-        s.read_only = parse_bool(env["GAFFER_CACHE_READ_ONLY"], "GAFFER_CACHE_READ_ONLY")
-    if env.get("GAFFER_CACHE_TIMEOUT"):
-        what = "GAFFER_CACHE_TIMEOUT"
-        s.timeout = _timeout(parse_duration(env[what], what), what)
-    if env.get("GAFFER_JOBS"):
-        s.jobs = _jobs(env["GAFFER_JOBS"], "GAFFER_JOBS")
-
-
-def _apply_flags(s: Settings, flags: Mapping[str, Any]) -> None:
-    if flags.get("cache_dir"):
-        s.cache_dir = Path(flags["cache_dir"]).expanduser()
-    if flags.get("cache_max_size"):
-        s.max_size = parse_size(flags["cache_max_size"], "--cache-max-size")
-    if flags.get("cache"):
-        s.remotes = list(flags["cache"])
-    if flags.get("cache_read_only"):
-        s.read_only = True
-    if flags.get("cache_timeout"):
-        s.timeout = _timeout(parse_duration(flags["cache_timeout"], "--cache-timeout"), "--cache-timeout")
-    if flags.get("jobs") is not None:
-        s.jobs = _jobs(flags["jobs"], "-j/--jobs")
-
-
-def parse_bool(text: str, what: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
+def parse_bool(value: object, where: str, base: str | None = None) -> bool:
+    """The one boolean parser: TOML's true/false, or 1/0, true/false, yes/no, on/off in text."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text in ("1", "true", "yes", "on"):
         return True
-    if value in ("0", "false", "no", "off", ""):
+    if text in ("0", "false", "no", "off", ""):
         return False
-    raise UserError(f"{what}: {text!r} is not a boolean (use 1/0, true/false)")
+    raise UserError(f"{where}: {value!r} is not a boolean (use true or false, 1 or 0)")
 
 
-def _jobs(value: Any, where: str) -> int:
-    try:
-        jobs = int(value)
-    except (TypeError, ValueError):
-        jobs = 0
-    if isinstance(value, bool) or jobs < 1:
-        raise UserError(f"{where}: {value!r} is not a positive number of jobs")
-    return jobs
+def _scalar(value: object, where: str) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UserError(f"{where}: {value!r} must be a string or a number")
+    return value if isinstance(value, (str, int)) else str(value)
 
 
-def _timeout(seconds: float, where: str) -> float:
+def _size(value: object, where: str, base: str | None = None) -> int:
+    return parse_size(_scalar(value, where), where)
+
+
+def _timeout(value: object, where: str, base: str | None = None) -> float:
     """A remote request's bound: positive, and small enough for every client's socket and deadline arithmetic."""
+    seconds = parse_duration(_scalar(value, where), where)
     if not 0 < seconds <= MAX_REMOTE_TIMEOUT_S:
         raise UserError(f"{where}: the timeout must be more than 0 and at most a day, not {seconds:g}s")
     return seconds
 
 
-def _scalar(value: Any, where: str) -> str | int:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise UserError(f"{where}: must be a string or a number")
-    return value if isinstance(value, (str, int)) else str(value)
+def _count(noun: str) -> Parser:
+    def parse(value: object, where: str, base: str | None = None) -> int:
+        try:
+            n = int(value)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            n = 0
+        if isinstance(value, bool) or isinstance(value, float) or n < 1:
+            raise UserError(f"{where}: {value!r} is not a positive number of {noun}")
+        return n
+
+    return parse
 
 
-def _path(value: Any, where: str, base: Path) -> Path:
-    if not isinstance(value, str) or not value:
-        raise UserError(f"{where}: must be a path string")
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else base / p
+def _path(value: object, where: str, base: str | None = None) -> str:
+    """A path (a string: pathlib costs start-up time); relative to the gaffer.toml that names it, else to the
+    working directory."""
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{where}: {value!r} is not a path")
+    return os.path.join(base or "", os.path.expanduser(value))
 
 
-def _remotes(value: Any, where: str) -> list[str]:
+def _text(value: object, where: str, base: str | None = None) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{where}: {value!r} must be a string")
+    return value.strip()
+
+
+def _address(value: object, where: str, base: str | None = None) -> tuple[str, int]:
+    """HOST:PORT to listen on ([::1]:9092 for IPv6; port 0: any free port)."""
+    text = _text(value, where)
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UserError(f"{where}: {text!r}: expected HOST:PORT (example: 127.0.0.1:9092, port 0 for any)")
+    return host, int(port)
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(value: object, where: str, base: str | None = None) -> str:
+        text = value.strip().lower() if isinstance(value, str) else None
+        if text not in choices:
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def check_scheme(url: str, where: str) -> str:
+    """The scheme check every front end can afford at start-up; the rest of a URL is checked by
+    gaffer.cache.urls.checked_url (run, serve) or when its tier is first used (gobuildcache)."""
+    name, sep, _ = url.partition("://")
+    if not sep or name.lower() not in TIER_SCHEMES:
+        what = f"unknown scheme {name!r}" if sep else "not a URL"
+        raise UserError(f"{where}: cache URL {url}: {what} (supported: {', '.join(s + '://' for s in TIER_SCHEMES)})")
+    return url
+
+
+def _url(value: object, where: str, base: str | None = None) -> str:
+    return check_scheme(_text(value, where), where)
+
+
+def _urls(value: object, where: str, base: str | None = None) -> list[str]:
+    """URLs, nearest first: a repeated flag's list, a comma-separated variable, a TOML string or list."""
     if isinstance(value, str):
-        value = [value]
+        value = [u.strip() for u in value.split(",") if u.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise UserError(f"{where}: must be a URL or a list of URLs")
-    return list(value)
+    return [check_scheme(url, where) for url in value]
+
+
+# -- the table --------------------------------------------------------------------------------------------------
+
+
+def _default_cache_dir() -> str:
+    """gaffer's local cache: $XDG_CACHE_HOME/gaffer, else ~/.cache/gaffer."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "gaffer")
+
+
+class Setting:
+    """One setting: where each source names it, how its value is parsed, and what it defaults to per front end.
+    A plain class: `dataclasses` would cost gobuildcache start-up time before its capabilities line."""
+
+    __slots__ = ("aliases", "default", "default_text", "env", "flags", "fronts", "help", "kind", "metavar",
+                 "name", "parse", "toml")
+
+    def __init__(self, name: str, fronts: Sequence[str], *, toml: str, env: str, parse: Parser,
+                 default: Mapping[str, object], default_text: Mapping[str, str], help: str, flags: Sequence[str] = (),
+                 metavar: str = "", kind: str = "value", aliases: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.name = name  # the attribute of the resolved Settings
+        self.fronts = tuple(fronts)  # the front ends that read it
+        self.toml = toml  # "section.key" in gaffer.toml
+        self.env = env  # the GAFFER_* variable
+        self.aliases = dict(aliases or {})  # front end -> its own variables, read before `env`
+        self.flags = tuple(flags)  # the option strings on the front ends with flags (run, serve)
+        self.metavar = metavar
+        self.kind = kind  # "value"; "list" (repeatable flag); "switch" (a flag without a value)
+        self.parse = parse
+        self.default = dict(default)  # front end -> value, or a callable computing it (lazily: a home dir, CPUs)
+        self.default_text = dict(default_text)  # front end -> the default as help and docs show it
+        self.help = help
+
+    def variables(self, front: str) -> tuple[str, ...]:
+        """The variables `front` reads for this setting, the first set one winning."""
+        return (*self.aliases.get(front, ()), self.env)
+
+    def default_for(self, front: str) -> object:
+        value = self.default.get(front, self.default.get("*"))
+        return value() if callable(value) else value
+
+    def shown_default(self, front: str) -> str:
+        return self.default_text.get(front) or self.default_text["*"]
+
+    @property
+    def flag(self) -> str:
+        """The flag as an error message names it: `-j/--jobs`, `--cache-dir`."""
+        return "/".join(self.flags)
+
+
+_CACHE_DIR_DEFAULT = "$XDG_CACHE_HOME/gaffer, else ~/.cache/gaffer"
+
+SETTINGS: tuple[Setting, ...] = (
+    # `gaffer run` (and clean, cache), with the cache settings gobuildcache shares
+    Setting("cache_dir", (RUN, GOCACHE), toml="cache.dir", env="GAFFER_CACHE_DIR", flags=("--cache-dir",),
+            metavar="DIR", parse=_path, aliases={GOCACHE: ("CACHE_DIR",)},
+            default={RUN: _default_cache_dir, GOCACHE: "/tmp/gobuildcache"},
+            default_text={RUN: _CACHE_DIR_DEFAULT, GOCACHE: "/tmp/gobuildcache"},
+            help="the local cache directory"),
+    Setting("max_size", (RUN,), toml="cache.max_size", env="GAFFER_CACHE_MAX_SIZE", flags=("--cache-max-size",),
+            metavar="SIZE", parse=_size, default={RUN: DEFAULT_MAX_SIZE}, default_text={"*": "10GiB"},
+            help="size bound of the local cache; least recently used entries are evicted beyond it"),
+    Setting("remotes", (RUN, GOCACHE), toml="cache.remote", env="GAFFER_CACHE", flags=("--cache",), metavar="URL",
+            kind="list", parse=_urls, aliases={GOCACHE: ("GOBUILDCACHE_CACHE",)}, default={"*": list},
+            default_text={"*": "none"},
+            help="remote cache tiers behind the local one, nearest first (comma-separated in a variable): "
+                 "s3://bucket/prefix?endpoint=http://127.0.0.1:7480&region=us-east-1, "
+                 "redis://127.0.0.1:6379/0, http://host:8080/prefix (Bazel HTTP cache), "
+                 "grpc://host:9092/instance (REAPI)"),
+    Setting("read_only", (RUN, GOCACHE), toml="cache.read_only", env="GAFFER_CACHE_READ_ONLY",
+            flags=("--cache-read-only",), kind="switch", parse=parse_bool,
+            aliases={GOCACHE: ("GOBUILDCACHE_READ_ONLY",)}, default={"*": False}, default_text={"*": "false"},
+            help="pull from remote tiers but never push to them (untrusted CI)"),
+    Setting("timeout", (RUN, GOCACHE), toml="cache.timeout", env="GAFFER_CACHE_TIMEOUT", flags=("--cache-timeout",),
+            metavar="DURATION", parse=_timeout, aliases={GOCACHE: ("GOBUILDCACHE_TIMEOUT",)}, default={"*": 10.0},
+            default_text={"*": "10s"},
+            help="per-request timeout of remote tiers (a stuck one is dropped for the build)"),
+    Setting("jobs", (RUN,), toml="run.jobs", env="GAFFER_JOBS", flags=("-j", "--jobs"), metavar="N",
+            parse=_count("jobs"), default={RUN: lambda: os.cpu_count() or 1}, default_text={"*": "the CPU count"},
+            help="tasks run at once"),
+    # `gaffer serve`
+    Setting("dir", (SERVE,), toml="serve.dir", env="GAFFER_SERVE_DIR", flags=("--dir",), metavar="DIR",
+            parse=_path, default={SERVE: lambda: os.path.join(_default_cache_dir(), "serve")},
+            default_text={"*": "$XDG_CACHE_HOME/gaffer/serve, else ~/.cache/gaffer/serve"},
+            help="the store directory (the local store; with --backend, not used)"),
+    Setting("backend", (SERVE,), toml="serve.backend", env="GAFFER_SERVE_BACKEND", flags=("--backend",),
+            metavar="URL", parse=_url, default={SERVE: None}, default_text={"*": "none: the local store in --dir"},
+            help="serve from this cache instead of the local store, e.g. s3://bucket/prefix"),
+    Setting("serve_max_size", (SERVE,), toml="serve.max_size", env="GAFFER_SERVE_MAX_SIZE", flags=("--max-size",),
+            metavar="SIZE", parse=_size, default={SERVE: DEFAULT_MAX_SIZE}, default_text={"*": "10GiB"},
+            help="size bound of the store, all instances together; least recently used entries are evicted "
+                 "beyond it"),
+    Setting("memory", (SERVE,), toml="serve.memory", env="GAFFER_SERVE_MEMORY", flags=("--memory",),
+            metavar="SIZE", parse=_size, default={SERVE: 256 * 1024**2}, default_text={"*": "256MiB"},
+            help="in-memory cache of small blobs (0 turns it off)"),
+    Setting("grpc", (SERVE,), toml="serve.grpc", env="GAFFER_SERVE_GRPC", flags=("--grpc",), metavar="HOST:PORT",
+            parse=_address, default={SERVE: None}, default_text={"*": "none"},
+            help="serve REAPI v2 gRPC here (e.g. 127.0.0.1:9092; port 0: any free port)"),
+    Setting("http", (SERVE,), toml="serve.http", env="GAFFER_SERVE_HTTP", flags=("--http",), metavar="HOST:PORT",
+            parse=_address, default={SERVE: None}, default_text={"*": "none"},
+            help="serve the Bazel HTTP cache protocol and /metrics here"),
+    Setting("token_file", (SERVE,), toml="serve.token_file", env="GAFFER_SERVE_TOKEN_FILE", flags=("--token-file",),
+            metavar="FILE", parse=_path, default={SERVE: None}, default_text={"*": "none"},
+            help="require 'authorization: Bearer <the file's content>' on every request"),
+    Setting("threads", (SERVE,), toml="serve.threads", env="GAFFER_SERVE_THREADS", flags=("--threads",),
+            metavar="N", parse=_count("threads"), default={SERVE: 32}, default_text={"*": "32"},
+            help="gRPC worker threads"),
+    # gobuildcache (the Go program's variables are its aliases)
+    Setting("backend_type", (GOCACHE,), toml="gocache.backend", env="GAFFER_GOCACHE_BACKEND",
+            parse=_choice("disk", "s3"), aliases={GOCACHE: ("BACKEND_TYPE",)}, default={GOCACHE: "disk"},
+            default_text={"*": "disk"},
+            help="disk, or s3 (an S3 tier behind the local one; other tiers are named by URL in the cache setting)"),
+    Setting("s3_bucket", (GOCACHE,), toml="gocache.s3_bucket", env="GAFFER_GOCACHE_S3_BUCKET", parse=_text,
+            aliases={GOCACHE: ("S3_BUCKET",)}, default={GOCACHE: ""}, default_text={"*": "none (required for s3)"},
+            help="the bucket of the s3 backend"),
+    Setting("s3_prefix", (GOCACHE,), toml="gocache.s3_prefix", env="GAFFER_GOCACHE_S3_PREFIX", parse=_text,
+            aliases={GOCACHE: ("S3_PREFIX",)}, default={GOCACHE: ""}, default_text={"*": '""'},
+            help="the key prefix in the bucket, e.g. go/"),
+    Setting("s3_tmp_dir", (GOCACHE,), toml="gocache.s3_tmp_dir", env="GAFFER_GOCACHE_S3_TMP_DIR", parse=_path,
+            aliases={GOCACHE: ("S3_TMP_DIR",)}, default={GOCACHE: "/tmp/gobuildcache-s3"},
+            default_text={"*": "/tmp/gobuildcache-s3"}, help="the local tier of the s3 backend"),
+    Setting("debug", (GOCACHE,), toml="gocache.debug", env="GAFFER_GOCACHE_DEBUG", parse=parse_bool,
+            aliases={GOCACHE: ("DEBUG",)}, default={GOCACHE: False}, default_text={"*": "false"},
+            help="one stderr line per request, and the stats line at close"),
+    Setting("stats", (GOCACHE,), toml="gocache.stats", env="GAFFER_GOCACHE_STATS", parse=parse_bool,
+            aliases={GOCACHE: ("GOBUILDCACHE_STATS",)}, default={GOCACHE: False}, default_text={"*": "false"},
+            help="the stats line at close, without the debug lines"),
+)
+
+
+def settings_of(front: str) -> tuple[Setting, ...]:
+    return tuple(s for s in SETTINGS if front in s.fronts)
+
+
+def setting(name: str) -> Setting:
+    return next(s for s in SETTINGS if s.name == name)
+
+
+# -- resolution -------------------------------------------------------------------------------------------------
+
+
+class Settings:
+    """A front end's resolved settings, as attributes, and where each came from (`source`; None: the default)."""
+
+    def __init__(self, values: dict[str, object], sources: dict[str, str | None]) -> None:
+        self.__dict__.update(values)
+        self.sources = sources
+
+    def __getattr__(self, name: str) -> Any:  # for type checkers: every setting is an attribute
+        raise AttributeError(name)
+
+
+def user_config_path(env: Mapping[str, str] = os.environ) -> str:
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".config")
+    return os.path.join(base, "gaffer", TOML_NAME)
+
+
+def nearest_toml(start: str) -> str | None:
+    """The gaffer.toml in `start` or the nearest directory above it (`serve`, `gobuildcache`)."""
+    directory = os.path.abspath(start)
+    while True:
+        candidate = os.path.join(directory, TOML_NAME)
+        if os.path.isfile(candidate):
+            return candidate
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
+
+
+def config_files(project: str | None, env: Mapping[str, str] = os.environ) -> list[str]:
+    """The gaffer.toml files to read, farthest first: the user's, then the project's (which wins)."""
+    return [p for p in (user_config_path(env), project) if p is not None and os.path.isfile(p)]
+
+
+def resolve(front: str, flags: Mapping[str, object], env: Mapping[str, str], files: Iterable[str]) -> Settings:
+    """`front`'s settings from the four layers. `flags` holds the parsed flags by setting name (None, False or
+    an empty list: not given); `files` are gaffer.toml files, farthest first."""
+    toml: dict[str, tuple[object, str, str]] = {}  # "section.key" -> (value, where, the file's directory)
+    for path in files:
+        for key, (value, where) in _read_toml(path).items():
+            toml[key] = (value, where, os.path.dirname(os.path.abspath(path)))
+    values: dict[str, object] = {}
+    sources: dict[str, str | None] = {}
+    for s in settings_of(front):
+        given = flags.get(s.name)
+        if given not in (None, False, []):
+            where: str | None = s.flag
+            value = s.parse(given, s.flag, None)
+        else:
+            where = next((v for v in s.variables(front) if _is_set(env, v, s)), None)
+            if where is not None:
+                value = s.parse(env[where], where, None)
+            elif s.toml in toml:
+                raw, where, base = toml[s.toml]
+                value = s.parse(raw, where, base)
+            else:
+                value = s.default_for(front)
+        values[s.name] = value
+        sources[s.name] = where
+    return Settings(values, sources)
+
+
+def load_settings(workspace: str | os.PathLike[str] | None, flags: Mapping[str, object],
+                  env: Mapping[str, str] = os.environ) -> Settings:
+    """`gaffer run`'s settings (and clean's and cache's): the project's gaffer.toml is the one beside the graph."""
+    from pathlib import Path
+
+    s = resolve(RUN, flags, env, config_files(os.path.join(workspace, TOML_NAME) if workspace else None, env))
+    s.cache_dir = Path(s.cache_dir)
+    check_urls(s.remotes, s.sources["remotes"])
+    return s
+
+
+def load_nearest(front: str, flags: Mapping[str, object], env: Mapping[str, str] = os.environ,
+                 cwd: str = ".") -> Settings:
+    """The settings of a front end without a graph (`serve`, `gobuildcache`): the project's gaffer.toml is the
+    nearest one from `cwd` upward."""
+    return resolve(front, flags, env, config_files(nearest_toml(cwd), env))
+
+
+def check_urls(urls: Iterable[str], where: str | None) -> None:
+    """Check each URL in full (its scheme's parameters and shape) at start, even if no tier is ever opened."""
+    from gaffer.cache.urls import checked_url
+
+    for url in urls:
+        try:
+            checked_url(url)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+
+
+def _is_set(env: Mapping[str, str], name: str, s: Setting) -> bool:
+    """An empty variable is unset, except for a list, where it says "none" (GAFFER_CACHE= drops gaffer.toml's)."""
+    return name in env if s.kind == "list" else bool(env.get(name, "").strip())
+
+
+def _read_toml(path: str) -> dict[str, tuple[object, str]]:
+    """{"section.key": (value, "file: [section] key")}; an unknown section or key is the user's mistake."""
+    import tomllib
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = tomllib.loads(f.read())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}") from None
+    known: dict[str, list[str]] = {}
+    for s in SETTINGS:
+        section, _, key = s.toml.partition(".")
+        known.setdefault(section, []).append(key)
+    found: dict[str, tuple[object, str]] = {}
+    for section, table in doc.items():
+        if section not in known or not isinstance(table, dict):
+            raise UserError(f"{path}: unknown section [{section}] (known: {', '.join(sorted(known))})")
+        for key, value in table.items():
+            if key not in known[section]:
+                raise UserError(f"{path}: [{section}] unknown setting {key!r} "
+                                f"(known: {', '.join(sorted(known[section]))})")
+            found[f"{section}.{key}"] = (value, f"{path}: [{section}] {key}")
+    return found
+
+
+# -- what front ends and docs show ------------------------------------------------------------------------------
+
+
+def add_flags(parser: argparse.ArgumentParser, front: str, names: Iterable[str] | None = None) -> None:
+    """The flags of the named settings (default: all of `front`'s), their help from the table. Their argparse
+    defaults are None: `resolve` fills them in."""
+    for s in settings_of(front) if names is None else (setting(n) for n in names):
+        repeat = "; repeatable" if s.kind == "list" else ""
+        text = f"{s.help} (default: {s.shown_default(front)}{repeat}; env {s.env})".replace("%", "%%")
+        if s.kind == "switch":
+            parser.add_argument(*s.flags, dest=s.name, action="store_true", help=text)
+        else:
+            parser.add_argument(*s.flags, dest=s.name, metavar=s.metavar, help=text,
+                                action="append" if s.kind == "list" else "store")
+
+
+def environment_help(front: str, names: Iterable[str] | None = None) -> str:
+    """The part of a front end's help that names each setting's variables and gaffer.toml key; with flags (whose
+    help says the rest) a table, without them each setting's help and default too."""
+    import textwrap
+
+    chosen = settings_of(front) if names is None else tuple(setting(n) for n in names)
+    rows = [(", ".join(s.variables(front)), s.flags[-1] if s.flags and front != GOCACHE else "",
+             "[{}] {}".format(*s.toml.split("."))) for s in chosen]
+    if front != GOCACHE:
+        widths = [max(len(row[i]) for row in rows) + 2 for i in (0, 1)]
+        return "".join(f"  {v:<{widths[0]}}{f:<{widths[1]}}{t}\n" for v, f, t in rows)
+    return "".join(
+        f"  {v} (gaffer.toml {t})\n" + textwrap.fill(f"{s.help} (default: {s.shown_default(front)})", 110,
+                                                      initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                                      break_on_hyphens=False, break_long_words=False) + "\n"
+        for (v, _, t), s in zip(rows, chosen))

@@ -42,11 +42,6 @@ def _warn(message: str) -> None:
     print(f"gaffer: warning: {message}", file=sys.stderr)
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gaffer"
-
-
 class StoreStatus(NamedTuple):
     actions: int
     blobs: int

@@ -43,6 +43,16 @@ class ProcessResult:
     cancelled: bool = False
     error: str = ""  # the command could not be started at all
 
+    def failure(self, timeout: float | None) -> str:
+        """Why the run failed, as a task's reason says it; "" if the command exited 0."""
+        if self.error:
+            return self.error
+        if self.cancelled:
+            return "interrupted"
+        if self.timed_out:
+            return f"timed out after {timeout:g}s"
+        return f"exited with status {self.exit_code}" if self.exit_code != 0 else ""
+
 
 class ProcessRunner:
     """Starts commands and remembers the running ones so `cancel_all` can kill them from a signal handler."""
@@ -158,9 +168,7 @@ class LocalExecutor:
         finally:
             stdout_path.unlink(missing_ok=True)
             stderr_path.unlink(missing_ok=True)
-        failure = (run.error or ("interrupted" if run.cancelled else "")
-                   or (f"timed out after {action.timeout:g}s" if run.timed_out else "")
-                   or (f"exited with status {run.exit_code}" if run.exit_code != 0 else ""))
+        failure = run.failure(action.timeout)
         if not failure:
             try:
                 outputs = actions.collect_outputs(self.root, action.output_paths, store)

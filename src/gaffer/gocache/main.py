@@ -20,19 +20,10 @@ A GOCACHEPROG program: `go` runs it and talks to it on stdin/stdout.
 With no argument it serves one `go` command. `clear` empties the local tier and the remote tiers,
 `clear-local` and `clear-remote` one side only.
 
-Environment (the same as the Go gobuildcache program's):
-    BACKEND_TYPE=disk|s3          disk is the default
-    CACHE_DIR=/path               local tier for disk (default /tmp/gobuildcache)
-    S3_BUCKET, S3_PREFIX          the bucket (required for s3) and key prefix
-    S3_TMP_DIR=/path              local tier for s3 (default /tmp/gobuildcache-s3)
-    AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE, AWS_ACCESS_KEY_ID, ...   the standard AWS chain
-    DEBUG=true                    log every request on stderr
-Environment (gaffer):
-    GOBUILDCACHE_CACHE=url[,url]  more tiers behind the local one (else GAFFER_CACHE), e.g.
-                                  redis://127.0.0.1:6379/0, http://cache:8080/go, grpc://cache:8980
-    GOBUILDCACHE_READ_ONLY=1      read remote tiers, never write them (untrusted CI)
-    GOBUILDCACHE_STATS=1          one stats line on stderr at close
-    GOBUILDCACHE_TIMEOUT=10s      bound on each remote request (a stuck remote is dropped for the command)
+Settings: a variable wins over gaffer.toml (the nearest from the working directory upward, then
+$XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml), which wins over the default. The
+first variable named is the Go gobuildcache program's own where it has one. S3 credentials, region and
+endpoint come from the standard AWS chain (AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE, ...).
 """
 
 CLEAR_COMMANDS = ("clear", "clear-local", "clear-remote")
@@ -63,7 +54,9 @@ def _run(argv: list[str]) -> int:
     from gaffer.gocache.config import load_config
 
     if argv and argv[0] in ("-h", "--help", "help"):
-        sys.stdout.write(USAGE)
+        from gaffer.config import GOCACHE, environment_help
+
+        sys.stdout.write(USAGE + environment_help(GOCACHE))
         return 0
     if len(argv) > 1 or (argv and argv[0] not in CLEAR_COMMANDS):
         raise UserError(f"unexpected arguments {' '.join(argv)!r} (expected nothing, or one of: "

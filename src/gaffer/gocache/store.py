@@ -216,7 +216,7 @@ class GoStore:
 def clear(config: Config, *, local: bool, remote: bool) -> None:
     """`gobuildcache clear` / `clear-local` / `clear-remote`: empty the tiers; prints one line per tier."""
     if remote and config.read_only:
-        raise UserError("clear-remote: GOBUILDCACHE_READ_ONLY is set, so the remote tiers are never written")
+        raise UserError(f"clear-remote: {config.sources['read_only']} is set, so the remote tiers are never written")
     if remote and not local and not config.remotes:
         raise UserError("clear-remote: no remote tier is configured (BACKEND_TYPE=s3 or GOBUILDCACHE_CACHE=url)")
     if local:

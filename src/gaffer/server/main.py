@@ -15,12 +15,11 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-from gaffer.cache.disk import DEFAULT_MAX_SIZE, default_cache_dir
+from gaffer.config import SERVE, Settings, add_flags, environment_help, load_nearest
 from gaffer.errors import EnvironmentProblem, GafferError, UserError
-from gaffer.units import format_size, parse_size
+from gaffer.units import format_size
 
-GRACE_S = 30.0
-DEFAULT_MEMORY = "256MiB"  # how long in-flight gRPC calls may take to finish after a stop signal
+GRACE_S = 30.0  # how long in-flight gRPC calls may take to finish after a stop signal
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,37 +32,23 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="gaffer serve",
         description="Serve a build cache over REAPI gRPC and the Bazel HTTP cache protocol.",
-        epilog="example: gaffer serve --dir /srv/gaffer --max-size 200GiB --grpc 0.0.0.0:9092 --http 0.0.0.0:8080",
+        epilog="example: gaffer serve --dir /srv/gaffer --max-size 200GiB --grpc 0.0.0.0:9092 --http 0.0.0.0:8080\n\n"
+               "settings: a flag wins over its variable, which wins over gaffer.toml (the nearest from the working\n"
+               "directory upward, then $XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml)\n"
+               + environment_help(SERVE),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dir", type=Path, default=default_cache_dir() / "serve",
-                   help="store directory (default: %(default)s)")
-    p.add_argument("--max-size", metavar="SIZE", default=format_size(DEFAULT_MAX_SIZE).replace(" ", ""),
-                   help="size bound; least recently used entries are evicted beyond it (default: %(default)s)")
-    p.add_argument("--memory", metavar="SIZE", default=DEFAULT_MEMORY,
-                   help="memory cache for small blobs (default: %(default)s; 0 turns it off)")
-    p.add_argument("--grpc", metavar="HOST:PORT", help="serve REAPI gRPC here (e.g. 127.0.0.1:9092; port 0: any)")
-    p.add_argument("--http", metavar="HOST:PORT", help="serve the Bazel HTTP cache and /metrics here")
-    p.add_argument("--token-file", metavar="FILE", type=Path,
-                   help="require 'authorization: Bearer <the file's content>' on every request")
-    p.add_argument("--threads", metavar="N", type=int, default=32, help="gRPC worker threads (default: %(default)s)")
+    add_flags(p, SERVE)
     return p
 
 
-def _address(flag: str, text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise UserError(f"{flag} {text!r}: expected HOST:PORT (example: 127.0.0.1:9092, port 0 for any)")
-    return host, int(port)
-
-
-def _read_token(path: Path) -> str:
+def _read_token(path: str, where: str) -> str:
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        token = Path(path).read_text(encoding="utf-8").strip()
     except OSError as e:
-        raise UserError(f"--token-file {path}: {e.strerror}") from None
+        raise UserError(f"{where} {path}: {e.strerror}") from None
     if not token or any(c.isspace() for c in token):
-        raise UserError(f"--token-file {path}: must hold one token without spaces")
+        raise UserError(f"{where} {path}: must hold one token without spaces")
     return token
 
 
@@ -74,22 +59,22 @@ def serve_main(argv: list[str]) -> int:
             args = _parser().parse_args(argv)
         except SystemExit as e:  # --help
             return int(e.code or 0)
-        return _serve(args)
+        return _serve(load_nearest(SERVE, vars(args)))
     except GafferError as e:
         print(f"gaffer serve: {e}", file=sys.stderr)
         return e.exit_status
 
 
-def _serve(args: argparse.Namespace) -> int:
-    if not args.grpc and not args.http:
+def _serve(settings: Settings) -> int:
+    if not settings.grpc and not settings.http:
         raise UserError("nothing to serve: give --grpc HOST:PORT and/or --http HOST:PORT")
-    max_size = parse_size(args.max_size, "--max-size")
-    memory = parse_size(args.memory, "--memory")
-    if args.threads < 1:
-        raise UserError(f"--threads {args.threads}: must be at least 1")
-    grpc_address = _address("--grpc", args.grpc) if args.grpc else None
-    http_address = _address("--http", args.http) if args.http else None
-    token_text = _read_token(args.token_file) if args.token_file else None
+    if settings.backend:
+        raise UserError(f"{settings.sources['backend']}: serving from a backend other than the local store is not "
+                        "available yet")
+    store_dir = Path(settings.dir)
+    max_size = settings.serve_max_size
+    grpc_address, http_address = settings.grpc, settings.http
+    token_text = _read_token(settings.token_file, settings.sources["token_file"]) if settings.token_file else None
 
     # Block the stop signals before any thread starts (importing grpc starts some), so every thread inherits
     # the mask and the main thread alone receives them, in sigwait below. Heavy imports only now the flags are good.
@@ -103,10 +88,10 @@ def _serve(args: argparse.Namespace) -> int:
     from gaffer.server.store import ServerStore
 
     try:
-        store = ServerStore(args.dir, max_size, report=lambda m: print(f"gaffer serve: warning: {m}", file=sys.stderr),
-                            memory=memory)
+        store = ServerStore(store_dir, max_size, report=lambda m: print(f"gaffer serve: warning: {m}", file=sys.stderr),
+                            memory=settings.memory)
     except TierError as e:
-        raise EnvironmentProblem(f"--dir {args.dir}: {e}") from None
+        raise EnvironmentProblem(f"{settings.sources['dir'] or '--dir'} {store_dir}: {e}") from None
     metrics = Metrics()
     token = BearerToken(token_text)
     grpc_server = http_server = None
@@ -115,21 +100,23 @@ def _serve(args: argparse.Namespace) -> int:
         if grpc_address is not None:
             try:
                 grpc_server, port = start_grpc(f"{_host(grpc_address[0])}:{grpc_address[1]}", store, metrics, token,
-                                               args.threads)
+                                               settings.threads)
             except OSError:
                 raise EnvironmentProblem(
-                    f"--grpc {args.grpc}: cannot listen there (in use, or not a local address)"
+                    f"{settings.sources['grpc']} {_host(grpc_address[0])}:{grpc_address[1]}: cannot listen there "
+                    "(in use, or not a local address)"
                 ) from None
             listening.append(f"grpc on {_host(grpc_address[0])}:{port}")
         if http_address is not None:
             try:
                 http_server = CacheHTTPServer(http_address, store, metrics, token)
             except OSError as e:
-                raise EnvironmentProblem(f"--http {args.http}: cannot listen there: {e.strerror}") from None
+                raise EnvironmentProblem(f"{settings.sources['http']} {_host(http_address[0])}:{http_address[1]}: "
+                                         f"cannot listen there: {e.strerror}") from None
             http_thread = threading.Thread(target=http_server.serve_forever, name="gaffer-http")
             http_thread.start()
             listening.append(f"http on {_host(http_address[0])}:{http_server.server_address[1]}")
-        print(f"gaffer serve: {', '.join(listening)}; store {args.dir} "
+        print(f"gaffer serve: {', '.join(listening)}; store {store_dir} "
               f"({format_size(store.total_bytes)} of {format_size(max_size)})", file=sys.stderr, flush=True)
         received = signal.sigwait(stop_signals)
         print(f"gaffer serve: {signal.Signals(received).name}: stopping", file=sys.stderr, flush=True)

@@ -1,0 +1,262 @@
+"""Run a REAPI Action in a fresh exec root built from the CAS alone: the sandboxed local executor, and the code a
+remote worker runs.
+
+The Action, its Command and its input root's Directory tree are read from the local CAS (every blob verified),
+never from a workspace, so a task that reads a file it did not declare fails here as it would on a worker. Files
+are materialised by copy (`copy_file_range`: a reflink where the file system has one), never by a hardlink into
+the CAS: a task writing an input in place must not change a cached blob, and one inode cannot carry two modes.
+Permission bits, symlinks and empty directories come out as the Directory messages say; a name that could
+escape the exec root or clash is refused before anything is written.
+
+The Command runs with exactly its own environment plus the pass-through variables the executor supplies (PATH,
+HOME, ...), through the local runner (execute/local.py: its own process group, the Action's timeout,
+cancellation, and the kill of whatever it left running). Its output paths are then stored in the CAS and
+described by an ActionResult the way a local run describes them: files by content and mode, directories as
+Trees, symlinks only if they stay inside the exec root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
+from gaffer import actions
+from gaffer.cache.disk import DiskStore
+from gaffer.digest import EMPTY_DIGEST, Digest, digest_file, is_valid_hash
+from gaffer.execute.local import ProcessResult, ProcessRunner
+from gaffer.protos import remote_execution_pb2 as re_pb2
+
+
+_M = TypeVar("_M", bound=Message)
+
+
+class BadAction(Exception):
+    """The Action cannot be run as stored: a malformed message, an unsafe name or path, a missing blob."""
+
+
+class MissingBlobs(BadAction):
+    """Blobs the Action needs are not in the CAS (a REAPI worker answers FAILED_PRECONDITION, naming them)."""
+
+    def __init__(self, action: Digest, missing: Sequence[tuple[str, Digest]]) -> None:
+        self.digests = [digest for _what, digest in missing]
+        shown = ", ".join(f"{what} {digest}" for what, digest in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        super().__init__(f"action {action}: not in the cache: {shown}{more}")
+
+
+@dataclass
+class SandboxResult:
+    """One run of an Action: what a REAPI Execute answers, and what the executor needs to report and store it."""
+
+    result: re_pb2.ActionResult  # also for a failed command: its exit code, logs and whatever outputs it made
+    process: ProcessResult
+    failure: str  # why the action failed (a task's reason); "" when it exited 0 with every declared output
+    blobs: list[Digest]  # every CAS blob the result names (files, trees, stdout, stderr)
+    kept: Path | None = None  # the exec root, left for debugging a failure when asked to
+
+
+def run_action(
+    action_digest: Digest,
+    cas: DiskStore,
+    work_parent: Path,
+    passthrough_env: Mapping[str, str],
+    runner: ProcessRunner,
+    keep_failed: bool = False,
+) -> SandboxResult:
+    """Run the Action stored in `cas` under `action_digest` in a fresh directory below `work_parent`, removed
+    afterwards (kept when it failed and `keep_failed`). Raises BadAction (MissingBlobs) before running anything
+    if the Action cannot be materialised as stored."""
+    fetch_start = time.time()
+    action = _message(cas, action_digest, action_digest, re_pb2.Action, "Action")
+    command = _message(cas, action_digest, _digest(action_digest, action.command_digest, "command"),
+                       re_pb2.Command, "Command")
+    inputs = _input_root(cas, action_digest, _digest(action_digest, action.input_root_digest, "input root"))
+    argv = list(command.arguments)
+    if not argv:
+        raise BadAction(f"action {action_digest}: its Command has no arguments")
+    working = _relative(action_digest, "working directory", command.working_directory, empty_ok=True)
+    if working not in {d.path for d in inputs.directories}:
+        raise BadAction(f"action {action_digest}: working directory {working!r} is not a directory of the input root")
+    declared = [_relative(action_digest, "output path", path) for path in
+                (command.output_paths or [*command.output_files, *command.output_directories])]
+    if len(set(declared)) != len(declared):
+        raise BadAction(f"action {action_digest}: an output path is named twice")
+    needed = {f.digest: f.path for f in inputs.files}
+    missing = cas.find_missing(list(needed))
+    if missing:
+        raise MissingBlobs(action_digest, [(f"file {needed[d]}", d) for d in missing])
+    timeout = action.timeout.ToNanoseconds() / 1e9 if action.HasField("timeout") else None
+    env = {**passthrough_env, **{v.name: v.value for v in command.environment_variables}}
+
+    work_parent.mkdir(parents=True, exist_ok=True)
+    exec_root = Path(tempfile.mkdtemp(prefix="exec-", dir=work_parent))
+    try:
+        cwd = exec_root / working
+        _materialise(exec_root, inputs, cas, action_digest)
+        for out in declared:
+            _prepare_output(cwd, out, action_digest)
+        for d in sorted(inputs.directories, key=lambda d: d.path.count("/") + bool(d.path), reverse=True):
+            os.chmod(exec_root / d.path, d.mode)  # last: a read-only directory is filled first
+        fetched = time.time()
+        done = _execute(argv, cwd, env, timeout or None, declared, cas, runner)
+    except BaseException:
+        _remove_tree(exec_root)
+        raise
+    done.result.execution_metadata.input_fetch_start_timestamp.FromNanoseconds(int(fetch_start * 1e9))
+    done.result.execution_metadata.input_fetch_completed_timestamp.FromNanoseconds(int(fetched * 1e9))
+    if done.failure and keep_failed:
+        done.kept = exec_root
+    else:
+        _remove_tree(exec_root)
+    return done
+
+
+def _execute(argv: list[str], cwd: Path, env: Mapping[str, str], timeout: float | None, declared: Sequence[str],
+             cas: DiskStore, runner: ProcessRunner) -> SandboxResult:
+    """Run the command in the materialised exec root, then store its logs and outputs in the CAS."""
+    stdout_path, stderr_path = cas.temp_path(), cas.temp_path()
+    started = time.time()
+    process = runner.run(argv, cwd, env, stdout_path, stderr_path, timeout)
+    finished = time.time()
+    stdout, stderr = _store_log(cas, stdout_path), _store_log(cas, stderr_path)
+    failure = process.failure(timeout)
+    outputs = actions.Outputs(files=[], symlinks=[], directories=[])
+    if not process.error and not process.cancelled:  # a failed command's outputs too, as REAPI reports them
+        present = [out for out in declared if os.path.lexists(cwd / out)]
+        absent = [out for out in declared if out not in present]
+        try:
+            outputs = actions.collect_outputs(cwd, present, cas)
+        except actions.MissingOutput as e:  # gone since: removed by a process that escaped the task's group
+            absent.insert(0, str(e))
+        except actions.BadCacheEntry as e:
+            failure = failure or str(e)
+        if absent and not failure:
+            failure = f"declared output '{absent[0]}' was not created by the task"
+    collected = time.time()
+    result = re_pb2.ActionResult.FromString(
+        actions.make_result(outputs, process.exit_code, stdout, stderr, started, finished))
+    meta = result.execution_metadata
+    meta.execution_start_timestamp.FromNanoseconds(int(started * 1e9))
+    meta.execution_completed_timestamp.FromNanoseconds(int(finished * 1e9))
+    meta.output_upload_start_timestamp.FromNanoseconds(int(finished * 1e9))
+    meta.output_upload_completed_timestamp.FromNanoseconds(int(collected * 1e9))
+    return SandboxResult(result, process, failure, [*outputs.blobs(), stdout, stderr])
+
+
+def _message(cas: DiskStore, action: Digest, digest: Digest, cls: type[_M], what: str) -> _M:
+    """A verified blob parsed as `cls`; MissingBlobs if the CAS lacks it, BadAction if it does not parse."""
+    data = cas.read_blob(digest)
+    if data is None:
+        raise MissingBlobs(action, [(what, digest)])
+    try:
+        return cls.FromString(data)
+    except Exception:  # protobuf's DecodeError, or anything a damaged message makes it raise
+        raise BadAction(f"action {action}: blob {digest} is not a {what} message") from None
+
+
+def _digest(action: Digest, d: re_pb2.Digest, what: str) -> Digest:
+    if not is_valid_hash(d.hash) or d.size_bytes < 0:
+        raise BadAction(f"action {action}: malformed {what} digest {d.hash[:70]!r}")
+    return Digest(d.hash, d.size_bytes)
+
+
+def _input_root(cas: DiskStore, action: Digest, root_digest: Digest) -> actions.Outputs:
+    """Every file, symlink and directory of the input root (paths relative to it; the root itself is "")."""
+    root = _message(cas, action, root_digest, re_pb2.Directory, "Directory")
+    missing: list[tuple[str, Digest]] = []
+
+    def child(digest: Digest) -> re_pb2.Directory:
+        data = cas.read_blob(digest)
+        if data is not None:
+            try:
+                return re_pb2.Directory.FromString(data)
+            except Exception:  # as in `_message`
+                raise actions.BadCacheEntry(f"blob {digest} is not a Directory message") from None
+        missing.append(("Directory", digest))
+        return re_pb2.Directory()  # go on, to name every missing Directory at once
+
+    tree = actions.Outputs(files=[], symlinks=[], directories=[])
+    try:
+        actions.expand_directory("", root, child, tree)
+    except actions.BadCacheEntry as e:
+        raise BadAction(f"action {action}: input root: {e}") from None
+    if missing:
+        raise MissingBlobs(action, missing)
+    return tree
+
+
+def _relative(action: Digest, what: str, path: str, empty_ok: bool = False) -> str:
+    """A path the Command names, which must stay inside the exec root: relative, normalized, no "..", no NUL."""
+    if not path and empty_ok:
+        return ""
+    if (not path or os.path.isabs(path) or os.path.normpath(path) != path or path == ".."
+            or path.startswith("../") or "\0" in path):
+        raise BadAction(f"action {action}: unsafe {what} {path[:200]!r}")
+    return path
+
+
+def _materialise(exec_root: Path, inputs: actions.Outputs, cas: DiskStore, action: Digest) -> None:
+    """Write the input root into `exec_root`: directories (parents first), copied files with their modes,
+    symlinks. Directories get their modes later, once everything that goes in them is there."""
+    for d in inputs.directories:
+        (exec_root / d.path).mkdir(exist_ok=not d.path)
+    for f in inputs.files:
+        dest = exec_root / f.path
+        if not cas.fetch_blob(f.digest, dest):  # evicted or found corrupt since `find_missing`
+            raise MissingBlobs(action, [(f"file {f.path}", f.digest)])
+        os.chmod(dest, f.mode if f.mode is not None else 0o755 if f.executable else 0o644)
+    for s in inputs.symlinks:
+        os.symlink(s.target, exec_root / s.path)
+
+
+def _prepare_output(cwd: Path, out: str, action: Digest) -> None:
+    """Make an output path's parent directories (a REAPI worker's duty) and remove whatever the input root holds
+    at the path itself, as a local run does, so nothing stale can pass for an output. A parent that the input
+    root holds as a file or symlink is refused: nothing is created or removed through a symlink."""
+    parent = cwd
+    for part in out.split("/")[:-1]:
+        parent = parent / part
+        try:
+            st = os.lstat(parent)
+        except FileNotFoundError:
+            parent.mkdir()
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise BadAction(f"action {action}: output path {out!r} lies below {parent.relative_to(cwd)}, "
+                            "which the input root holds as a file or symlink")
+    actions.remove_outputs(cwd, [out])
+
+
+def _store_log(cas: DiskStore, path: Path) -> Digest:
+    """Move a finished command's stdout or stderr file into the CAS (its writers are dead: hashed once)."""
+    try:
+        digest = digest_file(path)
+    except FileNotFoundError:  # cancelled before it started: nothing was written
+        cas.write_blob(EMPTY_DIGEST, b"")
+        return EMPTY_DIGEST
+    cas.adopt(digest, path)
+    return digest
+
+
+def _remove_tree(root: Path) -> None:
+    """Remove an exec root whatever modes the task left in it (a 0500 or 0000 directory), never following a
+    symlink out of it."""
+    try:
+        os.chmod(root, 0o700)
+    except FileNotFoundError:
+        return
+    for dirpath, dirnames, _files in os.walk(root):
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)
+    shutil.rmtree(root)
