@@ -20,33 +20,23 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gaffer import noop
-from gaffer.digest import file_system_now, stat_signature
+from gaffer import noop, records
+from gaffer.digest import file_system_now
 from gaffer.graph import Graph
 from gaffer.keys import KeyBuilder, Keyed
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
 from gaffer.plan import Plan, PlannedTask, make_plan
 from gaffer.scheduler import Scheduler
-from gaffer.state import (
-    STATE_DIR,
-    DirectoryRecord,
-    FileRecord,
-    Fingerprint,
-    OutputRecords,
-    SymlinkRecord,
-    TaskState,
-    WorkspaceState,
-)
+from gaffer.state import STATE_DIR, Fingerprint, OutputRecords, TaskState, WorkspaceState
 
 if TYPE_CHECKING:
-    from gaffer.actions import CachedResult, Outputs
+    from gaffer.actions import CachedResult
     from gaffer.cache.tiered import TieredCache
     from gaffer.execute.base import Executor
     from gaffer.ui.progress import Progress
@@ -94,11 +84,11 @@ class Build:
         fingerprint = self.keys.fingerprint(self.plan.tasks[name], self._dep_outputs(name))
         self.fingerprints[name] = fingerprint
         prev = self.state.tasks.get(name)
-        records = self._outputs_intact(name, prev) if task.cache and prev and prev.fingerprint == fingerprint else None
-        if prev is not None and records is not None:
-            self.outputs[name] = records
-            if records != prev.outputs:
-                self.state.update(name, TaskState(prev.fingerprint, prev.key, records, prev.manifest, prev.duration_s))
+        intact = self._intact(name, prev) if task.cache and prev and prev.fingerprint == fingerprint else None
+        if prev is not None and intact is not None:
+            self.outputs[name] = intact
+            if intact != prev.outputs:
+                self.state.update(name, TaskState(prev.fingerprint, prev.key, intact, prev.manifest, prev.duration_s))
             return Outcome(CACHED, start_s=self._now(), saved_s=prev.duration_s, reason="up to date",
                            extra={"up_to_date": True})
         return None
@@ -124,9 +114,9 @@ class Build:
             return Outcome(FAILED, start_s=start, reason=f"cannot read an input: {e}")
         reason = explain(prev.manifest if prev else None, keyed.manifest)
 
-        records = self._outputs_intact(name, prev) if task.cache and prev and prev.key == keyed.key.hash else None
-        if prev is not None and records is not None:
-            self._record(name, keyed, records, prev.duration_s)
+        intact = self._intact(name, prev) if task.cache and prev and prev.key == keyed.key.hash else None
+        if prev is not None and intact is not None:
+            self._record(name, keyed, intact, prev.duration_s)
             return Outcome(CACHED, start_s=start, duration_s=self._now() - start, saved_s=prev.duration_s,
                            reason="up to date (only file times changed)", extra={"up_to_date": True, "lane": lane})
 
@@ -180,12 +170,7 @@ class Build:
             actions.read_trees(cached.outputs, self.cache.local)
         except actions.BadCacheEntry:
             return False
-        self.outputs[name] = OutputRecords(
-            tuple(FileRecord(f.path, f.digest.hash, f.digest.size_bytes,
-                             f.mode if f.mode is not None else (0o755 if f.executable else 0o644), None)
-                  for f in cached.outputs.files),
-            tuple(SymlinkRecord(s.path, s.target) for s in cached.outputs.symlinks),
-            tuple(DirectoryRecord(d.path, d.mode, None) for d in cached.outputs.directories))
+        self.outputs[name] = records.predicted(cached.outputs)
         return True
 
     def _restore(self, name: str, planned: PlannedTask, keyed: Keyed) -> Outcome | None:
@@ -208,7 +193,8 @@ class Build:
         except OSError as e:
             self.progress.warn(f"cannot restore the outputs of {name}: {e}; running it instead")
             return None
-        self._record(name, keyed, self._output_records(cached.outputs), cached.duration_s)
+        made = records.on_disk(str(self.root), cached.outputs, self.stat_cache)
+        self._record(name, keyed, made, cached.duration_s)
         self.progress.task_output(name, self.cache.local.read_blob(cached.stdout) or b"",
                                   self.cache.local.read_blob(cached.stderr) or b"")
         return Outcome(CACHED, saved_s=cached.duration_s, reason="restored from the cache")
@@ -223,90 +209,31 @@ class Build:
         self.progress.task_output(name, result.stdout, result.stderr)
         if result.failure or result.outputs is None:
             return Outcome(FAILED, duration_s=result.duration_s, reason=result.failure)
-        records = self._output_records(result.outputs)
+        made = records.on_disk(str(self.root), result.outputs, self.stat_cache)
         changed = self.keys.input_changed(planned, deps, self.fingerprints[name], keyed) if task.cache else None
         if changed:  # built from other inputs than its key says: neither cached nor up to date next time
             self.progress.warn(f"input {changed} changed while {name} ran: result not cached")
-            self.outputs[name] = records
+            self.outputs[name] = made
             self.state.forget(name)
             return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason)
         if task.cache:
             self.cache.put_action(keyed.key, result.action_result, [*result.blobs, *action_blobs])
-        self._record(name, keyed, records, result.duration_s)
+        self._record(name, keyed, made, result.duration_s)
         return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason)
 
-    def _output_records(self, outputs: Outputs) -> OutputRecords:
-        """The outputs as they now are on disk (called once all are written: a directory's signature is final)."""
-        from gaffer.actions import PERMISSION_BITS
-
-        root = str(self.root)
-        files = []
-        for f in outputs.files:
-            path = f"{root}/{f.path}"
-            st = os.lstat(path)
-            self.stat_cache.remember(path, st, f.digest)
-            mode = stat.S_IMODE(st.st_mode) & PERMISSION_BITS
-            files.append(FileRecord(f.path, f.digest.hash, f.digest.size_bytes, mode, stat_signature(st)))
-        directories = tuple(DirectoryRecord(d.path, d.mode, stat_signature(os.lstat(f"{root}/{d.path}")))
-                            for d in outputs.directories)
-        symlinks = tuple(SymlinkRecord(s.path, s.target) for s in outputs.symlinks)
-        return OutputRecords(tuple(files), symlinks, directories)
-
-    def _record(self, name: str, keyed: Keyed, records: OutputRecords, duration_s: float) -> None:
-        self.outputs[name] = records
+    def _record(self, name: str, keyed: Keyed, made: OutputRecords, duration_s: float) -> None:
+        self.outputs[name] = made
         if not self.graph.tasks[name].cache:
             self.state.forget(name)
             return
         # The fingerprint taken before the task ran: if an input changed while it ran, the next build re-checks.
-        self.state.update(name, TaskState(self.fingerprints[name], keyed.key.hash, records, keyed.manifest,
+        self.state.update(name, TaskState(self.fingerprints[name], keyed.key.hash, made, keyed.manifest,
                                           duration_s))
 
-    def _outputs_intact(self, name: str, prev: TaskState) -> OutputRecords | None:
-        """The task's recorded outputs if the workspace still holds exactly them (their signatures refreshed),
-        else None. A declared output directory is gaffer's: an entry in it the task did not make (an editor's
-        `a.txt~`) is removed, one warning each, so a dependent sees exactly what was recorded and keyed."""
-        recorded = prev.outputs
-        root = str(self.root)
-        try:
-            for f in recorded.files:
-                if stat_signature(os.lstat(f"{root}/{f.path}")) != f.sig:
-                    return None
-            for s in recorded.symlinks:
-                if os.readlink(f"{root}/{s.path}") != s.target:
-                    return None
-            changed = [d for d in recorded.directories if stat_signature(os.lstat(f"{root}/{d.path}")) != d.sig]
-        except OSError:
-            return None
-        if not changed:
-            return recorded
-        if self.options.dry_run:
-            return None  # a dry run changes nothing: the real build removes the strays
-        expected: dict[str, set[str]] = {}
-        for path in [*(f.path for f in recorded.files), *(s.path for s in recorded.symlinks),
-                     *(d.path for d in recorded.directories)]:
-            parent, _, base = path.rpartition("/")
-            expected.setdefault(parent, set()).add(base)
-        from gaffer import actions
-
-        refreshed = {}
-        real_root = os.path.realpath(root)
-        for d in changed:
-            full = f"{root}/{d.path}"
-            if os.path.realpath(full) != f"{real_root}/{d.path}" or not os.path.isdir(full):
-                return None  # replaced by a symlink (or through one): never remove anything outside the outputs
-            try:
-                names = set(os.listdir(full))
-                for stray in sorted(names - expected.get(d.path, set())):
-                    actions.remove_outputs(self.root, [f"{d.path}/{stray}"])
-                    self.progress.warn(f"removed {d.path}/{stray}: task {name} did not make it, and its declared "
-                                       f"output {d.path} holds only what the task made")
-                st = os.lstat(full)
-            except OSError:
-                return None
-            if expected.get(d.path, set()) - names or stat.S_IMODE(st.st_mode) & actions.PERMISSION_BITS != d.mode:
-                return None
-            refreshed[d.path] = d._replace(sig=stat_signature(st))
-        return recorded._replace(directories=tuple(refreshed.get(d.path, d) for d in recorded.directories))
+    def _intact(self, name: str, prev: TaskState) -> OutputRecords | None:
+        """The task's recorded outputs if the workspace still holds exactly them (see records.intact); a dry run
+        changes nothing, so there a stray in an output directory is only a change."""
+        return records.intact(self.root, name, prev.outputs, None if self.options.dry_run else self.progress.warn)
 
     # -- running -----------------------------------------------------------------------------------------------
 

@@ -95,6 +95,8 @@ class ProcessRunner:
             with self._lock:
                 self._running.add(proc)
             try:
+                if self.cancelled.is_set():  # cancel_all ran while Popen returned: it could not see this process
+                    _kill_group(proc)
                 timed_out = not _wait_exited(proc, timeout)
                 if timed_out:
                     _kill_group(proc)
