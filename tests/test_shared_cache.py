@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests import servers
+from tests.buildgrid import serve_s3_backend, start_gaffer_serve
 from tests.conftest import BUCKET
 from tests.faultproxy import Fault, FaultProxy
 from tests.servers import wait_until
@@ -238,3 +239,21 @@ def test_local_tier_at_its_size_limit(small_machines: Callable[[str], Machine], 
     assert warm["hit_rate"] == 1.0 and b.outputs() == a.outputs()
     status = run_gaffer(["cache", "status", "--json"], cwd=b.root, env=b.env)
     assert json.loads(status.stdout)["bytes"] <= 200_000
+
+
+def test_two_serve_replicas_on_one_bucket(small_machines: Callable[[str], Machine], moto_bucket: servers.Server,
+                                          tmp_path: Path) -> None:
+    """A team outgrows one cache machine: `gaffer serve` replicas on one bucket. Machine A builds through replica A,
+    machine B (a fresh workspace) through replica B, and gets every task from the cache."""
+    url, env = serve_s3_backend(moto_bucket, f"replicas-{uuid.uuid4().hex[:8]}")
+    replicas = [start_gaffer_serve("--backend", url, workdir=tmp_path / name, env=env) for name in ("ra", "rb")]
+    try:
+        a, b = small_machines("a"), small_machines("b")
+        cold = a.build("--cache", replicas[0].url)
+        assert cold["executed"] == len(cold["tasks"]) > 0
+        warm = b.build("--cache", replicas[1].url)
+        assert warm["executed"] == 0 and warm["hit_rate"] == 1.0, warm["stderr"]
+        assert b.outputs() == a.outputs()
+    finally:
+        for replica in replicas:
+            replica.stop()

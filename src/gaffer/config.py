@@ -226,10 +226,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dir", (SERVE,), toml="serve.dir", env="GAFFER_SERVE_DIR", flags=("--dir",), metavar="DIR",
             parse=_path, default={SERVE: lambda: os.path.join(_default_cache_dir(), "serve")},
             default_text={"*": "$XDG_CACHE_HOME/gaffer/serve, else ~/.cache/gaffer/serve"},
-            help="the store directory (the local store; with --backend, not used)"),
+            help="the store directory; with --backend, a read-through cache of the backend's blobs"),
     Setting("backend", (SERVE,), toml="serve.backend", env="GAFFER_SERVE_BACKEND", flags=("--backend",),
             metavar="URL", parse=_url, default={SERVE: None}, default_text={"*": "none: the local store in --dir"},
-            help="serve from this cache instead of the local store, e.g. s3://bucket/prefix"),
+            help="keep blobs and action results in this cache instead of --dir (s3://, redis://, http(s)://, grpc(s)://, "
+                 "disk://); several servers may share one"),
     Setting("serve_max_size", (SERVE,), toml="serve.max_size", env="GAFFER_SERVE_MAX_SIZE", flags=("--max-size",),
             metavar="SIZE", parse=_size, default={SERVE: DEFAULT_MAX_SIZE}, default_text={"*": "10GiB"},
             help="size bound of the store, all instances together; least recently used entries are evicted "

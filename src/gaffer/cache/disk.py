@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.digest import Digest, digest_file
+from gaffer.digest import Digest, digest_bytes, digest_file
 
 DEFAULT_MAX_SIZE = 10 * 1024**3
 GC_LOW_WATER = 0.9  # gc evicts down to this fraction of max_size so it does not run again at once
@@ -130,9 +130,9 @@ class DiskStore(CacheTier):
         data = self._read_and_touch(path)
         if data is None:
             return None
-        actual = hashlib.sha256(data).hexdigest()
-        if len(data) != digest.size_bytes or actual != digest.hash:
-            self._mismatch(path, digest, actual)
+        actual = digest_bytes(data)
+        if actual != digest:
+            self._mismatch(path, digest, actual.hash)
             return None
         return data
 
