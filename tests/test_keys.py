@@ -18,9 +18,9 @@ from gaffer.tools import Toolchain
 
 
 def _task(**fields: object) -> Task:
-    base: dict[str, object] = dict(name="t", commands=(("sh", "-c", "cat a.txt > out.txt"),), deps=(),
-                                   inputs=("a.txt",), outputs=("out.txt",), env=("FLAVOUR",), timeout=None,
-                                   cache=True, description="", pass_env=("HOME", "PATH"))
+    base: dict[str, object] = {"name": "t", "commands": (("sh", "-c", "cat a.txt > out.txt"),), "deps": (),
+                               "inputs": ("a.txt",), "outputs": ("out.txt",), "env": ("FLAVOUR",), "timeout": None,
+                               "cache": True, "description": "", "pass_env": ("HOME", "PATH")}
     return Task(**{**base, **fields})  # type: ignore[arg-type]
 
 

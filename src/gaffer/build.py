@@ -288,4 +288,9 @@ class Build:
             threading.Thread(target=self.executor.cancel_all, daemon=True).start()
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
+
+        def restore() -> None:
+            for sig, earlier in previous.items():
+                signal.signal(sig, earlier)
+
+        return restore

@@ -24,8 +24,8 @@ def explain_task(graph: Graph, name: str) -> list[str]:
     toolchain = Toolchain(graph.root, state_dir)
     planned = make_plan(graph, order, toolchain).tasks[name]  # before `prev`: a bad glob is an error either way
     if prev is None:
-        return [f"{name} has no recorded run in this workspace ({state_dir}): it will run, "
-                f"or be restored from the cache"]
+        return [(f"{name} has no recorded run in this workspace ({state_dir}): it will run, or be restored from the "
+                 "cache")]
     keys = KeyBuilder(graph.root, graph.platform, StatCache.load(state.stat_cache_path), toolchain)
     deps = {dep: state.tasks[dep].outputs if dep in state.tasks else OutputRecords() for dep in planned.deps}
     try:
@@ -98,6 +98,9 @@ def _diff_pairs(before: dict[str, str], after: dict[str, str], what: str) -> lis
     for name in sorted(before.keys() | after.keys()):
         old, new = before.get(name), after.get(name)
         if old != new:
-            show = lambda v: "unset" if v is None else repr(v)  # noqa: E731
-            changes.append(f"{what} {name} changed ({show(old)} -> {show(new)})")
+            changes.append(f"{what} {name} changed ({_shown(old)} -> {_shown(new)})")
     return changes
+
+
+def _shown(value: str | None) -> str:
+    return "unset" if value is None else repr(value)

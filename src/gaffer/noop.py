@@ -40,7 +40,7 @@ class Record(NamedTuple):
     targets: tuple[str, ...]
     env: tuple[tuple[str, str | None], ...]  # (name, value or None if unset)
     inputs: tuple[tuple[str, tuple[int, int, int, int]], ...]  # (absolute path, stat signature), tools' too
-    outputs: tuple[tuple[str, tuple[int, int, int, int]], ...]  # output files and directories (lstat)
+    outputs: tuple[tuple[str, tuple[int, int, int, int] | None], ...]  # output files and directories (lstat)
     symlinks: tuple[tuple[str, str], ...]  # (absolute path, target)
     dirs: tuple[tuple[str, tuple[int, int]], ...]  # directories globs searched: (path, (mtime_ns, inode))
     tasks: tuple[tuple[str, float], ...]  # (task, its last execution time)
@@ -74,16 +74,16 @@ def check(graph_path: str, targets: Sequence[str]) -> list[tuple[str, float]] | 
             st = stat(path)
             if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != sig:
                 return None
-        for path, sig in record.outputs:
+        for path, out_sig in record.outputs:
             st = lstat(path)
-            if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != sig:
+            if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != out_sig:
                 return None
         for path, target in record.symlinks:
             if os.readlink(path) != target:
                 return None
-        for path, sig in record.dirs:
+        for path, dir_sig in record.dirs:
             st = stat(path)
-            if (st.st_mtime_ns, st.st_ino) != sig:
+            if (st.st_mtime_ns, st.st_ino) != dir_sig:
                 return None
     except OSError:
         return None
@@ -110,7 +110,7 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     moment = build.stat_cache.moment
     env_names: set[str] = set()
     inputs: dict[str, tuple] = {}
-    outputs: list[tuple[str, tuple]] = []
+    outputs: list[tuple[str, tuple | None]] = []  # None only in a dry run, which writes no record
     symlinks: list[tuple[str, str]] = []
     tasks: list[tuple[str, float]] = []
     for name in build.order:
@@ -132,7 +132,8 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
             env_names.update(TOOL_ENVIRONMENT)
         records = build.outputs[name]
         # An output directory's signature changes when a stray file lands in it: the full build removes it.
-        outputs.extend((f"{root}/{r.path}", r.sig) for r in (*records.files, *records.directories))
+        outputs.extend((f"{root}/{f.path}", f.sig) for f in records.files)
+        outputs.extend((f"{root}/{d.path}", d.sig) for d in records.directories)
         symlinks.extend((f"{root}/{s.path}", s.target) for s in records.symlinks)
         state = build.state.tasks.get(name)
         if state is None:

@@ -31,7 +31,7 @@ class FileRecord(NamedTuple):
     hash: str
     size: int
     mode: int
-    sig: StatSignature
+    sig: StatSignature | None  # None: predicted by a dry run, never written
 
 
 class SymlinkRecord(NamedTuple):
@@ -44,7 +44,7 @@ class DirectoryRecord(NamedTuple):
 
     path: str
     mode: int
-    sig: StatSignature
+    sig: StatSignature | None  # None: predicted by a dry run, never written
 
 
 class OutputRecords(NamedTuple):
