@@ -79,7 +79,7 @@ def explain_all(before: Manifest | None, after: Manifest) -> list[str]:
     return changes
 
 
-def _tool_changes(before: tuple, after: tuple) -> list[str]:
+def _tool_changes(before: tuple[tuple[str, str, str], ...], after: tuple[tuple[str, str, str], ...]) -> list[str]:
     """"tool go changed (go1.26.6 -> go1.24.11)" for each tool whose identity differs."""
     old = {spec: (version, h) for spec, version, h in before}
     new = {spec: (version, h) for spec, version, h in after}

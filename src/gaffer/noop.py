@@ -109,8 +109,8 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     root = str(graph.root)
     moment = build.stat_cache.moment
     env_names: set[str] = set()
-    inputs: dict[str, tuple] = {}
-    outputs: list[tuple[str, tuple | None]] = []  # None only in a dry run, which writes no record
+    inputs: dict[str, tuple[int, int, int, int]] = {}
+    outputs: list[tuple[str, tuple[int, int, int, int] | None]] = []  # None only in a dry run (which records nothing)
     symlinks: list[tuple[str, str]] = []
     tasks: list[tuple[str, float]] = []
     for name in build.order:
