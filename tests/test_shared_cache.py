@@ -113,7 +113,7 @@ def test_machine_b_is_all_hits_through_each_tier(tier: str, machines: Callable[[
     warm = b.build("--cache", url)
     assert warm["executed"] == 0 and warm["hit_rate"] == 1.0, warm["stderr"]
     assert b.outputs() == a.outputs(), "byte-identical outputs on machine B"
-    remote = [t for t in warm["tiers"] if not t["name"].startswith("disk://")][0]
+    remote = next(t for t in warm["tiers"] if not t["name"].startswith("disk://"))
     assert remote["hits"] == len(warm["tasks"]) and remote["errors"] == 0
 
 
@@ -155,7 +155,7 @@ def test_failing_http_remote_degrades_to_local(fault: Fault, small_machines: Cal
         result = a.build("--cache", f"http://127.0.0.1:{proxy.port}/faults", "--cache-timeout", "1s")
     assert result["failed"] == 0 and result["executed"] == len(result["tasks"])
     assert sum("warning: cache tier" in line for line in result["stderr"].splitlines()) == 1, result["stderr"]
-    remote = [t for t in result["tiers"] if t["name"].startswith("http://")][0]
+    remote = next(t for t in result["tiers"] if t["name"].startswith("http://"))
     assert remote["disabled"] and remote["errors"] >= 1
 
 

@@ -86,7 +86,7 @@ class CacheTier(ABC):
                 self._lookups = ThreadPoolExecutor(LOOKUP_WORKERS, thread_name_prefix="gaffer-lookup")
             pool = self._lookups
         present = list(pool.map(self.has_blob, digests))
-        return [d for d, here in zip(digests, present) if not here]
+        return [d for d, here in zip(digests, present, strict=True) if not here]
 
     def contains(self, digests: Sequence[Digest]) -> bool:
         """Does this tier hold every one of `digests`? (Presence only: nothing is read or verified.)"""
@@ -120,7 +120,7 @@ class CacheTier(ABC):
 
     # -- management --------------------------------------------------------------------------------------------
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - optional: a tier with nothing to probe keeps this no-op
         """Cheap start-up probe: raise TierError(transient=False) for wrong credentials or a missing bucket."""
 
     def close(self) -> None:

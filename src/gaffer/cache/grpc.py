@@ -138,7 +138,8 @@ class GrpcTier(CacheTier):
     def read_action(self, key: Digest) -> bytes | None:
         request = re_pb2.GetActionResultRequest(instance_name=self.instance, action_digest=to_proto(key))
         try:
-            result = self._ac.GetActionResult(request, timeout=self.timeout, metadata=self._metadata)
+            result: re_pb2.ActionResult = self._ac.GetActionResult(request, timeout=self.timeout,
+                                                                   metadata=self._metadata)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 return None

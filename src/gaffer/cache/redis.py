@@ -84,7 +84,7 @@ class RedisTier(CacheTier):
             for d in digests:
                 pipe.exists(self._key("cas", d))
             found = pipe.execute()
-        return [d for d, n in zip(digests, found) if not n]
+        return [d for d, n in zip(digests, found, strict=True) if not n]
 
     def read_blob(self, digest: Digest) -> bytes | None:
         return self._get(self._key("cas", digest))
@@ -110,7 +110,7 @@ class RedisTier(CacheTier):
     def _get(self, key: str) -> bytes | None:
         with self._guard("GET"):
             value = self._redis.get(key)
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]  # redis-py types replies as Any; GET answers bytes or None
 
     # -- management --------------------------------------------------------------------------------------------
 

@@ -13,12 +13,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.digest import Digest
+from gaffer.outcome import TierSummary
 
 T = TypeVar("T")
 RETRIES = 3
@@ -38,10 +39,10 @@ class TierStats:
     errors: int = 0
     disabled: bool = False
 
-    def as_dict(self) -> dict[str, object]:
-        d = asdict(self)
-        d["seconds"] = round(self.seconds, 3)
-        return d
+    def as_dict(self) -> TierSummary:
+        return TierSummary(name=self.name, hits=self.hits, misses=self.misses, bytes_down=self.bytes_down,
+                           bytes_up=self.bytes_up, seconds=round(self.seconds, 3), errors=self.errors,
+                           disabled=self.disabled)
 
 
 class ResilientTier(CacheTier):
@@ -82,7 +83,7 @@ class ResilientTier(CacheTier):
                 if not e.transient or attempt == RETRIES - 1:
                     self.disable(str(e))
                     return default
-            except Exception as e:  # a client library bug or an unexpected reply must not fail the build
+            except Exception as e:  # noqa: BLE001 - a client library bug or an unexpected reply must not fail the build
                 self.stats.errors += 1
                 self.disable(f"{self.stats.name}: {type(e).__name__}: {e}")
                 return default
@@ -94,7 +95,11 @@ class ResilientTier(CacheTier):
 
     def _sent(self, op: Callable[[CacheTier], None], size: int) -> None:
         """A write: counted in bytes_up only when it went through."""
-        if self.call(lambda t: op(t) or True, False):
+        def send(tier: CacheTier) -> bool:
+            op(tier)
+            return True
+
+        if self.call(send, False):
             self.stats.bytes_up += size
 
     # -- CacheTier ---------------------------------------------------------------------------------------------
@@ -145,5 +150,5 @@ class ResilientTier(CacheTier):
         if self._tier is not None:
             try:
                 self._tier.close()
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 - the build is over; a tier that fails to close changes nothing
                 pass

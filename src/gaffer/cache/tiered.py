@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 from pathlib import Path
 
 from gaffer.cache.base import CacheTier
@@ -141,8 +142,8 @@ class TieredCache(CacheTier):
                 fetched = [self._fetch_one(remote, missing[0])]
             else:
                 with ThreadPoolExecutor(min(DOWNLOAD_WORKERS, len(missing))) as pool:
-                    fetched = list(pool.map(lambda d: self._fetch_one(remote, d), missing))
-            missing = [d for d, ok in zip(missing, fetched) if not ok]
+                    fetched = list(pool.map(partial(self._fetch_one, remote), missing))
+            missing = [d for d, ok in zip(missing, fetched, strict=True) if not ok]
         return not missing
 
     def _fetch_one(self, remote: ResilientTier, digest: Digest) -> bool:
@@ -234,7 +235,7 @@ class TieredCache(CacheTier):
             self._uploads = []
         if not pending:
             return
-        done, not_done = wait(pending, timeout=1.0)
+        not_done = wait(pending, timeout=1.0).not_done
         if not_done:
             print(f"gaffer: uploading {format_count(len(not_done), 'result')} to the remote cache...", file=sys.stderr,
                   flush=True)
