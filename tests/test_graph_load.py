@@ -417,8 +417,8 @@ ERRORS: list[tuple[Any, str, bool]] = [
     # env names, timeouts, commands
     (
         {"tasks": {"a": {"pass_env": ["X-Y"]}}},
-        "graph.json: task 'a': pass_env name 'X-Y' is not a variable name "
-        "(letters, digits and _, not starting with a digit)",
+        ("graph.json: task 'a': pass_env name 'X-Y' is not a variable name "
+         "(letters, digits and _, not starting with a digit)"),
         True,
     ),
     (

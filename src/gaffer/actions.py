@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf.message import Message
+
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
 from gaffer.errors import not_utf8
@@ -82,8 +84,8 @@ def command_argv(commands: Sequence[Sequence[str]]) -> list[str]:
     return ["sh", "-e", "-c", script]
 
 
-def _serialize(message: object) -> bytes:
-    return message.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString(deterministic=True)
 
 
 class _Node:
@@ -344,7 +346,7 @@ def parse_result(data: bytes, declared: Sequence[str]) -> CachedResult:
     result = re_pb2.ActionResult()
     try:
         result.ParseFromString(data)
-    except Exception as e:  # protobuf raises DecodeError, but be strict: any failure is a bad entry
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError, but be strict: any failure is a bad entry
         raise BadCacheEntry(f"unreadable action result ({e})") from None
     if result.exit_code != 0:
         raise BadCacheEntry("the cached action failed")
@@ -401,7 +403,7 @@ def read_trees(outputs: Outputs, store: DiskStore) -> None:
             raise BadCacheEntry(f"the tree of {path} is missing or corrupt")
         try:
             tree = re_pb2.Tree.FromString(data)
-        except Exception as e:  # as for the ActionResult: any failure is a bad entry
+        except Exception as e:  # noqa: BLE001 - as for the ActionResult: any failure is a bad entry
             raise BadCacheEntry(f"unreadable tree for {path} ({e})") from None
         children = {digest_bytes(_serialize(child)): child for child in tree.children}
         try:
