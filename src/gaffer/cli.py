@@ -10,15 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from gaffer import __version__
-from gaffer.config import RUN, add_flags, environment_help, load_settings, nearest_toml
-from gaffer.errors import EnvironmentProblem, GafferError, UserError
-from gaffer.lock import lock_workspace
+from gaffer.config import RUN, add_flags, environment_help
+from gaffer.errors import UserError, exit_status
 
 RUN_SETTINGS = ("cache_dir", "max_size", "remotes", "read_only", "timeout", "jobs")
 LOCAL_CACHE_SETTINGS = ("cache_dir", "max_size")
@@ -103,47 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
-    try:
-        if args_list and args_list[0] == "serve":
-            from gaffer.server.main import serve_main
-
-            return serve_main(args_list[1:])
-        if args_list and args_list[0] == "gocache":
-            from gaffer.gocache.main import gocache_main
-
-            return gocache_main(args_list[1:])
-        args = build_parser().parse_args(args_list)
-        if args.command is None:
-            build_parser().print_help(sys.stderr)
-            return 2
-        handler = {"run": cmd_run, "explain": cmd_explain, "clean": cmd_clean, "cache": cmd_cache}[args.command]
-        return handler(args)
-    except GafferError as e:
-        print(f"gaffer: {e}", file=sys.stderr)
-        return e.exit_status
-    except KeyboardInterrupt:
-        print("gaffer: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 1
+    return exit_status("gaffer", lambda: _dispatch(args_list), say_interrupted=True)
 
 
-def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    return vars(args)
+def _dispatch(args_list: list[str]) -> int:
+    if args_list and args_list[0] == "serve":
+        from gaffer.server.main import serve_main
 
+        return serve_main(args_list[1:])
+    if args_list and args_list[0] == "gocache":
+        from gaffer.gocache.main import gocache_main
 
-def _load_graph(path: str):  # type: ignore[no-untyped-def]
-    from gaffer.graph import load_graph
-
-    return load_graph(path)
-
-
-def open_cache(settings: Any, warn: Any) -> Any:
-    """The tiered cache from settings: local disk first, remote tiers (opened lazily) behind it."""
-    from gaffer.cache.factory import open_cache as compose
-
-    return compose(local_store(settings, warn), settings.remotes, read_only=settings.read_only,
-                   timeout=settings.timeout, report=warn)
+        return gocache_main(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    if args.command is None:
+        build_parser().print_help(sys.stderr)
+        return 2
+    handler = {"run": cmd_run, "explain": cmd_explain, "clean": cmd_clean, "cache": cmd_cache}[args.command]
+    return handler(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -152,116 +125,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _lock_workspace(root: Path, command: str, args: argparse.Namespace) -> None:
-    """One build at a time per workspace (see gaffer.lock); say once on stderr for whom we wait."""
-    lock_workspace(root, command, wait=not args.no_wait,
-                   say=lambda message: print(f"gaffer: {message}", file=sys.stderr, flush=True))
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
     from gaffer.explain import explain_task
+    from gaffer.graph import load_graph
 
-    graph = _load_graph(args.graph)
-    for line in explain_task(graph, args.task):
+    for line in explain_task(load_graph(args.graph), args.task):
         print(line)
     return 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from gaffer.actions import remove_outputs
-    from gaffer.state import STATE_DIR, WorkspaceState
+    from gaffer.maintenance import clean
 
-    graph = _load_graph(args.graph)
-    _lock_workspace(graph.root, "clean", args)
-    store = _local_store(args, graph.root) if args.all else None
-    if store is not None and not store.writable:  # stop before anything changes
-        raise EnvironmentProblem(f"local cache {store.root}: read-only, so it cannot be emptied")
-    state = WorkspaceState.load(graph.root / STATE_DIR)
-    removed = 0
-    for name in graph.closure(args.targets):
-        task = graph.tasks[name]
-        removed += sum(1 for out in task.outputs if os.path.lexists(graph.root / out))
-        remove_outputs(graph.root, task.outputs)
-        state.forget(name)
-    state.save()
-    from gaffer.units import format_count
-
-    # What the command did is its result: stdout, like `gaffer cache clean` (HACKING.md, "Output").
-    print(f"removed {format_count(removed, 'declared output')}")
-    if store is not None:
-        with _maintaining(store):
-            store.clean()
-        print(f"emptied {store.root}")
-    return 0
-
-
-def local_store(settings: Any, warn: Callable[[str], None] | None = None) -> Any:
-    """The local disk tier; a directory that cannot be created is an environment problem (exit 3)."""
-    from gaffer.cache.base import TierError
-    from gaffer.cache.disk import DiskStore
-
-    try:
-        return DiskStore(settings.cache_dir, settings.max_size, report=warn)
-    except TierError as e:
-        raise EnvironmentProblem(f"local cache {e}") from None
-
-
-def _local_store(args: argparse.Namespace, workspace: str | os.PathLike[str] | None) -> Any:
-    """The local tier as `workspace`'s settings name it (None: no project gaffer.toml, only the user's)."""
-    return local_store(load_settings(workspace, _flags(args)))
+    return clean(args)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    project = nearest_toml(".")  # no graph to stand beside: the nearest gaffer.toml, as for `gaffer serve`
-    store = _local_store(args, os.path.dirname(project) if project else None)
-    with _maintaining(store):
-        return _cache_action(args, store)
+    from gaffer.maintenance import cache
 
-
-@contextmanager
-def _maintaining(store: Any) -> Iterator[None]:
-    """Maintenance writes to the local cache: a read-only directory is one line, exit status 3."""
-    try:
-        yield
-    except OSError as e:
-        raise EnvironmentProblem(f"local cache {store.root}: {e.strerror or e}") from None
-
-
-def _cache_action(args: argparse.Namespace, store: Any) -> int:
-    from gaffer.units import format_count, format_size
-
-    if args.cache_command == "status":
-        status = store.status()
-        builds = store.recent_builds()
-        hits = sum(b["hits"] for b in builds)
-        misses = sum(b["misses"] for b in builds)
-        rate = hits / (hits + misses) if hits + misses else 0.0
-        if args.json:
-            import json
-
-            print(json.dumps({"dir": str(store.root), "targets_cached": status.actions, "blobs": status.blobs,
-                              "bytes": status.bytes, "max_size": status.max_size, "recent_builds": len(builds),
-                              "hits": hits, "misses": misses, "hit_rate": round(rate, 4)}))
-            return 0
-        print(f"Build Cache Status: {store.root}")
-        print(f"  Targets cached: {status.actions}")
-        print(f"  Blobs: {status.blobs}")
-        print(f"  Cache size: {format_size(status.bytes)} ({status.bytes:,} bytes) of {format_size(status.max_size)}")
-        print(f"  Hit rate (last {format_count(len(builds), 'build')}): {100 * rate:.1f}% "
-              f"({format_count(hits, 'hit')}, {format_count(misses, 'miss', 'misses')})")
-    elif args.cache_command == "gc":
-        removed, freed = store.gc()
-        print(f"removed {format_count(removed, 'entry', 'entries')} ({format_size(freed)})")
-    elif args.cache_command == "verify":
-        verify = store.verify()
-        print(f"checked {format_count(verify.checked, 'blob')} and {format_count(verify.checked_actions, 'action result')}: "
-              f"{len(verify.corrupt)} corrupt" +
-              (" (evicted: " + ", ".join(h[:12] for h in verify.corrupt) + ")" if verify.corrupt else ""))
-        return 1 if verify.corrupt else 0
-    elif args.cache_command == "clean":
-        store.clean()
-        print(f"emptied {store.root}")
-    return 0
+    return cache(args)
 
 
 def entry() -> None:

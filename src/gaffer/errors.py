@@ -1,6 +1,12 @@
-"""Errors that map to gaffer's exit statuses (1 build failed, 2 bad input, 3 environment)."""
+"""Errors that map to gaffer's exit statuses (1 build failed, 2 bad input, 3 environment), and the one handler
+that turns them into a front end's last line and status.
+
+Imported by gobuildcache before its capabilities line: standard library modules it loads anyway, nothing more."""
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class GafferError(Exception):
@@ -43,3 +49,20 @@ def not_utf8(text: str) -> str | None:
     except UnicodeEncodeError:  # a surrogate that no bytes decode to (a JSON \ud800 escape)
         return text.encode("utf-8", "backslashreplace").decode("ascii")
     return raw.decode("utf-8", "backslashreplace")
+
+
+def exit_status(prog: str, body: Callable[[], int], *, say_interrupted: bool = False) -> int:
+    """Run a front end's `body` and map what escapes it to an exit status, the one rule for `gaffer`,
+    `gaffer serve` and `gobuildcache`: a GafferError is one line `<prog>: <message>` and its status; Ctrl-C is
+    130 (said on stderr with `say_interrupted`); a closed stdout (`... | head`) is 1, nobody being left to tell."""
+    try:
+        return body()
+    except GafferError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        if say_interrupted:
+            print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1

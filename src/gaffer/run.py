@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         if unchanged is not None:
             return _report_noop(args, unchanged, time.perf_counter() - started)
     from gaffer.build import Build, BuildOptions
-    from gaffer.cli import open_cache
+    from gaffer.cache.factory import open_cache, open_local
     from gaffer.config import load_settings
     from gaffer.digest import StatCache
     from gaffer.execute.local import LocalExecutor
@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     _check_env_values(graph)
     settings = load_settings(graph.root, vars(args))
     progress = Progress(verbose=args.verbose, quiet=args.dry_run)  # a dry run's result is the plan on stdout
-    cache = open_cache(settings, progress.warn)
+    cache = open_cache(open_local(settings, progress.warn), settings.remotes, read_only=settings.read_only,
+                       timeout=settings.timeout, report=progress.warn)
     cache.connect()
     state = WorkspaceState.load(graph.root / STATE_DIR)
     keys = KeyBuilder(graph.root, graph.platform, StatCache.load(state.stat_cache_path),
@@ -106,7 +107,7 @@ def _check_env_values(graph: Any) -> None:
 
 def _report_noop(args: argparse.Namespace, tasks: list[tuple[str, float]], wall_s: float) -> int:
     """The whole-build fast path found nothing to do: the same summary as a build whose tasks are up to date."""
-    from gaffer.cli import local_store
+    from gaffer.cache.factory import open_local
     from gaffer.config import load_settings
     from gaffer.outcome import CACHED, BuildReport, Outcome
     from gaffer.ui import report as reporting
@@ -116,7 +117,7 @@ def _report_noop(args: argparse.Namespace, tasks: list[tuple[str, float]], wall_
                 for name, saved in tasks}
     report = BuildReport(outcomes=outcomes, wall_s=wall_s)
     settings = load_settings(Path(workspace_root(args.graph)), vars(args))
-    local_store(settings).record_build(hits=len(tasks), misses=0)
+    open_local(settings).record_build(hits=len(tasks), misses=0)
     reporting.print_summary(report, sys.stderr)
     if args.summary_json:
         reporting.write_summary_json(report, Path(args.summary_json))

@@ -1,7 +1,7 @@
 """The one place that composes a cache from settings: for `gaffer run`, `gobuildcache` and `gaffer serve`.
 
-Callers hand over settings already parsed and checked (their URLs included) and a local DiskStore they opened
-with their own rules (where it lives, whether it must be writable). Remote tiers are opened lazily, on first
+Callers hand over settings already parsed and checked (their URLs included) and a local DiskStore opened with
+their own rules (`open_local` for `run`, `clean` and `cache`; gobuildcache's in a private directory). Remote tiers are opened lazily, on first
 use, so a build served from the local tier never imports boto3, redis, httpx or grpc; this module itself
 imports only the standard library and the light cache modules.
 """
@@ -18,6 +18,20 @@ if TYPE_CHECKING:
     from gaffer.cache.base import CacheTier
     from gaffer.cache.disk import DiskStore
     from gaffer.cache.tiered import TieredCache
+    from gaffer.config import Settings
+
+
+def open_local(settings: Settings, report: Callable[[str], None] | None = None) -> DiskStore:
+    """`gaffer run`'s (clean's, cache's) local tier from its settings; a directory that cannot be made is an
+    environment problem (exit 3)."""
+    from gaffer.cache.base import TierError
+    from gaffer.cache.disk import DiskStore
+    from gaffer.errors import EnvironmentProblem
+
+    try:
+        return DiskStore(settings.cache_dir, settings.max_size, report=report)
+    except TierError as e:
+        raise EnvironmentProblem(f"local cache {e}") from None
 
 
 def open_cache(local: DiskStore, remotes: Sequence[str], *, read_only: bool, timeout: float,

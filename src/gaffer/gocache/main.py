@@ -36,17 +36,9 @@ def main() -> None:
 
 def gocache_main(argv: Sequence[str]) -> int:
     """Run `gobuildcache argv...`; the exit status (0 ok, 2 bad input or environment value, 3 environment)."""
-    from gaffer.errors import GafferError
+    from gaffer.errors import exit_status
 
-    try:
-        return _run(list(argv))
-    except GafferError as e:
-        print(f"gobuildcache: {e}", file=sys.stderr)
-        return e.exit_status
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `gobuildcache --help | head`, or go went away: nobody is left to answer
-        return 1
+    return exit_status("gobuildcache", lambda: _run(list(argv)))  # a closed stdout: go went away, or `| head`
 
 
 def _run(argv: list[str]) -> int:

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from gaffer.cache.urls import read_token, redact
 from gaffer.config import SERVE, Settings, add_flags, check_urls, environment_help, load_nearest
-from gaffer.errors import EnvironmentProblem, GafferError, UserError
+from gaffer.errors import EnvironmentProblem, UserError, exit_status
 from gaffer.units import format_size
 
 GRACE_S = 30.0  # how long in-flight gRPC calls may take to finish after a stop signal
@@ -47,15 +47,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def serve_main(argv: list[str]) -> int:
     """Parse `argv` (the arguments after `serve`), serve until a stop signal; the exit status."""
-    try:
+    def body() -> int:
         try:
             args = _parser().parse_args(argv)
         except SystemExit as e:  # --help
             return int(e.code or 0)
         return _serve(load_nearest(SERVE, vars(args)))
-    except GafferError as e:
-        print(f"gaffer serve: {e}", file=sys.stderr)
-        return e.exit_status
+
+    return exit_status("gaffer serve", body)
 
 
 def _serve(settings: Settings) -> int:
