@@ -48,12 +48,13 @@ class BuildOptions:
     jobs: int = os.cpu_count() or 1
     keep_going: bool = False
     dry_run: bool = False
+    sandbox: bool = False  # every task on the sandboxed executor, not only those marked "sandbox": true
 
 
 class Build:
     def __init__(self, graph: Graph, options: BuildOptions, *, keys: KeyBuilder, cache: TieredCache,
                  state: WorkspaceState, executor: Executor, progress: Progress,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 sandbox: Executor | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
         self.graph = graph
         self.root = graph.root
         self.options = options
@@ -61,6 +62,7 @@ class Build:
         self.cache = cache
         self.state = state
         self.executor = executor
+        self.sandbox = sandbox  # for sandboxed tasks (see BuildOptions.sandbox); required when there are any
         self.progress = progress
         self.clock = clock
         self.stat_cache = keys.stat_cache
@@ -205,7 +207,8 @@ class Build:
         Command and Directory blobs go to the local CAS first, so any executor, and any tier, can run it."""
         task = planned.task
         action_blobs = keyed.action.store(self.cache.local)
-        result = self.executor.execute(keyed.action, task.pass_env)
+        executor = self.sandbox if self.sandbox is not None and (self.options.sandbox or task.sandbox) else self.executor
+        result = executor.execute(keyed.action, task.pass_env)
         self.progress.task_output(name, result.stdout, result.stderr)
         if result.failure or result.outputs is None:
             return Outcome(FAILED, duration_s=result.duration_s, reason=result.failure)
@@ -277,6 +280,11 @@ class Build:
             noop.write_record(self, self.options.targets)
         return report
 
+    def _cancel_all(self) -> None:
+        for executor in (self.executor, self.sandbox):
+            if executor is not None:
+                executor.cancel_all()
+
     def _install_signal_handlers(self, scheduler: Scheduler) -> Callable[[], None]:
         """Ctrl-C / SIGTERM: start nothing new, kill running process groups, keep the cache consistent."""
         if threading.current_thread() is not threading.main_thread():
@@ -285,7 +293,7 @@ class Build:
         def handler(signum: int, _frame: object) -> None:
             self._interrupted = signal.Signals(signum).name
             scheduler.stop()
-            threading.Thread(target=self.executor.cancel_all, daemon=True).start()
+            threading.Thread(target=self._cancel_all, daemon=True).start()
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 

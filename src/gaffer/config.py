@@ -222,6 +222,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jobs", (RUN,), toml="run.jobs", env="GAFFER_JOBS", flags=("-j", "--jobs"), metavar="N",
             parse=_count("jobs"), default={RUN: lambda: os.cpu_count() or 1}, default_text={"*": "the CPU count"},
             help="tasks run at once"),
+    Setting("sandbox", (RUN,), toml="run.sandbox", env="GAFFER_SANDBOX", flags=("--sandbox",), kind="switch",
+            parse=parse_bool, default={"*": False}, default_text={"*": "false"},
+            help="run every task in a fresh exec root holding only its declared inputs and its deps' outputs, "
+                 "so an undeclared input fails the task (as on a remote worker)"),
+    Setting("sandbox_keep", (RUN,), toml="run.sandbox_keep", env="GAFFER_SANDBOX_KEEP", parse=parse_bool,
+            default={"*": False}, default_text={"*": "false"},
+            help="keep a failed sandboxed task's exec root (under .gaffer/sandbox) to look into"),
     # `gaffer serve`
     Setting("dir", (SERVE,), toml="serve.dir", env="GAFFER_SERVE_DIR", flags=("--dir",), metavar="DIR",
             parse=_path, default={SERVE: lambda: os.path.join(_default_cache_dir(), "serve")},
@@ -417,6 +424,8 @@ def add_flags(parser: argparse.ArgumentParser, front: str, names: Iterable[str] 
     """The flags of the named settings (default: all of `front`'s), their help from the table. Their argparse
     defaults are None: `resolve` fills them in."""
     for s in settings_of(front) if names is None else (setting(n) for n in names):
+        if not s.flags:  # set by its variable or gaffer.toml only
+            continue
         repeat = "; repeatable" if s.kind == "list" else ""
         text = f"{s.help} (default: {s.shown_default(front)}{repeat}; env {s.env})".replace("%", "%%")
         if s.kind == "switch":

@@ -1,5 +1,6 @@
 """`gaffer run`'s wiring: the whole-build no-op check, then a build assembled from its parts (the cache, the
-workspace's state and stat cache, the toolchain, the local executor, the progress display), then the report.
+workspace's state and stat cache, the toolchain, the local and sandboxed executors, the progress display), then
+the report.
 cli.py parses the flags and calls `run`; the orchestrator itself (gaffer.build) creates none of these parts."""
 
 from __future__ import annotations
@@ -55,10 +56,15 @@ def run(args: argparse.Namespace) -> int:
     state = WorkspaceState.load(graph.root / STATE_DIR)
     keys = KeyBuilder(graph.root, graph.platform, StatCache.load(state.stat_cache_path),
                       Toolchain(graph.root, graph.root / STATE_DIR))
+    local = LocalExecutor(graph.root, cache.local)
+    sandbox = None
+    if settings.sandbox or any(task.sandbox for task in graph.tasks.values()):
+        from gaffer.execute.sandbox import SandboxExecutor
+
+        sandbox = SandboxExecutor(graph.root, cache.local, local, keep_failed=settings.sandbox_keep)
     build = Build(graph, BuildOptions(targets=args.targets, jobs=settings.jobs, keep_going=args.keep_going,
-                                      dry_run=args.dry_run),
-                  keys=keys, cache=cache, state=state, executor=LocalExecutor(graph.root, cache.local),
-                  progress=progress)
+                                      dry_run=args.dry_run, sandbox=settings.sandbox),
+                  keys=keys, cache=cache, state=state, executor=local, sandbox=sandbox, progress=progress)
     try:
         report = build.run()
     finally:

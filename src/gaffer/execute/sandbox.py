@@ -1,5 +1,5 @@
-"""Run a REAPI Action in a fresh exec root built from the CAS alone: the sandboxed local executor, and the code a
-remote worker runs.
+"""Run a REAPI Action in a fresh exec root built from the CAS alone: the sandboxed local executor
+(`SandboxExecutor`), and the code a remote worker runs (`run_action`).
 
 The Action, its Command and its input root's Directory tree are read from the local CAS (every blob verified),
 never from a workspace, so a task that reads a file it did not declare fails here as it would on a worker. Files
@@ -25,15 +25,21 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from google.protobuf.message import Message
 
 from gaffer import actions
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_file, is_valid_hash
+from gaffer.execute.base import ExecuteResult, task_environment
 from gaffer.execute.local import ProcessResult, ProcessRunner
 from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.state import STATE_DIR
+
+if TYPE_CHECKING:
+    from gaffer.actions import PreparedAction
+    from gaffer.execute.local import LocalExecutor
 
 _M = TypeVar("_M", bound=Message)
 
@@ -259,3 +265,67 @@ def _remove_tree(root: Path) -> None:
             if not os.path.islink(path):
                 os.chmod(path, 0o700)
     shutil.rmtree(root)
+
+
+class SandboxExecutor:
+    """`gaffer run --sandbox` (and `"sandbox": true`): an `execute.base.Executor` that runs each action with
+    `run_action` in an exec root under `.gaffer/sandbox`, then restores its outputs into the workspace from the
+    ActionResult exactly as a cache hit does. It shares the local executor's process runner, so one Ctrl-C
+    cancels sandboxed and workspace runs alike."""
+
+    def __init__(self, root: Path, store: DiskStore, local: LocalExecutor, keep_failed: bool = False) -> None:
+        self.root = root
+        self.store = store  # the local CAS the input root is read from and the outputs go to
+        self.local = local
+        self.keep_failed = keep_failed
+        self.work_parent = root / STATE_DIR / "sandbox"
+
+    def cancel_all(self) -> None:
+        self.local.cancel_all()
+
+    def execute(self, action: PreparedAction, pass_env: Sequence[str]) -> ExecuteResult:
+        actions.remove_outputs(self.root, action.output_paths)  # as a workspace run: no stale output survives a failure
+        try:
+            self._store_inputs(action)
+            done = run_action(action.digest, self.store, self.work_parent, task_environment((), pass_env),
+                              self.local.runner, keep_failed=self.keep_failed)
+        except BadAction as e:
+            return ExecuteResult(0.0, b"", b"", failure=str(e))
+        except OSError as e:
+            return ExecuteResult(0.0, b"", b"", failure=f"cannot read an input: {e}")
+        stdout = self.store.read_blob(_digest(action.digest, done.result.stdout_digest, "stdout")) or b""
+        stderr = self.store.read_blob(_digest(action.digest, done.result.stderr_digest, "stderr")) or b""
+        duration = done.process.duration_s
+        if done.failure:
+            kept = f" (its exec root is kept in {done.kept})" if done.kept else ""
+            return ExecuteResult(duration, stdout, stderr, failure=done.failure + kept)
+        data = done.result.SerializeToString(deterministic=True)
+        try:
+            cached = actions.parse_result(data, action.output_paths)
+            actions.read_trees(cached.outputs, self.store)
+            actions.restore_outputs(self.root, cached, self.store)
+        except actions.BadCacheEntry as e:
+            return ExecuteResult(duration, stdout, stderr, failure=f"cannot restore its outputs: {e}")
+        except OSError as e:
+            return ExecuteResult(duration, stdout, stderr, failure=f"cannot restore its outputs: {e}")
+        return ExecuteResult(duration, stdout, stderr, outputs=cached.outputs, action_result=data, blobs=done.blobs)
+
+    def _store_inputs(self, action: PreparedAction) -> None:
+        """Put every input file the local CAS lacks (a workspace source; a dep's output evicted since) into it
+        from the workspace; BadAction if one no longer has the digest the task was keyed with."""
+        def child(digest: Digest) -> re_pb2.Directory | None:
+            data = action.blobs.get(digest)
+            return None if data is None else re_pb2.Directory.FromString(data)
+
+        root = child(action.input_root)
+        if root is None:
+            raise BadAction(f"action {action.digest}: its input root is not among its blobs")
+        tree = actions.Outputs(files=[], symlinks=[], directories=[])
+        try:
+            actions.expand_directory("", root, child, tree)
+        except actions.BadCacheEntry as e:
+            raise BadAction(f"action {action.digest}: input root: {e}") from None
+        wanted = {f.digest: f.path for f in tree.files}
+        for digest in self.store.find_missing(list(wanted)):
+            if self.store.put_file(self.root / wanted[digest]) != digest:
+                raise BadAction(f"input {wanted[digest]} changed since the task was keyed")

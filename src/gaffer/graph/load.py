@@ -22,7 +22,8 @@ from gaffer.units import parse_duration
 from gaffer.workspace import workspace_root
 
 TOP_FIELDS = ("tasks", "version", "env", "pass_env", "tools", "platform", "$schema")
-TASK_FIELDS = ("command", "deps", "inputs", "outputs", "env", "pass_env", "tools", "timeout", "cache", "description")
+TASK_FIELDS = ("command", "deps", "inputs", "outputs", "env", "pass_env", "tools", "timeout", "cache", "sandbox",
+               "description")
 FORMAT_VERSION = 1
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"\s")
@@ -195,11 +196,7 @@ def _task(name: str, raw: Any, graph_env: tuple[str, ...], graph_pass: tuple[str
         if graph_tools:
             tools = tuple(sorted(set(tools).union(graph_tools)))
 
-    cache = get("cache")
-    if cache is None:
-        cache = True
-    elif type(cache) is not bool:
-        raise _Bad(f"field 'cache' must be true or false, got {_kind(cache)}")
+    cache, sandbox = _flag(get("cache"), "cache", True), _flag(get("sandbox"), "sandbox", False)
     description = get("description")
     if description is None:
         description = ""
@@ -217,7 +214,16 @@ def _task(name: str, raw: Any, graph_env: tuple[str, ...], graph_pass: tuple[str
 
     inputs, outputs = _inputs(get("inputs")), _outputs(get("outputs"))
     # Positional: measurably cheaper than keywords at 10,000 tasks. The order is Task's field order.
-    return Task(name, commands, deps, inputs, outputs, env, timeout, cache, description, tools, pass_env)
+    return Task(name, commands, deps, inputs, outputs, env, timeout, cache, description, tools, pass_env, sandbox)
+
+
+def _flag(value: object, field: str, default: bool) -> bool:
+    """A boolean field: true, false, or null/absent for its default."""
+    if value is None:
+        return default
+    if type(value) is not bool:
+        raise _Bad(f"field '{field}' must be true or false, got {_kind(value)}")
+    return value
 
 
 def _strings(value: Any, field: str) -> list[str]:

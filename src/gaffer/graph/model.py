@@ -34,6 +34,7 @@ class Task:
     description: str
     tools: tuple[str, ...] = ()  # graph-level + task tools, sorted, unique: names on PATH, "./rel" or "/abs" paths
     pass_env: tuple[str, ...] = ()  # DEFAULT_PASS_ENV + graph-level + task pass_env, minus `env`: sorted, unique
+    sandbox: bool = False  # run in an exec root of its declared inputs only (not keyed: the same action either way)
 
     @property
     def is_group(self) -> bool:
