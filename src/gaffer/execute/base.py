@@ -4,8 +4,8 @@ The orchestrator (gaffer.build) keys a task, asks the cache, and on a miss hands
 executor. Implementations:
 
 - `execute.local.LocalExecutor`: the task's command in the workspace itself, on this machine (today's default);
-- a sandboxed executor (next): the action's input root materialised from the CAS into a fresh directory
-  (`gaffer.execute.sandbox.run_action(action_digest, cas, ...)`), run there, its outputs collected back;
+- `execute.sandbox.SandboxExecutor` (`gaffer run --sandbox`): the action's input root materialised from the
+  CAS into a fresh directory (`run_action`), run there, its outputs restored into the workspace from the result;
 - a remote executor (`execute/remote.py`, later): the action sent to a REAPI Execution service.
 
 Every executor runs the Command with exactly its environment (the declared, keyed variables) plus the
