@@ -62,7 +62,7 @@ class Build:
         self.cache = cache
         self.state = state
         self.executor = executor
-        self.sandbox = sandbox  # for sandboxed tasks (see BuildOptions.sandbox); required when there are any
+        self.sandbox = sandbox  # runs the sandboxed tasks (BuildOptions.sandbox: all); required when there are any
         self.progress = progress
         self.clock = clock
         self.stat_cache = keys.stat_cache
@@ -207,7 +207,10 @@ class Build:
         Command and Directory blobs go to the local CAS first, so any executor, and any tier, can run it."""
         task = planned.task
         action_blobs = keyed.action.store(self.cache.local)
-        executor = self.sandbox if self.sandbox is not None and (self.options.sandbox or task.sandbox) else self.executor
+        executor = self.executor
+        if self.options.sandbox or task.sandbox:
+            assert self.sandbox is not None, "a sandboxed task needs Build(sandbox=...)"
+            executor = self.sandbox
         result = executor.execute(keyed.action, task.pass_env)
         self.progress.task_output(name, result.stdout, result.stderr)
         if result.failure or result.outputs is None:

@@ -304,9 +304,7 @@ class SandboxExecutor:
             cached = actions.parse_result(data, action.output_paths)
             actions.read_trees(cached.outputs, self.store)
             actions.restore_outputs(self.root, cached, self.store)
-        except actions.BadCacheEntry as e:
-            return ExecuteResult(duration, stdout, stderr, failure=f"cannot restore its outputs: {e}")
-        except OSError as e:
+        except (actions.BadCacheEntry, OSError) as e:
             return ExecuteResult(duration, stdout, stderr, failure=f"cannot restore its outputs: {e}")
         return ExecuteResult(duration, stdout, stderr, outputs=cached.outputs, action_result=data, blobs=done.blobs)
 
