@@ -6,7 +6,7 @@ copy of its sources with an empty cache. The declared outputs must agree byte fo
 targets and directory listings. A disagreement is a wrong result gaffer is responsible for: every task reads
 only what gaffer keys, so up-to-date checks, keys and restores are all that can make the two differ.
 
-GAFFER_TEST_EXAMPLES=N runs N random workspaces (default 4, seeds 0..N-1); GAFFER_TEST_SEED=S runs seed S alone.
+GAFFER_TEST_EXAMPLES=N runs N random workspaces (default 5, seeds 0..N-1); GAFFER_TEST_SEED=S runs seed S alone.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ EDITS_PER_EXAMPLE = 6
 def _seeds() -> list[int]:
     if os.environ.get("GAFFER_TEST_SEED"):
         return [int(os.environ["GAFFER_TEST_SEED"])]
-    return list(range(int(os.environ.get("GAFFER_TEST_EXAMPLES", "4"))))
+    return list(range(int(os.environ.get("GAFFER_TEST_EXAMPLES", "5"))))
 
 
 def _build(root: Path, cache: Path, values: dict[str, str]) -> tuple[int, str]:
