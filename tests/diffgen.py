@@ -65,8 +65,9 @@ class TaskSpec:
     tag: int = 0  # printed by the command: changing it changes the command
     main_mode: int = 0o644
     link: bool = False  # outputs t0, t1 and link -> t0 or t1
-    directory: bool = False  # outputs d/ (mode dir_mode) holding a, l -> a, s/b (s is 0700), maybe empty e/
+    directory: bool = False  # outputs d/ (mode dir_mode) holding a, l -> a, s/b (s is 0700), ls -> s, maybe e/
     dir_mode: int = 0o755
+    cache: bool = True
 
     def outputs(self) -> list[str]:
         if self.group:
@@ -121,6 +122,7 @@ class Workspace:
             lines.append("echo zero > $o/t0; echo one > $o/t1; ln -s t$((h / 2 % 2)) $o/link")
         if task.directory:
             lines.append("mkdir -p $o/d/s; cp -p $o/main $o/d/a; ln -s a $o/d/l; echo s > $o/d/s/b; chmod 700 $o/d/s")
+            lines.append("ln -s s $o/d/ls; if [ $((h / 8 % 2)) = 1 ]; then chmod +x $o/d/s/b; fi")
             lines.append("if [ $((h / 4 % 2)) = 1 ]; then mkdir $o/d/e; fi")
             lines.append(f"chmod {task.dir_mode:o} $o/d")
         return "\n".join(lines)
@@ -133,6 +135,8 @@ class Workspace:
             else:
                 tasks[t.name] = {"command": self.command(t), "inputs": t.inputs, "deps": t.deps,
                                  "outputs": t.outputs(), "env": t.env}
+                if not t.cache:
+                    tasks[t.name]["cache"] = False
         return {"version": 1, "env": self.graph_env, "tasks": tasks}
 
     def outputs(self) -> list[str]:
@@ -148,7 +152,8 @@ class Workspace:
             if t.group:
                 lines.append(f"task {t.name}: group of {t.deps}")
                 continue
-            extra = (" link" if t.link else "") + (f" dir {t.dir_mode:o}" if t.directory else "")
+            extra = (" link" if t.link else "") + (f" dir {t.dir_mode:o}" if t.directory else "") + (
+                "" if t.cache else " uncached")
             lines.append(f"task {t.name}: inputs {t.inputs} deps {t.deps} env {t.env} tag {t.tag} "
                          f"main {t.main_mode:o}{extra}")
         return "\n".join(lines)
@@ -281,6 +286,7 @@ def generate(rng: random.Random) -> Workspace:
         task.link = rng.random() < 0.5
         task.directory = rng.random() < 0.5
         task.dir_mode = rng.choice((0o755, 0o700))
+        task.cache = rng.random() < 0.9
         ws.tasks[task.name] = task
     return ws
 
@@ -418,17 +424,17 @@ def _edit_dep(rng: random.Random, ws: Workspace) -> str | None:
 
 def _edit_outputs(rng: random.Random, ws: Workspace) -> str | None:
     task = rng.choice(_real_tasks(ws))
-    what = rng.choice(["link", "directory", "main_mode", "dir_mode"])
-    if what == "link":
-        task.link = not task.link
-    elif what == "directory":
-        task.directory = not task.directory
+    what = rng.choice(["link", "directory", "cache", "main_mode", "dir_mode"])
+    if what in ("link", "directory", "cache"):
+        setattr(task, what, not getattr(task, what))
     elif what == "main_mode":
         task.main_mode = rng.choice([m for m in FILE_MODES if m != task.main_mode])
     else:
         task.dir_mode = 0o700 if task.dir_mode == 0o755 else 0o755
     ws.write_graph()
     value = getattr(task, what)
+    if what == "cache":
+        return f"graph: task {task.name} {'loses' if value else 'gets'} \"cache\": false"
     return f"graph: task {task.name}'s {what} becomes {value:o}" if "mode" in what else \
         f"graph: task {task.name} {'gets' if value else 'loses'} its {what} output"
 
@@ -438,6 +444,10 @@ def _edit_stray_output(rng: random.Random, ws: Workspace) -> str | None:
     dirs = [out for out in ws.outputs() if out.endswith("/d") and (ws.root / out).is_dir()]
     if not dirs:
         return None
+    if rng.random() < 0.3:
+        path = f"{rng.choice(dirs)}/new"
+        (ws.root / path).mkdir()
+        return f"mkdir {path}  # a stray empty directory in an output directory"
     path = f"{rng.choice(dirs)}/a.txt~"
     (ws.root / path).write_text("stray\n")
     return f"echo stray > {path}  # an editor's backup file in an output directory"
@@ -450,13 +460,30 @@ def _edit_output(rng: random.Random, ws: Workspace) -> str | None:
         return None
     out = rng.choice(outs)
     full = ws.root / out
-    if rng.random() < 0.5:
+    if rng.random() < 0.4:
         shutil.rmtree(full) if full.is_dir() and not full.is_symlink() else full.unlink()
         return f"rm -rf {out}"
-    if full.is_symlink() or full.is_dir():
+    if full.is_symlink():
+        target = "t1" if os.readlink(full) == "t0" else "t0"
+        full.unlink()
+        full.symlink_to(target)
+        return f"ln -sfn {target} {out}"
+    if full.is_dir():
         return None
-    full.write_text("tampered\n")
-    return f"echo tampered > {out}"
+    how = rng.choice(["content", "same size and mtime", "mode"])
+    st = os.lstat(full)
+    if how == "mode":
+        os.chmod(full, st.st_mode ^ 0o111)
+        return f"chmod {oct(st.st_mode ^ 0o111)[-3:]} {out}"
+    old = full.read_bytes()
+    new = b"tampered\n" if how == "content" else bytes(b ^ 1 for b in old[:-1]) + old[-1:]
+    with open(full, "r+b") as f:
+        f.truncate(0)
+        f.write(new)
+    if how == "content":
+        return f"echo tampered > {out}"
+    os.utime(full, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return f"flip the low bit of every byte but the last in {out}, keeping its size and mtime"
 
 
 def _edit_state(rng: random.Random, ws: Workspace) -> str | None:
