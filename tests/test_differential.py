@@ -82,7 +82,7 @@ def test_incremental_build_equals_fresh_build(seed: int, tmp_path: Path) -> None
             problems = _differences(diffgen.snapshot(root, ws.outputs()), diffgen.snapshot(fresh, ws.outputs()))
         if problems:
             pytest.fail("\n".join([
-                f"seed {seed}: after step {step}, the incremental build differs from a fresh build",
+                f"seed {seed}: after step {step}, the incremental and the fresh build disagree",
                 f"(rerun: GAFFER_TEST_SEED={seed} pytest tests/test_differential.py)",
                 "the workspace at first (built once before step 1):", initial,
                 "steps, each followed by `gaffer run -j 2`:", *[f"  {i}. {s}" for i, s in enumerate(steps, 1)],
