@@ -20,9 +20,10 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from io import BufferedReader
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote, unquote
 
 from google.protobuf.message import DecodeError
@@ -31,6 +32,7 @@ from gaffer.cache.base import TierError
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import EMPTY_DIGEST, Digest
 from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.server.trees import BadTree, HashingReader, file_digests
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -38,7 +40,10 @@ _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _RESERVED = frozenset({"blobs", "uploads", "actions", "actionResults", "operations", "capabilities",
                        "compressed-blobs"})
 MAX_INSTANCE_NAME = 200
+MAX_FILE_NAME = 255  # NAME_MAX of the usual filesystems
 MAX_ACTION_RESULT = 16 * 1024 * 1024
+MAX_TREE_BYTES = 1024**3  # the distinct Tree blobs one action result may name, in all: beyond, a miss
+CHECK_BATCH = 10_000  # blobs of an action result checked at once
 SMALL_BLOB = 1024 * 1024  # blobs up to this size are read whole (and checked) and may sit in the memory cache
 TOUCH_AFTER_S = 3600  # as DiskStore: refresh a blob's mtime (its LRU age) at most hourly when it is read
 
@@ -119,6 +124,50 @@ class MemoryCache:
                 self._bytes -= len(old[0])
 
 
+class Upload:
+    """A blob arriving in pieces (whenever the peer sends them): a temp file of the store, hashed as it grows.
+
+    Its calls may come from different threads one after another; `discard` may come from any thread at any time
+    (a cancelled call), hence the lock."""
+
+    def __init__(self, digest: Digest, path: Path) -> None:
+        self.digest = digest
+        self.path = path
+        self._file: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - closed by close() or discard()
+        self._sha = hashlib.sha256()
+        self._received = 0
+        self._lock = threading.Lock()
+
+    def write(self, chunk: bytes) -> None:
+        with self._lock:
+            if self._file is None:
+                raise BadRequest(f"the upload of {self.digest} was abandoned")
+            self._received += len(chunk)
+            if self._received > self.digest.size_bytes:
+                raise BadRequest(f"more data than the {self.digest.size_bytes} bytes of digest {self.digest}")
+            self._sha.update(chunk)
+            self._file.write(chunk)
+
+    def close(self) -> Digest:
+        """Close the file; the digest, if the data matches it (else BadRequest)."""
+        with self._lock:
+            if self._file is None:
+                raise BadRequest(f"the upload of {self.digest} was abandoned")
+            self._file.close()
+            self._file = None
+        if self._received != self.digest.size_bytes or self._sha.hexdigest() != self.digest.hash:
+            raise BadRequest(f"the data ({self._received} bytes) does not match digest {self.digest}")
+        return self.digest
+
+    def discard(self) -> None:
+        """Remove the temp file (after an install it is already gone)."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+        self.path.unlink(missing_ok=True)
+
+
 class Namespace:
     """One instance: its DiskStore and the index of the blobs in it (hash -> size)."""
 
@@ -140,7 +189,7 @@ class Namespace:
     # -- CAS ---------------------------------------------------------------------------------------------------
 
     def has(self, digest: Digest) -> bool:
-        return digest.size_bytes == 0 or self._present.get(digest.hash) == digest.size_bytes
+        return digest == EMPTY_DIGEST or self._present.get(digest.hash) == digest.size_bytes
 
     def size_of(self, hash_: str) -> int | None:
         """The size of the blob with this hash, if the index has it. The empty blob is always present (REAPI)."""
@@ -153,14 +202,14 @@ class Namespace:
         present = self._present
         missing = []
         for d in digests:
-            if d.size_bytes and present.get(d.hash) != d.size_bytes:
+            if present.get(d.hash) != d.size_bytes and not (d.size_bytes == 0 and d.hash == EMPTY_DIGEST.hash):
                 check_digest(d)
                 missing.append(d)
         return missing
 
     def read(self, digest: Digest) -> bytes | None:
         """A small blob's bytes (memory, else disk, checked against the digest), or None."""
-        if digest.size_bytes == 0:
+        if digest == EMPTY_DIGEST:
             return b""
         if not self.has(digest):
             return None
@@ -217,24 +266,24 @@ class Namespace:
 
     def receive(self, digest: Digest, chunks: Iterable[bytes]) -> None:
         """Stream a blob into a temp file in the store, hashing as it comes; install it only if it matches."""
-        tmp = self.store.temp_path()
-        sha = hashlib.sha256()
-        received = 0
+        upload = self.upload(digest)
         try:
-            with open(tmp, "wb") as f:
-                for chunk in chunks:
-                    received += len(chunk)
-                    if received > digest.size_bytes:
-                        raise BadRequest(f"more data than the {digest.size_bytes} bytes of digest {digest}")
-                    sha.update(chunk)
-                    f.write(chunk)
-            if received != digest.size_bytes or sha.hexdigest() != digest.hash:
-                raise BadRequest(f"the data ({received} bytes) does not match digest {digest}")
-            if not self.has(digest):
-                self.store.adopt(digest, tmp)
-                self._installed(digest)
+            for chunk in chunks:
+                upload.write(chunk)
+            self.finish(upload)
         finally:
-            tmp.unlink(missing_ok=True)
+            upload.discard()
+
+    def upload(self, digest: Digest) -> Upload:
+        """Start receiving a blob in pieces (`receive` when the pieces are at hand, this when they come later)."""
+        return Upload(digest, self.store.temp_path())
+
+    def finish(self, upload: Upload) -> None:
+        """Install a received blob if it matches its digest (BadRequest if not); `upload.discard()` after."""
+        digest = upload.close()
+        if not self.has(digest):
+            self.store.adopt(digest, upload.path)
+            self._installed(digest)
 
     def _installed(self, digest: Digest) -> None:
         self._present[digest.hash] = digest.size_bytes
@@ -254,45 +303,68 @@ class Namespace:
         except DecodeError:
             self.store.evict_action(key)
             return None
-        needed = self._referenced_blobs(result)
-        if needed is None:
-            return None
-        for digest in needed:
-            try:
-                on_disk = os.stat(self.store.blob_path(digest)).st_size == digest.size_bytes
-            except OSError:
-                on_disk = False
-            if not on_disk:
-                self.forget(digest)
+        for batch in self._referenced_blobs(result):
+            if batch is None:
                 return None
+            for digest in dict.fromkeys(batch):
+                if not _HASH.fullmatch(digest.hash):
+                    return None
+                try:
+                    on_disk = os.stat(self.store.blob_path(digest)).st_size == digest.size_bytes
+                except OSError:
+                    on_disk = False
+                if not on_disk:
+                    self.forget(digest)
+                    return None
         return data, result
 
-    def _referenced_blobs(self, result: re_pb2.ActionResult) -> list[Digest] | None:
-        """Every non-empty blob `result` names, including the files inside its output directory trees.
+    def _referenced_blobs(self, result: re_pb2.ActionResult) -> Iterator[list[Digest] | None]:
+        """Every non-empty blob `result` names, including the files inside its output directory trees, in batches;
+        None when an output tree is missing, unreadable or corrupt (the digests before it are then no evidence).
 
-        None when an output tree is missing or unreadable."""
-        digests = [f.digest for f in result.output_files] + [result.stdout_digest, result.stderr_digest]
-        for directory in result.output_directories:
-            if directory.HasField("root_directory_digest"):
-                digests.append(directory.root_directory_digest)
-            if not directory.HasField("tree_digest"):
-                continue
-            digests.append(directory.tree_digest)
-            data = self.read(Digest(directory.tree_digest.hash, directory.tree_digest.size_bytes))
-            if data is None:
-                return None
-            try:
-                tree = re_pb2.Tree.FromString(data)
-            except DecodeError:
-                return None
-            for d in (tree.root, *tree.children):
-                digests.extend(f.digest for f in d.files)
-        return [Digest(d.hash, d.size_bytes) for d in digests if d.size_bytes > 0]
+        Peers choose what a result names: each distinct tree is read once, as a stream, and all of them together
+        at most MAX_TREE_BYTES, so a small result cannot cost unbounded memory or CPU."""
+        named = [f.digest for f in result.output_files] + [result.stdout_digest, result.stderr_digest]
+        named += [d.root_directory_digest for d in result.output_directories if d.HasField("root_directory_digest")]
+        trees = list(dict.fromkeys(Digest(d.tree_digest.hash, d.tree_digest.size_bytes)
+                                   for d in result.output_directories if d.HasField("tree_digest")))
+        if sum(t.size_bytes for t in trees) > MAX_TREE_BYTES:
+            yield None
+            return
+        yield _blobs(named) + [t for t in trees if t != EMPTY_DIGEST]
+        for tree in trees:
+            opened = None if tree == EMPTY_DIGEST else self.open(tree)
+            if opened is None:
+                yield None
+                return
+            with opened[0] as f:
+                reader = HashingReader(f, tree.size_bytes)
+                batch: list[re_pb2.Digest] = []
+                try:
+                    for digest in file_digests(reader):
+                        batch.append(digest)
+                        if len(batch) == CHECK_BATCH:
+                            yield _blobs(batch)
+                            batch = []
+                except BadTree:
+                    yield None
+                    return
+            intact = reader.hexdigest() == tree.hash
+            self.streamed(tree, intact)
+            if not intact:
+                yield None
+                return
+            yield _blobs(batch)
 
     def put_action(self, key: Digest, result: re_pb2.ActionResult) -> None:
         data = result.SerializeToString(deterministic=True)
         self.store.write_action(key, data)
         self._added(self.name, len(data))
+
+
+def _blobs(digests: Iterable[re_pb2.Digest]) -> list[Digest]:
+    """The digests named (an unset field names none), without the empty blob (always present)."""
+    return [d for d in (Digest(p.hash, p.size_bytes) for p in digests) if d != EMPTY_DIGEST and (d.hash or d.size_bytes)]
 
 
 class ServerStore:
@@ -322,6 +394,8 @@ class ServerStore:
         if found is not None:
             return found
         check_instance(instance)
+        if len(quote(instance, safe="")) > MAX_FILE_NAME:
+            raise BadRequest(f"instance name {instance[:80]!r} is too long once encoded as a directory name")
         path = self.root / "instances" / quote(instance, safe="") if instance else self.root
         with self._lock:
             found = self._namespaces.get(instance)
