@@ -515,11 +515,16 @@ class GrpcServer:
         async def stop() -> None:
             if self._server is not None:
                 await self._server.stop(grace)
+            # grpc has ended the calls; what their handlers still await ends here, so their clean-ups run
+            handlers = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
             self._loop.stop()
 
         def finish() -> None:
             self._thread.join()
-            self._io.shutdown(wait=True, cancel_futures=True)
+            self._io.shutdown(wait=True)  # the clean-ups cancelled calls left (temp files, open files)
             self._writers.shutdown(wait=True)
             self._loop.close()
             done.set_result(None)
