@@ -46,7 +46,7 @@ def _field(number: int, payload: bytes) -> bytes:
 
 def _directory(files: int, named: Digest, prefix: str) -> bytes:
     """A serialized Directory of `files` FileNodes, all naming the blob `named`."""
-    node = lambda i: re_pb2.FileNode(name=f"{prefix}-{i:07d}-{'x' * 40}", digest=_pb(named))  # noqa: E731
+    node = lambda i: re_pb2.FileNode(name=f"{prefix}-{i:07d}-{'x' * 40}", digest=_pb(named))
     return b"".join(_field(1, node(i).SerializeToString()) for i in range(files))
 
 

@@ -17,7 +17,7 @@ import hashlib
 import socket
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
@@ -34,7 +34,6 @@ from gaffer.server.auth import BearerToken
 from gaffer.server.metrics import Metrics
 from gaffer.server.store import (
     BadRequest,
-    Namespace,
     ServerStore,
     check_digest,
     check_hash,
@@ -105,14 +104,14 @@ class _Service:
         await context.abort(code, message)
         raise AssertionError("grpc's abort() raises")  # what the type checker cannot know
 
-    async def stream(self, responses: Iterator[Response], context: grpc.aio.ServicerContext) -> None:
+    async def stream(self, responses: Generator[Response, None, None], context: grpc.aio.ServicerContext) -> None:
         """Send what a blocking generator yields, each step of it on an I/O thread; a peer that takes no message
         for STALL_S is dropped."""
         try:
             while (response := await self.run(next, responses, None)) is not None:
                 try:
                     await asyncio.wait_for(context.write(response), STALL_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"the client took no data for {STALL_S:g}s")
         finally:
             self.io.submit(responses.close)  # its file, closed on an I/O thread after any step still running
@@ -139,7 +138,7 @@ def counted(fn: Callable[[Service, Request], Response]) -> Handler[Service, Requ
 
 
 def counted_stream(
-    fn: Callable[[Service, Request], Iterator[Response]],
+    fn: Callable[[Service, Request], Generator[Response, None, None]],
 ) -> Handler[Service, Request, None]:
     """`counted` for blocking generators of responses: each step runs on an I/O thread (Service.stream)."""
 
@@ -236,7 +235,7 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
         return re_pb2.BatchReadBlobsResponse(responses=responses)
 
     @counted_stream
-    def GetTree(self, request: re_pb2.GetTreeRequest) -> Iterator[re_pb2.GetTreeResponse]:
+    def GetTree(self, request: re_pb2.GetTreeRequest) -> Generator[re_pb2.GetTreeResponse, None, None]:
         """Every Directory below the root, breadth first, in pages of at most TREE_PAGE directories and
         TREE_PAGE_BYTES; missing subtrees are left out (REAPI). A Directory too large for any page is refused
         unread."""
@@ -302,7 +301,7 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
     kind = "bytestream"
 
     @counted_stream
-    def Read(self, request: bytestream_pb2.ReadRequest) -> Iterator[bytestream_pb2.ReadResponse]:
+    def Read(self, request: bytestream_pb2.ReadRequest) -> Generator[bytestream_pb2.ReadResponse, None, None]:
         instance, digest = _parse_resource(request.resource_name, upload=False)
         offset, limit = request.read_offset, request.read_limit
         if offset < 0 or offset > digest.size_bytes:
@@ -414,7 +413,7 @@ async def _next_request(context: grpc.aio.ServicerContext) -> bytestream_pb2.Wri
     """The peer's next message of a request stream, None at its end; a peer silent for STALL_S is dropped."""
     try:
         message = await asyncio.wait_for(context.read(), STALL_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"the client sent no data for {STALL_S:g}s") from None
     return None if message is grpc.aio.EOF else message
 
