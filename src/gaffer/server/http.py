@@ -9,7 +9,6 @@ Bodies stream in fixed-size chunks both ways (a large GET goes out with sendfile
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import socket
 import threading
@@ -26,13 +25,16 @@ from gaffer.server.metrics import Metrics
 from gaffer.server.store import (
     MAX_ACTION_RESULT,
     SMALL_BLOB,
+    BackendUnavailable,
     BadRequest,
     ServerStore,
     check_hash,
     check_instance,
+    storage_failure,
 )
 
 CHUNK = 1024 * 1024
+_STORAGE_STATUS = {"full": 507, "unavailable": 503, "broken": 500}
 
 
 class CacheHTTPServer(ThreadingHTTPServer):
@@ -138,9 +140,8 @@ class CacheHandler(BaseHTTPRequestHandler):
         except ConnectionError:
             self.close_connection = True
             return
-        except OSError as e:  # the store's disk: full, or failing
-            status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500
-            self._reply(status, kind, f"cache storage error: {e.strerror}\n".encode(), close=True)
+        except (OSError, BackendUnavailable) as e:  # the store's disk (full, or failing), or its backend
+            self._failed(kind, e)
             return
         self.server.metrics.transferred(received=size)
         self._reply(200, kind, b"")
@@ -175,6 +176,18 @@ class CacheHandler(BaseHTTPRequestHandler):
         if route is None:
             return
         instance, kind, key = route
+        try:
+            self._serve_entry(instance, kind, key, head)
+        except ConnectionError:
+            self.close_connection = True
+        except (OSError, BackendUnavailable) as e:
+            self._failed(kind, e)
+
+    def _failed(self, kind: str, error: OSError | BackendUnavailable) -> None:
+        failure, message = storage_failure(error)
+        self._reply(_STORAGE_STATUS[failure], kind, f"{message}\n".encode(), close=True)
+
+    def _serve_entry(self, instance: str, kind: str, key: str, head: bool) -> None:
         if kind == "ac":
             found = self.server.store.namespace(instance).action_result(Digest(key, 0))
             self.server.metrics.lookups("ac", int(found is not None), int(found is None))

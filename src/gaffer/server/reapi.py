@@ -33,11 +33,13 @@ from gaffer.protos import remote_execution_pb2_grpc as re_grpc
 from gaffer.server.auth import BearerToken
 from gaffer.server.metrics import Metrics
 from gaffer.server.store import (
+    BackendUnavailable,
     BadRequest,
     ServerStore,
     check_digest,
     check_hash,
     check_instance,
+    storage_failure,
 )
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # announced in Capabilities: the total blob bytes one batch call may carry
@@ -54,6 +56,7 @@ KEEPALIVE_S = 60  # ping an idle connection this often; one that does not answer
 KEEPALIVE_TIMEOUT_S = 20
 IDLE_CONNECTION_S = 600  # a connection without calls for this long is closed (clients reconnect as needed)
 
+Context = grpc.aio.ServicerContext[Any, Any]
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 T = TypeVar("T")
@@ -67,6 +70,10 @@ class Failure(Exception):
         self.code = code
 
 
+_STORAGE_CODES = {"full": grpc.StatusCode.RESOURCE_EXHAUSTED, "unavailable": grpc.StatusCode.UNAVAILABLE,
+                  "broken": grpc.StatusCode.INTERNAL}
+
+
 def _status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
     """The status code and message a handler's exception ends the RPC with (never a path of the server's)."""
     if isinstance(error, Failure):
@@ -75,13 +82,12 @@ def _status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, TierError):  # an instance whose directory cannot be used (read-only, unreadable)
         return grpc.StatusCode.UNAVAILABLE, "the cache storage of this instance is unavailable"
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"cache disk full: {error.strerror}"
-    assert isinstance(error, OSError)
-    return grpc.StatusCode.INTERNAL, f"cache storage error: {error.strerror}"
+    assert isinstance(error, (OSError, BackendUnavailable))
+    kind, message = storage_failure(error)
+    return _STORAGE_CODES[kind], message
 
 
-_HANDLED = (Failure, BadRequest, TierError, OSError)
+_HANDLED = (Failure, BadRequest, TierError, OSError, BackendUnavailable)
 
 
 class _Service:
@@ -98,13 +104,13 @@ class _Service:
         """`fn(*args)` on an I/O thread: the event loop never waits on the disk."""
         return asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
-    async def fail(self, method: str, error: Exception, context: grpc.aio.ServicerContext) -> NoReturn:
+    async def fail(self, method: str, error: Exception, context: Context) -> NoReturn:
         code, message = _status_of(error)
         self.metrics.request("grpc", method, self.kind, code.name)
         await context.abort(code, message)
         raise AssertionError("grpc's abort() raises")  # what the type checker cannot know
 
-    async def stream(self, responses: Generator[Response, None, None], context: grpc.aio.ServicerContext) -> None:
+    async def stream(self, responses: Generator[Response, None, None], context: Context) -> None:
         """Send what a blocking generator yields, each step of it on an I/O thread; a peer that takes no message
         for STALL_S is dropped."""
         try:
@@ -112,13 +118,14 @@ class _Service:
                 try:
                     await asyncio.wait_for(context.write(response), STALL_S)
                 except TimeoutError:
-                    raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"the client took no data for {STALL_S:g}s")
+                    raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"the client took no data for {STALL_S:g}s") from None
         finally:
             self.io.submit(responses.close)  # its file, closed on an I/O thread after any step still running
 
 
 Service = TypeVar("Service", bound=_Service)
-Handler = Callable[[Service, Request, grpc.aio.ServicerContext], Awaitable[Response]]
+Handler = Callable[[Service, Request, Context], Awaitable[Response]]
 
 
 def counted(fn: Callable[[Service, Request], Response]) -> Handler[Service, Request, Response]:
@@ -126,7 +133,7 @@ def counted(fn: Callable[[Service, Request], Response]) -> Handler[Service, Requ
     into the RPC's status."""
 
     @functools.wraps(fn)
-    async def handler(self: Service, request: Request, context: grpc.aio.ServicerContext) -> Response:
+    async def handler(self: Service, request: Request, context: Context) -> Response:
         try:
             response = await self.run(fn, self, request)
         except _HANDLED as e:
@@ -143,7 +150,7 @@ def counted_stream(
     """`counted` for blocking generators of responses: each step runs on an I/O thread (Service.stream)."""
 
     @functools.wraps(fn)
-    async def handler(self: Service, request: Request, context: grpc.aio.ServicerContext) -> None:
+    async def handler(self: Service, request: Request, context: Context) -> None:
         try:
             await self.stream(fn(self, request), context)
         except _HANDLED as e:
@@ -221,7 +228,7 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
             raise BadRequest(f"batch larger than max_batch_total_size_bytes ({MAX_BATCH_BYTES}); use ByteStream")
         responses = []
         sent = hits = 0
-        for d, digest in zip(request.digests, digests):
+        for d, digest in zip(request.digests, digests, strict=True):
             data = namespace.read(digest)
             if data is None:
                 status = _status(code_pb2.NOT_FOUND, f"blob {digest} not found")
@@ -335,7 +342,7 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                 self.metrics.transferred(sent=len(chunk))
                 yield bytestream_pb2.ReadResponse(data=chunk)
 
-    async def Write(self, requests: object, context: grpc.aio.ServicerContext) -> bytestream_pb2.WriteResponse:
+    async def Write(self, requests: object, context: Context) -> bytestream_pb2.WriteResponse:
         """Stream into a temp file of the store, verify against the digest, then install atomically. The chunks
         are awaited on the event loop and written on an I/O thread: a stalled upload holds no thread."""
         try:
@@ -345,7 +352,7 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
         self.metrics.request("grpc", "Write", self.kind, "OK")
         return response
 
-    async def _write(self, context: grpc.aio.ServicerContext) -> bytestream_pb2.WriteResponse:
+    async def _write(self, context: Context) -> bytestream_pb2.WriteResponse:
         request = await _next_request(context)
         if request is None:
             raise BadRequest("Write without any request")
@@ -409,7 +416,7 @@ class ActionCache(_Service, re_grpc.ActionCacheServicer):
         return request.action_result
 
 
-async def _next_request(context: grpc.aio.ServicerContext) -> bytestream_pb2.WriteRequest | None:
+async def _next_request(context: Context) -> bytestream_pb2.WriteRequest | None:
     """The peer's next message of a request stream, None at its end; a peer silent for STALL_S is dropped."""
     try:
         message = await asyncio.wait_for(context.read(), STALL_S)
@@ -427,16 +434,16 @@ class _RequireToken(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         header = next((v for k, v in details.invocation_metadata if k == "authorization"), None)
         handler = await continuation(details)
         if handler is None or self._token.allows(header if isinstance(header, str) else None):
             return handler
         method = details.method.rsplit("/", 1)[-1]
 
-        async def deny(_request: object, context: grpc.aio.ServicerContext) -> None:
+        async def deny(_request: object, context: Context) -> None:
             self._metrics.request("grpc", method, "auth", "UNAUTHENTICATED")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this server requires authorization: Bearer <token>")
 

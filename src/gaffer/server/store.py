@@ -5,6 +5,9 @@ Layout under `--dir`: the instance "" is a plain DiskStore at the root (so `gaff
 it); a named instance lives in `instances/<name, percent-encoded>/`, one DiskStore each, so two instances never
 see each other's entries and an instance name can never reach outside `instances/`.
 
+With `--backend`, each instance is a `BackendNamespace` (server/backend.py): the backend is the store of record
+and the directory only a read-through cache of its blobs.
+
 The server owns its directory. The index (built from the store at start and after each gc) answers
 FindMissingBlobs without a system call per digest; it heals itself when a read finds a blob gone. Action results
 are checked against the disk itself, never the index, so an entry whose blobs are gone is a miss, not a broken hit.
@@ -14,6 +17,7 @@ size already matched the file on disk: a peer cannot make the server evict a goo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -28,13 +32,13 @@ from urllib.parse import quote, unquote
 
 from google.protobuf.message import DecodeError
 
-from gaffer.cache.base import TierError
+from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.disk import DiskStore
-from gaffer.digest import EMPTY_DIGEST, Digest
+from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.protos.digests import from_proto
 from gaffer.server.trees import BadTree, HashingReader, file_digests
 
-_HASH = re.compile(r"[0-9a-f]{64}")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # REAPI forbids these as instance name segments: they would make resource names ambiguous.
 _RESERVED = frozenset({"blobs", "uploads", "actions", "actionResults", "operations", "capabilities",
@@ -52,8 +56,22 @@ class BadRequest(Exception):
     """The peer sent something invalid (INVALID_ARGUMENT / HTTP 400); the message says what."""
 
 
+class BackendUnavailable(Exception):
+    """The backend behind `--backend` failed (UNAVAILABLE / HTTP 503): the peer may retry, or miss."""
+
+
+def storage_failure(error: OSError | BackendUnavailable) -> tuple[str, str]:
+    """What a failure of the server's storage means to a peer: ("full" | "unavailable" | "broken", message), for
+    both protocols to turn into their status (RESOURCE_EXHAUSTED/507, UNAVAILABLE/503, INTERNAL/500)."""
+    if isinstance(error, BackendUnavailable):
+        return "unavailable", f"cache backend: {error}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "full", f"cache disk full: {error.strerror}"
+    return "broken", f"cache storage error: {error.strerror}"
+
+
 def check_hash(text: str) -> str:
-    if not _HASH.fullmatch(text):
+    if not is_valid_hash(text):
         raise BadRequest(f"{text[:80]!r} is not a lowercase hex SHA-256")
     return text
 
@@ -62,7 +80,7 @@ def check_digest(digest: re_pb2.Digest) -> Digest:
     check_hash(digest.hash)
     if digest.size_bytes < 0:
         raise BadRequest(f"negative size in digest {digest.hash}/{digest.size_bytes}")
-    return Digest(digest.hash, digest.size_bytes)
+    return from_proto(digest)
 
 
 def check_instance(name: str) -> str:
@@ -189,6 +207,11 @@ class Namespace:
     # -- CAS ---------------------------------------------------------------------------------------------------
 
     def has(self, digest: Digest) -> bool:
+        """Does the instance hold the blob? (FindMissing, and an upload that may finish early.)"""
+        return self._here(digest)
+
+    def _here(self, digest: Digest) -> bool:
+        """Is the blob on this server's disk, as indexed?"""
         return digest == EMPTY_DIGEST or self._present.get(digest.hash) == digest.size_bytes
 
     def size_of(self, hash_: str) -> int | None:
@@ -211,7 +234,7 @@ class Namespace:
         """A small blob's bytes (memory, else disk, checked against the digest), or None."""
         if digest == EMPTY_DIGEST:
             return b""
-        if not self.has(digest):
+        if not self._here(digest):
             return None
         key = (self.name, digest.hash)
         data = self._memory.get(key, lambda: self.store.blob_path(digest))
@@ -226,7 +249,7 @@ class Namespace:
 
     def open(self, digest: Digest) -> tuple[BufferedReader, bool] | None:
         """The blob's file for streaming, and whether its content must be checked as it streams; None if absent."""
-        if not self.has(digest):
+        if not self._here(digest):
             return None
         try:
             f = open(self.store.blob_path(digest), "rb")  # noqa: SIM115 - the caller closes it
@@ -256,9 +279,13 @@ class Namespace:
 
     def put(self, digest: Digest, data: bytes) -> None:
         """Store a blob after checking it against its digest (BadRequest if it does not match)."""
-        if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
+        if digest_bytes(data) != digest:
             raise BadRequest(f"the data does not match digest {digest}")
-        if self.has(digest):
+        self._keep(digest, data)
+
+    def _keep(self, digest: Digest, data: bytes) -> None:
+        """Put a checked blob on this server's disk (and in the memory cache)."""
+        if self._here(digest):
             return
         self.store.write_blob(digest, data)
         self._installed(digest)
@@ -281,7 +308,7 @@ class Namespace:
     def finish(self, upload: Upload) -> None:
         """Install a received blob if it matches its digest (BadRequest if not); `upload.discard()` after."""
         digest = upload.close()
-        if not self.has(digest):
+        if not self._here(digest):
             self.store.adopt(digest, upload.path)
             self._installed(digest)
 
@@ -294,8 +321,8 @@ class Namespace:
     # -- action cache ------------------------------------------------------------------------------------------
 
     def action_result(self, key: Digest) -> tuple[bytes, re_pb2.ActionResult] | None:
-        """The stored ActionResult, only if every blob it names is on disk (else it would be a broken hit)."""
-        data = self.store.read_action(key)
+        """The stored ActionResult, only if every blob it names is present (else it would be a broken hit)."""
+        data = self._stored_action(key)
         if data is None:
             return None
         try:
@@ -304,19 +331,24 @@ class Namespace:
             self.store.evict_action(key)
             return None
         for batch in self._referenced_blobs(result):
-            if batch is None:
+            if batch is None or not all(is_valid_hash(d.hash) for d in batch) or not self._complete(batch):
                 return None
-            for digest in dict.fromkeys(batch):
-                if not _HASH.fullmatch(digest.hash):
-                    return None
-                try:
-                    on_disk = os.stat(self.store.blob_path(digest)).st_size == digest.size_bytes
-                except OSError:
-                    on_disk = False
-                if not on_disk:
-                    self.forget(digest)
-                    return None
         return data, result
+
+    def _stored_action(self, key: Digest) -> bytes | None:
+        return self.store.read_action(key)
+
+    def _complete(self, needed: list[Digest]) -> bool:
+        """Is every blob on disk? Asked of the disk itself, never the index."""
+        for digest in dict.fromkeys(needed):
+            try:
+                on_disk = os.stat(self.store.blob_path(digest)).st_size == digest.size_bytes
+            except OSError:
+                on_disk = False
+            if not on_disk:
+                self.forget(digest)
+                return False
+        return True
 
     def _referenced_blobs(self, result: re_pb2.ActionResult) -> Iterator[list[Digest] | None]:
         """Every non-empty blob `result` names, including the files inside its output directory trees, in batches;
@@ -326,14 +358,16 @@ class Namespace:
         at most MAX_TREE_BYTES, so a small result cannot cost unbounded memory or CPU."""
         named = [f.digest for f in result.output_files] + [result.stdout_digest, result.stderr_digest]
         named += [d.root_directory_digest for d in result.output_directories if d.HasField("root_directory_digest")]
-        trees = list(dict.fromkeys(Digest(d.tree_digest.hash, d.tree_digest.size_bytes)
-                                   for d in result.output_directories if d.HasField("tree_digest")))
+        trees = list(dict.fromkeys(from_proto(d.tree_digest) for d in result.output_directories
+                                   if d.HasField("tree_digest")))
         if sum(t.size_bytes for t in trees) > MAX_TREE_BYTES:
             yield None
             return
         yield _blobs(named) + [t for t in trees if t != EMPTY_DIGEST]
         for tree in trees:
-            opened = None if tree == EMPTY_DIGEST else self.open(tree)
+            if tree == EMPTY_DIGEST:  # no root, no files
+                continue
+            opened = self.open(tree)
             if opened is None:
                 yield None
                 return
@@ -361,17 +395,22 @@ class Namespace:
         self.store.write_action(key, data)
         self._added(self.name, len(data))
 
+    def close(self) -> None:
+        self.store.close()
+
 
 def _blobs(digests: Iterable[re_pb2.Digest]) -> list[Digest]:
     """The digests named (an unset field names none), without the empty blob (always present)."""
-    return [d for d in (Digest(p.hash, p.size_bytes) for p in digests) if d != EMPTY_DIGEST and (d.hash or d.size_bytes)]
+    return [d for d in map(from_proto, digests) if d != EMPTY_DIGEST and (d.hash or d.size_bytes)]
 
 
 class ServerStore:
     """Instance name -> Namespace, with the server-wide size bound enforced by a background LRU gc."""
 
-    def __init__(self, root: Path, max_size: int, report: Callable[[str], None], memory: int) -> None:
+    def __init__(self, root: Path, max_size: int, report: Callable[[str], None], memory: int,
+                 backend: Callable[[str], CacheTier] | None = None) -> None:
         self.root = root
+        self._backend = backend  # instance -> its tier in the backend, with `--backend`
         self.max_size = max_size
         self._report = report
         self._memory = MemoryCache(memory)
@@ -403,7 +442,12 @@ class ServerStore:
                 disk = DiskStore(path, self.max_size, report=self._report)
                 if not disk.writable:  # a server that drops every upload would only look like a cache
                     raise TierError(disk.name, "cannot write to the cache directory (read-only)", transient=False)
-                found = Namespace(instance, disk, self._memory, self._added)
+                if self._backend is None:
+                    found = Namespace(instance, disk, self._memory, self._added)
+                else:
+                    from gaffer.server.backend import BackendNamespace
+
+                    found = BackendNamespace(instance, disk, self._memory, self._added, self._backend(instance))
                 self._sizes[instance] = found.reindex()
                 self._namespaces[instance] = found
         return found
@@ -449,4 +493,4 @@ class ServerStore:
         if gc is not None:
             gc.join()
         for namespace in self._namespaces.values():
-            namespace.store.close()
+            namespace.close()
