@@ -241,6 +241,27 @@ def test_a_result_naming_one_tree_100_times_reads_it_once(
     tier.close()
 
 
+def test_a_tree_with_one_huge_directory_is_checked_to_its_last_file(server: ReapiServer) -> None:
+    """A Directory too big to parse in one piece (1.5 MiB) is read file by file: an absent blob named by its very
+    last file still makes the result a miss; a tree that is not a Tree at all is one too."""
+    present, data = _blob(100)
+    absent = _blob(100)[0]
+    tier = GrpcTier.from_url(server.url, timeout=60)
+    tier.write_blobs([(present, data)])
+    files = _directory(12_000, present, "f")
+    last = _field(1, re_pb2.FileNode(name="last", digest=_pb(absent)).SerializeToString())
+    symlink = _field(3, re_pb2.SymlinkNode(name="l", target="f").SerializeToString())  # skipped, not misread
+    garbage = b"\xff" * 3000  # wire type 7: no protobuf message at all
+    for tree, hit in [(_field(1, files + symlink), True), (_field(1, files + symlink + last), False),
+                      (garbage, False), (_field(1, files)[:-10], False)]:
+        tier.write_blob(digest_bytes(tree), tree)
+        key = _blob(8)[0]
+        output = re_pb2.OutputDirectory(path="d", tree_digest=_pb(digest_bytes(tree)))
+        tier.write_action(key, re_pb2.ActionResult(output_directories=[output]).SerializeToString())
+        assert (tier.read_action(key) is not None) == hit, len(tree)
+    tier.close()
+
+
 def test_read_of_a_corrupt_blob_sends_nothing(tmp_path: Path) -> None:
     digest, data = _blob(5 * MiB)
     server = start_gaffer_serve(workdir=tmp_path)
