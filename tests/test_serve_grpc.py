@@ -90,6 +90,7 @@ def test_stalled_streams_hold_no_thread(server: ReapiServer) -> None:
     tier.write_blob(big, big_data)
     release = threading.Event()
     writers, readers = grpc.insecure_channel(server.grpc_address), grpc.insecure_channel(server.grpc_address)
+    fds = len(os.listdir(f"/proc/{server.proc.pid}/fd"))
     try:
         stalled_writes = []
         for i in range(40):
@@ -99,6 +100,7 @@ def test_stalled_streams_hold_no_thread(server: ReapiServer) -> None:
             stalled_writes.append(bytestream_pb2_grpc.ByteStreamStub(writers).Write.future(
                 _stall_forever(first, release)))
         wait_until(lambda: _uploads_in_progress(server) >= 40, "40 uploads in progress", 30, server.proc, server.log)
+        assert len(os.listdir(f"/proc/{server.proc.pid}/fd")) < fds + 10  # a waiting upload holds no open file
         stalled_reads = []
         for _ in range(40):
             call = bytestream_pb2_grpc.ByteStreamStub(readers).Read(

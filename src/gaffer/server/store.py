@@ -27,7 +27,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from io import BufferedReader
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import quote, unquote
 
 from google.protobuf.message import DecodeError
@@ -145,34 +144,36 @@ class MemoryCache:
 class Upload:
     """A blob arriving in pieces (whenever the peer sends them): a temp file of the store, hashed as it grows.
 
-    Its calls may come from different threads one after another; `discard` may come from any thread at any time
-    (a cancelled call), hence the lock."""
+    The file is opened for each piece only, so an upload waiting on its peer holds no file descriptor. Its calls
+    may come from different threads one after another; `discard` may come from any thread at any time (a cancelled
+    call), hence the lock."""
 
     def __init__(self, digest: Digest, path: Path) -> None:
         self.digest = digest
         self.path = path
-        self._file: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - closed by close() or discard()
+        path.write_bytes(b"")
+        self._open = True
         self._sha = hashlib.sha256()
         self._received = 0
         self._lock = threading.Lock()
 
     def write(self, chunk: bytes) -> None:
         with self._lock:
-            if self._file is None:
+            if not self._open:
                 raise BadRequest(f"the upload of {self.digest} was abandoned")
             self._received += len(chunk)
             if self._received > self.digest.size_bytes:
                 raise BadRequest(f"more data than the {self.digest.size_bytes} bytes of digest {self.digest}")
             self._sha.update(chunk)
-            self._file.write(chunk)
+            with open(self.path, "ab") as f:
+                f.write(chunk)
 
     def close(self) -> Digest:
-        """Close the file; the digest, if the data matches it (else BadRequest)."""
+        """No more pieces; the digest, if the data matches it (else BadRequest)."""
         with self._lock:
-            if self._file is None:
+            if not self._open:
                 raise BadRequest(f"the upload of {self.digest} was abandoned")
-            self._file.close()
-            self._file = None
+            self._open = False
         if self._received != self.digest.size_bytes or self._sha.hexdigest() != self.digest.hash:
             raise BadRequest(f"the data ({self._received} bytes) does not match digest {self.digest}")
         return self.digest
@@ -180,9 +181,7 @@ class Upload:
     def discard(self) -> None:
         """Remove the temp file (after an install it is already gone)."""
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._open = False
         self.path.unlink(missing_ok=True)
 
 
