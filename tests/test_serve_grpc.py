@@ -107,6 +107,7 @@ def test_stalled_streams_hold_no_thread(server: ReapiServer) -> None:
                 bytestream_pb2.ReadRequest(resource_name=f"blobs/{big.hash}/{big.size_bytes}"))
             assert len(next(call).data) > 0  # the server is sending; the rest of the blob waits for this reader
             stalled_reads.append(call)
+        assert len(os.listdir(f"/proc/{server.proc.pid}/fd")) < fds + 10  # nor does a read waiting on its client
         honest = GrpcTier.from_url(server.url, timeout=10)
         t0 = time.monotonic()
         for _ in range(10):

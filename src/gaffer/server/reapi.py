@@ -333,14 +333,20 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                 namespace.streamed(digest, actual == digest.hash)
                 if actual != digest.hash:
                     raise Failure(grpc.StatusCode.DATA_LOSS, f"blob {digest} was corrupt in the cache and is evicted")
-            f.seek(offset)
-            while remaining > 0:
-                chunk = f.read(min(READ_CHUNK, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                self.metrics.transferred(sent=len(chunk))
-                yield bytestream_pb2.ReadResponse(data=chunk)
+        path, position = namespace.store.blob_path(digest), offset
+        while remaining > 0:
+            try:  # opened for each chunk, so a client that stopped reading holds no file descriptor
+                with open(path, "rb") as f:
+                    f.seek(position)
+                    chunk = f.read(min(READ_CHUNK, remaining))
+            except FileNotFoundError:
+                raise Failure(grpc.StatusCode.UNAVAILABLE, f"blob {digest} was evicted while being read") from None
+            if not chunk:
+                break
+            position += len(chunk)
+            remaining -= len(chunk)
+            self.metrics.transferred(sent=len(chunk))
+            yield bytestream_pb2.ReadResponse(data=chunk)
 
     async def Write(self, requests: object, context: Context) -> bytestream_pb2.WriteResponse:
         """Stream into a temp file of the store, verify against the digest, then install atomically. The chunks
