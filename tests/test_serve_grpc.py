@@ -308,16 +308,27 @@ def test_a_size_0_digest_is_present_only_as_the_empty_blob(server: ReapiServer) 
 
 
 def test_an_unusable_instance_directory_is_a_clean_error(server: ReapiServer) -> None:
-    """Nothing of the server's own paths reaches the peer."""
+    """A name too long for a directory, or a file where the instance's directory should be: a status that says
+    so (never UNKNOWN), and nothing of the server's own paths reaches the peer."""
     (server.workdir / "store" / "instances").mkdir(parents=True, exist_ok=True)
     (server.workdir / "store" / "instances" / "blocked").write_text("a file where a directory should be")
     long_name = "/".join(["a"] * 100)  # 199 characters, but each "/" is 3 once encoded as a directory name
+    digest, data = _blob(5)
     with grpc.insecure_channel(server.grpc_address) as channel:
         cas = re_grpc.ContentAddressableStorageStub(channel)
-        for instance, code in [(long_name, grpc.StatusCode.INVALID_ARGUMENT), ("blocked", grpc.StatusCode.UNAVAILABLE)]:
+        bytestream = bytestream_pb2_grpc.ByteStreamStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(instance_name=long_name, blob_digests=[_pb(digest)]))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        name = f"blocked/uploads/00000000-0000-4000-8000-000000000003/blobs/{digest.hash}/{digest.size_bytes}"
+        calls = [
+            lambda: cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(
+                instance_name="blocked", requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=_pb(digest), data=data)])),
+            lambda: bytestream.Write(iter([bytestream_pb2.WriteRequest(resource_name=name, data=data, finish_write=True)])),
+        ]
+        for call in calls:
             with pytest.raises(grpc.RpcError) as e:
-                cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(instance_name=instance,
-                                                                    blob_digests=[_pb(_blob(5)[0])]))
-            assert e.value.code() == code, instance
-            assert str(server.workdir) not in (e.value.details() or ""), instance
+                call()
+            assert e.value.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.OK)
+            assert str(server.workdir) not in (e.value.details() or "")
     assert server.proc.poll() is None

@@ -34,7 +34,7 @@ from gaffer.server.store import (
 )
 
 CHUNK = 1024 * 1024
-_STORAGE_STATUS = {"full": 507, "unavailable": 503, "broken": 500}
+_STORAGE_STATUS = {"too large": 413, "full": 507, "unavailable": 503, "broken": 500}
 
 
 class CacheHTTPServer(ThreadingHTTPServer):

@@ -25,7 +25,6 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
-from gaffer.cache.base import TierError
 from gaffer.digest import EMPTY_DIGEST, Digest
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc, semver_pb2
 from gaffer.protos import remote_execution_pb2 as re_pb2
@@ -70,8 +69,8 @@ class Failure(Exception):
         self.code = code
 
 
-_STORAGE_CODES = {"full": grpc.StatusCode.RESOURCE_EXHAUSTED, "unavailable": grpc.StatusCode.UNAVAILABLE,
-                  "broken": grpc.StatusCode.INTERNAL}
+_STORAGE_CODES = {"too large": grpc.StatusCode.RESOURCE_EXHAUSTED, "full": grpc.StatusCode.RESOURCE_EXHAUSTED,
+                  "unavailable": grpc.StatusCode.UNAVAILABLE, "broken": grpc.StatusCode.INTERNAL}
 
 
 def _status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
@@ -80,14 +79,12 @@ def _status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
         return error.code, str(error)
     if isinstance(error, BadRequest):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, TierError):  # an instance whose directory cannot be used (read-only, unreadable)
-        return grpc.StatusCode.UNAVAILABLE, "the cache storage of this instance is unavailable"
     assert isinstance(error, (OSError, BackendUnavailable))
     kind, message = storage_failure(error)
     return _STORAGE_CODES[kind], message
 
 
-_HANDLED = (Failure, BadRequest, TierError, OSError, BackendUnavailable)
+_HANDLED = (Failure, BadRequest, OSError, BackendUnavailable)
 
 
 class _Service:
@@ -333,7 +330,7 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                 namespace.streamed(digest, actual == digest.hash)
                 if actual != digest.hash:
                     raise Failure(grpc.StatusCode.DATA_LOSS, f"blob {digest} was corrupt in the cache and is evicted")
-        path, position = namespace.store.blob_path(digest), offset
+        path, position = namespace.server.path(namespace.key(digest)), offset
         while remaining > 0:
             try:  # opened for each chunk, so a client that stopped reading holds no file descriptor
                 with open(path, "rb") as f:
@@ -387,7 +384,8 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                     raise BadRequest("the Write stream ended without finish_write")
             await self.run(namespace.finish, upload)
         finally:
-            self.io.submit(upload.discard)  # after a write still running on an I/O thread (a cancelled call)
+            # on an I/O thread, after a write still running there (a cancelled call); shielded: it happens anyway
+            await asyncio.shield(self.run(upload.close))
         return bytestream_pb2.WriteResponse(committed_size=digest.size_bytes)
 
     @counted
