@@ -256,7 +256,10 @@ SETTINGS: tuple[Setting, ...] = (
             help="require 'authorization: Bearer <the file's content>' on every request"),
     Setting("threads", (SERVE,), toml="serve.threads", env="GAFFER_SERVE_THREADS", flags=("--threads",),
             metavar="N", parse=_count("threads"), default={SERVE: 32}, default_text={"*": "32"},
-            help="gRPC worker threads"),
+            help="threads doing the disk work of gRPC calls"),
+    Setting("grace", (SERVE,), toml="serve.grace", env="GAFFER_SERVE_GRACE", flags=("--grace",),
+            metavar="DURATION", parse=_timeout, default={SERVE: 30.0}, default_text={"*": "30s"},
+            help="after a stop signal, how long calls in progress may take to finish before they are cancelled"),
     # gobuildcache (the Go program's variables are its aliases)
     Setting("backend_type", (GOCACHE,), toml="gocache.backend", env="GAFFER_GOCACHE_BACKEND",
             parse=_choice("disk", "s3"), aliases={GOCACHE: ("BACKEND_TYPE",)}, default={GOCACHE: "disk"},

@@ -22,10 +22,13 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gaffer.digest import Digest
+
+if TYPE_CHECKING:  # imported when a pool is first needed: concurrent.futures loads logging (~10 ms)
+    from concurrent.futures import ThreadPoolExecutor
 
 LOOKUP_WORKERS = 16  # parallel presence checks in the default find_missing (one request per digest)
 _pool_lock = threading.Lock()
@@ -83,6 +86,8 @@ class CacheTier(ABC):
             return [d for d in digests if not self.has_blob(d)]
         with _pool_lock:
             if self._lookups is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._lookups = ThreadPoolExecutor(LOOKUP_WORKERS, thread_name_prefix="gaffer-lookup")
             pool = self._lookups
         present = list(pool.map(self.has_blob, digests))

@@ -16,12 +16,14 @@ import os
 import re
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
-from gaffer.cache.base import CacheTier
 from gaffer.errors import UserError
 from gaffer.units import parse_size
+
+if TYPE_CHECKING:  # a no-op build checks URLs: it must not import the tier machinery (thread pools, logging)
+    from gaffer.cache.base import CacheTier
 
 DEFAULT_REDIS_PREFIX = "gaffer"  # redis:// keys are `<prefix>:cas:<sha256>` without ?prefix=
 _SECRET_PARAM = re.compile(r"token|secret|passw|key|sig|credential|auth", re.IGNORECASE)

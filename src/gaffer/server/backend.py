@@ -18,7 +18,7 @@ from gaffer.cache.base import CacheTier, TierError
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, digest_file
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
-from gaffer.server.store import BackendUnavailable, BadRequest, Namespace, check_digest, decode_action
+from gaffer.server.store import BackendUnavailable, BadRequest, Namespace, Upload, check_digest, decode_action
 
 if TYPE_CHECKING:
     from gaffer.server.store import ServerStore
@@ -96,8 +96,9 @@ class BackendNamespace(Namespace):
         self._ask(lambda b: b.write_blob(digest, data))
         self._keep(digest, data)
 
-    def receive(self, digest: Digest, chunks: Iterable[bytes]) -> None:
-        super().receive(digest, chunks)
+    def finish(self, upload: Upload) -> None:
+        super().finish(upload)
+        digest = upload.digest
         path = self.server.path(self.key(digest))
         self._ask(lambda b: b.upload_blob(digest, path))
 
@@ -108,7 +109,7 @@ class BackendNamespace(Namespace):
         result = None if data is None else decode_action(data)
         return None if data is None or result is None else (data, result)
 
-    def _complete(self, key: Digest, needed: list[Digest]) -> bool:
+    def _complete(self, key: Digest, needed: list[Digest], again: bool = False) -> bool:
         return not self._ask(lambda b: b.find_missing(needed))
 
     def put_action(self, key: Digest, result: re_pb2.ActionResult) -> None:

@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from gaffer.cache.urls import read_token, redact
 from gaffer.config import SERVE, Settings, add_flags, check_urls, environment_help, load_nearest
 from gaffer.errors import EnvironmentProblem, UserError, exit_status
 from gaffer.units import format_size
 
-GRACE_S = 30.0  # how long in-flight gRPC calls may take to finish after a stop signal
+if TYPE_CHECKING:
+    from gaffer.server.http import CacheHTTPServer
+    from gaffer.server.reapi import GrpcServer
+    from gaffer.server.store import ServerStore
+
+STOP_SLACK_S = 5.0  # beyond the grace period, for what must still finish after cancelled calls (the store's gc)
 BACKEND_TIMEOUT_S = 30.0  # per request to the --backend
 
 
@@ -121,14 +128,38 @@ def _serve(settings: Settings) -> int:
         received = signal.sigwait(stop_signals)
         print(f"gaffer serve: {signal.Signals(received).name}: stopping", file=sys.stderr, flush=True)
     finally:
-        stopped = grpc_server.stop(GRACE_S) if grpc_server is not None else None
-        if http_server is not None:
-            http_server.stop()
-            http_thread.join()
-        if stopped is not None:
-            stopped.wait()
-        store.close()
+        stopper = threading.Thread(target=_stop, args=(grpc_server, http_server, store, settings.grace),
+                                   name="gaffer-stop")
+        stopper.start()
+        _wait_stopped(stopper, stop_signals, settings.grace + STOP_SLACK_S)
     return 0
+
+
+def _stop(grpc_server: GrpcServer | None, http_server: CacheHTTPServer | None, store: ServerStore,
+          grace: float) -> None:
+    """Stop both servers (calls in progress get `grace` seconds), then close the store."""
+    stopped = grpc_server.stop(grace) if grpc_server is not None else None
+    if http_server is not None:
+        http_server.stop()
+    if stopped is not None:
+        stopped.result()
+    store.close()
+
+
+def _wait_stopped(stopper: threading.Thread, stop_signals: set[signal.Signals], deadline_s: float) -> None:
+    """Wait for `stopper`; a second stop signal, or a stop outlasting `deadline_s`, ends the process at once
+    (committed entries are safe: every write is a temp file renamed into place)."""
+    deadline = time.monotonic() + deadline_s
+    while stopper.is_alive():
+        if time.monotonic() > deadline:
+            print("gaffer serve: calls still running after the grace period: exiting now", file=sys.stderr,
+                  flush=True)
+            os._exit(1)
+        again = signal.sigtimedwait(stop_signals, 0.1)
+        if again is not None:
+            print(f"gaffer serve: {signal.Signals(again.si_signo).name} again: exiting now", file=sys.stderr,
+                  flush=True)
+            os._exit(128 + again.si_signo)
 
 
 def _host(host: str) -> str:

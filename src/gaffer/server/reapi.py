@@ -2,17 +2,24 @@
 
 Each service is a thin adapter over `ServerStore` (the bazel-remote shape): parse and validate the request, call
 the store, map failures to gRPC status codes and count them in the metrics.
+
+The server is grpc.aio: a call waiting on its peer (a stalled upload, a client that stopped reading) holds a
+coroutine, not a thread, and is dropped after STALL_S. The store's blocking disk work runs in a bounded thread
+pool, never on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import hashlib
 import socket
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import NoReturn, TypeVar
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -27,7 +34,6 @@ from gaffer.server.metrics import Metrics
 from gaffer.server.store import (
     BackendUnavailable,
     BadRequest,
-    Namespace,
     ServerStore,
     check_digest,
     check_hash,
@@ -39,10 +45,20 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # announced in Capabilities: the total blob b
 MAX_MESSAGE_BYTES = MAX_BATCH_BYTES + 1024 * 1024  # what the server accepts: a full batch plus its framing
 READ_CHUNK = 1024 * 1024
 TREE_PAGE = 1000
+TREE_PAGE_BYTES = 3 * 1024 * 1024  # a GetTree page stays under the 4 MiB a gRPC client accepts by default
+PAGE_ENTRY_BYTES = 16  # the framing of one Directory in a page, at most
 WRITERS = 4  # threads writing the blobs of a BatchUpdateBlobs call (more only fight over the GIL)
+STALL_S = 60.0  # a stream whose peer neither sends nor takes a message for this long is dropped
+MAX_CALLS = 1000  # calls in progress at once; more are refused with RESOURCE_EXHAUSTED
+MAX_STREAMS_PER_CONNECTION = 100
+KEEPALIVE_S = 60  # ping an idle connection this often; one that does not answer in KEEPALIVE_TIMEOUT_S is closed
+KEEPALIVE_TIMEOUT_S = 20
+IDLE_CONNECTION_S = 600  # a connection without calls for this long is closed (clients reconnect as needed)
 
+Context = grpc.aio.ServicerContext[Any, Any]
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+T = TypeVar("T")
 
 
 class Failure(Exception):
@@ -58,7 +74,7 @@ _STORAGE_CODES = {"too large": grpc.StatusCode.RESOURCE_EXHAUSTED, "full": grpc.
 
 
 def _status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
-    """The status code and message a handler's exception ends the RPC with."""
+    """The status code and message a handler's exception ends the RPC with (never a path of the server's)."""
     if isinstance(error, Failure):
         return error.code, str(error)
     if isinstance(error, BadRequest):
@@ -68,34 +84,57 @@ def _status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
     return _STORAGE_CODES[kind], message
 
 
+_HANDLED = (Failure, BadRequest, OSError, BackendUnavailable)
+
+
 class _Service:
-    """Base of the servicers: the shared store and metrics; `kind` labels the service in the metrics."""
+    """Base of the servicers: the shared store, metrics and I/O threads; `kind` labels the service in the metrics."""
 
     kind = ""
 
-    def __init__(self, store: ServerStore, metrics: Metrics) -> None:
+    def __init__(self, store: ServerStore, metrics: Metrics, io: ThreadPoolExecutor) -> None:
         self.store = store
         self.metrics = metrics
+        self.io = io
 
-    def fail(self, method: str, error: Exception, context: grpc.ServicerContext) -> NoReturn:
+    def run(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        """`fn(*args)` on an I/O thread: the event loop never waits on the disk."""
+        return asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+
+    async def fail(self, method: str, error: Exception, context: Context) -> NoReturn:
         code, message = _status_of(error)
         self.metrics.request("grpc", method, self.kind, code.name)
-        context.abort(code, message)
+        await context.abort(code, message)
         raise AssertionError("grpc's abort() raises")  # what the type checker cannot know
+
+    async def stream(self, responses: Generator[Response, None, None], context: Context) -> None:
+        """Send what a blocking generator yields, each step of it on an I/O thread; a peer that takes no message
+        for STALL_S is dropped."""
+        try:
+            while (response := await self.run(next, responses, None)) is not None:
+                try:
+                    await asyncio.wait_for(context.write(response), STALL_S)
+                except TimeoutError:
+                    raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"the client took no data for {STALL_S:g}s") from None
+        finally:
+            self.io.submit(responses.close)  # its file, closed on an I/O thread after any step still running
 
 
 Service = TypeVar("Service", bound=_Service)
+Handler = Callable[[Service, Request, Context], Awaitable[Response]]
 
 
-def counted(fn: Callable[[Service, Request], Response]) -> Callable[[Service, Request, grpc.ServicerContext], Response]:
-    """Wrap a handler with one response: count it, and turn Failure/BadRequest/OSError into the RPC's status."""
+def counted(fn: Callable[[Service, Request], Response]) -> Handler[Service, Request, Response]:
+    """A blocking handler with one response, run on an I/O thread: count it, and turn Failure/BadRequest/OSError
+    into the RPC's status."""
 
     @functools.wraps(fn)
-    def handler(self: Service, request: Request, context: grpc.ServicerContext) -> Response:
+    async def handler(self: Service, request: Request, context: Context) -> Response:
         try:
-            response = fn(self, request)
-        except (Failure, BadRequest, OSError, BackendUnavailable) as e:
-            self.fail(fn.__name__, e, context)
+            response = await self.run(fn, self, request)
+        except _HANDLED as e:
+            await self.fail(fn.__name__, e, context)
         self.metrics.request("grpc", fn.__name__, self.kind, "OK")
         return response
 
@@ -103,16 +142,16 @@ def counted(fn: Callable[[Service, Request], Response]) -> Callable[[Service, Re
 
 
 def counted_stream(
-    fn: Callable[[Service, Request], Iterator[Response]],
-) -> Callable[[Service, Request, grpc.ServicerContext], Iterator[Response]]:
-    """`counted` for handlers that stream their responses."""
+    fn: Callable[[Service, Request], Generator[Response, None, None]],
+) -> Handler[Service, Request, None]:
+    """`counted` for blocking generators of responses: each step runs on an I/O thread (Service.stream)."""
 
     @functools.wraps(fn)
-    def handler(self: Service, request: Request, context: grpc.ServicerContext) -> Iterator[Response]:
+    async def handler(self: Service, request: Request, context: Context) -> None:
         try:
-            yield from fn(self, request)
-        except (Failure, BadRequest, OSError, BackendUnavailable) as e:
-            self.fail(fn.__name__, e, context)
+            await self.stream(fn(self, request), context)
+        except _HANDLED as e:
+            await self.fail(fn.__name__, e, context)
         self.metrics.request("grpc", fn.__name__, self.kind, "OK")
 
     return handler
@@ -147,8 +186,8 @@ class Capabilities(_Service, re_grpc.CapabilitiesServicer):
 class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServicer):
     kind = "cas"
 
-    def __init__(self, store: ServerStore, metrics: Metrics, writers: ThreadPoolExecutor) -> None:
-        super().__init__(store, metrics)
+    def __init__(self, store: ServerStore, metrics: Metrics, io: ThreadPoolExecutor, writers: ThreadPoolExecutor) -> None:
+        super().__init__(store, metrics, io)
         self._writers = writers
 
     @counted
@@ -186,7 +225,7 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
             raise BadRequest(f"batch larger than max_batch_total_size_bytes ({MAX_BATCH_BYTES}); use ByteStream")
         responses = []
         sent = hits = 0
-        for d, digest in zip(request.digests, digests):
+        for d, digest in zip(request.digests, digests, strict=True):
             data = namespace.read(digest)
             if data is None:
                 status = _status(code_pb2.NOT_FOUND, f"blob {digest} not found")
@@ -200,17 +239,24 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
         return re_pb2.BatchReadBlobsResponse(responses=responses)
 
     @counted_stream
-    def GetTree(self, request: re_pb2.GetTreeRequest) -> Iterator[re_pb2.GetTreeResponse]:
-        """Every Directory below the root, breadth first, in pages; missing subtrees are left out (REAPI)."""
+    def GetTree(self, request: re_pb2.GetTreeRequest) -> Generator[re_pb2.GetTreeResponse, None, None]:
+        """Every Directory below the root, breadth first, in pages of at most TREE_PAGE directories and
+        TREE_PAGE_BYTES; missing subtrees are left out (REAPI). A Directory too large for any page is refused
+        unread."""
         if request.page_token:
             raise BadRequest("GetTree page tokens are not supported; read the whole stream")
         namespace = self.store.namespace(request.instance_name)
         root = check_digest(request.root_digest)
         page_size = min(request.page_size, TREE_PAGE) if request.page_size > 0 else TREE_PAGE
-        queue, seen, page = [root], {root}, []
+        queue, seen = deque([root]), {root}
+        page: list[re_pb2.Directory] = []
+        page_bytes = 0
         first = True
         while queue:
-            digest = queue.pop(0)
+            digest = queue.popleft()
+            if digest.size_bytes + PAGE_ENTRY_BYTES > TREE_PAGE_BYTES:
+                raise Failure(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"directory {digest} is larger than a GetTree page ({TREE_PAGE_BYTES} bytes)")
             data = namespace.read(digest)
             try:
                 directory = None if data is None else re_pb2.Directory.FromString(data)
@@ -221,7 +267,11 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
                     raise Failure(grpc.StatusCode.NOT_FOUND, f"root directory {root} not found")
                 continue
             first = False
+            if page and page_bytes + digest.size_bytes + PAGE_ENTRY_BYTES > TREE_PAGE_BYTES:
+                yield re_pb2.GetTreeResponse(directories=page)
+                page, page_bytes = [], 0
             page.append(directory)
+            page_bytes += digest.size_bytes + PAGE_ENTRY_BYTES
             for child in directory.directories:
                 d = check_digest(child.digest)
                 if d not in seen:
@@ -229,7 +279,7 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
                     queue.append(d)
             if len(page) == page_size:
                 yield re_pb2.GetTreeResponse(directories=page)
-                page = []
+                page, page_bytes = [], 0
         if page:
             yield re_pb2.GetTreeResponse(directories=page)
 
@@ -255,7 +305,7 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
     kind = "bytestream"
 
     @counted_stream
-    def Read(self, request: bytestream_pb2.ReadRequest) -> Iterator[bytestream_pb2.ReadResponse]:
+    def Read(self, request: bytestream_pb2.ReadRequest) -> Generator[bytestream_pb2.ReadResponse, None, None]:
         instance, digest = _parse_resource(request.resource_name, upload=False)
         offset, limit = request.read_offset, request.read_limit
         if offset < 0 or offset > digest.size_bytes:
@@ -271,66 +321,71 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
         if opened is None:
             raise Failure(grpc.StatusCode.NOT_FOUND, f"blob {digest} not found")
         f, check = opened
-        whole = offset == 0 and (limit == 0 or limit >= digest.size_bytes)
         remaining = digest.size_bytes - offset if limit == 0 else min(limit, digest.size_bytes - offset)
-        # A blob this process has not checked yet is hashed as it streams (one pass over the file); a partial read
-        # cannot be checked that way, so it is checked first. A corrupt blob is evicted: DATA_LOSS.
+        # A blob this process has not checked yet is hashed before any of it is sent, so a client never receives
+        # corrupt data; a corrupt blob is evicted: DATA_LOSS.
         with f:
-            if check and not whole:
-                self._checked(namespace, digest, hashlib.file_digest(f, "sha256").hexdigest())
-                check = False
-            f.seek(offset)
-            sha = hashlib.sha256() if check else None
-            while remaining > 0:
-                chunk = f.read(min(READ_CHUNK, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                if sha is not None:
-                    sha.update(chunk)
-                self.metrics.transferred(sent=len(chunk))
-                yield bytestream_pb2.ReadResponse(data=chunk)
-        if sha is not None:
-            self._checked(namespace, digest, sha.hexdigest())
+            if check:
+                actual = hashlib.file_digest(f, "sha256").hexdigest()
+                namespace.streamed(digest, actual == digest.hash)
+                if actual != digest.hash:
+                    raise Failure(grpc.StatusCode.DATA_LOSS, f"blob {digest} was corrupt in the cache and is evicted")
+        path, position = namespace.server.path(namespace.key(digest)), offset
+        while remaining > 0:
+            try:  # opened for each chunk, so a client that stopped reading holds no file descriptor
+                with open(path, "rb") as f:
+                    f.seek(position)
+                    chunk = f.read(min(READ_CHUNK, remaining))
+            except FileNotFoundError:
+                raise Failure(grpc.StatusCode.UNAVAILABLE, f"blob {digest} was evicted while being read") from None
+            if not chunk:
+                break
+            position += len(chunk)
+            remaining -= len(chunk)
+            self.metrics.transferred(sent=len(chunk))
+            yield bytestream_pb2.ReadResponse(data=chunk)
 
-    @staticmethod
-    def _checked(namespace: Namespace, digest: Digest, actual: str) -> None:
-        namespace.streamed(digest, actual == digest.hash)
-        if actual != digest.hash:
-            raise Failure(grpc.StatusCode.DATA_LOSS, f"blob {digest} was corrupt in the cache and is evicted")
+    async def Write(self, requests: object, context: Context) -> bytestream_pb2.WriteResponse:
+        """Stream into a temp file of the store, verify against the digest, then install atomically. The chunks
+        are awaited on the event loop and written on an I/O thread: a stalled upload holds no thread."""
+        try:
+            response = await self._write(context)
+        except _HANDLED as e:
+            await self.fail("Write", e, context)
+        self.metrics.request("grpc", "Write", self.kind, "OK")
+        return response
 
-    @counted
-    def Write(self, requests: Iterator[bytestream_pb2.WriteRequest]) -> bytestream_pb2.WriteResponse:
-        """Stream into a temp file of the store, verify against the digest, then install atomically."""
-        first = next(requests, None)
-        if first is None:
+    async def _write(self, context: Context) -> bytestream_pb2.WriteResponse:
+        request = await _next_request(context)
+        if request is None:
             raise BadRequest("Write without any request")
-        resource = first.resource_name
+        resource = request.resource_name
         instance, digest = _parse_resource(resource, upload=True)
-        if first.write_offset != 0:
+        if request.write_offset != 0:
             raise BadRequest("this server does not resume uploads: write_offset must start at 0")
-        namespace = self.store.namespace(instance)
-        if namespace.has(digest):
+        namespace = await self.run(self.store.namespace, instance)
+        if await self.run(namespace.has, digest):
             return bytestream_pb2.WriteResponse(committed_size=digest.size_bytes)  # REAPI: finish early
-
-        def chunks() -> Iterator[bytes]:
-            request, offset = first, 0
+        upload = await self.run(namespace.upload, digest)
+        try:
+            offset = 0
             while True:
                 if request.write_offset != offset:
                     raise BadRequest(f"write_offset {request.write_offset} where {offset} was expected")
                 if request.resource_name and request.resource_name != resource:
                     raise BadRequest("resource_name changed in the middle of a Write")
-                yield request.data
+                await self.run(upload.write, request.data)
                 offset += len(request.data)
                 self.metrics.transferred(received=len(request.data))
                 if request.finish_write:
-                    return
-                following = next(requests, None)
-                if following is None:
+                    break
+                request = await _next_request(context)
+                if request is None:
                     raise BadRequest("the Write stream ended without finish_write")
-                request = following
-
-        namespace.receive(digest, chunks())
+            await self.run(namespace.finish, upload)
+        finally:
+            # on an I/O thread, after a write still running there (a cancelled call); shielded: it happens anyway
+            await asyncio.shield(self.run(upload.close))
         return bytestream_pb2.WriteResponse(committed_size=digest.size_bytes)
 
     @counted
@@ -365,27 +420,36 @@ class ActionCache(_Service, re_grpc.ActionCacheServicer):
         return request.action_result
 
 
-class _RequireToken(grpc.ServerInterceptor):
+async def _next_request(context: Context) -> bytestream_pb2.WriteRequest | None:
+    """The peer's next message of a request stream, None at its end; a peer silent for STALL_S is dropped."""
+    try:
+        message = await asyncio.wait_for(context.read(), STALL_S)
+    except TimeoutError:
+        raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"the client sent no data for {STALL_S:g}s") from None
+    return None if message is grpc.aio.EOF else message
+
+
+class _RequireToken(grpc.aio.ServerInterceptor):
     """Refuse (UNAUTHENTICATED) every call that does not carry the server's bearer token, before it is parsed."""
 
     def __init__(self, token: BearerToken, metrics: Metrics) -> None:
         self._token = token
         self._metrics = metrics
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         header = next((v for k, v in details.invocation_metadata if k == "authorization"), None)
-        handler = continuation(details)
+        handler = await continuation(details)
         if handler is None or self._token.allows(header if isinstance(header, str) else None):
             return handler
         method = details.method.rsplit("/", 1)[-1]
 
-        def deny(_request: object, context: grpc.ServicerContext) -> None:
+        async def deny(_request: object, context: Context) -> None:
             self._metrics.request("grpc", method, "auth", "UNAUTHENTICATED")
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "this server requires authorization: Bearer <token>")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this server requires authorization: Bearer <token>")
 
         if handler.request_streaming and handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(deny)
@@ -396,35 +460,93 @@ class _RequireToken(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
-def start_grpc(address: str, store: ServerStore, metrics: Metrics, token: BearerToken, threads: int) -> tuple[grpc.Server, int]:
+class GrpcServer:
+    """The grpc.aio server on an event loop of its own thread, and the I/O threads its calls use."""
+
+    def __init__(self, store: ServerStore, metrics: Metrics, token: BearerToken, threads: int) -> None:
+        self._io = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gaffer-grpc-io")
+        self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="gaffer-write")
+        self._services = (store, metrics, token)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gaffer-grpc")
+        self._server: grpc.aio.Server | None = None
+
+    def start(self, address: str) -> int:
+        """Listen on `address` and serve; the port bound. OSError when it cannot listen there."""
+        self._thread.start()
+        try:
+            return asyncio.run_coroutine_threadsafe(self._start(address), self._loop).result()
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            raise
+
+    async def _start(self, address: str) -> int:
+        store, metrics, token = self._services
+        server = grpc.aio.server(
+            interceptors=[_RequireToken(token, metrics)] if token.required else [],
+            maximum_concurrent_rpcs=MAX_CALLS,
+            options=[
+                ("grpc.so_reuseport", 0),  # a port already taken must be an error, not a silently shared port
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+                ("grpc.keepalive_time_ms", KEEPALIVE_S * 1000),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000),
+                ("grpc.max_connection_idle_ms", IDLE_CONNECTION_S * 1000),
+            ],
+        )
+        re_grpc.add_CapabilitiesServicer_to_server(Capabilities(store, metrics, self._io), server)
+        re_grpc.add_ContentAddressableStorageServicer_to_server(
+            ContentAddressableStorage(store, metrics, self._io, self._writers), server)
+        re_grpc.add_ActionCacheServicer_to_server(ActionCache(store, metrics, self._io), server)
+        bytestream_pb2_grpc.add_ByteStreamServicer_to_server(ByteStream(store, metrics, self._io), server)
+        host, _, wanted = address.rpartition(":")
+        if wanted != "0":
+            # bind once ourselves: gRPC would log a multi-line C-core error before reporting the failure
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host.strip("[]"), int(wanted)))
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise OSError(errno.EADDRINUSE, f"cannot listen on {address}")
+        await server.start()
+        self._server = server
+        return port
+
+    def stop(self, grace: float) -> Future[None]:
+        """Refuse new calls, give those in progress `grace` seconds, then cancel them; done when all have ended
+        and the threads are gone (disk work already running finishes: it is short)."""
+        done: Future[None] = Future()
+
+        async def stop() -> None:
+            if self._server is not None:
+                await self._server.stop(grace)
+            # grpc has ended the calls; what their handlers still await ends here, so their clean-ups run
+            handlers = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+            self._loop.stop()
+
+        def finish() -> None:
+            self._thread.join()
+            self._io.shutdown(wait=True)  # the clean-ups cancelled calls left (temp files, open files)
+            self._writers.shutdown(wait=True)
+            self._loop.close()
+            done.set_result(None)
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop)
+        threading.Thread(target=finish, name="gaffer-grpc-stop").start()
+        return done
+
+
+def start_grpc(address: str, store: ServerStore, metrics: Metrics, token: BearerToken, threads: int) -> tuple[GrpcServer, int]:
     """Start the gRPC server on `address` (HOST:PORT, port 0 for any); return it and the port it got.
 
     Raises OSError when it cannot listen there."""
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gaffer-grpc"),
-        interceptors=[_RequireToken(token, metrics)] if token.required else [],
-        options=[
-            ("grpc.so_reuseport", 0),  # a port already taken must be an error, not a silently shared port
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
-    re_grpc.add_CapabilitiesServicer_to_server(Capabilities(store, metrics), server)
-    writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="gaffer-write")
-    re_grpc.add_ContentAddressableStorageServicer_to_server(ContentAddressableStorage(store, metrics, writers), server)
-    re_grpc.add_ActionCacheServicer_to_server(ActionCache(store, metrics), server)
-    bytestream_pb2_grpc.add_ByteStreamServicer_to_server(ByteStream(store, metrics), server)
-    host, _, wanted = address.rpartition(":")
-    if wanted != "0":
-        # bind once ourselves: gRPC would log a multi-line C-core error before reporting the failure
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host.strip("[]"), int(wanted)))
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError:
-        port = 0
-    if not port:
-        raise OSError(errno.EADDRINUSE, f"cannot listen on {address}")
-    server.start()
-    return server, port
+    server = GrpcServer(store, metrics, token, threads)
+    return server, server.start(address)

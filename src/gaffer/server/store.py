@@ -48,6 +48,7 @@ from gaffer.cache.disk import GC_LOW_WATER, DiskStore, action_entry, install
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
+from gaffer.server.trees import BadTree, HashingReader, file_digests
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # REAPI forbids these as instance name segments: they would make resource names ambiguous.
@@ -55,6 +56,8 @@ _RESERVED = frozenset({"blobs", "uploads", "actions", "actionResults", "operatio
                        "compressed-blobs"})
 MAX_INSTANCE_NAME = 200
 NAME_MAX = 255  # the longest file name most file systems take: an instance's encoded directory name
+MAX_TREE_BYTES = 1024**3  # the distinct Tree blobs one action result may name, in all: beyond, a miss
+CHECK_BATCH = 10_000  # blobs of an action result checked at once
 MAX_ACTION_RESULT = 16 * 1024 * 1024
 SMALL_BLOB = 1024 * 1024  # blobs up to this size are read whole (and checked) and may sit in the memory cache
 TOUCH_AFTER_S = 3600  # as DiskStore: refresh a blob's mtime (its LRU age) at most hourly when it is read
@@ -216,7 +219,11 @@ class Upload:
         with namespace.upload(digest) as upload:
             for chunk in body:
                 upload.write(chunk)
-            upload.commit()
+            namespace.finish(upload)
+
+    The temp file is opened for each piece only, so an upload waiting on its peer holds no file descriptor. The
+    calls may come from different threads one after another, and `close` from another thread at any time (a
+    cancelled gRPC call), hence the lock.
     """
 
     def __init__(self, namespace: Namespace, digest: Digest) -> None:
@@ -224,36 +231,43 @@ class Upload:
         self._namespace = namespace
         self._sha = hashlib.sha256()
         self._received = 0
+        self._lock = threading.Lock()
+        self._closed = False
         self._reservation = namespace.server.reserve(digest.size_bytes)
         try:
             self._tmp = namespace.temp_path()
-            self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed by close()
+            self._tmp.write_bytes(b"")
         except BaseException:
             self._reservation.release()
             raise
 
     def write(self, chunk: bytes) -> None:
-        self._received += len(chunk)
-        if self._received > self.digest.size_bytes:
-            raise BadRequest(f"more data than the {self.digest.size_bytes} bytes of digest {self.digest}")
-        self._sha.update(chunk)
-        self._file.write(chunk)
+        with self._lock:
+            self._check_open()
+            self._received += len(chunk)
+            if self._received > self.digest.size_bytes:
+                raise BadRequest(f"more data than the {self.digest.size_bytes} bytes of digest {self.digest}")
+            self._sha.update(chunk)
+            with open(self._tmp, "ab") as f:
+                f.write(chunk)
 
     def commit(self) -> None:
-        self._file.close()
-        if self._received != self.digest.size_bytes or self._sha.hexdigest() != self.digest.hash:
-            raise BadRequest(f"the data ({self._received} bytes) does not match digest {self.digest}")
-        if self.digest != EMPTY_DIGEST:  # always present, never stored
-            key = self._namespace.key(self.digest)
-            self._namespace.server.install(key, self._tmp, self._received, self._reservation)
-            self._namespace.checked(self.digest)
+        with self._lock:
+            self._check_open()
+            if self._received != self.digest.size_bytes or self._sha.hexdigest() != self.digest.hash:
+                raise BadRequest(f"the data ({self._received} bytes) does not match digest {self.digest}")
+            if self.digest != EMPTY_DIGEST:  # always present, never stored
+                key = self._namespace.key(self.digest)
+                self._namespace.server.install(key, self._tmp, self._received, self._reservation)
+                self._namespace.checked(self.digest)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BadRequest(f"the upload of {self.digest} was abandoned")
 
     def close(self) -> None:
-        try:
-            self._file.close()  # flushing may fail on a full disk: the temp file goes all the same
-        except OSError:
-            pass
-        finally:
+        with self._lock:
+            self._closed = True
             self._tmp.unlink(missing_ok=True)
             self._reservation.release()
 
@@ -383,7 +397,11 @@ class Namespace:
         with self.upload(digest) as upload:
             for chunk in chunks:
                 upload.write(chunk)
-            upload.commit()
+            self.finish(upload)
+
+    def finish(self, upload: Upload) -> None:
+        """Install a fully received blob (see Upload)."""
+        upload.commit()
 
     # -- action cache ------------------------------------------------------------------------------------------
 
@@ -392,9 +410,9 @@ class Namespace:
         found = self._stored_action(key)
         if found is None:
             return None
-        needed = self._referenced_blobs(found[1])
-        if needed is None or not self._complete(key, needed):
-            return None
+        for i, needed in enumerate(self._referenced_blobs(found[1])):
+            if needed is None or not self._complete(key, needed, again=i > 0):
+                return None
         return found
 
     def _stored_action(self, key: Digest) -> tuple[bytes, re_pb2.ActionResult] | None:
@@ -411,10 +429,12 @@ class Namespace:
             return None
         return data, result
 
-    def _complete(self, key: Digest, needed: list[Digest]) -> bool:
+    def _complete(self, key: Digest, needed: list[Digest], again: bool = False) -> bool:
         """Is every blob indexed (then the result, and after it each blob, become the most recently used) and on
-        the disk itself (a blob removed behind the server's back makes a miss)?"""
-        if not self.server.use_together(self.key(key, "ac"), [(self.key(d), d.size_bytes) for d in needed]):
+        the disk itself (a blob removed behind the server's back makes a miss)? `again`: a later batch of the
+        same result's blobs."""
+        entry, blobs = self.key(key, "ac"), [(self.key(d), d.size_bytes) for d in needed]
+        if not self.server.use_together(entry, blobs, again=again):
             return False
         for digest in needed:
             try:
@@ -426,41 +446,63 @@ class Namespace:
                 return False
         return True
 
-    def _referenced_blobs(self, result: re_pb2.ActionResult) -> list[Digest] | None:
+    def _referenced_blobs(self, result: re_pb2.ActionResult) -> Iterator[list[Digest] | None]:
         """Every blob `result` names other than the empty one, including the files inside its output directory
-        trees (each tree read once). None when an output tree is missing or unreadable."""
-        digests = [f.digest for f in result.output_files] + [result.stdout_digest, result.stderr_digest]
-        trees: set[Digest] = set()
-        for directory in result.output_directories:
-            if directory.HasField("root_directory_digest"):
-                digests.append(directory.root_directory_digest)
-            if directory.HasField("tree_digest"):
-                trees.add(from_proto(directory.tree_digest))
-        for tree_digest in trees:
-            data = self.read(tree_digest)
-            if data is None:
-                return None
-            try:
-                tree = re_pb2.Tree.FromString(data)
-            except DecodeError:
-                return None
-            digests.append(re_pb2.Digest(hash=tree_digest.hash, size_bytes=tree_digest.size_bytes))
-            for d in (tree.root, *tree.children):
-                digests.extend(f.digest for f in d.files)
-        named = {from_proto(d) for d in digests if d.hash or d.size_bytes}  # an unset digest names nothing
-        named.discard(EMPTY_DIGEST)
-        return list(named)
+        trees, in batches of at most CHECK_BATCH; None (and nothing after it) when an output tree is missing,
+        unreadable or corrupt.
+
+        Peers choose what a result names: each distinct tree is read once, as a stream (trees.py), and all of them
+        together at most MAX_TREE_BYTES, so a small result cannot cost unbounded memory or CPU."""
+        named = [f.digest for f in result.output_files] + [result.stdout_digest, result.stderr_digest]
+        named += [d.root_directory_digest for d in result.output_directories if d.HasField("root_directory_digest")]
+        trees = dict.fromkeys(from_proto(d.tree_digest) for d in result.output_directories if d.HasField("tree_digest"))
+        trees.pop(EMPTY_DIGEST, None)  # no root, no files
+        if sum(t.size_bytes for t in trees) > MAX_TREE_BYTES:
+            yield None
+            return
+        yield _distinct([*map(from_proto, named), *trees])
+        for tree in trees:
+            opened = self.open(tree)
+            if opened is None:
+                yield None
+                return
+            batch: list[Digest] = []
+            with opened[0] as f:
+                reader = HashingReader(f, tree.size_bytes)
+                try:
+                    for digest in file_digests(reader):
+                        batch.append(from_proto(digest))
+                        if len(batch) == CHECK_BATCH:
+                            yield _distinct(batch)
+                            batch = []
+                except BadTree:
+                    yield None
+                    return
+            intact = reader.hexdigest() == tree.hash
+            self.streamed(tree, intact)
+            if not intact:
+                yield None
+                return
+            yield _distinct(batch)
 
     def put_action(self, key: Digest, result: re_pb2.ActionResult) -> None:
         """Store an action result, then mark the blobs it names used after it: it is evicted before them."""
         entry = self.key(key, "ac")
         self.server.store(entry, action_entry(result.SerializeToString(deterministic=True)))
-        needed = self._referenced_blobs(result)
-        if needed:
-            self.server.use_together(entry, [(self.key(d), d.size_bytes) for d in needed], partial=True)
+        for i, needed in enumerate(self._referenced_blobs(result)):
+            if needed is None:
+                break
+            self.server.use_together(entry, [(self.key(d), d.size_bytes) for d in needed], partial=True, again=i > 0)
 
     def close(self) -> None:
         """Nothing to release for a local instance (a backend one closes its tier)."""
+
+
+def _distinct(digests: Iterable[Digest]) -> list[Digest]:
+    """The blobs `digests` name, each once: not the empty one (always present), nor an unset field's."""
+    named = dict.fromkeys(d for d in digests if d.hash or d.size_bytes)
+    named.pop(EMPTY_DIGEST, None)
+    return list(named)
 
 
 class ServerStore:
@@ -606,10 +648,12 @@ class ServerStore:
                     missing.append(d)
         return missing
 
-    def use_together(self, first: Key, blobs: list[tuple[Key, int]], partial: bool = False) -> bool:
+    def use_together(self, first: Key, blobs: list[tuple[Key, int]], partial: bool = False,
+                     again: bool = False) -> bool:
         """Mark `first` (an action result) used, then the blobs it names, in one step: it stays older than each of
         them, so eviction never takes a blob before the result naming it. Unless `partial`, nothing is marked
-        and False is returned when `first` or any blob is not indexed (with its size)."""
+        and False is returned when `first` or any blob is not indexed (with its size). `again`: more blobs of
+        `first` after an earlier call (a result checked in batches); they move, `first` stays older."""
         index = self._index
         with self._lock:
             if first not in index:
@@ -617,7 +661,8 @@ class ServerStore:
             present = [key for key, size in blobs if (entry := index.get(key)) is not None and entry[0] == size]
             if not partial and len(present) < len(blobs):
                 return False
-            index.move_to_end(first)
+            if not again:
+                index.move_to_end(first)
             for key in present:
                 index.move_to_end(key)
         return True
