@@ -167,10 +167,7 @@ class DiskStore(CacheTier):
     def write_blob(self, digest: Digest, data: bytes) -> None:
         if self.has_blob(digest):
             return
-        tmp = self.temp_path()
-        with open(tmp, "wb") as f:
-            f.write(data)
-        self._install(tmp, self.blob_path(digest), len(data))
+        self._write_new(data, self.blob_path(digest))
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         if self.has_blob(digest):
@@ -213,10 +210,7 @@ class DiskStore(CacheTier):
         return result
 
     def write_action(self, key: Digest, result: bytes) -> None:
-        tmp = self.temp_path()
-        with open(tmp, "wb") as f:
-            f.write(_AC_MAGIC + hashlib.sha256(result).digest() + result)
-        self._install(tmp, self._action_path(key), _AC_HEADER + len(result))
+        self._write_new(_AC_MAGIC + hashlib.sha256(result).digest() + result, self._action_path(key))
 
     def evict_action(self, key: Digest) -> None:
         self._action_path(key).unlink(missing_ok=True)
@@ -357,6 +351,17 @@ class DiskStore(CacheTier):
         return builds
 
     # -- internals ---------------------------------------------------------------------------------------------
+
+    def _write_new(self, data: bytes, dest: Path) -> None:
+        """Write `data` to a temp file and install it at `dest`; a failure (a full disk) leaves no temp file."""
+        tmp = self.temp_path()
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            self._install(tmp, dest, len(data))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _install(self, tmp: Path, dest: Path, size: int) -> None:
         if not self.writable:

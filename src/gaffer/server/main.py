@@ -9,6 +9,9 @@ Committed entries survive even kill -9: every write is a temp file renamed into 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import resource
 import signal
 import sys
 import threading
@@ -75,6 +78,12 @@ def _serve(settings: Settings) -> int:
     max_size = settings.serve_max_size
     grpc_address, http_address = settings.grpc, settings.http
     token_text = _read_token(settings.token_file, settings.sources["token_file"]) if settings.token_file else None
+    read_token = None
+    if settings.read_token_file:
+        if not token_text:
+            raise UserError(f"{settings.sources['read_token_file']}: a read-only token needs a read-write one "
+                            "(--token-file) beside it")
+        read_token = _read_token(settings.read_token_file, settings.sources["read_token_file"])
 
     # Block the stop signals before any thread starts (importing grpc starts some), so every thread inherits
     # the mask and the main thread alone receives them, in sigwait below. Heavy imports only now the flags are good.
@@ -93,7 +102,8 @@ def _serve(settings: Settings) -> int:
     except TierError as e:
         raise EnvironmentProblem(f"{settings.sources['dir'] or '--dir'} {store_dir}: {e}") from None
     metrics = Metrics()
-    token = BearerToken(token_text)
+    token = BearerToken(token_text, read_token)
+    _raise_fd_limit()
     grpc_server = http_server = None
     listening = []
     try:
@@ -109,26 +119,47 @@ def _serve(settings: Settings) -> int:
             listening.append(f"grpc on {_host(grpc_address[0])}:{port}")
         if http_address is not None:
             try:
-                http_server = CacheHTTPServer(http_address, store, metrics, token)
+                http_server = CacheHTTPServer(http_address, store, metrics, token, settings.client_timeout)
             except OSError as e:
                 raise EnvironmentProblem(f"{settings.sources['http']} {_host(http_address[0])}:{http_address[1]}: "
                                          f"cannot listen there: {e.strerror}") from None
-            http_thread = threading.Thread(target=http_server.serve_forever, name="gaffer-http")
-            http_thread.start()
-            listening.append(f"http on {_host(http_address[0])}:{http_server.server_address[1]}")
+            http_server.start()
+            listening.append(f"http on {_host(http_address[0])}:{http_server.port}")
         print(f"gaffer serve: {', '.join(listening)}; store {store_dir} "
               f"({format_size(store.total_bytes)} of {format_size(max_size)})", file=sys.stderr, flush=True)
         received = signal.sigwait(stop_signals)
         print(f"gaffer serve: {signal.Signals(received).name}: stopping", file=sys.stderr, flush=True)
+        _exit_on_second_signal(stop_signals)
     finally:
         stopped = grpc_server.stop(GRACE_S) if grpc_server is not None else None
         if http_server is not None:
-            http_server.stop()
-            http_thread.join()
+            http_server.stop(GRACE_S)
         if stopped is not None:
             stopped.wait()
         store.close()
     return 0
+
+
+def _exit_on_second_signal(stop_signals: set[signal.Signals]) -> None:
+    """While the servers stop (up to their grace period), a second stop signal ends the process at once:
+    committed entries are safe (written to temp files, renamed into place), requests in flight are cut."""
+
+    def wait() -> None:
+        received = signal.sigwait(stop_signals)
+        print(f"gaffer serve: {signal.Signals(received).name} again: exiting now", file=sys.stderr, flush=True)
+        os._exit(128 + received)
+
+    threading.Thread(target=wait, name="gaffer-second-signal", daemon=True).start()
+
+
+def _raise_fd_limit() -> None:
+    """Use every file descriptor the system allows (the soft limit, often 1024, up to the hard one): each
+    client connection takes one. The HTTP server caps its connections below what is left."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    if soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _host(host: str) -> str:

@@ -22,7 +22,7 @@ from gaffer.digest import Digest
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc, semver_pb2
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
-from gaffer.server.auth import BearerToken
+from gaffer.server.auth import GRPC_WRITES, BearerToken, Refusal
 from gaffer.server.metrics import Metrics
 from gaffer.server.store import (
     BadRequest,
@@ -361,7 +361,8 @@ class ActionCache(_Service, re_grpc.ActionCacheServicer):
 
 
 class _RequireToken(grpc.ServerInterceptor):
-    """Refuse (UNAUTHENTICATED) every call that does not carry the server's bearer token, before it is parsed."""
+    """Refuse every call whose token may not make it (UNAUTHENTICATED, or PERMISSION_DENIED for a read-only token
+    writing), before the request is parsed."""
 
     def __init__(self, token: BearerToken, metrics: Metrics) -> None:
         self._token = token
@@ -374,13 +375,16 @@ class _RequireToken(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         header = next((v for k, v in details.invocation_metadata if k == "authorization"), None)
         handler = continuation(details)
-        if handler is None or self._token.allows(header if isinstance(header, str) else None):
+        refusal = self._token.refusal(header if isinstance(header, str) else None, details.method in GRPC_WRITES)
+        if handler is None or refusal is None:
             return handler
         method = details.method.rsplit("/", 1)[-1]
+        code = (grpc.StatusCode.UNAUTHENTICATED if refusal is Refusal.UNAUTHENTICATED
+                else grpc.StatusCode.PERMISSION_DENIED)
 
         def deny(_request: object, context: grpc.ServicerContext) -> None:
-            self._metrics.request("grpc", method, "auth", "UNAUTHENTICATED")
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "this server requires authorization: Bearer <token>")
+            self._metrics.request("grpc", method, "auth", code.name)
+            context.abort(code, refusal.value)
 
         if handler.request_streaming and handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(deny)

@@ -217,24 +217,10 @@ class Namespace:
 
     def receive(self, digest: Digest, chunks: Iterable[bytes]) -> None:
         """Stream a blob into a temp file in the store, hashing as it comes; install it only if it matches."""
-        tmp = self.store.temp_path()
-        sha = hashlib.sha256()
-        received = 0
-        try:
-            with open(tmp, "wb") as f:
-                for chunk in chunks:
-                    received += len(chunk)
-                    if received > digest.size_bytes:
-                        raise BadRequest(f"more data than the {digest.size_bytes} bytes of digest {digest}")
-                    sha.update(chunk)
-                    f.write(chunk)
-            if received != digest.size_bytes or sha.hexdigest() != digest.hash:
-                raise BadRequest(f"the data ({received} bytes) does not match digest {digest}")
-            if not self.has(digest):
-                self.store.adopt(digest, tmp)
-                self._installed(digest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with Upload(self, digest) as upload:
+            for chunk in chunks:
+                upload.write(chunk)
+            upload.commit()
 
     def _installed(self, digest: Digest) -> None:
         self._present[digest.hash] = digest.size_bytes
@@ -293,6 +279,49 @@ class Namespace:
         data = result.SerializeToString(deterministic=True)
         self.store.write_action(key, data)
         self._added(self.name, len(data))
+
+
+class Upload:
+    """A blob arriving in pieces (one call per piece, so an event loop can await the network in between): each
+    piece hashed and written to a temp file in the store, the blob installed only if it matches its digest. The
+    temp file is gone when the upload is closed, whatever happened (a peer gone, a full disk)."""
+
+    def __init__(self, namespace: Namespace, digest: Digest) -> None:
+        self._namespace = namespace
+        self._digest = digest
+        self._tmp = namespace.store.temp_path()
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed by close()
+        self._sha = hashlib.sha256()
+        self._received = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self._digest.size_bytes:
+            raise BadRequest(f"more data than the {self._digest.size_bytes} bytes of digest {self._digest}")
+        self._sha.update(chunk)
+        self._file.write(chunk)
+
+    def commit(self) -> None:
+        """Install the blob (BadRequest if the data does not match its digest)."""
+        self._file.close()
+        digest = self._digest
+        if self._received != digest.size_bytes or self._sha.hexdigest() != digest.hash:
+            raise BadRequest(f"the data ({self._received} bytes) does not match digest {digest}")
+        if not self._namespace.has(digest):
+            self._namespace.store.adopt(digest, self._tmp)
+            self._namespace._installed(digest)
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 class ServerStore:
