@@ -16,9 +16,11 @@ and a stalled client holds no thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import concurrent.futures
 import errno
 import hashlib
+import logging
 import resource
 import socket
 import threading
@@ -28,6 +30,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from google.protobuf.message import DecodeError
 
@@ -54,6 +57,19 @@ MAX_FIELD = 8190
 LINGER_S = 5.0  # how long an unread request body is drained after a refusal before the connection is closed
 
 T = TypeVar("T")
+
+
+class _NotOurFault(logging.Filter):
+    """aiohttp logs a traceback for each malformed request it answers with a 400 and each client that goes away
+    mid-reply: the client's doing, not an error of the server, and an easy way to flood its log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, (HttpProcessingError, ConnectionError))
+
+
+_LOG = logging.getLogger("gaffer.serve.http")
+_LOG.addFilter(_NotOurFault())
 
 
 def max_connections() -> int:
@@ -90,6 +106,7 @@ class CacheHTTPServer:
         self._uploading = 0  # declared bytes of the PUTs in flight
         self._loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
+        self._drained = asyncio.Event()  # set when no connection is inside a request
         self._grace = 0.0
         self._thread = threading.Thread(target=self._run, name="gaffer-http")
 
@@ -118,12 +135,27 @@ class CacheHTTPServer:
             max_headers=MAX_HEADERS,
             lingering_time=LINGER_S,
             access_log=None,
+            logger=_LOG,
         )
         listener = await self._loop.create_server(self._connection, sock=self._socket, backlog=BACKLOG)
         await self._stop.wait()
         listener.close()
-        self._web.pre_shutdown()  # wakes the connections waiting for (the rest of) a request's headers: closed
-        await self._web.shutdown(self._grace)
+        # aiohttp's own shutdown stops reading at once, which would fail the uploads in flight: close the
+        # connections outside a request now, give the others the grace period (each closes after its reply)
+        for connection in self._web.connections:
+            if connection not in self._busy:
+                connection.force_close()
+        if self._busy:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._grace):
+                    await self._drained.wait()
+        for connection in self._web.connections:
+            connection.force_close()
+        await self._web.shutdown(1.0)  # ends the handlers of the connections just cut
+        rest = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     def _connection(self) -> asyncio.Protocol:
         """A protocol for a newly accepted connection; at the cap, the oldest connection outside a request goes."""
@@ -142,8 +174,12 @@ class CacheHTTPServer:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self._busy.add(request.protocol)
+        self._drained.clear()
         try:
-            return await self._route(request)
+            response = await self._route(request)
+            if self._stop.is_set():
+                response.force_close()  # no next request on this connection: the server is stopping
+            return response
         except BadRequest as e:
             return self._reply(request, 400, self._kind(request), f"{e}\n")
         except (ConnectionError, RequestPayloadError):  # the client went away: no one to answer
@@ -154,6 +190,8 @@ class CacheHTTPServer:
             return self._reply(request, status, self._kind(request), f"cache storage error: {e.strerror}\n")
         finally:
             self._busy.discard(request.protocol)
+            if not self._busy:
+                self._drained.set()
 
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
         path = urlsplit(request.raw_path).path
