@@ -24,9 +24,9 @@ import logging
 import resource
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from io import BufferedReader
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -50,7 +50,7 @@ from gaffer.server.store import (
 )
 
 CHUNK = 256 * 1024  # the unit of disk reads and writes: memory per transfer stays near this
-BACKLOG = 1024  # connections the kernel queues before accept (the kernel may cap it: net.core.somaxconn)
+MAX_BACKLOG = 1024  # connections the kernel queues before accept (the kernel may cap it: net.core.somaxconn)
 DISK_THREADS = 16  # store calls run at once; more wait their turn without blocking the event loop
 MAX_HEADERS = 32  # header lines per request (Bazel and gaffer send a handful), each at most 8 KiB
 MAX_FIELD = 8190
@@ -72,19 +72,49 @@ _LOG = logging.getLogger("gaffer.serve.http")
 _LOG.addFilter(_NotOurFault())
 
 
-def max_connections() -> int:
-    """Half the file descriptors the process may open: the rest stay for gRPC, the store and the honest client
-    that arrives while every connection is taken (it replaces the oldest idle one)."""
-    return max(16, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2)
+def _quiet_when_out_of_descriptors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio logs a traceback for each failed accept when the process is out of file descriptors (and retries
+    a second later): a flood that the connection cap is already handling must not also fill the log."""
+    error = context.get("exception")
+    if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+        return
+    loop.default_exception_handler(context)
 
 
-class _Busy(asyncio.Protocol):
-    """A connection beyond the cap while every connection is inside a request: told so, and closed."""
+def limits() -> tuple[int, int]:
+    """(connections, listen backlog) for the file descriptors the process may open. Half go to connections; the
+    backlog, which asyncio also accepts in one batch before the cap can act, gets an eighth; the rest stays for
+    gRPC and the store."""
+    descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(16, descriptors // 2), max(16, min(MAX_BACKLOG, descriptors // 8))
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        transport.close()
+
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class _CappedServer(web.Server):
+    """aiohttp's server with a cap on connections: beyond it the oldest connection outside a request (idle between
+    requests, or still sending its headers) is closed, so stalled connections can never lock out a new client."""
+
+    def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], cap: int,
+                 busy: set[RequestHandler], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._cap = cap
+        self._busy = busy
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        live = [c for c in self.connections if c.transport is not None]  # closed ones may linger a moment
+        excess = len(live) - self._cap
+        for victim in live:
+            if excess <= 0:
+                return
+            if victim is not handler and victim not in self._busy:
+                victim.force_close()
+                excess -= 1
+        if excess > 0:  # every other connection is inside a request
+            transport.write(_BUSY)
+            handler.force_close()
 
 
 class CacheHTTPServer:
@@ -96,10 +126,11 @@ class CacheHTTPServer:
         self.metrics = metrics
         self.token = token
         self.client_timeout = client_timeout
-        self.max_connections = max_connections()
+        self.max_connections, backlog = limits()
         # bind now, in the caller's thread, so a port in use is the caller's OSError
         self._socket = socket.create_server(address, family=socket.AF_INET6 if ":" in address[0] else socket.AF_INET,
-                                            backlog=BACKLOG)
+                                            backlog=backlog)
+        self._backlog = backlog
         self.port: int = self._socket.getsockname()[1]
         self._disk = concurrent.futures.ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="gaffer-http-disk")
         self._busy: set[RequestHandler] = set()  # connections inside a request: never dropped for a newcomer
@@ -127,8 +158,11 @@ class CacheHTTPServer:
             self._disk.shutdown(wait=True)
 
     async def _serve(self) -> None:
-        self._web = web.Server(
+        self._loop.set_exception_handler(_quiet_when_out_of_descriptors)
+        self._web = _CappedServer(
             self._handle,
+            self.max_connections,
+            self._busy,
             keepalive_timeout=self.client_timeout,  # aiohttp: from the connection's start, and between requests
             max_line_size=MAX_FIELD,
             max_field_size=MAX_FIELD,
@@ -137,7 +171,7 @@ class CacheHTTPServer:
             access_log=None,
             logger=_LOG,
         )
-        listener = await self._loop.create_server(self._connection, sock=self._socket, backlog=BACKLOG)
+        listener = await self._loop.create_server(self._web, sock=self._socket, backlog=self._backlog)
         await self._stop.wait()
         listener.close()
         # aiohttp's own shutdown stops reading at once, which would fail the uploads in flight: close the
@@ -156,16 +190,6 @@ class CacheHTTPServer:
         for task in rest:
             task.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
-
-    def _connection(self) -> asyncio.Protocol:
-        """A protocol for a newly accepted connection; at the cap, the oldest connection outside a request goes."""
-        connections = self._web.connections
-        if len(connections) >= self.max_connections:
-            victim = next((c for c in connections if c not in self._busy and c.transport is not None), None)
-            if victim is None:
-                return _Busy()
-            victim.force_close()
-        return self._web()
 
     async def _disk_io(self, call: Callable[..., T], *args: object) -> T:
         return await self._loop.run_in_executor(self._disk, call, *args)
