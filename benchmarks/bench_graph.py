@@ -25,9 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import gen_graph
 
@@ -72,7 +72,8 @@ class Toolset:
     def version(self, tool: str) -> str:
         """First line of the tool's version output, for the JSON record."""
         try:
-            proc = subprocess.run([self.binary(tool), "--version"], capture_output=True, text=True, timeout=30)
+            proc = subprocess.run([self.binary(tool), "--version"], capture_output=True, text=True, timeout=30,
+                                  check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"unknown ({exc})"
         lines = (proc.stdout or proc.stderr).strip().splitlines()
@@ -302,11 +303,12 @@ def table(setup: SizeSetup, results: dict[str, dict[str, Measurement]],
         ratio_cells = [ratio_cell(ratios[scenario][r]) if with_ratios else "" for r in ratio_names]
         rows.append([label, *(cell(results[t][scenario], pick) for t in tools), *ratio_cells])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [f"{info['tasks']} tasks, {info['layers']} layers, {info['edges']} edges, seed {info['seed']}; "
-             f"edit-top {info['edit_top']['task']} ({info['edit_top']['affected']} task to rebuild), "
-             f"edit-first {info['edit_first']['task']} ({info['edit_first']['affected']} tasks to rebuild); "
-             "seconds"]
-    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    lines = [(f"{info['tasks']} tasks, {info['layers']} layers, {info['edges']} edges, seed {info['seed']}; "
+              f"edit-top {info['edit_top']['task']} ({info['edit_top']['affected']} task to rebuild), "
+              f"edit-first {info['edit_first']['task']} ({info['edit_first']['affected']} tasks to rebuild); "
+              "seconds")]
+    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths, strict=True)))
               for row in rows]
     if ratio_names:
         lines += [f"  target: {line}" for line in targets(info["tasks"], ratios)]

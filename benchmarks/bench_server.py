@@ -140,7 +140,7 @@ class Client:
             execution_metadata=re_pb2.ExecutedActionMetadata(worker="bench"),
         ).SerializeToString(deterministic=True) for d in self.batch[:AC_OPS]]
         t0 = time.perf_counter()
-        for key, result in zip(self.keys, results):
+        for key, result in zip(self.keys, results, strict=True):
             self.tier.write_action(key, result)
         return (time.perf_counter() - t0) / AC_OPS
 

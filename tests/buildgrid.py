@@ -7,6 +7,7 @@ because it pins its own grpcio/protobuf. It takes 2-8 s to start, so tests share
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +70,8 @@ def grpc_answers(address: str) -> Callable[[], bool]:
     return probe
 
 
-def start_gaffer_serve(*args: str, workdir: Path | None = None, fd_limit: int | None = None) -> ReapiServer:
+def start_gaffer_serve(*args: str, workdir: Path | None = None, env: dict[str, str] | None = None,
+                       fd_limit: int | None = None) -> ReapiServer:
     """`python -m gaffer.server.main --grpc 127.0.0.1:0 --http 127.0.0.1:0 --dir <workdir>/store *args`, under
     `prlimit --nofile=N:N` with `fd_limit`."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="gaffer-serve-"))
@@ -80,7 +83,7 @@ def start_gaffer_serve(*args: str, workdir: Path | None = None, fd_limit: int | 
     if fd_limit is not None:
         argv = [require_tool("prlimit"), f"--nofile={fd_limit}:{fd_limit}", "--", *argv]
     t0 = time.perf_counter()
-    proc = servers._spawn(argv, log)
+    proc = servers._spawn(argv, log, {**os.environ, **env} if env else None)
     found: list[re.Match[str]] = []
 
     def listening() -> bool:
@@ -170,6 +173,22 @@ def buildgrid() -> Iterator[ReapiServer]:
 def gaffer_serve() -> Iterator[ReapiServer]:
     """`gaffer serve` on a fresh store, open (no token), gRPC and HTTP on free ports."""
     server = start_gaffer_serve()
+    yield server
+    server.stop()
+
+
+def serve_s3_backend(bucket: servers.Server, prefix: str) -> tuple[str, dict[str, str]]:
+    """The `--backend` URL of `prefix` in the test bucket on `bucket` (moto or Ceph), and the credentials."""
+    from tests.conftest import BUCKET
+
+    return f"s3://{BUCKET}/{prefix}?endpoint={bucket.url}&region=us-east-1", bucket.env
+
+
+@pytest.fixture(scope="session")
+def gaffer_serve_s3(moto_bucket: servers.Server) -> Iterator[ReapiServer]:
+    """`gaffer serve --backend s3://...` on moto, open, gRPC and HTTP on free ports: no local store of record."""
+    url, env = serve_s3_backend(moto_bucket, f"serve-{uuid.uuid4().hex[:8]}")
+    server = start_gaffer_serve("--backend", url, env=env)
     yield server
     server.stop()
 

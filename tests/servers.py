@@ -68,14 +68,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     # setpriv (util-linux) asks the kernel for SIGTERM when this process dies, then execs the server; a
     # preexec_fn could do the same but is unsafe in a process that has threads.
     setpriv = shutil.which("setpriv")
     prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
     with open(log, "ab") as out:
         return subprocess.Popen(prefix + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:

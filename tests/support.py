@@ -47,7 +47,7 @@ def run_gaffer(args: list[str], cwd: Path, env: dict[str, str], check: bool = Fa
                timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the real CLI (`python -m gaffer`) in a subprocess, capturing its output."""
     proc = subprocess.run([sys.executable, "-m", "gaffer", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"gaffer {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

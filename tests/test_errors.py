@@ -90,7 +90,7 @@ def shared(tmp_path: Path) -> Iterator[Path]:
 def as_nobody(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                            sys.executable, "-m", "gaffer", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 NOBODY_GRAPH = {
@@ -121,8 +121,8 @@ def test_read_only_cache_directory_serves_hits_and_runs_misses(shared: Path) -> 
     assert status == {"a": "cached", "b": "executed"}
     assert (ws / "b.txt").read_text() == "x\nx\n"
     warnings = [line for line in proc.stderr.splitlines() if "read-only" in line]
-    assert warnings == [f"gaffer: warning: cache directory {cache} is read-only: its entries are used, nothing new"
-                        " is stored"]
+    assert warnings == [(f"gaffer: warning: cache directory {cache} is read-only: its entries are used, nothing new"
+                         " is stored")]
     assert sorted(p.relative_to(cache) for p in cache.rglob("*") if "tmp" not in p.parts) == before
     assert not [p for p in Path(tempfile.gettempdir()).glob(f"gaffer-{NOBODY}-*")]  # its private temp dir is gone
 
@@ -190,7 +190,7 @@ def test_non_utf8_env_value_is_refused(tmp_path: Path, env: dict[str, str]) -> N
     env_bytes = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
     env_bytes[b"FLAVOUR"] = b"caf\xe9"
     proc = subprocess.run([sys.executable, "-m", "gaffer", "run"], cwd=ws, env=env_bytes,  # type: ignore[arg-type]
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     line = one_line(proc, 2)
     assert line == "gaffer: environment variable FLAVOUR is not UTF-8 text ('caf\\xe9'), which cache keys cannot hold"
 
@@ -319,7 +319,7 @@ def test_disk_store_survives_its_directory_being_removed(tmp_path: Path) -> None
     store.write_blob(digest_bytes(b"one"), b"one")
     shutil.rmtree(tmp_path / "cache")
     (tmp_path / "file").write_text("two")
-    digest = store.put_file(tmp_path / "file")
+    store.put_file(tmp_path / "file")
     store.write_action(digest_bytes(b"key"), b"result")
     shutil.rmtree(tmp_path / "cache")
     store.write_blob(digest_bytes(b"three"), b"three")

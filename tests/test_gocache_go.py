@@ -93,7 +93,7 @@ class Build:
         """(gets, hits, misses, puts) summed over every gobuildcache session of the command."""
         rows = [tuple(int(n) for n in m.groups()) for m in STATS.finditer(self.stderr)]
         assert rows, f"no stats line in:\n{self.stderr[-2000:]}"
-        return tuple(sum(col) for col in zip(*rows))  # type: ignore[return-value]
+        return tuple(sum(col) for col in zip(*rows, strict=True))  # type: ignore[return-value]
 
 
 def run_go(go: str, args: list[str], module: Path, env: dict[str, str], out: Path | None = None) -> Build:

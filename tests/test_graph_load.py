@@ -365,26 +365,26 @@ ERRORS: list[tuple[Any, str, bool]] = [
     # a literal input under an output: the task's own (it would be deleted) or another's without a dep on it
     (
         {"a": {"command": "sort -o data.txt data.txt", "inputs": ["data.txt"], "outputs": ["data.txt"]}},
-        "graph.json: task 'a': input 'data.txt' is output 'data.txt' of the same task, which gaffer removes before"
-        " the task runs (a task must not write over its own inputs)",
+        ("graph.json: task 'a': input 'data.txt' is output 'data.txt' of the same task, which gaffer removes before"
+         " the task runs (a task must not write over its own inputs)"),
         False,
     ),
     (
         {"a": {"inputs": ["docs/intro.md"], "outputs": ["docs"]}},
-        "graph.json: task 'a': input 'docs/intro.md' is inside output 'docs' of the same task, which gaffer removes"
-        " before the task runs (a task must not write over its own inputs)",
+        ("graph.json: task 'a': input 'docs/intro.md' is inside output 'docs' of the same task, which gaffer removes"
+         " before the task runs (a task must not write over its own inputs)"),
         False,
     ),
     (
         {"a": {"outputs": ["out/a"]}, "b": {"deps": ["c"]}, "c": {"inputs": ["./out/a/lib.so"]}},
-        "graph.json: task 'c': input 'out/a/lib.so' is inside output 'out/a' of task 'a', but 'c' does not depend on"
-        " 'a' (add it to 'deps')",
+        ("graph.json: task 'c': input 'out/a/lib.so' is inside output 'out/a' of task 'a', but 'c' does not depend on"
+         " 'a' (add it to 'deps')"),
         False,
     ),
     (
         {"a": {"outputs": ["gen.h"]}, "b": {"inputs": ["gen.h"], "deps": []}},
-        "graph.json: task 'b': input 'gen.h' is output 'gen.h' of task 'a', but 'b' does not depend on 'a' (add it"
-        " to 'deps')",
+        ("graph.json: task 'b': input 'gen.h' is output 'gen.h' of task 'a', but 'b' does not depend on 'a' (add it"
+         " to 'deps')"),
         False,
     ),
     (
@@ -431,8 +431,8 @@ ERRORS: list[tuple[Any, str, bool]] = [
     ),
     (
         {"a": {"timeout": "9999999999999d"}},
-        "graph.json: task 'a': field 'timeout' must be at most a year (31536000s, or leave it out), got"
-        " '9999999999999d'",
+        ("graph.json: task 'a': field 'timeout' must be at most a year (31536000s, or leave it out), got"
+         " '9999999999999d'"),
         False,
     ),
     ({"a": {"timeout": "0s"}}, "graph.json: task 'a': field 'timeout' must be a positive duration, got '0s'", True),

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gaffer import noop
-from tests.support import gaffer_env, run_ok as build
+from tests.support import gaffer_env
+from tests.support import run_ok as build
 
 # Examples of the differential test: a few in every run, many more with GAFFER_TEST_EXAMPLES=500.
 EXAMPLES = int(os.environ.get("GAFFER_TEST_EXAMPLES", "25"))

@@ -28,7 +28,8 @@ def coarse_fs(tmp_path: Path) -> Iterator[Path]:
         f.truncate(16 << 20)
     subprocess.run([mkfs, "-q", "-F", "-I", "128", str(image)], check=True, capture_output=True)
     mountpoint.mkdir()
-    mounted = subprocess.run([mount, "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True)
+    mounted = subprocess.run([mount, "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True,
+                             check=False)
     require(mounted.returncode == 0, f"cannot loop-mount an ext4 image: {mounted.stderr.strip()}")
     try:
         probe = mountpoint / "probe"

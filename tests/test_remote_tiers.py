@@ -410,7 +410,36 @@ def test_open_tier_dispatches_on_scheme(tmp_path: Path) -> None:
 
 
 def test_urls_module_loads_no_client_library() -> None:
-    code = ("import sys, gaffer.cache.urls; "
+    code = ("import sys, gaffer.cache.urls, gaffer.cache.factory, gaffer.cache.tiered; "
             "print(sorted(m for m in ('boto3', 'botocore', 'redis', 'httpx', 'grpc') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_tiered_caches_nest(tmp_path: Path) -> None:
+    """A TieredCache is itself a tier: one can sit behind another (a team cache behind a machine cache), reads
+    fill every level on the way back, writes travel outward behind the build, and blobs are verified at each."""
+    from gaffer.cache.disk import DiskStore
+    from gaffer.cache.tiered import TieredCache
+    from gaffer.digest import digest_bytes
+
+    near, middle, far = (DiskStore(tmp_path / name) for name in ("near", "middle", "far"))
+    warnings: list[str] = []
+    inner = TieredCache(middle, [far], report=warnings.append)
+    outer = TieredCache(near, [inner], report=warnings.append)
+    data = b"from far away" * 1000
+    blob, key = digest_bytes(data), digest_bytes(b"action")
+    far.write_blob(blob, data)
+    far.write_action(key, b"result")
+    assert outer.get_action(key) == b"result"
+    assert outer.ensure_local([blob])
+    assert near.read_blob(blob) == data and middle.read_blob(blob) == data
+    corrupt = digest_bytes(b"right content")
+    far.write_blob(corrupt, b"wrong content")  # a bad blob far away: a miss at every level, never stored nearer
+    assert not outer.ensure_local([corrupt]) and not middle.has_blob(corrupt)
+    mine, mine_key = digest_bytes(b"built here"), digest_bytes(b"my action")
+    near.write_blob(mine, b"built here")
+    outer.put_action(mine_key, b"my result", [mine])
+    outer.close()
+    assert far.read_blob(mine) == b"built here" and far.read_action(mine_key) == b"my result"
+    assert far.corrupt_evicted == 1 and not warnings

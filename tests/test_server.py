@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from gaffer.digest import Digest, digest_bytes
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
-from tests.buildgrid import ReapiServer, start_gaffer_serve, stop_signal
+from tests import servers
+from tests.buildgrid import ReapiServer, serve_s3_backend, start_gaffer_serve, stop_signal
 from tests.servers import wait_until
 
 
@@ -34,20 +36,32 @@ def _pb(d: Digest) -> re_pb2.Digest:
 
 
 @pytest.fixture
-def channel(gaffer_serve: ReapiServer) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(gaffer_serve.grpc_address) as ch:
+def served(request: pytest.FixtureRequest) -> ReapiServer:
+    """The server under test: `gaffer serve` on its own disk, or (`BACKENDS`) on an S3 backend with the disk as a
+    read-through cache only. The same protocol tests must pass on both."""
+    backend = getattr(request, "param", "disk")
+    server: ReapiServer = request.getfixturevalue({"disk": "gaffer_serve", "s3": "gaffer_serve_s3"}[backend])
+    return server
+
+
+BACKENDS = pytest.mark.parametrize("served", ["disk", "s3"], indirect=True)
+
+
+@pytest.fixture
+def channel(served: ReapiServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(served.grpc_address) as ch:
         yield ch
 
 
 @pytest.fixture
-def http(gaffer_serve: ReapiServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gaffer_serve.http_url, timeout=10) as client:
+def http(served: ReapiServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served.http_url, timeout=10) as client:
         yield client
 
 
 @pytest.fixture
-def tier(gaffer_serve: ReapiServer) -> Iterator[GrpcTier]:
-    t = GrpcTier.from_url(gaffer_serve.url)
+def tier(served: ReapiServer) -> Iterator[GrpcTier]:
+    t = GrpcTier.from_url(served.url)
     yield t
     t.close()
 
@@ -65,6 +79,7 @@ def test_capabilities(channel: grpc.Channel) -> None:
     assert (caps.high_api_version.major, caps.high_api_version.minor) == (2, 3)
 
 
+@BACKENDS
 def test_bytestream_read_with_offset_and_limit(tier: GrpcTier, channel: grpc.Channel) -> None:
     digest, data = _blob(3 * 1024 * 1024 + 5)
     tier.write_blobs([(digest, data)])
@@ -117,6 +132,7 @@ def test_bad_resource_names_are_invalid_arguments(channel: grpc.Channel, name: s
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@BACKENDS
 def test_action_result_with_a_missing_blob_is_a_miss(tier: GrpcTier) -> None:
     present, data = _blob(100)
     tier.write_blob(present, data)
@@ -144,6 +160,7 @@ def test_action_result_with_a_missing_blob_is_a_miss(tier: GrpcTier) -> None:
     assert tier.read_action(complete) is not None
 
 
+@BACKENDS
 def test_a_wrong_size_from_a_peer_never_evicts_a_good_blob(tier: GrpcTier) -> None:
     digest, data = _blob(700)
     tier.write_blob(digest, data)
@@ -169,6 +186,7 @@ def test_a_blob_removed_behind_the_servers_back_heals_the_index(
     assert tier.read_action(key) is not None
 
 
+@BACKENDS
 def test_get_tree(tier: GrpcTier, channel: grpc.Channel) -> None:
     leaf = re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=_pb(_blob(1)[0]))])
     leaf_bytes = leaf.SerializeToString(deterministic=True)
@@ -210,6 +228,7 @@ def test_corrupt_blob_on_disk_is_evicted_not_served(tmp_path: Path) -> None:
 # -- HTTP -----------------------------------------------------------------------------------------------------------
 
 
+@BACKENDS
 def test_http_cas_and_ac(http: httpx.Client, tier: GrpcTier) -> None:
     digest, data = _blob(3000)
     assert http.get(f"/cas/{digest.hash}").status_code == 404
@@ -227,6 +246,7 @@ def test_http_cas_and_ac(http: httpx.Client, tier: GrpcTier) -> None:
     assert tier.read_action(key) == result
 
 
+@BACKENDS
 def test_http_large_blob_streams(http: httpx.Client) -> None:
     digest, data = _blob(6 * 1024 * 1024 + 3)
     assert http.put(f"/cas/{digest.hash}", content=iter([data[:1000], data[1000:]]),
@@ -236,6 +256,7 @@ def test_http_large_blob_streams(http: httpx.Client) -> None:
         assert digest_bytes(b"".join(r.iter_bytes())) == digest
 
 
+@BACKENDS
 def test_http_rejects_bad_uploads_and_paths(http: httpx.Client) -> None:
     digest, data = _blob(100)
     assert http.put(f"/cas/{digest.hash}", content=data + b"!").status_code == 400
@@ -247,6 +268,7 @@ def test_http_rejects_bad_uploads_and_paths(http: httpx.Client) -> None:
     assert http.get("/elsewhere").status_code == 404
 
 
+@BACKENDS
 def test_http_action_result_with_a_missing_blob_is_a_miss(http: httpx.Client) -> None:
     key = _blob(8)[0]
     result = re_pb2.ActionResult(stdout_digest=_pb(_blob(9)[0])).SerializeToString()
@@ -254,12 +276,13 @@ def test_http_action_result_with_a_missing_blob_is_a_miss(http: httpx.Client) ->
     assert http.get(f"/ac/{key.hash}").status_code == 404
 
 
-def test_http_instance_prefix_is_the_grpc_instance(http: httpx.Client, gaffer_serve: ReapiServer) -> None:
+@BACKENDS
+def test_http_instance_prefix_is_the_grpc_instance(http: httpx.Client, served: ReapiServer) -> None:
     digest, data = _blob(64)
     assert http.put(f"/proj/x/cas/{digest.hash}", content=data).status_code == 200
     assert http.get(f"/cas/{digest.hash}").status_code == 404
     assert http.get(f"/proj/cas/{digest.hash}").status_code == 404
-    assert GrpcTier.from_url(f"{gaffer_serve.url}/proj/x").read_blob(digest) == data
+    assert GrpcTier.from_url(f"{served.url}/proj/x").read_blob(digest) == data
 
 
 def test_metrics(http: httpx.Client) -> None:
@@ -348,6 +371,7 @@ def test_sigterm_exits_0_and_kill_9_keeps_committed_entries(tmp_path: Path) -> N
     (["--http", "127.0.0.1:99999"], 2, "expected HOST:PORT"),
     (["--grpc", "127.0.0.1:0", "--max-size", "lots"], 2, "is not a size"),
     (["--grpc", "127.0.0.1:0", "--token-file", "/no/such/token"], 2, "--token-file"),
+    (["--grpc", "127.0.0.1:0", "--backend", "ftp://host/x"], 2, "unknown scheme 'ftp'"),
     ([], 2, "nothing to serve"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path: Path, args: list[str], status: int, message: str) -> None:
@@ -382,9 +406,75 @@ def test_stop_signal_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
         server.stop()
 
 
+@BACKENDS
 def test_the_empty_blob_is_always_present(http: httpx.Client, tier: GrpcTier) -> None:
     """REAPI: the empty blob exists on every server, whether or not anyone uploaded it."""
     empty = digest_bytes(b"")
     assert http.get(f"/cas/{empty.hash}").status_code == 200
     assert http.head(f"/never-used-instance/cas/{empty.hash}").status_code == 200
     assert tier.find_missing([empty]) == [] and tier.read_blob(empty) == b""
+
+
+# -- replicas on one backend ----------------------------------------------------------------------------------------
+
+
+def test_two_replicas_share_one_bucket(moto_bucket: servers.Server, tmp_path: Path) -> None:
+    """What is written through one replica is read through the other: nothing is authoritative locally."""
+    url, env = serve_s3_backend(moto_bucket, f"replicas-{uuid.uuid4().hex[:8]}")
+    a = start_gaffer_serve("--backend", url, workdir=tmp_path / "a", env=env)
+    b = start_gaffer_serve("--backend", url, workdir=tmp_path / "b", env=env)
+    try:
+        via_a, via_b = GrpcTier.from_url(a.url), GrpcTier.from_url(b.url)
+        (small, small_data), (large, large_data) = _blob(2000), _blob(5 * 1024 * 1024 + 1)
+        via_a.write_blobs([(small, small_data), (large, large_data)])
+        key = _blob(10)[0]
+        result = re_pb2.ActionResult(stdout_digest=_pb(small), output_files=[
+            re_pb2.OutputFile(path="big", digest=_pb(large))]).SerializeToString(deterministic=True)
+        via_a.write_action(key, result)
+        assert via_b.find_missing([small, large]) == []
+        assert via_b.read_action(key) == result
+        assert via_b.read_blob(small) == small_data and via_b.read_blob(large) == large_data
+        with httpx.Client(base_url=b.http_url) as client:  # the Bazel protocol names blobs by hash alone
+            assert client.get(f"/cas/{small.hash}").content == small_data
+            assert client.get(f"/ac/{key.hash}").content == result
+        instance = _blob(300)
+        GrpcTier.from_url(f"{a.url}/team/x").write_blob(*instance)
+        assert GrpcTier.from_url(f"{b.url}/team/x").read_blob(instance[0]) == instance[1]
+        assert via_b.find_missing([instance[0]]) == [instance[0]], "instances stay apart in the backend"
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_backend_without_its_bucket_is_an_environment_error(moto_s3: servers.Server, tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "gaffer.server.main", "--dir", str(tmp_path), "--grpc", "127.0.0.1:0",
+                          "--backend", f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}?endpoint={moto_s3.url}"],
+                         check=False, capture_output=True, text=True, timeout=60, env={**os.environ, **moto_s3.env})
+    assert run.returncode == 3, run.stderr
+    assert run.stderr.count("\n") == 1 and "does not exist" in run.stderr and run.stderr.startswith("gaffer serve: ")
+
+
+def test_on_another_reapi_server_and_when_that_backend_goes_away(tmp_path: Path) -> None:
+    """`--backend grpc://...`: instances nest in the backend's; a backend that stops answering is UNAVAILABLE (gRPC)
+    and 503 (HTTP) for each request, and the server itself stays up."""
+    backend = start_gaffer_serve(workdir=tmp_path / "backend")
+    front = start_gaffer_serve("--backend", f"{backend.url}/base", workdir=tmp_path / "front")
+    try:
+        digest, data = _blob(3 * 1024 * 1024)  # over the batch limit: streamed both ways
+        GrpcTier.from_url(f"{front.url}/team").write_blob(digest, data)
+        assert GrpcTier.from_url(f"{backend.url}/base/team").read_blob(digest) == data
+        key = _blob(10)[0]
+        GrpcTier.from_url(f"{front.url}/team").write_action(key, re_pb2.ActionResult(
+            stdout_digest=_pb(digest)).SerializeToString(deterministic=True))
+        assert GrpcTier.from_url(f"{backend.url}/base/team").read_action(key) is not None
+        backend.proc.terminate()
+        backend.proc.wait(30)
+        with pytest.raises(TierError) as e:
+            GrpcTier.from_url(f"{front.url}/team").find_missing([digest])
+        assert e.value.transient and "UNAVAILABLE" in str(e.value)
+        with httpx.Client(base_url=front.http_url, timeout=60) as client:
+            assert client.get(f"/team/ac/{key.hash}").status_code == 503
+        assert front.proc.poll() is None
+    finally:
+        front.stop()
+        backend.stop()

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests import servers
+from tests.buildgrid import serve_s3_backend, start_gaffer_serve
 from tests.conftest import BUCKET
 from tests.faultproxy import Fault, FaultProxy
 from tests.servers import wait_until
@@ -112,7 +113,7 @@ def test_machine_b_is_all_hits_through_each_tier(tier: str, machines: Callable[[
     warm = b.build("--cache", url)
     assert warm["executed"] == 0 and warm["hit_rate"] == 1.0, warm["stderr"]
     assert b.outputs() == a.outputs(), "byte-identical outputs on machine B"
-    remote = [t for t in warm["tiers"] if not t["name"].startswith("disk://")][0]
+    remote = next(t for t in warm["tiers"] if not t["name"].startswith("disk://"))
     assert remote["hits"] == len(warm["tasks"]) and remote["errors"] == 0
 
 
@@ -154,7 +155,7 @@ def test_failing_http_remote_degrades_to_local(fault: Fault, small_machines: Cal
         result = a.build("--cache", f"http://127.0.0.1:{proxy.port}/faults", "--cache-timeout", "1s")
     assert result["failed"] == 0 and result["executed"] == len(result["tasks"])
     assert sum("warning: cache tier" in line for line in result["stderr"].splitlines()) == 1, result["stderr"]
-    remote = [t for t in result["tiers"] if t["name"].startswith("http://")][0]
+    remote = next(t for t in result["tiers"] if t["name"].startswith("http://"))
     assert remote["disabled"] and remote["errors"] >= 1
 
 
@@ -238,3 +239,21 @@ def test_local_tier_at_its_size_limit(small_machines: Callable[[str], Machine], 
     assert warm["hit_rate"] == 1.0 and b.outputs() == a.outputs()
     status = run_gaffer(["cache", "status", "--json"], cwd=b.root, env=b.env)
     assert json.loads(status.stdout)["bytes"] <= 200_000
+
+
+def test_two_serve_replicas_on_one_bucket(small_machines: Callable[[str], Machine], moto_bucket: servers.Server,
+                                          tmp_path: Path) -> None:
+    """A team outgrows one cache machine: `gaffer serve` replicas on one bucket. Machine A builds through replica A,
+    machine B (a fresh workspace) through replica B, and gets every task from the cache."""
+    url, env = serve_s3_backend(moto_bucket, f"replicas-{uuid.uuid4().hex[:8]}")
+    replicas = [start_gaffer_serve("--backend", url, workdir=tmp_path / name, env=env) for name in ("ra", "rb")]
+    try:
+        a, b = small_machines("a"), small_machines("b")
+        cold = a.build("--cache", replicas[0].url)
+        assert cold["executed"] == len(cold["tasks"]) > 0
+        warm = b.build("--cache", replicas[1].url)
+        assert warm["executed"] == 0 and warm["hit_rate"] == 1.0, warm["stderr"]
+        assert b.outputs() == a.outputs()
+    finally:
+        for replica in replicas:
+            replica.stop()

@@ -32,6 +32,8 @@ from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
 from gaffer.errors import not_utf8
 from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.protos.digests import from_proto as _digest
+from gaffer.protos.digests import to_proto as _pb_digest
 
 KEY_FORMAT = b"gaffer-graph-key-v2"
 PERMISSION_BITS = 0o777  # what a result records of a mode: never setuid/setgid/sticky from a cache
@@ -179,14 +181,6 @@ def action_key(
     for name in sorted(platform):
         action.platform.properties.add(name=name, value=platform[name])
     return digest_bytes(_serialize(action))
-
-
-def _pb_digest(d: Digest) -> re_pb2.Digest:
-    return re_pb2.Digest(hash=d.hash, size_bytes=d.size_bytes)
-
-
-def _digest(d: re_pb2.Digest) -> Digest:
-    return Digest(d.hash, d.size_bytes)
 
 
 # -- results ---------------------------------------------------------------------------------------------------

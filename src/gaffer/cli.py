@@ -141,16 +141,10 @@ def _load_graph(path: str):  # type: ignore[no-untyped-def]
 
 def open_cache(settings: Any, warn: Any) -> Any:
     """The tiered cache from settings: local disk first, remote tiers (opened lazily) behind it."""
-    from gaffer.cache.tiered import TieredCache
+    from gaffer.cache.factory import open_cache as compose
 
-    local = local_store(settings, warn)
-    remotes = []
-    if settings.remotes:
-        from gaffer.cache.urls import open_tier, redact
-
-        for url in settings.remotes:
-            remotes.append((redact(url), lambda url=url: open_tier(url, timeout=settings.timeout)))
-    return TieredCache(local, remotes, read_only=settings.read_only, report=warn)
+    return compose(local_store(settings, warn), settings.remotes, read_only=settings.read_only,
+                   timeout=settings.timeout, report=warn)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

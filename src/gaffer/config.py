@@ -77,10 +77,10 @@ def _timeout(value: object, where: str, base: str | None = None) -> float:
 def _count(noun: str) -> Parser:
     def parse(value: object, where: str, base: str | None = None) -> int:
         try:
-            n = int(value)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
+            n = int(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else 0
+        except ValueError:
             n = 0
-        if isinstance(value, bool) or isinstance(value, float) or n < 1:
+        if n < 1:
             raise UserError(f"{where}: {value!r} is not a positive number of {noun}")
         return n
 
@@ -226,10 +226,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dir", (SERVE,), toml="serve.dir", env="GAFFER_SERVE_DIR", flags=("--dir",), metavar="DIR",
             parse=_path, default={SERVE: lambda: os.path.join(_default_cache_dir(), "serve")},
             default_text={"*": "$XDG_CACHE_HOME/gaffer/serve, else ~/.cache/gaffer/serve"},
-            help="the store directory (the local store; with --backend, not used)"),
+            help="the store directory; with --backend, a read-through cache of the backend's blobs"),
     Setting("backend", (SERVE,), toml="serve.backend", env="GAFFER_SERVE_BACKEND", flags=("--backend",),
             metavar="URL", parse=_url, default={SERVE: None}, default_text={"*": "none: the local store in --dir"},
-            help="serve from this cache instead of the local store, e.g. s3://bucket/prefix"),
+            help="keep blobs and action results in this cache instead of --dir (s3://, redis://, http(s)://, grpc(s)://, "
+                 "disk://); several servers may share one"),
     Setting("serve_max_size", (SERVE,), toml="serve.max_size", env="GAFFER_SERVE_MAX_SIZE", flags=("--max-size",),
             metavar="SIZE", parse=_size, default={SERVE: DEFAULT_MAX_SIZE}, default_text={"*": "10GiB"},
             help="size bound of the store, all instances together; least recently used entries are evicted "
@@ -302,6 +303,9 @@ class Settings:
     def __getattr__(self, name: str) -> Any:  # for type checkers: every setting is an attribute
         raise AttributeError(name)
 
+    if TYPE_CHECKING:  # a front end may refine a value it has read (`gaffer run`'s cache_dir becomes a Path)
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
 
 def user_config_path(env: Mapping[str, str] = os.environ) -> str:
     base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".config")
@@ -331,8 +335,8 @@ def resolve(front: str, flags: Mapping[str, object], env: Mapping[str, str], fil
     an empty list: not given); `files` are gaffer.toml files, farthest first."""
     toml: dict[str, tuple[object, str, str]] = {}  # "section.key" -> (value, where, the file's directory)
     for path in files:
-        for key, (value, where) in _read_toml(path).items():
-            toml[key] = (value, where, os.path.dirname(os.path.abspath(path)))
+        for key, (raw, place) in _read_toml(path).items():
+            toml[key] = (raw, place, os.path.dirname(os.path.abspath(path)))
     values: dict[str, object] = {}
     sources: dict[str, str | None] = {}
     for s in settings_of(front):
@@ -446,4 +450,4 @@ def environment_help(front: str, names: Iterable[str] | None = None) -> str:
         f"  {v} (gaffer.toml {t})\n" + textwrap.fill(f"{s.help} (default: {s.shown_default(front)})", 110,
                                                       initial_indent=" " * 6, subsequent_indent=" " * 6,
                                                       break_on_hyphens=False, break_long_words=False) + "\n"
-        for (v, _, t), s in zip(rows, chosen))
+        for (v, _, t), s in zip(rows, chosen, strict=True))

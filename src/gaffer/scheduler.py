@@ -16,6 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from gaffer.outcome import FAILED, SKIPPED, Outcome
 
+
 class Scheduler:
     def __init__(
         self, order: Sequence[str], deps: Mapping[str, Sequence[str]], jobs: int, keep_going: bool = False
@@ -83,7 +84,7 @@ class Scheduler:
                     name = running.pop(future)
                     try:
                         outcome = future.result()
-                    except Exception as e:  # a bug in a task's work must not hang the build
+                    except Exception as e:  # noqa: BLE001 - a bug in a task's work must not hang the build
                         outcome = Outcome(FAILED, reason=f"internal error: {type(e).__name__}: {e}")
                     finish(name, outcome)
         return results

@@ -38,6 +38,8 @@ _GO_ENVIRONMENT = ("GOROOT", "GOTOOLCHAIN")  # what selects the toolchain a `go`
 _MAX_DEPTH = 4  # a script's interpreter's interpreter's ...: real chains are one or two long
 _PROBE_TIMEOUT_S = 60
 _FORMAT = 1
+# a `go env` answer's key in .gaffer/tools: (the `go` found, its stat signature, *the _GO_ENVIRONMENT values)
+_ProbeKey = tuple[str | StatSignature, ...]
 
 
 class ToolNotFound(Exception):
@@ -70,7 +72,7 @@ class Toolchain:
     def __init__(self, root: Path, state_dir: Path) -> None:
         self.root = str(root)
         self._probe_path = state_dir / "tools"
-        self._probes: dict[tuple, tuple[str, str]] | None = None  # loaded on the first `go`
+        self._probes: dict[_ProbeKey, tuple[str, str]] | None = None  # loaded on the first `go`
         self._probes_dirty = False
         self._found: dict[str, Tool] = {}
         self._identities: dict[Tool, tuple[str, str, str]] = {}
@@ -136,7 +138,8 @@ class Toolchain:
                 return path
         raise ToolNotFound(f"tool {spec!r} not found on PATH")
 
-    def _follow(self, spec: str, found: str, depth: int) -> tuple[list, list[str], str]:
+    def _follow(self, spec: str, found: str, depth: int
+                ) -> tuple[list[tuple[str, StatSignature]], list[str], str]:
         """(signatures, keyed files, version) of the program at `found`, following launchers and interpreters."""
         real = os.path.realpath(found)
         signatures: list[tuple[str, StatSignature]] = [(found, stat_signature(os.stat(found)))]
@@ -164,12 +167,12 @@ class Toolchain:
         """(GOROOT, GOVERSION) of the `go` at `found`, from `go env` once per launcher and environment."""
         if self._probes is None:
             self._probes = _load_probes(self._probe_path)
-        key = (found, signature, *(os.environ.get(name, "") for name in _GO_ENVIRONMENT))
+        key: _ProbeKey = (found, signature, *(os.environ.get(name, "") for name in _GO_ENVIRONMENT))
         answer = self._probes.get(key)
         if answer is None:
             try:
                 proc = subprocess.run([found, "env", "GOROOT", "GOVERSION"], cwd=self.root, capture_output=True,
-                                      text=True, timeout=_PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+                                      text=True, timeout=_PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
             except (OSError, subprocess.TimeoutExpired) as e:
                 raise EnvironmentProblem(f"tool go ({found}): cannot run `go env GOROOT GOVERSION`: {e}") from None
             lines = proc.stdout.splitlines()
@@ -204,7 +207,7 @@ def _interpreter(path: str) -> str | None:
     return words[0]
 
 
-def _load_probes(path: Path) -> dict[tuple, tuple[str, str]]:
+def _load_probes(path: Path) -> dict[_ProbeKey, tuple[str, str]]:
     try:
         with open(path, "rb") as f:
             version, probes = marshal.loads(f.read())

@@ -27,7 +27,7 @@ def parse_size(text: str | int, what: str = "size") -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
-def parse_duration(text: str | float | int, what: str = "duration") -> float:
+def parse_duration(text: str | float, what: str = "duration") -> float:
     """Return seconds; `what` names the flag or setting for the error message."""
     if isinstance(text, (int, float)):
         return float(text)

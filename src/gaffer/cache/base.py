@@ -1,10 +1,16 @@
-"""The one small interface every cache tier implements (disk, S3, Redis, HTTP, REAPI gRPC).
+"""The one small interface every cache tier implements (disk, S3, Redis, HTTP, REAPI gRPC, and the wrappers).
 
 A tier stores two things, both in REAPI's formats:
   - the CAS: blobs by `Digest` (SHA-256 of the content);
   - the action cache (AC): serialized `ActionResult` protos by action key (also a `Digest`).
-A tier moves bytes; it does not parse ActionResults and does not have to verify blobs: the tiered cache
-verifies every downloaded blob against its digest before it is used or stored nearer.
+A tier moves bytes; it does not parse ActionResults and does not have to verify blobs: the cache in front of it
+(`TieredCache`, `gaffer serve`) verifies every downloaded blob against its digest before it is used or stored.
+
+A backend implements a few primitives — `read_blob`/`write_blob` (small blobs, bytes), `read_action`/
+`write_action`, and `has_blob` or `find_missing` — and overrides the streaming forms (`fetch_blob`/`upload_blob`,
+files of any size) and the batch forms (`find_missing`, `read_blobs`, `write_blobs`) where its protocol does
+better than the defaults here; `contains` is derived for every tier. The wrappers (the retrying `ResilientTier`, the `TieredCache`) implement the same
+interface, so tiers nest.
 
 Errors: a tier raises `TierError` for anything that went wrong talking to its store. `transient=True` means
 "worth retrying" (timeouts, connection refused, 5xx); `transient=False` means retrying will not help
@@ -13,11 +19,16 @@ Errors: a tier raises `TierError` for anything that went wrong talking to its st
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gaffer.digest import Digest
+
+LOOKUP_WORKERS = 16  # parallel presence checks in the default find_missing (one request per digest)
+_pool_lock = threading.Lock()
 
 
 class TierError(Exception):
@@ -27,31 +38,27 @@ class TierError(Exception):
         self.transient = transient
 
 
+def transient_status(status: int) -> bool:
+    """Is an HTTP status (S3's or a Bazel HTTP cache's) worth a retry? Server errors, timeouts, throttling."""
+    return status >= 500 or status in (408, 429)
+
+
 class CacheTier(ABC):
     """A CAS + AC store. Implementations must be safe to call from several threads at once."""
 
     #: What the user wrote to name this tier (its URL without secrets): used in warnings and stats.
     name: str
+    _lookups: ThreadPoolExecutor | None = None
 
-    @abstractmethod
-    def find_missing(self, digests: Sequence[Digest]) -> list[Digest]:
-        """The subset of `digests` this tier does not hold."""
+    # -- primitives --------------------------------------------------------------------------------------------
 
     @abstractmethod
     def read_blob(self, digest: Digest) -> bytes | None:
         """A small blob's bytes, or None if absent."""
 
     @abstractmethod
-    def fetch_blob(self, digest: Digest, dest: Path) -> bool:
-        """Stream a blob of any size into the file `dest` (created or truncated). False if absent."""
-
-    @abstractmethod
     def write_blob(self, digest: Digest, data: bytes) -> None:
         """Store a small blob."""
-
-    @abstractmethod
-    def upload_blob(self, digest: Digest, path: Path) -> None:
-        """Store a blob of any size, streamed from the file at `path`."""
 
     @abstractmethod
     def read_action(self, key: Digest) -> bytes | None:
@@ -61,8 +68,71 @@ class CacheTier(ABC):
     def write_action(self, key: Digest, result: bytes) -> None:
         """Store a serialized ActionResult under `key`."""
 
-    def check(self) -> None:
+    def has_blob(self, digest: Digest) -> bool:
+        """Is the blob here? Backends that answer one digest per request implement this (or `find_missing`)."""
+        return not self.find_missing([digest])
+
+    # -- batch forms -------------------------------------------------------------------------------------------
+
+    def find_missing(self, digests: Sequence[Digest]) -> list[Digest]:
+        """The subset of `digests` this tier does not hold. By default `has_blob` per digest, in parallel; the
+        pool's map cancels the lookups not yet started when one fails, so a dead store fails fast."""
+        if type(self).has_blob is CacheTier.has_blob:
+            raise NotImplementedError(f"{type(self).__name__} implements neither has_blob nor find_missing")
+        if len(digests) <= 1:
+            return [d for d in digests if not self.has_blob(d)]
+        with _pool_lock:
+            if self._lookups is None:
+                self._lookups = ThreadPoolExecutor(LOOKUP_WORKERS, thread_name_prefix="gaffer-lookup")
+            pool = self._lookups
+        present = list(pool.map(self.has_blob, digests))
+        return [d for d, here in zip(digests, present, strict=True) if not here]
+
+    def contains(self, digests: Sequence[Digest]) -> bool:
+        """Does this tier hold every one of `digests`? (Presence only: nothing is read or verified.)"""
+        return not self.find_missing(digests)
+
+    def read_blobs(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
+        """The small blobs this tier holds among `digests` (absent ones are left out)."""
+        found = {}
+        for d in dict.fromkeys(digests):
+            data = self.read_blob(d)
+            if data is not None:
+                found[d] = data
+        return found
+
+    def write_blobs(self, blobs: Sequence[tuple[Digest, bytes]]) -> None:
+        """Store several small blobs."""
+        for digest, data in blobs:
+            self.write_blob(digest, data)
+
+    # -- streaming forms (files of any size) -------------------------------------------------------------------
+
+    def fetch_blob(self, digest: Digest, dest: Path) -> bool:
+        """Stream a blob of any size into the file `dest` (created or truncated). False if absent.
+        By default through memory: backends whose protocol streams override it."""
+        data = self.read_blob(digest)
+        return write_chunks(dest, None if data is None else [data])
+
+    def upload_blob(self, digest: Digest, path: Path) -> None:
+        """Store a blob of any size, streamed from the file at `path`. By default through memory."""
+        self.write_blob(digest, Path(path).read_bytes())
+
+    # -- management --------------------------------------------------------------------------------------------
+
+    def check(self) -> None:  # noqa: B027 - optional: a tier with nothing to probe keeps this no-op
         """Cheap start-up probe: raise TierError(transient=False) for wrong credentials or a missing bucket."""
 
     def close(self) -> None:
         """Release connections."""
+        if self._lookups is not None:
+            self._lookups.shutdown(wait=True, cancel_futures=True)
+
+
+def write_chunks(dest: Path, chunks: Iterable[bytes] | None) -> bool:
+    """Write a blob's `chunks` into the file `dest`; False, writing nothing, when there are none (it was absent)."""
+    if chunks is None:
+        return False
+    with open(dest, "wb") as f:
+        f.writelines(chunks)
+    return True

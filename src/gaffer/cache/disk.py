@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.digest import Digest, digest_file
+from gaffer.digest import Digest, digest_bytes, digest_file
 
 DEFAULT_MAX_SIZE = 10 * 1024**3
 GC_LOW_WATER = 0.9  # gc evicts down to this fraction of max_size so it does not run again at once
@@ -130,9 +130,9 @@ class DiskStore(CacheTier):
         data = self._read_and_touch(path)
         if data is None:
             return None
-        actual = hashlib.sha256(data).hexdigest()
-        if len(data) != digest.size_bytes or actual != digest.hash:
-            self._mismatch(path, digest, actual)
+        actual = digest_bytes(data)
+        if actual != digest:
+            self._mismatch(path, digest, actual.hash)
             return None
         return data
 
@@ -444,17 +444,19 @@ class DiskStore(CacheTier):
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        try:
-            lock = open(self.root / "lock", "a")
-        except FileNotFoundError:  # the whole directory was removed while this process used it
-            self.root.mkdir(parents=True, exist_ok=True)
-            lock = open(self.root / "lock", "a")
-        with lock:
+        with self._open_lock() as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _open_lock(self) -> TextIO:
+        try:
+            return open(self.root / "lock", "a")
+        except FileNotFoundError:  # the whole directory was removed while this process used it
+            self.root.mkdir(parents=True, exist_ok=True)
+            return open(self.root / "lock", "a")
 
     def _read_size(self) -> int:
         try:

@@ -18,12 +18,13 @@ from typing import TypeVar
 import grpc
 from google.rpc import status_pb2
 
-from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.urls import bad_url, checked_url
+from gaffer.cache.base import CacheTier, TierError, write_chunks
+from gaffer.cache.urls import bad_url, checked_url, read_token, redact
 from gaffer.digest import Digest
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
+from gaffer.protos.digests import from_proto, to_proto
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_BATCH_LIMIT = 4 * 1024 * 1024  # what servers commonly accept when they announce no limit
@@ -82,7 +83,7 @@ class GrpcTier(CacheTier):
         tls = parts.scheme == "grpcs"
         host, port = parts.hostname or "", parts.port or 443
         if token is None and "token_file" in params:
-            token = _read_token(url, Path(params["token_file"]))
+            token = read_token(Path(params["token_file"]), f"cache URL {redact(url)}")
         ca_file = Path(params["ca"]) if "ca" in params else None
         if ca_file is not None and not ca_file.is_file():
             raise bad_url(url, f"ca file {ca_file} does not exist")
@@ -107,10 +108,10 @@ class GrpcTier(CacheTier):
         missing: list[Digest] = []
         for start in range(0, len(digests), FIND_MISSING_CHUNK):
             request = re_pb2.FindMissingBlobsRequest(
-                instance_name=self.instance, blob_digests=[_pb(d) for d in digests[start:start + FIND_MISSING_CHUNK]]
+                instance_name=self.instance, blob_digests=[to_proto(d) for d in digests[start:start + FIND_MISSING_CHUNK]]
             )
             response = self._call("FindMissingBlobs", self._cas.FindMissingBlobs, request)
-            missing.extend(Digest(d.hash, d.size_bytes) for d in response.missing_blob_digests)
+            missing.extend(from_proto(d) for d in response.missing_blob_digests)
         return missing
 
     def read_blob(self, digest: Digest) -> bytes | None:
@@ -121,32 +122,24 @@ class GrpcTier(CacheTier):
 
     def fetch_blob(self, digest: Digest, dest: Path) -> bool:
         if self._batchable(digest.size_bytes):
-            data = self.read_blobs([digest]).get(digest)
-            if data is None:
-                return False
-            dest.write_bytes(data)
-            return True
-        chunks = self._read_stream(digest)
-        if chunks is None:
-            return False
-        with open(dest, "wb") as f:
-            f.writelines(chunks)
-        return True
+            return super().fetch_blob(digest, dest)
+        return write_chunks(dest, self._read_stream(digest))
 
     def write_blob(self, digest: Digest, data: bytes) -> None:
         self.write_blobs([(digest, data)])
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         if self._batchable(digest.size_bytes):
-            self.write_blobs([(digest, path.read_bytes())])
+            super().upload_blob(digest, path)
             return
         with open(path, "rb") as f:
             self._write_stream(digest, iter(lambda: f.read(STREAM_CHUNK), b""))
 
     def read_action(self, key: Digest) -> bytes | None:
-        request = re_pb2.GetActionResultRequest(instance_name=self.instance, action_digest=_pb(key))
+        request = re_pb2.GetActionResultRequest(instance_name=self.instance, action_digest=to_proto(key))
         try:
-            result = self._ac.GetActionResult(request, timeout=self.timeout, metadata=self._metadata)
+            result: re_pb2.ActionResult = self._ac.GetActionResult(request, timeout=self.timeout,
+                                                                   metadata=self._metadata)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -161,14 +154,15 @@ class GrpcTier(CacheTier):
         except DecodeError as e:
             raise TierError(self.name, f"not a serialized ActionResult: {e}", transient=False) from e
         request = re_pb2.UpdateActionResultRequest(
-            instance_name=self.instance, action_digest=_pb(key), action_result=action_result
+            instance_name=self.instance, action_digest=to_proto(key), action_result=action_result
         )
         self._call("UpdateActionResult", self._ac.UpdateActionResult, request)
 
     def close(self) -> None:
+        super().close()
         self._channel.close()
 
-    # -- batches (also used directly by callers that move many small blobs) ------------------------------------
+    # -- batches ------------------------------------------------------------------------------------------------
 
     def read_blobs(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
         """The blobs the server holds among `digests` (absent ones are left out); large ones are streamed."""
@@ -184,14 +178,14 @@ class GrpcTier(CacheTier):
                 if chunks is not None:
                     found[d] = b"".join(chunks)
         for batch in self._batches(small):
-            request = re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=[_pb(d) for d in batch])
+            request = re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=[to_proto(d) for d in batch])
             response = self._call("BatchReadBlobs", self._cas.BatchReadBlobs, request,
                                   size=sum(d.size_bytes for d in batch))
             for r in response.responses:
                 if r.status.code == grpc.StatusCode.NOT_FOUND.value[0]:
                     continue
                 self._check_status("BatchReadBlobs", r.status)
-                found[Digest(r.digest.hash, r.digest.size_bytes)] = r.data
+                found[from_proto(r.digest)] = r.data
         return found
 
     def write_blobs(self, blobs: Sequence[tuple[Digest, bytes]]) -> None:
@@ -205,7 +199,7 @@ class GrpcTier(CacheTier):
         for batch in self._batches(list(small)):
             request = re_pb2.BatchUpdateBlobsRequest(
                 instance_name=self.instance,
-                requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=_pb(d), data=small[d]) for d in batch],
+                requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=to_proto(d), data=small[d]) for d in batch],
             )
             response = self._call("BatchUpdateBlobs", self._cas.BatchUpdateBlobs, request,
                                   size=sum(d.size_bytes for d in batch))
@@ -304,24 +298,13 @@ class GrpcTier(CacheTier):
             raise self._error(method, e) from e
 
     def _error(self, method: str, e: grpc.RpcError) -> TierError:
-        code = e.code()
-        return TierError(self.name, f"{method}: {code.name}: {e.details()}", transient=code in TRANSIENT)
+        return self._failure(method, e.code(), e.details())
 
     def _check_status(self, method: str, status: status_pb2.Status) -> None:
         if status.code != 0:
-            code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
-            raise TierError(self.name, f"{method}: {code.name}: {status.message}", transient=code in TRANSIENT)
+            raise self._failure(method, _CODES.get(status.code, grpc.StatusCode.UNKNOWN), status.message)
 
+    def _failure(self, method: str, code: grpc.StatusCode, details: str | None) -> TierError:
+        """One TierError for a failed call or a failed entry of a batch: the codes worth a retry are transient."""
+        return TierError(self.name, f"{method}: {code.name}: {details}", transient=code in TRANSIENT)
 
-def _pb(digest: Digest) -> re_pb2.Digest:
-    return re_pb2.Digest(hash=digest.hash, size_bytes=digest.size_bytes)
-
-
-def _read_token(url: str, path: Path) -> str:
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise bad_url(url, f"token_file {path}: {e.strerror}") from None
-    if not token:
-        raise bad_url(url, f"token_file {path} is empty")
-    return token

@@ -11,8 +11,7 @@ Only `cache/urls.py` imports this module, and only for an http(s):// URL, so htt
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -20,11 +19,10 @@ from urllib.parse import unquote
 
 import httpx
 
-from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.urls import bad_url, checked_url, redact
+from gaffer.cache.base import LOOKUP_WORKERS, CacheTier, TierError, transient_status
+from gaffer.cache.urls import checked_url, read_token, redact
 from gaffer.digest import EMPTY_DIGEST, Digest
 
-HEAD_WORKERS = 16  # parallel HEADs in find_missing, and the connection pool size
 _CHUNK = 1024 * 1024
 
 
@@ -46,18 +44,17 @@ class HttpTier(CacheTier):
             auth=httpx.BasicAuth(*auth) if auth else None,
             headers={"Authorization": f"Bearer {token}"} if token else None,
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=HEAD_WORKERS, max_keepalive_connections=HEAD_WORKERS),
+            limits=httpx.Limits(max_connections=LOOKUP_WORKERS, max_keepalive_connections=LOOKUP_WORKERS),
             # An SSL context (loading the CA bundle: 60-100 ms) only where TLS is used.
             verify=self.base_url.startswith("https://"),
         )
-        self._pool = ThreadPoolExecutor(HEAD_WORKERS, thread_name_prefix="gaffer-http")
 
     @classmethod
     def from_url(cls, url: str, *, token: str | None = None, timeout: float = 30.0) -> HttpTier:
         """Open an http(s):// cache URL; `token` overrides `?token_file=`."""
         parts, params = checked_url(url)
         if token is None and "token_file" in params:
-            token = _read_token(url, Path(params["token_file"]))
+            token = read_token(Path(params["token_file"]), f"cache URL {redact(url)}")
         auth = None
         if parts.username is not None or parts.password is not None:
             auth = (unquote(parts.username or ""), unquote(parts.password or ""))
@@ -85,12 +82,12 @@ class HttpTier(CacheTier):
         if status in (401, 403):
             raise TierError(self.name, f"{what}: HTTP {status} {response.reason_phrase}: check the user and "
                             "password in the URL or the token", transient=False)
-        transient = status >= 500 or status in (408, 429)
+        transient = transient_status(status)
         raise TierError(self.name, f"{what}: HTTP {status} {response.reason_phrase}", transient=transient)
 
     # -- CAS ---------------------------------------------------------------------------------------------------
 
-    def _has_blob(self, digest: Digest) -> bool:
+    def has_blob(self, digest: Digest) -> bool:
         url = self._url("cas", digest)
         with self._guard(f"HEAD {url}"):
             response = self._client.head(url)
@@ -98,11 +95,6 @@ class HttpTier(CacheTier):
             return False
         length = response.headers.get("content-length")
         return length is None or int(length) == digest.size_bytes
-
-    def find_missing(self, digests: Sequence[Digest]) -> list[Digest]:
-        # Executor.map cancels the HEADs not yet started when one fails, so a dead server fails fast.
-        present = list(self._pool.map(self._has_blob, digests))
-        return [d for d, here in zip(digests, present) if not here]
 
     def read_blob(self, digest: Digest) -> bytes | None:
         return self._get(self._url("cas", digest))
@@ -148,18 +140,9 @@ class HttpTier(CacheTier):
 
     def check(self) -> None:
         """HEAD the empty blob: 200 or 404 both prove the server answers and accepts our credentials."""
-        self._has_blob(EMPTY_DIGEST)
+        self.has_blob(EMPTY_DIGEST)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        super().close()
         self._client.close()
 
-
-def _read_token(url: str, path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as e:
-        raise bad_url(url, f"cannot read token_file {path}: {e.strerror}") from None
-    if not token:
-        raise bad_url(url, f"token_file {path} is empty")
-    return token

@@ -23,11 +23,11 @@ import redis.exceptions
 import redis.retry
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.urls import checked_url, redact
+from gaffer.cache.urls import DEFAULT_REDIS_PREFIX, checked_url, redact
 from gaffer.digest import Digest
 from gaffer.units import parse_size
 
-DEFAULT_PREFIX = "gaffer"
+DEFAULT_PREFIX = DEFAULT_REDIS_PREFIX
 DEFAULT_MAX_BLOB = 64 * 1024 * 1024
 _UNLINK_BATCH = 1000
 
@@ -84,18 +84,10 @@ class RedisTier(CacheTier):
             for d in digests:
                 pipe.exists(self._key("cas", d))
             found = pipe.execute()
-        return [d for d, n in zip(digests, found) if not n]
+        return [d for d, n in zip(digests, found, strict=True) if not n]
 
     def read_blob(self, digest: Digest) -> bytes | None:
         return self._get(self._key("cas", digest))
-
-    def fetch_blob(self, digest: Digest, dest: Path) -> bool:
-        data = self._get(self._key("cas", digest))
-        if data is None:
-            return False
-        with open(dest, "wb") as f:
-            f.write(data)
-        return True
 
     def write_blob(self, digest: Digest, data: bytes) -> None:
         if len(data) <= self.max_blob:
@@ -104,7 +96,7 @@ class RedisTier(CacheTier):
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         if os.path.getsize(path) <= self.max_blob:
-            self.write_blob(digest, Path(path).read_bytes())
+            super().upload_blob(digest, path)
 
     # -- action cache ------------------------------------------------------------------------------------------
 
@@ -118,7 +110,7 @@ class RedisTier(CacheTier):
     def _get(self, key: str) -> bytes | None:
         with self._guard("GET"):
             value = self._redis.get(key)
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]  # redis-py types replies as Any; GET answers bytes or None
 
     # -- management --------------------------------------------------------------------------------------------
 
@@ -140,6 +132,7 @@ class RedisTier(CacheTier):
                     self._redis.unlink(*batch)
 
     def close(self) -> None:
+        super().close()
         self._redis.close()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,13 +25,12 @@ import botocore.exceptions
 import botocore.session
 from botocore.config import Config
 
-from gaffer.cache.base import CacheTier, TierError
+from gaffer.cache.base import LOOKUP_WORKERS, CacheTier, TierError, transient_status
 from gaffer.cache.urls import bad_url, checked_url, redact
 from gaffer.digest import Digest
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024  # bigger uploads go in parts, several at once
 MULTIPART_CHUNK = 16 * 1024 * 1024
-HEAD_WORKERS = 16  # parallel HEADs in find_missing (and the HTTP connection pool size)
 _CHUNK = 1024 * 1024
 _DENIED = frozenset({
     "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
@@ -88,7 +87,7 @@ class S3Tier(CacheTier):
             connect_timeout=timeout,
             read_timeout=timeout,
             retries={"max_attempts": 2, "mode": "standard"},  # the tiered cache retries too
-            max_pool_connections=HEAD_WORKERS,
+            max_pool_connections=LOOKUP_WORKERS,
             # path-style for self-hosted stores: their DNS rarely resolves bucket.host names
             s3={"addressing_style": "path" if custom_endpoint else "auto"},
             # flexible checksums (CRC32 headers) are not understood by Ceph or older MinIO; digests verify blobs
@@ -96,7 +95,6 @@ class S3Tier(CacheTier):
             response_checksum_validation="when_required",
         )
         self._s3 = _new_session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
-        self._pool = ThreadPoolExecutor(HEAD_WORKERS, thread_name_prefix="gaffer-s3")
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 30.0, **options: Any) -> S3Tier:
@@ -123,7 +121,7 @@ class S3Tier(CacheTier):
             if status == 403 or code in _DENIED:
                 return TierError(self.name, f"access to bucket {self.bucket!r} denied ({code or status}): check the "
                                  "AWS credentials and the bucket policy", transient=False)
-            transient = status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES
+            transient = transient_status(status) or code in _TRANSIENT_CODES
             answer = f"HTTP {status}" if code in ("", str(status)) else f"{code} (HTTP {status})"
             return TierError(self.name, f"{what}: {answer}", transient=transient)
         if isinstance(e, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
@@ -166,15 +164,10 @@ class S3Tier(CacheTier):
 
     # -- CAS ---------------------------------------------------------------------------------------------------
 
-    def _has_blob(self, digest: Digest) -> bool:
+    def has_blob(self, digest: Digest) -> bool:
         key = self._key("cas", digest)
         with self._guard(f"HEAD {key}"):
             return self._exists(key, digest.size_bytes)
-
-    def find_missing(self, digests: Sequence[Digest]) -> list[Digest]:
-        # Executor.map cancels the HEADs not yet started when one fails, so a dead store fails fast.
-        present = list(self._pool.map(self._has_blob, digests))
-        return [d for d, here in zip(digests, present) if not here]
 
     def read_blob(self, digest: Digest) -> bytes | None:
         return self._read(self._key("cas", digest))
@@ -263,13 +256,13 @@ class S3Tier(CacheTier):
         """Delete every CAS and AC object under this tier's prefix (gobuildcache `clear-remote`)."""
         base = f"{self.prefix}/" if self.prefix else ""
         paginator = self._s3.get_paginator("list_objects_v2")
-        with self._guard(f"clear {self.name}"):
+        with self._guard(f"clear {self.name}"), ThreadPoolExecutor(LOOKUP_WORKERS) as pool:
             for kind in ("cas/", "ac/"):
                 for page in paginator.paginate(Bucket=self.bucket, Prefix=base + kind):
                     keys = [obj["Key"] for obj in page.get("Contents", [])]
                     # one DELETE per key: DeleteObjects needs a checksum header that not every store accepts
-                    list(self._pool.map(lambda k: self._s3.delete_object(Bucket=self.bucket, Key=k), keys))
+                    list(pool.map(lambda k: self._s3.delete_object(Bucket=self.bucket, Key=k), keys))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        super().close()
         self._s3.close()

@@ -12,8 +12,10 @@ httpx, grpc), is imported only when a URL of its scheme is opened.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
@@ -21,6 +23,7 @@ from gaffer.cache.base import CacheTier
 from gaffer.errors import UserError
 from gaffer.units import parse_size
 
+DEFAULT_REDIS_PREFIX = "gaffer"  # redis:// keys are `<prefix>:cas:<sha256>` without ?prefix=
 _SECRET_PARAM = re.compile(r"token|secret|passw|key|sig|credential|auth", re.IGNORECASE)
 
 
@@ -49,6 +52,20 @@ def redact(url: str) -> str:
 def bad_url(url: str, what: str) -> UserError:
     """The one-line error for a cache URL the user got wrong."""
     return UserError(f"cache URL {redact(url)}: {what}")
+
+
+def read_token(path: str | os.PathLike[str], where: str) -> str:
+    """The bearer token in the file at `path` (one token, no spaces); `where` names the setting that gave the path
+    in the one-line UserError for a file that cannot be read or holds no usable token."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise UserError(f"{where}: cannot read token_file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: token_file {path} is not text") from None
+    if not token or any(c.isspace() for c in token):
+        raise UserError(f"{where}: token_file {path} must hold one token without spaces")
+    return token
 
 
 def split_url(url: str) -> SplitResult:

@@ -35,7 +35,6 @@ from gaffer.digest import EMPTY_DIGEST, Digest, digest_file, is_valid_hash
 from gaffer.execute.local import ProcessResult, ProcessRunner
 from gaffer.protos import remote_execution_pb2 as re_pb2
 
-
 _M = TypeVar("_M", bound=Message)
 
 
@@ -159,7 +158,7 @@ def _message(cas: DiskStore, action: Digest, digest: Digest, cls: type[_M], what
         raise MissingBlobs(action, [(what, digest)])
     try:
         return cls.FromString(data)
-    except Exception:  # protobuf's DecodeError, or anything a damaged message makes it raise
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError, or anything a damaged message makes it raise
         raise BadAction(f"action {action}: blob {digest} is not a {what} message") from None
 
 
@@ -179,7 +178,7 @@ def _input_root(cas: DiskStore, action: Digest, root_digest: Digest) -> actions.
         if data is not None:
             try:
                 return re_pb2.Directory.FromString(data)
-            except Exception:  # as in `_message`
+            except Exception:  # noqa: BLE001 - as in `_message`
                 raise actions.BadCacheEntry(f"blob {digest} is not a Directory message") from None
         missing.append(("Directory", digest))
         return re_pb2.Directory()  # go on, to name every missing Directory at once

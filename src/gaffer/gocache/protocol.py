@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import BinaryIO, Literal, NamedTuple, Protocol
 
 from gaffer.errors import UserError
@@ -299,6 +300,11 @@ def _answer(handler: Handler, request: Request, debug: bool) -> dict[str, object
     return reply
 
 
+def _send_answer(writer: ReplyWriter, handler: Handler, request: Request, debug: bool) -> None:
+    """A pool job: answer `request` and send the reply."""
+    writer.send(_answer(handler, request, debug))
+
+
 def serve(
     stdin: BinaryIO,
     stdout: BinaryIO,
@@ -329,7 +335,7 @@ def serve(
                 if reply is not None:
                     writer.send(reply)
                     continue
-            pool.submit(lambda r=request: writer.send(_answer(handler, r, debug)))  # type: ignore[misc]
+            pool.submit(partial(_send_answer, writer, handler, request, debug))
     finally:
         pool.join()
         handler.close()

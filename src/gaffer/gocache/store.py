@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from gaffer.cache.base import CacheTier, TierError
+from gaffer.cache.base import TierError
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes
 from gaffer.errors import EnvironmentProblem, UserError
@@ -81,22 +80,6 @@ def own_directory(path: str) -> None:
             )
 
 
-def open_tiered(local: DiskStore, urls: Sequence[str], *, read_only: bool, timeout: float) -> TieredCache:
-    """A TieredCache whose remote tiers are opened on first use (a local-only build never imports boto3)."""
-    from gaffer.cache.tiered import TieredCache
-    from gaffer.cache.urls import open_tier, redact
-
-    def opener(url: str) -> Callable[[], CacheTier]:
-        return lambda: open_tier(url, timeout=timeout)
-
-    return TieredCache(
-        local,
-        [(redact(url), opener(url)) for url in urls],
-        read_only=read_only,
-        report=log_line,
-    )
-
-
 class GoStore:
     """The `Handler` the protocol server calls, from several threads at once."""
 
@@ -111,7 +94,10 @@ class GoStore:
         local = open_local(config.local_dir)
         tiered = None
         if config.remotes:
-            tiered = open_tiered(local, config.remotes, read_only=config.read_only, timeout=config.timeout)
+            from gaffer.cache.factory import open_cache
+
+            tiered = open_cache(local, config.remotes, read_only=config.read_only, timeout=config.timeout,
+                                report=log_line)
         return cls(local, tiered, show_stats=config.debug or config.stats)
 
     def get_local(self, action_id: bytes) -> Hit | None | Deferred:

@@ -16,8 +16,8 @@ and a stalled client holds no thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import concurrent.futures
+import contextlib
 import errno
 import hashlib
 import logging
@@ -41,12 +41,14 @@ from gaffer.server.metrics import Metrics
 from gaffer.server.store import (
     MAX_ACTION_RESULT,
     SMALL_BLOB,
+    BackendUnavailable,
     BadRequest,
     Namespace,
     ServerStore,
     Upload,
     check_hash,
     check_instance,
+    storage_failure,
 )
 
 CHUNK = 256 * 1024  # the unit of disk reads and writes: memory per transfer stays near this
@@ -57,6 +59,7 @@ MAX_FIELD = 8190
 LINGER_S = 5.0  # how long an unread request body is drained after a refusal before the connection is closed
 
 T = TypeVar("T")
+_STORAGE_STATUS = {"full": 507, "unavailable": 503, "broken": 500}
 
 
 class _NotOurFault(logging.Filter):
@@ -209,9 +212,9 @@ class CacheHTTPServer:
         except (ConnectionError, RequestPayloadError):  # the client went away: no one to answer
             request.protocol.force_close()
             return web.Response(status=400)
-        except OSError as e:  # the store's disk: full, or failing
-            status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500
-            return self._reply(request, status, self._kind(request), f"cache storage error: {e.strerror}\n")
+        except (OSError, BackendUnavailable) as e:  # the store's disk (full, or failing), or its backend
+            failure, message = storage_failure(e)
+            return self._reply(request, _STORAGE_STATUS[failure], self._kind(request), f"{message}\n")
         finally:
             self._busy.discard(request.protocol)
             if not self._busy:
@@ -232,7 +235,7 @@ class CacheHTTPServer:
         segments = path.strip("/").split("/")
         if kind == "other":
             return self._reply(request, 404, kind, "not found: use /ac/<sha256>, /cas/<sha256> or /metrics\n")
-        namespace = self.store.namespace(check_instance("/".join(segments[:-2])))
+        namespace = await self._disk_io(self.store.namespace, check_instance("/".join(segments[:-2])))
         key = check_hash(segments[-1])
         if request.method == "PUT":
             return await self._put(request, namespace, kind, key)
@@ -259,7 +262,7 @@ class CacheHTTPServer:
     async def _get_blob(self, request: web.BaseRequest, namespace: Namespace, key: str) -> web.StreamResponse:
         """HEAD answers from the index; GET checks the content first (a corrupt blob is evicted: 404)."""
         head = request.method == "HEAD"
-        size = namespace.size_of(key)
+        size = await self._disk_io(namespace.size_of, key)  # with --backend, it may ask the backend
         digest = Digest(key, size or 0)
         data = opened = None
         if size is not None and not head:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import resource
 import signal
@@ -18,11 +19,13 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-from gaffer.config import SERVE, Settings, add_flags, environment_help, load_nearest
+from gaffer.cache.urls import read_token, redact
+from gaffer.config import SERVE, Settings, add_flags, check_urls, environment_help, load_nearest
 from gaffer.errors import EnvironmentProblem, GafferError, UserError
 from gaffer.units import format_size
 
 GRACE_S = 30.0  # how long in-flight gRPC calls may take to finish after a stop signal
+BACKEND_TIMEOUT_S = 30.0  # per request to the --backend
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,16 +48,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_token(path: str, where: str) -> str:
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise UserError(f"{where} {path}: {e.strerror}") from None
-    if not token or any(c.isspace() for c in token):
-        raise UserError(f"{where} {path}: must hold one token without spaces")
-    return token
-
-
 def serve_main(argv: list[str]) -> int:
     """Parse `argv` (the arguments after `serve`), serve until a stop signal; the exit status."""
     try:
@@ -71,19 +64,19 @@ def serve_main(argv: list[str]) -> int:
 def _serve(settings: Settings) -> int:
     if not settings.grpc and not settings.http:
         raise UserError("nothing to serve: give --grpc HOST:PORT and/or --http HOST:PORT")
-    if settings.backend:
-        raise UserError(f"{settings.sources['backend']}: serving from a backend other than the local store is not "
-                        "available yet")
     store_dir = Path(settings.dir)
     max_size = settings.serve_max_size
     grpc_address, http_address = settings.grpc, settings.http
-    token_text = _read_token(settings.token_file, settings.sources["token_file"]) if settings.token_file else None
-    read_token = None
+    token_text = read_token(settings.token_file, settings.sources["token_file"]) if settings.token_file else None
+    read_only_token = None
     if settings.read_token_file:
         if not token_text:
             raise UserError(f"{settings.sources['read_token_file']}: a read-only token needs a read-write one "
                             "(--token-file) beside it")
-        read_token = _read_token(settings.read_token_file, settings.sources["read_token_file"])
+        where = settings.sources["read_token_file"] or "--read-token-file"
+        read_only_token = read_token(settings.read_token_file, where)
+    if settings.backend:
+        check_urls([settings.backend], settings.sources["backend"])
 
     # Block the stop signals before any thread starts (importing grpc starts some), so every thread inherits
     # the mask and the main thread alone receives them, in sigwait below. Heavy imports only now the flags are good.
@@ -94,15 +87,22 @@ def _serve(settings: Settings) -> int:
     from gaffer.server.http import CacheHTTPServer
     from gaffer.server.metrics import Metrics
     from gaffer.server.reapi import start_grpc
-    from gaffer.server.store import ServerStore
+    from gaffer.server.store import BackendUnavailable, ServerStore
 
+    backend = None
+    if settings.backend:
+        from gaffer.cache.factory import open_backend
+
+        backend = functools.partial(open_backend, settings.backend, timeout=BACKEND_TIMEOUT_S)
     try:
         store = ServerStore(store_dir, max_size, report=lambda m: print(f"gaffer serve: warning: {m}", file=sys.stderr),
-                            memory=settings.memory)
+                            memory=settings.memory, backend=backend)
     except TierError as e:
         raise EnvironmentProblem(f"{settings.sources['dir'] or '--dir'} {store_dir}: {e}") from None
+    except BackendUnavailable as e:
+        raise EnvironmentProblem(f"{settings.sources['backend']} {redact(settings.backend)}: {e}") from None
     metrics = Metrics()
-    token = BearerToken(token_text, read_token)
+    token = BearerToken(token_text, read_only_token)
     _raise_fd_limit()
     grpc_server = http_server = None
     listening = []
@@ -125,7 +125,9 @@ def _serve(settings: Settings) -> int:
                                          f"cannot listen there: {e.strerror}") from None
             http_server.start()
             listening.append(f"http on {_host(http_address[0])}:{http_server.port}")
-        print(f"gaffer serve: {', '.join(listening)}; store {store_dir} "
+        where = (f"backend {redact(settings.backend)}, read-through cache {store_dir}" if settings.backend
+                 else f"store {store_dir}")
+        print(f"gaffer serve: {', '.join(listening)}; {where} "
               f"({format_size(store.total_bytes)} of {format_size(max_size)})", file=sys.stderr, flush=True)
         received = signal.sigwait(stop_signals)
         print(f"gaffer serve: {signal.Signals(received).name}: stopping", file=sys.stderr, flush=True)

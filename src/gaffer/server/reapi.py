@@ -25,12 +25,14 @@ from gaffer.protos import remote_execution_pb2_grpc as re_grpc
 from gaffer.server.auth import GRPC_WRITES, BearerToken, Refusal
 from gaffer.server.metrics import Metrics
 from gaffer.server.store import (
+    BackendUnavailable,
     BadRequest,
     Namespace,
     ServerStore,
     check_digest,
     check_hash,
     check_instance,
+    storage_failure,
 )
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # announced in Capabilities: the total blob bytes one batch call may carry
@@ -51,16 +53,19 @@ class Failure(Exception):
         self.code = code
 
 
+_STORAGE_CODES = {"full": grpc.StatusCode.RESOURCE_EXHAUSTED, "unavailable": grpc.StatusCode.UNAVAILABLE,
+                  "broken": grpc.StatusCode.INTERNAL}
+
+
 def _status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
     """The status code and message a handler's exception ends the RPC with."""
     if isinstance(error, Failure):
         return error.code, str(error)
     if isinstance(error, BadRequest):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"cache disk full: {error.strerror}"
-    assert isinstance(error, OSError)
-    return grpc.StatusCode.INTERNAL, f"cache storage error: {error.strerror}"
+    assert isinstance(error, (OSError, BackendUnavailable))
+    kind, message = storage_failure(error)
+    return _STORAGE_CODES[kind], message
 
 
 class _Service:
@@ -89,7 +94,7 @@ def counted(fn: Callable[[Service, Request], Response]) -> Callable[[Service, Re
     def handler(self: Service, request: Request, context: grpc.ServicerContext) -> Response:
         try:
             response = fn(self, request)
-        except (Failure, BadRequest, OSError) as e:
+        except (Failure, BadRequest, OSError, BackendUnavailable) as e:
             self.fail(fn.__name__, e, context)
         self.metrics.request("grpc", fn.__name__, self.kind, "OK")
         return response
@@ -106,7 +111,7 @@ def counted_stream(
     def handler(self: Service, request: Request, context: grpc.ServicerContext) -> Iterator[Response]:
         try:
             yield from fn(self, request)
-        except (Failure, BadRequest, OSError) as e:
+        except (Failure, BadRequest, OSError, BackendUnavailable) as e:
             self.fail(fn.__name__, e, context)
         self.metrics.request("grpc", fn.__name__, self.kind, "OK")
 

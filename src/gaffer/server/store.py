@@ -5,6 +5,9 @@ Layout under `--dir`: the instance "" is a plain DiskStore at the root (so `gaff
 it); a named instance lives in `instances/<name, percent-encoded>/`, one DiskStore each, so two instances never
 see each other's entries and an instance name can never reach outside `instances/`.
 
+With `--backend`, each instance is a `BackendNamespace` (server/backend.py): the backend is the store of record
+and the directory only a read-through cache of its blobs.
+
 The server owns its directory. The index (built from the store at start and after each gc) answers
 FindMissingBlobs without a system call per digest; it heals itself when a read finds a blob gone. Action results
 are checked against the disk itself, never the index, so an entry whose blobs are gone is a miss, not a broken hit.
@@ -14,6 +17,7 @@ size already matched the file on disk: a peer cannot make the server evict a goo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -23,16 +27,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from io import BufferedReader
 from pathlib import Path
+from typing import Self
 from urllib.parse import quote, unquote
 
 from google.protobuf.message import DecodeError
 
-from gaffer.cache.base import TierError
+from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.disk import DiskStore
-from gaffer.digest import EMPTY_DIGEST, Digest
+from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.protos.digests import from_proto
 
-_HASH = re.compile(r"[0-9a-f]{64}")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # REAPI forbids these as instance name segments: they would make resource names ambiguous.
 _RESERVED = frozenset({"blobs", "uploads", "actions", "actionResults", "operations", "capabilities",
@@ -47,8 +52,22 @@ class BadRequest(Exception):
     """The peer sent something invalid (INVALID_ARGUMENT / HTTP 400); the message says what."""
 
 
+class BackendUnavailable(Exception):
+    """The backend behind `--backend` failed (UNAVAILABLE / HTTP 503): the peer may retry, or miss."""
+
+
+def storage_failure(error: OSError | BackendUnavailable) -> tuple[str, str]:
+    """What a failure of the server's storage means to a peer: ("full" | "unavailable" | "broken", message), for
+    both protocols to turn into their status (RESOURCE_EXHAUSTED/507, UNAVAILABLE/503, INTERNAL/500)."""
+    if isinstance(error, BackendUnavailable):
+        return "unavailable", f"cache backend: {error}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "full", f"cache disk full: {error.strerror}"
+    return "broken", f"cache storage error: {error.strerror}"
+
+
 def check_hash(text: str) -> str:
-    if not _HASH.fullmatch(text):
+    if not is_valid_hash(text):
         raise BadRequest(f"{text[:80]!r} is not a lowercase hex SHA-256")
     return text
 
@@ -57,7 +76,7 @@ def check_digest(digest: re_pb2.Digest) -> Digest:
     check_hash(digest.hash)
     if digest.size_bytes < 0:
         raise BadRequest(f"negative size in digest {digest.hash}/{digest.size_bytes}")
-    return Digest(digest.hash, digest.size_bytes)
+    return from_proto(digest)
 
 
 def check_instance(name: str) -> str:
@@ -140,6 +159,11 @@ class Namespace:
     # -- CAS ---------------------------------------------------------------------------------------------------
 
     def has(self, digest: Digest) -> bool:
+        """Does the instance hold the blob? (FindMissing, and an upload that may finish early.)"""
+        return self._here(digest)
+
+    def _here(self, digest: Digest) -> bool:
+        """Is the blob on this server's disk, as indexed?"""
         return digest.size_bytes == 0 or self._present.get(digest.hash) == digest.size_bytes
 
     def size_of(self, hash_: str) -> int | None:
@@ -162,7 +186,7 @@ class Namespace:
         """A small blob's bytes (memory, else disk, checked against the digest), or None."""
         if digest.size_bytes == 0:
             return b""
-        if not self.has(digest):
+        if not self._here(digest):
             return None
         key = (self.name, digest.hash)
         data = self._memory.get(key, lambda: self.store.blob_path(digest))
@@ -177,7 +201,7 @@ class Namespace:
 
     def open(self, digest: Digest) -> tuple[BufferedReader, bool] | None:
         """The blob's file for streaming, and whether its content must be checked as it streams; None if absent."""
-        if not self.has(digest):
+        if not self._here(digest):
             return None
         try:
             f = open(self.store.blob_path(digest), "rb")  # noqa: SIM115 - the caller closes it
@@ -207,9 +231,13 @@ class Namespace:
 
     def put(self, digest: Digest, data: bytes) -> None:
         """Store a blob after checking it against its digest (BadRequest if it does not match)."""
-        if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
+        if digest_bytes(data) != digest:
             raise BadRequest(f"the data does not match digest {digest}")
-        if self.has(digest):
+        self._keep(digest, data)
+
+    def _keep(self, digest: Digest, data: bytes) -> None:
+        """Put a checked blob on this server's disk (and in the memory cache)."""
+        if self._here(digest):
             return
         self.store.write_blob(digest, data)
         self._installed(digest)
@@ -222,6 +250,10 @@ class Namespace:
                 upload.write(chunk)
             upload.commit()
 
+    def committed(self, digest: Digest) -> None:
+        """An upload is in the store (installed now, or there already): what else must hold it before the peer
+        is told it is stored (nothing here; a backend with --backend)."""
+
     def _installed(self, digest: Digest) -> None:
         self._present[digest.hash] = digest.size_bytes
         if digest.size_bytes > SMALL_BLOB:
@@ -231,8 +263,8 @@ class Namespace:
     # -- action cache ------------------------------------------------------------------------------------------
 
     def action_result(self, key: Digest) -> tuple[bytes, re_pb2.ActionResult] | None:
-        """The stored ActionResult, only if every blob it names is on disk (else it would be a broken hit)."""
-        data = self.store.read_action(key)
+        """The stored ActionResult, only if every blob it names is present (else it would be a broken hit)."""
+        data = self._stored_action(key)
         if data is None:
             return None
         try:
@@ -241,8 +273,15 @@ class Namespace:
             self.store.evict_action(key)
             return None
         needed = self._referenced_blobs(result)
-        if needed is None:
+        if needed is None or not self._complete(needed):
             return None
+        return data, result
+
+    def _stored_action(self, key: Digest) -> bytes | None:
+        return self.store.read_action(key)
+
+    def _complete(self, needed: list[Digest]) -> bool:
+        """Is every blob on disk? Asked of the disk itself, never the index."""
         for digest in needed:
             try:
                 on_disk = os.stat(self.store.blob_path(digest)).st_size == digest.size_bytes
@@ -250,8 +289,8 @@ class Namespace:
                 on_disk = False
             if not on_disk:
                 self.forget(digest)
-                return None
-        return data, result
+                return False
+        return True
 
     def _referenced_blobs(self, result: re_pb2.ActionResult) -> list[Digest] | None:
         """Every non-empty blob `result` names, including the files inside its output directory trees.
@@ -264,7 +303,7 @@ class Namespace:
             if not directory.HasField("tree_digest"):
                 continue
             digests.append(directory.tree_digest)
-            data = self.read(Digest(directory.tree_digest.hash, directory.tree_digest.size_bytes))
+            data = self.read(from_proto(directory.tree_digest))
             if data is None:
                 return None
             try:
@@ -273,12 +312,15 @@ class Namespace:
                 return None
             for d in (tree.root, *tree.children):
                 digests.extend(f.digest for f in d.files)
-        return [Digest(d.hash, d.size_bytes) for d in digests if d.size_bytes > 0]
+        return [from_proto(d) for d in digests if d.size_bytes > 0]
 
     def put_action(self, key: Digest, result: re_pb2.ActionResult) -> None:
         data = result.SerializeToString(deterministic=True)
         self.store.write_action(key, data)
         self._added(self.name, len(data))
+
+    def close(self) -> None:
+        self.store.close()
 
 
 class Upload:
@@ -307,9 +349,10 @@ class Upload:
         digest = self._digest
         if self._received != digest.size_bytes or self._sha.hexdigest() != digest.hash:
             raise BadRequest(f"the data ({self._received} bytes) does not match digest {digest}")
-        if not self._namespace.has(digest):
+        if not self._namespace._here(digest):
             self._namespace.store.adopt(digest, self._tmp)
             self._namespace._installed(digest)
+        self._namespace.committed(digest)
 
     def close(self) -> None:
         try:
@@ -317,7 +360,7 @@ class Upload:
         finally:
             self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> Upload:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -327,8 +370,10 @@ class Upload:
 class ServerStore:
     """Instance name -> Namespace, with the server-wide size bound enforced by a background LRU gc."""
 
-    def __init__(self, root: Path, max_size: int, report: Callable[[str], None], memory: int) -> None:
+    def __init__(self, root: Path, max_size: int, report: Callable[[str], None], memory: int,
+                 backend: Callable[[str], CacheTier] | None = None) -> None:
         self.root = root
+        self._backend = backend  # instance -> its tier in the backend, with `--backend`
         self.max_size = max_size
         self._report = report
         self._memory = MemoryCache(memory)
@@ -358,7 +403,12 @@ class ServerStore:
                 disk = DiskStore(path, self.max_size, report=self._report)
                 if not disk.writable:  # a server that drops every upload would only look like a cache
                     raise TierError(disk.name, "cannot write to the cache directory (read-only)", transient=False)
-                found = Namespace(instance, disk, self._memory, self._added)
+                if self._backend is None:
+                    found = Namespace(instance, disk, self._memory, self._added)
+                else:
+                    from gaffer.server.backend import BackendNamespace
+
+                    found = BackendNamespace(instance, disk, self._memory, self._added, self._backend(instance))
                 self._sizes[instance] = found.reindex()
                 self._namespaces[instance] = found
         return found
@@ -404,4 +454,4 @@ class ServerStore:
         if gc is not None:
             gc.join()
         for namespace in self._namespaces.values():
-            namespace.store.close()
+            namespace.close()

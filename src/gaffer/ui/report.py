@@ -4,14 +4,38 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypedDict
 
 from gaffer.errors import UserError
-from gaffer.outcome import CACHED, EXECUTED, FAILED, SKIPPED, BuildReport
+from gaffer.outcome import CACHED, EXECUTED, FAILED, SKIPPED, BuildReport, TierSummary
 from gaffer.units import format_count, format_size
 
 
-def summary_dict(report: BuildReport) -> dict[str, object]:
+class TaskSummary(TypedDict):
+    name: str
+    status: str
+    duration_s: float
+    reason: str
+
+
+class Summary(TypedDict):
+    """The document `--summary-json` writes; the closing summary prints it too."""
+
+    executed: int
+    cached: int
+    failed: int
+    skipped: int
+    wall_s: float
+    task_s: float
+    hit_rate: float
+    time_saved_s: float
+    parallel_efficiency: float | None
+    interrupted: str | None
+    tasks: list[TaskSummary]
+    tiers: list[TierSummary]
+
+
+def summary_dict(report: BuildReport) -> Summary:
     tasks = report.tasks()
     counts = {s: sum(1 for o in tasks.values() if o.status == s) for s in (EXECUTED, CACHED, FAILED, SKIPPED)}
     task_s = sum(o.duration_s for o in tasks.values())
@@ -50,17 +74,17 @@ def print_summary(report: BuildReport, stream: TextIO) -> None:
         f"{verdict} in {s['wall_s']:.1f}s: {s['executed']} executed, {s['cached']} cached, "
         f"{s['failed']} failed, {s['skipped']} skipped\n"
         f"  hit rate {100 * s['hit_rate']:.1f}% | total task time {s['task_s']:.1f}s | "
-        + (f"parallel efficiency {100 * efficiency:.1f}% | " if efficiency is not None else "")  # type: ignore[operator]
+        + (f"parallel efficiency {100 * efficiency:.1f}% | " if efficiency is not None else "")
         + f"time saved by the cache {s['time_saved_s']:.1f}s\n"
     )
     for tier in report.tiers:
         if tier["hits"] or tier["misses"] or tier["errors"] or tier["bytes_up"]:
             stream.write(
-                f"  cache {tier['name']}: {format_count(int(tier['hits']), 'hit')}, "
-                f"{format_count(int(tier['misses']), 'miss', 'misses')}, "
-                f"{format_size(int(tier['bytes_down']))} down, {format_size(int(tier['bytes_up']))} up, "
+                f"  cache {tier['name']}: {format_count(tier['hits'], 'hit')}, "
+                f"{format_count(tier['misses'], 'miss', 'misses')}, "
+                f"{format_size(tier['bytes_down'])} down, {format_size(tier['bytes_up'])} up, "
                 f"{tier['seconds']:.2f}s, "
-                f"{format_count(int(tier['errors']), 'error')}{' (disabled)' if tier['disabled'] else ''}\n"
+                f"{format_count(tier['errors'], 'error')}{' (disabled)' if tier['disabled'] else ''}\n"
             )
     for name, o in report.tasks().items():
         if o.status == FAILED:
@@ -87,7 +111,7 @@ def write_trace(report: BuildReport, path: Path) -> None:
         {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "gaffer run"}},
     ]
     for name, o in report.tasks().items():
-        lane = int(o.extra.get("lane", 0))  # type: ignore[call-overload]
+        lane = o.extra.get("lane", 0)
         event: dict[str, object] = {
             "name": name, "cat": o.status, "pid": 1, "tid": lane, "ts": round(o.start_s * 1e6),
             "args": {"status": o.status, "reason": o.reason},

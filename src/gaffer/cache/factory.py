@@ -1,0 +1,47 @@
+"""The one place that composes a cache from settings: for `gaffer run`, `gobuildcache` and `gaffer serve`.
+
+Callers hand over settings already parsed and checked (their URLs included) and a local DiskStore they opened
+with their own rules (where it lives, whether it must be writable). Remote tiers are opened lazily, on first
+use, so a build served from the local tier never imports boto3, redis, httpx or grpc; this module itself
+imports only the standard library and the light cache modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlencode
+
+from gaffer.cache.urls import DEFAULT_REDIS_PREFIX, checked_url, open_tier, redact
+
+if TYPE_CHECKING:
+    from gaffer.cache.base import CacheTier
+    from gaffer.cache.disk import DiskStore
+    from gaffer.cache.tiered import TieredCache
+
+
+def open_cache(local: DiskStore, remotes: Sequence[str], *, read_only: bool, timeout: float,
+               report: Callable[[str], None]) -> TieredCache:
+    """`local` first, then a resilient tier per URL in `remotes` (nearest first), each opened on first use."""
+    from gaffer.cache.tiered import TieredCache
+
+    def opener(url: str) -> Callable[[], CacheTier]:
+        return lambda: open_tier(url, timeout=timeout)
+
+    return TieredCache(local, [(redact(url), opener(url)) for url in remotes], read_only=read_only, report=report)
+
+
+def open_backend(url: str, instance: str, *, timeout: float) -> CacheTier:
+    """The tier `gaffer serve --backend URL` stores the REAPI instance `instance` in (already validated): the
+    instance "" at the URL itself, a named one in its own namespace below it (a path, a key prefix, a REAPI
+    instance name), so two instances never see each other's entries."""
+    if instance:
+        parts, params = checked_url(url)
+        if parts.scheme in ("redis", "rediss"):  # the path is the database number: the key prefix takes it
+            params["prefix"] = f"{params.get('prefix', DEFAULT_REDIS_PREFIX)}:{instance}"
+            url = parts._replace(query=urlencode(params)).geturl()
+        elif parts.scheme in ("grpc", "grpcs"):  # REAPI instance names nest: `base/instance`
+            url = parts._replace(path=f"{parts.path.rstrip('/')}/{instance}").geturl()
+        else:  # one path segment, as `gaffer serve` lays out its own directory: no instance inside another's
+            url = parts._replace(path=f"{parts.path.rstrip('/')}/instances/{quote(instance, safe='')}").geturl()
+    return open_tier(url, timeout=timeout)

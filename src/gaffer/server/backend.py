@@ -1,0 +1,117 @@
+"""An instance of `gaffer serve --backend URL`: the backend (S3, Redis, another REAPI server...) is the store of
+record, and the disk under `--dir` only a read-through cache of its blobs.
+
+Several servers may share one backend (replicas behind a load balancer), so nothing local is authoritative:
+FindMissingBlobs and the completeness check of an action result ask the backend, action results are read from
+and written to the backend only (they change), and every write reaches the backend before it is acknowledged.
+Blobs read through the server are verified and kept on its disk, which its size bound keeps in check; what the
+backend keeps is its own business (a bucket's lifecycle rules, Redis's maxmemory policy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from io import BufferedReader
+from typing import TypeVar
+
+from gaffer.cache.base import CacheTier, TierError
+from gaffer.cache.disk import DiskStore
+from gaffer.digest import Digest, digest_bytes, digest_file
+from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.protos.digests import from_proto
+from gaffer.server.store import BackendUnavailable, BadRequest, MemoryCache, Namespace, check_digest
+
+T = TypeVar("T")
+
+
+class BackendNamespace(Namespace):
+    """A Namespace whose blobs and action results live in `backend`; its DiskStore caches the blobs read."""
+
+    def __init__(self, name: str, store: DiskStore, memory: MemoryCache, added: Callable[[str, int], None],
+                 backend: CacheTier) -> None:
+        super().__init__(name, store, memory, added)
+        self.backend = backend
+        self._ask(lambda b: b.check())
+
+    def _ask(self, op: Callable[[CacheTier], T]) -> T:
+        """`op` on the backend; its failure is the peer's UNAVAILABLE (no retry here: the peer retries or misses)."""
+        try:
+            return op(self.backend)
+        except TierError as e:
+            raise BackendUnavailable(str(e)) from e
+
+    # -- CAS ---------------------------------------------------------------------------------------------------
+
+    def has(self, digest: Digest) -> bool:
+        return digest.size_bytes == 0 or not self._ask(lambda b: b.find_missing([digest]))
+
+    def missing(self, digests: Iterable[re_pb2.Digest]) -> list[re_pb2.Digest]:
+        wanted = [d for d in digests if d.size_bytes]
+        absent = set(self._ask(lambda b: b.find_missing(list(dict.fromkeys(check_digest(d) for d in wanted)))))
+        return [d for d in wanted if from_proto(d) in absent]
+
+    def size_of(self, hash_: str) -> int | None:
+        """Known locally, or learnt by fetching the blob by its hash alone (the Bazel HTTP protocol names no
+        size): a backend that needs the size (REAPI) answers that as a miss."""
+        size = super().size_of(hash_)
+        if size is not None:
+            return size
+        try:
+            pulled = self._pull(Digest(hash_, 0), sized=False)
+        except BackendUnavailable:
+            return None
+        return None if pulled is None else pulled.size_bytes
+
+    def read(self, digest: Digest) -> bytes | None:
+        data = super().read(digest)
+        if data is None and self._pull(digest, sized=True) is not None:
+            data = super().read(digest)
+        return data
+
+    def open(self, digest: Digest) -> tuple[BufferedReader, bool] | None:
+        opened = super().open(digest)
+        if opened is None and self._pull(digest, sized=True) is not None:
+            opened = super().open(digest)
+        return opened
+
+    def _pull(self, digest: Digest, *, sized: bool) -> Digest | None:
+        """Fetch a blob from the backend onto the disk, verified (against its hash alone unless `sized`)."""
+        tmp = self.store.temp_path()
+        try:
+            if not self._ask(lambda b: b.fetch_blob(digest, tmp)):
+                return None
+            actual = digest_file(tmp)
+            if actual.hash != digest.hash or (sized and actual != digest):
+                return None  # corrupt in the backend, or a wrong size asked for: a miss either way
+            if not self._here(actual):
+                self.store.adopt(actual, tmp)
+                self._installed(actual)
+            return actual
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put(self, digest: Digest, data: bytes) -> None:
+        if digest_bytes(data) != digest:
+            raise BadRequest(f"the data does not match digest {digest}")
+        self._ask(lambda b: b.write_blob(digest, data))
+        self._keep(digest, data)
+
+    def committed(self, digest: Digest) -> None:
+        path = self.store.blob_path(digest)
+        self._ask(lambda b: b.upload_blob(digest, path))
+
+    # -- action cache ------------------------------------------------------------------------------------------
+
+    def _stored_action(self, key: Digest) -> bytes | None:
+        return self._ask(lambda b: b.read_action(key))
+
+    def _complete(self, needed: list[Digest]) -> bool:
+        return not self._ask(lambda b: b.find_missing(needed))
+
+    def put_action(self, key: Digest, result: re_pb2.ActionResult) -> None:
+        data = result.SerializeToString(deterministic=True)
+        self._ask(lambda b: b.write_action(key, data))
+
+    def close(self) -> None:
+        super().close()
+        self.backend.close()
