@@ -146,6 +146,17 @@ def test_huge_headers_are_refused_early_and_memory_stays_bounded(server: ReapiSe
     _no_traceback(server)
 
 
+def test_a_client_that_stops_mid_headers_or_idles_is_disconnected(server: ReapiServer) -> None:
+    """--client-timeout 2s: counted from the connection's start for its first request, from the last reply after."""
+    with _connect(server) as slow, _connect(server) as idle:
+        slow.sendall(b"GET /cas/")
+        idle.sendall(f"GET /cas/{'a' * 64} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert idle.recv(1000).startswith(b"HTTP/1.1 404")
+        t0 = time.monotonic()
+        assert slow.recv(1000) == b"" and idle.recv(1000) == b""  # closed by the server
+        assert time.monotonic() - t0 < 8
+
+
 # -- framing ------------------------------------------------------------------------------------------------------
 
 

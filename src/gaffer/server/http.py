@@ -45,7 +45,6 @@ from gaffer.server.store import (
     BadRequest,
     Namespace,
     ServerStore,
-    Upload,
     check_hash,
     check_instance,
     storage_failure,
@@ -355,7 +354,7 @@ class CacheHTTPServer:
 
     async def _receive(self, request: web.BaseRequest, namespace: Namespace, digest: Digest) -> None:
         """A large blob: read in CHUNKs on the event loop, each hashed and written on the disk pool."""
-        upload = await self._disk_io(Upload, namespace, digest)
+        upload = await self._disk_io(namespace.upload, digest)
         try:
             remaining = digest.size_bytes
             while remaining:

@@ -245,10 +245,14 @@ class Namespace:
 
     def receive(self, digest: Digest, chunks: Iterable[bytes]) -> None:
         """Stream a blob into a temp file in the store, hashing as it comes; install it only if it matches."""
-        with Upload(self, digest) as upload:
+        with self.upload(digest) as upload:
             for chunk in chunks:
                 upload.write(chunk)
             upload.commit()
+
+    def upload(self, digest: Digest) -> Upload:
+        """A blob to receive piece by piece (an HTTP body read by an event loop between pieces)."""
+        return Upload(self, digest)
 
     def committed(self, digest: Digest) -> None:
         """An upload is in the store (installed now, or there already): what else must hold it before the peer
