@@ -167,7 +167,7 @@ class DiskStore(CacheTier):
     def write_blob(self, digest: Digest, data: bytes) -> None:
         if self.has_blob(digest):
             return
-        self._write_new(data, self.blob_path(digest))
+        self._install(self.write_temp(data), self.blob_path(digest), len(data))
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         if self.has_blob(digest):
@@ -210,7 +210,8 @@ class DiskStore(CacheTier):
         return result
 
     def write_action(self, key: Digest, result: bytes) -> None:
-        self._write_new(_AC_MAGIC + hashlib.sha256(result).digest() + result, self._action_path(key))
+        entry = action_entry(result)
+        self._install(self.write_temp(entry), self._action_path(key), len(entry))
 
     def evict_action(self, key: Digest) -> None:
         self._action_path(key).unlink(missing_ok=True)
@@ -277,10 +278,9 @@ class DiskStore(CacheTier):
                 blobs += 1
         return StoreStatus(actions=actions, blobs=blobs, bytes=size, max_size=self.max_size)
 
-    def blobs(self) -> Iterator[Digest]:
-        """The digest (name and size on disk) of every blob: what `gaffer serve` indexes in memory at start."""
-        for path, st in self._walk("cas"):
-            yield Digest(path.name, st.st_size)
+    def files(self, kind: str) -> Iterator[tuple[Path, os.stat_result]]:
+        """Every entry of one kind ("cas" or "ac") and its stat: what `gaffer serve` indexes in memory at start."""
+        return self._walk(kind)
 
     def verify(self) -> VerifyReport:
         """Hash every blob and check every action-cache entry's checksum; evict (and list) the corrupt ones."""
@@ -313,12 +313,16 @@ class DiskStore(CacheTier):
         with self._locked():
             for sub in ("cas", "ac"):
                 shutil.rmtree(self.root / sub, ignore_errors=True)
-            for tmp in self._temp_files():
-                pid = tmp.name.partition("-")[0]
-                if not (pid.isdigit() and _alive(int(pid))):
-                    tmp.unlink(missing_ok=True)
+            self.remove_stale_temp_files()
             self._write_size(0)
             (self.root / "builds.log").unlink(missing_ok=True)
+
+    def remove_stale_temp_files(self) -> None:
+        """Remove the temp files of processes no longer running (a kill -9, a crash); a running one's stay."""
+        for tmp in self._temp_files():
+            pid = tmp.name.partition("-")[0]
+            if not (pid.isdigit() and _alive(int(pid))):
+                tmp.unlink(missing_ok=True)
 
     def record_build(self, hits: int, misses: int) -> None:
         """Append one build's hit/miss counts (read back by `recent_hit_rate`)."""
@@ -352,17 +356,6 @@ class DiskStore(CacheTier):
 
     # -- internals ---------------------------------------------------------------------------------------------
 
-    def _write_new(self, data: bytes, dest: Path) -> None:
-        """Write `data` to a temp file and install it at `dest`; a failure (a full disk) leaves no temp file."""
-        tmp = self.temp_path()
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            self._install(tmp, dest, len(data))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
     def _install(self, tmp: Path, dest: Path, size: int) -> None:
         if not self.writable:
             tmp.unlink(missing_ok=True)
@@ -372,11 +365,7 @@ class DiskStore(CacheTier):
                 self._read_only_warned = True
             self.report(f"cache directory {self.root} is read-only: its entries are used, nothing new is stored")
             return
-        try:
-            os.replace(tmp, dest)
-        except FileNotFoundError:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, dest)
+        install(tmp, dest)
         self._written += size
         self.bytes_stored += size
 
@@ -465,9 +454,23 @@ class DiskStore(CacheTier):
             return 0
 
     def _write_size(self, size: int) -> None:
+        os.replace(self.write_temp(str(size).encode()), self.root / "size")
+
+    def record_size(self, size: int) -> None:
+        """Set the running size estimate (`gaffer serve`, which accounts its store in memory, at exit)."""
+        with self._locked():
+            self._write_size(size)
+
+    def write_temp(self, data: bytes) -> Path:
+        """A new temp file holding `data`; on a failure (a full disk) none is left behind."""
         tmp = self.temp_path()
-        tmp.write_text(str(size))
-        os.replace(tmp, self.root / "size")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
 
 
 def _alive(pid: int) -> bool:
@@ -481,12 +484,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def action_entry(result: bytes) -> bytes:
+    """An action-cache file's content: the magic, the SHA-256 of the serialized ActionResult, then it."""
+    return _AC_MAGIC + hashlib.sha256(result).digest() + result
+
+
 def _checked_action(data: bytes) -> bytes | None:
     """The ActionResult inside an action-cache file, or None if the file is damaged (or not in this format)."""
     if not data.startswith(_AC_MAGIC) or len(data) < _AC_HEADER:
         return None
     result = data[_AC_HEADER:]
     return result if hashlib.sha256(result).digest() == data[len(_AC_MAGIC):_AC_HEADER] else None
+
+
+def install(tmp: Path, dest: Path) -> None:
+    """Rename a finished temp file into place, making its shard directory if needed; on a failure (a full disk
+    cannot take the directory) the temp file is removed, not left behind."""
+    try:
+        try:
+            os.replace(tmp, dest)
+        except FileNotFoundError:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def copy_file(source: Path, dest: Path) -> None:

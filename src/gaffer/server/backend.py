@@ -12,24 +12,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from io import BufferedReader
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.disk import DiskStore
-from gaffer.digest import Digest, digest_bytes, digest_file
+from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, digest_file
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
-from gaffer.server.store import BackendUnavailable, BadRequest, MemoryCache, Namespace, check_digest
+from gaffer.server.store import BackendUnavailable, BadRequest, Namespace, check_digest, decode_action
+
+if TYPE_CHECKING:
+    from gaffer.server.store import ServerStore
 
 T = TypeVar("T")
 
 
 class BackendNamespace(Namespace):
-    """A Namespace whose blobs and action results live in `backend`; its DiskStore caches the blobs read."""
+    """A Namespace whose blobs and action results live in `backend`; its directory caches the blobs read."""
 
-    def __init__(self, name: str, store: DiskStore, memory: MemoryCache, added: Callable[[str, int], None],
-                 backend: CacheTier) -> None:
-        super().__init__(name, store, memory, added)
+    def __init__(self, server: ServerStore, name: str, backend: CacheTier) -> None:
+        super().__init__(server, name)
         self.backend = backend
         self._ask(lambda b: b.check())
 
@@ -43,10 +44,10 @@ class BackendNamespace(Namespace):
     # -- CAS ---------------------------------------------------------------------------------------------------
 
     def has(self, digest: Digest) -> bool:
-        return digest.size_bytes == 0 or not self._ask(lambda b: b.find_missing([digest]))
+        return digest == EMPTY_DIGEST or not self._ask(lambda b: b.find_missing([digest]))
 
     def missing(self, digests: Iterable[re_pb2.Digest]) -> list[re_pb2.Digest]:
-        wanted = [d for d in digests if d.size_bytes]
+        wanted = [d for d in digests if d.size_bytes or d.hash != EMPTY_DIGEST.hash]
         absent = set(self._ask(lambda b: b.find_missing(list(dict.fromkeys(check_digest(d) for d in wanted)))))
         return [d for d in wanted if from_proto(d) in absent]
 
@@ -76,7 +77,7 @@ class BackendNamespace(Namespace):
 
     def _pull(self, digest: Digest, *, sized: bool) -> Digest | None:
         """Fetch a blob from the backend onto the disk, verified (against its hash alone unless `sized`)."""
-        tmp = self.store.temp_path()
+        tmp = self.temp_path()
         try:
             if not self._ask(lambda b: b.fetch_blob(digest, tmp)):
                 return None
@@ -84,8 +85,7 @@ class BackendNamespace(Namespace):
             if actual.hash != digest.hash or (sized and actual != digest):
                 return None  # corrupt in the backend, or a wrong size asked for: a miss either way
             if not self._here(actual):
-                self.store.adopt(actual, tmp)
-                self._installed(actual)
+                self._adopt(actual, tmp)
             return actual
         finally:
             tmp.unlink(missing_ok=True)
@@ -97,15 +97,17 @@ class BackendNamespace(Namespace):
         self._keep(digest, data)
 
     def committed(self, digest: Digest) -> None:
-        path = self.store.blob_path(digest)
+        path = self.server.path(self.key(digest))
         self._ask(lambda b: b.upload_blob(digest, path))
 
     # -- action cache ------------------------------------------------------------------------------------------
 
-    def _stored_action(self, key: Digest) -> bytes | None:
-        return self._ask(lambda b: b.read_action(key))
+    def _stored_action(self, key: Digest) -> tuple[bytes, re_pb2.ActionResult] | None:
+        data = self._ask(lambda b: b.read_action(key))
+        result = None if data is None else decode_action(data)
+        return None if data is None or result is None else (data, result)
 
-    def _complete(self, needed: list[Digest]) -> bool:
+    def _complete(self, key: Digest, needed: list[Digest]) -> bool:
         return not self._ask(lambda b: b.find_missing(needed))
 
     def put_action(self, key: Digest, result: re_pb2.ActionResult) -> None:
@@ -113,5 +115,4 @@ class BackendNamespace(Namespace):
         self._ask(lambda b: b.write_action(key, data))
 
     def close(self) -> None:
-        super().close()
         self.backend.close()

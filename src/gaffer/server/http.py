@@ -8,7 +8,7 @@ The server faces untrusted networks, so every resource a client can hold is boun
 the oldest connection not inside a request is dropped for the new one), header lines, size and count (aiohttp's
 parser, which also refuses ambiguous framing: Transfer-Encoding with Content-Length, two Content-Lengths), time
 (a client that sends nothing for `client_timeout` is dropped, idle, mid-headers or mid-body) and uploads in flight
-(declared sizes together within the store's bound). The token is checked as soon as the headers are in, before
+(each holds its room in the store's size bound before its body is read). The token is checked as soon as the headers are in, before
 any body is read. The store's disk I/O runs on a bounded thread pool, so a slow disk never stalls the event loop,
 and a stalled client holds no thread.
 """
@@ -45,6 +45,7 @@ from gaffer.server.store import (
     BadRequest,
     Namespace,
     ServerStore,
+    Upload,
     check_hash,
     check_instance,
     storage_failure,
@@ -58,7 +59,7 @@ MAX_FIELD = 8190
 LINGER_S = 5.0  # how long an unread request body is drained after a refusal before the connection is closed
 
 T = TypeVar("T")
-_STORAGE_STATUS = {"full": 507, "unavailable": 503, "broken": 500}
+_STORAGE_STATUS = {"too large": 413, "full": 507, "unavailable": 503, "broken": 500}
 
 
 class _NotOurFault(logging.Filter):
@@ -136,7 +137,6 @@ class CacheHTTPServer:
         self.port: int = self._socket.getsockname()[1]
         self._disk = concurrent.futures.ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="gaffer-http-disk")
         self._busy: set[RequestHandler] = set()  # connections inside a request: never dropped for a newcomer
-        self._uploading = 0  # declared bytes of the PUTs in flight
         self._loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
         self._drained = asyncio.Event()  # set when no connection is inside a request
@@ -311,33 +311,33 @@ class CacheHTTPServer:
         size = request.content_length
         if size is None:
             return self._reply(request, 411, kind, "PUT needs a Content-Length\n")
-        bound = MAX_ACTION_RESULT if kind == "ac" else self.store.max_size
-        if size > bound:
-            return self._reply(request, 413, kind, f"{size} bytes is more than this server stores in one entry "
-                                                   f"({bound} bytes)\n")
-        if self._uploading + size > self.store.max_size:
-            return self._reply(request, 507, kind, "too many bytes in flight to this cache: try again later\n",
-                               headers={"Retry-After": "10"})
-        if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # checks passed: send the body
-        self._uploading += size
+        if kind == "ac" and size > MAX_ACTION_RESULT:
+            return self._reply(request, 413, kind, f"an action result of {size} bytes is more than this server "
+                                                   f"stores ({MAX_ACTION_RESULT} bytes)\n")
+        digest = Digest(key, size)
+        # a large blob streams to a temp file: its room in the size bound is taken now, before the body is read
+        # (413 if it can never fit, 507 while the uploads in flight fill the bound)
+        upload = await self._disk_io(namespace.upload, digest) if kind == "cas" and size > SMALL_BLOB else None
         try:
-            if kind == "ac":
+            if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # checks passed: send the body
+            if upload is not None:
+                await self._receive(request, upload)
+            elif kind == "cas":
+                await self._disk_io(namespace.put, digest, await self._read(request, size))
+            else:
                 body = await self._read(request, size)
                 try:
                     result = re_pb2.ActionResult.FromString(body)
                 except DecodeError:
                     raise BadRequest("the body is not a serialized ActionResult") from None
                 await self._disk_io(namespace.put_action, Digest(key, 0), result)
-            elif size <= SMALL_BLOB:
-                await self._disk_io(namespace.put, Digest(key, size), await self._read(request, size))
-            else:
-                await self._receive(request, namespace, Digest(key, size))
         except TimeoutError:
             request.protocol.force_close()
             return self._reply(request, 408, kind, "the body stopped arriving\n")
         finally:
-            self._uploading -= size
+            if upload is not None:
+                await self._disk_io(upload.close)
         self.metrics.transferred(received=size)
         return self._reply(request, 200, kind, b"")
 
@@ -352,18 +352,14 @@ class CacheHTTPServer:
             data += chunk
         return bytes(data)
 
-    async def _receive(self, request: web.BaseRequest, namespace: Namespace, digest: Digest) -> None:
+    async def _receive(self, request: web.BaseRequest, upload: Upload) -> None:
         """A large blob: read in CHUNKs on the event loop, each hashed and written on the disk pool."""
-        upload = await self._disk_io(namespace.upload, digest)
-        try:
-            remaining = digest.size_bytes
-            while remaining:
-                chunk = await self._read(request, min(remaining, CHUNK))
-                remaining -= len(chunk)
-                await self._disk_io(upload.write, chunk)
-            await self._disk_io(upload.commit)
-        finally:
-            await self._disk_io(upload.close)
+        remaining = upload.digest.size_bytes
+        while remaining:
+            chunk = await self._read(request, min(remaining, CHUNK))
+            remaining -= len(chunk)
+            await self._disk_io(upload.write, chunk)
+        await self._disk_io(upload.commit)
 
     def _reply(self, request: web.BaseRequest, status: int, kind: str, body: bytes | str, *,
                length: int | None = None, content_type: str = "application/octet-stream",

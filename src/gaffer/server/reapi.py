@@ -18,7 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
-from gaffer.digest import Digest
+from gaffer.digest import EMPTY_DIGEST, Digest
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc, semver_pb2
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
@@ -53,8 +53,8 @@ class Failure(Exception):
         self.code = code
 
 
-_STORAGE_CODES = {"full": grpc.StatusCode.RESOURCE_EXHAUSTED, "unavailable": grpc.StatusCode.UNAVAILABLE,
-                  "broken": grpc.StatusCode.INTERNAL}
+_STORAGE_CODES = {"too large": grpc.StatusCode.RESOURCE_EXHAUSTED, "full": grpc.StatusCode.RESOURCE_EXHAUSTED,
+                  "unavailable": grpc.StatusCode.UNAVAILABLE, "broken": grpc.StatusCode.INTERNAL}
 
 
 def _status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
@@ -262,7 +262,7 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
             raise Failure(grpc.StatusCode.OUT_OF_RANGE, f"read_offset {offset} outside blob {digest}")
         if limit < 0:
             raise BadRequest(f"negative read_limit {limit}")
-        if digest.size_bytes == 0:
+        if digest == EMPTY_DIGEST:
             self.metrics.lookups("cas", 1, 0)
             return
         namespace = self.store.namespace(instance)

@@ -1,16 +1,26 @@
-"""What both protocols of `gaffer serve` share: instance namespaces over DiskStores, an in-memory index of the
-blobs each holds, a memory cache of small blobs, verified writes, checked action results and the size bound.
+"""What both protocols of `gaffer serve` share: instance namespaces, one index of every entry (which is also the
+LRU order eviction follows and the size account), a memory cache of small blobs, verified writes, reserved space
+for uploads in flight, and checked action results.
 
-Layout under `--dir`: the instance "" is a plain DiskStore at the root (so `gaffer cache status --dir` works on
-it); a named instance lives in `instances/<name, percent-encoded>/`, one DiskStore each, so two instances never
-see each other's entries and an instance name can never reach outside `instances/`.
+Layout under `--dir`: one file per entry, as gaffer's local cache lays it out (`cas/<2 hex>/<sha256>`,
+`ac/<2 hex>/<sha256>`). The instance "" is at the root (so `gaffer cache status|verify --dir` work on it); a named
+instance lives in `instances/<name, percent-encoded>/`, so two instances never see each other's entries and an
+instance name can never reach outside `instances/`. Files, not packs of small blobs: every entry is a temp file
+renamed into place (kill -9 loses nothing committed and needs no recovery), a large blob goes out with sendfile,
+eviction is an unlink (packs would need compaction, which rewrites live data), and the cost of small files is
+accounted for instead: each entry counts its size rounded up to the file system's block plus an inode, which is
+what it takes on disk.
 
+The server owns its directory. The index is read from the disk once, at start; after that every install,
+eviction and corruption found goes through it under one lock, so it never disagrees with what the server wrote:
+an eviction pass takes the least recently used entries from the index and unlinks them under the lock, and an
+upload installs its file and indexes it under the same lock, so nothing acknowledged is lost from the index.
+Using an action result (a hit, or storing it) moves it, then every blob it names, to the recent end of the LRU
+order, so an action result is always evicted before (or with) its blobs. A lookup still checks the index and
+stats the blobs on disk (a file removed behind the server's back makes a miss, not a broken hit).
 With `--backend`, each instance is a `BackendNamespace` (server/backend.py): the backend is the store of record
-and the directory only a read-through cache of its blobs.
+and the directory only a read-through cache of its blobs, indexed, bounded and evicted as above.
 
-The server owns its directory. The index (built from the store at start and after each gc) answers
-FindMissingBlobs without a system call per digest; it heals itself when a read finds a blob gone. Action results
-are checked against the disk itself, never the index, so an entry whose blobs are gone is a miss, not a broken hit.
 Peers choose digests, so nothing a peer sends reaches DiskStore calls that evict on a size mismatch unless the
 size already matched the file on disk: a peer cannot make the server evict a good blob.
 """
@@ -24,16 +34,17 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from io import BufferedReader
 from pathlib import Path
+from types import TracebackType
 from typing import Self
 from urllib.parse import quote, unquote
 
 from google.protobuf.message import DecodeError
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.disk import DiskStore
+from gaffer.cache.disk import GC_LOW_WATER, DiskStore, action_entry, install
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
@@ -43,9 +54,14 @@ _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _RESERVED = frozenset({"blobs", "uploads", "actions", "actionResults", "operations", "capabilities",
                        "compressed-blobs"})
 MAX_INSTANCE_NAME = 200
+NAME_MAX = 255  # the longest file name most file systems take: an instance's encoded directory name
 MAX_ACTION_RESULT = 16 * 1024 * 1024
 SMALL_BLOB = 1024 * 1024  # blobs up to this size are read whole (and checked) and may sit in the memory cache
 TOUCH_AFTER_S = 3600  # as DiskStore: refresh a blob's mtime (its LRU age) at most hourly when it is read
+INODE_BYTES = 256  # what a file costs beyond its data blocks: its inode (ext4's size) and directory entry
+EVICT_BATCH = 256  # entries unlinked per hold of the index lock, so uploads and lookups wait at most that long
+
+Key = tuple[str, str, str]  # (instance, "cas" | "ac", hash)
 
 
 class BadRequest(Exception):
@@ -56,11 +72,29 @@ class BackendUnavailable(Exception):
     """The backend behind `--backend` failed (UNAVAILABLE / HTTP 503): the peer may retry, or miss."""
 
 
+class NoSpace(OSError):
+    """The store cannot take this upload now (RESOURCE_EXHAUSTED / HTTP 507): the uploads in flight already hold
+    its whole bound. An OSError with ENOSPC, so a front end treats it as it treats a full disk."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+
+class TooLarge(NoSpace):
+    """The blob is larger than the store's whole bound (RESOURCE_EXHAUSTED / HTTP 413): refused before a byte is
+    read, rather than acknowledged and then evicted with everything else."""
+
+
 def storage_failure(error: OSError | BackendUnavailable) -> tuple[str, str]:
-    """What a failure of the server's storage means to a peer: ("full" | "unavailable" | "broken", message), for
-    both protocols to turn into their status (RESOURCE_EXHAUSTED/507, UNAVAILABLE/503, INTERNAL/500)."""
+    """What a failure of the server's storage means to a peer: ("too large" | "full" | "unavailable" | "broken",
+    message), for both protocols to turn into their status (RESOURCE_EXHAUSTED/413, RESOURCE_EXHAUSTED/507,
+    UNAVAILABLE/503, INTERNAL/500)."""
     if isinstance(error, BackendUnavailable):
         return "unavailable", f"cache backend: {error}"
+    if isinstance(error, TooLarge):
+        return "too large", str(error.strerror)
+    if isinstance(error, NoSpace):
+        return "full", f"cache full: {error.strerror}"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return "full", f"cache disk full: {error.strerror}"
     return "broken", f"cache storage error: {error.strerror}"
@@ -80,13 +114,19 @@ def check_digest(digest: re_pb2.Digest) -> Digest:
 
 
 def check_instance(name: str) -> str:
-    """An instance name made of `/`-separated segments of letters, digits, `.`, `_`, `-` (no `.`/`..`)."""
+    """An instance name made of `/`-separated segments of letters, digits, `.`, `_`, `-` (no `.`/`..`), short
+    enough to be a directory name once encoded."""
     if name and (
         len(name) > MAX_INSTANCE_NAME
+        or len(_encoded(name)) > NAME_MAX
         or not all(_SEGMENT.fullmatch(s) and s not in _RESERVED for s in name.split("/"))
     ):
         raise BadRequest(f"invalid instance name {name[:80]!r} (segments of letters, digits, '.', '_', '-')")
     return name
+
+
+def _encoded(instance: str) -> str:
+    return quote(instance, safe="")
 
 
 class MemoryCache:
@@ -138,23 +178,103 @@ class MemoryCache:
                 self._bytes -= len(old[0])
 
 
+def decode_action(data: bytes) -> re_pb2.ActionResult | None:
+    """A stored ActionResult, or None if the bytes are not one."""
+    try:
+        return re_pb2.ActionResult.FromString(data)
+    except DecodeError:
+        return None
+
+
+class Reservation:
+    """Space held in the store's bound for one upload in flight; released when the upload ends either way."""
+
+    def __init__(self, store: ServerStore, cost: int) -> None:
+        self._store = store
+        self.cost = cost
+
+    def release(self) -> None:
+        with self._store._lock:
+            self.release_locked()
+
+    def release_locked(self) -> None:
+        self._store._reserved -= self.cost
+        self.cost = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Upload:
+    """One blob arriving in pieces: its space reserved first (NoSpace / TooLarge before a byte is read), written
+    to a temp file while hashed, installed by `commit()` only if it matches its digest. Leaving the `with` block
+    without committing (a bad digest, a dropped client, a full disk) removes the temp file and frees the space.
+
+        with namespace.upload(digest) as upload:
+            for chunk in body:
+                upload.write(chunk)
+            upload.commit()
+    """
+
+    def __init__(self, namespace: Namespace, digest: Digest) -> None:
+        self.digest = digest
+        self._namespace = namespace
+        self._sha = hashlib.sha256()
+        self._received = 0
+        self._reservation = namespace.server.reserve(digest.size_bytes)
+        try:
+            self._tmp = namespace.temp_path()
+            self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed by close()
+        except BaseException:
+            self._reservation.release()
+            raise
+
+    def write(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self.digest.size_bytes:
+            raise BadRequest(f"more data than the {self.digest.size_bytes} bytes of digest {self.digest}")
+        self._sha.update(chunk)
+        self._file.write(chunk)
+
+    def commit(self) -> None:
+        self._file.close()
+        if self._received != self.digest.size_bytes or self._sha.hexdigest() != self.digest.hash:
+            raise BadRequest(f"the data ({self._received} bytes) does not match digest {self.digest}")
+        if self.digest != EMPTY_DIGEST:  # always present, never stored
+            key = self._namespace.key(self.digest)
+            self._namespace.server.install(key, self._tmp, self._received, self._reservation)
+            self._namespace.checked(self.digest)
+            self._namespace.committed(self.digest)
+
+    def close(self) -> None:
+        try:
+            self._file.close()  # flushing may fail on a full disk: the temp file goes all the same
+        except OSError:
+            pass
+        finally:
+            self._tmp.unlink(missing_ok=True)
+            self._reservation.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
 class Namespace:
-    """One instance: its DiskStore and the index of the blobs in it (hash -> size)."""
+    """One instance: a view of the store's index for its entries. Only a write creates its directory, so a read
+    under a new instance name leaves nothing behind."""
 
-    def __init__(self, name: str, store: DiskStore, memory: MemoryCache, added: Callable[[str, int], None]) -> None:
+    def __init__(self, server: ServerStore, name: str) -> None:
+        self.server = server
         self.name = name
-        self.store = store
-        self._memory = memory
-        self._added = added
-        self._present: dict[str, int] = {}
-        # large blobs whose content this process has checked (uploaded or read in full): streamed without hashing
-        self._verified: set[str] = set()
 
-    def reindex(self) -> int:
-        """Rebuild the index from the disk; the bytes of blobs found."""
-        present = {d.hash: d.size_bytes for d in self.store.blobs()}
-        self._present = present
-        return sum(present.values())
+    def key(self, digest: Digest, kind: str = "cas") -> Key:
+        return (self.name, kind, digest.hash)
 
     # -- CAS ---------------------------------------------------------------------------------------------------
 
@@ -163,40 +283,40 @@ class Namespace:
         return self._here(digest)
 
     def _here(self, digest: Digest) -> bool:
-        """Is the blob on this server's disk, as indexed?"""
-        return digest.size_bytes == 0 or self._present.get(digest.hash) == digest.size_bytes
+        """On this server's disk, as indexed, with this size (then it becomes the most recently used); a size-0
+        digest is present only as the empty blob's (always there, REAPI)."""
+        return digest == EMPTY_DIGEST or self.server.use(self.key(digest), digest.size_bytes)
 
     def size_of(self, hash_: str) -> int | None:
         """The size of the blob with this hash, if the index has it. The empty blob is always present (REAPI)."""
         if hash_ == EMPTY_DIGEST.hash:
             return 0
-        return self._present.get(hash_)
+        return self.server.size_of((self.name, "cas", hash_))
 
     def missing(self, digests: Iterable[re_pb2.Digest]) -> list[re_pb2.Digest]:
-        """FindMissingBlobs: index lookups; only digests not found are validated (indexed ones are valid)."""
-        present = self._present
-        missing = []
-        for d in digests:
-            if d.size_bytes and present.get(d.hash) != d.size_bytes:
-                check_digest(d)
-                missing.append(d)
+        """FindMissingBlobs: index lookups, which also mark the present blobs used (the client is about to name
+        them in an action result); only digests not found are validated (indexed ones are valid)."""
+        missing = self.server.unindexed(self.name, digests)
+        for d in missing:
+            check_digest(d)
         return missing
 
     def read(self, digest: Digest) -> bytes | None:
         """A small blob's bytes (memory, else disk, checked against the digest), or None."""
-        if digest.size_bytes == 0:
+        if digest == EMPTY_DIGEST:
             return b""
         if not self._here(digest):
             return None
+        memory = self.server.memory
         key = (self.name, digest.hash)
-        data = self._memory.get(key, lambda: self.store.blob_path(digest))
+        data = memory.get(key, lambda: self.server.path(self.key(digest)))
         if data is not None:
             return data
-        data = self.store.read_blob(digest)  # the size matched the disk: a mismatch now is corruption (evicted)
+        data = self.server.disk(self.name).read_blob(digest)  # the size matched: a mismatch now is corruption
         if data is None:
             self.forget(digest)
             return None
-        self._memory.put(key, data)
+        memory.put(key, data)
         return data
 
     def open(self, digest: Digest) -> tuple[BufferedReader, bool] | None:
@@ -204,7 +324,7 @@ class Namespace:
         if not self._here(digest):
             return None
         try:
-            f = open(self.store.blob_path(digest), "rb")  # noqa: SIM115 - the caller closes it
+            f = open(self.server.path(self.key(digest)), "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:
             self.forget(digest)
             return None
@@ -212,22 +332,32 @@ class Namespace:
             f.close()
             self.forget(digest)
             return None
-        return f, digest.hash not in self._verified
+        return f, (self.name, digest.hash) not in self.server.verified
 
     def streamed(self, digest: Digest, ok: bool) -> None:
         """Record the outcome of checking a blob as it streamed; a corrupt one is evicted and reported."""
         if ok:
-            self._verified.add(digest.hash)
+            self.server.verified.add((self.name, digest.hash))
         else:
-            self.store.verified_blob_path(digest)  # hashes it again, evicts and reports it
+            self.server.disk(self.name).verified_blob_path(digest)  # hashes it again, evicts and reports it
             self.forget(digest)
+
+    def checked(self, digest: Digest) -> None:
+        """This process just checked (and stored) the blob: a large one is streamed later without hashing."""
+        if digest.size_bytes > SMALL_BLOB:
+            self.server.verified.add((self.name, digest.hash))
 
     def forget(self, digest: Digest) -> None:
         """The blob is not (or no longer) on disk as indexed."""
-        if self._present.get(digest.hash) == digest.size_bytes:
-            self._present.pop(digest.hash, None)
-        self._verified.discard(digest.hash)
-        self._memory.drop((self.name, digest.hash))
+        self.server.drop(self.key(digest), digest.size_bytes)
+
+    def committed(self, digest: Digest) -> None:
+        """An upload is in the store: what else must hold it before the peer is told it is stored (nothing here;
+        the backend, with --backend)."""
+
+    def upload(self, digest: Digest) -> Upload:
+        """Start receiving a blob (see Upload); raises NoSpace / TooLarge when the store cannot take it."""
+        return Upload(self, digest)
 
     def put(self, digest: Digest, data: bytes) -> None:
         """Store a blob after checking it against its digest (BadRequest if it does not match)."""
@@ -239,56 +369,61 @@ class Namespace:
         """Put a checked blob on this server's disk (and in the memory cache)."""
         if self._here(digest):
             return
-        self.store.write_blob(digest, data)
-        self._installed(digest)
-        self._memory.put((self.name, digest.hash), data)
+        self.server.store(self.key(digest), data)
+        self.server.memory.put((self.name, digest.hash), data)
+
+    def _adopt(self, digest: Digest, tmp: Path) -> None:
+        """Install a checked temp file (made in `temp_path()`) as the blob, counted against the bound."""
+        with self.server.reserve(digest.size_bytes) as reservation:
+            self.server.install(self.key(digest), tmp, digest.size_bytes, reservation)
+        self.checked(digest)
+
+    def temp_path(self) -> Path:
+        """A fresh temp file path in the instance's directory (created if need be: a write is coming)."""
+        return self.server.writable_disk(self.name).temp_path()
 
     def receive(self, digest: Digest, chunks: Iterable[bytes]) -> None:
-        """Stream a blob into a temp file in the store, hashing as it comes; install it only if it matches."""
+        """Stream a blob into a temp file in the store, hashing as it comes; install it only if it matches. Space
+        is reserved before the first chunk is read."""
         with self.upload(digest) as upload:
             for chunk in chunks:
                 upload.write(chunk)
             upload.commit()
 
-    def upload(self, digest: Digest) -> Upload:
-        """A blob to receive piece by piece (an HTTP body read by an event loop between pieces)."""
-        return Upload(self, digest)
-
-    def committed(self, digest: Digest) -> None:
-        """An upload is in the store (installed now, or there already): what else must hold it before the peer
-        is told it is stored (nothing here; a backend with --backend)."""
-
-    def _installed(self, digest: Digest) -> None:
-        self._present[digest.hash] = digest.size_bytes
-        if digest.size_bytes > SMALL_BLOB:
-            self._verified.add(digest.hash)
-        self._added(self.name, digest.size_bytes)
-
     # -- action cache ------------------------------------------------------------------------------------------
 
     def action_result(self, key: Digest) -> tuple[bytes, re_pb2.ActionResult] | None:
         """The stored ActionResult, only if every blob it names is present (else it would be a broken hit)."""
-        data = self._stored_action(key)
+        found = self._stored_action(key)
+        if found is None:
+            return None
+        needed = self._referenced_blobs(found[1])
+        if needed is None or not self._complete(key, needed):
+            return None
+        return found
+
+    def _stored_action(self, key: Digest) -> tuple[bytes, re_pb2.ActionResult] | None:
+        entry = self.key(key, "ac")
+        if self.server.size_of(entry) is None:
+            return None
+        data = self.server.disk(self.name).read_action(key)  # a damaged entry is evicted and reported
         if data is None:
+            self.server.drop(entry)
             return None
-        try:
-            result = re_pb2.ActionResult.FromString(data)
-        except DecodeError:
-            self.store.evict_action(key)
-            return None
-        needed = self._referenced_blobs(result)
-        if needed is None or not self._complete(needed):
+        result = decode_action(data)
+        if result is None:
+            self.server.evict(entry)
             return None
         return data, result
 
-    def _stored_action(self, key: Digest) -> bytes | None:
-        return self.store.read_action(key)
-
-    def _complete(self, needed: list[Digest]) -> bool:
-        """Is every blob on disk? Asked of the disk itself, never the index."""
+    def _complete(self, key: Digest, needed: list[Digest]) -> bool:
+        """Is every blob indexed (then the result, and after it each blob, become the most recently used) and on
+        the disk itself (a blob removed behind the server's back makes a miss)?"""
+        if not self.server.use_together(self.key(key, "ac"), [(self.key(d), d.size_bytes) for d in needed]):
+            return False
         for digest in needed:
             try:
-                on_disk = os.stat(self.store.blob_path(digest)).st_size == digest.size_bytes
+                on_disk = os.stat(self.server.path(self.key(digest))).st_size == digest.size_bytes
             except OSError:
                 on_disk = False
             if not on_disk:
@@ -297,165 +432,309 @@ class Namespace:
         return True
 
     def _referenced_blobs(self, result: re_pb2.ActionResult) -> list[Digest] | None:
-        """Every non-empty blob `result` names, including the files inside its output directory trees.
-
-        None when an output tree is missing or unreadable."""
+        """Every blob `result` names other than the empty one, including the files inside its output directory
+        trees (each tree read once). None when an output tree is missing or unreadable."""
         digests = [f.digest for f in result.output_files] + [result.stdout_digest, result.stderr_digest]
+        trees: set[Digest] = set()
         for directory in result.output_directories:
             if directory.HasField("root_directory_digest"):
                 digests.append(directory.root_directory_digest)
-            if not directory.HasField("tree_digest"):
-                continue
-            digests.append(directory.tree_digest)
-            data = self.read(from_proto(directory.tree_digest))
+            if directory.HasField("tree_digest"):
+                trees.add(from_proto(directory.tree_digest))
+        for tree_digest in trees:
+            data = self.read(tree_digest)
             if data is None:
                 return None
             try:
                 tree = re_pb2.Tree.FromString(data)
             except DecodeError:
                 return None
+            digests.append(re_pb2.Digest(hash=tree_digest.hash, size_bytes=tree_digest.size_bytes))
             for d in (tree.root, *tree.children):
                 digests.extend(f.digest for f in d.files)
-        return [from_proto(d) for d in digests if d.size_bytes > 0]
+        named = {from_proto(d) for d in digests if d.hash or d.size_bytes}  # an unset digest names nothing
+        named.discard(EMPTY_DIGEST)
+        return list(named)
 
     def put_action(self, key: Digest, result: re_pb2.ActionResult) -> None:
-        data = result.SerializeToString(deterministic=True)
-        self.store.write_action(key, data)
-        self._added(self.name, len(data))
+        """Store an action result, then mark the blobs it names used after it: it is evicted before them."""
+        entry = self.key(key, "ac")
+        self.server.store(entry, action_entry(result.SerializeToString(deterministic=True)))
+        needed = self._referenced_blobs(result)
+        if needed:
+            self.server.use_together(entry, [(self.key(d), d.size_bytes) for d in needed], partial=True)
 
     def close(self) -> None:
-        self.store.close()
-
-
-class Upload:
-    """A blob arriving in pieces (one call per piece, so an event loop can await the network in between): each
-    piece hashed and written to a temp file in the store, the blob installed only if it matches its digest. The
-    temp file is gone when the upload is closed, whatever happened (a peer gone, a full disk)."""
-
-    def __init__(self, namespace: Namespace, digest: Digest) -> None:
-        self._namespace = namespace
-        self._digest = digest
-        self._tmp = namespace.store.temp_path()
-        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed by close()
-        self._sha = hashlib.sha256()
-        self._received = 0
-
-    def write(self, chunk: bytes) -> None:
-        self._received += len(chunk)
-        if self._received > self._digest.size_bytes:
-            raise BadRequest(f"more data than the {self._digest.size_bytes} bytes of digest {self._digest}")
-        self._sha.update(chunk)
-        self._file.write(chunk)
-
-    def commit(self) -> None:
-        """Install the blob (BadRequest if the data does not match its digest)."""
-        self._file.close()
-        digest = self._digest
-        if self._received != digest.size_bytes or self._sha.hexdigest() != digest.hash:
-            raise BadRequest(f"the data ({self._received} bytes) does not match digest {digest}")
-        if not self._namespace._here(digest):
-            self._namespace.store.adopt(digest, self._tmp)
-            self._namespace._installed(digest)
-        self._namespace.committed(digest)
-
-    def close(self) -> None:
-        try:
-            self._file.close()
-        finally:
-            self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
+        """Nothing to release for a local instance (a backend one closes its tier)."""
 
 
 class ServerStore:
-    """Instance name -> Namespace, with the server-wide size bound enforced by a background LRU gc."""
+    """Instance name -> Namespace over one index: every entry of every instance, least recently used first, with
+    its size and its cost on disk; the server-wide bound is enforced on it by a background eviction pass."""
 
     def __init__(self, root: Path, max_size: int, report: Callable[[str], None], memory: int,
                  backend: Callable[[str], CacheTier] | None = None) -> None:
         self.root = root
         self._backend = backend  # instance -> its tier in the backend, with `--backend`
+        self._backends: dict[str, Namespace] = {}
         self.max_size = max_size
         self._report = report
-        self._memory = MemoryCache(memory)
-        self._namespaces: dict[str, Namespace] = {}
-        self._sizes: dict[str, int] = {}
+        self.memory = MemoryCache(memory)
+        self.verified: set[tuple[str, str]] = set()  # large blobs this process checked: streamed without hashing
+        self._index: OrderedDict[Key, tuple[int, int]] = OrderedDict()  # -> (size, cost)
+        self._bytes = 0  # the cost of every indexed entry
+        self._reserved = 0  # the cost of the uploads in flight
+        self._disks: dict[str, DiskStore] = {}
         self._lock = threading.Lock()
         self._gc: threading.Thread | None = None
-        self.namespace("")
-        instances = root / "instances"
-        if instances.is_dir():
-            for path in sorted(instances.iterdir()):
-                try:
-                    self.namespace(check_instance(unquote(path.name)))
-                except BadRequest:
-                    report(f"ignoring {path}: not a gaffer serve instance directory")
+        self._gc_error_reported = False
+        root_disk = DiskStore(root, max_size, report=report)
+        if not root_disk.writable:  # a server that drops every upload would only look like a cache
+            raise TierError(root_disk.name, "cannot write to the cache directory (read-only)", transient=False)
+        self._disks[""] = root_disk
+        self._block = os.statvfs(root).f_frsize or 4096
+        self._load()
+        if backend is not None:
+            self.namespace("")  # a backend that cannot be reached is an error at start (BackendUnavailable)
 
     def namespace(self, instance: str) -> Namespace:
-        """The namespace of `instance` (validated), created on first use."""
-        found = self._namespaces.get(instance)
-        if found is not None:
-            return found
+        """The namespace of `instance` (validated). Nothing is created on disk until it is written to. With a
+        backend, one per instance, opened (and checked) on first use."""
         check_instance(instance)
-        path = self.root / "instances" / quote(instance, safe="") if instance else self.root
-        with self._lock:
-            found = self._namespaces.get(instance)
-            if found is None:
-                disk = DiskStore(path, self.max_size, report=self._report)
-                if not disk.writable:  # a server that drops every upload would only look like a cache
-                    raise TierError(disk.name, "cannot write to the cache directory (read-only)", transient=False)
-                if self._backend is None:
-                    found = Namespace(instance, disk, self._memory, self._added)
-                else:
-                    from gaffer.server.backend import BackendNamespace
+        if self._backend is None:
+            return Namespace(self, instance)
+        found = self._backends.get(instance)
+        if found is None:
+            from gaffer.server.backend import BackendNamespace
 
-                    found = BackendNamespace(instance, disk, self._memory, self._added, self._backend(instance))
-                self._sizes[instance] = found.reindex()
-                self._namespaces[instance] = found
+            opened = BackendNamespace(self, instance, self._backend(instance))
+            with self._lock:
+                found = self._backends.setdefault(instance, opened)
+            if found is not opened:
+                opened.close()
         return found
 
     @property
     def total_bytes(self) -> int:
-        return sum(self._sizes.values())
+        """What the entries take on disk, as the bound counts it (uploads in flight not included)."""
+        return self._bytes
+
+    def cost(self, size: int) -> int:
+        """What an entry of `size` bytes takes on disk: whole blocks, and an inode."""
+        return -(-size // self._block) * self._block + INODE_BYTES
+
+    def path(self, key: Key) -> Path:
+        instance, kind, hash_ = key
+        base = self.root / "instances" / _encoded(instance) if instance else self.root
+        return base / kind / hash_[:2] / hash_
+
+    def disk(self, instance: str) -> DiskStore:
+        """The instance's DiskStore, its directory created on first use (which only a write or an indexed entry
+        leads to). An OSError without the server's paths when it cannot be created."""
+        found = self._disks.get(instance)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._disks.get(instance)
+            if found is None:
+                try:
+                    found = DiskStore(self.root / "instances" / _encoded(instance), self.max_size, report=self._report)
+                except TierError as e:
+                    cause = e.__cause__ if isinstance(e.__cause__, OSError) else OSError(errno.EIO, "I/O error")
+                    raise OSError(cause.errno, f"cannot create the instance's directory: {cause.strerror}") from None
+                self._disks[instance] = found
+        return found
+
+    def writable_disk(self, instance: str) -> DiskStore:
+        """`disk(instance)` for a write: OSError (EROFS) if its directory is read-only."""
+        disk = self.disk(instance)
+        if not disk.writable:
+            raise OSError(errno.EROFS, "the instance's directory is read-only")
+        return disk
+
+    # -- the index ---------------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Index every entry on disk, oldest first by mtime (an action result before blobs of the same age)."""
+        found = []
+        for instance in self._instances():
+            disk = self.disk(instance)
+            disk.remove_stale_temp_files()
+            for order, kind in enumerate(("ac", "cas")):
+                for path, st in disk.files(kind):
+                    if is_valid_hash(path.name):
+                        found.append((st.st_mtime, order, (instance, kind, path.name), st.st_size))
+        found.sort()
+        for _mtime, _order, key, size in found:
+            cost = self.cost(size)
+            self._index[key] = (size, cost)
+            self._bytes += cost
+        with self._lock:
+            self._collect_if_over()
+
+    def _instances(self) -> Iterator[str]:
+        """The instances with a directory: "" and each valid one under `instances/`."""
+        yield ""
+        instances = self.root / "instances"
+        if not instances.is_dir():
+            return
+        for path in sorted(instances.iterdir()):
+            try:
+                yield check_instance(unquote(path.name))
+            except BadRequest:
+                self._report(f"ignoring {path}: not a gaffer serve instance directory")
+
+    def size_of(self, key: Key) -> int | None:
+        entry = self._index.get(key)
+        return None if entry is None else entry[0]
+
+    def use(self, key: Key, size: int) -> bool:
+        """Is the entry indexed with this size? If so it becomes the most recently used."""
+        with self._lock:
+            entry = self._index.get(key)
+            if entry is None or entry[0] != size:
+                return False
+            self._index.move_to_end(key)
+            return True
+
+    def unindexed(self, instance: str, digests: Iterable[re_pb2.Digest]) -> list[re_pb2.Digest]:
+        """The digests not indexed with their size (never the empty blob's); the others become recently used."""
+        index = self._index
+        missing = []
+        with self._lock:
+            for d in digests:
+                key = (instance, "cas", d.hash)
+                entry = index.get(key)
+                if entry is not None and entry[0] == d.size_bytes:
+                    index.move_to_end(key)
+                elif d.size_bytes or d.hash != EMPTY_DIGEST.hash:
+                    missing.append(d)
+        return missing
+
+    def use_together(self, first: Key, blobs: list[tuple[Key, int]], partial: bool = False) -> bool:
+        """Mark `first` (an action result) used, then the blobs it names, in one step: it stays older than each of
+        them, so eviction never takes a blob before the result naming it. Unless `partial`, nothing is marked
+        and False is returned when `first` or any blob is not indexed (with its size)."""
+        index = self._index
+        with self._lock:
+            if first not in index:
+                return False
+            present = [key for key, size in blobs if (entry := index.get(key)) is not None and entry[0] == size]
+            if not partial and len(present) < len(blobs):
+                return False
+            index.move_to_end(first)
+            for key in present:
+                index.move_to_end(key)
+        return True
+
+    def reserve(self, size: int) -> Reservation:
+        """Hold room in the bound for an upload of `size` bytes until it is installed or given up. TooLarge if it
+        could never fit; NoSpace if the uploads in flight already hold the bound. Entries are evicted to make room
+        (in the background), as for any write that takes the store over its bound."""
+        cost = self.cost(size) if size else 0
+        if cost > self.max_size:
+            raise TooLarge(f"a blob of {size} bytes is larger than this server's size bound ({self.max_size} bytes)")
+        with self._lock:
+            if self._reserved + cost > self.max_size:
+                raise NoSpace("the uploads in flight fill this server's size bound; retry later")
+            self._reserved += cost
+            self._collect_if_over()
+        return Reservation(self, cost)
+
+    def store(self, key: Key, data: bytes) -> None:
+        """Write a whole entry (a checked blob, an action-cache file): reserve, temp file, install."""
+        with self.reserve(len(data)) as reservation:
+            tmp = self.writable_disk(key[0]).write_temp(data)
+            self.install(key, tmp, len(data), reservation)
+
+    def install(self, key: Key, tmp: Path, size: int, reservation: Reservation) -> None:
+        """Rename a finished temp file into place and index it, in one step under the lock (so no eviction pass
+        can unlink the file it just indexed, or index a file it unlinks); the reservation becomes the entry's
+        cost. A blob already indexed stays (same content) and is marked used; an action result is replaced."""
+        cost = self.cost(size)
+        with self._lock:
+            reservation.release_locked()
+            old = self._index.get(key)
+            if old is not None and key[1] == "cas" and old[0] == size:
+                self._index.move_to_end(key)
+                return
+            install(tmp, self.path(key))
+            if old is not None:
+                self._bytes -= old[1]
+            self._index[key] = (size, cost)
+            self._index.move_to_end(key)
+            self._bytes += cost
+            self._collect_if_over()
+
+    def drop(self, key: Key, size: int | None = None) -> None:
+        """The entry is gone from disk (or corrupt, and evicted by the DiskStore): take it out of the index."""
+        with self._lock:
+            entry = self._index.get(key)
+            if entry is not None and (size is None or entry[0] == size):
+                self._unindex(key, entry[1])
+
+    def evict(self, key: Key) -> None:
+        """Remove an entry found unusable: from the index and from disk."""
+        with self._lock:
+            entry = self._index.get(key)
+            if entry is not None:
+                self._unindex(key, entry[1])
+            self.path(key).unlink(missing_ok=True)
+
+    def _unindex(self, key: Key, cost: int) -> None:
+        del self._index[key]
+        self._bytes -= cost
+        if key[1] == "cas":
+            self.memory.drop((key[0], key[2]))
+            self.verified.discard((key[0], key[2]))
 
     # -- size bound --------------------------------------------------------------------------------------------
 
-    def _added(self, instance: str, size: int) -> None:
-        with self._lock:
-            self._sizes[instance] += size
-            if sum(self._sizes.values()) <= self.max_size or self._gc is not None:
-                return
+    def _collect_if_over(self) -> None:
+        """(Lock held.) Start an eviction pass if the entries and the uploads in flight exceed the bound."""
+        if self._bytes + self._reserved > self.max_size and self._gc is None:
             self._gc = threading.Thread(target=self._collect, name="gaffer-serve-gc", daemon=True)
             self._gc.start()
 
     def _collect(self) -> None:
-        """Evict least-recently-used entries, each instance down to its share of the bound (by its size), until
-        the total is under the bound: writes that land during a pass are caught by the next one."""
-        try:
-            while True:
-                with self._lock:
-                    sizes = dict(self._sizes)
-                total = sum(sizes.values())
-                if total <= self.max_size:
-                    return
-                for instance, size in sizes.items():
-                    namespace = self._namespaces[instance]
-                    namespace.store.gc(int(self.max_size * size / total))
-                    namespace.reindex()
-                    recount = namespace.store.status().bytes
-                    with self._lock:
-                        self._sizes[instance] = recount
-        finally:
+        """Evict least-recently-used entries until entries and uploads in flight fit under GC_LOW_WATER of the
+        bound (so a pass does not start again at once), a batch per hold of the lock."""
+        target = int(self.max_size * GC_LOW_WATER)
+        while True:
             with self._lock:
-                self._gc = None
+                for _ in range(EVICT_BATCH):
+                    if self._bytes + self._reserved <= target or not self._index:
+                        self._gc = None
+                        return
+                    key, (_size, cost) = next(iter(self._index.items()))
+                    self._unindex(key, cost)
+                    try:
+                        os.unlink(self.path(key))
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:
+                        self._gc_failed(key, e)
+
+    def _gc_failed(self, key: Key, error: OSError) -> None:
+        if not self._gc_error_reported:
+            self._gc_error_reported = True
+            self._report(f"cannot evict {self.path(key)}: {error.strerror}")
 
     def close(self) -> None:
-        """Wait for a running gc; record each store's size for `gaffer cache status`."""
+        """Wait for a running eviction pass; close the backend's tiers; record each instance's size for
+        `gaffer cache status`."""
         gc = self._gc
         if gc is not None:
             gc.join()
-        for namespace in self._namespaces.values():
+        for namespace in self._backends.values():
             namespace.close()
+        sizes = dict.fromkeys(self._disks, 0)
+        for (instance, _kind, _hash), (_size, cost) in self._index.items():
+            if instance in sizes:
+                sizes[instance] += cost
+        for instance, size in sizes.items():
+            disk = self._disks[instance]
+            try:
+                disk.record_size(size)
+            except OSError as e:
+                self._report(f"cannot record the size of {disk.root}: {e.strerror}")

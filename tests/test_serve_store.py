@@ -1,0 +1,427 @@
+"""`gaffer serve`'s store under load and at its limits: the index and eviction agree under concurrent uploads,
+action results are evicted before their blobs, disk accounting (uploads in flight, per-file cost, the bound),
+lazy instance directories, and a full or read-only disk. Real server processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from gaffer.digest import Digest, digest_bytes
+from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc
+from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.protos import remote_execution_pb2_grpc as re_grpc
+from tests.buildgrid import ReapiServer, start_gaffer_serve, stop_signal
+from tests.servers import wait_until
+from tests.support import require, require_tool
+
+MiB = 1024 * 1024
+
+
+def _blob(size: int) -> tuple[Digest, bytes]:
+    data = os.urandom(size)
+    return digest_bytes(data), data
+
+
+def _pb(d: Digest) -> re_pb2.Digest:
+    return re_pb2.Digest(hash=d.hash, size_bytes=d.size_bytes)
+
+
+def _store_bytes(server: ReapiServer) -> int:
+    text = httpx.get(f"{server.http_url}/metrics", timeout=10).text
+    line = next(line for line in text.splitlines() if line.startswith("gaffer_store_bytes "))
+    return int(float(line.split()[1]))
+
+
+class _Client:
+    """Raw REAPI stubs on one channel (the tier would hide the status codes these tests look at)."""
+
+    def __init__(self, server: ReapiServer, instance: str = "") -> None:
+        self.channel = grpc.insecure_channel(server.grpc_address)
+        self.cas = re_grpc.ContentAddressableStorageStub(self.channel)
+        self.ac = re_grpc.ActionCacheStub(self.channel)
+        self.bytestream = bytestream_pb2_grpc.ByteStreamStub(self.channel)
+        self.instance = instance
+
+    def update(self, blobs: list[tuple[Digest, bytes]]) -> list[int]:
+        """BatchUpdateBlobs; the status code of each blob."""
+        requests = [re_pb2.BatchUpdateBlobsRequest.Request(digest=_pb(d), data=data) for d, data in blobs]
+        response = self.cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance,
+                                                                            requests=requests), timeout=60)
+        return [r.status.code for r in response.responses]
+
+    def missing(self, digests: list[Digest]) -> set[Digest]:
+        response = self.cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(
+            instance_name=self.instance, blob_digests=[_pb(d) for d in digests]), timeout=60)
+        return {Digest(d.hash, d.size_bytes) for d in response.missing_blob_digests}
+
+    def read(self, digests: list[Digest]) -> dict[Digest, bytes]:
+        response = self.cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(
+            instance_name=self.instance, digests=[_pb(d) for d in digests]), timeout=60)
+        return {Digest(r.digest.hash, r.digest.size_bytes): r.data for r in response.responses if r.status.code == 0}
+
+    def put_action(self, key: Digest, result: re_pb2.ActionResult) -> None:
+        self.ac.UpdateActionResult(re_pb2.UpdateActionResultRequest(
+            instance_name=self.instance, action_digest=_pb(key), action_result=result), timeout=60)
+
+    def get_action(self, key: Digest) -> re_pb2.ActionResult | None:
+        try:
+            return self.ac.GetActionResult(re_pb2.GetActionResultRequest(
+                instance_name=self.instance, action_digest=_pb(key)), timeout=60)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return None
+
+    def write(self, digest: Digest, data: bytes) -> grpc.StatusCode:
+        name = f"uploads/5e1c0b2e-0000-4000-8000-000000000000/blobs/{digest.hash}/{digest.size_bytes}"
+        if self.instance:
+            name = f"{self.instance}/{name}"
+        chunks = [data[i:i + MiB] for i in range(0, len(data), MiB)] or [b""]
+        requests = [bytestream_pb2.WriteRequest(resource_name=name if i == 0 else "", write_offset=i * MiB,
+                                                data=chunk, finish_write=i == len(chunks) - 1)
+                    for i, chunk in enumerate(chunks)]
+        try:
+            self.bytestream.Write(iter(requests), timeout=60)
+        except grpc.RpcError as e:
+            return e.code()
+        return grpc.StatusCode.OK
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[list[ReapiServer]]:
+    """Servers a test starts (`serve.append(start_gaffer_serve(...))`), stopped after it."""
+    started: list[ReapiServer] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+# -- item: the index and eviction are one structure -------------------------------------------------------------
+
+
+def test_eviction_during_concurrent_uploads_loses_nothing_acknowledged(tmp_path: Path, serve: list) -> None:
+    """20,000 blobs from 4 threads into a 4 MiB store, so eviction passes run all along. Afterwards the index and
+    the disk agree on every acknowledged blob: reported present if and only if its file is there, and then
+    readable. Meanwhile an action result is never a hit once FindMissing reported one of its blobs missing."""
+    server = start_gaffer_serve("--max-size", "4MiB", "--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    threads, batches, per_batch = 4, 50, 100
+    acknowledged: list[tuple[Digest, bytes]] = []
+    actions: list[tuple[Digest, list[Digest]]] = []
+    lock = threading.Lock()
+    done = threading.Event()
+    broken: list[str] = []
+
+    def upload() -> None:
+        client = _Client(server)
+        try:
+            for _ in range(batches):
+                blobs = [_blob(1024) for _ in range(per_batch)]
+                codes = client.update(blobs)
+                with lock:
+                    acknowledged.extend(b for b, code in zip(blobs, codes, strict=True) if code == 0)
+        finally:
+            client.close()
+
+    def store_actions() -> None:
+        client = _Client(server)
+        try:
+            while not done.is_set():
+                blobs = [_blob(512) for _ in range(3)]
+                client.update(blobs)
+                key = _blob(16)[0]
+                client.put_action(key, re_pb2.ActionResult(
+                    output_files=[re_pb2.OutputFile(path=f"o{i}", digest=_pb(d)) for i, (d, _) in enumerate(blobs)]))
+                with lock:
+                    actions.append((key, [d for d, _ in blobs]))
+        finally:
+            client.close()
+
+    def check_actions() -> None:
+        client = _Client(server)
+        try:
+            while not done.is_set():
+                with lock:
+                    recent = actions[-20:]
+                for key, blobs in recent:
+                    if client.missing(blobs) and client.get_action(key) is not None:
+                        broken.append(f"action {key.hash[:12]} was a hit after FindMissing reported a blob missing")
+        finally:
+            client.close()
+
+    helpers = [threading.Thread(target=store_actions), threading.Thread(target=check_actions)]
+    for t in helpers:
+        t.start()
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            for future in [pool.submit(upload) for _ in range(threads)]:
+                future.result()
+    finally:
+        done.set()
+        for t in helpers:
+            t.join()
+    assert not broken, broken[:5]
+    assert len(acknowledged) == threads * batches * per_batch
+    wait_until(lambda: _store_bytes(server) <= 4 * MiB, "eviction under the bound", 60, server.proc, server.log)
+
+    # A pass may still be finishing: it only removes. So a blob reported missing must have no file (files only
+    # go), and one reported present whose file is gone must be reported missing when asked again.
+    client = _Client(server)
+    cas = tmp_path / "store" / "cas"
+
+    def on_disk(d: Digest) -> bool:
+        return (cas / d.hash[:2] / d.hash).exists()
+
+    def missing(digests: list[Digest]) -> set[Digest]:
+        return set().union(*(client.missing(digests[i:i + 5000]) for i in range(0, len(digests), 5000)))
+
+    digests = [d for d, _ in acknowledged]
+    reported_missing = missing(digests)
+    lost = [d for d in reported_missing if on_disk(d)]
+    assert not lost, f"{len(lost)} blobs on disk reported missing"
+    gone = [d for d in digests if d not in reported_missing and not on_disk(d)]
+    assert missing(gone) == set(gone), "blobs without a file still reported present"
+    present = [(d, data) for d, data in acknowledged if d not in reported_missing and d not in gone]
+    assert present, "the newest blobs should have survived eviction"
+    for i in range(0, len(present), 1000):
+        chunk = dict(present[i:i + 1000])
+        read = client.read(list(chunk))
+        unread = [d for d in chunk if d not in read]
+        assert all(read[d] == chunk[d] for d in read)
+        assert missing(unread) == set(unread), "blobs reported present but not readable"
+    client.close()
+
+
+# -- item: disk accounting --------------------------------------------------------------------------------------
+
+
+def test_small_blobs_count_what_they_take_on_disk(tmp_path: Path, serve: list) -> None:
+    """2,000 blobs of 8 bytes take a block and an inode each: a 1 MiB bound keeps their files within 1 MiB."""
+    server = start_gaffer_serve("--max-size", "1MiB", workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    for _ in range(20):
+        assert client.update([_blob(8) for _ in range(100)]) == [0] * 100
+    client.close()
+    wait_until(lambda: _store_bytes(server) <= MiB, "eviction", 30, server.proc)
+    used = sum(f.stat().st_blocks * 512 for f in (tmp_path / "store" / "cas").rglob("*") if f.is_file())
+    assert 0 < used <= MiB
+
+
+def test_an_empty_action_result_counts(tmp_path: Path, serve: list) -> None:
+    server = start_gaffer_serve(workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    before = _store_bytes(server)
+    client.put_action(_blob(8)[0], re_pb2.ActionResult())
+    assert _store_bytes(server) > before
+    client.close()
+
+
+def test_a_blob_larger_than_the_bound_is_refused_before_its_body(tmp_path: Path, serve: list) -> None:
+    server = start_gaffer_serve("--max-size", "1MiB", workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    kept, kept_data = _blob(1000)
+    assert client.update([(kept, kept_data)]) == [0]
+    big, big_data = _blob(2 * MiB)
+    assert client.write(big, big_data) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    host, port = server.http_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:  # a body that will never come
+        conn.sendall(f"PUT /cas/{'a' * 64} HTTP/1.1\r\nHost: x\r\nContent-Length: {10**12}\r\n\r\n".encode())
+        assert conn.recv(100).startswith(b"HTTP/1.1 413")
+    assert client.missing([kept, big]) == {big}  # nothing was evicted for it
+    assert client.read([kept]) == {kept: kept_data}
+    client.close()
+
+
+def test_uploads_in_flight_count_against_the_bound(tmp_path: Path, serve: list) -> None:
+    """A stalled 700 KiB upload holds its room in a 1 MiB store: a second one is refused (507) until it ends."""
+    server = start_gaffer_serve("--max-size", "1MiB", workdir=tmp_path)
+    serve.append(server)
+    first, first_data = _blob(700 * 1024)
+    second, second_data = _blob(700 * 1024)
+    host, port = server.http_url.removeprefix("http://").split(":")
+    tmp = tmp_path / "store" / "tmp"
+    with socket.create_connection((host, int(port)), timeout=10) as conn, \
+            httpx.Client(base_url=server.http_url, timeout=10) as http:
+        conn.sendall(f"PUT /cas/{first.hash} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(first_data)}\r\n\r\n"
+                     .encode() + first_data[:1000])
+        wait_until(lambda: any(tmp.iterdir()), "the first upload's temp file", 10, server.proc)
+        assert http.put(f"/cas/{second.hash}", content=second_data).status_code == 507
+        conn.sendall(first_data[1000:])
+        assert conn.recv(100).startswith(b"HTTP/1.1 200")
+        assert http.put(f"/cas/{second.hash}", content=second_data).status_code == 200
+        assert http.get(f"/cas/{second.hash}").content == second_data
+
+
+def test_reads_under_a_new_instance_name_create_nothing(tmp_path: Path, serve: list) -> None:
+    server = start_gaffer_serve(workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server, "fresh/one")
+    digest, data = _blob(100)
+    assert client.missing([digest]) == {digest}
+    assert client.read([digest]) == {}
+    assert client.get_action(digest) is None
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        assert http.get(f"/other/cas/{digest.hash}").status_code == 404
+        assert http.head(f"/third/ac/{digest.hash}").status_code == 404
+    assert not (tmp_path / "store" / "instances").exists()
+    assert client.update([(digest, data)]) == [0]  # a write creates it
+    assert client.read([digest]) == {digest: data}
+    assert [p.name for p in (tmp_path / "store" / "instances").iterdir()] == ["fresh%2Fone"]
+    client.close()
+
+
+def test_an_instance_name_too_long_for_a_directory_is_invalid(tmp_path: Path, serve: list) -> None:
+    server = start_gaffer_serve(workdir=tmp_path)
+    serve.append(server)
+    name = "/".join(["a"] * 100)  # 199 characters, 397 once encoded: no file system takes it as a name
+    client = _Client(server, name)
+    with pytest.raises(grpc.RpcError) as e:
+        client.update([_blob(10)])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    client.close()
+    digest, data = _blob(10)
+    assert httpx.put(f"{server.http_url}/{name}/cas/{digest.hash}", content=data, timeout=10).status_code == 400
+
+
+# -- item: smaller lies ---------------------------------------------------------------------------------------------
+
+
+def test_a_size_zero_digest_is_present_only_as_the_empty_blob(tmp_path: Path, serve: list) -> None:
+    server = start_gaffer_serve(workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    empty, fake = digest_bytes(b""), Digest("b" * 64, 0)
+    assert client.missing([empty, fake]) == {fake}
+    assert client.read([empty, fake]) == {empty: b""}
+    with pytest.raises(grpc.RpcError) as e:
+        list(client.bytestream.Read(bytestream_pb2.ReadRequest(resource_name=f"blobs/{fake.hash}/0"), timeout=10))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    key = _blob(8)[0]
+    client.put_action(key, re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="o", digest=_pb(fake))]))
+    assert client.get_action(key) is None
+    client.close()
+
+
+def test_duplicate_blobs_in_a_batch_are_counted_once(tmp_path: Path, serve: list) -> None:
+    server = start_gaffer_serve(workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    before = _store_bytes(server)
+    assert client.update([_blob(1000)]) == [0]
+    one = _store_bytes(server) - before
+    before += one
+    for _ in range(20):
+        blob = _blob(1000)
+        assert client.update([blob] * 8) == [0] * 8
+    assert _store_bytes(server) - before == 20 * one
+    client.close()
+
+
+# -- a full or read-only disk -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs, mounted for this test and unmounted after it."""
+    require(os.geteuid() == 0, "mounting a tmpfs needs root")
+    mount, umount = require_tool("mount"), require_tool("umount")
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    mounted = subprocess.run([mount, "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True, check=False)
+    require(mounted.returncode == 0, f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run([umount, "-l", str(mountpoint)], check=True)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Take the free space of `disk` down to about `leave` bytes (0: none at all), growing one filler file."""
+    st = os.statvfs(disk)
+    try:
+        with open(disk / "filler", "ab", buffering=0) as f:
+            f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+            while not leave:
+                f.write(b"\0" * 4096)
+    except OSError:
+        pass
+
+
+def test_a_full_disk_refuses_uploads_leaves_no_temp_files_and_stops_cleanly(
+    tmp_path: Path, small_disk: Path, serve: list
+) -> None:
+    server = start_gaffer_serve("--dir", str(small_disk / "store"), "--max-size", "1GiB", workdir=tmp_path / "s")
+    serve.append(server)
+    client = _Client(server)
+    stored, stored_data = _blob(1000)
+    assert client.update([(stored, stored_data)]) == [0]
+    _fill(small_disk, 512 * 1024)
+    blobs = [_blob(MiB) for _ in range(3)]
+    try:
+        codes = client.update(blobs)
+        assert any(code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] for code in codes), codes
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert client.write(*_blob(2 * MiB)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.RpcError) as e:
+        client.put_action(_blob(8)[0], re_pb2.ActionResult(stdout_raw=os.urandom(MiB)))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    big_result = re_pb2.ActionResult(stdout_raw=os.urandom(MiB)).SerializeToString()
+    digest, data = _blob(MiB)
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        assert http.put(f"/ac/{_blob(8)[0].hash}", content=big_result).status_code == 507
+        assert http.put(f"/cas/{digest.hash}", content=data).status_code == 507
+        assert http.get(f"/cas/{stored.hash}").content == stored_data  # reads go on
+    assert list((small_disk / "store" / "tmp").iterdir()) == []
+    _fill(small_disk, 0)
+    client.close()
+    assert stop_signal(server) == 0
+    log = server.log.read_text()
+    assert "Traceback" not in log and "SIGTERM: stopping" in log
+    assert list((small_disk / "store" / "tmp").iterdir()) == []
+
+
+def test_a_read_only_disk_refuses_writes_without_naming_the_servers_paths(
+    tmp_path: Path, small_disk: Path, serve: list
+) -> None:
+    server = start_gaffer_serve("--dir", str(small_disk / "store"), workdir=tmp_path / "s")
+    serve.append(server)
+    client, other = _Client(server), _Client(server, "fresh")
+    stored, stored_data = _blob(1000)
+    assert client.update([(stored, stored_data)]) == [0]
+    subprocess.run([require_tool("mount"), "-o", "remount,ro", str(small_disk)], check=True)
+    for c in (client, other):
+        try:
+            codes = c.update([_blob(100)])
+            assert codes != [0]
+        except grpc.RpcError as e:
+            assert e.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.OK)
+            assert str(small_disk) not in (e.details() or "")
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        digest, data = _blob(100)
+        for path in (f"/cas/{digest.hash}", f"/fresh/cas/{digest.hash}"):
+            r = http.put(path, content=data)
+            assert r.status_code >= 500 and str(small_disk) not in r.text
+        assert http.get(f"/cas/{stored.hash}").content == stored_data
+    client.close()
+    other.close()
+    assert stop_signal(server, signal.SIGTERM) == 0
+    assert "Traceback" not in server.log.read_text()
