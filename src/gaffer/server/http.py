@@ -315,16 +315,14 @@ class CacheHTTPServer:
             return self._reply(request, 413, kind, f"an action result of {size} bytes is more than this server "
                                                    f"stores ({MAX_ACTION_RESULT} bytes)\n")
         digest = Digest(key, size)
-        # a large blob streams to a temp file: its room in the size bound is taken now, before the body is read
-        # (413 if it can never fit, 507 while the uploads in flight fill the bound)
-        upload = await self._disk_io(namespace.upload, digest) if kind == "cas" and size > SMALL_BLOB else None
+        # a blob streams to a temp file: its room in the size bound is taken now, before the body is read (413 if
+        # it can never fit, 507 while the uploads in flight fill the bound)
+        upload = await self._disk_io(namespace.upload, digest) if kind == "cas" else None
         try:
             if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # checks passed: send the body
             if upload is not None:
                 await self._receive(request, upload)
-            elif kind == "cas":
-                await self._disk_io(namespace.put, digest, await self._read(request, size))
             else:
                 body = await self._read(request, size)
                 try:
@@ -353,7 +351,7 @@ class CacheHTTPServer:
         return bytes(data)
 
     async def _receive(self, request: web.BaseRequest, upload: Upload) -> None:
-        """A large blob: read in CHUNKs on the event loop, each hashed and written on the disk pool."""
+        """A blob's body, read in CHUNKs on the event loop, each hashed and written on the disk pool."""
         remaining = upload.digest.size_bytes
         while remaining:
             chunk = await self._read(request, min(remaining, CHUNK))
