@@ -158,7 +158,8 @@ def test_cache_clean_while_a_build_runs(tmp_path: Path, env: dict[str, str]) -> 
     gaffer = f"{sys.executable} -m gaffer"
     ws = workspace(tmp_path / "ws", {
         "first": {"command": "mkdir -p d && cat in.txt > d/a", "inputs": ["in.txt"], "outputs": ["d"]},
-        "clean": {"command": f"{gaffer} cache clean && echo c > c.txt", "deps": ["first"], "outputs": ["c.txt"]},
+        "clean": {"command": f"{gaffer} cache clean && echo c > c.txt", "deps": ["first"], "outputs": ["c.txt"],
+                  "pass_env": ["GAFFER_CACHE_DIR", "PYTHONPATH"]},  # the nested gaffer: this build's cache
         "last": {"command": "cat d/a c.txt > last.txt", "deps": ["clean"], "outputs": ["last.txt"]},
     }, {"in.txt": "x\n"})
     orphan = tmp_path / "cache" / "tmp" / "4194305-1-dead"  # above any pid_max: left by a process long gone

@@ -68,6 +68,7 @@ STRUCTURED = {
     "$schema": "../src/gaffer/graph/schema.json",
     "version": 1,
     "env": ["GOOS", "GOARCH"],
+    "pass_env": ["GOCACHE"],
     "platform": {"pool": "large", "container-image": "docker://build:1"},
     "tasks": {
         "gen": {"command": [["mkdir", "-p", "gen"], "echo hi > gen/hi.txt"], "outputs": ["gen/"], "timeout": "90s"},
@@ -76,7 +77,8 @@ STRUCTURED = {
             "deps": ["gen", "gen"],
             "inputs": ["./src/*.c", "src//x.h", "gen", "a/../b.c"],
             "outputs": ["bin/a", "a.o"],
-            "env": ["CGO_ENABLED", "GOOS", "LDFLAGS"],
+            "env": ["CGO_ENABLED", "GOOS", "LDFLAGS", "PATH"],
+            "pass_env": ["TMPDIR"],
             "timeout": 600,
             "cache": True,
             "description": "compile and link",
@@ -105,6 +107,7 @@ def test_bare_map_keeps_file_order_and_defaults(tmp_path: Path) -> None:
         timeout=None,
         cache=True,
         description="",
+        pass_env=("GOROOT", "GOTOOLCHAIN", "HOME", "PATH"),
     )
     assert graph.tasks["build-gateway"].commands == (("go", "build", "-o", "bin/gateway", "./cmd/gateway"),)
     assert graph.tasks["distributed-build"].is_group and not fetch.is_group
@@ -123,7 +126,10 @@ def test_structured_form_settings_and_normalization(tmp_path: Path) -> None:
     assert build.commands == (("cc", "-c", "a.c"), ("cc", "-o", "bin/a", "a.o"))
     assert build.deps == ("gen",)
     assert build.inputs == ("src/*.c", "src/x.h", "gen", "b.c")
-    assert build.env == ("CGO_ENABLED", "GOARCH", "GOOS", "LDFLAGS")
+    assert build.env == ("CGO_ENABLED", "GOARCH", "GOOS", "LDFLAGS", "PATH")
+    # Pass-through: the defaults, the graph's and the task's, minus what the task keys (PATH here).
+    assert gen.pass_env == ("GOCACHE", "GOROOT", "GOTOOLCHAIN", "HOME", "PATH")
+    assert build.pass_env == ("GOCACHE", "GOROOT", "GOTOOLCHAIN", "HOME", "TMPDIR")
     assert build.timeout == 600.0 and build.description == "compile and link"
     assert group.is_group and group.inputs == () and group.timeout is None and group.env == ("GOARCH", "GOOS")
     assert graph.tasks["empty-list"].is_group
@@ -409,6 +415,17 @@ ERRORS: list[tuple[Any, str, bool]] = [
     ({"a": {"inputs": [""]}}, "graph.json: task 'a': input '' is empty", True),
     ({"a": {"inputs": ["a\u0000b"]}}, "graph.json: task 'a': input 'a\\x00b' contains a NUL character", False),
     # env names, timeouts, commands
+    (
+        {"tasks": {"a": {"pass_env": ["X-Y"]}}},
+        ("graph.json: task 'a': pass_env name 'X-Y' is not a variable name "
+         "(letters, digits and _, not starting with a digit)"),
+        True,
+    ),
+    (
+        {"env": ["CC"], "tasks": {"a": {"pass_env": ["CC"]}}},
+        "graph.json: task 'a': variable 'CC' is in both 'env' (keyed) and 'pass_env' (not keyed); keep it in one",
+        False,
+    ),
     (
         {"a": {"env": ["FOO-BAR"]}},
         (

@@ -11,6 +11,8 @@ The action key is the digest of the deterministic serialization of an `Action` w
     the identity of each tool the task runs (gaffer.tools). The salt is key-only by REAPI's definition: a worker
     executes the Action the same without it, needs no tool blobs in the CAS and matches no extra platform
     property.
+`prepare_action` keeps every message it serializes: stored in a CAS with the input files, the Action runs on
+any REAPI executor as is.
 docs/caching.md is the user-facing contract for what is (and is not) in a key.
 
 Everything in an ActionResult may come from a remote peer: paths are checked to be relative, normalized, inside
@@ -27,6 +29,8 @@ import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from google.protobuf.message import Message
 
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
@@ -80,8 +84,8 @@ def command_argv(commands: Sequence[Sequence[str]]) -> list[str]:
     return ["sh", "-e", "-c", script]
 
 
-def _serialize(message: object) -> bytes:
-    return message.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString(deterministic=True)
 
 
 class _Node:
@@ -155,32 +159,68 @@ def input_root(
     return digest_bytes(data), blobs
 
 
-def action_key(
+def key_salt(identities: Sequence[tuple[str, str, str]] = ()) -> bytes:
+    """`Action.salt`: the key-format version, then one `tool NAME VERSION SHA-256` line per identity. This is how
+    files outside the workspace (a tool, later a compiler's headers) are keyed by content without being shipped:
+    REAPI defines the salt as key-only, so a worker runs the Action the same and needs no blob for them."""
+    return KEY_FORMAT + "".join(f"\ntool {spec} {version} {h}" for spec, version, h in identities).encode()
+
+
+@dataclass(frozen=True)
+class PreparedAction:
+    """A task as a complete REAPI action: the Action (whose digest is the cache key), its Command and its input
+    root, every message serialized in `blobs`. Stored in a CAS beside the input files, it is what any REAPI
+    executor (gaffer's own, BuildGrid, Buildbarn) runs as is: the Command carries exactly the declared
+    environment, the working directory is the input root (""), and the outputs are `output_paths`."""
+
+    digest: Digest  # the Action's: the cache key
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]  # the Command's environment_variables, sorted by name
+    output_paths: tuple[str, ...]  # sorted
+    timeout: float | None
+    command: Digest
+    input_root: Digest
+    blobs: dict[Digest, bytes]  # the Action, the Command and every input-root Directory, by digest
+    sources: tuple[FileEntry, ...]  # the workspace files in the input root (a dep's outputs are in the CAS already)
+
+    def store(self, store: DiskStore) -> list[Digest]:
+        """Put the Action, Command and Directory blobs into the local CAS; their digests, for uploading."""
+        for digest, data in self.blobs.items():
+            store.write_blob(digest, data)
+        return list(self.blobs)
+
+
+def prepare_action(
     argv: Sequence[str],
     env: Mapping[str, str],
     outputs: Sequence[str],
-    inputs: Iterable[FileEntry],
     platform: Mapping[str, str],
     timeout: float | None,
-    symlinks: Iterable[SymlinkEntry] = (),
-    directories: Iterable[DirectoryEntry] = (),
-    tools: Sequence[tuple[str, str, str]] = (),
-) -> Digest:
-    """The digest of the task's Action: its cache key. `tools` holds (name, version, content hash) triples."""
+    salt: bytes,
+    sources: Sequence[FileEntry],
+    dep_files: Iterable[FileEntry] = (),
+    dep_symlinks: Iterable[SymlinkEntry] = (),
+    dep_directories: Iterable[DirectoryEntry] = (),
+) -> PreparedAction:
+    """The task's Action, Command and input-root Directory blobs. The input root holds the workspace files
+    `sources` and everything the deps output (`dep_*`), at their workspace paths."""
     command = re_pb2.Command(arguments=list(argv), output_paths=sorted(outputs))
     for name in sorted(env):
         command.environment_variables.add(name=name, value=env[name])
-    root, _ = input_root(inputs, symlinks, directories)
-    action = re_pb2.Action(
-        command_digest=_pb_digest(digest_bytes(_serialize(command))),
-        input_root_digest=_pb_digest(root),
-        salt=KEY_FORMAT + "".join(f"\ntool {spec} {version} {h}" for spec, version, h in tools).encode(),
-    )
+    command_data = _serialize(command)
+    root, blobs = input_root([*sources, *dep_files], dep_symlinks, dep_directories)
+    blobs[digest_bytes(command_data)] = command_data
+    action = re_pb2.Action(command_digest=_pb_digest(digest_bytes(command_data)), input_root_digest=_pb_digest(root),
+                           salt=salt)
     if timeout:
         action.timeout.FromNanoseconds(int(timeout * 1e9))
     for name in sorted(platform):
         action.platform.properties.add(name=name, value=platform[name])
-    return digest_bytes(_serialize(action))
+    action_data = _serialize(action)
+    digest = digest_bytes(action_data)
+    blobs[digest] = action_data
+    return PreparedAction(digest, tuple(argv), tuple(sorted(env.items())), tuple(sorted(outputs)), timeout,
+                          digest_bytes(command_data), root, blobs, tuple(sources))
 
 
 # -- results ---------------------------------------------------------------------------------------------------
@@ -306,7 +346,7 @@ def parse_result(data: bytes, declared: Sequence[str]) -> CachedResult:
     result = re_pb2.ActionResult()
     try:
         result.ParseFromString(data)
-    except Exception as e:  # protobuf raises DecodeError, but be strict: any failure is a bad entry
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError, but be strict: any failure is a bad entry
         raise BadCacheEntry(f"unreadable action result ({e})") from None
     if result.exit_code != 0:
         raise BadCacheEntry("the cached action failed")
@@ -363,7 +403,7 @@ def read_trees(outputs: Outputs, store: DiskStore) -> None:
             raise BadCacheEntry(f"the tree of {path} is missing or corrupt")
         try:
             tree = re_pb2.Tree.FromString(data)
-        except Exception as e:  # as for the ActionResult: any failure is a bad entry
+        except Exception as e:  # noqa: BLE001 - as for the ActionResult: any failure is a bad entry
             raise BadCacheEntry(f"unreadable tree for {path} ({e})") from None
         children = {digest_bytes(_serialize(child)): child for child in tree.children}
         try:

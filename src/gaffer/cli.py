@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, NoReturn
 from gaffer import __version__
 from gaffer.config import RUN, add_flags, environment_help, load_settings, nearest_toml
 from gaffer.errors import EnvironmentProblem, GafferError, UserError
-from gaffer.lock import lock_workspace, workspace_of
+from gaffer.lock import lock_workspace
 
 RUN_SETTINGS = ("cache_dir", "max_size", "remotes", "read_only", "timeout", "jobs")
 LOCAL_CACHE_SETTINGS = ("cache_dir", "max_size")
@@ -148,105 +147,15 @@ def open_cache(settings: Any, warn: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import gc
+    from gaffer.run import run
 
-    # A build allocates hundreds of thousands of small tuples (graph, state, stat cache) and makes almost no
-    # reference cycles: the cyclic collector would rescan them again and again (seconds on 10,000 tasks).
-    gc.disable()
-    for flag, path in (("--summary-json", args.summary_json), ("--trace", args.trace)):
-        _check_report_path(flag, path)
-    if not args.dry_run and os.path.exists(args.graph):  # a dry run changes nothing; no graph, nothing to guard
-        _lock_workspace(workspace_of(args.graph), "run", args)
-    if not (args.dry_run or args.verbose or args.trace):
-        from gaffer import noop
-
-        started = time.perf_counter()
-        unchanged = noop.check(args.graph, args.targets)
-        if unchanged is not None:
-            return _report_noop(args, unchanged, time.perf_counter() - started)
-    from gaffer.build import Build, BuildOptions
-    from gaffer.ui.progress import Progress
-
-    graph = _load_graph(args.graph)
-    _check_env_values(graph)
-    settings = load_settings(graph.root, _flags(args))
-    progress = Progress(verbose=args.verbose, quiet=args.dry_run)  # a dry run's result is the plan on stdout
-    cache = open_cache(settings, progress.warn)
-    cache.connect()
-    build = Build(graph, cache, BuildOptions(targets=args.targets, jobs=settings.jobs, keep_going=args.keep_going,
-                                             dry_run=args.dry_run), progress)
-    try:
-        report = build.run()
-    finally:
-        progress.finish()
-        cache.close()
-    report.tiers = [t.as_dict() for t in cache.tier_stats()]
-    from gaffer.ui import report as reporting
-
-    if args.dry_run:
-        return _print_dry_run(report)
-    tasks = report.tasks()
-    cache.local.record_build(hits=sum(1 for o in tasks.values() if o.status == "cached"),
-                             misses=sum(1 for o in tasks.values() if o.status == "executed"))
-    reporting.print_summary(report, sys.stderr)
-    if args.summary_json:
-        reporting.write_summary_json(report, Path(args.summary_json))
-    if args.trace:
-        reporting.write_trace(report, Path(args.trace))
-    if report.interrupted:
-        return 130 if report.interrupted == "SIGINT" else 143
-    return 0 if report.ok else 1
+    return run(args)
 
 
 def _lock_workspace(root: Path, command: str, args: argparse.Namespace) -> None:
     """One build at a time per workspace (see gaffer.lock); say once on stderr for whom we wait."""
     lock_workspace(root, command, wait=not args.no_wait,
                    say=lambda message: print(f"gaffer: {message}", file=sys.stderr, flush=True))
-
-
-def _check_report_path(flag: str, path: str | None) -> None:
-    """A report file must be writable where it is asked for: say so before building, not after."""
-    if path is None:
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UserError(f"{flag} {path}: directory {parent} does not exist")
-    if os.path.isdir(path):
-        raise UserError(f"{flag} {path}: is a directory")
-
-
-def _check_env_values(graph: Any) -> None:
-    """A declared variable's value goes into the key as a REAPI string, which is UTF-8: refuse one that is not."""
-    from gaffer.errors import not_utf8
-
-    for name in sorted({name for task in graph.tasks.values() for name in task.env}):
-        shown = not_utf8(os.environ.get(name, ""))
-        if shown is not None:
-            raise UserError(f"environment variable {name} is not UTF-8 text ('{shown}'), which cache keys cannot hold")
-
-
-def _report_noop(args: argparse.Namespace, tasks: list[tuple[str, float]], wall_s: float) -> int:
-    """The whole-build fast path found nothing to do: the same summary as a build whose tasks are up to date."""
-    from gaffer.outcome import CACHED, BuildReport, Outcome
-    from gaffer.ui import report as reporting
-
-    outcomes = {name: Outcome(CACHED, saved_s=saved, reason="up to date", extra={"up_to_date": True})
-                for name, saved in tasks}
-    report = BuildReport(outcomes=outcomes, wall_s=wall_s)
-    from gaffer.workspace import workspace_root
-
-    settings = load_settings(Path(workspace_root(args.graph)), _flags(args))
-    local_store(settings).record_build(hits=len(tasks), misses=0)
-    reporting.print_summary(report, sys.stderr)
-    if args.summary_json:
-        reporting.write_summary_json(report, Path(args.summary_json))
-    return 0
-
-
-def _print_dry_run(report: Any) -> int:
-    for name, o in report.tasks().items():
-        print(f"{name}: {o.reason or o.status}")
-    return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -260,8 +169,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from gaffer.actions import remove_outputs
-    from gaffer.build import STATE_DIR
-    from gaffer.state import WorkspaceState
+    from gaffer.state import STATE_DIR, WorkspaceState
 
     graph = _load_graph(args.graph)
     _lock_workspace(graph.root, "clean", args)

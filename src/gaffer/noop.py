@@ -17,7 +17,7 @@ import marshal
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gaffer import __version__
 from gaffer.workspace import workspace_root
@@ -28,6 +28,22 @@ if TYPE_CHECKING:
 _FORMAT = 2
 _GLOB_CHARS = frozenset("*?[")
 _NO_DOTS, _DOTS, _ALL_DOTS = 0, 1, 2  # how far a glob below a directory may enter dot-directories
+
+
+class Record(NamedTuple):
+    """What a successful build saw; stored as a plain tuple (marshal holds no named types)."""
+
+    format: int
+    version: str
+    graph: str  # the graph file's real path
+    graph_sig: tuple[int, int, int, int]
+    targets: tuple[str, ...]
+    env: tuple[tuple[str, str | None], ...]  # (name, value or None if unset)
+    inputs: tuple[tuple[str, tuple[int, int, int, int]], ...]  # (absolute path, stat signature), tools' too
+    outputs: tuple[tuple[str, tuple[int, int, int, int] | None], ...]  # output files and directories (lstat)
+    symlinks: tuple[tuple[str, str], ...]  # (absolute path, target)
+    dirs: tuple[tuple[str, tuple[int, int]], ...]  # directories globs searched: (path, (mtime_ns, inode))
+    tasks: tuple[tuple[str, float], ...]  # (task, its last execution time)
 
 
 def record_path(root: Path) -> Path:
@@ -41,39 +57,37 @@ def check(graph_path: str, targets: Sequence[str]) -> list[tuple[str, float]] | 
         st = os.stat(real)
         graph_sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         with open(record_path(Path(workspace_root(graph_path))), "rb") as f:
-            record = marshal.loads(f.read())
-        (fmt, version, recorded_graph, recorded_sig, recorded_targets, env, inputs, outputs, symlinks, dirs,
-         tasks) = record
+            record = Record(*marshal.loads(f.read()))
     except (OSError, EOFError, ValueError, TypeError):
         return None
-    if (fmt, version, recorded_graph, recorded_sig, recorded_targets) != (
+    if (record.format, record.version, record.graph, record.graph_sig, record.targets) != (
         _FORMAT, __version__, real, graph_sig, tuple(targets)
     ):
         return None
     environ = os.environ
-    for name, value in env:
+    for name, value in record.env:
         if environ.get(name) != value:
             return None
     stat, lstat = os.stat, os.lstat
     try:
-        for path, sig in inputs:
+        for path, sig in record.inputs:
             st = stat(path)
             if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != sig:
                 return None
-        for path, sig in outputs:
+        for path, out_sig in record.outputs:
             st = lstat(path)
-            if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != sig:
+            if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != out_sig:
                 return None
-        for path, target in symlinks:
+        for path, target in record.symlinks:
             if os.readlink(path) != target:
                 return None
-        for path, sig in dirs:
+        for path, dir_sig in record.dirs:
             st = stat(path)
-            if (st.st_mtime_ns, st.st_ino) != sig:
+            if (st.st_mtime_ns, st.st_ino) != dir_sig:
                 return None
     except OSError:
         return None
-    return tasks
+    return list(record.tasks)
 
 
 def discard(root: Path) -> None:
@@ -95,8 +109,8 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     root = str(graph.root)
     moment = build.stat_cache.moment
     env_names: set[str] = set()
-    inputs: dict[str, tuple] = {}
-    outputs: list[tuple[str, tuple]] = []
+    inputs: dict[str, tuple[int, int, int, int]] = {}
+    outputs: list[tuple[str, tuple[int, int, int, int] | None]] = []  # None only in a dry run (which records nothing)
     symlinks: list[tuple[str, str]] = []
     tasks: list[tuple[str, float]] = []
     for name in build.order:
@@ -107,36 +121,37 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
             return  # a `cache: false` task always runs: never a whole-build no-op
         env_names.update(task.env)
         fingerprint = build.fingerprints[name]
-        if fingerprint[7]:
+        if fingerprint.racy:
             return  # an input was too fresh to trust its signature
-        for rel, sig in fingerprint[5]:
+        for rel, sig in fingerprint.inputs:
             if sig is None:
                 return
             inputs[f"{root}/{rel}"] = sig
-        if fingerprint[8]:  # the task's tools: the files found (racy ones made fingerprint[7] set) and PATH
-            inputs.update(signature for signatures in fingerprint[8] for signature in signatures)
+        if fingerprint.tools:  # the task's tools: the files found (racy ones made the fingerprint racy) and PATH
+            inputs.update(signature for signatures in fingerprint.tools for signature in signatures)
             env_names.update(TOOL_ENVIRONMENT)
         records = build.outputs[name]
         # An output directory's signature changes when a stray file lands in it: the full build removes it.
-        outputs.extend((f"{root}/{r.path}", r.sig) for r in (*records.files, *records.directories))
+        outputs.extend((f"{root}/{f.path}", f.sig) for f in records.files)
+        outputs.extend((f"{root}/{d.path}", d.sig) for d in records.directories)
         symlinks.extend((f"{root}/{s.path}", s.target) for s in records.symlinks)
         state = build.state.tasks.get(name)
         if state is None:
             return
         tasks.append((name, state.duration_s))
-    dirs = build.input_dirs
+    dirs = build.plan.input_dirs
     if any(sig[0] >= moment for _p, sig in dirs):
         return
     if is_racy(graph.signature, moment):
         return
-    record = (_FORMAT, __version__, os.path.realpath(graph.path), graph.signature, tuple(targets),
-              tuple((n, os.environ.get(n)) for n in sorted(env_names)), tuple(inputs.items()),
-              tuple(outputs), tuple(symlinks), tuple(dirs), tuple(tasks))
+    record = Record(_FORMAT, __version__, os.path.realpath(graph.path), graph.signature, tuple(targets),
+                    tuple((n, os.environ.get(n)) for n in sorted(env_names)), tuple(inputs.items()),
+                    tuple(outputs), tuple(symlinks), tuple(dirs), tuple(tasks))
     path = record_path(graph.root)
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_name(f"noop.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        marshal.dump(record, f)
+        marshal.dump(tuple(record), f)
     os.replace(tmp, path)
 
 

@@ -16,11 +16,16 @@ import marshal
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from gaffer.digest import StatSignature
 
 _FORMAT = 3
+STATE_DIR = ".gaffer"  # beside the graph file
 
-StatSignature = tuple  # digest.stat_signature: (size, mtime_ns, inode, ctime_ns)
+# What a dependent sees of a task's outputs: (files (path, hash, mode), symlinks (path, target), directories
+# (path, mode)), as plain tuples.
+OutputContent = tuple[tuple[tuple[str, str, int], ...], tuple[tuple[str, str], ...], tuple[tuple[str, int], ...]]
 
 
 class FileRecord(NamedTuple):
@@ -30,7 +35,7 @@ class FileRecord(NamedTuple):
     hash: str
     size: int
     mode: int
-    sig: StatSignature
+    sig: StatSignature | None  # None: predicted by a dry run, never written
 
 
 class SymlinkRecord(NamedTuple):
@@ -43,7 +48,7 @@ class DirectoryRecord(NamedTuple):
 
     path: str
     mode: int
-    sig: StatSignature
+    sig: StatSignature | None  # None: predicted by a dry run, never written
 
 
 class OutputRecords(NamedTuple):
@@ -53,20 +58,35 @@ class OutputRecords(NamedTuple):
     symlinks: tuple[SymlinkRecord, ...] = ()
     directories: tuple[DirectoryRecord, ...] = ()
 
-    def content(self) -> tuple:
+    def content(self) -> OutputContent:
         """The outputs without their stat signatures, as plain tuples: equal exactly when a dependent would see
         the same thing (the part of a dependent's fingerprint and manifest that comes from this task)."""
-        return (tuple((f.path, f.hash, f.mode) for f in self.files), tuple(map(tuple, self.symlinks)),
+        return (tuple((f.path, f.hash, f.mode) for f in self.files), tuple((s.path, s.target) for s in self.symlinks),
                 tuple((d.path, d.mode) for d in self.directories))
 
-    def to_tuple(self) -> tuple:
+    def to_tuple(self) -> tuple[Any, ...]:
         return (tuple(map(tuple, self.files)), tuple(map(tuple, self.symlinks)), tuple(map(tuple, self.directories)))
 
     @classmethod
-    def from_tuple(cls, data: tuple) -> OutputRecords:
+    def from_tuple(cls, data: tuple[Any, ...]) -> OutputRecords:
         files, symlinks, directories = data
         return cls(tuple(FileRecord(*f) for f in files), tuple(SymlinkRecord(*s) for s in symlinks),
                    tuple(DirectoryRecord(*d) for d in directories))
+
+
+class Fingerprint(NamedTuple):
+    """The cheap identity of a task's inputs (gaffer.keys builds it): if it and the outputs' signatures are
+    unchanged, the task is up to date without hashing anything."""
+
+    commands: tuple[tuple[str, ...], ...]
+    outputs: tuple[str, ...]
+    timeout: float | None
+    env: tuple[tuple[str, str], ...]  # declared variables with their values (unset ones left out)
+    platform: tuple[tuple[str, str], ...]
+    inputs: tuple[tuple[str, StatSignature | None], ...]  # (input path, its stat signature; None if unreadable)
+    deps: tuple[tuple[str, OutputContent], ...]  # (dep, OutputRecords.content())
+    racy: int  # 0, or a time that never compares equal: an input could still change without its signature moving
+    tools: tuple[tuple[tuple[str, StatSignature], ...], ...]  # each tool's Tool.signatures
 
 
 class Manifest(NamedTuple):
@@ -76,7 +96,7 @@ class Manifest(NamedTuple):
     env: tuple[tuple[str, str], ...]
     platform: tuple[tuple[str, str], ...]
     inputs: tuple[tuple[str, str], ...]  # (input path, hash)
-    deps: tuple[tuple[str, tuple], ...]  # (dep, OutputRecords.content())
+    deps: tuple[tuple[str, OutputContent], ...]  # (dep, OutputRecords.content())
     outputs: tuple[str, ...]
     timeout: float | None
     tools: tuple[tuple[str, str, str], ...] = ()  # (name, version, content hash) of each tool
@@ -84,19 +104,19 @@ class Manifest(NamedTuple):
 
 @dataclass
 class TaskState:
-    fingerprint: tuple
+    fingerprint: Fingerprint
     key: str  # action digest hash
     outputs: OutputRecords
     manifest: Manifest
     duration_s: float
 
-    def to_tuple(self) -> tuple:
-        return (self.fingerprint, self.key, self.outputs.to_tuple(), tuple(self.manifest), self.duration_s)
+    def to_tuple(self) -> tuple[Any, ...]:
+        return (tuple(self.fingerprint), self.key, self.outputs.to_tuple(), tuple(self.manifest), self.duration_s)
 
     @classmethod
-    def from_tuple(cls, data: tuple) -> TaskState:
+    def from_tuple(cls, data: tuple[Any, ...]) -> TaskState:
         fingerprint, key, outputs, manifest, duration_s = data
-        return cls(fingerprint, key, OutputRecords.from_tuple(outputs), Manifest(*manifest), duration_s)
+        return cls(Fingerprint(*fingerprint), key, OutputRecords.from_tuple(outputs), Manifest(*manifest), duration_s)
 
 
 class WorkspaceState:

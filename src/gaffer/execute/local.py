@@ -1,5 +1,8 @@
 """Run one action's command on this machine: its own process group, logs to files, a timeout, cancellation.
 
+`LocalExecutor` is the first `execute.base.Executor`: it runs the command in the workspace itself and collects
+the declared outputs from there into the local CAS.
+
 Each command runs in a new session so that a timeout, Ctrl-C or SIGTERM can kill the whole process tree
 (`sh -c` and everything it started), not just the shell. When the command's main process exits, whatever it
 left running in its group (`cmd &`) is killed before its outputs are collected, as Bazel does: nothing outside
@@ -19,8 +22,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from gaffer.digest import digest_bytes
+from gaffer.execute.base import ExecuteResult, task_environment
 from gaffer.execute.orphans import RUN_ENV, Adopter
+
+if TYPE_CHECKING:
+    from gaffer.actions import PreparedAction
+    from gaffer.cache.disk import DiskStore
 
 KILL_GRACE_S = 2.0
 
@@ -85,6 +95,8 @@ class ProcessRunner:
             with self._lock:
                 self._running.add(proc)
             try:
+                if self.cancelled.is_set():  # cancel_all ran while Popen returned: it could not see this process
+                    _kill_group(proc)
                 timed_out = not _wait_exited(proc, timeout)
                 if timed_out:
                     _kill_group(proc)
@@ -121,6 +133,59 @@ class ProcessRunner:
         for proc in running:
             if not _wait_exited(proc, max(0.0, deadline - time.monotonic())):
                 _signal_group(proc, signal.SIGKILL)
+
+
+class LocalExecutor:
+    """Runs actions in the workspace, with the environment `execute.base.task_environment` gives."""
+
+    def __init__(self, root: Path, store: DiskStore) -> None:
+        self.root = root
+        self.store = store  # the local CAS: logs are written beside it, outputs collected into it
+        self._runner: ProcessRunner | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def runner(self) -> ProcessRunner:
+        """Made on first use (a build that runs nothing never becomes a subreaper)."""
+        with self._lock:  # two pool threads may get here at once: exactly one runner, or cancel misses one
+            if self._runner is None:
+                self._runner = ProcessRunner()
+            return self._runner
+
+    def cancel_all(self) -> None:
+        self.runner.cancel_all()
+
+    def execute(self, action: PreparedAction, pass_env: Sequence[str]) -> ExecuteResult:
+        from gaffer import actions
+
+        store = self.store
+        actions.remove_outputs(self.root, action.output_paths)  # a stale file must never pass for one it made
+        stdout_path, stderr_path = store.temp_path(), store.temp_path()
+        try:
+            started_at = time.time()
+            run = self.runner.run(action.argv, self.root, task_environment(action.env, pass_env), stdout_path,
+                                  stderr_path, action.timeout)
+            finished_at = time.time()
+            out, err = stdout_path.read_bytes(), stderr_path.read_bytes()
+        finally:
+            stdout_path.unlink(missing_ok=True)
+            stderr_path.unlink(missing_ok=True)
+        failure = run.failure(action.timeout)
+        if not failure:
+            try:
+                outputs = actions.collect_outputs(self.root, action.output_paths, store)
+            except actions.MissingOutput as e:
+                failure = f"declared output '{e}' was not created by the task"
+            except actions.BadCacheEntry as e:
+                failure = str(e)
+        if failure:
+            return ExecuteResult(run.duration_s, out, err, failure=failure)
+        stdout_digest, stderr_digest = digest_bytes(out), digest_bytes(err)  # already in memory
+        store.write_blob(stdout_digest, out)
+        store.write_blob(stderr_digest, err)
+        result = actions.make_result(outputs, 0, stdout_digest, stderr_digest, started_at, finished_at)
+        return ExecuteResult(run.duration_s, out, err, outputs=outputs, action_result=result,
+                             blobs=[*outputs.blobs(), stdout_digest, stderr_digest])
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

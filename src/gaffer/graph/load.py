@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from gaffer.errors import UserError
-from gaffer.graph.model import Graph, Task, did_you_mean, topological_order
+from gaffer.graph.model import DEFAULT_PASS_ENV, Graph, Task, did_you_mean, topological_order
 from gaffer.units import parse_duration
 from gaffer.workspace import workspace_root
 
-TOP_FIELDS = ("tasks", "version", "env", "tools", "platform", "$schema")
-TASK_FIELDS = ("command", "deps", "inputs", "outputs", "env", "tools", "timeout", "cache", "description")
+TOP_FIELDS = ("tasks", "version", "env", "pass_env", "tools", "platform", "$schema")
+TASK_FIELDS = ("command", "deps", "inputs", "outputs", "env", "pass_env", "tools", "timeout", "cache", "description")
 FORMAT_VERSION = 1
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"\s")
@@ -65,9 +65,9 @@ def _load(path: str | os.PathLike[str]) -> Graph:
     structured = "tasks" in doc
     try:
         if structured:
-            raw_tasks, graph_env, graph_tools, platform = _settings(doc)
+            raw_tasks, graph_env, graph_pass, graph_tools, platform = _settings(doc)
         else:
-            raw_tasks, graph_env, graph_tools, platform = dict(doc), (), (), {}
+            raw_tasks, graph_env, graph_pass, graph_tools, platform = dict(doc), (), (), (), {}
             if type(raw_tasks.get("$schema")) is str:  # editors' convention; harmless in the bare form too
                 del raw_tasks["$schema"]
     except _Bad as e:
@@ -76,7 +76,7 @@ def _load(path: str | os.PathLike[str]) -> Graph:
     tasks: dict[str, Task] = {}
     for name, raw in raw_tasks.items():
         try:
-            tasks[name] = _task(name, raw, graph_env, graph_tools, raw_tasks)
+            tasks[name] = _task(name, raw, graph_env, graph_pass, graph_tools, raw_tasks)
         except _Bad as e:
             hint = ""
             if not structured and name in TOP_FIELDS:
@@ -110,8 +110,11 @@ def _parse_json(data: bytes, shown: str) -> Any:
         raise UserError(f"{shown}: not valid JSON: nested too deeply") from None
 
 
-def _settings(doc: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...], tuple[str, ...], dict[str, str]]:
-    """The structured form's top-level settings: (raw tasks, graph-level env names, graph-level tools, platform)."""
+def _settings(
+    doc: dict[str, Any],
+) -> tuple[dict[str, Any], tuple[str, ...], tuple[str, ...], tuple[str, ...], dict[str, str]]:
+    """The structured form's top-level settings: (raw tasks, graph-level env names, graph-level pass-through
+    names, graph-level tools, platform)."""
     for key in doc:
         if key not in TOP_FIELDS:
             raise _Bad(f"unknown top-level field {key!r}{did_you_mean(key, TOP_FIELDS)}")
@@ -126,6 +129,7 @@ def _settings(doc: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...], tup
     if "$schema" in doc and type(doc["$schema"]) is not str:
         raise _Bad(f"field '$schema' must be a string, got {_kind(doc['$schema'])}")
     graph_env = _env_names(doc.get("env"))
+    graph_pass = _env_names(doc.get("pass_env"), "pass_env")
     graph_tools = _tools(doc.get("tools"))
     platform = doc.get("platform")
     if platform is None:
@@ -140,10 +144,11 @@ def _settings(doc: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...], tup
         if key in _HOST_PROPERTIES:
             raise _Bad(f"field 'platform': property {key!r} is always the machine that runs the task, which gaffer"
                        " adds itself; remove it")
-    return raw_tasks, graph_env, graph_tools, dict(sorted(platform.items()))
+    return raw_tasks, graph_env, graph_pass, graph_tools, dict(sorted(platform.items()))
 
 
-def _task(name: str, raw: Any, graph_env: tuple[str, ...], graph_tools: tuple[str, ...], known: dict[str, Any]) -> Task:
+def _task(name: str, raw: Any, graph_env: tuple[str, ...], graph_pass: tuple[str, ...], graph_tools: tuple[str, ...],
+          known: dict[str, Any]) -> Task:
     if not name or not name.isprintable():
         raise _Bad("a task name must be non-empty and printable")
     if type(raw) is not dict:
@@ -171,6 +176,16 @@ def _task(name: str, raw: Any, graph_env: tuple[str, ...], graph_tools: tuple[st
         env = _env_names(env)
         if graph_env:
             env = tuple(sorted(set(env).union(graph_env)))
+
+    pass_env = get("pass_env")
+    if pass_env is None and not graph_pass:
+        pass_env = tuple(n for n in DEFAULT_PASS_ENV if n not in env)
+    else:
+        explicit = set(_env_names(pass_env, "pass_env")).union(graph_pass)
+        both = explicit.intersection(env)
+        if both:
+            raise _Bad(f"variable {min(both)!r} is in both 'env' (keyed) and 'pass_env' (not keyed); keep it in one")
+        pass_env = tuple(sorted(explicit.union(n for n in DEFAULT_PASS_ENV if n not in env)))
 
     tools = get("tools")
     if tools is None:
@@ -202,7 +217,7 @@ def _task(name: str, raw: Any, graph_env: tuple[str, ...], graph_tools: tuple[st
 
     inputs, outputs = _inputs(get("inputs")), _outputs(get("outputs"))
     # Positional: measurably cheaper than keywords at 10,000 tasks. The order is Task's field order.
-    return Task(name, commands, deps, inputs, outputs, env, timeout, cache, description, tools)
+    return Task(name, commands, deps, inputs, outputs, env, timeout, cache, description, tools, pass_env)
 
 
 def _strings(value: Any, field: str) -> list[str]:
@@ -221,11 +236,11 @@ def _strings(value: Any, field: str) -> list[str]:
     raise _Bad(f"field {field!r} must be a list of strings, but item {i} is {_kind(item)}")
 
 
-def _env_names(value: Any) -> tuple[str, ...]:
-    names = _strings(value, "env")
+def _env_names(value: Any, field: str = "env") -> tuple[str, ...]:
+    names = _strings(value, field)
     for n in names:
         if not _ENV_NAME.fullmatch(n):
-            raise _Bad(f"env name {n!r} is not a variable name (letters, digits and _, not starting with a digit)")
+            raise _Bad(f"{field} name {n!r} is not a variable name (letters, digits and _, not starting with a digit)")
     return tuple(sorted(set(names)))
 
 

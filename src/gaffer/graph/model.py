@@ -14,6 +14,10 @@ from pathlib import Path
 
 from gaffer.errors import UserError
 
+# Variables every task sees without their values being keyed: what they point at is keyed instead (PATH,
+# GOROOT and GOTOOLCHAIN select the tools gaffer hashes, gaffer.tools), or they must not split keys (HOME).
+DEFAULT_PASS_ENV = ("GOROOT", "GOTOOLCHAIN", "HOME", "PATH")
+
 
 @dataclass(frozen=True, slots=True)
 class Task:
@@ -29,6 +33,7 @@ class Task:
     cache: bool
     description: str
     tools: tuple[str, ...] = ()  # graph-level + task tools, sorted, unique: names on PATH, "./rel" or "/abs" paths
+    pass_env: tuple[str, ...] = ()  # DEFAULT_PASS_ENV + graph-level + task pass_env, minus `env`: sorted, unique
 
     @property
     def is_group(self) -> bool:
