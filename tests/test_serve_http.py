@@ -99,7 +99,9 @@ def many_fds() -> Iterator[None]:
 # -- connections, headers ---------------------------------------------------------------------------------------
 
 
-def test_stalled_connections_beyond_the_fd_limit_do_not_starve_an_honest_client(tmp_path: Path, many_fds: None) -> None:
+def test_stalled_connections_beyond_the_fd_limit_do_not_starve_an_honest_client(
+    tmp_path: Path, many_fds: None
+) -> None:
     """1,100 connections that send `GET /cas/` and stall, against a server limited to 1,024 file descriptors:
     a new client is still served, over HTTP and gRPC, and the server does not spin."""
     server = start_gaffer_serve(workdir=tmp_path, fd_limit=1024)
