@@ -8,9 +8,9 @@ The server faces untrusted networks, so every resource a client can hold is boun
 the oldest connection not inside a request is dropped for the new one), header lines, size and count (aiohttp's
 parser, which also refuses ambiguous framing: Transfer-Encoding with Content-Length, two Content-Lengths), time
 (a client that sends nothing for `client_timeout` is dropped, idle, mid-headers or mid-body) and uploads in flight
-(each holds its room in the store's size bound before its body is read). The token is checked as soon as the headers are in, before
-any body is read. The store's disk I/O runs on a bounded thread pool, so a slow disk never stalls the event loop,
-and a stalled client holds no thread.
+(each holds its room in the store's size bound before its body is read). The token is checked as soon as the
+headers are in, before any body is read. The store's disk I/O runs on a bounded thread pool, so a slow disk never
+stalls the event loop, and a stalled client holds no thread.
 """
 
 from __future__ import annotations
