@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests import servers
-from tests.support import REPO, require
+from tests.support import REPO, require, require_tool
 
 BGD = REPO / ".venv-buildgrid" / "bin" / "bgd"
 _LISTENING = re.compile(r"gaffer serve: grpc on [^:]+:(\d+)(?:, http on [^:]+:(\d+))?")
@@ -70,14 +70,18 @@ def grpc_answers(address: str) -> Callable[[], bool]:
     return probe
 
 
-def start_gaffer_serve(*args: str, workdir: Path | None = None, env: dict[str, str] | None = None) -> ReapiServer:
-    """`python -m gaffer.server.main --grpc 127.0.0.1:0 --http 127.0.0.1:0 --dir <workdir>/store *args`."""
+def start_gaffer_serve(*args: str, workdir: Path | None = None, env: dict[str, str] | None = None,
+                       fd_limit: int | None = None) -> ReapiServer:
+    """`python -m gaffer.server.main --grpc 127.0.0.1:0 --http 127.0.0.1:0 --dir <workdir>/store *args`, under
+    `prlimit --nofile=N:N` with `fd_limit`."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="gaffer-serve-"))
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "serve.log"
     start = log.stat().st_size if log.exists() else 0  # a restart on the same workdir appends to the log
     argv = [sys.executable, "-m", "gaffer.server.main", "--dir", str(workdir / "store"),
             "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", *args]
+    if fd_limit is not None:
+        argv = [require_tool("prlimit"), f"--nofile={fd_limit}:{fd_limit}", "--", *argv]
     t0 = time.perf_counter()
     proc = servers._spawn(argv, log, {**os.environ, **env} if env else None)
     found: list[re.Match[str]] = []

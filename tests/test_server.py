@@ -437,6 +437,10 @@ def test_two_replicas_share_one_bucket(moto_bucket: servers.Server, tmp_path: Pa
         with httpx.Client(base_url=b.http_url) as client:  # the Bazel protocol names blobs by hash alone
             assert client.get(f"/cas/{small.hash}").content == small_data
             assert client.get(f"/ac/{key.hash}").content == result
+        put, put_data = _blob(4000)
+        with httpx.Client(base_url=a.http_url) as client:  # an HTTP upload reaches the backend too
+            assert client.put(f"/cas/{put.hash}", content=put_data).status_code == 200
+        assert via_b.read_blob(put) == put_data
         instance = _blob(300)
         GrpcTier.from_url(f"{a.url}/team/x").write_blob(*instance)
         assert GrpcTier.from_url(f"{b.url}/team/x").read_blob(instance[0]) == instance[1]

@@ -15,10 +15,10 @@ from io import BufferedReader
 from typing import TYPE_CHECKING, TypeVar
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, digest_file
+from gaffer.digest import EMPTY_DIGEST, Digest, digest_file
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
-from gaffer.server.store import BackendUnavailable, BadRequest, Namespace, Upload, check_digest, decode_action
+from gaffer.server.store import BackendUnavailable, Namespace, check_digest, decode_action
 
 if TYPE_CHECKING:
     from gaffer.server.store import ServerStore
@@ -90,15 +90,7 @@ class BackendNamespace(Namespace):
         finally:
             tmp.unlink(missing_ok=True)
 
-    def put(self, digest: Digest, data: bytes) -> None:
-        if digest_bytes(data) != digest:
-            raise BadRequest(f"the data does not match digest {digest}")
-        self._ask(lambda b: b.write_blob(digest, data))
-        self._keep(digest, data)
-
-    def finish(self, upload: Upload) -> None:
-        super().finish(upload)
-        digest = upload.digest
+    def committed(self, digest: Digest) -> None:
         path = self.server.path(self.key(digest))
         self._ask(lambda b: b.upload_blob(digest, path))
 

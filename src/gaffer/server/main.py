@@ -9,8 +9,10 @@ Committed entries survive even kill -9: every write is a temp file renamed into 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
+import resource
 import signal
 import sys
 import threading
@@ -70,7 +72,16 @@ def _serve(settings: Settings) -> int:
     store_dir = Path(settings.dir)
     max_size = settings.serve_max_size
     grpc_address, http_address = settings.grpc, settings.http
-    token_text = read_token(settings.token_file, settings.sources["token_file"]) if settings.token_file else None
+    token_text = None
+    if settings.token_file:
+        token_text = read_token(settings.token_file, settings.sources["token_file"] or "--token-file")
+    read_only_token = None
+    if settings.read_token_file:
+        if not token_text:
+            raise UserError(f"{settings.sources['read_token_file']}: a read-only token needs a read-write one "
+                            "(--token-file) beside it")
+        where = settings.sources["read_token_file"] or "--read-token-file"
+        read_only_token = read_token(settings.read_token_file, where)
     if settings.backend:
         check_urls([settings.backend], settings.sources["backend"])
 
@@ -98,7 +109,8 @@ def _serve(settings: Settings) -> int:
     except BackendUnavailable as e:
         raise EnvironmentProblem(f"{settings.sources['backend']} {redact(settings.backend)}: {e}") from None
     metrics = Metrics()
-    token = BearerToken(token_text)
+    token = BearerToken(token_text, read_only_token)
+    _raise_fd_limit()
     grpc_server = http_server = None
     listening = []
     try:
@@ -114,13 +126,12 @@ def _serve(settings: Settings) -> int:
             listening.append(f"grpc on {_host(grpc_address[0])}:{port}")
         if http_address is not None:
             try:
-                http_server = CacheHTTPServer(http_address, store, metrics, token)
+                http_server = CacheHTTPServer(http_address, store, metrics, token, settings.client_timeout)
             except OSError as e:
                 raise EnvironmentProblem(f"{settings.sources['http']} {_host(http_address[0])}:{http_address[1]}: "
                                          f"cannot listen there: {e.strerror}") from None
-            http_thread = threading.Thread(target=http_server.serve_forever, name="gaffer-http")
-            http_thread.start()
-            listening.append(f"http on {_host(http_address[0])}:{http_server.server_address[1]}")
+            http_server.start()
+            listening.append(f"http on {_host(http_address[0])}:{http_server.port}")
         where = (f"backend {redact(settings.backend)}, read-through cache {store_dir}" if settings.backend
                  else f"store {store_dir}")
         print(f"gaffer serve: {', '.join(listening)}; {where} "
@@ -140,7 +151,7 @@ def _stop(grpc_server: GrpcServer | None, http_server: CacheHTTPServer | None, s
     """Stop both servers (calls in progress get `grace` seconds), then close the store."""
     stopped = grpc_server.stop(grace) if grpc_server is not None else None
     if http_server is not None:
-        http_server.stop()
+        http_server.stop(grace)
     if stopped is not None:
         stopped.result()
     store.close()
@@ -160,6 +171,16 @@ def _wait_stopped(stopper: threading.Thread, stop_signals: set[signal.Signals], 
             print(f"gaffer serve: {signal.Signals(again.si_signo).name} again: exiting now", file=sys.stderr,
                   flush=True)
             os._exit(128 + again.si_signo)
+
+
+def _raise_fd_limit() -> None:
+    """Use every file descriptor the system allows (the soft limit, often 1024, up to the hard one): each
+    client connection takes one. The HTTP server caps its connections below what is left."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    if soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _host(host: str) -> str:

@@ -29,7 +29,7 @@ from gaffer.digest import EMPTY_DIGEST, Digest
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc, semver_pb2
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
-from gaffer.server.auth import BearerToken
+from gaffer.server.auth import GRPC_WRITES, BearerToken, Refusal
 from gaffer.server.metrics import Metrics
 from gaffer.server.store import (
     BackendUnavailable,
@@ -382,7 +382,7 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                 request = await _next_request(context)
                 if request is None:
                     raise BadRequest("the Write stream ended without finish_write")
-            await self.run(namespace.finish, upload)
+            await self.run(upload.commit)
         finally:
             # on an I/O thread, after a write still running there (a cancelled call); shielded: it happens anyway
             await asyncio.shield(self.run(upload.close))
@@ -430,7 +430,8 @@ async def _next_request(context: Context) -> bytestream_pb2.WriteRequest | None:
 
 
 class _RequireToken(grpc.aio.ServerInterceptor):
-    """Refuse (UNAUTHENTICATED) every call that does not carry the server's bearer token, before it is parsed."""
+    """Refuse every call whose token may not make it (UNAUTHENTICATED, or PERMISSION_DENIED for a read-only token
+    writing), before the request is parsed."""
 
     def __init__(self, token: BearerToken, metrics: Metrics) -> None:
         self._token = token
@@ -443,13 +444,17 @@ class _RequireToken(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         header = next((v for k, v in details.invocation_metadata if k == "authorization"), None)
         handler = await continuation(details)
-        if handler is None or self._token.allows(header if isinstance(header, str) else None):
+        refusal = self._token.refusal(header if isinstance(header, str) else None, details.method in GRPC_WRITES)
+        if handler is None or refusal is None:
             return handler
         method = details.method.rsplit("/", 1)[-1]
+        code = (grpc.StatusCode.UNAUTHENTICATED if refusal is Refusal.UNAUTHENTICATED
+                else grpc.StatusCode.PERMISSION_DENIED)
+        message = refusal.value
 
         async def deny(_request: object, context: Context) -> None:
-            self._metrics.request("grpc", method, "auth", "UNAUTHENTICATED")
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this server requires authorization: Bearer <token>")
+            self._metrics.request("grpc", method, "auth", code.name)
+            await context.abort(code, message)
 
         if handler.request_streaming and handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(deny)

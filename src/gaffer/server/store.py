@@ -219,7 +219,7 @@ class Upload:
         with namespace.upload(digest) as upload:
             for chunk in body:
                 upload.write(chunk)
-            namespace.finish(upload)
+            upload.commit()
 
     The temp file is opened for each piece only, so an upload waiting on its peer holds no file descriptor. The
     calls may come from different threads one after another, and `close` from another thread at any time (a
@@ -252,14 +252,17 @@ class Upload:
                 f.write(chunk)
 
     def commit(self) -> None:
+        """Install the blob if it matches its digest (BadRequest if not), then tell the namespace (`committed`)."""
         with self._lock:
             self._check_open()
             if self._received != self.digest.size_bytes or self._sha.hexdigest() != self.digest.hash:
                 raise BadRequest(f"the data ({self._received} bytes) does not match digest {self.digest}")
-            if self.digest != EMPTY_DIGEST:  # always present, never stored
-                key = self._namespace.key(self.digest)
-                self._namespace.server.install(key, self._tmp, self._received, self._reservation)
-                self._namespace.checked(self.digest)
+            if self.digest == EMPTY_DIGEST:  # always present, never stored
+                return
+            key = self._namespace.key(self.digest)
+            self._namespace.server.install(key, self._tmp, self._received, self._reservation)
+            self._namespace.checked(self.digest)
+        self._namespace.committed(self.digest)  # outside the lock: a cancel need not wait for a backend
 
     def _check_open(self) -> None:
         if self._closed:
@@ -364,6 +367,10 @@ class Namespace:
         """The blob is not (or no longer) on disk as indexed."""
         self.server.drop(self.key(digest), digest.size_bytes)
 
+    def committed(self, digest: Digest) -> None:
+        """A blob the peer sent (an Upload, or a batch's `put`) is now in the store, once: what else must hold it
+        before the peer is told it is stored (nothing here; the backend, with --backend)."""
+
     def upload(self, digest: Digest) -> Upload:
         """Start receiving a blob (see Upload); raises NoSpace / TooLarge when the store cannot take it."""
         return Upload(self, digest)
@@ -372,7 +379,9 @@ class Namespace:
         """Store a blob after checking it against its digest (BadRequest if it does not match)."""
         if digest_bytes(data) != digest:
             raise BadRequest(f"the data does not match digest {digest}")
-        self._keep(digest, data)
+        if digest != EMPTY_DIGEST:  # always present, never stored
+            self._keep(digest, data)
+            self.committed(digest)
 
     def _keep(self, digest: Digest, data: bytes) -> None:
         """Put a checked blob on this server's disk (and in the memory cache)."""
@@ -390,18 +399,6 @@ class Namespace:
     def temp_path(self) -> Path:
         """A fresh temp file path in the instance's directory (created if need be: a write is coming)."""
         return self.server.writable_disk(self.name).temp_path()
-
-    def receive(self, digest: Digest, chunks: Iterable[bytes]) -> None:
-        """Stream a blob into a temp file in the store, hashing as it comes; install it only if it matches. Space
-        is reserved before the first chunk is read."""
-        with self.upload(digest) as upload:
-            for chunk in chunks:
-                upload.write(chunk)
-            self.finish(upload)
-
-    def finish(self, upload: Upload) -> None:
-        """Install a fully received blob (see Upload)."""
-        upload.commit()
 
     # -- action cache ------------------------------------------------------------------------------------------
 
