@@ -51,6 +51,8 @@ def _azure_container(server: servers.Server) -> Any:
 TIER_URLS: dict[str, tuple[str, Callable[[Any, str], str]]] = {
     "moto-s3": ("moto_bucket", _s3),
     "ceph-s3": ("ceph_bucket", _s3),
+    "fake-gcs": ("gcs_bucket", _gs),
+    "azurite-azblob": ("azurite_container", _azblob),
     "redis": ("redis_server", lambda s, ns: f"redis://127.0.0.1:{s.port}/0?prefix={ns}"),
     "nginx-http": ("nginx_cache", lambda s, ns: f"http://127.0.0.1:{s.port}/{ns}"),
     "gaffer-serve-grpc": ("gaffer_serve", lambda s, ns: f"{s.url}/{ns}"),
