@@ -386,3 +386,15 @@ def test_cloud_corrupt_remote_blob_is_a_miss(cloud: tuple[servers.Server, Callab
     assert result["status"]["build-app"] == "executed"
     assert "failed verification" in result["stderr"]
     assert (b.root / "bin" / "app").read_bytes() == made
+
+
+def test_cloud_missing_bucket_one_line_at_start(cloud: tuple[servers.Server, Callable[[str], str]],
+                                                small_machines: Callable[[str], Machine]) -> None:
+    server, make_url = cloud
+    a = small_machines("a")
+    a.env.update(server.env)
+    url = make_url("x").replace(BUCKET, "no-such-bucket")
+    result = a.build("--cache", url)
+    assert result["failed"] == 0 and result["executed"] == len(result["tasks"])
+    lines = [line for line in result["stderr"].splitlines() if "warning: cache tier" in line]
+    assert len(lines) == 1 and "'no-such-bucket' does not exist" in lines[0], result["stderr"]
