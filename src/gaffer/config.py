@@ -35,7 +35,7 @@ MAX_REMOTE_TIMEOUT_S = 24 * 3600.0
 DEFAULT_MAX_SIZE = 10 * 1024**3
 # The cache URL schemes gaffer opens; kept equal to gaffer.cache.urls._SCHEMES (a test checks), not imported
 # from there, to keep gobuildcache's start-up light.
-TIER_SCHEMES = ("disk", "s3", "redis", "rediss", "http", "https", "grpc", "grpcs")
+TIER_SCHEMES = ("disk", "s3", "gs", "azblob", "redis", "rediss", "http", "https", "grpc", "grpcs")
 TOML_NAME = "gaffer.toml"
 
 Parser = Callable[[object, str, "str | None"], object]  # (value, where it came from, base dir for paths) -> value
@@ -208,8 +208,8 @@ SETTINGS: tuple[Setting, ...] = (
             kind="list", parse=_urls, aliases={GOCACHE: ("GOBUILDCACHE_CACHE",)}, default={"*": list},
             default_text={"*": "none"},
             help="remote cache tiers behind the local one, nearest first (comma-separated in a variable): "
-                 "s3://bucket/prefix?endpoint=http://127.0.0.1:7480&region=us-east-1, "
-                 "redis://127.0.0.1:6379/0, http://host:8080/prefix (Bazel HTTP cache), "
+                 "s3://bucket/prefix?endpoint=http://127.0.0.1:7480&region=us-east-1, gs://bucket/prefix, "
+                 "azblob://container/prefix?account=NAME, redis://127.0.0.1:6379/0, http://host:8080/prefix (Bazel HTTP cache), "
                  "grpc://host:9092/instance (REAPI)"),
     Setting("read_only", (RUN, GOCACHE), toml="cache.read_only", env="GAFFER_CACHE_READ_ONLY",
             flags=("--cache-read-only",), kind="switch", parse=parse_bool,
@@ -236,8 +236,8 @@ SETTINGS: tuple[Setting, ...] = (
             help="the store directory; with --backend, a read-through cache of the backend's blobs"),
     Setting("backend", (SERVE,), toml="serve.backend", env="GAFFER_SERVE_BACKEND", flags=("--backend",),
             metavar="URL", parse=_url, default={SERVE: None}, default_text={"*": "none: the local store in --dir"},
-            help="keep blobs and action results in this cache instead of --dir (s3://, redis://, http(s)://, grpc(s)://, "
-                 "disk://); several servers may share one"),
+            help="keep blobs and action results in this cache instead of --dir (s3://, gs://, azblob://, redis://, "
+                 "http(s)://, grpc(s)://, disk://); several servers may share one"),
     Setting("serve_max_size", (SERVE,), toml="serve.max_size", env="GAFFER_SERVE_MAX_SIZE", flags=("--max-size",),
             metavar="SIZE", parse=_size, default={SERVE: DEFAULT_MAX_SIZE}, default_text={"*": "10GiB"},
             help="size bound of the store, all instances together; least recently used entries are evicted "

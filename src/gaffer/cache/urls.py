@@ -2,12 +2,14 @@
 
     disk:///var/cache/gaffer
     s3://bucket/prefix?endpoint=http://127.0.0.1:7480&region=us-east-1
+    gs://bucket/prefix                                               (Google Cloud Storage)
+    azblob://container/prefix?account=NAME[&endpoint=URL]            (Azure Blob Storage)
     redis://[:password@]host:6379/0?prefix=gaffer&max_blob=64MiB     (rediss:// for TLS)
     http(s)://[user:password@]host[:port]/prefix?token_file=PATH     (the Bazel HTTP cache protocol)
     grpc(s)://host:port/instance                                     (REAPI: gaffer serve, bazel-remote, ...)
 
-Light on purpose (standard library only): each tier's module, and the client library it needs (boto3, redis,
-httpx, grpc), is imported only when a URL of its scheme is opened.
+Light on purpose (standard library only): each tier's module, and the client library it needs (boto3,
+google-cloud-storage, azure-storage-blob, redis, httpx, grpc), is imported only when a URL of its scheme is opened.
 """
 
 from __future__ import annotations
@@ -112,6 +114,18 @@ def _open_s3(url: str, timeout: float) -> CacheTier:
     return S3Tier.from_url(url, timeout=timeout)
 
 
+def _open_gcs(url: str, timeout: float) -> CacheTier:
+    from gaffer.cache.gcs import GcsTier
+
+    return GcsTier.from_url(url, timeout=timeout)
+
+
+def _open_azblob(url: str, timeout: float) -> CacheTier:
+    from gaffer.cache.azblob import AzureBlobTier
+
+    return AzureBlobTier.from_url(url, timeout=timeout)
+
+
 def _open_redis(url: str, timeout: float) -> CacheTier:
     from gaffer.cache.redis import RedisTier
 
@@ -139,8 +153,32 @@ def _disk_shape(parts: SplitResult, params: dict[str, str]) -> str | None:
 
 
 def _s3_shape(parts: SplitResult, params: dict[str, str]) -> str | None:
+    return _bucket_shape(parts, "s3://BUCKET/PREFIX (example: s3://my-cache/ci?region=eu-west-1)") or \
+        _endpoint_shape(params)
+
+
+def _bucket_shape(parts: SplitResult, example: str) -> str | None:
+    """What is wrong with a `SCHEME://BUCKET/PREFIX` URL's bucket part, or None."""
     if not parts.netloc or "@" in parts.netloc or ":" in parts.netloc:
-        return "expected s3://BUCKET/PREFIX (example: s3://my-cache/ci?region=eu-west-1)"
+        return f"expected {example}"
+    return None
+
+
+def _gcs_shape(parts: SplitResult, params: dict[str, str]) -> str | None:
+    return _bucket_shape(parts, "gs://BUCKET/PREFIX (example: gs://my-cache/ci)")
+
+
+def _azblob_shape(parts: SplitResult, params: dict[str, str]) -> str | None:
+    problem = _bucket_shape(parts, "azblob://CONTAINER/PREFIX?account=NAME (example: "
+                                   "azblob://cache/ci?account=mystorage)")
+    if problem:
+        return problem
+    if "account" not in params:
+        return "account= is required (the storage account's name: azblob://CONTAINER/PREFIX?account=NAME)"
+    return _endpoint_shape(params)
+
+
+def _endpoint_shape(params: dict[str, str]) -> str | None:
     endpoint = params.get("endpoint")
     if endpoint and urlsplit(endpoint).scheme not in ("http", "https"):
         return f"endpoint {endpoint!r} is not an http:// or https:// URL"
@@ -183,6 +221,8 @@ class _Scheme(NamedTuple):
 _SCHEMES: dict[str, _Scheme] = {
     "disk": _Scheme((), _disk_shape, _open_disk),
     "s3": _Scheme(("endpoint", "region"), _s3_shape, _open_s3),
+    "gs": _Scheme((), _gcs_shape, _open_gcs),
+    "azblob": _Scheme(("account", "endpoint"), _azblob_shape, _open_azblob),
     "redis": _Scheme(("prefix", "max_blob"), _redis_shape, _open_redis),
     "rediss": _Scheme(("prefix", "max_blob"), _redis_shape, _open_redis),
     "http": _Scheme(("token_file",), _http_shape, _open_http),
