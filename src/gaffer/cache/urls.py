@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
-from gaffer.errors import UserError
+from gaffer.errors import EnvironmentProblem, UserError
 from gaffer.units import parse_size
 
 if TYPE_CHECKING:  # a no-op build checks URLs: it must not import the tier machinery (thread pools, logging)
@@ -216,17 +216,18 @@ class _Scheme(NamedTuple):
     params: tuple[str, ...]
     shape: Callable[[SplitResult, dict[str, str]], str | None]  # what is wrong with the URL, or None
     opener: Callable[[str, float], CacheTier]
+    extra: str | None = None  # the pip extra that installs its client library (None: gaffer's own dependencies)
 
 
 _SCHEMES: dict[str, _Scheme] = {
     "disk": _Scheme((), _disk_shape, _open_disk),
-    "s3": _Scheme(("endpoint", "region"), _s3_shape, _open_s3),
-    "gs": _Scheme((), _gcs_shape, _open_gcs),
-    "azblob": _Scheme(("account", "endpoint"), _azblob_shape, _open_azblob),
-    "redis": _Scheme(("prefix", "max_blob"), _redis_shape, _open_redis),
-    "rediss": _Scheme(("prefix", "max_blob"), _redis_shape, _open_redis),
-    "http": _Scheme(("token_file",), _http_shape, _open_http),
-    "https": _Scheme(("token_file",), _http_shape, _open_http),
+    "s3": _Scheme(("endpoint", "region"), _s3_shape, _open_s3, "s3"),
+    "gs": _Scheme((), _gcs_shape, _open_gcs, "gcs"),
+    "azblob": _Scheme(("account", "endpoint"), _azblob_shape, _open_azblob, "azure"),
+    "redis": _Scheme(("prefix", "max_blob"), _redis_shape, _open_redis, "redis"),
+    "rediss": _Scheme(("prefix", "max_blob"), _redis_shape, _open_redis, "redis"),
+    "http": _Scheme(("token_file",), _http_shape, _open_http, "http"),
+    "https": _Scheme(("token_file",), _http_shape, _open_http, "http"),
     "grpc": _Scheme(("token_file", "ca"), _grpc_shape, _open_grpc),
     "grpcs": _Scheme(("token_file", "ca"), _grpc_shape, _open_grpc),
 }
@@ -256,7 +257,13 @@ def checked_url(url: str) -> tuple[SplitResult, dict[str, str]]:
 
 def open_tier(url: str, *, timeout: float = 30.0) -> CacheTier:
     """The tier `url` names; `timeout` (seconds) bounds each request. Bad URLs raise a one-line UserError."""
-    opener = _scheme(url).opener
+    scheme = _scheme(url)
     if not timeout > 0:
         raise UserError(f"cache timeout must be positive, not {timeout}")
-    return opener(url, timeout)
+    try:
+        return scheme.opener(url, timeout)
+    except ModuleNotFoundError as e:  # installed without the extra this scheme needs
+        if scheme.extra is None:
+            raise
+        raise EnvironmentProblem(f"{redact(url)}: needs the Python package {e.name!r}, which is not installed: "
+                                 f"pip install 'gaffer[{scheme.extra}]'") from None
