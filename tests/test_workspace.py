@@ -124,6 +124,39 @@ def test_second_run_waits_for_the_first_and_no_wait_exits_3(tmp_path: Path, env:
         stop(first, *([second] if second else []))
 
 
+def test_next_run_waits_for_the_tasks_of_a_run_killed_with_sigkill(tmp_path: Path, env: dict[str, str],
+                                                                   gate: Gate) -> None:
+    """SIGKILL leaves gaffer no chance to stop its tasks: the next run waits for them instead of recording
+    outputs that they then overwrite (here with a result built from the old input)."""
+    ws = workspace(tmp_path, {"t": {"command": f'v=$(cat in.txt); if [ "$v" = A ]; then {gate.shell}; fi; '
+                                               'echo "$v" > out.txt',
+                                    "inputs": ["in.txt"], "outputs": ["out.txt"]}})
+    (ws / "in.txt").write_text("A\n")
+    first = start(ws, env, "run")
+    second = None
+    try:
+        gate.wait_ready()
+        first.kill()
+        first.communicate(timeout=WAIT_S)
+        (ws / "in.txt").write_text("B\n")
+        refused = run_gaffer(["run", "--no-wait"], cwd=ws, env=env, timeout=WAIT_S)
+        assert (refused.returncode, refused.stderr) == (3, f"gaffer: {ws.resolve()}: tasks that a killed gaffer "
+                                                           "left running are still using this workspace (not "
+                                                           "waiting: --no-wait)\n")
+        second = start(ws, env, "run")
+        assert second.stderr is not None
+        waiting = read_line(second.stderr.fileno()).decode()
+        assert waiting == "gaffer: waiting for tasks that a killed gaffer left running in this workspace\n"
+        gate.open()  # the orphaned task writes "A" and exits; only then does the second run build
+        _out, err = second.communicate(timeout=WAIT_S)
+        assert second.returncode == 0, err
+        assert (ws / "out.txt").read_text() == "B\n"
+        assert run_gaffer(["cache", "verify"], cwd=ws, env=env, timeout=WAIT_S).returncode == 0
+    finally:
+        gate.open()
+        stop(first, *([second] if second else []))
+
+
 def test_a_task_running_gaffer_on_its_own_workspace_fails_instead_of_deadlocking(tmp_path: Path,
                                                                                   env: dict[str, str]) -> None:
     ws = workspace(tmp_path, {

@@ -7,6 +7,10 @@ the rest of the process (a gaffer command is one process), and taking it again i
 
 gaffer puts `GAFFER_WORKSPACE_LOCK=<workspace>` into the environment of the tasks it runs: a task that runs
 gaffer on its own workspace is refused (exit 2) instead of waiting forever for the build that runs it.
+
+A gaffer killed with SIGKILL cannot stop its tasks, and what they go on writing would change the outputs the
+next build records. So the holder also locks `.gaffer/tasks.lock`, on a descriptor every task inherits
+(`task_fds`): the kernel keeps that lock while any process of a task lives, and the next holder waits for them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from gaffer.errors import EnvironmentProblem, UserError
 
 LOCK_ENV = "GAFFER_WORKSPACE_LOCK"
 _held: dict[str, int] = {}  # workspace -> the open lock file (closing it would release the lock)
+_task_locks: list[int] = []  # the open task-lock files, inherited by every task
 
 
 def workspace_of(graph_path: str) -> Path:
@@ -60,6 +65,33 @@ def lock_workspace(root: Path, command: str, wait: bool, say: Callable[[str], No
         pass  # a read-only lock file still locks; the waiting side then just cannot name us
     _held[key] = fd
     os.environ[LOCK_ENV] = key  # inherited by every task this process starts
+    _lock_tasks(root, wait, say)
+
+
+def task_fds() -> tuple[int, ...]:
+    """The descriptors every task must inherit (subprocess's `pass_fds`): the held workspaces' task locks."""
+    return tuple(_task_locks)
+
+
+def _lock_tasks(root: Path, wait: bool, say: Callable[[str], None]) -> None:
+    """Lock `.gaffer/tasks.lock`, first waiting for the tasks a killed gaffer left running (they hold it)."""
+    try:
+        fd = os.open(root / ".gaffer" / "tasks.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return  # not ours to create (a read-only .gaffer): only the workspace lock guards the build
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if not wait:
+            os.close(fd)
+            raise EnvironmentProblem(f"{root}: tasks that a killed gaffer left running are still using this "
+                                     "workspace (not waiting: --no-wait)") from None
+        say("waiting for tasks that a killed gaffer left running in this workspace")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        return
+    _task_locks.append(fd)
 
 
 def _open(path: Path) -> int | None:

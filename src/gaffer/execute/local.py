@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from gaffer.digest import digest_bytes
 from gaffer.execute.base import ExecuteResult, task_environment
 from gaffer.execute.orphans import RUN_ENV, Adopter
+from gaffer.lock import task_fds
 
 if TYPE_CHECKING:
     from gaffer.actions import PreparedAction
@@ -87,7 +88,7 @@ class ProcessRunner:
             try:
                 proc = subprocess.Popen(
                     list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    start_new_session=True,
+                    start_new_session=True, pass_fds=task_fds(),
                 )
             except OSError as e:
                 self._finished(marker, 0)
