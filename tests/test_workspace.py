@@ -140,9 +140,9 @@ def test_next_run_waits_for_the_tasks_of_a_run_killed_with_sigkill(tmp_path: Pat
         first.communicate(timeout=WAIT_S)
         (ws / "in.txt").write_text("B\n")
         refused = run_gaffer(["run", "--no-wait"], cwd=ws, env=env, timeout=WAIT_S)
-        assert (refused.returncode, refused.stderr) == (3, f"gaffer: {ws.resolve()}: tasks that a killed gaffer "
-                                                           "left running are still using this workspace (not "
-                                                           "waiting: --no-wait)\n")
+        assert refused.returncode == 3, refused.stderr
+        assert refused.stderr == (f"gaffer: {ws.resolve()}: tasks that a killed gaffer left running are still "
+                                  "using this workspace (not waiting: --no-wait)\n")
         second = start(ws, env, "run")
         assert second.stderr is not None
         waiting = read_line(second.stderr.fileno()).decode()
