@@ -3,6 +3,7 @@ gaffer never deletes a file it did not create. Through the real CLI, on real pro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -347,3 +348,40 @@ def test_remote_cache_without_its_extra_installed(
                       env={**env, "PYTHONPATH": os.pathsep.join([str(hide), env.get("PYTHONPATH", "")])})
     assert one_line(proc, 3) == (f"gaffer: {url}: needs the Python package {module!r}, which is not installed: "
                                  f"pip install 'gaffer[{extra}]'")
+
+
+# --- a workspace on a full or read-only file system (mounted for the test: needs root) ------------------------
+
+
+@contextlib.contextmanager
+def mounted(mountpoint: Path, *args: str) -> Iterator[Path]:
+    require(os.geteuid() == 0 and shutil.which("mount") is not None, "mounting a file system needs root")
+    mountpoint.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", *args, str(mountpoint)], capture_output=True, text=True, check=False)
+    require(done.returncode == 0, f"cannot mount: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def test_full_workspace_disk_is_one_line_and_leaves_no_temp_file(tmp_path: Path, env: dict[str, str]) -> None:
+    with mounted(tmp_path / "ws", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as ws:
+        workspace(ws, {"a": {"command": "cat in.txt > a.txt", "inputs": ["in.txt"], "outputs": ["a.txt"]},
+                       "fill": {"command": "cat /dev/zero > fill.bin", "deps": ["a"], "outputs": ["fill.bin"]}},
+                  {"in.txt": "x\n"})
+        proc = run_gaffer(["run", "-k"], cwd=ws, env=env)
+        no_traceback(proc, 3)
+        assert proc.stderr.splitlines()[-1] == f"gaffer: {ws}/.gaffer/state: No space left on device"
+        assert sorted(p.name for p in (ws / ".gaffer").iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_read_only_workspace_is_one_line(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {"t": {"command": "cat in.txt > o", "inputs": ["in.txt"], "outputs": ["o"]}},
+                   {"in.txt": "x\n"})
+    run_gaffer(["run"], cwd=ws, env=env, check=True)
+    (ws / "in.txt").write_text("y\n")
+    with mounted(tmp_path / "ro", "--bind", "-o", "ro", str(ws)) as ro:
+        assert run_gaffer(["run", "--dry-run"], cwd=ro, env=env).returncode == 0
+        for command in (["run"], ["clean"]):
+            assert one_line(run_gaffer(command, cwd=ro, env=env), 3).endswith(": Read-only file system")

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
+from gaffer.atomic import save_marshalled
+
 _CHUNK = 1 << 20
 
 
@@ -120,11 +122,7 @@ class StatCache:
     def save(self, path: str | os.PathLike[str]) -> None:
         if not self.dirty:
             return
-        os.makedirs(os.path.dirname(path), exist_ok=True)  # a first build that records nothing else makes it here
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            marshal.dump((self._FORMAT, self._entries), f)
-        os.replace(tmp, path)
+        save_marshalled(path, (self._FORMAT, self._entries))  # a first build that records nothing else makes .gaffer
         self.dirty = False
 
     def digest(self, path: str, st: os.stat_result | None = None) -> Digest:

@@ -5,8 +5,13 @@ Imported by gobuildcache before its capabilities line: standard library modules 
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
+
+# A full or read-only file system, a failing disk, no permission, no descriptors left: the machine's state.
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM,
+                                 errno.EMFILE, errno.ENFILE})
 
 
 class GafferError(Exception):
@@ -54,7 +59,8 @@ def not_utf8(text: str) -> str | None:
 def exit_status(prog: str, body: Callable[[], int], *, say_interrupted: bool = False) -> int:
     """Run a front end's `body` and map what escapes it to an exit status, the one rule for `gaffer`,
     `gaffer serve` and `gobuildcache`: a GafferError is one line `<prog>: <message>` and its status; Ctrl-C is
-    130 (said on stderr with `say_interrupted`); a closed stdout (`... | head`) is 1, nobody being left to tell."""
+    130 (said on stderr with `say_interrupted`); a closed stdout (`... | head`) is 1, nobody being left to tell;
+    a file-system failure nothing expected (a full or read-only disk) is one line and the status 3."""
     try:
         return body()
     except GafferError as e:
@@ -66,3 +72,8 @@ def exit_status(prog: str, body: Callable[[], int], *, say_interrupted: bool = F
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as e:  # one the code did not expect, from the machine rather than from gaffer: one line too
+        if e.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        print(f"{prog}: {e.filename}: {e.strerror}" if e.filename else f"{prog}: {e.strerror}", file=sys.stderr)
+        return EnvironmentProblem.exit_status

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from gaffer import __version__
+from gaffer.atomic import save_marshalled
 from gaffer.workspace import workspace_root
 
 if TYPE_CHECKING:
@@ -147,12 +148,7 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     record = Record(_FORMAT, __version__, os.path.realpath(graph.path), graph.signature, tuple(targets),
                     tuple((n, os.environ.get(n)) for n in sorted(env_names)), tuple(inputs.items()),
                     tuple(outputs), tuple(symlinks), tuple(dirs), tuple(tasks))
-    path = record_path(graph.root)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f"noop.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        marshal.dump(tuple(record), f)
-    os.replace(tmp, path)
+    save_marshalled(record_path(graph.root), tuple(record))
 
 
 def directory_bases(patterns: Iterable[str], resolved: set[str]) -> Iterable[tuple[str, int]]:

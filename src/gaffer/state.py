@@ -13,11 +13,11 @@ records below become tuples on `save` and are rebuilt on `load`.
 from __future__ import annotations
 
 import marshal
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gaffer.atomic import save_marshalled
 from gaffer.digest import StatSignature
 
 _FORMAT = 3
@@ -156,9 +156,5 @@ class WorkspaceState:
     def save(self) -> None:
         if not self.dirty:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(f"state.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            marshal.dump((_FORMAT, {name: s.to_tuple() for name, s in self.tasks.items()}), f)
-        os.replace(tmp, self._path)
+        save_marshalled(self._path, (_FORMAT, {name: s.to_tuple() for name, s in self.tasks.items()}))
         self.dirty = False

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gaffer.atomic import save_marshalled
 from gaffer.digest import StatCache, StatSignature, stat_signature
 from gaffer.errors import EnvironmentProblem
 from gaffer.graph import Task
@@ -106,11 +107,7 @@ class Toolchain:
         if not self._probes_dirty:
             return
         try:
-            self._probe_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._probe_path.with_name(f"tools.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                marshal.dump((_FORMAT, self._probes), f)
-            os.replace(tmp, self._probe_path)
+            save_marshalled(self._probe_path, (_FORMAT, self._probes))
         except OSError:
             return
         self._probes_dirty = False
