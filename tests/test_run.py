@@ -245,6 +245,18 @@ def dry_run(ws: Path, env: dict[str, str], *args: str) -> dict[str, str]:
     return plan
 
 
+def test_an_uncached_task_says_it_always_runs(tmp_path: Path, env: dict[str, str]) -> None:
+    """`cache: false` after it ran: -v, --dry-run and explain say why it runs, not "no previous run"."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"deploy": {"command": "true", "cache": False}}))
+    reason = "cache: false, so it runs every time"
+    for _ in range(2):
+        assert reasons(build(ws, env, "-v")) == {"deploy": reason}
+    assert run_gaffer(["run", "--dry-run"], cwd=ws, env=env).stdout == f"deploy: would run: {reason}\n"
+    assert run_gaffer(["explain", "deploy"], cwd=ws, env=env).stdout == f"deploy: {reason}\n"
+
+
 def test_dry_run_after_clean_predicts_restores_that_the_build_then_does(ws: Path, env: dict[str, str]) -> None:
     build(ws, env, "all")
     run_gaffer(["clean"], cwd=ws, env=env, check=True)

@@ -97,7 +97,7 @@ class Build:
 
     def work(self, name: str) -> Outcome:
         """Key the task, then restore it from the cache or execute it (on a pool thread)."""
-        from gaffer.explain import explain
+        from gaffer.explain import ALWAYS_RUNS, explain
 
         planned = self.plan.tasks[name]
         task = planned.task
@@ -114,7 +114,7 @@ class Build:
             keyed = self.keys.key(planned, deps)
         except OSError as e:
             return Outcome(FAILED, start_s=start, reason=f"cannot read an input: {e}")
-        reason = explain(prev.manifest if prev else None, keyed.manifest)
+        reason = explain(prev.manifest if prev else None, keyed.manifest) if task.cache else ALWAYS_RUNS
 
         intact = self._intact(name, prev) if task.cache and prev and prev.key == keyed.key.hash else None
         if prev is not None and intact is not None:

@@ -11,6 +11,8 @@ from gaffer.plan import make_plan
 from gaffer.state import STATE_DIR, Manifest, OutputRecords, WorkspaceState
 from gaffer.tools import Toolchain
 
+ALWAYS_RUNS = "cache: false, so it runs every time"  # the reason of such a task: nothing it sees is compared
+
 
 def explain_task(graph: Graph, name: str) -> list[str]:
     """Lines for the user. Deps are taken as they were last recorded (explain builds nothing)."""
@@ -23,6 +25,8 @@ def explain_task(graph: Graph, name: str) -> list[str]:
     prev = state.tasks.get(name)
     toolchain = Toolchain(graph.root, state_dir)
     planned = make_plan(graph, order, toolchain).tasks[name]  # before `prev`: a bad glob is an error either way
+    if not task.cache:
+        return [f"{name}: {ALWAYS_RUNS}"]
     if prev is None:
         return [(f"{name} has no recorded run in this workspace ({state_dir}): it will run, or be restored from the "
                  "cache")]
