@@ -35,6 +35,7 @@ from gaffer.server.store import (
     BackendUnavailable,
     BadRequest,
     ServerStore,
+    SlowCheck,
     check_digest,
     check_hash,
     check_instance,
@@ -141,6 +142,28 @@ def counted(fn: Callable[[Service, Request], Response]) -> Handler[Service, Requ
     return handler
 
 
+def counted_quick(
+    fn: Callable[[Service, Request, bool], Response],
+) -> Handler[Service, Request, Response]:
+    """`counted` for a handler that is usually quick (index lookups, one small read): it runs on the event loop,
+    saving the two thread hops (~0.6 ms a call on two busy cores); when it raises SlowCheck (a backend to ask,
+    output trees to read) it runs again on an I/O thread. `fn(self, request, quick)`."""
+
+    @functools.wraps(fn)
+    async def handler(self: Service, request: Request, context: Context) -> Response:
+        try:
+            try:
+                response = fn(self, request, True)
+            except SlowCheck:
+                response = await self.run(fn, self, request, False)
+        except _HANDLED as e:
+            await self.fail(fn.__name__, e, context)
+        self.metrics.request("grpc", fn.__name__, self.kind, "OK")
+        return response
+
+    return handler
+
+
 def counted_stream(
     fn: Callable[[Service, Request], Generator[Response, None, None]],
 ) -> Handler[Service, Request, None]:
@@ -190,8 +213,10 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
         super().__init__(store, metrics, io)
         self._writers = writers
 
-    @counted
-    def FindMissingBlobs(self, request: re_pb2.FindMissingBlobsRequest) -> re_pb2.FindMissingBlobsResponse:
+    @counted_quick
+    def FindMissingBlobs(self, request: re_pb2.FindMissingBlobsRequest, quick: bool) -> re_pb2.FindMissingBlobsResponse:
+        if quick and not self.store.local:
+            raise SlowCheck  # the backend is asked, over the network
         missing = self.store.namespace(request.instance_name).missing(request.blob_digests)
         return re_pb2.FindMissingBlobsResponse(missing_blob_digests=missing)
 
@@ -402,10 +427,12 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
 class ActionCache(_Service, re_grpc.ActionCacheServicer):
     kind = "ac"
 
-    @counted
-    def GetActionResult(self, request: re_pb2.GetActionResultRequest) -> re_pb2.ActionResult:
+    @counted_quick
+    def GetActionResult(self, request: re_pb2.GetActionResultRequest, quick: bool) -> re_pb2.ActionResult:
         key = check_digest(request.action_digest)
-        found = self.store.namespace(request.instance_name).action_result(key)
+        if quick and not self.store.local:
+            raise SlowCheck  # the backend is asked, over the network
+        found = self.store.namespace(request.instance_name).action_result(key, trees=not quick)
         self.metrics.lookups("ac", int(found is not None), int(found is None))
         if found is None:
             raise Failure(grpc.StatusCode.NOT_FOUND, f"no complete action result for {key}")

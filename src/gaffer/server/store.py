@@ -67,6 +67,10 @@ EVICT_BATCH = 256  # entries unlinked per hold of the index lock, so uploads and
 Key = tuple[str, str, str]  # (instance, "cas" | "ac", hash)
 
 
+class SlowCheck(Exception):
+    """The answer needs reads too long for a server's event loop (output trees, a backend): ask on an I/O thread."""
+
+
 class BadRequest(Exception):
     """The peer sent something invalid (INVALID_ARGUMENT / HTTP 400); the message says what."""
 
@@ -285,6 +289,7 @@ class Namespace:
     """One instance: a view of the store's index for its entries. Only a write creates its directory, so a read
     under a new instance name leaves nothing behind."""
 
+
     def __init__(self, server: ServerStore, name: str) -> None:
         self.server = server
         self.name = name
@@ -402,11 +407,15 @@ class Namespace:
 
     # -- action cache ------------------------------------------------------------------------------------------
 
-    def action_result(self, key: Digest) -> tuple[bytes, re_pb2.ActionResult] | None:
-        """The stored ActionResult, only if every blob it names is present (else it would be a broken hit)."""
+    def action_result(self, key: Digest, trees: bool = True) -> tuple[bytes, re_pb2.ActionResult] | None:
+        """The stored ActionResult, only if every blob it names is present (else it would be a broken hit).
+        With `trees=False`, a result naming output trees (whose check may read up to MAX_TREE_BYTES) raises
+        SlowCheck instead: the caller asks again where long reads belong."""
         found = self._stored_action(key)
         if found is None:
             return None
+        if not trees and any(d.HasField("tree_digest") for d in found[1].output_directories):
+            raise SlowCheck
         for i, needed in enumerate(self._referenced_blobs(found[1])):
             if needed is None or not self._complete(key, needed, again=i > 0):
                 return None
@@ -510,6 +519,7 @@ class ServerStore:
                  backend: Callable[[str], CacheTier] | None = None) -> None:
         self.root = root
         self._backend = backend  # instance -> its tier in the backend, with `--backend`
+        self.local = backend is None  # every answer from this server's own index and disk
         self._backends: dict[str, Namespace] = {}
         self.max_size = max_size
         self._report = report
