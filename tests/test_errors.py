@@ -385,3 +385,24 @@ def test_read_only_workspace_is_one_line(tmp_path: Path, env: dict[str, str]) ->
         assert run_gaffer(["run", "--dry-run"], cwd=ro, env=env).returncode == 0
         for command in (["run"], ["clean"]):
             assert one_line(run_gaffer(command, cwd=ro, env=env), 3).endswith(": Read-only file system")
+
+
+def test_full_cache_disk_warns_once_and_builds(tmp_path: Path) -> None:
+    """The local cache's disk fills up during a build, and is full at the next: tasks (their stdout too) and
+    builds succeed, nothing half-written stays in the cache, one warning each time."""
+    with mounted(tmp_path / "cache", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as cache:
+        env = gaffer_env(cache / "gaffer")
+        ws = workspace(tmp_path / "ws", {
+            "big": {"command": "head -c 1500000 /dev/zero > big.out; echo big", "outputs": ["big.out"]},
+            "small": {"command": "echo small > small.out; echo small", "deps": ["big"], "outputs": ["small.out"]},
+        })
+        warning = f"gaffer: warning: cache directory {cache}/gaffer is full (No space left on device): its " \
+                  "entries are used, nothing new is stored"
+        for _ in range(2):
+            proc = run_gaffer(["run", "-j", "1"], cwd=ws, env=env)
+            assert proc.returncode == 0, proc.stderr
+            assert proc.stderr.count(warning) == 1, proc.stderr
+            assert (ws / "small.out").read_text() == "small\n" and (ws / "big.out").stat().st_size == 1500000
+            assert list((cache / "gaffer" / "tmp").iterdir()) == []
+            run_gaffer(["clean"], cwd=ws, env=env, check=True)
+        assert run_gaffer(["cache", "verify"], cwd=ws, env=env).returncode == 0

@@ -36,6 +36,8 @@ GC_LOW_WATER = 0.9  # gc evicts down to this fraction of max_size so it does not
 _TOUCH_AFTER_S = 3600
 _AC_MAGIC = b"gAC1"  # an action-cache file: magic, SHA-256 of the rest, then the serialized ActionResult
 _AC_HEADER = len(_AC_MAGIC) + hashlib.sha256().digest_size
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_MIN_FREE = 1 << 20  # less free than this at start: a build's cache is already full (its tasks' output too)
 
 
 def _warn(message: str) -> None:
@@ -63,8 +65,12 @@ class DiskStore(CacheTier):
         root: str | os.PathLike[str],
         max_size: int = DEFAULT_MAX_SIZE,
         report: Callable[[str], None] | None = None,
+        full_is_read_only: bool = False,
     ) -> None:
+        """`full_is_read_only`: a full disk turns the store read-only (a build goes on without caching) instead
+        of failing the write (a server answers that it is full)."""
         self.root = Path(root)
+        self._full_is_read_only = full_is_read_only
         self.name = f"disk://{self.root}"
         self.max_size = max_size
         self.report = report or _warn
@@ -85,9 +91,9 @@ class DiskStore(CacheTier):
             self.writable = False
         if not self.writable:
             # A read-only cache (a shared, pre-filled one) still serves hits; temp files go to a private directory.
-            import tempfile
-
-            self._tmp = Path(tempfile.gettempdir()) / f"gaffer-{os.getuid()}-{os.getpid()}-{os.urandom(4).hex()}"
+            self._tmp = _private_temp_dir()
+        elif full_is_read_only and _free_bytes(self._tmp) < _MIN_FREE:
+            self._full(os.strerror(errno.ENOSPC))
 
     # -- paths -------------------------------------------------------------------------------------------------
 
@@ -172,8 +178,7 @@ class DiskStore(CacheTier):
     def upload_blob(self, digest: Digest, path: Path) -> None:
         if self.has_blob(digest):
             return
-        tmp = self.temp_path()
-        copy_file(path, tmp)
+        tmp = self._fill_temp(lambda tmp: copy_file(path, tmp))
         self._install(tmp, self.blob_path(digest), digest.size_bytes)
 
     def adopt(self, digest: Digest, tmp: Path) -> None:
@@ -186,8 +191,7 @@ class DiskStore(CacheTier):
 
     def put_file(self, path: Path) -> Digest:
         """Store a file's content; return its digest. The copy is hashed, so a concurrent edit cannot poison it."""
-        tmp = self.temp_path()
-        copy_file(path, tmp)
+        tmp = self._fill_temp(lambda tmp: copy_file(path, tmp))
         digest = digest_file(tmp)
         if self.has_blob(digest):
             tmp.unlink()
@@ -463,14 +467,50 @@ class DiskStore(CacheTier):
 
     def write_temp(self, data: bytes) -> Path:
         """A new temp file holding `data`; on a failure (a full disk) none is left behind."""
+        return self._fill_temp(lambda tmp: tmp.write_bytes(data))
+
+    def _fill_temp(self, fill: Callable[[Path], object]) -> Path:
+        """A new temp file written by `fill`; on a failure none is left behind. A full disk with
+        `full_is_read_only`: the store turns read-only, and `fill` writes again in the private temp directory."""
         tmp = self.temp_path()
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
+            fill(tmp)
+            return tmp
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno not in _FULL or not (self._full_is_read_only and self.writable):
+                raise
+            self._full(e.strerror or os.strerror(e.errno))
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return tmp
+        return self._fill_temp(fill)
+
+    def _full(self, why: str) -> None:
+        """Go on as a read-only cache: its entries are used, nothing new is stored, temp files (a task's output
+        too) go to a private directory; said once."""
+        with self._warn_lock:
+            if not self.writable:
+                return
+            self.writable = False
+            self._read_only_warned = True
+            self._tmp = _private_temp_dir()
+        self.report(f"cache directory {self.root} is full ({why}): its entries are used, nothing new is stored")
+
+
+def _private_temp_dir() -> Path:
+    """A temp directory of this process alone, for a store that cannot write its own."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"gaffer-{os.getuid()}-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return _MIN_FREE
+    return st.f_bavail * st.f_frsize
 
 
 def _alive(pid: int) -> bool:

@@ -29,7 +29,7 @@ def open_local(settings: Settings, report: Callable[[str], None] | None = None) 
     from gaffer.errors import EnvironmentProblem
 
     try:
-        return DiskStore(settings.cache_dir, settings.max_size, report=report)
+        return DiskStore(settings.cache_dir, settings.max_size, report=report, full_is_read_only=True)
     except TierError as e:
         raise EnvironmentProblem(f"local cache {e}") from None
 
