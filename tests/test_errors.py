@@ -406,3 +406,5 @@ def test_full_cache_disk_warns_once_and_builds(tmp_path: Path) -> None:
             assert list((cache / "gaffer" / "tmp").iterdir()) == []
             run_gaffer(["clean"], cwd=ws, env=env, check=True)
         assert run_gaffer(["cache", "verify"], cwd=ws, env=env).returncode == 0
+        run_gaffer(["clean", "--all"], cwd=ws, env=env, check=True)  # maintenance may empty a full cache
+        assert not (cache / "gaffer" / "cas").exists()

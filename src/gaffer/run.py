@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     _check_env_values(graph)
     settings = load_settings(graph.root, vars(args))
     progress = Progress(verbose=args.verbose, quiet=args.dry_run)  # a dry run's result is the plan on stdout
-    cache = open_cache(open_local(settings, progress.warn), settings.remotes, read_only=settings.read_only,
-                       timeout=settings.timeout, report=progress.warn)
+    disk = open_local(settings, progress.warn, full_is_read_only=True)
+    cache = open_cache(disk, settings.remotes, read_only=settings.read_only, timeout=settings.timeout,
+                       report=progress.warn)
     cache.connect()
     state = WorkspaceState.load(graph.root / STATE_DIR)
     keys = KeyBuilder(graph.root, graph.platform, StatCache.load(state.stat_cache_path),
