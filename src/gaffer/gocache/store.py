@@ -32,7 +32,7 @@ from gaffer.units import format_size
 if TYPE_CHECKING:
     from gaffer.cache.tiered import TieredCache
 
-AT_ONCE_MAX_BYTES = 1 << 20  # hashing 1 MiB takes about a millisecond: bigger blobs are verified on the pool
+AT_ONCE_MAX_BYTES = 1 << 20  # hashing 1 MiB takes about a millisecond: bigger untrusted blobs are verified on the pool
 
 
 class GoStats:
@@ -105,7 +105,7 @@ class GoStore:
         runs `get` (through the remote tiers, or verifying a big blob off the reader thread)."""
         key = action_key(action_id)
         entry = self._entry(key, self.local.read_action(key))
-        if entry is not None and entry.body.size_bytes > AT_ONCE_MAX_BYTES:
+        if entry is not None and entry.body.size_bytes > AT_ONCE_MAX_BYTES and not self.local.trusts_blob(entry.body):
             return DEFER
         hit = self._hit(entry, fetch=False)
         if hit is None and self.tiered is not None:
