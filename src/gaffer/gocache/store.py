@@ -1,7 +1,8 @@
 """Go's build cache on gaffer's cache: ActionID -> ActionResult in the action cache, the body in the CAS.
 
 The local tier is a `DiskStore`; a hit's `DiskPath` is the CAS blob file itself (plain bytes, no extension),
-checked against its digest first, so nothing is copied on a hit and a corrupt blob is a miss. Remote tiers, when
+checked against its digest first (or trusted, unchanged since the store hashed it), so nothing is copied on a hit
+and a corrupt blob is a miss. Remote tiers, when
 configured, sit behind it in a `TieredCache`: a local miss reads through them (filling the local tier), and puts
 are uploaded behind the build and flushed at close. Every fault on the way to a hit is a miss; a put fails only
 when the local disk does, because `go` needs a DiskPath.
