@@ -437,6 +437,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--go-shared", type=Path, metavar="DIR",
                         help="keep Go's GOCACHE/GOPATH here, so a later run skips the cold compile (default: in the "
                              "work dir)")
+    parser.add_argument("--base", type=Path, metavar="SRC",
+                        help="older gaffer sources (a checkout) to time too: `anchor-base` and `<tier>-base` rows run "
+                             "`gaffer` from SRC/src on the same caches (before and after in one run)")
     parser.add_argument("--profile", action="store_true",
                         help=f"then {PROFILE_ROUNDS} more machine-B builds per tier with their phases timed: where "
                              "the time goes")
@@ -481,6 +484,10 @@ def main(argv: list[str]) -> int:
             except (BuildFailed, subprocess.TimeoutExpired) as e:
                 tier.status, tier.reason = "error", f"machine A: {e}"
                 print(f"{tier.name}: error: {tier.reason}", file=sys.stderr)
+        if args.base:
+            older = {"PYTHONPATH": str(args.base.resolve() / "src")}
+            tiers += [TierResult("anchor-base", env=older)] + [
+                TierResult(f"{t.name}-base", url=t.url, env={**t.env, **older}) for t in tiers if t.status == "ok"]
         for round_no in range(1, args.repeat + 1):
             print(f"round {round_no}/{args.repeat}: {measure_round(bench, anchor, tiers)}", file=sys.stderr)
         for round_no in range(1, (PROFILE_ROUNDS if args.profile else 0) + 1):
