@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,6 +93,10 @@ def write_many_packages_module(dest: Path, packages: int) -> Path:
     (dest / "cmd" / "many" / "main.go").write_text(
         f'package main\n\nimport (\n\t"fmt"\n{imports})\n\nfunc main() {{\n{calls}}}\n')
     return dest
+
+
+def with_env(make: Callable[[], dict[str, str]], extra: dict[str, str]) -> dict[str, str]:
+    return {**make(), **extra}
 
 
 def binaries(out: Path) -> dict[str, bytes]:
@@ -169,7 +174,7 @@ class Bench:
             base = {"PYTHONPATH": str(self.base / "src")}
             for c in WITH_BASE:
                 if c in chosen:
-                    chosen[f"{c}-base"] = (lambda make: lambda: {**make(), **base})(configs[c])
+                    chosen[f"{c}-base"] = partial(with_env, configs[c], base)
         return chosen
 
     def run_module(self, name: str, module: Path, runs: int) -> dict[str, object]:

@@ -54,7 +54,7 @@ def _parse(line: bytes) -> tuple[str, Signature] | None:
         sig = tuple(int(f) for f in fields)
     except ValueError:
         return None
-    return (blob_hash, sig) if len(sig) == 5 else None  # type: ignore[return-value]
+    return (blob_hash, sig) if len(sig) == 5 else None
 
 
 class TrustedBlobs:
@@ -97,14 +97,17 @@ class TrustedBlobs:
             return
         sig = signature(st)
         records = self._loaded()
-        if records.get(blob_hash) == sig:
-            return
-        records[blob_hash] = sig
+        with self._lock:  # several threads at once (gobuildcache's pool); `prune` iterates the dict
+            if records.get(blob_hash) == sig:
+                return
+            records[blob_hash] = sig
         if persist and self.writable:
             self._append(_line(blob_hash, sig))
 
     def forget(self, blob_hash: str) -> None:
-        self._loaded().pop(blob_hash, None)
+        records = self._loaded()
+        with self._lock:
+            records.pop(blob_hash, None)
 
     def _append(self, line: bytes) -> None:
         try:
@@ -125,7 +128,9 @@ class TrustedBlobs:
     def prune(self, present: dict[str, os.stat_result]) -> None:
         """Keep only the records whose blob is still there, unchanged: after `gc` walked (and thinned) the store."""
         records = self._loaded()
-        self._store({h: sig for h, sig in records.items() if h in present and signature(present[h]) == sig})
+        with self._lock:
+            kept = {h: sig for h, sig in records.items() if h in present and signature(present[h]) == sig}
+        self._store(kept)
 
     def _store(self, records: dict[str, Signature]) -> None:
         with self._lock:
