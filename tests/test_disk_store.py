@@ -210,12 +210,12 @@ def test_gc_and_clean_drop_the_records_of_blobs_they_remove(tmp_path: Path) -> N
     old, recent = digest_bytes(b"o" * 1000), digest_bytes(b"r" * 1000)
     s.write_blob(old, b"o" * 1000)
     s.write_blob(recent, b"r" * 1000)
-    os.utime(s.blob_path(old), (1000, 1000))  # least recently used: evicted first
     while not settled(s.blob_path(recent).stat()):
         time.sleep(0.1)
     verified_in_another_process(s.root, old)
     verified_in_another_process(s.root, recent)
     assert len((s.root / "verified").read_bytes().splitlines()) == 2
+    os.utime(s.blob_path(old), (1000, 1000))  # least recently used: evicted first
     assert DiskStore(s.root).gc(max_size=1500) == (1, 1000)
     assert len((s.root / "verified").read_bytes().splitlines()) == 1 and DiskStore(s.root).trusts_blob(recent)
     DiskStore(s.root).clean()
