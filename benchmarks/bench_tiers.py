@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -220,11 +221,17 @@ class Run:
     seconds: float  # wall clock of the whole process, interpreter start-up included: what a user waits for
     summary: dict
     phases: dict[str, float] | None = None
+    cpu_s: float = 0.0  # user + system CPU of the process: steadier than wall clock on a loaded machine
 
     def remote(self) -> dict:
         """The remote tier's stats (the summary lists the local disk tier first)."""
         remotes = [t for t in self.summary["tiers"] if not t["name"].startswith("disk://")]
         return remotes[0] if remotes else {}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class Bench:
@@ -258,13 +265,13 @@ class Bench:
         if url:
             argv += ["--cache", url]
         full_env = {**self.go, **(env or {}), "XDG_CONFIG_HOME": str(base / "xdg")}
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu()
         proc = subprocess.run(argv, cwd=root, env=full_env, capture_output=True, text=True, timeout=self.timeout,
                               check=False)
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:
             raise BuildFailed(f"exit status {proc.returncode}: {proc.stderr.strip()[-800:]}")
-        run = Run(seconds, json.loads(out.read_text()))
+        run = Run(seconds, json.loads(out.read_text()), cpu_s=_children_cpu() - cpu0)
         if phases:
             spent = json.loads(phases_file.read_text())
             spent["total"] = seconds
@@ -327,6 +334,7 @@ class TierResult:
                 median_s=round(median, 3), ratio=round(median / anchor_median, 3) if anchor_median else None,
                 passed=median <= TARGET_RATIO * anchor_median if self.name != "anchor" else None,
                 gaffer_wall_s=[r.summary["wall_s"] for r in self.runs],
+                cpu_s=[round(r.cpu_s, 3) for r in self.runs],
                 remote=[r.remote() for r in self.runs],
                 local=[r.summary["tiers"][0] for r in self.runs],
             )
@@ -411,6 +419,10 @@ def report(anchor: TierResult, tiers: list[TierResult]) -> None:
         verdict = "pass" if ratio <= TARGET_RATIO else "MISSED"
         print(f"{t.name:<15} {min(t.seconds()):>6.2f} {median:>8.2f} {ratio:>5.2f}x  {verdict:<6} {in_build(t):>10.2f} "
               f"{waited:>7.2f} {down / (1 << 20):>8.2f} {t.fill_bytes_up / (1 << 20):>9.2f} {t.fill_s:>7.2f}")
+    anchor_cpu = statistics.median(r.cpu_s for r in anchor.runs)
+    print("CPU s (user + system of the `gaffer run` process), median and ratio to the anchor's: " + ", ".join(
+        f"{t.name} {statistics.median(r.cpu_s for r in t.runs):.2f} "
+        f"({statistics.median(r.cpu_s for r in t.runs) / anchor_cpu:.2f}x)" for t in [anchor, *tiers] if t.runs))
     print("min/median s: wall clock of the `gaffer run` process (interpreter start-up and exit included); ratio: "
           "median / the anchor's median; in-build s: the build's own wall_s from --summary-json (the rest is "
           "start-up, opening the tier, exit); wait s: time spent waiting on the tier, summed over threads; MiB down: "
