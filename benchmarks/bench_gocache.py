@@ -129,7 +129,8 @@ class Bench:
     def build(self, module: Path, env: dict[str, str], check: bool) -> tuple[float, Path]:
         """Build the module's target (`module` is its directory, named after it) into a fresh directory."""
         out = self.fresh("out")
-        argv = [self.go, "build", "-o", f"{out}/"] + (["-x"] if check else []) + [BUILD_TARGET[module.name]]
+        write = ["-o", f"{out}/"] if module.name != "std" else []  # std has no main package: nothing to write
+        argv = [self.go, "build", *write] + (["-x"] if check else []) + [BUILD_TARGET[module.name]]
         start = time.perf_counter()
         result = subprocess.run(argv, check=False, cwd=module, env=env, capture_output=True, text=True, timeout=1800)
         elapsed = time.perf_counter() - start
