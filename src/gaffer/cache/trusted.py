@@ -10,6 +10,8 @@ re-hashes everything.
 - Racy signatures: a file system stamps times in ticks (1 s on some); a file changed again within the tick it was
   hashed in keeps its signature. A signature is recorded only once its ctime is RACY_NS older than the clock, so
   a later edit always lands in a later tick.
+- The LRU touch (an mtime refresh, at most once an hour of use) moves the signature too: that blob is hashed
+  once more, then recorded again.
 - Storage: `verified`, one line per record appended with one `write` (O_APPEND, so several processes can append
   at once), each line with its own CRC: a torn or damaged line is skipped, so a crash costs re-hashing only.
   Read once per process, lazily; a log with many superseded lines is rewritten (temp file + rename; a line
