@@ -2,7 +2,8 @@
 """Warm `go build` through gobuildcache against go's own warm GOCACHE (the anchor).
 
 Modules: the example (examples/go-microservices, three binaries, ~200 packages with std), the larger `cmd/go`
-from the toolchain's own GOROOT (~320 packages, one 15 MB binary), and `many-packages`, a generated std-only
+from the toolchain's own GOROOT (~320 packages, one 15 MB binary), `std` (every standard-library package, no
+link), and `many-packages`, a generated std-only
 module of `--packages` tiny packages with a trivial link: almost nothing but cache lookups, so it shows the
 protocol's own cost. For each module, after one cold build per configuration:
 
@@ -10,6 +11,10 @@ protocol's own cost. For each module, after one cold build per configuration:
     gbc-disk       GOCACHEPROG=gobuildcache, warm local tier, a fresh empty GOCACHE every run
     gbc-s3-local   BACKEND_TYPE=s3 on moto, warm local tier (S3 behind it, untouched by hits)
     gbc-s3-remote  BACKEND_TYPE=s3 on moto, a fresh empty local tier every run: everything comes from S3
+    gbc-serve-remote  GOBUILDCACHE_CACHE=grpc://... of a `gaffer serve`, a fresh empty local tier every run
+
+`--base SRC` adds `<config>-base` for gbc-disk and the remote configurations: the same, with gobuildcache running
+the gaffer sources under SRC (an older commit: before and after in one run). `--configs` picks configurations.
 
 Every build writes its binaries to a fresh directory and must compile nothing (`go build -x` shows no compile)
 and give the same binaries as the anchor, or the run fails. Runs are interleaved and the median is reported.
@@ -33,15 +38,19 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from tests import servers
+from tests.buildgrid import start_gaffer_serve
 
 EXAMPLE = REPO / "examples" / "go-microservices"
-TARGETS = {"example": 1.2, "cmd-go": 1.5}  # the targeted bounds on gbc-disk / go-own; many-packages has none
-BUILD_TARGET = {"example": "./...", "cmd-go": "cmd/go", "many-packages": "./..."}
+TARGETS = {"example": 1.3, "cmd-go": 1.3, "std": 1.3}  # the targeted bounds on gbc-disk / go-own
+BUILD_TARGET = {"example": "./...", "cmd-go": "cmd/go", "std": "std", "many-packages": "./..."}
+CONFIGS = ("go-own", "gbc-disk", "gbc-s3-local", "gbc-s3-remote", "gbc-serve-remote")
+WITH_BASE = ("gbc-disk", "gbc-s3-remote", "gbc-serve-remote")
 BUCKET = "bench-gocache"
 
 
@@ -86,11 +95,24 @@ def write_many_packages_module(dest: Path, packages: int) -> Path:
     return dest
 
 
+def with_env(make: Callable[[], dict[str, str]], extra: dict[str, str]) -> dict[str, str]:
+    return {**make(), **extra}
+
+
+def binaries(out: Path) -> dict[str, bytes]:
+    """What a build wrote (nothing for `std`: no main package, so no -o directory either)."""
+    return {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}
+
+
 class Bench:
-    def __init__(self, root: Path, go: str, moto: servers.Server) -> None:
+    def __init__(self, root: Path, go: str, moto: servers.Server, serve_url: str, configs: list[str],
+                 base: Path | None) -> None:
         self.root = root
         self.go = go
         self.moto = moto
+        self.serve_url = serve_url
+        self.selected = configs
+        self.base = base
         self.counter = 0
 
     def fresh(self, what: str) -> Path:
@@ -107,7 +129,8 @@ class Bench:
     def build(self, module: Path, env: dict[str, str], check: bool) -> tuple[float, Path]:
         """Build the module's target (`module` is its directory, named after it) into a fresh directory."""
         out = self.fresh("out")
-        argv = [self.go, "build", "-o", f"{out}/"] + (["-x"] if check else []) + [BUILD_TARGET[module.name]]
+        write = ["-o", f"{out}/"] if module.name != "std" else []  # std has no main package: nothing to write
+        argv = [self.go, "build", *write] + (["-x"] if check else []) + [BUILD_TARGET[module.name]]
         start = time.perf_counter()
         result = subprocess.run(argv, check=False, cwd=module, env=env, capture_output=True, text=True, timeout=1800)
         elapsed = time.perf_counter() - start
@@ -120,11 +143,11 @@ class Bench:
     @staticmethod
     def check_same(config: str, module: str, out: Path, reference: dict[str, bytes]) -> None:
         """The binaries must equal the anchor's; the output directory is removed (disk space)."""
-        if {p.name: p.read_bytes() for p in out.iterdir()} != reference:
+        if binaries(out) != reference:
             raise SystemExit(f"bench_gocache: {config} built different binaries for {module}")
-        shutil.rmtree(out)
+        shutil.rmtree(out, ignore_errors=True)
 
-    def configs(self, module_name: str) -> dict[str, Callable[[], dict[str, str]]]:
+    def all_configs(self, module_name: str) -> dict[str, Callable[[], dict[str, str]]]:
         """Each configuration's environment for one warm run (a fresh GOCACHE every time)."""
         prog = gobuildcache()
         disk_dir = self.root / f"gbc-disk-{module_name}"
@@ -132,6 +155,7 @@ class Bench:
         s3 = {**self.moto.env, "BACKEND_TYPE": "s3", "S3_BUCKET": BUCKET, "S3_PREFIX": module_name,
               "AWS_ENDPOINT_URL": self.moto.url}
         own = self.root / f"go-own-{module_name}"
+        serve = {"GOBUILDCACHE_CACHE": f"{self.serve_url}/{module_name}"}
         return {
             "go-own": lambda: self.env(own, {}),
             "gbc-disk": lambda: self.env(self.fresh("gocache"), {"GOCACHEPROG": prog, "CACHE_DIR": str(disk_dir)}),
@@ -139,16 +163,33 @@ class Bench:
                                              {"GOCACHEPROG": prog, **s3, "S3_TMP_DIR": str(s3_local)}),
             "gbc-s3-remote": lambda: self.env(self.fresh("gocache"),
                                               {"GOCACHEPROG": prog, **s3, "S3_TMP_DIR": str(self.fresh("s3tmp"))}),
+            "gbc-serve-remote": lambda: self.env(self.fresh("gocache"),
+                                                 {"GOCACHEPROG": prog, **serve, "CACHE_DIR": str(self.fresh("tmp"))}),
         }
+
+    def configs(self, module_name: str) -> dict[str, Callable[[], dict[str, str]]]:
+        """The selected configurations, and the `-base` twins of those in WITH_BASE if `--base` is given."""
+        configs = self.all_configs(module_name)
+        chosen = {c: configs[c] for c in CONFIGS if c in self.selected or c == "go-own"}
+        if self.base is not None:
+            base = {"PYTHONPATH": str(self.base / "src")}
+            for c in WITH_BASE:
+                if c in chosen:
+                    chosen[f"{c}-base"] = partial(with_env, configs[c], base)
+        return chosen
 
     def run_module(self, name: str, module: Path, runs: int) -> dict[str, object]:
         configs = self.configs(name)
+        every = self.all_configs(name)
         print(f"{name}: cold builds (go's own cache, then gobuildcache on disk and on S3)", flush=True)
         cold: dict[str, float] = {}
         reference: dict[str, bytes] = {}
-        for config in ("go-own", "gbc-disk", "gbc-s3-local"):
-            cold[config], out = self.build(module, configs[config](), check=False)
-            reference = reference or {p.name: p.read_bytes() for p in out.iterdir()}
+        for config in ("go-own", "gbc-disk", "gbc-s3-local"):  # they fill the remote tiers too
+            env = every[config]()
+            if config == "gbc-disk" and "gbc-serve-remote" in configs:
+                env["GOBUILDCACHE_CACHE"] = f"{self.serve_url}/{name}"
+            cold[config], out = self.build(module, env, check=False)
+            reference = reference if config != "go-own" else binaries(out)
             self.check_same(config, name, out, reference)
         for config, env in configs.items():  # one untimed warm run each, with -x: it must compile nothing
             self.check_same(config, name, self.build(module, env(), check=True)[1], reference)
@@ -194,6 +235,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="warm runs per configuration (default 5)")
     parser.add_argument("--packages", type=int, default=150, help="packages in many-packages (default 150)")
     parser.add_argument("--modules", nargs="+", default=list(BUILD_TARGET), choices=list(BUILD_TARGET))
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS[:4]), choices=list(CONFIGS),
+                        help="configurations to time (go-own always; default: all but gbc-serve-remote)")
+    parser.add_argument("--base", type=Path, help="a checkout of older gaffer sources to time too (-base configs)")
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
 
@@ -207,24 +251,27 @@ def main() -> int:
     }
     print(f"startup: {results['startup']}", flush=True)
     moto = servers.start_moto_s3()
+    serve = start_gaffer_serve() if "gbc-serve-remote" in args.configs else None
     root = Path(tempfile.mkdtemp(prefix="bench-gocache-"))
     try:
         import boto3  # type: ignore[import-untyped]
 
         boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
                               region_name="us-east-1").client("s3", endpoint_url=moto.url).create_bucket(Bucket=BUCKET)
-        bench = Bench(root, go, moto)
+        bench = Bench(root, go, moto, serve.url if serve else "", args.configs, args.base)
         for name in args.modules:
-            module = root / name  # cmd-go: an empty directory, the package comes from GOROOT
+            module = root / name
             if name == "example":
                 shutil.copytree(EXAMPLE, module, ignore=shutil.ignore_patterns(".git*", "graph.json"))
             elif name == "many-packages":
                 write_many_packages_module(module, args.packages)
-            else:
+            else:  # cmd-go, std: an empty directory, the packages come from GOROOT
                 module.mkdir()
             results[name] = bench.run_module(name, module, args.runs)
     finally:
         moto.stop()
+        if serve is not None:
+            serve.stop()
         shutil.rmtree(root, ignore_errors=True)
     results["machine"]["load_avg_after"] = os.getloadavg()  # type: ignore[index]
 

@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -246,11 +247,17 @@ class Run:
     seconds: float  # wall clock of the whole process, interpreter start-up included: what a user waits for
     summary: dict
     phases: dict[str, float] | None = None
+    cpu_s: float = 0.0  # user + system CPU of the process: steadier than wall clock on a loaded machine
 
     def remote(self) -> dict:
         """The remote tier's stats (the summary lists the local disk tier first)."""
         remotes = [t for t in self.summary["tiers"] if not t["name"].startswith("disk://")]
         return remotes[0] if remotes else {}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class Bench:
@@ -284,13 +291,13 @@ class Bench:
         if url:
             argv += ["--cache", url]
         full_env = {**self.go, **(env or {}), "XDG_CONFIG_HOME": str(base / "xdg")}
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu()
         proc = subprocess.run(argv, cwd=root, env=full_env, capture_output=True, text=True, timeout=self.timeout,
                               check=False)
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:
             raise BuildFailed(f"exit status {proc.returncode}: {proc.stderr.strip()[-800:]}")
-        run = Run(seconds, json.loads(out.read_text()))
+        run = Run(seconds, json.loads(out.read_text()), cpu_s=_children_cpu() - cpu0)
         if phases:
             spent = json.loads(phases_file.read_text())
             spent["total"] = seconds
@@ -353,6 +360,7 @@ class TierResult:
                 median_s=round(median, 3), ratio=round(median / anchor_median, 3) if anchor_median else None,
                 passed=median <= TARGET_RATIO * anchor_median if self.name != "anchor" else None,
                 gaffer_wall_s=[r.summary["wall_s"] for r in self.runs],
+                cpu_s=[round(r.cpu_s, 3) for r in self.runs],
                 remote=[r.remote() for r in self.runs],
                 local=[r.summary["tiers"][0] for r in self.runs],
             )
@@ -437,6 +445,10 @@ def report(anchor: TierResult, tiers: list[TierResult]) -> None:
         verdict = "pass" if ratio <= TARGET_RATIO else "MISSED"
         print(f"{t.name:<15} {min(t.seconds()):>6.2f} {median:>8.2f} {ratio:>5.2f}x  {verdict:<6} {in_build(t):>10.2f} "
               f"{waited:>7.2f} {down / (1 << 20):>8.2f} {t.fill_bytes_up / (1 << 20):>9.2f} {t.fill_s:>7.2f}")
+    anchor_cpu = statistics.median(r.cpu_s for r in anchor.runs)
+    print("CPU s (user + system of the `gaffer run` process), median and ratio to the anchor's: " + ", ".join(
+        f"{t.name} {statistics.median(r.cpu_s for r in t.runs):.2f} "
+        f"({statistics.median(r.cpu_s for r in t.runs) / anchor_cpu:.2f}x)" for t in [anchor, *tiers] if t.runs))
     print("min/median s: wall clock of the `gaffer run` process (interpreter start-up and exit included); ratio: "
           "median / the anchor's median; in-build s: the build's own wall_s from --summary-json (the rest is "
           "start-up, opening the tier, exit); wait s: time spent waiting on the tier, summed over threads; MiB down: "
@@ -463,6 +475,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--go-shared", type=Path, metavar="DIR",
                         help="keep Go's GOCACHE/GOPATH here, so a later run skips the cold compile (default: in the "
                              "work dir)")
+    parser.add_argument("--base", type=Path, metavar="SRC",
+                        help="older gaffer sources (a checkout) to time too: `anchor-base` and `<tier>-base` rows run "
+                             "`gaffer` from SRC/src on the same caches (before and after in one run)")
     parser.add_argument("--profile", action="store_true",
                         help=f"then {PROFILE_ROUNDS} more machine-B builds per tier with their phases timed: where "
                              "the time goes")
@@ -507,6 +522,10 @@ def main(argv: list[str]) -> int:
             except (BuildFailed, subprocess.TimeoutExpired) as e:
                 tier.status, tier.reason = "error", f"machine A: {e}"
                 print(f"{tier.name}: error: {tier.reason}", file=sys.stderr)
+        if args.base:
+            older = {"PYTHONPATH": str(args.base.resolve() / "src")}
+            tiers += [TierResult("anchor-base", env=older)] + [
+                TierResult(f"{t.name}-base", url=t.url, env={**t.env, **older}) for t in tiers if t.status == "ok"]
         for round_no in range(1, args.repeat + 1):
             print(f"round {round_no}/{args.repeat}: {measure_round(bench, anchor, tiers)}", file=sys.stderr)
         for round_no in range(1, (PROFILE_ROUNDS if args.profile else 0) + 1):

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from gaffer.cache.disk import DiskStore
+from gaffer.cache.trusted import settled
 from gaffer.digest import Digest, digest_bytes
 
 
@@ -84,3 +92,131 @@ def test_an_existing_corrupt_blob_is_not_trusted_after_a_redundant_write(tmp_pat
     tmp.write_bytes(b"content")
     s.adopt(d, tmp)
     assert s.verified_blob_path(d) is None and len(reports) == 1
+
+
+# -- rule: a local blob is trusted (not hashed again) only while its file is exactly as gaffer last hashed it -----
+
+
+def settled_blob(s: DiskStore, data: bytes) -> Digest:
+    """A stored blob whose last change is old enough for its stat signature to be recorded (not racy)."""
+    d = digest_bytes(data)
+    s.write_blob(d, data)
+    path = s.blob_path(d)
+    while not settled(path.stat()):  # waiting on the clock itself, not on another process
+        time.sleep(0.1)
+    return d
+
+
+def verified_in_another_process(root: Path, d: Digest) -> None:
+    """Hash the blob in a process of its own, as one build would: the record is what later processes read."""
+    code = ("import sys; from gaffer.cache.disk import DiskStore; from gaffer.digest import Digest; "
+            "sys.exit(DiskStore(sys.argv[1]).verified_blob_path(Digest(sys.argv[2], int(sys.argv[3]))) is None)")
+    subprocess.run([sys.executable, "-c", code, str(root), d.hash, str(d.size_bytes)], check=True)
+
+
+def test_a_blob_hashed_once_is_trusted_by_later_processes(tmp_path: Path) -> None:
+    s, _ = store(tmp_path)
+    d = settled_blob(s, b"content")
+    assert not DiskStore(s.root).trusts_blob(d), "written, never hashed: not trusted"
+    verified_in_another_process(s.root, d)
+    assert DiskStore(s.root).trusts_blob(d)
+
+
+def test_a_blob_hashed_within_its_timestamp_tick_is_not_recorded(tmp_path: Path) -> None:
+    """An edit in the same tick would keep the signature: a racy one is never recorded."""
+    s, _ = store(tmp_path)
+    d = digest_bytes(b"content")
+    s.write_blob(d, b"content")
+    verified_in_another_process(s.root, d)
+    assert not DiskStore(s.root).trusts_blob(d)
+
+
+@pytest.mark.parametrize("how", ["edited in place", "replaced by another file"])
+def test_a_changed_blob_is_hashed_again_even_with_its_size_and_mtime_restored(tmp_path: Path, how: str) -> None:
+    s, _ = store(tmp_path)
+    d = settled_blob(s, b"content")
+    verified_in_another_process(s.root, d)
+    path = s.blob_path(d)
+    before = path.stat()
+    if how == "edited in place":
+        with open(path, "r+b") as f:
+            f.write(b"C")
+    else:
+        other = tmp_path / "other"
+        other.write_bytes(b"CONTENT")
+        os.replace(other, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # what `touch -r` or a careful tool does
+    reports: list[str] = []
+    later = DiskStore(s.root, report=reports.append)
+    assert not later.trusts_blob(d)
+    assert later.verified_blob_path(d) is None and not path.exists() and "corrupt" in reports[0]
+
+
+def test_a_blob_copied_with_its_record_from_another_store_is_hashed(tmp_path: Path) -> None:
+    """Another machine's or directory's files (here a `cp -a` of the whole store, record included) are checked."""
+    s, _ = store(tmp_path)
+    d = settled_blob(s, b"content")
+    verified_in_another_process(s.root, d)
+    copy = tmp_path / "copy"
+    shutil.copytree(s.root, copy, copy_function=shutil.copy2)
+    assert (copy / "verified").exists() and not DiskStore(copy).trusts_blob(d)
+
+
+def test_verify_hashes_trusted_blobs_too(tmp_path: Path) -> None:
+    """Bit rot changes content and no signature: a trusted blob is served, and `verify` still finds it."""
+    s, _ = store(tmp_path)
+    d = settled_blob(s, b"content")
+    path = s.blob_path(d)
+    path.write_bytes(b"CONTENT")  # the rot, then a record of the rotten file's signature, as if made before it
+    while not settled(path.stat()):
+        time.sleep(0.1)
+    s.trusted.remember(d.hash, path.stat())
+    assert DiskStore(s.root).verified_blob_path(d) == path  # the trade: an unchanged file is not hashed again
+    reports: list[str] = []
+    report = DiskStore(s.root, report=reports.append).verify()
+    assert report.corrupt == [d.hash] and not path.exists() and len(reports) == 1
+
+
+def test_a_damaged_record_is_ignored(tmp_path: Path) -> None:
+    s, _ = store(tmp_path)
+    d = settled_blob(s, b"content")
+    verified_in_another_process(s.root, d)
+    log = s.root / "verified"
+    good = log.read_bytes()
+    log.write_bytes(good[:-3] + b"0\n" + good[:20])  # a flipped checksum digit and a torn line
+    assert not DiskStore(s.root).trusts_blob(d)
+    assert DiskStore(s.root).verified_blob_path(d) == s.blob_path(d)
+
+
+def test_concurrent_processes_append_records_without_losing_any(tmp_path: Path) -> None:
+    s, _ = store(tmp_path)
+    digests = [digest_bytes(b"blob %d" % i) for i in range(40)]
+    for i, d in enumerate(digests):
+        s.write_blob(d, b"blob %d" % i)
+    while not settled(s.blob_path(digests[-1]).stat()):
+        time.sleep(0.1)
+    code = ("import sys; from gaffer.cache.disk import DiskStore; from gaffer.digest import Digest; "
+            "s = DiskStore(sys.argv[1]); "
+            "[s.verified_blob_path(Digest(h, int(n))) for h, n in (a.split(':') for a in sys.argv[2:])]")
+    args = [f"{d.hash}:{d.size_bytes}" for d in digests]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(s.root), *args[k::4]]) for k in range(4)]
+    assert [p.wait() for p in procs] == [0] * 4
+    later = DiskStore(s.root)
+    assert all(later.trusts_blob(d) for d in digests)
+
+
+def test_gc_and_clean_drop_the_records_of_blobs_they_remove(tmp_path: Path) -> None:
+    s, _ = store(tmp_path)
+    old, recent = digest_bytes(b"o" * 1000), digest_bytes(b"r" * 1000)
+    s.write_blob(old, b"o" * 1000)
+    s.write_blob(recent, b"r" * 1000)
+    while not settled(s.blob_path(recent).stat()):
+        time.sleep(0.1)
+    verified_in_another_process(s.root, old)
+    verified_in_another_process(s.root, recent)
+    assert len((s.root / "verified").read_bytes().splitlines()) == 2
+    os.utime(s.blob_path(old), (1000, 1000))  # least recently used: evicted first
+    assert DiskStore(s.root).gc(max_size=1500) == (1, 1000)
+    assert len((s.root / "verified").read_bytes().splitlines()) == 1 and DiskStore(s.root).trusts_blob(recent)
+    DiskStore(s.root).clean()
+    assert not (s.root / "verified").exists()

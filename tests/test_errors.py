@@ -334,7 +334,7 @@ def test_disk_store_survives_its_directory_being_removed(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(("url", "module", "extra"), [("http://127.0.0.1:1/x", "httpx", "http"),
                                                        ("redis://127.0.0.1:1/0", "redis", "redis"),
-                                                       ("s3://bucket/x", "boto3", "s3")])
+                                                       ("s3://bucket/x", "botocore", "s3")])
 def test_remote_cache_without_its_extra_installed(
     tmp_path: Path, env: dict[str, str], url: str, module: str, extra: str
 ) -> None:
@@ -345,7 +345,8 @@ def test_remote_cache_without_its_extra_installed(
     (hide / f"{module}.py").write_text(f"raise ModuleNotFoundError({'No module named ' + module!r}, name={module!r})\n")
     ws = workspace(tmp_path / "ws", {"t": {"command": "touch out", "outputs": ["out"]}})
     proc = run_gaffer(["run", "--cache", url], cwd=ws,
-                      env={**env, "PYTHONPATH": os.pathsep.join([str(hide), env.get("PYTHONPATH", "")])})
+                      env={**env, "PYTHONPATH": os.pathsep.join([str(hide), env.get("PYTHONPATH", "")]),
+                           "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret"})
     assert one_line(proc, 3) == (f"gaffer: {url}: needs the Python package {module!r}, which is not installed: "
                                  f"pip install 'gaffer[{extra}]'")
 

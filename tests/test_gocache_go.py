@@ -275,13 +275,13 @@ def s3_cold(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 def _checking_wrapper(path: Path) -> str:
-    """A GOCACHEPROG that is gobuildcache plus one stderr line saying whether boto3 was imported."""
+    """A GOCACHEPROG that is gobuildcache plus one stderr line saying whether botocore (the S3 client) was imported."""
     path.write_text(
         f"#!{sys.executable}\n"
         "import sys\n"
         "from gaffer.gocache.main import gocache_main\n"
         "status = gocache_main(sys.argv[1:])\n"
-        "sys.stderr.write(f\"test-wrapper: boto3 imported: {'boto3' in sys.modules}\\n\")\n"
+        "sys.stderr.write(f\"test-wrapper: botocore imported: {'botocore' in sys.modules}\\n\")\n"
         "sys.exit(status)\n"
     )
     path.chmod(0o755)
@@ -299,14 +299,14 @@ def test_s3_shares_a_build_between_machines(s3_cold: S3Cold, tmp_path: Path) -> 
     assert from_s3.tool_runs == []
     assert binaries(from_s3.out) == binaries(s3_cold.build.out)
     assert re.search(r"s3://\S+: [1-9]\d* hits", from_s3.stderr), from_s3.stderr[-2000:]
-    assert "test-wrapper: boto3 imported: True" in from_s3.stderr
+    assert "test-wrapper: botocore imported: True" in from_s3.stderr
     # The same machine and output directory again: every get is a local hit (a fresh output directory would add
-    # one miss per binary, go's lookup of a cached link, which it never stores), and boto3 is never imported.
+    # one miss per binary, go's lookup of a cached link, which it never stores), and botocore is never imported.
     local = run_go(s3_cold.go, ["build", "-x", "."], s3_cold.module, machine_b.env(tmp_path / "gc2", wrapper), out)
     assert local.returncode == 0 and local.tool_runs == []
     gets, hits, _misses, puts = local.stats
     assert gets == hits > 50 and puts == 0
-    assert "test-wrapper: boto3 imported: False" in local.stderr
+    assert "test-wrapper: botocore imported: False" in local.stderr
     assert binaries(out) == binaries(s3_cold.build.out)
 
 

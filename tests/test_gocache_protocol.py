@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from gaffer.cache.disk import DiskStore
+from gaffer.cache.trusted import settled
 from gaffer.digest import digest_bytes
 from gaffer.errors import UserError
 from gaffer.gocache.config import load_config
@@ -206,6 +207,9 @@ class _StallingHttpCache(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if "/ac/" in self.path:
+            with self.server.arrived:
+                self.server.waiting += 1
+                self.server.arrived.notify_all()
             self.server.release.wait(REPLY_TIMEOUT_S)
         self._reply(404)
 
@@ -228,6 +232,13 @@ class _StallingServer(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _StallingHttpCache)
         self.release = threading.Event()
+        self.arrived = threading.Condition()
+        self.waiting = 0  # action GETs that arrived and wait for `release`
+
+    def wait_for(self, n: int) -> bool:
+        """Have n action GETs arrived and are all waiting at once?"""
+        with self.arrived:
+            return self.arrived.wait_for(lambda: self.waiting >= n, timeout=REPLY_TIMEOUT_S)
 
 
 @pytest.fixture
@@ -257,6 +268,27 @@ def test_replies_go_out_of_order_when_a_request_stalls(cache_dir: Path, stalling
         assert c.reply()["ID"] == 3
         stalling_remote.release.set()
         assert c.reply() == {"ID": 1, "Miss": True}
+        assert c.close() == {"ID": 999}
+        assert c.finish()[0] == 0
+    finally:
+        if c.proc.poll() is None:
+            c.proc.kill()
+
+
+def test_gets_through_a_slow_remote_are_in_flight_together(cache_dir: Path,
+                                                            stalling_remote: _StallingServer) -> None:
+    """`go` sends many gets at once: the remote lookups overlap (bounded by the pool) instead of queueing one
+    behind another, so a slow remote costs one round trip for the batch, not one per entry."""
+    port = stalling_remote.server_address[1]
+    c = Client(gobuildcache_env(cache_dir, GOBUILDCACHE_CACHE=f"http://127.0.0.1:{port}/go",
+                                GOBUILDCACHE_TIMEOUT="60s"))
+    try:
+        c.reply()
+        for i in range(6):
+            c.send({"ID": i + 1, "Command": "get", "ActionID": b64(b"remote %d" % i)})
+        assert stalling_remote.wait_for(6), f"only {stalling_remote.waiting} of 6 gets reached the remote at once"
+        stalling_remote.release.set()
+        assert c.replies(6) == {i: {"ID": i, "Miss": True} for i in range(1, 7)}
         assert c.close() == {"ID": 999}
         assert c.finish()[0] == 0
     finally:
@@ -363,6 +395,30 @@ def test_a_corrupt_local_blob_is_a_miss(client: Client, size: int) -> None:
     assert client.get(5, b"victim")["DiskPath"] == str(path)
     client.close()
     assert "corrupt cache blob" in client.finish()[1]
+
+
+def test_a_trusted_blob_edited_in_place_is_a_miss(cache_dir: Path) -> None:
+    """A blob hashed once is trusted by later sessions while its file is unchanged; an edit that keeps its size
+    and mtime still changes its ctime, so the next session hashes it, finds it corrupt and answers a miss."""
+    original = os.urandom(3 << 20)  # big: a trusted one is answered on the reader thread, an edited one is not
+    first = Client(gobuildcache_env(cache_dir))
+    first.reply()
+    path = Path(str(first.put(1, b"victim", original)["DiskPath"]))
+    while not settled(path.stat()):  # waiting on the clock: a signature within its timestamp tick is not recorded
+        time.sleep(0.1)
+    assert first.get(2, b"victim")["Size"] == len(original)  # hashed, and its signature recorded
+    first.close()
+    assert first.finish()[0] == 0
+    assert DiskStore(cache_dir).trusts_blob(digest_bytes(original))
+    before = path.stat()
+    with open(path, "r+b") as f:
+        f.write(bytes([original[0] ^ 1]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    second = Client(gobuildcache_env(cache_dir))
+    second.reply()
+    assert second.get(1, b"victim") == {"ID": 1, "Miss": True}
+    second.close()
+    assert "corrupt cache blob" in second.finish()[1] and not path.exists()
 
 
 def test_a_damaged_action_entry_is_a_miss(client: Client, cache_dir: Path) -> None:

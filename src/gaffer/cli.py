@@ -148,7 +148,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def entry() -> None:
     """The console scripts' entry point. Everything is written and closed by the time `main` returns, so exit
-    without the interpreter's teardown: with grpc, boto3 or redis loaded that alone costs 40-80 ms."""
+    without the interpreter's teardown: with grpc, botocore or redis loaded that alone costs 40-80 ms."""
     status = main()
     try:
         sys.stdout.flush()

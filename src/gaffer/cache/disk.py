@@ -6,8 +6,10 @@ Layout (one concept per directory, safe for several processes at once):
     tmp/                   files being written; renamed into place atomically
     size                   running estimate of the bytes stored (updated under `lock`)
     builds.log             one JSON line per build (hits, misses), for `gaffer cache status`
+    verified               blobs this store hashed and the stat signature they had then (see trusted.py)
 
-Every read is verified: a blob against its digest, an action-cache entry against the SHA-256 in its header (the
+Every read is verified: a blob against its digest (unless its file is unchanged since this store last hashed
+it: see trusted.py; `verify` hashes everything), an action-cache entry against the SHA-256 in its header (the
 header is this tier's own: every caller reads and writes the plain ActionResult). A corrupt or truncated entry
 is evicted, reported and treated as a miss. A file's mtime is its "last used" time for LRU eviction; reads
 refresh it at most once an hour so hits stay cheap.
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from gaffer.cache.base import CacheTier, TierError
+from gaffer.cache.trusted import TrustedBlobs
 from gaffer.digest import Digest, digest_bytes, digest_file
 
 DEFAULT_MAX_SIZE = 10 * 1024**3
@@ -78,7 +81,6 @@ class DiskStore(CacheTier):
         self._written = 0
         self.bytes_stored = 0  # by this process, for the tier's stats (_written is reset when accounted)
         self.bytes_served = 0
-        self._verified: set[Digest] = set()  # blobs this process hashed itself (put_file, adopt after a check)
         self._tmp = self.root / "tmp"
         self._warn_lock = threading.Lock()
         self._read_only_warned = False
@@ -92,7 +94,8 @@ class DiskStore(CacheTier):
         if not self.writable:
             # A read-only cache (a shared, pre-filled one) still serves hits; temp files go to a private directory.
             self._tmp = _private_temp_dir()
-        elif full_is_read_only and _free_bytes(self._tmp) < _MIN_FREE:
+        self.trusted = TrustedBlobs(self.root / "verified", self.writable, self.temp_path)
+        if self.writable and full_is_read_only and _free_bytes(self._tmp) < _MIN_FREE:
             self._full(os.strerror(errno.ENOSPC))
 
     # -- paths -------------------------------------------------------------------------------------------------
@@ -133,31 +136,48 @@ class DiskStore(CacheTier):
 
     def read_blob(self, digest: Digest) -> bytes | None:
         path = self.blob_path(digest)
-        data = self._read_and_touch(path)
-        if data is None:
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read()
+        except OSError:
             return None
-        actual = digest_bytes(data)
-        if actual != digest:
-            self._mismatch(path, digest, actual.hash)
-            return None
+        self.bytes_served += len(data)
+        if not self._trusts(digest, st):
+            actual = digest_bytes(data)
+            if actual != digest:
+                self._mismatch(path, digest, actual.hash)
+                return None
+            self.trusted.remember(digest.hash, st)
+        self._touch(path, st.st_mtime)
         return data
 
     def verified_blob_path(self, digest: Digest) -> Path | None:
-        """The blob's path after checking its content, or None (a corrupt blob is evicted and reported)."""
+        """The blob's path after checking its content (or finding its file unchanged since this store hashed it),
+        or None (a corrupt blob is evicted and reported)."""
         path = self.blob_path(digest)
         try:
             st = os.stat(path)
-            if digest in self._verified and st.st_size == digest.size_bytes:
-                self._touch(path, st.st_mtime)
-                return path
-            actual = digest_file(path)
+            if not self._trusts(digest, st):
+                actual = digest_file(path)
+                if actual != digest:
+                    self._mismatch(path, digest, actual.hash)
+                    return None
+                self.trusted.remember(digest.hash, st)  # the stat from before the hash: an edit meanwhile moved it
         except OSError:
-            return None
-        if actual != digest:
-            self._mismatch(path, digest, actual.hash)
             return None
         self._touch(path, st.st_mtime)
         return path
+
+    def trusts_blob(self, digest: Digest) -> bool:
+        """Would `verified_blob_path` answer without hashing the blob?"""
+        try:
+            return self._trusts(digest, os.stat(self.blob_path(digest)))
+        except OSError:
+            return False
+
+    def _trusts(self, digest: Digest, st: os.stat_result) -> bool:
+        return st.st_size == digest.size_bytes and self.trusted.trusts(digest.hash, st)
 
     def fetch_blob(self, digest: Digest, dest: Path) -> bool:
         source = self.verified_blob_path(digest)
@@ -186,8 +206,7 @@ class DiskStore(CacheTier):
         if self.has_blob(digest):
             tmp.unlink(missing_ok=True)
             return
-        self._install(tmp, self.blob_path(digest), digest.size_bytes)
-        self._verified.add(digest)
+        self._install_verified(tmp, digest)
 
     def put_file(self, path: Path) -> Digest:
         """Store a file's content; return its digest. The copy is hashed, so a concurrent edit cannot poison it."""
@@ -196,9 +215,18 @@ class DiskStore(CacheTier):
         if self.has_blob(digest):
             tmp.unlink()
         else:
-            self._install(tmp, self.blob_path(digest), digest.size_bytes)
-            self._verified.add(digest)  # only a file we installed: an existing one is checked when read
+            self._install_verified(tmp, digest)  # only a file we installed: an existing one is checked when read
         return digest
+
+    def _install_verified(self, tmp: Path, digest: Digest) -> None:
+        """Install a temp file this process hashed; this process trusts it while its signature holds. (Its
+        signature is racy now: other processes hash it once more, and only then record it.)"""
+        path = self.blob_path(digest)
+        self._install(tmp, path, digest.size_bytes)
+        try:
+            self.trusted.remember(digest.hash, os.stat(path), persist=False)
+        except OSError:
+            pass
 
     # -- action cache ------------------------------------------------------------------------------------------
 
@@ -244,10 +272,13 @@ class DiskStore(CacheTier):
         limit = self.max_size if max_size is None else max_size
         with self._locked():
             entries = []
+            blobs: dict[str, os.stat_result] = {}
             total = 0
             for path, st in self._walk():
                 entries.append((st.st_mtime, st.st_size, path))
                 total += st.st_size
+                if path.parent.parent.name == "cas":
+                    blobs[path.name] = st
             removed = removed_bytes = 0
             if total > limit:
                 target = int(limit * GC_LOW_WATER)
@@ -262,6 +293,7 @@ class DiskStore(CacheTier):
                     total -= size
                     removed += 1
                     removed_bytes += size
+                    blobs.pop(path.name, None)
             stale = time.time() - 24 * 3600
             for tmp in self._temp_files():
                 try:
@@ -270,6 +302,7 @@ class DiskStore(CacheTier):
                 except OSError:
                     pass
             self._write_size(total)
+            self.trusted.prune(blobs)
         return removed, removed_bytes
 
     def status(self) -> StoreStatus:
@@ -287,9 +320,11 @@ class DiskStore(CacheTier):
         return self._walk(kind)
 
     def verify(self) -> VerifyReport:
-        """Hash every blob and check every action-cache entry's checksum; evict (and list) the corrupt ones."""
+        """Hash every blob (trusted or not: bit rot changes no stat signature) and check every action-cache entry's
+        checksum; evict (and list) the corrupt ones. The blobs found right are the new record of trusted ones."""
         checked = checked_actions = 0
         corrupt = []
+        good = []
         for path, st in self._walk("cas"):
             checked += 1
             digest = Digest(path.name, st.st_size)
@@ -297,9 +332,12 @@ class DiskStore(CacheTier):
                 ok = digest_file(path) == digest
             except OSError:
                 continue
-            if not ok:
+            if ok:
+                good.append((path.name, st))
+            else:
                 corrupt.append(path.name)
                 self._evict_corrupt(path, "blob", digest)
+        self.trusted.replace(good)
         for path, st in self._walk("ac"):
             checked_actions += 1
             try:
@@ -318,6 +356,7 @@ class DiskStore(CacheTier):
             for sub in ("cas", "ac"):
                 shutil.rmtree(self.root / sub, ignore_errors=True)
             self.remove_stale_temp_files()
+            self.trusted.clear()
             self._write_size(0)
             (self.root / "builds.log").unlink(missing_ok=True)
 
@@ -406,6 +445,8 @@ class DiskStore(CacheTier):
             self._evict_corrupt(path, "blob", digest)
 
     def _evict_corrupt(self, path: Path, what: str, digest: Digest) -> None:
+        if what == "blob":
+            self.trusted.forget(digest.hash)
         try:
             os.unlink(path)
         except OSError:
@@ -492,7 +533,7 @@ class DiskStore(CacheTier):
         with self._warn_lock:
             if not self.writable:
                 return
-            self.writable = False
+            self.writable = self.trusted.writable = False
             self._read_only_warned = True
             self._tmp = _private_temp_dir()
         self.report(f"cache directory {self.root} is full ({why}): its entries are used, nothing new is stored")

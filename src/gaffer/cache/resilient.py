@@ -4,7 +4,7 @@ Every call is retried with backoff and jitter on a transient `TierError`; if the
 way retrying cannot help), one warning names it and the wrapper turns into a tier that holds nothing and accepts
 nothing for the rest of the process. So its reads answer "absent" instead of raising, which is what a cache in
 front of it wants: when in doubt, miss. The tier itself is opened lazily on first use, so a build served entirely
-from the local tier never imports boto3, redis or grpc.
+from the local tier never imports botocore, redis or grpc.
 """
 
 from __future__ import annotations

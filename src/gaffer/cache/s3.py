@@ -6,7 +6,10 @@ seeing each other's entries. Credentials come from the standard AWS chain (envir
 already there is a success and costs no overwrite. Action-cache entries are overwritten, as REAPI's
 UpdateActionResult does, so a stale entry can be replaced by a fresh result.
 
-Only `cache/urls.py` imports this module, and only for an s3:// URL, so boto3 never loads on the CLI hot path.
+Only `cache/urls.py` imports this module, and only for an s3:// URL, so botocore never loads on the CLI hot path.
+It uses botocore directly, not boto3: the same client, credential chain, endpoint handling and retries, and
+~50 ms less CPU to import and create (boto3's resource layer is never used); multipart uploads go through
+s3transfer (boto3's own transfer manager), imported only for a blob that needs one.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import boto3
-import boto3.s3.transfer
 import botocore.exceptions
 import botocore.session
 from botocore.config import Config
@@ -50,9 +51,9 @@ _loader_lock = threading.Lock()
 _loader: Any = None
 
 
-def _new_session() -> boto3.session.Session:
-    """A fresh session (boto3's default one is not thread-safe, and each reads the credential chain anew) that
-    shares the service-model loader: parsing botocore's JSON models is most of a client's creation time."""
+def _new_session() -> botocore.session.Session:
+    """A fresh session (a shared one is not thread-safe, and each reads the credential chain anew) that shares
+    the service-model loader: parsing botocore's JSON models is most of a client's creation time."""
     global _loader
     core = botocore.session.get_session()
     with _loader_lock:
@@ -60,11 +61,11 @@ def _new_session() -> boto3.session.Session:
             _loader = core.get_component("data_loader")
         else:
             core.register_component("data_loader", _loader)
-    return boto3.session.Session(botocore_session=core)
+    return core
 
 
 class S3Tier(CacheTier):
-    """CAS + AC in one bucket under one key prefix. Thread-safe: boto3 clients are."""
+    """CAS + AC in one bucket under one key prefix. Thread-safe: botocore clients are."""
 
     def __init__(
         self,
@@ -94,7 +95,7 @@ class S3Tier(CacheTier):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        self._s3 = _new_session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+        self._s3 = _new_session().create_client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 30.0, **options: Any) -> S3Tier:
@@ -113,7 +114,7 @@ class S3Tier(CacheTier):
         return f"{self.prefix}/{kind}/{digest.hash}" if self.prefix else f"{kind}/{digest.hash}"
 
     def _error(self, e: Exception, what: str) -> TierError:
-        """One TierError for any boto3 failure: store-side 5xx and network trouble are transient."""
+        """One TierError for any botocore failure: store-side 5xx and network trouble are transient."""
         if isinstance(e, botocore.exceptions.ClientError):
             code, status = self._code(e)
             if code == "NoSuchBucket":
@@ -197,13 +198,15 @@ class S3Tier(CacheTier):
             with open(path, "rb") as f:
                 self._put_once(key, f)
             return
-        transfer = boto3.s3.transfer.TransferConfig(
-            multipart_threshold=self.multipart_threshold, multipart_chunksize=MULTIPART_CHUNK, max_concurrency=4)
+        from s3transfer.manager import TransferConfig, TransferManager
+
+        transfer = TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=MULTIPART_CHUNK,
+                                  max_request_concurrency=4)
         with self._guard(f"upload {key}"):
             # Multipart uploads cannot be conditional everywhere: ask first, so a big blob is sent only once.
             if self._exists(key, digest.size_bytes):
                 return
-            with boto3.s3.transfer.create_transfer_manager(self._s3, transfer) as manager:
+            with TransferManager(self._s3, transfer) as manager:
                 manager.upload(str(path), self.bucket, key).result()
 
     def _put_once(self, key: str, body: bytes | IO[bytes]) -> None:

@@ -8,7 +8,7 @@
     http(s)://[user:password@]host[:port]/prefix?token_file=PATH     (the Bazel HTTP cache protocol)
     grpc(s)://host:port/instance                                     (REAPI: gaffer serve, bazel-remote, ...)
 
-Light on purpose (standard library only): each tier's module, and the client library it needs (boto3,
+Light on purpose (standard library only): each tier's module, and the client library it needs (botocore,
 google-cloud-storage, azure-storage-blob, redis, httpx, grpc), is imported only when a URL of its scheme is opened.
 """
 

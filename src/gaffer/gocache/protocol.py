@@ -7,8 +7,8 @@
   JSON string (Go puts it on its own line, after a blank one). Go 1.23 named OutputID "ObjectID"; both are read.
 - Replies carry the request's ID and may go out in any order: each reply is one whole line written and flushed
   under a lock. A get the local tier answers cheaply is answered on the reader thread (handing it to a worker
-  would cost more than the lookup); remote lookups, big blobs to verify and puts run on a small thread pool, so a
-  slow one never holds up the others. `close` is answered after every other reply and after the
+  would cost more than the lookup); remote lookups, big untrusted blobs to verify and puts run on a small thread
+  pool, so a slow one never holds up the others. `close` is answered after every other reply and after the
   write-behind uploads are flushed; EOF without `close` flushes too and exits 0.
 - Anything that is not a well-formed request is one line on stderr and a non-zero exit, never a hang or a guess.
 """

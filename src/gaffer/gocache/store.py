@@ -1,7 +1,8 @@
 """Go's build cache on gaffer's cache: ActionID -> ActionResult in the action cache, the body in the CAS.
 
 The local tier is a `DiskStore`; a hit's `DiskPath` is the CAS blob file itself (plain bytes, no extension),
-checked against its digest first, so nothing is copied on a hit and a corrupt blob is a miss. Remote tiers, when
+checked against its digest first (or trusted, unchanged since the store hashed it), so nothing is copied on a hit
+and a corrupt blob is a miss. Remote tiers, when
 configured, sit behind it in a `TieredCache`: a local miss reads through them (filling the local tier), and puts
 are uploaded behind the build and flushed at close. Every fault on the way to a hit is a miss; a put fails only
 when the local disk does, because `go` needs a DiskPath.
@@ -32,7 +33,7 @@ from gaffer.units import format_size
 if TYPE_CHECKING:
     from gaffer.cache.tiered import TieredCache
 
-AT_ONCE_MAX_BYTES = 1 << 20  # hashing 1 MiB takes about a millisecond: bigger blobs are verified on the pool
+AT_ONCE_MAX_BYTES = 1 << 20  # hashing 1 MiB takes about a millisecond: bigger untrusted blobs are verified on the pool
 
 
 class GoStats:
@@ -105,7 +106,7 @@ class GoStore:
         runs `get` (through the remote tiers, or verifying a big blob off the reader thread)."""
         key = action_key(action_id)
         entry = self._entry(key, self.local.read_action(key))
-        if entry is not None and entry.body.size_bytes > AT_ONCE_MAX_BYTES:
+        if entry is not None and entry.body.size_bytes > AT_ONCE_MAX_BYTES and not self.local.trusts_blob(entry.body):
             return DEFER
         hit = self._hit(entry, fetch=False)
         if hit is None and self.tiered is not None:
