@@ -206,3 +206,22 @@ def test_an_entry_not_accounting_for_a_declared_output_is_a_miss(tmp_path: Path,
     assert rerun["status"] == {"link": "executed"}
     assert "does not account for the declared output 'link'" in rerun["stderr"]
     assert os.readlink(ws / "link") == "data.txt"
+
+
+def test_an_entry_from_before_checksums_is_a_quiet_miss(tmp_path: Path, env: dict[str, str]) -> None:
+    """A local entry written by an older gaffer (a bare ActionResult, no checksum header) is not trusted, but it
+    is no damage either: a miss, replaced by the re-run, without a warning per entry (a Go cache holds thousands)."""
+    ws = workspace(tmp_path / "ws", LINKED)
+    build(ws, env, "link")
+    [entry] = action_entries(tmp_path / "cache")
+    bare = DiskStore(tmp_path / "cache").read_action(Digest(entry.name, 0))
+    assert bare is not None
+    entry.write_bytes(bare)
+    shutil.rmtree(ws / ".gaffer")
+    (ws / "link").unlink()
+    rerun = build(ws, env, "link")
+    assert rerun["status"] == {"link": "executed"}
+    assert "corrupt" not in rerun["stderr"]
+    assert os.readlink(ws / "link") == "data.txt"
+    assert entry.read_bytes() != bare  # replaced by a checksummed entry
+    assert run_gaffer(["cache", "verify"], cwd=ws, env=env).returncode == 0

@@ -238,7 +238,10 @@ class DiskStore(CacheTier):
             return None
         result = _checked_action(data)
         if result is None:
-            self._evict_corrupt(path, "action result", key)
+            if data.startswith(_AC_MAGIC):
+                self._evict_corrupt(path, "action result", key)
+            else:  # written by a gaffer before entries had a checksum: a miss, not worth a warning each
+                path.unlink(missing_ok=True)
         return result
 
     def write_action(self, key: Digest, result: bytes) -> None:
