@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,19 @@ def go_env(shared: Path = GO_SHARED) -> dict[str, str]:
         GOTELEMETRY="off",
     )
     return env
+
+
+def alive(pid: int) -> bool:
+    """Is the process running? A zombie is dead even if nothing reaped it (this machine's init may never)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat_file = Path(f"/proc/{pid}/stat")
+    return (stat_file.read_text().split()[2] if stat_file.exists() else "X") not in ("Z", "X")
+
+
+def kill_if_alive(pid_file: Path) -> None:
+    """Test cleanup: kill the process whose pid a test's task wrote, should it have outlived the test."""
+    if pid_file.exists() and alive(pid := int(pid_file.read_text())):
+        os.kill(pid, signal.SIGKILL)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import gaffer_env, run_gaffer, summary
+from tests.support import alive, gaffer_env, run_gaffer, summary
 
 CHAIN = {
     "tasks": {
@@ -171,16 +171,8 @@ def test_timeout_kills_the_process_group(tmp_path: Path, env: dict[str, str]) ->
     assert time.monotonic() - started < 20
     assert "timed out after 1s" in result["stderr"]
     child = int((ws / "child.pid").read_text())
-    assert not _alive(child), "the task's children are killed with it"
+    assert not alive(child), "the task's children are killed with it"
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
-    return state not in ("Z", "X")
 
 
 def test_sigterm_kills_running_tasks_and_leaves_cache_consistent(tmp_path: Path, env: dict[str, str]) -> None:
@@ -199,7 +191,7 @@ def test_sigterm_kills_running_tasks_and_leaves_cache_consistent(tmp_path: Path,
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
-    assert not _alive(int((ws / "child.pid").read_text()))
+    assert not alive(int((ws / "child.pid").read_text()))
     verify = run_gaffer(["cache", "verify"], cwd=ws, env=env)
     assert verify.returncode == 0, verify.stdout
 

@@ -25,7 +25,7 @@ from gaffer.execute.local import ProcessRunner
 from gaffer.execute.sandbox import BadAction, MissingBlobs, SandboxResult, run_action
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.state import WorkspaceState
-from tests.support import NOBODY, REPO, gaffer_env, require, run_gaffer
+from tests.support import NOBODY, REPO, alive, gaffer_env, require, run_gaffer
 
 PASS = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
 
@@ -315,7 +315,7 @@ def test_a_timeout_kills_the_process_group(tmp_path: Path, store: DiskStore, run
     assert time.monotonic() - started < 20
     assert done.process.timed_out and done.failure == "timed out after 0.5s"
     assert done.kept is not None and done.kept.is_dir(), "kept for debugging, as asked"
-    assert not _alive(int(pid_file.read_text()))
+    assert not alive(int(pid_file.read_text()))
 
 
 def test_cancel_kills_the_running_action_and_removes_its_exec_root(tmp_path: Path, store: DiskStore) -> None:
@@ -332,17 +332,9 @@ def test_cancel_kills_the_running_action_and_removes_its_exec_root(tmp_path: Pat
     runner.cancel_all()
     thread.join(30)
     assert outcome and outcome[0].failure == "interrupted"
-    assert not _alive(int(started.read_text()))
+    assert not alive(int(started.read_text()))
     assert list((tmp_path / "work").iterdir()) == []
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat_file = Path(f"/proc/{pid}/stat")
-    return (stat_file.read_text().split()[2] if stat_file.exists() else "X") not in ("Z", "X")
 
 
 # -- rule: the same task gives the same outputs run by `gaffer run` and by the sandbox ----------------------------

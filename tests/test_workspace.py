@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import gaffer_env, require, require_tool, run_gaffer, summary
-from tests.test_run import _alive
+from tests.support import alive, gaffer_env, kill_if_alive, require, require_tool, run_gaffer, summary
 
 WAIT_S = 60
 
@@ -188,12 +187,11 @@ def test_a_background_process_is_killed_before_outputs_are_recorded(tmp_path: Pa
         proc = run_gaffer(["run"], cwd=ws, env=env, timeout=WAIT_S)
         assert proc.returncode == 0, proc.stderr
         writer = int(pid_file.read_text())
-        assert not _alive(writer), "the task's background writer outlived it"
+        assert not alive(writer), "the task's background writer outlived it"
         if sys.platform.startswith("linux"):  # adopted by gaffer as a child subreaper: reaped, not left a zombie
             assert not Path(f"/proc/{writer}").exists()
     finally:
-        if pid_file.exists() and _alive(int(pid_file.read_text())):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        kill_if_alive(pid_file)
     gate.open()  # had the writer survived, this would let it overwrite the recorded output
     assert (ws / "out" / "x").read_text() == "early\n"
     again = run_gaffer(["run"], cwd=ws, env=env, timeout=WAIT_S)
@@ -212,10 +210,9 @@ def test_a_process_that_escaped_with_setsid_is_killed_when_its_task_ends(tmp_pat
     try:
         proc = run_gaffer(["run"], cwd=ws, env=env, timeout=WAIT_S)
         assert proc.returncode == 0, proc.stderr
-        assert not _alive(int(pid_file.read_text())), "the task's escaped writer outlived it"
+        assert not alive(int(pid_file.read_text())), "the task's escaped writer outlived it"
     finally:
-        if pid_file.exists() and _alive(int(pid_file.read_text())):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        kill_if_alive(pid_file)
     gate.open()
     assert (ws / "out" / "x").read_text() == "early\n"
 
@@ -242,16 +239,15 @@ def test_an_escaped_process_of_a_running_task_survives_another_task_ending(tmp_p
         while b"Completed short" not in (line := read_line(run.stderr.fileno())):
             assert b"Completed long" not in line
         daemon_pid = int(pid_file.read_text())
-        assert _alive(daemon_pid), "killed while its own task still ran"
+        assert alive(daemon_pid), "killed while its own task still ran"
         gate.open()
         _out, err = run.communicate(timeout=WAIT_S)
         assert run.returncode == 0, err
-        assert not _alive(daemon_pid), "its task ended: it is killed"
+        assert not alive(daemon_pid), "its task ended: it is killed"
     finally:
         stop(run)
         other.close()
-        if pid_file.exists() and _alive(int(pid_file.read_text())):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        kill_if_alive(pid_file)
 
 
 # -- inputs that change while their task runs ------------------------------------------------------------------
