@@ -13,6 +13,7 @@ import math
 import os
 import posixpath
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,15 @@ def _load(path: str | os.PathLike[str]) -> Graph:
         _check_inputs_against_outputs(tasks, owner, shown)
     return Graph(path=Path(os.path.abspath(path)), root=Path(workspace_root(path)), tasks=tasks, platform=platform,
                  signature=(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+
+
+def _with_graph_level(value: Any, parse: Callable[[Any], tuple[str, ...]], graph_level: tuple[str, ...]
+                      ) -> tuple[str, ...]:
+    """A task's list field (`env`, `tools`) parsed, plus the graph's top-level list of the same field."""
+    if value is None:
+        return graph_level
+    names = parse(value)
+    return tuple(sorted(set(names).union(graph_level))) if graph_level else names
 
 
 def _parse_json(data: bytes, shown: str) -> Any:
@@ -170,13 +180,7 @@ def _task(name: str, raw: Any, graph_env: tuple[str, ...], graph_pass: tuple[str
                 raise _Bad(f"unknown dependency {dep!r}{did_you_mean(dep, known)}")
         deps = tuple(dict.fromkeys(deps)) if len(deps) > 1 else tuple(deps)
 
-    env = get("env")
-    if env is None:
-        env = graph_env
-    else:
-        env = _env_names(env)
-        if graph_env:
-            env = tuple(sorted(set(env).union(graph_env)))
+    env = _with_graph_level(get("env"), _env_names, graph_env)
 
     pass_env = get("pass_env")
     if pass_env is None and not graph_pass:
@@ -188,13 +192,7 @@ def _task(name: str, raw: Any, graph_env: tuple[str, ...], graph_pass: tuple[str
             raise _Bad(f"variable {min(both)!r} is in both 'env' (keyed) and 'pass_env' (not keyed); keep it in one")
         pass_env = tuple(sorted(explicit.union(n for n in DEFAULT_PASS_ENV if n not in env)))
 
-    tools = get("tools")
-    if tools is None:
-        tools = graph_tools
-    else:
-        tools = _tools(tools)
-        if graph_tools:
-            tools = tuple(sorted(set(tools).union(graph_tools)))
+    tools = _with_graph_level(get("tools"), _tools, graph_tools)
 
     cache, sandbox = _flag(get("cache"), "cache", True), _flag(get("sandbox"), "sandbox", False)
     description = get("description")
