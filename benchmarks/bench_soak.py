@@ -320,8 +320,11 @@ def soak(seconds: float, stalled: int, streams: int, workdir: Path) -> dict:
         report["shutdown_s"] = round(time.monotonic() - t0, 2)
         if status != 0:
             run.fail(f"SIGTERM: the server exited with {status} (None: still running after 60 s)")
-        if "Traceback" in server.log.read_text(errors="replace"):
-            run.fail("the server's log holds a traceback")
+        log = server.log.read_text(errors="replace")
+        if "Traceback" in log:
+            start = log.rfind("\n", 0, max(0, log.index("Traceback") - 1)) + 1  # with the line that announced it
+            shown = "\n".join(log[start:].splitlines()[:25])
+            run.fail(f"the server's log holds a traceback:\n{shown}")
         run.failures.extend(_verify(server.workdir / "store"))
     finally:
         server.stop()
