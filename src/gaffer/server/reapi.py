@@ -14,6 +14,7 @@ import asyncio
 import errno
 import functools
 import hashlib
+import logging
 import socket
 import threading
 from collections import deque
@@ -574,6 +575,17 @@ class GrpcServer:
         asyncio.run_coroutine_threadsafe(stop(), self._loop)
         threading.Thread(target=finish, name="gaffer-grpc-stop").start()
         return done
+
+
+class _CancelledAtStop(logging.Filter):
+    """grpc.aio logs a traceback for each call it cancels when the server stops (a stalled stream after the grace
+    period): the cancel is the stop doing its job, not a fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
+logging.getLogger("grpc._cython.cygrpc").addFilter(_CancelledAtStop())
 
 
 def start_grpc(address: str, store: ServerStore, metrics: Metrics, token: BearerToken, threads: int) -> tuple[GrpcServer, int]:
