@@ -27,6 +27,8 @@ FILES = {
     "build/bazel/remote/execution/v2/remote_execution.proto": ("remote_execution", True),
     "build/bazel/remote/execution/v2/execution_service.proto": ("execution_service", True),
     "google/bytestream/bytestream.proto": ("bytestream", True),
+    "google/devtools/remoteworkers/v1test2/worker.proto": ("worker", False),
+    "google/devtools/remoteworkers/v1test2/bots.proto": ("bots", True),
 }
 
 
