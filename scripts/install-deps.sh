@@ -1,7 +1,9 @@
 #!/bin/sh
 # Install the real servers and tools the test suite starts on loopback (Debian 12, run as root).
 # Idempotent: installs only what is missing, so a second run is quick and touches no network.
-#   Debian: redis-server, nginx (Bazel HTTP cache), radosgw + ceph-mon + ceph-osd (real S3)
+#   Debian: redis-server, nginx (Bazel HTTP cache), radosgw + ceph-mon + ceph-osd (real S3), postgresql
+#   (BuildGrid's execution service), chromium (the status page in a headless browser), gcc/g++, cmake and
+#   ninja-build (the C/C++ example), ccache, sccache and distcc (what the compiler launcher is measured against)
 #   The tests start these servers themselves: apt is kept from starting them while it installs (a temporary
 #   /usr/sbin/policy-rc.d exiting 101; one already there is put back after), and what this run installed is then
 #   disabled as a boot service and stopped (where systemctl exists). Packages that were already there are left
@@ -13,7 +15,7 @@ set -eu
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 START=$(date +%s.%N)
 
-PACKAGES="redis-server nginx radosgw ceph-mon ceph-osd"
+PACKAGES="redis-server nginx radosgw ceph-mon ceph-osd postgresql chromium gcc g++ cmake ninja-build ccache sccache distcc"
 # Node for Azurite: Debian's packages unless a node and npm are already on PATH
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then PACKAGES="$PACKAGES nodejs npm"; fi
 missing=""
@@ -41,6 +43,8 @@ units_of() {
     radosgw) echo ceph-radosgw.target ceph.target ceph-crash.service ;;
     ceph-mon) echo ceph-mon.target ceph.target ceph-crash.service ;;
     ceph-osd) echo ceph-osd.target ceph.target ceph-crash.service ;;
+    postgresql) echo postgresql.service ;;
+    distcc) echo distcc.service ;;
   esac
 }
 
@@ -69,6 +73,12 @@ if [ -n "$missing" ]; then
       systemctl disable --now "$unit" >/dev/null 2>&1 || systemctl disable "$unit" >/dev/null 2>&1 || true
     done
     echo "install-deps: not left enabled or running: $units"
+  fi
+  # Without systemd (a container), SysV init scripts are what would start postgresql and distccd at boot.
+  if command -v update-rc.d >/dev/null 2>&1; then
+    for p in $missing; do
+      case "$p" in postgresql|distcc) update-rc.d "$p" disable >/dev/null 2>&1 || true ;; esac
+    done
   fi
 else
   echo "install-deps: Debian packages already installed"
