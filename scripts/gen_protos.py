@@ -29,6 +29,7 @@ FILES = {
     "google/bytestream/bytestream.proto": ("bytestream", True),
     "google/devtools/remoteworkers/v1test2/worker.proto": ("worker", False),
     "google/devtools/remoteworkers/v1test2/bots.proto": ("bots", True),
+    "gaffer/worker/v1/inventory.proto": ("inventory", True),
 }
 
 
