@@ -10,7 +10,7 @@ import argparse
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from gaffer.cache.urls import read_token, split_url
@@ -77,8 +77,8 @@ def render(s: dict[str, Any], url: str) -> list[str]:
     cache = s["cache"]
     ac = cache["ac"]
     lines = [f"{s.get('server', 'gaffer serve')} at {url}",
-             f"action cache: {_percent(ac['hit_rate'])} hits ({ac['hits']:,} of {ac['hits'] + ac['misses']:,} "
-             f"lookups); store {format_size(cache['store_bytes'])} of {format_size(cache['max_bytes'])}"]
+             (f"action cache: {_percent(ac['hit_rate'])} hits ({ac['hits']:,} of {ac['hits'] + ac['misses']:,} "
+             f"lookups); store {format_size(cache['store_bytes'])} of {format_size(cache['max_bytes'])}")]
     if not s.get("execution"):
         return [*lines, "execution: not served (cache statistics only)"]
     c, workers = s["counters"], s["workers"]
@@ -86,11 +86,11 @@ def render(s: dict[str, Any], url: str) -> list[str]:
     served = c["cache_hits"] + c["cache_misses"]
     wait = (f"; mean queue-to-start {_duration(c['queue_to_start_seconds_sum'] / c['queue_to_start_count'])}"
             if c["queue_to_start_count"] else "")
-    lines += [f"execution: {format_count(len(workers), 'worker')} ({busy} of {slots} slots busy), "
-              f"{len(s['queue'])} queued, {len(s['running'])} running{wait}",
-              f"actions: {c['actions_started']:,} started, {c['actions_finished']:,} finished, "
+    lines += [(f"execution: {format_count(len(workers), 'worker')} ({busy} of {slots} slots busy), "
+              f"{len(s['queue'])} queued, {len(s['running'])} running{wait}"),
+              (f"actions: {c['actions_started']:,} started, {c['actions_finished']:,} finished, "
               f"{c['actions_failed']:,} failed, {c['actions_retried']:,} retried, {c['actions_cancelled']:,} "
-              f"cancelled; answered from the action cache: {c['cache_hits']:,} of {served:,}"]
+              f"cancelled; answered from the action cache: {c['cache_hits']:,} of {served:,}")]
     running = {r["operation"]: r for r in s["running"]}
 
     def jobs(w: dict[str, Any]) -> list[str]:
@@ -115,14 +115,14 @@ def render(s: dict[str, Any], url: str) -> list[str]:
     return lines
 
 
-def _section(title: str, items: Sequence[dict[str, Any]], empty: str, headers: Sequence[str], right: set[int],
-             row: Any) -> list[str]:
+def _section(title: str, items: Sequence[dict[str, Any]], empty: str, headers: Sequence[str],
+             right: Collection[int], row: Callable[[dict[str, Any]], Sequence[Cell]]) -> list[str]:
     if not items:
         return ["", f"{title}: {empty}"]
     return ["", f"{title} ({len(items)})", *table(headers, [row(item) for item in items], right)]
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Cell]], right: set[int] = frozenset()) -> list[str]:
+def table(headers: Sequence[str], rows: Iterable[Sequence[Cell]], right: Collection[int] = ()) -> list[str]:
     """Columns padded to their widest cell (`right`: the indexes aligned right); a list cell spans several lines."""
     grid = [[[h] for h in headers]] + [[c if isinstance(c, list) else [c] for c in r] for r in rows]
     widths = [max(len(line) for r in grid for line in r[i]) for i in range(len(headers))]

@@ -242,9 +242,9 @@ class CacheHTTPServer:
             text = self.metrics.render(self.store.total_bytes, self.store.max_size)
             return self._reply(request, 200, kind, text, content_type="text/plain; version=0.0.4")
         if path == "/status.json":
-            status = await self._disk_io(document, self.coordinator, self.metrics, self.store.total_bytes,
-                                         self.store.max_size)
-            return self._reply(request, 200, kind, json.dumps(status, separators=(",", ":")),
+            shown = await self._disk_io(document, self.coordinator, self.metrics, self.store.total_bytes,
+                                        self.store.max_size)
+            return self._reply(request, 200, kind, json.dumps(shown, separators=(",", ":")),
                                content_type="application/json", headers={"Cache-Control": "no-store"})
         segments = path.strip("/").split("/")
         if kind == "other":
