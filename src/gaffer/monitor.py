@@ -81,7 +81,8 @@ def render(s: dict[str, Any], url: str) -> list[str]:
              f"lookups); store {format_size(cache['store_bytes'])} of {format_size(cache['max_bytes'])}")]
     if not s.get("execution"):
         return [*lines, "execution: not served (cache statistics only)"]
-    c, workers = s["counters"], s["workers"]
+    workers = s["workers"]
+    c = {name: int(value) if name != "queue_to_start_seconds_sum" else value for name, value in s["counters"].items()}
     slots, busy = sum(w["max_jobs"] for w in workers), sum(len(w["running"]) for w in workers)
     served = c["cache_hits"] + c["cache_misses"]
     wait = (f"; mean queue-to-start {_duration(c['queue_to_start_seconds_sum'] / c['queue_to_start_count'])}"
