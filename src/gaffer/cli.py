@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument("--json", action="store_true", help="print the status as JSON")
 
     sub.add_parser("serve", help="run a cache server (REAPI gRPC + Bazel HTTP): 'gaffer serve --help'", add_help=False)
+    sub.add_parser("worker", help="run actions for gaffer serve's execution service: 'gaffer worker --help'",
+                   add_help=False)
     sub.add_parser("gocache", help="a GOCACHEPROG program on gaffer's cache: 'gaffer gocache --help'", add_help=False)
     return parser
 
@@ -107,6 +109,10 @@ def _dispatch(args_list: list[str]) -> int:
         from gaffer.server.main import serve_main
 
         return serve_main(args_list[1:])
+    if args_list and args_list[0] == "worker":
+        from gaffer.worker.main import worker_main
+
+        return worker_main(args_list[1:])
     if args_list and args_list[0] == "gocache":
         from gaffer.gocache.main import gocache_main
 

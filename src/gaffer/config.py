@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any
 
-RUN, SERVE, GOCACHE = "run", "serve", "gocache"
+RUN, SERVE, GOCACHE, WORKER = "run", "serve", "gocache", "worker"
 MAX_REMOTE_TIMEOUT_S = 24 * 3600.0
 DEFAULT_MAX_SIZE = 10 * 1024**3
 # The cache URL schemes gaffer opens; kept equal to gaffer.cache.urls._SCHEMES (a test checks), not imported
@@ -142,6 +142,34 @@ def _urls(value: object, where: str, base: str | None = None) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise UserError(f"{where}: must be a URL or a list of URLs")
     return [check_scheme(url, where) for url in value]
+
+
+def _list(value: object, where: str) -> list[str]:
+    """A repeated flag's list, a comma-separated variable, a TOML string or list of strings."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise UserError(f"{where}: must be a string or a list of strings")
+    return [v.strip() for v in value]
+
+
+def _pairs(value: object, where: str, base: str | None = None) -> list[str]:
+    """KEY=VALUE platform properties (a key may repeat: the worker offers each value)."""
+    items = _list(value, where)
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{where}: {item!r}: expected KEY=VALUE (example: pool=large)")
+    return items
+
+
+def _names(value: object, where: str, base: str | None = None) -> list[str]:
+    """Environment variable names."""
+    items = _list(value, where)
+    for item in items:
+        if "=" in item or not item.replace("_", "a").isalnum():
+            raise UserError(f"{where}: {item!r} is not a variable name (example: GOCACHE)")
+    return items
 
 
 # -- the table --------------------------------------------------------------------------------------------------
@@ -269,6 +297,41 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grace", (SERVE,), toml="serve.grace", env="GAFFER_SERVE_GRACE", flags=("--grace",),
             metavar="DURATION", parse=_timeout, default={SERVE: 30.0}, default_text={"*": "30s"},
             help="after a stop signal, how long calls in progress may take to finish before they are cancelled"),
+    # `gaffer worker`
+    Setting("server", (WORKER,), toml="worker.server", env="GAFFER_WORKER_SERVER", flags=("--server",),
+            metavar="HOST:PORT", parse=_address, default={WORKER: None}, default_text={"*": "none (required)"},
+            help="the gaffer serve (or other REAPI server with a Bots service) to take work from"),
+    Setting("instance", (WORKER,), toml="worker.instance", env="GAFFER_WORKER_INSTANCE", flags=("--instance",),
+            metavar="NAME", parse=_text, default={WORKER: ""}, default_text={"*": '""'},
+            help="the server's instance name the worker serves"),
+    Setting("max_jobs", (WORKER,), toml="worker.max_jobs", env="GAFFER_WORKER_MAX_JOBS", flags=("--max-jobs",),
+            metavar="N", parse=_count("jobs"), default={WORKER: 1}, default_text={"*": "1"},
+            help="actions run at once"),
+    Setting("platform", (WORKER,), toml="worker.platform", env="GAFFER_WORKER_PLATFORM", flags=("--platform",),
+            metavar="KEY=VALUE", kind="list", parse=_pairs, default={"*": list}, default_text={"*": "none"},
+            help="a platform property to advertise beside OSFamily and ISA (comma-separated in a variable); "
+                 "an action runs here only if all its platform properties are advertised"),
+    Setting("no_link", (WORKER,), toml="worker.no_link", env="GAFFER_WORKER_NO_LINK", flags=("--no-link",),
+            kind="switch", parse=parse_bool, default={"*": False}, default_text={"*": "false"},
+            help="do not advertise linking=true: link actions go to other workers"),
+    Setting("worker_dir", (WORKER,), toml="worker.dir", env="GAFFER_WORKER_DIR", flags=("--dir",), metavar="DIR",
+            parse=_path, default={WORKER: lambda: os.path.join(_default_cache_dir(), "worker")},
+            default_text={"*": "$XDG_CACHE_HOME/gaffer/worker, else ~/.cache/gaffer/worker"},
+            help="the blob cache and the exec roots"),
+    Setting("worker_max_size", (WORKER,), toml="worker.max_size", env="GAFFER_WORKER_MAX_SIZE",
+            flags=("--max-size",), metavar="SIZE", parse=_size, default={WORKER: DEFAULT_MAX_SIZE},
+            default_text={"*": "10GiB"},
+            help="size bound of the blob cache; least recently used blobs are evicted beyond it"),
+    Setting("env_pass", (WORKER,), toml="worker.env_pass", env="GAFFER_WORKER_ENV_PASS", flags=("--env-pass",),
+            metavar="NAME", kind="list", parse=_names, default={"*": list}, default_text={"*": "none"},
+            help="a variable of the worker's environment every action gets (comma-separated in a variable), "
+                 "beside PATH, HOME, GOROOT and GOTOOLCHAIN; e.g. GOCACHE for a persistent Go build cache"),
+    Setting("worker_token_file", (WORKER,), toml="worker.token_file", env="GAFFER_WORKER_TOKEN_FILE",
+            flags=("--token-file",), metavar="FILE", parse=_path, default={WORKER: None}, default_text={"*": "none"},
+            help="send 'authorization: Bearer <the file's content>' on every request"),
+    Setting("worker_name", (WORKER,), toml="worker.name", env="GAFFER_WORKER_NAME", flags=("--name",),
+            metavar="NAME", parse=_text, default={WORKER: ""}, default_text={"*": "<hostname>-<pid>"},
+            help="the bot id the server shows (<hostname>-NAME)"),
     # gobuildcache (the Go program's variables are its aliases)
     Setting("backend_type", (GOCACHE,), toml="gocache.backend", env="GAFFER_GOCACHE_BACKEND",
             parse=_choice("disk", "s3"), aliases={GOCACHE: ("BACKEND_TYPE",)}, default={GOCACHE: "disk"},

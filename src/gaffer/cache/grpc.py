@@ -115,13 +115,13 @@ class GrpcTier(CacheTier):
         return missing
 
     def read_blob(self, digest: Digest) -> bytes | None:
-        if self._batchable(digest.size_bytes):
+        if self.batchable(digest.size_bytes):
             return self.read_blobs([digest]).get(digest)
         chunks = self._read_stream(digest)
         return None if chunks is None else b"".join(chunks)
 
     def fetch_blob(self, digest: Digest, dest: Path) -> bool:
-        if self._batchable(digest.size_bytes):
+        if self.batchable(digest.size_bytes):
             return super().fetch_blob(digest, dest)
         return write_chunks(dest, self._read_stream(digest))
 
@@ -129,7 +129,7 @@ class GrpcTier(CacheTier):
         self.write_blobs([(digest, data)])
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
-        if self._batchable(digest.size_bytes):
+        if self.batchable(digest.size_bytes):
             super().upload_blob(digest, path)
             return
         with open(path, "rb") as f:
@@ -171,7 +171,7 @@ class GrpcTier(CacheTier):
         for d in dict.fromkeys(digests):
             if d.size_bytes == 0:
                 found[d] = b""  # REAPI: the empty blob is always present
-            elif self._batchable(d.size_bytes):
+            elif self.batchable(d.size_bytes):
                 small.append(d)
             else:
                 chunks = self._read_stream(d)
@@ -192,7 +192,7 @@ class GrpcTier(CacheTier):
         """Store blobs: batched up to the server's limit, larger ones streamed."""
         small = {}
         for digest, data in blobs:
-            if self._batchable(digest.size_bytes):
+            if self.batchable(digest.size_bytes):
                 small[digest] = data
             else:
                 self._write_stream(digest, (data[i:i + STREAM_CHUNK] for i in range(0, len(data), STREAM_CHUNK)))
@@ -214,7 +214,8 @@ class GrpcTier(CacheTier):
         assert self._batch_limit is not None
         return self._batch_limit
 
-    def _batchable(self, size: int) -> bool:
+    def batchable(self, size: int) -> bool:
+        """Whether a blob of this size fits one batch request (larger ones are streamed through ByteStream)."""
         return size + BATCH_ENTRY_OVERHEAD <= self._limit()
 
     def _batches(self, digests: list[Digest]) -> Iterator[list[Digest]]:
