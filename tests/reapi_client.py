@@ -10,12 +10,12 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from google.longrunning import operations_pb2
+from google.longrunning import operations_pb2, operations_pb2_grpc
 
 from gaffer.actions import host_properties
 from gaffer.protos import execution_service_pb2_grpc as exec_grpc
@@ -83,13 +83,23 @@ class Client:
                                                                              requests=requests), timeout=30)
         assert all(r.status.code == 0 for r in response.responses), response
 
+    def start(self, submitted: Submitted, skip_cache_lookup: bool = True,
+              timeout: float = 60) -> Iterator[operations_pb2.Operation]:
+        """Execute: the stream of Operations."""
+        request = re_pb2.ExecuteRequest(instance_name=self.instance, action_digest=submitted.action_digest,
+                                        skip_cache_lookup=skip_cache_lookup)
+        stream: Iterator[operations_pb2.Operation] = self.execution.Execute(request, timeout=timeout)
+        return stream
+
+    def cancel(self, operation: str) -> None:
+        operations_pb2_grpc.OperationsStub(self.channel).CancelOperation(
+            operations_pb2.CancelOperationRequest(name=operation), timeout=30)
+
     def execute(self, submitted: Submitted, skip_cache_lookup: bool = True,
                 timeout: float = 60) -> re_pb2.ExecuteResponse:
         """Execute and follow the Operation stream to its end; the ExecuteResponse."""
-        request = re_pb2.ExecuteRequest(instance_name=self.instance, action_digest=submitted.action_digest,
-                                        skip_cache_lookup=skip_cache_lookup)
         last: operations_pb2.Operation | None = None
-        for operation in self.execution.Execute(request, timeout=timeout):
+        for operation in self.start(submitted, skip_cache_lookup, timeout):
             last = operation
         assert last is not None and last.done, last
         response = re_pb2.ExecuteResponse()

@@ -88,13 +88,12 @@ def run_lease(job: Job, blobs: BlobCache, exec_dir: Path, env: Mapping[str, str]
 def _action_digest(payload: any_pb2.Any, blobs: BlobCache) -> Digest:
     """The Action's digest from a lease payload: a REAPI Digest (gaffer serve), or the Action itself (BuildGrid
     sends the Action when it has it), which is then put in the local store under its own digest."""
-    if payload.Is(re_pb2.Digest.DESCRIPTOR):
-        d = re_pb2.Digest()
-        payload.Unpack(d)
+    d = re_pb2.Digest()
+    if payload.Unpack(d):  # false, and `d` untouched, for another message type
         if not is_valid_hash(d.hash) or d.size_bytes < 0:
             raise BadAction(f"lease payload: malformed action digest {d.hash[:70]!r}")
         return from_proto(d)
-    if payload.Is(re_pb2.Action.DESCRIPTOR):
+    if payload.TypeName() == re_pb2.Action.DESCRIPTOR.full_name:
         digest = digest_bytes(payload.value)
         blobs.local.write_blob(digest, payload.value)
         return digest

@@ -5,7 +5,7 @@ and again: the server holds each call open for a few seconds until it has work o
 are also the worker's heartbeat. When one of the worker's own leases finishes, the call in flight is cancelled
 and a new one carries the result at once (the Remote Workers API lets a server re-send a lease whose assignment
 was lost that way, as BuildGrid does). New leases run on a pool of `max_jobs` threads; a lease the server marks
-CANCELLED has its process group killed.
+CANCELLED, or leaves out of its answer (the Remote Workers API's way, BuildGrid's), has its process group killed.
 
 When the server goes away the worker retries with exponential backoff (capped, with jitter). A server that no
 longer knows the session (it restarted) gets a new one; leases still running from the lost session finish (their
@@ -33,7 +33,8 @@ from gaffer.worker.blobs import BlobCache
 from gaffer.worker.run import Job, Outcome, run_lease
 
 POLL_TIMEOUT_S = 10.0  # one UpdateBotSession's deadline: gaffer serve holds a call ~5 s, BuildGrid 80% of this
-CALL_TIMEOUT_S = 30.0  # CreateBotSession, Inventory.Report
+CREATE_TIMEOUT_S = 3.7  # BuildGrid long-polls a CreateBotSession too, for 80% of its deadline unless that is under 3 s
+CALL_TIMEOUT_S = 30.0  # Inventory.Report
 BACKOFF_START_S = 0.1
 BACKOFF_CAP_S = 10.0
 _SESSION_GONE = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT})
@@ -158,7 +159,7 @@ class Session:
     def _create(self) -> None:
         session = bots_pb2.BotSession(bot_id=self.bot_id, status=bots_pb2.OK, worker=self.worker)
         request = bots_pb2.CreateBotSessionRequest(parent=self.instance, bot_session=session)
-        response = self._bots.CreateBotSession(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
+        response = self._bots.CreateBotSession(request, timeout=CREATE_TIMEOUT_S, metadata=self._metadata)
         with self._cv:
             self._name, self._version = response.name, response.version
             self._inventory_reset = True
@@ -170,9 +171,10 @@ class Session:
         with self._cv:
             name = self._name
             leases = [lease.proto() for lease in self._leases.values()]
+            sent = set(self._leases)
             reported = [lease_id for lease_id, lease in self._leases.items() if lease.state == bots_pb2.COMPLETED]
             status = bots_pb2.BOT_TERMINATING if self._stopping else bots_pb2.OK
-            session = bots_pb2.BotSession(name=name, bot_id=self.bot_id, status=status,  # type: ignore[arg-type]
+            session = bots_pb2.BotSession(name=name, bot_id=self.bot_id, status=status,
                                           worker=self.worker, leases=leases, version=self._version)
             self._changed = False
         call = self._bots.UpdateBotSession.future(bots_pb2.UpdateBotSessionRequest(name=name, bot_session=session),
@@ -209,6 +211,7 @@ class Session:
             self._version = response.version
             for lease_id in reported:
                 self._leases.pop(lease_id, None)
+            self._drop(sent - {lease.id for lease in response.leases})
             self._take(response.leases)
         return True
 
@@ -226,6 +229,15 @@ class Session:
             elif lease.state == bots_pb2.CANCELLED and known.state == bots_pb2.ACTIVE:
                 say(f"lease {lease.id}: cancelled by the server")
                 threading.Thread(target=self.runner.cancel_run, args=(known.job.cancel,), daemon=True).start()
+
+    def _drop(self, lease_ids: set[str]) -> None:
+        """Leases the server left out of its answer (under the lock): it no longer wants them (BuildGrid cancels
+        a lease that way), so they are killed if running and never reported."""
+        for lease_id in lease_ids:
+            entry = self._leases.pop(lease_id, None)
+            if entry is not None and entry.state == bots_pb2.ACTIVE:
+                say(f"lease {lease_id}: dropped by the server")
+                threading.Thread(target=self.runner.cancel_run, args=(entry.job.cancel,), daemon=True).start()
 
     def _start(self, lease: bots_pb2.Lease) -> None:
         job = Job(lease.id, lease.payload, threading.Event())
@@ -265,7 +277,7 @@ class Session:
         result = outcome.result
         what = (f"exit {result.exit_code}" if result is not None and outcome.status.code == code_pb2.OK
                 else f"{code_pb2.Code.Name(outcome.status.code)}: {outcome.status.message}")
-        dropped = "" if current else " (its session is gone: dropped)"
+        dropped = "" if current else " (no longer wanted by the server: not reported)"
         say(f"lease {job.lease_id}: done in {took:.2f}s, {what}{dropped}")
         self._report_inventory()
 
