@@ -212,7 +212,7 @@ class Session:
             for lease_id in reported:
                 self._leases.pop(lease_id, None)
             self._drop(sent - {lease.id for lease in response.leases})
-            self._take(response.leases)
+            self._take([lease for lease in response.leases if lease.id not in reported])  # not news: just done
         return True
 
     def _notify(self) -> None:
@@ -279,6 +279,7 @@ class Session:
                 else f"{code_pb2.Code.Name(outcome.status.code)}: {outcome.status.message}")
         dropped = "" if current else " (no longer wanted by the server: not reported)"
         say(f"lease {job.lease_id}: done in {took:.2f}s, {what}{dropped}")
+        self.blobs.evict()
         self._report_inventory()
 
     # -- inventory -----------------------------------------------------------------------------------------------
@@ -291,10 +292,11 @@ class Session:
                 name, reset = self._name, self._inventory_reset
             if not self._inventory_on or not name:
                 return
-            added = self.blobs.take_added()
-            if reset:
-                added = self.blobs.held()
-            report = inventory_pb2.InventoryReport(bot_session=name, reset=reset, added=[to_proto(d) for d in added])
+            added, removed = (self.blobs.held(), []) if reset else self.blobs.take_changes()
+            if not reset and not added and not removed:
+                return
+            report = inventory_pb2.InventoryReport(bot_session=name, reset=reset, added=[to_proto(d) for d in added],
+                                                   removed=[to_proto(d) for d in removed])
             try:
                 self._inventory.Report(report, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
             except grpc.RpcError as e:
