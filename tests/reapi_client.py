@@ -149,6 +149,7 @@ def start_worker(address: str, name: str, *args: str, directory: Path | None = N
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "worker.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    env["PYTHONFAULTHANDLER"] = "1"
     argv = [sys.executable, "-m", "gaffer", "worker", "--server", address, "--name", name, "--dir", str(directory),
             *args]
     worker = Worker(servers._spawn(argv, log, env), log, name)

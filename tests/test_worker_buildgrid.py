@@ -5,6 +5,7 @@ itself as the lease payload, and reads the worker's capacity from its `capacity`
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from gaffer.execute.local import ProcessRunner
 from gaffer.execute.sandbox import run_action
 from gaffer.graph.model import DEFAULT_PASS_ENV
 from gaffer.protos import remote_execution_pb2 as re_pb2
+from tests import servers
 from tests.buildgrid import BuildGridExecution
 from tests.reapi_client import Client, Submitted, Worker, start_worker
 
@@ -113,3 +115,25 @@ def test_a_cancelled_operation_kills_its_action_on_the_worker(worker: Worker, cl
 
 def _count(worker: Worker, what: str) -> int:
     return len(re.findall(rf"lease \S+: {what}", worker.text()))
+
+
+def test_sigterm_lets_the_running_action_finish_and_report(buildgrid_execution: BuildGridExecution, client: Client,
+                                                            tmp_path: Path) -> None:
+    draining = start_worker(buildgrid_execution.server.grpc_address, "drain", "--platform", "pool=drain",
+                            directory=tmp_path / "worker")
+    started, release = tmp_path / "started", tmp_path / "release"
+    submitted = client.action(
+        ["sh", "-c", f"touch {started}; while [ ! -e {release} ]; do sleep 0.01; done; echo finished"],
+        platform={"pool": "drain"})
+    stream = client.start(submitted)
+    servers.wait_until(started.exists, "the action to start", 30, draining.proc, draining.log)
+    draining.proc.send_signal(signal.SIGTERM)
+    draining.wait_for("SIGTERM: taking no more work")
+    release.touch()
+    *_, last = stream
+    response = re_pb2.ExecuteResponse()
+    last.response.Unpack(response)
+    assert response.status.code == code_pb2.OK and response.result.exit_code == 0, response
+    assert client.read(response.result.stdout_digest) == b"finished\n"
+    assert draining.proc.wait(30) == 0, draining.text()
+    assert "gaffer worker: stopped" in draining.text()

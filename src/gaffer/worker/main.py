@@ -102,6 +102,11 @@ def _work(settings: Settings) -> int:
             say(f"{signal.Signals(signum).name}: killing the running actions")
             session.kill()
 
+    # A signal may reach any thread, and Python runs its handler in the main thread only once that thread runs
+    # again: the main thread waits on a pipe that each signal writes to (the wakeup fd), as does the loop's end.
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     say(f"working for {target} as {bot_id}, {settings.max_jobs} at once, blobs in {directory}")
@@ -112,10 +117,16 @@ def _work(settings: Settings) -> int:
             session.run()
         except Exception as e:  # noqa: BLE001 - reported by the main thread as one line, never a traceback
             failed.append(e)
+        finally:
+            finished.set()  # before the write: once the main thread reads it, the flag is seen
+            os.write(wake_write, b"\0")
 
+    finished = threading.Event()
     loop = threading.Thread(target=serve, name="session")
     loop.start()
-    loop.join()  # interrupted by each signal to run its handler here, in the main thread
+    while not finished.is_set():
+        os.read(wake_read, 64)  # then the handlers of the signals that came run, here
+    loop.join()
     server.close()
     channel.close()
     if failed:
