@@ -32,13 +32,12 @@ from gaffer.server.dispatch import (
     PENDING,
     Completed,
     Coordinator,
-    Lease,
     Outcome,
     Report,
     Session,
 )
 from gaffer.server.metrics import Metrics
-from gaffer.server.reapi import Context, Failure, _HANDLED, _Service
+from gaffer.server.reapi import _HANDLED, Context, Failure, _Service
 from gaffer.server.store import BadRequest, ServerStore, check_digest, check_instance
 
 MAX_JOBS_LIMIT = 1024

@@ -29,10 +29,9 @@ from google.rpc import error_details_pb2, status_pb2
 from gaffer.digest import Digest
 from gaffer.protos import execution_service_pb2_grpc as exec_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
-from gaffer.protos.digests import to_proto
 from gaffer.server.dispatch import COMPLETED, EXECUTING, FAILED_PRECONDITION, Coordinator, Operation, Outcome
 from gaffer.server.metrics import Metrics
-from gaffer.server.reapi import STALL_S, Context, Failure, _HANDLED, _Service
+from gaffer.server.reapi import _HANDLED, STALL_S, Context, Failure, _Service
 from gaffer.server.store import BadRequest, Namespace, ServerStore, check_digest, check_instance
 
 METADATA_KEY = "build.bazel.remote.execution.v2.requestmetadata-bin"
@@ -243,8 +242,7 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         return operation_proto(op)
 
     async def CancelOperation(self, request: operations_pb2.CancelOperationRequest, context: Context) -> Any:
-        if not self.coordinator.cancel_operation(request.name):
-            if self.coordinator.operation(request.name) is None:
-                failure = unknown(request.name)
-                await context.abort(failure.code, str(failure))
+        if not self.coordinator.cancel_operation(request.name) and self.coordinator.operation(request.name) is None:
+            failure = unknown(request.name)
+            await context.abort(failure.code, str(failure))
         return empty_pb2.Empty()

@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="gaffer serve",
         description="Serve a build cache over REAPI gRPC and the Bazel HTTP cache protocol.",
-        epilog="example: gaffer serve --dir /srv/gaffer --max-size 200GiB --grpc 0.0.0.0:9092 --http 0.0.0.0:8080\n\n"
+        epilog="example: gaffer serve --dir /srv/gaffer --max-size 200GiB --grpc 0.0.0.0:9092 --http 0.0.0.0:8080 "
+               "--token-file /etc/gaffer/token\n\n"
                "settings: a flag wins over its variable, which wins over gaffer.toml (the nearest from the working\n"
                "directory upward, then $XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml)\n"
                + environment_help(SERVE),

@@ -79,8 +79,8 @@ def _dispatch_lines(stats: Mapping[str, float]) -> list[str]:
                             ("workers", "workers", "Connected workers (bot sessions)."),
                             ("running_actions", "running", "Actions leased to workers.")):
         lines += [f"# HELP gaffer_{name} {what}", f"# TYPE gaffer_{name} gauge", f"gaffer_{name} {stats[key]:g}"]
-    lines += ["# HELP gaffer_actions_total Remote actions by event: started (a lease given), finished, failed "
-              "(of finished), retried, cancelled.", "# TYPE gaffer_actions_total counter"]
+    lines += [("# HELP gaffer_actions_total Remote actions by event: started (a lease given), finished, failed "
+               "(of finished), retried, cancelled."), "# TYPE gaffer_actions_total counter"]
     lines += [f'gaffer_actions_total{{event="{event}"}} {stats["actions_" + event]:g}'
               for event in ("started", "finished", "failed", "retried", "cancelled")]
     lines += ["# HELP gaffer_queue_to_start_seconds From queued to leased to a worker.",
