@@ -33,6 +33,8 @@ from gaffer.worker.blobs import BlobCache
 from gaffer.worker.run import Job, Outcome, run_lease
 
 POLL_TIMEOUT_S = 10.0  # one UpdateBotSession's deadline: gaffer serve holds a call ~5 s, BuildGrid 80% of this
+STOP_POLL_TIMEOUT_S = 1.5  # while stopping there is no work to wait for: gaffer serve holds a call to 1 s before
+#                            its deadline, BuildGrid answers a terminating bot at once
 CREATE_TIMEOUT_S = 3.7  # BuildGrid long-polls a CreateBotSession too, for 80% of its deadline unless that is under 3 s
 CALL_TIMEOUT_S = 30.0  # Inventory.Report
 BACKOFF_START_S = 0.1
@@ -174,11 +176,12 @@ class Session:
             sent = set(self._leases)
             reported = [lease_id for lease_id, lease in self._leases.items() if lease.state == bots_pb2.COMPLETED]
             status = bots_pb2.BOT_TERMINATING if self._stopping else bots_pb2.OK
+            timeout = STOP_POLL_TIMEOUT_S if self._stopping else POLL_TIMEOUT_S
             session = bots_pb2.BotSession(name=name, bot_id=self.bot_id, status=status,
                                           worker=self.worker, leases=leases, version=self._version)
             self._changed = False
         call = self._bots.UpdateBotSession.future(bots_pb2.UpdateBotSessionRequest(name=name, bot_session=session),
-                                                  timeout=POLL_TIMEOUT_S, metadata=self._metadata)
+                                                  timeout=timeout, metadata=self._metadata)
         call.add_done_callback(lambda _call: self._notify())
         with self._cv:
             self._cv.wait_for(lambda: call.done() or self._changed)
