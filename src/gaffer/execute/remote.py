@@ -110,7 +110,7 @@ class RemoteExecutor:
         except TierError as e:
             self._unreachable(str(e), at_start=True)
             return
-        if not caps.execution_capabilities.exec_enabled:
+        if caps.HasField("execution_capabilities") and not caps.execution_capabilities.exec_enabled:
             raise UserError(f"remote {self.tier.name}: the server offers no remote execution (only a cache: "
                             "use it with --cache)")
 
