@@ -209,16 +209,19 @@ class Build:
         task = planned.task
         action_blobs = keyed.action.store(self.cache.local)
         executor = self.executor
-        if self.options.sandbox or task.sandbox:
+        if self.remote is not None and task.cache and task.remote:  # a worker's exec root is a sandbox already
+            executor = self.remote
+        elif self.options.sandbox or task.sandbox:
             assert self.sandbox is not None, "a sandboxed task needs Build(sandbox=...)"
             executor = self.sandbox
-        elif self.remote is not None and task.cache and task.remote:
-            executor = self.remote
+        start = self._now()
         problem = self.remote.materialise(keyed.action) if self.remote and executor is not self.remote else ""
         result = executor.execute(keyed.action, task.pass_env, name) if not problem else \
             ExecuteResult(0.0, b"", b"", failure=problem)
         self.progress.task_output(name, result.stdout, result.stderr)
         extra: dict[str, object] = {"where": result.where} if result.where else {}
+        if result.cached and not result.failure:  # the remote's action cache answered: a hit, as a restore is
+            reason = "restored from the remote's action cache"
         if result.failure or result.outputs is None:
             return Outcome(FAILED, duration_s=result.duration_s, reason=result.failure, extra=extra)
         made = (records.predicted(result.outputs) if result.remote_only
@@ -232,6 +235,8 @@ class Build:
         if task.cache:
             self.cache.put_action(keyed.key, result.action_result, [*result.blobs, *action_blobs])
         self._record(name, keyed, made, result.duration_s)
+        if result.cached:
+            return Outcome(CACHED, duration_s=self._now() - start, saved_s=result.duration_s, reason=reason)
         return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason, extra=extra)
 
     def _record(self, name: str, keyed: Keyed, made: OutputRecords, duration_s: float) -> None:

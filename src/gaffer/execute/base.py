@@ -36,7 +36,7 @@ OWN_ENV = (LOCK_ENV, RUN_ENV)  # gaffer's own task variables: always passed (see
 class ExecuteResult:
     """One execution: its logs and timing, and on success its outputs and ActionResult. `failure` says why it
     failed ("" when it succeeded). On success the outputs are in the workspace and every blob the ActionResult
-    names is in the local CAS."""
+    names is in the local CAS, unless `remote_only`: then only its Trees and logs are."""
 
     duration_s: float
     stdout: bytes
@@ -45,7 +45,8 @@ class ExecuteResult:
     outputs: Outputs | None = None
     action_result: bytes = b""  # the serialized REAPI ActionResult
     blobs: list[Digest] = field(default_factory=list)  # the blobs it names: outputs, Trees, stdout, stderr
-    where: str = ""  # where it ran when not here: "worker W", "the remote's action cache"
+    where: str = ""  # where it ran when not here: "worker W"
+    cached: bool = False  # not run: a remote's action cache answered (duration_s is then the original run's)
     remote_only: bool = False  # its outputs were left on the remote (--remote-download=minimal), not written here
 
 

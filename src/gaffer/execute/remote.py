@@ -105,6 +105,8 @@ class RemoteExecutor:
                 request, timeout=self.tier.timeout, metadata=self._headers(""))
             self.tier.check()
         except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise UserError(f"remote {self.tier.name}: {e.code().name}: {e.details()} (its token_file?)") from None
             self._unreachable(f"{e.code().name}: {e.details()}", at_start=True)
             return
         except TierError as e:
@@ -197,8 +199,7 @@ class RemoteExecutor:
             self._upload(view, action)
             response = self._execute(view, action, name)
         status, result = response.status, response.result
-        where = "the remote's action cache" if response.cached_result else \
-            f"worker {result.execution_metadata.worker or '?'}"
+        where = "" if response.cached_result else f"worker {result.execution_metadata.worker or '?'}"
         if status.code not in (0, _DEADLINE_EXCEEDED):
             message = status.message or response.message
             return ExecuteResult(time.perf_counter() - start, b"", b"", where=where,
@@ -240,7 +241,7 @@ class RemoteExecutor:
             blobs.extend(f.digest for f in cached.outputs.files)
         return ExecuteResult(cached.duration_s or time.perf_counter() - start, stdout, stderr,
                              outputs=cached.outputs, action_result=data, blobs=blobs, where=where,
-                             remote_only=keep_remote)
+                             cached=response.cached_result, remote_only=keep_remote)
 
     def _upload(self, view: GrpcTier, action: PreparedAction) -> None:
         """Upload what the server lacks of the action: its messages from memory, input files from the local CAS
@@ -257,6 +258,8 @@ class RemoteExecutor:
             for digest in missing:
                 if digest in action.blobs:
                     data = action.blobs[digest]
+                elif digest.size_bytes == 0:  # REAPI: always present; a server that says otherwise gets it
+                    data = b""
                 else:
                     blob = self._local_blob(digest, paths[digest])
                     if digest.size_bytes > SMALL_BLOB:
