@@ -282,6 +282,8 @@ def test_minimal_download_keeps_outputs_remote_and_reruns_their_producer_when_th
         "mid": {"command": "seq 1 100 > mid.txt", "outputs": ["mid.txt"]},
         "top": {"command": "cat in.txt mid.txt | wc -l > top.txt", "deps": ["mid"], "inputs": ["in.txt"],
                 "outputs": ["top.txt"]},
+        "here": {"command": "tail -n 1 mid.txt > here.txt", "deps": ["mid"], "outputs": ["here.txt"],
+                 "remote": False},
     }}))
     f = start_farm(tmp_path / "farm1", 1)
     try:
@@ -301,6 +303,10 @@ def test_minimal_download_keeps_outputs_remote_and_reruns_their_producer_when_th
         assert proc.returncode == 0, proc.stderr
         assert (ws / "top.txt").read_text().strip() == "102"
         assert f.started() == 2  # the producer ran again, then the task that needs its output
+        proc = gaffer(ws, "--remote", f.url, "--remote-download=minimal", "here")  # runs here: needs mid.txt
+        assert proc.returncode == 0, proc.stderr
+        assert (ws / "here.txt").read_text() == "100\n" and f.started() == 2
+        (ws / "mid.txt").unlink()
         proc = gaffer(ws, "--remote", f.url, "--remote-download=minimal", "mid")  # now a target: it comes back
         assert proc.returncode == 0 and (ws / "mid.txt").read_text().splitlines()[-1] == "100"
     finally:
@@ -335,3 +341,16 @@ def test_a_no_op_build_with_a_remote_configured_imports_no_grpc(tmp_path: Path) 
     proc = subprocess.run([sys.executable, "-c", code], cwd=ws, env=env, capture_output=True, text=True,
                           timeout=60, check=True)
     assert proc.stdout.strip() == "0 []", proc.stdout + proc.stderr
+
+
+def test_the_remote_field_of_a_task(tmp_path: Path) -> None:
+    from gaffer.errors import UserError
+    from gaffer.graph import load_graph
+
+    graph = tmp_path / "graph.json"
+    graph.write_text(json.dumps({"tasks": {"a": {"command": "true", "remote": False}, "b": {"command": "true"}}}))
+    tasks = load_graph(str(graph)).tasks
+    assert not tasks["a"].remote and tasks["b"].remote
+    graph.write_text(json.dumps({"tasks": {"a": {"command": "true", "remote": "no"}}}))
+    with pytest.raises(UserError, match="field 'remote' must be true or false"):
+        load_graph(str(graph))

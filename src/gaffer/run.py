@@ -101,16 +101,20 @@ def _open_remote(settings: Any, graph: Any, targets: list[str], state: Any, loca
     """`--remote`: the remote executor, connected (an unreachable remote is one warning, or exit 3 without
     fallback). With minimal downloads, the requested targets' outputs come back (every task nothing depends on
     when none is named), and outputs earlier builds left on the remote are known by digest."""
-    from gaffer.actions import FileEntry
+    from gaffer.actions import DirectoryEntry, FileEntry, Outputs, SymlinkEntry
     from gaffer.digest import Digest
     from gaffer.execute.remote import RemoteExecutor, open_remote
+    from gaffer.records import left_remote
 
     wanted = set(targets) or set(graph.tasks) - {dep for task in graph.tasks.values() for dep in task.deps}
     remote = RemoteExecutor(graph.root, store, local, open_remote(settings.remote, settings.timeout),
                             fallback=settings.remote_fallback, minimal=settings.remote_download == "minimal",
                             wanted=wanted, on_stage=progress.task_stage, warn=progress.warn)
-    remote.remember_remote([FileEntry(f.path, Digest(f.hash, f.size), bool(f.mode & 0o100), f.mode)
-                            for task in state.tasks.values() for f in task.outputs.files if f.sig is None])
+    left = [task.outputs for task in state.tasks.values() if left_remote(task.outputs)]
+    remote.remember_remote(Outputs(
+        [FileEntry(f.path, Digest(f.hash, f.size), bool(f.mode & 0o100), f.mode) for o in left for f in o.files],
+        [SymlinkEntry(s.path, s.target) for o in left for s in o.symlinks],
+        [DirectoryEntry(d.path, d.mode) for o in left for d in o.directories]))
     remote.connect()
     return remote
 

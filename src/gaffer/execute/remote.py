@@ -32,7 +32,7 @@ from google.longrunning import operations_pb2
 
 from gaffer import __version__, actions
 from gaffer.cache.base import TierError
-from gaffer.digest import Digest
+from gaffer.digest import EMPTY_DIGEST, Digest
 from gaffer.errors import EnvironmentProblem, UserError
 from gaffer.execute.base import ExecuteResult
 from gaffer.protos import execution_service_pb2_grpc
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from gaffer.cache.grpc import GrpcTier
     from gaffer.execute.base import Executor
 
+Entry = actions.FileEntry | actions.SymlinkEntry | actions.DirectoryEntry
 METADATA_HEADER = "build.bazel.remote.execution.v2.requestmetadata-bin"
 REATTACH_S = 60.0  # how long a broken Operation stream is re-attached (a server restarting) before giving up
 UPLOAD_BATCH_BYTES = 16 * 1024 * 1024  # small blobs read into memory at once for BatchUpdateBlobs
@@ -90,7 +91,7 @@ class RemoteExecutor:
         self._cancelled = threading.Event()
         self._calls: set[grpc.RpcContext] = set()  # the Execute and WaitExecution streams in progress
         self._lock = threading.Lock()  # guards _calls, _down and _remote_files
-        self._remote_files: dict[str, actions.FileEntry] = {}  # outputs left on the remote, by workspace path
+        self._left: dict[str, Entry] = {}  # outputs left on the remote, by workspace path
 
     # -- set-up --------------------------------------------------------------------------------------------------
 
@@ -116,10 +117,11 @@ class RemoteExecutor:
             raise UserError(f"remote {self.tier.name}: the server offers no remote execution (only a cache: "
                             "use it with --cache)")
 
-    def remember_remote(self, files: Sequence[actions.FileEntry]) -> None:
-        """Outputs an earlier build left on the remote (the workspace state's records without a stat signature)."""
+    def remember_remote(self, outputs: actions.Outputs) -> None:
+        """Outputs left on the remote, by this build or an earlier one (the workspace state's records without
+        stat signatures): what `materialise` writes here when a task running here needs them."""
         with self._lock:
-            self._remote_files.update((f.path, f) for f in files)
+            self._left.update((e.path, e) for e in _entries(outputs))
 
     # -- the Executor interface ----------------------------------------------------------------------------------
 
@@ -151,30 +153,30 @@ class RemoteExecutor:
         """Write into the workspace every input of `action` that an earlier task left on the remote, before the
         action runs here; "" when done, else why it cannot run."""
         try:
-            files = action.input_tree().files
+            tree = action.input_tree()
         except actions.BadCacheEntry as e:
             return f"input root: {e}"
         with self._lock:
-            wanted = [f for f in files if self._remote_files.get(f.path) == f]
-        if not wanted:
+            wanted = actions.Outputs([f for f in tree.files if self._left.get(f.path) == f],
+                                     [s for s in tree.symlinks if self._left.get(s.path) == s],
+                                     [d for d in tree.directories if self._left.get(d.path) == d])
+        if not _entries(wanted):
             return ""
         view = self.tier.with_headers(self._headers(""))
         try:
-            fetched = self._fetch(view, [f.digest for f in wanted])
+            fetched = self._fetch(view, [f.digest for f in wanted.files])
         except Unreachable as e:
             return f"cannot fetch the inputs left on the remote: {e}"
         if not fetched:
-            more = f" and {len(wanted) - 1} more" if len(wanted) > 1 else ""
-            return f"inputs left on the remote are gone from it: {wanted[0].path}{more}"
-        result = actions.CachedResult(actions.Outputs(files=wanted, symlinks=[], directories=[]), Digest("", 0),
-                                      Digest("", 0), 0.0)
+            return "inputs left on the remote are gone from it; the tasks that made them run again next build"
         try:
-            actions.restore_outputs(self.root, result, self.store)
+            actions.restore_outputs(self.root, actions.CachedResult(wanted, EMPTY_DIGEST, EMPTY_DIGEST, 0.0),
+                                    self.store)
         except (actions.BadCacheEntry, OSError) as e:
             return f"cannot write an input left on the remote: {e}"
         with self._lock:
-            for f in wanted:
-                self._remote_files.pop(f.path, None)
+            for entry in _entries(wanted):
+                self._left.pop(entry.path, None)
         return ""
 
     def keeps_remote(self, name: str) -> bool:
@@ -233,7 +235,7 @@ class RemoteExecutor:
             return ExecuteResult(time.perf_counter() - start, b"", b"", where=where,
                                  failure=f"cannot write its outputs: {e}")
         if keep_remote:
-            self.remember_remote(cached.outputs.files)
+            self.remember_remote(cached.outputs)
         stdout = self.store.read_blob(cached.stdout) or b""
         stderr = self.store.read_blob(cached.stderr) or b""
         blobs = [*cached.outputs.trees.values(), cached.stdout, cached.stderr]
@@ -282,7 +284,7 @@ class RemoteExecutor:
         """The local CAS file of an input: a dep's output is there; a source is put there from the workspace."""
         if not self.store.has_blob(digest):
             with self._lock:
-                left_remote = path in self._remote_files
+                left_remote = path in self._left
             try:
                 if left_remote or self.store.put_file(self.root / path) != digest:
                     raise RemoteFailure(f"input {path} changed since the task was keyed")
@@ -415,6 +417,10 @@ def _response(op: operations_pb2.Operation) -> re_pb2.ExecuteResponse:
     if response.status.code == 0 and not response.HasField("result"):
         raise RemoteFailure(f"operation {op.name}: done without a result")
     return response
+
+
+def _entries(outputs: actions.Outputs) -> list[Entry]:
+    return [*outputs.files, *outputs.symlinks, *outputs.directories]
 
 
 def _named_outputs(result: re_pb2.ActionResult) -> set[str]:
