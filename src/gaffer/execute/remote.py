@@ -90,7 +90,7 @@ class RemoteExecutor:
         self._down = ""  # why remote execution is off for the rest of the build ("" while it is on)
         self._cancelled = threading.Event()
         self._calls: set[grpc.RpcContext] = set()  # the Execute and WaitExecution streams in progress
-        self._lock = threading.Lock()  # guards _calls, _down and _remote_files
+        self._lock = threading.Lock()  # guards _calls, _down and _left
         self._left: dict[str, Entry] = {}  # outputs left on the remote, by workspace path
 
     # -- set-up --------------------------------------------------------------------------------------------------
@@ -316,11 +316,17 @@ class RemoteExecutor:
                         return _response(op)
                     self._stage(name, op)
                 why = "the operation stream ended before the operation was done"
+                if not operation:
+                    raise RemoteFailure(f"remote execution failed: {why}")
             except grpc.RpcError as e:
                 if self._cancelled.is_set():
                     raise RemoteFailure("interrupted") from None
                 code = e.code()
                 why = f"{code.name}: {e.details()}"
+                if code == grpc.StatusCode.FAILED_PRECONDITION:  # as an RPC error rather than in the response
+                    response = re_pb2.ExecuteResponse()
+                    response.status.code, response.status.message = code.value[0], e.details() or ""
+                    return response
                 if code == grpc.StatusCode.NOT_FOUND and operation and not resubmitted:
                     resubmitted, operation = True, ""  # the server restarted without it: submit it once more
                     call = self._execution.Execute(request, metadata=view.metadata)
