@@ -98,7 +98,7 @@ def write_workspace(ws: Path, marker: str) -> None:
     ws.mkdir(parents=True)
     (ws / "src").mkdir()
     (ws / "src" / "words.txt").write_text("alpha\nbeta\ngamma\n")
-    (ws / "src" / "big.bin").write_bytes(bytes(range(256)) * 1024)  # 256 KiB: streamed, not batched
+    (ws / "src" / "big.bin").write_bytes((marker.encode() * 8192)[:256 * 1024])  # 256 KiB, this test's own
     tasks = {
         "gen": {"command": f"mkdir -p out/sub out/empty && sort -r src/words.txt > out/sub/sorted.txt && "
                            f"printf '#!/bin/sh\\necho {marker}\\n' > out/run.sh && chmod 755 out/run.sh && "
