@@ -355,3 +355,34 @@ def test_the_remote_field_of_a_task(tmp_path: Path) -> None:
     graph.write_text(json.dumps({"tasks": {"a": {"command": "true", "remote": "no"}}}))
     with pytest.raises(UserError, match="field 'remote' must be true or false"):
         load_graph(str(graph))
+
+
+def test_a_server_restarted_mid_action_gets_it_again_and_the_build_succeeds(tmp_path: Path) -> None:
+    """The operation stream breaks, `WaitExecution` re-attaches once the server is back, learns the new server
+    never knew the operation (NOT_FOUND), and the client submits the action once more (docs/remote-execution.md)."""
+    f = start_farm(tmp_path / "farm", 1)
+    client = None
+    try:
+        ws, gate = tmp_path / "ws", tmp_path / "gate"
+        ws.mkdir()
+        (ws / "graph.json").write_text(json.dumps({"tasks": {"slow": {
+            "command": f"while [ ! -e {gate} ]; do sleep 0.05; done; echo done > out.txt", "outputs": ["out.txt"]}}}))
+        client = subprocess.Popen([sys.executable, "-m", "gaffer", "run", "--remote", f.url], cwd=ws,
+                                  env=gaffer_env(tmp_path / "cache"), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        worker_log = f.workdir / "worker-w1.log"
+        servers.wait_until(lambda: ": running" in worker_log.read_text(), "the action running on the worker",
+                           60, f.workers[0], worker_log)
+        port = f.server.grpc_address.rpartition(":")[2]
+        servers._terminate(f.server.proc)
+        f.server = start_gaffer_serve("--grpc", f"127.0.0.1:{port}", workdir=f.server.workdir)
+        gate.touch()
+        out, err = client.communicate(timeout=120)
+        assert client.returncode == 0, err
+        assert (ws / "out.txt").read_text() == "done\n"
+        assert err.count("slow: executing on ") == 2, err  # submitted again to the restarted server
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait()
+        f.stop()
