@@ -267,8 +267,10 @@ def test_an_artifact_passes_from_one_worker_to_a_dependent_on_another(tmp_path: 
         proc = gaffer(ws, "--remote", f.url, "--remote-download=minimal", "sum")
         assert proc.returncode == 0, proc.stderr
         assert (ws / "sum.txt").read_text().strip() == str(5000 * 5001 // 2)
-        ran = {r["task"]: r["worker"] for r in [*first, *f.status()["recent"]]}
+        recent = [*first, *f.status()["recent"]]
+        ran = {r["task"]: r["worker"] for r in recent}  # the task names and builds: the client's RequestMetadata
         assert ran["make"] != ran["sum"], ran
+        assert len({r["build"] for r in recent}) == 2, recent
     finally:
         f.stop()
 
