@@ -293,6 +293,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grace", (SERVE,), toml="serve.grace", env="GAFFER_SERVE_GRACE", flags=("--grace",),
             metavar="DURATION", parse=_timeout, default={SERVE: 30.0}, default_text={"*": "30s"},
             help="after a stop signal, how long calls in progress may take to finish before they are cancelled"),
+    Setting("insecure", (SERVE,), toml="serve.insecure", env="GAFFER_SERVE_INSECURE", flags=("--insecure",),
+            kind="switch", parse=parse_bool, default={"*": False}, default_text={"*": "false"},
+            help="serve gRPC on a non-loopback address without a token (anyone reaching it may run commands on "
+                 "the workers)"),
+    Setting("bot_timeout", (SERVE,), toml="serve.bot_timeout", env="GAFFER_SERVE_BOT_TIMEOUT",
+            flags=("--bot-timeout",), metavar="DURATION", parse=_timeout, default={SERVE: 15.0},
+            default_text={"*": "15s"},
+            help="a worker silent this long is gone and its actions are requeued; it is asked to call again "
+                 "within a third of it"),
+    Setting("unmatched_timeout", (SERVE,), toml="serve.unmatched_timeout", env="GAFFER_SERVE_UNMATCHED_TIMEOUT",
+            flags=("--unmatched-timeout",), metavar="DURATION", parse=_timeout, default={SERVE: 60.0},
+            default_text={"*": "60s"},
+            help="after this long with no connected worker matching an action's platform, its clients are told "
+                 "so (it stays queued)"),
     # gobuildcache (the Go program's variables are its aliases)
     Setting("backend_type", (GOCACHE,), toml="gocache.backend", env="GAFFER_GOCACHE_BACKEND",
             parse=_choice("disk", "s3"), aliases={GOCACHE: ("BACKEND_TYPE",)}, default={GOCACHE: "disk"},
