@@ -379,7 +379,7 @@ def test_a_server_restarted_mid_action_gets_it_again_and_the_build_succeeds(tmp_
         servers._terminate(f.server.proc)
         f.server = start_gaffer_serve("--grpc", f"127.0.0.1:{port}", workdir=f.server.workdir)
         gate.touch()
-        out, err = client.communicate(timeout=120)
+        _, err = client.communicate(timeout=120)
         assert client.returncode == 0, err
         assert (ws / "out.txt").read_text() == "done\n"
         assert err.count("slow: executing on ") == 2, err  # submitted again to the restarted server
