@@ -16,7 +16,8 @@ from gaffer import __version__
 from gaffer.config import RUN, add_flags, environment_help
 from gaffer.errors import UserError, exit_status
 
-RUN_SETTINGS = ("cache_dir", "max_size", "remotes", "read_only", "timeout", "jobs", "sandbox", "sandbox_keep")
+RUN_SETTINGS = ("cache_dir", "max_size", "remotes", "read_only", "timeout", "jobs", "sandbox", "sandbox_keep",
+                "remote", "remote_download", "remote_fallback")
 LOCAL_CACHE_SETTINGS = ("cache_dir", "max_size")
 
 RUN_EPILOG = """\
