@@ -16,7 +16,8 @@ from gaffer import __version__
 from gaffer.config import RUN, add_flags, environment_help
 from gaffer.errors import UserError, exit_status
 
-RUN_SETTINGS = ("cache_dir", "max_size", "remotes", "read_only", "timeout", "jobs", "sandbox", "sandbox_keep")
+RUN_SETTINGS = ("cache_dir", "max_size", "remotes", "read_only", "timeout", "jobs", "sandbox", "sandbox_keep",
+                "remote", "remote_download", "remote_fallback")
 LOCAL_CACHE_SETTINGS = ("cache_dir", "max_size")
 
 RUN_EPILOG = """\
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
 
     sub.add_parser("serve", help="run a cache server (REAPI gRPC + Bazel HTTP): 'gaffer serve --help'", add_help=False)
+    sub.add_parser("worker", help="run actions for gaffer serve's execution service: 'gaffer worker --help'",
+                   add_help=False)
     sub.add_parser("gocache", help="a GOCACHEPROG program on gaffer's cache: 'gaffer gocache --help'", add_help=False)
     return parser
 
@@ -117,6 +120,10 @@ def _dispatch(args_list: list[str]) -> int:
         from gaffer.server.main import serve_main
 
         return serve_main(args_list[1:])
+    if args_list and args_list[0] == "worker":
+        from gaffer.worker.main import worker_main
+
+        return worker_main(args_list[1:])
     if args_list and args_list[0] == "gocache":
         from gaffer.gocache.main import gocache_main
 
