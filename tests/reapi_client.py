@@ -35,11 +35,35 @@ class Submitted:
     blobs: dict[str, bytes]  # hash -> data: everything uploaded for it
 
 
-class Client:
-    """CAS upload, Execute, and blob reads on one instance of a REAPI server."""
+class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds the same metadata (a token, RequestMetadata) to every call of a channel."""
 
-    def __init__(self, address: str, instance: str = "") -> None:
+    def __init__(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        self.metadata = list(metadata)
+
+    def _add(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return details._replace(metadata=[*(details.metadata or ()), *self.metadata])  # type: ignore[attr-defined]
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._add(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._add(details), request)
+
+
+class Client:
+    """CAS upload, Execute, and blob reads on one instance of a REAPI server; with `token`, as a bearer token on
+    every call, with `build`, as the RequestMetadata's tool_invocation_id (the build the server shows)."""
+
+    def __init__(self, address: str, instance: str = "", token: str | None = None, build: str | None = None) -> None:
         self.channel = grpc.insecure_channel(address)
+        metadata: list[tuple[str, str | bytes]] = [("authorization", f"Bearer {token}")] if token else []
+        if build:
+            request = re_pb2.RequestMetadata(tool_details=re_pb2.ToolDetails(tool_name="tests"),
+                                             tool_invocation_id=build, action_mnemonic="test")
+            metadata.append(("build.bazel.remote.execution.v2.requestmetadata-bin", request.SerializeToString()))
+        if metadata:
+            self.channel = grpc.intercept_channel(self.channel, _Metadata(metadata))
         self.instance = instance
         self.cas = re_grpc.ContentAddressableStorageStub(self.channel)
         self.execution = exec_grpc.ExecutionStub(self.channel)
