@@ -56,7 +56,13 @@ from gaffer.protos import execution_service_pb2_grpc as exec_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
 from gaffer.protos.digests import to_proto
-from tests.buildgrid import ReapiServer, start_gaffer_serve
+from tests.buildgrid import (
+    ReapiServer,
+    buildgrid_installed,
+    postgres_installed,
+    start_buildgrid_execution,
+    start_gaffer_serve,
+)
 from tests.servers import _spawn, _terminate, wait_until
 
 LATENCY_TARGET_S = 0.050
@@ -161,8 +167,9 @@ class Workers:
             _terminate(proc)
 
 
-def start_workers(address: str, count: int, workdir: Path, max_jobs: int = 1, env: dict[str, str] | None = None,
-                  extra: Iterable[str] = ()) -> Workers:
+def start_workers(address: str, count: int, workdir: Path, max_jobs: int = 1,
+                  env_for: Callable[[int], dict[str, str]] = lambda _: {}, extra: Iterable[str] = ()) -> Workers:
+    """`count` workers named bench-N, the N-th with `env_for(N)` added to this environment."""
     workers = Workers()
     for n in range(count):
         home = workdir / f"worker-{n}"
@@ -170,7 +177,7 @@ def start_workers(address: str, count: int, workdir: Path, max_jobs: int = 1, en
         log = home / "worker.log"
         argv = [sys.executable, "-m", "gaffer", "worker", "--server", address, "--dir", str(home / "dir"),
                 "--max-jobs", str(max_jobs), "--name", f"bench-{n}", *extra]
-        workers.procs.append(_spawn(argv, log, {**os.environ, **(env or {})}))
+        workers.procs.append(_spawn(argv, log, {**os.environ, **env_for(n)}))
         workers.logs.append(log)
     return workers
 
@@ -236,14 +243,11 @@ def bench_latency(runs: int, tmp: Path) -> dict[str, Any]:
 
 
 def _buildgrid_latency(runs: int, tmp: Path) -> dict[str, Any]:
-    from tests import buildgrid
-
-    if not buildgrid.buildgrid_installed():
+    if not buildgrid_installed():
         return {"skipped": "BuildGrid is not installed (scripts/install-buildgrid.sh)"}
-    starter = getattr(buildgrid, "start_buildgrid_execution", None)
-    if starter is None or not getattr(buildgrid, "postgres_installed", lambda: False)():
-        return {"skipped": "BuildGrid's execution service needs PostgreSQL (and tests/buildgrid.py's starter)"}
-    bg = starter()
+    if not postgres_installed():
+        return {"skipped": "BuildGrid's execution service needs PostgreSQL (Debian's postgresql)"}
+    bg = start_buildgrid_execution()
     workers = start_workers(bg.server.grpc_address, 1, tmp / "latency-buildgrid")
     try:
         return _summary(asyncio.run(_latencies(bg.server.grpc_address, runs)))
@@ -508,7 +512,9 @@ def bench_scale(sizes: list[int], per_worker: int, layers: int, time_scale: floa
         rows.append({"workers": workers_n, "actions": len(tasks), "work_s": work, "critical_path_s": path,
                      "bound_wall_s": bound_wall, "wall_s": measured["wall_s"], "efficiency": efficiency,
                      "best_efficiency": best, "of_best": efficiency / best, "server_cpu_s": server_cpu,
-                     "time_scale": time_scale, "inflight": inflight, "polls_refused": measured["refused"],
+                     "time_scale": time_scale, "inflight": inflight,
+                     "actions_per_s": len(tasks) / measured["wall_s"],
+                     "needed_actions_per_s": workers_n * len(tasks) / work, "polls_refused": measured["refused"],
                      "sessions_lost": measured["lost"]})
     return rows
 
@@ -540,25 +546,27 @@ def bench_example(tmp: Path) -> dict[str, Any]:
     base = {**go_env(), "GOFLAGS": "-mod=mod"}
     local_env = {**base, "GAFFER_CACHE_DIR": str(tmp / "local-cache"), "GOCACHE": str(tmp / "local-gocache")}
     results["local_cold_s"] = build(checkout("local"), local_env, "-j", "2")
-    serve = start_gaffer_serve(workdir=tmp / "serve-example")
-    worker_env = {**base, "GOCACHE": ""}
-    workers = Workers()
-    try:
-        for n in range(3):  # each worker its own persistent GOCACHE, passed through to the actions
-            one = start_workers(serve.grpc_address, 1, tmp / f"example-worker-{n}",
-                                env={**worker_env, "GOCACHE": str(tmp / f"worker-gocache-{n}")},
-                                extra=["--env-pass", "GOCACHE", "--name", f"example-{n}"])
-            workers.procs += one.procs
-            workers.logs += one.logs
-        wait_for_workers(serve, 3, workers)
-        remote = ["--remote", f"grpc://{serve.grpc_address}", "-j", "6"]
-        client_env = {**base, "GAFFER_CACHE_DIR": str(tmp / "remote-cache"), "GOCACHE": str(tmp / "client-gocache")}
-        results["remote_cold_s"] = build(checkout("remote"), client_env, *remote)
-        second = {**client_env, "GAFFER_CACHE_DIR": str(tmp / "remote-cache-2")}
-        results["remote_second_checkout_s"] = build(checkout("remote-2"), second, *remote)
-    finally:
-        workers.stop()
-        serve.stop()
+    # Go's own cache warm, gaffer's empty: what a CI machine with a persistent GOCACHE pays
+    local_env["GAFFER_CACHE_DIR"] = str(tmp / "local-cache-2")
+    results["local_warm_gocache_s"] = build(checkout("local-2"), local_env, "-j", "2")
+    for run in ("cold", "warm_gocache"):  # a fresh server (empty action cache) each time; the workers' GOCACHE kept
+        serve = start_gaffer_serve(workdir=tmp / f"serve-example-{run}")
+        # each worker its own persistent GOCACHE, passed through to the actions
+        workers = start_workers(serve.grpc_address, 3, tmp / "example-workers",
+                                env_for=lambda n: {**base, "GOCACHE": str(tmp / f"worker-gocache-{n}")},
+                                extra=["--env-pass", "GOCACHE"])
+        try:
+            wait_for_workers(serve, 3, workers)
+            remote = ["--remote", f"grpc://{serve.grpc_address}", "-j", "6"]
+            client_env = {**base, "GAFFER_CACHE_DIR": str(tmp / f"remote-cache-{run}"),
+                          "GOCACHE": str(tmp / "client-gocache")}
+            results[f"remote_{run}_s"] = build(checkout(f"remote-{run}"), client_env, *remote)
+            if run == "cold":  # another checkout, another empty local cache: every task from the action cache
+                client_env["GAFFER_CACHE_DIR"] = str(tmp / "remote-cache-second")
+                results["remote_second_checkout_s"] = build(checkout("remote-second"), client_env, *remote)
+        finally:
+            workers.stop()
+            serve.stop()
     return results
 
 
@@ -585,11 +593,12 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     if "scale" in results:
         lines += ["", f"scale: simulated workers, sleep actions lognormal median 1 s p99 20 s x {args.time_scale}",
                   (f"{'workers':>8} {'actions':>8} {'work s':>8} {'crit. s':>8} {'wall s':>8} {'bound s':>8} "
-                  f"{'effic.':>7} {'best':>6} {'of best':>8}")]
+                  f"{'effic.':>7} {'best':>6} {'of best':>8} {'act/s':>6} {'needed':>7}")]
         for r in results["scale"]:
             lines.append(f"{r['workers']:>8} {r['actions']:>8} {r['work_s']:>8.1f} {r['critical_path_s']:>8.1f} "
                          f"{r['wall_s']:>8.1f} {r['bound_wall_s']:>8.1f} {100 * r['efficiency']:>6.1f}% "
-                         f"{100 * r['best_efficiency']:>5.1f}% {100 * r['of_best']:>7.1f}%")
+                         f"{100 * r['best_efficiency']:>5.1f}% {100 * r['of_best']:>7.1f}% "
+                         f"{r['actions_per_s']:>6.0f} {r['needed_actions_per_s']:>7.0f}")
     if "example" in results:
         lines += ["", "the Go example: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                                                      for k, v in results["example"].items())]
