@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests import servers
-from tests.buildgrid import ReapiServer, start_gaffer_serve
+from tests.buildgrid import BuildGridExecution, ReapiServer, start_gaffer_serve
 from tests.support import gaffer_env, go_env, require_example, run_gaffer, summary
 
 CLOSED_PORT_URL = f"grpc://127.0.0.1:{servers.free_port()}"  # nothing listens there
@@ -390,3 +391,37 @@ def test_a_server_restarted_mid_action_gets_it_again_and_the_build_succeeds(tmp_
             client.kill()
             client.wait()
         f.stop()
+
+
+def test_gaffer_run_on_buildgrids_execution_service_with_a_gaffer_worker(buildgrid_execution: BuildGridExecution,
+                                                                        tmp_path: Path) -> None:
+    from tests.reapi_client import start_worker
+
+    worker = start_worker(buildgrid_execution.server.grpc_address, "client", directory=tmp_path / "worker")
+    try:
+        url = f"grpc://{buildgrid_execution.server.grpc_address}"
+        marker = uuid.uuid4().hex
+        local, remote, again = tmp_path / "local", tmp_path / "remote", tmp_path / "again"
+        for ws in (local, remote, again):
+            write_workspace(ws, marker)
+        assert gaffer(local).returncode == 0
+        proc = gaffer(remote, "--remote", url)
+        assert proc.returncode == 0, proc.stderr + worker.text()
+        assert snapshot(remote) == snapshot(local)
+        assert statuses(remote) == {"gen": "executed", "big": "executed", "use": "executed"}
+        ran = len(re.findall(r"lease \S+: running", worker.text()))
+        assert ran == 3, worker.text()
+        proc = gaffer(again, "--remote", url)
+        assert proc.returncode == 0 and snapshot(again) == snapshot(local)
+        assert statuses(again) == {"gen": "cached", "big": "cached", "use": "cached"}  # BuildGrid's action cache
+        assert len(re.findall(r"lease \S+: running", worker.text())) == ran
+
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / "graph.json").write_text(json.dumps({"tasks": {"bad": {
+            "command": f"echo err-{marker} >&2; exit 3", "outputs": ["never.txt"]}}}))
+        proc = gaffer(bad, "--remote", url)
+        assert proc.returncode == 1 and f"err-{marker}" in proc.stderr
+        assert "): exited with status 3" in proc.stderr
+    finally:
+        worker.stop()
