@@ -22,6 +22,7 @@ import pytest
 
 from tests import servers
 from tests.buildgrid import BuildGridExecution, ReapiServer, start_gaffer_serve
+from tests.reapi_client import Worker, start_worker
 from tests.support import gaffer_env, go_env, require_example, run_gaffer, summary
 
 CLOSED_PORT_URL = f"grpc://127.0.0.1:{servers.free_port()}"  # nothing listens there
@@ -32,7 +33,7 @@ class Farm:
     """A gaffer serve and its workers."""
 
     server: ReapiServer
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
     workdir: Path = Path()
 
     @property
@@ -52,24 +53,20 @@ class Farm:
             text = response.read().decode()
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
-    def add_worker(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """`gaffer worker --server ... --name NAME`, waited for until the server lists it."""
-        count = self.metric("gaffer_workers ")
-        log = self.workdir / f"worker-{name}.log"
-        proc = servers._spawn([sys.executable, "-m", "gaffer", "worker", "--server", self.server.grpc_address,
-                               "--name", name, "--dir", str(self.workdir / f"worker-{name}"), *args], log, env)
-        self.workers.append(proc)
-        servers.wait_until(lambda: self.metric("gaffer_workers ") > count, f"worker {name} registered",
-                           servers.START_TIMEOUT_S, proc, log)
-        return proc
+    def add_worker(self, name: str, *args: str, env: dict[str, str] | None = None) -> Worker:
+        """`gaffer worker --server ... --name NAME`, once its session is open."""
+        worker = start_worker(self.server.grpc_address, name, *args, directory=self.workdir / f"worker-{name}",
+                              env=env)
+        self.workers.append(worker)
+        return worker
 
-    def stop_worker(self, proc: subprocess.Popen[bytes]) -> None:
-        servers._terminate(proc)
-        self.workers.remove(proc)
+    def stop_worker(self, worker: Worker) -> None:
+        worker.stop()
+        self.workers.remove(worker)
 
     def stop(self) -> None:
-        for proc in list(self.workers):
-            self.stop_worker(proc)
+        for worker in list(self.workers):
+            self.stop_worker(worker)
         self.server.stop()
 
 
@@ -331,7 +328,7 @@ def test_the_go_example_built_on_three_workers_is_byte_identical_to_a_local_buil
         proc = gaffer(remote, "--remote", f.url, "-j", "6", env=env)
         assert proc.returncode == 0, proc.stderr
         assert snapshot(remote) == snapshot(local)
-        busy = [log for log in f.workdir.glob("worker-*.log") if ": running" in log.read_text()]
+        busy = [w.name for w in f.workers if ": running" in w.text()]
         assert len(busy) >= 2, busy
     finally:
         f.stop()
@@ -375,9 +372,7 @@ def test_a_server_restarted_mid_action_gets_it_again_and_the_build_succeeds(tmp_
         client = subprocess.Popen([sys.executable, "-m", "gaffer", "run", "--remote", f.url], cwd=ws,
                                   env=gaffer_env(tmp_path / "cache"), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
-        worker_log = f.workdir / "worker-w1.log"
-        servers.wait_until(lambda: ": running" in worker_log.read_text(), "the action running on the worker",
-                           60, f.workers[0], worker_log)
+        f.workers[0].wait_for(r"lease \S+: running", timeout=60)
         port = f.server.grpc_address.rpartition(":")[2]
         servers._terminate(f.server.proc)
         f.server = start_gaffer_serve("--grpc", f"127.0.0.1:{port}", workdir=f.server.workdir)
@@ -395,8 +390,6 @@ def test_a_server_restarted_mid_action_gets_it_again_and_the_build_succeeds(tmp_
 
 def test_gaffer_run_on_buildgrids_execution_service_with_a_gaffer_worker(buildgrid_execution: BuildGridExecution,
                                                                         tmp_path: Path) -> None:
-    from tests.reapi_client import start_worker
-
     worker = start_worker(buildgrid_execution.server.grpc_address, "client", directory=tmp_path / "worker")
     try:
         url = f"grpc://{buildgrid_execution.server.grpc_address}"
