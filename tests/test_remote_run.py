@@ -14,7 +14,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,9 +70,10 @@ class Farm:
         self.server.stop()
 
 
-def start_farm(workdir: Path, workers: int, *worker_args: str, env: dict[str, str] | None = None) -> Farm:
+def start_farm(workdir: Path, workers: int, *worker_args: str, env: dict[str, str] | None = None,
+               serve_args: Sequence[str] = ()) -> Farm:
     workdir.mkdir(parents=True, exist_ok=True)
-    farm = Farm(start_gaffer_serve(workdir=workdir / "serve"), workdir=workdir)
+    farm = Farm(start_gaffer_serve(*serve_args, workdir=workdir / "serve"), workdir=workdir)
     try:
         for i in range(workers):
             farm.add_worker(f"w{i + 1}", *worker_args, env=env)
@@ -226,6 +227,24 @@ def test_an_unreachable_remote_falls_back_to_local_with_one_warning(tmp_path: Pa
     env_proc = gaffer(other, env={"GAFFER_REMOTE": CLOSED_PORT_URL, "GAFFER_REMOTE_FALLBACK": "0"})
     assert env_proc.returncode == 3
 
+
+
+def test_the_remote_url_carries_the_token_as_a_cache_url_does(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("remote-execution-token\n")
+    f = start_farm(tmp_path / "farm", 1, "--token-file", str(token), serve_args=("--token-file", str(token)))
+    try:
+        ws, other = tmp_path / "ws", tmp_path / "other"
+        for w in (ws, other):
+            write_workspace(w, uuid.uuid4().hex)
+        proc = gaffer(ws, "--remote", f"{f.url}?token_file={token}")
+        assert proc.returncode == 0, proc.stderr
+        assert statuses(ws) == {"gen": "executed", "big": "executed", "use": "executed"}
+        proc = gaffer(other, "--remote", f.url)  # no token: refused before anything is built
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "UNAUTHENTICATED" in proc.stderr, proc.stderr
+        assert not (other / "out").exists()
+    finally:
+        f.stop()
 
 def test_remote_false_and_cache_false_tasks_run_here(farm: Farm, tmp_path: Path) -> None:
     ws = tmp_path / "ws"
