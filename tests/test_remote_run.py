@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -243,6 +244,32 @@ def test_the_remote_url_carries_the_token_as_a_cache_url_does(tmp_path: Path) ->
         proc = gaffer(other, "--remote", f.url)  # no token: refused before anything is built
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "UNAUTHENTICATED" in proc.stderr, proc.stderr
         assert not (other / "out").exists()
+    finally:
+        f.stop()
+
+
+def test_an_action_no_worker_can_take_says_why_it_waits_and_ctrl_c_stops_the_build(tmp_path: Path) -> None:
+    f = start_farm(tmp_path / "farm", 1, serve_args=("--unmatched-timeout", "1s"))
+    try:
+        ws = tmp_path / "ws"
+        ws.mkdir()
+        (ws / "graph.json").write_text(json.dumps({"platform": {"pool": "gpu"}, "tasks": {
+            "train": {"command": "echo never > model.txt", "outputs": ["model.txt"]}}}))
+        err = tmp_path / "stderr"
+        with open(err, "wb") as stderr:
+            client = subprocess.Popen([sys.executable, "-m", "gaffer", "run", "--remote", f.url], cwd=ws,
+                                      env=gaffer_env(tmp_path / "cache"), stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            servers.wait_until(lambda: "train: queued: " in err.read_text(), "the reason it waits", 60, client, err)
+            assert "pool=gpu" in err.read_text().split("train: queued: ")[1].splitlines()[0], err.read_text()
+            client.send_signal(signal.SIGINT)
+            assert client.wait(timeout=30) == 130
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        assert "FAILED train" in err.read_text() and "interrupted" in err.read_text()
+        assert f.started() == 0
     finally:
         f.stop()
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.longrunning import operations_pb2
+from google.protobuf import wrappers_pb2
 
 from gaffer import __version__, actions
 from gaffer.cache.base import TierError
@@ -354,7 +355,9 @@ class RemoteExecutor:
         if not op.metadata.Unpack(meta):
             return
         if meta.stage == re_pb2.ExecutionStage.QUEUED:
-            self.on_stage(name, "queued")
+            why = wrappers_pb2.StringValue()  # gaffer serve says why an action waits long (no capable worker)
+            said = [why.value for extra in meta.partial_execution_metadata.auxiliary_metadata if extra.Unpack(why)]
+            self.on_stage(name, f"queued: {said[-1]}" if said else "queued")
         elif meta.stage == re_pb2.ExecutionStage.EXECUTING:
             worker = meta.partial_execution_metadata.worker
             self.on_stage(name, f"executing on {worker}" if worker else "executing")
