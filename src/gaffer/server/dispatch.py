@@ -32,6 +32,7 @@ ABANDONED_S = 30.0  # a job whose every client has been gone this long is cancel
 SCAN = 8  # queued jobs of a build a worker looks at: the one holding most of their inputs is taken first
 KEEP_FINISHED = 10_000  # finished operations kept for WaitExecution / GetOperation
 RECENT = 100  # finished jobs the status page shows
+SNAPSHOT_QUEUE = 1000  # queued operations the snapshot lists, oldest first ("queue_length" counts them all)
 
 # google.rpc codes of the outcomes the coordinator decides itself
 OK, CANCELLED_CODE, INVALID_ARGUMENT, FAILED_PRECONDITION, UNAVAILABLE = 0, 1, 3, 9, 14
@@ -214,6 +215,7 @@ class Coordinator:
         self._abandoned: dict[tuple[str, str], Job] = {}
         self._served: dict[str, int] = {}  # build -> when it was last served (a counter)
         self._serve_count = itertools.count(1)
+        self._lease_ids = itertools.count(1)
         self._holders: dict[str, set[Session]] = {}  # blob hash -> sessions holding it
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._queued = 0
@@ -440,7 +442,8 @@ class Coordinator:
                     "running": sum(len(s.leases) for s in self._sessions.values())}
 
     def snapshot(self) -> dict[str, Any]:
-        """What the status page shows (JSON-serialisable): workers, queue, running and recent jobs, counters."""
+        """What the status page shows (JSON-serialisable): workers, the queue (its first SNAPSHOT_QUEUE operations,
+        and its length), running and recent jobs, counters."""
         with self._lock:
             now = self.clock()
             workers = [{
@@ -451,19 +454,22 @@ class Coordinator:
                 "connected_s": now - s.connected_at,
             } for s in self._sessions.values()]
             queue, running = [], []
+            busy: dict[PlatformClass, bool] = {}
             for job in self._jobs.values():
+                if job.stage == QUEUED and len(queue) >= SNAPSHOT_QUEUE:
+                    continue
                 for op in job.operations:
                     entry = {"operation": op.name, "action": job.action, "build": op.build, "task": op.task}
                     if job.stage == QUEUED:
                         queue.append({**entry, "queued_s_ago": now - job.queued_at,
-                                      "waiting_for": self._why_waiting(job, now)})
+                                      "waiting_for": self._why_waiting(job, now, busy)})
                     else:
                         running.append({**entry, "worker": op.running_on, "started_s_ago": now - job.started_at,
                                         "attempt": job.attempts})
             recent = [{**{k: v for k, v in r.items() if k != "finished_at"},
                        "finished_s_ago": now - r["finished_at"]} for r in self._recent]
-            return {"workers": workers, "queue": queue, "running": running, "recent": recent,
-                    "counters": dict(self.counters)}
+            return {"workers": workers, "queue": queue, "queue_length": self._queued, "running": running,
+                    "recent": recent, "counters": dict(self.counters)}
 
     # -- inside --------------------------------------------------------------------------------------------------
 
@@ -529,6 +535,7 @@ class Coordinator:
     def _pick(self, session: Session, now: float) -> Job | None:
         """The job `session` should run next: from the build served least recently among the queues it can
         serve; among the first SCAN jobs of that build, the one whose inputs it holds most of."""
+        held, zeros = session.held, itertools.repeat(0)
         heads = []
         for klass in session.classes:
             if klass.count:
@@ -549,7 +556,7 @@ class Coordinator:
                     session.recheck_at = min(session.recheck_at or job.reserve_until, job.reserve_until)
                     i += 1
                     continue
-                score = sum(size for h, size in job.inputs.items() if h in session.held) if session.held else 0
+                score = sum(map(held.get, job.inputs, zeros)) if held else 0  # bytes this worker holds
                 if score > best_score:
                     best, best_score, best_at = job, score, i
                 i += 1
@@ -565,7 +572,7 @@ class Coordinator:
         return None
 
     def _start(self, job: Job, session: Session, now: float) -> Lease:
-        lease = Lease(uuid.uuid4().hex, job, session)
+        lease = Lease(f"{next(self._lease_ids):x}", job, session)
         session.leases[lease.id] = lease
         if session.free <= 0:
             self._idle.pop(session.name, None)
@@ -673,12 +680,15 @@ class Coordinator:
             if not holders:
                 del self._holders[hash_]
 
-    def _why_waiting(self, job: Job, now: float) -> str:
+    def _why_waiting(self, job: Job, now: float, busy: dict[PlatformClass, bool]) -> str:
+        """What a queued job waits for, in words (`busy`: whether each class's workers are all busy, as found)."""
         klass = job.klass
         if not klass.sessions:
             return klass.describe()
         if job.reserved_for is not None and now < job.reserve_until:
             return f"reserved for {job.reserved_for.bot_id}, which holds most of its inputs"
-        if all(s.free <= 0 for s in klass.sessions):
+        if klass not in busy:
+            busy[klass] = all(s.free <= 0 for s in klass.sessions)
+        if busy[klass]:
             return f"every capable worker is busy ({len(klass.sessions)})"
         return "a free worker to ask for work"
