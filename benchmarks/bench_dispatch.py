@@ -100,7 +100,7 @@ def main() -> int:
     rows = [
         ("submit (queue) an action", args.actions, submit_s),
         ("decision: report done + assign a lease", decisions, decide_s),
-        (f"snapshot() with {len(snapshot['queue']):,} queued", 1, snapshot_s),
+        (f"snapshot(): {snapshot['queue_length']:,} queued, {len(snapshot['queue']):,} listed", 1, snapshot_s),
         ("tick()", 1, tick_s),
     ]
     print(f"bench_dispatch: {args.workers} workers, {args.actions:,} actions in {args.builds} builds, "
