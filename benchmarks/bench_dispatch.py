@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
-from gaffer.server.dispatch import COMPLETED, Coordinator, Outcome, Report, Session  # noqa: E402 - after the path
+from gaffer.server.dispatch import COMPLETED, Coordinator, Outcome, Report, Session
 
 POOL = 50_000
 TARGET = 10_000  # decisions per second at 500 workers and 100,000 queued actions

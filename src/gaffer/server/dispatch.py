@@ -453,7 +453,8 @@ class Coordinator:
                 "held_blobs": len(s.held), "held_bytes": s.held_bytes, "last_seen_s_ago": now - s.last_seen,
                 "connected_s": now - s.connected_at,
             } for s in self._sessions.values()]
-            queue, running = [], []
+            queue: list[dict[str, Any]] = []
+            running: list[dict[str, Any]] = []
             busy: dict[PlatformClass, bool] = {}
             for job in self._jobs.values():
                 if job.stage == QUEUED and len(queue) >= SNAPSHOT_QUEUE:
