@@ -9,9 +9,11 @@ its actions and bots a platform property of its own, so the bots of one test nev
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import threading
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -211,7 +213,15 @@ def client(serve: ReapiServer) -> Client:
     return Client(serve.grpc_address)
 
 
-def test_single_command_runs_on_a_bot_and_is_cached(client: Client, bots: Callable[..., Bot]) -> None:
+def test_capabilities_announce_execution(client: Client) -> None:
+    capabilities = re_grpc.CapabilitiesStub(client.channel).GetCapabilities(re_pb2.GetCapabilitiesRequest(),
+                                                                             timeout=TIMEOUT_S)
+    assert capabilities.execution_capabilities.exec_enabled
+    assert capabilities.execution_capabilities.digest_function == re_pb2.DigestFunction.SHA256
+
+
+def test_single_command_runs_on_a_bot_and_is_cached(serve: ReapiServer, client: Client,
+                                                    bots: Callable[..., Bot]) -> None:
     bot = bots("single", answer(client, stdout=b"single\n"))
     action = client.action("single", ["echo", "single"])
     stages, result = finish(client.execute(action))
@@ -226,6 +236,12 @@ def test_single_command_runs_on_a_bot_and_is_cached(client: Client, bots: Callab
     stages, again = finish(client.execute(action, skip_cache_lookup=False))
     assert stages == ["COMPLETED"] and again.cached_result and again.result.stdout_digest == _digest(b"single\n")
     assert bot.received == [action]
+    with urllib.request.urlopen(f"{serve.http_url}/metrics", timeout=TIMEOUT_S) as r:
+        metrics = r.read().decode()
+    started = re.search(r'^gaffer_actions_total\{event="started"\} (\d+)$', metrics, re.MULTILINE)
+    assert started and int(started.group(1)) >= 1
+    assert re.search(r"^gaffer_workers \d+$", metrics, re.MULTILINE)
+    assert re.search(r"^gaffer_queue_to_start_seconds_count [1-9]\d*$", metrics, re.MULTILINE)
 
 
 def test_missing_inputs_fail_the_precondition_naming_each_blob(client: Client) -> None:
