@@ -417,3 +417,23 @@ def test_a_token_is_needed_to_execute_and_to_be_a_bot(tmp_path: Path) -> None:
             bot.close()
     finally:
         server.stop()
+
+
+def test_after_a_restart_bots_learn_their_session_and_leases_are_gone(serve: ReapiServer) -> None:
+    """What a worker meets after the server restarted: its session is NOT_FOUND; on its new session, a lease
+    it still reports is answered CANCELLED (it drops it)."""
+    with grpc.insecure_channel(serve.grpc_address) as channel:
+        stub = bots_pb2_grpc.BotsStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(name="bots/from-before-the-restart"),
+                                  timeout=TIMEOUT_S)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND and "create a new one" in (e.value.details() or "")
+        worker = worker_pb2.Worker(devices=[worker_pb2.Device(handle="restarted", properties=[
+            worker_pb2.Device.Property(key="test", value="restarted")])])
+        session = stub.CreateBotSession(bots_pb2.CreateBotSessionRequest(bot_session=bots_pb2.BotSession(
+            bot_id="restarted", status=bots_pb2.OK, worker=worker)), timeout=TIMEOUT_S)
+        assert session.name and session.expire_time.seconds > 0
+        old = bots_pb2.Lease(id="lease-from-before", state=bots_pb2.ACTIVE)
+        reply = stub.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=bots_pb2.BotSession(
+            name=session.name, bot_id="restarted", status=bots_pb2.OK, worker=worker, leases=[old])), timeout=TIMEOUT_S)
+        assert [(lease.id, lease.state) for lease in reply.leases] == [("lease-from-before", bots_pb2.CANCELLED)]

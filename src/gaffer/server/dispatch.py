@@ -216,6 +216,7 @@ class Coordinator:
         self._served: dict[str, int] = {}  # build -> when it was last served (a counter)
         self._serve_count = itertools.count(1)
         self._lease_ids = itertools.count(1)
+        self._lease_prefix = uuid.uuid4().hex[:12]  # lease ids never repeat across server restarts
         self._holders: dict[str, set[Session]] = {}  # blob hash -> sessions holding it
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._queued = 0
@@ -573,7 +574,7 @@ class Coordinator:
         return None
 
     def _start(self, job: Job, session: Session, now: float) -> Lease:
-        lease = Lease(f"{next(self._lease_ids):x}", job, session)
+        lease = Lease(f"{self._lease_prefix}-{next(self._lease_ids):x}", job, session)
         session.leases[lease.id] = lease
         if session.free <= 0:
             self._idle.pop(session.name, None)
