@@ -24,7 +24,14 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import wrappers_pb2
 from google.rpc import code_pb2, error_details_pb2
 
-from gaffer.protos import bots_pb2, bots_pb2_grpc, execution_service_pb2_grpc, worker_pb2
+from gaffer.protos import (
+    bots_pb2,
+    bots_pb2_grpc,
+    execution_service_pb2_grpc,
+    inventory_pb2,
+    inventory_pb2_grpc,
+    worker_pb2,
+)
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
 from tests.buildgrid import ReapiServer, start_gaffer_serve
@@ -63,10 +70,14 @@ class Client:
         assert all(r.status.code == 0 for r in response.responses)
 
     def action(self, platform: str, argv: list[str], do_not_cache: bool = False, upload: bool = True,
-               upload_input: bool = True) -> re_pb2.Digest:
-        """An action running `argv` on an input root of one file, for bots with `test=<platform>`."""
+               upload_input: bool = True, also: re_pb2.Digest | None = None) -> re_pb2.Digest:
+        """An action running `argv` on an input root of one file (and `also`, a blob already uploaded), for bots
+        with `test=<platform>`."""
         source = f"input of {argv} {uuid.uuid4()}".encode()
-        root = re_pb2.Directory(files=[re_pb2.FileNode(name="in.txt", digest=_digest(source))]).SerializeToString()
+        files = [re_pb2.FileNode(name="in.txt", digest=_digest(source))]
+        if also is not None:
+            files.append(re_pb2.FileNode(name="large.bin", digest=also))
+        root = re_pb2.Directory(files=files).SerializeToString()
         properties = [re_pb2.Platform.Property(name="OSFamily", value="linux"),
                       re_pb2.Platform.Property(name="test", value=platform)]
         command = re_pb2.Command(arguments=argv, platform=re_pb2.Platform(properties=properties)).SerializeToString()
@@ -173,6 +184,11 @@ class Bot:
                     leases.append(done)
         except BaseException as e:  # noqa: BLE001 - shown by the test that owns the bot
             self.errors.append(e)
+
+    def holds(self, *blobs: re_pb2.Digest) -> None:
+        """Tell the server this bot holds `blobs` (Inventory.Report, as a worker does after connecting)."""
+        inventory_pb2_grpc.InventoryStub(self.channel).Report(inventory_pb2.InventoryReport(
+            bot_session=self.session.name, reset=True, added=blobs), metadata=self.metadata, timeout=TIMEOUT_S)
 
     def close(self) -> None:
         self.stop.set()
@@ -437,3 +453,16 @@ def test_after_a_restart_bots_learn_their_session_and_leases_are_gone(serve: Rea
         reply = stub.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=bots_pb2.BotSession(
             name=session.name, bot_id="restarted", status=bots_pb2.OK, worker=worker, leases=[old])), timeout=TIMEOUT_S)
         assert [(lease.id, lease.state) for lease in reply.leases] == [("lease-from-before", bots_pb2.CANCELLED)]
+
+
+def test_an_action_lands_on_the_bot_holding_its_large_input(client: Client, bots: Callable[..., Bot]) -> None:
+    large = uuid.uuid4().bytes * 65536  # 1 MiB
+    client.upload(large)
+    other = bots("locality", answer(client))  # connected first: without locality, the one woken first
+    holder = bots("locality", answer(client))
+    holder.holds(_digest(large))
+    for i in range(10):
+        _, result = finish(client.execute(client.action("locality", ["wc", str(i)], also=_digest(large))))
+        assert result.result.exit_code == 0
+    # both idle each time: the holder is preferred (any bot may take an action it has not taken within 100 ms)
+    assert len(holder.received) >= 8, (len(holder.received), len(other.received))

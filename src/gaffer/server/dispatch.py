@@ -512,25 +512,29 @@ class Coordinator:
         klass.count += 1
         self._queued += 1
         job.reserved_for = None
-        free = [s for s in self._idle.values() if klass in s.classes and s.free > 0]
-        if not free:
-            return
-        target = free[0]
-        if job.inputs and self._holders:
-            scores = self._scores(job, free)
-            if scores:
-                target = max(scores, key=scores.__getitem__)
-                job.reserved_for, job.reserve_until = target, now + LOCALITY_WAIT_S
-        if target.wake is not None:
+        # With a short queue, reserved for a moment for the capable worker with a free slot that holds most of its
+        # inputs; behind a backlog, each worker coming free picks what it holds most of (_pick) instead.
+        scores = self._scores(job) if job.inputs and self._holders and klass.count <= SCAN else None
+        if scores:
+            target: Session | None = max(scores, key=scores.__getitem__)
+            assert target is not None
+            job.reserved_for, job.reserve_until = target, now + LOCALITY_WAIT_S
+        else:
+            target = next((s for s in self._idle.values() if klass in s.classes and s.free > 0), None)
+        if target is not None and target.wake is not None:
             target.wake()
 
-    def _scores(self, job: Job, among: list[Session]) -> dict[Session, int]:
-        """Input bytes of `job` each of `among` holds (those holding some)."""
-        wanted = set(among)
+    def _scores(self, job: Job) -> dict[Session, int]:
+        """Input bytes of `job` held by each capable worker with a free slot (those holding some)."""
         scores: dict[Session, int] = {}
+        able: dict[Session, bool] = {}
+        klass = job.klass
         for hash_, size in job.inputs.items():
             for holder in self._holders.get(hash_, ()):
-                if holder in wanted:
+                ok = able.get(holder)
+                if ok is None:
+                    ok = able[holder] = holder.free > 0 and klass in holder.classes
+                if ok:
                     scores[holder] = scores.get(holder, 0) + size
         return scores
 
