@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from gaffer.protos import (
 )
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
-from tests.buildgrid import ReapiServer, start_gaffer_serve
+from tests.buildgrid import ReapiServer, start_gaffer_serve, stop_signal
 
 TIMEOUT_S = 30.0
 Run = Callable[[re_pb2.Digest], "re_pb2.ActionResult | None"]
@@ -466,3 +467,24 @@ def test_an_action_lands_on_the_bot_holding_its_large_input(client: Client, bots
         assert result.result.exit_code == 0
     # both idle each time: the holder is preferred (any bot may take an action it has not taken within 100 ms)
     assert len(holder.received) >= 8, (len(holder.received), len(other.received))
+
+
+def test_a_stopping_server_ends_client_streams_and_long_polls_at_once(tmp_path: Path) -> None:
+    """SIGTERM with a client following a queued operation and a bot in its long poll: both are answered at
+    once (the client UNAVAILABLE: it submits again later), so the stop does not wait out the grace period."""
+    server = start_gaffer_serve("--grace", "60s", workdir=tmp_path)
+    try:
+        client = Client(server.grpc_address)
+        ops = client.execute(client.action("stopping", ["true"]))
+        assert stage(next(ops)) == "QUEUED"
+        bot = Bot(server.grpc_address, "idle", lambda _: None)
+        started = time.monotonic()
+        assert stop_signal(server, timeout=TIMEOUT_S) == 0
+        assert time.monotonic() - started < 10
+        with pytest.raises(grpc.RpcError) as e:
+            next(ops)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "submit the action again" in (e.value.details() or "")
+        bot.stop.set()
+        bot.thread.join(TIMEOUT_S)
+    finally:
+        server.stop()

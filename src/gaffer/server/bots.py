@@ -109,7 +109,8 @@ class Bots(_Service, bots_pb2_grpc.BotsServicer):
             hold = min(hold, remaining - 1.0)
         deadline = time.monotonic() + hold
         coordinator.assign(session)
-        while not _news(session) and (left := deadline - time.monotonic()) > 0 and coordinator.session(request.name):
+        while not _news(session) and (left := deadline - time.monotonic()) > 0 and coordinator.session(request.name) \
+                and not coordinator.stopping:
             woken = asyncio.Event()
             coordinator.waiting(session, woken.set)
             try:

@@ -220,6 +220,7 @@ class Coordinator:
         self._holders: dict[str, set[Session]] = {}  # blob hash -> sessions holding it
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._queued = 0
+        self.stopping = False
         self.counters = dict.fromkeys(
             ("actions_started", "actions_finished", "actions_failed", "actions_retried", "actions_cancelled",
              "queue_to_start_seconds_sum", "queue_to_start_count", "cache_hits", "cache_misses"), 0.0)
@@ -430,9 +431,15 @@ class Coordinator:
                                 for op in job.operations:
                                     op.changed()
 
-    def disconnect(self, session: Session, reason: str) -> None:
+    def stop(self) -> None:
+        """The server is stopping: wake every client stream and long poll, so they end now (see `stopping`)."""
         with self._lock:
-            self._disconnect(session, reason)
+            self.stopping = True
+            for op in list(self._operations.values()):
+                op.changed()
+            for session in list(self._sessions.values()):
+                if session.wake is not None:
+                    session.wake()
 
     # -- reading -------------------------------------------------------------------------------------------------
 

@@ -222,6 +222,9 @@ async def follow(coordinator: Coordinator, op: Operation, context: Context) -> N
                     return  # the client stopped reading
             if op.outcome is not None:
                 return
+            if coordinator.stopping:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping: submit the action again "
+                                    "once it is back (WaitExecution will not know this operation)")
             await changed.wait()
     finally:
         op.listeners.remove(changed.set)

@@ -569,6 +569,7 @@ class GrpcServer:
         done: Future[None] = Future()
 
         async def stop() -> None:
+            self._coordinator.stop()  # clients following operations and workers' long polls return now
             if self._server is not None:
                 await self._server.stop(grace)
             # grpc has ended the calls; what their handlers still await ends here, so their clean-ups run
