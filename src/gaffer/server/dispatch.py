@@ -32,6 +32,8 @@ ABANDONED_S = 30.0  # a job whose every client has been gone this long is cancel
 SCAN = 8  # queued jobs of a build a worker looks at: the one holding most of their inputs is taken first
 KEEP_FINISHED = 10_000  # finished operations kept for WaitExecution / GetOperation
 RECENT = 100  # finished jobs the status page shows
+MAX_CLASSES = 100  # platform classes kept with nothing queued (beyond, the empty ones are forgotten)
+MAX_BUILDS = 10_000  # builds whose last service is remembered (beyond, those with nothing queued are forgotten)
 SNAPSHOT_QUEUE = 1000  # queued operations the snapshot lists, oldest first ("queue_length" counts them all)
 
 # google.rpc codes of the outcomes the coordinator decides itself
@@ -430,6 +432,7 @@ class Coordinator:
                             if job.stage == QUEUED and job.klass is klass:
                                 for op in job.operations:
                                     op.changed()
+            self._prune()
 
     def stop(self) -> None:
         """The server is stopping: wake every client stream and long poll, so they end now (see `stopping`)."""
@@ -500,6 +503,19 @@ class Coordinator:
                     self._capable(klass, session)
         return klass
 
+    def _prune(self) -> None:
+        """Forget platform classes with nothing queued and builds not queued, once there are many (peers choose
+        platforms and build ids: memory stays bounded)."""
+        if len(self._classes) > MAX_CLASSES:
+            for key, klass in list(self._classes.items()):
+                if klass.count == 0:
+                    del self._classes[key]
+                    for session in klass.sessions:
+                        session.classes.remove(klass)
+        if len(self._served) > MAX_BUILDS:
+            queued = {build for klass in self._classes.values() for build in klass.builds}
+            self._served = {build: n for build, n in self._served.items() if build in queued}
+
     def _capable(self, klass: PlatformClass, session: Session) -> None:
         klass.sessions.add(session)
         session.classes.append(klass)
@@ -509,6 +525,8 @@ class Coordinator:
         now = self.clock()
         job.stage, job.queued_at = QUEUED, now
         klass = job.klass
+        if self._classes.get((klass.instance, klass.requirements)) is not klass:  # pruned while the job ran
+            klass = job.klass = self._class(klass.instance, klass.requirements)
         queue = klass.builds.get(job.build)
         if queue is None:
             queue = klass.builds[job.build] = deque()
