@@ -32,6 +32,7 @@ ABANDONED_S = 30.0  # a job whose every client has been gone this long is cancel
 SCAN = 8  # queued jobs of a build a worker looks at: the one holding most of their inputs is taken first
 KEEP_FINISHED = 10_000  # finished operations kept for WaitExecution / GetOperation
 RECENT = 100  # finished jobs the status page shows
+MAX_HELD = 200_000  # blobs recorded per worker (workers report at most 100,000 at a time)
 MAX_CLASSES = 100  # platform classes kept with nothing queued (beyond, the empty ones are forgotten)
 MAX_BUILDS = 10_000  # builds whose last service is remembered (beyond, those with nothing queued are forgotten)
 SNAPSHOT_QUEUE = 1000  # queued operations the snapshot lists, oldest first ("queue_length" counts them all)
@@ -391,7 +392,7 @@ class Coordinator:
 
     def inventory(self, session: Session, reset: bool, added: Iterable[tuple[str, int]],
                   removed: Iterable[str]) -> int:
-        """What a worker holds now (Inventory.Report); the number of blobs."""
+        """What a worker holds now (Inventory.Report); the number of blobs recorded (at most MAX_HELD)."""
         with self._lock:
             if reset:
                 self._drop_holdings(session)
@@ -401,7 +402,7 @@ class Coordinator:
                     session.held_bytes -= size
                     self._unhold(hash_, session)
             for hash_, size in added:
-                if hash_ not in session.held:
+                if hash_ not in session.held and len(session.held) < MAX_HELD:
                     session.held[hash_] = size
                     session.held_bytes += size
                     self._holders.setdefault(hash_, set()).add(session)
