@@ -5,8 +5,10 @@ result (an action marked `do_not_cache` gets a job of its own). Queued jobs wait
 (the instance and the platform properties a worker must have) and, inside it, per build (RequestMetadata's
 tool_invocation_id): a worker with a free slot is served from the build served least recently, so one big build
 does not starve a small one. A worker never holds more unfinished leases than its max jobs: a full farm means
-waiting, never failing. Locality: a job queued while capable workers are free is reserved for the one holding the
-most of its input bytes (workers report what they hold); any other worker may take it after LOCALITY_WAIT_S.
+waiting, never failing. Locality (workers report the blobs they hold): a job queued while capable workers have a
+free slot is reserved for the one holding the most of its input bytes, and any other may take it after
+LOCALITY_WAIT_S; behind a backlog, a worker coming free takes, of the next SCAN jobs of the build it serves, the one
+whose inputs it holds most of.
 
 Time comes from an injected clock and nothing here blocks or speaks gRPC, so the scheduling can be tested and
 benchmarked in-process; the gRPC services (execution.py, bots.py) drive it from one event loop and are woken
