@@ -143,6 +143,7 @@ class Bot:
             worker_pb2.Worker.Property(key="_gaffer_max_jobs", value=str(max_jobs))])
         self.run = run
         self.received: list[re_pb2.Digest] = []
+        self.most_leases = 0  # the most leases one reply held
         self.got_lease = threading.Event()
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
@@ -167,6 +168,7 @@ class Bot:
                 except grpc.FutureCancelledError:
                     return  # closed
                 leases = []
+                self.most_leases = max(self.most_leases, len(reply.leases))
                 for lease in reply.leases:
                     if lease.state != bots_pb2.PENDING:
                         if lease.state == bots_pb2.CANCELLED:
@@ -488,3 +490,14 @@ def test_a_stopping_server_ends_client_streams_and_long_polls_at_once(tmp_path: 
         bot.thread.join(TIMEOUT_S)
     finally:
         server.stop()
+
+
+def test_a_bot_at_capacity_gets_no_more_and_nothing_fails(client: Client, bots: Callable[..., Bot]) -> None:
+    actions = [client.action("capacity", ["echo", str(i)]) for i in range(4)]
+    streams = [client.execute(action) for action in actions]
+    assert all(stage(next(ops)) == "QUEUED" for ops in streams)  # all four wait before the bot asks
+    bot = bots("capacity", answer(client), max_jobs=1)
+    results = [finish(ops)[1] for ops in streams]
+    assert all(r.status.code == 0 and r.result.exit_code == 0 for r in results)
+    assert sorted(d.hash for d in bot.received) == sorted(a.hash for a in actions)
+    assert bot.most_leases == 1
