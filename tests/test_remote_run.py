@@ -390,3 +390,26 @@ def test_a_server_restarted_mid_action_gets_it_again_and_the_build_succeeds(tmp_
             client.kill()
             client.wait()
         f.stop()
+
+
+def test_a_remote_with_a_token_builds_and_one_without_it_is_refused(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text(uuid.uuid4().hex + "\n")
+    server = start_gaffer_serve("--token-file", str(token), workdir=tmp_path / "serve")
+    log = tmp_path / "worker.log"
+    worker = servers._spawn([sys.executable, "-m", "gaffer", "worker", "--server", server.grpc_address,
+                             "--token-file", str(token), "--dir", str(tmp_path / "worker")], log)
+    try:
+        servers.wait_until(lambda: "opened as" in log.read_text(errors="replace"), "the worker's session",
+                           servers.START_TIMEOUT_S, worker, log)
+        ws = tmp_path / "ws"
+        write_workspace(ws, uuid.uuid4().hex)
+        refused = gaffer(ws, "--remote", server.url)
+        assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr, refused.stderr
+        proc = gaffer(ws, "--remote", f"{server.url}?token_file={token}")
+        assert proc.returncode == 0, proc.stderr
+        assert statuses(ws) == {"gen": "executed", "big": "executed", "use": "executed"}
+        assert " on worker " in proc.stderr, proc.stderr
+    finally:
+        servers._terminate(worker)
+        server.stop()

@@ -103,7 +103,7 @@ class RemoteExecutor:
         request = re_pb2.GetCapabilitiesRequest(instance_name=self.tier.instance)
         try:
             caps = re_grpc.CapabilitiesStub(self.tier.channel).GetCapabilities(
-                request, timeout=self.tier.timeout, metadata=self._headers(""))
+                request, timeout=self.tier.timeout, metadata=self.tier.with_headers(self._headers("")).metadata)
             self.tier.check()
         except grpc.RpcError as e:
             if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
