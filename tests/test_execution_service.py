@@ -501,3 +501,27 @@ def test_a_bot_at_capacity_gets_no_more_and_nothing_fails(client: Client, bots: 
     assert all(r.status.code == 0 and r.result.exit_code == 0 for r in results)
     assert sorted(d.hash for d in bot.received) == sorted(a.hash for a in actions)
     assert bot.most_leases == 1
+
+
+def test_an_unchanged_operation_is_sent_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream of a long wait is not silent: the operation comes again every RESEND_S (shortened here, on a
+    server started in this process)."""
+    from gaffer.server import execution
+    from gaffer.server.auth import BearerToken
+    from gaffer.server.dispatch import Coordinator
+    from gaffer.server.metrics import Metrics
+    from gaffer.server.reapi import start_grpc
+    from gaffer.server.store import ServerStore
+
+    monkeypatch.setattr(execution, "RESEND_S", 0.2)
+    store = ServerStore(tmp_path / "store", 1 << 30, report=print, memory=0)
+    server, port = start_grpc("127.0.0.1:0", store, Metrics(), BearerToken(None), 2, Coordinator())
+    try:
+        client = Client(f"127.0.0.1:{port}")
+        ops = client.execute(client.action("resent", ["true"]))
+        first, again = next(ops), next(ops)
+        assert first.name == again.name and stage(first) == stage(again) == "QUEUED"
+        ops.cancel()
+    finally:
+        server.stop(1).result(TIMEOUT_S)
+        store.close()
