@@ -21,9 +21,9 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2
 
+from gaffer.digest import Digest
 from gaffer.protos import bots_pb2, bots_pb2_grpc, inventory_pb2, inventory_pb2_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
-from gaffer.protos.digests import from_proto
 from gaffer.server.dispatch import (
     ACTIVE,
     CANCELLED,
@@ -167,11 +167,14 @@ class Bots(_Service, bots_pb2_grpc.BotsServicer):
         try:
             if not namespace.result_complete(result):
                 return f"the result from worker {worker} names blobs the CAS does not hold"
-            if result.exit_code == 0 and done.job.cacheable:
-                hash_, _, size = done.job.action.partition("/")
-                namespace.put_action(from_proto(re_pb2.Digest(hash=hash_, size_bytes=int(size))), result)
         except (BadRequest, OSError, BackendUnavailable) as e:
             return f"the result from worker {worker} could not be checked: {e}"
+        if result.exit_code == 0 and done.job.cacheable:
+            hash_, _, size = done.job.action.partition("/")
+            try:
+                namespace.put_action(Digest(hash_, int(size)), result)
+            except (OSError, BackendUnavailable) as e:  # the result stands; only the cache misses it
+                self.coordinator.log(f"action {done.job.action}: result not cached: {e}")
         return Outcome(OK, result=result, label="ok" if result.exit_code == 0 else f"exit {result.exit_code}")
 
 
