@@ -180,7 +180,7 @@ class Bots(_Service, bots_pb2_grpc.BotsServicer):
 
 def _news(session: Session) -> bool:
     """Has the worker something to learn: a new lease, or a cancellation?"""
-    return any(lease.told != lease.shown for lease in session.leases.values())
+    return any(not lease.told or (lease.cancel and lease.told != CANCELLED) for lease in session.leases.values())
 
 
 def _report(lease: Any) -> Report:
