@@ -220,3 +220,25 @@ def test_worker_usage_errors_are_one_line(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith("gaffer worker: ") and message in proc.stderr, proc.stderr
+
+
+def test_a_worker_needs_the_servers_token(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    server = start_gaffer_serve("--token-file", str(token), workdir=tmp_path / "serve")
+    try:
+        refused = subprocess.run(_worker_argv(server.grpc_address, tmp_path / "refused"), env=_env(),
+                                 capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.splitlines()[-1].startswith(f"gaffer worker: {server.grpc_address} refuses the worker: "
+                                                           "UNAUTHENTICATED"), refused.stderr
+        assert refused.stderr.endswith("(see --token-file)\n")
+        worker = start_worker(server.grpc_address, "token", "--platform", "test=restart", "--token-file", str(token),
+                              directory=tmp_path / "worker")
+        client = Client(server.grpc_address, token="s3cret")
+        response = client.execute(client.action(["echo", "with a token"], platform={"test": "restart"}))
+        assert client.read(response.result.stdout_digest) == b"with a token\n"
+        client.close()
+        assert worker.stop() == 0, worker.text()
+    finally:
+        server.stop()

@@ -76,7 +76,7 @@ def _work(settings: Settings) -> int:
     from gaffer.execute.base import task_environment
     from gaffer.worker.blobs import BlobCache
     from gaffer.worker.capabilities import describe
-    from gaffer.worker.session import Session, say
+    from gaffer.worker.session import Refused, Session, say
 
     where = f"{settings.sources['worker_dir'] or '--dir'} {directory}"
     try:
@@ -123,6 +123,7 @@ def _work(settings: Settings) -> int:
             session.run()
         except Exception as e:  # noqa: BLE001 - reported by the main thread as one line, never a traceback
             failed.append(e)
+            session.kill()
         finally:
             finished.set()  # before the write: once the main thread reads it, the flag is seen
             os.write(wake_write, b"\0")
@@ -136,6 +137,9 @@ def _work(settings: Settings) -> int:
     server.close()
     channel.close()
     lock.close()
+    if failed and isinstance(failed[0], Refused):
+        hint = " (see --token-file)" if failed[0].token else ""
+        raise UserError(f"{target} refuses the worker: {failed[0]}{hint}")
     if failed:
         raise EnvironmentProblem(f"the session with {target} failed: {failed[0]!r}")
     say("stopped")
