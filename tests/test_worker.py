@@ -162,6 +162,19 @@ def test_actions_sharing_a_large_input_go_to_the_worker_holding_it(client: Clien
     assert len(set(ran)) == 1, ran  # the first one's worker holds the input from then on
 
 
+def test_the_blob_cache_stays_within_its_bound(client: Client, workers: Callable[..., Worker],
+                                               tmp_path: Path) -> None:
+    worker = workers("small", "--platform", "test=small", "--max-size", "1MiB")
+    for i in range(5):
+        submitted = client.action(["wc", "-c", "in.bin"], files={"in.bin": os.urandom(400 * 1024)},
+                                  platform={"test": "small"})
+        assert client.read(client.execute(submitted).result.stdout_digest) == b"409600 in.bin\n"
+    assert worker.stop() == 0, worker.text()  # every lease's eviction done
+    assert "evicted" in worker.text()
+    held = sum(f.stat().st_size for f in (tmp_path / "worker-small" / "blobs" / "cas").rglob("*") if f.is_file())
+    assert 400 * 1024 <= held <= 1024 * 1024
+
+
 def test_a_worker_reconnects_to_a_restarted_server(tmp_path: Path) -> None:
     port = servers.free_port()
     workdir = tmp_path / "serve"

@@ -95,7 +95,7 @@ def _work(settings: Settings) -> int:
     server = GrpcTier(target, settings.instance, token=token, timeout=60.0)
     worker = describe(bot_id, settings.max_jobs, settings.platform, link=not settings.no_link)
     env = task_environment((), sorted({*DEFAULT_PASS_ENV, *settings.env_pass}))
-    session = Session(channel, settings.instance, bot_id, worker, BlobCache(local, server), directory / "exec", env,
+    session = Session(channel, settings.instance, bot_id, worker, BlobCache(local, server, say), directory / "exec", env,
                       settings.max_jobs, metadata)
     signals = {"count": 0}
 
