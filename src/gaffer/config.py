@@ -135,6 +135,15 @@ def _url(value: object, where: str, base: str | None = None) -> str:
     return check_scheme(_text(value, where), where)
 
 
+def _remote_url(value: object, where: str, base: str | None = None) -> str:
+    """A remote execution service: grpc:// or grpcs:// only (the rest is checked as a cache URL's is)."""
+    url = _text(value, where)
+    if url.partition("://")[0].lower() not in ("grpc", "grpcs"):
+        raise UserError(f"{where}: remote URL {url}: expected grpc://HOST:PORT[/INSTANCE] or grpcs://HOST[:PORT]"
+                        "[/INSTANCE]")
+    return url
+
+
 def _urls(value: object, where: str, base: str | None = None) -> list[str]:
     """URLs, nearest first: a repeated flag's list, a comma-separated variable, a TOML string or list."""
     if isinstance(value, str):
@@ -197,7 +206,8 @@ class Setting:
         self.aliases = dict(aliases or {})  # front end -> its own variables, read before `env`
         self.flags = tuple(flags)  # the option strings on the front ends with flags (run, serve)
         self.metavar = metavar
-        self.kind = kind  # "value"; "list" (repeatable flag); "switch" (a flag without a value)
+        self.kind = kind  # "value"; "list" (repeatable flag); "switch" (a flag without a value); "toggle" (a
+        # switch with its --no- form, for a setting on by default)
         self.parse = parse
         self.default = dict(default)  # front end -> value, or a callable computing it (lazily: a home dir, CPUs)
         self.default_text = dict(default_text)  # front end -> the default as help and docs show it
@@ -257,6 +267,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sandbox_keep", (RUN,), toml="run.sandbox_keep", env="GAFFER_SANDBOX_KEEP", parse=parse_bool,
             default={"*": False}, default_text={"*": "false"},
             help="keep a failed sandboxed task's exec root (under .gaffer/sandbox) to look into"),
+    Setting("remote", (RUN,), toml="remote.url", env="GAFFER_REMOTE", flags=("--remote",), metavar="URL",
+            parse=_remote_url, default={"*": None}, default_text={"*": "none: tasks run here"},
+            help="run cacheable tasks on this REAPI execution service (gaffer serve with workers, or any REAPI "
+                 "server): grpc://host:9092[/instance][?token_file=PATH], grpcs://..."),
+    Setting("remote_download", (RUN,), toml="remote.download", env="GAFFER_REMOTE_DOWNLOAD",
+            flags=("--remote-download",), metavar="all|minimal", parse=_choice("all", "minimal"),
+            default={"*": "all"}, default_text={"*": "all"},
+            help="which outputs of remote tasks come back to the workspace: all, or minimal (the targets' outputs "
+                 "and what a task running here needs; the rest stays on the remote, recorded by digest)"),
+    Setting("remote_fallback", (RUN,), toml="remote.fallback", env="GAFFER_REMOTE_FALLBACK",
+            flags=("--remote-fallback",), kind="toggle", parse=parse_bool, default={"*": True},
+            default_text={"*": "true"},
+            help="run a task here when the remote is unreachable (one warning per build); "
+                 "--no-remote-fallback makes that an error"),
     # `gaffer serve`
     Setting("dir", (SERVE,), toml="serve.dir", env="GAFFER_SERVE_DIR", flags=("--dir",), metavar="DIR",
             parse=_path, default={SERVE: lambda: os.path.join(_default_cache_dir(), "serve")},
@@ -428,7 +452,7 @@ def resolve(front: str, flags: Mapping[str, object], env: Mapping[str, str], fil
     sources: dict[str, str | None] = {}
     for s in settings_of(front):
         given = flags.get(s.name)
-        if given not in (None, False, []):
+        if given is not None and (s.kind == "toggle" or given not in (False, [])):
             where: str | None = s.flag
             value = s.parse(given, s.flag, None)
         else:
@@ -453,6 +477,8 @@ def load_settings(workspace: str | os.PathLike[str] | None, flags: Mapping[str, 
     s = resolve(RUN, flags, env, config_files(os.path.join(workspace, TOML_NAME) if workspace else None, env))
     s.cache_dir = Path(s.cache_dir)
     check_urls(s.remotes, s.sources["remotes"])
+    if s.remote is not None:
+        check_urls([s.remote], s.sources["remote"])
     return s
 
 
@@ -519,6 +545,11 @@ def add_flags(parser: argparse.ArgumentParser, front: str, names: Iterable[str] 
         text = f"{s.help} (default: {s.shown_default(front)}{repeat}; env {s.env})".replace("%", "%%")
         if s.kind == "switch":
             parser.add_argument(*s.flags, dest=s.name, action="store_true", help=text)
+        elif s.kind == "toggle":
+            import argparse
+
+            parser.add_argument(*s.flags, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=text)
         else:
             parser.add_argument(*s.flags, dest=s.name, metavar=s.metavar, help=text,
                                 action="append" if s.kind == "list" else "store")

@@ -9,6 +9,7 @@ Only `cache/urls.py` imports this module, and only for a grpc(s):// URL, so grpc
 
 from __future__ import annotations
 
+import copy
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -58,7 +59,7 @@ class GrpcTier(CacheTier):
         self.name = name or f"{'grpcs' if tls else 'grpc'}://{target}/{instance}".rstrip("/")
         self.instance = instance
         self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata: tuple[tuple[str, str | bytes], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         options = [
             ("grpc.max_receive_message_length", -1),
             ("grpc.max_send_message_length", -1),
@@ -91,6 +92,23 @@ class GrpcTier(CacheTier):
         instance = parts.path.strip("/")
         name = f"{parts.scheme}://{target}/{instance}".rstrip("/")
         return cls(target, instance, tls=tls, ca_file=ca_file, token=token, timeout=timeout, name=name)
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel, for the other REAPI services on the same server (remote execution's Execution)."""
+        return self._channel
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """What every call sends: the credentials, and the headers of `with_headers`."""
+        return self._metadata
+
+    def with_headers(self, headers: Sequence[tuple[str, str | bytes]]) -> GrpcTier:
+        """This tier sending `headers` too on every call (REAPI's RequestMetadata, per task): the same channel
+        and stubs, so a view costs nothing and closing it is closing this tier."""
+        view = copy.copy(self)
+        view._metadata = (*self._metadata, *headers)
+        return view
 
     # -- CacheTier ---------------------------------------------------------------------------------------------
 

@@ -173,7 +173,7 @@ class LocalExecutor:
     def cancel_all(self) -> None:
         self.runner.cancel_all()
 
-    def execute(self, action: PreparedAction, pass_env: Sequence[str]) -> ExecuteResult:
+    def execute(self, action: PreparedAction, pass_env: Sequence[str], name: str = "") -> ExecuteResult:
         from gaffer import actions
 
         store = self.store

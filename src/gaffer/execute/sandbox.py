@@ -285,7 +285,7 @@ class SandboxExecutor:
     def cancel_all(self) -> None:
         self.local.cancel_all()
 
-    def execute(self, action: PreparedAction, pass_env: Sequence[str]) -> ExecuteResult:
+    def execute(self, action: PreparedAction, pass_env: Sequence[str], name: str = "") -> ExecuteResult:
         actions.remove_outputs(self.root, action.output_paths)  # as a workspace run: no stale output survives a failure
         try:
             self._store_inputs(action)
@@ -313,16 +313,8 @@ class SandboxExecutor:
     def _store_inputs(self, action: PreparedAction) -> None:
         """Put every input file the local CAS lacks (a workspace source; a dep's output evicted since) into it
         from the workspace; BadAction if one no longer has the digest the task was keyed with."""
-        def child(digest: Digest) -> re_pb2.Directory | None:
-            data = action.blobs.get(digest)
-            return None if data is None else re_pb2.Directory.FromString(data)
-
-        root = child(action.input_root)
-        if root is None:
-            raise BadAction(f"action {action.digest}: its input root is not among its blobs")
-        tree = actions.Outputs(files=[], symlinks=[], directories=[])
         try:
-            actions.expand_directory("", root, child, tree)
+            tree = action.input_tree()
         except actions.BadCacheEntry as e:
             raise BadAction(f"action {action.digest}: input root: {e}") from None
         wanted = {f.digest: f.path for f in tree.files}

@@ -136,7 +136,8 @@ def _serve(settings: Settings) -> int:
             listening.append(f"grpc on {_host(grpc_address[0])}:{port}")
         if http_address is not None:
             try:
-                http_server = CacheHTTPServer(http_address, store, metrics, token, settings.client_timeout)
+                http_server = CacheHTTPServer(http_address, store, metrics, token, settings.client_timeout,
+                                              coordinator)
             except OSError as e:
                 raise EnvironmentProblem(f"{settings.sources['http']} {_host(http_address[0])}:{http_address[1]}: "
                                          f"cannot listen there: {e.strerror}") from None

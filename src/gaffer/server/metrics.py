@@ -32,6 +32,11 @@ class Metrics:
             self._hits[kind] += hits
             self._misses[kind] += misses
 
+    def lookup_counts(self) -> dict[str, tuple[int, int]]:
+        """(hits, misses) by kind so far: the status page's hit rates."""
+        with self._lock:
+            return {kind: (self._hits[kind], self._misses[kind]) for kind in self._hits.keys() | self._misses.keys()}
+
     def transferred(self, received: int = 0, sent: int = 0) -> None:
         with self._lock:
             self._received += received
