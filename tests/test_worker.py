@@ -90,6 +90,26 @@ def test_a_no_link_worker_never_gets_a_link_action(client: Client, workers: Call
     assert all(name.endswith("-link") for name in ran), ran
 
 
+def test_a_platform_key_given_twice_matches_either_value(client: Client, workers: Callable[..., Worker]) -> None:
+    workers("pools", "--platform", "test=pools", "--platform", "pool=small", "--platform", "pool=large",
+            "--no-link")
+    for pool in ("small", "large"):
+        response = client.execute(client.action(["echo", pool], platform={"test": "pools", "pool": pool}))
+        assert response.result.execution_metadata.worker.endswith("-pools")
+
+
+def test_reconnection_backoff_doubles_with_jitter_up_to_its_cap() -> None:
+    from gaffer.worker.session import BACKOFF_CAP_S, BACKOFF_START_S, Backoff
+
+    backoff = Backoff()
+    delays = [backoff.next() for _ in range(12)]
+    bounds = [min(BACKOFF_CAP_S, BACKOFF_START_S * 2**i) for i in range(12)]
+    assert all(bound / 2 <= delay <= bound for delay, bound in zip(delays, bounds, strict=True)), delays
+    assert len(set(delays)) == len(delays)  # jittered
+    backoff.reset()
+    assert backoff.next() <= BACKOFF_START_S
+
+
 def test_an_action_on_a_worker_killed_mid_action_runs_again_elsewhere(client: Client, workers: Callable[..., Worker],
                                                                       tmp_path: Path) -> None:
     first, second = workers("kill-a", "--platform", "test=kill"), workers("kill-b", "--platform", "test=kill")
