@@ -185,7 +185,7 @@ def test_actions_sharing_a_large_input_go_to_the_worker_holding_it(client: Clien
 def test_the_blob_cache_stays_within_its_bound(client: Client, workers: Callable[..., Worker],
                                                tmp_path: Path) -> None:
     worker = workers("small", "--platform", "test=small", "--max-size", "1MiB")
-    for i in range(5):
+    for _ in range(5):
         submitted = client.action(["wc", "-c", "in.bin"], files={"in.bin": os.urandom(400 * 1024)},
                                   platform={"test": "small"})
         assert client.read(client.execute(submitted).result.stdout_digest) == b"409600 in.bin\n"
