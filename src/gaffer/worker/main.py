@@ -123,7 +123,6 @@ def _work(settings: Settings) -> int:
             session.run()
         except Exception as e:  # noqa: BLE001 - reported by the main thread as one line, never a traceback
             failed.append(e)
-            session.kill()
         finally:
             finished.set()  # before the write: once the main thread reads it, the flag is seen
             os.write(wake_write, b"\0")

@@ -157,6 +157,9 @@ class Session:
                     continue
                 if self._update(backoff):
                     backoff.reset()
+        except BaseException:
+            self.kill()  # no one will hear of the running leases: end them rather than wait for them
+            raise
         finally:
             self._pool.shutdown(wait=True)
 
