@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +38,9 @@ class Submitted:
 class Client:
     """CAS upload, Execute, and blob reads on one instance of a REAPI server."""
 
-    def __init__(self, address: str, instance: str = "") -> None:
+    def __init__(self, address: str, instance: str = "", token: str | None = None) -> None:
         self.channel = grpc.insecure_channel(address)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.instance = instance
         self.cas = re_grpc.ContentAddressableStorageStub(self.channel)
         self.execution = exec_grpc.ExecutionStub(self.channel)
@@ -76,11 +77,10 @@ class Client:
             self.upload(blobs.values())
         return Submitted(action, action_digest, blobs)
 
-    def upload(self, blobs: Sequence[bytes] | object) -> None:
-        requests = [re_pb2.BatchUpdateBlobsRequest.Request(digest=digest_of(data), data=data)
-                    for data in blobs]  # type: ignore[attr-defined]
-        response = self.cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance,
-                                                                             requests=requests), timeout=30)
+    def upload(self, blobs: Iterable[bytes]) -> None:
+        requests = [re_pb2.BatchUpdateBlobsRequest.Request(digest=digest_of(data), data=data) for data in blobs]
+        request = re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance, requests=requests)
+        response = self.cas.BatchUpdateBlobs(request, timeout=30, metadata=self.metadata)
         assert all(r.status.code == 0 for r in response.responses), response
 
     def start(self, submitted: Submitted, skip_cache_lookup: bool = True,
@@ -88,12 +88,13 @@ class Client:
         """Execute: the stream of Operations."""
         request = re_pb2.ExecuteRequest(instance_name=self.instance, action_digest=submitted.action_digest,
                                         skip_cache_lookup=skip_cache_lookup)
-        stream: Iterator[operations_pb2.Operation] = self.execution.Execute(request, timeout=timeout)
+        stream: Iterator[operations_pb2.Operation] = self.execution.Execute(request, timeout=timeout,
+                                                                            metadata=self.metadata)
         return stream
 
     def cancel(self, operation: str) -> None:
         operations_pb2_grpc.OperationsStub(self.channel).CancelOperation(
-            operations_pb2.CancelOperationRequest(name=operation), timeout=30)
+            operations_pb2.CancelOperationRequest(name=operation), timeout=30, metadata=self.metadata)
 
     def execute(self, submitted: Submitted, skip_cache_lookup: bool = True,
                 timeout: float = 60) -> re_pb2.ExecuteResponse:
@@ -107,8 +108,8 @@ class Client:
         return response
 
     def read(self, digest: re_pb2.Digest) -> bytes:
-        response = self.cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(instance_name=self.instance,
-                                                                         digests=[digest]), timeout=30)
+        request = re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=[digest])
+        response = self.cas.BatchReadBlobs(request, timeout=30, metadata=self.metadata)
         (entry,) = response.responses
         assert entry.status.code == 0, entry.status
         return entry.data
