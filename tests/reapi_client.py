@@ -144,12 +144,14 @@ class Worker:
         return self.proc.returncode
 
 
-def start_worker(address: str, name: str, *args: str, directory: Path | None = None) -> Worker:
-    """`gaffer worker --server ADDRESS --name NAME --dir DIR *args`, returned once its session is open."""
+def start_worker(address: str, name: str, *args: str, directory: Path | None = None,
+                 env: dict[str, str] | None = None) -> Worker:
+    """`gaffer worker --server ADDRESS --name NAME --dir DIR *args` in `env` (default: this process's), returned
+    once its session is open."""
     directory = directory or Path(tempfile.mkdtemp(prefix=f"gaffer-worker-{name}-"))
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "worker.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    env = {k: v for k, v in (os.environ if env is None else env).items() if not k.startswith("GAFFER_")}
     env["PYTHONFAULTHANDLER"] = "1"
     argv = [sys.executable, "-m", "gaffer", "worker", "--server", address, "--name", name, "--dir", str(directory),
             *args]
