@@ -111,6 +111,10 @@ def _dispatch(args_list: list[str]) -> int:
         from gaffer.gocache.main import gocache_main
 
         return gocache_main(args_list[1:])
+    if args_list and args_list[0] == "cc":
+        from gaffer.cc.admin import admin_main
+
+        return admin_main(args_list[1:])
     args = build_parser().parse_args(args_list)
     if args.command is None:
         build_parser().print_help(sys.stderr)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any
 
-RUN, SERVE, GOCACHE = "run", "serve", "gocache"
+RUN, SERVE, GOCACHE, CC = "run", "serve", "gocache", "cc"
 MAX_REMOTE_TIMEOUT_S = 24 * 3600.0
 DEFAULT_MAX_SIZE = 10 * 1024**3
 # The cache URL schemes gaffer opens; kept equal to gaffer.cache.urls._SCHEMES (a test checks), not imported
@@ -289,6 +289,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stats", (GOCACHE,), toml="gocache.stats", env="GAFFER_GOCACHE_STATS", parse=parse_bool,
             aliases={GOCACHE: ("GOBUILDCACHE_STATS",)}, default={GOCACHE: False}, default_text={"*": "false"},
             help="the stats line at close, without the debug lines"),
+    # `gaffer cc`: the compiler launcher's daemon
+    Setting("cc_idle", (CC,), toml="cc.idle", env="GAFFER_CC_IDLE", parse=_timeout, default={CC: 600.0},
+            default_text={"*": "10min"}, help="how long the launcher's daemon stays up without a compile"),
 )
 
 

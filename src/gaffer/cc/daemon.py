@@ -1,0 +1,254 @@
+"""`gaffer cc --daemon`: the per-user process every compile's client talks to, and `gaffer cc --stop-daemon`.
+
+Build tools start one launcher per compile; a Python start alone costs more than a ccache hit. So the work
+happens here, in one long-lived process per user that keeps the cache, the stat cache and the counters warm,
+reached over a Unix socket by the tiny C client (client.c). It is started by the first client that finds no one
+listening (detached: a build step's process group is killed when the step ends), serves connections
+concurrently (a thread each: compiles wait on subprocesses), and exits after an idle period.
+
+One per user: the flock on daemon.lock decides, and the holder's pid is written there for --stop-daemon. The
+socket appears (by rename) only once it listens, so a client either connects or starts a daemon; a second
+daemon started meanwhile finds the lock held and a live socket, and exits quietly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from gaffer.cc.ccdir import ensure_dir
+from gaffer.errors import EnvironmentProblem
+
+SOCKET_NAME, LOCK_NAME, LOG_NAME = "daemon.sock", "daemon.lock", "daemon.log"
+MAX_CONNECTIONS = 512  # beyond this, accept waits: a make -j1000 queues in the kernel's backlog
+READ_TIMEOUT_S = 30.0  # a client sends its whole request at once; one that stalls must not hold a thread
+HANDOVER_S = 2.0  # how long a new daemon waits for an exiting one's lock (the client waits as long)
+DRAIN_S = 600.0  # at a stop, how long running compiles may take to finish before the daemon exits anyway
+
+log = logging.getLogger("gaffer.cc.daemon")
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT: stop accepting, finish what runs, exit."""
+
+
+def serve(directory: Path, idle_s: float) -> int:
+    """Run the daemon until it has been idle for `idle_s` or is told to stop. 0 also when another daemon already
+    serves this user (the caller only wanted one to be there)."""
+    ensure_dir(directory)
+    lock_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if not _take_lock(lock_fd, directory / SOCKET_NAME):
+            return 0
+        _setup_log(directory / LOG_NAME)
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+        from gaffer.cc.client import ensure_client
+
+        with contextlib.suppress(Exception):  # a client that cannot be rebuilt is the install's problem, not ours
+            ensure_client(directory)
+        return _Daemon(directory, idle_s).run()
+    finally:
+        os.close(lock_fd)
+
+
+def _take_lock(lock_fd: int, sock_path: Path) -> bool:
+    """True once this process holds the lock; False if another daemon holds it and answers on the socket. A
+    daemon that is exiting holds the lock a moment after its socket is gone: wait for it, briefly."""
+    deadline = time.monotonic() + HANDOVER_S
+    while True:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        if _answers(sock_path) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _answers(sock_path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(sock_path))
+            return True
+        except OSError:
+            return False
+
+
+def _setup_log(path: Path) -> None:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+class _Daemon:
+    def __init__(self, directory: Path, idle_s: float) -> None:
+        self.directory = directory
+        self.idle_s = idle_s
+        self.sock_path = directory / SOCKET_NAME
+        self.lock = threading.Condition()
+        self.active = 0
+        self.last_activity = time.monotonic()
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.context: Any = None
+        self.served = 0
+
+    def run(self) -> int:
+        from gaffer.cc.launch import Context
+
+        self.context = Context()
+        listener = self._listen()
+        previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        log.info("started: pid %d, socket %s, idle timeout %gs", os.getpid(), self.sock_path, self.idle_s)
+        reason = "idle"
+        try:
+            self._accept_loop(listener)
+        except _Stop:
+            reason = "told to stop"
+        finally:
+            self._unlink_socket(listener)
+            listener.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        with self.lock:  # compiles in flight finish and answer their clients
+            self.lock.wait_for(lambda: self.active == 0, timeout=DRAIN_S)
+        log.info("exiting (%s) after %d requests", reason, self.served)
+        return 0
+
+    def _listen(self) -> socket.socket:
+        """Bind beside the final name and rename onto it: the socket path exists only while someone listens."""
+        tmp = self.directory / f"{SOCKET_NAME}.{os.getpid()}"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            old_umask = os.umask(0o177)
+            try:
+                listener.bind(str(tmp))
+            finally:
+                os.umask(old_umask)
+            listener.listen(128)
+            os.replace(tmp, self.sock_path)
+        except OSError as e:
+            listener.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise EnvironmentProblem(f"{self.sock_path}: cannot listen: {e.strerror or e}") from None
+        self.inode = self.sock_path.stat().st_ino
+        return listener
+
+    def _unlink_socket(self, listener: socket.socket) -> None:
+        """Remove the socket path if it is still ours (a successor may have replaced it)."""
+        with contextlib.suppress(OSError):
+            if self.sock_path.stat().st_ino == self.inode:
+                self.sock_path.unlink()
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            with self.lock:
+                quiet = time.monotonic() - self.last_activity
+                if self.active == 0 and quiet >= self.idle_s:
+                    return
+            listener.settimeout(max(0.05, min(self.idle_s - quiet, 5.0)) if self.active == 0 else 5.0)
+            if not self.slots.acquire(timeout=5.0):
+                continue
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                self.slots.release()
+                continue
+            except BaseException:
+                self.slots.release()
+                raise
+            with self.lock:
+                self.active += 1
+                self.served += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        from gaffer.cc.launch import Response, handle
+        from gaffer.cc.protocol import FrameError, encode_response, read_request
+
+        try:
+            with conn, conn.makefile("rb") as reader:
+                conn.settimeout(READ_TIMEOUT_S)
+                try:
+                    request = read_request(reader.read)
+                except (FrameError, OSError) as e:
+                    log.info("bad request, connection closed: %s", e)
+                    return
+                conn.settimeout(None)
+                try:
+                    response = handle(request, self.context)
+                except Exception:  # a bug must cost one compile its caching, never the daemon
+                    log.exception("internal error on %s; the client runs the compiler itself", request.argv[:3])
+                    response = Response(verdict=1, exit_code=0, stdout=b"", stderr=b"")
+                try:
+                    conn.sendall(encode_response(response))
+                except OSError as e:
+                    log.info("client gone before its answer (%s): %s", " ".join(request.argv[:3]), e)
+        finally:
+            self.slots.release()
+            with self.lock:
+                self.active -= 1
+                self.last_activity = time.monotonic()
+                self.lock.notify_all()
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()
+
+
+def stop(directory: Path, wait_s: float = DRAIN_S) -> str:
+    """Ask the daemon to stop (SIGTERM to the pid in its lock file) and wait until it has released the lock.
+    Returns what happened, as one line for the user."""
+    try:
+        lock_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return "no daemon is running"
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return "no daemon is running"
+        except BlockingIOError:
+            pass
+        pid = _pid_in(lock_fd)
+        if pid is None:
+            raise EnvironmentProblem(f"{directory / LOCK_NAME}: locked, but names no daemon process")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return f"stopped the daemon (pid {pid})"
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EnvironmentProblem(f"the daemon (pid {pid}) did not stop within {wait_s:g}s") from None
+                time.sleep(0.02)
+    finally:
+        os.close(lock_fd)
+
+
+def _pid_in(lock_fd: int) -> int | None:
+    """The pid the lock holder wrote; it writes it just after locking, so allow it a moment."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        text = os.pread(lock_fd, 32, 0).decode("ascii", "replace").strip()
+        if text.isdigit():
+            return int(text)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
