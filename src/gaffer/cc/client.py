@@ -70,8 +70,8 @@ def install(directory: Path, target: Path | None = None) -> list[str]:
     cc, ld = target / NAME, target / LINK_NAME
     return [
         f"{NAME} and {LINK_NAME} are in {target}; the daemon's directory is {directory}",
-        f"  CMake:      -DCMAKE_C_COMPILER_LAUNCHER={cc} -DCMAKE_CXX_COMPILER_LAUNCHER={cc} "
-        f"-DCMAKE_C_LINKER_LAUNCHER={ld} -DCMAKE_CXX_LINKER_LAUNCHER={ld}",
+        (f"  CMake:      -DCMAKE_C_COMPILER_LAUNCHER={cc} -DCMAKE_CXX_COMPILER_LAUNCHER={cc} "
+         f"-DCMAKE_C_LINKER_LAUNCHER={ld} -DCMAKE_CXX_LINKER_LAUNCHER={ld}"),
         f'  make:       make CC="{cc} gcc" CXX="{cc} g++"',
         f'  masquerade: export PATH="{masquerade}:$PATH"',
     ]

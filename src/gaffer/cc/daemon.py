@@ -52,10 +52,6 @@ def serve(directory: Path, idle_s: float) -> int:
         _setup_log(directory / LOG_NAME)
         os.ftruncate(lock_fd, 0)
         os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
-        from gaffer.cc.client import ensure_client
-
-        with contextlib.suppress(Exception):  # a client that cannot be rebuilt is the install's problem, not ours
-            ensure_client(directory)
         return _Daemon(directory, idle_s).run()
     finally:
         os.close(lock_fd)
@@ -112,6 +108,7 @@ class _Daemon:
         listener = self._listen()
         previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("started: pid %d, socket %s, idle timeout %gs", os.getpid(), self.sock_path, self.idle_s)
+        threading.Thread(target=self._refresh_client, daemon=True).start()
         reason = "idle"
         try:
             self._accept_loop(listener)
@@ -126,6 +123,16 @@ class _Daemon:
             self.lock.wait_for(lambda: self.active == 0, timeout=DRAIN_S)
         log.info("exiting (%s) after %d requests", reason, self.served)
         return 0
+
+    def _refresh_client(self) -> None:
+        """Rebuild an installed client built from older source (gaffer was upgraded): the next compiles use it."""
+        from gaffer.cc.client import binary_path, ensure_client
+
+        if binary_path(self.directory).exists():
+            try:
+                ensure_client(self.directory)
+            except (EnvironmentProblem, OSError) as e:  # the old client still works; the user may reinstall
+                log.info("could not rebuild the client: %s", e)
 
     def _listen(self) -> socket.socket:
         """Bind beside the final name and rename onto it: the socket path exists only while someone listens."""
