@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""gaffer's compiler launcher (the fast client gaffer-cc and its daemon) against ccache, sccache and distcc.
+
+Four measurements, every launcher in the same run, runs interleaved, medians reported:
+
+    (a) hit      one small file compiled N times, every run a cache hit: the per-compile overhead
+                 (gaffer-cc hit vs ccache's direct-mode hit vs sccache's client+server hit; plain gcc as floor)
+    (b) warm     examples/cproject with CMake + Ninja after `rm -rf build` and a fresh configure, the cache warm
+                 (only `ninja` is timed): plain, ccache, sccache, gaffer
+    (c) cold     the same build with an empty cache (every compile a miss, the launcher's daemon or server
+                 already running): the overhead of a miss over a plain build
+    (d) distcc   the same cold build over 3 local distccd (on 127.0.0.1, started and stopped here) at -j6,
+                 against plain at -j6: distcc's per-compile overhead
+
+Every cache lives in a private temporary directory (CCACHE_DIR, SCCACHE_DIR, GAFFER_CC_DIR, GAFFER_CACHE_DIR);
+sccache's server, gaffer's daemon and the distccd are stopped at the end, whatever happens. The outputs of
+every launcher's build are compared with the plain build's (objects, libcalc.a, the program): a launcher that
+builds something else fails the run.
+
+    .venv/bin/python benchmarks/bench_cc.py --hits 200 --repeats 3 --json benchmarks/out/cc.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "cproject"
+LAUNCHERS = ("plain", "ccache", "sccache", "gaffer")
+TARGETS = {"hit": 2.0, "warm": 1.5}  # gaffer / ccache
+COLD_TARGET = 1.2  # gaffer cold / plain
+HELLO = '#include <stdio.h>\n#include "hello.h"\nint main(void) { puts(GREETING); return 0; }\n'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Bench:
+    def __init__(self, base: Path, jobs: int) -> None:
+        self.base = base
+        self.jobs = jobs
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("GAFFER_", "CCACHE_", "SCCACHE_", "DISTCC_"))}
+        self.env.update(
+            CCACHE_DIR=str(base / "ccache"), SCCACHE_DIR=str(base / "sccache"),
+            SCCACHE_SERVER_PORT=str(free_port()), SCCACHE_IDLE_TIMEOUT="0",
+            GAFFER_CC_DIR=str(base / "cc"), GAFFER_CACHE_DIR=str(base / "gaffer-cache"), GAFFER_CC_IDLE="30min",
+            XDG_CONFIG_HOME=str(base / "xdg-config"), PYTHONPATH=str(REPO / "src"),
+        )
+        self.gaffer_cc = self._install()
+        self.prefix = {"plain": [], "ccache": [shutil.which("ccache") or "ccache"],
+                       "sccache": [shutil.which("sccache") or "sccache"], "gaffer": [str(self.gaffer_cc)],
+                       "distcc": [shutil.which("distcc") or "distcc"]}
+
+    def _install(self) -> Path:
+        self.run([sys.executable, "-m", "gaffer", "cc", "--install"], cwd=self.base)
+        return self.base / "cc" / "bin" / "gaffer-cc"
+
+    def run(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(args, cwd=cwd, env={**self.env, **(env or {})}, capture_output=True, text=True,
+                              check=False, timeout=600)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench_cc: {' '.join(args)} failed in {cwd}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def timed(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+        start = time.perf_counter()
+        self.run(args, cwd, env)
+        return time.perf_counter() - start
+
+    # -- the caches ------------------------------------------------------------------------------------------
+
+    def empty_caches(self) -> None:
+        """Every launcher's cache emptied, with its server or daemon running again (a cold build measures misses,
+        not a start-up)."""
+        self.stop_servers()
+        for name in ("ccache", "sccache", "gaffer-cache"):
+            shutil.rmtree(self.base / name, ignore_errors=True)
+        self.run([*self.prefix["sccache"], "--start-server"], cwd=self.base)
+        self.start_gaffer()
+
+    def start_gaffer(self) -> None:
+        probe = self.base / "probe"
+        probe.mkdir(exist_ok=True)
+        (probe / "probe.c").write_text("int probe;\n")
+        self.run([str(self.gaffer_cc), "gcc", "-c", "probe.c"], cwd=probe)
+
+    def stop_servers(self) -> None:
+        subprocess.run([*self.prefix["sccache"], "--stop-server"], env=self.env, capture_output=True, check=False)
+        subprocess.run([sys.executable, "-m", "gaffer", "cc", "--stop-daemon"], env=self.env, capture_output=True,
+                       check=False)
+
+    # -- (a) the per-compile hit -----------------------------------------------------------------------------
+
+    def hits(self, n: int) -> dict[str, list[float]]:
+        work = self.base / "hit"
+        work.mkdir()
+        (work / "hello.c").write_text(HELLO)
+        (work / "hello.h").write_text('#define GREETING "hello"\n')
+        times: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
+        for i in range(n + 3):  # three warm-up rounds (the first one fills the caches)
+            for name in LAUNCHERS:
+                t = self.timed([*self.prefix[name], "gcc", "-O2", "-c", "hello.c", "-o", f"{name}.o"], work)
+                if i >= 3:
+                    times[name].append(t)
+        reference = (work / "plain.o").read_bytes()
+        for name in LAUNCHERS:
+            if (work / f"{name}.o").read_bytes() != reference:
+                raise SystemExit(f"bench_cc: {name}'s hello.o differs from gcc's")
+        return times
+
+    # -- (b), (c), (d): the example with CMake + Ninja --------------------------------------------------------
+
+    def configure(self, name: str, launcher: str, env: dict[str, str] | None = None) -> Path:
+        """A fresh build directory of a fresh copy of the example, configured for `launcher`."""
+        src = self.base / "src" / name
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.copytree(EXAMPLE, src)
+        flags = [f"-DCMAKE_C_COMPILER_LAUNCHER={self.prefix[launcher][0]}"] if self.prefix[launcher] else []
+        self.run(["cmake", "-G", "Ninja", "-S", ".", "-B", "build", *flags], cwd=src, env=env)
+        return src
+
+    def rebuild_dir(self, src: Path, launcher: str, env: dict[str, str] | None = None) -> None:
+        shutil.rmtree(src / "build")
+        flags = [f"-DCMAKE_C_COMPILER_LAUNCHER={self.prefix[launcher][0]}"] if self.prefix[launcher] else []
+        self.run(["cmake", "-G", "Ninja", "-S", ".", "-B", "build", *flags], cwd=src, env=env)
+
+    def ninja(self, src: Path, jobs: int, env: dict[str, str] | None = None) -> float:
+        return self.timed(["ninja", "-C", "build", f"-j{jobs}"], cwd=src, env=env)
+
+    def outputs(self, src: Path) -> dict[str, str]:
+        build = src / "build"
+        files = [p for p in build.rglob("*") if p.suffix in (".o", ".a") or p.name == "calc"]
+        return {str(p.relative_to(build)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
+
+    def builds(self, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        cold: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
+        warm: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
+        reference: dict[str, str] | None = None
+        for _ in range(repeats):
+            self.empty_caches()
+            for name in LAUNCHERS:
+                src = self.configure(name, name)
+                cold[name].append(self.ninja(src, self.jobs))
+                reference = self.check(name, src, reference)
+        for _ in range(repeats):
+            for name in LAUNCHERS:
+                src = self.base / "src" / name
+                self.rebuild_dir(src, name)
+                warm[name].append(self.ninja(src, self.jobs))
+                reference = self.check(name, src, reference)
+        return cold, warm
+
+    def check(self, name: str, src: Path, reference: dict[str, str] | None) -> dict[str, str]:
+        got = self.outputs(src)
+        if reference is not None and got != reference:
+            differ = sorted(k for k in set(got) | set(reference) if got.get(k) != reference.get(k))
+            raise SystemExit(f"bench_cc: {name}'s build differs from the plain build: {differ[:5]}")
+        return got
+
+    def distributed(self, repeats: int, servers: int = 3, jobs: int = 6) -> dict[str, list[float]]:
+        times: dict[str, list[float]] = {"plain": [], "distcc": []}
+        (self.base / "distcc").mkdir(exist_ok=True)
+        with distccd(self.base, servers) as hosts:
+            env = {"DISTCC_HOSTS": hosts, "DISTCC_DIR": str(self.base / "distcc"), "DISTCC_FALLBACK": "0"}
+            for _ in range(repeats):
+                for name in ("plain", "distcc"):
+                    src = self.configure(f"dist-{name}", name, env)
+                    times[name].append(self.ninja(src, jobs, env))
+        return times
+
+
+@contextlib.contextmanager
+def distccd(base: Path, count: int) -> Iterator[str]:
+    """`count` distccd on 127.0.0.1, each with 2 job slots; yields DISTCC_HOSTS; stops them all."""
+    procs: list[subprocess.Popen[bytes]] = []
+    hosts = []
+    try:
+        for i in range(count):
+            port = free_port()
+            log = base / f"distccd-{i}.log"
+            procs.append(subprocess.Popen(
+                ["distccd", "--daemon", "--no-detach", "--listen", "127.0.0.1", "--port", str(port),
+                 "--allow", "127.0.0.1", "--jobs", "2", "--log-file", str(log)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True))
+            hosts.append(f"127.0.0.1:{port}/2")
+            wait_listening(port, procs[-1], log)
+        yield " ".join(hosts)
+    finally:
+        for p in procs:  # each one's pre-forked children too
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench_cc: distccd exited: {log.read_text() if log.exists() else ''}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise SystemExit("bench_cc: distccd did not listen within 10 s")
+
+
+def med_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1000
+
+
+def report(results: dict[str, dict[str, list[float]]], n_hits: int, repeats: int, jobs: int) -> list[str]:
+    lines = []
+    hit = results["hit"]
+    lines += [f"| per-compile hit (median of {n_hits}) | ms | / ccache |", "|---|---:|---:|"]
+    for name in LAUNCHERS:
+        lines.append(f"| {name} | {med_ms(hit[name]):.2f} | {med_ms(hit[name]) / med_ms(hit['ccache']):.2f}x |")
+    lines += ["", f"| example, -j{jobs} (median of {repeats}) | cold s | / plain | warm s | / ccache |",
+              "|---|---:|---:|---:|---:|"]
+    cold, warm = results["cold"], results["warm"]
+    for name in LAUNCHERS:
+        c, w = statistics.median(cold[name]), statistics.median(warm[name])
+        lines.append(f"| {name} | {c:.2f} | {c / statistics.median(cold['plain']):.2f}x | {w:.2f} | "
+                     f"{w / statistics.median(warm['ccache']):.2f}x |")
+    if "distributed" in results:
+        d = results["distributed"]
+        p, dc = statistics.median(d["plain"]), statistics.median(d["distcc"])
+        lines += ["", f"| example cold, -j6 (median of {repeats}) | s | / plain |", "|---|---:|---:|",
+                  f"| plain | {p:.2f} | 1.00x |", f"| distcc, 3 local distccd | {dc:.2f} | {dc / p:.2f}x |"]
+    ratios = {"hit": med_ms(hit["gaffer"]) / med_ms(hit["ccache"]),
+              "warm": statistics.median(warm["gaffer"]) / statistics.median(warm["ccache"]),
+              "cold": statistics.median(cold["gaffer"]) / statistics.median(cold["plain"])}
+    lines += ["", (f"targets: hit <= {TARGETS['hit']:.1f}x ccache: {ratios['hit']:.2f}x; "
+                  f"warm <= {TARGETS['warm']:.1f}x ccache: {ratios['warm']:.2f}x; "
+                  f"cold <= {COLD_TARGET:.1f}x plain: {ratios['cold']:.2f}x")]
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hits", type=int, default=200, help="compiles per launcher in (a) (default 200)")
+    parser.add_argument("--repeats", type=int, default=3, help="builds per launcher in (b), (c), (d) (default 3)")
+    parser.add_argument("-j", "--jobs", type=int, default=2, help="ninja's -j in (b) and (c) (default 2)")
+    parser.add_argument("--no-distcc", action="store_true", help="skip (d)")
+    parser.add_argument("--json", type=Path, help="write the raw times here")
+    args = parser.parse_args()
+    for tool in ("gcc", "cc", "cmake", "ninja", "ccache", "sccache", *(() if args.no_distcc else ("distcc",
+                                                                                                 "distccd"))):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench_cc: {tool} is not installed")
+    with tempfile.TemporaryDirectory(prefix="bench-cc-") as tmp:
+        bench = Bench(Path(tmp), args.jobs)
+        try:
+            results: dict[str, dict[str, list[float]]] = {}
+            bench.empty_caches()
+            results["hit"] = bench.hits(args.hits)
+            results["cold"], results["warm"] = bench.builds(args.repeats)
+            if not args.no_distcc:
+                results["distributed"] = bench.distributed(args.repeats)
+        finally:
+            bench.stop_servers()
+    for line in report(results, args.hits, args.repeats, args.jobs):
+        print(line)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
