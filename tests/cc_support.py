@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -48,6 +49,7 @@ class Launcher:
         self.gaffer_ld = bin_dir / "gaffer-ld"
         self.masquerade = bin_dir / "masquerade"
         self.env = {**clean_env(), "GAFFER_CC_DIR": str(directory), "GAFFER_CC_IDLE": idle,
+                    "GAFFER_CACHE_DIR": str(directory.parent / "cache"),
                     "XDG_CONFIG_HOME": str(directory.parent / "xdg-config")}
 
     def run(self, args: list[str | Path], cwd: Path, env: dict[str, str] | None = None,
@@ -62,6 +64,12 @@ class Launcher:
     def starts(self) -> int:
         """How many daemons have started in this directory."""
         return self.log().count(" started: pid ")
+
+    def stats(self) -> dict[str, int]:
+        """The launcher's counters (what `gaffer cc --show-stats` reports), the integer ones."""
+        path = self.dir / "stats.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        return {k: v for k, v in data.items() if isinstance(v, int)}
 
     def daemon_pid(self) -> int | None:
         """The running daemon's pid: the lock is held and names it; None when no daemon holds it."""
