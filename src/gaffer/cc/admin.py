@@ -6,9 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
-from gaffer.cc.ccdir import cc_dir, ensure_dir
+from gaffer.cc.ccdir import cc_dir
+from gaffer.cc.launch import private_directory
 
-ADMIN_FLAGS = ("--daemon", "--stop-daemon", "--install")
+ADMIN_FLAGS = frozenset({"--daemon", "--stop-daemon", "--install"})
 
 
 def add_admin_flags(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,7 @@ def run_admin(args: argparse.Namespace) -> int:
     if args.install:
         from gaffer.cc.client import install
 
-        for line in install(ensure_dir(directory), args.dir):
+        for line in install(Path(private_directory(str(directory))), args.dir):
             print(line)
         return 0
     if args.stop_daemon:
@@ -43,13 +44,3 @@ def run_admin(args: argparse.Namespace) -> int:
 
     return serve(directory, load_nearest(CC, {}, os.environ).cc_idle)
 
-
-def admin_main(argv: list[str]) -> int:
-    from gaffer.cli import _Parser
-
-    parser = _Parser(prog="gaffer cc", description="The compiler launcher's fast client and daemon.")
-    add_admin_flags(parser)
-    args = parser.parse_args(argv)
-    if not (args.install or args.daemon or args.stop_daemon):
-        parser.error("one of --install, --daemon, --stop-daemon is needed")
-    return run_admin(args)

@@ -23,10 +23,11 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-from gaffer.cc.ccdir import ensure_dir
-from gaffer.errors import EnvironmentProblem
+from gaffer.cc.launch import DONE, RUN_IT, Context, Request, Response, handle, private_directory
+from gaffer.errors import EnvironmentProblem, GafferError
+from gaffer.execute.orphans import RUN_ENV
+from gaffer.units import format_count
 
 SOCKET_NAME, LOCK_NAME, LOG_NAME = "daemon.sock", "daemon.lock", "daemon.log"
 MAX_CONNECTIONS = 512  # beyond this, accept waits: a make -j1000 queues in the kernel's backlog
@@ -44,7 +45,7 @@ class _Stop(Exception):
 def serve(directory: Path, idle_s: float) -> int:
     """Run the daemon until it has been idle for `idle_s` or is told to stop. 0 also when another daemon already
     serves this user (the caller only wanted one to be there)."""
-    ensure_dir(directory)
+    private_directory(str(directory))
     lock_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         if not _take_lock(lock_fd, directory / SOCKET_NAME):
@@ -98,13 +99,10 @@ class _Daemon:
         self.active = 0
         self.last_activity = time.monotonic()
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.context: Any = None
+        self.contexts = _Contexts(directory)
         self.served = 0
 
     def run(self) -> int:
-        from gaffer.cc.launch import Context
-
-        self.context = Context()
         listener = self._listen()
         previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("started: pid %d, socket %s, idle timeout %gs", os.getpid(), self.sock_path, self.idle_s)
@@ -121,7 +119,8 @@ class _Daemon:
                 signal.signal(sig, handler)
         with self.lock:  # compiles in flight finish and answer their clients
             self.lock.wait_for(lambda: self.active == 0, timeout=DRAIN_S)
-        log.info("exiting (%s) after %d requests", reason, self.served)
+        self.contexts.close()
+        log.info("exiting (%s) after %s", reason, format_count(self.served, "request"))
         return 0
 
     def _refresh_client(self) -> None:
@@ -185,7 +184,6 @@ class _Daemon:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        from gaffer.cc.launch import Response, handle
         from gaffer.cc.protocol import FrameError, encode_response, read_request
 
         try:
@@ -197,11 +195,7 @@ class _Daemon:
                     log.info("bad request, connection closed: %s", e)
                     return
                 conn.settimeout(None)
-                try:
-                    response = handle(request, self.context)
-                except Exception:  # a bug must cost one compile its caching, never the daemon
-                    log.exception("internal error on %s; the client runs the compiler itself", request.argv[:3])
-                    response = Response(verdict=1, exit_code=0, stdout=b"", stderr=b"")
+                response = self._answer(request)
                 try:
                     conn.sendall(encode_response(response))
                 except OSError as e:
@@ -212,6 +206,61 @@ class _Daemon:
                 self.active -= 1
                 self.last_activity = time.monotonic()
                 self.lock.notify_all()
+
+
+    def _answer(self, request: Request) -> Response:
+        try:
+            return handle(request, self.contexts.get(request))
+        except GafferError as e:  # a bad setting in the compile's environment: what `gaffer cc` would say
+            return Response(DONE, e.exit_status, b"", f"gaffer: {e}\n".encode())
+        except Exception:  # a bug must cost one compile its caching, never the daemon
+            log.exception("internal error on %s; the client runs the compiler itself", request.argv[:3])
+            return RUN_IT
+
+
+class _Contexts:
+    """One launch Context per configuration the compiles carry. A compile's settings are those of its own
+    environment and gaffer.toml files, as an in-process `gaffer cc` would read them (a CI job's read-only cache,
+    another project's base directory), not those of whichever compile happened to start the daemon. The key is
+    what settings are read from: the GAFFER_* variables, and each gaffer.toml with its modification time."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = str(directory)
+        self._by_key: dict[tuple[object, ...], Context] = {}
+        self._lock = threading.Lock()
+
+    def get(self, request: Request) -> Context:
+        env = {**request.env, "GAFFER_CC_DIR": self.directory}  # the directory the client found us in
+        key = _settings_key(env, request.cwd)
+        with self._lock:
+            context = self._by_key.get(key)
+            if context is None:
+                context = Context.from_environment(env, request.cwd)
+                self._by_key[key] = context
+            return context
+
+    def close(self) -> None:
+        """Save what the contexts learned (stat cache, compilers) and finish their uploads."""
+        for context in self._by_key.values():
+            try:
+                context.close()
+            except Exception:  # one context's failure must not keep the others from saving
+                log.exception("while closing a context")
+
+
+def _settings_key(env: dict[str, str], cwd: str) -> tuple[object, ...]:
+    from gaffer.config import nearest_toml, user_config_path
+
+    variables = tuple(sorted((k, v) for k, v in env.items() if k.startswith("GAFFER_") and k != RUN_ENV))
+    files = tuple((path, _mtime(path)) for path in (user_config_path(env), nearest_toml(cwd)) if path)
+    return variables, files
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
