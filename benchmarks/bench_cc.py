@@ -6,7 +6,8 @@ Four measurements, every launcher in the same run, runs interleaved, medians rep
     (a) hit      one small file compiled N times, every run a cache hit: the per-compile overhead
                  (gaffer-cc hit vs ccache's direct-mode hit vs sccache's client+server hit; plain gcc as floor)
     (b) warm     examples/cproject with CMake + Ninja after `rm -rf build` and a fresh configure, the cache warm
-                 (only `ninja` is timed): plain, ccache, sccache, gaffer
+                 (only `ninja` is timed): plain, ccache, sccache, gaffer, and gaffer-depend (gaffer with
+                 GAFFER_CC_PREPROCESSOR=0: a direct miss compiles at once, as ccache's depend mode)
     (c) cold     the same build with an empty cache (every compile a miss, the launcher's daemon or server
                  already running): the overhead of a miss over a plain build
     (d) distcc   the same cold build over 3 local distccd (on 127.0.0.1, started and stopped here) at -j6,
@@ -40,10 +41,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "cproject"
-LAUNCHERS = ("plain", "ccache", "sccache", "gaffer")
+LAUNCHERS = ("plain", "ccache", "sccache", "gaffer", "gaffer-depend")
 TARGETS = {"hit": 2.0, "warm": 1.5}  # gaffer / ccache
 COLD_TARGET = 1.2  # gaffer cold / plain
+SOURCES = 34  # compiles in one build of the example
 HELLO = '#include <stdio.h>\n#include "hello.h"\nint main(void) { puts(GREETING); return 0; }\n'
+
+
+def rotated(names: tuple[str, ...], i: int) -> list[str]:
+    """The launchers in another order each round, so none always runs first (or right after another)."""
+    return [*names[i % len(names):], *names[:i % len(names)]]
 
 
 def free_port() -> int:
@@ -67,7 +74,11 @@ class Bench:
         self.gaffer_cc = self._install()
         self.prefix = {"plain": [], "ccache": [shutil.which("ccache") or "ccache"],
                        "sccache": [shutil.which("sccache") or "sccache"], "gaffer": [str(self.gaffer_cc)],
-                       "distcc": [shutil.which("distcc") or "distcc"]}
+                       "gaffer-depend": [str(self.gaffer_cc)], "distcc": [shutil.which("distcc") or "distcc"]}
+        # gaffer without the preprocessor-mode lookup on a direct miss (its own cache: the other's entries would
+        # be hits): the daemon serves each configuration the compiles' environment carries
+        self.own_env = {"gaffer-depend": {"GAFFER_CC_PREPROCESSOR": "0",
+                                          "GAFFER_CACHE_DIR": str(base / "gaffer-cache-depend")}}
 
     def _install(self) -> Path:
         self.run([sys.executable, "-m", "gaffer", "cc", "--install"], cwd=self.base)
@@ -91,7 +102,7 @@ class Bench:
         """Every launcher's cache emptied, with its server or daemon running again (a cold build measures misses,
         not a start-up)."""
         self.stop_servers()
-        for name in ("ccache", "sccache", "gaffer-cache"):
+        for name in ("ccache", "sccache", "gaffer-cache", "gaffer-cache-depend"):
             shutil.rmtree(self.base / name, ignore_errors=True)
         self.run([*self.prefix["sccache"], "--start-server"], cwd=self.base)
         self.start_gaffer()
@@ -117,7 +128,8 @@ class Bench:
         times: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
         for i in range(n + 3):  # three warm-up rounds (the first one fills the caches)
             for name in LAUNCHERS:
-                t = self.timed([*self.prefix[name], "gcc", "-O2", "-c", "hello.c", "-o", f"{name}.o"], work)
+                t = self.timed([*self.prefix[name], "gcc", "-O2", "-c", "hello.c", "-o", f"{name}.o"], work,
+                               self.own_env.get(name))
                 if i >= 3:
                     times[name].append(t)
         reference = (work / "plain.o").read_bytes()
@@ -153,20 +165,45 @@ class Bench:
     def builds(self, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
         cold: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
         warm: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
-        reference: dict[str, str] | None = None
-        for _ in range(repeats):
+        reference = self.check("plain", self.warm_up(), None)
+        for i in range(repeats):
             self.empty_caches()
-            for name in LAUNCHERS:
+            for name in rotated(LAUNCHERS, i):
                 src = self.configure(name, name)
-                cold[name].append(self.ninja(src, self.jobs))
-                reference = self.check(name, src, reference)
-        for _ in range(repeats):
-            for name in LAUNCHERS:
+                before = self.gaffer_stats()
+                cold[name].append(self.ninja(src, self.jobs, self.own_env.get(name)))
+                self.check(name, src, reference)
+                if name.startswith("gaffer"):
+                    self.expect(before, "misses", "cold")
+        for i in range(repeats):
+            for name in rotated(LAUNCHERS, i):
                 src = self.base / "src" / name
                 self.rebuild_dir(src, name)
-                warm[name].append(self.ninja(src, self.jobs))
-                reference = self.check(name, src, reference)
+                before = self.gaffer_stats()
+                warm[name].append(self.ninja(src, self.jobs, self.own_env.get(name)))
+                self.check(name, src, reference)
+                if name.startswith("gaffer"):
+                    self.expect(before, "direct_hits", "warm")
         return cold, warm
+
+    def warm_up(self) -> Path:
+        """One plain build first: the compiler's own files into the page cache, for every launcher alike."""
+        src = self.configure("warm-up", "plain")
+        self.ninja(src, self.jobs)
+        return src
+
+    def gaffer_stats(self) -> dict[str, int]:
+        path = self.base / "cc" / "stats.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        return {k: v for k, v in data.items() if isinstance(v, int)}
+
+    def expect(self, before: dict[str, int], counter: str, what: str) -> None:
+        """gaffer's counters moved as the measurement assumes: every compile of the example a miss (cold) or a
+        direct hit (warm), nothing else."""
+        after = self.gaffer_stats()
+        moved = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+        if moved != {counter: SOURCES}:
+            raise SystemExit(f"bench_cc: gaffer's {what} build was not {SOURCES} {counter}: {moved}")
 
     def check(self, name: str, src: Path, reference: dict[str, str] | None) -> dict[str, str]:
         got = self.outputs(src)
