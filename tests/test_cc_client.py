@@ -205,3 +205,23 @@ def test_install_builds_once_and_rebuilds_when_the_source_changes(tmp_path: Path
     install_client(tmp_path / "cc", tmp_path / "bin")
     assert binary.stat().st_ino != inode
     assert [p.name for p in binary.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_default_directory_is_made_on_first_use(tmp_path_factory: pytest.TempPathFactory, cc_client: Path,
+                                                    src: Path) -> None:
+    """No GAFFER_CC_DIR and no cache directory yet (a new account): the client makes
+    $XDG_CACHE_HOME/gaffer/cc (0700) and starts the daemon there; a relative GAFFER_CC_DIR is the same place."""
+    xdg = tmp_path_factory.mktemp("xdg") / "new" / "cache"
+    ccd = Launcher(xdg / "gaffer" / "cc", cc_client)
+    del ccd.env["GAFFER_CC_DIR"]
+    ccd.env["XDG_CACHE_HOME"] = str(xdg)
+    try:
+        proc = ccd.run([ccd.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src)
+        assert (proc.returncode, proc.stderr) == (0, b"")
+        assert ccd.daemon_pid() is not None and ccd.dir.stat().st_mode & 0o777 == 0o700
+        relative = os.path.relpath(ccd.dir, src)
+        proc = ccd.run([ccd.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src, env={"GAFFER_CC_DIR": relative})
+        assert (proc.returncode, proc.stderr) == (0, b"")
+        assert ccd.starts() == 1
+    finally:
+        ccd.stop()

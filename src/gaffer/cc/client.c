@@ -118,13 +118,13 @@ static const char *find_on_path(const char *name, const char *self, char *found,
 
 /* -- the daemon's directory and socket ---------------------------------------------------------------------- */
 
-/* $GAFFER_CC_DIR, else ${XDG_CACHE_HOME:-$HOME/.cache}/gaffer/cc. */
-static int cc_dir(char *out, size_t size)
+/* $GAFFER_CC_DIR, else ${XDG_CACHE_HOME:-$HOME/.cache}/gaffer/cc; absolute (the daemon runs in /). */
+static int cc_dir(char *out, size_t size, const char *cwd)
 {
     const char *dir = getenv("GAFFER_CC_DIR");
     int n;
     if (dir != NULL && dir[0] != '\0') {
-        n = snprintf(out, size, "%s", dir);
+        n = dir[0] == '/' ? snprintf(out, size, "%s", dir) : snprintf(out, size, "%s/%s", cwd, dir);
     } else {
         const char *xdg = getenv("XDG_CACHE_HOME");
         const char *home = getenv("HOME");
@@ -168,12 +168,31 @@ static void close_from(int lowest)
  * killed when the step ends), no inherited descriptors (a build tool waits for its pipes to close), cwd /, and
  * without GAFFER_TASK_RUN (gaffer kills what a finished task left behind that carries it). Its stderr goes to
  * daemon.log, so even a failed start says why there. */
+/* mkdir -p, each directory made 0700: the launcher's directory (and ~/.cache on a new account). */
+static int make_dirs(const char *dir)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path)
+        return -1;
+    for (char *p = path + 1;; ++p) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(path, 0700) != 0 && errno != EEXIST)
+                return -1;
+            if (c == '\0')
+                return 0;
+            *p = c;
+        }
+    }
+}
+
 static int start_daemon(const char *dir)
 {
     char log[PATH_MAX];
     if (snprintf(log, sizeof log, "%s/daemon.log", dir) >= (int)sizeof log)
         return -1;
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+    if (make_dirs(dir) != 0)
         return -1;
     pid_t child = fork();
     if (child < 0)
@@ -192,6 +211,8 @@ static int start_daemon(const char *dir)
         if (chdir("/") != 0)
             _exit(1);
         unsetenv("GAFFER_TASK_RUN");
+        if (setenv("GAFFER_CC_DIR", dir, 1) != 0) /* where this client looks, whatever its cwd was */
+            _exit(1);
         char *args[] = {GAFFER_PYTHON, "-m", "gaffer", "cc", "--daemon", NULL};
         execv(args[0], args);
         _exit(127);
@@ -385,15 +406,15 @@ int main(int argc, char **argv)
 
     char dir[PATH_MAX], cwd[PATH_MAX];
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (cc_dir(dir, sizeof dir) != 0)
+    if (getcwd(cwd, sizeof cwd) == NULL)
+        fallback(&cmd, "cannot read the working directory: %s", strerror(errno));
+    if (cc_dir(dir, sizeof dir, cwd) != 0)
         fallback(&cmd, "no daemon directory (set GAFFER_CC_DIR or HOME)");
     if (snprintf(addr.sun_path, sizeof addr.sun_path, "%s/daemon.sock", dir) >= (int)sizeof addr.sun_path)
         fallback(&cmd, "the socket path under %s is too long for a Unix socket", dir);
     struct stat st;
     if (stat(dir, &st) == 0 && st.st_uid != getuid())
         fallback(&cmd, "%s belongs to another user", dir);
-    if (getcwd(cwd, sizeof cwd) == NULL)
-        fallback(&cmd, "cannot read the working directory: %s", strerror(errno));
 
     size_t size = 0;
     unsigned char *request = encode(kind, cwd, cmd_argv, &size);
