@@ -225,3 +225,19 @@ def test_the_default_directory_is_made_on_first_use(tmp_path_factory: pytest.Tem
         assert ccd.starts() == 1
     finally:
         ccd.stop()
+
+
+def test_each_compile_is_served_with_its_own_settings(launcher: Launcher, src: Path, tmp_path: Path) -> None:
+    """One daemon, compiles from environments that differ in gaffer's settings: each gets its own cache (not the
+    one of the compile that started the daemon), and a bad value fails that compile with gaffer's message."""
+    args = [launcher.gaffer_cc, "gcc", "-c", "hello.c"]
+    for cache in ("one", "two"):
+        for _ in range(2):
+            assert launcher.run(args, cwd=src, env={"GAFFER_CACHE_DIR": str(tmp_path / cache)}).returncode == 0
+    stats = launcher.stats()
+    assert (stats.get("misses"), stats.get("direct_hits")) == (2, 2), stats
+    assert (tmp_path / "one").is_dir() and (tmp_path / "two").is_dir()
+    bad = launcher.run(args, cwd=src, env={"GAFFER_CACHE_TIMEOUT": "soon"})
+    assert bad.returncode == 2 and bad.stderr.startswith(b"gaffer: GAFFER_CACHE_TIMEOUT: ")
+    assert bad.stderr.count(b"\n") == 1
+    assert launcher.starts() == 1

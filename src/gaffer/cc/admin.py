@@ -21,8 +21,8 @@ def add_admin_flags(parser: argparse.ArgumentParser) -> None:
                        help="run the per-user daemon the fast client talks to (it starts on its own when needed)")
     group.add_argument("--stop-daemon", action="store_true", help="stop the daemon, letting running compiles finish")
     parser.add_argument("--dir", type=Path, metavar="DIR",
-                        help="where --install puts gaffer-cc, gaffer-ld and masquerade/ (default: the bin directory "
-                             "in $GAFFER_CC_DIR, else ~/.cache/gaffer/cc)")
+                        help="where --install puts gaffer-cc, gaffer-ld and masquerade/ (default: bin/ in the "
+                             "launcher's directory, $GAFFER_CC_DIR, else ~/.cache/gaffer/cc)")
 
 
 def run_admin(args: argparse.Namespace) -> int:
