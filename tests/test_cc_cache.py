@@ -136,6 +136,32 @@ def test_a_header_edit_misses_exactly_the_files_including_it(tmp_path: Path) -> 
     assert same_as_gcc(cc, ["-I../inc", "-c", "../src/a.c"], build, ["a.o"]) == "../src/a.c: direct hit"
 
 
+def test_a_header_appearing_earlier_in_the_search_path_is_a_miss(tmp_path: Path) -> None:
+    """ccache's direct mode misses this: every file read is unchanged, but a new header now comes first."""
+    write(tmp_path / "second" / "conf.h", "#define V 2\n")
+    write(tmp_path / "lib" / "config.h", "#define W 3\n")
+    write(tmp_path / "s.c", '#include "conf.h"\n#include <config.h>\nint v(void) { return V + W; }\n')
+    cc = Launcher(tmp_path, GAFFER_CC_PREPROCESSOR="0")
+    args = ["-Ifirst", "-Isecond", "-Ilib", "-c", "s.c"]
+    same_as_gcc(cc, args, tmp_path, ["s.o"])
+    assert same_as_gcc(cc, args, tmp_path, ["s.o"]) == "s.c: direct hit"
+    write(tmp_path / "first" / "conf.h", "#define V 1\n")
+    assert same_as_gcc(cc, args, tmp_path, ["s.o"]) == "s.c: miss: first/conf.h appeared"
+    assert same_as_gcc(cc, args, tmp_path, ["s.o"]) == "s.c: direct hit"
+    write(tmp_path / "config.h", "#define W 4\n")  # beside the source: quoted includes look there first
+    write(tmp_path / "s.c", '#include "conf.h"\n#include "config.h"\nint v(void) { return V + W; }\n')
+    same_as_gcc(cc, args, tmp_path, ["s.o"])
+    (tmp_path / "config.h").unlink()
+    assert same_as_gcc(cc, args, tmp_path, ["s.o"]).startswith("s.c: miss")  # now lib/config.h
+    write(tmp_path / "config.h", "#define W 4\n")
+    assert same_as_gcc(cc, args, tmp_path, ["s.o"]) == "s.c: direct hit"
+    # a project header shadowing a system one
+    write(tmp_path / "t.c", "#include <stdint.h>\nint32_t t;\n")
+    same_as_gcc(cc, ["-Ilib", "-c", "t.c"], tmp_path, ["t.o"])
+    write(tmp_path / "lib" / "stdint.h", "typedef long int32_t;\n")
+    assert same_as_gcc(cc, ["-Ilib", "-c", "t.c"], tmp_path, ["t.o"]) == "t.c: miss: lib/stdint.h appeared"
+
+
 def test_a_comment_only_edit_is_a_preprocessed_hit(tmp_path: Path) -> None:
     build = project(tmp_path)
     cc = Launcher(tmp_path)
@@ -221,42 +247,54 @@ def test_two_checkouts_share_hits_and_get_their_own_dependency_files(tmp_path: P
 
 def test_differential_across_checkouts_never_gives_the_other_checkouts_object(tmp_path: Path) -> None:
     """Random small projects in two checkouts under one base directory, with sources and headers differing at
-    random between them, built in turns through rounds of random edits with random (portable and unportable)
-    flags: every object and dependency file is what gcc makes in that checkout. GAFFER_TEST_SEED replays one."""
+    random between them, built in turns through rounds of random edits (a header shadowing another appearing
+    and disappearing among them) with random (portable and unportable) flags: every object and dependency file is what gcc makes in that checkout. GAFFER_TEST_SEED replays one."""
     seed = int(os.environ.get("GAFFER_TEST_SEED") or random.randrange(1 << 30))
     examples = int(os.environ.get("GAFFER_TEST_EXAMPLES") or 3)
-    hits = 0
+    hits = 0  # hits right after the other checkout compiled the same source
     for example in range(examples):
+        last_root: dict[int, Path] = {}
         rng = random.Random(seed + example)
         base = tmp_path / f"ex{example}"
         cc = Launcher(base, GAFFER_CC_BASEDIR=str(base), GAFFER_CC_PREPROCESSOR=rng.choice(["0", "1"]))
         roots = [base / "one", base / "two"]
-        for rnd in range(3):
+        # each source keeps its command line's form through the rounds (so there are hits to get wrong)
+        styles = [(rng.choice([[], ["-g"], ["-g", "-ffile-prefix-map=ROOT=."], ["-ffile-prefix-map=ROOT=."], ["-O1"]]),
+                   rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5) for _ in range(3)]
+        for rnd in range(4):
             for root in roots:
+                if root == roots[1] and rnd == 0:  # the second checkout starts as a copy of the first
+                    shutil.copytree(roots[0], root)
+                    continue
                 for h in range(2):
-                    if rnd == 0 or rng.random() < 0.3:
+                    if rnd == 0 or rng.random() < 0.25:
                         write(root / "inc" / f"h{h}.h", f"#define H{h} {rng.randrange(3)}\n")
+                    shadow = root / "first" / f"h{h}.h"  # searched before inc/: appears and disappears
+                    if rng.random() < 0.15:
+                        write(shadow, f"#define H{h} {rng.randrange(3, 6)}\n")
+                    elif rng.random() < 0.15:
+                        shadow.unlink(missing_ok=True)
                 for s in range(3):
-                    if rnd == 0 or rng.random() < 0.3:
+                    if rnd == 0 or rng.random() < 0.25:
                         includes = "".join(f'#include "h{h}.h"\n' for h in range(2) if rng.random() < 0.7)
                         body = " + ".join(f"H{h}" for h in range(2) if f"h{h}.h" in includes) or "0"
                         write(root / "src" / f"s{s}.c", f'{includes}const char *f{s} = __FILE__;\n'
                                                         f"int v{s}(void) {{ return {body} + {rng.randrange(3)}; }}\n")
                 (root / "build").mkdir(exist_ok=True)
             for root in roots if rng.random() < 0.5 else roots[::-1]:
-                for s in range(3):
-                    absolute = rng.random() < 0.5
+                for s, (flags, absolute, abs_inc, abs_first) in enumerate(styles):
                     src = f"{root}/src/s{s}.c" if absolute else f"../src/s{s}.c"
-                    inc = f"-I{root}/inc" if rng.random() < 0.5 else "-I../inc"
-                    flags = rng.choice([[], ["-g"], ["-g", f"-ffile-prefix-map={root}=."],
-                                        [f"-ffile-prefix-map={root}=."], ["-O1"]])
-                    args = [*flags, inc, "-MD", "-MF", f"s{s}.d", "-c", src, "-o", f"s{s}.o"]
+                    inc = f"-I{root}/inc" if abs_inc else "-I../inc"
+                    first = f"-I{root}/first" if abs_first else "-I../first"
+                    flags = [f.replace("ROOT", str(root)) for f in flags]
+                    args = [*flags, first, inc, "-MD", "-MF", f"s{s}.d", "-c", src, "-o", f"s{s}.o"]
                     try:
                         outcome = same_as_gcc(cc, args, root / "build", [f"s{s}.o", f"s{s}.d"])
                     except AssertionError as e:
                         raise AssertionError(f"seed {seed + example}, round {rnd}, {root.name}: {args}: {e}") from e
-                    hits += "hit" in outcome
-    assert hits > 0, f"seed {seed}: no hit at all: the test proves nothing"
+                    hits += "hit" in outcome and root != last_root.get(s, root)
+                    last_root[s] = root
+    assert hits > 0, f"seed {seed}: no hit from the other checkout at all: the test proves nothing"
 
 
 @pytest.mark.parametrize(("args", "produced", "second"), [  # `produced` is compared byte for byte
@@ -360,7 +398,10 @@ def test_links_are_cached_until_a_library_changes(tmp_path: Path) -> None:
     plain(["-c", "foo.c"], tmp_path)
     subprocess.run(["ar", "rcs", "libfoo.a", "foo.o"], cwd=tmp_path, check=True)
     assert link() == "app: miss: ./libfoo.a changed"
-    assert "link hits                                1" in cc.stats(tmp_path)
+    assert link() == "app: direct hit"
+    assert plain(["-shared", "-fPIC", "-o", "libfoo.so", "foo.c"], tmp_path).returncode == 0
+    assert link() == "app: miss: ./libfoo.so appeared"  # ld now takes the shared library
+    assert "link hits                                2" in cc.stats(tmp_path)
 
 
 def test_stats_explain_and_zero(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import platform
 from gaffer.cc.args import Compile, Uncacheable, classify
 from gaffer.cc.basedir import usable
 from gaffer.cc.compiler import cpu_identity, find_compiler
+from gaffer.cc.depfile import prerequisites
 from gaffer.cc.flow import (
     CACHE_ERRORS,
     Job,
@@ -34,10 +35,13 @@ from gaffer.cc.flow import (
 )
 from gaffer.cc.key import common_parts, key_digest
 from gaffer.cc.launch import Context, Request, Response
+from gaffer.cc.shadow import absent_candidates, explicit_dirs
 from gaffer.digest import Digest
 
 # variables that make the compiler write files gaffer does not know of, or compile twice
 UNCACHEABLE_ENV = ("DEPENDENCIES_OUTPUT", "SUNPRO_DEPENDENCIES", "GCC_COMPARE_DEBUG")
+# options that change the compiler's own include directories
+SEARCH_FLAGS = ("-nostdinc", "--sysroot", "-isysroot", "-m", "-target", "--target", "-stdlib", "-std", "-B")
 
 
 def host_platform() -> dict[str, str]:
@@ -58,6 +62,7 @@ def handle_compile(request: Request, ctx: Context) -> Response:
     outputs = {"object": c.output, **({"deps": c.dep_file} if c.dep_file is not None else {}), **c.extra_outputs}
     base_dir = ctx.base_dir if usable(ctx.base_dir, request.cwd) else None
     job = Job(request, ctx, compiler, c.source, outputs, base_dir, ("direct_hits", "misses"))
+    job.absent_of = lambda read: absent_candidates(read, explicit_dirs(c, request.env), search_dirs(job, c), job.cwd)
     preprocessed: Digest | None = None
     try:
         identity = ctx.compilers.identity(compiler, request.env)
@@ -76,6 +81,12 @@ def handle_compile(request: Request, ctx: Context) -> Response:
         if c.dep_file is None:
             return run_and_store(job, [*c.args, "-MD", "-MF", ours], lambda ran: read_text(ours), preprocessed)
         return run_and_store(job, c.args, lambda ran: user_deps(job, c, ran), preprocessed)
+
+
+def search_dirs(job: Job, c: Compile) -> list[str]:
+    """The compiler's own include directories for this compile (the options that change them included)."""
+    flags = tuple(a for a in c.cpp_args if a.startswith(SEARCH_FLAGS))
+    return job.ctx.compilers.search_dirs(job.tool, c.language, flags, job.request.env)
 
 
 def user_deps(job: Job, c: Compile, ran: Ran) -> str | None:
@@ -99,9 +110,10 @@ def preprocessed_lookup(job: Job, c: Compile) -> tuple[Digest | None, Response |
         key = key_digest(["preprocessed", *job.parts, f"preprocessed {d}"])
         if not restore(job, key):
             return key, None
-        deps = dep_list(job, read_text(dep), ran)
+        read = prerequisites(read_text(dep))
+        deps = dep_list(job, read, ran)
     if not isinstance(deps, str) and not any(job.ctx.time_macros.get(h, False) for _, h, _ in deps):
-        add_to_manifest(job, deps, key)
+        add_to_manifest(job, deps, key, read)
     job.ctx.stats.add({"preprocessed_hits": 1}, saved_s=job.saved)
     job.log("preprocessed hit", job.miss_reason)
     return key, job.response

@@ -59,6 +59,8 @@ class Job:
     miss_reason: str = ""
     response: Response = RUN_IT  # set by a restore
     saved: float = 0.0  # seconds a hit saved: the stored run's duration less this lookup's
+    # the paths, as written, that must not appear for an entry of these files read to hold (shadow.py)
+    absent_of: Callable[[list[str]], list[str]] = lambda read: []
 
     @property
     def cwd(self) -> str:
@@ -172,7 +174,8 @@ def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Dige
     dep_text = read_deps(ran)
     if dep_text is None:
         return "the pass listing the headers failed"
-    deps = dep_list(job, dep_text, ran)
+    read = prerequisites(dep_text)
+    deps = dep_list(job, read, ran)
     if isinstance(deps, str):
         return deps
     cache = job.ctx.cache()
@@ -183,15 +186,15 @@ def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Dige
     assert job.direct is not None
     key = result_key(job.direct, deps)
     result.put(cache, key, files, ran.stdout, ran.stderr, ran.start, ran.end)
-    add_to_manifest(job, deps, key)
+    add_to_manifest(job, deps, key, read)
     return None
 
 
-def dep_list(job: Job, text: str, ran: Ran) -> DepList | str:
-    """The files a run read, from its dependency file, in the key's form with their digests (and whether each
+def dep_list(job: Job, read: list[str], ran: Ran) -> DepList | str:
+    """The files a run read (from its dependency file) in the key's form with their digests (and whether each
     uses __DATE__/__TIME__, remembered by digest); a reason instead if one changed during the run."""
     deps: DepList = []
-    for p in prerequisites(text):
+    for p in read:
         full = job.path(p)
         try:
             st = os.stat(full)
@@ -209,13 +212,15 @@ def dep_list(job: Job, text: str, ran: Ran) -> DepList | str:
     return deps
 
 
-def add_to_manifest(job: Job, deps: DepList, key: Digest) -> None:
-    """Put (deps -> key) first in the direct key's manifest (read again: another run may have added one)."""
+def add_to_manifest(job: Job, deps: DepList, key: Digest, read: list[str]) -> None:
+    """Put (deps -> key) first in the direct key's manifest (read again: another run may have added one), with
+    the paths that must not appear for it to hold."""
     assert job.direct is not None
+    absent = [normalise(p, job.cwd, job.base_dir) for p in job.absent_of(read)]
     cache = job.ctx.cache()
     stored = result.get(cache, job.direct, MANIFEST)
     entries = decode_manifest(job.blob(stored.files["manifest"])) if stored else []
-    entries = [Entry(deps, key), *(e for e in entries if e.deps != deps)]
+    entries = [Entry(deps, key, absent), *(e for e in entries if e.deps != deps)]
     now = time.time()
     result.put(cache, job.direct, {"manifest": encode_manifest(entries)}, b"", b"", now, now)
 

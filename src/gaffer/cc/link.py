@@ -8,6 +8,8 @@ runtime's start files, libc's linker script and what it names - listed by `-Wl,-
 
 from __future__ import annotations
 
+import os
+
 from gaffer.cc.args import Uncacheable, classify_link
 from gaffer.cc.compile import host_platform
 from gaffer.cc.compiler import find_compiler
@@ -16,6 +18,14 @@ from gaffer.cc.key import ENV_READ, key_digest
 from gaffer.cc.launch import RUN_IT, Context, Request, Response
 
 LINK_ENV = (*ENV_READ, "LD_LIBRARY_PATH", "LD_RUN_PATH")  # ld searches both for a shared library's needs
+
+
+def library_candidates(args: list[str]) -> list[str]:
+    """Where each `-lNAME` could also be found in the project's -L directories (a shared or a static library,
+    the shared one first in each): one appearing there is taken instead, so it must still be absent."""
+    dirs = [a[2:] or (args[i + 1] if i + 1 < len(args) else "") for i, a in enumerate(args) if a.startswith("-L")]
+    names = [a[2:] for a in args if a.startswith("-l") and len(a) > 2 and not a.startswith("-l:")]
+    return [os.path.join(d, f"lib{n}{ext}") for n in names for d in dirs if d for ext in (".so", ".a")]
 
 
 def handle_link(request: Request, ctx: Context) -> Response:
@@ -27,6 +37,7 @@ def handle_link(request: Request, ctx: Context) -> Response:
         return uncacheable(ctx, request, "linker driver not found")
     ctx.begin()
     job = Job(request, ctx, driver, link.output, {"output": link.output}, None, ("link_hits", "link_misses"))
+    job.absent_of = lambda read: [p for p in library_candidates(link.args) if not os.path.lexists(job.path(p))]
     try:
         identity = ctx.compilers.identity(driver, request.env)
         job.parts = [f"compiler {identity}", "link", *(f"platform {k}={v}" for k, v in host_platform().items()),
