@@ -74,9 +74,11 @@ class Job:
         return f"input {normalise(p, self.cwd, self.base_dir)} {d or 'absent'}"
 
     def log(self, outcome: str, reason: str = "") -> None:
+        """The debug log's line; and, but for a direct hit (which must stay cheap), the history's record."""
         self.ctx.log(f"{self.label}: {outcome}" + (f": {reason}" if reason else ""))
-        main = next(iter(self.outputs.values()))
-        self.ctx.history.record(self.cwd, self.path(main), self.request.argv, outcome, reason, self.parts)
+        if outcome != "direct hit":
+            main = next(iter(self.outputs.values()))
+            self.ctx.history.record(self.cwd, self.path(main), self.request.argv, outcome, reason, self.parts)
 
     def blob(self, digest: Digest) -> bytes:
         return self.ctx.cache().local.read_blob(digest) or b""

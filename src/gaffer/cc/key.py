@@ -117,16 +117,18 @@ def decode_manifest(data: bytes) -> list[Entry]:
 
 
 def first_mismatch(entry: Entry, cwd: str, digest: Callable[[str], Digest | None]) -> str | None:
-    """None if every file of `entry` still has its digest here, else what differs ("header foo.h changed")."""
+    """None if every file of `entry` still has its digest here and none of its absent paths exists, else what
+    differs ("header foo.h changed"). On every hit: kept to plain string work."""
+    here = cwd.rstrip("/") + "/"
     for path, h, size in entry.deps:
         local = localise(path, cwd)
-        found = None if local is None else digest(os.path.join(cwd, local))
+        found = None if local is None else digest(local if local.startswith("/") else here + local)
         if found is None:
             return f"{local or path} is gone"
-        if found != Digest(h, size):
+        if found.hash != h or found.size_bytes != size:
             return f"{local} changed"
     for path in entry.absent:
         local = localise(path, cwd)
-        if local is None or os.path.lexists(os.path.join(cwd, local)):
+        if local is None or os.path.lexists(local if local.startswith("/") else here + local):
             return f"{local or path} appeared"
     return None
