@@ -330,3 +330,56 @@ def _note_flag(c: Compile, arg: str) -> None:
         c.native = True
     elif arg == "-frecord-gcc-switches":
         c.records_switches = True
+
+
+@dataclass
+class Link:
+    """One cacheable link: the driver's arguments (response files expanded), its output and the files it names."""
+
+    args: list[str]
+    output: str
+    inputs: list[str]  # objects, archives, shared libraries, linker scripts named on the command line
+
+
+# what makes a command no link, or makes the link write or read what gaffer does not account for
+_NOT_LINK = {"-c": "not a link (-c)", "-E": "not a link (-E)", "-S": "not a link (-S)", "-M": "not a link (-M)",
+             "-MM": "not a link (-MM)", "-v": "-v (verbose)", "-###": "-### (dry run)"}
+_LINKER_WRITES = ("-Map", "--Map", "-M", "--print-map", "--trace", "-t", "--dependency-file", "--verbose",
+                  "--stats", "--out-implib", "--print-", "@")
+_LINK_VALUE_OPTIONS = frozenset({"-o", "-x", "-Xlinker", "-L", "-T", "-u", "-z", "-e", "-target", "--param",
+                                 "-specs", "-B"})
+
+
+def classify_link(argv: Sequence[str], cwd: str) -> Link | Uncacheable:
+    """Classify a linker driver's arguments (`argv` without the driver itself)."""
+    try:
+        args = expand_response_files(argv, cwd)
+    except ResponseFileError as e:
+        return Uncacheable("unreadable response file", str(e))
+    output = "a.out"
+    inputs: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        value = args[i + 1] if arg in _LINK_VALUE_OPTIONS and i + 1 < len(args) else None
+        i += 2 if value is not None else 1
+        linker = [value] if arg == "-Xlinker" and value else arg[4:].split(",") if arg.startswith("-Wl,") else []
+        reason = (_NOT_LINK.get(arg) or ("-save-temps" if arg.startswith("-save-temps") else None)
+                  or ("query" if arg.startswith(("-print-", "--help", "--version", "-dump")) else None)
+                  or next((f"linker option {w}" for w in linker if w.startswith(_LINKER_WRITES)), None)
+                  or ("stdin input" if arg == "-" else None))
+        if reason is not None:
+            return Uncacheable(reason, arg)
+        if arg in _LINK_VALUE_OPTIONS and value is None:
+            return Uncacheable("missing argument", arg)
+        if arg == "-o":
+            output = value or output
+        elif arg.startswith("-o"):
+            output = arg[2:]
+        elif not arg.startswith("-"):
+            if os.path.splitext(arg)[1] in SOURCE_LANGUAGES:
+                return Uncacheable("compiles sources too", arg)
+            inputs.append(arg)
+        elif arg == "-T" and value:
+            inputs.append(value)
+    return Link(args, output, inputs)

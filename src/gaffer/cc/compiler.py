@@ -16,10 +16,12 @@ import threading
 from collections.abc import Mapping
 
 from gaffer.atomic import save_marshalled
+from gaffer.cc.shadow import system_dirs
 from gaffer.digest import StatCache, StatSignature, stat_signature
 
 COMPANIONS = ("cc1", "cc1plus", "cc1obj", "cc1objplus", "lto1", "collect2", "lto-wrapper", "as", "ld")
-_FORMAT = 1
+_FORMAT = 2
+NO_INCLUDES = ("cpp-output", "c++-cpp-output", "assembler")  # languages that include nothing
 
 
 def find_compiler(name: str, env: Mapping[str, str], cwd: str) -> str | None:
@@ -49,11 +51,13 @@ class Compilers:
         self._lock = threading.Lock()
         self._dirty = False
         self._table: dict[str, tuple[StatSignature, list[str]]] = {}
+        # (driver, signature, language, flags) -> its system include directories
+        self._search: dict[tuple[str, StatSignature, str, tuple[str, ...]], list[str]] = {}
         try:
             with open(path, "rb") as f:
-                version, table = marshal.loads(f.read())
-            if version == _FORMAT and isinstance(table, dict):
-                self._table = table
+                version, table, search = marshal.loads(f.read())
+            if version == _FORMAT and isinstance(table, dict) and isinstance(search, dict):
+                self._table, self._search = table, search
         except (OSError, EOFError, ValueError, TypeError):
             pass
 
@@ -78,14 +82,36 @@ class Compilers:
                 h.update(f"\n{os.path.basename(path)} absent".encode())
         return h.hexdigest()
 
+    def search_dirs(self, driver: str, language: str, flags: tuple[str, ...], env: Mapping[str, str]) -> list[str]:
+        """The compiler's own `#include <...>` directories for `language` with `flags` (-m32, --sysroot,
+        -nostdinc, ...), asked once (`-E -v`) per driver signature."""
+        if language in NO_INCLUDES:
+            return []
+        real = os.path.realpath(driver)
+        key = (real, stat_signature(os.stat(real)), language, flags)
+        with self._lock:
+            known = self._search.get(key)
+        if known is None:
+            try:
+                out = subprocess.run([real, "-x", language, *flags, "-E", "-v", "-o", os.devnull, os.devnull],
+                                     env=dict(env), capture_output=True, text=True, errors="replace", timeout=60,
+                                     check=False, stdin=subprocess.DEVNULL).stderr
+            except (OSError, subprocess.SubprocessError):
+                out = ""
+            known = system_dirs(out)
+            with self._lock:
+                self._search[key] = known
+                self._dirty = True
+        return known
+
     def save(self) -> None:
         with self._lock:
             if not self._dirty:
                 return
             self._dirty = False
-            table = dict(self._table)
+            table, search = dict(self._table), dict(self._search)
         try:
-            save_marshalled(self.path, (_FORMAT, table))
+            save_marshalled(self.path, (_FORMAT, table, search))
         except OSError:
             pass  # looked up again next time
 

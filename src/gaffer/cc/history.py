@@ -47,8 +47,8 @@ class History:
         last = self.last(cwd, output)
         before = last.get("parts") if last else None
         if not isinstance(before, list) or not before:
-            return "new compile (never seen with these arguments)"
-        return key_change(before, list(parts)) or "new compile (same key as last time, entry evicted or not stored)"
+            return "new (never run with these arguments)"
+        return key_change(before, list(parts)) or "same key as last time (its entry was evicted, or never stored)"
 
 
 def key_change(before: Sequence[str], after: Sequence[str]) -> str | None:

@@ -91,6 +91,7 @@ def has_time_macros(data: bytes) -> bool:
 class Entry:
     deps: DepList
     result: Digest
+    absent: list[str]  # key-form paths that must still not exist (shadow.py)
 
 
 def result_key(direct: Digest, deps: DepList) -> Digest:
@@ -99,7 +100,8 @@ def result_key(direct: Digest, deps: DepList) -> Digest:
 
 def encode_manifest(entries: Sequence[Entry]) -> bytes:
     return json.dumps({"format": 1, "entries": [
-        {"deps": e.deps, "result": [e.result.hash, e.result.size_bytes]} for e in entries[:MAX_ENTRIES]]},
+        {"deps": e.deps, "result": [e.result.hash, e.result.size_bytes], "absent": e.absent}
+        for e in entries[:MAX_ENTRIES]]},
         separators=(",", ":")).encode()
 
 
@@ -108,18 +110,25 @@ def decode_manifest(data: bytes) -> list[Entry]:
     try:
         doc = json.loads(data)
         return [Entry([(str(p), str(h), int(n)) for p, h, n in e["deps"]],
-                      Digest(str(e["result"][0]), int(e["result"][1]))) for e in doc["entries"]]
+                      Digest(str(e["result"][0]), int(e["result"][1])), [str(p) for p in e["absent"]])
+                for e in doc["entries"]]
     except (ValueError, KeyError, TypeError):
         return []
 
 
 def first_mismatch(entry: Entry, cwd: str, digest: Callable[[str], Digest | None]) -> str | None:
-    """None if every file of `entry` still has its digest here, else what differs ("header foo.h changed")."""
+    """None if every file of `entry` still has its digest here and none of its absent paths exists, else what
+    differs ("header foo.h changed"). On every hit: kept to plain string work."""
+    here = cwd.rstrip("/") + "/"
     for path, h, size in entry.deps:
         local = localise(path, cwd)
-        found = None if local is None else digest(os.path.join(cwd, local))
+        found = None if local is None else digest(local if local.startswith("/") else here + local)
         if found is None:
             return f"{local or path} is gone"
-        if found != Digest(h, size):
+        if found.hash != h or found.size_bytes != size:
             return f"{local} changed"
+    for path in entry.absent:
+        local = localise(path, cwd)
+        if local is None or os.path.lexists(local if local.startswith("/") else here + local):
+            return f"{local or path} appeared"
     return None

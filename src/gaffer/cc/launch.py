@@ -105,13 +105,18 @@ class Context:
     def warn(self, message: str) -> None:
         print(f"gaffer: warning: {message}", file=sys.stderr)
 
-    def close(self) -> None:
-        """Save what this process learned and finish uploads to remote tiers."""
+    def flush(self) -> None:
+        """Write the counters and what this process learned (the daemon calls it now and then)."""
+        self.stats.flush()
         try:
             self.stat_cache.save(os.path.join(self.directory, "stat-cache"))
         except OSError:
             pass  # hashed again next time
         self.compilers.save()
+
+    def close(self) -> None:
+        """`flush`, and finish uploads to remote tiers."""
+        self.flush()
         if self._cache is not None:
             self._cache.close()
 

@@ -1,7 +1,8 @@
 """The launcher's counters (`gaffer cc --show-stats`, `--zero-stats`), in one small JSON file in its directory.
 
-Every process (each in-process `gaffer cc`, the daemon) adds its deltas under an flock on a lock file and replaces
-the file whole, so concurrent compiles never lose a count and a reader never sees half a file.
+Each process counts in memory and `flush`es its deltas (an in-process `gaffer cc` once at its end, the daemon
+now and then): under an flock on a lock file, the file is read, added to and replaced whole, so concurrent
+processes never lose a count and a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterator, Mapping
 
 COUNTERS = (  # (name, what --show-stats calls it)
@@ -28,6 +30,10 @@ class Stats:
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, "stats.json")
         self.lock_path = os.path.join(directory, "stats.lock")
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._reasons: dict[tuple[str, str], int] = {}
+        self._saved = 0.0
 
     def read(self) -> dict[str, object]:
         try:
@@ -48,22 +54,36 @@ class Stats:
 
     def add(self, counts: Mapping[str, int] | None = None, *, reason_group: str = "", reason: str = "",
             saved_s: float = 0.0) -> None:
-        """Add `counts`, one to `reason_group`'s `reason` ("uncacheable": "-E"), and `saved_s` to time saved."""
+        """Count `counts`, one for `reason_group`'s `reason` ("uncacheable": "-E"), and `saved_s` of time saved."""
+        with self._lock:
+            for name, n in (counts or {}).items():
+                self._counts[name] = self._counts.get(name, 0) + n
+            if reason_group:
+                self._reasons[reason_group, reason] = self._reasons.get((reason_group, reason), 0) + 1
+            self._saved += saved_s
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the file (counting never fails a compile)."""
+        with self._lock:
+            counts, reasons, saved = self._counts, self._reasons, self._saved
+            self._counts, self._reasons, self._saved = {}, {}, 0.0
+        if not counts and not reasons and not saved:
+            return
         try:
             with self._locked():
                 data = self.read()
-                for name, n in (counts or {}).items():
+                for name, n in counts.items():
                     data[name] = _int(data.get(name)) + n
-                if reason_group:
-                    group = data.get(reason_group)
+                for (group_name, reason), n in reasons.items():
+                    group = data.get(group_name)
                     group = group if isinstance(group, dict) else {}
-                    group[reason] = _int(group.get(reason)) + 1
-                    data[reason_group] = group
-                if saved_s:
-                    data["saved_s"] = _float(data.get("saved_s")) + saved_s
+                    group[reason] = _int(group.get(reason)) + n
+                    data[group_name] = group
+                if saved:
+                    data["saved_s"] = _float(data.get("saved_s")) + saved
                 self._write(data)
         except OSError:
-            pass  # counting never fails a compile
+            pass
 
     def zero(self) -> None:
         with self._locked():
