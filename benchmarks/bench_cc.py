@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """gaffer's compiler launcher (the fast client gaffer-cc and its daemon) against ccache, sccache and distcc.
 
-Four measurements, every launcher in the same run, runs interleaved, medians reported:
+Five measurements, every launcher in the same run, runs interleaved, medians reported:
 
     (a) hit      one small file compiled N times, every run a cache hit: the per-compile overhead
                  (gaffer-cc hit vs ccache's direct-mode hit vs sccache's client+server hit; plain gcc as floor)
@@ -10,6 +10,8 @@ Four measurements, every launcher in the same run, runs interleaved, medians rep
                  GAFFER_CC_PREPROCESSOR=0: a direct miss compiles at once, as ccache's depend mode)
     (c) cold     the same build with an empty cache (every compile a miss, the launcher's daemon or server
                  already running): the overhead of a miss over a plain build
+    (c') miss    M distinct small files, each compiled once by every launcher, one compile at a time: the same
+                 overhead without -j2's scheduling noise
     (d) distcc   the same cold build over 3 local distccd (on 127.0.0.1, started and stopped here) at -j6,
                  against plain at -j6: distcc's per-compile overhead
 
@@ -136,6 +138,18 @@ class Bench:
         for name in LAUNCHERS:
             if (work / f"{name}.o").read_bytes() != reference:
                 raise SystemExit(f"bench_cc: {name}'s hello.o differs from gcc's")
+        return times
+
+    def misses(self, n: int) -> dict[str, list[float]]:
+        """`n` distinct small files, each compiled once by every launcher: each one a miss, one at a time."""
+        work = self.base / "miss"
+        work.mkdir()
+        times: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
+        for i in range(n):
+            (work / f"m{i}.c").write_text(f"#include <stdio.h>\nint m{i}(int x) {{ printf(\"%d\", x); return x * {i}; }}\n")
+            for name in rotated(LAUNCHERS, i):
+                args = [*self.prefix[name], "gcc", "-O2", "-c", f"m{i}.c", "-o", f"{name}-{i}.o"]
+                times[name].append(self.timed(args, work, self.own_env.get(name)))
         return times
 
     # -- (b), (c), (d): the example with CMake + Ninja --------------------------------------------------------
@@ -279,6 +293,9 @@ def report(results: dict[str, dict[str, list[float]]], n_hits: int, repeats: int
     hit, cold, warm = results["hit"], results["cold"], results["warm"]
     lines = [f"| per-compile hit ({n_hits} runs) | median ms | / ccache |", "|---|---:|---:|"]
     lines += [f"| {name} | {med_ms(hit[name]):.2f} | {ratio(hit, name, 'ccache'):.2f}x |" for name in LAUNCHERS]
+    miss = results["miss"]
+    lines += ["", f"| one miss ({len(miss['plain'])} files) | median ms | / plain |", "|---|---:|---:|"]
+    lines += [f"| {name} | {med_ms(miss[name]):.2f} | {ratio(miss, name, 'plain'):.2f}x |" for name in LAUNCHERS]
     lines += ["", f"| the example, -j{jobs} ({repeats} rounds) | cold s | / plain | warm s | / ccache |",
               "|---|---:|---:|---:|---:|"]
     lines += [f"| {name} | {statistics.median(cold[name]):.2f} | {ratio(cold, name, 'plain'):.2f}x | "
@@ -300,6 +317,7 @@ def report(results: dict[str, dict[str, list[float]]], n_hits: int, repeats: int
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hits", type=int, default=200, help="compiles per launcher in (a) (default 200)")
+    parser.add_argument("--misses", type=int, default=40, help="distinct files compiled in (c') (default 40)")
     parser.add_argument("--repeats", type=int, default=3, help="builds per launcher in (b), (c), (d) (default 3)")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="ninja's -j in (b) and (c) (default 2)")
     parser.add_argument("--no-distcc", action="store_true", help="skip (d)")
@@ -315,6 +333,7 @@ def main() -> int:
             results: dict[str, dict[str, list[float]]] = {}
             bench.empty_caches()
             results["hit"] = bench.hits(args.hits)
+            results["miss"] = bench.misses(args.misses)
             results["cold"], results["warm"] = bench.builds(args.repeats)
             if not args.no_distcc:
                 results["distributed"] = bench.distributed(args.repeats)
