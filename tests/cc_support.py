@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -12,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gaffer.cc.daemon import flush_stats, running_pid
 from tests.support import alive, require_tool
 
 
@@ -66,26 +66,16 @@ class Launcher:
         return self.log().count(" started: pid ")
 
     def stats(self) -> dict[str, int]:
-        """The launcher's counters (what `gaffer cc --show-stats` reports), the integer ones."""
+        """The launcher's counters (what `gaffer cc --show-stats` reports), the integer ones, once the daemon
+        has written those it holds."""
+        flush_stats(self.dir)
         path = self.dir / "stats.json"
         data = json.loads(path.read_text()) if path.exists() else {}
         return {k: v for k, v in data.items() if isinstance(v, int)}
 
     def daemon_pid(self) -> int | None:
         """The running daemon's pid: the lock is held and names it; None when no daemon holds it."""
-        try:
-            fd = os.open(self.dir / "daemon.lock", os.O_RDWR)
-        except FileNotFoundError:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return None
-            except BlockingIOError:
-                text = os.pread(fd, 32, 0).strip()
-                return int(text) if text.isdigit() else None
-        finally:
-            os.close(fd)
+        return running_pid(self.dir)
 
     def stop(self) -> None:
         """Stop the daemon through the CLI; kill it should that fail (a test must never leave one running)."""

@@ -241,3 +241,12 @@ def test_each_compile_is_served_with_its_own_settings(launcher: Launcher, src: P
     assert bad.returncode == 2 and bad.stderr.startswith(b"gaffer: GAFFER_CACHE_TIMEOUT: ")
     assert bad.stderr.count(b"\n") == 1
     assert launcher.starts() == 1
+
+
+def test_show_stats_counts_what_the_daemon_served_just_now(launcher: Launcher, src: Path) -> None:
+    """The daemon counts in memory and writes now and then; --show-stats has it write first, so it is exact."""
+    for _ in range(3):
+        assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
+    shown = launcher.run([sys.executable, "-m", "gaffer", "cc", "--show-stats"], cwd=src).stdout.decode()
+    counts = {line[:40].strip(): line[40:].strip() for line in shown.splitlines()}
+    assert (counts["misses"], counts["direct hits"]) == ("1", "2"), shown

@@ -30,10 +30,13 @@ from gaffer.execute.orphans import RUN_ENV
 from gaffer.units import format_count
 
 SOCKET_NAME, LOCK_NAME, LOG_NAME = "daemon.sock", "daemon.lock", "daemon.log"
+FLUSHED_NAME = "stats.flushed"  # replaced after each flush asked for with SIGUSR1: the asker's answer
 MAX_CONNECTIONS = 512  # beyond this, accept waits: a make -j1000 queues in the kernel's backlog
 READ_TIMEOUT_S = 30.0  # a client sends its whole request at once; one that stalls must not hold a thread
 HANDOVER_S = 2.0  # how long a new daemon waits for an exiting one's lock (the client waits as long)
 DRAIN_S = 600.0  # at a stop, how long running compiles may take to finish before the daemon exits anyway
+STATS_EVERY_S = 1.0  # how stale `gaffer cc --show-stats` may be while the daemon runs
+SAVE_EVERY_S = 60.0  # the stat cache and compiler identities (larger) are saved less often, and at exit
 
 log = logging.getLogger("gaffer.cc.daemon")
 
@@ -107,6 +110,10 @@ class _Daemon:
         previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("started: pid %d, socket %s, idle timeout %gs", os.getpid(), self.sock_path, self.idle_s)
         threading.Thread(target=self._refresh_client, daemon=True).start()
+        stop_flushing, flush_now = threading.Event(), threading.Event()
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda signum, frame: flush_now.set())
+        flusher = threading.Thread(target=self.contexts.flush_until, args=(stop_flushing, flush_now), daemon=True)
+        flusher.start()
         reason = "idle"
         try:
             self._accept_loop(listener)
@@ -119,6 +126,9 @@ class _Daemon:
                 signal.signal(sig, handler)
         with self.lock:  # compiles in flight finish and answer their clients
             self.lock.wait_for(lambda: self.active == 0, timeout=DRAIN_S)
+        stop_flushing.set()
+        flush_now.set()
+        flusher.join()
         self.contexts.close()
         log.info("exiting (%s) after %s", reason, format_count(self.served, "request"))
         return 0
@@ -239,8 +249,32 @@ class _Contexts:
                 self._by_key[key] = context
             return context
 
+    def flush_until(self, stop: threading.Event, now: threading.Event) -> None:
+        """Write the counters every STATS_EVERY_S (the compiles count in memory: a file write per compile would
+        cost a hit more than its lookup), and at once when `now` is set (`gaffer cc --show-stats` asks, by
+        SIGUSR1, and waits for FLUSHED_NAME to be replaced); everything the contexts learned every SAVE_EVERY_S."""
+        last_save = time.monotonic()
+        while not stop.is_set():
+            asked = now.wait(STATS_EVERY_S)
+            now.clear()
+            save = time.monotonic() - last_save >= SAVE_EVERY_S
+            with self._lock:
+                contexts = list(self._by_key.values())
+            for context in contexts:
+                try:
+                    if save:
+                        context.flush()
+                    else:
+                        context.stats.flush()
+                except Exception:  # a failed save is retried next time; the daemon goes on
+                    log.exception("while saving the counters")
+            if save:
+                last_save = time.monotonic()
+            if asked:
+                _replace(Path(self.directory) / FLUSHED_NAME, f"{time.time()}\n")
+
     def close(self) -> None:
-        """Save what the contexts learned (stat cache, compilers) and finish their uploads."""
+        """Save what the contexts learned (counters, stat cache, compilers) and finish their uploads."""
         for context in self._by_key.values():
             try:
                 context.close()
@@ -263,6 +297,15 @@ def _mtime(path: str) -> int | None:
         return None
 
 
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.info("cannot write %s: %s", path, e)
+
+
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop()
 
@@ -270,32 +313,57 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 def stop(directory: Path, wait_s: float = DRAIN_S) -> str:
     """Ask the daemon to stop (SIGTERM to the pid in its lock file) and wait until it has released the lock.
     Returns what happened, as one line for the user."""
+    pid = running_pid(directory)
+    if pid is None:
+        return "no daemon is running"
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while running_pid(directory) == pid:
+        if time.monotonic() > deadline:
+            raise EnvironmentProblem(f"the daemon (pid {pid}) did not stop within {wait_s:g}s")
+        time.sleep(0.02)
+    return f"stopped the daemon (pid {pid})"
+
+
+def flush_stats(directory: Path, wait_s: float = 5.0) -> None:
+    """Have the running daemon (if any) write the counters it holds in memory, and wait until it has: what
+    `--show-stats` then reads is exact."""
+    pid = running_pid(directory)
+    if pid is None:
+        return
+    flushed = directory / FLUSHED_NAME
+    before = _inode(flushed)
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + wait_s
+    while _inode(flushed) == before and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def running_pid(directory: Path) -> int | None:
+    """The pid of the daemon holding the lock in `directory`; None when no daemon holds it."""
     try:
         lock_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        return "no daemon is running"
+        return None
     try:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return "no daemon is running"
+            return None
         except BlockingIOError:
-            pass
-        pid = _pid_in(lock_fd)
-        if pid is None:
-            raise EnvironmentProblem(f"{directory / LOCK_NAME}: locked, but names no daemon process")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return f"stopped the daemon (pid {pid})"
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise EnvironmentProblem(f"the daemon (pid {pid}) did not stop within {wait_s:g}s") from None
-                time.sleep(0.02)
+            return _pid_in(lock_fd)
     finally:
         os.close(lock_fd)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _pid_in(lock_fd: int) -> int | None:

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gaffer.cc.admin import ADMIN_FLAGS, add_admin_flags, run_admin
 from gaffer.config import CC, add_flags, environment_help
@@ -69,6 +70,10 @@ def cc_main(kind: str, argv: Sequence[str]) -> int:
     flags = {name: getattr(opts, name) for name in CACHE_SETTINGS}
     cwd = os.getcwd()
     ctx = Context.from_environment(os.environ, cwd, flags)
+    if getattr(opts, "show_stats", False) or getattr(opts, "zero_stats", False):
+        from gaffer.cc.daemon import flush_stats
+
+        flush_stats(Path(ctx.directory))  # the daemon's counts, held in memory, first
     if getattr(opts, "show_stats", False):
         print("\n".join(ctx.stats.report()))
         return 0
