@@ -207,6 +207,11 @@ class Bench:
         return src
 
     def gaffer_stats(self) -> dict[str, int]:
+        """gaffer's counters, once the daemon has written those it holds in memory."""
+        sys.path.insert(0, str(REPO / "src"))
+        from gaffer.cc.daemon import flush_stats
+
+        flush_stats(self.base / "cc")
         path = self.base / "cc" / "stats.json"
         data = json.loads(path.read_text()) if path.exists() else {}
         return {k: v for k, v in data.items() if isinstance(v, int)}
