@@ -124,7 +124,7 @@ def test_cold_and_warm_objects_and_dependency_files_are_gccs(tmp_path: Path) -> 
 
 def test_a_header_edit_misses_exactly_the_files_including_it(tmp_path: Path) -> None:
     build = project(tmp_path)
-    cc = Launcher(tmp_path, GAFFER_CC_PREPROCESSOR="0")
+    cc = Launcher(tmp_path)
     for name in "abc":
         same_as_gcc(cc, ["-I../inc", "-c", f"../src/{name}.c"], build, [f"{name}.o"])
     write(tmp_path / "inc" / "h1.h", "#define ONE 11\n")
@@ -141,7 +141,7 @@ def test_a_header_appearing_earlier_in_the_search_path_is_a_miss(tmp_path: Path)
     write(tmp_path / "second" / "conf.h", "#define V 2\n")
     write(tmp_path / "lib" / "config.h", "#define W 3\n")
     write(tmp_path / "s.c", '#include "conf.h"\n#include <config.h>\nint v(void) { return V + W; }\n')
-    cc = Launcher(tmp_path, GAFFER_CC_PREPROCESSOR="0")
+    cc = Launcher(tmp_path)
     args = ["-Ifirst", "-Isecond", "-Ilib", "-c", "s.c"]
     same_as_gcc(cc, args, tmp_path, ["s.o"])
     assert same_as_gcc(cc, args, tmp_path, ["s.o"]) == "s.c: direct hit"
@@ -164,7 +164,7 @@ def test_a_header_appearing_earlier_in_the_search_path_is_a_miss(tmp_path: Path)
 
 def test_a_comment_only_edit_is_a_preprocessed_hit(tmp_path: Path) -> None:
     build = project(tmp_path)
-    cc = Launcher(tmp_path)
+    cc = Launcher(tmp_path, GAFFER_CC_PREPROCESSOR="1")
     same_as_gcc(cc, ["-I../inc", "-c", "../src/a.c"], build, ["a.o"])
     write(tmp_path / "inc" / "h1.h", "/* a comment */\n#define ONE 1\n")
     assert same_as_gcc(cc, ["-I../inc", "-c", "../src/a.c"], build, ["a.o"]).startswith(
@@ -196,7 +196,7 @@ def test_a_compile_error_is_gccs_and_never_cached(tmp_path: Path) -> None:
 def test_date_and_time_macros_are_not_cached_in_direct_mode(tmp_path: Path) -> None:
     write(tmp_path / "inc" / "stamp.h", "#define STAMP __DATE__ \" \" __TIME__\n")
     write(tmp_path / "d.c", '#include "inc/stamp.h"\nconst char *when = STAMP;\n')
-    cc = Launcher(tmp_path, GAFFER_CC_PREPROCESSOR="0")
+    cc = Launcher(tmp_path)
     result = cc.run([GCC, "-c", "d.c"], tmp_path)
     assert result.returncode == 0 and (tmp_path / "d.o").exists()
     assert cc.outcome() == "d.c: miss, not stored: new (never run with these arguments); uses __DATE__ or __TIME__ " \

@@ -282,8 +282,10 @@ SETTINGS: tuple[Setting, ...] = (
             default_text={"*": "off"},
             help="log why each compile hit, missed or was not cached: 1 for stderr, or a file to append to"),
     Setting("cc_preprocessor", (CC,), toml="cc.preprocessor", env="GAFFER_CC_PREPROCESSOR", parse=parse_bool,
-            default={"*": True}, default_text={"*": "true"},
-            help="when direct mode misses, try the key of the preprocessed source before compiling"),
+            default={"*": False}, default_text={"*": "false"},
+            help="when direct mode misses, try the key of the preprocessed source (-E) before compiling: hits "
+                 "after comment-only edits and for __DATE__ users with SOURCE_DATE_EPOCH, at the cost of a "
+                 "preprocessor run on every miss"),
     # gobuildcache (the Go program's variables are its aliases)
     Setting("backend_type", (GOCACHE,), toml="gocache.backend", env="GAFFER_GOCACHE_BACKEND",
             parse=_choice("disk", "s3"), aliases={GOCACHE: ("BACKEND_TYPE",)}, default={GOCACHE: "disk"},

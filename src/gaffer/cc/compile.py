@@ -3,8 +3,8 @@
 1. Direct (flow.py): the direct key (key.py) names a manifest; an entry whose files all still have their
    digests names the result: the object, the dependency file (rewritten to this checkout), .dwo/.gcno,
    restored, and the diagnostics replayed.
-2. Preprocessed (GAFFER_CC_PREPROCESSOR, on by default): `-E` runs, and the key of the preprocessed text is
-   looked up; a hit is restored and added to the manifest, so the next time is a direct hit. It also keys a
+2. Preprocessed (GAFFER_CC_PREPROCESSOR, off by default: it costs a preprocessor run per miss): `-E` runs,
+   and the key of the preprocessed text is looked up; a hit is restored and added to the manifest, so the next time is a direct hit. It also keys a
    file using __DATE__/__TIME__, which direct mode does not cache.
 3. Otherwise the compiler runs with `-MD -MF <temp>` added, or with the user's own -MD file read (an extra
    `-M` pass for -MMD, which leaves system headers out): the files it read and their digests become a manifest
@@ -58,7 +58,6 @@ def handle_compile(request: Request, ctx: Context) -> Response:
     compiler = find_compiler(request.argv[0], request.env, request.cwd)
     if compiler is None:
         return uncacheable(ctx, request, "compiler not found")
-    ctx.begin()
     outputs = {"object": c.output, **({"deps": c.dep_file} if c.dep_file is not None else {}), **c.extra_outputs}
     base_dir = ctx.base_dir if usable(ctx.base_dir, request.cwd) else None
     job = Job(request, ctx, compiler, c.source, outputs, base_dir, ("direct_hits", "misses"))

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,6 +69,8 @@ class Context:
         self.history = History(os.path.join(self.directory, "history"))
         self._cache: TieredCache | None = None
         self._lock = threading.Lock()
+        self._moment_lock = threading.Lock()
+        self._in_flight = 0
         self.time_macros: dict[str, bool] = {}  # blob hash -> does it use __DATE__/__TIME__
 
     @classmethod
@@ -91,9 +94,20 @@ class Context:
                                          timeout=self.settings.timeout, report=self.warn)
             return self._cache
 
-    def begin(self) -> None:
-        """Before a request reads any file: the moment the stat cache trusts signatures from."""
-        self.stat_cache.moment = file_system_now(Path(self.directory), create=False)
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Around each request: the stat cache records a signature as trusted only if the file is older than
+        a moment taken before anything read it. With requests served at once (the daemon) that moment moves
+        on only when none is in flight, so it precedes every read of every request in flight."""
+        with self._moment_lock:
+            if self._in_flight == 0:
+                self.stat_cache.moment = file_system_now(Path(self.directory), create=False)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._moment_lock:
+                self._in_flight -= 1
 
     def digest(self, path: str) -> Digest | None:
         """A file's digest through the stat cache; None if it cannot be read."""
@@ -156,11 +170,13 @@ def debug_log(setting: str) -> Callable[[str], None]:
 
 
 def handle(request: Request, context: Context) -> Response:
-    """Serve one compile (kind COMPILE) or link (kind LINK)."""
-    if request.kind == LINK:
-        from gaffer.cc.link import handle_link
+    """Serve one compile (kind COMPILE) or link (kind LINK). Safe to call from several threads at once with one
+    Context (the daemon); its counters reach the stats file at `context.flush()`."""
+    with context.serving():
+        if request.kind == LINK:
+            from gaffer.cc.link import handle_link
 
-        return handle_link(request, context)
-    from gaffer.cc.compile import handle_compile
+            return handle_link(request, context)
+        from gaffer.cc.compile import handle_compile
 
-    return handle_compile(request, context)
+        return handle_compile(request, context)

@@ -35,7 +35,6 @@ def handle_link(request: Request, ctx: Context) -> Response:
     driver = find_compiler(request.argv[0], request.env, request.cwd)
     if driver is None:
         return uncacheable(ctx, request, "linker driver not found")
-    ctx.begin()
     job = Job(request, ctx, driver, link.output, {"output": link.output}, None, ("link_hits", "link_misses"))
     job.absent_of = lambda read: [p for p in library_candidates(link.args) if not os.path.lexists(job.path(p))]
     try:
