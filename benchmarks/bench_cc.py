@@ -6,8 +6,9 @@ Five measurements, every launcher in the same run, runs interleaved, medians rep
     (a) hit      one small file compiled N times, every run a cache hit: the per-compile overhead
                  (gaffer-cc hit vs ccache's direct-mode hit vs sccache's client+server hit; plain gcc as floor)
     (b) warm     examples/cproject with CMake + Ninja after `rm -rf build` and a fresh configure, the cache warm
-                 (only `ninja` is timed): plain, ccache, sccache, gaffer, and gaffer-depend (gaffer with
-                 GAFFER_CC_PREPROCESSOR=0: a direct miss compiles at once, as ccache's depend mode)
+                 (only `ninja` is timed): plain, ccache, sccache, gaffer (its defaults: a direct miss compiles at
+                 once, as ccache's depend mode), and gaffer-preprocessor (GAFFER_CC_PREPROCESSOR=1: a direct miss
+                 first looks the preprocessed text up, as ccache's default)
     (c) cold     the same build with an empty cache (every compile a miss, the launcher's daemon or server
                  already running): the overhead of a miss over a plain build
     (c') miss    M distinct small files, each compiled once by every launcher, one compile at a time: the same
@@ -43,7 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "cproject"
-LAUNCHERS = ("plain", "ccache", "sccache", "gaffer", "gaffer-depend")
+LAUNCHERS = ("plain", "ccache", "sccache", "gaffer", "gaffer-preprocessor")
 TARGETS = {"hit": 2.0, "warm": 1.5}  # gaffer / ccache
 COLD_TARGET = 1.2  # gaffer cold / plain
 SOURCES = 34  # compiles in one build of the example
@@ -76,11 +77,11 @@ class Bench:
         self.gaffer_cc = self._install()
         self.prefix = {"plain": [], "ccache": [shutil.which("ccache") or "ccache"],
                        "sccache": [shutil.which("sccache") or "sccache"], "gaffer": [str(self.gaffer_cc)],
-                       "gaffer-depend": [str(self.gaffer_cc)], "distcc": [shutil.which("distcc") or "distcc"]}
-        # gaffer without the preprocessor-mode lookup on a direct miss (its own cache: the other's entries would
-        # be hits): the daemon serves each configuration the compiles' environment carries
-        self.own_env = {"gaffer-depend": {"GAFFER_CC_PREPROCESSOR": "0",
-                                          "GAFFER_CACHE_DIR": str(base / "gaffer-cache-depend")}}
+                       "gaffer-preprocessor": [str(self.gaffer_cc)], "distcc": [shutil.which("distcc") or "distcc"]}
+        # gaffer with the preprocessor-mode lookup on a direct miss (its own cache: the other's entries would be
+        # hits): the daemon serves each configuration the compiles' environment carries
+        self.own_env = {"gaffer-preprocessor": {"GAFFER_CC_PREPROCESSOR": "1",
+                                                "GAFFER_CACHE_DIR": str(base / "gaffer-cache-preprocessor")}}
 
     def _install(self) -> Path:
         self.run([sys.executable, "-m", "gaffer", "cc", "--install"], cwd=self.base)
@@ -104,7 +105,7 @@ class Bench:
         """Every launcher's cache emptied, with its server or daemon running again (a cold build measures misses,
         not a start-up)."""
         self.stop_servers()
-        for name in ("ccache", "sccache", "gaffer-cache", "gaffer-cache-depend"):
+        for name in ("ccache", "sccache", "gaffer-cache", "gaffer-cache-preprocessor"):
             shutil.rmtree(self.base / name, ignore_errors=True)
         self.run([*self.prefix["sccache"], "--start-server"], cwd=self.base)
         self.start_gaffer()
