@@ -5,6 +5,7 @@ Each test has its own launcher directory, so its own daemon, started by its firs
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -250,3 +251,20 @@ def test_show_stats_counts_what_the_daemon_served_just_now(launcher: Launcher, s
     shown = launcher.run([sys.executable, "-m", "gaffer", "cc", "--show-stats"], cwd=src).stdout.decode()
     counts = {line[:40].strip(): line[40:].strip() for line in shown.splitlines()}
     assert (counts["misses"], counts["direct hits"]) == ("1", "2"), shown
+
+
+def test_a_daemon_started_by_a_gaffer_run_task_outlives_the_run(launcher: Launcher, src: Path) -> None:
+    """gaffer kills what a finished task left running (its process group, and as a child subreaper what escaped
+    it with setsid and still carries the task's GAFFER_TASK_RUN): the daemon leaves both behind."""
+    graph = {"pass_env": ["PATH", "HOME", "PYTHONPATH", "GAFFER_CC_DIR", "GAFFER_CC_IDLE", "GAFFER_CACHE_DIR",
+                          "XDG_CONFIG_HOME"],
+             "tasks": {"compile": {"command": f"'{launcher.gaffer_cc}' gcc -c hello.c -o hello.o",
+                                   "inputs": ["hello.c"], "outputs": ["hello.o"]}}}
+    (src / "graph.json").write_text(json.dumps(graph))
+    proc = launcher.run([sys.executable, "-m", "gaffer", "run"], cwd=src)
+    assert proc.returncode == 0, proc.stderr
+    assert (src / "hello.o").exists()
+    daemon = launcher.daemon_pid()
+    assert daemon is not None and alive(daemon)
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", "again.o"], cwd=src).returncode == 0
+    assert launcher.daemon_pid() == daemon and launcher.starts() == 1
