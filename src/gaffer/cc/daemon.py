@@ -107,28 +107,30 @@ class _Daemon:
 
     def run(self) -> int:
         listener = self._listen()
-        previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        log.info("started: pid %d, socket %s, idle timeout %gs", os.getpid(), self.sock_path, self.idle_s)
-        threading.Thread(target=self._refresh_client, daemon=True).start()
         stop_flushing, flush_now = threading.Event(), threading.Event()
-        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda signum, frame: flush_now.set())
         flusher = threading.Thread(target=self.contexts.flush_until, args=(stop_flushing, flush_now), daemon=True)
-        flusher.start()
+        previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda signum, frame: flush_now.set())
         reason = "idle"
         try:
+            log.info("started: pid %d, socket %s, idle timeout %gs", os.getpid(), self.sock_path, self.idle_s)
+            threading.Thread(target=self._refresh_client, daemon=True).start()
+            flusher.start()
             self._accept_loop(listener)
         except _Stop:
             reason = "told to stop"
         finally:
-            self._unlink_socket(listener)
-            listener.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self._unlink_socket(listener)
+            self._accept_backlog(listener)
+            listener.close()
         with self.lock:  # compiles in flight finish and answer their clients
             self.lock.wait_for(lambda: self.active == 0, timeout=DRAIN_S)
         stop_flushing.set()
         flush_now.set()
-        flusher.join()
+        if flusher.is_alive():
+            flusher.join()
         self.contexts.close()
         log.info("exiting (%s) after %s", reason, format_count(self.served, "request"))
         return 0
@@ -171,6 +173,26 @@ class _Daemon:
             if self.sock_path.stat().st_ino == self.inode:
                 self.sock_path.unlink()
 
+    def _accept_backlog(self, listener: socket.socket) -> None:
+        """Serve the clients that connected before the socket's name was removed but were not accepted yet: closed
+        unanswered, each would run its compiler uncached with a warning."""
+        listener.setblocking(False)
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, OSError):
+                return
+            conn.setblocking(True)
+            self.slots.acquire()
+            self._start(conn)
+
+    def _start(self, conn: socket.socket) -> None:
+        """Serve `conn` on its own thread (the caller holds one of the slots for it)."""
+        with self.lock:
+            self.active += 1
+            self.served += 1
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
     def _accept_loop(self, listener: socket.socket) -> None:
         while True:
             with self.lock:
@@ -188,10 +210,7 @@ class _Daemon:
             except BaseException:
                 self.slots.release()
                 raise
-            with self.lock:
-                self.active += 1
-                self.served += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            self._start(conn)
 
     def _serve(self, conn: socket.socket) -> None:
         from gaffer.cc.protocol import FrameError, encode_response, read_request
