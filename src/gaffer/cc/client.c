@@ -116,6 +116,21 @@ static const char *find_on_path(const char *name, const char *self, char *found,
     }
 }
 
+/* This program's real path, so that a masquerade link never runs itself: /proc/self/exe, else (no /proc) argv[0]
+ * as the shell found it. Empty if neither works; then a masquerade name finds nothing and says so. */
+static void own_path(const char *argv0, char *self, char *scratch)
+{
+    ssize_t len = readlink("/proc/self/exe", self, PATH_MAX - 1);
+    if (len > 0) {
+        self[len] = '\0';
+        return;
+    }
+    self[0] = '\0';
+    const char *found = strchr(argv0, '/') ? argv0 : find_on_path(argv0, self, scratch, PATH_MAX);
+    if (found == NULL || realpath(found, self) == NULL)
+        self[0] = '\0';
+}
+
 /* -- the daemon's directory and socket ---------------------------------------------------------------------- */
 
 /* $GAFFER_CC_DIR, else ${XDG_CACHE_HOME:-$HOME/.cache}/gaffer/cc; absolute (the daemon runs in /). */
@@ -387,11 +402,13 @@ int main(int argc, char **argv)
         compiler = name;
     }
 
-    char self[PATH_MAX];
-    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-    self[len > 0 ? len : 0] = '\0';
-    char found[PATH_MAX];
+    char self[PATH_MAX], found[PATH_MAX];
+    own_path(argv[0] ? argv[0] : "", self, found);
     struct command cmd = {compiler, cmd_argv};
+    if (cmd_argv == argv && self[0] == '\0') {
+        say("%s: cannot tell which %s on PATH is gaffer-cc itself (no /proc/self/exe)", compiler, compiler);
+        return 127;
+    }
     if (strchr(compiler, '/') == NULL) {
         cmd.path = find_on_path(compiler, self, found, sizeof found);
         if (cmd.path == NULL) {
@@ -422,7 +439,7 @@ int main(int argc, char **argv)
         fallback(&cmd, "the command line is too long for the daemon");
     int sock = connect_daemon(dir, &addr);
     if (sock < 0)
-        fallback(&cmd, "the daemon is not reachable (%s; its log is daemon.log beside daemon.sock)", strerror(errno));
+        fallback(&cmd, "the daemon is not reachable (%s; see %s/daemon.log)", strerror(errno), dir);
     if (write_all(sock, request, size) != 0)
         fallback(&cmd, "the daemon closed the connection");
     free(request);
@@ -442,7 +459,7 @@ int main(int argc, char **argv)
     unsigned char lenbuf[4];
     if (relay(sock, get_u32(head + 12), 1, &out_ok) != 0 || read_all(sock, lenbuf, 4) != 0 ||
         relay(sock, get_u32(lenbuf), 2, &err_ok) != 0) {
-        say("the daemon's answer was cut short (see daemon.log beside %s)", addr.sun_path);
+        say("the daemon's answer was cut short (see %s/daemon.log)", dir);
         return 1;
     }
     close(sock);
