@@ -162,6 +162,20 @@ def test_a_header_appearing_earlier_in_the_search_path_is_a_miss(tmp_path: Path)
     assert same_as_gcc(cc, ["-Ilib", "-c", "t.c"], tmp_path, ["t.o"]) == "t.c: miss: lib/stdint.h appeared"
 
 
+def test_precompiled_headers_are_never_trusted(tmp_path: Path) -> None:
+    """gcc reads p.h.gch instead of p.h when there is one, and its dependency file names neither."""
+    write(tmp_path / "p.h", "#define P 1\n")
+    write(tmp_path / "a.c", '#include "p.h"\nint x = P;\n')
+    cc = Launcher(tmp_path)
+    same_as_gcc(cc, ["-c", "a.c"], tmp_path, ["a.o"])
+    assert plain(["-x", "c-header", "p.h", "-o", "p.h.gch"], tmp_path).returncode == 0
+    assert same_as_gcc(cc, ["-c", "a.c"], tmp_path, ["a.o"]).startswith("a.c: miss, not stored: ./p.h.gch appeared")
+    write(tmp_path / "p.h", "#define P 2\n")
+    assert plain(["-x", "c-header", "p.h", "-o", "p.h.gch"], tmp_path).returncode == 0
+    outcome = same_as_gcc(cc, ["-c", "a.c"], tmp_path, ["a.o"])
+    assert outcome.endswith("a precompiled header is in the search path (./p.h.gch)"), outcome
+
+
 def test_a_comment_only_edit_is_a_preprocessed_hit(tmp_path: Path) -> None:
     build = project(tmp_path)
     cc = Launcher(tmp_path, GAFFER_CC_PREPROCESSOR="1")
