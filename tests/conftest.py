@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests import servers
-from tests.buildgrid import buildgrid, gaffer_serve, gaffer_serve_s3  # noqa: F401 - session fixtures, shared by every module
+from tests.buildgrid import buildgrid, buildgrid_execution, gaffer_serve, gaffer_serve_s3  # noqa: F401 - session fixtures, shared by every module
 from tests.cc_support import Launcher, install_client
 from tests.support import require, require_tool
 

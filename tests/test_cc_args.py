@@ -116,6 +116,8 @@ def test_working_directory_in_the_key_only_when_the_object_records_it() -> None:
     assert cwd_reason(compile_of("-c /b/x/a.c -ffile-prefix-map=/b/x=."), "/b/x", "/b") is None
     assert cwd_reason(compile_of("-c /b/x/a.c"), "/b/x", None) is None  # no rewriting: the path is in the key
     assert cwd_reason(compile_of("-c /b/x/a.c -ffile-prefix-map=/b/x=. -frecord-gcc-switches"), "/b/x", "/b")
+    assert cwd_reason(compile_of("-c a.c -o /b/x/a.o"), "/b/x", "/b") is None
+    assert cwd_reason(compile_of("-g -gsplit-dwarf -ffile-prefix-map=/b/x=. -c a.c -o /b/x/a.o"), "/b/x", "/b")
 
 
 def test_key_changes_are_named() -> None:

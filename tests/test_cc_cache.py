@@ -162,6 +162,20 @@ def test_a_header_appearing_earlier_in_the_search_path_is_a_miss(tmp_path: Path)
     assert same_as_gcc(cc, ["-Ilib", "-c", "t.c"], tmp_path, ["t.o"]) == "t.c: miss: lib/stdint.h appeared"
 
 
+def test_precompiled_headers_are_never_trusted(tmp_path: Path) -> None:
+    """gcc reads p.h.gch instead of p.h when there is one, and its dependency file names neither."""
+    write(tmp_path / "p.h", "#define P 1\n")
+    write(tmp_path / "a.c", '#include "p.h"\nint x = P;\n')
+    cc = Launcher(tmp_path)
+    same_as_gcc(cc, ["-c", "a.c"], tmp_path, ["a.o"])
+    assert plain(["-x", "c-header", "p.h", "-o", "p.h.gch"], tmp_path).returncode == 0
+    assert same_as_gcc(cc, ["-c", "a.c"], tmp_path, ["a.o"]).startswith("a.c: miss, not stored: ./p.h.gch appeared")
+    write(tmp_path / "p.h", "#define P 2\n")
+    assert plain(["-x", "c-header", "p.h", "-o", "p.h.gch"], tmp_path).returncode == 0
+    outcome = same_as_gcc(cc, ["-c", "a.c"], tmp_path, ["a.o"])
+    assert outcome.endswith("a precompiled header is in the search path (./p.h.gch)"), outcome
+
+
 def test_a_comment_only_edit_is_a_preprocessed_hit(tmp_path: Path) -> None:
     build = project(tmp_path)
     cc = Launcher(tmp_path, GAFFER_CC_PREPROCESSOR="1")
@@ -237,6 +251,12 @@ def test_two_checkouts_share_hits_and_get_their_own_dependency_files(tmp_path: P
     for build in (one, two):
         outcome = same_as_gcc(cc, cmake_like(build.parent, "-g"), build, produced)
         assert outcome.startswith(f"{build.parent}/src/main.c: miss")
+    # the skeleton object of -gsplit-dwarf records the .dwo's path as given, which no prefix map changes
+    for build in (one, two):
+        root = build.parent
+        args = ["-g", "-gsplit-dwarf", f"-ffile-prefix-map={root}=.", "-I../include", "-c", "../src/main.c", "-o",
+                f"{build}/split.o"]
+        assert "miss" in same_as_gcc(cc, args, build, ["split.o", "split.dwo"])
     # without a base directory, nothing is shared, and still each is gcc's
     (tmp_path / "p").mkdir()
     plain_cc = Launcher(tmp_path / "p")
@@ -259,8 +279,9 @@ def test_differential_across_checkouts_never_gives_the_other_checkouts_object(tm
         cc = Launcher(base, GAFFER_CC_BASEDIR=str(base), GAFFER_CC_PREPROCESSOR=rng.choice(["0", "1"]))
         roots = [base / "one", base / "two"]
         # each source keeps its command line's form through the rounds (so there are hits to get wrong)
-        styles = [(rng.choice([[], ["-g"], ["-g", "-ffile-prefix-map=ROOT=."], ["-ffile-prefix-map=ROOT=."], ["-O1"]]),
-                   rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5) for _ in range(3)]
+        styles = [(rng.choice([[], ["-g"], ["-g", "-ffile-prefix-map=ROOT=."], ["-ffile-prefix-map=ROOT=."], ["-O1"],
+                               ["-g", "-gsplit-dwarf", "-ffile-prefix-map=ROOT=."]]),
+                   rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5) for _ in range(3)]
         for rnd in range(4):
             for root in roots:
                 if root == roots[1] and rnd == 0:  # the second checkout starts as a copy of the first
@@ -282,14 +303,16 @@ def test_differential_across_checkouts_never_gives_the_other_checkouts_object(tm
                                                         f"int v{s}(void) {{ return {body} + {rng.randrange(3)}; }}\n")
                 (root / "build").mkdir(exist_ok=True)
             for root in roots if rng.random() < 0.5 else roots[::-1]:
-                for s, (flags, absolute, abs_inc, abs_first) in enumerate(styles):
+                for s, (flags, absolute, abs_inc, abs_first, abs_out) in enumerate(styles):
                     src = f"{root}/src/s{s}.c" if absolute else f"../src/s{s}.c"
                     inc = f"-I{root}/inc" if abs_inc else "-I../inc"
                     first = f"-I{root}/first" if abs_first else "-I../first"
                     flags = [f.replace("ROOT", str(root)) for f in flags]
-                    args = [*flags, first, inc, "-MD", "-MF", f"s{s}.d", "-c", src, "-o", f"s{s}.o"]
+                    out = f"{root}/build/s{s}.o" if abs_out else f"s{s}.o"
+                    args = [*flags, first, inc, "-MD", "-MF", f"s{s}.d", "-c", src, "-o", out]
+                    produced = [f"s{s}.o", f"s{s}.d", *([f"s{s}.dwo"] if "-gsplit-dwarf" in flags else [])]
                     try:
-                        outcome = same_as_gcc(cc, args, root / "build", [f"s{s}.o", f"s{s}.d"])
+                        outcome = same_as_gcc(cc, args, root / "build", produced)
                     except AssertionError as e:
                         raise AssertionError(f"seed {seed + example}, round {rnd}, {root.name}: {args}: {e}") from e
                     hits += "hit" in outcome and root != last_root.get(s, root)
@@ -419,3 +442,21 @@ def test_stats_explain_and_zero(tmp_path: Path) -> None:
     assert "uncacheable: preprocessing only (-E)" in stats
     subprocess.run([sys.executable, "-m", "gaffer", "cc", "--zero-stats"], cwd=tmp_path, env=cc.env, check=True)
     assert "misses                                   0" in cc.stats(tmp_path)
+
+
+def test_machines_share_entries_through_a_remote_tier_and_read_only_pushes_nothing(tmp_path: Path) -> None:
+    """Two machines (their own local caches and launcher directories) with one remote tier: the second hits
+    what the first compiled; a read-only one pulls but never pushes."""
+    remote = f"disk://{tmp_path / 'remote'}"
+    write(tmp_path / "x.c", "int f(void) { return 1; }\n")
+    machines = [Launcher(tmp_path / name, GAFFER_CACHE=remote) for name in ("a", "b", "ci", "d")]
+    for name in ("a", "b", "ci", "d"):
+        (tmp_path / name).mkdir()
+    ci = machines[2]
+    ci.env["GAFFER_CACHE_READ_ONLY"] = "1"
+    write(tmp_path / "y.c", "int g(void) { return 2; }\n")
+    assert same_as_gcc(ci, ["-c", "y.c"], tmp_path, ["y.o"]).startswith("y.c: miss")
+    assert same_as_gcc(machines[0], ["-c", "x.c"], tmp_path, ["x.o"]).startswith("x.c: miss")
+    assert same_as_gcc(machines[1], ["-c", "x.c"], tmp_path, ["x.o"]) == "x.c: direct hit"
+    assert same_as_gcc(ci, ["-c", "x.c"], tmp_path, ["x.o"]) == "x.c: direct hit"
+    assert same_as_gcc(machines[3], ["-c", "y.c"], tmp_path, ["y.o"]).startswith("y.c: miss")  # ci pushed nothing

@@ -132,6 +132,8 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
             inputs.update(signature for signatures in fingerprint.tools for signature in signatures)
             env_names.update(TOOL_ENVIRONMENT)
         records = build.outputs[name]
+        if any(f.sig is None for f in records.files):
+            return  # left on the remote: only the remote can say whether they are still there
         # An output directory's signature changes when a stray file lands in it: the full build removes it.
         outputs.extend((f"{root}/{f.path}", f.sig) for f in records.files)
         outputs.extend((f"{root}/{d.path}", d.sig) for d in records.directories)

@@ -111,8 +111,10 @@ def preprocessed_lookup(job: Job, c: Compile) -> tuple[Digest | None, Response |
             return key, None
         read = prerequisites(read_text(dep))
         deps = dep_list(job, read, ran)
-    if not isinstance(deps, str) and not any(job.ctx.time_macros.get(h, False) for _, h, _ in deps):
-        add_to_manifest(job, deps, key, read)
+    absent = job.absent_of(read)
+    if not isinstance(deps, str) and not isinstance(absent, str) and not any(
+            job.ctx.time_macros.get(h, False) for _, h, _ in deps):
+        add_to_manifest(job, deps, key, absent)
     job.ctx.stats.add({"preprocessed_hits": 1}, saved_s=job.saved)
     job.log("preprocessed hit", job.miss_reason)
     return key, job.response

@@ -59,8 +59,9 @@ class Job:
     miss_reason: str = ""
     response: Response = RUN_IT  # set by a restore
     saved: float = 0.0  # seconds a hit saved: the stored run's duration less this lookup's
-    # the paths, as written, that must not appear for an entry of these files read to hold (shadow.py)
-    absent_of: Callable[[list[str]], list[str]] = lambda read: []
+    # the paths, as written, that must not appear for an entry of these files read to hold (shadow.py), or
+    # why the run cannot be stored
+    absent_of: Callable[[list[str]], list[str] | str] = lambda read: []
 
     @property
     def cwd(self) -> str:
@@ -180,6 +181,9 @@ def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Dige
     deps = dep_list(job, read, ran)
     if isinstance(deps, str):
         return deps
+    absent = job.absent_of(read)
+    if isinstance(absent, str):
+        return absent
     cache = job.ctx.cache()
     if also is not None:
         result.put(cache, also, files, ran.stdout, ran.stderr, ran.start, ran.end)
@@ -188,7 +192,7 @@ def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Dige
     assert job.direct is not None
     key = result_key(job.direct, deps)
     result.put(cache, key, files, ran.stdout, ran.stderr, ran.start, ran.end)
-    add_to_manifest(job, deps, key, read)
+    add_to_manifest(job, deps, key, absent)
     return None
 
 
@@ -214,11 +218,11 @@ def dep_list(job: Job, read: list[str], ran: Ran) -> DepList | str:
     return deps
 
 
-def add_to_manifest(job: Job, deps: DepList, key: Digest, read: list[str]) -> None:
+def add_to_manifest(job: Job, deps: DepList, key: Digest, absent_paths: list[str]) -> None:
     """Put (deps -> key) first in the direct key's manifest (read again: another run may have added one), with
     the paths that must not appear for it to hold."""
     assert job.direct is not None
-    absent = [normalise(p, job.cwd, job.base_dir) for p in job.absent_of(read)]
+    absent = [normalise(p, job.cwd, job.base_dir) for p in absent_paths]
     cache = job.ctx.cache()
     stored = result.get(cache, job.direct, MANIFEST)
     entries = decode_manifest(job.blob(stored.files["manifest"])) if stored else []

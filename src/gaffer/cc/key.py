@@ -55,7 +55,11 @@ def cwd_reason(c: Compile, cwd: str, base_dir: str | None) -> str | None:
         return "debug info records the working directory (no -ffile-prefix-map for it)"
     if base_dir:
         for prefix, path, _ in c.key_args:
-            if not path.startswith("/") or normalise(path, cwd, base_dir) == path or prefix in ("-MF", "-o"):
+            if not path.startswith("/") or normalise(path, cwd, base_dir) == path or prefix == "-MF":
+                continue
+            if prefix == "-o":
+                if c.debug and "dwo" in c.extra_outputs:
+                    return "the object records the absolute path of its .dwo (no prefix map changes it)"
                 continue
             if c.records_switches:
                 return "-frecord-gcc-switches records the absolute paths"

@@ -7,6 +7,10 @@ the directories of the files read (quoted includes look beside the includer firs
 -idirafter and the CPATH family - wherever no file exists: one appearing there is a miss. A file created among
 the compiler's own system directories shadowing another system header is not tracked, nor a name that existed
 nowhere (`__has_include`).
+
+Precompiled headers: gcc reads `foo.h.gch` instead of `foo.h` when it finds one, and its dependency file then
+names neither. So a compile is not stored while a `.gch` is in a project directory, and a `.gch` appearing
+beside any name read is a miss.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ def explicit_dirs(c: Compile, env: Mapping[str, str]) -> list[str]:
     return dirs
 
 
-def absent_candidates(read: Sequence[str], explicit: Iterable[str], system: Sequence[str], cwd: str) -> list[str]:
+def absent_candidates(read: Sequence[str], explicit: Iterable[str], system: Sequence[str],
+                      cwd: str) -> list[str] | str:
     """Paths (written relative to the working directory when their directory was) where a file named like one
-    that was read, in a project directory, does not exist."""
+    that was read (or its precompiled `.gch`), in a project directory, does not exist; or why the compile must
+    not be stored."""
     def full(p: str) -> str:
         return os.path.normpath(os.path.join(cwd, p))
 
@@ -43,6 +49,10 @@ def absent_candidates(read: Sequence[str], explicit: Iterable[str], system: Sequ
 
     project = list(dict.fromkeys([*explicit, *(os.path.dirname(p) or "." for p in read if not is_system(full(p)))]))
     project_full = [(d, full(d)) for d in project]
+    for written, df in project_full:
+        pch = _precompiled(df)
+        if pch:
+            return f"a precompiled header is in the search path ({os.path.join(written, pch)})"
     search_full = [df for _, df in project_full] + system_full
     found = {full(p) for p in read}
     absent: dict[str, None] = {}
@@ -52,13 +62,23 @@ def absent_candidates(read: Sequence[str], explicit: Iterable[str], system: Sequ
         names = {path[len(d.rstrip("/")) + 1:] for d in search_full if path.startswith(d.rstrip("/") + "/")}
         for name in names:
             for written, df in project_full:
-                candidate = f"{df.rstrip('/')}/{name}"
-                if candidate in found or candidate in checked:
-                    continue
-                checked.add(candidate)
-                if not os.path.lexists(candidate):
-                    absent[os.path.join(written, name)] = None
+                for suffix in ("", ".gch"):
+                    candidate = f"{df.rstrip('/')}/{name}{suffix}"
+                    if candidate in found or candidate in checked:
+                        continue
+                    checked.add(candidate)
+                    if not os.path.lexists(candidate):
+                        absent[os.path.join(written, name + suffix)] = None
     return list(absent)
+
+
+def _precompiled(directory: str) -> str | None:
+    """The name of a precompiled header (file or directory) in `directory`, if any."""
+    try:
+        with os.scandir(directory) as entries:
+            return next((e.name for e in entries if e.name.endswith(".gch")), None)
+    except OSError:
+        return None
 
 
 def system_dirs(output: str) -> list[str]:
