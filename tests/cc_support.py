@@ -15,14 +15,15 @@ from gaffer.cc.daemon import flush_stats, running_pid
 from tests.support import alive, require_tool
 
 
-def install_client(directory: Path, target: Path) -> Path:
-    """`gaffer cc --install --dir target` with the launcher's directory `directory`: the real CLI builds it."""
+def install_client(directory: Path, target: Path) -> str:
+    """`gaffer cc --install --dir target` with the launcher's directory `directory` (the real CLI builds the
+    client); what it printed."""
     require_tool("cc")
     env = {**clean_env(), "GAFFER_CC_DIR": str(directory)}
     proc = subprocess.run([sys.executable, "-m", "gaffer", "cc", "--install", "--dir", str(target)], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
-    return target
+    return proc.stdout
 
 
 def clean_env() -> dict[str, str]:

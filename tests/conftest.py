@@ -106,7 +106,8 @@ def ceph_bucket(ceph_s3: servers.Server) -> servers.Server:
 def cc_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fast client gaffer-cc (with gaffer-ld and masquerade/), built once by `gaffer cc --install`."""
     base = tmp_path_factory.mktemp("ccbin")
-    return install_client(base / "cc", base / "bin")
+    install_client(base / "cc", base / "bin")
+    return base / "bin"
 
 
 @pytest.fixture

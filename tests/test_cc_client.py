@@ -194,7 +194,12 @@ def test_without_a_usable_daemon_the_compiler_runs_directly(launcher: Launcher, 
 
 
 def test_install_builds_once_and_rebuilds_when_the_source_changes(tmp_path: Path) -> None:
-    target = install_client(tmp_path / "cc", tmp_path / "bin")
+    target = tmp_path / "bin"
+    printed = install_client(tmp_path / "cc", target)
+    assert f"-DCMAKE_C_COMPILER_LAUNCHER={target}/gaffer-cc " in printed
+    assert f"-DCMAKE_CXX_LINKER_LAUNCHER={target}/gaffer-ld" in printed
+    assert f'make CC="{target}/gaffer-cc gcc"' in printed
+    assert f'export PATH="{target}/masquerade:$PATH"' in printed
     binary = tmp_path / "cc" / "bin" / "gaffer-cc"
     assert os.path.realpath(target / "gaffer-cc") == str(binary)
     assert os.readlink(target / "gaffer-ld") == "gaffer-cc"
