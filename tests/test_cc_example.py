@@ -172,3 +172,21 @@ def test_a_compile_error_is_reported_exactly_and_never_cached(project: Project) 
         assert (got.returncode, got.stdout, got.stderr) == (expected.returncode, expected.stdout, expected.stderr)
         assert not (src / "build" / "lib" / "op_add.o").exists()
         assert "direct_hits" not in project.delta(before)
+
+
+def test_two_checkouts_share_hits_with_a_base_directory(project: Project, cmake_plain: dict[str, str]) -> None:
+    """GAFFER_CC_BASEDIR above both checkouts: the second one's build is all hits, and its objects are still
+    the plain build's (-ffile-prefix-map keeps the checkout's path out of them)."""
+    env = {**project.launcher.env, "GAFFER_CC_BASEDIR": str(project.base)}
+    moved = {}
+    for name in ("checkout-a", "checkout-b"):
+        src = project.copy(name)
+        subprocess.run(["cmake", "-G", "Ninja", "-S", ".", "-B", "build",
+                        f"-DCMAKE_C_COMPILER_LAUNCHER={project.launcher.gaffer_cc}"], cwd=src, env=env,
+                       capture_output=True, check=True, timeout=300)
+        before = project.launcher.stats()
+        subprocess.run(["ninja", "-C", "build", "-j2"], cwd=src, env=env, capture_output=True, check=True,
+                       timeout=300)
+        moved[name] = project.delta(before)
+        assert outputs(src / "build") == cmake_plain
+    assert moved["checkout-b"] == {"direct_hits": SOURCES}, moved
