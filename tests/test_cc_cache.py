@@ -333,6 +333,7 @@ def test_differential_across_checkouts_never_gives_the_other_checkouts_object(tm
     (["-c", "x.c", "y.c"], ["x.o", "y.o"], "not cacheable"),
     (["-fprofile-generate", "-c", "x.c"], [], "not cacheable"),  # its objects carry a time stamp
     (["x.c", "-o", "prog"], ["prog"], "not cacheable"),
+    (["-c", "x.c", "-o", "/dev/null"], [], "not cacheable: output is not a regular file"),
 ])
 def test_argument_edge_cases(tmp_path: Path, args: list[str], produced: list[str], second: str) -> None:
     write(tmp_path / "pre.h", "#define PRE 3\n")
@@ -460,3 +461,16 @@ def test_machines_share_entries_through_a_remote_tier_and_read_only_pushes_nothi
     assert same_as_gcc(machines[1], ["-c", "x.c"], tmp_path, ["x.o"]) == "x.c: direct hit"
     assert same_as_gcc(ci, ["-c", "x.c"], tmp_path, ["x.o"]) == "x.c: direct hit"
     assert same_as_gcc(machines[3], ["-c", "y.c"], tmp_path, ["y.o"]).startswith("y.c: miss")  # ci pushed nothing
+
+
+def test_an_unusable_cache_never_fails_a_compile(tmp_path: Path) -> None:
+    write(tmp_path / "x.c", "int f(void) { return 1; }\n")
+    write(tmp_path / "e.c", "int f(void) { return nope; }\n")
+    (tmp_path / "not-a-dir").write_text("")
+    cc = Launcher(tmp_path, GAFFER_CACHE_DIR=str(tmp_path / "not-a-dir" / "cache"))
+    for source in ("x.c", "e.c"):
+        want = plain(["-c", source], tmp_path)
+        got = cc.run([GCC, "-c", source], tmp_path)
+        assert (got.returncode, got.stdout, got.stderr) == (want.returncode, want.stdout, want.stderr)
+        assert cc.outcomes()[0].startswith(f"{source}: cache unusable (local cache")
+    assert "uncacheable: cache unusable" in cc.stats(tmp_path)

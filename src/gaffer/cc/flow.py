@@ -85,9 +85,19 @@ class Job:
         return self.ctx.cache().local.read_blob(digest) or b""
 
 
+def special_output(cwd: str, outputs: dict[str, str]) -> str | None:
+    """An output that exists and is not a regular file (`-o /dev/null`, a directory): such a command runs
+    unchanged, and a restore never replaces it."""
+    for path in outputs.values():
+        full = os.path.join(cwd, path)
+        if os.path.lexists(full) and not os.path.isfile(full) or os.path.islink(full):
+            return path
+    return None
+
+
 def uncacheable(ctx: Context, request: Request, reason: str, detail: str = "") -> Response:
     ctx.stats.add({"local": 1}, reason_group="uncacheable", reason=reason)
-    ctx.log(f"{' '.join(request.argv)}: not cacheable: {detail or reason}")
+    ctx.log(f"{' '.join(request.argv)}: not cacheable: {reason}" + (f": {detail}" if detail and detail not in reason else ""))
     return RUN_IT
 
 
@@ -144,6 +154,7 @@ def run_and_store(job: Job, args: list[str], read_deps: Callable[[Ran], str | No
         job.log("failed", f"exit status {ran.exit_code}: not cached")
         return response
     if job.direct is None:  # the cache was unusable: nothing to store into
+        job.ctx.stats.add({"local": 1}, reason_group="uncacheable", reason="cache unusable")
         return response
     try:
         why_not = store(job, ran, read_deps, also)
