@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import gaffer_env, require_tool
+from tests.support import NOBODY, gaffer_env, require, require_tool
 
 GCC = "gcc"
 
@@ -474,3 +474,16 @@ def test_an_unusable_cache_never_fails_a_compile(tmp_path: Path) -> None:
         assert (got.returncode, got.stdout, got.stderr) == (want.returncode, want.stdout, want.stderr)
         assert cc.outcomes()[0].startswith(f"{source}: cache unusable (local cache")
     assert "uncacheable: cache unusable" in cc.stats(tmp_path)
+
+
+def test_the_launcher_directory_is_private_and_never_another_users(tmp_path: Path) -> None:
+    write(tmp_path / "x.c", "int f(void) { return 1; }\n")
+    (tmp_path / "cc").mkdir(mode=0o755)
+    cc = Launcher(tmp_path)
+    assert cc.run([GCC, "-c", "x.c"], tmp_path).returncode == 0
+    assert (tmp_path / "cc").stat().st_mode & 0o777 == 0o700
+    require(os.geteuid() == 0, "giving a directory to another user needs root")
+    os.chown(tmp_path / "cc", NOBODY, NOBODY)
+    refused = cc.run([GCC, "-c", "x.c"], tmp_path)
+    assert refused.returncode == 3 and refused.stderr.decode().startswith("gaffer: launcher directory")
+    assert refused.stderr.count(b"\n") == 1
