@@ -3,8 +3,9 @@ a hit, or run the command and store what it did.
 
 A `Job` knows its key parts (what is known before running: tool identity, arguments, environment, named
 inputs), the outputs by role and where they go here, and how to learn the files the run read (a dependency
-file). The manifest under the direct key lists, per set of files read, their digests and the result key: a hit
-needs every file to still have its digest (stat cache). A run that failed is replayed and never stored; one
+file). The manifest under the direct key lists, per set of files read, their digests, the paths that must stay
+absent (shadow.py) and the result key: a hit needs every file to still have its digest (stat cache) and no absent
+path to exist. A run that failed is replayed and never stored; one
 during which an input changed, or whose outputs the tool did not write, is replayed and not stored.
 """
 
