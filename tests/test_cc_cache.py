@@ -487,3 +487,48 @@ def test_the_launcher_directory_is_private_and_never_another_users(tmp_path: Pat
     refused = cc.run([GCC, "-c", "x.c"], tmp_path)
     assert refused.returncode == 3 and refused.stderr.decode().startswith("gaffer: launcher directory")
     assert refused.stderr.count(b"\n") == 1
+
+
+def test_concurrent_requests_on_one_context_as_the_daemon_serves_them(tmp_path: Path) -> None:
+    """handle() from many threads at once with one Context (what the daemon does): checkouts with the same
+    key race on one manifest and one result, others compile their own sources; every object is gcc's."""
+    from gaffer.cc.launch import DONE, Context, Request, handle
+
+    log = tmp_path / "cc.log"
+    env = gaffer_env(tmp_path / "cache", GAFFER_CC_DIR=str(tmp_path / "cc"), GAFFER_CC_BASEDIR=str(tmp_path),
+                     GAFFER_CC_DEBUG=str(log))
+    builds = [checkout(tmp_path / f"c{i}", header_value=i % 2) for i in range(6)]
+    args = ["-O1", "-I../include", "-MD", "-MF", "main.d", "-c", "../src/main.c", "-o", "main.o"]
+    want = {}
+    for build in builds:
+        assert plain(args, build).returncode == 0
+        want[build] = outputs(build, ["main.o", "main.d"])
+        remove(build, ["main.o", "main.d"])
+    ctx = Context.from_environment(env, str(tmp_path))
+
+    def compile_in(build: Path) -> int:
+        return handle(Request(0, str(build), [GCC, *args], env), ctx).exit_code
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(2):  # cold, then warm
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(compile_in, builds)) == [0] * 6
+        for build in builds:
+            assert outputs(build, ["main.o", "main.d"]) == want[build]
+            remove(build, ["main.o", "main.d"])
+    assert log.read_text().count("direct hit") >= 6  # the warm round at least
+    response = handle(Request(0, str(builds[0]), [GCC, *args], env), ctx)
+    assert response.verdict == DONE and outputs(builds[0], ["main.o", "main.d"]) == want[builds[0]]
+    ctx.close()
+
+
+@pytest.mark.parametrize("tool", ["g++", "c++"])
+def test_cxx_compiles_are_cached_under_any_driver_name(tmp_path: Path, tool: str) -> None:
+    require_tool(tool)
+    write(tmp_path / "v.cpp", "#include <vector>\n#include <string>\n"
+                              "std::string f(std::vector<int> v) { return std::to_string(v.size()); }\n")
+    cc = Launcher(tmp_path)
+    args = ["-O1", "-std=c++17", "-MMD", "-c", "v.cpp"]
+    assert same_as_gcc(cc, args, tmp_path, ["v.o", "v.d"], tool=tool).startswith("v.cpp: miss")
+    assert same_as_gcc(cc, args, tmp_path, ["v.o", "v.d"], tool=tool) == "v.cpp: direct hit"
