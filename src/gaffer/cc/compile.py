@@ -30,6 +30,7 @@ from gaffer.cc.flow import (
     restore,
     run,
     run_and_store,
+    special_output,
     temp_file,
     uncacheable,
 )
@@ -51,7 +52,7 @@ def host_platform() -> dict[str, str]:
 def handle_compile(request: Request, ctx: Context) -> Response:
     c = classify(request.argv[1:], request.cwd)
     if isinstance(c, Uncacheable):
-        return uncacheable(ctx, request, c.reason, str(c))
+        return uncacheable(ctx, request, c.reason, c.detail)
     bad_env = next((name for name in UNCACHEABLE_ENV if request.env.get(name)), None)
     if bad_env is not None:
         return uncacheable(ctx, request, f"{bad_env} is set")
@@ -59,6 +60,9 @@ def handle_compile(request: Request, ctx: Context) -> Response:
     if compiler is None:
         return uncacheable(ctx, request, "compiler not found")
     outputs = {"object": c.output, **({"deps": c.dep_file} if c.dep_file is not None else {}), **c.extra_outputs}
+    special = special_output(request.cwd, outputs)
+    if special is not None:
+        return uncacheable(ctx, request, "output is not a regular file", special)
     base_dir = ctx.base_dir if usable(ctx.base_dir, request.cwd) else None
     job = Job(request, ctx, compiler, c.source, outputs, base_dir, ("direct_hits", "misses"))
     job.absent_of = lambda read: absent_candidates(read, explicit_dirs(c, request.env), search_dirs(job, c), job.cwd)

@@ -3,8 +3,9 @@ a hit, or run the command and store what it did.
 
 A `Job` knows its key parts (what is known before running: tool identity, arguments, environment, named
 inputs), the outputs by role and where they go here, and how to learn the files the run read (a dependency
-file). The manifest under the direct key lists, per set of files read, their digests and the result key: a hit
-needs every file to still have its digest (stat cache). A run that failed is replayed and never stored; one
+file). The manifest under the direct key lists, per set of files read, their digests, the paths that must stay
+absent (shadow.py) and the result key: a hit needs every file to still have its digest (stat cache) and no absent
+path to exist. A run that failed is replayed and never stored; one
 during which an input changed, or whose outputs the tool did not write, is replayed and not stored.
 """
 
@@ -85,9 +86,19 @@ class Job:
         return self.ctx.cache().local.read_blob(digest) or b""
 
 
+def special_output(cwd: str, outputs: dict[str, str]) -> str | None:
+    """An output that exists and is not a regular file (`-o /dev/null`, a directory): such a command runs
+    unchanged, and a restore never replaces it."""
+    for path in outputs.values():
+        full = os.path.join(cwd, path)
+        if os.path.lexists(full) and not os.path.isfile(full) or os.path.islink(full):
+            return path
+    return None
+
+
 def uncacheable(ctx: Context, request: Request, reason: str, detail: str = "") -> Response:
     ctx.stats.add({"local": 1}, reason_group="uncacheable", reason=reason)
-    ctx.log(f"{' '.join(request.argv)}: not cacheable: {detail or reason}")
+    ctx.log(f"{' '.join(request.argv)}: not cacheable: {reason}" + (f": {detail}" if detail and detail not in reason else ""))
     return RUN_IT
 
 
@@ -144,6 +155,7 @@ def run_and_store(job: Job, args: list[str], read_deps: Callable[[Ran], str | No
         job.log("failed", f"exit status {ran.exit_code}: not cached")
         return response
     if job.direct is None:  # the cache was unusable: nothing to store into
+        job.ctx.stats.add({"local": 1}, reason_group="uncacheable", reason="cache unusable")
         return response
     try:
         why_not = store(job, ran, read_deps, also)
