@@ -342,6 +342,8 @@ class RemoteExecutor:
             broken_since = broken_since or now
             if now - broken_since > REATTACH_S:
                 raise Unreachable(f"operation {operation}: {why} (for {REATTACH_S:g}s)")
+            if self._down:  # another task found the remote gone for good: run here now rather than wait
+                raise Unreachable(self._down)
             if self._cancelled.wait(delay):
                 raise RemoteFailure("interrupted")
             delay = min(delay * 2, 5.0)
