@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -66,6 +67,8 @@ METADATA_KEY = "build.bazel.remote.execution.v2.requestmetadata-bin"
 WORKER_START_TIMEOUT_S = 60.0
 # the lognormal of the scale benchmark: median 1 s, p99 20 s (z of the 99th percentile: 2.326)
 SIGMA = math.log(20.0) / 2.3263
+STREAMS_PER_CHANNEL = 50  # gaffer serve refuses streams beyond 100 per connection
+SERVER_CALLS = 1000  # gaffer serve's cap on calls in progress: bot sessions' polls and clients' Execute streams
 
 
 # -- a REAPI client from the protos ----------------------------------------------------------------------------
@@ -95,13 +98,20 @@ def request_metadata(build: str, task: str) -> tuple[tuple[str, bytes], ...]:
     return ((METADATA_KEY, meta.SerializeToString()),)
 
 
-class Client:
-    """Execute requests on one channel (grpc.aio), inputs uploaded first with BatchUpdateBlobs."""
+def connect(address: str) -> grpc.aio.Channel:
+    """A channel with a connection of its own (gRPC shares one between channels to the same address otherwise)."""
+    return grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
-        self.cas = re_grpc.ContentAddressableStorageStub(self.channel)
-        self.execution = exec_grpc.ExecutionStub(self.channel)
+
+class Client:
+    """Execute requests (grpc.aio) over `channels` connections taken in turn, since gaffer serve takes at most
+    STREAMS_PER_CHANNEL streams per connection; inputs uploaded first with BatchUpdateBlobs."""
+
+    def __init__(self, address: str, channels: int = 1) -> None:
+        self.channels = [connect(address) for _ in range(channels)]
+        self.cas = re_grpc.ContentAddressableStorageStub(self.channels[0])
+        self.executions = [exec_grpc.ExecutionStub(channel) for channel in self.channels]
+        self._turn = itertools.count()
 
     async def upload(self, blobs: Iterable[tuple[Digest, bytes]]) -> None:
         unique = list(dict(blobs).items())
@@ -117,7 +127,8 @@ class Client:
         request = re_pb2.ExecuteRequest(action_digest=to_proto(action), skip_cache_lookup=True)
         t0 = time.perf_counter()
         last: operations_pb2.Operation | None = None
-        async for operation in self.execution.Execute(request, metadata=request_metadata(build, task), timeout=3600):
+        execution = self.executions[next(self._turn) % len(self.executions)]
+        async for operation in execution.Execute(request, metadata=request_metadata(build, task), timeout=3600):
             last = operation
             if operation.done:
                 break
@@ -131,7 +142,8 @@ class Client:
         return elapsed, response
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
 
 # -- processes ----------------------------------------------------------------------------------------------------
@@ -250,7 +262,7 @@ def _summary(times: list[float]) -> dict[str, Any]:
 
 async def _flood(address: str, count: int, concurrency: int) -> tuple[float, float]:
     """Seconds to run `count` trivial actions with `concurrency` in flight, and this process's CPU seconds."""
-    client = Client(address)
+    client = Client(address, math.ceil(concurrency / STREAMS_PER_CHANNEL))
     try:
         actions = [action_blobs(["true"], f"flood-{uuid.uuid4()}") for _ in range(count)]
         await client.upload(blob for _, blobs in actions for blob in blobs)
@@ -318,6 +330,11 @@ def critical_path(tasks: list[Task]) -> float:
     return max(finish)
 
 
+async def _answer(call: Any) -> bots_pb2.BotSession:
+    response: bots_pb2.BotSession = await call
+    return response
+
+
 class SimWorker:
     """A stand-in worker: the real Bots protocol (a session, long-polled UpdateBotSession carrying every lease),
     but an action is an asyncio.sleep of the task's duration, looked up by action digest."""
@@ -329,6 +346,8 @@ class SimWorker:
         self.leases: dict[str, bots_pb2.Lease] = {}
         self.changed = asyncio.Event()
         self.busy_s = 0.0
+        self.refused = 0  # polls the server refused (its call cap)
+        self.lost = 0  # sessions the server ended
         self.session_name = ""
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -336,10 +355,7 @@ class SimWorker:
             worker_pb2.Device.Property(key=k, value=v) for k, v in HOST_PLATFORM.items()])
         worker = worker_pb2.Worker(devices=[device],
                                    properties=[worker_pb2.Worker.Property(key="_gaffer_max_jobs", value="1")])
-        session = await self.stub.CreateBotSession(bots_pb2.CreateBotSessionRequest(
-            parent="", bot_session=bots_pb2.BotSession(bot_id=self.name, status=bots_pb2.OK, worker=worker)),
-            timeout=60)
-        self.session_name = session.name
+        session = await self._create(worker)
         while not stop.is_set():
             self.changed.clear()
             sent = {lease_id: lease.state for lease_id, lease in self.leases.items()}
@@ -347,18 +363,29 @@ class SimWorker:
                 name=session.name, bot_id=self.name, status=bots_pb2.OK, worker=worker,
                 leases=list(self.leases.values())))
             call = self.stub.UpdateBotSession(request, timeout=10)
+            answered = asyncio.ensure_future(_answer(call))
             changed = asyncio.ensure_future(self.changed.wait())
             stopped = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({call, changed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({answered, changed, stopped}, return_when=asyncio.FIRST_COMPLETED)
             changed.cancel()
             stopped.cancel()
-            if call not in done:
+            if answered not in done:  # a lease of ours finished: the call in flight makes way for its report
                 call.cancel()
+                await asyncio.gather(answered, return_exceptions=True)
                 continue
             try:
-                response = await call
+                response = answered.result()
             except grpc.aio.AioRpcError as e:
                 if e.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    continue
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                    self.refused += 1  # as a real worker does: call again shortly
+                    await asyncio.sleep(0.05)
+                    continue
+                if e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                    self.lost += 1  # the server ended the session: its leases are requeued there
+                    self.leases.clear()
+                    session = await self._create(worker)
                     continue
                 raise
             for lease_id, state in sent.items():  # reported COMPLETED: the server has it now
@@ -375,6 +402,21 @@ class SimWorker:
                     self.leases[lease.id] = ours
                     asyncio.ensure_future(self._run(ours))
 
+    async def _create(self, worker: worker_pb2.Worker) -> bots_pb2.BotSession:
+        request = bots_pb2.CreateBotSessionRequest(
+            parent="", bot_session=bots_pb2.BotSession(bot_id=self.name, status=bots_pb2.OK, worker=worker))
+        while True:
+            try:
+                session: bots_pb2.BotSession = await self.stub.CreateBotSession(request, timeout=60)
+            except grpc.aio.AioRpcError as e:
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                    raise
+                self.refused += 1
+                await asyncio.sleep(0.05)
+                continue
+            self.session_name = session.name
+            return session
+
     async def _run(self, lease: bots_pb2.Lease) -> None:
         digest = re_pb2.Digest()
         lease.payload.Unpack(digest)
@@ -389,9 +431,11 @@ class SimWorker:
         self.changed.set()
 
 
-async def _run_graph(address: str, tasks: list[Task], workers_n: int) -> dict[str, Any]:
-    channels = [grpc.aio.insecure_channel(address) for _ in range(max(1, workers_n // 50))]
-    client = Client(address)
+async def _run_graph(address: str, tasks: list[Task], workers_n: int, inflight: int) -> dict[str, Any]:
+    """Run the graph: each task submitted once its deps are done, at most `inflight` Execute streams at once."""
+    channels = [connect(address) for _ in range(math.ceil(workers_n / STREAMS_PER_CHANNEL))]
+    client = Client(address, math.ceil(inflight / STREAMS_PER_CHANNEL))
+    lanes = asyncio.Semaphore(inflight)
     durations: dict[str, float] = {}
     blobs: list[tuple[Digest, bytes]] = []
     for task in tasks:
@@ -418,7 +462,8 @@ async def _run_graph(address: str, tasks: list[Task], workers_n: int) -> dict[st
 
     async def one(n: int) -> None:
         assert tasks[n].digest is not None
-        await client.execute(tasks[n].digest, build, tasks[n].name)
+        async with lanes:
+            await client.execute(tasks[n].digest, build, tasks[n].name)
         finished.put_nowait(n)
 
     t0 = time.perf_counter()
@@ -438,7 +483,8 @@ async def _run_graph(address: str, tasks: list[Task], workers_n: int) -> dict[st
     for channel in channels:
         await channel.close()
     await client.close()
-    return {"wall_s": wall, "busy_s": sum(sim.busy_s for sim in sims)}
+    return {"wall_s": wall, "busy_s": sum(sim.busy_s for sim in sims), "refused": sum(sim.refused for sim in sims),
+            "lost": sum(sim.lost for sim in sims)}
 
 
 def bench_scale(sizes: list[int], per_worker: int, layers: int, time_scale: float, seed: int, tmp: Path,
@@ -449,9 +495,11 @@ def bench_scale(sizes: list[int], per_worker: int, layers: int, time_scale: floa
         work = sum(task.seconds for task in tasks)
         path = critical_path(tasks)
         bound_wall = max(path, work / workers_n)
+        # the client keeps as many actions in flight as the server's call cap leaves beside the workers' polls
+        inflight = min(2 * workers_n, SERVER_CALLS - workers_n - 20)
         serve = start_gaffer_serve(*serve_args, workdir=tmp / f"serve-scale-{workers_n}")
         try:
-            measured = asyncio.run(_run_graph(serve.grpc_address, tasks, workers_n))
+            measured = asyncio.run(_run_graph(serve.grpc_address, tasks, workers_n, inflight))
             server_cpu = cpu_seconds(serve.proc.pid)
         finally:
             serve.stop()
@@ -460,7 +508,8 @@ def bench_scale(sizes: list[int], per_worker: int, layers: int, time_scale: floa
         rows.append({"workers": workers_n, "actions": len(tasks), "work_s": work, "critical_path_s": path,
                      "bound_wall_s": bound_wall, "wall_s": measured["wall_s"], "efficiency": efficiency,
                      "best_efficiency": best, "of_best": efficiency / best, "server_cpu_s": server_cpu,
-                     "time_scale": time_scale})
+                     "time_scale": time_scale, "inflight": inflight, "polls_refused": measured["refused"],
+                     "sessions_lost": measured["lost"]})
     return rows
 
 
@@ -556,9 +605,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=8, help="throughput: gaffer workers")
     parser.add_argument("--concurrency", type=int, default=64, help="throughput: Execute streams in flight")
     parser.add_argument("--scale-workers", default="10,100,500", help="scale: simulated worker counts")
-    parser.add_argument("--per-worker", type=int, default=10, help="scale: actions per simulated worker")
-    parser.add_argument("--layers", type=int, default=5, help="scale: layers of the generated graph")
-    parser.add_argument("--time-scale", type=float, default=0.2, help="scale: factor on every duration")
+    parser.add_argument("--per-worker", type=int, default=20, help="scale: actions per simulated worker")
+    parser.add_argument("--layers", type=int, default=4, help="scale: layers of the generated graph")
+    parser.add_argument("--time-scale", type=float, default=0.1, help="scale: factor on every duration")
     parser.add_argument("--seed", type=int, default=1, help="scale: the graph's random seed")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)

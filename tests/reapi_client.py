@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +35,35 @@ class Submitted:
     blobs: dict[str, bytes]  # hash -> data: everything uploaded for it
 
 
-class Client:
-    """CAS upload, Execute, and blob reads on one instance of a REAPI server."""
+class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds the same metadata (a token, RequestMetadata) to every call of a channel."""
 
-    def __init__(self, address: str, instance: str = "") -> None:
+    def __init__(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        self.metadata = list(metadata)
+
+    def _add(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return details._replace(metadata=[*(details.metadata or ()), *self.metadata])  # type: ignore[attr-defined]
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._add(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._add(details), request)
+
+
+class Client:
+    """CAS upload, Execute, and blob reads on one instance of a REAPI server; with `token`, as a bearer token on
+    every call, with `build`, as the RequestMetadata's tool_invocation_id (the build the server shows)."""
+
+    def __init__(self, address: str, instance: str = "", token: str | None = None, build: str | None = None) -> None:
         self.channel = grpc.insecure_channel(address)
+        metadata: list[tuple[str, str | bytes]] = [("authorization", f"Bearer {token}")] if token else []
+        if build:
+            request = re_pb2.RequestMetadata(tool_details=re_pb2.ToolDetails(tool_name="tests"),
+                                             tool_invocation_id=build, action_mnemonic="test")
+            metadata.append(("build.bazel.remote.execution.v2.requestmetadata-bin", request.SerializeToString()))
+        if metadata:
+            self.channel = grpc.intercept_channel(self.channel, _Metadata(metadata))
         self.instance = instance
         self.cas = re_grpc.ContentAddressableStorageStub(self.channel)
         self.execution = exec_grpc.ExecutionStub(self.channel)
@@ -76,11 +100,10 @@ class Client:
             self.upload(blobs.values())
         return Submitted(action, action_digest, blobs)
 
-    def upload(self, blobs: Sequence[bytes] | object) -> None:
-        requests = [re_pb2.BatchUpdateBlobsRequest.Request(digest=digest_of(data), data=data)
-                    for data in blobs]  # type: ignore[attr-defined]
-        response = self.cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance,
-                                                                             requests=requests), timeout=30)
+    def upload(self, blobs: Iterable[bytes]) -> None:
+        requests = [re_pb2.BatchUpdateBlobsRequest.Request(digest=digest_of(data), data=data) for data in blobs]
+        request = re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance, requests=requests)
+        response = self.cas.BatchUpdateBlobs(request, timeout=30)
         assert all(r.status.code == 0 for r in response.responses), response
 
     def start(self, submitted: Submitted, skip_cache_lookup: bool = True,
@@ -107,8 +130,8 @@ class Client:
         return response
 
     def read(self, digest: re_pb2.Digest) -> bytes:
-        response = self.cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(instance_name=self.instance,
-                                                                         digests=[digest]), timeout=30)
+        request = re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=[digest])
+        response = self.cas.BatchReadBlobs(request, timeout=30)
         (entry,) = response.responses
         assert entry.status.code == 0, entry.status
         return entry.data

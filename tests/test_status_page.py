@@ -1,8 +1,10 @@
 """The status of `gaffer serve`: /status.json (its schema, the token), `gaffer status`, and the /status page in a
 real headless Chromium (Debian's, driven by Selenium through Debian's chromedriver: no browser download).
 
-One server for the module, with a read-write and a read-only token. Counters are shared across the tests, so
-each test compares before and after rather than absolute numbers.
+One server for the module, with a read-write and a read-only token, and one real `gaffer worker` (max 2 jobs)
+holding one action of each kind the page shows: one finished, one running (a long sleep), one queued for a
+platform no worker has. Counters are shared across the tests, so each test compares before and after rather than
+absolute numbers.
 """
 
 from __future__ import annotations
@@ -10,23 +12,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import jsonschema
 import pytest
 
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from tests import servers
 from tests.buildgrid import ReapiServer, start_gaffer_serve
+from tests.reapi_client import Client, start_worker
 from tests.support import gaffer_env, require, require_tool, run_gaffer
 
 TOKEN = "status-test-token"
 READ_TOKEN = "status-test-read-token"
 BROWSER_TIMEOUT_S = 30.0
+WAIT_S = 30.0
+BUILD = str(uuid.uuid4())
 
 _NUMBER = {"type": "number", "minimum": 0}
 _COUNT = {"type": "integer", "minimum": 0}
@@ -72,14 +80,51 @@ SCHEMA: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReapiServer]:
-    """`gaffer serve` with a read-write token and a read-only one."""
+    """`gaffer serve` with a read-write token and a read-only one, a worker, and an action finished, one running
+    and one queued (see the module's docstring)."""
     secrets = tmp_path_factory.mktemp("tokens")
     (secrets / "token").write_text(TOKEN)
     (secrets / "read-token").write_text(READ_TOKEN)
     server = start_gaffer_serve("--token-file", str(secrets / "token"), "--read-token-file",
                                 str(secrets / "read-token"))
-    yield server
-    server.stop()
+    worker = client = None
+    streams: list[Any] = []
+    try:
+        worker = start_worker(server.grpc_address, "status", "--platform", "test=status", "--max-jobs", "2",
+                              "--token-file", str(secrets / "token"),
+                              directory=tmp_path_factory.mktemp("worker"))
+        client = Client(server.grpc_address, token=TOKEN, build=BUILD)
+        done = client.execute(client.action(["true"], platform={"test": "status"}))
+        assert (done.status.code, done.result.exit_code) == (0, 0), done
+        for argv, platform in ((["sleep", "600"], {"test": "status"}), (["true"], {"test": "status", "pool": "none"})):
+            stream = client.start(client.action(argv, platform=platform), timeout=600)
+            streams.append(stream)
+            threading.Thread(target=_drain, args=(stream,), daemon=True).start()
+        servers.wait_until(lambda: _has_work(server), "a running and a queued action", WAIT_S)
+        yield server
+    finally:
+        for stream in streams:
+            stream.cancel()
+        if client is not None:
+            client.close()
+        if worker is not None:
+            worker.stop()
+        server.stop()
+
+
+def _drain(stream: Any) -> None:
+    """Follow an Execute stream until the module's end cancels it."""
+    try:
+        for _ in stream:
+            pass
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.CANCELLED:
+            raise
+
+
+def _has_work(server: ReapiServer) -> bool:
+    status = _status(server)
+    return bool(status["running"]) and bool(status["queue"])
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -131,6 +176,23 @@ def test_status_json_follows_its_schema_and_counts_action_cache_lookups(serve: R
     assert ac_after["hit_rate"] == pytest.approx(ac_after["hits"] / (ac_after["hits"] + ac_after["misses"]))
 
 
+def test_status_json_shows_the_worker_and_its_actions(serve: ReapiServer) -> None:
+    status = _status(serve)
+    jsonschema.validate(status, SCHEMA)
+    assert status["execution"] is True
+    (worker,) = status["workers"]
+    assert worker["name"].endswith("-status") and worker["max_jobs"] == 2
+    assert worker["platform"]["test"] == ["status"] and worker["platform"]["linking"] == ["true"]
+    (running,) = status["running"]
+    assert worker["running"] == [running["operation"]]
+    assert (running["build"], running["worker"], running["attempt"]) == (BUILD, worker["name"], 1)
+    (queued,) = status["queue"]
+    assert queued["build"] == BUILD and "pool=none" in queued["waiting_for"], queued
+    assert any(r["build"] == BUILD and r["outcome"] == "ok" and r["worker"] == worker["name"]
+               for r in status["recent"]), status["recent"]
+    assert status["counters"]["actions_started"] >= 2
+
+
 def test_status_page_is_self_contained(serve: ReapiServer) -> None:
     """The page is served without a token (it holds no data), loads nothing from elsewhere and says so in a CSP."""
     status, headers, body = _get(f"{serve.http_url}/status")
@@ -151,10 +213,13 @@ def test_gaffer_status_prints_the_tables(serve: ReapiServer, tmp_path: Path) -> 
     lines = shown.stdout.splitlines()
     assert lines[0].startswith("gaffer ") and lines[0].endswith(f" at {serve.http_url}")
     assert lines[1].startswith("action cache: ") and " hits (" in lines[1]
-    document = _status(serve)
-    if document["execution"]:
-        assert any(line.startswith("execution: ") for line in lines)
-        assert any(line.startswith("workers") for line in lines)
+    assert lines[2].startswith("execution: 1 worker (1 of 2 slots busy), 1 queued, 1 running"), lines[2]
+    worker = _status(serve)["workers"][0]["name"]
+    for title in ("workers (1)", "queue (1)", "running (1)"):
+        assert title in lines, (title, lines)
+    (row,) = [line for line in lines if line.startswith(worker)]
+    assert f"1/2  test [{BUILD[:8]}]" in row, row
+    assert any("pool=none" in line for line in lines)
     raw = run_gaffer(["status", "--server", serve.http_url.removeprefix("http://"), "--token-file", str(token),
                       "--json"], tmp_path, env)
     assert raw.returncode == 0, raw.stderr
@@ -237,11 +302,13 @@ def test_status_page_in_headless_chromium(serve: ReapiServer, chromium: Any, tmp
     cards = chromium.find_element(By.ID, "cards").text
     assert "ACTION CACHE HIT RATE" in cards.upper()
     assert chromium.execute_script("return sessionStorage.getItem('gaffer-status-token')") == TOKEN
-    document = _status(serve)
-    if document["execution"]:
-        assert chromium.find_element(By.ID, "workers").is_displayed()
-    else:
-        assert chromium.find_element(By.ID, "no-execution").is_displayed()
+    assert not chromium.find_element(By.ID, "no-execution").is_displayed()
+    worker = _status(serve)["workers"][0]["name"]
+    tables = {name: chromium.find_element(By.ID, name).text for name in ("workers", "queue", "running", "recent")}
+    assert worker in tables["workers"] and "1/2" in tables["workers"] and BUILD[:8] in tables["workers"]
+    assert "pool=none" in tables["queue"] and BUILD[:8] in tables["queue"]
+    assert worker in tables["running"] and BUILD[:8] in tables["running"]
+    assert "ok" in tables["recent"].split()
     # it refreshes by itself: the time of the last update changes without any action of ours
     first = chromium.find_element(By.ID, "updated").text
     wait.until(lambda d: d.find_element(By.ID, "updated").text != first)
