@@ -209,6 +209,16 @@ def test_a_failing_command_reports_its_exit_code_and_stderr_as_a_local_failure_d
     assert farm.started() == before + 1
 
 
+
+def test_a_task_past_its_timeout_fails_as_it_does_here(farm: Farm, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"tasks": {"slow": {
+        "command": f"sleep 30 # {uuid.uuid4().hex}", "outputs": ["never.txt"], "timeout": "1s"}}}))
+    proc = gaffer(ws, "--remote", farm.url)
+    assert proc.returncode == 1
+    assert "FAILED slow (" in proc.stderr and "): timed out after 1s" in proc.stderr, proc.stderr
+
 def test_an_unreachable_remote_falls_back_to_local_with_one_warning(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     write_workspace(ws, "fallback")
