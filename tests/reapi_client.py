@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,11 +100,10 @@ class Client:
             self.upload(blobs.values())
         return Submitted(action, action_digest, blobs)
 
-    def upload(self, blobs: Sequence[bytes] | object) -> None:
-        requests = [re_pb2.BatchUpdateBlobsRequest.Request(digest=digest_of(data), data=data)
-                    for data in blobs]  # type: ignore[attr-defined]
-        response = self.cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance,
-                                                                             requests=requests), timeout=30)
+    def upload(self, blobs: Iterable[bytes]) -> None:
+        requests = [re_pb2.BatchUpdateBlobsRequest.Request(digest=digest_of(data), data=data) for data in blobs]
+        request = re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance, requests=requests)
+        response = self.cas.BatchUpdateBlobs(request, timeout=30)
         assert all(r.status.code == 0 for r in response.responses), response
 
     def start(self, submitted: Submitted, skip_cache_lookup: bool = True,
@@ -131,8 +130,8 @@ class Client:
         return response
 
     def read(self, digest: re_pb2.Digest) -> bytes:
-        response = self.cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(instance_name=self.instance,
-                                                                         digests=[digest]), timeout=30)
+        request = re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=[digest])
+        response = self.cas.BatchReadBlobs(request, timeout=30)
         (entry,) = response.responses
         assert entry.status.code == 0, entry.status
         return entry.data
@@ -167,12 +166,14 @@ class Worker:
         return self.proc.returncode
 
 
-def start_worker(address: str, name: str, *args: str, directory: Path | None = None) -> Worker:
-    """`gaffer worker --server ADDRESS --name NAME --dir DIR *args`, returned once its session is open."""
+def start_worker(address: str, name: str, *args: str, directory: Path | None = None,
+                 env: dict[str, str] | None = None) -> Worker:
+    """`gaffer worker --server ADDRESS --name NAME --dir DIR *args` in `env` (default: this process's), returned
+    once its session is open."""
     directory = directory or Path(tempfile.mkdtemp(prefix=f"gaffer-worker-{name}-"))
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "worker.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    env = {k: v for k, v in (os.environ if env is None else env).items() if not k.startswith("GAFFER_")}
     env["PYTHONFAULTHANDLER"] = "1"
     argv = [sys.executable, "-m", "gaffer", "worker", "--server", address, "--name", name, "--dir", str(directory),
             *args]

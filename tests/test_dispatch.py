@@ -14,6 +14,7 @@ from gaffer.server.dispatch import (
     COMPLETED,
     LOCALITY_WAIT_S,
     MAX_ATTEMPTS,
+    MAX_CLASSES,
     Completed,
     Coordinator,
     Lease,
@@ -291,3 +292,23 @@ def test_completed_carries_the_worker_report(coordinator: Coordinator) -> None:
     (lease,) = coordinator.assign(w)
     (done,) = coordinator.update(w, [Report(lease.id, COMPLETED, 9, "missing", details=["detail"])])
     assert isinstance(done, Completed) and (done.code, done.message, done.details) == (9, "missing", ["detail"])
+
+
+def test_platform_classes_and_builds_are_forgotten_when_many(coordinator: Coordinator, clock: Clock) -> None:
+    """Peers choose platforms and build ids: beyond MAX_CLASSES the empty classes go, and a job running in one
+    is still requeued into a live class."""
+    w = worker(coordinator, "w", max_jobs=2, test={str(i) for i in range(MAX_CLASSES + 10)})
+    running = submit(coordinator, 0, platform={"OSFamily": "linux", "test": "0"})
+    (lease,) = coordinator.assign(w)
+    for i in range(1, MAX_CLASSES + 10):
+        op = submit(coordinator, i, build=f"b{i}", platform={"OSFamily": "linux", "test": str(i)})
+        (other,) = coordinator.assign(w)
+        complete(coordinator, w, other)
+        assert op.outcome is not None
+    coordinator.update(w, [Report(lease.id, ACTIVE)])
+    coordinator.tick()
+    assert len(coordinator._classes) == 0 and len(w.classes) == 0
+    coordinator.failed(coordinator.update(w, [Report(lease.id, COMPLETED)])[0], "did not check out")
+    assert running.stage == "QUEUED"
+    (again,) = coordinator.assign(w)
+    assert again.job is running.job

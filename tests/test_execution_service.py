@@ -9,9 +9,12 @@ its actions and bots a platform property of its own, so the bots of one test nev
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,10 +25,17 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import wrappers_pb2
 from google.rpc import code_pb2, error_details_pb2
 
-from gaffer.protos import bots_pb2, bots_pb2_grpc, execution_service_pb2_grpc, worker_pb2
+from gaffer.protos import (
+    bots_pb2,
+    bots_pb2_grpc,
+    execution_service_pb2_grpc,
+    inventory_pb2,
+    inventory_pb2_grpc,
+    worker_pb2,
+)
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
-from tests.buildgrid import ReapiServer, start_gaffer_serve
+from tests.buildgrid import ReapiServer, start_gaffer_serve, stop_signal
 
 TIMEOUT_S = 30.0
 Run = Callable[[re_pb2.Digest], "re_pb2.ActionResult | None"]
@@ -61,10 +71,14 @@ class Client:
         assert all(r.status.code == 0 for r in response.responses)
 
     def action(self, platform: str, argv: list[str], do_not_cache: bool = False, upload: bool = True,
-               upload_input: bool = True) -> re_pb2.Digest:
-        """An action running `argv` on an input root of one file, for bots with `test=<platform>`."""
+               upload_input: bool = True, also: re_pb2.Digest | None = None) -> re_pb2.Digest:
+        """An action running `argv` on an input root of one file (and `also`, a blob already uploaded), for bots
+        with `test=<platform>`."""
         source = f"input of {argv} {uuid.uuid4()}".encode()
-        root = re_pb2.Directory(files=[re_pb2.FileNode(name="in.txt", digest=_digest(source))]).SerializeToString()
+        files = [re_pb2.FileNode(name="in.txt", digest=_digest(source))]
+        if also is not None:
+            files.append(re_pb2.FileNode(name="large.bin", digest=also))
+        root = re_pb2.Directory(files=files).SerializeToString()
         properties = [re_pb2.Platform.Property(name="OSFamily", value="linux"),
                       re_pb2.Platform.Property(name="test", value=platform)]
         command = re_pb2.Command(arguments=argv, platform=re_pb2.Platform(properties=properties)).SerializeToString()
@@ -129,6 +143,7 @@ class Bot:
             worker_pb2.Worker.Property(key="_gaffer_max_jobs", value=str(max_jobs))])
         self.run = run
         self.received: list[re_pb2.Digest] = []
+        self.most_leases = 0  # the most leases one reply held
         self.got_lease = threading.Event()
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
@@ -153,6 +168,7 @@ class Bot:
                 except grpc.FutureCancelledError:
                     return  # closed
                 leases = []
+                self.most_leases = max(self.most_leases, len(reply.leases))
                 for lease in reply.leases:
                     if lease.state != bots_pb2.PENDING:
                         if lease.state == bots_pb2.CANCELLED:
@@ -171,6 +187,11 @@ class Bot:
                     leases.append(done)
         except BaseException as e:  # noqa: BLE001 - shown by the test that owns the bot
             self.errors.append(e)
+
+    def holds(self, *blobs: re_pb2.Digest) -> None:
+        """Tell the server this bot holds `blobs` (Inventory.Report, as a worker does after connecting)."""
+        inventory_pb2_grpc.InventoryStub(self.channel).Report(inventory_pb2.InventoryReport(
+            bot_session=self.session.name, reset=True, added=blobs), metadata=self.metadata, timeout=TIMEOUT_S)
 
     def close(self) -> None:
         self.stop.set()
@@ -211,7 +232,15 @@ def client(serve: ReapiServer) -> Client:
     return Client(serve.grpc_address)
 
 
-def test_single_command_runs_on_a_bot_and_is_cached(client: Client, bots: Callable[..., Bot]) -> None:
+def test_capabilities_announce_execution(client: Client) -> None:
+    capabilities = re_grpc.CapabilitiesStub(client.channel).GetCapabilities(re_pb2.GetCapabilitiesRequest(),
+                                                                             timeout=TIMEOUT_S)
+    assert capabilities.execution_capabilities.exec_enabled
+    assert capabilities.execution_capabilities.digest_function == re_pb2.DigestFunction.SHA256
+
+
+def test_single_command_runs_on_a_bot_and_is_cached(serve: ReapiServer, client: Client,
+                                                    bots: Callable[..., Bot]) -> None:
     bot = bots("single", answer(client, stdout=b"single\n"))
     action = client.action("single", ["echo", "single"])
     stages, result = finish(client.execute(action))
@@ -226,6 +255,12 @@ def test_single_command_runs_on_a_bot_and_is_cached(client: Client, bots: Callab
     stages, again = finish(client.execute(action, skip_cache_lookup=False))
     assert stages == ["COMPLETED"] and again.cached_result and again.result.stdout_digest == _digest(b"single\n")
     assert bot.received == [action]
+    with urllib.request.urlopen(f"{serve.http_url}/metrics", timeout=TIMEOUT_S) as r:
+        metrics = r.read().decode()
+    started = re.search(r'^gaffer_actions_total\{event="started"\} (\d+)$', metrics, re.MULTILINE)
+    assert started and int(started.group(1)) >= 1
+    assert re.search(r"^gaffer_workers \d+$", metrics, re.MULTILINE)
+    assert re.search(r"^gaffer_queue_to_start_seconds_count [1-9]\d*$", metrics, re.MULTILINE)
 
 
 def test_missing_inputs_fail_the_precondition_naming_each_blob(client: Client) -> None:
@@ -370,7 +405,7 @@ def _serve_argv(*args: str) -> list[str]:
 
 
 def test_an_open_executor_off_loopback_is_refused(tmp_path: Path) -> None:
-    done = subprocess.run(_serve_argv("--grpc", "0.0.0.0:0"), cwd=tmp_path, capture_output=True, text=True,
+    done = subprocess.run(_serve_argv("--grpc", "0.0.0.0:0"), cwd=tmp_path, capture_output=True, text=True, check=False,
                           timeout=TIMEOUT_S)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert done.stderr.startswith("gaffer serve: --grpc 0.0.0.0:0: ") and "--insecure" in done.stderr
@@ -401,3 +436,125 @@ def test_a_token_is_needed_to_execute_and_to_be_a_bot(tmp_path: Path) -> None:
             bot.close()
     finally:
         server.stop()
+
+
+def test_after_a_restart_bots_learn_their_session_and_leases_are_gone(serve: ReapiServer) -> None:
+    """What a worker meets after the server restarted: its session is NOT_FOUND; on its new session, a lease
+    it still reports is answered CANCELLED (it drops it)."""
+    with grpc.insecure_channel(serve.grpc_address) as channel:
+        stub = bots_pb2_grpc.BotsStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(name="bots/from-before-the-restart"),
+                                  timeout=TIMEOUT_S)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND and "create a new one" in (e.value.details() or "")
+        worker = worker_pb2.Worker(devices=[worker_pb2.Device(handle="restarted", properties=[
+            worker_pb2.Device.Property(key="test", value="restarted")])])
+        session = stub.CreateBotSession(bots_pb2.CreateBotSessionRequest(bot_session=bots_pb2.BotSession(
+            bot_id="restarted", status=bots_pb2.OK, worker=worker)), timeout=TIMEOUT_S)
+        assert session.name and session.expire_time.seconds > 0
+        old = bots_pb2.Lease(id="lease-from-before", state=bots_pb2.ACTIVE)
+        reply = stub.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=bots_pb2.BotSession(
+            name=session.name, bot_id="restarted", status=bots_pb2.OK, worker=worker, leases=[old])), timeout=TIMEOUT_S)
+        assert [(lease.id, lease.state) for lease in reply.leases] == [("lease-from-before", bots_pb2.CANCELLED)]
+
+
+def test_an_action_lands_on_the_bot_holding_its_large_input(client: Client, bots: Callable[..., Bot]) -> None:
+    large = uuid.uuid4().bytes * 65536  # 1 MiB
+    client.upload(large)
+    other = bots("locality", answer(client))  # connected first: without locality, the one woken first
+    holder = bots("locality", answer(client))
+    holder.holds(_digest(large))
+    for i in range(10):
+        _, result = finish(client.execute(client.action("locality", ["wc", str(i)], also=_digest(large))))
+        assert result.result.exit_code == 0
+    # both idle each time: the holder is preferred (any bot may take an action it has not taken within 100 ms)
+    assert len(holder.received) >= 8, (len(holder.received), len(other.received))
+
+
+def test_a_stopping_server_ends_client_streams_and_long_polls_at_once(tmp_path: Path) -> None:
+    """SIGTERM with a client following a queued operation and a bot in its long poll: both are answered at
+    once (the client UNAVAILABLE: it submits again later), so the stop does not wait out the grace period."""
+    server = start_gaffer_serve("--grace", "60s", workdir=tmp_path)
+    try:
+        client = Client(server.grpc_address)
+        ops = client.execute(client.action("stopping", ["true"]))
+        assert stage(next(ops)) == "QUEUED"
+        bot = Bot(server.grpc_address, "idle", lambda _: None)
+        started = time.monotonic()
+        assert stop_signal(server, timeout=TIMEOUT_S) == 0
+        assert time.monotonic() - started < 10
+        with pytest.raises(grpc.RpcError) as e:
+            next(ops)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "submit the action again" in (e.value.details() or "")
+        bot.stop.set()
+        bot.thread.join(TIMEOUT_S)
+    finally:
+        server.stop()
+
+
+def test_a_bot_at_capacity_gets_no_more_and_nothing_fails(client: Client, bots: Callable[..., Bot]) -> None:
+    actions = [client.action("capacity", ["echo", str(i)]) for i in range(4)]
+    streams = [client.execute(action) for action in actions]
+    assert all(stage(next(ops)) == "QUEUED" for ops in streams)  # all four wait before the bot asks
+    bot = bots("capacity", answer(client), max_jobs=1)
+    results = [finish(ops)[1] for ops in streams]
+    assert all(r.status.code == 0 and r.result.exit_code == 0 for r in results)
+    assert sorted(d.hash for d in bot.received) == sorted(a.hash for a in actions)
+    assert bot.most_leases == 1
+
+
+def test_an_unchanged_operation_is_sent_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream of a long wait is not silent: the operation comes again every RESEND_S (shortened here, on a
+    server started in this process)."""
+    from gaffer.server import execution
+    from gaffer.server.auth import BearerToken
+    from gaffer.server.dispatch import Coordinator
+    from gaffer.server.metrics import Metrics
+    from gaffer.server.reapi import start_grpc
+    from gaffer.server.store import ServerStore
+
+    monkeypatch.setattr(execution, "RESEND_S", 0.2)
+    store = ServerStore(tmp_path / "store", 1 << 30, report=print, memory=0)
+    server, port = start_grpc("127.0.0.1:0", store, Metrics(), BearerToken(None), 2, Coordinator())
+    try:
+        client = Client(f"127.0.0.1:{port}")
+        ops = client.execute(client.action("resent", ["true"]))
+        first, again = next(ops), next(ops)
+        assert first.name == again.name and stage(first) == stage(again) == "QUEUED"
+        ops.cancel()
+    finally:
+        server.stop(1).result(TIMEOUT_S)
+        store.close()
+
+
+def test_cancel_operation_reaches_the_bot_running_it(serve: ReapiServer, client: Client) -> None:
+    action = client.action("cancel", ["sleep", "1000"])
+    ops = client.execute(action)
+    name = next(ops).name
+    with grpc.insecure_channel(serve.grpc_address) as channel:
+        stub = bots_pb2_grpc.BotsStub(channel)
+        worker = worker_pb2.Worker(devices=[worker_pb2.Device(handle="canceller", properties=[
+            worker_pb2.Device.Property(key="OSFamily", value="linux"),
+            worker_pb2.Device.Property(key="test", value="cancel")])])
+        session = stub.CreateBotSession(bots_pb2.CreateBotSessionRequest(bot_session=bots_pb2.BotSession(
+            bot_id="canceller", status=bots_pb2.OK, worker=worker)), timeout=TIMEOUT_S)
+
+        def update(*leases: bots_pb2.Lease) -> bots_pb2.BotSession:
+            return stub.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=bots_pb2.BotSession(
+                name=session.name, bot_id="canceller", status=bots_pb2.OK, worker=worker, leases=leases)),
+                timeout=TIMEOUT_S)
+
+        (lease,) = update().leases
+        assert lease.state == bots_pb2.PENDING
+        assert stage(next(ops)) == "EXECUTING"
+        replies: list[bots_pb2.BotSession] = []
+        held = threading.Thread(target=lambda: replies.append(update(bots_pb2.Lease(id=lease.id,
+                                                                                    state=bots_pb2.ACTIVE))))
+        held.start()  # the long poll: nothing new for this bot until the cancellation
+        client.operations.CancelOperation(operations_pb2.CancelOperationRequest(name=name), timeout=TIMEOUT_S)
+        _, result = finish(ops)
+        assert result.status.code == code_pb2.CANCELLED
+        held.join(TIMEOUT_S)
+        assert [(got.id, got.state) for got in replies[0].leases] == [(lease.id, bots_pb2.CANCELLED)]
+        done = update(bots_pb2.Lease(id=lease.id, state=bots_pb2.COMPLETED))
+        assert not done.leases

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests import servers
-from tests.buildgrid import ReapiServer, start_gaffer_serve
+from tests.buildgrid import BuildGridExecution, ReapiServer, start_gaffer_serve
+from tests.reapi_client import Worker, start_worker
 from tests.support import gaffer_env, go_env, require_example, run_gaffer, summary
 
 CLOSED_PORT_URL = f"grpc://127.0.0.1:{servers.free_port()}"  # nothing listens there
@@ -31,7 +34,7 @@ class Farm:
     """A gaffer serve and its workers."""
 
     server: ReapiServer
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
     workdir: Path = Path()
 
     @property
@@ -51,30 +54,27 @@ class Farm:
             text = response.read().decode()
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
-    def add_worker(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """`gaffer worker --server ... --name NAME`, waited for until the server lists it."""
-        count = self.metric("gaffer_workers ")
-        log = self.workdir / f"worker-{name}.log"
-        proc = servers._spawn([sys.executable, "-m", "gaffer", "worker", "--server", self.server.grpc_address,
-                               "--name", name, "--dir", str(self.workdir / f"worker-{name}"), *args], log, env)
-        self.workers.append(proc)
-        servers.wait_until(lambda: self.metric("gaffer_workers ") > count, f"worker {name} registered",
-                           servers.START_TIMEOUT_S, proc, log)
-        return proc
+    def add_worker(self, name: str, *args: str, env: dict[str, str] | None = None) -> Worker:
+        """`gaffer worker --server ... --name NAME`, once its session is open."""
+        worker = start_worker(self.server.grpc_address, name, *args, directory=self.workdir / f"worker-{name}",
+                              env=env)
+        self.workers.append(worker)
+        return worker
 
-    def stop_worker(self, proc: subprocess.Popen[bytes]) -> None:
-        servers._terminate(proc)
-        self.workers.remove(proc)
+    def stop_worker(self, worker: Worker) -> None:
+        worker.stop()
+        self.workers.remove(worker)
 
     def stop(self) -> None:
-        for proc in list(self.workers):
-            self.stop_worker(proc)
+        for worker in list(self.workers):
+            self.stop_worker(worker)
         self.server.stop()
 
 
-def start_farm(workdir: Path, workers: int, *worker_args: str, env: dict[str, str] | None = None) -> Farm:
+def start_farm(workdir: Path, workers: int, *worker_args: str, env: dict[str, str] | None = None,
+               serve_args: Sequence[str] = ()) -> Farm:
     workdir.mkdir(parents=True, exist_ok=True)
-    farm = Farm(start_gaffer_serve(workdir=workdir / "serve"), workdir=workdir)
+    farm = Farm(start_gaffer_serve(*serve_args, workdir=workdir / "serve"), workdir=workdir)
     try:
         for i in range(workers):
             farm.add_worker(f"w{i + 1}", *worker_args, env=env)
@@ -154,7 +154,6 @@ def test_remote_build_is_byte_identical_to_a_local_one_and_a_fresh_checkout_come
     assert farm.started() == before + 3
     assert statuses(remote) == {"gen": "executed", "big": "executed", "use": "executed"}
     assert "Completed gen (" in proc.stderr and " on worker " in proc.stderr, proc.stderr
-    assert "gen: executing on " in proc.stderr, proc.stderr  # the live stage, as a line when not on a TTY
     assert f"gen-says-{marker}" in proc.stdout  # the task's stdout, shown as for a local task
 
     proc = gaffer(again, "--remote", farm.url)  # another checkout, another local cache
@@ -209,6 +208,16 @@ def test_a_failing_command_reports_its_exit_code_and_stderr_as_a_local_failure_d
     assert farm.started() == before + 1
 
 
+
+def test_a_task_past_its_timeout_fails_as_it_does_here(farm: Farm, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"tasks": {"slow": {
+        "command": f"sleep 30 # {uuid.uuid4().hex}", "outputs": ["never.txt"], "timeout": "1s"}}}))
+    proc = gaffer(ws, "--remote", farm.url)
+    assert proc.returncode == 1
+    assert "FAILED slow (" in proc.stderr and "): timed out after 1s" in proc.stderr, proc.stderr
+
 def test_an_unreachable_remote_falls_back_to_local_with_one_warning(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     write_workspace(ws, "fallback")
@@ -228,6 +237,50 @@ def test_an_unreachable_remote_falls_back_to_local_with_one_warning(tmp_path: Pa
     env_proc = gaffer(other, env={"GAFFER_REMOTE": CLOSED_PORT_URL, "GAFFER_REMOTE_FALLBACK": "0"})
     assert env_proc.returncode == 3
 
+
+
+def test_the_remote_url_carries_the_token_as_a_cache_url_does(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("remote-execution-token\n")
+    f = start_farm(tmp_path / "farm", 1, "--token-file", str(token), serve_args=("--token-file", str(token)))
+    try:
+        ws, other = tmp_path / "ws", tmp_path / "other"
+        for w in (ws, other):
+            write_workspace(w, uuid.uuid4().hex)
+        proc = gaffer(ws, "--remote", f"{f.url}?token_file={token}")
+        assert proc.returncode == 0, proc.stderr
+        assert statuses(ws) == {"gen": "executed", "big": "executed", "use": "executed"}
+        proc = gaffer(other, "--remote", f.url)  # no token: refused before anything is built
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "UNAUTHENTICATED" in proc.stderr, proc.stderr
+        assert not (other / "out").exists()
+    finally:
+        f.stop()
+
+
+def test_an_action_no_worker_can_take_says_why_it_waits_and_ctrl_c_stops_the_build(tmp_path: Path) -> None:
+    f = start_farm(tmp_path / "farm", 1, serve_args=("--unmatched-timeout", "1s"))
+    try:
+        ws = tmp_path / "ws"
+        ws.mkdir()
+        (ws / "graph.json").write_text(json.dumps({"platform": {"pool": "gpu"}, "tasks": {
+            "train": {"command": "echo never > model.txt", "outputs": ["model.txt"]}}}))
+        err = tmp_path / "stderr"
+        with open(err, "wb") as stderr:
+            client = subprocess.Popen([sys.executable, "-m", "gaffer", "run", "--remote", f.url], cwd=ws,
+                                      env=gaffer_env(tmp_path / "cache"), stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            servers.wait_until(lambda: "train: queued: " in err.read_text(), "the reason it waits", 60, client, err)
+            assert "pool=gpu" in err.read_text().split("train: queued: ")[1].splitlines()[0], err.read_text()
+            client.send_signal(signal.SIGINT)
+            assert client.wait(timeout=30) == 130
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        assert "FAILED train" in err.read_text() and "interrupted" in err.read_text()
+        assert f.started() == 0
+    finally:
+        f.stop()
 
 def test_remote_false_and_cache_false_tasks_run_here(farm: Farm, tmp_path: Path) -> None:
     ws = tmp_path / "ws"
@@ -330,7 +383,7 @@ def test_the_go_example_built_on_three_workers_is_byte_identical_to_a_local_buil
         proc = gaffer(remote, "--remote", f.url, "-j", "6", env=env)
         assert proc.returncode == 0, proc.stderr
         assert snapshot(remote) == snapshot(local)
-        busy = [log for log in f.workdir.glob("worker-*.log") if ": running" in log.read_text()]
+        busy = [w.name for w in f.workers if ": running" in w.text()]
         assert len(busy) >= 2, busy
     finally:
         f.stop()
@@ -374,9 +427,7 @@ def test_a_server_restarted_mid_action_gets_it_again_and_the_build_succeeds(tmp_
         client = subprocess.Popen([sys.executable, "-m", "gaffer", "run", "--remote", f.url], cwd=ws,
                                   env=gaffer_env(tmp_path / "cache"), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
-        worker_log = f.workdir / "worker-w1.log"
-        servers.wait_until(lambda: ": running" in worker_log.read_text(), "the action running on the worker",
-                           60, f.workers[0], worker_log)
+        f.workers[0].wait_for(r"lease \S+: running", timeout=60)
         port = f.server.grpc_address.rpartition(":")[2]
         servers._terminate(f.server.proc)
         f.server = start_gaffer_serve("--grpc", f"127.0.0.1:{port}", workdir=f.server.workdir)
@@ -384,7 +435,8 @@ def test_a_server_restarted_mid_action_gets_it_again_and_the_build_succeeds(tmp_
         _, err = client.communicate(timeout=120)
         assert client.returncode == 0, err
         assert (ws / "out.txt").read_text() == "done\n"
-        assert err.count("slow: executing on ") == 2, err  # submitted again to the restarted server
+        assert "slow: executing on " in err, err  # its stage, as a line when not on a TTY
+        assert f.started() >= 1  # submitted again: the restarted server ran it
     finally:
         if client is not None and client.poll() is None:
             client.kill()
@@ -392,24 +444,33 @@ def test_a_server_restarted_mid_action_gets_it_again_and_the_build_succeeds(tmp_
         f.stop()
 
 
-def test_a_remote_with_a_token_builds_and_one_without_it_is_refused(tmp_path: Path) -> None:
-    token = tmp_path / "token"
-    token.write_text(uuid.uuid4().hex + "\n")
-    server = start_gaffer_serve("--token-file", str(token), workdir=tmp_path / "serve")
-    log = tmp_path / "worker.log"
-    worker = servers._spawn([sys.executable, "-m", "gaffer", "worker", "--server", server.grpc_address,
-                             "--token-file", str(token), "--dir", str(tmp_path / "worker")], log)
+def test_gaffer_run_on_buildgrids_execution_service_with_a_gaffer_worker(buildgrid_execution: BuildGridExecution,
+                                                                        tmp_path: Path) -> None:
+    worker = start_worker(buildgrid_execution.server.grpc_address, "client", directory=tmp_path / "worker")
     try:
-        servers.wait_until(lambda: "opened as" in log.read_text(errors="replace"), "the worker's session",
-                           servers.START_TIMEOUT_S, worker, log)
-        ws = tmp_path / "ws"
-        write_workspace(ws, uuid.uuid4().hex)
-        refused = gaffer(ws, "--remote", server.url)
-        assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr, refused.stderr
-        proc = gaffer(ws, "--remote", f"{server.url}?token_file={token}")
-        assert proc.returncode == 0, proc.stderr
-        assert statuses(ws) == {"gen": "executed", "big": "executed", "use": "executed"}
-        assert " on worker " in proc.stderr, proc.stderr
+        url = f"grpc://{buildgrid_execution.server.grpc_address}"
+        marker = uuid.uuid4().hex
+        local, remote, again = tmp_path / "local", tmp_path / "remote", tmp_path / "again"
+        for ws in (local, remote, again):
+            write_workspace(ws, marker)
+        assert gaffer(local).returncode == 0
+        proc = gaffer(remote, "--remote", url)
+        assert proc.returncode == 0, proc.stderr + worker.text()
+        assert snapshot(remote) == snapshot(local)
+        assert statuses(remote) == {"gen": "executed", "big": "executed", "use": "executed"}
+        ran = len(re.findall(r"lease \S+: running", worker.text()))
+        assert ran == 3, worker.text()
+        proc = gaffer(again, "--remote", url)
+        assert proc.returncode == 0 and snapshot(again) == snapshot(local)
+        assert statuses(again) == {"gen": "cached", "big": "cached", "use": "cached"}  # BuildGrid's action cache
+        assert len(re.findall(r"lease \S+: running", worker.text())) == ran
+
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / "graph.json").write_text(json.dumps({"tasks": {"bad": {
+            "command": f"echo err-{marker} >&2; exit 3", "outputs": ["never.txt"]}}}))
+        proc = gaffer(bad, "--remote", url)
+        assert proc.returncode == 1 and f"err-{marker}" in proc.stderr
+        assert "): exited with status 3" in proc.stderr
     finally:
-        servers._terminate(worker)
-        server.stop()
+        worker.stop()

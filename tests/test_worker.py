@@ -9,25 +9,26 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import code_pb2
+from google.rpc import code_pb2, error_details_pb2
 
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from tests import servers
 from tests.buildgrid import ReapiServer, start_gaffer_serve
-from tests.reapi_client import Client, Worker, start_worker
+from tests.reapi_client import Client, Worker, digest_of, start_worker
 
 BOT_TIMEOUT = "3s"  # a killed worker's actions are requeued this long after its last call
 
 
 @pytest.fixture(scope="module")
 def serve() -> Iterator[ReapiServer]:
-    server = start_gaffer_serve("--bot-timeout", BOT_TIMEOUT)
+    server = start_gaffer_serve("--bot-timeout", BOT_TIMEOUT, "--memory", "0")  # blobs read from disk only
     yield server
     server.stop()
 
@@ -89,6 +90,26 @@ def test_a_no_link_worker_never_gets_a_link_action(client: Client, workers: Call
     assert all(name.endswith("-link") for name in ran), ran
 
 
+def test_a_platform_key_given_twice_matches_either_value(client: Client, workers: Callable[..., Worker]) -> None:
+    workers("pools", "--platform", "test=pools", "--platform", "pool=small", "--platform", "pool=large",
+            "--no-link")
+    for pool in ("small", "large"):
+        response = client.execute(client.action(["echo", pool], platform={"test": "pools", "pool": pool}))
+        assert response.result.execution_metadata.worker.endswith("-pools")
+
+
+def test_reconnection_backoff_doubles_with_jitter_up_to_its_cap() -> None:
+    from gaffer.worker.session import BACKOFF_CAP_S, BACKOFF_START_S, Backoff
+
+    backoff = Backoff()
+    delays = [backoff.next() for _ in range(12)]
+    bounds = [min(BACKOFF_CAP_S, BACKOFF_START_S * 2**i) for i in range(12)]
+    assert all(bound / 2 <= delay <= bound for delay, bound in zip(delays, bounds, strict=True)), delays
+    assert len(set(delays)) == len(delays)  # jittered
+    backoff.reset()
+    assert backoff.next() <= BACKOFF_START_S
+
+
 def test_an_action_on_a_worker_killed_mid_action_runs_again_elsewhere(client: Client, workers: Callable[..., Worker],
                                                                       tmp_path: Path) -> None:
     first, second = workers("kill-a", "--platform", "test=kill"), workers("kill-b", "--platform", "test=kill")
@@ -124,6 +145,30 @@ def test_an_output_path_escaping_the_exec_root_is_refused(client: Client, worker
     assert "unsafe output path '../../escaped'" in response.status.message
 
 
+def test_an_input_blob_lost_after_queueing_fails_the_lease_naming_it(serve: ReapiServer, client: Client,
+                                                                      workers: Callable[..., Worker]) -> None:
+    submitted = client.action(["cat", "in.txt"], files={"in.txt": b"soon gone\n"}, platform={"test": "lost"})
+    stream = client.start(submitted)
+    next(stream)  # queued: the server checked that it has every input; no worker can take it yet
+    lost = digest_of(b"soon gone\n")
+    (serve.workdir / "store" / "cas" / lost.hash[:2] / lost.hash).unlink()
+    worker = workers("lost", "--platform", "test=lost")
+    response = _response(stream)
+    assert response.status.code == code_pb2.FAILED_PRECONDITION, response.status
+    failure = error_details_pb2.PreconditionFailure()
+    assert response.status.details[0].Unpack(failure)
+    assert [(v.type, v.subject) for v in failure.violations] == [("MISSING", f"blobs/{lost.hash}/10")]
+    worker.wait_for(r"lease \S+: done in \S+, FAILED_PRECONDITION: .* file in.txt ")
+
+
+def test_one_worker_per_directory(serve: ReapiServer, workers: Callable[..., Worker], tmp_path: Path) -> None:
+    workers("first", "--platform", "test=dir")
+    proc = subprocess.run(_worker_argv(serve.grpc_address, tmp_path / "worker-first"), env=_env(), capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.endswith("another gaffer worker uses this directory (give each worker its own)\n"), proc.stderr
+
+
 def test_actions_sharing_a_large_input_go_to_the_worker_holding_it(client: Client, workers: Callable[..., Worker],
                                                                     tmp_path: Path) -> None:
     workers("near", "--platform", "test=locality")
@@ -137,6 +182,19 @@ def test_actions_sharing_a_large_input_go_to_the_worker_holding_it(client: Clien
     assert len(set(ran)) == 1, ran  # the first one's worker holds the input from then on
 
 
+def test_the_blob_cache_stays_within_its_bound(client: Client, workers: Callable[..., Worker],
+                                               tmp_path: Path) -> None:
+    worker = workers("small", "--platform", "test=small", "--max-size", "1MiB")
+    for _ in range(5):
+        submitted = client.action(["wc", "-c", "in.bin"], files={"in.bin": os.urandom(400 * 1024)},
+                                  platform={"test": "small"})
+        assert client.read(client.execute(submitted).result.stdout_digest) == b"409600 in.bin\n"
+    assert worker.stop() == 0, worker.text()  # every lease's eviction done
+    assert "evicted" in worker.text()
+    held = sum(f.stat().st_size for f in (tmp_path / "worker-small" / "blobs" / "cas").rglob("*") if f.is_file())
+    assert 400 * 1024 <= held <= 1024 * 1024
+
+
 def test_a_worker_reconnects_to_a_restarted_server(tmp_path: Path) -> None:
     port = servers.free_port()
     workdir = tmp_path / "serve"
@@ -144,8 +202,7 @@ def test_a_worker_reconnects_to_a_restarted_server(tmp_path: Path) -> None:
     worker_dir.mkdir()
     log = worker_dir / "worker.log"
     # The worker starts first: no server yet, so it backs off and retries.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
-    proc = servers._spawn([*_worker_argv(f"127.0.0.1:{port}", worker_dir)], log, env)
+    proc = servers._spawn(_worker_argv(f"127.0.0.1:{port}", worker_dir), log, _env())
     worker = Worker(proc, log, "restart")
     server = None
     try:
@@ -178,17 +235,17 @@ def test_a_worker_reconnects_to_a_restarted_server(tmp_path: Path) -> None:
             server.stop()
 
 
-def _worker_argv(address: str, directory: Path) -> list[str]:
-    import sys
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
 
+
+def _worker_argv(address: str, directory: Path) -> list[str]:
     return [sys.executable, "-m", "gaffer", "worker", "--server", address, "--name", f"restart-{uuid.uuid4().hex[:6]}",
             "--dir", str(directory), "--platform", "test=restart"]
 
 
 def test_worker_usage_errors_are_one_line(tmp_path: Path) -> None:
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    env = _env()
     for args, message in ((["--server", "nowhere"], "--server: 'nowhere': expected HOST:PORT"),
                           (["--server", "127.0.0.1:1", "--platform", "novalue"], "--platform: 'novalue': expected KEY=VALUE"),
                           ([], "no server to work for")):
@@ -196,3 +253,36 @@ def test_worker_usage_errors_are_one_line(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith("gaffer worker: ") and message in proc.stderr, proc.stderr
+
+
+def test_a_worker_needs_the_servers_token(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    server = start_gaffer_serve("--token-file", str(token), workdir=tmp_path / "serve")
+    try:
+        refused = subprocess.run(_worker_argv(server.grpc_address, tmp_path / "refused"), env=_env(),
+                                 capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.splitlines()[-1].startswith(f"gaffer worker: {server.grpc_address} refuses the worker: "
+                                                           "UNAUTHENTICATED"), refused.stderr
+        assert refused.stderr.endswith("(see --token-file)\n")
+        worker = start_worker(server.grpc_address, "token", "--platform", "test=restart", "--token-file", str(token),
+                              directory=tmp_path / "worker")
+        client = Client(server.grpc_address, token="s3cret")
+        response = client.execute(client.action(["echo", "with a token"], platform={"test": "restart"}))
+        assert client.read(response.result.stdout_digest) == b"with a token\n"
+        client.close()
+        assert worker.stop() == 0, worker.text()
+    finally:
+        server.stop()
+
+
+def test_an_action_that_exceeds_its_timeout_fails_once_and_is_not_retried(
+        client: Client, workers: Callable[..., Worker]) -> None:
+    worker = workers("timeout", "--platform", "test=timeout")
+    submitted = client.action(["sh", "-c", f"echo {uuid.uuid4().hex} >> runs.log; sleep 60"], timeout_s=1,
+                              platform={"test": "timeout"})
+    response = client.execute(submitted)
+    assert response.status.code == code_pb2.DEADLINE_EXCEEDED, response.status
+    worker.wait_for(r"lease \S+: ")
+    assert len(worker.text().split("running")) - 1 == 1, worker.text()  # one attempt: its own timeout, not a fault

@@ -5,7 +5,9 @@ itself as the lease payload, and reads the worker's capacity from its `capacity`
 from __future__ import annotations
 
 import re
+import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,3 +139,13 @@ def test_sigterm_lets_the_running_action_finish_and_report(buildgrid_execution: 
     assert client.read(response.result.stdout_digest) == b"finished\n"
     assert draining.proc.wait(30) == 0, draining.text()
     assert "gaffer worker: stopped" in draining.text()
+
+
+def test_the_packaged_postgresql_cluster_is_left_alone(buildgrid_execution: BuildGridExecution) -> None:
+    """BuildGrid's database is a private cluster on its own port: Debian's own cluster stays down."""
+    assert buildgrid_execution.postgres.port != 5432
+    clusters = shutil.which("pg_lsclusters")
+    if clusters is None:
+        return
+    listing = subprocess.run([clusters, "-h"], capture_output=True, text=True, check=True).stdout
+    assert all(" online" not in line for line in listing.splitlines()), listing

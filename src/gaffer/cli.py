@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run actions for gaffer serve's execution service: 'gaffer worker --help'",
                    add_help=False)
     sub.add_parser("gocache", help="a GOCACHEPROG program on gaffer's cache: 'gaffer gocache --help'", add_help=False)
+    sub.add_parser("cc", help="compile through the cache: 'gaffer cc -- gcc -c x.c' ('gaffer cc --help')",
+                   add_help=False)
+    sub.add_parser("ld", help="link through the cache: 'gaffer ld -- gcc -o app x.o' ('gaffer ld --help')",
+                   add_help=False)
     return parser
 
 
@@ -128,6 +132,10 @@ def _dispatch(args_list: list[str]) -> int:
         from gaffer.gocache.main import gocache_main
 
         return gocache_main(args_list[1:])
+    if args_list and args_list[0] in ("cc", "ld"):
+        from gaffer.cc.main import cc_main
+
+        return cc_main(args_list[0], args_list[1:])
     args = build_parser().parse_args(args_list)
     if args.command is None:
         build_parser().print_help(sys.stderr)

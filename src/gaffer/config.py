@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any
 
-RUN, SERVE, GOCACHE, WORKER = "run", "serve", "gocache", "worker"
+RUN, SERVE, GOCACHE, WORKER, CC = "run", "serve", "gocache", "worker", "cc"
 MAX_REMOTE_TIMEOUT_S = 24 * 3600.0
 DEFAULT_MAX_SIZE = 10 * 1024**3
 # The cache URL schemes gaffer opens; kept equal to gaffer.cache.urls._SCHEMES (a test checks), not imported
@@ -234,26 +234,26 @@ _CACHE_DIR_DEFAULT = "$XDG_CACHE_HOME/gaffer, else ~/.cache/gaffer"
 
 SETTINGS: tuple[Setting, ...] = (
     # `gaffer run` (and clean, cache), with the cache settings gobuildcache shares
-    Setting("cache_dir", (RUN, GOCACHE), toml="cache.dir", env="GAFFER_CACHE_DIR", flags=("--cache-dir",),
+    Setting("cache_dir", (RUN, GOCACHE, CC), toml="cache.dir", env="GAFFER_CACHE_DIR", flags=("--cache-dir",),
             metavar="DIR", parse=_path, aliases={GOCACHE: ("CACHE_DIR",)},
-            default={RUN: _default_cache_dir, GOCACHE: "/tmp/gobuildcache"},
-            default_text={RUN: _CACHE_DIR_DEFAULT, GOCACHE: "/tmp/gobuildcache"},
+            default={RUN: _default_cache_dir, CC: _default_cache_dir, GOCACHE: "/tmp/gobuildcache"},
+            default_text={RUN: _CACHE_DIR_DEFAULT, CC: _CACHE_DIR_DEFAULT, GOCACHE: "/tmp/gobuildcache"},
             help="the local cache directory"),
-    Setting("max_size", (RUN,), toml="cache.max_size", env="GAFFER_CACHE_MAX_SIZE", flags=("--cache-max-size",),
-            metavar="SIZE", parse=_size, default={RUN: DEFAULT_MAX_SIZE}, default_text={"*": "10GiB"},
+    Setting("max_size", (RUN, CC), toml="cache.max_size", env="GAFFER_CACHE_MAX_SIZE", flags=("--cache-max-size",),
+            metavar="SIZE", parse=_size, default={"*": DEFAULT_MAX_SIZE}, default_text={"*": "10GiB"},
             help="size bound of the local cache; least recently used entries are evicted beyond it"),
-    Setting("remotes", (RUN, GOCACHE), toml="cache.remote", env="GAFFER_CACHE", flags=("--cache",), metavar="URL",
+    Setting("remotes", (RUN, GOCACHE, CC), toml="cache.remote", env="GAFFER_CACHE", flags=("--cache",), metavar="URL",
             kind="list", parse=_urls, aliases={GOCACHE: ("GOBUILDCACHE_CACHE",)}, default={"*": list},
             default_text={"*": "none"},
             help="remote cache tiers behind the local one, nearest first (comma-separated in a variable): "
                  "s3://bucket/prefix?endpoint=http://127.0.0.1:7480&region=us-east-1, gs://bucket/prefix, "
                  "azblob://container/prefix?account=NAME, redis://127.0.0.1:6379/0, http://host:8080/prefix (Bazel HTTP cache), "
                  "grpc://host:9092/instance (REAPI)"),
-    Setting("read_only", (RUN, GOCACHE), toml="cache.read_only", env="GAFFER_CACHE_READ_ONLY",
+    Setting("read_only", (RUN, GOCACHE, CC), toml="cache.read_only", env="GAFFER_CACHE_READ_ONLY",
             flags=("--cache-read-only",), kind="switch", parse=parse_bool,
             aliases={GOCACHE: ("GOBUILDCACHE_READ_ONLY",)}, default={"*": False}, default_text={"*": "false"},
             help="pull from remote tiers but never push to them (untrusted CI)"),
-    Setting("timeout", (RUN, GOCACHE), toml="cache.timeout", env="GAFFER_CACHE_TIMEOUT", flags=("--cache-timeout",),
+    Setting("timeout", (RUN, GOCACHE, CC), toml="cache.timeout", env="GAFFER_CACHE_TIMEOUT", flags=("--cache-timeout",),
             metavar="DURATION", parse=_timeout, aliases={GOCACHE: ("GOBUILDCACHE_TIMEOUT",)}, default={"*": 10.0},
             default_text={"*": "10s"},
             help="per-request timeout of remote tiers (a stuck one is dropped for the build)"),
@@ -370,6 +370,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker_name", (WORKER,), toml="worker.name", env="GAFFER_WORKER_NAME", flags=("--name",),
             metavar="NAME", parse=_text, default={WORKER: ""}, default_text={"*": "<hostname>-<pid>"},
             help="the bot id the server shows (<hostname>-NAME)"),
+    # `gaffer cc` / `gaffer ld` (the compiler launcher), with the cache settings above
+    Setting("cc_dir", (CC,), toml="cc.dir", env="GAFFER_CC_DIR", parse=_path,
+            default={CC: lambda: os.path.join(_default_cache_dir(), "cc")},
+            default_text={"*": "$XDG_CACHE_HOME/gaffer/cc, else ~/.cache/gaffer/cc"},
+            help="the launcher's own directory (private, 0700): stats, its stat cache, the daemon's socket"),
+    Setting("base_dir", (CC,), toml="cc.base_dir", env="GAFFER_CC_BASEDIR", parse=_path, default={CC: ""},
+            default_text={"*": "none"},
+            help="absolute paths below this directory are keyed relative to the working directory, so checkouts "
+                 "below it share cache entries (use -ffile-prefix-map too: see docs/cc.md)"),
+    Setting("cc_debug", (CC,), toml="cc.debug", env="GAFFER_CC_DEBUG", parse=_text, default={CC: ""},
+            default_text={"*": "off"},
+            help="log why each compile hit, missed or was not cached: 1 for stderr, or a file to append to"),
+    Setting("cc_preprocessor", (CC,), toml="cc.preprocessor", env="GAFFER_CC_PREPROCESSOR", parse=parse_bool,
+            default={"*": False}, default_text={"*": "false"},
+            help="when direct mode misses, try the key of the preprocessed source (-E) before compiling: hits "
+                 "after comment-only edits and for __DATE__ users with SOURCE_DATE_EPOCH, at the cost of a "
+                 "preprocessor run on every miss"),
     # gobuildcache (the Go program's variables are its aliases)
     Setting("backend_type", (GOCACHE,), toml="gocache.backend", env="GAFFER_GOCACHE_BACKEND",
             parse=_choice("disk", "s3"), aliases={GOCACHE: ("BACKEND_TYPE",)}, default={GOCACHE: "disk"},
@@ -390,6 +407,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stats", (GOCACHE,), toml="gocache.stats", env="GAFFER_GOCACHE_STATS", parse=parse_bool,
             aliases={GOCACHE: ("GOBUILDCACHE_STATS",)}, default={GOCACHE: False}, default_text={"*": "false"},
             help="the stats line at close, without the debug lines"),
+    # `gaffer cc`: the compiler launcher's daemon
+    Setting("cc_idle", (CC,), toml="cc.idle", env="GAFFER_CC_IDLE", parse=_timeout, default={CC: 600.0},
+            default_text={"*": "10min"}, help="how long the launcher's daemon stays up without a compile"),
 )
 
 

@@ -88,7 +88,7 @@ def render(s: dict[str, Any], url: str) -> list[str]:
     wait = (f"; mean queue-to-start {_duration(c['queue_to_start_seconds_sum'] / c['queue_to_start_count'])}"
             if c["queue_to_start_count"] else "")
     lines += [(f"execution: {format_count(len(workers), 'worker')} ({busy} of {slots} slots busy), "
-              f"{len(s['queue'])} queued, {len(s['running'])} running{wait}"),
+              f"{s.get('queue_length', len(s['queue']))} queued, {len(s['running'])} running{wait}"),
               (f"actions: {c['actions_started']:,} started, {c['actions_finished']:,} finished, "
               f"{c['actions_failed']:,} failed, {c['actions_retried']:,} retried, {c['actions_cancelled']:,} "
               f"cancelled; answered from the action cache: {c['cache_hits']:,} of {served:,}")]

@@ -104,6 +104,7 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     was modified in or after the file-system timestamp tick the build began in, so it could still change
     without its signature changing."""
     from gaffer.digest import is_racy
+    from gaffer.records import left_remote
     from gaffer.tools import ENVIRONMENT as TOOL_ENVIRONMENT
 
     graph = build.graph
@@ -132,7 +133,7 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
             inputs.update(signature for signatures in fingerprint.tools for signature in signatures)
             env_names.update(TOOL_ENVIRONMENT)
         records = build.outputs[name]
-        if any(f.sig is None for f in records.files):
+        if left_remote(records):
             return  # left on the remote: only the remote can say whether they are still there
         # An output directory's signature changes when a stray file lands in it: the full build removes it.
         outputs.extend((f"{root}/{f.path}", f.sig) for f in records.files)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,9 +21,9 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2
 
+from gaffer.digest import Digest
 from gaffer.protos import bots_pb2, bots_pb2_grpc, inventory_pb2, inventory_pb2_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
-from gaffer.protos.digests import from_proto
 from gaffer.server.dispatch import (
     ACTIVE,
     CANCELLED,
@@ -38,7 +39,7 @@ from gaffer.server.dispatch import (
 )
 from gaffer.server.metrics import Metrics
 from gaffer.server.reapi import _HANDLED, Context, Failure, _Service
-from gaffer.server.store import BadRequest, ServerStore, check_digest, check_instance
+from gaffer.server.store import BackendUnavailable, BadRequest, ServerStore, check_digest, check_instance
 
 MAX_JOBS_LIMIT = 1024
 MAX_TOOLS = 4096  # characters of `_gaffer_tools`
@@ -96,6 +97,8 @@ class Bots(_Service, bots_pb2_grpc.BotsServicer):
                 grpc.StatusCode.NOT_FOUND, f"bot session {request.name[:200]!r} is not known (the server restarted "
                 "or the session expired): create a new one"), context)
         reports = [_report(lease) for lease in request.bot_session.leases]
+        # leases this session never had (from before a server restart) or already took back: the worker drops them
+        stale = [r.id for r in reports if r.id not in session.leases and r.state in (PENDING, ACTIVE)]
         for done in coordinator.update(session, reports):
             task = asyncio.create_task(self._check(done))
             self._checks.add(task)
@@ -106,7 +109,8 @@ class Bots(_Service, bots_pb2_grpc.BotsServicer):
             hold = min(hold, remaining - 1.0)
         deadline = time.monotonic() + hold
         coordinator.assign(session)
-        while not _news(session) and (left := deadline - time.monotonic()) > 0 and coordinator.session(request.name):
+        while not _news(session) and (left := deadline - time.monotonic()) > 0 and coordinator.session(request.name) \
+                and not coordinator.stopping:
             woken = asyncio.Event()
             coordinator.waiting(session, woken.set)
             try:
@@ -119,10 +123,11 @@ class Bots(_Service, bots_pb2_grpc.BotsServicer):
                 coordinator.waiting(session, None)
             coordinator.assign(session)
         self.metrics.request("grpc", "UpdateBotSession", self.kind, "OK")
-        return self._reply(session, request.bot_session)
+        return self._reply(session, request.bot_session, stale)
 
-    def _reply(self, session: Session, given: Any) -> bots_pb2.BotSession:
-        """The session as the server sees it: every unfinished lease in the state the worker should know."""
+    def _reply(self, session: Session, given: Any, stale: Sequence[str] = ()) -> bots_pb2.BotSession:
+        """The session as the server sees it: every unfinished lease in the state the worker should know, and
+        the `stale` leases it reported as CANCELLED."""
         expire = Timestamp()
         expire.FromNanoseconds(time.time_ns() + int(self.coordinator.bot_timeout * 1e9))
         reply = bots_pb2.BotSession(name=session.name, bot_id=session.bot_id, status=given.status or bots_pb2.OK,
@@ -132,11 +137,16 @@ class Bots(_Service, bots_pb2_grpc.BotsServicer):
             proto = reply.leases.add(id=lease.id, state=_STATES[lease.shown])
             proto.payload.Pack(re_pb2.Digest(hash=hash_, size_bytes=int(size)))
             lease.told = lease.shown
+        for lease_id in stale:
+            reply.leases.add(id=lease_id, state=bots_pb2.LeaseState.CANCELLED)
         return reply
 
     async def _check(self, done: Completed) -> None:
         """Believe a completed lease only if its outputs are in the CAS; cache a success."""
-        checked = await self.run(self._verify, done)
+        try:
+            checked = await self.run(self._verify, done)
+        except Exception as e:  # noqa: BLE001 - whatever broke, the job must not stay EXECUTING forever
+            checked = f"checking the result from worker {done.lease.session.bot_id} failed: {e}"
         if isinstance(checked, Outcome):
             self.coordinator.finish(done, checked)
         else:
@@ -145,7 +155,8 @@ class Bots(_Service, bots_pb2_grpc.BotsServicer):
     def _verify(self, done: Completed) -> Outcome | str:
         """The outcome of a completed lease, or why the attempt failed (then it is retried). Blocking."""
         worker = done.lease.session.bot_id
-        if done.code in (code_pb2.FAILED_PRECONDITION, INVALID_ARGUMENT):  # the action's fault: not retried
+        # the action's fault, not the worker's: missing inputs, a bad action, its own timeout. Not retried.
+        if done.code in (code_pb2.FAILED_PRECONDITION, INVALID_ARGUMENT, code_pb2.DEADLINE_EXCEEDED):
             return Outcome(done.code, f"worker {worker}: {done.message}", details=done.details)
         if done.code != OK:
             return f"worker {worker}: {code_name(done.code)}: {done.message}"
@@ -157,17 +168,20 @@ class Bots(_Service, bots_pb2_grpc.BotsServicer):
         try:
             if not namespace.result_complete(result):
                 return f"the result from worker {worker} names blobs the CAS does not hold"
-            if result.exit_code == 0 and done.job.cacheable:
-                hash_, _, size = done.job.action.partition("/")
-                namespace.put_action(from_proto(re_pb2.Digest(hash=hash_, size_bytes=int(size))), result)
-        except (BadRequest, OSError) as e:
+        except (BadRequest, OSError, BackendUnavailable) as e:
             return f"the result from worker {worker} could not be checked: {e}"
+        if result.exit_code == 0 and done.job.cacheable:
+            hash_, _, size = done.job.action.partition("/")
+            try:
+                namespace.put_action(Digest(hash_, int(size)), result)
+            except (OSError, BackendUnavailable) as e:  # the result stands; only the cache misses it
+                self.coordinator.log(f"action {done.job.action}: result not cached: {e}")
         return Outcome(OK, result=result, label="ok" if result.exit_code == 0 else f"exit {result.exit_code}")
 
 
 def _news(session: Session) -> bool:
     """Has the worker something to learn: a new lease, or a cancellation?"""
-    return any(lease.told != lease.shown for lease in session.leases.values())
+    return any(not lease.told or (lease.cancel and lease.told != CANCELLED) for lease in session.leases.values())
 
 
 def _report(lease: Any) -> Report:

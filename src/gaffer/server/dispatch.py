@@ -5,8 +5,10 @@ result (an action marked `do_not_cache` gets a job of its own). Queued jobs wait
 (the instance and the platform properties a worker must have) and, inside it, per build (RequestMetadata's
 tool_invocation_id): a worker with a free slot is served from the build served least recently, so one big build
 does not starve a small one. A worker never holds more unfinished leases than its max jobs: a full farm means
-waiting, never failing. Locality: a job queued while capable workers are free is reserved for the one holding the
-most of its input bytes (workers report what they hold); any other worker may take it after LOCALITY_WAIT_S.
+waiting, never failing. Locality (workers report the blobs they hold): a job queued while capable workers have a
+free slot is reserved for the one holding the most of its input bytes, and any other may take it after
+LOCALITY_WAIT_S; behind a backlog, a worker coming free takes, of the next SCAN jobs of the build it serves, the one
+whose inputs it holds most of.
 
 Time comes from an injected clock and nothing here blocks or speaks gRPC, so the scheduling can be tested and
 benchmarked in-process; the gRPC services (execution.py, bots.py) drive it from one event loop and are woken
@@ -32,6 +34,10 @@ ABANDONED_S = 30.0  # a job whose every client has been gone this long is cancel
 SCAN = 8  # queued jobs of a build a worker looks at: the one holding most of their inputs is taken first
 KEEP_FINISHED = 10_000  # finished operations kept for WaitExecution / GetOperation
 RECENT = 100  # finished jobs the status page shows
+MAX_HELD = 200_000  # blobs recorded per worker (workers report at most 100,000 at a time)
+MAX_CLASSES = 100  # platform classes kept with nothing queued (beyond, the empty ones are forgotten)
+MAX_BUILDS = 10_000  # builds whose last service is remembered (beyond, those with nothing queued are forgotten)
+SNAPSHOT_QUEUE = 1000  # queued operations the snapshot lists, oldest first ("queue_length" counts them all)
 
 # google.rpc codes of the outcomes the coordinator decides itself
 OK, CANCELLED_CODE, INVALID_ARGUMENT, FAILED_PRECONDITION, UNAVAILABLE = 0, 1, 3, 9, 14
@@ -214,9 +220,12 @@ class Coordinator:
         self._abandoned: dict[tuple[str, str], Job] = {}
         self._served: dict[str, int] = {}  # build -> when it was last served (a counter)
         self._serve_count = itertools.count(1)
+        self._lease_ids = itertools.count(1)
+        self._lease_prefix = uuid.uuid4().hex[:12]  # lease ids never repeat across server restarts
         self._holders: dict[str, set[Session]] = {}  # blob hash -> sessions holding it
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._queued = 0
+        self.stopping = False
         self.counters = dict.fromkeys(
             ("actions_started", "actions_finished", "actions_failed", "actions_retried", "actions_cancelled",
              "queue_to_start_seconds_sum", "queue_to_start_count", "cache_hits", "cache_misses"), 0.0)
@@ -385,7 +394,7 @@ class Coordinator:
 
     def inventory(self, session: Session, reset: bool, added: Iterable[tuple[str, int]],
                   removed: Iterable[str]) -> int:
-        """What a worker holds now (Inventory.Report); the number of blobs."""
+        """What a worker holds now (Inventory.Report); the number of blobs recorded (at most MAX_HELD)."""
         with self._lock:
             if reset:
                 self._drop_holdings(session)
@@ -395,7 +404,7 @@ class Coordinator:
                     session.held_bytes -= size
                     self._unhold(hash_, session)
             for hash_, size in added:
-                if hash_ not in session.held:
+                if hash_ not in session.held and len(session.held) < MAX_HELD:
                     session.held[hash_] = size
                     session.held_bytes += size
                     self._holders.setdefault(hash_, set()).add(session)
@@ -426,10 +435,17 @@ class Coordinator:
                             if job.stage == QUEUED and job.klass is klass:
                                 for op in job.operations:
                                     op.changed()
+            self._prune()
 
-    def disconnect(self, session: Session, reason: str) -> None:
+    def stop(self) -> None:
+        """The server is stopping: wake every client stream and long poll, so they end now (see `stopping`)."""
         with self._lock:
-            self._disconnect(session, reason)
+            self.stopping = True
+            for op in list(self._operations.values()):
+                op.changed()
+            for session in list(self._sessions.values()):
+                if session.wake is not None:
+                    session.wake()
 
     # -- reading -------------------------------------------------------------------------------------------------
 
@@ -440,7 +456,8 @@ class Coordinator:
                     "running": sum(len(s.leases) for s in self._sessions.values())}
 
     def snapshot(self) -> dict[str, Any]:
-        """What the status page shows (JSON-serialisable): workers, queue, running and recent jobs, counters."""
+        """What the status page shows (JSON-serialisable): workers, the queue (its first SNAPSHOT_QUEUE operations,
+        and its length), running and recent jobs, counters."""
         with self._lock:
             now = self.clock()
             workers = [{
@@ -450,20 +467,24 @@ class Coordinator:
                 "held_blobs": len(s.held), "held_bytes": s.held_bytes, "last_seen_s_ago": now - s.last_seen,
                 "connected_s": now - s.connected_at,
             } for s in self._sessions.values()]
-            queue, running = [], []
+            queue: list[dict[str, Any]] = []
+            running: list[dict[str, Any]] = []
+            busy: dict[PlatformClass, bool] = {}
             for job in self._jobs.values():
+                if job.stage == QUEUED and len(queue) >= SNAPSHOT_QUEUE:
+                    continue
                 for op in job.operations:
                     entry = {"operation": op.name, "action": job.action, "build": op.build, "task": op.task}
                     if job.stage == QUEUED:
                         queue.append({**entry, "queued_s_ago": now - job.queued_at,
-                                      "waiting_for": self._why_waiting(job, now)})
+                                      "waiting_for": self._why_waiting(job, now, busy)})
                     else:
                         running.append({**entry, "worker": op.running_on, "started_s_ago": now - job.started_at,
                                         "attempt": job.attempts})
             recent = [{**{k: v for k, v in r.items() if k != "finished_at"},
                        "finished_s_ago": now - r["finished_at"]} for r in self._recent]
-            return {"workers": workers, "queue": queue, "running": running, "recent": recent,
-                    "counters": dict(self.counters)}
+            return {"workers": workers, "queue": queue, "queue_length": self._queued, "running": running,
+                    "recent": recent, "counters": dict(self.counters)}
 
     # -- inside --------------------------------------------------------------------------------------------------
 
@@ -485,6 +506,19 @@ class Coordinator:
                     self._capable(klass, session)
         return klass
 
+    def _prune(self) -> None:
+        """Forget platform classes with nothing queued and builds not queued, once there are many (peers choose
+        platforms and build ids: memory stays bounded)."""
+        if len(self._classes) > MAX_CLASSES:
+            for key, klass in list(self._classes.items()):
+                if klass.count == 0:
+                    del self._classes[key]
+                    for session in klass.sessions:
+                        session.classes.remove(klass)
+        if len(self._served) > MAX_BUILDS:
+            queued = {build for klass in self._classes.values() for build in klass.builds}
+            self._served = {build: n for build, n in self._served.items() if build in queued}
+
     def _capable(self, klass: PlatformClass, session: Session) -> None:
         klass.sessions.add(session)
         session.classes.append(klass)
@@ -494,6 +528,8 @@ class Coordinator:
         now = self.clock()
         job.stage, job.queued_at = QUEUED, now
         klass = job.klass
+        if self._classes.get((klass.instance, klass.requirements)) is not klass:  # pruned while the job ran
+            klass = job.klass = self._class(klass.instance, klass.requirements)
         queue = klass.builds.get(job.build)
         if queue is None:
             queue = klass.builds[job.build] = deque()
@@ -504,31 +540,36 @@ class Coordinator:
         klass.count += 1
         self._queued += 1
         job.reserved_for = None
-        free = [s for s in self._idle.values() if klass in s.classes and s.free > 0]
-        if not free:
-            return
-        target = free[0]
-        if job.inputs and self._holders:
-            scores = self._scores(job, free)
-            if scores:
-                target = max(scores, key=scores.__getitem__)
-                job.reserved_for, job.reserve_until = target, now + LOCALITY_WAIT_S
-        if target.wake is not None:
+        # With a short queue, reserved for a moment for the capable worker with a free slot that holds most of its
+        # inputs; behind a backlog, each worker coming free picks what it holds most of (_pick) instead.
+        scores = self._scores(job) if job.inputs and self._holders and klass.count <= SCAN else None
+        if scores:
+            target: Session | None = max(scores, key=scores.__getitem__)
+            assert target is not None
+            job.reserved_for, job.reserve_until = target, now + LOCALITY_WAIT_S
+        else:
+            target = next((s for s in self._idle.values() if klass in s.classes and s.free > 0), None)
+        if target is not None and target.wake is not None:
             target.wake()
 
-    def _scores(self, job: Job, among: list[Session]) -> dict[Session, int]:
-        """Input bytes of `job` each of `among` holds (those holding some)."""
-        wanted = set(among)
+    def _scores(self, job: Job) -> dict[Session, int]:
+        """Input bytes of `job` held by each capable worker with a free slot (those holding some)."""
         scores: dict[Session, int] = {}
+        able: dict[Session, bool] = {}
+        klass = job.klass
         for hash_, size in job.inputs.items():
             for holder in self._holders.get(hash_, ()):
-                if holder in wanted:
+                ok = able.get(holder)
+                if ok is None:
+                    ok = able[holder] = holder.free > 0 and klass in holder.classes
+                if ok:
                     scores[holder] = scores.get(holder, 0) + size
         return scores
 
     def _pick(self, session: Session, now: float) -> Job | None:
         """The job `session` should run next: from the build served least recently among the queues it can
         serve; among the first SCAN jobs of that build, the one whose inputs it holds most of."""
+        held, zeros = session.held, itertools.repeat(0)
         heads = []
         for klass in session.classes:
             if klass.count:
@@ -549,7 +590,7 @@ class Coordinator:
                     session.recheck_at = min(session.recheck_at or job.reserve_until, job.reserve_until)
                     i += 1
                     continue
-                score = sum(size for h, size in job.inputs.items() if h in session.held) if session.held else 0
+                score = sum(map(held.get, job.inputs, zeros)) if held else 0  # bytes this worker holds
                 if score > best_score:
                     best, best_score, best_at = job, score, i
                 i += 1
@@ -565,7 +606,7 @@ class Coordinator:
         return None
 
     def _start(self, job: Job, session: Session, now: float) -> Lease:
-        lease = Lease(uuid.uuid4().hex, job, session)
+        lease = Lease(f"{self._lease_prefix}-{next(self._lease_ids):x}", job, session)
         session.leases[lease.id] = lease
         if session.free <= 0:
             self._idle.pop(session.name, None)
@@ -673,12 +714,15 @@ class Coordinator:
             if not holders:
                 del self._holders[hash_]
 
-    def _why_waiting(self, job: Job, now: float) -> str:
+    def _why_waiting(self, job: Job, now: float, busy: dict[PlatformClass, bool]) -> str:
+        """What a queued job waits for, in words (`busy`: whether each class's workers are all busy, as found)."""
         klass = job.klass
         if not klass.sessions:
             return klass.describe()
         if job.reserved_for is not None and now < job.reserve_until:
             return f"reserved for {job.reserved_for.bot_id}, which holds most of its inputs"
-        if all(s.free <= 0 for s in klass.sessions):
+        if klass not in busy:
+            busy[klass] = all(s.free <= 0 for s in klass.sessions)
+        if busy[klass]:
             return f"every capable worker is busy ({len(klass.sessions)})"
         return "a free worker to ask for work"

@@ -35,6 +35,7 @@ from gaffer.server.reapi import _HANDLED, STALL_S, Context, Failure, _Service
 from gaffer.server.store import BadRequest, Namespace, ServerStore, check_digest, check_instance
 
 METADATA_KEY = "build.bazel.remote.execution.v2.requestmetadata-bin"
+RESEND_S = 30.0  # an operation that has not changed for this long is sent again (long actions: the stream lives)
 MAX_INPUT_DIRECTORIES = 1_000_000  # an input tree larger than this is refused (a peer chooses its size)
 
 _STAGES = {"QUEUED": re_pb2.ExecutionStage.QUEUED, EXECUTING: re_pb2.ExecutionStage.EXECUTING,
@@ -204,8 +205,9 @@ def unknown(name: str) -> Failure:
 
 
 async def follow(coordinator: Coordinator, op: Operation, context: Context) -> None:
-    """Stream `op` to the client at each change of stage, worker or reason for waiting, until it is done. A
-    client that goes away detaches (its job is cancelled once nobody follows it for a while)."""
+    """Stream `op` to the client at each change of stage, worker or reason for waiting (and every RESEND_S),
+    until it is done. A client that goes away detaches (its job is cancelled once nobody follows it for a
+    while)."""
     changed = asyncio.Event()
     coordinator.attach(op)
     op.listeners.append(changed.set)
@@ -222,7 +224,13 @@ async def follow(coordinator: Coordinator, op: Operation, context: Context) -> N
                     return  # the client stopped reading
             if op.outcome is not None:
                 return
-            await changed.wait()
+            if coordinator.stopping:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping: submit the action again "
+                                    "once it is back (WaitExecution will not know this operation)")
+            try:
+                await asyncio.wait_for(changed.wait(), RESEND_S)
+            except TimeoutError:
+                last = None  # sent again unchanged: the client sees the stream is alive
     finally:
         op.listeners.remove(changed.set)
         coordinator.detach(op)

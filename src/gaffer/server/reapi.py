@@ -1,4 +1,5 @@
-"""The REAPI v2 gRPC services of `gaffer serve`: Capabilities, ContentAddressableStorage, ByteStream, ActionCache.
+"""The REAPI v2 gRPC services of `gaffer serve`: Capabilities, ContentAddressableStorage, ByteStream, ActionCache
+(and, added from execution.py and bots.py, remote execution's).
 
 Each service is a thin adapter over `ServerStore` (the bazel-remote shape): parse and validate the request, call
 the store, map failures to gRPC status codes and count them in the metrics.
@@ -203,6 +204,13 @@ class Capabilities(_Service, re_grpc.CapabilitiesServicer):
                 max_batch_total_size_bytes=MAX_BATCH_BYTES,
                 # a cache stores whatever symlinks a client's actions produced; it resolves none of them
                 symlink_absolute_path_strategy=re_pb2.SymlinkAbsolutePathStrategy.ALLOWED,
+            ),
+            execution_capabilities=re_pb2.ExecutionCapabilities(  # served by execution.py, on workers
+                digest_function=re_pb2.DigestFunction.SHA256, digest_functions=[re_pb2.DigestFunction.SHA256],
+                exec_enabled=True,
+                execution_priority_capabilities=re_pb2.PriorityCapabilities(
+                    priorities=[re_pb2.PriorityCapabilities.PriorityRange(min_priority=0, max_priority=0)]
+                ),
             ),
             low_api_version=semver_pb2.SemVer(major=2),
             high_api_version=semver_pb2.SemVer(major=2, minor=3),
@@ -561,6 +569,7 @@ class GrpcServer:
         done: Future[None] = Future()
 
         async def stop() -> None:
+            self._coordinator.stop()  # clients following operations and workers' long polls return now
             if self._server is not None:
                 await self._server.stop(grace)
             # grpc has ended the calls; what their handlers still await ends here, so their clean-ups run

@@ -14,14 +14,14 @@ only then is the record checked against the disk.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from gaffer.cache.disk import DiskStore
 from gaffer.cache.grpc import GrpcTier
 from gaffer.digest import Digest, digest_bytes, digest_file
+from gaffer.units import format_count, format_size
 
 INVENTORY_LIMIT = 100_000  # blobs in one reset report: the most recently used ones
 
@@ -29,9 +29,10 @@ INVENTORY_LIMIT = 100_000  # blobs in one reset report: the most recently used o
 class BlobCache:
     """Local blobs (verified), the server's CAS, and the blobs added since the last inventory report."""
 
-    def __init__(self, local: DiskStore, server: GrpcTier) -> None:
+    def __init__(self, local: DiskStore, server: GrpcTier, report: Callable[[str], None]) -> None:
         self.local = local
         self.server = server
+        self.report = report  # the worker's log line
         self._lock = threading.Lock()
         entries = sorted((st.st_mtime, path.name, st.st_size) for path, st in local.files("cas"))
         self._held: OrderedDict[Digest, None] = OrderedDict((Digest(h, size), None) for _t, h, size in entries)
@@ -50,7 +51,7 @@ class BlobCache:
         small = [d for d in wanted if self.server.batchable(d.size_bytes)]
         for digest, data in self.server.read_blobs(small).items():
             if digest_bytes(data) != digest:
-                _warn(f"blob {digest} from {self.server.name} does not match its digest: ignored")
+                self.report(f"warning: blob {digest} from {self.server.name} does not match its digest: ignored")
                 continue
             self.local.write_blob(digest, data)
             self._remember([digest])
@@ -62,7 +63,7 @@ class BlobCache:
                 if not self.server.fetch_blob(digest, tmp):
                     continue
                 if digest_file(tmp) != digest:
-                    _warn(f"blob {digest} from {self.server.name} does not match its digest: ignored")
+                    self.report(f"warning: blob {digest} from {self.server.name} does not match its digest: ignored")
                     continue
                 self.local.adopt(digest, tmp)
                 self._remember([digest])
@@ -111,6 +112,7 @@ class BlobCache:
                 self._bytes -= digest.size_bytes
                 self._removed[digest] = None
                 self._added.pop(digest, None)
+        self.report(f"blob cache over {format_size(self.local.max_size)}: {format_count(len(gone), 'blob')} evicted")
 
     def take_changes(self) -> tuple[list[Digest], list[Digest]]:
         """The blobs added (most recent first) and removed since the last call."""
@@ -127,6 +129,3 @@ class BlobCache:
             held = list(self._held)
         return held[::-1][:INVENTORY_LIMIT]
 
-
-def _warn(message: str) -> None:
-    print(f"gaffer worker: warning: {message}", file=sys.stderr, flush=True)

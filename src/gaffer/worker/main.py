@@ -10,13 +10,14 @@ second one kills them (they are reported CANCELLED, and the server runs them els
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import signal
 import socket
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import IO, NoReturn
 
 from gaffer.cache.urls import read_token
 from gaffer.config import WORKER, Settings, add_flags, environment_help, load_nearest
@@ -68,19 +69,24 @@ def _work(settings: Settings) -> int:
 
     import grpc  # heavy imports only now the settings are good
 
+    from gaffer.actions import remove_outputs
     from gaffer.cache.base import TierError
     from gaffer.cache.disk import DiskStore
     from gaffer.cache.grpc import GrpcTier
     from gaffer.execute.base import task_environment
     from gaffer.worker.blobs import BlobCache
     from gaffer.worker.capabilities import describe
-    from gaffer.worker.session import Session, say
+    from gaffer.worker.session import Refused, Session, say
 
+    where = f"{settings.sources['worker_dir'] or '--dir'} {directory}"
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = _lock(directory, where)
+        remove_outputs(directory, ["exec"])  # the exec roots a killed worker left behind
+        (directory / "exec").mkdir()
         local = DiskStore(directory / "blobs", settings.worker_max_size)
-        (directory / "exec").mkdir(parents=True, exist_ok=True)
     except (TierError, OSError) as e:
-        raise EnvironmentProblem(f"{settings.sources['worker_dir'] or '--dir'} {directory}: {e}") from None
+        raise EnvironmentProblem(f"{where}: {e}") from None
     bot_id = f"{socket.gethostname()}-{settings.worker_name or os.getpid()}"
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     channel = grpc.insecure_channel(target, [("grpc.max_receive_message_length", -1),
@@ -89,7 +95,7 @@ def _work(settings: Settings) -> int:
     server = GrpcTier(target, settings.instance, token=token, timeout=60.0)
     worker = describe(bot_id, settings.max_jobs, settings.platform, link=not settings.no_link)
     env = task_environment((), sorted({*DEFAULT_PASS_ENV, *settings.env_pass}))
-    session = Session(channel, settings.instance, bot_id, worker, BlobCache(local, server), directory / "exec", env,
+    session = Session(channel, settings.instance, bot_id, worker, BlobCache(local, server, say), directory / "exec", env,
                       settings.max_jobs, metadata)
     signals = {"count": 0}
 
@@ -129,7 +135,23 @@ def _work(settings: Settings) -> int:
     loop.join()
     server.close()
     channel.close()
+    lock.close()
+    if failed and isinstance(failed[0], Refused):
+        hint = " (see --token-file)" if failed[0].token else ""
+        raise UserError(f"{target} refuses the worker: {failed[0]}{hint}")
     if failed:
         raise EnvironmentProblem(f"the session with {target} failed: {failed[0]!r}")
     say("stopped")
     return 0
+
+
+def _lock(directory: Path, where: str) -> IO[str]:
+    """Hold DIR/worker.lock for the worker's life: one worker per directory, so the exec roots found there at
+    start are a dead worker's, safe to remove."""
+    lock = open(directory / "worker.lock", "a")  # noqa: SIM115 - held open until the worker stops
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UserError(f"{where}: another gaffer worker uses this directory (give each worker its own)") from None
+    return lock

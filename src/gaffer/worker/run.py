@@ -28,7 +28,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from gaffer.cache.base import TierError
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
 from gaffer.execute.local import ProcessRunner
-from gaffer.execute.sandbox import BadAction, MissingBlobs, run_action
+from gaffer.execute.sandbox import BadAction, MissingBlobs, SandboxResult, run_action
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
 from gaffer.worker.blobs import BlobCache
@@ -59,8 +59,17 @@ def run_lease(job: Job, blobs: BlobCache, exec_dir: Path, env: Mapping[str, str]
     started = time.time()
     try:
         action = _action_digest(job.payload, blobs)
-        _fetch_inputs(action, blobs)
-        done = run_action(action, blobs.local, exec_dir, env, runner, cancel=job.cancel)
+
+        def attempt() -> SandboxResult:
+            _fetch_inputs(action, blobs)
+            return run_action(action, blobs.local, exec_dir, env, runner, cancel=job.cancel)
+
+        try:
+            done = attempt()
+        except MissingBlobs as e:
+            if blobs.server.find_missing(e.digests):
+                raise
+            done = attempt()  # the server has them: the local cache evicted them meanwhile, for another lease
         blobs.produced(done.blobs)
         blobs.upload(done.blobs)
     except MissingBlobs as e:

@@ -40,6 +40,17 @@ CALL_TIMEOUT_S = 30.0  # Inventory.Report
 BACKOFF_START_S = 0.1
 BACKOFF_CAP_S = 10.0
 _SESSION_GONE = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT})
+# Answers to CreateBotSession that no retry changes: a missing or wrong token, a server without a Bots service.
+_REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                      grpc.StatusCode.UNIMPLEMENTED})
+
+
+class Refused(Exception):
+    """The server will not take this worker (its token, or no Bots service): the operator must act."""
+
+    def __init__(self, e: grpc.RpcError) -> None:
+        self.token = e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+        super().__init__(_describe(e))
 
 
 def say(message: str) -> None:
@@ -137,6 +148,8 @@ class Session:
                     try:
                         self._create()
                     except grpc.RpcError as e:
+                        if e.code() in _REFUSED:
+                            raise Refused(e) from None
                         self._wait(backoff, f"cannot open a session: {_describe(e)}")
                         continue
                     backoff.reset()
@@ -144,6 +157,9 @@ class Session:
                     continue
                 if self._update(backoff):
                     backoff.reset()
+        except BaseException:
+            self.kill()  # no one will hear of the running leases: end them rather than wait for them
+            raise
         finally:
             self._pool.shutdown(wait=True)
 
