@@ -24,6 +24,7 @@ import grpc
 import jsonschema
 import pytest
 
+from gaffer.monitor import render
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from tests import servers
 from tests.buildgrid import ReapiServer, start_gaffer_serve
@@ -61,7 +62,9 @@ SCHEMA: dict[str, Any] = {
             name=_TEXT, session=_TEXT, max_jobs=_COUNT, held_blobs=_COUNT, held_bytes=_COUNT,
             last_seen_s_ago=_NUMBER, connected_s=_NUMBER, running={"type": "array", "items": _TEXT},
             platform={"type": "object", "additionalProperties": {"type": "array", "items": _TEXT}})},
-        "queue": {"type": "array", "items": _item(operation=_TEXT, action=_TEXT, build=_BUILD, task=_BUILD,
+        "queue_length": _COUNT,
+        "queue": {"type": "array", "maxItems": 1000, "items": _item(operation=_TEXT, action=_TEXT, build=_BUILD,
+                                                                    task=_BUILD,
                                                   queued_s_ago=_NUMBER, waiting_for=_TEXT)},
         "running": {"type": "array", "items": _item(operation=_TEXT, action=_TEXT, build=_BUILD, task=_BUILD,
                                                     worker=_TEXT, started_s_ago=_NUMBER, attempt=_COUNT)},
@@ -74,7 +77,7 @@ SCHEMA: dict[str, Any] = {
             "queue_to_start_seconds_sum", "queue_to_start_count", "cache_hits", "cache_misses")}),
     },
     "if": {"properties": {"execution": {"const": True}}},
-    "then": {"required": ["workers", "queue", "running", "recent", "counters"]},
+    "then": {"required": ["workers", "queue", "queue_length", "running", "recent", "counters"]},
 }
 
 
@@ -187,10 +190,20 @@ def test_status_json_shows_the_worker_and_its_actions(serve: ReapiServer) -> Non
     assert worker["running"] == [running["operation"]]
     assert (running["build"], running["worker"], running["attempt"]) == (BUILD, worker["name"], 1)
     (queued,) = status["queue"]
+    assert status["queue_length"] == 1
     assert queued["build"] == BUILD and "pool=none" in queued["waiting_for"], queued
     assert any(r["build"] == BUILD and r["outcome"] == "ok" and r["worker"] == worker["name"]
                for r in status["recent"]), status["recent"]
     assert status["counters"]["actions_started"] >= 2
+
+
+def test_gaffer_status_says_when_the_queue_is_listed_in_part(serve: ReapiServer) -> None:
+    """The document lists the oldest 1,000 queued actions and counts them all: the table's title says both."""
+    status = _status(serve)
+    status["queue_length"] = 5000
+    lines = render(status, serve.http_url)
+    assert "queue (5,000; the oldest 1 shown)" in lines
+    assert any(line.startswith("execution: 1 worker (1 of 2 slots busy), 5,000 queued") for line in lines), lines
 
 
 def test_status_page_is_self_contained(serve: ReapiServer) -> None:

@@ -88,7 +88,7 @@ def render(s: dict[str, Any], url: str) -> list[str]:
     wait = (f"; mean queue-to-start {_duration(c['queue_to_start_seconds_sum'] / c['queue_to_start_count'])}"
             if c["queue_to_start_count"] else "")
     lines += [(f"execution: {format_count(len(workers), 'worker')} ({busy} of {slots} slots busy), "
-              f"{s.get('queue_length', len(s['queue']))} queued, {len(s['running'])} running{wait}"),
+              f"{s.get('queue_length', len(s['queue'])):,} queued, {len(s['running'])} running{wait}"),
               (f"actions: {c['actions_started']:,} started, {c['actions_finished']:,} finished, "
               f"{c['actions_failed']:,} failed, {c['actions_retried']:,} retried, {c['actions_cancelled']:,} "
               f"cancelled; answered from the action cache: {c['cache_hits']:,} of {served:,}")]
@@ -105,7 +105,8 @@ def render(s: dict[str, Any], url: str) -> list[str]:
                                  _ago(w["last_seen_s_ago"]), _duration(w["connected_s"]),
                                  " ".join(f"{k}={'|'.join(v)}" for k, v in sorted(w["platform"].items()))))
     lines += _section("queue", s["queue"], "empty", ("TASK", "BUILD", "WAITING", "WHY"), {2},
-                      lambda q: (_task(q), _build(q.get("build")), _duration(q["queued_s_ago"]), q["waiting_for"]))
+                      lambda q: (_task(q), _build(q.get("build")), _duration(q["queued_s_ago"]), q["waiting_for"]),
+                      s.get("queue_length", 0))
     lines += _section("running", s["running"], "nothing", ("TASK", "BUILD", "WORKER", "FOR", "ATTEMPT"), {3, 4},
                       lambda r: (_task(r), _build(r.get("build")), r["worker"], _duration(r["started_s_ago"]),
                                  str(r["attempt"])))
@@ -117,10 +118,12 @@ def render(s: dict[str, Any], url: str) -> list[str]:
 
 
 def _section(title: str, items: Sequence[dict[str, Any]], empty: str, headers: Sequence[str],
-             right: Collection[int], row: Callable[[dict[str, Any]], Sequence[Cell]]) -> list[str]:
+             right: Collection[int], row: Callable[[dict[str, Any]], Sequence[Cell]], total: int = 0) -> list[str]:
+    """A titled table; `total`: how many there are when `items` lists only the first (the queue's oldest 1,000)."""
     if not items:
         return ["", f"{title}: {empty}"]
-    return ["", f"{title} ({len(items)})", *table(headers, [row(item) for item in items], right)]
+    count = f"{total:,}; the oldest {len(items):,} shown" if total > len(items) else f"{len(items):,}"
+    return ["", f"{title} ({count})", *table(headers, [row(item) for item in items], right)]
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Cell]], right: Collection[int] = ()) -> list[str]:
