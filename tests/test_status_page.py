@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -256,6 +257,32 @@ def test_gaffer_status_errors_are_one_line(serve: ReapiServer, tmp_path: Path, t
     assert (failed.returncode, failed.stdout, failed.stderr) == (status, "", f"gaffer: {message.format(**where)}\n")
 
 
+@pytest.fixture(scope="module")
+def cache_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`gaffer serve --http` alone, open: a cache server that executes nothing. Its HTTP URL."""
+    workdir = tmp_path_factory.mktemp("cache-only")
+    port = servers.free_port()
+    log = workdir / "serve.log"
+    proc = servers._spawn([sys.executable, "-m", "gaffer.server.main", "--dir", str(workdir / "store"),
+                           "--http", f"127.0.0.1:{port}"], log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        servers.wait_until(servers.http_answers(f"{url}/status.json"), "gaffer serve --http", WAIT_S, proc, log)
+        yield url
+    finally:
+        servers._terminate(proc)
+
+
+def test_a_server_without_grpc_shows_its_cache_alone(cache_only: str, tmp_path: Path) -> None:
+    status, _, body = _get(f"{cache_only}/status.json")
+    document = json.loads(body)
+    assert status == 200 and document["execution"] is False and "workers" not in document
+    jsonschema.validate(document, SCHEMA)
+    shown = run_gaffer(["status", "--server", cache_only], tmp_path, gaffer_env(tmp_path / "cache"))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[2:] == ["execution: not served (cache statistics only)"]
+
+
 # -- the page in a real browser --------------------------------------------------------------------------------
 
 
@@ -329,3 +356,16 @@ def test_status_page_in_headless_chromium(serve: ReapiServer, chromium: Any, tmp
               if entry["level"] == "SEVERE" and "401 (Unauthorized)" not in entry["message"]]
     assert errors == [], errors
     assert _screenshot(chromium, tmp_path, "status").stat().st_size > 10_000
+
+
+def test_status_page_of_a_cache_only_server(cache_only: str, chromium: Any, tmp_path: Path) -> None:
+    """No token, nothing executed: the page shows the cache and says there is no execution service."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium.get(f"{cache_only}/status")
+    WebDriverWait(chromium, BROWSER_TIMEOUT_S).until(lambda d: d.find_element(By.ID, "no-execution").is_displayed())
+    assert not chromium.find_element(By.ID, "login").is_displayed()
+    assert not chromium.find_element(By.ID, "execution").is_displayed()
+    assert "STORE" in chromium.find_element(By.ID, "cards").text.upper()
+    _screenshot(chromium, tmp_path, "status-cache-only")

@@ -136,8 +136,9 @@ def _serve(settings: Settings) -> int:
             listening.append(f"grpc on {_host(grpc_address[0])}:{port}")
         if http_address is not None:
             try:
+                # without --grpc nothing executes: the status page shows the cache alone
                 http_server = CacheHTTPServer(http_address, store, metrics, token, settings.client_timeout,
-                                              coordinator)
+                                              coordinator if grpc_server is not None else None)
             except OSError as e:
                 raise EnvironmentProblem(f"{settings.sources['http']} {_host(http_address[0])}:{http_address[1]}: "
                                          f"cannot listen there: {e.strerror}") from None
