@@ -215,10 +215,11 @@ def prepare_action(
     dep_files: Iterable[FileEntry] = (),
     dep_symlinks: Iterable[SymlinkEntry] = (),
     dep_directories: Iterable[DirectoryEntry] = (),
+    working_directory: str = "",
 ) -> PreparedAction:
     """The task's Action, Command and input-root Directory blobs. The input root holds the workspace files
     `sources` and everything the deps output (`dep_*`), at their workspace paths."""
-    command = re_pb2.Command(arguments=list(argv), output_paths=sorted(outputs))
+    command = re_pb2.Command(arguments=list(argv), output_paths=sorted(outputs), working_directory=working_directory)
     for name in sorted(env):
         command.environment_variables.add(name=name, value=env[name])
     command_data = _serialize(command)
