@@ -98,9 +98,13 @@ class Distributor:
         waited = threading.Event()
         timer: list[threading.Timer] = []
 
+        def give_up() -> None:  # still queued: no worker with this toolchain free (or none at all)
+            waited.set()
+            executor.cancel_all()
+
         def on_stage(_name: str, stage: str) -> None:
             if stage == "queued" and not timer:
-                timer.append(threading.Timer(self.wait, lambda: (waited.set(), executor.cancel_all())))
+                timer.append(threading.Timer(self.wait, give_up))
                 timer[0].daemon = True
                 timer[0].start()
             elif stage.startswith("executing") and timer:
@@ -126,8 +130,11 @@ class Distributor:
             self._tier.close()
 
 
+_OPENING = threading.Lock()
+
+
 def distributor(ctx: Context) -> Distributor:
-    with ctx._lock:
+    with _OPENING:
         if ctx.distributor is None:
             assert ctx.settings.remote is not None
             ctx.distributor = Distributor(ctx, ctx.settings.remote)
@@ -216,8 +223,10 @@ def portable_args(c: Compile, base: str, cwd: str) -> list[str] | None:
             out.append(arg)
             continue
         prefix = next((o for o in ("", *PATH_OPTIONS) if arg.startswith(o + base)), None)
-        rest = None if prefix is None else arg[len(prefix) + len(base):]
-        if rest is None or rest and not rest.startswith(("/", "=")):
+        if prefix is None:
+            return None
+        rest = arg[len(prefix) + len(base):]
+        if rest and not rest.startswith(("/", "=")):
             return None
         out.append(prefix + rel + rest)
         changed = True
@@ -232,8 +241,10 @@ def input_files(job: Job, read: list[str], base: str, system: list[str]) -> list
     for p in read:
         full = os.path.normpath(job.path(p))
         if under(full, base) and full != base:
-            try:
-                digest = store.put_file(Path(full))  # the upload reads it from the local CAS
+            digest = job.ctx.digest(full)
+            try:  # the upload reads it from the local CAS
+                if digest is None or not store.has_blob(digest) and store.put_file(Path(full)) != digest:
+                    return f"{p} cannot be read, or changed while read"
             except OSError:
                 return f"{p} cannot be read"
             rel = os.path.relpath(full, base)
