@@ -11,8 +11,10 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+from gaffer.cc.slots import LocalSlots
 from tests.cc_support import Launcher, clean_env, wait_for
 from tests.test_cc_example import SOURCES, Project, outputs
 from tests.test_remote_run import CLOSED_PORT_URL, start_farm
@@ -137,3 +139,31 @@ def test_a_worker_with_another_compiler_never_runs_the_compile(tmp_path: Path) -
         assert stats_line(src, env, "remote fallbacks").split()[-1] == "1"
     finally:
         farm.stop()
+
+
+def test_the_local_slots_let_only_local_jobs_compilers_run_at_once(tmp_path: Path) -> None:
+    slots = LocalSlots(str(tmp_path), 2)
+    release = threading.Event()
+    holding = threading.Barrier(3)
+    third = threading.Event()
+
+    def hold() -> None:
+        with slots.hold():
+            holding.wait(timeout=10)
+            release.wait(timeout=10)
+
+    def wait_for_one() -> None:
+        with slots.hold():
+            third.set()
+
+    holders = [threading.Thread(target=hold) for _ in range(2)]
+    for t in holders:
+        t.start()
+    holding.wait(timeout=10)  # both slots taken
+    waiter = threading.Thread(target=wait_for_one)
+    waiter.start()
+    assert not third.wait(0.5)  # a third compiler waits for a slot
+    release.set()
+    assert third.wait(10)
+    for t in [*holders, waiter]:
+        t.join(timeout=10)

@@ -96,7 +96,7 @@ class Distributor:
         from gaffer.execute.remote import RemoteExecutor
 
         waited = threading.Event()
-        timer: list[threading.Timer] = []
+        timer: list[threading.Timer] = []  # the running one while the action is queued (again, after a requeue)
 
         def give_up() -> None:  # still queued: no worker with this toolchain free (or none at all)
             waited.set()
@@ -108,7 +108,7 @@ class Distributor:
                 timer[0].daemon = True
                 timer[0].start()
             elif stage.startswith("executing") and timer:
-                timer[0].cancel()
+                timer.pop().cancel()
 
         warnings: list[str] = []
         executor = RemoteExecutor(Path(cwd), self.ctx.cache().local, _Here(), self.tier(), fallback=True,
@@ -116,8 +116,8 @@ class Distributor:
         try:
             done = executor.execute(action, [], label)
         finally:
-            if timer:
-                timer[0].cancel()
+            for t in timer:
+                t.cancel()
         if done.failure == HERE:
             self.down(warnings[0] if warnings else "no answer")
             return done, "the farm is unreachable"
