@@ -167,3 +167,26 @@ def test_the_local_slots_let_only_local_jobs_compilers_run_at_once(tmp_path: Pat
     assert third.wait(10)
     for t in [*holders, waiter]:
         t.join(timeout=10)
+
+
+def test_shared_filesystem_mode_compiles_in_place_on_a_worker_that_sees_the_same_paths(tmp_path: Path) -> None:
+    farm = start_farm(tmp_path / "farm", 1, "--platform", "gaffer-shared-fs=here")
+    try:
+        src = one_file(tmp_path)
+        plain = subprocess.run(["gcc", "-g", "-c", "one.c", "-o", "plain.o"], cwd=src, check=True)
+        assert plain.returncode == 0
+        env = {**clean_env(), "GAFFER_CC_DIR": str(tmp_path / "ccd"), "GAFFER_CACHE_DIR": str(tmp_path / "cache"),
+               "GAFFER_REMOTE": farm.url, "GAFFER_CC_SHARED_FS": "here"}
+        proc = subprocess.run([sys.executable, "-m", "gaffer", "cc", "--", "gcc", "-g", "-c", "one.c", "-o", "one.o"],
+                              cwd=src, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert farm.started() == 1
+        assert stats_line(src, env, "remote executions").split()[-1] == "1"
+        assert (src / "one.o").read_bytes() == (src / "plain.o").read_bytes()  # -g: the same paths, in place
+        os.unlink(src / "one.o")
+        hit = subprocess.run([sys.executable, "-m", "gaffer", "cc", "--", "gcc", "-g", "-c", "one.c", "-o", "one.o"],
+                             cwd=src, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert hit.returncode == 0 and farm.started() == 1  # the launcher stored it: a hit, no action
+        assert (src / "one.o").read_bytes() == (src / "plain.o").read_bytes()
+    finally:
+        farm.stop()

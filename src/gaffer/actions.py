@@ -216,6 +216,7 @@ def prepare_action(
     dep_symlinks: Iterable[SymlinkEntry] = (),
     dep_directories: Iterable[DirectoryEntry] = (),
     working_directory: str = "",
+    do_not_cache: bool = False,
 ) -> PreparedAction:
     """The task's Action, Command and input-root Directory blobs. The input root holds the workspace files
     `sources` and everything the deps output (`dep_*`), at their workspace paths."""
@@ -226,7 +227,7 @@ def prepare_action(
     root, blobs = input_root([*sources, *dep_files], dep_symlinks, dep_directories)
     blobs[digest_bytes(command_data)] = command_data
     action = re_pb2.Action(command_digest=_pb_digest(digest_bytes(command_data)), input_root_digest=_pb_digest(root),
-                           salt=salt)
+                           salt=salt, do_not_cache=do_not_cache)
     if timeout:
         action.timeout.FromNanoseconds(int(timeout * 1e9))
     for name in sorted(platform):

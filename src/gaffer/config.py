@@ -417,6 +417,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cc_remote_wait", (CC,), toml="cc.remote_wait", env="GAFFER_CC_REMOTE_WAIT", parse=_timeout,
             default={CC: 10.0}, default_text={"*": "10s"},
             help="with --remote: how long a compile may stay queued (no matching worker free) before it runs here"),
+    Setting("cc_shared_fs", (CC,), toml="cc.shared_fs", env="GAFFER_CC_SHARED_FS", parse=_text, default={CC: ""},
+            default_text={"*": "none: inputs are uploaded"},
+            help="with --remote: the name of a shared filesystem the workers started with --platform "
+                 "gaffer-shared-fs=NAME see at the same paths: compiles run in place there, nothing is uploaded "
+                 "(see docs/cc.md for when that is safe)"),
 )
 
 

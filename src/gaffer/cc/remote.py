@@ -32,7 +32,8 @@ from gaffer.cc import toolchain
 from gaffer.cc.args import Compile
 from gaffer.cc.basedir import under
 from gaffer.cc.depfile import prerequisites
-from gaffer.cc.flow import Job, Ran, read_text, run, run_and_store, temp_file
+from gaffer.cc.flow import Job, Ran, dep_list, read_text, run, run_and_store, temp_file
+from gaffer.cc.key import result_key
 from gaffer.cc.launch import Context, Response
 from gaffer.digest import Digest
 from gaffer.execute.base import ExecuteResult
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from gaffer.cache.grpc import GrpcTier
 
 RETRY_S = 30.0  # after the farm was unreachable, compiles run here for this long before it is tried again
+SHARED_KEY = "gaffer-shared-fs"  # the platform property of workers that see this machine's paths (shared mode)
 HERE = "run here"  # the failure RemoteExecutor reports when it falls back to its local executor
 # variables naming include directories or compiler parts by path: such a compile stays here
 PATH_ENV = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "OBJC_INCLUDE_PATH", "GCC_EXEC_PREFIX",
@@ -146,46 +148,31 @@ def compile_remotely(job: Job, c: Compile, identity: str, also: Digest | None) -
     miss is stored; None when the compile is not one to distribute (the caller runs it here)."""
     ctx = job.ctx
     farm = distributor(ctx)
-    why = not_distributable(job, c) if farm.usable() else "the farm was unreachable a moment ago"
-    base = job.base_dir or job.cwd
-    arguments = None if why else portable_args(c, base, job.cwd)
-    if arguments is None:
-        why = why or "an argument names the base directory, which no -ffile-prefix-map covers"
+    shared = ctx.settings.cc_shared_fs
+    why = "the farm was unreachable a moment ago" if not farm.usable() else not_distributable(job, c, bool(shared))
     if why:
         ctx.log(f"{job.label}: compiled here: {why}")
         return None
-    assert arguments is not None
     with temp_file(job, ".d") as dep:
         dep_pass = run(job, [*c.cpp_args, "-M", "-MF", dep])
         if dep_pass.exit_code != 0:
             return None  # the compile run here reports the error
         dep_text = read_text(dep)
-    from gaffer.cc.compile import search_dirs
-
-    inputs = input_files(job, prerequisites(dep_text), base, search_dirs(job, c))
-    if isinstance(inputs, str):
-        ctx.log(f"{job.label}: compiled here: {inputs}")
-        return None
-    outputs = [os.path.relpath(job.path(p), job.cwd) for p in job.outputs.values()]
-    if any(p.startswith("..") for p in outputs):
-        ctx.log(f"{job.label}: compiled here: an output is outside the working directory")
-        return None
-    env = {k: v for k, v in job.request.env.items() if k in SENT_ENV or k.startswith("LC_")}
     platform = {**actions.host_properties(),
                 toolchain.KEY: toolchain.value(os.path.basename(job.request.argv[0]), identity)}
-    work = os.path.relpath(job.cwd, base)
-    work = "" if work == "." else work
-    if work.startswith(".."):
-        ctx.log(f"{job.label}: compiled here: the working directory is outside the base directory")
+    if shared:
+        action = in_place_action(job, dep_text, dep_pass, {**platform, SHARED_KEY: shared})
+    else:
+        action = shipped_action(job, c, dep_text, platform)
+    if isinstance(action, str):
+        ctx.log(f"{job.label}: compiled here: {action}")
         return None
-    action = actions.prepare_action([os.path.basename(job.request.argv[0]), *arguments], env, outputs, platform,
-                                    None, b"", inputs, dep_directories=[actions.DirectoryEntry(work, 0o755)],
-                                    working_directory=work)
+    ready = action
 
     def remotely(args: list[str]) -> Ran:
         start = time.time()
-        done, failed = farm.execute(action, job.cwd, job.label)
-        if not failed and not done.stderr:
+        done, failed = farm.execute(ready, job.cwd, job.label)
+        if not failed and (shared or not done.stderr):
             ctx.stats.add({"remote": 1})
             ctx.log(f"{job.label}: compiled on {done.where or 'the farm'}")
             return Ran(0, done.stdout, done.stderr, start, time.time(), dep_pass.moment)
@@ -198,12 +185,55 @@ def compile_remotely(job: Job, c: Compile, identity: str, also: Digest | None) -
     return run_and_store(job, c.args, lambda ran: dep_text, also)
 
 
-def not_distributable(job: Job, c: Compile) -> str:
-    """Why a worker could not compile this as it would compile here ("" if it can)."""
-    if c.debug or c.coverage or c.records_switches:
-        return "the object records the working directory or the arguments"
+def shipped_action(job: Job, c: Compile, dep_text: str, platform: dict[str, str]) -> actions.PreparedAction | str:
+    """The action of a compile whose header closure is shipped; a reason instead if it cannot be."""
+    from gaffer.cc.compile import search_dirs
+
+    base = job.base_dir or job.cwd
+    arguments = portable_args(c, base, job.cwd)
+    if arguments is None:
+        return "an argument names the base directory, which no -ffile-prefix-map covers"
+    inputs = input_files(job, prerequisites(dep_text), base, search_dirs(job, c))
+    if isinstance(inputs, str):
+        return inputs
+    outputs = [os.path.relpath(job.path(p), job.cwd) for p in job.outputs.values()]
+    if any(p.startswith("..") for p in outputs):
+        return "an output is outside the working directory"
+    work = os.path.relpath(job.cwd, base)
+    work = "" if work == "." else work
+    if work.startswith(".."):
+        return "the working directory is outside the base directory"
+    env = {k: v for k, v in job.request.env.items() if k in SENT_ENV or k.startswith("LC_")}
+    return actions.prepare_action([os.path.basename(job.request.argv[0]), *arguments], env, outputs, platform,
+                                  None, b"", inputs, dep_directories=[actions.DirectoryEntry(work, 0o755)],
+                                  working_directory=work)
+
+
+def in_place_action(job: Job, dep_text: str, dep_pass: Ran, platform: dict[str, str]) -> actions.PreparedAction | str:
+    """Shared-filesystem mode: the compile runs in this very directory on a worker that sees the same paths;
+    nothing is uploaded and the outputs stay where the compiler writes them (the caller checks and stores them).
+    The action names the full input content in its salt (the result key: the direct key and every file read),
+    so two different compiles are never the same action; it is never cached by the server."""
+    deps = dep_list(job, prerequisites(dep_text), dep_pass)
+    if isinstance(deps, str):
+        return deps
+    assert job.direct is not None
+    salt = result_key(job.direct, deps).hash.encode()
+    env = {k: v for k, v in job.request.env.items() if k in SENT_ENV or k.startswith("LC_") or k in PATH_ENV}
+    argv = ["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", job.cwd,
+            os.path.basename(job.request.argv[0]), *job.request.argv[1:]]
+    return actions.prepare_action(argv, env, [], platform, None, salt, [], do_not_cache=True)
+
+
+def not_distributable(job: Job, c: Compile, shared: bool) -> str:
+    """Why a worker could not compile this as it would compile here ("" if it can); in shared-filesystem mode
+    the paths are the same there."""
     if c.native:
         return "-march=native compiles for this machine's CPU"
+    if shared:
+        return ""
+    if c.debug or c.coverage or c.records_switches:
+        return "the object records the working directory or the arguments"
     if c.extra_inputs or c.extra_outputs:
         return "it reads or writes files beside the object (profile data, split debug info)"
     bad = next((name for name in PATH_ENV if job.request.env.get(name)), None)
