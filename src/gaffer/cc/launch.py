@@ -189,10 +189,15 @@ def handle(request: Request, context: Context) -> Response:
     """Serve one compile (kind COMPILE) or link (kind LINK). Safe to call from several threads at once with one
     Context (the daemon); its counters reach the stats file at `context.flush()`."""
     with context.serving():
-        if request.kind == LINK:
-            from gaffer.cc.link import handle_link
+        try:
+            if request.kind == LINK:
+                from gaffer.cc.link import handle_link
 
-            return handle_link(request, context)
-        from gaffer.cc.compile import handle_compile
+                return handle_link(request, context)
+            from gaffer.cc.compile import handle_compile
 
-        return handle_compile(request, context)
+            return handle_compile(request, context)
+        except Exception as e:  # noqa: BLE001 - a launcher bug must not fail the build: the caller runs the command
+            context.log(f"{' '.join(request.argv)}: internal error, running it unchanged: {type(e).__name__}: {e}")
+            context.stats.add({"local": 1}, reason_group="uncacheable", reason="internal error")
+            return RUN_IT
