@@ -54,6 +54,9 @@ def test_a_cmake_build_on_three_no_link_workers_is_the_plain_build_and_links_sta
         assert stats.get("link_misses", 0) >= 1, stats
         busy = [w.name for w in farm.workers if "running" in w.text()]
         assert len(busy) >= 2, busy
+        for worker in farm.status()["workers"]:  # each advertises this machine's compilers, and no linking
+            assert any(v.startswith("gcc:") for v in worker["platform"]["gaffer-toolchain"]), worker
+            assert "linking" not in worker["platform"], worker
     finally:
         project.launcher.stop()
         farm.stop()
