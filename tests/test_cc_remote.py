@@ -122,6 +122,22 @@ def test_no_farm_reachable_compiles_here_with_one_warning(tmp_path: Path) -> Non
     assert stats_line(src, env, "direct hits").split()[-1] == "1"
 
 
+def test_through_the_daemon_an_unreachable_farm_is_one_warning_in_its_log(tmp_path: Path, cc_client: Path) -> None:
+    src = one_file(tmp_path)
+    (src / "two.c").write_text('#include "one.h"\nint two(void) { return ONE + 1; }\n')
+    ccd = Launcher(tmp_path / "ccd" / "cc", cc_client)
+    ccd.env.update({"GAFFER_REMOTE": CLOSED_PORT_URL, "GAFFER_CC_BASEDIR": str(src)})
+    try:
+        for name in ("one", "two"):
+            proc = ccd.run([ccd.gaffer_cc, "gcc", "-c", f"{name}.c", "-o", f"{name}.o"], cwd=src)
+            assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+            assert (src / f"{name}.o").exists()
+        assert ccd.log().count("unreachable") == 1, ccd.log()
+        assert ccd.stats().get("remote_fallbacks") == 2
+    finally:
+        ccd.stop()
+
+
 def test_a_worker_with_another_compiler_never_runs_the_compile(tmp_path: Path) -> None:
     fake = tmp_path / "fake-bin"
     fake.mkdir()

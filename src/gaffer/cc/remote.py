@@ -149,7 +149,11 @@ def compile_remotely(job: Job, c: Compile, identity: str, also: Digest | None) -
     ctx = job.ctx
     farm = distributor(ctx)
     shared = ctx.settings.cc_shared_fs
-    why = "the farm was unreachable a moment ago" if not farm.usable() else not_distributable(job, c, bool(shared))
+    if not farm.usable():
+        ctx.stats.add({"remote_fallbacks": 1})
+        ctx.log(f"{job.label}: compiled here: the farm was unreachable a moment ago")
+        return None
+    why = not_distributable(job, c, bool(shared))
     if why:
         ctx.log(f"{job.label}: compiled here: {why}")
         return None
