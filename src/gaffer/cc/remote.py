@@ -9,7 +9,8 @@ compiler by identity (toolchain.py), and only a worker holding that very compile
 base directory are made relative to the working directory; that is the same compile only when a
 `-ffile-prefix-map` covers the base directory (else the object would record other paths): otherwise, and for
 what a worker cannot reproduce (debug info recording the working directory, coverage, -march=native, inputs or
-outputs outside the tree, variables naming include directories), the compile stays here.
+outputs outside the tree, variables naming include directories), the compile stays here. In shared-filesystem
+mode (GAFFER_CC_SHARED_FS) nothing is shipped: the command runs in place on a worker that sees the same paths.
 
 Any trouble with the farm (unreachable, no matching worker free within GAFFER_CC_REMOTE_WAIT, a failed or
 warning compile, whose diagnostics must name this checkout's paths) runs the compile here: a build never fails
