@@ -81,6 +81,12 @@ def handle_compile(request: Request, ctx: Context) -> Response:
         job.direct, hit = None, None
     if hit is not None:
         return hit
+    if ctx.settings.remote is not None and job.direct is not None:
+        from gaffer.cc.remote import compile_remotely
+
+        remote = compile_remotely(job, c, identity, preprocessed)
+        if remote is not None:
+            return remote
     with temp_file(job, ".d") as ours:
         if c.dep_file is None:
             return run_and_store(job, [*c.args, "-MD", "-MF", ours], lambda ran: read_text(ours), preprocessed)

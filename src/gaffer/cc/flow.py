@@ -68,6 +68,7 @@ class Job:
     started: float = field(default_factory=time.monotonic)
     miss_reason: str = ""
     response: Response = RUN_IT  # set by a restore
+    runner: Callable[[list[str]], Ran] | None = None  # runs a miss elsewhere (cc/remote.py); None: `run` here
     saved: float = 0.0  # seconds a hit saved: the stored run's duration less this lookup's
     preprocess: bool = False  # the manifest says: this compile uses __DATE__/__TIME__, try preprocessor mode
     # the paths, as written, that must not appear for an entry of these files read to hold (shadow.py), or
@@ -159,7 +160,7 @@ def run_and_store(job: Job, args: list[str], read_deps: Callable[[Ran], str | No
                   also: Digest | None = None) -> Response:
     """Run the tool with `args`, answer with what it did, and store a success under the result key of the files
     `read_deps` names (also under `also`, a preprocessed key: that one holds even with __DATE__)."""
-    ran = run(job, args)
+    ran = job.runner(args) if job.runner is not None else run(job, args)
     response = Response(DONE, ran.exit_code, ran.stdout, ran.stderr)
     if ran.exit_code != 0:
         job.ctx.stats.add({"failed": 1})
@@ -269,8 +270,9 @@ def run(job: Job, args: list[str]) -> Ran:
     moment = file_system_now(Path(job.ctx.directory), create=False)
     start = time.time()
     try:
-        proc = subprocess.run([job.tool, *args], cwd=job.cwd, env=dict(job.request.env), capture_output=True,
-                              stdin=subprocess.DEVNULL, check=False)
+        with job.ctx.local_slot():
+            proc = subprocess.run([job.tool, *args], cwd=job.cwd, env=dict(job.request.env), capture_output=True,
+                                  stdin=subprocess.DEVNULL, check=False)
     except OSError as e:
         return Ran(127, b"", f"gaffer: cannot run {job.tool}: {e.strerror}\n".encode(), start, time.time(), moment)
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
