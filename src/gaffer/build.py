@@ -310,7 +310,7 @@ class Build:
         settled: dict[str, Outcome] = {}
         for name in self.order:
             task = tasks[name]
-            if name in dirty or any(dep in affected for dep in task.deps):
+            if name in dirty or not affected.isdisjoint(task.deps):
                 affected.add(name)
             elif not task.is_group:
                 if name not in recorded or name not in saved:

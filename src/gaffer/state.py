@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from gaffer.atomic import save_marshalled
 from gaffer.digest import StatSignature
 
-_FORMAT = 3
+_FORMAT = 4  # 4: each task's state marshalled on its own
 STATE_DIR = ".gaffer"  # beside the graph file
 
 # What a dependent sees of a task's outputs: (files (path, hash, mode), symlinks (path, target), directories
@@ -121,10 +121,11 @@ class TaskState:
 
 
 class TaskStates(MutableMapping[str, TaskState]):
-    """Each task's state, decoded from the stored tuples only when asked for: an incremental build of 10,000
-    tasks reads the few it checks, and writes the others back as they were read."""
+    """Each task's state, stored marshalled on its own and decoded only when asked for: an incremental build
+    of 10,000 tasks decodes the few it checks and writes the others back as the bytes it read (unmarshalling
+    and marshalling all of them would cost more than the rest of such a build)."""
 
-    def __init__(self, stored: dict[str, tuple[Any, ...]] | None = None) -> None:
+    def __init__(self, stored: dict[str, bytes] | None = None) -> None:
         self._stored = stored if stored is not None else {}  # never decoded
         self._decoded: dict[str, TaskState] = {}  # disjoint from _stored
 
@@ -136,8 +137,8 @@ class TaskStates(MutableMapping[str, TaskState]):
         if stored is None:
             return default
         try:
-            found = TaskState.from_tuple(stored)
-        except (TypeError, ValueError):  # a damaged entry: as if the task had never run
+            found = TaskState.from_tuple(marshal.loads(stored))
+        except (EOFError, TypeError, ValueError):  # a damaged entry: as if the task had never run
             self._stored.pop(name, None)
             return default
         # Published before it leaves _stored: a pool thread asking meanwhile finds it in one or the other.
@@ -173,8 +174,9 @@ class TaskStates(MutableMapping[str, TaskState]):
         self._stored.clear()
         self._decoded.clear()
 
-    def to_stored(self) -> dict[str, tuple[Any, ...]]:
-        return {**self._stored, **{name: s.to_tuple() for name, s in self._decoded.items()}}
+    def to_stored(self) -> dict[str, bytes]:
+        dumps = marshal.dumps
+        return {**self._stored, **{name: dumps(s.to_tuple()) for name, s in self._decoded.items()}}
 
 
 class WorkspaceState:
