@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ EDIT_LINE = b"edited by bench_graph\n"
 # The targets: gaffer's no-op within 2x of ninja's, every scenario 3x faster than doit.
 NOOP_TARGET = 2.0
 DOIT_TARGET = 3.0
+RSS_TARGET_KIB = 4.0  # peak RSS of an edit build beyond ninja's, per task
 
 
 class BenchError(Exception):
@@ -87,6 +89,7 @@ class Measurement:
     status: str = "ok"  # ok | timeout | error | wrong-output | skipped
     seconds: list[float] = field(default_factory=list)
     rewritten: list[int] = field(default_factory=list)
+    peak_rss_kib: list[int] = field(default_factory=list)  # of the tool's process (its own children included)
     detail: str = ""
 
     @property
@@ -99,7 +102,7 @@ class Measurement:
 
     def as_json(self) -> dict:
         return {"status": self.status, "seconds": self.seconds, "min": self.best, "median": self.median,
-                "rewritten": self.rewritten, "detail": self.detail}
+                "rewritten": self.rewritten, "peak_rss_kib": self.peak_rss_kib, "detail": self.detail}
 
 
 @dataclass
@@ -161,11 +164,12 @@ def check_outputs(tree: Path, expected: dict[str, bytes]) -> None:
                          f"e.g. out/{wrong[0]}.txt")
 
 
-def run_build(argv: list[str], tree: Path, log: Path, timeout: float) -> float:
-    """Run one build in `tree`, output to `log`; return its wall-clock seconds.
+def run_build(argv: list[str], tree: Path, log: Path, timeout: float) -> tuple[float, int]:
+    """Run one build in `tree`, output to `log`; return its wall-clock seconds and peak RSS (KiB).
 
     The build runs in its own session so a timeout kills the whole process group (make's and doit's
-    workers too), not just the top process.
+    workers too), not just the top process. It is reaped with wait4, whose resource usage gives the peak RSS
+    of the tool's process (and of the largest of its own children).
     """
     with log.open("ab") as out:
         out.write(f"$ {' '.join(argv)}\n".encode())
@@ -173,24 +177,35 @@ def run_build(argv: list[str], tree: Path, log: Path, timeout: float) -> float:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=tree, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        try:
-            returncode = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        expired = threading.Event()
+
+        def kill() -> None:
+            expired.set()
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise BenchError("timeout", f"no result after {timeout:g}s (log {log})") from None
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            _pid, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.perf_counter() - start
-    if returncode != 0:
+    if expired.is_set():
+        raise BenchError("timeout", f"no result after {timeout:g}s (log {log})")
+    if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        raise BenchError("error", f"exit status {returncode} (log {log}): {' | '.join(tail)}")
-    return elapsed
+        raise BenchError("error", f"exit status {proc.returncode} (log {log}): {' | '.join(tail)}")
+    return elapsed, usage.ru_maxrss
 
 
 def measure(argv: list[str], tree: Path, log: Path, timeout: float, expected: dict[str, bytes],
             result: Measurement) -> None:
     """One timed build, then the correctness check and the count of out/ files it rewrote."""
     before = out_mtimes(tree)
-    result.seconds.append(run_build(argv, tree, log, timeout))
+    seconds, peak_kib = run_build(argv, tree, log, timeout)
+    result.seconds.append(seconds)
+    result.peak_rss_kib.append(peak_kib)
     after = out_mtimes(tree)
     result.rewritten.append(sum(1 for name, mtime in after.items() if before.get(name) != mtime))
     check_outputs(tree, expected)
@@ -229,7 +244,7 @@ def profile_gaffer(tools: Toolset, root: Path, expected: dict[str, bytes], timeo
     prof = root / "gaffer-noop.prof"
     argv = [str(tools.venv / "bin" / "python"), "-m", "cProfile", "-o", str(prof), "-m", "gaffer",
             *tools.gaffer_args(root / "gaffer-cache")]
-    seconds = run_build(argv, root / "gaffer", root / "gaffer-profile.log", timeout)
+    seconds, _peak = run_build(argv, root / "gaffer", root / "gaffer-profile.log", timeout)
     check_outputs(root / "gaffer", expected)
     report = root / "gaffer-noop.prof.txt"
     with report.open("w") as out:
@@ -312,7 +327,23 @@ def table(setup: SizeSetup, results: dict[str, dict[str, Measurement]],
               for row in rows]
     if ratio_names:
         lines += [f"  target: {line}" for line in targets(info["tasks"], ratios)]
+    rss = rss_per_task(results, info["tasks"])
+    if rss is not None:
+        lines.append(f"  peak RSS of the top-layer edit: {rss[0] / 1024:.1f} MiB gaffer, {rss[1] / 1024:.1f} MiB ninja: "
+                     f"{rss[2]:.2f} KiB per task beyond ninja's (target <= {RSS_TARGET_KIB:g}: "
+                     f"{'met' if rss[2] <= RSS_TARGET_KIB else 'MISSED'})")
     return "\n".join(lines)
+
+
+def rss_per_task(results: dict[str, dict[str, Measurement]], tasks: int) -> tuple[int, int, float] | None:
+    """(gaffer's and ninja's peak RSS of the top-layer edit in KiB, gaffer's excess per task), if both ran."""
+    try:
+        gaffer, ninja = (results[t]["edit-top"].peak_rss_kib for t in ("gaffer", "ninja"))
+    except KeyError:
+        return None
+    if not gaffer or not ninja:
+        return None
+    return gaffer[0], ninja[0], (gaffer[0] - ninja[0]) / tasks
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
