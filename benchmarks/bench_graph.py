@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ EDIT_LINE = b"edited by bench_graph\n"
 NOOP_TARGET = 2.0
 DOIT_TARGET = 3.0
 RSS_TARGET_KIB = 4.0  # peak RSS of an edit build beyond ninja's, per task
+TIME = "/usr/bin/time"  # GNU time: the edit builds' peak RSS
 
 
 class BenchError(Exception):
@@ -89,7 +89,7 @@ class Measurement:
     status: str = "ok"  # ok | timeout | error | wrong-output | skipped
     seconds: list[float] = field(default_factory=list)
     rewritten: list[int] = field(default_factory=list)
-    peak_rss_kib: list[int] = field(default_factory=list)  # of the tool's process (its own children included)
+    peak_rss_kib: list[int] = field(default_factory=list)  # of the tool's process, edit builds only
     detail: str = ""
 
     @property
@@ -164,48 +164,44 @@ def check_outputs(tree: Path, expected: dict[str, bytes]) -> None:
                          f"e.g. out/{wrong[0]}.txt")
 
 
-def run_build(argv: list[str], tree: Path, log: Path, timeout: float) -> tuple[float, int]:
-    """Run one build in `tree`, output to `log`; return its wall-clock seconds and peak RSS (KiB).
+def run_build(argv: list[str], tree: Path, log: Path, timeout: float, rss: bool = False) -> tuple[float, int | None]:
+    """Run one build in `tree`, output to `log`; return its wall-clock seconds and, with `rss`, its peak RSS
+    in KiB (GNU time's report on the tool's process: a child forked from this Python would start with this
+    process's own RSS in its maximum).
 
     The build runs in its own session so a timeout kills the whole process group (make's and doit's
-    workers too), not just the top process. It is reaped with wait4, whose resource usage gives the peak RSS
-    of the tool's process (and of the largest of its own children).
+    workers too), not just the top process.
     """
+    rss_file = log.with_suffix(".rss")
+    if rss:
+        argv = [TIME, "-f", "%M", "-o", str(rss_file), *argv]
     with log.open("ab") as out:
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
         start = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=tree, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        expired = threading.Event()
-
-        def kill() -> None:
-            expired.set()
-            os.killpg(proc.pid, signal.SIGKILL)
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
         try:
-            _pid, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise BenchError("timeout", f"no result after {timeout:g}s (log {log})") from None
         elapsed = time.perf_counter() - start
-    if expired.is_set():
-        raise BenchError("timeout", f"no result after {timeout:g}s (log {log})")
-    if proc.returncode != 0:
+    if returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        raise BenchError("error", f"exit status {proc.returncode} (log {log}): {' | '.join(tail)}")
-    return elapsed, usage.ru_maxrss
+        raise BenchError("error", f"exit status {returncode} (log {log}): {' | '.join(tail)}")
+    return elapsed, int(rss_file.read_text().split()[-1]) if rss else None
 
 
 def measure(argv: list[str], tree: Path, log: Path, timeout: float, expected: dict[str, bytes],
-            result: Measurement) -> None:
+            result: Measurement, rss: bool = False) -> None:
     """One timed build, then the correctness check and the count of out/ files it rewrote."""
     before = out_mtimes(tree)
-    seconds, peak_kib = run_build(argv, tree, log, timeout)
+    seconds, peak_kib = run_build(argv, tree, log, timeout, rss)
     result.seconds.append(seconds)
-    result.peak_rss_kib.append(peak_kib)
+    if peak_kib is not None:
+        result.peak_rss_kib.append(peak_kib)
     after = out_mtimes(tree)
     result.rewritten.append(sum(1 for name, mtime in after.items() if before.get(name) != mtime))
     check_outputs(tree, expected)
@@ -227,7 +223,7 @@ def bench_tool(tool: str, tools: Toolset, setup: SizeSetup, root: Path, repeat: 
                 with (tree / "src" / f"{edits[scenario]}.txt").open("ab") as src:
                     src.write(EDIT_LINE)
             for _ in range(repeat if scenario == "noop" else 1):
-                measure(argv, tree, log, timeout, setup.expected[scenario], result)
+                measure(argv, tree, log, timeout, setup.expected[scenario], result, rss=scenario in edits)
         except BenchError as exc:
             result.status, result.detail = exc.status, exc.detail
             print(f"  {tool} {scenario}: {exc}", file=sys.stderr)
@@ -379,6 +375,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     venv_ninja = args.venv / "bin" / "ninja"
     args.ninja = args.ninja or (str(venv_ninja) if venv_ninja.exists() else shutil.which("ninja") or "ninja")
     tools = Toolset(args.venv, args.ninja, args.jobs)
+    if not os.access(TIME, os.X_OK):
+        parser.error(f"{TIME} (GNU time, Debian's 'time' package) is needed for the edit builds' peak RSS")
     for tool in args.tools:
         if not shutil.which(tools.binary(tool)):
             parser.error(f"--tools {tool}: {tools.binary(tool)} is not an executable (see --venv, --ninja)")

@@ -67,10 +67,10 @@ class Build:
         self.progress = progress
         self.clock = clock
         self.stat_cache = keys.stat_cache
-        self.order = graph.closure(options.targets)
         # What changed since the recorded build of this graph (noop.check): only the tasks it names and their
-        # dependents are checked; None: every task is.
+        # dependents are checked; None: every task is. Its order is the closure of the same graph and targets.
         self.since = since if since is not None and since.record.graph_sig == graph.signature else None
+        self.order = list(self.since.record.order) if self.since is not None else graph.closure(options.targets)
         self.plan = Plan({}, [])
         self.outputs: dict[str, OutputRecords] = {}  # task -> its outputs as made or confirmed this build
         self.fingerprints: dict[str, Fingerprint] = {}

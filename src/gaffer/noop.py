@@ -32,7 +32,7 @@ from gaffer.workspace import workspace_root
 if TYPE_CHECKING:
     from gaffer.build import Build
 
-_FORMAT = 3
+_FORMAT = 4
 _GLOB_CHARS = frozenset("*?[")
 _NO_DOTS, _DOTS, _ALL_DOTS = 0, 1, 2  # how far a glob below a directory may enter dot-directories
 
@@ -56,6 +56,7 @@ class Record(NamedTuple):
     bases: tuple[tuple[str, int, tuple[int, ...]], ...]  # where globs walk (directory_bases), and whose globs
     dirs: tuple[tuple[str, tuple[int, int]], ...]  # every directory below them: (path, (mtime_ns, inode))
     tasks: tuple[tuple[str, float], ...]  # (task, its last execution time)
+    order: tuple[str, ...]  # the build's order (Graph.closure of the targets), groups included
 
 
 class Changes(NamedTuple):
@@ -225,7 +226,7 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
                     tuple((path, sig, tuple(indices)) for path, (sig, indices) in inputs.items()),
                     tuple(outputs), tuple(symlinks),
                     tuple((base, dots, tuple(indices)) for (base, dots), indices in bases.items()),
-                    tuple(dirs), tuple(tasks))
+                    tuple(dirs), tuple(tasks), tuple(build.order))
     save_marshalled(record_path(graph.root), tuple(record))
 
 
