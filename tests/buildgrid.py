@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests import servers
-from tests.support import REPO, require, require_tool
+from tests.support import NOBODY, REPO, require, require_tool
 
 BGD = REPO / ".venv-buildgrid" / "bin" / "bgd"
 _LISTENING = re.compile(r"gaffer serve: grpc on [^:]+:(\d+)(?:, http on [^:]+:(\d+))?")
@@ -197,3 +197,167 @@ def stop_signal(server: ReapiServer, sig: int = signal.SIGTERM, timeout: float =
     """Send `sig` and return the exit status."""
     server.proc.send_signal(sig)
     return server.proc.wait(timeout)
+
+
+# -- BuildGrid's execution service (Execution + Bots), on a private PostgreSQL ------------------------------------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def postgres_installed() -> bool:
+    return (PG_BIN / "initdb").exists() and (PG_BIN / "postgres").exists()
+
+
+def _as_unprivileged() -> list[str]:
+    """PostgreSQL refuses to run as root: as root (CI), run it as nobody; else as the user running the tests."""
+    if os.geteuid() != 0:
+        return []
+    return [require_tool("setpriv"), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+
+
+def start_postgres() -> servers.Server:
+    """A private PostgreSQL 15 cluster in a temp dir, on a free loopback port, trust auth for user `bgd`.
+
+    Never the Debian package's cluster or service: initdb makes a fresh data directory, and `postgres` runs in
+    the foreground as the fixture's child (SIGINT, a fast shutdown, stops it; it dies with the test process)."""
+    workdir = Path(tempfile.mkdtemp(prefix="gaffer-pg-"))
+    os.chmod(workdir, 0o755)  # nobody must reach the data directory inside
+    data = workdir / "data"
+    data.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        os.chown(data, NOBODY, NOBODY)
+    log = workdir / "postgres.log"
+    user = _as_unprivileged()
+    init = subprocess.run([*user, str(PG_BIN / "initdb"), "-D", str(data), "-U", "bgd", "--auth=trust",
+                           "-E", "UTF8", "--no-sync"], capture_output=True, text=True, check=False)
+    if init.returncode != 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise RuntimeError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+    port = servers.free_port()
+    argv = [*user, str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data),
+            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+            "-c", "full_page_writes=off", "-c", "max_connections=200"]
+    proc = servers._spawn(argv, log)
+
+    def ready() -> bool:
+        return subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)],
+                              check=False).returncode == 0
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # fast shutdown: does not wait for BuildGrid's connections
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    try:
+        servers.wait_until(ready, "PostgreSQL", servers.START_TIMEOUT_S, proc, log)
+    except BaseException:
+        stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return servers.Server("postgres", port, f"postgresql+psycopg2://bgd@127.0.0.1:{port}/postgres", workdir, stop)
+
+
+def buildgrid_execution_config(port: int, database: str) -> str:
+    """CAS, ByteStream, ActionCache, Execution and Bots on instance "", the scheduler's state in `database`.
+    Actions match workers on OSFamily, ISA (always) and linking; `_gaffer_*` worker properties are not matched."""
+    return f"""server:
+  - !channel
+    address: "127.0.0.1:{port}"
+    insecure-mode: true
+grpc-server-options:
+  grpc.so_reuseport: 0
+authorization:
+  method: none
+thread-pool-size: 32
+connections:
+  - !sql-connection &sql
+    connection-string: {database}
+    pool-size: 10
+    pool-timeout: 30
+    max-overflow: 20
+storages:
+  - !lru-storage &store
+    size: 512M
+caches:
+  - !lru-action-cache &ac
+    storage: *store
+    max-cached-refs: 100000
+    allow-updates: true
+    cache-failed-actions: false
+schedulers:
+  - !sql-scheduler &scheduler
+    sql: *sql
+    storage: *store
+    action-cache: *ac
+    bot-session-keepalive-timeout: 30
+    property-set: !dynamic-property-set
+      match-property-keys: [linking, pool]
+instances:
+  - name: ""
+    services:
+      - !action-cache
+        cache: *ac
+      - !execution
+        scheduler: *scheduler
+      - !cas
+        storage: *store
+      - !bytestream
+        storage: *store
+"""
+
+
+@dataclass
+class BuildGridExecution:
+    """BuildGrid with its execution service and the PostgreSQL it keeps its scheduler's state in."""
+
+    server: ReapiServer
+    postgres: servers.Server
+
+    def stop(self) -> None:
+        try:
+            self.server.stop()
+        finally:
+            self.postgres.stop()
+
+
+def start_buildgrid_execution() -> BuildGridExecution:
+    postgres = start_postgres()
+    try:
+        migrate = subprocess.run([str(BGD), "migrate", "apply", postgres.url], capture_output=True, text=True,
+                                 check=False)
+        if migrate.returncode != 0:
+            raise RuntimeError(f"bgd migrate apply failed:\n{migrate.stdout}\n{migrate.stderr}")
+        workdir = Path(tempfile.mkdtemp(prefix="gaffer-buildgrid-exec-"))
+        port = servers.free_port()
+        config = workdir / "buildgrid.yml"
+        config.write_text(buildgrid_execution_config(port, postgres.url))
+        log = workdir / "bgd.log"
+        address = f"127.0.0.1:{port}"
+        t0 = time.perf_counter()
+        proc = servers._spawn([str(BGD), "server", "start", str(config)], log)
+        try:
+            servers.wait_until(grpc_answers(address), "BuildGrid", servers.START_TIMEOUT_S, proc, log)
+        except BaseException:
+            servers._terminate(proc)
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+    except BaseException:
+        postgres.stop()
+        raise
+    server = ReapiServer("buildgrid", address, workdir, proc, log, started_in_s=time.perf_counter() - t0)
+    return BuildGridExecution(server, postgres)
+
+
+@pytest.fixture(scope="session")
+def buildgrid_execution() -> Iterator[BuildGridExecution]:
+    """BuildGrid 0.4.4 with Execution + Bots (what gaffer workers and REAPI clients use), on a private PostgreSQL
+    cluster, instance "" (started once per session: it takes seconds)."""
+    require(buildgrid_installed(), "BuildGrid is not installed (scripts/install-buildgrid.sh)")
+    require(postgres_installed(), f"PostgreSQL 15 is not installed ({PG_BIN})")
+    bg = start_buildgrid_execution()
+    yield bg
+    bg.stop()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests import servers
-from tests.buildgrid import buildgrid, gaffer_serve, gaffer_serve_s3  # noqa: F401 - session fixtures, shared by every module
+from tests.buildgrid import buildgrid, buildgrid_execution, gaffer_serve, gaffer_serve_s3  # noqa: F401 - session fixtures, shared by every module
+from tests.cc_support import Launcher, install_client
 from tests.support import require, require_tool
 
 
@@ -98,3 +100,19 @@ def ceph_bucket(ceph_s3: servers.Server) -> servers.Server:
     """Ceph radosgw with the bucket BUCKET created (credentials in `server.env`)."""
     _create_bucket(ceph_s3)
     return ceph_s3
+
+
+@pytest.fixture(scope="session")
+def cc_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fast client gaffer-cc (with gaffer-ld and masquerade/), built once by `gaffer cc --install`."""
+    base = tmp_path_factory.mktemp("ccbin")
+    install_client(base / "cc", base / "bin")
+    return base / "bin"
+
+
+@pytest.fixture
+def launcher(tmp_path_factory: pytest.TempPathFactory, cc_client: Path) -> Iterator[Launcher]:
+    """A private launcher directory whose daemon (started by the first compile) is stopped after the test."""
+    ccd = Launcher(tmp_path_factory.mktemp("ccd") / "cc", cc_client)
+    yield ccd
+    ccd.stop()

@@ -20,7 +20,7 @@ HISTORY = re.compile(r"seed \d{3}|seed projects?\b|seed's|\bissue \d+|DESIGN\.md
 
 HELP_COMMANDS = [["--help"], ["run", "--help"], ["explain", "--help"], ["clean", "--help"],
                  ["cache", "--help"], *[["cache", action, "--help"] for action in ("status", "gc", "verify", "clean")],
-                 ["serve", "--help"], ["gocache", "--help"]]
+                 ["serve", "--help"], ["gocache", "--help"], ["cc", "--help"], ["ld", "--help"]]
 
 
 def _help(args: list[str], tmp_path: Path) -> str:

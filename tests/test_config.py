@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gaffer.config import GOCACHE, RUN, SERVE, SETTINGS, settings_of
+from gaffer.config import CC, GOCACHE, RUN, SERVE, SETTINGS, WORKER, settings_of
 from tests.support import REPO, gaffer_env, run_gaffer
 
 GO_VARIABLES = ("BACKEND_TYPE", "CACHE_DIR", "S3_BUCKET", "S3_PREFIX", "S3_TMP_DIR", "DEBUG")
@@ -217,8 +217,10 @@ def test_gobuildcache_bad_value_is_one_line_naming_its_source_before_the_capabil
 # -- the table is what --help and the docs show -----------------------------------------------------------------
 
 
-DOCS = {RUN: REPO / "README.md", SERVE: REPO / "docs" / "serve.md", GOCACHE: REPO / "docs" / "gocache.md"}
-HELP = {RUN: ["run", "--help"], SERVE: ["serve", "--help"], GOCACHE: ["gocache", "--help"]}
+DOCS = {RUN: REPO / "README.md", SERVE: REPO / "docs" / "serve.md", GOCACHE: REPO / "docs" / "gocache.md",
+        WORKER: REPO / "docs" / "remote-execution.md", CC: REPO / "docs" / "cc.md"}
+HELP = {RUN: ["run", "--help"], SERVE: ["serve", "--help"], GOCACHE: ["gocache", "--help"],
+        WORKER: ["worker", "--help"], CC: ["cc", "--help"]}
 
 
 def names_of(front: str, s: object) -> list[str]:
@@ -230,7 +232,7 @@ def names_of(front: str, s: object) -> list[str]:
     return ([s.flags[-1]] if s.flags and front != GOCACHE else []) + list(s.variables(front)) + [f"[{section}] {key}"]
 
 
-@pytest.mark.parametrize("front", [RUN, SERVE, GOCACHE])
+@pytest.mark.parametrize("front", [RUN, SERVE, GOCACHE, WORKER, CC])
 def test_every_setting_is_in_its_docs_table_and_help(front: str, tmp_path: Path) -> None:
     rows = [line for line in DOCS[front].read_text(encoding="utf-8").splitlines() if line.startswith("|")]
     text = run_gaffer(HELP[front], cwd=tmp_path, env=gaffer_env(tmp_path / "cache"), check=True).stdout

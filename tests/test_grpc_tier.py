@@ -64,7 +64,7 @@ def test_large_blob_streams_through_bytestream(tier: GrpcTier, tmp_path: Path) -
     digest, data = _blob(LARGE)
     source = tmp_path / "source"
     source.write_bytes(data)
-    assert not tier._batchable(digest.size_bytes)
+    assert not tier.batchable(digest.size_bytes)
     assert tier.read_blob(digest) is None and tier.fetch_blob(digest, tmp_path / "absent") is False
     tier.upload_blob(digest, source)
     assert tier.find_missing([digest]) == []

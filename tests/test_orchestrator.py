@@ -40,7 +40,7 @@ class FakeExecutor:
         self.fail: set[str] = set()
         self.before_done: Callable[[str], None] = lambda name: None
 
-    def execute(self, action: actions.PreparedAction, pass_env: Sequence[str]) -> ExecuteResult:
+    def execute(self, action: actions.PreparedAction, pass_env: Sequence[str], task: str = "") -> ExecuteResult:
         name = action.argv[-1].split()[-1]
         self.ran.append((name, action.env, tuple(pass_env)))
         if name in self.fail:

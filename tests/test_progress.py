@@ -49,6 +49,30 @@ def test_live_mode_redraws_one_status_line() -> None:
     assert out.getvalue().endswith("\r\x1b[K")
 
 
+def test_a_remote_tasks_stages_as_lines_or_on_the_status_line() -> None:
+    out = io.StringIO()
+    p = Progress(stream=out, live=False)
+    p.start(total=1, jobs=1)
+    p.task_started("compile")
+    for stage in ("queued", "queued", "executing on farm-w3"):  # a repeated stage is shown once
+        p.task_stage("compile", stage)
+    p.task_finished("compile", Outcome(EXECUTED, duration_s=1.2, extra={"where": "worker farm-w3"}))
+    p.task_stage("compile", "queued")  # late: the task is done, nothing is shown
+    assert out.getvalue().splitlines() == [
+        "[1/1] Starting compile",
+        "[1/1] compile: queued",
+        "[1/1] compile: executing on farm-w3",
+        "[1/1] Completed compile (1.2s on worker farm-w3)",
+    ]
+    tty = FakeTTY()
+    live = Progress(stream=tty, live=True)
+    live.start(total=1, jobs=1)
+    live.task_started("compile")
+    live.task_stage("compile", "executing on farm-w3")
+    assert tty.getvalue().endswith("[0/1] running: compile (executing on farm-w3) 0s")
+    live.finish()
+
+
 def test_no_live_display_in_ci_or_without_colour(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("NO_COLOR", raising=False)

@@ -189,6 +189,20 @@ class PreparedAction:
             store.write_blob(digest, data)
         return list(self.blobs)
 
+    def input_tree(self) -> Outputs:
+        """Every file, symlink and directory of the input root, at workspace paths, read from `blobs` (what an
+        executor away from the workspace must find in its CAS). Raises BadCacheEntry if a Directory is absent."""
+        def child(digest: Digest) -> re_pb2.Directory | None:
+            data = self.blobs.get(digest)
+            return None if data is None else re_pb2.Directory.FromString(data)
+
+        root = child(self.input_root)
+        if root is None:
+            raise BadCacheEntry("its input root is not among its blobs")
+        tree = Outputs(files=[], symlinks=[], directories=[])
+        expand_directory("", root, child, tree)
+        return tree
+
 
 def prepare_action(
     argv: Sequence[str],
@@ -379,6 +393,18 @@ def parse_result(data: bytes, declared: Sequence[str]) -> CachedResult:
         stderr=_checked_digest(result.stderr_digest),
         duration_s=duration,
     )
+
+
+def fetch_result(cached: CachedResult, ensure_local: Callable[[list[Digest]], bool], store: DiskStore,
+                 files: bool = True) -> bool:
+    """Bring a result's blobs into the local CAS `store` with `ensure_local` (a tiered cache's: fetched and
+    verified) and expand its output directories' Trees into `cached.outputs`; `files=False` leaves the output
+    files where they are (only Trees and logs). False if a blob could not be had."""
+    if not ensure_local(list(cached.outputs.trees.values())):
+        return False
+    read_trees(cached.outputs, store)
+    logs = [cached.stdout, cached.stderr]
+    return ensure_local([*cached.outputs.blobs(), *logs] if files else logs)
 
 
 def _file_entry(path: str, digest: re_pb2.Digest, executable: bool, mode: int | None) -> FileEntry:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from gaffer import noop, records
 from gaffer.digest import file_system_now
+from gaffer.execute.base import ExecuteResult
 from gaffer.graph import Graph
 from gaffer.keys import KeyBuilder, Keyed
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from gaffer.actions import CachedResult
     from gaffer.cache.tiered import TieredCache
     from gaffer.execute.base import Executor
+    from gaffer.execute.remote import RemoteExecutor
     from gaffer.ui.progress import Progress
 
 
@@ -54,8 +56,8 @@ class BuildOptions:
 class Build:
     def __init__(self, graph: Graph, options: BuildOptions, *, keys: KeyBuilder, cache: TieredCache,
                  state: WorkspaceState, executor: Executor, progress: Progress,
-                 sandbox: Executor | None = None, clock: Callable[[], float] = time.perf_counter,
-                 since: noop.Changes | None = None) -> None:
+                 sandbox: Executor | None = None, remote: RemoteExecutor | None = None,
+                 clock: Callable[[], float] = time.perf_counter, since: noop.Changes | None = None) -> None:
         self.graph = graph
         self.root = graph.root
         self.options = options
@@ -64,6 +66,7 @@ class Build:
         self.state = state
         self.executor = executor
         self.sandbox = sandbox  # runs the sandboxed tasks (BuildOptions.sandbox: all); required when there are any
+        self.remote = remote  # `--remote`: runs the cacheable tasks not marked "remote": false
         self.progress = progress
         self.clock = clock
         self.stat_cache = keys.stat_cache
@@ -193,10 +196,7 @@ class Build:
             return None
         try:
             cached = actions.parse_result(data, planned.task.outputs)
-            if not self.cache.ensure_local(list(cached.outputs.trees.values())):
-                return None
-            actions.read_trees(cached.outputs, self.cache.local)
-            if not self.cache.ensure_local([*cached.outputs.blobs(), cached.stdout, cached.stderr]):
+            if not actions.fetch_result(cached, self.cache.ensure_local, self.cache.local):
                 return None
             actions.restore_outputs(self.root, cached, self.cache.local)
         except actions.BadCacheEntry as e:
@@ -218,24 +218,35 @@ class Build:
         task = planned.task
         action_blobs = keyed.action.store(self.cache.local)
         executor = self.executor
-        if self.options.sandbox or task.sandbox:
+        if self.remote is not None and task.cache and task.remote:  # a worker's exec root is a sandbox already
+            executor = self.remote
+        elif self.options.sandbox or task.sandbox:
             assert self.sandbox is not None, "a sandboxed task needs Build(sandbox=...)"
             executor = self.sandbox
-        result = executor.execute(keyed.action, task.pass_env)
+        start = self._now()
+        problem = self.remote.materialise(keyed.action) if self.remote and executor is not self.remote else ""
+        result = executor.execute(keyed.action, task.pass_env, name) if not problem else \
+            ExecuteResult(0.0, b"", b"", failure=problem)
         self.progress.task_output(name, result.stdout, result.stderr)
+        extra: dict[str, object] = {"where": result.where} if result.where else {}
+        if result.cached and not result.failure:  # the remote's action cache answered: a hit, as a restore is
+            reason = "restored from the remote's action cache"
         if result.failure or result.outputs is None:
-            return Outcome(FAILED, duration_s=result.duration_s, reason=result.failure)
-        made = records.on_disk(str(self.root), result.outputs, self.stat_cache)
+            return Outcome(FAILED, duration_s=result.duration_s, reason=result.failure, extra=extra)
+        made = (records.predicted(result.outputs) if result.remote_only
+                else records.on_disk(str(self.root), result.outputs, self.stat_cache))
         changed = self.keys.input_changed(planned, deps, self.fingerprints[name], keyed) if task.cache else None
         if changed:  # built from other inputs than its key says: neither cached nor up to date next time
             self.progress.warn(f"input {changed} changed while {name} ran: result not cached")
             self.outputs[name] = made
             self.state.forget(name)
-            return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason)
+            return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason, extra=extra)
         if task.cache:
             self.cache.put_action(keyed.key, result.action_result, [*result.blobs, *action_blobs])
         self._record(name, keyed, made, result.duration_s)
-        return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason)
+        if result.cached:
+            return Outcome(CACHED, duration_s=self._now() - start, saved_s=result.duration_s, reason=reason)
+        return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason, extra=extra)
 
     def _record(self, name: str, keyed: Keyed, made: OutputRecords, duration_s: float) -> None:
         self.outputs[name] = made
@@ -248,7 +259,12 @@ class Build:
 
     def _intact(self, name: str, prev: TaskState) -> OutputRecords | None:
         """The task's recorded outputs if the workspace still holds exactly them (see records.intact); a dry run
-        changes nothing, so there a stray in an output directory is only a change."""
+        changes nothing, so there a stray in an output directory is only a change. Outputs left on the remote
+        (`--remote-download=minimal`) are intact while the remote still holds them."""
+        if records.left_remote(prev.outputs):
+            remote = self.remote
+            return prev.outputs if (remote is not None and remote.keeps_remote(name)
+                                    and remote.holds(records.file_digests(prev.outputs))) else None
         return records.intact(self.root, name, prev.outputs, None if self.options.dry_run else self.progress.warn)
 
     # -- running -----------------------------------------------------------------------------------------------
@@ -321,7 +337,7 @@ class Build:
         return [n for n in self.order if n not in settled], settled
 
     def _cancel_all(self) -> None:
-        for executor in (self.executor, self.sandbox):
+        for executor in (self.executor, self.sandbox, self.remote):
             if executor is not None:
                 executor.cancel_all()
 

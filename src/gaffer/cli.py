@@ -16,7 +16,8 @@ from gaffer import __version__
 from gaffer.config import RUN, add_flags, environment_help
 from gaffer.errors import UserError, exit_status
 
-RUN_SETTINGS = ("cache_dir", "max_size", "remotes", "read_only", "timeout", "jobs", "sandbox", "sandbox_keep")
+RUN_SETTINGS = ("cache_dir", "max_size", "remotes", "read_only", "timeout", "jobs", "sandbox", "sandbox_keep",
+                "remote", "remote_download", "remote_fallback")
 LOCAL_CACHE_SETTINGS = ("cache_dir", "max_size")
 
 RUN_EPILOG = """\
@@ -92,8 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             action.add_argument("--json", action="store_true", help="print the status as JSON")
 
+    status = sub.add_parser("status", help="show a gaffer serve's workers, queue and recent actions",
+                            description="Print what the status page of a gaffer serve shows: its workers, the queue, "
+                                        "running and recent actions, the cache's hit rate.",
+                            epilog="exit status: 0 shown; 2 a bad flag or a token refused; 3 the server cannot be "
+                                   "reached")
+    status.add_argument("--server", required=True, metavar="URL",
+                        help="gaffer serve's HTTP address, e.g. http://farm:8080 (its --http port)")
+    status.add_argument("--token-file", metavar="FILE", help="a file holding the server's bearer token")
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+
     sub.add_parser("serve", help="run a cache server (REAPI gRPC + Bazel HTTP): 'gaffer serve --help'", add_help=False)
+    sub.add_parser("worker", help="run actions for gaffer serve's execution service: 'gaffer worker --help'",
+                   add_help=False)
     sub.add_parser("gocache", help="a GOCACHEPROG program on gaffer's cache: 'gaffer gocache --help'", add_help=False)
+    sub.add_parser("cc", help="compile through the cache: 'gaffer cc -- gcc -c x.c' ('gaffer cc --help')",
+                   add_help=False)
+    sub.add_parser("ld", help="link through the cache: 'gaffer ld -- gcc -o app x.o' ('gaffer ld --help')",
+                   add_help=False)
     return parser
 
 
@@ -107,15 +124,24 @@ def _dispatch(args_list: list[str]) -> int:
         from gaffer.server.main import serve_main
 
         return serve_main(args_list[1:])
+    if args_list and args_list[0] == "worker":
+        from gaffer.worker.main import worker_main
+
+        return worker_main(args_list[1:])
     if args_list and args_list[0] == "gocache":
         from gaffer.gocache.main import gocache_main
 
         return gocache_main(args_list[1:])
+    if args_list and args_list[0] in ("cc", "ld"):
+        from gaffer.cc.main import cc_main
+
+        return cc_main(args_list[0], args_list[1:])
     args = build_parser().parse_args(args_list)
     if args.command is None:
         build_parser().print_help(sys.stderr)
         return 2
-    handler = {"run": cmd_run, "explain": cmd_explain, "clean": cmd_clean, "cache": cmd_cache}[args.command]
+    handler = {"run": cmd_run, "explain": cmd_explain, "clean": cmd_clean, "cache": cmd_cache,
+               "status": cmd_status}[args.command]
     return handler(args)
 
 
@@ -144,6 +170,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from gaffer.maintenance import cache
 
     return cache(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gaffer.monitor import status
+
+    return status(args)
 
 
 def entry() -> None:

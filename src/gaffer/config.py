@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any
 
-RUN, SERVE, GOCACHE = "run", "serve", "gocache"
+RUN, SERVE, GOCACHE, WORKER, CC = "run", "serve", "gocache", "worker", "cc"
 MAX_REMOTE_TIMEOUT_S = 24 * 3600.0
 DEFAULT_MAX_SIZE = 10 * 1024**3
 # The cache URL schemes gaffer opens; kept equal to gaffer.cache.urls._SCHEMES (a test checks), not imported
@@ -135,6 +135,15 @@ def _url(value: object, where: str, base: str | None = None) -> str:
     return check_scheme(_text(value, where), where)
 
 
+def _remote_url(value: object, where: str, base: str | None = None) -> str:
+    """A remote execution service: grpc:// or grpcs:// only (the rest is checked as a cache URL's is)."""
+    url = _text(value, where)
+    if url.partition("://")[0].lower() not in ("grpc", "grpcs"):
+        raise UserError(f"{where}: remote URL {url}: expected grpc://HOST:PORT[/INSTANCE] or grpcs://HOST[:PORT]"
+                        "[/INSTANCE]")
+    return url
+
+
 def _urls(value: object, where: str, base: str | None = None) -> list[str]:
     """URLs, nearest first: a repeated flag's list, a comma-separated variable, a TOML string or list."""
     if isinstance(value, str):
@@ -142,6 +151,34 @@ def _urls(value: object, where: str, base: str | None = None) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise UserError(f"{where}: must be a URL or a list of URLs")
     return [check_scheme(url, where) for url in value]
+
+
+def _list(value: object, where: str) -> list[str]:
+    """A repeated flag's list, a comma-separated variable, a TOML string or list of strings."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise UserError(f"{where}: must be a string or a list of strings")
+    return [v.strip() for v in value]
+
+
+def _pairs(value: object, where: str, base: str | None = None) -> list[str]:
+    """KEY=VALUE platform properties (a key may repeat: the worker offers each value)."""
+    items = _list(value, where)
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{where}: {item!r}: expected KEY=VALUE (example: pool=large)")
+    return items
+
+
+def _names(value: object, where: str, base: str | None = None) -> list[str]:
+    """Environment variable names."""
+    items = _list(value, where)
+    for item in items:
+        if "=" in item or not item.replace("_", "a").isalnum():
+            raise UserError(f"{where}: {item!r} is not a variable name (example: GOCACHE)")
+    return items
 
 
 # -- the table --------------------------------------------------------------------------------------------------
@@ -169,7 +206,8 @@ class Setting:
         self.aliases = dict(aliases or {})  # front end -> its own variables, read before `env`
         self.flags = tuple(flags)  # the option strings on the front ends with flags (run, serve)
         self.metavar = metavar
-        self.kind = kind  # "value"; "list" (repeatable flag); "switch" (a flag without a value)
+        self.kind = kind  # "value"; "list" (repeatable flag); "switch" (a flag without a value); "toggle" (a
+        # switch with its --no- form, for a setting on by default)
         self.parse = parse
         self.default = dict(default)  # front end -> value, or a callable computing it (lazily: a home dir, CPUs)
         self.default_text = dict(default_text)  # front end -> the default as help and docs show it
@@ -196,26 +234,26 @@ _CACHE_DIR_DEFAULT = "$XDG_CACHE_HOME/gaffer, else ~/.cache/gaffer"
 
 SETTINGS: tuple[Setting, ...] = (
     # `gaffer run` (and clean, cache), with the cache settings gobuildcache shares
-    Setting("cache_dir", (RUN, GOCACHE), toml="cache.dir", env="GAFFER_CACHE_DIR", flags=("--cache-dir",),
+    Setting("cache_dir", (RUN, GOCACHE, CC), toml="cache.dir", env="GAFFER_CACHE_DIR", flags=("--cache-dir",),
             metavar="DIR", parse=_path, aliases={GOCACHE: ("CACHE_DIR",)},
-            default={RUN: _default_cache_dir, GOCACHE: "/tmp/gobuildcache"},
-            default_text={RUN: _CACHE_DIR_DEFAULT, GOCACHE: "/tmp/gobuildcache"},
+            default={RUN: _default_cache_dir, CC: _default_cache_dir, GOCACHE: "/tmp/gobuildcache"},
+            default_text={RUN: _CACHE_DIR_DEFAULT, CC: _CACHE_DIR_DEFAULT, GOCACHE: "/tmp/gobuildcache"},
             help="the local cache directory"),
-    Setting("max_size", (RUN,), toml="cache.max_size", env="GAFFER_CACHE_MAX_SIZE", flags=("--cache-max-size",),
-            metavar="SIZE", parse=_size, default={RUN: DEFAULT_MAX_SIZE}, default_text={"*": "10GiB"},
+    Setting("max_size", (RUN, CC), toml="cache.max_size", env="GAFFER_CACHE_MAX_SIZE", flags=("--cache-max-size",),
+            metavar="SIZE", parse=_size, default={"*": DEFAULT_MAX_SIZE}, default_text={"*": "10GiB"},
             help="size bound of the local cache; least recently used entries are evicted beyond it"),
-    Setting("remotes", (RUN, GOCACHE), toml="cache.remote", env="GAFFER_CACHE", flags=("--cache",), metavar="URL",
+    Setting("remotes", (RUN, GOCACHE, CC), toml="cache.remote", env="GAFFER_CACHE", flags=("--cache",), metavar="URL",
             kind="list", parse=_urls, aliases={GOCACHE: ("GOBUILDCACHE_CACHE",)}, default={"*": list},
             default_text={"*": "none"},
             help="remote cache tiers behind the local one, nearest first (comma-separated in a variable): "
                  "s3://bucket/prefix?endpoint=http://127.0.0.1:7480&region=us-east-1, gs://bucket/prefix, "
                  "azblob://container/prefix?account=NAME, redis://127.0.0.1:6379/0, http://host:8080/prefix (Bazel HTTP cache), "
                  "grpc://host:9092/instance (REAPI)"),
-    Setting("read_only", (RUN, GOCACHE), toml="cache.read_only", env="GAFFER_CACHE_READ_ONLY",
+    Setting("read_only", (RUN, GOCACHE, CC), toml="cache.read_only", env="GAFFER_CACHE_READ_ONLY",
             flags=("--cache-read-only",), kind="switch", parse=parse_bool,
             aliases={GOCACHE: ("GOBUILDCACHE_READ_ONLY",)}, default={"*": False}, default_text={"*": "false"},
             help="pull from remote tiers but never push to them (untrusted CI)"),
-    Setting("timeout", (RUN, GOCACHE), toml="cache.timeout", env="GAFFER_CACHE_TIMEOUT", flags=("--cache-timeout",),
+    Setting("timeout", (RUN, GOCACHE, CC), toml="cache.timeout", env="GAFFER_CACHE_TIMEOUT", flags=("--cache-timeout",),
             metavar="DURATION", parse=_timeout, aliases={GOCACHE: ("GOBUILDCACHE_TIMEOUT",)}, default={"*": 10.0},
             default_text={"*": "10s"},
             help="per-request timeout of remote tiers (a stuck one is dropped for the build)"),
@@ -229,6 +267,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sandbox_keep", (RUN,), toml="run.sandbox_keep", env="GAFFER_SANDBOX_KEEP", parse=parse_bool,
             default={"*": False}, default_text={"*": "false"},
             help="keep a failed sandboxed task's exec root (under .gaffer/sandbox) to look into"),
+    Setting("remote", (RUN,), toml="remote.url", env="GAFFER_REMOTE", flags=("--remote",), metavar="URL",
+            parse=_remote_url, default={"*": None}, default_text={"*": "none: tasks run here"},
+            help="run cacheable tasks on this REAPI execution service (gaffer serve with workers, or any REAPI "
+                 "server): grpc://host:9092[/instance][?token_file=PATH], grpcs://..."),
+    Setting("remote_download", (RUN,), toml="remote.download", env="GAFFER_REMOTE_DOWNLOAD",
+            flags=("--remote-download",), metavar="all|minimal", parse=_choice("all", "minimal"),
+            default={"*": "all"}, default_text={"*": "all"},
+            help="which outputs of remote tasks come back to the workspace: all, or minimal (the targets' outputs "
+                 "and what a task running here needs; the rest stays on the remote, recorded by digest)"),
+    Setting("remote_fallback", (RUN,), toml="remote.fallback", env="GAFFER_REMOTE_FALLBACK",
+            flags=("--remote-fallback",), kind="toggle", parse=parse_bool, default={"*": True},
+            default_text={"*": "true"},
+            help="run a task here when the remote is unreachable (one warning per build); "
+                 "--no-remote-fallback makes that an error"),
     # `gaffer serve`
     Setting("dir", (SERVE,), toml="serve.dir", env="GAFFER_SERVE_DIR", flags=("--dir",), metavar="DIR",
             parse=_path, default={SERVE: lambda: os.path.join(_default_cache_dir(), "serve")},
@@ -269,6 +321,72 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grace", (SERVE,), toml="serve.grace", env="GAFFER_SERVE_GRACE", flags=("--grace",),
             metavar="DURATION", parse=_timeout, default={SERVE: 30.0}, default_text={"*": "30s"},
             help="after a stop signal, how long calls in progress may take to finish before they are cancelled"),
+    Setting("insecure", (SERVE,), toml="serve.insecure", env="GAFFER_SERVE_INSECURE", flags=("--insecure",),
+            kind="switch", parse=parse_bool, default={"*": False}, default_text={"*": "false"},
+            help="serve gRPC on a non-loopback address without a token (anyone reaching it may run commands on "
+                 "the workers)"),
+    Setting("bot_timeout", (SERVE,), toml="serve.bot_timeout", env="GAFFER_SERVE_BOT_TIMEOUT",
+            flags=("--bot-timeout",), metavar="DURATION", parse=_timeout, default={SERVE: 15.0},
+            default_text={"*": "15s"},
+            help="a worker silent this long is gone and its actions are requeued; it is asked to call again "
+                 "within a third of it"),
+    Setting("unmatched_timeout", (SERVE,), toml="serve.unmatched_timeout", env="GAFFER_SERVE_UNMATCHED_TIMEOUT",
+            flags=("--unmatched-timeout",), metavar="DURATION", parse=_timeout, default={SERVE: 60.0},
+            default_text={"*": "60s"},
+            help="after this long with no connected worker matching an action's platform, its clients are told "
+                 "so (it stays queued)"),
+    # `gaffer worker`
+    Setting("server", (WORKER,), toml="worker.server", env="GAFFER_WORKER_SERVER", flags=("--server",),
+            metavar="HOST:PORT", parse=_address, default={WORKER: None}, default_text={"*": "none (required)"},
+            help="the gaffer serve (or other REAPI server with a Bots service) to take work from"),
+    Setting("instance", (WORKER,), toml="worker.instance", env="GAFFER_WORKER_INSTANCE", flags=("--instance",),
+            metavar="NAME", parse=_text, default={WORKER: ""}, default_text={"*": '""'},
+            help="the server's instance name the worker serves"),
+    Setting("max_jobs", (WORKER,), toml="worker.max_jobs", env="GAFFER_WORKER_MAX_JOBS", flags=("--max-jobs",),
+            metavar="N", parse=_count("jobs"), default={WORKER: 1}, default_text={"*": "1"},
+            help="actions run at once"),
+    Setting("platform", (WORKER,), toml="worker.platform", env="GAFFER_WORKER_PLATFORM", flags=("--platform",),
+            metavar="KEY=VALUE", kind="list", parse=_pairs, default={"*": list}, default_text={"*": "none"},
+            help="a platform property to advertise beside OSFamily and ISA (comma-separated in a variable); "
+                 "an action runs here only if all its platform properties are advertised"),
+    Setting("no_link", (WORKER,), toml="worker.no_link", env="GAFFER_WORKER_NO_LINK", flags=("--no-link",),
+            kind="switch", parse=parse_bool, default={"*": False}, default_text={"*": "false"},
+            help="do not advertise linking=true: link actions go to other workers"),
+    Setting("worker_dir", (WORKER,), toml="worker.dir", env="GAFFER_WORKER_DIR", flags=("--dir",), metavar="DIR",
+            parse=_path, default={WORKER: lambda: os.path.join(_default_cache_dir(), "worker")},
+            default_text={"*": "$XDG_CACHE_HOME/gaffer/worker, else ~/.cache/gaffer/worker"},
+            help="the blob cache and the exec roots"),
+    Setting("worker_max_size", (WORKER,), toml="worker.max_size", env="GAFFER_WORKER_MAX_SIZE",
+            flags=("--max-size",), metavar="SIZE", parse=_size, default={WORKER: DEFAULT_MAX_SIZE},
+            default_text={"*": "10GiB"},
+            help="size bound of the blob cache; least recently used blobs are evicted beyond it"),
+    Setting("env_pass", (WORKER,), toml="worker.env_pass", env="GAFFER_WORKER_ENV_PASS", flags=("--env-pass",),
+            metavar="NAME", kind="list", parse=_names, default={"*": list}, default_text={"*": "none"},
+            help="a variable of the worker's environment every action gets (comma-separated in a variable), "
+                 "beside PATH, HOME, GOROOT and GOTOOLCHAIN; e.g. GOCACHE for a persistent Go build cache"),
+    Setting("worker_token_file", (WORKER,), toml="worker.token_file", env="GAFFER_WORKER_TOKEN_FILE",
+            flags=("--token-file",), metavar="FILE", parse=_path, default={WORKER: None}, default_text={"*": "none"},
+            help="send 'authorization: Bearer <the file's content>' on every request"),
+    Setting("worker_name", (WORKER,), toml="worker.name", env="GAFFER_WORKER_NAME", flags=("--name",),
+            metavar="NAME", parse=_text, default={WORKER: ""}, default_text={"*": "<hostname>-<pid>"},
+            help="the bot id the server shows (<hostname>-NAME)"),
+    # `gaffer cc` / `gaffer ld` (the compiler launcher), with the cache settings above
+    Setting("cc_dir", (CC,), toml="cc.dir", env="GAFFER_CC_DIR", parse=_path,
+            default={CC: lambda: os.path.join(_default_cache_dir(), "cc")},
+            default_text={"*": "$XDG_CACHE_HOME/gaffer/cc, else ~/.cache/gaffer/cc"},
+            help="the launcher's own directory (private, 0700): stats, its stat cache, the daemon's socket"),
+    Setting("base_dir", (CC,), toml="cc.base_dir", env="GAFFER_CC_BASEDIR", parse=_path, default={CC: ""},
+            default_text={"*": "none"},
+            help="absolute paths below this directory are keyed relative to the working directory, so checkouts "
+                 "below it share cache entries (use -ffile-prefix-map too: see docs/cc.md)"),
+    Setting("cc_debug", (CC,), toml="cc.debug", env="GAFFER_CC_DEBUG", parse=_text, default={CC: ""},
+            default_text={"*": "off"},
+            help="log why each compile hit, missed or was not cached: 1 for stderr, or a file to append to"),
+    Setting("cc_preprocessor", (CC,), toml="cc.preprocessor", env="GAFFER_CC_PREPROCESSOR", parse=parse_bool,
+            default={"*": False}, default_text={"*": "false"},
+            help="when direct mode misses, try the key of the preprocessed source (-E) before compiling: hits "
+                 "after comment-only edits and for __DATE__ users with SOURCE_DATE_EPOCH, at the cost of a "
+                 "preprocessor run on every miss"),
     # gobuildcache (the Go program's variables are its aliases)
     Setting("backend_type", (GOCACHE,), toml="gocache.backend", env="GAFFER_GOCACHE_BACKEND",
             parse=_choice("disk", "s3"), aliases={GOCACHE: ("BACKEND_TYPE",)}, default={GOCACHE: "disk"},
@@ -289,6 +407,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stats", (GOCACHE,), toml="gocache.stats", env="GAFFER_GOCACHE_STATS", parse=parse_bool,
             aliases={GOCACHE: ("GOBUILDCACHE_STATS",)}, default={GOCACHE: False}, default_text={"*": "false"},
             help="the stats line at close, without the debug lines"),
+    # `gaffer cc`: the compiler launcher's daemon
+    Setting("cc_idle", (CC,), toml="cc.idle", env="GAFFER_CC_IDLE", parse=_timeout, default={CC: 600.0},
+            default_text={"*": "10min"}, help="how long the launcher's daemon stays up without a compile"),
 )
 
 
@@ -351,7 +472,7 @@ def resolve(front: str, flags: Mapping[str, object], env: Mapping[str, str], fil
     sources: dict[str, str | None] = {}
     for s in settings_of(front):
         given = flags.get(s.name)
-        if given not in (None, False, []):
+        if given is not None and (s.kind == "toggle" or given not in (False, [])):
             where: str | None = s.flag
             value = s.parse(given, s.flag, None)
         else:
@@ -376,6 +497,8 @@ def load_settings(workspace: str | os.PathLike[str] | None, flags: Mapping[str, 
     s = resolve(RUN, flags, env, config_files(os.path.join(workspace, TOML_NAME) if workspace else None, env))
     s.cache_dir = Path(s.cache_dir)
     check_urls(s.remotes, s.sources["remotes"])
+    if s.remote is not None:
+        check_urls([s.remote], s.sources["remote"])
     return s
 
 
@@ -442,6 +565,11 @@ def add_flags(parser: argparse.ArgumentParser, front: str, names: Iterable[str] 
         text = f"{s.help} (default: {s.shown_default(front)}{repeat}; env {s.env})".replace("%", "%%")
         if s.kind == "switch":
             parser.add_argument(*s.flags, dest=s.name, action="store_true", help=text)
+        elif s.kind == "toggle":
+            import argparse
+
+            parser.add_argument(*s.flags, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=text)
         else:
             parser.add_argument(*s.flags, dest=s.name, metavar=s.metavar, help=text,
                                 action="append" if s.kind == "list" else "store")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from gaffer.digest import Digest, StatCache, StatSignature, digest_file, is_racy, stat_signature
 from gaffer.graph import Task
 from gaffer.plan import PlannedTask
+from gaffer.records import left_remote
 from gaffer.state import Fingerprint, Manifest, OutputRecords
 from gaffer.tools import Toolchain
 
@@ -126,6 +127,8 @@ class KeyBuilder:
                 was = dict(keyed.manifest.inputs)
                 return next((rel for rel, h in now.manifest.inputs if was.get(rel) != h), moved[0])
         for records in deps.values():
+            if left_remote(records):  # not in the workspace (or written here from their digests before the run)
+                continue
             for f in records.files:
                 path = f"{root}/{f.path}"
                 if _moved(path, os.lstat, f.sig, None) and _content_and_mode(path) != (f.hash, f.mode):

@@ -156,6 +156,7 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     without its signature changing. An incremental build keeps what the previous record says of the tasks it
     settled (their files were found unchanged) and records the tasks it checked afresh."""
     from gaffer.digest import is_racy
+    from gaffer.records import left_remote
     from gaffer.tools import ENVIRONMENT as TOOL_ENVIRONMENT
 
     graph = build.graph
@@ -197,6 +198,8 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
                         return
             env_names.update(TOOL_ENVIRONMENT)
         records = build.outputs[name]
+        if left_remote(records):
+            return  # left on the remote: only the remote can say whether they are still there
         # An output directory's signature changes when a stray file lands in it: the full build removes it.
         outputs.extend((f"{root}/{f.path}", f.sig, index) for f in records.files)
         outputs.extend((f"{root}/{d.path}", d.sig, index) for d in records.directories)

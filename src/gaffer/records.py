@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gaffer.digest import StatCache, stat_signature
+from gaffer.digest import Digest, StatCache, stat_signature
 from gaffer.state import DirectoryRecord, FileRecord, OutputRecords, SymlinkRecord
 
 if TYPE_CHECKING:
@@ -39,13 +39,24 @@ def on_disk(root: str, outputs: Outputs, stat_cache: StatCache) -> OutputRecords
 
 
 def predicted(outputs: Outputs) -> OutputRecords:
-    """`--dry-run`: the records a restore of `outputs` would make (no signatures: nothing was written)."""
+    """Records without signatures, of outputs not written here: those a restore would make (`--dry-run`), or
+    those a remote execution left on the remote (`--remote-download=minimal`)."""
     return OutputRecords(
         tuple(FileRecord(f.path, f.digest.hash, f.digest.size_bytes,
                          f.mode if f.mode is not None else (0o755 if f.executable else 0o644), None)
               for f in outputs.files),
         tuple(SymlinkRecord(s.path, s.target) for s in outputs.symlinks),
         tuple(DirectoryRecord(d.path, d.mode, None) for d in outputs.directories))
+
+
+def left_remote(recorded: OutputRecords) -> bool:
+    """Outputs recorded by digest only, left on the remote (a dry run, the other maker of such records, never
+    saves them)."""
+    return any(f.sig is None for f in recorded.files) or any(d.sig is None for d in recorded.directories)
+
+
+def file_digests(recorded: OutputRecords) -> list[Digest]:
+    return [Digest(f.hash, f.size) for f in recorded.files]
 
 
 def intact(root: Path, name: str, recorded: OutputRecords, warn: Callable[[str], None] | None

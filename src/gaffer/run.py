@@ -64,15 +64,19 @@ def run(args: argparse.Namespace) -> int:
         from gaffer.execute.sandbox import SandboxExecutor
 
         sandbox = SandboxExecutor(graph.root, cache.local, local, keep_failed=settings.sandbox_keep)
+    remote = _open_remote(settings, graph, args.targets, state, local, cache.local, progress) \
+        if settings.remote and not args.dry_run else None
     build = Build(graph, BuildOptions(targets=args.targets, jobs=settings.jobs, keep_going=args.keep_going,
                                       dry_run=args.dry_run, sandbox=settings.sandbox),
-                  keys=keys, cache=cache, state=state, executor=local, sandbox=sandbox, progress=progress,
-                  since=changes)
+                  keys=keys, cache=cache, state=state, executor=local, sandbox=sandbox, remote=remote,
+                  progress=progress, since=changes)
     try:
         report = build.run()
     finally:
         progress.finish()
         cache.close()
+        if remote is not None:
+            remote.tier.close()
     report.tiers = [t.as_dict() for t in cache.tier_stats()]
     from gaffer.ui import report as reporting
 
@@ -91,6 +95,29 @@ def run(args: argparse.Namespace) -> int:
     if report.interrupted:
         return 130 if report.interrupted == "SIGINT" else 143
     return 0 if report.ok else 1
+
+
+def _open_remote(settings: Any, graph: Any, targets: list[str], state: Any, local: Any, store: Any,
+                 progress: Any) -> Any:
+    """`--remote`: the remote executor, connected (an unreachable remote is one warning, or exit 3 without
+    fallback). With minimal downloads, the requested targets' outputs come back (every task nothing depends on
+    when none is named), and outputs earlier builds left on the remote are known by digest."""
+    from gaffer.actions import DirectoryEntry, FileEntry, Outputs, SymlinkEntry
+    from gaffer.digest import Digest
+    from gaffer.execute.remote import RemoteExecutor, open_remote
+    from gaffer.records import left_remote
+
+    wanted = set(targets) or set(graph.tasks) - {dep for task in graph.tasks.values() for dep in task.deps}
+    remote = RemoteExecutor(graph.root, store, local, open_remote(settings.remote, settings.timeout),
+                            fallback=settings.remote_fallback, minimal=settings.remote_download == "minimal",
+                            wanted=wanted, on_stage=progress.task_stage, warn=progress.warn)
+    left = [task.outputs for task in state.tasks.values() if left_remote(task.outputs)]
+    remote.remember_remote(Outputs(
+        [FileEntry(f.path, Digest(f.hash, f.size), bool(f.mode & 0o100), f.mode) for o in left for f in o.files],
+        [SymlinkEntry(s.path, s.target) for o in left for s in o.symlinks],
+        [DirectoryEntry(d.path, d.mode) for o in left for d in o.directories]))
+    remote.connect()
+    return remote
 
 
 def _check_report_path(flag: str, path: str | None) -> None:

@@ -36,7 +36,7 @@ class FileRecord(NamedTuple):
     hash: str
     size: int
     mode: int
-    sig: StatSignature | None  # None: predicted by a dry run, never written
+    sig: StatSignature | None  # None: predicted by a dry run, or left on the remote (--remote-download=minimal)
 
 
 class SymlinkRecord(NamedTuple):

@@ -9,6 +9,7 @@ Only `cache/urls.py` imports this module, and only for a grpc(s):// URL, so grpc
 
 from __future__ import annotations
 
+import copy
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -58,7 +59,7 @@ class GrpcTier(CacheTier):
         self.name = name or f"{'grpcs' if tls else 'grpc'}://{target}/{instance}".rstrip("/")
         self.instance = instance
         self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata: tuple[tuple[str, str | bytes], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         options = [
             ("grpc.max_receive_message_length", -1),
             ("grpc.max_send_message_length", -1),
@@ -92,6 +93,23 @@ class GrpcTier(CacheTier):
         name = f"{parts.scheme}://{target}/{instance}".rstrip("/")
         return cls(target, instance, tls=tls, ca_file=ca_file, token=token, timeout=timeout, name=name)
 
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel, for the other REAPI services on the same server (remote execution's Execution)."""
+        return self._channel
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """What every call sends: the credentials, and the headers of `with_headers`."""
+        return self._metadata
+
+    def with_headers(self, headers: Sequence[tuple[str, str | bytes]]) -> GrpcTier:
+        """This tier sending `headers` too on every call (REAPI's RequestMetadata, per task): the same channel
+        and stubs, so a view costs nothing and closing it is closing this tier."""
+        view = copy.copy(self)
+        view._metadata = (*self._metadata, *headers)
+        return view
+
     # -- CacheTier ---------------------------------------------------------------------------------------------
 
     def check(self) -> None:
@@ -115,13 +133,13 @@ class GrpcTier(CacheTier):
         return missing
 
     def read_blob(self, digest: Digest) -> bytes | None:
-        if self._batchable(digest.size_bytes):
+        if self.batchable(digest.size_bytes):
             return self.read_blobs([digest]).get(digest)
         chunks = self._read_stream(digest)
         return None if chunks is None else b"".join(chunks)
 
     def fetch_blob(self, digest: Digest, dest: Path) -> bool:
-        if self._batchable(digest.size_bytes):
+        if self.batchable(digest.size_bytes):
             return super().fetch_blob(digest, dest)
         return write_chunks(dest, self._read_stream(digest))
 
@@ -129,7 +147,7 @@ class GrpcTier(CacheTier):
         self.write_blobs([(digest, data)])
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
-        if self._batchable(digest.size_bytes):
+        if self.batchable(digest.size_bytes):
             super().upload_blob(digest, path)
             return
         with open(path, "rb") as f:
@@ -171,7 +189,7 @@ class GrpcTier(CacheTier):
         for d in dict.fromkeys(digests):
             if d.size_bytes == 0:
                 found[d] = b""  # REAPI: the empty blob is always present
-            elif self._batchable(d.size_bytes):
+            elif self.batchable(d.size_bytes):
                 small.append(d)
             else:
                 chunks = self._read_stream(d)
@@ -192,7 +210,7 @@ class GrpcTier(CacheTier):
         """Store blobs: batched up to the server's limit, larger ones streamed."""
         small = {}
         for digest, data in blobs:
-            if self._batchable(digest.size_bytes):
+            if self.batchable(digest.size_bytes):
                 small[digest] = data
             else:
                 self._write_stream(digest, (data[i:i + STREAM_CHUNK] for i in range(0, len(data), STREAM_CHUNK)))
@@ -214,7 +232,8 @@ class GrpcTier(CacheTier):
         assert self._batch_limit is not None
         return self._batch_limit
 
-    def _batchable(self, size: int) -> bool:
+    def batchable(self, size: int) -> bool:
+        """Whether a blob of this size fits one batch request (larger ones are streamed through ByteStream)."""
         return size + BATCH_ENTRY_OVERHEAD <= self._limit()
 
     def _batches(self, digests: list[Digest]) -> Iterator[list[Digest]]:

@@ -6,7 +6,7 @@ executor. Implementations:
 - `execute.local.LocalExecutor`: the task's command in the workspace itself, on this machine (today's default);
 - `execute.sandbox.SandboxExecutor` (`gaffer run --sandbox`): the action's input root materialised from the
   CAS into a fresh directory (`run_action`), run there, its outputs restored into the workspace from the result;
-- a remote executor (`execute/remote.py`, later): the action sent to a REAPI Execution service.
+- `execute.remote.RemoteExecutor` (`gaffer run --remote`): the action sent to a REAPI Execution service.
 
 Every executor runs the Command with exactly its environment (the declared, keyed variables) plus the
 pass-through variables the task names (`pass_env`), taken from the executing side's own environment, plus
@@ -36,7 +36,7 @@ OWN_ENV = (LOCK_ENV, RUN_ENV)  # gaffer's own task variables: always passed (see
 class ExecuteResult:
     """One execution: its logs and timing, and on success its outputs and ActionResult. `failure` says why it
     failed ("" when it succeeded). On success the outputs are in the workspace and every blob the ActionResult
-    names is in the local CAS."""
+    names is in the local CAS, unless `remote_only`: then only its Trees and logs are."""
 
     duration_s: float
     stdout: bytes
@@ -45,11 +45,15 @@ class ExecuteResult:
     outputs: Outputs | None = None
     action_result: bytes = b""  # the serialized REAPI ActionResult
     blobs: list[Digest] = field(default_factory=list)  # the blobs it names: outputs, Trees, stdout, stderr
+    where: str = ""  # where it ran when not here: "worker W"
+    cached: bool = False  # not run: a remote's action cache answered (duration_s is then the original run's)
+    remote_only: bool = False  # its outputs were left on the remote (--remote-download=minimal), not written here
 
 
 class Executor(Protocol):
-    def execute(self, action: PreparedAction, pass_env: Sequence[str]) -> ExecuteResult:
-        """Run the action; `pass_env` names the pass-through variables the executing side supplies."""
+    def execute(self, action: PreparedAction, pass_env: Sequence[str], name: str = "") -> ExecuteResult:
+        """Run the action; `pass_env` names the pass-through variables the executing side supplies; `name` is
+        the task's, for what the executor shows or tells a server about it."""
 
     def cancel_all(self) -> None:
         """Stop every running execution (Ctrl-C, SIGTERM); what is cancelled fails with "interrupted"."""

@@ -59,7 +59,7 @@ class ProcessRunner:
     """Starts commands and remembers the running ones so `cancel_all` can kill them from a signal handler."""
 
     def __init__(self) -> None:
-        self._running: set[subprocess.Popen[bytes]] = set()
+        self._running: dict[subprocess.Popen[bytes], threading.Event | None] = {}  # -> its run's `cancel`
         self._active: set[str] = set()  # the markers of runs from before their start to after their cleanup
         self._lock = threading.Lock()
         self._serial = itertools.count(1)
@@ -74,9 +74,13 @@ class ProcessRunner:
         stdout: Path,
         stderr: Path,
         timeout: float | None,
+        cancel: threading.Event | None = None,
     ) -> ProcessResult:
+        """Run one command to its end. `cancel`, if given, is this run's own stop switch (`cancel_run`), beside
+        `cancel_all`'s."""
         start = time.perf_counter()
-        if self.cancelled.is_set():
+        stop = (self.cancelled, cancel or self.cancelled)
+        if any(e.is_set() for e in stop):
             return ProcessResult(exit_code=-1, duration_s=0.0, cancelled=True)
         env = dict(env)
         marker = None
@@ -94,9 +98,9 @@ class ProcessRunner:
                 self._finished(marker, 0)
                 return ProcessResult(exit_code=127, duration_s=0.0, error=f"cannot run {argv[0]!r}: {e.strerror}")
             with self._lock:
-                self._running.add(proc)
+                self._running[proc] = cancel
             try:
-                if self.cancelled.is_set():  # cancel_all ran while Popen returned: it could not see this process
+                if any(e.is_set() for e in stop):  # a cancel ran while Popen returned: it could not see this process
                     _kill_group(proc)
                 timed_out = not _wait_exited(proc, timeout)
                 if timed_out:
@@ -106,12 +110,12 @@ class ProcessRunner:
                 code = proc.wait()
             finally:
                 with self._lock:
-                    self._running.discard(proc)
+                    self._running.pop(proc, None)
                 self._finished(marker, proc.pid)
                 _wait_group_dead(proc.pid)
         return ProcessResult(
             exit_code=code, duration_s=time.perf_counter() - start, timed_out=timed_out,
-            cancelled=self.cancelled.is_set(),
+            cancelled=any(e.is_set() for e in stop),
         )
 
     def _finished(self, marker: str | None, group: int) -> None:
@@ -128,12 +132,25 @@ class ProcessRunner:
         self.cancelled.set()
         with self._lock:
             running = list(self._running)
-        for proc in running:
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + KILL_GRACE_S
-        for proc in running:
-            if not _wait_exited(proc, max(0.0, deadline - time.monotonic())):
-                _signal_group(proc, signal.SIGKILL)
+        _kill_all(running)
+
+    def cancel_run(self, cancel: threading.Event) -> None:
+        """Kill the runs started with this `cancel` event (a remote worker's lease the server dropped), as
+        `cancel_all` kills every run."""
+        cancel.set()
+        with self._lock:
+            running = [proc for proc, event in self._running.items() if event is cancel]
+        _kill_all(running)
+
+
+def _kill_all(running: Sequence[subprocess.Popen[bytes]]) -> None:
+    """TERM every process group, then KILL those still there after the grace period."""
+    for proc in running:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE_S
+    for proc in running:
+        if not _wait_exited(proc, max(0.0, deadline - time.monotonic())):
+            _signal_group(proc, signal.SIGKILL)
 
 
 class LocalExecutor:
@@ -156,7 +173,7 @@ class LocalExecutor:
     def cancel_all(self) -> None:
         self.runner.cancel_all()
 
-    def execute(self, action: PreparedAction, pass_env: Sequence[str]) -> ExecuteResult:
+    def execute(self, action: PreparedAction, pass_env: Sequence[str], name: str = "") -> ExecuteResult:
         from gaffer import actions
 
         store = self.store

@@ -21,6 +21,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -76,10 +77,11 @@ def run_action(
     passthrough_env: Mapping[str, str],
     runner: ProcessRunner,
     keep_failed: bool = False,
+    cancel: threading.Event | None = None,
 ) -> SandboxResult:
     """Run the Action stored in `cas` under `action_digest` in a fresh directory below `work_parent`, removed
     afterwards (kept when it failed and `keep_failed`). Raises BadAction (MissingBlobs) before running anything
-    if the Action cannot be materialised as stored."""
+    if the Action cannot be materialised as stored. `cancel`: this run's own stop switch (`runner.cancel_run`)."""
     fetch_start = time.time()
     action = _message(cas, action_digest, action_digest, re_pb2.Action, "Action")
     command = _message(cas, action_digest, _digest(action_digest, action.command_digest, "command"),
@@ -112,7 +114,7 @@ def run_action(
         for d in sorted(inputs.directories, key=lambda d: d.path.count("/") + bool(d.path), reverse=True):
             os.chmod(exec_root / d.path, d.mode)  # last: a read-only directory is filled first
         fetched = time.time()
-        done = _execute(argv, cwd, env, timeout or None, declared, cas, runner)
+        done = _execute(argv, cwd, env, timeout or None, declared, cas, runner, cancel)
     except BaseException:
         _remove_tree(exec_root)
         raise
@@ -126,11 +128,11 @@ def run_action(
 
 
 def _execute(argv: list[str], cwd: Path, env: Mapping[str, str], timeout: float | None, declared: Sequence[str],
-             cas: DiskStore, runner: ProcessRunner) -> SandboxResult:
+             cas: DiskStore, runner: ProcessRunner, cancel: threading.Event | None) -> SandboxResult:
     """Run the command in the materialised exec root, then store its logs and outputs in the CAS."""
     stdout_path, stderr_path = cas.temp_path(), cas.temp_path()
     started = time.time()
-    process = runner.run(argv, cwd, env, stdout_path, stderr_path, timeout)
+    process = runner.run(argv, cwd, env, stdout_path, stderr_path, timeout, cancel)
     finished = time.time()
     stdout, stderr = _store_log(cas, stdout_path), _store_log(cas, stderr_path)
     failure = process.failure(timeout)
@@ -283,7 +285,7 @@ class SandboxExecutor:
     def cancel_all(self) -> None:
         self.local.cancel_all()
 
-    def execute(self, action: PreparedAction, pass_env: Sequence[str]) -> ExecuteResult:
+    def execute(self, action: PreparedAction, pass_env: Sequence[str], name: str = "") -> ExecuteResult:
         actions.remove_outputs(self.root, action.output_paths)  # as a workspace run: no stale output survives a failure
         try:
             self._store_inputs(action)
@@ -311,16 +313,8 @@ class SandboxExecutor:
     def _store_inputs(self, action: PreparedAction) -> None:
         """Put every input file the local CAS lacks (a workspace source; a dep's output evicted since) into it
         from the workspace; BadAction if one no longer has the digest the task was keyed with."""
-        def child(digest: Digest) -> re_pb2.Directory | None:
-            data = action.blobs.get(digest)
-            return None if data is None else re_pb2.Directory.FromString(data)
-
-        root = child(action.input_root)
-        if root is None:
-            raise BadAction(f"action {action.digest}: its input root is not among its blobs")
-        tree = actions.Outputs(files=[], symlinks=[], directories=[])
         try:
-            actions.expand_directory("", root, child, tree)
+            tree = action.input_tree()
         except actions.BadCacheEntry as e:
             raise BadAction(f"action {action.digest}: input root: {e}") from None
         wanted = {f.digest: f.path for f in tree.files}

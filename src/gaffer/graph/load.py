@@ -28,7 +28,7 @@ from gaffer.workspace import workspace_root
 
 TOP_FIELDS = ("tasks", "version", "env", "pass_env", "tools", "platform", "$schema")
 TASK_FIELDS = ("command", "deps", "inputs", "outputs", "env", "pass_env", "tools", "timeout", "cache", "sandbox",
-               "description")
+               "remote", "description")
 FORMAT_VERSION = 1
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"\s")
@@ -247,6 +247,7 @@ def _task(name: str, raw: Any, graph_env: tuple[str, ...], graph_pass: tuple[str
     tools = _with_graph_level(get("tools"), _tools, graph_tools)
 
     cache, sandbox = _flag(get("cache"), "cache", True), _flag(get("sandbox"), "sandbox", False)
+    remote = _flag(get("remote"), "remote", True)
     description = get("description")
     if description is None:
         description = ""
@@ -264,7 +265,8 @@ def _task(name: str, raw: Any, graph_env: tuple[str, ...], graph_pass: tuple[str
 
     inputs, outputs = _inputs(get("inputs")), _outputs(get("outputs"))
     # Positional: measurably cheaper than keywords at 10,000 tasks. The order is Task's field order.
-    return Task(name, commands, deps, inputs, outputs, env, timeout, cache, description, tools, pass_env, sandbox)
+    return Task(name, commands, deps, inputs, outputs, env, timeout, cache, description, tools, pass_env, sandbox,
+                remote)
 
 
 def _flag(value: object, field: str, default: bool) -> bool:

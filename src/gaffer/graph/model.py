@@ -35,6 +35,7 @@ class Task:
     tools: tuple[str, ...] = ()  # graph-level + task tools, sorted, unique: names on PATH, "./rel" or "/abs" paths
     pass_env: tuple[str, ...] = ()  # DEFAULT_PASS_ENV + graph-level + task pass_env, minus `env`: sorted, unique
     sandbox: bool = False  # run in an exec root of its declared inputs only (not keyed: the same action either way)
+    remote: bool = True  # may run on `gaffer run --remote`'s execution service (not keyed, as `sandbox`)
 
     @property
     def is_group(self) -> bool:

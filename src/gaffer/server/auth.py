@@ -10,11 +10,16 @@ from __future__ import annotations
 import enum
 import hmac
 
-# The gRPC methods that change the store: a read-only token is refused them.
+# The gRPC methods that change the store or run things: a read-only token is refused them.
 GRPC_WRITES = frozenset({
     "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchUpdateBlobs",
     "/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult",
     "/google.bytestream.ByteStream/Write",
+    "/build.bazel.remote.execution.v2.Execution/Execute",
+    "/google.longrunning.Operations/CancelOperation",
+    "/google.devtools.remoteworkers.v1test2.Bots/CreateBotSession",
+    "/google.devtools.remoteworkers.v1test2.Bots/UpdateBotSession",
+    "/gaffer.worker.v1.Inventory/Report",
 })
 
 
@@ -23,7 +28,7 @@ class Refusal(enum.Enum):
     write (HTTP 403, PERMISSION_DENIED)."""
 
     UNAUTHENTICATED = "this server requires authorization: Bearer <token>"
-    READ_ONLY = "this token may read from the cache but not write to it"
+    READ_ONLY = "this token may read from the cache but not write to it, nor execute actions"
 
 
 class BearerToken:

@@ -3,6 +3,8 @@
     GET|HEAD|PUT  [/<instance>]/ac/<sha256>    a serialized ActionResult
     GET|HEAD|PUT  [/<instance>]/cas/<sha256>   a blob; a PUT is verified against the hash (400 if it differs)
     GET           /metrics                     Prometheus text format
+    GET           /status.json                 the status document (server/status.py)
+    GET           /status                      the status page that shows it (no token needed: it holds no data)
 
 The server faces untrusted networks, so every resource a client can hold is bounded: connections (beyond the cap,
 the oldest connection not inside a request is dropped for the new one), header lines, size and count (aiohttp's
@@ -20,6 +22,7 @@ import concurrent.futures
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import resource
 import socket
@@ -38,6 +41,7 @@ from gaffer.digest import Digest
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.server.auth import BearerToken, Refusal
 from gaffer.server.metrics import Metrics
+from gaffer.server.status import PAGE_POLICY, StatusSource, document, page
 from gaffer.server.store import (
     MAX_ACTION_RESULT,
     SMALL_BLOB,
@@ -124,8 +128,9 @@ class CacheHTTPServer:
     """The HTTP side of `gaffer serve`: its own event loop in a thread, started by `start`, stopped by `stop`."""
 
     def __init__(self, address: tuple[str, int], store: ServerStore, metrics: Metrics, token: BearerToken,
-                 client_timeout: float) -> None:
+                 client_timeout: float, coordinator: StatusSource | None = None) -> None:
         self.store = store
+        self.coordinator = coordinator  # the execution service's, for /status.json; None: cache statistics only
         self.metrics = metrics
         self.token = token
         self.client_timeout = client_timeout
@@ -222,8 +227,13 @@ class CacheHTTPServer:
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
         path = urlsplit(request.raw_path).path
         kind = self._kind(request)
-        if request.method not in ("GET", "HEAD", "PUT") or (path == "/metrics" and request.method == "PUT"):
-            return self._reply(request, 405, kind, "use GET, HEAD or PUT\n", headers={"Allow": "GET, HEAD, PUT"})
+        read_only = kind in ("metrics", "status")
+        if request.method not in ("GET", "HEAD", "PUT") or (read_only and request.method == "PUT"):
+            allowed = "GET, HEAD" if read_only else "GET, HEAD, PUT"
+            return self._reply(request, 405, kind, f"use {allowed}\n", headers={"Allow": allowed})
+        if path == "/status":
+            return self._reply(request, 200, kind, page(), content_type="text/html; charset=utf-8",
+                               headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"})
         refusal = self.token.refusal(request.headers.get("Authorization"), write=request.method == "PUT")
         if refusal is not None:
             status, headers = (401, {"WWW-Authenticate": "Bearer"}) if refusal is Refusal.UNAUTHENTICATED else (403, {})
@@ -231,9 +241,15 @@ class CacheHTTPServer:
         if path == "/metrics":
             text = self.metrics.render(self.store.total_bytes, self.store.max_size)
             return self._reply(request, 200, kind, text, content_type="text/plain; version=0.0.4")
+        if path == "/status.json":
+            shown = await self._disk_io(document, self.coordinator, self.metrics, self.store.total_bytes,
+                                        self.store.max_size)
+            return self._reply(request, 200, kind, json.dumps(shown, separators=(",", ":")),
+                               content_type="application/json", headers={"Cache-Control": "no-store"})
         segments = path.strip("/").split("/")
         if kind == "other":
-            return self._reply(request, 404, kind, "not found: use /ac/<sha256>, /cas/<sha256> or /metrics\n")
+            return self._reply(request, 404, kind,
+                               "not found: use /ac/<sha256>, /cas/<sha256>, /metrics, /status or /status.json\n")
         namespace = await self._disk_io(self.store.namespace, check_instance("/".join(segments[:-2])))
         key = check_hash(segments[-1])
         if request.method == "PUT":
@@ -244,10 +260,12 @@ class CacheHTTPServer:
 
     @staticmethod
     def _kind(request: web.BaseRequest) -> str:
-        """"ac", "cas", "metrics" or "other": the label of the request in /metrics."""
+        """"ac", "cas", "metrics", "status" or "other": the label of the request in /metrics."""
         path = urlsplit(request.raw_path).path
         if path == "/metrics":
             return "metrics"
+        if path in ("/status", "/status.json"):
+            return "status"
         segments = path.strip("/").split("/")
         return segments[-2] if len(segments) >= 2 and segments[-2] in ("ac", "cas") else "other"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import ipaddress
 import os
 import resource
 import signal
@@ -44,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="gaffer serve",
         description="Serve a build cache over REAPI gRPC and the Bazel HTTP cache protocol.",
-        epilog="example: gaffer serve --dir /srv/gaffer --max-size 200GiB --grpc 0.0.0.0:9092 --http 0.0.0.0:8080\n\n"
+        epilog="example: gaffer serve --dir /srv/gaffer --max-size 200GiB --grpc 0.0.0.0:9092 --http 0.0.0.0:8080 "
+               "--token-file /etc/gaffer/token\n\n"
                "settings: a flag wins over its variable, which wins over gaffer.toml (the nearest from the working\n"
                "directory upward, then $XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml)\n"
                + environment_help(SERVE),
@@ -84,6 +86,10 @@ def _serve(settings: Settings) -> int:
         read_only_token = read_token(settings.read_token_file, where)
     if settings.backend:
         check_urls([settings.backend], settings.sources["backend"])
+    if grpc_address is not None and not token_text and not settings.insecure and not _loopback(grpc_address[0]):
+        raise UserError(f"{settings.sources['grpc'] or '--grpc'} {_host(grpc_address[0])}:{grpc_address[1]}: "
+                        "remote execution without a token on a non-loopback address lets anyone who reaches it run "
+                        "commands on the workers: give --token-file, or --insecure if you mean it")
 
     # Block the stop signals before any thread starts (importing grpc starts some), so every thread inherits
     # the mask and the main thread alone receives them, in sigwait below. Heavy imports only now the flags are good.
@@ -91,6 +97,7 @@ def _serve(settings: Settings) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     from gaffer.cache.base import TierError
     from gaffer.server.auth import BearerToken
+    from gaffer.server.dispatch import Coordinator
     from gaffer.server.http import CacheHTTPServer
     from gaffer.server.metrics import Metrics
     from gaffer.server.reapi import start_grpc
@@ -109,6 +116,9 @@ def _serve(settings: Settings) -> int:
     except BackendUnavailable as e:
         raise EnvironmentProblem(f"{settings.sources['backend']} {redact(settings.backend)}: {e}") from None
     metrics = Metrics()
+    coordinator = Coordinator(settings.bot_timeout, settings.unmatched_timeout,
+                              log=lambda m: print(f"gaffer serve: {m}", file=sys.stderr, flush=True))
+    metrics.watch_dispatch(coordinator.stats)
     token = BearerToken(token_text, read_only_token)
     _raise_fd_limit()
     grpc_server = http_server = None
@@ -117,7 +127,7 @@ def _serve(settings: Settings) -> int:
         if grpc_address is not None:
             try:
                 grpc_server, port = start_grpc(f"{_host(grpc_address[0])}:{grpc_address[1]}", store, metrics, token,
-                                               settings.threads)
+                                               settings.threads, coordinator)
             except OSError:
                 raise EnvironmentProblem(
                     f"{settings.sources['grpc']} {_host(grpc_address[0])}:{grpc_address[1]}: cannot listen there "
@@ -126,7 +136,8 @@ def _serve(settings: Settings) -> int:
             listening.append(f"grpc on {_host(grpc_address[0])}:{port}")
         if http_address is not None:
             try:
-                http_server = CacheHTTPServer(http_address, store, metrics, token, settings.client_timeout)
+                http_server = CacheHTTPServer(http_address, store, metrics, token, settings.client_timeout,
+                                              coordinator)
             except OSError as e:
                 raise EnvironmentProblem(f"{settings.sources['http']} {_host(http_address[0])}:{http_address[1]}: "
                                          f"cannot listen there: {e.strerror}") from None
@@ -181,6 +192,16 @@ def _raise_fd_limit() -> None:
     if soft < wanted:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def _loopback(host: str) -> bool:
+    """Is `host` a loopback address (or `localhost`)? Only then may remote execution run without a token."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _host(host: str) -> str:

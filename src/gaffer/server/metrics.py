@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable, Mapping
 
 
 class Metrics:
@@ -16,6 +17,11 @@ class Metrics:
         self._misses: Counter[str] = Counter()
         self._received = 0
         self._sent = 0
+        self._dispatch: Callable[[], Mapping[str, float]] | None = None
+
+    def watch_dispatch(self, stats: Callable[[], Mapping[str, float]]) -> None:
+        """Render remote execution's gauges and counters too, as `stats()` gives them (Coordinator.stats)."""
+        self._dispatch = stats
 
     def request(self, protocol: str, method: str, kind: str, status: str) -> None:
         with self._lock:
@@ -25,6 +31,11 @@ class Metrics:
         with self._lock:
             self._hits[kind] += hits
             self._misses[kind] += misses
+
+    def lookup_counts(self) -> dict[str, tuple[int, int]]:
+        """(hits, misses) by kind so far: the status page's hit rates."""
+        with self._lock:
+            return {kind: (self._hits[kind], self._misses[kind]) for kind in self._hits.keys() | self._misses.keys()}
 
     def transferred(self, received: int = 0, sent: int = 0) -> None:
         with self._lock:
@@ -62,4 +73,23 @@ class Metrics:
             "# TYPE gaffer_store_max_bytes gauge",
             f"gaffer_store_max_bytes {max_bytes}",
         ]
+        if self._dispatch is not None:
+            lines += _dispatch_lines(self._dispatch())
         return "\n".join(lines) + "\n"
+
+
+def _dispatch_lines(stats: Mapping[str, float]) -> list[str]:
+    lines = []
+    for name, key, what in (("queued_actions", "queued", "Actions waiting for a worker."),
+                            ("workers", "workers", "Connected workers (bot sessions)."),
+                            ("running_actions", "running", "Actions leased to workers.")):
+        lines += [f"# HELP gaffer_{name} {what}", f"# TYPE gaffer_{name} gauge", f"gaffer_{name} {stats[key]:g}"]
+    lines += [("# HELP gaffer_actions_total Remote actions by event: started (a lease given), finished, failed "
+               "(of finished), retried, cancelled."), "# TYPE gaffer_actions_total counter"]
+    lines += [f'gaffer_actions_total{{event="{event}"}} {stats["actions_" + event]:g}'
+              for event in ("started", "finished", "failed", "retried", "cancelled")]
+    lines += ["# HELP gaffer_queue_to_start_seconds From queued to leased to a worker.",
+              "# TYPE gaffer_queue_to_start_seconds summary",
+              f"gaffer_queue_to_start_seconds_sum {stats['queue_to_start_seconds_sum']:g}",
+              f"gaffer_queue_to_start_seconds_count {stats['queue_to_start_count']:g}"]
+    return lines

@@ -1,4 +1,5 @@
-"""The REAPI v2 gRPC services of `gaffer serve`: Capabilities, ContentAddressableStorage, ByteStream, ActionCache.
+"""The REAPI v2 gRPC services of `gaffer serve`: Capabilities, ContentAddressableStorage, ByteStream, ActionCache
+(and, added from execution.py and bots.py, remote execution's).
 
 Each service is a thin adapter over `ServerStore` (the bazel-remote shape): parse and validate the request, call
 the store, map failures to gRPC status codes and count them in the metrics.
@@ -31,6 +32,7 @@ from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc, semver_pb2
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
 from gaffer.server.auth import GRPC_WRITES, BearerToken, Refusal
+from gaffer.server.dispatch import Coordinator
 from gaffer.server.metrics import Metrics
 from gaffer.server.store import (
     BackendUnavailable,
@@ -56,6 +58,7 @@ MAX_STREAMS_PER_CONNECTION = 100
 KEEPALIVE_S = 60  # ping an idle connection this often; one that does not answer in KEEPALIVE_TIMEOUT_S is closed
 KEEPALIVE_TIMEOUT_S = 20
 IDLE_CONNECTION_S = 600  # a connection without calls for this long is closed (clients reconnect as needed)
+TICK_S = 0.5  # how often the coordinator expires silent workers, cancels abandoned jobs and spots unmatched ones
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Request = TypeVar("Request")
@@ -201,6 +204,13 @@ class Capabilities(_Service, re_grpc.CapabilitiesServicer):
                 max_batch_total_size_bytes=MAX_BATCH_BYTES,
                 # a cache stores whatever symlinks a client's actions produced; it resolves none of them
                 symlink_absolute_path_strategy=re_pb2.SymlinkAbsolutePathStrategy.ALLOWED,
+            ),
+            execution_capabilities=re_pb2.ExecutionCapabilities(  # served by execution.py, on workers
+                digest_function=re_pb2.DigestFunction.SHA256, digest_functions=[re_pb2.DigestFunction.SHA256],
+                exec_enabled=True,
+                execution_priority_capabilities=re_pb2.PriorityCapabilities(
+                    priorities=[re_pb2.PriorityCapabilities.PriorityRange(min_priority=0, max_priority=0)]
+                ),
             ),
             low_api_version=semver_pb2.SemVer(major=2),
             high_api_version=semver_pb2.SemVer(major=2, minor=3),
@@ -496,7 +506,9 @@ class _RequireToken(grpc.aio.ServerInterceptor):
 class GrpcServer:
     """The grpc.aio server on an event loop of its own thread, and the I/O threads its calls use."""
 
-    def __init__(self, store: ServerStore, metrics: Metrics, token: BearerToken, threads: int) -> None:
+    def __init__(self, store: ServerStore, metrics: Metrics, token: BearerToken, threads: int,
+                 coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
         self._io = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gaffer-grpc-io")
         self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="gaffer-write")
         self._services = (store, metrics, token)
@@ -534,6 +546,7 @@ class GrpcServer:
             ContentAddressableStorage(store, metrics, self._io, self._writers), server)
         re_grpc.add_ActionCacheServicer_to_server(ActionCache(store, metrics, self._io), server)
         bytestream_pb2_grpc.add_ByteStreamServicer_to_server(ByteStream(store, metrics, self._io), server)
+        _add_execution(server, store, metrics, self._io, self._coordinator)
         host, _, wanted = address.rpartition(":")
         if wanted != "0":
             # bind once ourselves: gRPC would log a multi-line C-core error before reporting the failure
@@ -556,6 +569,7 @@ class GrpcServer:
         done: Future[None] = Future()
 
         async def stop() -> None:
+            self._coordinator.stop()  # clients following operations and workers' long polls return now
             if self._server is not None:
                 await self._server.stop(grace)
             # grpc has ended the calls; what their handlers still await ends here, so their clean-ups run
@@ -588,9 +602,35 @@ class _CancelledAtStop(logging.Filter):
 logging.getLogger("grpc._cython.cygrpc").addFilter(_CancelledAtStop())
 
 
-def start_grpc(address: str, store: ServerStore, metrics: Metrics, token: BearerToken, threads: int) -> tuple[GrpcServer, int]:
+def _add_execution(server: grpc.aio.Server, store: ServerStore, metrics: Metrics, io: ThreadPoolExecutor,
+                   coordinator: Coordinator) -> None:
+    """Remote execution's services (Execution, Operations, Bots, Inventory), and the coordinator's clock tick."""
+    from google.longrunning import operations_pb2_grpc
+
+    from gaffer.protos import bots_pb2_grpc, execution_service_pb2_grpc, inventory_pb2_grpc
+    from gaffer.server.bots import Bots, Inventory
+    from gaffer.server.execution import Execution, Operations
+
+    execution_service_pb2_grpc.add_ExecutionServicer_to_server(Execution(store, metrics, io, coordinator), server)
+    operations_pb2_grpc.add_OperationsServicer_to_server(Operations(coordinator), server)
+    bots_pb2_grpc.add_BotsServicer_to_server(Bots(store, metrics, io, coordinator), server)
+    inventory_pb2_grpc.add_InventoryServicer_to_server(Inventory(store, metrics, io, coordinator), server)
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            coordinator.tick()
+
+    _TICKERS.add(asyncio.get_running_loop().create_task(tick()))  # cancelled with the other tasks at stop
+
+
+_TICKERS: set[asyncio.Task[None]] = set()  # a reference, so the task is not collected
+
+
+def start_grpc(address: str, store: ServerStore, metrics: Metrics, token: BearerToken, threads: int,
+               coordinator: Coordinator) -> tuple[GrpcServer, int]:
     """Start the gRPC server on `address` (HOST:PORT, port 0 for any); return it and the port it got.
 
     Raises OSError when it cannot listen there."""
-    server = GrpcServer(store, metrics, token, threads)
+    server = GrpcServer(store, metrics, token, threads, coordinator)
     return server, server.start(address)

@@ -491,6 +491,15 @@ class Namespace:
                 return
             yield _distinct(batch)
 
+    def result_complete(self, result: re_pb2.ActionResult) -> bool:
+        """Is every blob `result` names in the instance (the files of its output trees too)? A worker's result
+        is checked so before anyone is told of it: a blob it failed to upload (or sent corrupt, so the CAS refused
+        it) makes the attempt a failure."""
+        for needed in self._referenced_blobs(result):
+            if needed is None or not all(self.has(d) for d in needed):
+                return False
+        return True
+
     def put_action(self, key: Digest, result: re_pb2.ActionResult) -> None:
         """Store an action result, then mark the blobs it names used after it: it is evicted before them."""
         entry = self.key(key, "ac")

@@ -6,6 +6,8 @@ Plain mode (not a TTY, or CI / NO_COLOR / TERM=dumb): one line per task start an
     [2/6] Completed build-models (cached, 0.1s)
 Live mode (a TTY): finished tasks scroll by as lines and one status line at the bottom is redrawn with the
 running tasks and the count.
+A task on a remote execution service (`--remote`) also shows its stage: a line "[3/6] build-common: queued",
+then "executing on worker-1" (live: beside its name on the status line), and its worker on its Completed line.
 Up-to-date tasks print nothing (a no-op build of 10,000 tasks must not print 10,000 lines); they are counted.
 Every real task takes the next number once, when it starts or (if it never starts: up to date, skipped) when it
 finishes, so the numbers run 1..total whatever mix of lines is shown; groups take none.
@@ -43,6 +45,7 @@ class Progress:
         self.done = 0
         self.started = 0
         self.running: dict[str, float] = {}
+        self.stages: dict[str, str] = {}  # running remote tasks: "queued", "executing on W"
         self._lock = threading.RLock()
         self._status_shown = False
         self._numbers: dict[str, int] = {}
@@ -76,12 +79,24 @@ class Progress:
             else:
                 self._redraw()
 
+    def task_stage(self, name: str, stage: str) -> None:
+        """A remote task moved on (queued, executing on a worker): a line when it changes, or the status line."""
+        with self._lock:
+            if self.quiet or self.stages.get(name) == stage or name not in self.running:
+                return
+            self.stages[name] = stage
+            if self.live:
+                self._redraw()
+            else:
+                self._line(f"[{self._numbers.get(name, self.started)}/{self.total}] {name}: {stage}")
+
     def task_finished(self, name: str, outcome: Outcome) -> None:
         if outcome.status == GROUP or name in self._groups:
             return
         with self._lock:
             self.done += 1
             self.running.pop(name, None)
+            self.stages.pop(name, None)
             announced = name in self._numbers
             if not announced:
                 self.started += 1
@@ -99,7 +114,8 @@ class Progress:
             if outcome.status == CACHED:
                 text = f"Completed {name} (cached, {outcome.duration_s:.1f}s)"
             elif outcome.status == EXECUTED:
-                text = f"Completed {name} ({outcome.duration_s:.1f}s)"
+                where = f" on {outcome.extra['where']}" if outcome.extra.get("where") else ""
+                text = f"Completed {name} ({outcome.duration_s:.1f}s{where})"
                 if self.verbose and outcome.reason:
                     text += f": {outcome.reason}"
             elif outcome.status == FAILED:
@@ -153,7 +169,8 @@ class Progress:
             return
         now = time.monotonic()
         names = sorted(self.running, key=self.running.__getitem__)
-        shown = ", ".join(f"{n} {now - self.running[n]:.0f}s" for n in names[:3])
+        shown = ", ".join(f"{n}{f' ({self.stages[n]})' if n in self.stages else ''} {now - self.running[n]:.0f}s"
+                          for n in names[:3])
         more = f" +{len(names) - 3}" if len(names) > 3 else ""
         width = _terminal_width(self.stream)
         text = f"[{self.done}/{self.total}] running: {shown}{more}"[: width - 1]

@@ -1,0 +1,7 @@
+#include "calc/common.h"
+#include "calc/ops.h"
+
+long op_sub(long a, long b)
+{
+    return calc_clamp(a - b);
+}

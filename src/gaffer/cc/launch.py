@@ -1,0 +1,185 @@
+"""The launcher's one entry point: `handle(Request, Context) -> Response`, called in-process by `gaffer cc` /
+`gaffer ld` and once per connection by the per-user daemon (its fast client sends the same Request).
+
+A Response either carries the finished compile's exit status and output streams (verdict DONE: a hit replayed,
+or a miss that gaffer ran), or says RUN_YOURSELF: the caller then executes the command unchanged, so a command
+gaffer does not cache keeps its stdin, terminal and signals. Nothing here fails a build: a cache that cannot be
+used means the compiler runs, as if gaffer were not there.
+
+Light at import: the cache stack, protobuf and subprocess are imported when first needed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gaffer.cc.compiler import Compilers
+from gaffer.cc.history import History
+from gaffer.cc.stats import Stats
+from gaffer.digest import Digest, StatCache, file_system_now
+from gaffer.errors import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from gaffer.cache.tiered import TieredCache
+    from gaffer.config import Settings
+
+COMPILE, LINK = 0, 1  # Request.kind
+DONE, RUN_YOURSELF = 0, 1  # Response.verdict
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: int
+    cwd: str  # the caller's working directory (getcwd: physical)
+    argv: Sequence[str]  # argv[0] is the compiler as the user gave it
+    env: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Response:
+    verdict: int
+    exit_code: int = 0
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+RUN_IT = Response(RUN_YOURSELF)
+
+
+class Context:
+    """What outlives one compile: the cache (opened on first use), the stat cache, compiler identities, the
+    counters and the debug log. One per daemon, or per `gaffer cc` process."""
+
+    def __init__(self, settings: Settings, log: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.directory = private_directory(settings.cc_dir)
+        self.base_dir = os.path.normpath(os.path.abspath(settings.base_dir)) if settings.base_dir else None
+        self.preprocessor: bool = settings.cc_preprocessor
+        self.log = log or debug_log(settings.cc_debug)
+        self.stat_cache = StatCache.load(os.path.join(self.directory, "stat-cache"))
+        self.compilers = Compilers(os.path.join(self.directory, "compilers"), self.stat_cache)
+        self.stats = Stats(self.directory)
+        self.history = History(os.path.join(self.directory, "history"))
+        self._cache: TieredCache | None = None
+        self._lock = threading.Lock()
+        self._moment_lock = threading.Lock()
+        self._in_flight = 0
+        self.time_macros: dict[str, bool] = {}  # blob hash -> does it use __DATE__/__TIME__
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str], cwd: str, flags: Mapping[str, object] | None = None,
+                         log: Callable[[str], None] | None = None) -> Context:
+        """The context of `gaffer cc`/`gaffer ld`: settings from flags, the environment and gaffer.toml."""
+        from gaffer.config import CC, check_urls, load_nearest
+
+        settings = load_nearest(CC, flags or {}, env, cwd)
+        check_urls(settings.remotes, settings.sources["remotes"])
+        return cls(settings, log)
+
+    def cache(self) -> TieredCache:
+        with self._lock:
+            if self._cache is None:
+                from gaffer.cache.factory import open_cache, open_local
+
+                self.settings.cache_dir = Path(self.settings.cache_dir)
+                local = open_local(self.settings, report=self.warn, full_is_read_only=True)
+                self._cache = open_cache(local, self.settings.remotes, read_only=self.settings.read_only,
+                                         timeout=self.settings.timeout, report=self.warn)
+            return self._cache
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Around each request: the stat cache records a signature as trusted only if the file is older than
+        a moment taken before anything read it. With requests served at once (the daemon) that moment moves
+        on only when none is in flight, so it precedes every read of every request in flight."""
+        with self._moment_lock:
+            if self._in_flight == 0:
+                self.stat_cache.moment = file_system_now(Path(self.directory), create=False)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._moment_lock:
+                self._in_flight -= 1
+
+    def digest(self, path: str) -> Digest | None:
+        """A file's digest through the stat cache; None if it cannot be read."""
+        try:
+            return self.stat_cache.digest(path)
+        except OSError:
+            return None
+
+    def warn(self, message: str) -> None:
+        print(f"gaffer: warning: {message}", file=sys.stderr)
+
+    def flush(self) -> None:
+        """Write the counters and what this process learned (the daemon calls it now and then)."""
+        self.stats.flush()
+        try:
+            self.stat_cache.save(os.path.join(self.directory, "stat-cache"))
+        except OSError:
+            pass  # hashed again next time
+        self.compilers.save()
+
+    def close(self) -> None:
+        """`flush`, and finish uploads to remote tiers."""
+        self.flush()
+        if self._cache is not None:
+            self._cache.close()
+
+
+def private_directory(path: str) -> str:
+    """The launcher's directory, made 0700 (made private if it is this user's), and refused (exit 3) if it
+    belongs to another user: one who can write there could plant results or answer on the daemon's socket."""
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.chmod(path, 0o700)
+            st = os.stat(path)
+    except OSError as e:
+        raise EnvironmentProblem(f"launcher directory {path}: {e.strerror}") from None
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise EnvironmentProblem(f"launcher directory {path} belongs to another user (uid {st.st_uid}): set "
+                                 "GAFFER_CC_DIR to a directory of your own")
+    return path
+
+
+def debug_log(setting: str) -> Callable[[str], None]:
+    """GAFFER_CC_DEBUG: empty or 0 is off, 1 (true, yes, on) logs to stderr, anything else is a file to append
+    to."""
+    if setting.lower() in ("", "0", "false", "no", "off"):
+        return lambda line: None
+    if setting.lower() in ("1", "true", "yes", "on", "stderr"):
+        return lambda line: print(f"gaffer cc: {line}", file=sys.stderr, flush=True)
+    path = setting
+
+    def to_file(line: str) -> None:
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"gaffer cc: [{os.getpid()}] {line}\n")
+        except OSError:
+            pass
+
+    return to_file
+
+
+def handle(request: Request, context: Context) -> Response:
+    """Serve one compile (kind COMPILE) or link (kind LINK). Safe to call from several threads at once with one
+    Context (the daemon); its counters reach the stats file at `context.flush()`."""
+    with context.serving():
+        if request.kind == LINK:
+            from gaffer.cc.link import handle_link
+
+            return handle_link(request, context)
+        from gaffer.cc.compile import handle_compile
+
+        return handle_compile(request, context)

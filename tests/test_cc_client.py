@@ -1,0 +1,275 @@
+"""The fast client (gaffer-cc, gaffer-ld, masquerade) and the per-user daemon, as real processes.
+
+Each test has its own launcher directory, so its own daemon, started by its first compile and stopped after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gaffer.cc.launch import Request
+from gaffer.cc.protocol import MAX_ITEMS, encode_request
+from tests.cc_support import HELLO, Launcher, clean_env, install_client, wait_for
+from tests.support import NOBODY, alive
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    (tmp_path / "hello.c").write_bytes(HELLO)
+    return tmp_path
+
+
+def plain(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(args, cwd=cwd, capture_output=True, timeout=120, check=False)
+
+
+def test_the_client_compiles_through_the_daemon_it_starts(launcher: Launcher, src: Path) -> None:
+    assert launcher.daemon_pid() is None
+    proc = launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", "hello.o"], cwd=src)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
+    assert launcher.daemon_pid() is not None and launcher.starts() == 1
+    assert "bad request" not in launcher.log()
+    plain(["gcc", "-c", "hello.c", "-o", "plain.o"], src)
+    assert (src / "hello.o").read_bytes() == (src / "plain.o").read_bytes()
+    mode = (launcher.dir / "daemon.sock").stat().st_mode
+    assert mode & 0o777 == 0o600 and launcher.dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_compile_error_is_reported_exactly_as_the_compiler_reports_it(launcher: Launcher, src: Path) -> None:
+    (src / "bad.c").write_text("int main(void) { return undeclared; }\n#warning careful\n")
+    args = ["gcc", "-Wall", "-c", "bad.c", "-o", "bad.o"]
+    expected = plain(args, src)
+    got = launcher.run([launcher.gaffer_cc, *args], cwd=src)
+    assert expected.returncode == 1 and b"undeclared" in expected.stderr
+    assert (got.returncode, got.stdout, got.stderr) == (expected.returncode, expected.stdout, expected.stderr)
+    assert not (src / "bad.o").exists()
+
+
+def test_what_the_daemon_hands_back_runs_here_with_stdin_and_a_link(launcher: Launcher, src: Path) -> None:
+    """Verdict 1 ("run it yourself"): the client execs the compiler, so stdin and the exit status are its own."""
+    proc = launcher.run([launcher.gaffer_cc, "gcc", "-x", "c", "-c", "-", "-o", "stdin.o"], cwd=src, input=HELLO)
+    assert proc.returncode == 0, proc.stderr
+    proc = launcher.run([launcher.gaffer_ld, "gcc", "stdin.o", "-o", "hello"], cwd=src)
+    assert proc.returncode == 0, proc.stderr
+    assert plain([str(src / "hello")], src).stdout == b"hello\n"
+    assert launcher.starts() == 1
+
+
+def test_the_daemon_outlives_the_process_group_that_started_it(launcher: Launcher, src: Path) -> None:
+    """A build step's process group is killed when the step ends: the daemon is in its own session, and holds
+    none of the step's descriptors (a build tool reading the step's output would otherwise never see its end)."""
+    script = f"'{launcher.gaffer_cc}' gcc -c hello.c -o hello.o && echo compiled && exec sleep 600"
+    step = subprocess.Popen(["sh", "-c", script], cwd=src, env=launcher.env, stdout=subprocess.PIPE, start_new_session=True)
+    assert step.stdout is not None
+    assert step.stdout.readline() == b"compiled\n"
+    daemon = launcher.daemon_pid()
+    assert daemon is not None and os.getsid(daemon) != step.pid
+    os.killpg(step.pid, signal.SIGKILL)
+    rest, _ = step.communicate(timeout=10)  # EOF: the daemon did not keep the step's stdout open
+    assert rest == b""
+    assert alive(daemon)
+    proc = launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", "again.o"], cwd=src)
+    assert proc.returncode == 0, proc.stderr
+    assert launcher.daemon_pid() == daemon and launcher.starts() == 1
+
+
+def test_the_daemon_exits_when_idle(tmp_path_factory: pytest.TempPathFactory, cc_client: Path, src: Path) -> None:
+    ccd = Launcher(tmp_path_factory.mktemp("ccd") / "cc", cc_client, idle="1s")
+    try:
+        assert ccd.run([ccd.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
+        pid = ccd.daemon_pid()
+        assert pid is not None
+        wait_for(lambda: ccd.daemon_pid() is None, "the idle daemon to exit")
+        wait_for(lambda: not alive(pid), "the idle daemon's process to end")
+        assert "exiting (idle) after 1 request" in ccd.log()
+        assert not (ccd.dir / "daemon.sock").exists()
+    finally:
+        ccd.stop()
+
+
+def test_a_second_daemon_exits_quietly(launcher: Launcher, src: Path) -> None:
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
+    first = launcher.daemon_pid()
+    proc = launcher.run([sys.executable, "-m", "gaffer", "cc", "--daemon"], cwd=src)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
+    assert launcher.daemon_pid() == first and launcher.starts() == 1
+
+
+def test_stop_daemon(launcher: Launcher, src: Path) -> None:
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
+    pid = launcher.daemon_pid()
+    assert pid is not None
+    stop = [sys.executable, "-m", "gaffer", "cc", "--stop-daemon"]
+    assert launcher.run(stop, cwd=src).stdout.decode() == f"stopped the daemon (pid {pid})\n"
+    assert launcher.daemon_pid() is None and "exiting (told to stop)" in launcher.log()
+    assert launcher.run(stop, cwd=src).stdout == b"no daemon is running\n"
+
+
+def _exchange(path: Path, data: bytes, half_close: bool = True) -> bytes:
+    """Send `data`, and read until the daemon closes the connection."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(path))
+        s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_bad_frames_close_the_connection_and_never_the_daemon(launcher: Launcher, src: Path) -> None:
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
+    sock = launcher.dir / "daemon.sock"
+
+    def u32(n: int) -> bytes:
+        return struct.pack("<I", n)
+
+    good_head = b"GCC1" + u32(0) + u32(len(str(src))) + str(src).encode()
+    frames = {
+        "not a gaffer-cc request": b"HTTP/1.1 GET /\r\n\r\n",
+        "unknown request kind": b"GCC1" + u32(7),
+        "oversized request": b"GCC1" + u32(0) + u32(0xFFFFFFFF),
+        "truncated request": good_head + u32(2) + u32(3) + b"gcc",
+        "too many arguments": good_head + u32(MAX_ITEMS + 1),
+        "not absolute": b"GCC1" + u32(0) + u32(3) + b"tmp" + u32(0) + u32(0),
+        "no compiler": good_head + u32(0) + u32(0),
+        "without KEY=": good_head + u32(1) + u32(3) + b"gcc" + u32(1) + u32(4) + b"oops",
+    }
+    for frame in frames.values():
+        assert _exchange(sock, frame) == b""
+    log = launcher.log()
+    for why in frames:
+        assert f"connection closed: {why}" in log or why in log, (why, log)
+    request = Request(kind=0, cwd=str(src), argv=["gcc", "-c", "hello.c", "-o", "proto.o"], env=clean_env())
+    answer = _exchange(sock, encode_request(request))
+    assert answer[:4] == b"GCR1" and struct.unpack("<Ii", answer[4:12]) == (0, 0)
+    assert (src / "proto.o").exists()
+    assert launcher.starts() == 1
+
+
+def test_masquerade_finds_the_real_compiler(launcher: Launcher, src: Path) -> None:
+    """The symlinks named gcc, cc, ... first on PATH (twice, even) run the next real one, never themselves."""
+    path = f"{launcher.masquerade}:{launcher.masquerade}:{os.environ['PATH']}"
+    for name in ("gcc", "cc"):
+        proc = launcher.run([name, "-c", "hello.c", "-o", f"{name}.o"], cwd=src, env={"PATH": path})
+        assert proc.returncode == 0, proc.stderr
+        plain([name, "-c", "hello.c", "-o", f"plain-{name}.o"], src)
+        assert (src / f"{name}.o").read_bytes() == (src / f"plain-{name}.o").read_bytes()
+    assert launcher.starts() == 1
+    alone = launcher.run(["gcc", "-c", "hello.c"], cwd=src, env={"PATH": str(launcher.masquerade)})
+    assert alone.returncode == 127
+    assert alone.stderr == b"gaffer-cc: gcc: not found on PATH (other than gaffer-cc itself)\n"
+
+
+def test_without_a_usable_daemon_the_compiler_runs_directly(launcher: Launcher, src: Path,
+                                                            tmp_path: Path) -> None:
+    """Fallback: one line on stderr, and the compile still happens, with the compiler's own result."""
+    long_dir = tmp_path / ("d" * 120)
+    proc = launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", "a.o"], cwd=src,
+                        env={"GAFFER_CC_DIR": str(long_dir)})
+    assert proc.returncode == 0 and (src / "a.o").exists()
+    assert proc.stderr.decode() == (f"gaffer-cc: the socket path under {long_dir} is too long for a Unix socket; "
+                                    f"running {shutil.which('gcc')} directly\n")
+    if os.getuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, NOBODY, NOBODY)
+        proc = launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", "b.o"], cwd=src,
+                            env={"GAFFER_CC_DIR": str(theirs)})
+        assert proc.returncode == 0 and (src / "b.o").exists()
+        assert b"belongs to another user; running" in proc.stderr
+        assert os.listdir(theirs) == []
+
+
+def test_install_builds_once_and_rebuilds_when_the_source_changes(tmp_path: Path) -> None:
+    target = tmp_path / "bin"
+    printed = install_client(tmp_path / "cc", target)
+    assert f"-DCMAKE_C_COMPILER_LAUNCHER={target}/gaffer-cc " in printed
+    assert f"-DCMAKE_CXX_LINKER_LAUNCHER={target}/gaffer-ld" in printed
+    assert f'make CC="{target}/gaffer-cc gcc"' in printed
+    assert f'export PATH="{target}/masquerade:$PATH"' in printed
+    binary = tmp_path / "cc" / "bin" / "gaffer-cc"
+    assert os.path.realpath(target / "gaffer-cc") == str(binary)
+    assert os.readlink(target / "gaffer-ld") == "gaffer-cc"
+    assert sorted(os.listdir(target / "masquerade")) == ["c++", "cc", "clang", "clang++", "g++", "gcc"]
+    inode = binary.stat().st_ino
+    install_client(tmp_path / "cc", tmp_path / "bin")
+    assert binary.stat().st_ino == inode
+    (tmp_path / "cc" / "bin" / "gaffer-cc.digest").write_text("an older source\n")
+    install_client(tmp_path / "cc", tmp_path / "bin")
+    assert binary.stat().st_ino != inode
+    assert [p.name for p in binary.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_default_directory_is_made_on_first_use(tmp_path_factory: pytest.TempPathFactory, cc_client: Path,
+                                                    src: Path) -> None:
+    """No GAFFER_CC_DIR and no cache directory yet (a new account): the client makes
+    $XDG_CACHE_HOME/gaffer/cc (0700) and starts the daemon there; a relative GAFFER_CC_DIR is the same place."""
+    xdg = tmp_path_factory.mktemp("xdg") / "new" / "cache"
+    ccd = Launcher(xdg / "gaffer" / "cc", cc_client)
+    del ccd.env["GAFFER_CC_DIR"]
+    ccd.env["XDG_CACHE_HOME"] = str(xdg)
+    try:
+        proc = ccd.run([ccd.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src)
+        assert (proc.returncode, proc.stderr) == (0, b"")
+        assert ccd.daemon_pid() is not None and ccd.dir.stat().st_mode & 0o777 == 0o700
+        relative = os.path.relpath(ccd.dir, src)
+        proc = ccd.run([ccd.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src, env={"GAFFER_CC_DIR": relative})
+        assert (proc.returncode, proc.stderr) == (0, b"")
+        assert ccd.starts() == 1
+    finally:
+        ccd.stop()
+
+
+def test_each_compile_is_served_with_its_own_settings(launcher: Launcher, src: Path, tmp_path: Path) -> None:
+    """One daemon, compiles from environments that differ in gaffer's settings: each gets its own cache (not the
+    one of the compile that started the daemon), and a bad value fails that compile with gaffer's message."""
+    args = [launcher.gaffer_cc, "gcc", "-c", "hello.c"]
+    for cache in ("one", "two"):
+        for _ in range(2):
+            assert launcher.run(args, cwd=src, env={"GAFFER_CACHE_DIR": str(tmp_path / cache)}).returncode == 0
+    stats = launcher.stats()
+    assert (stats.get("misses"), stats.get("direct_hits")) == (2, 2), stats
+    assert (tmp_path / "one").is_dir() and (tmp_path / "two").is_dir()
+    bad = launcher.run(args, cwd=src, env={"GAFFER_CACHE_TIMEOUT": "soon"})
+    assert bad.returncode == 2 and bad.stderr.startswith(b"gaffer: GAFFER_CACHE_TIMEOUT: ")
+    assert bad.stderr.count(b"\n") == 1
+    assert launcher.starts() == 1
+
+
+def test_show_stats_counts_what_the_daemon_served_just_now(launcher: Launcher, src: Path) -> None:
+    """The daemon counts in memory and writes now and then; --show-stats has it write first, so it is exact."""
+    for _ in range(3):
+        assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
+    shown = launcher.run([sys.executable, "-m", "gaffer", "cc", "--show-stats"], cwd=src).stdout.decode()
+    counts = {line[:40].strip(): line[40:].strip() for line in shown.splitlines()}
+    assert (counts["misses"], counts["direct hits"]) == ("1", "2"), shown
+
+
+def test_a_daemon_started_by_a_gaffer_run_task_outlives_the_run(launcher: Launcher, src: Path) -> None:
+    """gaffer kills what a finished task left running (its process group, and as a child subreaper what escaped
+    it with setsid and still carries the task's GAFFER_TASK_RUN): the daemon leaves both behind."""
+    graph = {"pass_env": ["PATH", "HOME", "PYTHONPATH", "GAFFER_CC_DIR", "GAFFER_CC_IDLE", "GAFFER_CACHE_DIR",
+                          "XDG_CONFIG_HOME"],
+             "tasks": {"compile": {"command": f"'{launcher.gaffer_cc}' gcc -c hello.c -o hello.o",
+                                   "inputs": ["hello.c"], "outputs": ["hello.o"]}}}
+    (src / "graph.json").write_text(json.dumps(graph))
+    proc = launcher.run([sys.executable, "-m", "gaffer", "run"], cwd=src)
+    assert proc.returncode == 0, proc.stderr
+    assert (src / "hello.o").exists()
+    daemon = launcher.daemon_pid()
+    assert daemon is not None and alive(daemon)
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", "again.o"], cwd=src).returncode == 0
+    assert launcher.daemon_pid() == daemon and launcher.starts() == 1

@@ -1,0 +1,277 @@
+"""`gaffer worker` processes taking actions from `gaffer serve`, submitted by a client written from the REAPI protos.
+
+Each test gives its workers and actions a platform property of its own (`test=<name>`), so the workers of one test
+never take another test's actions. Tests follow the workers through their log lines, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import code_pb2, error_details_pb2
+
+from gaffer.protos import remote_execution_pb2 as re_pb2
+from tests import servers
+from tests.buildgrid import ReapiServer, start_gaffer_serve
+from tests.reapi_client import Client, Worker, digest_of, start_worker
+
+BOT_TIMEOUT = "3s"  # a killed worker's actions are requeued this long after its last call
+
+
+@pytest.fixture(scope="module")
+def serve() -> Iterator[ReapiServer]:
+    server = start_gaffer_serve("--bot-timeout", BOT_TIMEOUT, "--memory", "0")  # blobs read from disk only
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(serve: ReapiServer) -> Iterator[Client]:
+    c = Client(serve.grpc_address)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def workers(serve: ReapiServer, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Start `gaffer worker`s on the module's server (stopped, and checked to exit 0, at the end)."""
+    started: list[Worker] = []
+
+    def start(name: str, *args: str, address: str = serve.grpc_address) -> Worker:
+        worker = start_worker(address, name, *args, directory=tmp_path / f"worker-{name}")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.proc.poll() is None:
+            assert worker.stop() == 0, worker.text()
+
+
+def _response(stream: Iterator[object]) -> re_pb2.ExecuteResponse:
+    *_, last = stream
+    response = re_pb2.ExecuteResponse()
+    assert last.response.Unpack(response)  # type: ignore[attr-defined]
+    return response
+
+
+def test_a_worker_runs_an_action_from_gaffer_serve(client: Client, workers: Callable[..., Worker]) -> None:
+    worker = workers("basic", "--platform", "test=basic")
+    submitted = client.action(["sh", "-c", "cat in.txt; mkdir out; echo made > out/file; echo warn >&2"],
+                              files={"in.txt": b"input\n"}, outputs=["out"], platform={"test": "basic"})
+    response = client.execute(submitted)
+    assert response.status.code == code_pb2.OK, response.status
+    result = response.result
+    assert result.exit_code == 0
+    assert client.read(result.stdout_digest) == b"input\n" and client.read(result.stderr_digest) == b"warn\n"
+    tree = re_pb2.Tree.FromString(client.read(result.output_directories[0].tree_digest))
+    (made,) = tree.root.files
+    assert made.name == "file" and client.read(made.digest) == b"made\n"
+    assert result.execution_metadata.worker.endswith("-basic")
+    worker.wait_for(r"lease \S+: done in \S+, exit 0")
+    assert "no blob reports" not in worker.text()  # gaffer serve has the Inventory service
+
+
+def test_a_no_link_worker_never_gets_a_link_action(client: Client, workers: Callable[..., Worker]) -> None:
+    workers("nolink", "--platform", "test=link", "--no-link", "--max-jobs", "2")
+    workers("link", "--platform", "test=link")
+    ran = []
+    for i in range(6):
+        submitted = client.action(["echo", f"link step {i}"], platform={"test": "link", "linking": "true"})
+        ran.append(client.execute(submitted).result.execution_metadata.worker)
+    assert all(name.endswith("-link") for name in ran), ran
+
+
+def test_a_platform_key_given_twice_matches_either_value(client: Client, workers: Callable[..., Worker]) -> None:
+    workers("pools", "--platform", "test=pools", "--platform", "pool=small", "--platform", "pool=large",
+            "--no-link")
+    for pool in ("small", "large"):
+        response = client.execute(client.action(["echo", pool], platform={"test": "pools", "pool": pool}))
+        assert response.result.execution_metadata.worker.endswith("-pools")
+
+
+def test_reconnection_backoff_doubles_with_jitter_up_to_its_cap() -> None:
+    from gaffer.worker.session import BACKOFF_CAP_S, BACKOFF_START_S, Backoff
+
+    backoff = Backoff()
+    delays = [backoff.next() for _ in range(12)]
+    bounds = [min(BACKOFF_CAP_S, BACKOFF_START_S * 2**i) for i in range(12)]
+    assert all(bound / 2 <= delay <= bound for delay, bound in zip(delays, bounds, strict=True)), delays
+    assert len(set(delays)) == len(delays)  # jittered
+    backoff.reset()
+    assert backoff.next() <= BACKOFF_START_S
+
+
+def test_an_action_on_a_worker_killed_mid_action_runs_again_elsewhere(client: Client, workers: Callable[..., Worker],
+                                                                      tmp_path: Path) -> None:
+    first, second = workers("kill-a", "--platform", "test=kill"), workers("kill-b", "--platform", "test=kill")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = (f"echo $$ >> {marks}/pids; "
+              f"if [ ! -e {marks}/first ]; then touch {marks}/first; sleep 60; fi; echo second attempt")
+    stream = client.start(client.action(["sh", "-c", script], platform={"test": "kill"}))
+    try:
+        servers.wait_until((marks / "first").exists, "the first attempt", 30)
+        victim = next(w for w in (first, second) if ": running" in w.text())
+        survivor = second if victim is first else first
+        victim.proc.kill()
+        victim.proc.wait()
+        response = _response(stream)
+        assert response.status.code == code_pb2.OK and response.result.exit_code == 0, response
+        assert client.read(response.result.stdout_digest) == b"second attempt\n"
+        assert response.result.execution_metadata.worker.endswith(f"-{survivor.name}")
+    finally:
+        for pid in (marks / "pids").read_text().split():  # the killed worker's action outlives it
+            try:
+                os.killpg(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_an_output_path_escaping_the_exec_root_is_refused(client: Client, workers: Callable[..., Worker]) -> None:
+    workers("escape", "--platform", "test=escape")
+    submitted = client.action(["sh", "-c", "echo x > ../../escaped"], outputs=["../../escaped"],
+                              platform={"test": "escape"})
+    response = client.execute(submitted)
+    assert response.status.code == code_pb2.INVALID_ARGUMENT, response.status
+    assert "unsafe output path '../../escaped'" in response.status.message
+
+
+def test_an_input_blob_lost_after_queueing_fails_the_lease_naming_it(serve: ReapiServer, client: Client,
+                                                                      workers: Callable[..., Worker]) -> None:
+    submitted = client.action(["cat", "in.txt"], files={"in.txt": b"soon gone\n"}, platform={"test": "lost"})
+    stream = client.start(submitted)
+    next(stream)  # queued: the server checked that it has every input; no worker can take it yet
+    lost = digest_of(b"soon gone\n")
+    (serve.workdir / "store" / "cas" / lost.hash[:2] / lost.hash).unlink()
+    worker = workers("lost", "--platform", "test=lost")
+    response = _response(stream)
+    assert response.status.code == code_pb2.FAILED_PRECONDITION, response.status
+    failure = error_details_pb2.PreconditionFailure()
+    assert response.status.details[0].Unpack(failure)
+    assert [(v.type, v.subject) for v in failure.violations] == [("MISSING", f"blobs/{lost.hash}/10")]
+    worker.wait_for(r"lease \S+: done in \S+, FAILED_PRECONDITION: .* file in.txt ")
+
+
+def test_one_worker_per_directory(serve: ReapiServer, workers: Callable[..., Worker], tmp_path: Path) -> None:
+    workers("first", "--platform", "test=dir")
+    proc = subprocess.run(_worker_argv(serve.grpc_address, tmp_path / "worker-first"), env=_env(), capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.endswith("another gaffer worker uses this directory (give each worker its own)\n"), proc.stderr
+
+
+def test_actions_sharing_a_large_input_go_to_the_worker_holding_it(client: Client, workers: Callable[..., Worker],
+                                                                    tmp_path: Path) -> None:
+    workers("near", "--platform", "test=locality")
+    workers("far", "--platform", "test=locality")
+    big = os.urandom(2 * 1024 * 1024)
+    ran = []
+    for i in range(6):
+        submitted = client.action(["sh", "-c", f"wc -c < big.bin; echo {i}"], files={"big.bin": big},
+                                  platform={"test": "locality"})
+        ran.append(client.execute(submitted).result.execution_metadata.worker)
+    assert len(set(ran)) == 1, ran  # the first one's worker holds the input from then on
+
+
+def test_the_blob_cache_stays_within_its_bound(client: Client, workers: Callable[..., Worker],
+                                               tmp_path: Path) -> None:
+    worker = workers("small", "--platform", "test=small", "--max-size", "1MiB")
+    for _ in range(5):
+        submitted = client.action(["wc", "-c", "in.bin"], files={"in.bin": os.urandom(400 * 1024)},
+                                  platform={"test": "small"})
+        assert client.read(client.execute(submitted).result.stdout_digest) == b"409600 in.bin\n"
+    assert worker.stop() == 0, worker.text()  # every lease's eviction done
+    assert "evicted" in worker.text()
+    held = sum(f.stat().st_size for f in (tmp_path / "worker-small" / "blobs" / "cas").rglob("*") if f.is_file())
+    assert 400 * 1024 <= held <= 1024 * 1024
+
+
+def test_a_worker_reconnects_to_a_restarted_server(tmp_path: Path) -> None:
+    port = servers.free_port()
+    workdir = tmp_path / "serve"
+    worker_dir = tmp_path / "worker"
+    worker_dir.mkdir()
+    log = worker_dir / "worker.log"
+    # The worker starts first: no server yet, so it backs off and retries.
+    proc = servers._spawn(_worker_argv(f"127.0.0.1:{port}", worker_dir), log, _env())
+    worker = Worker(proc, log, "restart")
+    server = None
+    try:
+        worker.wait_for(r"cannot open a session: UNAVAILABLE.*retrying in", count=2)
+        server = start_gaffer_serve("--grpc", f"127.0.0.1:{port}", "--grace", "1s", workdir=workdir)
+        worker.wait_for(r"session \S+ opened")
+        c = Client(server.grpc_address)
+        started, release = tmp_path / "started", tmp_path / "release"
+        stream = c.start(c.action(["sh", "-c", f"touch {started}; while [ ! -e {release} ]; do sleep 0.01; done"],
+                                  platform={"test": "restart"}))
+        servers.wait_until(started.exists, "the action to start", 30, proc, log)
+        server.proc.kill()  # a crash: the session dies with the server
+        server.proc.wait()
+        with pytest.raises(grpc.RpcError):  # the client's stream breaks with the server
+            list(stream)
+        c.close()
+        worker.wait_for(r"the server is unreachable: UNAVAILABLE.*retrying in")
+        server = start_gaffer_serve("--grpc", f"127.0.0.1:{port}", "--grace", "1s", workdir=workdir)
+        worker.wait_for(r"session \S+ lost \(NOT_FOUND.*1 running leases finish unreported")
+        worker.wait_for(r"session \S+ opened", count=2)
+        release.touch()
+        worker.wait_for(r"lease \S+: done in \S+, exit 0 \(no longer wanted by the server: not reported\)")
+        c = Client(server.grpc_address)
+        response = c.execute(c.action(["echo", "after the restart"], platform={"test": "restart"}))
+        assert c.read(response.result.stdout_digest) == b"after the restart\n"
+        c.close()
+    finally:
+        assert worker.stop() == 0, worker.text()
+        if server is not None:
+            server.stop()
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+
+
+def _worker_argv(address: str, directory: Path) -> list[str]:
+    return [sys.executable, "-m", "gaffer", "worker", "--server", address, "--name", f"restart-{uuid.uuid4().hex[:6]}",
+            "--dir", str(directory), "--platform", "test=restart"]
+
+
+def test_worker_usage_errors_are_one_line(tmp_path: Path) -> None:
+    env = _env()
+    for args, message in ((["--server", "nowhere"], "--server: 'nowhere': expected HOST:PORT"),
+                          (["--server", "127.0.0.1:1", "--platform", "novalue"], "--platform: 'novalue': expected KEY=VALUE"),
+                          ([], "no server to work for")):
+        proc = subprocess.run([sys.executable, "-m", "gaffer", "worker", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("gaffer worker: ") and message in proc.stderr, proc.stderr
+
+
+def test_a_worker_needs_the_servers_token(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    server = start_gaffer_serve("--token-file", str(token), workdir=tmp_path / "serve")
+    try:
+        refused = subprocess.run(_worker_argv(server.grpc_address, tmp_path / "refused"), env=_env(),
+                                 capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.splitlines()[-1].startswith(f"gaffer worker: {server.grpc_address} refuses the worker: "
+                                                           "UNAUTHENTICATED"), refused.stderr
+        assert refused.stderr.endswith("(see --token-file)\n")
+        worker = start_worker(server.grpc_address, "token", "--platform", "test=restart", "--token-file", str(token),
+                              directory=tmp_path / "worker")
+        client = Client(server.grpc_address, token="s3cret")
+        response = client.execute(client.action(["echo", "with a token"], platform={"test": "restart"}))
+        assert client.read(response.result.stdout_digest) == b"with a token\n"
+        client.close()
+        assert worker.stop() == 0, worker.text()
+    finally:
+        server.stop()
