@@ -103,10 +103,20 @@ def _read_copy(root: str, digest: str) -> tuple[dict[str, Task], dict[str, str]]
 
 def _write_copy(root: str, digest: str, tasks: dict[str, Task], platform: dict[str, str]) -> None:
     """Keep the validated graph for the next load of the same bytes; failing to is no error (only slower)."""
+    names = {name: name for name in tasks}
+    shared: dict[object, object] = {}
+
+    def stored(field: str, value: object) -> object:
+        """Equal values as one object, which marshal then writes once: deps are the tasks' own names, and the
+        many equal tuples (env, tools, pass-through variables) one tuple each, loaded as one."""
+        if field == "deps":
+            return tuple(names[dep] for dep in value)  # type: ignore[attr-defined]  # deps is a tuple of names
+        return shared.setdefault(value, value) if type(value) is tuple else value
+
     fields = Task.__slots__
     try:
-        save_marshalled(copy_path(root), (_COPY_FORMAT, digest, platform,
-                                          tuple(tuple(getattr(t, f) for f in fields) for t in tasks.values())))
+        save_marshalled(copy_path(root), (_COPY_FORMAT, digest, platform, tuple(
+            tuple(stored(f, getattr(t, f)) for f in fields) for t in tasks.values())))
     except OSError:
         pass
 
