@@ -102,7 +102,7 @@ class StatCache:
 
     def __init__(self) -> None:
         # path -> marshalled (size, mtime_ns, inode, ctime_ns, moment recorded (file-system time), hash): bytes
-        # take a third of the memory of the tuples and ints (10,000s of entries), and load as fast.
+        # take less memory than nested tuples of ints (8.3 MiB instead of 12.8 for 20,000 entries).
         self._entries: dict[str, bytes] = {}
         self.moment = 0  # file_system_now() taken before this process read any file; 0: record nothing trusted
         self.dirty = False
