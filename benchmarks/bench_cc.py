@@ -14,7 +14,9 @@ Five measurements, every launcher in the same run, runs interleaved, medians rep
     (c') miss    M distinct small files, each compiled once by every launcher, one compile at a time: the same
                  overhead without -j2's scheduling noise
     (d) distcc   the same cold build over 3 local distccd (on 127.0.0.1, started and stopped here) at -j6,
-                 against plain at -j6: distcc's per-compile overhead
+                 against plain at -j6: distcc's per-compile overhead; and gaffer-cc with GAFFER_REMOTE on a
+                 local `gaffer serve` with 3 `gaffer worker`s (2 jobs each; a fresh farm and cache per round, so
+                 every compile runs on a worker)
 
 Every cache lives in a private temporary directory (CCACHE_DIR, SCCACHE_DIR, GAFFER_CC_DIR, GAFFER_CACHE_DIR);
 sccache's server, gaffer's daemon and the distccd are stopped at the end, whatever happens. The outputs of
@@ -217,12 +219,12 @@ class Bench:
         data = json.loads(path.read_text()) if path.exists() else {}
         return {k: v for k, v in data.items() if isinstance(v, int)}
 
-    def expect(self, before: dict[str, int], counter: str, what: str) -> None:
-        """gaffer's counters moved as the measurement assumes: every compile of the example a miss (cold) or a
-        direct hit (warm), nothing else."""
+    def expect(self, before: dict[str, int], counter: str, what: str, also: dict[str, int] | None = None) -> None:
+        """gaffer's counters moved as the measurement assumes: every compile of the example a miss (cold), a
+        direct hit (warm) or a miss run on a worker (distributed), nothing else."""
         after = self.gaffer_stats()
         moved = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
-        if moved != {counter: SOURCES}:
+        if moved != {counter: SOURCES, **(also or {})}:
             raise SystemExit(f"bench_cc: gaffer's {what} build was not {SOURCES} {counter}: {moved}")
 
     def check(self, name: str, src: Path, reference: dict[str, str] | None) -> dict[str, str]:
@@ -233,15 +235,44 @@ class Bench:
         return got
 
     def distributed(self, repeats: int, servers: int = 3, jobs: int = 6) -> dict[str, list[float]]:
-        times: dict[str, list[float]] = {"plain": [], "distcc": []}
+        times: dict[str, list[float]] = {"plain": [], "distcc": [], "gaffer": []}
         (self.base / "distcc").mkdir(exist_ok=True)
+        reference = self.check("plain", self.warm_up(), None)
         with distccd(self.base, servers) as hosts:
             env = {"DISTCC_HOSTS": hosts, "DISTCC_DIR": str(self.base / "distcc"), "DISTCC_FALLBACK": "0"}
-            for _ in range(repeats):
+            for i in range(repeats):
                 for name in ("plain", "distcc"):
                     src = self.configure(f"dist-{name}", name, env)
                     times[name].append(self.ninja(src, jobs, env))
+                with gaffer_farm(self.base / f"farm-{i}", servers) as url:
+                    src = self.base / "src" / "dist-gaffer"
+                    env = {"GAFFER_REMOTE": url, "GAFFER_CC_BASEDIR": str(src),
+                           "GAFFER_CACHE_DIR": str(self.base / f"farm-{i}" / "cache")}
+                    self.configure("dist-gaffer", "gaffer", env)
+                    before = self.gaffer_stats()
+                    times["gaffer"].append(self.ninja(src, jobs, env))
+                    self.check("gaffer-remote", src, reference)
+                    self.expect(before, "remote", "distributed", also={"misses": SOURCES})
         return times
+
+
+@contextlib.contextmanager
+def gaffer_farm(base: Path, count: int) -> Iterator[str]:
+    """A `gaffer serve` and `count` `gaffer worker --max-jobs 2` on 127.0.0.1; yields its URL; stops them all."""
+    sys.path.insert(0, str(REPO))
+    from tests.buildgrid import start_gaffer_serve
+    from tests.reapi_client import start_worker
+
+    server = start_gaffer_serve(workdir=base / "serve")
+    workers = []
+    try:
+        for i in range(count):
+            workers.append(start_worker(server.grpc_address, f"w{i}", "--max-jobs", "2", directory=base / f"w{i}"))
+        yield server.url
+    finally:
+        for worker in workers:
+            worker.stop()
+        server.stop()
 
 
 @contextlib.contextmanager
@@ -308,12 +339,12 @@ def report(results: dict[str, dict[str, list[float]]], n_hits: int, repeats: int
               f"{statistics.median(warm[name]):.2f} | {ratio(warm, name, 'ccache'):.2f}x |" for name in LAUNCHERS]
     if "distributed" in results:
         d = results["distributed"]
-        per_compile = statistics.median(a - b for a, b in zip(d["distcc"], d["plain"], strict=True)) / SOURCES
-        lines += ["", f"| the example cold, -j6 ({repeats} rounds) | s | / plain |", "|---|---:|---:|",
-                  f"| plain | {statistics.median(d['plain']):.2f} | 1.00x |",
-                  (f"| distcc, 3 local distccd | {statistics.median(d['distcc']):.2f} | "
-                  f"{ratio(d, 'distcc', 'plain'):.2f}x |"),
-                  "", f"distcc's overhead per compile: {per_compile * 1000:+.1f} ms"]
+        lines += ["", f"| the example cold, -j6 ({repeats} rounds) | s | / plain | overhead per compile ms |",
+                  "|---|---:|---:|---:|", f"| plain | {statistics.median(d['plain']):.2f} | 1.00x | |"]
+        for name, what in (("distcc", "distcc, 3 local distccd"), ("gaffer", "gaffer-cc, 3 local gaffer workers")):
+            per_compile = statistics.median(a - b for a, b in zip(d[name], d["plain"], strict=True)) / SOURCES
+            lines.append(f"| {what} | {statistics.median(d[name]):.2f} | {ratio(d, name, 'plain'):.2f}x | "
+                         f"{per_compile * 1000:+.1f} |")
     lines += ["", (f"targets: hit <= {TARGETS['hit']:.1f}x ccache: {ratio(hit, 'gaffer', 'ccache'):.2f}x; "
                   f"warm <= {TARGETS['warm']:.1f}x ccache: {ratio(warm, 'gaffer', 'ccache'):.2f}x; "
                   f"cold <= {COLD_TARGET:.1f}x plain: {ratio(cold, 'gaffer', 'plain'):.2f}x")]

@@ -525,3 +525,36 @@ def test_an_unchanged_operation_is_sent_again(tmp_path: Path, monkeypatch: pytes
     finally:
         server.stop(1).result(TIMEOUT_S)
         store.close()
+
+
+def test_cancel_operation_reaches_the_bot_running_it(serve: ReapiServer, client: Client) -> None:
+    action = client.action("cancel", ["sleep", "1000"])
+    ops = client.execute(action)
+    name = next(ops).name
+    with grpc.insecure_channel(serve.grpc_address) as channel:
+        stub = bots_pb2_grpc.BotsStub(channel)
+        worker = worker_pb2.Worker(devices=[worker_pb2.Device(handle="canceller", properties=[
+            worker_pb2.Device.Property(key="OSFamily", value="linux"),
+            worker_pb2.Device.Property(key="test", value="cancel")])])
+        session = stub.CreateBotSession(bots_pb2.CreateBotSessionRequest(bot_session=bots_pb2.BotSession(
+            bot_id="canceller", status=bots_pb2.OK, worker=worker)), timeout=TIMEOUT_S)
+
+        def update(*leases: bots_pb2.Lease) -> bots_pb2.BotSession:
+            return stub.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=bots_pb2.BotSession(
+                name=session.name, bot_id="canceller", status=bots_pb2.OK, worker=worker, leases=leases)),
+                timeout=TIMEOUT_S)
+
+        (lease,) = update().leases
+        assert lease.state == bots_pb2.PENDING
+        assert stage(next(ops)) == "EXECUTING"
+        replies: list[bots_pb2.BotSession] = []
+        held = threading.Thread(target=lambda: replies.append(update(bots_pb2.Lease(id=lease.id,
+                                                                                    state=bots_pb2.ACTIVE))))
+        held.start()  # the long poll: nothing new for this bot until the cancellation
+        client.operations.CancelOperation(operations_pb2.CancelOperationRequest(name=name), timeout=TIMEOUT_S)
+        _, result = finish(ops)
+        assert result.status.code == code_pb2.CANCELLED
+        held.join(TIMEOUT_S)
+        assert [(got.id, got.state) for got in replies[0].leases] == [(lease.id, bots_pb2.CANCELLED)]
+        done = update(bots_pb2.Lease(id=lease.id, state=bots_pb2.COMPLETED))
+        assert not done.leases

@@ -275,3 +275,14 @@ def test_a_worker_needs_the_servers_token(tmp_path: Path) -> None:
         assert worker.stop() == 0, worker.text()
     finally:
         server.stop()
+
+
+def test_an_action_that_exceeds_its_timeout_fails_once_and_is_not_retried(
+        client: Client, workers: Callable[..., Worker]) -> None:
+    worker = workers("timeout", "--platform", "test=timeout")
+    submitted = client.action(["sh", "-c", f"echo {uuid.uuid4().hex} >> runs.log; sleep 60"], timeout_s=1,
+                              platform={"test": "timeout"})
+    response = client.execute(submitted)
+    assert response.status.code == code_pb2.DEADLINE_EXCEEDED, response.status
+    worker.wait_for(r"lease \S+: ")
+    assert len(worker.text().split("running")) - 1 == 1, worker.text()  # one attempt: its own timeout, not a fault

@@ -215,17 +215,19 @@ def prepare_action(
     dep_files: Iterable[FileEntry] = (),
     dep_symlinks: Iterable[SymlinkEntry] = (),
     dep_directories: Iterable[DirectoryEntry] = (),
+    working_directory: str = "",
+    do_not_cache: bool = False,
 ) -> PreparedAction:
     """The task's Action, Command and input-root Directory blobs. The input root holds the workspace files
     `sources` and everything the deps output (`dep_*`), at their workspace paths."""
-    command = re_pb2.Command(arguments=list(argv), output_paths=sorted(outputs))
+    command = re_pb2.Command(arguments=list(argv), output_paths=sorted(outputs), working_directory=working_directory)
     for name in sorted(env):
         command.environment_variables.add(name=name, value=env[name])
     command_data = _serialize(command)
     root, blobs = input_root([*sources, *dep_files], dep_symlinks, dep_directories)
     blobs[digest_bytes(command_data)] = command_data
     action = re_pb2.Action(command_digest=_pb_digest(digest_bytes(command_data)), input_root_digest=_pb_digest(root),
-                           salt=salt)
+                           salt=salt, do_not_cache=do_not_cache)
     if timeout:
         action.timeout.FromNanoseconds(int(timeout * 1e9))
     for name in sorted(platform):

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 
 from gaffer import noop, records
 from gaffer.digest import file_system_now
-from gaffer.execute.base import ExecuteResult
 from gaffer.graph import Graph
 from gaffer.keys import KeyBuilder, Keyed
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
@@ -224,9 +223,10 @@ class Build:
             assert self.sandbox is not None, "a sandboxed task needs Build(sandbox=...)"
             executor = self.sandbox
         start = self._now()
-        problem = self.remote.materialise(keyed.action) if self.remote and executor is not self.remote else ""
-        result = executor.execute(keyed.action, task.pass_env, name) if not problem else \
-            ExecuteResult(0.0, b"", b"", failure=problem)
+        if self.remote is not None and executor is not self.remote:
+            result = self.remote.run_here(executor, keyed.action, task.pass_env, name)
+        else:
+            result = executor.execute(keyed.action, task.pass_env, name)
         self.progress.task_output(name, result.stdout, result.stderr)
         extra: dict[str, object] = {"where": result.where} if result.where else {}
         if result.cached and not result.failure:  # the remote's action cache answered: a hit, as a restore is

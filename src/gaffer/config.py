@@ -267,7 +267,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sandbox_keep", (RUN,), toml="run.sandbox_keep", env="GAFFER_SANDBOX_KEEP", parse=parse_bool,
             default={"*": False}, default_text={"*": "false"},
             help="keep a failed sandboxed task's exec root (under .gaffer/sandbox) to look into"),
-    Setting("remote", (RUN,), toml="remote.url", env="GAFFER_REMOTE", flags=("--remote",), metavar="URL",
+    Setting("remote", (RUN, CC), toml="remote.url", env="GAFFER_REMOTE", flags=("--remote",), metavar="URL",
             parse=_remote_url, default={"*": None}, default_text={"*": "none: tasks run here"},
             help="run cacheable tasks on this REAPI execution service (gaffer serve with workers, or any REAPI "
                  "server): grpc://host:9092[/instance][?token_file=PATH], grpcs://..."),
@@ -410,6 +410,18 @@ SETTINGS: tuple[Setting, ...] = (
     # `gaffer cc`: the compiler launcher's daemon
     Setting("cc_idle", (CC,), toml="cc.idle", env="GAFFER_CC_IDLE", parse=_timeout, default={CC: 600.0},
             default_text={"*": "10min"}, help="how long the launcher's daemon stays up without a compile"),
+    Setting("cc_local_jobs", (CC,), toml="cc.local_jobs", env="GAFFER_CC_LOCAL_JOBS", parse=_count("jobs"),
+            default={CC: lambda: os.cpu_count() or 1}, default_text={"*": "the number of cores"},
+            help="with --remote: how many compiler processes run here at once (dependency passes, links, "
+                 "fallbacks), across every build of this user"),
+    Setting("cc_remote_wait", (CC,), toml="cc.remote_wait", env="GAFFER_CC_REMOTE_WAIT", parse=_timeout,
+            default={CC: 10.0}, default_text={"*": "10s"},
+            help="with --remote: how long a compile may stay queued (no matching worker free) before it runs here"),
+    Setting("cc_shared_fs", (CC,), toml="cc.shared_fs", env="GAFFER_CC_SHARED_FS", parse=_text, default={CC: ""},
+            default_text={"*": "none: inputs are uploaded"},
+            help="with --remote: the name of a shared filesystem the workers started with --platform "
+                 "gaffer-shared-fs=NAME see at the same paths: compiles run in place there, nothing is uploaded "
+                 "(see docs/cc.md for when that is safe)"),
 )
 
 

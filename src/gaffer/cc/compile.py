@@ -3,8 +3,9 @@
 1. Direct (flow.py): the direct key (key.py) names a manifest; an entry whose files all still have their
    digests names the result: the object, the dependency file (rewritten to this checkout), .dwo/.gcno,
    restored, and the diagnostics replayed.
-2. Preprocessed (GAFFER_CC_PREPROCESSOR, off by default: it costs a preprocessor run per miss): `-E` runs,
-   and the key of the preprocessed text is looked up; a hit is restored and added to the manifest, so the next time is a direct hit. It also keys a
+2. Preprocessed (GAFFER_CC_PREPROCESSOR, off by default: it costs a preprocessor run per miss; always for a
+   compile whose manifest says it uses __DATE__/__TIME__): `-E` runs, and the key of the preprocessed text is
+   looked up; a hit is restored and added to the manifest, so the next time is a direct hit. It also keys a
    file using __DATE__/__TIME__, which direct mode does not cache.
 3. Otherwise the compiler runs with `-MD -MF <temp>` added, or with the user's own -MD file read (an extra
    `-M` pass for -MMD, which leaves system headers out): the files it read and their digests become a manifest
@@ -73,13 +74,19 @@ def handle_compile(request: Request, ctx: Context) -> Response:
         job.parts.extend(job.input_part(p) for p in [c.source, *c.extra_inputs])
         job.direct = key_digest(["direct", *job.parts])
         hit = lookup_direct(job)
-        if hit is None and ctx.preprocessor:
+        if hit is None and (ctx.preprocessor or job.preprocess):
             preprocessed, hit = preprocessed_lookup(job, c)
     except CACHE_ERRORS as e:
         ctx.log(f"{c.source}: cache unusable ({e}): running the compiler")
         job.direct, hit = None, None
     if hit is not None:
         return hit
+    if ctx.settings.remote is not None and job.direct is not None:
+        from gaffer.cc.remote import compile_remotely
+
+        remote = compile_remotely(job, c, identity, preprocessed)
+        if remote is not None:
+            return remote
     with temp_file(job, ".d") as ours:
         if c.dep_file is None:
             return run_and_store(job, [*c.args, "-MD", "-MF", ours], lambda ran: read_text(ours), preprocessed)

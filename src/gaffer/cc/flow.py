@@ -24,7 +24,16 @@ from gaffer.cache.base import TierError
 from gaffer.cc import result
 from gaffer.cc.basedir import MARK, normalise
 from gaffer.cc.depfile import from_portable, prerequisites, to_portable
-from gaffer.cc.key import DepList, Entry, decode_manifest, encode_manifest, first_mismatch, has_time_macros, result_key
+from gaffer.cc.key import (
+    DepList,
+    Entry,
+    Manifest,
+    decode_manifest,
+    encode_manifest,
+    first_mismatch,
+    has_time_macros,
+    result_key,
+)
 from gaffer.cc.launch import DONE, RUN_IT, Context, Request, Response
 from gaffer.digest import Digest, file_system_now, is_racy, stat_signature
 from gaffer.errors import GafferError
@@ -59,7 +68,9 @@ class Job:
     started: float = field(default_factory=time.monotonic)
     miss_reason: str = ""
     response: Response = RUN_IT  # set by a restore
+    runner: Callable[[list[str]], Ran] | None = None  # runs a miss elsewhere (cc/remote.py); None: `run` here
     saved: float = 0.0  # seconds a hit saved: the stored run's duration less this lookup's
+    preprocess: bool = False  # the manifest says: this compile uses __DATE__/__TIME__, try preprocessor mode
     # the paths, as written, that must not appear for an entry of these files read to hold (shadow.py), or
     # why the run cannot be stored
     absent_of: Callable[[list[str]], list[str] | str] = lambda read: []
@@ -104,8 +115,9 @@ def uncacheable(ctx: Context, request: Request, reason: str, detail: str = "") -
 
 def lookup_direct(job: Job) -> Response | None:
     """A direct hit, restored; None for a miss (with job.miss_reason set)."""
-    stored = result.get(job.ctx.cache(), job.direct, MANIFEST) if job.direct else None
-    entries = decode_manifest(job.blob(stored.files["manifest"])) if stored else []
+    manifest = read_manifest(job)
+    job.preprocess = manifest.preprocess
+    entries = manifest.entries
     reason = None
     for entry in entries:
         mismatch = first_mismatch(entry, job.cwd, job.ctx.digest)
@@ -148,7 +160,7 @@ def run_and_store(job: Job, args: list[str], read_deps: Callable[[Ran], str | No
                   also: Digest | None = None) -> Response:
     """Run the tool with `args`, answer with what it did, and store a success under the result key of the files
     `read_deps` names (also under `also`, a preprocessed key: that one holds even with __DATE__)."""
-    ran = run(job, args)
+    ran = job.runner(args) if job.runner is not None else run(job, args)
     response = Response(DONE, ran.exit_code, ran.stdout, ran.stderr)
     if ran.exit_code != 0:
         job.ctx.stats.add({"failed": 1})
@@ -200,7 +212,9 @@ def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Dige
     if also is not None:
         result.put(cache, also, files, ran.stdout, ran.stderr, ran.start, ran.end)
     if any(job.ctx.time_macros.get(h, False) for _, h, _ in deps):
-        return None if also is not None else "uses __DATE__ or __TIME__ (direct mode)"
+        if not job.preprocess:
+            update_manifest(job, lambda m: Manifest(m.entries, preprocess=True))
+        return None if also is not None else "uses __DATE__ or __TIME__ (direct mode: preprocessor mode next time)"
     assert job.direct is not None
     key = result_key(job.direct, deps)
     result.put(cache, key, files, ran.stdout, ran.stderr, ran.start, ran.end)
@@ -230,17 +244,25 @@ def dep_list(job: Job, read: list[str], ran: Ran) -> DepList | str:
     return deps
 
 
-def add_to_manifest(job: Job, deps: DepList, key: Digest, absent_paths: list[str]) -> None:
-    """Put (deps -> key) first in the direct key's manifest (read again: another run may have added one), with
-    the paths that must not appear for it to hold."""
+def read_manifest(job: Job) -> Manifest:
+    stored = result.get(job.ctx.cache(), job.direct, MANIFEST) if job.direct else None
+    return decode_manifest(job.blob(stored.files["manifest"])) if stored else Manifest([])
+
+
+def update_manifest(job: Job, change: Callable[[Manifest], Manifest]) -> None:
+    """Read the direct key's manifest again (another run may have changed it), change it, store it."""
     assert job.direct is not None
-    absent = [normalise(p, job.cwd, job.base_dir) for p in absent_paths]
-    cache = job.ctx.cache()
-    stored = result.get(cache, job.direct, MANIFEST)
-    entries = decode_manifest(job.blob(stored.files["manifest"])) if stored else []
-    entries = [Entry(deps, key, absent), *(e for e in entries if e.deps != deps)]
     now = time.time()
-    result.put(cache, job.direct, {"manifest": encode_manifest(entries)}, b"", b"", now, now)
+    manifest = change(read_manifest(job))
+    result.put(job.ctx.cache(), job.direct, {"manifest": encode_manifest(manifest)}, b"", b"", now, now)
+
+
+def add_to_manifest(job: Job, deps: DepList, key: Digest, absent_paths: list[str]) -> None:
+    """Put (deps -> key) first in the direct key's manifest, with the paths that must not appear for it to
+    hold."""
+    absent = [normalise(p, job.cwd, job.base_dir) for p in absent_paths]
+    update_manifest(job, lambda m: Manifest([Entry(deps, key, absent), *(e for e in m.entries if e.deps != deps)],
+                                            m.preprocess))
 
 
 def run(job: Job, args: list[str]) -> Ran:
@@ -248,8 +270,9 @@ def run(job: Job, args: list[str]) -> Ran:
     moment = file_system_now(Path(job.ctx.directory), create=False)
     start = time.time()
     try:
-        proc = subprocess.run([job.tool, *args], cwd=job.cwd, env=dict(job.request.env), capture_output=True,
-                              stdin=subprocess.DEVNULL, check=False)
+        with job.ctx.local_slot():
+            proc = subprocess.run([job.tool, *args], cwd=job.cwd, env=dict(job.request.env), capture_output=True,
+                                  stdin=subprocess.DEVNULL, check=False)
     except OSError as e:
         return Ran(127, b"", f"gaffer: cannot run {job.tool}: {e.strerror}\n".encode(), start, time.time(), moment)
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode

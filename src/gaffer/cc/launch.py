@@ -15,19 +15,21 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gaffer.cc.compiler import Compilers
 from gaffer.cc.history import History
+from gaffer.cc.slots import LocalSlots
 from gaffer.cc.stats import Stats
 from gaffer.digest import Digest, StatCache, file_system_now
 from gaffer.errors import EnvironmentProblem
 
 if TYPE_CHECKING:
     from gaffer.cache.tiered import TieredCache
+    from gaffer.cc.remote import Distributor
     from gaffer.config import Settings
 
 COMPILE, LINK = 0, 1  # Request.kind
@@ -72,6 +74,9 @@ class Context:
         self._moment_lock = threading.Lock()
         self._in_flight = 0
         self.time_macros: dict[str, bool] = {}  # blob hash -> does it use __DATE__/__TIME__
+        # with a farm (--remote): its client (cc/remote.py, opened on first use) and the local limit
+        self.distributor: Distributor | None = None
+        self._slots = LocalSlots(self.directory, settings.cc_local_jobs) if settings.remote else None
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str], cwd: str, flags: Mapping[str, object] | None = None,
@@ -81,6 +86,8 @@ class Context:
 
         settings = load_nearest(CC, flags or {}, env, cwd)
         check_urls(settings.remotes, settings.sources["remotes"])
+        if settings.remote is not None:
+            check_urls([settings.remote], settings.sources["remote"])
         return cls(settings, log)
 
     def cache(self) -> TieredCache:
@@ -109,6 +116,10 @@ class Context:
             with self._moment_lock:
                 self._in_flight -= 1
 
+    def local_slot(self) -> AbstractContextManager[None]:
+        """Around a compiler process run here: with a farm, one of the local slots (slots.py)."""
+        return self._slots.hold() if self._slots is not None else nullcontext()
+
     def digest(self, path: str) -> Digest | None:
         """A file's digest through the stat cache; None if it cannot be read."""
         try:
@@ -131,6 +142,8 @@ class Context:
     def close(self) -> None:
         """`flush`, and finish uploads to remote tiers."""
         self.flush()
+        if self.distributor is not None:
+            self.distributor.close()
         if self._cache is not None:
             self._cache.close()
 
@@ -176,10 +189,15 @@ def handle(request: Request, context: Context) -> Response:
     """Serve one compile (kind COMPILE) or link (kind LINK). Safe to call from several threads at once with one
     Context (the daemon); its counters reach the stats file at `context.flush()`."""
     with context.serving():
-        if request.kind == LINK:
-            from gaffer.cc.link import handle_link
+        try:
+            if request.kind == LINK:
+                from gaffer.cc.link import handle_link
 
-            return handle_link(request, context)
-        from gaffer.cc.compile import handle_compile
+                return handle_link(request, context)
+            from gaffer.cc.compile import handle_compile
 
-        return handle_compile(request, context)
+            return handle_compile(request, context)
+        except Exception as e:  # noqa: BLE001 - a launcher bug must not fail the build: the caller runs the command
+            context.log(f"{' '.join(request.argv)}: internal error, running it unchanged: {type(e).__name__}: {e}")
+            context.stats.add({"local": 1}, reason_group="uncacheable", reason="internal error")
+            return RUN_IT

@@ -13,7 +13,7 @@ from gaffer.cc.admin import ADMIN_FLAGS, add_admin_flags, run_admin
 from gaffer.config import CC, add_flags, environment_help
 from gaffer.errors import UserError
 
-CACHE_SETTINGS = ("cache_dir", "max_size", "remotes", "read_only", "timeout")
+CACHE_SETTINGS = ("cache_dir", "max_size", "remotes", "read_only", "timeout", "remote")
 
 EPILOG = """\
 examples:

@@ -23,6 +23,8 @@ COUNTERS = (  # (name, what --show-stats calls it)
     ("failed", "compiles that failed (never cached)"),
     ("not_stored", "successful compiles not stored"),
     ("local", "run unchanged (uncacheable)"),
+    ("remote", "remote executions"),
+    ("remote_fallbacks", "remote fallbacks"),
 )
 
 

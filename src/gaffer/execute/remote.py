@@ -9,7 +9,7 @@ breaks. An operation the server no longer knows (it restarted) is submitted once
 (paths inside the declared outputs, symlinks inside the workspace), its blobs fetched and verified into the local
 CAS and its outputs written into the workspace exactly as a local run leaves them, so the build records it the
 same way. With `--remote-download=minimal` only the requested targets' outputs come back; the others stay on the
-remote (recorded by digest) and are fetched when a task running here needs them (`materialise`).
+remote (recorded by digest) and are fetched when a task running here needs them (`run_here`).
 
 An unreachable remote (UNAVAILABLE at the first call, or a stream that cannot be re-attached) turns remote
 execution off for the rest of the build with one warning and the task runs here, unless fallback is off.
@@ -20,6 +20,7 @@ cache tier's channel (cache/grpc.py): there is one CAS client. Imported only whe
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.longrunning import operations_pb2
+from google.protobuf import wrappers_pb2
 
 from gaffer import __version__, actions
 from gaffer.cache.base import TierError
@@ -92,6 +94,7 @@ class RemoteExecutor:
         self._calls: set[grpc.RpcContext] = set()  # the Execute and WaitExecution streams in progress
         self._lock = threading.Lock()  # guards _calls, _down and _left
         self._left: dict[str, Entry] = {}  # outputs left on the remote, by workspace path
+        self._here_slots = threading.BoundedSemaphore(os.cpu_count() or 1)
 
     # -- set-up --------------------------------------------------------------------------------------------------
 
@@ -119,7 +122,7 @@ class RemoteExecutor:
 
     def remember_remote(self, outputs: actions.Outputs) -> None:
         """Outputs left on the remote, by this build or an earlier one (the workspace state's records without
-        stat signatures): what `materialise` writes here when a task running here needs them."""
+        stat signatures): what `run_here` writes here first when a task running here needs them."""
         with self._lock:
             self._left.update((e.path, e) for e in _entries(outputs))
 
@@ -149,7 +152,18 @@ class RemoteExecutor:
         except RemoteFailure as e:
             return ExecuteResult(time.perf_counter() - start, b"", b"", failure=str(e))
 
-    def materialise(self, action: PreparedAction) -> str:
+    def run_here(self, executor: Executor, action: PreparedAction, pass_env: Sequence[str],
+                 name: str) -> ExecuteResult:
+        """Run a task on this machine during a remote build (`"remote": false`, `"cache": false`, a fallback): its
+        inputs left on the remote written here first, and at most one such task per core (`-j` counts the farm's
+        slots, not this machine's)."""
+        problem = self._materialise(action)
+        if problem:
+            return ExecuteResult(0.0, b"", b"", failure=problem)
+        with self._here_slots:
+            return executor.execute(action, pass_env, name)
+
+    def _materialise(self, action: PreparedAction) -> str:
         """Write into the workspace every input of `action` that an earlier task left on the remote, before the
         action runs here; "" when done, else why it cannot run."""
         try:
@@ -354,7 +368,9 @@ class RemoteExecutor:
         if not op.metadata.Unpack(meta):
             return
         if meta.stage == re_pb2.ExecutionStage.QUEUED:
-            self.on_stage(name, "queued")
+            why = wrappers_pb2.StringValue()  # gaffer serve says why an action waits long (no capable worker)
+            said = [why.value for extra in meta.partial_execution_metadata.auxiliary_metadata if extra.Unpack(why)]
+            self.on_stage(name, f"queued: {said[-1]}" if said else "queued")
         elif meta.stage == re_pb2.ExecutionStage.EXECUTING:
             worker = meta.partial_execution_metadata.worker
             self.on_stage(name, f"executing on {worker}" if worker else "executing")
@@ -401,10 +417,7 @@ class RemoteExecutor:
         return True
 
     def _here(self, action: PreparedAction, pass_env: Sequence[str], name: str) -> ExecuteResult:
-        problem = self.materialise(action)
-        if problem:
-            return ExecuteResult(0.0, b"", b"", failure=problem)
-        return self.local.execute(action, pass_env, name)
+        return self.run_here(self.local, action, pass_env, name)
 
     def _headers(self, name: str) -> list[tuple[str, str | bytes]]:
         metadata = re_pb2.RequestMetadata(tool_details=re_pb2.ToolDetails(tool_name="gaffer", tool_version=__version__),

@@ -155,7 +155,8 @@ class Bots(_Service, bots_pb2_grpc.BotsServicer):
     def _verify(self, done: Completed) -> Outcome | str:
         """The outcome of a completed lease, or why the attempt failed (then it is retried). Blocking."""
         worker = done.lease.session.bot_id
-        if done.code in (code_pb2.FAILED_PRECONDITION, INVALID_ARGUMENT):  # the action's fault: not retried
+        # the action's fault, not the worker's: missing inputs, a bad action, its own timeout. Not retried.
+        if done.code in (code_pb2.FAILED_PRECONDITION, INVALID_ARGUMENT, code_pb2.DEADLINE_EXCEEDED):
             return Outcome(done.code, f"worker {worker}: {done.message}", details=done.details)
         if done.code != OK:
             return f"worker {worker}: {code_name(done.code)}: {done.message}"
@@ -180,7 +181,7 @@ class Bots(_Service, bots_pb2_grpc.BotsServicer):
 
 def _news(session: Session) -> bool:
     """Has the worker something to learn: a new lease, or a cancellation?"""
-    return any(lease.told != lease.shown for lease in session.leases.values())
+    return any(not lease.told or (lease.cancel and lease.told != CANCELLED) for lease in session.leases.values())
 
 
 def _report(lease: Any) -> Report:
