@@ -38,6 +38,8 @@ EDIT_LINE = b"edited by bench_graph\n"
 # The targets: gaffer's no-op within 2x of ninja's, every scenario 3x faster than doit.
 NOOP_TARGET = 2.0
 DOIT_TARGET = 3.0
+RSS_TARGET_KIB = 4.0  # peak RSS of an edit build beyond ninja's, per task
+TIME = "/usr/bin/time"  # GNU time: the edit builds' peak RSS
 
 
 class BenchError(Exception):
@@ -87,6 +89,7 @@ class Measurement:
     status: str = "ok"  # ok | timeout | error | wrong-output | skipped
     seconds: list[float] = field(default_factory=list)
     rewritten: list[int] = field(default_factory=list)
+    peak_rss_kib: list[int] = field(default_factory=list)  # of the tool's process, edit builds only
     detail: str = ""
 
     @property
@@ -99,7 +102,7 @@ class Measurement:
 
     def as_json(self) -> dict:
         return {"status": self.status, "seconds": self.seconds, "min": self.best, "median": self.median,
-                "rewritten": self.rewritten, "detail": self.detail}
+                "rewritten": self.rewritten, "peak_rss_kib": self.peak_rss_kib, "detail": self.detail}
 
 
 @dataclass
@@ -161,12 +164,17 @@ def check_outputs(tree: Path, expected: dict[str, bytes]) -> None:
                          f"e.g. out/{wrong[0]}.txt")
 
 
-def run_build(argv: list[str], tree: Path, log: Path, timeout: float) -> float:
-    """Run one build in `tree`, output to `log`; return its wall-clock seconds.
+def run_build(argv: list[str], tree: Path, log: Path, timeout: float, rss: bool = False) -> tuple[float, int | None]:
+    """Run one build in `tree`, output to `log`; return its wall-clock seconds and, with `rss`, its peak RSS
+    in KiB (GNU time's report on the tool's process: a child forked from this Python would start with this
+    process's own RSS in its maximum).
 
     The build runs in its own session so a timeout kills the whole process group (make's and doit's
     workers too), not just the top process.
     """
+    rss_file = log.with_suffix(".rss")
+    if rss:
+        argv = [TIME, "-f", "%M", "-o", str(rss_file), *argv]
     with log.open("ab") as out:
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
@@ -183,14 +191,17 @@ def run_build(argv: list[str], tree: Path, log: Path, timeout: float) -> float:
     if returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise BenchError("error", f"exit status {returncode} (log {log}): {' | '.join(tail)}")
-    return elapsed
+    return elapsed, int(rss_file.read_text().split()[-1]) if rss else None
 
 
 def measure(argv: list[str], tree: Path, log: Path, timeout: float, expected: dict[str, bytes],
-            result: Measurement) -> None:
+            result: Measurement, rss: bool = False) -> None:
     """One timed build, then the correctness check and the count of out/ files it rewrote."""
     before = out_mtimes(tree)
-    result.seconds.append(run_build(argv, tree, log, timeout))
+    seconds, peak_kib = run_build(argv, tree, log, timeout, rss)
+    result.seconds.append(seconds)
+    if peak_kib is not None:
+        result.peak_rss_kib.append(peak_kib)
     after = out_mtimes(tree)
     result.rewritten.append(sum(1 for name, mtime in after.items() if before.get(name) != mtime))
     check_outputs(tree, expected)
@@ -212,7 +223,7 @@ def bench_tool(tool: str, tools: Toolset, setup: SizeSetup, root: Path, repeat: 
                 with (tree / "src" / f"{edits[scenario]}.txt").open("ab") as src:
                     src.write(EDIT_LINE)
             for _ in range(repeat if scenario == "noop" else 1):
-                measure(argv, tree, log, timeout, setup.expected[scenario], result)
+                measure(argv, tree, log, timeout, setup.expected[scenario], result, rss=scenario in edits)
         except BenchError as exc:
             result.status, result.detail = exc.status, exc.detail
             print(f"  {tool} {scenario}: {exc}", file=sys.stderr)
@@ -229,7 +240,7 @@ def profile_gaffer(tools: Toolset, root: Path, expected: dict[str, bytes], timeo
     prof = root / "gaffer-noop.prof"
     argv = [str(tools.venv / "bin" / "python"), "-m", "cProfile", "-o", str(prof), "-m", "gaffer",
             *tools.gaffer_args(root / "gaffer-cache")]
-    seconds = run_build(argv, root / "gaffer", root / "gaffer-profile.log", timeout)
+    seconds, _peak = run_build(argv, root / "gaffer", root / "gaffer-profile.log", timeout)
     check_outputs(root / "gaffer", expected)
     report = root / "gaffer-noop.prof.txt"
     with report.open("w") as out:
@@ -312,7 +323,23 @@ def table(setup: SizeSetup, results: dict[str, dict[str, Measurement]],
               for row in rows]
     if ratio_names:
         lines += [f"  target: {line}" for line in targets(info["tasks"], ratios)]
+    rss = rss_per_task(results, info["tasks"])
+    if rss is not None:
+        lines.append(f"  peak RSS of the top-layer edit: {rss[0] / 1024:.1f} MiB gaffer, {rss[1] / 1024:.1f} MiB ninja: "
+                     f"{rss[2]:.2f} KiB per task beyond ninja's (target <= {RSS_TARGET_KIB:g}: "
+                     f"{'met' if rss[2] <= RSS_TARGET_KIB else 'MISSED'})")
     return "\n".join(lines)
+
+
+def rss_per_task(results: dict[str, dict[str, Measurement]], tasks: int) -> tuple[int, int, float] | None:
+    """(gaffer's and ninja's peak RSS of the top-layer edit in KiB, gaffer's excess per task), if both ran."""
+    try:
+        gaffer, ninja = (results[t]["edit-top"].peak_rss_kib for t in ("gaffer", "ninja"))
+    except KeyError:
+        return None
+    if not gaffer or not ninja:
+        return None
+    return gaffer[0], ninja[0], (gaffer[0] - ninja[0]) / tasks
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -348,6 +375,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     venv_ninja = args.venv / "bin" / "ninja"
     args.ninja = args.ninja or (str(venv_ninja) if venv_ninja.exists() else shutil.which("ninja") or "ninja")
     tools = Toolset(args.venv, args.ninja, args.jobs)
+    if not os.access(TIME, os.X_OK):
+        parser.error(f"{TIME} (GNU time, Debian's 'time' package) is needed for the edit builds' peak RSS")
     for tool in args.tools:
         if not shutil.which(tools.binary(tool)):
             parser.error(f"--tools {tool}: {tools.binary(tool)} is not an executable (see --venv, --ninja)")

@@ -21,6 +21,7 @@ import os
 import posixpath
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,8 +265,8 @@ def _symlink_target(rng: random.Random, ws: Workspace, link: str) -> str:
     return posixpath.relpath(rng.choice(regular), posixpath.dirname(link))
 
 
-def generate(rng: random.Random) -> Workspace:
-    """A random workspace (not yet on disk: call `write`)."""
+def generate(rng: random.Random, uncached: float = 0.1) -> Workspace:
+    """A random workspace (not yet on disk: call `write`); `uncached`: each task's chance of `"cache": false`."""
     ws = Workspace(sources={}, tasks={}, graph_env=[], env={})
     for _ in range(rng.randint(4, 9)):
         ws.sources[_new_source_path(rng, ws, "f")] = Source(_content(rng), rng.random() < 0.3)
@@ -286,7 +287,7 @@ def generate(rng: random.Random) -> Workspace:
         task.link = rng.random() < 0.5
         task.directory = rng.random() < 0.5
         task.dir_mode = rng.choice((0o755, 0o700))
-        task.cache = rng.random() < 0.9
+        task.cache = rng.random() >= uncached
         ws.tasks[task.name] = task
     return ws
 
@@ -500,10 +501,16 @@ EDITS = (_edit_content, _edit_content, _edit_same_size_same_mtime, _edit_exec_bi
          _edit_dep, _edit_outputs, _edit_stray_output, _edit_output, _edit_state)
 
 
-def apply_edit(rng: random.Random, ws: Workspace) -> str:
-    """Make one random edit to the workspace on disk (and in the model); say what it was."""
+# The edits of files alone: the graph, the environment and gaffer's state stay as they were.
+FILE_EDITS = (_edit_content, _edit_same_size_same_mtime, _edit_exec_bit, _edit_symlink_target, _edit_add_file,
+              _edit_remove_file, _edit_stray_output, _edit_output)
+
+
+def apply_edit(rng: random.Random, ws: Workspace, edits: tuple[Callable[[random.Random, Workspace], str | None], ...]
+               = EDITS) -> str:
+    """Make one random edit (of `edits`) to the workspace on disk (and in the model); say what it was."""
     while True:
-        what = rng.choice(EDITS)(rng, ws)
+        what = rng.choice(edits)(rng, ws)
         if what is not None:
             return what
 

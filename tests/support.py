@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,20 @@ def run_gaffer(args: list[str], cwd: Path, env: dict[str, str], check: bool = Fa
     if check and proc.returncode != 0:
         raise AssertionError(f"gaffer {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def noop_changes(ws: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What the whole-build check (gaffer.noop.check), run as `gaffer run` would in `ws` with `env`, finds
+    changed since the last build: None when it cannot say (then the build checks every task)."""
+    from gaffer import noop
+
+    with monkeypatch.context() as m:
+        m.chdir(ws)
+        for name in [n for n in os.environ if n not in env]:
+            m.delenv(name)
+        for name, value in env.items():
+            m.setenv(name, value)
+        return noop.check("graph.json", [])
 
 
 def summary(path: Path) -> dict:

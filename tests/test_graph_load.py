@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -562,3 +563,73 @@ def test_the_examples_are_found() -> None:
 def test_example_graphs_pass_the_schema_and_load(path: Path) -> None:
     VALIDATOR.validate(json.loads(path.read_text()))
     assert load_graph(path).closure([])
+
+
+# --- the validated copy (.gaffer/graph) ----------------------------------------------------------------------
+
+COPIED = {"a": {"command": "echo a > a.txt", "outputs": ["a.txt"]},
+          "b": {"command": "cat a.txt > b.txt", "deps": ["a"], "inputs": ["a.txt"], "outputs": ["b.txt"]}}
+
+
+def test_the_validated_copy_is_what_a_load_of_the_same_bytes_returns(tmp_path: Path) -> None:
+    """A copy written for these bytes is used without validating them again: planted with another task under
+    the same content digest, the load returns the planted task (so a copy is really read, and trusted only by
+    digest)."""
+    from gaffer.graph import load as loading
+
+    write(tmp_path, COPIED)
+    first = load_graph("graph.json", keep=True)
+    assert (tmp_path / ".gaffer" / "graph").is_file()
+    again = load_graph("graph.json")
+    assert again.tasks == first.tasks and again.platform == first.platform and again.signature == first.signature
+    digest = loading.hashlib.sha256((tmp_path / "graph.json").read_bytes()).hexdigest()
+    planted = {"z": dataclasses.replace(first.tasks["a"], name="z")}
+    loading._write_copy(str(tmp_path), digest, planted, {})
+    assert list(load_graph("graph.json").tasks) == ["z"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_any_byte_of_the_graph_file_edited_means_a_full_validation(tmp_path: Path, seed: int) -> None:
+    """One byte changed anywhere, size and mtime kept: never the copy of the old bytes. A change that breaks
+    the file is reported; one that keeps it valid is loaded as it now reads."""
+    import random
+
+    write(tmp_path, COPIED)
+    path = tmp_path / "graph.json"
+    load_graph("graph.json", keep=True)
+    data = bytearray(path.read_bytes())
+    rng = random.Random(seed)
+    at = rng.randrange(len(data))
+    data[at] = ord(rng.choice([c for c in "ab{}[]\":, xyz" if ord(c) != data[at]]))
+    st = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    try:
+        expected: Any = json.loads(bytes(data))
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(UserError):
+            load_graph("graph.json", keep=True)
+        return
+    try:
+        graph = load_graph("graph.json", keep=True)
+    except UserError:
+        return  # valid JSON, no valid graph: refused, not loaded from the copy
+    assert list(graph.tasks) == list(expected)
+    assert [t.commands for t in graph.tasks.values()] == [(("sh", "-c", t["command"]),) for t in expected.values()]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "old format", "truncated"])
+def test_a_damaged_or_foreign_copy_is_only_a_miss(tmp_path: Path, damage: str) -> None:
+    import marshal
+
+    write(tmp_path, COPIED)
+    expected = load_graph("graph.json", keep=True).tasks
+    copy = tmp_path / ".gaffer" / "graph"
+    stored = copy.read_bytes()
+    copy.write_bytes({"garbage": b"\x00\xffnot marshal", "empty": b"",
+                      "old format": marshal.dumps(((0, "0.0.0", ()), *marshal.loads(stored)[1:])),
+                      "truncated": stored[: len(stored) // 2]}[damage])
+    assert load_graph("graph.json", keep=True).tasks == expected
+    assert copy.read_bytes() == stored  # validated again, and the copy replaced

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gaffer import noop
-from tests.support import gaffer_env
+from tests.support import gaffer_env, noop_changes
 from tests.support import run_ok as build
 
 # Examples of the differential test: a few in every run, many more with GAFFER_TEST_EXAMPLES=500.
@@ -26,13 +26,19 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def fast_verdict(ws: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> bool:
     """Does the fast path, run as `gaffer run` would in `ws` with `env`, find nothing to do?"""
-    with monkeypatch.context() as m:
-        m.chdir(ws)
-        for name in [n for n in os.environ if n not in env]:
-            m.delenv(name)
-        for name, value in env.items():
-            m.setenv(name, value)
-        return noop.check("graph.json", []) is not None
+    found = noop_changes(ws, env, monkeypatch)
+    return found is not None and not found.dirty and not found.dirs
+
+
+def settled(found: noop.Changes | None, graph: dict[str, dict]) -> set[str]:
+    """The tasks an incremental build takes as up to date without looking: neither dirty nor downstream of one."""
+    if found is None:
+        return set()
+    affected: set[str] = set()
+    for name, task in graph.items():  # the generated graphs list deps before their dependents
+        if name in found.dirty or affected.intersection(task.get("deps", [])):
+            affected.add(name)
+    return set(graph) - affected
 
 
 def full_verdict(ws: Path, env: dict[str, str]) -> tuple[bool, dict[str, str]]:
@@ -90,6 +96,58 @@ def test_a_graph_file_edited_during_the_build(tmp_path: Path, env: dict[str, str
     build(ws, env)
     assert build(ws, env)["status"]["t"] == "executed", "its command changed"
     assert (ws / "out.txt").read_text() == "new\n"
+
+
+# -- the incremental build: only what is downstream of a change is looked at ---------------------------------------
+
+def test_an_input_edited_during_an_incremental_build(tmp_path: Path, env: dict[str, str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`b` is settled from the record while `a`, dirty, rewrites b's input as it runs: the next build must run
+    `b` on the new content (the record keeps the signature the settled task was built from)."""
+    ws = tmp_path / "ws"
+    write(ws / "a.txt", "a\n")
+    write(ws / "b.txt", "b\n")
+    write(ws / "graph.json", json.dumps({
+        "a": {"command": "cat a.txt > out-a.txt; if [ -f trigger ]; then rm trigger; echo edited >> b.txt; fi",
+              "inputs": ["a.txt"], "outputs": ["out-a.txt"]},
+        "b": {"command": "cat b.txt > out-b.txt", "inputs": ["b.txt"], "outputs": ["out-b.txt"]}}))
+    build(ws, env)
+    write(ws / "a.txt", "a, edited\n")
+    write(ws / "trigger", "")
+    found = noop_changes(ws, env, monkeypatch)
+    assert found is not None and found.dirty == {"a"}
+    result = build(ws, env)
+    assert result["status"] == {"a": "executed", "b": "cached"}
+    assert build(ws, env)["status"]["b"] == "executed"
+    assert (ws / "out-b.txt").read_text() == "b\nedited\n"
+
+
+def test_a_file_added_where_a_glob_looks_in_an_incremental_build(tmp_path: Path, env: dict[str, str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the directories' signatures (a file added or removed changes its directory's mtime): the globs
+    of the tasks that look there run again, and a new subdirectory is watched from then on."""
+    ws = tmp_path / "ws"
+    write(ws / "src" / "a.c", "a\n")
+    write(ws / "other.txt", "1\n")
+    write(ws / "graph.json", json.dumps({
+        "c": {"command": "cat $(find src -name '*.c' | sort) > out-c.txt", "inputs": ["src/**/*.c"],
+              "outputs": ["out-c.txt"]},
+        "o": {"command": "cat other.txt > out-o.txt", "inputs": ["other.txt"], "outputs": ["out-o.txt"]},
+        "d": {"command": "cat out-c.txt > out-d.txt", "deps": ["c"], "outputs": ["out-d.txt"]}}))
+    build(ws, env)
+    write(ws / "other.txt", "2\n")
+    write(ws / "src" / "deep" / "new.c", "new\n")  # a new directory: only its parent's mtime tells
+    found = noop_changes(ws, env, monkeypatch)
+    assert found is not None and found.dirty == {"c", "o"} and found.dirs
+    result = build(ws, env)
+    assert result["status"] == {"c": "executed", "o": "executed", "d": "executed"}
+    assert (ws / "out-d.txt").read_text() == "a\nnew\n"
+    write(ws / "src" / "deep" / "newer.c", "newer\n")  # inside the directory the last build first saw
+    found = noop_changes(ws, env, monkeypatch)
+    assert found is not None and found.dirty == {"c"}
+    assert build(ws, env)["status"] == {"c": "executed", "o": "cached", "d": "executed"}
+    assert (ws / "out-d.txt").read_text() == "a\nnew\nnewer\n"
+    assert fast_verdict(ws, env, monkeypatch)
 
 
 # -- the differential test -------------------------------------------------------------------------------------
@@ -208,6 +266,10 @@ def test_the_fast_path_never_says_nothing_to_do_when_the_full_check_disagrees(
     for _ in range(EDITS):
         history.append(ws.edit())
         environment = {**env, **ws.env}
-        fast = fast_verdict(ws.root, environment, monkeypatch)
+        found = noop_changes(ws.root, environment, monkeypatch)
+        fast = found is not None and not found.dirty and not found.dirs
         full, reasons = full_verdict(ws.root, environment)
         assert full or not fast, "\n".join([*history, f"full check: {reasons}"])
+        # The incremental build's promise, task by task: what it would not look at, the full check finds unchanged.
+        wrong = {name: reasons[name] for name in settled(found, ws.graph) if not reasons[name].startswith("up to date")}
+        assert not wrong, "\n".join([*history, f"dirty: {found and sorted(found.dirty)}", f"not up to date: {wrong}"])

@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,7 +56,7 @@ class Build:
     def __init__(self, graph: Graph, options: BuildOptions, *, keys: KeyBuilder, cache: TieredCache,
                  state: WorkspaceState, executor: Executor, progress: Progress,
                  sandbox: Executor | None = None, remote: RemoteExecutor | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, since: noop.Changes | None = None) -> None:
         self.graph = graph
         self.root = graph.root
         self.options = options
@@ -69,10 +69,14 @@ class Build:
         self.progress = progress
         self.clock = clock
         self.stat_cache = keys.stat_cache
-        self.order = graph.closure(options.targets)
+        # What changed since the recorded build of this graph (noop.check): only the tasks it names and their
+        # dependents are checked; None: every task is. Its order is the closure of the same graph and targets.
+        self.since = since if since is not None and since.record.graph_sig == graph.signature else None
+        self.order = list(self.since.record.order) if self.since is not None else graph.closure(options.targets)
         self.plan = Plan({}, [])
         self.outputs: dict[str, OutputRecords] = {}  # task -> its outputs as made or confirmed this build
         self.fingerprints: dict[str, Fingerprint] = {}
+        self.settled: Collection[str] = ()  # up to date as recorded: outputs and fingerprint in the build log
         self.t0 = 0.0
         self._interrupted = ""
         self._lanes: dict[int, int] = {}
@@ -149,7 +153,12 @@ class Build:
 
     def _dep_outputs(self, name: str) -> dict[str, OutputRecords]:
         """What each of the task's deps output, as made or confirmed this build: part of its fingerprint and key."""
-        return {dep: self.outputs.get(dep, OutputRecords()) for dep in self.plan.tasks[name].deps}
+        outputs = self.outputs
+        return {dep: outputs[dep] if dep in outputs else self._settled_outputs(dep) for dep in self.plan.tasks[name].deps}
+
+    def _settled_outputs(self, name: str) -> OutputRecords:
+        """A task's outputs as the build log records them if the incremental build settled it (else none)."""
+        return self.state.tasks[name].outputs if name in self.settled else OutputRecords()
 
     # -- restore and execute -----------------------------------------------------------------------------------
 
@@ -275,18 +284,23 @@ class Build:
             noop.discard(self.root)
         # Before any input is looked at; a dry run creates nothing (without .gaffer/ every file is racy).
         self.stat_cache.moment = file_system_now(self.root / STATE_DIR, create=not self.options.dry_run)
-        self.plan = make_plan(self.graph, self.order, self.keys.toolchain)
+        order, settled = self._settle_unchanged() if self.since is not None else (self.order, {})
+        self.plan = make_plan(self.graph, order, self.keys.toolchain)
         if not self.options.dry_run:
             self.keys.toolchain.save()
-        scheduler = Scheduler(self.order, {n: self.graph.tasks[n].deps for n in self.order},
+        scheduler = Scheduler(order, {n: self.graph.tasks[n].deps for n in order},
                               jobs=1 if self.options.dry_run else self.options.jobs,
                               keep_going=self.options.keep_going)
         groups = [n for n in self.order if self.graph.tasks[n].is_group]
         self.progress.start(len(self.order) - len(groups), scheduler.jobs, groups)
+        for name, outcome in settled.items():
+            self.progress.task_finished(name, outcome)
         restore = self._install_signal_handlers(scheduler)
         try:
             outcomes = scheduler.run(self.work, self.quick, on_start=self.progress.task_started,
                                      on_done=self.progress.task_finished)
+            if settled:
+                outcomes = {n: settled.get(n) or outcomes[n] for n in self.order if n in settled or n in outcomes}
         finally:
             restore()
             if not self.options.dry_run:
@@ -299,6 +313,29 @@ class Build:
         if report.ok and not self.options.dry_run:
             noop.write_record(self, self.options.targets)
         return report
+
+    def _settle_unchanged(self) -> tuple[list[str], dict[str, Outcome]]:
+        """The incremental build: a task that is not dirty and depends on nothing dirty is up to date as the
+        build log says (`since` found its inputs, tools and outputs unchanged), without looking at it again or
+        even decoding its state. Returns the tasks to check (groups included, in order) and the others'
+        outcomes."""
+        assert self.since is not None
+        dirty, tasks, recorded = self.since.dirty, self.graph.tasks, self.state.tasks
+        saved = dict(self.since.record.tasks)
+        affected: set[str] = set()
+        settled: dict[str, Outcome] = {}
+        up_to_date: dict[str, object] = {"up_to_date": True}  # one for all (read only): 10,000s of them
+        for name in self.order:
+            task = tasks[name]
+            if name in dirty or not affected.isdisjoint(task.deps):
+                affected.add(name)
+            elif not task.is_group:
+                if name not in recorded or name not in saved:
+                    affected.add(name)
+                    continue
+                settled[name] = Outcome(CACHED, saved_s=saved[name], reason="up to date", extra=up_to_date)
+        self.settled = settled.keys()
+        return [n for n in self.order if n not in settled], settled
 
     def _cancel_all(self) -> None:
         for executor in (self.executor, self.sandbox, self.remote):

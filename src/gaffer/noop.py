@@ -7,8 +7,14 @@ made), and the signatures of the directories that glob and directory inputs were
 removed there changes its directory's mtime).
 
 `check` compares all of that with the file system now. If nothing differs, every task would be "up to date"
-in the per-task check too, so the build is a no-op without even loading the graph file. Anything that differs,
-or a record that cannot be read, falls back to the full build, which is always correct.
+in the per-task check too, so the build is a no-op without even loading the graph file. Every file in the
+record names the tasks that read or made it, so when only files differ, `check` says which tasks are dirty:
+the build then checks those and everything downstream of them, and takes every other task's fingerprint and
+outputs from the build log the record was written with (its stat signature is in the record). A directory a
+glob searched that changed makes every task whose globs start at or above it dirty: their globs are run
+again (a new file matching one is found). Anything else that differs (the graph file, the targets, a declared
+variable, the build log), or a record that cannot be read, falls back to the full build, which is always
+correct.
 """
 
 from __future__ import annotations
@@ -26,69 +32,114 @@ from gaffer.workspace import workspace_root
 if TYPE_CHECKING:
     from gaffer.build import Build
 
-_FORMAT = 2
+_FORMAT = 4
 _GLOB_CHARS = frozenset("*?[")
 _NO_DOTS, _DOTS, _ALL_DOTS = 0, 1, 2  # how far a glob below a directory may enter dot-directories
 
+Sig = tuple[int, int, int, int]
+
 
 class Record(NamedTuple):
-    """What a successful build saw; stored as a plain tuple (marshal holds no named types)."""
+    """What a successful build saw; stored as a plain tuple (marshal holds no named types). Each file names the
+    tasks it belongs to (their indices in `tasks`), so that a change points at the tasks to check again."""
 
     format: int
     version: str
     graph: str  # the graph file's real path
-    graph_sig: tuple[int, int, int, int]
+    graph_sig: Sig
+    state_sig: Sig  # the build log the record was written with: the fingerprints and outputs it vouches for
     targets: tuple[str, ...]
     env: tuple[tuple[str, str | None], ...]  # (name, value or None if unset)
-    inputs: tuple[tuple[str, tuple[int, int, int, int]], ...]  # (absolute path, stat signature), tools' too
-    outputs: tuple[tuple[str, tuple[int, int, int, int] | None], ...]  # output files and directories (lstat)
-    symlinks: tuple[tuple[str, str], ...]  # (absolute path, target)
-    dirs: tuple[tuple[str, tuple[int, int]], ...]  # directories globs searched: (path, (mtime_ns, inode))
+    inputs: tuple[tuple[str, Sig, tuple[int, ...]], ...]  # (absolute path, stat signature, tasks), tools' too
+    outputs: tuple[tuple[str, Sig | None, int], ...]  # output files and directories (lstat), and their task
+    symlinks: tuple[tuple[str, str, int], ...]  # (absolute path, target, task)
+    bases: tuple[tuple[str, int, tuple[int, ...]], ...]  # where globs walk (directory_bases), and whose globs
+    dirs: tuple[tuple[str, tuple[int, int]], ...]  # every directory below them: (path, (mtime_ns, inode))
     tasks: tuple[tuple[str, float], ...]  # (task, its last execution time)
+    order: tuple[str, ...]  # the build's order (Graph.closure of the targets), groups included
+
+
+class Changes(NamedTuple):
+    """What changed since the recorded build: the tasks whose inputs, tools or outputs differ now (each must be
+    checked again, and everything downstream of it); none at all is a no-op."""
+
+    record: Record
+    dirty: frozenset[str]
+    dirs: bool  # a directory globs searched changed: the record's directory list is stale
 
 
 def record_path(root: Path) -> Path:
     return root / ".gaffer" / "noop"
 
 
-def check(graph_path: str, targets: Sequence[str]) -> list[tuple[str, float]] | None:
-    """[(task, its last execution time)] if nothing changed since the last successful build of `targets`."""
+def state_signature(root: Path) -> Sig | None:
+    try:
+        st = os.stat(root / ".gaffer" / "state")
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def check(graph_path: str, targets: Sequence[str]) -> Changes | None:
+    """The changes since the last successful build of `targets`, found by `stat` calls alone; None when that
+    cannot be known this way (no record, another graph file, targets, environment or gaffer): a full build."""
     try:
         real = os.path.realpath(graph_path)
         st = os.stat(real)
         graph_sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-        with open(record_path(Path(workspace_root(graph_path))), "rb") as f:
+        root = Path(workspace_root(graph_path))
+        with open(record_path(root), "rb") as f:
             record = Record(*marshal.loads(f.read()))
     except (OSError, EOFError, ValueError, TypeError):
         return None
-    if (record.format, record.version, record.graph, record.graph_sig, record.targets) != (
-        _FORMAT, __version__, real, graph_sig, tuple(targets)
+    if (record.format, record.version, record.graph, record.graph_sig, record.targets, record.state_sig) != (
+        _FORMAT, __version__, real, graph_sig, tuple(targets), state_signature(root)
     ):
         return None
     environ = os.environ
     for name, value in record.env:
         if environ.get(name) != value:
             return None
-    stat, lstat = os.stat, os.lstat
-    try:
-        for path, sig in record.inputs:
+    stat, lstat, readlink = os.stat, os.lstat, os.readlink
+    dirty: set[int] = set()
+    for path, sig, owners in record.inputs:
+        try:
             st = stat(path)
-            if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != sig:
-                return None
-        for path, out_sig in record.outputs:
+        except OSError:
+            dirty.update(owners)
+            continue
+        if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != sig:
+            dirty.update(owners)
+    for path, out_sig, owner in record.outputs:
+        try:
             st = lstat(path)
-            if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != out_sig:
-                return None
-        for path, target in record.symlinks:
-            if os.readlink(path) != target:
-                return None
-        for path, dir_sig in record.dirs:
+        except OSError:
+            dirty.add(owner)
+            continue
+        if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != out_sig:
+            dirty.add(owner)
+    for path, target, owner in record.symlinks:
+        try:
+            if readlink(path) != target:
+                dirty.add(owner)
+        except OSError:
+            dirty.add(owner)
+    changed_dirs = []
+    for path, dir_sig in record.dirs:
+        try:
             st = stat(path)
-            if (st.st_mtime_ns, st.st_ino) != dir_sig:
-                return None
-    except OSError:
-        return None
-    return list(record.tasks)
+        except OSError:
+            changed_dirs.append(path)
+            continue
+        if (st.st_mtime_ns, st.st_ino) != dir_sig:
+            changed_dirs.append(path)
+    for base, _dots, owners in record.bases if changed_dirs else ():  # a file added or removed where globs look
+        top = f"{root}/{base}" if base else str(root)
+        inside = top + "/"
+        if any(path == top or path.startswith(inside) for path in changed_dirs):
+            dirty.update(owners)
+    tasks = record.tasks
+    return Changes(record, frozenset(tasks[i][0] for i in dirty), bool(changed_dirs))
 
 
 def discard(root: Path) -> None:
@@ -102,7 +153,8 @@ def discard(root: Path) -> None:
 def write_record(build: Build, targets: Sequence[str]) -> None:
     """Record a successful build. Skipped when a signature is racy: the file (or directory, or the graph file)
     was modified in or after the file-system timestamp tick the build began in, so it could still change
-    without its signature changing."""
+    without its signature changing. An incremental build keeps what the previous record says of the tasks it
+    settled (their files were found unchanged) and records the tasks it checked afresh."""
     from gaffer.digest import is_racy
     from gaffer.records import left_remote
     from gaffer.tools import ENVIRONMENT as TOOL_ENVIRONMENT
@@ -110,14 +162,23 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     graph = build.graph
     root = str(graph.root)
     moment = build.stat_cache.moment
+    since, settled = build.since, build.settled
     env_names: set[str] = set()
-    inputs: dict[str, tuple[int, int, int, int]] = {}
-    outputs: list[tuple[str, tuple[int, int, int, int] | None]] = []  # None only in a dry run (which records nothing)
-    symlinks: list[tuple[str, str]] = []
+    inputs: dict[str, tuple[Sig, list[int]]] = {}
+    outputs: list[tuple[str, Sig | None, int]] = []  # None only in a dry run (which records nothing)
+    symlinks: list[tuple[str, str, int]] = []
+    bases: dict[tuple[str, int], list[int]] = {}
     tasks: list[tuple[str, float]] = []
+    kept: set[int] = set()
     for name in build.order:
         task = graph.tasks[name]
         if task.is_group:
+            continue
+        index = len(tasks)
+        if name in settled:
+            assert since is not None
+            kept.add(index)
+            tasks.append(since.record.tasks[index])
             continue
         if not task.cache:
             return  # a `cache: false` task always runs: never a whole-build no-op
@@ -128,30 +189,79 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
         for rel, sig in fingerprint.inputs:
             if sig is None:
                 return
-            inputs[f"{root}/{rel}"] = sig
+            if not _own(inputs, f"{root}/{rel}", sig, index):
+                return
         if fingerprint.tools:  # the task's tools: the files found (racy ones made the fingerprint racy) and PATH
-            inputs.update(signature for signatures in fingerprint.tools for signature in signatures)
+            for signatures in fingerprint.tools:
+                for path, sig in signatures:
+                    if not _own(inputs, path, sig, index):
+                        return
             env_names.update(TOOL_ENVIRONMENT)
         records = build.outputs[name]
         if left_remote(records):
             return  # left on the remote: only the remote can say whether they are still there
         # An output directory's signature changes when a stray file lands in it: the full build removes it.
-        outputs.extend((f"{root}/{f.path}", f.sig) for f in records.files)
-        outputs.extend((f"{root}/{d.path}", d.sig) for d in records.directories)
-        symlinks.extend((f"{root}/{s.path}", s.target) for s in records.symlinks)
+        outputs.extend((f"{root}/{f.path}", f.sig, index) for f in records.files)
+        outputs.extend((f"{root}/{d.path}", d.sig, index) for d in records.directories)
+        symlinks.extend((f"{root}/{s.path}", s.target, index) for s in records.symlinks)
+        for base in directory_bases(task.inputs, {rel for rel, _sig in fingerprint.inputs}):
+            bases.setdefault(base, []).append(index)
         state = build.state.tasks.get(name)
         if state is None:
             return
         tasks.append((name, state.duration_s))
-    dirs = build.plan.input_dirs
+    if since is None:
+        dirs = build.plan.input_dirs
+    else:
+        if not _keep(since.record, kept, env_names, inputs, outputs, symlinks, bases):
+            return
+        # After a directory changed, walk again everything globs look at: the record holds every directory below.
+        dirs = directory_signatures(root, set(bases)) if since.dirs else list(since.record.dirs)
     if any(sig[0] >= moment for _p, sig in dirs):
         return
     if is_racy(graph.signature, moment):
         return
-    record = Record(_FORMAT, __version__, os.path.realpath(graph.path), graph.signature, tuple(targets),
-                    tuple((n, os.environ.get(n)) for n in sorted(env_names)), tuple(inputs.items()),
-                    tuple(outputs), tuple(symlinks), tuple(dirs), tuple(tasks))
+    state_sig = state_signature(graph.root)
+    if state_sig is None:
+        return
+    record = Record(_FORMAT, __version__, os.path.realpath(graph.path), graph.signature, state_sig, tuple(targets),
+                    tuple((n, os.environ.get(n)) for n in sorted(env_names)),
+                    tuple((path, sig, tuple(indices)) for path, (sig, indices) in inputs.items()),
+                    tuple(outputs), tuple(symlinks),
+                    tuple((base, dots, tuple(indices)) for (base, dots), indices in bases.items()),
+                    tuple(dirs), tuple(tasks), tuple(build.order))
     save_marshalled(record_path(graph.root), tuple(record))
+
+
+def _keep(old: Record, kept: set[int], env_names: set[str], inputs: dict[str, tuple[Sig, list[int]]],
+          outputs: list[tuple[str, Sig | None, int]], symlinks: list[tuple[str, str, int]],
+          bases: dict[tuple[str, int], list[int]]) -> bool:
+    """Add what the previous record says of the tasks `kept` (indices; the same graph and targets number them
+    the same) to the new record's parts: their files were found unchanged. False if one has changed since."""
+    env_names.update(name for name, _value in old.env)  # a superset is harmless: the same graph declares them
+    for path, sig, owners in old.inputs:
+        for index in owners:
+            if index in kept and not _own(inputs, path, sig, index):
+                return False
+    outputs.extend(entry for entry in old.outputs if entry[2] in kept)
+    symlinks.extend(entry for entry in old.symlinks if entry[2] in kept)
+    for base, dots, owners in old.bases:
+        indices = [i for i in owners if i in kept]
+        if indices:
+            bases.setdefault((base, dots), []).extend(indices)
+    return True
+
+
+def _own(inputs: dict[str, tuple[Sig, list[int]]], path: str, sig: Sig, index: int) -> bool:
+    """Record a file's signature and that task `index` reads it (a file many tasks read is listed once). False
+    when another task saw it with another signature: it changed during the build (after the check that settled
+    a task, say), so no record can say what the tasks were built from."""
+    entry = inputs.get(path)
+    if entry is None:
+        inputs[path] = (sig, [index])
+        return True
+    entry[1].append(index)
+    return entry[0] == sig
 
 
 def directory_bases(patterns: Iterable[str], resolved: set[str]) -> Iterable[tuple[str, int]]:

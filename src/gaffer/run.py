@@ -28,13 +28,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.dry_run and os.path.exists(args.graph):  # a dry run changes nothing; no graph, nothing to guard
         lock_workspace(workspace_of(args.graph), "run", wait=not args.no_wait,
                        say=lambda message: print(f"gaffer: {message}", file=sys.stderr, flush=True))
+    changes = None
     if not (args.dry_run or args.verbose or args.trace):
         from gaffer import noop
 
         started = time.perf_counter()
-        unchanged = noop.check(args.graph, args.targets)
-        if unchanged is not None:
-            return _report_noop(args, unchanged, time.perf_counter() - started)
+        changes = noop.check(args.graph, args.targets)
+        if changes is not None and not changes.dirty and not changes.dirs:
+            return _report_noop(args, list(changes.record.tasks), time.perf_counter() - started)
     from gaffer.build import Build, BuildOptions
     from gaffer.cache.factory import open_cache, open_local
     from gaffer.config import load_settings
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from gaffer.tools import Toolchain
     from gaffer.ui.progress import Progress
 
-    graph = load_graph(args.graph)
+    graph = load_graph(args.graph, keep=not args.dry_run)
     _check_env_values(graph)
     settings = load_settings(graph.root, vars(args))
     progress = Progress(verbose=args.verbose, quiet=args.dry_run)  # a dry run's result is the plan on stdout
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     build = Build(graph, BuildOptions(targets=args.targets, jobs=settings.jobs, keep_going=args.keep_going,
                                       dry_run=args.dry_run, sandbox=settings.sandbox),
                   keys=keys, cache=cache, state=state, executor=local, sandbox=sandbox, remote=remote,
-                  progress=progress)
+                  progress=progress, since=changes)
     try:
         report = build.run()
     finally:
