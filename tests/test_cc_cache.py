@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import gaffer_env, require_tool
+from tests.support import NOBODY, gaffer_env, require, require_tool
 
 GCC = "gcc"
 
@@ -208,20 +208,24 @@ def test_a_compile_error_is_gccs_and_never_cached(tmp_path: Path) -> None:
 
 
 def test_date_and_time_macros_are_not_cached_in_direct_mode(tmp_path: Path) -> None:
+    """ccache's rule, and then preprocessor mode for that compile: its key has the expanded date, which
+    SOURCE_DATE_EPOCH fixes."""
     write(tmp_path / "inc" / "stamp.h", "#define STAMP __DATE__ \" \" __TIME__\n")
     write(tmp_path / "d.c", '#include "inc/stamp.h"\nconst char *when = STAMP;\n')
     cc = Launcher(tmp_path)
     result = cc.run([GCC, "-c", "d.c"], tmp_path)
     assert result.returncode == 0 and (tmp_path / "d.o").exists()
-    assert cc.outcome() == "d.c: miss, not stored: new (never run with these arguments); uses __DATE__ or __TIME__ " \
-                           "(direct mode)"
-    cc.run([GCC, "-c", "d.c"], tmp_path)
-    assert "not stored" in cc.outcome()
-    # with SOURCE_DATE_EPOCH the expansion is fixed, and preprocessor mode keys it: cached
-    cc.run([GCC, "-c", "d.c"], tmp_path, GAFFER_CC_PREPROCESSOR="1", SOURCE_DATE_EPOCH="1700000000")
-    assert cc.outcome().startswith("d.c: miss:")
-    cc.run([GCC, "-c", "d.c"], tmp_path, GAFFER_CC_PREPROCESSOR="1", SOURCE_DATE_EPOCH="1700000000")
-    assert cc.outcome().startswith("d.c: preprocessed hit")
+    assert cc.outcome() == "d.c: miss, not stored: new (never run with these arguments); uses __DATE__ or " \
+                           "__TIME__ (direct mode: preprocessor mode next time)"
+    epoch = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
+    want = subprocess.run([GCC, "-c", "d.c", "-o", "want.o"], cwd=tmp_path, env=epoch, check=True)
+    outcomes = []
+    for _ in range(3):
+        (tmp_path / "d.o").unlink()
+        assert cc.run([GCC, "-c", "d.c"], tmp_path, SOURCE_DATE_EPOCH="1700000000").returncode == want.returncode
+        assert (tmp_path / "d.o").read_bytes() == (tmp_path / "want.o").read_bytes()
+        outcomes.append(cc.outcome().split(":")[1].strip())
+    assert outcomes == ["miss, not stored", "miss", "preprocessed hit"]
 
 
 def checkout(root: Path, header_value: int = 1) -> Path:
@@ -333,6 +337,7 @@ def test_differential_across_checkouts_never_gives_the_other_checkouts_object(tm
     (["-c", "x.c", "y.c"], ["x.o", "y.o"], "not cacheable"),
     (["-fprofile-generate", "-c", "x.c"], [], "not cacheable"),  # its objects carry a time stamp
     (["x.c", "-o", "prog"], ["prog"], "not cacheable"),
+    (["-c", "x.c", "-o", "/dev/null"], [], "not cacheable: output is not a regular file"),
 ])
 def test_argument_edge_cases(tmp_path: Path, args: list[str], produced: list[str], second: str) -> None:
     write(tmp_path / "pre.h", "#define PRE 3\n")
@@ -460,3 +465,74 @@ def test_machines_share_entries_through_a_remote_tier_and_read_only_pushes_nothi
     assert same_as_gcc(machines[1], ["-c", "x.c"], tmp_path, ["x.o"]) == "x.c: direct hit"
     assert same_as_gcc(ci, ["-c", "x.c"], tmp_path, ["x.o"]) == "x.c: direct hit"
     assert same_as_gcc(machines[3], ["-c", "y.c"], tmp_path, ["y.o"]).startswith("y.c: miss")  # ci pushed nothing
+
+
+def test_an_unusable_cache_never_fails_a_compile(tmp_path: Path) -> None:
+    write(tmp_path / "x.c", "int f(void) { return 1; }\n")
+    write(tmp_path / "e.c", "int f(void) { return nope; }\n")
+    (tmp_path / "not-a-dir").write_text("")
+    cc = Launcher(tmp_path, GAFFER_CACHE_DIR=str(tmp_path / "not-a-dir" / "cache"))
+    for source in ("x.c", "e.c"):
+        want = plain(["-c", source], tmp_path)
+        got = cc.run([GCC, "-c", source], tmp_path)
+        assert (got.returncode, got.stdout, got.stderr) == (want.returncode, want.stdout, want.stderr)
+        assert cc.outcomes()[0].startswith(f"{source}: cache unusable (local cache")
+    assert "uncacheable: cache unusable" in cc.stats(tmp_path)
+
+
+def test_the_launcher_directory_is_private_and_never_another_users(tmp_path: Path) -> None:
+    write(tmp_path / "x.c", "int f(void) { return 1; }\n")
+    (tmp_path / "cc").mkdir(mode=0o755)
+    cc = Launcher(tmp_path)
+    assert cc.run([GCC, "-c", "x.c"], tmp_path).returncode == 0
+    assert (tmp_path / "cc").stat().st_mode & 0o777 == 0o700
+    require(os.geteuid() == 0, "giving a directory to another user needs root")
+    os.chown(tmp_path / "cc", NOBODY, NOBODY)
+    refused = cc.run([GCC, "-c", "x.c"], tmp_path)
+    assert refused.returncode == 3 and refused.stderr.decode().startswith("gaffer: launcher directory")
+    assert refused.stderr.count(b"\n") == 1
+
+
+def test_concurrent_requests_on_one_context_as_the_daemon_serves_them(tmp_path: Path) -> None:
+    """handle() from many threads at once with one Context (what the daemon does): checkouts with the same
+    key race on one manifest and one result, others compile their own sources; every object is gcc's."""
+    from gaffer.cc.launch import DONE, Context, Request, handle
+
+    log = tmp_path / "cc.log"
+    env = gaffer_env(tmp_path / "cache", GAFFER_CC_DIR=str(tmp_path / "cc"), GAFFER_CC_BASEDIR=str(tmp_path),
+                     GAFFER_CC_DEBUG=str(log))
+    builds = [checkout(tmp_path / f"c{i}", header_value=i % 2) for i in range(6)]
+    args = ["-O1", "-I../include", "-MD", "-MF", "main.d", "-c", "../src/main.c", "-o", "main.o"]
+    want = {}
+    for build in builds:
+        assert plain(args, build).returncode == 0
+        want[build] = outputs(build, ["main.o", "main.d"])
+        remove(build, ["main.o", "main.d"])
+    ctx = Context.from_environment(env, str(tmp_path))
+
+    def compile_in(build: Path) -> int:
+        return handle(Request(0, str(build), [GCC, *args], env), ctx).exit_code
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(2):  # cold, then warm
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(compile_in, builds)) == [0] * 6
+        for build in builds:
+            assert outputs(build, ["main.o", "main.d"]) == want[build]
+            remove(build, ["main.o", "main.d"])
+    assert log.read_text().count("direct hit") >= 6  # the warm round at least
+    response = handle(Request(0, str(builds[0]), [GCC, *args], env), ctx)
+    assert response.verdict == DONE and outputs(builds[0], ["main.o", "main.d"]) == want[builds[0]]
+    ctx.close()
+
+
+@pytest.mark.parametrize("tool", ["g++", "c++"])
+def test_cxx_compiles_are_cached_under_any_driver_name(tmp_path: Path, tool: str) -> None:
+    require_tool(tool)
+    write(tmp_path / "v.cpp", "#include <vector>\n#include <string>\n"
+                              "std::string f(std::vector<int> v) { return std::to_string(v.size()); }\n")
+    cc = Launcher(tmp_path)
+    args = ["-O1", "-std=c++17", "-MMD", "-c", "v.cpp"]
+    assert same_as_gcc(cc, args, tmp_path, ["v.o", "v.d"], tool=tool).startswith("v.cpp: miss")
+    assert same_as_gcc(cc, args, tmp_path, ["v.o", "v.d"], tool=tool) == "v.cpp: direct hit"

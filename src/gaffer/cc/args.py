@@ -69,7 +69,7 @@ class Uncacheable:
     detail: str = ""
 
     def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}" if self.detail and self.detail != self.reason else self.reason
+        return f"{self.reason}: {self.detail}" if self.detail and self.detail not in self.reason else self.reason
 
 
 @dataclass

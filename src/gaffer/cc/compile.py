@@ -3,8 +3,9 @@
 1. Direct (flow.py): the direct key (key.py) names a manifest; an entry whose files all still have their
    digests names the result: the object, the dependency file (rewritten to this checkout), .dwo/.gcno,
    restored, and the diagnostics replayed.
-2. Preprocessed (GAFFER_CC_PREPROCESSOR, off by default: it costs a preprocessor run per miss): `-E` runs,
-   and the key of the preprocessed text is looked up; a hit is restored and added to the manifest, so the next time is a direct hit. It also keys a
+2. Preprocessed (GAFFER_CC_PREPROCESSOR, off by default: it costs a preprocessor run per miss; always for a
+   compile whose manifest says it uses __DATE__/__TIME__): `-E` runs, and the key of the preprocessed text is
+   looked up; a hit is restored and added to the manifest, so the next time is a direct hit. It also keys a
    file using __DATE__/__TIME__, which direct mode does not cache.
 3. Otherwise the compiler runs with `-MD -MF <temp>` added, or with the user's own -MD file read (an extra
    `-M` pass for -MMD, which leaves system headers out): the files it read and their digests become a manifest
@@ -30,6 +31,7 @@ from gaffer.cc.flow import (
     restore,
     run,
     run_and_store,
+    special_output,
     temp_file,
     uncacheable,
 )
@@ -51,7 +53,7 @@ def host_platform() -> dict[str, str]:
 def handle_compile(request: Request, ctx: Context) -> Response:
     c = classify(request.argv[1:], request.cwd)
     if isinstance(c, Uncacheable):
-        return uncacheable(ctx, request, c.reason, str(c))
+        return uncacheable(ctx, request, c.reason, c.detail)
     bad_env = next((name for name in UNCACHEABLE_ENV if request.env.get(name)), None)
     if bad_env is not None:
         return uncacheable(ctx, request, f"{bad_env} is set")
@@ -59,6 +61,9 @@ def handle_compile(request: Request, ctx: Context) -> Response:
     if compiler is None:
         return uncacheable(ctx, request, "compiler not found")
     outputs = {"object": c.output, **({"deps": c.dep_file} if c.dep_file is not None else {}), **c.extra_outputs}
+    special = special_output(request.cwd, outputs)
+    if special is not None:
+        return uncacheable(ctx, request, "output is not a regular file", special)
     base_dir = ctx.base_dir if usable(ctx.base_dir, request.cwd) else None
     job = Job(request, ctx, compiler, c.source, outputs, base_dir, ("direct_hits", "misses"))
     job.absent_of = lambda read: absent_candidates(read, explicit_dirs(c, request.env), search_dirs(job, c), job.cwd)
@@ -69,7 +74,7 @@ def handle_compile(request: Request, ctx: Context) -> Response:
         job.parts.extend(job.input_part(p) for p in [c.source, *c.extra_inputs])
         job.direct = key_digest(["direct", *job.parts])
         hit = lookup_direct(job)
-        if hit is None and ctx.preprocessor:
+        if hit is None and (ctx.preprocessor or job.preprocess):
             preprocessed, hit = preprocessed_lookup(job, c)
     except CACHE_ERRORS as e:
         ctx.log(f"{c.source}: cache unusable ({e}): running the compiler")

@@ -3,8 +3,9 @@ a hit, or run the command and store what it did.
 
 A `Job` knows its key parts (what is known before running: tool identity, arguments, environment, named
 inputs), the outputs by role and where they go here, and how to learn the files the run read (a dependency
-file). The manifest under the direct key lists, per set of files read, their digests and the result key: a hit
-needs every file to still have its digest (stat cache). A run that failed is replayed and never stored; one
+file). The manifest under the direct key lists, per set of files read, their digests, the paths that must stay
+absent (shadow.py) and the result key: a hit needs every file to still have its digest (stat cache) and no absent
+path to exist. A run that failed is replayed and never stored; one
 during which an input changed, or whose outputs the tool did not write, is replayed and not stored.
 """
 
@@ -23,7 +24,16 @@ from gaffer.cache.base import TierError
 from gaffer.cc import result
 from gaffer.cc.basedir import MARK, normalise
 from gaffer.cc.depfile import from_portable, prerequisites, to_portable
-from gaffer.cc.key import DepList, Entry, decode_manifest, encode_manifest, first_mismatch, has_time_macros, result_key
+from gaffer.cc.key import (
+    DepList,
+    Entry,
+    Manifest,
+    decode_manifest,
+    encode_manifest,
+    first_mismatch,
+    has_time_macros,
+    result_key,
+)
 from gaffer.cc.launch import DONE, RUN_IT, Context, Request, Response
 from gaffer.digest import Digest, file_system_now, is_racy, stat_signature
 from gaffer.errors import GafferError
@@ -59,6 +69,7 @@ class Job:
     miss_reason: str = ""
     response: Response = RUN_IT  # set by a restore
     saved: float = 0.0  # seconds a hit saved: the stored run's duration less this lookup's
+    preprocess: bool = False  # the manifest says: this compile uses __DATE__/__TIME__, try preprocessor mode
     # the paths, as written, that must not appear for an entry of these files read to hold (shadow.py), or
     # why the run cannot be stored
     absent_of: Callable[[list[str]], list[str] | str] = lambda read: []
@@ -85,16 +96,27 @@ class Job:
         return self.ctx.cache().local.read_blob(digest) or b""
 
 
+def special_output(cwd: str, outputs: dict[str, str]) -> str | None:
+    """An output that exists and is not a regular file (`-o /dev/null`, a directory): such a command runs
+    unchanged, and a restore never replaces it."""
+    for path in outputs.values():
+        full = os.path.join(cwd, path)
+        if os.path.lexists(full) and not os.path.isfile(full) or os.path.islink(full):
+            return path
+    return None
+
+
 def uncacheable(ctx: Context, request: Request, reason: str, detail: str = "") -> Response:
     ctx.stats.add({"local": 1}, reason_group="uncacheable", reason=reason)
-    ctx.log(f"{' '.join(request.argv)}: not cacheable: {detail or reason}")
+    ctx.log(f"{' '.join(request.argv)}: not cacheable: {reason}" + (f": {detail}" if detail and detail not in reason else ""))
     return RUN_IT
 
 
 def lookup_direct(job: Job) -> Response | None:
     """A direct hit, restored; None for a miss (with job.miss_reason set)."""
-    stored = result.get(job.ctx.cache(), job.direct, MANIFEST) if job.direct else None
-    entries = decode_manifest(job.blob(stored.files["manifest"])) if stored else []
+    manifest = read_manifest(job)
+    job.preprocess = manifest.preprocess
+    entries = manifest.entries
     reason = None
     for entry in entries:
         mismatch = first_mismatch(entry, job.cwd, job.ctx.digest)
@@ -144,6 +166,7 @@ def run_and_store(job: Job, args: list[str], read_deps: Callable[[Ran], str | No
         job.log("failed", f"exit status {ran.exit_code}: not cached")
         return response
     if job.direct is None:  # the cache was unusable: nothing to store into
+        job.ctx.stats.add({"local": 1}, reason_group="uncacheable", reason="cache unusable")
         return response
     try:
         why_not = store(job, ran, read_deps, also)
@@ -188,7 +211,9 @@ def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Dige
     if also is not None:
         result.put(cache, also, files, ran.stdout, ran.stderr, ran.start, ran.end)
     if any(job.ctx.time_macros.get(h, False) for _, h, _ in deps):
-        return None if also is not None else "uses __DATE__ or __TIME__ (direct mode)"
+        if not job.preprocess:
+            update_manifest(job, lambda m: Manifest(m.entries, preprocess=True))
+        return None if also is not None else "uses __DATE__ or __TIME__ (direct mode: preprocessor mode next time)"
     assert job.direct is not None
     key = result_key(job.direct, deps)
     result.put(cache, key, files, ran.stdout, ran.stderr, ran.start, ran.end)
@@ -218,17 +243,25 @@ def dep_list(job: Job, read: list[str], ran: Ran) -> DepList | str:
     return deps
 
 
-def add_to_manifest(job: Job, deps: DepList, key: Digest, absent_paths: list[str]) -> None:
-    """Put (deps -> key) first in the direct key's manifest (read again: another run may have added one), with
-    the paths that must not appear for it to hold."""
+def read_manifest(job: Job) -> Manifest:
+    stored = result.get(job.ctx.cache(), job.direct, MANIFEST) if job.direct else None
+    return decode_manifest(job.blob(stored.files["manifest"])) if stored else Manifest([])
+
+
+def update_manifest(job: Job, change: Callable[[Manifest], Manifest]) -> None:
+    """Read the direct key's manifest again (another run may have changed it), change it, store it."""
     assert job.direct is not None
-    absent = [normalise(p, job.cwd, job.base_dir) for p in absent_paths]
-    cache = job.ctx.cache()
-    stored = result.get(cache, job.direct, MANIFEST)
-    entries = decode_manifest(job.blob(stored.files["manifest"])) if stored else []
-    entries = [Entry(deps, key, absent), *(e for e in entries if e.deps != deps)]
     now = time.time()
-    result.put(cache, job.direct, {"manifest": encode_manifest(entries)}, b"", b"", now, now)
+    manifest = change(read_manifest(job))
+    result.put(job.ctx.cache(), job.direct, {"manifest": encode_manifest(manifest)}, b"", b"", now, now)
+
+
+def add_to_manifest(job: Job, deps: DepList, key: Digest, absent_paths: list[str]) -> None:
+    """Put (deps -> key) first in the direct key's manifest, with the paths that must not appear for it to
+    hold."""
+    absent = [normalise(p, job.cwd, job.base_dir) for p in absent_paths]
+    update_manifest(job, lambda m: Manifest([Entry(deps, key, absent), *(e for e in m.entries if e.deps != deps)],
+                                            m.preprocess))
 
 
 def run(job: Job, args: list[str]) -> Ran:

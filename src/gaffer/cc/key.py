@@ -102,22 +102,28 @@ def result_key(direct: Digest, deps: DepList) -> Digest:
     return key_digest(["direct-result", str(direct), *(f"dep {p} {h} {n}" for p, h, n in deps)])
 
 
-def encode_manifest(entries: Sequence[Entry]) -> bytes:
-    return json.dumps({"format": 1, "entries": [
+@dataclass
+class Manifest:
+    entries: list[Entry]
+    preprocess: bool = False  # a compile with this key used __DATE__/__TIME__: preprocessor mode decides
+
+
+def encode_manifest(m: Manifest) -> bytes:
+    return json.dumps({"format": 1, "preprocess": m.preprocess, "entries": [
         {"deps": e.deps, "result": [e.result.hash, e.result.size_bytes], "absent": e.absent}
-        for e in entries[:MAX_ENTRIES]]},
+        for e in m.entries[:MAX_ENTRIES]]},
         separators=(",", ":")).encode()
 
 
-def decode_manifest(data: bytes) -> list[Entry]:
-    """The entries of a manifest from any tier; a damaged one is empty (a miss, never an error)."""
+def decode_manifest(data: bytes) -> Manifest:
+    """A manifest from any tier; a damaged one is empty (a miss, never an error)."""
     try:
         doc = json.loads(data)
-        return [Entry([(str(p), str(h), int(n)) for p, h, n in e["deps"]],
-                      Digest(str(e["result"][0]), int(e["result"][1])), [str(p) for p in e["absent"]])
-                for e in doc["entries"]]
-    except (ValueError, KeyError, TypeError):
-        return []
+        return Manifest([Entry([(str(p), str(h), int(n)) for p, h, n in e["deps"]],
+                               Digest(str(e["result"][0]), int(e["result"][1])), [str(p) for p in e["absent"]])
+                         for e in doc["entries"]], doc.get("preprocess") is True)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return Manifest([])
 
 
 def first_mismatch(entry: Entry, cwd: str, digest: Callable[[str], Digest | None]) -> str | None:

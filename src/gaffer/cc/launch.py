@@ -136,17 +136,20 @@ class Context:
 
 
 def private_directory(path: str) -> str:
-    """The launcher's directory, made 0700, and refused (exit 3) unless it is this user's and private: another
-    user able to write there could plant results or answer on the daemon's socket."""
+    """The launcher's directory, made 0700 (made private if it is this user's), and refused (exit 3) if it
+    belongs to another user: one who can write there could plant results or answer on the daemon's socket."""
     path = os.path.abspath(path)
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.stat(path)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.chmod(path, 0o700)
+            st = os.stat(path)
     except OSError as e:
         raise EnvironmentProblem(f"launcher directory {path}: {e.strerror}") from None
     if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise EnvironmentProblem(f"launcher directory {path} must belong to you and be private (chmod 700): "
-                                 f"it is uid {st.st_uid}, mode {st.st_mode & 0o777:o}")
+        raise EnvironmentProblem(f"launcher directory {path} belongs to another user (uid {st.st_uid}): set "
+                                 "GAFFER_CC_DIR to a directory of your own")
     return path
 
 
@@ -173,10 +176,15 @@ def handle(request: Request, context: Context) -> Response:
     """Serve one compile (kind COMPILE) or link (kind LINK). Safe to call from several threads at once with one
     Context (the daemon); its counters reach the stats file at `context.flush()`."""
     with context.serving():
-        if request.kind == LINK:
-            from gaffer.cc.link import handle_link
+        try:
+            if request.kind == LINK:
+                from gaffer.cc.link import handle_link
 
-            return handle_link(request, context)
-        from gaffer.cc.compile import handle_compile
+                return handle_link(request, context)
+            from gaffer.cc.compile import handle_compile
 
-        return handle_compile(request, context)
+            return handle_compile(request, context)
+        except Exception as e:  # noqa: BLE001 - a launcher bug must not fail the build: the caller runs the command
+            context.log(f"{' '.join(request.argv)}: internal error, running it unchanged: {type(e).__name__}: {e}")
+            context.stats.add({"local": 1}, reason_group="uncacheable", reason="internal error")
+            return RUN_IT

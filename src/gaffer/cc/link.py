@@ -13,7 +13,16 @@ import os
 from gaffer.cc.args import Uncacheable, classify_link
 from gaffer.cc.compile import host_platform
 from gaffer.cc.compiler import find_compiler
-from gaffer.cc.flow import CACHE_ERRORS, Job, lookup_direct, read_text, run_and_store, temp_file, uncacheable
+from gaffer.cc.flow import (
+    CACHE_ERRORS,
+    Job,
+    lookup_direct,
+    read_text,
+    run_and_store,
+    special_output,
+    temp_file,
+    uncacheable,
+)
 from gaffer.cc.key import ENV_READ, key_digest
 from gaffer.cc.launch import RUN_IT, Context, Request, Response
 
@@ -31,7 +40,10 @@ def library_candidates(args: list[str]) -> list[str]:
 def handle_link(request: Request, ctx: Context) -> Response:
     link = classify_link(request.argv[1:], request.cwd)
     if isinstance(link, Uncacheable):
-        return uncacheable(ctx, request, link.reason, str(link))
+        return uncacheable(ctx, request, link.reason, link.detail)
+    special = special_output(request.cwd, {"output": link.output})
+    if special is not None:
+        return uncacheable(ctx, request, "output is not a regular file", special)
     driver = find_compiler(request.argv[0], request.env, request.cwd)
     if driver is None:
         return uncacheable(ctx, request, "linker driver not found")
