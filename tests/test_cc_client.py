@@ -20,11 +20,12 @@ import pytest
 from gaffer.cc.launch import Request
 from gaffer.cc.protocol import MAX_ITEMS, encode_request
 from tests.cc_support import HELLO, Launcher, clean_env, install_client, wait_for
-from tests.support import NOBODY, alive
+from tests.support import NOBODY, alive, require_tool
 
 
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
+    require_tool("gcc")
     (tmp_path / "hello.c").write_bytes(HELLO)
     return tmp_path
 
