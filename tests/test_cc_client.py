@@ -20,11 +20,12 @@ import pytest
 from gaffer.cc.launch import Request
 from gaffer.cc.protocol import MAX_ITEMS, encode_request
 from tests.cc_support import HELLO, Launcher, clean_env, install_client, wait_for
-from tests.support import NOBODY, alive
+from tests.support import NOBODY, alive, require_tool
 
 
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
+    require_tool("gcc")
     (tmp_path / "hello.c").write_bytes(HELLO)
     return tmp_path
 
@@ -103,6 +104,17 @@ def test_a_second_daemon_exits_quietly(launcher: Launcher, src: Path) -> None:
     proc = launcher.run([sys.executable, "-m", "gaffer", "cc", "--daemon"], cwd=src)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
     assert launcher.daemon_pid() == first and launcher.starts() == 1
+    assert f"not started: daemon {first} holds daemon.lock" in launcher.log()
+
+
+def test_many_first_compiles_at_once_start_one_daemon(launcher: Launcher, src: Path) -> None:
+    """`make -j8` on a fresh login: one client starts the daemon, the others wait for it (none falls back)."""
+    clients = [subprocess.Popen([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", f"h{i}.o"], cwd=src,
+                                env=launcher.env, stderr=subprocess.PIPE) for i in range(8)]
+    for client in clients:
+        _, err = client.communicate(timeout=60)
+        assert (client.returncode, err) == (0, b"")
+    assert launcher.starts() == 1 and "not started" not in launcher.log()
 
 
 def test_stop_daemon(launcher: Launcher, src: Path) -> None:

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -207,8 +208,6 @@ static int start_daemon(const char *dir)
     char log[PATH_MAX];
     if (snprintf(log, sizeof log, "%s/daemon.log", dir) >= (int)sizeof log)
         return -1;
-    if (make_dirs(dir) != 0)
-        return -1;
     pid_t child = fork();
     if (child < 0)
         return -1;
@@ -240,14 +239,39 @@ static int start_daemon(const char *dir)
 }
 
 /* A connection to the daemon, starting it if nobody listens; -1 (errno set) when there is none after waiting. */
+/* Only one of the clients that find no daemon starts one: the first compiles of `make -j64` would otherwise start
+ * 64 Pythons, 63 of them only to find the lock taken, and slow the one that matters. The others wait for it.
+ * Returns the lock's descriptor, held while this client waits (-1: another client is starting it). */
+static int take_spawn_lock(const char *dir)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/spawn.lock", dir) >= (int)sizeof path)
+        return -2;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -2; /* no lock to share: start one anyway, the daemon's own lock keeps it single */
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+        return fd;
+    close(fd);
+    return -1;
+}
+
 static int connect_daemon(const char *dir, const struct sockaddr_un *addr)
 {
     int fd = try_connect(addr);
     if (fd >= 0 || (errno != ENOENT && errno != ECONNREFUSED))
         return fd;
-    if (start_daemon(dir) != 0)
+    if (make_dirs(dir) != 0)
         return -1;
+    int spawn = take_spawn_lock(dir);
+    if (spawn != -1 && start_daemon(dir) != 0) {
+        if (spawn >= 0)
+            close(spawn);
+        return -1;
+    }
     long waited_us = 0, step_us = 500;
+    fd = -1;
+    errno = ETIMEDOUT;
     while (waited_us < START_WAIT_MS * 1000L) {
         struct timespec ts = {0, step_us * 1000L};
         nanosleep(&ts, NULL);
@@ -256,10 +280,14 @@ static int connect_daemon(const char *dir, const struct sockaddr_un *addr)
             step_us *= 2;
         fd = try_connect(addr);
         if (fd >= 0 || (errno != ENOENT && errno != ECONNREFUSED))
-            return fd;
+            break;
+        errno = ETIMEDOUT;
     }
-    errno = ETIMEDOUT;
-    return -1;
+    int saved = errno;
+    if (spawn >= 0)
+        close(spawn);
+    errno = saved;
+    return fd;
 }
 
 /* -- framing ------------------------------------------------------------------------------------------------ */

@@ -51,9 +51,10 @@ def serve(directory: Path, idle_s: float) -> int:
     private_directory(str(directory))
     lock_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        if not _take_lock(lock_fd, directory / SOCKET_NAME):
-            return 0
         _setup_log(directory / LOG_NAME)
+        if not _take_lock(lock_fd, directory / SOCKET_NAME):
+            log.info("not started: daemon %s holds %s", _pid_in(lock_fd), LOCK_NAME)
+            return 0
         os.ftruncate(lock_fd, 0)
         os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
         return _Daemon(directory, idle_s).run()
