@@ -43,20 +43,54 @@ def test_a_cmake_build_on_three_no_link_workers_is_the_plain_build_and_links_sta
     farm = start_farm(tmp_path / "farm", 3, "--no-link")
     try:
         src = project.copy("distributed")
-        remote_env(project, farm.url, src)
+        remote_env(project, farm.url, src, GAFFER_CC_REMOTE_WAIT="1s", GAFFER_CC_DEBUG=str(tmp_path / "debug.log"))
         project.cmake(src, gaffer=True)
         assert len(project.ninja(src)) == SOURCES
         assert outputs(src / "build") == plain
         stats = project.launcher.stats()
         assert stats.get("remote", 0) == SOURCES, stats
-        assert stats.get("remote_fallbacks", 0) == 0, stats
-        assert farm.started() == SOURCES  # only the compiles went to the farm: links ran here
-        assert stats.get("link_misses", 0) >= 1, stats
+        assert stats.get("remote_fallbacks", 0) == 1, stats  # the link: no worker takes it, so it ran here
+        assert farm.started() == SOURCES  # only the compiles ran on the farm
+        assert stats.get("link_misses", 0) == 1, stats
+        assert "calc: linked here: no matching worker free within 1s" in (tmp_path / "debug.log").read_text()
         busy = [w.name for w in farm.workers if "running" in w.text()]
         assert len(busy) >= 2, busy
         for worker in farm.status()["workers"]:  # each advertises this machine's compilers, and no linking
             assert any(v.startswith("gcc:") for v in worker["platform"]["gaffer-toolchain"]), worker
             assert "linking" not in worker["platform"], worker
+    finally:
+        project.launcher.stop()
+        farm.stop()
+
+
+def test_a_link_runs_on_the_link_capable_worker_only_and_is_the_plain_build(tmp_path: Path, cc_client: Path) -> None:
+    project = new_project(tmp_path, cc_client)
+    (tmp_path / "project").mkdir()
+    plain = plain_build(project)
+    farm = start_farm(tmp_path / "farm", 1, "--no-link")
+    try:
+        farm.add_worker("linker")
+        src = project.copy("distributed")
+        remote_env(project, farm.url, src, GAFFER_CC_DEBUG=str(tmp_path / "debug.log"))
+        project.cmake(src, gaffer=True)
+        assert len(project.ninja(src)) == SOURCES
+        assert outputs(src / "build") == plain  # the program too, byte for byte
+        stats = project.launcher.stats()
+        assert stats.get("remote", 0) == SOURCES + 1, stats
+        assert stats.get("remote_fallbacks", 0) == 0, stats
+        assert stats.get("link_misses", 0) == 1, stats
+        log = (tmp_path / "debug.log").read_text().splitlines()
+        linked = [line for line in log if "calc: linked" in line]
+        assert len(linked) == 1 and linked[0].endswith("linker"), linked  # the server's name for "linker"
+        assert "w1" not in linked[0], linked
+        assert not list(src.glob("build/*.gaffer-deps"))
+        linking = [w for w in farm.status()["workers"] if "linking" in w["platform"]]
+        assert len(linking) == 1 and linking[0]["platform"]["gaffer-syslibs"], linking
+        os.unlink(src / "build" / "calc")  # stored as a local link is: an ordinary hit now, no action
+        started = farm.started()
+        project.ninja(src)
+        assert outputs(src / "build") == plain
+        assert project.launcher.stats().get("link_hits", 0) == 1 and farm.started() == started
     finally:
         project.launcher.stop()
         farm.stop()

@@ -3,7 +3,8 @@
 A link is cacheable once every input is known: the objects, archives and scripts it names (in the direct key,
 by content), and what the linker finds by itself - `-l` libraries through -L and the default paths, the C
 runtime's start files, libc's linker script and what it names - listed by `-Wl,--dependency-file` (GNU ld
-2.35 and later) and kept in the manifest like a compile's headers. A library that changes is a miss.
+2.35 and later) and kept in the manifest like a compile's headers. A library that changes is a miss. With a farm,
+a miss may run on a link-capable worker (remote.py's link_remotely).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def handle_link(request: Request, ctx: Context) -> Response:
         job.direct, hit = None, None
     if hit is not None:
         return hit
+    if ctx.settings.remote is not None and job.direct is not None:
+        from gaffer.cc.remote import link_remotely
+
+        link_remotely(job, link, identity)
     with temp_file(job, ".d") as deps:
         response = run_and_store(job, [*link.args, f"-Wl,--dependency-file={deps}"], lambda ran: read_text(deps))
     if response.exit_code != 0 and b"dependency-file" in response.stderr:  # a linker older than the option

@@ -17,6 +17,12 @@ warning compile, whose diagnostics must name this checkout's paths) runs the com
 because of the farm. What still runs here takes a local slot (slots.py). The farm is reached through
 execute/remote.py's RemoteExecutor (upload only what is missing, Execute, follow the operation, download): one
 CAS client for the whole of gaffer. Imported only when a remote is configured.
+
+A missed link goes to a worker advertising `linking=true` only when every input is known before it runs: the
+objects, archives and scripts it names (shipped, below the base directory) and the system's start files and
+default libraries (syslibs.py: not shipped, matched by digest). Whatever else it could read (-L directories, other
+`-l` libraries, --sysroot, -B, specs) keeps it here; and the linker's own list of what it read on the worker
+(--dependency-file) must name nothing else, or the link runs here after all.
 """
 
 from __future__ import annotations
@@ -29,14 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gaffer import actions
-from gaffer.cc import toolchain
-from gaffer.cc.args import Compile
+from gaffer.cc import syslibs, toolchain
+from gaffer.cc.args import Compile, Link
 from gaffer.cc.basedir import under
 from gaffer.cc.depfile import prerequisites
 from gaffer.cc.flow import Job, Ran, dep_list, read_text, run, run_and_store, temp_file
 from gaffer.cc.key import result_key
 from gaffer.cc.launch import Context, Response
-from gaffer.digest import Digest
+from gaffer.digest import Digest, file_system_now
 from gaffer.execute.base import ExecuteResult
 
 if TYPE_CHECKING:
@@ -49,6 +55,11 @@ HERE = "run here"  # the failure RemoteExecutor reports when it falls back to it
 PATH_ENV = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "OBJC_INCLUDE_PATH", "GCC_EXEC_PREFIX",
             "COMPILER_PATH", "LIBRARY_PATH")
 SENT_ENV = ("LANG", "LANGUAGE", "SOURCE_DATE_EPOCH")  # and LC_*: what the compiler reads that the key holds
+# driver options and linker words (-Wl,...) that make a link read files or programs not known beforehand
+_LINK_HERE = ("-L", "-B", "--sysroot", "-specs", "--specs", "-l:", "-fuse-ld", "-flto", "-fuse-linker-plugin",
+              "-plugin", "-wrapper")
+_LD_HERE = ("-L", "--library-path", "-T", "--script", "-rpath-link", "--sysroot", "@", "-plugin", "--plugin",
+            "-l", "--library")
 PATH_OPTIONS = ("-I", "-isystem", "-iquote", "-idirafter", "-include", "-imacros", "-o", "-MF", "-MT", "-MQ",
                 "-ffile-prefix-map=", "-fmacro-prefix-map=", "-fdebug-prefix-map=", "-fprofile-prefix-map=")
 
@@ -288,3 +299,89 @@ def input_files(job: Job, read: list[str], base: str, system: list[str]) -> list
             return f"it reads {full}, outside the base directory and the compiler's own include directories"
     return list(entries.values())
 
+
+
+def link_remotely(job: Job, link: Link, identity: str) -> None:
+    """Make this missed link run on a link-capable worker (job.runner), if it can; else it runs here."""
+    ctx = job.ctx
+    farm = distributor(ctx)
+    why = "the farm was unreachable a moment ago" if not farm.usable() else link_not_distributable(job, link)
+    name = os.path.basename(job.request.argv[0])
+    paths = {} if why else syslibs.resolved(job.tool, identity, job.request.env)
+    hexdigest = None if why else syslibs.digest(paths, ctx.digest)
+    base = job.base_dir or job.cwd
+    work = os.path.relpath(job.cwd, base)
+    output = os.path.normpath(link.output)
+    if not why and hexdigest is None:
+        why = "a system library cannot be read"
+    elif not why and (work.startswith("..") or os.path.isabs(output) or output.startswith("..")):
+        why = "the working directory or the output is outside the base directory"
+    inputs = why or input_files(job, link.inputs, base, [])
+    if isinstance(inputs, str):
+        ctx.log(f"{job.label}: linked here: {inputs}")
+        return
+    assert hexdigest is not None
+    work = "" if work == "." else work
+    deps_out = output + ".gaffer-deps"
+    platform = {**actions.host_properties(), toolchain.KEY: toolchain.value(name, identity), "linking": "true",
+                syslibs.KEY: syslibs.value(name, hexdigest)}
+    env = {k: v for k, v in job.request.env.items() if k in SENT_ENV or k.startswith("LC_")}
+    action = actions.prepare_action([name, *link.args, f"-Wl,--dependency-file={deps_out}"], env,
+                                    [output, deps_out], platform, None, b"", inputs,
+                                    dep_directories=[actions.DirectoryEntry(work, 0o755)], working_directory=work)
+    allowed = syslibs.files(paths)
+
+    def remotely(args: list[str]) -> Ran:
+        moment = file_system_now(Path(ctx.directory), create=False)
+        start = time.time()
+        done, failed = farm.execute(action, job.cwd, job.label)
+        read = _take(job.path(deps_out))
+        if not failed and not done.stderr and read is not None:
+            outside = next((p for p in prerequisites(read) if not read_known(job.path(p), base, allowed)), None)
+            if outside is None:
+                assert args[-1].startswith("-Wl,--dependency-file=")  # the local run's: the caller reads it
+                local_deps = args[-1].split("=", 1)[1]
+                Path(local_deps).write_text(read)
+                ctx.stats.add({"remote": 1})
+                ctx.log(f"{job.label}: linked on {done.where or 'the farm'}")
+                return Ran(0, done.stdout, done.stderr, start, time.time(), moment)
+            failed = f"it read {outside} there"
+        ctx.stats.add({"remote_fallbacks": 1})
+        ctx.log(f"{job.label}: linked here: {failed or 'it wrote diagnostics there'}")
+        return run(job, args)
+
+    job.runner = remotely
+
+
+def _take(path: str) -> str | None:
+    """A downloaded dependency list's text, removed from the tree (None if there is none)."""
+    try:
+        text = read_text(path)
+        os.unlink(path)
+    except OSError:
+        return None
+    return text
+
+
+def read_known(full: str, base: str, allowed: set[str]) -> bool:
+    """A file the worker's linker read is one shipped (below the base directory) or one of the system set."""
+    full = os.path.normpath(full)
+    return under(full, base) and full != base or os.path.realpath(full) in allowed
+
+
+def link_not_distributable(job: Job, link: Link) -> str:
+    """Why a worker might read other files than the ones this link is known to need ("" if it cannot)."""
+    base = job.base_dir or job.cwd
+    for arg in link.args:
+        if arg.startswith(_LINK_HERE) or arg in ("-Xlinker", "-T"):
+            return f"it names {arg}"
+        if arg.startswith("-l") and arg[2:] not in syslibs.LIBRARIES:
+            return f"{arg} is not a default system library"
+        words = arg[4:].split(",") if arg.startswith("-Wl,") else []
+        if any(w.startswith(_LD_HERE) or w.startswith("/") and p not in ("-rpath", "-R")
+               for p, w in zip(["", *words], words, strict=False)):
+            return f"it names {arg}"
+        if base in arg:
+            return f"{arg} names the base directory"
+    bad = next((n for n in (*PATH_ENV, "LD_LIBRARY_PATH", "LD_RUN_PATH") if job.request.env.get(n)), None)
+    return f"{bad} is set" if bad else ""

@@ -2,7 +2,8 @@
 
 Device 0 carries the platform properties an action's platform must all find there: OSFamily and ISA as gaffer's
 own actions name this machine (`actions.host_properties`), each `--platform key=value`, and `linking=true` unless
-`--no-link`, and `gaffer-toolchain` for each C/C++ compiler on its PATH (cc/toolchain.py). The worker's own properties say how many actions it runs at once and which common tools its PATH has
+`--no-link` (with `gaffer-syslibs` for the system libraries a link reads, cc/syslibs.py), and `gaffer-toolchain` for
+each C/C++ compiler on its PATH (cc/toolchain.py). The worker's own properties say how many actions it runs at once and which common tools its PATH has
 (and BuildGrid reads the number of actions from a `capacity` config).
 """
 
@@ -12,7 +13,7 @@ import shutil
 from collections.abc import Sequence
 
 from gaffer.actions import host_properties
-from gaffer.cc import toolchain
+from gaffer.cc import syslibs, toolchain
 from gaffer.protos import worker_pb2
 
 TOOLS = ("go", "gcc", "g++", "cc", "clang", "python3")
@@ -27,6 +28,7 @@ def describe(bot_id: str, max_jobs: int, platform: Sequence[str], link: bool) ->
     pairs += [(key.strip(), value.strip()) for key, _, value in (p.partition("=") for p in platform)]
     if link:
         pairs.append(("linking", "true"))
+        pairs += [(syslibs.KEY, v) for v in syslibs.local_syslibs()]
     pairs += [(toolchain.KEY, t) for t in toolchain.local_toolchains()]
     device = worker_pb2.Device(handle=bot_id, properties=[
         worker_pb2.Device.Property(key=k, value=v) for k, v in dict.fromkeys(pairs)])
