@@ -96,6 +96,36 @@ def test_a_link_runs_on_the_link_capable_worker_only_and_is_the_plain_build(tmp_
         farm.stop()
 
 
+def test_a_link_reading_files_not_known_beforehand_runs_here(tmp_path: Path) -> None:
+    farm = start_farm(tmp_path / "farm", 1)
+    try:
+        src = one_file(tmp_path)
+        (src / "main.c").write_text("int one(void);\nint main(void) { return one() - 1; }\n")
+        subprocess.run(["gcc", "-c", "one.c", "main.c"], cwd=src, check=True)
+        subprocess.run(["ar", "rcs", "libone.a", "one.o"], cwd=src, check=True)
+        debug = tmp_path / "debug.log"
+        env = {**clean_env(), "GAFFER_CC_DIR": str(tmp_path / "ccd"), "GAFFER_CACHE_DIR": str(tmp_path / "cache"),
+               "GAFFER_REMOTE": farm.url, "GAFFER_CC_BASEDIR": str(src), "GAFFER_CC_DEBUG": str(debug)}
+
+        def gaffer_ld(*args: str) -> None:
+            proc = subprocess.run([sys.executable, "-m", "gaffer", "ld", "--", "gcc", *args], cwd=src, env=env,
+                                  capture_output=True, text=True, timeout=120, check=False)
+            assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+            assert subprocess.run([str(src / args[-1])], check=False).returncode == 0
+
+        gaffer_ld("main.o", "one.o", "-o", "prog")
+        assert farm.started() == 1 and "prog: linked on worker" in debug.read_text()
+        gaffer_ld("main.o", "-L.", "-lone", "-o", "by-name")  # -L: what it finds there is not known beforehand
+        assert farm.started() == 1 and "by-name: linked here: it names -L." in debug.read_text()
+        gaffer_ld("--coverage", "main.o", "one.o", "-o", "coverage")  # reads libgcov.a: the worker's list says so
+        assert farm.started() == 2
+        assert "coverage: linked here: it read " in debug.read_text() and "libgcov.a there" in debug.read_text()
+        assert stats_line(src, env, "remote executions").split()[-1] == "1"
+        assert stats_line(src, env, "remote fallbacks").split()[-1] == "1"
+    finally:
+        farm.stop()
+
+
 def test_a_worker_killed_mid_build_does_not_fail_the_build(tmp_path: Path, cc_client: Path) -> None:
     project = new_project(tmp_path, cc_client)
     (tmp_path / "project").mkdir()
