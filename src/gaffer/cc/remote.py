@@ -300,11 +300,13 @@ def input_files(job: Job, read: list[str], base: str, system: list[str]) -> list
     return list(entries.values())
 
 
-
 def link_remotely(job: Job, link: Link, identity: str) -> None:
     """Make this missed link run on a link-capable worker (job.runner), if it can; else it runs here."""
     ctx = job.ctx
     farm = distributor(ctx)
+    moment = file_system_now(Path(ctx.directory), create=False)  # before the inputs are read to be shipped
+    if not farm.usable():
+        ctx.stats.add({"remote_fallbacks": 1})
     why = "the farm was unreachable a moment ago" if not farm.usable() else link_not_distributable(job, link)
     name = os.path.basename(job.request.argv[0])
     paths = {} if why else syslibs.resolved(job.tool, identity, job.request.env)
@@ -332,12 +334,11 @@ def link_remotely(job: Job, link: Link, identity: str) -> None:
     allowed = syslibs.files(paths)
 
     def remotely(args: list[str]) -> Ran:
-        moment = file_system_now(Path(ctx.directory), create=False)
         start = time.time()
         done, failed = farm.execute(action, job.cwd, job.label)
         read = _take(job.path(deps_out))
         if not failed and not done.stderr and read is not None:
-            outside = next((p for p in prerequisites(read) if not read_known(job.path(p), base, allowed)), None)
+            outside = next((p for p in prerequisites(read) if not read_known(p, job.cwd, base, allowed)), None)
             if outside is None:
                 assert args[-1].startswith("-Wl,--dependency-file=")  # the local run's: the caller reads it
                 local_deps = args[-1].split("=", 1)[1]
@@ -363,10 +364,13 @@ def _take(path: str) -> str | None:
     return text
 
 
-def read_known(full: str, base: str, allowed: set[str]) -> bool:
-    """A file the worker's linker read is one shipped (below the base directory) or one of the system set."""
-    full = os.path.normpath(full)
-    return under(full, base) and full != base or os.path.realpath(full) in allowed
+def read_known(path: str, cwd: str, base: str, allowed: set[str]) -> bool:
+    """A file the worker's linker read is one shipped (named relative to the working directory, below the base
+    directory: the arguments never name it absolutely) or one of the system set (absolute)."""
+    if os.path.isabs(path):
+        return os.path.realpath(path) in allowed
+    full = os.path.normpath(os.path.join(cwd, path))
+    return under(full, base) and full != base
 
 
 def link_not_distributable(job: Job, link: Link) -> str:
