@@ -442,6 +442,9 @@ def test_stats_explain_and_zero(tmp_path: Path) -> None:
     explain = subprocess.run([sys.executable, "-m", "gaffer", "cc", "--explain", "--", GCC, "-I../inc", "-c",
                               "../src/a.c"], cwd=build, env=cc.env, capture_output=True, text=True, check=True)
     assert explain.stdout.startswith("a.o: miss (") and explain.stdout.endswith("): ../inc/h1.h changed\n")
+    also = subprocess.run([sys.executable, "-m", "gaffer", "explain", "--", GCC, "-I../inc", "-c", "../src/a.c"],
+                          cwd=build, env=cc.env, capture_output=True, text=True, check=True)
+    assert also.stdout.endswith("): ../inc/h1.h changed\n")  # `gaffer explain` understands a compile too
     stats = cc.stats(tmp_path)
     assert "misses                                   2" in stats
     assert "uncacheable: preprocessing only (-E)" in stats

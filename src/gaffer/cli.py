@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="say what changed since a task last ran",
                              description="Compare TASK's inputs, env values, command and deps with its last run.")
-    explain.add_argument("task", metavar="TASK", help="the name of a task in the graph")
+    explain.add_argument("task", metavar="TASK", help="the name of a task in the graph (or `-- gcc -c x.c ...`: why "
+                                                      "that compile missed gaffer cc's cache)")
     explain.add_argument("--graph", default="graph.json", metavar="FILE", help="the task graph (default: graph.json)")
 
     clean = sub.add_parser("clean", help="remove the declared outputs of targets (default: all tasks)",
@@ -136,6 +137,10 @@ def _dispatch(args_list: list[str]) -> int:
         from gaffer.cc.main import cc_main
 
         return cc_main(args_list[0], args_list[1:])
+    if args_list[:1] == ["explain"] and "--" in args_list:  # `gaffer explain -- gcc -c x.c`: a compile, not a task
+        from gaffer.cc.main import cc_main
+
+        return cc_main("cc", ["--explain", *args_list[1:]])
     args = build_parser().parse_args(args_list)
     if args.command is None:
         build_parser().print_help(sys.stderr)
