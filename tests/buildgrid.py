@@ -143,10 +143,15 @@ def buildgrid_installed() -> bool:
 
 def start_buildgrid(storage: str = "memory") -> ReapiServer:
     """`bgd server start` with `buildgrid_config(storage)` on a free loopback port, polled until it answers."""
-    workdir = Path(tempfile.mkdtemp(prefix="gaffer-buildgrid-"))
+    return _start_bgd("gaffer-buildgrid-", lambda port, workdir: buildgrid_config(port, workdir, storage))
+
+
+def _start_bgd(prefix: str, config_for: Callable[[int, Path], str]) -> ReapiServer:
+    """`bgd server start` with the configuration `config_for(port, workdir)` gives, polled until it answers."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     port = servers.free_port()
     config = workdir / "buildgrid.yml"
-    config.write_text(buildgrid_config(port, workdir, storage))
+    config.write_text(config_for(port, workdir))
     log = workdir / "bgd.log"
     address = f"127.0.0.1:{port}"
     t0 = time.perf_counter()
@@ -331,24 +336,10 @@ def start_buildgrid_execution() -> BuildGridExecution:
                                  check=False)
         if migrate.returncode != 0:
             raise RuntimeError(f"bgd migrate apply failed:\n{migrate.stdout}\n{migrate.stderr}")
-        workdir = Path(tempfile.mkdtemp(prefix="gaffer-buildgrid-exec-"))
-        port = servers.free_port()
-        config = workdir / "buildgrid.yml"
-        config.write_text(buildgrid_execution_config(port, postgres.url))
-        log = workdir / "bgd.log"
-        address = f"127.0.0.1:{port}"
-        t0 = time.perf_counter()
-        proc = servers._spawn([str(BGD), "server", "start", str(config)], log)
-        try:
-            servers.wait_until(grpc_answers(address), "BuildGrid", servers.START_TIMEOUT_S, proc, log)
-        except BaseException:
-            servers._terminate(proc)
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
+        server = _start_bgd("gaffer-buildgrid-exec-", lambda port, _workdir: buildgrid_execution_config(port, postgres.url))
     except BaseException:
         postgres.stop()
         raise
-    server = ReapiServer("buildgrid", address, workdir, proc, log, started_in_s=time.perf_counter() - t0)
     return BuildGridExecution(server, postgres)
 
 
