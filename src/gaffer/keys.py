@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from gaffer.digest import Digest, StatCache, StatSignature, digest_file, is_racy, stat_signature
 from gaffer.graph import Task
 from gaffer.plan import PlannedTask
-from gaffer.records import left_remote
+from gaffer.records import as_outputs, left_remote
 from gaffer.state import Fingerprint, Manifest, OutputRecords
 from gaffer.tools import Toolchain
 
@@ -90,20 +90,13 @@ class KeyBuilder:
             d = self.stat_cache.digest(path, st)
             sources.append(actions.FileEntry(rel, d, bool(st.st_mode & 0o100)))
             input_hashes.append((rel, d.hash))
-        files: list[actions.FileEntry] = []
-        symlinks: list[actions.SymlinkEntry] = []
-        directories: list[actions.DirectoryEntry] = []
-        for records in deps.values():
-            files += (actions.FileEntry(f.path, Digest(f.hash, f.size), bool(f.mode & 0o100), f.mode)
-                      for f in records.files)
-            symlinks += (actions.SymlinkEntry(s.path, s.target) for s in records.symlinks)
-            directories += (actions.DirectoryEntry(d.path, d.mode) for d in records.directories)
+        dep_outputs = as_outputs(list(deps.values()))
         argv = actions.command_argv(task.commands)
         env = dict(env_values(task))
         platform = {**self.platform, **actions.host_properties()}  # the executing machine always wins
         tools = tuple(self.toolchain.identity(tool, self.stat_cache) for tool in planned.tools)
         action = actions.prepare_action(argv, env, task.outputs, platform, task.timeout, actions.key_salt(tools),
-                                        sources, files, symlinks, directories)
+                                        sources, dep_outputs.files, dep_outputs.symlinks, dep_outputs.directories)
         manifest = Manifest(tuple(argv), tuple(sorted(env.items())), tuple(sorted(platform.items())),
                             tuple(input_hashes), tuple((dep, records.content()) for dep, records in deps.items()),
                             task.outputs, task.timeout, tools)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +47,17 @@ def predicted(outputs: Outputs) -> OutputRecords:
               for f in outputs.files),
         tuple(SymlinkRecord(s.path, s.target) for s in outputs.symlinks),
         tuple(DirectoryRecord(d.path, d.mode, None) for d in outputs.directories))
+
+
+def as_outputs(recorded: Sequence[OutputRecords]) -> Outputs:
+    """The inverse of `predicted`: recorded outputs as action entries (a dependent's input root, or what earlier
+    builds left on the remote)."""
+    from gaffer.actions import DirectoryEntry, FileEntry, Outputs, SymlinkEntry
+
+    return Outputs([FileEntry(f.path, Digest(f.hash, f.size), bool(f.mode & 0o100), f.mode)
+                    for records in recorded for f in records.files],
+                   [SymlinkEntry(s.path, s.target) for records in recorded for s in records.symlinks],
+                   [DirectoryEntry(d.path, d.mode) for records in recorded for d in records.directories])
 
 
 def left_remote(recorded: OutputRecords) -> bool:

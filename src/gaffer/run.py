@@ -10,10 +10,19 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gaffer.errors import UserError
 from gaffer.lock import lock_workspace, workspace_of
+
+if TYPE_CHECKING:  # the build's parts are imported when a build runs, never on the no-op path
+    from gaffer.cache.disk import DiskStore
+    from gaffer.config import Settings
+    from gaffer.execute.base import Executor
+    from gaffer.execute.remote import RemoteExecutor
+    from gaffer.graph.model import Graph
+    from gaffer.state import WorkspaceState
+    from gaffer.ui.progress import Progress
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,25 +106,19 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _open_remote(settings: Any, graph: Any, targets: list[str], state: Any, local: Any, store: Any,
-                 progress: Any) -> Any:
+def _open_remote(settings: Settings, graph: Graph, targets: list[str], state: WorkspaceState, local: Executor,
+                 store: DiskStore, progress: Progress) -> RemoteExecutor:
     """`--remote`: the remote executor, connected (an unreachable remote is one warning, or exit 3 without
     fallback). With minimal downloads, the requested targets' outputs come back (every task nothing depends on
     when none is named), and outputs earlier builds left on the remote are known by digest."""
-    from gaffer.actions import DirectoryEntry, FileEntry, Outputs, SymlinkEntry
-    from gaffer.digest import Digest
     from gaffer.execute.remote import RemoteExecutor, open_remote
-    from gaffer.records import left_remote
+    from gaffer.records import as_outputs, left_remote
 
     wanted = set(targets) or set(graph.tasks) - {dep for task in graph.tasks.values() for dep in task.deps}
     remote = RemoteExecutor(graph.root, store, local, open_remote(settings.remote, settings.timeout),
                             fallback=settings.remote_fallback, minimal=settings.remote_download == "minimal",
                             wanted=wanted, on_stage=progress.task_stage, warn=progress.warn)
-    left = [task.outputs for task in state.tasks.values() if left_remote(task.outputs)]
-    remote.remember_remote(Outputs(
-        [FileEntry(f.path, Digest(f.hash, f.size), bool(f.mode & 0o100), f.mode) for o in left for f in o.files],
-        [SymlinkEntry(s.path, s.target) for o in left for s in o.symlinks],
-        [DirectoryEntry(d.path, d.mode) for o in left for d in o.directories]))
+    remote.remember_remote(as_outputs([task.outputs for task in state.tasks.values() if left_remote(task.outputs)]))
     remote.connect()
     return remote
 
@@ -131,7 +134,7 @@ def _check_report_path(flag: str, path: str | None) -> None:
         raise UserError(f"{flag} {path}: is a directory")
 
 
-def _check_env_values(graph: Any) -> None:
+def _check_env_values(graph: Graph) -> None:
     """A declared variable's value goes into the key as a REAPI string, which is UTF-8: refuse one that is not."""
     from gaffer.errors import not_utf8
 
