@@ -115,6 +115,10 @@ def test_a_link_reading_files_not_known_beforehand_runs_here(tmp_path: Path) -> 
 
         gaffer_ld("main.o", "one.o", "-o", "prog")
         assert farm.started() == 1 and "prog: linked on worker" in debug.read_text()
+        (src / "mine.gaffer-deps").write_text("the user's own file\n")  # never replaced by a remote link's list
+        gaffer_ld("main.o", "one.o", "-o", "mine")
+        assert farm.started() == 1 and "mine: linked here: mine.gaffer-deps exists" in debug.read_text()
+        assert (src / "mine.gaffer-deps").read_text() == "the user's own file\n"
         gaffer_ld("main.o", "-L.", "-lone", "-o", "by-name")  # -L: what it finds there is not known beforehand
         assert farm.started() == 1 and "by-name: linked here: it names -L." in debug.read_text()
         gaffer_ld("--coverage", "main.o", "one.o", "-o", "coverage")  # reads libgcov.a: the worker's list says so

@@ -300,6 +300,9 @@ def input_files(job: Job, read: list[str], base: str, system: list[str]) -> list
     return list(entries.values())
 
 
+DEPS_SUFFIX = ".gaffer-deps"  # beside a remote link's output: the files its linker read, downloaded, then removed
+
+
 def link_remotely(job: Job, link: Link, identity: str) -> None:
     """Make this missed link run on a link-capable worker (job.runner), if it can; else it runs here."""
     ctx = job.ctx
@@ -318,13 +321,15 @@ def link_remotely(job: Job, link: Link, identity: str) -> None:
         why = "a system library cannot be read"
     elif not why and (work.startswith("..") or os.path.isabs(output) or output.startswith("..")):
         why = "the working directory or the output is outside the base directory"
+    elif not why and os.path.lexists(job.path(output + DEPS_SUFFIX)):
+        why = f"{output}{DEPS_SUFFIX} exists: the remote link's list of files read would replace it"
     inputs = why or input_files(job, link.inputs, base, [])
     if isinstance(inputs, str):
         ctx.log(f"{job.label}: linked here: {inputs}")
         return
     assert hexdigest is not None
     work = "" if work == "." else work
-    deps_out = output + ".gaffer-deps"
+    deps_out = output + DEPS_SUFFIX
     platform = {**actions.host_properties(), toolchain.KEY: toolchain.value(name, identity), "linking": "true",
                 syslibs.KEY: syslibs.value(name, hexdigest)}
     env = {k: v for k, v in job.request.env.items() if k in SENT_ENV or k.startswith("LC_")}
