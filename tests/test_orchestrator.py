@@ -98,6 +98,9 @@ class Progress:
     def task_finished(self, name: str, outcome: Outcome) -> None:
         pass
 
+    def tasks_settled(self, names: object) -> None:
+        pass
+
     def task_output(self, name: str, stdout: bytes, stderr: bytes) -> None:
         pass
 

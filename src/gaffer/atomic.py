@@ -9,17 +9,31 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 
 def save_marshalled(path: str | os.PathLike[str], value: Any) -> None:
     """Replace the file at `path` with `value` marshalled, making its directory if needed. Raises OSError
     naming `path`."""
+    _replace(path, lambda f: marshal.dump(value, f))
+
+
+def save_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace the file at `path` with `data`, as `save_marshalled` does."""
+    _replace(path, lambda f: f.write(data))
+
+
+def _replace(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
     tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
     try:
-        os.makedirs(os.path.dirname(tmp), exist_ok=True)
-        with open(tmp, "wb") as f:
-            marshal.dump(value, f)
+        try:
+            f = open(tmp, "wb")
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            f = open(tmp, "wb")
+        with f:
+            write(f)
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):

@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,7 +31,7 @@ from gaffer.digest import file_system_now
 from gaffer.graph import Graph
 from gaffer.keys import KeyBuilder, Keyed
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
-from gaffer.plan import Plan, PlannedTask, make_plan
+from gaffer.plan import Plan, PlannedTask, make_plan, real_deps
 from gaffer.scheduler import Scheduler
 from gaffer.state import STATE_DIR, Fingerprint, OutputRecords, TaskState, WorkspaceState
 
@@ -76,7 +76,7 @@ class Build:
         self.plan = Plan({}, [])
         self.outputs: dict[str, OutputRecords] = {}  # task -> its outputs as made or confirmed this build
         self.fingerprints: dict[str, Fingerprint] = {}
-        self.settled: Collection[str] = ()  # up to date as recorded: outputs and fingerprint in the build log
+        self.settled: Mapping[str, float] = {}  # up to date as recorded (-> last execution time): see _settle_unchanged
         self.t0 = 0.0
         self._interrupted = ""
         self._lanes: dict[int, int] = {}
@@ -284,23 +284,20 @@ class Build:
             noop.discard(self.root)
         # Before any input is looked at; a dry run creates nothing (without .gaffer/ every file is racy).
         self.stat_cache.moment = file_system_now(self.root / STATE_DIR, create=not self.options.dry_run)
-        order, settled = self._settle_unchanged() if self.since is not None else (self.order, {})
+        order = self._settle_unchanged() if self.since is not None else self.order
         self.plan = make_plan(self.graph, order, self.keys.toolchain)
         if not self.options.dry_run:
             self.keys.toolchain.save()
         scheduler = Scheduler(order, {n: self.graph.tasks[n].deps for n in order},
                               jobs=1 if self.options.dry_run else self.options.jobs,
                               keep_going=self.options.keep_going)
-        groups = [n for n in self.order if self.graph.tasks[n].is_group]
+        groups = [n for n in order if self.graph.tasks[n].is_group]  # never settled
         self.progress.start(len(self.order) - len(groups), scheduler.jobs, groups)
-        for name, outcome in settled.items():
-            self.progress.task_finished(name, outcome)
+        self.progress.tasks_settled(self.settled)
         restore = self._install_signal_handlers(scheduler)
         try:
             outcomes = scheduler.run(self.work, self.quick, on_start=self.progress.task_started,
                                      on_done=self.progress.task_finished)
-            if settled:
-                outcomes = {n: settled.get(n) or outcomes[n] for n in self.order if n in settled or n in outcomes}
         finally:
             restore()
             if not self.options.dry_run:
@@ -309,33 +306,43 @@ class Build:
         for name in groups:  # a group is no work, skipped or not: counted in no total
             if name in outcomes:
                 outcomes[name] = Outcome(GROUP, reason=outcomes[name].reason)
-        report = BuildReport(outcomes=outcomes, wall_s=self._now(), interrupted=self._interrupted)
+        report = BuildReport(outcomes=outcomes, wall_s=self._now(), interrupted=self._interrupted,
+                             settled=self.settled, order=self.order)
         if report.ok and not self.options.dry_run:
             noop.write_record(self, self.options.targets)
         return report
 
-    def _settle_unchanged(self) -> tuple[list[str], dict[str, Outcome]]:
+    def _settle_unchanged(self) -> list[str]:
         """The incremental build: a task that is not dirty and depends on nothing dirty is up to date as the
         build log says (`since` found its inputs, tools and outputs unchanged), without looking at it again or
-        even decoding its state. Returns the tasks to check (groups included, in order) and the others'
-        outcomes."""
+        even reading its entry, unless a task checked depends on it: its entry is then the outputs that task
+        sees, and a task without one (a damaged shard of the log) is checked too. Sets `settled` (task -> its
+        last execution time); returns the tasks to check (groups included, in order)."""
         assert self.since is not None
-        dirty, tasks, recorded = self.since.dirty, self.graph.tasks, self.state.tasks
-        saved = dict(self.since.record.tasks)
-        affected: set[str] = set()
-        settled: dict[str, Outcome] = {}
-        up_to_date: dict[str, object] = {"up_to_date": True}  # one for all (read only): 10,000s of them
-        for name in self.order:
-            task = tasks[name]
-            if name in dirty or not affected.isdisjoint(task.deps):
-                affected.add(name)
-            elif not task.is_group:
-                if name not in recorded or name not in saved:
-                    affected.add(name)
+        tasks, recorded = self.graph.tasks, self.state.tasks
+        dirty = set(self.since.dirty)
+        while True:
+            affected: set[str] = set()
+            settled: dict[str, float] = {}
+            saved = iter(self.since.record.tasks)  # (task, last execution time): every real task, in order
+            for name in self.order:
+                task = tasks[name]
+                if task.is_group:  # never settled: it is no work, and checks nothing
+                    if name in dirty or not affected.isdisjoint(task.deps):
+                        affected.add(name)
                     continue
-                settled[name] = Outcome(CACHED, saved_s=saved[name], reason="up to date", extra=up_to_date)
-        self.settled = settled.keys()
-        return [n for n in self.order if n not in settled], settled
+                recorded_name, last = next(saved, ("", 0.0))  # the same graph and targets: the same order
+                if name in dirty or recorded_name != name or not affected.isdisjoint(task.deps):
+                    affected.add(name)
+                else:
+                    settled[name] = last
+            unknown = {dep for name in affected if not tasks[name].is_group
+                       for dep in real_deps(self.graph, tasks[name]) if dep in settled and dep not in recorded}
+            if not unknown:
+                break
+            dirty |= unknown
+        self.settled = settled
+        return [n for n in self.order if n not in settled]
 
     def _cancel_all(self) -> None:
         for executor in (self.executor, self.sandbox, self.remote):

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from gaffer.atomic import save_marshalled
+from gaffer.shards import ShardedMap
 
 _CHUNK = 1 << 20
 
@@ -95,36 +95,27 @@ def is_racy(sig: StatSignature, moment: int) -> bool:
 class StatCache:
     """Maps a path to the digest of its content, trusted while its stat signature is unchanged.
 
-    Persisted with `marshal` (fast to load, cannot execute code). A damaged or foreign file is ignored.
+    Persisted in shards (gaffer.shards: an edit build reads and writes back only those holding the files it
+    looks at), each entry marshalled on its own (fast to load, cannot execute code). A damaged or foreign
+    shard is ignored: its files are hashed again.
     """
 
-    _FORMAT = 3  # 1 recorded wall-clock times; 2 held tuples, 3 each entry marshalled on its own
-
-    def __init__(self) -> None:
+    def __init__(self, entries: ShardedMap | None = None) -> None:
         # path -> marshalled (size, mtime_ns, inode, ctime_ns, moment recorded (file-system time), hash): bytes
         # take less memory than nested tuples of ints (8.3 MiB instead of 12.8 for 20,000 entries).
-        self._entries: dict[str, bytes] = {}
+        self._entries = entries if entries is not None else ShardedMap(None)
         self.moment = 0  # file_system_now() taken before this process read any file; 0: record nothing trusted
-        self.dirty = False
         self.hashed = 0  # files actually read this run, for tests and profiles
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> StatCache:
-        cache = cls()
-        try:
-            with open(path, "rb") as f:
-                version, entries = marshal.loads(f.read())
-            if version == cls._FORMAT and isinstance(entries, dict):
-                cache._entries = entries
-        except (OSError, EOFError, ValueError, TypeError):
-            pass
-        return cache
+    def load(cls, directory: str | os.PathLike[str]) -> StatCache:
+        """The stat cache kept in `directory` (its shards are read as paths in them are asked for)."""
+        return cls(ShardedMap(os.fspath(directory)))
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        if not self.dirty:
-            return
-        save_marshalled(path, (self._FORMAT, self._entries))  # a first build that records nothing else makes .gaffer
-        self.dirty = False
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write what changed to `directory` (the one it was loaded from); raises OSError naming the file."""
+        if self._entries.changed:  # a first build that records nothing else makes .gaffer
+            self._entries.save(os.fspath(directory))
 
     def digest(self, path: str, st: os.stat_result | None = None) -> Digest:
         """Digest of the file at `path`, hashing only when its signature changed (or was racily recorded)."""
@@ -143,15 +134,12 @@ class StatCache:
         d = digest_file(path)
         self.hashed += 1
         if d.size_bytes == sig[0]:
-            self._entries[path] = marshal.dumps((*sig, self.moment, d.hash))
-            self.dirty = True
+            self._entries.set(path, marshal.dumps((*sig, self.moment, d.hash)))
         return d
 
     def remember(self, path: str, st: os.stat_result, digest: Digest) -> None:
         """Record a digest known by other means (a file we just restored from the cache)."""
-        self._entries[path] = marshal.dumps((*stat_signature(st), self.moment, digest.hash))
-        self.dirty = True
+        self._entries.set(path, marshal.dumps((*stat_signature(st), self.moment, digest.hash)))
 
     def forget(self, path: str) -> None:
-        if self._entries.pop(path, None) is not None:
-            self.dirty = True
+        self._entries.pop(path)

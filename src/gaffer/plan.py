@@ -48,12 +48,12 @@ def make_plan(graph: Graph, order: Sequence[str], toolchain: Toolchain) -> Plan:
             tools = tuple(toolchain.find(spec) for spec in task_tools(task, lambda p: _under_any(p, produced)))
         except ToolNotFound as e:
             raise UserError(f"{shown_path(graph.path)}: task {name!r}: {e}") from None
-        tasks[name] = PlannedTask(task, tuple(paths), _real_deps(graph, task), tools)
+        tasks[name] = PlannedTask(task, tuple(paths), real_deps(graph, task), tools)
         bases.update(noop.directory_bases(task.inputs, set(paths)))
     return Plan(tasks, noop.directory_signatures(str(graph.root), bases))
 
 
-def _real_deps(graph: Graph, task: Task) -> tuple[str, ...]:
+def real_deps(graph: Graph, task: Task) -> tuple[str, ...]:
     """A dep on a group is a dep on everything it groups: their outputs are this task's inputs."""
     real: set[str] = set()
     stack = list(task.deps)

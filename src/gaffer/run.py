@@ -16,6 +16,8 @@ from gaffer.errors import UserError
 from gaffer.lock import lock_workspace, workspace_of
 
 if TYPE_CHECKING:  # the build's parts are imported when a build runs, never on the no-op path
+    from collections.abc import Sequence
+
     from gaffer.cache.disk import DiskStore
     from gaffer.config import Settings
     from gaffer.execute.base import Executor
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         changes = noop.check(args.graph, args.targets)
         if changes is not None and not changes.dirty and not changes.dirs:
-            return _report_noop(args, list(changes.record.tasks), time.perf_counter() - started)
+            return _report_noop(args, changes.record.tasks, time.perf_counter() - started)
     from gaffer.build import Build, BuildOptions
     from gaffer.cache.factory import open_cache, open_local
     from gaffer.config import load_settings
@@ -93,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
         for name, o in report.tasks().items():
             print(f"{name}: {o.reason or o.status}")
         return 0
-    tasks = report.tasks()
-    cache.local.record_build(hits=sum(1 for o in tasks.values() if o.status == "cached"),
-                             misses=sum(1 for o in tasks.values() if o.status == "executed"))
+    from gaffer.outcome import CACHED, EXECUTED
+
+    cache.local.record_build(hits=report.count(CACHED), misses=report.count(EXECUTED))
     reporting.print_summary(report, sys.stderr)
     if args.summary_json:
         reporting.write_summary_json(report, Path(args.summary_json))
@@ -144,17 +146,16 @@ def _check_env_values(graph: Graph) -> None:
             raise UserError(f"environment variable {name} is not UTF-8 text ('{shown}'), which cache keys cannot hold")
 
 
-def _report_noop(args: argparse.Namespace, tasks: list[tuple[str, float]], wall_s: float) -> int:
+def _report_noop(args: argparse.Namespace, tasks: Sequence[tuple[str, float]], wall_s: float) -> int:
     """The whole-build fast path found nothing to do: the same summary as a build whose tasks are up to date."""
     from gaffer.cache.factory import open_local
     from gaffer.config import load_settings
-    from gaffer.outcome import CACHED, BuildReport, Outcome
+    from gaffer.outcome import BuildReport
     from gaffer.ui import report as reporting
     from gaffer.workspace import workspace_root
 
-    outcomes = {name: Outcome(CACHED, saved_s=saved, reason="up to date", extra={"up_to_date": True})
-                for name, saved in tasks}
-    report = BuildReport(outcomes=outcomes, wall_s=wall_s)
+    settled = dict(tasks)
+    report = BuildReport(outcomes={}, wall_s=wall_s, settled=settled, order=list(settled))
     settings = load_settings(Path(workspace_root(args.graph)), vars(args))
     open_local(settings).record_build(hits=len(tasks), misses=0)
     reporting.print_summary(report, sys.stderr)

@@ -5,9 +5,10 @@ task whose fingerprint (command, env values, input stat signatures, deps' output
 signatures are unchanged needs no hashing, no key and no cache lookup. It also keeps each task's last
 manifest so `gaffer explain` and `--dry-run` can say what changed.
 
-Losing this file is harmless: the next build re-hashes and finds everything in the cache. It is stored with
-`marshal` (fast, cannot run code); a damaged file is ignored. marshal stores plain tuples only, so the named
-records below become tuples on `save` and are rebuilt on `load`.
+Losing it is harmless: the next build re-hashes and finds everything in the cache. Each task's entry is stored
+with `marshal` (fast, cannot run code) in one of the log's shards (gaffer.shards); a damaged shard or entry is
+ignored (those tasks are checked in full). marshal stores plain tuples only, so the named records below become
+tuples when stored and are rebuilt when read.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from typing import Any, NamedTuple
 
 from gaffer.atomic import save_marshalled
 from gaffer.digest import StatSignature
+from gaffer.shards import SHARDS, ShardedMap
 
-_FORMAT = 4  # 4: each task's state marshalled on its own
+_FORMAT = 5  # 4: each task's state marshalled on its own; 5: in shards
+_HEAD = (_FORMAT, SHARDS)
 STATE_DIR = ".gaffer"  # beside the graph file
 
 # What a dependent sees of a task's outputs: (files (path, hash, mode), symlinks (path, target), directories
@@ -121,13 +124,13 @@ class TaskState:
 
 
 class TaskStates(MutableMapping[str, TaskState]):
-    """Each task's state, stored marshalled on its own and decoded only when asked for: an incremental build
-    of 10,000 tasks decodes the few it checks and writes the others back as the bytes it read (unmarshalling
-    and marshalling all of them would cost more than the rest of such a build)."""
+    """Each task's state, stored marshalled on its own in the build log's shards (gaffer.shards) and decoded
+    only when asked for: an incremental build of 10,000 tasks reads the few shards holding the tasks it checks
+    and their deps, and writes back only the shards it changed."""
 
-    def __init__(self, stored: dict[str, bytes] | None = None) -> None:
-        self._stored = stored if stored is not None else {}  # never decoded
-        self._decoded: dict[str, TaskState] = {}  # disjoint from _stored
+    def __init__(self, stored: ShardedMap) -> None:
+        self._stored = stored  # every entry, marshalled
+        self._decoded: dict[str, TaskState] = {}  # those asked for, decoded
 
     def get(self, name: str, default: Any = None) -> Any:  # the hot path: no KeyError raised and caught
         found = self._decoded.get(name)
@@ -139,12 +142,8 @@ class TaskStates(MutableMapping[str, TaskState]):
         try:
             found = TaskState.from_tuple(marshal.loads(stored))
         except (EOFError, TypeError, ValueError):  # a damaged entry: as if the task had never run
-            self._stored.pop(name, None)
             return default
-        # Published before it leaves _stored: a pool thread asking meanwhile finds it in one or the other.
-        self._decoded[name] = found
-        self._stored.pop(name, None)
-        return found
+        return self._decoded.setdefault(name, found)
 
     def __getitem__(self, name: str) -> TaskState:
         found = self.get(name)
@@ -153,37 +152,35 @@ class TaskStates(MutableMapping[str, TaskState]):
         return found  # type: ignore[no-any-return]  # get's default is Any: the entries are TaskStates
 
     def __contains__(self, name: object) -> bool:
-        return name in self._decoded or name in self._stored
+        return type(name) is str and self.get(name) is not None
 
     def __setitem__(self, name: str, value: TaskState) -> None:
-        self._stored.pop(name, None)
         self._decoded[name] = value
+        self._stored.set(name, marshal.dumps(value.to_tuple()))
 
     def __delitem__(self, name: str) -> None:
-        if self._decoded.pop(name, None) is None and self._stored.pop(name, None) is None:
+        self._decoded.pop(name, None)
+        if self._stored.pop(name) is None:
             raise KeyError(name)
 
     def __iter__(self) -> Iterator[str]:
-        yield from list(self._stored)
-        yield from list(self._decoded)
+        return self._stored.keys()
 
     def __len__(self) -> int:
-        return len(self._stored) + len(self._decoded)
+        return len(self._stored)
 
     def clear(self) -> None:
         self._stored.clear()
         self._decoded.clear()
 
-    def to_stored(self) -> dict[str, bytes]:
-        dumps = marshal.dumps
-        return {**self._stored, **{name: dumps(s.to_tuple()) for name, s in self._decoded.items()}}
-
 
 class WorkspaceState:
-    def __init__(self, directory: Path) -> None:
+    """The build log: `.gaffer/state` says which format its shards (`.gaffer/log/`) are in, and is replaced
+    after every change to them, so its stat signature names the log's version (the no-op record keeps it)."""
+
+    def __init__(self, directory: Path, fresh: bool = True) -> None:
         self.directory = directory
-        self.tasks = TaskStates()
-        self.dirty = False
+        self.tasks = TaskStates(ShardedMap(f"{directory}/log", fresh=fresh))
 
     @property
     def _path(self) -> Path:
@@ -191,30 +188,28 @@ class WorkspaceState:
 
     @property
     def stat_cache_path(self) -> Path:
-        return self.directory / "stat-cache"
+        return self.directory / "stats"
 
     @classmethod
     def load(cls, directory: Path) -> WorkspaceState:
-        state = cls(directory)
+        """The workspace's build log; empty (and its shards removed on save) if `state` is missing, damaged or
+        of another format: whatever the shards hold may then be older than what the workspace holds."""
         try:
-            with open(state._path, "rb") as f:
-                version, tasks = marshal.loads(f.read())
-            if version == _FORMAT and type(tasks) is dict:
-                state.tasks = TaskStates(tasks)
+            with open(directory / "state", "rb") as f:
+                known = marshal.loads(f.read()) == _HEAD
         except (OSError, EOFError, ValueError, TypeError):
-            state.tasks = TaskStates()
-        return state
+            known = False
+        return cls(directory, fresh=not known)
 
     def update(self, name: str, task_state: TaskState) -> None:
         self.tasks[name] = task_state
-        self.dirty = True
 
     def forget(self, name: str) -> None:
-        if self.tasks.pop(name, None) is not None:
-            self.dirty = True
+        self.tasks.pop(name, None)
 
     def save(self) -> None:
-        if not self.dirty:
+        stored = self.tasks._stored  # noqa: SLF001 - the map this class made for them
+        if not stored.changed:
             return
-        save_marshalled(self._path, (_FORMAT, self.tasks.to_stored()))
-        self.dirty = False
+        stored.save(f"{self.directory}/log")
+        save_marshalled(self._path, _HEAD)

@@ -65,7 +65,7 @@ class Context:
         self.base_dir = os.path.normpath(os.path.abspath(settings.base_dir)) if settings.base_dir else None
         self.preprocessor: bool = settings.cc_preprocessor
         self.log = log or debug_log(settings.cc_debug)
-        self.stat_cache = StatCache.load(os.path.join(self.directory, "stat-cache"))
+        self.stat_cache = StatCache.load(os.path.join(self.directory, "stats"))
         self.compilers = Compilers(os.path.join(self.directory, "compilers"), self.stat_cache)
         self.stats = Stats(self.directory)
         self.history = History(os.path.join(self.directory, "history"))
@@ -134,7 +134,7 @@ class Context:
         """Write the counters and what this process learned (the daemon calls it now and then)."""
         self.stats.flush()
         try:
-            self.stat_cache.save(os.path.join(self.directory, "stat-cache"))
+            self.stat_cache.save(os.path.join(self.directory, "stats"))
         except OSError:
             pass  # hashed again next time
         self.compilers.save()

@@ -126,6 +126,20 @@ class Progress:
                 text = f"{name}: {outcome.reason}"
             self._line(f"[{number}/{self.total}] {text}")
 
+    def tasks_settled(self, names: Collection[str]) -> None:
+        """Tasks up to date as the build log says, never looked at (an incremental build): counted at once,
+        as `task_finished` counts each up-to-date task (one line each only in verbose mode)."""
+        if self.verbose:
+            up_to_date = Outcome(CACHED, reason="up to date", extra={"up_to_date": True})
+            for name in names:
+                self.task_finished(name, up_to_date)
+            return
+        with self._lock:
+            self.done += len(names)
+            self.started += len(names)
+            if self.live:
+                self._redraw()
+
     def task_output(self, name: str, stdout: bytes, stderr: bytes) -> None:
         """Print a task's captured output whole, under the lock so outputs of parallel tasks never mix."""
         if not stdout and not stderr:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TextIO, TypedDict
 
 from gaffer.errors import UserError
-from gaffer.outcome import CACHED, EXECUTED, FAILED, SKIPPED, BuildReport, TierSummary
+from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, SKIPPED, BuildReport, TierSummary
 from gaffer.units import format_count, format_size
 
 
@@ -18,8 +18,8 @@ class TaskSummary(TypedDict):
     reason: str
 
 
-class Summary(TypedDict):
-    """The document `--summary-json` writes; the closing summary prints it too."""
+class Totals(TypedDict):
+    """The summary without its per-task list: what the closing summary prints."""
 
     executed: int
     cached: int
@@ -31,16 +31,17 @@ class Summary(TypedDict):
     time_saved_s: float
     parallel_efficiency: float | None
     interrupted: str | None
-    tasks: list[TaskSummary]
-    tiers: list[TierSummary]
 
 
-def summary_dict(report: BuildReport) -> Summary:
-    tasks = report.tasks()
-    counts = {s: sum(1 for o in tasks.values() if o.status == s) for s in (EXECUTED, CACHED, FAILED, SKIPPED)}
-    task_s = sum(o.duration_s for o in tasks.values())
+def totals(report: BuildReport) -> Totals:
+    """Counted over the outcomes and the settled tasks (up to date: cached, no time taken now), without an
+    outcome object for each settled one."""
+    checked = [o for o in report.outcomes.values() if o.status != GROUP]
+    counts = {s: report.count(s) for s in (EXECUTED, CACHED, FAILED, SKIPPED)}
+    task_s = sum(o.duration_s for o in checked)
     ran = counts[EXECUTED] + counts[CACHED]
-    saved = sum(max(0.0, o.saved_s - o.duration_s) for o in tasks.values() if o.status == CACHED)
+    saved = sum(max(0.0, o.saved_s - o.duration_s) for o in checked if o.status == CACHED)
+    saved += sum(max(0.0, s) for s in report.settled.values())
     return {
         "executed": counts[EXECUTED],
         "cached": counts[CACHED],
@@ -53,16 +54,29 @@ def summary_dict(report: BuildReport) -> Summary:
         # task time over wall time; None when nothing ran (a no-op): there was no parallelism to measure
         "parallel_efficiency": round(task_s / report.wall_s, 3) if task_s > 0 and report.wall_s > 0 else None,
         "interrupted": report.interrupted or None,
+    }
+
+
+class Summary(Totals):
+    """The document `--summary-json` writes; the closing summary prints its totals."""
+
+    tasks: list[TaskSummary]
+    tiers: list[TierSummary]
+
+
+def summary_dict(report: BuildReport) -> Summary:
+    return {
+        **totals(report),
         "tasks": [
             {"name": name, "status": o.status, "duration_s": round(o.duration_s, 3), "reason": o.reason}
-            for name, o in tasks.items()
+            for name, o in report.tasks().items()
         ],
         "tiers": report.tiers,
     }
 
 
 def print_summary(report: BuildReport, stream: TextIO) -> None:
-    s = summary_dict(report)
+    s = totals(report)
     if report.interrupted:
         verdict = f"Build interrupted ({report.interrupted})"
     elif s["failed"]:
@@ -86,7 +100,7 @@ def print_summary(report: BuildReport, stream: TextIO) -> None:
                 f"{tier['seconds']:.2f}s, "
                 f"{format_count(tier['errors'], 'error')}{' (disabled)' if tier['disabled'] else ''}\n"
             )
-    for name, o in report.tasks().items():
+    for name, o in report.outcomes.items():
         if o.status == FAILED:
             stream.write(f"  failed: {name}: {o.reason}\n")
     stream.flush()
