@@ -288,10 +288,10 @@ class Build:
         self.plan = make_plan(self.graph, order, self.keys.toolchain)
         if not self.options.dry_run:
             self.keys.toolchain.save()
-        scheduler = Scheduler(order, {n: self.graph.tasks[n].deps for n in order},
+        scheduler = Scheduler(order, {n: self.graph.deps[n] for n in order},
                               jobs=1 if self.options.dry_run else self.options.jobs,
                               keep_going=self.options.keep_going)
-        groups = [n for n in order if self.graph.tasks[n].is_group]  # never settled
+        groups = [n for n in order if n in self.graph.groups]  # never settled
         self.progress.start(len(self.order) - len(groups), scheduler.jobs, groups)
         self.progress.tasks_settled(self.settled)
         restore = self._install_signal_handlers(scheduler)
@@ -319,25 +319,25 @@ class Build:
         sees, and a task without one (a damaged shard of the log) is checked too. Sets `settled` (task -> its
         last execution time); returns the tasks to check (groups included, in order)."""
         assert self.since is not None
-        tasks, recorded = self.graph.tasks, self.state.tasks
+        graph, recorded = self.graph, self.state.tasks
+        deps, groups = graph.deps, graph.groups
         dirty = set(self.since.dirty)
         while True:
             affected: set[str] = set()
             settled: dict[str, float] = {}
             saved = iter(self.since.record.tasks)  # (task, last execution time): every real task, in order
             for name in self.order:
-                task = tasks[name]
-                if task.is_group:  # never settled: it is no work, and checks nothing
-                    if name in dirty or not affected.isdisjoint(task.deps):
+                if name in groups:  # never settled: it is no work, and checks nothing
+                    if name in dirty or not affected.isdisjoint(deps[name]):
                         affected.add(name)
                     continue
                 recorded_name, last = next(saved, ("", 0.0))  # the same graph and targets: the same order
-                if name in dirty or recorded_name != name or not affected.isdisjoint(task.deps):
+                if name in dirty or recorded_name != name or not affected.isdisjoint(deps[name]):
                     affected.add(name)
                 else:
                     settled[name] = last
-            unknown = {dep for name in affected if not tasks[name].is_group
-                       for dep in real_deps(self.graph, tasks[name]) if dep in settled and dep not in recorded}
+            unknown = {dep for name in affected if name not in groups
+                       for dep in real_deps(graph, graph.tasks[name]) if dep in settled and dep not in recorded}
             if not unknown:
                 break
             dirty |= unknown

@@ -169,17 +169,17 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     symlinks: list[tuple[str, str, int]] = []
     bases: dict[tuple[str, int], list[int]] = {}
     tasks: list[tuple[str, float]] = []
-    kept: set[int] = set()
+    checked: set[int] = set()
     for name in build.order:
+        if name in settled:  # never a group
+            assert since is not None
+            tasks.append(since.record.tasks[len(tasks)])
+            continue
         task = graph.tasks[name]
         if task.is_group:
             continue
         index = len(tasks)
-        if name in settled:
-            assert since is not None
-            kept.add(index)
-            tasks.append(since.record.tasks[index])
-            continue
+        checked.add(index)
         if not task.cache:
             return  # a `cache: false` task always runs: never a whole-build no-op
         env_names.update(task.env)
@@ -210,13 +210,16 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
         if state is None:
             return
         tasks.append((name, state.duration_s))
+    kept_inputs: list[tuple[str, Sig, tuple[int, ...]]] = []
+    kept_bases: list[tuple[str, int, tuple[int, ...]]] = []
     if since is None:
         dirs = build.plan.input_dirs
     else:
-        if not _keep(since.record, kept, env_names, inputs, outputs, symlinks, bases):
+        if not _keep(since.record, checked, env_names, inputs, kept_inputs, outputs, symlinks, bases, kept_bases):
             return
         # After a directory changed, walk again everything globs look at: the record holds every directory below.
-        dirs = directory_signatures(root, set(bases)) if since.dirs else list(since.record.dirs)
+        dirs = (directory_signatures(root, {(b, d) for b, d, _o in kept_bases} | set(bases)) if since.dirs
+                else list(since.record.dirs))
     if any(sig[0] >= moment for _p, sig in dirs):
         return
     if is_racy(graph.signature, moment):
@@ -226,29 +229,45 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
         return
     record = Record(_FORMAT, __version__, os.path.realpath(graph.path), graph.signature, state_sig, tuple(targets),
                     tuple((n, os.environ.get(n)) for n in sorted(env_names)),
-                    tuple((path, sig, tuple(indices)) for path, (sig, indices) in inputs.items()),
+                    (*kept_inputs, *((path, sig, tuple(indices)) for path, (sig, indices) in inputs.items())),
                     tuple(outputs), tuple(symlinks),
-                    tuple((base, dots, tuple(indices)) for (base, dots), indices in bases.items()),
+                    (*kept_bases, *((base, dots, tuple(indices)) for (base, dots), indices in bases.items())),
                     tuple(dirs), tuple(tasks), tuple(build.order))
     save_marshalled(record_path(graph.root), tuple(record))
 
 
-def _keep(old: Record, kept: set[int], env_names: set[str], inputs: dict[str, tuple[Sig, list[int]]],
-          outputs: list[tuple[str, Sig | None, int]], symlinks: list[tuple[str, str, int]],
-          bases: dict[tuple[str, int], list[int]]) -> bool:
-    """Add what the previous record says of the tasks `kept` (indices; the same graph and targets number them
-    the same) to the new record's parts: their files were found unchanged. False if one has changed since."""
+def _keep(old: Record, checked: set[int], env_names: set[str], inputs: dict[str, tuple[Sig, list[int]]],
+          kept_inputs: list[tuple[str, Sig, tuple[int, ...]]], outputs: list[tuple[str, Sig | None, int]],
+          symlinks: list[tuple[str, str, int]], bases: dict[tuple[str, int], list[int]],
+          kept_bases: list[tuple[str, int, tuple[int, ...]]]) -> bool:
+    """Add what the previous record says of every task but those `checked` (indices; the same graph and
+    targets number them the same) to the new record's parts: their files were found unchanged. An entry
+    without a checked task is kept as it is (`kept_inputs`, `kept_bases`: an edit of one task copies no
+    other); a file a checked task also read joins its entry in `inputs`. False if one has changed since."""
     env_names.update(name for name, _value in old.env)  # a superset is harmless: the same graph declares them
-    for path, sig, owners in old.inputs:
-        for index in owners:
-            if index in kept and not _own(inputs, path, sig, index):
-                return False
-    outputs.extend(entry for entry in old.outputs if entry[2] in kept)
-    symlinks.extend(entry for entry in old.symlinks if entry[2] in kept)
-    for base, dots, owners in old.bases:
-        indices = [i for i in owners if i in kept]
-        if indices:
-            bases.setdefault((base, dots), []).extend(indices)
+    for entry in old.inputs:
+        path, sig, owners = entry
+        left = owners if checked.isdisjoint(owners) else tuple(i for i in owners if i not in checked)
+        if not left:
+            continue
+        shared = inputs.get(path)
+        if shared is None:
+            kept_inputs.append(entry if left is owners else (path, sig, left))
+        elif shared[0] != sig:
+            return False
+        else:
+            shared[1].extend(left)
+    outputs.extend(entry for entry in old.outputs if entry[2] not in checked)
+    symlinks.extend(entry for entry in old.symlinks if entry[2] not in checked)
+    for entry in old.bases:
+        base, dots, owners = entry
+        left = owners if checked.isdisjoint(owners) else tuple(i for i in owners if i not in checked)
+        if not left:
+            continue
+        if (base, dots) in bases:
+            bases[base, dots].extend(left)
+        else:
+            kept_bases.append(entry if left is owners else (base, dots, left))
     return True
 
 

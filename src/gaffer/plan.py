@@ -4,7 +4,7 @@ stops the build at once (exit status 2). `gaffer run` and `gaffer explain` plan 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set as AbstractSet
 from dataclasses import dataclass
 
 from gaffer import noop
@@ -34,7 +34,7 @@ class Plan:
 def make_plan(graph: Graph, order: Sequence[str], toolchain: Toolchain) -> Plan:
     """Resolve the inputs, deps and tools of every task in `order`. Files under any declared output are never
     inputs: a glob like `**/*.go` must not pick up build results."""
-    produced = {out for t in graph.tasks.values() for out in t.outputs}
+    produced = graph.outputs
     tasks: dict[str, PlannedTask] = {}
     bases: set[tuple[str, int]] = set()
     for name in order:
@@ -63,14 +63,14 @@ def real_deps(graph: Graph, task: Task) -> tuple[str, ...]:
         if dep in visited:
             continue
         visited.add(dep)
-        if graph.tasks[dep].is_group:
-            stack.extend(graph.tasks[dep].deps)
+        if dep in graph.groups:
+            stack.extend(graph.deps[dep])
         else:
             real.add(dep)
     return tuple(sorted(real))
 
 
-def _under_any(path: str, outputs: set[str]) -> bool:
+def _under_any(path: str, outputs: AbstractSet[str]) -> bool:
     """Is `path` a declared output or inside one? (A set lookup per ancestor: graphs have 10,000s of outputs.)"""
     while path:
         if path in outputs:

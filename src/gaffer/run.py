@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                       Toolchain(graph.root, graph.root / STATE_DIR))
     local = LocalExecutor(graph.root, cache.local)
     sandbox = None
-    if settings.sandbox or any(task.sandbox for task in graph.tasks.values()):
+    if settings.sandbox or graph.sandboxed:
         from gaffer.execute.sandbox import SandboxExecutor
 
         sandbox = SandboxExecutor(graph.root, cache.local, local, keep_failed=settings.sandbox_keep)
@@ -116,7 +116,7 @@ def _open_remote(settings: Settings, graph: Graph, targets: list[str], state: Wo
     from gaffer.execute.remote import RemoteExecutor, open_remote
     from gaffer.records import as_outputs, left_remote
 
-    wanted = set(targets) or set(graph.tasks) - {dep for task in graph.tasks.values() for dep in task.deps}
+    wanted = set(targets) or set(graph.tasks) - {dep for deps in graph.deps.values() for dep in deps}
     remote = RemoteExecutor(graph.root, store, local, open_remote(settings.remote, settings.timeout),
                             fallback=settings.remote_fallback, minimal=settings.remote_download == "minimal",
                             wanted=wanted, on_stage=progress.task_stage, warn=progress.warn)
@@ -140,7 +140,7 @@ def _check_env_values(graph: Graph) -> None:
     """A declared variable's value goes into the key as a REAPI string, which is UTF-8: refuse one that is not."""
     from gaffer.errors import not_utf8
 
-    for name in sorted({name for task in graph.tasks.values() for name in task.env}):
+    for name in graph.env:
         shown = not_utf8(os.environ.get(name, ""))
         if shown is not None:
             raise UserError(f"environment variable {name} is not UTF-8 text ('{shown}'), which cache keys cannot hold")

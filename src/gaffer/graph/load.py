@@ -15,6 +15,7 @@ import math
 import os
 import posixpath
 import re
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from gaffer import __version__
 from gaffer.atomic import save_marshalled
 from gaffer.errors import UserError
-from gaffer.graph.model import DEFAULT_PASS_ENV, Graph, Task, did_you_mean, topological_order
+from gaffer.graph.model import DEFAULT_PASS_ENV, Graph, Task, Tasks, did_you_mean, topological_order
 from gaffer.units import parse_duration
 from gaffer.workspace import workspace_root
 
@@ -38,7 +39,7 @@ _HOST_PROPERTIES = ("OSFamily", "ISA")  # always the executing machine's own (ac
 _TASK_FIELD_SET = frozenset(TASK_FIELDS)
 MAX_TIMEOUT_S = 365 * 24 * 3600  # a year: far beyond any build, well inside what clocks and REAPI's Duration hold
 # The validated copy of the graph file: which layout of it this code reads (Task's fields are part of it).
-_COPY_FORMAT = (1, __version__, Task.__slots__)
+_COPY_FORMAT = (2, __version__, Task.__slots__)
 
 
 class _Bad(Exception):
@@ -79,44 +80,54 @@ def _load(path: str | os.PathLike[str], keep: bool) -> Graph:
     digest = hashlib.sha256(data).hexdigest()
     graph_path = Path(os.path.abspath(path))
     copy = _read_copy(root, digest)
-    if copy is not None:
-        tasks, platform = copy
-        return Graph(path=graph_path, root=Path(root), tasks=tasks, platform=platform, signature=signature)
-    tasks, platform = _validate(data, shown)
-    if keep:
-        _write_copy(root, digest, tasks, platform)
-    return Graph(path=graph_path, root=Path(root), tasks=tasks, platform=platform, signature=signature)
+    if copy is None:
+        tasks, platform = _validate(data, shown)
+        if keep:
+            _write_copy(root, digest, tasks, platform)
+        copy = _facts(tasks, platform)
+    tasks_, platform, deps, groups, outputs, env, sandboxed = copy
+    return Graph(path=graph_path, root=Path(root), tasks=tasks_, platform=platform, signature=signature, deps=deps,
+                 groups=groups, outputs=outputs, env=env, sandboxed=sandboxed)
 
 
-def _read_copy(root: str, digest: str) -> tuple[dict[str, Task], dict[str, str]] | None:
+_Copy = tuple[Tasks, dict[str, str], dict[str, tuple[str, ...]], frozenset[str], frozenset[str], tuple[str, ...], bool]
+
+
+def _facts(tasks: dict[str, Task], platform: dict[str, str]) -> _Copy:
+    """What a Graph holds besides its tasks, read from them."""
+    return (Tasks(tasks), platform, {name: t.deps for name, t in tasks.items()},
+            frozenset(name for name, t in tasks.items() if t.is_group),
+            frozenset(out for t in tasks.values() for out in t.outputs),
+            tuple(sorted({name for t in tasks.values() for name in t.env})), any(t.sandbox for t in tasks.values()))
+
+
+def _read_copy(root: str, digest: str) -> _Copy | None:
     """The validated copy of a graph file with this content digest; None (validate again) when there is none,
-    or it is of another graph, another layout, or unreadable: a damaged copy is only a miss."""
+    or it is of another graph, another layout, or unreadable: a damaged copy (its checksum covers everything
+    read later, each task when first asked for) is only a miss."""
     try:
         with open(copy_path(root), "rb") as f:
-            fmt, copied, platform, tasks = marshal.loads(f.read())
-        if fmt != _COPY_FORMAT or copied != digest:
+            fmt, copied, crc, body = marshal.loads(f.read())
+        if fmt != _COPY_FORMAT or copied != digest or type(body) is not bytes or zlib.crc32(body) != crc:
             return None
-        return {t[0]: Task(*t) for t in tasks}, platform
-    except (OSError, EOFError, ValueError, TypeError, IndexError):
+        platform, stored, deps, groups, outputs, env, sandboxed = marshal.loads(body)
+        return Tasks({}, stored), platform, deps, frozenset(groups), frozenset(outputs), env, sandboxed
+    except (OSError, EOFError, ValueError, TypeError):
         return None
 
 
 def _write_copy(root: str, digest: str, tasks: dict[str, Task], platform: dict[str, str]) -> None:
-    """Keep the validated graph for the next load of the same bytes; failing to is no error (only slower)."""
+    """Keep the validated graph for the next load of the same bytes; failing to is no error (only slower).
+    Each task is marshalled on its own (bytes: compact, made a Task only when asked for); the deps are the
+    tasks' own names, which marshal then writes once and loads as one object each."""
     names = {name: name for name in tasks}
-    shared: dict[object, object] = {}
-
-    def stored(field: str, value: object) -> object:
-        """Equal values as one object, which marshal then writes once: deps are the tasks' own names, and the
-        many equal tuples (env, tools, pass-through variables) one tuple each, loaded as one."""
-        if field == "deps":
-            return tuple(names[dep] for dep in value)  # type: ignore[attr-defined]  # deps is a tuple of names
-        return shared.setdefault(value, value) if type(value) is tuple else value
-
-    fields = Task.__slots__
+    _tasks, _platform, deps, groups, outputs, env, sandboxed = _facts(tasks, platform)
+    body = marshal.dumps((platform, {name: marshal.dumps(tuple(getattr(t, f) for f in Task.__slots__))
+                                     for name, t in tasks.items()},
+                          {name: tuple(names[dep] for dep in d) for name, d in deps.items()},
+                          tuple(groups), tuple(outputs), env, sandboxed))
     try:
-        save_marshalled(copy_path(root), (_COPY_FORMAT, digest, platform, tuple(
-            tuple(stored(f, getattr(t, f)) for f in fields) for t in tasks.values())))
+        save_marshalled(copy_path(root), (_COPY_FORMAT, digest, zlib.crc32(body), body))
     except OSError:
         pass
 
@@ -149,7 +160,7 @@ def _validate(data: bytes, shown: str) -> tuple[dict[str, Task], dict[str, str]]
             raise UserError(f"{shown}: task {name!r}: {e}{hint}") from None
 
     owner = _check_outputs(tasks, shown)
-    topological_order(tasks, tasks, shown)  # raises on a cycle
+    topological_order({name: t.deps for name, t in tasks.items()}, tasks, shown)  # raises on a cycle
     if owner:
         _check_inputs_against_outputs(tasks, owner, shown)
     return tasks, platform

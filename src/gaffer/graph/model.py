@@ -7,8 +7,9 @@ the UI) without anyone being able to change it behind the validation's back.
 from __future__ import annotations
 
 import difflib
+import marshal
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +44,48 @@ class Task:
         return not self.commands
 
 
+class Tasks(Mapping[str, Task]):
+    """A graph's tasks by name, in file order. Loaded from the validated copy, each is kept marshalled and made
+    a `Task` when first asked for: an edit build of 10,000 tasks looks at a few (their deps, the groups and
+    every output are in `Graph`'s own fields)."""
+
+    __slots__ = ("_decoded", "_stored")
+
+    def __init__(self, decoded: dict[str, Task], stored: dict[str, bytes] | None = None) -> None:
+        self._decoded = decoded
+        self._stored = stored  # every task (file order) when loaded from the copy, else None: all decoded
+
+    def __getitem__(self, name: str) -> Task:
+        found = self._decoded.get(name)
+        if found is None:
+            if self._stored is None:
+                raise KeyError(name)
+            found = self._decoded.setdefault(name, Task(*marshal.loads(self._stored[name])))
+        return found
+
+    def __contains__(self, name: object) -> bool:
+        return name in (self._decoded if self._stored is None else self._stored)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded if self._stored is None else self._stored)
+
+    def __len__(self) -> int:
+        return len(self._decoded if self._stored is None else self._stored)
+
+
 @dataclass(frozen=True, slots=True)
 class Graph:
     path: Path  # the graph file (absolute)
     root: Path  # the workspace root: the graph file's directory (absolute, resolved)
-    tasks: dict[str, Task]  # in file order
+    tasks: Mapping[str, Task]  # in file order
     platform: dict[str, str]
     signature: tuple[int, int, int, int]  # the graph file's stat signature as it was read
+    # Read from every task without making a Task of each:
+    deps: Mapping[str, tuple[str, ...]]  # each task's deps (Task.deps)
+    groups: frozenset[str]  # the tasks without commands
+    outputs: frozenset[str]  # every task's declared outputs
+    env: tuple[str, ...]  # every variable a task declares (sorted)
+    sandboxed: bool  # a task is marked "sandbox": true
 
     def closure(self, targets: Sequence[str]) -> list[str]:
         """Targets and all their deps, in a topological order (deps first); all tasks when targets is empty.
@@ -61,10 +97,10 @@ class Graph:
                 raise UserError(
                     f"{shown_path(self.path)}: unknown target {target!r}{did_you_mean(target, self.tasks)}"
                 )
-        return topological_order(self.tasks, targets or self.tasks, shown_path(self.path))
+        return topological_order(self.deps, targets or self.deps, shown_path(self.path))
 
 
-def topological_order(tasks: Mapping[str, Task], roots: Iterable[str], shown: str) -> list[str]:
+def topological_order(edges: Mapping[str, Sequence[str]], roots: Iterable[str], shown: str) -> list[str]:
     """`roots` and everything they depend on, deps first; a cycle -> UserError naming it.
 
     Depth-first post-order, roots and deps taken in the order written, so the order is the same on every run.
@@ -77,7 +113,7 @@ def topological_order(tasks: Mapping[str, Task], roots: Iterable[str], shown: st
         if root in done:
             continue
         on_path.add(root)
-        stack = [(root, iter(tasks[root].deps))]
+        stack = [(root, iter(edges[root]))]
         while stack:
             name, deps = stack[-1]
             for dep in deps:
@@ -88,7 +124,7 @@ def topological_order(tasks: Mapping[str, Task], roots: Iterable[str], shown: st
                     cycle = " -> ".join(path[path.index(dep) :] + [dep])
                     raise UserError(f"{shown}: dependency cycle: {cycle}")
                 on_path.add(dep)
-                stack.append((dep, iter(tasks[dep].deps)))
+                stack.append((dep, iter(edges[dep])))
                 break
             else:
                 stack.pop()
