@@ -620,8 +620,9 @@ def test_any_byte_of_the_graph_file_edited_means_a_full_validation(tmp_path: Pat
     assert [t.commands for t in graph.tasks.values()] == [(("sh", "-c", t["command"]),) for t in expected.values()]
 
 
-@pytest.mark.parametrize("damage", ["garbage", "empty", "old format", "truncated"])
+@pytest.mark.parametrize("damage", ["garbage", "empty", "old format", "truncated", "one byte flipped"])
 def test_a_damaged_or_foreign_copy_is_only_a_miss(tmp_path: Path, damage: str) -> None:
+    """"One byte flipped" still unmarshals (a task's command reads otherwise): only the checksum tells."""
     import marshal
 
     write(tmp_path, COPIED)
@@ -630,6 +631,8 @@ def test_a_damaged_or_foreign_copy_is_only_a_miss(tmp_path: Path, damage: str) -
     stored = copy.read_bytes()
     copy.write_bytes({"garbage": b"\x00\xffnot marshal", "empty": b"",
                       "old format": marshal.dumps(((0, "0.0.0", ()), *marshal.loads(stored)[1:])),
-                      "truncated": stored[: len(stored) // 2]}[damage])
+                      "truncated": stored[: len(stored) // 2],
+                      "one byte flipped": stored.replace(b"echo a > a.txt", b"echo z > a.txt")}[damage])
+    assert copy.read_bytes() != stored
     assert load_graph("graph.json", keep=True).tasks == expected
     assert copy.read_bytes() == stored  # validated again, and the copy replaced

@@ -122,6 +122,42 @@ def test_an_input_edited_during_an_incremental_build(tmp_path: Path, env: dict[s
     assert (ws / "out-b.txt").read_text() == "b\nedited\n"
 
 
+@pytest.mark.parametrize("damage", ["removed", "truncated", "one byte flipped"])
+def test_a_settled_task_whose_build_log_entry_is_lost_is_checked_again(
+        tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    """`a` is not dirty, so the incremental build would settle it without reading its entry; but `b`, dirty,
+    sees a's outputs through that entry. With the shard holding it lost, `a` is checked again (from the cache)
+    and `b` is built from a's real output: never keyed on nothing, never a crash."""
+    from gaffer.shards import shard_of, shard_path
+
+    ws = tmp_path / "ws"
+    write(ws / "a.txt", "a\n")
+    write(ws / "b.txt", "b\n")
+    write(ws / "graph.json", json.dumps({
+        "a": {"command": "cat a.txt > out-a.txt", "inputs": ["a.txt"], "outputs": ["out-a.txt"]},
+        "b": {"command": "cat out-a.txt b.txt > out-b.txt", "deps": ["a"], "inputs": ["b.txt"],
+              "outputs": ["out-b.txt"]}}))
+    build(ws, env)
+    shard = Path(shard_path(str(ws / ".gaffer" / "log"), shard_of("a")))
+    data = bytearray(shard.read_bytes())
+    if damage == "removed":
+        shard.unlink()
+    elif damage == "truncated":
+        shard.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        at = data.index(b"out-a.txt")
+        data[at] = ord("O")  # still valid marshal: another output name, which only the checksum tells
+        shard.write_bytes(bytes(data))
+    write(ws / "b.txt", "b, edited\n")
+    found = noop_changes(ws, env, monkeypatch)
+    assert found is not None and found.dirty == {"b"}  # the record does not look at the build log's shards
+    result = build(ws, env)
+    reasons = {t["name"]: t["reason"] for t in result["tasks"]}
+    assert result["status"] == {"a": "cached", "b": "executed"} and reasons["a"] != "up to date", reasons
+    assert (ws / "out-b.txt").read_text() == "a\nb, edited\n"
+    assert full_verdict(ws, env)[0]
+
+
 def test_a_file_added_where_a_glob_looks_in_an_incremental_build(tmp_path: Path, env: dict[str, str],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by the directories' signatures (a file added or removed changes its directory's mtime): the globs

@@ -36,7 +36,7 @@ class ShardedMap:
             self.clear()
 
     def _shard(self, key: str) -> dict[str, bytes]:
-        index = zlib.crc32(key.encode("utf-8", "surrogateescape")) % SHARDS
+        index = shard_of(key)
         shard = self._shards.get(index)
         if shard is None:
             shard = self._shards.setdefault(index, {} if self._ignore_files else self._read(index))
@@ -51,7 +51,7 @@ class ShardedMap:
         return decode(data)
 
     def _path(self, index: int) -> str:
-        return f"{self.directory}/{index:02x}"
+        return shard_path(str(self.directory), index)
 
     def get(self, key: str) -> bytes | None:
         return self._shard(key).get(key)
@@ -61,13 +61,13 @@ class ShardedMap:
 
     def set(self, key: str, value: bytes) -> None:
         self._shard(key)[key] = value
-        self._changed.add(zlib.crc32(key.encode("utf-8", "surrogateescape")) % SHARDS)
+        self._changed.add(shard_of(key))
 
     def pop(self, key: str) -> bytes | None:
         shard = self._shard(key)
         value = shard.pop(key, None)
         if value is not None:
-            self._changed.add(zlib.crc32(key.encode("utf-8", "surrogateescape")) % SHARDS)
+            self._changed.add(shard_of(key))
         return value
 
     def load_all(self) -> None:
@@ -109,6 +109,15 @@ class ShardedMap:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path(index))
             self._changed.discard(index)
+
+
+def shard_of(key: str) -> int:
+    """The shard a key is kept in: the same in every process and on every machine."""
+    return zlib.crc32(key.encode("utf-8", "surrogateescape")) % SHARDS
+
+
+def shard_path(directory: str, index: int) -> str:
+    return f"{directory}/{index:02x}"
 
 
 def encode(entries: dict[str, bytes]) -> bytes:
