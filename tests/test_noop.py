@@ -122,6 +122,41 @@ def test_an_input_edited_during_an_incremental_build(tmp_path: Path, env: dict[s
     assert (ws / "out-b.txt").read_text() == "b\nedited\n"
 
 
+@pytest.mark.parametrize("change", ["input edited", "output edited", "file added where its glob looks"])
+def test_the_record_of_an_incremental_build_still_watches_the_tasks_it_settled(
+        tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """The record an incremental build writes keeps the old entries of the tasks it settled (copied, not
+    rebuilt): a change to one of them after that build must still make it dirty."""
+    ws = tmp_path / "ws"
+    write(ws / "a.txt", "a\n")
+    write(ws / "b" / "one.txt", "one\n")
+    write(ws / "shared.txt", "shared\n")
+    write(ws / "graph.json", json.dumps({
+        "a": {"command": "cat a.txt shared.txt > out-a.txt", "inputs": ["a.txt", "shared.txt"],
+              "outputs": ["out-a.txt"]},
+        "b": {"command": "cat b/*.txt shared.txt > out-b.txt", "inputs": ["b/*.txt", "shared.txt"],
+              "outputs": ["out-b.txt"]}}))
+    build(ws, env)
+    write(ws / "a.txt", "a, edited\n")
+    assert build(ws, env)["status"] == {"a": "executed", "b": "cached"}  # incremental: b settled
+    found = noop_changes(ws, env, monkeypatch)
+    assert found is not None and not found.dirty and not found.dirs  # the record it wrote: nothing to do
+    if change == "input edited":
+        write(ws / "b" / "one.txt", "one, edited\n")
+    elif change == "output edited":
+        write(ws / "out-b.txt", "stray\n")
+    else:
+        write(ws / "b" / "two.txt", "two\n")
+    found = noop_changes(ws, env, monkeypatch)
+    assert found is not None and found.dirty == {"b"}
+    assert build(ws, env)["status"] == {"a": "cached", "b": "executed" if change != "output edited" else "cached"}
+    expected = "one\n" + ("two\n" if change.startswith("file") else "") if change != "input edited" else "one, edited\n"
+    assert (ws / "out-b.txt").read_text() == expected + "shared\n"
+    write(ws / "shared.txt", "shared, edited\n")  # read by both: one entry, both tasks
+    found = noop_changes(ws, env, monkeypatch)
+    assert found is not None and found.dirty == {"a", "b"}
+
+
 @pytest.mark.parametrize("damage", ["removed", "truncated", "one byte flipped"])
 def test_a_settled_task_whose_build_log_entry_is_lost_is_checked_again(
         tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
