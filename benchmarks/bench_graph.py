@@ -450,8 +450,8 @@ def interleave(args: argparse.Namespace, tools: Toolset) -> int:
 def interleaved_table(size: int, edits: dict[str, str | None], graph: gen_graph.Graph,
                       samples: dict[str, dict[str, list[Sample]]]) -> str:
     lines = [f"{size} tasks, interleaved (medians; ratios against ninja in the same rounds)",
-             "scenario     rounds  base wall  new wall  ninja wall  base CPU  new CPU  ninja CPU  "
-             "new/ninja wall  new/ninja CPU  base/ninja CPU  new peak RSS  ninja peak RSS  load"]
+             ("scenario     rounds  base wall  new wall  ninja wall  base CPU  new CPU  ninja CPU  "
+              "new/ninja wall  new/ninja CPU  base/ninja CPU  new peak RSS  ninja peak RSS  load")]
     for scenario, by_tool in samples.items():
         if not all(by_tool.values()):
             continue

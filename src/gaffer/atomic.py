@@ -27,12 +27,8 @@ def save_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def _replace(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
     tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
     try:
-        try:
-            f = open(tmp, "wb")
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(tmp), exist_ok=True)
-            f = open(tmp, "wb")
-        with f:
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        with open(tmp, "wb") as f:
             write(f)
         os.replace(tmp, path)
     except OSError as e:

@@ -259,15 +259,15 @@ def _keep(old: Record, checked: set[int], env_names: set[str], inputs: dict[str,
             shared[1].extend(left)
     outputs.extend(entry for entry in old.outputs if entry[2] not in checked)
     symlinks.extend(entry for entry in old.symlinks if entry[2] not in checked)
-    for entry in old.bases:
-        base, dots, owners = entry
-        left = owners if checked.isdisjoint(owners) else tuple(i for i in owners if i not in checked)
+    for found in old.bases:
+        base, dots, watchers = found
+        left = watchers if checked.isdisjoint(watchers) else tuple(i for i in watchers if i not in checked)
         if not left:
             continue
         if (base, dots) in bases:
             bases[base, dots].extend(left)
         else:
-            kept_bases.append(entry if left is owners else (base, dots, left))
+            kept_bases.append(found if left is watchers else (base, dots, left))
     return True
 
 

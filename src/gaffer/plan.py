@@ -4,7 +4,8 @@ stops the build at once (exit status 2). `gaffer run` and `gaffer explain` plan 
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Set as AbstractSet
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from gaffer import noop

@@ -173,6 +173,14 @@ class TaskStates(MutableMapping[str, TaskState]):
         self._stored.clear()
         self._decoded.clear()
 
+    @property
+    def changed(self) -> bool:
+        return self._stored.changed
+
+    def save(self, directory: str) -> None:
+        """Write the shards holding a changed entry; raises OSError naming the file."""
+        self._stored.save(directory)
+
 
 class WorkspaceState:
     """The build log: `.gaffer/state` says which format its shards (`.gaffer/log/`) are in, and is replaced
@@ -208,8 +216,7 @@ class WorkspaceState:
         self.tasks.pop(name, None)
 
     def save(self) -> None:
-        stored = self.tasks._stored  # noqa: SLF001 - the map this class made for them
-        if not stored.changed:
+        if not self.tasks.changed:
             return
-        stored.save(f"{self.directory}/log")
+        self.tasks.save(f"{self.directory}/log")
         save_marshalled(self._path, _HEAD)
