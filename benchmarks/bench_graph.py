@@ -342,135 +342,6 @@ def rss_per_task(results: dict[str, dict[str, Measurement]], tasks: int) -> tupl
     return gaffer[0], ninja[0], (gaffer[0] - ninja[0]) / tasks
 
 
-INTERLEAVED = ("edit-top", "edit-first", "noop")
-
-
-@dataclass
-class Sample:
-    """One build of the interleaved comparison: wall and CPU seconds (the tool and its children, by wait4 on
-    GNU time), peak RSS in KiB, and the load average when it started."""
-
-    wall: float
-    cpu: float
-    rss_kib: int
-    load: float
-
-
-def timed_build(argv: list[str], tree: Path, env: dict[str, str], log: Path, timeout: float) -> Sample:
-    """One build under GNU time (its peak RSS is the tool's own, not this Python's), its CPU time from wait4."""
-    rss_file = log.with_suffix(".rss")
-    load = os.getloadavg()[0]
-    with log.open("ab") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen([TIME, "-f", "%M", "-o", str(rss_file), *argv], cwd=tree, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = start + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                os.wait4(proc.pid, 0)
-                raise BenchError("timeout", f"no result after {timeout:g}s (log {log})")
-            time.sleep(0.002)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise BenchError("error", f"{argv[0]} exited {proc.returncode} (log {log})")
-    return Sample(wall, usage.ru_utime + usage.ru_stime, int(rss_file.read_text().split()[-1]), load)
-
-
-def check_rebuilt(tree: Path, graph: gen_graph.Graph, names: set[str]) -> None:
-    """Each of `names` (what an edit reaches) holds its input followed by its deps' outputs as they now are."""
-    tasks = {t.name: t for t in graph.tasks}
-    for name in names:
-        task = tasks[name]
-        expected = b"".join((tree / path).read_bytes() for path in task.cat_inputs)
-        if (tree / task.out).read_bytes() != expected:
-            raise BenchError("wrong-output", f"{tree}/{task.out} is not the concatenation of its inputs")
-
-
-def interleave(args: argparse.Namespace, tools: Toolset) -> int:
-    """`--compare SRC`: gaffer from SRC ("base"), gaffer from this checkout ("new") and ninja, each in its own
-    tree under --workdir (built cold once, kept for later runs), then every scenario in rounds, the three in
-    turn within each round. Medians of wall and CPU time, peak RSS, load average."""
-    contestants = {"base": Path(args.compare).resolve(), "new": REPO / "src", "ninja": None}
-    for src in (p for p in contestants.values() if p is not None):
-        subprocess.run([str(args.venv / "bin" / "python"), "-m", "compileall", "-q", str(src / "gaffer")],
-                       check=True, stdout=subprocess.DEVNULL)
-    status = 0
-    for size in args.sizes:
-        root = args.workdir / str(size)
-        graph = gen_graph.generate(size, args.layers, args.seed)
-        if not (root / "generated").exists():
-            gen_graph.write_tree(graph, root / "generated")
-        by_reach = sorted(graph.layer(0), key=lambda t: (len(graph.affected_by(t.name)), t.name))
-        edits = {"edit-top": graph.top[0].name, "edit-first": by_reach[len(by_reach) // 2].name, "noop": None}
-        runs: dict[str, tuple[list[str], dict[str, str]]] = {}
-        for name, src in contestants.items():
-            env = dict(os.environ)
-            if src is None:
-                argv = tools.argv("ninja", root)
-            else:
-                env["PYTHONPATH"] = str(src)
-                argv = tools.argv("gaffer", root / f"{name}-cache")
-            runs[name] = (argv, env)
-            tree = root / name
-            if not (tree / ".bench-built").exists():
-                shutil.rmtree(tree, ignore_errors=True)
-                shutil.copytree(root / "generated", tree, symlinks=True)
-                print(f"{size} tasks: cold build of {name} (kept for later runs)", file=sys.stderr)
-                timed_build(argv, tree, env, root / f"{name}.log", args.timeout)
-                (tree / ".bench-built").touch()
-        samples: dict[str, dict[str, list[Sample]]] = {s: {n: [] for n in contestants} for s in INTERLEAVED}
-        try:
-            for scenario in INTERLEAVED:
-                rounds = args.rounds if scenario != "edit-first" else max(1, args.rounds // 2)
-                for r in range(rounds):
-                    for name, (argv, env) in runs.items():
-                        tree = root / name
-                        edited = edits[scenario]
-                        if edited is not None:
-                            with (tree / "src" / f"{edited}.txt").open("ab") as f:
-                                f.write(EDIT_LINE)
-                        sample = timed_build(argv, tree, env, root / f"{name}.log", args.timeout)
-                        if edited is not None:
-                            check_rebuilt(tree, graph, graph.affected_by(edited))
-                        samples[scenario][name].append(sample)
-                        print(f"  {size} {scenario} round {r + 1} {name}: {sample.wall:.3f}s wall, {sample.cpu:.3f}s "
-                              f"CPU, {sample.rss_kib / 1024:.1f} MiB, load {sample.load:.1f}", file=sys.stderr)
-        except BenchError as exc:
-            print(f"  {size}: {exc}", file=sys.stderr)
-            status = 1
-        print(interleaved_table(size, edits, graph, samples))
-    return status
-
-
-def interleaved_table(size: int, edits: dict[str, str | None], graph: gen_graph.Graph,
-                      samples: dict[str, dict[str, list[Sample]]]) -> str:
-    lines = [f"{size} tasks, interleaved (medians; ratios against ninja in the same rounds)",
-             ("scenario     rounds  base wall  new wall  ninja wall  base CPU  new CPU  ninja CPU  "
-              "new/ninja wall  new/ninja CPU  base/ninja CPU  new peak RSS  ninja peak RSS  load")]
-    for scenario, by_tool in samples.items():
-        if not all(by_tool.values()):
-            continue
-        med = {n: (statistics.median(s.wall for s in v), statistics.median(s.cpu for s in v),
-                   max(s.rss_kib for s in v)) for n, v in by_tool.items()}
-        load = statistics.median(s.load for v in by_tool.values() for s in v)
-        edited = edits[scenario]
-        reach = f" ({len(graph.affected_by(edited))})" if edited else ""
-        lines.append(f"{scenario + reach:12s} {len(by_tool['new']):6d}  {med['base'][0]:9.3f}  {med['new'][0]:8.3f}  "
-                     f"{med['ninja'][0]:10.3f}  {med['base'][1]:8.3f}  {med['new'][1]:7.3f}  {med['ninja'][1]:9.3f}  "
-                     f"{med['new'][0] / med['ninja'][0]:14.2f}  {med['new'][1] / med['ninja'][1]:13.2f}  "
-                     f"{med['base'][1] / med['ninja'][1]:14.2f}  {med['new'][2] / 1024:9.1f} MiB  "
-                     f"{med['ninja'][2] / 1024:11.1f} MiB  {load:4.1f}")
-        if scenario == "edit-top":
-            lines.append(f"  peak RSS beyond ninja's per task: base {(med['base'][2] - med['ninja'][2]) / size:.2f} KiB, "
-                         f"new {(med['new'][2] - med['ninja'][2]) / size:.2f} KiB (target <= {RSS_TARGET_KIB:g})")
-    return "\n".join(lines)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000], help="task counts (default 1000 10000)")
@@ -487,11 +358,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every measurement to this file")
     parser.add_argument("--profile", action="store_true",
                         help="also run gaffer's no-op under cProfile and print the top 25 cumulative entries")
-    parser.add_argument("--compare", metavar="SRC",
-                        help="interleaved mode: gaffer from SRC (a checkout's src/ directory) against this checkout's "
-                             "and ninja, edits and no-ops in rounds, in trees kept in --workdir")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="--compare: rounds of each scenario (the first-layer edit gets half; default 5)")
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.jobs < 1 or args.timeout <= 0:
         parser.error("--repeat and --jobs must be at least 1 and --timeout positive")
@@ -499,9 +365,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--sizes {args.sizes}: every size needs at least one task per layer ({args.layers})")
     if args.profile and "gaffer" not in args.tools:
         parser.error("--profile profiles gaffer: add gaffer to --tools")
-    if args.compare and not args.workdir:
-        parser.error("--compare needs --workdir (its trees are built once and kept)")
-    if args.workdir and args.workdir.exists() and any(args.workdir.iterdir()) and not args.compare:
+    if args.workdir and args.workdir.exists() and any(args.workdir.iterdir()):
         parser.error(f"--workdir {args.workdir}: exists and is not empty")
     args.tools = [t for t in TOOLS if t in args.tools]
     # An installed gaffer has its bytecode compiled; an editable one under PYTHONDONTWRITEBYTECODE (set on the
@@ -522,8 +386,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tools = Toolset(args.venv, args.ninja, args.jobs)
-    if args.compare:
-        return interleave(args, tools)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gaffer-bench-"))
     record: dict = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

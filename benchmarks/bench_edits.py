@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""The edit-rebuild loop, interleaved: gaffer before a change ("base", another checkout's src/), gaffer from
+this checkout ("new") and ninja, each in a tree of gen_graph.py's that is built cold once and kept (a
+100,000-task cold build takes many minutes), then a top-layer edit, a first-layer edit and a no-op, in rounds,
+the three tools in turn within each round so that a busy machine slows them alike. Every build is timed by
+wall clock and by CPU (user + system of the tool and all it ran, from wait4), its peak RSS taken by GNU time,
+the load average noted; after an edit every output it reaches must be its inputs' concatenation.
+
+    .venv/bin/python benchmarks/bench_edits.py --base /path/to/other/checkout/src --sizes 10000 --workdir /tmp/e
+
+See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gen_graph
+from bench_graph import EDIT_LINE, REPO, RSS_TARGET_KIB, TIME, BenchError, Toolset
+
+INTERLEAVED = ("edit-top", "edit-first", "noop")
+
+
+@dataclass
+class Sample:
+    """One build of the interleaved comparison: wall and CPU seconds (the tool and its children, by wait4 on
+    GNU time), peak RSS in KiB, and the load average when it started."""
+
+    wall: float
+    cpu: float
+    rss_kib: int
+    load: float
+
+
+def timed_build(argv: list[str], tree: Path, env: dict[str, str], log: Path, timeout: float) -> Sample:
+    """One build under GNU time (its peak RSS is the tool's own, not this Python's), its CPU time from wait4."""
+    rss_file = log.with_suffix(".rss")
+    load = os.getloadavg()[0]
+    with log.open("ab") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen([TIME, "-f", "%M", "-o", str(rss_file), *argv], cwd=tree, env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                os.wait4(proc.pid, 0)
+                raise BenchError("timeout", f"no result after {timeout:g}s (log {log})")
+            time.sleep(0.002)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise BenchError("error", f"{argv[0]} exited {proc.returncode} (log {log})")
+    return Sample(wall, usage.ru_utime + usage.ru_stime, int(rss_file.read_text().split()[-1]), load)
+
+
+def check_rebuilt(tree: Path, graph: gen_graph.Graph, names: set[str]) -> None:
+    """Each of `names` (what an edit reaches) holds its input followed by its deps' outputs as they now are."""
+    tasks = {t.name: t for t in graph.tasks}
+    for name in names:
+        task = tasks[name]
+        expected = b"".join((tree / path).read_bytes() for path in task.cat_inputs)
+        if (tree / task.out).read_bytes() != expected:
+            raise BenchError("wrong-output", f"{tree}/{task.out} is not the concatenation of its inputs")
+
+
+def interleave(args: argparse.Namespace, tools: Toolset) -> int:
+    """gaffer from --base ("base"), gaffer from this checkout ("new") and ninja, each in its own tree under
+    --workdir (built cold once and kept for later runs; then built once more untimed, which settles a tree an
+    interrupted run left), then every scenario in rounds, the three in turn within each round."""
+    contestants = {"base": Path(args.base).resolve(), "new": REPO / "src", "ninja": None}
+    for src in (p for p in contestants.values() if p is not None):
+        subprocess.run([str(args.venv / "bin" / "python"), "-m", "compileall", "-q", str(src / "gaffer")],
+                       check=True, stdout=subprocess.DEVNULL)
+    status = 0
+    for size in args.sizes:
+        root = args.workdir / str(size)
+        graph = gen_graph.generate(size, args.layers, args.seed)
+        if not (root / "generated").exists():
+            gen_graph.write_tree(graph, root / "generated")
+        by_reach = sorted(graph.layer(0), key=lambda t: (len(graph.affected_by(t.name)), t.name))
+        edits = {"edit-top": graph.top[0].name, "edit-first": by_reach[len(by_reach) // 2].name, "noop": None}
+        runs: dict[str, tuple[list[str], dict[str, str]]] = {}
+        for name, src in contestants.items():
+            env = dict(os.environ)
+            if src is None:
+                argv = tools.argv("ninja", root)
+            else:
+                env["PYTHONPATH"] = str(src)
+                argv = tools.argv("gaffer", root / f"{name}-cache")
+            runs[name] = (argv, env)
+            tree = root / name
+            if not (tree / ".bench-built").exists():
+                shutil.rmtree(tree, ignore_errors=True)
+                shutil.copytree(root / "generated", tree, symlinks=True)
+                print(f"{size} tasks: cold build of {name} (kept for later runs)", file=sys.stderr)
+                timed_build(argv, tree, env, root / f"{name}.log", args.timeout)
+                (tree / ".bench-built").touch()
+            timed_build(argv, tree, env, root / f"{name}.log", args.timeout)
+        samples: dict[str, dict[str, list[Sample]]] = {s: {n: [] for n in contestants} for s in INTERLEAVED}
+        try:
+            for scenario in INTERLEAVED:
+                rounds = args.rounds if scenario != "edit-first" else max(1, args.rounds // 2)
+                for r in range(rounds):
+                    for name, (argv, env) in runs.items():
+                        tree = root / name
+                        edited = edits[scenario]
+                        if edited is not None:
+                            with (tree / "src" / f"{edited}.txt").open("ab") as f:
+                                f.write(EDIT_LINE)
+                        sample = timed_build(argv, tree, env, root / f"{name}.log", args.timeout)
+                        if edited is not None:
+                            check_rebuilt(tree, graph, graph.affected_by(edited))
+                        samples[scenario][name].append(sample)
+                        print(f"  {size} {scenario} round {r + 1} {name}: {sample.wall:.3f}s wall, {sample.cpu:.3f}s "
+                              f"CPU, {sample.rss_kib / 1024:.1f} MiB, load {sample.load:.1f}", file=sys.stderr)
+        except BenchError as exc:
+            print(f"  {size}: {exc}", file=sys.stderr)
+            status = 1
+        print(interleaved_table(size, edits, graph, samples))
+    return status
+
+
+def interleaved_table(size: int, edits: dict[str, str | None], graph: gen_graph.Graph,
+                      samples: dict[str, dict[str, list[Sample]]]) -> str:
+    lines = [f"{size} tasks, interleaved (medians; ratios against ninja in the same rounds)",
+             ("scenario     rounds  base wall  new wall  ninja wall  base CPU  new CPU  ninja CPU  "
+              "new/ninja wall  new/ninja CPU  base/ninja CPU  new peak RSS  ninja peak RSS  load")]
+    for scenario, by_tool in samples.items():
+        if not all(by_tool.values()):
+            continue
+        med = {n: (statistics.median(s.wall for s in v), statistics.median(s.cpu for s in v),
+                   max(s.rss_kib for s in v)) for n, v in by_tool.items()}
+        load = statistics.median(s.load for v in by_tool.values() for s in v)
+        edited = edits[scenario]
+        reach = f" ({len(graph.affected_by(edited))})" if edited else ""
+        lines.append(f"{scenario + reach:12s} {len(by_tool['new']):6d}  {med['base'][0]:9.3f}  {med['new'][0]:8.3f}  "
+                     f"{med['ninja'][0]:10.3f}  {med['base'][1]:8.3f}  {med['new'][1]:7.3f}  {med['ninja'][1]:9.3f}  "
+                     f"{med['new'][0] / med['ninja'][0]:14.2f}  {med['new'][1] / med['ninja'][1]:13.2f}  "
+                     f"{med['base'][1] / med['ninja'][1]:14.2f}  {med['new'][2] / 1024:9.1f} MiB  "
+                     f"{med['ninja'][2] / 1024:11.1f} MiB  {load:4.1f}")
+        if scenario == "edit-top":
+            lines.append(f"  peak RSS beyond ninja's per task: base {(med['base'][2] - med['ninja'][2]) / size:.2f} KiB, "
+                         f"new {(med['new'][2] - med['ninja'][2]) / size:.2f} KiB (target <= {RSS_TARGET_KIB:g})")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", required=True, metavar="SRC",
+                        help="the src/ directory of the gaffer checkout to compare with (e.g. a git worktree of main)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000], help="task counts (default 10000)")
+    parser.add_argument("--workdir", type=Path, required=True,
+                        help="where the trees are built and kept (reused by later runs of the same sizes)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of each scenario; the first-layer edit gets half (default 5)")
+    parser.add_argument("--layers", type=int, default=10, help="layers per graph (default 10)")
+    parser.add_argument("--seed", type=int, default=1, help="graph seed (default 1)")
+    parser.add_argument("-j", "--jobs", type=int, default=2, help="parallel jobs given to every tool (default 2)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one build may take (default 3600)")
+    parser.add_argument("--venv", type=Path, default=REPO / ".venv", help="venv holding gaffer (default repo .venv)")
+    parser.add_argument("--ninja", help="ninja binary (default: the venv's, else ninja on PATH)")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.jobs < 1 or args.timeout <= 0:
+        parser.error("--rounds and --jobs must be at least 1 and --timeout positive")
+    if not (Path(args.base) / "gaffer").is_dir():
+        parser.error(f"--base {args.base}: no gaffer package there")
+    if not os.access(TIME, os.X_OK):
+        parser.error(f"{TIME} (GNU time, Debian's 'time' package) is needed for the peak RSS")
+    venv_ninja = args.venv / "bin" / "ninja"
+    args.ninja = args.ninja or (str(venv_ninja) if venv_ninja.exists() else shutil.which("ninja") or "ninja")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return interleave(args, Toolset(args.venv, args.ninja, args.jobs))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
