@@ -21,13 +21,19 @@ def keys_in_distinct_shards(count: int) -> list[str]:
     return list(found.values())
 
 
-def test_entries_survive_a_save_and_only_changed_shards_are_written(tmp_path: Path) -> None:
-    directory = str(tmp_path / "log")
+def two_saved(directory: str) -> tuple[str, str]:
+    """Two keys in two shards, saved with the values b"one" and b"two"."""
     first, second = keys_in_distinct_shards(2)
     stored = ShardedMap(directory)
     stored.set(first, b"one")
     stored.set(second, b"two")
     stored.save(directory)
+    return first, second
+
+
+def test_entries_survive_a_save_and_only_changed_shards_are_written(tmp_path: Path) -> None:
+    directory = str(tmp_path / "log")
+    first, second = two_saved(directory)
     assert sorted(os.listdir(directory)) == sorted(f"{shard_of(k):02x}" for k in (first, second))
     untouched = os.stat(shard_path(directory, shard_of(second)))
 
@@ -48,11 +54,7 @@ def test_entries_survive_a_save_and_only_changed_shards_are_written(tmp_path: Pa
 
 def test_a_shard_is_read_only_when_a_key_in_it_is_asked_for(tmp_path: Path) -> None:
     directory = str(tmp_path / "log")
-    first, second = keys_in_distinct_shards(2)
-    stored = ShardedMap(directory)
-    stored.set(first, b"one")
-    stored.set(second, b"two")
-    stored.save(directory)
+    first, second = two_saved(directory)
     reader = ShardedMap(directory)
     assert reader.get(first) == b"one"
     os.unlink(shard_path(directory, shard_of(second)))  # gone before anyone asked: never read
