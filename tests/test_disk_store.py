@@ -152,6 +152,23 @@ def test_a_changed_blob_is_hashed_again_even_with_its_size_and_mtime_restored(tm
     assert later.verified_blob_path(d) is None and not path.exists() and "corrupt" in reports[0]
 
 
+def test_blobs_stored_before_the_record_is_read_join_it(tmp_path: Path) -> None:
+    """Storing a blob does not read the record of every blob hashed before (an edit build stores one output
+    into a store of thousands): what this process installed is trusted by it, and so is what the record says,
+    whichever is asked about first."""
+    s, _ = store(tmp_path)
+    old = settled_blob(s, b"old")
+    verified_in_another_process(s.root, old)
+    for first in ("installed", "recorded"):
+        source = tmp_path / f"{first}.txt"
+        source.write_bytes(first.encode())
+        later = DiskStore(s.root)
+        new = later.put_file(source)  # installed by this process before anything read the record
+        asked = [new, old] if first == "installed" else [old, new]
+        assert all(later.trusts_blob(d) for d in asked)
+        assert not DiskStore(s.root).trusts_blob(new), "its racy signature is this process's only"
+
+
 def test_a_blob_copied_with_its_record_from_another_store_is_hashed(tmp_path: Path) -> None:
     """Another machine's or directory's files (here a `cp -a` of the whole store, record included) are checked."""
     s, _ = store(tmp_path)

@@ -67,6 +67,9 @@ class TrustedBlobs:
         self.writable = writable
         self._temp_path = temp_path
         self._records: dict[str, Signature] | None = None
+        # Remembered before the log was read (a build storing its outputs, which never asks what it trusts):
+        # added when it is read, so that storing one blob does not parse 20,000 lines.
+        self._early: dict[str, Signature] = {}
         self._lock = threading.Lock()
 
     def _loaded(self) -> dict[str, Signature]:
@@ -75,6 +78,8 @@ class TrustedBlobs:
                 self._records, lines = self._read()
                 if self.writable and lines > 2 * len(self._records) + _COMPACT_SLACK:
                     self._rewrite(self._records)
+                self._records.update(self._early)
+                self._early.clear()
             return self._records
 
     def _read(self) -> tuple[dict[str, Signature], int]:
@@ -98,8 +103,8 @@ class TrustedBlobs:
         if persist and not settled(st):
             return
         sig = signature(st)
-        records = self._loaded()
         with self._lock:  # several threads at once (gobuildcache's pool); `prune` iterates the dict
+            records = self._records if self._records is not None else self._early
             if records.get(blob_hash) == sig:
                 return
             records[blob_hash] = sig
