@@ -356,7 +356,7 @@ def main(argv: list[str]) -> int:
             line += f" {results['base'][metric]:>9.2f} {base_ratios[metric]:>5.1f}x"
         print(line + mark)
     print("server CPU (ms, per call for AC operations):")
-    for metric, unit, what in timed:
+    for metric, _, what in timed:
         line = (f"  {what:<38} {cpu['gaffer'][metric]:>9.2f} {cpu['buildgrid'][metric]:>9.2f} "
                 f"{cpu_ratios[metric]:>5.1f}x")
         if args.base:

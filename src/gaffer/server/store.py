@@ -6,7 +6,8 @@ Layout under `--dir`: one file per entry, as gaffer's local cache lays it out (`
 `ac/<2 hex>/<sha256>`). The instance "" is at the root (so `gaffer cache status|verify --dir` work on it); a named
 instance lives in `instances/<name, percent-encoded>/`, so two instances never see each other's entries and an
 instance name can never reach outside `instances/`. Files, not packs of small blobs: every entry is a temp file
-renamed into place (kill -9 loses nothing committed and needs no recovery), a large blob goes out with sendfile,
+renamed into place (kill -9 loses nothing committed and needs no recovery; files.py, which also says what
+`--fsync` adds), a batch's files written in one pass on one thread, a large blob goes out with sendfile,
 eviction is an unlink (packs would need compaction, which rewrites live data), and the cost of small files is
 accounted for instead: each entry counts its size rounded up to the file system's block plus an inode, which is
 what it takes on disk.
