@@ -17,7 +17,7 @@ mean latency per call. gaffer serve runs with its defaults (so small blobs also 
 `--base CHECKOUT` adds a fourth server, gaffer serve from another checkout's src/ (an older commit), taking its
 turn with the others: before and after in one run. Beside each wall time, the server process's own CPU time
 (user + system, read from /proc, threads and child processes included) is reported: steadier than wall time on a
-busy machine.
+busy machine. `--base . --base-args=''` with `--gaffer-args=--fsync` measures what a setting costs.
 
 A third server, the "floor" (dicts in memory, no checks, same Python), shows how much of each time is the client
 and the transport: no server can beat it, so BuildGrid / floor is the best ratio any server could show here.
@@ -300,6 +300,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--gaffer-args", default="", help="extra flags for gaffer serve, e.g. '--memory 0'")
     parser.add_argument("--base", type=Path, metavar="CHECKOUT",
                         help="also run gaffer serve from CHECKOUT/src (e.g. a worktree of an older commit)")
+    parser.add_argument("--base-args", default=None, metavar="ARGS",
+                        help="extra flags for the --base server (default: --gaffer-args); with --base . this "
+                             "compares two settings, e.g. --gaffer-args=--fsync --base-args=''")
     parser.add_argument("--only", default="", metavar="OPS",
                         help="comma-separated operations to time (and those they need), e.g. batch-update")
     parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -320,7 +323,8 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         try:
             if args.base:
-                base = start_gaffer_serve(*args.gaffer_args.split(),
+                base_args = args.gaffer_args if args.base_args is None else args.base_args
+                base = start_gaffer_serve(*base_args.split(),
                                           env={"PYTHONPATH": str(args.base.resolve() / "src")})
                 base.name = "base"
                 servers.append(base)
@@ -358,7 +362,7 @@ def main(argv: list[str]) -> int:
     print("server CPU (ms, per call for AC operations):")
     for metric, _, what in timed:
         line = (f"  {what:<38} {cpu['gaffer'][metric]:>9.2f} {cpu['buildgrid'][metric]:>9.2f} "
-                f"{cpu_ratios[metric]:>5.1f}x")
+                f"{cpu_ratios[metric]:>5.1f}x   {cpu['floor'][metric]:>9.2f}")
         if args.base:
             line += f"   base {cpu['base'][metric]:>9.2f}"
         print(line)
