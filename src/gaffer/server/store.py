@@ -46,7 +46,7 @@ from google.protobuf.message import DecodeError
 
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.disk import GC_LOW_WATER, DiskStore, action_entry
-from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
+from gaffer.digest import EMPTY_DIGEST, Digest, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
 from gaffer.server.files import EntryFiles, StrPath, remove
@@ -268,7 +268,7 @@ class Upload:
             if self.digest == EMPTY_DIGEST:  # always present, never stored
                 return
             key = self._namespace.key(self.digest)
-            self._files.flush(self._tmp)
+            self._files.flush([self._tmp])
             self._namespace.server.install(key, self._tmp, self._received, self._reservation)
             self._namespace.checked(self.digest)
         self._namespace.committed(self.digest)  # outside the lock: a cancel need not wait for a backend
@@ -378,18 +378,12 @@ class Namespace:
         self.server.drop(self.key(digest), digest.size_bytes)
 
     def committed(self, digest: Digest) -> None:
-        """A blob the peer sent (an Upload, or a batch's `put`) is now in the store, once: what else must hold it
-        before the peer is told it is stored (nothing here; the backend, with --backend)."""
+        """A blob the peer sent (an Upload, or one of a batch's in `put_checked`) is now in the store, once: what
+        else must hold it before the peer is told it is stored (nothing here; the backend, with --backend)."""
 
     def upload(self, digest: Digest) -> Upload:
         """Start receiving a blob (see Upload); raises NoSpace / TooLarge when the store cannot take it."""
         return Upload(self, digest)
-
-    def put(self, digest: Digest, data: bytes) -> None:
-        """Store a blob after checking it against its digest (BadRequest if it does not match)."""
-        if digest_bytes(data) != digest:
-            raise BadRequest(f"the data does not match digest {digest}")
-        self.put_checked([(digest, data)])
 
     def put_checked(self, blobs: Iterable[tuple[Digest, bytes]]) -> None:
         """Store blobs the caller checked against their digests (a batch): those not yet here go to this server's
@@ -733,6 +727,7 @@ class ServerStore:
                 for _, data in entries:
                     tmps.append(self.files.temp(tmp_dir))
                     self.files.create(tmps[-1], data)
+                self.files.flush(tmps)
                 self.install_many([(key, tmp, len(data)) for (key, data), tmp in zip(entries, tmps, strict=True)],
                                   reservation)
             except BaseException:
@@ -829,6 +824,7 @@ class ServerStore:
         gc = self._gc
         if gc is not None:
             gc.join()
+        self.files.close()
         for namespace in self._backends.values():
             namespace.close()
         sizes = dict.fromkeys(self._disks, 0)
