@@ -334,6 +334,49 @@ def test_duplicate_blobs_in_a_batch_are_counted_once(tmp_path: Path, serve: list
     client.close()
 
 
+def test_one_blob_uploaded_at_once_many_ways_is_stored_once_and_reads_never_see_half(
+    tmp_path: Path, serve: list
+) -> None:
+    """Three ByteStream uploads and a batch of the same 3 MiB blob at once, read all along: each upload succeeds,
+    a read finds nothing or the whole blob, and the store counts it once. An upload whose bytes do not match its
+    digest (same size, or more bytes than it names, found while later chunks still arrive) is refused, stored
+    nowhere, and leaves no temp file."""
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    before = _store_bytes(server)
+    other = _blob(3 * MiB + 1)
+    assert client.write(*other) == grpc.StatusCode.OK
+    one = _store_bytes(server) - before
+    digest, data = _blob(3 * MiB + 1)
+    uploaded = threading.Event()
+    seen: list[bytes] = []
+
+    def read_all_along() -> None:
+        while not uploaded.is_set():
+            seen.extend(client.read([digest]).values())
+
+    reader = threading.Thread(target=read_all_along)
+    reader.start()
+    with ThreadPoolExecutor(4) as pool:
+        streams = [pool.submit(client.write, digest, data) for _ in range(3)]
+        batch = pool.submit(client.update, [(digest, data)])
+        assert [s.result() for s in streams] == [grpc.StatusCode.OK] * 3 and batch.result() == [0]
+    uploaded.set()
+    reader.join(60)
+    assert all(found == data for found in seen)
+    assert client.read([digest]) == {digest: data}
+    assert _store_bytes(server) - before == 2 * one
+
+    wrong, longer = _blob(3 * MiB + 1)[0], _blob(2 * MiB)[0]
+    assert client.write(wrong, os.urandom(3 * MiB + 1)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.write(longer, os.urandom(3 * MiB)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.missing([wrong, longer]) == {wrong, longer}
+    assert _store_bytes(server) - before == 2 * one
+    assert not list((tmp_path / "store" / "tmp").iterdir())
+    client.close()
+
+
 # -- durability: kill -9, --fsync -------------------------------------------------------------------------------
 
 
