@@ -30,7 +30,7 @@ from gaffer import noop, records
 from gaffer.digest import file_system_now
 from gaffer.graph import Graph
 from gaffer.keys import KeyBuilder, Keyed
-from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
+from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, SKIPPED, BuildReport, Outcome
 from gaffer.plan import Plan, PlannedTask, make_plan
 from gaffer.scheduler import Scheduler
 from gaffer.state import STATE_DIR, Fingerprint, OutputRecords, TaskState, WorkspaceState
@@ -82,6 +82,11 @@ class Build:
         self._lanes: dict[int, int] = {}
         self._would_run: set[str] = set()  # --dry-run: tasks predicted to execute
         self._lock = threading.Lock()  # guards _lanes
+        # -j: commands at once. The scheduler runs twice as many tasks (without a remote executor, whose -j is
+        # its own), so the next tasks are keyed and looked up while these commands run: a slot is never idle
+        # for gaffer's own work.
+        self._slots = threading.BoundedSemaphore(max(1, options.jobs))
+        self._failed = False
 
     # -- the scheduler's callbacks -----------------------------------------------------------------------------
 
@@ -222,11 +227,15 @@ class Build:
         elif self.options.sandbox or task.sandbox:
             assert self.sandbox is not None, "a sandboxed task needs Build(sandbox=...)"
             executor = self.sandbox
-        start = self._now()
-        if self.remote is not None and executor is not self.remote:
-            result = self.remote.run_here(executor, keyed.action, task.pass_env, name)
-        else:
-            result = executor.execute(keyed.action, task.pass_env, name)
+        with self._slots:
+            if self._interrupted or (self._failed and not self.options.keep_going):
+                return Outcome(SKIPPED, reason="the build stopped")
+            start = self._now()
+            if self.remote is not None and executor is not self.remote:
+                result = self.remote.run_here(executor, keyed.action, task.pass_env, name)
+            else:
+                result = executor.execute(keyed.action, task.pass_env, name)
+            self._failed = self._failed or bool(result.failure)  # before the next task takes the slot
         self.progress.task_output(name, result.stdout, result.stderr)
         extra: dict[str, object] = {"where": result.where} if result.where else {}
         if result.cached and not result.failure:  # the remote's action cache answered: a hit, as a restore is
@@ -288,17 +297,17 @@ class Build:
         self.plan = make_plan(self.graph, order, self.keys.toolchain)
         if not self.options.dry_run:
             self.keys.toolchain.save()
+        jobs = self.options.jobs if self.remote is not None else 2 * self.options.jobs  # see _slots
         scheduler = Scheduler(order, {n: self.graph.tasks[n].deps for n in order},
-                              jobs=1 if self.options.dry_run else self.options.jobs,
-                              keep_going=self.options.keep_going)
+                              jobs=1 if self.options.dry_run else jobs, keep_going=self.options.keep_going)
         groups = [n for n in self.order if self.graph.tasks[n].is_group]
-        self.progress.start(len(self.order) - len(groups), scheduler.jobs, groups)
+        self.progress.start(len(self.order) - len(groups), 1 if self.options.dry_run else self.options.jobs, groups)
         for name, outcome in settled.items():
             self.progress.task_finished(name, outcome)
         restore = self._install_signal_handlers(scheduler)
         try:
             outcomes = scheduler.run(self.work, self.quick, on_start=self.progress.task_started,
-                                     on_done=self.progress.task_finished)
+                                     on_done=self._finished)
             if settled:
                 outcomes = {n: settled.get(n) or outcomes[n] for n in self.order if n in settled or n in outcomes}
         finally:
@@ -336,6 +345,11 @@ class Build:
                 settled[name] = Outcome(CACHED, saved_s=saved[name], reason="up to date", extra=up_to_date)
         self.settled = settled.keys()
         return [n for n in self.order if n not in settled], settled
+
+    def _finished(self, name: str, outcome: Outcome) -> None:
+        if outcome.status == FAILED:
+            self._failed = True  # without --keep-going, tasks keyed meanwhile start no command
+        self.progress.task_finished(name, outcome)
 
     def _cancel_all(self) -> None:
         for executor in (self.executor, self.sandbox, self.remote):
