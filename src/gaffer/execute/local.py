@@ -12,6 +12,7 @@ allows, gaffer adopts such processes as a child subreaper and kills them too (se
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import select
@@ -94,7 +95,7 @@ class ProcessRunner:
         with _log_target(stdout) as out, _log_target(stderr) as err:
             try:
                 proc = subprocess.Popen(
-                    list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    list(argv), cwd=cwd, env=env, stdin=_devnull(), stdout=out, stderr=err,
                     start_new_session=True, pass_fds=task_fds(),
                 )
             except OSError as e:
@@ -144,6 +145,12 @@ class ProcessRunner:
         with self._lock:
             running = [proc for proc, event in self._running.items() if event is cancel]
         _kill_all(running)
+
+
+@functools.cache
+def _devnull() -> int:
+    """Every task's stdin: /dev/null, opened once per process (not once per task, as `subprocess.DEVNULL` is)."""
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _log_target(target: Path | int) -> AbstractContextManager[IO[bytes] | int]:
