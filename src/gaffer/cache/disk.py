@@ -212,7 +212,7 @@ class DiskStore(CacheTier):
         if digest.hash in self._present:
             return
         if not self.has_blob(digest):
-            self._install(self.write_temp(data), self._blob_file(digest.hash), len(data))
+            self._install(self._temp_holding(data), self._blob_file(digest.hash), len(data))
         self._present.add(digest.hash)
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
@@ -236,7 +236,7 @@ class DiskStore(CacheTier):
         if data is not None:
             digest = digest_bytes(data)
             if digest.hash not in self._present and not self.has_blob(digest):
-                self._install_verified(self.write_temp(data), digest)
+                self._install_verified(self._temp_holding(data), digest)
             self._present.add(digest.hash)
             return digest
         tmp = self._fill_temp(lambda tmp: copy_file(path, tmp))
@@ -276,7 +276,7 @@ class DiskStore(CacheTier):
 
     def write_action(self, key: Digest, result: bytes) -> None:
         entry = action_entry(result)
-        self._install(self.write_temp(entry), self._action_path(key), len(entry))
+        self._install(self._temp_holding(entry), self._action_path(key), len(entry))
 
     def evict_action(self, key: Digest) -> None:
         with suppress(FileNotFoundError):
@@ -546,7 +546,10 @@ class DiskStore(CacheTier):
 
     def write_temp(self, data: bytes) -> Path:
         """A new temp file holding `data`; on a failure (a full disk) none is left behind."""
-        return Path(self._fill_temp(lambda tmp: _write_new(tmp, data)))
+        return Path(self._temp_holding(data))
+
+    def _temp_holding(self, data: bytes) -> str:
+        return self._fill_temp(lambda tmp: _write_new(tmp, data))
 
     def _fill_temp(self, fill: Callable[[str], object]) -> str:
         """A new temp file written by `fill`; on a failure none is left behind. The temp directory is made again
