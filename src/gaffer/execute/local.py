@@ -192,7 +192,12 @@ class LocalExecutor:
 
         store = self.store
         actions.remove_outputs(self.root, action.output_paths)  # a stale file must never pass for one it made
-        stdout_fd, stderr_fd = _anonymous_file(), _anonymous_file()
+        stdout_fd = _anonymous_file()
+        try:
+            stderr_fd = _anonymous_file()
+        except OSError:
+            os.close(stdout_fd)
+            raise
         try:
             started_at = time.time()
             run = self.runner.run(action.argv, self.root, task_environment(action.env, pass_env), stdout_fd,
