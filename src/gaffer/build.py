@@ -117,6 +117,7 @@ class Build:
         lane = self._lane()
         prev = self.state.tasks.get(name)
         if self.options.dry_run:
+            self.progress.task_started(name)
             running_dep = next((d for d in planned.deps if d in self._would_run), None)
             if running_dep is not None:  # its outputs, hence this task's key, are known only once it has run
                 self._would_run.add(name)
@@ -151,8 +152,7 @@ class Build:
                 restored.duration_s = self._now() - start
                 restored.extra["lane"] = lane
                 return restored
-        outcome = self._execute(name, planned, deps, keyed, reason)
-        outcome.start_s = start
+        outcome = self._execute(name, planned, deps, keyed, reason)  # from when its command started
         outcome.extra["lane"] = lane
         return outcome
 
@@ -198,6 +198,7 @@ class Build:
         data = self.cache.get_action(keyed.key)
         if data is None:
             return None
+        self.progress.task_started(name)
         try:
             cached = actions.parse_result(data, planned.task.outputs)
             if not actions.fetch_result(cached, self.cache.ensure_local, self.cache.local):
@@ -231,6 +232,7 @@ class Build:
             if self._interrupted or (self._failed and not self.options.keep_going):
                 return Outcome(SKIPPED, reason="the build stopped")
             start = self._now()
+            self.progress.task_started(name)  # shown running once its command runs, not while it waits for -j
             if self.remote is not None and executor is not self.remote:
                 result = self.remote.run_here(executor, keyed.action, task.pass_env, name)
             else:
@@ -241,7 +243,7 @@ class Build:
         if result.cached and not result.failure:  # the remote's action cache answered: a hit, as a restore is
             reason = "restored from the remote's action cache"
         if result.failure or result.outputs is None:
-            return Outcome(FAILED, duration_s=result.duration_s, reason=result.failure, extra=extra)
+            return Outcome(FAILED, duration_s=result.duration_s, start_s=start, reason=result.failure, extra=extra)
         made = (records.predicted(result.outputs) if result.remote_only
                 else records.on_disk(str(self.root), result.outputs, self.stat_cache))
         changed = self.keys.input_changed(planned, deps, self.fingerprints[name], keyed) if task.cache else None
@@ -249,13 +251,14 @@ class Build:
             self.progress.warn(f"input {changed} changed while {name} ran: result not cached")
             self.outputs[name] = made
             self.state.forget(name)
-            return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason, extra=extra)
+            return Outcome(EXECUTED, duration_s=result.duration_s, start_s=start, reason=reason, extra=extra)
         if task.cache:
             self.cache.put_action(keyed.key, result.action_result, [*result.blobs, *action_blobs])
         self._record(name, keyed, made, result.duration_s)
         if result.cached:
-            return Outcome(CACHED, duration_s=self._now() - start, saved_s=result.duration_s, reason=reason)
-        return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason, extra=extra)
+            return Outcome(CACHED, duration_s=self._now() - start, start_s=start, saved_s=result.duration_s,
+                           reason=reason)
+        return Outcome(EXECUTED, duration_s=result.duration_s, start_s=start, reason=reason, extra=extra)
 
     def _record(self, name: str, keyed: Keyed, made: OutputRecords, duration_s: float) -> None:
         self.outputs[name] = made
@@ -306,8 +309,7 @@ class Build:
             self.progress.task_finished(name, outcome)
         restore = self._install_signal_handlers(scheduler)
         try:
-            outcomes = scheduler.run(self.work, self.quick, on_start=self.progress.task_started,
-                                     on_done=self._finished)
+            outcomes = scheduler.run(self.work, self.quick, on_done=self._finished)  # work() announces a start
             if settled:
                 outcomes = {n: settled.get(n) or outcomes[n] for n in self.order if n in settled or n in outcomes}
         finally:
