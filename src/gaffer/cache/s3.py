@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from gaffer.cache.base import LOOKUP_WORKERS, CacheTier, TierError, transient_status
-from gaffer.cache.s3read import Redirected, S3Error, S3Reader, Unreachable
+from gaffer.cache.httpconn import Unreachable
+from gaffer.cache.s3read import Redirected, S3Error, S3Reader
 from gaffer.cache.urls import bad_url, checked_url, redact
 from gaffer.digest import Digest
 

@@ -24,19 +24,14 @@ import configparser
 import http.client
 import os
 import re
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
+from gaffer.cache.httpconn import Pool, chunks, read_small
 from gaffer.cache.sigv4 import Credentials, amz_date, signed_headers
-
-if TYPE_CHECKING:
-    import ssl
 
 #: AWS_* variables whose meaning this module implements (or that do not touch S3 requests); any other: botocore.
 _UNDERSTOOD_ENV = frozenset({
@@ -57,8 +52,6 @@ _AWS_REGION = re.compile(r"(us|eu|ap|sa|ca|me|af|il|mx)-\w+-\d+")
 _DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 _REGION_NAME = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")  # botocore's validate_region_name
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
-_CHUNK = 1024 * 1024
-_IDLE_CONNECTIONS = 16
 
 
 class S3Error(Exception):
@@ -72,11 +65,6 @@ class S3Error(Exception):
 
 class Redirected(Exception):
     """The bucket answered from another region: botocore's region redirector is needed."""
-
-
-class Unreachable(Exception):
-    """The request or its answer did not get through (refused, reset, timed out, cut short): worth a retry. Local
-    file errors stay OSErrors, so the caller can tell them apart."""
 
 
 @dataclass(frozen=True)
@@ -178,14 +166,11 @@ def _host(scheme: str, netloc: str) -> str:
 
 
 class S3Reader:
-    """GET and HEAD on one bucket, signed, over a small pool of kept-alive connections. Thread-safe."""
+    """GET and HEAD on one bucket, signed, over kept-alive connections. Thread-safe."""
 
     def __init__(self, settings: Settings, timeout: float) -> None:
         self.settings = settings
-        self.timeout = timeout
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-        self._ssl_context: ssl.SSLContext | None = None
+        self._pool = Pool(settings.scheme, settings.host, timeout, settings.ca_bundle)
 
     @classmethod
     def open(cls, bucket: str, endpoint: str | None, region: str | None, timeout: float) -> S3Reader | None:
@@ -214,7 +199,7 @@ class S3Reader:
     def read(self, key: str) -> bytes | None:
         """The object's bytes, or None if there is no such key."""
         with self._get(key) as response:
-            return None if response is None else b"".join(_chunks(response))
+            return None if response is None else b"".join(chunks(response))
 
     def fetch(self, key: str, dest: Path) -> bool:
         """Stream the object into the file `dest`; False if there is no such key (nothing written)."""
@@ -222,7 +207,7 @@ class S3Reader:
             if response is None:
                 return False
             with open(dest, "wb") as f:
-                f.writelines(_chunks(response))
+                f.writelines(chunks(response))
             return True
 
     @contextmanager
@@ -238,105 +223,22 @@ class S3Reader:
 
     @contextmanager
     def _request(self, method: str, path: str) -> Iterator[http.client.HTTPResponse]:
-        """Send a signed request; yield a successful response (or a 404). The connection goes back to the pool
-        only when the response was read to its end; S3 errors and redirects are raised."""
+        """A signed request; yield a successful response or a 404. S3 errors and redirects are raised."""
         s = self.settings
-        for attempt in (1, 2):
-            conn, reused = self._connection()
-            try:
-                conn.request(method, path, headers=signed_headers(method, s.host, path, "", s.credentials, s.region,
-                                                                  amz_date()))
-                response = conn.getresponse()
-                break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
-                conn.close()  # a kept-alive connection the server had closed: once more on a new one
-                if not reused or attempt == 2:
-                    raise Unreachable(type(e).__name__) from e
-            except (OSError, http.client.HTTPException) as e:
-                conn.close()
-                raise Unreachable(type(e).__name__) from e
-            except BaseException:
-                conn.close()
-                raise
-        try:
+        headers = signed_headers(method, s.host, path, "", s.credentials, s.region, amz_date())
+        with self._pool.request(method, path, headers) as response:
             status = response.status
             if status in (301, 307, 400) and response.getheader("x-amz-bucket-region"):
                 raise Redirected(response.getheader("x-amz-bucket-region"))
             if status >= 300 and status != 404:
                 raise S3Error(status, _code(response) if method == "GET" else "")
             yield response
-            if method == "GET" and status != 404 and not response.isclosed():
-                conn.close()  # a body left unread: the connection is not reusable
-                return
-            response.read()  # a HEAD's empty body, a 404's error document: the connection can be reused
-        except BaseException:
-            conn.close()
-            raise
-        self._release(conn)
-
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
-        s = self.settings
-        if s.scheme == "https":
-            return http.client.HTTPSConnection(s.host, timeout=self.timeout, context=self._context()), False
-        return _Connection(s.host, timeout=self.timeout), False
-
-    def _context(self) -> ssl.SSLContext:
-        """The TLS context: AWS_CA_BUNDLE (or the profile's ca_bundle) if set, else the system's trust store.
-        Built on first use, and only for https: loading certificates costs tens of milliseconds."""
-        import ssl
-
-        with self._lock:
-            if self._ssl_context is None:
-                self._ssl_context = ssl.create_default_context(cafile=self.settings.ca_bundle)
-            return self._ssl_context
-
-    def _release(self, conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            if len(self._idle) < _IDLE_CONNECTIONS:
-                self._idle.append(conn)
-                return
-        conn.close()
 
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-
-class _Connection(http.client.HTTPConnection):
-    """Plain HTTP with Nagle off: a request's headers go out at once (loopback stores answer in under 1 ms)."""
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _chunks(response: http.client.HTTPResponse) -> Iterator[bytes]:
-    """The body in pieces, checked against Content-Length: a connection cut short is an error, not a short blob."""
-    expected = response.length
-    got = 0
-    while True:
-        try:
-            chunk = response.read(_CHUNK)
-        except (OSError, http.client.HTTPException) as e:
-            raise Unreachable(type(e).__name__) from e
-        if not chunk:
-            break
-        got += len(chunk)
-        yield chunk
-    if expected is not None and got != expected:
-        raise Unreachable(f"IncompleteRead ({got} of {expected} bytes)")
+        self._pool.close()
 
 
 def _code(response: http.client.HTTPResponse) -> str:
-    """S3's error code from an error document (read whole: it is small), "" when there is none."""
-    try:
-        body = response.read(64 * 1024)
-    except (OSError, http.client.HTTPException) as e:
-        raise Unreachable(type(e).__name__) from e
-    match = _ERROR_CODE.search(body)
+    """S3's error code from an error document, "" when there is none."""
+    match = _ERROR_CODE.search(read_small(response))
     return match.group(1).decode("utf-8", "replace") if match else ""
