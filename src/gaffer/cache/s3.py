@@ -84,6 +84,7 @@ class S3Tier(CacheTier):
         self._path_style = bool(custom_endpoint)
         self._client_lock = threading.Lock()
         self._client: Any = None
+        import botocore  # noqa: F401 - installed? writes need it: fail at open (one line), not mid-build
         #: None: botocore for everything (a configuration s3read.py leaves to it, or a bucket in another region)
         self._reader = S3Reader.open(bucket, custom_endpoint, region, timeout)
         if self._reader is None:
