@@ -83,6 +83,8 @@ class _Captured(Exception):
     ("gaffer-cache", None, "eu-west-1"),
     ("gaffer-cache", None, "us-east-1"),
     ("gaffer.cache", None, "ap-southeast-2"),  # a dot: not a host name under TLS, path-style
+    ("gaffer--cache", None, "eu-west-1"),
+    ("my_cache", None, "eu-west-1"),  # not a host name: path-style
     ("gaffer-cache", "http://127.0.0.1:7480", "us-east-1"),
     ("gaffer-cache", "https://minio.example:443", "eu-central-1"),
     ("gaffer-cache", "http://minio.example", "us-east-1"),

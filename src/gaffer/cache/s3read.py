@@ -154,7 +154,7 @@ def resolve(bucket: str, endpoint: str | None, region: str | None) -> Settings |
     if not region or not _AWS_REGION.fullmatch(region):
         return None  # no region (botocore finds the bucket's) or another partition
     domain = "s3.amazonaws.com" if region == "us-east-1" else f"s3.{region}.amazonaws.com"
-    if _DNS_BUCKET.fullmatch(bucket) and "--" not in bucket:
+    if _DNS_BUCKET.fullmatch(bucket):
         return Settings(credentials, region, "https", f"{bucket}.{domain}", "/", ca_bundle)
     return Settings(credentials, region, "https", domain, f"/{quote(bucket, safe='')}/", ca_bundle)
 
