@@ -17,6 +17,7 @@ from gaffer.cache.azread import API_VERSION, BlobReader, http_date, shared_key
 from gaffer.digest import digest_bytes
 from tests import servers
 from tests.conftest import BUCKET
+from tests.support import check_light_reads
 
 
 @pytest.mark.parametrize("url, query", [
@@ -65,11 +66,10 @@ def test_reads_on_azurite_need_no_client(request: pytest.FixtureRequest, monkeyp
         monkeypatch.setenv(var, value)
     url = server.url
     namespace = uuid.uuid4().hex[:12]
-    blob, action, absent = b"x" * 700_000, digest_bytes(b"action"), digest_bytes(b"absent")
-    digest = digest_bytes(blob)
+    blob = b"x" * 700_000
     writer = AzureBlobTier(BUCKET, namespace, account=servers.AZURITE_ACCOUNT, endpoint=url, timeout=10)
-    writer.write_blob(digest, blob)
-    writer.write_action(action, b"result")
+    writer.write_blob(digest_bytes(blob), blob)
+    writer.write_action(digest_bytes(b"action"), b"result")
     writer.close()
     sas = generate_container_sas(servers.AZURITE_ACCOUNT, BUCKET, account_key=servers.AZURITE_KEY,
                                  permission=ContainerSasPermissions(read=True, list=True),
@@ -79,11 +79,5 @@ def test_reads_on_azurite_need_no_client(request: pytest.FixtureRequest, monkeyp
             monkeypatch.delenv("AZURE_STORAGE_KEY")
             monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", sas)
         tier = AzureBlobTier(BUCKET, namespace, account=servers.AZURITE_ACCOUNT, endpoint=url, timeout=10)
-        tier.check()
-        assert tier.has_blob(digest) and not tier.has_blob(absent)
-        assert tier.read_blob(digest) == blob and tier.read_blob(absent) is None
-        assert tier.fetch_blob(digest, tmp_path / "out") and (tmp_path / "out").read_bytes() == blob
-        assert not tier.fetch_blob(absent, tmp_path / "unused")
-        assert tier.read_action(action) == b"result" and tier.read_action(absent) is None
-        assert tier._reader is not None and tier._client is None, credential
+        check_light_reads(tier, blob, b"result", tmp_path)
         tier.close()
