@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from gaffer.cache.httpconn import Pool, chunks
+from gaffer.cache.httpconn import Pool, chunks, requests_trust
 
 API_VERSION = "2023-11-03"  # the REST API version of the requests; every current Azure and Azurite serves it
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -66,7 +66,7 @@ class BlobReader:
         self.key = key
         self.sas = sas
         self._base = f"{parts.path.rstrip('/')}/{quote(container, safe='')}"
-        self._pool = Pool(parts.scheme, parts.netloc, timeout)
+        self._pool = Pool(parts.scheme, parts.netloc, timeout, *requests_trust())
 
     @classmethod
     def open(cls, endpoint: str, account: str, container: str, credential: object,

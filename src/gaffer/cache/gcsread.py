@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from gaffer.cache.httpconn import Pool, Unreachable, chunks, read_small
+from gaffer.cache.httpconn import Pool, Unreachable, chunks, read_small, requests_trust
 
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 #: variables with which google-cloud-storage would send its requests elsewhere or otherwise: the client's business
@@ -59,7 +59,7 @@ class TokenTransport:
         import google.auth.exceptions
 
         parts = urlsplit(url)
-        pool = Pool(parts.scheme, parts.netloc, timeout or 30.0)
+        pool = Pool(parts.scheme, parts.netloc, timeout or 30.0, *requests_trust())
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         try:
             with pool.request(method, target or "/", dict(headers or {}), body) as response:
@@ -89,7 +89,7 @@ class GcsReader:
         self._bucket = f"{parts.path.rstrip('/')}/storage/v1/b/{quote(bucket, safe='')}"
         self._media = f"{parts.path.rstrip('/')}/download/storage/v1/b/{quote(bucket, safe='')}"
         self._origin = f"{parts.scheme}://{parts.netloc}"
-        self._pool = Pool(parts.scheme, parts.netloc, timeout)
+        self._pool = Pool(parts.scheme, parts.netloc, timeout, *requests_trust())
         self._auth_lock = threading.Lock()
 
     def size(self, name: str) -> int | None:

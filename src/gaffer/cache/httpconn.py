@@ -163,6 +163,13 @@ def read_small(response: http.client.HTTPResponse, limit: int = 64 * 1024) -> by
         raise Unreachable(type(e).__name__) from e
 
 
+def requests_trust() -> tuple[str | None, str | None]:
+    """The (cafile, capath) requests would trust from the environment (REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE): for
+    the light reads of the tiers whose client library runs on requests, so both trust the same."""
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+    return (None, bundle) if bundle and os.path.isdir(bundle) else (bundle, None)
+
+
 def _certifi() -> str | None:
     try:
         import certifi
