@@ -71,11 +71,14 @@ class RedisTier(CacheTier):
                 health_check_interval=0,
             )
 
+        # AUTH as redis-py sends it: with a password (an empty one is none), the user's name if there is one; a
+        # user without a password, and TLS, are left to redis-py
+        username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
         reader = None
-        if parts.scheme == "redis":
+        if parts.scheme == "redis" and not (username and password is None):
             reader = RedisReader(parts.hostname or "", parts.port or 6379, int(parts.path.strip("/") or 0),
-                                 unquote(parts.username) if parts.username else None,
-                                 unquote(parts.password) if parts.password is not None else None, timeout)
+                                 username, password, timeout)
         return cls(client, reader=reader, prefix=params.get("prefix", DEFAULT_PREFIX), max_blob=max_blob,
                    name=redact(url))
 
