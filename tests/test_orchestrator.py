@@ -210,7 +210,7 @@ class _Rendezvous:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.cond = threading.Condition()
-        self.keyed = self.running = self.most = 0
+        self.keyed = self.running = self.most = self.shown_running = self.most_shown = 0
         self.timed_out = False
         key = KeyBuilder.key
 
@@ -246,11 +246,18 @@ def test_the_next_tasks_are_keyed_while_commands_run_but_no_more_than_jobs_comma
         finally:
             with meet.cond:
                 meet.running -= 1
+                meet.shown_running -= 1  # its command is over (while it still holds its slot)
+
+    def started(name: str) -> None:  # the progress shows it running: it must hold a slot
+        with meet.cond:
+            meet.shown_running += 1
+            meet.most_shown = max(meet.most_shown, meet.shown_running)
 
     ws.executor.execute = execute_counted  # type: ignore[method-assign]
+    ws.progress.task_started = started  # type: ignore[method-assign]
     assert set(ws.build().values()) == {"executed"}
     assert not meet.timed_out, "the next tasks were not keyed while commands ran"
-    assert meet.most <= 2
+    assert meet.most <= 2 and meet.most_shown <= 2, "tasks waiting for a slot were shown as running"
 
 
 def test_without_keep_going_a_task_keyed_during_a_failure_runs_no_command(ws: Workspace,
