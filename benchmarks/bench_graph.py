@@ -57,16 +57,27 @@ class Toolset:
     venv: Path
     ninja: str
     jobs: int
+    sources: dict[str, Path] = field(default_factory=dict)  # "gaffer-LABEL" -> a checkout whose src/ it runs
 
     def binary(self, tool: str) -> str:
+        if tool in self.sources:
+            return str(self.venv / "bin" / "python")
         return {"gaffer": str(self.venv / "bin" / "gaffer"), "ninja": self.ninja, "make": "make",
                 "doit": str(self.venv / "bin" / "doit")}[tool]
 
     def argv(self, tool: str, cache_dir: Path) -> list[str]:
+        if tool in self.sources:
+            return [self.binary(tool), "-m", "gaffer", *self.gaffer_args(cache_dir)]
         j = str(self.jobs)
         args = {"gaffer": self.gaffer_args(cache_dir), "ninja": ["-j", j], "make": ["-j", j],
                 "doit": ["-n", j, "all"]}[tool]
         return [self.binary(tool), *args]
+
+    def env(self, tool: str) -> dict[str, str] | None:
+        """A `--gaffer-src` tool runs that checkout's gaffer from the same venv."""
+        if tool not in self.sources:
+            return None
+        return {**os.environ, "PYTHONPATH": str(self.sources[tool] / "src")}
 
     def gaffer_args(self, cache_dir: Path) -> list[str]:
         return ["run", "all", "--graph", "graph.json", f"-j{self.jobs}", "--cache-dir", str(cache_dir)]
@@ -88,6 +99,8 @@ class Measurement:
 
     status: str = "ok"  # ok | timeout | error | wrong-output | skipped
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # user + system of the tool and everything it ran
+    load: list[float] = field(default_factory=list)  # the 1-minute load average as each build ended
     rewritten: list[int] = field(default_factory=list)
     peak_rss_kib: list[int] = field(default_factory=list)  # of the tool's process, edit builds only
     detail: str = ""
@@ -100,8 +113,13 @@ class Measurement:
     def median(self) -> float | None:
         return statistics.median(self.seconds) if self.status == "ok" else None
 
+    @property
+    def cpu_median(self) -> float | None:
+        return statistics.median(self.cpu_seconds) if self.status == "ok" and self.cpu_seconds else None
+
     def as_json(self) -> dict:
         return {"status": self.status, "seconds": self.seconds, "min": self.best, "median": self.median,
+                "cpu_seconds": self.cpu_seconds, "cpu_median": self.cpu_median, "load": self.load,
                 "rewritten": self.rewritten, "peak_rss_kib": self.peak_rss_kib, "detail": self.detail}
 
 
@@ -164,10 +182,12 @@ def check_outputs(tree: Path, expected: dict[str, bytes]) -> None:
                          f"e.g. out/{wrong[0]}.txt")
 
 
-def run_build(argv: list[str], tree: Path, log: Path, timeout: float, rss: bool = False) -> tuple[float, int | None]:
-    """Run one build in `tree`, output to `log`; return its wall-clock seconds and, with `rss`, its peak RSS
-    in KiB (GNU time's report on the tool's process: a child forked from this Python would start with this
-    process's own RSS in its maximum).
+def run_build(argv: list[str], tree: Path, log: Path, timeout: float, rss: bool = False,
+              env: dict[str, str] | None = None) -> tuple[float, float, int | None]:
+    """Run one build in `tree`, output to `log`; return its wall-clock seconds, its CPU seconds (user + system
+    of the tool and every process it waited for, from `wait4`) and, with `rss`, its peak RSS in KiB (GNU time's
+    report on the tool's process: a child forked from this Python would start with this process's own RSS in
+    its maximum).
 
     The build runs in its own session so a timeout kills the whole process group (make's and doit's
     workers too), not just the top process.
@@ -180,26 +200,32 @@ def run_build(argv: list[str], tree: Path, log: Path, timeout: float, rss: bool 
         out.flush()
         start = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=tree, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            returncode = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise BenchError("timeout", f"no result after {timeout:g}s (log {log})") from None
+                                start_new_session=True, env=env)
+        deadline = start + timeout
+        while (reaped := os.wait4(proc.pid, os.WNOHANG))[0] == 0:
+            if time.perf_counter() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                os.wait4(proc.pid, 0)
+                raise BenchError("timeout", f"no result after {timeout:g}s (log {log})")
+            time.sleep(0.005)
         elapsed = time.perf_counter() - start
+    _pid, status, usage = reaped
+    returncode = os.waitstatus_to_exitcode(status)
+    proc.returncode = returncode  # reaped here, with its rusage
     if returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise BenchError("error", f"exit status {returncode} (log {log}): {' | '.join(tail)}")
-    return elapsed, int(rss_file.read_text().split()[-1]) if rss else None
+    return elapsed, usage.ru_utime + usage.ru_stime, int(rss_file.read_text().split()[-1]) if rss else None
 
 
 def measure(argv: list[str], tree: Path, log: Path, timeout: float, expected: dict[str, bytes],
-            result: Measurement, rss: bool = False) -> None:
+            result: Measurement, rss: bool = False, env: dict[str, str] | None = None) -> None:
     """One timed build, then the correctness check and the count of out/ files it rewrote."""
     before = out_mtimes(tree)
-    seconds, peak_kib = run_build(argv, tree, log, timeout, rss)
+    seconds, cpu, peak_kib = run_build(argv, tree, log, timeout, rss, env)
     result.seconds.append(seconds)
+    result.cpu_seconds.append(cpu)
+    result.load.append(os.getloadavg()[0])
     if peak_kib is not None:
         result.peak_rss_kib.append(peak_kib)
     after = out_mtimes(tree)
@@ -208,14 +234,18 @@ def measure(argv: list[str], tree: Path, log: Path, timeout: float, expected: di
 
 
 def bench_tool(tool: str, tools: Toolset, setup: SizeSetup, root: Path, repeat: int,
-               timeout: float) -> dict[str, Measurement]:
-    """All four scenarios for one tool, in its own fresh copy of the tree (and a fresh gaffer cache)."""
+               timeout: float, results: dict[str, Measurement]) -> None:
+    """All four scenarios for one tool, in its own fresh copy of the tree (and a fresh gaffer cache); the
+    measurements are added to `results` (one round of several)."""
     tree = root / tool
+    for old in (tree, root / f"{tool}-cache"):  # an earlier round's
+        shutil.rmtree(old, ignore_errors=True)
     shutil.copytree(setup.tree, tree, symlinks=True)
     argv = tools.argv(tool, root / f"{tool}-cache")
     log = root / f"{tool}.log"
-    results = {scenario: Measurement() for scenario in SCENARIOS}
     edits = {"edit-top": setup.top_task, "edit-first": setup.first_task}
+    if any(m.status != "ok" for m in results.values()):  # failed in an earlier round
+        return
     for scenario in SCENARIOS:
         result = results[scenario]
         try:
@@ -223,16 +253,19 @@ def bench_tool(tool: str, tools: Toolset, setup: SizeSetup, root: Path, repeat: 
                 with (tree / "src" / f"{edits[scenario]}.txt").open("ab") as src:
                     src.write(EDIT_LINE)
             for _ in range(repeat if scenario == "noop" else 1):
-                measure(argv, tree, log, timeout, setup.expected[scenario], result, rss=scenario in edits)
+                measure(argv, tree, log, timeout, setup.expected[scenario], result, rss=scenario in edits,
+                        env=tools.env(tool))
         except BenchError as exc:
             result.status, result.detail = exc.status, exc.detail
             print(f"  {tool} {scenario}: {exc}", file=sys.stderr)
             for later in SCENARIOS[SCENARIOS.index(scenario) + 1:]:
                 results[later].status = "skipped"
             break
-        shown = f"{result.best:.3f}s" + (f" (median {result.median:.3f}s)" if len(result.seconds) > 1 else "")
-        print(f"  {tool} {scenario}: {shown}, {max(result.rewritten)} outputs rewritten", file=sys.stderr)
-    return results
+        runs = repeat if scenario == "noop" else 1
+        latest = result.seconds[-runs:]
+        shown = f"{min(latest):.3f}s" + (f" (median {statistics.median(latest):.3f}s)" if runs > 1 else "")
+        print(f"  {tool} {scenario}: {shown}, CPU {result.cpu_seconds[-1]:.3f}s, load {result.load[-1]:.1f}, "
+              f"{result.rewritten[-1]} outputs rewritten", file=sys.stderr)
 
 
 def profile_gaffer(tools: Toolset, root: Path, expected: dict[str, bytes], timeout: float) -> tuple[Path, str]:
@@ -240,7 +273,7 @@ def profile_gaffer(tools: Toolset, root: Path, expected: dict[str, bytes], timeo
     prof = root / "gaffer-noop.prof"
     argv = [str(tools.venv / "bin" / "python"), "-m", "cProfile", "-o", str(prof), "-m", "gaffer",
             *tools.gaffer_args(root / "gaffer-cache")]
-    seconds, _peak = run_build(argv, root / "gaffer", root / "gaffer-profile.log", timeout)
+    seconds, _cpu, _peak = run_build(argv, root / "gaffer", root / "gaffer-profile.log", timeout)
     check_outputs(root / "gaffer", expected)
     report = root / "gaffer-noop.prof.txt"
     with report.open("w") as out:
@@ -260,13 +293,18 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def size_ratios(results: dict[str, dict[str, Measurement]]) -> dict[str, dict[str, float | None]]:
-    """gaffer/ninja and doit/gaffer per scenario (no-op on the median of its repeats)."""
-    def value(tool: str, scenario: str) -> float | None:
+    """gaffer/ninja and doit/gaffer per scenario (no-op on the median of its repeats), each `--gaffer-src`
+    gaffer against ninja too, and the same on CPU time ("cpu gaffer/ninja")."""
+    def value(tool: str, scenario: str, cpu: bool = False) -> float | None:
         m = results.get(tool, {}).get(scenario)
-        return m.median if m else None
+        return (m.cpu_median if cpu else m.median) if m else None
 
+    variants = [t for t in results if t.startswith("gaffer")]
     return {s: {"gaffer/ninja": ratio(value("gaffer", s), value("ninja", s)),
-                "doit/gaffer": ratio(value("doit", s), value("gaffer", s))} for s in SCENARIOS}
+                "doit/gaffer": ratio(value("doit", s), value("gaffer", s)),
+                **{f"{t}/ninja": ratio(value(t, s), value("ninja", s)) for t in variants if t != "gaffer"},
+                **{f"cpu {t}/ninja": ratio(value(t, s, cpu=True), value("ninja", s, cpu=True)) for t in variants}}
+            for s in SCENARIOS}
 
 
 def targets(size: int, ratios: dict[str, dict[str, float | None]]) -> list[str]:
@@ -290,6 +328,7 @@ def table(setup: SizeSetup, results: dict[str, dict[str, Measurement]],
     info = setup.as_json()
     tools = list(results)
     ratio_names = ["gaffer/ninja", "doit/gaffer"] if "gaffer" in tools else []
+    ratio_names += [f"{t}/ninja" for t in tools if t.startswith("gaffer-") and "ninja" in tools]
     header = ["scenario", *tools, *ratio_names]
     rows = [header]
 
@@ -310,8 +349,15 @@ def table(setup: SizeSetup, results: dict[str, dict[str, Measurement]],
     layout = [("cold", "cold", median, True), ("noop (min)", "noop", best, False),
               ("noop (median)", "noop", median, True), ("edit-top", "edit-top", median, True),
               ("edit-first", "edit-first", median, True)]
+    def cpu(m: Measurement) -> float | None:
+        return m.cpu_median
+
+    layout += [(f"{scenario} CPU", scenario, cpu, False) for scenario in ("cold", "edit-first")]
     for label, scenario, pick, with_ratios in layout:
         ratio_cells = [ratio_cell(ratios[scenario][r]) if with_ratios else "" for r in ratio_names]
+        if pick is cpu:
+            ratio_cells = [ratio_cell(ratios[scenario].get(f"cpu {r}")) if r.endswith("/ninja") else ""
+                           for r in ratio_names]
         rows.append([label, *(cell(results[t][scenario], pick) for t in tools), *ratio_cells])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [(f"{info['tasks']} tasks, {info['layers']} layers, {info['edges']} edges, seed {info['seed']}; "
@@ -321,7 +367,11 @@ def table(setup: SizeSetup, results: dict[str, dict[str, Measurement]],
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                         for i, (c, w) in enumerate(zip(row, widths, strict=True)))
               for row in rows]
-    if ratio_names:
+    loads = [load for r in results.values() for m in r.values() for load in m.load]
+    if loads:
+        lines.append(f"  load average {min(loads):.1f}-{max(loads):.1f}; medians over "
+                     f"{max(len(r['cold'].seconds) for r in results.values())} round(s)")
+    if "gaffer" in tools and ratio_names:
         lines += [f"  target: {line}" for line in targets(info["tasks"], ratios)]
     rss = rss_per_task(results, info["tasks"])
     if rss is not None:
@@ -358,9 +408,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every measurement to this file")
     parser.add_argument("--profile", action="store_true",
                         help="also run gaffer's no-op under cProfile and print the top 25 cumulative entries")
+    parser.add_argument("--gaffer-src", action="append", default=[], metavar="LABEL=DIR",
+                        help="also run the gaffer of checkout DIR (its src/, with the venv's packages) as tool "
+                             "gaffer-LABEL, e.g. base=../gaffer-base; repeatable")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every tool's scenarios this many times, the tools in turn, each round in fresh "
+                             "copies; the tables show the medians (default 1)")
     args = parser.parse_args(argv)
-    if args.repeat < 1 or args.jobs < 1 or args.timeout <= 0:
-        parser.error("--repeat and --jobs must be at least 1 and --timeout positive")
+    if args.repeat < 1 or args.jobs < 1 or args.timeout <= 0 or args.rounds < 1:
+        parser.error("--repeat, --rounds and --jobs must be at least 1 and --timeout positive")
+    args.sources = {}
+    for spec in args.gaffer_src:
+        label, _, directory = spec.partition("=")
+        if not label or not (Path(directory) / "src" / "gaffer").is_dir():
+            parser.error(f"--gaffer-src {spec}: expected LABEL=DIR, DIR a gaffer checkout (with src/gaffer)")
+        args.sources[f"gaffer-{label}"] = Path(directory).resolve()
     if any(size < args.layers for size in args.sizes):
         parser.error(f"--sizes {args.sizes}: every size needs at least one task per layer ({args.layers})")
     if args.profile and "gaffer" not in args.tools:
@@ -370,11 +432,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.tools = [t for t in TOOLS if t in args.tools]
     # An installed gaffer has its bytecode compiled; an editable one under PYTHONDONTWRITEBYTECODE (set on the
     # project's machines) would recompile every module at every start and time the compiler, not gaffer.
-    subprocess.run([str(args.venv / "bin" / "python"), "-m", "compileall", "-q", str(REPO / "src" / "gaffer")],
-                   check=True, stdout=subprocess.DEVNULL)
+    for checkout in [REPO, *args.sources.values()]:
+        subprocess.run([str(args.venv / "bin" / "python"), "-m", "compileall", "-q", str(checkout / "src" / "gaffer")],
+                       check=True, stdout=subprocess.DEVNULL)
     venv_ninja = args.venv / "bin" / "ninja"
     args.ninja = args.ninja or (str(venv_ninja) if venv_ninja.exists() else shutil.which("ninja") or "ninja")
-    tools = Toolset(args.venv, args.ninja, args.jobs)
+    tools = Toolset(args.venv, args.ninja, args.jobs, args.sources)
     if not os.access(TIME, os.X_OK):
         parser.error(f"{TIME} (GNU time, Debian's 'time' package) is needed for the edit builds' peak RSS")
     for tool in args.tools:
@@ -385,12 +448,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    tools = Toolset(args.venv, args.ninja, args.jobs)
+    tools = Toolset(args.venv, args.ninja, args.jobs, args.sources)
+    names = [*args.tools, *args.sources]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gaffer-bench-"))
     record: dict = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "sources"},
         "environment": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
-                        "versions": {t: tools.version(t) for t in args.tools}},
+                        "versions": {t: tools.version(t) for t in args.tools},
+                        "sources": {t: str(path) for t, path in args.sources.items()}},
         "sizes": {},
     }
     failed = False
@@ -399,7 +464,12 @@ def main(argv: list[str] | None = None) -> int:
             root = workdir / str(size)
             print(f"{size} tasks: generating in {root}", file=sys.stderr)
             setup = prepare(size, args.layers, args.seed, root)
-            results = {t: bench_tool(t, tools, setup, root, args.repeat, args.timeout) for t in args.tools}
+            results = {t: {scenario: Measurement() for scenario in SCENARIOS} for t in names}
+            for round_ in range(args.rounds):
+                if args.rounds > 1:
+                    print(f"{size} tasks: round {round_ + 1} of {args.rounds}", file=sys.stderr)
+                for t in names:
+                    bench_tool(t, tools, setup, root, args.repeat, args.timeout, results[t])
             failed |= any(m.status in ("error", "wrong-output") for r in results.values() for m in r.values())
             ratios = size_ratios(results)
             entry = record["sizes"][str(size)] = {
@@ -407,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                 "results": {t: {s: m.as_json() for s, m in r.items()} for t, r in results.items()},
             }
             print(table(setup, results, ratios) + "\n")
-            if args.profile and results["gaffer"]["edit-first"].status == "ok":
+            if args.profile and "gaffer" in results and results["gaffer"]["edit-first"].status == "ok":
                 try:
                     prof, report = profile_gaffer(tools, root, setup.expected["edit-first"], args.timeout)
                 except BenchError as exc:

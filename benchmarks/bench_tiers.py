@@ -290,7 +290,8 @@ class Bench:
                 *self.jobs]
         if url:
             argv += ["--cache", url]
-        full_env = {**self.go, **(env or {}), "XDG_CONFIG_HOME": str(base / "xdg")}
+        # this checkout's gaffer (not whichever one the venv installed), unless the row names older sources
+        full_env = {**self.go, "PYTHONPATH": str(REPO / "src"), **(env or {}), "XDG_CONFIG_HOME": str(base / "xdg")}
         t0, cpu0 = time.perf_counter(), _children_cpu()
         proc = subprocess.run(argv, cwd=root, env=full_env, capture_output=True, text=True, timeout=self.timeout,
                               check=False)

@@ -123,3 +123,19 @@ def kill_if_alive(pid_file: Path) -> None:
     """Test cleanup: kill the process whose pid a test's task wrote, should it have outlived the test."""
     if pid_file.exists() and alive(pid := int(pid_file.read_text())):
         os.kill(pid, signal.SIGKILL)
+
+
+def check_light_reads(tier: Any, blob: bytes, action_result: bytes, scratch: Path) -> None:
+    """Every read of a cloud tier whose namespace holds `blob` and, under the key digest_bytes(b"action"),
+    `action_result`: present and absent, and none of them made the client library's client (the tier's light read
+    path served them all)."""
+    from gaffer.digest import digest_bytes
+
+    digest, action, absent = digest_bytes(blob), digest_bytes(b"action"), digest_bytes(b"absent")
+    tier.check()
+    assert tier.has_blob(digest) and not tier.has_blob(absent)
+    assert tier.read_blob(digest) == blob and tier.read_blob(absent) is None
+    assert tier.fetch_blob(digest, scratch / "out") and (scratch / "out").read_bytes() == blob
+    assert not tier.fetch_blob(absent, scratch / "unused")
+    assert tier.read_action(action) == action_result and tier.read_action(absent) is None
+    assert tier._reader is not None and tier._client is None, "the client library was used"

@@ -115,3 +115,22 @@ def test_a_prepared_action_runs_the_same_from_the_cas_alone(tmp_path: Path, monk
     assert from_cas == in_workspace
     assert [d.path for d in from_cas.output_directories] == ["out/d"] and from_cas.output_files[0].path == "out/f"
     assert (ws / "out" / "f").read_text() == "sour\n"
+
+
+def test_a_tasks_logs_come_back_whole_whatever_their_size(tmp_path: Path) -> None:
+    """The local executor's logs (anonymous files, read when the command ends): empty, small and bigger than
+    any one read, stdout and stderr apart."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    big = 300_000
+    graph = {"tasks": {"t": {"command": f"head -c {big} /dev/zero | tr '\\0' x; echo err >&2; touch out",
+                             "outputs": ["out"]}}}
+    (ws / "graph.json").write_text(json.dumps(graph))
+    g = load_graph(ws / "graph.json")
+    stat_cache = StatCache()
+    stat_cache.moment = file_system_now(ws / STATE_DIR)
+    keys = KeyBuilder(ws, g.platform, stat_cache, Toolchain(ws, ws / STATE_DIR))
+    plan = make_plan(g, ["t"], keys.toolchain)
+    action = keys.key(plan.tasks["t"], {}).action
+    result = LocalExecutor(ws, DiskStore(tmp_path / "cache")).execute(action, plan.tasks["t"].task.pass_env)
+    assert not result.failure and result.stdout == b"x" * big and result.stderr == b"err\n"

@@ -254,3 +254,37 @@ def test_gc_and_clean_drop_the_records_of_blobs_they_remove(tmp_path: Path) -> N
     assert len((s.root / "verified").read_bytes().splitlines()) == 1 + 1 and DiskStore(s.root).trusts_blob(recent)
     DiskStore(s.root).clean()
     assert not (s.root / "verified").exists()
+
+
+# -- the cold path's shortcuts: a blob written once per process, small files stored from memory ------------------
+
+
+def test_a_blob_this_process_evicted_as_corrupt_is_written_again(tmp_path: Path) -> None:
+    """The store skips blobs it already wrote in this process, except one it has since found corrupt."""
+    s, reports = store(tmp_path)
+    d = digest_bytes(b"content")
+    s.write_blob(d, b"content")
+    s.blob_path(d).write_bytes(b"CONTENT")  # corrupted behind the store's back
+    assert s.read_blob(d) is None and len(reports) == 1  # evicted
+    s.write_blob(d, b"content")
+    assert s.read_blob(d) == b"content"
+    source = tmp_path / "source"
+    source.write_bytes(b"content")
+    s.blob_path(d).write_bytes(b"CONTENT")
+    assert s.read_blob(d) is None
+    assert s.put_file(source) == d and s.read_blob(d) == b"content"
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 << 20])
+def test_put_file_stores_exactly_what_it_hashed_at_every_size(tmp_path: Path, size: int) -> None:
+    """Up to 1 MiB a file is read once and stored from memory, above it copied and the copy hashed: either way
+    the blob is the file's content under its digest, and a second store of it changes nothing."""
+    s, reports = store(tmp_path)
+    data = os.urandom(size)
+    source = tmp_path / "source"
+    source.write_bytes(data)
+    d = s.put_file(source)
+    assert d == digest_bytes(data) and s.blob_path(d).read_bytes() == data
+    assert DiskStore(tmp_path / "cache").read_blob(d) == data  # as another process reads it: hashed
+    assert s.put_file(source) == d and reports == []
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []  # no temp file left behind

@@ -5,6 +5,7 @@ records and caches."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -123,7 +124,7 @@ class Workspace:
     def build(self, **options: object) -> dict[str, str]:
         ticks = iter(range(1_000_000))
         keys = KeyBuilder(self.root, self.graph.platform, StatCache(), Toolchain(self.root, self.root / STATE_DIR))
-        build = Build(self.graph, BuildOptions(jobs=2, **options), keys=keys,  # type: ignore[arg-type]
+        build = Build(self.graph, BuildOptions(**{"jobs": 2, **options}), keys=keys,  # type: ignore[arg-type]
                       cache=self.cache, state=self.state, executor=self.executor,  # type: ignore[arg-type]
                       progress=self.progress, clock=lambda: float(next(ticks)))  # type: ignore[arg-type]
         self.report: BuildReport = build.run()
@@ -199,3 +200,86 @@ def test_a_dry_run_executes_nothing(ws: Workspace) -> None:
     assert ws.build(dry_run=True) == {"gen": "executed", "use": "executed", "deploy": "executed"}
     assert ws.executor.ran == [] and not ws.cache.actions
     assert ws.report.tasks()["use"].reason == "would run: dependency gen would run"
+
+
+def _independent(ws: Workspace, count: int) -> None:
+    tasks = {f"t{i}": {"command": f"write t{i}", "outputs": [f"t{i}.txt"]} for i in range(count)}
+    (ws.root / "graph.json").write_text(json.dumps({"tasks": tasks}))
+    ws.graph = load_graph(ws.root / "graph.json")
+
+
+class _Rendezvous:
+    """Counts the tasks keyed and the commands running (the fake executor's `execute`), under one condition."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.cond = threading.Condition()
+        self.keyed = self.running = self.most = self.shown_running = self.most_shown = 0
+        self.timed_out = False
+        key = KeyBuilder.key
+
+        def counted(builder: KeyBuilder, *args: object) -> object:
+            keyed = key(builder, *args)  # type: ignore[arg-type]
+            with self.cond:
+                self.keyed += 1
+                self.cond.notify_all()
+            return keyed
+
+        monkeypatch.setattr(KeyBuilder, "key", counted)
+
+    def wait_keyed(self, count: int) -> None:
+        with self.cond:
+            self.timed_out |= not self.cond.wait_for(lambda: self.keyed >= count, timeout=10)
+
+
+def test_the_next_tasks_are_keyed_while_commands_run_but_no_more_than_jobs_commands_run(
+        ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each command waits until the tasks beyond its slots are keyed: they wait for a slot, never run beside it."""
+    _independent(ws, 8)
+    meet = _Rendezvous(monkeypatch)
+    execute = ws.executor.execute
+
+    def execute_counted(action: actions.PreparedAction, pass_env: Sequence[str], task: str = "") -> ExecuteResult:
+        with meet.cond:
+            meet.running += 1
+            meet.most = max(meet.most, meet.running)
+            finished = len(ws.executor.ran)
+        meet.wait_keyed(min(8, finished + 4))  # jobs=2: two commands, two more tasks keyed meanwhile
+        try:
+            return execute(action, pass_env, task)
+        finally:
+            with meet.cond:
+                meet.running -= 1
+                meet.shown_running -= 1  # its command is over (while it still holds its slot)
+
+    def started(name: str) -> None:  # the progress shows it running: it must hold a slot
+        with meet.cond:
+            meet.shown_running += 1
+            meet.most_shown = max(meet.most_shown, meet.shown_running)
+
+    ws.executor.execute = execute_counted  # type: ignore[method-assign]
+    ws.progress.task_started = started  # type: ignore[method-assign]
+    assert set(ws.build().values()) == {"executed"}
+    assert not meet.timed_out, "the next tasks were not keyed while commands ran"
+    assert meet.most <= 2 and meet.most_shown <= 2, "tasks waiting for a slot were shown as running"
+
+
+def test_without_keep_going_a_task_keyed_during_a_failure_runs_no_command(ws: Workspace,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _independent(ws, 2)
+    meet = _Rendezvous(monkeypatch)
+    execute = ws.executor.execute
+
+    def first_fails_once_the_other_is_keyed(action: actions.PreparedAction, pass_env: Sequence[str],
+                                            task: str = "") -> ExecuteResult:
+        meet.wait_keyed(2)
+        if not ws.executor.ran:
+            ws.executor.fail.add(action.argv[-1].split()[-1])
+        return execute(action, pass_env, task)
+
+    ws.executor.execute = first_fails_once_the_other_is_keyed  # type: ignore[method-assign]
+    outcomes = ws.build(jobs=1)
+    assert not meet.timed_out, "the other task was not keyed while the first command ran"
+    [(failed, _, _)] = ws.executor.ran
+    other = "t1" if failed == "t0" else "t0"
+    assert outcomes == {failed: "failed", other: "skipped"}
+    assert ws.report.tasks()[other].reason == "the build stopped"

@@ -4,15 +4,20 @@ cache; faults come from a TCP proxy between the tier and the server."""
 
 from __future__ import annotations
 
+import base64
+import http.client
+import http.server
 import os
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -466,6 +471,68 @@ def test_http_authentication(nginx_with_auth: servers.Server, tmp_path: Path) ->
     assert bearer.read_blob(digest) == data
     basic.close()
     bearer.close()
+
+
+class _ForwardingProxy(http.server.BaseHTTPRequestHandler):
+    """A plain HTTP forward proxy: absolute-form requests, forwarded and answered; every one is counted, with its
+    Proxy-Authorization."""
+
+    seen: list[tuple[str, str | None]]
+
+    def _forward(self) -> None:
+        self.seen.append((self.path, self.headers.get("Proxy-Authorization")))
+        target = urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-authorization", "connection")}
+        upstream = http.client.HTTPConnection(target.netloc, timeout=10)
+        upstream.request(self.command, target.path, body=body if self.command == "PUT" else None, headers=headers)
+        answer = upstream.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", answer.getheader("Content-Length", "0") if self.command == "HEAD"
+                         else str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_HEAD = do_PUT = _forward
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_http_through_a_proxy(nginx_cache: servers.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY (with its credentials) is honoured as httpx honoured it, and NO_PROXY bypasses it."""
+    handler = type("Proxy", (_ForwardingProxy,), {"seen": []})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        digest, data = _blob("through a proxy")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://me:se%40cret@127.0.0.1:{proxy.server_port}")
+        tier = open_tier(f"http://127.0.0.1:{nginx_cache.port}/{uuid.uuid4().hex[:12]}", timeout=TIMEOUT)
+        tier.write_blob(digest, data)
+        assert tier.read_blob(digest) == data and tier.find_missing([digest]) == []
+        tier.close()
+        assert [m for m, _ in handler.seen] == [
+            f"http://127.0.0.1:{nginx_cache.port}{tier.base_url.split(str(nginx_cache.port))[1]}/cas/{digest.hash}"
+        ] * 3
+        assert {auth for _, auth in handler.seen} == {"Basic " + base64.b64encode(b"me:se@cret").decode()}
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = open_tier(tier.base_url, timeout=TIMEOUT)
+        assert direct.read_blob(digest) == data
+        direct.close()
+        assert len(handler.seen) == 3
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(timeout=10)
 
 
 # -- a server that is down or broken: a transient TierError, quickly ---------------------------------------------

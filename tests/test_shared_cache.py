@@ -315,6 +315,7 @@ def cloud(request: pytest.FixtureRequest) -> tuple[servers.Server, Callable[[str
     return server, lambda namespace: make_url(server, namespace)
 
 
+
 def _imported(stderr: str) -> set[str]:
     """The modules a run imported, from PYTHONPROFILEIMPORTTIME's report on stderr."""
     return {line.rpartition("|")[2].strip() for line in stderr.splitlines() if line.startswith("import time:")}
@@ -322,24 +323,50 @@ def _imported(stderr: str) -> set[str]:
 
 def test_cloud_machine_b_is_all_hits_and_a_no_op_never_imports_the_client(
         cloud: tuple[servers.Server, Callable[[str], str]], small_machines: Callable[[str], Machine]) -> None:
+    """Uploads use the client library; a restore reads without it (gcsread.py, azread.py); a no-op opens nothing."""
     server, make_url = cloud
     url = make_url(f"team-{uuid.uuid4().hex[:8]}")
     a, b = small_machines("a"), small_machines("b")
     for m in (a, b):
         m.env.update(server.env)
-    cold = a.build("--cache", url)
+    profile = {"PYTHONPROFILEIMPORTTIME": "1"}
+    cold = a.build("--cache", url, extra_env=profile)
     assert cold["executed"] == len(cold["tasks"]) > 0
     assert cold["tiers"][1]["bytes_up"] > 0 and cold["tiers"][1]["name"] == url, cold["tiers"]
-    profile = {"PYTHONPROFILEIMPORTTIME": "1"}
+    assert _imported(cold["stderr"]) & set(CLOUD_MODULES), "uploads use the client library"
     warm = b.build("--cache", url, extra_env=profile)
     assert warm["executed"] == 0 and warm["hit_rate"] == 1.0, warm["stderr"]
     assert b.outputs() == a.outputs(), "byte-identical outputs on machine B"
     remote = warm["tiers"][1]
     assert remote["hits"] == len(warm["tasks"]) and remote["errors"] == 0
-    assert _imported(warm["stderr"]) & set(CLOUD_MODULES), "the remote build used the client library"
+    assert not _imported(warm["stderr"]) & set(CLOUD_MODULES), "a restore needs no client library"
     noop = b.build("--cache", url, extra_env=profile)
     assert noop["executed"] == 0
     assert not _imported(noop["stderr"]) & ({m.split(".")[0] for m in CLOUD_MODULES} | set(CLOUD_MODULES))
+
+
+@pytest.mark.parametrize("tier, client", [("moto-s3", "botocore.session"), ("ceph-s3", "botocore.session"),
+                                          ("redis", "redis"), ("nginx-http", "httpx")])
+def test_machine_b_restores_without_the_client_library(tier: str, client: str,
+                                                       small_machines: Callable[[str], Machine],
+                                                       request: pytest.FixtureRequest) -> None:
+    """A build that only restores reads through the tier's light path (s3read.py, redisread.py, http.client):
+    the client library that uploads need is never imported (for S3: no botocore client is made)."""
+    fixture, make_url = TIER_URLS[tier]
+    server = request.getfixturevalue(fixture)
+    url = make_url(server, f"team-{uuid.uuid4().hex[:8]}")
+    a, b = small_machines("a"), small_machines("b")
+    for m in (a, b):
+        m.env.update(getattr(server, "env", {}))
+    cold = a.build("--cache", url, extra_env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert cold["executed"] == len(cold["tasks"]) > 0 and cold["tiers"][1]["bytes_up"] > 0, cold["tiers"]
+    if client != "httpx":  # the HTTP tier uses no client library at all
+        assert client in _imported(cold["stderr"]), "uploads go through the client library"
+    warm = b.build("--cache", url, extra_env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert warm["executed"] == 0 and warm["hit_rate"] == 1.0, warm["stderr"]
+    assert b.outputs() == a.outputs(), "byte-identical outputs on machine B"
+    assert warm["tiers"][1]["errors"] == 0 and warm["tiers"][1]["hits"] == len(warm["tasks"])
+    assert client not in _imported(warm["stderr"])
 
 
 def test_cloud_read_only_and_namespaces(cloud: tuple[servers.Server, Callable[[str], str]],

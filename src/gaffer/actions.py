@@ -29,15 +29,15 @@ import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from google.protobuf.message import Message
+from typing import TYPE_CHECKING
 
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
 from gaffer.errors import not_utf8
-from gaffer.protos import remote_execution_pb2 as re_pb2
-from gaffer.protos.digests import from_proto as _digest
-from gaffer.protos.digests import to_proto as _pb_digest
+from gaffer.protos import wire
+
+if TYPE_CHECKING:
+    from gaffer.protos import remote_execution_pb2 as re_pb2
 
 KEY_FORMAT = b"gaffer-graph-key-v2"
 PERMISSION_BITS = 0o777  # what a result records of a mode: never setuid/setgid/sticky from a cache
@@ -84,10 +84,6 @@ def command_argv(commands: Sequence[Sequence[str]]) -> list[str]:
     return ["sh", "-e", "-c", script]
 
 
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString(deterministic=True)
-
-
 class _Node:
     """A directory being assembled into a `Directory` message."""
 
@@ -104,8 +100,9 @@ class _Node:
 def _merkle(
     files: Iterable[FileEntry], symlinks: Iterable[SymlinkEntry] = (), directories: Iterable[DirectoryEntry] = (),
     prefix: str = "",
-) -> tuple[re_pb2.Directory, dict[Digest, re_pb2.Directory]]:
-    """The root `Directory` of the entries (paths relative to `prefix`) and every Directory below it by digest."""
+) -> tuple[bytes, dict[Digest, bytes]]:
+    """The serialized root `Directory` of the entries (paths relative to `prefix`) and every Directory below it
+    by digest."""
     root = _Node()
 
     def node_at(parts: Sequence[str]) -> _Node:
@@ -125,25 +122,17 @@ def _merkle(
     for s in symlinks:
         parts = split(s.path)
         node_at(parts[:-1]).symlinks[parts[-1]] = s.target
-    below: dict[Digest, re_pb2.Directory] = {}
+    below: dict[Digest, bytes] = {}
 
-    def build(node: _Node) -> re_pb2.Directory:
-        directory = re_pb2.Directory()
-        for name in sorted(node.files):
-            f = node.files[name]
-            added = directory.files.add(name=name, digest=_pb_digest(f.digest), is_executable=f.executable)
-            if f.mode is not None:
-                added.node_properties.unix_mode.value = f.mode
+    def build(node: _Node) -> bytes:
+        subdirs = []
         for name in sorted(node.dirs):
             child = build(node.dirs[name])
-            digest = digest_bytes(_serialize(child))
+            digest = digest_bytes(child)
             below[digest] = child
-            directory.directories.add(name=name, digest=_pb_digest(digest))
-        for name in sorted(node.symlinks):
-            directory.symlinks.add(name=name, target=node.symlinks[name])
-        if node.mode is not None:
-            directory.node_properties.unix_mode.value = node.mode
-        return directory
+            subdirs.append((name, digest))
+        files = [(name, f.digest, f.executable, f.mode) for name, f in sorted(node.files.items())]
+        return wire.directory(files, subdirs, sorted(node.symlinks.items()), node.mode)
 
     return build(root), below
 
@@ -152,11 +141,10 @@ def input_root(
     files: Iterable[FileEntry], symlinks: Iterable[SymlinkEntry] = (), directories: Iterable[DirectoryEntry] = ()
 ) -> tuple[Digest, dict[Digest, bytes]]:
     """The Merkle tree of `Directory` messages for the entries: (root digest, every Directory blob by digest)."""
-    root, below = _merkle(files, symlinks, directories)
-    blobs = {digest: _serialize(directory) for digest, directory in below.items()}
-    data = _serialize(root)
-    blobs[digest_bytes(data)] = data
-    return digest_bytes(data), blobs
+    data, blobs = _merkle(files, symlinks, directories)
+    digest = digest_bytes(data)
+    blobs[digest] = data
+    return digest, blobs
 
 
 def key_salt(identities: Sequence[tuple[str, str, str]] = ()) -> bytes:
@@ -192,6 +180,8 @@ class PreparedAction:
     def input_tree(self) -> Outputs:
         """Every file, symlink and directory of the input root, at workspace paths, read from `blobs` (what an
         executor away from the workspace must find in its CAS). Raises BadCacheEntry if a Directory is absent."""
+        from gaffer.protos import remote_execution_pb2 as re_pb2
+
         def child(digest: Digest) -> re_pb2.Directory | None:
             data = self.blobs.get(digest)
             return None if data is None else re_pb2.Directory.FromString(data)
@@ -220,23 +210,18 @@ def prepare_action(
 ) -> PreparedAction:
     """The task's Action, Command and input-root Directory blobs. The input root holds the workspace files
     `sources` and everything the deps output (`dep_*`), at their workspace paths."""
-    command = re_pb2.Command(arguments=list(argv), output_paths=sorted(outputs), working_directory=working_directory)
-    for name in sorted(env):
-        command.environment_variables.add(name=name, value=env[name])
-    command_data = _serialize(command)
+    env_pairs = tuple((name, env[name]) for name in sorted(env))
+    output_paths = tuple(sorted(outputs))
+    command_data = wire.command(argv, env_pairs, output_paths, working_directory)
+    command = digest_bytes(command_data)
     root, blobs = input_root([*sources, *dep_files], dep_symlinks, dep_directories)
-    blobs[digest_bytes(command_data)] = command_data
-    action = re_pb2.Action(command_digest=_pb_digest(digest_bytes(command_data)), input_root_digest=_pb_digest(root),
-                           salt=salt, do_not_cache=do_not_cache)
-    if timeout:
-        action.timeout.FromNanoseconds(int(timeout * 1e9))
-    for name in sorted(platform):
-        action.platform.properties.add(name=name, value=platform[name])
-    action_data = _serialize(action)
+    blobs[command] = command_data
+    action_data = wire.action(command, root, int(timeout * 1e9) if timeout else None, do_not_cache, salt,
+                              [(name, platform[name]) for name in sorted(platform)])
     digest = digest_bytes(action_data)
     blobs[digest] = action_data
-    return PreparedAction(digest, tuple(argv), tuple(sorted(env.items())), tuple(sorted(outputs)), timeout,
-                          digest_bytes(command_data), root, blobs, tuple(sources))
+    return PreparedAction(digest, tuple(argv), env_pairs, output_paths, timeout, command, root, blobs,
+                          tuple(sources))
 
 
 # -- results ---------------------------------------------------------------------------------------------------
@@ -312,7 +297,7 @@ def _tree(path: str, files: Sequence[FileEntry], symlinks: Sequence[SymlinkEntry
           directories: Sequence[DirectoryEntry]) -> bytes:
     """The serialized REAPI `Tree` of the output directory `path`: what any REAPI client reads back."""
     root, below = _merkle(files, symlinks, directories, prefix=path)
-    return _serialize(re_pb2.Tree(root=root, children=[below[d] for d in sorted(below, key=lambda d: d.hash)]))
+    return wire.tree(root, [below[d] for d in sorted(below, key=lambda d: d.hash)])
 
 
 def check_symlink(rel: str, target: str) -> None:
@@ -327,24 +312,11 @@ def check_symlink(rel: str, target: str) -> None:
 def make_result(outputs: Outputs, exit_code: int, stdout: Digest, stderr: Digest, start: float, end: float) -> bytes:
     """Serialize an ActionResult: each declared output exactly once, as an output file (with its permission bits
     in `node_properties.unix_mode`), symlink, or directory (by its `Tree` blob, which `collect_outputs` stored)."""
-    result = re_pb2.ActionResult(exit_code=exit_code, stdout_digest=_pb_digest(stdout),
-                                 stderr_digest=_pb_digest(stderr))
     inside = tuple(f"{d}/" for d in outputs.trees)
-    for f in outputs.files:
-        if not f.path.startswith(inside):
-            added = result.output_files.add(path=f.path, digest=_pb_digest(f.digest), is_executable=f.executable)
-            if f.mode is not None:
-                added.node_properties.unix_mode.value = f.mode
-    for s in outputs.symlinks:
-        if not s.path.startswith(inside):
-            result.output_symlinks.add(path=s.path, target=s.target)
-    for path, tree in outputs.trees.items():
-        result.output_directories.add(path=path, tree_digest=_pb_digest(tree))
-    meta = result.execution_metadata
-    meta.worker = host_platform.node()
-    meta.worker_start_timestamp.FromNanoseconds(int(start * 1e9))
-    meta.worker_completed_timestamp.FromNanoseconds(int(end * 1e9))
-    return _serialize(result)
+    files = [(f.path, f.digest, f.executable, f.mode) for f in outputs.files if not f.path.startswith(inside)]
+    symlinks = [(s.path, s.target) for s in outputs.symlinks if not s.path.startswith(inside)]
+    return wire.action_result(files, symlinks, list(outputs.trees.items()), exit_code, stdout, stderr,
+                              host_platform.node(), int(start * 1e9), int(end * 1e9))
 
 
 @dataclass
@@ -359,6 +331,8 @@ def parse_result(data: bytes, declared: Sequence[str]) -> CachedResult:
     """Parse and validate an ActionResult from any tier. Raises BadCacheEntry if it must not be restored: every
     declared output must be exactly one output file, symlink or directory with that path, and nothing else may
     be named (a damaged or foreign entry is a miss, never a partial restore)."""
+    from gaffer.protos import remote_execution_pb2 as re_pb2
+
     result = re_pb2.ActionResult()
     try:
         result.ParseFromString(data)
@@ -425,6 +399,8 @@ def _dir_mode(directory: re_pb2.Directory) -> int:
 def read_trees(outputs: Outputs, store: DiskStore) -> None:
     """Expand each output directory's `Tree` (read from the local CAS, verified) into files, symlinks and
     directories at workspace paths. Raises BadCacheEntry for a missing or malformed tree or an unsafe name."""
+    from gaffer.protos import remote_execution_pb2 as re_pb2
+
     for path, digest in outputs.trees.items():
         data = store.read_blob(digest)
         if data is None:
@@ -433,7 +409,7 @@ def read_trees(outputs: Outputs, store: DiskStore) -> None:
             tree = re_pb2.Tree.FromString(data)
         except Exception as e:  # noqa: BLE001 - as for the ActionResult: any failure is a bad entry
             raise BadCacheEntry(f"unreadable tree for {path} ({e})") from None
-        children = {digest_bytes(_serialize(child)): child for child in tree.children}
+        children = {digest_bytes(child.SerializeToString(deterministic=True)): child for child in tree.children}
         try:
             expand_directory(path, tree.root, children.get, outputs)
         except BadCacheEntry as e:
@@ -486,7 +462,7 @@ _MAX_TREE_ENTRIES = 10_000_000  # a Tree may share children: bound what a hostil
 def _checked_digest(d: re_pb2.Digest) -> Digest:
     if not is_valid_hash(d.hash) or d.size_bytes < 0:
         raise BadCacheEntry(f"malformed digest {d.hash[:70]!r}")
-    return _digest(d)
+    return Digest(d.hash, d.size_bytes)
 
 
 def _check_output_path(path: str, declared: Sequence[str]) -> None:

@@ -30,7 +30,7 @@ from gaffer import noop, records
 from gaffer.digest import file_system_now
 from gaffer.graph import Graph
 from gaffer.keys import KeyBuilder, Keyed
-from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, BuildReport, Outcome
+from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, SKIPPED, BuildReport, Outcome
 from gaffer.plan import Plan, PlannedTask, make_plan, real_deps
 from gaffer.scheduler import Scheduler
 from gaffer.state import STATE_DIR, Fingerprint, OutputRecords, TaskState, WorkspaceState
@@ -82,6 +82,11 @@ class Build:
         self._lanes: dict[int, int] = {}
         self._would_run: set[str] = set()  # --dry-run: tasks predicted to execute
         self._lock = threading.Lock()  # guards _lanes
+        # -j: commands at once. The scheduler runs twice as many tasks (without a remote executor, whose -j is
+        # its own), so the next tasks are keyed and looked up while these commands run: a slot is never idle
+        # for gaffer's own work.
+        self._slots = threading.BoundedSemaphore(max(1, options.jobs))
+        self._failed = False
 
     # -- the scheduler's callbacks -----------------------------------------------------------------------------
 
@@ -112,6 +117,7 @@ class Build:
         lane = self._lane()
         prev = self.state.tasks.get(name)
         if self.options.dry_run:
+            self.progress.task_started(name)
             running_dep = next((d for d in planned.deps if d in self._would_run), None)
             if running_dep is not None:  # its outputs, hence this task's key, are known only once it has run
                 self._would_run.add(name)
@@ -146,8 +152,7 @@ class Build:
                 restored.duration_s = self._now() - start
                 restored.extra["lane"] = lane
                 return restored
-        outcome = self._execute(name, planned, deps, keyed, reason)
-        outcome.start_s = start
+        outcome = self._execute(name, planned, deps, keyed, reason)  # from when its command started
         outcome.extra["lane"] = lane
         return outcome
 
@@ -193,6 +198,7 @@ class Build:
         data = self.cache.get_action(keyed.key)
         if data is None:
             return None
+        self.progress.task_started(name)
         try:
             cached = actions.parse_result(data, planned.task.outputs)
             if not actions.fetch_result(cached, self.cache.ensure_local, self.cache.local):
@@ -222,17 +228,22 @@ class Build:
         elif self.options.sandbox or task.sandbox:
             assert self.sandbox is not None, "a sandboxed task needs Build(sandbox=...)"
             executor = self.sandbox
-        start = self._now()
-        if self.remote is not None and executor is not self.remote:
-            result = self.remote.run_here(executor, keyed.action, task.pass_env, name)
-        else:
-            result = executor.execute(keyed.action, task.pass_env, name)
+        with self._slots:
+            if self._interrupted or (self._failed and not self.options.keep_going):
+                return Outcome(SKIPPED, reason="the build stopped")
+            start = self._now()
+            self.progress.task_started(name)  # shown running once its command runs, not while it waits for -j
+            if self.remote is not None and executor is not self.remote:
+                result = self.remote.run_here(executor, keyed.action, task.pass_env, name)
+            else:
+                result = executor.execute(keyed.action, task.pass_env, name)
+            self._failed = self._failed or bool(result.failure)  # before the next task takes the slot
         self.progress.task_output(name, result.stdout, result.stderr)
         extra: dict[str, object] = {"where": result.where} if result.where else {}
         if result.cached and not result.failure:  # the remote's action cache answered: a hit, as a restore is
             reason = "restored from the remote's action cache"
         if result.failure or result.outputs is None:
-            return Outcome(FAILED, duration_s=result.duration_s, reason=result.failure, extra=extra)
+            return Outcome(FAILED, duration_s=result.duration_s, start_s=start, reason=result.failure, extra=extra)
         made = (records.predicted(result.outputs) if result.remote_only
                 else records.on_disk(str(self.root), result.outputs, self.stat_cache))
         changed = self.keys.input_changed(planned, deps, self.fingerprints[name], keyed) if task.cache else None
@@ -240,13 +251,14 @@ class Build:
             self.progress.warn(f"input {changed} changed while {name} ran: result not cached")
             self.outputs[name] = made
             self.state.forget(name)
-            return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason, extra=extra)
+            return Outcome(EXECUTED, duration_s=result.duration_s, start_s=start, reason=reason, extra=extra)
         if task.cache:
             self.cache.put_action(keyed.key, result.action_result, [*result.blobs, *action_blobs])
         self._record(name, keyed, made, result.duration_s)
         if result.cached:
-            return Outcome(CACHED, duration_s=self._now() - start, saved_s=result.duration_s, reason=reason)
-        return Outcome(EXECUTED, duration_s=result.duration_s, reason=reason, extra=extra)
+            return Outcome(CACHED, duration_s=self._now() - start, start_s=start, saved_s=result.duration_s,
+                           reason=reason)
+        return Outcome(EXECUTED, duration_s=result.duration_s, start_s=start, reason=reason, extra=extra)
 
     def _record(self, name: str, keyed: Keyed, made: OutputRecords, duration_s: float) -> None:
         self.outputs[name] = made
@@ -288,16 +300,15 @@ class Build:
         self.plan = make_plan(self.graph, order, self.keys.toolchain)
         if not self.options.dry_run:
             self.keys.toolchain.save()
+        jobs = self.options.jobs if self.remote is not None else 2 * self.options.jobs  # see _slots
         scheduler = Scheduler(order, {n: self.graph.deps[n] for n in order},
-                              jobs=1 if self.options.dry_run else self.options.jobs,
-                              keep_going=self.options.keep_going)
+                              jobs=1 if self.options.dry_run else jobs, keep_going=self.options.keep_going)
         groups = [n for n in order if n in self.graph.groups]  # never settled
-        self.progress.start(len(self.order) - len(groups), scheduler.jobs, groups)
+        self.progress.start(len(self.order) - len(groups), 1 if self.options.dry_run else self.options.jobs, groups)
         self.progress.tasks_settled(self.settled)
         restore = self._install_signal_handlers(scheduler)
         try:
-            outcomes = scheduler.run(self.work, self.quick, on_start=self.progress.task_started,
-                                     on_done=self.progress.task_finished)
+            outcomes = scheduler.run(self.work, self.quick, on_done=self._finished)  # work() announces a start
         finally:
             restore()
             if not self.options.dry_run:
@@ -343,6 +354,11 @@ class Build:
             dirty |= unknown
         self.settled = settled
         return [n for n in self.order if n not in settled]
+
+    def _finished(self, name: str, outcome: Outcome) -> None:
+        if outcome.status == FAILED:
+            self._failed = True  # without --keep-going, tasks keyed meanwhile start no command
+        self.progress.task_finished(name, outcome)
 
     def _cancel_all(self) -> None:
         for executor in (self.executor, self.sandbox, self.remote):

@@ -35,7 +35,6 @@ class Scheduler:
         self,
         work: Callable[[str], Outcome],
         quick: Callable[[str], Outcome | None],
-        on_start: Callable[[str], None] = lambda name: None,
         on_done: Callable[[str, Outcome], None] = lambda name, outcome: None,
     ) -> dict[str, Outcome]:
         nodes = set(self.order)
@@ -74,7 +73,6 @@ class Scheduler:
                     if outcome is not None:
                         finish(name, outcome)
                         continue
-                    on_start(name)
                     running[pool.submit(work, name)] = name
                 if not running:
                     continue

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
@@ -41,6 +41,7 @@ _AC_MAGIC = b"gAC1"  # an action-cache file: magic, SHA-256 of the rest, then th
 _AC_HEADER = len(_AC_MAGIC) + hashlib.sha256().digest_size
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _MIN_FREE = 1 << 20  # less free than this at start: a build's cache is already full (its tasks' output too)
+_SMALL_FILE = 1 << 20  # put_file reads a file up to this size into memory; a bigger one is copied by the kernel
 
 
 def _warn(message: str) -> None:
@@ -82,6 +83,8 @@ class DiskStore(CacheTier):
         self.bytes_stored = 0  # by this process, for the tier's stats (_written is reset when accounted)
         self.bytes_served = 0
         self._tmp = self.root / "tmp"
+        self._cas = f"{self.root}/cas/"
+        self._present: set[str] = set()  # blobs this process stored or found stored: written once per process
         self._warn_lock = threading.Lock()
         self._read_only_warned = False
         try:
@@ -101,33 +104,45 @@ class DiskStore(CacheTier):
     # -- paths -------------------------------------------------------------------------------------------------
 
     def blob_path(self, digest: Digest) -> Path:
-        return self.root / "cas" / digest.hash[:2] / digest.hash
+        return Path(self._blob_file(digest.hash))
 
-    def _action_path(self, key: Digest) -> Path:
-        return self.root / "ac" / key.hash[:2] / key.hash
+    def _blob_file(self, blob_hash: str) -> str:
+        """`blob_path` as a string: the hot paths (a build stores several blobs per task) skip pathlib."""
+        return f"{self._cas}{blob_hash[:2]}/{blob_hash}"
+
+    def _action_path(self, key: Digest) -> str:
+        return f"{self.root}/ac/{key.hash[:2]}/{key.hash}"
 
     def temp_path(self) -> Path:
         """A fresh path in the store's temp directory (same filesystem, so `adopt` is an atomic rename). The
         directory is made again if it vanished (`rm -rf` of the cache while a build runs)."""
+        self._make_temp_dir()
+        return Path(self._temp_name())
+
+    def _make_temp_dir(self) -> None:
         try:
             os.mkdir(self._tmp, 0o777 if self.writable else 0o700)  # the private one: this user's alone
         except FileExistsError:
             pass
         except FileNotFoundError:
             self._tmp.mkdir(parents=True, exist_ok=True)
-        return self._tmp / f"{os.getpid()}-{time.monotonic_ns()}-{os.urandom(4).hex()}"
+
+    def _temp_name(self) -> str:
+        """A fresh name in the temp directory, which `__init__` made: `_fill_temp` makes it again only when
+        writing there fails because it vanished (one `mkdir` per process, not one per temp file)."""
+        return f"{self._tmp}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(4).hex()}"
 
     # -- CAS ---------------------------------------------------------------------------------------------------
 
     def has_blob(self, digest: Digest) -> bool:
         """Present with the right size (content is checked on read)."""
-        path = self.blob_path(digest)
+        path = self._blob_file(digest.hash)
         try:
             st = os.stat(path)
         except OSError:
             return False
         if st.st_size != digest.size_bytes:
-            self._mismatch(path, digest)
+            self._mismatch(Path(path), digest)
             return False
         return True
 
@@ -191,9 +206,14 @@ class DiskStore(CacheTier):
         return True
 
     def write_blob(self, digest: Digest, data: bytes) -> None:
-        if self.has_blob(digest):
+        """Store `data` under `digest` (the caller hashed it). A blob this process already stored or found stored
+        is not looked at again: if another process evicted it meanwhile, an entry naming it is a miss, as any
+        entry whose blob is gone."""
+        if digest.hash in self._present:
             return
-        self._install(self.write_temp(data), self.blob_path(digest), len(data))
+        if not self.has_blob(digest):
+            self._install(self._temp_holding(data), self._blob_file(digest.hash), len(data))
+        self._present.add(digest.hash)
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         if self.has_blob(digest):
@@ -208,20 +228,29 @@ class DiskStore(CacheTier):
             return
         self._install_verified(tmp, digest)
 
-    def put_file(self, path: Path) -> Digest:
-        """Store a file's content; return its digest. The copy is hashed, so a concurrent edit cannot poison it."""
+    def put_file(self, path: Path | str) -> Digest:
+        """Store a file's content; return its digest. What is stored is what was hashed, so a concurrent edit
+        cannot poison it: a small file is read once, hashed and written from memory; a big one is copied (a
+        reflink where the file system has them) and the copy hashed."""
+        data = _read_small(path)
+        if data is not None:
+            digest = digest_bytes(data)
+            if digest.hash not in self._present and not self.has_blob(digest):
+                self._install_verified(self._temp_holding(data), digest)
+            self._present.add(digest.hash)
+            return digest
         tmp = self._fill_temp(lambda tmp: copy_file(path, tmp))
         digest = digest_file(tmp)
         if self.has_blob(digest):
-            tmp.unlink()
+            os.unlink(tmp)
         else:
             self._install_verified(tmp, digest)  # only a file we installed: an existing one is checked when read
         return digest
 
-    def _install_verified(self, tmp: Path, digest: Digest) -> None:
+    def _install_verified(self, tmp: Path | str, digest: Digest) -> None:
         """Install a temp file this process hashed; this process trusts it while its signature holds. (Its
         signature is racy now: other processes hash it once more, and only then record it.)"""
-        path = self.blob_path(digest)
+        path = self._blob_file(digest.hash)
         self._install(tmp, path, digest.size_bytes)
         try:
             self.trusted.remember(digest.hash, os.stat(path), persist=False)
@@ -239,17 +268,19 @@ class DiskStore(CacheTier):
         result = _checked_action(data)
         if result is None:
             if data.startswith(_AC_MAGIC):
-                self._evict_corrupt(path, "action result", key)
+                self._evict_corrupt(Path(path), "action result", key)
             else:  # written by a gaffer before entries had a checksum: a miss, not worth a warning each
-                path.unlink(missing_ok=True)
+                with suppress(FileNotFoundError):
+                    os.unlink(path)
         return result
 
     def write_action(self, key: Digest, result: bytes) -> None:
         entry = action_entry(result)
-        self._install(self.write_temp(entry), self._action_path(key), len(entry))
+        self._install(self._temp_holding(entry), self._action_path(key), len(entry))
 
     def evict_action(self, key: Digest) -> None:
-        self._action_path(key).unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            os.unlink(self._action_path(key))
 
     # -- housekeeping ------------------------------------------------------------------------------------------
 
@@ -273,6 +304,7 @@ class DiskStore(CacheTier):
         Returns (files removed, bytes removed). Also removes temp files left by killed processes.
         """
         limit = self.max_size if max_size is None else max_size
+        self._present.clear()
         with self._locked():
             entries = []
             blobs: dict[str, os.stat_result] = {}
@@ -355,6 +387,7 @@ class DiskStore(CacheTier):
     def clean(self) -> None:
         """Remove every entry (the directory itself stays). Temp files of running processes stay too: a build
         using the cache meanwhile must still finish, its results stored into a store emptied under it."""
+        self._present.clear()
         with self._locked():
             for sub in ("cas", "ac"):
                 shutil.rmtree(self.root / sub, ignore_errors=True)
@@ -402,9 +435,10 @@ class DiskStore(CacheTier):
 
     # -- internals ---------------------------------------------------------------------------------------------
 
-    def _install(self, tmp: Path, dest: Path, size: int) -> None:
+    def _install(self, tmp: Path | str, dest: Path | str, size: int) -> None:
         if not self.writable:
-            tmp.unlink(missing_ok=True)
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
             with self._warn_lock:
                 if self._read_only_warned:
                     return
@@ -415,7 +449,7 @@ class DiskStore(CacheTier):
         self._written += size
         self.bytes_stored += size
 
-    def _read_and_touch(self, path: Path) -> bytes | None:
+    def _read_and_touch(self, path: str) -> bytes | None:
         """A whole entry, refreshing its LRU time; None if absent."""
         try:
             with open(path, "rb") as f:
@@ -427,7 +461,7 @@ class DiskStore(CacheTier):
         self.bytes_served += len(data)
         return data
 
-    def _touch(self, path: Path, mtime: float) -> None:
+    def _touch(self, path: Path | str, mtime: float) -> None:
         now = time.time()
         if now - mtime > _TOUCH_AFTER_S:
             try:
@@ -450,6 +484,7 @@ class DiskStore(CacheTier):
     def _evict_corrupt(self, path: Path, what: str, digest: Digest) -> None:
         if what == "blob":
             self.trusted.forget(digest.hash)
+            self._present.discard(digest.hash)
         try:
             os.unlink(path)
         except OSError:
@@ -511,22 +546,31 @@ class DiskStore(CacheTier):
 
     def write_temp(self, data: bytes) -> Path:
         """A new temp file holding `data`; on a failure (a full disk) none is left behind."""
-        return self._fill_temp(lambda tmp: tmp.write_bytes(data))
+        return Path(self._temp_holding(data))
 
-    def _fill_temp(self, fill: Callable[[Path], object]) -> Path:
-        """A new temp file written by `fill`; on a failure none is left behind. A full disk with
-        `full_is_read_only`: the store turns read-only, and `fill` writes again in the private temp directory."""
-        tmp = self.temp_path()
+    def _temp_holding(self, data: bytes) -> str:
+        return self._fill_temp(lambda tmp: _write_new(tmp, data))
+
+    def _fill_temp(self, fill: Callable[[str], object]) -> str:
+        """A new temp file written by `fill`; on a failure none is left behind. The temp directory is made again
+        if it vanished. A full disk with `full_is_read_only`: the store turns read-only, and `fill` writes again in
+        the private temp directory."""
+        tmp = self._temp_name()
         try:
             fill(tmp)
             return tmp
         except OSError as e:
-            tmp.unlink(missing_ok=True)
-            if e.errno not in _FULL or not (self._full_is_read_only and self.writable):
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            if isinstance(e, FileNotFoundError) and not os.path.isdir(self._tmp):
+                self._make_temp_dir()  # removed under this process (`rm -rf` of the cache while a build runs)
+            elif e.errno not in _FULL or not (self._full_is_read_only and self.writable):
                 raise
-            self._full(e.strerror or os.strerror(e.errno))
+            else:
+                self._full(e.strerror or os.strerror(e.errno))
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
         return self._fill_temp(fill)
 
@@ -581,21 +625,47 @@ def _checked_action(data: bytes) -> bytes | None:
     return result if hashlib.sha256(result).digest() == data[len(_AC_MAGIC):_AC_HEADER] else None
 
 
-def install(tmp: Path, dest: Path) -> None:
+def install(tmp: Path | str, dest: Path | str) -> None:
     """Rename a finished temp file into place, making its shard directory if needed; on a failure (a full disk
     cannot take the directory) the temp file is removed, not left behind."""
     try:
         try:
             os.replace(tmp, dest)
         except FileNotFoundError:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
             os.replace(tmp, dest)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
 
 
-def copy_file(source: Path, dest: Path) -> None:
+def _read_small(path: Path | str) -> bytes | None:
+    """The file's content if it is at most `_SMALL_FILE` bytes (when opened), else None."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size > _SMALL_FILE:
+            return None
+        chunks = []
+        while chunk := os.read(fd, _SMALL_FILE):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _write_new(path: str, data: bytes) -> None:
+    """Create `path` holding `data`: three system calls, where `open()` adds an fstat, an ioctl and a seek."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def copy_file(source: Path | str, dest: Path | str) -> None:
     """Copy with the kernel (`copy_file_range`: a reflink where the filesystem has one), else a plain copy."""
     with open(source, "rb") as src, open(dest, "wb") as dst:
         remaining = os.fstat(src.fileno()).st_size

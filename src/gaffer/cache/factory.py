@@ -2,7 +2,7 @@
 
 Callers hand over settings already parsed and checked (their URLs included) and a local DiskStore opened with
 their own rules (`open_local` for `run`, `clean` and `cache`; gobuildcache's in a private directory). Remote tiers are opened lazily, on first
-use, so a build served from the local tier never imports botocore, redis, httpx or grpc; this module itself
+use, so a build served from the local tier never imports botocore, redis or grpc; this module itself
 imports only the standard library and the light cache modules.
 """
 

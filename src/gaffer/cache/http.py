@@ -5,29 +5,27 @@ by bazel-remote, nginx with WebDAV, `gaffer serve` and most CI caches. 404 is a 
 credentials (not worth retrying); 5xx, timeouts and connection errors are transient. Authentication: basic auth
 from the URL's userinfo, or a bearer token (from `token_file` or the constructor).
 
-Only `cache/urls.py` imports this module, and only for an http(s):// URL, so httpx never loads on the CLI hot path.
+Requests go over http.client (cache/httpconn.py: kept-alive connections, proxies from the environment), not
+httpx: a build that only restores (a CI machine with an empty local cache) would spend ~0.1 s of CPU importing it.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
-import httpx
-
-from gaffer.cache.base import LOOKUP_WORKERS, CacheTier, TierError, transient_status
-from gaffer.cache.urls import checked_url, read_token, redact
+from gaffer.cache.base import CacheTier, TierError, transient_status
+from gaffer.cache.httpconn import Pool, Unreachable, basic_auth, chunks
+from gaffer.cache.urls import checked_url, read_token, redact, split_url
 from gaffer.digest import EMPTY_DIGEST, Digest
-
-_CHUNK = 1024 * 1024
 
 
 class HttpTier(CacheTier):
-    """CAS + AC on a Bazel-protocol HTTP cache. Thread-safe: an httpx.Client may be shared by threads."""
+    """CAS + AC on a Bazel-protocol HTTP cache. Thread-safe: the connection pool is."""
 
     def __init__(
         self,
@@ -40,14 +38,12 @@ class HttpTier(CacheTier):
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name or self.base_url
-        self._client = httpx.Client(
-            auth=httpx.BasicAuth(*auth) if auth else None,
-            headers={"Authorization": f"Bearer {token}"} if token else None,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=LOOKUP_WORKERS, max_keepalive_connections=LOOKUP_WORKERS),
-            # An SSL context (loading the CA bundle: 60-100 ms) only where TLS is used.
-            verify=self.base_url.startswith("https://"),
-        )
+        parts = split_url(self.base_url)
+        self._path = quote(parts.path, safe="/%!$&'()*+,;=:@")  # as httpx encodes it
+        self._headers = {"Authorization": f"Bearer {token}"} if token else \
+            {"Authorization": basic_auth(*auth)} if auth else {}
+        self._pool = Pool(parts.scheme, parts.netloc, timeout, os.environ.get("SSL_CERT_FILE") or None,
+                          os.environ.get("SSL_CERT_DIR") or None)
 
     @classmethod
     def from_url(cls, url: str, *, token: str | None = None, timeout: float = 30.0) -> HttpTier:
@@ -65,75 +61,91 @@ class HttpTier(CacheTier):
     def _url(self, kind: str, digest: Digest) -> str:
         return f"{self.base_url}/{kind}/{digest.hash}"
 
-    @contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except httpx.TransportError as e:  # refused, reset, timeouts, broken responses
-            raise TierError(self.name, f"{what}: {type(e).__name__}: {e}", transient=True) from e
+    def _request(self, method: str, kind: str, digest: Digest,
+                 body: bytes | IO[bytes] | None = None,
+                 size: int | None = None) -> AbstractContextManager[http.client.HTTPResponse]:
+        """Send a request for one entry; the caller turns `Unreachable` into a transient TierError."""
+        headers = dict(self._headers)
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        return self._pool.request(method, f"{self._path}/{kind}/{digest.hash}", headers, body)
 
-    def _found(self, response: httpx.Response, what: str) -> bool:
+    def _found(self, response: http.client.HTTPResponse, what: str) -> bool:
         """True for 2xx, False for 404; any other status raises TierError."""
-        status = response.status_code
+        status = response.status
         if 200 <= status < 300:
             return True
         if status == 404:
             return False
         if status in (401, 403):
-            raise TierError(self.name, f"{what}: HTTP {status} {response.reason_phrase}: check the user and "
+            raise TierError(self.name, f"{what}: HTTP {status} {response.reason}: check the user and "
                             "password in the URL or the token", transient=False)
         transient = transient_status(status)
-        raise TierError(self.name, f"{what}: HTTP {status} {response.reason_phrase}", transient=transient)
+        raise TierError(self.name, f"{what}: HTTP {status} {response.reason}", transient=transient)
+
+    def _unreachable(self, e: Unreachable, what: str) -> TierError:
+        return TierError(self.name, f"{what}: {e}", transient=True)
 
     # -- CAS ---------------------------------------------------------------------------------------------------
 
     def has_blob(self, digest: Digest) -> bool:
-        url = self._url("cas", digest)
-        with self._guard(f"HEAD {url}"):
-            response = self._client.head(url)
-        if not self._found(response, f"HEAD {url}"):
-            return False
-        length = response.headers.get("content-length")
+        what = f"HEAD {self._url('cas', digest)}"
+        try:
+            with self._request("HEAD", "cas", digest) as response:
+                if not self._found(response, what):
+                    return False
+                length = response.getheader("Content-Length")
+        except Unreachable as e:
+            raise self._unreachable(e, what) from e
         return length is None or int(length) == digest.size_bytes
 
     def read_blob(self, digest: Digest) -> bytes | None:
-        return self._get(self._url("cas", digest))
+        return self._get("cas", digest)
 
     def fetch_blob(self, digest: Digest, dest: Path) -> bool:
-        url = self._url("cas", digest)
-        with self._guard(f"GET {url}"), self._client.stream("GET", url) as response:
-            if not self._found(response, f"GET {url}"):
-                return False
-            with open(dest, "wb") as f:
-                f.writelines(response.iter_bytes(_CHUNK))
+        what = f"GET {self._url('cas', digest)}"
+        try:
+            with self._request("GET", "cas", digest) as response:
+                if not self._found(response, what):
+                    return False
+                with open(dest, "wb") as f:
+                    f.writelines(chunks(response))
+        except Unreachable as e:
+            raise self._unreachable(e, what) from e
         return True
 
     def write_blob(self, digest: Digest, data: bytes) -> None:
-        self._put(self._url("cas", digest), data)
+        self._put("cas", digest, data, len(data))
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
-        with open(path, "rb") as f:  # httpx streams a file object in chunks, with its Content-Length
-            self._put(self._url("cas", digest), f, os.fstat(f.fileno()).st_size)
+        with open(path, "rb") as f:  # sent in 1 MiB blocks, with its Content-Length
+            self._put("cas", digest, f, os.fstat(f.fileno()).st_size)
 
     # -- action cache ------------------------------------------------------------------------------------------
 
     def read_action(self, key: Digest) -> bytes | None:
-        return self._get(self._url("ac", key))
+        return self._get("ac", key)
 
     def write_action(self, key: Digest, result: bytes) -> None:
-        self._put(self._url("ac", key), result)
+        self._put("ac", key, result, len(result))
 
-    def _get(self, url: str) -> bytes | None:
-        with self._guard(f"GET {url}"):
-            response = self._client.get(url)
-        return response.content if self._found(response, f"GET {url}") else None
+    def _get(self, kind: str, digest: Digest) -> bytes | None:
+        what = f"GET {self._url(kind, digest)}"
+        try:
+            with self._request("GET", kind, digest) as response:
+                return b"".join(chunks(response)) if self._found(response, what) else None
+        except Unreachable as e:
+            raise self._unreachable(e, what) from e
 
-    def _put(self, url: str, content: bytes | IO[bytes], size: int | None = None) -> None:
-        headers = {"Content-Length": str(size)} if size is not None else None
-        with self._guard(f"PUT {url}"):
-            response = self._client.put(url, content=content, headers=headers)
-        if not self._found(response, f"PUT {url}"):
-            raise TierError(self.name, f"PUT {url}: HTTP 404: the server does not accept uploads there",
+    def _put(self, kind: str, digest: Digest, content: bytes | IO[bytes], size: int) -> None:
+        what = f"PUT {self._url(kind, digest)}"
+        try:
+            with self._request("PUT", kind, digest, content, size) as response:
+                found = self._found(response, what)
+        except Unreachable as e:
+            raise self._unreachable(e, what) from e
+        if not found:
+            raise TierError(self.name, f"{what}: HTTP 404: the server does not accept uploads there",
                             transient=False)
 
     # -- management --------------------------------------------------------------------------------------------
@@ -144,5 +156,5 @@ class HttpTier(CacheTier):
 
     def close(self) -> None:
         super().close()
-        self._client.close()
+        self._pool.close()
 

@@ -9,7 +9,7 @@
     grpc(s)://host:port/instance                                     (REAPI: gaffer serve, bazel-remote, ...)
 
 Light on purpose (standard library only): each tier's module, and the client library it needs (botocore,
-google-cloud-storage, azure-storage-blob, redis, httpx, grpc), is imported only when a URL of its scheme is opened.
+google-cloud-storage, azure-storage-blob, redis, grpc), is imported only when a URL of its scheme is opened.
 """
 
 from __future__ import annotations
@@ -226,8 +226,8 @@ _SCHEMES: dict[str, _Scheme] = {
     "azblob": _Scheme(("account", "endpoint"), _azblob_shape, _open_azblob, "azure"),
     "redis": _Scheme(("prefix", "max_blob"), _redis_shape, _open_redis, "redis"),
     "rediss": _Scheme(("prefix", "max_blob"), _redis_shape, _open_redis, "redis"),
-    "http": _Scheme(("token_file",), _http_shape, _open_http, "http"),
-    "https": _Scheme(("token_file",), _http_shape, _open_http, "http"),
+    "http": _Scheme(("token_file",), _http_shape, _open_http),
+    "https": _Scheme(("token_file",), _http_shape, _open_http),
     "grpc": _Scheme(("token_file", "ca"), _grpc_shape, _open_grpc),
     "grpcs": _Scheme(("token_file", "ca"), _grpc_shape, _open_grpc),
 }

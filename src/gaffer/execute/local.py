@@ -12,17 +12,20 @@ allows, gaffer adopts such processes as a child subreaper and kills them too (se
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import select
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from gaffer.digest import digest_bytes
 from gaffer.execute.base import ExecuteResult, task_environment
@@ -71,12 +74,13 @@ class ProcessRunner:
         argv: Sequence[str],
         cwd: Path,
         env: Mapping[str, str],
-        stdout: Path,
-        stderr: Path,
+        stdout: Path | int,
+        stderr: Path | int,
         timeout: float | None,
         cancel: threading.Event | None = None,
     ) -> ProcessResult:
-        """Run one command to its end. `cancel`, if given, is this run's own stop switch (`cancel_run`), beside
+        """Run one command to its end, its output to the files `stdout` and `stderr` (paths, or descriptors the
+        caller keeps open). `cancel`, if given, is this run's own stop switch (`cancel_run`), beside
         `cancel_all`'s."""
         start = time.perf_counter()
         stop = (self.cancelled, cancel or self.cancelled)
@@ -88,10 +92,10 @@ class ProcessRunner:
             env[RUN_ENV] = marker = self._adopter.marker(env.get(RUN_ENV), next(self._serial))
             with self._lock:
                 self._active.add(marker)
-        with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        with _log_target(stdout) as out, _log_target(stderr) as err:
             try:
                 proc = subprocess.Popen(
-                    list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    list(argv), cwd=cwd, env=env, stdin=_devnull(), stdout=out, stderr=err,
                     start_new_session=True, pass_fds=task_fds(),
                 )
             except OSError as e:
@@ -143,6 +147,16 @@ class ProcessRunner:
         _kill_all(running)
 
 
+@functools.cache
+def _devnull() -> int:
+    """Every task's stdin: /dev/null, opened once per process (not once per task, as `subprocess.DEVNULL` is)."""
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _log_target(target: Path | int) -> AbstractContextManager[IO[bytes] | int]:
+    return nullcontext(target) if isinstance(target, int) else open(target, "wb")
+
+
 def _kill_all(running: Sequence[subprocess.Popen[bytes]]) -> None:
     """TERM every process group, then KILL those still there after the grace period."""
     for proc in running:
@@ -178,16 +192,21 @@ class LocalExecutor:
 
         store = self.store
         actions.remove_outputs(self.root, action.output_paths)  # a stale file must never pass for one it made
-        stdout_path, stderr_path = store.temp_path(), store.temp_path()
+        stdout_fd = _anonymous_file()
+        try:
+            stderr_fd = _anonymous_file()
+        except OSError:
+            os.close(stdout_fd)
+            raise
         try:
             started_at = time.time()
-            run = self.runner.run(action.argv, self.root, task_environment(action.env, pass_env), stdout_path,
-                                  stderr_path, action.timeout)
+            run = self.runner.run(action.argv, self.root, task_environment(action.env, pass_env), stdout_fd,
+                                  stderr_fd, action.timeout)
             finished_at = time.time()
-            out, err = stdout_path.read_bytes(), stderr_path.read_bytes()
+            out, err = _read_all(stdout_fd), _read_all(stderr_fd)
         finally:
-            stdout_path.unlink(missing_ok=True)
-            stderr_path.unlink(missing_ok=True)
+            os.close(stdout_fd)
+            os.close(stderr_fd)
         failure = run.failure(action.timeout)
         if not failure:
             try:
@@ -204,6 +223,25 @@ class LocalExecutor:
         result = actions.make_result(outputs, 0, stdout_digest, stderr_digest, started_at, finished_at)
         return ExecuteResult(run.duration_s, out, err, outputs=outputs, action_result=result,
                              blobs=[*outputs.blobs(), stdout_digest, stderr_digest])
+
+
+def _anonymous_file() -> int:
+    """A file with no name for a task's log: nothing to create, name or remove in a directory (a `memfd` on Linux;
+    elsewhere a temp file unlinked at once). Its content is read into memory when the task ends either way."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("gaffer-log", os.MFD_CLOEXEC)
+    fd, name = tempfile.mkstemp(prefix="gaffer-log-")
+    os.unlink(name)
+    return fd
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, max(os.fstat(fd).st_size - offset, 1 << 16), offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -8,11 +8,10 @@ the prefix keeps Go keys apart from gaffer's own action digests). The ActionResu
     execution_metadata.worker = "gobuildcache"
     execution_metadata.worker_completed_timestamp = the put time (Go's `Entry.Time`, used by `go clean -testcache`)
 
-Why a hand-written codec for four fields instead of the generated `remote_execution_pb2`: `go` starts this program
-for every build and waits on it, and importing the generated module costs well over 100 ms (it pulls in protobuf,
-google.longrunning and through it grpc). The bytes written are exactly what protobuf's deterministic serializer
-produces for the same message (fields in number order, proto3 defaults omitted); tests/test_gocache_protocol.py
-checks that against the generated classes in both directions.
+Written and read with gaffer's hand-written codec (gaffer.protos.wire), not the generated `remote_execution_pb2`:
+`go` starts this program for every build and waits on it, and importing the generated module costs well over
+100 ms (it pulls in protobuf, google.longrunning and through it grpc). tests/test_gocache_protocol.py checks the
+entries against the generated classes in both directions.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
+from gaffer.protos import wire
 
 KEY_PREFIX = b"gaffer-go-v1\0"
 OUTPUT_DIR = "go-output/"
@@ -42,119 +42,35 @@ def action_key(action_id: bytes) -> Digest:
     return digest_bytes(KEY_PREFIX + action_id)
 
 
-# -- encoding ----------------------------------------------------------------------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _int_field(number: int, value: int) -> bytes:
-    """A varint field (wire type 0); proto3 omits the default 0."""
-    return _varint(number << 3) + _varint(value) if value else b""
-
-
 def encode_entry(entry: GoEntry) -> bytes:
     """The serialized ActionResult for `entry`, byte-identical to protobuf's deterministic output."""
-    digest = _field(1, entry.body.hash.encode()) + _int_field(2, entry.body.size_bytes)
-    output_file = _field(1, (OUTPUT_DIR + entry.output_id.hex()).encode()) + _field(2, digest)
-    seconds, nanos = divmod(entry.put_time_ns, 1_000_000_000)
-    timestamp = _int_field(1, seconds) + _int_field(2, nanos)
-    metadata = _field(1, WORKER.encode()) + _field(4, timestamp)
-    return _field(2, output_file) + _field(9, metadata)
-
-
-# -- decoding ----------------------------------------------------------------------------------------------------
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    if pos < len(buf) and buf[pos] < 0x80:  # the common one-byte case, without the loop
-        return buf[pos], pos + 1
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise CorruptEntry("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: bytes) -> dict[int, int | bytes]:
-    """Field number -> last value (protobuf's rule for a repeated singular field); unknown fields are skipped."""
-    fields: dict[int, int | bytes] = {}
-    pos = 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            fields[number], pos = _read_varint(buf, pos)
-        elif wire_type == 2:
-            size, pos = _read_varint(buf, pos)
-            if pos + size > len(buf):
-                raise CorruptEntry("truncated field")
-            fields[number] = buf[pos : pos + size]
-            pos += size
-        elif wire_type in (1, 5):
-            pos += 8 if wire_type == 1 else 4
-        else:
-            raise CorruptEntry(f"unsupported wire type {wire_type}")
-    if pos != len(buf):
-        raise CorruptEntry("truncated message")
-    return fields
-
-
-def _message(fields: dict[int, int | bytes], number: int) -> dict[int, int | bytes]:
-    value = fields.get(number, b"")
-    if not isinstance(value, bytes):
-        raise CorruptEntry(f"field {number} is not a message")
-    return _fields(value)
-
-
-def _text(fields: dict[int, int | bytes], number: int) -> str:
-    value = fields.get(number, b"")
-    if not isinstance(value, bytes):
-        raise CorruptEntry(f"field {number} is not a string")
-    try:
-        return value.decode()
-    except UnicodeDecodeError as e:
-        raise CorruptEntry(f"field {number} is not UTF-8") from e
-
-
-def _number(fields: dict[int, int | bytes], number: int) -> int:
-    value = fields.get(number, 0)
-    if not isinstance(value, int):
-        raise CorruptEntry(f"field {number} is not a number")
-    return value
+    path = OUTPUT_DIR + entry.output_id.hex()
+    return wire.action_result([(path, entry.body, False, None)], [], [], 0, None, None, WORKER, None,
+                              entry.put_time_ns)
 
 
 def decode_entry(data: bytes) -> GoEntry:
     """Parse an ActionResult written by `encode_entry`; raise CorruptEntry for anything else."""
-    result = _fields(data)
-    if _number(result, 4) != 0:  # exit_code
+    try:
+        return _decode(data)
+    except wire.DecodeError as e:
+        raise CorruptEntry(str(e)) from e
+
+
+def _decode(data: bytes) -> GoEntry:
+    result = wire.fields(data)
+    if wire.integer(result, 4) != 0:  # exit_code
         raise CorruptEntry("non-zero exit code")
-    output_file = _message(result, 2)  # a Go entry has exactly one output file, so "last" is "the"
-    path = _text(output_file, 1)
-    digest = _message(output_file, 2)
-    body = Digest(_text(digest, 1), _number(digest, 2))
+    output_file = wire.message(result, 2)  # a Go entry has exactly one output file, so "last" is "the"
+    path = wire.string(output_file, 1)
+    digest = wire.message(output_file, 2)
+    body = Digest(wire.string(digest, 1), wire.integer(digest, 2))
     if not path.startswith(OUTPUT_DIR) or not is_valid_hash(body.hash):
         raise CorruptEntry("not a Go cache entry")
     try:
         output_id = bytes.fromhex(path[len(OUTPUT_DIR) :])
     except ValueError as e:
         raise CorruptEntry("OutputID is not hex") from e
-    timestamp = _message(_message(result, 9), 4)
-    put_time_ns = _number(timestamp, 1) * 1_000_000_000 + _number(timestamp, 2)
+    timestamp = wire.message(wire.message(result, 9), 4)
+    put_time_ns = wire.integer(timestamp, 1) * 1_000_000_000 + wire.integer(timestamp, 2)
     return GoEntry(output_id, body, put_time_ns)
