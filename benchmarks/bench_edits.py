@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import gen_graph
-from bench_graph import EDIT_LINE, REPO, RSS_TARGET_KIB, TIME, BenchError, Toolset
+from bench_graph import EDIT_LINE, REPO, RSS_TARGET_KIB, TIME, BenchError, Toolset, run_build
 
 INTERLEAVED = ("edit-top", "edit-first", "noop")
 
@@ -43,27 +41,10 @@ class Sample:
 
 def timed_build(argv: list[str], tree: Path, env: dict[str, str], log: Path, timeout: float) -> Sample:
     """One build under GNU time (its peak RSS is the tool's own, not this Python's), its CPU time from wait4."""
-    rss_file = log.with_suffix(".rss")
     load = os.getloadavg()[0]
-    with log.open("ab") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen([TIME, "-f", "%M", "-o", str(rss_file), *argv], cwd=tree, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = start + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                os.wait4(proc.pid, 0)
-                raise BenchError("timeout", f"no result after {timeout:g}s (log {log})")
-            time.sleep(0.002)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise BenchError("error", f"{argv[0]} exited {proc.returncode} (log {log})")
-    return Sample(wall, usage.ru_utime + usage.ru_stime, int(rss_file.read_text().split()[-1]), load)
+    wall, cpu, rss_kib = run_build(argv, tree, log, timeout, rss=True, env=env)
+    assert rss_kib is not None
+    return Sample(wall, cpu, rss_kib, load)
 
 
 def check_rebuilt(tree: Path, graph: gen_graph.Graph, names: set[str]) -> None:
