@@ -21,7 +21,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import shutil
 import sys
 import threading
 import time
@@ -256,6 +255,8 @@ class DiskStore(CacheTier):
     def close(self) -> None:
         """Account this process's writes and garbage-collect if the store went over its bound."""
         if not self.writable:
+            import shutil  # here (and in clean, copy_file): its import (lzma, bz2...) would slow gobuildcache's start
+
             shutil.rmtree(self._tmp, ignore_errors=True)
             return
         if not self._written:
@@ -356,6 +357,8 @@ class DiskStore(CacheTier):
         """Remove every entry (the directory itself stays). Temp files of running processes stay too: a build
         using the cache meanwhile must still finish, its results stored into a store emptied under it."""
         with self._locked():
+            import shutil
+
             for sub in ("cas", "ac"):
                 shutil.rmtree(self.root / sub, ignore_errors=True)
             self.remove_stale_temp_files()
@@ -611,4 +614,6 @@ def copy_file(source: Path, dest: Path) -> None:
             src.seek(0)
             dst.seek(0)
             dst.truncate()
+            import shutil
+
             shutil.copyfileobj(src, dst, 1 << 20)
