@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import queue
+import random
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from gaffer.cache.disk import DiskStore
 from gaffer.cache.trusted import settled
 from gaffer.digest import Digest, digest_bytes
 from gaffer.errors import UserError
+from gaffer.gocache import entry as entry_module
 from gaffer.gocache.config import load_config
 from gaffer.gocache.entry import (
     CorruptEntry,
@@ -557,6 +559,40 @@ def test_entries_are_byte_identical_to_protobufs_actionresult() -> None:
         message.stdout_raw = b"ignored"
         message.execution_metadata.queued_timestamp.FromNanoseconds(1)
         assert decode_entry(message.SerializeToString()) == entry
+
+
+def _general_decode(data: bytes) -> GoEntry | str:
+    """decode_entry without its positional fast path: the reference it must agree with."""
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(entry_module, "_decode_canonical", lambda data: None)
+            return decode_entry(data)
+    except CorruptEntry:
+        return "corrupt"
+
+
+def test_the_positional_fast_path_agrees_with_the_general_parser() -> None:
+    """decode_entry reads the layout encode_entry writes by position: on every entry it must give what the general
+    parser gives, and on damaged bytes either decline (the general parser then judges) or agree with it."""
+    seed = int(os.environ.get("GAFFER_TEST_SEED", "11"))
+    rnd = random.Random(seed)
+    for _ in range(int(os.environ.get("GAFFER_TEST_EXAMPLES", "2000"))):
+        entry = GoEntry(rnd.randbytes(rnd.choice([0, 1, 32, 58, 59, 80])),
+                        Digest(rnd.randbytes(32).hex(), rnd.choice([0, 1, 127, 128, 1 << 20, 1 << 40])),
+                        rnd.choice([0, 5, 10**9, 1_764_540_000_123_456_789, 1_764_540_000 * 10**9]))
+        data = encode_entry(entry)
+        assert entry_module._decode_canonical(data) in (entry, None) and decode_entry(data) == entry, f"seed {seed}"
+        damaged = bytearray(data)
+        for _ in range(rnd.randint(1, 3)):
+            at = rnd.randrange(len(damaged))
+            if rnd.random() < 0.5:
+                damaged[at] = rnd.randrange(256)
+            elif rnd.random() < 0.5:
+                del damaged[at]
+            else:
+                damaged.insert(at, rnd.randrange(256))
+        fast = entry_module._decode_canonical(bytes(damaged))
+        assert fast is None or fast == _general_decode(bytes(damaged)), f"seed {seed}: {bytes(damaged)!r}"
 
 
 @pytest.mark.parametrize("data", [b"\xff", b"\x12\x05abc", b"", b"\x20\x01", b"\x12\x03\x0a\x01z"])

@@ -72,6 +72,7 @@ class DiskStore(CacheTier):
         """`full_is_read_only`: a full disk turns the store read-only (a build goes on without caching) instead
         of failing the write (a server answers that it is full)."""
         self.root = Path(root)
+        self._root_text = str(self.root)
         self._full_is_read_only = full_is_read_only
         self.name = f"disk://{self.root}"
         self.max_size = max_size
@@ -100,10 +101,10 @@ class DiskStore(CacheTier):
     # -- paths -------------------------------------------------------------------------------------------------
 
     def blob_path(self, digest: Digest) -> Path:
-        return self.root / "cas" / digest.hash[:2] / digest.hash
+        return Path(f"{self._root_text}/cas/{digest.hash[:2]}/{digest.hash}")  # one Path, not three joins: hot
 
     def _action_path(self, key: Digest) -> Path:
-        return self.root / "ac" / key.hash[:2] / key.hash
+        return Path(f"{self._root_text}/ac/{key.hash[:2]}/{key.hash}")
 
     def temp_path(self) -> Path:
         """A fresh path in the store's temp directory (same filesystem, so `adopt` is an atomic rename). The

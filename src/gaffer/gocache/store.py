@@ -159,12 +159,14 @@ class GoStore:
         return Hit(entry.output_id, entry.body.size_bytes, entry.put_time_ns, str(path))
 
     def _count(self, action_id: bytes, entry: GoEntry | None, hit: Hit | None) -> None:
-        if hit is None or entry is None:
-            self.stats.count(gets=1)
-            return
-        self.stats.count(gets=1, hits=1, bytes_read=hit.size)
-        if self.prefetch is not None:
-            with self.stats.lock:
+        s = self.stats
+        with s.lock:  # plain increments: this runs for every get
+            s.gets += 1
+            if hit is None or entry is None:
+                return
+            s.hits += 1
+            s.bytes_read += hit.size
+            if self.prefetch is not None:
                 self._used.setdefault(action_id, entry)
 
     def put(self, action_id: bytes, output_id: bytes, body: bytes) -> str:
