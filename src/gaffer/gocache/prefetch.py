@@ -136,6 +136,7 @@ class Prefetch:
         self.report = report
         self.previous: frozenset[bytes] | None = None  # the ActionIDs of the list read from a remote
         self._entry: bytes | None = None  # and its entry there
+        self._local_had_list = False  # a warm local tier: its lists are not uploaded (see `store`)
         self.fetched = 0  # entries this prefetch put in the local tier
         self._listed = threading.Event()
         self._closing = threading.Event()  # set at close: groups not yet started are dropped
@@ -169,6 +170,7 @@ class Prefetch:
         """The previous list of this scope from the remotes; none when the local tier has it (it served that
         build: nothing to fetch) or when it is absent or bad."""
         if self.tiered.local.read_action(self.key) is not None:
+            self._local_had_list = True
             return []
         data = self.tiered.peek_action(self.key)
         if data is None:
@@ -240,8 +242,10 @@ class Prefetch:
             done.set()
 
     def store(self, used: Mapping[bytes, GoEntry]) -> None:
-        """At close: this command's entries as its scope's list, for the next command's prefetch. Stored locally
-        too (this tier then needs no prefetch); uploaded unless the list already there names the same entries."""
+        """At close: this command's entries as its scope's list, for the next command's prefetch. Stored in the
+        local tier (which then needs no prefetch). Uploaded by a command that started without a local list (a
+        fresh machine: the kind that reads the remote's list), unless the list read names the same entries; a
+        warm machine keeps its list to itself, so a build served locally never talks to the remotes."""
         self._closing.set()
         self._thread.join()  # the groups in flight finish: their local writes land before the store is closed
         if not used:
@@ -252,12 +256,16 @@ class Prefetch:
             if self._entry is not None and names == self.previous:
                 local.write_action(self.key, self._entry)  # its blob came with it
                 return
-            if self.previous is None and names == self._local_list():
+            if self._local_had_list and names == self._local_list():
                 return
             data = encode_list(self.scope, used)
             digest = digest_bytes(data)
             local.write_blob(digest, data)
-            self.tiered.put_action(self.key, encode_entry(GoEntry(b"", digest, time.time_ns())), [digest])
+            entry = encode_entry(GoEntry(b"", digest, time.time_ns()))
+            if self._local_had_list:
+                local.write_action(self.key, entry)
+            else:
+                self.tiered.put_action(self.key, entry, [digest])
         except OSError as e:
             self.report(f"cannot store the prefetch list in {local.root}: {e.strerror or e}")
 
