@@ -154,6 +154,18 @@ def test_a_tiered_fill_reads_many_blobs_at_once_each_verified(tier: CacheTier, t
     assert cache.tier_stats()[1].bytes_down == sum(len(data) for _, data in [*small, big])
 
 
+def test_read_groups_keep_the_order_and_the_bounds() -> None:
+    from gaffer.cache.tiered import READ_GROUP_BLOB_BYTES, READ_GROUP_BYTES, READ_GROUP_COUNT, read_groups
+
+    sizes = [100] * 5 + [READ_GROUP_BLOB_BYTES + 1] + [1000] * 700 + [READ_GROUP_BLOB_BYTES] * 9
+    digests = [Digest(f"{i:064x}", size) for i, size in enumerate(sizes)]
+    groups = read_groups(digests, first=4)
+    assert [d for g in groups for d in g] == digests
+    assert [len(g) for g in groups[:5]] == [4, 1, 1, 16, 32]  # the ramp (4, 8 cut short by the big blob alone...)
+    for g in groups:
+        assert len(g) == 1 or (len(g) <= READ_GROUP_COUNT and sum(d.size_bytes for d in g) <= READ_GROUP_BYTES)
+
+
 def test_large_blob_streams_both_ways(backend: Backend, tier: CacheTier, tmp_path: Path) -> None:
     src = tmp_path / "large"
     with open(src, "wb") as f:

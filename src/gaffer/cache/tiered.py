@@ -146,7 +146,6 @@ class TieredCache(CacheTier):
             if not missing or not remote.healthy:
                 continue
             jobs = [partial(self._read_group, remote, group) for group in read_groups(missing)]
-            jobs += [partial(self._fetch_one, remote, d) for d in missing if d.size_bytes > READ_GROUP_BLOB_BYTES]
             if len(jobs) == 1:
                 done = jobs[0]()
             else:
@@ -156,7 +155,8 @@ class TieredCache(CacheTier):
         return missing
 
     def _read_group(self, remote: ResilientTier, group: list[Digest]) -> set[Digest]:
-        """Read small blobs in one call and store those that match their digests: the ones now local."""
+        """Read a group of `read_groups` (one blob: streamed) and store those that match their digests: the ones
+        now local."""
         if len(group) == 1:
             return self._fetch_one(remote, group[0])
         stored = set()
@@ -291,16 +291,24 @@ class TieredCache(CacheTier):
         return [self.local_stats] + [r.stats for r in self.remotes]
 
 
-def read_groups(digests: Sequence[Digest]) -> list[list[Digest]]:
-    """The small blobs among `digests` in groups of bounded count and size, in their order."""
+def read_groups(digests: Sequence[Digest], first: int = READ_GROUP_COUNT) -> list[list[Digest]]:
+    """`digests` in their order, in groups for one read each: small blobs together, up to a bounded count and
+    size (`first` blobs in the first group, twice as many in each next one up to READ_GROUP_COUNT, so the first
+    arrive soon), a larger blob alone (it is streamed)."""
     groups: list[list[Digest]] = []
-    total = 0
+    current: list[Digest] = []  # the group of small blobs being filled
+    total = limit = 0  # its bytes and most blobs
+    doublings = 0
     for d in digests:
         if d.size_bytes > READ_GROUP_BLOB_BYTES:
+            groups.append([d])
+            current = []
             continue
-        if not groups or len(groups[-1]) >= READ_GROUP_COUNT or total + d.size_bytes > READ_GROUP_BYTES:
-            groups.append([])
-            total = 0
-        groups[-1].append(d)
+        if not current or len(current) >= limit or total + d.size_bytes > READ_GROUP_BYTES:
+            limit = min(READ_GROUP_COUNT, first << doublings)
+            doublings = min(doublings + 1, READ_GROUP_COUNT.bit_length())
+            current, total = [], 0
+            groups.append(current)
+        current.append(d)
         total += d.size_bytes
     return groups

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from gaffer.cache.tiered import READ_GROUP_BLOB_BYTES, read_groups
+from gaffer.cache.tiered import read_groups
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
 from gaffer.gocache.entry import CorruptEntry, GoEntry, action_key, decode_entry, encode_entry
 
@@ -38,6 +38,7 @@ MAX_ENTRIES = 20_000  # `go build std` uses ~900 entries, cmd/go ~650: room for 
 MAX_LIST_BYTES = 4096 + MAX_ENTRIES * 256  # a line is at most ~230 bytes (hex IDs, digest, size, time)
 MAX_PREFETCH_BYTES = 2 << 30  # blobs fetched ahead of `go` at most; past it the rest are fetched when asked
 WORKERS = 8  # groups of blobs in flight at once
+FIRST_GROUP = 8  # blobs in the first group (then 16, 32...): go's first gets wait for no more than that
 WAIT_S = 60.0  # the longest a get waits for the prefetch of its entry before asking the remotes itself
 
 
@@ -207,8 +208,7 @@ class Prefetch:
         missing = set(local.find_missing(list(by_body)))
         present = [d for d in by_body if d not in missing]
         groups = [present] if present else []
-        groups += read_groups([d for d in by_body if d in missing])
-        groups += [[d] for d in by_body if d in missing and d.size_bytes > READ_GROUP_BLOB_BYTES]
+        groups += read_groups([d for d in by_body if d in missing], first=FIRST_GROUP)  # in the order go used them
         jobs = []
         for group in groups:
             done = threading.Event()
