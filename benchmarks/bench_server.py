@@ -12,6 +12,12 @@ mean latency per call. gaffer serve runs with its defaults (so small blobs also 
 `--gaffer-args='--memory 0'` measures it without.
 
     .venv/bin/python benchmarks/bench_server.py --json /tmp/bench_server.json
+    .venv/bin/python benchmarks/bench_server.py --base /work/base --only batch-update,bytestream-write,ac-update
+
+`--base CHECKOUT` adds a fourth server, gaffer serve from another checkout's src/ (an older commit), taking its
+turn with the others: before and after in one run. Beside each wall time, the server process's own CPU time
+(user + system, read from /proc, threads and child processes included) is reported: steadier than wall time on a
+busy machine. `--base . --base-args=''` with `--gaffer-args=--fsync` measures what a setting costs.
 
 A third server, the "floor" (dicts in memory, no checks, same Python), shows how much of each time is the client
 and the transport: no server can beat it, so BuildGrid / floor is the best ratio any server could show here.
@@ -71,6 +77,28 @@ def _blobs(n: int, size: int) -> list[tuple[Digest, bytes]]:
         data = os.urandom(size)
         out.append((digest_bytes(data), data))
     return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` and its descendants so far (Linux /proc; 0 elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo.extend(children.get(p, []))
+    return total
 
 
 class Client:
@@ -156,17 +184,33 @@ def _pb(d: Digest) -> re_pb2.Digest:
     return re_pb2.Digest(hash=d.hash, size_bytes=d.size_bytes)
 
 
-def measure(clients: list[Client], repeats: int) -> dict[str, dict[str, float]]:
-    """Median milliseconds of each operation per server. The servers take turns on every repeat, so a change
-    in the machine's load during the run hits both alike."""
-    samples: dict[str, dict[str, list[float]]] = {c.server.name: {m: [] for m, _, _ in METRICS} for c in clients}
+# an operation needs the one before it to have run (it reads what that one wrote)
+NEEDS = {"batch-read": "batch-update", "bytestream-read": "bytestream-write", "ac-get": "ac-update",
+         "ac-update": "batch-update"}
+
+
+def measure(clients: list[Client], repeats: int, only: set[str]) -> tuple[dict[str, dict[str, float]],
+                                                                         dict[str, dict[str, float]]]:
+    """Median milliseconds of each operation per server, and the median CPU milliseconds the server process
+    spent on it (per call for the AC operations). The servers take turns on every repeat, so a change in the
+    machine's load during the run hits all alike."""
+    names = [c.server.name for c in clients]
+    samples: dict[str, dict[str, list[float]]] = {n: {m: [] for m, _, _ in METRICS} for n in names}
+    cpu: dict[str, dict[str, list[float]]] = {n: {m: [] for m, _, _ in METRICS} for n in names}
     for metric, _, _ in METRICS:
+        if metric not in only:
+            continue
         op = "op_" + metric.replace("-", "_")
+        per_call = AC_OPS if metric.startswith("ac-") else 1
         runs = repeats if not metric.startswith("bytestream") else max(2, repeats // 2)
         for _ in range(runs):
             for client in clients:
+                before = _cpu_seconds(client.server.proc.pid)
                 samples[client.server.name][metric].append(getattr(client, op)() * 1000)
-    return {name: {m: statistics.median(v) for m, v in by_metric.items()} for name, by_metric in samples.items()}
+                cpu[client.server.name][metric].append(
+                    (_cpu_seconds(client.server.proc.pid) - before) * 1000 / per_call)
+    return ({n: {m: statistics.median(v) for m, v in by.items() if v} for n, by in samples.items()},
+            {n: {m: statistics.median(v) for m, v in by.items() if v} for n, by in cpu.items()})
 
 
 def serve_floor(port: int) -> None:
@@ -254,6 +298,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each operation (median kept)")
     parser.add_argument("--gaffer-args", default="", help="extra flags for gaffer serve, e.g. '--memory 0'")
+    parser.add_argument("--base", type=Path, metavar="CHECKOUT",
+                        help="also run gaffer serve from CHECKOUT/src (e.g. a worktree of an older commit)")
+    parser.add_argument("--base-args", default=None, metavar="ARGS",
+                        help="extra flags for the --base server (default: --gaffer-args); with --base . this "
+                             "compares two settings, e.g. --gaffer-args=--fsync --base-args=''")
+    parser.add_argument("--only", default="", metavar="OPS",
+                        help="comma-separated operations to time (and those they need), e.g. batch-update")
     parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_floor:
@@ -262,10 +313,22 @@ def main(argv: list[str]) -> int:
     if not buildgrid_installed():
         print("bench_server: BuildGrid is not installed: run scripts/install-buildgrid.sh", file=sys.stderr)
         return 2
+    only = {m for m, _, _ in METRICS} if not args.only else set(args.only.split(","))
+    if unknown := only - {m for m, _, _ in METRICS}:
+        print(f"bench_server: --only: unknown operation(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    while needed := {NEEDS[m] for m in only if m in NEEDS} - only:
+        only |= needed
     servers: list[ReapiServer] = []
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         try:
-            servers.append(start_gaffer_serve(*args.gaffer_args.split()))
+            if args.base:
+                base_args = args.gaffer_args if args.base_args is None else args.base_args
+                base = start_gaffer_serve(*base_args.split(),
+                                          env={"PYTHONPATH": str(args.base.resolve() / "src")})
+                base.name = "base"
+                servers.append(base)
+            servers.append(start_gaffer_serve(*args.gaffer_args.split(), env={"PYTHONPATH": str(REPO / "src")}))
             servers.append(start_buildgrid("disk"))
             floor_dir = Path(tmp) / "floor-server"
             floor_dir.mkdir()
@@ -275,22 +338,38 @@ def main(argv: list[str]) -> int:
                 scratch = Path(tmp) / server.name
                 scratch.mkdir()
                 clients.append(Client(server, scratch))
-            results = measure(clients, args.repeats)
+            results, cpu = measure(clients, args.repeats, only)
             for client in clients:
                 client.tier.close()
         finally:
             for server in servers:
                 server.stop()
     started = {server.name: server.started_in_s for server in servers}
-    ratios = {m: results["buildgrid"][m] / results["gaffer"][m] for m, _, _ in METRICS}
-    best = {m: results["buildgrid"][m] / results["floor"][m] for m, _, _ in METRICS}
-    print(f"{'operation':<40} {'gaffer':>9} {'BuildGrid':>9} {'ratio':>6}   {'floor':>9} {'best ratio':>10}")
-    for metric, unit, what in METRICS:
+    timed = [(m, u, w) for m, u, w in METRICS if m in only]
+    ratios = {m: results["buildgrid"][m] / results["gaffer"][m] for m, _, _ in timed}
+    best = {m: results["buildgrid"][m] / results["floor"][m] for m, _, _ in timed}
+    cpu_ratios = {m: cpu["buildgrid"][m] / max(cpu["gaffer"][m], 1e-3) for m, _, _ in timed}
+    base_ratios = {m: results["buildgrid"][m] / results["base"][m] for m, _, _ in timed} if args.base else {}
+    head = f"{'operation':<40} {'gaffer':>9} {'BuildGrid':>9} {'ratio':>6}   {'floor':>9} {'best ratio':>10}"
+    print(head + (f" {'base':>9} {'ratio':>6}" if args.base else ""))
+    for metric, unit, what in timed:
         mark = "" if ratios[metric] >= TARGET else "  < 3x"
-        print(f"{what + ' (' + unit + ')':<40} {results['gaffer'][metric]:>9.2f} {results['buildgrid'][metric]:>9.2f} "
-              f"{ratios[metric]:>5.1f}x   {results['floor'][metric]:>9.2f} {best[metric]:>9.1f}x{mark}")
+        line = (f"{what + ' (' + unit + ')':<40} {results['gaffer'][metric]:>9.2f} {results['buildgrid'][metric]:>9.2f} "
+                f"{ratios[metric]:>5.1f}x   {results['floor'][metric]:>9.2f} {best[metric]:>9.1f}x")
+        if args.base:
+            line += f" {results['base'][metric]:>9.2f} {base_ratios[metric]:>5.1f}x"
+        print(line + mark)
+    print("server CPU (ms, per call for AC operations):")
+    for metric, _, what in timed:
+        line = (f"  {what:<38} {cpu['gaffer'][metric]:>9.2f} {cpu['buildgrid'][metric]:>9.2f} "
+                f"{cpu_ratios[metric]:>5.1f}x   {cpu['floor'][metric]:>9.2f}")
+        if args.base:
+            line += f"   base {cpu['base'][metric]:>9.2f}"
+        print(line)
     print("ratio: BuildGrid time / gaffer time. floor: the same client against a do-nothing in-memory server; "
-          "best ratio: BuildGrid / floor, the most any server could reach with this client.")
+          "best ratio: BuildGrid / floor, the most any server could reach with this client. base: gaffer serve "
+          "from --base, its ratio BuildGrid / base.")
+    print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"start-up (s): gaffer {started['gaffer']:.2f}, BuildGrid {started['buildgrid']:.2f}")
     if args.json:
         args.json.write_text(json.dumps({
@@ -298,7 +377,9 @@ def main(argv: list[str]) -> int:
                         "load_average": os.getloadavg()},
             "units": {m: u for m, u, _ in METRICS},
             "gaffer": results["gaffer"], "buildgrid": results["buildgrid"], "floor": results["floor"],
+            "base": results.get("base"), "server_cpu_ms": cpu, "ratio_buildgrid_over_base": base_ratios,
             "ratio_buildgrid_over_gaffer": ratios, "ratio_buildgrid_over_floor": best,
+            "ratio_cpu_buildgrid_over_gaffer": cpu_ratios,
             "startup_s": started, "target_ratio": TARGET, "gaffer_args": args.gaffer_args,
         }, indent=2) + "\n")
     return 0

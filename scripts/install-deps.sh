@@ -15,7 +15,7 @@ set -eu
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 START=$(date +%s.%N)
 
-PACKAGES="redis-server nginx radosgw ceph-mon ceph-osd postgresql chromium gcc g++ cmake ninja-build ccache sccache distcc"
+PACKAGES="redis-server nginx radosgw ceph-mon ceph-osd postgresql chromium gcc g++ cmake ninja-build ccache sccache distcc strace"
 # Node for Azurite: Debian's packages unless a node and npm are already on PATH
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then PACKAGES="$PACKAGES nodejs npm"; fi
 missing=""

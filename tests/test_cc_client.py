@@ -107,6 +107,26 @@ def test_a_second_daemon_exits_quietly(launcher: Launcher, src: Path) -> None:
     assert f"not started: daemon {first} holds daemon.lock" in launcher.log()
 
 
+def test_a_starting_daemon_removes_the_scratch_files_of_processes_that_are_gone(launcher: Launcher,
+                                                                                src: Path) -> None:
+    """A daemon killed mid-compile leaves its temporary `.d`; the next daemon removes it, and never a live one's."""
+    gone = _a_pid_that_is_gone()
+    launcher.dir.mkdir(parents=True, exist_ok=True)
+    orphan = launcher.dir / f"tmp.{gone}.abc123.d"
+    ours = launcher.dir / f"tmp.{os.getpid()}.def456.d"
+    orphan.write_text("x.o: x.c\n")
+    ours.write_text("y.o: y.c\n")
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
+    wait_for(lambda: not orphan.exists(), "the orphaned scratch file removed")
+    assert ours.exists() and "removed 1 scratch file left by processes that are gone" in launcher.log()
+
+
+def _a_pid_that_is_gone() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 def test_many_first_compiles_at_once_start_one_daemon(launcher: Launcher, src: Path) -> None:
     """`make -j8` on a fresh login: one client starts the daemon, the others wait for it (none falls back)."""
     clients = [subprocess.Popen([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", f"h{i}.o"], cwd=src,

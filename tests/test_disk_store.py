@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gaffer.cache.disk import DiskStore
-from gaffer.cache.trusted import settled
+from gaffer.cache.trusted import BOOT_ID, settled
 from gaffer.digest import Digest, digest_bytes
 
 
@@ -188,6 +188,23 @@ def test_a_damaged_record_is_ignored(tmp_path: Path) -> None:
     assert DiskStore(s.root).verified_blob_path(d) == s.blob_path(d)
 
 
+def test_records_hold_only_for_the_boot_they_were_made_in(tmp_path: Path) -> None:
+    """After a power loss a torn blob can keep its signature: a log from another boot is dropped, not trusted."""
+    s, _ = store(tmp_path)
+    d = settled_blob(s, b"content")
+    verified_in_another_process(s.root, d)
+    log = s.root / "verified"
+    header, _, records = log.read_bytes().partition(b"\n")
+    assert header == b"boot " + Path(BOOT_ID).read_bytes().strip() and DiskStore(s.root).trusts_blob(d)
+    log.write_bytes(b"boot 00000000-0000-4000-8000-000000000000\n" + records)
+    assert not DiskStore(s.root).trusts_blob(d)
+    assert log.read_bytes() == header + b"\n", "the old boot's log is replaced by an empty one for this boot"
+    log.write_bytes(records)  # a log from before boot ids were recorded
+    assert not DiskStore(s.root).trusts_blob(d)
+    verified_in_another_process(s.root, d)
+    assert DiskStore(s.root).trusts_blob(d)
+
+
 def test_concurrent_processes_append_records_without_losing_any(tmp_path: Path) -> None:
     s, _ = store(tmp_path)
     digests = [digest_bytes(b"blob %d" % i) for i in range(40)]
@@ -214,9 +231,9 @@ def test_gc_and_clean_drop_the_records_of_blobs_they_remove(tmp_path: Path) -> N
         time.sleep(0.1)
     verified_in_another_process(s.root, old)
     verified_in_another_process(s.root, recent)
-    assert len((s.root / "verified").read_bytes().splitlines()) == 2
+    assert len((s.root / "verified").read_bytes().splitlines()) == 1 + 2  # the boot's line, then the records
     os.utime(s.blob_path(old), (1000, 1000))  # least recently used: evicted first
     assert DiskStore(s.root).gc(max_size=1500) == (1, 1000)
-    assert len((s.root / "verified").read_bytes().splitlines()) == 1 and DiskStore(s.root).trusts_blob(recent)
+    assert len((s.root / "verified").read_bytes().splitlines()) == 1 + 1 and DiskStore(s.root).trusts_blob(recent)
     DiskStore(s.root).clean()
     assert not (s.root / "verified").exists()

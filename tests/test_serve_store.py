@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -332,6 +332,187 @@ def test_duplicate_blobs_in_a_batch_are_counted_once(tmp_path: Path, serve: list
         assert client.update([blob] * 8) == [0] * 8
     assert _store_bytes(server) - before == 20 * one
     client.close()
+
+
+def test_one_blob_uploaded_at_once_many_ways_is_stored_once_and_reads_never_see_half(
+    tmp_path: Path, serve: list
+) -> None:
+    """Three ByteStream uploads and a batch of the same 3 MiB blob at once, read all along: each upload succeeds,
+    a read finds nothing or the whole blob, and the store counts it once. An upload whose bytes do not match its
+    digest (same size, or more bytes than it names, found while later chunks still arrive) is refused, stored
+    nowhere, and leaves no temp file."""
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    before = _store_bytes(server)
+    other = _blob(3 * MiB + 1)
+    assert client.write(*other) == grpc.StatusCode.OK
+    one = _store_bytes(server) - before
+    digest, data = _blob(3 * MiB + 1)
+    uploaded = threading.Event()
+    seen: list[bytes] = []
+
+    def read_all_along() -> None:
+        while not uploaded.is_set():
+            seen.extend(client.read([digest]).values())
+
+    reader = threading.Thread(target=read_all_along)
+    reader.start()
+    with ThreadPoolExecutor(4) as pool:
+        streams = [pool.submit(client.write, digest, data) for _ in range(3)]
+        batch = pool.submit(client.update, [(digest, data)])
+        assert [s.result() for s in streams] == [grpc.StatusCode.OK] * 3 and batch.result() == [0]
+    uploaded.set()
+    reader.join(60)
+    assert all(found == data for found in seen)
+    assert client.read([digest]) == {digest: data}
+    assert _store_bytes(server) - before == 2 * one
+
+    wrong, longer = _blob(3 * MiB + 1)[0], _blob(2 * MiB)[0]
+    assert client.write(wrong, os.urandom(3 * MiB + 1)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.write(longer, os.urandom(3 * MiB)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.missing([wrong, longer]) == {wrong, longer}
+    assert _store_bytes(server) - before == 2 * one
+    assert not list((tmp_path / "store" / "tmp").iterdir())
+    client.close()
+
+
+# -- durability: kill -9, --fsync -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", [[], ["--fsync"]], ids=["default", "fsync"])
+def test_kill_9_right_after_writes_loses_nothing_acknowledged(tmp_path: Path, serve: list, flags: list[str]) -> None:
+    """Batches (one blob in each with a wrong digest), ByteStream uploads and action results from five threads;
+    the server is killed with SIGKILL while they run, right after a reply. Restarted on the same directory, it
+    returns every acknowledged blob byte for byte and every acknowledged action result, never a refused blob, and
+    leaves no temp file behind."""
+    server = start_gaffer_serve("--memory", "0", *flags, workdir=tmp_path)
+    acked: dict[Digest, bytes] = {}
+    results: dict[Digest, re_pb2.ActionResult] = {}
+    refused: list[Digest] = []
+    lock = threading.Lock()
+    dead = threading.Event()
+
+    def batches() -> None:
+        client = _Client(server)
+        while not dead.is_set():
+            blobs = [_blob(size) for size in (1, 100, 1024, 4000, 70_000) * 40]
+            bad = (_blob(50)[0], os.urandom(50))
+            try:
+                codes = client.update([*blobs, bad])
+            except grpc.RpcError:
+                break
+            assert codes == [0] * len(blobs) + [grpc.StatusCode.INVALID_ARGUMENT.value[0]]
+            with lock:
+                acked.update(blobs)
+                refused.append(bad[0])
+        client.close()
+
+    def streams() -> None:
+        client = _Client(server)
+        while not dead.is_set():
+            digest, data = _blob(3 * MiB + 5)
+            if client.write(digest, data) != grpc.StatusCode.OK:
+                break
+            with lock:
+                acked[digest] = data
+        client.close()
+
+    def actions() -> None:
+        client = _Client(server)
+        while not dead.is_set():
+            key, (digest, data) = _blob(16)[0], _blob(300)
+            result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="o", digest=_pb(digest))])
+            try:
+                assert client.update([(digest, data)]) == [0]
+                client.put_action(key, result)
+            except grpc.RpcError:
+                break
+            with lock:
+                acked[digest] = data
+                results[key] = result
+        client.close()
+
+    errors: list[Exception] = []
+
+    def run(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except Exception as e:  # noqa: BLE001 - an assertion in a thread fails the test below, in its own thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in (batches, batches, streams, streams, actions)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(acked) >= 1500 and len(results) >= 20, "acknowledged writes", 120, server.proc)
+        with lock:  # the next reply in any thread comes after this: the kill lands among writes in flight
+            server.proc.kill()
+            dead.set()
+        assert server.proc.wait(30) == -signal.SIGKILL
+    finally:
+        dead.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    assert any(d.size_bytes > MiB for d in acked)
+
+    server = start_gaffer_serve("--memory", "0", *flags, workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    small = [d for d in acked if d.size_bytes <= MiB]
+    assert not client.missing(list(acked))
+    for start in range(0, len(small), 40):  # at most 40 x 70,000 bytes: one batch's limit
+        part = small[start:start + 40]
+        assert client.read(part) == {d: acked[d] for d in part}
+    for digest in (d for d in acked if d.size_bytes > MiB):
+        read = client.bytestream.Read(bytestream_pb2.ReadRequest(resource_name=f"blobs/{digest.hash}/{digest.size_bytes}"),
+                                      timeout=60)
+        assert b"".join(r.data for r in read) == acked[digest]
+    for key, result in results.items():
+        assert client.get_action(key) == result
+    assert client.missing(refused) == set(refused)
+    assert not [p for p in (tmp_path / "store" / "tmp").iterdir()]
+    client.close()
+
+
+@pytest.mark.parametrize("flags", [[], ["--fsync"]], ids=["default", "fsync"])
+def test_fsync_flushes_every_entry_and_its_directory_before_the_reply(
+    tmp_path: Path, serve: list, flags: list[str]
+) -> None:
+    """With --fsync, a batch of 20 new blobs is 20 fsync'd files and their directories (fewer: shards repeat)
+    before the reply, a ByteStream upload and an action result one file and one directory each; without it, none
+    (the kernel writes back in its own time)."""
+    strace = require_tool("strace")
+    server = start_gaffer_serve(*flags, workdir=tmp_path / "s")
+    serve.append(server)
+    log = tmp_path / "strace.log"
+    tracer = subprocess.Popen([strace, "-f", "-qq", "-e", "trace=fsync,rename", "-o", str(log), "-p",
+                               str(server.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = _Client(server)
+
+        def traced() -> bool:  # strace follows the server's threads once a blob's rename shows in its log
+            digest, data = _blob(10)
+            client.update([(digest, data)])
+            return log.exists() and digest.hash in log.read_text()
+
+        wait_until(traced, "strace attached", 30)
+        before = log.read_text().count("fsync(")
+        blobs = [_blob(100) for _ in range(20)]
+        assert client.update(blobs) == [0] * 20
+        assert client.write(*_blob(2 * MiB)) == grpc.StatusCode.OK
+        client.put_action(_blob(8)[0], re_pb2.ActionResult(stdout_digest=_pb(blobs[0][0])))
+        client.close()
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    after = log.read_text().count("fsync(")  # strace has flushed its log
+    shards = len({d.hash[:2] for d, _ in blobs})
+    if flags:
+        assert after - before >= 20 + shards + 2 + 2
+    else:
+        assert after == before == 0
 
 
 # -- a full or read-only disk -----------------------------------------------------------------------------------

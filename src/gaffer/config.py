@@ -297,6 +297,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("memory", (SERVE,), toml="serve.memory", env="GAFFER_SERVE_MEMORY", flags=("--memory",),
             metavar="SIZE", parse=_size, default={SERVE: 256 * 1024**2}, default_text={"*": "256MiB"},
             help="in-memory cache of small blobs (0 turns it off)"),
+    Setting("fsync", (SERVE,), toml="serve.fsync", env="GAFFER_SERVE_FSYNC", flags=("--fsync",),
+            kind="switch", parse=parse_bool, default={"*": False}, default_text={"*": "false"},
+            help="flush every entry to the device before acknowledging it, so it survives power loss too (without: "
+                 "a killed server loses nothing acknowledged, a crashed machine may lose the last seconds' writes)"),
     Setting("grpc", (SERVE,), toml="serve.grpc", env="GAFFER_SERVE_GRPC", flags=("--grpc",), metavar="HOST:PORT",
             parse=_address, default={SERVE: None}, default_text={"*": "none"},
             help="serve REAPI v2 gRPC here (e.g. 127.0.0.1:9092; port 0: any free port)"),

@@ -12,6 +12,10 @@ re-hashes everything.
   a later edit always lands in a later tick.
 - The LRU touch (an mtime refresh, at most once an hour of use) moves the signature too: that blob is hashed
   once more, then recorded again.
+- Power loss: a file system may commit a file's size and times before its data (XFS; ext4 with
+  data=writeback), so a blob torn by a crash can keep the signature it was hashed with. Records therefore hold
+  for the boot they were made in: `verified` starts with the kernel's boot id, and a log from another boot (or
+  with no such line) is dropped. Where there is no boot id (not Linux), records last only as long as the process.
 - Storage: `verified`, one line per record appended with one `write` (O_APPEND, so several processes can append
   at once), each line with its own CRC: a torn or damaged line is skipped, so a crash costs re-hashing only.
   Read once per process, lazily; a log with many superseded lines is rewritten (temp file + rename; a line
@@ -29,6 +33,7 @@ from pathlib import Path
 
 Signature = tuple[int, int, int, int, int]
 
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 RACY_NS = 2_000_000_000  # above any file system's timestamp granularity (1 s) plus clock jitter
 _COMPACT_SLACK = 1024  # rewrite the log when it holds this many lines more than twice its records
 
@@ -40,6 +45,16 @@ def signature(st: os.stat_result) -> Signature:
 def settled(st: os.stat_result) -> bool:
     """Is the file's last change older than any tick a later edit could share? (False for one in the future.)"""
     return time.time_ns() - st.st_ctime_ns >= RACY_NS
+
+
+def boot_header() -> bytes | None:
+    """The log's first line for this boot; None where the kernel does not say which boot this is."""
+    try:
+        with open(BOOT_ID, "rb") as f:
+            boot = f.read().strip()
+    except OSError:
+        return None
+    return b"boot " + boot + b"\n" if boot and boot.isascii() and b" " not in boot else None
 
 
 def _line(blob_hash: str, sig: Signature) -> bytes:
@@ -68,22 +83,45 @@ class TrustedBlobs:
         self._temp_path = temp_path
         self._records: dict[str, Signature] | None = None
         self._lock = threading.Lock()
+        self._header: bytes | None = None
 
     def _loaded(self) -> dict[str, Signature]:
         with self._lock:
             if self._records is None:
-                self._records, lines = self._read()
-                if self.writable and lines > 2 * len(self._records) + _COMPACT_SLACK:
-                    self._rewrite(self._records)
+                self._header = boot_header()
+                records, lines = self._read()
+                if records is None and self.writable and self._header is not None and self._create():
+                    records, lines = self._read()  # this process, or one that raced it, made the log
+                self._records = records if records is not None else {}
+                if self.writable and self._header is not None and (
+                        records is None or lines > 2 * len(self._records) + _COMPACT_SLACK):
+                    self._rewrite(self._records)  # another boot's log: a fresh one, which appends follow
             return self._records
 
-    def _read(self) -> tuple[dict[str, Signature], int]:
+    def _create(self) -> bool:
+        """Start an absent log with this boot's line; True if the log now exists (made here or by another)."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return True
+        except OSError:
+            return False
+        try:
+            os.write(fd, self._header or b"")
+        finally:
+            os.close(fd)
+        return True
+
+    def _read(self) -> tuple[dict[str, Signature] | None, int]:
+        """The records, or None when the log is absent or from another boot; and its line count."""
         try:
             lines = self.path.read_bytes().splitlines(keepends=True)
         except OSError:
-            return {}, 0
+            return None, 0
+        if self._header is None or not lines or lines[0] != self._header:
+            return None, len(lines)
         records = {}
-        for line in lines:
+        for line in lines[1:]:
             parsed = _parse(line)
             if parsed is not None:
                 records[parsed[0]] = parsed[1]
@@ -103,7 +141,7 @@ class TrustedBlobs:
             if records.get(blob_hash) == sig:
                 return
             records[blob_hash] = sig
-        if persist and self.writable:
+        if persist and self.writable and self._header is not None:
             self._append(_line(blob_hash, sig))
 
     def forget(self, blob_hash: str) -> None:
@@ -136,8 +174,9 @@ class TrustedBlobs:
 
     def _store(self, records: dict[str, Signature]) -> None:
         with self._lock:
+            self._header = boot_header()
             self._records = records
-            if self.writable:
+            if self.writable and self._header is not None:
                 self._rewrite(records)
 
     def _rewrite(self, records: dict[str, Signature]) -> None:
@@ -147,7 +186,7 @@ class TrustedBlobs:
             return
         try:
             with open(tmp, "wb") as f:
-                f.write(b"".join(_line(h, sig) for h, sig in records.items()))
+                f.write(b"".join([self._header or b"", *(_line(h, sig) for h, sig in records.items())]))
             os.replace(tmp, self.path)
         except OSError:
             tmp.unlink(missing_ok=True)

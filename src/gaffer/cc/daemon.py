@@ -106,6 +106,14 @@ class _Daemon:
         self.contexts = _Contexts(directory)
         self.served = 0
 
+    def _sweep_scratch(self) -> None:
+        """Scratch files of a launcher or daemon killed mid-compile go once a daemon is listening (off the path of
+        the compile that started it)."""
+        from gaffer.cc.flow import sweep_temp_files
+
+        if removed := sweep_temp_files(self.directory):
+            log.info("removed %s left by processes that are gone", format_count(removed, "scratch file"))
+
     def run(self) -> int:
         listener = self._listen()
         stop_flushing, flush_now = threading.Event(), threading.Event()
@@ -116,6 +124,7 @@ class _Daemon:
         try:
             log.info("started: pid %d, socket %s, idle timeout %gs", os.getpid(), self.sock_path, self.idle_s)
             threading.Thread(target=self._refresh_client, daemon=True).start()
+            threading.Thread(target=self._sweep_scratch, daemon=True).start()
             flusher.start()
             self._accept_loop(listener)
         except _Stop:

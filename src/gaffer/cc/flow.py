@@ -279,9 +279,14 @@ def run(job: Job, args: list[str]) -> Ran:
     return Ran(code, proc.stdout, proc.stderr, start, time.time(), moment)
 
 
+TEMP_PREFIX = "tmp."
+
+
 @contextmanager
 def temp_file(job: Job, suffix: str) -> Iterator[str]:
-    fd, path = tempfile.mkstemp(suffix=suffix, prefix="tmp.", dir=job.ctx.directory)
+    """A scratch file in the launcher's directory, named after this process so that one killed mid-compile
+    leaves a file the next daemon can tell is orphaned (`sweep_temp_files`)."""
+    fd, path = tempfile.mkstemp(suffix=suffix, prefix=f"{TEMP_PREFIX}{os.getpid()}.", dir=job.ctx.directory)
     os.close(fd)
     try:
         yield path
@@ -290,6 +295,30 @@ def temp_file(job: Job, suffix: str) -> Iterator[str]:
             os.unlink(path)
         except OSError:
             pass
+
+
+def sweep_temp_files(directory: Path) -> int:
+    """Remove the scratch files of processes that are gone (a daemon or launcher killed mid-compile); the count."""
+    removed = 0
+    for entry in os.scandir(directory):
+        pid = entry.name.removeprefix(TEMP_PREFIX).partition(".")[0]
+        if entry.name.startswith(TEMP_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_text(path: str) -> str:

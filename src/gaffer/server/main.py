@@ -110,7 +110,7 @@ def _serve(settings: Settings) -> int:
         backend = functools.partial(open_backend, settings.backend, timeout=BACKEND_TIMEOUT_S)
     try:
         store = ServerStore(store_dir, max_size, report=lambda m: print(f"gaffer serve: warning: {m}", file=sys.stderr),
-                            memory=settings.memory, backend=backend)
+                            memory=settings.memory, backend=backend, sync=settings.fsync)
     except TierError as e:
         raise EnvironmentProblem(f"{settings.sources['dir'] or '--dir'} {store_dir}: {e}") from None
     except BackendUnavailable as e:

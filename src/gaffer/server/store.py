@@ -6,7 +6,8 @@ Layout under `--dir`: one file per entry, as gaffer's local cache lays it out (`
 `ac/<2 hex>/<sha256>`). The instance "" is at the root (so `gaffer cache status|verify --dir` work on it); a named
 instance lives in `instances/<name, percent-encoded>/`, so two instances never see each other's entries and an
 instance name can never reach outside `instances/`. Files, not packs of small blobs: every entry is a temp file
-renamed into place (kill -9 loses nothing committed and needs no recovery), a large blob goes out with sendfile,
+renamed into place (kill -9 loses nothing committed and needs no recovery; files.py, which also says what
+`--fsync` adds), a batch's files written in one pass on one thread, a large blob goes out with sendfile,
 eviction is an unlink (packs would need compaction, which rewrites live data), and the cost of small files is
 accounted for instead: each entry counts its size rounded up to the file system's block plus an inode, which is
 what it takes on disk.
@@ -44,10 +45,11 @@ from urllib.parse import quote, unquote
 from google.protobuf.message import DecodeError
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.disk import GC_LOW_WATER, DiskStore, action_entry, install
-from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
+from gaffer.cache.disk import GC_LOW_WATER, DiskStore, action_entry
+from gaffer.digest import EMPTY_DIGEST, Digest, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
+from gaffer.server.files import EntryFiles, StrPath, remove
 from gaffer.server.trees import BadTree, HashingReader, file_digests
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -204,9 +206,11 @@ class Reservation:
         with self._store._lock:
             self.release_locked()
 
-    def release_locked(self) -> None:
-        self._store._reserved -= self.cost
-        self.cost = 0
+    def release_locked(self, cost: int | None = None) -> None:
+        """Give back `cost` of it (an entry installed), by default all that is left."""
+        part = self.cost if cost is None else min(cost, self.cost)
+        self._store._reserved -= part
+        self.cost -= part
 
     def __enter__(self) -> Self:
         return self
@@ -238,9 +242,10 @@ class Upload:
         self._lock = threading.Lock()
         self._closed = False
         self._reservation = namespace.server.reserve(digest.size_bytes)
+        self._files = namespace.server.files
         try:
             self._tmp = namespace.temp_path()
-            self._tmp.write_bytes(b"")
+            self._files.create(self._tmp, b"")
         except BaseException:
             self._reservation.release()
             raise
@@ -252,8 +257,7 @@ class Upload:
             if self._received > self.digest.size_bytes:
                 raise BadRequest(f"more data than the {self.digest.size_bytes} bytes of digest {self.digest}")
             self._sha.update(chunk)
-            with open(self._tmp, "ab") as f:
-                f.write(chunk)
+            self._files.append(self._tmp, chunk)
 
     def commit(self) -> None:
         """Install the blob if it matches its digest (BadRequest if not), then tell the namespace (`committed`)."""
@@ -264,6 +268,7 @@ class Upload:
             if self.digest == EMPTY_DIGEST:  # always present, never stored
                 return
             key = self._namespace.key(self.digest)
+            self._files.flush([self._tmp])
             self._namespace.server.install(key, self._tmp, self._received, self._reservation)
             self._namespace.checked(self.digest)
         self._namespace.committed(self.digest)  # outside the lock: a cancel need not wait for a backend
@@ -373,27 +378,25 @@ class Namespace:
         self.server.drop(self.key(digest), digest.size_bytes)
 
     def committed(self, digest: Digest) -> None:
-        """A blob the peer sent (an Upload, or a batch's `put`) is now in the store, once: what else must hold it
-        before the peer is told it is stored (nothing here; the backend, with --backend)."""
+        """A blob the peer sent (an Upload, or one of a batch's in `put_checked`) is now in the store, once: what
+        else must hold it before the peer is told it is stored (nothing here; the backend, with --backend)."""
 
     def upload(self, digest: Digest) -> Upload:
         """Start receiving a blob (see Upload); raises NoSpace / TooLarge when the store cannot take it."""
         return Upload(self, digest)
 
-    def put(self, digest: Digest, data: bytes) -> None:
-        """Store a blob after checking it against its digest (BadRequest if it does not match)."""
-        if digest_bytes(data) != digest:
-            raise BadRequest(f"the data does not match digest {digest}")
-        if digest != EMPTY_DIGEST:  # always present, never stored
-            self._keep(digest, data)
+    def put_checked(self, blobs: Iterable[tuple[Digest, bytes]]) -> None:
+        """Store blobs the caller checked against their digests (a batch): those not yet here go to this server's
+        disk in one pass (ServerStore.store_many) and into the memory cache; then `committed`, each once."""
+        named = dict(blobs)
+        named.pop(EMPTY_DIGEST, None)  # always present, never stored
+        fresh = [(digest, data) for digest, data in named.items() if not self._here(digest)]
+        if fresh:
+            self.server.store_many([(self.key(digest), data) for digest, data in fresh])
+            for digest, data in fresh:
+                self.server.memory.put((self.name, digest.hash), data)
+        for digest in named:
             self.committed(digest)
-
-    def _keep(self, digest: Digest, data: bytes) -> None:
-        """Put a checked blob on this server's disk (and in the memory cache)."""
-        if self._here(digest):
-            return
-        self.server.store(self.key(digest), data)
-        self.server.memory.put((self.name, digest.hash), data)
 
     def _adopt(self, digest: Digest, tmp: Path) -> None:
         """Install a checked temp file (made in `temp_path()`) as the blob, counted against the bound."""
@@ -525,8 +528,10 @@ class ServerStore:
     its size and its cost on disk; the server-wide bound is enforced on it by a background eviction pass."""
 
     def __init__(self, root: Path, max_size: int, report: Callable[[str], None], memory: int,
-                 backend: Callable[[str], CacheTier] | None = None) -> None:
+                 backend: Callable[[str], CacheTier] | None = None, sync: bool = False) -> None:
+        """`sync` (`--fsync`): an entry is on the device, not only in the kernel, before it is acknowledged."""
         self.root = root
+        self.files = EntryFiles(sync)
         self._backend = backend  # instance -> its tier in the backend, with `--backend`
         self.local = backend is None  # every answer from this server's own index and disk
         self._backends: dict[str, Namespace] = {}
@@ -577,9 +582,13 @@ class ServerStore:
         return -(-size // self._block) * self._block + INODE_BYTES
 
     def path(self, key: Key) -> Path:
+        return Path(self.entry_path(key))
+
+    def entry_path(self, key: Key) -> str:
+        """`path` as a str, built without pathlib (a batch builds 1,000)."""
         instance, kind, hash_ = key
-        base = self.root / "instances" / _encoded(instance) if instance else self.root
-        return base / kind / hash_[:2] / hash_
+        base = f"{self.root}/instances/{_encoded(instance)}" if instance else str(self.root)
+        return f"{base}/{kind}/{hash_[:2]}/{hash_}"
 
     def disk(self, instance: str) -> DiskStore:
         """The instance's DiskStore, its directory created on first use (which only a write or an indexed entry
@@ -687,9 +696,15 @@ class ServerStore:
         """Hold room in the bound for an upload of `size` bytes until it is installed or given up. TooLarge if it
         could never fit; NoSpace if the uploads in flight already hold the bound. Entries are evicted to make room
         (in the background), as for any write that takes the store over its bound."""
-        cost = self.cost(size) if size else 0
+        return self.reserve_many([size])
+
+    def reserve_many(self, sizes: list[int]) -> Reservation:
+        """`reserve` for several entries at once (a batch), each counted as `cost` counts it."""
+        cost = sum(self.cost(size) for size in sizes if size)
         if cost > self.max_size:
-            raise TooLarge(f"a blob of {size} bytes is larger than this server's size bound ({self.max_size} bytes)")
+            raise TooLarge(f"{sum(sizes)} bytes of blobs are more than this server's size bound ({self.max_size} bytes)"
+                           if len(sizes) > 1 else
+                           f"a blob of {sizes[0]} bytes is larger than this server's size bound ({self.max_size} bytes)")
         with self._lock:
             if self._reserved + cost > self.max_size:
                 raise NoSpace("the uploads in flight fill this server's size bound; retry later")
@@ -699,28 +714,55 @@ class ServerStore:
 
     def store(self, key: Key, data: bytes) -> None:
         """Write a whole entry (a checked blob, an action-cache file): reserve, temp file, install."""
-        with self.reserve(len(data)) as reservation:
-            tmp = self.writable_disk(key[0]).write_temp(data)
-            self.install(key, tmp, len(data), reservation)
+        self.store_many([(key, data)])
 
-    def install(self, key: Key, tmp: Path, size: int, reservation: Reservation) -> None:
-        """Rename a finished temp file into place and index it, in one step under the lock (so no eviction pass
-        can unlink the file it just indexed, or index a file it unlinks); the reservation becomes the entry's
-        cost. A blob already indexed stays (same content) and is marked used; an action result is replaced."""
-        cost = self.cost(size)
-        with self._lock:
-            reservation.release_locked()
-            old = self._index.get(key)
-            if old is not None and key[1] == "cas" and old[0] == size:
-                self._index.move_to_end(key)
-                return
-            install(tmp, self.path(key))
-            if old is not None:
-                self._bytes -= old[1]
-            self._index[key] = (size, cost)
-            self._index.move_to_end(key)
-            self._bytes += cost
-            self._collect_if_over()
+    def store_many(self, entries: list[tuple[Key, bytes]]) -> None:
+        """Write whole entries of one instance (a batch of checked blobs) in one pass: one reservation for all,
+        every temp file written, then all installed (EVICT_BATCH per hold of the lock). On a failure (a full
+        disk) the temp files not yet installed are removed and the error raised; those installed stay."""
+        tmps: list[str] = []
+        with self.reserve_many([len(data) for _, data in entries]) as reservation:
+            try:
+                tmp_dir = str(self.writable_disk(entries[0][0][0]).temp_path().parent)
+                for _, data in entries:
+                    tmps.append(self.files.temp(tmp_dir))
+                    self.files.create(tmps[-1], data)
+                self.files.flush(tmps)
+                self.install_many([(key, tmp, len(data)) for (key, data), tmp in zip(entries, tmps, strict=True)],
+                                  reservation)
+            except BaseException:
+                for tmp in tmps:
+                    remove(tmp)
+                raise
+
+    def install(self, key: Key, tmp: StrPath, size: int, reservation: Reservation) -> None:
+        """Install one finished temp file (see install_many)."""
+        self.install_many([(key, tmp, size)], reservation)
+
+    def install_many(self, entries: list[tuple[Key, StrPath, int]], reservation: Reservation) -> None:
+        """Rename finished temp files into place and index them, each in one step under the lock (so no eviction
+        pass can unlink a file just indexed, or index a file it unlinks); the reservation becomes the entries'
+        cost. A blob already indexed stays (same content) and is marked used; an action result is replaced.
+        With `--fsync`, the directories renamed into are flushed before this returns (the peer is told)."""
+        changed: set[str] = set()
+        for start in range(0, len(entries), EVICT_BATCH):
+            with self._lock:
+                for key, tmp, size in entries[start:start + EVICT_BATCH]:
+                    cost = self.cost(size)
+                    reservation.release_locked(cost if size else 0)
+                    old = self._index.get(key)
+                    if old is not None and key[1] == "cas" and old[0] == size:
+                        self._index.move_to_end(key)
+                        remove(tmp)
+                        continue
+                    self.files.publish(tmp, self.entry_path(key), changed)
+                    if old is not None:
+                        self._bytes -= old[1]
+                    self._index[key] = (size, cost)
+                    self._index.move_to_end(key)
+                    self._bytes += cost
+                self._collect_if_over()
+        self.files.sync_dirs(changed)
 
     def drop(self, key: Key, size: int | None = None) -> None:
         """The entry is gone from disk (or corrupt, and evicted by the DiskStore): take it out of the index."""
@@ -782,6 +824,7 @@ class ServerStore:
         gc = self._gc
         if gc is not None:
             gc.join()
+        self.files.close()
         for namespace in self._backends.values():
             namespace.close()
         sizes = dict.fromkeys(self._disks, 0)
