@@ -12,13 +12,18 @@ protocol's own cost. For each module, after one cold build per configuration:
     gbc-s3-local   BACKEND_TYPE=s3 on moto, warm local tier (S3 behind it, untouched by hits)
     gbc-s3-remote  BACKEND_TYPE=s3 on moto, a fresh empty local tier every run: everything comes from S3
     gbc-serve-remote  GOBUILDCACHE_CACHE=grpc://... of a `gaffer serve`, a fresh empty local tier every run
+    gbc-ceph-remote   BACKEND_TYPE=s3 on Ceph's radosgw (a real S3, started on loopback with tests/ceph's
+                      script), a fresh empty local tier every run
 
 `--base SRC` adds `<config>-base` for gbc-disk and the remote configurations: the same, with gobuildcache running
 the gaffer sources under SRC (an older commit: before and after in one run). `--configs` picks configurations.
 
 Every build writes its binaries to a fresh directory and must compile nothing (`go build -x` shows no compile)
-and give the same binaries as the anchor, or the run fails. Runs are interleaved and the median is reported.
-Also measured: gobuildcache's start-up (spawn to capabilities line). Offline; needs the [test] extra.
+and give the same binaries as the anchor, or the run fails. Runs are interleaved; reported are the median time,
+the median of each round's ratio to go-own (the steadier figure on a loaded machine) and the median CPU time of
+everything the build ran, gobuildcache included (user + system: the bench is a child subreaper, so the
+gobuildcache `go` leaves behind is reaped here and counted). Also measured: gobuildcache's start-up (spawn to
+capabilities line). Offline; needs the [test] extra (and Ceph's packages for gbc-ceph-remote).
 
     .venv/bin/python benchmarks/bench_gocache.py --runs 5 --json benchmarks/out/gocache.json
 """
@@ -31,6 +36,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -49,8 +55,8 @@ from tests.buildgrid import start_gaffer_serve
 EXAMPLE = REPO / "examples" / "go-microservices"
 TARGETS = {"example": 1.3, "cmd-go": 1.3, "std": 1.3}  # the targeted bounds on gbc-disk / go-own
 BUILD_TARGET = {"example": "./...", "cmd-go": "cmd/go", "std": "std", "many-packages": "./..."}
-CONFIGS = ("go-own", "gbc-disk", "gbc-s3-local", "gbc-s3-remote", "gbc-serve-remote")
-WITH_BASE = ("gbc-disk", "gbc-s3-remote", "gbc-serve-remote")
+CONFIGS = ("go-own", "gbc-disk", "gbc-s3-local", "gbc-s3-remote", "gbc-serve-remote", "gbc-ceph-remote")
+WITH_BASE = ("gbc-disk", "gbc-s3-remote", "gbc-serve-remote", "gbc-ceph-remote")
 BUCKET = "bench-gocache"
 
 
@@ -104,13 +110,28 @@ def binaries(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}
 
 
+def become_subreaper() -> None:
+    """Adopt the processes our children leave behind (gobuildcache outlives `go`), so they are reaped here and
+    their CPU time counts in RUSAGE_CHILDREN."""
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        sys.exit("bench_gocache: cannot become a child subreaper (Linux only)")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class Bench:
-    def __init__(self, root: Path, go: str, moto: servers.Server, serve_url: str, configs: list[str],
-                 base: Path | None) -> None:
+    def __init__(self, root: Path, go: str, moto: servers.Server, serve_url: str, ceph: servers.Server | None,
+                 configs: list[str], base: Path | None) -> None:
         self.root = root
         self.go = go
         self.moto = moto
         self.serve_url = serve_url
+        self.ceph = ceph
         self.selected = configs
         self.base = base
         self.counter = 0
@@ -126,19 +147,29 @@ class Bench:
                    GOENV="off", GOPATH=str(self.root / "gopath"), CGO_ENABLED="0", **extra)
         return env
 
-    def build(self, module: Path, env: dict[str, str], check: bool) -> tuple[float, Path]:
-        """Build the module's target (`module` is its directory, named after it) into a fresh directory."""
+    def build(self, module: Path, env: dict[str, str], check: bool) -> tuple[float, Path, float]:
+        """Build the module's target (`module` is its directory, named after it) into a fresh directory: the
+        wall time, the output directory and the CPU time of every process of the build (gobuildcache too)."""
         out = self.fresh("out")
         write = ["-o", f"{out}/"] if module.name != "std" else []  # std has no main package: nothing to write
         argv = [self.go, "build", *write] + (["-x"] if check else []) + [BUILD_TARGET[module.name]]
+        cpu = children_cpu()
         start = time.perf_counter()
-        result = subprocess.run(argv, check=False, cwd=module, env=env, capture_output=True, text=True, timeout=1800)
+        proc = subprocess.Popen(argv, cwd=module, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        _, stderr = proc.communicate(timeout=1800)
         elapsed = time.perf_counter() - start
+        while True:  # gobuildcache, left in go's process group, adopted by this subreaper
+            try:
+                os.waitpid(-proc.pid, 0)
+            except ChildProcessError:
+                break
+        result = subprocess.CompletedProcess(argv, proc.returncode, "", stderr)
         if result.returncode != 0:
             raise SystemExit(f"bench_gocache: build failed in {module}:\n{result.stderr[-3000:]}")
         if check and "/compile " in result.stderr:
             raise SystemExit(f"bench_gocache: a warm build compiled something in {module}")
-        return elapsed, out
+        return elapsed, out, children_cpu() - cpu
 
     @staticmethod
     def check_same(config: str, module: str, out: Path, reference: dict[str, bytes]) -> None:
@@ -156,6 +187,7 @@ class Bench:
               "AWS_ENDPOINT_URL": self.moto.url}
         own = self.root / f"go-own-{module_name}"
         serve = {"GOBUILDCACHE_CACHE": f"{self.serve_url}/{module_name}"}
+        ceph = self.ceph_env(module_name)
         return {
             "go-own": lambda: self.env(own, {}),
             "gbc-disk": lambda: self.env(self.fresh("gocache"), {"GOCACHEPROG": prog, "CACHE_DIR": str(disk_dir)}),
@@ -165,7 +197,16 @@ class Bench:
                                               {"GOCACHEPROG": prog, **s3, "S3_TMP_DIR": str(self.fresh("s3tmp"))}),
             "gbc-serve-remote": lambda: self.env(self.fresh("gocache"),
                                                  {"GOCACHEPROG": prog, **serve, "CACHE_DIR": str(self.fresh("tmp"))}),
+            "gbc-ceph-remote": lambda: self.env(self.fresh("gocache"),
+                                                {"GOCACHEPROG": prog, **ceph, "S3_TMP_DIR": str(self.fresh("s3tmp"))}),
         }
+
+    def ceph_env(self, module_name: str) -> dict[str, str]:
+        """gobuildcache's S3 settings for the Ceph bucket (its own credentials)."""
+        if self.ceph is None:
+            return {}
+        return {**self.ceph.env, "BACKEND_TYPE": "s3", "S3_BUCKET": BUCKET, "S3_PREFIX": module_name,
+                "AWS_ENDPOINT_URL": self.ceph.url}
 
     def configs(self, module_name: str) -> dict[str, Callable[[], dict[str, str]]]:
         """The selected configurations, and the `-base` twins of those in WITH_BASE if `--base` is given."""
@@ -184,28 +225,38 @@ class Bench:
         print(f"{name}: cold builds (go's own cache, then gobuildcache on disk and on S3)", flush=True)
         cold: dict[str, float] = {}
         reference: dict[str, bytes] = {}
-        for config in ("go-own", "gbc-disk", "gbc-s3-local"):  # they fill the remote tiers too
+        fill = ["go-own", "gbc-disk", "gbc-s3-local"] + (["gbc-ceph-remote"] if "gbc-ceph-remote" in configs else [])
+        for config in fill:  # they fill the remote tiers too
             env = every[config]()
             if config == "gbc-disk" and "gbc-serve-remote" in configs:
                 env["GOBUILDCACHE_CACHE"] = f"{self.serve_url}/{name}"
-            cold[config], out = self.build(module, env, check=False)
+            cold[config], out, _ = self.build(module, env, check=False)
             reference = reference if config != "go-own" else binaries(out)
             self.check_same(config, name, out, reference)
         for config, env in configs.items():  # one untimed warm run each, with -x: it must compile nothing
             self.check_same(config, name, self.build(module, env(), check=True)[1], reference)
         times: dict[str, list[float]] = {c: [] for c in configs}
+        cpu: dict[str, list[float]] = {c: [] for c in configs}
         for i in range(runs):
             for config, env in configs.items():
-                elapsed, out = self.build(module, env(), check=False)
+                elapsed, out, used = self.build(module, env(), check=False)
                 self.check_same(config, name, out, reference)
                 times[config].append(elapsed)
-            print(f"  run {i + 1}/{runs}: " + ", ".join(f"{c} {t[-1]:.2f}s" for c, t in times.items()), flush=True)
+                cpu[config].append(used)
+            print(f"  run {i + 1}/{runs} (load {os.getloadavg()[0]:.1f}): "
+                  + ", ".join(f"{c} {t[-1]:.2f}s/{cpu[c][-1]:.2f}cpu" for c, t in times.items()), flush=True)
         anchor = statistics.median(times["go-own"])
+        round_ratios = {c: [t / a for t, a in zip(ts, times["go-own"], strict=True)] for c, ts in times.items()}
         return {
             "cold_s": {c: round(t, 2) for c, t in cold.items()},
+            "times_s": {c: [round(x, 3) for x in t] for c, t in times.items()},
             "median_s": {c: round(statistics.median(t), 3) for c, t in times.items()},
             "min_s": {c: round(min(t), 3) for c, t in times.items()},
             "ratio_to_go_own": {c: round(statistics.median(t) / anchor, 2) for c, t in times.items()},
+            "round_ratio_median": {c: round(statistics.median(r), 2) for c, r in round_ratios.items()},
+            "cpu_s_median": {c: round(statistics.median(t), 3) for c, t in cpu.items()},
+            "cpu_ratio_to_go_own": {c: round(statistics.median(t) / statistics.median(cpu["go-own"]), 2)
+                                    for c, t in cpu.items()},
             "target_gbc_disk": TARGETS.get(name),
         }
 
@@ -250,15 +301,21 @@ def main() -> int:
         "startup": startup_latency(20),
     }
     print(f"startup: {results['startup']}", flush=True)
+    become_subreaper()
     moto = servers.start_moto_s3()
     serve = start_gaffer_serve() if "gbc-serve-remote" in args.configs else None
+    ceph = servers.start_ceph_rgw() if "gbc-ceph-remote" in args.configs else None
     root = Path(tempfile.mkdtemp(prefix="bench-gocache-"))
     try:
         import boto3  # type: ignore[import-untyped]
 
-        boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
-                              region_name="us-east-1").client("s3", endpoint_url=moto.url).create_bucket(Bucket=BUCKET)
-        bench = Bench(root, go, moto, serve.url if serve else "", args.configs, args.base)
+        for s3 in (moto, ceph):
+            if s3 is not None:
+                session = boto3.session.Session(aws_access_key_id=s3.env["AWS_ACCESS_KEY_ID"],
+                                                aws_secret_access_key=s3.env["AWS_SECRET_ACCESS_KEY"],
+                                                region_name="us-east-1")
+                session.client("s3", endpoint_url=s3.url).create_bucket(Bucket=BUCKET)
+        bench = Bench(root, go, moto, serve.url if serve else "", ceph, args.configs, args.base)
         for name in args.modules:
             module = root / name
             if name == "example":
@@ -270,12 +327,14 @@ def main() -> int:
             results[name] = bench.run_module(name, module, args.runs)
     finally:
         moto.stop()
-        if serve is not None:
-            serve.stop()
+        for server in (serve, ceph):
+            if server is not None:
+                server.stop()
         shutil.rmtree(root, ignore_errors=True)
     results["machine"]["load_avg_after"] = os.getloadavg()  # type: ignore[index]
 
-    print(f"\n{'module':13} {'config':14} {'median s':>9} {'min s':>7} {'x go-own':>9}")
+    print(f"\n{'module':13} {'config':21} {'median s':>9} {'min s':>7} {'x go-own':>9} {'per round':>9} {'cpu s':>6} "
+          f"{'cpu x':>6}")
     failed = False
     for name in args.modules:
         r = results[name]
@@ -287,7 +346,9 @@ def main() -> int:
                 ok = ratio <= r["target_gbc_disk"]
                 failed |= not ok
                 mark = f"  (target {r['target_gbc_disk']}x: {'met' if ok else 'MISSED'})"
-            print(f"{name:13} {config:14} {median:9.3f} {r['min_s'][config]:7.3f} {ratio:8.2f}x{mark}")
+            print(f"{name:13} {config:21} {median:9.3f} {r['min_s'][config]:7.3f} {ratio:8.2f}x "
+                  f"{r['round_ratio_median'][config]:8.2f}x {r['cpu_s_median'][config]:6.2f} "
+                  f"{r['cpu_ratio_to_go_own'][config]:5.2f}x{mark}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -298,7 +298,10 @@ def test_s3_shares_a_build_between_machines(s3_cold: S3Cold, tmp_path: Path) -> 
     assert from_s3.returncode == 0, from_s3.stderr[-3000:]
     assert from_s3.tool_runs == []
     assert binaries(from_s3.out) == binaries(s3_cold.build.out)
-    assert re.search(r"s3://\S+: [1-9]\d* hits", from_s3.stderr), from_s3.stderr[-2000:]
+    assert re.search(r"s3://\S+: \d+ hits, \d+ misses, [1-9][\d.]* \S+ down", from_s3.stderr), from_s3.stderr[-2000:]
+    # the cold build left its list in the bucket: machine B's empty local tier was filled before go asked
+    prefetched = re.search(r"prefetched (\d+) entries", from_s3.stderr)
+    assert prefetched and int(prefetched[1]) > 50, from_s3.stderr[-2000:]
     assert "test-wrapper: botocore imported: True" in from_s3.stderr
     # The same machine and output directory again: every get is a local hit (a fresh output directory would add
     # one miss per binary, go's lookup of a cached link, which it never stores), and botocore is never imported.
@@ -353,7 +356,7 @@ def test_clear_remote_empties_the_prefix(s3_cold: S3Cold, tmp_path: Path) -> Non
     client.put(2, b"b", b"body two")
     client.close()
     assert client.finish()[0] == 0
-    assert _object_count(cold.server, "to-clear/") == 4
+    assert _object_count(cold.server, "to-clear/") == 6  # two entries, two bodies, the prefetch list and its entry
     result = subprocess.run([require_tool("gobuildcache"), "clear"], check=False, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr

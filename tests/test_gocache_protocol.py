@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import queue
+import random
 import subprocess
 import sys
 import threading
@@ -23,8 +24,9 @@ import pytest
 
 from gaffer.cache.disk import DiskStore
 from gaffer.cache.trusted import settled
-from gaffer.digest import digest_bytes
+from gaffer.digest import Digest, digest_bytes
 from gaffer.errors import UserError
+from gaffer.gocache import entry as entry_module
 from gaffer.gocache.config import load_config
 from gaffer.gocache.entry import (
     CorruptEntry,
@@ -33,6 +35,7 @@ from gaffer.gocache.entry import (
     decode_entry,
     encode_entry,
 )
+from gaffer.gocache.prefetch import BadList, decode_list, encode_list, find_scope, list_key
 from tests.servers import free_port
 from tests.support import NOBODY, require, require_tool
 
@@ -57,9 +60,9 @@ def gobuildcache_env(cache_dir: Path, **extra: str) -> dict[str, str]:
 class Client:
     """`go`'s side of the pipes: send requests (and bodies), read replies with a deadline."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), cwd: Path | None = None) -> None:
         self.proc = subprocess.Popen([require_tool("gobuildcache"), *args], env=env, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
         self._replies: queue.Queue[dict[str, object] | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -558,6 +561,40 @@ def test_entries_are_byte_identical_to_protobufs_actionresult() -> None:
         assert decode_entry(message.SerializeToString()) == entry
 
 
+def _general_decode(data: bytes) -> GoEntry | str:
+    """decode_entry without its positional fast path: the reference it must agree with."""
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(entry_module, "_decode_canonical", lambda data: None)
+            return decode_entry(data)
+    except CorruptEntry:
+        return "corrupt"
+
+
+def test_the_positional_fast_path_agrees_with_the_general_parser() -> None:
+    """decode_entry reads the layout encode_entry writes by position: on every entry it must give what the general
+    parser gives, and on damaged bytes either decline (the general parser then judges) or agree with it."""
+    seed = int(os.environ.get("GAFFER_TEST_SEED", "11"))
+    rnd = random.Random(seed)
+    for _ in range(int(os.environ.get("GAFFER_TEST_EXAMPLES", "2000"))):
+        entry = GoEntry(rnd.randbytes(rnd.choice([0, 1, 32, 58, 59, 80])),
+                        Digest(rnd.randbytes(32).hex(), rnd.choice([0, 1, 127, 128, 1 << 20, 1 << 40])),
+                        rnd.choice([0, 5, 10**9, 1_764_540_000_123_456_789, 1_764_540_000 * 10**9]))
+        data = encode_entry(entry)
+        assert entry_module._decode_canonical(data) in (entry, None) and decode_entry(data) == entry, f"seed {seed}"
+        damaged = bytearray(data)
+        for _ in range(rnd.randint(1, 3)):
+            at = rnd.randrange(len(damaged))
+            if rnd.random() < 0.5:
+                damaged[at] = rnd.randrange(256)
+            elif rnd.random() < 0.5:
+                del damaged[at]
+            else:
+                damaged.insert(at, rnd.randrange(256))
+        fast = entry_module._decode_canonical(bytes(damaged))
+        assert fast is None or fast == _general_decode(bytes(damaged)), f"seed {seed}: {bytes(damaged)!r}"
+
+
 @pytest.mark.parametrize("data", [b"\xff", b"\x12\x05abc", b"", b"\x20\x01", b"\x12\x03\x0a\x01z"])
 def test_anything_else_is_a_corrupt_entry(data: bytes) -> None:
     with pytest.raises(CorruptEntry):
@@ -641,3 +678,162 @@ def test_a_local_directory_of_another_user_is_refused(sticky_tmp: Path, planted:
                               " who could plant cache entries in it: remove it, or set CACHE_DIR (S3_TMP_DIR for"
                               " s3) to a directory of your own")
     assert not any(theirs.iterdir())
+
+
+# -- prefetch: the previous command's entries, fetched into an empty local tier -----------------------------------
+
+
+@pytest.fixture
+def module(tmp_path: Path) -> Path:
+    """A Go module's directory: the scope of the prefetch list (gobuildcache runs there, as go starts it)."""
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "go.mod").write_text("module example.com/prefetched\n\ngo 1.22\n")
+    return tmp_path / "mod"
+
+
+def _remote_session(module: Path, local: Path, remote: Path, **env: str) -> Client:
+    c = Client(gobuildcache_env(local, GOBUILDCACHE_CACHE=f"disk://{remote}", **env), cwd=module)
+    assert c.reply() == CAPABILITIES
+    return c
+
+
+def _previous_build(module: Path, tmp_path: Path, bodies: dict[bytes, bytes]) -> Path:
+    """One session on its own local tier that puts `bodies` (ActionID -> body) and gets the first again: its
+    list and entries land in the remote (a disk:// tier, whose files the tests can damage). The remote's path."""
+    remote = tmp_path / "remote"
+    c = _remote_session(module, tmp_path / "first-machine", remote)
+    for i, (action, body) in enumerate(bodies.items()):
+        assert "Err" not in c.put(i + 1, action, body)
+    assert not c.get(100, next(iter(bodies))).get("Miss")
+    assert c.close() == {"ID": 999}
+    assert c.finish()[0] == 0
+    return remote
+
+
+def _scope_list(module: Path, remote: Path) -> tuple[DiskStore, Digest]:
+    """The remote store and the digest of the list stored there for `module` (as gobuildcache run from the test
+    process, its parent, finds its scope)."""
+    store = DiskStore(remote)
+    data = store.read_action(list_key(find_scope(str(module), gobuildcache_env(remote), os.getpid())))
+    assert data is not None, "no prefetch list in the remote"
+    return store, decode_entry(data).body
+
+
+BODIES = {b"action %d" % i: os.urandom(100 + i) for i in range(5)}
+
+
+def _local_entries(local: Path) -> set[bytes]:
+    """The ActionIDs of BODIES whose entry and blob are in the local tier `local`."""
+    store = DiskStore(local)
+    held = set()
+    for action, body in BODIES.items():
+        data = store.read_action(action_key(action))
+        if data is not None and store.has_blob(decode_entry(data).body) and decode_entry(data).body == digest_bytes(body):
+            held.add(action)
+    return held
+
+
+def test_a_build_stores_its_list_and_the_next_one_prefetches_it_into_an_empty_local_tier(
+        module: Path, tmp_path: Path) -> None:
+    remote = _previous_build(module, tmp_path, BODIES)
+    store, listed = _scope_list(module, remote)
+    data = store.read_blob(listed)
+    assert data is not None
+    scope = find_scope(str(module), gobuildcache_env(remote), os.getpid())
+    assert {a for a, _ in decode_list(data, scope)} == set(BODIES)
+    local = tmp_path / "ci-machine"
+    c = _remote_session(module, local, remote, GOBUILDCACHE_STATS="1")
+    last = list(BODIES)[-1]
+    got = c.get(1, last)  # waits for the group holding it: every entry of this small list
+    assert Path(str(got["DiskPath"])).read_bytes() == BODIES[last] and got["DiskPath"] == str(
+        DiskStore(local).blob_path(digest_bytes(BODIES[last])))
+    assert _local_entries(local) == set(BODIES)  # those go never asked for too: they came in the prefetch
+    c.close()
+    status, stderr = c.finish()
+    assert status == 0 and "prefetched 5 entries" in stderr, stderr
+
+
+def test_prefetch_is_off_with_its_setting(module: Path, tmp_path: Path) -> None:
+    remote = _previous_build(module, tmp_path, BODIES)
+    c = _remote_session(module, tmp_path / "ci", remote, GOBUILDCACHE_PREFETCH="0")
+    assert not c.get(1, next(iter(BODIES))).get("Miss")
+    c.close()
+    assert c.finish()[0] == 0
+    assert _local_entries(tmp_path / "ci") == {next(iter(BODIES))}
+
+
+def _replace_list(remote: Path, module: Path, data: bytes) -> None:
+    """Store `data` as the list of `module`'s scope in the remote (what a damaged or foreign list looks like)."""
+    store, _ = _scope_list(module, remote)
+    digest = digest_bytes(data)
+    store.write_blob(digest, data)
+    store.write_action(list_key(find_scope(str(module), gobuildcache_env(remote), os.getpid())),
+                       encode_entry(GoEntry(b"", digest, time.time_ns())))
+
+
+@pytest.mark.parametrize("kind", ["garbage", "foreign", "truncated", "bad line"])
+def test_a_bad_or_foreign_list_is_ignored_and_the_gets_still_hit(module: Path, tmp_path: Path, kind: str) -> None:
+    remote = _previous_build(module, tmp_path, BODIES)
+    store, listed = _scope_list(module, remote)
+    good = store.read_blob(listed)
+    assert good is not None
+    entries = {action: GoEntry(b"out", digest_bytes(body), 1) for action, body in BODIES.items()}
+    bad = {
+        "garbage": os.urandom(300),
+        "foreign": encode_list("module example.com/other .\nbuild\n\n", entries),
+        "truncated": good[:-10],
+        "bad line": good + b"zz 00 " + b"0" * 64 + b" 1 1\n",
+    }[kind]
+    _replace_list(remote, module, bad)
+    local = tmp_path / "ci"
+    c = _remote_session(module, local, remote)
+    first = next(iter(BODIES))
+    assert Path(str(c.get(1, first)["DiskPath"])).read_bytes() == BODIES[first]  # through the normal path
+    c.close()
+    status, stderr = c.finish()
+    assert status == 0
+    assert "list of the previous build is unusable" in stderr
+    assert _local_entries(local) == {first}  # nothing else was brought
+
+
+def test_a_list_naming_a_blob_the_remote_lost_is_a_miss_for_that_entry_only(module: Path, tmp_path: Path) -> None:
+    remote = _previous_build(module, tmp_path, BODIES)
+    lost, kept = list(BODIES)[1], list(BODIES)[2]
+    DiskStore(remote).blob_path(digest_bytes(BODIES[lost])).unlink()
+    local = tmp_path / "ci"
+    c = _remote_session(module, local, remote)
+    assert c.get(1, lost) == {"ID": 1, "Miss": True}
+    assert Path(str(c.get(2, kept)["DiskPath"])).read_bytes() == BODIES[kept]
+    c.close()
+    status, stderr = c.finish()
+    assert status == 0 and stderr == ""
+    assert _local_entries(local) == set(BODIES) - {lost}
+
+
+def test_prefetched_blobs_are_verified(module: Path, tmp_path: Path) -> None:
+    """A blob the remote holds damaged is neither stored nor answered: the entry is a miss."""
+    remote = _previous_build(module, tmp_path, BODIES)
+    damaged = list(BODIES)[3]
+    DiskStore(remote).blob_path(digest_bytes(BODIES[damaged])).write_bytes(os.urandom(len(BODIES[damaged])))
+    local = tmp_path / "ci"
+    c = _remote_session(module, local, remote)
+    assert c.get(1, damaged) == {"ID": 1, "Miss": True}
+    c.close()
+    assert c.finish()[0] == 0
+    assert _local_entries(local) == set(BODIES) - {damaged}
+
+
+def test_the_scope_is_the_module_and_directory_and_the_list_checks_it(tmp_path: Path) -> None:
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    (tmp_path / "a" / "go.mod").write_text('module "example.com/a" // the module\n')
+    (tmp_path / "b").mkdir()
+    env = {"GOOS": "linux"}
+    root = find_scope(str(tmp_path / "a"), env, os.getpid())
+    assert root.startswith("module example.com/a .\n")
+    assert find_scope(str(tmp_path / "a" / "sub"), env, os.getpid()).startswith("module example.com/a sub\n")
+    assert find_scope(str(tmp_path / "a"), {"GOOS": "darwin"}, os.getpid()) != root
+    assert find_scope(str(tmp_path / "b"), env, os.getpid()).startswith(f"dir {tmp_path / 'b'}\n")
+    entries = {b"id": GoEntry(b"out", digest_bytes(b"x"), 5)}
+    assert decode_list(encode_list(root, entries), root) == list(entries.items())
+    with pytest.raises(BadList):
+        decode_list(encode_list(root, entries), root + "x")

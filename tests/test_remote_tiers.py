@@ -137,6 +137,40 @@ def test_small_blob_round_trip(tier: CacheTier, tmp_path: Path) -> None:
     assert tier.read_blob(uploaded) == b"uploaded from a file"
 
 
+def test_a_tiered_fill_reads_many_blobs_at_once_each_verified(tier: CacheTier, tmp_path: Path) -> None:
+    """fill_local (what gobuildcache's prefetch and every restore use): small blobs many to a read_blobs call
+    (the default reads them concurrently), a big one streamed, a lying one and an absent one left missing."""
+    from gaffer.cache.disk import DiskStore
+    from gaffer.cache.tiered import TieredCache
+
+    small = [_blob(f"small blob {i}") for i in range(40)]
+    big = (digest_bytes(b"B" * (3 << 20)), b"B" * (3 << 20))
+    lying = (digest_bytes(b"what it should be"), b"what it is instead")
+    tier.write_blobs([*small, big, lying])
+    assert tier.read_blobs([d for d, _ in small[:3]] + [lying[0]]) == {**dict(small[:3]), lying[0]: lying[1]}
+    absent = digest_bytes(b"never stored")
+    local = DiskStore(tmp_path / "local")
+    warnings: list[str] = []
+    cache = TieredCache(local, [tier], report=warnings.append)
+    wanted = [d for d, _ in small] + [big[0], lying[0], absent]
+    assert sorted(cache.fill_local(wanted)) == sorted([lying[0], absent])
+    assert all(local.read_blob(d) == data for d, data in [*small, big])
+    assert not local.has_blob(lying[0]) and len(warnings) == 1 and "failed verification" in warnings[0]
+    assert cache.tier_stats()[1].bytes_down == sum(len(data) for _, data in [*small, big])
+
+
+def test_read_groups_keep_the_order_and_the_bounds() -> None:
+    from gaffer.cache.tiered import READ_GROUP_BLOB_BYTES, READ_GROUP_BYTES, READ_GROUP_COUNT, read_groups
+
+    sizes = [100] * 5 + [READ_GROUP_BLOB_BYTES + 1] + [1000] * 700 + [READ_GROUP_BLOB_BYTES] * 9
+    digests = [Digest(f"{i:064x}", size) for i, size in enumerate(sizes)]
+    groups = read_groups(digests, first=4)
+    assert [d for g in groups for d in g] == digests
+    assert [len(g) for g in groups[:5]] == [4, 1, 1, 16, 32]  # the ramp (4, 8 cut short by the big blob alone...)
+    for g in groups:
+        assert len(g) == 1 or (len(g) <= READ_GROUP_COUNT and sum(d.size_bytes for d in g) <= READ_GROUP_BYTES)
+
+
 def test_large_blob_streams_both_ways(backend: Backend, tier: CacheTier, tmp_path: Path) -> None:
     src = tmp_path / "large"
     with open(src, "wb") as f:

@@ -408,6 +408,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("debug", (GOCACHE,), toml="gocache.debug", env="GAFFER_GOCACHE_DEBUG", parse=parse_bool,
             aliases={GOCACHE: ("DEBUG",)}, default={GOCACHE: False}, default_text={"*": "false"},
             help="one stderr line per request, and the stats line at close"),
+    Setting("prefetch", (GOCACHE,), toml="gocache.prefetch", env="GAFFER_GOCACHE_PREFETCH", parse=parse_bool,
+            aliases={GOCACHE: ("GOBUILDCACHE_PREFETCH",)}, default={GOCACHE: True}, default_text={"*": "true"},
+            help="with a remote tier: fetch the entries the previous go command of the module used, many at a "
+                 "time, when the local tier lacks them"),
     Setting("stats", (GOCACHE,), toml="gocache.stats", env="GAFFER_GOCACHE_STATS", parse=parse_bool,
             aliases={GOCACHE: ("GOBUILDCACHE_STATS",)}, default={GOCACHE: False}, default_text={"*": "false"},
             help="the stats line at close, without the debug lines"),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -81,6 +80,8 @@ def file_system_now(directory: Path, create: bool = True) -> int:
     try:
         if create:
             directory.mkdir(exist_ok=True)
+        import tempfile  # here: gobuildcache's start-up needs this module but not tempfile (shutil, lzma...)
+
         fd, name = tempfile.mkstemp(prefix="stamp.", dir=directory)
     except OSError:
         return 0

@@ -30,7 +30,7 @@ from gaffer.digest import Digest
 if TYPE_CHECKING:  # imported when a pool is first needed: concurrent.futures loads logging (~10 ms)
     from concurrent.futures import ThreadPoolExecutor
 
-LOOKUP_WORKERS = 16  # parallel presence checks in the default find_missing (one request per digest)
+LOOKUP_WORKERS = 16  # parallel requests in the default find_missing and read_blobs (one request per digest)
 _pool_lock = threading.Lock()
 
 
@@ -84,27 +84,31 @@ class CacheTier(ABC):
             raise NotImplementedError(f"{type(self).__name__} implements neither has_blob nor find_missing")
         if len(digests) <= 1:
             return [d for d in digests if not self.has_blob(d)]
+        present = list(self._lookup_pool().map(self.has_blob, digests))
+        return [d for d, here in zip(digests, present, strict=True) if not here]
+
+    def _lookup_pool(self) -> ThreadPoolExecutor:
+        """The threads of the default batch forms, which send one request per digest."""
         with _pool_lock:
             if self._lookups is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._lookups = ThreadPoolExecutor(LOOKUP_WORKERS, thread_name_prefix="gaffer-lookup")
-            pool = self._lookups
-        present = list(pool.map(self.has_blob, digests))
-        return [d for d, here in zip(digests, present, strict=True) if not here]
+            return self._lookups
 
     def contains(self, digests: Sequence[Digest]) -> bool:
         """Does this tier hold every one of `digests`? (Presence only: nothing is read or verified.)"""
         return not self.find_missing(digests)
 
     def read_blobs(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
-        """The small blobs this tier holds among `digests` (absent ones are left out)."""
-        found = {}
-        for d in dict.fromkeys(digests):
-            data = self.read_blob(d)
-            if data is not None:
-                found[d] = data
-        return found
+        """The small blobs this tier holds among `digests` (absent ones are left out). By default `read_blob` per
+        digest, several at a time (as `find_missing`); a protocol with a batch read overrides it."""
+        unique = list(dict.fromkeys(digests))
+        if len(unique) <= 1:
+            found = [self.read_blob(d) for d in unique]
+        else:
+            found = list(self._lookup_pool().map(self.read_blob, unique))
+        return {d: data for d, data in zip(unique, found, strict=True) if data is not None}
 
     def write_blobs(self, blobs: Sequence[tuple[Digest, bytes]]) -> None:
         """Store several small blobs."""

@@ -21,7 +21,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import shutil
 import sys
 import threading
 import time
@@ -74,6 +73,7 @@ class DiskStore(CacheTier):
         """`full_is_read_only`: a full disk turns the store read-only (a build goes on without caching) instead
         of failing the write (a server answers that it is full)."""
         self.root = Path(root)
+        self._root_text = str(self.root)
         self._full_is_read_only = full_is_read_only
         self.name = f"disk://{self.root}"
         self.max_size = max_size
@@ -287,6 +287,8 @@ class DiskStore(CacheTier):
     def close(self) -> None:
         """Account this process's writes and garbage-collect if the store went over its bound."""
         if not self.writable:
+            import shutil  # here (and in clean, copy_file): its import (lzma, bz2...) would slow gobuildcache's start
+
             shutil.rmtree(self._tmp, ignore_errors=True)
             return
         if not self._written:
@@ -389,6 +391,8 @@ class DiskStore(CacheTier):
         using the cache meanwhile must still finish, its results stored into a store emptied under it."""
         self._present.clear()
         with self._locked():
+            import shutil
+
             for sub in ("cas", "ac"):
                 shutil.rmtree(self.root / sub, ignore_errors=True)
             self.remove_stale_temp_files()
@@ -681,4 +685,6 @@ def copy_file(source: Path | str, dest: Path | str) -> None:
             src.seek(0)
             dst.seek(0)
             dst.truncate()
+            import shutil
+
             shutil.copyfileobj(src, dst, 1 << 20)

@@ -21,11 +21,14 @@ from pathlib import Path
 from gaffer.cache.base import CacheTier
 from gaffer.cache.disk import DiskStore
 from gaffer.cache.resilient import ResilientTier, TierStats
-from gaffer.digest import EMPTY_DIGEST, Digest, digest_file
+from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, digest_file
 from gaffer.units import format_count
 
 UPLOAD_WORKERS = 4
 DOWNLOAD_WORKERS = 8
+READ_GROUP_BLOB_BYTES = 1 << 20  # blobs up to this size are read many to a call, in memory; larger ones streamed
+READ_GROUP_BYTES = 4 << 20  # the most bytes one such call asks for (REAPI servers commonly accept 4 MiB batches)
+READ_GROUP_COUNT = 256
 
 
 def _warn(message: str) -> None:
@@ -129,38 +132,69 @@ class TieredCache(CacheTier):
     def ensure_local(self, digests: Sequence[Digest]) -> bool:
         """Make every blob present (and verified) in the local tier, fetching from remotes. False if any is
         missing everywhere."""
+        return not self.fill_local(digests)
+
+    def fill_local(self, digests: Sequence[Digest]) -> list[Digest]:
+        """Fetch the blobs of `digests` the local tier lacks from the remotes, each verified before it is stored;
+        the ones still missing (absent everywhere, or corrupt). Small blobs travel many to a `read_blobs` call
+        (one BatchReadBlobs on REAPI), those groups and the larger blobs (streamed to a file) several at a time."""
         missing = self.local.find_missing(list(dict.fromkeys(digests)))
         if EMPTY_DIGEST in missing:  # the empty blob is always available (REAPI): no server has to hold it
             self.local.write_blob(EMPTY_DIGEST, b"")
             missing.remove(EMPTY_DIGEST)
-        if not missing:
-            return True
         for remote in self.remotes:
             if not missing or not remote.healthy:
                 continue
-            if len(missing) == 1:
-                fetched = [self._fetch_one(remote, missing[0])]
+            jobs = [partial(self._read_group, remote, group) for group in read_groups(missing)]
+            if len(jobs) == 1:
+                done = jobs[0]()
             else:
-                with ThreadPoolExecutor(min(DOWNLOAD_WORKERS, len(missing))) as pool:
-                    fetched = list(pool.map(partial(self._fetch_one, remote), missing))
-            missing = [d for d, ok in zip(missing, fetched, strict=True) if not ok]
-        return not missing
+                with ThreadPoolExecutor(min(DOWNLOAD_WORKERS, len(jobs))) as pool:
+                    done = set().union(*pool.map(lambda job: job(), jobs))
+            missing = [d for d in missing if d not in done]
+        return missing
 
-    def _fetch_one(self, remote: ResilientTier, digest: Digest) -> bool:
+    def _read_group(self, remote: ResilientTier, group: list[Digest]) -> set[Digest]:
+        """Read a group of `read_groups` (one blob: streamed) and store those that match their digests: the ones
+        now local."""
+        if len(group) == 1:
+            return self._fetch_one(remote, group[0])
+        stored = set()
+        wanted = set(group)
+        for digest, data in remote.read_blobs(group).items():
+            if digest not in wanted:
+                continue
+            if digest_bytes(data) != digest:
+                self._corrupt(remote, digest)
+                continue
+            remote.stats.bytes_down += digest.size_bytes
+            try:
+                self.local.adopt(digest, self.local.write_temp(data))
+            except OSError as e:
+                self.report(f"cannot store a downloaded blob in {self.local.root}: {e.strerror}")
+                continue
+            stored.add(digest)
+        return stored
+
+    def _corrupt(self, remote: ResilientTier, digest: Digest) -> None:
+        remote.stats.errors += 1
+        self.report(f"cache tier {remote.stats.name}: blob {digest.hash[:12]} failed verification; ignored")
+
+    def _fetch_one(self, remote: ResilientTier, digest: Digest) -> set[Digest]:
+        """Stream one blob into a temp file, verify it and store it: {digest} if it is now local."""
         tmp = self.local.temp_path()
         try:
             if not remote.fetch_blob(digest, tmp):
-                return False
+                return set()
             if digest_file(tmp) != digest:
-                remote.stats.errors += 1
-                self.report(f"cache tier {remote.stats.name}: blob {digest.hash[:12]} failed verification; ignored")
-                return False
+                self._corrupt(remote, digest)
+                return set()
             remote.stats.bytes_down += digest.size_bytes
             self.local.adopt(digest, tmp)
-            return True
+            return {digest}
         except OSError as e:
             self.report(f"cannot store a downloaded blob in {self.local.root}: {e.strerror}")
-            return False
+            return set()
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -255,3 +289,26 @@ class TieredCache(CacheTier):
         self.local_stats.bytes_down = self.local.bytes_served
         self.local_stats.bytes_up = self.local.bytes_stored
         return [self.local_stats] + [r.stats for r in self.remotes]
+
+
+def read_groups(digests: Sequence[Digest], first: int = READ_GROUP_COUNT) -> list[list[Digest]]:
+    """`digests` in their order, in groups for one read each: small blobs together, up to a bounded count and
+    size (`first` blobs in the first group, twice as many in each next one up to READ_GROUP_COUNT, so the first
+    arrive soon), a larger blob alone (it is streamed)."""
+    groups: list[list[Digest]] = []
+    current: list[Digest] = []  # the group of small blobs being filled
+    total = limit = 0  # its bytes and most blobs
+    doublings = 0
+    for d in digests:
+        if d.size_bytes > READ_GROUP_BLOB_BYTES:
+            groups.append([d])
+            current = []
+            continue
+        if not current or len(current) >= limit or total + d.size_bytes > READ_GROUP_BYTES:
+            limit = min(READ_GROUP_COUNT, first << doublings)
+            doublings = min(doublings + 1, READ_GROUP_COUNT.bit_length())
+            current, total = [], 0
+            groups.append(current)
+        current.append(d)
+        total += d.size_bytes
+    return groups

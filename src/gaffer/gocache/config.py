@@ -19,10 +19,10 @@ class Config:
     """The checked settings. A plain class: `typing` (for NamedTuple) would cost start-up time before the
     capabilities line."""
 
-    __slots__ = ("debug", "local_dir", "read_only", "remotes", "sources", "stats", "timeout")
+    __slots__ = ("debug", "local_dir", "prefetch", "read_only", "remotes", "sources", "stats", "timeout")
 
     def __init__(self, local_dir: str, remotes: tuple[str, ...], *, read_only: bool, debug: bool, stats: bool,
-                 timeout: float, sources: dict[str, str | None]) -> None:
+                 timeout: float, sources: dict[str, str | None], prefetch: bool) -> None:
         self.local_dir = local_dir  # absolute: every DiskPath handed to go lies below it
         self.remotes = remotes  # tier URLs behind the local tier, nearest first
         self.read_only = read_only
@@ -30,6 +30,7 @@ class Config:
         self.stats = stats
         self.timeout = timeout  # seconds, per remote request
         self.sources = sources  # setting -> where its value came from (gaffer.config.Settings.sources)
+        self.prefetch = prefetch  # with remotes: fetch the previous command's entries at start-up
 
 
 def _s3_url(s: Settings, env: Mapping[str, str]) -> str:
@@ -70,4 +71,4 @@ def load_config(env: Mapping[str, str] = os.environ, cwd: str = ".") -> Config:
                             "(example: disk:///var/cache/gaffer)")
     remotes += urls
     return Config(os.path.abspath(local_dir), tuple(remotes), read_only=s.read_only, debug=s.debug, stats=s.stats,
-                  timeout=s.timeout, sources=s.sources)
+                  timeout=s.timeout, sources=s.sources, prefetch=s.prefetch)

@@ -49,8 +49,62 @@ def encode_entry(entry: GoEntry) -> bytes:
                               entry.put_time_ns)
 
 
+_CANONICAL_OUTPUT = b"\x0a"  # output_files[0].path's tag, then its one-byte length, then OUTPUT_DIR
+_CANONICAL_WORKER = b"\x0a" + bytes([len(WORKER)]) + WORKER.encode() + b"\x22"  # worker, then the timestamp's tag
+
+
+def _decode_canonical(data: bytes) -> GoEntry | None:
+    """The entry in the exact layout `encode_entry` writes, read by position (a get's hot path: a third of the
+    general parser's time); None when the bytes are laid out in any other way, for `decode_entry` to judge."""
+    try:
+        if data[0] != 0x12:
+            return None
+        length, p = wire.read_varint(data, 1)
+        output_end = p + length
+        path_end = p + 2 + data[p + 1]
+        if data[p : p + 1] != _CANONICAL_OUTPUT or data[p + 1] > 0x7F or data[p + 2 : p + 12] != b"go-output/":
+            return None
+        hex_id = data[p + 12 : path_end]
+        output_id = bytes.fromhex(hex_id.decode("ascii"))
+        digest_head = b"\x12" + bytes([output_end - path_end - 2]) + b"\x0a"
+        if output_id.hex().encode() != hex_id or data[path_end : path_end + 3] != digest_head:
+            return None
+        q = path_end + 3
+        if data[q] != 0x40:
+            return None
+        body_hash = data[q + 1 : q + 65].decode("ascii")
+        q += 65
+        size = 0
+        if q < output_end:
+            if data[q] != 0x10:
+                return None
+            size, q = wire.read_varint(data, q + 1)
+        if q != output_end or data[q] != 0x4A:
+            return None
+        length, m = wire.read_varint(data, q + 1)
+        if m + length != len(data) or data[m : m + len(_CANONICAL_WORKER)] != _CANONICAL_WORKER:
+            return None
+        t = m + len(_CANONICAL_WORKER)
+        if data[t] != len(data) - t - 1:
+            return None
+        t += 1
+        seconds = nanos = 0
+        if t < len(data) and data[t] == 0x08:
+            seconds, t = wire.read_varint(data, t + 1)
+        if t < len(data) and data[t] == 0x10:
+            nanos, t = wire.read_varint(data, t + 1)
+        if t != len(data) or not is_valid_hash(body_hash):
+            return None
+        return GoEntry(output_id, Digest(body_hash, size), seconds * 1_000_000_000 + nanos)
+    except (IndexError, ValueError, CorruptEntry):  # ValueError: also UnicodeDecodeError and wire.DecodeError
+        return None
+
+
 def decode_entry(data: bytes) -> GoEntry:
     """Parse an ActionResult written by `encode_entry`; raise CorruptEntry for anything else."""
+    canonical = _decode_canonical(data)
+    if canonical is not None:
+        return canonical
     try:
         return _decode(data)
     except wire.DecodeError as e:

@@ -30,8 +30,16 @@ CLEAR_COMMANDS = ("clear", "clear-local", "clear-remote")
 
 
 def main() -> None:
-    """Console entry point `gobuildcache`."""
-    sys.exit(gocache_main(sys.argv[1:]))
+    """Console entry point `gobuildcache`. Exits without Python's teardown (joining idle threads, freeing every
+    module), which a caller reading go's stderr, which this process shares, would wait for: everything is written
+    by then (the close reply goes out only after the cache is flushed)."""
+    status = gocache_main(sys.argv[1:])
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe (`| head`): nothing more can be said
+        pass
+    os._exit(status)
 
 
 def gocache_main(argv: Sequence[str]) -> int:

@@ -32,6 +32,7 @@ from gaffer.units import format_size
 
 if TYPE_CHECKING:
     from gaffer.cache.tiered import TieredCache
+    from gaffer.gocache.prefetch import Prefetch
 
 AT_ONCE_MAX_BYTES = 1 << 20  # hashing 1 MiB takes about a millisecond: bigger untrusted blobs are verified on the pool
 
@@ -84,22 +85,30 @@ def own_directory(path: str) -> None:
 class GoStore:
     """The `Handler` the protocol server calls, from several threads at once."""
 
-    def __init__(self, local: DiskStore, tiered: TieredCache | None, *, show_stats: bool) -> None:
+    def __init__(self, local: DiskStore, tiered: TieredCache | None, *, show_stats: bool,
+                 prefetch: Prefetch | None = None) -> None:
         self.local = local
         self.tiered = tiered
         self.show_stats = show_stats
         self.stats = GoStats()
+        self.prefetch = prefetch
+        self._used: dict[bytes, GoEntry] = {}  # with a prefetch: this command's entries, the next one's list
 
     @classmethod
     def open(cls, config: Config) -> GoStore:
         local = open_local(config.local_dir)
-        tiered = None
+        tiered = prefetch = None
         if config.remotes:
             from gaffer.cache.factory import open_cache
 
             tiered = open_cache(local, config.remotes, read_only=config.read_only, timeout=config.timeout,
                                 report=log_line)
-        return cls(local, tiered, show_stats=config.debug or config.stats)
+            if config.prefetch:
+                from gaffer.gocache.prefetch import Prefetch, find_scope
+
+                prefetch = Prefetch(tiered, find_scope(os.getcwd(), os.environ, os.getppid()), log_line)
+                prefetch.start()
+        return cls(local, tiered, show_stats=config.debug or config.stats, prefetch=prefetch)
 
     def get_local(self, action_id: bytes) -> Hit | None | Deferred:
         """The answer when the local tier alone gives it and checking the blob is cheap; else DEFER, and the pool
@@ -111,16 +120,19 @@ class GoStore:
         hit = self._hit(entry, fetch=False)
         if hit is None and self.tiered is not None:
             return DEFER
-        self._count(hit)
+        self._count(action_id, entry, hit)
         return hit
 
     def get(self, action_id: bytes) -> Hit | None:
         key = action_key(action_id)
+        if self.prefetch is not None:
+            self.prefetch.wait(action_id)
         data = self.tiered.get_action(key) if self.tiered else self.local.read_action(key)
-        hit = self._hit(self._entry(key, data), fetch=True)
+        entry = self._entry(key, data)
+        hit = self._hit(entry, fetch=True)
         if self.tiered:
             self.tiered.settle(key, hit is not None)
-        self._count(hit)
+        self._count(action_id, entry, hit)
         return hit
 
     def _entry(self, key: Digest, data: bytes | None) -> GoEntry | None:
@@ -146,11 +158,16 @@ class GoStore:
             return None
         return Hit(entry.output_id, entry.body.size_bytes, entry.put_time_ns, str(path))
 
-    def _count(self, hit: Hit | None) -> None:
-        if hit is None:
-            self.stats.count(gets=1)
-        else:
-            self.stats.count(gets=1, hits=1, bytes_read=hit.size)
+    def _count(self, action_id: bytes, entry: GoEntry | None, hit: Hit | None) -> None:
+        s = self.stats
+        with s.lock:  # plain increments: this runs for every get
+            s.gets += 1
+            if hit is None or entry is None:
+                return
+            s.hits += 1
+            s.bytes_read += hit.size
+            if self.prefetch is not None:
+                self._used.setdefault(action_id, entry)
 
     def put(self, action_id: bytes, output_id: bytes, body: bytes) -> str:
         digest = digest_bytes(body)
@@ -160,7 +177,11 @@ class GoStore:
             if path is None:
                 self.local.write_blob(digest, body)
                 path = self.local.blob_path(digest)
-            result = encode_entry(GoEntry(output_id, digest, time.time_ns()))
+            entry = GoEntry(output_id, digest, time.time_ns())
+            result = encode_entry(entry)
+            if self.prefetch is not None:
+                with self.stats.lock:
+                    self._used[action_id] = entry
             if self.tiered is not None:
                 self.tiered.put_action(action_key(action_id), result, [digest])
             else:
@@ -174,6 +195,8 @@ class GoStore:
     def close(self) -> None:
         """Flush uploads, account the local tier (and GC it if over its bound), print the stats line."""
         if self.tiered is not None:
+            if self.prefetch is not None:
+                self.prefetch.store(self._used)
             self.tiered.close()
         else:
             self.local.close()
@@ -192,6 +215,8 @@ class GoStore:
             f"{sum(r.seconds for r in remotes):.2f}s on remote tiers, "
             f"{s.errors + self.local.corrupt_evicted + sum(r.errors for r in remotes)} errors"
         )
+        if self.prefetch is not None and self.prefetch.fetched:
+            line += f", prefetched {self.prefetch.fetched} entries"
         for r in remotes:
             line += (
                 f"; {r.name}: {r.hits} hits, {r.misses} misses, {format_size(r.bytes_down)} down, "
