@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from gaffer.cc.daemon import flush_stats, running_pid
@@ -29,15 +27,6 @@ def install_client(directory: Path, target: Path) -> str:
 def clean_env() -> dict[str, str]:
     """The test's environment without any gaffer setting or task marker of the enclosing run."""
     return {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.01)
 
 
 class Launcher:

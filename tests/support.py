@@ -8,6 +8,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +141,12 @@ def check_light_reads(tier: Any, blob: bytes, action_result: bytes, scratch: Pat
     assert not tier.fetch_blob(absent, scratch / "unused")
     assert tier.read_action(action) == action_result and tier.read_action(absent) is None
     assert tier._reader is not None and tier._client is None, "the client library was used"
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.01)

@@ -37,7 +37,7 @@ from gaffer.gocache.entry import (
 )
 from gaffer.gocache.prefetch import BadList, decode_list, encode_list, find_scope, list_key
 from tests.servers import free_port
-from tests.support import NOBODY, require, require_tool
+from tests.support import NOBODY, require, require_tool, wait_for
 
 REPLY_TIMEOUT_S = 20.0
 CAPABILITIES = {"ID": 0, "KnownCommands": ["get", "put", "close"]}
@@ -747,7 +747,8 @@ def test_a_build_stores_its_list_and_the_next_one_prefetches_it_into_an_empty_lo
     got = c.get(1, last)  # waits for the group holding it: every entry of this small list
     assert Path(str(got["DiskPath"])).read_bytes() == BODIES[last] and got["DiskPath"] == str(
         DiskStore(local).blob_path(digest_bytes(BODIES[last])))
-    assert _local_entries(local) == set(BODIES)  # those go never asked for too: they came in the prefetch
+    # those go never asked for too: they came in the prefetch (which may still be writing when the list came late)
+    wait_for(lambda: _local_entries(local) == set(BODIES), "every listed entry prefetched")
     c.close()
     status, stderr = c.finish()
     assert status == 0 and "prefetched 5 entries" in stderr, stderr
