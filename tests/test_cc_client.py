@@ -19,8 +19,8 @@ import pytest
 
 from gaffer.cc.launch import Request
 from gaffer.cc.protocol import MAX_ITEMS, encode_request
-from tests.cc_support import HELLO, Launcher, clean_env, install_client, wait_for
-from tests.support import NOBODY, alive, require_tool
+from tests.cc_support import HELLO, Launcher, clean_env, install_client
+from tests.support import NOBODY, alive, require_tool, wait_for
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import threading
 from pathlib import Path
 
 from gaffer.cc.slots import LocalSlots
-from tests.cc_support import Launcher, clean_env, wait_for
+from tests.cc_support import Launcher, clean_env
+from tests.support import wait_for
 from tests.test_cc_example import SOURCES, Project, outputs
 from tests.test_remote_run import CLOSED_PORT_URL, start_farm
 
