@@ -743,12 +743,11 @@ def test_a_build_stores_its_list_and_the_next_one_prefetches_it_into_an_empty_lo
     assert {a for a, _ in decode_list(data, scope)} == set(BODIES)
     local = tmp_path / "ci-machine"
     c = _remote_session(module, local, remote, GOBUILDCACHE_STATS="1")
+    wait_for(lambda: _local_entries(local) == set(BODIES), "every listed entry prefetched before go asks for any")
     last = list(BODIES)[-1]
-    got = c.get(1, last)  # waits for the group holding it: every entry of this small list
+    got = c.get(1, last)
     assert Path(str(got["DiskPath"])).read_bytes() == BODIES[last] and got["DiskPath"] == str(
         DiskStore(local).blob_path(digest_bytes(BODIES[last])))
-    # those go never asked for too: they came in the prefetch (which may still be writing when the list came late)
-    wait_for(lambda: _local_entries(local) == set(BODIES), "every listed entry prefetched")
     c.close()
     status, stderr = c.finish()
     assert status == 0 and "prefetched 5 entries" in stderr, stderr
@@ -818,6 +817,7 @@ def test_prefetched_blobs_are_verified(module: Path, tmp_path: Path) -> None:
     DiskStore(remote).blob_path(digest_bytes(BODIES[damaged])).write_bytes(os.urandom(len(BODIES[damaged])))
     local = tmp_path / "ci"
     c = _remote_session(module, local, remote)
+    wait_for(lambda: _local_entries(local) == set(BODIES) - {damaged}, "the undamaged entries prefetched")
     assert c.get(1, damaged) == {"ID": 1, "Miss": True}
     c.close()
     assert c.finish()[0] == 0
