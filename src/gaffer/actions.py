@@ -22,7 +22,6 @@ the task's declared outputs, and symlinks to stay inside the workspace, before a
 from __future__ import annotations
 
 import os
-import platform as host_platform
 import shlex
 import shutil
 import stat
@@ -73,7 +72,14 @@ class BadCacheEntry(Exception):
 
 def host_properties() -> dict[str, str]:
     """The platform this machine builds for, part of every key: a Linux x86-64 binary is not an arm64 one."""
-    return {"OSFamily": host_platform.system().lower(), "ISA": host_platform.machine().lower()}
+    uname = os.uname()
+    return {"OSFamily": _as_platform(uname.sysname).lower(), "ISA": _as_platform(uname.machine).lower()}
+
+
+def _as_platform(value: str) -> str:
+    """An `os.uname` field as the platform module reports it on POSIX (which only blanks "unknown"): the same
+    keys without importing platform on every build."""
+    return "" if value == "unknown" else value
 
 
 def command_argv(commands: Sequence[Sequence[str]]) -> list[str]:
@@ -316,7 +322,7 @@ def make_result(outputs: Outputs, exit_code: int, stdout: Digest, stderr: Digest
     files = [(f.path, f.digest, f.executable, f.mode) for f in outputs.files if not f.path.startswith(inside)]
     symlinks = [(s.path, s.target) for s in outputs.symlinks if not s.path.startswith(inside)]
     return wire.action_result(files, symlinks, list(outputs.trees.items()), exit_code, stdout, stderr,
-                              host_platform.node(), int(start * 1e9), int(end * 1e9))
+                              _as_platform(os.uname().nodename), int(start * 1e9), int(end * 1e9))
 
 
 @dataclass

@@ -14,15 +14,18 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gaffer.cache.base import CacheTier
 from gaffer.cache.disk import DiskStore
 from gaffer.cache.resilient import ResilientTier, TierStats
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_file
 from gaffer.units import format_count
+
+if TYPE_CHECKING:  # the thread pools serve remote tiers only: a local-only build never imports concurrent.futures
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 UPLOAD_WORKERS = 4
 DOWNLOAD_WORKERS = 8
@@ -67,6 +70,8 @@ class TieredCache(CacheTier):
         if len(self.remotes) == 1:
             self.remotes[0].check()
         elif self.remotes:
+            from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(len(self.remotes)) as pool:
                 list(pool.map(ResilientTier.check, self.remotes))
 
@@ -141,6 +146,8 @@ class TieredCache(CacheTier):
             if len(missing) == 1:
                 fetched = [self._fetch_one(remote, missing[0])]
             else:
+                from concurrent.futures import ThreadPoolExecutor
+
                 with ThreadPoolExecutor(min(DOWNLOAD_WORKERS, len(missing))) as pool:
                     fetched = list(pool.map(partial(self._fetch_one, remote), missing))
             missing = [d for d, ok in zip(missing, fetched, strict=True) if not ok]
@@ -178,6 +185,8 @@ class TieredCache(CacheTier):
         unique = list(dict.fromkeys(blobs))
         with self._pool_lock:
             if self._upload_pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._upload_pool = ThreadPoolExecutor(UPLOAD_WORKERS, thread_name_prefix="gaffer-upload")
             self._uploads.append(self._upload_pool.submit(self._upload, key, result, unique))
 
@@ -235,6 +244,8 @@ class TieredCache(CacheTier):
             self._uploads = []
         if not pending:
             return
+        from concurrent.futures import wait
+
         not_done = wait(pending, timeout=1.0).not_done
         if not_done:
             print(f"gaffer: uploading {format_count(len(not_done), 'result')} to the remote cache...", file=sys.stderr,

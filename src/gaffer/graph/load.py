@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import marshal
 import math
 import os
@@ -176,6 +175,8 @@ def _with_graph_level(value: Any, parse: Callable[[Any], tuple[str, ...]], graph
 
 
 def _parse_json(data: bytes, shown: str) -> Any:
+    import json  # the graph file itself is parsed only when its validated copy is missing or stale
+
     try:
         doc = json.loads(data)
         if _SURROGATE_ESCAPE.search(data):  # rare: only then look for a lone one, which is no character at all

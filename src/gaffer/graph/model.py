@@ -6,7 +6,6 @@ the UI) without anyone being able to change it behind the validation's back.
 
 from __future__ import annotations
 
-import difflib
 import marshal
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -136,6 +135,8 @@ def topological_order(edges: Mapping[str, Sequence[str]], roots: Iterable[str], 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """` (did you mean 'x'?)` for the closest of `choices`, or "" when nothing is close."""
+    import difflib  # only for a mistake: not on every build's path
+
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

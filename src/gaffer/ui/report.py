@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TextIO, TypedDict
 
@@ -107,6 +106,8 @@ def print_summary(report: BuildReport, stream: TextIO) -> None:
 
 
 def write_summary_json(report: BuildReport, path: Path) -> None:
+    import json  # only for the files asked for: not on every build's path
+
     _write(path, json.dumps(summary_dict(report), indent=2) + "\n")
 
 
@@ -135,4 +136,6 @@ def write_trace(report: BuildReport, path: Path) -> None:
         else:
             event.update(ph="i", s="t")
         events.append(event)
+    import json
+
     _write(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}) + "\n")
