@@ -23,9 +23,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 from gaffer.digest import digest_bytes
 from gaffer.execute.base import ExecuteResult, task_environment
@@ -39,8 +38,7 @@ if TYPE_CHECKING:
 KILL_GRACE_S = 2.0
 
 
-@dataclass
-class ProcessResult:
+class ProcessResult(NamedTuple):
     exit_code: int
     duration_s: float
     timed_out: bool = False

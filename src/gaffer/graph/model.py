@@ -9,8 +9,8 @@ from __future__ import annotations
 import marshal
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from gaffer.errors import UserError
 
@@ -19,8 +19,7 @@ from gaffer.errors import UserError
 DEFAULT_PASS_ENV = ("GOROOT", "GOTOOLCHAIN", "HOME", "PATH")
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
+class Task(NamedTuple):
     """One node of the graph, normalized so that two spellings of the same task compare (and key) equal."""
 
     name: str
@@ -72,8 +71,7 @@ class Tasks(Mapping[str, Task]):
         return len(self._decoded if self._stored is None else self._stored)
 
 
-@dataclass(frozen=True, slots=True)
-class Graph:
+class Graph(NamedTuple):
     path: Path  # the graph file (absolute)
     root: Path  # the workspace root: the graph file's directory (absolute, resolved)
     tasks: Mapping[str, Task]  # in file order
