@@ -95,9 +95,9 @@ def test_edit_reruns_only_dependents_and_explains(ws: Path, env: dict[str, str])
 
 
 # What a local build has no use for: remote-execution and remote-tier clients, and the standard-library
-# modules only some builds need (a remote tier's thread pools, a mistake's suggestions, --summary-json).
+# modules only some builds need (a remote tier's thread pools and URLs, a mistake's suggestions, --summary-json).
 NOT_FOR_A_LOCAL_BUILD = ("grpc", "google.protobuf", "concurrent.futures", "logging", "dataclasses", "inspect",
-                         "difflib", "json", "platform")
+                         "difflib", "json", "platform", "tempfile", "textwrap", "gaffer.cache.urls")
 
 
 @pytest.mark.parametrize("edit", [True, False], ids=["one-task-edit", "no-op"])

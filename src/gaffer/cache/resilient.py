@@ -9,7 +9,6 @@ from the local tier never imports botocore, redis or grpc.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -90,6 +89,8 @@ class ResilientTier(CacheTier):
                 return default
             finally:
                 self.stats.seconds += time.perf_counter() - start
+            import random  # a retry's jitter: not on the path of a build whose tiers answer
+
             time.sleep(delay * (1 + random.random()))
             delay *= 2
         return default

@@ -18,7 +18,6 @@ import os
 import select
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -228,6 +227,8 @@ def _anonymous_file() -> int:
     elsewhere a temp file unlinked at once). Its content is read into memory when the task ends either way."""
     if hasattr(os, "memfd_create"):
         return os.memfd_create("gaffer-log", os.MFD_CLOEXEC)
+    import tempfile
+
     fd, name = tempfile.mkstemp(prefix="gaffer-log-")
     os.unlink(name)
     return fd
