@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -26,6 +27,7 @@ import gen_graph
 from bench_graph import EDIT_LINE, REPO, RSS_TARGET_KIB, TIME, BenchError, Toolset, run_build
 
 INTERLEAVED = ("edit-top", "edit-first", "noop")
+IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)$", re.MULTILINE)  # -X importtime
 
 
 @dataclass
@@ -114,6 +116,64 @@ def interleave(args: argparse.Namespace, tools: Toolset) -> int:
     return status
 
 
+def import_profile(args: argparse.Namespace, tools: Toolset) -> int:
+    """`--importtime N`: what a top-layer edit's process imports, and at what cost (`python -X importtime`, the
+    median of N edit builds each), base and new side by side: the fixed cost an edit pays before any work. Uses
+    the trees the interleaved comparison keeps (run it first)."""
+    status = 0
+    for size in args.sizes:
+        root = args.workdir / str(size)
+        graph = gen_graph.generate(size, args.layers, args.seed)
+        edited = graph.top[0].name
+        times: dict[str, dict[str, list[tuple[int, int]]]] = {"base": {}, "new": {}}
+        depth: dict[str, int] = {}
+        for _ in range(args.importtime):
+            for name, src in (("base", Path(args.base).resolve()), ("new", REPO / "src")):
+                tree = root / name
+                if not (tree / ".bench-built").exists():
+                    print(f"{size} tasks: no kept tree {tree}: run the interleaved comparison first", file=sys.stderr)
+                    return 1
+                with (tree / "src" / f"{edited}.txt").open("ab") as f:
+                    f.write(EDIT_LINE)
+                argv = [str(args.venv / "bin" / "python"), "-X", "importtime",
+                        *tools.argv("gaffer", root / f"{name}-cache")]
+                proc = subprocess.run(argv, cwd=tree, env={**os.environ, "PYTHONPATH": str(src)}, text=True,
+                                      capture_output=True, timeout=args.timeout, check=False)
+                if proc.returncode != 0:
+                    print(f"  {size} {name}: exit status {proc.returncode}", file=sys.stderr)
+                    status = 1
+                    continue
+                check_rebuilt(tree, graph, graph.affected_by(edited))
+                for m in IMPORT_LINE.finditer(proc.stderr):
+                    module = m.group(4)
+                    depth.setdefault(module, len(m.group(3)) // 2)
+                    times[name].setdefault(module, []).append((int(m.group(1)), int(m.group(2))))
+        print(import_table(size, args.importtime, times, depth))
+    return status
+
+
+def import_table(size: int, runs: int, times: dict[str, dict[str, list[tuple[int, int]]]],
+                 depth: dict[str, int]) -> str:
+    """Per gaffer: the imports' total (top-level modules' cumulative times), the modules only one of them loads,
+    and the new one's costliest modules by their own time; milliseconds, medians over the runs."""
+    def med(name: str, module: str, which: int) -> float:
+        found = times[name].get(module)
+        return statistics.median(t[which] for t in found) / 1000 if found else 0.0
+
+    title = (f"{size} tasks, top-layer edit under python -X importtime ({runs} runs each; medians, ms; "
+             "importtime's own overhead included)")
+    lines = [title]
+    for name in ("base", "new"):
+        top = sum(med(name, m, 1) for m in times[name] if depth[m] == 0)
+        lines.append(f"  {name}: {len(times[name])} modules, {top:.1f} ms of imports")
+    for name, other in (("base", "new"), ("new", "base")):
+        only = sorted((m for m in times[name] if m not in times[other]), key=lambda m: -med(name, m, 1))
+        lines.append(f"  only {name} imports: " + (", ".join(f"{m} {med(name, m, 1):.1f}" for m in only[:25]) or "-"))
+    costly = sorted(times["new"], key=lambda m: -med("new", m, 0))[:20]
+    lines.append("  new, by own time: " + ", ".join(f"{m} {med('new', m, 0):.1f}" for m in costly))
+    return "\n".join(lines)
+
+
 def interleaved_table(size: int, edits: dict[str, str | None], graph: gen_graph.Graph,
                       samples: dict[str, dict[str, list[Sample]]]) -> str:
     lines = [f"{size} tasks, interleaved (medians; ratios against ninja in the same rounds)",
@@ -153,6 +213,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one build may take (default 3600)")
     parser.add_argument("--venv", type=Path, default=REPO / ".venv", help="venv holding gaffer (default repo .venv)")
     parser.add_argument("--ninja", help="ninja binary (default: the venv's, else ninja on PATH)")
+    parser.add_argument("--importtime", type=int, default=0, metavar="N",
+                        help="instead of the comparison: N top-layer edits per gaffer under python -X importtime, "
+                             "in the kept trees (what each imports, and its cost)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.jobs < 1 or args.timeout <= 0:
         parser.error("--rounds and --jobs must be at least 1 and --timeout positive")
@@ -167,7 +230,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return interleave(args, Toolset(args.venv, args.ninja, args.jobs))
+    tools = Toolset(args.venv, args.ninja, args.jobs)
+    return import_profile(args, tools) if args.importtime > 0 else interleave(args, tools)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -183,9 +182,9 @@ def test_a_duplicate_input_or_output_spelling_is_dropped(tmp_path: Path) -> None
 
 def test_the_model_is_frozen(tmp_path: Path) -> None:
     graph = load(tmp_path, SEED_000)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         graph.tasks["fetch-cache"].deps = ()  # type: ignore[misc]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         graph.platform = {}  # type: ignore[misc]
 
 
@@ -583,7 +582,7 @@ def test_the_validated_copy_is_what_a_load_of_the_same_bytes_returns(tmp_path: P
     again = load_graph("graph.json")
     assert again.tasks == first.tasks and again.platform == first.platform and again.signature == first.signature
     digest = loading.hashlib.sha256((tmp_path / "graph.json").read_bytes()).hexdigest()
-    planted = {"z": dataclasses.replace(first.tasks["a"], name="z")}
+    planted = {"z": first.tasks["a"]._replace(name="z")}
     loading._write_copy(str(tmp_path), digest, planted, {})
     assert list(load_graph("graph.json").tasks) == ["z"]
 

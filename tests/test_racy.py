@@ -97,3 +97,20 @@ def test_the_stat_cache_does_not_trust_a_racy_entry_after_clean(ws: Path, env: d
     run_gaffer(["clean"], cwd=ws, env=env, check=True)
     assert build(ws, env) == "executed"
     assert (ws / "out.txt").read_bytes() == edited
+
+
+@pytest.mark.parametrize("o_tmpfile", [True, False], ids=["O_TMPFILE", "named-temp-file"])
+def test_the_build_moment_is_the_file_system_clock(coarse_fs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   o_tmpfile: bool) -> None:
+    """`file_system_now`: the time a file made in the directory gets (whole seconds here, not the system
+    clock's nanoseconds), from an unnamed file, or a named one removed at once where O_TMPFILE is missing."""
+    from gaffer.digest import file_system_now
+
+    if not o_tmpfile:
+        monkeypatch.delattr(os, "O_TMPFILE", raising=False)  # as on a system without it
+    (coarse_fs / "before").write_bytes(b"")
+    now = file_system_now(coarse_fs / "state")
+    (coarse_fs / "after").write_bytes(b"")
+    assert (coarse_fs / "before").stat().st_mtime_ns <= now <= (coarse_fs / "after").stat().st_mtime_ns
+    assert now % 10**9 == 0
+    assert os.listdir(coarse_fs / "state") == []

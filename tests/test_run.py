@@ -94,6 +94,26 @@ def test_edit_reruns_only_dependents_and_explains(ws: Path, env: dict[str, str])
     assert (ws / "out" / "c.txt").read_text() == "alpha\nbeta 2\n"
 
 
+# What a local build has no use for: remote-execution and remote-tier clients, and the standard-library
+# modules only some builds need (a remote tier's thread pools and URLs, a mistake's suggestions, --summary-json).
+NOT_FOR_A_LOCAL_BUILD = ("grpc", "google.protobuf", "concurrent.futures", "logging", "dataclasses", "inspect",
+                         "difflib", "json", "platform", "tempfile", "textwrap", "gaffer.cache.urls")
+
+
+@pytest.mark.parametrize("edit", [True, False], ids=["one-task-edit", "no-op"])
+def test_a_local_edit_build_imports_only_what_it_uses(ws: Path, env: dict[str, str], edit: bool) -> None:
+    build(ws, env, "all")
+    if edit:
+        (ws / "src" / "c" / "deep" / "c.txt").write_text("gamma 2\n")  # `top` alone runs again
+    code = ("import sys; from gaffer.cli import main; status = main(['run', 'all', '-j', '2']); "
+            f"print(status, sorted(m for m in {NOT_FOR_A_LOCAL_BUILD!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ws, env=env, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert proc.stdout.strip() == "0 []", proc.stdout + proc.stderr
+    assert ("1 executed" in proc.stderr) == edit, proc.stderr
+    assert (ws / "out" / "c.txt").read_text() == "alpha\nbeta\n"  # `top` copies out/b.txt, which is unchanged
+
+
 def test_new_file_matching_a_glob_reruns(ws: Path, env: dict[str, str]) -> None:
     build(ws, env, "all")
     (ws / "src" / "c" / "new.txt").write_text("new\n")

@@ -22,14 +22,12 @@ the task's declared outputs, and symlinks to stay inside the workspace, before a
 from __future__ import annotations
 
 import os
-import platform as host_platform
 import shlex
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
@@ -43,8 +41,7 @@ KEY_FORMAT = b"gaffer-graph-key-v2"
 PERMISSION_BITS = 0o777  # what a result records of a mode: never setuid/setgid/sticky from a cache
 
 
-@dataclass(frozen=True, slots=True)
-class FileEntry:
+class FileEntry(NamedTuple):
     """A file in an input root or among a task's outputs."""
 
     path: str  # workspace-relative, posix
@@ -53,14 +50,12 @@ class FileEntry:
     mode: int | None = None  # permission bits, recorded for outputs (a source input keys its executable bit only)
 
 
-@dataclass(frozen=True, slots=True)
-class SymlinkEntry:
+class SymlinkEntry(NamedTuple):
     path: str
     target: str
 
 
-@dataclass(frozen=True, slots=True)
-class DirectoryEntry:
+class DirectoryEntry(NamedTuple):
     """A directory among a task's outputs: a declared output directory or one below it (possibly empty)."""
 
     path: str
@@ -73,7 +68,14 @@ class BadCacheEntry(Exception):
 
 def host_properties() -> dict[str, str]:
     """The platform this machine builds for, part of every key: a Linux x86-64 binary is not an arm64 one."""
-    return {"OSFamily": host_platform.system().lower(), "ISA": host_platform.machine().lower()}
+    uname = os.uname()
+    return {"OSFamily": _as_platform(uname.sysname).lower(), "ISA": _as_platform(uname.machine).lower()}
+
+
+def _as_platform(value: str) -> str:
+    """An `os.uname` field as the platform module reports it on POSIX (which only blanks "unknown"): the same
+    keys without importing platform on every build."""
+    return "" if value == "unknown" else value
 
 
 def command_argv(commands: Sequence[Sequence[str]]) -> list[str]:
@@ -154,8 +156,7 @@ def key_salt(identities: Sequence[tuple[str, str, str]] = ()) -> bytes:
     return KEY_FORMAT + "".join(f"\ntool {spec} {version} {h}" for spec, version, h in identities).encode()
 
 
-@dataclass(frozen=True)
-class PreparedAction:
+class PreparedAction(NamedTuple):
     """A task as a complete REAPI action: the Action (whose digest is the cache key), its Command and its input
     root, every message serialized in `blobs`. Stored in a CAS beside the input files, it is what any REAPI
     executor (gaffer's own, BuildGrid, Buildbarn) runs as is: the Command carries exactly the declared
@@ -227,15 +228,30 @@ def prepare_action(
 # -- results ---------------------------------------------------------------------------------------------------
 
 
-@dataclass
 class Outputs:
     """A task's outputs as found in the workspace after it ran (or as named by a cache entry): every file,
-    symlink and directory, at workspace paths, and the `Tree` blob recording each declared output directory."""
+    symlink and directory, at workspace paths, and the `Tree` blob recording each declared output directory.
+    Filled in place as they are found, so a plain class (a NamedTuple would share a default `trees`)."""
 
-    files: list[FileEntry]
-    symlinks: list[SymlinkEntry]
-    directories: list[DirectoryEntry]  # declared output directories and every directory below them
-    trees: dict[str, Digest] = field(default_factory=dict)  # declared output directory -> its Tree blob
+    __slots__ = ("directories", "files", "symlinks", "trees")
+
+    def __init__(self, files: list[FileEntry], symlinks: list[SymlinkEntry], directories: list[DirectoryEntry],
+                 trees: dict[str, Digest] | None = None) -> None:
+        self.files = files
+        self.symlinks = symlinks
+        self.directories = directories  # declared output directories and every directory below them
+        self.trees = {} if trees is None else trees  # declared output directory -> its Tree blob
+
+    def _parts(self) -> tuple[object, ...]:
+        return self.files, self.symlinks, self.directories, self.trees
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Outputs) and self._parts() == other._parts()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return "Outputs(files={!r}, symlinks={!r}, directories={!r}, trees={!r})".format(*self._parts())
 
     def blobs(self) -> list[Digest]:
         return [*(f.digest for f in self.files), *self.trees.values()]
@@ -316,11 +332,10 @@ def make_result(outputs: Outputs, exit_code: int, stdout: Digest, stderr: Digest
     files = [(f.path, f.digest, f.executable, f.mode) for f in outputs.files if not f.path.startswith(inside)]
     symlinks = [(s.path, s.target) for s in outputs.symlinks if not s.path.startswith(inside)]
     return wire.action_result(files, symlinks, list(outputs.trees.items()), exit_code, stdout, stderr,
-                              host_platform.node(), int(start * 1e9), int(end * 1e9))
+                              _as_platform(os.uname().nodename), int(start * 1e9), int(end * 1e9))
 
 
-@dataclass
-class CachedResult:
+class CachedResult(NamedTuple):
     outputs: Outputs  # directories' contents are filled in by `read_trees`
     stdout: Digest
     stderr: Digest

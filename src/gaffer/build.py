@@ -23,8 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gaffer import noop, records
 from gaffer.digest import file_system_now
@@ -43,8 +42,7 @@ if TYPE_CHECKING:
     from gaffer.ui.progress import Progress
 
 
-@dataclass
-class BuildOptions:
+class BuildOptions(NamedTuple):
     targets: Sequence[str] = ()
     jobs: int = os.cpu_count() or 1
     keep_going: bool = False

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from gaffer import __version__
 from gaffer.config import RUN, add_flags, environment_help
@@ -37,22 +38,25 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """gaffer's parser. Given the subcommand on the command line, only its own parser is built in full: the
+    others are named with their help, which is all that parsing that command (or a typo's message) needs, and
+    each parser argparse builds is time every `gaffer run` would pay."""
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "gaffer"
     if prog not in ("gaffer", "gaffer-exec"):
         prog = "gaffer"
     parser = _Parser(prog=prog, description="Parallel, incremental, cached builds of a task graph.")
     parser.add_argument("--version", action="version", version=f"gaffer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (text, add) in _SUBCOMMANDS.items():
+        if add is not None and command in (None, name):
+            add(sub.add_parser(name, help=text, **_DETAILS.get(name, {})))
+        else:
+            sub.add_parser(name, help=text, add_help=False)
+    return parser
 
-    run = sub.add_parser("run", help="build targets (every task when none is named)",
-                         description="Build TARGETs and their dependencies, e.g. "
-                                     "'gaffer run distributed-build --graph graph.json -j 4'.",
-                         epilog="settings: a flag wins over its variable, which wins over gaffer.toml (beside the "
-                                "graph, then\n"
-                                "$XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml)\n"
-                                + environment_help(RUN, RUN_SETTINGS) + "\n" + RUN_EPILOG,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def _add_run(run: argparse.ArgumentParser) -> None:
     run.add_argument("targets", nargs="*", metavar="TARGET", help="task names (default: every task)")
     run.add_argument("--graph", default="graph.json", metavar="FILE", help="the task graph (default: graph.json)")
     run.add_argument("-k", "--keep-going", action="store_true", help="keep building what does not depend on a failure")
@@ -63,17 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-wait", action="store_true",
                      help="if another gaffer run or clean holds this workspace, exit 3 at once instead of waiting")
     add_flags(run, RUN, RUN_SETTINGS)
+    run.epilog = ("settings: a flag wins over its variable, which wins over gaffer.toml (beside the graph, then\n"
+                  "$XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml)\n"
+                  + environment_help(RUN, RUN_SETTINGS) + "\n" + RUN_EPILOG)
 
-    explain = sub.add_parser("explain", help="say what changed since a task last ran",
-                             description="Compare TASK's inputs, env values, command and deps with its last run.")
+
+def _add_explain(explain: argparse.ArgumentParser) -> None:
     explain.add_argument("task", metavar="TASK", help="the name of a task in the graph (or `-- gcc -c x.c ...`: why "
                                                       "that compile missed gaffer cc's cache)")
     explain.add_argument("--graph", default="graph.json", metavar="FILE", help="the task graph (default: graph.json)")
 
-    clean = sub.add_parser("clean", help="remove the declared outputs of targets (default: all tasks)",
-                           description="Remove the declared outputs of TARGETs and their dependencies and forget "
-                                       "their last runs; the cache keeps its entries, so the next build restores "
-                                       "them.")
+
+def _add_clean(clean: argparse.ArgumentParser) -> None:
     clean.add_argument("targets", nargs="*", metavar="TARGET", help="task names (default: every task)")
     clean.add_argument("--graph", default="graph.json", metavar="FILE", help="the task graph (default: graph.json)")
     clean.add_argument("--all", action="store_true", help="also empty the local cache")
@@ -81,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="if a gaffer run holds this workspace, exit 3 at once instead of waiting")
     add_flags(clean, RUN, LOCAL_CACHE_SETTINGS)
 
-    cache = sub.add_parser("cache", help="inspect and maintain the local cache")
+
+def _add_cache(cache: argparse.ArgumentParser) -> None:
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser, required=True)
     for name, text in (
         ("status", "entries, size and the hit rate of recent builds"),
@@ -94,25 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             action.add_argument("--json", action="store_true", help="print the status as JSON")
 
-    status = sub.add_parser("status", help="show a gaffer serve's workers, queue and recent actions",
-                            description="Print what the status page of a gaffer serve shows: its workers, the queue, "
-                                        "running and recent actions, the cache's hit rate.",
-                            epilog="exit status: 0 shown; 2 a bad flag or a token refused; 3 the server cannot be "
-                                   "reached")
+
+def _add_status(status: argparse.ArgumentParser) -> None:
     status.add_argument("--server", required=True, metavar="URL",
                         help="gaffer serve's HTTP address, e.g. http://farm:8080 (its --http port)")
     status.add_argument("--token-file", metavar="FILE", help="a file holding the server's bearer token")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
 
-    sub.add_parser("serve", help="run a cache server (REAPI gRPC + Bazel HTTP): 'gaffer serve --help'", add_help=False)
-    sub.add_parser("worker", help="run actions for gaffer serve's execution service: 'gaffer worker --help'",
-                   add_help=False)
-    sub.add_parser("gocache", help="a GOCACHEPROG program on gaffer's cache: 'gaffer gocache --help'", add_help=False)
-    sub.add_parser("cc", help="compile through the cache: 'gaffer cc -- gcc -c x.c' ('gaffer cc --help')",
-                   add_help=False)
-    sub.add_parser("ld", help="link through the cache: 'gaffer ld -- gcc -o app x.o' ('gaffer ld --help')",
-                   add_help=False)
-    return parser
+
+# Each subcommand: its help in `gaffer --help`, and what its parser adds (None: its own front end parses it).
+_SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None]] = {
+    "run": ("build targets (every task when none is named)", _add_run),
+    "explain": ("say what changed since a task last ran", _add_explain),
+    "clean": ("remove the declared outputs of targets (default: all tasks)", _add_clean),
+    "cache": ("inspect and maintain the local cache", _add_cache),
+    "status": ("show a gaffer serve's workers, queue and recent actions", _add_status),
+    "serve": ("run a cache server (REAPI gRPC + Bazel HTTP): 'gaffer serve --help'", None),
+    "worker": ("run actions for gaffer serve's execution service: 'gaffer worker --help'", None),
+    "gocache": ("a GOCACHEPROG program on gaffer's cache: 'gaffer gocache --help'", None),
+    "cc": ("compile through the cache: 'gaffer cc -- gcc -c x.c' ('gaffer cc --help')", None),
+    "ld": ("link through the cache: 'gaffer ld -- gcc -o app x.o' ('gaffer ld --help')", None),
+}
+_DETAILS: dict[str, dict[str, Any]] = {
+    "run": {"description": "Build TARGETs and their dependencies, e.g. 'gaffer run distributed-build --graph "
+                           "graph.json -j 4'.", "formatter_class": argparse.RawDescriptionHelpFormatter},
+    "explain": {"description": "Compare TASK's inputs, env values, command and deps with its last run."},
+    "clean": {"description": "Remove the declared outputs of TARGETs and their dependencies and forget their last "
+                             "runs; the cache keeps its entries, so the next build restores them."},
+    "status": {"description": "Print what the status page of a gaffer serve shows: its workers, the queue, running "
+                              "and recent actions, the cache's hit rate.",
+               "epilog": "exit status: 0 shown; 2 a bad flag or a token refused; 3 the server cannot be reached"},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +159,7 @@ def _dispatch(args_list: list[str]) -> int:
         from gaffer.cc.main import cc_main
 
         return cc_main("cc", ["--explain", *args_list[1:]])
-    args = build_parser().parse_args(args_list)
+    args = build_parser(args_list[0] if args_list else None).parse_args(args_list)
     if args.command is None:
         build_parser().print_help(sys.stderr)
         return 2

@@ -531,6 +531,8 @@ def load_nearest(front: str, flags: Mapping[str, object], env: Mapping[str, str]
 
 def check_urls(urls: Iterable[str], where: str | None) -> None:
     """Check each URL in full (its scheme's parameters and shape) at start, even if no tier is ever opened."""
+    if not urls:  # a local build: nothing to check, nor the checker to import
+        return
     from gaffer.cache.urls import checked_url
 
     for url in urls:
@@ -598,14 +600,14 @@ def add_flags(parser: argparse.ArgumentParser, front: str, names: Iterable[str] 
 def environment_help(front: str, names: Iterable[str] | None = None) -> str:
     """The part of a front end's help that names each setting's variables and gaffer.toml key; with flags (whose
     help says the rest) a table, without them each setting's help and default too."""
-    import textwrap
-
     chosen = settings_of(front) if names is None else tuple(setting(n) for n in names)
     rows = [(", ".join(s.variables(front)), s.flags[-1] if s.flags and front != GOCACHE else "",
              "[{}] {}".format(*s.toml.split("."))) for s in chosen]
     if front != GOCACHE:
         widths = [max(len(row[i]) for row in rows) + 2 for i in (0, 1)]
         return "".join(f"  {v:<{widths[0]}}{f:<{widths[1]}}{t}\n" for v, f, t in rows)
+    import textwrap  # not for the table every `gaffer run` builds (its import compiles regular expressions)
+
     return "".join(
         f"  {v} (gaffer.toml {t})\n" + textwrap.fill(f"{s.help} (default: {s.shown_default(front)})", 110,
                                                       initial_indent=" " * 6, subsequent_indent=" " * 6,

@@ -11,6 +11,7 @@ server's, whatever this machine's says). A signature no older than that moment i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import marshal
 import os
@@ -80,18 +81,35 @@ def file_system_now(directory: Path, create: bool = True) -> int:
     try:
         if create:
             directory.mkdir(exist_ok=True)
-        import tempfile  # here: gobuildcache's start-up needs this module but not tempfile (shutil, lzma...)
-
-        fd, name = tempfile.mkstemp(prefix="stamp.", dir=directory)
+        fd = _unnamed_file(directory)
     except OSError:
         return 0
     try:
-        os.unlink(name)  # nothing is left behind; the open descriptor still has the file's times
         return os.fstat(fd).st_mtime_ns
     except OSError:
         return 0
     finally:
         os.close(fd)
+
+
+def _unnamed_file(directory: Path) -> int:
+    """A new file in `directory` that no name reaches: Linux's O_TMPFILE where the file system has it, else a temp
+    file unlinked at once (importing tempfile only then). Raises OSError."""
+    if hasattr(os, "O_TMPFILE"):
+        try:
+            return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="stamp.", dir=directory)
+    try:
+        os.unlink(name)  # nothing is left behind; the open descriptor still has the file's times
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def is_racy(sig: StatSignature, moment: int) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gaffer import noop
 from gaffer.errors import UserError
@@ -16,8 +16,7 @@ from gaffer.graph.model import shown_path
 from gaffer.tools import Tool, Toolchain, ToolNotFound, task_tools
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedTask:
+class PlannedTask(NamedTuple):
     """What a task's key is made of, besides its deps' outputs (known only once they have run)."""
 
     task: Task
@@ -26,8 +25,7 @@ class PlannedTask:
     tools: tuple[Tool, ...]
 
 
-@dataclass
-class Plan:
+class Plan(NamedTuple):
     tasks: dict[str, PlannedTask]  # every non-group task of the closure
     input_dirs: list[tuple[str, tuple[int, int]]]  # the directories globs searched, for the whole-build record
 

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from queue import Empty, SimpleQueue
+from threading import Thread
 
 from gaffer.outcome import FAILED, SKIPPED, Outcome
+
+# What a pool thread hands back: the node, its outcome, or what its work raised instead.
+Done = tuple[str, Outcome | None, BaseException | None]
 
 
 class Scheduler:
@@ -46,8 +50,9 @@ class Scheduler:
                     dependents[d].append(n)
         results: dict[str, Outcome] = {}
         ready = deque(n for n in self.order if waiting[n] == 0)
-        running: dict[Future[Outcome], str] = {}
+        running = 0
         failed = False
+        pool = _Pool(work, self.jobs)
 
         def finish(name: str, outcome: Outcome) -> None:
             nonlocal failed
@@ -60,9 +65,9 @@ class Scheduler:
                 if waiting[child] == 0:
                     ready.append(child)
 
-        with ThreadPoolExecutor(self.jobs, thread_name_prefix="gaffer-task") as pool:
+        try:
             while ready or running:
-                while ready and len(running) < self.jobs:
+                while ready and running < self.jobs:
                     name = ready.popleft()
                     bad = [d for d in self.deps[name] if d in results and results[d].status in (FAILED, SKIPPED)]
                     if bad or self.stopping or (failed and not self.keep_going):
@@ -73,16 +78,63 @@ class Scheduler:
                     if outcome is not None:
                         finish(name, outcome)
                         continue
-                    running[pool.submit(work, name)] = name
+                    pool.submit(name)
+                    running += 1
                 if not running:
                     continue
                 # A timeout, so the main thread wakes up to run signal handlers (Ctrl-C may land on a pool thread).
-                done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
-                for future in done:
-                    name = running.pop(future)
-                    try:
-                        outcome = future.result()
-                    except Exception as e:  # noqa: BLE001 - a bug in a task's work must not hang the build
-                        outcome = Outcome(FAILED, reason=f"internal error: {type(e).__name__}: {e}")
-                    finish(name, outcome)
+                try:
+                    name, done, error = pool.get(timeout=0.2)
+                except Empty:
+                    continue
+                running -= 1
+                if error is not None and not isinstance(error, Exception):
+                    raise error  # SystemExit and the like: not a task's failure
+                if done is None:  # a bug in a task's work must not hang the build
+                    done = Outcome(FAILED, reason=f"internal error: {type(error).__name__}: {error}")
+                finish(name, done)
+        finally:
+            pool.shutdown()
         return results
+
+
+class _Pool:
+    """Up to `size` threads running `work` on the names submitted, each started when the work submitted first
+    outnumbers them (a build with nothing to run starts none). Plain threads and queues: concurrent.futures
+    would cost every `gaffer run` its import, and logging's, for the one thing used of it."""
+
+    def __init__(self, work: Callable[[str], Outcome], size: int) -> None:
+        self.work = work
+        self.size = size
+        self.todo: SimpleQueue[str | None] = SimpleQueue()
+        self.done: SimpleQueue[Done] = SimpleQueue()
+        self.threads: list[Thread] = []
+        self.busy = 0  # submitted, not yet taken back by `get`
+
+    def submit(self, name: str) -> None:
+        self.busy += 1
+        if self.busy > len(self.threads) and len(self.threads) < self.size:
+            thread = Thread(target=self._serve, name=f"gaffer-task_{len(self.threads)}", daemon=True)
+            self.threads.append(thread)
+            thread.start()
+        self.todo.put(name)
+
+    def get(self, timeout: float) -> Done:
+        """The next finished node; raises queue.Empty after `timeout` seconds without one."""
+        done = self.done.get(timeout=timeout)
+        self.busy -= 1
+        return done
+
+    def _serve(self) -> None:
+        while (name := self.todo.get()) is not None:
+            try:
+                self.done.put((name, self.work(name), None))
+            except BaseException as e:  # noqa: BLE001 - handed to the scheduler, which decides
+                self.done.put((name, None, e))
+
+    def shutdown(self) -> None:
+        """Let every thread finish the work it holds, then end it (as leaving a ThreadPoolExecutor does)."""
+        for _ in self.threads:
+            self.todo.put(None)
+        for thread in self.threads:
+            thread.join()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import marshal
 from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -106,8 +105,7 @@ class Manifest(NamedTuple):
     tools: tuple[tuple[str, str, str], ...] = ()  # (name, version, content hash) of each tool
 
 
-@dataclass
-class TaskState:
+class TaskState(NamedTuple):
     fingerprint: Fingerprint
     key: str  # action digest hash
     outputs: OutputRecords

@@ -24,8 +24,8 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from gaffer.atomic import save_marshalled
 from gaffer.digest import StatCache, StatSignature, stat_signature
@@ -47,8 +47,7 @@ class ToolNotFound(Exception):
     """A tool that cannot be found or run as a program; the message says which and why."""
 
 
-@dataclass(frozen=True, slots=True)
-class Tool:
+class Tool(NamedTuple):
     spec: str  # as the graph names it: "go", "./tools/gen", "/usr/bin/cc"
     signatures: tuple[tuple[str, StatSignature], ...]  # every file it was found through (the fingerprint part)
     keyed: tuple[str, ...]  # the files whose content is its identity

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlencode
-
-from gaffer.cache.urls import DEFAULT_REDIS_PREFIX, checked_url, open_tier, redact
 
 if TYPE_CHECKING:
     from gaffer.cache.base import CacheTier
@@ -42,6 +39,10 @@ def open_cache(local: DiskStore, remotes: Sequence[str], *, read_only: bool, tim
     """`local` first, then a resilient tier per URL in `remotes` (nearest first), each opened on first use."""
     from gaffer.cache.tiered import TieredCache
 
+    if not remotes:  # a local build: no URL to open (cache.urls compiles regular expressions on import)
+        return TieredCache(local, [], read_only=read_only, report=report)
+    from gaffer.cache.urls import open_tier, redact
+
     def opener(url: str) -> Callable[[], CacheTier]:
         return lambda: open_tier(url, timeout=timeout)
 
@@ -52,6 +53,10 @@ def open_backend(url: str, instance: str, *, timeout: float) -> CacheTier:
     """The tier `gaffer serve --backend URL` stores the REAPI instance `instance` in (already validated): the
     instance "" at the URL itself, a named one in its own namespace below it (a path, a key prefix, a REAPI
     instance name), so two instances never see each other's entries."""
+    from urllib.parse import quote, urlencode
+
+    from gaffer.cache.urls import DEFAULT_REDIS_PREFIX, checked_url, open_tier
+
     if instance:
         parts, params = checked_url(url)
         if parts.scheme in ("redis", "rediss"):  # the path is the database number: the key prefix takes it

@@ -9,11 +9,9 @@ from the local tier never imports botocore, redis or grpc.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,18 +24,20 @@ RETRIES = 3
 BACKOFF_S = 0.1
 
 
-@dataclass
 class TierStats:
-    """What one tier did during this process: for the build summary and `--summary-json`."""
+    """What one tier did during this process: for the build summary and `--summary-json`. Counted in place."""
 
-    name: str
-    hits: int = 0
-    misses: int = 0
-    bytes_down: int = 0
-    bytes_up: int = 0
-    seconds: float = 0.0
-    errors: int = 0
-    disabled: bool = False
+    __slots__ = ("bytes_down", "bytes_up", "disabled", "errors", "hits", "misses", "name", "seconds")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.hits = 0
+        self.misses = 0
+        self.bytes_down = 0
+        self.bytes_up = 0
+        self.seconds = 0.0
+        self.errors = 0
+        self.disabled = False
 
     def as_dict(self) -> TierSummary:
         return TierSummary(name=self.name, hits=self.hits, misses=self.misses, bytes_down=self.bytes_down,
@@ -89,6 +89,8 @@ class ResilientTier(CacheTier):
                 return default
             finally:
                 self.stats.seconds += time.perf_counter() - start
+            import random  # a retry's jitter: not on the path of a build whose tiers answer
+
             time.sleep(delay * (1 + random.random()))
             delay *= 2
         return default

@@ -14,15 +14,18 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gaffer.cache.base import CacheTier
 from gaffer.cache.disk import DiskStore
 from gaffer.cache.resilient import ResilientTier, TierStats
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, digest_file
 from gaffer.units import format_count
+
+if TYPE_CHECKING:  # the thread pools serve remote tiers only: a local-only build never imports concurrent.futures
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 UPLOAD_WORKERS = 4
 DOWNLOAD_WORKERS = 8
@@ -70,6 +73,8 @@ class TieredCache(CacheTier):
         if len(self.remotes) == 1:
             self.remotes[0].check()
         elif self.remotes:
+            from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(len(self.remotes)) as pool:
                 list(pool.map(ResilientTier.check, self.remotes))
 
@@ -149,6 +154,8 @@ class TieredCache(CacheTier):
             if len(jobs) == 1:
                 done = jobs[0]()
             else:
+                from concurrent.futures import ThreadPoolExecutor
+
                 with ThreadPoolExecutor(min(DOWNLOAD_WORKERS, len(jobs))) as pool:
                     done = set().union(*pool.map(lambda job: job(), jobs))
             missing = [d for d in missing if d not in done]
@@ -212,6 +219,8 @@ class TieredCache(CacheTier):
         unique = list(dict.fromkeys(blobs))
         with self._pool_lock:
             if self._upload_pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._upload_pool = ThreadPoolExecutor(UPLOAD_WORKERS, thread_name_prefix="gaffer-upload")
             self._uploads.append(self._upload_pool.submit(self._upload, key, result, unique))
 
@@ -269,6 +278,8 @@ class TieredCache(CacheTier):
             self._uploads = []
         if not pending:
             return
+        from concurrent.futures import wait
+
         not_done = wait(pending, timeout=1.0).not_done
         if not_done:
             print(f"gaffer: uploading {format_count(len(not_done), 'result')} to the remote cache...", file=sys.stderr,

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from gaffer.execute.orphans import RUN_ENV
 from gaffer.lock import LOCK_ENV
@@ -32,8 +31,7 @@ if TYPE_CHECKING:
 OWN_ENV = (LOCK_ENV, RUN_ENV)  # gaffer's own task variables: always passed (see lock.py, orphans.py)
 
 
-@dataclass
-class ExecuteResult:
+class ExecuteResult(NamedTuple):
     """One execution: its logs and timing, and on success its outputs and ActionResult. `failure` says why it
     failed ("" when it succeeded). On success the outputs are in the workspace and every blob the ActionResult
     names is in the local CAS, unless `remote_only`: then only its Trees and logs are."""
@@ -44,7 +42,7 @@ class ExecuteResult:
     failure: str = ""
     outputs: Outputs | None = None
     action_result: bytes = b""  # the serialized REAPI ActionResult
-    blobs: list[Digest] = field(default_factory=list)  # the blobs it names: outputs, Trees, stdout, stderr
+    blobs: Sequence[Digest] = ()  # the blobs it names: outputs, Trees, stdout, stderr
     where: str = ""  # where it ran when not here: "worker W"
     cached: bool = False  # not run: a remote's action cache answered (duration_s is then the original run's)
     remote_only: bool = False  # its outputs were left on the remote (--remote-download=minimal), not written here

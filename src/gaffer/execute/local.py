@@ -18,14 +18,12 @@ import os
 import select
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 from gaffer.digest import digest_bytes
 from gaffer.execute.base import ExecuteResult, task_environment
@@ -39,8 +37,7 @@ if TYPE_CHECKING:
 KILL_GRACE_S = 2.0
 
 
-@dataclass
-class ProcessResult:
+class ProcessResult(NamedTuple):
     exit_code: int
     duration_s: float
     timed_out: bool = False
@@ -230,6 +227,8 @@ def _anonymous_file() -> int:
     elsewhere a temp file unlinked at once). Its content is read into memory when the task ends either way."""
     if hasattr(os, "memfd_create"):
         return os.memfd_create("gaffer-log", os.MFD_CLOEXEC)
+    import tempfile
+
     fd, name = tempfile.mkstemp(prefix="gaffer-log-")
     os.unlink(name)
     return fd

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import marshal
 import math
 import os
@@ -39,7 +38,7 @@ _HOST_PROPERTIES = ("OSFamily", "ISA")  # always the executing machine's own (ac
 _TASK_FIELD_SET = frozenset(TASK_FIELDS)
 MAX_TIMEOUT_S = 365 * 24 * 3600  # a year: far beyond any build, well inside what clocks and REAPI's Duration hold
 # The validated copy of the graph file: which layout of it this code reads (Task's fields are part of it).
-_COPY_FORMAT = (2, __version__, Task.__slots__)
+_COPY_FORMAT = (2, __version__, Task._fields)
 
 
 class _Bad(Exception):
@@ -122,7 +121,7 @@ def _write_copy(root: str, digest: str, tasks: dict[str, Task], platform: dict[s
     tasks' own names, which marshal then writes once and loads as one object each."""
     names = {name: name for name in tasks}
     _tasks, _platform, deps, groups, outputs, env, sandboxed = _facts(tasks, platform)
-    body = marshal.dumps((platform, {name: marshal.dumps(tuple(getattr(t, f) for f in Task.__slots__))
+    body = marshal.dumps((platform, {name: marshal.dumps(tuple(t))
                                      for name, t in tasks.items()},
                           {name: tuple(names[dep] for dep in d) for name, d in deps.items()},
                           tuple(groups), tuple(outputs), env, sandboxed))
@@ -176,6 +175,8 @@ def _with_graph_level(value: Any, parse: Callable[[Any], tuple[str, ...]], graph
 
 
 def _parse_json(data: bytes, shown: str) -> Any:
+    import json  # the graph file itself is parsed only when its validated copy is missing or stale
+
     try:
         doc = json.loads(data)
         if _SURROGATE_ESCAPE.search(data):  # rare: only then look for a lone one, which is no character at all

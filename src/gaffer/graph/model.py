@@ -6,12 +6,11 @@ the UI) without anyone being able to change it behind the validation's back.
 
 from __future__ import annotations
 
-import difflib
 import marshal
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from gaffer.errors import UserError
 
@@ -20,8 +19,7 @@ from gaffer.errors import UserError
 DEFAULT_PASS_ENV = ("GOROOT", "GOTOOLCHAIN", "HOME", "PATH")
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
+class Task(NamedTuple):
     """One node of the graph, normalized so that two spellings of the same task compare (and key) equal."""
 
     name: str
@@ -73,8 +71,7 @@ class Tasks(Mapping[str, Task]):
         return len(self._decoded if self._stored is None else self._stored)
 
 
-@dataclass(frozen=True, slots=True)
-class Graph:
+class Graph(NamedTuple):
     path: Path  # the graph file (absolute)
     root: Path  # the workspace root: the graph file's directory (absolute, resolved)
     tasks: Mapping[str, Task]  # in file order
@@ -136,6 +133,8 @@ def topological_order(edges: Mapping[str, Sequence[str]], roots: Iterable[str], 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """` (did you mean 'x'?)` for the closest of `choices`, or "" when nothing is close."""
+    import difflib  # only for a mistake: not on every build's path
+
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
