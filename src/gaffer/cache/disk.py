@@ -404,7 +404,7 @@ class DiskStore(CacheTier):
         """Remove the temp files of processes no longer running (a kill -9, a crash); a running one's stay."""
         for tmp in self._temp_files():
             pid = tmp.name.partition("-")[0]
-            if not (pid.isdigit() and _alive(int(pid))):
+            if not (pid.isdigit() and process_alive(int(pid))):
                 tmp.unlink(missing_ok=True)
 
     def record_build(self, hits: int, misses: int) -> None:
@@ -605,7 +605,7 @@ def _free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Is process `pid` running? (A temp file's name starts with the pid of the process writing it.)"""
     try:
         os.kill(pid, 0)

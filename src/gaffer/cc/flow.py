@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gaffer.cache.base import TierError
+from gaffer.cache.disk import process_alive
 from gaffer.cc import result
 from gaffer.cc.basedir import MARK, normalise
 from gaffer.cc.depfile import from_portable, prerequisites, to_portable
@@ -302,23 +303,13 @@ def sweep_temp_files(directory: Path) -> int:
     removed = 0
     for entry in os.scandir(directory):
         pid = entry.name.removeprefix(TEMP_PREFIX).partition(".")[0]
-        if entry.name.startswith(TEMP_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+        if entry.name.startswith(TEMP_PREFIX) and pid.isdigit() and not process_alive(int(pid)):
             try:
                 os.unlink(entry.path)
                 removed += 1
             except OSError:
                 pass
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_text(path: str) -> str:
