@@ -111,3 +111,18 @@ def test_a_damaged_stat_cache_shard_means_hashing_again_never_a_wrong_digest(tmp
     path.write_bytes(bytes(data))
     again = StatCache.load(directory)
     assert again.digest(str(source)) == digest_bytes(b"a\n") and again.hashed == 1
+
+
+def test_the_stat_cache_file_of_an_older_gaffer_is_removed_at_the_first_save(tmp_path: Path) -> None:
+    """Before the shards the stat cache was one file, `stat-cache`, beside the `stats` directory (in .gaffer/ and
+    the launcher's directory): nothing reads it any more, so the first save removes it."""
+    legacy = tmp_path / "stat-cache"
+    legacy.write_bytes(b"an older gaffer's stat cache")
+    source = tmp_path / "a.txt"
+    source.write_text("a\n")
+    cache = StatCache.load(tmp_path / "stats")
+    cache.save(tmp_path / "stats")  # nothing changed: nothing written
+    assert legacy.exists()
+    cache.digest(str(source))
+    cache.save(tmp_path / "stats")
+    assert not legacy.exists() and StatCache.load(tmp_path / "stats").digest(str(source)) == digest_bytes(b"a\n")

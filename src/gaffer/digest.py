@@ -143,6 +143,10 @@ class StatCache:
         """Write what changed to `directory` (the one it was loaded from); raises OSError naming the file."""
         if self._entries.changed:  # a first build that records nothing else makes .gaffer
             self._entries.save(os.fspath(directory))
+            try:  # the one file this cache was in before it was kept in shards, beside the directory
+                os.unlink(os.path.join(os.path.dirname(os.fspath(directory)), "stat-cache"))
+            except OSError:
+                pass
 
     def digest(self, path: str, st: os.stat_result | None = None) -> Digest:
         """Digest of the file at `path`, hashing only when its signature changed (or was racily recorded)."""
