@@ -802,6 +802,7 @@ def test_a_list_naming_a_blob_the_remote_lost_is_a_miss_for_that_entry_only(modu
     DiskStore(remote).blob_path(digest_bytes(BODIES[lost])).unlink()
     local = tmp_path / "ci"
     c = _remote_session(module, local, remote)
+    wait_for(lambda: _local_entries(local) == set(BODIES) - {lost}, "the entries whose blobs are there prefetched")
     assert c.get(1, lost) == {"ID": 1, "Miss": True}
     assert Path(str(c.get(2, kept)["DiskPath"])).read_bytes() == BODIES[kept]
     c.close()
