@@ -16,13 +16,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from gaffer.cache.disk import DiskStore
+from gaffer.cache.tiered import TieredCache
 from gaffer.cache.trusted import settled
 from gaffer.digest import Digest, digest_bytes
 from gaffer.errors import UserError
@@ -35,7 +36,8 @@ from gaffer.gocache.entry import (
     decode_entry,
     encode_entry,
 )
-from gaffer.gocache.prefetch import BadList, decode_list, encode_list, find_scope, list_key
+from gaffer.gocache import prefetch as prefetch_module
+from gaffer.gocache.prefetch import BadList, Prefetch, decode_list, encode_list, find_scope, list_key
 from tests.servers import free_port
 from tests.support import NOBODY, require, require_tool, wait_for
 
@@ -722,15 +724,26 @@ def _scope_list(module: Path, remote: Path) -> tuple[DiskStore, Digest]:
 BODIES = {b"action %d" % i: os.urandom(100 + i) for i in range(5)}
 
 
-def _local_entries(local: Path) -> set[bytes]:
-    """The ActionIDs of BODIES whose entry and blob are in the local tier `local`."""
+def _local_blobs(local: Path) -> set[bytes]:
+    """The ActionIDs of BODIES whose blob is in the local tier `local`, whole (a prefetch brings the blobs; the
+    entries stay in its memory, then in the list it stores at close)."""
     store = DiskStore(local)
-    held = set()
-    for action, body in BODIES.items():
-        data = store.read_action(action_key(action))
-        if data is not None and store.has_blob(decode_entry(data).body) and decode_entry(data).body == digest_bytes(body):
-            held.add(action)
-    return held
+    return {action for action, body in BODIES.items()
+            if store.blob_path(digest_bytes(body)).is_file()
+            and store.blob_path(digest_bytes(body)).read_bytes() == body}
+
+
+def _local_entries(local: Path) -> set[bytes]:
+    """The ActionIDs of BODIES with an action-cache entry of their own in the local tier `local`."""
+    store = DiskStore(local)
+    return {action for action in BODIES if store.read_action(action_key(action)) is not None}
+
+
+def _gets_all_hit(c: Client) -> None:
+    for i, (action, body) in enumerate(BODIES.items()):
+        got = c.get(i + 1, action)
+        assert not got.get("Miss"), f"entry {i} missed"
+        assert Path(str(got["DiskPath"])).read_bytes() == body
 
 
 def test_a_build_stores_its_list_and_the_next_one_prefetches_it_into_an_empty_local_tier(
@@ -743,14 +756,70 @@ def test_a_build_stores_its_list_and_the_next_one_prefetches_it_into_an_empty_lo
     assert {a for a, _ in decode_list(data, scope)} == set(BODIES)
     local = tmp_path / "ci-machine"
     c = _remote_session(module, local, remote, GOBUILDCACHE_STATS="1")
-    wait_for(lambda: _local_entries(local) == set(BODIES), "every listed entry prefetched before go asks for any")
+    wait_for(lambda: _local_blobs(local) == set(BODIES), "every listed blob prefetched before go asks for any")
     last = list(BODIES)[-1]
     got = c.get(1, last)
     assert Path(str(got["DiskPath"])).read_bytes() == BODIES[last] and got["DiskPath"] == str(
         DiskStore(local).blob_path(digest_bytes(BODIES[last])))
     c.close()
     status, stderr = c.finish()
-    assert status == 0 and "prefetched 5 entries" in stderr, stderr
+    assert status == 0 and "prefetched 5 entries (" in stderr, stderr
+
+
+def test_prefetched_entries_are_served_without_the_remote_and_recorded_by_the_local_list(
+        module: Path, tmp_path: Path) -> None:
+    """The entries a prefetch brought are answered from its memory (the remote is gone by then), and no action-cache
+    file is written for each: the list stored in the local tier at close is their record, so a second command on
+    the same machine hits them all, still without the remote."""
+    remote = _previous_build(module, tmp_path, BODIES)
+    local = tmp_path / "ci-machine"
+    c = _remote_session(module, local, remote)
+    wait_for(lambda: _local_blobs(local) == set(BODIES), "every listed blob prefetched")
+    moved = tmp_path / "remote-gone"
+    remote.rename(moved)  # from here on, any remote lookup misses
+    _gets_all_hit(c)
+    c.close()
+    assert c.finish()[0] == 0
+    assert _local_entries(local) == set()  # one file fewer per entry; the local list records them
+    again = _remote_session(module, local, remote)
+    _gets_all_hit(again)
+    again.close()
+    assert again.finish() == (0, "")
+
+
+def test_a_damaged_local_list_or_blob_is_a_miss_never_a_wrong_hit(module: Path, tmp_path: Path) -> None:
+    """The local list only points at blobs, which are checked: a blob damaged after the prefetch is a miss; a
+    list damaged in the local tier is ignored (every entry a miss, the remote being gone)."""
+    remote = _previous_build(module, tmp_path, BODIES)
+    local = tmp_path / "ci-machine"
+    c = _remote_session(module, local, remote)
+    wait_for(lambda: _local_blobs(local) == set(BODIES), "every listed blob prefetched")
+    _gets_all_hit(c)
+    c.close()
+    assert c.finish()[0] == 0
+    assert _local_entries(local) == set()  # the local list is the only record of the entries
+    remote.rename(tmp_path / "remote-gone")
+    store = DiskStore(local)
+    damaged = list(BODIES)[2]
+    blob = store.blob_path(digest_bytes(BODIES[damaged]))
+    blob.write_bytes(os.urandom(len(BODIES[damaged])))
+    again = _remote_session(module, local, remote)
+    assert again.get(1, damaged) == {"ID": 1, "Miss": True}
+    kept = list(BODIES)[0]
+    assert Path(str(again.get(2, kept)["DiskPath"])).read_bytes() == BODIES[kept]
+    again.close()
+    assert again.finish()[0] == 0
+    key = list_key(find_scope(str(module), gobuildcache_env(local), os.getpid()))
+    data = store.read_action(key)
+    assert data is not None
+    listed = store.blob_path(decode_entry(data).body)
+    raw = listed.read_bytes()
+    listed.write_bytes(raw[:-2] + bytes([raw[-2] ^ 1]) + raw[-1:])  # still a list that parses: only its digest tells
+    third = _remote_session(module, local, remote)
+    assert third.get(1, kept) == {"ID": 1, "Miss": True}
+    third.close()
+    status, stderr = third.finish()
+    assert status == 0 and "corrupt cache blob" in stderr
 
 
 def test_prefetch_is_off_with_its_setting(module: Path, tmp_path: Path) -> None:
@@ -759,7 +828,7 @@ def test_prefetch_is_off_with_its_setting(module: Path, tmp_path: Path) -> None:
     assert not c.get(1, next(iter(BODIES))).get("Miss")
     c.close()
     assert c.finish()[0] == 0
-    assert _local_entries(tmp_path / "ci") == {next(iter(BODIES))}
+    assert _local_entries(tmp_path / "ci") == {next(iter(BODIES))}  # fetched when asked for, entry and all
 
 
 def _replace_list(remote: Path, module: Path, data: bytes) -> None:
@@ -793,7 +862,7 @@ def test_a_bad_or_foreign_list_is_ignored_and_the_gets_still_hit(module: Path, t
     status, stderr = c.finish()
     assert status == 0
     assert "list of the previous build is unusable" in stderr
-    assert _local_entries(local) == {first}  # nothing else was brought
+    assert _local_blobs(local) == {first}  # nothing else was brought
 
 
 def test_a_list_naming_a_blob_the_remote_lost_is_a_miss_for_that_entry_only(module: Path, tmp_path: Path) -> None:
@@ -802,13 +871,13 @@ def test_a_list_naming_a_blob_the_remote_lost_is_a_miss_for_that_entry_only(modu
     DiskStore(remote).blob_path(digest_bytes(BODIES[lost])).unlink()
     local = tmp_path / "ci"
     c = _remote_session(module, local, remote)
-    wait_for(lambda: _local_entries(local) == set(BODIES) - {lost}, "the entries whose blobs are there prefetched")
+    wait_for(lambda: _local_blobs(local) == set(BODIES) - {lost}, "the blobs that are there prefetched")
     assert c.get(1, lost) == {"ID": 1, "Miss": True}
     assert Path(str(c.get(2, kept)["DiskPath"])).read_bytes() == BODIES[kept]
     c.close()
     status, stderr = c.finish()
     assert status == 0 and stderr == ""
-    assert _local_entries(local) == set(BODIES) - {lost}
+    assert _local_blobs(local) == set(BODIES) - {lost}
 
 
 def test_prefetched_blobs_are_verified(module: Path, tmp_path: Path) -> None:
@@ -818,11 +887,11 @@ def test_prefetched_blobs_are_verified(module: Path, tmp_path: Path) -> None:
     DiskStore(remote).blob_path(digest_bytes(BODIES[damaged])).write_bytes(os.urandom(len(BODIES[damaged])))
     local = tmp_path / "ci"
     c = _remote_session(module, local, remote)
-    wait_for(lambda: _local_entries(local) == set(BODIES) - {damaged}, "the undamaged entries prefetched")
+    wait_for(lambda: _local_blobs(local) == set(BODIES) - {damaged}, "the undamaged blobs prefetched")
     assert c.get(1, damaged) == {"ID": 1, "Miss": True}
     c.close()
     assert c.finish()[0] == 0
-    assert _local_entries(local) == set(BODIES) - {damaged}
+    assert _local_blobs(local) == set(BODIES) - {damaged}
 
 
 def test_the_scope_is_the_module_and_directory_and_the_list_checks_it(tmp_path: Path) -> None:
@@ -839,3 +908,58 @@ def test_the_scope_is_the_module_and_directory_and_the_list_checks_it(tmp_path: 
     assert decode_list(encode_list(root, entries), root) == list(entries.items())
     with pytest.raises(BadList):
         decode_list(encode_list(root, entries), root + "x")
+
+
+class _GatedTier(DiskStore):
+    """A disk tier (a real store) whose reads of one blob wait until the test opens the gate."""
+
+    def __init__(self, root: Path, gated: Digest) -> None:
+        super().__init__(root)
+        self.gated = gated
+        self.waiting = threading.Event()
+        self.gate = threading.Event()
+
+    def _pass(self, digests: Sequence[Digest]) -> None:
+        if self.gated in digests:
+            self.waiting.set()
+            assert self.gate.wait(REPLY_TIMEOUT_S)
+
+    def read_blobs(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
+        self._pass(digests)
+        return super().read_blobs(digests)
+
+    def fetch_blob(self, digest: Digest, dest: Path) -> bool:
+        self._pass([digest])
+        return super().fetch_blob(digest, dest)
+
+
+def test_a_get_fetches_its_entry_itself_when_the_prefetch_has_not_reached_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """go's demand goes first: while the one prefetch worker is stuck on the first group, a get for an entry of a
+    later group fetches that group on its own thread (verified, as the workers do) instead of waiting its turn."""
+    monkeypatch.setattr(prefetch_module, "WORKERS", 1)
+    monkeypatch.setattr(prefetch_module, "FIRST_GROUP", 1)  # groups of 1, then 2 blobs
+    scope = "module example.com/gated .\nbuild\n\n"
+    bodies = [os.urandom(200 + i) for i in range(3)]
+    entries = {b"action %d" % i: GoEntry(b"out %d" % i, digest_bytes(body), 1) for i, body in enumerate(bodies)}
+    remote = _GatedTier(tmp_path / "remote", digest_bytes(bodies[0]))
+    for body in bodies:
+        remote.write_blob(digest_bytes(body), body)
+    listed = encode_list(scope, entries)
+    remote.write_blob(digest_bytes(listed), listed)
+    remote.write_action(list_key(scope), encode_entry(GoEntry(b"", digest_bytes(listed), 1)))
+    tiered = TieredCache(DiskStore(tmp_path / "local"), [remote])
+    prefetch = Prefetch(tiered, scope, report=pytest.fail)
+    prefetch.start()
+    try:
+        assert remote.waiting.wait(REPLY_TIMEOUT_S), "the worker never started the first group"
+        last = list(entries)[-1]
+        assert prefetch.entry(last) == entries[last]  # fetched here: the worker is still held at the gate
+        assert tiered.local.read_blob(digest_bytes(bodies[2])) == bodies[2]
+        assert prefetch.ready(list(entries)[0]) is None
+    finally:
+        remote.gate.set()
+    assert prefetch.entry(list(entries)[0]) == entries[list(entries)[0]]  # waited for the worker's group
+    prefetch.store({})
+    assert prefetch.fetched == 3
+    tiered.close()

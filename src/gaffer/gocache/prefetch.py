@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from gaffer.cache.tiered import read_groups
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
-from gaffer.gocache.entry import CorruptEntry, GoEntry, action_key, decode_entry, encode_entry
+from gaffer.gocache.entry import CorruptEntry, GoEntry, decode_entry, encode_entry
 
 if TYPE_CHECKING:
     from gaffer.cache.tiered import TieredCache
@@ -126,9 +126,23 @@ def decode_list(data: bytes, scope: str) -> list[tuple[bytes, GoEntry]]:
     return entries
 
 
+class _Group:
+    """Blobs fetched by one read. Whoever claims it first fetches it: a prefetch worker in list order, or a get
+    that needs one of its entries before the workers got there (go's demand goes first); the others wait."""
+
+    __slots__ = ("digests", "done", "claimed")
+
+    def __init__(self, digests: list[Digest]) -> None:
+        self.digests = digests
+        self.done = threading.Event()
+        self.claimed = False
+
+
 class Prefetch:
-    """Reads the previous list and fills the local tier on a thread of its own; `wait` lets a get that needs an
-    entry being fetched wait for it rather than fetch it a second time."""
+    """Reads the previous list and fills the local tier on threads of its own. The entries it brings are kept in
+    memory, not written to the action cache one file each: the list, stored in the local tier at close, is their
+    record for the next command on this machine (`ready`). `entry` lets a get that needs an entry being fetched
+    wait for it, or fetch its group itself, rather than fetch it a second time."""
 
     def __init__(self, tiered: TieredCache, scope: str, report: Callable[[str], None]) -> None:
         self.tiered = tiered
@@ -138,22 +152,56 @@ class Prefetch:
         self.previous: frozenset[bytes] | None = None  # the ActionIDs of the list read from a remote
         self._entry: bytes | None = None  # and its entry there
         self._local_had_list = False  # a warm local tier: its lists are not uploaded (see `store`)
-        self.fetched = 0  # entries this prefetch put in the local tier
+        self.fetched = 0  # entries this prefetch brought (blobs verified and local)
+        self.fetched_bytes = 0
+        self.seconds = 0.0  # from start-up to the last group fetched
+        self._ready: dict[bytes, GoEntry] = {}  # entries whose blob this prefetch found or put in the local tier
+        self._local: dict[bytes, GoEntry] | None = None  # the local tier's list, read at the first miss
+        self._lock = threading.Lock()
         self._listed = threading.Event()
         self._closing = threading.Event()  # set at close: groups not yet started are dropped
-        self._pending: dict[bytes, threading.Event] = {}
+        self._pending: dict[bytes, _Group] = {}
+        self._by_body: dict[Digest, list[tuple[bytes, GoEntry]]] = {}
+        self._started = 0.0
         self._thread = threading.Thread(target=self._run, name="gocache-prefetch", daemon=True)
 
     def start(self) -> None:
+        self._started = time.perf_counter()
         self._thread.start()
 
-    def wait(self, action_id: bytes) -> None:
-        """Return once `action_id`'s entry is in the local tier or will not be brought by the prefetch. Before the
-        list has arrived, at once: a slow list must not hold up the gets (a few may then be fetched twice)."""
+    def ready(self, action_id: bytes) -> GoEntry | None:
+        """The entry for `action_id` if the prefetch brought it, or the local tier's list names it; never waits.
+        Its blob is checked by the caller, as any entry's."""
+        entry = self._ready.get(action_id)
+        return entry if entry is not None else self._local_index().get(action_id)
+
+    def entry(self, action_id: bytes) -> GoEntry | None:
+        """`ready`, once `action_id`'s group has been fetched: waited for if a worker has it, fetched here if none
+        has started it. Before the list has arrived, at once: a slow list must not hold up the gets (a few may
+        then be fetched twice)."""
         if self._listed.is_set():
-            done = self._pending.get(action_id)
-            if done is not None:
-                done.wait(WAIT_S)
+            group = self._pending.get(action_id)
+            if group is not None:
+                if self._claim(group):
+                    self._fetch(group)
+                else:
+                    group.done.wait(WAIT_S)
+        return self.ready(action_id)
+
+    def _local_index(self) -> dict[bytes, GoEntry]:
+        """The entries of this scope's list in the local tier: a build a prefetch served left them there."""
+        with self._lock:
+            if self._local is None:
+                self._local = {}
+                local = self.tiered.local
+                data = local.read_action(self.key)
+                try:
+                    listed = local.read_blob(decode_entry(data).body) if data is not None else None
+                    if listed is not None:
+                        self._local = dict(decode_list(listed, self.scope))
+                except (CorruptEntry, BadList):
+                    pass  # a miss for each: the entries are looked up the usual way
+            return self._local
 
     def _run(self) -> None:
         try:
@@ -164,8 +212,8 @@ class Prefetch:
             self.report(f"prefetch: {type(e).__name__}: {e}; fetching entries as go asks for them")
         finally:
             self._listed.set()
-            for done in self._pending.values():
-                done.set()
+            for group in self._pending.values():
+                group.done.set()
 
     def _read_list(self) -> list[tuple[bytes, GoEntry]]:
         """The previous list of this scope from the remotes; none when the local tier has it (it served that
@@ -194,8 +242,8 @@ class Prefetch:
         return entries
 
     def _fill(self, entries: list[tuple[bytes, GoEntry]]) -> None:
-        """Fetch the blobs the local tier lacks, in groups, several groups at a time; record each entry locally
-        once its blob is there and verified."""
+        """Fetch the blobs the local tier lacks, in groups, several groups at a time, in the order go used them;
+        an entry is ready once its blob is local and verified."""
         local = self.tiered.local
         by_body: dict[Digest, list[tuple[bytes, GoEntry]]] = {}
         budget = MAX_PREFETCH_BYTES
@@ -205,47 +253,54 @@ class Prefetch:
                 if budget < 0:
                     break
             by_body.setdefault(entry.body, []).append((action_id, entry))
+        self._by_body = by_body
         missing = set(local.find_missing(list(by_body)))
-        present = [d for d in by_body if d not in missing]
-        groups = [present] if present else []
-        groups += read_groups([d for d in by_body if d in missing], first=FIRST_GROUP)  # in the order go used them
-        jobs = []
+        self._add_ready([d for d in by_body if d not in missing])  # checked when asked for, as any local blob
+        groups = [_Group(g) for g in read_groups([d for d in by_body if d in missing], first=FIRST_GROUP)]
         for group in groups:
-            done = threading.Event()
-            for d in group:
+            for d in group.digests:
                 for action_id, _ in by_body[d]:
-                    self._pending[action_id] = done
-            jobs.append((group, done))
+                    self._pending[action_id] = group
         self._listed.set()
         with ThreadPoolExecutor(WORKERS, thread_name_prefix="gocache-prefetch") as pool:
-            for count in pool.map(lambda job: self._fill_group(by_body, *job), jobs):
-                self.fetched += count
+            list(pool.map(self._work, groups))
+        self.seconds = time.perf_counter() - self._started
 
-    def _fill_group(self, by_body: dict[Digest, list[tuple[bytes, GoEntry]]], group: list[Digest],
-                    done: threading.Event) -> int:
-        """One group: its blobs fetched (verified), then the entries whose blobs are local written locally."""
+    def _work(self, group: _Group) -> None:
+        """A worker's turn at the next group: fetched unless a get claimed it first or the command is closing."""
+        if self._closing.is_set():
+            group.done.set()
+        elif self._claim(group):
+            self._fetch(group)
+
+    def _claim(self, group: _Group) -> bool:
+        with self._lock:
+            if group.claimed:
+                return False
+            group.claimed = True
+            return True
+
+    def _fetch(self, group: _Group) -> None:
+        """One group: its blobs fetched and verified into the local tier; their entries ready."""
         try:
-            if self._closing.is_set():
-                return 0
-            absent = set(self.tiered.fill_local(group))
-            count = 0
-            for d in group:
-                if d in absent:
-                    continue
-                for action_id, entry in by_body[d]:
-                    key = action_key(action_id)
-                    if self.tiered.local.read_action(key) is None:
-                        self.tiered.local.write_action(key, encode_entry(entry))
-                        count += 1
-            return count
+            absent = set(self.tiered.fill_local(group.digests))
+            self._add_ready([d for d in group.digests if d not in absent])
         finally:
-            done.set()
+            group.done.set()
+
+    def _add_ready(self, digests: list[Digest]) -> None:
+        with self._lock:
+            for d in digests:
+                for action_id, entry in self._by_body[d]:
+                    self._ready[action_id] = entry
+                self.fetched += len(self._by_body[d])
+                self.fetched_bytes += d.size_bytes
 
     def store(self, used: Mapping[bytes, GoEntry]) -> None:
-        """At close: this command's entries as its scope's list, for the next command's prefetch. Stored in the
-        local tier (which then needs no prefetch). Uploaded by a command that started without a local list (a
-        fresh machine: the kind that reads the remote's list), unless the list read names the same entries; a
-        warm machine keeps its list to itself, so a build served locally never talks to the remotes."""
+        """At close: this command's entries as its scope's list, for the next command's prefetch and as the local
+        record of the entries served from it. Stored in the local tier. Uploaded by a command that started without
+        a local list (a fresh machine: the kind that reads the remote's list), unless the list read names the same
+        entries; a warm machine keeps its list to itself, so a build served locally never talks to the remotes."""
         self._closing.set()
         self._thread.join()  # the groups in flight finish: their local writes land before the store is closed
         if not used:
@@ -256,7 +311,7 @@ class Prefetch:
             if self._entry is not None and names == self.previous:
                 local.write_action(self.key, self._entry)  # its blob came with it
                 return
-            if self._local_had_list and names == self._local_list():
+            if self._local_had_list and names == frozenset(self._local_index()):
                 return
             data = encode_list(self.scope, used)
             digest = digest_bytes(data)
@@ -268,12 +323,3 @@ class Prefetch:
                 self.tiered.put_action(self.key, entry, [digest])
         except OSError as e:
             self.report(f"cannot store the prefetch list in {local.root}: {e.strerror or e}")
-
-    def _local_list(self) -> frozenset[bytes] | None:
-        """The ActionIDs of the list in the local tier, if it has a good one."""
-        data = self.tiered.local.read_action(self.key)
-        try:
-            listed = self.tiered.local.read_blob(decode_entry(data).body) if data is not None else None
-            return None if listed is None else frozenset(a for a, _ in decode_list(listed, self.scope))
-        except (CorruptEntry, BadList):
-            return None

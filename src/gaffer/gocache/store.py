@@ -115,6 +115,8 @@ class GoStore:
         runs `get` (through the remote tiers, or verifying a big blob off the reader thread)."""
         key = action_key(action_id)
         entry = self._entry(key, self.local.read_action(key))
+        if entry is None and self.prefetch is not None:
+            entry = self.prefetch.ready(action_id)
         if entry is not None and entry.body.size_bytes > AT_ONCE_MAX_BYTES and not self.local.trusts_blob(entry.body):
             return DEFER
         hit = self._hit(entry, fetch=False)
@@ -126,7 +128,11 @@ class GoStore:
     def get(self, action_id: bytes) -> Hit | None:
         key = action_key(action_id)
         if self.prefetch is not None:
-            self.prefetch.wait(action_id)
+            entry = self.prefetch.entry(action_id)
+            hit = self._hit(entry, fetch=False)
+            if hit is not None:
+                self._count(action_id, entry, hit)
+                return hit
         data = self.tiered.get_action(key) if self.tiered else self.local.read_action(key)
         entry = self._entry(key, data)
         hit = self._hit(entry, fetch=True)
@@ -216,7 +222,8 @@ class GoStore:
             f"{s.errors + self.local.corrupt_evicted + sum(r.errors for r in remotes)} errors"
         )
         if self.prefetch is not None and self.prefetch.fetched:
-            line += f", prefetched {self.prefetch.fetched} entries"
+            p = self.prefetch
+            line += f", prefetched {p.fetched} entries ({format_size(p.fetched_bytes)} in {p.seconds:.2f}s)"
         for r in remotes:
             line += (
                 f"; {r.name}: {r.hits} hits, {r.misses} misses, {format_size(r.bytes_down)} down, "
