@@ -28,6 +28,7 @@ from gaffer.cache.trusted import settled
 from gaffer.digest import Digest, digest_bytes
 from gaffer.errors import UserError
 from gaffer.gocache import entry as entry_module
+from gaffer.gocache import prefetch as prefetch_module
 from gaffer.gocache.config import load_config
 from gaffer.gocache.entry import (
     CorruptEntry,
@@ -36,7 +37,6 @@ from gaffer.gocache.entry import (
     decode_entry,
     encode_entry,
 )
-from gaffer.gocache import prefetch as prefetch_module
 from gaffer.gocache.prefetch import BadList, Prefetch, decode_list, encode_list, find_scope, list_key
 from tests.servers import free_port
 from tests.support import NOBODY, require, require_tool, wait_for
@@ -805,7 +805,7 @@ def test_a_damaged_local_list_or_blob_is_a_miss_never_a_wrong_hit(module: Path, 
     blob.write_bytes(os.urandom(len(BODIES[damaged])))
     again = _remote_session(module, local, remote)
     assert again.get(1, damaged) == {"ID": 1, "Miss": True}
-    kept = list(BODIES)[0]
+    kept = next(iter(BODIES))
     assert Path(str(again.get(2, kept)["DiskPath"])).read_bytes() == BODIES[kept]
     again.close()
     assert again.finish()[0] == 0
@@ -953,13 +953,13 @@ def test_a_get_fetches_its_entry_itself_when_the_prefetch_has_not_reached_it(
     prefetch.start()
     try:
         assert remote.waiting.wait(REPLY_TIMEOUT_S), "the worker never started the first group"
-        last = list(entries)[-1]
+        first, last = next(iter(entries)), list(entries)[-1]
         assert prefetch.entry(last) == entries[last]  # fetched here: the worker is still held at the gate
         assert tiered.local.read_blob(digest_bytes(bodies[2])) == bodies[2]
-        assert prefetch.ready(list(entries)[0]) is None
+        assert prefetch.ready(first) is None
     finally:
         remote.gate.set()
-    assert prefetch.entry(list(entries)[0]) == entries[list(entries)[0]]  # waited for the worker's group
+    assert prefetch.entry(first) == entries[first]  # waited for the worker's group
     prefetch.store({})
     assert prefetch.fetched == 3
     tiered.close()

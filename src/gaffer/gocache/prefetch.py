@@ -6,13 +6,18 @@ every get waits for the remote (an entry, then its blob). At close, gobuildcache
 this command used (hits and puts) as an entry of its own, in every tier, under a key made of its *scope*: the Go
 module and the directory in it (or the directory alone outside a module), the go subcommand (build, test, vet...)
 and GOOS/GOARCH when set. At start-up, when the local tier lacks that list (an empty machine), it is read from the
-remotes and every blob it names is fetched in batches (BatchReadBlobs on REAPI, concurrent GETs elsewhere).
+remotes and every blob it names is fetched in batches (BatchReadBlobs on REAPI, concurrent GETs elsewhere), in the
+order go used them; a get whose entry's group no worker has started fetches that group itself. The entries are
+kept in memory rather than written to the local action cache one file each (a file created per entry was a
+tenth of the prefetch's CPU): the list, stored in the local tier at close, is their record there, read by the
+next command on the machine when the action cache misses.
 
 The list is a hint, never a source of truth that could hand `go` a wrong artifact:
 - its bytes are a CAS blob checked against their digest; a list that does not parse, is bigger than the bounds
   or names another scope is ignored whole (one stderr line);
-- an entry goes into the local tier only after its blob arrived and matched its digest, and an entry maps a
-  content-addressed ActionID to what a gobuildcache stored for it: the same trust as the remote's own entries;
+- an entry is answered only once its blob arrived and matched its digest (or, for the local list's entries, is
+  checked as any local blob is), and an entry maps a content-addressed ActionID to what a gobuildcache stored for
+  it: the same trust as the remote's own entries;
 - whatever the prefetch did not bring is looked up the usual way: a blob the remote lost is an ordinary miss.
 """
 
@@ -130,7 +135,7 @@ class _Group:
     """Blobs fetched by one read. Whoever claims it first fetches it: a prefetch worker in list order, or a get
     that needs one of its entries before the workers got there (go's demand goes first); the others wait."""
 
-    __slots__ = ("digests", "done", "claimed")
+    __slots__ = ("claimed", "digests", "done")
 
     def __init__(self, digests: list[Digest]) -> None:
         self.digests = digests
