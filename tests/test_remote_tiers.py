@@ -706,3 +706,26 @@ def test_tiered_caches_nest(tmp_path: Path) -> None:
     outer.close()
     assert far.read_blob(mine) == b"built here" and far.read_action(mine_key) == b"my result"
     assert far.corrupt_evicted == 1 and not warnings
+
+
+def test_a_blob_from_a_far_remote_fills_the_nearer_remotes_too(tmp_path: Path) -> None:
+    """A hit in the second remote writes its entry into the first (the nearer one) and, behind the build, the blobs
+    fetched with it: the nearer remote must not be left with entries whose blobs it lacks. Read-only: neither."""
+    from gaffer.cache.disk import DiskStore
+    from gaffer.cache.tiered import TieredCache
+    from gaffer.digest import digest_bytes
+
+    data = b"only far away" * 1000
+    blob, key = digest_bytes(data), digest_bytes(b"action")
+    for read_only in (False, True):
+        near, far = DiskStore(tmp_path / f"near-{read_only}"), DiskStore(tmp_path / f"far-{read_only}")
+        far.write_blob(blob, data)
+        far.write_action(key, b"result")
+        cache = TieredCache(DiskStore(tmp_path / f"local-{read_only}"), [near, far], read_only=read_only)
+        assert cache.get_action(key) == b"result"
+        assert cache.ensure_local([blob])
+        cache.close()
+        if read_only:
+            assert near.read_action(key) is None and not near.has_blob(blob)
+        else:
+            assert near.read_action(key) == b"result" and near.read_blob(blob) == data

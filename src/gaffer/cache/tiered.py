@@ -147,7 +147,7 @@ class TieredCache(CacheTier):
         if EMPTY_DIGEST in missing:  # the empty blob is always available (REAPI): no server has to hold it
             self.local.write_blob(EMPTY_DIGEST, b"")
             missing.remove(EMPTY_DIGEST)
-        for remote in self.remotes:
+        for i, remote in enumerate(self.remotes):
             if not missing or not remote.healthy:
                 continue
             jobs = [partial(self._read_group, remote, group) for group in read_groups(missing)]
@@ -158,6 +158,8 @@ class TieredCache(CacheTier):
 
                 with ThreadPoolExecutor(min(DOWNLOAD_WORKERS, len(jobs))) as pool:
                     done = set().union(*pool.map(lambda job: job(), jobs))
+            if done and i and not self.read_only:  # the nearer remotes got the entries (get_action): their blobs too
+                self._behind(None, b"", [d for d in missing if d in done], self.remotes[:i])
             missing = [d for d in missing if d not in done]
         return missing
 
@@ -212,8 +214,10 @@ class TieredCache(CacheTier):
         self.local.write_action(key, result)
         self._behind(key, result, blobs)
 
-    def _behind(self, key: Digest | None, result: bytes, blobs: Sequence[Digest]) -> None:
-        """Upload `blobs` (already local), then the action result if `key`, to the remotes behind the build."""
+    def _behind(self, key: Digest | None, result: bytes, blobs: Sequence[Digest],
+                remotes: Sequence[ResilientTier] | None = None) -> None:
+        """Upload `blobs` (already local), then the action result if `key`, to the remotes (all, or `remotes`)
+        behind the build."""
         if self.read_only or not self.remotes:
             return
         unique = list(dict.fromkeys(blobs))
@@ -222,10 +226,10 @@ class TieredCache(CacheTier):
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._upload_pool = ThreadPoolExecutor(UPLOAD_WORKERS, thread_name_prefix="gaffer-upload")
-            self._uploads.append(self._upload_pool.submit(self._upload, key, result, unique))
+            self._uploads.append(self._upload_pool.submit(self._upload, key, result, unique, remotes or self.remotes))
 
-    def _upload(self, key: Digest | None, result: bytes, blobs: list[Digest]) -> None:
-        for remote in self.remotes:
+    def _upload(self, key: Digest | None, result: bytes, blobs: list[Digest], remotes: Sequence[ResilientTier]) -> None:
+        for remote in remotes:
             if not remote.healthy:
                 continue
             for digest in remote.find_missing(blobs) if blobs else []:
