@@ -334,7 +334,7 @@ class Build:
         while True:
             affected: set[str] = set()
             settled: dict[str, float] = {}
-            saved = iter(self.since.record.tasks)  # (task, last execution time): every real task, in order
+            saved = iter(self.since.record.tasks())  # (task, last execution time): every real task, in order
             for name in self.order:
                 if name in groups:  # never settled: it is no work, and checks nothing
                     if name in dirty or not affected.isdisjoint(deps[name]):
