@@ -97,7 +97,7 @@ def test_edit_reruns_only_dependents_and_explains(ws: Path, env: dict[str, str])
 # What a local build has no use for: remote-execution and remote-tier clients, and the standard-library
 # modules only some builds need (a remote tier's thread pools and URLs, a mistake's suggestions, --summary-json).
 NOT_FOR_A_LOCAL_BUILD = ("grpc", "google.protobuf", "concurrent.futures", "logging", "dataclasses", "inspect",
-                         "difflib", "json", "platform", "tempfile", "textwrap", "gaffer.cache.urls")
+                         "difflib", "json", "platform", "tempfile", "textwrap", "shutil", "gaffer.cache.urls")
 
 
 @pytest.mark.parametrize("edit", [True, False], ids=["one-task-edit", "no-op"])

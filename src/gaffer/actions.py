@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -537,6 +536,8 @@ def _remove(path: Path) -> None:
     except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
         return
     if stat.S_ISDIR(st.st_mode):
+        import shutil  # only for a directory: an edit build that replaces a file never loads it
+
         shutil.rmtree(path, onerror=_make_writable_and_retry)
     else:
         os.unlink(path)
