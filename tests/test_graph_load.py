@@ -587,6 +587,27 @@ def test_the_validated_copy_is_what_a_load_of_the_same_bytes_returns(tmp_path: P
     assert list(load_graph("graph.json").tasks) == ["z"]
 
 
+def test_a_known_signature_spares_reading_the_file_until_the_file_changes(tmp_path: Path) -> None:
+    """`known` (the no-op record's signature and digest of the graph file) is trusted while the file keeps that
+    signature: planted under another digest, that copy is what loads. Rewritten with the same size and mtime
+    (its ctime moves), the file is read and validated again."""
+    from gaffer.graph import load as loading
+
+    write(tmp_path, COPIED)
+    first = load_graph("graph.json", keep=True)
+    planted = {"z": first.tasks["a"]._replace(name="z")}
+    loading._write_copy(str(tmp_path), "0" * 64, planted, {})
+    graph = load_graph("graph.json", known=(first.signature, "0" * 64))
+    assert list(graph.tasks) == ["z"] and graph.digest == "0" * 64 and graph.signature == first.signature
+    path = tmp_path / "graph.json"
+    st = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"echo a", b"echo A"))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    graph = load_graph("graph.json", known=(first.signature, "0" * 64))
+    assert list(graph.tasks) == ["a", "b"] and graph.tasks["a"].commands == (("sh", "-c", "echo A > a.txt"),)
+    assert graph.digest == loading.hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_any_byte_of_the_graph_file_edited_means_a_full_validation(tmp_path: Path, seed: int) -> None:
     """One byte changed anywhere, size and mtime kept: never the copy of the old bytes. A change that breaks

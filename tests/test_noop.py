@@ -295,13 +295,13 @@ def test_a_record_whose_columns_disagree_is_not_trusted(tmp_path: Path, env: dic
     build(ws, env)
     path = ws / ".gaffer" / "noop"
     stored = list(marshal.loads(path.read_bytes()))
-    paths, sigs, owners = stored[7]
+    paths, sigs, owners = stored[8]
     if damage == "a signature short":
-        stored[7] = (paths, sigs[:-1], owners)
+        stored[8] = (paths, sigs[:-1], owners)
     elif damage == "an owner short":
-        stored[7] = (paths, sigs, owners[:-1])
+        stored[8] = (paths, sigs, owners[:-1])
     elif damage == "a duration short":
-        stored[13] = stored[13][:-8]
+        stored[14] = stored[14][:-8]
     else:
         stored[0] = 4
     path.write_bytes(marshal.dumps(tuple(stored)))

@@ -64,6 +64,7 @@ class Record(NamedTuple):
     version: str
     graph: str  # the graph file's real path
     graph_sig: Sig
+    graph_digest: str  # the graph file's content digest with that signature (load_graph need not read it)
     state_sig: Sig  # the build log the record was written with: the fingerprints and outputs it vouches for
     targets: tuple[str, ...]
     env: tuple[tuple[str, str | None], ...]  # (name, value or None if unset)
@@ -83,7 +84,7 @@ class Record(NamedTuple):
     def stored(self) -> tuple[object, ...]:
         """The record as marshal stores it: each column one string, one bytes or one tuple."""
         inputs, outputs = self.inputs, self.outputs
-        return (*self[:7], ("\0".join(inputs.paths), inputs.sigs, tuple(inputs.owners)),
+        return (*self[:8], ("\0".join(inputs.paths), inputs.sigs, tuple(inputs.owners)),
                 ("\0".join(outputs.paths), outputs.sigs, array("I", outputs.owners).tobytes()),
                 self.symlinks, self.bases, self.dirs, "\0".join(self.names), self.durations.tobytes(),
                 "\0".join(self.order))
@@ -91,13 +92,13 @@ class Record(NamedTuple):
     @classmethod
     def load(cls, data: bytes) -> Record:
         """The record `stored` made; raises ValueError, TypeError or EOFError if it is not one."""
-        (fmt, version, graph, graph_sig, state_sig, targets, env, inputs, outputs, symlinks, bases, dirs, names,
-         durations, order) = marshal.loads(data)
+        (fmt, version, graph, graph_sig, graph_digest, state_sig, targets, env, inputs, outputs, symlinks, bases,
+         dirs, names, durations, order) = marshal.loads(data)
         if fmt != _FORMAT:
             raise ValueError("another layout")
         in_paths, in_sigs, in_owners = inputs
         out_paths, out_sigs, out_owners = outputs
-        record = cls(fmt, version, graph, graph_sig, state_sig, targets, env,
+        record = cls(fmt, version, graph, graph_sig, graph_digest, state_sig, targets, env,
                      Files(_split(in_paths), in_sigs, in_owners),
                      Files(_split(out_paths), out_sigs, array("I", out_owners)), symlinks, bases, dirs,
                      _split(names), array("d", durations), _split(order))
@@ -283,8 +284,8 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     state_sig = state_signature(graph.root)
     if state_sig is None:
         return
-    record = Record(_FORMAT, __version__, os.path.realpath(graph.path), graph.signature, state_sig, tuple(targets),
-                    tuple((n, os.environ.get(n)) for n in sorted(found.env_names)), inputs, outputs,
+    record = Record(_FORMAT, __version__, os.path.realpath(graph.path), graph.signature, graph.digest, state_sig,
+                    tuple(targets), tuple((n, os.environ.get(n)) for n in sorted(found.env_names)), inputs, outputs,
                     tuple(symlinks), tuple(bases), tuple(dirs), names, durations, build.order)
     save_marshalled(record_path(graph.root), record.stored())
 

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from gaffer.tools import Toolchain
     from gaffer.ui.progress import Progress
 
-    graph = load_graph(args.graph, keep=not args.dry_run)
+    known = None if changes is None else (changes.record.graph_sig, changes.record.graph_digest)
+    graph = load_graph(args.graph, keep=not args.dry_run, known=known)
     _check_env_values(graph)
     settings = load_settings(graph.root, vars(args))
     progress = Progress(verbose=args.verbose, quiet=args.dry_run)  # a dry run's result is the plan on stdout

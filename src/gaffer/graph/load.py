@@ -45,18 +45,21 @@ class _Bad(Exception):
     """A problem in one value; the caller, which knows where the value was, turns it into a UserError."""
 
 
-def load_graph(path: str | os.PathLike[str], keep: bool = False) -> Graph:
+def load_graph(path: str | os.PathLike[str], keep: bool = False,
+               known: tuple[tuple[int, int, int, int], str] | None = None) -> Graph:
     """Load and validate a graph file; raises UserError (exit status 2) for every problem in it.
 
     A graph file whose bytes are those of the last one validated in this workspace is not parsed again: its
     validated copy (`.gaffer/graph`) is used, a few times faster at 10,000 tasks. `keep` writes that copy
-    when there was none to use (`gaffer run`; commands that change nothing leave `.gaffer/` alone)."""
+    when there was none to use (`gaffer run`; commands that change nothing leave `.gaffer/` alone). `known`: a
+    stat signature and the content digest the file had with it, vouched for by the caller (the no-op record,
+    which keeps only a signature that was not racy): a file with that signature now is not read or hashed."""
     # Loading allocates a few hundred thousand objects and no reference cycles: the cyclic collector would
     # only walk them again and again (a fifth of the load time for 10,000 tasks), so it is off meanwhile.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load(path, keep)
+        return (known is not None and _load_known(path, *known)) or _load(path, keep)
     finally:
         if was_enabled:
             gc.enable()
@@ -64,6 +67,28 @@ def load_graph(path: str | os.PathLike[str], keep: bool = False) -> Graph:
 
 def copy_path(root: str) -> str:
     return f"{root}/.gaffer/graph"
+
+
+def _load_known(path: str | os.PathLike[str], signature: tuple[int, int, int, int], digest: str) -> Graph | None:
+    """The graph from its validated copy without reading the file, if its signature is still `signature`
+    (then its content is still the one `digest` names); None to load it as usual."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != signature:
+        return None
+    root = workspace_root(path)
+    copy = _read_copy(root, digest)
+    return None if copy is None else _graph(path, root, signature, digest, copy)
+
+
+def _graph(path: str | os.PathLike[str], root: str, signature: tuple[int, int, int, int], digest: str,
+           copy: _Copy) -> Graph:
+    tasks, platform, deps, groups, outputs, env, sandboxed = copy
+    return Graph(path=Path(os.path.abspath(path)), root=Path(root), tasks=tasks, platform=platform,
+                 signature=signature, digest=digest, deps=deps, groups=groups, outputs=outputs, env=env,
+                 sandboxed=sandboxed)
 
 
 def _load(path: str | os.PathLike[str], keep: bool) -> Graph:
@@ -77,16 +102,13 @@ def _load(path: str | os.PathLike[str], keep: bool) -> Graph:
     root = workspace_root(path)
     signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     digest = hashlib.sha256(data).hexdigest()
-    graph_path = Path(os.path.abspath(path))
     copy = _read_copy(root, digest)
     if copy is None:
         tasks, platform = _validate(data, shown)
         if keep:
             _write_copy(root, digest, tasks, platform)
         copy = _facts(tasks, platform)
-    tasks_, platform, deps, groups, outputs, env, sandboxed = copy
-    return Graph(path=graph_path, root=Path(root), tasks=tasks_, platform=platform, signature=signature, deps=deps,
-                 groups=groups, outputs=outputs, env=env, sandboxed=sandboxed)
+    return _graph(path, root, signature, digest, copy)
 
 
 _Copy = tuple[Tasks, dict[str, str], dict[str, tuple[str, ...]], frozenset[str], frozenset[str], tuple[str, ...], bool]

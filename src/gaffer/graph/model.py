@@ -77,6 +77,7 @@ class Graph(NamedTuple):
     tasks: Mapping[str, Task]  # in file order
     platform: dict[str, str]
     signature: tuple[int, int, int, int]  # the graph file's stat signature as it was read
+    digest: str  # the graph file's content digest (SHA-256), which its validated copy is kept by
     # Read from every task without making a Task of each:
     deps: Mapping[str, tuple[str, ...]]  # each task's deps (Task.deps)
     groups: frozenset[str]  # the tasks without commands
