@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -581,7 +582,7 @@ def test_the_validated_copy_is_what_a_load_of_the_same_bytes_returns(tmp_path: P
     assert (tmp_path / ".gaffer" / "graph").is_file()
     again = load_graph("graph.json")
     assert again.tasks == first.tasks and again.platform == first.platform and again.signature == first.signature
-    digest = loading.hashlib.sha256((tmp_path / "graph.json").read_bytes()).hexdigest()
+    digest = hashlib.sha256((tmp_path / "graph.json").read_bytes()).hexdigest()
     planted = {"z": first.tasks["a"]._replace(name="z")}
     loading._write_copy(str(tmp_path), digest, planted, {})
     assert list(load_graph("graph.json").tasks) == ["z"]
@@ -605,7 +606,7 @@ def test_a_known_signature_spares_reading_the_file_until_the_file_changes(tmp_pa
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     graph = load_graph("graph.json", known=(first.signature, "0" * 64))
     assert list(graph.tasks) == ["a", "b"] and graph.tasks["a"].commands == (("sh", "-c", "echo A > a.txt"),)
-    assert graph.digest == loading.hashlib.sha256(path.read_bytes()).hexdigest()
+    assert graph.digest == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -95,9 +95,11 @@ def test_edit_reruns_only_dependents_and_explains(ws: Path, env: dict[str, str])
 
 
 # What a local build has no use for: remote-execution and remote-tier clients, and the standard-library
-# modules only some builds need (a remote tier's thread pools and URLs, a mistake's suggestions, --summary-json).
+# modules only some builds need (a remote tier's thread pools and URLs, a mistake's suggestions, --summary-json,
+# removing a directory, OpenSSL's SHA-256 for large files).
 NOT_FOR_A_LOCAL_BUILD = ("grpc", "google.protobuf", "concurrent.futures", "logging", "dataclasses", "inspect",
-                         "difflib", "json", "platform", "tempfile", "textwrap", "shutil", "gaffer.cache.urls")
+                         "difflib", "json", "platform", "tempfile", "textwrap", "shutil", "hashlib", "_hashlib",
+                         "gaffer.cache.urls")
 
 
 @pytest.mark.parametrize("edit", [True, False], ids=["one-task-edit", "no-op"])

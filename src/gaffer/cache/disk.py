@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import sys
 import threading
@@ -31,13 +30,13 @@ from typing import NamedTuple, TextIO
 
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.trusted import TrustedBlobs
-from gaffer.digest import Digest, digest_bytes, digest_file
+from gaffer.digest import Digest, digest_bytes, digest_file, sha256
 
 DEFAULT_MAX_SIZE = 10 * 1024**3
 GC_LOW_WATER = 0.9  # gc evicts down to this fraction of max_size so it does not run again at once
 _TOUCH_AFTER_S = 3600
 _AC_MAGIC = b"gAC1"  # an action-cache file: magic, SHA-256 of the rest, then the serialized ActionResult
-_AC_HEADER = len(_AC_MAGIC) + hashlib.sha256().digest_size
+_AC_HEADER = len(_AC_MAGIC) + sha256().digest_size
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _MIN_FREE = 1 << 20  # less free than this at start: a build's cache is already full (its tasks' output too)
 _SMALL_FILE = 1 << 20  # put_file reads a file up to this size into memory; a bigger one is copied by the kernel
@@ -618,7 +617,7 @@ def process_alive(pid: int) -> bool:
 
 def action_entry(result: bytes) -> bytes:
     """An action-cache file's content: the magic, the SHA-256 of the serialized ActionResult, then it."""
-    return _AC_MAGIC + hashlib.sha256(result).digest() + result
+    return _AC_MAGIC + sha256(result).digest() + result
 
 
 def _checked_action(data: bytes) -> bytes | None:
@@ -626,7 +625,7 @@ def _checked_action(data: bytes) -> bytes | None:
     if not data.startswith(_AC_MAGIC) or len(data) < _AC_HEADER:
         return None
     result = data[_AC_HEADER:]
-    return result if hashlib.sha256(result).digest() == data[len(_AC_MAGIC):_AC_HEADER] else None
+    return result if sha256(result).digest() == data[len(_AC_MAGIC):_AC_HEADER] else None
 
 
 def install(tmp: Path | str, dest: Path | str) -> None:

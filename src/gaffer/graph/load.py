@@ -8,7 +8,6 @@ keeps the two in agreement. Every problem is one `UserError` line: `<graph file>
 from __future__ import annotations
 
 import gc
-import hashlib
 import marshal
 import math
 import os
@@ -21,6 +20,7 @@ from typing import Any
 
 from gaffer import __version__
 from gaffer.atomic import save_marshalled
+from gaffer.digest import sha256
 from gaffer.errors import UserError
 from gaffer.graph.model import DEFAULT_PASS_ENV, Graph, Task, Tasks, did_you_mean, topological_order
 from gaffer.units import parse_duration
@@ -101,7 +101,7 @@ def _load(path: str | os.PathLike[str], keep: bool) -> Graph:
         raise UserError(f"{shown}: cannot read: {e.strerror or e}") from None
     root = workspace_root(path)
     signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256(data).hexdigest()
     copy = _read_copy(root, digest)
     if copy is None:
         tasks, platform = _validate(data, shown)
