@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -283,11 +284,12 @@ def test_the_check_looks_in_the_workspace_whatever_the_working_directory(tmp_pat
         assert found is not None and found.dirty == {"t001"}
 
 
-@pytest.mark.parametrize("damage", ["a signature short", "an owner short", "a duration short", "the old layout"])
+@pytest.mark.parametrize("damage", ["a signature short", "an owner short", "a duration short",
+                                    "a dependent too many", "the old layout"])
 def test_a_record_whose_columns_disagree_is_not_trusted(tmp_path: Path, env: dict[str, str],
                                                         monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
-    """A record that is valid marshal but not a whole record (its columns of different lengths) is no record:
-    the build checks every task (and writes a sound one)."""
+    """A record that is valid marshal but not a whole record (its columns of different lengths, a position
+    outside its order) is no record: the build checks every task (and writes a sound one)."""
     import marshal
 
     ws = tmp_path / "ws"
@@ -301,7 +303,9 @@ def test_a_record_whose_columns_disagree_is_not_trusted(tmp_path: Path, env: dic
     elif damage == "an owner short":
         stored[8] = (paths, sigs, owners[:-1])
     elif damage == "a duration short":
-        stored[14] = stored[14][:-8]
+        stored[15] = stored[15][:-8]
+    elif damage == "a dependent too many":
+        stored[17] = stored[17][:-4] + (1000).to_bytes(4, sys.byteorder)
     else:
         stored[0] = 4
     path.write_bytes(marshal.dumps(tuple(stored)))

@@ -24,7 +24,7 @@ import os
 import struct
 import sys
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -73,9 +73,13 @@ class Record(NamedTuple):
     symlinks: tuple[tuple[str, str, int], ...]  # (path, target, task)
     bases: tuple[tuple[str, int, tuple[int, ...]], ...]  # where globs walk (directory_bases), and whose globs
     dirs: tuple[tuple[str, tuple[int, int]], ...]  # every directory below them: (path, (mtime_ns, inode))
-    names: list[str]  # every real task, in the build's order: the indices the files name
-    durations: array[float]  # each one's last execution time
     order: list[str]  # the build's order (Graph.closure of the targets), groups included
+    real: array[int]  # the positions in `order` of the real tasks (not groups), whose indices the files name
+    durations: array[float]  # each real task's last execution time
+    # Who depends on each task or group, by position in `order`: those of position p are dependents[1][s:e],
+    # with s, e = dependents[0][p], dependents[0][p + 1] (the incremental build walks down from the dirty ones).
+    dependents: tuple[array[int], array[int]]
+    names: list[str]  # the real tasks' names (read from `order` and `real`, not stored)
 
     def tasks(self) -> Iterable[tuple[str, float]]:
         """(task, its last execution time) of every real task, in order."""
@@ -86,28 +90,45 @@ class Record(NamedTuple):
         inputs, outputs = self.inputs, self.outputs
         return (*self[:8], ("\0".join(inputs.paths), inputs.sigs, tuple(inputs.owners)),
                 ("\0".join(outputs.paths), outputs.sigs, array("I", outputs.owners).tobytes()),
-                self.symlinks, self.bases, self.dirs, "\0".join(self.names), self.durations.tobytes(),
-                "\0".join(self.order))
+                self.symlinks, self.bases, self.dirs, "\0".join(self.order), self.real.tobytes(),
+                self.durations.tobytes(), self.dependents[0].tobytes(), self.dependents[1].tobytes())
 
     @classmethod
     def load(cls, data: bytes) -> Record:
         """The record `stored` made; raises ValueError, TypeError or EOFError if it is not one."""
         (fmt, version, graph, graph_sig, graph_digest, state_sig, targets, env, inputs, outputs, symlinks, bases,
-         dirs, names, durations, order) = marshal.loads(data)
+         dirs, order, real, durations, starts, dependents) = marshal.loads(data)
         if fmt != _FORMAT:
             raise ValueError("another layout")
         in_paths, in_sigs, in_owners = inputs
         out_paths, out_sigs, out_owners = outputs
+        order = _split(order)
+        real, starts, dependents = array("I", real), array("I", starts), array("I", dependents)
+        if (len(starts) != len(order) + 1 or (order and starts[-1] != len(dependents))
+                or max(real, default=0) >= max(len(order), 1) or max(dependents, default=0) >= max(len(order), 1)):
+            raise ValueError("positions outside the order")
         record = cls(fmt, version, graph, graph_sig, graph_digest, state_sig, targets, env,
                      Files(_split(in_paths), in_sigs, in_owners),
                      Files(_split(out_paths), out_sigs, array("I", out_owners)), symlinks, bases, dirs,
-                     _split(names), array("d", durations), _split(order))
+                     order, real, array("d", durations), (starts, dependents), list(map(order.__getitem__, real)))
         for files in (record.inputs, record.outputs):
             if len(files.sigs) != _SIG.size * len(files.paths) or len(files.owners) != len(files.paths):
                 raise ValueError("columns of different lengths")
-        if len(record.durations) != len(record.names):
+        if len(record.durations) != len(real):
             raise ValueError("columns of different lengths")
         return record
+
+    def downstream(self, positions: Iterable[int]) -> set[int]:
+        """`positions` in the order and everything that depends on them, directly or not."""
+        starts, dependents = self.dependents
+        found: set[int] = set()
+        stack = list(positions)
+        while stack:
+            p = stack.pop()
+            if p not in found:
+                found.add(p)
+                stack.extend(dependents[starts[p]:starts[p + 1]])
+        return found
 
 
 def _split(joined: str) -> list[str]:
@@ -122,6 +143,7 @@ class Changes(NamedTuple):
     record: Record
     dirty: frozenset[str]
     dirs: bool  # a directory globs searched changed: the record's directory list is stale
+    dirty_at: tuple[int, ...]  # the dirty tasks' positions in the record's order
 
 
 def record_path(root: Path) -> Path:
@@ -189,8 +211,8 @@ def check(graph_path: str, targets: Sequence[str]) -> Changes | None:
         inside = top_dir + "/"
         if any(path == top_dir or path.startswith(inside) for path in changed_dirs):
             dirty.update(owners)
-    names = record.names
-    return Changes(record, frozenset(names[i] for i in dirty), bool(changed_dirs))
+    names, real = record.names, record.real
+    return Changes(record, frozenset(names[i] for i in dirty), bool(changed_dirs), tuple(real[i] for i in dirty))
 
 
 def changed(files: Files, stat: Callable[..., os.stat_result], top: int) -> list[int]:
@@ -250,20 +272,23 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
     since = build.since
     found = _Found()
     if since is None:
-        names = []
-        for name in build.order:
-            if not graph.tasks[name].is_group:
+        names: list[str] = []
+        real = array("I")
+        for at, name in enumerate(build.order):
+            if name not in graph.groups:
                 if not found.add(build, name, len(names)):
                     return
                 names.append(name)
+                real.append(at)
         durations = array("d", found.durations.values())
         inputs, outputs = found.inputs_files(), found.outputs_files()
         if inputs is None or outputs is None:
             return
         symlinks, bases, dirs = found.symlinks, _bases(found.bases), build.plan.input_dirs
+        dependents = _dependents(build.order, graph.deps)
     else:
-        old = since.record
-        names, durations = old.names, array("d", old.durations)  # the same graph and targets: the same tasks
+        old = since.record  # of the same graph and targets: the same order, tasks and dependents
+        names, real, durations, dependents = old.names, old.real, array("d", old.durations), old.dependents
         position = dict(zip(names, range(len(names))))
         for name in build.plan.tasks:  # every task the build checked (the others it settled)
             index = position[name]
@@ -286,8 +311,22 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
         return
     record = Record(_FORMAT, __version__, os.path.realpath(graph.path), graph.signature, graph.digest, state_sig,
                     tuple(targets), tuple((n, os.environ.get(n)) for n in sorted(found.env_names)), inputs, outputs,
-                    tuple(symlinks), tuple(bases), tuple(dirs), names, durations, build.order)
+                    tuple(symlinks), tuple(bases), tuple(dirs), build.order, real, durations, dependents, names)
     save_marshalled(record_path(graph.root), record.stored())
+
+
+def _dependents(order: list[str], deps: Mapping[str, Sequence[str]]) -> tuple[array[int], array[int]]:
+    """Record.dependents: who depends on each task or group of `order` (which holds every dep of its own)."""
+    position = dict(zip(order, range(len(order))))
+    found: list[list[int]] = [[] for _ in order]
+    for at, name in enumerate(order):
+        for dep in deps[name]:
+            found[position[dep]].append(at)
+    starts, dependents = array("I", [0]), array("I")
+    for those in found:
+        dependents.extend(those)
+        starts.append(len(dependents))
+    return starts, dependents
 
 
 class _Found:
