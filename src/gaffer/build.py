@@ -337,7 +337,7 @@ class Build:
                        for dep in real_deps(graph, graph.tasks[name]) if dep not in checked and dep not in recorded}
             if not unknown:
                 break
-            position = dict(zip(order, range(len(order))))
+            position = dict(zip(order, range(len(order)), strict=True))
             affected |= record.downstream(position[name] for name in unknown)
         settled = dict(record.tasks())  # every real task of the order: those not checked are settled
         for name in checked:

@@ -59,7 +59,7 @@ class _Parser(argparse.ArgumentParser):
 
     def _get_formatter(self) -> argparse.HelpFormatter:
         if self._building:
-            return self.formatter_class(prog=self.prog, width=80)
+            return self.formatter_class(prog=self.prog, width=80)  # type: ignore[call-arg]  # a HelpFormatter
         return super()._get_formatter()
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from hashlib import _Hash
 
 try:
-    from _sha256 import sha256 as _own_sha256  # CPython's own SHA-256 (see sha256)
+    from _sha256 import sha256 as _own_sha256  # type: ignore[import-not-found]  # CPython's own (see sha256)
 except ImportError:  # a build without it: OpenSSL's for everything
     _own_sha256 = None
 
