@@ -9,6 +9,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -282,6 +283,27 @@ def test_the_check_looks_in_the_workspace_whatever_the_working_directory(tmp_pat
         write(ws / "in" / "t001.txt", "edited\n")
         found = noop.check("ws/graph.json", [])
         assert found is not None and found.dirty == {"t001"}
+
+
+def test_signatures_beyond_a_signed_64_bit_inode_number_compare_exactly() -> None:
+    """The live signatures are packed as signed numbers first (fast); an inode number of 2**63 or more (some
+    network and union file systems) takes the exact format, and a value no signature holds is a change. No file
+    system here hands out such numbers: `stat` is given them."""
+    from types import SimpleNamespace
+
+    sigs = {"a": (1, 2, 2**63 + 5, 4), "b": (5, 6, 7, 8), "c": (9, 10, 2**64 - 1, 12)}
+    files = noop.Files(list(sigs), b"".join(noop._SIG.pack(*sig) for sig in sigs.values()), [0, 1, 2])
+
+    def stat_of(now: dict[str, tuple[int, int, int, int]]) -> Any:
+        def stat(path: str, dir_fd: int) -> SimpleNamespace:
+            size, mtime, ino, ctime = now[path]
+            return SimpleNamespace(st_size=size, st_mtime_ns=mtime, st_ino=ino, st_ctime_ns=ctime)
+        return stat
+
+    assert noop.changed(files, stat_of(sigs), -1) == []
+    assert noop.changed(files, stat_of({**sigs, "c": (9, 11, 2**64 - 1, 12)}), -1) == [2]
+    assert noop.changed(files, stat_of({**sigs, "b": (5, 6, 2**64, 8)}), -1) == [1]  # no signature holds it
+    assert noop.changed(files, stat_of({**sigs, "a": (1, 2, 2**63 + 6, 4), "b": (5, 6, 7, 9)}), -1) == [0, 1]
 
 
 @pytest.mark.parametrize("damage", ["a signature short", "an owner short", "a duration short",

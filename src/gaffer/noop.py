@@ -229,10 +229,13 @@ def changed(files: Files, stat: Callable[..., os.stat_result], top: int) -> list
             continue
         extend((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
     recorded = files.sigs
-    try:
-        now = struct.pack(f"<{'qqQq' * len(files.paths)}", *live)
-    except struct.error:  # a value no signature can be recorded with (write_record would not have): changed
-        return [i for i in range(len(files.paths)) if not _same(live, i, recorded)]
+    try:  # as _SIG packs them while every inode number is below 2**63 (always, but on a few file systems)
+        now = struct.pack(f"<{len(live)}q", *live)
+    except struct.error:
+        try:
+            now = struct.pack(f"<{'qqQq' * len(files.paths)}", *live)  # exact, but the format takes a while
+        except struct.error:  # a value no signature can be recorded with (write_record would not have): changed
+            return [i for i in range(len(files.paths)) if not _same(live, i, recorded)]
     if now == recorded:
         return []
     size, block = _SIG.size, _SIG.size * _BLOCK
