@@ -14,6 +14,7 @@ See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -152,6 +153,76 @@ def import_profile(args: argparse.Namespace, tools: Toolset) -> int:
     return status
 
 
+# `--phases`: run as `python -c PHASES_WRAPPER gaffer-args...`; times (process CPU, all threads) the parts of an
+# edit build by wrapping the functions that do them, and prints them as the last line of stderr.
+PHASES_WRAPPER = """
+import json, sys, time
+start = time.process_time()
+import gaffer.build, gaffer.cli, gaffer.graph, gaffer.noop
+imported = time.process_time()
+spent = {}
+def timed(owner, name, label):
+    function = getattr(owner, name, None)
+    if function is None:
+        return
+    def wrapper(*args, **kwargs):
+        begun = time.process_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[label] = spent.get(label, 0.0) + time.process_time() - begun
+    setattr(owner, name, wrapper)
+timed(gaffer.cli, "build_parser", "argument parser")
+timed(gaffer.noop, "check", "record check")
+timed(gaffer.graph, "load_graph", "graph load")
+timed(gaffer.build.Build, "_settle_unchanged", "settling")
+timed(gaffer.noop, "write_record", "new record")
+timed(gaffer.build.Build, "run", "build")
+status = gaffer.cli.main(sys.argv[1:])
+done = time.process_time()
+spent["build"] -= spent.get("settling", 0.0) + spent.get("new record", 0.0)
+spent["the rest of gaffer run"] = done - imported - sum(spent.values())
+print("PHASES " + json.dumps({"interpreter start": start, "imports (cli, noop, graph, build)": imported - start,
+                              **spent}), file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def phase_profile(args: argparse.Namespace, tools: Toolset) -> int:
+    """`--phases N`: where a top-layer edit's process spends its CPU, part by part (PHASES_WRAPPER), the median
+    of N edit builds per gaffer, base and new in turn. Uses the trees the interleaved comparison keeps."""
+    status = 0
+    for size in args.sizes:
+        root = args.workdir / str(size)
+        edited = gen_graph.generate(size, args.layers, args.seed).top[0].name
+        spent: dict[str, dict[str, list[float]]] = {"base": {}, "new": {}}
+        for _ in range(args.phases):
+            for name, src in (("base", Path(args.base).resolve()), ("new", REPO / "src")):
+                tree = root / name
+                if not (tree / ".bench-built").exists():
+                    print(f"{size} tasks: no kept tree {tree}: run the interleaved comparison first", file=sys.stderr)
+                    return 1
+                with (tree / "src" / f"{edited}.txt").open("ab") as f:
+                    f.write(EDIT_LINE)
+                gaffer_args = tools.argv("gaffer", root / f"{name}-cache")[1:]
+                proc = subprocess.run([str(args.venv / "bin" / "python"), "-c", PHASES_WRAPPER, *gaffer_args],
+                                      cwd=tree, env={**os.environ, "PYTHONPATH": str(src)}, text=True,
+                                      capture_output=True, timeout=args.timeout, check=False)
+                last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+                if proc.returncode != 0 or not last.startswith("PHASES "):
+                    print(f"  {size} {name}: exit status {proc.returncode}", file=sys.stderr)
+                    status = 1
+                    continue
+                for phase, seconds in json.loads(last[len("PHASES "):]).items():
+                    spent[name].setdefault(phase, []).append(seconds)
+        print(f"{size} tasks, top-layer edit, CPU by part ({args.phases} runs each; medians, ms)")
+        for phase in spent["new"]:
+            cells = [f"{statistics.median(spent[n][phase]) * 1000:6.1f}" if phase in spent[n] else "     -"
+                     for n in ("base", "new")]
+            print(f"  {phase:36s} base {cells[0]}  new {cells[1]}")
+    return status
+
+
 def import_table(size: int, runs: int, times: dict[str, dict[str, list[tuple[int, int]]]],
                  depth: dict[str, int]) -> str:
     """Per gaffer: the imports' total (top-level modules' cumulative times), the modules only one of them loads,
@@ -215,6 +286,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one build may take (default 3600)")
     parser.add_argument("--venv", type=Path, default=REPO / ".venv", help="venv holding gaffer (default repo .venv)")
     parser.add_argument("--ninja", help="ninja binary (default: the venv's, else ninja on PATH)")
+    parser.add_argument("--phases", type=int, default=0, metavar="N",
+                        help="instead of the comparison: N top-layer edits per gaffer in the kept trees, each one's "
+                             "CPU time split by part (record check, graph load, settling, new record...)")
     parser.add_argument("--importtime", type=int, default=0, metavar="N",
                         help="instead of the comparison: N top-layer edits per gaffer under python -X importtime, "
                              "in the kept trees (what each imports, and its cost)")
@@ -233,6 +307,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tools = Toolset(args.venv, args.ninja, args.jobs)
+    if args.phases > 0:
+        return phase_profile(args, tools)
     return import_profile(args, tools) if args.importtime > 0 else interleave(args, tools)
 
 
