@@ -307,7 +307,7 @@ def test_signatures_beyond_a_signed_64_bit_inode_number_compare_exactly() -> Non
 
 
 @pytest.mark.parametrize("damage", ["a signature short", "an owner short", "a duration short",
-                                    "a dependent too many", "the old layout"])
+                                    "a dependent too many", "an owner naming no task", "the old layout"])
 def test_a_record_whose_columns_disagree_is_not_trusted(tmp_path: Path, env: dict[str, str],
                                                         monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
     """A record that is valid marshal but not a whole record (its columns of different lengths, a position
@@ -326,13 +326,16 @@ def test_a_record_whose_columns_disagree_is_not_trusted(tmp_path: Path, env: dic
         stored[8] = (paths, sigs, owners[:-1])
     elif damage == "a duration short":
         stored[15] = stored[15][:-8]
+    elif damage == "an owner naming no task":
+        stored[8] = (paths, sigs, ((999,), *owners[1:]))
+        write(ws / paths.split("\0")[0], "edited\n")  # that entry changed: its owner is looked up
     elif damage == "a dependent too many":
         stored[17] = stored[17][:-4] + (1000).to_bytes(4, sys.byteorder)
     else:
         stored[0] = 4
     path.write_bytes(marshal.dumps(tuple(stored)))
     assert noop_changes(ws, env, monkeypatch) is None
-    assert build(ws, env)["executed"] == 0
+    assert build(ws, env)["executed"] == (1 if damage == "an owner naming no task" else 0)
     assert fast_verdict(ws, env, monkeypatch)
 
 

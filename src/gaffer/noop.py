@@ -104,8 +104,8 @@ class Record(NamedTuple):
         out_paths, out_sigs, out_owners = outputs
         order = _split(order)
         real, starts, dependents = array("I", real), array("I", starts), array("I", dependents)
-        if (len(starts) != len(order) + 1 or (order and starts[-1] != len(dependents))
-                or max(real, default=0) >= max(len(order), 1) or max(dependents, default=0) >= max(len(order), 1)):
+        if (len(starts) != len(order) + 1 or starts[-1] != len(dependents)
+                or max(real, default=-1) >= len(order) or max(dependents, default=-1) >= len(order)):
             raise ValueError("positions outside the order")
         record = cls(fmt, version, graph, graph_sig, graph_digest, state_sig, targets, env,
                      Files(_split(in_paths), in_sigs, in_owners),
@@ -212,7 +212,10 @@ def check(graph_path: str, targets: Sequence[str]) -> Changes | None:
         if any(path == top_dir or path.startswith(inside) for path in changed_dirs):
             dirty.update(owners)
     names, at = record.names, record.real
-    return Changes(record, frozenset(names[i] for i in dirty), bool(changed_dirs), tuple(at[i] for i in dirty))
+    try:
+        return Changes(record, frozenset(names[i] for i in dirty), bool(changed_dirs), tuple(at[i] for i in dirty))
+    except IndexError:  # a damaged record naming a task it does not hold: no record
+        return None
 
 
 def changed(files: Files, stat: Callable[..., os.stat_result], top: int) -> list[int]:
