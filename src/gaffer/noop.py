@@ -35,7 +35,7 @@ from gaffer.workspace import workspace_root
 if TYPE_CHECKING:
     from gaffer.build import Build
 
-# The record's layout: its columns are packed in this machine's byte order (a record is never shared).
+# The record's layout; its arrays are in this machine's byte order (a record is never shared).
 _FORMAT = (5, sys.byteorder)
 _GLOB_CHARS = frozenset("*?[")
 _NO_DOTS, _DOTS, _ALL_DOTS = 0, 1, 2  # how far a glob below a directory may enter dot-directories
@@ -57,8 +57,8 @@ class Files(NamedTuple):
 
 class Record(NamedTuple):
     """What a successful build saw; stored as plain tuples, strings and bytes (marshal holds no named types).
-    Each file names the tasks it belongs to (their indices in `tasks`), so that a change points at the tasks to
-    check again."""
+    Each file names the tasks it belongs to (their indices among the real tasks, `names`), so that a change
+    points at the tasks to check again."""
 
     format: tuple[int, str]
     version: str
@@ -95,7 +95,8 @@ class Record(NamedTuple):
 
     @classmethod
     def load(cls, data: bytes) -> Record:
-        """The record `stored` made; raises ValueError, TypeError or EOFError if it is not one."""
+        """The record `stored` made; raises ValueError, TypeError or EOFError if it is not one (another layout,
+        columns of different lengths, a position outside the order)."""
         (fmt, version, graph, graph_sig, graph_digest, state_sig, targets, env, inputs, outputs, symlinks, bases,
          dirs, order, real, durations, starts, dependents) = marshal.loads(data)
         if fmt != _FORMAT:
@@ -297,8 +298,8 @@ def write_record(build: Build, targets: Sequence[str]) -> None:
         names, real, durations, dependents = old.names, old.real, array("d", old.durations), old.dependents
         position = dict(zip(names, range(len(names)), strict=True))
         for name in build.plan.tasks:  # every task the build checked (the others it settled)
-            index = position[name]
-            if not found.add(build, name, index):
+            index = position.get(name)
+            if index is None or not found.add(build, name, index):
                 return
             durations[index] = found.durations[index]
         merged = _merge(old, found)
