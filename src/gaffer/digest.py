@@ -22,10 +22,13 @@ from gaffer.shards import ShardedMap
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-try:
-    from _sha256 import sha256 as _own_sha256  # type: ignore[import-not-found]  # CPython's own (see sha256)
-except ImportError:  # a build without it: OpenSSL's for everything
-    _own_sha256 = None
+try:  # CPython's own SHA-256 (see sha256): `_sha2` from Python 3.12 on, `_sha256` before
+    from _sha2 import sha256 as _own_sha256  # type: ignore[import-not-found]
+except ImportError:
+    try:
+        from _sha256 import sha256 as _own_sha256  # type: ignore[import-not-found]
+    except ImportError:  # a build without it: OpenSSL's for everything
+        _own_sha256 = None
 
 _CHUNK = 1 << 20
 _SMALL = 1 << 16  # up to this many bytes, CPython's own SHA-256 (see sha256)
