@@ -14,7 +14,7 @@ import os
 import posixpath
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from gaffer import __version__
 from gaffer.atomic import save_marshalled
 from gaffer.digest import sha256
 from gaffer.errors import UserError
-from gaffer.graph.model import DEFAULT_PASS_ENV, Graph, Task, Tasks, did_you_mean, topological_order
+from gaffer.graph.model import DEFAULT_PASS_ENV, Deps, Graph, Task, Tasks, did_you_mean, topological_order
 from gaffer.units import parse_duration
 from gaffer.workspace import workspace_root
 
@@ -38,7 +38,7 @@ _HOST_PROPERTIES = ("OSFamily", "ISA")  # always the executing machine's own (ac
 _TASK_FIELD_SET = frozenset(TASK_FIELDS)
 MAX_TIMEOUT_S = 365 * 24 * 3600  # a year: far beyond any build, well inside what clocks and REAPI's Duration hold
 # The validated copy of the graph file: which layout of it this code reads (Task's fields are part of it).
-_COPY_FORMAT = (2, __version__, Task._fields)
+_COPY_FORMAT = (3, __version__, Task._fields)
 
 
 class _Bad(Exception):
@@ -111,7 +111,8 @@ def _load(path: str | os.PathLike[str], keep: bool) -> Graph:
     return _graph(path, root, signature, digest, copy)
 
 
-_Copy = tuple[Tasks, dict[str, str], dict[str, tuple[str, ...]], frozenset[str], frozenset[str], tuple[str, ...], bool]
+_Copy = tuple[Tasks, dict[str, str], Mapping[str, tuple[str, ...]], frozenset[str], frozenset[str], tuple[str, ...],
+              bool]
 
 
 def _facts(tasks: dict[str, Task], platform: dict[str, str]) -> _Copy:
@@ -132,20 +133,24 @@ def _read_copy(root: str, digest: str) -> _Copy | None:
         if fmt != _COPY_FORMAT or copied != digest or type(body) is not bytes or zlib.crc32(body) != crc:
             return None
         platform, stored, deps, groups, outputs, env, sandboxed = marshal.loads(body)
-        return Tasks({}, stored), platform, deps, frozenset(groups), frozenset(outputs), env, sandboxed
+        if type(deps) is not bytes:
+            return None
+        tasks = Tasks({}, stored)
+        return tasks, platform, Deps(tasks, deps), frozenset(groups), frozenset(outputs), env, sandboxed
     except (OSError, EOFError, ValueError, TypeError):
         return None
 
 
 def _write_copy(root: str, digest: str, tasks: dict[str, Task], platform: dict[str, str]) -> None:
     """Keep the validated graph for the next load of the same bytes; failing to is no error (only slower).
-    Each task is marshalled on its own (bytes: compact, made a Task only when asked for); the deps are the
-    tasks' own names, which marshal then writes once and loads as one object each."""
+    Each task is marshalled on its own (bytes: compact, made a Task only when asked for); so is the map of
+    every task's deps (read only when walked whole: model.Deps), whose deps are the tasks' own names, which
+    marshal then writes once and loads as one object each."""
     names = {name: name for name in tasks}
     _tasks, _platform, deps, groups, outputs, env, sandboxed = _facts(tasks, platform)
     body = marshal.dumps((platform, {name: marshal.dumps(tuple(t))
                                      for name, t in tasks.items()},
-                          {name: tuple(names[dep] for dep in d) for name, d in deps.items()},
+                          marshal.dumps({name: tuple(names[dep] for dep in d) for name, d in deps.items()}),
                           tuple(groups), tuple(outputs), env, sandboxed))
     try:
         save_marshalled(copy_path(root), (_COPY_FORMAT, digest, zlib.crc32(body), body))
