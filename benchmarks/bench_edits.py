@@ -65,9 +65,6 @@ def interleave(args: argparse.Namespace, tools: Toolset) -> int:
     --workdir (built cold once and kept for later runs; then built once more untimed, which settles a tree an
     interrupted run left), then every scenario in rounds, the three in turn within each round."""
     contestants = {"base": Path(args.base).resolve(), "new": REPO / "src", "ninja": None}
-    for src in (p for p in contestants.values() if p is not None):
-        subprocess.run([str(args.venv / "bin" / "python"), "-m", "compileall", "-q", str(src / "gaffer")],
-                       check=True, stdout=subprocess.DEVNULL)
     status = 0
     for size in args.sizes:
         root = args.workdir / str(size)
@@ -307,6 +304,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tools = Toolset(args.venv, args.ninja, args.jobs)
+    for src in (Path(args.base).resolve(), REPO / "src"):  # as installed: no module compiled at every start
+        subprocess.run([str(args.venv / "bin" / "python"), "-m", "compileall", "-q", str(src / "gaffer")],
+                       check=True, stdout=subprocess.DEVNULL)
     if args.phases > 0:
         return phase_profile(args, tools)
     return import_profile(args, tools) if args.importtime > 0 else interleave(args, tools)
