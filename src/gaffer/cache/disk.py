@@ -111,7 +111,7 @@ class DiskStore(CacheTier):
         return f"{self._cas}{blob_hash[:2]}/{blob_hash}"
 
     def _action_path(self, key: Digest) -> str:
-        return f"{self.root}/ac/{key.hash[:2]}/{key.hash}"
+        return f"{self._root_text}/ac/{key.hash[:2]}/{key.hash}"
 
     def temp_path(self) -> Path:
         """A fresh path in the store's temp directory (same filesystem, so `adopt` is an atomic rename). The
@@ -170,13 +170,18 @@ class DiskStore(CacheTier):
     def verified_blob_path(self, digest: Digest) -> Path | None:
         """The blob's path after checking its content (or finding its file unchanged since this store hashed it),
         or None (a corrupt blob is evicted and reported)."""
-        path = self.blob_path(digest)
+        path = self.verified_blob_file(digest)
+        return None if path is None else Path(path)
+
+    def verified_blob_file(self, digest: Digest) -> str | None:
+        """`verified_blob_path` as a string: gobuildcache asks for one per build step."""
+        path = self._blob_file(digest.hash)
         try:
             st = os.stat(path)
             if not self._trusts(digest, st):
                 actual = digest_file(path)
                 if actual != digest:
-                    self._mismatch(path, digest, actual.hash)
+                    self._mismatch(Path(path), digest, actual.hash)
                     return None
                 self.trusted.remember(digest.hash, st)  # the stat from before the hash: an edit meanwhile moved it
         except OSError:
@@ -454,13 +459,22 @@ class DiskStore(CacheTier):
         self.bytes_stored += size
 
     def _read_and_touch(self, path: str) -> bytes | None:
-        """A whole entry, refreshing its LRU time; None if absent."""
+        """A whole entry, refreshing its LRU time; None if absent. (os-level calls: `open()` would add an ioctl,
+        a seek and a second fstat to every lookup.)"""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-                mtime = os.fstat(f.fileno()).st_mtime
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            mtime = os.fstat(fd).st_mtime
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
         self._touch(path, mtime)
         self.bytes_served += len(data)
         return data

@@ -81,8 +81,10 @@ def _run(argv: list[str]) -> int:
 
         return GoStore.open(config)
 
-    # our own buffered streams: sys.stdout may be unbuffered (PYTHONUNBUFFERED) and a raw write can be partial
-    with open(sys.stdin.fileno(), "rb", closefd=False) as stdin, open(sys.stdout.fileno(), "wb", closefd=False) as out:
+    # stdin unbuffered (the reader keeps its own buffer: one read takes what go wrote); stdout buffered, since
+    # sys.stdout may be unbuffered (PYTHONUNBUFFERED) and a raw write can be partial
+    with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as stdin, \
+            open(sys.stdout.fileno(), "wb", closefd=False) as out:
         serve(stdin, out, open_store, debug=config.debug)
     # go waits for our stdout to close, not for the process: release it now rather than after Python's shutdown
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
