@@ -36,7 +36,7 @@ from gaffer.gocache.entry import (
     encode_entry,
 )
 from gaffer.gocache.prefetch import BadList, decode_list, encode_list, find_scope, list_key
-from gaffer.gocache.protocol import Hit, MalformedRequest, fast_get, hit_line, parse_line, reply_line, rfc3339
+from gaffer.gocache.protocol import Hit, MalformedRequest, fast_request, hit_line, parse_line, reply_line, rfc3339
 from tests.servers import free_port
 from tests.support import NOBODY, require, require_tool, wait_for
 
@@ -215,17 +215,19 @@ def test_gets_sent_together_are_all_answered(client: Client) -> None:
     assert client.get(200, actions[0])["Size"] == len(b"body 0")  # and the session goes on
 
 
-def test_a_go_shaped_get_is_read_as_json_reads_it() -> None:
-    """The pattern that reads Go's gets without json: the line Go writes takes it, and any line it takes (random
-    edits of Go's line) must be the request json.loads and the field checks make of it."""
+def test_a_go_shaped_get_or_close_is_read_as_json_reads_it() -> None:
+    """The pattern that reads Go's gets and closes without json: the lines Go writes take it, and any line it takes
+    (random edits of Go's lines) must be the request json.loads and the field checks make of it."""
     seed = int(os.environ.get("GAFFER_TEST_SEED", "12"))
     rnd = random.Random(seed)
-    go_line = b'{"ID":7,"Command":"get","ActionID":"%s"}\n' % b64(hashlib.sha256(b"x").digest()).encode()
-    assert fast_get(go_line) == parse_line(go_line, "line 1")[0] and fast_get(go_line) is not None
+    go_lines = [b'{"ID":7,"Command":"get","ActionID":"%s"}\n' % b64(hashlib.sha256(b"x").digest()).encode(),
+                b'{"ID":1067,"Command":"close"}\n']
+    for go_line in go_lines:
+        assert fast_request(go_line) is not None and fast_request(go_line) == parse_line(go_line, "line 1")[0]
     taken = 0
-    alphabet = b'{}":,0123456789 -+=/\\\nAQgwIDget' + bytes(range(0x80, 0x84))
+    alphabet = b'{}":,0123456789 -+=/\\\nAQgwIDgetclos' + bytes(range(0x80, 0x84))
     for _ in range(int(os.environ.get("GAFFER_TEST_EXAMPLES", "3000"))):
-        line = bytearray(go_line)
+        line = bytearray(rnd.choice(go_lines))
         for _ in range(rnd.randint(1, 3)):
             at = rnd.randrange(len(line))
             what = rnd.random()
@@ -235,7 +237,7 @@ def test_a_go_shaped_get_is_read_as_json_reads_it() -> None:
                 del line[at]
             else:
                 line.insert(at, rnd.choice(alphabet))
-        fast = fast_get(bytes(line))
+        fast = fast_request(bytes(line))
         if fast is None:
             continue
         taken += 1
@@ -246,8 +248,9 @@ def test_a_go_shaped_get_is_read_as_json_reads_it() -> None:
         assert fast == general, f"seed {seed}: {bytes(line)!r}"
     for line in (b'{"ID":007,"Command":"get","ActionID":"%s"}\n', b'{"ID":-1,"Command":"get","ActionID":"%s"}\n',
                  b'{"ID":1,"Command":"get","ActionID":"%s"}\r\n', b'{"ID":1,"Command":"get","ActionID":"%s","X":1}\n',
-                 b'{"ID":1, "Command":"get","ActionID":"%s"}\n', b'{"ID":1,"Command":"put","ActionID":"%s"}\n'):
-        assert fast_get(line % b64(b"y" * 32).encode()) is None, line  # left to json (and its checks)
+                 b'{"ID":1, "Command":"get","ActionID":"%s"}\n', b'{"ID":1,"Command":"put","ActionID":"%s"}\n',
+                 b'{"ID":1,"Command":"close","ActionID":"%s"}\n', b'{"ID":1,"Command":"get"}\n%s'):
+        assert fast_request(line % b64(b"y" * 32).encode()) is None, line  # left to json (and its checks)
     assert taken > 50, f"seed {seed}: too few edited lines took the fast path to test it"
 
 

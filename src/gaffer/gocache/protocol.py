@@ -5,8 +5,8 @@
 - `go` then writes one JSON request per line: {"ID", "Command", "ActionID", "OutputID", "BodySize"}; IDs are
   base64 ([]byte in Go's JSON). A put with BodySize > 0 is followed by its body as the next JSON value, a base64
   JSON string (Go puts it on its own line, after a blank one). Go 1.23 named OutputID "ObjectID"; both are read.
-- A get is a line of one fixed shape (Go's encoder writes its fields in one order, compactly): such a line is read
-  by a pattern, and a get's reply is formatted directly; anything else goes through `json`. Both shortcuts are
+- Go's encoder writes a get's (and a close's) fields in one order, compactly: such a line is read by a pattern,
+  and every reply is formatted directly; any other line goes through `json`. Both shortcuts are
   pinned against `json` by tests (tests/test_gocache_protocol.py).
 - Replies carry the request's ID and may go out in any order; each is a whole line, written and flushed under a
   lock. A get the local tier answers cheaply is answered on the reader thread (handing it to a worker would cost
@@ -39,9 +39,9 @@ MAX_BODY_SIZE = 4 << 30  # far above any object go caches; past it the body woul
 READ_CHUNK = 1 << 16  # one read of stdin takes whatever `go` wrote, up to this (more for a put's body)
 MAX_BATCH = 16  # replies held back for one write at most (go sends a few requests at once, never this many)
 
-# A get exactly as Go's encoder writes it: its fields in this order, no spaces, a 32-byte ActionID. Only a line
-# json.loads reads as the same request matches (a differential test checks it); every other line goes to json.
-_GO_GET = re.compile(rb'\{"ID":(0|[1-9][0-9]{0,17}),"Command":"get","ActionID":"([A-Za-z0-9+/]{43}=)"\}\n')
+# A get or a close exactly as Go's encoder writes it: its fields in this order, no spaces, a 32-byte ActionID.
+# Only a line json.loads reads as the same request matches (a differential test checks it); any other goes to json.
+_GO_REQUEST = re.compile(rb'\{"ID":(0|[1-9][0-9]{0,17}),"Command":"(?:get","ActionID":"([A-Za-z0-9+/]{43}=)"|close")\}\n')
 
 
 class MalformedRequest(UserError):
@@ -104,11 +104,13 @@ def _b64_field(request: dict[str, object], name: str, where: str) -> bytes:
         raise MalformedRequest(f"{where}: {name} is not base64: {e}") from None
 
 
-def fast_get(line: bytes) -> Request | None:
-    """The get in a line of Go's own shape (`_GO_GET`), without json; None for any other line."""
-    match = _GO_GET.fullmatch(line)
+def fast_request(line: bytes) -> Request | None:
+    """The get or close in a line of Go's own shape (`_GO_REQUEST`), read without json; None for any other line."""
+    match = _GO_REQUEST.fullmatch(line)
     if match is None:
         return None
+    if match[2] is None:
+        return Request(int(match[1]), "close", b"", b"", b"")
     return Request(int(match[1]), "get", binascii.a2b_base64(match[2]), b"", b"")
 
 
@@ -203,7 +205,7 @@ class RequestReader:
         line = self._next_line(MAX_REQUEST_LINE)
         if not line:
             return None
-        request = fast_get(line)
+        request = fast_request(line)
         if request is not None:
             return request
         where = f"line {self._line_no}"
