@@ -60,6 +60,15 @@ CONFIGS = ("go-own", "gbc-disk", "gbc-s3-local", "gbc-s3-remote", "gbc-serve-rem
 MOTO_CONFIGS = ("gbc-s3-local", "gbc-s3-remote")
 WITH_BASE = ("gbc-disk", "gbc-s3-remote", "gbc-serve-remote", "gbc-ceph-remote")
 BUCKET = "bench-gocache"
+PROFILER = """\
+#!{python}
+import cProfile, os, sys
+from gaffer.gocache.main import gocache_main
+profile = cProfile.Profile()
+status = profile.runcall(gocache_main, [])
+profile.dump_stats(os.environ["BENCH_GOCACHE_PROFILE"])
+os._exit(status)
+"""
 
 
 def go_binary() -> str:
@@ -149,7 +158,8 @@ class Bench:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("GO", "AWS_")) and k not in ("CGO_ENABLED", "BACKEND_TYPE", "CACHE_DIR", "DEBUG")}
         env.update(GOCACHE=str(gocache), GOTOOLCHAIN="local", GOPROXY="off", GOFLAGS="-buildvcs=false",
-                   GOENV="off", GOPATH=str(self.root / "gopath"), CGO_ENABLED="0", **extra)
+                   GOENV="off", GOPATH=str(self.root / "gopath"), CGO_ENABLED="0",
+                   PYTHONPATH=str(REPO / "src"), **extra)  # this checkout's gaffer, whichever the venv installed
         return env
 
     def build(self, module: Path, env: dict[str, str], check: bool) -> tuple[float, Path, float, float]:
@@ -272,6 +282,24 @@ class Bench:
         }
 
 
+    def profile(self, name: str, module: Path, out_dir: Path) -> None:
+        """One more warm build per gbc-disk configuration (-base too) with gobuildcache under cProfile: its
+        profile in out_dir/<module>-<config>.prof, and the functions with the most time of their own printed."""
+        import pstats
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        wrapper = self.root / "gobuildcache-profiled"
+        wrapper.write_text(PROFILER.format(python=sys.executable))
+        wrapper.chmod(0o755)
+        for config, env in self.configs(name).items():
+            if config.startswith("gbc-disk"):
+                out = out_dir / f"{name}-{config}.prof"
+                self.build(module, {**env(), "GOCACHEPROG": str(wrapper), "BENCH_GOCACHE_PROFILE": str(out)},
+                           check=False)
+                print(f"\n{name} {config}: gobuildcache's profile ({out})")
+                pstats.Stats(str(out)).sort_stats("tottime").print_stats(12)
+
+
 def startup_latency(samples: int) -> dict[str, float]:
     """Seconds from spawning gobuildcache to its capabilities line, and to its exit after `close`."""
     caps, total = [], []
@@ -301,6 +329,9 @@ def main() -> int:
                         help="configurations to time (go-own always; default: all but gbc-serve-remote)")
     parser.add_argument("--base", type=Path, help="a checkout of older gaffer sources to time too (-base configs)")
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="after the runs, one more gbc-disk build (and -base) per module with gobuildcache under"
+                             " cProfile: DIR/<module>-<config>.prof, its top functions printed")
     parser.add_argument("--work", type=Path,
                         help="keep the modules and caches in this directory: a later invocation with the same --work"
                              " finds them warm, so its cold builds take seconds (gbc-disk only: remotes start empty)")
@@ -346,6 +377,8 @@ def main() -> int:
             else:  # cmd-go, std: an empty directory, the packages come from GOROOT
                 module.mkdir()
             results[name] = bench.run_module(name, module, args.runs)
+            if args.profile is not None:
+                bench.profile(name, module, args.profile)
     finally:
         for server in (moto, serve, ceph):
             if server is not None:

@@ -36,7 +36,8 @@ from gaffer.gocache import KNOWN_COMMANDS
 WORKERS = 8
 MAX_REQUEST_LINE = 1 << 20  # a request line is ~200 bytes; a longer one is garbage, not a reason to eat memory
 MAX_BODY_SIZE = 4 << 30  # far above any object go caches; past it the body would not fit in memory anyway
-READ_CHUNK = 1 << 16  # one read of stdin takes whatever `go` wrote, up to this (more for a put's body)
+READ_CHUNK = 1 << 16  # one read of stdin takes whatever `go` wrote, up to this (more for a put's body): below
+# malloc's mmap threshold, so a read does not map and unmap a buffer
 MAX_BATCH = 16  # replies held back for one write at most (go sends a few requests at once, never this many)
 
 # A get or a close exactly as Go's encoder writes it: its fields in this order, no spaces, a 32-byte ActionID.
@@ -174,7 +175,8 @@ class RequestReader:
         have = len(parts[0])
         while have < limit:
             self._on_wait()
-            chunk = self._stream.read(max(READ_CHUNK, min(limit - have, 1 << 20)))
+            # a request line fits in one small read; a put's long body line is read in bigger pieces
+            chunk = self._stream.read(READ_CHUNK if have < READ_CHUNK else min(limit - have, 1 << 20))
             if not chunk:
                 break
             end = chunk.find(b"\n", 0, limit - have)
