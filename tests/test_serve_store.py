@@ -21,6 +21,7 @@ from gaffer.digest import Digest, digest_bytes
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
+from gaffer.server.packs import PACKS, read_table
 from tests.buildgrid import ReapiServer, start_gaffer_serve, stop_signal
 from tests.servers import wait_until
 from tests.support import require, require_tool
@@ -35,6 +36,19 @@ def _blob(size: int) -> tuple[Digest, bytes]:
 
 def _pb(d: Digest) -> re_pb2.Digest:
     return re_pb2.Digest(hash=d.hash, size_bytes=d.size_bytes)
+
+
+def _packed(store: Path) -> dict[str, Path]:
+    """The blobs in the packs of the instance at `store` (evicted ones too: a pack keeps their bytes until it
+    goes), each with its pack."""
+    packs = store / PACKS
+    return {hash_: pack for pack in (packs.iterdir() if packs.is_dir() else ())
+            for hash_, _offset, _size in read_table(str(pack))}
+
+
+def _disk_usage(store: Path) -> int:
+    """What the blobs' files and packs take on disk (blocks)."""
+    return sum(f.stat().st_blocks * 512 for d in ("cas", PACKS) for f in (store / d).rglob("*") if f.is_file())
 
 
 def _store_bytes(server: ReapiServer) -> int:
@@ -179,19 +193,22 @@ def test_eviction_during_concurrent_uploads_loses_nothing_acknowledged(tmp_path:
     wait_until(lambda: _store_bytes(server) <= 4 * MiB, "eviction under the bound", 60, server.proc, server.log)
 
     # A pass may still be finishing: it only removes. So a blob reported missing must have no file (files only
-    # go), and one reported present whose file is gone must be reported missing when asked again.
+    # go; a pack keeps an evicted blob's bytes until all of it goes), and one reported present whose file or pack
+    # is gone must be reported missing when asked again.
     client = _Client(server)
     cas = tmp_path / "store" / "cas"
+    packed = _packed(tmp_path / "store")
+    assert packed, "the batches should have been written as packs"
 
     def on_disk(d: Digest) -> bool:
-        return (cas / d.hash[:2] / d.hash).exists()
+        return (cas / d.hash[:2] / d.hash).exists() or (d.hash in packed and packed[d.hash].exists())
 
     def missing(digests: list[Digest]) -> set[Digest]:
         return set().union(*(client.missing(digests[i:i + 5000]) for i in range(0, len(digests), 5000)))
 
     digests = [d for d, _ in acknowledged]
     reported_missing = missing(digests)
-    lost = [d for d in reported_missing if on_disk(d)]
+    lost = [d for d in reported_missing if (cas / d.hash[:2] / d.hash).exists()]
     assert not lost, f"{len(lost)} blobs on disk reported missing"
     gone = [d for d in digests if d not in reported_missing and not on_disk(d)]
     assert missing(gone) == set(gone), "blobs without a file still reported present"
@@ -210,16 +227,17 @@ def test_eviction_during_concurrent_uploads_loses_nothing_acknowledged(tmp_path:
 
 
 def test_small_blobs_count_what_they_take_on_disk(tmp_path: Path, serve: list) -> None:
-    """2,000 blobs of 8 bytes take a block and an inode each: a 1 MiB bound keeps their files within 1 MiB."""
-    server = start_gaffer_serve("--max-size", "1MiB", workdir=tmp_path)
+    """300 blobs of 8 bytes uploaded one at a time take a block and an inode each (1.3 MB): a 256 KiB bound keeps
+    their files within 256 KiB."""
+    server = start_gaffer_serve("--max-size", "256KiB", workdir=tmp_path)
     serve.append(server)
     client = _Client(server)
-    for _ in range(20):
-        assert client.update([_blob(8) for _ in range(100)]) == [0] * 100
+    for _ in range(300):
+        assert client.update([_blob(8)]) == [0]
     client.close()
-    wait_until(lambda: _store_bytes(server) <= MiB, "eviction", 30, server.proc)
-    used = sum(f.stat().st_blocks * 512 for f in (tmp_path / "store" / "cas").rglob("*") if f.is_file())
-    assert 0 < used <= MiB
+    wait_until(lambda: _store_bytes(server) <= 256 * 1024, "eviction", 30, server.proc)
+    assert 0 < _disk_usage(tmp_path / "store") <= 256 * 1024
+    assert not _packed(tmp_path / "store")
 
 
 def test_an_empty_action_result_counts(tmp_path: Path, serve: list) -> None:
@@ -480,9 +498,9 @@ def test_kill_9_right_after_writes_loses_nothing_acknowledged(tmp_path: Path, se
 def test_fsync_flushes_every_entry_and_its_directory_before_the_reply(
     tmp_path: Path, serve: list, flags: list[str]
 ) -> None:
-    """With --fsync, a batch of 20 new blobs is 20 fsync'd files and their directories (fewer: shards repeat)
-    before the reply, a ByteStream upload and an action result one file and one directory each; without it, none
-    (the kernel writes back in its own time)."""
+    """With --fsync, a batch of 20 new blobs is one fsync'd pack and its directory before the reply, a ByteStream
+    upload and an action result one file and one directory each; without it, none (the kernel writes back in its
+    own time)."""
     strace = require_tool("strace")
     server = start_gaffer_serve(*flags, workdir=tmp_path / "s")
     serve.append(server)
@@ -508,9 +526,8 @@ def test_fsync_flushes_every_entry_and_its_directory_before_the_reply(
         tracer.terminate()
         tracer.wait(10)
     after = log.read_text().count("fsync(")  # strace has flushed its log
-    shards = len({d.hash[:2] for d, _ in blobs})
-    if flags:
-        assert after - before >= 20 + shards + 2 + 2
+    if flags:  # the batch is one pack (its file and directory), the upload and the action result a file each
+        assert after - before >= 2 + 2 + 2
     else:
         assert after == before == 0
 

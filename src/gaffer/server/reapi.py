@@ -19,8 +19,9 @@ import logging
 import socket
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from io import BytesIO
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -368,6 +369,9 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                 namespace.streamed(digest, actual == digest.hash)
                 if actual != digest.hash:
                     raise Failure(grpc.StatusCode.DATA_LOSS, f"blob {digest} was corrupt in the cache and is evicted")
+            if isinstance(f, BytesIO):  # a packed blob: small, in hand
+                yield from self._chunks(f.getvalue()[offset:offset + remaining])
+                return
         path, position = namespace.server.path(namespace.key(digest)), offset
         while remaining > 0:
             try:  # opened for each chunk, so a client that stopped reading holds no file descriptor
@@ -380,6 +384,12 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                 break
             position += len(chunk)
             remaining -= len(chunk)
+            self.metrics.transferred(sent=len(chunk))
+            yield bytestream_pb2.ReadResponse(data=chunk)
+
+    def _chunks(self, data: bytes) -> Iterator[bytestream_pb2.ReadResponse]:
+        for start in range(0, len(data), READ_CHUNK):
+            chunk = data[start:start + READ_CHUNK]
             self.metrics.transferred(sent=len(chunk))
             yield bytestream_pb2.ReadResponse(data=chunk)
 
