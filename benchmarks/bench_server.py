@@ -227,6 +227,7 @@ def serve_floor(port: int) -> None:
     from gaffer.protos import remote_execution_pb2_grpc as re_grpc
 
     blobs: dict[str, bytes] = {}
+    streamed: dict[str, list[bytes]] = {}  # ByteStream uploads, as their chunks
     actions: dict[str, bytes] = {}
     batch = re_pb2.BatchReadBlobsResponse.Response
 
@@ -251,17 +252,16 @@ def serve_floor(port: int) -> None:
                 else batch(digest=d, status=status_pb2.Status(code=code_pb2.NOT_FOUND)) for d in request.digests])
 
         def Read(self, request: bytestream_pb2.ReadRequest, context: grpc.ServicerContext) -> Iterator[bytestream_pb2.ReadResponse]:
-            data = blobs[request.resource_name.split("/")[-2]]
-            for i in range(0, len(data), 1024 * 1024):
-                yield bytestream_pb2.ReadResponse(data=data[i:i + 1024 * 1024])
+            for chunk in streamed[request.resource_name.split("/")[-2]]:
+                yield bytestream_pb2.ReadResponse(data=chunk)
 
         def Write(
             self, requests: Iterator[bytestream_pb2.WriteRequest], context: grpc.ServicerContext
         ) -> bytestream_pb2.WriteResponse:
             first = next(requests)
-            data = b"".join([first.data, *(r.data for r in requests)])
-            blobs[first.resource_name.split("/")[-2]] = data
-            return bytestream_pb2.WriteResponse(committed_size=len(data))
+            chunks = [first.data, *(r.data for r in requests)]  # not joined: a floor copies nothing
+            streamed[first.resource_name.split("/")[-2]] = chunks
+            return bytestream_pb2.WriteResponse(committed_size=sum(map(len, chunks)))
 
         def GetActionResult(self, request: re_pb2.GetActionResultRequest, context: grpc.ServicerContext) -> re_pb2.ActionResult:
             if request.action_digest.hash not in actions:
