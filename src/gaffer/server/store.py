@@ -811,7 +811,7 @@ class ServerStore:
         used). The pack's room is reserved first; on a failure nothing is left behind."""
         instance = blobs[0][0][0]
         content, offsets = packs.encode([(key[2], data) for key, data in blobs])
-        with self.reserve_many([], cost=self.cost(len(content))) as reservation:
+        with self.reserve_many([len(data) for _, data in blobs], cost=self.cost(len(content))) as reservation:
             tmp = self.files.temp(str(self.writable_disk(instance).temp_path().parent))
             self.files.create(tmp, content)
             dest = f"{self.instance_dir(instance)}/{PACKS}/{os.path.basename(tmp)}"
