@@ -238,23 +238,33 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
             raise BadRequest(f"batch larger than max_batch_total_size_bytes ({MAX_BATCH_BYTES}); use ByteStream")
         refused: dict[int, str] = {}
         good = []
+        sha256, identity = hashlib.sha256, re_pb2.Compressor.IDENTITY
         for i, r in enumerate(request.requests):
+            d, data = r.digest, r.data
+            # the usual case first: data matching its digest (a hash equal to a SHA-256 is a valid one)
+            if r.compressor == identity and len(data) == d.size_bytes and sha256(data).hexdigest() == d.hash:
+                good.append((Digest(d.hash, d.size_bytes), data))
+                continue
             try:
-                if r.compressor != re_pb2.Compressor.IDENTITY:
+                if r.compressor != identity:
                     raise BadRequest("compressed blobs are not supported (Capabilities lists no compressor)")
-                digest = check_digest(r.digest)
-                if digest_bytes(r.data) != digest:
+                digest = check_digest(d)
+                if digest_bytes(data) != digest:
                     raise BadRequest(f"the data does not match digest {digest}")
             except BadRequest as e:
                 refused[i] = str(e)
                 continue
-            good.append((digest, r.data))
+            good.append((digest, data))
         namespace.put_checked(good)
         self.metrics.transferred(received=sum(len(data) for _, data in good))
-        return re_pb2.BatchUpdateBlobsResponse(responses=[
-            re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest, status=_status(code_pb2.INVALID_ARGUMENT, refused[i]))
-            if i in refused else re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest)  # status unset: OK
-            for i, r in enumerate(request.requests)])
+        response = re_pb2.BatchUpdateBlobsResponse()
+        add = response.responses.add  # in place: a third cheaper than building 1,000 messages and copying them
+        for i, r in enumerate(request.requests):
+            if i in refused:
+                add(digest=r.digest, status=_status(code_pb2.INVALID_ARGUMENT, refused[i]))
+            else:
+                add(digest=r.digest)  # status unset: OK
+        return response
 
     @counted
     def BatchReadBlobs(self, request: re_pb2.BatchReadBlobsRequest) -> re_pb2.BatchReadBlobsResponse:

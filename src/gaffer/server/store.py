@@ -2,15 +2,14 @@
 LRU order eviction follows and the size account), a memory cache of small blobs, verified writes, reserved space
 for uploads in flight, and checked action results.
 
-Layout under `--dir`: one file per entry, as gaffer's local cache lays it out (`cas/<2 hex>/<sha256>`,
-`ac/<2 hex>/<sha256>`). The instance "" is at the root (so `gaffer cache status|verify --dir` work on it); a named
-instance lives in `instances/<name, percent-encoded>/`, so two instances never see each other's entries and an
-instance name can never reach outside `instances/`. Files, not packs of small blobs: every entry is a temp file
-renamed into place (kill -9 loses nothing committed and needs no recovery; files.py, which also says what
-`--fsync` adds), a batch's files written in one pass on one thread, a large blob goes out with sendfile,
-eviction is an unlink (packs would need compaction, which rewrites live data), and the cost of small files is
-accounted for instead: each entry counts its size rounded up to the file system's block plus an inode, which is
-what it takes on disk.
+Layout under `--dir`: a file per entry, as gaffer's local cache lays it out (`cas/<2 hex>/<sha256>`,
+`ac/<2 hex>/<sha256>`), except the small blobs of a batch, which go to one pack (`packs/<name>`, packs.py). The
+instance "" is at the root (so `gaffer cache status|verify --dir` work on its files); a named instance lives in
+`instances/<name, percent-encoded>/`, so two instances never see each other's entries and an instance name can
+never reach outside `instances/`. Every file and pack is a temp file renamed into place (kill -9 loses nothing
+committed and needs no recovery; files.py, which also says what `--fsync` adds). A file costs its size rounded up
+to the file system's block plus an inode, which is what it takes on disk; a pack its whole file, until it is
+unlinked.
 
 The server owns its directory. The index is read from the disk once, at start; after that every install,
 eviction and corruption found goes through it under one lock, so it never disagrees with what the server wrote:
@@ -39,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from io import BufferedReader, BytesIO
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 from urllib.parse import quote, unquote
 
 from google.protobuf.message import DecodeError
@@ -71,6 +70,7 @@ PACK_MIN = 2  # a batch with at least this many new small blobs writes them as o
 PACK_READ_TRIES = 3  # a packed blob's pack may be rewritten (compacted) under a reader: look it up again
 
 Key = tuple[str, str, str]  # (instance, "cas" | "ac", hash)
+AnyDigest = TypeVar("AnyDigest", Digest, re_pb2.Digest)
 BlobFile = BufferedReader | BytesIO  # a blob's own file, or a packed blob's bytes (small: read whole, checked)
 
 
@@ -173,14 +173,20 @@ class MemoryCache:
         return data
 
     def put(self, key: tuple[str, str], data: bytes) -> None:
-        if len(data) > SMALL_BLOB or len(data) > self.max_bytes:
-            return
+        self.put_many([(key, data)])
+
+    def put_many(self, items: Iterable[tuple[tuple[str, str], bytes]]) -> None:
+        """`put` for a batch's blobs, in one hold of the lock."""
+        now, limit = time.time(), min(SMALL_BLOB, self.max_bytes)
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= len(old[0])
-            self._entries[key] = (data, time.time())
-            self._bytes += len(data)
+            for key, data in items:
+                if len(data) > limit:
+                    continue
+                old = self._entries.pop(key, None)
+                if old is not None:
+                    self._bytes -= len(old[0])
+                self._entries[key] = (data, now)
+                self._bytes += len(data)
             while self._bytes > self.max_bytes:
                 _, (evicted, _) = self._entries.popitem(last=False)
                 self._bytes -= len(evicted)
@@ -409,11 +415,10 @@ class Namespace:
         disk in one pass (ServerStore.store_many) and into the memory cache; then `committed`, each once."""
         named = dict(blobs)
         named.pop(EMPTY_DIGEST, None)  # always present, never stored
-        fresh = [(digest, data) for digest, data in named.items() if not self._here(digest)]
+        fresh = [(digest, named[digest]) for digest in self.server.unindexed(self.name, named)]  # as _here
         if fresh:
             self.server.store_many([(self.key(digest), data) for digest, data in fresh])
-            for digest, data in fresh:
-                self.server.memory.put((self.name, digest.hash), data)
+            self.server.memory.put_many(((self.name, digest.hash), data) for digest, data in fresh)
         for digest in named:
             self.committed(digest)
 
@@ -719,7 +724,7 @@ class ServerStore:
             self._index.move_to_end(key)
             return True
 
-    def unindexed(self, instance: str, digests: Iterable[re_pb2.Digest]) -> list[re_pb2.Digest]:
+    def unindexed(self, instance: str, digests: Iterable[AnyDigest]) -> list[AnyDigest]:
         """The digests not indexed with their size (never the empty blob's); the others become recently used."""
         index = self._index
         missing = []
