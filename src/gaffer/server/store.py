@@ -832,15 +832,15 @@ class ServerStore:
                 reservation.release_locked()  # now the pack's cost, in _bytes
                 self._bytes += pack.cost
                 for (key, data), offset in zip(blobs, offsets, strict=True):
-                    old = self._index.get(key)
-                    if old is not None and old[0] == len(data):
+                    size, old = len(data), self._index.get(key)
+                    if old is not None and old[0] == size:
                         self._index.move_to_end(key)
                         continue
                     if old is not None:
                         self._unindex(key, old[1])
-                    self._index[key] = (len(data), len(data) + packs.ENTRY)
+                    self._index[key] = (size, size + packs.ENTRY)
                     self._packed[key] = pack
-                    pack.add(key, offset, len(data))
+                    pack.add(key, offset, size)
                 if not pack.live:
                     self._drop_pack(pack)  # every blob was here already
                 self._collect_if_over()
