@@ -522,6 +522,41 @@ def test_eviction_unlinks_dead_packs_and_rewrites_sparse_ones(tmp_path: Path, se
     client.close()
 
 
+def test_reads_during_pack_rewrites_always_find_live_blobs(tmp_path: Path, serve: list) -> None:
+    """30 blobs of a first batch read over and over (so they stay the most recently used) while 20 more batches
+    make eviction take the other 70 and rewrite the first pack: every read finds all 30, byte for byte, whether
+    it came before, during or after the rewrite."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--max-size", "1MiB", "--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    first = [_blob(1024) for _ in range(100)]
+    client = _Client(server)
+    assert client.update(first) == [0] * 100
+    first_pack = next((store / PACKS).iterdir())
+    kept = dict(first[:30])
+    done = threading.Event()
+    reads: list[dict[Digest, bytes]] = []
+
+    def read_all_along() -> None:
+        reader = _Client(server)
+        while not done.is_set():
+            reads.append(reader.read(list(kept)))
+        reader.close()
+
+    thread = threading.Thread(target=read_all_along)
+    thread.start()
+    try:
+        for _ in range(20):
+            assert client.update([_blob(1024) for _ in range(100)]) == [0] * 100
+        wait_until(lambda: not first_pack.exists(), "the first pack rewritten", 30, server.proc, server.log)
+    finally:
+        done.set()
+        thread.join(60)
+    assert reads and all(found == kept for found in reads)
+    assert client.read(list(kept)) == kept
+    client.close()
+
+
 # -- durability: kill -9, --fsync -------------------------------------------------------------------------------
 
 

@@ -67,7 +67,6 @@ TOUCH_AFTER_S = 3600  # as DiskStore: refresh a blob's mtime (its LRU age) at mo
 INODE_BYTES = 256  # what a file costs beyond its data blocks: its inode (ext4's size) and directory entry
 EVICT_BATCH = 256  # entries unlinked per hold of the index lock, so uploads and lookups wait at most that long
 PACK_MIN = 2  # a batch with at least this many new small blobs writes them as one pack (packs.py)
-PACK_READ_TRIES = 3  # a packed blob's pack may be rewritten (compacted) under a reader: look it up again
 
 Key = tuple[str, str, str]  # (instance, "cas" | "ac", hash)
 AnyDigest = TypeVar("AnyDigest", Digest, re_pb2.Digest)
@@ -672,7 +671,8 @@ class ServerStore:
             for pack in every_pack:
                 if not pack.live:
                     self._drop_pack(pack)
-                elif pack.sparse():
+                elif pack.sparse() and not pack.compacting:
+                    pack.compacting = True
                     self._sparse.append(pack)
             self._collect_if_over()
 
@@ -850,9 +850,9 @@ class ServerStore:
         return key in self._packed
 
     def read_packed(self, key: Key) -> tuple[bool, bytes | None]:
-        """(False, None) if the blob is not in a pack; else (True, its bytes as stored, unchecked), or (True, None)
-        when its pack is gone (the blob evicted meanwhile)."""
-        for _ in range(PACK_READ_TRIES):
+        """(False, None) if the blob is not in a pack (any more); else (True, its bytes as stored, unchecked), or
+        (True, None) when its pack was removed behind the server's back."""
+        while True:
             with self._lock:
                 pack = self._packed.get(key)
                 if pack is None:
@@ -860,9 +860,11 @@ class ServerStore:
                 offset, size = pack.live[key]
             try:
                 return True, packs.read_blob(pack.path, offset, size)
-            except FileNotFoundError:  # compacted into a new pack meanwhile (look again) or evicted
-                continue
-        return True, None
+            except FileNotFoundError:
+                with self._lock:
+                    if self._packed.get(key) is pack:
+                        return True, None
+                # moved to a new pack by a rewrite meanwhile (look again), or evicted
 
     def on_disk(self, key: Key, size: int, packs_seen: dict[str, bool]) -> bool:
         """Is the entry's file (or its pack: looked at once per `packs_seen`) still on disk at its length? A file
@@ -973,18 +975,22 @@ class ServerStore:
         try:
             with open(pack.path, "rb") as f:
                 old = f.read()
-            content, offsets = packs.encode([(key[2], old[offset:offset + size])
-                                             for key, (offset, size) in members])
+        except FileNotFoundError:
+            return  # its last blob was evicted meanwhile: unlinked
+        content, offsets = packs.encode([(key[2], old[offset:offset + size]) for key, (offset, size) in members])
+        tmp = dest = ""
+        try:
             tmp = self.files.temp(str(self.writable_disk(instance).temp_path().parent))
-            self.files.create(tmp, content)
             dest = f"{self.instance_dir(instance)}/{PACKS}/{os.path.basename(tmp)}"
+            self.files.create(tmp, content)
             changed: set[str] = set()
             self.files.flush([tmp])
             self.files.publish(tmp, dest, changed)
             self.files.sync_dirs(changed)  # the new pack is durable before the old one goes
-        except FileNotFoundError:
-            return  # its last blob was evicted meanwhile: unlinked
         except OSError as e:
+            for path in (tmp, dest):
+                if path:
+                    remove(path)
             self._gc_failed(pack.path, e)
             return
         new = Pack(dest, instance, self.cost(len(content)), len(content))
