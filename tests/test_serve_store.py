@@ -752,6 +752,7 @@ def test_a_full_disk_refuses_uploads_leaves_no_temp_files_and_stops_cleanly(
         assert http.put(f"/cas/{digest.hash}", content=data).status_code == 507
         assert http.get(f"/cas/{stored.hash}").content == stored_data  # reads go on
     assert list((small_disk / "store" / "tmp").iterdir()) == []
+    assert not _packed(small_disk / "store")  # the batch's pack was never made
     _fill(small_disk, 0)
     client.close()
     assert stop_signal(server) == 0

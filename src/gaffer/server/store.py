@@ -817,16 +817,7 @@ class ServerStore:
         instance = blobs[0][0][0]
         content, offsets = packs.encode([(key[2], data) for key, data in blobs])
         with self.reserve_many([len(data) for _, data in blobs], cost=self.cost(len(content))) as reservation:
-            tmp = self.files.temp(str(self.writable_disk(instance).temp_path().parent))
-            self.files.create(tmp, content)
-            dest = f"{self.instance_dir(instance)}/{PACKS}/{os.path.basename(tmp)}"
-            changed: set[str] = set()
-            try:
-                self.files.flush([tmp])
-                self.files.publish(tmp, dest, changed)
-            except BaseException:
-                remove(tmp)
-                raise
+            dest, changed = self._write_pack(instance, content)
             pack = Pack(dest, instance, reservation.cost, len(content))
             with self._lock:
                 reservation.release_locked()  # now the pack's cost, in _bytes
@@ -845,6 +836,21 @@ class ServerStore:
                     self._drop_pack(pack)  # every blob was here already
                 self._collect_if_over()
         self.files.sync_dirs(changed)
+
+    def _write_pack(self, instance: str, content: bytes) -> tuple[str, set[str]]:
+        """A new pack holding `content` in the instance's `packs/`: a temp file (flushed with --fsync) renamed into
+        place. Its path, and the directories changed (for `sync_dirs`); on a failure nothing is left behind."""
+        tmp = self.files.temp(str(self.writable_disk(instance).temp_path().parent))
+        dest = f"{self.instance_dir(instance)}/{PACKS}/{os.path.basename(tmp)}"
+        self.files.create(tmp, content)
+        changed: set[str] = set()
+        try:
+            self.files.flush([tmp])
+            self.files.publish(tmp, dest, changed)
+        except BaseException:
+            remove(tmp)
+            raise
+        return dest, changed
 
     def is_packed(self, key: Key) -> bool:
         return key in self._packed
@@ -978,19 +984,13 @@ class ServerStore:
         except FileNotFoundError:
             return  # its last blob was evicted meanwhile: unlinked
         content, offsets = packs.encode([(key[2], old[offset:offset + size]) for key, (offset, size) in members])
-        tmp = dest = ""
+        dest = ""
         try:
-            tmp = self.files.temp(str(self.writable_disk(instance).temp_path().parent))
-            dest = f"{self.instance_dir(instance)}/{PACKS}/{os.path.basename(tmp)}"
-            self.files.create(tmp, content)
-            changed: set[str] = set()
-            self.files.flush([tmp])
-            self.files.publish(tmp, dest, changed)
+            dest, changed = self._write_pack(instance, content)
             self.files.sync_dirs(changed)  # the new pack is durable before the old one goes
         except OSError as e:
-            for path in (tmp, dest):
-                if path:
-                    remove(path)
+            if dest:
+                remove(dest)
             self._gc_failed(pack.path, e)
             return
         new = Pack(dest, instance, self.cost(len(content)), len(content))
