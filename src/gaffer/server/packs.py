@@ -17,39 +17,38 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MAGIC = b"gafpack1"
 ENTRY = 40  # a table entry: SHA-256 and size
 TAIL = 16  # count and MAGIC
 PACKS = "packs"  # the directory of an instance's packs, beside cas/ and ac/
 
-Key = tuple[str, str, str]  # (instance, "cas", hash): as store.py's
-
 
 @dataclass(eq=False)
 class Pack:
-    """One pack file as the index sees it: its indexed (live) blobs by key -> (offset, size)."""
+    """One pack file as the index sees it: how many of its blobs are indexed (live), and their bytes. Where each
+    blob is in it is the blob's index entry."""
 
     path: str
     instance: str
     cost: int  # what the file takes on disk (whole blocks and an inode), counted until it is unlinked
     size: int  # the file's length
-    live: dict[Key, tuple[int, int]] = field(default_factory=dict)
+    live: int = 0
     live_bytes: int = 0
     compacting: bool = False
 
-    def add(self, key: Key, offset: int, size: int) -> None:
-        self.live[key] = (offset, size)
+    def add(self, size: int) -> None:
+        self.live += 1
         self.live_bytes += size
 
-    def remove(self, key: Key) -> None:
-        _offset, size = self.live.pop(key)
+    def remove(self, size: int) -> None:
+        self.live -= 1
         self.live_bytes -= size
 
     def sparse(self) -> bool:
         """Is less than half of it still indexed (worth rewriting)?"""
-        return bool(self.live) and 2 * (self.live_bytes + ENTRY * len(self.live)) < self.size
+        return self.live > 0 and 2 * (self.live_bytes + ENTRY * self.live) < self.size
 
 
 def encode(blobs: Sequence[tuple[str, bytes]]) -> tuple[bytes, list[int]]:

@@ -69,6 +69,9 @@ EVICT_BATCH = 256  # entries unlinked per hold of the index lock, so uploads and
 PACK_MIN = 2  # a batch with at least this many new small blobs writes them as one pack (packs.py)
 
 Key = tuple[str, str, str]  # (instance, "cas" | "ac", hash)
+# An index entry: size, cost on disk, and for a packed blob its pack and offset (None, 0: a file of its own). One
+# tuple, not a second map: a store holds millions.
+Entry = tuple[int, int, Pack | None, int]
 AnyDigest = TypeVar("AnyDigest", Digest, re_pb2.Digest)
 BlobFile = BufferedReader | BytesIO  # a blob's own file, or a packed blob's bytes (small: read whole, checked)
 
@@ -559,8 +562,7 @@ class ServerStore:
         self._report = report
         self.memory = MemoryCache(memory)
         self.verified: set[tuple[str, str]] = set()  # large blobs this process checked: streamed without hashing
-        self._index: OrderedDict[Key, tuple[int, int]] = OrderedDict()  # -> (size, cost)
-        self._packed: dict[Key, Pack] = {}  # the indexed blobs that live in a pack, not a file of their own
+        self._index: OrderedDict[Key, Entry] = OrderedDict()
         self._sparse: list[Pack] = []  # packs less than half indexed, for the next eviction pass to rewrite
         self._bytes = 0  # the cost of every indexed file and of every pack (all of it, until it is unlinked)
         self._reserved = 0  # the cost of the uploads in flight
@@ -662,12 +664,12 @@ class ServerStore:
                     if pack is not None:
                         continue
                     self._unindex(key, old[1])  # a file and a packed copy: the file is the entry
-                self._index[key] = (size, self.cost(size) if pack is None else size + packs.ENTRY)
                 if pack is None:
+                    self._index[key] = (size, self.cost(size), None, 0)
                     self._bytes += self.cost(size)
                 else:
-                    self._packed[key] = pack
-                    pack.add(key, offset, size)
+                    self._index[key] = (size, size + packs.ENTRY, pack, offset)
+                    pack.add(size)
             for pack in every_pack:
                 if not pack.live:
                     self._drop_pack(pack)
@@ -829,9 +831,8 @@ class ServerStore:
                         continue
                     if old is not None:
                         self._unindex(key, old[1])
-                    self._index[key] = (size, size + packs.ENTRY)
-                    self._packed[key] = pack
-                    pack.add(key, offset, size)
+                    self._index[key] = (size, size + packs.ENTRY, pack, offset)
+                    pack.add(size)
                 if not pack.live:
                     self._drop_pack(pack)  # every blob was here already
                 self._collect_if_over()
@@ -853,29 +854,30 @@ class ServerStore:
         return dest, changed
 
     def is_packed(self, key: Key) -> bool:
-        return key in self._packed
+        entry = self._index.get(key)
+        return entry is not None and entry[2] is not None
 
     def read_packed(self, key: Key) -> tuple[bool, bytes | None]:
         """(False, None) if the blob is not in a pack (any more); else (True, its bytes as stored, unchecked), or
         (True, None) when its pack was removed behind the server's back."""
         while True:
             with self._lock:
-                pack = self._packed.get(key)
+                size, _cost, pack, offset = self._index.get(key) or (0, 0, None, 0)
                 if pack is None:
                     return False, None
-                offset, size = pack.live[key]
             try:
                 return True, packs.read_blob(pack.path, offset, size)
             except FileNotFoundError:
                 with self._lock:
-                    if self._packed.get(key) is pack:
+                    if (entry := self._index.get(key)) is not None and entry[2] is pack:
                         return True, None
                 # moved to a new pack by a rewrite meanwhile (look again), or evicted
 
     def on_disk(self, key: Key, size: int, packs_seen: dict[str, bool]) -> bool:
         """Is the entry's file (or its pack: looked at once per `packs_seen`) still on disk at its length? A file
         removed behind the server's back makes a miss, not a broken hit."""
-        pack = self._packed.get(key)
+        entry = self._index.get(key)
+        pack = None if entry is None else entry[2]
         path = self.entry_path(key) if pack is None else pack.path
         found = packs_seen.get(path)
         if found is None:
@@ -890,7 +892,8 @@ class ServerStore:
     def corrupt(self, key: Key, digest: Digest) -> None:
         """A packed blob whose bytes do not match its digest: unindexed (its pack rewritten or removed in time)
         and reported."""
-        pack = self._packed.get(key)
+        entry = self._index.get(key)
+        pack = None if entry is None else entry[2]
         self._report(f"corrupt blob {digest} in {pack.path if pack else 'a pack'}: evicted")
         self.drop(key)
 
@@ -916,8 +919,8 @@ class ServerStore:
                         continue
                     self.files.publish(tmp, self.entry_path(key), changed)
                     if old is not None:
-                        self._bytes -= old[1]
-                    self._index[key] = (size, cost)
+                        self._unindex(key, old[1])  # an action result replaced (its file, by the rename)
+                    self._index[key] = (size, cost, None, 0)
                     self._index.move_to_end(key)
                     self._bytes += cost
                 self._collect_if_over()
@@ -941,15 +944,14 @@ class ServerStore:
         """(Lock held.) Take an entry out of the index; True if it is a file of its own (the caller unlinks it).
         A packed blob's bytes stay counted with its pack: unlinked once none of it is indexed, queued to be
         rewritten once less than half is."""
-        del self._index[key]
+        size, _cost, pack, _offset = self._index.pop(key)
         if key[1] == "cas":
             self.memory.drop((key[0], key[2]))
             self.verified.discard((key[0], key[2]))
-        pack = self._packed.pop(key, None)
         if pack is None:
             self._bytes -= cost
             return True
-        pack.remove(key)
+        pack.remove(size)
         if not pack.live:
             self._drop_pack(pack)
         elif not pack.compacting and pack.sparse():
@@ -974,16 +976,22 @@ class ServerStore:
         or unlinked at once). A failure (a full disk) leaves the old pack as it was."""
         with self._lock:
             pack.compacting = False
-            members = sorted(pack.live.items(), key=lambda m: m[1][0])
-        if not members:
-            return
+            if not pack.live:
+                return
         instance = pack.instance
         try:
             with open(pack.path, "rb") as f:
                 old = f.read()
-        except FileNotFoundError:
-            return  # its last blob was evicted meanwhile: unlinked
-        content, offsets = packs.encode([(key[2], old[offset:offset + size]) for key, (offset, size) in members])
+            table = packs.read_table(pack.path)
+        except (FileNotFoundError, BadPack):
+            return  # its last blob was evicted meanwhile (unlinked), or the file is not ours any more
+        with self._lock:
+            members = [(key, offset, size) for hash_, offset, size in table
+                       if (entry := self._index.get(key := (instance, "cas", hash_))) is not None
+                       and entry[2] is pack and entry[3] == offset]
+        if not members:
+            return
+        content, offsets = packs.encode([(key[2], old[offset:offset + size]) for key, offset, size in members])
         dest = ""
         try:
             dest, changed = self._write_pack(instance, content)
@@ -996,11 +1004,12 @@ class ServerStore:
         new = Pack(dest, instance, self.cost(len(content)), len(content))
         with self._lock:
             self._bytes += new.cost
-            for (key, (_offset, size)), offset in zip(members, offsets, strict=True):
-                if self._packed.get(key) is pack:
-                    pack.remove(key)
-                    new.add(key, offset, size)
-                    self._packed[key] = new
+            for (key, old_offset, size), offset in zip(members, offsets, strict=True):
+                entry = self._index.get(key)
+                if entry is not None and entry[2] is pack and entry[3] == old_offset:
+                    pack.remove(size)
+                    new.add(size)
+                    self._index[key] = (size, entry[1], new, offset)  # the same place in the LRU order
             if not pack.live:
                 self._drop_pack(pack)
             if not new.live:
@@ -1029,7 +1038,7 @@ class ServerStore:
                     if self._bytes + self._reserved <= target or not self._index:
                         self._gc = None
                         return
-                    key, (_size, cost) = next(iter(self._index.items()))
+                    key, (_size, cost, _pack, _offset) = next(iter(self._index.items()))
                     if not self._unindex(key, cost):
                         continue
                     try:
@@ -1054,10 +1063,13 @@ class ServerStore:
         for namespace in self._backends.values():
             namespace.close()
         sizes = dict.fromkeys(self._disks, 0)
-        for key, (_size, cost) in self._index.items():
-            if key[0] in sizes and key not in self._packed:
+        live_packs = set()
+        for key, (_size, cost, pack, _offset) in self._index.items():
+            if pack is not None:
+                live_packs.add(pack)
+            elif key[0] in sizes:
                 sizes[key[0]] += cost
-        for pack in set(self._packed.values()):
+        for pack in live_packs:
             if pack.instance in sizes:
                 sizes[pack.instance] += pack.cost
         for instance, size in sizes.items():
