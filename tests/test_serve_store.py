@@ -661,14 +661,14 @@ def test_kill_9_right_after_writes_loses_nothing_acknowledged(tmp_path: Path, se
 def test_fsync_flushes_every_entry_and_its_directory_before_the_reply(
     tmp_path: Path, serve: list, flags: list[str]
 ) -> None:
-    """With --fsync, a batch of 20 new blobs is one fsync'd pack and its directory before the reply, a ByteStream
-    upload and an action result one file and one directory each; without it, none (the kernel writes back in its
-    own time)."""
+    """With --fsync, a batch of 20 new blobs is one pack, fsync'd before its rename and its directory after, before
+    the reply; a ByteStream upload and an action result one file and one directory each; without it, none (the
+    kernel writes back in its own time)."""
     strace = require_tool("strace")
     server = start_gaffer_serve(*flags, workdir=tmp_path / "s")
     serve.append(server)
     log = tmp_path / "strace.log"
-    tracer = subprocess.Popen([strace, "-f", "-qq", "-e", "trace=fsync,rename", "-o", str(log), "-p",
+    tracer = subprocess.Popen([strace, "-f", "-qq", "-y", "-e", "trace=fsync,rename", "-o", str(log), "-p",
                                str(server.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = _Client(server)
@@ -688,9 +688,16 @@ def test_fsync_flushes_every_entry_and_its_directory_before_the_reply(
     finally:
         tracer.terminate()
         tracer.wait(10)
-    after = log.read_text().count("fsync(")  # strace has flushed its log
+    calls = log.read_text().splitlines()  # strace has flushed its log; -y: a descriptor shows its path
+    after = sum("fsync(" in call for call in calls)
     if flags:  # the batch is one pack (its file and directory), the upload and the action result a file each
         assert after - before >= 2 + 2 + 2
+        packed = [i for i, call in enumerate(calls)
+                  if "rename(" in call and f"/{PACKS}/" in call and call.rstrip().endswith("= 0")]
+        assert len(packed) == 1, "\n".join(calls)
+        tmp = calls[packed[0]].split('"')[1]
+        assert any(f"<{tmp}>" in call for call in calls[:packed[0]] if "fsync(" in call), "pack not flushed"
+        assert any(f"/{PACKS}>" in call for call in calls[packed[0]:] if "fsync(" in call), "its directory not"
     else:
         assert after == before == 0
 
