@@ -231,8 +231,9 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
     @counted
     def BatchUpdateBlobs(self, request: re_pb2.BatchUpdateBlobsRequest) -> re_pb2.BatchUpdateBlobsResponse:
         """Each blob checked on its own (a bad one gets its own status), then the good ones written together on
-        this one thread: their temp files, then their renames and index entries (Namespace.put_checked). One
-        thread per batch rather than a pool per blob: the pool's hand-offs cost more than the files."""
+        this one thread: the small ones as one pack, any large one as a file, then their index entries
+        (Namespace.put_checked). One thread per batch rather than a pool per blob: the pool's hand-offs cost more
+        than the writes."""
         namespace = self.store.namespace(request.instance_name)
         if sum(len(r.data) for r in request.requests) > MAX_BATCH_BYTES:
             raise BadRequest(f"batch larger than max_batch_total_size_bytes ({MAX_BATCH_BYTES}); use ByteStream")
