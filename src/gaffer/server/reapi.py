@@ -60,6 +60,7 @@ KEEPALIVE_S = 60  # ping an idle connection this often; one that does not answer
 KEEPALIVE_TIMEOUT_S = 20
 IDLE_CONNECTION_S = 600  # a connection without calls for this long is closed (clients reconnect as needed)
 TICK_S = 0.5  # how often the coordinator expires silent workers, cancels abandoned jobs and spots unmatched ones
+CALLS_END_S = 5.0  # at stop, how long grpc's own per-call tasks get to see their call's end before being cancelled
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Request = TypeVar("Request")
@@ -608,10 +609,14 @@ class GrpcServer:
             if self._server is not None:
                 await self._server.stop(grace)
             # grpc has ended the calls; what their handlers still await ends here, so their clean-ups run
-            handlers = asyncio.all_tasks() - {asyncio.current_task()}
-            for task in handlers:
-                task.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
+            tasks = asyncio.all_tasks() - {asyncio.current_task()}
+            calls = {task for task in tasks if _is_grpc_call(task)}
+            await _cancel(tasks - calls)
+            # grpc's own task per call ends once the call's end has reached the loop; cancelled, grpc prints a
+            # traceback, so it is cancelled only when it has not ended in time
+            if calls:
+                _, stuck = await asyncio.wait(calls, timeout=CALLS_END_S)
+                await _cancel(stuck)
             self._loop.stop()
 
         def finish() -> None:
@@ -623,6 +628,18 @@ class GrpcServer:
         asyncio.run_coroutine_threadsafe(stop(), self._loop)
         threading.Thread(target=finish, name="gaffer-grpc-stop").start()
         return done
+
+
+def _is_grpc_call(task: asyncio.Task[object]) -> bool:
+    """Whether the task is grpc.aio's own for one call (it waits for the call's end from the core)."""
+    return getattr(task.get_coro(), "__name__", "") == "_schedule_rpc_coro"
+
+
+async def _cancel(tasks: set[asyncio.Task[object]]) -> None:
+    """Cancel the tasks and wait until each has ended (its clean-ups run)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _CancelledAtStop(logging.Filter):
