@@ -393,7 +393,7 @@ class DiskStore(CacheTier):
         with self._locked():
             import shutil
 
-            for sub in ("cas", "ac"):
+            for sub in ("cas", "ac", "packs"):  # packs: gaffer serve's (server/packs.py)
                 shutil.rmtree(self.root / sub, ignore_errors=True)
             self.remove_stale_temp_files()
             self.trusted.clear()
