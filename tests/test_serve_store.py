@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -489,6 +490,41 @@ def test_a_corrupt_packed_blob_is_evicted_and_a_torn_pack_dropped_at_start(tmp_p
     assert client.missing([d for d, _ in first]) == {first[3][0], first[4][0]}
     assert "corrupt blob" in server.log.read_text()
     client.close()
+
+
+def test_cache_verify_and_status_see_packed_blobs(tmp_path: Path) -> None:
+    """`gaffer cache status|verify --dir` on a server's store count and hash the packed blobs too: a pack with a
+    damaged blob, and a torn one, are removed whole; a sound pack stays."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    client = _Client(server)
+    batches = [[_blob(2000) for _ in range(10)] for _ in range(3)]
+    for batch in batches:
+        assert client.update(batch) == [0] * 10
+    client.close()
+    assert stop_signal(server) == 0
+    damaged, torn, sound = (_packed(store)[batch[0][0].hash] for batch in batches)
+    status = _gaffer_cache("status", store)
+    assert "Blobs: 30" in status.stdout, status.stdout
+    places = {hash_: offset for hash_, offset, _size in read_table(str(damaged))}
+    digest, data = batches[0][6]
+    with open(damaged, "r+b") as f:
+        f.seek(places[digest.hash])
+        f.write(bytes([data[0] ^ 1]))
+    os.truncate(torn, torn.stat().st_size - 1)
+    verify = _gaffer_cache("verify", store)
+    assert verify.returncode == 1 and "checked 20 blobs" in verify.stdout and "2 corrupt" in verify.stdout, (
+        verify.stdout + verify.stderr)
+    assert digest.hash[:12] in verify.stdout and torn.name[:12] in verify.stdout
+    assert not damaged.exists() and not torn.exists() and sound.exists()
+    again = _gaffer_cache("verify", store)
+    assert again.returncode == 0 and "checked 10 blobs" in again.stdout, again.stdout + again.stderr
+
+
+def _gaffer_cache(command: str, store: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gaffer", "cache", command, "--cache-dir", str(store)],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")})
 
 
 def test_eviction_unlinks_dead_packs_and_rewrites_sparse_ones(tmp_path: Path, serve: list) -> None:

@@ -350,6 +350,9 @@ class DiskStore(CacheTier):
                 actions += 1
             else:
                 blobs += 1
+        for _path, table in self._packs():
+            blobs += len(table or ())
+            size += sum(blob_size for _hash, _offset, blob_size in table or ())
         return StoreStatus(actions=actions, blobs=blobs, bytes=size, max_size=self.max_size)
 
     def files(self, kind: str) -> Iterator[tuple[Path, os.stat_result]]:
@@ -375,6 +378,9 @@ class DiskStore(CacheTier):
                 corrupt.append(path.name)
                 self._evict_corrupt(path, "blob", digest)
         self.trusted.replace(good)
+        packed, bad = self._verify_packs()
+        checked += packed
+        corrupt += bad
         for path, st in self._walk("ac"):
             checked_actions += 1
             try:
@@ -385,6 +391,40 @@ class DiskStore(CacheTier):
                 corrupt.append(path.name)
                 self._evict_corrupt(path, "action result", Digest(path.name, st.st_size))
         return VerifyReport(checked=checked, corrupt=corrupt, checked_actions=checked_actions)
+
+    def _packs(self) -> Iterator[tuple[Path, list[tuple[str, int, int]] | None]]:
+        """`gaffer serve`'s packs (server/packs.py) and their tables (None: a torn pack), skipping any removed
+        meanwhile (the server evicted or rewrote it)."""
+        from gaffer.server.packs import PACKS, BadPack, read_table
+
+        try:
+            packs = sorted(os.scandir(self.root / PACKS), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in packs:
+            try:
+                yield Path(entry.path), read_table(entry.path)
+            except BadPack:
+                yield Path(entry.path), None
+            except OSError:
+                continue
+
+    def _verify_packs(self) -> tuple[int, list[str]]:
+        """Hash every packed blob; a pack that is torn or holds a corrupt blob is removed whole (a pack is never
+        rewritten in place): how many blobs were checked, and the corrupt blobs' hashes (a torn pack's name)."""
+        checked, corrupt = 0, []
+        for path, table in self._packs():
+            try:
+                with open(path, "rb") as f:
+                    bad = [path.name] if table is None else [
+                        h for h, _offset, size in table if digest_bytes(f.read(size)).hash != h]
+            except OSError:
+                continue
+            checked += len(table or ())
+            if bad:
+                corrupt += bad
+                self._evict_corrupt(path, "pack", Digest(path.name, 0))
+        return checked, corrupt
 
     def clean(self) -> None:
         """Remove every entry (the directory itself stays). Temp files of running processes stay too: a build
