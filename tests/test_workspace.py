@@ -207,21 +207,37 @@ def test_a_task_inherits_the_task_lock_and_no_other_descriptor_and_default_signa
     assert [sig for sig in signal.valid_signals() if ignored >> (sig - 1) & 1] == []
 
 
-def test_a_command_run_from_gaffer_s_own_directory_is_posix_spawned(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fast path the test above checks is the one taken: in gaffer's own directory with its own PATH."""
+def test_a_command_run_from_gaffer_s_own_directory_is_posix_spawned_as_popen_would_find_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path the test above checks is the one taken in gaffer's own directory, and it runs what Popen
+    would: the program found on the task's PATH at each start (one a task installs is used by the next), and
+    where the first match cannot run, the next one (Popen's own search decides then)."""
     from gaffer.execute import local
 
     require(Path("/proc/self/fd").is_dir() and hasattr(os, "waitid"), "posix_spawn is used where /proc lists fds")
     monkeypatch.chdir(tmp_path)
     here = Path(os.getcwd())
-    spawned = local._spawn(["sh", "-c", "exit 3"], here, dict(os.environ), 1, 2)
-    assert isinstance(spawned, local._Spawned)
-    assert spawned.wait() == 3
-    elsewhere = local._spawn(["sh", "-c", "exit 4"], here / "..", dict(os.environ), 1, 2)
-    assert isinstance(elsewhere, subprocess.Popen) and elsewhere.wait() == 4
-    other_path = local._spawn(["sh", "-c", "exit 5"], here, {**os.environ, "PATH": f"/nonexistent:{os.defpath}"}, 1, 2)
-    assert isinstance(other_path, subprocess.Popen) and other_path.wait() == 5
+    early, late = here / "early", here / "late"
+    early.mkdir()
+    late.mkdir()
+    env = {**os.environ, "PATH": f"{early}:{late}:{os.environ['PATH']}"}
+
+    def run(argv: list[str], cwd: Path = here) -> tuple[type, int]:
+        started = local._spawn(argv, cwd, env, 1, 2)
+        return type(started), started.wait()
+
+    assert run(["sh", "-c", "exit 3"]) == (local._Spawned, 3)
+    assert run(["sh", "-c", "exit 4"], cwd=here / "..") == (subprocess.Popen, 4)
+    (late / "tool").write_text("#!/bin/sh\nexit 5\n")
+    (late / "tool").chmod(0o755)
+    assert run(["tool"]) == (local._Spawned, 5)
+    (early / "tool").write_text("#!/bin/sh\nexit 6\n")  # installed meanwhile, earlier on PATH
+    (early / "tool").chmod(0o755)
+    assert run(["tool"]) == (local._Spawned, 6)
+    (early / "tool").write_bytes(b"\x7fELF not really")  # executable by its mode, not by its format
+    assert run(["tool"]) == (subprocess.Popen, 5)
+    with pytest.raises(FileNotFoundError):
+        local._spawn(["no-such-tool"], here, env, 1, 2)
 
 
 def test_a_background_process_is_killed_before_outputs_are_recorded(tmp_path: Path, env: dict[str, str],

@@ -9,8 +9,8 @@ left running in its group (`cmd &`) is killed before its outputs are collected, 
 the task's run may change what gets recorded. A process that calls `setsid` leaves the group: where the kernel
 allows, gaffer adopts such processes as a child subreaper and kills them too (see orphans.py).
 
-A command is started with `os.posix_spawn` where that can do all of it (a third of `subprocess.Popen`'s CPU, which
-a build of many small tasks pays per task): in gaffer's own working directory, with gaffer's own PATH. posix_spawn
+A command is started with `os.posix_spawn` where that can do all of it (half of `subprocess.Popen`'s CPU, which
+a build of many small tasks pays per task): in gaffer's own working directory. posix_spawn
 closes no descriptor, so every descriptor gaffer inherited is first marked close-on-exec (Python opens its own
 so), except the task locks every task must hold (lock.py). Elsewhere, `subprocess.Popen` with `close_fds`.
 """
@@ -169,14 +169,32 @@ def _spawn(argv: Sequence[str], cwd: Path, env: Mapping[str, str], out: IO[bytes
            err: IO[bytes] | int) -> _Child:
     """Start a command in a new session, stdin /dev/null, stdout and stderr to `out` and `err`, no descriptor of
     gaffer's but the task locks inherited. posix_spawn where it can do all of that (see the module's doc): it has
-    no working directory of its own, and looks the program up on gaffer's PATH, not the task's."""
-    if _spawn_ready() and str(cwd) == os.getcwd() and env.get("PATH") == os.environ.get("PATH"):
+    no working directory of its own."""
+    program = _spawn_ready() and str(cwd) == os.getcwd() and _program(argv[0], env)
+    if program:
         stdio = ((os.POSIX_SPAWN_DUP2, _devnull(), 0), (os.POSIX_SPAWN_DUP2, _fileno(out), 1),
                  (os.POSIX_SPAWN_DUP2, _fileno(err), 2))
-        return _Spawned(os.posix_spawnp(argv[0], list(argv), env, file_actions=stdio, setsid=True,
-                                        setsigdef=_RESTORED_SIGNALS))
+        try:
+            return _Spawned(os.posix_spawn(program, list(argv), env, file_actions=stdio, setsid=True,
+                                           setsigdef=_RESTORED_SIGNALS))
+        except OSError:
+            pass  # Popen tries every match on PATH, and says why none ran as it always has
     return subprocess.Popen(list(argv), cwd=cwd, env=env, stdin=_devnull(), stdout=out, stderr=err,
                             start_new_session=True, pass_fds=task_fds())
+
+
+def _program(name: str, env: Mapping[str, str]) -> str | None:
+    """The file Popen would run for `name`: itself if it names a path, else the first executable file of that
+    name on the task's PATH. Looked up at every start (a task may install a program for the next): here, because
+    posix_spawn holds the interpreter lock until the program is running, and a lookup inside it (an execve per
+    PATH directory that lacks it) would stall every other thread meanwhile."""
+    if "/" in name:
+        return name
+    for directory in os.get_exec_path(env):
+        path = f"{directory}/{name}" if directory else name
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
 
 
 # What Python ignores and a command expects at their defaults (Popen's `restore_signals`).
