@@ -190,7 +190,7 @@ def _program(name: str, env: Mapping[str, str]) -> str | None:
     PATH directory that lacks it) would stall every other thread meanwhile."""
     if "/" in name:
         return name
-    for directory in os.get_exec_path(env):
+    for directory in env.get("PATH", os.defpath).split(os.pathsep):  # os.get_exec_path, without its warnings filter
         path = f"{directory}/{name}" if directory else name
         if os.access(path, os.X_OK) and not os.path.isdir(path):
             return path
