@@ -158,7 +158,10 @@ class _Spawned:
 
     def wait(self) -> int:
         if self.returncode is None:
-            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            try:
+                self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): what Popen answers then
+                self.returncode = 0
         return self.returncode
 
 
