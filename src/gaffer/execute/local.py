@@ -182,6 +182,8 @@ def _spawn(argv: Sequence[str], cwd: Path, env: Mapping[str, str], out: IO[bytes
                                            setsigdef=_RESTORED_SIGNALS))
         except OSError:
             pass  # Popen tries every match on PATH, and says why none ran as it always has
+        except NotImplementedError:  # a C library without POSIX_SPAWN_SETSID
+            pass
     return subprocess.Popen(list(argv), cwd=cwd, env=env, stdin=_devnull(), stdout=out, stderr=err,
                             start_new_session=True, pass_fds=task_fds())
 
@@ -213,7 +215,7 @@ def _spawn_ready() -> bool:
     """Can commands be started with posix_spawn here? Once per process: every descriptor gaffer inherited, but
     the task locks, marked close-on-exec (what Popen's `close_fds` would close); False where the open
     descriptors cannot be listed, or the platform lacks what `_spawn` and `_wait_exited` need."""
-    if not (hasattr(os, "posix_spawnp") and hasattr(os, "waitid") and os.path.isdir("/proc/self/fd")):
+    if not (hasattr(os, "posix_spawn") and hasattr(os, "waitid") and os.path.isdir("/proc/self/fd")):
         return False
     keep = set(task_fds())
     try:
