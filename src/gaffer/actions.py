@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -535,14 +534,17 @@ def _remove(path: str | Path) -> None:
     """Remove a file, symlink or directory tree: unlinked at once, as almost every output is a file."""
     try:
         os.unlink(path)
+        return
     except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
         return
     except IsADirectoryError:  # what Linux says
-        shutil.rmtree(path, onerror=_make_writable_and_retry)
+        pass
     except PermissionError:  # what POSIX allows for a directory (macOS says it); else a file we may not remove
         if not stat.S_ISDIR(os.lstat(path).st_mode):
             raise
-        shutil.rmtree(path, onerror=_make_writable_and_retry)
+    import shutil  # only for a directory: an edit build that replaces files never loads it
+
+    shutil.rmtree(path, onerror=_make_writable_and_retry)
 
 
 def _make_writable_and_retry(func: Callable[..., object], path: str, _exc: object) -> None:
