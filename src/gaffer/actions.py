@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -263,7 +262,7 @@ def collect_outputs(root: Path, declared: Sequence[str], store: DiskStore) -> Ou
     outputs = Outputs(files=[], symlinks=[], directories=[])
     for out in declared:
         try:
-            st = os.lstat(root / out)
+            st = os.lstat(f"{root}/{out}")  # str paths: a build collects outputs for every task it runs
         except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
             raise MissingOutput(out) from None
         if not stat.S_ISDIR(st.st_mode):
@@ -288,7 +287,9 @@ def _collect_entry(root: Path, rel: str, st: os.stat_result, store: DiskStore, o
         raise BadCacheEntry(f"output file '{shown}' has a name that is not UTF-8, which a cache entry cannot hold:"
                             " rename it")
     mode = stat.S_IMODE(st.st_mode) & PERMISSION_BITS
-    if stat.S_ISLNK(st.st_mode):
+    if stat.S_ISREG(st.st_mode):
+        outputs.files.append(FileEntry(rel, store.put_file(f"{root}/{rel}"), bool(mode & 0o100), mode))
+    elif stat.S_ISLNK(st.st_mode):
         target = os.readlink(root / rel)
         shown = not_utf8(target)
         if shown is not None:
@@ -298,8 +299,6 @@ def _collect_entry(root: Path, rel: str, st: os.stat_result, store: DiskStore, o
         outputs.symlinks.append(SymlinkEntry(rel, target))
     elif stat.S_ISDIR(st.st_mode):
         outputs.directories.append(DirectoryEntry(rel, mode))
-    elif stat.S_ISREG(st.st_mode):
-        outputs.files.append(FileEntry(rel, store.put_file(root / rel), bool(mode & 0o100), mode))
     else:
         raise BadCacheEntry(f"output {rel} is not a file, directory or symlink")
 
@@ -504,15 +503,21 @@ def _reset_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _remove(path: Path) -> None:
+def _remove(path: str | Path) -> None:
+    """Remove a file, symlink or directory tree: unlinked at once, as almost every output is a file."""
     try:
-        st = os.lstat(path)
+        os.unlink(path)
+        return
     except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
         return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path, onerror=_make_writable_and_retry)
-    else:
-        os.unlink(path)
+    except IsADirectoryError:  # what Linux says
+        pass
+    except PermissionError:  # what POSIX allows for a directory (macOS says it); else a file we may not remove
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise
+    import shutil  # only for a directory: an edit build that replaces files never loads it
+
+    shutil.rmtree(path, onerror=_make_writable_and_retry)
 
 
 def _make_writable_and_retry(func: Callable[..., object], path: str, _exc: object) -> None:
@@ -524,4 +529,4 @@ def _make_writable_and_retry(func: Callable[..., object], path: str, _exc: objec
 def remove_outputs(root: Path, declared: Sequence[str]) -> None:
     """Delete declared outputs before a task runs, so a stale file can never pass for one it made."""
     for out in declared:
-        _remove(root / out)
+        _remove(f"{root}/{out}")

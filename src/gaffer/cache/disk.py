@@ -29,6 +29,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
+from gaffer.atomic import write_all
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.trusted import TrustedBlobs
 from gaffer.digest import Digest, digest_bytes, digest_file
@@ -702,9 +703,7 @@ def _write_new(path: str, data: bytes) -> None:
     """Create `path` holding `data`: three system calls, where `open()` adds an fstat, an ioctl and a seek."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
     finally:
         os.close(fd)
 

@@ -45,9 +45,17 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
+# The one-byte tags of fields 1-15 (every field gaffer writes), by wire type: a key builds hundreds of fields.
+_LENGTH_TAGS = tuple(bytes((n << 3 | 2,)) for n in range(16))
+_VARINT_TAGS = tuple(bytes((n << 3,)) for n in range(16))
+_SMALL = tuple(bytes((n,)) for n in range(0x80))  # the varints of 0-127
+
+
 def field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2), written even when empty: a set message, or a repeated string."""
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
+    size = len(payload)
+    tag = _LENGTH_TAGS[number] if number < 16 else varint(number << 3 | 2)
+    return tag + (_SMALL[size] if size < 0x80 else varint(size)) + payload
 
 
 def text(number: int, value: str) -> bytes:
@@ -62,7 +70,10 @@ def raw(number: int, value: bytes) -> bytes:
 
 def number(number: int, value: int) -> bytes:
     """A varint field (int32, int64, uint32, bool); proto3 omits the default 0."""
-    return varint(number << 3) + varint(int(value)) if value else b""
+    if not value:
+        return b""
+    tag = _VARINT_TAGS[number] if number < 16 else varint(number << 3)
+    return tag + (_SMALL[value] if 0 < value < 0x80 else varint(int(value)))
 
 
 def digest(d: Digest) -> bytes:
