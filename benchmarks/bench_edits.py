@@ -92,9 +92,9 @@ def interleave(args: argparse.Namespace, tools: Toolset) -> int:
                 timed_build(argv, tree, env, root / f"{name}.log", args.timeout)
                 (tree / ".bench-built").touch()
             timed_build(argv, tree, env, root / f"{name}.log", args.timeout)
-        samples: dict[str, dict[str, list[Sample]]] = {s: {n: [] for n in contestants} for s in INTERLEAVED}
+        samples: dict[str, dict[str, list[Sample]]] = {s: {n: [] for n in contestants} for s in args.scenarios}
         try:
-            for scenario in INTERLEAVED:
+            for scenario in args.scenarios:
                 rounds = args.rounds if scenario != "edit-first" else max(1, args.rounds // 2)
                 for r in range(rounds):
                     for name, (argv, env) in runs.items():
@@ -207,6 +207,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where the trees are built and kept (reused by later runs of the same sizes)")
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of each scenario; the first-layer edit gets half (default 5)")
+    parser.add_argument("--scenarios", nargs="+", choices=INTERLEAVED, default=list(INTERLEAVED),
+                        help="which scenarios to run, in this order (default: all)")
     parser.add_argument("--layers", type=int, default=10, help="layers per graph (default 10)")
     parser.add_argument("--seed", type=int, default=1, help="graph seed (default 1)")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="parallel jobs given to every tool (default 2)")

@@ -19,8 +19,9 @@ import logging
 import socket
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from io import BytesIO
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -231,30 +232,41 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
     @counted
     def BatchUpdateBlobs(self, request: re_pb2.BatchUpdateBlobsRequest) -> re_pb2.BatchUpdateBlobsResponse:
         """Each blob checked on its own (a bad one gets its own status), then the good ones written together on
-        this one thread: their temp files, then their renames and index entries (Namespace.put_checked). One
-        thread per batch rather than a pool per blob: the pool's hand-offs cost more than the files."""
+        this one thread: the small ones as one pack, any large one as a file, then their index entries
+        (Namespace.put_checked). One thread per batch rather than a pool per blob: the pool's hand-offs cost more
+        than the writes."""
         namespace = self.store.namespace(request.instance_name)
         if sum(len(r.data) for r in request.requests) > MAX_BATCH_BYTES:
             raise BadRequest(f"batch larger than max_batch_total_size_bytes ({MAX_BATCH_BYTES}); use ByteStream")
         refused: dict[int, str] = {}
         good = []
+        sha256, identity = hashlib.sha256, re_pb2.Compressor.IDENTITY
         for i, r in enumerate(request.requests):
+            d, data = r.digest, r.data
+            # the usual case first: data matching its digest (a hash equal to a SHA-256 is a valid one)
+            if r.compressor == identity and len(data) == d.size_bytes and sha256(data).hexdigest() == d.hash:
+                good.append((Digest(d.hash, d.size_bytes), data))
+                continue
             try:
-                if r.compressor != re_pb2.Compressor.IDENTITY:
+                if r.compressor != identity:
                     raise BadRequest("compressed blobs are not supported (Capabilities lists no compressor)")
-                digest = check_digest(r.digest)
-                if digest_bytes(r.data) != digest:
+                digest = check_digest(d)
+                if digest_bytes(data) != digest:
                     raise BadRequest(f"the data does not match digest {digest}")
             except BadRequest as e:
                 refused[i] = str(e)
                 continue
-            good.append((digest, r.data))
+            good.append((digest, data))
         namespace.put_checked(good)
         self.metrics.transferred(received=sum(len(data) for _, data in good))
-        return re_pb2.BatchUpdateBlobsResponse(responses=[
-            re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest, status=_status(code_pb2.INVALID_ARGUMENT, refused[i]))
-            if i in refused else re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest)  # status unset: OK
-            for i, r in enumerate(request.requests)])
+        response = re_pb2.BatchUpdateBlobsResponse()
+        add = response.responses.add  # in place: a third cheaper than building 1,000 messages and copying them
+        for i, r in enumerate(request.requests):
+            if i in refused:
+                add(digest=r.digest, status=_status(code_pb2.INVALID_ARGUMENT, refused[i]))
+            else:
+                add(digest=r.digest)  # status unset: OK
+        return response
 
     @counted
     def BatchReadBlobs(self, request: re_pb2.BatchReadBlobsRequest) -> re_pb2.BatchReadBlobsResponse:
@@ -369,6 +381,9 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                 namespace.streamed(digest, actual == digest.hash)
                 if actual != digest.hash:
                     raise Failure(grpc.StatusCode.DATA_LOSS, f"blob {digest} was corrupt in the cache and is evicted")
+            if isinstance(f, BytesIO):  # a packed blob: small, in hand
+                yield from self._chunks(f.getvalue()[offset:offset + remaining])
+                return
         path, position = namespace.server.path(namespace.key(digest)), offset
         while remaining > 0:
             try:  # opened for each chunk, so a client that stopped reading holds no file descriptor
@@ -381,6 +396,12 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                 break
             position += len(chunk)
             remaining -= len(chunk)
+            self.metrics.transferred(sent=len(chunk))
+            yield bytestream_pb2.ReadResponse(data=chunk)
+
+    def _chunks(self, data: bytes) -> Iterator[bytestream_pb2.ReadResponse]:
+        for start in range(0, len(data), READ_CHUNK):
+            chunk = data[start:start + READ_CHUNK]
             self.metrics.transferred(sent=len(chunk))
             yield bytestream_pb2.ReadResponse(data=chunk)
 
