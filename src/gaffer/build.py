@@ -217,15 +217,18 @@ class Build:
     def _execute(self, name: str, planned: PlannedTask, deps: Mapping[str, OutputRecords], keyed: Keyed,
                  reason: str) -> Outcome:
         """Run the action on the executor; cache its result unless an input changed while it ran. The Action,
-        Command and Directory blobs go to the local CAS first, so any executor, and any tier, can run it."""
+        Command and Directory blobs go to the local CAS first when something reads them there: a sandboxed or
+        remote executor, or a remote tier the result is uploaded to (so that any executor there can run it).
+        The workspace executor runs the command as it is in the workspace and reads none of them."""
         task = planned.task
-        action_blobs = keyed.action.store(self.cache.local)
         executor = self.executor
         if self.remote is not None and task.cache and task.remote:  # a worker's exec root is a sandbox already
             executor = self.remote
         elif self.options.sandbox or task.sandbox:
             assert self.sandbox is not None, "a sandboxed task needs Build(sandbox=...)"
             executor = self.sandbox
+        read_from_cas = executor is not self.executor or (task.cache and self.cache.uploads)
+        action_blobs = keyed.action.store(self.cache.local) if read_from_cas else []
         with self._slots:
             if self._interrupted or (self._failed and not self.options.keep_going):
                 return Outcome(SKIPPED, reason="the build stopped")
