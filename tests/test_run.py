@@ -361,6 +361,21 @@ def test_tier_hits_count_only_usable_entries_and_the_disk_tier_counts_bytes(
     assert "cache disk://" in warm["stderr"] and ": 3 hits, 1 miss," in warm["stderr"]
 
 
+@pytest.mark.parametrize("jobs", [1, 4])
+def test_parallel_efficiency_is_the_share_of_the_job_slots_kept_busy(tmp_path: Path, env: dict[str, str],
+                                                                      jobs: int) -> None:
+    """Two independent 0.3 s tasks: at -j1 they keep the one slot busy nearly all along; at -j4 they fill at
+    most half the slots. Task time over wall time alone would say ~2 (200%) at -j4."""
+    (tmp_path / "graph.json").write_text(json.dumps({"tasks": {
+        name: {"command": ["sh", "-c", f"sleep 0.3; echo {name} > {name}.txt"], "outputs": [f"{name}.txt"]}
+        for name in ("a", "b")} | {"all": {"deps": ["a", "b"]}}}))
+    out = tmp_path / "summary.json"
+    proc = run_gaffer(["run", "all", "-j", str(jobs), "--summary-json", str(out)], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    efficiency = summary(out)["parallel_efficiency"]
+    assert (0.5 < efficiency <= 1.0) if jobs == 1 else (0.2 < efficiency <= 0.5), efficiency
+
+
 def test_noop_reports_no_parallel_efficiency(ws: Path, env: dict[str, str]) -> None:
     assert "parallel efficiency" in build(ws, env, "all")["stderr"]
     noop = build(ws, env, "all")

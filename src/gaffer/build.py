@@ -319,7 +319,7 @@ class Build:
             if name in outcomes:
                 outcomes[name] = Outcome(GROUP, reason=outcomes[name].reason)
         report = BuildReport(outcomes=outcomes, wall_s=self._now(), interrupted=self._interrupted,
-                             settled=self.settled, order=self.order)
+                             settled=self.settled, order=self.order, jobs=max(1, self.options.jobs))
         if report.ok and not self.options.dry_run:
             noop.write_record(self, self.options.targets)
         return report
