@@ -14,6 +14,7 @@ See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -64,9 +65,6 @@ def interleave(args: argparse.Namespace, tools: Toolset) -> int:
     --workdir (built cold once and kept for later runs; then built once more untimed, which settles a tree an
     interrupted run left), then every scenario in rounds, the three in turn within each round."""
     contestants = {"base": Path(args.base).resolve(), "new": REPO / "src", "ninja": None}
-    for src in (p for p in contestants.values() if p is not None):
-        subprocess.run([str(args.venv / "bin" / "python"), "-m", "compileall", "-q", str(src / "gaffer")],
-                       check=True, stdout=subprocess.DEVNULL)
     status = 0
     for size in args.sizes:
         root = args.workdir / str(size)
@@ -92,9 +90,9 @@ def interleave(args: argparse.Namespace, tools: Toolset) -> int:
                 timed_build(argv, tree, env, root / f"{name}.log", args.timeout)
                 (tree / ".bench-built").touch()
             timed_build(argv, tree, env, root / f"{name}.log", args.timeout)
-        samples: dict[str, dict[str, list[Sample]]] = {s: {n: [] for n in contestants} for s in INTERLEAVED}
+        samples: dict[str, dict[str, list[Sample]]] = {s: {n: [] for n in contestants} for s in args.scenarios}
         try:
-            for scenario in INTERLEAVED:
+            for scenario in args.scenarios:
                 rounds = args.rounds if scenario != "edit-first" else max(1, args.rounds // 2)
                 for r in range(rounds):
                     for name, (argv, env) in runs.items():
@@ -149,6 +147,76 @@ def import_profile(args: argparse.Namespace, tools: Toolset) -> int:
                     depth.setdefault(module, len(m.group(3)) // 2)
                     times[name].setdefault(module, []).append((int(m.group(1)), int(m.group(2))))
         print(import_table(size, args.importtime, times, depth))
+    return status
+
+
+# `--phases`: run as `python -c PHASES_WRAPPER gaffer-args...`; times (process CPU, all threads) the parts of an
+# edit build by wrapping the functions that do them, and prints them as the last line of stderr.
+PHASES_WRAPPER = """
+import json, sys, time
+start = time.process_time()
+import gaffer.build, gaffer.cli, gaffer.graph, gaffer.noop
+imported = time.process_time()
+spent = {}
+def timed(owner, name, label):
+    function = getattr(owner, name, None)
+    if function is None:
+        return
+    def wrapper(*args, **kwargs):
+        begun = time.process_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[label] = spent.get(label, 0.0) + time.process_time() - begun
+    setattr(owner, name, wrapper)
+timed(gaffer.cli, "build_parser", "argument parser")
+timed(gaffer.noop, "check", "record check")
+timed(gaffer.graph, "load_graph", "graph load")
+timed(gaffer.build.Build, "_settle_unchanged", "settling")
+timed(gaffer.noop, "write_record", "new record")
+timed(gaffer.build.Build, "run", "build")
+status = gaffer.cli.main(sys.argv[1:])
+done = time.process_time()
+spent["build"] -= spent.get("settling", 0.0) + spent.get("new record", 0.0)
+spent["the rest of gaffer run"] = done - imported - sum(spent.values())
+print("PHASES " + json.dumps({"interpreter start": start, "imports (cli, noop, graph, build)": imported - start,
+                              **spent}), file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def phase_profile(args: argparse.Namespace, tools: Toolset) -> int:
+    """`--phases N`: where a top-layer edit's process spends its CPU, part by part (PHASES_WRAPPER), the median
+    of N edit builds per gaffer, base and new in turn. Uses the trees the interleaved comparison keeps."""
+    status = 0
+    for size in args.sizes:
+        root = args.workdir / str(size)
+        edited = gen_graph.generate(size, args.layers, args.seed).top[0].name
+        spent: dict[str, dict[str, list[float]]] = {"base": {}, "new": {}}
+        for _ in range(args.phases):
+            for name, src in (("base", Path(args.base).resolve()), ("new", REPO / "src")):
+                tree = root / name
+                if not (tree / ".bench-built").exists():
+                    print(f"{size} tasks: no kept tree {tree}: run the interleaved comparison first", file=sys.stderr)
+                    return 1
+                with (tree / "src" / f"{edited}.txt").open("ab") as f:
+                    f.write(EDIT_LINE)
+                gaffer_args = tools.argv("gaffer", root / f"{name}-cache")[1:]
+                proc = subprocess.run([str(args.venv / "bin" / "python"), "-c", PHASES_WRAPPER, *gaffer_args],
+                                      cwd=tree, env={**os.environ, "PYTHONPATH": str(src)}, text=True,
+                                      capture_output=True, timeout=args.timeout, check=False)
+                last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+                if proc.returncode != 0 or not last.startswith("PHASES "):
+                    print(f"  {size} {name}: exit status {proc.returncode}", file=sys.stderr)
+                    status = 1
+                    continue
+                for phase, seconds in json.loads(last[len("PHASES "):]).items():
+                    spent[name].setdefault(phase, []).append(seconds)
+        print(f"{size} tasks, top-layer edit, CPU by part ({args.phases} runs each; medians, ms)")
+        for phase in spent["new"]:
+            cells = [f"{statistics.median(spent[n][phase]) * 1000:6.1f}" if phase in spent[n] else "     -"
+                     for n in ("base", "new")]
+            print(f"  {phase:36s} base {cells[0]}  new {cells[1]}")
     return status
 
 
@@ -207,12 +275,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where the trees are built and kept (reused by later runs of the same sizes)")
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of each scenario; the first-layer edit gets half (default 5)")
+    parser.add_argument("--scenarios", nargs="+", choices=INTERLEAVED, default=list(INTERLEAVED),
+                        help="which scenarios to run, in this order (default: all)")
     parser.add_argument("--layers", type=int, default=10, help="layers per graph (default 10)")
     parser.add_argument("--seed", type=int, default=1, help="graph seed (default 1)")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="parallel jobs given to every tool (default 2)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one build may take (default 3600)")
     parser.add_argument("--venv", type=Path, default=REPO / ".venv", help="venv holding gaffer (default repo .venv)")
     parser.add_argument("--ninja", help="ninja binary (default: the venv's, else ninja on PATH)")
+    parser.add_argument("--phases", type=int, default=0, metavar="N",
+                        help="instead of the comparison: N top-layer edits per gaffer in the kept trees, each one's "
+                             "CPU time split by part (record check, graph load, settling, new record...)")
     parser.add_argument("--importtime", type=int, default=0, metavar="N",
                         help="instead of the comparison: N top-layer edits per gaffer under python -X importtime, "
                              "in the kept trees (what each imports, and its cost)")
@@ -231,6 +304,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tools = Toolset(args.venv, args.ninja, args.jobs)
+    for src in (Path(args.base).resolve(), REPO / "src"):  # as installed: no module compiled at every start
+        subprocess.run([str(args.venv / "bin" / "python"), "-m", "compileall", "-q", str(src / "gaffer")],
+                       check=True, stdout=subprocess.DEVNULL)
+    if args.phases > 0:
+        return phase_profile(args, tools)
     return import_profile(args, tools) if args.importtime > 0 else interleave(args, tools)
 
 

@@ -22,8 +22,9 @@ Every build writes its binaries to a fresh directory and must compile nothing (`
 and give the same binaries as the anchor, or the run fails. Runs are interleaved; reported are the median time,
 the median of each round's ratio to go-own (the steadier figure on a loaded machine) and the median CPU time of
 everything the build ran, gobuildcache included (user + system: the bench is a child subreaper, so the
-gobuildcache `go` leaves behind is reaped here and counted). Also measured: gobuildcache's start-up (spawn to
-capabilities line). Offline; needs the [test] extra (and Ceph's packages for gbc-ceph-remote).
+gobuildcache `go` leaves behind is reaped here, with `os.wait4`, and counted), and gobuildcache's own share of it.
+Also measured: gobuildcache's start-up (spawn to capabilities line). Offline; needs the [test] extra (and Ceph's
+packages for gbc-ceph-remote). moto is started only for the gbc-s3-* configurations.
 
     .venv/bin/python benchmarks/bench_gocache.py --runs 5 --json benchmarks/out/gocache.json
 """
@@ -56,8 +57,18 @@ EXAMPLE = REPO / "examples" / "go-microservices"
 TARGETS = {"example": 1.3, "cmd-go": 1.3, "std": 1.3}  # the targeted bounds on gbc-disk / go-own
 BUILD_TARGET = {"example": "./...", "cmd-go": "cmd/go", "std": "std", "many-packages": "./..."}
 CONFIGS = ("go-own", "gbc-disk", "gbc-s3-local", "gbc-s3-remote", "gbc-serve-remote", "gbc-ceph-remote")
+MOTO_CONFIGS = ("gbc-s3-local", "gbc-s3-remote")
 WITH_BASE = ("gbc-disk", "gbc-s3-remote", "gbc-serve-remote", "gbc-ceph-remote")
 BUCKET = "bench-gocache"
+PROFILER = """\
+#!{python}
+import cProfile, os, sys
+from gaffer.gocache.main import gocache_main
+profile = cProfile.Profile()
+status = profile.runcall(gocache_main, [])
+profile.dump_stats(os.environ["BENCH_GOCACHE_PROFILE"])
+os._exit(status)
+"""
 
 
 def go_binary() -> str:
@@ -125,7 +136,7 @@ def children_cpu() -> float:
 
 
 class Bench:
-    def __init__(self, root: Path, go: str, moto: servers.Server, serve_url: str, ceph: servers.Server | None,
+    def __init__(self, root: Path, go: str, moto: servers.Server | None, serve_url: str, ceph: servers.Server | None,
                  configs: list[str], base: Path | None) -> None:
         self.root = root
         self.go = go
@@ -137,19 +148,24 @@ class Bench:
         self.counter = 0
 
     def fresh(self, what: str) -> Path:
+        """A new, absent path (one a run of an earlier invocation left in a `--work` directory is removed)."""
         self.counter += 1
-        return self.root / f"{what}-{self.counter}"
+        path = self.root / f"{what}-{self.counter}"
+        shutil.rmtree(path, ignore_errors=True)
+        return path
 
     def env(self, gocache: Path, extra: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("GO", "AWS_")) and k not in ("CGO_ENABLED", "BACKEND_TYPE", "CACHE_DIR", "DEBUG")}
         env.update(GOCACHE=str(gocache), GOTOOLCHAIN="local", GOPROXY="off", GOFLAGS="-buildvcs=false",
-                   GOENV="off", GOPATH=str(self.root / "gopath"), CGO_ENABLED="0", **extra)
+                   GOENV="off", GOPATH=str(self.root / "gopath"), CGO_ENABLED="0",
+                   PYTHONPATH=str(REPO / "src"), **extra)  # this checkout's gaffer, whichever the venv installed
         return env
 
-    def build(self, module: Path, env: dict[str, str], check: bool) -> tuple[float, Path, float]:
+    def build(self, module: Path, env: dict[str, str], check: bool) -> tuple[float, Path, float, float]:
         """Build the module's target (`module` is its directory, named after it) into a fresh directory: the
-        wall time, the output directory and the CPU time of every process of the build (gobuildcache too)."""
+        wall time, the output directory, the CPU time of every process of the build (gobuildcache too) and
+        gobuildcache's own."""
         out = self.fresh("out")
         write = ["-o", f"{out}/"] if module.name != "std" else []  # std has no main package: nothing to write
         argv = [self.go, "build", *write] + (["-x"] if check else []) + [BUILD_TARGET[module.name]]
@@ -159,17 +175,19 @@ class Bench:
                                 start_new_session=True)
         _, stderr = proc.communicate(timeout=1800)
         elapsed = time.perf_counter() - start
+        orphans = 0.0
         while True:  # gobuildcache, left in go's process group, adopted by this subreaper
             try:
-                os.waitpid(-proc.pid, 0)
+                usage = os.wait4(-proc.pid, 0)[2]
             except ChildProcessError:
                 break
+            orphans += usage.ru_utime + usage.ru_stime
         result = subprocess.CompletedProcess(argv, proc.returncode, "", stderr)
         if result.returncode != 0:
             raise SystemExit(f"bench_gocache: build failed in {module}:\n{result.stderr[-3000:]}")
         if check and "/compile " in result.stderr:
             raise SystemExit(f"bench_gocache: a warm build compiled something in {module}")
-        return elapsed, out, children_cpu() - cpu
+        return elapsed, out, children_cpu() - cpu, orphans
 
     @staticmethod
     def check_same(config: str, module: str, out: Path, reference: dict[str, bytes]) -> None:
@@ -184,7 +202,7 @@ class Bench:
         disk_dir = self.root / f"gbc-disk-{module_name}"
         s3_local = self.root / f"gbc-s3-{module_name}"
         s3 = {**self.moto.env, "BACKEND_TYPE": "s3", "S3_BUCKET": BUCKET, "S3_PREFIX": module_name,
-              "AWS_ENDPOINT_URL": self.moto.url}
+              "AWS_ENDPOINT_URL": self.moto.url} if self.moto else {}
         own = self.root / f"go-own-{module_name}"
         serve = {"GOBUILDCACHE_CACHE": f"{self.serve_url}/{module_name}"}
         ceph = self.ceph_env(module_name)
@@ -222,27 +240,29 @@ class Bench:
     def run_module(self, name: str, module: Path, runs: int) -> dict[str, object]:
         configs = self.configs(name)
         every = self.all_configs(name)
-        print(f"{name}: cold builds (go's own cache, then gobuildcache on disk and on S3)", flush=True)
+        fill = ["go-own", "gbc-disk"] + [c for c in ("gbc-s3-local", "gbc-ceph-remote") if c in configs]
+        print(f"{name}: cold builds ({', '.join(fill)})", flush=True)
         cold: dict[str, float] = {}
         reference: dict[str, bytes] = {}
-        fill = ["go-own", "gbc-disk", "gbc-s3-local"] + (["gbc-ceph-remote"] if "gbc-ceph-remote" in configs else [])
         for config in fill:  # they fill the remote tiers too
             env = every[config]()
             if config == "gbc-disk" and "gbc-serve-remote" in configs:
                 env["GOBUILDCACHE_CACHE"] = f"{self.serve_url}/{name}"
-            cold[config], out, _ = self.build(module, env, check=False)
+            cold[config], out, _, _ = self.build(module, env, check=False)
             reference = reference if config != "go-own" else binaries(out)
             self.check_same(config, name, out, reference)
         for config, env in configs.items():  # one untimed warm run each, with -x: it must compile nothing
             self.check_same(config, name, self.build(module, env(), check=True)[1], reference)
         times: dict[str, list[float]] = {c: [] for c in configs}
         cpu: dict[str, list[float]] = {c: [] for c in configs}
+        gbc_cpu: dict[str, list[float]] = {c: [] for c in configs}
         for i in range(runs):
             for config, env in configs.items():
-                elapsed, out, used = self.build(module, env(), check=False)
+                elapsed, out, used, own = self.build(module, env(), check=False)
                 self.check_same(config, name, out, reference)
                 times[config].append(elapsed)
                 cpu[config].append(used)
+                gbc_cpu[config].append(own)
             print(f"  run {i + 1}/{runs} (load {os.getloadavg()[0]:.1f}): "
                   + ", ".join(f"{c} {t[-1]:.2f}s/{cpu[c][-1]:.2f}cpu" for c, t in times.items()), flush=True)
         anchor = statistics.median(times["go-own"])
@@ -257,8 +277,27 @@ class Bench:
             "cpu_s_median": {c: round(statistics.median(t), 3) for c, t in cpu.items()},
             "cpu_ratio_to_go_own": {c: round(statistics.median(t) / statistics.median(cpu["go-own"]), 2)
                                     for c, t in cpu.items()},
+            "gobuildcache_cpu_s_median": {c: round(statistics.median(t), 3) for c, t in gbc_cpu.items()},
             "target_gbc_disk": TARGETS.get(name),
         }
+
+
+    def profile(self, name: str, module: Path, out_dir: Path) -> None:
+        """One more warm build per gbc-disk configuration (-base too) with gobuildcache under cProfile: its
+        profile in out_dir/<module>-<config>.prof, and the functions with the most time of their own printed."""
+        import pstats
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        wrapper = self.root / "gobuildcache-profiled"
+        wrapper.write_text(PROFILER.format(python=sys.executable))
+        wrapper.chmod(0o755)
+        for config, env in self.configs(name).items():
+            if config.startswith("gbc-disk"):
+                out = out_dir / f"{name}-{config}.prof"
+                self.build(module, {**env(), "GOCACHEPROG": str(wrapper), "BENCH_GOCACHE_PROFILE": str(out)},
+                           check=False)
+                print(f"\n{name} {config}: gobuildcache's profile ({out})")
+                pstats.Stats(str(out)).sort_stats("tottime").print_stats(12)
 
 
 def startup_latency(samples: int) -> dict[str, float]:
@@ -290,10 +329,20 @@ def main() -> int:
                         help="configurations to time (go-own always; default: all but gbc-serve-remote)")
     parser.add_argument("--base", type=Path, help="a checkout of older gaffer sources to time too (-base configs)")
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="after the runs, one more gbc-disk build (and -base) per module with gobuildcache under"
+                             " cProfile: DIR/<module>-<config>.prof, its top functions printed")
+    parser.add_argument("--work", type=Path,
+                        help="keep the modules and caches in this directory: a later invocation with the same --work"
+                             " finds them warm, so its cold builds take seconds (gbc-disk only: remotes start empty)")
     args = parser.parse_args()
+    if args.work is not None and set(args.configs) - {"gbc-disk"}:
+        parser.error("--work keeps local caches only: use it with --configs gbc-disk")
 
     # a pip install writes .pyc files; an editable checkout under PYTHONDONTWRITEBYTECODE never would
-    compileall.compile_dir(str(REPO / "src" / "gaffer"), quiet=1)
+    for sources in (REPO, args.base):
+        if sources is not None:
+            compileall.compile_dir(str(sources / "src" / "gaffer"), quiet=1)
     go = go_binary()
     results: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
@@ -302,10 +351,11 @@ def main() -> int:
     }
     print(f"startup: {results['startup']}", flush=True)
     become_subreaper()
-    moto = servers.start_moto_s3()
+    moto = servers.start_moto_s3() if set(MOTO_CONFIGS) & set(args.configs) else None
     serve = start_gaffer_serve() if "gbc-serve-remote" in args.configs else None
     ceph = servers.start_ceph_rgw() if "gbc-ceph-remote" in args.configs else None
-    root = Path(tempfile.mkdtemp(prefix="bench-gocache-"))
+    root = args.work or Path(tempfile.mkdtemp(prefix="bench-gocache-"))
+    root.mkdir(parents=True, exist_ok=True)
     try:
         import boto3  # type: ignore[import-untyped]
 
@@ -318,23 +368,27 @@ def main() -> int:
         bench = Bench(root, go, moto, serve.url if serve else "", ceph, args.configs, args.base)
         for name in args.modules:
             module = root / name
-            if name == "example":
+            if module.exists():  # a --work directory's, from an earlier invocation
+                pass
+            elif name == "example":
                 shutil.copytree(EXAMPLE, module, ignore=shutil.ignore_patterns(".git*", "graph.json"))
             elif name == "many-packages":
                 write_many_packages_module(module, args.packages)
             else:  # cmd-go, std: an empty directory, the packages come from GOROOT
                 module.mkdir()
             results[name] = bench.run_module(name, module, args.runs)
+            if args.profile is not None:
+                bench.profile(name, module, args.profile)
     finally:
-        moto.stop()
-        for server in (serve, ceph):
+        for server in (moto, serve, ceph):
             if server is not None:
                 server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.work is None:
+            shutil.rmtree(root, ignore_errors=True)
     results["machine"]["load_avg_after"] = os.getloadavg()  # type: ignore[index]
 
     print(f"\n{'module':13} {'config':21} {'median s':>9} {'min s':>7} {'x go-own':>9} {'per round':>9} {'cpu s':>6} "
-          f"{'cpu x':>6}")
+          f"{'cpu x':>6} {'gbc cpu':>7}")
     failed = False
     for name in args.modules:
         r = results[name]
@@ -348,7 +402,7 @@ def main() -> int:
                 mark = f"  (target {r['target_gbc_disk']}x: {'met' if ok else 'MISSED'})"
             print(f"{name:13} {config:21} {median:9.3f} {r['min_s'][config]:7.3f} {ratio:8.2f}x "
                   f"{r['round_ratio_median'][config]:8.2f}x {r['cpu_s_median'][config]:6.2f} "
-                  f"{r['cpu_ratio_to_go_own'][config]:5.2f}x{mark}")
+                  f"{r['cpu_ratio_to_go_own'][config]:5.2f}x {r['gobuildcache_cpu_s_median'][config]:7.3f}{mark}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -61,8 +61,9 @@ def test_the_cas_holds_a_runnable_action(tmp_path: Path) -> None:
     (ws / "src" / "lib" / "b.sh").write_text("echo beta\n")
     (ws / "src" / "lib" / "b.sh").chmod(0o755)
     (ws / "graph.json").write_text(json.dumps(GRAPH))
-    cache = tmp_path / "cache"
-    run_gaffer(["run"], cwd=ws, env=gaffer_env(cache, FLAVOUR="sour", TMPDIR=str(tmp_path)), check=True)
+    cache = tmp_path / "remote"  # what a remote tier receives (a local cache alone needs no Action blobs)
+    run_gaffer(["run", "--cache", f"disk://{cache}"], cwd=ws,
+               env=gaffer_env(tmp_path / "cache", FLAVOUR="sour", TMPDIR=str(tmp_path)), check=True)
 
     key = WorkspaceState.load(ws / STATE_DIR).tasks["use"].key
     action_data = (cache / "cas" / key[:2] / key).read_bytes()

@@ -57,6 +57,18 @@ def test_run_help_names_the_environment_and_the_exit_statuses(tmp_path: Path) ->
         assert f"  {status}" in statuses or status in statuses, status
 
 
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["cache", "status", "--help"]], ids=" ".join)
+def test_help_is_wrapped_to_the_terminal(args: list[str], tmp_path: Path) -> None:
+    """The parsers are built with formatters of a fixed width (they write nothing); help is written at the
+    terminal's width, as argparse finds it (COLUMNS here): the narrower, the more lines."""
+    def lines(columns: int) -> int:
+        proc = run_gaffer(args, cwd=tmp_path, env={**gaffer_env(tmp_path / "cache"), "COLUMNS": str(columns)})
+        assert proc.returncode == 0, proc.stderr
+        return len(proc.stdout.splitlines())
+
+    assert lines(40) > lines(80) > lines(200)
+
+
 def test_every_argument_of_every_command_has_help(tmp_path: Path) -> None:
     def walk(parser: argparse.ArgumentParser, path: str) -> list[str]:
         missing = []

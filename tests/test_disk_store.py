@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gaffer.cache.disk import DiskStore
-from gaffer.cache.trusted import BOOT_ID, settled
+from gaffer.cache.trusted import BOOT_ID, _line, settled, signature
 from gaffer.digest import Digest, digest_bytes
 
 
@@ -203,6 +203,29 @@ def test_a_damaged_record_is_ignored(tmp_path: Path) -> None:
     log.write_bytes(good[:-3] + b"0\n" + good[:20])  # a flipped checksum digit and a torn line
     assert not DiskStore(s.root).trusts_blob(d)
     assert DiskStore(s.root).verified_blob_path(d) == s.blob_path(d)
+
+
+def test_a_blobs_last_record_counts_and_each_line_is_checked_when_asked(tmp_path: Path) -> None:
+    """The log's lines are parsed only when their blob is asked about: the last line of a blob is its record (a
+    stale signature after a current one is not trusted, the reverse is), and a damaged line or one for a longer
+    name is no record, whatever the lines before it say; the blobs not asked about stay trusted through `gc`'s
+    rewrite of the log."""
+    s, _ = store(tmp_path)
+    current, stale, damaged, prefixed, other = (settled_blob(s, b"blob %d" % i) for i in range(5))
+    for d in (current, stale, damaged, prefixed, other):
+        verified_in_another_process(s.root, d)
+    log = s.root / "verified"
+    lines = {line[:64].decode(): line for line in log.read_bytes().splitlines(keepends=True)[1:]}
+    stale_line = _line(stale.hash, (*signature(s.blob_path(stale).stat())[:3], 1, 1))
+    broken = lines[damaged.hash][:-3] + b"0\n"  # a flipped checksum digit
+    longer = _line(prefixed.hash + "0", signature(s.blob_path(prefixed).stat()))  # a checksum right, a name wrong
+    with open(log, "ab") as f:
+        f.write(lines[current.hash] + stale_line + broken + longer)
+    later = DiskStore(s.root)
+    assert later.trusts_blob(current) and later.trusts_blob(other)
+    assert not later.trusts_blob(stale) and not later.trusts_blob(damaged) and not later.trusts_blob(prefixed)
+    later.gc()
+    assert DiskStore(s.root).trusts_blob(other) and DiskStore(s.root).trusts_blob(current)
 
 
 def test_records_hold_only_for_the_boot_they_were_made_in(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from gaffer.gocache.entry import (
     encode_entry,
 )
 from gaffer.gocache.prefetch import BadList, Prefetch, decode_list, encode_list, find_scope, list_key
+from gaffer.gocache.protocol import Hit, MalformedRequest, fast_request, hit_line, parse_line, reply_line, rfc3339
 from tests.servers import free_port
 from tests.support import NOBODY, require, require_tool, wait_for
 
@@ -84,9 +85,10 @@ class Client:
         except BrokenPipeError:  # it stopped reading: right, when the input is garbage
             pass
 
-    def send(self, request: dict[str, object], body: bytes | None = None) -> None:
-        """One request as Go writes it: the JSON line, a blank line, then the body string if there is one."""
-        data = json.dumps(request).encode() + b"\n\n"
+    def send(self, request: dict[str, object], body: bytes | None = None, *, spaced: bool = False) -> None:
+        """One request as Go writes it: the compact JSON line (`spaced`: with json's default spaces, which Go never
+        writes), a blank line, then the body string if there is one."""
+        data = json.dumps(request, separators=None if spaced else (",", ":")).encode() + b"\n\n"
         if body:
             data += b'"' + base64.b64encode(body) + b'"\n'
         self.send_raw(data)
@@ -187,6 +189,96 @@ def test_zero_size_put_has_no_body_line(client: Client) -> None:
 def test_go_1_23_objectid_field_name_is_accepted(client: Client) -> None:
     client.put(1, b"old-go", b"body", output_field="ObjectID")
     assert client.get(2, b"old-go")["OutputID"] == b64(hashlib.sha256(b"body").digest())
+
+
+def test_a_get_in_another_json_shape_is_answered_alike(client: Client) -> None:
+    """Go's gets take the fast path; the same get written with spaces goes through json and gets the same reply."""
+    action = hashlib.sha256(b"shape").digest()
+    client.put(1, action, b"body")
+    fast = client.get(2, action)
+    client.send({"ID": 2, "Command": "get", "ActionID": b64(action)}, spaced=True)
+    assert client.reply() == fast and fast["Size"] == 4
+
+
+def test_gets_sent_together_are_all_answered(client: Client) -> None:
+    """Replies to gets that arrive together go back together: none may be held once the input runs dry (held
+    too long, `go` and gobuildcache would wait on each other for ever: this test would time out)."""
+    actions = [hashlib.sha256(b"%d" % i).digest() for i in range(40)]
+    for i in range(0, 40, 2):
+        client.put(i + 1, actions[i], b"body %d" % i)
+    client.send_raw(b"".join(b'{"ID":%d,"Command":"get","ActionID":"%s"}\n\n' % (100 + i, b64(a).encode())
+                             for i, a in enumerate(actions)))
+    replies = client.replies(40)
+    for i in range(40):
+        if i % 2:
+            assert replies[100 + i] == {"ID": 100 + i, "Miss": True}
+        else:
+            assert Path(str(replies[100 + i]["DiskPath"])).read_bytes() == b"body %d" % i
+    assert client.get(200, actions[0])["Size"] == len(b"body 0")  # and the session goes on
+
+
+def test_a_go_shaped_get_or_close_is_read_as_json_reads_it() -> None:
+    """The fast path that reads Go's gets and closes without json: the lines Go writes take it, and any line it takes
+    (random edits of Go's lines) must be the request json.loads and the field checks make of it."""
+    seed = int(os.environ.get("GAFFER_TEST_SEED", "12"))
+    rnd = random.Random(seed)
+    go_lines = [b'{"ID":7,"Command":"get","ActionID":"%s"}\n' % b64(hashlib.sha256(b"x").digest()).encode(),
+                b'{"ID":1067,"Command":"close"}\n']
+    for go_line in go_lines:
+        assert fast_request(go_line) is not None and fast_request(go_line) == parse_line(go_line, "line 1")[0]
+    taken = 0
+    alphabet = b'{}":,0123456789 -+=/\\\nAQgwIDgetclos' + bytes(range(0x80, 0x84))
+    for _ in range(int(os.environ.get("GAFFER_TEST_EXAMPLES", "3000"))):
+        line = bytearray(rnd.choice(go_lines))
+        for _ in range(rnd.randint(1, 3)):
+            at = rnd.randrange(len(line))
+            what = rnd.random()
+            if what < 0.4:
+                line[at] = rnd.choice(alphabet)
+            elif what < 0.7:
+                del line[at]
+            else:
+                line.insert(at, rnd.choice(alphabet))
+        fast = fast_request(bytes(line))
+        if fast is None:
+            continue
+        taken += 1
+        try:
+            general: object = parse_line(bytes(line), "line 1")[0]
+        except MalformedRequest as e:
+            general = e
+        assert fast == general, f"seed {seed}: {bytes(line)!r}"
+    for line in (b'{"ID":007,"Command":"get","ActionID":"%s"}\n', b'{"ID":-1,"Command":"get","ActionID":"%s"}\n',
+                 b'{"ID":1,"Command":"get","ActionID":"%s"}\r\n', b'{"ID":1,"Command":"get","ActionID":"%s","X":1}\n',
+                 b'{"ID":1, "Command":"get","ActionID":"%s"}\n', b'{"ID":1,"Command":"put","ActionID":"%s"}\n',
+                 b'{"ID":1,"Command":"close","ActionID":"%s"}\n', b'{"ID":1,"Command":"get"}\n%s',
+                 b'{"ID":' + b"9" * 5000 + b',"Command":"get","ActionID":"%s"}\n'):  # int() refuses 5,000 digits
+        assert fast_request(line % b64(b"y" * 32).encode()) is None, line  # left to json (and its checks)
+    assert taken > 50, f"seed {seed}: too few edited lines took the fast path to test it"
+
+
+def test_reply_lines_are_what_json_writes() -> None:
+    """Replies are formatted without json; byte for byte what json.dumps (compact) writes, whatever the path."""
+    seed = int(os.environ.get("GAFFER_TEST_SEED", "13"))
+    rnd = random.Random(seed)
+    odd = ['"', "\\", "\t", "\n", "\x00", "\x1f", "\x7f", "\x80", "é", "\u2028", "🎉", " ", "~", "/"]
+    for _ in range(int(os.environ.get("GAFFER_TEST_EXAMPLES", "500"))):
+        path = "/tmp/cache/cas/ab/" + "".join(rnd.choice(odd) if rnd.random() < 0.1 else rnd.choice("abc09-_.")
+                                               for _ in range(rnd.randint(0, 30)))
+        hit = Hit(rnd.randbytes(rnd.choice([0, 1, 32])), rnd.choice([0, 1, 1 << 40]),
+                  rnd.choice([0, 1_764_540_000_123_456_789, rnd.randrange(1 << 62)]), path)
+        request_id = rnd.choice([0, 1, rnd.randrange(1 << 62)])
+        expected = {"ID": request_id, "OutputID": b64(hit.output_id), "Size": hit.size,
+                    "Time": rfc3339(hit.put_time_ns), "DiskPath": path}
+        assert hit_line(request_id, hit) == _json_line(expected), f"seed {seed}: {path!r}"
+        assert hit_line(request_id, None) == _json_line({"ID": request_id, "Miss": True})
+        assert reply_line(request_id, disk_path=path) == _json_line({"ID": request_id, "DiskPath": path})
+        assert reply_line(request_id, err=path) == _json_line({"ID": request_id, "Err": path})
+        assert reply_line(request_id) == _json_line({"ID": request_id})
+
+
+def _json_line(reply: dict[str, object]) -> bytes:
+    return json.dumps(reply, separators=(",", ":")).encode() + b"\n"
 
 
 def test_entries_survive_the_process_and_are_shared(cache_dir: Path) -> None:
@@ -391,13 +483,14 @@ def test_an_unknown_command_is_an_error_reply_not_a_crash(client: Client) -> Non
 @pytest.mark.parametrize("size", [16, 3 << 20], ids=["small, checked on the reader thread", "big, on the pool"])
 def test_a_corrupt_local_blob_is_a_miss(client: Client, size: int) -> None:
     original = os.urandom(size)
-    path = Path(str(client.put(1, b"victim", original)["DiskPath"]))
-    assert client.get(2, b"victim")["Size"] == size
+    victim = hashlib.sha256(b"victim").digest()  # an ActionID as go's: its gets are read by the fast path
+    path = Path(str(client.put(1, victim, original)["DiskPath"]))
+    assert client.get(2, victim)["Size"] == size
     path.write_bytes(bytes([original[0] ^ 1]) + original[1:])  # same size, one bit flipped
-    assert client.get(3, b"victim") == {"ID": 3, "Miss": True}
+    assert client.get(3, victim) == {"ID": 3, "Miss": True}
     assert not path.exists()  # evicted, so the rebuild's put stores it again
-    assert Path(str(client.put(4, b"victim", original)["DiskPath"])).read_bytes() == original
-    assert client.get(5, b"victim")["DiskPath"] == str(path)
+    assert Path(str(client.put(4, victim, original)["DiskPath"])).read_bytes() == original
+    assert client.get(5, victim)["DiskPath"] == str(path)
     client.close()
     assert "corrupt cache blob" in client.finish()[1]
 
@@ -427,10 +520,11 @@ def test_a_trusted_blob_edited_in_place_is_a_miss(cache_dir: Path) -> None:
 
 
 def test_a_damaged_action_entry_is_a_miss(client: Client, cache_dir: Path) -> None:
-    client.put(1, b"damaged", b"body")
-    key = action_key(b"damaged")
+    damaged = hashlib.sha256(b"damaged").digest()
+    client.put(1, damaged, b"body")
+    key = action_key(damaged)
     DiskStore(cache_dir).write_action(key, b"\x12\xff\xff")  # intact on disk, but not a Go entry
-    assert client.get(2, b"damaged") == {"ID": 2, "Miss": True}
+    assert client.get(2, damaged) == {"ID": 2, "Miss": True}
     client.close()
     assert "is damaged" in client.finish()[1]
 

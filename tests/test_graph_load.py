@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -581,10 +582,53 @@ def test_the_validated_copy_is_what_a_load_of_the_same_bytes_returns(tmp_path: P
     assert (tmp_path / ".gaffer" / "graph").is_file()
     again = load_graph("graph.json")
     assert again.tasks == first.tasks and again.platform == first.platform and again.signature == first.signature
-    digest = loading.hashlib.sha256((tmp_path / "graph.json").read_bytes()).hexdigest()
+    digest = hashlib.sha256((tmp_path / "graph.json").read_bytes()).hexdigest()
     planted = {"z": first.tasks["a"]._replace(name="z")}
     loading._write_copy(str(tmp_path), digest, planted, {})
     assert list(load_graph("graph.json").tasks) == ["z"]
+
+
+def test_the_copys_deps_are_the_tasks_deps_asked_one_by_one_or_walked_whole(tmp_path: Path) -> None:
+    """From the copy, a task's deps come from its own Task until the whole map is walked (then from the map
+    kept beside the tasks): the same either way, and the same as a fresh validation's."""
+    graph = {"a": {"command": "echo a > a.txt", "outputs": ["a.txt"]},
+             "b": {"command": "echo b > b.txt", "outputs": ["b.txt"]},
+             "c": {"command": "cat a.txt b.txt > c.txt", "deps": ["b", "a"], "outputs": ["c.txt"]},
+             "all": {"deps": ["c", "a"]}}
+    write(tmp_path, graph)
+    fresh = load_graph("graph.json", keep=True)
+    expected = {"a": (), "b": (), "c": ("b", "a"), "all": ("c", "a")}
+    assert dict(fresh.deps) == expected
+    one_by_one = load_graph("graph.json")
+    assert type(one_by_one.deps) is not dict  # from the copy
+    assert {name: one_by_one.deps[name] for name in ("c", "all", "a", "b")} == expected
+    assert "c" in one_by_one.deps and "z" not in one_by_one.deps and len(one_by_one.deps) == 4
+    walked = load_graph("graph.json")
+    assert dict(walked.deps) == expected and list(walked.deps) == ["a", "b", "c", "all"]
+    assert walked.closure(["all"]) == fresh.closure(["all"]) == ["b", "a", "c", "all"]
+    with pytest.raises(KeyError):
+        walked.deps["z"]
+
+
+def test_a_known_signature_spares_reading_the_file_until_the_file_changes(tmp_path: Path) -> None:
+    """`known` (the no-op record's signature and digest of the graph file) is trusted while the file keeps that
+    signature: planted under another digest, that copy is what loads. Rewritten with the same size and mtime
+    (its ctime moves), the file is read and validated again."""
+    from gaffer.graph import load as loading
+
+    write(tmp_path, COPIED)
+    first = load_graph("graph.json", keep=True)
+    planted = {"z": first.tasks["a"]._replace(name="z")}
+    loading._write_copy(str(tmp_path), "0" * 64, planted, {})
+    graph = load_graph("graph.json", known=(first.signature, "0" * 64))
+    assert list(graph.tasks) == ["z"] and graph.digest == "0" * 64 and graph.signature == first.signature
+    path = tmp_path / "graph.json"
+    st = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"echo a", b"echo A"))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    graph = load_graph("graph.json", known=(first.signature, "0" * 64))
+    assert list(graph.tasks) == ["a", "b"] and graph.tasks["a"].commands == (("sh", "-c", "echo A > a.txt"),)
+    assert graph.digest == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gaffer import noop
-from tests.support import gaffer_env, noop_changes
+from tests.support import gaffer_env, noop_changes, run_gaffer
 from tests.support import run_ok as build
 
 # Examples of the differential test: a few in every run, many more with GAFFER_TEST_EXAMPLES=500.
@@ -218,6 +221,121 @@ def test_a_file_added_where_a_glob_looks_in_an_incremental_build(tmp_path: Path,
     assert found is not None and found.dirty == {"c"}
     assert build(ws, env)["status"] == {"c": "executed", "o": "cached", "d": "executed"}
     assert (ws / "out-d.txt").read_text() == "a\nnew\nnewer\n"
+    assert fast_verdict(ws, env, monkeypatch)
+
+
+def many_tasks(ws: Path, count: int) -> None:
+    """`count` tasks, each copying its own input to its own output; every one also reads shared.txt."""
+    write(ws / "shared.txt", "shared\n")
+    for i in range(count):
+        write(ws / "in" / f"t{i:03}.txt", f"{i}\n")
+    write(ws / "graph.json", json.dumps({f"t{i:03}": {"command": f"cat in/t{i:03}.txt shared.txt > out-t{i:03}.txt",
+                                                     "inputs": [f"in/t{i:03}.txt", "shared.txt"],
+                                                     "outputs": [f"out-t{i:03}.txt"]} for i in range(count)}))
+
+
+def test_each_changed_file_among_many_names_its_own_task(tmp_path: Path, env: dict[str, str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signatures are compared all at once, then by blocks, then one by one: every differing one, in any
+    block, must name its own task, and after an incremental build (whose record moves the entries of the tasks
+    it checked) so must the next."""
+    ws = tmp_path / "ws"
+    many_tasks(ws, 150)
+    build(ws, env)
+    write(ws / "in" / "t100.txt", "100, edited\n")
+    (ws / "out-t007.txt").unlink()
+    (ws / "in" / "t149.txt").unlink()
+    write(ws / "in" / "other.txt", "149\n")
+    (ws / "in" / "t149.txt").symlink_to("other.txt")  # the same content, another file: stat follows the link
+    earlier = time.time() - 100
+    os.utime(ws / "in" / "t064.txt", (earlier, earlier))  # the same content, another mtime: a signature change
+    found = noop_changes(ws, env, monkeypatch)
+    assert found is not None and found.dirty == {"t100", "t007", "t149", "t064"} and not found.dirs
+    result = build(ws, env)
+    assert result["status"]["t100"] == "executed" and result["executed"] == 1, result["status"]
+    assert (ws / "out-t007.txt").read_text() == "7\nshared\n"
+    assert fast_verdict(ws, env, monkeypatch)
+    for edited in ("t100", "t000", "t063"):
+        write(ws / "in" / f"{edited}.txt", f"{edited}, edited again\n")
+        found = noop_changes(ws, env, monkeypatch)
+        assert found is not None and found.dirty == {edited}
+        assert build(ws, env)["status"][edited] == "executed"
+        assert (ws / f"out-{edited}.txt").read_text() == f"{edited}, edited again\nshared\n"
+    write(ws / "shared.txt", "shared, edited\n")  # one entry, read by every task: all of them
+    found = noop_changes(ws, env, monkeypatch)
+    assert found is not None and found.dirty == {f"t{i:03}" for i in range(150)}
+
+
+def test_the_check_looks_in_the_workspace_whatever_the_working_directory(tmp_path: Path, env: dict[str, str],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record holds workspace files relative to the workspace: a build started elsewhere (`--graph`) checks
+    the workspace's files, never same-named ones in the working directory."""
+    ws = tmp_path / "ws"
+    many_tasks(ws, 3)
+    run_gaffer(["run", "--graph", "ws/graph.json"], tmp_path, env)
+    many_tasks(tmp_path, 3)  # the same relative paths, other files, in the working directory
+    with monkeypatch.context() as m:
+        m.chdir(tmp_path)
+        for name, value in env.items():
+            m.setenv(name, value)
+        found = noop.check("ws/graph.json", [])
+        assert found is not None and not found.dirty
+        write(ws / "in" / "t001.txt", "edited\n")
+        found = noop.check("ws/graph.json", [])
+        assert found is not None and found.dirty == {"t001"}
+
+
+def test_signatures_beyond_a_signed_64_bit_inode_number_compare_exactly() -> None:
+    """The live signatures are packed as signed numbers first (fast); an inode number of 2**63 or more (some
+    network and union file systems) takes the exact format, and a value no signature holds is a change. No file
+    system here hands out such numbers: `stat` is given them."""
+    from types import SimpleNamespace
+
+    sigs = {"a": (1, 2, 2**63 + 5, 4), "b": (5, 6, 7, 8), "c": (9, 10, 2**64 - 1, 12)}
+    files = noop.Files(list(sigs), b"".join(noop._SIG.pack(*sig) for sig in sigs.values()), [0, 1, 2])
+
+    def stat_of(now: dict[str, tuple[int, int, int, int]]) -> Any:
+        def stat(path: str, dir_fd: int) -> SimpleNamespace:
+            size, mtime, ino, ctime = now[path]
+            return SimpleNamespace(st_size=size, st_mtime_ns=mtime, st_ino=ino, st_ctime_ns=ctime)
+        return stat
+
+    assert noop.changed(files, stat_of(sigs), -1) == []
+    assert noop.changed(files, stat_of({**sigs, "c": (9, 11, 2**64 - 1, 12)}), -1) == [2]
+    assert noop.changed(files, stat_of({**sigs, "b": (5, 6, 2**64, 8)}), -1) == [1]  # no signature holds it
+    assert noop.changed(files, stat_of({**sigs, "a": (1, 2, 2**63 + 6, 4), "b": (5, 6, 7, 9)}), -1) == [0, 1]
+
+
+@pytest.mark.parametrize("damage", ["a signature short", "an owner short", "a duration short",
+                                    "a dependent too many", "an owner naming no task", "the old layout"])
+def test_a_record_whose_columns_disagree_is_not_trusted(tmp_path: Path, env: dict[str, str],
+                                                        monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    """A record that is valid marshal but not a whole record (its columns of different lengths, a position
+    outside its order) is no record: the build checks every task (and writes a sound one)."""
+    import marshal
+
+    ws = tmp_path / "ws"
+    many_tasks(ws, 3)
+    build(ws, env)
+    path = ws / ".gaffer" / "noop"
+    stored = list(marshal.loads(path.read_bytes()))
+    paths, sigs, owners = stored[8]
+    if damage == "a signature short":
+        stored[8] = (paths, sigs[:-1], owners)
+    elif damage == "an owner short":
+        stored[8] = (paths, sigs, owners[:-1])
+    elif damage == "a duration short":
+        stored[15] = stored[15][:-8]
+    elif damage == "an owner naming no task":
+        stored[8] = (paths, sigs, ((999,), *owners[1:]))
+        write(ws / paths.split("\0")[0], "edited\n")  # that entry changed: its owner is looked up
+    elif damage == "a dependent too many":
+        stored[17] = stored[17][:-4] + (1000).to_bytes(4, sys.byteorder)
+    else:
+        stored[0] = 4
+    path.write_bytes(marshal.dumps(tuple(stored)))
+    assert noop_changes(ws, env, monkeypatch) is None
+    assert build(ws, env)["executed"] == (1 if damage == "an owner naming no task" else 0)
     assert fast_verdict(ws, env, monkeypatch)
 
 

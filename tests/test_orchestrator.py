@@ -63,6 +63,8 @@ class FakeExecutor:
 class MemoryCache:
     """The tiered cache's methods the orchestrator calls, with the action cache in a dict."""
 
+    uploads = True  # as a cache with a remote tier: `stored` is what each result's upload carries
+
     def __init__(self, local: DiskStore) -> None:
         self.local = local
         self.actions: dict[Digest, bytes] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,23 +96,64 @@ def test_edit_reruns_only_dependents_and_explains(ws: Path, env: dict[str, str])
 
 
 # What a local build has no use for: remote-execution and remote-tier clients, and the standard-library
-# modules only some builds need (a remote tier's thread pools and URLs, a mistake's suggestions, --summary-json).
+# modules only some builds need (a remote tier's thread pools and URLs, a mistake's suggestions, --summary-json,
+# removing a directory, OpenSSL's SHA-256 for large files).
 NOT_FOR_A_LOCAL_BUILD = ("grpc", "google.protobuf", "concurrent.futures", "logging", "dataclasses", "inspect",
-                         "difflib", "json", "platform", "tempfile", "textwrap", "gaffer.cache.urls")
+                         "difflib", "json", "platform", "tempfile", "textwrap", "shutil", "hashlib", "_hashlib",
+                         "gaffer.cache.urls")
 
 
-@pytest.mark.parametrize("edit", [True, False], ids=["one-task-edit", "no-op"])
-def test_a_local_edit_build_imports_only_what_it_uses(ws: Path, env: dict[str, str], edit: bool) -> None:
+@pytest.mark.parametrize("change", ["edit", "none", "outputs-removed"], ids=["one-task-edit", "no-op", "restore"])
+def test_a_local_edit_build_imports_only_what_it_uses(ws: Path, env: dict[str, str], change: str) -> None:
     build(ws, env, "all")
-    if edit:
+    if change == "edit":
         (ws / "src" / "c" / "deep" / "c.txt").write_text("gamma 2\n")  # `top` alone runs again
+    elif change == "outputs-removed":
+        shutil.rmtree(ws / "out")  # every task is restored from the cache
     code = ("import sys; from gaffer.cli import main; status = main(['run', 'all', '-j', '2']); "
             f"print(status, sorted(m for m in {NOT_FOR_A_LOCAL_BUILD!r} if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ws, env=env, capture_output=True, text=True, timeout=60,
                           check=True)
-    assert proc.stdout.strip() == "0 []", proc.stdout + proc.stderr
-    assert ("1 executed" in proc.stderr) == edit, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "0 []", proc.stdout + proc.stderr  # after a restored task's own output
+    assert ("1 executed" in proc.stderr) == (change == "edit"), proc.stderr
+    assert ("Completed top (cached" in proc.stderr) == (change == "outputs-removed"), proc.stderr
     assert (ws / "out" / "c.txt").read_text() == "alpha\nbeta\n"  # `top` copies out/b.txt, which is unchanged
+
+
+def test_each_action_s_own_blobs_go_where_something_reads_them(ws: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """A task run in the workspace reads nothing of its Action, Command and input-root Directories: a build with
+    a local cache alone does not store them; with a remote tier every one is uploaded beside the result (an
+    executor there can run the action), and `--sandbox`, which runs the action from the CAS, stores them."""
+    from gaffer.protos import remote_execution_pb2 as re_pb2
+
+    def keys(cache: Path) -> list[str]:
+        return sorted(p.name for p in (cache / "ac").glob("*/*"))
+
+    def blob(cache: Path, blob_hash: str) -> Path:
+        return cache / "cas" / blob_hash[:2] / blob_hash
+
+    def action_blobs(cache: Path, key: str) -> list[Path]:
+        action = re_pb2.Action.FromString(blob(cache, key).read_bytes())
+        found, pending = [blob(cache, key), blob(cache, action.command_digest.hash)], [action.input_root_digest.hash]
+        while pending:
+            found.append(blob(cache, pending.pop()))
+            pending += [d.digest.hash for d in re_pb2.Directory.FromString(found[-1].read_bytes()).directories]
+        return found
+
+    build(ws, env, "all")
+    local = Path(env["GAFFER_CACHE_DIR"])
+    assert len(keys(local)) == 4 and not any(blob(local, key).exists() for key in keys(local))
+    remote = tmp_path / "remote"
+    run_gaffer(["clean"], cwd=ws, env=env, check=True)
+    build(ws, {**env, "GAFFER_CACHE_DIR": str(tmp_path / "other")}, "all", "--cache", f"disk://{remote}")
+    assert keys(remote) == keys(local)
+    for key in keys(remote):
+        assert all(path.is_file() for path in action_blobs(remote, key)), key
+    sandboxed = {**env, "GAFFER_CACHE_DIR": str(tmp_path / "sandboxed")}
+    run_gaffer(["clean"], cwd=ws, env=env, check=True)
+    build(ws, sandboxed, "all", "--sandbox")
+    for key in keys(tmp_path / "sandboxed"):
+        assert all(path.is_file() for path in action_blobs(tmp_path / "sandboxed", key)), key
 
 
 def test_new_file_matching_a_glob_reruns(ws: Path, env: dict[str, str]) -> None:
@@ -317,6 +359,21 @@ def test_tier_hits_count_only_usable_entries_and_the_disk_tier_counts_bytes(
     assert (local_tier["hits"], local_tier["misses"]) == (3, 1), "gen's entry named a corrupt blob: no hit"
     assert local_tier["bytes_down"] > 0
     assert "cache disk://" in warm["stderr"] and ": 3 hits, 1 miss," in warm["stderr"]
+
+
+@pytest.mark.parametrize("jobs", [1, 4])
+def test_parallel_efficiency_is_the_share_of_the_job_slots_kept_busy(tmp_path: Path, env: dict[str, str],
+                                                                      jobs: int) -> None:
+    """Two independent 0.3 s tasks: at -j1 they keep the one slot busy nearly all along; at -j4 they fill at
+    most half the slots. Task time over wall time alone would say ~2 (200%) at -j4."""
+    (tmp_path / "graph.json").write_text(json.dumps({"tasks": {
+        name: {"command": ["sh", "-c", f"sleep 0.3; echo {name} > {name}.txt"], "outputs": [f"{name}.txt"]}
+        for name in ("a", "b")} | {"all": {"deps": ["a", "b"]}}}))
+    out = tmp_path / "summary.json"
+    proc = run_gaffer(["run", "all", "-j", str(jobs), "--summary-json", str(out)], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    efficiency = summary(out)["parallel_efficiency"]
+    assert (0.5 < efficiency <= 1.0) if jobs == 1 else (0.2 < efficiency <= 0.5), efficiency
 
 
 def test_noop_reports_no_parallel_efficiency(ws: Path, env: dict[str, str]) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from gaffer.digest import Digest, digest_bytes
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
+from gaffer.server.packs import PACKS, read_table
 from tests.buildgrid import ReapiServer, start_gaffer_serve, stop_signal
 from tests.servers import wait_until
 from tests.support import require, require_tool
@@ -35,6 +37,19 @@ def _blob(size: int) -> tuple[Digest, bytes]:
 
 def _pb(d: Digest) -> re_pb2.Digest:
     return re_pb2.Digest(hash=d.hash, size_bytes=d.size_bytes)
+
+
+def _packed(store: Path) -> dict[str, Path]:
+    """The blobs in the packs of the instance at `store` (evicted ones too: a pack keeps their bytes until it
+    goes), each with its pack."""
+    packs = store / PACKS
+    return {hash_: pack for pack in (packs.iterdir() if packs.is_dir() else ())
+            for hash_, _offset, _size in read_table(str(pack))}
+
+
+def _disk_usage(store: Path) -> int:
+    """What the blobs' files and packs take on disk (blocks)."""
+    return sum(f.stat().st_blocks * 512 for d in ("cas", PACKS) for f in (store / d).rglob("*") if f.is_file())
 
 
 def _store_bytes(server: ReapiServer) -> int:
@@ -179,19 +194,22 @@ def test_eviction_during_concurrent_uploads_loses_nothing_acknowledged(tmp_path:
     wait_until(lambda: _store_bytes(server) <= 4 * MiB, "eviction under the bound", 60, server.proc, server.log)
 
     # A pass may still be finishing: it only removes. So a blob reported missing must have no file (files only
-    # go), and one reported present whose file is gone must be reported missing when asked again.
+    # go; a pack keeps an evicted blob's bytes until all of it goes), and one reported present whose file or pack
+    # is gone must be reported missing when asked again.
     client = _Client(server)
     cas = tmp_path / "store" / "cas"
+    packed = _packed(tmp_path / "store")
+    assert packed, "the batches should have been written as packs"
 
     def on_disk(d: Digest) -> bool:
-        return (cas / d.hash[:2] / d.hash).exists()
+        return (cas / d.hash[:2] / d.hash).exists() or (d.hash in packed and packed[d.hash].exists())
 
     def missing(digests: list[Digest]) -> set[Digest]:
         return set().union(*(client.missing(digests[i:i + 5000]) for i in range(0, len(digests), 5000)))
 
     digests = [d for d, _ in acknowledged]
     reported_missing = missing(digests)
-    lost = [d for d in reported_missing if on_disk(d)]
+    lost = [d for d in reported_missing if (cas / d.hash[:2] / d.hash).exists()]
     assert not lost, f"{len(lost)} blobs on disk reported missing"
     gone = [d for d in digests if d not in reported_missing and not on_disk(d)]
     assert missing(gone) == set(gone), "blobs without a file still reported present"
@@ -210,16 +228,17 @@ def test_eviction_during_concurrent_uploads_loses_nothing_acknowledged(tmp_path:
 
 
 def test_small_blobs_count_what_they_take_on_disk(tmp_path: Path, serve: list) -> None:
-    """2,000 blobs of 8 bytes take a block and an inode each: a 1 MiB bound keeps their files within 1 MiB."""
-    server = start_gaffer_serve("--max-size", "1MiB", workdir=tmp_path)
+    """300 blobs of 8 bytes uploaded one at a time take a block and an inode each (1.3 MB): a 256 KiB bound keeps
+    their files within 256 KiB."""
+    server = start_gaffer_serve("--max-size", "256KiB", workdir=tmp_path)
     serve.append(server)
     client = _Client(server)
-    for _ in range(20):
-        assert client.update([_blob(8) for _ in range(100)]) == [0] * 100
+    for _ in range(300):
+        assert client.update([_blob(8)]) == [0]
     client.close()
-    wait_until(lambda: _store_bytes(server) <= MiB, "eviction", 30, server.proc)
-    used = sum(f.stat().st_blocks * 512 for f in (tmp_path / "store" / "cas").rglob("*") if f.is_file())
-    assert 0 < used <= MiB
+    wait_until(lambda: _store_bytes(server) <= 256 * 1024, "eviction", 30, server.proc)
+    assert 0 < _disk_usage(tmp_path / "store") <= 256 * 1024
+    assert not _packed(tmp_path / "store")
 
 
 def test_an_empty_action_result_counts(tmp_path: Path, serve: list) -> None:
@@ -377,6 +396,203 @@ def test_one_blob_uploaded_at_once_many_ways_is_stored_once_and_reads_never_see_
     client.close()
 
 
+# -- packs: a batch's small blobs in one file ------------------------------------------------------------------
+
+
+def _tree(file: Digest) -> tuple[tuple[Digest, bytes], tuple[Digest, bytes]]:
+    """A root Directory holding one subdirectory holding `file`: (root, leaf) as blobs."""
+    leaf = re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=_pb(file))]).SerializeToString()
+    root = re_pb2.Directory(directories=[re_pb2.DirectoryNode(name="d", digest=_pb(digest_bytes(leaf)))])
+    root_data = root.SerializeToString()
+    return (digest_bytes(root_data), root_data), (digest_bytes(leaf), leaf)
+
+
+def test_a_batch_is_one_pack_and_every_read_path_finds_its_blobs_across_a_restart(tmp_path: Path, serve: list) -> None:
+    """The small blobs of a batch go to one pack, a large one of the same batch to its own file. BatchReadBlobs,
+    ByteStream Read (with an offset and a limit), GetTree, HTTP GET and HEAD, FindMissingBlobs and an action
+    result naming packed blobs all find them, from the disk (no memory cache), before and after a restart."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    small = [_blob(size) for size in (1, 100, 5000) * 10]
+    root, leaf = _tree(small[0][0])
+    small += [root, leaf]
+    large = _blob(2 * MiB)
+    key = _blob(16)[0]
+    result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="o", digest=_pb(small[1][0]))],
+                                 stdout_digest=_pb(small[2][0]), stderr_digest=_pb(large[0]))
+    client = _Client(server)
+    assert client.update([*small, large]) == [0] * (len(small) + 1)
+    client.put_action(key, result)
+    client.close()
+    assert len(list((store / PACKS).iterdir())) == 1 and set(_packed(store)) == {d.hash for d, _ in small}
+    assert (store / "cas" / large[0].hash[:2] / large[0].hash).is_file()
+
+    def every_read_finds_them(server: ReapiServer) -> None:
+        client = _Client(server)
+        everything = dict([*small, large])
+        assert not client.missing(list(everything))
+        assert client.read(list(everything)) == everything
+        digest, data = small[2]
+        stream = client.bytestream.Read(bytestream_pb2.ReadRequest(
+            resource_name=f"blobs/{digest.hash}/{digest.size_bytes}", read_offset=10, read_limit=3000), timeout=60)
+        assert b"".join(r.data for r in stream) == data[10:3010]
+        tree = client.cas.GetTree(re_pb2.GetTreeRequest(root_digest=_pb(root[0])), timeout=60)
+        assert [d.SerializeToString() for page in tree for d in page.directories] == [root[1], leaf[1]]
+        assert client.get_action(key) == result
+        for digest, data in small[:3]:
+            assert httpx.get(f"{server.http_url}/cas/{digest.hash}", timeout=10).content == data
+            assert httpx.head(f"{server.http_url}/cas/{digest.hash}", timeout=10).status_code == 200
+        client.close()
+
+    every_read_finds_them(server)
+    assert stop_signal(server) == 0
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    every_read_finds_them(server)
+
+
+def test_a_corrupt_packed_blob_is_evicted_and_a_torn_pack_dropped_at_start(tmp_path: Path, serve: list) -> None:
+    """Damage inside a pack while the server is down: each damaged blob is found when read (a miss in a batch
+    read, DATA_LOSS for ByteStream, nothing of it sent), evicted and reported; its neighbours are served. A pack
+    cut short (a crash of the machine without --fsync) is removed at start, reported, its blobs missing."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    client = _Client(server)
+    first = [_blob(2000) for _ in range(10)]
+    assert client.update(first) == [0] * 10
+    first_pack = next((store / PACKS).iterdir())
+    second = [_blob(2000) for _ in range(10)]
+    assert client.update(second) == [0] * 10
+    client.close()
+    assert stop_signal(server) == 0
+    places = {hash_: offset for hash_, offset, _size in read_table(str(first_pack))}
+    with open(first_pack, "r+b") as f:
+        for digest, data in first[3:5]:
+            f.seek(places[digest.hash] + 1999)
+            f.write(b"X" if data[-1:] != b"X" else b"Y")
+    second_pack = _packed(store)[second[0][0].hash]
+    os.truncate(second_pack, second_pack.stat().st_size - 1)
+
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    assert "not a whole pack" in server.log.read_text() and not second_pack.exists()
+    assert client.missing([d for d, _ in second]) == {d for d, _ in second}
+    good = dict(first[:3] + first[5:])
+    assert client.read([d for d, _ in first]) == {**good, **client.read([])} and client.read(list(good)) == good
+    digest = first[4][0]
+    stream = client.bytestream.Read(bytestream_pb2.ReadRequest(resource_name=f"blobs/{digest.hash}/{digest.size_bytes}"),
+                                    timeout=60)
+    received = []
+    with pytest.raises(grpc.RpcError) as e:
+        received.extend(r.data for r in stream)
+    assert e.value.code() in (grpc.StatusCode.DATA_LOSS, grpc.StatusCode.NOT_FOUND) and not received
+    assert client.missing([d for d, _ in first]) == {first[3][0], first[4][0]}
+    assert "corrupt blob" in server.log.read_text()
+    client.close()
+
+
+def test_cache_verify_and_status_see_packed_blobs(tmp_path: Path) -> None:
+    """`gaffer cache status|verify --dir` on a server's store count and hash the packed blobs too: a pack with a
+    damaged blob, and a torn one, are removed whole; a sound pack stays."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    client = _Client(server)
+    batches = [[_blob(2000) for _ in range(10)] for _ in range(3)]
+    for batch in batches:
+        assert client.update(batch) == [0] * 10
+    client.close()
+    assert stop_signal(server) == 0
+    damaged, torn, sound = (_packed(store)[batch[0][0].hash] for batch in batches)
+    status = _gaffer_cache("status", store)
+    assert "Blobs: 30" in status.stdout, status.stdout
+    places = {hash_: offset for hash_, offset, _size in read_table(str(damaged))}
+    digest, data = batches[0][6]
+    with open(damaged, "r+b") as f:
+        f.seek(places[digest.hash])
+        f.write(bytes([data[0] ^ 1]))
+    os.truncate(torn, torn.stat().st_size - 1)
+    verify = _gaffer_cache("verify", store)
+    assert verify.returncode == 1 and "checked 20 blobs" in verify.stdout and "2 corrupt" in verify.stdout, (
+        verify.stdout + verify.stderr)
+    assert digest.hash[:12] in verify.stdout and torn.name[:12] in verify.stdout
+    assert not damaged.exists() and not torn.exists() and sound.exists()
+    again = _gaffer_cache("verify", store)
+    assert again.returncode == 0 and "checked 10 blobs" in again.stdout, again.stdout + again.stderr
+
+
+def _gaffer_cache(command: str, store: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gaffer", "cache", command, "--cache-dir", str(store)],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")})
+
+
+def test_eviction_unlinks_dead_packs_and_rewrites_sparse_ones(tmp_path: Path, serve: list) -> None:
+    """14 batches of 100 x 1 KiB into a 1 MiB store, 30 blobs of the first batch used again after the sixth.
+    Eviction takes the other 70 of the first pack and the next packs whole: those packs are unlinked, the first
+    rewritten with its 30 live blobs (the old file gone), and those 30 stay readable. The account is what the
+    files take on disk, and within the bound."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--max-size", "1MiB", "--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    batches = []
+    for i in range(14):
+        if i == 6:
+            assert not client.missing([d for d, _ in batches[0][:30]])  # used again: the recent end
+        batches.append([_blob(1024) for _ in range(100)])
+        assert client.update(batches[-1]) == [0] * 100
+        if i == 0:
+            first_pack = next((store / PACKS).iterdir())
+    wait_until(lambda: not first_pack.exists() and _store_bytes(server) <= MiB, "eviction", 30, server.proc,
+               server.log)
+    kept = dict(batches[0][:30])
+    assert not first_pack.exists()
+    packed = _packed(store)
+    assert all(d.hash in packed for d in kept), "blobs used again were evicted with their first pack"
+    assert {packed[d.hash] for d in kept} != {first_pack} and len({packed[d.hash] for d in kept}) == 1
+    assert client.read(list(kept)) == kept
+    assert client.missing([d for d, _ in batches[0][30:]]) == {d for d, _ in batches[0][30:]}
+    assert not client.missing([d for d, _ in batches[-1]])
+    assert _disk_usage(store) <= _store_bytes(server) <= MiB
+    client.close()
+
+
+def test_reads_during_pack_rewrites_always_find_live_blobs(tmp_path: Path, serve: list) -> None:
+    """30 blobs of a first batch read over and over (so they stay the most recently used) while 20 more batches
+    make eviction take the other 70 and rewrite the first pack: every read finds all 30, byte for byte, whether
+    it came before, during or after the rewrite."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--max-size", "1MiB", "--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    first = [_blob(1024) for _ in range(100)]
+    client = _Client(server)
+    assert client.update(first) == [0] * 100
+    first_pack = next((store / PACKS).iterdir())
+    kept = dict(first[:30])
+    done = threading.Event()
+    reads: list[dict[Digest, bytes]] = []
+
+    def read_all_along() -> None:
+        reader = _Client(server)
+        while not done.is_set():
+            reads.append(reader.read(list(kept)))
+        reader.close()
+
+    thread = threading.Thread(target=read_all_along)
+    thread.start()
+    try:
+        for _ in range(20):
+            assert client.update([_blob(1024) for _ in range(100)]) == [0] * 100
+        wait_until(lambda: not first_pack.exists(), "the first pack rewritten", 30, server.proc, server.log)
+    finally:
+        done.set()
+        thread.join(60)
+    assert reads and all(found == kept for found in reads)
+    assert client.read(list(kept)) == kept
+    client.close()
+
+
 # -- durability: kill -9, --fsync -------------------------------------------------------------------------------
 
 
@@ -473,6 +689,7 @@ def test_kill_9_right_after_writes_loses_nothing_acknowledged(tmp_path: Path, se
         assert client.get_action(key) == result
     assert client.missing(refused) == set(refused)
     assert not [p for p in (tmp_path / "store" / "tmp").iterdir()]
+    assert set(_packed(tmp_path / "store")) & {d.hash for d in acked}, "the batches should have gone to packs"
     client.close()
 
 
@@ -480,14 +697,14 @@ def test_kill_9_right_after_writes_loses_nothing_acknowledged(tmp_path: Path, se
 def test_fsync_flushes_every_entry_and_its_directory_before_the_reply(
     tmp_path: Path, serve: list, flags: list[str]
 ) -> None:
-    """With --fsync, a batch of 20 new blobs is 20 fsync'd files and their directories (fewer: shards repeat)
-    before the reply, a ByteStream upload and an action result one file and one directory each; without it, none
-    (the kernel writes back in its own time)."""
+    """With --fsync, a batch of 20 new blobs is one pack, fsync'd before its rename and its directory after, before
+    the reply; a ByteStream upload and an action result one file and one directory each; without it, none (the
+    kernel writes back in its own time)."""
     strace = require_tool("strace")
     server = start_gaffer_serve(*flags, workdir=tmp_path / "s")
     serve.append(server)
     log = tmp_path / "strace.log"
-    tracer = subprocess.Popen([strace, "-f", "-qq", "-e", "trace=fsync,rename", "-o", str(log), "-p",
+    tracer = subprocess.Popen([strace, "-f", "-qq", "-y", "-e", "trace=fsync,rename", "-o", str(log), "-p",
                                str(server.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = _Client(server)
@@ -507,10 +724,16 @@ def test_fsync_flushes_every_entry_and_its_directory_before_the_reply(
     finally:
         tracer.terminate()
         tracer.wait(10)
-    after = log.read_text().count("fsync(")  # strace has flushed its log
-    shards = len({d.hash[:2] for d, _ in blobs})
-    if flags:
-        assert after - before >= 20 + shards + 2 + 2
+    calls = log.read_text().splitlines()  # strace has flushed its log; -y: a descriptor shows its path
+    after = sum("fsync(" in call for call in calls)
+    if flags:  # the batch is one pack (its file and directory), the upload and the action result a file each
+        assert after - before >= 2 + 2 + 2
+        packed = [i for i, call in enumerate(calls)
+                  if "rename(" in call and f"/{PACKS}/" in call and call.rstrip().endswith("= 0")]
+        assert len(packed) == 1, "\n".join(calls)
+        tmp = calls[packed[0]].split('"')[1]
+        assert any(f"<{tmp}>" in call for call in calls[:packed[0]] if "fsync(" in call), "pack not flushed"
+        assert any(f"/{PACKS}>" in call for call in calls[packed[0]:] if "fsync(" in call), "its directory not"
     else:
         assert after == before == 0
 
@@ -572,6 +795,7 @@ def test_a_full_disk_refuses_uploads_leaves_no_temp_files_and_stops_cleanly(
         assert http.put(f"/cas/{digest.hash}", content=data).status_code == 507
         assert http.get(f"/cas/{stored.hash}").content == stored_data  # reads go on
     assert list((small_disk / "store" / "tmp").iterdir()) == []
+    assert not _packed(small_disk / "store")  # the batch's pack was never made
     _fill(small_disk, 0)
     client.close()
     assert stop_signal(server) == 0

@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from gaffer import actions
 from gaffer.actions import DirectoryEntry, FileEntry, SymlinkEntry
@@ -243,3 +244,141 @@ def test_a_results_bytes_are_protobufs(tmp_path: Path) -> None:
     meta = parsed.execution_metadata
     assert (meta.worker_start_timestamp.ToNanoseconds(), meta.worker_completed_timestamp.ToNanoseconds()) == (
         1_500_000_000, int(1764000000.25 * 1e9))
+
+
+# -- reading: the messages a cache hit is restored from -----------------------------------------------------------
+
+
+def _pb_mode(properties: re_pb2.NodeProperties) -> int | None:
+    return properties.unix_mode.value if properties.HasField("unix_mode") else None
+
+
+def _as_read_file(name: str, node: re_pb2.FileNode | re_pb2.OutputFile) -> wire.ReadFile:
+    return wire.ReadFile(name, Digest(node.digest.hash, node.digest.size_bytes), node.is_executable,
+                         _pb_mode(node.node_properties))
+
+
+def _as_read_directory(message: re_pb2.Directory) -> wire.ReadDirectory:
+    """What wire.read_directory must return, taken from protobuf's own parse."""
+    return wire.ReadDirectory([_as_read_file(f.name, f) for f in message.files],
+                              [(d.name, Digest(d.digest.hash, d.digest.size_bytes)) for d in message.directories],
+                              [(s.name, s.target) for s in message.symlinks], _pb_mode(message.node_properties))
+
+
+def _as_read_result(message: re_pb2.ActionResult) -> wire.ReadResult:
+    """What wire.read_action_result must return, taken from protobuf's own parse."""
+    meta = message.execution_metadata
+    return wire.ReadResult(
+        [_as_read_file(f.path, f) for f in message.output_files],
+        [(d.path, Digest(d.tree_digest.hash, d.tree_digest.size_bytes) if d.HasField("tree_digest") else None)
+         for d in message.output_directories],
+        [(s.path, s.target) for s in message.output_symlinks], message.exit_code,
+        Digest(message.stdout_digest.hash, message.stdout_digest.size_bytes),
+        Digest(message.stderr_digest.hash, message.stderr_digest.size_bytes),
+        _ns(meta.worker_completed_timestamp) - _ns(meta.worker_start_timestamp))
+
+
+def _ns(timestamp: Timestamp) -> int:
+    """A Timestamp's nanoseconds without protobuf's range check (a damaged one may be far out of range)."""
+    return timestamp.seconds * 1_000_000_000 + timestamp.nanos
+
+
+def _random_result(rng: random.Random) -> re_pb2.ActionResult:
+    """An ActionResult with every field a reader may meet, including those gaffer does not read."""
+    result = re_pb2.ActionResult.FromString(wire.action_result(
+        _files(rng), _pairs(rng), [(_text(rng), _digest(rng)) for _ in range(rng.choice([0, 2]))],
+        rng.choice([0, 1, -1, 2**31 - 1, -(2**31)]), rng.choice([None, _digest(rng)]), rng.choice([None, _digest(rng)]),
+        _text(rng), rng.choice([None, _nanos(rng)]), rng.choice([None, _nanos(rng)])))
+    if rng.random() < 0.3:  # fields a reader must skip
+        result.stdout_raw = rng.randbytes(5)
+        result.output_file_symlinks.add(path="old", target="style")
+        result.execution_metadata.queued_timestamp.FromNanoseconds(_nanos(rng))
+        if result.output_files:
+            result.output_files[0].contents = b"inline"
+            result.output_files[0].node_properties.properties.add(name="n", value="v")
+        if result.output_directories:
+            result.output_directories[0].is_topologically_sorted = True
+            result.output_directories[0].root_directory_digest.hash = "ab" * 32
+    if result.output_directories and rng.random() < 0.2:
+        result.output_directories[0].ClearField("tree_digest")
+    return result
+
+
+def _random_directory(rng: random.Random) -> re_pb2.Directory:
+    directory = re_pb2.Directory.FromString(wire.directory(
+        _files(rng), [(_text(rng), _digest(rng)) for _ in range(rng.choice([0, 2]))], _pairs(rng), _mode(rng)))
+    if rng.random() < 0.3:
+        directory.node_properties.mtime.FromNanoseconds(_nanos(rng))
+        if directory.symlinks:
+            directory.symlinks[0].node_properties.unix_mode.value = 0o777
+    return directory
+
+
+def _damaged(rng: random.Random, data: bytes) -> bytes:
+    """The bytes with a random flip, cut, duplication or insertion."""
+    if not data:
+        return rng.randbytes(rng.choice([1, 3]))
+    i = rng.randrange(len(data))
+    kind = rng.randrange(4)
+    if kind == 0:
+        return data[:i] + bytes([data[i] ^ (1 << rng.randrange(8))]) + data[i + 1 :]
+    if kind == 1:
+        return data[:i]
+    if kind == 2:
+        j = rng.randrange(i, len(data) + 1)
+        return data[:j] + data[i:j] + data[j:]
+    return data[:i] + rng.randbytes(rng.choice([1, 2, 5])) + data[i:]
+
+
+def _agrees(data: bytes, read: object, parse: object, convert: object, seed: int) -> None:
+    """Where both our reader and protobuf accept `data`, they read the same. Ours may refuse what protobuf takes
+    (it is stricter), and may take what protobuf refuses only over a field it does not read: a damage inside a
+    field it reads (a cut, a bad UTF-8 string, a wrong wire type) is refused by the tests below."""
+    try:
+        ours = read(data)  # type: ignore[operator]
+    except wire.DecodeError:
+        return
+    try:
+        theirs = parse(data)  # type: ignore[operator]
+    except Exception:  # noqa: BLE001 - protobuf refused a field we skip unread
+        return
+    assert ours == convert(theirs), f"seed {seed}: {data[:120]!r}"  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_an_action_result_reads_as_protobuf_reads_it(seed: int) -> None:
+    rng = random.Random(seed)
+    message = _random_result(rng)
+    data = _serialized(message)
+    assert wire.read_action_result(data) == _as_read_result(message), f"seed {seed}"
+    for _ in range(20):
+        _agrees(_damaged(rng, data), wire.read_action_result, re_pb2.ActionResult.FromString, _as_read_result, seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_directory_and_a_tree_read_as_protobuf_reads_them(seed: int) -> None:
+    rng = random.Random(seed)
+    message = _random_directory(rng)
+    data = _serialized(message)
+    assert wire.read_directory(data) == _as_read_directory(message), f"seed {seed}"
+    for _ in range(20):
+        _agrees(_damaged(rng, data), wire.read_directory, re_pb2.Directory.FromString, _as_read_directory, seed)
+    children = [_random_directory(rng) for _ in range(rng.choice([0, 1, 3]))]
+    tree = re_pb2.Tree(root=message, children=children)
+    root, read_children = wire.read_tree(_serialized(tree))
+    assert (root, read_children) == (_serialized(tree.root), [_serialized(c) for c in children]), f"seed {seed}"
+
+
+@pytest.mark.parametrize("data", [
+    b"\x20\x01\x20\x02",  # exit_code twice: protobuf keeps the last, a reader here refuses
+    b"\x32\x00\x32\x00",  # stdout_digest twice: protobuf merges the two
+    b"\x22\x00",  # exit_code with the wrong wire type: protobuf skips it as unknown
+    b"\x12\x03abc",  # an output file that is not a message
+    b"\x00\x01",  # field number 0
+    b"\x33\x00\x34",  # a group
+    b"\x12\x05\x0a\x02\xff\xfe",  # a path that is not UTF-8 (and cut short)
+    b"\x12\x04\x0a\x02\xff\xfe",  # a path that is not UTF-8
+])
+def test_damaged_or_odd_results_are_refused(data: bytes) -> None:
+    with pytest.raises(wire.DecodeError):
+        wire.read_action_result(data)

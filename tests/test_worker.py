@@ -19,6 +19,7 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 
 from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.server.packs import PACKS, read_table
 from tests import servers
 from tests.buildgrid import ReapiServer, start_gaffer_serve
 from tests.reapi_client import Client, Worker, digest_of, start_worker
@@ -145,13 +146,30 @@ def test_an_output_path_escaping_the_exec_root_is_refused(client: Client, worker
     assert "unsafe output path '../../escaped'" in response.status.message
 
 
+def _lose(store: Path, hash_: str) -> None:
+    """Take a blob from the server's disk behind its back: its file, or its bytes in the pack of its batch (a
+    packed blob is checked whenever it is read: then a miss too)."""
+    path = store / "cas" / hash_[:2] / hash_
+    if path.exists():
+        path.unlink()
+        return
+    for pack in (store / PACKS).iterdir():
+        for found, offset, size in read_table(str(pack)):
+            if found == hash_:
+                with open(pack, "r+b") as f:
+                    f.seek(offset)
+                    f.write(bytes(size))
+                return
+    raise AssertionError(f"blob {hash_} is not on the server's disk")
+
+
 def test_an_input_blob_lost_after_queueing_fails_the_lease_naming_it(serve: ReapiServer, client: Client,
                                                                       workers: Callable[..., Worker]) -> None:
     submitted = client.action(["cat", "in.txt"], files={"in.txt": b"soon gone\n"}, platform={"test": "lost"})
     stream = client.start(submitted)
     next(stream)  # queued: the server checked that it has every input; no worker can take it yet
     lost = digest_of(b"soon gone\n")
-    (serve.workdir / "store" / "cas" / lost.hash[:2] / lost.hash).unlink()
+    _lose(serve.workdir / "store", lost.hash)
     worker = workers("lost", "--platform", "test=lost")
     response = _response(stream)
     assert response.status.code == code_pb2.FAILED_PRECONDITION, response.status

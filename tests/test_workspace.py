@@ -175,6 +175,71 @@ def test_a_task_running_gaffer_on_its_own_workspace_fails_instead_of_deadlocking
 # -- nothing left running --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("started_from", ["the workspace", "elsewhere"])
+def test_a_task_inherits_the_task_lock_and_no_other_descriptor_and_default_signals(
+        tmp_path: Path, env: dict[str, str], started_from: str) -> None:
+    """From its own directory gaffer starts tasks with posix_spawn, which closes no descriptor and restores no
+    signal by itself; from elsewhere with Popen. Either way a descriptor gaffer inherited stays out of the task,
+    the task lock is in it, and what Python ignores (SIGPIPE, SIGXFSZ) is back at its default."""
+    require(Path("/proc/self/fd").is_dir(), "needs /proc to list a task's descriptors")
+    ws = workspace(tmp_path, {"t": {"command": "ls -l /proc/self/fd > fds.txt; grep SigIgn /proc/self/status > ign.txt",
+                                    "outputs": ["fds.txt", "ign.txt"]}})
+    stray = os.open(tmp_path / "stray.txt", os.O_WRONLY | os.O_CREAT)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "gaffer", "run", "--graph", str(ws / "graph.json")],
+                              cwd=ws if started_from == "the workspace" else tmp_path, env=env, pass_fds=(stray,),
+                              capture_output=True, text=True, timeout=WAIT_S, check=False)
+    finally:
+        os.close(stray)
+    assert proc.returncode == 0, proc.stderr
+    held = {}
+    for line in (ws / "fds.txt").read_text().splitlines():
+        if " -> " in line:
+            name, target = line.split(" -> ")
+            held[int(name.split()[-1])] = target
+    assert {0, 1, 2} <= set(held)
+    own_listing = [fd for fd, target in held.items() if target.startswith("/proc/")]  # ls reading the directory
+    others = {fd: target for fd, target in held.items() if fd > 2 and fd not in own_listing}
+    assert list(others.values()) == [os.path.realpath(ws / ".gaffer" / "tasks.lock")], held
+    ignored = int((ws / "ign.txt").read_text().split()[1], 16)
+    # Below SIGRTMIN only the C library's own two signals may stay ignored (posix_spawn leaves them so, for ninja's
+    # and make's commands too): no signal a program can use.
+    assert [sig for sig in signal.valid_signals() if ignored >> (sig - 1) & 1] == []
+
+
+def test_a_command_run_from_gaffer_s_own_directory_is_posix_spawned_as_popen_would_find_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path the test above checks is the one taken in gaffer's own directory, and it runs what Popen
+    would: the program found on the task's PATH at each start (one a task installs is used by the next), and
+    where the first match cannot run, the next one (Popen's own search decides then)."""
+    from gaffer.execute import local
+
+    require(Path("/proc/self/fd").is_dir() and hasattr(os, "waitid"), "posix_spawn is used where /proc lists fds")
+    monkeypatch.chdir(tmp_path)
+    here = Path(os.getcwd())
+    early, late = here / "early", here / "late"
+    early.mkdir()
+    late.mkdir()
+    env = {**os.environ, "PATH": f"{early}:{late}:{os.environ['PATH']}"}
+
+    def run(argv: list[str], cwd: Path = here) -> tuple[type, int]:
+        started = local._spawn(argv, cwd, env, 1, 2)
+        return type(started), started.wait()
+
+    assert run(["sh", "-c", "exit 3"]) == (local._Spawned, 3)
+    assert run(["sh", "-c", "exit 4"], cwd=here / "..") == (subprocess.Popen, 4)
+    (late / "tool").write_text("#!/bin/sh\nexit 5\n")
+    (late / "tool").chmod(0o755)
+    assert run(["tool"]) == (local._Spawned, 5)
+    (early / "tool").write_text("#!/bin/sh\nexit 6\n")  # installed meanwhile, earlier on PATH
+    (early / "tool").chmod(0o755)
+    assert run(["tool"]) == (local._Spawned, 6)
+    (early / "tool").write_bytes(b"\x7fELF not really")  # executable by its mode, not by its format
+    assert run(["tool"]) == (subprocess.Popen, 5)
+    with pytest.raises(FileNotFoundError):
+        local._spawn(["no-such-tool"], here, env, 1, 2)
+
+
 def test_a_background_process_is_killed_before_outputs_are_recorded(tmp_path: Path, env: dict[str, str],
                                                                     gate: Gate) -> None:
     require(Path("/proc/self/stat").exists(), "needs /proc to tell a dead process from a live one")

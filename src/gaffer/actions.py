@@ -23,19 +23,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
 from gaffer.errors import not_utf8
 from gaffer.protos import wire
-
-if TYPE_CHECKING:
-    from gaffer.protos import remote_execution_pb2 as re_pb2
 
 KEY_FORMAT = b"gaffer-graph-key-v2"
 PERMISSION_BITS = 0o777  # what a result records of a mode: never setuid/setgid/sticky from a cache
@@ -181,11 +177,9 @@ class PreparedAction(NamedTuple):
     def input_tree(self) -> Outputs:
         """Every file, symlink and directory of the input root, at workspace paths, read from `blobs` (what an
         executor away from the workspace must find in its CAS). Raises BadCacheEntry if a Directory is absent."""
-        from gaffer.protos import remote_execution_pb2 as re_pb2
-
-        def child(digest: Digest) -> re_pb2.Directory | None:
+        def child(digest: Digest) -> wire.ReadDirectory | None:
             data = self.blobs.get(digest)
-            return None if data is None else re_pb2.Directory.FromString(data)
+            return None if data is None else wire.read_directory(data)
 
         root = child(self.input_root)
         if root is None:
@@ -268,7 +262,7 @@ def collect_outputs(root: Path, declared: Sequence[str], store: DiskStore) -> Ou
     outputs = Outputs(files=[], symlinks=[], directories=[])
     for out in declared:
         try:
-            st = os.lstat(root / out)
+            st = os.lstat(f"{root}/{out}")  # str paths: a build collects outputs for every task it runs
         except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
             raise MissingOutput(out) from None
         if not stat.S_ISDIR(st.st_mode):
@@ -293,7 +287,9 @@ def _collect_entry(root: Path, rel: str, st: os.stat_result, store: DiskStore, o
         raise BadCacheEntry(f"output file '{shown}' has a name that is not UTF-8, which a cache entry cannot hold:"
                             " rename it")
     mode = stat.S_IMODE(st.st_mode) & PERMISSION_BITS
-    if stat.S_ISLNK(st.st_mode):
+    if stat.S_ISREG(st.st_mode):
+        outputs.files.append(FileEntry(rel, store.put_file(f"{root}/{rel}"), bool(mode & 0o100), mode))
+    elif stat.S_ISLNK(st.st_mode):
         target = os.readlink(root / rel)
         shown = not_utf8(target)
         if shown is not None:
@@ -303,8 +299,6 @@ def _collect_entry(root: Path, rel: str, st: os.stat_result, store: DiskStore, o
         outputs.symlinks.append(SymlinkEntry(rel, target))
     elif stat.S_ISDIR(st.st_mode):
         outputs.directories.append(DirectoryEntry(rel, mode))
-    elif stat.S_ISREG(st.st_mode):
-        outputs.files.append(FileEntry(rel, store.put_file(root / rel), bool(mode & 0o100), mode))
     else:
         raise BadCacheEntry(f"output {rel} is not a file, directory or symlink")
 
@@ -346,44 +340,31 @@ def parse_result(data: bytes, declared: Sequence[str]) -> CachedResult:
     """Parse and validate an ActionResult from any tier. Raises BadCacheEntry if it must not be restored: every
     declared output must be exactly one output file, symlink or directory with that path, and nothing else may
     be named (a damaged or foreign entry is a miss, never a partial restore)."""
-    from gaffer.protos import remote_execution_pb2 as re_pb2
-
-    result = re_pb2.ActionResult()
     try:
-        result.ParseFromString(data)
-    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError, but be strict: any failure is a bad entry
+        result = wire.read_action_result(data)
+    except wire.DecodeError as e:
         raise BadCacheEntry(f"unreadable action result ({e})") from None
     if result.exit_code != 0:
         raise BadCacheEntry("the cached action failed")
     outputs = Outputs(files=[], symlinks=[], directories=[])
-    named = [*(f.path for f in result.output_files), *(s.path for s in result.output_symlinks),
-             *(d.path for d in result.output_directories)]
+    named = [*(f.name for f in result.files), *(path for path, _ in result.symlinks),
+             *(path for path, _ in result.directories)]
     for path in named:
         _check_output_path(path, declared)
     if sorted(named) != sorted(declared):
         missing = sorted(set(declared) - set(named))
         raise BadCacheEntry(f"does not account for the declared output {missing[0]!r}" if missing
                             else "names an output more than once")
-    for f in result.output_files:
-        mode = f.node_properties.unix_mode.value if f.node_properties.HasField("unix_mode") else None
-        outputs.files.append(_file_entry(f.path, f.digest, f.is_executable, mode))
-    for s in result.output_symlinks:
-        check_symlink(s.path, s.target)
-        outputs.symlinks.append(SymlinkEntry(s.path, s.target))
-    for d in result.output_directories:
-        if not d.HasField("tree_digest"):
-            raise BadCacheEntry(f"output directory {d.path!r} has no tree")
-        outputs.trees[d.path] = _checked_digest(d.tree_digest)
-    meta = result.execution_metadata
-    duration = max(
-        0.0, (meta.worker_completed_timestamp.ToNanoseconds() - meta.worker_start_timestamp.ToNanoseconds()) / 1e9
-    )
-    return CachedResult(
-        outputs=outputs,
-        stdout=_checked_digest(result.stdout_digest),
-        stderr=_checked_digest(result.stderr_digest),
-        duration_s=duration,
-    )
+    outputs.files.extend(_file_entry(f.name, f) for f in result.files)
+    for path, target in result.symlinks:
+        check_symlink(path, target)
+        outputs.symlinks.append(SymlinkEntry(path, target))
+    for path, tree in result.directories:
+        if tree is None:
+            raise BadCacheEntry(f"output directory {path!r} has no tree")
+        outputs.trees[path] = _checked_digest(tree)
+    return CachedResult(outputs=outputs, stdout=_checked_digest(result.stdout),
+                        stderr=_checked_digest(result.stderr), duration_s=max(0.0, result.duration_ns / 1e9))
 
 
 def fetch_result(cached: CachedResult, ensure_local: Callable[[list[Digest]], bool], store: DiskStore,
@@ -398,40 +379,32 @@ def fetch_result(cached: CachedResult, ensure_local: Callable[[list[Digest]], bo
     return ensure_local([*cached.outputs.blobs(), *logs] if files else logs)
 
 
-def _file_entry(path: str, digest: re_pb2.Digest, executable: bool, mode: int | None) -> FileEntry:
+def _file_entry(path: str, node: wire.ReadFile) -> FileEntry:
     """A file as an entry names it; without a recorded mode, what a REAPI client would make of the executable bit."""
+    mode = node.mode
     if mode is None:
-        mode = 0o755 if executable else 0o644
-    return FileEntry(path, _checked_digest(digest), bool(mode & 0o100), mode & PERMISSION_BITS)
-
-
-def _dir_mode(directory: re_pb2.Directory) -> int:
-    if directory.node_properties.HasField("unix_mode"):
-        return directory.node_properties.unix_mode.value & PERMISSION_BITS
-    return 0o755
+        mode = 0o755 if node.executable else 0o644
+    return FileEntry(path, _checked_digest(node.digest), bool(mode & 0o100), mode & PERMISSION_BITS)
 
 
 def read_trees(outputs: Outputs, store: DiskStore) -> None:
     """Expand each output directory's `Tree` (read from the local CAS, verified) into files, symlinks and
     directories at workspace paths. Raises BadCacheEntry for a missing or malformed tree or an unsafe name."""
-    from gaffer.protos import remote_execution_pb2 as re_pb2
-
     for path, digest in outputs.trees.items():
         data = store.read_blob(digest)
         if data is None:
             raise BadCacheEntry(f"the tree of {path} is missing or corrupt")
         try:
-            tree = re_pb2.Tree.FromString(data)
-        except Exception as e:  # noqa: BLE001 - as for the ActionResult: any failure is a bad entry
+            root, children = wire.read_tree(data)
+            by_digest = {digest_bytes(child): wire.read_directory(child) for child in children}
+            expand_directory(path, wire.read_directory(root), by_digest.get, outputs)
+        except wire.DecodeError as e:
             raise BadCacheEntry(f"unreadable tree for {path} ({e})") from None
-        children = {digest_bytes(child.SerializeToString(deterministic=True)): child for child in tree.children}
-        try:
-            expand_directory(path, tree.root, children.get, outputs)
         except BadCacheEntry as e:
             raise BadCacheEntry(f"the tree of {path}: {e}") from None
 
 
-def expand_directory(path: str, root: re_pb2.Directory, child: Callable[[Digest], re_pb2.Directory | None],
+def expand_directory(path: str, root: wire.ReadDirectory, child: Callable[[Digest], wire.ReadDirectory | None],
                      outputs: Outputs) -> None:
     """Add the directory `root` at `path` ("" for an input root) and everything below it to `outputs`, each
     subdirectory's message found by `child`. Raises BadCacheEntry for an unsafe or repeated name, an unsafe
@@ -439,32 +412,31 @@ def expand_directory(path: str, root: re_pb2.Directory, child: Callable[[Digest]
     pending = [(path, root)]
     while pending:
         where, directory = pending.pop()
-        outputs.directories.append(DirectoryEntry(where, _dir_mode(directory)))
+        outputs.directories.append(DirectoryEntry(where, 0o755 if directory.mode is None
+                                                  else directory.mode & PERMISSION_BITS))
         name = unsafe_name(directory)
         if name is not None:
             raise BadCacheEntry(f"unsafe or repeated name {name[:200]!r} in {where or '.'}")
         if len(outputs.directories) + len(outputs.files) > _MAX_TREE_ENTRIES:
             raise BadCacheEntry("too many entries")
         prefix = f"{where}/" if where else ""
-        for f in directory.files:
-            mode = f.node_properties.unix_mode.value if f.node_properties.HasField("unix_mode") else None
-            outputs.files.append(_file_entry(prefix + f.name, f.digest, f.is_executable, mode))
-        for s in directory.symlinks:
-            check_symlink(prefix + s.name, s.target)
-            outputs.symlinks.append(SymlinkEntry(prefix + s.name, s.target))
-        for d in directory.directories:
-            found = child(_checked_digest(d.digest))
+        outputs.files.extend(_file_entry(prefix + f.name, f) for f in directory.files)
+        for name, target in directory.symlinks:
+            check_symlink(prefix + name, target)
+            outputs.symlinks.append(SymlinkEntry(prefix + name, target))
+        for name, digest in directory.directories:
+            found = child(_checked_digest(digest))
             if found is None:
-                raise BadCacheEntry(f"lacks directory {prefix}{d.name}")
-            pending.append((prefix + d.name, found))
+                raise BadCacheEntry(f"lacks directory {prefix}{name}")
+            pending.append((prefix + name, found))
 
 
-def unsafe_name(directory: re_pb2.Directory) -> str | None:
+def unsafe_name(directory: wire.ReadDirectory) -> str | None:
     """The first name in a `Directory` message that must not be written: one that could climb out or into
     another directory ("", ".", "..", a "/", a NUL) or that names two entries. None if all are safe."""
     seen: set[str] = set()
-    for name in [*(f.name for f in directory.files), *(d.name for d in directory.directories),
-                 *(s.name for s in directory.symlinks)]:
+    for name in [*(f.name for f in directory.files), *(name for name, _ in directory.directories),
+                 *(name for name, _ in directory.symlinks)]:
         if not name or "/" in name or name in (".", "..") or "\0" in name or name in seen:
             return name
         seen.add(name)
@@ -474,10 +446,10 @@ def unsafe_name(directory: re_pb2.Directory) -> str | None:
 _MAX_TREE_ENTRIES = 10_000_000  # a Tree may share children: bound what a hostile one can expand to
 
 
-def _checked_digest(d: re_pb2.Digest) -> Digest:
+def _checked_digest(d: Digest) -> Digest:
     if not is_valid_hash(d.hash) or d.size_bytes < 0:
         raise BadCacheEntry(f"malformed digest {d.hash[:70]!r}")
-    return Digest(d.hash, d.size_bytes)
+    return d
 
 
 def _check_output_path(path: str, declared: Sequence[str]) -> None:
@@ -531,15 +503,21 @@ def _reset_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _remove(path: Path) -> None:
+def _remove(path: str | Path) -> None:
+    """Remove a file, symlink or directory tree: unlinked at once, as almost every output is a file."""
     try:
-        st = os.lstat(path)
+        os.unlink(path)
+        return
     except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
         return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path, onerror=_make_writable_and_retry)
-    else:
-        os.unlink(path)
+    except IsADirectoryError:  # what Linux says
+        pass
+    except PermissionError:  # what POSIX allows for a directory (macOS says it); else a file we may not remove
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise
+    import shutil  # only for a directory: an edit build that replaces files never loads it
+
+    shutil.rmtree(path, onerror=_make_writable_and_retry)
 
 
 def _make_writable_and_retry(func: Callable[..., object], path: str, _exc: object) -> None:
@@ -551,4 +529,4 @@ def _make_writable_and_retry(func: Callable[..., object], path: str, _exc: objec
 def remove_outputs(root: Path, declared: Sequence[str]) -> None:
     """Delete declared outputs before a task runs, so a stale file can never pass for one it made."""
     for out in declared:
-        _remove(root / out)
+        _remove(f"{root}/{out}")

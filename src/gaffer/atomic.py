@@ -9,29 +9,40 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
-from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
+
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
 def save_marshalled(path: str | os.PathLike[str], value: Any) -> None:
     """Replace the file at `path` with `value` marshalled, making its directory if needed. Raises OSError
     naming `path`."""
-    _replace(path, lambda f: marshal.dump(value, f))
+    save_bytes(path, marshal.dumps(value))
 
 
 def save_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace the file at `path` with `data`, as `save_marshalled` does."""
-    _replace(path, lambda f: f.write(data))
-
-
-def _replace(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
+    """Replace the file at `path` with `data`, as `save_marshalled` does. Four system calls when the directory
+    is there (a build may replace hundreds of shard files): `open()` and `makedirs` would add five more."""
     tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
     try:
-        os.makedirs(os.path.dirname(tmp), exist_ok=True)
-        with open(tmp, "wb") as f:
-            write(f)
+        try:
+            fd = os.open(tmp, _FLAGS, 0o666)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            fd = os.open(tmp, _FLAGS, 0o666)
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise OSError(e.errno, e.strerror, os.fspath(path)) from None  # named as the user knows it: not its temp
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """`os.write` until all of `data` is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

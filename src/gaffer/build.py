@@ -217,15 +217,18 @@ class Build:
     def _execute(self, name: str, planned: PlannedTask, deps: Mapping[str, OutputRecords], keyed: Keyed,
                  reason: str) -> Outcome:
         """Run the action on the executor; cache its result unless an input changed while it ran. The Action,
-        Command and Directory blobs go to the local CAS first, so any executor, and any tier, can run it."""
+        Command and Directory blobs go to the local CAS first when something reads them there: a sandboxed or
+        remote executor, or a remote tier the result is uploaded to (so that any executor there can run it).
+        The workspace executor runs the command as it is in the workspace and reads none of them."""
         task = planned.task
-        action_blobs = keyed.action.store(self.cache.local)
         executor = self.executor
         if self.remote is not None and task.cache and task.remote:  # a worker's exec root is a sandbox already
             executor = self.remote
         elif self.options.sandbox or task.sandbox:
             assert self.sandbox is not None, "a sandboxed task needs Build(sandbox=...)"
             executor = self.sandbox
+        read_from_cas = executor is not self.executor or (task.cache and self.cache.uploads)
+        action_blobs = keyed.action.store(self.cache.local) if read_from_cas else []
         with self._slots:
             if self._interrupted or (self._failed and not self.options.keep_going):
                 return Outcome(SKIPPED, reason="the build stopped")
@@ -316,7 +319,7 @@ class Build:
             if name in outcomes:
                 outcomes[name] = Outcome(GROUP, reason=outcomes[name].reason)
         report = BuildReport(outcomes=outcomes, wall_s=self._now(), interrupted=self._interrupted,
-                             settled=self.settled, order=self.order)
+                             settled=self.settled, order=self.order, jobs=max(1, self.options.jobs))
         if report.ok and not self.options.dry_run:
             noop.write_record(self, self.options.targets)
         return report
@@ -325,33 +328,25 @@ class Build:
         """The incremental build: a task that is not dirty and depends on nothing dirty is up to date as the
         build log says (`since` found its inputs, tools and outputs unchanged), without looking at it again or
         even reading its entry, unless a task checked depends on it: its entry is then the outputs that task
-        sees, and a task without one (a damaged shard of the log) is checked too. Sets `settled` (task -> its
-        last execution time); returns the tasks to check (groups included, in order)."""
+        sees, and a task without one (a damaged shard of the log) is checked too. What depends on the dirty
+        tasks is found by walking down the record's dependents from them, never looking at the others. Sets
+        `settled` (task -> its last execution time); returns the tasks to check (groups included, in order)."""
         assert self.since is not None
-        graph, recorded = self.graph, self.state.tasks
-        deps, groups = graph.deps, graph.groups
-        dirty = set(self.since.dirty)
+        graph, recorded, record, order = self.graph, self.state.tasks, self.since.record, self.order
+        affected = record.downstream(self.since.dirty_at)
         while True:
-            affected: set[str] = set()
-            settled: dict[str, float] = {}
-            saved = iter(self.since.record.tasks)  # (task, last execution time): every real task, in order
-            for name in self.order:
-                if name in groups:  # never settled: it is no work, and checks nothing
-                    if name in dirty or not affected.isdisjoint(deps[name]):
-                        affected.add(name)
-                    continue
-                recorded_name, last = next(saved, ("", 0.0))  # the same graph and targets: the same order
-                if name in dirty or recorded_name != name or not affected.isdisjoint(deps[name]):
-                    affected.add(name)
-                else:
-                    settled[name] = last
-            unknown = {dep for name in affected if name not in groups
-                       for dep in real_deps(graph, graph.tasks[name]) if dep in settled and dep not in recorded}
+            checked = {order[at] for at in affected}
+            unknown = {dep for name in checked if name not in graph.groups
+                       for dep in real_deps(graph, graph.tasks[name]) if dep not in checked and dep not in recorded}
             if not unknown:
                 break
-            dirty |= unknown
+            position = dict(zip(order, range(len(order)), strict=True))
+            affected |= record.downstream(position[name] for name in unknown)
+        settled = dict(record.tasks())  # every real task of the order: those not checked are settled
+        for name in checked:
+            settled.pop(name, None)
         self.settled = settled
-        return [n for n in self.order if n not in settled]
+        return [n for n in order if n not in settled]
 
     def _finished(self, name: str, outcome: Outcome) -> None:
         if outcome.status == FAILED:

@@ -32,10 +32,35 @@ exit status:
 """
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line and exit status 2."""
+    """argparse, but a usage mistake is one line and exit status 2. And the formatters argparse makes while a
+    parser is built (`add_argument` checks a metavar with one, `add_subparsers` writes the subcommands' prog
+    prefix, one word at any width, with one) are given a width: asking the terminal's, which imports shutil
+    (~3 ms of every `gaffer run`), is left to help and usage, the only text written at that width."""
+
+    _building = False
 
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{message} (see '{self.prog} --help')")
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        self._building = True
+        try:
+            return super().add_argument(*args, **kwargs)
+        finally:
+            self._building = False
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        assert not self._get_positional_actions()  # else the prog prefix holds them, and its width matters
+        self._building = True
+        try:
+            return super().add_subparsers(**kwargs)
+        finally:
+            self._building = False
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        if self._building:
+            return self.formatter_class(prog=self.prog, width=80)  # type: ignore[call-arg]  # a HelpFormatter
+        return super()._get_formatter()
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -91,6 +91,7 @@ def _lock_tasks(root: Path, wait: bool, say: Callable[[str], None]) -> None:
     except OSError:
         os.close(fd)
         return
+    os.set_inheritable(fd, True)  # every task holds it, however started (execute/local.py)
     _task_locks.append(fd)
 
 

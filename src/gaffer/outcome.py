@@ -46,8 +46,9 @@ class BuildReport:
     each took when it last ran: 100,000 of them need no outcome object each unless a report lists them."""
 
     def __init__(self, outcomes: dict[str, Outcome], wall_s: float, interrupted: str = "",
-                 settled: Mapping[str, float] | None = None, order: Sequence[str] = ()) -> None:
+                 settled: Mapping[str, float] | None = None, order: Sequence[str] = (), jobs: int = 1) -> None:
         self.outcomes = outcomes
+        self.jobs = jobs  # how many tasks could run at once (-j)
         self.settled = settled if settled is not None else {}  # task -> saved_s (its last execution time)
         self.order = order  # every task's place when there are settled ones (the build's order)
         self.wall_s = wall_s

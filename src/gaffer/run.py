@@ -16,7 +16,7 @@ from gaffer.errors import UserError
 from gaffer.lock import lock_workspace, workspace_of
 
 if TYPE_CHECKING:  # the build's parts are imported when a build runs, never on the no-op path
-    from collections.abc import Sequence
+    from collections.abc import Iterable
 
     from gaffer.cache.disk import DiskStore
     from gaffer.config import Settings
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         changes = noop.check(args.graph, args.targets)
         if changes is not None and not changes.dirty and not changes.dirs:
-            return _report_noop(args, changes.record.tasks, time.perf_counter() - started)
+            return _report_noop(args, changes.record.tasks(), time.perf_counter() - started)
     from gaffer.build import Build, BuildOptions
     from gaffer.cache.factory import open_cache, open_local
     from gaffer.config import load_settings
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from gaffer.tools import Toolchain
     from gaffer.ui.progress import Progress
 
-    graph = load_graph(args.graph, keep=not args.dry_run)
+    known = None if changes is None else (changes.record.graph_sig, changes.record.graph_digest)
+    graph = load_graph(args.graph, keep=not args.dry_run, known=known)
     _check_env_values(graph)
     settings = load_settings(graph.root, vars(args))
     progress = Progress(verbose=args.verbose, quiet=args.dry_run)  # a dry run's result is the plan on stdout
@@ -146,7 +147,7 @@ def _check_env_values(graph: Graph) -> None:
             raise UserError(f"environment variable {name} is not UTF-8 text ('{shown}'), which cache keys cannot hold")
 
 
-def _report_noop(args: argparse.Namespace, tasks: Sequence[tuple[str, float]], wall_s: float) -> int:
+def _report_noop(args: argparse.Namespace, tasks: Iterable[tuple[str, float]], wall_s: float) -> int:
     """The whole-build fast path found nothing to do: the same summary as a build whose tasks are up to date."""
     from gaffer.cache.factory import open_local
     from gaffer.config import load_settings
@@ -157,7 +158,7 @@ def _report_noop(args: argparse.Namespace, tasks: Sequence[tuple[str, float]], w
     settled = dict(tasks)
     report = BuildReport(outcomes={}, wall_s=wall_s, settled=settled, order=list(settled))
     settings = load_settings(Path(workspace_root(args.graph)), vars(args))
-    open_local(settings).record_build(hits=len(tasks), misses=0)
+    open_local(settings).record_build(hits=len(settled), misses=0)
     reporting.print_summary(report, sys.stderr)
     if args.summary_json:
         reporting.write_summary_json(report, Path(args.summary_json))

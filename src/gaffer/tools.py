@@ -18,7 +18,6 @@ through the stat cache and are taken only when a key is computed.
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
 import subprocess
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gaffer.atomic import save_marshalled
-from gaffer.digest import StatCache, StatSignature, stat_signature
+from gaffer.digest import StatCache, StatSignature, sha256, stat_signature
 from gaffer.errors import EnvironmentProblem
 from gaffer.graph import Task
 from gaffer.graph.load import tool_path
@@ -93,7 +92,7 @@ class Toolchain:
             known = self._identities.get(tool)
         if known is not None:
             return known
-        h = hashlib.sha256(tool.version.encode())
+        h = sha256(tool.version.encode())
         for path in tool.keyed:
             h.update(f"\n{stat_cache.digest(path)}".encode())
         ident = (tool.spec, tool.version, h.hexdigest())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import sys
 import threading
@@ -29,15 +28,16 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
+from gaffer.atomic import write_all
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.trusted import TrustedBlobs
-from gaffer.digest import Digest, digest_bytes, digest_file
+from gaffer.digest import Digest, digest_bytes, digest_file, sha256
 
 DEFAULT_MAX_SIZE = 10 * 1024**3
 GC_LOW_WATER = 0.9  # gc evicts down to this fraction of max_size so it does not run again at once
 _TOUCH_AFTER_S = 3600
 _AC_MAGIC = b"gAC1"  # an action-cache file: magic, SHA-256 of the rest, then the serialized ActionResult
-_AC_HEADER = len(_AC_MAGIC) + hashlib.sha256().digest_size
+_AC_HEADER = len(_AC_MAGIC) + sha256().digest_size
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _MIN_FREE = 1 << 20  # less free than this at start: a build's cache is already full (its tasks' output too)
 _SMALL_FILE = 1 << 20  # put_file reads a file up to this size into memory; a bigger one is copied by the kernel
@@ -111,7 +111,7 @@ class DiskStore(CacheTier):
         return f"{self._cas}{blob_hash[:2]}/{blob_hash}"
 
     def _action_path(self, key: Digest) -> str:
-        return f"{self.root}/ac/{key.hash[:2]}/{key.hash}"
+        return f"{self._root_text}/ac/{key.hash[:2]}/{key.hash}"
 
     def temp_path(self) -> Path:
         """A fresh path in the store's temp directory (same filesystem, so `adopt` is an atomic rename). The
@@ -170,13 +170,18 @@ class DiskStore(CacheTier):
     def verified_blob_path(self, digest: Digest) -> Path | None:
         """The blob's path after checking its content (or finding its file unchanged since this store hashed it),
         or None (a corrupt blob is evicted and reported)."""
-        path = self.blob_path(digest)
+        path = self.verified_blob_file(digest)
+        return None if path is None else Path(path)
+
+    def verified_blob_file(self, digest: Digest) -> str | None:
+        """`verified_blob_path` as a string: gobuildcache asks for one per build step."""
+        path = self._blob_file(digest.hash)
         try:
             st = os.stat(path)
             if not self._trusts(digest, st):
                 actual = digest_file(path)
                 if actual != digest:
-                    self._mismatch(path, digest, actual.hash)
+                    self._mismatch(Path(path), digest, actual.hash)
                     return None
                 self.trusted.remember(digest.hash, st)  # the stat from before the hash: an edit meanwhile moved it
         except OSError:
@@ -350,6 +355,9 @@ class DiskStore(CacheTier):
                 actions += 1
             else:
                 blobs += 1
+        for _path, table in self._packs():
+            blobs += len(table or ())
+            size += sum(blob_size for _hash, _offset, blob_size in table or ())
         return StoreStatus(actions=actions, blobs=blobs, bytes=size, max_size=self.max_size)
 
     def files(self, kind: str) -> Iterator[tuple[Path, os.stat_result]]:
@@ -375,6 +383,9 @@ class DiskStore(CacheTier):
                 corrupt.append(path.name)
                 self._evict_corrupt(path, "blob", digest)
         self.trusted.replace(good)
+        packed, bad = self._verify_packs()
+        checked += packed
+        corrupt += bad
         for path, st in self._walk("ac"):
             checked_actions += 1
             try:
@@ -386,6 +397,40 @@ class DiskStore(CacheTier):
                 self._evict_corrupt(path, "action result", Digest(path.name, st.st_size))
         return VerifyReport(checked=checked, corrupt=corrupt, checked_actions=checked_actions)
 
+    def _packs(self) -> Iterator[tuple[Path, list[tuple[str, int, int]] | None]]:
+        """`gaffer serve`'s packs (server/packs.py) and their tables (None: a torn pack), skipping any removed
+        meanwhile (the server evicted or rewrote it)."""
+        from gaffer.server.packs import PACKS, BadPack, read_table
+
+        try:
+            packs = sorted(os.scandir(self.root / PACKS), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in packs:
+            try:
+                yield Path(entry.path), read_table(entry.path)
+            except BadPack:
+                yield Path(entry.path), None
+            except OSError:
+                continue
+
+    def _verify_packs(self) -> tuple[int, list[str]]:
+        """Hash every packed blob; a pack that is torn or holds a corrupt blob is removed whole (a pack is never
+        rewritten in place): how many blobs were checked, and the corrupt blobs' hashes (a torn pack's name)."""
+        checked, corrupt = 0, []
+        for path, table in self._packs():
+            try:
+                with open(path, "rb") as f:
+                    bad = [path.name] if table is None else [
+                        h for h, _offset, size in table if digest_bytes(f.read(size)).hash != h]
+            except OSError:
+                continue
+            checked += len(table or ())
+            if bad:
+                corrupt += bad
+                self._evict_corrupt(path, "pack", Digest(path.name, 0))
+        return checked, corrupt
+
     def clean(self) -> None:
         """Remove every entry (the directory itself stays). Temp files of running processes stay too: a build
         using the cache meanwhile must still finish, its results stored into a store emptied under it."""
@@ -393,7 +438,7 @@ class DiskStore(CacheTier):
         with self._locked():
             import shutil
 
-            for sub in ("cas", "ac"):
+            for sub in ("cas", "ac", "packs"):  # packs: gaffer serve's (server/packs.py)
                 shutil.rmtree(self.root / sub, ignore_errors=True)
             self.remove_stale_temp_files()
             self.trusted.clear()
@@ -454,13 +499,22 @@ class DiskStore(CacheTier):
         self.bytes_stored += size
 
     def _read_and_touch(self, path: str) -> bytes | None:
-        """A whole entry, refreshing its LRU time; None if absent."""
+        """A whole entry, refreshing its LRU time; None if absent. (os-level calls: `open()` would add an ioctl,
+        a seek and a second fstat to every lookup.)"""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-                mtime = os.fstat(f.fileno()).st_mtime
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            mtime = os.fstat(fd).st_mtime
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
         self._touch(path, mtime)
         self.bytes_served += len(data)
         return data
@@ -618,7 +672,7 @@ def process_alive(pid: int) -> bool:
 
 def action_entry(result: bytes) -> bytes:
     """An action-cache file's content: the magic, the SHA-256 of the serialized ActionResult, then it."""
-    return _AC_MAGIC + hashlib.sha256(result).digest() + result
+    return _AC_MAGIC + sha256(result).digest() + result
 
 
 def _checked_action(data: bytes) -> bytes | None:
@@ -626,7 +680,7 @@ def _checked_action(data: bytes) -> bytes | None:
     if not data.startswith(_AC_MAGIC) or len(data) < _AC_HEADER:
         return None
     result = data[_AC_HEADER:]
-    return result if hashlib.sha256(result).digest() == data[len(_AC_MAGIC):_AC_HEADER] else None
+    return result if sha256(result).digest() == data[len(_AC_MAGIC):_AC_HEADER] else None
 
 
 def install(tmp: Path | str, dest: Path | str) -> None:
@@ -662,9 +716,7 @@ def _write_new(path: str, data: bytes) -> None:
     """Create `path` holding `data`: three system calls, where `open()` adds an fstat, an ioctl and a seek."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
     finally:
         os.close(fd)
 

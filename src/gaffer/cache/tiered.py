@@ -214,11 +214,16 @@ class TieredCache(CacheTier):
         self.local.write_action(key, result)
         self._behind(key, result, blobs)
 
+    @property
+    def uploads(self) -> bool:
+        """Does a write go on to remote tiers (so the blobs it names must be in the local tier to be read)?"""
+        return bool(self.remotes) and not self.read_only
+
     def _behind(self, key: Digest | None, result: bytes, blobs: Sequence[Digest],
                 remotes: Sequence[ResilientTier] | None = None) -> None:
         """Upload `blobs` (already local), then the action result if `key`, to the remotes (all, or `remotes`)
         behind the build."""
-        if self.read_only or not self.remotes:
+        if not self.uploads:
             return
         unique = list(dict.fromkeys(blobs))
         with self._pool_lock:

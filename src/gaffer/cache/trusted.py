@@ -18,8 +18,10 @@ re-hashes everything.
   with no such line) is dropped. Where there is no boot id (not Linux), records last only as long as the process.
 - Storage: `verified`, one line per record appended with one `write` (O_APPEND, so several processes can append
   at once), each line with its own CRC: a torn or damaged line is skipped, so a crash costs re-hashing only.
-  Read once per process, lazily; a log with many superseded lines is rewritten (temp file + rename; a line
-  another process appends meanwhile is lost, which again only costs a hash).
+  Read once per process, lazily, and each line parsed and checked only when its blob is asked about (a process
+  asks about a few of a big store's blobs: gobuildcache's warm `go build std`, 1,000 of them); a log with many
+  superseded lines is rewritten (temp file + rename; a line another process appends meanwhile is lost, which again
+  only costs a hash). Where one blob has several lines, the last one counts (damaged, it is a hash again).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class TrustedBlobs:
         self.writable = writable
         self._temp_path = temp_path
         self._records: dict[str, Signature] | None = None
+        self._unparsed: dict[bytes, bytes] = {}  # the log's last line for each blob hash not yet looked up
         # Installed by this process before the log was read (a build storing its outputs never asks what it
         # trusts): added when the log is read, so that storing one blob does not parse 20,000 lines.
         self._early: dict[str, Signature] = {}
@@ -92,16 +95,42 @@ class TrustedBlobs:
         with self._lock:
             if self._records is None:
                 self._header = boot_header()
-                records, lines = self._read()
-                if records is None and self.writable and self._header is not None and self._create():
-                    records, lines = self._read()  # this process, or one that raced it, made the log
-                self._records = records if records is not None else {}
+                unparsed, lines = self._read()
+                if unparsed is None and self.writable and self._header is not None and self._create():
+                    unparsed, lines = self._read()  # this process, or one that raced it, made the log
+                self._unparsed = unparsed if unparsed is not None else {}
+                self._records = {}
                 if self.writable and self._header is not None and (
-                        records is None or lines > 2 * len(self._records) + _COMPACT_SLACK):
-                    self._rewrite(self._records)  # another boot's log: a fresh one, which appends follow
+                        unparsed is None or lines > 2 * len(self._unparsed) + _COMPACT_SLACK):
+                    self._rewrite(self._parse_all())  # another boot's log: a fresh one, which appends follow
                 self._records.update(self._early)
                 self._early.clear()
             return self._records
+
+    def _parse_all(self) -> dict[str, Signature]:
+        """Every record, the log's lines parsed now (the caller holds the lock): for the functions that rewrite
+        the log."""
+        assert self._records is not None
+        for key, line in self._unparsed.items():
+            parsed = _parse(line)
+            if parsed is not None and parsed[0].encode() == key:
+                self._records.setdefault(parsed[0], parsed[1])
+        self._unparsed.clear()
+        return self._records
+
+    def _record(self, blob_hash: str) -> Signature | None:
+        """The blob's record, its log line parsed and checked if this is the first time it is asked about."""
+        records = self._loaded()
+        sig = records.get(blob_hash)
+        if sig is not None or not self._unparsed:
+            return sig
+        with self._lock:
+            line = self._unparsed.pop(blob_hash.encode(), None)
+            if line is not None:
+                parsed = _parse(line)
+                if parsed is not None and parsed[0] == blob_hash:
+                    records.setdefault(blob_hash, parsed[1])  # one remembered meanwhile is newer
+            return records.get(blob_hash)
 
     def _create(self) -> bool:
         """Start an absent log with this boot's line; True if the log now exists (made here or by another)."""
@@ -117,23 +146,19 @@ class TrustedBlobs:
             os.close(fd)
         return True
 
-    def _read(self) -> tuple[dict[str, Signature] | None, int]:
-        """The records, or None when the log is absent or from another boot; and its line count."""
+    def _read(self) -> tuple[dict[bytes, bytes] | None, int]:
+        """Blob hash -> its last line, unparsed, or None when the log is absent or from another boot; and the log's
+        line count."""
         try:
             lines = self.path.read_bytes().splitlines(keepends=True)
         except OSError:
             return None, 0
         if self._header is None or not lines or lines[0] != self._header:
             return None, len(lines)
-        records = {}
-        for line in lines[1:]:
-            parsed = _parse(line)
-            if parsed is not None:
-                records[parsed[0]] = parsed[1]
-        return records, len(lines)
+        return {line[:64]: line for line in lines[1:]}, len(lines)
 
     def trusts(self, blob_hash: str, st: os.stat_result) -> bool:
-        return self._loaded().get(blob_hash) == signature(st)
+        return self._record(blob_hash) == signature(st)
 
     def remember(self, blob_hash: str, st: os.stat_result, *, persist: bool = True) -> None:
         """Record that the file with stat `st` was hashed and is right. A racy signature is not recorded; one this
@@ -154,6 +179,7 @@ class TrustedBlobs:
         records = self._loaded()
         with self._lock:
             records.pop(blob_hash, None)
+            self._unparsed.pop(blob_hash.encode(), None)
 
     def _append(self, line: bytes) -> None:
         try:
@@ -173,15 +199,16 @@ class TrustedBlobs:
 
     def prune(self, present: dict[str, os.stat_result]) -> None:
         """Keep only the records whose blob is still there, unchanged: after `gc` walked (and thinned) the store."""
-        records = self._loaded()
+        self._loaded()
         with self._lock:
-            kept = {h: sig for h, sig in records.items() if h in present and signature(present[h]) == sig}
+            kept = {h: sig for h, sig in self._parse_all().items() if h in present and signature(present[h]) == sig}
         self._store(kept)
 
     def _store(self, records: dict[str, Signature]) -> None:
         with self._lock:
             self._header = boot_header()
             self._records = records
+            self._unparsed.clear()
             if self.writable and self._header is not None:
                 self._rewrite(records)
 
@@ -200,4 +227,5 @@ class TrustedBlobs:
     def clear(self) -> None:
         with self._lock:
             self._records = {}
+            self._unparsed.clear()
             self.path.unlink(missing_ok=True)

@@ -8,6 +8,11 @@ Each command runs in a new session so that a timeout, Ctrl-C or SIGTERM can kill
 left running in its group (`cmd &`) is killed before its outputs are collected, as Bazel does: nothing outside
 the task's run may change what gets recorded. A process that calls `setsid` leaves the group: where the kernel
 allows, gaffer adopts such processes as a child subreaper and kills them too (see orphans.py).
+
+A command is started with `os.posix_spawn` where that can do all of it (half of `subprocess.Popen`'s CPU, which
+a build of many small tasks pays per task): in gaffer's own working directory. posix_spawn
+closes no descriptor, so every descriptor gaffer inherited is first marked close-on-exec (Python opens its own
+so), except the task locks every task must hold (lock.py). Elsewhere, `subprocess.Popen` with `close_fds`.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ class ProcessRunner:
     """Starts commands and remembers the running ones so `cancel_all` can kill them from a signal handler."""
 
     def __init__(self) -> None:
-        self._running: dict[subprocess.Popen[bytes], threading.Event | None] = {}  # -> its run's `cancel`
+        self._running: dict[_Child, threading.Event | None] = {}  # -> its run's `cancel`
         self._active: set[str] = set()  # the markers of runs from before their start to after their cleanup
         self._lock = threading.Lock()
         self._serial = itertools.count(1)
@@ -91,10 +96,7 @@ class ProcessRunner:
                 self._active.add(marker)
         with _log_target(stdout) as out, _log_target(stderr) as err:
             try:
-                proc = subprocess.Popen(
-                    list(argv), cwd=cwd, env=env, stdin=_devnull(), stdout=out, stderr=err,
-                    start_new_session=True, pass_fds=task_fds(),
-                )
+                proc = _spawn(argv, cwd, env, out, err)
             except OSError as e:
                 self._finished(marker, 0)
                 return ProcessResult(exit_code=127, duration_s=0.0, error=f"cannot run {argv[0]!r}: {e.strerror}")
@@ -144,6 +146,93 @@ class ProcessRunner:
         _kill_all(running)
 
 
+class _Spawned:
+    """A command started by `os.posix_spawn`: the part of a Popen that `run` and the kill helpers use (its pid,
+    and its exit status once `wait` has reaped it). Only where `os.waitid` is, so no `wait` needs a timeout."""
+
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            try:
+                self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): what Popen answers then
+                self.returncode = 0
+        return self.returncode
+
+
+_Child = subprocess.Popen[bytes] | _Spawned
+
+
+def _spawn(argv: Sequence[str], cwd: Path, env: Mapping[str, str], out: IO[bytes] | int,
+           err: IO[bytes] | int) -> _Child:
+    """Start a command in a new session, stdin /dev/null, stdout and stderr to `out` and `err`, no descriptor of
+    gaffer's but the task locks inherited. posix_spawn where it can do all of that (see the module's doc): it has
+    no working directory of its own."""
+    program = _spawn_ready() and str(cwd) == os.getcwd() and _program(argv[0], env)
+    if program:
+        stdio = ((os.POSIX_SPAWN_DUP2, _devnull(), 0), (os.POSIX_SPAWN_DUP2, _fileno(out), 1),
+                 (os.POSIX_SPAWN_DUP2, _fileno(err), 2))
+        try:
+            return _Spawned(os.posix_spawn(program, list(argv), env, file_actions=stdio, setsid=True,
+                                           setsigdef=_RESTORED_SIGNALS))
+        except OSError:
+            pass  # Popen tries every match on PATH, and says why none ran as it always has
+        except NotImplementedError:  # a C library without POSIX_SPAWN_SETSID
+            pass
+    return subprocess.Popen(list(argv), cwd=cwd, env=env, stdin=_devnull(), stdout=out, stderr=err,
+                            start_new_session=True, pass_fds=task_fds())
+
+
+def _program(name: str, env: Mapping[str, str]) -> str | None:
+    """The file Popen would run for `name`: itself if it names a path, else the first executable file of that
+    name on the task's PATH. Looked up at every start (a task may install a program for the next): here, because
+    posix_spawn holds the interpreter lock until the program is running, and a lookup inside it (an execve per
+    PATH directory that lacks it) would stall every other thread meanwhile."""
+    if "/" in name:
+        return name
+    for directory in env.get("PATH", os.defpath).split(os.pathsep):  # os.get_exec_path, without its warnings filter
+        path = f"{directory}/{name}" if directory else name
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
+# What Python ignores and a command expects at their defaults (Popen's `restore_signals`).
+_RESTORED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+
+
+def _fileno(target: IO[bytes] | int) -> int:
+    return target if isinstance(target, int) else target.fileno()
+
+
+@functools.cache
+def _spawn_ready() -> bool:
+    """Can commands be started with posix_spawn here? Once per process: every descriptor gaffer inherited, but
+    the task locks, marked close-on-exec (what Popen's `close_fds` would close); False where the open
+    descriptors cannot be listed, or the platform lacks what `_spawn` and `_wait_exited` need."""
+    if not (hasattr(os, "posix_spawn") and hasattr(os, "waitid") and os.path.isdir("/proc/self/fd")):
+        return False
+    keep = set(task_fds())
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    for name in names:
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+            except OSError:  # the listing's own descriptor, closed since
+                pass
+    return True
+
+
 @functools.cache
 def _devnull() -> int:
     """Every task's stdin: /dev/null, opened once per process (not once per task, as `subprocess.DEVNULL` is)."""
@@ -154,7 +243,7 @@ def _log_target(target: Path | int) -> AbstractContextManager[IO[bytes] | int]:
     return nullcontext(target) if isinstance(target, int) else open(target, "wb")
 
 
-def _kill_all(running: Sequence[subprocess.Popen[bytes]]) -> None:
+def _kill_all(running: Sequence[_Child]) -> None:
     """TERM every process group, then KILL those still there after the grace period."""
     for proc in running:
         _signal_group(proc, signal.SIGTERM)
@@ -243,24 +332,26 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def _signal_group(proc: _Child, sig: signal.Signals) -> None:
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_group(proc: _Child) -> None:
     _signal_group(proc, signal.SIGTERM)
     if not _wait_exited(proc, KILL_GRACE_S):
         _signal_group(proc, signal.SIGKILL)
 
 
-def _wait_exited(proc: subprocess.Popen[bytes], timeout: float | None) -> bool:
+def _wait_exited(proc: _Child, timeout: float | None) -> bool:
     """Wait until the process has exited, without reaping it: until `run` reaps it, its pid (its process
     group's id) cannot be reused, so signalling the group can never hit an unrelated process. False on timeout.
-    (Only `run` reaps, through `proc.wait`; where `os.waitid` is missing, as on macOS, this reaps early.)"""
+    (Only `run` reaps, through `proc.wait`; where `os.waitid` is missing, as on macOS, this reaps early: there
+    every process is a Popen.)"""
     if not hasattr(os, "waitid"):
+        assert isinstance(proc, subprocess.Popen)
         try:
             proc.wait(timeout=timeout)
             return True

@@ -36,6 +36,7 @@ from gaffer.digest import EMPTY_DIGEST, Digest, digest_file, is_valid_hash
 from gaffer.execute.base import ExecuteResult, task_environment
 from gaffer.execute.local import ProcessResult, ProcessRunner
 from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.protos import wire
 from gaffer.state import STATE_DIR
 
 if TYPE_CHECKING:
@@ -178,19 +179,24 @@ def _digest(action: Digest, d: re_pb2.Digest, what: str) -> Digest:
 
 def _input_root(cas: DiskStore, action: Digest, root_digest: Digest) -> actions.Outputs:
     """Every file, symlink and directory of the input root (paths relative to it; the root itself is "")."""
-    root = _message(cas, action, root_digest, re_pb2.Directory, "Directory")
     missing: list[tuple[str, Digest]] = []
 
-    def child(digest: Digest) -> re_pb2.Directory:
+    def child(digest: Digest) -> wire.ReadDirectory:
         data = cas.read_blob(digest)
         if data is not None:
             try:
-                return re_pb2.Directory.FromString(data)
-            except Exception:  # noqa: BLE001 - as in `_message`
+                return wire.read_directory(data)
+            except wire.DecodeError:
                 raise actions.BadCacheEntry(f"blob {digest} is not a Directory message") from None
         missing.append(("Directory", digest))
-        return re_pb2.Directory()  # go on, to name every missing Directory at once
+        return wire.EMPTY_DIRECTORY  # go on, to name every missing Directory at once
 
+    try:
+        root = child(root_digest)
+    except actions.BadCacheEntry:
+        raise BadAction(f"action {action}: blob {root_digest} is not a Directory message") from None
+    if missing:
+        raise MissingBlobs(action, missing)
     tree = actions.Outputs(files=[], symlinks=[], directories=[])
     try:
         actions.expand_directory("", root, child, tree)

@@ -7,6 +7,7 @@ protocol and the cache imported and opened.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -32,7 +33,9 @@ CLEAR_COMMANDS = ("clear", "clear-local", "clear-remote")
 def main() -> None:
     """Console entry point `gobuildcache`. Exits without Python's teardown (joining idle threads, freeing every
     module), which a caller reading go's stderr, which this process shares, would wait for: everything is written
-    by then (the close reply goes out only after the cache is flushed)."""
+    by then (the close reply goes out only after the cache is flushed). The cyclic garbage collector is off until
+    the cache is open: start-up is on go's path and makes no garbage worth a collection (~2 ms of CPU)."""
+    gc.disable()
     status = gocache_main(sys.argv[1:])
     try:
         sys.stdout.flush()
@@ -79,10 +82,15 @@ def _run(argv: list[str]) -> int:
     def open_store() -> Handler:
         from gaffer.gocache.store import GoStore
 
-        return GoStore.open(config)
+        store = GoStore.open(config)
+        gc.freeze()  # what start-up made lives as long as the process: later collections need not look at it
+        gc.enable()
+        return store
 
-    # our own buffered streams: sys.stdout may be unbuffered (PYTHONUNBUFFERED) and a raw write can be partial
-    with open(sys.stdin.fileno(), "rb", closefd=False) as stdin, open(sys.stdout.fileno(), "wb", closefd=False) as out:
+    # stdin unbuffered (the reader keeps its own buffer: one read takes what go wrote); stdout buffered, since
+    # sys.stdout may be unbuffered (PYTHONUNBUFFERED) and a raw write can be partial
+    with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as stdin, \
+            open(sys.stdout.fileno(), "wb", closefd=False) as out:
         serve(stdin, out, open_store, debug=config.debug)
     # go waits for our stdout to close, not for the process: release it now rather than after Python's shutdown
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -5,19 +5,22 @@
 - `go` then writes one JSON request per line: {"ID", "Command", "ActionID", "OutputID", "BodySize"}; IDs are
   base64 ([]byte in Go's JSON). A put with BodySize > 0 is followed by its body as the next JSON value, a base64
   JSON string (Go puts it on its own line, after a blank one). Go 1.23 named OutputID "ObjectID"; both are read.
-- Replies carry the request's ID and may go out in any order: each reply is one whole line written and flushed
-  under a lock. A get the local tier answers cheaply is answered on the reader thread (handing it to a worker
-  would cost more than the lookup); remote lookups, big untrusted blobs to verify and puts run on a small thread
-  pool, so a slow one never holds up the others. `close` is answered after every other reply and after the
-  write-behind uploads are flushed; EOF without `close` flushes too and exits 0.
+- Go's encoder writes a get's (and a close's) fields in one order, compactly: such a line is read by comparing
+  bytes, and every reply is formatted directly; any other line goes through `json`. Both shortcuts are
+  pinned against `json` by tests (tests/test_gocache_protocol.py).
+- Replies carry the request's ID and may go out in any order; each is a whole line, written and flushed under a
+  lock. A get the local tier answers cheaply is answered on the reader thread (handing it to a worker would cost
+  more than the lookup); its reply waits until the reader has no whole request left to read, so the replies to the
+  requests `go` sent together go back in one write (one wake-up of `go` rather than one each). Remote lookups, big
+  untrusted blobs to verify and puts run on a small thread pool, so a slow one never holds up the others.
+  `close` is answered after every other reply and after the write-behind uploads are flushed; EOF without
+  `close` flushes too and exits 0.
 - Anything that is not a well-formed request is one line on stderr and a non-zero exit, never a hang or a guess.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json
 import os
 import threading
 import time
@@ -32,6 +35,18 @@ from gaffer.gocache import KNOWN_COMMANDS
 WORKERS = 8
 MAX_REQUEST_LINE = 1 << 20  # a request line is ~200 bytes; a longer one is garbage, not a reason to eat memory
 MAX_BODY_SIZE = 4 << 30  # far above any object go caches; past it the body would not fit in memory anyway
+READ_CHUNK = 1 << 16  # one read of stdin takes whatever `go` wrote, up to this (more for a put's body): below
+# malloc's mmap threshold, so a read does not map and unmap a buffer
+MAX_BATCH = 16  # replies held back for one write at most (go sends a few requests at once, never this many)
+
+# A get or a close exactly as Go's encoder writes it: {"ID":<digits>, then one of these (a 32-byte ActionID is 43
+# base64 characters and "="). Only a line json.loads reads as the same request is taken (a differential test
+# checks it); any other goes to json.
+_GO_ID = b'{"ID":'
+_GO_GET = b',"Command":"get","ActionID":"'
+_GO_GET_END = b'="}\n'
+_GO_CLOSE = b',"Command":"close"}\n'
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
 class MalformedRequest(UserError):
@@ -82,6 +97,9 @@ def _excerpt(data: bytes) -> str:
 
 
 def _b64_field(request: dict[str, object], name: str, where: str) -> bytes:
+    import base64
+    import json
+
     value = request.get(name)
     if not isinstance(value, str):
         raise MalformedRequest(f"{where}: {name} must be a base64 string, got {json.dumps(value)[:40]}")
@@ -91,23 +109,104 @@ def _b64_field(request: dict[str, object], name: str, where: str) -> bytes:
         raise MalformedRequest(f"{where}: {name} is not base64: {e}") from None
 
 
+def fast_request(line: bytes) -> Request | None:
+    """The get or close in a line of Go's own shape (`_GO_GET`, `_GO_CLOSE`), read without json (nor a regular
+    expression, whose compiling alone would be a millisecond of start-up); None for any other line."""
+    if not line.startswith(_GO_ID):
+        return None
+    comma = line.find(b",", len(_GO_ID))
+    digits = line[len(_GO_ID) : comma]
+    if comma < 0 or not digits.isdigit() or len(digits) > 18 or (digits[0] == 0x30 and len(digits) > 1):
+        return None  # not a plain decimal int64 (json.loads refuses leading zeros)
+    rest = line[comma:]
+    if rest == _GO_CLOSE:
+        return Request(int(digits), "close", b"", b"", b"")
+    encoded = rest[len(_GO_GET) : len(_GO_GET) + 43]
+    if (len(rest) != len(_GO_GET) + 43 + len(_GO_GET_END) or not rest.startswith(_GO_GET)
+            or not rest.endswith(_GO_GET_END) or encoded.translate(None, _BASE64)):
+        return None
+    return Request(int(digits), "get", binascii.a2b_base64(encoded + b"="), b"", b"")
+
+
 def rfc3339(time_ns: int) -> str:
     """Go's time.Time JSON form (RFC 3339 with nanoseconds, UTC)."""
     seconds, nanos = divmod(time_ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
 
 
-class RequestReader:
-    """Parses requests (and put bodies) from `go`'s side of the pipe, strictly."""
+def parse_line(line: bytes, where: str) -> tuple[Request, int]:
+    """A request line read by `json` and checked field by field: the request (no body yet) and its BodySize."""
+    import json
 
-    def __init__(self, stream: BinaryIO) -> None:
+    try:
+        request = json.loads(line)
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested garbage
+        raise MalformedRequest(f"{where} is not JSON: {_excerpt(line)}") from None
+    if not isinstance(request, dict):
+        raise MalformedRequest(f"{where}: expected a JSON object, got {_excerpt(line)}")
+    request_id, command = request.get("ID"), request.get("Command")
+    if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 0:
+        raise MalformedRequest(f"{where}: ID must be a non-negative integer, got {json.dumps(request_id)[:40]}")
+    if not isinstance(command, str):
+        raise MalformedRequest(f"{where}: Command must be a string, got {json.dumps(command)[:40]}")
+    where = f"{where} (request {request_id}, {command})"
+    action_id = output_id = b""
+    size = 0
+    if command in ("get", "put"):
+        action_id = _b64_field(request, "ActionID", where)
+    if command == "put":
+        alias = "ObjectID" in request and "OutputID" not in request
+        output_id = _b64_field(request, "ObjectID" if alias else "OutputID", where)
+        size = request.get("BodySize", 0)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise MalformedRequest(f"{where}: BodySize must be a non-negative integer, got {json.dumps(size)[:40]}")
+        if size > MAX_BODY_SIZE:
+            raise MalformedRequest(f"{where}: BodySize {size} is more than gobuildcache accepts "
+                                   f"({MAX_BODY_SIZE >> 30} GiB)")
+    return Request(request_id, command, action_id, output_id, b""), size
+
+
+class RequestReader:
+    """Parses requests (and put bodies) from `go`'s side of the pipe, strictly. `stream.read(n)` is one read of
+    what is there (an unbuffered file); `on_wait` runs before each, when no whole line is left in hand."""
+
+    def __init__(self, stream: BinaryIO, on_wait: Callable[[], None] = lambda: None) -> None:
         self._stream = stream
+        self._on_wait = on_wait
+        self._buffer = b""
+        self._pos = 0
         self._line_no = 0
+
+    def _readline(self, limit: int) -> bytes:
+        """Like a file's readline(limit): up to and including the next newline, at most `limit` bytes."""
+        buffer, pos = self._buffer, self._pos
+        end = buffer.find(b"\n", pos, pos + limit)
+        if end >= 0:
+            self._pos = end + 1
+            return buffer[pos : end + 1]
+        parts = [buffer[pos:]]
+        have = len(parts[0])
+        while have < limit:
+            self._on_wait()
+            # a request line fits in one small read; a put's long body line is read in bigger pieces
+            chunk = self._stream.read(READ_CHUNK if have < READ_CHUNK else min(limit - have, 1 << 20))
+            if not chunk:
+                break
+            end = chunk.find(b"\n", 0, limit - have)
+            if end >= 0:
+                parts.append(chunk[: end + 1])
+                self._buffer, self._pos = chunk, end + 1
+                return b"".join(parts)
+            parts.append(chunk)
+            have += len(chunk)
+        line = b"".join(parts)
+        self._buffer, self._pos = line[limit:], 0
+        return line[:limit]
 
     def _next_line(self, limit: int) -> bytes:
         """The next non-blank line (b"" at EOF)."""
         while True:
-            line = self._stream.readline(limit)
+            line = self._readline(limit)
             if not line:
                 return b""
             self._line_no += 1
@@ -121,36 +220,18 @@ class RequestReader:
         line = self._next_line(MAX_REQUEST_LINE)
         if not line:
             return None
+        request = fast_request(line)
+        if request is not None:
+            return request
         where = f"line {self._line_no}"
-        try:
-            request = json.loads(line)
-        except (ValueError, RecursionError):  # RecursionError: absurdly nested garbage
-            raise MalformedRequest(f"{where} is not JSON: {_excerpt(line)}") from None
-        if not isinstance(request, dict):
-            raise MalformedRequest(f"{where}: expected a JSON object, got {_excerpt(line)}")
-        request_id, command = request.get("ID"), request.get("Command")
-        if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 0:
-            raise MalformedRequest(f"{where}: ID must be a non-negative integer, got {json.dumps(request_id)[:40]}")
-        if not isinstance(command, str):
-            raise MalformedRequest(f"{where}: Command must be a string, got {json.dumps(command)[:40]}")
-        where = f"{where} (request {request_id}, {command})"
-        action_id = output_id = body = b""
-        if command in ("get", "put"):
-            action_id = _b64_field(request, "ActionID", where)
-        if command == "put":
-            alias = "ObjectID" in request and "OutputID" not in request
-            output_id = _b64_field(request, "ObjectID" if alias else "OutputID", where)
-            size = request.get("BodySize", 0)
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise MalformedRequest(f"{where}: BodySize must be a non-negative integer, got {json.dumps(size)[:40]}")
-            if size > MAX_BODY_SIZE:
-                raise MalformedRequest(f"{where}: BodySize {size} is more than gobuildcache accepts "
-                                       f"({MAX_BODY_SIZE >> 30} GiB)")
-            if size:
-                body = self._read_body(size, where)
-        return Request(request_id, command, action_id, output_id, body)
+        request, size = parse_line(line, where)
+        if size:
+            request = request._replace(body=self._read_body(size, f"{where} (request {request.id}, put)"))
+        return request
 
     def _read_body(self, size: int, where: str) -> bytes:
+        import base64
+
         encoded_len = 4 * ((size + 2) // 3)
         line = self._next_line(2 * encoded_len + 16).strip()  # room for JSON escapes Go never writes
         if not line:
@@ -159,6 +240,8 @@ class RequestReader:
             raise MalformedRequest(f"{where}: the body must be a base64 JSON string, got {_excerpt(line)}")
         encoded = line[1:-1]
         if b"\\" in encoded:
+            import json
+
             try:
                 encoded = json.loads(line).encode()
             except (ValueError, UnicodeError):
@@ -180,16 +263,43 @@ class ReplyWriter:
         self._lock = threading.Lock()
         self.broken = False
 
-    def send(self, reply: dict[str, object]) -> None:
-        line = json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+    def send(self, lines: bytes) -> None:
+        """One or more whole reply lines, in one write."""
         with self._lock:
             if self.broken:
                 return
             try:
-                self._stream.write(line)
+                self._stream.write(lines)
                 self._stream.flush()
             except (BrokenPipeError, ValueError, OSError):
                 self.broken = True
+
+
+def json_string(text: str) -> str:
+    """`text` as json.dumps writes it; a plain path (printable ASCII, no quote or backslash) without json."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    import json
+
+    return json.dumps(text)
+
+
+def hit_line(request_id: int, hit: Hit | None) -> bytes:
+    """A get's reply line: what json.dumps(separators=(",", ":")) writes for it, formatted directly."""
+    if hit is None:
+        return b'{"ID":%d,"Miss":true}\n' % request_id
+    output_id = binascii.b2a_base64(hit.output_id, newline=False).decode()
+    return (f'{{"ID":{request_id},"OutputID":"{output_id}","Size":{hit.size},"Time":"{rfc3339(hit.put_time_ns)}",'
+            f'"DiskPath":{json_string(hit.disk_path)}}}\n').encode()
+
+
+def reply_line(request_id: int, *, disk_path: str | None = None, err: str | None = None) -> bytes:
+    """A put's or close's reply line (as json.dumps writes it): the DiskPath, or the Err, or the ID alone."""
+    if disk_path is not None:
+        return f'{{"ID":{request_id},"DiskPath":{json_string(disk_path)}}}\n'.encode()
+    if err is not None:
+        return f'{{"ID":{request_id},"Err":{json_string(err)}}}\n'.encode()
+    return b'{"ID":%d}\n' % request_id
 
 
 class _Pool:
@@ -238,18 +348,8 @@ def log_line(message: str) -> None:
     os.write(2, f"gobuildcache: {message}\n".encode())
 
 
-def _hit_reply(request: Request, hit: Hit | None) -> tuple[dict[str, object], str]:
-    """A get's reply and, for the debug log, what it was."""
-    if hit is None:
-        return {"ID": request.id, "Miss": True}, "miss"
-    reply: dict[str, object] = {
-        "ID": request.id,
-        "OutputID": base64.b64encode(hit.output_id).decode(),
-        "Size": hit.size,
-        "Time": rfc3339(hit.put_time_ns),
-        "DiskPath": hit.disk_path,
-    }
-    return reply, f"hit {hit.size} B"
+def _outcome(hit: Hit | None) -> str:
+    return "miss" if hit is None else f"hit {hit.size} B"
 
 
 def _log(request: Request, outcome: str, start: float) -> None:
@@ -257,47 +357,45 @@ def _log(request: Request, outcome: str, start: float) -> None:
     log_line(f"#{request.id} {request.command} {request.action_id.hex()[:16]}: {outcome} ({elapsed_ms:.1f} ms)")
 
 
-def _answer_at_once(handler: Handler, request: Request, debug: bool) -> dict[str, object] | None:
+def _answer_at_once(handler: Handler, request: Request, debug: bool) -> bytes | None:
     """The reply to a get that the local tier answers cheaply, made on the reader thread (a hand-off to a worker
     costs more than the lookup itself); None sends the request to the pool."""
-    start = time.perf_counter()
+    start = time.perf_counter() if debug else 0.0
     try:
         hit = handler.get_local(request.action_id)
     except Exception:  # noqa: BLE001 - the pool's full get tries again and owns the error
         return None
     if hit == DEFER:
         return None
-    reply, outcome = _hit_reply(request, hit)
     if debug:
-        _log(request, f"{outcome}, local", start)
-    return reply
+        _log(request, f"{_outcome(hit)}, local", start)
+    return hit_line(request.id, hit)
 
 
-def _answer(handler: Handler, request: Request, debug: bool) -> dict[str, object]:
+def _answer(handler: Handler, request: Request, debug: bool) -> bytes:
     """The reply to one request on the pool. A get that fails is a miss; a put fails only when the local tier
     does."""
     start = time.perf_counter()
-    reply: dict[str, object] = {"ID": request.id}
     if request.command == "get":
         try:
             hit = handler.get(request.action_id)
         except Exception as e:  # noqa: BLE001 - a bug or an unexpected fault below costs a rebuild, not the build
             log_line(f"get {request.action_id.hex()[:16]}: {type(e).__name__}: {e}; treated as a miss")
             hit = None
-        reply, outcome = _hit_reply(request, hit)
+        line, outcome = hit_line(request.id, hit), _outcome(hit)
     elif request.command == "put":
         try:
-            reply["DiskPath"] = handler.put(request.action_id, request.output_id, request.body)
+            line = reply_line(request.id, disk_path=handler.put(request.action_id, request.output_id, request.body))
             outcome = f"stored {len(request.body)} B"
         except Exception as e:  # noqa: BLE001 - go reports Err and carries on; a crash would kill the build
-            reply["Err"] = outcome = f"gobuildcache: cannot store the entry locally: {e}"
+            outcome = f"gobuildcache: cannot store the entry locally: {e}"
+            line = reply_line(request.id, err=outcome)
     else:
-        reply["Err"] = outcome = (
-            f"gobuildcache: unknown command {request.command!r} (known: {', '.join(KNOWN_COMMANDS)})"
-        )
+        outcome = f"gobuildcache: unknown command {request.command!r} (known: {', '.join(KNOWN_COMMANDS)})"
+        line = reply_line(request.id, err=outcome)
     if debug:
         _log(request, outcome, start)
-    return reply
+    return line
 
 
 def _send_answer(writer: ReplyWriter, handler: Handler, request: Request, debug: bool) -> None:
@@ -316,8 +414,15 @@ def serve(
     """Run one `go` command's session, after the capabilities line. Returns after `close` or EOF; raises
     MalformedRequest on garbage (after finishing the requests already accepted and flushing the cache)."""
     writer = ReplyWriter(stdout)
+    held: list[bytes] = []  # replies made on this thread, sent before it next waits for input
+
+    def send_held() -> None:
+        if held:
+            writer.send(b"".join(held))
+            held.clear()
+
     handler = open_handler()
-    reader = RequestReader(stdin)
+    reader = RequestReader(stdin, on_wait=send_held)
     pool = _Pool(workers)
     close_id: int | None = None
     try:
@@ -331,15 +436,18 @@ def serve(
                 close_id = request.id
                 break
             if request.command == "get":
-                reply = _answer_at_once(handler, request, debug)
-                if reply is not None:
-                    writer.send(reply)
+                line = _answer_at_once(handler, request, debug)
+                if line is not None:
+                    held.append(line)
+                    if len(held) >= MAX_BATCH:
+                        send_held()
                     continue
             pool.submit(partial(_send_answer, writer, handler, request, debug))
     finally:
+        send_held()
         pool.join()
         handler.close()
     if close_id is not None:
         if debug:
             log_line(f"#{close_id} close")
-        writer.send({"ID": close_id})
+        writer.send(reply_line(close_id))

@@ -157,12 +157,12 @@ class GoStore:
         """The entry's body checked in the local tier (`fetch`: brought from the remote tiers if it is not)."""
         if entry is None:
             return None
-        path = self.local.verified_blob_path(entry.body)
+        path = self.local.verified_blob_file(entry.body)
         if path is None and fetch and self.tiered is not None and self.tiered.ensure_local([entry.body]):
-            path = self.local.verified_blob_path(entry.body)
+            path = self.local.verified_blob_file(entry.body)
         if path is None:
             return None
-        return Hit(entry.output_id, entry.body.size_bytes, entry.put_time_ns, str(path))
+        return Hit(entry.output_id, entry.body.size_bytes, entry.put_time_ns, path)
 
     def _count(self, action_id: bytes, entry: GoEntry | None, hit: Hit | None) -> None:
         s = self.stats

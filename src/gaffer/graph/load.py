@@ -8,21 +8,21 @@ keeps the two in agreement. Every problem is one `UserError` line: `<graph file>
 from __future__ import annotations
 
 import gc
-import hashlib
 import marshal
 import math
 import os
 import posixpath
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from gaffer import __version__
 from gaffer.atomic import save_marshalled
+from gaffer.digest import sha256
 from gaffer.errors import UserError
-from gaffer.graph.model import DEFAULT_PASS_ENV, Graph, Task, Tasks, did_you_mean, topological_order
+from gaffer.graph.model import DEFAULT_PASS_ENV, Deps, Graph, Task, Tasks, did_you_mean, topological_order
 from gaffer.units import parse_duration
 from gaffer.workspace import workspace_root
 
@@ -38,25 +38,28 @@ _HOST_PROPERTIES = ("OSFamily", "ISA")  # always the executing machine's own (ac
 _TASK_FIELD_SET = frozenset(TASK_FIELDS)
 MAX_TIMEOUT_S = 365 * 24 * 3600  # a year: far beyond any build, well inside what clocks and REAPI's Duration hold
 # The validated copy of the graph file: which layout of it this code reads (Task's fields are part of it).
-_COPY_FORMAT = (2, __version__, Task._fields)
+_COPY_FORMAT = (3, __version__, Task._fields)
 
 
 class _Bad(Exception):
     """A problem in one value; the caller, which knows where the value was, turns it into a UserError."""
 
 
-def load_graph(path: str | os.PathLike[str], keep: bool = False) -> Graph:
+def load_graph(path: str | os.PathLike[str], keep: bool = False,
+               known: tuple[tuple[int, int, int, int], str] | None = None) -> Graph:
     """Load and validate a graph file; raises UserError (exit status 2) for every problem in it.
 
     A graph file whose bytes are those of the last one validated in this workspace is not parsed again: its
     validated copy (`.gaffer/graph`) is used, a few times faster at 10,000 tasks. `keep` writes that copy
-    when there was none to use (`gaffer run`; commands that change nothing leave `.gaffer/` alone)."""
+    when there was none to use (`gaffer run`; commands that change nothing leave `.gaffer/` alone). `known`: a
+    stat signature and the content digest the file had with it, vouched for by the caller (the no-op record,
+    which keeps only a signature that was not racy): a file with that signature now is not read or hashed."""
     # Loading allocates a few hundred thousand objects and no reference cycles: the cyclic collector would
     # only walk them again and again (a fifth of the load time for 10,000 tasks), so it is off meanwhile.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load(path, keep)
+        return (known is not None and _load_known(path, *known)) or _load(path, keep)
     finally:
         if was_enabled:
             gc.enable()
@@ -64,6 +67,28 @@ def load_graph(path: str | os.PathLike[str], keep: bool = False) -> Graph:
 
 def copy_path(root: str) -> str:
     return f"{root}/.gaffer/graph"
+
+
+def _load_known(path: str | os.PathLike[str], signature: tuple[int, int, int, int], digest: str) -> Graph | None:
+    """The graph from its validated copy without reading the file, if its signature is still `signature`
+    (then its content is still the one `digest` names); None to load it as usual."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) != signature:
+        return None
+    root = workspace_root(path)
+    copy = _read_copy(root, digest)
+    return None if copy is None else _graph(path, root, signature, digest, copy)
+
+
+def _graph(path: str | os.PathLike[str], root: str, signature: tuple[int, int, int, int], digest: str,
+           copy: _Copy) -> Graph:
+    tasks, platform, deps, groups, outputs, env, sandboxed = copy
+    return Graph(path=Path(os.path.abspath(path)), root=Path(root), tasks=tasks, platform=platform,
+                 signature=signature, digest=digest, deps=deps, groups=groups, outputs=outputs, env=env,
+                 sandboxed=sandboxed)
 
 
 def _load(path: str | os.PathLike[str], keep: bool) -> Graph:
@@ -76,20 +101,18 @@ def _load(path: str | os.PathLike[str], keep: bool) -> Graph:
         raise UserError(f"{shown}: cannot read: {e.strerror or e}") from None
     root = workspace_root(path)
     signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-    digest = hashlib.sha256(data).hexdigest()
-    graph_path = Path(os.path.abspath(path))
+    digest = sha256(data).hexdigest()
     copy = _read_copy(root, digest)
     if copy is None:
         tasks, platform = _validate(data, shown)
         if keep:
             _write_copy(root, digest, tasks, platform)
         copy = _facts(tasks, platform)
-    tasks_, platform, deps, groups, outputs, env, sandboxed = copy
-    return Graph(path=graph_path, root=Path(root), tasks=tasks_, platform=platform, signature=signature, deps=deps,
-                 groups=groups, outputs=outputs, env=env, sandboxed=sandboxed)
+    return _graph(path, root, signature, digest, copy)
 
 
-_Copy = tuple[Tasks, dict[str, str], dict[str, tuple[str, ...]], frozenset[str], frozenset[str], tuple[str, ...], bool]
+_Copy = tuple[Tasks, dict[str, str], Mapping[str, tuple[str, ...]], frozenset[str], frozenset[str], tuple[str, ...],
+              bool]
 
 
 def _facts(tasks: dict[str, Task], platform: dict[str, str]) -> _Copy:
@@ -110,20 +133,24 @@ def _read_copy(root: str, digest: str) -> _Copy | None:
         if fmt != _COPY_FORMAT or copied != digest or type(body) is not bytes or zlib.crc32(body) != crc:
             return None
         platform, stored, deps, groups, outputs, env, sandboxed = marshal.loads(body)
-        return Tasks({}, stored), platform, deps, frozenset(groups), frozenset(outputs), env, sandboxed
+        if type(deps) is not bytes:
+            return None
+        tasks = Tasks({}, stored)
+        return tasks, platform, Deps(tasks, deps), frozenset(groups), frozenset(outputs), env, sandboxed
     except (OSError, EOFError, ValueError, TypeError):
         return None
 
 
 def _write_copy(root: str, digest: str, tasks: dict[str, Task], platform: dict[str, str]) -> None:
     """Keep the validated graph for the next load of the same bytes; failing to is no error (only slower).
-    Each task is marshalled on its own (bytes: compact, made a Task only when asked for); the deps are the
-    tasks' own names, which marshal then writes once and loads as one object each."""
+    Each task is marshalled on its own (bytes: compact, made a Task only when asked for); so is the map of
+    every task's deps (read only when walked whole: model.Deps), whose deps are the tasks' own names, which
+    marshal then writes once and loads as one object each."""
     names = {name: name for name in tasks}
     _tasks, _platform, deps, groups, outputs, env, sandboxed = _facts(tasks, platform)
     body = marshal.dumps((platform, {name: marshal.dumps(tuple(t))
                                      for name, t in tasks.items()},
-                          {name: tuple(names[dep] for dep in d) for name, d in deps.items()},
+                          marshal.dumps({name: tuple(names[dep] for dep in d) for name, d in deps.items()}),
                           tuple(groups), tuple(outputs), env, sandboxed))
     try:
         save_marshalled(copy_path(root), (_COPY_FORMAT, digest, zlib.crc32(body), body))

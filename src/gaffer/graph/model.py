@@ -71,12 +71,45 @@ class Tasks(Mapping[str, Task]):
         return len(self._decoded if self._stored is None else self._stored)
 
 
+class Deps(Mapping[str, tuple[str, ...]]):
+    """Each task's deps (Graph.deps) as the validated copy holds them: a task's own from its `Task` (an edit
+    build asks for those of the few tasks it checks), every task's from the marshalled map kept beside them,
+    decoded when the whole map is walked (a full build's closure)."""
+
+    __slots__ = ("_every", "_stored", "_tasks")
+
+    def __init__(self, tasks: Tasks, stored: bytes) -> None:
+        self._tasks = tasks
+        self._stored = stored
+        self._every: dict[str, tuple[str, ...]] | None = None
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        if self._every is not None:
+            return self._every[name]
+        return self._tasks[name].deps
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def _all(self) -> dict[str, tuple[str, ...]]:
+        if self._every is None:
+            self._every = marshal.loads(self._stored)
+        return self._every
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
 class Graph(NamedTuple):
     path: Path  # the graph file (absolute)
     root: Path  # the workspace root: the graph file's directory (absolute, resolved)
     tasks: Mapping[str, Task]  # in file order
     platform: dict[str, str]
     signature: tuple[int, int, int, int]  # the graph file's stat signature as it was read
+    digest: str  # the graph file's content digest (SHA-256), which its validated copy is kept by
     # Read from every task without making a Task of each:
     deps: Mapping[str, tuple[str, ...]]  # each task's deps (Task.deps)
     groups: frozenset[str]  # the tasks without commands

@@ -6,13 +6,20 @@ bytes it produces (half of a task's key was protobuf objects), and importing the
 deterministic serializer produces for the same message: fields in number order, proto3 defaults (0, "", b"",
 false) omitted, a message-typed field present whenever it was set even if empty, negative integers as ten-byte
 varints. tests/test_wire.py checks that against the generated classes on random messages of every shape, so a
-key can never change silently. Only the fields gaffer sets are covered; reading stays with the generated classes,
-apart from the small decoder gobuildcache reads its own entries with.
+key can never change silently. Only the fields gaffer sets are covered.
+
+Reading: the small decoder gobuildcache reads its own entries with, and the messages a cache hit is restored from
+(`ActionResult`, `Tree`, `Directory`), so that restoring a hit does not import protobuf either. Every field they
+read reads exactly as protobuf reads it, and they are stricter where a difference could hide: a field they read
+with the wrong wire type, or a singular one given twice, is an error (protobuf would skip or merge it). Fields
+they do not read (inline contents, other timestamps, node properties besides the mode) are skipped unchecked.
+tests/test_wire.py checks this on random and damaged messages. An error here makes the entry a miss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from typing import NamedTuple
 
 from gaffer.digest import Digest
 
@@ -38,9 +45,17 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
+# The one-byte tags of fields 1-15 (every field gaffer writes), by wire type: a key builds hundreds of fields.
+_LENGTH_TAGS = tuple(bytes((n << 3 | 2,)) for n in range(16))
+_VARINT_TAGS = tuple(bytes((n << 3,)) for n in range(16))
+_SMALL = tuple(bytes((n,)) for n in range(0x80))  # the varints of 0-127
+
+
 def field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2), written even when empty: a set message, or a repeated string."""
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
+    size = len(payload)
+    tag = _LENGTH_TAGS[number] if number < 16 else varint(number << 3 | 2)
+    return tag + (_SMALL[size] if size < 0x80 else varint(size)) + payload
 
 
 def text(number: int, value: str) -> bytes:
@@ -55,7 +70,10 @@ def raw(number: int, value: bytes) -> bytes:
 
 def number(number: int, value: int) -> bytes:
     """A varint field (int32, int64, uint32, bool); proto3 omits the default 0."""
-    return varint(number << 3) + varint(int(value)) if value else b""
+    if not value:
+        return b""
+    tag = _VARINT_TAGS[number] if number < 16 else varint(number << 3)
+    return tag + (_SMALL[value] if 0 < value < 0x80 else varint(int(value)))
 
 
 def digest(d: Digest) -> bytes:
@@ -209,3 +227,169 @@ def integer(found: dict[int, int | bytes], tag: int) -> int:
     if not isinstance(value, int):
         raise DecodeError(f"field {tag} is not a number")
     return value
+
+
+# -- decoding the messages a cache hit is restored from ------------------------------------------------------------
+
+Value = int | bytes | None  # a varint, a length-delimited payload, or a fixed-width value (read by no message here)
+
+
+def _entries(buf: bytes) -> Iterable[tuple[int, Value]]:
+    """Every field of a message in order, unknown ones included."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = read_varint(buf, pos)
+        tag, wire_type = key >> 3, key & 7
+        if not 0 < tag < 1 << 29:
+            raise DecodeError(f"field number {tag}")
+        value: Value
+        if wire_type == 0:
+            value, pos = read_varint(buf, pos)
+        elif wire_type == 2:
+            size, pos = read_varint(buf, pos)
+            if pos + size > end:
+                raise DecodeError("truncated field")
+            value, pos = buf[pos : pos + size], pos + size
+        elif wire_type in (1, 5):
+            value, pos = None, pos + (8 if wire_type == 1 else 4)
+            if pos > end:
+                raise DecodeError("truncated field")
+        else:
+            raise DecodeError(f"unsupported wire type {wire_type}")
+        yield tag, value
+
+
+def _split(buf: bytes, singular: Collection[int], repeated: Collection[int] = ()) -> tuple[
+        dict[int, Value], dict[int, list[bytes]]]:
+    """The known fields of a message: singular ones (each at most once) and repeated message fields."""
+    one: dict[int, Value] = {}
+    many: dict[int, list[bytes]] = {tag: [] for tag in repeated}
+    for tag, value in _entries(buf):
+        if tag in many:
+            if not isinstance(value, bytes):
+                raise DecodeError(f"field {tag} is not a message")
+            many[tag].append(value)
+        elif tag in singular:
+            if tag in one:
+                raise DecodeError(f"field {tag} given twice")
+            one[tag] = value
+    return one, many
+
+
+def _bytes_field(one: dict[int, Value], tag: int) -> bytes:
+    value = one.get(tag, b"")
+    if not isinstance(value, bytes):
+        raise DecodeError(f"field {tag} is not length-delimited")
+    return value
+
+
+def _str_field(one: dict[int, Value], tag: int) -> str:
+    try:
+        return _bytes_field(one, tag).decode()
+    except UnicodeDecodeError as e:
+        raise DecodeError(f"field {tag} is not UTF-8") from e
+
+
+def _int_field(one: dict[int, Value], tag: int, bits: int = 64, signed: bool = True) -> int:
+    """A varint field as protobuf reads it into an int32/int64 (`signed`) or a uint32/bool: its low `bits`."""
+    value = one.get(tag, 0)
+    if not isinstance(value, int):
+        raise DecodeError(f"field {tag} is not a varint")
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if signed and value >> (bits - 1) else value
+
+
+def _read_digest(buf: bytes) -> Digest:
+    one, _ = _split(buf, (1, 2))
+    return Digest(_str_field(one, 1), _int_field(one, 2))
+
+
+def _read_unix_mode(one: dict[int, Value], tag: int) -> int | None:
+    """The `unix_mode` of the `NodeProperties` in field `tag`, None when it is not recorded."""
+    if tag not in one:
+        return None
+    properties, _ = _split(_bytes_field(one, tag), (3,))
+    if 3 not in properties:
+        return None
+    mode, _ = _split(_bytes_field(properties, 3), (1,))
+    return _int_field(mode, 1, 32, signed=False)
+
+
+def _read_timestamp_ns(buf: bytes) -> int:
+    """A `google.protobuf.Timestamp` in nanoseconds."""
+    one, _ = _split(buf, (1, 2))
+    return _int_field(one, 1) * 1_000_000_000 + _int_field(one, 2, 32)
+
+
+class ReadFile(NamedTuple):
+    """A `FileNode` (`name`) or an `OutputFile` (its path in `name`)."""
+
+    name: str
+    digest: Digest  # as written: checking it is the reader's job
+    executable: bool
+    mode: int | None  # `node_properties.unix_mode`, if recorded
+
+
+def _read_file(buf: bytes, properties_tag: int) -> ReadFile:
+    one, _ = _split(buf, (1, 2, 4, properties_tag))
+    return ReadFile(_str_field(one, 1), _read_digest(_bytes_field(one, 2)), bool(_int_field(one, 4, signed=False)),
+                    _read_unix_mode(one, properties_tag))
+
+
+def _read_symlink(buf: bytes) -> tuple[str, str]:
+    """A `SymlinkNode` / `OutputSymlink`: name (or path) and target."""
+    one, _ = _split(buf, (1, 2))
+    return _str_field(one, 1), _str_field(one, 2)
+
+
+class ReadDirectory(NamedTuple):
+    files: list[ReadFile]
+    directories: list[tuple[str, Digest]]
+    symlinks: list[tuple[str, str]]  # name, target
+    mode: int | None
+
+
+EMPTY_DIRECTORY = ReadDirectory([], [], [], None)
+
+
+def read_directory(buf: bytes) -> ReadDirectory:
+    """A `Directory` message."""
+    one, many = _split(buf, (5,), (1, 2, 3))
+    subdirectories = []
+    for node in many[2]:
+        fields_, _ = _split(node, (1, 2))
+        subdirectories.append((_str_field(fields_, 1), _read_digest(_bytes_field(fields_, 2))))
+    return ReadDirectory([_read_file(node, 6) for node in many[1]], subdirectories,
+                         [_read_symlink(node) for node in many[3]], _read_unix_mode(one, 5))
+
+
+def read_tree(buf: bytes) -> tuple[bytes, list[bytes]]:
+    """A `Tree`: its root and children as serialized `Directory` messages (a child is found by its digest)."""
+    one, many = _split(buf, (1,), (2,))
+    return _bytes_field(one, 1), many[2]
+
+
+class ReadResult(NamedTuple):
+    files: list[ReadFile]  # the output files, by path
+    directories: list[tuple[str, Digest | None]]  # path, and the digest of its `Tree` (None: not given)
+    symlinks: list[tuple[str, str]]  # path, target
+    exit_code: int
+    stdout: Digest  # Digest("", 0) when not given
+    stderr: Digest
+    duration_ns: int  # worker_completed_timestamp - worker_start_timestamp
+
+
+def read_action_result(buf: bytes) -> ReadResult:
+    """An `ActionResult`, with what restoring it needs (inline contents and the deprecated symlink fields are
+    not read)."""
+    one, many = _split(buf, (4, 6, 8, 9), (2, 3, 12))
+    directories: list[tuple[str, Digest | None]] = []
+    for node in many[3]:
+        fields_, _ = _split(node, (1, 3))
+        directories.append((_str_field(fields_, 1), _read_digest(_bytes_field(fields_, 3)) if 3 in fields_ else None))
+    metadata, _ = _split(_bytes_field(one, 9), (3, 4))
+    start = _read_timestamp_ns(_bytes_field(metadata, 3))
+    completed = _read_timestamp_ns(_bytes_field(metadata, 4))
+    return ReadResult([_read_file(node, 7) for node in many[2]], directories,
+                      [_read_symlink(node) for node in many[12]], _int_field(one, 4, 32),
+                      _read_digest(_bytes_field(one, 6)), _read_digest(_bytes_field(one, 8)), completed - start)

@@ -11,14 +11,13 @@ backend keeps is its own business (a bucket's lifecycle rules, Redis's maxmemory
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from io import BufferedReader
 from typing import TYPE_CHECKING, TypeVar
 
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_file
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
-from gaffer.server.store import BackendUnavailable, Namespace, check_digest, decode_action
+from gaffer.server.store import BackendUnavailable, BlobFile, Namespace, check_digest, decode_action
 
 if TYPE_CHECKING:
     from gaffer.server.store import ServerStore
@@ -69,7 +68,7 @@ class BackendNamespace(Namespace):
             data = super().read(digest)
         return data
 
-    def open(self, digest: Digest) -> tuple[BufferedReader, bool] | None:
+    def open(self, digest: Digest) -> tuple[BlobFile, bool] | None:
         opened = super().open(digest)
         if opened is None and self._pull(digest, sized=True) is not None:
             opened = super().open(digest)

@@ -28,7 +28,6 @@ import resource
 import socket
 import threading
 from collections.abc import Awaitable, Callable
-from io import BufferedReader
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -47,6 +46,7 @@ from gaffer.server.store import (
     SMALL_BLOB,
     BackendUnavailable,
     BadRequest,
+    BlobFile,
     Namespace,
     ServerStore,
     Upload,
@@ -310,7 +310,7 @@ class CacheHTTPServer:
             await self._disk_io(opened.close)
 
     @staticmethod
-    def _open_checked(namespace: Namespace, digest: Digest) -> BufferedReader | None:
+    def _open_checked(namespace: Namespace, digest: Digest) -> BlobFile | None:
         """A large blob's open file, hashed first unless this process has checked it; None if absent or corrupt."""
         opened = namespace.open(digest)
         if opened is None:

@@ -19,8 +19,9 @@ import logging
 import socket
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from io import BytesIO
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -59,6 +60,7 @@ KEEPALIVE_S = 60  # ping an idle connection this often; one that does not answer
 KEEPALIVE_TIMEOUT_S = 20
 IDLE_CONNECTION_S = 600  # a connection without calls for this long is closed (clients reconnect as needed)
 TICK_S = 0.5  # how often the coordinator expires silent workers, cancels abandoned jobs and spots unmatched ones
+CALLS_END_S = 5.0  # at stop, how long grpc's own per-call tasks get to see their call's end before being cancelled
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Request = TypeVar("Request")
@@ -230,30 +232,41 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
     @counted
     def BatchUpdateBlobs(self, request: re_pb2.BatchUpdateBlobsRequest) -> re_pb2.BatchUpdateBlobsResponse:
         """Each blob checked on its own (a bad one gets its own status), then the good ones written together on
-        this one thread: their temp files, then their renames and index entries (Namespace.put_checked). One
-        thread per batch rather than a pool per blob: the pool's hand-offs cost more than the files."""
+        this one thread: the small ones as one pack, any large one as a file, then their index entries
+        (Namespace.put_checked). One thread per batch rather than a pool per blob: the pool's hand-offs cost more
+        than the writes."""
         namespace = self.store.namespace(request.instance_name)
         if sum(len(r.data) for r in request.requests) > MAX_BATCH_BYTES:
             raise BadRequest(f"batch larger than max_batch_total_size_bytes ({MAX_BATCH_BYTES}); use ByteStream")
         refused: dict[int, str] = {}
         good = []
+        sha256, identity = hashlib.sha256, re_pb2.Compressor.IDENTITY
         for i, r in enumerate(request.requests):
+            d, data = r.digest, r.data
+            # the usual case first: data matching its digest (a hash equal to a SHA-256 is a valid one)
+            if r.compressor == identity and len(data) == d.size_bytes and sha256(data).hexdigest() == d.hash:
+                good.append((Digest(d.hash, d.size_bytes), data))
+                continue
             try:
-                if r.compressor != re_pb2.Compressor.IDENTITY:
+                if r.compressor != identity:
                     raise BadRequest("compressed blobs are not supported (Capabilities lists no compressor)")
-                digest = check_digest(r.digest)
-                if digest_bytes(r.data) != digest:
+                digest = check_digest(d)
+                if digest_bytes(data) != digest:
                     raise BadRequest(f"the data does not match digest {digest}")
             except BadRequest as e:
                 refused[i] = str(e)
                 continue
-            good.append((digest, r.data))
+            good.append((digest, data))
         namespace.put_checked(good)
         self.metrics.transferred(received=sum(len(data) for _, data in good))
-        return re_pb2.BatchUpdateBlobsResponse(responses=[
-            re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest, status=_status(code_pb2.INVALID_ARGUMENT, refused[i]))
-            if i in refused else re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest)  # status unset: OK
-            for i, r in enumerate(request.requests)])
+        response = re_pb2.BatchUpdateBlobsResponse()
+        add = response.responses.add  # in place: a third cheaper than building 1,000 messages and copying them
+        for i, r in enumerate(request.requests):
+            if i in refused:
+                add(digest=r.digest, status=_status(code_pb2.INVALID_ARGUMENT, refused[i]))
+            else:
+                add(digest=r.digest)  # status unset: OK
+        return response
 
     @counted
     def BatchReadBlobs(self, request: re_pb2.BatchReadBlobsRequest) -> re_pb2.BatchReadBlobsResponse:
@@ -368,6 +381,9 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                 namespace.streamed(digest, actual == digest.hash)
                 if actual != digest.hash:
                     raise Failure(grpc.StatusCode.DATA_LOSS, f"blob {digest} was corrupt in the cache and is evicted")
+            if isinstance(f, BytesIO):  # a packed blob: small, in hand
+                yield from self._chunks(f.getvalue()[offset:offset + remaining])
+                return
         path, position = namespace.server.path(namespace.key(digest)), offset
         while remaining > 0:
             try:  # opened for each chunk, so a client that stopped reading holds no file descriptor
@@ -380,6 +396,12 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
                 break
             position += len(chunk)
             remaining -= len(chunk)
+            self.metrics.transferred(sent=len(chunk))
+            yield bytestream_pb2.ReadResponse(data=chunk)
+
+    def _chunks(self, data: bytes) -> Iterator[bytestream_pb2.ReadResponse]:
+        for start in range(0, len(data), READ_CHUNK):
+            chunk = data[start:start + READ_CHUNK]
             self.metrics.transferred(sent=len(chunk))
             yield bytestream_pb2.ReadResponse(data=chunk)
 
@@ -587,10 +609,14 @@ class GrpcServer:
             if self._server is not None:
                 await self._server.stop(grace)
             # grpc has ended the calls; what their handlers still await ends here, so their clean-ups run
-            handlers = asyncio.all_tasks() - {asyncio.current_task()}
-            for task in handlers:
-                task.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
+            tasks = asyncio.all_tasks() - {asyncio.current_task()}
+            calls = {task for task in tasks if _is_grpc_call(task)}
+            await _cancel(tasks - calls)
+            # grpc's own task per call ends once the call's end has reached the loop; cancelled, grpc prints a
+            # traceback, so it is cancelled only when it has not ended in time
+            if calls:
+                _, stuck = await asyncio.wait(calls, timeout=CALLS_END_S)
+                await _cancel(stuck)
             self._loop.stop()
 
         def finish() -> None:
@@ -602,6 +628,18 @@ class GrpcServer:
         asyncio.run_coroutine_threadsafe(stop(), self._loop)
         threading.Thread(target=finish, name="gaffer-grpc-stop").start()
         return done
+
+
+def _is_grpc_call(task: asyncio.Task[object]) -> bool:
+    """Whether the task is grpc.aio's own for one call (it waits for the call's end from the core)."""
+    return getattr(task.get_coro(), "__name__", "") == "_schedule_rpc_coro"
+
+
+async def _cancel(tasks: set[asyncio.Task[object]]) -> None:
+    """Cancel the tasks and wait until each has ended (its clean-ups run)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _CancelledAtStop(logging.Filter):

@@ -2,15 +2,14 @@
 LRU order eviction follows and the size account), a memory cache of small blobs, verified writes, reserved space
 for uploads in flight, and checked action results.
 
-Layout under `--dir`: one file per entry, as gaffer's local cache lays it out (`cas/<2 hex>/<sha256>`,
-`ac/<2 hex>/<sha256>`). The instance "" is at the root (so `gaffer cache status|verify --dir` work on it); a named
-instance lives in `instances/<name, percent-encoded>/`, so two instances never see each other's entries and an
-instance name can never reach outside `instances/`. Files, not packs of small blobs: every entry is a temp file
-renamed into place (kill -9 loses nothing committed and needs no recovery; files.py, which also says what
-`--fsync` adds), a batch's files written in one pass on one thread, a large blob goes out with sendfile,
-eviction is an unlink (packs would need compaction, which rewrites live data), and the cost of small files is
-accounted for instead: each entry counts its size rounded up to the file system's block plus an inode, which is
-what it takes on disk.
+Layout under `--dir`: a file per entry, as gaffer's local cache lays it out (`cas/<2 hex>/<sha256>`,
+`ac/<2 hex>/<sha256>`), except the small blobs of a batch, which go to one pack (`packs/<name>`, packs.py). The
+instance "" is at the root (so `gaffer cache status|verify --dir` work on its files); a named instance lives in
+`instances/<name, percent-encoded>/`, so two instances never see each other's entries and an instance name can
+never reach outside `instances/`. Every file and pack is a temp file renamed into place (kill -9 loses nothing
+committed and needs no recovery; files.py, which also says what `--fsync` adds). A file costs its size rounded up
+to the file system's block plus an inode, which is what it takes on disk; a pack its whole file, until it is
+unlinked.
 
 The server owns its directory. The index is read from the disk once, at start; after that every install,
 eviction and corruption found goes through it under one lock, so it never disagrees with what the server wrote:
@@ -36,20 +35,22 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from io import BufferedReader
+from io import BufferedReader, BytesIO
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 from urllib.parse import quote, unquote
 
 from google.protobuf.message import DecodeError
 
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.disk import GC_LOW_WATER, DiskStore, action_entry
-from gaffer.digest import EMPTY_DIGEST, Digest, is_valid_hash
+from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
+from gaffer.server import packs
 from gaffer.server.files import EntryFiles, StrPath, remove
+from gaffer.server.packs import PACKS, BadPack, Pack
 from gaffer.server.trees import BadTree, HashingReader, file_digests
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -65,8 +66,14 @@ SMALL_BLOB = 1024 * 1024  # blobs up to this size are read whole (and checked) a
 TOUCH_AFTER_S = 3600  # as DiskStore: refresh a blob's mtime (its LRU age) at most hourly when it is read
 INODE_BYTES = 256  # what a file costs beyond its data blocks: its inode (ext4's size) and directory entry
 EVICT_BATCH = 256  # entries unlinked per hold of the index lock, so uploads and lookups wait at most that long
+PACK_MIN = 2  # a batch with at least this many new small blobs writes them as one pack (packs.py)
 
 Key = tuple[str, str, str]  # (instance, "cas" | "ac", hash)
+# An index entry: size, cost on disk, and for a packed blob its pack and offset (None, 0: a file of its own). One
+# tuple, not a second map: a store holds millions.
+Entry = tuple[int, int, Pack | None, int]
+AnyDigest = TypeVar("AnyDigest", Digest, re_pb2.Digest)
+BlobFile = BufferedReader | BytesIO  # a blob's own file, or a packed blob's bytes (small: read whole, checked)
 
 
 class SlowCheck(Exception):
@@ -168,14 +175,20 @@ class MemoryCache:
         return data
 
     def put(self, key: tuple[str, str], data: bytes) -> None:
-        if len(data) > SMALL_BLOB or len(data) > self.max_bytes:
-            return
+        self.put_many([(key, data)])
+
+    def put_many(self, items: Iterable[tuple[tuple[str, str], bytes]]) -> None:
+        """`put` for a batch's blobs, in one hold of the lock."""
+        now, limit = time.time(), min(SMALL_BLOB, self.max_bytes)
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= len(old[0])
-            self._entries[key] = (data, time.time())
-            self._bytes += len(data)
+            for key, data in items:
+                if len(data) > limit:
+                    continue
+                old = self._entries.pop(key, None)
+                if old is not None:
+                    self._bytes -= len(old[0])
+                self._entries[key] = (data, now)
+                self._bytes += len(data)
             while self._bytes > self.max_bytes:
                 _, (evicted, _) = self._entries.popitem(last=False)
                 self._bytes -= len(evicted)
@@ -338,17 +351,29 @@ class Namespace:
         data = memory.get(key, lambda: self.server.path(self.key(digest)))
         if data is not None:
             return data
-        data = self.server.disk(self.name).read_blob(digest)  # the size matched: a mismatch now is corruption
+        packed, data = self.server.read_packed(self.key(digest))
+        if not packed:
+            data = self.server.disk(self.name).read_blob(digest)  # the size matched: a mismatch now is corruption
+        elif data is not None and digest_bytes(data) != digest:
+            self.server.corrupt(self.key(digest), digest)
+            data = None
         if data is None:
             self.forget(digest)
             return None
         memory.put(key, data)
         return data
 
-    def open(self, digest: Digest) -> tuple[BufferedReader, bool] | None:
-        """The blob's file for streaming, and whether its content must be checked as it streams; None if absent."""
+    def open(self, digest: Digest) -> tuple[BlobFile, bool] | None:
+        """The blob's file for streaming, and whether its content must be checked as it streams; None if absent.
+        A packed blob (small) comes as its bytes, to be checked as any."""
         if not self._here(digest):
             return None
+        packed, data = self.server.read_packed(self.key(digest))
+        if packed:
+            if data is None:
+                self.forget(digest)
+                return None
+            return BytesIO(data), True
         try:
             f = open(self.server.path(self.key(digest)), "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:
@@ -364,6 +389,8 @@ class Namespace:
         """Record the outcome of checking a blob as it streamed; a corrupt one is evicted and reported."""
         if ok:
             self.server.verified.add((self.name, digest.hash))
+        elif self.server.is_packed(self.key(digest)):
+            self.server.corrupt(self.key(digest), digest)
         else:
             self.server.disk(self.name).verified_blob_path(digest)  # hashes it again, evicts and reports it
             self.forget(digest)
@@ -390,11 +417,10 @@ class Namespace:
         disk in one pass (ServerStore.store_many) and into the memory cache; then `committed`, each once."""
         named = dict(blobs)
         named.pop(EMPTY_DIGEST, None)  # always present, never stored
-        fresh = [(digest, data) for digest, data in named.items() if not self._here(digest)]
+        fresh = [(digest, named[digest]) for digest in self.server.unindexed(self.name, named)]  # as _here
         if fresh:
             self.server.store_many([(self.key(digest), data) for digest, data in fresh])
-            for digest, data in fresh:
-                self.server.memory.put((self.name, digest.hash), data)
+            self.server.memory.put_many(((self.name, digest.hash), data) for digest, data in fresh)
         for digest in named:
             self.committed(digest)
 
@@ -445,12 +471,9 @@ class Namespace:
         entry, blobs = self.key(key, "ac"), [(self.key(d), d.size_bytes) for d in needed]
         if not self.server.use_together(entry, blobs, again=again):
             return False
+        packs_seen: dict[str, bool] = {}
         for digest in needed:
-            try:
-                on_disk = os.stat(self.server.path(self.key(digest))).st_size == digest.size_bytes
-            except OSError:
-                on_disk = False
-            if not on_disk:
+            if not self.server.on_disk(self.key(digest), digest.size_bytes, packs_seen):
                 self.forget(digest)
                 return False
         return True
@@ -539,8 +562,9 @@ class ServerStore:
         self._report = report
         self.memory = MemoryCache(memory)
         self.verified: set[tuple[str, str]] = set()  # large blobs this process checked: streamed without hashing
-        self._index: OrderedDict[Key, tuple[int, int]] = OrderedDict()  # -> (size, cost)
-        self._bytes = 0  # the cost of every indexed entry
+        self._index: OrderedDict[Key, Entry] = OrderedDict()
+        self._sparse: list[Pack] = []  # packs less than half indexed, for the next eviction pass to rewrite
+        self._bytes = 0  # the cost of every indexed file and of every pack (all of it, until it is unlinked)
         self._reserved = 0  # the cost of the uploads in flight
         self._disks: dict[str, DiskStore] = {}
         self._lock = threading.Lock()
@@ -587,8 +611,10 @@ class ServerStore:
     def entry_path(self, key: Key) -> str:
         """`path` as a str, built without pathlib (a batch builds 1,000)."""
         instance, kind, hash_ = key
-        base = f"{self.root}/instances/{_encoded(instance)}" if instance else str(self.root)
-        return f"{base}/{kind}/{hash_[:2]}/{hash_}"
+        return f"{self.instance_dir(instance)}/{kind}/{hash_[:2]}/{hash_}"
+
+    def instance_dir(self, instance: str) -> str:
+        return f"{self.root}/instances/{_encoded(instance)}" if instance else str(self.root)
 
     def disk(self, instance: str) -> DiskStore:
         """The instance's DiskStore, its directory created on first use (which only a write or an indexed entry
@@ -617,22 +643,63 @@ class ServerStore:
     # -- the index ---------------------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        """Index every entry on disk, oldest first by mtime (an action result before blobs of the same age)."""
-        found = []
+        """Index every entry on disk, oldest first by mtime (an action result before blobs of the same age); a
+        blob found twice (a pack and a file, two packs) is indexed once, its other copy left unindexed."""
+        found: list[tuple[float, int, Key, int, Pack | None, int]] = []
         for instance in self._instances():
             disk = self.disk(instance)
             disk.remove_stale_temp_files()
             for order, kind in enumerate(("ac", "cas")):
                 for path, st in disk.files(kind):
                     if is_valid_hash(path.name):
-                        found.append((st.st_mtime, order, (instance, kind, path.name), st.st_size))
-        found.sort()
-        for _mtime, _order, key, size in found:
-            cost = self.cost(size)
-            self._index[key] = (size, cost)
-            self._bytes += cost
+                        found.append((st.st_mtime, order, (instance, kind, path.name), st.st_size, None, 0))
+            found += self._load_packs(instance)
+        found.sort(key=lambda f: (f[0], f[1]))
+        every_pack = {pack for *_, pack, _offset in found if pack is not None}
+        self._bytes += sum(pack.cost for pack in every_pack)
         with self._lock:
+            for _mtime, _order, key, size, pack, offset in found:
+                old = self._index.get(key)
+                if old is not None:
+                    if pack is not None:
+                        continue
+                    self._unindex(key, old[1])  # a file and a packed copy: the file is the entry
+                if pack is None:
+                    self._index[key] = (size, self.cost(size), None, 0)
+                    self._bytes += self.cost(size)
+                else:
+                    self._index[key] = (size, size + packs.ENTRY, pack, offset)
+                    pack.add(size)
+            for pack in every_pack:
+                if not pack.live:
+                    self._drop_pack(pack)
+                elif pack.sparse() and not pack.compacting:
+                    pack.compacting = True
+                    self._sparse.append(pack)
             self._collect_if_over()
+
+    def _load_packs(self, instance: str) -> list[tuple[float, int, Key, int, Pack | None, int]]:
+        """The blobs of an instance's packs, as `_load` lists entries; a pack that is not whole (torn by a crash
+        of the machine without --fsync) is removed and reported."""
+        directory = f"{self.instance_dir(instance)}/{PACKS}"
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        found: list[tuple[float, int, Key, int, Pack | None, int]] = []
+        for name in names:
+            path = f"{directory}/{name}"
+            try:
+                table = packs.read_table(path)
+                st = os.stat(path)
+            except BadPack as e:
+                self._report(f"removing {path}: not a whole pack ({e})")
+                remove(path)
+                continue
+            pack = Pack(path, instance, self.cost(st.st_size), st.st_size)
+            found += [(st.st_mtime, 1, (instance, "cas", hash_), size, pack, offset)
+                      for hash_, offset, size in table if is_valid_hash(hash_)]
+        return found
 
     def _instances(self) -> Iterator[str]:
         """The instances with a directory: "" and each valid one under `instances/`."""
@@ -659,7 +726,7 @@ class ServerStore:
             self._index.move_to_end(key)
             return True
 
-    def unindexed(self, instance: str, digests: Iterable[re_pb2.Digest]) -> list[re_pb2.Digest]:
+    def unindexed(self, instance: str, digests: Iterable[AnyDigest]) -> list[AnyDigest]:
         """The digests not indexed with their size (never the empty blob's); the others become recently used."""
         index = self._index
         missing = []
@@ -698,9 +765,11 @@ class ServerStore:
         (in the background), as for any write that takes the store over its bound."""
         return self.reserve_many([size])
 
-    def reserve_many(self, sizes: list[int]) -> Reservation:
-        """`reserve` for several entries at once (a batch), each counted as `cost` counts it."""
-        cost = sum(self.cost(size) for size in sizes if size)
+    def reserve_many(self, sizes: list[int], cost: int | None = None) -> Reservation:
+        """`reserve` for several entries at once (a batch), each counted as `cost` counts it; or `cost` itself
+        (a pack of them)."""
+        if cost is None:
+            cost = sum(self.cost(size) for size in sizes if size)
         if cost > self.max_size:
             raise TooLarge(f"{sum(sizes)} bytes of blobs are more than this server's size bound ({self.max_size} bytes)"
                            if len(sizes) > 1 else
@@ -717,9 +786,17 @@ class ServerStore:
         self.store_many([(key, data)])
 
     def store_many(self, entries: list[tuple[Key, bytes]]) -> None:
-        """Write whole entries of one instance (a batch of checked blobs) in one pass: one reservation for all,
-        every temp file written, then all installed (EVICT_BATCH per hold of the lock). On a failure (a full
-        disk) the temp files not yet installed are removed and the error raised; those installed stay."""
+        """Write whole entries of one instance (a batch of checked blobs) in one pass: the small blobs of a batch
+        as one pack (`store_pack`), the others each in its own file: one reservation for all, every temp file
+        written, then all installed (EVICT_BATCH per hold of the lock). On a failure (a full disk) the temp
+        files not yet installed are removed and the error raised; those installed stay."""
+        if self.local:
+            small = [(key, data) for key, data in entries if key[1] == "cas" and len(data) <= SMALL_BLOB]
+            if len(small) >= PACK_MIN:
+                self.store_pack(small)
+                entries = [(key, data) for key, data in entries if key[1] != "cas" or len(data) > SMALL_BLOB]
+                if not entries:
+                    return
         tmps: list[str] = []
         with self.reserve_many([len(data) for _, data in entries]) as reservation:
             try:
@@ -734,6 +811,91 @@ class ServerStore:
                 for tmp in tmps:
                     remove(tmp)
                 raise
+
+    def store_pack(self, blobs: list[tuple[Key, bytes]]) -> None:
+        """Write blobs of one instance as one pack: a temp file (flushed with --fsync) renamed into `packs/`,
+        then every blob indexed in one hold of the lock (a blob already indexed stays where it is, and is marked
+        used). The pack's room is reserved first; on a failure nothing is left behind."""
+        instance = blobs[0][0][0]
+        content, offsets = packs.encode([(key[2], data) for key, data in blobs])
+        with self.reserve_many([len(data) for _, data in blobs], cost=self.cost(len(content))) as reservation:
+            dest, changed = self._write_pack(instance, content)
+            pack = Pack(dest, instance, reservation.cost, len(content))
+            with self._lock:
+                reservation.release_locked()  # now the pack's cost, in _bytes
+                self._bytes += pack.cost
+                for (key, data), offset in zip(blobs, offsets, strict=True):
+                    size, old = len(data), self._index.get(key)
+                    if old is not None and old[0] == size:
+                        self._index.move_to_end(key)
+                        continue
+                    if old is not None:
+                        self._unindex(key, old[1])
+                    self._index[key] = (size, size + packs.ENTRY, pack, offset)
+                    pack.add(size)
+                if not pack.live:
+                    self._drop_pack(pack)  # every blob was here already
+                self._collect_if_over()
+        self.files.sync_dirs(changed)
+
+    def _write_pack(self, instance: str, content: bytes) -> tuple[str, set[str]]:
+        """A new pack holding `content` in the instance's `packs/`: a temp file (flushed with --fsync) renamed into
+        place. Its path, and the directories changed (for `sync_dirs`); on a failure nothing is left behind."""
+        tmp = self.files.temp(str(self.writable_disk(instance).temp_path().parent))
+        dest = f"{self.instance_dir(instance)}/{PACKS}/{os.path.basename(tmp)}"
+        self.files.create(tmp, content)
+        changed: set[str] = set()
+        try:
+            self.files.flush([tmp])
+            self.files.publish(tmp, dest, changed)
+        except BaseException:
+            remove(tmp)
+            raise
+        return dest, changed
+
+    def is_packed(self, key: Key) -> bool:
+        entry = self._index.get(key)
+        return entry is not None and entry[2] is not None
+
+    def read_packed(self, key: Key) -> tuple[bool, bytes | None]:
+        """(False, None) if the blob is not in a pack (any more); else (True, its bytes as stored, unchecked), or
+        (True, None) when its pack was removed behind the server's back."""
+        while True:
+            with self._lock:
+                size, _cost, pack, offset = self._index.get(key) or (0, 0, None, 0)
+                if pack is None:
+                    return False, None
+            try:
+                return True, packs.read_blob(pack.path, offset, size)
+            except FileNotFoundError:
+                with self._lock:
+                    if (entry := self._index.get(key)) is not None and entry[2] is pack:
+                        return True, None
+                # moved to a new pack by a rewrite meanwhile (look again), or evicted
+
+    def on_disk(self, key: Key, size: int, packs_seen: dict[str, bool]) -> bool:
+        """Is the entry's file (or its pack: looked at once per `packs_seen`) still on disk at its length? A file
+        removed behind the server's back makes a miss, not a broken hit."""
+        entry = self._index.get(key)
+        pack = None if entry is None else entry[2]
+        path = self.entry_path(key) if pack is None else pack.path
+        found = packs_seen.get(path)
+        if found is None:
+            try:
+                found = os.stat(path).st_size == (size if pack is None else pack.size)
+            except OSError:
+                found = False
+            if pack is not None:
+                packs_seen[path] = found
+        return found
+
+    def corrupt(self, key: Key, digest: Digest) -> None:
+        """A packed blob whose bytes do not match its digest: unindexed (its pack rewritten or removed in time)
+        and reported."""
+        entry = self._index.get(key)
+        pack = None if entry is None else entry[2]
+        self._report(f"corrupt blob {digest} in {pack.path if pack else 'a pack'}: evicted")
+        self.drop(key)
 
     def install(self, key: Key, tmp: StrPath, size: int, reservation: Reservation) -> None:
         """Install one finished temp file (see install_many)."""
@@ -757,8 +919,8 @@ class ServerStore:
                         continue
                     self.files.publish(tmp, self.entry_path(key), changed)
                     if old is not None:
-                        self._bytes -= old[1]
-                    self._index[key] = (size, cost)
+                        self._unindex(key, old[1])  # an action result replaced (its file, by the rename)
+                    self._index[key] = (size, cost, None, 0)
                     self._index.move_to_end(key)
                     self._bytes += cost
                 self._collect_if_over()
@@ -775,16 +937,83 @@ class ServerStore:
         """Remove an entry found unusable: from the index and from disk."""
         with self._lock:
             entry = self._index.get(key)
-            if entry is not None:
-                self._unindex(key, entry[1])
-            self.path(key).unlink(missing_ok=True)
+            if entry is None or self._unindex(key, entry[1]):
+                self.path(key).unlink(missing_ok=True)
 
-    def _unindex(self, key: Key, cost: int) -> None:
-        del self._index[key]
-        self._bytes -= cost
+    def _unindex(self, key: Key, cost: int) -> bool:
+        """(Lock held.) Take an entry out of the index; True if it is a file of its own (the caller unlinks it).
+        A packed blob's bytes stay counted with its pack: unlinked once none of it is indexed, queued to be
+        rewritten once less than half is."""
+        size, _cost, pack, _offset = self._index.pop(key)
         if key[1] == "cas":
             self.memory.drop((key[0], key[2]))
             self.verified.discard((key[0], key[2]))
+        if pack is None:
+            self._bytes -= cost
+            return True
+        pack.remove(size)
+        if not pack.live:
+            self._drop_pack(pack)
+        elif not pack.compacting and pack.sparse():
+            pack.compacting = True
+            self._sparse.append(pack)
+        return False
+
+    def _drop_pack(self, pack: Pack) -> None:
+        """(Lock held.) Unlink a pack none of whose blobs is indexed; its cost leaves the account."""
+        self._bytes -= pack.cost
+        pack.cost = 0
+        try:
+            os.unlink(pack.path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            self._gc_failed(pack.path, e)
+
+    def _compact(self, pack: Pack) -> None:
+        """Rewrite the blobs of `pack` still indexed into a new pack, move them there (each keeps its place in the
+        LRU order), and unlink the old one. Blobs evicted meanwhile are left out (the new pack may then be sparse,
+        or unlinked at once). A failure (a full disk) leaves the old pack as it was."""
+        with self._lock:
+            pack.compacting = False
+            if not pack.live:
+                return
+        instance = pack.instance
+        try:
+            with open(pack.path, "rb") as f:
+                old = f.read()
+            table = packs.read_table(pack.path)
+        except (FileNotFoundError, BadPack):
+            return  # its last blob was evicted meanwhile (unlinked), or the file is not ours any more
+        with self._lock:
+            members = [(key, offset, size) for hash_, offset, size in table
+                       if (entry := self._index.get(key := (instance, "cas", hash_))) is not None
+                       and entry[2] is pack and entry[3] == offset]
+        if not members:
+            return
+        content, offsets = packs.encode([(key[2], old[offset:offset + size]) for key, offset, size in members])
+        dest = ""
+        try:
+            dest, changed = self._write_pack(instance, content)
+            self.files.sync_dirs(changed)  # the new pack is durable before the old one goes
+        except OSError as e:
+            if dest:
+                remove(dest)
+            self._gc_failed(pack.path, e)
+            return
+        new = Pack(dest, instance, self.cost(len(content)), len(content))
+        with self._lock:
+            self._bytes += new.cost
+            for (key, old_offset, size), offset in zip(members, offsets, strict=True):
+                entry = self._index.get(key)
+                if entry is not None and entry[2] is pack and entry[3] == old_offset:
+                    pack.remove(size)
+                    new.add(size)
+                    self._index[key] = (size, entry[1], new, offset)  # the same place in the LRU order
+            if not pack.live:
+                self._drop_pack(pack)
+            if not new.live:
+                self._drop_pack(new)
 
     # -- size bound --------------------------------------------------------------------------------------------
 
@@ -796,27 +1025,33 @@ class ServerStore:
 
     def _collect(self) -> None:
         """Evict least-recently-used entries until entries and uploads in flight fit under GC_LOW_WATER of the
-        bound (so a pass does not start again at once), a batch per hold of the lock."""
+        bound (so a pass does not start again at once), a batch per hold of the lock; between batches, rewrite
+        the packs that became less than half indexed (their dead bytes count until then)."""
         target = int(self.max_size * GC_LOW_WATER)
         while True:
+            with self._lock:
+                sparse, self._sparse = self._sparse, []
+            for pack in sparse:
+                self._compact(pack)
             with self._lock:
                 for _ in range(EVICT_BATCH):
                     if self._bytes + self._reserved <= target or not self._index:
                         self._gc = None
                         return
-                    key, (_size, cost) = next(iter(self._index.items()))
-                    self._unindex(key, cost)
+                    key, (_size, cost, _pack, _offset) = next(iter(self._index.items()))
+                    if not self._unindex(key, cost):
+                        continue
                     try:
                         os.unlink(self.path(key))
                     except FileNotFoundError:
                         pass
                     except OSError as e:
-                        self._gc_failed(key, e)
+                        self._gc_failed(self.entry_path(key), e)
 
-    def _gc_failed(self, key: Key, error: OSError) -> None:
+    def _gc_failed(self, path: str, error: OSError) -> None:
         if not self._gc_error_reported:
             self._gc_error_reported = True
-            self._report(f"cannot evict {self.path(key)}: {error.strerror}")
+            self._report(f"cannot evict {path}: {error.strerror}")
 
     def close(self) -> None:
         """Wait for a running eviction pass; close the backend's tiers; record each instance's size for
@@ -828,9 +1063,15 @@ class ServerStore:
         for namespace in self._backends.values():
             namespace.close()
         sizes = dict.fromkeys(self._disks, 0)
-        for (instance, _kind, _hash), (_size, cost) in self._index.items():
-            if instance in sizes:
-                sizes[instance] += cost
+        live_packs = set()
+        for key, (_size, cost, pack, _offset) in self._index.items():
+            if pack is not None:
+                live_packs.add(pack)
+            elif key[0] in sizes:
+                sizes[key[0]] += cost
+        for pack in live_packs:
+            if pack.instance in sizes:
+                sizes[pack.instance] += pack.cost
         for instance, size in sizes.items():
             disk = self._disks[instance]
             try:

@@ -51,8 +51,10 @@ def totals(report: BuildReport) -> Totals:
         "task_s": round(task_s, 3),
         "hit_rate": round(counts[CACHED] / ran, 4) if ran else 0.0,
         "time_saved_s": round(saved, 3),
-        # task time over wall time; None when nothing ran (a no-op): there was no parallelism to measure
-        "parallel_efficiency": round(task_s / report.wall_s, 3) if task_s > 0 and report.wall_s > 0 else None,
+        # the share of the -j slots kept busy: task time over wall time x jobs (1.0: every slot busy all along);
+        # None when nothing ran (a no-op): there was no parallelism to measure
+        "parallel_efficiency": (round(task_s / (report.wall_s * report.jobs), 3) if task_s > 0 and report.wall_s > 0
+                                else None),
         "interrupted": report.interrupted or None,
     }
 

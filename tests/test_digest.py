@@ -1,0 +1,45 @@
+"""Content digests: whichever SHA-256 implementation hashes a blob (CPython's own for small data, OpenSSL's for
+large), the digest is SHA-256's, byte for byte, at every size around the switch."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gaffer import digest
+
+SIZES = [0, 1, 63, 64, digest._SMALL - 1, digest._SMALL, digest._SMALL + 1, digest._CHUNK, digest._CHUNK + 1,
+         3 * digest._CHUNK + 5]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_every_size_hashes_to_its_sha256(tmp_path: Path, size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    expected = hashlib.sha256(data).hexdigest()
+    assert digest.digest_bytes(data) == (expected, size)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert digest.digest_file(path) == (expected, size)
+    h = digest.sha256(size=size)
+    for at in range(0, size, 1000):
+        h.update(data[at:at + 1000])
+    assert h.hexdigest() == expected and h.digest() == hashlib.sha256(data).digest()
+
+
+def test_small_data_is_hashed_without_loading_openssl(tmp_path: Path) -> None:
+    """OpenSSL's module (~3 ms to load) only once something large is hashed."""
+    if digest._own_sha256 is None:
+        pytest.skip("this Python was built without its own SHA-256")
+    small, large = tmp_path / "small", tmp_path / "large"
+    small.write_bytes(b"x" * 1000)
+    large.write_bytes(b"x" * (digest._SMALL + 1))
+    code = ("import sys; from gaffer.digest import digest_bytes, digest_file; "
+            f"digest_bytes(b'abc'); digest_file({str(small)!r}); print('_hashlib' in sys.modules); "
+            f"digest_file({str(large)!r}); print('_hashlib' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.split() == ["False", "True"]
