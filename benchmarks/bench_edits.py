@@ -21,6 +21,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,33 +126,40 @@ def import_profile(args: argparse.Namespace, tools: Toolset) -> int:
         edited = graph.top[0].name
         times: dict[str, dict[str, list[tuple[int, int]]]] = {"base": {}, "new": {}}
         depth: dict[str, int] = {}
-        for _ in range(args.importtime):
-            for name, src in (("base", Path(args.base).resolve()), ("new", REPO / "src")):
-                tree = root / name
-                if not (tree / ".bench-built").exists():
-                    print(f"{size} tasks: no kept tree {tree}: run the interleaved comparison first", file=sys.stderr)
-                    return 1
-                with (tree / "src" / f"{edited}.txt").open("ab") as f:
-                    f.write(EDIT_LINE)
-                argv = [str(args.venv / "bin" / "python"), "-X", "importtime",
-                        *tools.argv("gaffer", root / f"{name}-cache")]
-                proc = subprocess.run(argv, cwd=tree, env={**os.environ, "PYTHONPATH": str(src)}, text=True,
-                                      capture_output=True, timeout=args.timeout, check=False)
-                if proc.returncode != 0:
-                    print(f"  {size} {name}: exit status {proc.returncode}", file=sys.stderr)
-                    status = 1
-                    continue
-                check_rebuilt(tree, graph, graph.affected_by(edited))
-                for m in IMPORT_LINE.finditer(proc.stderr):
-                    module = m.group(4)
-                    depth.setdefault(module, len(m.group(3)) // 2)
-                    times[name].setdefault(module, []).append((int(m.group(1)), int(m.group(2))))
+        for name, src, tree in _edited_kept_trees(args, root, edited, args.importtime):
+            argv = [str(args.venv / "bin" / "python"), "-X", "importtime",
+                    *tools.argv("gaffer", root / f"{name}-cache")]
+            proc = subprocess.run(argv, cwd=tree, env={**os.environ, "PYTHONPATH": str(src)}, text=True,
+                                  capture_output=True, timeout=args.timeout, check=False)
+            if proc.returncode != 0:
+                print(f"  {size} {name}: exit status {proc.returncode}", file=sys.stderr)
+                status = 1
+                continue
+            check_rebuilt(tree, graph, graph.affected_by(edited))
+            for m in IMPORT_LINE.finditer(proc.stderr):
+                module = m.group(4)
+                depth.setdefault(module, len(m.group(3)) // 2)
+                times[name].setdefault(module, []).append((int(m.group(1)), int(m.group(2))))
         print(import_table(size, args.importtime, times, depth))
     return status
 
 
 # `--phases`: run as `python -c PHASES_WRAPPER gaffer-args...`; times (process CPU, all threads) the parts of an
 # edit build by wrapping the functions that do them, and prints them as the last line of stderr.
+
+def _edited_kept_trees(args: argparse.Namespace, root: Path, edited: str,
+                       rounds: int) -> Iterator[tuple[str, Path, Path]]:
+    """`rounds` times, base then new: append a line to the edited input of the kept tree, then (name, sources,
+    tree) to build it with. Exits if the interleaved comparison has not kept the tree."""
+    for _ in range(rounds):
+        for name, src in (("base", Path(args.base).resolve()), ("new", REPO / "src")):
+            tree = root / name
+            if not (tree / ".bench-built").exists():
+                raise SystemExit(f"{root.name} tasks: no kept tree {tree}: run the interleaved comparison first")
+            with (tree / "src" / f"{edited}.txt").open("ab") as f:
+                f.write(EDIT_LINE)
+            yield name, src, tree
+
 PHASES_WRAPPER = """
 import json, sys, time
 start = time.process_time()
@@ -193,25 +201,18 @@ def phase_profile(args: argparse.Namespace, tools: Toolset) -> int:
         root = args.workdir / str(size)
         edited = gen_graph.generate(size, args.layers, args.seed).top[0].name
         spent: dict[str, dict[str, list[float]]] = {"base": {}, "new": {}}
-        for _ in range(args.phases):
-            for name, src in (("base", Path(args.base).resolve()), ("new", REPO / "src")):
-                tree = root / name
-                if not (tree / ".bench-built").exists():
-                    print(f"{size} tasks: no kept tree {tree}: run the interleaved comparison first", file=sys.stderr)
-                    return 1
-                with (tree / "src" / f"{edited}.txt").open("ab") as f:
-                    f.write(EDIT_LINE)
-                gaffer_args = tools.argv("gaffer", root / f"{name}-cache")[1:]
-                proc = subprocess.run([str(args.venv / "bin" / "python"), "-c", PHASES_WRAPPER, *gaffer_args],
-                                      cwd=tree, env={**os.environ, "PYTHONPATH": str(src)}, text=True,
-                                      capture_output=True, timeout=args.timeout, check=False)
-                last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-                if proc.returncode != 0 or not last.startswith("PHASES "):
-                    print(f"  {size} {name}: exit status {proc.returncode}", file=sys.stderr)
-                    status = 1
-                    continue
-                for phase, seconds in json.loads(last[len("PHASES "):]).items():
-                    spent[name].setdefault(phase, []).append(seconds)
+        for name, src, tree in _edited_kept_trees(args, root, edited, args.phases):
+            gaffer_args = tools.argv("gaffer", root / f"{name}-cache")[1:]
+            proc = subprocess.run([str(args.venv / "bin" / "python"), "-c", PHASES_WRAPPER, *gaffer_args],
+                                  cwd=tree, env={**os.environ, "PYTHONPATH": str(src)}, text=True,
+                                  capture_output=True, timeout=args.timeout, check=False)
+            last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+            if proc.returncode != 0 or not last.startswith("PHASES "):
+                print(f"  {size} {name}: exit status {proc.returncode}", file=sys.stderr)
+                status = 1
+                continue
+            for phase, seconds in json.loads(last[len("PHASES "):]).items():
+                spent[name].setdefault(phase, []).append(seconds)
         print(f"{size} tasks, top-layer edit, CPU by part ({args.phases} runs each; medians, ms)")
         for phase in spent["new"]:
             cells = [f"{statistics.median(spent[n][phase]) * 1000:6.1f}" if phase in spent[n] else "     -"
