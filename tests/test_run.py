@@ -365,7 +365,8 @@ def test_tier_hits_count_only_usable_entries_and_the_disk_tier_counts_bytes(
 def test_parallel_efficiency_is_the_share_of_the_job_slots_kept_busy(tmp_path: Path, env: dict[str, str],
                                                                       jobs: int) -> None:
     """Two independent 0.3 s tasks: at -j1 they keep the one slot busy nearly all along; at -j4 they fill at
-    most half the slots. Task time over wall time alone would say ~2 (200%) at -j4."""
+    most half the slots. Task time over wall time alone would say ~2 (200%) at -j4. Restored from the cache, they
+    take no slot: nothing to measure."""
     (tmp_path / "graph.json").write_text(json.dumps({"tasks": {
         name: {"command": ["sh", "-c", f"sleep 0.3; echo {name} > {name}.txt"], "outputs": [f"{name}.txt"]}
         for name in ("a", "b")} | {"all": {"deps": ["a", "b"]}}}))
@@ -374,6 +375,12 @@ def test_parallel_efficiency_is_the_share_of_the_job_slots_kept_busy(tmp_path: P
     assert proc.returncode == 0, proc.stderr
     efficiency = summary(out)["parallel_efficiency"]
     assert (0.5 < efficiency <= 1.0) if jobs == 1 else (0.2 < efficiency <= 0.5), efficiency
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.txt").unlink()
+    proc = run_gaffer(["run", "all", "-j", str(jobs), "--summary-json", str(out)], cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and summary(out)["cached"] == 2, proc.stderr
+    assert summary(out)["parallel_efficiency"] is None  # restores take no slot: no command ran
+    assert "parallel efficiency" not in proc.stderr
 
 
 def test_noop_reports_no_parallel_efficiency(ws: Path, env: dict[str, str]) -> None:

@@ -38,6 +38,7 @@ def totals(report: BuildReport) -> Totals:
     checked = [o for o in report.outcomes.values() if o.status != GROUP]
     counts = {s: report.count(s) for s in (EXECUTED, CACHED, FAILED, SKIPPED)}
     task_s = sum(o.duration_s for o in checked)
+    command_s = sum(o.duration_s for o in checked if o.status in (EXECUTED, FAILED))  # what the -j slots ran
     ran = counts[EXECUTED] + counts[CACHED]
     saved = sum(max(0.0, o.saved_s - o.duration_s) for o in checked if o.status == CACHED)
     last_runs = report.settled.values()  # a time per settled task: 10,000 at once in an edit build of as many
@@ -51,10 +52,11 @@ def totals(report: BuildReport) -> Totals:
         "task_s": round(task_s, 3),
         "hit_rate": round(counts[CACHED] / ran, 4) if ran else 0.0,
         "time_saved_s": round(saved, 3),
-        # the share of the -j slots kept busy: task time over wall time x jobs (1.0: every slot busy all along);
-        # None when nothing ran (a no-op): there was no parallelism to measure
-        "parallel_efficiency": (round(task_s / (report.wall_s * report.jobs), 3) if task_s > 0 and report.wall_s > 0
-                                else None),
+        # the share of the -j command slots kept busy: the commands' time over wall time x jobs (1.0: every slot
+        # busy all along). Restoring from the cache takes no slot, so it is not counted; None when no command ran
+        # (a no-op, a build all from the cache): there was no parallelism to measure
+        "parallel_efficiency": (round(command_s / (report.wall_s * report.jobs), 3)
+                                if command_s > 0 and report.wall_s > 0 else None),
         "interrupted": report.interrupted or None,
     }
 
