@@ -527,6 +527,82 @@ def _gaffer_cache(command: str, store: Path) -> subprocess.CompletedProcess[str]
                           env={k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")})
 
 
+def test_a_torn_blob_file_is_replaced_by_its_packed_copy_for_good(tmp_path: Path, serve: list) -> None:
+    """A blob's file cut short while the server was down, then the blob uploaded again in a batch: the packed copy
+    is the entry and the torn file is removed, so a restart serves the packed copy (not the torn file)."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    client = _Client(server)
+    digest, data = _blob(2 * MiB)  # too big for a pack: a file of its own
+    assert client.update([(digest, data)]) == [0]
+    client.close()
+    assert stop_signal(server) == 0
+    small = _blob(100)
+    torn = store / "cas" / small[0].hash[:2] / small[0].hash
+    torn.parent.mkdir(exist_ok=True)
+    torn.write_bytes(small[1][:10])  # as a crash of the machine could leave it
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    client = _Client(server)
+    other = _blob(200)
+    assert client.update([small, other]) == [0, 0]
+    client.close()
+    assert not torn.exists() and small[0].hash in _packed(store)
+    assert stop_signal(server) == 0
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    assert client.read([small[0], other[0], digest]) == {small[0]: small[1], other[0]: other[1], digest: data}
+    client.close()
+
+
+def test_a_blob_packed_again_is_served_from_its_newer_pack_after_a_restart(tmp_path: Path, serve: list) -> None:
+    """A packed blob damaged on disk is evicted when read; uploaded again, it lands in a newer pack. After a
+    restart the newer copy is the entry, not the damaged one still in the older pack."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    client = _Client(server)
+    batch = [_blob(2000) for _ in range(3)]
+    assert client.update(batch) == [0] * 3
+    old_pack = _packed(store)[batch[0][0].hash]
+    places = {hash_: offset for hash_, offset, _size in read_table(str(old_pack))}
+    with open(old_pack, "r+b") as f:
+        f.seek(places[batch[0][0].hash])
+        f.write(bytes([batch[0][1][0] ^ 1]))
+    assert client.read([batch[0][0]]) == {}  # found damaged, evicted
+    assert client.update([batch[0], _blob(300)]) == [0, 0]
+    client.close()
+    assert stop_signal(server) == 0
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    assert client.read([d for d, _ in batch]) == dict(batch)
+    client.close()
+
+
+def test_a_second_server_on_the_same_store_is_refused(tmp_path: Path, serve: list) -> None:
+    """Two servers on one directory would each index and account the same files: the second exits 3 naming the
+    first, which goes on serving; once the first has stopped, the store is free again."""
+    first = start_gaffer_serve(workdir=tmp_path)
+    serve.append(first)
+    client = _Client(first)
+    digest, data = _blob(100)
+    assert client.update([(digest, data)]) == [0]
+    second = subprocess.run([sys.executable, "-m", "gaffer.server.main", "--dir", str(tmp_path / "store"),
+                             "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert second.returncode == 3, second.stderr
+    assert f"another gaffer serve (pid {first.proc.pid}) is using this store" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
+    assert client.read([digest]) == {digest: data}
+    client.close()
+    assert stop_signal(first) == 0
+    again = start_gaffer_serve(workdir=tmp_path)
+    serve.append(again)
+    client = _Client(again)
+    assert client.read([digest]) == {digest: data}
+    client.close()
+
+
 def test_eviction_unlinks_dead_packs_and_rewrites_sparse_ones(tmp_path: Path, serve: list) -> None:
     """14 batches of 100 x 1 KiB into a 1 MiB store, 30 blobs of the first batch used again after the sixth.
     Eviction takes the other 70 of the first pack and the next packs whole: those packs are unlinked, the first

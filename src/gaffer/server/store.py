@@ -546,6 +546,39 @@ def _distinct(digests: Iterable[Digest]) -> list[Digest]:
     return list(named)
 
 
+LOCK = "serve.lock"
+
+
+def _hold(root: Path) -> int:
+    """Lock the store for this server (until `close`, or its exit): two servers on one directory would each keep
+    their own index and size account of the same files, one evicting (or rewriting packs) under the other. The
+    lock file names the holder's pid. TierError if another server holds it."""
+    import fcntl
+
+    try:  # held read-only: a descriptor open for writing would keep the file system from going read-only
+        fd = os.open(root / LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise TierError(str(root), f"cannot lock the store: {e.strerror}", transient=False) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 16, 0).decode(errors="replace").strip()
+        os.close(fd)
+        if isinstance(e, BlockingIOError):
+            raise TierError(str(root), f"another gaffer serve (pid {holder or '?'}) is using this store",
+                            transient=False) from None
+        raise TierError(str(root), f"cannot lock the store: {e.strerror}", transient=False) from None
+    try:
+        writer = os.open(root / LOCK, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.pwrite(writer, str(os.getpid()).ljust(15).encode() + b"\n", 0)  # fixed width, written in place
+        finally:
+            os.close(writer)
+    except OSError:
+        pass  # it still locks; a second server just cannot name this one
+    return fd
+
+
 class ServerStore:
     """Instance name -> Namespace over one index: every entry of every instance, least recently used first, with
     its size and its cost on disk; the server-wide bound is enforced on it by a background eviction pass."""
@@ -573,6 +606,7 @@ class ServerStore:
         root_disk = DiskStore(root, max_size, report=report)
         if not root_disk.writable:  # a server that drops every upload would only look like a cache
             raise TierError(root_disk.name, "cannot write to the cache directory (read-only)", transient=False)
+        self._held = _hold(root)
         self._disks[""] = root_disk
         self._block = os.statvfs(root).f_frsize or 4096
         self._load()
@@ -661,9 +695,9 @@ class ServerStore:
             for _mtime, _order, key, size, pack, offset in found:
                 old = self._index.get(key)
                 if old is not None:
-                    if pack is not None:
-                        continue
-                    self._unindex(key, old[1])  # a file and a packed copy: the file is the entry
+                    if pack is not None and old[2] is None:
+                        continue  # a file and a packed copy: the file is the entry
+                    self._unindex(key, old[1])  # a newer copy (a file, or a pack written later) is the entry
                 if pack is None:
                     self._index[key] = (size, self.cost(size), None, 0)
                     self._bytes += self.cost(size)
@@ -695,6 +729,9 @@ class ServerStore:
             except BadPack as e:
                 self._report(f"removing {path}: not a whole pack ({e})")
                 remove(path)
+                continue
+            except OSError as e:  # not a file the server can read: left alone, its blobs not served
+                self._report(f"skipping {path}: {e.strerror}")
                 continue
             pack = Pack(path, instance, self.cost(st.st_size), st.st_size)
             found += [(st.st_mtime, 1, (instance, "cas", hash_), size, pack, offset)
@@ -829,8 +866,8 @@ class ServerStore:
                     if old is not None and old[0] == size:
                         self._index.move_to_end(key)
                         continue
-                    if old is not None:
-                        self._unindex(key, old[1])
+                    if old is not None and self._unindex(key, old[1]):
+                        remove(self.path(key))  # a file of the wrong size (torn): the packed copy replaces it
                     self._index[key] = (size, size + packs.ENTRY, pack, offset)
                     pack.add(size)
                 if not pack.live:
@@ -1060,6 +1097,7 @@ class ServerStore:
         if gc is not None:
             gc.join()
         self.files.close()
+        os.close(self._held)  # another server may use the store now
         for namespace in self._backends.values():
             namespace.close()
         sizes = dict.fromkeys(self._disks, 0)
