@@ -41,7 +41,7 @@ def save_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise OSError(e.errno, e.strerror, os.fspath(path)) from None  # named as the user knows it: not its temp
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     """`os.write` until all of `data` is written (a write may be short)."""
     view = memoryview(data)
     while view:

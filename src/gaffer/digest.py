@@ -34,7 +34,7 @@ _CHUNK = 1 << 20
 _SMALL = 1 << 16  # up to this many bytes, CPython's own SHA-256 (see sha256)
 
 
-def sha256(data: bytes = b"", size: int | None = None) -> _Hash:
+def sha256(data: bytes | memoryview = b"", size: int | None = None) -> _Hash:
     """A SHA-256 object over `data` (and what is added to it, `size` bytes in all if known): CPython's own
     implementation for small data (keys, actions, action results, most inputs and outputs), whose module
     loads in ~0.4 ms, against ~3 ms for OpenSSL's (hashlib), the cost of every `gaffer run` that hashes
@@ -59,7 +59,7 @@ class Digest(NamedTuple):
 EMPTY_DIGEST = Digest(sha256().hexdigest(), 0)
 
 
-def digest_bytes(data: bytes) -> Digest:
+def digest_bytes(data: bytes | memoryview) -> Digest:
     return Digest(sha256(data).hexdigest(), len(data))
 
 

@@ -19,13 +19,15 @@ Errors: a tier raises `TierError` for anything that went wrong talking to its st
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gaffer.digest import Digest
+from gaffer.atomic import write_all
+from gaffer.digest import Digest, digest_file
 
 if TYPE_CHECKING:  # imported when a pool is first needed: concurrent.futures loads logging (~10 ms)
     from concurrent.futures import ThreadPoolExecutor
@@ -100,9 +102,10 @@ class CacheTier(ABC):
         """Does this tier hold every one of `digests`? (Presence only: nothing is read or verified.)"""
         return not self.find_missing(digests)
 
-    def read_blobs(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
-        """The small blobs this tier holds among `digests` (absent ones are left out). By default `read_blob` per
-        digest, several at a time (as `find_missing`); a protocol with a batch read overrides it."""
+    def read_blobs(self, digests: Sequence[Digest]) -> dict[Digest, bytes | memoryview]:
+        """The small blobs this tier holds among `digests` (absent ones are left out), each as bytes or a view of
+        the reply that carried it (REAPI's batches: not copied out of it). By default `read_blob` per digest,
+        several at a time (as `find_missing`); a protocol with a batch read overrides it."""
         unique = list(dict.fromkeys(digests))
         if len(unique) <= 1:
             found = [self.read_blob(d) for d in unique]
@@ -123,6 +126,12 @@ class CacheTier(ABC):
         data = self.read_blob(digest)
         return write_chunks(dest, None if data is None else [data])
 
+    def fetch_hashed(self, digest: Digest, dest: Path) -> Digest | None:
+        """`fetch_blob`, and the digest of what it wrote into `dest` (None: absent), for the caller to compare with
+        `digest`. By default the file is read again to hash it; a tier that streams hashes each piece as it writes
+        it (`write_hashed`)."""
+        return digest_file(dest) if self.fetch_blob(digest, dest) else None
+
     def upload_blob(self, digest: Digest, path: Path) -> None:
         """Store a blob of any size, streamed from the file at `path`. By default through memory."""
         self.write_blob(digest, Path(path).read_bytes())
@@ -138,7 +147,27 @@ class CacheTier(ABC):
             self._lookups.shutdown(wait=True, cancel_futures=True)
 
 
-def write_chunks(dest: Path, chunks: Iterable[bytes] | None) -> bool:
+def write_hashed(dest: Path, chunks: Iterable[bytes | memoryview] | None) -> Digest | None:
+    """Write a blob's `chunks` into the file `dest`, hashing each as it is written: the digest of exactly what the
+    file holds, or None, writing nothing, when there are none (it was absent)."""
+    if chunks is None:
+        return None
+    import hashlib  # OpenSSL's SHA-256: these are the large blobs
+
+    h = hashlib.sha256()
+    size = 0
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        for chunk in chunks:
+            h.update(chunk)  # the same immutable bytes the next line writes
+            write_all(fd, chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return Digest(h.hexdigest(), size)
+
+
+def write_chunks(dest: Path, chunks: Iterable[bytes | memoryview] | None) -> bool:
     """Write a blob's `chunks` into the file `dest`; False, writing nothing, when there are none (it was absent)."""
     if chunks is None:
         return False

@@ -210,7 +210,7 @@ class DiskStore(CacheTier):
         self.bytes_served += digest.size_bytes
         return True
 
-    def write_blob(self, digest: Digest, data: bytes) -> None:
+    def write_blob(self, digest: Digest, data: bytes | memoryview) -> None:
         """Store `data` under `digest` (the caller hashed it). A blob this process already stored or found stored
         is not looked at again: if another process evicted it meanwhile, an entry naming it is a miss, as any
         entry whose blob is gone."""
@@ -602,11 +602,11 @@ class DiskStore(CacheTier):
         with self._locked():
             self._write_size(size)
 
-    def write_temp(self, data: bytes) -> Path:
+    def write_temp(self, data: bytes | memoryview) -> Path:
         """A new temp file holding `data`; on a failure (a full disk) none is left behind."""
         return Path(self._temp_holding(data))
 
-    def _temp_holding(self, data: bytes) -> str:
+    def _temp_holding(self, data: bytes | memoryview) -> str:
         return self._fill_temp(lambda tmp: _write_new(tmp, data))
 
     def _fill_temp(self, fill: Callable[[str], object]) -> str:
@@ -712,7 +712,7 @@ def _read_small(path: Path | str) -> bytes | None:
         os.close(fd)
 
 
-def _write_new(path: str, data: bytes) -> None:
+def _write_new(path: str, data: bytes | memoryview) -> None:
     """Create `path` holding `data`: three system calls, where `open()` adds an fstat, an ioctl and a seek."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:

@@ -121,7 +121,7 @@ class ResilientTier(CacheTier):
     def find_missing(self, digests: Sequence[Digest]) -> list[Digest]:
         return self.call(lambda t: t.find_missing(digests), list(digests))
 
-    def read_blobs(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
+    def read_blobs(self, digests: Sequence[Digest]) -> dict[Digest, bytes | memoryview]:
         return self.call(lambda t: t.read_blobs(digests), {})
 
     def write_blobs(self, blobs: Sequence[tuple[Digest, bytes]]) -> None:
@@ -129,6 +129,9 @@ class ResilientTier(CacheTier):
 
     def fetch_blob(self, digest: Digest, dest: Path) -> bool:
         return self.call(lambda t: t.fetch_blob(digest, dest), False)
+
+    def fetch_hashed(self, digest: Digest, dest: Path) -> Digest | None:
+        return self.call(lambda t: t.fetch_hashed(digest, dest), None)
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         self._sent(lambda t: t.upload_blob(digest, path), digest.size_bytes)

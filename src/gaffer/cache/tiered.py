@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from gaffer.cache.base import CacheTier
 from gaffer.cache.disk import DiskStore
 from gaffer.cache.resilient import ResilientTier, TierStats
-from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, digest_file
+from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes
 from gaffer.units import format_count
 
 if TYPE_CHECKING:  # the thread pools serve remote tiers only: a local-only build never imports concurrent.futures
@@ -193,9 +193,10 @@ class TieredCache(CacheTier):
         """Stream one blob into a temp file, verify it and store it: {digest} if it is now local."""
         tmp = self.local.temp_path()
         try:
-            if not remote.fetch_blob(digest, tmp):
+            got = remote.fetch_hashed(digest, tmp)
+            if got is None:
                 return set()
-            if digest_file(tmp) != digest:
+            if got != digest:
                 self._corrupt(remote, digest)
                 return set()
             remote.stats.bytes_down += digest.size_bytes

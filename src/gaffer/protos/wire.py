@@ -163,10 +163,30 @@ def action_result(files: Sequence[FileNode], symlinks: Sequence[tuple[str, str]]
     return b"".join(out)
 
 
+def stream_chunk(data: bytes) -> bytes:
+    """A ByteStream `ReadResponse` holding `data`: the chunk copied once, where building the message and
+    serializing it copied it twice (`gaffer serve` sends whole build outputs this way)."""
+    return _LENGTH_TAGS[10] + varint(len(data)) + data if data else b""
+
+
+def batch_read_blobs(blobs: Iterable[tuple[Digest, bytes | None, int, str]]) -> bytes:
+    """A `BatchReadBlobsResponse`: per blob its digest, its data (None: not sent) and a status code and message
+    (code 0, OK, leaves the status out). The blobs' bytes are copied once, by one join of the pieces (protobuf
+    copied each three times: into its response, into the reply, then out to bytes)."""
+    parts: list[bytes] = []
+    for d, data, code, message in blobs:
+        head = field(1, digest(d))
+        data_head = _LENGTH_TAGS[2] + varint(len(data)) if data else b""
+        tail = field(3, number(1, code) + text(2, message)) if code or message else b""
+        parts += (_LENGTH_TAGS[1], varint(len(head) + len(data_head) + (len(data) if data else 0) + len(tail)), head,
+                  data_head, data or b"", tail)
+    return b"".join(parts)
+
+
 # -- decoding ----------------------------------------------------------------------------------------------------
 
 
-def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     if pos < len(buf) and buf[pos] < 0x80:  # the common one-byte case, without the loop
         return buf[pos], pos + 1
     result = shift = 0
@@ -231,11 +251,13 @@ def integer(found: dict[int, int | bytes], tag: int) -> int:
 
 # -- decoding the messages a cache hit is restored from ------------------------------------------------------------
 
-Value = int | bytes | None  # a varint, a length-delimited payload, or a fixed-width value (read by no message here)
+Value = int | bytes | memoryview | None  # a varint, a length-delimited payload (a view of a view), or a fixed-width
+# value (read by no message here)
 
 
-def _entries(buf: bytes) -> Iterable[tuple[int, Value]]:
-    """Every field of a message in order, unknown ones included."""
+def _entries(buf: bytes | memoryview) -> Iterable[tuple[int, Value]]:
+    """Every field of a message in order, unknown ones included; a length-delimited one is a slice of `buf` (of a
+    memoryview: no copy)."""
     pos, end = 0, len(buf)
     while pos < end:
         key, pos = read_varint(buf, pos)
@@ -259,7 +281,7 @@ def _entries(buf: bytes) -> Iterable[tuple[int, Value]]:
         yield tag, value
 
 
-def _split(buf: bytes, singular: Collection[int], repeated: Collection[int] = ()) -> tuple[
+def _split(buf: bytes | memoryview, singular: Collection[int], repeated: Collection[int] = ()) -> tuple[
         dict[int, Value], dict[int, list[bytes]]]:
     """The known fields of a message: singular ones (each at most once) and repeated message fields."""
     one: dict[int, Value] = {}
@@ -393,3 +415,52 @@ def read_action_result(buf: bytes) -> ReadResult:
     return ReadResult([_read_file(node, 7) for node in many[2]], directories,
                       [_read_symlink(node) for node in many[12]], _int_field(one, 4, 32),
                       _read_digest(_bytes_field(one, 6)), _read_digest(_bytes_field(one, 8)), completed - start)
+
+
+# -- decoding the replies a remote's blobs arrive in, without copying them -------------------------------------------
+
+
+def _views(buf: memoryview, singular: Collection[int]) -> dict[int, Value]:
+    """`_split`'s singular fields of a message in a memoryview: a length-delimited one is a view of `buf`."""
+    return _split(buf, singular)[0]
+
+
+def _view(one: dict[int, Value], tag: int) -> memoryview:
+    value = one.get(tag, memoryview(b""))
+    if not isinstance(value, memoryview):
+        raise DecodeError(f"field {tag} is not length-delimited")
+    return value
+
+
+def read_stream_chunk(buf: bytes) -> memoryview:
+    """A ByteStream `ReadResponse`: its `data` (field 10) as a view of `buf`. A gRPC client's response
+    deserializer: a chunk of a streamed blob is not copied out of the message that carried it."""
+    return _view(_views(memoryview(buf), (10,)), 10)
+
+
+class BlobRead(NamedTuple):
+    """One response of a `BatchReadBlobsResponse`."""
+
+    digest: Digest  # as the server wrote it: checking the data against it is the reader's job
+    data: memoryview  # a view of the whole reply (no copy)
+    code: int  # its `status.code` (google.rpc.Code): 0 is OK
+    message: str  # its `status.message`
+
+
+def read_batch_read_blobs(buf: bytes) -> list[BlobRead]:
+    """A `BatchReadBlobsResponse`, each blob's data a view of `buf`: a gRPC client's response deserializer that
+    copies no blob out of the reply (protobuf's parser and its field access copied each one twice)."""
+    blobs = []
+    for tag, value in _entries(memoryview(buf)):
+        if tag != 1:
+            continue
+        if not isinstance(value, memoryview):
+            raise DecodeError("field 1 is not a message")
+        one = _views(value, (1, 2, 3))
+        status = _views(_view(one, 3), (1, 2))
+        try:
+            message = bytes(_view(status, 2)).decode()
+        except UnicodeDecodeError as e:
+            raise DecodeError("status.message is not UTF-8") from e
+        blobs.append(BlobRead(_read_digest(bytes(_view(one, 1))), _view(one, 2), _int_field(status, 1, 32), message))
+    return blobs

@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes
-from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc, semver_pb2
+from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc, semver_pb2, wire
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
 from gaffer.server.auth import GRPC_WRITES, BearerToken, Refusal
@@ -269,25 +269,25 @@ class ContentAddressableStorage(_Service, re_grpc.ContentAddressableStorageServi
         return response
 
     @counted
-    def BatchReadBlobs(self, request: re_pb2.BatchReadBlobsRequest) -> re_pb2.BatchReadBlobsResponse:
+    def BatchReadBlobs(self, request: re_pb2.BatchReadBlobsRequest) -> bytes:
+        """The reply already serialized (`wire.batch_read_blobs`: each blob copied once; see `_add_services`)."""
         namespace = self.store.namespace(request.instance_name)
         digests = [check_digest(d) for d in request.digests]
         if sum(d.size_bytes for d in digests) > MAX_BATCH_BYTES:
             raise BadRequest(f"batch larger than max_batch_total_size_bytes ({MAX_BATCH_BYTES}); use ByteStream")
-        responses = []
+        responses: list[tuple[Digest, bytes | None, int, str]] = []
         sent = hits = 0
         for d, digest in zip(request.digests, digests, strict=True):
             data = namespace.read(digest)
             if data is None:
-                status = _status(code_pb2.NOT_FOUND, f"blob {digest} not found")
-                responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=d, status=status))
-            else:  # an unset status is OK (code 0)
-                responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=d, data=data))
+                responses.append((Digest(d.hash, d.size_bytes), None, code_pb2.NOT_FOUND, f"blob {digest} not found"))
+            else:
+                responses.append((Digest(d.hash, d.size_bytes), data, code_pb2.OK, ""))
                 hits += 1
                 sent += len(data)
         self.metrics.lookups("cas", hits, len(digests) - hits)
         self.metrics.transferred(sent=sent)
-        return re_pb2.BatchReadBlobsResponse(responses=responses)
+        return wire.batch_read_blobs(responses)
 
     @counted_stream
     def GetTree(self, request: re_pb2.GetTreeRequest) -> Generator[re_pb2.GetTreeResponse, None, None]:
@@ -356,7 +356,8 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
     kind = "bytestream"
 
     @counted_stream
-    def Read(self, request: bytestream_pb2.ReadRequest) -> Generator[bytestream_pb2.ReadResponse, None, None]:
+    def Read(self, request: bytestream_pb2.ReadRequest) -> Generator[bytes, None, None]:
+        """The blob in ReadResponse messages already serialized (`wire.stream_chunk`; see `_add_services`)."""
         instance, digest = _parse_resource(request.resource_name, upload=False)
         offset, limit = request.read_offset, request.read_limit
         if offset < 0 or offset > digest.size_bytes:
@@ -397,13 +398,13 @@ class ByteStream(_Service, bytestream_pb2_grpc.ByteStreamServicer):
             position += len(chunk)
             remaining -= len(chunk)
             self.metrics.transferred(sent=len(chunk))
-            yield bytestream_pb2.ReadResponse(data=chunk)
+            yield wire.stream_chunk(chunk)
 
-    def _chunks(self, data: bytes) -> Iterator[bytestream_pb2.ReadResponse]:
+    def _chunks(self, data: bytes) -> Iterator[bytes]:
         for start in range(0, len(data), READ_CHUNK):
             chunk = data[start:start + READ_CHUNK]
             self.metrics.transferred(sent=len(chunk))
-            yield bytestream_pb2.ReadResponse(data=chunk)
+            yield wire.stream_chunk(chunk)
 
     async def Write(self, requests: object, context: Context) -> bytestream_pb2.WriteResponse:
         """Stream into a temp file of the store, verify against the digest, then install atomically. The chunks
@@ -578,10 +579,11 @@ class GrpcServer:
             ],
         )
         re_grpc.add_CapabilitiesServicer_to_server(Capabilities(store, metrics, self._io), server)
-        re_grpc.add_ContentAddressableStorageServicer_to_server(
-            ContentAddressableStorage(store, metrics, self._io), server)
+        _add_services(server, re_grpc.add_ContentAddressableStorageServicer_to_server,
+                      ContentAddressableStorage(store, metrics, self._io), serialized={"BatchReadBlobs"})
         re_grpc.add_ActionCacheServicer_to_server(ActionCache(store, metrics, self._io), server)
-        bytestream_pb2_grpc.add_ByteStreamServicer_to_server(ByteStream(store, metrics, self._io), server)
+        _add_services(server, bytestream_pb2_grpc.add_ByteStreamServicer_to_server,
+                      ByteStream(store, metrics, self._io), serialized={"Read"})
         _add_execution(server, store, metrics, self._io, self._coordinator)
         host, _, wanted = address.rpartition(":")
         if wanted != "0":
@@ -628,6 +630,35 @@ class GrpcServer:
         asyncio.run_coroutine_threadsafe(stop(), self._loop)
         threading.Thread(target=finish, name="gaffer-grpc-stop").start()
         return done
+
+
+class _Handlers:
+    """Stands in for the server while a generated `add_*Servicer_to_server` registers a service: keeps its
+    method handlers."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, _handlers: object) -> None:
+        pass  # the same handlers come to add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def _add_services(server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: object,
+                  serialized: set[str]) -> None:
+    """Register a service as its generated `add` does, except that the methods in `serialized` return their
+    replies already in protobuf's wire format (gaffer.protos.wire), sent as they are: the blobs a cache sends
+    are copied once on the way rather than three times."""
+    found = _Handlers()
+    add(servicer, found)
+    handlers = dict(found.handlers)
+    for name in serialized:  # grpc's handlers are named tuples; a serializer of None sends the bytes as they are
+        handlers[name] = handlers[name]._replace(response_serializer=None)  # type: ignore[attr-defined]
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(found.service, handlers),))
+    server.add_registered_method_handlers(found.service, handlers)
 
 
 def _is_grpc_call(task: asyncio.Task[object]) -> bool:
