@@ -159,3 +159,77 @@ def test_token_file_and_ca_are_read_from_the_url(tmp_path: Path) -> None:
                 "grpcs://h:1?ca=/no/such/ca.pem", "grpc://h:1?colour=red"):
         with pytest.raises(UserError):
             GrpcTier.from_url(bad)
+
+
+class _LyingServer:
+    """A REAPI server on loopback that sends the blobs it was given as they are, whatever their digests say: a
+    damaged or hostile remote. ByteStream sends a blob in uneven chunks."""
+
+    def __init__(self, blobs: dict[Digest, bytes]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import grpc
+
+        from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc
+        from gaffer.protos import remote_execution_pb2_grpc as re_grpc
+
+        class Capabilities(re_grpc.CapabilitiesServicer):  # type: ignore[misc]
+            def GetCapabilities(self, request: object, context: object) -> re_pb2.ServerCapabilities:
+                return re_pb2.ServerCapabilities(cache_capabilities=re_pb2.CacheCapabilities(
+                    digest_functions=[re_pb2.DigestFunction.SHA256], max_batch_total_size_bytes=4 << 20))
+
+        class Cas(re_grpc.ContentAddressableStorageServicer):  # type: ignore[misc]
+            def BatchReadBlobs(self, request: re_pb2.BatchReadBlobsRequest, context: object
+                               ) -> re_pb2.BatchReadBlobsResponse:
+                reply = re_pb2.BatchReadBlobsResponse()
+                for d in request.digests:
+                    data = blobs.get(Digest(d.hash, d.size_bytes))
+                    r = reply.responses.add(digest=d, data=data or b"")
+                    if data is None:
+                        r.status.code = grpc.StatusCode.NOT_FOUND.value[0]
+                return reply
+
+        class ByteStream(bytestream_pb2_grpc.ByteStreamServicer):  # type: ignore[misc]
+            def Read(self, request: bytestream_pb2.ReadRequest, context: grpc.ServicerContext
+                     ) -> Iterator[bytestream_pb2.ReadResponse]:
+                _, blob_hash, size = request.resource_name.rsplit("/", 2)
+                data = blobs.get(Digest(blob_hash, int(size)))
+                if data is None:
+                    context.abort(grpc.StatusCode.NOT_FOUND, "absent")
+                for start, end in ((0, 1000), (1000, 1 << 20), (1 << 20, len(data))):
+                    yield bytestream_pb2.ReadResponse(data=data[start:end])
+
+        self.server = grpc.server(ThreadPoolExecutor(4), options=[("grpc.max_send_message_length", -1)])
+        re_grpc.add_CapabilitiesServicer_to_server(Capabilities(), self.server)
+        re_grpc.add_ContentAddressableStorageServicer_to_server(Cas(), self.server)
+        bytestream_pb2_grpc.add_ByteStreamServicer_to_server(ByteStream(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+
+def test_a_fill_checks_every_blob_a_lying_server_sends(tmp_path: Path) -> None:
+    """Blobs arrive as views of the replies (batches) or are hashed as they are written (streams): a blob whose
+    bytes do not match its digest, whether cut short, longer, or different in its last chunk only, is reported
+    and never stored; the honest ones are stored whole."""
+    from gaffer.cache.disk import DiskStore
+    from gaffer.cache.tiered import TieredCache
+
+    small, big = _blob(5000), _blob(LARGE)
+    small_lie = (digest_bytes(b"what it should be"), b"what it is instead")
+    last_chunk = bytearray(big[1])
+    last_chunk[-1] ^= 1
+    lies = {digest_bytes(bytes(last_chunk)): big[1], Digest(digest_bytes(big[1][:-7]).hash, LARGE - 7): big[1],
+            digest_bytes(big[1] + b"more"): big[1] + b"mor", small_lie[0]: small_lie[1]}
+    server = _LyingServer({small[0]: small[1], big[0]: big[1], **lies})
+    try:
+        warnings: list[str] = []
+        local = DiskStore(tmp_path / "local")
+        cache = TieredCache(local, [GrpcTier(f"127.0.0.1:{server.port}", timeout=10)], report=warnings.append)
+        absent = digest_bytes(b"never stored")
+        assert sorted(cache.fill_local([small[0], big[0], *lies, absent])) == sorted([*lies, absent])
+        assert local.read_blob(small[0]) == small[1] and local.read_blob(big[0]) == big[1]
+        assert not any(local.has_blob(d) for d in lies)
+        assert len(warnings) == len(lies) and all("failed verification" in w for w in warnings)
+        cache.close()
+    finally:
+        server.server.stop(None)

@@ -382,3 +382,74 @@ def test_a_directory_and_a_tree_read_as_protobuf_reads_them(seed: int) -> None:
 def test_damaged_or_odd_results_are_refused(data: bytes) -> None:
     with pytest.raises(wire.DecodeError):
         wire.read_action_result(data)
+
+
+# -- the replies blobs travel in: `gaffer serve` writes them, the gRPC tier reads them, neither through protobuf ----
+
+
+def _random_blob_reads(rng: random.Random) -> list[tuple[Digest, bytes | None, int, str]]:
+    """A BatchReadBlobs reply's blobs: found (empty or not), not found, failed with odd messages."""
+    blobs: list[tuple[Digest, bytes | None, int, str]] = []
+    for _ in range(rng.choice([0, 1, 3, 20])):
+        data = rng.randbytes(rng.choice([0, 1, 127, 128, 5000, 70_000]))
+        kind = rng.randrange(4)
+        if kind < 2:
+            blobs.append((digest_bytes(data), data, 0, ""))
+        else:
+            blobs.append((_digest(rng), None, rng.choice([5, 13, 2**31 - 1, -1]), _text(rng)))
+    return blobs
+
+
+def _batch_reply(blobs: list[tuple[Digest, bytes | None, int, str]]) -> re_pb2.BatchReadBlobsResponse:
+    from google.rpc.status_pb2 import Status
+
+    reply = re_pb2.BatchReadBlobsResponse()
+    for d, data, code, message in blobs:
+        r = reply.responses.add(digest=_pb_digest(d), data=data or b"")
+        if code or message:
+            r.status.CopyFrom(Status(code=code, message=message))
+    return reply
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_blob_replies_are_protobufs_bytes_and_read_as_protobuf_reads_them(seed: int) -> None:
+    from gaffer.protos import bytestream_pb2
+
+    rng = random.Random(seed)
+    blobs = _random_blob_reads(rng)
+    reply = _batch_reply(blobs)
+    data = wire.batch_read_blobs(blobs)
+    assert data == _serialized(reply), f"seed {seed}"
+    ours = [(r.digest, bytes(r.data), r.code, r.message) for r in wire.read_batch_read_blobs(data)]
+    assert ours == [(Digest(r.digest.hash, r.digest.size_bytes), r.data, r.status.code, r.status.message)
+                    for r in reply.responses], f"seed {seed}"
+    chunk = rng.randbytes(rng.choice([0, 1, 127, 128, 70_000]))
+    assert wire.stream_chunk(chunk) == _serialized(bytestream_pb2.ReadResponse(data=chunk)), f"seed {seed}"
+    assert bytes(wire.read_stream_chunk(wire.stream_chunk(chunk))) == chunk
+
+    def as_read(r: re_pb2.BatchReadBlobsResponse) -> list[tuple[Digest, bytes, int, str]]:
+        return [(Digest(x.digest.hash, x.digest.size_bytes), x.data, x.status.code, x.status.message)
+                for x in r.responses]
+
+    def read(b: bytes) -> list[tuple[Digest, bytes, int, str]]:
+        return [(r.digest, bytes(r.data), r.code, r.message) for r in wire.read_batch_read_blobs(b)]
+
+    for _ in range(20):
+        _agrees(_damaged(rng, data), read, re_pb2.BatchReadBlobsResponse.FromString, as_read, seed)
+        _agrees(_damaged(rng, wire.stream_chunk(chunk)), lambda b: bytes(wire.read_stream_chunk(b)),
+                bytestream_pb2.ReadResponse.FromString, lambda r: r.data, seed)
+
+
+@pytest.mark.parametrize(("data", "read"), [
+    (b"\x52\x03ab", wire.read_stream_chunk),  # a chunk cut short: never handed on as a shorter blob
+    (b"\x52\x01a\x52\x01b", wire.read_stream_chunk),  # data twice: protobuf keeps the last, a reader here refuses
+    (b"\x55abcd", wire.read_stream_chunk),  # data with a fixed-width wire type
+    (b"\x0a\x05\x12\x04abc", wire.read_batch_read_blobs),  # a response cut inside its data
+    (b"\x0a\x06\x12\x01a\x12\x01b", wire.read_batch_read_blobs),  # a blob's data twice
+    (b"\x0a\x02\x0a\x00\x0a\x02\x0a\x00\x0d\x00\x00\x00\x00", wire.read_batch_read_blobs),  # a fixed32 response
+    (b"\x0a\x04\x1a\x02\x12\xff", wire.read_batch_read_blobs),  # a status message cut short
+    (b"\x0a\x05\x1a\x03\x12\x01\xff", wire.read_batch_read_blobs),  # a status message that is not UTF-8
+])
+def test_damaged_blob_replies_are_refused(data: bytes, read: object) -> None:
+    with pytest.raises(wire.DecodeError):
+        read(data)  # type: ignore[operator]
