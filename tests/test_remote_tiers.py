@@ -146,16 +146,18 @@ def test_a_tiered_fill_reads_many_blobs_at_once_each_verified(tier: CacheTier, t
     small = [_blob(f"small blob {i}") for i in range(40)]
     big = (digest_bytes(b"B" * (3 << 20)), b"B" * (3 << 20))
     lying = (digest_bytes(b"what it should be"), b"what it is instead")
-    tier.write_blobs([*small, big, lying])
+    big_lie = (digest_bytes(b"L" * (2 << 20)), b"L" * ((2 << 20) - 1) + b"X")  # streamed, hashed as it is written
+    tier.write_blobs([*small, big, lying, big_lie])
     assert tier.read_blobs([d for d, _ in small[:3]] + [lying[0]]) == {**dict(small[:3]), lying[0]: lying[1]}
     absent = digest_bytes(b"never stored")
     local = DiskStore(tmp_path / "local")
     warnings: list[str] = []
     cache = TieredCache(local, [tier], report=warnings.append)
-    wanted = [d for d, _ in small] + [big[0], lying[0], absent]
-    assert sorted(cache.fill_local(wanted)) == sorted([lying[0], absent])
+    wanted = [d for d, _ in small] + [big[0], lying[0], big_lie[0], absent]
+    assert sorted(cache.fill_local(wanted)) == sorted([lying[0], big_lie[0], absent])
     assert all(local.read_blob(d) == data for d, data in [*small, big])
-    assert not local.has_blob(lying[0]) and len(warnings) == 1 and "failed verification" in warnings[0]
+    assert not local.has_blob(lying[0]) and not local.has_blob(big_lie[0])
+    assert len(warnings) == 2 and all("failed verification" in w for w in warnings)
     assert cache.tier_stats()[1].bytes_down == sum(len(data) for _, data in [*small, big])
 
 

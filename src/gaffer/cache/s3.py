@@ -27,7 +27,7 @@ from gaffer.cache.base import LOOKUP_WORKERS, CacheTier, TierError, transient_st
 from gaffer.cache.httpconn import Unreachable
 from gaffer.cache.s3read import Redirected, S3Error, S3Reader
 from gaffer.cache.urls import bad_url, checked_url, redact
-from gaffer.digest import Digest
+from gaffer.digest import Digest, digest_file
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024  # bigger uploads go in parts, several at once
 MULTIPART_CHUNK = 16 * 1024 * 1024
@@ -230,6 +230,11 @@ class S3Tier(CacheTier):
     def fetch_blob(self, digest: Digest, dest: Path) -> bool:
         key = self._key("cas", digest)
         return self._read(f"GET {key}", lambda r: r.fetch(key, dest), lambda: self._fetch(key, dest))
+
+    def fetch_hashed(self, digest: Digest, dest: Path) -> Digest | None:
+        key = self._key("cas", digest)
+        return self._read(f"GET {key}", lambda r: r.fetch_hashed(key, dest),
+                          lambda: digest_file(dest) if self._fetch(key, dest) else None)
 
     def _fetch(self, key: str, dest: Path) -> bool:
         # One streamed GET rather than download_fileobj: its ranged parts send If-Match with the ETag, which

@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from gaffer.cache.base import write_chunks, write_hashed
 from gaffer.cache.httpconn import Pool, chunks, read_small
 from gaffer.cache.sigv4 import Credentials, amz_date, signed_headers
+from gaffer.digest import Digest
 
 #: AWS_* variables whose meaning this module implements (or that do not touch S3 requests); any other: botocore.
 _UNDERSTOOD_ENV = frozenset({
@@ -204,11 +206,13 @@ class S3Reader:
     def fetch(self, key: str, dest: Path) -> bool:
         """Stream the object into the file `dest`; False if there is no such key (nothing written)."""
         with self._get(key) as response:
-            if response is None:
-                return False
-            with open(dest, "wb") as f:
-                f.writelines(chunks(response))
-            return True
+            return write_chunks(dest, None if response is None else chunks(response))
+
+    def fetch_hashed(self, key: str, dest: Path) -> Digest | None:
+        """`fetch`, hashing the object as it is written: the digest of what `dest` holds, None if there is no
+        such key."""
+        with self._get(key) as response:
+            return write_hashed(dest, None if response is None else chunks(response))
 
     @contextmanager
     def _get(self, key: str) -> Iterator[http.client.HTTPResponse | None]:
