@@ -16,7 +16,10 @@ protocol's own cost. For each module, after one cold build per configuration:
                       script), a fresh empty local tier every run
 
 `--base SRC` adds `<config>-base` for gbc-disk and the remote configurations: the same, with gobuildcache running
-the gaffer sources under SRC (an older commit: before and after in one run). `--configs` picks configurations.
+the gaffer sources under SRC (an older commit: before and after in one run); `gbc-serve-remote-base` also talks to
+a second `gaffer serve` running those sources (the cold build fills both), so a change to the server is measured
+too. `--configs` picks configurations. The servers' CPU time during each remote build (`gaffer serve`'s process,
+or every process of the Ceph cluster) is reported beside the build's own.
 
 Every build writes its binaries to a fresh directory and must compile nothing (`go build -x` shows no compile)
 and give the same binaries as the anchor, or the run fails. Runs are interleaved; reported are the median time,
@@ -51,7 +54,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from tests import servers
-from tests.buildgrid import start_gaffer_serve
+from tests.buildgrid import ReapiServer, start_gaffer_serve
 
 EXAMPLE = REPO / "examples" / "go-microservices"
 TARGETS = {"example": 1.3, "cmd-go": 1.3, "std": 1.3}  # the targeted bounds on gbc-disk / go-own
@@ -136,13 +139,21 @@ def children_cpu() -> float:
 
 
 class Bench:
-    def __init__(self, root: Path, go: str, moto: servers.Server | None, serve_url: str, ceph: servers.Server | None,
-                 configs: list[str], base: Path | None) -> None:
+    def __init__(self, root: Path, go: str, moto: servers.Server | None, serve: ReapiServer | None,
+                 serve_base: ReapiServer | None, ceph: servers.Server | None, configs: list[str],
+                 base: Path | None) -> None:
         self.root = root
         self.go = go
         self.moto = moto
-        self.serve_url = serve_url
+        self.serve_url = serve.url if serve else ""
+        self.serve_base_url = serve_base.url if serve_base else ""
         self.ceph = ceph
+        self.server_pids = {  # whose CPU time counts as the server's, per configuration
+            "gbc-serve-remote": [serve.proc.pid] if serve else [],
+            "gbc-serve-remote-base": [(serve_base or serve).proc.pid] if serve else [],
+            "gbc-ceph-remote": ceph_pids(ceph) if ceph else [],
+        }
+        self.server_pids["gbc-ceph-remote-base"] = self.server_pids["gbc-ceph-remote"]
         self.selected = configs
         self.base = base
         self.counter = 0
@@ -234,7 +245,10 @@ class Bench:
             base = {"PYTHONPATH": str(self.base / "src")}
             for c in WITH_BASE:
                 if c in chosen:
-                    chosen[f"{c}-base"] = partial(with_env, configs[c], base)
+                    twin = base
+                    if c == "gbc-serve-remote" and self.serve_base_url:
+                        twin = {**base, "GOBUILDCACHE_CACHE": f"{self.serve_base_url}/{module_name}"}
+                    chosen[f"{c}-base"] = partial(with_env, configs[c], twin)
         return chosen
 
     def run_module(self, name: str, module: Path, runs: int) -> dict[str, object]:
@@ -247,7 +261,8 @@ class Bench:
         for config in fill:  # they fill the remote tiers too
             env = every[config]()
             if config == "gbc-disk" and "gbc-serve-remote" in configs:
-                env["GOBUILDCACHE_CACHE"] = f"{self.serve_url}/{name}"
+                env["GOBUILDCACHE_CACHE"] = ",".join(f"{url}/{name}" for url in (self.serve_url, self.serve_base_url)
+                                                     if url)
             cold[config], out, _, _ = self.build(module, env, check=False)
             reference = reference if config != "go-own" else binaries(out)
             self.check_same(config, name, out, reference)
@@ -256,15 +271,21 @@ class Bench:
         times: dict[str, list[float]] = {c: [] for c in configs}
         cpu: dict[str, list[float]] = {c: [] for c in configs}
         gbc_cpu: dict[str, list[float]] = {c: [] for c in configs}
+        server_cpu: dict[str, list[float]] = {c: [] for c in configs}
         for i in range(runs):
             for config, env in configs.items():
+                pids = self.server_pids.get(config, [])
+                before = processes_cpu(pids)
                 elapsed, out, used, own = self.build(module, env(), check=False)
+                server_cpu[config].append(processes_cpu(pids) - before)
                 self.check_same(config, name, out, reference)
                 times[config].append(elapsed)
                 cpu[config].append(used)
                 gbc_cpu[config].append(own)
             print(f"  run {i + 1}/{runs} (load {os.getloadavg()[0]:.1f}): "
-                  + ", ".join(f"{c} {t[-1]:.2f}s/{cpu[c][-1]:.2f}cpu" for c, t in times.items()), flush=True)
+                  + ", ".join(f"{c} {t[-1]:.2f}s/{cpu[c][-1]:.2f}cpu"
+                              + (f"+{server_cpu[c][-1]:.2f}srv" if server_cpu[c][-1] else "")
+                              for c, t in times.items()), flush=True)
         anchor = statistics.median(times["go-own"])
         round_ratios = {c: [t / a for t, a in zip(ts, times["go-own"], strict=True)] for c, ts in times.items()}
         return {
@@ -278,6 +299,7 @@ class Bench:
             "cpu_ratio_to_go_own": {c: round(statistics.median(t) / statistics.median(cpu["go-own"]), 2)
                                     for c, t in cpu.items()},
             "gobuildcache_cpu_s_median": {c: round(statistics.median(t), 3) for c, t in gbc_cpu.items()},
+            "server_cpu_s_median": {c: round(statistics.median(t), 3) for c, t in server_cpu.items()},
             "target_gbc_disk": TARGETS.get(name),
         }
 
@@ -298,6 +320,33 @@ class Bench:
                            check=False)
                 print(f"\n{name} {config}: gobuildcache's profile ({out})")
                 pstats.Stats(str(out)).sort_stats("tottime").print_stats(12)
+
+
+def processes_cpu(pids: list[int]) -> float:
+    """User + system seconds the processes `pids` (all their threads) have used so far; 0 for a gone one."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def ceph_pids(ceph: servers.Server) -> list[int]:
+    """The processes of the Ceph cluster (monitor, OSD, radosgw): those whose command line names its directory."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if str(ceph.workdir).encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
 
 
 def startup_latency(samples: int) -> dict[str, float]:
@@ -352,7 +401,11 @@ def main() -> int:
     print(f"startup: {results['startup']}", flush=True)
     become_subreaper()
     moto = servers.start_moto_s3() if set(MOTO_CONFIGS) & set(args.configs) else None
-    serve = start_gaffer_serve() if "gbc-serve-remote" in args.configs else None
+    # each server runs the sources it is measured with (not whichever gaffer the venv installed)
+    serve = (start_gaffer_serve(env={"PYTHONPATH": str(REPO / "src")}) if "gbc-serve-remote" in args.configs
+             else None)
+    serve_base = (start_gaffer_serve(env={"PYTHONPATH": str(args.base / "src")})
+                  if serve is not None and args.base is not None else None)
     ceph = servers.start_ceph_rgw() if "gbc-ceph-remote" in args.configs else None
     root = args.work or Path(tempfile.mkdtemp(prefix="bench-gocache-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -365,7 +418,7 @@ def main() -> int:
                                                 aws_secret_access_key=s3.env["AWS_SECRET_ACCESS_KEY"],
                                                 region_name="us-east-1")
                 session.client("s3", endpoint_url=s3.url).create_bucket(Bucket=BUCKET)
-        bench = Bench(root, go, moto, serve.url if serve else "", ceph, args.configs, args.base)
+        bench = Bench(root, go, moto, serve, serve_base, ceph, args.configs, args.base)
         for name in args.modules:
             module = root / name
             if module.exists():  # a --work directory's, from an earlier invocation
@@ -380,7 +433,7 @@ def main() -> int:
             if args.profile is not None:
                 bench.profile(name, module, args.profile)
     finally:
-        for server in (moto, serve, ceph):
+        for server in (moto, serve, serve_base, ceph):
             if server is not None:
                 server.stop()
         if args.work is None:
@@ -388,7 +441,7 @@ def main() -> int:
     results["machine"]["load_avg_after"] = os.getloadavg()  # type: ignore[index]
 
     print(f"\n{'module':13} {'config':21} {'median s':>9} {'min s':>7} {'x go-own':>9} {'per round':>9} {'cpu s':>6} "
-          f"{'cpu x':>6} {'gbc cpu':>7}")
+          f"{'cpu x':>6} {'gbc cpu':>7} {'srv cpu':>7}")
     failed = False
     for name in args.modules:
         r = results[name]
@@ -402,7 +455,8 @@ def main() -> int:
                 mark = f"  (target {r['target_gbc_disk']}x: {'met' if ok else 'MISSED'})"
             print(f"{name:13} {config:21} {median:9.3f} {r['min_s'][config]:7.3f} {ratio:8.2f}x "
                   f"{r['round_ratio_median'][config]:8.2f}x {r['cpu_s_median'][config]:6.2f} "
-                  f"{r['cpu_ratio_to_go_own'][config]:5.2f}x {r['gobuildcache_cpu_s_median'][config]:7.3f}{mark}")
+                  f"{r['cpu_ratio_to_go_own'][config]:5.2f}x {r['gobuildcache_cpu_s_median'][config]:7.3f} "
+                  f"{r['server_cpu_s_median'][config]:7.3f}{mark}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
