@@ -154,8 +154,9 @@ class GrpcTier(CacheTier):
         return write_chunks(dest, self._read_stream(digest))
 
     def fetch_hashed(self, digest: Digest, dest: Path) -> Digest | None:
-        if self.batchable(digest.size_bytes):
-            return super().fetch_hashed(digest, dest)
+        if self.batchable(digest.size_bytes):  # a batch of one: the blob hashed and written from the reply
+            data = self.read_blobs([digest]).get(digest)
+            return write_hashed(dest, None if data is None else [data])
         return write_hashed(dest, self._read_stream(digest))
 
     def write_blob(self, digest: Digest, data: bytes) -> None:
