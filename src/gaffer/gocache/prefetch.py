@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from gaffer.cache.tiered import read_groups
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
 from gaffer.gocache.entry import CorruptEntry, GoEntry, decode_entry, encode_entry
+from gaffer.malloc import keep_big_buffers
 
 if TYPE_CHECKING:
     from gaffer.cache.tiered import TieredCache
@@ -249,6 +250,7 @@ class Prefetch:
     def _fill(self, entries: list[tuple[bytes, GoEntry]]) -> None:
         """Fetch the blobs the local tier lacks, in groups, several groups at a time, in the order go used them;
         an entry is ready once its blob is local and verified."""
+        keep_big_buffers()  # megabytes of replies, one after another (a cold `go build std`: 160 MiB)
         local = self.tiered.local
         by_body: dict[Digest, list[tuple[bytes, GoEntry]]] = {}
         budget = MAX_PREFETCH_BYTES

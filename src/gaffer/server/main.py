@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, NoReturn
 from gaffer.cache.urls import read_token, redact
 from gaffer.config import SERVE, Settings, add_flags, check_urls, environment_help, load_nearest
 from gaffer.errors import EnvironmentProblem, UserError, exit_status
+from gaffer.malloc import keep_big_buffers
 from gaffer.units import format_size
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def _serve(settings: Settings) -> int:
     metrics.watch_dispatch(coordinator.stats)
     token = BearerToken(token_text, read_only_token)
     _raise_fd_limit()
-    _reuse_big_buffers()
+    keep_big_buffers()
     grpc_server = http_server = None
     listening = []
     try:
@@ -184,23 +185,6 @@ def _wait_stopped(stopper: threading.Thread, stop_signals: set[signal.Signals], 
             print(f"gaffer serve: {signal.Signals(again.si_signo).name} again: exiting now", file=sys.stderr,
                   flush=True)
             os._exit(128 + again.si_signo)
-
-
-MMAP_THRESHOLD = 8 << 20  # buffers up to this size come from malloc's heap, not mmap: a 4 MiB batch and its copies
-TRIM_THRESHOLD = 64 << 20  # free memory the heap keeps for the next reply rather than return to the system
-
-
-def _reuse_big_buffers() -> None:
-    """Have glibc's malloc keep the server's large buffers (a blob read, its reply message, grpc's copy of it) for
-    the next call. By default it maps each one of 128 KiB or more afresh and unmaps it when freed, so every byte
-    sent costs a page fault and a page cleared: ~30% of the CPU of sending a `go build std`'s 160 MiB. Not
-    glibc (musl): nothing to do."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        mallopt = ctypes.CDLL(None).mallopt
-        mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (fixes it: no longer adjusted as buffers are freed)
-        mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
 
 
 def _raise_fd_limit() -> None:
