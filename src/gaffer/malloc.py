@@ -4,7 +4,7 @@ By default glibc maps each allocation of 128 KiB or more afresh (its threshold t
 and hands free memory at the top of a heap back to the system past twice that: a process that receives or sends
 blob after blob (a reply, its copies, grpc's) faults in and clears every page of every buffer. Fixed thresholds keep
 the buffers on the heap and reused. Measured: `gaffer serve` sending a cold `go build std`'s 160 MiB, 0.48 -> 0.33 s
-of CPU; gobuildcache receiving them, ~6% of its CPU (BENCHMARKS.md, section 4).
+of CPU; gobuildcache receiving them, 3-6% of its CPU (BENCHMARKS.md, section 4).
 """
 
 from __future__ import annotations
