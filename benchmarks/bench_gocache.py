@@ -60,6 +60,11 @@ CONFIGS = ("go-own", "gbc-disk", "gbc-s3-local", "gbc-s3-remote", "gbc-serve-rem
 MOTO_CONFIGS = ("gbc-s3-local", "gbc-s3-remote")
 WITH_BASE = ("gbc-disk", "gbc-s3-remote", "gbc-serve-remote", "gbc-ceph-remote")
 BUCKET = "bench-gocache"
+RECORDER = """\
+#!/bin/sh
+tee "$BENCH_GOCACHE_RECORD" | exec "$BENCH_GOCACHE_PROG"
+"""
+CLOSE = b'{"ID":1,"Command":"close"}\n'
 PROFILER = """\
 #!{python}
 import cProfile, os, sys
@@ -78,7 +83,17 @@ def go_binary() -> str:
     return str(Path(spec.origin).parent / "bin" / "go")
 
 
-def gobuildcache() -> str:
+def gobuildcache(sources: Path, dest: Path) -> str:
+    """The gobuildcache program for the gaffer sources under `sources`, as `pip install` makes it: its
+    bin/gobuildcache copied to `dest`, its first line pointing at this Python, or, for older sources without
+    one, the environment's console script."""
+    script = sources / "bin" / "gobuildcache"
+    if script.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        text = script.read_text()
+        dest.write_text(f"#!{sys.executable}" + text[text.index("\n"):])
+        dest.chmod(0o755)
+        return str(dest)
     path = Path(sys.executable).parent / "gobuildcache"
     if not path.exists():
         sys.exit("bench_gocache: the gobuildcache console script is missing (pip install -e .)")
@@ -146,6 +161,8 @@ class Bench:
         self.selected = configs
         self.base = base
         self.counter = 0
+        self.prog = gobuildcache(REPO, root / "programs" / "gobuildcache")
+        self.base_prog = gobuildcache(base, root / "programs" / "gobuildcache-base") if base is not None else ""
 
     def fresh(self, what: str) -> Path:
         """A new, absent path (one a run of an earlier invocation left in a `--work` directory is removed)."""
@@ -198,7 +215,7 @@ class Bench:
 
     def all_configs(self, module_name: str) -> dict[str, Callable[[], dict[str, str]]]:
         """Each configuration's environment for one warm run (a fresh GOCACHE every time)."""
-        prog = gobuildcache()
+        prog = self.prog
         disk_dir = self.root / f"gbc-disk-{module_name}"
         s3_local = self.root / f"gbc-s3-{module_name}"
         s3 = {**self.moto.env, "BACKEND_TYPE": "s3", "S3_BUCKET": BUCKET, "S3_PREFIX": module_name,
@@ -231,7 +248,7 @@ class Bench:
         configs = self.all_configs(module_name)
         chosen = {c: configs[c] for c in CONFIGS if c in self.selected or c == "go-own"}
         if self.base is not None:
-            base = {"PYTHONPATH": str(self.base / "src")}
+            base = {"PYTHONPATH": str(self.base / "src"), "GOCACHEPROG": self.base_prog}
             for c in WITH_BASE:
                 if c in chosen:
                     chosen[f"{c}-base"] = partial(with_env, configs[c], base)
@@ -281,6 +298,39 @@ class Bench:
             "target_gbc_disk": TARGETS.get(name),
         }
 
+    def replay(self, name: str, module: Path, rounds: int) -> dict[str, object]:
+        """gobuildcache without `go`: the requests of one recorded warm gbc-disk build fed to it at once through a
+        pipe, and sessions of one `close` (start-up and exit alone), interleaved, for each gbc-disk configuration:
+        the median wall and CPU time (the process's own, from wait4) of each, and the CPU per get."""
+        record = self.root / f"{name}-requests"
+        wrapper = self.root / "gobuildcache-recording"
+        wrapper.write_text(RECORDER)
+        wrapper.chmod(0o755)
+        configs = self.configs(name)
+        self.build(module, {**configs["gbc-disk"](), "GOCACHEPROG": str(wrapper), "BENCH_GOCACHE_RECORD": str(record),
+                            "BENCH_GOCACHE_PROG": self.prog}, check=False)
+        requests = record.read_bytes()
+        gets = requests.count(b'"Command":"get"')
+        measured: dict[str, list[tuple[float, float]]] = {}
+        for _ in range(rounds):
+            for config, env in configs.items():
+                if config.startswith("gbc-disk"):
+                    prog = env()["GOCACHEPROG"]
+                    for what, data in (("session", requests), ("close", CLOSE)):
+                        measured.setdefault(f"{config} {what}", []).append(session(prog, env(), data))
+        result: dict[str, object] = {"gets": gets, "load_avg": os.getloadavg()}
+        print(f"{name}: gobuildcache alone, {gets} gets at once, {rounds} rounds (load {os.getloadavg()[0]:.1f})")
+        for key, samples in measured.items():
+            wall = statistics.median(w for w, _ in samples)
+            cpu = statistics.median(c for _, c in samples)
+            result[key] = {"wall_ms": round(wall * 1000, 1), "cpu_ms": round(cpu * 1000, 1)}
+            print(f"  {key:24} wall {wall * 1000:7.1f} ms  cpu {cpu * 1000:7.1f} ms")
+        for config in {k.rsplit(" ", 1)[0] for k in measured}:
+            per_get = (statistics.median(c for _, c in measured[f"{config} session"])
+                       - statistics.median(c for _, c in measured[f"{config} close"])) / max(gets, 1)
+            result[f"{config} cpu_us_per_get"] = round(per_get * 1e6, 1)
+            print(f"  {config:24} cpu per get {per_get * 1e6:5.1f} us")
+        return result
 
     def profile(self, name: str, module: Path, out_dir: Path) -> None:
         """One more warm build per gbc-disk configuration (-base too) with gobuildcache under cProfile: its
@@ -300,13 +350,42 @@ class Bench:
                 pstats.Stats(str(out)).sort_stats("tottime").print_stats(12)
 
 
-def startup_latency(samples: int) -> dict[str, float]:
+def session(prog: str, env: dict[str, str], requests: bytes) -> tuple[float, float]:
+    """One gobuildcache session fed `requests` (written from a thread while its replies are read): the wall time
+    and the process's CPU time."""
+    import threading
+
+    start = time.perf_counter()
+    proc = subprocess.Popen([prog], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def feed() -> None:
+        assert proc.stdin is not None
+        with proc.stdin:
+            proc.stdin.write(requests)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    replies = proc.stdout.read()
+    usage = os.wait4(proc.pid, 0)[2]
+    elapsed = time.perf_counter() - start
+    writer.join()
+    proc.returncode = 0  # reaped above
+    expected = 1 + sum(1 for line in requests.splitlines() if line.strip())  # the capabilities line, then a reply each
+    answered = replies.count(b"\n")
+    if answered != expected:
+        raise SystemExit(f"bench_gocache: a replayed session answered {answered} lines, not {expected}")
+    return elapsed, usage.ru_utime + usage.ru_stime
+
+
+def startup_latency(prog: str, samples: int) -> dict[str, float]:
     """Seconds from spawning gobuildcache to its capabilities line, and to its exit after `close`."""
     caps, total = [], []
-    env = {**os.environ, "CACHE_DIR": tempfile.mkdtemp(prefix="bench-gocache-startup-")}
+    env = {**os.environ, "CACHE_DIR": tempfile.mkdtemp(prefix="bench-gocache-startup-"),
+           "PYTHONPATH": str(REPO / "src")}
     for _ in range(samples):
         start = time.perf_counter()
-        proc = subprocess.Popen([gobuildcache()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        proc = subprocess.Popen([prog], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         assert proc.stdout is not None and proc.stdin is not None
         proc.stdout.readline()
         caps.append(time.perf_counter() - start)
@@ -332,6 +411,10 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="after the runs, one more gbc-disk build (and -base) per module with gobuildcache under"
                              " cProfile: DIR/<module>-<config>.prof, its top functions printed")
+    parser.add_argument("--replay", type=int, default=0, metavar="ROUNDS",
+                        help="after the runs, record the requests of one gbc-disk build per module and feed them to"
+                             " gobuildcache alone (and -base), at once through a pipe, ROUNDS interleaved rounds,"
+                             " beside sessions of one close: its CPU a session, at start-up and per get")
     parser.add_argument("--work", type=Path,
                         help="keep the modules and caches in this directory: a later invocation with the same --work"
                              " finds them warm, so its cold builds take seconds (gbc-disk only: remotes start empty)")
@@ -347,9 +430,7 @@ def main() -> int:
     results: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
         "go": subprocess.run([go, "version"], check=False, capture_output=True, text=True).stdout.strip(),
-        "startup": startup_latency(20),
     }
-    print(f"startup: {results['startup']}", flush=True)
     become_subreaper()
     moto = servers.start_moto_s3() if set(MOTO_CONFIGS) & set(args.configs) else None
     serve = start_gaffer_serve() if "gbc-serve-remote" in args.configs else None
@@ -366,6 +447,8 @@ def main() -> int:
                                                 region_name="us-east-1")
                 session.client("s3", endpoint_url=s3.url).create_bucket(Bucket=BUCKET)
         bench = Bench(root, go, moto, serve.url if serve else "", ceph, args.configs, args.base)
+        results["startup"] = startup_latency(bench.prog, 20)
+        print(f"startup: {results['startup']}", flush=True)
         for name in args.modules:
             module = root / name
             if module.exists():  # a --work directory's, from an earlier invocation
@@ -377,6 +460,8 @@ def main() -> int:
             else:  # cmd-go, std: an empty directory, the packages come from GOROOT
                 module.mkdir()
             results[name] = bench.run_module(name, module, args.runs)
+            if args.replay:
+                results[f"{name}-replay"] = bench.replay(name, module, args.replay)
             if args.profile is not None:
                 bench.profile(name, module, args.profile)
     finally:

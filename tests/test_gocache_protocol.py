@@ -63,8 +63,10 @@ def gobuildcache_env(cache_dir: Path, **extra: str) -> dict[str, str]:
 class Client:
     """`go`'s side of the pipes: send requests (and bodies), read replies with a deadline."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), cwd: Path | None = None) -> None:
-        self.proc = subprocess.Popen([require_tool("gobuildcache"), *args], env=env, stdin=subprocess.PIPE,
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), cwd: Path | None = None,
+                 program: Sequence[str] = ()) -> None:
+        """`program`: the command to run instead of the installed gobuildcache."""
+        self.proc = subprocess.Popen([*(program or [require_tool("gobuildcache")]), *args], env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
         self._replies: queue.Queue[dict[str, object] | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)

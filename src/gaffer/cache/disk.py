@@ -25,13 +25,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from pathlib import Path
-from typing import NamedTuple, TextIO
 
 from gaffer.atomic import write_all
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.trusted import TrustedBlobs
 from gaffer.digest import Digest, digest_bytes, digest_file, sha256
+from gaffer.tuples import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from pathlib import Path  # at run time only where a Path is handed out: gobuildcache's gets use strings
+    from typing import TextIO
 
 DEFAULT_MAX_SIZE = 10 * 1024**3
 GC_LOW_WATER = 0.9  # gc evicts down to this fraction of max_size so it does not run again at once
@@ -41,6 +44,12 @@ _AC_HEADER = len(_AC_MAGIC) + sha256().digest_size
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _MIN_FREE = 1 << 20  # less free than this at start: a build's cache is already full (its tasks' output too)
 _SMALL_FILE = 1 << 20  # put_file reads a file up to this size into memory; a bigger one is copied by the kernel
+
+
+def _path(text: str) -> Path:
+    from pathlib import Path
+
+    return Path(text)
 
 
 def _warn(message: str) -> None:
@@ -72,39 +81,51 @@ class DiskStore(CacheTier):
     ) -> None:
         """`full_is_read_only`: a full disk turns the store read-only (a build goes on without caching) instead
         of failing the write (a server answers that it is full)."""
-        self.root = Path(root)
-        self._root_text = str(self.root)
+        self._root_text = os.fspath(root).rstrip("/") or ("/" if os.fspath(root) else ".")  # no trailing slash
+        self._root: Path | None = None
         self._full_is_read_only = full_is_read_only
-        self.name = f"disk://{self.root}"
+        self.name = f"disk://{self._root_text}"
         self.max_size = max_size
         self.report = report or _warn
         self.corrupt_evicted = 0
         self._written = 0
         self.bytes_stored = 0  # by this process, for the tier's stats (_written is reset when accounted)
         self.bytes_served = 0
-        self._tmp = self.root / "tmp"
-        self._cas = f"{self.root}/cas/"
+        self._tmp = f"{self._root_text}/tmp"
+        self._cas = f"{self._root_text}/cas/"
         self._present: set[str] = set()  # blobs this process stored or found stored: written once per process
         self._warn_lock = threading.Lock()
         self._read_only_warned = False
         try:
-            self._tmp.mkdir(parents=True, exist_ok=True)
+            os.makedirs(self._tmp, exist_ok=True)
             self.writable = os.access(self._tmp, os.W_OK)  # root too is refused on a read-only mount
         except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.access(self.root, os.R_OK | os.X_OK):
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.access(self._root_text,
+                                                                                        os.R_OK | os.X_OK):
                 raise TierError(self.name, f"cannot create cache directory: {e.strerror}", transient=False) from e
             self.writable = False
         if not self.writable:
             # A read-only cache (a shared, pre-filled one) still serves hits; temp files go to a private directory.
             self._tmp = _private_temp_dir()
-        self.trusted = TrustedBlobs(self.root / "verified", self.writable, self.temp_path)
+        self.trusted = TrustedBlobs(f"{self._root_text}/verified", self.writable, self._new_temp)
         if self.writable and full_is_read_only and _free_bytes(self._tmp) < _MIN_FREE:
             self._full(os.strerror(errno.ENOSPC))
 
     # -- paths -------------------------------------------------------------------------------------------------
 
+    @property
+    def root(self) -> Path:
+        """The store's directory (a Path made when first asked for: gobuildcache's start-up imports no pathlib)."""
+        if self._root is None:
+            self._root = _path(self._root_text)
+        return self._root
+
     def blob_path(self, digest: Digest) -> Path:
-        return Path(self._blob_file(digest.hash))
+        return _path(self._blob_file(digest.hash))
+
+    def blob_file(self, digest: Digest) -> str:
+        """`blob_path` as a string (gobuildcache's puts)."""
+        return self._blob_file(digest.hash)
 
     def _blob_file(self, blob_hash: str) -> str:
         """`blob_path` as a string: the hot paths (a build stores several blobs per task) skip pathlib."""
@@ -116,8 +137,12 @@ class DiskStore(CacheTier):
     def temp_path(self) -> Path:
         """A fresh path in the store's temp directory (same filesystem, so `adopt` is an atomic rename). The
         directory is made again if it vanished (`rm -rf` of the cache while a build runs)."""
+        return _path(self._new_temp())
+
+    def _new_temp(self) -> str:
+        """`temp_path` as a string."""
         self._make_temp_dir()
-        return Path(self._temp_name())
+        return self._temp_name()
 
     def _make_temp_dir(self) -> None:
         try:
@@ -125,7 +150,7 @@ class DiskStore(CacheTier):
         except FileExistsError:
             pass
         except FileNotFoundError:
-            self._tmp.mkdir(parents=True, exist_ok=True)
+            os.makedirs(self._tmp, exist_ok=True)
 
     def _temp_name(self) -> str:
         """A fresh name in the temp directory, which `__init__` made: `_fill_temp` makes it again only when
@@ -142,7 +167,7 @@ class DiskStore(CacheTier):
         except OSError:
             return False
         if st.st_size != digest.size_bytes:
-            self._mismatch(Path(path), digest)
+            self._mismatch(path, digest)
             return False
         return True
 
@@ -171,7 +196,7 @@ class DiskStore(CacheTier):
         """The blob's path after checking its content (or finding its file unchanged since this store hashed it),
         or None (a corrupt blob is evicted and reported)."""
         path = self.verified_blob_file(digest)
-        return None if path is None else Path(path)
+        return None if path is None else _path(path)
 
     def verified_blob_file(self, digest: Digest) -> str | None:
         """`verified_blob_path` as a string: gobuildcache asks for one per build step."""
@@ -181,7 +206,7 @@ class DiskStore(CacheTier):
             if not self._trusts(digest, st):
                 actual = digest_file(path)
                 if actual != digest:
-                    self._mismatch(Path(path), digest, actual.hash)
+                    self._mismatch(path, digest, actual.hash)
                     return None
                 self.trusted.remember(digest.hash, st)  # the stat from before the hash: an edit meanwhile moved it
         except OSError:
@@ -192,7 +217,7 @@ class DiskStore(CacheTier):
     def trusts_blob(self, digest: Digest) -> bool:
         """Would `verified_blob_path` answer without hashing the blob?"""
         try:
-            return self._trusts(digest, os.stat(self.blob_path(digest)))
+            return self._trusts(digest, os.stat(self._blob_file(digest.hash)))
         except OSError:
             return False
 
@@ -273,7 +298,7 @@ class DiskStore(CacheTier):
         result = _checked_action(data)
         if result is None:
             if data.startswith(_AC_MAGIC):
-                self._evict_corrupt(Path(path), "action result", key)
+                self._evict_corrupt(path, "action result", key)
             else:  # written by a gaffer before entries had a checksum: a miss, not worth a warning each
                 with suppress(FileNotFoundError):
                     os.unlink(path)
@@ -408,9 +433,9 @@ class DiskStore(CacheTier):
             return
         for entry in packs:
             try:
-                yield Path(entry.path), read_table(entry.path)
+                yield _path(entry.path), read_table(entry.path)
             except BadPack:
-                yield Path(entry.path), None
+                yield _path(entry.path), None
             except OSError:
                 continue
 
@@ -458,10 +483,10 @@ class DiskStore(CacheTier):
             return
         line = f'{{"t": {int(time.time())}, "hits": {int(hits)}, "misses": {int(misses)}}}\n'
         try:
-            with open(self.root / "builds.log", "a", encoding="utf-8") as f:
+            with open(f"{self._root_text}/builds.log", "a", encoding="utf-8") as f:
                 f.write(line)
         except OSError as e:  # the statistics are not worth failing a build over
-            self.report(f"cannot record the build in {self.root / 'builds.log'}: {e.strerror or e}")
+            self.report(f"cannot record the build in {self._root_text}/builds.log: {e.strerror or e}")
 
     def recent_builds(self, last: int = 20) -> list[dict[str, int]]:
         """The last builds' counts; a damaged line (a torn write, a disk error, an edit) is skipped, not fatal."""
@@ -492,7 +517,7 @@ class DiskStore(CacheTier):
                 if self._read_only_warned:
                     return
                 self._read_only_warned = True
-            self.report(f"cache directory {self.root} is read-only: its entries are used, nothing new is stored")
+            self.report(f"cache directory {self._root_text} is read-only: its entries are used, nothing new is stored")
             return
         install(tmp, dest)
         self._written += size
@@ -527,7 +552,7 @@ class DiskStore(CacheTier):
             except OSError:
                 pass
 
-    def _mismatch(self, path: Path, digest: Digest, actual_hash: str | None = None) -> None:
+    def _mismatch(self, path: Path | str, digest: Digest, actual_hash: str | None = None) -> None:
         """The file under `digest.hash` does not match `digest`. If its content still hashes to its name, the file
         is fine and the digest's size is wrong (a peer's mistake, or a lie): keep the file, it is just not this
         blob. Otherwise the file is corrupt: evict and report it."""
@@ -539,7 +564,7 @@ class DiskStore(CacheTier):
         if actual_hash != digest.hash:
             self._evict_corrupt(path, "blob", digest)
 
-    def _evict_corrupt(self, path: Path, what: str, digest: Digest) -> None:
+    def _evict_corrupt(self, path: Path | str, what: str, digest: Digest) -> None:
         if what == "blob":
             self.trusted.forget(digest.hash)
             self._present.discard(digest.hash)
@@ -548,7 +573,7 @@ class DiskStore(CacheTier):
         except OSError:
             pass
         self.corrupt_evicted += 1
-        self.report(f"corrupt cache {what} {digest.hash[:12]} in {self.root} evicted; it will be rebuilt or refetched")
+        self.report(f"corrupt cache {what} {digest.hash[:12]} in {self._root_text} evicted; it will be rebuilt or refetched")
 
     def _walk(self, *kinds: str) -> Iterator[tuple[Path, os.stat_result]]:
         for kind in kinds or ("cas", "ac"):
@@ -562,13 +587,13 @@ class DiskStore(CacheTier):
                     continue
                 for entry in os.scandir(shard.path):
                     try:
-                        yield Path(entry.path), entry.stat()
+                        yield _path(entry.path), entry.stat()
                     except FileNotFoundError:
                         continue
 
     def _temp_files(self) -> list[Path]:
         try:
-            return list(self._tmp.iterdir())
+            return [_path(entry.path) for entry in os.scandir(self._tmp)]
         except FileNotFoundError:
             return []
 
@@ -583,19 +608,20 @@ class DiskStore(CacheTier):
 
     def _open_lock(self) -> TextIO:
         try:
-            return open(self.root / "lock", "a")
+            return open(f"{self._root_text}/lock", "a")
         except FileNotFoundError:  # the whole directory was removed while this process used it
-            self.root.mkdir(parents=True, exist_ok=True)
-            return open(self.root / "lock", "a")
+            os.makedirs(self._root_text, exist_ok=True)
+            return open(f"{self._root_text}/lock", "a")
 
     def _read_size(self) -> int:
         try:
-            return int((self.root / "size").read_text())
+            with open(f"{self._root_text}/size", "rb") as f:
+                return int(f.read())
         except (OSError, ValueError):
             return 0
 
     def _write_size(self, size: int) -> None:
-        os.replace(self.write_temp(str(size).encode()), self.root / "size")
+        os.replace(self._temp_holding(str(size).encode()), f"{self._root_text}/size")
 
     def record_size(self, size: int) -> None:
         """Set the running size estimate (`gaffer serve`, which accounts its store in memory, at exit)."""
@@ -604,7 +630,7 @@ class DiskStore(CacheTier):
 
     def write_temp(self, data: bytes) -> Path:
         """A new temp file holding `data`; on a failure (a full disk) none is left behind."""
-        return Path(self._temp_holding(data))
+        return _path(self._temp_holding(data))
 
     def _temp_holding(self, data: bytes) -> str:
         return self._fill_temp(lambda tmp: _write_new(tmp, data))
@@ -641,17 +667,17 @@ class DiskStore(CacheTier):
             self.writable = self.trusted.writable = False
             self._read_only_warned = True
             self._tmp = _private_temp_dir()
-        self.report(f"cache directory {self.root} is full ({why}): its entries are used, nothing new is stored")
+        self.report(f"cache directory {self._root_text} is full ({why}): its entries are used, nothing new is stored")
 
 
-def _private_temp_dir() -> Path:
+def _private_temp_dir() -> str:
     """A temp directory of this process alone, for a store that cannot write its own."""
     import tempfile
 
-    return Path(tempfile.gettempdir()) / f"gaffer-{os.getuid()}-{os.getpid()}-{os.urandom(4).hex()}"
+    return os.path.join(tempfile.gettempdir(), f"gaffer-{os.getuid()}-{os.getpid()}-{os.urandom(4).hex()}")
 
 
-def _free_bytes(path: Path) -> int:
+def _free_bytes(path: str) -> int:
     try:
         st = os.statvfs(path)
     except OSError:

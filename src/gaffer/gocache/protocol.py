@@ -27,10 +27,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import BinaryIO, Literal, NamedTuple, Protocol
 
 from gaffer.errors import UserError
 from gaffer.gocache import KNOWN_COMMANDS
+from gaffer.tuples import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # typing, for the annotations only (see gaffer.tuples)
+    from typing import BinaryIO, Literal, Protocol
 
 WORKERS = 8
 MAX_REQUEST_LINE = 1 << 20  # a request line is ~200 bytes; a longer one is garbage, not a reason to eat memory
@@ -64,8 +67,7 @@ class Request(NamedTuple):
     body: bytes
 
 
-Deferred = Literal["defer"]
-DEFER: Deferred = "defer"
+DEFER: Deferred = "defer"  # get_local's answer: the pool runs the full get
 
 
 class Hit(NamedTuple):
@@ -77,18 +79,21 @@ class Hit(NamedTuple):
     disk_path: str
 
 
-class Handler(Protocol):
-    """The cache behind the protocol (store.GoStore), called from several threads at once."""
+if TYPE_CHECKING:
+    Deferred = Literal["defer"]
 
-    def get_local(self, action_id: bytes) -> Hit | None | Deferred:
-        """Answer from the local tier alone if that is cheap (no remote, no big blob to verify), else DEFER."""
+    class Handler(Protocol):
+        """The cache behind the protocol (store.GoStore), called from several threads at once."""
 
-    def get(self, action_id: bytes) -> Hit | None:
-        """The full lookup, through the remote tiers if need be."""
+        def get_local(self, action_id: bytes) -> Hit | None | Deferred:
+            """Answer from the local tier alone if that is cheap (no remote, no big blob to verify), else DEFER."""
 
-    def put(self, action_id: bytes, output_id: bytes, body: bytes) -> str: ...
+        def get(self, action_id: bytes) -> Hit | None:
+            """The full lookup, through the remote tiers if need be."""
 
-    def close(self) -> None: ...
+        def put(self, action_id: bytes, output_id: bytes, body: bytes) -> str: ...
+
+        def close(self) -> None: ...
 
 
 def _excerpt(data: bytes) -> str:
