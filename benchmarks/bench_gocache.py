@@ -62,7 +62,7 @@ WITH_BASE = ("gbc-disk", "gbc-s3-remote", "gbc-serve-remote", "gbc-ceph-remote")
 BUCKET = "bench-gocache"
 RECORDER = """\
 #!/bin/sh
-tee "$BENCH_GOCACHE_RECORD" | exec "$BENCH_GOCACHE_PROG"
+tee "$BENCH_GOCACHE_RECORD" | "$BENCH_GOCACHE_PROG" | tee "$BENCH_GOCACHE_RECORD.replies"
 """
 CLOSE = b'{"ID":1,"Command":"close"}\n'
 PROFILER = """\
@@ -152,7 +152,7 @@ def children_cpu() -> float:
 
 class Bench:
     def __init__(self, root: Path, go: str, moto: servers.Server | None, serve_url: str, ceph: servers.Server | None,
-                 configs: list[str], base: Path | None) -> None:
+                 configs: list[str], base: Path | None, floor: bool = False) -> None:
         self.root = root
         self.go = go
         self.moto = moto
@@ -163,6 +163,43 @@ class Bench:
         self.counter = 0
         self.prog = gobuildcache(REPO, root / "programs" / "gobuildcache")
         self.base_prog = gobuildcache(base, root / "programs" / "gobuildcache-base") if base is not None else ""
+        self.floor_prog = self.build_floor() if floor else ""
+        self.recorded: dict[str, Path] = {}
+
+    def build_floor(self) -> str:
+        """benchmarks/gocacheprog-floor, built with this go."""
+        dest = self.root / "programs" / "gocacheprog-floor"
+        env = self.env(self.root / "floor-gocache", {})
+        subprocess.run([self.go, "build", "-o", str(dest), "."], cwd=REPO / "benchmarks" / "gocacheprog-floor", env=env,
+                       check=True)
+        return str(dest)
+
+    def record(self, name: str, module: Path) -> Path:
+        """One warm gbc-disk build with gobuildcache's stdin and stdout recorded: the requests' file (the replies
+        beside it, `.replies`), and the floor's table made from them (`.table`)."""
+        if name in self.recorded:
+            return self.recorded[name]
+        record = self.root / f"{name}-requests"
+        wrapper = self.root / "gobuildcache-recording"
+        wrapper.write_text(RECORDER)
+        wrapper.chmod(0o755)
+        self.build(module, {**self.all_configs(name)["gbc-disk"](), "GOCACHEPROG": str(wrapper),
+                            "BENCH_GOCACHE_RECORD": str(record), "BENCH_GOCACHE_PROG": self.prog}, check=False)
+        action_ids = {}
+        for line in record.read_bytes().splitlines():
+            if line.strip():
+                request = json.loads(line)
+                if request.get("Command") == "get":
+                    action_ids[request["ID"]] = request["ActionID"]
+        table = []
+        for line in Path(f"{record}.replies").read_bytes().splitlines():
+            reply = json.loads(line)
+            if reply.get("ID") in action_ids:
+                rest = line[line.index(b",") :] if b"," in line else b"}"
+                table.append(action_ids[reply["ID"]].encode() + b" " + rest)
+        Path(f"{record}.table").write_bytes(b"\n".join(table) + b"\n")
+        self.recorded[name] = record
+        return record
 
     def fresh(self, what: str) -> Path:
         """A new, absent path (one a run of an earlier invocation left in a `--work` directory is removed)."""
@@ -221,10 +258,12 @@ class Bench:
         s3 = {**self.moto.env, "BACKEND_TYPE": "s3", "S3_BUCKET": BUCKET, "S3_PREFIX": module_name,
               "AWS_ENDPOINT_URL": self.moto.url} if self.moto else {}
         own = self.root / f"go-own-{module_name}"
+        floor = {"GOCACHEPROG": self.floor_prog, "FLOOR_TABLE": f"{self.root}/{module_name}-requests.table"}
         serve = {"GOBUILDCACHE_CACHE": f"{self.serve_url}/{module_name}"}
         ceph = self.ceph_env(module_name)
         return {
             "go-own": lambda: self.env(own, {}),
+            "floor": lambda: self.env(self.fresh("gocache"), floor),
             "gbc-disk": lambda: self.env(self.fresh("gocache"), {"GOCACHEPROG": prog, "CACHE_DIR": str(disk_dir)}),
             "gbc-s3-local": lambda: self.env(self.fresh("gocache"),
                                              {"GOCACHEPROG": prog, **s3, "S3_TMP_DIR": str(s3_local)}),
@@ -247,6 +286,8 @@ class Bench:
         """The selected configurations, and the `-base` twins of those in WITH_BASE if `--base` is given."""
         configs = self.all_configs(module_name)
         chosen = {c: configs[c] for c in CONFIGS if c in self.selected or c == "go-own"}
+        if self.floor_prog:
+            chosen["floor"] = configs["floor"]
         if self.base is not None:
             base = {"PYTHONPATH": str(self.base / "src"), "GOCACHEPROG": self.base_prog}
             for c in WITH_BASE:
@@ -268,6 +309,8 @@ class Bench:
             cold[config], out, _, _ = self.build(module, env, check=False)
             reference = reference if config != "go-own" else binaries(out)
             self.check_same(config, name, out, reference)
+        if self.floor_prog:
+            self.record(name, module)  # the floor answers from it
         for config, env in configs.items():  # one untimed warm run each, with -x: it must compile nothing
             self.check_same(config, name, self.build(module, env(), check=True)[1], reference)
         times: dict[str, list[float]] = {c: [] for c in configs}
@@ -302,14 +345,8 @@ class Bench:
         """gobuildcache without `go`: the requests of one recorded warm gbc-disk build fed to it at once through a
         pipe, and sessions of one `close` (start-up and exit alone), interleaved, for each gbc-disk configuration:
         the median wall and CPU time (the process's own, from wait4) of each, and the CPU per get."""
-        record = self.root / f"{name}-requests"
-        wrapper = self.root / "gobuildcache-recording"
-        wrapper.write_text(RECORDER)
-        wrapper.chmod(0o755)
+        requests = self.record(name, module).read_bytes()
         configs = self.configs(name)
-        self.build(module, {**configs["gbc-disk"](), "GOCACHEPROG": str(wrapper), "BENCH_GOCACHE_RECORD": str(record),
-                            "BENCH_GOCACHE_PROG": self.prog}, check=False)
-        requests = record.read_bytes()
         gets = requests.count(b'"Command":"get"')
         measured: dict[str, list[tuple[float, float]]] = {}
         for _ in range(rounds):
@@ -411,6 +448,10 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="after the runs, one more gbc-disk build (and -base) per module with gobuildcache under"
                              " cProfile: DIR/<module>-<config>.prof, its top functions printed")
+    parser.add_argument("--floor", action="store_true",
+                        help="time `floor` too: benchmarks/gocacheprog-floor, a GOCACHEPROG in Go that answers each get"
+                             " at once with gobuildcache's reply from a recorded session: what go itself costs in"
+                             " GOCACHEPROG mode")
     parser.add_argument("--replay", type=int, default=0, metavar="ROUNDS",
                         help="after the runs, record the requests of one gbc-disk build per module and feed them to"
                              " gobuildcache alone (and -base), at once through a pipe, ROUNDS interleaved rounds,"
@@ -446,7 +487,7 @@ def main() -> int:
                                                 aws_secret_access_key=s3.env["AWS_SECRET_ACCESS_KEY"],
                                                 region_name="us-east-1")
                 session.client("s3", endpoint_url=s3.url).create_bucket(Bucket=BUCKET)
-        bench = Bench(root, go, moto, serve.url if serve else "", ceph, args.configs, args.base)
+        bench = Bench(root, go, moto, serve.url if serve else "", ceph, args.configs, args.base, args.floor)
         results["startup"] = startup_latency(bench.prog, 20)
         print(f"startup: {results['startup']}", flush=True)
         for name in args.modules:

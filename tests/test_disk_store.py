@@ -311,3 +311,24 @@ def test_put_file_stores_exactly_what_it_hashed_at_every_size(tmp_path: Path, si
     assert DiskStore(tmp_path / "cache").read_blob(d) == data  # as another process reads it: hashed
     assert s.put_file(source) == d and reports == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []  # no temp file left behind
+
+
+@pytest.mark.parametrize("size", [0, 100, 70_000])
+def test_an_action_entry_is_read_whole_whatever_its_size_says(tmp_path: Path, size: int) -> None:
+    """An entry is read in one read of its size plus one byte; a file longer than its fstat said (here a FIFO,
+    whose size is 0) is read on to its end, not cut at the size."""
+    import threading
+
+    store = DiskStore(tmp_path / "cache")
+    key, result = digest_bytes(b"key"), os.urandom(size)
+    store.write_action(key, result)
+    assert store.read_action(key) == result
+    path = store._action_path(key)
+    entry = Path(path).read_bytes()
+    os.unlink(path)
+    os.mkfifo(path)
+    writer = threading.Thread(target=Path(path).write_bytes, args=(entry,))
+    writer.start()
+    assert store.read_action(key) == result
+    writer.join(timeout=10)
+    assert store.corrupt_evicted == 0

@@ -525,22 +525,27 @@ class DiskStore(CacheTier):
 
     def _read_and_touch(self, path: str) -> bytes | None:
         """A whole entry, refreshing its LRU time; None if absent. (os-level calls: `open()` would add an ioctl,
-        a seek and a second fstat to every lookup.)"""
+        a seek and a second fstat to every lookup. One read asks for a byte more than the file's size: fewer
+        bytes mean it reached the end, and no second read is needed to see that; an entry is replaced by a
+        rename, never rewritten in place, and one read short by a signal would fail its checksum: a miss.)"""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         try:
-            mtime = os.fstat(fd).st_mtime
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
+            st = os.fstat(fd)
+            size = st.st_size + 1
+            data = os.read(fd, size)
+            if len(data) == size:  # it grew since the fstat: read on to the end
+                chunks = [data]
+                while chunk := os.read(fd, 1 << 16):
+                    chunks.append(chunk)
+                data = b"".join(chunks)
         except OSError:
             return None
         finally:
             os.close(fd)
-        data = b"".join(chunks)
-        self._touch(path, mtime)
+        self._touch(path, st.st_mtime)
         self.bytes_served += len(data)
         return data
 
