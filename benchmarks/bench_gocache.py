@@ -170,7 +170,7 @@ class Bench:
         """benchmarks/gocacheprog-floor, built with this go."""
         dest = self.root / "programs" / "gocacheprog-floor"
         env = self.env(self.root / "floor-gocache", {})
-        subprocess.run([self.go, "build", "-o", str(dest), "."], cwd=REPO / "benchmarks" / "gocacheprog-floor", env=env,
+        subprocess.run([self.go, "build", "-o", str(dest), "main.go"], cwd=REPO / "benchmarks" / "gocacheprog-floor", env=env,
                        check=True)
         return str(dest)
 
