@@ -16,7 +16,12 @@ protocol's own cost. For each module, after one cold build per configuration:
                       script), a fresh empty local tier every run
 
 `--base SRC` adds `<config>-base` for gbc-disk and the remote configurations: the same, with gobuildcache running
-the gaffer sources under SRC (an older commit: before and after in one run). `--configs` picks configurations.
+the gaffer sources under SRC (an older commit: before and after in one run), installed as those sources install it
+(bin/gobuildcache with its first line pointed at this Python, or the environment's console script for sources
+older than that script). `--configs` picks configurations. `--floor` adds `floor`: benchmarks/gocacheprog-floor,
+a GOCACHEPROG in Go that answers each get at once with gobuildcache's reply from a recorded session of the same
+build (what GOCACHEPROG mode costs `go` itself). `--replay N` feeds a recorded session's requests to gobuildcache
+alone, N rounds, beside sessions of one `close`: its CPU at start-up and per get.
 
 Every build writes its binaries to a fresh directory and must compile nothing (`go build -x` shows no compile)
 and give the same binaries as the anchor, or the run fails. Runs are interleaved; reported are the median time,
