@@ -289,6 +289,16 @@ def test_reply_lines_are_what_json_writes() -> None:
         assert reply_line(request_id) == _json_line({"ID": request_id})
 
 
+def test_times_are_what_datetime_writes_whichever_seconds_come_first() -> None:
+    """rfc3339 keeps each whole second it formatted: times within a second and across seconds, in any order."""
+    rnd = random.Random(int(os.environ.get("GAFFER_TEST_SEED", "12")))
+    base = 1_764_560_000 * 10**9
+    times = [base + rnd.randrange(5 * 10**9) for _ in range(200)] + [0, 10**9 - 1, 2**62]
+    for time_ns in times + times[::-1]:
+        expected = datetime.fromtimestamp(time_ns // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert rfc3339(time_ns) == f"{expected}.{time_ns % 10**9:09d}Z"
+
+
 def _json_line(reply: dict[str, object]) -> bytes:
     return json.dumps(reply, separators=(",", ":")).encode() + b"\n"
 

@@ -170,10 +170,16 @@ def fast_request(line: bytes) -> tuple[Request, int] | None:
     return Request(int(digits), "put", action_id, output_id, b""), size
 
 
+_SECONDS: dict[int, str] = {}  # formatted whole seconds: a build's entries were put in the same few seconds
+
+
 def rfc3339(time_ns: int) -> str:
     """Go's time.Time JSON form (RFC 3339 with nanoseconds, UTC)."""
     seconds, nanos = divmod(time_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    text = _SECONDS.get(seconds)
+    if text is None:
+        text = _SECONDS[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{nanos:09d}Z"
 
 
 def parse_line(line: bytes, where: str) -> tuple[Request, int]:
