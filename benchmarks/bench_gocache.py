@@ -21,7 +21,7 @@ the gaffer sources under SRC (an older commit: before and after in one run), ins
 older than that script). `--configs` picks configurations. `--floor` adds `floor`: benchmarks/gocacheprog-floor,
 a GOCACHEPROG in Go that answers each get at once with gobuildcache's reply from a recorded session of the same
 build (what GOCACHEPROG mode costs `go` itself). `--replay N` feeds a recorded session's requests to gobuildcache
-alone, N rounds, beside sessions of one `close`: its CPU at start-up and per get.
+alone (at once, and one by one), N rounds, beside sessions of one `close`: its CPU at start-up and per get.
 
 Every build writes its binaries to a fresh directory and must compile nothing (`go build -x` shows no compile)
 and give the same binaries as the anchor, or the run fails. Runs are interleaved; reported are the median time,
@@ -347,31 +347,36 @@ class Bench:
         }
 
     def replay(self, name: str, module: Path, rounds: int) -> dict[str, object]:
-        """gobuildcache without `go`: the requests of one recorded warm gbc-disk build fed to it at once through a
-        pipe, and sessions of one `close` (start-up and exit alone), interleaved, for each gbc-disk configuration:
-        the median wall and CPU time (the process's own, from wait4) of each, and the CPU per get."""
+        """gobuildcache without `go`: the requests of one recorded warm gbc-disk build fed to it through a pipe, all
+        at once and one by one (each after the previous reply: a wake-up each, as in a real build), and sessions
+        of one `close` (start-up and exit alone), interleaved, for each gbc-disk configuration: the median wall
+        and CPU time (the process's own, from wait4) of each, and the CPU per get."""
         requests = self.record(name, module).read_bytes()
         configs = self.configs(name)
         gets = requests.count(b'"Command":"get"')
         measured: dict[str, list[tuple[float, float]]] = {}
+        replayed = [config for config in configs if config.startswith("gbc-disk")]
         for _ in range(rounds):
             for config, env in configs.items():
-                if config.startswith("gbc-disk"):
+                if config in replayed:
                     prog = env()["GOCACHEPROG"]
-                    for what, data in (("session", requests), ("close", CLOSE)):
-                        measured.setdefault(f"{config} {what}", []).append(session(prog, env(), data))
+                    for what, data, paced in (("session", requests, False), ("one by one", requests, True),
+                                              ("close", CLOSE, False)):
+                        measured.setdefault(f"{config} {what}", []).append(session(prog, env(), data, paced))
         result: dict[str, object] = {"gets": gets, "load_avg": os.getloadavg()}
-        print(f"{name}: gobuildcache alone, {gets} gets at once, {rounds} rounds (load {os.getloadavg()[0]:.1f})")
+        print(f"{name}: gobuildcache alone, {gets} gets at once and one by one, {rounds} rounds "
+              f"(load {os.getloadavg()[0]:.1f})")
         for key, samples in measured.items():
             wall = statistics.median(w for w, _ in samples)
             cpu = statistics.median(c for _, c in samples)
             result[key] = {"wall_ms": round(wall * 1000, 1), "cpu_ms": round(cpu * 1000, 1)}
             print(f"  {key:24} wall {wall * 1000:7.1f} ms  cpu {cpu * 1000:7.1f} ms")
-        for config in {k.rsplit(" ", 1)[0] for k in measured}:
-            per_get = (statistics.median(c for _, c in measured[f"{config} session"])
-                       - statistics.median(c for _, c in measured[f"{config} close"])) / max(gets, 1)
-            result[f"{config} cpu_us_per_get"] = round(per_get * 1e6, 1)
-            print(f"  {config:24} cpu per get {per_get * 1e6:5.1f} us")
+        for config in replayed:
+            close = statistics.median(c for _, c in measured[f"{config} close"])
+            for what in ("session", "one by one"):
+                per_get = (statistics.median(c for _, c in measured[f"{config} {what}"]) - close) / max(gets, 1)
+                result[f"{config} {what} cpu_us_per_get"] = round(per_get * 1e6, 1)
+                print(f"  {config:24} cpu per get {per_get * 1e6:5.1f} us ({what})")
         return result
 
     def profile(self, name: str, module: Path, out_dir: Path) -> None:
@@ -392,23 +397,42 @@ class Bench:
                 pstats.Stats(str(out)).sort_stats("tottime").print_stats(12)
 
 
-def session(prog: str, env: dict[str, str], requests: bytes) -> tuple[float, float]:
-    """One gobuildcache session fed `requests` (written from a thread while its replies are read): the wall time
-    and the process's CPU time."""
+def session(prog: str, env: dict[str, str], requests: bytes, one_by_one: bool = False) -> tuple[float, float]:
+    """One gobuildcache session fed `requests` (written from a thread while its replies are read; `one_by_one`:
+    each request only once the previous one's reply came back, as `go` does when it has one step to run): the
+    wall time and the process's CPU time."""
     import threading
 
     start = time.perf_counter()
     proc = subprocess.Popen([prog], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     assert proc.stdin is not None and proc.stdout is not None
+    answered_lines = threading.Semaphore(0)
 
     def feed() -> None:
         assert proc.stdin is not None
         with proc.stdin:
-            proc.stdin.write(requests)
+            if not one_by_one:
+                proc.stdin.write(requests)
+                return
+            units: list[bytes] = []
+            for line in requests.split(b"\n"):
+                if line.startswith(b'"') and units:  # a put's body goes with its request
+                    units[-1] += line + b"\n"
+                elif line.strip():
+                    units.append(line + b"\n\n")
+            answered_lines.acquire()  # the capabilities line
+            for unit in units:
+                proc.stdin.write(unit)
+                proc.stdin.flush()
+                answered_lines.acquire()
 
     writer = threading.Thread(target=feed)
     writer.start()
-    replies = proc.stdout.read()
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        answered_lines.release()
+    replies = b"".join(lines)
     usage = os.wait4(proc.pid, 0)[2]
     elapsed = time.perf_counter() - start
     writer.join()
