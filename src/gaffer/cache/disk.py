@@ -348,6 +348,9 @@ class DiskStore(CacheTier):
         return removed, removed_bytes
 
     def status(self) -> StoreStatus:
+        """What the store holds; a blob both in a file and in a pack, or in two packs, counts once (`gaffer
+        serve` rewrites a pack once a blob of it is evicted, so a pack at rest holds only live blobs)."""
+        packed = {hash_: size for _path, table in self._packs() for hash_, _offset, size in table or ()}
         actions = blobs = size = 0
         for path, st in self._walk():
             size += st.st_size
@@ -355,9 +358,9 @@ class DiskStore(CacheTier):
                 actions += 1
             else:
                 blobs += 1
-        for _path, table in self._packs():
-            blobs += len(table or ())
-            size += sum(blob_size for _hash, _offset, blob_size in table or ())
+                packed.pop(path.name, None)
+        blobs += len(packed)
+        size += sum(packed.values())
         return StoreStatus(actions=actions, blobs=blobs, bytes=size, max_size=self.max_size)
 
     def files(self, kind: str) -> Iterator[tuple[Path, os.stat_result]]:
@@ -415,21 +418,44 @@ class DiskStore(CacheTier):
                 continue
 
     def _verify_packs(self) -> tuple[int, list[str]]:
-        """Hash every packed blob; a pack that is torn or holds a corrupt blob is removed whole (a pack is never
-        rewritten in place): how many blobs were checked, and the corrupt blobs' hashes (a torn pack's name)."""
+        """Hash every packed blob; a pack holding corrupt blobs is replaced by one of its good blobs, a torn one
+        removed: how many blobs were checked, and the corrupt blobs' hashes (a torn pack's name)."""
         checked, corrupt = 0, []
         for path, table in self._packs():
+            if table is None:
+                corrupt.append(path.name)
+                self._evict_corrupt(path, "pack", Digest(path.name, 0))
+                continue
             try:
-                with open(path, "rb") as f:
-                    bad = [path.name] if table is None else [
-                        h for h, _offset, size in table if digest_bytes(f.read(size)).hash != h]
+                data, mtime = path.read_bytes(), path.stat().st_mtime
             except OSError:
                 continue
-            checked += len(table or ())
+            checked += len(table)
+            blobs = [(h, data[offset:offset + size]) for h, offset, size in table]
+            bad = {h for h, blob in blobs if digest_bytes(blob).hash != h}
             if bad:
-                corrupt += bad
-                self._evict_corrupt(path, "pack", Digest(path.name, 0))
+                self._rewrite_pack(path, [(h, blob) for h, blob in blobs if h not in bad], mtime)
+                for h, blob in blobs:
+                    if h in bad:
+                        corrupt.append(h)
+                        self._corrupt_evicted("blob", Digest(h, len(blob)))
         return checked, corrupt
+
+    def _rewrite_pack(self, path: Path, blobs: list[tuple[str, bytes]], mtime: float) -> None:
+        """Replace a pack by a new one of `blobs` (a pack is never changed in place: a temp file renamed into
+        `packs/`, keeping the old one's mtime, its blobs' age for `gaffer serve`), then unlink the old one. If the
+        new one cannot be written (a full disk), the old one is removed whole."""
+        from gaffer.server.packs import encode
+
+        if blobs:
+            try:
+                tmp = self._temp_holding(encode(blobs)[0])
+                os.utime(tmp, (mtime, mtime))
+                install(tmp, path.parent / os.path.basename(tmp))
+            except OSError as e:
+                self.report(f"cannot rewrite {path} without its corrupt blobs ({e.strerror}): removing it whole")
+        with suppress(FileNotFoundError):
+            os.unlink(path)
 
     def clean(self) -> None:
         """Remove every entry (the directory itself stays). Temp files of running processes stay too: a build
@@ -540,13 +566,17 @@ class DiskStore(CacheTier):
             self._evict_corrupt(path, "blob", digest)
 
     def _evict_corrupt(self, path: Path, what: str, digest: Digest) -> None:
-        if what == "blob":
-            self.trusted.forget(digest.hash)
-            self._present.discard(digest.hash)
         try:
             os.unlink(path)
         except OSError:
             pass
+        self._corrupt_evicted(what, digest)
+
+    def _corrupt_evicted(self, what: str, digest: Digest) -> None:
+        """Forget and report an entry removed as corrupt."""
+        if what == "blob":
+            self.trusted.forget(digest.hash)
+            self._present.discard(digest.hash)
         self.corrupt_evicted += 1
         self.report(f"corrupt cache {what} {digest.hash[:12]} in {self.root} evicted; it will be rebuilt or refetched")
 

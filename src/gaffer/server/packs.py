@@ -8,9 +8,11 @@ server's index is rebuilt from the packs at start with one read of each pack's t
     blob data, back to back | table: per blob its SHA-256 (32 bytes) and size (8, little-endian) | count (8) | MAGIC
 
 A pack is immutable once renamed into place. Its blobs are indexed one by one (their own places in the LRU
-order); eviction only unindexes a blob, its bytes stay counted until the whole pack goes: when its last blob
-is evicted the file is unlinked, and when less than half of it is still indexed the live blobs are rewritten
-into a new pack (compaction) and the old one unlinked.
+order); a blob unindexed (evicted, found corrupt) leaves its bytes in the pack, so the pack is queued for the
+server's background pass, which rewrites its live blobs into a new pack and unlinks the old one (or just
+unlinks it once none is live). Until then its bytes count in the size bound, and what the rewrite will free
+(`Pack.waste`) counts as freed for the eviction pass, which rewrites the packs it took blobs from before it
+ends: an eviction pass frees what its target needs, and no more.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ class Pack:
     instance: str
     cost: int  # what the file takes on disk (whole blocks and an inode), counted until it is unlinked
     size: int  # the file's length
+    touched: float  # its mtime: when one of its blobs was last read from it (refreshed at most hourly)
     live: int = 0
     live_bytes: int = 0
-    compacting: bool = False
+    queued: bool = False  # holds blobs not indexed: waiting for the background pass to rewrite it
+    waste: int = 0  # while queued, what rewriting it frees (counted as freed by an eviction pass)
 
     def add(self, size: int) -> None:
         self.live += 1
@@ -46,9 +50,9 @@ class Pack:
         self.live -= 1
         self.live_bytes -= size
 
-    def sparse(self) -> bool:
-        """Is less than half of it still indexed (worth rewriting)?"""
-        return self.live > 0 and 2 * (self.live_bytes + ENTRY * self.live) < self.size
+    def needed(self) -> int:
+        """The length of a pack of its live blobs alone (what a rewrite writes)."""
+        return self.live_bytes + ENTRY * self.live + TAIL
 
 
 def encode(blobs: Sequence[tuple[str, bytes]]) -> tuple[bytes, list[int]]:

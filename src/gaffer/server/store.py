@@ -348,7 +348,7 @@ class Namespace:
             return None
         memory = self.server.memory
         key = (self.name, digest.hash)
-        data = memory.get(key, lambda: self.server.path(self.key(digest)))
+        data = memory.get(key, lambda: self.server.age_path(self.key(digest)))
         if data is not None:
             return data
         packed, data = self.server.read_packed(self.key(digest))
@@ -365,15 +365,12 @@ class Namespace:
 
     def open(self, digest: Digest) -> tuple[BlobFile, bool] | None:
         """The blob's file for streaming, and whether its content must be checked as it streams; None if absent.
-        A packed blob (small) comes as its bytes, to be checked as any."""
+        A small blob (packed or not) comes as its bytes, already checked, through `read` and its memory cache."""
+        if digest.size_bytes <= SMALL_BLOB:
+            data = self.read(digest)
+            return None if data is None else (BytesIO(data), False)
         if not self._here(digest):
             return None
-        packed, data = self.server.read_packed(self.key(digest))
-        if packed:
-            if data is None:
-                self.forget(digest)
-                return None
-            return BytesIO(data), True
         try:
             f = open(self.server.path(self.key(digest)), "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:
@@ -596,8 +593,9 @@ class ServerStore:
         self.memory = MemoryCache(memory)
         self.verified: set[tuple[str, str]] = set()  # large blobs this process checked: streamed without hashing
         self._index: OrderedDict[Key, Entry] = OrderedDict()
-        self._sparse: list[Pack] = []  # packs less than half indexed, for the next eviction pass to rewrite
+        self._stale: list[Pack] = []  # packs holding blobs not indexed, for the background pass to rewrite
         self._bytes = 0  # the cost of every indexed file and of every pack (all of it, until it is unlinked)
+        self._waste = 0  # what rewriting the stale packs will free (their `waste`)
         self._reserved = 0  # the cost of the uploads in flight
         self._disks: dict[str, DiskStore] = {}
         self._lock = threading.Lock()
@@ -641,6 +639,11 @@ class ServerStore:
 
     def path(self, key: Key) -> Path:
         return Path(self.entry_path(key))
+
+    def age_path(self, key: Key) -> Path:
+        """The file whose mtime is the entry's age in the LRU order after a restart: its own, or its pack."""
+        entry = self._index.get(key)
+        return Path(entry[2].path) if entry is not None and entry[2] is not None else self.path(key)
 
     def entry_path(self, key: Key) -> str:
         """`path` as a str, built without pathlib (a batch builds 1,000)."""
@@ -705,11 +708,7 @@ class ServerStore:
                     self._index[key] = (size, size + packs.ENTRY, pack, offset)
                     pack.add(size)
             for pack in every_pack:
-                if not pack.live:
-                    self._drop_pack(pack)
-                elif pack.sparse() and not pack.compacting:
-                    pack.compacting = True
-                    self._sparse.append(pack)
+                self._tidy(pack)
             self._collect_if_over()
 
     def _load_packs(self, instance: str) -> list[tuple[float, int, Key, int, Pack | None, int]]:
@@ -733,7 +732,7 @@ class ServerStore:
             except OSError as e:  # not a file the server can read: left alone, its blobs not served
                 self._report(f"skipping {path}: {e.strerror}")
                 continue
-            pack = Pack(path, instance, self.cost(st.st_size), st.st_size)
+            pack = Pack(path, instance, self.cost(st.st_size), st.st_size, st.st_mtime)
             found += [(st.st_mtime, 1, (instance, "cas", hash_), size, pack, offset)
                       for hash_, offset, size in table if is_valid_hash(hash_)]
         return found
@@ -857,7 +856,7 @@ class ServerStore:
         content, offsets = packs.encode([(key[2], data) for key, data in blobs])
         with self.reserve_many([len(data) for _, data in blobs], cost=self.cost(len(content))) as reservation:
             dest, changed = self._write_pack(instance, content)
-            pack = Pack(dest, instance, reservation.cost, len(content))
+            pack = Pack(dest, instance, reservation.cost, len(content), time.time())
             with self._lock:
                 reservation.release_locked()  # now the pack's cost, in _bytes
                 self._bytes += pack.cost
@@ -870,19 +869,21 @@ class ServerStore:
                         remove(self.path(key))  # a file of the wrong size (torn): the packed copy replaces it
                     self._index[key] = (size, size + packs.ENTRY, pack, offset)
                     pack.add(size)
-                if not pack.live:
-                    self._drop_pack(pack)  # every blob was here already
+                self._tidy(pack)  # unlinked if every blob was here already, queued if some were
                 self._collect_if_over()
         self.files.sync_dirs(changed)
 
-    def _write_pack(self, instance: str, content: bytes) -> tuple[str, set[str]]:
+    def _write_pack(self, instance: str, content: bytes, mtime: float | None = None) -> tuple[str, set[str]]:
         """A new pack holding `content` in the instance's `packs/`: a temp file (flushed with --fsync) renamed into
-        place. Its path, and the directories changed (for `sync_dirs`); on a failure nothing is left behind."""
+        place, with `mtime` if given (a rewritten pack keeps its age). Its path, and the directories changed (for
+        `sync_dirs`); on a failure nothing is left behind."""
         tmp = self.files.temp(str(self.writable_disk(instance).temp_path().parent))
         dest = f"{self.instance_dir(instance)}/{PACKS}/{os.path.basename(tmp)}"
         self.files.create(tmp, content)
         changed: set[str] = set()
         try:
+            if mtime is not None:
+                os.utime(tmp, (mtime, mtime))
             self.files.flush([tmp])
             self.files.publish(tmp, dest, changed)
         except BaseException:
@@ -896,14 +897,17 @@ class ServerStore:
 
     def read_packed(self, key: Key) -> tuple[bool, bytes | None]:
         """(False, None) if the blob is not in a pack (any more); else (True, its bytes as stored, unchecked), or
-        (True, None) when its pack was removed behind the server's back."""
+        (True, None) when its pack was removed behind the server's back. The pack's mtime is refreshed at most
+        hourly: it is its blobs' age in the LRU order after a restart."""
         while True:
             with self._lock:
                 size, _cost, pack, offset = self._index.get(key) or (0, 0, None, 0)
                 if pack is None:
                     return False, None
             try:
-                return True, packs.read_blob(pack.path, offset, size)
+                data = packs.read_blob(pack.path, offset, size)
+                self._touch(pack)
+                return True, data
             except FileNotFoundError:
                 with self._lock:
                     if (entry := self._index.get(key)) is not None and entry[2] is pack:
@@ -912,23 +916,30 @@ class ServerStore:
 
     def on_disk(self, key: Key, size: int, packs_seen: dict[str, bool]) -> bool:
         """Is the entry's file (or its pack: looked at once per `packs_seen`) still on disk at its length? A file
-        removed behind the server's back makes a miss, not a broken hit."""
-        entry = self._index.get(key)
-        pack = None if entry is None else entry[2]
-        path = self.entry_path(key) if pack is None else pack.path
-        found = packs_seen.get(path)
-        if found is None:
-            try:
-                found = os.stat(path).st_size == (size if pack is None else pack.size)
-            except OSError:
-                found = False
-            if pack is not None:
-                packs_seen[path] = found
-        return found
+        removed behind the server's back makes a miss, not a broken hit; a blob whose pack was rewritten (moved)
+        meanwhile is looked for again where it is now."""
+        while True:
+            entry = self._index.get(key)
+            pack = None if entry is None else entry[2]
+            path = self.entry_path(key) if pack is None else pack.path
+            found = packs_seen.get(path)
+            if found is None:
+                try:
+                    found = os.stat(path).st_size == (size if pack is None else pack.size)
+                except OSError:
+                    found = False
+                if pack is not None:
+                    packs_seen[path] = found
+            if found:
+                return True
+            with self._lock:
+                now = self._index.get(key)
+                if now is None or now[2] is pack:
+                    return False
 
     def corrupt(self, key: Key, digest: Digest) -> None:
-        """A packed blob whose bytes do not match its digest: unindexed (its pack rewritten or removed in time)
-        and reported."""
+        """A packed blob whose bytes do not match its digest: unindexed, and reported; the background pass
+        rewrites its pack without it, so a restart does not index it again."""
         entry = self._index.get(key)
         pack = None if entry is None else entry[2]
         self._report(f"corrupt blob {digest} in {pack.path if pack else 'a pack'}: evicted")
@@ -979,8 +990,7 @@ class ServerStore:
 
     def _unindex(self, key: Key, cost: int) -> bool:
         """(Lock held.) Take an entry out of the index; True if it is a file of its own (the caller unlinks it).
-        A packed blob's bytes stay counted with its pack: unlinked once none of it is indexed, queued to be
-        rewritten once less than half is."""
+        A packed blob's bytes stay counted with its pack until it is rewritten or unlinked (`_tidy`)."""
         size, _cost, pack, _offset = self._index.pop(key)
         if key[1] == "cas":
             self.memory.drop((key[0], key[2]))
@@ -989,17 +999,34 @@ class ServerStore:
             self._bytes -= cost
             return True
         pack.remove(size)
+        self._tidy(pack)
+        return False
+
+    def _tidy(self, pack: Pack) -> None:
+        """(Lock held.) Unlink a pack none of whose blobs is indexed; queue one holding blobs not indexed (evicted,
+        corrupt, or indexed elsewhere) for the background pass to rewrite, counting what that will free."""
         if not pack.live:
             self._drop_pack(pack)
-        elif not pack.compacting and pack.sparse():
-            pack.compacting = True
-            self._sparse.append(pack)
-        return False
+            return
+        if pack.needed() < pack.size and not pack.queued:
+            pack.queued = True
+            self._stale.append(pack)
+            self._collect_if_over()
+        self._settle(pack)
+
+    def _settle(self, pack: Pack) -> None:
+        """(Lock held.) Bring `pack.waste`, and `_waste`, up to date: what rewriting it frees while it is queued
+        (whole blocks: a rewrite may free none), else nothing."""
+        waste = max(0, pack.cost - self.cost(pack.needed())) if pack.queued and pack.live else 0
+        self._waste += waste - pack.waste
+        pack.waste = waste
 
     def _drop_pack(self, pack: Pack) -> None:
         """(Lock held.) Unlink a pack none of whose blobs is indexed; its cost leaves the account."""
         self._bytes -= pack.cost
         pack.cost = 0
+        pack.queued = False
+        self._settle(pack)
         try:
             os.unlink(pack.path)
         except FileNotFoundError:
@@ -1007,12 +1034,24 @@ class ServerStore:
         except OSError as e:
             self._gc_failed(pack.path, e)
 
+    def _touch(self, pack: Pack) -> None:
+        """A blob was read from `pack`: refresh its mtime, at most hourly (as DiskStore does a blob's file)."""
+        now = time.time()
+        if now - pack.touched > TOUCH_AFTER_S:
+            pack.touched = now
+            try:
+                os.utime(pack.path, (now, now))
+            except OSError:
+                pass
+
     def _compact(self, pack: Pack) -> None:
-        """Rewrite the blobs of `pack` still indexed into a new pack, move them there (each keeps its place in the
-        LRU order), and unlink the old one. Blobs evicted meanwhile are left out (the new pack may then be sparse,
-        or unlinked at once). A failure (a full disk) leaves the old pack as it was."""
+        """Rewrite the blobs of `pack` still indexed into a new pack (with the old one's mtime), move them there
+        (each keeps its place in the LRU order), and unlink the old one. Blobs unindexed meanwhile are left out
+        (the new pack is then queued in turn, or unlinked at once). A failure (a full disk) leaves the old pack
+        as it was, no longer counted as freeing anything."""
         with self._lock:
-            pack.compacting = False
+            pack.queued = False
+            self._settle(pack)
             if not pack.live:
                 return
         instance = pack.instance
@@ -1031,14 +1070,14 @@ class ServerStore:
         content, offsets = packs.encode([(key[2], old[offset:offset + size]) for key, offset, size in members])
         dest = ""
         try:
-            dest, changed = self._write_pack(instance, content)
+            dest, changed = self._write_pack(instance, content, pack.touched)
             self.files.sync_dirs(changed)  # the new pack is durable before the old one goes
         except OSError as e:
             if dest:
                 remove(dest)
             self._gc_failed(pack.path, e)
             return
-        new = Pack(dest, instance, self.cost(len(content)), len(content))
+        new = Pack(dest, instance, self.cost(len(content)), len(content), pack.touched)
         with self._lock:
             self._bytes += new.cost
             for (key, old_offset, size), offset in zip(members, offsets, strict=True):
@@ -1047,34 +1086,29 @@ class ServerStore:
                     pack.remove(size)
                     new.add(size)
                     self._index[key] = (size, entry[1], new, offset)  # the same place in the LRU order
-            if not pack.live:
-                self._drop_pack(pack)
-            if not new.live:
-                self._drop_pack(new)
+            self._tidy(pack)
+            self._tidy(new)
 
     # -- size bound --------------------------------------------------------------------------------------------
 
     def _collect_if_over(self) -> None:
-        """(Lock held.) Start an eviction pass if the entries and the uploads in flight exceed the bound."""
-        if self._bytes + self._reserved > self.max_size and self._gc is None:
+        """(Lock held.) Start a background pass if the entries and the uploads in flight exceed the bound, or a
+        pack waits to be rewritten."""
+        if (self._stale or self._bytes + self._reserved > self.max_size) and self._gc is None:
             self._gc = threading.Thread(target=self._collect, name="gaffer-serve-gc", daemon=True)
             self._gc.start()
 
     def _collect(self) -> None:
-        """Evict least-recently-used entries until entries and uploads in flight fit under GC_LOW_WATER of the
-        bound (so a pass does not start again at once), a batch per hold of the lock; between batches, rewrite
-        the packs that became less than half indexed (their dead bytes count until then)."""
+        """Evict least-recently-used entries until entries and uploads in flight, less what rewriting the stale
+        packs will free, fit under GC_LOW_WATER of the bound (so a pass does not start again at once), a batch
+        per hold of the lock; then rewrite those packs, and look again. An evicted packed blob so counts as the
+        room its pack's rewrite frees: the pass evicts no more than its target needs, and the disk follows."""
         target = int(self.max_size * GC_LOW_WATER)
         while True:
             with self._lock:
-                sparse, self._sparse = self._sparse, []
-            for pack in sparse:
-                self._compact(pack)
-            with self._lock:
                 for _ in range(EVICT_BATCH):
-                    if self._bytes + self._reserved <= target or not self._index:
-                        self._gc = None
-                        return
+                    if self._bytes - self._waste + self._reserved <= target or not self._index:
+                        break
                     key, (_size, cost, _pack, _offset) = next(iter(self._index.items()))
                     if not self._unindex(key, cost):
                         continue
@@ -1084,6 +1118,14 @@ class ServerStore:
                         pass
                     except OSError as e:
                         self._gc_failed(self.entry_path(key), e)
+                else:
+                    continue  # more to evict: the lock is let go between batches
+                stale, self._stale = self._stale, []
+                if not stale:
+                    self._gc = None
+                    return
+            for pack in stale:
+                self._compact(pack)
 
     def _gc_failed(self, path: str, error: OSError) -> None:
         if not self._gc_error_reported:
