@@ -9,7 +9,7 @@ instance "" is at the root (so `gaffer cache status|verify --dir` work on its fi
 never reach outside `instances/`. Every file and pack is a temp file renamed into place (kill -9 loses nothing
 committed and needs no recovery; files.py, which also says what `--fsync` adds). A file costs its size rounded up
 to the file system's block plus an inode, which is what it takes on disk; a pack its whole file, until it is
-unlinked.
+rewritten without its evicted blobs or unlinked (packs.py).
 
 The server owns its directory. The index is read from the disk once, at start; after that every install,
 eviction and corruption found goes through it under one lock, so it never disagrees with what the server wrote:
