@@ -139,7 +139,7 @@ def test_serve_refuses_a_read_only_directory(shared: Path) -> None:
     proc = as_nobody(["serve", "--dir", str(shared / "store"), "--grpc", "127.0.0.1:0"], cwd=shared,
                      env=os.environ.copy())
     assert proc.returncode == 3 and proc.stderr.strip() == (
-        f"gaffer serve: --dir {shared}/store: disk://{shared}/store: cannot write to the cache directory (read-only)")
+        f"gaffer serve: --dir {shared}/store: cannot write to the cache directory (read-only)")
 
 
 @pytest.mark.parametrize("command", [["run"], ["cache", "status"], ["clean", "--all"]])

@@ -596,7 +596,8 @@ def test_a_second_server_on_the_same_store_is_refused(tmp_path: Path, serve: lis
                              "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"],
                             capture_output=True, text=True, timeout=60, check=False)
     assert second.returncode == 3, second.stderr
-    assert f"another gaffer serve (pid {first.proc.pid}) is using this store" in second.stderr
+    store = tmp_path / "store"
+    assert second.stderr == f"gaffer serve: --dir {store}: another gaffer serve (pid {first.proc.pid}) is using this store\n"
     assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
     assert client.read([digest]) == {digest: data}
     client.close()

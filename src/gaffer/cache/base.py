@@ -38,6 +38,7 @@ class TierError(Exception):
     def __init__(self, tier: str, message: str, transient: bool = True) -> None:
         super().__init__(f"{tier}: {message}")
         self.tier = tier
+        self.message = message  # without the tier's name, for a caller whose own message already names it
         self.transient = transient
 
 

@@ -112,7 +112,7 @@ def _serve(settings: Settings) -> int:
         store = ServerStore(store_dir, max_size, report=lambda m: print(f"gaffer serve: warning: {m}", file=sys.stderr),
                             memory=settings.memory, backend=backend, sync=settings.fsync)
     except TierError as e:
-        raise EnvironmentProblem(f"{settings.sources['dir'] or '--dir'} {store_dir}: {e}") from None
+        raise EnvironmentProblem(f"{settings.sources['dir'] or '--dir'} {store_dir}: {e.message}") from None
     except BackendUnavailable as e:
         raise EnvironmentProblem(f"{settings.sources['backend']} {redact(settings.backend)}: {e}") from None
     metrics = Metrics()
