@@ -383,11 +383,10 @@ class Namespace:
         return f, (self.name, digest.hash) not in self.server.verified
 
     def streamed(self, digest: Digest, ok: bool) -> None:
-        """Record the outcome of checking a blob as it streamed; a corrupt one is evicted and reported."""
+        """Record the outcome of checking a blob as it streamed (a large one: a file of its own); a corrupt one is
+        evicted and reported."""
         if ok:
             self.server.verified.add((self.name, digest.hash))
-        elif self.server.is_packed(self.key(digest)):
-            self.server.corrupt(self.key(digest), digest)
         else:
             self.server.disk(self.name).verified_blob_path(digest)  # hashes it again, evicts and reports it
             self.forget(digest)
@@ -890,10 +889,6 @@ class ServerStore:
             remove(tmp)
             raise
         return dest, changed
-
-    def is_packed(self, key: Key) -> bool:
-        entry = self._index.get(key)
-        return entry is not None and entry[2] is not None
 
     def read_packed(self, key: Key) -> tuple[bool, bytes | None]:
         """(False, None) if the blob is not in a pack (any more); else (True, its bytes as stored, unchecked), or
