@@ -523,6 +523,9 @@ def test_cache_verify_and_status_see_packed_blobs(tmp_path: Path) -> None:
     assert digest.hash not in packed and all(d.hash in packed for d, _ in batches[0] if d != digest)
     again = _gaffer_cache("verify", store)
     assert again.returncode == 0 and "checked 19 blobs" in again.stdout, again.stdout + again.stderr
+    twice, data = batches[2][0]  # in a pack and in a file of its own (the file is the entry): one blob
+    (store / "cas" / twice.hash[:2]).mkdir(parents=True, exist_ok=True)
+    (store / "cas" / twice.hash[:2] / twice.hash).write_bytes(data)
     assert "Blobs: 19" in _gaffer_cache("status", store).stdout
 
 
