@@ -32,6 +32,7 @@ from gaffer.atomic import write_all
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.trusted import TrustedBlobs
 from gaffer.digest import Digest, digest_bytes, digest_file, sha256
+from gaffer.errors import EnvironmentProblem
 
 DEFAULT_MAX_SIZE = 10 * 1024**3
 GC_LOW_WATER = 0.9  # gc evicts down to this fraction of max_size so it does not run again at once
@@ -41,10 +42,37 @@ _AC_HEADER = len(_AC_MAGIC) + sha256().digest_size
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _MIN_FREE = 1 << 20  # less free than this at start: a build's cache is already full (its tasks' output too)
 _SMALL_FILE = 1 << 20  # put_file reads a file up to this size into memory; a bigger one is copied by the kernel
+SERVE_LOCK = "serve.lock"  # locked by a `gaffer serve` for as long as it uses the directory as its store
 
 
 def _warn(message: str) -> None:
     print(f"gaffer: warning: {message}", file=sys.stderr)
+
+
+class StoreServed(EnvironmentProblem):
+    """A running `gaffer serve` holds the store's SERVE_LOCK; `pid` is what it wrote there ("?" if nothing)."""
+
+    def __init__(self, root: Path, pid: str) -> None:
+        super().__init__(f"{root}: a gaffer serve (pid {pid}) is using this store; stop it first")
+        self.pid = pid
+
+
+def lock_served(root: Path) -> int:
+    """Take, without waiting, the lock a `gaffer serve` holds on its store while it runs (SERVE_LOCK, made if
+    need be): the descriptor holding it, until closed. StoreServed if a server holds it; OSError if it cannot be
+    taken (a file system without locks)."""
+    # held read-only: a descriptor open for writing would keep the file system from going read-only
+    fd = os.open(root / SERVE_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 16, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise StoreServed(root, holder or "?") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class StoreStatus(NamedTuple):
@@ -369,7 +397,25 @@ class DiskStore(CacheTier):
 
     def verify(self) -> VerifyReport:
         """Hash every blob (trusted or not: bit rot changes no stat signature) and check every action-cache entry's
-        checksum; evict (and list) the corrupt ones. The blobs found right are the new record of trusted ones."""
+        checksum; evict (and list) the corrupt ones. The blobs found right are the new record of trusted ones.
+        StoreServed if a `gaffer serve` is using the store (its index would no longer match the disk)."""
+        with self._unserved():
+            return self._verify()
+
+    @contextmanager
+    def _unserved(self) -> Iterator[None]:
+        """Keep a `gaffer serve` from starting on the store meanwhile (StoreServed if one runs now). A directory
+        without SERVE_LOCK never had a server, nor packs, and gets no lock file."""
+        if not (self.root / SERVE_LOCK).exists():
+            yield
+            return
+        fd = lock_served(self.root)
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    def _verify(self) -> VerifyReport:
         checked = checked_actions = 0
         corrupt = []
         good = []
@@ -418,8 +464,8 @@ class DiskStore(CacheTier):
                 continue
 
     def _verify_packs(self) -> tuple[int, list[str]]:
-        """Hash every packed blob; a pack holding corrupt blobs is replaced by one of its good blobs, a torn one
-        removed: how many blobs were checked, and the corrupt blobs' hashes (a torn pack's name)."""
+        """Hash every packed blob; a pack holding corrupt blobs is replaced by one holding its good blobs, a torn
+        one removed: how many blobs were checked, and the corrupt blobs' hashes (a torn pack's name)."""
         checked, corrupt = 0, []
         for path, table in self._packs():
             if table is None:
@@ -434,28 +480,40 @@ class DiskStore(CacheTier):
             blobs = [(h, data[offset:offset + size]) for h, offset, size in table]
             bad = {h for h, blob in blobs if digest_bytes(blob).hash != h}
             if bad:
-                self._rewrite_pack(path, [(h, blob) for h, blob in blobs if h not in bad], mtime)
+                replaced = self._rewrite_pack(path, [(h, blob) for h, blob in blobs if h not in bad], mtime)
                 for h, blob in blobs:
                     if h in bad:
                         corrupt.append(h)
-                        self._corrupt_evicted("blob", Digest(h, len(blob)))
+                        if replaced:
+                            self._corrupt_evicted("blob", Digest(h, len(blob)))
         return checked, corrupt
 
-    def _rewrite_pack(self, path: Path, blobs: list[tuple[str, bytes]], mtime: float) -> None:
-        """Replace a pack by a new one of `blobs` (a pack is never changed in place: a temp file renamed into
-        `packs/`, keeping the old one's mtime, its blobs' age for `gaffer serve`), then unlink the old one. If the
-        new one cannot be written (a full disk), the old one is removed whole."""
+    def _rewrite_pack(self, path: Path, blobs: list[tuple[str, bytes]], mtime: float) -> bool:
+        """Replace a pack by a new one of `blobs` (a pack is never changed in place: a temp file, flushed, renamed
+        into `packs/` and its directory flushed, keeping the old one's mtime, its blobs' age for `gaffer serve`),
+        then unlink the old one. If the new one cannot be written (a full disk), the old one is left as it is
+        (`gaffer serve` checks each packed blob it reads), said, and False returned."""
+        from gaffer.server.files import fsync
         from gaffer.server.packs import encode
 
         if blobs:
+            tmp = ""
             try:
                 tmp = self._temp_holding(encode(blobs)[0])
                 os.utime(tmp, (mtime, mtime))
+                fsync(tmp)
                 install(tmp, path.parent / os.path.basename(tmp))
+                tmp = ""
+                fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
             except OSError as e:
-                self.report(f"cannot rewrite {path} without its corrupt blobs ({e.strerror}): removing it whole")
+                if tmp:
+                    with suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                self.report(f"cannot rewrite {path} without its corrupt blobs ({e.strerror}): left as it is")
+                return False
         with suppress(FileNotFoundError):
             os.unlink(path)
+        return True
 
     def clean(self) -> None:
         """Remove every entry (the directory itself stays). Temp files of running processes stay too: a build

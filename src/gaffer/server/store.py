@@ -9,11 +9,12 @@ instance "" is at the root (so `gaffer cache status|verify --dir` work on its fi
 never reach outside `instances/`. Every file and pack is a temp file renamed into place (kill -9 loses nothing
 committed and needs no recovery; files.py, which also says what `--fsync` adds). A file costs its size rounded up
 to the file system's block plus an inode, which is what it takes on disk; a pack its whole file, until it is
-rewritten without its evicted blobs or unlinked (packs.py).
+unlinked (evicted whole) or rewritten without its dropped blobs (packs.py).
 
 The server owns its directory. The index is read from the disk once, at start; after that every install,
 eviction and corruption found goes through it under one lock, so it never disagrees with what the server wrote:
-an eviction pass takes the least recently used entries from the index and unlinks them under the lock, and an
+an eviction pass takes the least recently used entries (a packed one: its whole pack) from the index and unlinks
+them under the lock, and an
 upload installs its file and indexes it under the same lock, so nothing acknowledged is lost from the index.
 Using an action result (a hit, or storing it) moves it, then every blob it names, to the recent end of the LRU
 order, so an action result is always evicted before (or with) its blobs. A lookup still checks the index and
@@ -33,7 +34,7 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from io import BufferedReader, BytesIO
 from pathlib import Path
@@ -44,7 +45,7 @@ from urllib.parse import quote, unquote
 from google.protobuf.message import DecodeError
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.disk import GC_LOW_WATER, DiskStore, action_entry
+from gaffer.cache.disk import GC_LOW_WATER, SERVE_LOCK, DiskStore, StoreServed, action_entry, lock_served
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
@@ -542,30 +543,19 @@ def _distinct(digests: Iterable[Digest]) -> list[Digest]:
     return list(named)
 
 
-LOCK = "serve.lock"
-
-
 def _hold(root: Path) -> int:
     """Lock the store for this server (until `close`, or its exit): two servers on one directory would each keep
-    their own index and size account of the same files, one evicting (or rewriting packs) under the other. The
-    lock file names the holder's pid. TierError if another server holds it."""
-    import fcntl
-
-    try:  # held read-only: a descriptor open for writing would keep the file system from going read-only
-        fd = os.open(root / LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    their own index and size account of the same files, one evicting (or rewriting packs) under the other, and
+    `gaffer cache verify` takes the same lock. The lock file names the holder's pid. TierError if another
+    server holds it."""
+    try:
+        fd = lock_served(root)
+    except StoreServed as e:
+        raise TierError(str(root), f"another gaffer serve (pid {e.pid}) is using this store", transient=False) from None
     except OSError as e:
         raise TierError(str(root), f"cannot lock the store: {e.strerror}", transient=False) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        holder = os.pread(fd, 16, 0).decode(errors="replace").strip()
-        os.close(fd)
-        if isinstance(e, BlockingIOError):
-            raise TierError(str(root), f"another gaffer serve (pid {holder or '?'}) is using this store",
-                            transient=False) from None
-        raise TierError(str(root), f"cannot lock the store: {e.strerror}", transient=False) from None
-    try:
-        writer = os.open(root / LOCK, os.O_WRONLY | os.O_CLOEXEC)
+        writer = os.open(root / SERVE_LOCK, os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.pwrite(writer, str(os.getpid()).ljust(15).encode() + b"\n", 0)  # fixed width, written in place
         finally:
@@ -592,14 +582,14 @@ class ServerStore:
         self.memory = MemoryCache(memory)
         self.verified: set[tuple[str, str]] = set()  # large blobs this process checked: streamed without hashing
         self._index: OrderedDict[Key, Entry] = OrderedDict()
-        self._stale: list[Pack] = []  # packs holding blobs not indexed, for the background pass to rewrite
+        self._stale: deque[Pack] = deque()  # packs worth rewriting without their dropped blobs (the background pass)
         self._bytes = 0  # the cost of every indexed file and of every pack (all of it, until it is unlinked)
-        self._waste = 0  # what rewriting the stale packs will free (their `waste`)
         self._reserved = 0  # the cost of the uploads in flight
         self._disks: dict[str, DiskStore] = {}
         self._lock = threading.Lock()
         self._gc: threading.Thread | None = None
         self._gc_error_reported = False
+        self._closing = False  # the background pass stops before its next step
         root_disk = DiskStore(root, max_size, report=report)
         if not root_disk.writable:  # a server that drops every upload would only look like a cache
             raise TierError(root_disk.name, "cannot write to the cache directory (read-only)", transient=False)
@@ -705,7 +695,7 @@ class ServerStore:
                     self._bytes += self.cost(size)
                 else:
                     self._index[key] = (size, size + packs.ENTRY, pack, offset)
-                    pack.add(size)
+                    pack.add(key, size)
             for pack in every_pack:
                 self._tidy(pack)
             self._collect_if_over()
@@ -867,15 +857,15 @@ class ServerStore:
                     if old is not None and self._unindex(key, old[1]):
                         remove(self.path(key))  # a file of the wrong size (torn): the packed copy replaces it
                     self._index[key] = (size, size + packs.ENTRY, pack, offset)
-                    pack.add(size)
-                self._tidy(pack)  # unlinked if every blob was here already, queued if some were
+                    pack.add(key, size)
+                self._tidy(pack)  # unlinked if every blob was here already
                 self._collect_if_over()
         self.files.sync_dirs(changed)
 
     def _write_pack(self, instance: str, content: bytes, mtime: float | None = None) -> tuple[str, set[str]]:
         """A new pack holding `content` in the instance's `packs/`: a temp file (flushed with --fsync) renamed into
-        place, with `mtime` if given (a rewritten pack keeps its age). Its path, and the directories changed (for
-        `sync_dirs`); on a failure nothing is left behind."""
+        place, or with `mtime` a rewritten pack (keeping its age), always flushed: the old one is unlinked next.
+        Its path, and the directories changed (for `sync_dirs`); on a failure nothing is left behind."""
         tmp = self.files.temp(str(self.writable_disk(instance).temp_path().parent))
         dest = f"{self.instance_dir(instance)}/{PACKS}/{os.path.basename(tmp)}"
         self.files.create(tmp, content)
@@ -883,7 +873,7 @@ class ServerStore:
         try:
             if mtime is not None:
                 os.utime(tmp, (mtime, mtime))
-            self.files.flush([tmp])
+            self.files.flush([tmp], always=mtime is not None)
             self.files.publish(tmp, dest, changed)
         except BaseException:
             remove(tmp)
@@ -934,11 +924,15 @@ class ServerStore:
 
     def corrupt(self, key: Key, digest: Digest) -> None:
         """A packed blob whose bytes do not match its digest: unindexed, and reported; the background pass
-        rewrites its pack without it, so a restart does not index it again."""
-        entry = self._index.get(key)
-        pack = None if entry is None else entry[2]
+        rewrites its pack without it at once, so a restart does not index it again."""
+        with self._lock:
+            entry = self._index.get(key)
+            pack = None if entry is None else entry[2]
+            if pack is not None:
+                pack.damaged = True
+            if entry is not None:
+                self._unindex(key, entry[1])
         self._report(f"corrupt blob {digest} in {pack.path if pack else 'a pack'}: evicted")
-        self.drop(key)
 
     def install(self, key: Key, tmp: StrPath, size: int, reservation: Reservation) -> None:
         """Install one finished temp file (see install_many)."""
@@ -987,9 +981,7 @@ class ServerStore:
         """(Lock held.) Take an entry out of the index; True if it is a file of its own (the caller unlinks it).
         A packed blob's bytes stay counted with its pack until it is rewritten or unlinked (`_tidy`)."""
         size, _cost, pack, _offset = self._index.pop(key)
-        if key[1] == "cas":
-            self.memory.drop((key[0], key[2]))
-            self.verified.discard((key[0], key[2]))
+        self._uncache(key)
         if pack is None:
             self._bytes -= cost
             return True
@@ -997,37 +989,44 @@ class ServerStore:
         self._tidy(pack)
         return False
 
+    def _uncache(self, key: Key) -> None:
+        """(Lock held.) An entry left the index: nothing remembers it any more."""
+        if key[1] == "cas":
+            self.memory.drop((key[0], key[2]))
+            self.verified.discard((key[0], key[2]))
+
     def _tidy(self, pack: Pack) -> None:
-        """(Lock held.) Unlink a pack none of whose blobs is indexed; queue one holding blobs not indexed (evicted,
-        corrupt, or indexed elsewhere) for the background pass to rewrite, counting what that will free."""
+        """(Lock held.) Unlink a pack none of whose blobs is indexed; queue one worth rewriting without the blobs it
+        holds unindexed (found corrupt, missing, or indexed elsewhere) for the background pass."""
         if not pack.live:
             self._drop_pack(pack)
-            return
-        if pack.needed() < pack.size and not pack.queued:
+        elif not pack.queued and pack.worth_rewriting():
             pack.queued = True
             self._stale.append(pack)
             self._collect_if_over()
-        self._settle(pack)
 
-    def _settle(self, pack: Pack) -> None:
-        """(Lock held.) Bring `pack.waste`, and `_waste`, up to date: what rewriting it frees while it is queued
-        (whole blocks: a rewrite may free none), else nothing."""
-        waste = max(0, pack.cost - self.cost(pack.needed())) if pack.queued and pack.live else 0
-        self._waste += waste - pack.waste
-        pack.waste = waste
+    def _evict_pack(self, pack: Pack) -> None:
+        """(Lock held.) Evict every blob still indexed in `pack`, and unlink it: the room freed is exactly its cost,
+        for an unlink and no write (a rewrite to keep its younger blobs would write them all again, and a pass
+        could rewrite most of the store; those blobs are uploaded again by their next user, into a new pack)."""
+        for key in pack.keys:
+            entry = self._index.get(key)
+            if entry is not None and entry[2] is pack:
+                del self._index[key]
+                self._uncache(key)
+        pack.live = pack.live_bytes = 0
+        self._drop_pack(pack)
 
     def _drop_pack(self, pack: Pack) -> None:
         """(Lock held.) Unlink a pack none of whose blobs is indexed; its cost leaves the account."""
         self._bytes -= pack.cost
         pack.cost = 0
-        pack.queued = False
-        self._settle(pack)
         try:
             os.unlink(pack.path)
         except FileNotFoundError:
             pass
         except OSError as e:
-            self._gc_failed(pack.path, e)
+            self._gc_failed(f"cannot evict {pack.path}", e)
 
     def _touch(self, pack: Pack) -> None:
         """A blob was read from `pack`: refresh its mtime, at most hourly (as DiskStore does a blob's file)."""
@@ -1040,97 +1039,113 @@ class ServerStore:
                 pass
 
     def _compact(self, pack: Pack) -> None:
-        """Rewrite the blobs of `pack` still indexed into a new pack (with the old one's mtime), move them there
-        (each keeps its place in the LRU order), and unlink the old one. Blobs unindexed meanwhile are left out
-        (the new pack is then queued in turn, or unlinked at once). A failure (a full disk) leaves the old pack
-        as it was, no longer counted as freeing anything."""
+        """Rewrite the blobs of `pack` still indexed into a new pack (as old as the newest of the old one's mtime
+        and its last read: a memory cache hit refreshes the mtime alone), move them there (each keeps its place
+        in the LRU order), and unlink the old one once the new one is durable (always flushed: else a crash of
+        the machine could leave the new one empty and the old one gone). Blobs unindexed meanwhile are left out.
+        An OSError (a full disk, an unreadable pack) leaves the old pack as it was, and is raised."""
         with self._lock:
             pack.queued = False
-            self._settle(pack)
-            if not pack.live:
-                return
-        instance = pack.instance
-        try:
-            with open(pack.path, "rb") as f:
-                old = f.read()
-            table = packs.read_table(pack.path)
-        except (FileNotFoundError, BadPack):
-            return  # its last blob was evicted meanwhile (unlinked), or the file is not ours any more
-        with self._lock:
-            members = [(key, offset, size) for hash_, offset, size in table
-                       if (entry := self._index.get(key := (instance, "cas", hash_))) is not None
-                       and entry[2] is pack and entry[3] == offset]
+            members = [(key, entry[3], entry[0]) for key in pack.keys
+                       if (entry := self._index.get(key)) is not None and entry[2] is pack]
         if not members:
             return
-        content, offsets = packs.encode([(key[2], old[offset:offset + size]) for key, offset, size in members])
-        dest = ""
         try:
-            dest, changed = self._write_pack(instance, content, pack.touched)
-            self.files.sync_dirs(changed)  # the new pack is durable before the old one goes
-        except OSError as e:
-            if dest:
-                remove(dest)
-            self._gc_failed(pack.path, e)
-            return
-        new = Pack(dest, instance, self.cost(len(content)), len(content), pack.touched)
+            with open(pack.path, "rb") as f:
+                old, mtime = f.read(), os.fstat(f.fileno()).st_mtime
+        except FileNotFoundError:
+            return  # evicted meanwhile, or removed behind the server's back (its blobs are missed when read)
+        if len(old) != pack.size:
+            return  # not the file the server wrote any more: its blobs are checked when read
+        touched = max(pack.touched, mtime)
+        content, offsets = packs.encode([(key[2], old[offset:offset + size]) for key, offset, size in members])
+        dest, changed = self._write_pack(pack.instance, content, touched)
+        try:
+            self.files.sync_dirs(changed, always=True)  # the new pack is durable before the old one goes
+        except BaseException:
+            remove(dest)
+            raise
+        new = Pack(dest, pack.instance, self.cost(len(content)), len(content), touched)
         with self._lock:
             self._bytes += new.cost
             for (key, old_offset, size), offset in zip(members, offsets, strict=True):
                 entry = self._index.get(key)
                 if entry is not None and entry[2] is pack and entry[3] == old_offset:
                     pack.remove(size)
-                    new.add(size)
+                    new.add(key, size)
                     self._index[key] = (size, entry[1], new, offset)  # the same place in the LRU order
+            new.damaged = pack.damaged and new.live < len(members)  # one found corrupt meanwhile may be in it
             self._tidy(pack)
             self._tidy(new)
 
     # -- size bound --------------------------------------------------------------------------------------------
 
     def _collect_if_over(self) -> None:
-        """(Lock held.) Start a background pass if the entries and the uploads in flight exceed the bound, or a
-        pack waits to be rewritten."""
-        if (self._stale or self._bytes + self._reserved > self.max_size) and self._gc is None:
+        """(Lock held.) Start the background pass if the entries and the uploads in flight exceed the bound, or a
+        pack waits to be rewritten (which alone evicts nothing)."""
+        if (self._stale or self._bytes + self._reserved > self.max_size) and self._gc is None and not self._closing:
             self._gc = threading.Thread(target=self._collect, name="gaffer-serve-gc", daemon=True)
             self._gc.start()
 
     def _collect(self) -> None:
-        """Evict least-recently-used entries until entries and uploads in flight, less what rewriting the stale
-        packs will free, fit under GC_LOW_WATER of the bound (so a pass does not start again at once), a batch
-        per hold of the lock; then rewrite those packs, and look again. An evicted packed blob so counts as the
-        room its pack's rewrite frees: the pass evicts no more than its target needs, and the disk follows."""
+        """The background pass. Once the entries and uploads in flight exceed the bound, evict least recently used
+        entries until they fit under GC_LOW_WATER of it (so a pass does not start again at once), a batch per
+        hold of the lock; between those, and before each pack rewrite (one at a time), look at the bound again.
+        An OSError is reported (once) and the pass goes on; whatever ends it, a later one can start."""
         target = int(self.max_size * GC_LOW_WATER)
-        while True:
+        evicting = False
+        try:
+            while True:
+                with self._lock:
+                    evicting = evicting or self._bytes + self._reserved > self.max_size
+                    if evicting and not self._closing:
+                        evicting = self._evict(target)
+                        if evicting:
+                            continue  # more to evict: the lock is let go between batches
+                    if self._closing or not self._stale:
+                        self._gc = None
+                        return
+                    pack = self._stale.popleft()
+                try:
+                    self._compact(pack)
+                except OSError as e:
+                    self._gc_failed(f"cannot rewrite {pack.path}", e)
+        finally:
             with self._lock:
-                for _ in range(EVICT_BATCH):
-                    if self._bytes - self._waste + self._reserved <= target or not self._index:
-                        break
-                    key, (_size, cost, _pack, _offset) = next(iter(self._index.items()))
-                    if not self._unindex(key, cost):
-                        continue
-                    try:
-                        os.unlink(self.path(key))
-                    except FileNotFoundError:
-                        pass
-                    except OSError as e:
-                        self._gc_failed(self.entry_path(key), e)
-                else:
-                    continue  # more to evict: the lock is let go between batches
-                stale, self._stale = self._stale, []
-                if not stale:
+                if self._gc is threading.current_thread():
                     self._gc = None
-                    return
-            for pack in stale:
-                self._compact(pack)
 
-    def _gc_failed(self, path: str, error: OSError) -> None:
+    def _evict(self, target: int) -> bool:
+        """(Lock held.) Evict up to EVICT_BATCH least recently used entries (a packed blob: its whole pack) while
+        the entries and uploads in flight exceed `target`: True if more is to be evicted."""
+        for _ in range(EVICT_BATCH):
+            if self._bytes + self._reserved <= target or not self._index:
+                return False
+            key, (_size, cost, pack, _offset) = next(iter(self._index.items()))
+            if pack is not None:
+                self._evict_pack(pack)
+            elif self._unindex(key, cost):
+                try:
+                    os.unlink(self.path(key))
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    self._gc_failed(f"cannot evict {self.entry_path(key)}", e)
+        return True
+
+    def _gc_failed(self, what: str, error: OSError) -> None:
+        """Report a failure of the background pass, the first one only (a broken disk would say it each time)."""
         if not self._gc_error_reported:
             self._gc_error_reported = True
-            self._report(f"cannot evict {path}: {error.strerror}")
+            self._report(f"{what}: {error.strerror}")
 
     def close(self) -> None:
-        """Wait for a running eviction pass; close the backend's tiers; record each instance's size for
-        `gaffer cache status`."""
-        gc = self._gc
+        """Stop the background pass (after its current step: pack rewrites still queued are found again at the
+        next start, or their dropped blobs missed again); close the backend's tiers; record each instance's size
+        for `gaffer cache status`."""
+        with self._lock:
+            self._closing = True
+            gc = self._gc
         if gc is not None:
             gc.join()
         self.files.close()
