@@ -7,7 +7,9 @@ written pages) but not the machine's (power loss, a kernel panic) until the kern
 does within about 30 s. What such a crash leaves is never served wrong: a blob whose file is empty or torn fails
 its size check or its hash when read (every read is checked), and a damaged action-cache file is refused, so the
 loss is a miss. With `--fsync`, each temp file is fsync'd before its rename and each directory that got a new
-name afterwards, so an acknowledged entry survives power loss too (on a device that honours flushes).
+name afterwards, so an acknowledged entry survives power loss too (on a device that honours flushes). A file
+that replaces others (a pack rewritten in the background) is flushed so either way (`always`): the ones it
+replaces are unlinked next, and must not be lost with it.
 
 Names: `<pid>-<random>-<counter>` in the instance's `tmp/`, the pid first as DiskStore expects (a dead
 process's temp files are removed at start), the random part so a reused pid never meets an old name.
