@@ -20,6 +20,7 @@ import grpc
 import httpx
 import pytest
 
+from gaffer.cache.disk import lock_served
 from gaffer.digest import Digest, digest_bytes
 from gaffer.protos import bytestream_pb2, bytestream_pb2_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
@@ -608,7 +609,7 @@ def test_cache_verify_on_a_full_disk_leaves_a_pack_it_cannot_rewrite(tmp_path: P
 def test_cache_verify_refuses_a_store_a_server_is_using(tmp_path: Path, serve: list) -> None:
     """`gaffer cache verify` on the store of a running server would change packs under its index: refused in one
     line naming the server (exit status 3), nothing changed. `status` only reads, and runs. Once the server has
-    stopped, verify runs."""
+    stopped, verify runs; a server started while a verify runs is refused, naming it."""
     store = tmp_path / "store"
     server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
     serve.append(server)
@@ -627,6 +628,15 @@ def test_cache_verify_refuses_a_store_a_server_is_using(tmp_path: Path, serve: l
     assert stop_signal(server) == 0
     again = _gaffer_cache("verify", store)
     assert again.returncode == 1 and not pack.exists(), again.stdout + again.stderr
+    held = lock_served(store, "gaffer cache verify")  # as a verify running now holds it: a server names it
+    try:
+        refused = subprocess.run([sys.executable, "-m", "gaffer.server.main", "--dir", str(store), "--grpc",
+                                  "127.0.0.1:0", "--http", "127.0.0.1:0"],
+                                 capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        os.close(held)
+    assert refused.returncode == 3, refused.stderr
+    assert f"another gaffer cache verify (pid {os.getpid()}) is using this store" in refused.stderr, refused.stderr
 
 
 def test_a_torn_blob_file_is_replaced_by_its_packed_copy_for_good(tmp_path: Path, serve: list) -> None:

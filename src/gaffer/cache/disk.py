@@ -50,28 +50,39 @@ def _warn(message: str) -> None:
 
 
 class StoreServed(EnvironmentProblem):
-    """A running `gaffer serve` holds the store's SERVE_LOCK; `pid` is what it wrote there ("?" if nothing)."""
+    """Another process holds the store's SERVE_LOCK: `command` (a `gaffer serve`, or a `gaffer cache verify`) and
+    its `pid` ("?" if it named none), as it wrote them there."""
 
-    def __init__(self, root: Path, pid: str) -> None:
-        super().__init__(f"{root}: a gaffer serve (pid {pid}) is using this store; stop it first")
+    def __init__(self, root: Path, pid: str, command: str) -> None:
+        super().__init__(f"{root}: a {command} (pid {pid}) is using this store; stop it first")
         self.pid = pid
+        self.command = command
 
 
-def lock_served(root: Path) -> int:
-    """Take, without waiting, the lock a `gaffer serve` holds on its store while it runs (SERVE_LOCK, made if
-    need be): the descriptor holding it, until closed. StoreServed if a server holds it; OSError if it cannot be
-    taken (a file system without locks)."""
+def lock_served(root: Path, command: str) -> int:
+    """Take, without waiting, the lock on a store that a `gaffer serve` holds while it runs, and `gaffer cache
+    verify` while it may rewrite the server's packs (SERVE_LOCK, made if need be), naming this process and its
+    `command` in it: the descriptor holding it, until closed. StoreServed if another process holds it; OSError
+    if it cannot be taken (a file system without locks)."""
     # held read-only: a descriptor open for writing would keep the file system from going read-only
     fd = os.open(root / SERVE_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 16, 0).decode(errors="replace").strip()
+        pid, _, holder = os.pread(fd, 32, 0).decode(errors="replace").strip().partition(" ")
         os.close(fd)
-        raise StoreServed(root, holder or "?") from None
+        raise StoreServed(root, pid or "?", holder or "gaffer serve") from None
     except BaseException:
         os.close(fd)
         raise
+    try:
+        writer = os.open(root / SERVE_LOCK, os.O_WRONLY | os.O_CLOEXEC)
+        try:  # fixed width, written in place: the one refused never reads it half-written
+            os.pwrite(writer, f"{os.getpid()} {command}".ljust(31).encode() + b"\n", 0)
+        finally:
+            os.close(writer)
+    except OSError:
+        pass  # it still locks; the one refused just cannot name this process
     return fd
 
 
@@ -409,7 +420,7 @@ class DiskStore(CacheTier):
         if not (self.root / SERVE_LOCK).exists():
             yield
             return
-        fd = lock_served(self.root)
+        fd = lock_served(self.root, "gaffer cache verify")
         try:
             yield
         finally:

@@ -45,7 +45,7 @@ from urllib.parse import quote, unquote
 from google.protobuf.message import DecodeError
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.disk import GC_LOW_WATER, SERVE_LOCK, DiskStore, StoreServed, action_entry, lock_served
+from gaffer.cache.disk import GC_LOW_WATER, DiskStore, StoreServed, action_entry, lock_served
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
@@ -546,23 +546,14 @@ def _distinct(digests: Iterable[Digest]) -> list[Digest]:
 def _hold(root: Path) -> int:
     """Lock the store for this server (until `close`, or its exit): two servers on one directory would each keep
     their own index and size account of the same files, one evicting (or rewriting packs) under the other, and
-    `gaffer cache verify` takes the same lock. The lock file names the holder's pid. TierError if another
-    server holds it."""
+    `gaffer cache verify` takes the same lock. The lock file names the holder. TierError if another process
+    holds it."""
     try:
-        fd = lock_served(root)
+        return lock_served(root, "gaffer serve")
     except StoreServed as e:
-        raise TierError(str(root), f"another gaffer serve (pid {e.pid}) is using this store", transient=False) from None
+        raise TierError(str(root), f"another {e.command} (pid {e.pid}) is using this store", transient=False) from None
     except OSError as e:
         raise TierError(str(root), f"cannot lock the store: {e.strerror}", transient=False) from None
-    try:
-        writer = os.open(root / SERVE_LOCK, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.pwrite(writer, str(os.getpid()).ljust(15).encode() + b"\n", 0)  # fixed width, written in place
-        finally:
-            os.close(writer)
-    except OSError:
-        pass  # it still locks; a second server just cannot name this one
-    return fd
 
 
 class ServerStore:
