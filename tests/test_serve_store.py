@@ -970,22 +970,50 @@ def test_a_rewritten_pack_keeps_the_newest_of_its_ages(tmp_path: Path) -> None:
         store.close()
 
 
-def test_a_stop_waits_for_one_pack_rewrite_not_for_all_queued(tmp_path: Path) -> None:
-    """200 packs sharing one blob, found at start (each older one worth rewriting without it), and the store
-    closed at once: the close waits for the rewrite under way, not for the queue (a stop must not take that
-    long; the packs are found again at the next start). (A store in this process.)"""
-    root = tmp_path / "store"
+def _packs_sharing_a_blob(root: Path, count: int) -> set[Path]:
+    """`count` packs of the instance at `root`, written a second apart, each holding one blob of its own and one
+    they all share: at start, every pack but the newest is worth rewriting without it."""
     (root / PACKS).mkdir(parents=True)
     shared, shared_data = _blob(3000)
     now = time.time()
-    for i in range(200):
+    for i in range(count):
         own, own_data = _blob(10)
         pack = root / PACKS / f"pack-{i:03}"
         pack.write_bytes(encode([(shared.hash, shared_data), (own.hash, own_data)])[0])
-        os.utime(pack, (now - 200 + i, now - 200 + i))
-    written = set((root / PACKS).iterdir())
+        os.utime(pack, (now - count + i, now - count + i))
+    return set((root / PACKS).iterdir())
+
+
+def test_a_stop_waits_for_one_pack_rewrite_not_for_all_queued(tmp_path: Path) -> None:
+    """200 packs worth rewriting found at start, and the store closed at once: the close waits for the rewrite
+    under way, not for the queue (a stop must not take that long; the packs are found again at the next start).
+    (A store in this process.)"""
+    root = tmp_path / "store"
+    written = _packs_sharing_a_blob(root, 200)
     ServerStore(root, 1 << 30, report=print, memory=0).close()
     assert len(written & set((root / PACKS).iterdir())) >= 150
+
+
+def test_the_bound_is_kept_between_pack_rewrites(tmp_path: Path) -> None:
+    """200 packs worth rewriting found at start, under the bound with ten older files; then an upload takes the
+    store over its bound. The background pass evicts (the old files) before its next rewrite, not after the
+    queue: the store is back within its bound while most packs still wait. (A store in this process.)"""
+    root = tmp_path / "store"
+    written = _packs_sharing_a_blob(root, 200)
+    for digest, data in (_blob(50_000) for _ in range(10)):
+        path = root / "cas" / digest.hash[:2] / digest.hash
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.utime(path, (time.time() - 10_000, time.time() - 10_000))
+    bound = 2 * MiB
+    store = ServerStore(root, bound, report=print, memory=0)
+    try:
+        assert store.total_bytes < bound * 0.9
+        store.namespace("").put_checked([_blob(700_000)])
+        wait_until(lambda: store.total_bytes <= bound, "eviction", 30)
+        assert len(written & set((root / PACKS).iterdir())) >= 100, "the queued rewrites went first"
+    finally:
+        store.close()
 
 
 def test_a_pack_the_background_pass_cannot_read_stops_no_later_pass(tmp_path: Path, serve: list) -> None:
