@@ -42,7 +42,7 @@ _AC_HEADER = len(_AC_MAGIC) + sha256().digest_size
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _MIN_FREE = 1 << 20  # less free than this at start: a build's cache is already full (its tasks' output too)
 _SMALL_FILE = 1 << 20  # put_file reads a file up to this size into memory; a bigger one is copied by the kernel
-SERVE_LOCK = "serve.lock"  # locked by a `gaffer serve` for as long as it uses the directory as its store
+SERVE_LOCK = "serve.lock"  # locked by a `gaffer serve` using the directory as its store, or a `gaffer cache verify`
 
 
 def _warn(message: str) -> None:
