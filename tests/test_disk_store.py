@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gaffer.cache.disk import DiskStore
+from gaffer.cache.disk import SERVE_LOCK, DiskStore
 from gaffer.cache.trusted import BOOT_ID, _line, settled, signature
 from gaffer.digest import Digest, digest_bytes
 
@@ -192,6 +192,15 @@ def test_verify_hashes_trusted_blobs_too(tmp_path: Path) -> None:
     reports: list[str] = []
     report = DiskStore(s.root, report=reports.append).verify()
     assert report.corrupt == [d.hash] and not path.exists() and len(reports) == 1
+
+
+def test_verify_of_a_cache_no_server_used_leaves_no_server_lock(tmp_path: Path) -> None:
+    """`verify` takes a `gaffer serve` store's lock only where a server has made one: a build's own cache gets no
+    `serve.lock` file."""
+    s, _ = store(tmp_path)
+    s.write_blob(digest_bytes(b"content"), b"content")
+    assert s.verify().checked == 1
+    assert not (s.root / SERVE_LOCK).exists()
 
 
 def test_a_damaged_record_is_ignored(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from gaffer.atomic import write_all
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.trusted import TrustedBlobs
 from gaffer.digest import Digest, digest_bytes, digest_file, sha256
+from gaffer.errors import EnvironmentProblem
 from gaffer.tuples import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ _AC_HEADER = len(_AC_MAGIC) + sha256().digest_size
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _MIN_FREE = 1 << 20  # less free than this at start: a build's cache is already full (its tasks' output too)
 _SMALL_FILE = 1 << 20  # put_file reads a file up to this size into memory; a bigger one is copied by the kernel
+SERVE_LOCK = "serve.lock"  # locked by a `gaffer serve` using the directory as its store, or a `gaffer cache verify`
 
 
 def _path(text: str) -> Path:
@@ -54,6 +56,43 @@ def _path(text: str) -> Path:
 
 def _warn(message: str) -> None:
     print(f"gaffer: warning: {message}", file=sys.stderr)
+
+
+class StoreServed(EnvironmentProblem):
+    """Another process holds the store's SERVE_LOCK: `command` (a `gaffer serve`, or a `gaffer cache verify`) and
+    its `pid` ("?" if it named none), as it wrote them there."""
+
+    def __init__(self, root: Path, pid: str, command: str) -> None:
+        super().__init__(f"{root}: a {command} (pid {pid}) is using this store; stop it first")
+        self.pid = pid
+        self.command = command
+
+
+def lock_served(root: Path, command: str) -> int:
+    """Take, without waiting, the lock on a store that a `gaffer serve` holds while it runs, and `gaffer cache
+    verify` while it may rewrite the server's packs (SERVE_LOCK, made if need be), naming this process and its
+    `command` in it: the descriptor holding it, until closed. StoreServed if another process holds it; OSError
+    if it cannot be taken (a file system without locks)."""
+    # held read-only: a descriptor open for writing would keep the file system from going read-only
+    fd = os.open(root / SERVE_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid, _, holder = os.pread(fd, 32, 0).decode(errors="replace").strip().partition(" ")
+        os.close(fd)
+        raise StoreServed(root, pid or "?", holder or "gaffer serve") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        writer = os.open(root / SERVE_LOCK, os.O_WRONLY | os.O_CLOEXEC)
+        try:  # fixed width, written in place: the one refused never reads it half-written
+            os.pwrite(writer, f"{os.getpid()} {command}".ljust(31).encode() + b"\n", 0)
+        finally:
+            os.close(writer)
+    except OSError:
+        pass  # it still locks; the one refused just cannot name this process
+    return fd
 
 
 class StoreStatus(NamedTuple):
@@ -373,6 +412,9 @@ class DiskStore(CacheTier):
         return removed, removed_bytes
 
     def status(self) -> StoreStatus:
+        """What the store holds; a blob both in a file and in a pack, or in two packs, counts once (`gaffer
+        serve` rewrites a pack once a blob of it is evicted, so a pack at rest holds only live blobs)."""
+        packed = {hash_: size for _path, table in self._packs() for hash_, _offset, size in table or ()}
         actions = blobs = size = 0
         for path, st in self._walk():
             size += st.st_size
@@ -380,9 +422,9 @@ class DiskStore(CacheTier):
                 actions += 1
             else:
                 blobs += 1
-        for _path, table in self._packs():
-            blobs += len(table or ())
-            size += sum(blob_size for _hash, _offset, blob_size in table or ())
+                packed.pop(path.name, None)
+        blobs += len(packed)
+        size += sum(packed.values())
         return StoreStatus(actions=actions, blobs=blobs, bytes=size, max_size=self.max_size)
 
     def files(self, kind: str) -> Iterator[tuple[Path, os.stat_result]]:
@@ -391,7 +433,25 @@ class DiskStore(CacheTier):
 
     def verify(self) -> VerifyReport:
         """Hash every blob (trusted or not: bit rot changes no stat signature) and check every action-cache entry's
-        checksum; evict (and list) the corrupt ones. The blobs found right are the new record of trusted ones."""
+        checksum; evict (and list) the corrupt ones. The blobs found right are the new record of trusted ones.
+        StoreServed if a `gaffer serve` is using the store (its index would no longer match the disk)."""
+        with self._unserved():
+            return self._verify()
+
+    @contextmanager
+    def _unserved(self) -> Iterator[None]:
+        """Keep a `gaffer serve` from starting on the store meanwhile (StoreServed if one runs now). A directory
+        without SERVE_LOCK never had a server, nor packs, and gets no lock file."""
+        if not (self.root / SERVE_LOCK).exists():
+            yield
+            return
+        fd = lock_served(self.root, "gaffer cache verify")
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    def _verify(self) -> VerifyReport:
         checked = checked_actions = 0
         corrupt = []
         good = []
@@ -440,21 +500,56 @@ class DiskStore(CacheTier):
                 continue
 
     def _verify_packs(self) -> tuple[int, list[str]]:
-        """Hash every packed blob; a pack that is torn or holds a corrupt blob is removed whole (a pack is never
-        rewritten in place): how many blobs were checked, and the corrupt blobs' hashes (a torn pack's name)."""
+        """Hash every packed blob; a pack holding corrupt blobs is replaced by one holding its good blobs, a torn
+        one removed: how many blobs were checked, and the corrupt blobs' hashes (a torn pack's name)."""
         checked, corrupt = 0, []
         for path, table in self._packs():
+            if table is None:
+                corrupt.append(path.name)
+                self._evict_corrupt(path, "pack", Digest(path.name, 0))
+                continue
             try:
-                with open(path, "rb") as f:
-                    bad = [path.name] if table is None else [
-                        h for h, _offset, size in table if digest_bytes(f.read(size)).hash != h]
+                data, mtime = path.read_bytes(), path.stat().st_mtime
             except OSError:
                 continue
-            checked += len(table or ())
+            checked += len(table)
+            blobs = [(h, data[offset:offset + size]) for h, offset, size in table]
+            bad = {h for h, blob in blobs if digest_bytes(blob).hash != h}
             if bad:
-                corrupt += bad
-                self._evict_corrupt(path, "pack", Digest(path.name, 0))
+                replaced = self._rewrite_pack(path, [(h, blob) for h, blob in blobs if h not in bad], mtime)
+                for h, blob in blobs:
+                    if h in bad:
+                        corrupt.append(h)
+                        if replaced:
+                            self._corrupt_evicted("blob", Digest(h, len(blob)))
         return checked, corrupt
+
+    def _rewrite_pack(self, path: Path, blobs: list[tuple[str, bytes]], mtime: float) -> bool:
+        """Replace a pack by a new one of `blobs` (a pack is never changed in place: a temp file, flushed, renamed
+        into `packs/` and its directory flushed, keeping the old one's mtime, its blobs' age for `gaffer serve`),
+        then unlink the old one. If the new one cannot be written (a full disk), the old one is left as it is
+        (`gaffer serve` checks each packed blob it reads), said, and False returned."""
+        from gaffer.server.files import fsync
+        from gaffer.server.packs import encode
+
+        if blobs:
+            tmp = ""
+            try:
+                tmp = self._temp_holding(encode(blobs)[0])
+                os.utime(tmp, (mtime, mtime))
+                fsync(tmp)
+                install(tmp, path.parent / os.path.basename(tmp))
+                tmp = ""
+                fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as e:
+                if tmp:
+                    with suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                self.report(f"cannot rewrite {path} without its corrupt blobs ({e.strerror}): left as it is")
+                return False
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
 
     def clean(self) -> None:
         """Remove every entry (the directory itself stays). Temp files of running processes stay too: a build
@@ -570,13 +665,17 @@ class DiskStore(CacheTier):
             self._evict_corrupt(path, "blob", digest)
 
     def _evict_corrupt(self, path: Path | str, what: str, digest: Digest) -> None:
-        if what == "blob":
-            self.trusted.forget(digest.hash)
-            self._present.discard(digest.hash)
         try:
             os.unlink(path)
         except OSError:
             pass
+        self._corrupt_evicted(what, digest)
+
+    def _corrupt_evicted(self, what: str, digest: Digest) -> None:
+        """Forget and report an entry removed as corrupt."""
+        if what == "blob":
+            self.trusted.forget(digest.hash)
+            self._present.discard(digest.hash)
         self.corrupt_evicted += 1
         self.report(f"corrupt cache {what} {digest.hash[:12]} in {self._root_text} evicted; it will be rebuilt or refetched")
 
