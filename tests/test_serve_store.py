@@ -607,8 +607,8 @@ def test_cache_verify_on_a_full_disk_leaves_a_pack_it_cannot_rewrite(tmp_path: P
 
 
 def test_cache_verify_refuses_a_store_a_server_is_using(tmp_path: Path, serve: list) -> None:
-    """`gaffer cache verify` on the store of a running server would change packs under its index: refused in one
-    line naming the server (exit status 3), nothing changed. `status` only reads, and runs. Once the server has
+    """`gaffer cache verify`, `gc` or `clean` on the store of a running server would change files and packs under
+    its index: refused in one line naming the server (exit status 3), nothing changed. `status` only reads, and runs. Once the server has
     stopped, verify runs; a server started while a verify runs is refused, naming it."""
     store = tmp_path / "store"
     server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
@@ -619,9 +619,11 @@ def test_cache_verify_refuses_a_store_a_server_is_using(tmp_path: Path, serve: l
     client.close()
     pack = _packed(store)[batch[0][0].hash]
     _damage(pack, *batch[0])
-    verify = _gaffer_cache("verify", store)
-    assert verify.returncode == 3 and verify.stdout == "", verify.stdout + verify.stderr
-    assert verify.stderr == f"gaffer: {store}: a gaffer serve (pid {server.proc.pid}) is using this store; stop it first\n"
+    for action in ("verify", "gc", "clean"):  # each changes the store: a server's index would no longer match it
+        refused = _gaffer_cache(action, store)
+        assert refused.returncode == 3 and refused.stdout == "", action + refused.stdout + refused.stderr
+        assert refused.stderr == (f"gaffer: {store}: a gaffer serve (pid {server.proc.pid}) is using this store; "
+                                  "stop it first\n")
     assert pack.exists()
     status = _gaffer_cache("status", store)
     assert status.returncode == 0 and "Blobs: 3" in status.stdout, status.stdout + status.stderr

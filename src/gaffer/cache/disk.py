@@ -435,17 +435,18 @@ class DiskStore(CacheTier):
         """Hash every blob (trusted or not: bit rot changes no stat signature) and check every action-cache entry's
         checksum; evict (and list) the corrupt ones. The blobs found right are the new record of trusted ones.
         StoreServed if a `gaffer serve` is using the store (its index would no longer match the disk)."""
-        with self._unserved():
+        with self.unserved("gaffer cache verify"):
             return self._verify()
 
     @contextmanager
-    def _unserved(self) -> Iterator[None]:
-        """Keep a `gaffer serve` from starting on the store meanwhile (StoreServed if one runs now). A directory
-        without SERVE_LOCK never had a server, nor packs, and gets no lock file."""
+    def unserved(self, command: str) -> Iterator[None]:
+        """Keep a `gaffer serve` from starting on the store while `command` changes it (StoreServed if one runs
+        now: its index would no longer match the disk). A directory without SERVE_LOCK never had a server, nor
+        packs, and gets no lock file."""
         if not (self.root / SERVE_LOCK).exists():
             yield
             return
-        fd = lock_served(self.root, "gaffer cache verify")
+        fd = lock_served(self.root, command)
         try:
             yield
         finally:
