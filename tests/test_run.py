@@ -95,6 +95,32 @@ def test_edit_reruns_only_dependents_and_explains(ws: Path, env: dict[str, str])
     assert (ws / "out" / "c.txt").read_text() == "alpha\nbeta 2\n"
 
 
+def test_the_stat_cache_holds_inputs_only_and_an_edit_rewrites_only_their_shards(ws: Path, env: dict[str, str]) -> None:
+    """Outputs are keyed from the build log's records, never read through the stat cache: an edit build that
+    re-runs many tasks must not read and write back the stat cache's shards for them."""
+    from gaffer.shards import decode, shard_of, shard_path
+
+    stats = ws / ".gaffer" / "stats"
+
+    def entries() -> set[str]:
+        return {key for f in stats.iterdir() for key in decode(f.read_bytes()) if key.startswith(f"{ws}/")}  # and tools
+
+    def shard_files() -> dict[str, tuple[int, int]]:
+        return {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in stats.iterdir()}
+
+    inputs = {f"{ws}/src/a.txt", f"{ws}/src/b.txt", f"{ws}/src/c/deep/c.txt"}
+    build(ws, env, "all")
+    assert entries() == inputs
+    before = shard_files()
+    (ws / "src" / "b.txt").write_text("beta 2\n")
+    result = build(ws, env, "all")
+    assert result["status"] == {"gen": "cached", "mid": "executed", "top": "executed", "side": "cached"}
+    assert entries() == inputs
+    after = shard_files()
+    assert {name for name in after if after[name] != before.get(name)} == {
+        os.path.basename(shard_path(str(stats), shard_of(f"{ws}/src/b.txt")))}
+
+
 # What a local build has no use for: remote-execution and remote-tier clients, and the standard-library
 # modules only some builds need (a remote tier's thread pools and URLs, a mistake's suggestions, --summary-json,
 # removing a directory, OpenSSL's SHA-256 for large files).
