@@ -61,6 +61,14 @@ def check_rebuilt(tree: Path, graph: gen_graph.Graph, names: set[str]) -> None:
             raise BenchError("wrong-output", f"{tree}/{task.out} is not the concatenation of its inputs")
 
 
+def _edited_task(graph: gen_graph.Graph, edit: str) -> str:
+    """The task whose input an edit changes: the first top-layer task, or the first-layer task of median reach."""
+    if edit == "top":
+        return graph.top[0].name
+    by_reach = sorted(graph.layer(0), key=lambda t: (len(graph.affected_by(t.name)), t.name))
+    return by_reach[len(by_reach) // 2].name
+
+
 def interleave(args: argparse.Namespace, tools: Toolset) -> int:
     """gaffer from --base ("base"), gaffer from this checkout ("new") and ninja, each in its own tree under
     --workdir (built cold once and kept for later runs; then built once more untimed, which settles a tree an
@@ -72,8 +80,7 @@ def interleave(args: argparse.Namespace, tools: Toolset) -> int:
         graph = gen_graph.generate(size, args.layers, args.seed)
         if not (root / "generated").exists():
             gen_graph.write_tree(graph, root / "generated")
-        by_reach = sorted(graph.layer(0), key=lambda t: (len(graph.affected_by(t.name)), t.name))
-        edits = {"edit-top": graph.top[0].name, "edit-first": by_reach[len(by_reach) // 2].name, "noop": None}
+        edits = {"edit-top": _edited_task(graph, "top"), "edit-first": _edited_task(graph, "first"), "noop": None}
         runs: dict[str, tuple[list[str], dict[str, str]]] = {}
         for name, src in contestants.items():
             env = dict(os.environ)
@@ -193,17 +200,71 @@ sys.exit(status)
 """
 
 
+# `--phases N --edit first`: the same for an edit that re-runs hundreds of tasks on several threads: each part's
+# CPU is that of the thread running it (thread_time), summed over the main thread and over the task threads
+# apart, beside each kind of thread's whole CPU; the task threads' parts nest (a part's time includes its parts').
+THREADS_WRAPPER = """
+import json, sys, threading, time
+import gaffer.actions, gaffer.build, gaffer.cli, gaffer.keys, gaffer.noop, gaffer.records, gaffer.scheduler
+import gaffer.cache.tiered, gaffer.execute.local, gaffer.state, gaffer.digest, gaffer.ui.progress
+spent, lock = {}, threading.Lock()
+def add(label, seconds):
+    where = "main" if threading.current_thread() is threading.main_thread() else "tasks"
+    with lock:
+        spent[f"{where}: {label}"] = spent.get(f"{where}: {label}", 0.0) + seconds
+def timed(owner, name, label):
+    function = getattr(owner, name, None)
+    if function is None:
+        return
+    def wrapper(*args, **kwargs):
+        begun = time.thread_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            add(label, time.thread_time() - begun)
+    setattr(owner, name, wrapper)
+serve = gaffer.scheduler._Pool._serve
+def _serve(self):
+    try:
+        serve(self)
+    finally:
+        add("the whole thread", time.thread_time())
+gaffer.scheduler._Pool._serve = _serve
+for owner, name, label in (
+        (gaffer.noop, "check", "record check"), (gaffer.build.Build, "_settle_unchanged", "settling"),
+        (gaffer.build, "make_plan", "plan"), (gaffer.build.Build, "quick", "up-to-date check (quick)"),
+        (gaffer.keys.KeyBuilder, "fingerprint", "fingerprint"), (gaffer.noop, "write_record", "new record"),
+        (gaffer.state.WorkspaceState, "save", "build log save"), (gaffer.digest.StatCache, "save", "stat cache save"),
+        (gaffer.ui.progress.Progress, "task_started", "progress: started"),
+        (gaffer.ui.progress.Progress, "task_finished", "progress: finished"),
+        (gaffer.build.Build, "work", "work"), (gaffer.keys.KeyBuilder, "key", "key"),
+        (gaffer.actions, "prepare_action", "key: prepare_action"), (gaffer.build.Build, "_restore", "cache lookup"),
+        (gaffer.execute.local.ProcessRunner, "run", "runner (spawn, wait, reap)"),
+        (gaffer.actions, "remove_outputs", "removing old outputs"), (gaffer.actions, "collect_outputs", "storing outputs"),
+        (gaffer.actions, "make_result", "ActionResult"), (gaffer.cache.tiered.TieredCache, "put_action", "action cache write"),
+        (gaffer.records, "on_disk", "output records"), (gaffer.keys.KeyBuilder, "input_changed", "inputs re-checked"),
+        (gaffer.build.Build, "_record", "build log entry")):
+    timed(owner, name, label)
+status = gaffer.cli.main(sys.argv[1:])
+add("the whole thread", time.thread_time())
+print("PHASES " + json.dumps({"process": time.process_time(), **spent}), file=sys.stderr)
+sys.exit(status)
+"""
+
 def phase_profile(args: argparse.Namespace, tools: Toolset) -> int:
-    """`--phases N`: where a top-layer edit's process spends its CPU, part by part (PHASES_WRAPPER), the median
-    of N edit builds per gaffer, base and new in turn. Uses the trees the interleaved comparison keeps."""
+    """`--phases N`: where an edit's process spends its CPU, part by part (PHASES_WRAPPER for the top-layer edit,
+    THREADS_WRAPPER per kind of thread for the first-layer one), the median of N edit builds per gaffer, base and
+    new in turn. Uses the trees the interleaved comparison keeps."""
     status = 0
+    wrapper = PHASES_WRAPPER if args.edit == "top" else THREADS_WRAPPER
     for size in args.sizes:
         root = args.workdir / str(size)
-        edited = gen_graph.generate(size, args.layers, args.seed).top[0].name
+        graph = gen_graph.generate(size, args.layers, args.seed)
+        edited = _edited_task(graph, args.edit)
         spent: dict[str, dict[str, list[float]]] = {"base": {}, "new": {}}
         for name, src, tree in _edited_kept_trees(args, root, edited, args.phases):
             gaffer_args = tools.argv("gaffer", root / f"{name}-cache")[1:]
-            proc = subprocess.run([str(args.venv / "bin" / "python"), "-c", PHASES_WRAPPER, *gaffer_args],
+            proc = subprocess.run([str(args.venv / "bin" / "python"), "-c", wrapper, *gaffer_args],
                                   cwd=tree, env={**os.environ, "PYTHONPATH": str(src)}, text=True,
                                   capture_output=True, timeout=args.timeout, check=False)
             last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
@@ -211,13 +272,19 @@ def phase_profile(args: argparse.Namespace, tools: Toolset) -> int:
                 print(f"  {size} {name}: exit status {proc.returncode}", file=sys.stderr)
                 status = 1
                 continue
+            check_rebuilt(tree, graph, graph.affected_by(edited))
             for phase, seconds in json.loads(last[len("PHASES "):]).items():
                 spent[name].setdefault(phase, []).append(seconds)
-        print(f"{size} tasks, top-layer edit, CPU by part ({args.phases} runs each; medians, ms)")
-        for phase in spent["new"]:
+        reach = len(graph.affected_by(edited))
+        print(f"{size} tasks, {args.edit}-layer edit ({reach} tasks run), CPU by part ({args.phases} runs each; "
+              "medians, ms)")
+        phases = list(spent["new"])
+        if args.edit == "first":  # per kind of thread, costliest first
+            phases.sort(key=lambda p: (p.split(":")[0], -statistics.median(spent["new"][p])))
+        for phase in phases:
             cells = [f"{statistics.median(spent[n][phase]) * 1000:6.1f}" if phase in spent[n] else "     -"
                      for n in ("base", "new")]
-            print(f"  {phase:36s} base {cells[0]}  new {cells[1]}")
+            print(f"  {phase:40s} base {cells[0]}  new {cells[1]}")
     return status
 
 
@@ -287,6 +354,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--phases", type=int, default=0, metavar="N",
                         help="instead of the comparison: N top-layer edits per gaffer in the kept trees, each one's "
                              "CPU time split by part (record check, graph load, settling, new record...)")
+    parser.add_argument("--edit", choices=("top", "first"), default="top",
+                        help="which edit --phases profiles: a top-layer input (one task runs, the default) or a "
+                             "first-layer one (hundreds run; each part's CPU per kind of thread)")
     parser.add_argument("--importtime", type=int, default=0, metavar="N",
                         help="instead of the comparison: N top-layer edits per gaffer under python -X importtime, "
                              "in the kept trees (what each imports, and its cost)")
