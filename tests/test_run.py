@@ -70,6 +70,8 @@ def test_cold_then_warm_then_restore_byte_identical(ws: Path, env: dict[str, str
     assert cold["executed"] == 4 and cold["cached"] == 0
     assert set(cold["status"].values()) == {"executed"} and "all" not in cold["status"]
     assert "gen-stdout" in cold["stdout"] and "gen-stderr" in cold["stderr"]
+    log = cold["stderr"]  # a task's output comes after its start line and before its end line
+    assert log.index("Starting gen\n") < log.index("gen-stderr\n") < log.index("Completed gen (")
     made = outputs(ws)
 
     warm = build(ws, env, "all")
