@@ -195,9 +195,5 @@ class StatCache:
             self._entries.set(path, marshal.dumps((*sig, self.moment, d.hash)))
         return d
 
-    def remember(self, path: str, st: os.stat_result, digest: Digest) -> None:
-        """Record a digest known by other means (a file we just restored from the cache)."""
-        self._entries.set(path, marshal.dumps((*stat_signature(st), self.moment, digest.hash)))
-
     def forget(self, path: str) -> None:
         self._entries.pop(path)
