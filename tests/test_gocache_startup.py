@@ -1,5 +1,5 @@
-"""gobuildcache's start-up is on the path of every `go` command: the program as `pip install` makes it
-(bin/gobuildcache) imports none of the standard-library modules it has no use for on a warm build."""
+"""gobuildcache's start-up is on the path of every `go` command: its entry point imports none of the
+standard-library modules it has no use for on a warm build (pip's console-script wrapper adds `re` of its own)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 NOT_AT_START_UP = ("typing", "pathlib", "re", "enum", "ipaddress", "urllib.parse", "fnmatch", "json", "hashlib",
                    "tempfile", "shutil", "concurrent.futures", "gaffer.cache.tiered", "gaffer.gocache.prefetch")
 
-# bin/gobuildcache run as its installed copy runs, then one stderr line naming the modules above it imported
+# the console script's entry point, then one stderr line naming the modules above it imported
 REPORTING = f"""\
 import os, sys
 def report(status, _exit=os._exit):
@@ -24,9 +24,8 @@ def report(status, _exit=os._exit):
     sys.stderr.flush()
     _exit(status)
 os._exit = report
-script = {str(REPO / "bin" / "gobuildcache")!r}
-with open(script) as f:
-    exec(compile(f.read(), script, "exec"), {{"__name__": "__main__"}})
+from gaffer.gocache.main import main
+main()
 """
 
 

@@ -621,9 +621,9 @@ class DiskStore(CacheTier):
 
     def _read_and_touch(self, path: str) -> bytes | None:
         """A whole entry, refreshing its LRU time; None if absent. (os-level calls: `open()` would add an ioctl,
-        a seek and a second fstat to every lookup. One read asks for a byte more than the file's size: fewer
-        bytes mean it reached the end, and no second read is needed to see that; an entry is replaced by a
-        rename, never rewritten in place, and one read short by a signal would fail its checksum: a miss.)"""
+        a seek and a second fstat to every lookup. One read asks for a byte more than the file's size: exactly
+        the size means it reached the end, and no second read is needed to see that; more (it grew) or less (a
+        short read, as some network file systems give) is read on to the end.)"""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -632,7 +632,7 @@ class DiskStore(CacheTier):
             st = os.fstat(fd)
             size = st.st_size + 1
             data = os.read(fd, size)
-            if len(data) == size:  # it grew since the fstat: read on to the end
+            if len(data) != st.st_size:  # it grew since the fstat, or the read came back short: read on to the end
                 chunks = [data]
                 while chunk := os.read(fd, 1 << 16):
                     chunks.append(chunk)

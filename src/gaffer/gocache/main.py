@@ -36,8 +36,8 @@ CLEAR_COMMANDS = ("clear", "clear-local", "clear-remote")
 
 
 def main() -> None:
-    """The `gobuildcache` script's entry point (bin/gobuildcache). Exits without Python's teardown (joining idle threads, freeing every
-    module), which a caller reading go's stderr, which this process shares, would wait for: everything is written
+    """The `gobuildcache` console script's entry point. Exits without Python's teardown (joining idle threads,
+    freeing every module), which a caller reading go's stderr, which this process shares, would wait for: everything is written
     by then (the close reply goes out only after the cache is flushed). The cyclic garbage collector is off until
     the cache is open: start-up is on go's path and makes no garbage worth a collection (~2 ms of CPU)."""
     gc.disable()
