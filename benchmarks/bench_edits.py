@@ -61,6 +61,14 @@ def check_rebuilt(tree: Path, graph: gen_graph.Graph, names: set[str]) -> None:
             raise BenchError("wrong-output", f"{tree}/{task.out} is not the concatenation of its inputs")
 
 
+def _edited_task(graph: gen_graph.Graph, edit: str) -> str:
+    """The task whose input an edit changes: the first top-layer task, or the first-layer task of median reach."""
+    if edit == "top":
+        return graph.top[0].name
+    by_reach = sorted(graph.layer(0), key=lambda t: (len(graph.affected_by(t.name)), t.name))
+    return by_reach[len(by_reach) // 2].name
+
+
 def interleave(args: argparse.Namespace, tools: Toolset) -> int:
     """gaffer from --base ("base"), gaffer from this checkout ("new") and ninja, each in its own tree under
     --workdir (built cold once and kept for later runs; then built once more untimed, which settles a tree an
@@ -72,8 +80,7 @@ def interleave(args: argparse.Namespace, tools: Toolset) -> int:
         graph = gen_graph.generate(size, args.layers, args.seed)
         if not (root / "generated").exists():
             gen_graph.write_tree(graph, root / "generated")
-        by_reach = sorted(graph.layer(0), key=lambda t: (len(graph.affected_by(t.name)), t.name))
-        edits = {"edit-top": graph.top[0].name, "edit-first": by_reach[len(by_reach) // 2].name, "noop": None}
+        edits = {"edit-top": _edited_task(graph, "top"), "edit-first": _edited_task(graph, "first"), "noop": None}
         runs: dict[str, tuple[list[str], dict[str, str]]] = {}
         for name, src in contestants.items():
             env = dict(os.environ)
@@ -193,17 +200,71 @@ sys.exit(status)
 """
 
 
+# `--phases N --edit first`: the same for an edit that re-runs hundreds of tasks on several threads: each part's
+# CPU is that of the thread running it (thread_time), summed over the main thread and over the task threads
+# apart, beside each kind of thread's whole CPU; the task threads' parts nest (a part's time includes its parts').
+THREADS_WRAPPER = """
+import json, sys, threading, time
+import gaffer.actions, gaffer.build, gaffer.cli, gaffer.keys, gaffer.noop, gaffer.records, gaffer.scheduler
+import gaffer.cache.tiered, gaffer.execute.local, gaffer.state, gaffer.digest, gaffer.ui.progress
+spent, lock = {}, threading.Lock()
+def add(label, seconds):
+    where = "main" if threading.current_thread() is threading.main_thread() else "tasks"
+    with lock:
+        spent[f"{where}: {label}"] = spent.get(f"{where}: {label}", 0.0) + seconds
+def timed(owner, name, label):
+    function = getattr(owner, name, None)
+    if function is None:
+        return
+    def wrapper(*args, **kwargs):
+        begun = time.thread_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            add(label, time.thread_time() - begun)
+    setattr(owner, name, wrapper)
+serve = gaffer.scheduler._Pool._serve
+def _serve(self):
+    try:
+        serve(self)
+    finally:
+        add("the whole thread", time.thread_time())
+gaffer.scheduler._Pool._serve = _serve
+for owner, name, label in (
+        (gaffer.noop, "check", "record check"), (gaffer.build.Build, "_settle_unchanged", "settling"),
+        (gaffer.build, "make_plan", "plan"), (gaffer.build.Build, "quick", "up-to-date check (quick)"),
+        (gaffer.keys.KeyBuilder, "fingerprint", "fingerprint"), (gaffer.noop, "write_record", "new record"),
+        (gaffer.state.WorkspaceState, "save", "build log save"), (gaffer.digest.StatCache, "save", "stat cache save"),
+        (gaffer.ui.progress.Progress, "task_started", "progress: started"),
+        (gaffer.ui.progress.Progress, "task_finished", "progress: finished"),
+        (gaffer.build.Build, "work", "work"), (gaffer.keys.KeyBuilder, "key", "key"),
+        (gaffer.actions, "prepare_action", "key: prepare_action"), (gaffer.build.Build, "_restore", "cache lookup"),
+        (gaffer.execute.local.ProcessRunner, "run", "runner (spawn, wait, reap)"),
+        (gaffer.actions, "remove_outputs", "removing old outputs"), (gaffer.actions, "collect_outputs", "storing outputs"),
+        (gaffer.actions, "make_result", "ActionResult"), (gaffer.cache.tiered.TieredCache, "put_action", "action cache write"),
+        (gaffer.records, "on_disk", "output records"), (gaffer.keys.KeyBuilder, "input_changed", "inputs re-checked"),
+        (gaffer.build.Build, "_record", "build log entry")):
+    timed(owner, name, label)
+status = gaffer.cli.main(sys.argv[1:])
+add("the whole thread", time.thread_time())
+print("PHASES " + json.dumps({"process": time.process_time(), **spent}), file=sys.stderr)
+sys.exit(status)
+"""
+
 def phase_profile(args: argparse.Namespace, tools: Toolset) -> int:
-    """`--phases N`: where a top-layer edit's process spends its CPU, part by part (PHASES_WRAPPER), the median
-    of N edit builds per gaffer, base and new in turn. Uses the trees the interleaved comparison keeps."""
+    """`--phases N`: where an edit's process spends its CPU, part by part (PHASES_WRAPPER for the top-layer edit,
+    THREADS_WRAPPER per kind of thread for the first-layer one), the median of N edit builds per gaffer, base and
+    new in turn. Uses the trees the interleaved comparison keeps."""
     status = 0
+    wrapper = PHASES_WRAPPER if args.edit == "top" else THREADS_WRAPPER
     for size in args.sizes:
         root = args.workdir / str(size)
-        edited = gen_graph.generate(size, args.layers, args.seed).top[0].name
+        graph = gen_graph.generate(size, args.layers, args.seed)
+        edited = _edited_task(graph, args.edit)
         spent: dict[str, dict[str, list[float]]] = {"base": {}, "new": {}}
         for name, src, tree in _edited_kept_trees(args, root, edited, args.phases):
             gaffer_args = tools.argv("gaffer", root / f"{name}-cache")[1:]
-            proc = subprocess.run([str(args.venv / "bin" / "python"), "-c", PHASES_WRAPPER, *gaffer_args],
+            proc = subprocess.run([str(args.venv / "bin" / "python"), "-c", wrapper, *gaffer_args],
                                   cwd=tree, env={**os.environ, "PYTHONPATH": str(src)}, text=True,
                                   capture_output=True, timeout=args.timeout, check=False)
             last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
@@ -211,15 +272,131 @@ def phase_profile(args: argparse.Namespace, tools: Toolset) -> int:
                 print(f"  {size} {name}: exit status {proc.returncode}", file=sys.stderr)
                 status = 1
                 continue
+            check_rebuilt(tree, graph, graph.affected_by(edited))
             for phase, seconds in json.loads(last[len("PHASES "):]).items():
                 spent[name].setdefault(phase, []).append(seconds)
-        print(f"{size} tasks, top-layer edit, CPU by part ({args.phases} runs each; medians, ms)")
-        for phase in spent["new"]:
+        reach = len(graph.affected_by(edited))
+        print(f"{size} tasks, {args.edit}-layer edit ({reach} tasks run), CPU by part ({args.phases} runs each; "
+              "medians, ms)")
+        phases = list(spent["new"])
+        if args.edit == "first":  # per kind of thread, costliest first
+            phases.sort(key=lambda p: (p.split(":")[0], -statistics.median(spent["new"][p])))
+        for phase in phases:
             cells = [f"{statistics.median(spent[n][phase]) * 1000:6.1f}" if phase in spent[n] else "     -"
                      for n in ("base", "new")]
-            print(f"  {phase:36s} base {cells[0]}  new {cells[1]}")
+            print(f"  {phase:40s} base {cells[0]}  new {cells[1]}")
     return status
 
+
+# `--floor N`: the least a gaffer of this design pays per task, measured: a Python process that runs the commands
+# an edit reaches as gaffer does (twice -j threads, -j command slots, os.posix_spawn, a dependency count on the
+# main thread, a progress line per finish) and stores each output and an action-cache entry as the disk tier does
+# (a temp file written and renamed into place each), with no key, build log, stat cache or checks. Run as
+# `python -c FLOOR_RUNNER JOBS STORE TASKS...` in the tree, each task `name:out:dep,dep:command`.
+FLOOR_RUNNER = """
+import os, sys, threading, hashlib
+from queue import SimpleQueue
+jobs, store = int(sys.argv[1]), sys.argv[2]
+tasks = {}
+for spec in sys.argv[3:]:
+    name, out, deps, command = spec.split(":", 3)
+    tasks[name] = (out, [d for d in deps.split(",") if d], command)
+for sub in ("tmp", "cas", "ac"):
+    os.makedirs(f"{store}/{sub}", exist_ok=True)
+waiting = {n: sum(d in tasks for d in deps) for n, (_o, deps, _c) in tasks.items()}
+dependents = {n: [] for n in tasks}
+for n, (_o, deps, _c) in tasks.items():
+    for d in deps:
+        if d in tasks:
+            dependents[d].append(n)
+todo, done, slots = SimpleQueue(), SimpleQueue(), threading.BoundedSemaphore(jobs)
+devnull = os.open(os.devnull, os.O_RDONLY)
+serial = iter(range(1 << 62))
+def put(directory, name, data):
+    tmp = f"{store}/tmp/{os.getpid()}-{next(serial)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    os.write(fd, data)
+    os.close(fd)
+    os.replace(tmp, f"{store}/{directory}/{name}")
+def serve():
+    while (name := todo.get()) is not None:
+        out, _deps, command = tasks[name]
+        with slots:
+            pid = os.posix_spawn("/bin/sh", ["sh", "-c", command], os.environ,
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0)], setsid=True)
+            status = os.waitpid(pid, 0)[1]
+        with open(out, "rb") as f:
+            data = f.read()
+        digest = hashlib.sha256(data).hexdigest()
+        put("cas", digest, data)
+        put("ac", hashlib.sha256(command.encode()).hexdigest(), digest.encode())
+        done.put((name, status))
+threads = [threading.Thread(target=serve, daemon=True) for _ in range(2 * jobs)]
+for t in threads:
+    t.start()
+ready = [n for n, count in waiting.items() if count == 0]
+running = finished = 0
+while ready or running:
+    while ready:
+        todo.put(ready.pop())
+        running += 1
+    name, status = done.get()
+    running -= 1
+    finished += 1
+    if status != 0:
+        sys.exit(f"{name} failed")
+    print(f"[{finished}/{len(tasks)}] {name}", file=sys.stderr, flush=True)
+    for child in dependents[name]:
+        waiting[child] -= 1
+        if waiting[child] == 0:
+            ready.append(child)
+for t in threads:
+    todo.put(None)
+usage = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF)
+print(f"FLOOR self {usage.ru_utime + usage.ru_stime:.4f}", file=sys.stderr)
+"""
+
+
+def floor_profile(args: argparse.Namespace, tools: Toolset) -> int:
+    """`--floor N`: N rounds of the first-layer edit in ninja's kept tree: ninja builds it, then FLOOR_RUNNER runs
+    the same commands again there (they rewrite the same outputs); both timed alike (wall, CPU from wait4)."""
+    status = 0
+    for size in args.sizes:
+        root = args.workdir / str(size)
+        tree = root / "ninja"
+        if not (tree / ".bench-built").exists():
+            raise SystemExit(f"{size} tasks: no kept tree {tree}: run the interleaved comparison first")
+        graph = gen_graph.generate(size, args.layers, args.seed)
+        edited = _edited_task(graph, "first")
+        reached = graph.affected_by(edited)
+        specs = [f"{t.name}:{t.out}:{','.join(t.deps)}:{t.command}" for t in graph.tasks if t.name in reached]
+        floor_argv = [str(args.venv / "bin" / "python"), "-c", FLOOR_RUNNER, str(args.jobs),
+                      str(root / "floor-store"), *specs]
+        samples: dict[str, list[Sample]] = {"ninja": [], "floor": []}
+        own: list[float] = []  # the floor runner's own CPU, without the commands'
+        log = root / "floor.log"
+        for r in range(args.floor):
+            with (tree / "src" / f"{edited}.txt").open("ab") as f:
+                f.write(EDIT_LINE)
+            for name, argv in (("ninja", tools.argv("ninja", root)), ("floor", floor_argv)):
+                try:
+                    sample = timed_build(argv, tree, dict(os.environ), root / f"{name}.log", args.timeout)
+                    check_rebuilt(tree, graph, reached)
+                    if name == "floor":
+                        own.append(float(log.read_text().rsplit("FLOOR self ", 1)[1].split()[0]))
+                except BenchError as exc:
+                    print(f"  {size} {name}: {exc}", file=sys.stderr)
+                    return 1
+                samples[name].append(sample)
+                print(f"  {size} floor round {r + 1} {name}: {sample.wall:.3f}s wall, {sample.cpu:.3f}s CPU, "
+                      f"load {sample.load:.1f}", file=sys.stderr)
+        med = {n: (statistics.median(s.wall for s in v), statistics.median(s.cpu for s in v)) for n, v in samples.items()}
+        print(f"{size} tasks, first-layer edit ({len(reached)} tasks), {args.floor} rounds (medians): ninja "
+              f"{med['ninja'][1]:.3f}s CPU {med['ninja'][0]:.3f}s wall; floor {med['floor'][1]:.3f}s CPU "
+              f"{med['floor'][0]:.3f}s wall: {med['floor'][1] / med['ninja'][1]:.2f}x ninja's CPU, "
+              f"{med['floor'][0] / med['ninja'][0]:.2f}x its wall; the runner's own CPU {statistics.median(own):.3f}s "
+              f"({statistics.median(own) / len(reached) * 1e6:.0f} us a task)")
+    return status
 
 def import_table(size: int, runs: int, times: dict[str, dict[str, list[tuple[int, int]]]],
                  depth: dict[str, int]) -> str:
@@ -287,6 +464,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--phases", type=int, default=0, metavar="N",
                         help="instead of the comparison: N top-layer edits per gaffer in the kept trees, each one's "
                              "CPU time split by part (record check, graph load, settling, new record...)")
+    parser.add_argument("--edit", choices=("top", "first"), default="top",
+                        help="which edit --phases profiles: a top-layer input (one task runs, the default) or a "
+                             "first-layer one (hundreds run; each part's CPU per kind of thread)")
+    parser.add_argument("--floor", type=int, default=0, metavar="N",
+                        help="instead of the comparison: N first-layer edits in ninja's kept tree, each built by ninja "
+                             "and then by a minimal Python runner of gaffer's design (threads, posix_spawn, a stored "
+                             "output and action-cache entry per task, nothing else): the floor of gaffer's CPU")
     parser.add_argument("--importtime", type=int, default=0, metavar="N",
                         help="instead of the comparison: N top-layer edits per gaffer under python -X importtime, "
                              "in the kept trees (what each imports, and its cost)")
@@ -310,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                        check=True, stdout=subprocess.DEVNULL)
     if args.phases > 0:
         return phase_profile(args, tools)
+    if args.floor > 0:
+        return floor_profile(args, tools)
     return import_profile(args, tools) if args.importtime > 0 else interleave(args, tools)
 
 

@@ -16,10 +16,14 @@ protocol's own cost. For each module, after one cold build per configuration:
                       script), a fresh empty local tier every run
 
 `--base SRC` adds `<config>-base` for gbc-disk and the remote configurations: the same, with gobuildcache running
-the gaffer sources under SRC (an older commit: before and after in one run); `gbc-serve-remote-base` also talks to
-a second `gaffer serve` running those sources (the cold build fills both), so a change to the server is measured
-too. `--configs` picks configurations. The servers' CPU time during each remote build (`gaffer serve`'s process,
-or every process of the Ceph cluster) is reported beside the build's own.
+the gaffer sources under SRC (an older commit: before and after in one run), through the environment's console
+script; `gbc-serve-remote-base` also talks to a second `gaffer serve` running those sources (the cold build fills
+both), so a change to the server is measured too. `--configs` picks configurations. The servers' CPU time during
+each remote build (`gaffer serve`'s process, or every process of the Ceph cluster) is reported beside the build's
+own. `--floor` adds `floor`: benchmarks/gocacheprog-floor,
+a GOCACHEPROG in Go that answers each get at once with gobuildcache's reply from a recorded session of the same
+build (what GOCACHEPROG mode costs `go` itself). `--replay N` feeds a recorded session's requests to gobuildcache
+alone (at once, and one by one), N rounds, beside sessions of one `close`: its CPU at start-up and per get.
 
 Every build writes its binaries to a fresh directory and must compile nothing (`go build -x` shows no compile)
 and give the same binaries as the anchor, or the run fails. Runs are interleaved; reported are the median time,
@@ -63,6 +67,11 @@ CONFIGS = ("go-own", "gbc-disk", "gbc-s3-local", "gbc-s3-remote", "gbc-serve-rem
 MOTO_CONFIGS = ("gbc-s3-local", "gbc-s3-remote")
 WITH_BASE = ("gbc-disk", "gbc-s3-remote", "gbc-serve-remote", "gbc-ceph-remote")
 BUCKET = "bench-gocache"
+RECORDER = """\
+#!/bin/sh
+tee "$BENCH_GOCACHE_RECORD" | "$BENCH_GOCACHE_PROG" | tee "$BENCH_GOCACHE_RECORD.replies"
+"""
+CLOSE = b'{"ID":1,"Command":"close"}\n'
 PROFILER = """\
 #!{python}
 import cProfile, os, sys
@@ -82,6 +91,7 @@ def go_binary() -> str:
 
 
 def gobuildcache() -> str:
+    """The environment's gobuildcache console script, as `pip install` makes it (PYTHONPATH picks the sources)."""
     path = Path(sys.executable).parent / "gobuildcache"
     if not path.exists():
         sys.exit("bench_gocache: the gobuildcache console script is missing (pip install -e .)")
@@ -141,7 +151,7 @@ def children_cpu() -> float:
 class Bench:
     def __init__(self, root: Path, go: str, moto: servers.Server | None, serve: ReapiServer | None,
                  serve_base: ReapiServer | None, ceph: servers.Server | None, configs: list[str],
-                 base: Path | None) -> None:
+                 base: Path | None, floor: bool = False) -> None:
         self.root = root
         self.go = go
         self.moto = moto
@@ -157,6 +167,44 @@ class Bench:
         self.selected = configs
         self.base = base
         self.counter = 0
+        self.prog = self.base_prog = gobuildcache()
+        self.floor_prog = self.build_floor() if floor else ""
+        self.recorded: dict[str, Path] = {}
+
+    def build_floor(self) -> str:
+        """benchmarks/gocacheprog-floor, built with this go."""
+        dest = self.root / "programs" / "gocacheprog-floor"
+        env = self.env(self.root / "floor-gocache", {})
+        subprocess.run([self.go, "build", "-o", str(dest), "main.go"], cwd=REPO / "benchmarks" / "gocacheprog-floor", env=env,
+                       check=True)
+        return str(dest)
+
+    def record(self, name: str, module: Path) -> Path:
+        """One warm gbc-disk build with gobuildcache's stdin and stdout recorded: the requests' file (the replies
+        beside it, `.replies`), and the floor's table made from them (`.table`)."""
+        if name in self.recorded:
+            return self.recorded[name]
+        record = self.root / f"{name}-requests"
+        wrapper = self.root / "gobuildcache-recording"
+        wrapper.write_text(RECORDER)
+        wrapper.chmod(0o755)
+        self.build(module, {**self.all_configs(name)["gbc-disk"](), "GOCACHEPROG": str(wrapper),
+                            "BENCH_GOCACHE_RECORD": str(record), "BENCH_GOCACHE_PROG": self.prog}, check=False)
+        action_ids = {}
+        for line in record.read_bytes().splitlines():
+            if line.strip():
+                request = json.loads(line)
+                if request.get("Command") == "get":
+                    action_ids[request["ID"]] = request["ActionID"]
+        table = []
+        for line in Path(f"{record}.replies").read_bytes().splitlines():
+            reply = json.loads(line)
+            if reply.get("ID") in action_ids:
+                rest = line[line.index(b",") :] if b"," in line else b"}"
+                table.append(action_ids[reply["ID"]].encode() + b" " + rest)
+        Path(f"{record}.table").write_bytes(b"\n".join(table) + b"\n")
+        self.recorded[name] = record
+        return record
 
     def fresh(self, what: str) -> Path:
         """A new, absent path (one a run of an earlier invocation left in a `--work` directory is removed)."""
@@ -209,16 +257,18 @@ class Bench:
 
     def all_configs(self, module_name: str) -> dict[str, Callable[[], dict[str, str]]]:
         """Each configuration's environment for one warm run (a fresh GOCACHE every time)."""
-        prog = gobuildcache()
+        prog = self.prog
         disk_dir = self.root / f"gbc-disk-{module_name}"
         s3_local = self.root / f"gbc-s3-{module_name}"
         s3 = {**self.moto.env, "BACKEND_TYPE": "s3", "S3_BUCKET": BUCKET, "S3_PREFIX": module_name,
               "AWS_ENDPOINT_URL": self.moto.url} if self.moto else {}
         own = self.root / f"go-own-{module_name}"
+        floor = {"GOCACHEPROG": self.floor_prog, "FLOOR_TABLE": f"{self.root}/{module_name}-requests.table"}
         serve = {"GOBUILDCACHE_CACHE": f"{self.serve_url}/{module_name}"}
         ceph = self.ceph_env(module_name)
         return {
             "go-own": lambda: self.env(own, {}),
+            "floor": lambda: self.env(self.fresh("gocache"), floor),
             "gbc-disk": lambda: self.env(self.fresh("gocache"), {"GOCACHEPROG": prog, "CACHE_DIR": str(disk_dir)}),
             "gbc-s3-local": lambda: self.env(self.fresh("gocache"),
                                              {"GOCACHEPROG": prog, **s3, "S3_TMP_DIR": str(s3_local)}),
@@ -241,8 +291,10 @@ class Bench:
         """The selected configurations, and the `-base` twins of those in WITH_BASE if `--base` is given."""
         configs = self.all_configs(module_name)
         chosen = {c: configs[c] for c in CONFIGS if c in self.selected or c == "go-own"}
+        if self.floor_prog:
+            chosen["floor"] = configs["floor"]
         if self.base is not None:
-            base = {"PYTHONPATH": str(self.base / "src")}
+            base = {"PYTHONPATH": str(self.base / "src"), "GOCACHEPROG": self.base_prog}
             for c in WITH_BASE:
                 if c in chosen:
                     twin = base
@@ -266,6 +318,8 @@ class Bench:
             cold[config], out, _, _ = self.build(module, env, check=False)
             reference = reference if config != "go-own" else binaries(out)
             self.check_same(config, name, out, reference)
+        if self.floor_prog:
+            self.record(name, module)  # the floor answers from it
         for config, env in configs.items():  # one untimed warm run each, with -x: it must compile nothing
             self.check_same(config, name, self.build(module, env(), check=True)[1], reference)
         times: dict[str, list[float]] = {c: [] for c in configs}
@@ -303,6 +357,38 @@ class Bench:
             "target_gbc_disk": TARGETS.get(name),
         }
 
+    def replay(self, name: str, module: Path, rounds: int) -> dict[str, object]:
+        """gobuildcache without `go`: the requests of one recorded warm gbc-disk build fed to it through a pipe, all
+        at once and one by one (each after the previous reply: a wake-up each, as in a real build), and sessions
+        of one `close` (start-up and exit alone), interleaved, for each gbc-disk configuration: the median wall
+        and CPU time (the process's own, from wait4) of each, and the CPU per get."""
+        requests = self.record(name, module).read_bytes()
+        configs = self.configs(name)
+        gets = requests.count(b'"Command":"get"')
+        measured: dict[str, list[tuple[float, float]]] = {}
+        replayed = [config for config in configs if config.startswith("gbc-disk")]
+        for _ in range(rounds):
+            for config, env in configs.items():
+                if config in replayed:
+                    prog = env()["GOCACHEPROG"]
+                    for what, data, paced in (("session", requests, False), ("one by one", requests, True),
+                                              ("close", CLOSE, False)):
+                        measured.setdefault(f"{config} {what}", []).append(session(prog, env(), data, paced))
+        result: dict[str, object] = {"gets": gets, "load_avg": os.getloadavg()}
+        print(f"{name}: gobuildcache alone, {gets} gets at once and one by one, {rounds} rounds "
+              f"(load {os.getloadavg()[0]:.1f})")
+        for key, samples in measured.items():
+            wall = statistics.median(w for w, _ in samples)
+            cpu = statistics.median(c for _, c in samples)
+            result[key] = {"wall_ms": round(wall * 1000, 1), "cpu_ms": round(cpu * 1000, 1)}
+            print(f"  {key:24} wall {wall * 1000:7.1f} ms  cpu {cpu * 1000:7.1f} ms")
+        for config in replayed:
+            close = statistics.median(c for _, c in measured[f"{config} close"])
+            for what in ("session", "one by one"):
+                per_get = (statistics.median(c for _, c in measured[f"{config} {what}"]) - close) / max(gets, 1)
+                result[f"{config} {what} cpu_us_per_get"] = round(per_get * 1e6, 1)
+                print(f"  {config:24} cpu per get {per_get * 1e6:5.1f} us ({what})")
+        return result
 
     def profile(self, name: str, module: Path, out_dir: Path) -> None:
         """One more warm build per gbc-disk configuration (-base too) with gobuildcache under cProfile: its
@@ -349,13 +435,61 @@ def ceph_pids(ceph: servers.Server) -> list[int]:
     return pids
 
 
-def startup_latency(samples: int) -> dict[str, float]:
+def session(prog: str, env: dict[str, str], requests: bytes, one_by_one: bool = False) -> tuple[float, float]:
+    """One gobuildcache session fed `requests` (written from a thread while its replies are read; `one_by_one`:
+    each request only once the previous one's reply came back, as `go` does when it has one step to run): the
+    wall time and the process's CPU time."""
+    import threading
+
+    start = time.perf_counter()
+    proc = subprocess.Popen([prog], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    answered_lines = threading.Semaphore(0)
+
+    def feed() -> None:
+        assert proc.stdin is not None
+        with proc.stdin:
+            if not one_by_one:
+                proc.stdin.write(requests)
+                return
+            units: list[bytes] = []
+            for line in requests.split(b"\n"):
+                if line.startswith(b'"') and units:  # a put's body goes with its request
+                    units[-1] += line + b"\n"
+                elif line.strip():
+                    units.append(line + b"\n\n")
+            answered_lines.acquire()  # the capabilities line
+            for unit in units:
+                proc.stdin.write(unit)
+                proc.stdin.flush()
+                answered_lines.acquire()
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        answered_lines.release()
+    replies = b"".join(lines)
+    usage = os.wait4(proc.pid, 0)[2]
+    elapsed = time.perf_counter() - start
+    writer.join()
+    proc.returncode = 0  # reaped above
+    expected = 1 + sum(1 for line in requests.splitlines() if line.strip())  # the capabilities line, then a reply each
+    answered = replies.count(b"\n")
+    if answered != expected:
+        raise SystemExit(f"bench_gocache: a replayed session answered {answered} lines, not {expected}")
+    return elapsed, usage.ru_utime + usage.ru_stime
+
+
+def startup_latency(prog: str, samples: int) -> dict[str, float]:
     """Seconds from spawning gobuildcache to its capabilities line, and to its exit after `close`."""
     caps, total = [], []
-    env = {**os.environ, "CACHE_DIR": tempfile.mkdtemp(prefix="bench-gocache-startup-")}
+    env = {**os.environ, "CACHE_DIR": tempfile.mkdtemp(prefix="bench-gocache-startup-"),
+           "PYTHONPATH": str(REPO / "src")}
     for _ in range(samples):
         start = time.perf_counter()
-        proc = subprocess.Popen([gobuildcache()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        proc = subprocess.Popen([prog], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         assert proc.stdout is not None and proc.stdin is not None
         proc.stdout.readline()
         caps.append(time.perf_counter() - start)
@@ -381,6 +515,14 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="after the runs, one more gbc-disk build (and -base) per module with gobuildcache under"
                              " cProfile: DIR/<module>-<config>.prof, its top functions printed")
+    parser.add_argument("--floor", action="store_true",
+                        help="time `floor` too: benchmarks/gocacheprog-floor, a GOCACHEPROG in Go that answers each get"
+                             " at once with gobuildcache's reply from a recorded session: what go itself costs in"
+                             " GOCACHEPROG mode")
+    parser.add_argument("--replay", type=int, default=0, metavar="ROUNDS",
+                        help="after the runs, record the requests of one gbc-disk build per module and feed them to"
+                             " gobuildcache alone (and -base), at once through a pipe, ROUNDS interleaved rounds,"
+                             " beside sessions of one close: its CPU a session, at start-up and per get")
     parser.add_argument("--work", type=Path,
                         help="keep the modules and caches in this directory: a later invocation with the same --work"
                              " finds them warm, so its cold builds take seconds (gbc-disk only: remotes start empty)")
@@ -396,9 +538,7 @@ def main() -> int:
     results: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
         "go": subprocess.run([go, "version"], check=False, capture_output=True, text=True).stdout.strip(),
-        "startup": startup_latency(20),
     }
-    print(f"startup: {results['startup']}", flush=True)
     become_subreaper()
     moto = servers.start_moto_s3() if set(MOTO_CONFIGS) & set(args.configs) else None
     # each server runs the sources it is measured with (not whichever gaffer the venv installed)
@@ -418,7 +558,9 @@ def main() -> int:
                                                 aws_secret_access_key=s3.env["AWS_SECRET_ACCESS_KEY"],
                                                 region_name="us-east-1")
                 session.client("s3", endpoint_url=s3.url).create_bucket(Bucket=BUCKET)
-        bench = Bench(root, go, moto, serve, serve_base, ceph, args.configs, args.base)
+        bench = Bench(root, go, moto, serve, serve_base, ceph, args.configs, args.base, args.floor)
+        results["startup"] = startup_latency(bench.prog, 20)
+        print(f"startup: {results['startup']}", flush=True)
         for name in args.modules:
             module = root / name
             if module.exists():  # a --work directory's, from an earlier invocation
@@ -430,6 +572,8 @@ def main() -> int:
             else:  # cmd-go, std: an empty directory, the packages come from GOROOT
                 module.mkdir()
             results[name] = bench.run_module(name, module, args.runs)
+            if args.replay:
+                results[f"{name}-replay"] = bench.replay(name, module, args.replay)
             if args.profile is not None:
                 bench.profile(name, module, args.profile)
     finally:

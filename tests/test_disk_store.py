@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gaffer.cache.disk import DiskStore
+from gaffer.cache.disk import SERVE_LOCK, DiskStore
 from gaffer.cache.trusted import BOOT_ID, _line, settled, signature
 from gaffer.digest import Digest, digest_bytes
 
@@ -194,6 +194,15 @@ def test_verify_hashes_trusted_blobs_too(tmp_path: Path) -> None:
     assert report.corrupt == [d.hash] and not path.exists() and len(reports) == 1
 
 
+def test_verify_of_a_cache_no_server_used_leaves_no_server_lock(tmp_path: Path) -> None:
+    """`verify` takes a `gaffer serve` store's lock only where a server has made one: a build's own cache gets no
+    `serve.lock` file."""
+    s, _ = store(tmp_path)
+    s.write_blob(digest_bytes(b"content"), b"content")
+    assert s.verify().checked == 1
+    assert not (s.root / SERVE_LOCK).exists()
+
+
 def test_a_damaged_record_is_ignored(tmp_path: Path) -> None:
     s, _ = store(tmp_path)
     d = settled_blob(s, b"content")
@@ -311,3 +320,24 @@ def test_put_file_stores_exactly_what_it_hashed_at_every_size(tmp_path: Path, si
     assert DiskStore(tmp_path / "cache").read_blob(d) == data  # as another process reads it: hashed
     assert s.put_file(source) == d and reports == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []  # no temp file left behind
+
+
+@pytest.mark.parametrize("size", [0, 100, 70_000])
+def test_an_action_entry_is_read_whole_whatever_its_size_says(tmp_path: Path, size: int) -> None:
+    """An entry is read in one read of its size plus one byte; a file longer than its fstat said (here a FIFO,
+    whose size is 0) is read on to its end, not cut at the size."""
+    import threading
+
+    store = DiskStore(tmp_path / "cache")
+    key, result = digest_bytes(b"key"), os.urandom(size)
+    store.write_action(key, result)
+    assert store.read_action(key) == result
+    path = store._action_path(key)
+    entry = Path(path).read_bytes()
+    os.unlink(path)
+    os.mkfifo(path)
+    writer = threading.Thread(target=Path(path).write_bytes, args=(entry,))
+    writer.start()
+    assert store.read_action(key) == result
+    writer.join(timeout=10)
+    assert store.corrupt_evicted == 0

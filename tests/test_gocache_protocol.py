@@ -63,8 +63,10 @@ def gobuildcache_env(cache_dir: Path, **extra: str) -> dict[str, str]:
 class Client:
     """`go`'s side of the pipes: send requests (and bodies), read replies with a deadline."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), cwd: Path | None = None) -> None:
-        self.proc = subprocess.Popen([require_tool("gobuildcache"), *args], env=env, stdin=subprocess.PIPE,
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), cwd: Path | None = None,
+                 program: Sequence[str] = ()) -> None:
+        """`program`: the command to run instead of the installed gobuildcache."""
+        self.proc = subprocess.Popen([*(program or [require_tool("gobuildcache")]), *args], env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
         self._replies: queue.Queue[dict[str, object] | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -217,16 +219,20 @@ def test_gets_sent_together_are_all_answered(client: Client) -> None:
     assert client.get(200, actions[0])["Size"] == len(b"body 0")  # and the session goes on
 
 
-def test_a_go_shaped_get_or_close_is_read_as_json_reads_it() -> None:
-    """The fast path that reads Go's gets and closes without json: the lines Go writes take it, and any line it takes
-    (random edits of Go's lines) must be the request json.loads and the field checks make of it."""
+def test_a_go_shaped_request_is_read_as_json_reads_it() -> None:
+    """The fast path that reads Go's gets, puts and closes without json: the lines Go writes take it, and any line
+    it takes (random edits of Go's lines) must be the request (and BodySize) json.loads and the field checks make
+    of it."""
     seed = int(os.environ.get("GAFFER_TEST_SEED", "12"))
     rnd = random.Random(seed)
-    go_lines = [b'{"ID":7,"Command":"get","ActionID":"%s"}\n' % b64(hashlib.sha256(b"x").digest()).encode(),
-                b'{"ID":1067,"Command":"close"}\n']
+    an_id, other_id = b64(hashlib.sha256(b"x").digest()).encode(), b64(hashlib.sha256(b"y").digest()).encode()
+    go_lines = [b'{"ID":7,"Command":"get","ActionID":"%s"}\n' % an_id,
+                b'{"ID":1067,"Command":"close"}\n',
+                b'{"ID":12,"Command":"put","ActionID":"%s","OutputID":"%s"}\n' % (an_id, other_id),
+                b'{"ID":9,"Command":"put","ActionID":"%s","OutputID":"%s","BodySize":1048576}\n' % (an_id, other_id)]
     for go_line in go_lines:
-        assert fast_request(go_line) is not None and fast_request(go_line) == parse_line(go_line, "line 1")[0]
-    taken = 0
+        assert fast_request(go_line) is not None and fast_request(go_line) == parse_line(go_line, "line 1")
+    taken = {b"get": 0, b"put": 0}
     alphabet = b'{}":,0123456789 -+=/\\\nAQgwIDgetclos' + bytes(range(0x80, 0x84))
     for _ in range(int(os.environ.get("GAFFER_TEST_EXAMPLES", "3000"))):
         line = bytearray(rnd.choice(go_lines))
@@ -242,9 +248,9 @@ def test_a_go_shaped_get_or_close_is_read_as_json_reads_it() -> None:
         fast = fast_request(bytes(line))
         if fast is None:
             continue
-        taken += 1
+        taken[b"put" if b"put" in line else b"get"] += 1
         try:
-            general: object = parse_line(bytes(line), "line 1")[0]
+            general: object = parse_line(bytes(line), "line 1")
         except MalformedRequest as e:
             general = e
         assert fast == general, f"seed {seed}: {bytes(line)!r}"
@@ -252,9 +258,15 @@ def test_a_go_shaped_get_or_close_is_read_as_json_reads_it() -> None:
                  b'{"ID":1,"Command":"get","ActionID":"%s"}\r\n', b'{"ID":1,"Command":"get","ActionID":"%s","X":1}\n',
                  b'{"ID":1, "Command":"get","ActionID":"%s"}\n', b'{"ID":1,"Command":"put","ActionID":"%s"}\n',
                  b'{"ID":1,"Command":"close","ActionID":"%s"}\n', b'{"ID":1,"Command":"get"}\n%s',
-                 b'{"ID":' + b"9" * 5000 + b',"Command":"get","ActionID":"%s"}\n'):  # int() refuses 5,000 digits
-        assert fast_request(line % b64(b"y" * 32).encode()) is None, line  # left to json (and its checks)
-    assert taken > 50, f"seed {seed}: too few edited lines took the fast path to test it"
+                 b'{"ID":' + b"9" * 5000 + b',"Command":"get","ActionID":"%s"}\n',  # int() refuses 5,000 digits
+                 b'{"ID":1,"Command":"put","ActionID":"%s","OutputID":"%%s","BodySize":0010}\n',
+                 b'{"ID":1,"Command":"put","ActionID":"%s","OutputID":"%%s","BodySize":-1}\n',
+                 b'{"ID":1,"Command":"put","ActionID":"%s","OutputID":"%%s","BodySize":9999999999999}\n',  # too big
+                 b'{"ID":1,"Command":"put","ActionID":"%s","OutputID":"%%s","ObjectID":"%%s"}\n'):  # Go 1.23's
+        filled = line % b64(b"y" * 32).encode()
+        filled = filled.replace(b"%s", b64(b"z" * 32).encode())
+        assert fast_request(filled) is None, line  # left to json (and its checks)
+    assert min(taken.values()) > 50, f"seed {seed}: too few edited lines took the fast path to test it: {taken}"
 
 
 def test_reply_lines_are_what_json_writes() -> None:
@@ -275,6 +287,16 @@ def test_reply_lines_are_what_json_writes() -> None:
         assert reply_line(request_id, disk_path=path) == _json_line({"ID": request_id, "DiskPath": path})
         assert reply_line(request_id, err=path) == _json_line({"ID": request_id, "Err": path})
         assert reply_line(request_id) == _json_line({"ID": request_id})
+
+
+def test_times_are_what_datetime_writes_whichever_seconds_come_first() -> None:
+    """rfc3339 keeps each whole second it formatted: times within a second and across seconds, in any order."""
+    rnd = random.Random(int(os.environ.get("GAFFER_TEST_SEED", "12")))
+    base = 1_764_560_000 * 10**9
+    times = [base + rnd.randrange(5 * 10**9) for _ in range(200)] + [0, 10**9 - 1, 2**62]
+    for time_ns in times + times[::-1]:
+        expected = datetime.fromtimestamp(time_ns // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert rfc3339(time_ns) == f"{expected}.{time_ns % 10**9:09d}Z"
 
 
 def _json_line(reply: dict[str, object]) -> bytes:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+import threading
 
 from gaffer.outcome import CACHED, EXECUTED, FAILED, SKIPPED, Outcome
-from gaffer.ui.progress import Progress, use_live_display
+from gaffer.ui.progress import FLUSH_S, Progress, use_live_display
 
 
 class FakeTTY(io.StringIO):
@@ -35,6 +36,35 @@ def test_plain_lines_one_per_start_and_finish() -> None:
     assert "\x1b" not in out.getvalue()
 
 
+class Writes(io.StringIO):
+    """A stream that keeps each write apart and says when one came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+        self.wrote = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        self.wrote.set()
+        return super().write(text)
+
+
+def test_plain_lines_of_a_running_build_are_written_together_soon_after() -> None:
+    out = Writes()
+    p = Progress(stream=out, live=False)
+    p.start(total=2, jobs=2)
+    with p._lock:  # both lines come before the flusher can write either
+        p.task_started("a")
+        p.task_started("b")
+    assert out.wrote.wait(timeout=30), f"nothing written {FLUSH_S}s after"
+    assert out.writes == ["[1/2] Starting a\n[2/2] Starting b\n"]
+    p.task_finished("a", Outcome(EXECUTED, duration_s=1.0))
+    p.finish()  # what is left is written at the end, and anything after at once
+    p.warn("late")
+    assert out.writes[1:] == ["[1/2] Completed a (1.0s)\n", "gaffer: warning: late\n"]
+
+
 def test_live_mode_redraws_one_status_line() -> None:
     out = FakeTTY()
     p = Progress(stream=out, live=True)
@@ -58,6 +88,7 @@ def test_a_remote_tasks_stages_as_lines_or_on_the_status_line() -> None:
         p.task_stage("compile", stage)
     p.task_finished("compile", Outcome(EXECUTED, duration_s=1.2, extra={"where": "worker farm-w3"}))
     p.task_stage("compile", "queued")  # late: the task is done, nothing is shown
+    p.finish()
     assert out.getvalue().splitlines() == [
         "[1/1] Starting compile",
         "[1/1] compile: queued",

@@ -70,6 +70,8 @@ def test_cold_then_warm_then_restore_byte_identical(ws: Path, env: dict[str, str
     assert cold["executed"] == 4 and cold["cached"] == 0
     assert set(cold["status"].values()) == {"executed"} and "all" not in cold["status"]
     assert "gen-stdout" in cold["stdout"] and "gen-stderr" in cold["stderr"]
+    log = cold["stderr"]  # a task's output comes after its start line and before its end line
+    assert log.index("Starting gen\n") < log.index("gen-stderr\n") < log.index("Completed gen (")
     made = outputs(ws)
 
     warm = build(ws, env, "all")
@@ -93,6 +95,32 @@ def test_edit_reruns_only_dependents_and_explains(ws: Path, env: dict[str, str])
     assert "input src/b.txt changed" in reasons(result)["mid"]
     assert "dependency mid" in reasons(result)["top"]
     assert (ws / "out" / "c.txt").read_text() == "alpha\nbeta 2\n"
+
+
+def test_the_stat_cache_holds_inputs_only_and_an_edit_rewrites_only_their_shards(ws: Path, env: dict[str, str]) -> None:
+    """Outputs are keyed from the build log's records, never read through the stat cache: an edit build that
+    re-runs many tasks must not read and write back the stat cache's shards for them."""
+    from gaffer.shards import decode, shard_of, shard_path
+
+    stats = ws / ".gaffer" / "stats"
+
+    def entries() -> set[str]:
+        return {key for f in stats.iterdir() for key in decode(f.read_bytes()) if key.startswith(f"{ws}/")}  # and tools
+
+    def shard_files() -> dict[str, tuple[int, int]]:
+        return {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in stats.iterdir()}
+
+    inputs = {f"{ws}/src/a.txt", f"{ws}/src/b.txt", f"{ws}/src/c/deep/c.txt"}
+    build(ws, env, "all")
+    assert entries() == inputs
+    before = shard_files()
+    (ws / "src" / "b.txt").write_text("beta 2\n")
+    result = build(ws, env, "all")
+    assert result["status"] == {"gen": "cached", "mid": "executed", "top": "executed", "side": "cached"}
+    assert entries() == inputs
+    after = shard_files()
+    assert {name for name in after if after[name] != before.get(name)} == {
+        os.path.basename(shard_path(str(stats), shard_of(f"{ws}/src/b.txt")))}
 
 
 # What a local build has no use for: remote-execution and remote-tier clients, and the standard-library

@@ -21,6 +21,7 @@ the task's declared outputs, and symlinks to stay inside the workspace, before a
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import stat
@@ -64,8 +65,15 @@ class BadCacheEntry(Exception):
 
 def host_properties() -> dict[str, str]:
     """The platform this machine builds for, part of every key: a Linux x86-64 binary is not an arm64 one."""
-    uname = os.uname()
+    uname = _uname()
     return {"OSFamily": _as_platform(uname.sysname).lower(), "ISA": _as_platform(uname.machine).lower()}
+
+
+@functools.cache
+def _uname() -> os.uname_result:
+    """`os.uname()` once per process: a build asks for it twice per task it runs (the key's platform, the
+    result's worker name)."""
+    return os.uname()
 
 
 def _as_platform(value: str) -> str:
@@ -326,7 +334,7 @@ def make_result(outputs: Outputs, exit_code: int, stdout: Digest, stderr: Digest
     files = [(f.path, f.digest, f.executable, f.mode) for f in outputs.files if not f.path.startswith(inside)]
     symlinks = [(s.path, s.target) for s in outputs.symlinks if not s.path.startswith(inside)]
     return wire.action_result(files, symlinks, list(outputs.trees.items()), exit_code, stdout, stderr,
-                              _as_platform(os.uname().nodename), int(start * 1e9), int(end * 1e9))
+                              _as_platform(_uname().nodename), int(start * 1e9), int(end * 1e9))
 
 
 class CachedResult(NamedTuple):

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's (see gaffer.tuples): type checkers take this name as true
+if TYPE_CHECKING:
+    from typing import Any
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 

@@ -208,7 +208,7 @@ class Build:
         except OSError as e:
             self.progress.warn(f"cannot restore the outputs of {name}: {e}; running it instead")
             return None
-        made = records.on_disk(str(self.root), cached.outputs, self.stat_cache)
+        made = records.on_disk(str(self.root), cached.outputs)
         self._record(name, keyed, made, cached.duration_s)
         self.progress.task_output(name, self.cache.local.read_blob(cached.stdout) or b"",
                                   self.cache.local.read_blob(cached.stderr) or b"")
@@ -246,7 +246,7 @@ class Build:
         if result.failure or result.outputs is None:
             return Outcome(FAILED, duration_s=result.duration_s, start_s=start, reason=result.failure, extra=extra)
         made = (records.predicted(result.outputs) if result.remote_only
-                else records.on_disk(str(self.root), result.outputs, self.stat_cache))
+                else records.on_disk(str(self.root), result.outputs))
         changed = self.keys.input_changed(planned, deps, self.fingerprints[name], keyed) if task.cache else None
         if changed:  # built from other inputs than its key says: neither cached nor up to date next time
             self.progress.warn(f"input {changed} changed while {name} ran: result not cached")

@@ -11,13 +11,13 @@ server's, whatever this machine's says). A signature no older than that moment i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import marshal
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
 from gaffer.shards import ShardedMap
+from gaffer.tuples import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -100,13 +100,14 @@ def stat_signature(st: os.stat_result) -> StatSignature:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
-def file_system_now(directory: Path, create: bool = True) -> int:
+def file_system_now(directory: str | os.PathLike[str], create: bool = True) -> int:
     """The current time as the file system holding `directory` records it: the mtime of a file created there
     (by the file system's clock, NFS: the server's, and at its granularity). The file is this process's own, so
     a concurrent build cannot move the time. 0 (every signature racy) if the directory cannot be written."""
     try:
         if create:
-            directory.mkdir(exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory)
         fd = _unnamed_file(directory)
     except OSError:
         return 0
@@ -118,7 +119,7 @@ def file_system_now(directory: Path, create: bool = True) -> int:
         os.close(fd)
 
 
-def _unnamed_file(directory: Path) -> int:
+def _unnamed_file(directory: str | os.PathLike[str]) -> int:
     """A new file in `directory` that no name reaches: Linux's O_TMPFILE where the file system has it, else a temp
     file unlinked at once (importing tempfile only then). Raises OSError."""
     if hasattr(os, "O_TMPFILE"):
@@ -193,10 +194,6 @@ class StatCache:
         if d.size_bytes == sig[0]:
             self._entries.set(path, marshal.dumps((*sig, self.moment, d.hash)))
         return d
-
-    def remember(self, path: str, st: os.stat_result, digest: Digest) -> None:
-        """Record a digest known by other means (a file we just restored from the cache)."""
-        self._entries.set(path, marshal.dumps((*stat_signature(st), self.moment, digest.hash)))
 
     def forget(self, path: str) -> None:
         self._entries.pop(path)

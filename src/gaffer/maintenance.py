@@ -42,7 +42,7 @@ def clean(args: argparse.Namespace) -> int:
     state.save()
     print(f"removed {format_count(removed, 'declared output')}")
     if store is not None:
-        with _maintaining(store):
+        with _maintaining(store), store.unserved("gaffer clean --all"):
             store.clean()
         print(f"emptied {store.root}")
     return 0
@@ -93,7 +93,8 @@ def _cache_action(args: argparse.Namespace, store: DiskStore) -> int:
         print(f"  Hit rate (last {format_count(len(builds), 'build')}): {100 * rate:.1f}% "
               f"({format_count(hits, 'hit')}, {format_count(misses, 'miss', 'misses')})")
     elif args.cache_command == "gc":
-        removed, freed = store.gc()
+        with store.unserved("gaffer cache gc"):  # files only: a server's own eviction also counts its packs
+            removed, freed = store.gc()
         print(f"removed {format_count(removed, 'entry', 'entries')} ({format_size(freed)})")
     elif args.cache_command == "verify":
         verify = store.verify()
@@ -102,6 +103,7 @@ def _cache_action(args: argparse.Namespace, store: DiskStore) -> int:
               (" (evicted: " + ", ".join(h[:12] for h in verify.corrupt) + ")" if verify.corrupt else ""))
         return 1 if verify.corrupt else 0
     elif args.cache_command == "clean":
-        store.clean()
+        with store.unserved("gaffer cache clean"):
+            store.clean()
         print(f"emptied {store.root}")
     return 0

@@ -13,23 +13,24 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gaffer.digest import Digest, StatCache, stat_signature
+from gaffer.digest import Digest, stat_signature
 from gaffer.state import DirectoryRecord, FileRecord, OutputRecords, SymlinkRecord
 
 if TYPE_CHECKING:
     from gaffer.actions import Outputs
 
 
-def on_disk(root: str, outputs: Outputs, stat_cache: StatCache) -> OutputRecords:
-    """The outputs as they now are on disk (called once all are written: a directory's signature is final);
-    their digests go to the stat cache, so a dependent never hashes them again."""
+def on_disk(root: str, outputs: Outputs) -> OutputRecords:
+    """The outputs as they now are on disk (called once all are written: a directory's signature is final).
+    Their digests are in these records, which is where a dependent reads them (an output is never an input
+    read through the stat cache: plan.make_plan leaves every file under a declared output out of the inputs, and
+    tools.task_tools a tool there), so the stat cache is not told of them: an edit build that re-runs hundreds
+    of tasks would otherwise read and write back nearly every shard of it for entries nothing reads."""
     from gaffer.actions import PERMISSION_BITS
 
     files = []
     for f in outputs.files:
-        path = f"{root}/{f.path}"
-        st = os.lstat(path)
-        stat_cache.remember(path, st, f.digest)
+        st = os.lstat(f"{root}/{f.path}")
         mode = stat.S_IMODE(st.st_mode) & PERMISSION_BITS
         files.append(FileRecord(f.path, f.digest.hash, f.digest.size_bytes, mode, stat_signature(st)))
     directories = tuple(DirectoryRecord(d.path, d.mode, stat_signature(os.lstat(f"{root}/{d.path}")))

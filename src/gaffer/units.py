@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from gaffer.errors import UserError
 
 _SIZE_UNITS = {
@@ -13,29 +11,36 @@ _SIZE_UNITS = {
     "ti": 1024**4, "tib": 1024**4,
 }
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-_NUMBER_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*")
+_NUMBER_UNIT = r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*"
+
+
+def _number_unit(text: str) -> tuple[str, str] | None:
+    """The number and the unit (lowercase) of `500 MiB`, or None. `re` is imported here, not at start-up: a
+    setting's default is not parsed, and gobuildcache's start-up has no other use for it."""
+    import re
+
+    match = re.fullmatch(_NUMBER_UNIT, text)
+    return (match.group(1), match.group(2).lower()) if match else None
 
 
 def parse_size(text: str | int, what: str = "size") -> int:
     """Return a byte count; `what` names the flag or setting for the error message."""
     if isinstance(text, int):
         return text
-    match = _NUMBER_UNIT.fullmatch(str(text))
-    unit = match.group(2).lower() if match else None
-    if not match or unit not in _SIZE_UNITS:
+    parsed = _number_unit(str(text))
+    if not parsed or parsed[1] not in _SIZE_UNITS:
         raise UserError(f"{what}: {text!r} is not a size (examples: 500MB, 10GiB, 1048576)")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    return int(float(parsed[0]) * _SIZE_UNITS[parsed[1]])
 
 
 def parse_duration(text: str | float, what: str = "duration") -> float:
     """Return seconds; `what` names the flag or setting for the error message."""
     if isinstance(text, (int, float)):
         return float(text)
-    match = _NUMBER_UNIT.fullmatch(str(text))
-    unit = match.group(2).lower() if match else None
-    if not match or unit not in _DURATION_UNITS:
+    parsed = _number_unit(str(text))
+    if not parsed or parsed[1] not in _DURATION_UNITS:
         raise UserError(f"{what}: {text!r} is not a duration (examples: 500ms, 30s, 2h)")
-    return float(match.group(1)) * _DURATION_UNITS[unit]
+    return float(parsed[0]) * _DURATION_UNITS[parsed[1]]
 
 
 def format_size(n: int) -> str:

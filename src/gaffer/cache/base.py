@@ -23,14 +23,14 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gaffer.atomic import write_all
 from gaffer.digest import Digest, digest_file
+from gaffer.tuples import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported when a pool is first needed: concurrent.futures loads logging (~10 ms)
     from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path  # not at run time, nor typing: see gaffer.tuples
 
 LOOKUP_WORKERS = 16  # parallel requests in the default find_missing and read_blobs (one request per digest)
 _pool_lock = threading.Lock()
@@ -135,7 +135,8 @@ class CacheTier(ABC):
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         """Store a blob of any size, streamed from the file at `path`. By default through memory."""
-        self.write_blob(digest, Path(path).read_bytes())
+        with open(path, "rb") as f:
+            self.write_blob(digest, f.read())
 
     # -- management --------------------------------------------------------------------------------------------
 

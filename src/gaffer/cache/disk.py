@@ -25,13 +25,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from pathlib import Path
-from typing import NamedTuple, TextIO
 
 from gaffer.atomic import write_all
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.trusted import TrustedBlobs
 from gaffer.digest import Digest, digest_bytes, digest_file, sha256
+from gaffer.errors import EnvironmentProblem
+from gaffer.tuples import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from pathlib import Path  # at run time only where a Path is handed out: gobuildcache's gets use strings
+    from typing import TextIO
 
 DEFAULT_MAX_SIZE = 10 * 1024**3
 GC_LOW_WATER = 0.9  # gc evicts down to this fraction of max_size so it does not run again at once
@@ -41,10 +45,54 @@ _AC_HEADER = len(_AC_MAGIC) + sha256().digest_size
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _MIN_FREE = 1 << 20  # less free than this at start: a build's cache is already full (its tasks' output too)
 _SMALL_FILE = 1 << 20  # put_file reads a file up to this size into memory; a bigger one is copied by the kernel
+SERVE_LOCK = "serve.lock"  # locked by a `gaffer serve` using the directory as its store, or a `gaffer cache verify`
+
+
+def _path(text: str) -> Path:
+    from pathlib import Path
+
+    return Path(text)
 
 
 def _warn(message: str) -> None:
     print(f"gaffer: warning: {message}", file=sys.stderr)
+
+
+class StoreServed(EnvironmentProblem):
+    """Another process holds the store's SERVE_LOCK: `command` (a `gaffer serve`, or a `gaffer cache verify`) and
+    its `pid` ("?" if it named none), as it wrote them there."""
+
+    def __init__(self, root: Path, pid: str, command: str) -> None:
+        super().__init__(f"{root}: a {command} (pid {pid}) is using this store; stop it first")
+        self.pid = pid
+        self.command = command
+
+
+def lock_served(root: Path, command: str) -> int:
+    """Take, without waiting, the lock on a store that a `gaffer serve` holds while it runs, and `gaffer cache
+    verify` while it may rewrite the server's packs (SERVE_LOCK, made if need be), naming this process and its
+    `command` in it: the descriptor holding it, until closed. StoreServed if another process holds it; OSError
+    if it cannot be taken (a file system without locks)."""
+    # held read-only: a descriptor open for writing would keep the file system from going read-only
+    fd = os.open(root / SERVE_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid, _, holder = os.pread(fd, 32, 0).decode(errors="replace").strip().partition(" ")
+        os.close(fd)
+        raise StoreServed(root, pid or "?", holder or "gaffer serve") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        writer = os.open(root / SERVE_LOCK, os.O_WRONLY | os.O_CLOEXEC)
+        try:  # fixed width, written in place: the one refused never reads it half-written
+            os.pwrite(writer, f"{os.getpid()} {command}".ljust(31).encode() + b"\n", 0)
+        finally:
+            os.close(writer)
+    except OSError:
+        pass  # it still locks; the one refused just cannot name this process
+    return fd
 
 
 class StoreStatus(NamedTuple):
@@ -72,39 +120,51 @@ class DiskStore(CacheTier):
     ) -> None:
         """`full_is_read_only`: a full disk turns the store read-only (a build goes on without caching) instead
         of failing the write (a server answers that it is full)."""
-        self.root = Path(root)
-        self._root_text = str(self.root)
+        self._root_text = os.fspath(root).rstrip("/") or ("/" if os.fspath(root) else ".")  # no trailing slash
+        self._root: Path | None = None
         self._full_is_read_only = full_is_read_only
-        self.name = f"disk://{self.root}"
+        self.name = f"disk://{self._root_text}"
         self.max_size = max_size
         self.report = report or _warn
         self.corrupt_evicted = 0
         self._written = 0
         self.bytes_stored = 0  # by this process, for the tier's stats (_written is reset when accounted)
         self.bytes_served = 0
-        self._tmp = self.root / "tmp"
-        self._cas = f"{self.root}/cas/"
+        self._tmp = f"{self._root_text}/tmp"
+        self._cas = f"{self._root_text}/cas/"
         self._present: set[str] = set()  # blobs this process stored or found stored: written once per process
         self._warn_lock = threading.Lock()
         self._read_only_warned = False
         try:
-            self._tmp.mkdir(parents=True, exist_ok=True)
+            os.makedirs(self._tmp, exist_ok=True)
             self.writable = os.access(self._tmp, os.W_OK)  # root too is refused on a read-only mount
         except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.access(self.root, os.R_OK | os.X_OK):
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.access(self._root_text,
+                                                                                        os.R_OK | os.X_OK):
                 raise TierError(self.name, f"cannot create cache directory: {e.strerror}", transient=False) from e
             self.writable = False
         if not self.writable:
             # A read-only cache (a shared, pre-filled one) still serves hits; temp files go to a private directory.
             self._tmp = _private_temp_dir()
-        self.trusted = TrustedBlobs(self.root / "verified", self.writable, self.temp_path)
+        self.trusted = TrustedBlobs(f"{self._root_text}/verified", self.writable, self._new_temp)
         if self.writable and full_is_read_only and _free_bytes(self._tmp) < _MIN_FREE:
             self._full(os.strerror(errno.ENOSPC))
 
     # -- paths -------------------------------------------------------------------------------------------------
 
+    @property
+    def root(self) -> Path:
+        """The store's directory (a Path made when first asked for: gobuildcache's start-up imports no pathlib)."""
+        if self._root is None:
+            self._root = _path(self._root_text)
+        return self._root
+
     def blob_path(self, digest: Digest) -> Path:
-        return Path(self._blob_file(digest.hash))
+        return _path(self._blob_file(digest.hash))
+
+    def blob_file(self, digest: Digest) -> str:
+        """`blob_path` as a string (gobuildcache's puts)."""
+        return self._blob_file(digest.hash)
 
     def _blob_file(self, blob_hash: str) -> str:
         """`blob_path` as a string: the hot paths (a build stores several blobs per task) skip pathlib."""
@@ -116,8 +176,12 @@ class DiskStore(CacheTier):
     def temp_path(self) -> Path:
         """A fresh path in the store's temp directory (same filesystem, so `adopt` is an atomic rename). The
         directory is made again if it vanished (`rm -rf` of the cache while a build runs)."""
+        return _path(self._new_temp())
+
+    def _new_temp(self) -> str:
+        """`temp_path` as a string."""
         self._make_temp_dir()
-        return Path(self._temp_name())
+        return self._temp_name()
 
     def _make_temp_dir(self) -> None:
         try:
@@ -125,7 +189,7 @@ class DiskStore(CacheTier):
         except FileExistsError:
             pass
         except FileNotFoundError:
-            self._tmp.mkdir(parents=True, exist_ok=True)
+            os.makedirs(self._tmp, exist_ok=True)
 
     def _temp_name(self) -> str:
         """A fresh name in the temp directory, which `__init__` made: `_fill_temp` makes it again only when
@@ -142,7 +206,7 @@ class DiskStore(CacheTier):
         except OSError:
             return False
         if st.st_size != digest.size_bytes:
-            self._mismatch(Path(path), digest)
+            self._mismatch(path, digest)
             return False
         return True
 
@@ -171,7 +235,7 @@ class DiskStore(CacheTier):
         """The blob's path after checking its content (or finding its file unchanged since this store hashed it),
         or None (a corrupt blob is evicted and reported)."""
         path = self.verified_blob_file(digest)
-        return None if path is None else Path(path)
+        return None if path is None else _path(path)
 
     def verified_blob_file(self, digest: Digest) -> str | None:
         """`verified_blob_path` as a string: gobuildcache asks for one per build step."""
@@ -181,7 +245,7 @@ class DiskStore(CacheTier):
             if not self._trusts(digest, st):
                 actual = digest_file(path)
                 if actual != digest:
-                    self._mismatch(Path(path), digest, actual.hash)
+                    self._mismatch(path, digest, actual.hash)
                     return None
                 self.trusted.remember(digest.hash, st)  # the stat from before the hash: an edit meanwhile moved it
         except OSError:
@@ -192,7 +256,7 @@ class DiskStore(CacheTier):
     def trusts_blob(self, digest: Digest) -> bool:
         """Would `verified_blob_path` answer without hashing the blob?"""
         try:
-            return self._trusts(digest, os.stat(self.blob_path(digest)))
+            return self._trusts(digest, os.stat(self._blob_file(digest.hash)))
         except OSError:
             return False
 
@@ -273,7 +337,7 @@ class DiskStore(CacheTier):
         result = _checked_action(data)
         if result is None:
             if data.startswith(_AC_MAGIC):
-                self._evict_corrupt(Path(path), "action result", key)
+                self._evict_corrupt(path, "action result", key)
             else:  # written by a gaffer before entries had a checksum: a miss, not worth a warning each
                 with suppress(FileNotFoundError):
                     os.unlink(path)
@@ -348,6 +412,9 @@ class DiskStore(CacheTier):
         return removed, removed_bytes
 
     def status(self) -> StoreStatus:
+        """What the store holds; a blob both in a file and in a pack, or in two packs, counts once (`gaffer
+        serve` rewrites a pack once a blob of it is evicted, so a pack at rest holds only live blobs)."""
+        packed = {hash_: size for _path, table in self._packs() for hash_, _offset, size in table or ()}
         actions = blobs = size = 0
         for path, st in self._walk():
             size += st.st_size
@@ -355,9 +422,9 @@ class DiskStore(CacheTier):
                 actions += 1
             else:
                 blobs += 1
-        for _path, table in self._packs():
-            blobs += len(table or ())
-            size += sum(blob_size for _hash, _offset, blob_size in table or ())
+                packed.pop(path.name, None)
+        blobs += len(packed)
+        size += sum(packed.values())
         return StoreStatus(actions=actions, blobs=blobs, bytes=size, max_size=self.max_size)
 
     def files(self, kind: str) -> Iterator[tuple[Path, os.stat_result]]:
@@ -366,7 +433,26 @@ class DiskStore(CacheTier):
 
     def verify(self) -> VerifyReport:
         """Hash every blob (trusted or not: bit rot changes no stat signature) and check every action-cache entry's
-        checksum; evict (and list) the corrupt ones. The blobs found right are the new record of trusted ones."""
+        checksum; evict (and list) the corrupt ones. The blobs found right are the new record of trusted ones.
+        StoreServed if a `gaffer serve` is using the store (its index would no longer match the disk)."""
+        with self.unserved("gaffer cache verify"):
+            return self._verify()
+
+    @contextmanager
+    def unserved(self, command: str) -> Iterator[None]:
+        """Keep a `gaffer serve` from starting on the store while `command` changes it (StoreServed if one runs
+        now: its index would no longer match the disk). A directory without SERVE_LOCK never had a server, nor
+        packs, and gets no lock file."""
+        if not (self.root / SERVE_LOCK).exists():
+            yield
+            return
+        fd = lock_served(self.root, command)
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    def _verify(self) -> VerifyReport:
         checked = checked_actions = 0
         corrupt = []
         good = []
@@ -408,28 +494,63 @@ class DiskStore(CacheTier):
             return
         for entry in packs:
             try:
-                yield Path(entry.path), read_table(entry.path)
+                yield _path(entry.path), read_table(entry.path)
             except BadPack:
-                yield Path(entry.path), None
+                yield _path(entry.path), None
             except OSError:
                 continue
 
     def _verify_packs(self) -> tuple[int, list[str]]:
-        """Hash every packed blob; a pack that is torn or holds a corrupt blob is removed whole (a pack is never
-        rewritten in place): how many blobs were checked, and the corrupt blobs' hashes (a torn pack's name)."""
+        """Hash every packed blob; a pack holding corrupt blobs is replaced by one holding its good blobs, a torn
+        one removed: how many blobs were checked, and the corrupt blobs' hashes (a torn pack's name)."""
         checked, corrupt = 0, []
         for path, table in self._packs():
+            if table is None:
+                corrupt.append(path.name)
+                self._evict_corrupt(path, "pack", Digest(path.name, 0))
+                continue
             try:
-                with open(path, "rb") as f:
-                    bad = [path.name] if table is None else [
-                        h for h, _offset, size in table if digest_bytes(f.read(size)).hash != h]
+                data, mtime = path.read_bytes(), path.stat().st_mtime
             except OSError:
                 continue
-            checked += len(table or ())
+            checked += len(table)
+            blobs = [(h, data[offset:offset + size]) for h, offset, size in table]
+            bad = {h for h, blob in blobs if digest_bytes(blob).hash != h}
             if bad:
-                corrupt += bad
-                self._evict_corrupt(path, "pack", Digest(path.name, 0))
+                replaced = self._rewrite_pack(path, [(h, blob) for h, blob in blobs if h not in bad], mtime)
+                for h, blob in blobs:
+                    if h in bad:
+                        corrupt.append(h)
+                        if replaced:
+                            self._corrupt_evicted("blob", Digest(h, len(blob)))
         return checked, corrupt
+
+    def _rewrite_pack(self, path: Path, blobs: list[tuple[str, bytes]], mtime: float) -> bool:
+        """Replace a pack by a new one of `blobs` (a pack is never changed in place: a temp file, flushed, renamed
+        into `packs/` and its directory flushed, keeping the old one's mtime, its blobs' age for `gaffer serve`),
+        then unlink the old one. If the new one cannot be written (a full disk), the old one is left as it is
+        (`gaffer serve` checks each packed blob it reads), said, and False returned."""
+        from gaffer.server.files import fsync
+        from gaffer.server.packs import encode
+
+        if blobs:
+            tmp = ""
+            try:
+                tmp = self._temp_holding(encode(blobs)[0])
+                os.utime(tmp, (mtime, mtime))
+                fsync(tmp)
+                install(tmp, path.parent / os.path.basename(tmp))
+                tmp = ""
+                fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as e:
+                if tmp:
+                    with suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                self.report(f"cannot rewrite {path} without its corrupt blobs ({e.strerror}): left as it is")
+                return False
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
 
     def clean(self) -> None:
         """Remove every entry (the directory itself stays). Temp files of running processes stay too: a build
@@ -458,10 +579,10 @@ class DiskStore(CacheTier):
             return
         line = f'{{"t": {int(time.time())}, "hits": {int(hits)}, "misses": {int(misses)}}}\n'
         try:
-            with open(self.root / "builds.log", "a", encoding="utf-8") as f:
+            with open(f"{self._root_text}/builds.log", "a", encoding="utf-8") as f:
                 f.write(line)
         except OSError as e:  # the statistics are not worth failing a build over
-            self.report(f"cannot record the build in {self.root / 'builds.log'}: {e.strerror or e}")
+            self.report(f"cannot record the build in {self._root_text}/builds.log: {e.strerror or e}")
 
     def recent_builds(self, last: int = 20) -> list[dict[str, int]]:
         """The last builds' counts; a damaged line (a torn write, a disk error, an edit) is skipped, not fatal."""
@@ -492,7 +613,7 @@ class DiskStore(CacheTier):
                 if self._read_only_warned:
                     return
                 self._read_only_warned = True
-            self.report(f"cache directory {self.root} is read-only: its entries are used, nothing new is stored")
+            self.report(f"cache directory {self._root_text} is read-only: its entries are used, nothing new is stored")
             return
         install(tmp, dest)
         self._written += size
@@ -500,22 +621,27 @@ class DiskStore(CacheTier):
 
     def _read_and_touch(self, path: str) -> bytes | None:
         """A whole entry, refreshing its LRU time; None if absent. (os-level calls: `open()` would add an ioctl,
-        a seek and a second fstat to every lookup.)"""
+        a seek and a second fstat to every lookup. One read asks for a byte more than the file's size: exactly
+        the size means it reached the end, and no second read is needed to see that; more (it grew) or less (a
+        short read, as some network file systems give) is read on to the end.)"""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         try:
-            mtime = os.fstat(fd).st_mtime
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
+            st = os.fstat(fd)
+            size = st.st_size + 1
+            data = os.read(fd, size)
+            if len(data) != st.st_size:  # it grew since the fstat, or the read came back short: read on to the end
+                chunks = [data]
+                while chunk := os.read(fd, 1 << 16):
+                    chunks.append(chunk)
+                data = b"".join(chunks)
         except OSError:
             return None
         finally:
             os.close(fd)
-        data = b"".join(chunks)
-        self._touch(path, mtime)
+        self._touch(path, st.st_mtime)
         self.bytes_served += len(data)
         return data
 
@@ -527,7 +653,7 @@ class DiskStore(CacheTier):
             except OSError:
                 pass
 
-    def _mismatch(self, path: Path, digest: Digest, actual_hash: str | None = None) -> None:
+    def _mismatch(self, path: Path | str, digest: Digest, actual_hash: str | None = None) -> None:
         """The file under `digest.hash` does not match `digest`. If its content still hashes to its name, the file
         is fine and the digest's size is wrong (a peer's mistake, or a lie): keep the file, it is just not this
         blob. Otherwise the file is corrupt: evict and report it."""
@@ -539,16 +665,20 @@ class DiskStore(CacheTier):
         if actual_hash != digest.hash:
             self._evict_corrupt(path, "blob", digest)
 
-    def _evict_corrupt(self, path: Path, what: str, digest: Digest) -> None:
-        if what == "blob":
-            self.trusted.forget(digest.hash)
-            self._present.discard(digest.hash)
+    def _evict_corrupt(self, path: Path | str, what: str, digest: Digest) -> None:
         try:
             os.unlink(path)
         except OSError:
             pass
+        self._corrupt_evicted(what, digest)
+
+    def _corrupt_evicted(self, what: str, digest: Digest) -> None:
+        """Forget and report an entry removed as corrupt."""
+        if what == "blob":
+            self.trusted.forget(digest.hash)
+            self._present.discard(digest.hash)
         self.corrupt_evicted += 1
-        self.report(f"corrupt cache {what} {digest.hash[:12]} in {self.root} evicted; it will be rebuilt or refetched")
+        self.report(f"corrupt cache {what} {digest.hash[:12]} in {self._root_text} evicted; it will be rebuilt or refetched")
 
     def _walk(self, *kinds: str) -> Iterator[tuple[Path, os.stat_result]]:
         for kind in kinds or ("cas", "ac"):
@@ -562,13 +692,13 @@ class DiskStore(CacheTier):
                     continue
                 for entry in os.scandir(shard.path):
                     try:
-                        yield Path(entry.path), entry.stat()
+                        yield _path(entry.path), entry.stat()
                     except FileNotFoundError:
                         continue
 
     def _temp_files(self) -> list[Path]:
         try:
-            return list(self._tmp.iterdir())
+            return [_path(entry.path) for entry in os.scandir(self._tmp)]
         except FileNotFoundError:
             return []
 
@@ -583,19 +713,20 @@ class DiskStore(CacheTier):
 
     def _open_lock(self) -> TextIO:
         try:
-            return open(self.root / "lock", "a")
+            return open(f"{self._root_text}/lock", "a")
         except FileNotFoundError:  # the whole directory was removed while this process used it
-            self.root.mkdir(parents=True, exist_ok=True)
-            return open(self.root / "lock", "a")
+            os.makedirs(self._root_text, exist_ok=True)
+            return open(f"{self._root_text}/lock", "a")
 
     def _read_size(self) -> int:
         try:
-            return int((self.root / "size").read_text())
+            with open(f"{self._root_text}/size", "rb") as f:
+                return int(f.read())
         except (OSError, ValueError):
             return 0
 
     def _write_size(self, size: int) -> None:
-        os.replace(self.write_temp(str(size).encode()), self.root / "size")
+        os.replace(self._temp_holding(str(size).encode()), f"{self._root_text}/size")
 
     def record_size(self, size: int) -> None:
         """Set the running size estimate (`gaffer serve`, which accounts its store in memory, at exit)."""
@@ -604,7 +735,7 @@ class DiskStore(CacheTier):
 
     def write_temp(self, data: bytes | memoryview) -> Path:
         """A new temp file holding `data`; on a failure (a full disk) none is left behind."""
-        return Path(self._temp_holding(data))
+        return _path(self._temp_holding(data))
 
     def _temp_holding(self, data: bytes | memoryview) -> str:
         return self._fill_temp(lambda tmp: _write_new(tmp, data))
@@ -641,17 +772,17 @@ class DiskStore(CacheTier):
             self.writable = self.trusted.writable = False
             self._read_only_warned = True
             self._tmp = _private_temp_dir()
-        self.report(f"cache directory {self.root} is full ({why}): its entries are used, nothing new is stored")
+        self.report(f"cache directory {self._root_text} is full ({why}): its entries are used, nothing new is stored")
 
 
-def _private_temp_dir() -> Path:
+def _private_temp_dir() -> str:
     """A temp directory of this process alone, for a store that cannot write its own."""
     import tempfile
 
-    return Path(tempfile.gettempdir()) / f"gaffer-{os.getuid()}-{os.getpid()}-{os.urandom(4).hex()}"
+    return os.path.join(tempfile.gettempdir(), f"gaffer-{os.getuid()}-{os.getpid()}-{os.urandom(4).hex()}")
 
 
-def _free_bytes(path: Path) -> int:
+def _free_bytes(path: str) -> int:
     try:
         st = os.statvfs(path)
     except OSError:

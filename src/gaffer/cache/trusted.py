@@ -26,12 +26,12 @@ re-hashes everything.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 Signature = tuple[int, int, int, int, int]
 
@@ -79,7 +79,7 @@ def _parse(line: bytes) -> tuple[str, Signature] | None:
 class TrustedBlobs:
     """Blob hash -> the signature its file had when this store last hashed it (and found it right)."""
 
-    def __init__(self, path: Path, writable: bool, temp_path: Callable[[], Path]) -> None:
+    def __init__(self, path: str, writable: bool, temp_path: Callable[[], str]) -> None:
         self.path = path
         self.writable = writable
         self._temp_path = temp_path
@@ -150,7 +150,8 @@ class TrustedBlobs:
         """Blob hash -> its last line, unparsed, or None when the log is absent or from another boot; and the log's
         line count."""
         try:
-            lines = self.path.read_bytes().splitlines(keepends=True)
+            with open(self.path, "rb") as f:
+                lines = f.read().splitlines(keepends=True)
         except OSError:
             return None, 0
         if self._header is None or not lines or lines[0] != self._header:
@@ -222,10 +223,12 @@ class TrustedBlobs:
                 f.write(b"".join([self._header or b"", *(_line(h, sig) for h, sig in records.items())]))
             os.replace(tmp, self.path)
         except OSError:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def clear(self) -> None:
         with self._lock:
             self._records = {}
             self._unparsed.clear()
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)

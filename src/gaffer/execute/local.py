@@ -324,9 +324,11 @@ def _anonymous_file() -> int:
 
 
 def _read_all(fd: int) -> bytes:
+    """What the file holds, read up to its size as `fstat` reports it, again until that stops growing (most
+    logs are empty: one `fstat`, no read)."""
     chunks = []
     offset = 0
-    while chunk := os.pread(fd, max(os.fstat(fd).st_size - offset, 1 << 16), offset):
+    while (size := os.fstat(fd).st_size) > offset and (chunk := os.pread(fd, size - offset, offset)):
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)

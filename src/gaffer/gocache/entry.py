@@ -16,10 +16,9 @@ entries against the generated classes in both directions.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
 from gaffer.protos import wire
+from gaffer.tuples import NamedTuple
 
 KEY_PREFIX = b"gaffer-go-v1\0"
 OUTPUT_DIR = "go-output/"

@@ -12,6 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gaffer.tuples import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gaffer.gocache.protocol import Handler
+
 USAGE = """\
 usage: gobuildcache [clear | clear-local | clear-remote]
 
@@ -31,8 +36,8 @@ CLEAR_COMMANDS = ("clear", "clear-local", "clear-remote")
 
 
 def main() -> None:
-    """Console entry point `gobuildcache`. Exits without Python's teardown (joining idle threads, freeing every
-    module), which a caller reading go's stderr, which this process shares, would wait for: everything is written
+    """The `gobuildcache` console script's entry point. Exits without Python's teardown (joining idle threads,
+    freeing every module), which a caller reading go's stderr, which this process shares, would wait for: everything is written
     by then (the close reply goes out only after the cache is flushed). The cyclic garbage collector is off until
     the cache is open: start-up is on go's path and makes no garbage worth a collection (~2 ms of CPU)."""
     gc.disable()
@@ -77,7 +82,7 @@ def _run(argv: list[str]) -> int:
         os.write(sys.stdout.fileno(), CAPABILITIES)  # go waits for this line: before any other import
     except OSError as e:
         raise EnvironmentProblem(f"cannot write to stdout (is this run by go, as GOCACHEPROG?): {e.strerror}") from None
-    from gaffer.gocache.protocol import Handler, serve
+    from gaffer.gocache.protocol import serve
 
     def open_store() -> Handler:
         from gaffer.gocache.store import GoStore

@@ -27,10 +27,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import BinaryIO, Literal, NamedTuple, Protocol
 
 from gaffer.errors import UserError
 from gaffer.gocache import KNOWN_COMMANDS
+from gaffer.tuples import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # typing, for the annotations only (see gaffer.tuples)
+    from typing import BinaryIO, Literal, Protocol
 
 WORKERS = 8
 MAX_REQUEST_LINE = 1 << 20  # a request line is ~200 bytes; a longer one is garbage, not a reason to eat memory
@@ -39,13 +42,16 @@ READ_CHUNK = 1 << 16  # one read of stdin takes whatever `go` wrote, up to this 
 # malloc's mmap threshold, so a read does not map and unmap a buffer
 MAX_BATCH = 16  # replies held back for one write at most (go sends a few requests at once, never this many)
 
-# A get or a close exactly as Go's encoder writes it: {"ID":<digits>, then one of these (a 32-byte ActionID is 43
-# base64 characters and "="). Only a line json.loads reads as the same request is taken (a differential test
-# checks it); any other goes to json.
+# A get, put or close exactly as Go's encoder writes it: {"ID":<digits>, then one of these (a 32-byte ActionID or
+# OutputID is 43 base64 characters and "="; a put's BodySize is left out when it is 0). Only a line json.loads
+# reads as the same request is taken (a differential test checks it); any other goes to json.
 _GO_ID = b'{"ID":'
 _GO_GET = b',"Command":"get","ActionID":"'
 _GO_GET_END = b'="}\n'
 _GO_CLOSE = b',"Command":"close"}\n'
+_GO_PUT = b',"Command":"put","ActionID":"'
+_GO_PUT_OUTPUT = b'=","OutputID":"'
+_GO_PUT_SIZE = b'=","BodySize":'
 _BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
@@ -64,8 +70,7 @@ class Request(NamedTuple):
     body: bytes
 
 
-Deferred = Literal["defer"]
-DEFER: Deferred = "defer"
+DEFER: Deferred = "defer"  # get_local's answer: the pool runs the full get
 
 
 class Hit(NamedTuple):
@@ -77,18 +82,21 @@ class Hit(NamedTuple):
     disk_path: str
 
 
-class Handler(Protocol):
-    """The cache behind the protocol (store.GoStore), called from several threads at once."""
+if TYPE_CHECKING:
+    Deferred = Literal["defer"]
 
-    def get_local(self, action_id: bytes) -> Hit | None | Deferred:
-        """Answer from the local tier alone if that is cheap (no remote, no big blob to verify), else DEFER."""
+    class Handler(Protocol):
+        """The cache behind the protocol (store.GoStore), called from several threads at once."""
 
-    def get(self, action_id: bytes) -> Hit | None:
-        """The full lookup, through the remote tiers if need be."""
+        def get_local(self, action_id: bytes) -> Hit | None | Deferred:
+            """Answer from the local tier alone if that is cheap (no remote, no big blob to verify), else DEFER."""
 
-    def put(self, action_id: bytes, output_id: bytes, body: bytes) -> str: ...
+        def get(self, action_id: bytes) -> Hit | None:
+            """The full lookup, through the remote tiers if need be."""
 
-    def close(self) -> None: ...
+        def put(self, action_id: bytes, output_id: bytes, body: bytes) -> str: ...
+
+        def close(self) -> None: ...
 
 
 def _excerpt(data: bytes) -> str:
@@ -109,29 +117,69 @@ def _b64_field(request: dict[str, object], name: str, where: str) -> bytes:
         raise MalformedRequest(f"{where}: {name} is not base64: {e}") from None
 
 
-def fast_request(line: bytes) -> Request | None:
-    """The get or close in a line of Go's own shape (`_GO_GET`, `_GO_CLOSE`), read without json (nor a regular
-    expression, whose compiling alone would be a millisecond of start-up); None for any other line."""
+def _plain_int(digits: bytes) -> bool:
+    """A decimal int64 as json.loads reads one (no sign, no leading zero)."""
+    return digits.isdigit() and len(digits) <= 18 and (digits[0] != 0x30 or len(digits) == 1)
+
+
+def _id32(encoded: bytes) -> bytes | None:
+    """43 base64 characters (the "=" after them checked by the caller): the 32 bytes, or None."""
+    if len(encoded) != 43 or encoded.translate(None, _BASE64):
+        return None
+    return binascii.a2b_base64(encoded + b"=")
+
+
+def fast_request(line: bytes) -> tuple[Request, int] | None:
+    """The get, put or close in a line of Go's own shape (`_GO_GET`, `_GO_PUT`, `_GO_CLOSE`) and its BodySize, read
+    without json (whose import brings `re`), nor a regular expression; None for any other line."""
     if not line.startswith(_GO_ID):
         return None
     comma = line.find(b",", len(_GO_ID))
     digits = line[len(_GO_ID) : comma]
-    if comma < 0 or not digits.isdigit() or len(digits) > 18 or (digits[0] == 0x30 and len(digits) > 1):
-        return None  # not a plain decimal int64 (json.loads refuses leading zeros)
+    if comma < 0 or not _plain_int(digits):
+        return None
     rest = line[comma:]
     if rest == _GO_CLOSE:
-        return Request(int(digits), "close", b"", b"", b"")
-    encoded = rest[len(_GO_GET) : len(_GO_GET) + 43]
-    if (len(rest) != len(_GO_GET) + 43 + len(_GO_GET_END) or not rest.startswith(_GO_GET)
-            or not rest.endswith(_GO_GET_END) or encoded.translate(None, _BASE64)):
+        return Request(int(digits), "close", b"", b"", b""), 0
+    if rest.startswith(_GO_GET):
+        action_id = _id32(rest[len(_GO_GET) : len(_GO_GET) + 43])
+        if action_id is None or rest[len(_GO_GET) + 43 :] != _GO_GET_END:
+            return None
+        return Request(int(digits), "get", action_id, b"", b""), 0
+    if not rest.startswith(_GO_PUT):
         return None
-    return Request(int(digits), "get", binascii.a2b_base64(encoded + b"="), b"", b"")
+    at = len(_GO_PUT)
+    action_id = _id32(rest[at : at + 43])
+    at += 43
+    if action_id is None or rest[at : at + len(_GO_PUT_OUTPUT)] != _GO_PUT_OUTPUT:
+        return None
+    at += len(_GO_PUT_OUTPUT)
+    output_id = _id32(rest[at : at + 43])
+    at += 43
+    tail = rest[at:]
+    if output_id is None:
+        return None
+    if tail == _GO_GET_END:
+        size = 0
+    elif tail.startswith(_GO_PUT_SIZE) and tail.endswith(b"}\n") and _plain_int(tail[len(_GO_PUT_SIZE) : -2]):
+        size = int(tail[len(_GO_PUT_SIZE) : -2])
+        if size > MAX_BODY_SIZE:
+            return None  # json's path says why it is refused
+    else:
+        return None
+    return Request(int(digits), "put", action_id, output_id, b""), size
+
+
+_SECONDS: dict[int, str] = {}  # formatted whole seconds: a build's entries were put in the same few seconds
 
 
 def rfc3339(time_ns: int) -> str:
     """Go's time.Time JSON form (RFC 3339 with nanoseconds, UTC)."""
     seconds, nanos = divmod(time_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    text = _SECONDS.get(seconds)
+    if text is None:
+        text = _SECONDS[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{nanos:09d}Z"
 
 
 def parse_line(line: bytes, where: str) -> tuple[Request, int]:
@@ -220,13 +268,10 @@ class RequestReader:
         line = self._next_line(MAX_REQUEST_LINE)
         if not line:
             return None
-        request = fast_request(line)
-        if request is not None:
-            return request
-        where = f"line {self._line_no}"
-        request, size = parse_line(line, where)
+        fast = fast_request(line)
+        request, size = fast if fast is not None else parse_line(line, f"line {self._line_no}")
         if size:
-            request = request._replace(body=self._read_body(size, f"{where} (request {request.id}, put)"))
+            request = request._replace(body=self._read_body(size, f"line {self._line_no} (request {request.id}, put)"))
         return request
 
     def _read_body(self, size: int, where: str) -> bytes:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from gaffer.cache.base import TierError
 from gaffer.cache.disk import DiskStore
@@ -27,12 +26,14 @@ from gaffer.gocache.entry import (
     decode_entry,
     encode_entry,
 )
-from gaffer.gocache.protocol import DEFER, Deferred, Hit, log_line
+from gaffer.gocache.protocol import DEFER, Hit, log_line
+from gaffer.tuples import TYPE_CHECKING
 from gaffer.units import format_size
 
 if TYPE_CHECKING:
     from gaffer.cache.tiered import TieredCache
     from gaffer.gocache.prefetch import Prefetch
+    from gaffer.gocache.protocol import Deferred
 
 AT_ONCE_MAX_BYTES = 1 << 20  # hashing 1 MiB takes about a millisecond: bigger untrusted blobs are verified on the pool
 
@@ -74,7 +75,11 @@ def own_directory(path: str) -> None:
         pass
     except OSError:
         return  # DiskStore says why it cannot be made
-    for st in (os.lstat(path), os.stat(path)):  # a symlink, and what it points to, must be this user's too
+    try:
+        stats = (os.lstat(path), os.stat(path))  # a symlink, and what it points to, must be this user's too
+    except OSError:
+        return  # DiskStore says why it cannot be used
+    for st in stats:
         if st.st_uid != os.geteuid():
             raise EnvironmentProblem(
                 f"local cache directory {path} belongs to another user (uid {st.st_uid}), who could plant cache"
@@ -179,10 +184,10 @@ class GoStore:
         digest = digest_bytes(body)
         try:
             # an existing blob is checked too: `go` will read the file we name
-            path = self.local.verified_blob_path(digest)
+            path = self.local.verified_blob_file(digest)
             if path is None:
                 self.local.write_blob(digest, body)
-                path = self.local.blob_path(digest)
+                path = self.local.blob_file(digest)
             entry = GoEntry(output_id, digest, time.time_ns())
             result = encode_entry(entry)
             if self.prefetch is not None:
@@ -196,7 +201,7 @@ class GoStore:
             self.stats.count(errors=1)
             raise EnvironmentProblem(f"{self.local.root}: {e.strerror or e}") from None
         self.stats.count(puts=1, bytes_written=len(body))
-        return str(path)
+        return path
 
     def close(self) -> None:
         """Flush uploads, account the local tier (and GC it if over its bound), print the stats line."""

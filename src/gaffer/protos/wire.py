@@ -19,9 +19,9 @@ tests/test_wire.py checks this on random and damaged messages. An error here mak
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from typing import NamedTuple
 
 from gaffer.digest import Digest
+from gaffer.tuples import NamedTuple
 
 
 class DecodeError(ValueError):

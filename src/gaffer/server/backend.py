@@ -17,7 +17,7 @@ from gaffer.cache.base import CacheTier, TierError
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_file
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
-from gaffer.server.store import BackendUnavailable, BlobFile, Namespace, check_digest, decode_action
+from gaffer.server.store import SMALL_BLOB, BackendUnavailable, BlobFile, Namespace, check_digest, decode_action
 
 if TYPE_CHECKING:
     from gaffer.server.store import ServerStore
@@ -69,8 +69,8 @@ class BackendNamespace(Namespace):
         return data
 
     def open(self, digest: Digest) -> tuple[BlobFile, bool] | None:
-        opened = super().open(digest)
-        if opened is None and self._pull(digest, sized=True) is not None:
+        opened = super().open(digest)  # a small blob: through `read`, which pulls it
+        if opened is None and digest.size_bytes > SMALL_BLOB and self._pull(digest, sized=True) is not None:
             opened = super().open(digest)
         return opened
 

@@ -7,7 +7,9 @@ written pages) but not the machine's (power loss, a kernel panic) until the kern
 does within about 30 s. What such a crash leaves is never served wrong: a blob whose file is empty or torn fails
 its size check or its hash when read (every read is checked), and a damaged action-cache file is refused, so the
 loss is a miss. With `--fsync`, each temp file is fsync'd before its rename and each directory that got a new
-name afterwards, so an acknowledged entry survives power loss too (on a device that honours flushes).
+name afterwards, so an acknowledged entry survives power loss too (on a device that honours flushes). A file
+that replaces others (a pack rewritten in the background) is flushed so either way (`always`): the ones it
+replaces are unlinked next, and must not be lost with it.
 
 Names: `<pid>-<random>-<counter>` in the instance's `tmp/`, the pid first as DiskStore expects (a dead
 process's temp files are removed at start), the random part so a reused pid never meets an old name.
@@ -63,11 +65,11 @@ class EntryFiles:
         finally:
             os.close(fd)
 
-    def flush(self, paths: Sequence[StrPath]) -> None:
-        """With `sync`, flush written files to the device before they are published. Several at once: the file
-        system commits concurrent flushes together (ext4's journal), so a batch of 1,000 is not 1,000 commits."""
-        if self._flushers is not None:
-            list(self._flushers.map(_fsync, paths, [os.O_RDONLY] * len(paths)))
+    def flush(self, paths: Sequence[StrPath], always: bool = False) -> None:
+        """With `sync` (or `always`: a file replacing others, which are unlinked once it is durable), flush written
+        files to the device before they are published. Several at once: the file system commits concurrent
+        flushes together (ext4's journal), so a batch of 1,000 is not 1,000 commits."""
+        self._fsync_all(paths, os.O_RDONLY, always)
 
     def publish(self, tmp: StrPath, dest: str, changed: set[str]) -> None:
         """Rename a finished temp file to `dest`, making its shard directory if need be; the directories whose
@@ -89,17 +91,25 @@ class EntryFiles:
             raise
         changed.add(directory)
 
-    def sync_dirs(self, dirs: Collection[str]) -> None:
-        """With `sync`, make the renames into `dirs` durable (a directory's own fsync), several at once."""
+    def sync_dirs(self, dirs: Collection[str], always: bool = False) -> None:
+        """With `sync` (or `always`), make the renames into `dirs` durable (a directory's own fsync), several at
+        once."""
+        self._fsync_all(dirs, os.O_RDONLY | os.O_DIRECTORY, always)
+
+    def _fsync_all(self, paths: Collection[StrPath], flags: int, always: bool) -> None:
         if self._flushers is not None:
-            list(self._flushers.map(_fsync, dirs, [os.O_RDONLY | os.O_DIRECTORY] * len(dirs)))
+            list(self._flushers.map(fsync, paths, [flags] * len(paths)))
+        elif always:
+            for path in paths:
+                fsync(path, flags)
 
     def close(self) -> None:
         if self._flushers is not None:
             self._flushers.shutdown()
 
 
-def _fsync(path: StrPath, flags: int) -> None:
+def fsync(path: StrPath, flags: int = os.O_RDONLY) -> None:
+    """Flush a file (or with O_DIRECTORY, a directory's entries) to the device."""
     fd = os.open(path, flags | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -8,16 +8,18 @@ server's index is rebuilt from the packs at start with one read of each pack's t
     blob data, back to back | table: per blob its SHA-256 (32 bytes) and size (8, little-endian) | count (8) | MAGIC
 
 A pack is immutable once renamed into place. Its blobs are indexed one by one (their own places in the LRU
-order); eviction only unindexes a blob, its bytes stay counted until the whole pack goes: when its last blob
-is evicted the file is unlinked, and when less than half of it is still indexed the live blobs are rewritten
-into a new pack (compaction) and the old one unlinked.
+order), but evicted together: when an eviction pass meets a packed blob, it evicts the blob's whole pack and
+unlinks it, so the room it counts as freed is exactly what the disk gets back, for one unlink and no write. A
+blob dropped on its own (found corrupt, missing, or indexed in a newer copy) leaves its bytes in the pack; the
+server's background pass rewrites the pack without it (its live blobs into a new pack, then the old one
+unlinked) once that is worth it: at once if it held a corrupt blob, else once less than half of it is live.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAGIC = b"gafpack1"
 ENTRY = 40  # a table entry: SHA-256 and size
@@ -27,18 +29,23 @@ PACKS = "packs"  # the directory of an instance's packs, beside cas/ and ac/
 
 @dataclass(eq=False)
 class Pack:
-    """One pack file as the index sees it: how many of its blobs are indexed (live), and their bytes. Where each
-    blob is in it is the blob's index entry."""
+    """One pack file as the index sees it: the blobs indexed in it (`keys`, the index's own key tuples: evicting
+    the pack evicts those still indexed here), how many are live, and their bytes. Where each blob is in it is
+    the blob's index entry."""
 
     path: str
     instance: str
     cost: int  # what the file takes on disk (whole blocks and an inode), counted until it is unlinked
     size: int  # the file's length
+    touched: float  # its mtime: when one of its blobs was last read from it (refreshed at most hourly)
+    keys: list[tuple[str, str, str]] = field(default_factory=list)
     live: int = 0
     live_bytes: int = 0
-    compacting: bool = False
+    queued: bool = False  # waiting for the background pass to rewrite it
+    damaged: bool = False  # held a corrupt blob: rewritten without it however much of it is live
 
-    def add(self, size: int) -> None:
+    def add(self, key: tuple[str, str, str], size: int) -> None:
+        self.keys.append(key)
         self.live += 1
         self.live_bytes += size
 
@@ -46,9 +53,9 @@ class Pack:
         self.live -= 1
         self.live_bytes -= size
 
-    def sparse(self) -> bool:
-        """Is less than half of it still indexed (worth rewriting)?"""
-        return self.live > 0 and 2 * (self.live_bytes + ENTRY * self.live) < self.size
+    def worth_rewriting(self) -> bool:
+        """Does a rewrite without its dropped blobs pay: it held a corrupt one, or less than half of it is live?"""
+        return self.live > 0 and (self.damaged or 2 * (self.live_bytes + ENTRY * self.live) < self.size)
 
 
 def encode(blobs: Sequence[tuple[str, bytes]]) -> tuple[bytes, list[int]]:
@@ -92,7 +99,7 @@ def read_table(path: str) -> list[tuple[str, int, int]]:
 
 
 def read_blob(path: str, offset: int, size: int) -> bytes:
-    """A blob's bytes from its pack (FileNotFoundError if the pack is gone: evicted or compacted meanwhile)."""
+    """A blob's bytes from its pack (FileNotFoundError if the pack is gone: evicted or rewritten meanwhile)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return os.pread(fd, size, offset)

@@ -9,11 +9,12 @@ instance "" is at the root (so `gaffer cache status|verify --dir` work on its fi
 never reach outside `instances/`. Every file and pack is a temp file renamed into place (kill -9 loses nothing
 committed and needs no recovery; files.py, which also says what `--fsync` adds). A file costs its size rounded up
 to the file system's block plus an inode, which is what it takes on disk; a pack its whole file, until it is
-unlinked.
+unlinked (evicted whole) or rewritten without its dropped blobs (packs.py).
 
 The server owns its directory. The index is read from the disk once, at start; after that every install,
 eviction and corruption found goes through it under one lock, so it never disagrees with what the server wrote:
-an eviction pass takes the least recently used entries from the index and unlinks them under the lock, and an
+an eviction pass takes the least recently used entries (a packed one: its whole pack) from the index and unlinks
+them under the lock, and an
 upload installs its file and indexes it under the same lock, so nothing acknowledged is lost from the index.
 Using an action result (a hit, or storing it) moves it, then every blob it names, to the recent end of the LRU
 order, so an action result is always evicted before (or with) its blobs. A lookup still checks the index and
@@ -33,7 +34,7 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from io import BufferedReader, BytesIO
 from pathlib import Path
@@ -44,7 +45,7 @@ from urllib.parse import quote, unquote
 from google.protobuf.message import DecodeError
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.disk import GC_LOW_WATER, DiskStore, action_entry
+from gaffer.cache.disk import GC_LOW_WATER, DiskStore, StoreServed, action_entry, lock_served
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
@@ -348,7 +349,7 @@ class Namespace:
             return None
         memory = self.server.memory
         key = (self.name, digest.hash)
-        data = memory.get(key, lambda: self.server.path(self.key(digest)))
+        data = memory.get(key, lambda: self.server.age_path(self.key(digest)))
         if data is not None:
             return data
         packed, data = self.server.read_packed(self.key(digest))
@@ -365,15 +366,12 @@ class Namespace:
 
     def open(self, digest: Digest) -> tuple[BlobFile, bool] | None:
         """The blob's file for streaming, and whether its content must be checked as it streams; None if absent.
-        A packed blob (small) comes as its bytes, to be checked as any."""
+        A small blob (packed or not) comes as its bytes, already checked, through `read` and its memory cache."""
+        if digest.size_bytes <= SMALL_BLOB:
+            data = self.read(digest)
+            return None if data is None else (BytesIO(data), False)
         if not self._here(digest):
             return None
-        packed, data = self.server.read_packed(self.key(digest))
-        if packed:
-            if data is None:
-                self.forget(digest)
-                return None
-            return BytesIO(data), True
         try:
             f = open(self.server.path(self.key(digest)), "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:
@@ -386,11 +384,10 @@ class Namespace:
         return f, (self.name, digest.hash) not in self.server.verified
 
     def streamed(self, digest: Digest, ok: bool) -> None:
-        """Record the outcome of checking a blob as it streamed; a corrupt one is evicted and reported."""
+        """Record the outcome of checking a blob as it streamed (a large one: a file of its own); a corrupt one is
+        evicted and reported."""
         if ok:
             self.server.verified.add((self.name, digest.hash))
-        elif self.server.is_packed(self.key(digest)):
-            self.server.corrupt(self.key(digest), digest)
         else:
             self.server.disk(self.name).verified_blob_path(digest)  # hashes it again, evicts and reports it
             self.forget(digest)
@@ -546,37 +543,17 @@ def _distinct(digests: Iterable[Digest]) -> list[Digest]:
     return list(named)
 
 
-LOCK = "serve.lock"
-
-
 def _hold(root: Path) -> int:
     """Lock the store for this server (until `close`, or its exit): two servers on one directory would each keep
-    their own index and size account of the same files, one evicting (or rewriting packs) under the other. The
-    lock file names the holder's pid. TierError if another server holds it."""
-    import fcntl
-
-    try:  # held read-only: a descriptor open for writing would keep the file system from going read-only
-        fd = os.open(root / LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    their own index and size account of the same files, one evicting (or rewriting packs) under the other, and
+    `gaffer cache verify` takes the same lock. The lock file names the holder. TierError if another process
+    holds it."""
+    try:
+        return lock_served(root, "gaffer serve")
+    except StoreServed as e:
+        raise TierError(str(root), f"another {e.command} (pid {e.pid}) is using this store", transient=False) from None
     except OSError as e:
         raise TierError(str(root), f"cannot lock the store: {e.strerror}", transient=False) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        holder = os.pread(fd, 16, 0).decode(errors="replace").strip()
-        os.close(fd)
-        if isinstance(e, BlockingIOError):
-            raise TierError(str(root), f"another gaffer serve (pid {holder or '?'}) is using this store",
-                            transient=False) from None
-        raise TierError(str(root), f"cannot lock the store: {e.strerror}", transient=False) from None
-    try:
-        writer = os.open(root / LOCK, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.pwrite(writer, str(os.getpid()).ljust(15).encode() + b"\n", 0)  # fixed width, written in place
-        finally:
-            os.close(writer)
-    except OSError:
-        pass  # it still locks; a second server just cannot name this one
-    return fd
 
 
 class ServerStore:
@@ -596,13 +573,14 @@ class ServerStore:
         self.memory = MemoryCache(memory)
         self.verified: set[tuple[str, str]] = set()  # large blobs this process checked: streamed without hashing
         self._index: OrderedDict[Key, Entry] = OrderedDict()
-        self._sparse: list[Pack] = []  # packs less than half indexed, for the next eviction pass to rewrite
+        self._stale: deque[Pack] = deque()  # packs worth rewriting without their dropped blobs (the background pass)
         self._bytes = 0  # the cost of every indexed file and of every pack (all of it, until it is unlinked)
         self._reserved = 0  # the cost of the uploads in flight
         self._disks: dict[str, DiskStore] = {}
         self._lock = threading.Lock()
         self._gc: threading.Thread | None = None
         self._gc_error_reported = False
+        self._closing = False  # the background pass stops before its next step
         root_disk = DiskStore(root, max_size, report=report)
         if not root_disk.writable:  # a server that drops every upload would only look like a cache
             raise TierError(root_disk.name, "cannot write to the cache directory (read-only)", transient=False)
@@ -641,6 +619,11 @@ class ServerStore:
 
     def path(self, key: Key) -> Path:
         return Path(self.entry_path(key))
+
+    def age_path(self, key: Key) -> Path:
+        """The file whose mtime is the entry's age in the LRU order after a restart: its own, or its pack."""
+        entry = self._index.get(key)
+        return Path(entry[2].path) if entry is not None and entry[2] is not None else self.path(key)
 
     def entry_path(self, key: Key) -> str:
         """`path` as a str, built without pathlib (a batch builds 1,000)."""
@@ -703,13 +686,9 @@ class ServerStore:
                     self._bytes += self.cost(size)
                 else:
                     self._index[key] = (size, size + packs.ENTRY, pack, offset)
-                    pack.add(size)
+                    pack.add(key, size)
             for pack in every_pack:
-                if not pack.live:
-                    self._drop_pack(pack)
-                elif pack.sparse() and not pack.compacting:
-                    pack.compacting = True
-                    self._sparse.append(pack)
+                self._tidy(pack)
             self._collect_if_over()
 
     def _load_packs(self, instance: str) -> list[tuple[float, int, Key, int, Pack | None, int]]:
@@ -733,7 +712,7 @@ class ServerStore:
             except OSError as e:  # not a file the server can read: left alone, its blobs not served
                 self._report(f"skipping {path}: {e.strerror}")
                 continue
-            pack = Pack(path, instance, self.cost(st.st_size), st.st_size)
+            pack = Pack(path, instance, self.cost(st.st_size), st.st_size, st.st_mtime)
             found += [(st.st_mtime, 1, (instance, "cas", hash_), size, pack, offset)
                       for hash_, offset, size in table if is_valid_hash(hash_)]
         return found
@@ -857,7 +836,7 @@ class ServerStore:
         content, offsets = packs.encode([(key[2], data) for key, data in blobs])
         with self.reserve_many([len(data) for _, data in blobs], cost=self.cost(len(content))) as reservation:
             dest, changed = self._write_pack(instance, content)
-            pack = Pack(dest, instance, reservation.cost, len(content))
+            pack = Pack(dest, instance, reservation.cost, len(content), time.time())
             with self._lock:
                 reservation.release_locked()  # now the pack's cost, in _bytes
                 self._bytes += pack.cost
@@ -869,41 +848,42 @@ class ServerStore:
                     if old is not None and self._unindex(key, old[1]):
                         remove(self.path(key))  # a file of the wrong size (torn): the packed copy replaces it
                     self._index[key] = (size, size + packs.ENTRY, pack, offset)
-                    pack.add(size)
-                if not pack.live:
-                    self._drop_pack(pack)  # every blob was here already
+                    pack.add(key, size)
+                self._tidy(pack)  # unlinked if every blob was here already
                 self._collect_if_over()
         self.files.sync_dirs(changed)
 
-    def _write_pack(self, instance: str, content: bytes) -> tuple[str, set[str]]:
+    def _write_pack(self, instance: str, content: bytes, mtime: float | None = None) -> tuple[str, set[str]]:
         """A new pack holding `content` in the instance's `packs/`: a temp file (flushed with --fsync) renamed into
-        place. Its path, and the directories changed (for `sync_dirs`); on a failure nothing is left behind."""
+        place, or with `mtime` a rewritten pack (keeping its age), always flushed: the old one is unlinked next.
+        Its path, and the directories changed (for `sync_dirs`); on a failure nothing is left behind."""
         tmp = self.files.temp(str(self.writable_disk(instance).temp_path().parent))
         dest = f"{self.instance_dir(instance)}/{PACKS}/{os.path.basename(tmp)}"
         self.files.create(tmp, content)
         changed: set[str] = set()
         try:
-            self.files.flush([tmp])
+            if mtime is not None:
+                os.utime(tmp, (mtime, mtime))
+            self.files.flush([tmp], always=mtime is not None)
             self.files.publish(tmp, dest, changed)
         except BaseException:
             remove(tmp)
             raise
         return dest, changed
 
-    def is_packed(self, key: Key) -> bool:
-        entry = self._index.get(key)
-        return entry is not None and entry[2] is not None
-
     def read_packed(self, key: Key) -> tuple[bool, bytes | None]:
         """(False, None) if the blob is not in a pack (any more); else (True, its bytes as stored, unchecked), or
-        (True, None) when its pack was removed behind the server's back."""
+        (True, None) when its pack was removed behind the server's back. The pack's mtime is refreshed at most
+        hourly: it is its blobs' age in the LRU order after a restart."""
         while True:
             with self._lock:
                 size, _cost, pack, offset = self._index.get(key) or (0, 0, None, 0)
                 if pack is None:
                     return False, None
             try:
-                return True, packs.read_blob(pack.path, offset, size)
+                data = packs.read_blob(pack.path, offset, size)
+                self._touch(pack)
+                return True, data
             except FileNotFoundError:
                 with self._lock:
                     if (entry := self._index.get(key)) is not None and entry[2] is pack:
@@ -912,27 +892,38 @@ class ServerStore:
 
     def on_disk(self, key: Key, size: int, packs_seen: dict[str, bool]) -> bool:
         """Is the entry's file (or its pack: looked at once per `packs_seen`) still on disk at its length? A file
-        removed behind the server's back makes a miss, not a broken hit."""
-        entry = self._index.get(key)
-        pack = None if entry is None else entry[2]
-        path = self.entry_path(key) if pack is None else pack.path
-        found = packs_seen.get(path)
-        if found is None:
-            try:
-                found = os.stat(path).st_size == (size if pack is None else pack.size)
-            except OSError:
-                found = False
-            if pack is not None:
-                packs_seen[path] = found
-        return found
+        removed behind the server's back makes a miss, not a broken hit; a blob whose pack was rewritten (moved)
+        meanwhile is looked for again where it is now."""
+        while True:
+            entry = self._index.get(key)
+            pack = None if entry is None else entry[2]
+            path = self.entry_path(key) if pack is None else pack.path
+            found = packs_seen.get(path)
+            if found is None:
+                try:
+                    found = os.stat(path).st_size == (size if pack is None else pack.size)
+                except OSError:
+                    found = False
+                if pack is not None:
+                    packs_seen[path] = found
+            if found:
+                return True
+            with self._lock:
+                now = self._index.get(key)
+                if now is None or now[2] is pack:
+                    return False
 
     def corrupt(self, key: Key, digest: Digest) -> None:
-        """A packed blob whose bytes do not match its digest: unindexed (its pack rewritten or removed in time)
-        and reported."""
-        entry = self._index.get(key)
-        pack = None if entry is None else entry[2]
+        """A packed blob whose bytes do not match its digest: unindexed, and reported; the background pass
+        rewrites its pack without it at once, so a restart does not index it again."""
+        with self._lock:
+            entry = self._index.get(key)
+            pack = None if entry is None else entry[2]
+            if pack is not None:
+                pack.damaged = True
+            if entry is not None:
+                self._unindex(key, entry[1])
         self._report(f"corrupt blob {digest} in {pack.path if pack else 'a pack'}: evicted")
-        self.drop(key)
 
     def install(self, key: Key, tmp: StrPath, size: int, reservation: Reservation) -> None:
         """Install one finished temp file (see install_many)."""
@@ -979,22 +970,43 @@ class ServerStore:
 
     def _unindex(self, key: Key, cost: int) -> bool:
         """(Lock held.) Take an entry out of the index; True if it is a file of its own (the caller unlinks it).
-        A packed blob's bytes stay counted with its pack: unlinked once none of it is indexed, queued to be
-        rewritten once less than half is."""
+        A packed blob's bytes stay counted with its pack until it is rewritten or unlinked (`_tidy`)."""
         size, _cost, pack, _offset = self._index.pop(key)
-        if key[1] == "cas":
-            self.memory.drop((key[0], key[2]))
-            self.verified.discard((key[0], key[2]))
+        self._uncache(key)
         if pack is None:
             self._bytes -= cost
             return True
         pack.remove(size)
+        self._tidy(pack)
+        return False
+
+    def _uncache(self, key: Key) -> None:
+        """(Lock held.) An entry left the index: nothing remembers it any more."""
+        if key[1] == "cas":
+            self.memory.drop((key[0], key[2]))
+            self.verified.discard((key[0], key[2]))
+
+    def _tidy(self, pack: Pack) -> None:
+        """(Lock held.) Unlink a pack none of whose blobs is indexed; queue one worth rewriting without the blobs it
+        holds unindexed (found corrupt, missing, or indexed elsewhere) for the background pass."""
         if not pack.live:
             self._drop_pack(pack)
-        elif not pack.compacting and pack.sparse():
-            pack.compacting = True
-            self._sparse.append(pack)
-        return False
+        elif not pack.queued and pack.worth_rewriting():
+            pack.queued = True
+            self._stale.append(pack)
+            self._collect_if_over()
+
+    def _evict_pack(self, pack: Pack) -> None:
+        """(Lock held.) Evict every blob still indexed in `pack`, and unlink it: the room freed is exactly its cost,
+        for an unlink and no write (a rewrite to keep its younger blobs would write them all again, and a pass
+        could rewrite most of the store; those blobs are uploaded again by their next user, into a new pack)."""
+        for key in pack.keys:
+            entry = self._index.get(key)
+            if entry is not None and entry[2] is pack:
+                del self._index[key]
+                self._uncache(key)
+        pack.live = pack.live_bytes = 0
+        self._drop_pack(pack)
 
     def _drop_pack(self, pack: Pack) -> None:
         """(Lock held.) Unlink a pack none of whose blobs is indexed; its cost leaves the account."""
@@ -1005,95 +1017,126 @@ class ServerStore:
         except FileNotFoundError:
             pass
         except OSError as e:
-            self._gc_failed(pack.path, e)
+            self._gc_failed(f"cannot evict {pack.path}", e)
+
+    def _touch(self, pack: Pack) -> None:
+        """A blob was read from `pack`: refresh its mtime, at most hourly (as DiskStore does a blob's file)."""
+        now = time.time()
+        if now - pack.touched > TOUCH_AFTER_S:
+            pack.touched = now
+            try:
+                os.utime(pack.path, (now, now))
+            except OSError:
+                pass
 
     def _compact(self, pack: Pack) -> None:
-        """Rewrite the blobs of `pack` still indexed into a new pack, move them there (each keeps its place in the
-        LRU order), and unlink the old one. Blobs evicted meanwhile are left out (the new pack may then be sparse,
-        or unlinked at once). A failure (a full disk) leaves the old pack as it was."""
+        """Rewrite the blobs of `pack` still indexed into a new pack (as old as the newest of the old one's mtime
+        and its last read: a memory cache hit refreshes the mtime alone), move them there (each keeps its place
+        in the LRU order), and unlink the old one once the new one is durable (always flushed: else a crash of
+        the machine could leave the new one empty and the old one gone). Blobs unindexed meanwhile are left out.
+        An OSError (a full disk, an unreadable pack) leaves the old pack as it was, and is raised."""
         with self._lock:
-            pack.compacting = False
-            if not pack.live:
-                return
-        instance = pack.instance
-        try:
-            with open(pack.path, "rb") as f:
-                old = f.read()
-            table = packs.read_table(pack.path)
-        except (FileNotFoundError, BadPack):
-            return  # its last blob was evicted meanwhile (unlinked), or the file is not ours any more
-        with self._lock:
-            members = [(key, offset, size) for hash_, offset, size in table
-                       if (entry := self._index.get(key := (instance, "cas", hash_))) is not None
-                       and entry[2] is pack and entry[3] == offset]
+            pack.queued = False
+            members = [(key, entry[3], entry[0]) for key in pack.keys
+                       if (entry := self._index.get(key)) is not None and entry[2] is pack]
         if not members:
             return
-        content, offsets = packs.encode([(key[2], old[offset:offset + size]) for key, offset, size in members])
-        dest = ""
         try:
-            dest, changed = self._write_pack(instance, content)
-            self.files.sync_dirs(changed)  # the new pack is durable before the old one goes
-        except OSError as e:
-            if dest:
-                remove(dest)
-            self._gc_failed(pack.path, e)
-            return
-        new = Pack(dest, instance, self.cost(len(content)), len(content))
+            with open(pack.path, "rb") as f:
+                old, mtime = f.read(), os.fstat(f.fileno()).st_mtime
+        except FileNotFoundError:
+            return  # evicted meanwhile, or removed behind the server's back (its blobs are missed when read)
+        if len(old) != pack.size:
+            return  # not the file the server wrote any more: its blobs are checked when read
+        touched = max(pack.touched, mtime)
+        content, offsets = packs.encode([(key[2], old[offset:offset + size]) for key, offset, size in members])
+        dest, changed = self._write_pack(pack.instance, content, touched)
+        try:
+            self.files.sync_dirs(changed, always=True)  # the new pack is durable before the old one goes
+        except BaseException:
+            remove(dest)
+            raise
+        new = Pack(dest, pack.instance, self.cost(len(content)), len(content), touched)
         with self._lock:
             self._bytes += new.cost
             for (key, old_offset, size), offset in zip(members, offsets, strict=True):
                 entry = self._index.get(key)
                 if entry is not None and entry[2] is pack and entry[3] == old_offset:
                     pack.remove(size)
-                    new.add(size)
+                    new.add(key, size)
                     self._index[key] = (size, entry[1], new, offset)  # the same place in the LRU order
-            if not pack.live:
-                self._drop_pack(pack)
-            if not new.live:
-                self._drop_pack(new)
+            new.damaged = pack.damaged and new.live < len(members)  # one found corrupt meanwhile may be in it
+            self._tidy(pack)
+            self._tidy(new)
 
     # -- size bound --------------------------------------------------------------------------------------------
 
     def _collect_if_over(self) -> None:
-        """(Lock held.) Start an eviction pass if the entries and the uploads in flight exceed the bound."""
-        if self._bytes + self._reserved > self.max_size and self._gc is None:
+        """(Lock held.) Start the background pass if the entries and the uploads in flight exceed the bound, or a
+        pack waits to be rewritten (which alone evicts nothing)."""
+        if (self._stale or self._bytes + self._reserved > self.max_size) and self._gc is None and not self._closing:
             self._gc = threading.Thread(target=self._collect, name="gaffer-serve-gc", daemon=True)
             self._gc.start()
 
     def _collect(self) -> None:
-        """Evict least-recently-used entries until entries and uploads in flight fit under GC_LOW_WATER of the
-        bound (so a pass does not start again at once), a batch per hold of the lock; between batches, rewrite
-        the packs that became less than half indexed (their dead bytes count until then)."""
+        """The background pass. Once the entries and uploads in flight exceed the bound, evict least recently used
+        entries until they fit under GC_LOW_WATER of it (so a pass does not start again at once), a batch per
+        hold of the lock; between those, and before each pack rewrite (one at a time), look at the bound again.
+        An OSError is reported (once) and the pass goes on; whatever ends it, a later one can start."""
         target = int(self.max_size * GC_LOW_WATER)
-        while True:
-            with self._lock:
-                sparse, self._sparse = self._sparse, []
-            for pack in sparse:
-                self._compact(pack)
-            with self._lock:
-                for _ in range(EVICT_BATCH):
-                    if self._bytes + self._reserved <= target or not self._index:
+        evicting = False
+        try:
+            while True:
+                with self._lock:
+                    evicting = evicting or self._bytes + self._reserved > self.max_size
+                    if evicting and not self._closing:
+                        evicting = self._evict(target)
+                        if evicting:
+                            continue  # more to evict: the lock is let go between batches
+                    if self._closing or not self._stale:
                         self._gc = None
                         return
-                    key, (_size, cost, _pack, _offset) = next(iter(self._index.items()))
-                    if not self._unindex(key, cost):
-                        continue
-                    try:
-                        os.unlink(self.path(key))
-                    except FileNotFoundError:
-                        pass
-                    except OSError as e:
-                        self._gc_failed(self.entry_path(key), e)
+                    pack = self._stale.popleft()
+                try:
+                    self._compact(pack)
+                except OSError as e:
+                    self._gc_failed(f"cannot rewrite {pack.path}", e)
+        finally:
+            with self._lock:
+                if self._gc is threading.current_thread():
+                    self._gc = None
 
-    def _gc_failed(self, path: str, error: OSError) -> None:
+    def _evict(self, target: int) -> bool:
+        """(Lock held.) Evict up to EVICT_BATCH least recently used entries (a packed blob: its whole pack) while
+        the entries and uploads in flight exceed `target`: True if more is to be evicted."""
+        for _ in range(EVICT_BATCH):
+            if self._bytes + self._reserved <= target or not self._index:
+                return False
+            key, (_size, cost, pack, _offset) = next(iter(self._index.items()))
+            if pack is not None:
+                self._evict_pack(pack)
+            elif self._unindex(key, cost):
+                try:
+                    os.unlink(self.path(key))
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    self._gc_failed(f"cannot evict {self.entry_path(key)}", e)
+        return True
+
+    def _gc_failed(self, what: str, error: OSError) -> None:
+        """Report a failure of the background pass, the first one only (a broken disk would say it each time)."""
         if not self._gc_error_reported:
             self._gc_error_reported = True
-            self._report(f"cannot evict {path}: {error.strerror}")
+            self._report(f"{what}: {error.strerror}")
 
     def close(self) -> None:
-        """Wait for a running eviction pass; close the backend's tiers; record each instance's size for
-        `gaffer cache status`."""
-        gc = self._gc
+        """Stop the background pass (after its current step: pack rewrites still queued are found again at the
+        next start, or their dropped blobs missed again); close the backend's tiers; record each instance's size
+        for `gaffer cache status`."""
+        with self._lock:
+            self._closing = True
+            gc = self._gc
         if gc is not None:
             gc.join()
         self.files.close()

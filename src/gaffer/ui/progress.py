@@ -4,6 +4,9 @@ Plain mode (not a TTY, or CI / NO_COLOR / TERM=dumb): one line per task start an
     [1/6] Starting build-common
     [1/6] Completed build-common (2.1s)
     [2/6] Completed build-models (cached, 0.1s)
+While a build runs, plain lines are written together every `FLUSH_S` (and before a task's output, and at the
+end), not one system call each from whichever thread: an edit build re-running hundreds of tasks wrote two
+lines per task, each a write to stderr under a lock the task threads and the scheduler contend for.
 Live mode (a TTY): finished tasks scroll by as lines and one status line at the bottom is redrawn with the
 running tasks and the count.
 A task on a remote execution service (`--remote`) also shows its stage: a line "[3/6] build-common: queued",
@@ -26,6 +29,8 @@ from typing import TextIO
 
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, SKIPPED, Outcome
 from gaffer.units import format_count
+
+FLUSH_S = 0.1  # how late a plain line may appear while a build runs
 
 
 def use_live_display(stream: TextIO) -> bool:
@@ -51,6 +56,7 @@ class Progress:
         self._numbers: dict[str, int] = {}
         self._groups: frozenset[str] = frozenset()
         self._stopped = threading.Event()
+        self._pending: list[str] | None = None  # plain lines not yet written (None: written at once)
 
     def start(self, total: int, jobs: int, groups: Collection[str] = ()) -> None:
         """`total` real tasks; `groups` names tasks without a command, which are never counted (even skipped)."""
@@ -60,12 +66,27 @@ class Progress:
             self._line(f"Starting build with {format_count(total, 'task')} (max concurrency: {jobs})")
         if self.live:
             threading.Thread(target=self._tick, name="gaffer-progress", daemon=True).start()
+        elif not self.quiet:
+            self._pending = []
+            threading.Thread(target=self._flush_plain, name="gaffer-progress", daemon=True).start()
 
     def _tick(self) -> None:
         """Redraw the status line twice a second so running tasks' times move between events."""
         while not self._stopped.wait(0.5):
             with self._lock:
                 self._redraw()
+
+    def _flush_plain(self) -> None:
+        """Write the plain lines gathered meanwhile, every FLUSH_S until the build is over."""
+        while not self._stopped.wait(FLUSH_S):
+            with self._lock:
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            self.stream.write("".join(self._pending))
+            self._pending.clear()
+            self.stream.flush()
 
     def task_started(self, name: str) -> None:
         with self._lock:
@@ -145,6 +166,7 @@ class Progress:
         if not stdout and not stderr:
             return
         with self._lock:
+            self._write_pending()
             self._clear_status()
             if stdout:
                 self.stream.flush()
@@ -162,12 +184,17 @@ class Progress:
     def finish(self) -> None:
         self._stopped.set()
         with self._lock:
+            self._write_pending()
+            self._pending = None  # from now on (the summary's warnings), at once
             self._clear_status()
 
     # -- drawing -----------------------------------------------------------------------------------------------
 
     def _line(self, text: str) -> None:
         with self._lock:
+            if self._pending is not None:
+                self._pending.append(text + "\n")
+                return
             self._clear_status()
             self.stream.write(text + "\n")
             self._redraw()
