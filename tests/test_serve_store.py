@@ -539,6 +539,17 @@ def _gaffer_cache(command: str, store: Path, *under: str) -> subprocess.Complete
                           env={k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")})
 
 
+def _one_pack(workdir: Path, count: int) -> list[tuple[Digest, bytes]]:
+    """`count` blobs of 2,000 bytes uploaded in one batch (one pack) to a server on `workdir`/store, then stopped."""
+    server = start_gaffer_serve("--memory", "0", workdir=workdir)
+    client = _Client(server)
+    batch = [_blob(2000) for _ in range(count)]
+    assert client.update(batch) == [0] * count
+    client.close()
+    assert stop_signal(server) == 0
+    return batch
+
+
 def _damage(pack: Path, digest: Digest, data: bytes) -> None:
     """Flip the first byte of a packed blob, as bit rot would."""
     offset = next(offset for hash_, offset, _size in read_table(str(pack)) if hash_ == digest.hash)
@@ -564,12 +575,7 @@ def test_cache_verify_flushes_a_rewritten_pack_before_unlinking_the_old_one(tmp_
     replaces, is fsync'd before its rename and its directory after, and only then is the old pack unlinked."""
     strace = require_tool("strace")
     store = tmp_path / "store"
-    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
-    client = _Client(server)
-    batch = [_blob(2000) for _ in range(3)]
-    assert client.update(batch) == [0] * 3
-    client.close()
-    assert stop_signal(server) == 0
+    batch = _one_pack(tmp_path, 3)
     old = _packed(store)[batch[0][0].hash]
     _damage(old, *batch[0])
     hours_ago = time.time() - 3 * 3600
@@ -877,12 +883,7 @@ def test_a_corrupt_packed_blob_is_dropped_for_good(tmp_path: Path, serve: list) 
     """A packed blob damaged on disk, found when read: its pack is rewritten without it, so after a restart it is
     missing (not indexed again from the old pack) and its neighbours are still served."""
     store = tmp_path / "store"
-    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
-    client = _Client(server)
-    batch = [_blob(2000) for _ in range(10)]
-    assert client.update(batch) == [0] * 10
-    client.close()
-    assert stop_signal(server) == 0
+    batch = _one_pack(tmp_path, 10)
     pack = _packed(store)[batch[3][0].hash]
     places = {hash_: offset for hash_, offset, _size in read_table(str(pack))}
     with open(pack, "r+b") as f:
