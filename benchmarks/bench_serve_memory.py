@@ -6,9 +6,11 @@ the rest between 100 bytes and 1 MiB, as a cold `go build std` reads them). In e
 turns, one client fills from each as gobuildcache's prefetch does (groups of blobs, 8 in flight, gaffer's own
 GrpcTier): the server's CPU for the fill is read from /proc. Then a burst: several clients at once, each with its
 own channel, fill from each server, and the server's resident memory is read once the burst is over (and its
-peak). A setting is `default` (glibc's own thresholds) or `MMAP/TRIM` in MiB (`gaffer.malloc`'s thresholds).
+peak). A setting is `default` (glibc's own thresholds) or `MMAP/TRIM[/ARENAS]`, `gaffer.malloc`'s thresholds in
+MiB and its most arenas (left out: gaffer's; 0: glibc's own limit, 8 per core); `+trimS` after one adds a thread
+calling `malloc_trim(0)` every S seconds.
 
-    .venv/bin/python benchmarks/bench_serve_memory.py --settings default 8/64 8/16 --rounds 5 --clients 4
+    .venv/bin/python benchmarks/bench_serve_memory.py --settings default 8/64/0 8/64 8/32 --rounds 15 --clients 4
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_server import _cpu_seconds  # noqa: E402
+from bench_server import _cpu_seconds
 
-from gaffer.cache.grpc import GrpcTier  # noqa: E402
-from gaffer.cache.tiered import read_groups  # noqa: E402
-from gaffer.digest import Digest, digest_bytes  # noqa: E402
-from tests.buildgrid import ReapiServer, start_gaffer_serve  # noqa: E402
-from tests.servers import _terminate  # noqa: E402
+from gaffer.cache.grpc import GrpcTier
+from gaffer.cache.tiered import read_groups
+from gaffer.digest import Digest, digest_bytes
+from tests.buildgrid import ReapiServer, start_gaffer_serve
+from tests.servers import _terminate
 
 WORKERS = 8  # as gobuildcache's prefetch
 BIG_BLOBS = 43
@@ -71,15 +73,16 @@ def fill(url: str, digests: list[Digest]) -> None:
 def serve_with(setting: str, argv: list[str]) -> int:
     """Run `gaffer serve` with `argv`, the allocator as `setting` says."""
     from gaffer import malloc
-    from gaffer.server import main
+    from gaffer.server import main as server
 
     thresholds, _, trim_every = setting.partition("+trim")
     if thresholds == "default":
-        main.keep_big_buffers = lambda: None  # type: ignore[assignment]
+        server.keep_big_buffers = lambda: None  # type: ignore[assignment]
     else:
         mmap, trim, *arenas = (int(x) for x in thresholds.split("/"))
         malloc.MMAP_THRESHOLD, malloc.TRIM_THRESHOLD = mmap << 20, trim << 20
-        malloc.ARENA_MAX = arenas[0] if arenas else 8 * (os.cpu_count() or 1)  # glibc's own limit
+        if arenas:  # else gaffer's
+            malloc.ARENA_MAX = arenas[0] or 8 * (os.cpu_count() or 1)  # 0: glibc's own limit
     if trim_every:
         import ctypes
         libc = ctypes.CDLL(None)
@@ -89,13 +92,14 @@ def serve_with(setting: str, argv: list[str]) -> int:
                 time.sleep(float(trim_every))
                 libc.malloc_trim(0)
         threading.Thread(target=trimmer, daemon=True).start()
-    return main.serve_main(argv)
+    return server.serve_main(argv)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", nargs="+", default=["default", "8/64", "8/16"],
-                        help="allocator settings: `default` or MMAP/TRIM in MiB (default: default 8/64 8/16)")
+    parser.add_argument("--settings", nargs="+", default=["default", "8/64/0", "8/64"],
+                        help="allocator settings: `default` or MMAP/TRIM[/ARENAS][+trimS] (default: default 8/64/0 "
+                             "8/64)")
     parser.add_argument("--rounds", type=int, default=5, help="fills per server, the servers taking turns")
     parser.add_argument("--clients", type=int, default=4, help="clients filling at once in the burst (default 4)")
     parser.add_argument("--json", type=Path, help="write the results here too")
