@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """`gaffer serve`'s CPU and memory sending blobs of megabytes, under several settings of the C library's allocator.
 
-One `gaffer serve` per setting, each holding the same std-like set of blobs (1,066 blobs, 160 MiB: 43 of 1-4 MiB,
-the rest between 100 bytes and 1 MiB, as a cold `go build std` reads them). In each round, the servers taking
+One `gaffer serve` per setting, each holding the same std-like set of blobs (1,066 blobs, 153 MiB: 43 of 1-3.5 MiB,
+the rest between 100 bytes and 500 KB, as a cold `go build std` reads them). In each round, the servers taking
 turns, one client fills from each as gobuildcache's prefetch does (groups of blobs, 8 in flight, gaffer's own
 GrpcTier): the server's CPU for the fill is read from /proc. Then a burst: several clients at once, each with its
-own channel, fill from each server, and the server's resident memory is read once the burst is over (and its
-peak). A setting is `default` (glibc's own thresholds) or `MMAP/TRIM[/ARENAS]`, `gaffer.malloc`'s thresholds in
-MiB and its most arenas (left out: gaffer's; 0: glibc's own limit, 8 per core); `+trimS` after one adds a thread
-calling `malloc_trim(0)` every S seconds.
+own channel, fill from each server, and the server's resident memory is read `--settle` seconds after the burst
+(and its peak). A setting is `default` (glibc's own thresholds) or `MMAP/TRIM[/ARENAS]`, `gaffer.malloc`'s thresholds in
+MiB and its most arenas (left out: gaffer's; 0: glibc's own limit, 8 per core), `+trimS` after it a `malloc_trim(0)`
+every S seconds (left out: gaffer's; 0: none).
 
-    .venv/bin/python benchmarks/bench_serve_memory.py --settings default 8/64/0 8/64 8/32 --rounds 15 --clients 4
+    .venv/bin/python benchmarks/bench_serve_memory.py --settings default 8/64/0+trim0 8/64+trim0 8/64 --clients 8 \
+        --settle 12
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_server import _cpu_seconds
@@ -42,7 +43,6 @@ from tests.servers import _terminate
 WORKERS = 8  # as gobuildcache's prefetch
 BIG_BLOBS = 43
 SMALL_BLOBS = 1023
-SETTLE_S = 2.0  # after a burst, before the server's memory is read
 
 
 def blob_sizes(seed: int) -> list[int]:
@@ -77,21 +77,14 @@ def serve_with(setting: str, argv: list[str]) -> int:
 
     thresholds, _, trim_every = setting.partition("+trim")
     if thresholds == "default":
-        server.keep_big_buffers = lambda: None  # type: ignore[assignment]
+        server.keep_big_buffers = lambda long_running=False: None  # type: ignore[assignment]
     else:
         mmap, trim, *arenas = (int(x) for x in thresholds.split("/"))
         malloc.MMAP_THRESHOLD, malloc.TRIM_THRESHOLD = mmap << 20, trim << 20
         if arenas:  # else gaffer's
             malloc.ARENA_MAX = arenas[0] or 8 * (os.cpu_count() or 1)  # 0: glibc's own limit
-    if trim_every:
-        import ctypes
-        libc = ctypes.CDLL(None)
-
-        def trimmer() -> None:
-            while True:
-                time.sleep(float(trim_every))
-                libc.malloc_trim(0)
-        threading.Thread(target=trimmer, daemon=True).start()
+        if trim_every:  # else gaffer's
+            malloc.TRIM_EVERY_S = float(trim_every)
     return server.serve_main(argv)
 
 
@@ -102,6 +95,8 @@ def main(argv: list[str]) -> int:
                              "8/64)")
     parser.add_argument("--rounds", type=int, default=5, help="fills per server, the servers taking turns")
     parser.add_argument("--clients", type=int, default=4, help="clients filling at once in the burst (default 4)")
+    parser.add_argument("--settle", type=float, default=2.0,
+                        help="seconds after the burst before the server's memory is read (default 2)")
     parser.add_argument("--json", type=Path, help="write the results here too")
     parser.add_argument("--serve-with", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -135,26 +130,28 @@ def main(argv: list[str]) -> int:
                 cpu[s].append(_cpu_seconds(server.proc.pid) - c0)
         after_fills = {s: rss_mib(server.proc.pid)[0] for s, server in servers.items()}
         burst: dict[str, tuple[float, float, float]] = {}
+        failed: dict[str, list[str]] = {}
         for s, server in servers.items():
             c0 = _cpu_seconds(server.proc.pid)
-            threads = [threading.Thread(target=fill, args=(server.url, digests)) for _ in range(args.clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            time.sleep(SETTLE_S)
+            with ThreadPoolExecutor(args.clients) as pool:
+                fills = [pool.submit(fill, server.url, digests) for _ in range(args.clients)]
+            failed[s] = [str(f.exception()) for f in fills if f.exception()]
+            time.sleep(args.settle)
             burst[s] = (_cpu_seconds(server.proc.pid) - c0, *rss_mib(server.proc.pid))
         print(f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         print(f"{'setting':>8} {'fill cpu s':>10} {'(min-max)':>11} {'wall s':>6} {'rss MiB':>7} {'after fills':>11} "
-              f"{'burst cpu s':>11} {'after burst':>11} {'peak':>5}")
+              f"{'burst cpu s':>11} {'after burst':>11} {'peak':>5} {'failed':>6}")
         results = {}
         for s in servers:
             results[s] = {"fill_cpu_s": cpu[s], "fill_wall_s": wall[s], "rss_start_mib": before[s],
                           "rss_after_fills_mib": after_fills[s], "burst_cpu_s": burst[s][0],
-                          "rss_after_burst_mib": burst[s][1], "rss_peak_mib": burst[s][2]}
+                          "rss_after_burst_mib": burst[s][1], "rss_peak_mib": burst[s][2],
+                          "burst_failures": failed[s]}
             print(f"{s:>8} {statistics.median(cpu[s]):10.3f} {min(cpu[s]):5.2f}-{max(cpu[s]):<5.2f} "
                   f"{statistics.median(wall[s]):6.2f} {before[s]:7.0f} {after_fills[s]:11.0f} {burst[s][0]:11.2f} "
-                  f"{burst[s][1]:11.0f} {burst[s][2]:5.0f}")
+                  f"{burst[s][1]:11.0f} {burst[s][2]:5.0f} {len(failed[s]):6}")
+            for error in failed[s]:
+                print(f"  {s}: a client of the burst failed: {error}")
         if args.json:
             args.json.write_text(json.dumps({"clients": args.clients, "rounds": args.rounds, "results": results,
                                              "load": os.getloadavg()}, indent=1))

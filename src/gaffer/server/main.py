@@ -104,7 +104,7 @@ def _serve(settings: Settings) -> int:
     from gaffer.server.reapi import start_grpc
     from gaffer.server.store import BackendUnavailable, ServerStore
 
-    keep_big_buffers()  # before the store's threads start: a thread keeps the allocator's arena it has
+    keep_big_buffers(long_running=True)  # before the store's threads start: a thread keeps its allocator's arena
     backend = None
     if settings.backend:
         from gaffer.cache.factory import open_backend
