@@ -1,4 +1,4 @@
-"""gaffer.malloc: the allocator keeps big buffers within a bound, and a Python without ctypes still serves."""
+"""gaffer.malloc: big buffers kept, a burst's free memory handed back, and a Python without ctypes still serves."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,7 +89,7 @@ def test_the_holes_a_burst_left_below_buffers_in_use_are_handed_back() -> None:
     assert _kept(_HOLES, 0, wait_s=0) > 40  # without the trims, the 48 MiB of holes stay resident
 
 
-def test_a_python_without_ctypes_serves_and_runs(tmp_path: os.PathLike[str]) -> None:
+def test_a_python_without_ctypes_serves_and_runs(tmp_path: Path) -> None:
     """No ctypes (a minimal Python build): no thresholds and no child subreaper, but no crash either."""
     without = "import sys; sys.modules['ctypes'] = None; "
     server = start_gaffer_serve(workdir=tmp_path, env={"PYTHONPATH": str(REPO / "src")}, command=(
