@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -158,6 +159,7 @@ def main(argv: list[str]) -> int:
     finally:
         for server in servers.values():
             _terminate(server.proc)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
