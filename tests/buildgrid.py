@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,14 +71,15 @@ def grpc_answers(address: str) -> Callable[[], bool]:
 
 
 def start_gaffer_serve(*args: str, workdir: Path | None = None, env: dict[str, str] | None = None,
-                       fd_limit: int | None = None) -> ReapiServer:
+                       fd_limit: int | None = None,
+                       command: Sequence[str] = (sys.executable, "-m", "gaffer.server.main")) -> ReapiServer:
     """`python -m gaffer.server.main --grpc 127.0.0.1:0 --http 127.0.0.1:0 --dir <workdir>/store *args`, under
-    `prlimit --nofile=N:N` with `fd_limit`."""
+    `prlimit --nofile=N:N` with `fd_limit`; `command` in place of `python -m gaffer.server.main`."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="gaffer-serve-"))
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "serve.log"
     start = log.stat().st_size if log.exists() else 0  # a restart on the same workdir appends to the log
-    argv = [sys.executable, "-m", "gaffer.server.main", "--dir", str(workdir / "store"),
+    argv = [*command, "--dir", str(workdir / "store"),
             "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", *args]
     if fd_limit is not None:
         argv = [require_tool("prlimit"), f"--nofile={fd_limit}:{fd_limit}", "--", *argv]

@@ -222,15 +222,15 @@ def test_a_fill_checks_every_blob_a_lying_server_sends(tmp_path: Path) -> None:
     lies = {digest_bytes(bytes(last_chunk)): big[1], Digest(digest_bytes(big[1][:-7]).hash, LARGE - 7): big[1],
             digest_bytes(big[1] + b"more"): big[1] + b"mor", small_lie[0]: small_lie[1], middle_lie[0]: middle_lie[1]}
     server = _LyingServer({small[0]: small[1], middle[0]: middle[1], big[0]: big[1], **lies})
+    warnings: list[str] = []
+    local = DiskStore(tmp_path / "local")
+    cache = TieredCache(local, [GrpcTier(f"127.0.0.1:{server.port}", timeout=10)], report=warnings.append)
     try:
-        warnings: list[str] = []
-        local = DiskStore(tmp_path / "local")
-        cache = TieredCache(local, [GrpcTier(f"127.0.0.1:{server.port}", timeout=10)], report=warnings.append)
         absent = digest_bytes(b"never stored")
         assert sorted(cache.fill_local([small[0], middle[0], big[0], *lies, absent])) == sorted([*lies, absent])
         assert all(local.read_blob(d) == data for d, data in (small, middle, big))
         assert not any(local.has_blob(d) for d in lies)
         assert len(warnings) == len(lies) and all("failed verification" in w for w in warnings)
-        cache.close()
     finally:
+        cache.close()
         server.server.stop(None)

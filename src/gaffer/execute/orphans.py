@@ -35,12 +35,12 @@ class Adopter:
         children = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
         if not sys.platform.startswith("linux") or not os.path.exists(children):
             return None
-        import ctypes
-
         try:
+            import ctypes  # absent from a minimal Python build: then no subreaper, as elsewhere
+
             if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
                 return None
-        except (OSError, AttributeError):
+        except (ImportError, OSError, AttributeError):
             return None
         return cls(children)
 

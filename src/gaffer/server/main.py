@@ -104,6 +104,7 @@ def _serve(settings: Settings) -> int:
     from gaffer.server.reapi import start_grpc
     from gaffer.server.store import BackendUnavailable, ServerStore
 
+    keep_big_buffers(long_running=True)  # before the store's threads start: a thread keeps its allocator's arena
     backend = None
     if settings.backend:
         from gaffer.cache.factory import open_backend
@@ -122,7 +123,6 @@ def _serve(settings: Settings) -> int:
     metrics.watch_dispatch(coordinator.stats)
     token = BearerToken(token_text, read_only_token)
     _raise_fd_limit()
-    keep_big_buffers()
     grpc_server = http_server = None
     listening = []
     try:
