@@ -133,18 +133,27 @@ class TrustedBlobs:
             return records.get(blob_hash)
 
     def _create(self) -> bool:
-        """Start an absent log with this boot's line; True if the log now exists (made here or by another)."""
+        """Start an absent log with this boot's line; True if the log now exists (made here or by another). It
+        appears whole (a temp file linked into place): a process racing this one, finding it still empty, would
+        take it for another boot's and replace it, losing the lines appended to it meanwhile."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            return True
+            tmp = self._temp_path()
         except OSError:
             return False
         try:
-            os.write(fd, self._header or b"")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                os.write(fd, self._header or b"")
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, self.path)
+            return True
+        except OSError:
+            return False
         finally:
-            os.close(fd)
-        return True
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def _read(self) -> tuple[dict[bytes, bytes] | None, int]:
         """Blob hash -> its last line, unparsed, or None when the log is absent or from another boot; and the log's
