@@ -265,12 +265,16 @@ def test_timeout_kills_the_process_group(tmp_path: Path, env: dict[str, str]) ->
 
 
 
-def test_sigterm_kills_running_tasks_and_leaves_cache_consistent(tmp_path: Path, env: dict[str, str]) -> None:
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_or_sighup_kills_running_tasks_and_leaves_cache_consistent(
+        tmp_path: Path, env: dict[str, str], signum: signal.Signals, status: int) -> None:
+    """SIGHUP is a closed terminal: the tasks, in sessions of their own, would never get it and run on."""
     ws = tmp_path / "term"
     ws.mkdir()
     (ws / "graph.json").write_text(json.dumps({
         "quick": {"command": "echo ok > quick.txt", "outputs": ["quick.txt"]},
-        "long": {"command": "echo started > started; sleep 60 & echo $! > child.pid; wait", "outputs": []},
+        "long": {"command": "echo started > started; sleep 60 & echo $! > child.pid; wait", "outputs": [],
+                 "deps": ["quick"]},
     }))
     proc = subprocess.Popen([sys.executable, "-m", "gaffer", "run", "-j", "2"], cwd=ws, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -278,10 +282,11 @@ def test_sigterm_kills_running_tasks_and_leaves_cache_consistent(tmp_path: Path,
     while not (ws / "child.pid").exists() or not (ws / "child.pid").read_text().strip():
         assert time.monotonic() < deadline and proc.poll() is None, "the long task never started"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 143, err
+    assert proc.returncode == status, err
     assert not alive(int((ws / "child.pid").read_text()))
+    assert "Completed quick" in err, "progress lines written before the signal are not lost"
     verify = run_gaffer(["cache", "verify"], cwd=ws, env=env)
     assert verify.returncode == 0, verify.stdout
 

@@ -359,7 +359,8 @@ class Build:
                 executor.cancel_all()
 
     def _install_signal_handlers(self, scheduler: Scheduler) -> Callable[[], None]:
-        """Ctrl-C / SIGTERM: start nothing new, kill running process groups, keep the cache consistent."""
+        """Ctrl-C, SIGTERM, SIGHUP (a closed terminal): start nothing new, kill running process groups, keep the
+        cache consistent. Tasks run in sessions of their own, which a closed terminal's SIGHUP never reaches."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
@@ -368,7 +369,7 @@ class Build:
             scheduler.stop()
             threading.Thread(target=self._cancel_all, daemon=True).start()
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
         def restore() -> None:
             for sig, earlier in previous.items():

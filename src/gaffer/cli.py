@@ -2,7 +2,7 @@
 
 Each subcommand imports what it needs when it runs, so `gaffer run` on an up-to-date workspace never loads
 protobuf, grpc or any remote-cache client. Exit status: 0 success, 1 the build failed, 2 the user's input was
-wrong, 3 an environment or internal error; 130/143 when interrupted by SIGINT/SIGTERM.
+wrong, 3 an environment or internal error; 130/143/129 when interrupted by SIGINT/SIGTERM/SIGHUP.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ exit status:
   2  bad input: a flag, the graph or a setting (one line says what and where)
   3  an environment problem (the cache directory is unusable, ...), or the workspace is busy and
      --no-wait was given
-  130, 143  interrupted by Ctrl-C (SIGINT) or SIGTERM
+  130, 143, 129  interrupted by Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal closed)
 """
 
 class _Parser(argparse.ArgumentParser):

@@ -52,7 +52,7 @@ class BuildReport:
         self.settled = settled if settled is not None else {}  # task -> saved_s (its last execution time)
         self.order = order  # every task's place when there are settled ones (the build's order)
         self.wall_s = wall_s
-        self.interrupted = interrupted  # the signal's name when Ctrl-C / SIGTERM stopped the build
+        self.interrupted = interrupted  # the signal's name when Ctrl-C / SIGTERM / SIGHUP stopped the build
         self.tiers: list[TierSummary] = []  # per-tier cache stats
 
     def tasks(self) -> dict[str, Outcome]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ if TYPE_CHECKING:  # the build's parts are imported when a build runs, never on 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build `args.targets`; the exit status (0 built, 1 a task failed, 130/143 interrupted)."""
+    """Build `args.targets`; the exit status (0 built, 1 a task failed, 128 + the signal's number if interrupted)."""
     import gc
 
     # A build allocates hundreds of thousands of small tuples (graph, state, stat cache) and makes almost no
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if args.trace:
         reporting.write_trace(report, Path(args.trace))
     if report.interrupted:
-        return 130 if report.interrupted == "SIGINT" else 143
+        return 128 + signal.Signals[report.interrupted].value
     return 0 if report.ok else 1
 
 
