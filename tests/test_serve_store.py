@@ -609,6 +609,7 @@ def test_cache_verify_on_a_full_disk_leaves_a_pack_it_cannot_rewrite(tmp_path: P
     assert verify.returncode == 1 and f"cannot rewrite {pack} without its corrupt blobs" in verify.stderr, (
         verify.stdout + verify.stderr)
     assert "left as it is" in verify.stderr and "Traceback" not in verify.stderr
+    assert f"1 corrupt (left in place: {batch[0][0].hash[:12]})" in verify.stdout, verify.stdout
     assert pack.exists() and set(_packed(store)) == {d.hash for d, _ in batch}
 
 

@@ -98,10 +98,11 @@ def _cache_action(args: argparse.Namespace, store: DiskStore) -> int:
         print(f"removed {format_count(removed, 'entry', 'entries')} ({format_size(freed)})")
     elif args.cache_command == "verify":
         verify = store.verify()
+        found = [("evicted", verify.corrupt), ("left in place", verify.left)]
+        said = "; ".join(f"{what}: {', '.join(h[:12] for h in hashes)}" for what, hashes in found if hashes)
         print(f"checked {format_count(verify.checked, 'blob')} and {format_count(verify.checked_actions, 'action result')}: "
-              f"{len(verify.corrupt)} corrupt" +
-              (" (evicted: " + ", ".join(h[:12] for h in verify.corrupt) + ")" if verify.corrupt else ""))
-        return 1 if verify.corrupt else 0
+              f"{len(verify.corrupt) + len(verify.left)} corrupt" + (f" ({said})" if said else ""))
+        return 1 if verify.corrupt or verify.left else 0
     elif args.cache_command == "clean":
         with store.unserved("gaffer cache clean"):
             store.clean()

@@ -106,6 +106,7 @@ class VerifyReport(NamedTuple):
     checked: int  # blobs
     corrupt: list[str]  # hashes of the evicted blobs and action-cache entries
     checked_actions: int = 0
+    left: tuple[str, ...] = ()  # hashes of corrupt blobs left in a pack that could not be rewritten (a full disk)
 
 
 class DiskStore(CacheTier):
@@ -469,7 +470,7 @@ class DiskStore(CacheTier):
                 corrupt.append(path.name)
                 self._evict_corrupt(path, "blob", digest)
         self.trusted.replace(good)
-        packed, bad = self._verify_packs()
+        packed, bad, left = self._verify_packs()
         checked += packed
         corrupt += bad
         for path, st in self._walk("ac"):
@@ -481,7 +482,7 @@ class DiskStore(CacheTier):
             if not ok:
                 corrupt.append(path.name)
                 self._evict_corrupt(path, "action result", Digest(path.name, st.st_size))
-        return VerifyReport(checked=checked, corrupt=corrupt, checked_actions=checked_actions)
+        return VerifyReport(checked=checked, corrupt=corrupt, checked_actions=checked_actions, left=tuple(left))
 
     def _packs(self) -> Iterator[tuple[Path, list[tuple[str, int, int]] | None]]:
         """`gaffer serve`'s packs (server/packs.py) and their tables (None: a torn pack), skipping any removed
@@ -500,10 +501,11 @@ class DiskStore(CacheTier):
             except OSError:
                 continue
 
-    def _verify_packs(self) -> tuple[int, list[str]]:
+    def _verify_packs(self) -> tuple[int, list[str], list[str]]:
         """Hash every packed blob; a pack holding corrupt blobs is replaced by one holding its good blobs, a torn
-        one removed: how many blobs were checked, and the corrupt blobs' hashes (a torn pack's name)."""
-        checked, corrupt = 0, []
+        one removed: how many blobs were checked, the evicted corrupt blobs' hashes (a torn pack's name), and
+        those of corrupt blobs left where they are (their pack could not be rewritten)."""
+        checked, corrupt, left = 0, [], []
         for path, table in self._packs():
             if table is None:
                 corrupt.append(path.name)
@@ -519,11 +521,12 @@ class DiskStore(CacheTier):
             if bad:
                 replaced = self._rewrite_pack(path, [(h, blob) for h, blob in blobs if h not in bad], mtime)
                 for h, blob in blobs:
-                    if h in bad:
+                    if h in bad and replaced:
                         corrupt.append(h)
-                        if replaced:
-                            self._corrupt_evicted("blob", Digest(h, len(blob)))
-        return checked, corrupt
+                        self._corrupt_evicted("blob", Digest(h, len(blob)))
+                    elif h in bad:
+                        left.append(h)
+        return checked, corrupt, left
 
     def _rewrite_pack(self, path: Path, blobs: list[tuple[str, bytes]], mtime: float) -> bool:
         """Replace a pack by a new one of `blobs` (a pack is never changed in place: a temp file, flushed, renamed
