@@ -40,6 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))  # this checkout's client, not an installed gaffer's
 
 from gaffer.cache.grpc import GrpcTier
 from gaffer.digest import Digest, digest_bytes, digest_file
