@@ -98,6 +98,13 @@ def test_run_help_names_the_environment_and_the_exit_statuses(tmp_path: Path) ->
         assert f"  {status}" in statuses or status in statuses, status
 
 
+@pytest.mark.parametrize("command", ["run", "status", "serve", "worker", "gocache"])
+def test_help_of_each_program_a_script_checks_names_its_exit_statuses(command: str, tmp_path: Path) -> None:
+    text = _help([command, "--help"], tmp_path)
+    statuses = text[text.lower().index("exit status"):]
+    assert re.search(r"\b0\b", statuses) and re.search(r"\b2\b", statuses) and re.search(r"\b3\b", statuses), statuses
+
+
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["cache", "status", "--help"]], ids=" ".join)
 def test_help_is_wrapped_to_the_terminal(args: list[str], tmp_path: Path) -> None:
     """The parsers are built with formatters of a fixed width (they write nothing); help is written at the
