@@ -154,7 +154,8 @@ _DETAILS: dict[str, dict[str, Any]] = {
                              "runs; the cache keeps its entries, so the next build restores them."},
     "status": {"description": "Print what the status page of a gaffer serve shows: its workers, the queue, running "
                               "and recent actions, the cache's hit rate.",
-               "epilog": "exit status: 0 shown; 2 a bad flag or a token refused; 3 the server cannot be reached"},
+               "epilog": "exit status: 0 shown; 2 a bad flag, a token missing or refused, or no gaffer serve status at "
+                         "that address; 3 the server cannot be reached"},
 }
 
 
