@@ -98,8 +98,9 @@ def _add_run(run: argparse.ArgumentParser) -> None:
 
 
 def _add_explain(explain: argparse.ArgumentParser) -> None:
-    explain.add_argument("task", metavar="TASK", help="the name of a task in the graph (or `-- gcc -c x.c ...`: why "
-                                                      "that compile missed gaffer cc's cache)")
+    explain.add_argument("task", metavar="TASK", help="the name of a task in the graph (`-- -x` for one starting with "
+                                                      "-), or `-- gcc -c x.c ...`: why that compile missed gaffer "
+                                                      "cc's cache")
     explain.add_argument("--graph", default="graph.json", metavar="FILE", help="the task graph (default: graph.json)")
 
 
@@ -181,7 +182,8 @@ def _dispatch(args_list: list[str]) -> int:
         from gaffer.cc.main import cc_main
 
         return cc_main(args_list[0], args_list[1:])
-    if args_list[:1] == ["explain"] and "--" in args_list:  # `gaffer explain -- gcc -c x.c`: a compile, not a task
+    if args_list[:1] == ["explain"] and "--" in args_list and len(args_list) - args_list.index("--") > 2:
+        # `gaffer explain -- gcc -c x.c`: a compile, not a task; `gaffer explain -- -x` is the task named -x
         from gaffer.cc.main import cc_main
 
         return cc_main("cc", ["--explain", *args_list[1:]])
