@@ -145,6 +145,20 @@ def test_serve_bad_value_is_one_line_naming_its_source(tmp_path: Path, source: s
                         proc.stderr), proc.stderr
 
 
+@pytest.mark.parametrize(("args", "where"), [
+    (["serve", "--grpc", "grpc://127.0.0.1:0"], "gaffer serve: --grpc"),
+    (["serve", "--http", "http://127.0.0.1:0"], "gaffer serve: --http"),
+    (["worker", "--server", "grpc://127.0.0.1:9"], "gaffer worker: --server"),
+])
+def test_a_url_where_host_port_is_expected_is_refused_at_once(tmp_path: Path, args: list[str], where: str) -> None:
+    """A URL (what `gaffer run --remote` takes) given as HOST:PORT is one line and exit 2, before anything starts:
+    not a bind that fails (exit 3), a warning about a non-loopback address, nor a worker retrying forever."""
+    proc = run_gaffer([*args, "--dir", str(tmp_path / "dir")], cwd=tmp_path, env=clean_env(tmp_path), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"{where}: ") and "expected HOST:PORT, not a URL (example" in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
 # -- gobuildcache: the Go program's variables and GOBUILDCACHE_* are aliases, read before the GAFFER_* ones -----
 
 

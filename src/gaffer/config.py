@@ -102,12 +102,14 @@ def _text(value: object, where: str, base: str | None = None) -> str:
 
 
 def _address(value: object, where: str, base: str | None = None) -> tuple[str, int]:
-    """HOST:PORT to listen on ([::1]:9092 for IPv6; port 0: any free port)."""
+    """HOST:PORT to listen on or connect to ([::1]:9092 for IPv6; port 0: any free port). A URL is refused here
+    (no host name holds a `/`): taken as a host, it would fail later, as a lookup retried forever or a bind."""
     text = _text(value, where)
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise UserError(f"{where}: {text!r}: expected HOST:PORT (example: 127.0.0.1:9092, port 0 for any)")
+    if not sep or not host or "/" in host or not port.isdigit() or int(port) > 65535:
+        url = ", not a URL" if "://" in text else ""
+        raise UserError(f"{where}: {text!r}: expected HOST:PORT{url} (example: 127.0.0.1:9092, port 0 for any)")
     return host, int(port)
 
 
