@@ -98,7 +98,7 @@ def test_run_help_names_the_environment_and_the_exit_statuses(tmp_path: Path) ->
         assert f"  {status}" in statuses or status in statuses, status
 
 
-@pytest.mark.parametrize("command", ["run", "status", "serve", "worker", "gocache"])
+@pytest.mark.parametrize("command", ["run", "clean", "cache", "status", "serve", "worker", "gocache"])
 def test_help_of_each_program_a_script_checks_names_its_exit_statuses(command: str, tmp_path: Path) -> None:
     text = _help([command, "--help"], tmp_path)
     statuses = text[text.lower().index("exit status"):]
