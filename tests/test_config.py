@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gaffer.config import CC, GOCACHE, RUN, SERVE, SETTINGS, WORKER, settings_of
-from tests.support import REPO, gaffer_env, run_gaffer
+from tests.support import REPO, gaffer_env, require_tool, run_gaffer
 
 GO_VARIABLES = ("BACKEND_TYPE", "CACHE_DIR", "S3_BUCKET", "S3_PREFIX", "S3_TMP_DIR", "DEBUG")
 
@@ -157,6 +157,19 @@ def test_a_url_where_host_port_is_expected_is_refused_at_once(tmp_path: Path, ar
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"{where}: ") and "expected HOST:PORT, not a URL (example" in proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize(("toml", "logged"), [("true", True), ("false", False), ('"1"', True)])
+def test_cc_debug_in_gaffer_toml_is_a_switch_like_the_others(tmp_path: Path, toml: str, logged: bool) -> None:
+    """`[cc] debug = true` is how gaffer.toml writes a switch ([gocache] debug is one): it logs to stderr."""
+    gcc = require_tool("gcc")
+    project = tmp_path / "project"
+    write(project / "gaffer.toml", f"[cc]\ndebug = {toml}\n")
+    write(project / "x.c", "int x;\n")
+    proc = run_gaffer(["cc", "--cache-dir", str(tmp_path / "cache"), "--", gcc, "-c", "x.c", "-o", "x.o"],
+                      cwd=project, env=clean_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert ("gaffer cc: x.c: miss" in proc.stderr) is logged, proc.stderr
 
 
 # -- gobuildcache: the Go program's variables and GOBUILDCACHE_* are aliases, read before the GAFFER_* ones -----

@@ -101,6 +101,15 @@ def _text(value: object, where: str, base: str | None = None) -> str:
     return value.strip()
 
 
+def _log_target(value: object, where: str, base: str | None = None) -> str:
+    """A debug log: a boolean (gaffer.toml's `true`, as every other switch there is written), 1 or 0, or a file."""
+    if isinstance(value, bool):
+        return "1" if value else ""
+    if not isinstance(value, str):
+        raise UserError(f"{where}: {value!r} must be true, false, or a file to append to")
+    return value.strip()
+
+
 def _address(value: object, where: str, base: str | None = None) -> tuple[str, int]:
     """HOST:PORT to listen on or connect to ([::1]:9092 for IPv6; port 0: any free port). A URL is refused here
     (no host name holds a `/`): taken as a host, it would fail later, as a lookup retried forever or a bind."""
@@ -385,7 +394,7 @@ SETTINGS: tuple[Setting, ...] = (
             default_text={"*": "none"},
             help="absolute paths below this directory are keyed relative to the working directory, so checkouts "
                  "below it share cache entries (use -ffile-prefix-map too: see docs/cc.md)"),
-    Setting("cc_debug", (CC,), toml="cc.debug", env="GAFFER_CC_DEBUG", parse=_text, default={CC: ""},
+    Setting("cc_debug", (CC,), toml="cc.debug", env="GAFFER_CC_DEBUG", parse=_log_target, default={CC: ""},
             default_text={"*": "off"},
             help="log why each compile hit, missed or was not cached: 1 for stderr, or a file to append to"),
     Setting("cc_preprocessor", (CC,), toml="cc.preprocessor", env="GAFFER_CC_PREPROCESSOR", parse=parse_bool,
