@@ -159,17 +159,20 @@ def test_a_url_where_host_port_is_expected_is_refused_at_once(tmp_path: Path, ar
     assert proc.stderr.count("\n") == 1, proc.stderr
 
 
-@pytest.mark.parametrize(("toml", "logged"), [("true", True), ("false", False), ('"1"', True)])
+@pytest.mark.parametrize(("toml", "logged"), [("true", True), ("false", False), ('"1"', True), ('"cc.log"', False)])
 def test_cc_debug_in_gaffer_toml_is_a_switch_like_the_others(tmp_path: Path, toml: str, logged: bool) -> None:
-    """`[cc] debug = true` is how gaffer.toml writes a switch ([gocache] debug is one): it logs to stderr."""
+    """`[cc] debug = true` is how gaffer.toml writes a switch ([gocache] debug is one): it logs to stderr. A file
+    named there is relative to the gaffer.toml, as every path in it."""
     gcc = require_tool("gcc")
     project = tmp_path / "project"
     write(project / "gaffer.toml", f"[cc]\ndebug = {toml}\n")
-    write(project / "x.c", "int x;\n")
+    write(project / "sub" / "x.c", "int x;\n")
     proc = run_gaffer(["cc", "--cache-dir", str(tmp_path / "cache"), "--", gcc, "-c", "x.c", "-o", "x.o"],
-                      cwd=project, env=clean_env(tmp_path))
+                      cwd=project / "sub", env=clean_env(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert ("gaffer cc: x.c: miss" in proc.stderr) is logged, proc.stderr
+    if toml == '"cc.log"':
+        assert "x.c: miss" in (project / "cc.log").read_text() and not (project / "sub" / "cc.log").exists()
 
 
 # -- gobuildcache: the Go program's variables and GOBUILDCACHE_* are aliases, read before the GAFFER_* ones -----

@@ -102,12 +102,16 @@ def _text(value: object, where: str, base: str | None = None) -> str:
 
 
 def _log_target(value: object, where: str, base: str | None = None) -> str:
-    """A debug log: a boolean (gaffer.toml's `true`, as every other switch there is written), 1 or 0, or a file."""
-    if isinstance(value, bool):
-        return "1" if value else ""
-    if not isinstance(value, str):
+    """A debug log: a switch as parse_bool reads it (gaffer.toml's `true`; on means stderr, "1"), "stderr", or a
+    file to append to (relative to the gaffer.toml that names it, as every path there)."""
+    if not isinstance(value, (bool, str)):
         raise UserError(f"{where}: {value!r} must be true, false, or a file to append to")
-    return value.strip()
+    if isinstance(value, str) and value.strip().lower() == "stderr":
+        return "1"
+    try:
+        return "1" if parse_bool(value, where) else ""
+    except UserError:
+        return _path(value, where, base)
 
 
 def _address(value: object, where: str, base: str | None = None) -> tuple[str, int]:
