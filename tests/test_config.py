@@ -214,6 +214,29 @@ def test_gobuildcache_backend_from_gaffer_toml_and_its_go_variables(tmp_path: Pa
     assert local_tier(tmp_path, {**env, "GAFFER_GOCACHE_BACKEND": "disk"}) == str(tmp_path / "disk-tier")
 
 
+def test_a_token_file_in_gaffer_toml_is_relative_to_it(tmp_path: Path) -> None:
+    """`[cache] remote = ["http://...?token_file=token"]` at a module's root: gobuildcache run in a package's
+    directory (where go runs it) reads that token, not one relative to its working directory, and uses the tier."""
+    from tests.buildgrid import start_gaffer_serve
+
+    project = tmp_path / "project"
+    write(project / "token", "let-me-in\n")
+    server = start_gaffer_serve("--token-file", str(project / "token"), workdir=tmp_path / "serve")
+    try:
+        write(project / "gaffer.toml", f'[cache]\nremote = ["{server.http_url}/go?token_file=token"]\n')
+        (project / "cmd" / "app").mkdir(parents=True)
+        session = ('{"ID":1,"Command":"get","ActionID":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}\n'
+                   '{"ID":2,"Command":"close"}\n')
+        proc = subprocess.run([sys.executable, "-m", "gaffer", "gocache"], input=session, capture_output=True,
+                              text=True, timeout=60, cwd=project / "cmd" / "app", check=False,
+                              env=clean_env(tmp_path, CACHE_DIR=str(tmp_path / "gocache"), GOBUILDCACHE_STATS="1"))
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert "token_file" not in proc.stderr.replace(f"token_file={project / 'token'}", ""), proc.stderr
+    assert re.search(r"/go\?token_file=\S+: 0 hits, 1 misses, .*0 errors$", proc.stderr.strip()), proc.stderr
+
+
 def test_gobuildcache_read_only_from_any_source_names_it(tmp_path: Path) -> None:
     env = clean_env(tmp_path, CACHE_DIR=str(tmp_path / "tier"), GOBUILDCACHE_CACHE="http://127.0.0.1:1/go")
     write(tmp_path / "gaffer.toml", "[cache]\nread_only = true\n")

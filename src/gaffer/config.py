@@ -146,13 +146,34 @@ def check_scheme(url: str, where: str) -> str:
     return url
 
 
+FILE_PARAMETERS = ("token_file", "ca")  # the URL parameters that name files
+
+
+def _anchored(url: str, base: str | None) -> str:
+    """A URL from gaffer.toml with a relative token_file= or ca= made relative to that file, as every path there:
+    a command run in a subdirectory (go, a compile in a build directory) finds it all the same."""
+    if not base or not any(f"{name}=" in url for name in FILE_PARAMETERS):
+        return url
+    from urllib.parse import quote, unquote  # only here: it imports re, which gobuildcache's start-up avoids
+
+    head, _, query = url.partition("?")
+    pairs = []
+    for pair in query.split("&"):
+        key, sep, value = pair.partition("=")
+        path = os.path.expanduser(unquote(value))
+        if key in FILE_PARAMETERS and value and not os.path.isabs(path):
+            value = quote(os.path.join(base, path), safe="/")
+        pairs.append(key + sep + value)
+    return f"{head}?{'&'.join(pairs)}"
+
+
 def _url(value: object, where: str, base: str | None = None) -> str:
-    return check_scheme(_text(value, where), where)
+    return check_scheme(_anchored(_text(value, where), base), where)
 
 
 def _remote_url(value: object, where: str, base: str | None = None) -> str:
     """A remote execution service: grpc:// or grpcs:// only (the rest is checked as a cache URL's is)."""
-    url = _text(value, where)
+    url = _anchored(_text(value, where), base)
     if url.partition("://")[0].lower() not in ("grpc", "grpcs"):
         raise UserError(f"{where}: remote URL {url}: expected grpc://HOST:PORT[/INSTANCE] or grpcs://HOST[:PORT]"
                         "[/INSTANCE]")
@@ -165,7 +186,7 @@ def _urls(value: object, where: str, base: str | None = None) -> list[str]:
         value = [u.strip() for u in value.split(",") if u.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise UserError(f"{where}: must be a URL or a list of URLs")
-    return [check_scheme(url, where) for url in value]
+    return [check_scheme(_anchored(url, base), where) for url in value]
 
 
 def _list(value: object, where: str) -> list[str]:
