@@ -304,9 +304,10 @@ SETTINGS: tuple[Setting, ...] = (
             default={"*": False}, default_text={"*": "false"},
             help="keep a failed sandboxed task's exec root (under .gaffer/sandbox) to look into"),
     Setting("remote", (RUN, CC), toml="remote.url", env="GAFFER_REMOTE", flags=("--remote",), metavar="URL",
-            parse=_remote_url, default={"*": None}, default_text={"*": "none: tasks run here"},
-            help="run cacheable tasks on this REAPI execution service (gaffer serve with workers, or any REAPI "
-                 "server): grpc://host:9092[/instance][?token_file=PATH], grpcs://..."),
+            parse=_remote_url, default={"*": None}, default_text={"*": "none: everything runs here"},
+            help="run cacheable tasks (for gaffer cc and ld: the compiles and links that miss the cache) on this "
+                 "REAPI execution service (gaffer serve with workers, or any REAPI server): "
+                 "grpc://host:9092[/instance][?token_file=PATH], grpcs://..."),
     Setting("remote_download", (RUN,), toml="remote.download", env="GAFFER_REMOTE_DOWNLOAD",
             flags=("--remote-download",), metavar="all|minimal", parse=_choice("all", "minimal"),
             default={"*": "all"}, default_text={"*": "all"},
