@@ -298,3 +298,12 @@ def test_every_setting_is_in_its_docs_table_and_help(front: str, tmp_path: Path)
 def test_every_setting_belongs_to_a_front_end_and_has_one_toml_key() -> None:
     keys = [s.toml for s in SETTINGS]
     assert len(keys) == len(set(keys)) and all(s.fronts and s.env.startswith("GAFFER_") for s in SETTINGS)
+
+
+def test_a_toml_boolean_where_another_type_belongs_is_named_as_toml_spells_it(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    write(ws / "graph.json", '{"t": {"command": "true"}}')
+    write(ws / "gaffer.toml", "[run]\njobs = true\n")
+    proc = run_gaffer(["run"], cwd=ws, env=clean_env(tmp_path))
+    assert proc.returncode == 2 and "jobs: true is not a positive number of jobs" in proc.stderr, proc.stderr
+    assert "True" not in proc.stderr

@@ -44,6 +44,13 @@ Parser = Callable[[object, str, "str | None"], object]  # (value, where it came 
 # -- parsers: each takes a flag's or variable's text or a TOML value, and names `where` in its error ---------------
 
 
+def shown(value: object) -> str:
+    """A setting's value as its user wrote it: a gaffer.toml `true` is `true` in a message, not Python's `True`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
 def parse_bool(value: object, where: str, base: str | None = None) -> bool:
     """The one boolean parser: TOML's true/false, or 1/0, true/false, yes/no, on/off in text."""
     if isinstance(value, bool):
@@ -53,12 +60,12 @@ def parse_bool(value: object, where: str, base: str | None = None) -> bool:
         return True
     if text in ("0", "false", "no", "off", ""):
         return False
-    raise UserError(f"{where}: {value!r} is not a boolean (use true or false, 1 or 0)")
+    raise UserError(f"{where}: {shown(value)} is not a boolean (use true or false, 1 or 0)")
 
 
 def _scalar(value: object, where: str) -> str | int:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise UserError(f"{where}: {value!r} must be a string or a number")
+        raise UserError(f"{where}: {shown(value)} must be a string or a number")
     return value if isinstance(value, (str, int)) else str(value)
 
 
@@ -81,7 +88,7 @@ def _count(noun: str) -> Parser:
         except ValueError:
             n = 0
         if n < 1:
-            raise UserError(f"{where}: {value!r} is not a positive number of {noun}")
+            raise UserError(f"{where}: {shown(value)} is not a positive number of {noun}")
         return n
 
     return parse
@@ -91,13 +98,13 @@ def _path(value: object, where: str, base: str | None = None) -> str:
     """A path (a string: pathlib costs start-up time); relative to the gaffer.toml that names it, else to the
     working directory."""
     if not isinstance(value, str) or not value.strip():
-        raise UserError(f"{where}: {value!r} is not a path")
+        raise UserError(f"{where}: {shown(value)} is not a path")
     return os.path.join(base or "", os.path.expanduser(value))
 
 
 def _text(value: object, where: str, base: str | None = None) -> str:
     if not isinstance(value, str):
-        raise UserError(f"{where}: {value!r} must be a string")
+        raise UserError(f"{where}: {shown(value)} must be a string")
     return value.strip()
 
 
@@ -105,7 +112,7 @@ def _log_target(value: object, where: str, base: str | None = None) -> str:
     """A debug log: a switch as parse_bool reads it (gaffer.toml's `true`; on means stderr, "1"), "stderr", or a
     file to append to (relative to the gaffer.toml that names it, as every path there)."""
     if not isinstance(value, (bool, str)):
-        raise UserError(f"{where}: {value!r} must be true, false, or a file to append to")
+        raise UserError(f"{where}: {shown(value)} must be true, false, or a file to append to")
     if isinstance(value, str) and value.strip().lower() == "stderr":
         return "1"
     try:
@@ -130,7 +137,7 @@ def _choice(*choices: str) -> Parser:
     def parse(value: object, where: str, base: str | None = None) -> str:
         text = value.strip().lower() if isinstance(value, str) else None
         if text not in choices:
-            raise UserError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+            raise UserError(f"{where}: {shown(value)} is not one of {', '.join(choices)}")
         return text
 
     return parse
