@@ -41,6 +41,7 @@ from gaffer.gocache.prefetch import BadList, Prefetch, decode_list, encode_list,
 from gaffer.gocache.protocol import Hit, MalformedRequest, fast_request, hit_line, parse_line, reply_line, rfc3339
 from tests.servers import free_port
 from tests.support import NOBODY, require, require_tool, wait_for
+from tests.test_errors import mounted
 
 REPLY_TIMEOUT_S = 20.0
 CAPABILITIES = {"ID": 0, "KnownCommands": ["get", "put", "close"]}
@@ -563,6 +564,52 @@ def test_a_local_disk_fault_on_put_is_an_err_reply(cache_dir: Path) -> None:
     assert c.finish()[0] == 0
 
 
+def test_a_directory_in_place_of_a_blob_or_an_entry_is_a_miss_and_the_put_replaces_it(client: Client,
+                                                                                    cache_dir: Path) -> None:
+    """Something that is not a file where a blob or an entry belongs (a directory made by mistake) is a miss, and
+    the rebuild's put stores the entry anyway: refusing the put would fail go's build."""
+    action_id = hashlib.sha256(b"dir").digest()
+    path = Path(str(client.put(1, action_id, b"body")["DiskPath"]))
+    path.unlink()
+    (path / "inside").mkdir(parents=True)
+    assert client.get(2, action_id) == {"ID": 2, "Miss": True}
+    reply = client.put(3, action_id, b"body")
+    assert reply.get("DiskPath") == str(path) and path.read_bytes() == b"body", reply
+    assert client.get(4, action_id)["DiskPath"] == str(path)
+    entry = DiskStore(cache_dir)._action_path(action_key(action_id))
+    os.unlink(entry)
+    os.mkdir(entry)
+    assert client.get(5, action_id) == {"ID": 5, "Miss": True}
+    assert "DiskPath" in client.put(6, action_id, b"body")
+    assert client.get(7, action_id)["DiskPath"] == str(path)
+    client.close()
+    assert client.finish()[0] == 0
+
+
+def test_a_disk_that_fills_up_before_close_still_gets_the_close_reply(tmp_path: Path) -> None:
+    """The cache's disk fills up after the last put: close still answers (go waits for it) and the program exits
+    0, with one line naming the directory; the entries stored stay good."""
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
+        cache = disk / "cache"
+        c = Client(gobuildcache_env(cache, GOBUILDCACHE_STATS="1"))
+        c.reply()
+        stored = Path(str(c.put(1, b"a", b"body")["DiskPath"]))
+        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        assert c.close() == {"ID": 999}
+        status, stderr = c.finish()
+        assert status == 0, stderr
+        assert f"{cache}" in stderr and "No space left on device" in stderr and stderr.rstrip().endswith(" errors")
+        (disk / "filler").unlink()
+        again = Client(gobuildcache_env(cache))
+        again.reply()
+        assert again.get(2, b"a")["DiskPath"] == str(stored) and stored.read_bytes() == b"body"
+        again.close()
+        assert again.finish()[0] == 0
+
+
 def test_an_unreachable_remote_costs_one_warning_and_never_an_err(cache_dir: Path) -> None:
     """Nothing listens at the remote tier's port: puts still answer with a DiskPath, gets of unknown keys miss,
     and the session ends normally with one warning naming the tier. (S3 killed under a real go build is in
@@ -613,6 +660,7 @@ def test_stats_alone_is_one_line(cache_dir: Path) -> None:
         ({"GOBUILDCACHE_READ_ONLY": "2"}, "GOBUILDCACHE_READ_ONLY: '2' is not a boolean"),
         ({"GOBUILDCACHE_CACHE": "ftp://host/x"}, "GOBUILDCACHE_CACHE: cache URL ftp://host/x: unknown scheme 'ftp'"),
         ({"GOBUILDCACHE_TIMEOUT": "soon"}, "GOBUILDCACHE_TIMEOUT: 'soon' is not a duration"),
+        ({"CACHE_DIR": "/tmp/go\ncache"}, "CACHE_DIR: '/tmp/go\\ncache' has a line break, which go cannot"),
     ],
 )
 def test_bad_environment_is_one_line_and_exit_2_before_the_capabilities(

@@ -61,14 +61,18 @@ def load_config(env: Mapping[str, str] = os.environ, cwd: str = ".") -> Config:
     s3 = s.backend_type == "s3"
     dir_setting = "s3_tmp_dir" if s3 else "cache_dir"
     local_dir = s.s3_tmp_dir if s3 else s.cache_dir
+    where = s.sources[dir_setting] or dir_setting.upper()
     remotes = [_s3_url(s, env)] if s3 else []
     urls = list(s.remotes)
     if s.sources[dir_setting] is None and urls and urls[0].lower().startswith("disk://"):
         # gaffer's own tier list starts with its local disk tier: share it (Go entries next to everything else)
         local_dir = urls.pop(0)[len("disk://") :]
+        where = s.sources["remotes"] or "GAFFER_CACHE"
         if not local_dir.startswith("/"):
-            raise UserError(f"{s.sources['remotes']}: a disk:// URL needs an absolute path "
-                            "(example: disk:///var/cache/gaffer)")
+            raise UserError(f"{where}: a disk:// URL needs an absolute path (example: disk:///var/cache/gaffer)")
+    if "\n" in local_dir:  # go lists each DiskPath on a line of its own for the compiler and the linker
+        raise UserError(f"{where}: {local_dir!r} has a line break, which go cannot pass on to its compiler and "
+                        "linker: choose another directory")
     remotes += urls
     return Config(os.path.abspath(local_dir), tuple(remotes), read_only=s.read_only, debug=s.debug, stats=s.stats,
                   timeout=s.timeout, sources=s.sources, prefetch=s.prefetch)
