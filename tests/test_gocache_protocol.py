@@ -586,6 +586,21 @@ def test_a_directory_in_place_of_a_blob_or_an_entry_is_a_miss_and_the_put_replac
     assert client.finish()[0] == 0
 
 
+def test_a_put_after_the_cache_was_cleared_under_the_session_stores_its_blob_again(client: Client,
+                                                                                 cache_dir: Path) -> None:
+    """`gobuildcache clear` while a build runs: a put of content this session stored before the clear names a
+    file that exists (go reads it at once), not the one the clear removed."""
+    first = Path(str(client.put(1, b"a", b"same output")["DiskPath"]))
+    cleared = subprocess.run([require_tool("gobuildcache"), "clear-local"], check=False, env=gobuildcache_env(cache_dir),
+                             capture_output=True, timeout=REPLY_TIMEOUT_S)
+    assert cleared.returncode == 0 and not first.exists(), cleared.stderr
+    again = Path(str(client.put(2, b"b", b"same output")["DiskPath"]))
+    assert again.read_bytes() == b"same output"
+    assert client.get(3, b"b")["DiskPath"] == str(again)
+    client.close()
+    assert client.finish()[0] == 0
+
+
 def test_a_disk_that_fills_up_before_close_still_gets_the_close_reply(tmp_path: Path) -> None:
     """The cache's disk fills up after the last put: close still answers (go waits for it) and the program exits
     0, with one line naming the directory; the entries stored stay good."""

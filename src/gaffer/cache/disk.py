@@ -255,6 +255,9 @@ class DiskStore(CacheTier):
                     self._mismatch(path, digest, actual.hash)
                     return None
                 self.trusted.remember(digest.hash, st)  # the stat from before the hash: an edit meanwhile moved it
+        except FileNotFoundError:  # removed by another process (`gobuildcache clear`): `write_blob` writes it again
+            self._present.discard(digest.hash)
+            return None
         except OSError:
             return None
         self._touch(path, st.st_mtime)
