@@ -676,6 +676,7 @@ def test_stats_alone_is_one_line(cache_dir: Path) -> None:
         ({"GOBUILDCACHE_CACHE": "ftp://host/x"}, "GOBUILDCACHE_CACHE: cache URL ftp://host/x: unknown scheme 'ftp'"),
         ({"GOBUILDCACHE_TIMEOUT": "soon"}, "GOBUILDCACHE_TIMEOUT: 'soon' is not a duration"),
         ({"CACHE_DIR": "/tmp/go\ncache"}, "CACHE_DIR: '/tmp/go\\ncache' has a line break, which go cannot"),
+        ({"CACHE_DIR": os.fsdecode(b"/tmp/go\xffcache")}, "CACHE_DIR: '/tmp/go\\udcffcache' is not UTF-8, which go"),
     ],
 )
 def test_bad_environment_is_one_line_and_exit_2_before_the_capabilities(

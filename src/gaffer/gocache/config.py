@@ -54,6 +54,20 @@ def _s3_url(s: Settings, env: Mapping[str, str]) -> str:
     return url + (f"?{urlencode(query)}" if query else "")
 
 
+def _check_disk_paths(local_dir: str, where: str) -> None:
+    """Refuse a local directory go could not use the DiskPaths below: a hit it cannot open it rebuilds, silently,
+    so such a cache would never serve a build."""
+    if "\n" in local_dir:  # go lists each DiskPath on a line of its own for the compiler and the linker
+        raise UserError(f"{where}: {local_dir!r} has a line break, which go cannot pass on to its compiler and "
+                        "linker: choose another directory")
+    if not local_dir.isascii():
+        try:
+            local_dir.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (os.fsdecode's surrogates): JSON cannot carry them
+            raise UserError(f"{where}: {local_dir!r} is not UTF-8, which go needs to read the paths it is sent: "
+                            "choose another directory") from None
+
+
 def load_config(env: Mapping[str, str] = os.environ, cwd: str = ".") -> Config:
     """Read and check every setting (gaffer.toml: the nearest from `cwd` upward, then the user's); raise
     UserError naming the first wrong one."""
@@ -70,9 +84,7 @@ def load_config(env: Mapping[str, str] = os.environ, cwd: str = ".") -> Config:
         where = s.sources["remotes"] or "GAFFER_CACHE"
         if not local_dir.startswith("/"):
             raise UserError(f"{where}: a disk:// URL needs an absolute path (example: disk:///var/cache/gaffer)")
-    if "\n" in local_dir:  # go lists each DiskPath on a line of its own for the compiler and the linker
-        raise UserError(f"{where}: {local_dir!r} has a line break, which go cannot pass on to its compiler and "
-                        "linker: choose another directory")
+    _check_disk_paths(local_dir, where)
     remotes += urls
     return Config(os.path.abspath(local_dir), tuple(remotes), read_only=s.read_only, debug=s.debug, stats=s.stats,
                   timeout=s.timeout, sources=s.sources, prefetch=s.prefetch)
