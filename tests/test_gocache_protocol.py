@@ -625,6 +625,34 @@ def test_a_disk_that_fills_up_before_close_still_gets_the_close_reply(tmp_path: 
         assert again.finish()[0] == 0
 
 
+def test_a_full_cache_disk_gives_go_its_files_from_elsewhere_and_stores_nothing(tmp_path: Path) -> None:
+    """go fails its build on a put's Err. The cache's disk is full: each put still answers with a file holding
+    the body (in a temp directory of the session's own, removed at exit), nothing is stored, one warning."""
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
+        cache = disk / "cache"
+        c = Client(gobuildcache_env(cache, TMPDIR=str(tmp_path)))
+        c.reply()
+        stored = Path(str(c.put(1, b"a", b"stored before")["DiskPath"]))
+        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        bodies = {b"b": os.urandom(300_000), b"c": b"small", b"d": b"small"}
+        paths = {}
+        for n, (action_id, body) in enumerate(bodies.items(), start=2):
+            reply = c.put(n, action_id, body)
+            assert "Err" not in reply, reply
+            paths[action_id] = Path(str(reply["DiskPath"]))
+            assert paths[action_id].read_bytes() == body and not paths[action_id].is_relative_to(disk)
+        assert c.get(10, b"a")["DiskPath"] == str(stored)
+        assert c.get(11, b"b") == {"ID": 11, "Miss": True}
+        assert c.close() == {"ID": 999}
+        status, stderr = c.finish()
+        assert status == 0, stderr
+        assert stderr.count(f"cache directory {cache} is full") == 1, stderr
+        assert not any(p.exists() for p in paths.values() if p != stored)
+
+
 def test_an_unreachable_remote_costs_one_warning_and_never_an_err(cache_dir: Path) -> None:
     """Nothing listens at the remote tier's port: puts still answer with a DiskPath, gets of unknown keys miss,
     and the session ends normally with one warning naming the tier. (S3 killed under a real go build is in
