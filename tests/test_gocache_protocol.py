@@ -718,6 +718,28 @@ def test_bad_environment_is_one_line_and_exit_2_before_the_capabilities(
     assert len(lines) == 1 and lines[0].startswith(f"gobuildcache: {complaint}"), lines
 
 
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"GOBUILDCACHE_CACHE": "grpc://[::1"}, "GOBUILDCACHE_CACHE: cache URL grpc://[::1: Invalid IPv6 URL"),
+        ({"GAFFER_CACHE": "http://127.0.0.1:99999/go"}, "GAFFER_CACHE: cache URL http://127.0.0.1:99999/go: Port out of"),
+        ({"BACKEND_TYPE": "s3", "S3_BUCKET": "b", "AWS_ENDPOINT_URL": "localhost:9000"},
+         "s3 backend (S3_BUCKET, S3_PREFIX, AWS_ENDPOINT_URL, AWS_REGION): cache URL s3://b/"),
+    ],
+)
+def test_a_malformed_remote_url_is_one_line_and_exit_2_before_any_request(
+    cache_dir: Path, env: dict[str, str], complaint: str
+) -> None:
+    """The rest of a URL (past its scheme) is checked once the capabilities line is out, not at the tier's first
+    use: a mistake in a setting ends the command with one line naming the setting, as any other wrong setting."""
+    c = Client(gobuildcache_env(cache_dir, **env))
+    assert c.reply() == CAPABILITIES
+    status, stderr = c.finish()
+    assert status == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gobuildcache: {complaint}"), lines
+
+
 def test_bad_arguments_and_help(cache_dir: Path) -> None:
     tool = require_tool("gobuildcache")
     bad = subprocess.run([tool, "purge"], check=False, env=gobuildcache_env(cache_dir), capture_output=True, timeout=30)

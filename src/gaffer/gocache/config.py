@@ -14,17 +14,22 @@ from collections.abc import Mapping
 from gaffer.config import GOCACHE, Settings, load_nearest
 from gaffer.errors import UserError
 
+S3_SOURCE = "s3 backend (S3_BUCKET, S3_PREFIX, AWS_ENDPOINT_URL, AWS_REGION)"  # what the s3 tier's URL is made of
+
 
 class Config:
     """The checked settings. A plain class: `typing` (for NamedTuple) would cost start-up time before the
     capabilities line."""
 
-    __slots__ = ("debug", "local_dir", "prefetch", "read_only", "remotes", "sources", "stats", "timeout")
+    __slots__ = ("debug", "local_dir", "prefetch", "read_only", "remote_sources", "remotes", "sources", "stats",
+                 "timeout")
 
     def __init__(self, local_dir: str, remotes: tuple[str, ...], *, read_only: bool, debug: bool, stats: bool,
-                 timeout: float, sources: dict[str, str | None], prefetch: bool) -> None:
+                 timeout: float, sources: dict[str, str | None], prefetch: bool,
+                 remote_sources: tuple[str, ...] = ()) -> None:
         self.local_dir = local_dir  # absolute: every DiskPath handed to go lies below it
         self.remotes = remotes  # tier URLs behind the local tier, nearest first
+        self.remote_sources = remote_sources  # where each of them came from, for its errors
         self.read_only = read_only
         self.debug = debug
         self.stats = stats
@@ -85,6 +90,16 @@ def load_config(env: Mapping[str, str] = os.environ, cwd: str = ".") -> Config:
         if not local_dir.startswith("/"):
             raise UserError(f"{where}: a disk:// URL needs an absolute path (example: disk:///var/cache/gaffer)")
     _check_disk_paths(local_dir, where)
+    sources = [S3_SOURCE] * len(remotes) + [s.sources["remotes"] or "GAFFER_CACHE"] * len(urls)
     remotes += urls
     return Config(os.path.abspath(local_dir), tuple(remotes), read_only=s.read_only, debug=s.debug, stats=s.stats,
-                  timeout=s.timeout, sources=s.sources, prefetch=s.prefetch)
+                  timeout=s.timeout, sources=s.sources, prefetch=s.prefetch, remote_sources=tuple(sources))
+
+
+def check_remotes(config: Config) -> None:
+    """Check the remote tier URLs in full (host, port, parameters), past the scheme `load_config` checked: a
+    UserError naming the setting. Run once the capabilities line is out (the check imports urllib.parse)."""
+    from gaffer.config import check_urls
+
+    for url, where in zip(config.remotes, config.remote_sources, strict=True):
+        check_urls([url], where)

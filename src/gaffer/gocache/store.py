@@ -19,7 +19,7 @@ from gaffer.cache.base import TierError
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes
 from gaffer.errors import EnvironmentProblem, UserError
-from gaffer.gocache.config import Config
+from gaffer.gocache.config import Config, check_remotes
 from gaffer.gocache.entry import (
     CorruptEntry,
     GoEntry,
@@ -146,6 +146,8 @@ class GoStore:
         tiered = prefetch = None
         if config.remotes:
             from gaffer.cache.factory import open_cache
+
+            check_remotes(config)
 
             tiered = open_cache(local, config.remotes, read_only=config.read_only, timeout=config.timeout,
                                 report=log_line)
