@@ -552,6 +552,24 @@ def test_a_damaged_action_entry_is_a_miss(client: Client, cache_dir: Path) -> No
     assert "is damaged" in client.finish()[1]
 
 
+@pytest.mark.parametrize("seconds", [2**40, 2**62], ids=["year 36812, which go cannot read", "past time_t"])
+def test_an_entry_with_a_put_time_go_cannot_read_is_a_damaged_entry(client: Client, cache_dir: Path,
+                                                                     seconds: int) -> None:
+    """An entry's put time comes from whoever wrote it (another machine's gobuildcache, through a shared remote):
+    one outside years 0-9999 is no time go can parse. It is a damaged entry, a miss, never a reply go rejects nor a
+    lost reply (a crash answering it would leave go waiting)."""
+    action_id = hashlib.sha256(b"timeless").digest()
+    client.put(1, action_id, b"body")
+    DiskStore(cache_dir).write_action(action_key(action_id), encode_entry(
+        GoEntry(hashlib.sha256(b"body").digest(), digest_bytes(b"body"), seconds * 10**9)))
+    assert client.get(2, action_id) == {"ID": 2, "Miss": True}
+    assert "DiskPath" in client.put(3, action_id, b"body")
+    assert client.get(4, action_id)["Size"] == 4
+    client.close()
+    status, stderr = client.finish()
+    assert status == 0 and "is damaged (put time out of range)" in stderr, stderr
+
+
 def test_a_local_disk_fault_on_put_is_an_err_reply(cache_dir: Path) -> None:
     cache_dir.mkdir()
     (cache_dir / "cas").write_text("a file where the CAS directory should be")
