@@ -1158,6 +1158,21 @@ def test_the_scope_is_the_module_and_directory_and_the_list_checks_it(tmp_path: 
         decode_list(encode_list(root, entries), root + "x")
 
 
+def test_a_directory_whose_name_is_not_utf8_has_a_scope_and_a_list(tmp_path: Path) -> None:
+    """go runs where the user is, and a directory's name may be any bytes: the scope's list is stored and read
+    there as anywhere else (the scope's text was not UTF-8, and the session crashed at start)."""
+    where = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    where.mkdir()
+    for _ in range(2):
+        c = _remote_session(where, tmp_path / "local", tmp_path / "remote")
+        assert c.put(1, b"a", b"body")["DiskPath"]
+        assert c.get(2, b"a")["Size"] == 4
+        assert c.close() == {"ID": 999}
+        assert c.finish() == (0, "")
+    scope = find_scope(str(where), {}, os.getpid())
+    assert decode_list(encode_list(scope, {b"a": GoEntry(b"o", digest_bytes(b"body"), 1)}), scope)
+
+
 class _GatedTier(DiskStore):
     """A disk tier (a real store) whose reads of one blob wait until the test opens the gate."""
 
