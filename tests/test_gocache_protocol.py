@@ -723,6 +723,9 @@ def test_stats_alone_is_one_line(cache_dir: Path) -> None:
         ({"GOBUILDCACHE_TIMEOUT": "soon"}, "GOBUILDCACHE_TIMEOUT: 'soon' is not a duration"),
         ({"CACHE_DIR": "/tmp/go\ncache"}, "CACHE_DIR: '/tmp/go\\ncache' has a line break, which go cannot"),
         ({"CACHE_DIR": os.fsdecode(b"/tmp/go\xffcache")}, "CACHE_DIR: '/tmp/go\\udcffcache' is not UTF-8, which go"),
+        ({"BACKEND_TYPE": "s3", "S3_BUCKET": "b", "S3_PREFIX": os.fsdecode(b"go\xff")}, "S3_PREFIX: 'go\\udcff' is not UTF-8"),
+        ({"BACKEND_TYPE": "s3", "S3_BUCKET": "b", "AWS_REGION": os.fsdecode(b"\xff")}, "AWS_REGION: '\\udcff' is not UTF-8"),
+        ({"GOBUILDCACHE_CACHE": os.fsdecode(b"http://h/\xff")}, "GOBUILDCACHE_CACHE: 'http://h/\\udcff' is not UTF-8"),
     ],
 )
 def test_bad_environment_is_one_line_and_exit_2_before_the_capabilities(

@@ -48,14 +48,15 @@ def _s3_url(s: Settings, env: Mapping[str, str]) -> str:
         raise UserError("S3_BUCKET: required when BACKEND_TYPE=s3 (example: S3_BUCKET=my-build-cache)")
     if "/" in bucket or any(c.isspace() for c in bucket):
         raise UserError(f"{where}: {bucket!r} is not a bucket name (a prefix goes in S3_PREFIX)")
+    _utf8(bucket, where)
     query = {}
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        query["endpoint"] = endpoint
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-    if region:
-        query["region"] = region
-    url = f"s3://{bucket}/{quote(s.s3_prefix.lstrip('/'), safe='/')}"
+    for key, names in (("endpoint", ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")),
+                       ("region", ("AWS_REGION", "AWS_DEFAULT_REGION"))):
+        name = next((n for n in names if env.get(n)), None)
+        if name is not None:
+            query[key] = _utf8(env[name], name)
+    prefix = _utf8(s.s3_prefix, s.sources["s3_prefix"] or "S3_PREFIX")
+    url = f"s3://{bucket}/{quote(prefix.lstrip('/'), safe='/')}"
     return url + (f"?{urlencode(query)}" if query else "")
 
 
@@ -65,12 +66,18 @@ def _check_disk_paths(local_dir: str, where: str) -> None:
     if "\n" in local_dir:  # go lists each DiskPath on a line of its own for the compiler and the linker
         raise UserError(f"{where}: {local_dir!r} has a line break, which go cannot pass on to its compiler and "
                         "linker: choose another directory")
-    if not local_dir.isascii():
+    _utf8(local_dir, where, "which go needs to read the paths it is sent: choose another directory")
+
+
+def _utf8(text: str, where: str, why: str = "") -> str:
+    """`text`, refused if it holds bytes that are not UTF-8 (os.fsdecode's surrogates from the environment): no
+    URL, JSON or S3 key can carry them."""
+    if not text.isascii():
         try:
-            local_dir.encode()
-        except UnicodeEncodeError:  # bytes that are not UTF-8 (os.fsdecode's surrogates): JSON cannot carry them
-            raise UserError(f"{where}: {local_dir!r} is not UTF-8, which go needs to read the paths it is sent: "
-                            "choose another directory") from None
+            text.encode()
+        except UnicodeEncodeError:
+            raise UserError(f"{where}: {text!r} is not UTF-8" + (f", {why}" if why else "")) from None
+    return text
 
 
 def load_config(env: Mapping[str, str] = os.environ, cwd: str = ".") -> Config:
@@ -82,7 +89,7 @@ def load_config(env: Mapping[str, str] = os.environ, cwd: str = ".") -> Config:
     local_dir = s.s3_tmp_dir if s3 else s.cache_dir
     where = s.sources[dir_setting] or dir_setting.upper()
     remotes = [_s3_url(s, env)] if s3 else []
-    urls = list(s.remotes)
+    urls = [_utf8(url, s.sources["remotes"] or "GAFFER_CACHE") for url in s.remotes]
     if s.sources[dir_setting] is None and urls and urls[0].lower().startswith("disk://"):
         # gaffer's own tier list starts with its local disk tier: share it (Go entries next to everything else)
         local_dir = urls.pop(0)[len("disk://") :]
