@@ -872,6 +872,7 @@ def test_cache_urls_add_tiers_and_a_leading_disk_url_is_the_local_tier() -> None
         "/tmp/gobuildcache", (), False, 10.0)
     gaffer = load_config({"GAFFER_CACHE": "disk:///var/cache/gaffer, redis://127.0.0.1:6379/0"})
     assert (gaffer.local_dir, gaffer.remotes) == ("/var/cache/gaffer", ("redis://127.0.0.1:6379/0",))
+    assert load_config({"GAFFER_CACHE": "disk:///var/my%20cache"}).local_dir == "/var/my cache"  # as gaffer run
     own = load_config({"CACHE_DIR": "/c", "GOBUILDCACHE_CACHE": "disk:///shared,http://h/go",
                        "GAFFER_CACHE": "redis://ignored", "GOBUILDCACHE_READ_ONLY": "yes"})
     assert (own.local_dir, own.remotes, own.read_only) == ("/c", ("disk:///shared", "http://h/go"), True)

@@ -93,6 +93,10 @@ def load_config(env: Mapping[str, str] = os.environ, cwd: str = ".") -> Config:
     if s.sources[dir_setting] is None and urls and urls[0].lower().startswith("disk://"):
         # gaffer's own tier list starts with its local disk tier: share it (Go entries next to everything else)
         local_dir = urls.pop(0)[len("disk://") :]
+        if "%" in local_dir:  # percent-decoded as gaffer's disk tier decodes it (urllib only for such a URL)
+            from urllib.parse import unquote
+
+            local_dir = unquote(local_dir)
         where = s.sources["remotes"] or "GAFFER_CACHE"
         if not local_dir.startswith("/"):
             raise UserError(f"{where}: a disk:// URL needs an absolute path (example: disk:///var/cache/gaffer)")
