@@ -225,3 +225,22 @@ def test_an_entry_from_before_checksums_is_a_quiet_miss(tmp_path: Path, env: dic
     assert os.readlink(ws / "link") == "data.txt"
     assert entry.read_bytes() != bare  # replaced by a checksummed entry
     assert run_gaffer(["cache", "verify"], cwd=ws, env=env).returncode == 0
+
+
+# -- rule: gaffer never removes or writes anything outside the workspace for an output --------------------------
+
+def test_an_output_through_a_symlinked_directory_out_of_the_workspace_is_refused(tmp_path: Path,
+                                                                                 env: dict[str, str]) -> None:
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "keep").write_text("precious")
+    (outside / "f").write_text("precious")
+    ws = workspace(tmp_path / "ws", {"a": {"command": "true", "outputs": ["ext/f", "ext/sub"]}})
+    (ws / "ext").symlink_to(outside)
+    for args in (["run"], ["clean"]):
+        proc = run_gaffer(args, cwd=ws, env=env)
+        assert proc.returncode != 0, proc.stderr
+        assert "ext/f" in proc.stderr and "outside the workspace" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert (outside / "sub" / "keep").read_text() == "precious"
+        assert (outside / "f").read_text() == "precious"

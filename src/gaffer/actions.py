@@ -63,6 +63,11 @@ class BadCacheEntry(Exception):
     """An ActionResult that must not be restored (unsafe path, undeclared output, missing blob)."""
 
 
+class OutputOutside(Exception):
+    """A declared output whose parent directory is a symlink leading out of the workspace: gaffer would remove
+    or write someone else's files in its place."""
+
+
 def host_properties() -> dict[str, str]:
     """The platform this machine builds for, part of every key: a Linux x86-64 binary is not an arm64 one."""
     uname = _uname()
@@ -500,10 +505,15 @@ def restore_outputs(root: Path, cached: CachedResult, store: DiskStore) -> None:
 def _ensure_parent(root: Path, dest: Path) -> None:
     """Create the parent directories, refusing to write through a symlinked directory out of the workspace."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    real_root = os.path.realpath(root)
-    real_parent = os.path.realpath(dest.parent)
-    if real_parent != real_root and not real_parent.startswith(real_root + os.sep):
+    if _outside(root, dest.parent) is not None:
         raise BadCacheEntry(f"{dest.relative_to(root)} would be written outside the workspace through a symlink")
+
+
+def _outside(root: str | Path, directory: str | Path) -> str | None:
+    """Where `directory` really is if a symlink on its way leads out of the workspace `root`, else None."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(directory)
+    return None if real == real_root or real.startswith(real_root + os.sep) else real
 
 
 def _reset_dir(path: Path) -> None:
@@ -535,6 +545,13 @@ def _make_writable_and_retry(func: Callable[..., object], path: str, _exc: objec
 
 
 def remove_outputs(root: Path, declared: Sequence[str]) -> None:
-    """Delete declared outputs before a task runs, so a stale file can never pass for one it made."""
+    """Delete declared outputs before a task runs, so a stale file can never pass for one it made. Raises
+    OutputOutside, before removing anything, for an output a symlinked directory leads out of the workspace."""
+    for out in declared:
+        parent = os.path.dirname(out)
+        real = _outside(root, f"{root}/{parent}") if parent else None  # the common top-level output: no syscall
+        if real is not None:
+            raise OutputOutside(f"output '{out}' leads outside the workspace through a symlink ({parent} -> {real}):"
+                                " gaffer neither removes nor writes it there")
     for out in declared:
         _remove(f"{root}/{out}")

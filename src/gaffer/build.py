@@ -220,6 +220,9 @@ class Build:
         Command and Directory blobs go to the local CAS first when something reads them there: a sandboxed or
         remote executor, or a remote tier the result is uploaded to (so that any executor there can run it).
         The workspace executor runs the command as it is in the workspace and reads none of them."""
+        from gaffer import actions
+        from gaffer.execute.base import ExecuteResult
+
         task = planned.task
         executor = self.executor
         if self.remote is not None and task.cache and task.remote:  # a worker's exec root is a sandbox already
@@ -234,10 +237,13 @@ class Build:
                 return Outcome(SKIPPED, reason="the build stopped")
             start = self._now()
             self.progress.task_started(name)  # shown running once its command runs, not while it waits for -j
-            if self.remote is not None and executor is not self.remote:
-                result = self.remote.run_here(executor, keyed.action, task.pass_env, name)
-            else:
-                result = executor.execute(keyed.action, task.pass_env, name)
+            try:
+                if self.remote is not None and executor is not self.remote:
+                    result = self.remote.run_here(executor, keyed.action, task.pass_env, name)
+                else:
+                    result = executor.execute(keyed.action, task.pass_env, name)
+            except actions.OutputOutside as e:  # refused before anything was removed or run
+                result = ExecuteResult(0.0, b"", b"", failure=str(e))
             self._failed = self._failed or bool(result.failure)  # before the next task takes the slot
         self.progress.task_output(name, result.stdout, result.stderr)
         extra: dict[str, object] = {"where": result.where} if result.where else {}
