@@ -30,7 +30,7 @@ from gaffer.digest import file_system_now
 from gaffer.graph import Graph
 from gaffer.keys import KeyBuilder, Keyed
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, SKIPPED, BuildReport, Outcome
-from gaffer.plan import Plan, PlannedTask, make_plan, real_deps
+from gaffer.plan import Plan, PlannedTask, input_added, make_plan, real_deps
 from gaffer.scheduler import Scheduler
 from gaffer.state import STATE_DIR, Fingerprint, OutputRecords, TaskState, WorkspaceState
 
@@ -253,7 +253,8 @@ class Build:
             return Outcome(FAILED, duration_s=result.duration_s, start_s=start, reason=result.failure, extra=extra)
         made = (records.predicted(result.outputs) if result.remote_only
                 else records.on_disk(str(self.root), result.outputs))
-        changed = self.keys.input_changed(planned, deps, self.fingerprints[name], keyed) if task.cache else None
+        changed = ((self.keys.input_changed(planned, deps, self.fingerprints[name], keyed)
+                    or input_added(self.graph, planned)) if task.cache else None)
         if changed:  # built from other inputs than its key says: neither cached nor up to date next time
             self.progress.warn(f"input {changed} changed while {name} ran: result not cached")
             self.outputs[name] = made
