@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import stat
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes
 from gaffer.protos import remote_execution_pb2 as re_pb2
-from tests.support import gaffer_env, run_gaffer, summary
+from tests.support import gaffer_env, require_tool, run_gaffer, summary
 
 
 def workspace(root: Path, tasks: dict) -> Path:
@@ -244,3 +246,41 @@ def test_an_output_through_a_symlinked_directory_out_of_the_workspace_is_refused
         assert "Traceback" not in proc.stderr
         assert (outside / "sub" / "keep").read_text() == "precious"
         assert (outside / "f").read_text() == "precious"
+
+
+# -- rule: outputs whose modes deny reading are refused clearly, and removed whatever their modes -----------------
+
+def as_a_user(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The CLI bound by file modes as any user is: as root, without the capabilities that override them."""
+    prefix = []
+    if os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
+        prefix = [require_tool("setpriv"), f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
+    return subprocess.run([*prefix, sys.executable, "-m", "gaffer", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_an_output_directory_holding_an_unreadable_one_fails_its_task_and_is_not_half_cached(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {"t": {"command": "mkdir -p d/sub && echo x > d/sub/f && chmod 000 d/sub",
+                                           "outputs": ["d"]}})
+    proc = as_a_user(["run"], cwd=ws, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "failed: t: output d/sub cannot be read (Permission denied)" in proc.stderr
+    assert "internal error" not in proc.stderr
+    assert action_entries(tmp_path / "cache") == [], "never cached without d/sub/f"
+
+
+def test_an_output_directory_left_unreadable_is_removed_before_its_task_runs(tmp_path: Path,
+                                                                             env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {"t": {"command": "mkdir -p d && echo new > d/f", "outputs": ["d"]}})
+    for sub in ("none", "write-only", "read-only"):
+        (ws / "d" / sub).mkdir(parents=True)
+        (ws / "d" / sub / "old").write_text("stale")
+    (ws / "d" / "none").chmod(0o000)
+    (ws / "d" / "write-only").chmod(0o300)
+    (ws / "d" / "read-only").chmod(0o400)
+    (ws / "d").chmod(0o500)
+    proc = as_a_user(["run"], cwd=ws, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (ws / "d").iterdir()) == ["f"]

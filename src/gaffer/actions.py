@@ -278,20 +278,30 @@ def collect_outputs(root: Path, declared: Sequence[str], store: DiskStore) -> Ou
             st = os.lstat(f"{root}/{out}")  # str paths: a build collects outputs for every task it runs
         except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
             raise MissingOutput(out) from None
-        if not stat.S_ISDIR(st.st_mode):
-            _collect_entry(root, out, st, store, outputs)
-            continue
-        start = (len(outputs.files), len(outputs.symlinks), len(outputs.directories))
-        outputs.directories.append(DirectoryEntry(out, stat.S_IMODE(st.st_mode) & PERMISSION_BITS))
-        for dirpath, dirnames, filenames in os.walk(root / out):
-            rel_dir = Path(dirpath).relative_to(root).as_posix()
-            for name in sorted(dirnames + filenames):
-                rel = f"{rel_dir}/{name}"
-                _collect_entry(root, rel, os.lstat(root / rel), store, outputs)
+        try:
+            if not stat.S_ISDIR(st.st_mode):
+                _collect_entry(root, out, st, store, outputs)
+                continue
+            start = (len(outputs.files), len(outputs.symlinks), len(outputs.directories))
+            outputs.directories.append(DirectoryEntry(out, stat.S_IMODE(st.st_mode) & PERMISSION_BITS))
+            for dirpath, dirnames, filenames in os.walk(root / out, onerror=_reraise):  # none left out unread
+                rel_dir = Path(dirpath).relative_to(root).as_posix()
+                for name in sorted(dirnames + filenames):
+                    rel = f"{rel_dir}/{name}"
+                    _collect_entry(root, rel, os.lstat(root / rel), store, outputs)
+        except PermissionError as e:  # a mode the task gave it (chmod 000): what it holds cannot be stored
+            if e.filename is None or not os.fspath(e.filename).startswith(f"{root}/{out}"):
+                raise  # not the output's own (the cache directory's): the caller's problem
+            shown = os.path.relpath(e.filename, root)
+            raise BadCacheEntry(f"output {shown} cannot be read ({e.strerror})") from None
         tree = _tree(out, outputs.files[start[0]:], outputs.symlinks[start[1]:], outputs.directories[start[2]:])
         outputs.trees[out] = digest_bytes(tree)
         store.write_blob(outputs.trees[out], tree)
     return outputs
+
+
+def _reraise(error: OSError) -> None:
+    raise error
 
 
 def _collect_entry(root: Path, rel: str, st: os.stat_result, store: DiskStore, outputs: Outputs) -> None:
@@ -539,9 +549,19 @@ def _remove(path: str | Path) -> None:
 
 
 def _make_writable_and_retry(func: Callable[..., object], path: str, _exc: object) -> None:
-    """An output directory made without write permission (0500) can still be removed: its outputs are gaffer's."""
+    """An output directory made without write permission (0500), or without read or search permission (0000,
+    0300), can still be removed: its outputs are gaffer's."""
+    import shutil
+
     os.chmod(os.path.dirname(path), 0o700)
-    func(path)
+    if func in (os.open, os.scandir, os.lstat):  # a directory it could not open or list: made so, removed whole
+        os.chmod(path, 0o700)
+        shutil.rmtree(path, onerror=_make_writable_and_retry)
+        return
+    try:
+        func(path)
+    except FileNotFoundError:  # removed whole already (after a failed os.open or os.scandir of it)
+        pass
 
 
 def remove_outputs(root: Path, declared: Sequence[str]) -> None:
