@@ -251,6 +251,15 @@ def test_missing_declared_output_fails_clearly(tmp_path: Path, env: dict[str, st
     assert "declared output 'never/made.txt' was not created by the task" in result["stderr"]
 
 
+def test_a_task_killed_by_a_signal_says_which(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = tmp_path / "killed"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"t": {"command": "echo partial > o; kill -KILL $$", "outputs": ["o"]}}))
+    result = build(ws, env, expect=1)
+    assert result["status"] == {"t": "failed"}
+    assert "failed: t: killed by signal 9 (SIGKILL)" in result["stderr"], result["stderr"]
+
+
 def test_timeout_kills_the_process_group(tmp_path: Path, env: dict[str, str]) -> None:
     ws = tmp_path / "slow"
     ws.mkdir()
