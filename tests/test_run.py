@@ -526,6 +526,8 @@ def test_local_cache_is_bounded(ws: Path, env: dict[str, str], tmp_path: Path) -
         (["run", "--bogus"], "unrecognized arguments: --bogus"),
         (["run", "--cache-max-size", "lots"], "--cache-max-size: 'lots' is not a size"),
         (["explain", "nosuch"], "unknown target 'nosuch'"),
+        (["run", "--summary-json", ""], "--summary-json: '' is not a path"),
+        (["run", "--trace", ""], "--trace: '' is not a path"),
     ],
 )
 def test_bad_command_line_is_one_line_and_exit_2(ws: Path, env: dict[str, str], args: list[str], message: str) -> None:

@@ -131,6 +131,8 @@ def _check_report_path(flag: str, path: str | None) -> None:
     """A report file must be writable where it is asked for: say so before building, not after."""
     if path is None:
         return
+    if not path:  # else taken for no report at all: asked for, and silently not written
+        raise UserError(f"{flag}: '' is not a path")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UserError(f"{flag} {path}: directory {parent} does not exist")
