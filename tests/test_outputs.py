@@ -271,6 +271,19 @@ def test_an_output_directory_holding_an_unreadable_one_fails_its_task_and_is_not
     assert action_entries(tmp_path / "cache") == [], "never cached without d/sub/f"
 
 
+def test_an_output_deeper_than_the_system_can_name_fails_its_task_in_one_short_line(tmp_path: Path,
+                                                                                     env: dict[str, str]) -> None:
+    make = "import os\nos.mkdir('d'); os.chdir('d')\nfor _ in range(250): os.mkdir('a' * 24); os.chdir('a' * 24)\n"
+    ws = workspace(tmp_path / "ws", {"t": {"command": ["python3", "make.py"], "inputs": ["make.py"],
+                                           "outputs": ["d"]}})
+    (ws / "make.py").write_text(make)
+    proc = run_gaffer(["run"], cwd=ws, env=env)
+    assert proc.returncode == 1, proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("  failed: t: ")]
+    assert len(failed) == 1 and failed[0].endswith("cannot be read (File name too long)") and len(failed[0]) < 300
+    assert run_gaffer(["clean"], cwd=ws, env=env).returncode == 0 and not (ws / "d").exists()
+
+
 def test_an_output_directory_left_unreadable_is_removed_before_its_task_runs(tmp_path: Path,
                                                                              env: dict[str, str]) -> None:
     ws = workspace(tmp_path / "ws", {"t": {"command": "mkdir -p d && echo new > d/f", "outputs": ["d"]}})

@@ -289,10 +289,11 @@ def collect_outputs(root: Path, declared: Sequence[str], store: DiskStore) -> Ou
                 for name in sorted(dirnames + filenames):
                     rel = f"{rel_dir}/{name}"
                     _collect_entry(root, rel, os.lstat(root / rel), store, outputs)
-        except PermissionError as e:  # a mode the task gave it (chmod 000): what it holds cannot be stored
+        except OSError as e:  # a mode the task gave it (chmod 000), a path longer than the system allows
             if e.filename is None or not os.fspath(e.filename).startswith(f"{root}/{out}"):
                 raise  # not the output's own (the cache directory's): the caller's problem
             shown = os.path.relpath(e.filename, root)
+            shown = shown if len(shown) <= 200 else f"{shown[:120]}...{shown[-60:]}"
             raise BadCacheEntry(f"output {shown} cannot be read ({e.strerror})") from None
         tree = _tree(out, outputs.files[start[0]:], outputs.symlinks[start[1]:], outputs.directories[start[2]:])
         outputs.trees[out] = digest_bytes(tree)
