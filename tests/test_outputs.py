@@ -297,3 +297,30 @@ def test_an_output_directory_left_unreadable_is_removed_before_its_task_runs(tmp
     proc = as_a_user(["run"], cwd=ws, env=env)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (ws / "d").iterdir()) == ["f"]
+
+
+# -- rule: a restore killed midway leaves nothing behind that outlives the output ------------------------------
+
+def test_a_restore_killed_midway_leaves_no_temp_file_for_good(tmp_path: Path, env: dict[str, str]) -> None:
+    """A file is restored into a temp file beside it, then renamed. After a SIGKILL in between, the next restore
+    of the output reuses that temp, and `gaffer clean` (or a run of the task) removes it with the output."""
+    from gaffer.actions import restore_temp
+
+    ws = workspace(tmp_path / "ws", {"t": {"command": "mkdir -p bin && echo made > bin/tool", "env": ["V"],
+                                           "outputs": ["bin/tool"]}})
+    build(ws, {**env, "V": "1"})
+    left = restore_temp(ws / "bin" / "tool")
+    assert left.parent == ws / "bin" and left.name.startswith(".gaffer-") and len(left.name) < 40
+    left.write_text("half a file a killed gaffer left")
+    (ws / "bin" / "tool").unlink()
+    assert build(ws, {**env, "V": "1"})["status"] == {"t": "cached"}
+    assert sorted(p.name for p in (ws / "bin").iterdir()) == ["tool"]
+
+    left.write_text("half a file a killed gaffer left")
+    assert run_gaffer(["clean"], cwd=ws, env=env).returncode == 0
+    assert sorted(p.name for p in (ws / "bin").iterdir()) == []
+
+    left.symlink_to(tmp_path / "elsewhere")  # one planted in a checkout: never written through
+    (tmp_path / "elsewhere").write_text("theirs")
+    build(ws, {**env, "V": "1"})
+    assert (tmp_path / "elsewhere").read_text() == "theirs" and (ws / "bin" / "tool").read_text() == "made\n"

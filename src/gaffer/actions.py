@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gaffer.cache.disk import DiskStore
-from gaffer.digest import Digest, digest_bytes, is_valid_hash
+from gaffer.digest import Digest, digest_bytes, is_valid_hash, sha256
 from gaffer.errors import not_utf8
 from gaffer.protos import wire
 
@@ -497,7 +497,8 @@ def restore_outputs(root: Path, cached: CachedResult, store: DiskStore) -> None:
     for f in cached.outputs.files:
         dest = root / f.path
         _ensure_parent(root, dest)
-        tmp = dest.parent / f".gaffer-{os.getpid()}-{os.urandom(4).hex()}.tmp"  # short: any legal name fits
+        tmp = restore_temp(dest)
+        _remove(tmp)  # one a killed gaffer left (or a symlink planted there: never written through)
         if not store.fetch_blob(f.digest, tmp):
             tmp.unlink(missing_ok=True)
             raise BadCacheEntry(f"blob for {f.path} is missing or corrupt")
@@ -511,6 +512,14 @@ def restore_outputs(root: Path, cached: CachedResult, store: DiskStore) -> None:
         os.symlink(s.target, dest)
     for d in sorted(cached.outputs.directories, key=lambda d: d.path.count("/"), reverse=True):
         os.chmod(root / d.path, d.mode)
+
+
+def restore_temp(dest: Path | str) -> Path:
+    """The temp file a restore of `dest` is written to before it is renamed into place: beside it, short (any
+    legal name fits), and always the same, so that one a killed gaffer left is reused by the next restore, or
+    removed with the output (`remove_outputs`), rather than staying in the workspace for good."""
+    dest = Path(dest)
+    return dest.parent / f".gaffer-{sha256(os.fsencode(dest.name)).hexdigest()[:16]}.tmp"
 
 
 def _ensure_parent(root: Path, dest: Path) -> None:
@@ -576,3 +585,4 @@ def remove_outputs(root: Path, declared: Sequence[str]) -> None:
                                 " gaffer neither removes nor writes it there")
     for out in declared:
         _remove(f"{root}/{out}")
+        _remove(restore_temp(f"{root}/{out}"))  # what a restore of it killed midway left
