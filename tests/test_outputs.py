@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
-import stat
 from pathlib import Path
 
 import pytest
