@@ -248,6 +248,17 @@ def test_an_output_through_a_symlinked_directory_out_of_the_workspace_is_refused
         assert (outside / "f").read_text() == "precious"
 
 
+def test_an_output_through_a_symlink_into_git_is_refused(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {"a": {"command": "true", "outputs": ["g/config"]}})
+    (ws / ".git").mkdir()
+    (ws / ".git" / "config").write_text("precious")
+    (ws / "g").symlink_to(".git")
+    for args in (["run"], ["clean"]):
+        proc = run_gaffer(args, cwd=ws, env=env)
+        assert proc.returncode != 0 and "output 'g/config' leads into .git" in proc.stderr, proc.stderr
+        assert (ws / ".git" / "config").read_text() == "precious"
+
+
 # -- rule: outputs whose modes deny reading are refused clearly, and removed whatever their modes -----------------
 
 def as_a_user(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

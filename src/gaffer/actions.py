@@ -530,10 +530,16 @@ def _ensure_parent(root: Path, dest: Path) -> None:
 
 
 def _outside(root: str | Path, directory: str | Path) -> str | None:
-    """Where `directory` really is if a symlink on its way leads out of the workspace `root`, else None."""
+    """Where a symlink on the way to `directory` leads, if out of the workspace `root` or into its `.git` or
+    `.gaffer` (which no output may be in), as "outside the workspace (/x)"; None if nowhere it should not."""
     real_root = os.path.realpath(root)
     real = os.path.realpath(directory)
-    return None if real == real_root or real.startswith(real_root + os.sep) else real
+    if real == real_root:
+        return None
+    if not real.startswith(real_root + os.sep):
+        return f"outside the workspace ({real})"
+    top = real[len(real_root) + 1:].split(os.sep, 1)[0]
+    return f"into {top} ({real})" if top in (".git", ".gaffer") else None
 
 
 def _reset_dir(path: Path) -> None:
@@ -579,10 +585,10 @@ def remove_outputs(root: Path, declared: Sequence[str]) -> None:
     OutputOutside, before removing anything, for an output a symlinked directory leads out of the workspace."""
     for out in declared:
         parent = os.path.dirname(out)
-        real = _outside(root, f"{root}/{parent}") if parent else None  # the common top-level output: no syscall
-        if real is not None:
-            raise OutputOutside(f"output '{out}' leads outside the workspace through a symlink ({parent} -> {real}):"
-                                " gaffer neither removes nor writes it there")
+        where = _outside(root, f"{root}/{parent}") if parent else None  # the common top-level output: no syscall
+        if where is not None:
+            raise OutputOutside(f"output '{out}' leads {where} through a symlink on its way ({parent}): gaffer "
+                                "neither removes nor writes it there")
     for out in declared:
         _remove(f"{root}/{out}")
         _remove(restore_temp(f"{root}/{out}"))  # what a restore of it killed midway left
