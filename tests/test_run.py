@@ -251,6 +251,19 @@ def test_missing_declared_output_fails_clearly(tmp_path: Path, env: dict[str, st
     assert "declared output 'never/made.txt' was not created by the task" in result["stderr"]
 
 
+def test_a_local_cache_inside_a_declared_output_is_refused(tmp_path: Path) -> None:
+    """gaffer removes an output before its task runs: a cache in it would be emptied, then stored as the output."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"t": {"command": "mkdir -p build && echo x > build/f",
+                                                     "outputs": ["build"]}}))
+    proc = run_gaffer(["run"], cwd=ws, env=gaffer_env(ws / "build" / "cache"))
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr == (f"gaffer: local cache {ws}/build/cache is inside output 'build' of the graph, which gaffer"
+                           " removes before its task runs: put the cache elsewhere\n")
+    assert not (ws / "build").exists()
+
+
 def test_a_task_killed_by_a_signal_says_which(tmp_path: Path, env: dict[str, str]) -> None:
     ws = tmp_path / "killed"
     ws.mkdir()
