@@ -264,6 +264,24 @@ def test_a_local_cache_inside_a_declared_output_is_refused(tmp_path: Path) -> No
     assert not (ws / "build").exists()
 
 
+def test_a_build_log_that_cannot_be_saved_is_one_line_and_exit_3(tmp_path: Path, env: dict[str, str]) -> None:
+    """A task that clobbers .gaffer/ (a `git clean`, a stray `rm`) leaves a log that cannot be saved: one line
+    saying so, never a traceback; the next build, with .gaffer/ usable again, checks every task."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({
+        "clobber": {"command": "rm -rf .gaffer/log && echo x > .gaffer/log", "cache": False},
+        "b": {"command": "echo b > o", "deps": ["clobber"], "outputs": ["o"]}}))
+    proc = run_gaffer(["run"], cwd=ws, env=env)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(f"gaffer: cannot save the build log: {ws}/.gaffer/log/"), \
+        proc.stderr
+    (ws / ".gaffer" / "log").unlink()
+    (ws / "graph.json").write_text(json.dumps({"b": {"command": "echo b > o", "outputs": ["o"]}}))
+    assert build(ws, env)["status"] == {"b": "cached"}
+
+
 def test_a_task_killed_by_a_signal_says_which(tmp_path: Path, env: dict[str, str]) -> None:
     ws = tmp_path / "killed"
     ws.mkdir()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from gaffer import noop, records
 from gaffer.digest import file_system_now
+from gaffer.errors import EnvironmentProblem
 from gaffer.graph import Graph
 from gaffer.keys import KeyBuilder, Keyed
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, SKIPPED, BuildReport, Outcome
@@ -320,8 +321,12 @@ class Build:
         finally:
             restore()
             if not self.options.dry_run:
-                self.state.save()
-                self.stat_cache.save(self.state.stat_cache_path)
+                try:
+                    self.state.save()
+                    self.stat_cache.save(self.state.stat_cache_path)
+                except OSError as e:  # .gaffer/ on a full disk, or clobbered while the build ran (a `git clean`)
+                    raise EnvironmentProblem(f"cannot save the build log: {e.filename or self.root / STATE_DIR}: "
+                                             f"{e.strerror or e}") from None
         for name in groups:  # a group is no work, skipped or not: counted in no total
             if name in outcomes:
                 outcomes[name] = Outcome(GROUP, reason=outcomes[name].reason)
