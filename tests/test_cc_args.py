@@ -26,6 +26,7 @@ def compile_of(args: str, cwd: str = "/w") -> Compile:
     "-march=x86-64-v2 -m64 -c x.c", "-march=native -c x.c", "-std=c11 -pedantic -c x.c", "-isystem /i -c x.c",
     "-Wp,-MD,x.d -c x.c", "-gsplit-dwarf -c x.c", "--coverage -c x.c", "-fprofile-use -c x.c",
     "-ffile-prefix-map=/w=. -c x.c", "-c x.S", "-c x.s", "-c x.i", "--sysroot=/s -c x.c", "-Wa,--noexecstack -c x.c",
+    "-fopt-info-vec -c x.c", "-fdiagnostics-format=json -c x.c",
 ])
 def test_cacheable(args: str) -> None:
     assert isinstance(classify(args.split(), "/w"), Compile)
@@ -41,6 +42,9 @@ def test_cacheable(args: str) -> None:
     ("-c x.c -fdump-tree-all", "dump files"), ("-c x.c -Wa,-adhln=x.lst", "assembler listing or dependency file"),
     ("-c x.c -B/opt/bin", "-B (tool prefix)"), ("-c x.c -Xclang -foo", "-Xclang"), ("-c x.c -o", "missing argument"),
     ("-c x.c -o a.o -o b.o", "several -o"), ("-c x.c -Wp,-MM", "dependency option in -Wp"),
+    ("-c x.c -fopt-info-vec-all=v.txt", "-fopt-info=FILE"), ("-c x.c -fopt-info=o.txt", "-fopt-info=FILE"),
+    ("-c x.c -fdiagnostics-format=sarif-file", "diagnostics to a file"),
+    ("-c x.c -fdiagnostics-add-output=sarif", "diagnostics to a file"), ("-c x.c -ftime-trace", "-ftime-trace"),
 ])
 def test_uncacheable(args: str, reason: str) -> None:
     c = classify(args.split(), "/w")

@@ -48,7 +48,9 @@ _UNCACHEABLE = (
     ("-fsyntax-only", "-fsyntax-only"), ("-fcompare-debug", "-fcompare-debug"),
     ("-fsave-optimization-record", "optimization record"), ("-fmodule", "modules"), ("-fdeps-", "modules"),
     ("-fsanitize-blacklist", "sanitizer list input"), ("-fsanitize-ignorelist", "sanitizer list input"),
-    ("-fcrash-diagnostics", "crash diagnostics"), ("-fopt-info=", "-fopt-info=FILE"), ("-B", "-B (tool prefix)"),
+    ("-fcrash-diagnostics", "crash diagnostics"), ("-fdiagnostics-format=sarif-file", "diagnostics to a file"),
+    ("-fdiagnostics-format=json-file", "diagnostics to a file"), ("-fdiagnostics-add-output", "diagnostics to a file"),
+    ("-fdiagnostics-set-output", "diagnostics to a file"), ("-ftime-trace", "-ftime-trace"), ("-B", "-B (tool prefix)"),
     ("-specs", "-specs"), ("-wrapper", "-wrapper"), ("-dumpbase", "-dumpbase"), ("-dumpdir", "-dumpdir"),
     ("-aux-info", "-aux-info"), ("-###", "-### (dry run)"), ("-Xpreprocessor", "-Xpreprocessor"),
     ("-Xassembler", "-Xassembler"), ("-Xclang", "-Xclang"), ("-mllvm", "-mllvm"), ("-print-", "query"),
@@ -158,6 +160,8 @@ def _uncacheable_reason(arg: str) -> str | None:
     exact = _UNCACHEABLE_EXACT.get(arg)
     if exact is not None:
         return exact
+    if arg.startswith("-fopt-info") and "=" in arg:  # -fopt-info[-KINDS]=FILE writes FILE; without it, stderr
+        return "-fopt-info=FILE"
     return next((reason for prefix, reason in _UNCACHEABLE if arg.startswith(prefix)), None)
 
 
