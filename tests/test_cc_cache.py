@@ -228,6 +228,20 @@ def test_date_and_time_macros_are_not_cached_in_direct_mode(tmp_path: Path) -> N
     assert outcomes == ["miss, not stored", "miss", "preprocessed hit"]
 
 
+def test_files_the_assembler_reads_are_never_trusted_to_the_dependency_file(tmp_path: Path) -> None:
+    """`.incbin` (in inline asm or an assembler source) and `.include` read files gcc's dependency file does not
+    name: such a compile is not stored, so an edit of the file it embeds is never a stale hit."""
+    write(tmp_path / "e.c", '__asm__(".section .rodata\\nblob: .incbin \\"data.bin\\"\\n.text");\n')
+    write(tmp_path / "s.S", '.section .rodata\n.include "more.s"\n')
+    cc = Launcher(tmp_path)
+    for value in ("one", "two"):
+        write(tmp_path / "data.bin", value)
+        write(tmp_path / "more.s", f'.ascii "{value}"\n')
+        for source, obj in (("e.c", "e.o"), ("s.S", "s.o")):
+            outcome = same_as_gcc(cc, ["-c", source], tmp_path, [obj])
+            assert outcome.startswith(f"{source}: miss, not stored") and "assembler" in outcome, outcome
+
+
 def checkout(root: Path, header_value: int = 1) -> Path:
     write(root / "include" / "conf.h", f"#define VALUE {header_value}\n")
     write(root / "src" / "main.c", '#include <stdio.h>\n#include "conf.h"\n'

@@ -65,7 +65,7 @@ def handle_compile(request: Request, ctx: Context) -> Response:
     if special is not None:
         return uncacheable(ctx, request, "output is not a regular file", special)
     base_dir = ctx.base_dir if usable(ctx.base_dir, request.cwd) else None
-    job = Job(request, ctx, compiler, c.source, outputs, base_dir, ("direct_hits", "misses"))
+    job = Job(request, ctx, compiler, c.source, outputs, base_dir, ("direct_hits", "misses"), compiles=True)
     job.absent_of = lambda read: absent_candidates(read, explicit_dirs(c, request.env), search_dirs(job, c), job.cwd)
     preprocessed: Digest | None = None
     try:

@@ -32,6 +32,7 @@ from gaffer.cc.key import (
     decode_manifest,
     encode_manifest,
     first_mismatch,
+    has_assembler_reads,
     has_time_macros,
     result_key,
 )
@@ -71,6 +72,7 @@ class Job:
     response: Response = RUN_IT  # set by a restore
     runner: Callable[[list[str]], Ran] | None = None  # runs a miss elsewhere (cc/remote.py); None: `run` here
     saved: float = 0.0  # seconds a hit saved: the stored run's duration less this lookup's
+    compiles: bool = False  # the files read are sources and headers (not a link's objects and libraries)
     preprocess: bool = False  # the manifest says: this compile uses __DATE__/__TIME__, try preprocessor mode
     # the paths, as written, that must not appear for an entry of these files read to hold (shadow.py), or
     # why the run cannot be stored
@@ -236,9 +238,13 @@ def dep_list(job: Job, read: list[str], ran: Ran) -> DepList | str:
             d = job.ctx.stat_cache.digest(full, st)
             if d.hash not in job.ctx.time_macros:
                 with open(full, "rb") as f:
-                    job.ctx.time_macros[d.hash] = has_time_macros(f.read())
+                    data = f.read()
+                job.ctx.assembler_reads[d.hash] = has_assembler_reads(data)  # before time_macros: the marker
+                job.ctx.time_macros[d.hash] = has_time_macros(data)
         except OSError:
             return f"{p} disappeared during the run"
+        if job.compiles and job.ctx.assembler_reads.get(d.hash, False):
+            return f"{p} has the assembler read a file (.incbin, .include) no dependency file names"
         deps.append((normalise(p, job.cwd, job.base_dir), d.hash, d.size_bytes))
     if not deps:
         return "the dependency file names no files"

@@ -33,6 +33,7 @@ ENV_READ = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "OBJC_INCLUDE_PATH"
             "TERM_URLS", "COMPILER_PATH", "GCC_EXEC_PREFIX", "LIBRARY_PATH", "CCC_OVERRIDE_OPTIONS")
 MAX_ENTRIES = 16  # header sets kept per manifest, newest first
 _TIME_MACROS = re.compile(rb"__(?:DATE|TIME|TIMESTAMP)__")
+_ASSEMBLER_READS = re.compile(rb'\.incbin\b|\.include\s+\\?"')
 _DEBUG_MAPS = ("-ffile-prefix-map", "-fdebug-prefix-map")
 _MACRO_MAPS = ("-ffile-prefix-map", "-fmacro-prefix-map")
 
@@ -89,6 +90,12 @@ def has_time_macros(data: bytes) -> bool:
     """ccache's rule: a file using __DATE__, __TIME__ or __TIMESTAMP__ is not cached in direct mode (its result
     depends on when it is compiled)."""
     return _TIME_MACROS.search(data) is not None
+
+
+def has_assembler_reads(data: bytes) -> bool:
+    """ccache's rule, widened: the assembler reads the file an `.incbin` (or `.include`) names, and gcc's
+    dependency file does not name it, so a compile whose source or header has one cannot be keyed."""
+    return _ASSEMBLER_READS.search(data) is not None
 
 
 @dataclass

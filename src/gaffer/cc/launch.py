@@ -74,6 +74,7 @@ class Context:
         self._moment_lock = threading.Lock()
         self._in_flight = 0
         self.time_macros: dict[str, bool] = {}  # blob hash -> does it use __DATE__/__TIME__
+        self.assembler_reads: dict[str, bool] = {}  # blob hash -> does it have the assembler read a file
         # with a farm (--remote): its client (cc/remote.py, opened on first use) and the local limit
         self.distributor: Distributor | None = None
         self._slots = LocalSlots(self.directory, settings.cc_local_jobs) if settings.remote else None
