@@ -5,6 +5,7 @@ Each test has its own launcher directory, so its own daemon, started by its firs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -125,6 +126,30 @@ def _a_pid_that_is_gone() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+def test_a_compile_whose_client_is_killed_stops_and_writes_nothing(launcher: Launcher, src: Path) -> None:
+    """make deletes the target of a step it interrupts; a compile the daemon went on with would write the object
+    afterwards (of the source as it was), newer than an edit made meanwhile, and the next make would keep it."""
+    slow = src / "slowcc"  # a gcc that, compiling, writes its pid and waits for a line on the fifo first
+    slow.write_text('#!/bin/sh\ncase " $* " in *" -c "*) echo $$ > started.tmp && mv started.tmp started\n'
+                    '  read line < go ;; esac\nexec gcc "$@"\n')
+    slow.chmod(0o755)
+    os.mkfifo(src / "go")
+    client = subprocess.Popen([launcher.gaffer_cc, slow, "-c", "hello.c"], cwd=src, env=launcher.env)
+    try:
+        wait_for((src / "started").exists, "the compile to start")
+        pid = int((src / "started").read_text())
+        client.kill()
+        client.wait()
+        wait_for(lambda: not alive(pid), "the compile to stop once its client was gone")
+    finally:
+        with contextlib.suppress(OSError):  # a compile still waiting (the fault) goes on
+            fd = os.open(src / "go", os.O_WRONLY | os.O_NONBLOCK)
+            os.write(fd, b"\n")
+            os.close(fd)
+    assert not (src / "hello.o").exists()
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
 
 
 def test_many_first_compiles_at_once_start_one_daemon(launcher: Launcher, src: Path) -> None:

@@ -14,6 +14,7 @@ daemon started meanwhile finds the lock held and a live socket, and exits quietl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -234,7 +235,7 @@ class _Daemon:
                     log.info("bad request, connection closed: %s", e)
                     return
                 conn.settimeout(None)
-                response = self._answer(request)
+                response = self._answer(dataclasses.replace(request, client=conn.fileno()))
                 try:
                     conn.sendall(encode_response(response))
                 except OSError as e:

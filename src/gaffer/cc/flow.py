@@ -12,6 +12,8 @@ during which an input changed, or whose outputs the tool did not write, is repla
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 import tempfile
 import time
@@ -276,14 +278,62 @@ def run(job: Job, args: list[str]) -> Ran:
     """Run the tool found for this request (so a masquerade link is never run again) with `args`."""
     moment = file_system_now(Path(job.ctx.directory), create=False)
     start = time.time()
+    client = job.request.client
     try:
-        with job.ctx.local_slot():
-            proc = subprocess.run([job.tool, *args], cwd=job.cwd, env=dict(job.request.env), capture_output=True,
-                                  stdin=subprocess.DEVNULL, check=False)
+        with job.ctx.local_slot(), subprocess.Popen(
+                [job.tool, *args], cwd=job.cwd, env=dict(job.request.env), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=None if client is None else 0) as proc:
+            streams = proc.communicate() if client is None else _output_unless_hung_up(proc, client)
     except OSError as e:
         return Ran(127, b"", f"gaffer: cannot run {job.tool}: {e.strerror}\n".encode(), start, time.time(), moment)
+    if streams is None:
+        job.ctx.log(f"{job.label}: the client is gone: {os.path.basename(job.tool)} stopped")
+        return Ran(128 + signal.SIGTERM, b"", b"gaffer: the client is gone\n", start, time.time(), moment)
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-    return Ran(code, proc.stdout, proc.stderr, start, time.time(), moment)
+    return Ran(code, *streams, start, time.time(), moment)
+
+
+STOP_WAIT_S = 10.0  # how long a compiler told to stop (SIGTERM) may take before it is killed
+
+
+def _output_unless_hung_up(proc: subprocess.Popen[bytes], client: int) -> tuple[bytes, bytes] | None:
+    """The compiler's stdout and stderr once it is done; None if the client hung up first (killed, interrupted):
+    the compiler (its own process group) is then stopped, as it would have been as the client's child. Left to
+    run, it would write the object after the build tool removed it as the step's partial output, newer than an
+    edit made meanwhile: make would keep it."""
+    assert proc.stdout is not None and proc.stderr is not None
+    chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    poller = select.poll()
+    for fd in chunks:
+        poller.register(fd, select.POLLIN)
+    poller.register(client, 0)  # POLLHUP only: the client closed its end (a half-close is no hang-up)
+    pending = len(chunks)
+    while pending:
+        for fd, _ in poller.poll():
+            if fd == client:
+                _stop(proc)
+                return None
+            data = os.read(fd, 65536)
+            if data:
+                chunks[fd].append(data)
+            else:
+                poller.unregister(fd)
+                pending -= 1
+    proc.wait()
+    return b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the compiler's process group (gcc removes its partial outputs), SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=STOP_WAIT_S)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 TEMP_PREFIX = "tmp."

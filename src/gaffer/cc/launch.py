@@ -42,6 +42,7 @@ class Request:
     cwd: str  # the caller's working directory (getcwd: physical)
     argv: Sequence[str]  # argv[0] is the compiler as the user gave it
     env: Mapping[str, str]
+    client: int | None = None  # the daemon's connection to the client: its hang-up stops the compile (flow.run)
 
 
 @dataclass(frozen=True)
