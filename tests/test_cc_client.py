@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -152,6 +153,24 @@ def test_a_compile_whose_client_is_killed_stops_and_writes_nothing(launcher: Lau
     assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
 
 
+def test_outputs_get_the_clients_umask_not_the_daemons(launcher: Launcher, src: Path) -> None:
+    """The daemon inherited the umask of whichever client started it; each compile's files (a miss's and a
+    hit's) get the mode its own client's umask gives, as plain gcc's do."""
+    def modes(tool: list[str | Path], mask: int) -> tuple[int, int]:
+        for name in ("hello.o", "hello.d"):
+            (src / name).unlink(missing_ok=True)
+        proc = launcher.run([*tool, "-MD", "-c", "hello.c"], cwd=src, umask=mask)
+        assert proc.returncode == 0, proc.stderr
+        return tuple(stat.S_IMODE((src / name).stat().st_mode) for name in ("hello.o", "hello.d"))  # type: ignore[return-value]
+
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", "first.o"], cwd=src,
+                        umask=0o077).returncode == 0  # the daemon starts with 077
+    for mask in (0o002, 0o022, 0o077):
+        want = modes(["gcc"], mask)
+        assert modes([launcher.gaffer_cc, "gcc"], mask) == want, oct(mask)  # a miss, then hits
+    assert launcher.stats()["direct_hits"] == 2
+
+
 def test_many_first_compiles_at_once_start_one_daemon(launcher: Launcher, src: Path) -> None:
     """`make -j8` on a fresh login: one client starts the daemon, the others wait for it (none falls back)."""
     clients = [subprocess.Popen([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", f"h{i}.o"], cwd=src,
@@ -193,14 +212,16 @@ def test_bad_frames_close_the_connection_and_never_the_daemon(launcher: Launcher
     def u32(n: int) -> bytes:
         return struct.pack("<I", n)
 
-    good_head = b"GCC1" + u32(0) + u32(len(str(src))) + str(src).encode()
+    good_head = b"GCC2" + u32(0) + u32(0o022) + u32(len(str(src))) + str(src).encode()
     frames = {
         "not a gaffer-cc request": b"HTTP/1.1 GET /\r\n\r\n",
-        "unknown request kind": b"GCC1" + u32(7),
-        "oversized request": b"GCC1" + u32(0) + u32(0xFFFFFFFF),
+        "not a gaffer-cc request (starts with b'GCC1')": b"GCC1" + u32(0),  # an older client: it compiles itself
+        "unknown request kind": b"GCC2" + u32(7),
+        "is not a file mode mask": b"GCC2" + u32(0) + u32(0o1000),
+        "oversized request": b"GCC2" + u32(0) + u32(0) + u32(0xFFFFFFFF),
         "truncated request": good_head + u32(2) + u32(3) + b"gcc",
         "too many arguments": good_head + u32(MAX_ITEMS + 1),
-        "not absolute": b"GCC1" + u32(0) + u32(3) + b"tmp" + u32(0) + u32(0),
+        "not absolute": b"GCC2" + u32(0) + u32(0) + u32(3) + b"tmp" + u32(0) + u32(0),
         "no compiler": good_head + u32(0) + u32(0),
         "without KEY=": good_head + u32(1) + u32(3) + b"gcc" + u32(1) + u32(4) + b"oops",
     }

@@ -11,7 +11,7 @@
  *                                                 compiler is the next program of that name on PATH that is not
  *                                                 this program.
  * The protocol (all integers little-endian):
- *   request:  "GCC1", u32 kind, u32 len + cwd, u32 argc + argc x (u32 len + arg), u32 envc + envc x (u32 len + KEY=VALUE)
+ *   request:  "GCC2", u32 kind, u32 umask, u32 len + cwd, u32 argc + argc x (u32 len + arg), u32 envc + envc x (u32 len + KEY=VALUE)
  *   response: "GCR1", u32 verdict (0 done, 1 run it yourself), i32 exit code, u32 len + stdout, u32 len + stderr
  * gaffer builds this file with the system C compiler (gaffer cc --install); GAFFER_PYTHON is defined then.
  */
@@ -322,7 +322,7 @@ static size_t grow(size_t total, size_t n)
 /* The whole request in one buffer (one allocation, its size computed first); NULL if too big or out of memory. */
 static unsigned char *encode(uint32_t kind, const char *cwd, char **argv, size_t *size)
 {
-    size_t total = 4 + 4 + 4 + strlen(cwd) + 4 + 4;
+    size_t total = 4 + 4 + 4 + 4 + strlen(cwd) + 4 + 4;
     size_t argc = 0, envc = 0;
     for (; argv[argc] != NULL; ++argc)
         total = grow(total, 4 + strlen(argv[argc]));
@@ -333,8 +333,11 @@ static unsigned char *encode(uint32_t kind, const char *cwd, char **argv, size_t
     unsigned char *buf = malloc(total), *p = buf;
     if (buf == NULL)
         return NULL;
-    memcpy(p, "GCC1", 4);
+    mode_t mask = umask(0); /* the daemon creates the compile's files with ours, as the compiler would */
+    umask(mask);
+    memcpy(p, "GCC2", 4);
     p = put_u32(p + 4, kind);
+    p = put_u32(p, (uint32_t)mask);
     p = put_bytes(p, cwd, strlen(cwd));
     p = put_u32(p, (uint32_t)argc);
     for (size_t i = 0; i < argc; ++i)

@@ -152,9 +152,10 @@ def restore(job: Job, key: Digest) -> bool:
         if role == "deps":
             text = job.blob(digest).decode("utf-8", "surrogateescape")
             local = from_portable(text, job.cwd) if MARK in text else text
-            if local is None or not result.write_bytes(local.encode("utf-8", "surrogateescape"), dest):
+            if local is None or not result.write_bytes(local.encode("utf-8", "surrogateescape"), dest,
+                                                       job.request.umask):
                 return False
-        elif not result.write_file(cache, digest, dest, stored.modes[role]):
+        elif not result.write_file(cache, digest, dest, stored.modes[role], job.request.umask):
             return False
     job.response = Response(DONE, 0, stored.stdout, stored.stderr)
     job.saved = max(0.0, stored.duration_s - (time.monotonic() - job.started))
@@ -282,7 +283,8 @@ def run(job: Job, args: list[str]) -> Ran:
     try:
         with job.ctx.local_slot(), subprocess.Popen(
                 [job.tool, *args], cwd=job.cwd, env=dict(job.request.env), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=None if client is None else 0) as proc:
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=None if client is None else 0,
+                umask=-1 if job.request.umask is None else job.request.umask) as proc:
             streams = proc.communicate() if client is None else _output_unless_hung_up(proc, client)
     except OSError as e:
         return Ran(127, b"", f"gaffer: cannot run {job.tool}: {e.strerror}\n".encode(), start, time.time(), moment)

@@ -43,6 +43,7 @@ class Request:
     argv: Sequence[str]  # argv[0] is the compiler as the user gave it
     env: Mapping[str, str]
     client: int | None = None  # the daemon's connection to the client: its hang-up stops the compile (flow.run)
+    umask: int | None = None  # the client's, for the files the compile makes (None: this process's own)
 
 
 @dataclass(frozen=True)
