@@ -4,6 +4,7 @@ never another checkout's object."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import NOBODY, gaffer_env, require, require_tool
+from tests.support import NOBODY, gaffer_env, mounted, require, require_tool
 
 GCC = "gcc"
 
@@ -495,6 +496,23 @@ def test_an_unusable_cache_never_fails_a_compile(tmp_path: Path) -> None:
         assert (got.returncode, got.stdout, got.stderr) == (want.returncode, want.stdout, want.stderr)
         assert cc.outcomes()[0].startswith(f"{source}: cache unusable (local cache")
     assert "uncacheable: cache unusable" in cc.stats(tmp_path)
+
+
+def test_a_full_launcher_directory_never_fails_a_compile(tmp_path: Path) -> None:
+    """The scratch dependency file gaffer adds goes to the launcher's directory: when that disk is full the
+    compiler cannot write it, and the compile gcc alone would make runs as given."""
+    write(tmp_path / "x.c", "int x(void) { return 1; }\n")
+    with mounted(tmp_path / "full", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as full:
+        cc = Launcher(tmp_path)
+        cc.env["GAFFER_CC_DIR"] = str(full / "cc")
+        (full / "cc").mkdir(mode=0o700)
+        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while os.write(fd, bytes(4096)):
+                pass
+        os.close(fd)
+        outcome = same_as_gcc(cc, ["-c", "x.c"], tmp_path, ["x.o"])
+        assert outcome.endswith("not cacheable: the compiler could not write gaffer's scratch file"), outcome
 
 
 def test_the_launcher_directory_is_private_and_never_another_users(tmp_path: Path) -> None:

@@ -89,7 +89,7 @@ def handle_compile(request: Request, ctx: Context) -> Response:
             return remote
     with temp_file(job, ".d") as ours:
         if c.dep_file is None:
-            return run_and_store(job, [*c.args, "-MD", "-MF", ours], lambda ran: read_text(ours), preprocessed)
+            return run_and_store(job, [*c.args, "-MD", "-MF", ours], lambda ran: read_text(ours), preprocessed, ours)
         return run_and_store(job, c.args, lambda ran: user_deps(job, c, ran), preprocessed)
 
 

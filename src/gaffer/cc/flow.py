@@ -163,11 +163,15 @@ def restore(job: Job, key: Digest) -> bool:
 
 
 def run_and_store(job: Job, args: list[str], read_deps: Callable[[Ran], str | None],
-                  also: Digest | None = None) -> Response:
+                  also: Digest | None = None, scratch: str | None = None) -> Response:
     """Run the tool with `args`, answer with what it did, and store a success under the result key of the files
-    `read_deps` names (also under `also`, a preprocessed key: that one holds even with __DATE__)."""
+    `read_deps` names (also under `also`, a preprocessed key: that one holds even with __DATE__). A failure that
+    names `scratch`, a file gaffer added to the command, is gaffer's (its directory's disk is full): the command
+    then runs as given."""
     ran = job.runner(args) if job.runner is not None else run(job, args)
     response = Response(DONE, ran.exit_code, ran.stdout, ran.stderr)
+    if ran.exit_code != 0 and scratch is not None and os.fsencode(scratch) in ran.stderr:
+        return uncacheable(job.ctx, job.request, "the compiler could not write gaffer's scratch file")
     if ran.exit_code != 0:
         job.ctx.stats.add({"failed": 1})
         job.log("failed", f"exit status {ran.exit_code}: not cached")
