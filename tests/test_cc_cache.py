@@ -500,7 +500,8 @@ def test_an_unusable_cache_never_fails_a_compile(tmp_path: Path) -> None:
 
 def test_a_full_launcher_directory_never_fails_a_compile(tmp_path: Path) -> None:
     """The scratch dependency file gaffer adds goes to the launcher's directory: when that disk is full the
-    compiler cannot write it, and the compile gcc alone would make runs as given."""
+    compiler cannot write it, and the compile gcc alone would make runs as given; the counters' file, not
+    written, leaves no temp file behind."""
     write(tmp_path / "x.c", "int x(void) { return 1; }\n")
     with mounted(tmp_path / "full", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as full:
         cc = Launcher(tmp_path)
@@ -513,6 +514,7 @@ def test_a_full_launcher_directory_never_fails_a_compile(tmp_path: Path) -> None
         os.close(fd)
         outcome = same_as_gcc(cc, ["-c", "x.c"], tmp_path, ["x.o"])
         assert outcome.endswith("not cacheable: the compiler could not write gaffer's scratch file"), outcome
+        assert sorted(p.name for p in (full / "cc").iterdir() if ".tmp" in p.name) == []  # nor a temp file left
 
 
 def test_the_launcher_directory_is_private_and_never_another_users(tmp_path: Path) -> None:
