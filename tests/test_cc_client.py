@@ -171,6 +171,33 @@ def test_outputs_get_the_clients_umask_not_the_daemons(launcher: Launcher, src: 
     assert launcher.stats()["direct_hits"] == 2
 
 
+def test_same_size_edits_within_a_second_on_another_file_system_are_seen(launcher: Launcher, src: Path,
+                                                                          coarse_fs: Path) -> None:
+    """The daemon's stat cache trusts a signature recorded before a moment read on the launcher directory's file
+    system. A header on one that keeps whole seconds (or runs another clock, an NFS server's) can be rewritten
+    with the same size within its timestamp tick, its signature unchanged: it must still be seen."""
+    header, source = coarse_fs / "h.h", coarse_fs / "r.c"
+    source.write_text('#include "h.h"\nint v = V;\n')
+    args = ["gcc", f"-I{coarse_fs}", "-c", str(source), "-o", "r.o"]
+    pairs = 0
+    for value in range(10, 90, 2):
+        objects = []
+        for v in (value, value + 1):  # the same size, one after the other
+            header.write_text(f"#define V {v}\n")
+            assert launcher.run([launcher.gaffer_cc, *args], cwd=src).returncode == 0
+            objects.append((src / "r.o").read_bytes())
+            if v == value:
+                tick = header.stat().st_mtime_ns
+        if header.stat().st_mtime_ns != tick:
+            continue  # the second ended between the edits: their signatures differ anyway
+        pairs += 1
+        assert plain(args, src).returncode == 0
+        assert objects[1] == (src / "r.o").read_bytes(), f"V {value + 1}: the object of an earlier content"
+        if pairs == 3:
+            return
+    raise AssertionError("no two edits fell in the same second")
+
+
 def test_many_first_compiles_at_once_start_one_daemon(launcher: Launcher, src: Path) -> None:
     """`make -j8` on a fresh login: one client starts the daemon, the others wait for it (none falls back)."""
     clients = [subprocess.Popen([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", f"h{i}.o"], cwd=src,

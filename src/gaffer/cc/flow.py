@@ -39,7 +39,7 @@ from gaffer.cc.key import (
     result_key,
 )
 from gaffer.cc.launch import DONE, RUN_IT, Context, Request, Response
-from gaffer.digest import Digest, file_system_now, is_racy, stat_signature
+from gaffer.digest import Digest, file_system_now, is_racy, moment_for, stat_signature
 from gaffer.errors import GafferError
 
 MANIFEST = ["manifest"]
@@ -200,7 +200,7 @@ def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Dige
             st = os.stat(job.path(p))
         except OSError:
             return f"no {role} file written ({p})"
-        if st.st_mtime_ns < ran.moment:
+        if st.st_mtime_ns < moment_for(st, ran.moment, job.ctx.stat_cache.device):
             return f"the {role} file is older than the run ({p})"
         if role == "deps":
             text = read_text(job.path(p))
@@ -240,7 +240,7 @@ def dep_list(job: Job, read: list[str], ran: Ran) -> DepList | str:
         full = job.path(p)
         try:
             st = os.stat(full)
-            if is_racy(stat_signature(st), ran.moment):
+            if is_racy(stat_signature(st), moment_for(st, ran.moment, job.ctx.stat_cache.device)):
                 return f"{p} changed during the run"
             d = job.ctx.stat_cache.digest(full, st)
             if d.hash not in job.ctx.time_macros:

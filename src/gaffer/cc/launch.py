@@ -68,6 +68,7 @@ class Context:
         self.preprocessor: bool = settings.cc_preprocessor
         self.log = log or debug_log(settings.cc_debug)
         self.stat_cache = StatCache.load(os.path.join(self.directory, "stats"))
+        self.stat_cache.device = os.stat(self.directory).st_dev  # where its moment is read; sources may be elsewhere
         self.compilers = Compilers(os.path.join(self.directory, "compilers"), self.stat_cache)
         self.stats = Stats(self.directory)
         self.history = History(os.path.join(self.directory, "history"))
