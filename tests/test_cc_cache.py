@@ -284,6 +284,25 @@ def test_two_checkouts_share_hits_and_get_their_own_dependency_files(tmp_path: P
         assert "miss" in same_as_gcc(plain_cc, cmake_like(root, f"-ffile-prefix-map={root}=."), build, produced)
 
 
+def test_what_a_prefix_map_leaves_of_a_path_is_keyed(tmp_path: Path) -> None:
+    """A -ffile-prefix-map whose OLD is above the working directory (or above an absolute source) leaves the rest
+    of the path in the object: checkouts below OLD, or build directories of other names, make different objects,
+    and none may get another's."""
+    cc = Launcher(tmp_path, GAFFER_CC_BASEDIR=str(tmp_path))
+    for n, style in enumerate(("parent, relative source", "parent, absolute source", "checkout root, builds differ")):
+        for name in ("one", "two"):
+            root = tmp_path / f"{n}-{name}"
+            build = root / ("build" if style.startswith("parent") else f"build-{name}")
+            write(root / "src" / "x.c", "const char *f = __FILE__;\nint x(int a) { return a + 1; }\n")
+            build.mkdir()
+            source = f"{root}/src/x.c" if "absolute" in style else "../src/x.c"
+            old = f"{tmp_path}=/src" if style.startswith("parent") else f"{root}/="
+            try:
+                same_as_gcc(cc, ["-g", f"-ffile-prefix-map={old}", "-c", source, "-o", "x.o"], build, ["x.o"])
+            except AssertionError as e:
+                raise AssertionError(f"{style}, {name}: {e}") from e
+
+
 def test_differential_across_checkouts_never_gives_the_other_checkouts_object(tmp_path: Path) -> None:
     """Random small projects in two checkouts under one base directory, with sources and headers differing at
     random between them, built in turns through rounds of random edits (a header shadowing another appearing

@@ -91,7 +91,7 @@ class Compile:
     debug: bool = False  # debug info: it records the working directory
     coverage: bool = False  # the object records the absolute .gcda path
     native: bool = False  # -march=native and friends: the host CPU is an input
-    prefix_maps: list[tuple[str, str]] = field(default_factory=list)  # (option, OLD) of -f*-prefix-map=OLD=NEW
+    prefix_maps: list[tuple[str, str, str]] = field(default_factory=list)  # (option, OLD, NEW): -f*-prefix-map
     records_switches: bool = False  # -frecord-gcc-switches: the object holds the arguments' text
 
     def stem(self) -> str:
@@ -289,7 +289,7 @@ def classify(argv: Sequence[str], cwd: str) -> Compile | Uncacheable:
             old, sep, new = rest.partition("=")
             if not sep:
                 return Uncacheable("malformed option", arg)
-            c.prefix_maps.append((opt, old))
+            c.prefix_maps.append((opt, old, new))
             key.append((f"{opt}=", old, f"={new}"))
             cpp.append(arg)
             continue

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from gaffer.cc.args import Compile
@@ -44,11 +44,39 @@ def key_digest(parts: Iterable[str]) -> Digest:
     return digest_bytes("\n".join((KEY_FORMAT, *parts)).encode("utf-8", "surrogateescape"))
 
 
+def mapped(c: Compile, path: str, kinds: Sequence[str]) -> str | None:
+    """`path` as the object records it through the prefix maps of `kinds`: the last one given whose OLD begins
+    it (a plain prefix, as gcc compares them) replaced by its NEW; None if none applies."""
+    for opt, old, new in reversed(c.prefix_maps):
+        if opt in kinds and old and path.startswith(old):
+            return new + path[len(old):]
+    return None
+
+
+def recorded_paths(c: Compile, cwd: str, base_dir: str | None) -> Iterator[tuple[str, str, Sequence[str]]]:
+    """The paths the object may record that the key's text does not hold as they are: the working directory
+    (debug info), absolute paths under the base directory (__FILE__, debug info); as (what, path, map kinds)."""
+    if c.debug:
+        yield "the working directory", cwd, _DEBUG_MAPS
+    if base_dir:
+        for prefix, path, _ in c.key_args:
+            if path.startswith("/") and normalise(path, cwd, base_dir) != path and prefix not in ("-MF", "-o"):
+                yield path, path, _MACRO_MAPS
+                if c.debug:
+                    yield path, path, _DEBUG_MAPS
+
+
+def mapped_parts(c: Compile, cwd: str, base_dir: str | None) -> list[str]:
+    """What the prefix maps leave of the recorded paths (`cwd_reason` found a map for each): the rest of a path
+    below a map's OLD is in the object, so it is in the key."""
+    return [f"mapped {mapped(c, path, kinds)}" for _, path, kinds in recorded_paths(c, cwd, base_dir)]
+
+
 def cwd_reason(c: Compile, cwd: str, base_dir: str | None) -> str | None:
-    """Why the working directory must be in the key (None: it need not be)."""
+    """Why the working directory must be in the key (None: it need not be; `mapped_parts` then keys what the
+    prefix maps leave of the paths the object records)."""
     def covered(path: str, kinds: Sequence[str]) -> bool:
-        return any(opt in kinds and old and (path == old or path.startswith(old.rstrip("/") + "/"))
-                   for opt, old in c.prefix_maps)
+        return mapped(c, path, kinds) is not None
 
     if c.coverage:
         return "coverage data records the working directory"
@@ -83,6 +111,8 @@ def common_parts(c: Compile, identity: str, env: Mapping[str, str], cwd: str, ba
     parts.extend(f"env {name}={env[name]}" for name in ENV_READ if name in env)
     if cwd_reason(c, cwd, base_dir) is not None:
         parts.append(f"cwd {cwd}")
+    else:
+        parts.extend(mapped_parts(c, cwd, base_dir))
     return parts
 
 

@@ -261,7 +261,7 @@ def portable_args(c: Compile, base: str, cwd: str) -> list[str] | None:
     names `base` where a path option does not, or if the object would record such a path differently (no
     -f*-prefix-map covering `base`)."""
     rel = os.path.relpath(base, cwd)
-    covered = any(under(base, os.path.normpath(old)) for _, old in c.prefix_maps if os.path.isabs(old))
+    covered = any(under(base, os.path.normpath(old)) for _, old, _new in c.prefix_maps if os.path.isabs(old))
     out: list[str] = []
     changed = False
     for arg in c.args:
