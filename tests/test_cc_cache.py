@@ -536,6 +536,21 @@ def test_a_full_launcher_directory_never_fails_a_compile(tmp_path: Path) -> None
         assert sorted(p.name for p in (full / "cc").iterdir() if ".tmp" in p.name) == []  # nor a temp file left
 
 
+def test_an_assembler_earlier_on_path_is_another_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gcc runs the `as` (and `ld`) it finds on PATH: one earlier on PATH makes other objects, so it is part of
+    the compiler's identity, looked up for each compile."""
+    write(tmp_path / "x.c", "int x(void) { return 1; }\n")
+    write(tmp_path / "bin" / "as", '#!/bin/sh\n# the real assembler, then a section of its own\n'
+          'out=a.out; prev=; for a in "$@"; do [ "$prev" = -o ] && out=$a; prev=$a; done\n'
+          f'{shutil.which("as")} "$@" && objcopy --add-section .note.ours=/dev/null "$out"\n').chmod(0o755)
+    require_tool("objcopy")
+    cc = Launcher(tmp_path)
+    assert same_as_gcc(cc, ["-c", "x.c"], tmp_path, ["x.o"]).startswith("x.c: miss")
+    cc.env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    monkeypatch.setenv("PATH", cc.env["PATH"])  # for plain gcc too
+    assert same_as_gcc(cc, ["-c", "x.c"], tmp_path, ["x.o"]).startswith("x.c: miss")
+
+
 def test_the_launcher_directory_is_private_and_never_another_users(tmp_path: Path) -> None:
     write(tmp_path / "x.c", "int f(void) { return 1; }\n")
     (tmp_path / "cc").mkdir(mode=0o755)
