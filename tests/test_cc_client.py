@@ -198,6 +198,19 @@ def test_same_size_edits_within_a_second_on_another_file_system_are_seen(launche
     raise AssertionError("no two edits fell in the same second")
 
 
+def test_relative_paths_in_settings_are_the_compiles_own(launcher: Launcher, src: Path) -> None:
+    """A relative GAFFER_CACHE_DIR or GAFFER_CC_DEBUG file is relative to the compile's working directory, as
+    `gaffer cc` reads it; the daemon (whose working directory is /) took them relative to / instead, and a
+    second directory got the first one's."""
+    for name in ("one", "two"):
+        (src / name).mkdir()
+        shutil.copy(src / "hello.c", src / name / "hello.c")
+        proc = launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src / name,
+                            env={"GAFFER_CACHE_DIR": "rel-cache", "GAFFER_CC_DEBUG": "rel.log"})
+        assert proc.returncode == 0, proc.stderr
+        assert (src / name / "rel-cache").is_dir() and "hello.c: miss" in (src / name / "rel.log").read_text()
+
+
 def test_many_first_compiles_at_once_start_one_daemon(launcher: Launcher, src: Path) -> None:
     """`make -j8` on a fresh login: one client starts the daemon, the others wait for it (none falls back)."""
     clients = [subprocess.Popen([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", f"h{i}.o"], cwd=src,

@@ -25,7 +25,17 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from gaffer.cc.launch import DONE, RUN_IT, Context, Request, Response, handle, private_directory
+from gaffer.cc.launch import (
+    DEBUG_WORDS,
+    DONE,
+    PATH_SETTINGS,
+    RUN_IT,
+    Context,
+    Request,
+    Response,
+    handle,
+    private_directory,
+)
 from gaffer.errors import EnvironmentProblem, GafferError
 from gaffer.execute.orphans import RUN_ENV
 from gaffer.units import format_count
@@ -313,11 +323,13 @@ class _Contexts:
 
 
 def _settings_key(env: dict[str, str], cwd: str) -> tuple[object, ...]:
-    from gaffer.config import nearest_toml, user_config_path
+    from gaffer.config import CC, nearest_toml, setting, user_config_path
 
     variables = tuple(sorted((k, v) for k, v in env.items() if k.startswith("GAFFER_") and k != RUN_ENV))
     files = tuple((path, _mtime(path)) for path in (user_config_path(env), nearest_toml(cwd)) if path)
-    return variables, files
+    relative = any(not os.path.isabs(env[v]) and env[v].lower() not in DEBUG_WORDS
+                   for name in PATH_SETTINGS for v in setting(name).variables(CC) if env.get(v))
+    return variables, files, cwd if relative else None  # a relative path is this directory's
 
 
 def _mtime(path: str) -> int | None:

@@ -55,6 +55,10 @@ class Response:
 
 
 RUN_IT = Response(RUN_YOURSELF)
+# the settings that name a path: one given relative (a flag, a variable) is relative to the compile's directory
+PATH_SETTINGS = ("cache_dir", "cc_dir", "base_dir", "cc_debug")
+DEBUG_OFF, DEBUG_STDERR = ("", "0", "false", "no", "off"), ("1", "true", "yes", "on", "stderr")  # else a file
+DEBUG_WORDS = (*DEBUG_OFF, *DEBUG_STDERR)
 
 
 class Context:
@@ -89,6 +93,10 @@ class Context:
         from gaffer.config import CC, check_urls, load_nearest
 
         settings = load_nearest(CC, flags or {}, env, cwd)
+        for name in PATH_SETTINGS:  # relative to this working directory, also when the daemon (in /) reads them
+            value = getattr(settings, name)
+            if value and not os.path.isabs(value) and str(value).lower() not in DEBUG_WORDS:
+                setattr(settings, name, os.path.join(cwd, value))
         check_urls(settings.remotes, settings.sources["remotes"])
         if settings.remote is not None:
             check_urls([settings.remote], settings.sources["remote"])
@@ -173,9 +181,9 @@ def private_directory(path: str) -> str:
 def debug_log(setting: str) -> Callable[[str], None]:
     """GAFFER_CC_DEBUG: empty or 0 is off, 1 (true, yes, on) logs to stderr, anything else is a file to append
     to."""
-    if setting.lower() in ("", "0", "false", "no", "off"):
+    if setting.lower() in DEBUG_OFF:
         return lambda line: None
-    if setting.lower() in ("1", "true", "yes", "on", "stderr"):
+    if setting.lower() in DEBUG_STDERR:
         return lambda line: print(f"gaffer cc: {line}", file=sys.stderr, flush=True)
     path = setting
 
