@@ -303,6 +303,20 @@ def test_what_a_prefix_map_leaves_of_a_path_is_keyed(tmp_path: Path) -> None:
                 raise AssertionError(f"{style}, {name}: {e}") from e
 
 
+def test_debug_info_names_the_directory_as_pwd_gives_it(tmp_path: Path) -> None:
+    """gcc records $PWD as the working directory when it names the same directory (the shell keeps the path
+    through a symlink): reached through two symlinks, one directory makes two objects."""
+    write(tmp_path / "real" / "x.c", "int x(int a) { return a * 3; }\n")
+    cc = Launcher(tmp_path)
+    for link in ("one", "two"):
+        (tmp_path / link).symlink_to(tmp_path / "real")
+        pwd = str(tmp_path / link)
+        want = subprocess.run([GCC, "-g", "-c", "x.c", "-o", "want.o"], cwd=pwd, env={**os.environ, "PWD": pwd},
+                              check=True)
+        assert want.returncode == 0 and cc.run([GCC, "-g", "-c", "x.c"], tmp_path / link, PWD=pwd).returncode == 0
+        assert (tmp_path / "real" / "x.o").read_bytes() == (tmp_path / "real" / "want.o").read_bytes(), link
+
+
 def test_differential_across_checkouts_never_gives_the_other_checkouts_object(tmp_path: Path) -> None:
     """Random small projects in two checkouts under one base directory, with sources and headers differing at
     random between them, built in turns through rounds of random edits (a header shadowing another appearing

@@ -53,11 +53,27 @@ def mapped(c: Compile, path: str, kinds: Sequence[str]) -> str | None:
     return None
 
 
-def recorded_paths(c: Compile, cwd: str, base_dir: str | None) -> Iterator[tuple[str, str, Sequence[str]]]:
+def recorded_directory(cwd: str, env: Mapping[str, str]) -> str:
+    """The working directory as gcc (and clang) writes it into debug info: $PWD when it names this directory
+    (the shell keeps a path through a symlink there), else the physical one."""
+    pwd = env.get("PWD", "")
+    if pwd.startswith("/") and pwd != cwd:
+        try:
+            here, there = os.stat(cwd), os.stat(pwd)
+        except OSError:
+            return cwd
+        if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+            return pwd
+    return cwd
+
+
+def recorded_paths(c: Compile, cwd: str, base_dir: str | None,
+                   pwd: str | None = None) -> Iterator[tuple[str, str, Sequence[str]]]:
     """The paths the object may record that the key's text does not hold as they are: the working directory
-    (debug info), absolute paths under the base directory (__FILE__, debug info); as (what, path, map kinds)."""
+    (debug info: `pwd`, as `recorded_directory` gives it), absolute paths under the base directory (__FILE__,
+    debug info); as (what, path, map kinds)."""
     if c.debug:
-        yield "the working directory", cwd, _DEBUG_MAPS
+        yield "the working directory", pwd or cwd, _DEBUG_MAPS
     if base_dir:
         for prefix, path, _ in c.key_args:
             if path.startswith("/") and normalise(path, cwd, base_dir) != path and prefix not in ("-MF", "-o"):
@@ -66,13 +82,13 @@ def recorded_paths(c: Compile, cwd: str, base_dir: str | None) -> Iterator[tuple
                     yield path, path, _DEBUG_MAPS
 
 
-def mapped_parts(c: Compile, cwd: str, base_dir: str | None) -> list[str]:
+def mapped_parts(c: Compile, cwd: str, base_dir: str | None, pwd: str | None = None) -> list[str]:
     """What the prefix maps leave of the recorded paths (`cwd_reason` found a map for each): the rest of a path
     below a map's OLD is in the object, so it is in the key."""
-    return [f"mapped {mapped(c, path, kinds)}" for _, path, kinds in recorded_paths(c, cwd, base_dir)]
+    return [f"mapped {mapped(c, path, kinds)}" for _, path, kinds in recorded_paths(c, cwd, base_dir, pwd)]
 
 
-def cwd_reason(c: Compile, cwd: str, base_dir: str | None) -> str | None:
+def cwd_reason(c: Compile, cwd: str, base_dir: str | None, pwd: str | None = None) -> str | None:
     """Why the working directory must be in the key (None: it need not be; `mapped_parts` then keys what the
     prefix maps leave of the paths the object records)."""
     def covered(path: str, kinds: Sequence[str]) -> bool:
@@ -80,7 +96,7 @@ def cwd_reason(c: Compile, cwd: str, base_dir: str | None) -> str | None:
 
     if c.coverage:
         return "coverage data records the working directory"
-    if c.debug and not covered(cwd, _DEBUG_MAPS):
+    if c.debug and not covered(pwd or cwd, _DEBUG_MAPS):
         return "debug info records the working directory (no -ffile-prefix-map for it)"
     if base_dir:
         for prefix, path, _ in c.key_args:
@@ -109,10 +125,11 @@ def common_parts(c: Compile, identity: str, env: Mapping[str, str], cwd: str, ba
     if c.native:
         parts.append(f"cpu {cpu()}")
     parts.extend(f"env {name}={env[name]}" for name in ENV_READ if name in env)
-    if cwd_reason(c, cwd, base_dir) is not None:
-        parts.append(f"cwd {cwd}")
+    pwd = recorded_directory(cwd, env) if c.debug or c.coverage else cwd  # what they record
+    if cwd_reason(c, cwd, base_dir, pwd) is not None:
+        parts.append(f"cwd {cwd}" if pwd == cwd else f"cwd {cwd} as {pwd}")
     else:
-        parts.extend(mapped_parts(c, cwd, base_dir))
+        parts.extend(mapped_parts(c, cwd, base_dir, pwd))
     return parts
 
 
