@@ -45,6 +45,12 @@ def test_cacheable(args: str) -> None:
     ("-c x.c -fopt-info-vec-all=v.txt", "-fopt-info=FILE"), ("-c x.c -fopt-info=o.txt", "-fopt-info=FILE"),
     ("-c x.c -fdiagnostics-format=sarif-file", "diagnostics to a file"),
     ("-c x.c -fdiagnostics-add-output=sarif", "diagnostics to a file"), ("-c x.c -ftime-trace", "-ftime-trace"),
+    *((f"-c x.c {o}", "an input file no dependency file names") for o in (  # clang's
+        "-fprofile-list=l.txt", "-fprofile-remapping-file=r.txt", "-fsanitize-coverage-allowlist=a.txt",
+        "-fsanitize-coverage-ignorelist=i.txt", "-fxray-attr-list=x.txt", "-fxray-always-instrument=x.txt",
+        "-fxray-never-instrument=x.txt", "-fthinlto-index=x.thinlto.bc", "-fbasic-block-sections=list=b.txt",
+        "-fmemory-profile-use=m.profdata", "-fpass-plugin=p.so")),
+    ("-c x.c -fproc-stat-report=s.csv", "-fproc-stat-report"),
 ])
 def test_uncacheable(args: str, reason: str) -> None:
     c = classify(args.split(), "/w")

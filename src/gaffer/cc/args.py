@@ -51,6 +51,12 @@ _UNCACHEABLE = (
     ("-fcrash-diagnostics", "crash diagnostics"), ("-fdiagnostics-format=sarif-file", "diagnostics to a file"),
     ("-fdiagnostics-format=json-file", "diagnostics to a file"), ("-fdiagnostics-add-output", "diagnostics to a file"),
     ("-fdiagnostics-set-output", "diagnostics to a file"), ("-ftime-trace", "-ftime-trace"), ("-B", "-B (tool prefix)"),
+    ("-fproc-stat-report", "-fproc-stat-report"),
+    *((o, "an input file no dependency file names") for o in (  # clang's: an edit of the file would be a stale hit
+        "-fprofile-list=", "-fprofile-remapping-file", "-fsanitize-coverage-allowlist",
+        "-fsanitize-coverage-ignorelist", "-fsanitize-coverage-blocklist", "-fsanitize-coverage-whitelist",
+        "-fsanitize-coverage-blacklist", "-fxray-attr-list", "-fxray-always-instrument", "-fxray-never-instrument",
+        "-fthinlto-index", "-fbasic-block-sections=list", "-fmemory-profile-use", "-fpass-plugin")),
     ("-specs", "-specs"), ("-wrapper", "-wrapper"), ("-dumpbase", "-dumpbase"), ("-dumpdir", "-dumpdir"),
     ("-aux-info", "-aux-info"), ("-###", "-### (dry run)"), ("-Xpreprocessor", "-Xpreprocessor"),
     ("-Xassembler", "-Xassembler"), ("-Xclang", "-Xclang"), ("-mllvm", "-mllvm"), ("-print-", "query"),
