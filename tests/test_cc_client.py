@@ -211,6 +211,16 @@ def test_relative_paths_in_settings_are_the_compiles_own(launcher: Launcher, src
         assert (src / name / "rel-cache").is_dir() and "hello.c: miss" in (src / name / "rel.log").read_text()
 
 
+def test_a_daemon_that_cannot_start_costs_the_compile_no_wait(launcher: Launcher, src: Path) -> None:
+    """The client that starts the daemon learns at once that it exited (a bad setting in its environment, a full
+    disk): it compiles directly and says so, instead of waiting out the start-up time on every compile."""
+    proc = launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src, env={"GAFFER_CC_IDLE": "soon"})
+    assert proc.returncode == 0 and (src / "hello.o").exists()
+    assert b"the daemon is not reachable (it exited at start; see " in proc.stderr, proc.stderr
+    assert "GAFFER_CC_IDLE: 'soon' is not a duration" in launcher.log()
+    assert launcher.daemon_pid() is None
+
+
 def test_many_first_compiles_at_once_start_one_daemon(launcher: Launcher, src: Path) -> None:
     """`make -j8` on a fresh login: one client starts the daemon, the others wait for it (none falls back)."""
     clients = [subprocess.Popen([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", f"h{i}.o"], cwd=src,

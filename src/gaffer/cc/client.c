@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -180,10 +181,6 @@ static void close_from(int lowest)
         close(fd);
 }
 
-/* Start `python -m gaffer cc --daemon` detached: its own session and process group (a build step's group is
- * killed when the step ends), no inherited descriptors (a build tool waits for its pipes to close), cwd /, and
- * without GAFFER_TASK_RUN (gaffer kills what a finished task left behind that carries it). Its stderr goes to
- * daemon.log, so even a failed start says why there. */
 /* mkdir -p, each directory made 0700: the launcher's directory (and ~/.cache on a new account). */
 static int make_dirs(const char *dir)
 {
@@ -203,25 +200,43 @@ static int make_dirs(const char *dir)
     }
 }
 
+/* Start `python -m gaffer cc --daemon` detached: its own session and process group (a build step's group is
+ * killed when the step ends), no inherited descriptors (a build tool waits for its pipes to close), cwd /, and
+ * without GAFFER_TASK_RUN (gaffer kills what a finished task left behind that carries it). Its stderr goes to
+ * daemon.log, so even a failed start says why there.
+ * Returns the read end of a pipe whose write end only the daemon holds (as its descriptor 3, for its whole life):
+ * it reads end-of-file once the daemon is gone, so a daemon that cannot start (a bad setting, a full disk) costs
+ * a waiting client nothing. -1 if the start failed, -2 if it started without the pipe. */
 static int start_daemon(const char *dir)
 {
     char log[PATH_MAX];
     if (snprintf(log, sizeof log, "%s/daemon.log", dir) >= (int)sizeof log)
         return -1;
+    int gone[2];
+    if (pipe2(gone, O_CLOEXEC) != 0)
+        gone[0] = gone[1] = -1;
     pid_t child = fork();
-    if (child < 0)
+    if (child < 0) {
+        if (gone[0] >= 0) {
+            close(gone[0]);
+            close(gone[1]);
+        }
         return -1;
+    }
     if (child == 0) {
         if (setsid() < 0)
             _exit(1);
         pid_t grandchild = fork();
         if (grandchild != 0)
             _exit(grandchild < 0);
+        int keep = gone[1] >= 0 ? fcntl(gone[1], F_DUPFD, 10) : -1; /* out of the way of 0-3 */
         int null = open("/dev/null", O_RDWR);
         int err = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
         if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(err >= 0 ? err : null, 2) < 0)
             _exit(1);
-        close_from(3);
+        if (keep >= 0 && dup2(keep, 3) != 3) /* a dup2 to another number is inherited across exec */
+            _exit(1);
+        close_from(keep >= 0 ? 4 : 3);
         if (chdir("/") != 0)
             _exit(1);
         unsetenv("GAFFER_TASK_RUN");
@@ -231,11 +246,17 @@ static int start_daemon(const char *dir)
         execv(args[0], args);
         _exit(127);
     }
-    int status;
-    while (waitpid(child, &status, 0) < 0)
-        if (errno != EINTR)
-            return -1;
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+    if (gone[1] >= 0)
+        close(gone[1]);
+    int status, waited;
+    while ((waited = waitpid(child, &status, 0)) < 0 && errno == EINTR)
+        ;
+    if (waited < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        if (gone[0] >= 0)
+            close(gone[0]);
+        return -1;
+    }
+    return gone[0] >= 0 ? gone[0] : -2;
 }
 
 /* A connection to the daemon, starting it if nobody listens; -1 (errno set) when there is none after waiting. */
@@ -264,7 +285,8 @@ static int connect_daemon(const char *dir, const struct sockaddr_un *addr)
     if (make_dirs(dir) != 0)
         return -1;
     int spawn = take_spawn_lock(dir);
-    if (spawn != -1 && start_daemon(dir) != 0) {
+    int gone = spawn != -1 ? start_daemon(dir) : -2;
+    if (gone == -1) {
         if (spawn >= 0)
             close(spawn);
         return -1;
@@ -274,16 +296,21 @@ static int connect_daemon(const char *dir, const struct sockaddr_un *addr)
     errno = ETIMEDOUT;
     while (waited_us < START_WAIT_MS * 1000L) {
         struct timespec ts = {0, step_us * 1000L};
-        nanosleep(&ts, NULL);
+        struct pollfd exited = {.fd = gone, .events = POLLIN};
+        int ended = gone >= 0 ? ppoll(&exited, 1, &ts, NULL) > 0 : (nanosleep(&ts, NULL), 0);
         waited_us += step_us;
         if (step_us < 50000)
             step_us *= 2;
         fd = try_connect(addr);
         if (fd >= 0 || (errno != ENOENT && errno != ECONNREFUSED))
             break;
-        errno = ETIMEDOUT;
+        errno = ended ? ECHILD : ETIMEDOUT; /* the daemon we started is gone: its reason is in daemon.log */
+        if (ended)
+            break;
     }
     int saved = errno;
+    if (gone >= 0)
+        close(gone);
     if (spawn >= 0)
         close(spawn);
     errno = saved;
@@ -470,7 +497,8 @@ int main(int argc, char **argv)
         fallback(&cmd, "the command line is too long for the daemon");
     int sock = connect_daemon(dir, &addr);
     if (sock < 0)
-        fallback(&cmd, "the daemon is not reachable (%s; see %s/daemon.log)", strerror(errno), dir);
+        fallback(&cmd, "the daemon is not reachable (%s; see %s/daemon.log)",
+                 errno == ECHILD ? "it exited at start" : strerror(errno), dir);
     if (write_all(sock, request, size) != 0)
         fallback(&cmd, "the daemon closed the connection");
     free(request);
