@@ -261,20 +261,28 @@ static int start_daemon(const char *dir)
 
 /* A connection to the daemon, starting it if nobody listens; -1 (errno set) when there is none after waiting. */
 /* Only one of the clients that find no daemon starts one: the first compiles of `make -j64` would otherwise start
- * 64 Pythons, 63 of them only to find the lock taken, and slow the one that matters. The others wait for it.
- * Returns the lock's descriptor, held while this client waits (-1: another client is starting it). */
-static int take_spawn_lock(const char *dir)
+ * 64 Pythons, 63 of them only to find the lock taken, and slow the one that matters. The others wait for it,
+ * and stop waiting when it lets the lock go (its daemon listens, or exited).
+ * Returns the lock file's descriptor (-1: none); *held is set when this client took the lock and so starts one. */
+static int open_spawn_lock(const char *dir, int *held)
 {
     char path[PATH_MAX];
+    *held = 0;
     if (snprintf(path, sizeof path, "%s/spawn.lock", dir) >= (int)sizeof path)
-        return -2;
+        return -1;
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return -2; /* no lock to share: start one anyway, the daemon's own lock keeps it single */
-    if (flock(fd, LOCK_EX | LOCK_NB) == 0)
-        return fd;
-    close(fd);
-    return -1;
+    if (fd >= 0)
+        *held = flock(fd, LOCK_EX | LOCK_NB) == 0;
+    return fd;
+}
+
+/* Has the client starting the daemon let the spawn lock go? */
+static int spawn_done(int fd)
+{
+    if (flock(fd, LOCK_SH | LOCK_NB) != 0)
+        return 0;
+    flock(fd, LOCK_UN); /* at once: a client that comes next must be able to start one */
+    return 1;
 }
 
 static int connect_daemon(const char *dir, const struct sockaddr_un *addr)
@@ -284,8 +292,10 @@ static int connect_daemon(const char *dir, const struct sockaddr_un *addr)
         return fd;
     if (make_dirs(dir) != 0)
         return -1;
-    int spawn = take_spawn_lock(dir);
-    int gone = spawn != -1 ? start_daemon(dir) : -2;
+    int held;
+    int spawn = open_spawn_lock(dir, &held);
+    int starts = spawn < 0 || held; /* no lock to share: start one anyway, the daemon's own lock keeps it single */
+    int gone = starts ? start_daemon(dir) : -2;
     if (gone == -1) {
         if (spawn >= 0)
             close(spawn);
@@ -297,14 +307,15 @@ static int connect_daemon(const char *dir, const struct sockaddr_un *addr)
     while (waited_us < START_WAIT_MS * 1000L) {
         struct timespec ts = {0, step_us * 1000L};
         struct pollfd exited = {.fd = gone, .events = POLLIN};
-        int ended = gone >= 0 ? ppoll(&exited, 1, &ts, NULL) > 0 : (nanosleep(&ts, NULL), 0);
+        int ended = gone >= 0 ? ppoll(&exited, 1, &ts, NULL) > 0
+                              : (nanosleep(&ts, NULL), !starts && spawn_done(spawn));
         waited_us += step_us;
         if (step_us < 50000)
             step_us *= 2;
         fd = try_connect(addr);
         if (fd >= 0 || (errno != ENOENT && errno != ECONNREFUSED))
             break;
-        errno = ended ? ECHILD : ETIMEDOUT; /* the daemon we started is gone: its reason is in daemon.log */
+        errno = ended ? ECHILD : ETIMEDOUT; /* the daemon started is gone: its reason is in daemon.log */
         if (ended)
             break;
     }
