@@ -22,7 +22,7 @@ import pytest
 from gaffer.cc.launch import Request
 from gaffer.cc.protocol import MAX_ITEMS, encode_request
 from tests.cc_support import HELLO, Launcher, clean_env, install_client
-from tests.support import NOBODY, alive, require_tool, wait_for
+from tests.support import NOBODY, alive, mounted, require_tool, wait_for
 
 
 @pytest.fixture
@@ -224,6 +224,23 @@ def test_a_daemon_that_cannot_start_costs_the_compile_no_wait(launcher: Launcher
         assert b"the daemon is not reachable (it exited at start; see " in err, err
     assert "GAFFER_CC_IDLE: 'soon' is not a duration" in launcher.log()
     assert launcher.daemon_pid() is None
+
+
+def test_a_daemon_on_a_full_disk_says_where(launcher: Launcher, src: Path, tmp_path: Path) -> None:
+    with mounted(tmp_path / "full", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as full:
+        (full / "cc").mkdir(mode=0o700)
+        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while os.write(fd, bytes(4096)):
+                pass
+        os.close(fd)
+        env = {**launcher.env, "GAFFER_CC_DIR": str(full / "cc")}
+        proc = subprocess.run([sys.executable, "-m", "gaffer", "cc", "--daemon"], env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert (proc.returncode, proc.stderr) == (3, f"gaffer: {full}/cc/daemon.lock: cannot write the daemon's "
+                                                     "pid: No space left on device\n")
+        compiled = launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src, env=env)
+        assert compiled.returncode == 0 and b"it exited at start" in compiled.stderr
 
 
 def test_many_first_compiles_at_once_start_one_daemon(launcher: Launcher, src: Path) -> None:

@@ -66,8 +66,11 @@ def serve(directory: Path, idle_s: float) -> int:
         if not _take_lock(lock_fd, directory / SOCKET_NAME):
             log.info("not started: daemon %s holds %s", _pid_in(lock_fd), LOCK_NAME)
             return 0
-        os.ftruncate(lock_fd, 0)
-        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(lock_fd, 0)
+            os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:  # a full disk: say where
+            raise EnvironmentProblem(f"{directory / LOCK_NAME}: cannot write the daemon's pid: {e.strerror}") from None
         return _Daemon(directory, idle_s).run()
     finally:
         os.close(lock_fd)
