@@ -25,7 +25,7 @@ from gaffer.cc.history import History
 from gaffer.cc.slots import LocalSlots
 from gaffer.cc.stats import Stats
 from gaffer.digest import Digest, StatCache, file_system_now
-from gaffer.errors import EnvironmentProblem
+from gaffer.errors import EnvironmentProblem, UserError
 
 if TYPE_CHECKING:
     from gaffer.cache.tiered import TieredCache
@@ -70,7 +70,7 @@ class Context:
         self.directory = private_directory(settings.cc_dir)
         self.base_dir = os.path.normpath(os.path.abspath(settings.base_dir)) if settings.base_dir else None
         self.preprocessor: bool = settings.cc_preprocessor
-        self.log = log or debug_log(settings.cc_debug)
+        self.log = log or debug_log(settings.cc_debug, settings.sources.get("cc_debug") or "GAFFER_CC_DEBUG")
         self.stat_cache = StatCache.load(os.path.join(self.directory, "stats"))
         self.stat_cache.device = os.stat(self.directory).st_dev  # where its moment is read; sources may be elsewhere
         self.compilers = Compilers(os.path.join(self.directory, "compilers"), self.stat_cache)
@@ -178,14 +178,19 @@ def private_directory(path: str) -> str:
     return path
 
 
-def debug_log(setting: str) -> Callable[[str], None]:
+def debug_log(setting: str, where: str = "GAFFER_CC_DEBUG") -> Callable[[str], None]:
     """GAFFER_CC_DEBUG: empty or 0 is off, 1 (true, yes, on) logs to stderr, anything else is a file to append
-    to."""
+    to: one that cannot be opened is a bad setting (asked for, the log must not vanish without a word)."""
     if setting.lower() in DEBUG_OFF:
         return lambda line: None
     if setting.lower() in DEBUG_STDERR:
         return lambda line: print(f"gaffer cc: {line}", file=sys.stderr, flush=True)
     path = setting
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise UserError(f"{where}: cannot write the debug log {path}: {e.strerror}") from None
 
     def to_file(line: str) -> None:
         try:
