@@ -243,6 +243,17 @@ def test_files_the_assembler_reads_are_never_trusted_to_the_dependency_file(tmp_
             assert outcome.startswith(f"{source}: miss, not stored") and "assembler" in outcome, outcome
 
 
+def test_date_and_time_macros_on_the_command_line_are_not_cached_in_direct_mode(tmp_path: Path) -> None:
+    write(tmp_path / "d.c", "const char *when = STAMP;\n")
+    cc = Launcher(tmp_path)
+    outcomes = []
+    for _ in range(3):
+        assert cc.run([GCC, "-DSTAMP=__DATE__ \" \" __TIME__", "-c", "d.c"], tmp_path).returncode == 0
+        outcomes.append(cc.outcome())
+    assert outcomes[0].endswith("uses __DATE__ or __TIME__ (direct mode: preprocessor mode next time)"), outcomes
+    assert "d.c: direct hit" not in outcomes, outcomes  # a preprocessed hit has the same expanded time
+
+
 def checkout(root: Path, header_value: int = 1) -> Path:
     write(root / "include" / "conf.h", f"#define VALUE {header_value}\n")
     write(root / "src" / "main.c", '#include <stdio.h>\n#include "conf.h"\n'

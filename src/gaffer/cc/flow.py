@@ -75,6 +75,7 @@ class Job:
     runner: Callable[[list[str]], Ran] | None = None  # runs a miss elsewhere (cc/remote.py); None: `run` here
     saved: float = 0.0  # seconds a hit saved: the stored run's duration less this lookup's
     compiles: bool = False  # the files read are sources and headers (not a link's objects and libraries)
+    time_args: bool = False  # an argument uses __DATE__/__TIME__ (-DSTAMP=__TIME__), as a file read may
     preprocess: bool = False  # the manifest says: this compile uses __DATE__/__TIME__, try preprocessor mode
     # the paths, as written, that must not appear for an entry of these files read to hold (shadow.py), or
     # why the run cannot be stored
@@ -221,7 +222,7 @@ def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Dige
     cache = job.ctx.cache()
     if also is not None:
         result.put(cache, also, files, ran.stdout, ran.stderr, ran.start, ran.end)
-    if any(job.ctx.time_macros.get(h, False) for _, h, _ in deps):
+    if uses_time(job, deps):
         if not job.preprocess:
             update_manifest(job, lambda m: Manifest(m.entries, preprocess=True))
         return None if also is not None else "uses __DATE__ or __TIME__ (direct mode: preprocessor mode next time)"
@@ -230,6 +231,11 @@ def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Dige
     result.put(cache, key, files, ran.stdout, ran.stderr, ran.start, ran.end)
     add_to_manifest(job, deps, key, absent)
     return None
+
+
+def uses_time(job: Job, deps: DepList) -> bool:
+    """Does the result depend on when it was made (__DATE__, __TIME__ in an argument or a file read)?"""
+    return job.time_args or any(job.ctx.time_macros.get(h, False) for _, h, _ in deps)
 
 
 def dep_list(job: Job, read: list[str], ran: Ran) -> DepList | str:
