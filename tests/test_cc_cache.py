@@ -491,6 +491,20 @@ def test_links_are_cached_until_a_library_changes(tmp_path: Path) -> None:
     assert "link hits                                2" in cc.stats(tmp_path)
 
 
+def test_a_link_with_commas_in_the_launcher_directory_and_the_output(tmp_path: Path) -> None:
+    """The linker's dependency file is named in one argument: through -Wl, a comma in its path split it, and
+    every link failed."""
+    write(tmp_path / "main.c", "int main(void) { return 0; }\n")
+    assert plain(["-c", "main.c"], tmp_path).returncode == 0
+    cc = Launcher(tmp_path)
+    cc.env["GAFFER_CC_DIR"] = str(tmp_path / "cc,dir")
+    for outcome in ("miss", "direct hit"):
+        (tmp_path / "a,pp").unlink(missing_ok=True)
+        got = cc.run([GCC, "-o", "a,pp", "main.o"], tmp_path, kind="ld")
+        assert got.returncode == 0, got.stderr
+        assert cc.outcome().startswith(f"a,pp: {outcome}")
+
+
 def test_stats_explain_and_zero(tmp_path: Path) -> None:
     build = project(tmp_path)
     cc = Launcher(tmp_path)
