@@ -187,6 +187,18 @@ def test_a_comment_only_edit_is_a_preprocessed_hit(tmp_path: Path) -> None:
     assert same_as_gcc(cc, ["-I../inc", "-c", "../src/a.c"], build, ["a.o"]) == "../src/a.c: direct hit"
 
 
+def test_a_comment_edit_that_moves_columns_is_no_preprocessed_hit_where_columns_show(tmp_path: Path) -> None:
+    """The preprocessed text keeps lines, not columns: debug info (gcc's column info) and diagnostics (which
+    quote the source line) record them, so such a compile takes no preprocessed hit after a comment edit."""
+    cc = Launcher(tmp_path, GAFFER_CC_PREPROCESSOR="1")
+    write(tmp_path / "x.c", '#include "h.h"\nint x(int a) { return g(a); }\n')
+    for args in (["-g", "-c", "x.c"], ["-Wall", "-c", "x.c"]):
+        write(tmp_path / "h.h", "static inline int g(int a) { int unused; return a + 1; }\n")
+        same_as_gcc(cc, args, tmp_path, ["x.o"])
+        write(tmp_path / "h.h", "static inline /* moved */ int g(int a) { int unused; return a + 1; }\n")
+        assert same_as_gcc(cc, args, tmp_path, ["x.o"]).startswith("x.c: miss: h.h changed"), args
+
+
 def test_warnings_are_replayed_byte_for_byte(tmp_path: Path) -> None:
     write(tmp_path / "w.c", "int f(int x) { int unused; return x; }\n")
     cc = Launcher(tmp_path)

@@ -76,7 +76,7 @@ def handle_compile(request: Request, ctx: Context) -> Response:
         job.parts.extend(job.input_part(p) for p in [c.source, *c.extra_inputs])
         job.direct = key_digest(["direct", *job.parts])
         hit = lookup_direct(job)
-        if hit is None and (ctx.preprocessor or job.preprocess):
+        if hit is None and (ctx.preprocessor or job.preprocess) and not records_columns(c):
             preprocessed, hit = preprocessed_lookup(job, c)
     except CACHE_ERRORS as e:
         ctx.log(f"{c.source}: cache unusable ({e}): running the compiler")
@@ -93,6 +93,13 @@ def handle_compile(request: Request, ctx: Context) -> Response:
         if c.dep_file is None:
             return run_and_store(job, [*c.args, "-MD", "-MF", ours], lambda ran: read_text(ours), preprocessed, ours)
         return run_and_store(job, c.args, lambda ran: user_deps(job, c, ran), preprocessed)
+
+
+def records_columns(c: Compile) -> bool:
+    """Does the object hold source columns (gcc's debug info does, unless -gno-column-info)? The preprocessed
+    text keeps lines, not columns (a comment becomes one space), so such a compile has no preprocessed key."""
+    column_flags = [a for a in c.args if a in ("-gcolumn-info", "-gno-column-info")]
+    return c.debug and column_flags[-1:] != ["-gno-column-info"]
 
 
 def search_dirs(job: Job, c: Compile) -> list[str]:

@@ -195,6 +195,8 @@ def run_and_store(job: Job, args: list[str], read_deps: Callable[[Ran], str | No
 
 def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Digest | None) -> str | None:
     """Store a successful run; the reason it was not stored, or None."""
+    if ran.stderr:  # diagnostics quote source lines and columns, which a preprocessed key does not hold
+        also = None
     files: dict[str, Path | bytes] = {}
     for role, p in job.outputs.items():
         try:
