@@ -340,6 +340,24 @@ def test_debug_info_names_the_directory_as_pwd_gives_it(tmp_path: Path) -> None:
         assert (tmp_path / "real" / "x.o").read_bytes() == (tmp_path / "real" / "want.o").read_bytes(), link
 
 
+def test_warnings_naming_a_checkout_are_never_replayed_in_another(tmp_path: Path) -> None:
+    """Diagnostics name the paths the command gave (CMake's are absolute) whatever the prefix maps: a result
+    with such a warning holds in its own checkout only; one without is shared."""
+    cc = Launcher(tmp_path, GAFFER_CC_BASEDIR=str(tmp_path))
+    outcomes = []
+    for name in ("one", "two", "one", "two"):
+        root = tmp_path / name
+        write(root / "inc" / "w.h", "static int unused_in_header;\n")
+        write(root / "src" / "a.c", '#include "w.h"\nint f(void) { int unused; return 0; }\n')
+        (root / "build").mkdir(exist_ok=True)
+        for warn in ("-Wall", "-w"):
+            args = [warn, f"-I{root}/inc", f"-ffile-prefix-map={root}=.", "-c", f"{root}/src/a.c", "-o", "a.o"]
+            outcomes.append(same_as_gcc(cc, args, root / "build", ["a.o"]).split(": ", 1)[1])
+    assert outcomes == ["miss: new (never run with these arguments)", "miss: arguments differ: -'-Wall', +'-w'",
+                        "miss: its diagnostics name the paths of another working directory", "direct hit",
+                        "direct hit", "direct hit", "direct hit", "direct hit"], outcomes
+
+
 def test_differential_across_checkouts_never_gives_the_other_checkouts_object(tmp_path: Path) -> None:
     """Random small projects in two checkouts under one base directory, with sources and headers differing at
     random between them, built in turns through rounds of random edits (a header shadowing another appearing

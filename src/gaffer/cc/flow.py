@@ -229,9 +229,10 @@ def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Dige
             update_manifest(job, lambda m: Manifest(m.entries, preprocess=True))
         return None if also is not None else "uses __DATE__ or __TIME__ (direct mode: preprocessor mode next time)"
     assert job.direct is not None
-    key = result_key(job.direct, deps)
+    bound = job.cwd if job.base_dir and os.fsencode(job.base_dir) in ran.stdout + ran.stderr else None
+    key = result_key(job.direct, deps, bound)
     result.put(cache, key, files, ran.stdout, ran.stderr, ran.start, ran.end)
-    add_to_manifest(job, deps, key, absent)
+    add_to_manifest(job, deps, key, absent, bound)
     return None
 
 
@@ -279,11 +280,13 @@ def update_manifest(job: Job, change: Callable[[Manifest], Manifest]) -> None:
     result.put(job.ctx.cache(), job.direct, {"manifest": encode_manifest(manifest)}, b"", b"", now, now)
 
 
-def add_to_manifest(job: Job, deps: DepList, key: Digest, absent_paths: list[str]) -> None:
+def add_to_manifest(job: Job, deps: DepList, key: Digest, absent_paths: list[str], cwd: str | None = None) -> None:
     """Put (deps -> key) first in the direct key's manifest, with the paths that must not appear for it to
-    hold."""
+    hold, and the one working directory it holds in if its output names paths under the base directory (a
+    checkout's: the base directory shares keys between checkouts, not what the compiler printed)."""
     absent = [normalise(p, job.cwd, job.base_dir) for p in absent_paths]
-    update_manifest(job, lambda m: Manifest([Entry(deps, key, absent), *(e for e in m.entries if e.deps != deps)],
+    update_manifest(job, lambda m: Manifest([Entry(deps, key, absent, cwd),
+                                             *(e for e in m.entries if (e.deps, e.cwd) != (deps, cwd))],
                                             m.preprocess))
 
 

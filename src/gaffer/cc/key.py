@@ -150,10 +150,12 @@ class Entry:
     deps: DepList
     result: Digest
     absent: list[str]  # key-form paths that must still not exist (shadow.py)
+    cwd: str | None = None  # the one working directory it holds in: its diagnostics name that checkout's paths
 
 
-def result_key(direct: Digest, deps: DepList) -> Digest:
-    return key_digest(["direct-result", str(direct), *(f"dep {p} {h} {n}" for p, h, n in deps)])
+def result_key(direct: Digest, deps: DepList, cwd: str | None = None) -> Digest:
+    return key_digest(["direct-result", str(direct), *(f"dep {p} {h} {n}" for p, h, n in deps),
+                       *([f"cwd {cwd}"] if cwd is not None else [])])
 
 
 @dataclass
@@ -164,7 +166,8 @@ class Manifest:
 
 def encode_manifest(m: Manifest) -> bytes:
     return json.dumps({"format": 1, "preprocess": m.preprocess, "entries": [
-        {"deps": e.deps, "result": [e.result.hash, e.result.size_bytes], "absent": e.absent}
+        {"deps": e.deps, "result": [e.result.hash, e.result.size_bytes], "absent": e.absent,
+         **({"cwd": e.cwd} if e.cwd is not None else {})}
         for e in m.entries[:MAX_ENTRIES]]},
         separators=(",", ":")).encode()
 
@@ -174,7 +177,8 @@ def decode_manifest(data: bytes) -> Manifest:
     try:
         doc = json.loads(data)
         return Manifest([Entry([(str(p), str(h), int(n)) for p, h, n in e["deps"]],
-                               Digest(str(e["result"][0]), int(e["result"][1])), [str(p) for p in e["absent"]])
+                               Digest(str(e["result"][0]), int(e["result"][1])), [str(p) for p in e["absent"]],
+                               str(e["cwd"]) if e.get("cwd") is not None else None)
                          for e in doc["entries"]], doc.get("preprocess") is True)
     except (ValueError, KeyError, TypeError, AttributeError):
         return Manifest([])
@@ -183,6 +187,8 @@ def decode_manifest(data: bytes) -> Manifest:
 def first_mismatch(entry: Entry, cwd: str, digest: Callable[[str], Digest | None]) -> str | None:
     """None if every file of `entry` still has its digest here and none of its absent paths exists, else what
     differs ("header foo.h changed"). On every hit: kept to plain string work."""
+    if entry.cwd is not None and entry.cwd != cwd:
+        return "its diagnostics name the paths of another working directory"
     here = cwd.rstrip("/") + "/"
     for path, h, size in entry.deps:
         local = localise(path, cwd)
