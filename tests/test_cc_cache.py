@@ -163,6 +163,20 @@ def test_a_header_appearing_earlier_in_the_search_path_is_a_miss(tmp_path: Path)
     assert same_as_gcc(cc, ["-Ilib", "-c", "t.c"], tmp_path, ["t.o"]) == "t.c: miss: lib/stdint.h appeared"
 
 
+def test_an_include_option_file_appearing_in_the_working_directory_is_a_miss(tmp_path: Path) -> None:
+    """-include and -imacros look in the working directory first, whatever the source's directory."""
+    build = project(tmp_path)
+    write(tmp_path / "inc" / "pre.h", "#define PRE 1\n")
+    write(tmp_path / "src" / "p.c", "int p = PRE;\n")
+    cc = Launcher(tmp_path)
+    for option in ("-include", "-imacros"):
+        args = ["-I../inc", option, "pre.h", "-c", "../src/p.c"]
+        same_as_gcc(cc, args, build, ["p.o"])
+        write(build / "pre.h", "#define PRE 2\n")
+        assert same_as_gcc(cc, args, build, ["p.o"]).startswith("../src/p.c: miss: ./pre.h appeared"), option
+        (build / "pre.h").unlink()
+
+
 def test_precompiled_headers_are_never_trusted(tmp_path: Path) -> None:
     """gcc reads p.h.gch instead of p.h when there is one, and its dependency file names neither."""
     write(tmp_path / "p.h", "#define P 1\n")
