@@ -136,6 +136,8 @@ def test_key_changes_are_named() -> None:
     assert key_change(before, [*before[:3], "input x.c 2", "env LANG=C"]) == "x.c changed"
     assert key_change(before, [*before[:4], "env LANG=de_DE"]) == "environment LANG changed"
     assert key_change(before, ["compiler a", "arg -c", "arg -O0", *before[3:]]) == "arguments differ: -'-O2', +'-O0'"
+    assert key_change(before, [*before, "mapped /src/one/build"]) == \
+        "a path the object records changed (what -ffile-prefix-map leaves of it)"
     assert key_change(before, list(before)) is None
 
 
