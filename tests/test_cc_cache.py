@@ -224,6 +224,17 @@ def test_warnings_are_replayed_byte_for_byte(tmp_path: Path) -> None:
     assert same_as_gcc(cc, args, tmp_path, ["w.o"]) == "w.c: direct hit"
 
 
+def test_diagnostics_the_environment_asks_for_are_keyed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GCC_EXTRA_DIAGNOSTIC_OUTPUT adds machine-readable fix-it lines to the warnings."""
+    write(tmp_path / "w.c", '#include <stdio.h>\nint k(void) { return printf("%d\\n", 1.0); }\n')
+    cc = Launcher(tmp_path)
+    for value in ("", "fixits-v2"):
+        if value:
+            monkeypatch.setenv("GCC_EXTRA_DIAGNOSTIC_OUTPUT", value)
+            cc.env["GCC_EXTRA_DIAGNOSTIC_OUTPUT"] = value
+        assert same_as_gcc(cc, ["-Wall", "-c", "w.c"], tmp_path, ["w.o"]).startswith("w.c: miss")
+
+
 def test_a_compile_error_is_gccs_and_never_cached(tmp_path: Path) -> None:
     write(tmp_path / "e.c", "int f(void) { return nope; }\n")
     cc = Launcher(tmp_path)

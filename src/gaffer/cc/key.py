@@ -30,7 +30,8 @@ KEY_FORMAT = "gaffer-cc-v1"
 # what gcc and clang read from the environment that can change an object or a diagnostic
 ENV_READ = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "OBJC_INCLUDE_PATH", "OBJCPLUS_INCLUDE_PATH",
             "SOURCE_DATE_EPOCH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "GCC_COLORS", "GCC_URLS",
-            "TERM_URLS", "COMPILER_PATH", "GCC_EXEC_PREFIX", "LIBRARY_PATH", "CCC_OVERRIDE_OPTIONS")
+            "TERM_URLS", "COMPILER_PATH", "GCC_EXEC_PREFIX", "LIBRARY_PATH", "CCC_OVERRIDE_OPTIONS",
+            "GCC_EXTRA_DIAGNOSTIC_OUTPUT")
 MAX_ENTRIES = 16  # header sets kept per manifest, newest first
 _TIME_MACROS = re.compile(rb"__(?:DATE|TIME|TIMESTAMP)__")
 _ASSEMBLER_READS = re.compile(rb'\.incbin\b|\.include\s+\\?"')
