@@ -6,6 +6,7 @@ Each test has its own launcher directory, so its own daemon, started by its firs
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -287,7 +288,7 @@ def test_bad_frames_close_the_connection_and_never_the_daemon(launcher: Launcher
     good_head = b"GCC2" + u32(0) + u32(0o022) + u32(len(str(src))) + str(src).encode()
     frames = {
         "not a gaffer-cc request": b"HTTP/1.1 GET /\r\n\r\n",
-        "not a gaffer-cc request (starts with b'GCC1')": b"GCC1" + u32(0),  # an older client: it compiles itself
+        "not a gaffer-cc request (starts with b'GCC0')": b"GCC0" + u32(0),
         "unknown request kind": b"GCC2" + u32(7),
         "is not a file mode mask": b"GCC2" + u32(0) + u32(0o1000),
         "oversized request": b"GCC2" + u32(0) + u32(0) + u32(0xFFFFFFFF),
@@ -306,6 +307,9 @@ def test_bad_frames_close_the_connection_and_never_the_daemon(launcher: Launcher
     answer = _exchange(sock, encode_request(request))
     assert answer[:4] == b"GCR1" and struct.unpack("<Ii", answer[4:12]) == (0, 0)
     assert (src / "proto.o").exists()
+    old = encode_request(dataclasses.replace(request, argv=["gcc", "-c", "hello.c", "-o", "old.o"]))
+    old = b"GCC1" + old[4:8] + old[12:]  # an older client's request: no umask
+    assert _exchange(sock, old)[:12] == b"GCR1" + struct.pack("<Ii", 0, 0) and (src / "old.o").exists()
     assert launcher.starts() == 1
 
 
@@ -361,6 +365,19 @@ def test_install_builds_once_and_rebuilds_when_the_source_changes(tmp_path: Path
     install_client(tmp_path / "cc", tmp_path / "bin")
     assert binary.stat().st_ino != inode
     assert [p.name for p in binary.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_installing_a_new_client_stops_the_older_daemon(launcher: Launcher, src: Path) -> None:
+    """A client built anew comes from a newer gaffer than the running daemon, which might not speak its protocol
+    (every compile would then run uncached while it kept the daemon alive): --install stops it."""
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
+    pid = launcher.daemon_pid()
+    installed = launcher.run([sys.executable, "-m", "gaffer", "cc", "--install"], cwd=src)
+    assert installed.returncode == 0 and f"stopped the daemon (pid {pid})" in installed.stdout.decode()
+    assert launcher.daemon_pid() is None
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
+    again = launcher.run([sys.executable, "-m", "gaffer", "cc", "--install"], cwd=src)  # nothing rebuilt
+    assert again.returncode == 0 and b"stopped" not in again.stdout and launcher.daemon_pid() is not None
 
 
 def test_the_default_directory_is_made_on_first_use(tmp_path_factory: pytest.TempPathFactory, cc_client: Path,

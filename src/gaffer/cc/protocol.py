@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 from gaffer.cc.launch import Request, Response
 
-REQUEST_MAGIC = b"GCC2"  # GCC1 had no umask: such a client finds the connection closed and compiles uncached
+REQUEST_MAGIC = b"GCC2"
+OLD_REQUEST_MAGIC = b"GCC1"  # a client built by an older gaffer: no umask (its files get the daemon's)
 RESPONSE_MAGIC = b"GCR1"
 MAX_REQUEST = 64 << 20  # the client refuses to send more (client.c's MAX_REQUEST), and runs the compiler itself
 MAX_ITEMS = 1 << 20  # arguments or variables: far beyond any kernel's ARG_MAX
@@ -54,13 +55,13 @@ def read_request(read: Callable[[int], bytes]) -> Request:
         return [string() for _ in range(count)]
 
     magic = take(4)
-    if magic != REQUEST_MAGIC:
+    if magic not in (REQUEST_MAGIC, OLD_REQUEST_MAGIC):
         raise FrameError(f"not a gaffer-cc request (starts with {magic!r})")
     kind = u32()
     if kind not in KINDS:
         raise FrameError(f"unknown request kind {kind}")
-    umask = u32()
-    if umask > 0o777:
+    umask = u32() if magic == REQUEST_MAGIC else None
+    if umask is not None and umask > 0o777:
         raise FrameError(f"umask {umask:#o} is not a file mode mask")
     cwd = string()
     if not os.path.isabs(cwd):
