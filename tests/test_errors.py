@@ -3,7 +3,6 @@ gaffer never deletes a file it did not create. Through the real CLI, on real pro
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import NOBODY, gaffer_env, require, run_gaffer
+from tests.support import NOBODY, gaffer_env, mounted, require, run_gaffer
 
 
 def workspace(root: Path, graph: dict, files: dict[str, str] | None = None) -> Path:
@@ -362,18 +361,6 @@ def test_remote_cache_without_its_extra_installed(
 
 
 # --- a workspace on a full or read-only file system (mounted for the test: needs root) ------------------------
-
-
-@contextlib.contextmanager
-def mounted(mountpoint: Path, *args: str) -> Iterator[Path]:
-    require(os.geteuid() == 0 and shutil.which("mount") is not None, "mounting a file system needs root")
-    mountpoint.mkdir(exist_ok=True)
-    done = subprocess.run(["mount", *args, str(mountpoint)], capture_output=True, text=True, check=False)
-    require(done.returncode == 0, f"cannot mount: {done.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 def test_full_workspace_disk_is_one_line_and_leaves_no_temp_file(tmp_path: Path, env: dict[str, str]) -> None:
