@@ -264,12 +264,16 @@ def _worker_argv(address: str, directory: Path) -> list[str]:
 
 def test_worker_usage_errors_are_one_line(tmp_path: Path) -> None:
     env = _env()
-    for args, message in ((["--server", "nowhere"], "--server: 'nowhere': expected HOST:PORT"),
-                          (["--server", "127.0.0.1:1", "--platform", "novalue"], "--platform: 'novalue': expected KEY=VALUE"),
-                          ([], "no server to work for")):
+    for args, message, status in (
+            (["--server", "nowhere"], "--server: 'nowhere': expected HOST:PORT", 2),
+            (["--server", "127.0.0.1:1", "--platform", "novalue"], "--platform: 'novalue': expected KEY=VALUE", 2),
+            (["--server", "grpc://127.0.0.1:1"], "--server: 'grpc://127.0.0.1:1': expected HOST:PORT", 2),
+            (["--server", "127.0.0.1:1", "--dir", "/dev/null"],
+             "--dir /dev/null: cannot create the directory: a file is in the way", 3),
+            ([], "no server to work for", 2)):
         proc = subprocess.run([sys.executable, "-m", "gaffer", "worker", *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=60, check=False)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.returncode == status and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith("gaffer worker: ") and message in proc.stderr, proc.stderr
 
 

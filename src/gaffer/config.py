@@ -106,7 +106,7 @@ def _address(value: object, where: str, base: str | None = None) -> tuple[str, i
     text = _text(value, where)
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or "/" in host or not port.isdigit() or int(port) > 65535:  # "/": grpc://HOST:PORT
         raise UserError(f"{where}: {text!r}: expected HOST:PORT (example: 127.0.0.1:9092, port 0 for any)")
     return host, int(port)
 

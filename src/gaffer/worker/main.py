@@ -81,6 +81,10 @@ def _work(settings: Settings) -> int:
     where = f"{settings.sources['worker_dir'] or '--dir'} {directory}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # FileExistsError: a file stands there
+        reason = "a file is in the way" if isinstance(e, FileExistsError) else e.strerror
+        raise EnvironmentProblem(f"{where}: cannot create the directory: {reason}") from None
+    try:
         lock = _lock(directory, where)
         remove_outputs(directory, ["exec"])  # the exec roots a killed worker left behind
         (directory / "exec").mkdir()
