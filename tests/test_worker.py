@@ -19,6 +19,7 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 
 from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.protos import remote_execution_pb2_grpc as re_grpc
 from gaffer.server.packs import PACKS, read_table
 from tests import servers
 from tests.buildgrid import ReapiServer, start_gaffer_serve
@@ -144,6 +145,41 @@ def test_an_output_path_escaping_the_exec_root_is_refused(client: Client, worker
     response = client.execute(submitted)
     assert response.status.code == code_pb2.INVALID_ARGUMENT, response.status
     assert "unsafe output path '../../escaped'" in response.status.message
+
+
+def test_a_malformed_command_is_refused_once_not_retried_as_a_worker_fault(
+        client: Client, workers: Callable[..., Worker]) -> None:
+    """What the action asks for and no worker could do is INVALID_ARGUMENT at its first attempt, never an INTERNAL
+    fault of the worker tried on three of them."""
+    worker = workers("malformed", "--platform", "test=malformed")
+    platform = {"test": "malformed"}
+    for submitted, message in (
+            (client.action(["true"], platform=platform, timeout_s=-5), "negative timeout"),
+            (client.action(["true"], platform=platform, timeout_s=1e11), "timeout longer than"),
+            (client.action(["env"], platform=platform, env={"A=B": "c"}), "environment variable 'A=B'"),
+            (client.action(["env"], platform=platform, env={"A": "c\0d"}), "environment variable 'A'"),
+            (client.action(["echo", "a\0b"], platform=platform), "argument 'a\\x00b'"),
+            (client.action(["sh", "-c", "echo x > f"], outputs=["."], platform=platform), "unsafe output path '.'")):
+        response = client.execute(submitted)
+        assert response.status.code == code_pb2.INVALID_ARGUMENT, (message, response.status)
+        assert message in response.status.message, response.status.message
+    assert "INTERNAL" not in worker.text() and "requeued" not in worker.text(), worker.text()
+
+
+def test_an_output_symlink_pointing_outside_fails_the_action_and_is_not_cached(
+        client: Client, workers: Callable[..., Worker]) -> None:
+    """A result that cannot hold every output it made (a symlink to an absolute path) is no success: with its
+    other outputs dropped, a cached exit 0 would be a hit missing files the command did make."""
+    workers("abslink", "--platform", "test=abslink")
+    submitted = client.action(["sh", "-c", "echo x > f; ln -s /etc/hostname link"], outputs=["f", "link"],
+                              platform={"test": "abslink"})
+    response = client.execute(submitted, skip_cache_lookup=False)
+    assert response.status.code == code_pb2.INVALID_ARGUMENT, response
+    assert "symlink link points to an absolute path" in response.status.message, response.status.message
+    cache = re_grpc.ActionCacheStub(client.channel)
+    with pytest.raises(grpc.RpcError) as missed:
+        cache.GetActionResult(re_pb2.GetActionResultRequest(action_digest=submitted.action_digest), timeout=30)
+    assert missed.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _lose(store: Path, hash_: str) -> None:
