@@ -648,6 +648,28 @@ def test_cache_verify_refuses_a_store_a_server_is_using(tmp_path: Path, serve: l
     assert f"another gaffer cache verify (pid {os.getpid()}) is using this store" in refused.stderr, refused.stderr
 
 
+def test_a_served_stores_instance_directory_is_refused_as_the_store_itself(tmp_path: Path, serve: list) -> None:
+    """A named instance's directory has the layout of a local cache: `gaffer cache clean --cache-dir
+    STORE/instances/NAME` emptied it under the running server's index, and a second server could serve it."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server, "team")
+    batch = [_blob(2000)]
+    assert client.update(batch) == [0]
+    instance = store / "instances" / "team"
+    for action in ("verify", "gc", "clean"):
+        refused = _gaffer_cache(action, instance)
+        assert refused.returncode == 3 and refused.stdout == "", action + refused.stdout + refused.stderr
+        assert f"a gaffer serve (pid {server.proc.pid}) is using this store" in refused.stderr, refused.stderr
+    second = subprocess.run([sys.executable, "-m", "gaffer.server.main", "--dir", str(instance), "--grpc",
+                             "127.0.0.1:0"], capture_output=True, text=True, timeout=60, check=False)
+    assert second.returncode == 3, second.stderr
+    assert f"another gaffer serve (pid {server.proc.pid}) is using this store" in second.stderr, second.stderr
+    assert client.read([batch[0][0]]) == {batch[0][0]: batch[0][1]}
+    client.close()
+
+
 def test_a_torn_blob_file_is_replaced_by_its_packed_copy_for_good(tmp_path: Path, serve: list) -> None:
     """A blob's file cut short while the server was down, then the blob uploaded again in a batch: the packed copy
     is the entry and the torn file is removed, so a restart serves the packed copy (not the torn file)."""

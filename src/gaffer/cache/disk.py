@@ -95,6 +95,27 @@ def lock_served(root: Path, command: str) -> int:
     return fd
 
 
+def lock_stores(root: Path, command: str, create: bool = True) -> list[int]:
+    """`lock_served` on `root` (when `create`, or once it has a SERVE_LOCK) and, first, on the served store of
+    which `root` is a named instance's directory (`<store>/instances/<name>`, the layout `gaffer serve` gives
+    them), whose server indexes `root` too: the descriptors holding them, until closed."""
+    real = os.path.realpath(root)
+    outer = os.path.dirname(os.path.dirname(real))
+    stores = [_path(outer)] if (os.path.basename(os.path.dirname(real)) == "instances"
+                                and os.path.exists(os.path.join(outer, SERVE_LOCK))) else []
+    if create or (root / SERVE_LOCK).exists():
+        stores.append(root)
+    held: list[int] = []
+    try:
+        for store in stores:
+            held.append(lock_served(store, command))
+    except BaseException:
+        for fd in held:
+            os.close(fd)
+        raise
+    return held
+
+
 class StoreStatus(NamedTuple):
     actions: int
     blobs: int
@@ -444,14 +465,12 @@ class DiskStore(CacheTier):
         """Keep a `gaffer serve` from starting on the store while `command` changes it (StoreServed if one runs
         now: its index would no longer match the disk). A directory without SERVE_LOCK never had a server, nor
         packs, and gets no lock file."""
-        if not (self.root / SERVE_LOCK).exists():
-            yield
-            return
-        fd = lock_served(self.root, command)
+        held = lock_stores(self.root, command, create=False)
         try:
             yield
         finally:
-            os.close(fd)
+            for fd in held:
+                os.close(fd)
 
     def _verify(self) -> VerifyReport:
         checked = checked_actions = 0
