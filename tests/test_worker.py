@@ -6,10 +6,12 @@ never take another test's actions. Tests follow the workers through their log li
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,8 @@ import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
+from gaffer.cache.disk import DiskStore
+from gaffer.digest import digest_bytes
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import remote_execution_pb2_grpc as re_grpc
 from gaffer.server.packs import PACKS, read_table
@@ -180,6 +184,27 @@ def test_an_output_symlink_pointing_outside_fails_the_action_and_is_not_cached(
     with pytest.raises(grpc.RpcError) as missed:
         cache.GetActionResult(re_pb2.GetActionResultRequest(action_digest=submitted.action_digest), timeout=30)
     assert missed.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_worker_holding_more_blobs_than_one_message_carries_reports_them_all(
+        serve: ReapiServer, workers: Callable[..., Worker], tmp_path: Path) -> None:
+    """80,000 blobs named in one InventoryReport are ~5.6 MB, past the 5 MiB a gaffer serve accepts: the report
+    was refused, every time (each lease's report starts over), and the server never learnt what the worker held."""
+    count = 80_000
+    cache = DiskStore(tmp_path / "worker-many" / "blobs")
+    for i in range(count):
+        data = b"%08d" % i
+        path = cache.blob_path(digest_bytes(data))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    workers("many", "--platform", "test=many")
+
+    def reported() -> bool:
+        with urllib.request.urlopen(f"{serve.http_url}/status.json", timeout=10) as reply:
+            status = json.load(reply)
+        return any(w["name"].endswith("-many") and w["held_blobs"] == count for w in status["workers"])
+
+    servers.wait_until(reported, f"the server knows the worker holds {count} blobs", 30)
 
 
 def _lose(store: Path, hash_: str) -> None:
