@@ -329,6 +329,8 @@ def test_worker_usage_errors_are_one_line(tmp_path: Path) -> None:
             (["--server", "nowhere"], "--server: 'nowhere': expected HOST:PORT", 2),
             (["--server", "127.0.0.1:1", "--platform", "novalue"], "--platform: 'novalue': expected KEY=VALUE", 2),
             (["--server", "grpc://127.0.0.1:1"], "--server: 'grpc://127.0.0.1:1': expected HOST:PORT", 2),
+            (["--server", "127.0.0.1:1", "--max-jobs", "5000"], "--max-jobs: '5000' is not a number of jobs from 1 to 1024",
+             2),
             (["--server", "127.0.0.1:1", "--dir", "/dev/null"],
              "--dir /dev/null: cannot create the directory: a file is in the way", 3),
             ([], "no server to work for", 2)):
