@@ -340,6 +340,16 @@ def test_worker_usage_errors_are_one_line(tmp_path: Path) -> None:
         assert proc.stderr.startswith("gaffer worker: ") and message in proc.stderr, proc.stderr
 
 
+def test_a_worker_the_server_refuses_as_malformed_exits_at_once(serve: ReapiServer, tmp_path: Path) -> None:
+    """An instance name the server refuses is refused again at every retry: one line and exit 2, not a loop."""
+    argv = [*_worker_argv(serve.grpc_address, tmp_path / "bad-instance"), "--instance", "../x"]
+    refused = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines()[-1].startswith(
+        f"gaffer worker: {serve.grpc_address} refuses the worker: INVALID_ARGUMENT: invalid instance name '../x'"
+    ), refused.stderr
+
+
 def test_a_worker_needs_the_servers_token(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret\n")

@@ -43,13 +43,15 @@ REPORT_DIGESTS = 40_000  # digests per InventoryReport: ~3 MB, under the 4 MiB a
 BACKOFF_START_S = 0.1
 BACKOFF_CAP_S = 10.0
 _SESSION_GONE = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT})
-# Answers to CreateBotSession that no retry changes: a missing or wrong token, a server without a Bots service.
+# Answers to CreateBotSession that no retry changes: a missing or wrong token, a server without a Bots service, a
+# session it finds malformed (an instance name or a max jobs it does not take).
 _REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                      grpc.StatusCode.UNIMPLEMENTED})
+                      grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT})
 
 
 class Refused(Exception):
-    """The server will not take this worker (its token, or no Bots service): the operator must act."""
+    """The server will not take this worker (its token, no Bots service, a malformed session): the operator must
+    act."""
 
     def __init__(self, e: grpc.RpcError) -> None:
         self.token = e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
