@@ -670,6 +670,33 @@ def test_a_served_stores_instance_directory_is_refused_as_the_store_itself(tmp_p
     client.close()
 
 
+def test_a_start_removes_temp_files_whose_writer_is_gone_even_under_a_live_pid(tmp_path: Path, serve: list) -> None:
+    """A server killed mid-upload leaves a temp file named after its pid. Found at the next start, it stayed as a
+    running writer's when that pid was a zombie not yet reaped, or another process's now (a pid reused; a server
+    restarted in a container gets the very pid it had), taking disk space outside the bound for good."""
+    tmp = tmp_path / "store" / "tmp"
+    tmp.mkdir(parents=True)
+    zombie = subprocess.Popen(["true"])
+    wait_until(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+                       "an unreaped child", 10)
+    later = subprocess.Popen(["sleep", "60"])  # started after the file below was last written
+    try:
+        dead_writer = tmp / f"{zombie.pid}-1-aaaaaaaa"
+        reused_pid = tmp / f"{later.pid}-1-bbbbbbbb"
+        running = tmp / f"{os.getpid()}-1-cccccccc"  # this test process, running since before: a writer
+        for path in (dead_writer, reused_pid, running):
+            path.write_bytes(b"half an upload")
+        an_hour_ago = time.time() - 3600
+        os.utime(reused_pid, (an_hour_ago, an_hour_ago))
+        server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+        serve.append(server)
+        assert sorted(p.name for p in tmp.iterdir()) == [running.name]
+    finally:
+        later.kill()
+        later.wait()
+        zombie.wait()
+
+
 def test_a_torn_blob_file_is_replaced_by_its_packed_copy_for_good(tmp_path: Path, serve: list) -> None:
     """A blob's file cut short while the server was down, then the blob uploaded again in a batch: the packed copy
     is the entry and the torn file is removed, so a restart serves the packed copy (not the torn file)."""

@@ -588,11 +588,21 @@ class DiskStore(CacheTier):
             self._write_size(0)
             (self.root / "builds.log").unlink(missing_ok=True)
 
-    def remove_stale_temp_files(self) -> None:
-        """Remove the temp files of processes no longer running (a kill -9, a crash); a running one's stay."""
+    def remove_stale_temp_files(self, ours_too: bool = False) -> None:
+        """Remove the temp files of processes no longer running (a kill -9, a crash); a running one's stay. A
+        process with the writer's pid that started after the file was last written is another one (the pid
+        reused); `ours_too`: this process's own pid is a dead writer's too (a server at start, before it writes:
+        restarted in a container, it gets the very pid it had)."""
         for tmp in self._temp_files():
             pid = tmp.name.partition("-")[0]
-            if not (pid.isdigit() and process_alive(int(pid))):
+            if not pid.isdigit() or (ours_too and int(pid) == os.getpid()):
+                tmp.unlink(missing_ok=True)
+                continue
+            try:
+                written = tmp.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if not process_alive(int(pid), since=written):
                 tmp.unlink(missing_ok=True)
 
     def record_build(self, hits: int, misses: int) -> None:
@@ -812,15 +822,35 @@ def _free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def process_alive(pid: int) -> bool:
-    """Is process `pid` running? (A temp file's name starts with the pid of the process writing it.)"""
+def process_alive(pid: int, since: float | None = None) -> bool:
+    """Is process `pid` running (not a zombie) and, given `since`, did it start no later than that time (else it
+    is a later process under a reused pid)? A temp file's name starts with the pid of the process writing it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
+        pass
+    started = _process_start(pid)
+    if started is None:  # no /proc (or it exited meanwhile): alive as far as can be told
         return True
-    return True
+    state, at = started
+    return state != "Z" and (since is None or at <= since + _START_SLACK_S)
+
+
+_START_SLACK_S = 2.0  # /proc gives the boot time to the second and a start in clock ticks
+
+
+def _process_start(pid: int) -> tuple[str, float] | None:
+    """A process's state letter and start time (seconds since the epoch), from /proc; None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold anything
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return fields[0].decode(), boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
 
 
 def action_entry(result: bytes) -> bytes:

@@ -665,7 +665,7 @@ class ServerStore:
         found: list[tuple[float, int, Key, int, Pack | None, int]] = []
         for instance in self._instances():
             disk = self.disk(instance)
-            disk.remove_stale_temp_files()
+            disk.remove_stale_temp_files(ours_too=True)
             for order, kind in enumerate(("ac", "cas")):
                 for path, st in disk.files(kind):
                     if is_valid_hash(path.name):
