@@ -247,6 +247,8 @@ def test_gaffer_status_prints_the_tables(serve: ReapiServer, tmp_path: Path) -> 
     (TOKEN, "grpc://{grpc}", 2, ("--server grpc://{grpc}: give the http://HOST:PORT address of gaffer serve's --http "
                                 "port (the status is not served on the gRPC port)")),
     (TOKEN, "{http}/nothing", 2, "{http}/nothing: no status there: is it gaffer serve's --http address?"),
+    (TOKEN, "http://{grpc}", 2, ("http://{grpc}: the answer is not HTTP: is it gaffer serve's --http address "
+                                 "(not its --grpc one)?")),
 ])
 def test_gaffer_status_errors_are_one_line(serve: ReapiServer, tmp_path: Path, token: str | None, url: str,
                                            status: int, message: str) -> None:

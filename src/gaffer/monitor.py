@@ -7,6 +7,7 @@ the standard library's HTTP client only: no gRPC, no protobuf, so it starts as f
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -59,6 +60,9 @@ def fetch(url: str, token: str | None, token_file: str | None) -> dict[str, Any]
         if e.code == 404:
             raise UserError(f"{url}: no status there: is it gaffer serve's --http address?") from None
         raise EnvironmentProblem(f"{url}: the server answered HTTP {e.code} {e.reason}") from None
+    except http.client.HTTPException:  # not an HTTP answer: a gRPC port speaks HTTP/2 frames only
+        raise UserError(f"{url}: the answer is not HTTP: is it gaffer serve's --http address (not its --grpc one)?") \
+            from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e
         raise EnvironmentProblem(f"{url}: cannot reach the server: {getattr(reason, 'strerror', None) or reason}") \
