@@ -20,6 +20,7 @@ import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
+from gaffer.actions import host_properties
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import digest_bytes
 from gaffer.protos import remote_execution_pb2 as re_pb2
@@ -27,7 +28,7 @@ from gaffer.protos import remote_execution_pb2_grpc as re_grpc
 from gaffer.server.packs import PACKS, read_table
 from tests import servers
 from tests.buildgrid import ReapiServer, start_gaffer_serve
-from tests.reapi_client import Client, Worker, digest_of, start_worker
+from tests.reapi_client import Client, Submitted, Worker, digest_of, start_worker
 
 BOT_TIMEOUT = "3s"  # a killed worker's actions are requeued this long after its last call
 
@@ -205,6 +206,31 @@ def test_a_worker_holding_more_blobs_than_one_message_carries_reports_them_all(
         return any(w["name"].endswith("-many") and w["held_blobs"] == count for w in status["workers"])
 
     servers.wait_until(reported, f"the server knows the worker holds {count} blobs", 30)
+
+
+def test_an_input_root_sharing_a_directory_too_often_is_refused_at_once(
+        client: Client, workers: Callable[..., Worker]) -> None:
+    """Eight levels of 20 names for one subdirectory are 10 small messages but 2.5e10 paths: the worker expanded
+    them for minutes and gigabytes before refusing (its lease uncancellable meanwhile). Counted over the distinct
+    directories first, it is refused before anything is expanded."""
+    worker = workers("dag", "--platform", "test=dag")
+    data = b"leaf\n"
+    level = re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=digest_of(data))]).SerializeToString()
+    blobs = [data, level]
+    for _ in range(8):
+        level = re_pb2.Directory(directories=[re_pb2.DirectoryNode(name=f"d{i:02d}", digest=digest_of(level))
+                                              for i in range(20)]).SerializeToString()
+        blobs.append(level)
+    client.upload(blobs)
+    command = re_pb2.Command(arguments=["true"], platform=re_pb2.Platform(properties=[
+        re_pb2.Platform.Property(name=k, value=v) for k, v in sorted({**host_properties(), "test": "dag"}.items())]))
+    action = re_pb2.Action(command_digest=digest_of(command.SerializeToString()), input_root_digest=digest_of(level))
+    client.upload([command.SerializeToString(), action.SerializeToString()])
+    submitted = Submitted(action, digest_of(action.SerializeToString()), {})
+    response = client.execute(submitted, timeout=30)
+    assert response.status.code == code_pb2.INVALID_ARGUMENT, response.status
+    assert "input root: too many entries" in response.status.message, response.status.message
+    worker.wait_for(r"lease \S+: done in \S+, INVALID_ARGUMENT")
 
 
 def _lose(store: Path, hash_: str) -> None:
