@@ -233,6 +233,25 @@ def test_an_input_root_sharing_a_directory_too_often_is_refused_at_once(
     worker.wait_for(r"lease \S+: done in \S+, INVALID_ARGUMENT")
 
 
+def test_sighup_drains_the_worker_as_sigterm_does(client: Client, workers: Callable[..., Worker],
+                                                   tmp_path: Path) -> None:
+    """A closed terminal's SIGHUP killed the worker on the spot: its running action went on, orphaned, and the
+    server learnt only --bot-timeout later. It now stops as on SIGTERM: no more work, the running action reports."""
+    worker = workers("hup", "--platform", "test=hup")
+    started, release = tmp_path / "started", tmp_path / "release"
+    stream = client.start(client.action(
+        ["sh", "-c", f"touch {started}; while [ ! -e {release} ]; do sleep 0.01; done; echo finished"],
+        platform={"test": "hup"}))
+    servers.wait_until(started.exists, "the action to start", 30, worker.proc, worker.log)
+    worker.proc.send_signal(signal.SIGHUP)
+    worker.wait_for("SIGHUP: taking no more work")
+    release.touch()
+    response = _response(stream)
+    assert response.status.code == code_pb2.OK and response.result.exit_code == 0, response
+    assert client.read(response.result.stdout_digest) == b"finished\n"
+    assert worker.proc.wait(30) == 0, worker.text()
+
+
 def _lose(store: Path, hash_: str) -> None:
     """Take a blob from the server's disk behind its back: its file, or its bytes in the pack of its batch (a
     packed blob is checked whenever it is read: then a miss too)."""

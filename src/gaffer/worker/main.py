@@ -117,8 +117,8 @@ def _work(settings: Settings) -> int:
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: a closed terminal, not a sudden death
+        signal.signal(signum, on_signal)
     say(f"working for {target} as {bot_id}, {settings.max_jobs} at once, blobs in {directory}")
     failed: list[BaseException] = []
 

@@ -59,8 +59,12 @@ class Refused(Exception):
 
 
 def say(message: str) -> None:
-    """One line on stderr: what an operator (and a test) follows the worker by."""
-    print(f"gaffer worker: {message}", file=sys.stderr, flush=True)
+    """One line on stderr: what an operator (and a test) follows the worker by. A terminal closed under the worker
+    (EIO) or a log reader gone (EPIPE) costs the line, never the work."""
+    try:
+        print(f"gaffer worker: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 class Backoff:
