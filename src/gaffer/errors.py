@@ -56,6 +56,15 @@ def not_utf8(text: str) -> str | None:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def say(prog: str, message: str) -> None:
+    """One line `<prog>: <message>` on stderr from a long-running front end (gaffer serve, gaffer worker): a
+    terminal closed under it (EIO) or a log reader gone (EPIPE) costs the line, never the work."""
+    try:
+        print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
 def exit_status(prog: str, body: Callable[[], int], *, say_interrupted: bool = False) -> int:
     """Run a front end's `body` and map what escapes it to an exit status, the one rule for `gaffer`,
     `gaffer serve` and `gobuildcache`: a GafferError is one line `<prog>: <message>` and its status; Ctrl-C is

@@ -16,7 +16,6 @@ leases, lets the running ones finish and report, then ends the loop.
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 import grpc
 from google.rpc import code_pb2, status_pb2
 
+from gaffer import errors
 from gaffer.digest import Digest
 from gaffer.execute.local import ProcessRunner
 from gaffer.protos import bots_pb2, bots_pb2_grpc, inventory_pb2, inventory_pb2_grpc, worker_pb2
@@ -59,12 +59,8 @@ class Refused(Exception):
 
 
 def say(message: str) -> None:
-    """One line on stderr: what an operator (and a test) follows the worker by. A terminal closed under the worker
-    (EIO) or a log reader gone (EPIPE) costs the line, never the work."""
-    try:
-        print(f"gaffer worker: {message}", file=sys.stderr, flush=True)
-    except OSError:
-        pass
+    """One line on stderr: what an operator (and a test) follows the worker by."""
+    errors.say("gaffer worker", message)
 
 
 class Backoff:
