@@ -293,6 +293,19 @@ def test_one_worker_per_directory(serve: ReapiServer, workers: Callable[..., Wor
     assert proc.stderr.endswith("another gaffer worker uses this directory (give each worker its own)\n"), proc.stderr
 
 
+def test_a_worker_removes_the_temp_files_a_killed_one_left(workers: Callable[..., Worker], tmp_path: Path) -> None:
+    """A worker killed mid-lease leaves its action's stdout and stderr files, or a blob it was fetching, in its blob
+    cache's temp directory, outside the cache's bound: the next worker on the directory removes them."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    tmp = tmp_path / "worker-restarted" / "blobs" / "tmp"
+    tmp.mkdir(parents=True)
+    left = tmp / f"{gone.pid}-1-aaaaaaaa"
+    left.write_bytes(b"half a blob")
+    workers("restarted", "--platform", "test=restarted")
+    assert not left.exists()
+
+
 def test_actions_sharing_a_large_input_go_to_the_worker_holding_it(client: Client, workers: Callable[..., Worker],
                                                                     tmp_path: Path) -> None:
     workers("near", "--platform", "test=locality")

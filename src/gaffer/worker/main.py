@@ -93,6 +93,7 @@ def _work(settings: Settings) -> int:
         remove_outputs(directory, ["exec"])  # the exec roots a killed worker left behind
         (directory / "exec").mkdir()
         local = DiskStore(directory / "blobs", settings.worker_max_size)
+        local.remove_stale_temp_files(ours_too=True)  # a killed worker's logs and fetches, outside the bound
     except (TierError, OSError) as e:
         raise EnvironmentProblem(f"{where}: {e}") from None
     bot_id = f"{socket.gethostname()}-{settings.worker_name or os.getpid()}"
