@@ -252,6 +252,17 @@ def test_sighup_drains_the_worker_as_sigterm_does(client: Client, workers: Calla
     assert worker.proc.wait(30) == 0, worker.text()
 
 
+def test_a_workers_name_reaches_the_servers_log_escaped(serve: ReapiServer, workers: Callable[..., Worker]) -> None:
+    """A worker's name (and a lease's failure message) is the worker's word: written raw to the server's log, ESC
+    [2J cleared the operator's terminal. Every control character is escaped."""
+    worker = workers("esc\x1b[2J", "--platform", "test=esc")
+    worker.proc.kill()
+    worker.proc.wait()
+    servers.wait_until(lambda: "-esc\\x1b[2J stopped updating its session" in serve.log.read_text(errors="replace"),
+                       "the server to drop the killed worker", 30, serve.proc, serve.log)
+    assert "\x1b" not in serve.log.read_text(errors="replace")
+
+
 def _lose(store: Path, hash_: str) -> None:
     """Take a blob from the server's disk behind its back: its file, or its bytes in the pack of its batch (a
     packed blob is checked whenever it is read: then a miss too)."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from gaffer.cache.urls import read_token, split_url
-from gaffer.errors import EnvironmentProblem, UserError
+from gaffer.errors import EnvironmentProblem, UserError, printable
 from gaffer.units import format_count, format_size
 
 TIMEOUT_S = 10.0
@@ -80,7 +80,7 @@ def render(s: dict[str, Any], url: str) -> list[str]:
     """The document as lines: a summary, then the workers, queue, running and recent tables."""
     cache = s["cache"]
     ac = cache["ac"]
-    lines = [f"{_plain(str(s.get('server', 'gaffer serve')))} at {url}",
+    lines = [f"{printable(str(s.get('server', 'gaffer serve')))} at {url}",
              (f"action cache: {_percent(ac['hit_rate'])} hits ({ac['hits']:,} of {ac['hits'] + ac['misses']:,} "
              f"lookups); store {format_size(cache['store_bytes'])} of {format_size(cache['max_bytes'])}")]
     if not s.get("execution"):
@@ -132,7 +132,7 @@ def _section(title: str, items: Sequence[dict[str, Any]], empty: str, headers: S
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Cell]], right: Collection[int] = ()) -> list[str]:
     """Columns padded to their widest cell (`right`: the indexes aligned right); a list cell spans several lines."""
-    grid = [[[h] for h in headers]] + [[[_plain(line) for line in (c if isinstance(c, list) else [c])] for c in r]
+    grid = [[[h] for h in headers]] + [[[printable(line) for line in (c if isinstance(c, list) else [c])] for c in r]
                                        for r in rows]
     widths = [max(len(line) for r in grid for line in r[i]) for i in range(len(headers))]
     out = []
@@ -142,14 +142,6 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Cell]], right: Collect
             out.append("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
                                  for i, (cell, w) in enumerate(zip(cells, widths, strict=True))).rstrip())
     return out
-
-
-def _plain(text: str) -> str:
-    """`text` with every character a terminal would act on (ESC, BEL, CR, newline, C1 controls...) shown escaped:
-    names come from clients' request metadata and from workers, never to be printed raw."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _task(item: dict[str, Any]) -> str:
