@@ -143,6 +143,34 @@ def test_an_action_on_a_worker_killed_mid_action_runs_again_elsewhere(client: Cl
                 pass
 
 
+def test_a_worker_started_on_a_killed_ones_directory_kills_the_actions_it_left(
+        client: Client, workers: Callable[..., Worker], tmp_path: Path) -> None:
+    """An action runs in a session of its own, so it outlived a worker killed with SIGKILL (or the OOM killer),
+    running on beside the actions the next worker takes. That worker, on the same directory, kills it first."""
+    first = workers("orphans", "--platform", "test=orphans")
+    pid_file = tmp_path / "pid"
+    script = f"echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; sleep 60 & wait"
+    stream = client.start(client.action(["sh", "-c", script], platform={"test": "orphans"}))
+    try:
+        servers.wait_until(pid_file.exists, "the action to start", 30, first.proc, first.log)
+        pid = int(pid_file.read_text())
+        first.proc.kill()
+        first.proc.wait()
+        assert Path(f"/proc/{pid}").exists()  # the action, orphaned
+        first.log.rename(first.log.with_name("first.log"))  # the next one's log, on the same directory, starts anew
+        workers("orphans", "--platform", "test=none")
+        servers.wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), "the orphan to be killed", 10)
+    finally:
+        stream.cancel()  # type: ignore[attr-defined]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_an_output_path_escaping_the_exec_root_is_refused(client: Client, workers: Callable[..., Worker]) -> None:
     workers("escape", "--platform", "test=escape")
     submitted = client.action(["sh", "-c", "echo x > ../../escaped"], outputs=["../../escaped"],
