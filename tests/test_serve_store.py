@@ -4,6 +4,7 @@ lazy instance directories, and a full or read-only disk. Real server processes o
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ from gaffer.server.packs import PACKS, encode, read_table
 from gaffer.server.store import ServerStore
 from tests.buildgrid import ReapiServer, start_gaffer_serve, stop_signal
 from tests.servers import wait_until
-from tests.support import require, require_tool
+from tests.support import gaffer_env, require, require_tool, run_gaffer
 
 MiB = 1024 * 1024
 
@@ -695,6 +696,26 @@ def test_a_start_removes_temp_files_whose_writer_is_gone_even_under_a_live_pid(t
         later.kill()
         later.wait()
         zombie.wait()
+
+
+def test_a_build_on_a_served_store_leaves_eviction_to_the_server(tmp_path: Path, serve: list) -> None:
+    """`gaffer run --cache-dir` on the store of a running server (say a served ~/.cache/gaffer) garbage-collected
+    it down to the build's own --cache-max-size when it went over, deleting the server's entries under its index
+    as `gaffer cache gc` would, which a served store refuses. The server's own eviction is the one that runs."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    digest, data = _blob(300_000)
+    assert client.update([(digest, data)]) == [0]
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "graph.json").write_text(json.dumps({"t": {"command": ["sh", "-c", "head -c 4096 /dev/zero > out"],
+                                                            "outputs": ["out"]}}))
+    build = run_gaffer(["run", "t", "--cache-max-size", "1KiB"], workspace, gaffer_env(store))
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert client.read([digest]) == {digest: data}
+    client.close()
 
 
 def test_a_torn_blob_file_is_replaced_by_its_packed_copy_for_good(tmp_path: Path, serve: list) -> None:

@@ -385,7 +385,8 @@ class DiskStore(CacheTier):
     # -- housekeeping ------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Account this process's writes and garbage-collect if the store went over its bound."""
+        """Account this process's writes and garbage-collect if the store went over its bound (unless a `gaffer
+        serve` is using it)."""
         if not self.writable:
             import shutil  # here (and in clean, copy_file): its import (lzma, bz2...) would slow gobuildcache's start
 
@@ -402,7 +403,13 @@ class DiskStore(CacheTier):
             self.report(f"cannot update the size estimate in {self._root_text}/size: {e.strerror or e}")
             return
         if size > self.max_size:
-            self.gc()
+            try:
+                with self.unserved("gaffer"):  # a served store is its server's to evict, by its own index
+                    self.gc()
+            except StoreServed:
+                pass
+            except OSError as e:  # the store's lock could not be taken (a file system without locks)
+                self.report(f"cannot garbage-collect {self._root_text}: {e.strerror or e}")
 
     def gc(self, max_size: int | None = None) -> tuple[int, int]:
         """Evict least-recently-used files until the store is under GC_LOW_WATER of its bound.
