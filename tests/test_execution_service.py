@@ -281,6 +281,21 @@ def test_missing_inputs_fail_the_precondition_naming_each_blob(client: Client) -
     assert [v.subject for v in failure.violations] == [f"blobs/{absent.hash}/{absent.size_bytes}"]
 
 
+def test_an_action_without_a_command_or_input_root_is_refused_naming_the_field(client: Client) -> None:
+    """REAPI needs both digests (the empty Directory's for no inputs): a stranger leaving one out was told only
+    "'' is not a lowercase hex SHA-256", naming no field."""
+    command = re_pb2.Command(arguments=["true"]).SerializeToString()
+    for action, field in ((re_pb2.Action(command_digest=_digest(command)), "input_root_digest"),
+                          (re_pb2.Action(input_root_digest=_digest(b"")), "command_digest")):
+        data = action.SerializeToString()
+        client.upload(command, data)
+        with pytest.raises(grpc.RpcError) as refused:
+            finish(client.execute(_digest(data)))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == (f"action {_digest(data).hash}/{len(data)}: {field}: "
+                                           "'' is not a lowercase hex SHA-256"), refused.value.details()
+
+
 def test_three_concurrent_executes_of_one_action_run_once(client: Client, bots: Callable[..., Bot]) -> None:
     release = threading.Event()
     run = answer(client, stdout=b"shared\n")

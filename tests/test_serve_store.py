@@ -4,6 +4,7 @@ lazy instance directories, and a full or read-only disk. Real server processes o
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ from gaffer.server.packs import PACKS, encode, read_table
 from gaffer.server.store import ServerStore
 from tests.buildgrid import ReapiServer, start_gaffer_serve, stop_signal
 from tests.servers import wait_until
-from tests.support import require, require_tool
+from tests.support import gaffer_env, require, require_tool, run_gaffer
 
 MiB = 1024 * 1024
 
@@ -646,6 +647,75 @@ def test_cache_verify_refuses_a_store_a_server_is_using(tmp_path: Path, serve: l
         os.close(held)
     assert refused.returncode == 3, refused.stderr
     assert f"another gaffer cache verify (pid {os.getpid()}) is using this store" in refused.stderr, refused.stderr
+
+
+def test_a_served_stores_instance_directory_is_refused_as_the_store_itself(tmp_path: Path, serve: list) -> None:
+    """A named instance's directory has the layout of a local cache: `gaffer cache clean --cache-dir
+    STORE/instances/NAME` emptied it under the running server's index, and a second server could serve it."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server, "team")
+    batch = [_blob(2000)]
+    assert client.update(batch) == [0]
+    instance = store / "instances" / "team"
+    for action in ("verify", "gc", "clean"):
+        refused = _gaffer_cache(action, instance)
+        assert refused.returncode == 3 and refused.stdout == "", action + refused.stdout + refused.stderr
+        assert f"a gaffer serve (pid {server.proc.pid}) is using this store" in refused.stderr, refused.stderr
+    second = subprocess.run([sys.executable, "-m", "gaffer.server.main", "--dir", str(instance), "--grpc",
+                             "127.0.0.1:0"], capture_output=True, text=True, timeout=60, check=False)
+    assert second.returncode == 3, second.stderr
+    assert f"another gaffer serve (pid {server.proc.pid}) is using this store" in second.stderr, second.stderr
+    assert client.read([batch[0][0]]) == {batch[0][0]: batch[0][1]}
+    client.close()
+
+
+def test_a_start_removes_temp_files_whose_writer_is_gone_even_under_a_live_pid(tmp_path: Path, serve: list) -> None:
+    """A server killed mid-upload leaves a temp file named after its pid. Found at the next start, it stayed as a
+    running writer's when that pid was a zombie not yet reaped, or another process's now (a pid reused; a server
+    restarted in a container gets the very pid it had), taking disk space outside the bound for good."""
+    tmp = tmp_path / "store" / "tmp"
+    tmp.mkdir(parents=True)
+    zombie = subprocess.Popen(["true"])
+    wait_until(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+                       "an unreaped child", 10)
+    later = subprocess.Popen(["sleep", "60"])  # started after the file below was last written
+    try:
+        dead_writer = tmp / f"{zombie.pid}-1-aaaaaaaa"
+        reused_pid = tmp / f"{later.pid}-1-bbbbbbbb"
+        running = tmp / f"{os.getpid()}-1-cccccccc"  # this test process, running since before: a writer
+        for path in (dead_writer, reused_pid, running):
+            path.write_bytes(b"half an upload")
+        an_hour_ago = time.time() - 3600
+        os.utime(reused_pid, (an_hour_ago, an_hour_ago))
+        server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+        serve.append(server)
+        assert sorted(p.name for p in tmp.iterdir()) == [running.name]
+    finally:
+        later.kill()
+        later.wait()
+        zombie.wait()
+
+
+def test_a_build_on_a_served_store_leaves_eviction_to_the_server(tmp_path: Path, serve: list) -> None:
+    """`gaffer run --cache-dir` on the store of a running server (say a served ~/.cache/gaffer) garbage-collected
+    it down to the build's own --cache-max-size when it went over, deleting the server's entries under its index
+    as `gaffer cache gc` would, which a served store refuses. The server's own eviction is the one that runs."""
+    store = tmp_path / "store"
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    client = _Client(server)
+    digest, data = _blob(300_000)
+    assert client.update([(digest, data)]) == [0]
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "graph.json").write_text(json.dumps({"t": {"command": ["sh", "-c", "head -c 4096 /dev/zero > out"],
+                                                            "outputs": ["out"]}}))
+    build = run_gaffer(["run", "t", "--cache-max-size", "1KiB"], workspace, gaffer_env(store))
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert client.read([digest]) == {digest: data}
+    client.close()
 
 
 def test_a_torn_blob_file_is_replaced_by_its_packed_copy_for_good(tmp_path: Path, serve: list) -> None:

@@ -365,6 +365,17 @@ def test_sigterm_exits_0_and_kill_9_keeps_committed_entries(tmp_path: Path) -> N
         server.stop()
 
 
+def test_sighup_stops_cleanly_as_sigterm_does(tmp_path: Path) -> None:
+    """A closed terminal's SIGHUP killed the server on the spot (as kill -9: nothing committed lost, but uploads in
+    flight cut, workers' polls dropped): it stops as on SIGTERM."""
+    server = start_gaffer_serve(workdir=tmp_path)
+    try:
+        assert stop_signal(server, signal.SIGHUP) == 0
+        assert "SIGHUP: stopping" in server.log.read_text()
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(("args", "status", "message"), [
     (["--bogus"], 2, "unrecognized arguments"),
     (["--grpc", "nohostport"], 2, "expected HOST:PORT"),

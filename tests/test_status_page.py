@@ -207,6 +207,20 @@ def test_gaffer_status_says_when_the_queue_is_listed_in_part(serve: ReapiServer)
     assert any(line.startswith("execution: 1 worker (1 of 2 slots busy), 5,000 queued") for line in lines), lines
 
 
+def test_gaffer_status_prints_no_control_character_a_client_or_worker_chose(serve: ReapiServer) -> None:
+    """A build id, task or worker name is whatever a client's RequestMetadata or a worker said: printed raw, ESC
+    [2J cleared the operator's terminal, and a newline broke the tables. Each such character is shown escaped."""
+    status = _status(serve)
+    hostile = "\x1b[2J\x1b]0;title\x07a\nb\rc\x9b"
+    status["running"][0].update(build=hostile, task=hostile, worker=hostile)
+    status["workers"][0]["name"] = hostile
+    lines = render(status, serve.http_url)
+    text = "\n".join(lines)
+    assert not any(ch in text for ch in "\x1b\x07\r\x9b"), text
+    assert "\\x1b[2J\\x1b]0;title\\x07a\\nb\\rc\\x9b" in text, text
+    assert "\\x1b[2J" in text  # the build column: its first 8 characters, escaped
+
+
 def test_status_page_is_self_contained(serve: ReapiServer) -> None:
     """The page is served without a token (it holds no data), loads nothing from elsewhere and says so in a CSP."""
     status, headers, body = _get(f"{serve.http_url}/status")
@@ -247,6 +261,8 @@ def test_gaffer_status_prints_the_tables(serve: ReapiServer, tmp_path: Path) -> 
     (TOKEN, "grpc://{grpc}", 2, ("--server grpc://{grpc}: give the http://HOST:PORT address of gaffer serve's --http "
                                 "port (the status is not served on the gRPC port)")),
     (TOKEN, "{http}/nothing", 2, "{http}/nothing: no status there: is it gaffer serve's --http address?"),
+    (TOKEN, "http://{grpc}", 2, ("http://{grpc}: the answer is not HTTP: is it gaffer serve's --http address "
+                                 "(not its --grpc one)?")),
 ])
 def test_gaffer_status_errors_are_one_line(serve: ReapiServer, tmp_path: Path, token: str | None, url: str,
                                            status: int, message: str) -> None:

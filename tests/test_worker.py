@@ -6,10 +6,12 @@ never take another test's actions. Tests follow the workers through their log li
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,11 +20,15 @@ import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
+from gaffer.actions import host_properties
+from gaffer.cache.disk import DiskStore
+from gaffer.digest import digest_bytes
 from gaffer.protos import remote_execution_pb2 as re_pb2
+from gaffer.protos import remote_execution_pb2_grpc as re_grpc
 from gaffer.server.packs import PACKS, read_table
 from tests import servers
 from tests.buildgrid import ReapiServer, start_gaffer_serve
-from tests.reapi_client import Client, Worker, digest_of, start_worker
+from tests.reapi_client import Client, Submitted, Worker, digest_of, start_worker
 
 BOT_TIMEOUT = "3s"  # a killed worker's actions are requeued this long after its last call
 
@@ -137,6 +143,34 @@ def test_an_action_on_a_worker_killed_mid_action_runs_again_elsewhere(client: Cl
                 pass
 
 
+def test_a_worker_started_on_a_killed_ones_directory_kills_the_actions_it_left(
+        client: Client, workers: Callable[..., Worker], tmp_path: Path) -> None:
+    """An action runs in a session of its own, so it outlived a worker killed with SIGKILL (or the OOM killer),
+    running on beside the actions the next worker takes. That worker, on the same directory, kills it first."""
+    first = workers("orphans", "--platform", "test=orphans")
+    pid_file = tmp_path / "pid"
+    script = f"echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; sleep 60 & wait"
+    stream = client.start(client.action(["sh", "-c", script], platform={"test": "orphans"}))
+    try:
+        servers.wait_until(pid_file.exists, "the action to start", 30, first.proc, first.log)
+        pid = int(pid_file.read_text())
+        first.proc.kill()
+        first.proc.wait()
+        assert Path(f"/proc/{pid}").exists()  # the action, orphaned
+        first.log.rename(first.log.with_name("first.log"))  # the next one's log, on the same directory, starts anew
+        workers("orphans", "--platform", "test=none")
+        servers.wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), "the orphan to be killed", 10)
+    finally:
+        stream.cancel()  # type: ignore[attr-defined]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_an_output_path_escaping_the_exec_root_is_refused(client: Client, workers: Callable[..., Worker]) -> None:
     workers("escape", "--platform", "test=escape")
     submitted = client.action(["sh", "-c", "echo x > ../../escaped"], outputs=["../../escaped"],
@@ -144,6 +178,117 @@ def test_an_output_path_escaping_the_exec_root_is_refused(client: Client, worker
     response = client.execute(submitted)
     assert response.status.code == code_pb2.INVALID_ARGUMENT, response.status
     assert "unsafe output path '../../escaped'" in response.status.message
+
+
+def test_a_malformed_command_is_refused_once_not_retried_as_a_worker_fault(
+        client: Client, workers: Callable[..., Worker]) -> None:
+    """What the action asks for and no worker could do is INVALID_ARGUMENT at its first attempt, never an INTERNAL
+    fault of the worker tried on three of them."""
+    worker = workers("malformed", "--platform", "test=malformed")
+    platform = {"test": "malformed"}
+    for submitted, message in (
+            (client.action(["true"], platform=platform, timeout_s=-5), "negative timeout"),
+            (client.action(["true"], platform=platform, timeout_s=1e11), "timeout longer than"),
+            (client.action(["env"], platform=platform, env={"A=B": "c"}), "environment variable 'A=B'"),
+            (client.action(["env"], platform=platform, env={"A": "c\0d"}), "environment variable 'A'"),
+            (client.action(["echo", "a\0b"], platform=platform), "argument 'a\\x00b'"),
+            (client.action(["sh", "-c", "echo x > f"], outputs=["."], platform=platform), "unsafe output path '.'")):
+        response = client.execute(submitted)
+        assert response.status.code == code_pb2.INVALID_ARGUMENT, (message, response.status)
+        assert message in response.status.message, response.status.message
+    assert "INTERNAL" not in worker.text() and "requeued" not in worker.text(), worker.text()
+
+
+def test_an_output_symlink_pointing_outside_fails_the_action_and_is_not_cached(
+        client: Client, workers: Callable[..., Worker]) -> None:
+    """A result that cannot hold every output it made (a symlink to an absolute path) is no success: with its
+    other outputs dropped, a cached exit 0 would be a hit missing files the command did make."""
+    workers("abslink", "--platform", "test=abslink")
+    submitted = client.action(["sh", "-c", "echo x > f; ln -s /etc/hostname link"], outputs=["f", "link"],
+                              platform={"test": "abslink"})
+    response = client.execute(submitted, skip_cache_lookup=False)
+    assert response.status.code == code_pb2.INVALID_ARGUMENT, response
+    assert "symlink link points to an absolute path" in response.status.message, response.status.message
+    cache = re_grpc.ActionCacheStub(client.channel)
+    with pytest.raises(grpc.RpcError) as missed:
+        cache.GetActionResult(re_pb2.GetActionResultRequest(action_digest=submitted.action_digest), timeout=30)
+    assert missed.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_worker_holding_more_blobs_than_one_message_carries_reports_them_all(
+        serve: ReapiServer, workers: Callable[..., Worker], tmp_path: Path) -> None:
+    """80,000 blobs named in one InventoryReport are ~5.6 MB, past the 5 MiB a gaffer serve accepts: the report
+    was refused, every time (each lease's report starts over), and the server never learnt what the worker held."""
+    count = 80_000
+    cache = DiskStore(tmp_path / "worker-many" / "blobs")
+    for i in range(count):
+        data = b"%08d" % i
+        path = cache.blob_path(digest_bytes(data))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    workers("many", "--platform", "test=many")
+
+    def reported() -> bool:
+        with urllib.request.urlopen(f"{serve.http_url}/status.json", timeout=10) as reply:
+            status = json.load(reply)
+        return any(w["name"].endswith("-many") and w["held_blobs"] == count for w in status["workers"])
+
+    servers.wait_until(reported, f"the server knows the worker holds {count} blobs", 30)
+
+
+def test_an_input_root_sharing_a_directory_too_often_is_refused_at_once(
+        client: Client, workers: Callable[..., Worker]) -> None:
+    """Eight levels of 20 names for one subdirectory are 10 small messages but 2.5e10 paths: the worker expanded
+    them for minutes and gigabytes before refusing (its lease uncancellable meanwhile). Counted over the distinct
+    directories first, it is refused before anything is expanded."""
+    worker = workers("dag", "--platform", "test=dag")
+    data = b"leaf\n"
+    level = re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=digest_of(data))]).SerializeToString()
+    blobs = [data, level]
+    for _ in range(8):
+        level = re_pb2.Directory(directories=[re_pb2.DirectoryNode(name=f"d{i:02d}", digest=digest_of(level))
+                                              for i in range(20)]).SerializeToString()
+        blobs.append(level)
+    client.upload(blobs)
+    command = re_pb2.Command(arguments=["true"], platform=re_pb2.Platform(properties=[
+        re_pb2.Platform.Property(name=k, value=v) for k, v in sorted({**host_properties(), "test": "dag"}.items())]))
+    action = re_pb2.Action(command_digest=digest_of(command.SerializeToString()), input_root_digest=digest_of(level))
+    client.upload([command.SerializeToString(), action.SerializeToString()])
+    submitted = Submitted(action, digest_of(action.SerializeToString()), {})
+    response = client.execute(submitted, timeout=30)
+    assert response.status.code == code_pb2.INVALID_ARGUMENT, response.status
+    assert "input root: too many entries" in response.status.message, response.status.message
+    worker.wait_for(r"lease \S+: done in \S+, INVALID_ARGUMENT")
+
+
+def test_sighup_drains_the_worker_as_sigterm_does(client: Client, workers: Callable[..., Worker],
+                                                   tmp_path: Path) -> None:
+    """A closed terminal's SIGHUP killed the worker on the spot: its running action went on, orphaned, and the
+    server learnt only --bot-timeout later. It now stops as on SIGTERM: no more work, the running action reports."""
+    worker = workers("hup", "--platform", "test=hup")
+    started, release = tmp_path / "started", tmp_path / "release"
+    stream = client.start(client.action(
+        ["sh", "-c", f"touch {started}; while [ ! -e {release} ]; do sleep 0.01; done; echo finished"],
+        platform={"test": "hup"}))
+    servers.wait_until(started.exists, "the action to start", 30, worker.proc, worker.log)
+    worker.proc.send_signal(signal.SIGHUP)
+    worker.wait_for("SIGHUP: taking no more work")
+    release.touch()
+    response = _response(stream)
+    assert response.status.code == code_pb2.OK and response.result.exit_code == 0, response
+    assert client.read(response.result.stdout_digest) == b"finished\n"
+    assert worker.proc.wait(30) == 0, worker.text()
+
+
+def test_a_workers_name_reaches_the_servers_log_escaped(serve: ReapiServer, workers: Callable[..., Worker]) -> None:
+    """A worker's name (and a lease's failure message) is the worker's word: written raw to the server's log, ESC
+    [2J cleared the operator's terminal. Every control character is escaped."""
+    worker = workers("esc\x1b[2J", "--platform", "test=esc")
+    worker.proc.kill()
+    worker.proc.wait()
+    servers.wait_until(lambda: "-esc\\x1b[2J stopped updating its session" in serve.log.read_text(errors="replace"),
+                       "the server to drop the killed worker", 30, serve.proc, serve.log)
+    assert "\x1b" not in serve.log.read_text(errors="replace")
 
 
 def _lose(store: Path, hash_: str) -> None:
@@ -185,6 +330,19 @@ def test_one_worker_per_directory(serve: ReapiServer, workers: Callable[..., Wor
                           text=True, timeout=60, check=False)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.endswith("another gaffer worker uses this directory (give each worker its own)\n"), proc.stderr
+
+
+def test_a_worker_removes_the_temp_files_a_killed_one_left(workers: Callable[..., Worker], tmp_path: Path) -> None:
+    """A worker killed mid-lease leaves its action's stdout and stderr files, or a blob it was fetching, in its blob
+    cache's temp directory, outside the cache's bound: the next worker on the directory removes them."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    tmp = tmp_path / "worker-restarted" / "blobs" / "tmp"
+    tmp.mkdir(parents=True)
+    left = tmp / f"{gone.pid}-1-aaaaaaaa"
+    left.write_bytes(b"half a blob")
+    workers("restarted", "--platform", "test=restarted")
+    assert not left.exists()
 
 
 def test_actions_sharing_a_large_input_go_to_the_worker_holding_it(client: Client, workers: Callable[..., Worker],
@@ -264,13 +422,29 @@ def _worker_argv(address: str, directory: Path) -> list[str]:
 
 def test_worker_usage_errors_are_one_line(tmp_path: Path) -> None:
     env = _env()
-    for args, message in ((["--server", "nowhere"], "--server: 'nowhere': expected HOST:PORT"),
-                          (["--server", "127.0.0.1:1", "--platform", "novalue"], "--platform: 'novalue': expected KEY=VALUE"),
-                          ([], "no server to work for")):
+    for args, message, status in (
+            (["--server", "nowhere"], "--server: 'nowhere': expected HOST:PORT", 2),
+            (["--server", "127.0.0.1:1", "--platform", "novalue"], "--platform: 'novalue': expected KEY=VALUE", 2),
+            (["--server", "grpc://127.0.0.1:1"], "--server: 'grpc://127.0.0.1:1': expected HOST:PORT", 2),
+            (["--server", "127.0.0.1:1", "--max-jobs", "5000"], "--max-jobs: '5000' is not a number of jobs from 1 to 1024",
+             2),
+            (["--server", "127.0.0.1:1", "--dir", "/dev/null"],
+             "--dir /dev/null: cannot create the directory: a file is in the way", 3),
+            ([], "no server to work for", 2)):
         proc = subprocess.run([sys.executable, "-m", "gaffer", "worker", *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=60, check=False)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.returncode == status and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith("gaffer worker: ") and message in proc.stderr, proc.stderr
+
+
+def test_a_worker_the_server_refuses_as_malformed_exits_at_once(serve: ReapiServer, tmp_path: Path) -> None:
+    """An instance name the server refuses is refused again at every retry: one line and exit 2, not a loop."""
+    argv = [*_worker_argv(serve.grpc_address, tmp_path / "bad-instance"), "--instance", "../x"]
+    refused = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines()[-1].startswith(
+        f"gaffer worker: {serve.grpc_address} refuses the worker: INVALID_ARGUMENT: invalid instance name '../x'"
+    ), refused.stderr
 
 
 def test_a_worker_needs_the_servers_token(tmp_path: Path) -> None:

@@ -431,8 +431,19 @@ def read_trees(outputs: Outputs, store: DiskStore) -> None:
 def expand_directory(path: str, root: wire.ReadDirectory, child: Callable[[Digest], wire.ReadDirectory | None],
                      outputs: Outputs) -> None:
     """Add the directory `root` at `path` ("" for an input root) and everything below it to `outputs`, each
-    subdirectory's message found by `child`. Raises BadCacheEntry for an unsafe or repeated name, an unsafe
-    symlink, a missing subdirectory or too many entries: nothing here may be written before it is checked."""
+    subdirectory's message found by `child` (asked once per distinct digest). Raises BadCacheEntry for an unsafe or
+    repeated name, an unsafe symlink, a missing subdirectory or too many entries: nothing here may be written before
+    it is checked. The entries are counted before any is expanded: a directory shared many times over (a Tree or
+    an input root is a DAG) lets a few small messages stand for more paths than memory holds."""
+    found: dict[Digest, wire.ReadDirectory | None] = {}
+
+    def lookup(digest: Digest) -> wire.ReadDirectory | None:
+        if digest not in found:
+            found[digest] = child(_checked_digest(digest))
+        return found[digest]
+
+    if len(outputs.directories) + len(outputs.files) + _expanded_size(root, lookup) > _MAX_TREE_ENTRIES:
+        raise BadCacheEntry("too many entries")
     pending = [(path, root)]
     while pending:
         where, directory = pending.pop()
@@ -441,18 +452,43 @@ def expand_directory(path: str, root: wire.ReadDirectory, child: Callable[[Diges
         name = unsafe_name(directory)
         if name is not None:
             raise BadCacheEntry(f"unsafe or repeated name {name[:200]!r} in {where or '.'}")
-        if len(outputs.directories) + len(outputs.files) > _MAX_TREE_ENTRIES:
-            raise BadCacheEntry("too many entries")
         prefix = f"{where}/" if where else ""
         outputs.files.extend(_file_entry(prefix + f.name, f) for f in directory.files)
         for name, target in directory.symlinks:
             check_symlink(prefix + name, target)
             outputs.symlinks.append(SymlinkEntry(prefix + name, target))
         for name, digest in directory.directories:
-            found = child(_checked_digest(digest))
-            if found is None:
+            sub = lookup(digest)
+            if sub is None:
                 raise BadCacheEntry(f"lacks directory {prefix}{name}")
-            pending.append((prefix + name, found))
+            pending.append((prefix + name, sub))
+
+
+def _expanded_size(root: wire.ReadDirectory, lookup: Callable[[Digest], wire.ReadDirectory | None]) -> int:
+    """How many entries (directories, files, symlinks) `root` expands to, each distinct subdirectory counted once
+    (post-order, without recursion: a tree may be deep); past _MAX_TREE_ENTRIES it counts no further. A missing
+    subdirectory counts as empty (the expansion names it)."""
+    sizes: dict[Digest, int] = {}
+    stack: list[tuple[Digest | None, wire.ReadDirectory, bool]] = [(None, root, False)]
+    while True:
+        digest, directory, children_counted = stack.pop()
+        if not children_counted:
+            if digest is not None and digest in sizes:
+                continue  # pushed again by another parent before it was counted
+            stack.append((digest, directory, True))
+            for _name, sub in directory.directories:
+                if sub not in sizes:
+                    message = lookup(sub)
+                    if message is None:
+                        sizes[sub] = 0
+                    else:
+                        stack.append((sub, message, False))
+            continue
+        size = min(_MAX_TREE_ENTRIES + 1, 1 + len(directory.files) + len(directory.symlinks)
+                   + sum(sizes[sub] for _name, sub in directory.directories))
+        if digest is None:
+            return size
+        sizes[digest] = size
 
 
 def unsafe_name(directory: wire.ReadDirectory) -> str | None:

@@ -81,7 +81,10 @@ def _timeout(value: object, where: str, base: str | None = None) -> float:
     return seconds
 
 
-def _count(noun: str) -> Parser:
+WORKER_MAX_JOBS = 1024  # the most a gaffer serve lets one worker run at once (server/bots.py)
+
+
+def _count(noun: str, most: int | None = None) -> Parser:
     def parse(value: object, where: str, base: str | None = None) -> int:
         try:
             n = int(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else 0
@@ -89,6 +92,8 @@ def _count(noun: str) -> Parser:
             n = 0
         if n < 1:
             raise UserError(f"{where}: {shown(value)} is not a positive number of {noun}")
+        if most is not None and n > most:
+            raise UserError(f"{where}: {shown(value)} is not a number of {noun} from 1 to {most}")
         return n
 
     return parse
@@ -391,8 +396,8 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="NAME", parse=_text, default={WORKER: ""}, default_text={"*": '""'},
             help="the server's instance name the worker serves"),
     Setting("max_jobs", (WORKER,), toml="worker.max_jobs", env="GAFFER_WORKER_MAX_JOBS", flags=("--max-jobs",),
-            metavar="N", parse=_count("jobs"), default={WORKER: 1}, default_text={"*": "1"},
-            help="actions run at once"),
+            metavar="N", parse=_count("jobs", WORKER_MAX_JOBS), default={WORKER: 1}, default_text={"*": "1"},
+            help="actions run at once (at most 1024)"),
     Setting("platform", (WORKER,), toml="worker.platform", env="GAFFER_WORKER_PLATFORM", flags=("--platform",),
             metavar="KEY=VALUE", kind="list", parse=_pairs, default={"*": list}, default_text={"*": "none"},
             help="a platform property to advertise beside OSFamily and ISA (comma-separated in a variable); "

@@ -56,6 +56,24 @@ def not_utf8(text: str) -> str | None:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on (ESC, BEL, CR, newline, C1 controls...) shown escaped:
+    for names and messages that came from a peer (a client's request metadata, a worker), never printed raw."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def say(prog: str, message: str) -> None:
+    """One line `<prog>: <message>` on stderr from a long-running front end (gaffer serve, gaffer worker), whose
+    messages quote its peers (escaped: one line, nothing a terminal acts on). A terminal closed under it (EIO) or a
+    log reader gone (EPIPE) costs the line, never the work."""
+    try:
+        print(f"{prog}: {printable(message)}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
 def exit_status(prog: str, body: Callable[[], int], *, say_interrupted: bool = False) -> int:
     """Run a front end's `body` and map what escapes it to an exit status, the one rule for `gaffer`,
     `gaffer serve` and `gobuildcache`: a GafferError is one line `<prog>: <message>` and its status; Ctrl-C is

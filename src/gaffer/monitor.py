@@ -7,6 +7,7 @@ the standard library's HTTP client only: no gRPC, no protobuf, so it starts as f
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -14,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from gaffer.cache.urls import read_token, split_url
-from gaffer.errors import EnvironmentProblem, UserError
+from gaffer.errors import EnvironmentProblem, UserError, printable
 from gaffer.units import format_count, format_size
 
 TIMEOUT_S = 10.0
@@ -59,6 +60,9 @@ def fetch(url: str, token: str | None, token_file: str | None) -> dict[str, Any]
         if e.code == 404:
             raise UserError(f"{url}: no status there: is it gaffer serve's --http address?") from None
         raise EnvironmentProblem(f"{url}: the server answered HTTP {e.code} {e.reason}") from None
+    except http.client.HTTPException:  # not an HTTP answer: a gRPC port speaks HTTP/2 frames only
+        raise UserError(f"{url}: the answer is not HTTP: is it gaffer serve's --http address (not its --grpc one)?") \
+            from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e
         raise EnvironmentProblem(f"{url}: cannot reach the server: {getattr(reason, 'strerror', None) or reason}") \
@@ -76,7 +80,7 @@ def render(s: dict[str, Any], url: str) -> list[str]:
     """The document as lines: a summary, then the workers, queue, running and recent tables."""
     cache = s["cache"]
     ac = cache["ac"]
-    lines = [f"{s.get('server', 'gaffer serve')} at {url}",
+    lines = [f"{printable(str(s.get('server', 'gaffer serve')))} at {url}",
              (f"action cache: {_percent(ac['hit_rate'])} hits ({ac['hits']:,} of {ac['hits'] + ac['misses']:,} "
              f"lookups); store {format_size(cache['store_bytes'])} of {format_size(cache['max_bytes'])}")]
     if not s.get("execution"):
@@ -128,7 +132,8 @@ def _section(title: str, items: Sequence[dict[str, Any]], empty: str, headers: S
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Cell]], right: Collection[int] = ()) -> list[str]:
     """Columns padded to their widest cell (`right`: the indexes aligned right); a list cell spans several lines."""
-    grid = [[[h] for h in headers]] + [[c if isinstance(c, list) else [c] for c in r] for r in rows]
+    grid = [[[h] for h in headers]] + [[[printable(line) for line in (c if isinstance(c, list) else [c])] for c in r]
+                                       for r in rows]
     widths = [max(len(line) for r in grid for line in r[i]) for i in range(len(headers))]
     out = []
     for r in grid:

@@ -95,6 +95,27 @@ def lock_served(root: Path, command: str) -> int:
     return fd
 
 
+def lock_stores(root: Path, command: str, create: bool = True) -> list[int]:
+    """`lock_served` on `root` (when `create`, or once it has a SERVE_LOCK) and, first, on the served store of
+    which `root` is a named instance's directory (`<store>/instances/<name>`, the layout `gaffer serve` gives
+    them), whose server indexes `root` too: the descriptors holding them, until closed."""
+    real = os.path.realpath(root)
+    outer = os.path.dirname(os.path.dirname(real))
+    stores = [_path(outer)] if (os.path.basename(os.path.dirname(real)) == "instances"
+                                and os.path.exists(os.path.join(outer, SERVE_LOCK))) else []
+    if create or (root / SERVE_LOCK).exists():
+        stores.append(root)
+    held: list[int] = []
+    try:
+        for store in stores:
+            held.append(lock_served(store, command))
+    except BaseException:
+        for fd in held:
+            os.close(fd)
+        raise
+    return held
+
+
 class StoreStatus(NamedTuple):
     actions: int
     blobs: int
@@ -368,7 +389,8 @@ class DiskStore(CacheTier):
     # -- housekeeping ------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Account this process's writes and garbage-collect if the store went over its bound."""
+        """Account this process's writes and garbage-collect if the store went over its bound (unless a `gaffer
+        serve` is using it)."""
         if not self.writable:
             import shutil  # here (and in clean, copy_file): its import (lzma, bz2...) would slow gobuildcache's start
 
@@ -385,7 +407,13 @@ class DiskStore(CacheTier):
             self.report(f"cannot update the size estimate in {self._root_text}/size: {e.strerror or e}")
             return
         if size > self.max_size:
-            self.gc()
+            try:
+                with self.unserved("gaffer"):  # a served store is its server's to evict, by its own index
+                    self.gc()
+            except StoreServed:
+                pass
+            except OSError as e:  # the store's lock could not be taken (a file system without locks)
+                self.report(f"cannot garbage-collect {self._root_text}: {e.strerror or e}")
 
     def gc(self, max_size: int | None = None) -> tuple[int, int]:
         """Evict least-recently-used files until the store is under GC_LOW_WATER of its bound.
@@ -461,14 +489,12 @@ class DiskStore(CacheTier):
         """Keep a `gaffer serve` from starting on the store while `command` changes it (StoreServed if one runs
         now: its index would no longer match the disk). A directory without SERVE_LOCK never had a server, nor
         packs, and gets no lock file."""
-        if not (self.root / SERVE_LOCK).exists():
-            yield
-            return
-        fd = lock_served(self.root, command)
+        held = lock_stores(self.root, command, create=False)
         try:
             yield
         finally:
-            os.close(fd)
+            for fd in held:
+                os.close(fd)
 
     def _verify(self) -> VerifyReport:
         checked = checked_actions = 0
@@ -586,11 +612,21 @@ class DiskStore(CacheTier):
             self._write_size(0)
             (self.root / "builds.log").unlink(missing_ok=True)
 
-    def remove_stale_temp_files(self) -> None:
-        """Remove the temp files of processes no longer running (a kill -9, a crash); a running one's stay."""
+    def remove_stale_temp_files(self, ours_too: bool = False) -> None:
+        """Remove the temp files of processes no longer running (a kill -9, a crash); a running one's stay. A
+        process with the writer's pid that started after the file was last written is another one (the pid
+        reused); `ours_too`: this process's own pid is a dead writer's too (a server at start, before it writes:
+        restarted in a container, it gets the very pid it had)."""
         for tmp in self._temp_files():
             pid = tmp.name.partition("-")[0]
-            if not (pid.isdigit() and process_alive(int(pid))):
+            if not pid.isdigit() or (ours_too and int(pid) == os.getpid()):
+                tmp.unlink(missing_ok=True)
+                continue
+            try:
+                written = tmp.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if not process_alive(int(pid), since=written):
                 tmp.unlink(missing_ok=True)
 
     def record_build(self, hits: int, misses: int) -> None:
@@ -814,15 +850,35 @@ def _free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def process_alive(pid: int) -> bool:
-    """Is process `pid` running? (A temp file's name starts with the pid of the process writing it.)"""
+def process_alive(pid: int, since: float | None = None) -> bool:
+    """Is process `pid` running (not a zombie) and, given `since`, did it start no later than that time (else it
+    is a later process under a reused pid)? A temp file's name starts with the pid of the process writing it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
+        pass
+    started = _process_start(pid)
+    if started is None:  # no /proc (or it exited meanwhile): alive as far as can be told
         return True
-    return True
+    state, at = started
+    return state != "Z" and (since is None or at <= since + _START_SLACK_S)
+
+
+_START_SLACK_S = 2.0  # /proc gives the boot time to the second and a start in clock ticks
+
+
+def _process_start(pid: int) -> tuple[str, float] | None:
+    """A process's state letter and start time (seconds since the epoch), from /proc; None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold anything
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return fields[0].decode(), boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
 
 
 def action_entry(result: bytes) -> bytes:

@@ -35,6 +35,7 @@ from gaffer.cache.disk import DiskStore
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_file, is_valid_hash
 from gaffer.execute.base import ExecuteResult, task_environment
 from gaffer.execute.local import ProcessResult, ProcessRunner
+from gaffer.graph.load import MAX_TIMEOUT_S
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos import wire
 from gaffer.state import STATE_DIR
@@ -68,6 +69,7 @@ class SandboxResult:
     process: ProcessResult
     failure: str  # why the action failed (a task's reason); "" when it exited 0 with every declared output
     blobs: list[Digest]  # every CAS blob the result names (files, trees, stdout, stderr)
+    unstorable: str = ""  # why its outputs could not be stored (then the result names none): the action's fault
     kept: Path | None = None  # the exec root, left for debugging a failure when asked to
 
 
@@ -91,6 +93,7 @@ def run_action(
     argv = list(command.arguments)
     if not argv:
         raise BadAction(f"action {action_digest}: its Command has no arguments")
+    _check_strings(action_digest, argv, command.environment_variables)
     working = _relative(action_digest, "working directory", command.working_directory, empty_ok=True)
     if working not in {d.path for d in inputs.directories}:
         raise BadAction(f"action {action_digest}: working directory {working!r} is not a directory of the input root")
@@ -102,7 +105,7 @@ def run_action(
     missing = cas.find_missing(list(needed))
     if missing:
         raise MissingBlobs(action_digest, [(f"file {needed[d]}", d) for d in missing])
-    timeout = action.timeout.ToNanoseconds() / 1e9 if action.HasField("timeout") else None
+    timeout = _timeout(action_digest, action)
     env = {**passthrough_env, **{v.name: v.value for v in command.environment_variables}}
 
     work_parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +139,7 @@ def _execute(argv: list[str], cwd: Path, env: Mapping[str, str], timeout: float 
     process = runner.run(argv, cwd, env, stdout_path, stderr_path, timeout, cancel)
     finished = time.time()
     stdout, stderr = _store_log(cas, stdout_path), _store_log(cas, stderr_path)
-    failure = process.failure(timeout)
+    failure, unstorable = process.failure(timeout), ""
     outputs = actions.Outputs(files=[], symlinks=[], directories=[])
     if not process.error and not process.cancelled:  # a failed command's outputs too, as REAPI reports them
         present = [out for out in declared if os.path.lexists(cwd / out)]
@@ -146,7 +149,8 @@ def _execute(argv: list[str], cwd: Path, env: Mapping[str, str], timeout: float 
         except actions.MissingOutput as e:  # gone since: removed by a process that escaped the task's group
             absent.insert(0, str(e))
         except actions.BadCacheEntry as e:
-            failure = failure or str(e)
+            unstorable = str(e)
+            failure = failure or unstorable
         if absent and not failure:
             failure = f"declared output '{absent[0]}' was not created by the task"
     collected = time.time()
@@ -157,7 +161,7 @@ def _execute(argv: list[str], cwd: Path, env: Mapping[str, str], timeout: float 
     meta.execution_completed_timestamp.FromNanoseconds(int(finished * 1e9))
     meta.output_upload_start_timestamp.FromNanoseconds(int(finished * 1e9))
     meta.output_upload_completed_timestamp.FromNanoseconds(int(collected * 1e9))
-    return SandboxResult(result, process, failure, [*outputs.blobs(), stdout, stderr])
+    return SandboxResult(result, process, failure, [*outputs.blobs(), stdout, stderr], unstorable=unstorable)
 
 
 def _message(cas: DiskStore, action: Digest, digest: Digest, cls: type[_M], what: str) -> _M:
@@ -207,11 +211,35 @@ def _input_root(cas: DiskStore, action: Digest, root_digest: Digest) -> actions.
     return tree
 
 
+def _timeout(action: Digest, message: re_pb2.Action) -> float | None:
+    """The Action's timeout in seconds (None: none); as REAPI says, one that is negative or longer than this
+    executor allows is refused, not run (the clocks it would reach cannot hold it)."""
+    if not message.HasField("timeout"):
+        return None
+    seconds = message.timeout.seconds + message.timeout.nanos / 1e9
+    if seconds < 0:
+        raise BadAction(f"action {action}: negative timeout {seconds:g}s")
+    if seconds > MAX_TIMEOUT_S:
+        raise BadAction(f"action {action}: timeout longer than {MAX_TIMEOUT_S}s (a year): {seconds:g}s")
+    return seconds or None
+
+
+def _check_strings(action: Digest, argv: Sequence[str], env: Sequence[re_pb2.Command.EnvironmentVariable]) -> None:
+    """Refuse what no process can be given: a NUL byte in an argument or variable, a variable named '' or 'A=B'."""
+    for arg in argv:
+        if "\0" in arg:
+            raise BadAction(f"action {action}: argument {arg[:100]!r} holds a NUL byte")
+    for var in env:
+        if not var.name or "=" in var.name or "\0" in var.name or "\0" in var.value:
+            raise BadAction(f"action {action}: environment variable {var.name[:100]!r} cannot be set "
+                            "(an empty name, '=' in the name, or a NUL byte)")
+
+
 def _relative(action: Digest, what: str, path: str, empty_ok: bool = False) -> str:
     """A path the Command names, which must stay inside the exec root: relative, normalized, no "..", no NUL."""
     if not path and empty_ok:
         return ""
-    if (not path or os.path.isabs(path) or os.path.normpath(path) != path or path == ".."
+    if (not path or os.path.isabs(path) or os.path.normpath(path) != path or path in (".", "..")
             or path.startswith("../") or "\0" in path):
         raise BadAction(f"action {action}: unsafe {what} {path[:200]!r}")
     return path

@@ -21,6 +21,7 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2
 
+from gaffer.config import WORKER_MAX_JOBS
 from gaffer.digest import Digest
 from gaffer.protos import bots_pb2, bots_pb2_grpc, inventory_pb2, inventory_pb2_grpc
 from gaffer.protos import remote_execution_pb2 as re_pb2
@@ -41,7 +42,6 @@ from gaffer.server.metrics import Metrics
 from gaffer.server.reapi import _HANDLED, Context, Failure, _Service
 from gaffer.server.store import BackendUnavailable, BadRequest, ServerStore, check_digest, check_instance
 
-MAX_JOBS_LIMIT = 1024
 MAX_TOOLS = 4096  # characters of `_gaffer_tools`
 _STATES = {PENDING: bots_pb2.LeaseState.PENDING, ACTIVE: bots_pb2.LeaseState.ACTIVE,
            COMPLETED: bots_pb2.LeaseState.COMPLETED, CANCELLED: bots_pb2.LeaseState.CANCELLED}
@@ -62,8 +62,8 @@ def _platform(worker: Any) -> tuple[dict[str, set[str]], int, list[str]]:
         max_jobs = int(text)
     except ValueError:
         max_jobs = 0
-    if not 1 <= max_jobs <= MAX_JOBS_LIMIT:
-        raise BadRequest(f"_gaffer_max_jobs {text[:20]!r} is not a number from 1 to {MAX_JOBS_LIMIT}")
+    if not 1 <= max_jobs <= WORKER_MAX_JOBS:
+        raise BadRequest(f"_gaffer_max_jobs {text[:20]!r} is not a number from 1 to {WORKER_MAX_JOBS}")
     tools = [t for t in extra.get("_gaffer_tools", "")[:MAX_TOOLS].split(",") if t]
     return properties, max_jobs, tools
 

@@ -108,7 +108,7 @@ def check_action(namespace: Namespace, key: Digest) -> Checked | Outcome:
     except DecodeError:
         raise BadRequest(f"blob {key} is not an Action") from None
     missing: list[Digest] = []
-    command_digest = check_digest(action.command_digest)
+    command_digest = _field(key, "command_digest", action.command_digest)
     command_data = namespace.read(command_digest)
     if command_data is None:
         missing.append(command_digest)
@@ -120,7 +120,7 @@ def check_action(namespace: Namespace, key: Digest) -> Checked | Outcome:
             raise BadRequest(f"blob {command_digest} is not a Command") from None
     inputs: dict[str, int] = {}
     files: list[Digest] = []
-    root = check_digest(action.input_root_digest)
+    root = _field(key, "input_root_digest", action.input_root_digest)
     queue, seen = deque([root]), {root}
     while queue:
         digest = queue.popleft()
@@ -149,6 +149,14 @@ def check_action(namespace: Namespace, key: Digest) -> Checked | Outcome:
         return missing_inputs(missing)
     properties = action.platform.properties or command.platform.properties
     return Checked(action, [(p.name, p.value) for p in properties], inputs)
+
+
+def _field(action: Digest, name: str, digest: re_pb2.Digest) -> Digest:
+    """A digest field of the Action, checked; a bad one (often left unset) named in the refusal."""
+    try:
+        return check_digest(digest)
+    except BadRequest as e:
+        raise BadRequest(f"action {action}: {name}: {e}") from None
 
 
 class Execution(_Service, exec_grpc.ExecutionServicer):

@@ -1,4 +1,4 @@
-"""`gaffer serve`: run the cache server until SIGTERM or SIGINT, then stop cleanly (in-flight requests finish).
+"""`gaffer serve`: run the cache server until SIGTERM, SIGINT or SIGHUP, then stop cleanly (in-flight requests finish).
 
     gaffer serve --dir /srv/gaffer --max-size 200GiB --grpc 0.0.0.0:9092 --http 0.0.0.0:8080 --token-file t
 
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from gaffer.cache.urls import read_token, redact
 from gaffer.config import SERVE, Settings, add_flags, check_urls, environment_help, load_nearest
-from gaffer.errors import EnvironmentProblem, UserError, exit_status
+from gaffer.errors import EnvironmentProblem, UserError, exit_status, say
 from gaffer.malloc import keep_big_buffers
 from gaffer.units import format_size
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from gaffer.server.reapi import GrpcServer
     from gaffer.server.store import ServerStore
 
+PROG = "gaffer serve"
 STOP_SLACK_S = 5.0  # beyond the grace period, for what must still finish after cancelled calls (the store's gc)
 BACKEND_TIMEOUT_S = 30.0  # per request to the --backend
 
@@ -44,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="gaffer serve",
+        prog=PROG,
         description="Serve a build cache over REAPI gRPC and the Bazel HTTP cache protocol, and run the REAPI\n"
                     "actions sent to the gRPC port on connected gaffer workers.",
         epilog="example: gaffer serve --dir /srv/gaffer --max-size 200GiB --grpc 0.0.0.0:9092 --http 0.0.0.0:8080 "
@@ -73,7 +74,7 @@ def serve_main(argv: list[str]) -> int:
             return int(e.code or 0)
         return _serve(load_nearest(SERVE, vars(args)))
 
-    return exit_status("gaffer serve", body)
+    return exit_status(PROG, body)
 
 
 def _serve(settings: Settings) -> int:
@@ -101,7 +102,7 @@ def _serve(settings: Settings) -> int:
 
     # Block the stop signals before any thread starts (importing grpc starts some), so every thread inherits
     # the mask and the main thread alone receives them, in sigwait below. Heavy imports only now the flags are good.
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}  # SIGHUP: a closed terminal
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     from gaffer.cache.base import TierError
     from gaffer.server.auth import BearerToken
@@ -118,7 +119,7 @@ def _serve(settings: Settings) -> int:
 
         backend = functools.partial(open_backend, settings.backend, timeout=BACKEND_TIMEOUT_S)
     try:
-        store = ServerStore(store_dir, max_size, report=lambda m: print(f"gaffer serve: warning: {m}", file=sys.stderr),
+        store = ServerStore(store_dir, max_size, report=lambda m: say(PROG, f"warning: {m}"),
                             memory=settings.memory, backend=backend, sync=settings.fsync)
     except TierError as e:
         raise EnvironmentProblem(f"{settings.sources['dir'] or '--dir'} {store_dir}: {e.message}") from None
@@ -126,7 +127,7 @@ def _serve(settings: Settings) -> int:
         raise EnvironmentProblem(f"{settings.sources['backend']} {redact(settings.backend)}: {e}") from None
     metrics = Metrics()
     coordinator = Coordinator(settings.bot_timeout, settings.unmatched_timeout,
-                              log=lambda m: print(f"gaffer serve: {m}", file=sys.stderr, flush=True))
+                              log=lambda m: say(PROG, m))
     metrics.watch_dispatch(coordinator.stats)
     token = BearerToken(token_text, read_only_token)
     _raise_fd_limit()
@@ -155,10 +156,9 @@ def _serve(settings: Settings) -> int:
             listening.append(f"http on {_host(http_address[0])}:{http_server.port}")
         where = (f"backend {redact(settings.backend)}, read-through cache {store_dir}" if settings.backend
                  else f"store {store_dir}")
-        print(f"gaffer serve: {', '.join(listening)}; {where} "
-              f"({format_size(store.total_bytes)} of {format_size(max_size)})", file=sys.stderr, flush=True)
+        say(PROG, f"{', '.join(listening)}; {where} ({format_size(store.total_bytes)} of {format_size(max_size)})")
         received = signal.sigwait(stop_signals)
-        print(f"gaffer serve: {signal.Signals(received).name}: stopping", file=sys.stderr, flush=True)
+        say(PROG, f"{signal.Signals(received).name}: stopping")
     finally:
         stopper = threading.Thread(target=_stop, args=(grpc_server, http_server, store, settings.grace),
                                    name="gaffer-stop")
@@ -184,13 +184,11 @@ def _wait_stopped(stopper: threading.Thread, stop_signals: set[signal.Signals], 
     deadline = time.monotonic() + deadline_s
     while stopper.is_alive():
         if time.monotonic() > deadline:
-            print("gaffer serve: calls still running after the grace period: exiting now", file=sys.stderr,
-                  flush=True)
+            say(PROG, "calls still running after the grace period: exiting now")
             os._exit(1)
         again = signal.sigtimedwait(stop_signals, 0.1)
         if again is not None:
-            print(f"gaffer serve: {signal.Signals(again.si_signo).name} again: exiting now", file=sys.stderr,
-                  flush=True)
+            say(PROG, f"{signal.Signals(again.si_signo).name} again: exiting now")
             os._exit(128 + again.si_signo)
 
 

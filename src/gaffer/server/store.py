@@ -45,7 +45,7 @@ from urllib.parse import quote, unquote
 from google.protobuf.message import DecodeError
 
 from gaffer.cache.base import CacheTier, TierError
-from gaffer.cache.disk import GC_LOW_WATER, DiskStore, StoreServed, action_entry, lock_served
+from gaffer.cache.disk import GC_LOW_WATER, DiskStore, StoreServed, action_entry, lock_stores
 from gaffer.digest import EMPTY_DIGEST, Digest, digest_bytes, is_valid_hash
 from gaffer.protos import remote_execution_pb2 as re_pb2
 from gaffer.protos.digests import from_proto
@@ -543,13 +543,13 @@ def _distinct(digests: Iterable[Digest]) -> list[Digest]:
     return list(named)
 
 
-def _hold(root: Path) -> int:
+def _hold(root: Path) -> list[int]:
     """Lock the store for this server (until `close`, or its exit): two servers on one directory would each keep
     their own index and size account of the same files, one evicting (or rewriting packs) under the other, and
     `gaffer cache verify` takes the same lock. The lock file names the holder. TierError if another process
     holds it."""
     try:
-        return lock_served(root, "gaffer serve")
+        return lock_stores(root, "gaffer serve")
     except StoreServed as e:
         raise TierError(str(root), f"another {e.command} (pid {e.pid}) is using this store", transient=False) from None
     except OSError as e:
@@ -665,7 +665,7 @@ class ServerStore:
         found: list[tuple[float, int, Key, int, Pack | None, int]] = []
         for instance in self._instances():
             disk = self.disk(instance)
-            disk.remove_stale_temp_files()
+            disk.remove_stale_temp_files(ours_too=True)
             for order, kind in enumerate(("ac", "cas")):
                 for path, st in disk.files(kind):
                     if is_valid_hash(path.name):
@@ -1140,7 +1140,8 @@ class ServerStore:
         if gc is not None:
             gc.join()
         self.files.close()
-        os.close(self._held)  # another server may use the store now
+        for fd in self._held:  # another server may use the store now
+            os.close(fd)
         for namespace in self._backends.values():
             namespace.close()
         sizes = dict.fromkeys(self._disks, 0)

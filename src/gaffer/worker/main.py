@@ -85,10 +85,16 @@ def _work(settings: Settings) -> int:
     where = f"{settings.sources['worker_dir'] or '--dir'} {directory}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # FileExistsError: a file stands there
+        reason = "a file is in the way" if isinstance(e, FileExistsError) else e.strerror
+        raise EnvironmentProblem(f"{where}: cannot create the directory: {reason}") from None
+    try:
         lock = _lock(directory, where)
+        _kill_left_running(directory / "exec")
         remove_outputs(directory, ["exec"])  # the exec roots a killed worker left behind
         (directory / "exec").mkdir()
         local = DiskStore(directory / "blobs", settings.worker_max_size)
+        local.remove_stale_temp_files(ours_too=True)  # a killed worker's logs and fetches, outside the bound
     except (TierError, OSError) as e:
         raise EnvironmentProblem(f"{where}: {e}") from None
     bot_id = f"{socket.gethostname()}-{settings.worker_name or os.getpid()}"
@@ -117,8 +123,8 @@ def _work(settings: Settings) -> int:
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: a closed terminal, not a sudden death
+        signal.signal(signum, on_signal)
     say(f"working for {target} as {bot_id}, {settings.max_jobs} at once, blobs in {directory}")
     failed: list[BaseException] = []
 
@@ -147,6 +153,25 @@ def _work(settings: Settings) -> int:
         raise EnvironmentProblem(f"the session with {target} failed: {failed[0]!r}")
     say("stopped")
     return 0
+
+
+def _kill_left_running(exec_dir: Path) -> None:
+    """Kill the actions a killed worker left running (each runs in a session of its own, so it outlives the worker
+    and would run on beside the next worker's): the sessions of the processes whose working directory is in one
+    of its exec roots, found in /proc (nothing found without it). A session's processes share its group."""
+    inside = f"{os.path.realpath(exec_dir)}/"
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return
+    ours = os.getsid(0)
+    for pid in pids:
+        try:
+            session = os.getsid(pid)
+            if session != ours and os.getpgid(pid) == session and os.readlink(f"/proc/{pid}/cwd").startswith(inside):
+                os.killpg(session, signal.SIGKILL)
+        except OSError:  # gone meanwhile, or another user's
+            continue
 
 
 def _lock(directory: Path, where: str) -> IO[str]:

@@ -10,7 +10,7 @@ actions have, and a reflink saves the same where it matters.
 The outcome is what the lease reports: status OK with the ActionResult whenever the command ran (a non-zero
 exit code too; DEADLINE_EXCEEDED after a timeout, CANCELLED when the server dropped the lease), or
 FAILED_PRECONDITION naming the missing blobs, INVALID_ARGUMENT for an action that cannot run as stored (an output
-path escaping the exec root, a malformed message), UNAVAILABLE when the server's CAS could not be reached.
+path escaping the exec root, a malformed message) or whose outputs cannot be stored, UNAVAILABLE when the server's CAS could not be reached.
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ def run_lease(job: Job, blobs: BlobCache, exec_dir: Path, env: Mapping[str, str]
         return Outcome(_status(code_pb2.CANCELLED, "cancelled by the server"), done.result)
     if process.timed_out:
         return Outcome(_status(code_pb2.DEADLINE_EXCEEDED, done.failure), done.result)
+    if done.unstorable:  # a result missing outputs the command made must not pass for a success, nor be cached
+        return Outcome(_status(code_pb2.INVALID_ARGUMENT, f"action {action}: {done.unstorable}"))
     if process.error:
         return Outcome(_status(code_pb2.INVALID_ARGUMENT, process.error), done.result)
     return Outcome(status_pb2.Status(code=code_pb2.OK), done.result)

@@ -16,9 +16,9 @@ leases, lets the running ones finish and report, then ends the loop.
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,8 @@ from pathlib import Path
 import grpc
 from google.rpc import code_pb2, status_pb2
 
+from gaffer import errors
+from gaffer.digest import Digest
 from gaffer.execute.local import ProcessRunner
 from gaffer.protos import bots_pb2, bots_pb2_grpc, inventory_pb2, inventory_pb2_grpc, worker_pb2
 from gaffer.protos.digests import to_proto
@@ -37,16 +39,19 @@ STOP_POLL_TIMEOUT_S = 1.5  # while stopping there is no work to wait for: gaffer
 #                            its deadline, BuildGrid answers a terminating bot at once
 CREATE_TIMEOUT_S = 3.7  # BuildGrid long-polls a CreateBotSession too, for 80% of its deadline unless that is under 3 s
 CALL_TIMEOUT_S = 30.0  # Inventory.Report
+REPORT_DIGESTS = 40_000  # digests per InventoryReport: ~3 MB, under the 4 MiB a gRPC server accepts by default
 BACKOFF_START_S = 0.1
 BACKOFF_CAP_S = 10.0
 _SESSION_GONE = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT})
-# Answers to CreateBotSession that no retry changes: a missing or wrong token, a server without a Bots service.
+# Answers to CreateBotSession that no retry changes: a missing or wrong token, a server without a Bots service, a
+# session it finds malformed (an instance name or a max jobs it does not take).
 _REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                      grpc.StatusCode.UNIMPLEMENTED})
+                      grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT})
 
 
 class Refused(Exception):
-    """The server will not take this worker (its token, or no Bots service): the operator must act."""
+    """The server will not take this worker (its token, no Bots service, a malformed session): the operator must
+    act."""
 
     def __init__(self, e: grpc.RpcError) -> None:
         self.token = e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
@@ -55,7 +60,7 @@ class Refused(Exception):
 
 def say(message: str) -> None:
     """One line on stderr: what an operator (and a test) follows the worker by."""
-    print(f"gaffer worker: {message}", file=sys.stderr, flush=True)
+    errors.say("gaffer worker", message)
 
 
 class Backoff:
@@ -314,10 +319,9 @@ class Session:
             added, removed = (self.blobs.held(), []) if reset else self.blobs.take_changes()
             if not reset and not added and not removed:
                 return
-            report = inventory_pb2.InventoryReport(bot_session=name, reset=reset, added=[to_proto(d) for d in added],
-                                                   removed=[to_proto(d) for d in removed])
             try:
-                self._inventory.Report(report, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
+                for report in _reports(name, reset, added, removed):
+                    self._inventory.Report(report, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.UNIMPLEMENTED:
                     self._inventory_on = False
@@ -329,6 +333,18 @@ class Session:
             with self._cv:
                 if self._name == name:
                     self._inventory_reset = False
+
+
+def _reports(name: str, reset: bool, added: list[Digest], removed: list[Digest]) -> Iterator[
+        inventory_pb2.InventoryReport]:
+    """One inventory change as reports of at most REPORT_DIGESTS digests each (only the first a reset): a worker
+    may hold more blobs than one message can name."""
+    changes = [*((d, True) for d in added), *((d, False) for d in removed)]
+    for start in range(0, max(len(changes), 1), REPORT_DIGESTS):
+        part = changes[start:start + REPORT_DIGESTS]
+        yield inventory_pb2.InventoryReport(bot_session=name, reset=reset and not start,
+                                            added=[to_proto(d) for d, add in part if add],
+                                            removed=[to_proto(d) for d, add in part if not add])
 
 
 def _describe(e: grpc.RpcError) -> str:
