@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -669,6 +670,59 @@ def test_a_full_cache_disk_gives_go_its_files_from_elsewhere_and_stores_nothing(
         assert status == 0, stderr
         assert stderr.count(f"cache directory {cache} is full") == 1, stderr
         assert not any(p.exists() for p in paths.values() if p != stored)
+
+
+def test_a_full_disk_that_takes_no_entry_for_a_stored_blob_warns_once(tmp_path: Path) -> None:
+    """A put whose body is stored already (another ActionID, same output) gets its DiskPath, but its entry cannot
+    be written on a full disk: the same one warning as a put whose body cannot be stored, not silence."""
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
+        cache = disk / "cache"
+        c = Client(gobuildcache_env(cache, TMPDIR=str(tmp_path)))
+        c.reply()
+        stored = Path(str(c.put(1, b"a", b"the same output")["DiskPath"]))
+        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        for n, action_id in enumerate((b"b", b"c"), start=2):
+            assert c.put(n, action_id, b"the same output")["DiskPath"] == str(stored)
+        assert c.get(5, b"b") == {"ID": 5, "Miss": True}
+        assert c.close() == {"ID": 999}
+        status, stderr = c.finish()
+        assert status == 0, stderr
+        assert stderr.count(f"cache directory {cache} is full") == 1, stderr
+
+
+def _waits_for_a_lock(pid: int) -> bool:
+    """Is process `pid` blocked on a file lock (a "->" line of /proc/locks)?"""
+    return any(line.split()[1:2] == ["->"] and line.split()[5:6] == [str(pid)]
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_an_interrupted_close_still_removes_the_files_kept_for_a_full_disk(tmp_path: Path) -> None:
+    """Ctrl-C while close flushes the cache (here: waiting for the store's lock) must not leave behind the
+    directory holding go's outputs from the full-disk puts."""
+    import fcntl
+
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
+        cache = disk / "cache"
+        c = Client(gobuildcache_env(cache, TMPDIR=str(tmp_path)))
+        c.reply()
+        c.put(1, b"a", b"stored before")
+        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        kept = Path(str(c.put(2, b"b", b"kept elsewhere")["DiskPath"]))
+        assert kept.is_relative_to(tmp_path) and not kept.is_relative_to(disk)
+        with open(cache / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            c.send({"ID": 999, "Command": "close"})
+            wait_for(lambda: _waits_for_a_lock(c.proc.pid), "close to wait for the store's lock")
+            c.proc.send_signal(signal.SIGINT)
+            status, _ = c.finish()
+        assert status == 130
+        assert not kept.parent.exists()
 
 
 def test_an_unreachable_remote_costs_one_warning_and_never_an_err(cache_dir: Path) -> None:
