@@ -101,11 +101,17 @@ class Overflow:
         self._said = False
 
     def full(self, why: OSError) -> None:
-        """Say, once, that the disk is full and nothing new is stored (a put whose blob was stored, not its entry)."""
+        """Say that the disk is full (a put whose blob was stored, not its entry)."""
         with self._lock:
-            said, self._said = self._said, True
-        if not said:
-            log_line(f"cache directory {self._local.root} is full ({why.strerror}): nothing new is stored")
+            self._say(why)
+
+    def _say(self, why: OSError, then: str = "") -> None:
+        """Say, once, that the disk is full and nothing new is stored; then `then`. Under `_lock`."""
+        said, self._said = self._said, True
+        text = "; ".join(filter(None, ("" if said else f"cache directory {self._local.root} is full "
+                                       f"({why.strerror}): nothing new is stored", then)))
+        if text:
+            log_line(text)
 
     def file(self, body: bytes, why: OSError) -> str:
         """A new file holding `body`; EnvironmentProblem if even the temp directory cannot take it."""
@@ -117,9 +123,7 @@ class Overflow:
                     self._dir = tempfile.mkdtemp(prefix="gobuildcache-")
                 except OSError as e:
                     raise EnvironmentProblem(f"{self._local.root}: {why.strerror}; temp directory: {e.strerror}") from None
-                full = "" if self._said else f"cache directory {self._local.root} is full ({why.strerror}): nothing new is stored; "
-                self._said = True
-                log_line(f"{full}go's outputs are kept in {self._dir} until it ends")
+                self._say(why, f"go's outputs are kept in {self._dir} until it ends")
             self._count += 1
             path = f"{self._dir}/{self._count}"
         try:
