@@ -445,6 +445,16 @@ def test_a_directory_in_a_shard_is_evicted_by_gc_or_left_when_not_an_entry(tmp_p
     assert not list((tmp_path / "cache" / "cas").glob("*/[0-9a-f]*"))
 
 
+def test_a_symlink_loop_in_a_shard_is_no_entry_and_fails_no_walk(tmp_path: Path) -> None:
+    """gc, status and verify walk the shards: a symlink loop there (ELOOP on its stat) ended each of them."""
+    s, _ = store(tmp_path)
+    d = digest_bytes(b"kept")
+    s.write_blob(d, b"kept")
+    os.symlink("loop", s.blob_path(d).parent / "loop")
+    assert s.status().blobs == 1 and s.verify().corrupt == []
+    assert s.gc(max_size=1 << 20) == (0, 0) and s.read_blob(d) == b"kept"
+
+
 def test_a_directory_in_an_entrys_place_already_removed_by_another_writer_is_no_error(tmp_path: Path) -> None:
     """Two writers find a directory in a blob's place; the second to remove it finds it gone (or half gone): its
     put must still store the blob, not fail with FileNotFoundError."""

@@ -759,7 +759,7 @@ class DiskStore(CacheTier):
                 for entry in os.scandir(shard.path):
                     try:
                         yield _path(entry.path), entry.stat()
-                    except FileNotFoundError:
+                    except OSError:  # removed meanwhile, or a symlink going nowhere (a loop): no entry
                         continue
 
     def _temp_files(self) -> list[Path]:
