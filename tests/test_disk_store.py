@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gaffer.cache.disk import SERVE_LOCK, DiskStore
+from gaffer.cache.disk import SERVE_LOCK, DiskStore, MalformedHash
 from gaffer.cache.trusted import BOOT_ID, _line, settled, signature
 from gaffer.digest import Digest, digest_bytes
 
@@ -378,3 +378,92 @@ def test_writers_on_several_threads_survive_the_cache_being_removed_again_and_ag
         while time.monotonic() < stop:
             shutil.rmtree(tmp_path / "cache", ignore_errors=True)
         assert all(w.result() > 0 for w in writers)
+
+
+def _victim(tmp_path: Path) -> Path:
+    """A directory beside the store, whose path a hash "../victim" would name: it must survive."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_bytes(b"not the cache's")
+    return victim
+
+
+@pytest.mark.parametrize("bad", ["../victim", "../../victim", "", "..", "A" * 64, "0" * 63 + "/", "0" * 65])
+def test_a_malformed_hash_touches_no_file_and_is_absent(tmp_path: Path, bad: str) -> None:
+    """A peer's digest names a path only if its hash is a SHA-256: "../victim" named a directory beside the store,
+    which the check for a directory in a blob's place removed whole; "" named cas/ itself (every blob)."""
+    s, reports = store(tmp_path)
+    victim = _victim(tmp_path)
+    kept = digest_bytes(b"kept")
+    s.write_blob(kept, b"kept")
+    s.write_action(kept, b"result")
+    d = Digest(bad, 3)
+    assert not s.has_blob(d) and s.find_missing([d]) == [d]
+    assert s.read_blob(d) is None and s.verified_blob_path(d) is None and not s.trusts_blob(d)
+    assert not s.fetch_blob(d, tmp_path / "out") and s.read_action(d) is None
+    s.evict_action(d)
+    with pytest.raises(MalformedHash):
+        s.write_blob(d, b"abc")
+    with pytest.raises(MalformedHash):
+        s.write_action(d, b"result")
+    with pytest.raises(MalformedHash):
+        s.blob_path(d)
+    assert (victim / "precious").read_bytes() == b"not the cache's"
+    assert s.read_blob(kept) == b"kept" and s.read_action(kept) == b"result"
+    assert reports == [] and not os.listdir(tmp_path / "cache" / "tmp")
+
+
+def test_a_malformed_hash_from_a_remote_tier_reaches_no_file_through_the_tiered_cache(tmp_path: Path) -> None:
+    """What a remote's ActionResult names goes through TieredCache.ensure_local to the local tier's presence check."""
+    from gaffer.cache.tiered import TieredCache
+
+    victim = _victim(tmp_path)
+    local, reports = store(tmp_path)
+    remote = DiskStore(tmp_path / "remote", report=reports.append)
+    for tier in (local, remote):
+        tier.write_blob(digest_bytes(b"kept"), b"kept")  # makes cas/, which "cas/../../victim" goes through
+    cache = TieredCache(local, [remote], read_only=True, report=reports.append)
+    assert not cache.ensure_local([Digest("../victim", 3), Digest("", 0)])
+    assert (victim / "precious").exists() and local.read_blob(digest_bytes(b"kept")) == b"kept"
+    assert remote.read_blob(digest_bytes(b"kept")) == b"kept" and reports == []
+
+
+def test_a_directory_in_a_shard_is_evicted_by_gc_or_left_when_not_an_entry(tmp_path: Path) -> None:
+    """gc used to unlink every entry it evicted: a directory there (IsADirectoryError) ended it, and with it
+    gobuildcache's close and `gaffer cache gc`."""
+    s, _ = store(tmp_path)
+    for n in range(4):
+        s.write_blob(digest_bytes(b"%d" % n), b"%d" % n)
+    entry = s.blob_path(digest_bytes(b"a directory"))
+    stray = entry.parent / "not-an-entry"
+    for directory in (entry, stray):
+        directory.mkdir(parents=True)
+        (directory / "inside").write_bytes(b"x")
+        os.utime(directory, (1, 1))  # the least recently used: gc reaches them first
+    s.gc(max_size=0)
+    assert not entry.exists() and stray.is_dir()
+    assert not list((tmp_path / "cache" / "cas").glob("*/[0-9a-f]*"))
+
+
+def test_a_symlink_loop_in_a_shard_is_no_entry_and_fails_no_walk(tmp_path: Path) -> None:
+    """gc, status and verify walk the shards: a symlink loop there (ELOOP on its stat) ended each of them."""
+    s, _ = store(tmp_path)
+    d = digest_bytes(b"kept")
+    s.write_blob(d, b"kept")
+    os.symlink("loop", s.blob_path(d).parent / "loop")
+    assert s.status().blobs == 1 and s.verify().corrupt == []
+    assert s.gc(max_size=1 << 20) == (0, 0) and s.read_blob(d) == b"kept"
+
+
+def test_a_directory_in_an_entrys_place_already_removed_by_another_writer_is_no_error(tmp_path: Path) -> None:
+    """Two writers find a directory in a blob's place; the second to remove it finds it gone (or half gone): its
+    put must still store the blob, not fail with FileNotFoundError."""
+    s, reports = store(tmp_path)
+    data = b"written by both"
+    digest = digest_bytes(data)
+    place = s.blob_path(digest)
+    s._remove_entry(place)  # the step where the second writer finds the place already cleared
+    place.mkdir(parents=True)
+    (place / "inside").write_bytes(b"x")
+    s.write_blob(digest, data)
+    assert s.read_blob(digest) == data and len(reports) == 1  # the directory, evicted

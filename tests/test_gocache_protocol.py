@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -671,6 +672,59 @@ def test_a_full_cache_disk_gives_go_its_files_from_elsewhere_and_stores_nothing(
         assert not any(p.exists() for p in paths.values() if p != stored)
 
 
+def test_a_full_disk_that_takes_no_entry_for_a_stored_blob_warns_once(tmp_path: Path) -> None:
+    """A put whose body is stored already (another ActionID, same output) gets its DiskPath, but its entry cannot
+    be written on a full disk: the same one warning as a put whose body cannot be stored, not silence."""
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
+        cache = disk / "cache"
+        c = Client(gobuildcache_env(cache, TMPDIR=str(tmp_path)))
+        c.reply()
+        stored = Path(str(c.put(1, b"a", b"the same output")["DiskPath"]))
+        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        for n, action_id in enumerate((b"b", b"c"), start=2):
+            assert c.put(n, action_id, b"the same output")["DiskPath"] == str(stored)
+        assert c.get(5, b"b") == {"ID": 5, "Miss": True}
+        assert c.close() == {"ID": 999}
+        status, stderr = c.finish()
+        assert status == 0, stderr
+        assert stderr.count(f"cache directory {cache} is full") == 1, stderr
+
+
+def _waits_for_a_lock(pid: int) -> bool:
+    """Is process `pid` blocked on a file lock (a "->" line of /proc/locks)?"""
+    return any(line.split()[1:2] == ["->"] and line.split()[5:6] == [str(pid)]
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_an_interrupted_close_still_removes_the_files_kept_for_a_full_disk(tmp_path: Path) -> None:
+    """Ctrl-C while close flushes the cache (here: waiting for the store's lock) must not leave behind the
+    directory holding go's outputs from the full-disk puts."""
+    import fcntl
+
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
+        cache = disk / "cache"
+        c = Client(gobuildcache_env(cache, TMPDIR=str(tmp_path)))
+        c.reply()
+        c.put(1, b"a", b"stored before")
+        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        kept = Path(str(c.put(2, b"b", b"kept elsewhere")["DiskPath"]))
+        assert kept.is_relative_to(tmp_path) and not kept.is_relative_to(disk)
+        with open(cache / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            c.send({"ID": 999, "Command": "close"})
+            wait_for(lambda: _waits_for_a_lock(c.proc.pid), "close to wait for the store's lock")
+            c.proc.send_signal(signal.SIGINT)
+            status, _ = c.finish()
+        assert status == 130
+        assert not kept.parent.exists()
+
+
 def test_an_unreachable_remote_costs_one_warning_and_never_an_err(cache_dir: Path) -> None:
     """Nothing listens at the remote tier's port: puts still answer with a DiskPath, gets of unknown keys miss,
     and the session ends normally with one warning naming the tier. (S3 killed under a real go build is in
@@ -1092,7 +1146,7 @@ def _replace_list(remote: Path, module: Path, data: bytes) -> None:
                        encode_entry(GoEntry(b"", digest, time.time_ns())))
 
 
-@pytest.mark.parametrize("kind", ["garbage", "foreign", "truncated", "bad line"])
+@pytest.mark.parametrize("kind", ["garbage", "foreign", "truncated", "bad line", "year 10000"])
 def test_a_bad_or_foreign_list_is_ignored_and_the_gets_still_hit(module: Path, tmp_path: Path, kind: str) -> None:
     remote = _previous_build(module, tmp_path, BODIES)
     store, listed = _scope_list(module, remote)
@@ -1104,6 +1158,8 @@ def test_a_bad_or_foreign_list_is_ignored_and_the_gets_still_hit(module: Path, t
         "foreign": encode_list("module example.com/other .\nbuild\n\n", entries),
         "truncated": good[:-10],
         "bad line": good + b"zz 00 " + b"0" * 64 + b" 1 1\n",
+        # a put time go cannot read in a reply's Time (its year has five digits): go's build would stop on it
+        "year 10000": good + f"ab 00 {listed.hash} {listed.size_bytes} {entry_module.MAX_PUT_TIME_NS}\n".encode(),
     }[kind]
     _replace_list(remote, module, bad)
     local = tmp_path / "ci"

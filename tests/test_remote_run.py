@@ -474,3 +474,69 @@ def test_gaffer_run_on_buildgrids_execution_service_with_a_gaffer_worker(buildgr
         assert "): exited with status 3" in proc.stderr
     finally:
         worker.stop()
+
+
+class _LyingExecution:
+    """A REAPI server on loopback that holds every blob and answers every Execute at once with `result`: a damaged
+    or hostile remote whose ActionResult names blobs by malformed digests."""
+
+    def __init__(self, result: object) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import grpc
+
+        from gaffer.protos import execution_service_pb2_grpc
+        from gaffer.protos import remote_execution_pb2 as re_pb2
+        from gaffer.protos import remote_execution_pb2_grpc as re_grpc
+
+        class Capabilities(re_grpc.CapabilitiesServicer):  # type: ignore[misc]
+            def GetCapabilities(self, request: object, context: object) -> re_pb2.ServerCapabilities:
+                return re_pb2.ServerCapabilities(
+                    cache_capabilities=re_pb2.CacheCapabilities(digest_functions=[re_pb2.DigestFunction.SHA256]),
+                    execution_capabilities=re_pb2.ExecutionCapabilities(exec_enabled=True))
+
+        class Cas(re_grpc.ContentAddressableStorageServicer):  # type: ignore[misc]
+            def FindMissingBlobs(self, request: object, context: object) -> re_pb2.FindMissingBlobsResponse:
+                return re_pb2.FindMissingBlobsResponse()
+
+        class Execution(execution_service_pb2_grpc.ExecutionServicer):  # type: ignore[misc]
+            def Execute(self, request: object, context: object) -> Iterator[object]:
+                from google.longrunning import operations_pb2
+
+                op = operations_pb2.Operation(name="lie", done=True)
+                op.response.Pack(re_pb2.ExecuteResponse(result=result))
+                yield op
+
+        self.server = grpc.server(ThreadPoolExecutor(4))
+        re_grpc.add_CapabilitiesServicer_to_server(Capabilities(), self.server)
+        re_grpc.add_ContentAddressableStorageServicer_to_server(Cas(), self.server)
+        execution_service_pb2_grpc.add_ExecutionServicer_to_server(Execution(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+
+@pytest.mark.parametrize("exit_code", [1, 0])
+def test_malformed_log_digests_from_a_remote_remove_nothing_here(tmp_path: Path, exit_code: int) -> None:
+    """A failed (or unusable) result's stdout and stderr are fetched by digest into the local cache: a hash such as
+    "../victim" named a path beside the cache directory, and the check for a directory in a blob's place removed
+    it whole ("..": the directory holding the cache)."""
+    from gaffer.protos import remote_execution_pb2 as re_pb2
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("not the cache's")
+    result = re_pb2.ActionResult(exit_code=exit_code, stdout_digest=re_pb2.Digest(hash="../victim", size_bytes=3),
+                                 stderr_digest=re_pb2.Digest(hash="..", size_bytes=3))
+    server = _LyingExecution(result)
+    try:
+        ws = tmp_path / "ws"
+        ws.mkdir()
+        (ws / "in.txt").write_text("an input: the local cache gets its cas/ directory")
+        (ws / "graph.json").write_text(json.dumps({"tasks": {"t": {
+            "command": "cp in.txt out.txt", "inputs": ["in.txt"], "outputs": ["out.txt"]}}}))
+        proc = gaffer(ws, "--remote", f"grpc://127.0.0.1:{server.port}", "--no-remote-fallback")
+    finally:
+        server.server.stop(None)
+    assert (victim / "precious").read_text() == "not the cache's" and (ws / "graph.json").exists()
+    assert (tmp_path / "ws-cache" / "cas").is_dir()  # so the hashes did name paths outside the cache
+    assert proc.returncode == 1 and "FAILED t (" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

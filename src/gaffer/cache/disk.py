@@ -29,7 +29,7 @@ from contextlib import contextmanager, suppress
 from gaffer.atomic import write_all
 from gaffer.cache.base import CacheTier, TierError
 from gaffer.cache.trusted import TrustedBlobs
-from gaffer.digest import Digest, digest_bytes, digest_file, sha256
+from gaffer.digest import Digest, digest_bytes, digest_file, is_valid_hash, sha256
 from gaffer.errors import EnvironmentProblem
 from gaffer.tuples import TYPE_CHECKING, NamedTuple
 
@@ -56,6 +56,14 @@ def _path(text: str) -> Path:
 
 def _warn(message: str) -> None:
     print(f"gaffer: warning: {message}", file=sys.stderr)
+
+
+class MalformedHash(TierError):
+    """A digest whose hash is not a SHA-256 (a peer's "../x", or ""): it names no entry, and no file is touched
+    for it. Reads treat it as absent; a write raises this."""
+
+    def __init__(self, store: str, blob_hash: str) -> None:
+        super().__init__(store, f"malformed digest hash {blob_hash[:70]!r}", transient=False)
 
 
 class StoreServed(EnvironmentProblem):
@@ -189,11 +197,25 @@ class DiskStore(CacheTier):
         return self._blob_file(digest.hash)
 
     def _blob_file(self, blob_hash: str) -> str:
-        """`blob_path` as a string: the hot paths (a build stores several blobs per task) skip pathlib."""
+        """`blob_path` as a string: the hot paths (a build stores several blobs per task) skip pathlib.
+        MalformedHash for a hash that is not a SHA-256: "../x" would name a file outside the store."""
+        if not is_valid_hash(blob_hash):
+            raise MalformedHash(self.name, blob_hash)
         return f"{self._cas}{blob_hash[:2]}/{blob_hash}"
 
     def _action_path(self, key: Digest) -> str:
+        """An action entry's path; MalformedHash as `_blob_file`."""
+        if not is_valid_hash(key.hash):
+            raise MalformedHash(self.name, key.hash)
         return f"{self._root_text}/ac/{key.hash[:2]}/{key.hash}"
+
+    def _is_entry(self, path: Path | str) -> bool:
+        """Is `path` an entry's place in this store (cas/<xx>/<hash> or ac/<xx>/<hash>)? Only there is a directory
+        removed whole."""
+        shard, name = os.path.split(os.path.normpath(path))
+        kind, prefix = os.path.split(shard)
+        return (is_valid_hash(name) and prefix == name[:2]
+                and kind in (os.path.normpath(f"{self._root_text}/cas"), os.path.normpath(f"{self._root_text}/ac")))
 
     def temp_path(self) -> Path:
         """A fresh path in the store's temp directory (same filesystem, so `adopt` is an atomic rename). The
@@ -222,10 +244,10 @@ class DiskStore(CacheTier):
 
     def has_blob(self, digest: Digest) -> bool:
         """Present with the right size (content is checked on read)."""
-        path = self._blob_file(digest.hash)
         try:
+            path = self._blob_file(digest.hash)
             st = os.stat(path)
-        except OSError:
+        except (OSError, MalformedHash):
             return False
         if not _regular(st):
             self._evict_corrupt(path, "blob", digest)
@@ -239,12 +261,12 @@ class DiskStore(CacheTier):
         return [d for d in digests if not self.has_blob(d)]
 
     def read_blob(self, digest: Digest) -> bytes | None:
-        path = self.blob_path(digest)
         try:
+            path = self.blob_path(digest)
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
                 data = f.read()
-        except OSError:
+        except (OSError, MalformedHash):
             return None
         self.bytes_served += len(data)
         if not self._trusts(digest, st):
@@ -264,8 +286,8 @@ class DiskStore(CacheTier):
 
     def verified_blob_file(self, digest: Digest) -> str | None:
         """`verified_blob_path` as a string: gobuildcache asks for one per build step."""
-        path = self._blob_file(digest.hash)
         try:
+            path = self._blob_file(digest.hash)
             st = os.stat(path)
             if not _regular(st):  # a directory (or a FIFO, which would block the hash) where the blob belongs
                 self._evict_corrupt(path, "blob", digest)
@@ -279,7 +301,7 @@ class DiskStore(CacheTier):
         except FileNotFoundError:  # removed by another process (`gobuildcache clear`): `write_blob` writes it again
             self._present.discard(digest.hash)
             return None
-        except OSError:
+        except (OSError, MalformedHash):
             return None
         self._touch(path, st.st_mtime)
         return path
@@ -288,7 +310,7 @@ class DiskStore(CacheTier):
         """Would `verified_blob_path` answer without hashing the blob?"""
         try:
             return self._trusts(digest, os.stat(self._blob_file(digest.hash)))
-        except OSError:
+        except (OSError, MalformedHash):
             return False
 
     def _trusts(self, digest: Digest, st: os.stat_result) -> bool:
@@ -312,14 +334,16 @@ class DiskStore(CacheTier):
         if digest.hash in self._present:
             return
         if not self.has_blob(digest):
-            self._install(self._temp_holding(data), self._blob_file(digest.hash), len(data))
+            dest = self._blob_file(digest.hash)  # before the temp file: a malformed hash leaves none
+            self._install(self._temp_holding(data), dest, len(data))
         self._present.add(digest.hash)
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         if self.has_blob(digest):
             return
+        dest = self._blob_file(digest.hash)
         tmp = self._fill_temp(lambda tmp: copy_file(path, tmp))
-        self._install(tmp, self.blob_path(digest), digest.size_bytes)
+        self._install(tmp, dest, digest.size_bytes)
 
     def adopt(self, digest: Digest, tmp: Path) -> None:
         """Move a verified file (made with `temp_path()`) into the CAS."""
@@ -365,7 +389,10 @@ class DiskStore(CacheTier):
 
     def read_action(self, key: Digest) -> bytes | None:
         """The entry's ActionResult bytes; None if absent or damaged (a damaged one is evicted and reported)."""
-        path = self._action_path(key)
+        try:
+            path = self._action_path(key)
+        except MalformedHash:
+            return None
         data = self._read_and_touch(path)
         if data is None:
             return None
@@ -380,10 +407,11 @@ class DiskStore(CacheTier):
 
     def write_action(self, key: Digest, result: bytes) -> None:
         entry = action_entry(result)
-        self._install(self._temp_holding(entry), self._action_path(key), len(entry))
+        dest = self._action_path(key)
+        self._install(self._temp_holding(entry), dest, len(entry))
 
     def evict_action(self, key: Digest) -> None:
-        with suppress(FileNotFoundError):
+        with suppress(FileNotFoundError, MalformedHash):
             os.unlink(self._action_path(key))
 
     # -- housekeeping ------------------------------------------------------------------------------------------
@@ -439,9 +467,9 @@ class DiskStore(CacheTier):
                     if total <= target:
                         break
                     try:
-                        os.unlink(path)
-                    except FileNotFoundError:
-                        pass
+                        self._remove_entry(path)  # a directory in an entry's place too
+                    except OSError:  # one not named as an entry, or not removable: it stays, still counted
+                        continue
                     total -= size
                     removed += 1
                     removed_bytes += size
@@ -672,7 +700,7 @@ class DiskStore(CacheTier):
             self.report(f"cache directory {self._root_text} is read-only: its entries are used, nothing new is stored")
             return
         try:
-            install(tmp, dest)
+            install(tmp, dest, self._remove_entry)
         except (FileNotFoundError, FileExistsError):  # the temp file, or the shard directory being made, went
             return  # with the cache (`rm -rf` of it under a build): not stored, a lookup of it is a miss
         self._written += size
@@ -726,10 +754,25 @@ class DiskStore(CacheTier):
 
     def _evict_corrupt(self, path: Path | str, what: str, digest: Digest) -> None:
         try:
-            _remove(path)
+            self._remove_entry(path)
         except OSError:
             pass
         self._corrupt_evicted(what, digest)
+
+    def _remove_entry(self, path: Path | str) -> None:
+        """Remove the file at `path`, or a directory there if `path` is an entry's place (`_is_entry`): one made
+        by mistake would refuse every write of that entry. One already gone (another process replacing it too)
+        is no error; what cannot be removed shows when its place is written."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            if not self._is_entry(path):
+                raise
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)  # a concurrent remover takes parts of it from under this one
 
     def _corrupt_evicted(self, what: str, digest: Digest) -> None:
         """Forget and report an entry removed as corrupt."""
@@ -752,7 +795,7 @@ class DiskStore(CacheTier):
                 for entry in os.scandir(shard.path):
                     try:
                         yield _path(entry.path), entry.stat()
-                    except FileNotFoundError:
+                    except OSError:  # removed meanwhile, or a symlink going nowhere (a loop): no entry
                         continue
 
     def _temp_files(self) -> list[Path]:
@@ -894,10 +937,10 @@ def _checked_action(data: bytes) -> bytes | None:
     return result if sha256(result).digest() == data[len(_AC_MAGIC):_AC_HEADER] else None
 
 
-def install(tmp: Path | str, dest: Path | str) -> None:
+def install(tmp: Path | str, dest: Path | str, clear: Callable[[Path | str], None] = os.unlink) -> None:
     """Rename a finished temp file into place, making its shard directory if needed, or removing a directory in
-    the entry's place (made by mistake: it would refuse every write of that entry); on a failure (a full disk
-    cannot take the directory) the temp file is removed, not left behind."""
+    its place with `clear` (a store's entry: `DiskStore._remove_entry`); on a failure (a full disk cannot take the
+    directory) the temp file is removed, not left behind."""
     try:
         try:
             os.replace(tmp, dest)
@@ -905,7 +948,7 @@ def install(tmp: Path | str, dest: Path | str) -> None:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             os.replace(tmp, dest)
         except IsADirectoryError:
-            _remove(dest)
+            clear(dest)
             os.replace(tmp, dest)
     except BaseException:
         with suppress(FileNotFoundError):
@@ -916,16 +959,6 @@ def install(tmp: Path | str, dest: Path | str) -> None:
 def _regular(st: os.stat_result) -> bool:
     """A regular file (what every cache entry is), by its mode bits: `stat.S_ISREG` without the import."""
     return st.st_mode & 0o170000 == 0o100000
-
-
-def _remove(path: Path | str) -> None:
-    """Remove what is at `path`: a file, or a whole directory."""
-    try:
-        os.unlink(path)
-    except IsADirectoryError:
-        import shutil
-
-        shutil.rmtree(path)
 
 
 def _read_small(path: Path | str) -> bytes | None:

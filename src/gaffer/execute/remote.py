@@ -34,7 +34,7 @@ from google.protobuf import wrappers_pb2
 
 from gaffer import __version__, actions
 from gaffer.cache.base import TierError
-from gaffer.digest import EMPTY_DIGEST, Digest
+from gaffer.digest import EMPTY_DIGEST, Digest, is_valid_hash
 from gaffer.errors import EnvironmentProblem, UserError
 from gaffer.execute.base import ExecuteResult
 from gaffer.protos import execution_service_pb2_grpc
@@ -390,7 +390,7 @@ class RemoteExecutor:
         """A failed action's stdout and stderr (inline or by digest, verified); what cannot be had is empty."""
         logs = []
         for raw, digest in ((result.stdout_raw, result.stdout_digest), (result.stderr_raw, result.stderr_digest)):
-            if raw or not digest.hash:
+            if raw or not is_valid_hash(digest.hash) or digest.size_bytes < 0:  # a malformed one names no blob
                 logs.append(raw)
                 continue
             d = from_proto(digest)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from gaffer.cache.tiered import read_groups
 from gaffer.digest import Digest, digest_bytes, is_valid_hash
-from gaffer.gocache.entry import CorruptEntry, GoEntry, decode_entry, encode_entry
+from gaffer.gocache.entry import MAX_PUT_TIME_NS, CorruptEntry, GoEntry, decode_entry, encode_entry
 from gaffer.malloc import keep_big_buffers
 
 if TYPE_CHECKING:
@@ -128,7 +128,8 @@ def decode_list(data: bytes, scope: str) -> list[tuple[bytes, GoEntry]]:
             action_id = bytes.fromhex(action_hex)
         except ValueError:  # also a wrong field count, and non-ASCII bytes (UnicodeDecodeError)
             raise BadList(f"line {number} is not an entry") from None
-        if not action_id or not is_valid_hash(body_hash) or not size.isdigit() or not put_time.isdigit():
+        if (not action_id or not is_valid_hash(body_hash) or not size.isdigit() or not put_time.isdigit()
+                or entry.put_time_ns >= MAX_PUT_TIME_NS):  # go reads no year past 9999 in a reply's Time
             raise BadList(f"line {number} is not an entry")
         entries.append((action_id, entry))
     return entries

@@ -98,6 +98,20 @@ class Overflow:
         self._dir: str | None = None
         self._count = 0
         self._lock = threading.Lock()
+        self._said = False
+
+    def full(self, why: OSError) -> None:
+        """Say that the disk is full (a put whose blob was stored, not its entry)."""
+        with self._lock:
+            self._say(why)
+
+    def _say(self, why: OSError, then: str = "") -> None:
+        """Say, once, that the disk is full and nothing new is stored; then `then`. Under `_lock`."""
+        said, self._said = self._said, True
+        text = "; ".join(filter(None, ("" if said else f"cache directory {self._local.root} is full "
+                                       f"({why.strerror}): nothing new is stored", then)))
+        if text:
+            log_line(text)
 
     def file(self, body: bytes, why: OSError) -> str:
         """A new file holding `body`; EnvironmentProblem if even the temp directory cannot take it."""
@@ -109,8 +123,7 @@ class Overflow:
                     self._dir = tempfile.mkdtemp(prefix="gobuildcache-")
                 except OSError as e:
                     raise EnvironmentProblem(f"{self._local.root}: {why.strerror}; temp directory: {e.strerror}") from None
-                log_line(f"cache directory {self._local.root} is full ({why.strerror}): nothing new is stored; go's "
-                         f"outputs are kept in {self._dir} until it ends")
+                self._say(why, f"go's outputs are kept in {self._dir} until it ends")
             self._count += 1
             path = f"{self._dir}/{self._count}"
         try:
@@ -249,18 +262,21 @@ class GoStore:
                 raise EnvironmentProblem(f"{self.local.root}: {e.strerror or e}") from None
             if path is None:  # else the blob is stored and only its entry is not: go can read the blob
                 return self.overflow.file(body, e)
+            self.overflow.full(e)
         self.stats.count(puts=1, bytes_written=len(body))
         return path
 
     def close(self) -> None:
         """Flush uploads, account the local tier (and GC it if over its bound), print the stats line."""
-        if self.tiered is not None:
-            if self.prefetch is not None:
-                self.prefetch.store(self._used)
-            self.tiered.close()
-        else:
-            self.local.close()
-        self.overflow.remove()  # go sends close once it read its last file
+        try:
+            if self.tiered is not None:
+                if self.prefetch is not None:
+                    self.prefetch.store(self._used)
+                self.tiered.close()
+            else:
+                self.local.close()
+        finally:
+            self.overflow.remove()  # go sends close once it read its last file (also when closing failed)
         s = self.stats
         if s.gets or s.puts:
             self.local.record_build(hits=s.hits, misses=s.gets - s.hits)
