@@ -425,3 +425,44 @@ def test_cloud_missing_bucket_one_line_at_start(cloud: tuple[servers.Server, Cal
     assert result["failed"] == 0 and result["executed"] == len(result["tasks"])
     lines = [line for line in result["stderr"].splitlines() if "warning: cache tier" in line]
     assert len(lines) == 1 and "'no-such-bucket' does not exist" in lines[0], result["stderr"]
+
+
+def test_full_local_disk_still_restores_from_a_healthy_remote(tmp_path: Path, nginx_cache: servers.Server) -> None:
+    """Machine B's local cache is on a disk that fills up while blobs arrive from the remote: the blob that did not
+    fit, and every one after it, are held for this build outside the full disk, so every task is restored; one
+    warning (the full disk), and the remote, whose fault it is not, stays in use."""
+    from tests.test_errors import mounted
+
+    url = f"http://127.0.0.1:{nginx_cache.port}/full-{uuid.uuid4().hex[:8]}"
+    graph = {"tasks": {  # a group read (a small blob), then a streamed one that does not fit, then another small
+        "a": {"command": "head -c 600000 /dev/urandom > a.bin", "outputs": ["a.bin"]},
+        "b": {"command": "head -c 1300000 /dev/urandom > b.bin", "deps": ["a"], "outputs": ["b.bin"]},
+        "c": {"command": "head -c 600000 /dev/urandom > c.bin", "deps": ["b"], "outputs": ["c.bin"]},
+    }}
+    for name in ("a", "b"):
+        ws = tmp_path / name
+        ws.mkdir()
+        (ws / "graph.json").write_text(json.dumps(graph))
+        # machine B's graph has one task more: it runs, and what a full local tier did not keep is not uploaded
+        graph["tasks"]["d"] = {"command": "echo d > d.txt", "deps": ["c"], "outputs": ["d.txt"]}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    a = run_gaffer(["run", "-j", "1", "--cache", url], cwd=tmp_path / "a",
+                   env={**env, "GAFFER_CACHE_DIR": str(tmp_path / "ca")})
+    assert a.returncode == 0, a.stderr
+    made = {p: (tmp_path / "a" / p).read_bytes() for p in ("a.bin", "b.bin", "c.bin")}
+    with mounted(tmp_path / "cb", "-t", "tmpfs", "-o", "size=1500k", "tmpfs") as cache:  # over 1 MiB free at start
+        out = tmp_path / "b.json"
+        b = run_gaffer(["run", "-j", "1", "--cache", url, "--summary-json", str(out)], cwd=tmp_path / "b",
+                       env={**env, "GAFFER_CACHE_DIR": str(cache / "gaffer")})
+        assert b.returncode == 0, b.stderr
+        result = summary(out)
+        warnings = [line for line in b.stderr.splitlines() if "warning" in line]
+        full = f"gaffer: warning: cache directory {cache}/gaffer is full (No space left on device): its entries " \
+               "are used, nothing new is stored"
+        assert warnings == [full], b.stderr
+        assert result["status"] == {"a": "cached", "b": "cached", "c": "cached", "d": "executed"}, b.stderr
+        remote = next(t for t in result["tiers"] if t["name"] == url)
+        assert not remote["disabled"] and remote["errors"] == 0 and remote["hits"] == 3
+        assert {p: (tmp_path / "b" / p).read_bytes() for p in made} == made
+        assert list((cache / "gaffer" / "tmp").iterdir()) == []

@@ -134,6 +134,7 @@ class DiskStore(CacheTier):
         self._tmp = f"{self._root_text}/tmp"
         self._cas = f"{self._root_text}/cas/"
         self._present: set[str] = set()  # blobs this process stored or found stored: written once per process
+        self._held: dict[str, str] = {}  # blobs adopted while the store could not write: their private temp files
         self._warn_lock = threading.Lock()
         self._read_only_warned = False
         try:
@@ -169,7 +170,7 @@ class DiskStore(CacheTier):
 
     def _blob_file(self, blob_hash: str) -> str:
         """`blob_path` as a string: the hot paths (a build stores several blobs per task) skip pathlib."""
-        return f"{self._cas}{blob_hash[:2]}/{blob_hash}"
+        return self._held.get(blob_hash) or f"{self._cas}{blob_hash[:2]}/{blob_hash}"
 
     def _action_path(self, key: Digest) -> str:
         return f"{self._root_text}/ac/{key.hash[:2]}/{key.hash}"
@@ -292,9 +293,16 @@ class DiskStore(CacheTier):
         self._install(tmp, self.blob_path(digest), digest.size_bytes)
 
     def adopt(self, digest: Digest, tmp: Path) -> None:
-        """Move a verified file (made with `temp_path()`) into the CAS."""
+        """Move a verified file (made with `temp_path()`) into the CAS. A store that cannot write (a full disk, a
+        read-only one) holds it where it is, in this process's private temp directory, until `close`: a blob
+        fetched from a remote tier for a restore is then still there for the restore."""
         if self.has_blob(digest):
             tmp.unlink(missing_ok=True)
+            return
+        if not self.writable and os.path.dirname(tmp) == self._tmp:
+            held = f"{self._tmp}/held-{digest.hash}"
+            os.replace(tmp, held)
+            self._held[digest.hash] = held
             return
         self._install_verified(tmp, digest)
 
@@ -765,6 +773,14 @@ class DiskStore(CacheTier):
                 os.unlink(tmp)
             raise
         return self._fill_temp(fill)
+
+    def full(self, error: OSError) -> bool:
+        """A file meant for this store (a blob fetched into `temp_path()`) could not be written: if its disk is
+        full and the store may go on read-only, it does (said once), and True: a new `temp_path()` is elsewhere."""
+        if error.errno not in _FULL or not self._full_is_read_only:
+            return False
+        self._full(error.strerror or os.strerror(error.errno))
+        return True
 
     def _full(self, why: str) -> None:
         """Go on as a read-only cache: its entries are used, nothing new is stored, temp files (a task's output

@@ -9,6 +9,7 @@ from the local tier never imports botocore, redis or grpc.
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,21 @@ from gaffer.outcome import TierSummary
 T = TypeVar("T")
 RETRIES = 3
 BACKOFF_S = 0.1
+#: Errors only a file system gives: a blob fetched into a local file that a full or read-only disk refused.
+LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def local_failure(e: BaseException) -> OSError | None:
+    """The local file-system error behind `e` (raised, or wrapped by a client library or a tier), if any: the
+    local disk's trouble, which must not count against the remote tier that was being read."""
+    seen: BaseException | None = e
+    for _ in range(8):  # a chain of wrappers is short; a cycle must not loop
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in LOCAL_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class TierStats:
@@ -47,7 +63,8 @@ class TierStats:
 
 class ResilientTier(CacheTier):
     """`tier` (or the tier `tier()` opens on first use) with retries, one warning on lasting failure, and stats.
-    Never raises TierError: a failed read is a miss, a failed write is dropped (and counted as an error)."""
+    Never raises TierError: a failed read is a miss, a failed write is dropped (and counted as an error). A local
+    file-system error (a fetched blob's file on a full disk) is raised as the OSError it is, held against nobody."""
 
     def __init__(self, tier: CacheTier | Callable[[], CacheTier], name: str, report: Callable[[str], None]) -> None:
         self._tier = tier if isinstance(tier, CacheTier) else None
@@ -78,15 +95,17 @@ class ResilientTier(CacheTier):
             start = time.perf_counter()
             try:
                 return op(self.tier())
-            except TierError as e:
+            except Exception as e:  # noqa: BLE001 - a client library bug or an unexpected reply must not fail the build
+                local = local_failure(e)
+                if local is not None:
+                    raise local from None
                 self.stats.errors += 1
+                if not isinstance(e, TierError):
+                    self.disable(f"{self.stats.name}: {type(e).__name__}: {e}")
+                    return default
                 if not e.transient or attempt == RETRIES - 1:
                     self.disable(str(e))
                     return default
-            except Exception as e:  # noqa: BLE001 - a client library bug or an unexpected reply must not fail the build
-                self.stats.errors += 1
-                self.disable(f"{self.stats.name}: {type(e).__name__}: {e}")
-                return default
             finally:
                 self.stats.seconds += time.perf_counter() - start
             import random  # a retry's jitter: not on the path of a build whose tiers answer

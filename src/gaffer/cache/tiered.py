@@ -189,8 +189,10 @@ class TieredCache(CacheTier):
         remote.stats.errors += 1
         self.report(f"cache tier {remote.stats.name}: blob {digest.hash[:12]} failed verification; ignored")
 
-    def _fetch_one(self, remote: ResilientTier, digest: Digest) -> set[Digest]:
-        """Stream one blob into a temp file, verify it and store it: {digest} if it is now local."""
+    def _fetch_one(self, remote: ResilientTier, digest: Digest, again: bool = True) -> set[Digest]:
+        """Stream one blob into a temp file, verify it and store it: {digest} if it is now local. A disk that fills
+        up meanwhile turns the local tier read-only (it then holds what it is given outside that disk, for this
+        process): the blob is fetched once more."""
         tmp = self.local.temp_path()
         try:
             got = remote.fetch_hashed(digest, tmp)
@@ -203,6 +205,9 @@ class TieredCache(CacheTier):
             self.local.adopt(digest, tmp)
             return {digest}
         except OSError as e:
+            if again and self.local.full(e):
+                tmp.unlink(missing_ok=True)
+                return self._fetch_one(remote, digest, again=False)
             self.report(f"cannot store a downloaded blob in {self.local.root}: {e.strerror}")
             return set()
         finally:
@@ -238,7 +243,10 @@ class TieredCache(CacheTier):
         for remote in remotes:
             if not remote.healthy:
                 continue
-            for digest in remote.find_missing(blobs) if blobs else []:
+            missing = remote.find_missing(blobs) if blobs else []
+            if self.local.find_missing(missing):  # a full (read-only) local tier did not keep them: nothing to send,
+                continue                          # nor a result naming them
+            for digest in missing:
                 remote.upload_blob(digest, self.local.blob_path(digest))
             if key is not None:
                 remote.write_action(key, result)
