@@ -259,8 +259,8 @@ def test_a_ca_file_without_a_certificate_is_one_line(gaffer_serve: ReapiServer, 
     url = f"grpcs://{gaffer_serve.url.removeprefix('grpc://')}/ns?ca={tmp_path / 'ca.pem'}"
     proc = _run_small_build(tmp_path, url)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.splitlines() == [f"gaffer: cache URL {url}: ca file {tmp_path / 'ca.pem'} holds no PEM "
-                                        "certificate"], proc.stderr
+    line = f"gaffer: cache URL {url}: ca file {tmp_path / 'ca.pem'} holds no PEM certificate"
+    assert proc.stderr.splitlines() == [line], proc.stderr
 
 
 def _run_small_build(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:

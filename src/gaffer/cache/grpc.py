@@ -20,7 +20,7 @@ from typing import TypeVar
 # gRPC's C core logs to stderr on its own (a failed TLS handshake, an unusable CA file: lines of `E1201 12:00:00
 # ssl_transport_security.cc...`) what the one warning naming the tier already says. Read once, at import.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-import grpc  # noqa: E402
+import grpc
 from google.rpc import status_pb2
 
 from gaffer.cache.base import CacheTier, TierError, write_chunks, write_hashed
