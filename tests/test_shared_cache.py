@@ -466,3 +466,34 @@ def test_full_local_disk_still_restores_from_a_healthy_remote(tmp_path: Path, ng
         assert not remote["disabled"] and remote["errors"] == 0 and remote["hits"] == 3
         assert {p: (tmp_path / "b" / p).read_bytes() for p in made} == made
         assert list((cache / "gaffer" / "tmp").iterdir()) == []
+
+
+def test_a_remote_of_unreadable_entries_is_one_warning(tmp_path: Path, nginx_cache: servers.Server) -> None:
+    """Every action result the remote holds is garbage (a proxy's error page, a damaged store): each is a miss,
+    and the build says so once for the tier, not once per task; the tier's errors count them all."""
+    namespace = f"garbage-{uuid.uuid4().hex[:8]}"
+    url = f"http://127.0.0.1:{nginx_cache.port}/{namespace}"
+    graph = {"tasks": {f"t{i}": {"command": f"echo {i} > o{i}.txt", "outputs": [f"o{i}.txt"]} for i in range(5)}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    for name in ("a", "b"):
+        ws = tmp_path / name
+        ws.mkdir()
+        (ws / "graph.json").write_text(json.dumps(graph))
+    a = run_gaffer(["run", "--cache", url], cwd=tmp_path / "a", env={**env, "GAFFER_CACHE_DIR": str(tmp_path / "ca")})
+    assert a.returncode == 0, a.stderr
+    entries = list((nginx_cache.workdir / "data" / namespace / "ac").iterdir())
+    assert len(entries) == 5
+    for entry in entries:
+        entry.write_bytes(b"<html><body>Not a cache</body></html>\n")
+    out = tmp_path / "b.json"
+    b = run_gaffer(["run", "--cache", url, "--summary-json", str(out)], cwd=tmp_path / "b",
+                   env={**env, "GAFFER_CACHE_DIR": str(tmp_path / "cb")})
+    assert b.returncode == 0, b.stderr
+    result = summary(out)
+    assert set(result["status"].values()) == {"executed"}
+    warnings = [line for line in b.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"gaffer: warning: cache tier {url}: "), b.stderr
+    assert "unreadable action result" in warnings[0]
+    remote = next(t for t in result["tiers"] if t["name"] == url)
+    assert remote["errors"] == 5 and remote["misses"] == 5 and not remote["disabled"]

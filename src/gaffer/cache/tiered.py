@@ -2,7 +2,8 @@
 
 - Reads go near to far; a remote hit fills the local tier (and nearer remotes unless read-only).
 - Every downloaded blob is verified against its digest before it is stored or used; a bad one is a miss for that
-  tier, is not stored, and is reported.
+  tier, is not stored, and is reported: the first per remote tier and build (so is an unusable action result,
+  `reject`), the others counted in its errors.
 - Writes land locally at once (the caller did that) and go to remotes behind the build, on a small thread pool:
   FindMissingBlobs first so nothing is uploaded twice, the blobs, then the action result. `flush()` waits.
 - Each remote is wrapped in a `ResilientTier`: retried with backoff and jitter; if it keeps failing, one warning
@@ -67,6 +68,7 @@ class TieredCache(CacheTier):
         self._upload_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()  # also guards _served
         self._served: dict[Digest, list[TierStats]] = {}  # key -> the tiers whose entries await settle()
+        self._told: set[str] = set()  # the remote tiers whose first bad entry or blob was reported
 
     def connect(self) -> None:
         """Open every remote tier at once, in parallel; one that fails its check is disabled with a warning."""
@@ -123,6 +125,28 @@ class TieredCache(CacheTier):
                 tier.hits += 1
             else:
                 tier.misses += 1
+
+    def reject(self, key: Digest, what: str, problem: str) -> None:
+        """The entry `get_action(key)` returned cannot be used (`problem`: unreadable, unsafe, a blob gone): a
+        warning naming `what` (the task), once per remote tier and build (a remote serving nothing but garbage is
+        one fault: later ones are only counted in its errors). The caller still `settle`s it, as a miss."""
+        with self._pool_lock:
+            waiting = self._served.get(key)
+            tier = waiting[-1] if waiting else None  # the one `settle` takes next
+        if tier is None or tier is self.local_stats:
+            self.report(f"{what} ignored: {problem}")
+        else:
+            self._bad(tier, f"{what}: {problem}")
+
+    def _bad(self, tier: TierStats, problem: str) -> None:
+        """Something a remote tier served failed a check: counted in its errors, said for its first only."""
+        with self._pool_lock:
+            tier.errors += 1
+            first = tier.name not in self._told
+            self._told.add(tier.name)
+        if first:
+            self.report(f"cache tier {tier.name}: {problem}; ignored (later ones from this tier are only counted "
+                        "in its errors)")
 
     def peek_action(self, key: Digest) -> bytes | None:
         """The ActionResult for `key` from the nearest tier that has it, filling no tier and counting nothing:
@@ -186,8 +210,7 @@ class TieredCache(CacheTier):
         return stored
 
     def _corrupt(self, remote: ResilientTier, digest: Digest) -> None:
-        remote.stats.errors += 1
-        self.report(f"cache tier {remote.stats.name}: blob {digest.hash[:12]} failed verification; ignored")
+        self._bad(remote.stats, f"blob {digest.hash[:12]} failed verification")
 
     def _fetch_one(self, remote: ResilientTier, digest: Digest, again: bool = True) -> set[Digest]:
         """Stream one blob into a temp file, verify it and store it: {digest} if it is now local. A disk that fills
