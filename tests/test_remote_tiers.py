@@ -593,11 +593,14 @@ def test_faults_are_transient_and_quick(backend: Backend, fault: Fault) -> None:
         ops = [tier.check, lambda: tier.read_blob(digest), lambda: tier.find_missing([digest])]
         for op in ops[:1] if fault is Fault.HANG else ops:  # each hanging call costs its whole timeout
             start = time.monotonic()
-            with pytest.raises(TierError) as e:
+            try:
                 op()
+            except TierError as e:
+                assert e.transient, str(e)
+                assert str(e).startswith(tier.name + ": ")
+            else:  # a trickled answer short enough may arrive within its bound: not a failure, as long as it did
+                assert fault is Fault.TRICKLE, (op, fault)
             elapsed = time.monotonic() - start
-            assert e.value.transient, str(e.value)
-            assert str(e.value).startswith(tier.name + ": ")
             # two attempts at most, each bounded by the timeout, plus botocore's backoff (under 1 s); without
             # the timeout a hanging server would hold the call for botocore's or httpx's default (60 s, 5 s)
             assert elapsed < 4.5, (op, elapsed)

@@ -17,8 +17,9 @@ import http.client
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -27,6 +28,79 @@ if TYPE_CHECKING:
 
 CHUNK = 1024 * 1024
 _IDLE = 16
+MIN_RATE = 1024 * 1024  # bytes/s a transfer may fall to before its deadline ends it (as the gRPC tier's streams)
+
+
+def _failure(e: BaseException, watch: _Watch | None) -> str:
+    """What an `Unreachable` says: the error's type, or that the request ran out of time."""
+    if watch is not None and watch.expired:
+        return f"TimeoutError (no whole answer within {watch.seconds:.3g} s)"
+    return type(e).__name__
+
+
+class _Watch:
+    """One request's deadline: `sock` is shut down once `deadline` (time.monotonic()) has passed."""
+
+    __slots__ = ("deadline", "expired", "seconds", "sock")
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self.sock = sock
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.expired = False
+
+
+class _Deadlines:
+    """Whole-request deadlines for every pool: a thread shuts down the socket of a request that is late, so the
+    read blocked on it ends. (The timeout alone bounds each read: a server that trickles its answer, a byte at a
+    time, would hold a build for hours.) The thread runs while there are requests, and a second after."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: set[_Watch] = set()
+        self._running = False
+
+    def watch(self, sock: socket.socket, seconds: float) -> _Watch:
+        watch = _Watch(sock, seconds)
+        with self._lock:
+            self._watched.add(watch)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="gaffer-deadlines", daemon=True).start()
+        return watch
+
+    def extend(self, watch: _Watch, seconds: float) -> None:
+        """A new deadline, `seconds` from now (an answer's headers came: its body's time starts)."""
+        with self._lock:
+            watch.seconds, watch.deadline = seconds, time.monotonic() + seconds
+
+    def done(self, watch: _Watch | None) -> bool:
+        """The request is over: stop watching it. Did its deadline pass (and its socket get shut down)?"""
+        if watch is None:
+            return False
+        with self._lock:
+            self._watched.discard(watch)
+            return watch.expired
+
+    def _run(self) -> None:
+        idle = 0.0
+        while True:
+            time.sleep(_TICK_S)
+            now = time.monotonic()
+            with self._lock:
+                for watch in self._watched:
+                    if not watch.expired and now > watch.deadline:
+                        watch.expired = True
+                        with suppress(OSError):  # the plain socket's shutdown, also under TLS: the read ends
+                            socket.socket.shutdown(watch.sock, socket.SHUT_RDWR)
+                idle = 0.0 if self._watched else idle + _TICK_S
+                if idle >= 1.0:
+                    self._running = False
+                    return
+
+
+_TICK_S = 0.05  # how often deadlines are checked: a late request ends at most this much after its deadline
+_DEADLINES = _Deadlines()
 
 
 class Unreachable(Exception):
@@ -51,42 +125,60 @@ class Pool:
     def request(self, method: str, path: str, headers: dict[str, str],
                 body: bytes | IO[bytes] | None = None) -> Iterator[http.client.HTTPResponse]:
         """Send the request (once more on a fresh connection if a kept-alive one turns out closed); yield the
-        response, whatever its status. A body the caller leaves unread closes the connection."""
+        response, whatever its status. A body the caller leaves unread closes the connection.
+
+        The timeout bounds each read, and a deadline the whole exchange: the timeout plus the time the request's
+        body takes at MIN_RATE until the answer's headers, then the timeout plus its body (its Content-Length)
+        at MIN_RATE. A server that trickles its answer, each read getting a byte in time, is cut off there."""
         target = f"{self.scheme}://{self.netloc}{path}" if self._proxy and self.scheme == "http" else path
         start = body.tell() if body is not None and not isinstance(body, bytes) else 0
+        sent = len(body) if isinstance(body, bytes) else int(headers.get("Content-Length", 0)) if body else 0
         for attempt in (1, 2):
             conn, reused = self._connection()
+            watch = None
             try:
+                if conn.sock is None:
+                    conn.connect()
+                watch = _DEADLINES.watch(conn.sock, self.timeout + sent / MIN_RATE)
                 conn.request(method, target, body=body,
                              headers={**headers, **self._proxy_headers} if self.scheme == "http" else headers)
                 response = conn.getresponse()
                 break
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
                 conn.close()  # a kept-alive connection the server had closed: once more, on a new one
-                if not reused or attempt == 2:
-                    raise Unreachable(type(e).__name__) from e
+                if _DEADLINES.done(watch) or not reused or attempt == 2:
+                    raise Unreachable(_failure(e, watch)) from e
                 if body is not None and not isinstance(body, bytes):
                     body.seek(start)
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
-                raise Unreachable(type(e).__name__) from e
+                _DEADLINES.done(watch)
+                raise Unreachable(_failure(e, watch)) from e
             except BaseException:
                 conn.close()
+                _DEADLINES.done(watch)
                 raise
+        assert watch is not None
+        _DEADLINES.extend(watch, self.timeout + (response.length or 0) / MIN_RATE)
         try:
-            yield response
-            if not response.isclosed():
-                if response.length is None or response.length > CHUNK:
-                    conn.close()  # a big body left unread: cheaper to reconnect than to drain
-                    return
-                response.read()  # a small one (an error document): drained, the connection is reusable
-        except (OSError, http.client.HTTPException) as e:
+            try:
+                yield response
+                if not response.isclosed():
+                    if response.length is None or response.length > CHUNK:
+                        conn.close()  # a big body left unread: cheaper to reconnect than to drain
+                        return
+                    response.read()  # a small one (an error document): drained, the connection is reusable
+            finally:
+                _DEADLINES.done(watch)
+        except (OSError, http.client.HTTPException, Unreachable) as e:
             conn.close()
-            raise Unreachable(type(e).__name__) from e
+            if isinstance(e, Unreachable) and not watch.expired:
+                raise
+            raise Unreachable(_failure(e, watch)) from e
         except BaseException:
             conn.close()
             raise
-        if response.will_close:
+        if response.will_close or watch.expired:
             conn.close()
         else:
             self._release(conn)
