@@ -497,3 +497,17 @@ def test_a_remote_of_unreadable_entries_is_one_warning(tmp_path: Path, nginx_cac
     assert "unreadable action result" in warnings[0]
     remote = next(t for t in result["tiers"] if t["name"] == url)
     assert remote["errors"] == 5 and remote["misses"] == 5 and not remote["disabled"]
+
+
+def test_a_remote_disk_tier_that_fills_up_is_one_warning(small_machines: Callable[[str], Machine],
+                                                         tmp_path: Path) -> None:
+    """A `disk://` remote (a shared mount) whose disk is full: its error is the remote's, not the local tier's
+    (only a fetch writes into a local file), so the remote is dropped with one warning and the build goes on."""
+    from tests.test_errors import mounted
+
+    with mounted(tmp_path / "remote", "-t", "tmpfs", "-o", "size=300k", "tmpfs") as remote:
+        result = small_machines("a").build("--cache", f"disk://{remote}/cache")
+    assert result["failed"] == 0 and result["executed"] == 2
+    warnings = [line for line in result["stderr"].splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"cache tier disk://{remote}/cache: " in warnings[0], result["stderr"]
+    assert "No space left on device" in warnings[0]

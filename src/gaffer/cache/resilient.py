@@ -63,8 +63,8 @@ class TierStats:
 
 class ResilientTier(CacheTier):
     """`tier` (or the tier `tier()` opens on first use) with retries, one warning on lasting failure, and stats.
-    Never raises TierError: a failed read is a miss, a failed write is dropped (and counted as an error). A local
-    file-system error (a fetched blob's file on a full disk) is raised as the OSError it is, held against nobody."""
+    Never raises TierError: a failed read is a miss, a failed write is dropped (and counted as an error). A fetch
+    into a file on a full or read-only disk raises the OSError it is, held against nobody: that disk is local."""
 
     def __init__(self, tier: CacheTier | Callable[[], CacheTier], name: str, report: Callable[[str], None]) -> None:
         self._tier = tier if isinstance(tier, CacheTier) else None
@@ -86,8 +86,9 @@ class ResilientTier(CacheTier):
                 self._tier.check()
             return self._tier
 
-    def call(self, op: Callable[[CacheTier], T], default: T) -> T:
-        """Run `op` on the tier with retries; on lasting failure disable the tier and return `default`."""
+    def call(self, op: Callable[[CacheTier], T], default: T, into_file: bool = False) -> T:
+        """Run `op` on the tier with retries; on lasting failure disable the tier and return `default`.
+        `into_file`: `op` writes what it reads into a local file, whose disk's errors are raised as they are."""
         if not self.healthy:
             return default
         delay = BACKOFF_S
@@ -96,7 +97,7 @@ class ResilientTier(CacheTier):
             try:
                 return op(self.tier())
             except Exception as e:  # noqa: BLE001 - a client library bug or an unexpected reply must not fail the build
-                local = local_failure(e)
+                local = local_failure(e) if into_file else None
                 if local is not None:
                     raise local from None
                 self.stats.errors += 1
@@ -147,10 +148,10 @@ class ResilientTier(CacheTier):
         self._sent(lambda t: t.write_blobs(blobs), sum(len(data) for _, data in blobs))
 
     def fetch_blob(self, digest: Digest, dest: Path) -> bool:
-        return self.call(lambda t: t.fetch_blob(digest, dest), False)
+        return self.call(lambda t: t.fetch_blob(digest, dest), False, into_file=True)
 
     def fetch_hashed(self, digest: Digest, dest: Path) -> Digest | None:
-        return self.call(lambda t: t.fetch_hashed(digest, dest), None)
+        return self.call(lambda t: t.fetch_hashed(digest, dest), None, into_file=True)
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         self._sent(lambda t: t.upload_blob(digest, path), digest.size_bytes)
