@@ -244,6 +244,11 @@ def test_corrupt_remote_blob_is_a_miss_not_a_wrong_output(small_machines: Callab
     assert result["status"]["build-app"] == "executed"
     assert "failed verification" in result["stderr"]
     assert (b.root / "bin" / "app").read_bytes() == made
+    # machine B uploaded the blob it made again, over the corrupt one (which has the right size: a presence
+    # check alone would have kept it), so the next machine restores everything
+    assert blob.read_bytes() == made
+    c = small_machines("c").build("--cache", url)
+    assert c["hit_rate"] == 1.0 and "warning" not in c["stderr"], c["stderr"]
 
 
 def test_wrong_credentials_one_line_at_start(small_machines: Callable[[str], Machine], ceph_bucket: servers.Server) -> None:

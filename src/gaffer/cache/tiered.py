@@ -69,6 +69,7 @@ class TieredCache(CacheTier):
         self._pool_lock = threading.Lock()  # also guards _served
         self._served: dict[Digest, list[TierStats]] = {}  # key -> the tiers whose entries await settle()
         self._told: set[str] = set()  # the remote tiers whose first bad entry or blob was reported
+        self._corrupt_in: dict[str, set[Digest]] = {}  # remote tier -> the blobs it served that failed verification
 
     def connect(self) -> None:
         """Open every remote tier at once, in parallel; one that fails its check is disabled with a warning."""
@@ -210,6 +211,8 @@ class TieredCache(CacheTier):
         return stored
 
     def _corrupt(self, remote: ResilientTier, digest: Digest) -> None:
+        with self._pool_lock:
+            self._corrupt_in.setdefault(remote.name, set()).add(digest)
         self._bad(remote.stats, f"blob {digest.hash[:12]} failed verification")
 
     def _fetch_one(self, remote: ResilientTier, digest: Digest, again: bool = True) -> set[Digest]:
@@ -267,6 +270,9 @@ class TieredCache(CacheTier):
             if not remote.healthy:
                 continue
             missing = remote.find_missing(blobs) if blobs else []
+            with self._pool_lock:  # present, but not what its digest says: sent again, to replace it
+                corrupt = self._corrupt_in.get(remote.name, set())
+            missing += [d for d in blobs if d in corrupt and d not in missing]
             if self.local.find_missing(missing):  # a full (read-only) local tier did not keep them: nothing to send,
                 continue                          # nor a result naming them
             for digest in missing:
