@@ -516,3 +516,24 @@ def test_a_remote_disk_tier_that_fills_up_is_one_warning(small_machines: Callabl
     warnings = [line for line in result["stderr"].splitlines() if "warning" in line]
     assert len(warnings) == 1 and f"cache tier disk://{remote}/cache: " in warnings[0], result["stderr"]
     assert "No space left on device" in warnings[0]
+
+
+@pytest.mark.parametrize("change", [{"AWS_SECRET_ACCESS_KEY": None}, {"AWS_PROFILE": "no-such-profile"}],
+                         ids=["partial-credentials", "unknown-profile"])
+def test_s3_credentials_botocore_cannot_use_are_one_warning(change: dict[str, str | None],
+                                                            small_machines: Callable[[str], Machine],
+                                                            moto_bucket: servers.Server) -> None:
+    """A key id without its secret, or an AWS_PROFILE that no config file has: botocore refuses to make a client;
+    that is one warning naming the tier (as wrong credentials are), not a traceback."""
+    a = small_machines("a")
+    a.env.update(moto_bucket.env)
+    for name, value in change.items():
+        if value is None:
+            a.env.pop(name, None)
+        else:
+            a.env[name] = value
+    url = _s3(moto_bucket, "botocore-refuses")
+    result = a.build("--cache", url)
+    assert result["failed"] == 0 and "Traceback" not in result["stderr"], result["stderr"]
+    warnings = [line for line in result["stderr"].splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"gaffer: warning: cache tier {url}: "), result["stderr"]
