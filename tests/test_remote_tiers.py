@@ -417,10 +417,15 @@ def test_gcs_credentials_chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert isinstance(credentials(), google.oauth2.credentials.Credentials)
 
 
-def test_gcs_without_credentials_is_one_lasting_error(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("key_file", [None, "/", "/nonexistent/key.json"], ids=["none", "a-directory", "absent"])
+def test_gcs_without_credentials_is_one_lasting_error(key_file: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No credentials, or GOOGLE_APPLICATION_CREDENTIALS naming what is no key file: one lasting TierError (a
+    directory made google-auth raise IsADirectoryError, a traceback out of `gaffer run`)."""
     for var, value in servers.ISOLATED_CLOUD_ENV.items():
         monkeypatch.setenv(var, value)
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    if key_file is not None:
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", key_file)
     tier = open_tier("gs://bucket/p", timeout=TIMEOUT)
     with pytest.raises(TierError) as e:
         tier.check()
