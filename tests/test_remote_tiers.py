@@ -741,3 +741,51 @@ def test_a_blob_from_a_far_remote_fills_the_nearer_remotes_too(tmp_path: Path) -
             assert near.read_action(key) is None and not near.has_blob(blob)
         else:
             assert near.read_action(key) == b"result" and near.read_blob(blob) == data
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_tier_that_refuses_writes_still_serves_reads(protocol: str, tmp_path: Path) -> None:
+    """A job with a cache's read-only token that forgot --cache-read-only: its first upload is refused (gRPC
+    PERMISSION_DENIED, HTTP 403). That is one warning, and the tier goes on serving reads (hits) for the rest of
+    the build; it is not dropped, and nothing more is sent to it."""
+    from gaffer.cache.disk import DiskStore
+    from gaffer.cache.tiered import TieredCache
+    from gaffer.protos import remote_execution_pb2 as re_pb2
+    from tests.buildgrid import start_gaffer_serve
+
+    (tmp_path / "rw").write_text("read-write-token\n")
+    (tmp_path / "ro").write_text("read-only-token\n")
+    server = start_gaffer_serve("--token-file", str(tmp_path / "rw"), "--read-token-file", str(tmp_path / "ro"))
+    base = f"{server.url if protocol == 'grpc' else server.http_url}/refused"
+
+    def entry(name: str) -> tuple[Digest, Digest, bytes, bytes]:
+        data = f"output of {name}".encode()
+        blob = digest_bytes(data)
+        result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="o", digest=re_pb2.Digest(
+            hash=blob.hash, size_bytes=blob.size_bytes))]).SerializeToString(deterministic=True)
+        return digest_bytes(f"key of {name}".encode()), blob, data, result
+
+    def cache(local: str, token: str, report: Callable[[str], None]) -> TieredCache:
+        tier = open_tier(f"{base}?token_file={tmp_path / token}", timeout=TIMEOUT)
+        return TieredCache(DiskStore(tmp_path / local), [tier], report=report)
+
+    try:
+        key, blob, data, result = entry("trusted")
+        writer = cache("a", "rw", lambda message: pytest.fail(message))
+        writer.local.write_blob(blob, data)
+        writer.put_action(key, result, [blob])
+        writer.close()
+        warnings: list[str] = []
+        reader = cache("b", "ro", warnings.append)
+        for name in ("untrusted", "another"):
+            other_key, other_blob, other_data, other_result = entry(name)
+            reader.local.write_blob(other_blob, other_data)
+            reader.put_action(other_key, other_result, [other_blob])
+            reader.flush()
+        assert len(warnings) == 1 and "reading from it only" in warnings[0], warnings
+        assert reader.get_action(key) == result and reader.ensure_local([blob])
+        stats = reader.tier_stats()[1]
+        assert not stats.disabled and stats.errors == 1
+        reader.close()
+    finally:
+        server.stop()

@@ -2,7 +2,8 @@
 
 Every call is retried with backoff and jitter on a transient `TierError`; if the tier keeps failing (or fails in a
 way retrying cannot help), one warning names it and the wrapper turns into a tier that holds nothing and accepts
-nothing for the rest of the process. So its reads answer "absent" instead of raising, which is what a cache in
+nothing for the rest of the process. A write it refuses (a read-only token) leaves it for reads only, also with
+one warning. So its reads answer "absent" instead of raising, which is what a cache in
 front of it wants: when in doubt, miss. The tier itself is opened lazily on first use, so a build served entirely
 from the local tier never imports botocore, redis or grpc.
 """
@@ -73,6 +74,7 @@ class ResilientTier(CacheTier):
         self.stats = TierStats(name=name)
         self._report = report
         self._lock = threading.Lock()
+        self.writable = True  # False once the tier refused a write: it is then read from only
 
     @property
     def healthy(self) -> bool:
@@ -86,9 +88,11 @@ class ResilientTier(CacheTier):
                 self._tier.check()
             return self._tier
 
-    def call(self, op: Callable[[CacheTier], T], default: T, into_file: bool = False) -> T:
+    def call(self, op: Callable[[CacheTier], T], default: T, into_file: bool = False, write: bool = False) -> T:
         """Run `op` on the tier with retries; on lasting failure disable the tier and return `default`.
-        `into_file`: `op` writes what it reads into a local file, whose disk's errors are raised as they are."""
+        `into_file`: `op` writes what it reads into a local file, whose disk's errors are raised as they are.
+        `write`: `op` stores something; one the tier refuses (not a transient failure: a read-only token, a
+        server taking no uploads) leaves the tier for reads only."""
         if not self.healthy:
             return default
         delay = BACKOFF_S
@@ -103,6 +107,9 @@ class ResilientTier(CacheTier):
                 self.stats.errors += 1
                 if not isinstance(e, TierError):
                     self.disable(f"{self.stats.name}: {type(e).__name__}: {e}")
+                    return default
+                if write and not e.transient:
+                    self.stop_writing(str(e))
                     return default
                 if not e.transient or attempt == RETRIES - 1:
                     self.disable(str(e))
@@ -121,7 +128,7 @@ class ResilientTier(CacheTier):
             op(tier)
             return True
 
-        if self.call(send, False):
+        if self.writable and self.call(send, False, write=True):
             self.stats.bytes_up += size
 
     # -- CacheTier ---------------------------------------------------------------------------------------------
@@ -163,6 +170,14 @@ class ResilientTier(CacheTier):
         except TierError as e:
             self.stats.errors += 1
             self.disable(str(e))
+
+    def stop_writing(self, why: str) -> None:
+        """The tier refused a write: read from it only, for the rest of the process; said once."""
+        with self._lock:
+            if not self.writable or self.stats.disabled:
+                return
+            self.writable = False
+        self._report(f"cache tier {why}; reading from it only for this build")
 
     def disable(self, why: str) -> None:
         with self._lock:

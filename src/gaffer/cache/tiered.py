@@ -267,7 +267,7 @@ class TieredCache(CacheTier):
 
     def _upload(self, key: Digest | None, result: bytes, blobs: list[Digest], remotes: Sequence[ResilientTier]) -> None:
         for remote in remotes:
-            if not remote.healthy:
+            if not remote.healthy or not remote.writable:
                 continue
             missing = remote.find_missing(blobs) if blobs else []
             with self._pool_lock:  # present, but not what its digest says: sent again, to replace it
