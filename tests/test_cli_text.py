@@ -20,7 +20,8 @@ HISTORY = re.compile(r"seed \d{3}|seed projects?\b|seed's|\bissue \d+|DESIGN\.md
 
 HELP_COMMANDS = [["--help"], ["run", "--help"], ["explain", "--help"], ["clean", "--help"],
                  ["cache", "--help"], *[["cache", action, "--help"] for action in ("status", "gc", "verify", "clean")],
-                 ["serve", "--help"], ["gocache", "--help"], ["cc", "--help"], ["ld", "--help"]]
+                 ["serve", "--help"], ["worker", "--help"], ["status", "--help"], ["gocache", "--help"],
+                 ["cc", "--help"], ["ld", "--help"]]
 
 
 def _help(args: list[str], tmp_path: Path) -> str:
@@ -47,6 +48,46 @@ def test_user_facing_files_speak_of_gaffer_only() -> None:
     assert not found, "\n".join(found)
 
 
+def _anchors(page: Path) -> set[str]:
+    """The anchors a Markdown renderer gives the page's headings (GitHub's rule), fenced code left out."""
+    anchors: set[str] = set()
+    fenced = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        fenced ^= line.startswith("```")
+        heading = None if fenced else re.match(r"#+\s+(.*)", line)
+        if heading:
+            anchor = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(anchor if anchor not in anchors else f"{anchor}-1")
+    return anchors
+
+
+def test_relative_links_of_the_docs_lead_somewhere() -> None:
+    """A stranger follows the links: each relative one names a file of the checkout, and a heading of it."""
+    pages = [REPO / "README.md", REPO / "HACKING.md", *sorted((REPO / "docs").glob("*.md")),
+             *sorted((REPO / "examples").glob("*/README.md"))]
+    broken = []
+    for page in pages:
+        for link in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", link):
+                continue
+            path, _, anchor = link.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            if not target.exists():
+                broken.append(f"{page.relative_to(REPO)}: {link}: no such file")
+            elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+                broken.append(f"{page.relative_to(REPO)}: {link}: no such heading")
+    assert not broken, "\n".join(broken)
+
+
+def test_ld_help_shows_links(tmp_path: Path) -> None:
+    """`gaffer ld --help` gives examples of links, and `gaffer cc --help` of compiles."""
+    ld = _help(["ld", "--help"], tmp_path)
+    examples = ld[ld.index("examples:"):]
+    assert "gaffer ld -- gcc -o" in examples and "CMAKE_C_LINKER_LAUNCHER" in examples, examples
+    assert "gaffer cc -- gcc -c" not in examples and "the linker's" in examples, examples
+    assert "gaffer cc -- gcc -c" in _help(["cc", "--help"], tmp_path)
+
+
 def test_run_help_names_the_environment_and_the_exit_statuses(tmp_path: Path) -> None:
     text = _help(["run", "--help"], tmp_path)
     for name in ("GAFFER_CACHE ", "GAFFER_CACHE_DIR", "GAFFER_CACHE_MAX_SIZE", "GAFFER_CACHE_READ_ONLY",
@@ -55,6 +96,13 @@ def test_run_help_names_the_environment_and_the_exit_statuses(tmp_path: Path) ->
     statuses = text[text.index("exit status"):]
     for status in ("0 ", "1 ", "2 ", "3 ", "130", "143"):
         assert f"  {status}" in statuses or status in statuses, status
+
+
+@pytest.mark.parametrize("command", ["run", "clean", "cache", "status", "serve", "worker", "gocache"])
+def test_help_of_each_program_a_script_checks_names_its_exit_statuses(command: str, tmp_path: Path) -> None:
+    text = _help([command, "--help"], tmp_path)
+    statuses = text[text.lower().index("exit status"):]
+    assert re.search(r"\b0\b", statuses) and re.search(r"\b2\b", statuses) and re.search(r"\b3\b", statuses), statuses
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["cache", "status", "--help"]], ids=" ".join)

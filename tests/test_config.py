@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gaffer.config import CC, GOCACHE, RUN, SERVE, SETTINGS, WORKER, settings_of
-from tests.support import REPO, gaffer_env, run_gaffer
+from tests.support import REPO, gaffer_env, require_tool, run_gaffer
 
 GO_VARIABLES = ("BACKEND_TYPE", "CACHE_DIR", "S3_BUCKET", "S3_PREFIX", "S3_TMP_DIR", "DEBUG")
 
@@ -145,6 +145,36 @@ def test_serve_bad_value_is_one_line_naming_its_source(tmp_path: Path, source: s
                         proc.stderr), proc.stderr
 
 
+@pytest.mark.parametrize(("args", "where"), [
+    (["serve", "--grpc", "grpc://127.0.0.1:0"], "gaffer serve: --grpc"),
+    (["serve", "--http", "http://127.0.0.1:0"], "gaffer serve: --http"),
+    (["worker", "--server", "grpc://127.0.0.1:9"], "gaffer worker: --server"),
+])
+def test_a_url_where_host_port_is_expected_is_refused_at_once(tmp_path: Path, args: list[str], where: str) -> None:
+    """A URL (what `gaffer run --remote` takes) given as HOST:PORT is one line and exit 2, before anything starts:
+    not a bind that fails (exit 3), a warning about a non-loopback address, nor a worker retrying forever."""
+    proc = run_gaffer([*args, "--dir", str(tmp_path / "dir")], cwd=tmp_path, env=clean_env(tmp_path), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"{where}: ") and "expected HOST:PORT, not a URL (example" in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize(("toml", "logged"), [("true", True), ("false", False), ('"1"', True), ('"cc.log"', False)])
+def test_cc_debug_in_gaffer_toml_is_a_switch_like_the_others(tmp_path: Path, toml: str, logged: bool) -> None:
+    """`[cc] debug = true` is how gaffer.toml writes a switch ([gocache] debug is one): it logs to stderr. A file
+    named there is relative to the gaffer.toml, as every path in it."""
+    gcc = require_tool("gcc")
+    project = tmp_path / "project"
+    write(project / "gaffer.toml", f"[cc]\ndebug = {toml}\n")
+    write(project / "sub" / "x.c", "int x;\n")
+    proc = run_gaffer(["cc", "--cache-dir", str(tmp_path / "cache"), "--", gcc, "-c", "x.c", "-o", "x.o"],
+                      cwd=project / "sub", env=clean_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert ("gaffer cc: x.c: miss" in proc.stderr) is logged, proc.stderr
+    if toml == '"cc.log"':
+        assert "x.c: miss" in (project / "cc.log").read_text() and not (project / "sub" / "cc.log").exists()
+
+
 # -- gobuildcache: the Go program's variables and GOBUILDCACHE_* are aliases, read before the GAFFER_* ones -----
 
 
@@ -182,6 +212,29 @@ def test_gobuildcache_backend_from_gaffer_toml_and_its_go_variables(tmp_path: Pa
     assert local_tier(tmp_path, {**env, "S3_TMP_DIR": str(tmp_path / "go-s3")}) == str(tmp_path / "go-s3")
     assert local_tier(tmp_path, {**env, "BACKEND_TYPE": "disk"}) == str(tmp_path / "disk-tier")
     assert local_tier(tmp_path, {**env, "GAFFER_GOCACHE_BACKEND": "disk"}) == str(tmp_path / "disk-tier")
+
+
+def test_a_token_file_in_gaffer_toml_is_relative_to_it(tmp_path: Path) -> None:
+    """`[cache] remote = ["http://...?token_file=token"]` at a module's root: gobuildcache run in a package's
+    directory (where go runs it) reads that token, not one relative to its working directory, and uses the tier."""
+    from tests.buildgrid import start_gaffer_serve
+
+    project = tmp_path / "project"
+    write(project / "token", "let-me-in\n")
+    server = start_gaffer_serve("--token-file", str(project / "token"), workdir=tmp_path / "serve")
+    try:
+        write(project / "gaffer.toml", f'[cache]\nremote = ["{server.http_url}/go?token_file=token"]\n')
+        (project / "cmd" / "app").mkdir(parents=True)
+        session = ('{"ID":1,"Command":"get","ActionID":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}\n'
+                   '{"ID":2,"Command":"close"}\n')
+        proc = subprocess.run([sys.executable, "-m", "gaffer", "gocache"], input=session, capture_output=True,
+                              text=True, timeout=60, cwd=project / "cmd" / "app", check=False,
+                              env=clean_env(tmp_path, CACHE_DIR=str(tmp_path / "gocache"), GOBUILDCACHE_STATS="1"))
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert "token_file" not in proc.stderr.replace(f"token_file={project / 'token'}", ""), proc.stderr
+    assert re.search(r"/go\?token_file=\S+: 0 hits, 1 misses, .*0 errors$", proc.stderr.strip()), proc.stderr
 
 
 def test_gobuildcache_read_only_from_any_source_names_it(tmp_path: Path) -> None:
@@ -245,3 +298,12 @@ def test_every_setting_is_in_its_docs_table_and_help(front: str, tmp_path: Path)
 def test_every_setting_belongs_to_a_front_end_and_has_one_toml_key() -> None:
     keys = [s.toml for s in SETTINGS]
     assert len(keys) == len(set(keys)) and all(s.fronts and s.env.startswith("GAFFER_") for s in SETTINGS)
+
+
+def test_a_toml_boolean_where_another_type_belongs_is_named_as_toml_spells_it(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    write(ws / "graph.json", '{"t": {"command": "true"}}')
+    write(ws / "gaffer.toml", "[run]\njobs = true\n")
+    proc = run_gaffer(["run"], cwd=ws, env=clean_env(tmp_path))
+    assert proc.returncode == 2 and "jobs: true is not a positive number of jobs" in proc.stderr, proc.stderr
+    assert "True" not in proc.stderr

@@ -420,3 +420,11 @@ def test_full_cache_disk_warns_once_and_builds(tmp_path: Path) -> None:
         assert run_gaffer(["cache", "verify"], cwd=ws, env=env).returncode == 0
         run_gaffer(["clean", "--all"], cwd=ws, env=env, check=True)  # maintenance may empty a full cache
         assert not (cache / "gaffer" / "cas").exists()
+
+
+def test_a_disk_url_is_percent_decoded_as_a_file_url_is(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {"t": {"command": "echo hi > out", "outputs": ["out"]}})
+    shared = tmp_path / "shared cache"
+    url = "disk://" + str(shared).replace(" ", "%20")
+    run_gaffer(["run", "--cache", url], cwd=ws, env=env, check=True)
+    assert (shared / "ac").is_dir() and not (tmp_path / "shared%20cache").exists()

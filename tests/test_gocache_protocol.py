@@ -41,6 +41,7 @@ from gaffer.gocache.prefetch import BadList, Prefetch, decode_list, encode_list,
 from gaffer.gocache.protocol import Hit, MalformedRequest, fast_request, hit_line, parse_line, reply_line, rfc3339
 from tests.servers import free_port
 from tests.support import NOBODY, require, require_tool, wait_for
+from tests.test_errors import mounted
 
 REPLY_TIMEOUT_S = 20.0
 CAPABILITIES = {"ID": 0, "KnownCommands": ["get", "put", "close"]}
@@ -551,6 +552,24 @@ def test_a_damaged_action_entry_is_a_miss(client: Client, cache_dir: Path) -> No
     assert "is damaged" in client.finish()[1]
 
 
+@pytest.mark.parametrize("seconds", [2**40, 2**62], ids=["year 36812, which go cannot read", "past time_t"])
+def test_an_entry_with_a_put_time_go_cannot_read_is_a_damaged_entry(client: Client, cache_dir: Path,
+                                                                     seconds: int) -> None:
+    """An entry's put time comes from whoever wrote it (another machine's gobuildcache, through a shared remote):
+    one outside years 0-9999 is no time go can parse. It is a damaged entry, a miss, never a reply go rejects nor a
+    lost reply (a crash answering it would leave go waiting)."""
+    action_id = hashlib.sha256(b"timeless").digest()
+    client.put(1, action_id, b"body")
+    DiskStore(cache_dir).write_action(action_key(action_id), encode_entry(
+        GoEntry(hashlib.sha256(b"body").digest(), digest_bytes(b"body"), seconds * 10**9)))
+    assert client.get(2, action_id) == {"ID": 2, "Miss": True}
+    assert "DiskPath" in client.put(3, action_id, b"body")
+    assert client.get(4, action_id)["Size"] == 4
+    client.close()
+    status, stderr = client.finish()
+    assert status == 0 and "is damaged (put time out of range)" in stderr, stderr
+
+
 def test_a_local_disk_fault_on_put_is_an_err_reply(cache_dir: Path) -> None:
     cache_dir.mkdir()
     (cache_dir / "cas").write_text("a file where the CAS directory should be")
@@ -561,6 +580,95 @@ def test_a_local_disk_fault_on_put_is_an_err_reply(cache_dir: Path) -> None:
     assert c.get(2, b"a") == {"ID": 2, "Miss": True}
     c.close()
     assert c.finish()[0] == 0
+
+
+def test_a_directory_in_place_of_a_blob_or_an_entry_is_a_miss_and_the_put_replaces_it(client: Client,
+                                                                                    cache_dir: Path) -> None:
+    """Something that is not a file where a blob or an entry belongs (a directory made by mistake) is a miss, and
+    the rebuild's put stores the entry anyway: refusing the put would fail go's build."""
+    action_id = hashlib.sha256(b"dir").digest()
+    path = Path(str(client.put(1, action_id, b"body")["DiskPath"]))
+    path.unlink()
+    (path / "inside").mkdir(parents=True)
+    assert client.get(2, action_id) == {"ID": 2, "Miss": True}
+    reply = client.put(3, action_id, b"body")
+    assert reply.get("DiskPath") == str(path) and path.read_bytes() == b"body", reply
+    assert client.get(4, action_id)["DiskPath"] == str(path)
+    entry = DiskStore(cache_dir)._action_path(action_key(action_id))
+    os.unlink(entry)
+    os.mkdir(entry)
+    assert client.get(5, action_id) == {"ID": 5, "Miss": True}
+    assert "DiskPath" in client.put(6, action_id, b"body")
+    assert client.get(7, action_id)["DiskPath"] == str(path)
+    client.close()
+    assert client.finish()[0] == 0
+
+
+def test_a_put_after_the_cache_was_cleared_under_the_session_stores_its_blob_again(client: Client,
+                                                                                 cache_dir: Path) -> None:
+    """`gobuildcache clear` while a build runs: a put of content this session stored before the clear names a
+    file that exists (go reads it at once), not the one the clear removed."""
+    first = Path(str(client.put(1, b"a", b"same output")["DiskPath"]))
+    cleared = subprocess.run([require_tool("gobuildcache"), "clear-local"], check=False, env=gobuildcache_env(cache_dir),
+                             capture_output=True, timeout=REPLY_TIMEOUT_S)
+    assert cleared.returncode == 0 and not first.exists(), cleared.stderr
+    again = Path(str(client.put(2, b"b", b"same output")["DiskPath"]))
+    assert again.read_bytes() == b"same output"
+    assert client.get(3, b"b")["DiskPath"] == str(again)
+    client.close()
+    assert client.finish()[0] == 0
+
+
+def test_a_disk_that_fills_up_before_close_still_gets_the_close_reply(tmp_path: Path) -> None:
+    """The cache's disk fills up after the last put: close still answers (go waits for it) and the program exits
+    0, with one line naming the directory; the entries stored stay good."""
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
+        cache = disk / "cache"
+        c = Client(gobuildcache_env(cache, GOBUILDCACHE_STATS="1"))
+        c.reply()
+        stored = Path(str(c.put(1, b"a", b"body")["DiskPath"]))
+        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        assert c.close() == {"ID": 999}
+        status, stderr = c.finish()
+        assert status == 0, stderr
+        assert f"{cache}" in stderr and "No space left on device" in stderr and stderr.rstrip().endswith(" errors")
+        (disk / "filler").unlink()
+        again = Client(gobuildcache_env(cache))
+        again.reply()
+        assert again.get(2, b"a")["DiskPath"] == str(stored) and stored.read_bytes() == b"body"
+        again.close()
+        assert again.finish()[0] == 0
+
+
+def test_a_full_cache_disk_gives_go_its_files_from_elsewhere_and_stores_nothing(tmp_path: Path) -> None:
+    """go fails its build on a put's Err. The cache's disk is full: each put still answers with a file holding
+    the body (in a temp directory of the session's own, removed at exit), nothing is stored, one warning."""
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
+        cache = disk / "cache"
+        c = Client(gobuildcache_env(cache, TMPDIR=str(tmp_path)))
+        c.reply()
+        stored = Path(str(c.put(1, b"a", b"stored before")["DiskPath"]))
+        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        bodies = {b"b": os.urandom(300_000), b"c": b"small", b"d": b"small"}
+        paths = {}
+        for n, (action_id, body) in enumerate(bodies.items(), start=2):
+            reply = c.put(n, action_id, body)
+            assert "Err" not in reply, reply
+            paths[action_id] = Path(str(reply["DiskPath"]))
+            assert paths[action_id].read_bytes() == body and not paths[action_id].is_relative_to(disk)
+        assert c.get(10, b"a")["DiskPath"] == str(stored)
+        assert c.get(11, b"b") == {"ID": 11, "Miss": True}
+        assert c.close() == {"ID": 999}
+        status, stderr = c.finish()
+        assert status == 0, stderr
+        assert stderr.count(f"cache directory {cache} is full") == 1, stderr
+        assert not any(p.exists() for p in paths.values() if p != stored)
 
 
 def test_an_unreachable_remote_costs_one_warning_and_never_an_err(cache_dir: Path) -> None:
@@ -613,6 +721,11 @@ def test_stats_alone_is_one_line(cache_dir: Path) -> None:
         ({"GOBUILDCACHE_READ_ONLY": "2"}, "GOBUILDCACHE_READ_ONLY: '2' is not a boolean"),
         ({"GOBUILDCACHE_CACHE": "ftp://host/x"}, "GOBUILDCACHE_CACHE: cache URL ftp://host/x: unknown scheme 'ftp'"),
         ({"GOBUILDCACHE_TIMEOUT": "soon"}, "GOBUILDCACHE_TIMEOUT: 'soon' is not a duration"),
+        ({"CACHE_DIR": "/tmp/go\ncache"}, "CACHE_DIR: '/tmp/go\\ncache' has a line break, which go cannot"),
+        ({"CACHE_DIR": os.fsdecode(b"/tmp/go\xffcache")}, "CACHE_DIR: '/tmp/go\\udcffcache' is not UTF-8, which go"),
+        ({"BACKEND_TYPE": "s3", "S3_BUCKET": "b", "S3_PREFIX": os.fsdecode(b"go\xff")}, "S3_PREFIX: 'go\\udcff' is not UTF-8"),
+        ({"BACKEND_TYPE": "s3", "S3_BUCKET": "b", "AWS_REGION": os.fsdecode(b"\xff")}, "AWS_REGION: '\\udcff' is not UTF-8"),
+        ({"GOBUILDCACHE_CACHE": os.fsdecode(b"http://h/\xff")}, "GOBUILDCACHE_CACHE: 'http://h/\\udcff' is not UTF-8"),
     ],
 )
 def test_bad_environment_is_one_line_and_exit_2_before_the_capabilities(
@@ -623,6 +736,28 @@ def test_bad_environment_is_one_line_and_exit_2_before_the_capabilities(
     assert result.returncode == 2
     assert result.stdout == b""
     lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gobuildcache: {complaint}"), lines
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"GOBUILDCACHE_CACHE": "grpc://[::1"}, "GOBUILDCACHE_CACHE: cache URL grpc://[::1: Invalid IPv6 URL"),
+        ({"GAFFER_CACHE": "http://127.0.0.1:99999/go"}, "GAFFER_CACHE: cache URL http://127.0.0.1:99999/go: Port out of"),
+        ({"BACKEND_TYPE": "s3", "S3_BUCKET": "b", "AWS_ENDPOINT_URL": "localhost:9000"},
+         "s3 backend (S3_BUCKET, S3_PREFIX, AWS_ENDPOINT_URL, AWS_REGION): cache URL s3://b/"),
+    ],
+)
+def test_a_malformed_remote_url_is_one_line_and_exit_2_before_any_request(
+    cache_dir: Path, env: dict[str, str], complaint: str
+) -> None:
+    """The rest of a URL (past its scheme) is checked once the capabilities line is out, not at the tier's first
+    use: a mistake in a setting ends the command with one line naming the setting, as any other wrong setting."""
+    c = Client(gobuildcache_env(cache_dir, **env))
+    assert c.reply() == CAPABILITIES
+    status, stderr = c.finish()
+    assert status == 2
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"gobuildcache: {complaint}"), lines
 
 
@@ -737,6 +872,7 @@ def test_cache_urls_add_tiers_and_a_leading_disk_url_is_the_local_tier() -> None
         "/tmp/gobuildcache", (), False, 10.0)
     gaffer = load_config({"GAFFER_CACHE": "disk:///var/cache/gaffer, redis://127.0.0.1:6379/0"})
     assert (gaffer.local_dir, gaffer.remotes) == ("/var/cache/gaffer", ("redis://127.0.0.1:6379/0",))
+    assert load_config({"GAFFER_CACHE": "disk:///var/my%20cache"}).local_dir == "/var/my cache"  # as gaffer run
     own = load_config({"CACHE_DIR": "/c", "GOBUILDCACHE_CACHE": "disk:///shared,http://h/go",
                        "GAFFER_CACHE": "redis://ignored", "GOBUILDCACHE_READ_ONLY": "yes"})
     assert (own.local_dir, own.remotes, own.read_only) == ("/c", ("disk:///shared", "http://h/go"), True)
@@ -1024,6 +1160,21 @@ def test_the_scope_is_the_module_and_directory_and_the_list_checks_it(tmp_path: 
     assert decode_list(encode_list(root, entries), root) == list(entries.items())
     with pytest.raises(BadList):
         decode_list(encode_list(root, entries), root + "x")
+
+
+def test_a_directory_whose_name_is_not_utf8_has_a_scope_and_a_list(tmp_path: Path) -> None:
+    """go runs where the user is, and a directory's name may be any bytes: the scope's list is stored and read
+    there as anywhere else (the scope's text was not UTF-8, and the session crashed at start)."""
+    where = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    where.mkdir()
+    for _ in range(2):
+        c = _remote_session(where, tmp_path / "local", tmp_path / "remote")
+        assert c.put(1, b"a", b"body")["DiskPath"]
+        assert c.get(2, b"a")["Size"] == 4
+        assert c.close() == {"ID": 999}
+        assert c.finish() == (0, "")
+    scope = find_scope(str(where), {}, os.getpid())
+    assert decode_list(encode_list(scope, {b"a": GoEntry(b"o", digest_bytes(b"body"), 1)}), scope)
 
 
 class _GatedTier(DiskStore):

@@ -464,6 +464,18 @@ def test_explain_names_the_change(ws: Path, env: dict[str, str]) -> None:
     assert "env FLAVOUR changed (unset -> 'x')" in changed.stdout
 
 
+def test_a_task_named_like_an_option_is_built_cleaned_and_explained(tmp_path: Path, env: dict[str, str]) -> None:
+    """Any name without control characters is a task name; `--` lets the command line name one starting with -
+    (after `gaffer explain --`, a single word is a task: a compile command has arguments)."""
+    ws = tmp_path / "odd"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"-x": {"command": "echo x > x.txt", "outputs": ["x.txt"]}}))
+    assert run_gaffer(["run", "--", "-x"], cwd=ws, env=env).returncode == 0
+    explained = run_gaffer(["explain", "--", "-x"], cwd=ws, env=env)
+    assert explained.returncode == 0 and explained.stdout.startswith("-x: nothing changed"), explained
+    assert run_gaffer(["clean", "--", "-x"], cwd=ws, env=env).returncode == 0 and not (ws / "x.txt").exists()
+
+
 def test_trace_and_summary_files(ws: Path, env: dict[str, str]) -> None:
     trace = ws / "trace.json"
     proc = run_gaffer(["run", "all", "--trace", str(trace)], cwd=ws, env=env)

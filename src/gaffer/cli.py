@@ -98,8 +98,9 @@ def _add_run(run: argparse.ArgumentParser) -> None:
 
 
 def _add_explain(explain: argparse.ArgumentParser) -> None:
-    explain.add_argument("task", metavar="TASK", help="the name of a task in the graph (or `-- gcc -c x.c ...`: why "
-                                                      "that compile missed gaffer cc's cache)")
+    explain.add_argument("task", metavar="TASK", help="the name of a task in the graph (`-- -x` for one starting with "
+                                                      "-), or `-- gcc -c x.c ...`: why that compile missed gaffer "
+                                                      "cc's cache")
     explain.add_argument("--graph", default="graph.json", metavar="FILE", help="the task graph (default: graph.json)")
 
 
@@ -117,7 +118,7 @@ def _add_cache(cache: argparse.ArgumentParser) -> None:
     for name, text in (
         ("status", "entries, size and the hit rate of recent builds"),
         ("gc", "evict least-recently-used entries down to the size bound"),
-        ("verify", "re-hash every blob and action result; evict corrupt ones"),
+        ("verify", "re-hash every blob and action result; evict corrupt ones (exit status 1 if any)"),
         ("clean", "remove every entry"),
     ):
         action = cache_sub.add_parser(name, help=text, description=text)
@@ -140,7 +141,7 @@ _SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | N
     "clean": ("remove the declared outputs of targets (default: all tasks)", _add_clean),
     "cache": ("inspect and maintain the local cache", _add_cache),
     "status": ("show a gaffer serve's workers, queue and recent actions", _add_status),
-    "serve": ("run a cache server (REAPI gRPC + Bazel HTTP): 'gaffer serve --help'", None),
+    "serve": ("run a cache and execution server (REAPI gRPC + Bazel HTTP): 'gaffer serve --help'", None),
     "worker": ("run actions for gaffer serve's execution service: 'gaffer worker --help'", None),
     "gocache": ("a GOCACHEPROG program on gaffer's cache: 'gaffer gocache --help'", None),
     "cc": ("compile through the cache: 'gaffer cc -- gcc -c x.c' ('gaffer cc --help')", None),
@@ -151,10 +152,18 @@ _DETAILS: dict[str, dict[str, Any]] = {
                            "graph.json -j 4'.", "formatter_class": argparse.RawDescriptionHelpFormatter},
     "explain": {"description": "Compare TASK's inputs, env values, command and deps with its last run."},
     "clean": {"description": "Remove the declared outputs of TARGETs and their dependencies and forget their last "
-                             "runs; the cache keeps its entries, so the next build restores them."},
+                             "runs; the cache keeps its entries, so the next build restores them.",
+              "epilog": "exit status: 0 done; 2 a bad flag, graph or target; 3 the workspace is busy and --no-wait "
+                        "was given, or the cache cannot be emptied (--all)"},
+    "cache": {"description": "Inspect and maintain the local cache: --cache-dir, else GAFFER_CACHE_DIR, else "
+                             "gaffer.toml's [cache] dir (the nearest from the working directory upward, then the "
+                             "user's), else $XDG_CACHE_HOME/gaffer, else ~/.cache/gaffer.",
+              "epilog": "exit status: 0 done; 1 verify found corrupt entries; 2 a bad flag or setting; 3 the cache "
+                        "cannot be used, or (gc, verify, clean) a gaffer serve uses it"},
     "status": {"description": "Print what the status page of a gaffer serve shows: its workers, the queue, running "
                               "and recent actions, the cache's hit rate.",
-               "epilog": "exit status: 0 shown; 2 a bad flag or a token refused; 3 the server cannot be reached"},
+               "epilog": "exit status: 0 shown; 2 a bad flag, a token missing or refused, or no gaffer serve status at "
+                         "that address; 3 the server cannot be reached"},
 }
 
 
@@ -180,7 +189,8 @@ def _dispatch(args_list: list[str]) -> int:
         from gaffer.cc.main import cc_main
 
         return cc_main(args_list[0], args_list[1:])
-    if args_list[:1] == ["explain"] and "--" in args_list:  # `gaffer explain -- gcc -c x.c`: a compile, not a task
+    if args_list[:1] == ["explain"] and "--" in args_list and len(args_list) - args_list.index("--") > 2:
+        # `gaffer explain -- gcc -c x.c`: a compile, not a task; `gaffer explain -- -x` is the task named -x
         from gaffer.cc.main import cc_main
 
         return cc_main("cc", ["--explain", *args_list[1:]])

@@ -44,6 +44,13 @@ Parser = Callable[[object, str, "str | None"], object]  # (value, where it came 
 # -- parsers: each takes a flag's or variable's text or a TOML value, and names `where` in its error ---------------
 
 
+def shown(value: object) -> str:
+    """A setting's value as its user wrote it: a gaffer.toml `true` is `true` in a message, not Python's `True`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
 def parse_bool(value: object, where: str, base: str | None = None) -> bool:
     """The one boolean parser: TOML's true/false, or 1/0, true/false, yes/no, on/off in text."""
     if isinstance(value, bool):
@@ -53,12 +60,12 @@ def parse_bool(value: object, where: str, base: str | None = None) -> bool:
         return True
     if text in ("0", "false", "no", "off", ""):
         return False
-    raise UserError(f"{where}: {value!r} is not a boolean (use true or false, 1 or 0)")
+    raise UserError(f"{where}: {shown(value)} is not a boolean (use true or false, 1 or 0)")
 
 
 def _scalar(value: object, where: str) -> str | int:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise UserError(f"{where}: {value!r} must be a string or a number")
+        raise UserError(f"{where}: {shown(value)} must be a string or a number")
     return value if isinstance(value, (str, int)) else str(value)
 
 
@@ -81,7 +88,7 @@ def _count(noun: str) -> Parser:
         except ValueError:
             n = 0
         if n < 1:
-            raise UserError(f"{where}: {value!r} is not a positive number of {noun}")
+            raise UserError(f"{where}: {shown(value)} is not a positive number of {noun}")
         return n
 
     return parse
@@ -91,23 +98,38 @@ def _path(value: object, where: str, base: str | None = None) -> str:
     """A path (a string: pathlib costs start-up time); relative to the gaffer.toml that names it, else to the
     working directory."""
     if not isinstance(value, str) or not value.strip():
-        raise UserError(f"{where}: {value!r} is not a path")
+        raise UserError(f"{where}: {shown(value)} is not a path")
     return os.path.join(base or "", os.path.expanduser(value))
 
 
 def _text(value: object, where: str, base: str | None = None) -> str:
     if not isinstance(value, str):
-        raise UserError(f"{where}: {value!r} must be a string")
+        raise UserError(f"{where}: {shown(value)} must be a string")
     return value.strip()
 
 
+def _log_target(value: object, where: str, base: str | None = None) -> str:
+    """A debug log: a switch as parse_bool reads it (gaffer.toml's `true`; on means stderr, "1"), "stderr", or a
+    file to append to (relative to the gaffer.toml that names it, as every path there)."""
+    if not isinstance(value, (bool, str)):
+        raise UserError(f"{where}: {shown(value)} must be true, false, or a file to append to")
+    if isinstance(value, str) and value.strip().lower() == "stderr":
+        return "1"
+    try:
+        return "1" if parse_bool(value, where) else ""
+    except UserError:
+        return _path(value, where, base)
+
+
 def _address(value: object, where: str, base: str | None = None) -> tuple[str, int]:
-    """HOST:PORT to listen on ([::1]:9092 for IPv6; port 0: any free port)."""
+    """HOST:PORT to listen on or connect to ([::1]:9092 for IPv6; port 0: any free port). A URL is refused here
+    (no host name holds a `/`): taken as a host, it would fail later, as a lookup retried forever or a bind."""
     text = _text(value, where)
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise UserError(f"{where}: {text!r}: expected HOST:PORT (example: 127.0.0.1:9092, port 0 for any)")
+    if not sep or not host or "/" in host or not port.isdigit() or int(port) > 65535:
+        url = ", not a URL" if "://" in text else ""
+        raise UserError(f"{where}: {text!r}: expected HOST:PORT{url} (example: 127.0.0.1:9092, port 0 for any)")
     return host, int(port)
 
 
@@ -115,7 +137,7 @@ def _choice(*choices: str) -> Parser:
     def parse(value: object, where: str, base: str | None = None) -> str:
         text = value.strip().lower() if isinstance(value, str) else None
         if text not in choices:
-            raise UserError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+            raise UserError(f"{where}: {shown(value)} is not one of {', '.join(choices)}")
         return text
 
     return parse
@@ -131,13 +153,34 @@ def check_scheme(url: str, where: str) -> str:
     return url
 
 
+FILE_PARAMETERS = ("token_file", "ca")  # the URL parameters that name files
+
+
+def _anchored(url: str, base: str | None) -> str:
+    """A URL from gaffer.toml with a relative token_file= or ca= made relative to that file, as every path there:
+    a command run in a subdirectory (go, a compile in a build directory) finds it all the same."""
+    if not base or not any(f"{name}=" in url for name in FILE_PARAMETERS):
+        return url
+    from urllib.parse import quote, unquote  # only here: it imports re, which gobuildcache's start-up avoids
+
+    head, _, query = url.partition("?")
+    pairs = []
+    for pair in query.split("&"):
+        key, sep, value = pair.partition("=")
+        path = os.path.expanduser(unquote(value))
+        if key in FILE_PARAMETERS and value and not os.path.isabs(path):
+            value = quote(os.path.join(base, path), safe="/")
+        pairs.append(key + sep + value)
+    return f"{head}?{'&'.join(pairs)}"
+
+
 def _url(value: object, where: str, base: str | None = None) -> str:
-    return check_scheme(_text(value, where), where)
+    return check_scheme(_anchored(_text(value, where), base), where)
 
 
 def _remote_url(value: object, where: str, base: str | None = None) -> str:
     """A remote execution service: grpc:// or grpcs:// only (the rest is checked as a cache URL's is)."""
-    url = _text(value, where)
+    url = _anchored(_text(value, where), base)
     if url.partition("://")[0].lower() not in ("grpc", "grpcs"):
         raise UserError(f"{where}: remote URL {url}: expected grpc://HOST:PORT[/INSTANCE] or grpcs://HOST[:PORT]"
                         "[/INSTANCE]")
@@ -150,7 +193,7 @@ def _urls(value: object, where: str, base: str | None = None) -> list[str]:
         value = [u.strip() for u in value.split(",") if u.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise UserError(f"{where}: must be a URL or a list of URLs")
-    return [check_scheme(url, where) for url in value]
+    return [check_scheme(_anchored(url, base), where) for url in value]
 
 
 def _list(value: object, where: str) -> list[str]:
@@ -268,9 +311,10 @@ SETTINGS: tuple[Setting, ...] = (
             default={"*": False}, default_text={"*": "false"},
             help="keep a failed sandboxed task's exec root (under .gaffer/sandbox) to look into"),
     Setting("remote", (RUN, CC), toml="remote.url", env="GAFFER_REMOTE", flags=("--remote",), metavar="URL",
-            parse=_remote_url, default={"*": None}, default_text={"*": "none: tasks run here"},
-            help="run cacheable tasks on this REAPI execution service (gaffer serve with workers, or any REAPI "
-                 "server): grpc://host:9092[/instance][?token_file=PATH], grpcs://..."),
+            parse=_remote_url, default={"*": None}, default_text={"*": "none: everything runs here"},
+            help="run cacheable tasks (for gaffer cc and ld: the compiles and links that miss the cache) on this "
+                 "REAPI execution service (gaffer serve with workers, or any REAPI server): "
+                 "grpc://host:9092[/instance][?token_file=PATH], grpcs://..."),
     Setting("remote_download", (RUN,), toml="remote.download", env="GAFFER_REMOTE_DOWNLOAD",
             flags=("--remote-download",), metavar="all|minimal", parse=_choice("all", "minimal"),
             default={"*": "all"}, default_text={"*": "all"},
@@ -383,7 +427,7 @@ SETTINGS: tuple[Setting, ...] = (
             default_text={"*": "none"},
             help="absolute paths below this directory are keyed relative to the working directory, so checkouts "
                  "below it share cache entries (use -ffile-prefix-map too: see docs/cc.md)"),
-    Setting("cc_debug", (CC,), toml="cc.debug", env="GAFFER_CC_DEBUG", parse=_text, default={CC: ""},
+    Setting("cc_debug", (CC,), toml="cc.debug", env="GAFFER_CC_DEBUG", parse=_log_target, default={CC: ""},
             default_text={"*": "off"},
             help="log why each compile hit, missed or was not cached: 1 for stderr, or a file to append to"),
     Setting("cc_preprocessor", (CC,), toml="cc.preprocessor", env="GAFFER_CC_PREPROCESSOR", parse=parse_bool,

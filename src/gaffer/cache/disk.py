@@ -207,6 +207,9 @@ class DiskStore(CacheTier):
             st = os.stat(path)
         except OSError:
             return False
+        if not _regular(st):
+            self._evict_corrupt(path, "blob", digest)
+            return False
         if st.st_size != digest.size_bytes:
             self._mismatch(path, digest)
             return False
@@ -244,12 +247,18 @@ class DiskStore(CacheTier):
         path = self._blob_file(digest.hash)
         try:
             st = os.stat(path)
+            if not _regular(st):  # a directory (or a FIFO, which would block the hash) where the blob belongs
+                self._evict_corrupt(path, "blob", digest)
+                return None
             if not self._trusts(digest, st):
                 actual = digest_file(path)
                 if actual != digest:
                     self._mismatch(path, digest, actual.hash)
                     return None
                 self.trusted.remember(digest.hash, st)  # the stat from before the hash: an edit meanwhile moved it
+        except FileNotFoundError:  # removed by another process (`gobuildcache clear`): `write_blob` writes it again
+            self._present.discard(digest.hash)
+            return None
         except OSError:
             return None
         self._touch(path, st.st_mtime)
@@ -371,10 +380,14 @@ class DiskStore(CacheTier):
             return
         if not self._written:
             return
-        with self._locked():
-            size = self._read_size() + self._written
-            self._written = 0
-            self._write_size(size)
+        try:
+            with self._locked():
+                size = self._read_size() + self._written
+                self._written = 0
+                self._write_size(size)
+        except OSError as e:  # a disk that filled up since the last write: the entries stored are fine
+            self.report(f"cannot update the size estimate in {self._root_text}/size: {e.strerror or e}")
+            return
         if size > self.max_size:
             self.gc()
 
@@ -678,7 +691,7 @@ class DiskStore(CacheTier):
 
     def _evict_corrupt(self, path: Path | str, what: str, digest: Digest) -> None:
         try:
-            os.unlink(path)
+            _remove(path)
         except OSError:
             pass
         self._corrupt_evicted(what, digest)
@@ -834,7 +847,8 @@ def _checked_action(data: bytes) -> bytes | None:
 
 
 def install(tmp: Path | str, dest: Path | str) -> None:
-    """Rename a finished temp file into place, making its shard directory if needed; on a failure (a full disk
+    """Rename a finished temp file into place, making its shard directory if needed, or removing a directory in
+    the entry's place (made by mistake: it would refuse every write of that entry); on a failure (a full disk
     cannot take the directory) the temp file is removed, not left behind."""
     try:
         try:
@@ -842,10 +856,28 @@ def install(tmp: Path | str, dest: Path | str) -> None:
         except FileNotFoundError:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             os.replace(tmp, dest)
+        except IsADirectoryError:
+            _remove(dest)
+            os.replace(tmp, dest)
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _regular(st: os.stat_result) -> bool:
+    """A regular file (what every cache entry is), by its mode bits: `stat.S_ISREG` without the import."""
+    return st.st_mode & 0o170000 == 0o100000
+
+
+def _remove(path: Path | str) -> None:
+    """Remove what is at `path`: a file, or a whole directory."""
+    try:
+        os.unlink(path)
+    except IsADirectoryError:
+        import shutil
+
+        shutil.rmtree(path)
 
 
 def _read_small(path: Path | str) -> bytes | None:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from gaffer.errors import EnvironmentProblem, UserError
 from gaffer.units import parse_size
@@ -101,11 +101,16 @@ def query_params(url: str, parts: SplitResult, allowed: Collection[str]) -> dict
     return params
 
 
+def disk_path(url: str) -> str:
+    """The directory a disk:// URL names, percent-decoded as a file URL is (disk:///a%20b is "/a b")."""
+    parts, _ = checked_url(url)
+    return unquote(parts.path)
+
+
 def _open_disk(url: str, timeout: float) -> CacheTier:
     from gaffer.cache.disk import DiskStore
 
-    parts, _ = checked_url(url)
-    return DiskStore(parts.path)
+    return DiskStore(disk_path(url))
 
 
 def _open_s3(url: str, timeout: float) -> CacheTier:

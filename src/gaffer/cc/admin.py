@@ -22,7 +22,8 @@ def add_admin_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stop-daemon", action="store_true", help="stop the daemon, letting running compiles finish")
     parser.add_argument("--dir", type=Path, metavar="DIR",
                         help="where --install puts gaffer-cc, gaffer-ld and masquerade/ (default: bin/ in the "
-                             "launcher's directory, $GAFFER_CC_DIR, else ~/.cache/gaffer/cc)")
+                             "launcher's directory: $GAFFER_CC_DIR, else $XDG_CACHE_HOME/gaffer/cc, else "
+                             "~/.cache/gaffer/cc)")
 
 
 def run_admin(args: argparse.Namespace) -> int:

@@ -15,13 +15,21 @@ from gaffer.errors import UserError
 
 CACHE_SETTINGS = ("cache_dir", "max_size", "remotes", "read_only", "timeout", "remote")
 
-EPILOG = """\
-examples:
+EXAMPLES = {
+    "cc": """\
   gaffer cc -- gcc -c hello.c -o hello.o
   cmake -DCMAKE_C_COMPILER_LAUNCHER="gaffer;cc;--" -DCMAKE_CXX_COMPILER_LAUNCHER="gaffer;cc;--" ..
   gaffer cc --show-stats
+""",
+    "ld": """\
+  gaffer ld -- gcc -o hello hello.o -lm
+  cmake -DCMAKE_C_LINKER_LAUNCHER="gaffer;ld;--" -DCMAKE_CXX_LINKER_LAUNCHER="gaffer;ld;--" ..
+  gaffer cc --show-stats
+""",
+}
 
-The command's exit status and output are the compiler's (replayed from the cache on a hit).
+EPILOG = """
+The command's exit status and output are the {what}'s (replayed from the cache on a hit).
 
 settings: a flag wins over its variable, which wins over gaffer.toml (the nearest from the working directory
 upward, then $XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml)
@@ -38,7 +46,8 @@ def _parser(kind: str) -> argparse.ArgumentParser:
     parser = _Parser(prog=f"gaffer {kind}", formatter_class=argparse.RawDescriptionHelpFormatter,
                      usage=f"gaffer {kind} [OPTIONS] -- {what.split()[-1].upper()} ARGS...",
                      description=f"Run a {what} command through gaffer's cache (docs/cc.md).",
-                     epilog=EPILOG + environment_help(CC))
+                     epilog="examples:\n" + EXAMPLES[kind] + EPILOG.format(what=what.split()[0])
+                     + environment_help(CC))
     if kind == "cc":
         parser.add_argument("--show-stats", action="store_true", help="print the launcher's counters")
         parser.add_argument("--zero-stats", action="store_true", help="reset the launcher's counters")

@@ -21,6 +21,7 @@ from gaffer.protos import wire
 from gaffer.tuples import NamedTuple
 
 KEY_PREFIX = b"gaffer-go-v1\0"
+MAX_PUT_TIME_NS = 253_402_300_800 * 1_000_000_000  # year 10000: go reads only four-digit years (RFC 3339)
 OUTPUT_DIR = "go-output/"
 WORKER = "gobuildcache"
 
@@ -92,9 +93,10 @@ def _decode_canonical(data: bytes) -> GoEntry | None:
             seconds, t = wire.read_varint(data, t + 1)
         if t < len(data) and data[t] == 0x10:
             nanos, t = wire.read_varint(data, t + 1)
-        if t != len(data) or not is_valid_hash(body_hash):
+        put_time_ns = seconds * 1_000_000_000 + nanos
+        if t != len(data) or not is_valid_hash(body_hash) or put_time_ns >= MAX_PUT_TIME_NS:
             return None
-        return GoEntry(output_id, Digest(body_hash, size), seconds * 1_000_000_000 + nanos)
+        return GoEntry(output_id, Digest(body_hash, size), put_time_ns)
     except (IndexError, ValueError, CorruptEntry):  # ValueError: also UnicodeDecodeError and wire.DecodeError
         return None
 
@@ -126,4 +128,6 @@ def _decode(data: bytes) -> GoEntry:
         raise CorruptEntry("OutputID is not hex") from e
     timestamp = wire.message(wire.message(result, 9), 4)
     put_time_ns = wire.integer(timestamp, 1) * 1_000_000_000 + wire.integer(timestamp, 2)
+    if put_time_ns >= MAX_PUT_TIME_NS:  # written by a peer (a shared remote): its reply would be no time go reads
+        raise CorruptEntry("put time out of range")
     return GoEntry(output_id, body, put_time_ns)

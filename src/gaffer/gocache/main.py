@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from gaffer.gocache.protocol import Handler
 
 USAGE = """\
-usage: gobuildcache [clear | clear-local | clear-remote]
+usage: gobuildcache [clear | clear-local | clear-remote]     (also: gaffer gocache ...)
 
 A GOCACHEPROG program: `go` runs it and talks to it on stdin/stdout.
     GOCACHEPROG=gobuildcache go build ./...
@@ -30,6 +30,9 @@ Settings: a variable wins over gaffer.toml (the nearest from the working directo
 $XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml), which wins over the default. The
 first variable named is the Go gobuildcache program's own where it has one. S3 credentials, region and
 endpoint come from the standard AWS chain (AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE, ...).
+
+Exit status: 0 done; 2 a bad setting or argument, or a malformed request from go on stdin (one line says
+which); 3 an environment problem (the local directory cannot be used, or belongs to another user).
 """
 
 CLEAR_COMMANDS = ("clear", "clear-local", "clear-remote")

@@ -65,7 +65,9 @@ def find_scope(cwd: str, env: Mapping[str, str], parent_pid: int) -> str:
         if parent == directory:
             break
         directory = parent
-    return "\n".join((where, _go_command(parent_pid), env.get("GOOS", ""), env.get("GOARCH", "")))
+    scope = "\n".join((where, _go_command(parent_pid), env.get("GOOS", ""), env.get("GOARCH", "")))
+    # a directory's name may be any bytes (os.fsdecode's surrogates): the scope is stored as UTF-8 text
+    return scope.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _module_path(go_mod: str) -> str | None:

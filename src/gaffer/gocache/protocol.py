@@ -408,13 +408,14 @@ def _answer_at_once(handler: Handler, request: Request, debug: bool) -> bytes | 
     start = time.perf_counter() if debug else 0.0
     try:
         hit = handler.get_local(request.action_id)
+        if hit == DEFER:
+            return None
+        line = hit_line(request.id, hit)
     except Exception:  # noqa: BLE001 - the pool's full get tries again and owns the error
-        return None
-    if hit == DEFER:
         return None
     if debug:
         _log(request, f"{_outcome(hit)}, local", start)
-    return hit_line(request.id, hit)
+    return line
 
 
 def _answer(handler: Handler, request: Request, debug: bool) -> bytes:
@@ -424,10 +425,12 @@ def _answer(handler: Handler, request: Request, debug: bool) -> bytes:
     if request.command == "get":
         try:
             hit = handler.get(request.action_id)
+            line = hit_line(request.id, hit)
         except Exception as e:  # noqa: BLE001 - a bug or an unexpected fault below costs a rebuild, not the build
             log_line(f"get {request.action_id.hex()[:16]}: {type(e).__name__}: {e}; treated as a miss")
             hit = None
-        line, outcome = hit_line(request.id, hit), _outcome(hit)
+            line = hit_line(request.id, hit)
+        outcome = _outcome(hit)
     elif request.command == "put":
         try:
             line = reply_line(request.id, disk_path=handler.put(request.action_id, request.output_id, request.body))

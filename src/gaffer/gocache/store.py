@@ -10,6 +10,7 @@ when the local disk does, because `go` needs a DiskPath.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -18,7 +19,7 @@ from gaffer.cache.base import TierError
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes
 from gaffer.errors import EnvironmentProblem, UserError
-from gaffer.gocache.config import Config
+from gaffer.gocache.config import Config, check_remotes
 from gaffer.gocache.entry import (
     CorruptEntry,
     GoEntry,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from gaffer.gocache.protocol import Deferred
 
 AT_ONCE_MAX_BYTES = 1 << 20  # hashing 1 MiB takes about a millisecond: bigger untrusted blobs are verified on the pool
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class GoStats:
@@ -87,6 +89,44 @@ def own_directory(path: str) -> None:
             )
 
 
+class Overflow:
+    """Where a put's body goes when the local tier's disk is full: go fails its build on a put's Err, so it gets a
+    file of this command's own instead (in the temp directory, removed at close) and nothing is cached."""
+
+    def __init__(self, local: DiskStore) -> None:
+        self._local = local
+        self._dir: str | None = None
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def file(self, body: bytes, why: OSError) -> str:
+        """A new file holding `body`; EnvironmentProblem if even the temp directory cannot take it."""
+        with self._lock:
+            if self._dir is None:
+                import tempfile
+
+                try:
+                    self._dir = tempfile.mkdtemp(prefix="gobuildcache-")
+                except OSError as e:
+                    raise EnvironmentProblem(f"{self._local.root}: {why.strerror}; temp directory: {e.strerror}") from None
+                log_line(f"cache directory {self._local.root} is full ({why.strerror}): nothing new is stored; go's "
+                         f"outputs are kept in {self._dir} until it ends")
+            self._count += 1
+            path = f"{self._dir}/{self._count}"
+        try:
+            with open(path, "xb") as f:
+                f.write(body)
+        except OSError as e:
+            raise EnvironmentProblem(f"{self._local.root}: {why.strerror}; {path}: {e.strerror}") from None
+        return path
+
+    def remove(self) -> None:
+        if self._dir is not None:
+            import shutil
+
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
 class GoStore:
     """The `Handler` the protocol server calls, from several threads at once."""
 
@@ -98,6 +138,7 @@ class GoStore:
         self.stats = GoStats()
         self.prefetch = prefetch
         self._used: dict[bytes, GoEntry] = {}  # with a prefetch: this command's entries, the next one's list
+        self.overflow = Overflow(local)
 
     @classmethod
     def open(cls, config: Config) -> GoStore:
@@ -105,6 +146,8 @@ class GoStore:
         tiered = prefetch = None
         if config.remotes:
             from gaffer.cache.factory import open_cache
+
+            check_remotes(config)
 
             tiered = open_cache(local, config.remotes, read_only=config.read_only, timeout=config.timeout,
                                 report=log_line)
@@ -181,7 +224,10 @@ class GoStore:
                 self._used.setdefault(action_id, entry)
 
     def put(self, action_id: bytes, output_id: bytes, body: bytes) -> str:
+        """The file go is to read the body from: the local tier's blob, or on a full disk a file of this
+        command's own (see `Overflow`)."""
         digest = digest_bytes(body)
+        path = None
         try:
             # an existing blob is checked too: `go` will read the file we name
             path = self.local.verified_blob_file(digest)
@@ -199,7 +245,10 @@ class GoStore:
                 self.local.write_action(action_key(action_id), result)
         except OSError as e:
             self.stats.count(errors=1)
-            raise EnvironmentProblem(f"{self.local.root}: {e.strerror or e}") from None
+            if e.errno not in _FULL:
+                raise EnvironmentProblem(f"{self.local.root}: {e.strerror or e}") from None
+            if path is None:  # else the blob is stored and only its entry is not: go can read the blob
+                return self.overflow.file(body, e)
         self.stats.count(puts=1, bytes_written=len(body))
         return path
 
@@ -211,6 +260,7 @@ class GoStore:
             self.tiered.close()
         else:
             self.local.close()
+        self.overflow.remove()  # go sends close once it read its last file
         s = self.stats
         if s.gets or s.puts:
             self.local.record_build(hits=s.hits, misses=s.gets - s.hits)

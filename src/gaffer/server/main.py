@@ -45,12 +45,19 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="gaffer serve",
-        description="Serve a build cache over REAPI gRPC and the Bazel HTTP cache protocol.",
+        description="Serve a build cache over REAPI gRPC and the Bazel HTTP cache protocol, and run the REAPI\n"
+                    "actions sent to the gRPC port on connected gaffer workers.",
         epilog="example: gaffer serve --dir /srv/gaffer --max-size 200GiB --grpc 0.0.0.0:9092 --http 0.0.0.0:8080 "
                "--token-file /etc/gaffer/token\n\n"
                "settings: a flag wins over its variable, which wins over gaffer.toml (the nearest from the working\n"
                "directory upward, then $XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml)\n"
-               + environment_help(SERVE),
+               + environment_help(SERVE)
+               + "\nexit status:\n"
+               "  0  stopped by SIGTERM or SIGINT (calls in progress finished, or cancelled after --grace)\n"
+               "  1  a stop still unfinished 5 s after --grace\n"
+               "  2  a bad flag or setting (one line says which)\n"
+               "  3  an environment problem: a port in use, a store another gaffer serve uses, a backend not reached\n"
+               "  128+N  a second stop signal N\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_flags(p, SERVE)

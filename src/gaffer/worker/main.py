@@ -38,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example: gaffer worker --server farm:9092 --max-jobs 4 --env-pass GOCACHE\n\n"
                "settings: a flag wins over its variable, which wins over gaffer.toml (the nearest from the working\n"
                "directory upward, then $XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml)\n"
-               + environment_help(WORKER),
+               + environment_help(WORKER)
+               + "\nexit status:\n"
+               "  0  stopped by SIGTERM or SIGINT, once the running actions finished and were reported\n"
+               "  2  a bad flag or setting, or the server refuses the worker (a missing or wrong token)\n"
+               "  3  an environment problem (the directory cannot be used, the session with the server failed)\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_flags(p, WORKER)
