@@ -187,7 +187,9 @@ class ResilientTier(CacheTier):
         self._report(f"cache tier {why}; continuing without it for this build")
 
     def close(self) -> None:
-        if self._tier is not None:
+        """Close the tier, unless it was switched off: touched again at exit, a tier that failed would only fail
+        again (a `disk://` remote on a full disk: a second warning, from its accounting)."""
+        if self._tier is not None and self.healthy:
             try:
                 self._tier.close()
             except Exception:  # noqa: BLE001, S110 - the build is over; a tier that fails to close changes nothing
