@@ -145,18 +145,19 @@ class Pool:
                 response = conn.getresponse()
                 break
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                expired = _DEADLINES.done(watch)  # before the socket closes: its descriptor may be reused then
                 conn.close()  # a kept-alive connection the server had closed: once more, on a new one
-                if _DEADLINES.done(watch) or not reused or attempt == 2:
+                if expired or not reused or attempt == 2:
                     raise Unreachable(_failure(e, watch)) from e
                 if body is not None and not isinstance(body, bytes):
                     body.seek(start)
             except (OSError, http.client.HTTPException) as e:
-                conn.close()
                 _DEADLINES.done(watch)
+                conn.close()
                 raise Unreachable(_failure(e, watch)) from e
             except BaseException:
-                conn.close()
                 _DEADLINES.done(watch)
+                conn.close()
                 raise
         assert watch is not None
         _DEADLINES.extend(watch, self.timeout + (response.length or 0) / MIN_RATE)
@@ -165,6 +166,7 @@ class Pool:
                 yield response
                 if not response.isclosed():
                     if response.length is None or response.length > CHUNK:
+                        _DEADLINES.done(watch)
                         conn.close()  # a big body left unread: cheaper to reconnect than to drain
                         return
                     response.read()  # a small one (an error document): drained, the connection is reusable
