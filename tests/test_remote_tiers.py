@@ -614,6 +614,24 @@ def test_faults_are_transient_and_quick(backend: Backend, fault: Fault) -> None:
         tier.close()
 
 
+@pytest.mark.parametrize("backend", ["redis", "nginx"], indirect=True)
+def test_a_trickled_blob_is_cut_off_by_its_deadline(backend: Backend) -> None:
+    """A blob of a few KiB trickled at 20 bytes/s would take minutes, every read getting its byte in time: the
+    whole request is bounded (the timeout plus the blob's time at 1 MiB/s), a transient error."""
+    with FaultProxy(("127.0.0.1", backend.server.port)) as proxy:
+        tier = backend.open(uuid.uuid4().hex[:12], address=proxy.address, timeout=FAULT_TIMEOUT)
+        data = os.urandom(4096)
+        digest = digest_bytes(data)
+        tier.write_blob(digest, data)
+        proxy.set_mode(Fault.TRICKLE)
+        start = time.monotonic()
+        with pytest.raises(TierError) as e:
+            tier.read_blob(digest)
+        assert e.value.transient and "TimeoutError" in str(e.value), str(e.value)
+        assert time.monotonic() - start < 4.5
+        tier.close()
+
+
 # -- URLs ----------------------------------------------------------------------------------------------------------
 
 

@@ -17,90 +17,18 @@ import http.client
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
+
+from gaffer.cache.deadlines import DEADLINES, MIN_RATE, failure
 
 if TYPE_CHECKING:
     import ssl
 
 CHUNK = 1024 * 1024
 _IDLE = 16
-MIN_RATE = 1024 * 1024  # bytes/s a transfer may fall to before its deadline ends it (as the gRPC tier's streams)
-
-
-def _failure(e: BaseException, watch: _Watch | None) -> str:
-    """What an `Unreachable` says: the error's type, or that the request ran out of time."""
-    if watch is not None and watch.expired:
-        return f"TimeoutError (no whole answer within {watch.seconds:.3g} s)"
-    return type(e).__name__
-
-
-class _Watch:
-    """One request's deadline: `sock` is shut down once `deadline` (time.monotonic()) has passed."""
-
-    __slots__ = ("deadline", "expired", "seconds", "sock")
-
-    def __init__(self, sock: socket.socket, seconds: float) -> None:
-        self.sock = sock
-        self.seconds = seconds
-        self.deadline = time.monotonic() + seconds
-        self.expired = False
-
-
-class _Deadlines:
-    """Whole-request deadlines for every pool: a thread shuts down the socket of a request that is late, so the
-    read blocked on it ends. (The timeout alone bounds each read: a server that trickles its answer, a byte at a
-    time, would hold a build for hours.) The thread runs while there are requests, and a second after."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._watched: set[_Watch] = set()
-        self._running = False
-
-    def watch(self, sock: socket.socket, seconds: float) -> _Watch:
-        watch = _Watch(sock, seconds)
-        with self._lock:
-            self._watched.add(watch)
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._run, name="gaffer-deadlines", daemon=True).start()
-        return watch
-
-    def extend(self, watch: _Watch, seconds: float) -> None:
-        """A new deadline, `seconds` from now (an answer's headers came: its body's time starts)."""
-        with self._lock:
-            watch.seconds, watch.deadline = seconds, time.monotonic() + seconds
-
-    def done(self, watch: _Watch | None) -> bool:
-        """The request is over: stop watching it. Did its deadline pass (and its socket get shut down)?"""
-        if watch is None:
-            return False
-        with self._lock:
-            self._watched.discard(watch)
-            return watch.expired
-
-    def _run(self) -> None:
-        idle = 0.0
-        while True:
-            time.sleep(_TICK_S)
-            now = time.monotonic()
-            with self._lock:
-                for watch in self._watched:
-                    if not watch.expired and now > watch.deadline:
-                        watch.expired = True
-                        with suppress(OSError):  # the plain socket's shutdown, also under TLS: the read ends
-                            socket.socket.shutdown(watch.sock, socket.SHUT_RDWR)
-                idle = 0.0 if self._watched else idle + _TICK_S
-                if idle >= 1.0:
-                    self._running = False
-                    return
-
-
-_TICK_S = 0.05  # how often deadlines are checked: a late request ends at most this much after its deadline
-_DEADLINES = _Deadlines()
 
 
 class Unreachable(Exception):
@@ -139,44 +67,44 @@ class Pool:
             try:
                 if conn.sock is None:
                     conn.connect()
-                watch = _DEADLINES.watch(conn.sock, self.timeout + sent / MIN_RATE)
+                watch = DEADLINES.watch(conn.sock, self.timeout + sent / MIN_RATE)
                 conn.request(method, target, body=body,
                              headers={**headers, **self._proxy_headers} if self.scheme == "http" else headers)
                 response = conn.getresponse()
                 break
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
-                expired = _DEADLINES.done(watch)  # before the socket closes: its descriptor may be reused then
+                expired = DEADLINES.done(watch)  # before the socket closes: its descriptor may be reused then
                 conn.close()  # a kept-alive connection the server had closed: once more, on a new one
                 if expired or not reused or attempt == 2:
-                    raise Unreachable(_failure(e, watch)) from e
+                    raise Unreachable(failure(e, watch)) from e
                 if body is not None and not isinstance(body, bytes):
                     body.seek(start)
             except (OSError, http.client.HTTPException) as e:
-                _DEADLINES.done(watch)
+                DEADLINES.done(watch)
                 conn.close()
-                raise Unreachable(_failure(e, watch)) from e
+                raise Unreachable(failure(e, watch)) from e
             except BaseException:
-                _DEADLINES.done(watch)
+                DEADLINES.done(watch)
                 conn.close()
                 raise
         assert watch is not None
-        _DEADLINES.extend(watch, self.timeout + (response.length or 0) / MIN_RATE)
+        DEADLINES.extend(watch, self.timeout + (response.length or 0) / MIN_RATE)
         try:
             try:
                 yield response
                 if not response.isclosed():
                     if response.length is None or response.length > CHUNK:
-                        _DEADLINES.done(watch)
+                        DEADLINES.done(watch)
                         conn.close()  # a big body left unread: cheaper to reconnect than to drain
                         return
                     response.read()  # a small one (an error document): drained, the connection is reusable
             finally:
-                _DEADLINES.done(watch)
+                DEADLINES.done(watch)
         except (OSError, http.client.HTTPException, Unreachable) as e:
             conn.close()
             if isinstance(e, Unreachable) and not watch.expired:
                 raise
-            raise Unreachable(_failure(e, watch)) from e
+            raise Unreachable(failure(e, watch)) from e
         except BaseException:
             conn.close()
             raise
