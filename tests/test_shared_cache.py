@@ -537,3 +537,34 @@ def test_s3_credentials_botocore_cannot_use_are_one_warning(change: dict[str, st
     assert result["failed"] == 0 and "Traceback" not in result["stderr"], result["stderr"]
     warnings = [line for line in result["stderr"].splitlines() if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith(f"gaffer: warning: cache tier {url}: "), result["stderr"]
+
+
+def test_a_full_disk_under_the_cache_and_its_temp_never_fails_the_build(tmp_path: Path,
+                                                                        nginx_cache: servers.Server) -> None:
+    """The local cache and TMPDIR (where a full cache keeps its temp files) on one full disk, a healthy remote:
+    what cannot be fetched or stored is a miss and goes uncached, tasks run, the build succeeds; two warnings at
+    most (the full disk, and blobs that could not be stored), never one per blob, never a failed task."""
+    from tests.test_errors import mounted
+
+    url = f"http://127.0.0.1:{nginx_cache.port}/tmpfull-{uuid.uuid4().hex[:8]}"
+    graph = {"tasks": {f"t{i}": {"command": f"head -c {300000 + i} /dev/urandom > o{i}.bin", "outputs": [f"o{i}.bin"]}
+                       for i in range(6)}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "graph.json").write_text(json.dumps(graph))
+        graph["tasks"].update({f"x{i}": {"command": f"head -c 300000 /dev/urandom > x{i}.bin", "outputs": [f"x{i}.bin"]}
+                               for i in range(4)})  # machine B's own tasks: they run, and are stored nowhere
+    a = run_gaffer(["run", "--cache", url], cwd=tmp_path / "a", env={**env, "GAFFER_CACHE_DIR": str(tmp_path / "ca")})
+    assert a.returncode == 0, a.stderr
+    with mounted(tmp_path / "full", "-t", "tmpfs", "-o", "size=1200k", "tmpfs") as full:
+        (full / "tmp").mkdir()
+        b = run_gaffer(["run", "-j", "4", "--cache", url], cwd=tmp_path / "b",
+                       env={**env, "GAFFER_CACHE_DIR": str(full / "cache"), "TMPDIR": str(full / "tmp")})
+        assert b.returncode == 0, b.stderr
+        warnings = [line for line in b.stderr.splitlines() if "warning" in line]
+        assert len(warnings) <= 2 and "internal error" not in b.stderr, b.stderr
+        assert all((tmp_path / "b" / f"o{i}.bin").stat().st_size == 300000 + i for i in range(6))
+        assert all((tmp_path / "b" / f"x{i}.bin").stat().st_size == 300000 for i in range(4))
+        assert list((full / "tmp").iterdir()) == []

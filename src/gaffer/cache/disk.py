@@ -292,14 +292,17 @@ class DiskStore(CacheTier):
         if digest.hash in self._present:
             return
         if not self.has_blob(digest):
-            self._install(self._temp_holding(data), self._blob_file(digest.hash), len(data))
+            tmp = self._temp_to_store(lambda tmp: _write_new(tmp, data))
+            if tmp is not None:
+                self._install(tmp, self._blob_file(digest.hash), len(data))
         self._present.add(digest.hash)
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         if self.has_blob(digest):
             return
-        tmp = self._fill_temp(lambda tmp: copy_file(path, tmp))
-        self._install(tmp, self.blob_path(digest), digest.size_bytes)
+        tmp = self._temp_to_store(lambda tmp: copy_file(path, tmp))
+        if tmp is not None:
+            self._install(tmp, self.blob_path(digest), digest.size_bytes)
 
     def adopt(self, digest: Digest, tmp: Path) -> None:
         """Move a verified file (made with `temp_path()`) into the CAS. A store that cannot write (a full disk, a
@@ -323,10 +326,14 @@ class DiskStore(CacheTier):
         if data is not None:
             digest = digest_bytes(data)
             if digest.hash not in self._present and not self.has_blob(digest):
-                self._install_verified(self._temp_holding(data), digest)
+                small = self._temp_to_store(lambda tmp: _write_new(tmp, data))
+                if small is not None:
+                    self._install_verified(small, digest)
             self._present.add(digest.hash)
             return digest
-        tmp = self._fill_temp(lambda tmp: copy_file(path, tmp))
+        tmp = self._temp_to_store(lambda tmp: copy_file(path, tmp))
+        if tmp is None:  # nothing is stored: no copy to hash instead of the file
+            return digest_file(path)
         digest = digest_file(tmp)
         if self.has_blob(digest):
             os.unlink(tmp)
@@ -363,7 +370,9 @@ class DiskStore(CacheTier):
 
     def write_action(self, key: Digest, result: bytes) -> None:
         entry = action_entry(result)
-        self._install(self._temp_holding(entry), self._action_path(key), len(entry))
+        tmp = self._temp_to_store(lambda tmp: _write_new(tmp, entry))
+        if tmp is not None:
+            self._install(tmp, self._action_path(key), len(entry))
 
     def evict_action(self, key: Digest) -> None:
         with suppress(FileNotFoundError):
@@ -633,11 +642,7 @@ class DiskStore(CacheTier):
         if not self.writable:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
-            with self._warn_lock:
-                if self._read_only_warned:
-                    return
-                self._read_only_warned = True
-            self.report(f"cache directory {self._root_text} is read-only: its entries are used, nothing new is stored")
+            self._stores_nothing()
             return
         install(tmp, dest)
         self._written += size
@@ -756,6 +761,27 @@ class DiskStore(CacheTier):
         """Set the running size estimate (`gaffer serve`, which accounts its store in memory, at exit)."""
         with self._locked():
             self._write_size(size)
+
+    def _stores_nothing(self) -> None:
+        """Say once that this store keeps nothing new (a full one has said so already)."""
+        with self._warn_lock:
+            if self._read_only_warned:
+                return
+            self._read_only_warned = True
+        self.report(f"cache directory {self._root_text} is read-only: its entries are used, nothing new is stored")
+
+    def _temp_to_store(self, fill: Callable[[str], object]) -> str | None:
+        """A temp file made by `fill`, to install as an entry; None when the store keeps nothing new (read-only,
+        or its disk full, and the private temp directory too): nothing is written then, and a build goes on."""
+        if not self.writable:
+            self._stores_nothing()
+            return None
+        try:
+            return self._fill_temp(fill)
+        except OSError as e:
+            if e.errno in _FULL and not self.writable:  # it filled up meanwhile, and so did the private directory
+                return None
+            raise
 
     def write_temp(self, data: bytes | memoryview) -> Path:
         """A new temp file holding `data`; on a failure (a full disk) none is left behind."""

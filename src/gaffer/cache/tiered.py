@@ -69,6 +69,7 @@ class TieredCache(CacheTier):
         self._pool_lock = threading.Lock()  # also guards _served
         self._served: dict[Digest, list[TierStats]] = {}  # key -> the tiers whose entries await settle()
         self._told: set[str] = set()  # the remote tiers whose first bad entry or blob was reported
+        self._store_failed = False  # a downloaded blob could not be stored: said once
         self._corrupt_in: dict[str, set[Digest]] = {}  # remote tier -> the blobs it served that failed verification
 
     def connect(self) -> None:
@@ -205,10 +206,19 @@ class TieredCache(CacheTier):
             try:
                 self.local.adopt(digest, self.local.write_temp(data))
             except OSError as e:
-                self.report(f"cannot store a downloaded blob in {self.local.root}: {e.strerror}")
+                self._cannot_store(e)
                 continue
             stored.add(digest)
         return stored
+
+    def _cannot_store(self, e: OSError) -> None:
+        """A downloaded blob had nowhere to go (the local disk full, its temp directory too): a miss, said once."""
+        with self._pool_lock:
+            first = not self._store_failed
+            self._store_failed = True
+        if first:
+            self.report(f"cannot store a downloaded blob in {self.local.root}: {e.strerror or e} (those that follow "
+                        "are misses too)")
 
     def _corrupt(self, remote: ResilientTier, digest: Digest) -> None:
         with self._pool_lock:
@@ -234,7 +244,7 @@ class TieredCache(CacheTier):
             if again and self.local.full(e):
                 tmp.unlink(missing_ok=True)
                 return self._fetch_one(remote, digest, again=False)
-            self.report(f"cannot store a downloaded blob in {self.local.root}: {e.strerror}")
+            self._cannot_store(e)
             return set()
         finally:
             tmp.unlink(missing_ok=True)
