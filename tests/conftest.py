@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +118,26 @@ def launcher(tmp_path_factory: pytest.TempPathFactory, cc_client: Path) -> Itera
     ccd = Launcher(tmp_path_factory.mktemp("ccd") / "cc", cc_client)
     yield ccd
     ccd.stop()
+
+
+@pytest.fixture
+def coarse_fs(tmp_path: Path) -> Iterator[Path]:
+    """A fresh ext4 with 1-second timestamps, loop-mounted for this test and unmounted after it."""
+    require(os.geteuid() == 0, "loop-mounting a file system needs root")
+    mkfs, mount, umount = require_tool("mkfs.ext4"), require_tool("mount"), require_tool("umount")
+    image, mountpoint = tmp_path / "ext4.img", tmp_path / "mnt"
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run([mkfs, "-q", "-F", "-I", "128", str(image)], check=True, capture_output=True)
+    mountpoint.mkdir()
+    mounted = subprocess.run([mount, "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True,
+                             check=False)
+    require(mounted.returncode == 0, f"cannot loop-mount an ext4 image: {mounted.stderr.strip()}")
+    try:
+        probe = mountpoint / "probe"
+        probe.write_text("x")
+        assert probe.stat().st_mtime_ns % 10**9 == 0, "ext4 with 128-byte inodes should keep whole seconds"
+        probe.unlink()
+        yield mountpoint
+    finally:
+        subprocess.run([umount, str(mountpoint)], check=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,19 @@ def require(condition: bool, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"required for this test in CI: {reason}")
     pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def mounted(mountpoint: Path, *args: str) -> Iterator[Path]:
+    """A file system mounted for the test (a small tmpfs: a full disk), unmounted after it; needs root."""
+    require(os.geteuid() == 0 and shutil.which("mount") is not None, "mounting a file system needs root")
+    mountpoint.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", *args, str(mountpoint)], capture_output=True, text=True, check=False)
+    require(done.returncode == 0, f"cannot mount: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 def require_tool(name: str) -> str:

@@ -26,6 +26,7 @@ def compile_of(args: str, cwd: str = "/w") -> Compile:
     "-march=x86-64-v2 -m64 -c x.c", "-march=native -c x.c", "-std=c11 -pedantic -c x.c", "-isystem /i -c x.c",
     "-Wp,-MD,x.d -c x.c", "-gsplit-dwarf -c x.c", "--coverage -c x.c", "-fprofile-use -c x.c",
     "-ffile-prefix-map=/w=. -c x.c", "-c x.S", "-c x.s", "-c x.i", "--sysroot=/s -c x.c", "-Wa,--noexecstack -c x.c",
+    "-fopt-info-vec -c x.c", "-fdiagnostics-format=json -c x.c",
 ])
 def test_cacheable(args: str) -> None:
     assert isinstance(classify(args.split(), "/w"), Compile)
@@ -41,6 +42,15 @@ def test_cacheable(args: str) -> None:
     ("-c x.c -fdump-tree-all", "dump files"), ("-c x.c -Wa,-adhln=x.lst", "assembler listing or dependency file"),
     ("-c x.c -B/opt/bin", "-B (tool prefix)"), ("-c x.c -Xclang -foo", "-Xclang"), ("-c x.c -o", "missing argument"),
     ("-c x.c -o a.o -o b.o", "several -o"), ("-c x.c -Wp,-MM", "dependency option in -Wp"),
+    ("-c x.c -fopt-info-vec-all=v.txt", "-fopt-info=FILE"), ("-c x.c -fopt-info=o.txt", "-fopt-info=FILE"),
+    ("-c x.c -fdiagnostics-format=sarif-file", "diagnostics to a file"),
+    ("-c x.c -fdiagnostics-add-output=sarif", "diagnostics to a file"), ("-c x.c -ftime-trace", "-ftime-trace"),
+    *((f"-c x.c {o}", "an input file no dependency file names") for o in (  # clang's
+        "-fprofile-list=l.txt", "-fprofile-remapping-file=r.txt", "-fsanitize-coverage-allowlist=a.txt",
+        "-fsanitize-coverage-ignorelist=i.txt", "-fxray-attr-list=x.txt", "-fxray-always-instrument=x.txt",
+        "-fxray-never-instrument=x.txt", "-fthinlto-index=x.thinlto.bc", "-fbasic-block-sections=list=b.txt",
+        "-fmemory-profile-use=m.profdata", "-fpass-plugin=p.so")),
+    ("-c x.c -fproc-stat-report=s.csv", "-fproc-stat-report"),
 ])
 def test_uncacheable(args: str, reason: str) -> None:
     c = classify(args.split(), "/w")
@@ -126,6 +136,8 @@ def test_key_changes_are_named() -> None:
     assert key_change(before, [*before[:3], "input x.c 2", "env LANG=C"]) == "x.c changed"
     assert key_change(before, [*before[:4], "env LANG=de_DE"]) == "environment LANG changed"
     assert key_change(before, ["compiler a", "arg -c", "arg -O0", *before[3:]]) == "arguments differ: -'-O2', +'-O0'"
+    assert key_change(before, [*before, "mapped /src/one/build"]) == \
+        "a path the object records changed (what -ffile-prefix-map leaves of it)"
     assert key_change(before, list(before)) is None
 
 

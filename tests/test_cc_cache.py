@@ -4,6 +4,7 @@ never another checkout's object."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import NOBODY, gaffer_env, require, require_tool
+from tests.support import NOBODY, gaffer_env, mounted, require, require_tool
 
 GCC = "gcc"
 
@@ -162,6 +163,20 @@ def test_a_header_appearing_earlier_in_the_search_path_is_a_miss(tmp_path: Path)
     assert same_as_gcc(cc, ["-Ilib", "-c", "t.c"], tmp_path, ["t.o"]) == "t.c: miss: lib/stdint.h appeared"
 
 
+def test_an_include_option_file_appearing_in_the_working_directory_is_a_miss(tmp_path: Path) -> None:
+    """-include and -imacros look in the working directory first, whatever the source's directory."""
+    build = project(tmp_path)
+    write(tmp_path / "inc" / "pre.h", "#define PRE 1\n")
+    write(tmp_path / "src" / "p.c", "int p = PRE;\n")
+    cc = Launcher(tmp_path)
+    for option in ("-include", "-imacros"):
+        args = ["-I../inc", option, "pre.h", "-c", "../src/p.c"]
+        same_as_gcc(cc, args, build, ["p.o"])
+        write(build / "pre.h", "#define PRE 2\n")
+        assert same_as_gcc(cc, args, build, ["p.o"]).startswith("../src/p.c: miss: ./pre.h appeared"), option
+        (build / "pre.h").unlink()
+
+
 def test_precompiled_headers_are_never_trusted(tmp_path: Path) -> None:
     """gcc reads p.h.gch instead of p.h when there is one, and its dependency file names neither."""
     write(tmp_path / "p.h", "#define P 1\n")
@@ -186,6 +201,18 @@ def test_a_comment_only_edit_is_a_preprocessed_hit(tmp_path: Path) -> None:
     assert same_as_gcc(cc, ["-I../inc", "-c", "../src/a.c"], build, ["a.o"]) == "../src/a.c: direct hit"
 
 
+def test_a_comment_edit_that_moves_columns_is_no_preprocessed_hit_where_columns_show(tmp_path: Path) -> None:
+    """The preprocessed text keeps lines, not columns: debug info (gcc's column info) and diagnostics (which
+    quote the source line) record them, so such a compile takes no preprocessed hit after a comment edit."""
+    cc = Launcher(tmp_path, GAFFER_CC_PREPROCESSOR="1")
+    write(tmp_path / "x.c", '#include "h.h"\nint x(int a) { return g(a); }\n')
+    for args in (["-g", "-c", "x.c"], ["-Wall", "-c", "x.c"]):
+        write(tmp_path / "h.h", "static inline int g(int a) { int unused; return a + 1; }\n")
+        same_as_gcc(cc, args, tmp_path, ["x.o"])
+        write(tmp_path / "h.h", "static inline /* moved */ int g(int a) { int unused; return a + 1; }\n")
+        assert same_as_gcc(cc, args, tmp_path, ["x.o"]).startswith("x.c: miss: h.h changed"), args
+
+
 def test_warnings_are_replayed_byte_for_byte(tmp_path: Path) -> None:
     write(tmp_path / "w.c", "int f(int x) { int unused; return x; }\n")
     cc = Launcher(tmp_path)
@@ -195,6 +222,17 @@ def test_warnings_are_replayed_byte_for_byte(tmp_path: Path) -> None:
     assert same_as_gcc(cc, args, tmp_path, ["w.o"]) == "w.c: direct hit"
     # the locale is a key input: diagnostics in another language are another entry
     assert same_as_gcc(cc, args, tmp_path, ["w.o"]) == "w.c: direct hit"
+
+
+def test_diagnostics_the_environment_asks_for_are_keyed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GCC_EXTRA_DIAGNOSTIC_OUTPUT adds machine-readable fix-it lines to the warnings."""
+    write(tmp_path / "w.c", '#include <stdio.h>\nint k(void) { return printf("%d\\n", 1.0); }\n')
+    cc = Launcher(tmp_path)
+    for value in ("", "fixits-v2"):
+        if value:
+            monkeypatch.setenv("GCC_EXTRA_DIAGNOSTIC_OUTPUT", value)
+            cc.env["GCC_EXTRA_DIAGNOSTIC_OUTPUT"] = value
+        assert same_as_gcc(cc, ["-Wall", "-c", "w.c"], tmp_path, ["w.o"]).startswith("w.c: miss")
 
 
 def test_a_compile_error_is_gccs_and_never_cached(tmp_path: Path) -> None:
@@ -226,6 +264,31 @@ def test_date_and_time_macros_are_not_cached_in_direct_mode(tmp_path: Path) -> N
         assert (tmp_path / "d.o").read_bytes() == (tmp_path / "want.o").read_bytes()
         outcomes.append(cc.outcome().split(":")[1].strip())
     assert outcomes == ["miss, not stored", "miss", "preprocessed hit"]
+
+
+def test_files_the_assembler_reads_are_never_trusted_to_the_dependency_file(tmp_path: Path) -> None:
+    """`.incbin` (in inline asm or an assembler source) and `.include` read files gcc's dependency file does not
+    name: such a compile is not stored, so an edit of the file it embeds is never a stale hit."""
+    write(tmp_path / "e.c", '__asm__(".section .rodata\\nblob: .incbin \\"data.bin\\"\\n.text");\n')
+    write(tmp_path / "s.S", '.section .rodata\n.include "more.s"\n')
+    cc = Launcher(tmp_path)
+    for value in ("one", "two"):
+        write(tmp_path / "data.bin", value)
+        write(tmp_path / "more.s", f'.ascii "{value}"\n')
+        for source, obj in (("e.c", "e.o"), ("s.S", "s.o")):
+            outcome = same_as_gcc(cc, ["-c", source], tmp_path, [obj])
+            assert outcome.startswith(f"{source}: miss, not stored") and "assembler" in outcome, outcome
+
+
+def test_date_and_time_macros_on_the_command_line_are_not_cached_in_direct_mode(tmp_path: Path) -> None:
+    write(tmp_path / "d.c", "const char *when = STAMP;\n")
+    cc = Launcher(tmp_path)
+    outcomes = []
+    for _ in range(3):
+        assert cc.run([GCC, "-DSTAMP=__DATE__ \" \" __TIME__", "-c", "d.c"], tmp_path).returncode == 0
+        outcomes.append(cc.outcome())
+    assert outcomes[0].endswith("uses __DATE__ or __TIME__ (direct mode: preprocessor mode next time)"), outcomes
+    assert "d.c: direct hit" not in outcomes, outcomes  # a preprocessed hit has the same expanded time
 
 
 def checkout(root: Path, header_value: int = 1) -> Path:
@@ -267,6 +330,57 @@ def test_two_checkouts_share_hits_and_get_their_own_dependency_files(tmp_path: P
     for build in (one, two):
         root = build.parent
         assert "miss" in same_as_gcc(plain_cc, cmake_like(root, f"-ffile-prefix-map={root}=."), build, produced)
+
+
+def test_what_a_prefix_map_leaves_of_a_path_is_keyed(tmp_path: Path) -> None:
+    """A -ffile-prefix-map whose OLD is above the working directory (or above an absolute source) leaves the rest
+    of the path in the object: checkouts below OLD, or build directories of other names, make different objects,
+    and none may get another's."""
+    cc = Launcher(tmp_path, GAFFER_CC_BASEDIR=str(tmp_path))
+    for n, style in enumerate(("parent, relative source", "parent, absolute source", "checkout root, builds differ")):
+        for name in ("one", "two"):
+            root = tmp_path / f"{n}-{name}"
+            build = root / ("build" if style.startswith("parent") else f"build-{name}")
+            write(root / "src" / "x.c", "const char *f = __FILE__;\nint x(int a) { return a + 1; }\n")
+            build.mkdir()
+            source = f"{root}/src/x.c" if "absolute" in style else "../src/x.c"
+            old = f"{tmp_path}=/src" if style.startswith("parent") else f"{root}/="
+            try:
+                same_as_gcc(cc, ["-g", f"-ffile-prefix-map={old}", "-c", source, "-o", "x.o"], build, ["x.o"])
+            except AssertionError as e:
+                raise AssertionError(f"{style}, {name}: {e}") from e
+
+
+def test_debug_info_names_the_directory_as_pwd_gives_it(tmp_path: Path) -> None:
+    """gcc records $PWD as the working directory when it names the same directory (the shell keeps the path
+    through a symlink): reached through two symlinks, one directory makes two objects."""
+    write(tmp_path / "real" / "x.c", "int x(int a) { return a * 3; }\n")
+    cc = Launcher(tmp_path)
+    for link in ("one", "two"):
+        (tmp_path / link).symlink_to(tmp_path / "real")
+        pwd = str(tmp_path / link)
+        want = subprocess.run([GCC, "-g", "-c", "x.c", "-o", "want.o"], cwd=pwd, env={**os.environ, "PWD": pwd},
+                              check=True)
+        assert want.returncode == 0 and cc.run([GCC, "-g", "-c", "x.c"], tmp_path / link, PWD=pwd).returncode == 0
+        assert (tmp_path / "real" / "x.o").read_bytes() == (tmp_path / "real" / "want.o").read_bytes(), link
+
+
+def test_warnings_naming_a_checkout_are_never_replayed_in_another(tmp_path: Path) -> None:
+    """Diagnostics name the paths the command gave (CMake's are absolute) whatever the prefix maps: a result
+    with such a warning holds in its own checkout only; one without is shared."""
+    cc = Launcher(tmp_path, GAFFER_CC_BASEDIR=str(tmp_path))
+    outcomes = []
+    for name in ("one", "two", "one", "two"):
+        root = tmp_path / name
+        write(root / "inc" / "w.h", "static int unused_in_header;\n")
+        write(root / "src" / "a.c", '#include "w.h"\nint f(void) { int unused; return 0; }\n')
+        (root / "build").mkdir(exist_ok=True)
+        for warn in ("-Wall", "-w"):
+            args = [warn, f"-I{root}/inc", f"-ffile-prefix-map={root}=.", "-c", f"{root}/src/a.c", "-o", "a.o"]
+            outcomes.append(same_as_gcc(cc, args, root / "build", ["a.o"]).split(": ", 1)[1])
+    assert outcomes == ["miss: new (never run with these arguments)", "miss: arguments differ: -'-Wall', +'-w'",
+                        "miss: its diagnostics name the paths of another working directory", "direct hit",
+                        "direct hit", "direct hit", "direct hit", "direct hit"], outcomes
 
 
 def test_differential_across_checkouts_never_gives_the_other_checkouts_object(tmp_path: Path) -> None:
@@ -432,6 +546,20 @@ def test_links_are_cached_until_a_library_changes(tmp_path: Path) -> None:
     assert "link hits                                2" in cc.stats(tmp_path)
 
 
+def test_a_link_with_commas_in_the_launcher_directory_and_the_output(tmp_path: Path) -> None:
+    """The linker's dependency file is named in one argument: through -Wl, a comma in its path split it, and
+    every link failed."""
+    write(tmp_path / "main.c", "int main(void) { return 0; }\n")
+    assert plain(["-c", "main.c"], tmp_path).returncode == 0
+    cc = Launcher(tmp_path)
+    cc.env["GAFFER_CC_DIR"] = str(tmp_path / "cc,dir")
+    for outcome in ("miss", "direct hit"):
+        (tmp_path / "a,pp").unlink(missing_ok=True)
+        got = cc.run([GCC, "-o", "a,pp", "main.o"], tmp_path, kind="ld")
+        assert got.returncode == 0, got.stderr
+        assert cc.outcome().startswith(f"a,pp: {outcome}")
+
+
 def test_stats_explain_and_zero(tmp_path: Path) -> None:
     build = project(tmp_path)
     cc = Launcher(tmp_path)
@@ -481,6 +609,48 @@ def test_an_unusable_cache_never_fails_a_compile(tmp_path: Path) -> None:
         assert (got.returncode, got.stdout, got.stderr) == (want.returncode, want.stdout, want.stderr)
         assert cc.outcomes()[0].startswith(f"{source}: cache unusable (local cache")
     assert "uncacheable: cache unusable" in cc.stats(tmp_path)
+
+
+def test_a_full_launcher_directory_never_fails_a_compile(tmp_path: Path) -> None:
+    """The scratch dependency file gaffer adds goes to the launcher's directory: when that disk is full the
+    compiler cannot write it, and the compile gcc alone would make runs as given; the counters' file, not
+    written, leaves no temp file behind."""
+    write(tmp_path / "x.c", "int x(void) { return 1; }\n")
+    with mounted(tmp_path / "full", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as full:
+        cc = Launcher(tmp_path)
+        cc.env["GAFFER_CC_DIR"] = str(full / "cc")
+        (full / "cc").mkdir(mode=0o700)
+        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while os.write(fd, bytes(4096)):
+                pass
+        os.close(fd)
+        outcome = same_as_gcc(cc, ["-c", "x.c"], tmp_path, ["x.o"])
+        assert outcome.endswith("not cacheable: the compiler could not write gaffer's scratch file"), outcome
+        assert sorted(p.name for p in (full / "cc").iterdir() if ".tmp" in p.name) == []  # nor a temp file left
+
+
+def test_an_assembler_earlier_on_path_is_another_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gcc runs the `as` (and `ld`) it finds on PATH: one earlier on PATH makes other objects, so it is part of
+    the compiler's identity, looked up for each compile."""
+    write(tmp_path / "x.c", "int x(void) { return 1; }\n")
+    write(tmp_path / "bin" / "as", '#!/bin/sh\n# the real assembler, then a section of its own\n'
+          'out=a.out; prev=; for a in "$@"; do [ "$prev" = -o ] && out=$a; prev=$a; done\n'
+          f'{shutil.which("as")} "$@" && objcopy --add-section .note.ours=/dev/null "$out"\n').chmod(0o755)
+    require_tool("objcopy")
+    cc = Launcher(tmp_path)
+    assert same_as_gcc(cc, ["-c", "x.c"], tmp_path, ["x.o"]).startswith("x.c: miss")
+    cc.env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    monkeypatch.setenv("PATH", cc.env["PATH"])  # for plain gcc too
+    assert same_as_gcc(cc, ["-c", "x.c"], tmp_path, ["x.o"]).startswith("x.c: miss")
+
+
+def test_a_debug_log_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    write(tmp_path / "x.c", "int x(void) { return 1; }\n")
+    cc = Launcher(tmp_path)
+    proc = cc.run([GCC, "-c", "x.c"], tmp_path, GAFFER_CC_DEBUG=str(tmp_path / "no" / "such" / "dir.log"))
+    assert (proc.returncode, proc.stderr.decode()) == (2, f"gaffer: GAFFER_CC_DEBUG: cannot write the debug log "
+                                                          f"{tmp_path}/no/such/dir.log: No such file or directory\n")
 
 
 def test_the_launcher_directory_is_private_and_never_another_users(tmp_path: Path) -> None:

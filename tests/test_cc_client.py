@@ -5,11 +5,14 @@ Each test has its own launcher directory, so its own daemon, started by its firs
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -20,7 +23,7 @@ import pytest
 from gaffer.cc.launch import Request
 from gaffer.cc.protocol import MAX_ITEMS, encode_request
 from tests.cc_support import HELLO, Launcher, clean_env, install_client
-from tests.support import NOBODY, alive, require_tool, wait_for
+from tests.support import NOBODY, alive, mounted, require_tool, wait_for
 
 
 @pytest.fixture
@@ -127,6 +130,120 @@ def _a_pid_that_is_gone() -> int:
     return child.pid
 
 
+def test_a_compile_whose_client_is_killed_stops_and_writes_nothing(launcher: Launcher, src: Path) -> None:
+    """make deletes the target of a step it interrupts; a compile the daemon went on with would write the object
+    afterwards (of the source as it was), newer than an edit made meanwhile, and the next make would keep it."""
+    slow = src / "slowcc"  # a gcc that, compiling, writes its pid and waits for a line on the fifo first
+    slow.write_text('#!/bin/sh\ncase " $* " in *" -c "*) echo $$ > started.tmp && mv started.tmp started\n'
+                    '  read line < go ;; esac\nexec gcc "$@"\n')
+    slow.chmod(0o755)
+    os.mkfifo(src / "go")
+    client = subprocess.Popen([launcher.gaffer_cc, slow, "-c", "hello.c"], cwd=src, env=launcher.env)
+    try:
+        wait_for((src / "started").exists, "the compile to start")
+        pid = int((src / "started").read_text())
+        client.kill()
+        client.wait()
+        wait_for(lambda: not alive(pid), "the compile to stop once its client was gone")
+    finally:
+        with contextlib.suppress(OSError):  # a compile still waiting (the fault) goes on
+            fd = os.open(src / "go", os.O_WRONLY | os.O_NONBLOCK)
+            os.write(fd, b"\n")
+            os.close(fd)
+    assert not (src / "hello.o").exists()
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
+
+
+def test_outputs_get_the_clients_umask_not_the_daemons(launcher: Launcher, src: Path) -> None:
+    """The daemon inherited the umask of whichever client started it; each compile's files (a miss's and a
+    hit's) get the mode its own client's umask gives, as plain gcc's do."""
+    def modes(tool: list[str | Path], mask: int) -> tuple[int, int]:
+        for name in ("hello.o", "hello.d"):
+            (src / name).unlink(missing_ok=True)
+        proc = launcher.run([*tool, "-MD", "-c", "hello.c"], cwd=src, umask=mask)
+        assert proc.returncode == 0, proc.stderr
+        return tuple(stat.S_IMODE((src / name).stat().st_mode) for name in ("hello.o", "hello.d"))  # type: ignore[return-value]
+
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", "first.o"], cwd=src,
+                        umask=0o077).returncode == 0  # the daemon starts with 077
+    for mask in (0o002, 0o022, 0o077):
+        want = modes(["gcc"], mask)
+        assert modes([launcher.gaffer_cc, "gcc"], mask) == want, oct(mask)  # a miss, then hits
+    assert launcher.stats()["direct_hits"] == 2
+
+
+def test_same_size_edits_within_a_second_on_another_file_system_are_seen(launcher: Launcher, src: Path,
+                                                                          coarse_fs: Path) -> None:
+    """The daemon's stat cache trusts a signature recorded before a moment read on the launcher directory's file
+    system. A header on one that keeps whole seconds (or runs another clock, an NFS server's) can be rewritten
+    with the same size within its timestamp tick, its signature unchanged: it must still be seen."""
+    header, source = coarse_fs / "h.h", coarse_fs / "r.c"
+    source.write_text('#include "h.h"\nint v = V;\n')
+    args = ["gcc", f"-I{coarse_fs}", "-c", str(source), "-o", "r.o"]
+    pairs = 0
+    for value in range(10, 90, 2):
+        objects = []
+        for v in (value, value + 1):  # the same size, one after the other
+            header.write_text(f"#define V {v}\n")
+            assert launcher.run([launcher.gaffer_cc, *args], cwd=src).returncode == 0
+            objects.append((src / "r.o").read_bytes())
+            if v == value:
+                tick = header.stat().st_mtime_ns
+        if header.stat().st_mtime_ns != tick:
+            continue  # the second ended between the edits: their signatures differ anyway
+        pairs += 1
+        assert plain(args, src).returncode == 0
+        assert objects[1] == (src / "r.o").read_bytes(), f"V {value + 1}: the object of an earlier content"
+        if pairs == 3:
+            return
+    raise AssertionError("no two edits fell in the same second")
+
+
+def test_relative_paths_in_settings_are_the_compiles_own(launcher: Launcher, src: Path) -> None:
+    """A relative GAFFER_CACHE_DIR or GAFFER_CC_DEBUG file is relative to the compile's working directory, as
+    `gaffer cc` reads it; the daemon (whose working directory is /) took them relative to / instead, and a
+    second directory got the first one's."""
+    for name in ("one", "two"):
+        (src / name).mkdir()
+        shutil.copy(src / "hello.c", src / name / "hello.c")
+        proc = launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src / name,
+                            env={"GAFFER_CACHE_DIR": "rel-cache", "GAFFER_CC_DEBUG": "rel.log"})
+        assert proc.returncode == 0, proc.stderr
+        assert (src / name / "rel-cache").is_dir() and "hello.c: miss" in (src / name / "rel.log").read_text()
+
+
+def test_a_daemon_that_cannot_start_costs_the_compile_no_wait(launcher: Launcher, src: Path) -> None:
+    """The client that starts the daemon learns at once that it exited (a bad setting in its environment, a full
+    disk), and so do those waiting for it: each compiles directly and says so, instead of waiting out the
+    start-up time on every compile."""
+    env = {**launcher.env, "GAFFER_CC_IDLE": "soon"}
+    procs = [subprocess.Popen([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", f"hello{n}.o"], cwd=src, env=env,
+                              stderr=subprocess.PIPE) for n in range(4)]
+    for n, proc in enumerate(procs):
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and (src / f"hello{n}.o").exists()
+        assert b"the daemon is not reachable (it exited at start; see " in err, err
+    assert "GAFFER_CC_IDLE: 'soon' is not a duration" in launcher.log()
+    assert launcher.daemon_pid() is None
+
+
+def test_a_daemon_on_a_full_disk_says_where(launcher: Launcher, src: Path, tmp_path: Path) -> None:
+    with mounted(tmp_path / "full", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as full:
+        (full / "cc").mkdir(mode=0o700)
+        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while os.write(fd, bytes(4096)):
+                pass
+        os.close(fd)
+        env = {**launcher.env, "GAFFER_CC_DIR": str(full / "cc")}
+        proc = subprocess.run([sys.executable, "-m", "gaffer", "cc", "--daemon"], env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert (proc.returncode, proc.stderr) == (3, f"gaffer: {full}/cc/daemon.lock: cannot write the daemon's "
+                                                     "pid: No space left on device\n")
+        compiled = launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src, env=env)
+        assert compiled.returncode == 0 and b"it exited at start" in compiled.stderr
+
+
 def test_many_first_compiles_at_once_start_one_daemon(launcher: Launcher, src: Path) -> None:
     """`make -j8` on a fresh login: one client starts the daemon, the others wait for it (none falls back)."""
     clients = [subprocess.Popen([launcher.gaffer_cc, "gcc", "-c", "hello.c", "-o", f"h{i}.o"], cwd=src,
@@ -168,14 +285,16 @@ def test_bad_frames_close_the_connection_and_never_the_daemon(launcher: Launcher
     def u32(n: int) -> bytes:
         return struct.pack("<I", n)
 
-    good_head = b"GCC1" + u32(0) + u32(len(str(src))) + str(src).encode()
+    good_head = b"GCC2" + u32(0) + u32(0o022) + u32(len(str(src))) + str(src).encode()
     frames = {
         "not a gaffer-cc request": b"HTTP/1.1 GET /\r\n\r\n",
-        "unknown request kind": b"GCC1" + u32(7),
-        "oversized request": b"GCC1" + u32(0) + u32(0xFFFFFFFF),
+        "not a gaffer-cc request (starts with b'GCC0')": b"GCC0" + u32(0),
+        "unknown request kind": b"GCC2" + u32(7),
+        "is not a file mode mask": b"GCC2" + u32(0) + u32(0o1000),
+        "oversized request": b"GCC2" + u32(0) + u32(0) + u32(0xFFFFFFFF),
         "truncated request": good_head + u32(2) + u32(3) + b"gcc",
         "too many arguments": good_head + u32(MAX_ITEMS + 1),
-        "not absolute": b"GCC1" + u32(0) + u32(3) + b"tmp" + u32(0) + u32(0),
+        "not absolute": b"GCC2" + u32(0) + u32(0) + u32(3) + b"tmp" + u32(0) + u32(0),
         "no compiler": good_head + u32(0) + u32(0),
         "without KEY=": good_head + u32(1) + u32(3) + b"gcc" + u32(1) + u32(4) + b"oops",
     }
@@ -188,6 +307,9 @@ def test_bad_frames_close_the_connection_and_never_the_daemon(launcher: Launcher
     answer = _exchange(sock, encode_request(request))
     assert answer[:4] == b"GCR1" and struct.unpack("<Ii", answer[4:12]) == (0, 0)
     assert (src / "proto.o").exists()
+    old = encode_request(dataclasses.replace(request, argv=["gcc", "-c", "hello.c", "-o", "old.o"]))
+    old = b"GCC1" + old[4:8] + old[12:]  # an older client's request: no umask
+    assert _exchange(sock, old)[:12] == b"GCR1" + struct.pack("<Ii", 0, 0) and (src / "old.o").exists()
     assert launcher.starts() == 1
 
 
@@ -243,6 +365,19 @@ def test_install_builds_once_and_rebuilds_when_the_source_changes(tmp_path: Path
     install_client(tmp_path / "cc", tmp_path / "bin")
     assert binary.stat().st_ino != inode
     assert [p.name for p in binary.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_installing_a_new_client_stops_the_older_daemon(launcher: Launcher, src: Path) -> None:
+    """A client built anew comes from a newer gaffer than the running daemon, which might not speak its protocol
+    (every compile would then run uncached while it kept the daemon alive): --install stops it."""
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
+    pid = launcher.daemon_pid()
+    installed = launcher.run([sys.executable, "-m", "gaffer", "cc", "--install"], cwd=src)
+    assert installed.returncode == 0 and f"stopped the daemon (pid {pid})" in installed.stdout.decode()
+    assert launcher.daemon_pid() is None
+    assert launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src).returncode == 0
+    again = launcher.run([sys.executable, "-m", "gaffer", "cc", "--install"], cwd=src)  # nothing rebuilt
+    assert again.returncode == 0 and b"stopped" not in again.stdout and launcher.daemon_pid() is not None
 
 
 def test_the_default_directory_is_made_on_first_use(tmp_path_factory: pytest.TempPathFactory, cc_client: Path,

@@ -94,6 +94,25 @@ def test_run_bad_value_is_one_line_naming_its_source(tmp_path: Path, source: str
         proc.stderr
 
 
+def test_a_negative_size_in_gaffer_toml_is_refused_as_in_a_variable(tmp_path: Path) -> None:
+    """A TOML integer is no string to parse: `max_size = -5` must not become a bound that evicts everything."""
+    ws = tmp_path / "ws"
+    write(ws / "graph.json", '{"t": {"command": "true"}}')
+    write(ws / "gaffer.toml", "[cache]\nmax_size = -5\n")
+    proc = run_gaffer(["run"], cwd=ws, env=clean_env(tmp_path))
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.endswith("gaffer.toml: [cache] max_size: -5 is not a size (examples: 500MB, 10GiB, 1048576)\n")
+
+
+def test_a_boolean_in_gaffer_toml_may_be_1_or_0_as_its_error_says() -> None:
+    from gaffer.config import parse_bool
+    from gaffer.errors import UserError
+
+    assert parse_bool(1, "[run] sandbox") is True and parse_bool(0, "[run] sandbox") is False
+    with pytest.raises(UserError, match=r"^\[run\] sandbox: 2 is not a boolean \(use true or false, 1 or 0\)$"):
+        parse_bool(2, "[run] sandbox")
+
+
 # -- gaffer serve: gaffer.toml from the working directory upward, then the user's --------------------------------
 
 

@@ -341,3 +341,40 @@ def test_an_action_entry_is_read_whole_whatever_its_size_says(tmp_path: Path, si
     assert store.read_action(key) == result
     writer.join(timeout=10)
     assert store.corrupt_evicted == 0
+
+
+def test_a_cache_removed_under_a_build_is_not_written_to_and_raises_nothing(tmp_path: Path) -> None:
+    """`rm -rf` of the cache directory while a build runs takes its finished temp files too: an entry whose temp
+    file is gone is not stored (a later lookup is a miss), and the build goes on."""
+    store = DiskStore(tmp_path / "cache")
+    data = b"made by a task"
+    digest = digest_bytes(data)
+    tmp = store.write_temp(data)
+    shutil.rmtree(tmp_path / "cache")
+    store.adopt(digest, tmp)
+    assert not store.has_blob(digest)
+    store.write_blob(digest, data)  # a later write makes the directory again and stores it
+    assert store.read_blob(digest) == data
+
+
+def test_writers_on_several_threads_survive_the_cache_being_removed_again_and_again(tmp_path: Path) -> None:
+    """A build stores outputs from several threads; `rm -rf` of the cache meanwhile must fail none of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = DiskStore(tmp_path / "cache")
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom((1 << 20) + 1))  # copied and hashed in the cache's temp directory
+    stop = time.monotonic() + 1.0
+
+    def write(n: int) -> int:
+        written = 0
+        while time.monotonic() < stop:
+            store.put_file(big) if n % 2 else store.write_blob(digest_bytes(b"%d" % written), b"%d" % written)
+            written += 1
+        return written
+
+    with ThreadPoolExecutor(4) as pool:
+        writers = [pool.submit(write, n) for n in range(3)]
+        while time.monotonic() < stop:
+            shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+        assert all(w.result() > 0 for w in writers)

@@ -181,6 +181,17 @@ def test_a_duplicate_input_or_output_spelling_is_dropped(tmp_path: Path) -> None
     assert task.inputs == ("a", "b") and task.outputs == ("o",)
 
 
+def test_the_graph_file_itself_cannot_be_an_output(tmp_path: Path) -> None:
+    """gaffer removes a task's outputs before it runs: it must never delete the graph it is building from."""
+    write(tmp_path, {"gen": {"command": "true", "outputs": ["graph.json"]}}, "sub/graph.json")
+    for _validated_copy in (False, True):  # the second load reads the copy the first one kept
+        with pytest.raises(UserError, match=re.escape("sub/graph.json: task 'gen': output 'graph.json' is this "
+                                                      "graph file, which gaffer would delete before the task runs")):
+            load_graph("sub/graph.json", keep=True)
+    write(tmp_path, {"gen": {"command": "true", "outputs": ["graph.json"]}}, "sub/other.json")
+    assert load_graph("sub/other.json").tasks["gen"].outputs == ("graph.json",)  # another graph's file is fine
+
+
 def test_the_model_is_frozen(tmp_path: Path) -> None:
     graph = load(tmp_path, SEED_000)
     with pytest.raises(AttributeError):

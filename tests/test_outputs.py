@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes
 from gaffer.protos import remote_execution_pb2 as re_pb2
-from tests.support import gaffer_env, run_gaffer, summary
+from tests.support import gaffer_env, require_tool, run_gaffer, summary
 
 
 def workspace(root: Path, tasks: dict) -> Path:
@@ -225,3 +227,111 @@ def test_an_entry_from_before_checksums_is_a_quiet_miss(tmp_path: Path, env: dic
     assert os.readlink(ws / "link") == "data.txt"
     assert entry.read_bytes() != bare  # replaced by a checksummed entry
     assert run_gaffer(["cache", "verify"], cwd=ws, env=env).returncode == 0
+
+
+# -- rule: gaffer never removes or writes anything outside the workspace for an output --------------------------
+
+def test_an_output_through_a_symlinked_directory_out_of_the_workspace_is_refused(tmp_path: Path,
+                                                                                 env: dict[str, str]) -> None:
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "keep").write_text("precious")
+    (outside / "f").write_text("precious")
+    ws = workspace(tmp_path / "ws", {"a": {"command": "true", "outputs": ["ext/f", "ext/sub"]}})
+    (ws / "ext").symlink_to(outside)
+    for args in (["run"], ["clean"]):
+        proc = run_gaffer(args, cwd=ws, env=env)
+        assert proc.returncode != 0, proc.stderr
+        assert "ext/f" in proc.stderr and "outside the workspace" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert (outside / "sub" / "keep").read_text() == "precious"
+        assert (outside / "f").read_text() == "precious"
+
+
+def test_an_output_through_a_symlink_into_git_is_refused(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {"a": {"command": "true", "outputs": ["g/config"]}})
+    (ws / ".git").mkdir()
+    (ws / ".git" / "config").write_text("precious")
+    (ws / "g").symlink_to(".git")
+    for args in (["run"], ["clean"]):
+        proc = run_gaffer(args, cwd=ws, env=env)
+        assert proc.returncode != 0 and "output 'g/config' leads into .git" in proc.stderr, proc.stderr
+        assert (ws / ".git" / "config").read_text() == "precious"
+
+
+# -- rule: outputs whose modes deny reading are refused clearly, and removed whatever their modes -----------------
+
+def as_a_user(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The CLI bound by file modes as any user is: as root, without the capabilities that override them."""
+    prefix = []
+    if os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
+        prefix = [require_tool("setpriv"), f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
+    return subprocess.run([*prefix, sys.executable, "-m", "gaffer", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_an_output_directory_holding_an_unreadable_one_fails_its_task_and_is_not_half_cached(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {"t": {"command": "mkdir -p d/sub && echo x > d/sub/f && chmod 000 d/sub",
+                                           "outputs": ["d"]}})
+    proc = as_a_user(["run"], cwd=ws, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "failed: t: output d/sub cannot be read (Permission denied)" in proc.stderr
+    assert "internal error" not in proc.stderr
+    assert action_entries(tmp_path / "cache") == [], "never cached without d/sub/f"
+
+
+def test_an_output_deeper_than_the_system_can_name_fails_its_task_in_one_short_line(tmp_path: Path,
+                                                                                     env: dict[str, str]) -> None:
+    make = "import os\nos.mkdir('d'); os.chdir('d')\nfor _ in range(250): os.mkdir('a' * 24); os.chdir('a' * 24)\n"
+    ws = workspace(tmp_path / "ws", {"t": {"command": ["python3", "make.py"], "inputs": ["make.py"],
+                                           "outputs": ["d"]}})
+    (ws / "make.py").write_text(make)
+    proc = run_gaffer(["run"], cwd=ws, env=env)
+    assert proc.returncode == 1, proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("  failed: t: ")]
+    assert len(failed) == 1 and failed[0].endswith("cannot be read (File name too long)") and len(failed[0]) < 300
+    assert run_gaffer(["clean"], cwd=ws, env=env).returncode == 0 and not (ws / "d").exists()
+
+
+def test_an_output_directory_left_unreadable_is_removed_before_its_task_runs(tmp_path: Path,
+                                                                             env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {"t": {"command": "mkdir -p d && echo new > d/f", "outputs": ["d"]}})
+    for sub in ("none", "write-only", "read-only"):
+        (ws / "d" / sub).mkdir(parents=True)
+        (ws / "d" / sub / "old").write_text("stale")
+    (ws / "d" / "none").chmod(0o000)
+    (ws / "d" / "write-only").chmod(0o300)
+    (ws / "d" / "read-only").chmod(0o400)
+    (ws / "d").chmod(0o500)
+    proc = as_a_user(["run"], cwd=ws, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (ws / "d").iterdir()) == ["f"]
+
+
+# -- rule: a restore killed midway leaves nothing behind that outlives the output ------------------------------
+
+def test_a_restore_killed_midway_leaves_no_temp_file_for_good(tmp_path: Path, env: dict[str, str]) -> None:
+    """A file is restored into a temp file beside it, then renamed. After a SIGKILL in between, the next restore
+    of the output reuses that temp, and `gaffer clean` (or a run of the task) removes it with the output."""
+    from gaffer.actions import restore_temp
+
+    ws = workspace(tmp_path / "ws", {"t": {"command": "mkdir -p bin && echo made > bin/tool", "env": ["V"],
+                                           "outputs": ["bin/tool"]}})
+    build(ws, {**env, "V": "1"})
+    left = restore_temp(ws / "bin" / "tool")
+    assert left.parent == ws / "bin" and left.name.startswith(".gaffer-") and len(left.name) < 40
+    left.write_text("half a file a killed gaffer left")
+    (ws / "bin" / "tool").unlink()
+    assert build(ws, {**env, "V": "1"})["status"] == {"t": "cached"}
+    assert sorted(p.name for p in (ws / "bin").iterdir()) == ["tool"]
+
+    left.write_text("half a file a killed gaffer left")
+    assert run_gaffer(["clean"], cwd=ws, env=env).returncode == 0
+    assert sorted(p.name for p in (ws / "bin").iterdir()) == []
+
+    left.symlink_to(tmp_path / "elsewhere")  # one planted in a checkout: never written through
+    (tmp_path / "elsewhere").write_text("theirs")
+    build(ws, {**env, "V": "1"})
+    assert (tmp_path / "elsewhere").read_text() == "theirs" and (ws / "bin" / "tool").read_text() == "made\n"

@@ -251,6 +251,46 @@ def test_missing_declared_output_fails_clearly(tmp_path: Path, env: dict[str, st
     assert "declared output 'never/made.txt' was not created by the task" in result["stderr"]
 
 
+def test_a_local_cache_inside_a_declared_output_is_refused(tmp_path: Path) -> None:
+    """gaffer removes an output before its task runs: a cache in it would be emptied, then stored as the output."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"t": {"command": "mkdir -p build && echo x > build/f",
+                                                     "outputs": ["build"]}}))
+    proc = run_gaffer(["run"], cwd=ws, env=gaffer_env(ws / "build" / "cache"))
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr == (f"gaffer: local cache {ws}/build/cache is inside output 'build' of the graph, which gaffer"
+                           " removes before its task runs: put the cache elsewhere\n")
+    assert not (ws / "build").exists()
+
+
+def test_a_build_log_that_cannot_be_saved_is_one_line_and_exit_3(tmp_path: Path, env: dict[str, str]) -> None:
+    """A task that clobbers .gaffer/ (a `git clean`, a stray `rm`) leaves a log that cannot be saved: one line
+    saying so, never a traceback; the next build, with .gaffer/ usable again, checks every task."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({
+        "clobber": {"command": "rm -rf .gaffer/log && echo x > .gaffer/log", "cache": False},
+        "b": {"command": "echo b > o", "deps": ["clobber"], "outputs": ["o"]}}))
+    proc = run_gaffer(["run"], cwd=ws, env=env)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(f"gaffer: cannot save the build log: {ws}/.gaffer/log/"), \
+        proc.stderr
+    (ws / ".gaffer" / "log").unlink()
+    (ws / "graph.json").write_text(json.dumps({"b": {"command": "echo b > o", "outputs": ["o"]}}))
+    assert build(ws, env)["status"] == {"b": "cached"}
+
+
+def test_a_task_killed_by_a_signal_says_which(tmp_path: Path, env: dict[str, str]) -> None:
+    ws = tmp_path / "killed"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"t": {"command": "echo partial > o; kill -KILL $$", "outputs": ["o"]}}))
+    result = build(ws, env, expect=1)
+    assert result["status"] == {"t": "failed"}
+    assert "failed: t: killed by signal 9 (SIGKILL)" in result["stderr"], result["stderr"]
+
+
 def test_timeout_kills_the_process_group(tmp_path: Path, env: dict[str, str]) -> None:
     ws = tmp_path / "slow"
     ws.mkdir()
@@ -529,6 +569,8 @@ def test_local_cache_is_bounded(ws: Path, env: dict[str, str], tmp_path: Path) -
         (["run", "--bogus"], "unrecognized arguments: --bogus"),
         (["run", "--cache-max-size", "lots"], "--cache-max-size: 'lots' is not a size"),
         (["explain", "nosuch"], "unknown target 'nosuch'"),
+        (["run", "--summary-json", ""], "--summary-json: '' is not a path"),
+        (["run", "--trace", ""], "--trace: '' is not a path"),
     ],
 )
 def test_bad_command_line_is_one_line_and_exit_2(ws: Path, env: dict[str, str], args: list[str], message: str) -> None:

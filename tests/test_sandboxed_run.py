@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import gaffer_env, run_gaffer, summary
+from tests.support import gaffer_env, run_gaffer, summary, wait_for
 
 # Outputs of every kind: a file with unusual modes, a symlink, a directory with a subdirectory, an empty one, a
 # read-only one; the dependent reads the dep's outputs, a declared source and (only when told) an undeclared one.
@@ -180,3 +180,32 @@ def test_ctrl_c_stops_a_sandboxed_task_and_removes_its_exec_root(tmp_path: Path)
     assert "long: interrupted" in err
     assert exec_roots(ws) == []
     assert not Path(f"/proc/{pid}").exists()  # killed with its group, and reaped, before gaffer exits
+
+
+def test_exec_roots_a_killed_gaffer_left_are_removed_by_the_next_sandboxed_build(tmp_path: Path) -> None:
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    ws = workspace(tmp_path / "ws", {"tasks": {
+        "long": {"command": f"echo $$ > {fifo}; exec sleep 60", "outputs": ["never"]},
+        "fails": {"command": "echo made > out; false", "outputs": ["out"]},
+    }})
+    env = gaffer_env(tmp_path / "cache")
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "gaffer", "run", "--sandbox", "long"], cwd=ws, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert select.select([reader], [], [], 60)[0], "the task never started"
+        pid = int(os.read(reader, 100).decode().strip())
+    finally:
+        os.close(reader)
+    proc.kill()  # SIGKILL: nothing of gaffer runs to remove the exec root
+    proc.communicate(timeout=60)
+    os.kill(pid, signal.SIGKILL)  # the task it left running (the next build would wait for it)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the orphaned task to end")
+    [left] = exec_roots(ws)
+
+    result = build(ws, {**env, "GAFFER_SANDBOX_KEEP": "1"}, "--sandbox", "fails", expect=1)
+    [kept] = exec_roots(ws)
+    assert kept != left and f"its exec root is kept in {ws / '.gaffer' / 'sandbox' / kept})" in result["stderr"]
+    build(ws, env, "--sandbox", "fails", expect=1)
+    assert exec_roots(ws) == [kept], "kept when asked, until the user removes it"

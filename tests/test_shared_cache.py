@@ -24,7 +24,7 @@ from tests.buildgrid import serve_s3_backend, start_gaffer_serve
 from tests.conftest import BUCKET
 from tests.faultproxy import Fault, FaultProxy
 from tests.servers import wait_until
-from tests.support import go_env, require, require_example, run_gaffer, summary
+from tests.support import go_env, mounted, require, require_example, run_gaffer, summary
 
 TARGET = "distributed-build"
 
@@ -436,8 +436,6 @@ def test_full_local_disk_still_restores_from_a_healthy_remote(tmp_path: Path, ng
     """Machine B's local cache is on a disk that fills up while blobs arrive from the remote: the blob that did not
     fit, and every one after it, are held for this build outside the full disk, so every task is restored; one
     warning (the full disk), and the remote, whose fault it is not, stays in use."""
-    from tests.test_errors import mounted
-
     url = f"http://127.0.0.1:{nginx_cache.port}/full-{uuid.uuid4().hex[:8]}"
     graph = {"tasks": {  # a group read (a small blob), then a streamed one that does not fit, then another small
         "a": {"command": "head -c 600000 /dev/urandom > a.bin", "outputs": ["a.bin"]},
@@ -508,8 +506,6 @@ def test_a_remote_disk_tier_that_fills_up_is_one_warning(small_machines: Callabl
                                                          tmp_path: Path) -> None:
     """A `disk://` remote (a shared mount) whose disk is full: its error is the remote's, not the local tier's
     (only a fetch writes into a local file), so the remote is dropped with one warning and the build goes on."""
-    from tests.test_errors import mounted
-
     with mounted(tmp_path / "remote", "-t", "tmpfs", "-o", "size=300k", "tmpfs") as remote:
         result = small_machines("a").build("--cache", f"disk://{remote}/cache")
     assert result["failed"] == 0 and result["executed"] == 2
@@ -544,8 +540,6 @@ def test_a_full_disk_under_the_cache_and_its_temp_never_fails_the_build(tmp_path
     """The local cache and TMPDIR (where a full cache keeps its temp files) on one full disk, a healthy remote:
     what cannot be fetched or stored is a miss and goes uncached, tasks run, the build succeeds; two warnings at
     most (the full disk, and blobs that could not be stored), never one per blob, never a failed task."""
-    from tests.test_errors import mounted
-
     url = f"http://127.0.0.1:{nginx_cache.port}/tmpfull-{uuid.uuid4().hex[:8]}"
     graph = {"tasks": {f"t{i}": {"command": f"head -c {300000 + i} /dev/urandom > o{i}.bin", "outputs": [f"o{i}.bin"]}
                        for i in range(6)}}

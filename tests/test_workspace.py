@@ -344,6 +344,56 @@ def test_an_input_edited_while_its_task_runs_is_not_cached_under_the_old_content
     assert (ws / "out" / "x").read_text() == "old\n", "no result built from 'new' under the key of 'old'"
 
 
+def test_a_file_added_where_a_glob_looks_while_its_task_runs_is_not_cached(tmp_path: Path, env: dict[str, str],
+                                                                           gate: Gate) -> None:
+    ws = workspace(tmp_path, {"t": {"command": f"{gate.shell}; mkdir -p out; cat src/*.txt > out/x",
+                                    "inputs": ["src/*.txt"], "outputs": ["out/x"]}})
+    (ws / "src" / "a.txt").write_text("a\n")
+    run = start(ws, env, "run")
+    try:
+        gate.wait_ready()  # the key is taken from src/a.txt alone; the task has not globbed yet
+        (ws / "src" / "b.txt").write_text("b\n")
+        gate.open()
+        _out, err = run.communicate(timeout=WAIT_S)
+    finally:
+        stop(run)
+    assert run.returncode == 0, err
+    assert "gaffer: warning: input src/b.txt changed while t ran: result not cached\n" in err.decode()
+    assert (ws / "out" / "x").read_text() == "a\nb\n"
+
+    (ws / "src" / "b.txt").unlink()  # back to the files the first key was taken from
+    gate.open()
+    proc = run_gaffer(["run", "--summary-json", str(tmp_path / "s.json")], cwd=ws, env=env, timeout=WAIT_S)
+    assert proc.returncode == 0, proc.stderr
+    assert summary(tmp_path / "s.json")["status"] == {"t": "executed"}
+    assert (ws / "out" / "x").read_text() == "a\n", "no result that read src/b.txt under a key without it"
+
+
+def test_a_tool_edited_while_its_task_runs_is_not_cached(tmp_path: Path, env: dict[str, str], gate: Gate) -> None:
+    ws = workspace(tmp_path, {"t": {"command": f"{gate.shell}; mkdir -p out; ./gen.sh > out/x",
+                                    "tools": ["./gen.sh"], "outputs": ["out/x"]}})
+    (ws / "gen.sh").write_text("#!/bin/sh\necho one\n")
+    (ws / "gen.sh").chmod(0o755)
+    run = start(ws, env, "run")
+    try:
+        gate.wait_ready()  # keyed with the first gen.sh; the task has not run it yet
+        (ws / "gen.sh").write_text("#!/bin/sh\necho two\n")
+        gate.open()
+        _out, err = run.communicate(timeout=WAIT_S)
+    finally:
+        stop(run)
+    assert run.returncode == 0, err
+    assert "gaffer: warning: input ./gen.sh changed while t ran: result not cached\n" in err.decode()
+    assert (ws / "out" / "x").read_text() == "two\n"
+
+    (ws / "gen.sh").write_text("#!/bin/sh\necho one\n")  # back to the tool the first key was taken from
+    gate.open()
+    proc = run_gaffer(["run", "--summary-json", str(tmp_path / "s.json")], cwd=ws, env=env, timeout=WAIT_S)
+    assert proc.returncode == 0, proc.stderr
+    assert summary(tmp_path / "s.json")["status"] == {"t": "executed"}
+    assert (ws / "out" / "x").read_text() == "one\n", "no result the second gen.sh made under the first's key"
+
+
 def test_an_input_made_executable_while_its_task_runs_is_not_cached(tmp_path: Path, env: dict[str, str],
                                                                     gate: Gate) -> None:
     ws = workspace(tmp_path, {"t": {"command": f"{gate.shell}; mkdir -p out; ls -l src/a.txt | cut -c1-10 > out/x",

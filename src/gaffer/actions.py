@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gaffer.cache.disk import DiskStore
-from gaffer.digest import Digest, digest_bytes, is_valid_hash
+from gaffer.digest import Digest, digest_bytes, is_valid_hash, sha256
 from gaffer.errors import not_utf8
 from gaffer.protos import wire
 
@@ -61,6 +61,11 @@ class DirectoryEntry(NamedTuple):
 
 class BadCacheEntry(Exception):
     """An ActionResult that must not be restored (unsafe path, undeclared output, missing blob)."""
+
+
+class OutputOutside(Exception):
+    """A declared output whose parent directory is a symlink leading out of the workspace: gaffer would remove
+    or write someone else's files in its place."""
 
 
 def host_properties() -> dict[str, str]:
@@ -273,20 +278,31 @@ def collect_outputs(root: Path, declared: Sequence[str], store: DiskStore) -> Ou
             st = os.lstat(f"{root}/{out}")  # str paths: a build collects outputs for every task it runs
         except (FileNotFoundError, NotADirectoryError):  # not there, or a parent of it is a file
             raise MissingOutput(out) from None
-        if not stat.S_ISDIR(st.st_mode):
-            _collect_entry(root, out, st, store, outputs)
-            continue
-        start = (len(outputs.files), len(outputs.symlinks), len(outputs.directories))
-        outputs.directories.append(DirectoryEntry(out, stat.S_IMODE(st.st_mode) & PERMISSION_BITS))
-        for dirpath, dirnames, filenames in os.walk(root / out):
-            rel_dir = Path(dirpath).relative_to(root).as_posix()
-            for name in sorted(dirnames + filenames):
-                rel = f"{rel_dir}/{name}"
-                _collect_entry(root, rel, os.lstat(root / rel), store, outputs)
+        try:
+            if not stat.S_ISDIR(st.st_mode):
+                _collect_entry(root, out, st, store, outputs)
+                continue
+            start = (len(outputs.files), len(outputs.symlinks), len(outputs.directories))
+            outputs.directories.append(DirectoryEntry(out, stat.S_IMODE(st.st_mode) & PERMISSION_BITS))
+            for dirpath, dirnames, filenames in os.walk(root / out, onerror=_reraise):  # none left out unread
+                rel_dir = Path(dirpath).relative_to(root).as_posix()
+                for name in sorted(dirnames + filenames):
+                    rel = f"{rel_dir}/{name}"
+                    _collect_entry(root, rel, os.lstat(root / rel), store, outputs)
+        except OSError as e:  # a mode the task gave it (chmod 000), a path longer than the system allows
+            if e.filename is None or not os.fspath(e.filename).startswith(f"{root}/{out}"):
+                raise  # not the output's own (the cache directory's): the caller's problem
+            shown = os.path.relpath(e.filename, root)
+            shown = shown if len(shown) <= 200 else f"{shown[:120]}...{shown[-60:]}"
+            raise BadCacheEntry(f"output {shown} cannot be read ({e.strerror})") from None
         tree = _tree(out, outputs.files[start[0]:], outputs.symlinks[start[1]:], outputs.directories[start[2]:])
         outputs.trees[out] = digest_bytes(tree)
         store.write_blob(outputs.trees[out], tree)
     return outputs
+
+
+def _reraise(error: OSError) -> None:
+    raise error
 
 
 def _collect_entry(root: Path, rel: str, st: os.stat_result, store: DiskStore, outputs: Outputs) -> None:
@@ -481,7 +497,8 @@ def restore_outputs(root: Path, cached: CachedResult, store: DiskStore) -> None:
     for f in cached.outputs.files:
         dest = root / f.path
         _ensure_parent(root, dest)
-        tmp = dest.parent / f".gaffer-{os.getpid()}-{os.urandom(4).hex()}.tmp"  # short: any legal name fits
+        tmp = restore_temp(dest)
+        _remove(tmp)  # one a killed gaffer left (or a symlink planted there: never written through)
         if not store.fetch_blob(f.digest, tmp):
             tmp.unlink(missing_ok=True)
             raise BadCacheEntry(f"blob for {f.path} is missing or corrupt")
@@ -497,13 +514,32 @@ def restore_outputs(root: Path, cached: CachedResult, store: DiskStore) -> None:
         os.chmod(root / d.path, d.mode)
 
 
+def restore_temp(dest: Path | str) -> Path:
+    """The temp file a restore of `dest` is written to before it is renamed into place: beside it, short (any
+    legal name fits), and always the same, so that one a killed gaffer left is reused by the next restore, or
+    removed with the output (`remove_outputs`), rather than staying in the workspace for good."""
+    dest = Path(dest)
+    return dest.parent / f".gaffer-{sha256(os.fsencode(dest.name)).hexdigest()[:16]}.tmp"
+
+
 def _ensure_parent(root: Path, dest: Path) -> None:
     """Create the parent directories, refusing to write through a symlinked directory out of the workspace."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    real_root = os.path.realpath(root)
-    real_parent = os.path.realpath(dest.parent)
-    if real_parent != real_root and not real_parent.startswith(real_root + os.sep):
+    if _outside(root, dest.parent) is not None:
         raise BadCacheEntry(f"{dest.relative_to(root)} would be written outside the workspace through a symlink")
+
+
+def _outside(root: str | Path, directory: str | Path) -> str | None:
+    """Where a symlink on the way to `directory` leads, if out of the workspace `root` or into its `.git` or
+    `.gaffer` (which no output may be in), as "outside the workspace (/x)"; None if nowhere it should not."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(directory)
+    if real == real_root:
+        return None
+    if not real.startswith(real_root + os.sep):
+        return f"outside the workspace ({real})"
+    top = real[len(real_root) + 1:].split(os.sep, 1)[0]
+    return f"into {top} ({real})" if top in (".git", ".gaffer") else None
 
 
 def _reset_dir(path: Path) -> None:
@@ -529,12 +565,30 @@ def _remove(path: str | Path) -> None:
 
 
 def _make_writable_and_retry(func: Callable[..., object], path: str, _exc: object) -> None:
-    """An output directory made without write permission (0500) can still be removed: its outputs are gaffer's."""
+    """An output directory made without write permission (0500), or without read or search permission (0000,
+    0300), can still be removed: its outputs are gaffer's."""
+    import shutil
+
     os.chmod(os.path.dirname(path), 0o700)
-    func(path)
+    if func in (os.open, os.scandir, os.lstat):  # a directory it could not open or list: made so, removed whole
+        os.chmod(path, 0o700)
+        shutil.rmtree(path, onerror=_make_writable_and_retry)
+        return
+    try:
+        func(path)
+    except FileNotFoundError:  # removed whole already (after a failed os.open or os.scandir of it)
+        pass
 
 
 def remove_outputs(root: Path, declared: Sequence[str]) -> None:
-    """Delete declared outputs before a task runs, so a stale file can never pass for one it made."""
+    """Delete declared outputs before a task runs, so a stale file can never pass for one it made. Raises
+    OutputOutside, before removing anything, for an output a symlinked directory leads out of the workspace."""
+    for out in declared:
+        parent = os.path.dirname(out)
+        where = _outside(root, f"{root}/{parent}") if parent else None  # the common top-level output: no syscall
+        if where is not None:
+            raise OutputOutside(f"output '{out}' leads {where} through a symlink on its way ({parent}): gaffer "
+                                "neither removes nor writes it there")
     for out in declared:
         _remove(f"{root}/{out}")
+        _remove(restore_temp(f"{root}/{out}"))  # what a restore of it killed midway left

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from gaffer import noop, records
 from gaffer.digest import file_system_now
+from gaffer.errors import EnvironmentProblem
 from gaffer.graph import Graph
 from gaffer.keys import KeyBuilder, Keyed
 from gaffer.outcome import CACHED, EXECUTED, FAILED, GROUP, SKIPPED, BuildReport, Outcome
-from gaffer.plan import Plan, PlannedTask, make_plan, real_deps
+from gaffer.plan import Plan, PlannedTask, input_added, make_plan, real_deps
 from gaffer.scheduler import Scheduler
 from gaffer.state import STATE_DIR, Fingerprint, OutputRecords, TaskState, WorkspaceState
 
@@ -220,6 +221,9 @@ class Build:
         Command and Directory blobs go to the local CAS first when something reads them there: a sandboxed or
         remote executor, or a remote tier the result is uploaded to (so that any executor there can run it).
         The workspace executor runs the command as it is in the workspace and reads none of them."""
+        from gaffer import actions
+        from gaffer.execute.base import ExecuteResult
+
         task = planned.task
         executor = self.executor
         if self.remote is not None and task.cache and task.remote:  # a worker's exec root is a sandbox already
@@ -234,10 +238,13 @@ class Build:
                 return Outcome(SKIPPED, reason="the build stopped")
             start = self._now()
             self.progress.task_started(name)  # shown running once its command runs, not while it waits for -j
-            if self.remote is not None and executor is not self.remote:
-                result = self.remote.run_here(executor, keyed.action, task.pass_env, name)
-            else:
-                result = executor.execute(keyed.action, task.pass_env, name)
+            try:
+                if self.remote is not None and executor is not self.remote:
+                    result = self.remote.run_here(executor, keyed.action, task.pass_env, name)
+                else:
+                    result = executor.execute(keyed.action, task.pass_env, name)
+            except actions.OutputOutside as e:  # refused before anything was removed or run
+                result = ExecuteResult(0.0, b"", b"", failure=str(e))
             self._failed = self._failed or bool(result.failure)  # before the next task takes the slot
         self.progress.task_output(name, result.stdout, result.stderr)
         extra: dict[str, object] = {"where": result.where} if result.where else {}
@@ -247,7 +254,8 @@ class Build:
             return Outcome(FAILED, duration_s=result.duration_s, start_s=start, reason=result.failure, extra=extra)
         made = (records.predicted(result.outputs) if result.remote_only
                 else records.on_disk(str(self.root), result.outputs))
-        changed = self.keys.input_changed(planned, deps, self.fingerprints[name], keyed) if task.cache else None
+        changed = ((self.keys.input_changed(planned, deps, self.fingerprints[name], keyed)
+                    or input_added(self.graph, planned)) if task.cache else None)
         if changed:  # built from other inputs than its key says: neither cached nor up to date next time
             self.progress.warn(f"input {changed} changed while {name} ran: result not cached")
             self.outputs[name] = made
@@ -313,8 +321,12 @@ class Build:
         finally:
             restore()
             if not self.options.dry_run:
-                self.state.save()
-                self.stat_cache.save(self.state.stat_cache_path)
+                try:
+                    self.state.save()
+                    self.stat_cache.save(self.state.stat_cache_path)
+                except OSError as e:  # .gaffer/ on a full disk, or clobbered while the build ran (a `git clean`)
+                    raise EnvironmentProblem(f"cannot save the build log: {e.filename or self.root / STATE_DIR}: "
+                                             f"{e.strerror or e}") from None
         for name in groups:  # a group is no work, skipped or not: counted in no total
             if name in outcomes:
                 outcomes[name] = Outcome(GROUP, reason=outcomes[name].reason)

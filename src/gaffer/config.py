@@ -55,7 +55,7 @@ def parse_bool(value: object, where: str, base: str | None = None) -> bool:
     """The one boolean parser: TOML's true/false, or 1/0, true/false, yes/no, on/off in text."""
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower() if isinstance(value, str) else None
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None  # TOML's `sandbox = 1` too
     if text in ("1", "true", "yes", "on"):
         return True
     if text in ("0", "false", "no", "off", ""):

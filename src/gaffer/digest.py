@@ -139,6 +139,16 @@ def _unnamed_file(directory: str | os.PathLike[str]) -> int:
     return fd
 
 
+OTHER_DEVICE_WINDOW_NS = 2_000_000_000  # FAT keeps even seconds; ext3 and older NFS servers whole ones
+
+
+def moment_for(st: os.stat_result, moment: int, device: int | None) -> int:
+    """`moment`, read on the file system `device`, as it may be compared with the times of the file `st`: on
+    another file system (whole-second timestamps, an NFS server's clock) a file written after the moment can
+    be dated before it, so there it is moved OTHER_DEVICE_WINDOW_NS earlier. `device` None: the same."""
+    return moment if device is None or st.st_dev == device else moment - OTHER_DEVICE_WINDOW_NS
+
+
 def is_racy(sig: StatSignature, moment: int) -> bool:
     """Could the file change without its signature changing, after a `moment` from `file_system_now`? Yes if
     it was modified (mtime, or ctime, which no one can set back) in that moment's timestamp tick or later: a
@@ -159,6 +169,7 @@ class StatCache:
         # take less memory than nested tuples of ints (8.3 MiB instead of 12.8 for 20,000 entries).
         self._entries = entries if entries is not None else ShardedMap(None)
         self.moment = 0  # file_system_now() taken before this process read any file; 0: record nothing trusted
+        self.device: int | None = None  # the file system `moment` was read on, if files on others are read too
         self.hashed = 0  # files actually read this run, for tests and profiles
 
     @classmethod
@@ -192,7 +203,7 @@ class StatCache:
         d = digest_file(path)
         self.hashed += 1
         if d.size_bytes == sig[0]:
-            self._entries.set(path, marshal.dumps((*sig, self.moment, d.hash)))
+            self._entries.set(path, marshal.dumps((*sig, moment_for(st, self.moment, self.device), d.hash)))
         return d
 
     def forget(self, path: str) -> None:

@@ -104,10 +104,10 @@ class KeyBuilder:
 
     def input_changed(self, planned: PlannedTask, deps: Mapping[str, OutputRecords], before: Fingerprint,
                       keyed: Keyed) -> str | None:
-        """The first input or dep output that is no longer what `keyed` was computed from, now that the task
-        has run: edited meanwhile, or rewritten by the task itself (a formatter). A stat each; only if an input's
-        signature moved (or was too fresh before the run to trust) is the key computed again, hashing what
-        moved."""
+        """The first input, tool or dep output that is no longer what `keyed` was computed from, now that the
+        task has run: edited meanwhile, or rewritten by the task itself (a formatter). A stat each; only if an
+        input's signature moved (or was too fresh before the run to trust) is the key computed again, and a
+        tool's identity, hashing what moved."""
         root = self.root
         racy_since = self.stat_cache.moment if before.racy else None
         moved = [rel for rel, sig in before.inputs if _moved(f"{root}/{rel}", os.stat, sig, racy_since)]
@@ -119,6 +119,13 @@ class KeyBuilder:
             if now.key != keyed.key:
                 was = dict(keyed.manifest.inputs)
                 return next((rel for rel, h in now.manifest.inputs if was.get(rel) != h), moved[0])
+        for tool, signatures, was_keyed in zip(planned.tools, before.tools, keyed.manifest.tools, strict=True):
+            if any(_moved(path, os.stat, sig, racy_since) for path, sig in signatures):
+                try:
+                    if self.toolchain.identity(tool, self.stat_cache, again=True) != was_keyed:
+                        return tool.spec
+                except OSError:  # gone
+                    return tool.spec
         for records in deps.values():
             if left_remote(records):  # not in the workspace (or written here from their digests before the run)
                 continue

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from gaffer.config import load_settings, nearest_toml
-from gaffer.errors import EnvironmentProblem
+from gaffer.errors import EnvironmentProblem, UserError
 from gaffer.units import format_count, format_size
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def clean(args: argparse.Namespace) -> int:
     """Remove the declared outputs of `args.targets`' closure and forget their last runs; with `--all` also
     empty the local cache (checked writable before anything changes)."""
-    from gaffer.actions import remove_outputs
+    from gaffer.actions import OutputOutside, remove_outputs
     from gaffer.graph import load_graph
     from gaffer.lock import lock_workspace
     from gaffer.state import STATE_DIR, WorkspaceState
@@ -37,7 +37,10 @@ def clean(args: argparse.Namespace) -> int:
     for name in graph.closure(args.targets):
         task = graph.tasks[name]
         removed += sum(1 for out in task.outputs if os.path.lexists(graph.root / out))
-        remove_outputs(graph.root, task.outputs)
+        try:
+            remove_outputs(graph.root, task.outputs)
+        except OutputOutside as e:
+            raise UserError(f"task '{name}': {e}") from None
         state.forget(name)
     state.save()
     print(f"removed {format_count(removed, 'declared output')}")

@@ -52,6 +52,22 @@ def make_plan(graph: Graph, order: Sequence[str], toolchain: Toolchain) -> Plan:
     return Plan(tasks, noop.directory_signatures(str(graph.root), bases))
 
 
+def input_added(graph: Graph, planned: PlannedTask) -> str | None:
+    """A file the task's globs or directory inputs match now but did not when it was planned (added while it
+    ran, or before it started): its key does not cover it, though the task may have read it. Tasks whose
+    inputs are all literal files are not looked at again (each file's own stat covers it)."""
+    task = planned.task
+    planned_inputs = set(planned.inputs)
+    if next(iter(noop.directory_bases(task.inputs, planned_inputs)), None) is None:
+        return None
+    try:
+        now = resolve_inputs(graph.root, task, graph.path)
+    except UserError:  # a pattern that matches nothing now, or leads out of the workspace: not what was keyed
+        return task.inputs[0]
+    produced = graph.outputs
+    return next((p for p in now if p not in planned_inputs and not _under_any(p, produced)), None)
+
+
 def real_deps(graph: Graph, task: Task) -> tuple[str, ...]:
     """A dep on a group is a dep on everything it groups: their outputs are this task's inputs."""
     real: set[str] = set()

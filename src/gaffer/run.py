@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     graph = load_graph(args.graph, keep=not args.dry_run, known=known)
     _check_env_values(graph)
     settings = load_settings(graph.root, vars(args))
+    _check_cache_dir(settings.cache_dir, graph)
     progress = Progress(verbose=args.verbose, quiet=args.dry_run)  # a dry run's result is the plan on stdout
     disk = open_local(settings, progress.warn, full_is_read_only=True)
     cache = open_cache(disk, settings.remotes, read_only=settings.read_only, timeout=settings.timeout,
@@ -131,11 +132,28 @@ def _check_report_path(flag: str, path: str | None) -> None:
     """A report file must be writable where it is asked for: say so before building, not after."""
     if path is None:
         return
+    if not path:  # else taken for no report at all: asked for, and silently not written
+        raise UserError(f"{flag}: '' is not a path")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UserError(f"{flag} {path}: directory {parent} does not exist")
     if os.path.isdir(path):
         raise UserError(f"{flag} {path}: is a directory")
+
+
+def _check_cache_dir(cache_dir: str, graph: Graph) -> None:
+    """The local cache may not be (or be in) a declared output: gaffer removes an output before its task runs,
+    which would empty the cache, and then store the cache's own files as the output."""
+    real_root = os.path.realpath(graph.root)
+    rel = os.path.relpath(os.path.realpath(cache_dir), real_root)
+    if rel == ".." or rel.startswith("../"):
+        return
+    path = rel
+    while path and path != ".":
+        if path in graph.outputs:
+            raise UserError(f"local cache {cache_dir} is inside output '{path}' of the graph, which gaffer removes "
+                            "before its task runs: put the cache elsewhere")
+        path = path.rpartition("/")[0]
 
 
 def _check_env_values(graph: Graph) -> None:

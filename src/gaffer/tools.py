@@ -86,18 +86,21 @@ class Toolchain:
             tool = self._found[spec] = Tool(spec, tuple(searched + signatures), tuple(keyed), version)
         return tool
 
-    def identity(self, tool: Tool, stat_cache: StatCache) -> tuple[str, str, str]:
-        """(spec, version, SHA-256 over the content of its files and its version): what the key holds."""
-        with self._lock:
-            known = self._identities.get(tool)
-        if known is not None:
-            return known
+    def identity(self, tool: Tool, stat_cache: StatCache, again: bool = False) -> tuple[str, str, str]:
+        """(spec, version, SHA-256 over the content of its files and its version): what the key holds. Computed
+        once per build, unless `again` (a file of it moved while its task ran: is it still what was keyed?)."""
+        if not again:
+            with self._lock:
+                known = self._identities.get(tool)
+            if known is not None:
+                return known
         h = sha256(tool.version.encode())
         for path in tool.keyed:
             h.update(f"\n{stat_cache.digest(path)}".encode())
         ident = (tool.spec, tool.version, h.hexdigest())
-        with self._lock:
-            self._identities[tool] = ident
+        if not again:
+            with self._lock:
+                self._identities[tool] = ident
         return ident
 
     def save(self) -> None:

@@ -25,7 +25,9 @@ def _number_unit(text: str) -> tuple[str, str] | None:
 
 def parse_size(text: str | int, what: str = "size") -> int:
     """Return a byte count; `what` names the flag or setting for the error message."""
-    if isinstance(text, int):
+    if isinstance(text, int):  # from gaffer.toml: a TOML integer
+        if text < 0:
+            raise UserError(f"{what}: {text} is not a size (examples: 500MB, 10GiB, 1048576)")
         return text
     parsed = _number_unit(str(text))
     if not parsed or parsed[1] not in _SIZE_UNITS:

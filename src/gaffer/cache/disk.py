@@ -334,9 +334,13 @@ class DiskStore(CacheTier):
         tmp = self._temp_to_store(lambda tmp: copy_file(path, tmp))
         if tmp is None:  # nothing is stored: no copy to hash instead of the file
             return digest_file(path)
-        digest = digest_file(tmp)
+        try:
+            digest = digest_file(tmp)
+        except FileNotFoundError:  # removed with the cache directory under this process: copy it again
+            return self.put_file(path)
         if self.has_blob(digest):
-            os.unlink(tmp)
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
         else:
             self._install_verified(tmp, digest)  # only a file we installed: an existing one is checked when read
         return digest
@@ -644,7 +648,10 @@ class DiskStore(CacheTier):
                 os.unlink(tmp)
             self._stores_nothing()
             return
-        install(tmp, dest)
+        try:
+            install(tmp, dest)
+        except (FileNotFoundError, FileExistsError):  # the temp file, or the shard directory being made, went
+            return  # with the cache (`rm -rf` of it under a build): not stored, a lookup of it is a miss
         self._written += size
         self.bytes_stored += size
 
@@ -801,8 +808,9 @@ class DiskStore(CacheTier):
         except OSError as e:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
-            if isinstance(e, FileNotFoundError) and not os.path.isdir(self._tmp):
-                self._make_temp_dir()  # removed under this process (`rm -rf` of the cache while a build runs)
+            if isinstance(e, FileNotFoundError) and (e.filename == tmp or not os.path.isdir(self._tmp)):
+                with suppress(FileNotFoundError, FileExistsError):  # removed again meanwhile: the next try makes it
+                    self._make_temp_dir()  # removed under this process (`rm -rf` of the cache while a build runs)
             elif e.errno not in _FULL or not (self._full_is_read_only and self.writable):
                 raise
             else:

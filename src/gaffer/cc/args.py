@@ -48,7 +48,15 @@ _UNCACHEABLE = (
     ("-fsyntax-only", "-fsyntax-only"), ("-fcompare-debug", "-fcompare-debug"),
     ("-fsave-optimization-record", "optimization record"), ("-fmodule", "modules"), ("-fdeps-", "modules"),
     ("-fsanitize-blacklist", "sanitizer list input"), ("-fsanitize-ignorelist", "sanitizer list input"),
-    ("-fcrash-diagnostics", "crash diagnostics"), ("-fopt-info=", "-fopt-info=FILE"), ("-B", "-B (tool prefix)"),
+    ("-fcrash-diagnostics", "crash diagnostics"), ("-fdiagnostics-format=sarif-file", "diagnostics to a file"),
+    ("-fdiagnostics-format=json-file", "diagnostics to a file"), ("-fdiagnostics-add-output", "diagnostics to a file"),
+    ("-fdiagnostics-set-output", "diagnostics to a file"), ("-ftime-trace", "-ftime-trace"), ("-B", "-B (tool prefix)"),
+    ("-fproc-stat-report", "-fproc-stat-report"),
+    *((o, "an input file no dependency file names") for o in (  # clang's: an edit of the file would be a stale hit
+        "-fprofile-list=", "-fprofile-remapping-file", "-fsanitize-coverage-allowlist",
+        "-fsanitize-coverage-ignorelist", "-fsanitize-coverage-blocklist", "-fsanitize-coverage-whitelist",
+        "-fsanitize-coverage-blacklist", "-fxray-attr-list", "-fxray-always-instrument", "-fxray-never-instrument",
+        "-fthinlto-index", "-fbasic-block-sections=list", "-fmemory-profile-use", "-fpass-plugin")),
     ("-specs", "-specs"), ("-wrapper", "-wrapper"), ("-dumpbase", "-dumpbase"), ("-dumpdir", "-dumpdir"),
     ("-aux-info", "-aux-info"), ("-###", "-### (dry run)"), ("-Xpreprocessor", "-Xpreprocessor"),
     ("-Xassembler", "-Xassembler"), ("-Xclang", "-Xclang"), ("-mllvm", "-mllvm"), ("-print-", "query"),
@@ -89,7 +97,7 @@ class Compile:
     debug: bool = False  # debug info: it records the working directory
     coverage: bool = False  # the object records the absolute .gcda path
     native: bool = False  # -march=native and friends: the host CPU is an input
-    prefix_maps: list[tuple[str, str]] = field(default_factory=list)  # (option, OLD) of -f*-prefix-map=OLD=NEW
+    prefix_maps: list[tuple[str, str, str]] = field(default_factory=list)  # (option, OLD, NEW): -f*-prefix-map
     records_switches: bool = False  # -frecord-gcc-switches: the object holds the arguments' text
 
     def stem(self) -> str:
@@ -158,6 +166,8 @@ def _uncacheable_reason(arg: str) -> str | None:
     exact = _UNCACHEABLE_EXACT.get(arg)
     if exact is not None:
         return exact
+    if arg.startswith("-fopt-info") and "=" in arg:  # -fopt-info[-KINDS]=FILE writes FILE; without it, stderr
+        return "-fopt-info=FILE"
     return next((reason for prefix, reason in _UNCACHEABLE if arg.startswith(prefix)), None)
 
 
@@ -285,7 +295,7 @@ def classify(argv: Sequence[str], cwd: str) -> Compile | Uncacheable:
             old, sep, new = rest.partition("=")
             if not sep:
                 return Uncacheable("malformed option", arg)
-            c.prefix_maps.append((opt, old))
+            c.prefix_maps.append((opt, old, new))
             key.append((f"{opt}=", old, f"={new}"))
             cpp.append(arg)
             continue

@@ -11,7 +11,7 @@
  *                                                 compiler is the next program of that name on PATH that is not
  *                                                 this program.
  * The protocol (all integers little-endian):
- *   request:  "GCC1", u32 kind, u32 len + cwd, u32 argc + argc x (u32 len + arg), u32 envc + envc x (u32 len + KEY=VALUE)
+ *   request:  "GCC2", u32 kind, u32 umask, u32 len + cwd, u32 argc + argc x (u32 len + arg), u32 envc + envc x (u32 len + KEY=VALUE)
  *   response: "GCR1", u32 verdict (0 done, 1 run it yourself), i32 exit code, u32 len + stdout, u32 len + stderr
  * gaffer builds this file with the system C compiler (gaffer cc --install); GAFFER_PYTHON is defined then.
  */
@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -180,10 +181,6 @@ static void close_from(int lowest)
         close(fd);
 }
 
-/* Start `python -m gaffer cc --daemon` detached: its own session and process group (a build step's group is
- * killed when the step ends), no inherited descriptors (a build tool waits for its pipes to close), cwd /, and
- * without GAFFER_TASK_RUN (gaffer kills what a finished task left behind that carries it). Its stderr goes to
- * daemon.log, so even a failed start says why there. */
 /* mkdir -p, each directory made 0700: the launcher's directory (and ~/.cache on a new account). */
 static int make_dirs(const char *dir)
 {
@@ -203,25 +200,43 @@ static int make_dirs(const char *dir)
     }
 }
 
+/* Start `python -m gaffer cc --daemon` detached: its own session and process group (a build step's group is
+ * killed when the step ends), no inherited descriptors (a build tool waits for its pipes to close), cwd /, and
+ * without GAFFER_TASK_RUN (gaffer kills what a finished task left behind that carries it). Its stderr goes to
+ * daemon.log, so even a failed start says why there.
+ * Returns the read end of a pipe whose write end only the daemon holds (as its descriptor 3, for its whole life):
+ * it reads end-of-file once the daemon is gone, so a daemon that cannot start (a bad setting, a full disk) costs
+ * a waiting client nothing. -1 if the start failed, -2 if it started without the pipe. */
 static int start_daemon(const char *dir)
 {
     char log[PATH_MAX];
     if (snprintf(log, sizeof log, "%s/daemon.log", dir) >= (int)sizeof log)
         return -1;
+    int gone[2];
+    if (pipe2(gone, O_CLOEXEC) != 0)
+        gone[0] = gone[1] = -1;
     pid_t child = fork();
-    if (child < 0)
+    if (child < 0) {
+        if (gone[0] >= 0) {
+            close(gone[0]);
+            close(gone[1]);
+        }
         return -1;
+    }
     if (child == 0) {
         if (setsid() < 0)
             _exit(1);
         pid_t grandchild = fork();
         if (grandchild != 0)
             _exit(grandchild < 0);
+        int keep = gone[1] >= 0 ? fcntl(gone[1], F_DUPFD, 10) : -1; /* out of the way of 0-3 */
         int null = open("/dev/null", O_RDWR);
         int err = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
         if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(err >= 0 ? err : null, 2) < 0)
             _exit(1);
-        close_from(3);
+        if (keep >= 0 && dup2(keep, 3) != 3) /* a dup2 to another number is inherited across exec */
+            _exit(1);
+        close_from(keep >= 0 ? 4 : 3);
         if (chdir("/") != 0)
             _exit(1);
         unsetenv("GAFFER_TASK_RUN");
@@ -231,29 +246,43 @@ static int start_daemon(const char *dir)
         execv(args[0], args);
         _exit(127);
     }
-    int status;
-    while (waitpid(child, &status, 0) < 0)
-        if (errno != EINTR)
-            return -1;
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+    if (gone[1] >= 0)
+        close(gone[1]);
+    int status, waited;
+    while ((waited = waitpid(child, &status, 0)) < 0 && errno == EINTR)
+        ;
+    if (waited < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        if (gone[0] >= 0)
+            close(gone[0]);
+        return -1;
+    }
+    return gone[0] >= 0 ? gone[0] : -2;
 }
 
 /* A connection to the daemon, starting it if nobody listens; -1 (errno set) when there is none after waiting. */
 /* Only one of the clients that find no daemon starts one: the first compiles of `make -j64` would otherwise start
- * 64 Pythons, 63 of them only to find the lock taken, and slow the one that matters. The others wait for it.
- * Returns the lock's descriptor, held while this client waits (-1: another client is starting it). */
-static int take_spawn_lock(const char *dir)
+ * 64 Pythons, 63 of them only to find the lock taken, and slow the one that matters. The others wait for it,
+ * and stop waiting when it lets the lock go (its daemon listens, or exited).
+ * Returns the lock file's descriptor (-1: none); *held is set when this client took the lock and so starts one. */
+static int open_spawn_lock(const char *dir, int *held)
 {
     char path[PATH_MAX];
+    *held = 0;
     if (snprintf(path, sizeof path, "%s/spawn.lock", dir) >= (int)sizeof path)
-        return -2;
+        return -1;
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return -2; /* no lock to share: start one anyway, the daemon's own lock keeps it single */
-    if (flock(fd, LOCK_EX | LOCK_NB) == 0)
-        return fd;
-    close(fd);
-    return -1;
+    if (fd >= 0)
+        *held = flock(fd, LOCK_EX | LOCK_NB) == 0;
+    return fd;
+}
+
+/* Has the client starting the daemon let the spawn lock go? */
+static int spawn_done(int fd)
+{
+    if (flock(fd, LOCK_SH | LOCK_NB) != 0)
+        return 0;
+    flock(fd, LOCK_UN); /* at once: a client that comes next must be able to start one */
+    return 1;
 }
 
 static int connect_daemon(const char *dir, const struct sockaddr_un *addr)
@@ -263,8 +292,11 @@ static int connect_daemon(const char *dir, const struct sockaddr_un *addr)
         return fd;
     if (make_dirs(dir) != 0)
         return -1;
-    int spawn = take_spawn_lock(dir);
-    if (spawn != -1 && start_daemon(dir) != 0) {
+    int held;
+    int spawn = open_spawn_lock(dir, &held);
+    int starts = spawn < 0 || held; /* no lock to share: start one anyway, the daemon's own lock keeps it single */
+    int gone = starts ? start_daemon(dir) : -2;
+    if (gone == -1) {
         if (spawn >= 0)
             close(spawn);
         return -1;
@@ -274,16 +306,22 @@ static int connect_daemon(const char *dir, const struct sockaddr_un *addr)
     errno = ETIMEDOUT;
     while (waited_us < START_WAIT_MS * 1000L) {
         struct timespec ts = {0, step_us * 1000L};
-        nanosleep(&ts, NULL);
+        struct pollfd exited = {.fd = gone, .events = POLLIN};
+        int ended = gone >= 0 ? ppoll(&exited, 1, &ts, NULL) > 0
+                              : (nanosleep(&ts, NULL), !starts && spawn_done(spawn));
         waited_us += step_us;
         if (step_us < 50000)
             step_us *= 2;
         fd = try_connect(addr);
         if (fd >= 0 || (errno != ENOENT && errno != ECONNREFUSED))
             break;
-        errno = ETIMEDOUT;
+        errno = ended ? ECHILD : ETIMEDOUT; /* the daemon started is gone: its reason is in daemon.log */
+        if (ended)
+            break;
     }
     int saved = errno;
+    if (gone >= 0)
+        close(gone);
     if (spawn >= 0)
         close(spawn);
     errno = saved;
@@ -322,7 +360,7 @@ static size_t grow(size_t total, size_t n)
 /* The whole request in one buffer (one allocation, its size computed first); NULL if too big or out of memory. */
 static unsigned char *encode(uint32_t kind, const char *cwd, char **argv, size_t *size)
 {
-    size_t total = 4 + 4 + 4 + strlen(cwd) + 4 + 4;
+    size_t total = 4 + 4 + 4 + 4 + strlen(cwd) + 4 + 4;
     size_t argc = 0, envc = 0;
     for (; argv[argc] != NULL; ++argc)
         total = grow(total, 4 + strlen(argv[argc]));
@@ -333,8 +371,11 @@ static unsigned char *encode(uint32_t kind, const char *cwd, char **argv, size_t
     unsigned char *buf = malloc(total), *p = buf;
     if (buf == NULL)
         return NULL;
-    memcpy(p, "GCC1", 4);
+    mode_t mask = umask(0); /* the daemon creates the compile's files with ours, as the compiler would */
+    umask(mask);
+    memcpy(p, "GCC2", 4);
     p = put_u32(p + 4, kind);
+    p = put_u32(p, (uint32_t)mask);
     p = put_bytes(p, cwd, strlen(cwd));
     p = put_u32(p, (uint32_t)argc);
     for (size_t i = 0; i < argc; ++i)
@@ -467,7 +508,8 @@ int main(int argc, char **argv)
         fallback(&cmd, "the command line is too long for the daemon");
     int sock = connect_daemon(dir, &addr);
     if (sock < 0)
-        fallback(&cmd, "the daemon is not reachable (%s; see %s/daemon.log)", strerror(errno), dir);
+        fallback(&cmd, "the daemon is not reachable (%s; see %s/daemon.log)",
+                 errno == ECHILD ? "it exited at start" : strerror(errno), dir);
     if (write_all(sock, request, size) != 0)
         fallback(&cmd, "the daemon closed the connection");
     free(request);

@@ -32,7 +32,7 @@ def binary_path(directory: Path) -> Path:
 def ensure_client(directory: Path) -> Path:
     """The client built from the current source into `directory`/bin, building it if absent or stale."""
     binary = binary_path(directory)
-    stamp = binary.with_name(f"{NAME}.digest")
+    stamp = _stamp_path(directory)
     compiler = _system_cc(binary)
     command = [compiler, *CFLAGS, f"-DGAFFER_PYTHON={_c_string(sys.executable)}", str(SOURCE)]
     digest = hashlib.sha256(SOURCE.read_bytes() + "\0".join(command).encode()).hexdigest()
@@ -58,7 +58,15 @@ def ensure_client(directory: Path) -> Path:
 def install(directory: Path, target: Path | None = None) -> list[str]:
     """Build the client and give it its names in `target` (default: `directory`/bin): gaffer-cc, gaffer-ld and
     masquerade/<compiler>. Returns what to tell the user: how to use them."""
+    stamp = _stamp_path(directory)
+    before = _read(stamp)
     binary = ensure_client(directory)
+    restarted = []
+    if _read(stamp) != before:  # built anew: a running daemon is an older gaffer's
+        from gaffer.cc.daemon import running_pid, stop
+
+        if running_pid(directory) is not None:
+            restarted = [f"{stop(directory)}: the next compile starts this gaffer's"]
     target = (target or binary.parent).absolute()
     masquerade = target / "masquerade"
     masquerade.mkdir(parents=True, exist_ok=True)
@@ -74,7 +82,20 @@ def install(directory: Path, target: Path | None = None) -> list[str]:
          f"-DCMAKE_C_LINKER_LAUNCHER={ld} -DCMAKE_CXX_LINKER_LAUNCHER={ld}"),
         f'  make:       make CC="{cc} gcc" CXX="{cc} g++"',
         f'  masquerade: export PATH="{masquerade}:$PATH"',
+        *restarted,
     ]
+
+
+def _stamp_path(directory: Path) -> Path:
+    """Where the digest of what the installed client was built from is kept."""
+    return binary_path(directory).with_name(f"{NAME}.digest")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _link(path: Path, to: str) -> None:

@@ -34,8 +34,9 @@ from gaffer.cc.flow import (
     special_output,
     temp_file,
     uncacheable,
+    uses_time,
 )
-from gaffer.cc.key import common_parts, key_digest
+from gaffer.cc.key import common_parts, has_time_macros, key_digest
 from gaffer.cc.launch import Context, Request, Response
 from gaffer.cc.shadow import absent_candidates, explicit_dirs
 from gaffer.digest import Digest
@@ -65,7 +66,8 @@ def handle_compile(request: Request, ctx: Context) -> Response:
     if special is not None:
         return uncacheable(ctx, request, "output is not a regular file", special)
     base_dir = ctx.base_dir if usable(ctx.base_dir, request.cwd) else None
-    job = Job(request, ctx, compiler, c.source, outputs, base_dir, ("direct_hits", "misses"))
+    job = Job(request, ctx, compiler, c.source, outputs, base_dir, ("direct_hits", "misses"), compiles=True,
+              time_args=has_time_macros("\0".join(c.args).encode("utf-8", "surrogateescape")))
     job.absent_of = lambda read: absent_candidates(read, explicit_dirs(c, request.env), search_dirs(job, c), job.cwd)
     preprocessed: Digest | None = None
     try:
@@ -74,7 +76,7 @@ def handle_compile(request: Request, ctx: Context) -> Response:
         job.parts.extend(job.input_part(p) for p in [c.source, *c.extra_inputs])
         job.direct = key_digest(["direct", *job.parts])
         hit = lookup_direct(job)
-        if hit is None and (ctx.preprocessor or job.preprocess):
+        if hit is None and (ctx.preprocessor or job.preprocess) and not records_columns(c):
             preprocessed, hit = preprocessed_lookup(job, c)
     except CACHE_ERRORS as e:
         ctx.log(f"{c.source}: cache unusable ({e}): running the compiler")
@@ -89,8 +91,15 @@ def handle_compile(request: Request, ctx: Context) -> Response:
             return remote
     with temp_file(job, ".d") as ours:
         if c.dep_file is None:
-            return run_and_store(job, [*c.args, "-MD", "-MF", ours], lambda ran: read_text(ours), preprocessed)
+            return run_and_store(job, [*c.args, "-MD", "-MF", ours], lambda ran: read_text(ours), preprocessed, ours)
         return run_and_store(job, c.args, lambda ran: user_deps(job, c, ran), preprocessed)
+
+
+def records_columns(c: Compile) -> bool:
+    """Does the object hold source columns (gcc's debug info does, unless -gno-column-info)? The preprocessed
+    text keeps lines, not columns (a comment becomes one space), so such a compile has no preprocessed key."""
+    column_flags = [a for a in c.args if a in ("-gcolumn-info", "-gno-column-info")]
+    return c.debug and column_flags[-1:] != ["-gno-column-info"]
 
 
 def search_dirs(job: Job, c: Compile) -> list[str]:
@@ -123,8 +132,7 @@ def preprocessed_lookup(job: Job, c: Compile) -> tuple[Digest | None, Response |
         read = prerequisites(read_text(dep))
         deps = dep_list(job, read, ran)
     absent = job.absent_of(read)
-    if not isinstance(deps, str) and not isinstance(absent, str) and not any(
-            job.ctx.time_macros.get(h, False) for _, h, _ in deps):
+    if not isinstance(deps, str) and not isinstance(absent, str) and not uses_time(job, deps):
         add_to_manifest(job, deps, key, absent)
     job.ctx.stats.add({"preprocessed_hits": 1}, saved_s=job.saved)
     job.log("preprocessed hit", job.miss_reason)

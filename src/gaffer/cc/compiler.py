@@ -2,7 +2,8 @@
 
 The identity of a compiler is the digest of its driver and of the programs it runs (cc1, cc1plus, as, ld, ...:
 each found once with `-print-prog-name` and remembered per driver signature, so a compile costs a few stat
-calls, not a process). An upgrade that changes any of them changes every key; two machines with the same
+calls, not a process; those the driver looks up on PATH, `as` and `ld` on most systems, are looked up on each
+compile's PATH). An upgrade that changes any of them changes every key; two machines with the same
 compiler installed at different paths share entries.
 """
 
@@ -20,7 +21,7 @@ from gaffer.cc.shadow import system_dirs
 from gaffer.digest import StatCache, StatSignature, stat_signature
 
 COMPANIONS = ("cc1", "cc1plus", "cc1obj", "cc1objplus", "lto1", "collect2", "lto-wrapper", "as", "ld")
-_FORMAT = 2
+_FORMAT = 3
 NO_INCLUDES = ("cpp-output", "c++-cpp-output", "assembler")  # languages that include nothing
 
 
@@ -50,7 +51,8 @@ class Compilers:
         self.stat_cache = stat_cache
         self._lock = threading.Lock()
         self._dirty = False
-        self._table: dict[str, tuple[StatSignature, list[str]]] = {}
+        # (driver, COMPILER_PATH, GCC_EXEC_PREFIX) -> (its signature, the programs: a path, or a name on PATH)
+        self._table: dict[tuple[str, str, str], tuple[StatSignature, list[str]]] = {}
         # (driver, signature, language, flags) -> its system include directories
         self._search: dict[tuple[str, StatSignature, str, tuple[str, ...]], list[str]] = {}
         try:
@@ -65,21 +67,24 @@ class Compilers:
         """The compiler's identity: SHA-256 over each program's role and content digest."""
         real = os.path.realpath(driver)
         sig = stat_signature(os.stat(real))
+        key = (real, env.get("COMPILER_PATH", ""), env.get("GCC_EXEC_PREFIX", ""))  # where the driver looks first
         with self._lock:
-            known = self._table.get(real)
+            known = self._table.get(key)
         if known is None or known[0] != sig:
             known = (sig, _companions(real, env))
             with self._lock:
-                self._table[real] = known
+                self._table[key] = known
                 self._dirty = True
         h = hashlib.sha256(b"driver " + self.stat_cache.digest(real).hash.encode())
-        for path in known[1]:
+        for program in known[1]:
+            path = program if "/" in program else find_compiler(program, env, "/")
             try:
-                h.update(f"\n{os.path.basename(path)} {self.stat_cache.digest(path).hash}".encode())
+                h.update(f"\n{os.path.basename(program)} {self.stat_cache.digest(path).hash if path else 'absent'}"
+                         .encode())
             except OSError:  # removed since: look the companions up again next time
                 with self._lock:
-                    self._table.pop(real, None)
-                h.update(f"\n{os.path.basename(path)} absent".encode())
+                    self._table.pop(key, None)
+                h.update(f"\n{os.path.basename(program)} absent".encode())
         return h.hexdigest()
 
     def search_dirs(self, driver: str, language: str, flags: tuple[str, ...], env: Mapping[str, str]) -> list[str]:
@@ -117,7 +122,8 @@ class Compilers:
 
 
 def _companions(driver: str, env: Mapping[str, str]) -> list[str]:
-    """The programs `driver` runs, as it finds them (`as` and `ld` are found on PATH)."""
+    """The programs `driver` runs: the path of each it finds in its own directories, the name of each it leaves
+    to PATH (`as` and `ld`, usually), which `identity` looks up on every compile's PATH as the driver will."""
     found = []
     for name in COMPANIONS:
         try:
@@ -125,9 +131,11 @@ def _companions(driver: str, env: Mapping[str, str]) -> list[str]:
                                  text=True, timeout=30, check=False, stdin=subprocess.DEVNULL).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             continue
-        path = out if "/" in out else find_compiler(out, env, "/") if out else None
-        if path and os.path.isfile(path):
-            found.append(os.path.realpath(path))
+        if "/" not in out and out:
+            if find_compiler(out, env, "/"):  # gcc prints the bare name of a program it has not got (cc1obj)
+                found.append(out)
+        elif out and os.path.isfile(out):
+            found.append(os.path.realpath(out))
     return found
 
 

@@ -14,6 +14,7 @@ daemon started meanwhile finds the lock held and a live socket, and exits quietl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -24,7 +25,17 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from gaffer.cc.launch import DONE, RUN_IT, Context, Request, Response, handle, private_directory
+from gaffer.cc.launch import (
+    DEBUG_WORDS,
+    DONE,
+    PATH_SETTINGS,
+    RUN_IT,
+    Context,
+    Request,
+    Response,
+    handle,
+    private_directory,
+)
 from gaffer.errors import EnvironmentProblem, GafferError
 from gaffer.execute.orphans import RUN_ENV
 from gaffer.units import format_count
@@ -55,8 +66,11 @@ def serve(directory: Path, idle_s: float) -> int:
         if not _take_lock(lock_fd, directory / SOCKET_NAME):
             log.info("not started: daemon %s holds %s", _pid_in(lock_fd), LOCK_NAME)
             return 0
-        os.ftruncate(lock_fd, 0)
-        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(lock_fd, 0)
+            os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:  # a full disk: say where
+            raise EnvironmentProblem(f"{directory / LOCK_NAME}: cannot write the daemon's pid: {e.strerror}") from None
         return _Daemon(directory, idle_s).run()
     finally:
         os.close(lock_fd)
@@ -234,7 +248,7 @@ class _Daemon:
                     log.info("bad request, connection closed: %s", e)
                     return
                 conn.settimeout(None)
-                response = self._answer(request)
+                response = self._answer(dataclasses.replace(request, client=conn.fileno()))
                 try:
                     conn.sendall(encode_response(response))
                 except OSError as e:
@@ -312,11 +326,13 @@ class _Contexts:
 
 
 def _settings_key(env: dict[str, str], cwd: str) -> tuple[object, ...]:
-    from gaffer.config import nearest_toml, user_config_path
+    from gaffer.config import CC, nearest_toml, setting, user_config_path
 
     variables = tuple(sorted((k, v) for k, v in env.items() if k.startswith("GAFFER_") and k != RUN_ENV))
     files = tuple((path, _mtime(path)) for path in (user_config_path(env), nearest_toml(cwd)) if path)
-    return variables, files
+    relative = any(not os.path.isabs(env[v]) and env[v].lower() not in DEBUG_WORDS
+                   for name in PATH_SETTINGS for v in setting(name).variables(CC) if env.get(v))
+    return variables, files, cwd if relative else None  # a relative path is this directory's
 
 
 def _mtime(path: str) -> int | None:

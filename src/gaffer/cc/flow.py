@@ -12,6 +12,8 @@ during which an input changed, or whose outputs the tool did not write, is repla
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 import tempfile
 import time
@@ -32,11 +34,12 @@ from gaffer.cc.key import (
     decode_manifest,
     encode_manifest,
     first_mismatch,
+    has_assembler_reads,
     has_time_macros,
     result_key,
 )
 from gaffer.cc.launch import DONE, RUN_IT, Context, Request, Response
-from gaffer.digest import Digest, file_system_now, is_racy, stat_signature
+from gaffer.digest import Digest, file_system_now, is_racy, moment_for, stat_signature
 from gaffer.errors import GafferError
 
 MANIFEST = ["manifest"]
@@ -71,6 +74,8 @@ class Job:
     response: Response = RUN_IT  # set by a restore
     runner: Callable[[list[str]], Ran] | None = None  # runs a miss elsewhere (cc/remote.py); None: `run` here
     saved: float = 0.0  # seconds a hit saved: the stored run's duration less this lookup's
+    compiles: bool = False  # the files read are sources and headers (not a link's objects and libraries)
+    time_args: bool = False  # an argument uses __DATE__/__TIME__ (-DSTAMP=__TIME__), as a file read may
     preprocess: bool = False  # the manifest says: this compile uses __DATE__/__TIME__, try preprocessor mode
     # the paths, as written, that must not appear for an entry of these files read to hold (shadow.py), or
     # why the run cannot be stored
@@ -148,9 +153,10 @@ def restore(job: Job, key: Digest) -> bool:
         if role == "deps":
             text = job.blob(digest).decode("utf-8", "surrogateescape")
             local = from_portable(text, job.cwd) if MARK in text else text
-            if local is None or not result.write_bytes(local.encode("utf-8", "surrogateescape"), dest):
+            if local is None or not result.write_bytes(local.encode("utf-8", "surrogateescape"), dest,
+                                                       job.request.umask):
                 return False
-        elif not result.write_file(cache, digest, dest, stored.modes[role]):
+        elif not result.write_file(cache, digest, dest, stored.modes[role], job.request.umask):
             return False
     job.response = Response(DONE, 0, stored.stdout, stored.stderr)
     job.saved = max(0.0, stored.duration_s - (time.monotonic() - job.started))
@@ -158,11 +164,15 @@ def restore(job: Job, key: Digest) -> bool:
 
 
 def run_and_store(job: Job, args: list[str], read_deps: Callable[[Ran], str | None],
-                  also: Digest | None = None) -> Response:
+                  also: Digest | None = None, scratch: str | None = None) -> Response:
     """Run the tool with `args`, answer with what it did, and store a success under the result key of the files
-    `read_deps` names (also under `also`, a preprocessed key: that one holds even with __DATE__)."""
+    `read_deps` names (also under `also`, a preprocessed key: that one holds even with __DATE__). A failure that
+    names `scratch`, a file gaffer added to the command, is gaffer's (its directory's disk is full): the command
+    then runs as given."""
     ran = job.runner(args) if job.runner is not None else run(job, args)
     response = Response(DONE, ran.exit_code, ran.stdout, ran.stderr)
+    if ran.exit_code != 0 and scratch is not None and os.fsencode(scratch) in ran.stderr:
+        return uncacheable(job.ctx, job.request, "the compiler could not write gaffer's scratch file")
     if ran.exit_code != 0:
         job.ctx.stats.add({"failed": 1})
         job.log("failed", f"exit status {ran.exit_code}: not cached")
@@ -185,13 +195,15 @@ def run_and_store(job: Job, args: list[str], read_deps: Callable[[Ran], str | No
 
 def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Digest | None) -> str | None:
     """Store a successful run; the reason it was not stored, or None."""
+    if ran.stderr:  # diagnostics quote source lines and columns, which a preprocessed key does not hold
+        also = None
     files: dict[str, Path | bytes] = {}
     for role, p in job.outputs.items():
         try:
             st = os.stat(job.path(p))
         except OSError:
             return f"no {role} file written ({p})"
-        if st.st_mtime_ns < ran.moment:
+        if st.st_mtime_ns < moment_for(st, ran.moment, job.ctx.stat_cache.device):
             return f"the {role} file is older than the run ({p})"
         if role == "deps":
             text = read_text(job.path(p))
@@ -212,15 +224,21 @@ def store(job: Job, ran: Ran, read_deps: Callable[[Ran], str | None], also: Dige
     cache = job.ctx.cache()
     if also is not None:
         result.put(cache, also, files, ran.stdout, ran.stderr, ran.start, ran.end)
-    if any(job.ctx.time_macros.get(h, False) for _, h, _ in deps):
+    if uses_time(job, deps):
         if not job.preprocess:
             update_manifest(job, lambda m: Manifest(m.entries, preprocess=True))
         return None if also is not None else "uses __DATE__ or __TIME__ (direct mode: preprocessor mode next time)"
     assert job.direct is not None
-    key = result_key(job.direct, deps)
+    bound = job.cwd if job.base_dir and os.fsencode(job.base_dir) in ran.stdout + ran.stderr else None
+    key = result_key(job.direct, deps, bound)
     result.put(cache, key, files, ran.stdout, ran.stderr, ran.start, ran.end)
-    add_to_manifest(job, deps, key, absent)
+    add_to_manifest(job, deps, key, absent, bound)
     return None
+
+
+def uses_time(job: Job, deps: DepList) -> bool:
+    """Does the result depend on when it was made (__DATE__, __TIME__ in an argument or a file read)?"""
+    return job.time_args or any(job.ctx.time_macros.get(h, False) for _, h, _ in deps)
 
 
 def dep_list(job: Job, read: list[str], ran: Ran) -> DepList | str:
@@ -231,14 +249,18 @@ def dep_list(job: Job, read: list[str], ran: Ran) -> DepList | str:
         full = job.path(p)
         try:
             st = os.stat(full)
-            if is_racy(stat_signature(st), ran.moment):
+            if is_racy(stat_signature(st), moment_for(st, ran.moment, job.ctx.stat_cache.device)):
                 return f"{p} changed during the run"
             d = job.ctx.stat_cache.digest(full, st)
             if d.hash not in job.ctx.time_macros:
                 with open(full, "rb") as f:
-                    job.ctx.time_macros[d.hash] = has_time_macros(f.read())
+                    data = f.read()
+                job.ctx.assembler_reads[d.hash] = has_assembler_reads(data)  # before time_macros: the marker
+                job.ctx.time_macros[d.hash] = has_time_macros(data)
         except OSError:
             return f"{p} disappeared during the run"
+        if job.compiles and job.ctx.assembler_reads.get(d.hash, False):
+            return f"{p} has the assembler read a file (.incbin, .include) no dependency file names"
         deps.append((normalise(p, job.cwd, job.base_dir), d.hash, d.size_bytes))
     if not deps:
         return "the dependency file names no files"
@@ -258,11 +280,13 @@ def update_manifest(job: Job, change: Callable[[Manifest], Manifest]) -> None:
     result.put(job.ctx.cache(), job.direct, {"manifest": encode_manifest(manifest)}, b"", b"", now, now)
 
 
-def add_to_manifest(job: Job, deps: DepList, key: Digest, absent_paths: list[str]) -> None:
+def add_to_manifest(job: Job, deps: DepList, key: Digest, absent_paths: list[str], cwd: str | None = None) -> None:
     """Put (deps -> key) first in the direct key's manifest, with the paths that must not appear for it to
-    hold."""
+    hold, and the one working directory it holds in if its output names paths under the base directory (a
+    checkout's: the base directory shares keys between checkouts, not what the compiler printed)."""
     absent = [normalise(p, job.cwd, job.base_dir) for p in absent_paths]
-    update_manifest(job, lambda m: Manifest([Entry(deps, key, absent), *(e for e in m.entries if e.deps != deps)],
+    update_manifest(job, lambda m: Manifest([Entry(deps, key, absent, cwd),
+                                             *(e for e in m.entries if (e.deps, e.cwd) != (deps, cwd))],
                                             m.preprocess))
 
 
@@ -270,14 +294,63 @@ def run(job: Job, args: list[str]) -> Ran:
     """Run the tool found for this request (so a masquerade link is never run again) with `args`."""
     moment = file_system_now(Path(job.ctx.directory), create=False)
     start = time.time()
+    client = job.request.client
     try:
-        with job.ctx.local_slot():
-            proc = subprocess.run([job.tool, *args], cwd=job.cwd, env=dict(job.request.env), capture_output=True,
-                                  stdin=subprocess.DEVNULL, check=False)
+        with job.ctx.local_slot(), subprocess.Popen(
+                [job.tool, *args], cwd=job.cwd, env=dict(job.request.env), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=None if client is None else 0,
+                umask=-1 if job.request.umask is None else job.request.umask) as proc:
+            streams = proc.communicate() if client is None else _output_unless_hung_up(proc, client)
     except OSError as e:
         return Ran(127, b"", f"gaffer: cannot run {job.tool}: {e.strerror}\n".encode(), start, time.time(), moment)
+    if streams is None:
+        job.ctx.log(f"{job.label}: the client is gone: {os.path.basename(job.tool)} stopped")
+        return Ran(128 + signal.SIGTERM, b"", b"gaffer: the client is gone\n", start, time.time(), moment)
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-    return Ran(code, proc.stdout, proc.stderr, start, time.time(), moment)
+    return Ran(code, *streams, start, time.time(), moment)
+
+
+STOP_WAIT_S = 10.0  # how long a compiler told to stop (SIGTERM) may take before it is killed
+
+
+def _output_unless_hung_up(proc: subprocess.Popen[bytes], client: int) -> tuple[bytes, bytes] | None:
+    """The compiler's stdout and stderr once it is done; None if the client hung up first (killed, interrupted):
+    the compiler (its own process group) is then stopped, as it would have been as the client's child. Left to
+    run, it would write the object after the build tool removed it as the step's partial output, newer than an
+    edit made meanwhile: make would keep it."""
+    assert proc.stdout is not None and proc.stderr is not None
+    chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    poller = select.poll()
+    for fd in chunks:
+        poller.register(fd, select.POLLIN)
+    poller.register(client, 0)  # POLLHUP only: the client closed its end (a half-close is no hang-up)
+    pending = len(chunks)
+    while pending:
+        for fd, _ in poller.poll():
+            if fd == client:
+                _stop(proc)
+                return None
+            data = os.read(fd, 65536)
+            if data:
+                chunks[fd].append(data)
+            else:
+                poller.unregister(fd)
+                pending -= 1
+    proc.wait()
+    return b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the compiler's process group (gcc removes its partial outputs), SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=STOP_WAIT_S)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 TEMP_PREFIX = "tmp."

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from gaffer.atomic import save_marshalled
 
 _LABELS = (("compiler ", "the compiler changed"), ("platform ", "the platform changed"),
-           ("cpu ", "the CPU changed (-march=native)"), ("cwd ", "the working directory changed"))
+           ("cpu ", "the CPU changed (-march=native)"), ("cwd ", "the working directory changed"),
+           ("mapped ", "a path the object records changed (what -ffile-prefix-map leaves of it)"))
 
 
 class History:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from gaffer.cc.args import Compile
@@ -30,9 +30,11 @@ KEY_FORMAT = "gaffer-cc-v1"
 # what gcc and clang read from the environment that can change an object or a diagnostic
 ENV_READ = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "OBJC_INCLUDE_PATH", "OBJCPLUS_INCLUDE_PATH",
             "SOURCE_DATE_EPOCH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "GCC_COLORS", "GCC_URLS",
-            "TERM_URLS", "COMPILER_PATH", "GCC_EXEC_PREFIX", "LIBRARY_PATH", "CCC_OVERRIDE_OPTIONS")
+            "TERM_URLS", "COMPILER_PATH", "GCC_EXEC_PREFIX", "LIBRARY_PATH", "CCC_OVERRIDE_OPTIONS",
+            "GCC_EXTRA_DIAGNOSTIC_OUTPUT")
 MAX_ENTRIES = 16  # header sets kept per manifest, newest first
 _TIME_MACROS = re.compile(rb"__(?:DATE|TIME|TIMESTAMP)__")
+_ASSEMBLER_READS = re.compile(rb'\.incbin\b|\.include\s+\\?"')
 _DEBUG_MAPS = ("-ffile-prefix-map", "-fdebug-prefix-map")
 _MACRO_MAPS = ("-ffile-prefix-map", "-fmacro-prefix-map")
 
@@ -43,15 +45,59 @@ def key_digest(parts: Iterable[str]) -> Digest:
     return digest_bytes("\n".join((KEY_FORMAT, *parts)).encode("utf-8", "surrogateescape"))
 
 
-def cwd_reason(c: Compile, cwd: str, base_dir: str | None) -> str | None:
-    """Why the working directory must be in the key (None: it need not be)."""
+def mapped(c: Compile, path: str, kinds: Sequence[str]) -> str | None:
+    """`path` as the object records it through the prefix maps of `kinds`: the last one given whose OLD begins
+    it (a plain prefix, as gcc compares them) replaced by its NEW; None if none applies."""
+    for opt, old, new in reversed(c.prefix_maps):
+        if opt in kinds and old and path.startswith(old):
+            return new + path[len(old):]
+    return None
+
+
+def recorded_directory(cwd: str, env: Mapping[str, str]) -> str:
+    """The working directory as gcc (and clang) writes it into debug info: $PWD when it names this directory
+    (the shell keeps a path through a symlink there), else the physical one."""
+    pwd = env.get("PWD", "")
+    if pwd.startswith("/") and pwd != cwd:
+        try:
+            here, there = os.stat(cwd), os.stat(pwd)
+        except OSError:
+            return cwd
+        if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+            return pwd
+    return cwd
+
+
+def recorded_paths(c: Compile, cwd: str, base_dir: str | None,
+                   pwd: str | None = None) -> Iterator[tuple[str, str, Sequence[str]]]:
+    """The paths the object may record that the key's text does not hold as they are: the working directory
+    (debug info: `pwd`, as `recorded_directory` gives it), absolute paths under the base directory (__FILE__,
+    debug info); as (what, path, map kinds)."""
+    if c.debug:
+        yield "the working directory", pwd or cwd, _DEBUG_MAPS
+    if base_dir:
+        for prefix, path, _ in c.key_args:
+            if path.startswith("/") and normalise(path, cwd, base_dir) != path and prefix not in ("-MF", "-o"):
+                yield path, path, _MACRO_MAPS
+                if c.debug:
+                    yield path, path, _DEBUG_MAPS
+
+
+def mapped_parts(c: Compile, cwd: str, base_dir: str | None, pwd: str | None = None) -> list[str]:
+    """What the prefix maps leave of the recorded paths (`cwd_reason` found a map for each): the rest of a path
+    below a map's OLD is in the object, so it is in the key."""
+    return [f"mapped {mapped(c, path, kinds)}" for _, path, kinds in recorded_paths(c, cwd, base_dir, pwd)]
+
+
+def cwd_reason(c: Compile, cwd: str, base_dir: str | None, pwd: str | None = None) -> str | None:
+    """Why the working directory must be in the key (None: it need not be; `mapped_parts` then keys what the
+    prefix maps leave of the paths the object records)."""
     def covered(path: str, kinds: Sequence[str]) -> bool:
-        return any(opt in kinds and old and (path == old or path.startswith(old.rstrip("/") + "/"))
-                   for opt, old in c.prefix_maps)
+        return mapped(c, path, kinds) is not None
 
     if c.coverage:
         return "coverage data records the working directory"
-    if c.debug and not covered(cwd, _DEBUG_MAPS):
+    if c.debug and not covered(pwd or cwd, _DEBUG_MAPS):
         return "debug info records the working directory (no -ffile-prefix-map for it)"
     if base_dir:
         for prefix, path, _ in c.key_args:
@@ -80,8 +126,11 @@ def common_parts(c: Compile, identity: str, env: Mapping[str, str], cwd: str, ba
     if c.native:
         parts.append(f"cpu {cpu()}")
     parts.extend(f"env {name}={env[name]}" for name in ENV_READ if name in env)
-    if cwd_reason(c, cwd, base_dir) is not None:
-        parts.append(f"cwd {cwd}")
+    pwd = recorded_directory(cwd, env) if c.debug or c.coverage else cwd  # what they record
+    if cwd_reason(c, cwd, base_dir, pwd) is not None:
+        parts.append(f"cwd {cwd}" if pwd == cwd else f"cwd {cwd} as {pwd}")
+    else:
+        parts.extend(mapped_parts(c, cwd, base_dir, pwd))
     return parts
 
 
@@ -91,15 +140,23 @@ def has_time_macros(data: bytes) -> bool:
     return _TIME_MACROS.search(data) is not None
 
 
+def has_assembler_reads(data: bytes) -> bool:
+    """ccache's rule, widened: the assembler reads the file an `.incbin` (or `.include`) names, and gcc's
+    dependency file does not name it, so a compile whose source or header has one cannot be keyed."""
+    return _ASSEMBLER_READS.search(data) is not None
+
+
 @dataclass
 class Entry:
     deps: DepList
     result: Digest
     absent: list[str]  # key-form paths that must still not exist (shadow.py)
+    cwd: str | None = None  # the one working directory it holds in: its diagnostics name that checkout's paths
 
 
-def result_key(direct: Digest, deps: DepList) -> Digest:
-    return key_digest(["direct-result", str(direct), *(f"dep {p} {h} {n}" for p, h, n in deps)])
+def result_key(direct: Digest, deps: DepList, cwd: str | None = None) -> Digest:
+    return key_digest(["direct-result", str(direct), *(f"dep {p} {h} {n}" for p, h, n in deps),
+                       *([f"cwd {cwd}"] if cwd is not None else [])])
 
 
 @dataclass
@@ -110,7 +167,8 @@ class Manifest:
 
 def encode_manifest(m: Manifest) -> bytes:
     return json.dumps({"format": 1, "preprocess": m.preprocess, "entries": [
-        {"deps": e.deps, "result": [e.result.hash, e.result.size_bytes], "absent": e.absent}
+        {"deps": e.deps, "result": [e.result.hash, e.result.size_bytes], "absent": e.absent,
+         **({"cwd": e.cwd} if e.cwd is not None else {})}
         for e in m.entries[:MAX_ENTRIES]]},
         separators=(",", ":")).encode()
 
@@ -120,7 +178,8 @@ def decode_manifest(data: bytes) -> Manifest:
     try:
         doc = json.loads(data)
         return Manifest([Entry([(str(p), str(h), int(n)) for p, h, n in e["deps"]],
-                               Digest(str(e["result"][0]), int(e["result"][1])), [str(p) for p in e["absent"]])
+                               Digest(str(e["result"][0]), int(e["result"][1])), [str(p) for p in e["absent"]],
+                               str(e["cwd"]) if e.get("cwd") is not None else None)
                          for e in doc["entries"]], doc.get("preprocess") is True)
     except (ValueError, KeyError, TypeError, AttributeError):
         return Manifest([])
@@ -129,6 +188,8 @@ def decode_manifest(data: bytes) -> Manifest:
 def first_mismatch(entry: Entry, cwd: str, digest: Callable[[str], Digest | None]) -> str | None:
     """None if every file of `entry` still has its digest here and none of its absent paths exists, else what
     differs ("header foo.h changed"). On every hit: kept to plain string work."""
+    if entry.cwd is not None and entry.cwd != cwd:
+        return "its diagnostics name the paths of another working directory"
     here = cwd.rstrip("/") + "/"
     for path, h, size in entry.deps:
         local = localise(path, cwd)

@@ -25,7 +25,7 @@ from gaffer.cc.history import History
 from gaffer.cc.slots import LocalSlots
 from gaffer.cc.stats import Stats
 from gaffer.digest import Digest, StatCache, file_system_now
-from gaffer.errors import EnvironmentProblem
+from gaffer.errors import EnvironmentProblem, UserError
 
 if TYPE_CHECKING:
     from gaffer.cache.tiered import TieredCache
@@ -42,6 +42,8 @@ class Request:
     cwd: str  # the caller's working directory (getcwd: physical)
     argv: Sequence[str]  # argv[0] is the compiler as the user gave it
     env: Mapping[str, str]
+    client: int | None = None  # the daemon's connection to the client: its hang-up stops the compile (flow.run)
+    umask: int | None = None  # the client's, for the files the compile makes (None: this process's own)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ class Response:
 
 
 RUN_IT = Response(RUN_YOURSELF)
+# the settings that name a path: one given relative (a flag, a variable) is relative to the compile's directory
+PATH_SETTINGS = ("cache_dir", "cc_dir", "base_dir", "cc_debug")
+DEBUG_OFF, DEBUG_STDERR = ("", "0", "false", "no", "off"), ("1", "true", "yes", "on", "stderr")  # else a file
+DEBUG_WORDS = (*DEBUG_OFF, *DEBUG_STDERR)
 
 
 class Context:
@@ -64,8 +70,9 @@ class Context:
         self.directory = private_directory(settings.cc_dir)
         self.base_dir = os.path.normpath(os.path.abspath(settings.base_dir)) if settings.base_dir else None
         self.preprocessor: bool = settings.cc_preprocessor
-        self.log = log or debug_log(settings.cc_debug)
+        self.log = log or debug_log(settings.cc_debug, settings.sources.get("cc_debug") or "GAFFER_CC_DEBUG")
         self.stat_cache = StatCache.load(os.path.join(self.directory, "stats"))
+        self.stat_cache.device = os.stat(self.directory).st_dev  # where its moment is read; sources may be elsewhere
         self.compilers = Compilers(os.path.join(self.directory, "compilers"), self.stat_cache)
         self.stats = Stats(self.directory)
         self.history = History(os.path.join(self.directory, "history"))
@@ -74,6 +81,7 @@ class Context:
         self._moment_lock = threading.Lock()
         self._in_flight = 0
         self.time_macros: dict[str, bool] = {}  # blob hash -> does it use __DATE__/__TIME__
+        self.assembler_reads: dict[str, bool] = {}  # blob hash -> does it have the assembler read a file
         # with a farm (--remote): its client (cc/remote.py, opened on first use) and the local limit
         self.distributor: Distributor | None = None
         self._slots = LocalSlots(self.directory, settings.cc_local_jobs) if settings.remote else None
@@ -85,6 +93,10 @@ class Context:
         from gaffer.config import CC, check_urls, load_nearest
 
         settings = load_nearest(CC, flags or {}, env, cwd)
+        for name in PATH_SETTINGS:  # relative to this working directory, also when the daemon (in /) reads them
+            value = getattr(settings, name)
+            if value and not os.path.isabs(value) and str(value).lower() not in DEBUG_WORDS:
+                setattr(settings, name, os.path.join(cwd, value))
         check_urls(settings.remotes, settings.sources["remotes"])
         if settings.remote is not None:
             check_urls([settings.remote], settings.sources["remote"])
@@ -166,14 +178,19 @@ def private_directory(path: str) -> str:
     return path
 
 
-def debug_log(setting: str) -> Callable[[str], None]:
+def debug_log(setting: str, where: str = "GAFFER_CC_DEBUG") -> Callable[[str], None]:
     """GAFFER_CC_DEBUG: empty or 0 is off, 1 (true, yes, on) logs to stderr, anything else is a file to append
-    to."""
-    if setting.lower() in ("", "0", "false", "no", "off"):
+    to: one that cannot be opened is a bad setting (asked for, the log must not vanish without a word)."""
+    if setting.lower() in DEBUG_OFF:
         return lambda line: None
-    if setting.lower() in ("1", "true", "yes", "on", "stderr"):
+    if setting.lower() in DEBUG_STDERR:
         return lambda line: print(f"gaffer cc: {line}", file=sys.stderr, flush=True)
     path = setting
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise UserError(f"{where}: cannot write the debug log {path}: {e.strerror}") from None
 
     def to_file(line: str) -> None:
         try:

@@ -30,6 +30,12 @@ from gaffer.cc.launch import RUN_IT, Context, Request, Response
 LINK_ENV = (*ENV_READ, "LD_LIBRARY_PATH", "LD_RUN_PATH")  # ld searches both for a shared library's needs
 
 
+def dependency_file(path: str) -> list[str]:
+    """The driver's arguments that have the linker list what it read in `path`: through -Xlinker, whole (-Wl,
+    would split a path with a comma in it)."""
+    return ["-Xlinker", f"--dependency-file={path}"]
+
+
 def library_candidates(args: list[str]) -> list[str]:
     """Where each `-lNAME` could also be found in the project's -L directories (a shared or a static library,
     the shared one first in each): one appearing there is taken instead, so it must still be absent."""
@@ -68,7 +74,7 @@ def handle_link(request: Request, ctx: Context) -> Response:
 
         link_remotely(job, link, identity)
     with temp_file(job, ".d") as deps:
-        response = run_and_store(job, [*link.args, f"-Wl,--dependency-file={deps}"], lambda ran: read_text(deps))
+        response = run_and_store(job, [*link.args, *dependency_file(deps)], lambda ran: read_text(deps))
     if response.exit_code != 0 and b"dependency-file" in response.stderr:  # a linker older than the option
         return RUN_IT
     return response

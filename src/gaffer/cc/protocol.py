@@ -1,6 +1,6 @@
 """The bytes between the fast client (client.c) and the daemon: one request, one response per connection.
 
-    request:  b"GCC1", u32 kind, u32 len + cwd, u32 argc + argc x (u32 len + arg), u32 envc + envc x (u32 len + KEY=VALUE)
+    request:  b"GCC2", u32 kind, u32 umask, u32 len + cwd, u32 argc + argc x (u32 len + arg), u32 envc + envc x (u32 len + KEY=VALUE)
     response: b"GCR1", u32 verdict, i32 exit code, u32 len + stdout, u32 len + stderr
 
 All integers little-endian. A request comes from another process, so every length is checked against what is
@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 from gaffer.cc.launch import Request, Response
 
-REQUEST_MAGIC = b"GCC1"
+REQUEST_MAGIC = b"GCC2"
+OLD_REQUEST_MAGIC = b"GCC1"  # a client built by an older gaffer: no umask (its files get the daemon's)
 RESPONSE_MAGIC = b"GCR1"
 MAX_REQUEST = 64 << 20  # the client refuses to send more (client.c's MAX_REQUEST), and runs the compiler itself
 MAX_ITEMS = 1 << 20  # arguments or variables: far beyond any kernel's ARG_MAX
@@ -54,11 +55,14 @@ def read_request(read: Callable[[int], bytes]) -> Request:
         return [string() for _ in range(count)]
 
     magic = take(4)
-    if magic != REQUEST_MAGIC:
+    if magic not in (REQUEST_MAGIC, OLD_REQUEST_MAGIC):
         raise FrameError(f"not a gaffer-cc request (starts with {magic!r})")
     kind = u32()
     if kind not in KINDS:
         raise FrameError(f"unknown request kind {kind}")
+    umask = u32() if magic == REQUEST_MAGIC else None
+    if umask is not None and umask > 0o777:
+        raise FrameError(f"umask {umask:#o} is not a file mode mask")
     cwd = string()
     if not os.path.isabs(cwd):
         raise FrameError(f"the working directory {cwd!r} is not absolute")
@@ -71,12 +75,13 @@ def read_request(read: Callable[[int], bytes]) -> Request:
         if not sep or not key:
             raise FrameError(f"an environment entry without KEY=: {entry[:40]!r}")
         env[key] = value
-    return Request(kind=kind, cwd=cwd, argv=argv, env=env)
+    return Request(kind=kind, cwd=cwd, argv=argv, env=env, umask=umask)
 
 
 def encode_request(request: Request) -> bytes:
     """The request as the C client sends it (tests and the benchmark speak to the daemon with it)."""
-    parts = [REQUEST_MAGIC, struct.pack("<I", request.kind), _bytes(os.fsencode(request.cwd)),
+    umask = request.umask if request.umask is not None else 0o022
+    parts = [REQUEST_MAGIC, struct.pack("<II", request.kind, umask), _bytes(os.fsencode(request.cwd)),
              struct.pack("<I", len(request.argv)), *(_bytes(os.fsencode(a)) for a in request.argv),
              struct.pack("<I", len(request.env)),
              *(_bytes(os.fsencode(f"{k}={v}")) for k, v in request.env.items())]

@@ -42,6 +42,7 @@ from gaffer.cc.depfile import prerequisites
 from gaffer.cc.flow import Job, Ran, dep_list, read_text, run, run_and_store, temp_file
 from gaffer.cc.key import result_key
 from gaffer.cc.launch import Context, Response
+from gaffer.cc.link import dependency_file
 from gaffer.digest import Digest, file_system_now
 from gaffer.execute.base import ExecuteResult
 
@@ -261,7 +262,7 @@ def portable_args(c: Compile, base: str, cwd: str) -> list[str] | None:
     names `base` where a path option does not, or if the object would record such a path differently (no
     -f*-prefix-map covering `base`)."""
     rel = os.path.relpath(base, cwd)
-    covered = any(under(base, os.path.normpath(old)) for _, old in c.prefix_maps if os.path.isabs(old))
+    covered = any(under(base, os.path.normpath(old)) for _, old, _new in c.prefix_maps if os.path.isabs(old))
     out: list[str] = []
     changed = False
     for arg in c.args:
@@ -333,7 +334,7 @@ def link_remotely(job: Job, link: Link, identity: str) -> None:
     platform = {**actions.host_properties(), toolchain.KEY: toolchain.value(name, identity), "linking": "true",
                 syslibs.KEY: syslibs.value(name, hexdigest)}
     env = {k: v for k, v in job.request.env.items() if k in SENT_ENV or k.startswith("LC_")}
-    action = actions.prepare_action([name, *link.args, f"-Wl,--dependency-file={deps_out}"], env,
+    action = actions.prepare_action([name, *link.args, *dependency_file(deps_out)], env,
                                     [output, deps_out], platform, None, b"", inputs,
                                     dep_directories=[actions.DirectoryEntry(work, 0o755)], working_directory=work)
     allowed = syslibs.files(paths)
@@ -345,7 +346,7 @@ def link_remotely(job: Job, link: Link, identity: str) -> None:
         if not failed and not done.stderr and read is not None:
             outside = next((p for p in prerequisites(read) if not read_known(p, job.cwd, base, allowed)), None)
             if outside is None:
-                assert args[-1].startswith("-Wl,--dependency-file=")  # the local run's: the caller reads it
+                assert args[-1].startswith("--dependency-file=")  # the local run's: the caller reads it
                 local_deps = args[-1].split("=", 1)[1]
                 Path(local_deps).write_text(read)
                 ctx.stats.add({"remote": 1})

@@ -78,15 +78,18 @@ def get(cache: TieredCache, key: Digest, roles: Sequence[str]) -> Stored | None:
     return Stored(files, modes, stdout, stderr, cached.duration_s)
 
 
-def write_file(cache: TieredCache, digest: Digest, dest: str, mode: int) -> bool:
+def write_file(cache: TieredCache, digest: Digest, dest: str, mode: int, umask: int | None = None) -> bool:
     """Copy a verified blob to `dest` through a temp file beside it (a reader never sees half a file); the
-    executable bits as stored, the rest as this process's umask makes them, as the compiler would."""
+    executable bits as stored, the rest as the umask makes them (the client's, else this process's), as the
+    compiler would."""
     directory = os.path.dirname(dest) or "."
     tmp = os.path.join(directory, f".gaffer-{os.getpid()}-{os.urandom(4).hex()}.tmp")
     try:
         if not cache.local.fetch_blob(digest, Path(tmp)):
             return False
-        if mode & 0o111:
+        if umask is not None:
+            os.chmod(tmp, (0o777 if mode & 0o111 else 0o666) & ~umask)
+        elif mode & 0o111:
             st = os.stat(tmp)
             os.chmod(tmp, st.st_mode | ((st.st_mode & 0o444) >> 2))
         _install(tmp, dest)
@@ -98,12 +101,14 @@ def write_file(cache: TieredCache, digest: Digest, dest: str, mode: int) -> bool
             os.unlink(tmp)
 
 
-def write_bytes(data: bytes, dest: str) -> bool:
+def write_bytes(data: bytes, dest: str, umask: int | None = None) -> bool:
     directory = os.path.dirname(dest) or "."
     tmp = os.path.join(directory, f".gaffer-{os.getpid()}-{os.urandom(4).hex()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            if umask is not None:
+                os.fchmod(f.fileno(), 0o666 & ~umask)
         _install(tmp, dest)
         return True
     except OSError:

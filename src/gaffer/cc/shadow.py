@@ -25,8 +25,11 @@ SEARCH_ENV = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "OBJC_INCLUDE_PAT
 
 
 def explicit_dirs(c: Compile, env: Mapping[str, str]) -> list[str]:
-    """The include directories the command line and the environment add, as written."""
+    """The include directories the command line and the environment add, as written; the working directory
+    first when -include or -imacros name a file by a relative path (gcc looks for it there first)."""
     dirs = [path for prefix, path, _ in c.key_args if prefix in SEARCH_OPTIONS and path]
+    if any(prefix in ("-include", "-imacros") and path and not path.startswith("/") for prefix, path, _ in c.key_args):
+        dirs.insert(0, ".")
     for name in SEARCH_ENV:
         value = env.get(name)
         if value:

@@ -14,6 +14,8 @@ import os
 import threading
 from collections.abc import Iterator, Mapping
 
+from gaffer.atomic import save_bytes
+
 COUNTERS = (  # (name, what --show-stats calls it)
     ("direct_hits", "direct hits"),
     ("preprocessed_hits", "preprocessed hits"),
@@ -92,10 +94,7 @@ class Stats:
             self._write({})
 
     def _write(self, data: dict[str, object]) -> None:
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, sort_keys=True)
-        os.replace(tmp, self.path)
+        save_bytes(self.path, json.dumps(data, sort_keys=True).encode())  # no temp file left on a full disk
 
     def report(self) -> list[str]:
         """The lines of --show-stats."""

@@ -57,7 +57,16 @@ class ProcessResult(NamedTuple):
             return "interrupted"
         if self.timed_out:
             return f"timed out after {timeout:g}s"
+        if self.exit_code < 0:  # subprocess's way of saying the signal that killed it (the OOM killer, a kill)
+            return f"killed by signal {-self.exit_code} ({_signal_name(-self.exit_code)})"
         return f"exited with status {self.exit_code}" if self.exit_code != 0 else ""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown"
 
 
 class ProcessRunner:

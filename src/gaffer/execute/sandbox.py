@@ -287,12 +287,18 @@ class SandboxExecutor:
         self.local = local
         self.keep_failed = keep_failed
         self.work_parent = root / STATE_DIR / "sandbox"
+        self._lock = threading.Lock()
+        self._cleared = False  # the exec roots a killed gaffer left: removed before this build makes its own
 
     def cancel_all(self) -> None:
         self.local.cancel_all()
 
     def execute(self, action: PreparedAction, pass_env: Sequence[str], name: str = "") -> ExecuteResult:
         actions.remove_outputs(self.root, action.output_paths)  # as a workspace run: no stale output survives a failure
+        with self._lock:
+            if not self._cleared:
+                self._remove_leftovers()
+                self._cleared = True
         try:
             self._store_inputs(action)
             done = run_action(action.digest, self.store, self.work_parent, task_environment((), pass_env),
@@ -305,7 +311,11 @@ class SandboxExecutor:
         stderr = self.store.read_blob(_digest(action.digest, done.result.stderr_digest, "stderr")) or b""
         duration = done.process.duration_s
         if done.failure:
-            kept = f" (its exec root is kept in {done.kept})" if done.kept else ""
+            kept = ""
+            if done.kept:  # renamed so that it is not taken for one a killed gaffer left
+                renamed = done.kept.with_name(f"kept-{done.kept.name}")
+                os.rename(done.kept, renamed)
+                kept = f" (its exec root is kept in {renamed})"
             return ExecuteResult(duration, stdout, stderr, failure=done.failure + kept)
         data = done.result.SerializeToString(deterministic=True)
         try:
@@ -315,6 +325,17 @@ class SandboxExecutor:
         except (actions.BadCacheEntry, OSError) as e:
             return ExecuteResult(duration, stdout, stderr, failure=f"cannot restore its outputs: {e}")
         return ExecuteResult(duration, stdout, stderr, outputs=cached.outputs, action_result=data, blobs=done.blobs)
+
+    def _remove_leftovers(self) -> None:
+        """Remove the exec roots a gaffer killed mid-build left (this build holds the workspace: no other build
+        uses them); those kept on purpose (`kept-*`) stay."""
+        try:
+            names = os.listdir(self.work_parent)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith("exec-"):
+                _remove_tree(self.work_parent / name)
 
     def _store_inputs(self, action: PreparedAction) -> None:
         """Put every input file the local CAS lacks (a workspace source; a dep's output evicted since) into it

@@ -86,6 +86,11 @@ def _load_known(path: str | os.PathLike[str], signature: tuple[int, int, int, in
 def _graph(path: str | os.PathLike[str], root: str, signature: tuple[int, int, int, int], digest: str,
            copy: _Copy) -> Graph:
     tasks, platform, deps, groups, outputs, env, sandboxed = copy
+    own = os.path.basename(path)
+    if own in outputs:  # removed before its task runs: the graph it was building from would be gone
+        name = next(n for n in tasks if own in tasks[n].outputs)
+        raise UserError(f"{os.fspath(path)}: task {name!r}: output {own!r} is this graph file, which gaffer would "
+                        "delete before the task runs")
     return Graph(path=Path(os.path.abspath(path)), root=Path(root), tasks=tasks, platform=platform,
                  signature=signature, digest=digest, deps=deps, groups=groups, outputs=outputs, env=env,
                  sandboxed=sandboxed)
