@@ -6,6 +6,8 @@ Modes, switchable while the proxy runs (`set_mode`):
   RESET    accept, then close at once with a TCP reset
   HANG     accept and read, never answer (a stuck server: only the client's timeout ends the wait)
   HTTP_503 answer every request "503 Service Unavailable" and close
+  TRICKLE  forward, but the server's bytes one at a time, TRICKLE_S apart: a server that keeps answering, too
+           slowly for any read to time out (only a bound on the whole request ends it)
 Switching mode cuts every open connection, so a client's pooled keep-alive connections see the new behaviour
 too. Everything is bounded: at most `max_connections` at once (more are reset), and `stop()` closes every
 socket and joins every thread.
@@ -18,6 +20,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Self
 
@@ -32,6 +35,10 @@ class Fault(enum.Enum):
     RESET = "reset"
     HANG = "hang"
     HTTP_503 = "http503"
+    TRICKLE = "trickle"
+
+
+TRICKLE_S = 0.05  # between two bytes of a trickled answer: 20 bytes/s, a blob's headers alone take seconds
 
 
 def _reset(sock: socket.socket) -> None:
@@ -159,7 +166,8 @@ class FaultProxy:
         if mode is Fault.RESET or full:
             _reset(client)
             return
-        worker = {Fault.PASS: self._pipe, Fault.HANG: self._hang, Fault.HTTP_503: self._answer_503}[mode]
+        worker = {Fault.PASS: self._pipe, Fault.HANG: self._hang, Fault.HTTP_503: self._answer_503,
+                  Fault.TRICKLE: self._trickle}[mode]
         thread = threading.Thread(target=self._run, args=(worker, client), daemon=True)
         with self._lock:
             self._threads.add(thread)
@@ -178,7 +186,10 @@ class FaultProxy:
                 self._sockets.discard(client)
             client.close()
 
-    def _pipe(self, client: socket.socket) -> None:
+    def _trickle(self, client: socket.socket) -> None:
+        self._pipe(client, trickle=True)
+
+    def _pipe(self, client: socket.socket, trickle: bool = False) -> None:
         try:
             upstream = socket.create_connection(self.target, timeout=5)
         except OSError:
@@ -198,7 +209,12 @@ class FaultProxy:
                     data = sock.recv(_CHUNK)
                     if not data:
                         return
-                    peer[sock].sendall(data)
+                    if trickle and sock is upstream:
+                        for i in range(len(data)):
+                            client.sendall(data[i:i + 1])
+                            time.sleep(TRICKLE_S)  # the fault itself (a slow server), not a wait for anything
+                    else:
+                        peer[sock].sendall(data)
         finally:
             with self._lock:
                 self._sockets.discard(upstream)

@@ -649,8 +649,8 @@ def test_a_debug_log_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     write(tmp_path / "x.c", "int x(void) { return 1; }\n")
     cc = Launcher(tmp_path)
     proc = cc.run([GCC, "-c", "x.c"], tmp_path, GAFFER_CC_DEBUG=str(tmp_path / "no" / "such" / "dir.log"))
-    assert (proc.returncode, proc.stderr.decode()) == (2, f"gaffer: GAFFER_CC_DEBUG: cannot write the debug log "
-                                                          f"{tmp_path}/no/such/dir.log: No such file or directory\n")
+    assert (proc.returncode, proc.stderr.decode()) == (2, (f"gaffer: GAFFER_CC_DEBUG: cannot write the debug log "
+                                                          f"{tmp_path}/no/such/dir.log: No such file or directory\n"))
 
 
 def test_the_launcher_directory_is_private_and_never_another_users(tmp_path: Path) -> None:

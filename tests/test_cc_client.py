@@ -238,8 +238,8 @@ def test_a_daemon_on_a_full_disk_says_where(launcher: Launcher, src: Path, tmp_p
         env = {**launcher.env, "GAFFER_CC_DIR": str(full / "cc")}
         proc = subprocess.run([sys.executable, "-m", "gaffer", "cc", "--daemon"], env=env, capture_output=True,
                               text=True, timeout=60, check=False)
-        assert (proc.returncode, proc.stderr) == (3, f"gaffer: {full}/cc/daemon.lock: cannot write the daemon's "
-                                                     "pid: No space left on device\n")
+        assert (proc.returncode, proc.stderr) == (3, (f"gaffer: {full}/cc/daemon.lock: cannot write the daemon's "
+                                                     "pid: No space left on device\n"))
         compiled = launcher.run([launcher.gaffer_cc, "gcc", "-c", "hello.c"], cwd=src, env=env)
         assert compiled.returncode == 0 and b"it exited at start" in compiled.stderr
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from gaffer.protos import remote_execution_pb2 as re_pb2
 from tests.buildgrid import ReapiServer
 from tests.faultproxy import Fault, FaultProxy
 from tests.servers import free_port
+from tests.support import run_gaffer
 
 LARGE = 4 * 1024 * 1024 + 12345  # over the 4 MiB batch limit: must go through ByteStream
 
@@ -230,7 +234,41 @@ def test_a_fill_checks_every_blob_a_lying_server_sends(tmp_path: Path) -> None:
         assert sorted(cache.fill_local([small[0], middle[0], big[0], *lies, absent])) == sorted([*lies, absent])
         assert all(local.read_blob(d) == data for d, data in (small, middle, big))
         assert not any(local.has_blob(d) for d in lies)
-        assert len(warnings) == len(lies) and all("failed verification" in w for w in warnings)
+        assert len(warnings) == 1 and "failed verification" in warnings[0]  # the first only: the others are counted
+        assert cache.tier_stats()[1].errors == len(lies)
     finally:
         cache.close()
         server.server.stop(None)
+
+
+def test_tls_to_a_plaintext_server_is_one_warning_without_grpc_logs(gaffer_serve: ReapiServer,
+                                                                     tmp_path: Path) -> None:
+    """grpcs:// to a server that speaks plaintext: gaffer's one warning, and none of gRPC's own log lines
+    (`I1201 12:00:00.000 ssl_transport_security.cc:... Handshake failed`) around it."""
+    url = f"grpcs://{gaffer_serve.url.removeprefix('grpc://')}/ns"
+    proc = _run_small_build(tmp_path, url)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"gaffer: warning: cache tier {url}: "), proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if re.match(r"[EWI]\d{4} ", line)], proc.stderr
+
+
+def test_a_ca_file_without_a_certificate_is_one_line(gaffer_serve: ReapiServer, tmp_path: Path) -> None:
+    """A `ca=` file that holds no PEM certificate is the user's mistake: one line, exit status 2 (gRPC alone would
+    log four lines of its own and fail every handshake)."""
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    url = f"grpcs://{gaffer_serve.url.removeprefix('grpc://')}/ns?ca={tmp_path / 'ca.pem'}"
+    proc = _run_small_build(tmp_path, url)
+    assert proc.returncode == 2, proc.stderr
+    line = f"gaffer: cache URL {url}: ca file {tmp_path / 'ca.pem'} holds no PEM certificate"
+    assert proc.stderr.splitlines() == [line], proc.stderr
+
+
+def _run_small_build(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    """`gaffer run --cache URL` of a one-task graph, with a fresh local cache."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"tasks": {"t": {"command": "echo hi > o.txt", "outputs": ["o.txt"]}}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAFFER_", "GRPC_"))}
+    env.update(GAFFER_CACHE_DIR=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    return run_gaffer(["run", "--cache", url], cwd=ws, env=env)

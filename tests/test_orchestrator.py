@@ -87,6 +87,9 @@ class MemoryCache:
     def settle(self, key: Digest, usable: bool) -> None:
         pass
 
+    def reject(self, key: Digest, what: str, problem: str) -> None:
+        pass
+
 
 class Progress:
     def __init__(self) -> None:

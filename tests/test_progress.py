@@ -36,6 +36,23 @@ def test_plain_lines_one_per_start_and_finish() -> None:
     assert "\x1b" not in out.getvalue()
 
 
+def test_a_task_started_again_keeps_its_number() -> None:
+    """A restore that finds its cache entry unusable runs the task instead: started twice, counted once."""
+    out = io.StringIO()
+    p = Progress(stream=out, live=False)
+    p.start(total=2, jobs=1)
+    p.task_started("lib")
+    p.task_started("lib")
+    p.task_finished("lib", Outcome(EXECUTED, duration_s=0.0))
+    p.task_started("app")
+    p.task_finished("app", Outcome(CACHED, duration_s=0.0))
+    p.finish()
+    assert out.getvalue().splitlines() == [
+        "[1/2] Starting lib", "[1/2] Starting lib", "[1/2] Completed lib (0.0s)",
+        "[2/2] Starting app", "[2/2] Completed app (cached, 0.0s)",
+    ]
+
+
 class Writes(io.StringIO):
     """A stream that keeps each write apart and says when one came."""
 

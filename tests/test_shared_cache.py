@@ -24,7 +24,7 @@ from tests.buildgrid import serve_s3_backend, start_gaffer_serve
 from tests.conftest import BUCKET
 from tests.faultproxy import Fault, FaultProxy
 from tests.servers import wait_until
-from tests.support import go_env, require, require_example, run_gaffer, summary
+from tests.support import go_env, mounted, require, require_example, run_gaffer, summary
 
 TARGET = "distributed-build"
 
@@ -244,6 +244,11 @@ def test_corrupt_remote_blob_is_a_miss_not_a_wrong_output(small_machines: Callab
     assert result["status"]["build-app"] == "executed"
     assert "failed verification" in result["stderr"]
     assert (b.root / "bin" / "app").read_bytes() == made
+    # machine B uploaded the blob it made again, over the corrupt one (which has the right size: a presence
+    # check alone would have kept it), so the next machine restores everything
+    assert blob.read_bytes() == made
+    c = small_machines("c").build("--cache", url)
+    assert c["hit_rate"] == 1.0 and "warning" not in c["stderr"], c["stderr"]
 
 
 def test_wrong_credentials_one_line_at_start(small_machines: Callable[[str], Machine], ceph_bucket: servers.Server) -> None:
@@ -425,3 +430,135 @@ def test_cloud_missing_bucket_one_line_at_start(cloud: tuple[servers.Server, Cal
     assert result["failed"] == 0 and result["executed"] == len(result["tasks"])
     lines = [line for line in result["stderr"].splitlines() if "warning: cache tier" in line]
     assert len(lines) == 1 and "'no-such-bucket' does not exist" in lines[0], result["stderr"]
+
+
+def test_full_local_disk_still_restores_from_a_healthy_remote(tmp_path: Path, nginx_cache: servers.Server) -> None:
+    """Machine B's local cache is on a disk that fills up while blobs arrive from the remote: the blob that did not
+    fit, and every one after it, are held for this build outside the full disk, so every task is restored; one
+    warning (the full disk), and the remote, whose fault it is not, stays in use."""
+    url = f"http://127.0.0.1:{nginx_cache.port}/full-{uuid.uuid4().hex[:8]}"
+    graph = {"tasks": {  # a group read (a small blob), then a streamed one that does not fit, then another small
+        "a": {"command": "head -c 600000 /dev/urandom > a.bin", "outputs": ["a.bin"]},
+        "b": {"command": "head -c 1300000 /dev/urandom > b.bin", "deps": ["a"], "outputs": ["b.bin"]},
+        "c": {"command": "head -c 600000 /dev/urandom > c.bin", "deps": ["b"], "outputs": ["c.bin"]},
+    }}
+    for name in ("a", "b"):
+        ws = tmp_path / name
+        ws.mkdir()
+        (ws / "graph.json").write_text(json.dumps(graph))
+        # machine B's graph has one task more: it runs, and what a full local tier did not keep is not uploaded
+        graph["tasks"]["d"] = {"command": "echo d > d.txt", "deps": ["c"], "outputs": ["d.txt"]}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    a = run_gaffer(["run", "-j", "1", "--cache", url], cwd=tmp_path / "a",
+                   env={**env, "GAFFER_CACHE_DIR": str(tmp_path / "ca")})
+    assert a.returncode == 0, a.stderr
+    made = {p: (tmp_path / "a" / p).read_bytes() for p in ("a.bin", "b.bin", "c.bin")}
+    with mounted(tmp_path / "cb", "-t", "tmpfs", "-o", "size=1500k", "tmpfs") as cache:  # over 1 MiB free at start
+        out = tmp_path / "b.json"
+        b = run_gaffer(["run", "-j", "1", "--cache", url, "--summary-json", str(out)], cwd=tmp_path / "b",
+                       env={**env, "GAFFER_CACHE_DIR": str(cache / "gaffer")})
+        assert b.returncode == 0, b.stderr
+        result = summary(out)
+        warnings = [line for line in b.stderr.splitlines() if "warning" in line]
+        full = f"gaffer: warning: cache directory {cache}/gaffer is full (No space left on device): its entries " \
+               "are used, nothing new is stored"
+        assert warnings == [full], b.stderr
+        assert result["status"] == {"a": "cached", "b": "cached", "c": "cached", "d": "executed"}, b.stderr
+        remote = next(t for t in result["tiers"] if t["name"] == url)
+        assert not remote["disabled"] and remote["errors"] == 0 and remote["hits"] == 3
+        assert {p: (tmp_path / "b" / p).read_bytes() for p in made} == made
+        assert list((cache / "gaffer" / "tmp").iterdir()) == []
+
+
+def test_a_remote_of_unreadable_entries_is_one_warning(tmp_path: Path, nginx_cache: servers.Server) -> None:
+    """Every action result the remote holds is garbage (a proxy's error page, a damaged store): each is a miss,
+    and the build says so once for the tier, not once per task; the tier's errors count them all."""
+    namespace = f"garbage-{uuid.uuid4().hex[:8]}"
+    url = f"http://127.0.0.1:{nginx_cache.port}/{namespace}"
+    graph = {"tasks": {f"t{i}": {"command": f"echo {i} > o{i}.txt", "outputs": [f"o{i}.txt"]} for i in range(5)}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    for name in ("a", "b"):
+        ws = tmp_path / name
+        ws.mkdir()
+        (ws / "graph.json").write_text(json.dumps(graph))
+    a = run_gaffer(["run", "--cache", url], cwd=tmp_path / "a", env={**env, "GAFFER_CACHE_DIR": str(tmp_path / "ca")})
+    assert a.returncode == 0, a.stderr
+    entries = list((nginx_cache.workdir / "data" / namespace / "ac").iterdir())
+    assert len(entries) == 5
+    for entry in entries:
+        entry.write_bytes(b"<html><body>Not a cache</body></html>\n")
+    out = tmp_path / "b.json"
+    b = run_gaffer(["run", "--cache", url, "--summary-json", str(out)], cwd=tmp_path / "b",
+                   env={**env, "GAFFER_CACHE_DIR": str(tmp_path / "cb")})
+    assert b.returncode == 0, b.stderr
+    result = summary(out)
+    assert set(result["status"].values()) == {"executed"}
+    warnings = [line for line in b.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"gaffer: warning: cache tier {url}: "), b.stderr
+    assert "unreadable action result" in warnings[0]
+    remote = next(t for t in result["tiers"] if t["name"] == url)
+    assert remote["errors"] == 5 and remote["misses"] == 5 and not remote["disabled"]
+
+
+def test_a_remote_disk_tier_that_fills_up_is_one_warning(small_machines: Callable[[str], Machine],
+                                                         tmp_path: Path) -> None:
+    """A `disk://` remote (a shared mount) whose disk is full: its error is the remote's, not the local tier's
+    (only a fetch writes into a local file), so the remote is dropped with one warning and the build goes on."""
+    with mounted(tmp_path / "remote", "-t", "tmpfs", "-o", "size=300k", "tmpfs") as remote:
+        result = small_machines("a").build("--cache", f"disk://{remote}/cache")
+    assert result["failed"] == 0 and result["executed"] == 2
+    warnings = [line for line in result["stderr"].splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"cache tier disk://{remote}/cache: " in warnings[0], result["stderr"]
+    assert "No space left on device" in warnings[0]
+
+
+@pytest.mark.parametrize("change", [{"AWS_SECRET_ACCESS_KEY": None}, {"AWS_PROFILE": "no-such-profile"}],
+                         ids=["partial-credentials", "unknown-profile"])
+def test_s3_credentials_botocore_cannot_use_are_one_warning(change: dict[str, str | None],
+                                                            small_machines: Callable[[str], Machine],
+                                                            moto_bucket: servers.Server) -> None:
+    """A key id without its secret, or an AWS_PROFILE that no config file has: botocore refuses to make a client;
+    that is one warning naming the tier (as wrong credentials are), not a traceback."""
+    a = small_machines("a")
+    a.env.update(moto_bucket.env)
+    for name, value in change.items():
+        if value is None:
+            a.env.pop(name, None)
+        else:
+            a.env[name] = value
+    url = _s3(moto_bucket, "botocore-refuses")
+    result = a.build("--cache", url)
+    assert result["failed"] == 0 and "Traceback" not in result["stderr"], result["stderr"]
+    warnings = [line for line in result["stderr"].splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"gaffer: warning: cache tier {url}: "), result["stderr"]
+
+
+def test_a_full_disk_under_the_cache_and_its_temp_never_fails_the_build(tmp_path: Path,
+                                                                        nginx_cache: servers.Server) -> None:
+    """The local cache and TMPDIR (where a full cache keeps its temp files) on one full disk, a healthy remote:
+    what cannot be fetched or stored is a miss and goes uncached, tasks run, the build succeeds; two warnings at
+    most (the full disk, and blobs that could not be stored), never one per blob, never a failed task."""
+    url = f"http://127.0.0.1:{nginx_cache.port}/tmpfull-{uuid.uuid4().hex[:8]}"
+    graph = {"tasks": {f"t{i}": {"command": f"head -c {300000 + i} /dev/urandom > o{i}.bin", "outputs": [f"o{i}.bin"]}
+                       for i in range(6)}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAFFER_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "graph.json").write_text(json.dumps(graph))
+        graph["tasks"].update({f"x{i}": {"command": f"head -c 300000 /dev/urandom > x{i}.bin", "outputs": [f"x{i}.bin"]}
+                               for i in range(4)})  # machine B's own tasks: they run, and are stored nowhere
+    a = run_gaffer(["run", "--cache", url], cwd=tmp_path / "a", env={**env, "GAFFER_CACHE_DIR": str(tmp_path / "ca")})
+    assert a.returncode == 0, a.stderr
+    with mounted(tmp_path / "full", "-t", "tmpfs", "-o", "size=1200k", "tmpfs") as full:
+        (full / "tmp").mkdir()
+        b = run_gaffer(["run", "-j", "4", "--cache", url], cwd=tmp_path / "b",
+                       env={**env, "GAFFER_CACHE_DIR": str(full / "cache"), "TMPDIR": str(full / "tmp")})
+        assert b.returncode == 0, b.stderr
+        warnings = [line for line in b.stderr.splitlines() if "warning" in line]
+        assert len(warnings) <= 2 and "internal error" not in b.stderr, b.stderr
+        assert all((tmp_path / "b" / f"o{i}.bin").stat().st_size == 300000 + i for i in range(6))
+        assert all((tmp_path / "b" / f"x{i}.bin").stat().st_size == 300000 for i in range(4))
+        assert list((full / "tmp").iterdir()) == []

@@ -204,7 +204,7 @@ class Build:
                 return None
             actions.restore_outputs(self.root, cached, self.cache.local)
         except actions.BadCacheEntry as e:
-            self.progress.warn(f"cache entry for task {name} ignored: {e}")
+            self.cache.reject(keyed.key, f"cache entry for task {name}", str(e))
             return None
         except OSError as e:
             self.progress.warn(f"cannot restore the outputs of {name}: {e}; running it instead")

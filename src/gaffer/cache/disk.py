@@ -163,6 +163,7 @@ class DiskStore(CacheTier):
         self._tmp = f"{self._root_text}/tmp"
         self._cas = f"{self._root_text}/cas/"
         self._present: set[str] = set()  # blobs this process stored or found stored: written once per process
+        self._held: dict[str, str] = {}  # blobs adopted while the store could not write: their private temp files
         self._warn_lock = threading.Lock()
         self._read_only_warned = False
         try:
@@ -201,7 +202,7 @@ class DiskStore(CacheTier):
         MalformedHash for a hash that is not a SHA-256: "../x" would name a file outside the store."""
         if not is_valid_hash(blob_hash):
             raise MalformedHash(self.name, blob_hash)
-        return f"{self._cas}{blob_hash[:2]}/{blob_hash}"
+        return self._held.get(blob_hash) or f"{self._cas}{blob_hash[:2]}/{blob_hash}"
 
     def _action_path(self, key: Digest) -> str:
         """An action entry's path; MalformedHash as `_blob_file`."""
@@ -335,20 +336,31 @@ class DiskStore(CacheTier):
             return
         if not self.has_blob(digest):
             dest = self._blob_file(digest.hash)  # before the temp file: a malformed hash leaves none
-            self._install(self._temp_holding(data), dest, len(data))
+            tmp = self._temp_to_store(lambda tmp: _write_new(tmp, data))
+            if tmp is not None:
+                self._install(tmp, dest, len(data))
         self._present.add(digest.hash)
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         if self.has_blob(digest):
             return
         dest = self._blob_file(digest.hash)
-        tmp = self._fill_temp(lambda tmp: copy_file(path, tmp))
-        self._install(tmp, dest, digest.size_bytes)
+        tmp = self._temp_to_store(lambda tmp: copy_file(path, tmp))
+        if tmp is not None:
+            self._install(tmp, dest, digest.size_bytes)
 
     def adopt(self, digest: Digest, tmp: Path) -> None:
-        """Move a verified file (made with `temp_path()`) into the CAS."""
+        """Move a verified file (made with `temp_path()`) into the CAS. A store that cannot write (a full disk, a
+        read-only one) holds it where it is, in this process's private temp directory, until `close`: a blob
+        fetched from a remote tier for a restore is then still there for the restore."""
         if self.has_blob(digest):
             tmp.unlink(missing_ok=True)
+            return
+        if not self.writable and os.path.dirname(tmp) == self._tmp:
+            held = f"{self._tmp}/held-{digest.hash}"
+            self._blob_file(digest.hash)  # MalformedHash before a file is named after it
+            os.replace(tmp, held)
+            self._held[digest.hash] = held
             return
         self._install_verified(tmp, digest)
 
@@ -360,10 +372,14 @@ class DiskStore(CacheTier):
         if data is not None:
             digest = digest_bytes(data)
             if digest.hash not in self._present and not self.has_blob(digest):
-                self._install_verified(self._temp_holding(data), digest)
+                small = self._temp_to_store(lambda tmp: _write_new(tmp, data))
+                if small is not None:
+                    self._install_verified(small, digest)
             self._present.add(digest.hash)
             return digest
-        tmp = self._fill_temp(lambda tmp: copy_file(path, tmp))
+        tmp = self._temp_to_store(lambda tmp: copy_file(path, tmp))
+        if tmp is None:  # nothing is stored: no copy to hash instead of the file
+            return digest_file(path)
         try:
             digest = digest_file(tmp)
         except FileNotFoundError:  # removed with the cache directory under this process: copy it again
@@ -408,7 +424,9 @@ class DiskStore(CacheTier):
     def write_action(self, key: Digest, result: bytes) -> None:
         entry = action_entry(result)
         dest = self._action_path(key)
-        self._install(self._temp_holding(entry), dest, len(entry))
+        tmp = self._temp_to_store(lambda tmp: _write_new(tmp, entry))
+        if tmp is not None:
+            self._install(tmp, dest, len(entry))
 
     def evict_action(self, key: Digest) -> None:
         with suppress(FileNotFoundError, MalformedHash):
@@ -693,11 +711,7 @@ class DiskStore(CacheTier):
         if not self.writable:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
-            with self._warn_lock:
-                if self._read_only_warned:
-                    return
-                self._read_only_warned = True
-            self.report(f"cache directory {self._root_text} is read-only: its entries are used, nothing new is stored")
+            self._stores_nothing()
             return
         try:
             install(tmp, dest, self._remove_entry)
@@ -835,6 +849,27 @@ class DiskStore(CacheTier):
         with self._locked():
             self._write_size(size)
 
+    def _stores_nothing(self) -> None:
+        """Say once that this store keeps nothing new (a full one has said so already)."""
+        with self._warn_lock:
+            if self._read_only_warned:
+                return
+            self._read_only_warned = True
+        self.report(f"cache directory {self._root_text} is read-only: its entries are used, nothing new is stored")
+
+    def _temp_to_store(self, fill: Callable[[str], object]) -> str | None:
+        """A temp file made by `fill`, to install as an entry; None when the store keeps nothing new (read-only,
+        or its disk full, and the private temp directory too): nothing is written then, and a build goes on."""
+        if not self.writable:
+            self._stores_nothing()
+            return None
+        try:
+            return self._fill_temp(fill)
+        except OSError as e:
+            if e.errno in _FULL and not self.writable:  # it filled up meanwhile, and so did the private directory
+                return None
+            raise
+
     def write_temp(self, data: bytes | memoryview) -> Path:
         """A new temp file holding `data`; on a failure (a full disk) none is left behind."""
         return _path(self._temp_holding(data))
@@ -865,6 +900,14 @@ class DiskStore(CacheTier):
                 os.unlink(tmp)
             raise
         return self._fill_temp(fill)
+
+    def full(self, error: OSError) -> bool:
+        """A file meant for this store (a blob fetched into `temp_path()`) could not be written: if its disk is
+        full and the store may go on read-only, it does (said once), and True: a new `temp_path()` is elsewhere."""
+        if error.errno not in _FULL or not self._full_is_read_only:
+            return False
+        self._full(error.strerror or os.strerror(error.errno))
+        return True
 
     def _full(self, why: str) -> None:
         """Go on as a read-only cache: its entries are used, nothing new is stored, temp files (a task's output

@@ -44,7 +44,12 @@ def credentials() -> Any:
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         return google.auth.credentials.AnonymousCredentials()
-    creds, _project = google.auth.default(scopes=[_SCOPE])
+    try:
+        creds, _project = google.auth.default(scopes=[_SCOPE])
+    except OSError as e:  # GOOGLE_APPLICATION_CREDENTIALS names a directory, or a file that cannot be read
+        import google.auth.exceptions
+
+        raise google.auth.exceptions.DefaultCredentialsError(f"cannot read {e.filename}: {e.strerror}") from None
     return creds
 
 

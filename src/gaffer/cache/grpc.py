@@ -10,12 +10,16 @@ Only `cache/urls.py` imports this module, and only for a grpc(s):// URL, so grpc
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+# gRPC's C core logs to stderr on its own (a failed TLS handshake, an unusable CA file: lines of `E1201 12:00:00
+# ssl_transport_security.cc...`) what the one warning naming the tier already says. Read once, at import.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import grpc
 from google.rpc import status_pb2
 
@@ -40,6 +44,13 @@ TRANSIENT = frozenset({
 })
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 T = TypeVar("T")
+
+
+def _read_ca(url: str, ca_file: Path) -> bytes:
+    try:
+        return ca_file.read_bytes()
+    except OSError as e:
+        raise bad_url(url, f"cannot read ca file {ca_file}: {e.strerror}") from None
 
 
 class GrpcTier(CacheTier):
@@ -97,6 +108,8 @@ class GrpcTier(CacheTier):
         ca_file = Path(params["ca"]) if "ca" in params else None
         if ca_file is not None and not ca_file.is_file():
             raise bad_url(url, f"ca file {ca_file} does not exist")
+        if ca_file is not None and b"-----BEGIN CERTIFICATE-----" not in _read_ca(url, ca_file):
+            raise bad_url(url, f"ca file {ca_file} holds no PEM certificate")
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         instance = parts.path.strip("/")
         name = f"{parts.scheme}://{target}/{instance}".rstrip("/")

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from gaffer.cache.deadlines import DEADLINES, MIN_RATE, failure
+
 if TYPE_CHECKING:
     import ssl
 
@@ -51,42 +53,62 @@ class Pool:
     def request(self, method: str, path: str, headers: dict[str, str],
                 body: bytes | IO[bytes] | None = None) -> Iterator[http.client.HTTPResponse]:
         """Send the request (once more on a fresh connection if a kept-alive one turns out closed); yield the
-        response, whatever its status. A body the caller leaves unread closes the connection."""
+        response, whatever its status. A body the caller leaves unread closes the connection.
+
+        The timeout bounds each read, and a deadline the whole exchange: the timeout plus the time the request's
+        body takes at MIN_RATE until the answer's headers, then the timeout plus its body (its Content-Length)
+        at MIN_RATE. A server that trickles its answer, each read getting a byte in time, is cut off there."""
         target = f"{self.scheme}://{self.netloc}{path}" if self._proxy and self.scheme == "http" else path
         start = body.tell() if body is not None and not isinstance(body, bytes) else 0
+        sent = len(body) if isinstance(body, bytes) else int(headers.get("Content-Length", 0)) if body else 0
         for attempt in (1, 2):
             conn, reused = self._connection()
+            watch = None
             try:
+                if conn.sock is None:
+                    conn.connect()
+                watch = DEADLINES.watch(conn.sock, self.timeout + sent / MIN_RATE)
                 conn.request(method, target, body=body,
                              headers={**headers, **self._proxy_headers} if self.scheme == "http" else headers)
                 response = conn.getresponse()
                 break
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                expired = DEADLINES.done(watch)  # before the socket closes: its descriptor may be reused then
                 conn.close()  # a kept-alive connection the server had closed: once more, on a new one
-                if not reused or attempt == 2:
-                    raise Unreachable(type(e).__name__) from e
+                if expired or not reused or attempt == 2:
+                    raise Unreachable(failure(e, watch)) from e
                 if body is not None and not isinstance(body, bytes):
                     body.seek(start)
             except (OSError, http.client.HTTPException) as e:
+                DEADLINES.done(watch)
                 conn.close()
-                raise Unreachable(type(e).__name__) from e
+                raise Unreachable(failure(e, watch)) from e
             except BaseException:
+                DEADLINES.done(watch)
                 conn.close()
                 raise
+        assert watch is not None
+        DEADLINES.extend(watch, self.timeout + (response.length or 0) / MIN_RATE)
         try:
-            yield response
-            if not response.isclosed():
-                if response.length is None or response.length > CHUNK:
-                    conn.close()  # a big body left unread: cheaper to reconnect than to drain
-                    return
-                response.read()  # a small one (an error document): drained, the connection is reusable
-        except (OSError, http.client.HTTPException) as e:
+            try:
+                yield response
+                if not response.isclosed():
+                    if response.length is None or response.length > CHUNK:
+                        DEADLINES.done(watch)
+                        conn.close()  # a big body left unread: cheaper to reconnect than to drain
+                        return
+                    response.read()  # a small one (an error document): drained, the connection is reusable
+            finally:
+                DEADLINES.done(watch)
+        except (OSError, http.client.HTTPException, Unreachable) as e:
             conn.close()
-            raise Unreachable(type(e).__name__) from e
+            if isinstance(e, Unreachable) and not watch.expired:
+                raise
+            raise Unreachable(failure(e, watch)) from e
         except BaseException:
             conn.close()
             raise
-        if response.will_close:
+        if response.will_close or watch.expired:
             conn.close()
         else:
             self._release(conn)

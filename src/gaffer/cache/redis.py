@@ -142,7 +142,7 @@ class RedisTier(CacheTier):
         return [d for d, here in zip(digests, found, strict=True) if not here]
 
     def read_blob(self, digest: Digest) -> bytes | None:
-        return self._get(self._key("cas", digest))
+        return self._get(self._key("cas", digest), digest.size_bytes)
 
     def write_blob(self, digest: Digest, data: bytes) -> None:
         if len(data) <= self.max_blob:
@@ -162,8 +162,8 @@ class RedisTier(CacheTier):
         with self._guard("SET"):
             self._redis().set(self._key("ac", key), result)
 
-    def _get(self, key: str) -> bytes | None:
-        value = self._read("GET", lambda r: r.get(key), lambda client: client.get(key))
+    def _get(self, key: str, size: int = 0) -> bytes | None:
+        value = self._read("GET", lambda r: r.get(key, size), lambda client: client.get(key))
         return value  # type: ignore[no-any-return]  # redis-py types replies as Any; GET answers bytes or None
 
     # -- management --------------------------------------------------------------------------------------------

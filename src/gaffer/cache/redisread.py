@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import BinaryIO, cast
 
+from gaffer.cache.deadlines import DEADLINES, MIN_RATE, failure
 from gaffer.cache.httpconn import Unreachable
 
 #: redis-py's AuthenticationError/NoPermissionError: by code, or by an ERR reply's text
@@ -64,8 +65,9 @@ class RedisReader:
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> bytes | None:
-        reply = self._call([[b"GET", key.encode()]])[0]
+    def get(self, key: str, size: int = 0) -> bytes | None:
+        """The value of `key`, or None; `size`: the bytes it is expected to hold (its request's deadline)."""
+        reply = self._call([[b"GET", key.encode()]], size)[0]
         if reply is not None and not isinstance(reply, bytes):
             raise ReplyError(f"ERR GET answered {type(reply).__name__}")
         return reply
@@ -77,19 +79,24 @@ class RedisReader:
     def ping(self) -> None:
         self._call([[b"PING"]])
 
-    def _call(self, commands: list[list[bytes]]) -> list[object]:
+    def _call(self, commands: list[list[bytes]], size: int = 0) -> list[object]:
         """Send the commands in one write and read their replies; an error reply raises ReplyError (the
-        connection stays usable). A kept-alive connection the server closed is replaced once."""
+        connection stays usable). A kept-alive connection the server closed is replaced once. The whole exchange
+        may take the timeout plus `size` bytes' time at MIN_RATE (a server trickling its reply is cut off)."""
         for attempt in (1, 2):
             try:
                 with self._connection() as (conn, reused):
+                    watch = DEADLINES.watch(conn.sock, self.timeout + size / MIN_RATE)
                     try:
                         conn.sock.sendall(b"".join(_encode(c) for c in commands))
                         replies = [_read(conn.file) for _ in commands]
-                    except (ConnectionResetError, BrokenPipeError, _Closed) as e:
+                    except (OSError, ValueError, _Closed) as e:
+                        stale = isinstance(e, (ConnectionResetError, BrokenPipeError, _Closed))
+                        if DEADLINES.done(watch) or not stale:  # late: its socket was shut down, not stale
+                            raise Unreachable(failure(e, watch)) from e
                         raise _Stale(reused) from e
-                    except (OSError, ValueError) as e:
-                        raise Unreachable(type(e).__name__) from e
+                    finally:
+                        DEADLINES.done(watch)  # before the connection is closed or pooled
             except _Stale as e:
                 if e.reused and attempt == 1:
                     continue  # that connection is closed now: once more, on a new one

@@ -88,11 +88,24 @@ class S3Tier(CacheTier):
         #: None: botocore for everything (a configuration s3read.py leaves to it, or a bucket in another region)
         self._reader = S3Reader.open(bucket, custom_endpoint, region, timeout)
         if self._reader is None:
-            self._s3()  # an invalid endpoint or region fails here, as a bad URL
+            self._open_client()
 
     @property
     def reads_without_botocore(self) -> bool:
         return self._reader is not None
+
+    def _open_client(self) -> None:
+        """Create the botocore client now. An invalid endpoint or region fails here as a bad URL (botocore's
+        ValueError); credentials botocore cannot use (a key id without its secret, an AWS_PROFILE no config file
+        has) as a lasting TierError: wrong credentials, one warning."""
+        import botocore.exceptions
+
+        try:
+            self._s3()
+        except ValueError:
+            raise
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._error(e, "credentials") from None
 
     def _s3(self) -> Any:
         """The botocore client, created on first use."""

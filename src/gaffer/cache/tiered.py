@@ -2,7 +2,8 @@
 
 - Reads go near to far; a remote hit fills the local tier (and nearer remotes unless read-only).
 - Every downloaded blob is verified against its digest before it is stored or used; a bad one is a miss for that
-  tier, is not stored, and is reported.
+  tier, is not stored, and is reported: the first per remote tier and build (so is an unusable action result,
+  `reject`), the others counted in its errors.
 - Writes land locally at once (the caller did that) and go to remotes behind the build, on a small thread pool:
   FindMissingBlobs first so nothing is uploaded twice, the blobs, then the action result. `flush()` waits.
 - Each remote is wrapped in a `ResilientTier`: retried with backoff and jitter; if it keeps failing, one warning
@@ -67,6 +68,9 @@ class TieredCache(CacheTier):
         self._upload_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()  # also guards _served
         self._served: dict[Digest, list[TierStats]] = {}  # key -> the tiers whose entries await settle()
+        self._told: set[str] = set()  # the remote tiers whose first bad entry or blob was reported
+        self._store_failed = False  # a downloaded blob could not be stored: said once
+        self._corrupt_in: dict[str, set[Digest]] = {}  # remote tier -> the blobs it served that failed verification
 
     def connect(self) -> None:
         """Open every remote tier at once, in parallel; one that fails its check is disabled with a warning."""
@@ -124,6 +128,28 @@ class TieredCache(CacheTier):
             else:
                 tier.misses += 1
 
+    def reject(self, key: Digest, what: str, problem: str) -> None:
+        """The entry `get_action(key)` returned cannot be used (`problem`: unreadable, unsafe, a blob gone): a
+        warning naming `what` (the task), once per remote tier and build (a remote serving nothing but garbage is
+        one fault: later ones are only counted in its errors). The caller still `settle`s it, as a miss."""
+        with self._pool_lock:
+            waiting = self._served.get(key)
+            tier = waiting[-1] if waiting else None  # the one `settle` takes next
+        if tier is None or tier is self.local_stats:
+            self.report(f"{what} ignored: {problem}")
+        else:
+            self._bad(tier, f"{what}: {problem}")
+
+    def _bad(self, tier: TierStats, problem: str) -> None:
+        """Something a remote tier served failed a check: counted in its errors, said for its first only."""
+        with self._pool_lock:
+            tier.errors += 1
+            first = tier.name not in self._told
+            self._told.add(tier.name)
+        if first:
+            self.report(f"cache tier {tier.name}: {problem}; ignored (later ones from this tier are only counted "
+                        "in its errors)")
+
     def peek_action(self, key: Digest) -> bytes | None:
         """The ActionResult for `key` from the nearest tier that has it, filling no tier and counting nothing:
         what `--dry-run` asks so that predicting a build changes no cache."""
@@ -180,17 +206,29 @@ class TieredCache(CacheTier):
             try:
                 self.local.adopt(digest, self.local.write_temp(data))
             except OSError as e:
-                self.report(f"cannot store a downloaded blob in {self.local.root}: {e.strerror}")
+                self._cannot_store(e)
                 continue
             stored.add(digest)
         return stored
 
-    def _corrupt(self, remote: ResilientTier, digest: Digest) -> None:
-        remote.stats.errors += 1
-        self.report(f"cache tier {remote.stats.name}: blob {digest.hash[:12]} failed verification; ignored")
+    def _cannot_store(self, e: OSError) -> None:
+        """A downloaded blob had nowhere to go (the local disk full, its temp directory too): a miss, said once."""
+        with self._pool_lock:
+            first = not self._store_failed
+            self._store_failed = True
+        if first:
+            self.report(f"cannot store a downloaded blob in {self.local.root}: {e.strerror or e} (those that follow "
+                        "are misses too)")
 
-    def _fetch_one(self, remote: ResilientTier, digest: Digest) -> set[Digest]:
-        """Stream one blob into a temp file, verify it and store it: {digest} if it is now local."""
+    def _corrupt(self, remote: ResilientTier, digest: Digest) -> None:
+        with self._pool_lock:
+            self._corrupt_in.setdefault(remote.name, set()).add(digest)
+        self._bad(remote.stats, f"blob {digest.hash[:12]} failed verification")
+
+    def _fetch_one(self, remote: ResilientTier, digest: Digest, again: bool = True) -> set[Digest]:
+        """Stream one blob into a temp file, verify it and store it: {digest} if it is now local. A disk that fills
+        up meanwhile turns the local tier read-only (it then holds what it is given outside that disk, for this
+        process): the blob is fetched once more."""
         tmp = self.local.temp_path()
         try:
             got = remote.fetch_hashed(digest, tmp)
@@ -203,7 +241,10 @@ class TieredCache(CacheTier):
             self.local.adopt(digest, tmp)
             return {digest}
         except OSError as e:
-            self.report(f"cannot store a downloaded blob in {self.local.root}: {e.strerror}")
+            if again and self.local.full(e):
+                tmp.unlink(missing_ok=True)
+                return self._fetch_one(remote, digest, again=False)
+            self._cannot_store(e)
             return set()
         finally:
             tmp.unlink(missing_ok=True)
@@ -236,9 +277,15 @@ class TieredCache(CacheTier):
 
     def _upload(self, key: Digest | None, result: bytes, blobs: list[Digest], remotes: Sequence[ResilientTier]) -> None:
         for remote in remotes:
-            if not remote.healthy:
+            if not remote.healthy or not remote.writable:
                 continue
-            for digest in remote.find_missing(blobs) if blobs else []:
+            missing = remote.find_missing(blobs) if blobs else []
+            with self._pool_lock:  # present, but not what its digest says: sent again, to replace it
+                corrupt = self._corrupt_in.get(remote.name, set())
+            missing += [d for d in blobs if d in corrupt and d not in missing]
+            if self.local.find_missing(missing):  # a full (read-only) local tier did not keep them: nothing to send,
+                continue                          # nor a result naming them
+            for digest in missing:
                 remote.upload_blob(digest, self.local.blob_path(digest))
             if key is not None:
                 remote.write_action(key, result)

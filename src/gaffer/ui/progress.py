@@ -89,14 +89,18 @@ class Progress:
             self.stream.flush()
 
     def task_started(self, name: str) -> None:
+        """A task began (again, keeping its number, when the cache entry it was being restored from proved
+        unusable and it runs instead)."""
         with self._lock:
-            self.started += 1
-            self._numbers[name] = self.started
+            number = self._numbers.get(name)
+            if number is None:
+                self.started += 1
+                number = self._numbers[name] = self.started
             self.running[name] = time.monotonic()
             if self.quiet:
                 return
             if not self.live:
-                self._line(f"[{self.started}/{self.total}] Starting {name}")
+                self._line(f"[{number}/{self.total}] Starting {name}")
             else:
                 self._redraw()
 
