@@ -335,3 +335,18 @@ def test_a_restore_killed_midway_leaves_no_temp_file_for_good(tmp_path: Path, en
     (tmp_path / "elsewhere").write_text("theirs")
     build(ws, {**env, "V": "1"})
     assert (tmp_path / "elsewhere").read_text() == "theirs" and (ws / "bin" / "tool").read_text() == "made\n"
+
+
+def test_removing_an_unopenable_output_directory_leaves_the_modes_around_it(tmp_path: Path,
+                                                                            env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {"t": {"command": "mkdir -p d out/d && echo new > d/f",
+                                           "outputs": ["d", "out/d"]}})
+    for d in (ws / "d", ws / "out" / "d"):
+        (d / "sub").mkdir(parents=True)
+        d.chmod(0o000)
+    ws.chmod(0o755)  # a checkout shared with a group: gaffer must not take its access away
+    (ws / "out").chmod(0o775)
+    proc = as_a_user(["run"], cwd=ws, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (mode(ws), mode(ws / "out")) == (0o755, 0o775)
+    assert (ws / "d" / "f").read_text() == "new\n"

@@ -561,18 +561,24 @@ def _remove(path: str | Path) -> None:
             raise
     import shutil  # only for a directory: an edit build that replaces files never loads it
 
-    shutil.rmtree(path, onerror=_make_writable_and_retry)
+    top = os.fspath(path)  # as the handler is given it
+    shutil.rmtree(top, onerror=functools.partial(_make_writable_and_retry, top))
 
 
-def _make_writable_and_retry(func: Callable[..., object], path: str, _exc: object) -> None:
+def _make_writable_and_retry(top: str, func: Callable[..., object], path: str,
+                             exc: tuple[type[BaseException], BaseException, object]) -> None:
     """An output directory made without write permission (0500), or without read or search permission (0000,
-    0300), can still be removed: its outputs are gaffer's."""
+    0300), can still be removed: its outputs are gaffer's. Only modes inside the output `top` are changed, never
+    those of the directory holding it (for a top-level output, the workspace: maybe shared with others)."""
     import shutil
 
-    os.chmod(os.path.dirname(path), 0o700)
+    if path != top:  # its parent is in the output: made writable and searchable to remove `path`
+        os.chmod(os.path.dirname(path), 0o700)
+    elif func not in (os.open, os.scandir):  # `top` itself cannot be looked up or unlinked: not the output's doing
+        raise exc[1]
     if func in (os.open, os.scandir, os.lstat):  # a directory it could not open or list: made so, removed whole
         os.chmod(path, 0o700)
-        shutil.rmtree(path, onerror=_make_writable_and_retry)
+        shutil.rmtree(path, onerror=functools.partial(_make_writable_and_retry, top))
         return
     try:
         func(path)
