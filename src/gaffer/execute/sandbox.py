@@ -246,7 +246,7 @@ def _prepare_output(cwd: Path, out: str, action: Digest) -> None:
         if not stat.S_ISDIR(st.st_mode):
             raise BadAction(f"action {action}: output path {out!r} lies below {parent.relative_to(cwd)}, "
                             "which the input root holds as a file or symlink")
-    actions.remove_outputs(cwd, [out])
+    actions.remove_outputs(cwd, [out], in_workspace=False)
 
 
 def _store_log(cas: DiskStore, path: Path) -> Digest:
