@@ -16,7 +16,7 @@ import pytest
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes
 from gaffer.protos import remote_execution_pb2 as re_pb2
-from tests.support import gaffer_env, require_tool, run_gaffer, summary
+from tests.support import gaffer_env, run_gaffer, summary, unprivileged
 
 
 def workspace(root: Path, tasks: dict) -> Path:
@@ -291,12 +291,8 @@ def test_clean_refusing_one_output_removes_none(tmp_path: Path, env: dict[str, s
 
 def as_a_user(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The CLI bound by file modes as any user is: as root, without the capabilities that override them."""
-    prefix = []
-    if os.geteuid() == 0:
-        caps = "-dac_override,-dac_read_search"
-        prefix = [require_tool("setpriv"), f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
-    return subprocess.run([*prefix, sys.executable, "-m", "gaffer", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run([*unprivileged(), sys.executable, "-m", "gaffer", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_an_output_directory_holding_an_unreadable_one_fails_its_task_and_is_not_half_cached(
