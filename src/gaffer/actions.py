@@ -516,8 +516,8 @@ def restore_outputs(root: Path, cached: CachedResult, store: DiskStore) -> None:
 
 def restore_temp(dest: Path | str) -> Path:
     """The temp file a restore of `dest` is written to before it is renamed into place: beside it, short (any
-    legal name fits), and always the same, so that one a killed gaffer left is reused by the next restore, or
-    removed with the output (`remove_outputs`), rather than staying in the workspace for good."""
+    legal name fits), and always the same, so that one a killed gaffer left is removed by the next restore of
+    the output, or with the output (`remove_outputs`), rather than staying in the workspace for good."""
     dest = Path(dest)
     return dest.parent / f".gaffer-{sha256(os.fsencode(dest.name)).hexdigest()[:16]}.tmp"
 
