@@ -16,7 +16,8 @@ import pytest
 from gaffer.cache.disk import DiskStore
 from gaffer.digest import Digest, digest_bytes
 from gaffer.protos import remote_execution_pb2 as re_pb2
-from tests.support import gaffer_env, run_gaffer, summary, unprivileged
+from gaffer.state import WorkspaceState
+from tests.support import NOBODY, gaffer_env, run_gaffer, summary, unprivileged
 
 
 def workspace(root: Path, tasks: dict) -> Path:
@@ -374,3 +375,19 @@ def test_removing_an_unopenable_output_directory_leaves_the_modes_around_it(tmp_
     assert proc.returncode == 0, proc.stderr
     assert (mode(ws), mode(ws / "out")) == (0o755, 0o775)
     assert (ws / "d" / "f").read_text() == "new\n"
+
+
+def test_clean_stopped_by_an_output_it_cannot_remove_forgets_what_it_removed(tmp_path: Path,
+                                                                              env: dict[str, str]) -> None:
+    ws = workspace(tmp_path / "ws", {"a": {"command": "echo a > a.txt", "outputs": ["a.txt"]},
+                                     "b": {"command": "mkdir -p d/theirs && echo b > d/theirs/f", "outputs": ["d"]}})
+    assert as_a_user(["run"], cwd=ws, env=env).returncode == 0
+    if os.geteuid() == 0:  # another user's directory, which gaffer (without CAP_FOWNER) may not make writable
+        os.chown(ws / "d" / "theirs", NOBODY, NOBODY)
+    (ws / "d" / "theirs").chmod(0o555)
+    proc = subprocess.run([*unprivileged(("dac_override", "dac_read_search", "fowner")), sys.executable, "-m",
+                           "gaffer", "clean"], cwd=ws, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert not (ws / "a.txt").exists()
+    assert "a" not in WorkspaceState.load(ws / ".gaffer").tasks, "a.txt is gone: a's last run is forgotten"

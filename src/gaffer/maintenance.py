@@ -40,12 +40,14 @@ def clean(args: argparse.Namespace) -> int:
         except UnsafeOutput as e:
             raise UserError(f"task '{name}': {e}") from None
     removed = 0
-    for name in names:
-        task = graph.tasks[name]
-        removed += sum(1 for out in task.outputs if os.path.lexists(graph.root / out))
-        remove_outputs(graph.root, task.outputs)
-        state.forget(name)
-    state.save()
+    try:
+        for name in names:
+            task = graph.tasks[name]
+            removed += sum(1 for out in task.outputs if os.path.lexists(graph.root / out))
+            remove_outputs(graph.root, task.outputs)
+            state.forget(name)
+    finally:  # what was removed before an error (a file another user owns) is forgotten all the same
+        state.save()
     print(f"removed {format_count(removed, 'declared output')}")
     if store is not None:
         with _maintaining(store), store.unserved("gaffer clean --all"):
