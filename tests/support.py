@@ -71,6 +71,15 @@ def run_gaffer(args: list[str], cwd: Path, env: dict[str, str], check: bool = Fa
     return proc
 
 
+def unprivileged(caps: tuple[str, ...] = ("dac_override", "dac_read_search")) -> list[str]:
+    """The prefix that runs a command bound by file modes as any user is: as root, without the capabilities
+    (`caps`) that override them; nothing for a user."""
+    if os.geteuid() != 0:
+        return []
+    dropped = ",".join(f"-{cap}" for cap in caps)
+    return [require_tool("setpriv"), f"--inh-caps={dropped}", f"--bounding-set={dropped}", "--"]
+
+
 def noop_changes(ws: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
     """What the whole-build check (gaffer.noop.check), run as `gaffer run` would in `ws` with `env`, finds
     changed since the last build: None when it cannot say (then the build checks every task)."""

@@ -142,6 +142,16 @@ def test_a_working_directory_runs_the_command_there_with_outputs_relative_to_it(
         run(store, store_action(store, ["true"], files, working_directory="nowhere"), tmp_path / "work", runner)
 
 
+def test_an_output_in_git_or_gaffer_is_the_actions_own(tmp_path: Path, store: DiskStore,
+                                                      runner: ProcessRunner) -> None:
+    """An exec root is no workspace: a REAPI action may make `.git/x` (gaffer refuses that only in a workspace)."""
+    action = store_action(store, ["sh", "-c", "echo x > .git/x && echo y > .gaffer/y"], outputs=[".git/x", ".gaffer/y"])
+    done = run(store, action, tmp_path / "work", runner)
+    assert done.failure == "" and done.result.exit_code == 0
+    assert restored(store, done, [".git/x", ".gaffer/y"]) == {
+        ".git/x": ("file", digest_bytes(b"x\n").hash, 0o644), ".gaffer/y": ("file", digest_bytes(b"y\n").hash, 0o644)}
+
+
 def test_a_command_that_cannot_start_fails_clearly(tmp_path: Path, store: DiskStore, runner: ProcessRunner) -> None:
     done = run(store, store_action(store, ["no-such-program-gaffer"]), tmp_path / "work", runner)
     assert done.failure.startswith("cannot run 'no-such-program-gaffer'")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import gaffer_env, run_gaffer, summary, wait_for
+from tests.support import NOBODY, alive, gaffer_env, require, run_gaffer, summary, unprivileged, wait_for
 
 # Outputs of every kind: a file with unusual modes, a symlink, a directory with a subdirectory, an empty one, a
 # read-only one; the dependent reads the dep's outputs, a declared source and (only when told) an undeclared one.
@@ -201,7 +201,7 @@ def test_exec_roots_a_killed_gaffer_left_are_removed_by_the_next_sandboxed_build
     proc.kill()  # SIGKILL: nothing of gaffer runs to remove the exec root
     proc.communicate(timeout=60)
     os.kill(pid, signal.SIGKILL)  # the task it left running (the next build would wait for it)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the orphaned task to end")
+    wait_for(lambda: not alive(pid), "the orphaned task to end")  # a zombie if this process is a subreaper
     [left] = exec_roots(ws)
 
     result = build(ws, {**env, "GAFFER_SANDBOX_KEEP": "1"}, "--sandbox", "fails", expect=1)
@@ -209,3 +209,23 @@ def test_exec_roots_a_killed_gaffer_left_are_removed_by_the_next_sandboxed_build
     assert kept != left and f"its exec root is kept in {ws / '.gaffer' / 'sandbox' / kept})" in result["stderr"]
     build(ws, env, "--sandbox", "fails", expect=1)
     assert exec_roots(ws) == [kept], "kept when asked, until the user removes it"
+
+
+def test_a_leftover_exec_root_that_cannot_be_removed_is_one_warning(tmp_path: Path) -> None:
+    require(os.geteuid() == 0, "giving a leftover exec root another user's directory needs root")
+    ws = workspace(tmp_path / "ws", {"tasks": {"t": {"command": "echo made > out", "outputs": ["out"]}}})
+    for n in (1, 2):
+        theirs = ws / ".gaffer" / "sandbox" / f"exec-left{n}" / "theirs"
+        theirs.mkdir(parents=True)
+        (theirs / "f").write_text("x")
+        os.chown(theirs, NOBODY, NOBODY)  # gaffer, as any user, may neither chmod it nor remove what it holds
+    proc = subprocess.run([*unprivileged(("dac_override", "dac_read_search", "fowner")), sys.executable, "-m",
+                           "gaffer", "run", "--sandbox"], cwd=ws, env=gaffer_env(tmp_path / "cache"),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("gaffer: warning: ")]
+    sandbox = ws / ".gaffer" / "sandbox"
+    expected = (f"gaffer: warning: cannot remove 2 exec root(s) a killed gaffer left in {sandbox} ({sandbox}"
+                "/exec-left1/theirs: Operation not permitted): remove them by hand")
+    assert warnings == [expected], proc.stderr
+    assert (ws / "out").read_text() == "made\n"

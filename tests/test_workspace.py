@@ -394,6 +394,25 @@ def test_a_tool_edited_while_its_task_runs_is_not_cached(tmp_path: Path, env: di
     assert (ws / "out" / "x").read_text() == "one\n", "no result the second gen.sh made under the first's key"
 
 
+def test_a_glob_that_fails_after_its_task_ran_is_the_one_named(tmp_path: Path, env: dict[str, str],
+                                                              gate: Gate) -> None:
+    ws = workspace(tmp_path, {"t": {"command": f"{gate.shell}; mkdir -p out; cat a.txt src/*.txt > out/x",
+                                    "inputs": ["a.txt", "src/*.txt"], "outputs": ["out/x"]}})
+    (ws / "a.txt").write_text("a\n")
+    (ws / "src" / "b.txt").write_text("b\n")
+    (tmp_path / "outside.txt").write_text("outside\n")
+    run = start(ws, env, "run")
+    try:
+        gate.wait_ready()
+        (ws / "src" / "c.txt").symlink_to(tmp_path / "outside.txt")  # the glob now leads out of the workspace
+        gate.open()
+        _out, err = run.communicate(timeout=WAIT_S)
+    finally:
+        stop(run)
+    assert run.returncode == 0, err
+    assert "gaffer: warning: input src/*.txt changed while t ran: result not cached\n" in err.decode()
+
+
 def test_an_input_made_executable_while_its_task_runs_is_not_cached(tmp_path: Path, env: dict[str, str],
                                                                     gate: Gate) -> None:
     ws = workspace(tmp_path, {"t": {"command": f"{gate.shell}; mkdir -p out; ls -l src/a.txt | cut -c1-10 > out/x",

@@ -63,9 +63,9 @@ class BadCacheEntry(Exception):
     """An ActionResult that must not be restored (unsafe path, undeclared output, missing blob)."""
 
 
-class OutputOutside(Exception):
-    """A declared output whose parent directory is a symlink leading out of the workspace: gaffer would remove
-    or write someone else's files in its place."""
+class UnsafeOutput(Exception):
+    """A declared output that a symlink on its way puts in the workspace's `.git` or `.gaffer`, or that is the
+    workspace itself or a directory holding it: removing it would destroy what no task owns."""
 
 
 def host_properties() -> dict[str, str]:
@@ -552,30 +552,38 @@ def restore_outputs(root: Path, cached: CachedResult, store: DiskStore) -> None:
 
 def restore_temp(dest: Path | str) -> Path:
     """The temp file a restore of `dest` is written to before it is renamed into place: beside it, short (any
-    legal name fits), and always the same, so that one a killed gaffer left is reused by the next restore, or
-    removed with the output (`remove_outputs`), rather than staying in the workspace for good."""
+    legal name fits), and always the same, so that one a killed gaffer left is removed by the next restore of
+    the output, or with the output (`remove_outputs`), rather than staying in the workspace for good."""
     dest = Path(dest)
     return dest.parent / f".gaffer-{sha256(os.fsencode(dest.name)).hexdigest()[:16]}.tmp"
 
 
 def _ensure_parent(root: Path, dest: Path) -> None:
-    """Create the parent directories, refusing to write through a symlinked directory out of the workspace."""
+    """Create the parent directories, refusing to write through a symlinked directory out of the workspace or
+    into its `.git` or `.gaffer` (a cache hit is then executed instead)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if _outside(root, dest.parent) is not None:
-        raise BadCacheEntry(f"{dest.relative_to(root)} would be written outside the workspace through a symlink")
+    place, real = _real_place(root, dest.parent)
+    if place == _OUTSIDE:
+        raise BadCacheEntry(f"{dest.relative_to(root)} would be written outside the workspace through a symlink"
+                            f" ({real})")
+    if place:
+        raise BadCacheEntry(f"{dest.relative_to(root)} would be written into {place} ({real})")
 
 
-def _outside(root: str | Path, directory: str | Path) -> str | None:
-    """Where a symlink on the way to `directory` leads, if out of the workspace `root` or into its `.git` or
-    `.gaffer` (which no output may be in), as "outside the workspace (/x)"; None if nowhere it should not."""
+_OUTSIDE = "outside"
+
+
+def _real_place(root: str | Path, directory: str | Path) -> tuple[str, str]:
+    """Where `directory` (in the workspace `root`, symlinks on its way followed) really is: ("", real path)
+    inside the workspace, (".git" or ".gaffer", real path) in those, (_OUTSIDE, real path) out of it."""
     real_root = os.path.realpath(root)
     real = os.path.realpath(directory)
     if real == real_root:
-        return None
+        return "", real
     if not real.startswith(real_root + os.sep):
-        return f"outside the workspace ({real})"
+        return _OUTSIDE, real
     top = real[len(real_root) + 1:].split(os.sep, 1)[0]
-    return f"into {top} ({real})" if top in (".git", ".gaffer") else None
+    return (top if top in (".git", ".gaffer") else ""), real
 
 
 def _reset_dir(path: Path) -> None:
@@ -597,18 +605,24 @@ def _remove(path: str | Path) -> None:
             raise
     import shutil  # only for a directory: an edit build that replaces files never loads it
 
-    shutil.rmtree(path, onerror=_make_writable_and_retry)
+    top = os.fspath(path)  # as the handler is given it
+    shutil.rmtree(top, onerror=functools.partial(_make_writable_and_retry, top))
 
 
-def _make_writable_and_retry(func: Callable[..., object], path: str, _exc: object) -> None:
+def _make_writable_and_retry(top: str, func: Callable[..., object], path: str,
+                             exc: tuple[type[BaseException], BaseException, object]) -> None:
     """An output directory made without write permission (0500), or without read or search permission (0000,
-    0300), can still be removed: its outputs are gaffer's."""
+    0300), can still be removed: its outputs are gaffer's. Only modes inside the output `top` are changed, never
+    those of the directory holding it (for a top-level output, the workspace: maybe shared with others)."""
     import shutil
 
-    os.chmod(os.path.dirname(path), 0o700)
+    if path != top:  # its parent is in the output: made writable and searchable to remove `path`
+        os.chmod(os.path.dirname(path), 0o700)
+    elif func not in (os.open, os.scandir):  # `top` itself cannot be looked up or unlinked: not the output's doing
+        raise exc[1]
     if func in (os.open, os.scandir, os.lstat):  # a directory it could not open or list: made so, removed whole
         os.chmod(path, 0o700)
-        shutil.rmtree(path, onerror=_make_writable_and_retry)
+        shutil.rmtree(path, onerror=functools.partial(_make_writable_and_retry, top))
         return
     try:
         func(path)
@@ -616,15 +630,32 @@ def _make_writable_and_retry(func: Callable[..., object], path: str, _exc: objec
         pass
 
 
-def remove_outputs(root: Path, declared: Sequence[str]) -> None:
-    """Delete declared outputs before a task runs, so a stale file can never pass for one it made. Raises
-    OutputOutside, before removing anything, for an output a symlinked directory leads out of the workspace."""
+def check_outputs(root: Path, declared: Sequence[str]) -> None:
+    """Raise UnsafeOutput for a declared output of a workspace task that must not be removed: one a symlink on
+    its way puts into `.git` or `.gaffer` (`g/config` with `g -> .git`), or that is the workspace itself or a
+    directory holding it (`up/ws` with `up -> ..`). An output a symlinked directory leads elsewhere out of the
+    workspace (`build/x` with `build -> /fast/build`) is the graph's to declare, and removed there."""
     for out in declared:
         parent = os.path.dirname(out)
-        where = _outside(root, f"{root}/{parent}") if parent else None  # the common top-level output: no syscall
-        if where is not None:
-            raise OutputOutside(f"output '{out}' leads {where} through a symlink on its way ({parent}): gaffer "
-                                "neither removes nor writes it there")
+        if not parent:  # the common top-level output: no syscall (the graph refuses `.git` and `.gaffer` ones)
+            continue
+        place, real = _real_place(root, f"{root}/{parent}")
+        real_out = os.path.join(real, os.path.basename(out))
+        real_root = os.path.realpath(root)
+        if place in (".git", ".gaffer"):
+            raise UnsafeOutput(f"output '{out}' leads into {place} ({real_out}): gaffer neither removes nor writes"
+                               " it there")
+        if real_root == real_out or real_root.startswith(real_out + os.sep):
+            raise UnsafeOutput(f"output '{out}' is the workspace or holds it ({real_out}): gaffer does not"
+                               " remove it")
+
+
+def remove_outputs(root: Path, declared: Sequence[str], in_workspace: bool = True) -> None:
+    """Delete declared outputs before a task runs, so a stale file can never pass for one it made. In a
+    workspace, raises UnsafeOutput (`check_outputs`) before removing anything; an exec root (`in_workspace`
+    False) is gaffer's own, where any path its action declares (`.git/x` too) is the action's."""
+    if in_workspace:
+        check_outputs(root, declared)
     for out in declared:
         _remove(f"{root}/{out}")
         _remove(restore_temp(f"{root}/{out}"))  # what a restore of it killed midway left

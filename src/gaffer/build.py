@@ -243,7 +243,7 @@ class Build:
                     result = self.remote.run_here(executor, keyed.action, task.pass_env, name)
                 else:
                     result = executor.execute(keyed.action, task.pass_env, name)
-            except actions.OutputOutside as e:  # refused before anything was removed or run
+            except actions.UnsafeOutput as e:  # refused before anything was removed or run
                 result = ExecuteResult(0.0, b"", b"", failure=str(e))
             self._failed = self._failed or bool(result.failure)  # before the next task takes the slot
         self.progress.task_output(name, result.stdout, result.stderr)

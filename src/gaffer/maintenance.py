@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def clean(args: argparse.Namespace) -> int:
     """Remove the declared outputs of `args.targets`' closure and forget their last runs; with `--all` also
     empty the local cache (checked writable before anything changes)."""
-    from gaffer.actions import OutputOutside, remove_outputs
+    from gaffer.actions import UnsafeOutput, check_outputs, remove_outputs
     from gaffer.graph import load_graph
     from gaffer.lock import lock_workspace
     from gaffer.state import STATE_DIR, WorkspaceState
@@ -33,16 +33,21 @@ def clean(args: argparse.Namespace) -> int:
     if store is not None and not store.writable:  # stop before anything changes
         raise EnvironmentProblem(f"local cache {store.root}: read-only, so it cannot be emptied")
     state = WorkspaceState.load(graph.root / STATE_DIR)
-    removed = 0
-    for name in graph.closure(args.targets):
-        task = graph.tasks[name]
-        removed += sum(1 for out in task.outputs if os.path.lexists(graph.root / out))
+    names = graph.closure(args.targets)
+    for name in names:  # all checked before any is removed: a refusal leaves nothing half done
         try:
-            remove_outputs(graph.root, task.outputs)
-        except OutputOutside as e:
+            check_outputs(graph.root, graph.tasks[name].outputs)
+        except UnsafeOutput as e:
             raise UserError(f"task '{name}': {e}") from None
-        state.forget(name)
-    state.save()
+    removed = 0
+    try:
+        for name in names:
+            task = graph.tasks[name]
+            removed += sum(1 for out in task.outputs if os.path.lexists(graph.root / out))
+            remove_outputs(graph.root, task.outputs)
+            state.forget(name)
+    finally:  # what was removed before an error (a file another user owns) is forgotten all the same
+        state.save()
     print(f"removed {format_count(removed, 'declared output')}")
     if store is not None:
         with _maintaining(store), store.unserved("gaffer clean --all"):

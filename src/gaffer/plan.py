@@ -11,7 +11,7 @@ from typing import NamedTuple
 from gaffer import noop
 from gaffer.errors import UserError
 from gaffer.graph import Graph, Task
-from gaffer.graph.inputs import resolve_inputs
+from gaffer.graph.inputs import BadInput, resolve_inputs
 from gaffer.graph.model import shown_path
 from gaffer.tools import Tool, Toolchain, ToolNotFound, task_tools
 
@@ -62,8 +62,8 @@ def input_added(graph: Graph, planned: PlannedTask) -> str | None:
         return None
     try:
         now = resolve_inputs(graph.root, task, graph.path)
-    except UserError:  # a pattern that matches nothing now, or leads out of the workspace: not what was keyed
-        return task.inputs[0]
+    except BadInput as e:  # a pattern that matches nothing now, or leads out of the workspace: not what was keyed
+        return e.input
     produced = graph.outputs
     return next((p for p in now if p not in planned_inputs and not _under_any(p, produced)), None)
 

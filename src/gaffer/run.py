@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if settings.sandbox or graph.sandboxed:
         from gaffer.execute.sandbox import SandboxExecutor
 
-        sandbox = SandboxExecutor(graph.root, cache.local, local, keep_failed=settings.sandbox_keep)
+        sandbox = SandboxExecutor(graph.root, cache.local, local, progress.warn,
+                                  keep_failed=settings.sandbox_keep)
     remote = _open_remote(settings, graph, args.targets, state, local, cache.local, progress) \
         if settings.remote and not args.dry_run else None
     build = Build(graph, BuildOptions(targets=args.targets, jobs=settings.jobs, keep_going=args.keep_going,

@@ -23,7 +23,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -274,7 +274,7 @@ def _prepare_output(cwd: Path, out: str, action: Digest) -> None:
         if not stat.S_ISDIR(st.st_mode):
             raise BadAction(f"action {action}: output path {out!r} lies below {parent.relative_to(cwd)}, "
                             "which the input root holds as a file or symlink")
-    actions.remove_outputs(cwd, [out])
+    actions.remove_outputs(cwd, [out], in_workspace=False)
 
 
 def _store_log(cas: DiskStore, path: Path) -> Digest:
@@ -309,8 +309,10 @@ class SandboxExecutor:
     ActionResult exactly as a cache hit does. It shares the local executor's process runner, so one Ctrl-C
     cancels sandboxed and workspace runs alike."""
 
-    def __init__(self, root: Path, store: DiskStore, local: LocalExecutor, keep_failed: bool = False) -> None:
+    def __init__(self, root: Path, store: DiskStore, local: LocalExecutor, warn: Callable[[str], None],
+                 keep_failed: bool = False) -> None:
         self.root = root
+        self.warn = warn  # what could not be tidied (a leftover exec root, a kept one's rename): no task fails
         self.store = store  # the local CAS the input root is read from and the outputs go to
         self.local = local
         self.keep_failed = keep_failed
@@ -342,7 +344,12 @@ class SandboxExecutor:
             kept = ""
             if done.kept:  # renamed so that it is not taken for one a killed gaffer left
                 renamed = done.kept.with_name(f"kept-{done.kept.name}")
-                os.rename(done.kept, renamed)
+                try:
+                    os.rename(done.kept, renamed)
+                except OSError as e:
+                    self.warn(f"cannot rename {done.kept} to {renamed.name} ({e.strerror}): the next sandboxed"
+                              " build removes it")
+                    renamed = done.kept
                 kept = f" (its exec root is kept in {renamed})"
             return ExecuteResult(duration, stdout, stderr, failure=done.failure + kept)
         data = done.result.SerializeToString(deterministic=True)
@@ -356,14 +363,23 @@ class SandboxExecutor:
 
     def _remove_leftovers(self) -> None:
         """Remove the exec roots a gaffer killed mid-build left (this build holds the workspace: no other build
-        uses them); those kept on purpose (`kept-*`) stay."""
+        uses them); those kept on purpose (`kept-*`) stay. Best effort: one that cannot be removed (another
+        user's files in it, a mount) is one warning, and the build goes on."""
         try:
-            names = os.listdir(self.work_parent)
+            names = sorted(os.listdir(self.work_parent))
         except OSError:
             return
+        failed: list[OSError] = []
         for name in names:
             if name.startswith("exec-"):
-                _remove_tree(self.work_parent / name)
+                try:
+                    _remove_tree(self.work_parent / name)
+                except OSError as e:
+                    failed.append(e)
+        if failed:
+            first = failed[0]
+            self.warn(f"cannot remove {len(failed)} exec root(s) a killed gaffer left in {self.work_parent}"
+                      f" ({first.filename}: {first.strerror}): remove them by hand")
 
     def _store_inputs(self, action: PreparedAction) -> None:
         """Put every input file the local CAS lacks (a workspace source; a dep's output evicted since) into it

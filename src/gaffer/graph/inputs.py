@@ -33,6 +33,14 @@ _LITERAL_ONLY = frozenset({".git", ".gaffer"})  # entered only when a pattern sp
 _GLOB_CHARS = re.compile(r"[*?[]")
 
 
+class BadInput(UserError):
+    """A task's input that cannot be resolved: `input` is the pattern (or the file it matched) at fault."""
+
+    def __init__(self, message: str, input: str) -> None:
+        super().__init__(message)
+        self.input = input
+
+
 class _NoInput(Exception):
     """What is wrong with one pattern; `resolve_inputs` adds the graph file, the task and the pattern."""
 
@@ -51,8 +59,8 @@ class _Glob(NamedTuple):
 
 def resolve_inputs(root: Path, task: Task, graph_path: Path) -> list[str]:
     """The sorted, unique workspace-relative posix paths of the regular files (and symlinks to files inside
-    the workspace) the task's input patterns match. A pattern that matches nothing -> UserError naming the
-    graph file, the task and the pattern. A match outside the workspace (through a symlink) -> UserError."""
+    the workspace) the task's input patterns match. A pattern that matches nothing -> BadInput naming the
+    graph file, the task and the pattern. A match outside the workspace (through a symlink) -> BadInput."""
     base = os.fspath(root).rstrip("/") + "/"
     found: set[str] = set()
     for pattern in task.inputs:
@@ -62,12 +70,12 @@ def resolve_inputs(root: Path, task: Task, graph_path: Path) -> list[str]:
             else:
                 _literal(base, pattern, found)
         except _NoInput as e:
-            raise UserError(f"{shown_path(graph_path)}: task {task.name!r}: input {pattern!r} {e}") from None
+            raise BadInput(f"{shown_path(graph_path)}: task {task.name!r}: input {pattern!r} {e}", pattern) from None
     for path in found:
         shown = None if path.isascii() else not_utf8(path)  # the common case inline: this runs per input file
         if shown is not None:
-            raise UserError(f"{shown_path(graph_path)}: task {task.name!r}: input file '{shown}' has a name that is not"
-                            " UTF-8, which cache keys cannot hold: rename it")
+            raise BadInput(f"{shown_path(graph_path)}: task {task.name!r}: input file '{shown}' has a name that is not"
+                           " UTF-8, which cache keys cannot hold: rename it", shown)
     return sorted(found)
 
 
