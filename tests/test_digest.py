@@ -4,6 +4,7 @@ large), the digest is SHA-256's, byte for byte, at every size around the switch.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import subprocess
 import sys
@@ -43,3 +44,25 @@ def test_small_data_is_hashed_without_loading_openssl(tmp_path: Path) -> None:
             f"digest_file({str(large)!r}); print('_hashlib' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.split() == ["False", "True"]
+
+
+def test_another_devices_window_only_where_its_timestamps_may_lag() -> None:
+    """A file on another local file system with fine timestamps (a tmpfs, a container volume) is compared with
+    the moment as it is: a 2-second window there kept freshly generated headers from ever being stored. Whole
+    seconds, or a file system gaffer does not know to share this clock, keep the window."""
+    shm = os.stat("/dev/shm")
+    if digest._device_type(shm.st_dev) != "tmpfs":
+        pytest.skip("/dev/shm is not a tmpfs here")
+    other = shm.st_dev + 1 if shm.st_dev + 1 != os.stat("/").st_dev else shm.st_dev + 2
+    moment = 1_700_000_000_123_456_789
+    fine = os.stat_result((*shm[:7], 0, 0, 0), {"st_mtime_ns": moment - 7, "st_ctime_ns": moment - 3})
+    assert digest.moment_for(fine, moment, other) == moment
+    assert digest.moment_for(fine, moment, shm.st_dev) == moment
+    assert digest.moment_for(fine, moment, None) == moment
+    whole = os.stat_result((*shm[:7], 0, 0, 0), {"st_mtime_ns": 1_700_000_000 * 10**9,
+                                                   "st_ctime_ns": 1_700_000_001 * 10**9})
+    assert digest.moment_for(whole, moment, other) == moment - digest.OTHER_DEVICE_WINDOW_NS
+    unknown = os.stat_result((0, 0, other, *shm[3:7], 0, 0, 0), {"st_mtime_ns": moment - 7, "st_ctime_ns": moment})
+    assert digest._device_type(other) == "" or digest._device_type(other) in digest.LOCAL_FINE_TYPES
+    if digest._device_type(other) == "":
+        assert digest.moment_for(unknown, moment, shm.st_dev) == moment - digest.OTHER_DEVICE_WINDOW_NS

@@ -26,7 +26,7 @@ from gaffer.cc.args import Compile
 from gaffer.cc.basedir import localise, normalise
 from gaffer.digest import Digest, digest_bytes
 
-KEY_FORMAT = "gaffer-cc-v1"
+KEY_FORMAT = "gaffer-cc-v2"
 # what gcc and clang read from the environment that can change an object or a diagnostic
 ENV_READ = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "OBJC_INCLUDE_PATH", "OBJCPLUS_INCLUDE_PATH",
             "SOURCE_DATE_EPOCH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "GCC_COLORS", "GCC_URLS",
