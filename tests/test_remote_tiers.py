@@ -632,6 +632,49 @@ def test_a_trickled_blob_is_cut_off_by_its_deadline(backend: Backend) -> None:
         tier.close()
 
 
+class _ChunkedServer(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with `data`, chunked (no Content-Length) at about 2.5 MiB/s: a slow link's cache server
+    or proxy that streams."""
+
+    protocol_version = "HTTP/1.1"
+    data = b""
+    PIECE = 64 * 1024
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(0, len(self.data), self.PIECE):
+            piece = self.data[i:i + self.PIECE]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.flush()
+            time.sleep(0.025)  # the slow link itself, not a wait for anything
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_chunked_blob_has_its_size_s_time_at_the_floor_rate() -> None:
+    """A 2 MiB blob streamed chunked at 2.5 MiB/s (0.8 s) under a 0.5 s timeout: its whole-request deadline counts
+    the digest's size at 1 MiB/s, as a Content-Length would (it had only the timeout, and every read was cut
+    off)."""
+    data = os.urandom(2 * 1024 * 1024)
+    digest = digest_bytes(data)
+    handler = type("Chunked", (_ChunkedServer,), {"data": data})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        tier = open_tier(f"http://127.0.0.1:{server.server_port}/slow", timeout=0.5)
+        assert tier.read_blob(digest) == data
+        tier.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 # -- URLs ----------------------------------------------------------------------------------------------------------
 
 

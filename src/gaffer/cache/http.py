@@ -64,11 +64,13 @@ class HttpTier(CacheTier):
     def _request(self, method: str, kind: str, digest: Digest,
                  body: bytes | IO[bytes] | None = None,
                  size: int | None = None) -> AbstractContextManager[http.client.HTTPResponse]:
-        """Send a request for one entry; the caller turns `Unreachable` into a transient TierError."""
+        """Send a request for one entry; the caller turns `Unreachable` into a transient TierError. A blob's GET
+        may take as long as its digest's size needs, even answered chunked (without a Content-Length)."""
         headers = dict(self._headers)
         if size is not None:
             headers["Content-Length"] = str(size)
-        return self._pool.request(method, f"{self._path}/{kind}/{digest.hash}", headers, body)
+        expect = digest.size_bytes if method == "GET" and kind == "cas" else 0
+        return self._pool.request(method, f"{self._path}/{kind}/{digest.hash}", headers, body, expect)
 
     def _found(self, response: http.client.HTTPResponse, what: str) -> bool:
         """True for 2xx, False for 404; any other status raises TierError."""

@@ -51,13 +51,15 @@ class Pool:
 
     @contextmanager
     def request(self, method: str, path: str, headers: dict[str, str],
-                body: bytes | IO[bytes] | None = None) -> Iterator[http.client.HTTPResponse]:
+                body: bytes | IO[bytes] | None = None, expect: int = 0) -> Iterator[http.client.HTTPResponse]:
         """Send the request (once more on a fresh connection if a kept-alive one turns out closed); yield the
         response, whatever its status. A body the caller leaves unread closes the connection.
 
         The timeout bounds each read, and a deadline the whole exchange: the timeout plus the time the request's
-        body takes at MIN_RATE until the answer's headers, then the timeout plus its body (its Content-Length)
-        at MIN_RATE. A server that trickles its answer, each read getting a byte in time, is cut off there."""
+        body takes at MIN_RATE until the answer's headers, then the timeout plus its body at MIN_RATE, the
+        larger of its Content-Length and `expect` (the size the caller knows it holds, as a blob's digest
+        does: a chunked answer has no Content-Length). A server that trickles its answer, each read getting a
+        byte in time, is cut off there."""
         target = f"{self.scheme}://{self.netloc}{path}" if self._proxy and self.scheme == "http" else path
         start = body.tell() if body is not None and not isinstance(body, bytes) else 0
         sent = len(body) if isinstance(body, bytes) else int(headers.get("Content-Length", 0)) if body else 0
@@ -88,7 +90,7 @@ class Pool:
                 conn.close()
                 raise
         assert watch is not None
-        DEADLINES.extend(watch, self.timeout + (response.length or 0) / MIN_RATE)
+        DEADLINES.extend(watch, self.timeout + max(response.length or 0, expect) / MIN_RATE)
         try:
             try:
                 yield response
