@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -355,6 +357,38 @@ def test_a_cache_removed_under_a_build_is_not_written_to_and_raises_nothing(tmp_
     assert not store.has_blob(digest)
     store.write_blob(digest, data)  # a later write makes the directory again and stores it
     assert store.read_blob(digest) == data
+
+
+@pytest.mark.parametrize("how, private", [("temp_path", "same"), ("write_temp", "same"), ("temp_path", "other")],
+                         ids=["temp_path", "write_temp", "private-temp-on-another-file-system"])
+def test_a_blob_fetched_before_the_disk_filled_is_held_for_the_build(how: str, private: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob fetched into the store's temp directory while another thread's write fills the disk (the store turns
+    read-only, its temp directory moves to a private one): adopting it holds it for this process, as a blob
+    fetched after (it was unlinked, yet the fetch counted it local: the restore failed on a healthy remote)."""
+    if private == "other":  # TMPDIR on another file system than the cache: the file cannot be renamed there
+        shm = Path("/dev/shm")
+        if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+            pytest.skip("no second file system for TMPDIR")
+        monkeypatch.setenv("TMPDIR", str(shm))
+        monkeypatch.setattr(tempfile, "tempdir", None)  # read again from TMPDIR
+    reports: list[str] = []
+    store = DiskStore(tmp_path / "cache", report=reports.append, full_is_read_only=True)
+    data = b"fetched from a remote"
+    digest = digest_bytes(data)
+    if how == "temp_path":
+        tmp = store.temp_path()
+        tmp.write_bytes(data)
+    else:
+        tmp = store.write_temp(data)
+    assert tmp.parent == tmp_path / "cache" / "tmp"
+    assert store.full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    store.adopt(digest, tmp)
+    assert store.has_blob(digest) and store.read_blob(digest) == data
+    assert Path(store.blob_file(digest)).read_bytes() == data
+    assert len(reports) == 1 and "is full" in reports[0]
+    store.close()
+    assert not list((tmp_path / "cache" / "tmp").iterdir())  # nothing left behind
 
 
 def test_writers_on_several_threads_survive_the_cache_being_removed_again_and_again(tmp_path: Path) -> None:

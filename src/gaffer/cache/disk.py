@@ -163,7 +163,7 @@ class DiskStore(CacheTier):
         self._tmp = f"{self._root_text}/tmp"
         self._cas = f"{self._root_text}/cas/"
         self._present: set[str] = set()  # blobs this process stored or found stored: written once per process
-        self._held: dict[str, str] = {}  # blobs adopted while the store could not write: their private temp files
+        self._held: dict[str, str] = {}  # blobs adopted while the store could not write: their temp files
         self._warn_lock = threading.Lock()
         self._read_only_warned = False
         try:
@@ -351,18 +351,31 @@ class DiskStore(CacheTier):
 
     def adopt(self, digest: Digest, tmp: Path) -> None:
         """Move a verified file (made with `temp_path()`) into the CAS. A store that cannot write (a full disk, a
-        read-only one) holds it where it is, in this process's private temp directory, until `close`: a blob
-        fetched from a remote tier for a restore is then still there for the restore."""
+        read-only one) holds it for this process until `close`: a blob fetched from a remote tier for a restore is
+        then still there for the restore."""
         if self.has_blob(digest):
             tmp.unlink(missing_ok=True)
             return
-        if not self.writable and os.path.dirname(tmp) == self._tmp:
-            held = f"{self._tmp}/held-{digest.hash}"
-            self._blob_file(digest.hash)  # MalformedHash before a file is named after it
-            os.replace(tmp, held)
-            self._held[digest.hash] = held
+        if not self.writable:
+            self._hold(digest, os.fspath(tmp))
             return
         self._install_verified(tmp, digest)
+
+    def _hold(self, digest: Digest, tmp: str) -> None:
+        """Keep a verified blob for this process, in its private temp directory. One made in the store's own temp
+        directory before the store turned read-only (another thread's write filled the disk) stays in that
+        directory if it cannot be moved (another file system, itself full), under a name the caller does not
+        remove and that still names this process (other processes leave a running one's temp files alone)."""
+        self._blob_file(digest.hash)  # MalformedHash before a file is named after it
+        held = f"{self._tmp}/held-{digest.hash}"
+        try:
+            if os.path.dirname(tmp) != self._tmp:
+                self._make_temp_dir()
+            os.replace(tmp, held)
+        except OSError:
+            held = f"{tmp}-held"
+            os.replace(tmp, held)  # within its directory: no room needed (gone with the cache: raised, a miss)
+        self._held[digest.hash] = held
 
     def put_file(self, path: Path | str) -> Digest:
         """Store a file's content; return its digest. What is stored is what was hashed, so a concurrent edit
@@ -440,6 +453,9 @@ class DiskStore(CacheTier):
         if not self.writable:
             import shutil  # here (and in clean, copy_file): its import (lzma, bz2...) would slow gobuildcache's start
 
+            for held in self._held.values():  # those held outside the private directory (see `_hold`) too
+                with suppress(FileNotFoundError):
+                    os.unlink(held)
             shutil.rmtree(self._tmp, ignore_errors=True)
             return
         if not self._written:
