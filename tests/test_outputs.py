@@ -252,6 +252,36 @@ def test_a_build_directory_symlinked_to_another_disk_builds_and_is_cleaned(tmp_p
     assert (fast / "stale").read_text() == "made\n"
 
 
+def test_hits_refused_by_a_symlinked_build_directory_are_no_remote_tier_s_fault(tmp_path: Path,
+                                                                                  env: dict[str, str]) -> None:
+    """A symlinked build directory's hits are not restored through the symlink, wherever they came from: that is
+    the workspace's doing, said once per build, not an error of the remote tier that served them (it was
+    counted in its errors and used up its one warning, as if it served garbage)."""
+    fast = tmp_path / "fast" / "build"
+    fast.mkdir(parents=True)
+    ws = workspace(tmp_path / "ws", {"t": {"command": "echo t > build/t", "outputs": ["build/t"]},
+                                     "u": {"command": "echo u > build/u", "outputs": ["build/u"]}})
+    (ws / "build").symlink_to(fast)
+    remote = f"disk://{tmp_path / 'remote'}"
+    out = tmp_path / "summary.json"
+
+    def run() -> tuple[dict, str]:
+        proc = run_gaffer(["run", "--cache", remote, "--summary-json", str(out)], cwd=ws, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return summary(out), proc.stderr
+
+    assert run()[0]["status"] == {"t": "executed", "u": "executed"}
+    assert run_gaffer(["clean"], cwd=ws, env=env).returncode == 0
+    shutil.rmtree(tmp_path / "cache")  # the hits now come from the remote tier
+    result, stderr = run()
+    assert result["status"] == {"t": "executed", "u": "executed"}
+    assert "cache tier" not in stderr, stderr
+    refused = [line for line in stderr.splitlines() if "through a symlink" in line]
+    assert len(refused) == 1, stderr
+    [tier] = [t for t in result["tiers"] if t["name"] == remote]
+    assert tier["errors"] == 0, tier
+
+
 def test_an_output_that_holds_the_workspace_is_refused(tmp_path: Path, env: dict[str, str]) -> None:
     ws = workspace(tmp_path / "ws", {"a": {"command": "true", "outputs": ["up/ws"]}})
     (ws / "up").symlink_to("..")

@@ -80,7 +80,8 @@ class Build:
         self._interrupted = ""
         self._lanes: dict[int, int] = {}
         self._would_run: set[str] = set()  # --dry-run: tasks predicted to execute
-        self._lock = threading.Lock()  # guards _lanes
+        self._lock = threading.Lock()  # guards _lanes and _told_not_restored
+        self._told_not_restored = False
         # -j: commands at once. The scheduler runs twice as many tasks (without a remote executor, whose -j is
         # its own), so the next tasks are keyed and looked up while these commands run: a slot is never idle
         # for gaffer's own work.
@@ -198,13 +199,18 @@ class Build:
         if data is None:
             return None
         self.progress.task_started(name)
+        fetched = False
         try:
             cached = actions.parse_result(data, planned.task.outputs)
             if not actions.fetch_result(cached, self.cache.ensure_local, self.cache.local):
                 return None
+            fetched = True
             actions.restore_outputs(self.root, cached, self.cache.local)
         except actions.BadCacheEntry as e:
-            self.cache.reject(keyed.key, f"cache entry for task {name}", str(e))
+            if fetched:
+                self._not_restored(name, str(e))
+            else:
+                self.cache.reject(keyed.key, f"cache entry for task {name}", str(e))
             return None
         except OSError as e:
             self.progress.warn(f"cannot restore the outputs of {name}: {e}; running it instead")
@@ -214,6 +220,16 @@ class Build:
         self.progress.task_output(name, self.cache.local.read_blob(cached.stdout) or b"",
                                   self.cache.local.read_blob(cached.stderr) or b"")
         return Outcome(CACHED, saved_s=cached.duration_s, reason="restored from the cache")
+
+    def _not_restored(self, name: str, problem: str) -> None:
+        """A usable entry, fetched and verified, that the restore refused on this side: the workspace's doing (an
+        output below a symlink out of it, as a build directory on another disk: every hit there is refused) or the
+        local cache's (a blob lost since). No tier served garbage: said once per build, naming none."""
+        with self._lock:
+            first, self._told_not_restored = not self._told_not_restored, True
+        if first:
+            self.progress.warn(f"cache hit for task {name} not restored: {problem}; it runs instead (so do later "
+                               "ones refused this way, unsaid)")
 
     def _execute(self, name: str, planned: PlannedTask, deps: Mapping[str, OutputRecords], keyed: Keyed,
                  reason: str) -> Outcome:
