@@ -781,6 +781,30 @@ def test_tiered_caches_nest(tmp_path: Path) -> None:
     assert far.corrupt_evicted == 1 and not warnings
 
 
+@pytest.mark.parametrize("backend", ["redis", "nginx"], indirect=True)
+def test_a_blob_a_remote_served_corrupt_is_replaced_by_the_build_that_makes_it(backend: Backend,
+                                                                                 tmp_path: Path) -> None:
+    """A copy that failed verification (right size, wrong bytes) is uploaded over when the build makes the blob,
+    though the tier says it has it: Redis too (its blobs are written with SET NX, which left the corrupt copy)."""
+    from gaffer.cache.disk import DiskStore
+    from gaffer.cache.tiered import TieredCache
+
+    namespace = uuid.uuid4().hex[:12]
+    digest, data = _blob("served corrupt")
+    planted = backend.open(namespace)
+    planted.write_blob(digest, b"X" * len(data))
+    warnings: list[str] = []
+    local = DiskStore(tmp_path / "local")
+    cache = TieredCache(local, [backend.open(namespace)], report=warnings.append)
+    assert not cache.ensure_local([digest])
+    assert len(warnings) == 1 and "failed verification" in warnings[0], warnings
+    local.write_blob(digest, data)  # the task that makes it ran
+    cache.put_action(digest_bytes(b"its action"), b"result", [digest])
+    cache.close()
+    assert planted.read_blob(digest) == data
+    planted.close()
+
+
 def test_a_blob_from_a_far_remote_fills_the_nearer_remotes_too(tmp_path: Path) -> None:
     """A hit in the second remote writes its entry into the first (the nearer one) and, behind the build, the blobs
     fetched with it: the nearer remote must not be left with entries whose blobs it lacks. Read-only: neither."""

@@ -138,6 +138,11 @@ class CacheTier(ABC):
         with open(path, "rb") as f:
             self.write_blob(digest, f.read())
 
+    def replace_blob(self, digest: Digest, path: Path) -> None:
+        """`upload_blob` over a copy this tier holds that failed verification. By default the same: a tier whose
+        writes replace (HTTP) heals with it, one whose blobs are written once (S3, GCS, Azure) keeps its copy."""
+        self.upload_blob(digest, path)
+
     # -- management --------------------------------------------------------------------------------------------
 
     def check(self) -> None:  # noqa: B027 - optional: a tier with nothing to probe keeps this no-op

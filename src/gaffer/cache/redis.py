@@ -2,8 +2,8 @@
 
 Keys are `<prefix>:cas:<sha256>` and `<prefix>:ac:<sha256>`. Redis holds whole values in memory, so blobs larger
 than `max_blob` are not stored at all (a later read is a miss and goes to the next tier); eviction is the server's
-business (`maxmemory-policy allkeys-lru` suits a cache). CAS keys are written once (SET NX); action-cache entries
-are overwritten, as REAPI's UpdateActionResult does.
+business (`maxmemory-policy allkeys-lru` suits a cache). CAS keys are written once (SET NX), except over a value that
+failed verification (`replace_blob`); action-cache entries are overwritten, as REAPI's UpdateActionResult does.
 
 Reads (GET, EXISTS, PING) go through cache/redisread.py over plain sockets, so a build that only restores never
 imports redis-py (~0.14 s of CPU, asyncio included); writes, `clear` and TLS (`rediss://`, every request) use
@@ -145,13 +145,21 @@ class RedisTier(CacheTier):
         return self._get(self._key("cas", digest), digest.size_bytes)
 
     def write_blob(self, digest: Digest, data: bytes) -> None:
-        if len(data) <= self.max_blob:
-            with self._guard("SET"):
-                self._redis().set(self._key("cas", digest), data, nx=True)
+        self._set_blob(digest, data, once=True)
 
     def upload_blob(self, digest: Digest, path: Path) -> None:
         if os.path.getsize(path) <= self.max_blob:
             super().upload_blob(digest, path)
+
+    def replace_blob(self, digest: Digest, path: Path) -> None:
+        """SET without NX: the value under the key failed verification."""
+        if os.path.getsize(path) <= self.max_blob:
+            self._set_blob(digest, Path(path).read_bytes(), once=False)
+
+    def _set_blob(self, digest: Digest, data: bytes, once: bool) -> None:
+        if len(data) <= self.max_blob:
+            with self._guard("SET"):
+                self._redis().set(self._key("cas", digest), data, nx=once)
 
     # -- action cache ------------------------------------------------------------------------------------------
 

@@ -163,6 +163,9 @@ class ResilientTier(CacheTier):
     def upload_blob(self, digest: Digest, path: Path) -> None:
         self._sent(lambda t: t.upload_blob(digest, path), digest.size_bytes)
 
+    def replace_blob(self, digest: Digest, path: Path) -> None:
+        self._sent(lambda t: t.replace_blob(digest, path), digest.size_bytes)
+
     def check(self) -> None:
         """Open the tier now (`gaffer run` does, so wrong credentials are one line at start, not mid-build)."""
         try:

@@ -286,7 +286,10 @@ class TieredCache(CacheTier):
             if self.local.find_missing(missing):  # a full (read-only) local tier did not keep them: nothing to send,
                 continue                          # nor a result naming them
             for digest in missing:
-                remote.upload_blob(digest, self.local.blob_path(digest))
+                if digest in corrupt:
+                    remote.replace_blob(digest, self.local.blob_path(digest))
+                else:
+                    remote.upload_blob(digest, self.local.blob_path(digest))
             if key is not None:
                 remote.write_action(key, result)
 
