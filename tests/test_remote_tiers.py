@@ -640,7 +640,7 @@ class _ChunkedServer(http.server.BaseHTTPRequestHandler):
     data = b""
     PIECE = 64 * 1024
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
