@@ -305,6 +305,22 @@ def test_an_output_through_a_symlink_into_git_is_refused(tmp_path: Path, env: di
         assert (ws / ".git" / "config").read_text() == "precious"
 
 
+@pytest.mark.parametrize(("link", "target", "output"), [("self", ".", "self/.git"), ("up", "..", "up/ws/.gaffer")])
+def test_an_output_naming_git_through_a_symlink_to_the_workspace_is_refused(
+        tmp_path: Path, env: dict[str, str], link: str, target: str, output: str) -> None:
+    """A symlink back to the workspace (or above it) puts the output's own name at .git or .gaffer: the check
+    looked only at where its directory really is (the workspace itself: fine) and `gaffer clean` deleted .git."""
+    ws = workspace(tmp_path / "ws", {"a": {"command": "true", "outputs": [output]}})
+    (ws / ".git").mkdir()
+    (ws / ".git" / "config").write_text("precious")
+    (ws / link).symlink_to(target)
+    for args in (["clean"], ["run"]):
+        proc = run_gaffer(args, cwd=ws, env=env)
+        assert proc.returncode != 0 and "leads into" in proc.stderr, proc.stderr
+        assert (ws / ".git" / "config").read_text() == "precious"
+        assert (ws / ".gaffer").is_dir() or args == ["clean"]
+
+
 def test_clean_refusing_one_output_removes_none(tmp_path: Path, env: dict[str, str]) -> None:
     ws = workspace(tmp_path / "ws", {"a": {"command": "echo a > a.txt", "outputs": ["a.txt"]},
                                      "b": {"command": "true", "outputs": ["g/config"]}})

@@ -562,7 +562,7 @@ def _ensure_parent(root: Path, dest: Path) -> None:
     """Create the parent directories, refusing to write through a symlinked directory out of the workspace or
     into its `.git` or `.gaffer` (a cache hit is then executed instead)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    place, real = _real_place(root, dest.parent)
+    place, real = _real_output_place(root, dest)
     if place == _OUTSIDE:
         raise BadCacheEntry(f"{dest.relative_to(root)} would be written outside the workspace through a symlink"
                             f" ({real})")
@@ -571,6 +571,17 @@ def _ensure_parent(root: Path, dest: Path) -> None:
 
 
 _OUTSIDE = "outside"
+_PROTECTED = (".git", ".gaffer")
+
+
+def _real_output_place(root: str | Path, path: str | Path) -> tuple[str, str]:
+    """`_real_place` of an output itself: its directory's symlinks followed, then its own name, so `self/.git`
+    with `self -> .` is in .git (an output's own symlink is the output's, replaced, never followed)."""
+    place, real_parent = _real_place(root, os.path.dirname(path))
+    real = os.path.join(real_parent, os.path.basename(path))
+    if not place and real_parent == os.path.realpath(root) and os.path.basename(path) in _PROTECTED:
+        place = os.path.basename(path)
+    return place, real
 
 
 def _real_place(root: str | Path, directory: str | Path) -> tuple[str, str]:
@@ -583,7 +594,7 @@ def _real_place(root: str | Path, directory: str | Path) -> tuple[str, str]:
     if not real.startswith(real_root + os.sep):
         return _OUTSIDE, real
     top = real[len(real_root) + 1:].split(os.sep, 1)[0]
-    return (top if top in (".git", ".gaffer") else ""), real
+    return (top if top in _PROTECTED else ""), real
 
 
 def _reset_dir(path: Path) -> None:
@@ -639,10 +650,9 @@ def check_outputs(root: Path, declared: Sequence[str]) -> None:
         parent = os.path.dirname(out)
         if not parent:  # the common top-level output: no syscall (the graph refuses `.git` and `.gaffer` ones)
             continue
-        place, real = _real_place(root, f"{root}/{parent}")
-        real_out = os.path.join(real, os.path.basename(out))
+        place, real_out = _real_output_place(root, f"{root}/{out}")
         real_root = os.path.realpath(root)
-        if place in (".git", ".gaffer"):
+        if place in _PROTECTED:
             raise UnsafeOutput(f"output '{out}' leads into {place} ({real_out}): gaffer neither removes nor writes"
                                " it there")
         if real_root == real_out or real_root.startswith(real_out + os.sep):
