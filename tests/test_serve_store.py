@@ -671,6 +671,22 @@ def test_a_served_stores_instance_directory_is_refused_as_the_store_itself(tmp_p
     client.close()
 
 
+def test_a_store_whose_instance_directory_is_served_alone_is_refused(tmp_path: Path, serve: list) -> None:
+    """`gaffer serve --dir S/instances/NAME` started first (S not served yet: it locks its own directory only),
+    then `gaffer serve --dir S`: both ran on the same files, each with its own index and size account. The outer
+    one is refused while the instance's server runs, and starts once it stopped."""
+    store = tmp_path / "store"
+    inner = start_gaffer_serve("--memory", "0", "--dir", str(store / "instances" / "team"), workdir=tmp_path / "in")
+    serve.append(inner)
+    outer = subprocess.run([sys.executable, "-m", "gaffer.server.main", "--dir", str(store), "--grpc",
+                            "127.0.0.1:0"], capture_output=True, text=True, timeout=60, check=False)
+    assert outer.returncode == 3, outer.stderr
+    assert (f"another gaffer serve (pid {inner.proc.pid}) is using its instance directory team" in outer.stderr
+            and outer.stderr.count("\n") == 1), outer.stderr
+    assert stop_signal(inner, signal.SIGTERM) == 0
+    serve.append(start_gaffer_serve("--memory", "0", workdir=tmp_path))
+
+
 def test_a_start_removes_the_temp_files_of_dead_writers_only(tmp_path: Path, serve: list) -> None:
     """A server killed mid-upload leaves a temp file named after its pid: removed at the next start when that pid
     is no process now, or a zombie not yet reaped. A file named after a live process stays, even one started after

@@ -73,6 +73,7 @@ class StoreServed(EnvironmentProblem):
 
     def __init__(self, root: Path, pid: str, command: str) -> None:
         super().__init__(f"{root}: a {command} (pid {pid}) is using this store; stop it first")
+        self.root = root
         self.pid = pid
         self.command = command
 
@@ -107,17 +108,30 @@ def lock_served(root: Path, command: str) -> int:
 def lock_stores(root: Path, command: str, create: bool = True) -> list[int]:
     """`lock_served` on `root` (when `create`, or once it has a SERVE_LOCK) and, first, on the served store of
     which `root` is a named instance's directory (`<store>/instances/<name>`, the layout `gaffer serve` gives
-    them), whose server indexes `root` too: the descriptors holding them, until closed."""
+    them), whose server indexes `root` too; then on each instance directory `root` has (on the same terms), which
+    its server indexes: a `gaffer serve` of one of them alone, started first, holds its own lock only. The
+    descriptors holding them, until closed."""
     real = os.path.realpath(root)
     outer = os.path.dirname(os.path.dirname(real))
     stores = [_path(outer)] if (os.path.basename(os.path.dirname(real)) == "instances"
                                 and os.path.exists(os.path.join(outer, SERVE_LOCK))) else []
+    instances: list[Path] = []
     if create or (root / SERVE_LOCK).exists():
         stores.append(root)
+        with suppress(OSError):  # no instances/ directory
+            instances = [_path(e.path) for e in os.scandir(root / "instances") if e.is_dir(follow_symlinks=False)
+                         and (create or os.path.exists(os.path.join(e.path, SERVE_LOCK)))]
     held: list[int] = []
     try:
         for store in stores:
             held.append(lock_served(store, command))
+        for instance in sorted(instances):
+            try:
+                held.append(lock_served(instance, command))
+            except StoreServed:
+                raise
+            except OSError:  # a lock file it cannot make (read-only): no server of that directory alone made it
+                continue
     except BaseException:
         for fd in held:
             os.close(fd)

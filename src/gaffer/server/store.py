@@ -551,7 +551,8 @@ def _hold(root: Path) -> list[int]:
     try:
         return lock_stores(root, "gaffer serve")
     except StoreServed as e:
-        raise TierError(str(root), f"another {e.command} (pid {e.pid}) is using this store", transient=False) from None
+        what = f"its instance directory {e.root.name}" if e.root.parent == root / "instances" else "this store"
+        raise TierError(str(root), f"another {e.command} (pid {e.pid}) is using {what}", transient=False) from None
     except OSError as e:
         raise TierError(str(root), f"cannot lock the store: {e.strerror}", transient=False) from None
 
