@@ -687,6 +687,17 @@ def test_a_store_whose_instance_directory_is_served_alone_is_refused(tmp_path: P
     serve.append(start_gaffer_serve("--memory", "0", workdir=tmp_path))
 
 
+def test_a_file_among_the_instance_directories_is_ignored_not_a_traceback(tmp_path: Path, serve: list) -> None:
+    """A file left in STORE/instances/ (a log, a note) under a valid instance name failed the server's start with a
+    NotADirectoryError traceback: it is ignored, as a directory with an invalid name is, and said."""
+    instances = tmp_path / "store" / "instances"
+    instances.mkdir(parents=True)
+    (instances / "notes").write_text("not an instance\n")
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    assert f"ignoring {instances / 'notes'}: not a gaffer serve instance directory" in server.log.read_text()
+
+
 def test_a_start_removes_the_temp_files_of_dead_writers_only(tmp_path: Path, serve: list) -> None:
     """A server killed mid-upload leaves a temp file named after its pid: removed at the next start when that pid
     is no process now, or a zombie not yet reaped. A file named after a live process stays, even one started after

@@ -726,6 +726,8 @@ class ServerStore:
             return
         for path in sorted(instances.iterdir()):
             try:
+                if not path.is_dir():  # a file left there (a log, a note) would fail the start with ENOTDIR
+                    raise BadRequest("not a directory")
                 yield check_instance(unquote(path.name))
             except BadRequest:
                 self._report(f"ignoring {path}: not a gaffer serve instance directory")
