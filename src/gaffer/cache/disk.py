@@ -683,9 +683,7 @@ class DiskStore(CacheTier):
         stale = time.time() - STALE_TEMP_S
         for tmp in self._temp_files():
             pid = tmp.name.partition("-")[0]
-            if not pid.isdigit():
-                tmp.unlink(missing_ok=True)
-            elif int(pid) != os.getpid() and not process_alive(int(pid)):
+            if not pid.isdigit() or (int(pid) != os.getpid() and not process_alive(int(pid))):
                 tmp.unlink(missing_ok=True)
             elif int(pid) == os.getpid() and ours_too:
                 with suppress(FileNotFoundError):
