@@ -209,6 +209,21 @@ def test_a_failing_command_reports_its_exit_code_and_stderr_as_a_local_failure_d
 
 
 
+def test_a_task_whose_output_cannot_be_stored_remotely_shows_its_logs(farm: Farm, tmp_path: Path) -> None:
+    """An output the worker cannot store (a symlink to an absolute path) fails the action: the command's stdout
+    and stderr were dropped with its outputs, so a failing command's own errors never reached the user."""
+    marker = uuid.uuid4().hex
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "graph.json").write_text(json.dumps({"tasks": {"abs": {
+        "command": f"ln -s /etc/hostname link; echo out-{marker}; echo err-{marker} >&2; exit 3",
+        "outputs": ["link"]}}}))
+    proc = gaffer(ws, "--remote", farm.url)
+    assert proc.returncode == 1
+    assert "symlink link points to an absolute path" in proc.stderr, proc.stderr
+    assert f"err-{marker}" in proc.stderr and f"out-{marker}" in proc.stdout, (proc.stdout, proc.stderr)
+
+
 def test_a_task_past_its_timeout_fails_as_it_does_here(farm: Farm, tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()

@@ -305,10 +305,12 @@ def test_timeout_kills_the_process_group(tmp_path: Path, env: dict[str, str]) ->
 
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize(("signum", "status", "times"), [(signal.SIGTERM, 143, 1), (signal.SIGHUP, 129, 1),
+                                                         (signal.SIGHUP, 129, 2)])
 def test_sigterm_or_sighup_kills_running_tasks_and_leaves_cache_consistent(
-        tmp_path: Path, env: dict[str, str], signum: signal.Signals, status: int) -> None:
-    """SIGHUP is a closed terminal: the tasks, in sessions of their own, would never get it and run on."""
+        tmp_path: Path, env: dict[str, str], signum: signal.Signals, status: int, times: int) -> None:
+    """SIGHUP is a closed terminal: the tasks, in sessions of their own, would never get it and run on. A closed
+    terminal usually sends it twice, back to back: the same stop."""
     ws = tmp_path / "term"
     ws.mkdir()
     (ws / "graph.json").write_text(json.dumps({
@@ -322,7 +324,8 @@ def test_sigterm_or_sighup_kills_running_tasks_and_leaves_cache_consistent(
     while not (ws / "child.pid").exists() or not (ws / "child.pid").read_text().strip():
         assert time.monotonic() < deadline and proc.poll() is None, "the long task never started"
         time.sleep(0.05)
-    proc.send_signal(signum)
+    for _ in range(times):
+        os.kill(proc.pid, signum)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == status, err
     assert not alive(int((ws / "child.pid").read_text()))

@@ -671,31 +671,80 @@ def test_a_served_stores_instance_directory_is_refused_as_the_store_itself(tmp_p
     client.close()
 
 
-def test_a_start_removes_temp_files_whose_writer_is_gone_even_under_a_live_pid(tmp_path: Path, serve: list) -> None:
-    """A server killed mid-upload leaves a temp file named after its pid. Found at the next start, it stayed as a
-    running writer's when that pid was a zombie not yet reaped, or another process's now (a pid reused; a server
-    restarted in a container gets the very pid it had), taking disk space outside the bound for good."""
+def test_a_store_whose_instance_directory_is_served_alone_is_refused(tmp_path: Path, serve: list) -> None:
+    """`gaffer serve --dir S/instances/NAME` started first (S not served yet: it locks its own directory only),
+    then `gaffer serve --dir S`: both ran on the same files, each with its own index and size account. The outer
+    one is refused while the instance's server runs, and starts once it stopped."""
+    store = tmp_path / "store"
+    inner = start_gaffer_serve("--memory", "0", "--dir", str(store / "instances" / "team"), workdir=tmp_path / "in")
+    serve.append(inner)
+    outer = subprocess.run([sys.executable, "-m", "gaffer.server.main", "--dir", str(store), "--grpc",
+                            "127.0.0.1:0"], capture_output=True, text=True, timeout=60, check=False)
+    assert outer.returncode == 3, outer.stderr
+    assert (f"another gaffer serve (pid {inner.proc.pid}) is using its instance directory team" in outer.stderr
+            and outer.stderr.count("\n") == 1), outer.stderr
+    assert stop_signal(inner, signal.SIGTERM) == 0
+    serve.append(start_gaffer_serve("--memory", "0", workdir=tmp_path))
+
+
+def test_a_file_among_the_instance_directories_is_ignored_not_a_traceback(tmp_path: Path, serve: list) -> None:
+    """A file left in STORE/instances/ (a log, a note) under a valid instance name failed the server's start with a
+    NotADirectoryError traceback: it is ignored, as a directory with an invalid name is, and said."""
+    instances = tmp_path / "store" / "instances"
+    instances.mkdir(parents=True)
+    (instances / "notes").write_text("not an instance\n")
+    server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
+    serve.append(server)
+    assert f"ignoring {instances / 'notes'}: not a gaffer serve instance directory" in server.log.read_text()
+
+
+def test_a_start_removes_the_temp_files_of_dead_writers_only(tmp_path: Path, serve: list) -> None:
+    """A server killed mid-upload leaves a temp file named after its pid: removed at the next start when that pid
+    is no process now, or a zombie not yet reaped. A file named after a live process stays, even one started after
+    the file was last written: a reused pid cannot be told from a live writer in another pid namespace (a CI
+    container's PID 1 building into a shared volume) or from a clock stepped forward; they were removed."""
     tmp = tmp_path / "store" / "tmp"
     tmp.mkdir(parents=True)
     zombie = subprocess.Popen(["true"])
     wait_until(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
                        "an unreaped child", 10)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
     later = subprocess.Popen(["sleep", "60"])  # started after the file below was last written
     try:
         dead_writer = tmp / f"{zombie.pid}-1-aaaaaaaa"
-        reused_pid = tmp / f"{later.pid}-1-bbbbbbbb"
+        no_process = tmp / f"{gone.pid}-1-dddddddd"
+        live_pid = tmp / f"{later.pid}-1-bbbbbbbb"
         running = tmp / f"{os.getpid()}-1-cccccccc"  # this test process, running since before: a writer
-        for path in (dead_writer, reused_pid, running):
+        for path in (dead_writer, no_process, live_pid, running):
             path.write_bytes(b"half an upload")
         an_hour_ago = time.time() - 3600
-        os.utime(reused_pid, (an_hour_ago, an_hour_ago))
+        os.utime(live_pid, (an_hour_ago, an_hour_ago))
         server = start_gaffer_serve("--memory", "0", workdir=tmp_path)
         serve.append(server)
-        assert sorted(p.name for p in tmp.iterdir()) == [running.name]
+        assert sorted(p.name for p in tmp.iterdir()) == sorted([live_pid.name, running.name])
     finally:
         later.kill()
         later.wait()
         zombie.wait()
+
+
+def test_a_restarted_servers_own_old_temp_files_are_removed_young_ones_stay(tmp_path: Path) -> None:
+    """A server restarted in a container gets the very pid it had: its dead self's temp files, named after its own
+    pid, stayed for good. At start, one older than a day (the age gc removes any temp file at) is removed; a
+    younger one stays (the same pid may be a live writer in another pid namespace)."""
+    tmp = tmp_path / "store" / "tmp"
+    tmp.mkdir(parents=True)
+    old, young = tmp / f"{os.getpid()}-1-aaaaaaaa", tmp / f"{os.getpid()}-2-bbbbbbbb"
+    for path in (old, young):
+        path.write_bytes(b"half an upload")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    store = ServerStore(tmp_path / "store", 1 << 30, report=print, memory=0)  # in this process: its pid
+    try:
+        assert [p.name for p in tmp.iterdir()] == [young.name]
+    finally:
+        store.close()
 
 
 def test_a_build_on_a_served_store_leaves_eviction_to_the_server(tmp_path: Path, serve: list) -> None:

@@ -376,6 +376,34 @@ def test_sighup_stops_cleanly_as_sigterm_does(tmp_path: Path) -> None:
         server.stop()
 
 
+@pytest.mark.parametrize(("after", "status"), [(signal.SIGHUP, 0), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_a_second_sighup_is_ignored_a_sigterm_after_it_exits_at_once(tmp_path: Path, after: signal.Signals,
+                                                                      status: int) -> None:
+    """A closed terminal usually sends SIGHUP twice (the shell forwards it, then the kernel sends it again): the
+    second one ended the server at once (status 129), cutting the upload its grace period was for. A SIGHUP after
+    the first stop signal is now ignored; a SIGTERM after it still exits at once."""
+    server = start_gaffer_serve(workdir=tmp_path)
+    try:
+        digest, data = _blob(100_000)
+        host, port = server.http_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(f"PUT /cas/{digest.hash} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
+                         "Expect: 100-continue\r\n\r\n".encode())
+            assert conn.recv(100).startswith(b"HTTP/1.1 100")  # the server is now inside this request
+            os.kill(server.proc.pid, signal.SIGHUP)  # back to back, as a closed terminal sends them
+            os.kill(server.proc.pid, signal.SIGHUP)
+            wait_until(lambda: "SIGHUP: stopping" in server.log.read_text(), "the stop signal", 10, server.proc)
+            server.proc.send_signal(after)  # surely after the first was taken
+            if after == signal.SIGHUP:
+                wait_until(lambda: "SIGHUP again: already stopping, ignored" in server.log.read_text(),
+                           "the second SIGHUP", 10, server.proc)
+                conn.sendall(data)
+                assert conn.recv(100).startswith(b"HTTP/1.1 200")
+        assert server.proc.wait(30) == status, server.log.read_text()
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(("args", "status", "message"), [
     (["--bogus"], 2, "unrecognized arguments"),
     (["--grpc", "nohostport"], 2, "expected HOST:PORT"),

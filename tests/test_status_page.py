@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 import threading
 import urllib.error
@@ -271,6 +272,25 @@ def test_gaffer_status_errors_are_one_line(serve: ReapiServer, tmp_path: Path, t
     args = ["status", "--server", url.format(**where)] + (["--token-file", str(token_file)] if token_file else [])
     failed = run_gaffer(args, tmp_path, gaffer_env(tmp_path / "cache"))
     assert (failed.returncode, failed.stdout, failed.stderr) == (status, "", f"gaffer: {message.format(**where)}\n")
+
+
+def test_a_connection_closed_without_an_answer_is_an_unreachable_server(tmp_path: Path) -> None:
+    """A server that closes the connection without answering (it died, a proxy cut it) raised RemoteDisconnected,
+    an HTTPException and an OSError both: it was reported as "the answer is not HTTP" (exit 2), a usage error,
+    while the server simply cannot be reached (exit 3)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def close_each() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)  # the request, then nothing
+
+        closer = threading.Thread(target=close_each, daemon=True)
+        closer.start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        failed = run_gaffer(["status", "--server", url], tmp_path, gaffer_env(tmp_path / "cache"))
+        closer.join(WAIT_S)
+    assert (failed.returncode, failed.stdout, failed.stderr) == (
+        3, "", f"gaffer: {url}: cannot reach the server: Remote end closed connection without response\n")
 
 
 @pytest.fixture(scope="module")

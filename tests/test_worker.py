@@ -202,13 +202,18 @@ def test_a_malformed_command_is_refused_once_not_retried_as_a_worker_fault(
 def test_an_output_symlink_pointing_outside_fails_the_action_and_is_not_cached(
         client: Client, workers: Callable[..., Worker]) -> None:
     """A result that cannot hold every output it made (a symlink to an absolute path) is no success: with its
-    other outputs dropped, a cached exit 0 would be a hit missing files the command did make."""
+    other outputs dropped, a cached exit 0 would be a hit missing files the command did make. The command's exit
+    status and logs still reach the client (they were dropped: a failing command's errors were lost)."""
     workers("abslink", "--platform", "test=abslink")
-    submitted = client.action(["sh", "-c", "echo x > f; ln -s /etc/hostname link"], outputs=["f", "link"],
-                              platform={"test": "abslink"})
+    submitted = client.action(["sh", "-c", "echo x > f; ln -s /etc/hostname link; echo out; echo err >&2; exit 3"],
+                              outputs=["f", "link"], platform={"test": "abslink"})
     response = client.execute(submitted, skip_cache_lookup=False)
     assert response.status.code == code_pb2.INVALID_ARGUMENT, response
     assert "symlink link points to an absolute path" in response.status.message, response.status.message
+    assert response.result.exit_code == 3, response
+    assert client.read(response.result.stdout_digest) == b"out\n"
+    assert client.read(response.result.stderr_digest) == b"err\n"
+    assert not response.result.output_files and not response.result.output_symlinks, response
     cache = re_grpc.ActionCacheStub(client.channel)
     with pytest.raises(grpc.RpcError) as missed:
         cache.GetActionResult(re_pb2.GetActionResultRequest(action_digest=submitted.action_digest), timeout=30)
@@ -264,15 +269,19 @@ def test_an_input_root_sharing_a_directory_too_often_is_refused_at_once(
 def test_sighup_drains_the_worker_as_sigterm_does(client: Client, workers: Callable[..., Worker],
                                                    tmp_path: Path) -> None:
     """A closed terminal's SIGHUP killed the worker on the spot: its running action went on, orphaned, and the
-    server learnt only --bot-timeout later. It now stops as on SIGTERM: no more work, the running action reports."""
+    server learnt only --bot-timeout later. It now stops as on SIGTERM: no more work, the running action reports.
+    A closed terminal usually sends SIGHUP twice: the second (unlike a second SIGTERM) does not kill the action."""
     worker = workers("hup", "--platform", "test=hup")
     started, release = tmp_path / "started", tmp_path / "release"
     stream = client.start(client.action(
         ["sh", "-c", f"touch {started}; while [ ! -e {release} ]; do sleep 0.01; done; echo finished"],
         platform={"test": "hup"}))
     servers.wait_until(started.exists, "the action to start", 30, worker.proc, worker.log)
-    worker.proc.send_signal(signal.SIGHUP)
+    os.kill(worker.proc.pid, signal.SIGHUP)  # a closed terminal: bash forwards it, then the kernel sends it again
+    os.kill(worker.proc.pid, signal.SIGHUP)
     worker.wait_for("SIGHUP: taking no more work")
+    worker.proc.send_signal(signal.SIGHUP)  # one more, surely after the first was handled: ignored too
+    worker.wait_for("SIGHUP: already stopping, ignored")
     release.touch()
     response = _response(stream)
     assert response.status.code == code_pb2.OK and response.result.exit_code == 0, response
@@ -472,9 +481,10 @@ def test_a_worker_needs_the_servers_token(tmp_path: Path) -> None:
 def test_an_action_that_exceeds_its_timeout_fails_once_and_is_not_retried(
         client: Client, workers: Callable[..., Worker]) -> None:
     worker = workers("timeout", "--platform", "test=timeout")
-    submitted = client.action(["sh", "-c", f"echo {uuid.uuid4().hex} >> runs.log; sleep 60"], timeout_s=1,
-                              platform={"test": "timeout"})
+    submitted = client.action(["sh", "-c", f"echo {uuid.uuid4().hex} >> runs.log; echo before; sleep 60"],
+                              timeout_s=1, platform={"test": "timeout"})
     response = client.execute(submitted)
     assert response.status.code == code_pb2.DEADLINE_EXCEEDED, response.status
+    assert client.read(response.result.stdout_digest) == b"before\n", "what it wrote before the timeout is kept"
     worker.wait_for(r"lease \S+: ")
     assert len(worker.text().split("running")) - 1 == 1, worker.text()  # one attempt: its own timeout, not a fault

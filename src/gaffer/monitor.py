@@ -60,12 +60,12 @@ def fetch(url: str, token: str | None, token_file: str | None) -> dict[str, Any]
         if e.code == 404:
             raise UserError(f"{url}: no status there: is it gaffer serve's --http address?") from None
         raise EnvironmentProblem(f"{url}: the server answered HTTP {e.code} {e.reason}") from None
-    except http.client.HTTPException:  # not an HTTP answer: a gRPC port speaks HTTP/2 frames only
-        raise UserError(f"{url}: the answer is not HTTP: is it gaffer serve's --http address (not its --grpc one)?") \
-            from None
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError) as e:  # first: RemoteDisconnected is an HTTPException too
         reason = getattr(e, "reason", None) or e
         raise EnvironmentProblem(f"{url}: cannot reach the server: {getattr(reason, 'strerror', None) or reason}") \
+            from None
+    except http.client.HTTPException:  # not an HTTP answer: a gRPC port speaks HTTP/2 frames only
+        raise UserError(f"{url}: the answer is not HTTP: is it gaffer serve's --http address (not its --grpc one)?") \
             from None
     try:
         document = json.loads(body)

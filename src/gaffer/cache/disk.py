@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_SIZE = 10 * 1024**3
 GC_LOW_WATER = 0.9  # gc evicts down to this fraction of max_size so it does not run again at once
 _TOUCH_AFTER_S = 3600
+STALE_TEMP_S = 24 * 3600  # a temp file untouched this long is a dead writer's, whatever its name says
 _AC_MAGIC = b"gAC1"  # an action-cache file: magic, SHA-256 of the rest, then the serialized ActionResult
 _AC_HEADER = len(_AC_MAGIC) + sha256().digest_size
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -72,6 +73,7 @@ class StoreServed(EnvironmentProblem):
 
     def __init__(self, root: Path, pid: str, command: str) -> None:
         super().__init__(f"{root}: a {command} (pid {pid}) is using this store; stop it first")
+        self.root = root
         self.pid = pid
         self.command = command
 
@@ -106,17 +108,30 @@ def lock_served(root: Path, command: str) -> int:
 def lock_stores(root: Path, command: str, create: bool = True) -> list[int]:
     """`lock_served` on `root` (when `create`, or once it has a SERVE_LOCK) and, first, on the served store of
     which `root` is a named instance's directory (`<store>/instances/<name>`, the layout `gaffer serve` gives
-    them), whose server indexes `root` too: the descriptors holding them, until closed."""
+    them), whose server indexes `root` too; then on each instance directory `root` has (on the same terms), which
+    its server indexes: a `gaffer serve` of one of them alone, started first, holds its own lock only. The
+    descriptors holding them, until closed."""
     real = os.path.realpath(root)
     outer = os.path.dirname(os.path.dirname(real))
     stores = [_path(outer)] if (os.path.basename(os.path.dirname(real)) == "instances"
                                 and os.path.exists(os.path.join(outer, SERVE_LOCK))) else []
+    instances: list[Path] = []
     if create or (root / SERVE_LOCK).exists():
         stores.append(root)
+        with suppress(OSError):  # no instances/ directory
+            instances = [_path(e.path) for e in os.scandir(root / "instances") if e.is_dir(follow_symlinks=False)
+                         and (create or os.path.exists(os.path.join(e.path, SERVE_LOCK)))]
     held: list[int] = []
     try:
         for store in stores:
             held.append(lock_served(store, command))
+        for instance in sorted(instances):
+            try:
+                held.append(lock_served(instance, command))
+            except StoreServed:
+                raise
+            except OSError:  # a lock file it cannot make (read-only): no server of that directory alone made it
+                continue
     except BaseException:
         for fd in held:
             os.close(fd)
@@ -508,7 +523,7 @@ class DiskStore(CacheTier):
                     removed += 1
                     removed_bytes += size
                     blobs.pop(path.name, None)
-            stale = time.time() - 24 * 3600
+            stale = time.time() - STALE_TEMP_S
             for tmp in self._temp_files():
                 try:
                     if tmp.stat().st_mtime < stale:
@@ -675,21 +690,21 @@ class DiskStore(CacheTier):
             (self.root / "builds.log").unlink(missing_ok=True)
 
     def remove_stale_temp_files(self, ours_too: bool = False) -> None:
-        """Remove the temp files of processes no longer running (a kill -9, a crash); a running one's stay. A
-        process with the writer's pid that started after the file was last written is another one (the pid
-        reused); `ours_too`: this process's own pid is a dead writer's too (a server at start, before it writes:
-        restarted in a container, it gets the very pid it had)."""
+        """Remove the temp files of processes no longer running (a kill -9, a crash). When in doubt a file stays:
+        one named after a running process is kept even if that process may be another one (its pid reused, or a
+        writer in another pid namespace sharing the directory: a container's PID 1), since no start time on a
+        steppable clock can tell. `ours_too` (a server at start, before it writes): a file under this process's
+        own pid is a dead writer's (restarted in a container, it gets the very pid it had) once it is older than
+        STALE_TEMP_S, the age gc removes any temp file at; a younger one may be a live writer's elsewhere."""
+        stale = time.time() - STALE_TEMP_S
         for tmp in self._temp_files():
             pid = tmp.name.partition("-")[0]
-            if not pid.isdigit() or (ours_too and int(pid) == os.getpid()):
+            if not pid.isdigit() or (int(pid) != os.getpid() and not process_alive(int(pid))):
                 tmp.unlink(missing_ok=True)
-                continue
-            try:
-                written = tmp.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if not process_alive(int(pid), since=written):
-                tmp.unlink(missing_ok=True)
+            elif int(pid) == os.getpid() and ours_too:
+                with suppress(FileNotFoundError):
+                    if tmp.stat().st_mtime < stale:
+                        tmp.unlink()
 
     def record_build(self, hits: int, misses: int) -> None:
         """Append one build's hit/miss counts (read back by `recent_hit_rate`)."""
@@ -952,35 +967,21 @@ def _free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def process_alive(pid: int, since: float | None = None) -> bool:
-    """Is process `pid` running (not a zombie) and, given `since`, did it start no later than that time (else it
-    is a later process under a reused pid)? A temp file's name starts with the pid of the process writing it."""
+def process_alive(pid: int) -> bool:
+    """Is process `pid` running (a zombie is not: it writes no more)? A temp file's name starts with the pid of the
+    process writing it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         pass
-    started = _process_start(pid)
-    if started is None:  # no /proc (or it exited meanwhile): alive as far as can be told
-        return True
-    state, at = started
-    return state != "Z" and (since is None or at <= since + _START_SLACK_S)
-
-
-_START_SLACK_S = 2.0  # /proc gives the boot time to the second and a start in clock ticks
-
-
-def _process_start(pid: int) -> tuple[str, float] | None:
-    """A process's state letter and start time (seconds since the epoch), from /proc; None where unknown."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold anything
-        with open("/proc/stat", "rb") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
-        return fields[0].decode(), boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError, StopIteration):
-        return None
+            state = f.read().rsplit(b")", 1)[1].split()[0]  # after the command name, which may hold anything
+    except (OSError, IndexError):  # no /proc (or it exited meanwhile): alive as far as can be told
+        return True
+    return state != b"Z"
 
 
 def action_entry(result: bytes) -> bytes:

@@ -218,7 +218,9 @@ class RemoteExecutor:
         where = "" if response.cached_result else f"worker {result.execution_metadata.worker or '?'}"
         if status.code not in (0, _DEADLINE_EXCEEDED):
             message = status.message or response.message
-            return ExecuteResult(time.perf_counter() - start, b"", b"", where=where,
+            # a result beside a failure (an output the worker could not store): the command's logs
+            stdout, stderr = self._logs(view, result) if response.HasField("result") else (b"", b"")
+            return ExecuteResult(time.perf_counter() - start, stdout, stderr, where=where,
                                  failure=f"remote execution failed: {_CODE_NAMES.get(status.code, status.code)}: "
                                          f"{message}")
         if status.code == _DEADLINE_EXCEEDED or result.exit_code != 0:

@@ -155,16 +155,21 @@ class Bots(_Service, bots_pb2_grpc.BotsServicer):
     def _verify(self, done: Completed) -> Outcome | str:
         """The outcome of a completed lease, or why the attempt failed (then it is retried). Blocking."""
         worker = done.lease.session.bot_id
-        # the action's fault, not the worker's: missing inputs, a bad action, its own timeout. Not retried.
-        if done.code in (code_pb2.FAILED_PRECONDITION, INVALID_ARGUMENT, code_pb2.DEADLINE_EXCEEDED):
-            return Outcome(done.code, f"worker {worker}: {done.message}", details=done.details)
-        if done.code != OK:
-            return f"worker {worker}: {code_name(done.code)}: {done.message}"
-        result = done.result
-        if not isinstance(result, re_pb2.ActionResult):
-            return f"worker {worker} completed the lease without an ActionResult"
         instance, _ = done.job.key
         namespace = self.store.namespace(instance)
+        result = done.result
+        # the action's fault, not the worker's: missing inputs, a bad action, its own timeout. Not retried. A result
+        # beside it (the command ran: its exit code, its logs) reaches the client when the CAS holds its blobs.
+        if done.code in (code_pb2.FAILED_PRECONDITION, INVALID_ARGUMENT, code_pb2.DEADLINE_EXCEEDED):
+            try:
+                kept = result if isinstance(result, re_pb2.ActionResult) and namespace.result_complete(result) else None
+            except (BadRequest, OSError, BackendUnavailable):
+                kept = None
+            return Outcome(done.code, f"worker {worker}: {done.message}", result=kept, details=done.details)
+        if done.code != OK:
+            return f"worker {worker}: {code_name(done.code)}: {done.message}"
+        if not isinstance(result, re_pb2.ActionResult):
+            return f"worker {worker} completed the lease without an ActionResult"
         try:
             if not namespace.result_complete(result):
                 return f"the result from worker {worker} names blobs the CAS does not hold"

@@ -54,11 +54,11 @@ def _parser() -> argparse.ArgumentParser:
                "directory upward, then $XDG_CONFIG_HOME/gaffer/gaffer.toml, else ~/.config/gaffer/gaffer.toml)\n"
                + environment_help(SERVE)
                + "\nexit status:\n"
-               "  0  stopped by SIGTERM or SIGINT (calls in progress finished, or cancelled after --grace)\n"
+               "  0  stopped by SIGTERM, SIGINT or SIGHUP (calls in progress finished, or cancelled after --grace)\n"
                "  1  a stop still unfinished 5 s after --grace\n"
                "  2  a bad flag or setting (one line says which)\n"
                "  3  an environment problem: a port in use, a store another gaffer serve uses, a backend not reached\n"
-               "  128+N  a second stop signal N\n",
+               "  128+N  a second stop signal N, SIGTERM or SIGINT (a second SIGHUP is ignored)\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_flags(p, SERVE)
@@ -179,15 +179,18 @@ def _stop(grpc_server: GrpcServer | None, http_server: CacheHTTPServer | None, s
 
 
 def _wait_stopped(stopper: threading.Thread, stop_signals: set[signal.Signals], deadline_s: float) -> None:
-    """Wait for `stopper`; a second stop signal, or a stop outlasting `deadline_s`, ends the process at once
-    (committed entries are safe: every write is a temp file renamed into place)."""
+    """Wait for `stopper`; a second SIGTERM or SIGINT, or a stop outlasting `deadline_s`, ends the process at once
+    (committed entries are safe: every write is a temp file renamed into place). A SIGHUP is ignored now: a closed
+    terminal usually sends it twice (the shell forwards it to its jobs, then the kernel sends it to the group)."""
     deadline = time.monotonic() + deadline_s
     while stopper.is_alive():
         if time.monotonic() > deadline:
             say(PROG, "calls still running after the grace period: exiting now")
             os._exit(1)
         again = signal.sigtimedwait(stop_signals, 0.1)
-        if again is not None:
+        if again is not None and again.si_signo == signal.SIGHUP:
+            say(PROG, "SIGHUP again: already stopping, ignored (SIGTERM or SIGINT to exit now)")
+        elif again is not None:
             say(PROG, f"{signal.Signals(again.si_signo).name} again: exiting now")
             os._exit(128 + again.si_signo)
 

@@ -551,7 +551,8 @@ def _hold(root: Path) -> list[int]:
     try:
         return lock_stores(root, "gaffer serve")
     except StoreServed as e:
-        raise TierError(str(root), f"another {e.command} (pid {e.pid}) is using this store", transient=False) from None
+        what = f"its instance directory {e.root.name}" if e.root.parent == root / "instances" else "this store"
+        raise TierError(str(root), f"another {e.command} (pid {e.pid}) is using {what}", transient=False) from None
     except OSError as e:
         raise TierError(str(root), f"cannot lock the store: {e.strerror}", transient=False) from None
 
@@ -725,6 +726,8 @@ class ServerStore:
             return
         for path in sorted(instances.iterdir()):
             try:
+                if not path.is_dir():  # a file left there (a log, a note) would fail the start with ENOTDIR
+                    raise BadRequest("not a directory")
                 yield check_instance(unquote(path.name))
             except BadRequest:
                 self._report(f"ignoring {path}: not a gaffer serve instance directory")

@@ -3,8 +3,9 @@
     gaffer worker --server farm:9092 --max-jobs 4 --dir /var/cache/gaffer-worker --env-pass GOCACHE
 
 The worker connects out (it listens on no port), opens a bot session, and runs the leases it is given. The
-first SIGTERM or SIGINT stops it taking work: the running actions finish and are reported, then it exits 0. A
-second one kills them (they are reported CANCELLED, and the server runs them elsewhere).
+first SIGTERM, SIGINT or SIGHUP stops it taking work: the running actions finish and are reported, then it exits
+0. A SIGTERM or SIGINT after it kills them (they are reported CANCELLED, and the server runs them elsewhere); a
+SIGHUP after it is ignored (a closed terminal sends it twice).
 """
 
 from __future__ import annotations
@@ -107,15 +108,18 @@ def _work(settings: Settings) -> int:
     env = task_environment((), sorted({*DEFAULT_PASS_ENV, *settings.env_pass}))
     session = Session(channel, settings.instance, bot_id, worker, BlobCache(local, server, say), directory / "exec", env,
                       settings.max_jobs, metadata)
-    signals = {"count": 0}
+    stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        signals["count"] += 1
-        if signals["count"] == 1:
-            say(f"{signal.Signals(signum).name}: taking no more work; running actions finish (again to kill them)")
+        name = signal.Signals(signum).name
+        if not stopping.is_set():
+            stopping.set()
+            say(f"{name}: taking no more work; running actions finish (SIGTERM or SIGINT again to kill them)")
             session.stop()
+        elif signum == signal.SIGHUP:  # a closed terminal sends it twice (to the shell's jobs, then to the group)
+            say(f"{name}: already stopping, ignored (SIGTERM or SIGINT to kill the running actions)")
         else:
-            say(f"{signal.Signals(signum).name}: killing the running actions")
+            say(f"{name}: killing the running actions")
             session.kill()
 
     # A signal may reach any thread, and Python runs its handler in the main thread only once that thread runs

@@ -89,8 +89,9 @@ def run_lease(job: Job, blobs: BlobCache, exec_dir: Path, env: Mapping[str, str]
         return Outcome(_status(code_pb2.CANCELLED, "cancelled by the server"), done.result)
     if process.timed_out:
         return Outcome(_status(code_pb2.DEADLINE_EXCEEDED, done.failure), done.result)
-    if done.unstorable:  # a result missing outputs the command made must not pass for a success, nor be cached
-        return Outcome(_status(code_pb2.INVALID_ARGUMENT, f"action {action}: {done.unstorable}"))
+    if done.unstorable:  # a result missing outputs the command made must not pass for a success, nor be cached;
+        # it names none, but its exit code and logs (uploaded above) are the command's errors
+        return Outcome(_status(code_pb2.INVALID_ARGUMENT, f"action {action}: {done.unstorable}"), done.result)
     if process.error:
         return Outcome(_status(code_pb2.INVALID_ARGUMENT, process.error), done.result)
     return Outcome(status_pb2.Status(code=code_pb2.OK), done.result)
