@@ -336,3 +336,14 @@ def test_a_read_token_alone_is_refused(tmp_path: Path) -> None:
                           "127.0.0.1:0", "--read-token-file", str(tmp_path / "ro")],
                          check=False, capture_output=True, text=True, timeout=30)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "--read-token-file" in run.stderr
+
+
+def test_a_read_token_equal_to_the_read_write_one_is_refused(tmp_path: Path) -> None:
+    """A read-only token that is the read-write one passes every check as the latter: it could write."""
+    (tmp_path / "rw").write_text("one-secret\n")
+    (tmp_path / "ro").write_text("one-secret")
+    run = subprocess.run([sys.executable, "-m", "gaffer.server.main", "--dir", str(tmp_path / "s"), "--http",
+                          "127.0.0.1:0", "--token-file", str(tmp_path / "rw"), "--read-token-file", str(tmp_path / "ro")],
+                         check=False, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "the read-only token is the read-write token" in run.stderr

@@ -93,6 +93,8 @@ def _serve(settings: Settings) -> int:
                             "(--token-file) beside it")
         where = settings.sources["read_token_file"] or "--read-token-file"
         read_only_token = read_token(settings.read_token_file, where)
+        if read_only_token == token_text:  # it would pass as the read-write token: nothing would be read-only
+            raise UserError(f"{where}: the read-only token is the read-write token (--token-file): give it its own")
     if settings.backend:
         check_urls([settings.backend], settings.sources["backend"])
     if grpc_address is not None and not token_text and not settings.insecure and not _loopback(grpc_address[0]):
