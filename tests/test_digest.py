@@ -48,21 +48,26 @@ def test_small_data_is_hashed_without_loading_openssl(tmp_path: Path) -> None:
 
 def test_another_devices_window_only_where_its_timestamps_may_lag() -> None:
     """A file on another local file system with fine timestamps (a tmpfs, a container volume) is compared with
-    the moment as it is: a 2-second window there kept freshly generated headers from ever being stored. Whole
-    seconds, or a file system gaffer does not know to share this clock, keep the window."""
-    shm = os.stat("/dev/shm")
-    if digest._device_type(shm.st_dev) != "tmpfs":
-        pytest.skip("/dev/shm is not a tmpfs here")
-    other = shm.st_dev + 1 if shm.st_dev + 1 != os.stat("/").st_dev else shm.st_dev + 2
-    moment = 1_700_000_000_123_456_789
-    fine = os.stat_result((*shm[:7], 0, 0, 0), {"st_mtime_ns": moment - 7, "st_ctime_ns": moment - 3})
-    assert digest.moment_for(fine, moment, other) == moment
+    a moment read on a local one as it is: a 2-second window there kept freshly generated headers from ever
+    being stored. Whole seconds, or either side on a file system not known to share this clock (the moment's
+    too: a launcher directory on NFS), keep the window."""
+    from gaffer.mounts import device_type
+
+    shm, root = os.stat("/dev/shm"), os.stat("/")
+    if device_type(shm.st_dev) != "tmpfs" or device_type(root.st_dev) not in digest.LOCAL_FINE_TYPES:
+        pytest.skip("/dev/shm is not a tmpfs, or / not a local file system gaffer knows, here")
+    unknown = max(shm.st_dev, root.st_dev) + 12345
+    assert device_type(unknown) == ""
+    moment, window = 1_700_000_000_123_456_789, digest.OTHER_DEVICE_WINDOW_NS
+
+    def on(device: int, mtime_ns: int, ctime_ns: int) -> os.stat_result:
+        return os.stat_result((*shm[:2], device, *shm[3:7], 0, 0, 0), {"st_mtime_ns": mtime_ns, "st_ctime_ns": ctime_ns})
+
+    fine = on(shm.st_dev, moment - 7, moment - 3)
+    assert digest.moment_for(fine, moment, root.st_dev) == moment
     assert digest.moment_for(fine, moment, shm.st_dev) == moment
     assert digest.moment_for(fine, moment, None) == moment
-    whole = os.stat_result((*shm[:7], 0, 0, 0), {"st_mtime_ns": 1_700_000_000 * 10**9,
-                                                   "st_ctime_ns": 1_700_000_001 * 10**9})
-    assert digest.moment_for(whole, moment, other) == moment - digest.OTHER_DEVICE_WINDOW_NS
-    unknown = os.stat_result((0, 0, other, *shm[3:7], 0, 0, 0), {"st_mtime_ns": moment - 7, "st_ctime_ns": moment})
-    assert digest._device_type(other) == "" or digest._device_type(other) in digest.LOCAL_FINE_TYPES
-    if digest._device_type(other) == "":
-        assert digest.moment_for(unknown, moment, shm.st_dev) == moment - digest.OTHER_DEVICE_WINDOW_NS
+    assert digest.moment_for(fine, moment, unknown) == moment - window  # the moment from an unknown clock
+    assert digest.moment_for(on(unknown, moment - 7, moment), moment, root.st_dev) == moment - window
+    whole = on(shm.st_dev, 1_700_000_000 * 10**9, 1_700_000_001 * 10**9)
+    assert digest.moment_for(whole, moment, root.st_dev) == moment - window

@@ -144,38 +144,24 @@ OTHER_DEVICE_WINDOW_NS = 2_000_000_000  # FAT keeps even seconds; ext3 and older
 # types needs no window unless its timestamps are whole seconds (ext4 with small inodes). Any other type (NFS,
 # SMB, FUSE, FAT...) or a device /proc/self/mountinfo does not list gets the window.
 LOCAL_FINE_TYPES = frozenset(("ext4", "ext3", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs", "bcachefs", "ramfs"))
-_device_types: dict[int, str] = {}
 
 
 def moment_for(st: os.stat_result, moment: int, device: int | None) -> int:
     """`moment`, read on the file system `device`, as it may be compared with the times of the file `st`: on
     another file system that may date a file written after the moment before it (whole-second timestamps, an
-    NFS server's clock) it is moved OTHER_DEVICE_WINDOW_NS earlier. `device` None: the same. A local file
-    system with fine timestamps (a tmpfs, a container volume) shares the clock: there the window would only
-    keep freshly generated headers from ever being stored."""
+    NFS server's clock, on either side) it is moved OTHER_DEVICE_WINDOW_NS earlier. `device` None: the same.
+    When both are local file systems with fine timestamps (a tmpfs, a container volume) they share this kernel's
+    clock: there the window would only keep freshly generated headers from ever being stored."""
     if device is None or st.st_dev == device:
         return moment
     whole_seconds = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
-    if whole_seconds or _device_type(st.st_dev) not in LOCAL_FINE_TYPES:
+    if whole_seconds:
+        return moment - OTHER_DEVICE_WINDOW_NS
+    from gaffer.mounts import device_type
+
+    if device_type(st.st_dev) not in LOCAL_FINE_TYPES or device_type(device) not in LOCAL_FINE_TYPES:
         return moment - OTHER_DEVICE_WINDOW_NS
     return moment
-
-
-def _device_type(device: int) -> str:
-    """The file system type of `device` from /proc/self/mountinfo ("" if it lists no such device), read again
-    when a device appears that it has not seen."""
-    if device not in _device_types:
-        try:
-            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    fields = line.split()
-                    if "-" in fields[6:]:
-                        major, _, minor = fields[2].partition(":")
-                        fs_type = fields[fields.index("-", 6) + 1]
-                        _device_types.setdefault(os.makedev(int(major), int(minor)), fs_type)
-        except (OSError, ValueError, IndexError):
-            pass
-    return _device_types.setdefault(device, "")
 
 
 def is_racy(sig: StatSignature, moment: int) -> bool:
