@@ -562,6 +562,8 @@ def _ensure_parent(root: Path, dest: Path) -> None:
     """Create the parent directories, refusing to write through a symlinked directory out of the workspace or
     into its `.git` or `.gaffer` (a cache hit is then executed instead)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if _no_symlink_on_the_way(root, os.path.relpath(dest.parent, root)):
+        return  # its place is what its (checked, declared) path says: in the workspace, out of .git and .gaffer
     place, real = _real_output_place(root, dest)
     if place == _OUTSIDE:
         raise BadCacheEntry(f"{dest.relative_to(root)} would be written outside the workspace through a symlink"
@@ -572,6 +574,23 @@ def _ensure_parent(root: Path, dest: Path) -> None:
 
 _OUTSIDE = "outside"
 _PROTECTED = (".git", ".gaffer")
+
+
+def _no_symlink_on_the_way(root: str | Path, rel_dir: str) -> bool:
+    """Is no directory of `rel_dir` (relative to the workspace `root`) a symlink? An lstat each, where resolving
+    where it really is costs one for every component of the workspace's own path too: the common case, checked
+    before each task runs and each hit is restored."""
+    if rel_dir in ("", "."):
+        return True
+    path = os.fspath(root)
+    for part in rel_dir.split("/"):
+        path = f"{path}/{part}"
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                return False
+        except OSError:  # not there (yet): nothing further down can lead anywhere else
+            return True
+    return True
 
 
 def _real_output_place(root: str | Path, path: str | Path) -> tuple[str, str]:
@@ -648,7 +667,7 @@ def check_outputs(root: Path, declared: Sequence[str]) -> None:
     workspace (`build/x` with `build -> /fast/build`) is the graph's to declare, and removed there."""
     for out in declared:
         parent = os.path.dirname(out)
-        if not parent:  # the common top-level output: no syscall (the graph refuses `.git` and `.gaffer` ones)
+        if _no_symlink_on_the_way(root, parent):  # the graph refuses `.git`, `.gaffer` and `..` as path parts
             continue
         place, real_out = _real_output_place(root, f"{root}/{out}")
         real_root = os.path.realpath(root)
