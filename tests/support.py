@@ -42,6 +42,18 @@ def mounted(mountpoint: Path, *args: str) -> Iterator[Path]:
         subprocess.run(["umount", str(mountpoint)], check=True)
 
 
+def fill_disk(disk: Path, leave: int = 0) -> None:
+    """Take the free space of `disk` down to about `leave` bytes (0: none at all), growing one filler file."""
+    st = os.statvfs(disk)
+    try:
+        with open(disk / "filler", "ab", buffering=0) as f:
+            f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+            while not leave:
+                f.write(b"\0" * 4096)
+    except OSError:
+        pass
+
+
 def require_tool(name: str) -> str:
     """The absolute path of an executable on PATH (or next to this Python), else skip/fail."""
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))

@@ -4,7 +4,6 @@ never another checkout's object."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import NOBODY, gaffer_env, mounted, require, require_tool
+from tests.support import NOBODY, fill_disk, gaffer_env, mounted, require, require_tool
 
 GCC = "gcc"
 
@@ -620,11 +619,7 @@ def test_a_full_launcher_directory_never_fails_a_compile(tmp_path: Path) -> None
         cc = Launcher(tmp_path)
         cc.env["GAFFER_CC_DIR"] = str(full / "cc")
         (full / "cc").mkdir(mode=0o700)
-        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
-        with contextlib.suppress(OSError):
-            while os.write(fd, bytes(4096)):
-                pass
-        os.close(fd)
+        fill_disk(full)
         outcome = same_as_gcc(cc, ["-c", "x.c"], tmp_path, ["x.o"])
         assert outcome.endswith("not cacheable: the compiler could not write gaffer's scratch file"), outcome
         assert sorted(p.name for p in (full / "cc").iterdir() if ".tmp" in p.name) == []  # nor a temp file left

@@ -23,7 +23,7 @@ import pytest
 from gaffer.cc.launch import Request
 from gaffer.cc.protocol import MAX_ITEMS, encode_request
 from tests.cc_support import HELLO, Launcher, clean_env, install_client
-from tests.support import NOBODY, alive, mounted, require_tool, wait_for
+from tests.support import NOBODY, alive, fill_disk, mounted, require_tool, wait_for
 
 
 @pytest.fixture
@@ -230,11 +230,7 @@ def test_a_daemon_that_cannot_start_costs_the_compile_no_wait(launcher: Launcher
 def test_a_daemon_on_a_full_disk_says_where(launcher: Launcher, src: Path, tmp_path: Path) -> None:
     with mounted(tmp_path / "full", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as full:
         (full / "cc").mkdir(mode=0o700)
-        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
-        with contextlib.suppress(OSError):
-            while os.write(fd, bytes(4096)):
-                pass
-        os.close(fd)
+        fill_disk(full)
         env = {**launcher.env, "GAFFER_CC_DIR": str(full / "cc")}
         proc = subprocess.run([sys.executable, "-m", "gaffer", "cc", "--daemon"], env=env, capture_output=True,
                               text=True, timeout=60, check=False)

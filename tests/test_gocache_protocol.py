@@ -41,8 +41,7 @@ from gaffer.gocache.entry import (
 from gaffer.gocache.prefetch import BadList, Prefetch, decode_list, encode_list, find_scope, list_key
 from gaffer.gocache.protocol import Hit, MalformedRequest, fast_request, hit_line, parse_line, reply_line, rfc3339
 from tests.servers import free_port
-from tests.support import NOBODY, require, require_tool, wait_for
-from tests.test_errors import mounted
+from tests.support import NOBODY, fill_disk, mounted, require, require_tool, wait_for
 
 REPLY_TIMEOUT_S = 20.0
 CAPABILITIES = {"ID": 0, "KnownCommands": ["get", "put", "close"]}
@@ -628,10 +627,7 @@ def test_a_disk_that_fills_up_before_close_still_gets_the_close_reply(tmp_path: 
         c = Client(gobuildcache_env(cache, GOBUILDCACHE_STATS="1"))
         c.reply()
         stored = Path(str(c.put(1, b"a", b"body")["DiskPath"]))
-        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+        fill_disk(disk)
         assert c.close() == {"ID": 999}
         status, stderr = c.finish()
         assert status == 0, stderr
@@ -652,10 +648,7 @@ def test_a_full_cache_disk_gives_go_its_files_from_elsewhere_and_stores_nothing(
         c = Client(gobuildcache_env(cache, TMPDIR=str(tmp_path)))
         c.reply()
         stored = Path(str(c.put(1, b"a", b"stored before")["DiskPath"]))
-        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+        fill_disk(disk)
         bodies = {b"b": os.urandom(300_000), b"c": b"small", b"d": b"small"}
         paths = {}
         for n, (action_id, body) in enumerate(bodies.items(), start=2):
@@ -680,10 +673,7 @@ def test_a_full_disk_that_takes_no_entry_for_a_stored_blob_warns_once(tmp_path: 
         c = Client(gobuildcache_env(cache, TMPDIR=str(tmp_path)))
         c.reply()
         stored = Path(str(c.put(1, b"a", b"the same output")["DiskPath"]))
-        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+        fill_disk(disk)
         for n, action_id in enumerate((b"b", b"c"), start=2):
             assert c.put(n, action_id, b"the same output")["DiskPath"] == str(stored)
         assert c.get(5, b"b") == {"ID": 5, "Miss": True}
@@ -709,10 +699,7 @@ def test_an_interrupted_close_still_removes_the_files_kept_for_a_full_disk(tmp_p
         c = Client(gobuildcache_env(cache, TMPDIR=str(tmp_path)))
         c.reply()
         c.put(1, b"a", b"stored before")
-        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+        fill_disk(disk)
         kept = Path(str(c.put(2, b"b", b"kept elsewhere")["DiskPath"]))
         assert kept.is_relative_to(tmp_path) and not kept.is_relative_to(disk)
         with open(cache / "lock", "a") as lock:

@@ -30,7 +30,7 @@ from gaffer.server.packs import PACKS, encode, read_table
 from gaffer.server.store import ServerStore
 from tests.buildgrid import ReapiServer, start_gaffer_serve, stop_signal
 from tests.servers import wait_until
-from tests.support import gaffer_env, require, require_tool, run_gaffer
+from tests.support import fill_disk, gaffer_env, require, require_tool, run_gaffer
 
 MiB = 1024 * 1024
 
@@ -605,7 +605,7 @@ def test_cache_verify_on_a_full_disk_leaves_a_pack_it_cannot_rewrite(tmp_path: P
     assert stop_signal(server) == 0
     pack = _packed(store)[batch[0][0].hash]
     _damage(pack, *batch[0])
-    _fill(small_disk, 0)
+    fill_disk(small_disk, 0)
     verify = _gaffer_cache("verify", store)
     assert verify.returncode == 1 and f"cannot rewrite {pack} without its corrupt blobs" in verify.stderr, (
         verify.stdout + verify.stderr)
@@ -1376,18 +1376,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run([umount, "-l", str(mountpoint)], check=True)
 
 
-def _fill(disk: Path, leave: int) -> None:
-    """Take the free space of `disk` down to about `leave` bytes (0: none at all), growing one filler file."""
-    st = os.statvfs(disk)
-    try:
-        with open(disk / "filler", "ab", buffering=0) as f:
-            f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
-            while not leave:
-                f.write(b"\0" * 4096)
-    except OSError:
-        pass
-
-
 def test_a_full_disk_refuses_uploads_leaves_no_temp_files_and_stops_cleanly(
     tmp_path: Path, small_disk: Path, serve: list
 ) -> None:
@@ -1396,7 +1384,7 @@ def test_a_full_disk_refuses_uploads_leaves_no_temp_files_and_stops_cleanly(
     client = _Client(server)
     stored, stored_data = _blob(1000)
     assert client.update([(stored, stored_data)]) == [0]
-    _fill(small_disk, 512 * 1024)
+    fill_disk(small_disk, 512 * 1024)
     blobs = [_blob(MiB) for _ in range(3)]
     try:
         codes = client.update(blobs)
@@ -1415,7 +1403,7 @@ def test_a_full_disk_refuses_uploads_leaves_no_temp_files_and_stops_cleanly(
         assert http.get(f"/cas/{stored.hash}").content == stored_data  # reads go on
     assert list((small_disk / "store" / "tmp").iterdir()) == []
     assert not _packed(small_disk / "store")  # the batch's pack was never made
-    _fill(small_disk, 0)
+    fill_disk(small_disk, 0)
     client.close()
     assert stop_signal(server) == 0
     log = server.log.read_text()
