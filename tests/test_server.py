@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -385,11 +386,7 @@ def test_a_second_sighup_is_ignored_a_sigterm_after_it_exits_at_once(tmp_path: P
     server = start_gaffer_serve(workdir=tmp_path)
     try:
         digest, data = _blob(100_000)
-        host, port = server.http_url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=10) as conn:
-            conn.sendall(f"PUT /cas/{digest.hash} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
-                         "Expect: 100-continue\r\n\r\n".encode())
-            assert conn.recv(100).startswith(b"HTTP/1.1 100")  # the server is now inside this request
+        with _inside_an_upload(server, digest, data) as conn:
             os.kill(server.proc.pid, signal.SIGHUP)  # back to back, as a closed terminal sends them
             os.kill(server.proc.pid, signal.SIGHUP)
             wait_until(lambda: "SIGHUP: stopping" in server.log.read_text(), "the stop signal", 10, server.proc)
@@ -426,15 +423,23 @@ def test_port_in_use_is_an_environment_error(gaffer_serve: ReapiServer, tmp_path
     assert run.returncode == 3 and run.stderr.count("\n") == 1 and "cannot listen" in run.stderr
 
 
+@contextlib.contextmanager
+def _inside_an_upload(server: ReapiServer, digest: Digest, data: bytes) -> Iterator[socket.socket]:
+    """A connection whose HTTP PUT of `data` the server has begun (it answered 100 Continue): the body is the
+    caller's to send, so a signal can land while the server is inside the request."""
+    host, port = server.http_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(f"PUT /cas/{digest.hash} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
+                     "Expect: 100-continue\r\n\r\n".encode())
+        assert conn.recv(100).startswith(b"HTTP/1.1 100")
+        yield conn
+
+
 def test_stop_signal_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
     server = start_gaffer_serve(workdir=tmp_path)
     try:
         digest, data = _blob(100_000)
-        host, port = server.http_url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=10) as conn:
-            conn.sendall(f"PUT /cas/{digest.hash} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
-                         "Expect: 100-continue\r\n\r\n".encode())
-            assert conn.recv(100).startswith(b"HTTP/1.1 100")  # the server is now inside this request
+        with _inside_an_upload(server, digest, data) as conn:
             server.proc.send_signal(signal.SIGINT)
             wait_until(lambda: "SIGINT: stopping" in server.log.read_text(), "the stop signal", 10, server.proc)
             conn.sendall(data)
