@@ -192,6 +192,17 @@ def test_the_graph_file_itself_cannot_be_an_output(tmp_path: Path) -> None:
     assert load_graph("sub/other.json").tasks["gen"].outputs == ("graph.json",)  # another graph's file is fine
 
 
+def test_the_settings_file_beside_the_graph_cannot_be_an_output(tmp_path: Path) -> None:
+    """gaffer reads its settings from the gaffer.toml beside the graph: a task's outputs are removed before it runs."""
+    write(tmp_path, {"gen": {"command": "true", "outputs": ["gaffer.toml"]}}, "sub/graph.json")
+    for _validated_copy in (False, True):  # the second load reads the copy the first one kept
+        with pytest.raises(UserError, match=re.escape("sub/graph.json: task 'gen': output 'gaffer.toml' is the "
+                                                      "settings file beside this graph, which gaffer would delete "
+                                                      "before the task runs")):
+            load_graph("sub/graph.json", keep=True)
+    write(tmp_path, {"gen": {"command": "true", "outputs": ["lib/gaffer.toml"]}}, "sub/graph.json")
+    assert load_graph("sub/graph.json").tasks["gen"].outputs == ("lib/gaffer.toml",)  # another directory's is fine
+
 def test_the_model_is_frozen(tmp_path: Path) -> None:
     graph = load(tmp_path, SEED_000)
     with pytest.raises(AttributeError):

@@ -404,6 +404,22 @@ def test_dry_run_says_a_dependent_waits_on_a_dependency_that_would_run(ws: Path,
     assert {n for n, s in result["status"].items() if s == "executed"} == {"mid", "top"}
 
 
+def test_a_dry_run_and_cache_status_create_no_cache_directory(ws: Path, tmp_path: Path) -> None:
+    """Neither a dry run nor `cache status` changes anything on disk: a cache directory that is absent stays so."""
+    cache = tmp_path / "nosuch" / "cache"
+    env = gaffer_env(cache)
+    assert all(p.startswith("would run: ") for p in dry_run(ws, env).values())
+    status = run_gaffer(["cache", "status", "--json", "--cache-dir", str(cache)], cwd=ws, env=env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["bytes"] == 0 and json.loads(status.stdout)["targets_cached"] == 0
+    assert not (tmp_path / "nosuch").exists()
+    build(ws, env, "all")
+    shutil.rmtree(cache / "tmp")
+    assert set(dry_run(ws, env).values()) == {"up to date"}
+    assert "Targets cached: 4" in run_gaffer(["cache", "status", "--cache-dir", str(cache)], cwd=ws, env=env).stdout
+    assert not (cache / "tmp").exists(), "a dry run or a status made the cache's temp directory"
+
+
 def test_dry_run_asks_remote_tiers_without_filling_the_local_one(ws: Path, tmp_path: Path) -> None:
     """A `disk://` remote tier stands in for a team cache: the plan sees its entries, the local cache stays empty."""
     team = tmp_path / "team-cache"

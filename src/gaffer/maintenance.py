@@ -59,16 +59,18 @@ def clean(args: argparse.Namespace) -> int:
 def cache(args: argparse.Namespace) -> int:
     """`gaffer cache ACTION` on the local cache the nearest gaffer.toml (no graph to stand beside) names."""
     project = nearest_toml(".")
-    store = _local_store(args, os.path.dirname(project) if project else None)
+    store = _local_store(args, os.path.dirname(project) if project else None,
+                         create=args.cache_command != "status")  # a status reads: it makes no directory
     with _maintaining(store):
         return _cache_action(args, store)
 
 
-def _local_store(args: argparse.Namespace, workspace: str | os.PathLike[str] | None) -> DiskStore:
+def _local_store(args: argparse.Namespace, workspace: str | os.PathLike[str] | None,
+                 create: bool = True) -> DiskStore:
     """The local tier as `workspace`'s settings name it (None: no project gaffer.toml, only the user's)."""
     from gaffer.cache.factory import open_local
 
-    return open_local(load_settings(workspace, vars(args)))
+    return open_local(load_settings(workspace, vars(args)), create=create)
 
 
 @contextmanager

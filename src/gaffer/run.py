@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(graph.root, vars(args))
     _check_cache_dir(settings.cache_dir, graph)
     progress = Progress(verbose=args.verbose, quiet=args.dry_run)  # a dry run's result is the plan on stdout
-    disk = open_local(settings, progress.warn, full_is_read_only=True)
+    disk = open_local(settings, progress.warn, full_is_read_only=True, create=not args.dry_run)
     cache = open_cache(disk, settings.remotes, read_only=settings.read_only, timeout=settings.timeout,
                        report=progress.warn)
     cache.connect()

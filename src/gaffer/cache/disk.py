@@ -162,9 +162,11 @@ class DiskStore(CacheTier):
         max_size: int = DEFAULT_MAX_SIZE,
         report: Callable[[str], None] | None = None,
         full_is_read_only: bool = False,
+        create: bool = True,
     ) -> None:
         """`full_is_read_only`: a full disk turns the store read-only (a build goes on without caching) instead
-        of failing the write (a server answers that it is full)."""
+        of failing the write (a server answers that it is full). `create=False` (a dry run, `cache status`): a
+        read-only view that makes nothing in the directory, nor the directory itself."""
         self._root_text = os.fspath(root).rstrip("/") or ("/" if os.fspath(root) else ".")  # no trailing slash
         self._root: Path | None = None
         self._full_is_read_only = full_is_read_only
@@ -182,8 +184,9 @@ class DiskStore(CacheTier):
         self._warn_lock = threading.Lock()
         self._read_only_warned = False
         try:
-            os.makedirs(self._tmp, exist_ok=True)
-            self.writable = os.access(self._tmp, os.W_OK)  # root too is refused on a read-only mount
+            if create:
+                os.makedirs(self._tmp, exist_ok=True)
+            self.writable = create and os.access(self._tmp, os.W_OK)  # root too is refused on a read-only mount
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.access(self._root_text,
                                                                                         os.R_OK | os.X_OK):

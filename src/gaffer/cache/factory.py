@@ -19,17 +19,18 @@ if TYPE_CHECKING:
 
 
 def open_local(settings: Settings, report: Callable[[str], None] | None = None, *,
-               full_is_read_only: bool = False) -> DiskStore:
+               full_is_read_only: bool = False, create: bool = True) -> DiskStore:
     """`gaffer run`'s (clean's, cache's) local tier from its settings; a directory that cannot be made is an
     environment problem (exit 3). `full_is_read_only` for a build: a full disk is then a warning, not a failure
-    (maintenance, which frees space, keeps the store writable)."""
+    (maintenance, which frees space, keeps the store writable). `create=False`: a read-only view that makes
+    nothing on disk (a dry run, `cache status`)."""
     from gaffer.cache.base import TierError
     from gaffer.cache.disk import DiskStore
     from gaffer.errors import EnvironmentProblem
 
     try:
         return DiskStore(settings.cache_dir, settings.max_size, report=report,
-                         full_is_read_only=full_is_read_only)
+                         full_is_read_only=full_is_read_only, create=create)
     except TierError as e:
         raise EnvironmentProblem(f"local cache {e}") from None
 

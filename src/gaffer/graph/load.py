@@ -20,6 +20,7 @@ from typing import Any
 
 from gaffer import __version__
 from gaffer.atomic import save_marshalled
+from gaffer.config import TOML_NAME
 from gaffer.digest import sha256
 from gaffer.errors import UserError
 from gaffer.graph.model import DEFAULT_PASS_ENV, Deps, Graph, Task, Tasks, did_you_mean, topological_order
@@ -87,10 +88,12 @@ def _graph(path: str | os.PathLike[str], root: str, signature: tuple[int, int, i
            copy: _Copy) -> Graph:
     tasks, platform, deps, groups, outputs, env, sandboxed = copy
     own = os.path.basename(path)
-    if own in outputs:  # removed before its task runs: the graph it was building from would be gone
-        name = next(n for n in tasks if own in tasks[n].outputs)
-        raise UserError(f"{os.fspath(path)}: task {name!r}: output {own!r} is this graph file, which gaffer would "
-                        "delete before the task runs")
+    # Removed before its task runs: the graph it was building from, or the settings it was read with, would be gone.
+    for file, what in ((own, "this graph file"), (TOML_NAME, "the settings file beside this graph")):
+        if file in outputs:
+            name = next(n for n in tasks if file in tasks[n].outputs)
+            raise UserError(f"{os.fspath(path)}: task {name!r}: output {file!r} is {what}, which gaffer would "
+                            "delete before the task runs")
     return Graph(path=Path(os.path.abspath(path)), root=Path(root), tasks=tasks, platform=platform,
                  signature=signature, digest=digest, deps=deps, groups=groups, outputs=outputs, env=env,
                  sandboxed=sandboxed)
