@@ -145,7 +145,7 @@ def test_a_tiered_fill_reads_many_blobs_at_once_each_verified(tier: CacheTier, t
 
     small = [_blob(f"small blob {i}") for i in range(40)]
     big = (digest_bytes(b"B" * (3 << 20)), b"B" * (3 << 20))
-    lying = (digest_bytes(b"what it should be"), b"what it is instead")
+    lying = (digest_bytes(b"what it should be."), b"what it is instead")  # its size: an HTTP tier checks that
     # over READ_GROUP_BLOB_BYTES: fetched alone into a file (S3 hashes it as it writes; the others read it back)
     big_lie = (digest_bytes(b"L" * (2 << 20)), b"L" * ((2 << 20) - 1) + b"X")
     tier.write_blobs([*small, big, lying, big_lie])
@@ -245,8 +245,8 @@ def test_rewriting_an_existing_blob_succeeds(backend: Backend, tier: CacheTier, 
     src.write_bytes(data)
     tier.upload_blob(digest, src)
     # S3, GCS, Azure and redis write CAS objects once: a second PUT under the same key does not replace the first.
-    tier.write_blob(digest, b"not the content of this digest")
-    expected = b"not the content of this digest" if backend.kind == "nginx" else data
+    tier.write_blob(digest, data[::-1])  # of the digest's size: an HTTP tier refuses a body of another
+    expected = data[::-1] if backend.kind == "nginx" else data
     assert tier.read_blob(digest) == expected
 
 
@@ -670,6 +670,67 @@ def test_a_chunked_blob_has_its_size_s_time_at_the_floor_rate() -> None:
         assert tier.read_blob(digest) == data
         tier.close()
     finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+class _OversizedServer(http.server.BaseHTTPRequestHandler):
+    """Answers every GET for a small blob with a body far too big: a 4 GiB Content-Length and then nothing (held
+    until the client hangs up), or a chunked body that streams on and on."""
+
+    protocol_version = "HTTP/1.1"
+    chunked = False
+    PIECE = b"x" * (64 * 1024)
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header(*("Transfer-Encoding", "chunked") if self.chunked else ("Content-Length", str(4 << 30)))
+        self.end_headers()
+        try:
+            if not self.chunked:
+                self.wfile.flush()
+                self.rfile.read(1)  # until the client closes the connection
+                return
+            for _ in range(256):  # 16 MiB
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(self.PIECE), self.PIECE))
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client hung up, as it should
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_blob_answered_too_long_is_refused_unread(chunked: bool, tmp_path: Path) -> None:
+    """A 1 KiB blob's GET answered with a 4 GiB Content-Length was read whole (into memory for read_blob), waiting
+    for bytes that never come until the timeout; a chunked answer that runs on was read to its end. Now a
+    Content-Length other than the digest's size is refused at once and a body never read past it."""
+    data = os.urandom(1024)
+    digest = digest_bytes(data)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Oversized", (_OversizedServer,),
+                                                                     {"chunked": chunked}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    tier = open_tier(f"http://127.0.0.1:{server.server_port}/big", timeout=5)
+    try:
+        for op in (lambda: tier.read_blob(digest), lambda: tier.fetch_blob(digest, tmp_path / "blob")):
+            tracemalloc.start()
+            start = time.monotonic()
+            try:
+                with pytest.raises(TierError) as e:
+                    op()
+                elapsed = time.monotonic() - start
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert e.value.transient, str(e.value)
+            assert ("Content-Length 4294967296" if not chunked else "longer than 1024 bytes") in str(e.value)
+            assert elapsed < 2.5, elapsed  # well under the 5 s timeout: nothing waited for
+            assert peak < 256 * 1024, peak
+    finally:
+        tier.close()
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)

@@ -293,6 +293,17 @@ def test_a_connection_closed_without_an_answer_is_an_unreachable_server(tmp_path
         3, "", f"gaffer: {url}: cannot reach the server: Remote end closed connection without response\n")
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1:{free}", "nonexistent.invalid:{free}"])
+def test_gaffer_status_hides_the_password_in_the_server_url(host: str, tmp_path: Path) -> None:
+    """A server URL with user:password@ that cannot be reached or resolved: the error named the URL whole, the
+    password with it, on a terminal or in a CI log."""
+    url = f"http://user:secret@{host.format(free=servers.free_port())}"
+    failed = run_gaffer(["status", "--server", url], tmp_path, gaffer_env(tmp_path / "cache"))
+    assert (failed.returncode, failed.stdout) == (3, "")
+    assert failed.stderr.startswith(f"gaffer: {url.replace(':secret@', ':***@')}: cannot reach the server: ")
+    assert "secret" not in failed.stderr
+
+
 @pytest.fixture(scope="module")
 def cache_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`gaffer serve --http` alone, open: a cache server that executes nothing. Its HTTP URL."""

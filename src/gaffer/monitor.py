@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
-from gaffer.cache.urls import read_token, split_url
+from gaffer.cache.urls import read_token, redact, split_url
 from gaffer.errors import EnvironmentProblem, UserError, printable
 from gaffer.units import format_count, format_size
 
@@ -30,7 +30,7 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document, indent=2, sort_keys=True))
     else:
-        print("\n".join(render(document, url)))
+        print("\n".join(render(document, redact(url))))
     return 0
 
 
@@ -39,14 +39,15 @@ def server_url(text: str) -> str:
     url = text if "://" in text else f"http://{text}"
     parts = split_url(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"--server {text}: give the http://HOST:PORT address of gaffer serve's --http port "
+        raise UserError(f"--server {redact(text)}: give the http://HOST:PORT address of gaffer serve's --http port "
                         "(the status is not served on the gRPC port)")
     return url.rstrip("/")
 
 
 def fetch(url: str, token: str | None, token_file: str | None) -> dict[str, Any]:
     """The status document at `url`/status.json; a refusal is the user's to fix (exit 2), an unreachable or broken
-    server the environment's (exit 3)."""
+    server the environment's (exit 3). Messages name the URL without its password."""
+    shown = redact(url)
     request = urllib.request.Request(f"{url}/status.json", headers={"Accept": "application/json"})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -55,24 +56,24 @@ def fetch(url: str, token: str | None, token_file: str | None) -> dict[str, Any]
             body = response.read()
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
-            raise UserError(f"{url}: the server refused the token in {token_file}" if token else
-                            f"{url}: the server needs a token: give --token-file FILE") from None
+            raise UserError(f"{shown}: the server refused the token in {token_file}" if token else
+                            f"{shown}: the server needs a token: give --token-file FILE") from None
         if e.code == 404:
-            raise UserError(f"{url}: no status there: is it gaffer serve's --http address?") from None
-        raise EnvironmentProblem(f"{url}: the server answered HTTP {e.code} {e.reason}") from None
+            raise UserError(f"{shown}: no status there: is it gaffer serve's --http address?") from None
+        raise EnvironmentProblem(f"{shown}: the server answered HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:  # first: RemoteDisconnected is an HTTPException too
         reason = getattr(e, "reason", None) or e
-        raise EnvironmentProblem(f"{url}: cannot reach the server: {getattr(reason, 'strerror', None) or reason}") \
+        raise EnvironmentProblem(f"{shown}: cannot reach the server: {getattr(reason, 'strerror', None) or reason}") \
             from None
     except http.client.HTTPException:  # not an HTTP answer: a gRPC port speaks HTTP/2 frames only
-        raise UserError(f"{url}: the answer is not HTTP: is it gaffer serve's --http address (not its --grpc one)?") \
+        raise UserError(f"{shown}: the answer is not HTTP: is it gaffer serve's --http address (not its --grpc one)?") \
             from None
     try:
         document = json.loads(body)
     except ValueError:
         document = None
     if not isinstance(document, dict) or "cache" not in document:
-        raise EnvironmentProblem(f"{url}/status.json: the answer is not gaffer serve's status document")
+        raise EnvironmentProblem(f"{shown}/status.json: the answer is not gaffer serve's status document")
     return document
 
 

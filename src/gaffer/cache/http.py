@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import os
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
@@ -85,6 +86,17 @@ class HttpTier(CacheTier):
         transient = transient_status(status)
         raise TierError(self.name, f"{what}: HTTP {status} {response.reason}", transient=transient)
 
+    @staticmethod
+    def _body(response: http.client.HTTPResponse, kind: str, digest: Digest) -> Iterator[bytes]:
+        """A found entry's body. A blob's holds its digest's size: an answer announcing another size is refused
+        before a byte is read (a 1 KiB blob's 4 GiB Content-Length would fill memory, or wait for bytes that never
+        come), and a chunked one is not read past it."""
+        if kind != "cas":
+            return chunks(response)
+        if response.length is not None and response.length != digest.size_bytes:
+            raise Unreachable(f"Content-Length {response.length}, but the blob holds {digest.size_bytes} bytes")
+        return chunks(response, digest.size_bytes)
+
     def _unreachable(self, e: Unreachable, what: str) -> TierError:
         return TierError(self.name, f"{what}: {e}", transient=True)
 
@@ -110,8 +122,9 @@ class HttpTier(CacheTier):
             with self._request("GET", "cas", digest) as response:
                 if not self._found(response, what):
                     return False
+                body = self._body(response, "cas", digest)
                 with open(dest, "wb") as f:
-                    f.writelines(chunks(response))
+                    f.writelines(body)
         except Unreachable as e:
             raise self._unreachable(e, what) from e
         return True
@@ -135,7 +148,7 @@ class HttpTier(CacheTier):
         what = f"GET {self._url(kind, digest)}"
         try:
             with self._request("GET", kind, digest) as response:
-                return b"".join(chunks(response)) if self._found(response, what) else None
+                return b"".join(self._body(response, kind, digest)) if self._found(response, what) else None
         except Unreachable as e:
             raise self._unreachable(e, what) from e
 

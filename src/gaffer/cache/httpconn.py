@@ -161,19 +161,22 @@ class _Connection(http.client.HTTPConnection):
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def chunks(response: http.client.HTTPResponse) -> Iterator[bytes]:
+def chunks(response: http.client.HTTPResponse, limit: int | None = None) -> Iterator[bytes]:
     """The body in pieces, checked against Content-Length: a connection cut short is Unreachable, not a short
-    body."""
+    body. With a `limit` (the size a blob's digest gives), no more than one byte past it is read: a body that
+    runs on (chunked, without a Content-Length) is Unreachable there, never read to its end."""
     expected = response.length
     got = 0
     while True:
         try:
-            chunk = response.read(CHUNK)
+            chunk = response.read(CHUNK if limit is None else min(CHUNK, limit + 1 - got))
         except (OSError, http.client.HTTPException) as e:
             raise Unreachable(type(e).__name__) from e
         if not chunk:
             break
         got += len(chunk)
+        if limit is not None and got > limit:
+            raise Unreachable(f"the body is longer than {limit} bytes")
         yield chunk
     if expected is not None and got != expected:
         raise Unreachable(f"IncompleteRead ({got} of {expected} bytes)")
