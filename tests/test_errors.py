@@ -141,7 +141,7 @@ def test_serve_refuses_a_read_only_directory(shared: Path) -> None:
         f"gaffer serve: --dir {shared}/store: cannot write to the cache directory (read-only)")
 
 
-@pytest.mark.parametrize("command", [["run"], ["cache", "status"], ["clean", "--all"]])
+@pytest.mark.parametrize("command", [["run"], ["clean", "--all"]])
 def test_uncreatable_cache_directory_is_exit_3(shared: Path, command: list[str]) -> None:
     (shared / "root-only").mkdir(mode=0o755)
     ws = nobodys_workspace(shared)
@@ -149,6 +149,16 @@ def test_uncreatable_cache_directory_is_exit_3(shared: Path, command: list[str])
     line = one_line(as_nobody(command, cwd=ws, env=env), 3)
     assert line == (f"gaffer: local cache disk://{shared}/root-only/cache: cannot create cache directory:"
                     " Permission denied")
+
+
+def test_cache_status_of_an_uncreatable_cache_directory_reads_it_empty(shared: Path) -> None:
+    """`gaffer cache status` only reads: a cache directory that does not exist is an empty cache, not made."""
+    (shared / "root-only").mkdir(mode=0o755, exist_ok=True)
+    ws = nobodys_workspace(shared)
+    env = gaffer_env(shared / "root-only" / "cache", XDG_CONFIG_HOME=str(shared / "xdg"))
+    proc = as_nobody(["cache", "status"], cwd=ws, env=env)
+    assert proc.returncode == 0 and "Blobs: 0" in proc.stdout, proc.stdout + proc.stderr
+    assert not (shared / "root-only" / "cache").exists()
 
 
 # --- the cache emptied under a running build ------------------------------------------------------------------
