@@ -28,7 +28,7 @@ class MountTypes:
 
     def type_of(self, device: int) -> str:
         with self._lock:
-            if self._fd is None or self._poller.poll(0):
+            if self._fd is None or self._poller.poll(0):  # a poll that reports a change also clears it: read now
                 self._read()
             return self._types.get(device, "")
 
@@ -40,7 +40,7 @@ class MountTypes:
                 self._poller.register(self._fd, select.POLLPRI | select.POLLERR)
             os.lseek(self._fd, 0, os.SEEK_SET)
             chunks = []
-            while chunk := os.read(self._fd, 65536):  # read to its end: that clears the "changed" event
+            while chunk := os.read(self._fd, 65536):
                 chunks.append(chunk)
             for line in b"".join(chunks).decode("utf-8", "replace").splitlines():
                 fields = line.split()
